@@ -1,0 +1,3 @@
+from softguard.cli.main import main
+
+main()

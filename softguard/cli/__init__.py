@@ -1,0 +1,1 @@
+"""The ``softguard`` command: one typer app, one module per command group."""

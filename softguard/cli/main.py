@@ -1,0 +1,121 @@
+"""Entry point: ``softguard serve`` and ``softguard explain``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from softguard.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    name="softguard",
+    help="A PostgreSQL proxy that makes destructive SQL reversible.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s softguard[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _die(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"softguard: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def serve(
+    listen: Annotated[Optional[str], typer.Option(help="HOST:PORT to listen on [default: 127.0.0.1:6432]")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="DSN of the PostgreSQL server; unset: start an embedded throwaway server")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML configuration file")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="worker processes sharing the port [default: 1]")] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option(help="certificate (PEM) for client TLS")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="private key (PEM) for client TLS")] = None,
+    max_client_conn: Annotated[Optional[int], typer.Option(help="client connections per worker [default: 5000]")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="data directory for the embedded server")] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning or error [default: info]")] = None,
+) -> None:
+    """Run the proxy."""
+    try:
+        settings = load_settings(
+            config,
+            listen=listen,
+            upstream=upstream,
+            workers=workers,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            max_client_conn=max_client_conn,
+            data_dir=data_dir,
+            log_level=log_level,
+        )
+    except ConfigError as exc:
+        raise _die(str(exc)) from None
+    _setup_logging(settings.log_level)
+    from softguard.proxy.server import serve_forever
+    from softguard.proxy.upstream import UpstreamError, UpstreamTarget
+
+    embedded = None
+    dsn = settings.upstream
+    if dsn is None:
+        embedded = _start_embedded(settings)
+        dsn = embedded.dsn()
+    try:
+        target = UpstreamTarget.from_dsn(dsn)
+    except UpstreamError as exc:
+        raise _die(str(exc)) from None
+    if embedded is not None:
+        typer.echo(
+            f"softguard: embedded PostgreSQL in {embedded.data_dir}; connect through softguard with\n"
+            f"  psql 'postgresql://{embedded.superuser}@{settings.listen_host}:{settings.listen_port}/postgres'",
+        )
+    typer.echo(f"softguard: listening on {settings.listen}, upstream {target.display}")
+    try:
+        serve_forever(settings, target)
+    except OSError as exc:
+        raise _die(f"cannot listen on {settings.listen}: {exc.strerror or exc}", 1) from None
+    finally:
+        if embedded is not None:
+            embedded.cleanup() if settings.data_dir is None else embedded.stop()
+
+
+def _start_embedded(settings: Settings):  # type: ignore[no-untyped-def]
+    from softguard.embedded import EmbeddedError, EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.data_dir)
+    typer.echo("softguard: no --upstream given; starting an embedded PostgreSQL ...")
+    try:
+        server.start()
+    except EmbeddedError as exc:
+        raise _die(f"cannot start the embedded PostgreSQL: {exc}", 1) from None
+    return server
+
+
+@app.command()
+def explain(sql: Annotated[str, typer.Argument(help="SQL text to classify")]) -> None:
+    """Show how softguard classifies a statement, without running it."""
+    from softguard.sql import classify
+
+    result = classify(sql)
+    typer.echo(f"kind: {result.kind.value}")
+    if result.error:
+        typer.echo(f"error: {result.error}")
+    for i, stmt in enumerate(result.statements, 1):
+        targets = ", ".join(t.qualified() for t in stmt.targets) or "-"
+        flags = " ".join(f for f, on in (("CASCADE", stmt.cascade), ("IF EXISTS", stmt.if_exists)) if on)
+        typer.echo(f"{i}. {stmt.kind.value:12} {stmt.action:24} {targets} {flags}".rstrip())
+        if stmt.detail:
+            typer.echo(f"   {stmt.detail}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,147 @@
+"""softguard's settings: one pydantic model, passed explicitly (no globals).
+
+Precedence, highest first: command-line flags, ``SOFTGUARD_*`` environment variables,
+the TOML file given with ``--config``, defaults.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which setting and why."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SOFTGUARD_", extra="forbid")
+
+    listen: str = Field("127.0.0.1:6432", description="HOST:PORT the proxy listens on")
+    upstream: str | None = Field(
+        None,
+        description="DSN of the PostgreSQL server (host, port, sslmode, optional "
+        "credentials); unset: start an embedded throwaway server",
+    )
+    workers: int = Field(1, ge=1, le=64, description="processes sharing the port (SO_REUSEPORT)")
+    tls_cert: Path | None = Field(None, description="certificate for client TLS")
+    tls_key: Path | None = Field(None, description="private key for client TLS")
+    max_client_conn: int = Field(5000, ge=1, description="client connections per process")
+    max_inspect_bytes: int = Field(
+        64 << 20, ge=1024, description="largest Query/Parse message held for inspection"
+    )
+    client_stall_timeout: float = Field(
+        60.0, gt=0, description="seconds a client may stall in the middle of a message"
+    )
+    startup_timeout: float = Field(60.0, gt=0, description="seconds to finish startup and auth")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to reach the upstream")
+    shutdown_timeout: float = Field(
+        30.0, ge=0, description="on SIGTERM, seconds open transactions get to finish"
+    )
+    classify_cache_size: int = Field(4096, ge=0, description="classifications cached by text")
+    log_level: LogLevel = "info"
+    data_dir: Path | None = Field(None, description="data directory of the embedded server")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
+
+    @property
+    def listen_host(self) -> str:
+        return parse_hostport(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return parse_hostport(self.listen)[1]
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port)."""
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]:")
+    else:
+        host, sep, rest = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    try:
+        port = int(rest)
+    except ValueError:
+        raise ValueError(f"port must be a number in {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, port
+
+
+def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Build the settings: ``flags`` (None meaning not given) > env > file > defaults."""
+    file_values = _read_toml(config_file) if config_file is not None else {}
+
+    class _Layered(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _DictSource(settings_cls, file_values))
+
+    try:
+        layered = _Layered(**{k: v for k, v in flags.items() if v is not None})
+    except ValueError as exc:
+        raise ConfigError(_explain(exc, config_file)) from exc
+    return Settings.model_construct(**layered.model_dump())
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            values = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    # Keys may sit at the top level or under a [softguard] table.
+    table = values.get("softguard")
+    return dict(table) if isinstance(table, dict) else values
+
+
+def _explain(exc: ValueError, config_file: Path | None) -> str:
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        lines.append(f"{where}: {err['msg']}")
+    origin = f" (flags, SOFTGUARD_* environment, {config_file})" if config_file else ""
+    return "invalid configuration" + origin + ":\n  " + "\n  ".join(lines)

@@ -1,0 +1,157 @@
+"""Incremental message framing for one direction of a connection.
+
+A ``Framer`` walks message headers across chunk boundaries without joining buffers:
+messages nobody needs to read are only skipped over (their bytes are forwarded as they
+arrive, however large), while messages of a *wanted* type are handed out whole, with
+their offsets in the buffer so the caller can forward, drop or replace them.
+
+Invariant: the bytes of a wanted message are never forwardable before the message is
+complete; everything else is forwardable at once. ``feed`` returns ``held``, the number
+of bytes at the end of the returned buffer that must not be forwarded yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from struct import Struct
+
+from softguard.wire.constants import MAX_MESSAGE_LENGTH
+from softguard.wire.errors import ClientProtocolError, MessageTooLarge, ProtocolViolation
+
+_INT32 = Struct("!I")
+_unpack_int32 = _INT32.unpack_from
+
+
+@dataclass(slots=True)
+class Message:
+    """One complete wanted message. ``start`` is -1 if it began in an earlier chunk."""
+
+    type: int
+    body: bytes
+    start: int
+    end: int
+
+    @property
+    def raw(self) -> bytes:
+        return bytes((self.type,)) + _INT32.pack(len(self.body) + 4) + self.body
+
+
+class Framer:
+    """Splits a byte stream of typed protocol messages (everything after startup).
+
+    ``want``: message types handed out whole (None: every type).
+    ``allowed``: the only types accepted (None: any); others raise ``error_class``.
+    """
+
+    __slots__ = (
+        "_acc",
+        "_acc_total",
+        "_allowed",
+        "_error_class",
+        "_head",
+        "_max_length",
+        "_max_want",
+        "_skip",
+        "_want",
+    )
+
+    def __init__(
+        self,
+        *,
+        want: frozenset[int] | None,
+        allowed: frozenset[int] | None = None,
+        max_length: int = MAX_MESSAGE_LENGTH,
+        max_want_length: int = MAX_MESSAGE_LENGTH,
+        error_class: type[ProtocolViolation] = ClientProtocolError,
+    ) -> None:
+        self._want = want
+        self._allowed = allowed
+        self._max_length = max_length
+        self._max_want = max_want_length
+        self._error_class = error_class
+        self._skip = 0  # body bytes still to pass of a message nobody reads
+        self._head = b""  # an incomplete header (< 5 bytes) held from the last chunk
+        self._acc: bytearray | None = None  # an incomplete wanted message
+        self._acc_total = 0
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the stream so far ends exactly at a message boundary."""
+        return not self._skip and not self._head and self._acc is None
+
+    def set_want(self, want: frozenset[int] | None) -> None:
+        self._want = want
+
+    def feed(self, data: bytes) -> tuple[bytes, list[Message], int]:
+        """Consume ``data``; return ``(buf, messages, held)``.
+
+        ``buf`` is ``data`` or, when a header straddled chunks, the held bytes followed
+        by ``data``. Offsets of ``messages`` refer to ``buf``.
+        """
+        msgs: list[Message] = []
+        pos = 0
+        acc = self._acc
+        if acc is not None:
+            need = self._acc_total - len(acc)
+            if len(data) < need:
+                acc += data
+                return data, msgs, len(data)
+            acc += data[:need]
+            self._acc = None
+            msgs.append(Message(acc[0], bytes(acc[5:]), -1, need))
+            buf = data
+            pos = need
+        elif self._head:
+            buf = self._head + data
+            self._head = b""
+        else:
+            buf = data
+            skip = self._skip
+            if skip:
+                if skip >= len(data):
+                    self._skip = skip - len(data)
+                    return data, msgs, 0
+                self._skip = 0
+                pos = skip
+
+        n = len(buf)
+        want = self._want
+        allowed = self._allowed
+        while True:
+            if pos + 5 > n:
+                if pos < n:
+                    self._head = buf[pos:]
+                return buf, msgs, n - pos
+            mtype = buf[pos]
+            (length,) = _unpack_int32(buf, pos + 1)
+            if allowed is not None and mtype not in allowed:
+                raise self._error_class(f"invalid message type {_show_type(mtype)}")
+            if length < 4 or length > self._max_length:
+                raise self._error_class(
+                    f"invalid message length {length} for message type {_show_type(mtype)}"
+                )
+            end = pos + 1 + length
+            if want is None or mtype in want:
+                if length > self._max_want:
+                    raise MessageTooLarge(
+                        f"message of type {_show_type(mtype)} is {length} bytes, more than "
+                        f"softguard inspects (max_inspect_bytes = {self._max_want})"
+                    )
+                if end <= n:
+                    msgs.append(Message(mtype, buf[pos + 5 : end], pos, end))
+                    pos = end
+                    continue
+                self._acc = bytearray(buf[pos:])
+                self._acc_total = 1 + length
+                return buf, msgs, n - pos
+            if end <= n:
+                pos = end
+                continue
+            self._skip = end - n
+            return buf, msgs, 0
+
+
+def _show_type(mtype: int) -> str:
+    if 0x20 < mtype < 0x7F:
+        return f"'{chr(mtype)}'"
+    return f"0x{mtype:02x}"

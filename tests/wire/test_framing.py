@@ -1,0 +1,127 @@
+"""Sans-IO tests of the framer: bytes in, messages and forwardable bytes out."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+from softguard.wire import ClientProtocolError, Framer, MessageTooLarge
+from softguard.wire.constants import FRONTEND_TYPES
+
+
+def msg(mtype: bytes, body: bytes) -> bytes:
+    return mtype + struct.pack("!I", len(body) + 4) + body
+
+
+WANT = frozenset(b"QP")
+
+
+def replay(stream: bytes, cuts: list[int], want: frozenset[int] = WANT) -> tuple[bytes, list[bytes]]:
+    """Feed ``stream`` split at ``cuts``; return (forwarded bytes, wanted raw messages).
+
+    Forwarding follows the caller contract of softguard.proxy.session: bytes between
+    wanted messages go out as they come, wanted messages go out whole.
+    """
+    framer = Framer(want=want, allowed=FRONTEND_TYPES)
+    out = bytearray()
+    wanted: list[bytes] = []
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    for piece in pieces:
+        buf, msgs, held = framer.feed(piece)
+        cursor = 0
+        for m in msgs:
+            if m.start > cursor:
+                out += buf[cursor : m.start]
+            out += m.raw
+            wanted.append(m.raw)
+            cursor = m.end
+        out += buf[cursor : len(buf) - held]
+    assert framer.at_boundary
+    return bytes(out), wanted
+
+
+STREAM = (
+    msg(b"Q", b"select 1\0")
+    + msg(b"d", b"x" * 1000)
+    + msg(b"P", b"s1\0delete from t where id = $1\0\0\0")
+    + msg(b"B", b"\0s1\0\0\0\0\0\0\0")
+    + msg(b"E", b"\0\0\0\0\0")
+    + msg(b"S", b"")
+    + msg(b"Q", "sélect 'ü'\0".encode())
+)
+
+
+def test_whole_stream_in_one_chunk_is_forwarded_unchanged() -> None:
+    out, wanted = replay(STREAM, [])
+    assert out == STREAM
+    assert [w[:1] for w in wanted] == [b"Q", b"P", b"Q"]
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_any_split_preserves_bytes_and_messages(seed: int) -> None:
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 40)))
+    out, wanted = replay(STREAM, cuts)
+    assert out == STREAM
+    assert [w[:1] for w in wanted] == [b"Q", b"P", b"Q"]
+
+
+def test_every_single_byte_split() -> None:
+    out, wanted = replay(STREAM, list(range(1, len(STREAM))))
+    assert out == STREAM
+    assert len(wanted) == 3
+
+
+def test_unwanted_large_message_is_not_held() -> None:
+    framer = Framer(want=WANT, allowed=FRONTEND_TYPES)
+    big = msg(b"d", b"y" * 100_000)
+    buf, msgs, held = framer.feed(big[:10])
+    assert (msgs, held) == ([], 0)  # forwarded at once, not buffered
+    buf, msgs, held = framer.feed(big[10:50_000])
+    assert (msgs, held, len(buf)) == ([], 0, 49_990)
+    assert not framer.at_boundary
+    framer.feed(big[50_000:])
+    assert framer.at_boundary
+
+
+def test_wanted_message_is_held_until_complete() -> None:
+    framer = Framer(want=WANT, allowed=FRONTEND_TYPES)
+    q = msg(b"Q", b"select 42\0")
+    buf, msgs, held = framer.feed(q[:7])
+    assert msgs == [] and held == 7
+    buf, msgs, held = framer.feed(q[7:])
+    assert len(msgs) == 1 and msgs[0].start == -1 and msgs[0].body == b"select 42\0"
+    assert msgs[0].raw == q
+
+
+@pytest.mark.parametrize(
+    "data, text",
+    [
+        (b"\x01\0\0\0\x04", "invalid message type 0x01"),
+        (b"Z\0\0\0\x05I", "invalid message type 'Z'"),
+        (b"Q\0\0\0\x03", "invalid message length 3"),
+        (b"Q\x7f\xff\xff\xff", "invalid message length 2147483647"),
+    ],
+)
+def test_bad_frames_raise_protocol_violation(data: bytes, text: str) -> None:
+    framer = Framer(want=WANT, allowed=FRONTEND_TYPES)
+    with pytest.raises(ClientProtocolError) as info:
+        framer.feed(data)
+    assert text in info.value.message
+    assert info.value.sqlstate == "08P01"
+
+
+def test_oversize_inspected_message_is_refused_before_buffering() -> None:
+    framer = Framer(want=WANT, allowed=FRONTEND_TYPES, max_want_length=1024)
+    with pytest.raises(MessageTooLarge) as info:
+        framer.feed(b"Q" + struct.pack("!I", 10_000) + b"select")
+    assert info.value.sqlstate == "54000"
+
+
+def test_set_want_none_hands_out_everything() -> None:
+    framer = Framer(want=None)
+    stream = msg(b"R", b"\0\0\0\0") + msg(b"K", b"\0\0\0\1abcd") + msg(b"Z", b"I")
+    _, msgs, held = framer.feed(stream)
+    assert [chr(m.type) for m in msgs] == ["R", "K", "Z"] and held == 0
