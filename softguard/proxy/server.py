@@ -13,7 +13,7 @@ import ssl
 import sys
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from softguard.config import Settings
 from softguard.policy import Policy
@@ -83,8 +83,7 @@ class ProxyServer:
         except (TimeoutError, UpstreamError, ConnectionError) as exc:
             log.warning("cancel request for pid %d not delivered: %s", request.pid, exc)
             return
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(request.raw)
+        cast(asyncio.WriteTransport, transport).write(request.raw)
         # The server closes the connection once it has read the request.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import ssl
 from enum import Enum, auto
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from softguard.policy import SessionInfo
 from softguard.proxy.upstream import UpstreamError, open_upstream
@@ -73,8 +73,7 @@ class UpstreamProtocol(asyncio.Protocol):
         return self._answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         answer = self._answer
@@ -134,8 +133,7 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ client events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -246,8 +244,7 @@ class ClientSession(asyncio.Protocol):
             return
         if self.state is State.CLOSED or new is None:
             return
-        assert isinstance(new, asyncio.Transport)
-        self.transport = new
+        self.transport = cast(asyncio.Transport, new)
         self._tls_done = True
         self.state = State.STARTUP
 
@@ -272,8 +269,7 @@ class ClientSession(asyncio.Protocol):
         if self.state is State.CLOSED:
             transport.close()
             return
-        assert isinstance(transport, asyncio.Transport)
-        self.up_transport = transport
+        self.up_transport = cast(asyncio.Transport, transport)
         transport.write(packet.raw)
         self.state = State.AUTH
         early, self._early, self._early_size = self._early, [], 0
