@@ -66,8 +66,9 @@ class Policy:
             log.info(
                 "opaque statement via %s (%s): user=%s db=%s",
                 source,
-                "; ".join(s.detail or s.action for s in classification.statements
-                          if s.kind is Kind.OPAQUE),
+                "; ".join(
+                    s.detail or s.action for s in classification.statements if s.kind is Kind.OPAQUE
+                ),
                 session.user,
                 session.database,
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -35,15 +35,30 @@ def _die(message: str, code: int = 2) -> typer.Exit:
 
 @app.command()
 def serve(
-    listen: Annotated[Optional[str], typer.Option(help="HOST:PORT to listen on [default: 127.0.0.1:6432]")] = None,
-    upstream: Annotated[Optional[str], typer.Option(help="DSN of the PostgreSQL server; unset: start an embedded throwaway server")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML configuration file")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="worker processes sharing the port [default: 1]")] = None,
-    tls_cert: Annotated[Optional[Path], typer.Option(help="certificate (PEM) for client TLS")] = None,
-    tls_key: Annotated[Optional[Path], typer.Option(help="private key (PEM) for client TLS")] = None,
-    max_client_conn: Annotated[Optional[int], typer.Option(help="client connections per worker [default: 5000]")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="data directory for the embedded server")] = None,
-    log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning or error [default: info]")] = None,
+    listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT to listen on [default: 127.0.0.1:6432]")
+    ] = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            help="DSN of the PostgreSQL server; unset: start an embedded throwaway server"
+        ),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML configuration file")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="worker processes sharing the port [default: 1]")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="certificate (PEM) for client TLS")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="private key (PEM) for client TLS")] = None,
+    max_client_conn: Annotated[
+        int | None, typer.Option(help="client connections per worker [default: 5000]")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="data directory for the embedded server")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error [default: info]")
+    ] = None,
 ) -> None:
     """Run the proxy."""
     try:
@@ -74,9 +89,10 @@ def serve(
     except UpstreamError as exc:
         raise _die(str(exc)) from None
     if embedded is not None:
+        proxied = f"{settings.listen_host}:{settings.listen_port}"
         typer.echo(
-            f"softguard: embedded PostgreSQL in {embedded.data_dir}; connect through softguard with\n"
-            f"  psql 'postgresql://{embedded.superuser}@{settings.listen_host}:{settings.listen_port}/postgres'",
+            f"softguard: embedded PostgreSQL in {embedded.data_dir}; connect through softguard:\n"
+            f"  psql 'postgresql://{embedded.superuser}@{proxied}/postgres'",
         )
     typer.echo(f"softguard: listening on {settings.listen}, upstream {target.display}")
     try:
@@ -111,7 +127,9 @@ def explain(sql: Annotated[str, typer.Argument(help="SQL text to classify")]) ->
         typer.echo(f"error: {result.error}")
     for i, stmt in enumerate(result.statements, 1):
         targets = ", ".join(t.qualified() for t in stmt.targets) or "-"
-        flags = " ".join(f for f, on in (("CASCADE", stmt.cascade), ("IF EXISTS", stmt.if_exists)) if on)
+        flags = " ".join(
+            f for f, on in (("CASCADE", stmt.cascade), ("IF EXISTS", stmt.if_exists)) if on
+        )
         typer.echo(f"{i}. {stmt.kind.value:12} {stmt.action:24} {targets} {flags}".rstrip())
         if stmt.detail:
             typer.echo(f"   {stmt.detail}")

@@ -44,15 +44,19 @@ class ProxyServer:
         self.client_ssl = _client_ssl_context(settings)
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
-        self._stopped = asyncio.Event()
+        self._no_sessions = asyncio.Event()
+        self._no_sessions.set()
 
     # -- sessions
 
     def register(self, session: ClientSession) -> None:
         self.sessions.add(session)
+        self._no_sessions.clear()
 
     def unregister(self, session: ClientSession) -> None:
         self.sessions.discard(session)
+        if not self.sessions:
+            self._no_sessions.set()
 
     def over_capacity(self) -> bool:
         return len(self.sessions) > self.settings.max_client_conn
@@ -94,7 +98,9 @@ class ProxyServer:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         if sock is None:
-            sock = bind_listener(self.settings.listen_host, self.settings.listen_port, reuse_port=False)
+            sock = bind_listener(
+                self.settings.listen_host, self.settings.listen_port, reuse_port=False
+            )
         self._server = await self.loop.create_server(
             lambda: ClientSession(self), sock=sock, backlog=1024
         )
@@ -104,22 +110,21 @@ class ProxyServer:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def shutdown(self, timeout: float) -> None:
-        """Stop accepting; let open transactions finish for ``timeout`` seconds."""
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting; let open transactions finish for ``grace`` seconds."""
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):
             session.begin_shutdown()
-        deadline = time.monotonic() + timeout
-        while self.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._no_sessions.wait()
         for session in list(self.sessions):
             session.terminate(
                 "57P01", "softguard: terminating connection because softguard is shutting down"
             )
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2)
-        self._stopped.set()
 
 
 class _CancelSink(UpstreamProtocol):

@@ -33,7 +33,7 @@ from softguard.wire import (
     strip_scram_plus,
 )
 from softguard.wire.constants import AUTH_SASL, FRONTEND_TYPES, TX_IDLE
-from softguard.wire.messages import TERMINATE, auth_code
+from softguard.wire.messages import TERMINATE, auth_code, with_hint
 
 if TYPE_CHECKING:
     from softguard.proxy.server import ProxyServer
@@ -46,7 +46,15 @@ _Z, _E, _R, _K = b"ZERK"
 _CLIENT_WANT = frozenset((_Q, _P, _S, _F))
 # Server messages the proxy reads once the session is up.
 _SERVER_WANT = frozenset((_Z, _E))
-_MAX_EARLY_BYTES = 1 << 20  # client bytes buffered while the upstream is being reached
+_MAX_EARLY_BYTES = 1 << 20
+# SCRAM channel binding cannot span a proxy that terminates TLS: libpq, on TLS and not
+# offered SCRAM-SHA-256-PLUS, tells the server so, and a server on TLS itself then suspects
+# a downgrade. Nothing in between can fix that, since the client signs that flag.
+_CHANNEL_BINDING_HINT = (
+    "softguard terminates the client's TLS, so SCRAM channel binding cannot reach the "
+    "server: connect with channel_binding=disable, or run softguard with an upstream "
+    "sslmode of disable/allow on a trusted network."
+)  # client bytes buffered while the upstream is being reached
 
 
 class State(Enum):
@@ -239,12 +247,14 @@ class ClientSession(asyncio.Protocol):
         try:
             new = await self.server.loop.start_tls(self.transport, self, ctx, server_side=True)
         except (ssl.SSLError, OSError, ConnectionError) as exc:
-            log.info("client %s: TLS handshake failed: %s", self.peer, exc)
+            log.info(
+                "client %s: TLS handshake failed: %s", self.peer, str(exc) or type(exc).__name__
+            )
             self._close()
             return
         if self.state is State.CLOSED or new is None:
             return
-        self.transport = cast(asyncio.Transport, new)
+        self.transport = new
         self._tls_done = True
         self.state = State.STARTUP
 
@@ -269,8 +279,8 @@ class ClientSession(asyncio.Protocol):
         if self.state is State.CLOSED:
             transport.close()
             return
-        self.up_transport = cast(asyncio.Transport, transport)
-        transport.write(packet.raw)
+        up = self.up_transport = cast(asyncio.Transport, transport)
+        up.write(packet.raw)
         self.state = State.AUTH
         early, self._early, self._early_size = self._early, [], 0
         for chunk in early:
@@ -372,6 +382,9 @@ class ClientSession(asyncio.Protocol):
             if mtype == _R and auth_code(msg.body) == AUTH_SASL:
                 client.write(_message(_R, strip_scram_plus(msg.body)))
                 continue
+            if mtype == _E and self._tls_done and b"channel binding" in msg.body:
+                client.write(_message(_E, with_hint(msg.body, _CHANNEL_BINDING_HINT)))
+                continue
             client.write(msg.raw)
             if mtype == _K and len(msg.body) >= 8:
                 self._cancel_key = (int.from_bytes(msg.body[:4], "big"), msg.body[4:])
@@ -401,7 +414,9 @@ class ClientSession(asyncio.Protocol):
         if self.pending > 0:
             self.pending -= 1
         if self._closing_for_shutdown and self.is_idle:
-            self.terminate("57P01", "softguard: terminating connection because softguard is shutting down")
+            self.terminate(
+                "57P01", "softguard: terminating connection because softguard is shutting down"
+            )
 
     def _server_lost(self, exc: Exception | None) -> None:
         if self.state is State.CLOSED:
@@ -475,7 +490,9 @@ class ClientSession(asyncio.Protocol):
     def begin_shutdown(self) -> None:
         """Close now if idle, else after the transaction in progress ends."""
         if self.state is not State.READY or self.is_idle:
-            self.terminate("57P01", "softguard: terminating connection because softguard is shutting down")
+            self.terminate(
+                "57P01", "softguard: terminating connection because softguard is shutting down"
+            )
         else:
             self._closing_for_shutdown = True
 
@@ -493,7 +510,10 @@ class ClientSession(asyncio.Protocol):
         if self.state is State.READY and not self._sframer.at_boundary:
             self._close()
             return
-        self._send_fatal(exc.sqlstate, exc.message if exc.message.startswith("softguard") else f"softguard: {exc.message}")
+        self._send_fatal(
+            exc.sqlstate,
+            exc.message if exc.message.startswith("softguard") else f"softguard: {exc.message}",
+        )
 
     def _send_fatal(self, sqlstate: str, text: str) -> None:
         transport = self.transport

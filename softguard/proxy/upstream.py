@@ -74,7 +74,12 @@ class UpstreamTarget:
 
     @property
     def wants_tls(self) -> bool:
-        return not self.is_unix and self.sslmode in ("prefer", "require", "verify-ca", "verify-full")
+        return not self.is_unix and self.sslmode in (
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        )
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.sslrootcert)
@@ -127,7 +132,9 @@ async def open_upstream(
             )
         except (ssl.SSLError, OSError) as exc:
             transport.close()
-            raise UpstreamError(f"TLS handshake with upstream {target.display} failed: {exc}")
+            raise UpstreamError(
+                f"TLS handshake with upstream {target.display} failed: {exc}"
+            ) from None
         assert new is not None
         return new
     if answer == b"N" and target.sslmode == "prefer":

@@ -82,6 +82,15 @@ def parse_fields(body: bytes) -> dict[str, str]:
     return out
 
 
+def with_hint(body: bytes, hint: str) -> bytes:
+    """An ErrorResponse/NoticeResponse body with a HINT field added (or replaced)."""
+    fields = parse_fields(body)
+    fields["H"] = hint
+    return (
+        b"".join(code.encode() + value.encode() + b"\0" for code, value in fields.items()) + b"\0"
+    )
+
+
 def parse_query_text(mtype: int, body: bytes) -> bytes:
     """The SQL text of a Query ('Q') or Parse ('P') message body, without its NUL."""
     if mtype == 0x51:  # 'Q': query\0

@@ -107,8 +107,7 @@ def parse_packet(raw: bytes) -> Packet:
     major = code >> 16
     if major != 3:
         raise ClientProtocolError(
-            f"unsupported frontend protocol {major}.{code & 0xFFFF}: "
-            "softguard supports 3.0 to 3.2",
+            f"unsupported frontend protocol {major}.{code & 0xFFFF}: softguard supports 3.0 to 3.2",
             sqlstate="0A000",
         )
     return StartupMessage(code, _parse_params(raw[8:]), raw)

@@ -18,7 +18,9 @@ def msg(mtype: bytes, body: bytes) -> bytes:
 WANT = frozenset(b"QP")
 
 
-def replay(stream: bytes, cuts: list[int], want: frozenset[int] = WANT) -> tuple[bytes, list[bytes]]:
+def replay(
+    stream: bytes, cuts: list[int], want: frozenset[int] = WANT
+) -> tuple[bytes, list[bytes]]:
     """Feed ``stream`` split at ``cuts``; return (forwarded bytes, wanted raw messages).
 
     Forwarding follows the caller contract of softguard.proxy.session: bytes between
@@ -89,9 +91,9 @@ def test_unwanted_large_message_is_not_held() -> None:
 def test_wanted_message_is_held_until_complete() -> None:
     framer = Framer(want=WANT, allowed=FRONTEND_TYPES)
     q = msg(b"Q", b"select 42\0")
-    buf, msgs, held = framer.feed(q[:7])
+    _, msgs, held = framer.feed(q[:7])
     assert msgs == [] and held == 7
-    buf, msgs, held = framer.feed(q[7:])
+    _, msgs, held = framer.feed(q[7:])
     assert len(msgs) == 1 and msgs[0].start == -1 and msgs[0].body == b"select 42\0"
     assert msgs[0].raw == q
 

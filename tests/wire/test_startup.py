@@ -73,11 +73,16 @@ def test_bad_startup_packets(raw: bytes, sqlstate: str, text: str) -> None:
 
 
 def test_error_response_round_trip() -> None:
-    raw = error_response("42P01", "relation \"x\" does not exist", severity="FATAL", hint="h")
+    raw = error_response("42P01", 'relation "x" does not exist', severity="FATAL", hint="h")
     assert raw[:1] == b"E" and struct.unpack("!I", raw[1:5])[0] == len(raw) - 1
     fields = parse_fields(raw[5:])
-    assert fields == {"S": "FATAL", "V": "FATAL", "C": "42P01",
-                      "M": 'relation "x" does not exist', "H": "h"}
+    assert fields == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "42P01",
+        "M": 'relation "x" does not exist',
+        "H": "h",
+    }
 
 
 def test_query_text_of_query_and_parse() -> None:
