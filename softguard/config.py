@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from softguard.policy import PolicyConfig
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -21,7 +23,9 @@ class ConfigError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SOFTGUARD_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="SOFTGUARD_", env_nested_delimiter="__", extra="forbid"
+    )
 
     listen: str = Field("127.0.0.1:6432", description="HOST:PORT the proxy listens on")
     upstream: str | None = Field(
@@ -47,6 +51,7 @@ class Settings(BaseSettings):
     classify_cache_size: int = Field(4096, ge=0, description="classifications cached by text")
     log_level: LogLevel = "info"
     data_dir: Path | None = Field(None, description="data directory of the embedded server")
+    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig())
 
     @field_validator("listen")
     @classmethod
@@ -106,7 +111,7 @@ def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
         layered = _Layered(**{k: v for k, v in flags.items() if v is not None})
     except ValueError as exc:
         raise ConfigError(_explain(exc, config_file)) from exc
-    return Settings.model_construct(**layered.model_dump())
+    return layered
 
 
 class _DictSource(PydanticBaseSettingsSource):

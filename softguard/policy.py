@@ -1,29 +1,168 @@
-"""The one policy seam: a statement's classification -> what softguard does with it.
+"""The one policy seam: a statement's classification + who sent it -> what softguard does.
 
-The proxy asks ``Policy.decide`` about every statement that is not provably harmless;
-nothing else in the proxy interprets classifications. For now every statement is
-allowed and the decision is only logged (destructive statements at INFO, with their
-targets); rewriting and refusing plug in here.
+Every statement that is not provably harmless is sorted into a *category* (drop,
+truncate, delete, update, alter, dangerous, opaque, unparseable, ...) and the
+configuration says, per category, ``protect`` (rewrite it into a reversible operation),
+``allow`` (pass it through, logged) or ``deny`` (refuse it with an error). Rules match on
+role, application_name and database (shell-style patterns); the first rule that matches
+the session and sets the category wins, else the defaults apply. Nothing else in the
+proxy interprets classifications.
+
+Rules that always hold here:
+- A statement naming softguard's own schemas is refused, whatever the configuration.
+- ``protect`` is only accepted for categories softguard can make reversible.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
-from softguard.sql import Classification, Kind
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from softguard.sql import Classification, Kind, Statement
 
 log = logging.getLogger("softguard.policy")
+
+Verdict = Literal["protect", "allow", "deny"]
+
+# DROP kinds softguard makes reversible (docs/decisions/0005-reversible-drop.md).
+PROTECTABLE_DROPS = frozenset(
+    {
+        "DROP TABLE",
+        "DROP SCHEMA",
+        "DROP VIEW",
+        "DROP MATERIALIZED VIEW",
+        "DROP SEQUENCE",
+        "DROP INDEX",
+        "DROP FUNCTION",
+        "DROP PROCEDURE",
+        "DROP TYPE",
+        "DROP DOMAIN",
+    }
+)
+# Refused by default: cluster-wide or irreversible by nature (DESIGN.md §3).
+DANGEROUS_ACTIONS = frozenset(
+    {
+        "DROP DATABASE",
+        "DROP ROLE",
+        "DROP OWNED",
+        "REASSIGN OWNED",
+        "ALTER SYSTEM",
+        "COPY PROGRAM",
+        "COPY TO FILE",
+        "DROP TABLESPACE",
+        "DROP SUBSCRIPTION",
+    }
+)
+_CATEGORY_BY_ACTION = {
+    "TRUNCATE": "truncate",
+    "DELETE": "delete",
+    "MERGE": "delete",
+    "UPDATE": "update",
+    "INSERT ON CONFLICT DO UPDATE": "update",
+}
+CATEGORIES = (
+    "drop",
+    "drop_other",
+    "truncate",
+    "delete",
+    "update",
+    "alter",
+    "dangerous",
+    "opaque",
+    "unparseable",
+)
+_PROTECTABLE = frozenset({"drop"})
+
+
+def category_of(stmt: Statement) -> str:
+    """The policy category of one non-SAFE statement."""
+    if stmt.kind is Kind.OPAQUE:
+        return "opaque"
+    action = stmt.action
+    if action in PROTECTABLE_DROPS and stmt.command in ("", action):
+        return "drop"
+    if action in DANGEROUS_ACTIONS or action.startswith("CALL FUNCTION"):
+        return "dangerous"
+    category = _CATEGORY_BY_ACTION.get(action)
+    if category is not None:
+        return category
+    if action.startswith("ALTER"):
+        return "alter"
+    if action.startswith("DROP"):
+        return "drop_other"
+    return "dangerous"  # an unknown destructive kind: refuse unless configured
+
+
+class _Verdicts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _protect_only_where_possible(self) -> _Verdicts:
+        for name in CATEGORIES:
+            if getattr(self, name, None) == "protect" and name not in _PROTECTABLE:
+                raise ValueError(
+                    f"{name} = 'protect' is not available yet (protectable: "
+                    f"{', '.join(sorted(_PROTECTABLE))}); use 'allow' or 'deny'"
+                )
+        return self
+
+
+class Rule(_Verdicts):
+    """Applies to sessions whose role, application_name and database all match."""
+
+    role: str = "*"
+    application_name: str = "*"
+    database: str = "*"
+    drop: Verdict | None = None
+    drop_other: Verdict | None = None
+    truncate: Verdict | None = None
+    delete: Verdict | None = None
+    update: Verdict | None = None
+    alter: Verdict | None = None
+    dangerous: Verdict | None = None
+    opaque: Verdict | None = None
+    unparseable: Verdict | None = None
+
+    def matches(self, session: SessionInfo) -> bool:
+        return (
+            fnmatch.fnmatchcase(session.user, self.role)
+            and fnmatch.fnmatchcase(session.application_name, self.application_name)
+            and fnmatch.fnmatchcase(session.database, self.database)
+        )
+
+
+class PolicyConfig(_Verdicts):
+    """Defaults per category, then rules (first match that sets a category wins)."""
+
+    drop: Verdict = "protect"
+    drop_other: Verdict = "allow"
+    truncate: Verdict = "allow"
+    delete: Verdict = "allow"
+    update: Verdict = "allow"
+    alter: Verdict = "allow"
+    dangerous: Verdict = "deny"
+    opaque: Verdict = "allow"
+    unparseable: Verdict = "allow"
+    retention_days: float = Field(
+        default=7.0, gt=0, description="how long operations stay undoable"
+    )
+    rules: list[Rule] = Field(default_factory=list)
 
 
 class Action(StrEnum):
     ALLOW = "allow"
+    PROTECT = "protect"
+    DENY = "deny"
 
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """Who is asking: what rules will match on."""
+    """Who is asking: what rules match on."""
 
     user: str
     database: str
@@ -34,50 +173,87 @@ class SessionInfo:
 @dataclass(frozen=True, slots=True)
 class Decision:
     action: Action
+    category: str
+    statement: Statement | None
     reason: str = ""
 
 
-ALLOW = Decision(Action.ALLOW)
+TAMPER_MESSAGE = (
+    "softguard: statements may not read, change or drop softguard's own schemas "
+    "(softguard, softguard_quarantine)"
+)
 
 
 class Policy:
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        self.config = config or PolicyConfig()
+
+    @property
+    def retention_seconds(self) -> int:
+        return int(self.config.retention_days * 86400)
+
+    def verdict(self, category: str, session: SessionInfo) -> Verdict:
+        for rule in self.config.rules:
+            value = getattr(rule, category)
+            if value is not None and rule.matches(session):
+                return value  # type: ignore[no-any-return]
+        return getattr(self.config, category)  # type: ignore[no-any-return]
+
     def decide(
         self, classification: Classification, session: SessionInfo, *, source: str
-    ) -> Decision:
-        """``source`` says where the text came from: "query" (simple) or "parse"."""
-        kind = classification.kind
-        if kind is Kind.SAFE:
-            return ALLOW
-        if kind is Kind.DESTRUCTIVE:
-            for stmt in classification.statements:
-                if stmt.kind is Kind.DESTRUCTIVE:
-                    log.info(
-                        "destructive %s via %s: targets=%s%s user=%s db=%s app=%s client=%s",
-                        stmt.action,
-                        source,
-                        ",".join(t.qualified() for t in stmt.targets) or "-",
-                        f" ({stmt.detail})" if stmt.detail else "",
-                        session.user,
-                        session.database,
-                        session.application_name or "-",
-                        session.client_addr,
-                    )
-        elif kind is Kind.OPAQUE:
+    ) -> list[Decision]:
+        """One decision per non-SAFE statement (one for the whole text if unparseable)."""
+        if classification.kind is Kind.UNPARSEABLE:
+            verdict = self.verdict("unparseable", session)
             log.info(
-                "opaque statement via %s (%s): user=%s db=%s",
+                "unparseable statement via %s (%s): %s; user=%s db=%s",
                 source,
-                "; ".join(
-                    s.detail or s.action for s in classification.statements if s.kind is Kind.OPAQUE
-                ),
-                session.user,
-                session.database,
-            )
-        else:
-            log.info(
-                "unparseable statement via %s: %s; user=%s db=%s",
-                source,
+                verdict,
                 classification.error,
                 session.user,
                 session.database,
             )
-        return ALLOW
+            action = Action.DENY if verdict == "deny" else Action.ALLOW
+            reason = f"softguard could not parse this statement: {classification.error}"
+            return [Decision(action, "unparseable", None, reason)]
+        decisions = []
+        for stmt in classification.statements:
+            if stmt.kind is Kind.SAFE:
+                continue
+            category = category_of(stmt)
+            verdict = self.verdict(category, session)
+            for inner in stmt.nested:
+                # A statement is as restricted as the most restricted thing inside it.
+                inner_category = category_of(inner)
+                if self.verdict(inner_category, session) == "deny":
+                    category, verdict, stmt_for_reason = inner_category, "deny", inner
+                    break
+            else:
+                stmt_for_reason = stmt
+            if verdict == "protect" and stmt.command not in ("", stmt.action):
+                verdict = "allow"
+            log.info(
+                "%s %s via %s: %s; user=%s db=%s app=%s client=%s",
+                verdict,
+                category,
+                source,
+                stmt_for_reason.summary(),
+                session.user,
+                session.database,
+                session.application_name or "-",
+                session.client_addr,
+            )
+            decisions.append(
+                Decision(Action(verdict), category, stmt, _reason(category, stmt_for_reason))
+            )
+        return decisions
+
+
+def _reason(category: str, stmt: Statement) -> str:
+    what = stmt.summary()
+    if category == "opaque":
+        return (
+            f"softguard: {what} is refused by policy: softguard cannot see what it would do"
+            f"{' (' + stmt.detail + ')' if stmt.detail else ''}"
+        )
+    return f"softguard: {what} is refused by policy ({category})"

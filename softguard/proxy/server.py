@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from softguard.config import Settings
 from softguard.policy import Policy
+from softguard.proxy.ledger_gate import LedgerGate
 from softguard.proxy.session import ClientSession, UpstreamProtocol
 from softguard.proxy.upstream import UpstreamError, UpstreamTarget, open_upstream
 from softguard.sql import Classifier
@@ -38,7 +39,8 @@ class ProxyServer:
         self.target = target
         self.loop = loop
         self.classifier = Classifier(settings.classify_cache_size)
-        self.policy = Policy()
+        self.policy = Policy(settings.policy)
+        self.ledger = LedgerGate(target, settings.connect_timeout)
         self.sessions: set[ClientSession] = set()
         self.upstream_ssl = target.ssl_context() if target.wants_tls else None
         self.client_ssl = _client_ssl_context(settings)

@@ -13,9 +13,19 @@ import ssl
 from enum import Enum, auto
 from typing import TYPE_CHECKING, cast
 
-from softguard.policy import SessionInfo
+from softguard.policy import TAMPER_MESSAGE, Action, SessionInfo
 from softguard.proxy.upstream import UpstreamError, open_upstream
 from softguard.sql import Kind
+from softguard.sql.rewrite import (
+    Replacement,
+    RewritePlan,
+    apply,
+    char_offset,
+    drop_call,
+    refusal,
+    statement_span,
+)
+from softguard.sql.tamper import mentions_softguard
 from softguard.wire import (
     CancelRequest,
     ClientProtocolError,
@@ -33,7 +43,8 @@ from softguard.wire import (
     strip_scram_plus,
 )
 from softguard.wire.constants import AUTH_SASL, FRONTEND_TYPES, TX_IDLE
-from softguard.wire.messages import TERMINATE, auth_code, with_hint
+from softguard.wire.messages import TERMINATE, auth_code, message, with_hint
+from softguard.wire.results import ResultFilter
 
 if TYPE_CHECKING:
     from softguard.proxy.server import ProxyServer
@@ -45,7 +56,9 @@ _Z, _E, _R, _K = b"ZERK"
 # Client messages the proxy reads: statement texts, and what produces a ReadyForQuery.
 _CLIENT_WANT = frozenset((_Q, _P, _S, _F))
 # Server messages the proxy reads once the session is up.
-_SERVER_WANT = frozenset((_Z, _E))
+_N, _C = b"NC"
+_SERVER_WANT = frozenset((_Z, _E, _N, _C))
+_DEFER = object()
 _MAX_EARLY_BYTES = 1 << 20
 # SCRAM channel binding cannot span a proxy that terminates TLS: libpq, on TLS and not
 # offered SCRAM-SHA-256-PLUS, tells the server so, and a server on TLS itself then suspects
@@ -137,6 +150,9 @@ class ClientSession(asyncio.Protocol):
         self._server_fatal = False
         self._closing_for_shutdown = False
         self._cancel_key: tuple[int, bytes] | None = None
+        # Set once the session has sent a rewritten statement; then stays on.
+        self._filter: ResultFilter | None = None
+        self._plan: RewritePlan | None = None
 
     # ------------------------------------------------------------------ client events
 
@@ -223,8 +239,9 @@ class ClientSession(asyncio.Protocol):
             return
         assert isinstance(packet, StartupMessage)
         if rest:
-            self._fail(ClientProtocolError("unexpected data after startup packet"))
-            return
+            # PostgreSQL leaves what follows the packet buffered for later; so do we.
+            self._early.append(rest)
+            self._early_size += len(rest)
         if self.server.over_capacity():
             self._send_fatal(
                 "53300",
@@ -301,79 +318,196 @@ class ClientSession(asyncio.Protocol):
         except ProtocolViolation as exc:
             self._fail(exc)
             return
-        up = self.up_transport
-        assert up is not None
         if msgs:
-            cursor = 0
-            for msg in msgs:
-                mtype = msg.type
-                if mtype == _Q or mtype == _P:
-                    if mtype == _Q:
-                        self.pending += 1
-                    try:
-                        replacement = self._inspect(msg)
-                    except ProtocolViolation as exc:
-                        self._fail(exc)
-                        return
-                    if replacement is None and msg.start >= 0:
-                        continue
-                    if msg.start > cursor:
-                        up.write(buf[cursor : msg.start])
-                    up.write(msg.raw if replacement is None else replacement)
-                    cursor = msg.end
-                    continue
-                self.pending += 1  # Sync or FunctionCall
-                if msg.start < 0:
-                    up.write(msg.raw)
-                    cursor = msg.end
-            end = len(buf) - held
-            if cursor == 0 and held == 0:
+            self._relay_messages(buf, msgs, held, 0, 0)
+        else:
+            up = self.up_transport
+            assert up is not None
+            if held == 0:
                 up.write(buf)
-            elif end > cursor:
-                up.write(buf[cursor:end])
-        elif held == 0:
-            up.write(buf)
-        elif len(buf) > held:
-            up.write(buf[: len(buf) - held])
+            elif len(buf) > held:
+                up.write(buf[: len(buf) - held])
         if self._stall_timer is None and not self._cframer.at_boundary:
             self._arm_stall_timer()
 
-    def _inspect(self, msg: Message) -> bytes | None:
-        """Classify a statement text; return replacement bytes, or None to forward as is."""
+    def _relay_messages(
+        self, buf: bytes, msgs: list[Message], held: int, index: int, cursor: int
+    ) -> None:
+        """Forward ``buf`` with the wanted ``msgs[index:]`` inspected (and maybe replaced)."""
+        up = self.up_transport
+        assert up is not None
+        for i in range(index, len(msgs)):
+            msg = msgs[i]
+            mtype = msg.type
+            if mtype == _Q or mtype == _P:
+                try:
+                    replacement = self._inspect(msg)
+                except ProtocolViolation as exc:
+                    self._fail(exc)
+                    return
+                if replacement is _DEFER:
+                    if msg.start > cursor:
+                        up.write(buf[cursor : msg.start])
+                    self._defer(buf, msgs, held, i, max(msg.start, 0))
+                    return
+                if mtype == _Q:
+                    self.pending += 1
+                    if self._filter is not None:
+                        self._filter.expect_ready(self._plan)
+                        self._plan = None
+                if replacement is None and msg.start >= 0:
+                    continue
+                if msg.start > cursor:
+                    up.write(buf[cursor : msg.start])
+                up.write(msg.raw if replacement is None else cast(bytes, replacement))
+                cursor = msg.end
+                continue
+            self.pending += 1  # Sync or FunctionCall: each ends with a ReadyForQuery
+            if self._filter is not None:
+                self._filter.expect_ready(None)
+            if msg.start < 0:
+                up.write(msg.raw)
+                cursor = msg.end
+        end = len(buf) - held
+        if cursor == 0 and held == 0:
+            up.write(buf)
+        elif end > cursor:
+            up.write(buf[cursor:end])
+
+    def _defer(self, buf: bytes, msgs: list[Message], held: int, index: int, cursor: int) -> None:
+        """Hold the client's stream until the ledger of this database is known."""
+        self._set_client_reading(paused=True, reason="ledger")
+
+        async def resume() -> None:
+            await self.server.ledger.ensure(self.info.database, self.info.user)
+            if self.state is State.CLOSED:
+                return
+            self._relay_messages(buf, msgs, held, index, cursor)
+            self._set_client_reading(paused=False, reason="ledger")
+
+        self.server.spawn(resume())
+
+    def _inspect(self, msg: Message) -> bytes | object | None:
+        """Classify a statement text and apply the policy.
+
+        Returns None to forward the message as is, the bytes of a replacement message,
+        or ``_DEFER`` when the ledger of the session's database must be checked first.
+        """
         text = parse_query_text(msg.type, msg.body)
-        classification = self.server.classifier.classify_bytes(text)
+        server = self.server
+        if mentions_softguard(text):
+            log.warning(
+                "refused statement naming softguard's schemas: user=%s db=%s client=%s",
+                self.info.user,
+                self.info.database,
+                self.peer,
+            )
+            return self._replace(msg, text, [], refusal("42501", TAMPER_MESSAGE))
+        classification = server.classifier.classify_bytes(text)
         if classification.kind is Kind.SAFE:
             return None
-        self.server.policy.decide(
-            classification, self.info, source="query" if msg.type == _Q else "parse"
-        )
-        return None
+        source = "query" if msg.type == _Q else "parse"
+        decisions = server.policy.decide(classification, self.info, source=source)
+        replacements: list[Replacement] = []
+        for decision in decisions:
+            stmt = decision.statement
+            if decision.action is Action.ALLOW:
+                continue
+            if decision.action is Action.DENY:
+                refused = refusal("42501", decision.reason)
+                if stmt is None:
+                    return self._replace(msg, text, [], refused)
+                replacements.append(Replacement(stmt, refused))
+                continue
+            assert stmt is not None  # PROTECT is only decided for a parsed statement
+            ledger = server.ledger.state(self.info.database)
+            if ledger is None:
+                return _DEFER
+            if ledger is not True:
+                replacements.append(Replacement(stmt, refusal("55000", ledger)))
+                continue
+            start, end = statement_span(text, stmt)
+            ctx = {
+                "client_addr": self.peer.rpartition(":")[0] or self.peer,
+                "retention_seconds": server.policy.retention_seconds,
+                "offset": char_offset(text, start),
+                "action": stmt.action,
+            }
+            replacements.append(
+                Replacement(stmt, drop_call(text[start:end].decode("utf-8", "replace"), ctx))
+            )
+        if not replacements:
+            return None
+        return self._replace(msg, text, replacements, None)
+
+    def _replace(
+        self, msg: Message, text: bytes, replacements: list[Replacement], whole: str | None
+    ) -> bytes:
+        """The rebuilt Query/Parse message; turns result filtering on for the session."""
+        if whole is not None:
+            new_text = whole.encode()
+            plan = None
+        else:
+            rewrite = apply(text, replacements)
+            new_text = rewrite.text
+            plan = rewrite
+        if self._filter is None:
+            self._filter = ResultFilter()
+            # Answers still owed for messages sent before filtering began come first.
+            for _ in range(self.pending):
+                self._filter.expect_ready(None)
+        if msg.type == _Q:
+            self._plan = plan
+            return message(b"Q", new_text + b"\0")
+        name_end = msg.body.index(b"\0")
+        rest = msg.body[name_end + 1 + len(text) + 1 :]
+        return message(b"P", msg.body[: name_end + 1] + new_text + b"\0" + rest)
 
     def _server_data(self, data: bytes) -> None:
-        client = self.transport
         if self.state is State.READY:
-            assert client is not None
-            client.write(data)
-            try:
-                _, msgs, _ = self._sframer.feed(data)
-            except ProtocolViolation as exc:
-                self._fail(exc)
-                return
-            for msg in msgs:
-                if msg.type == _Z:
-                    self._ready_for_query(msg.body)
-                elif _is_fatal(msg.body):
-                    self._server_fatal = True
-            return
-        if self.state is State.AUTH:
+            self._server_ready_data(data)
+        elif self.state is State.AUTH:
             self._server_startup_data(data)
+
+    def _server_ready_data(self, data: bytes) -> None:
+        client = self.transport
+        assert client is not None
+        try:
+            buf, msgs, held = self._sframer.feed(data)
+        except ProtocolViolation as exc:
+            client.write(data)
+            self._fail(exc)
+            return
+        cursor = 0
+        filt = self._filter
+        for msg in msgs:
+            mtype = msg.type
+            if mtype == _Z:
+                self._ready_for_query(msg.body)
+            elif mtype == _E and _is_fatal(msg.body):
+                self._server_fatal = True
+            replacement = None if filt is None else filt.process(mtype, msg.body)
+            if replacement is None and msg.start >= 0:
+                continue
+            if msg.start > cursor:
+                client.write(buf[cursor : msg.start])
+            if replacement is None:
+                client.write(msg.raw)
+            elif replacement:
+                client.write(replacement)
+            cursor = msg.end
+        end = len(buf) - held
+        if cursor == 0 and held == 0:
+            client.write(buf)
+        elif end > cursor:
+            client.write(buf[cursor:end])
 
     def _server_startup_data(self, data: bytes) -> None:
         """Until the first ReadyForQuery: read every message (auth offer, key data)."""
         client = self.transport
         assert client is not None
         try:
-            buf, msgs, held = self._sframer.feed(data)
+            _, msgs, _ = self._sframer.feed(data)
         except ProtocolViolation as exc:
             self._fail(exc)
             return
@@ -404,10 +538,6 @@ class ClientSession(asyncio.Protocol):
                     self.info.user,
                     self.info.database,
                 )
-        if held and self.state is State.READY:
-            # From here on server bytes are forwarded as they arrive and the framer only
-            # watches them, so a message already begun must go out now.
-            client.write(buf[len(buf) - held :])
 
     def _ready_for_query(self, body: bytes) -> None:
         self.tx_status = body[0] if body else TX_IDLE

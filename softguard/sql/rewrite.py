@@ -1,0 +1,142 @@
+"""Rewrite plans: the text softguard sends instead of the client's, and how to map the
+server's answers back. Pure functions; the proxy applies them.
+
+A plan replaces individual statements of a query string (located by their byte offsets)
+and keeps everything else byte for byte. ``Segment``s record where each piece of the new
+text came from, so an error position the server reports in the new text can be turned
+into the position in the client's own text.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+from pglast import parse_sql
+from pglast.enums.parsenodes import DropBehavior
+from pglast.stream import RawStream
+
+from softguard.sql.classify import Statement
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Characters [new_start, new_start + new_len) of the new text came from
+    characters [old_start, old_start + old_len) of the original (0-based)."""
+
+    new_start: int
+    new_len: int
+    old_start: int
+    old_len: int
+    rewritten: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """Replace one statement (``stmt.location``/``length`` bytes) with ``text``."""
+
+    stmt: Statement
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RewritePlan:
+    text: bytes
+    segments: tuple[Segment, ...]
+
+    def original_position(self, position: int) -> int:
+        """Map a 1-based character position in the new text to the original text."""
+        index = position - 1
+        for seg in self.segments:
+            if seg.new_start <= index < seg.new_start + seg.new_len:
+                if seg.rewritten:
+                    return seg.old_start + 1
+                return seg.old_start + (index - seg.new_start) + 1
+        return position
+
+
+def statement_span(sql: bytes, stmt: Statement) -> tuple[int, int]:
+    """Byte range of ``stmt`` in ``sql``."""
+    end = stmt.location + stmt.length if stmt.length else len(sql)
+    return stmt.location, end
+
+
+def char_offset(sql: bytes, byte_offset: int) -> int:
+    return len(sql[:byte_offset].decode("utf-8", "replace"))
+
+
+def apply(sql: bytes, replacements: Sequence[Replacement]) -> RewritePlan:
+    """The new text with each replaced statement swapped, plus the position map."""
+    pieces: list[str] = []
+    segments: list[Segment] = []
+    cursor = 0
+    new_pos = 0
+    old_pos = 0
+    for rep in sorted(replacements, key=lambda r: r.stmt.location):
+        start, end = statement_span(sql, rep.stmt)
+        kept = sql[cursor:start].decode("utf-8", "replace")
+        replaced = sql[start:end].decode("utf-8", "replace")
+        if kept:
+            segments.append(Segment(new_pos, len(kept), old_pos, len(kept), False))
+            pieces.append(kept)
+            new_pos += len(kept)
+            old_pos += len(kept)
+        segments.append(Segment(new_pos, len(rep.text), old_pos, len(replaced), True))
+        pieces.append(rep.text)
+        new_pos += len(rep.text)
+        old_pos += len(replaced)
+        cursor = end
+    rest = sql[cursor:].decode("utf-8", "replace")
+    if rest:
+        segments.append(Segment(new_pos, len(rest), old_pos, len(rest), False))
+        pieces.append(rest)
+    return RewritePlan("".join(pieces).encode(), tuple(segments))
+
+
+def dollar_quote(*texts: str) -> str:
+    """A dollar-quote tag that occurs in none of ``texts``."""
+    for _ in range(100):
+        tag = f"$sg{secrets.token_hex(4)}$"
+        if not any(tag in t for t in texts):
+            return tag
+    raise RuntimeError("could not find a free dollar-quote tag")  # pragma: no cover
+
+
+def cascade_variant(stmt_text: str) -> str:
+    """The same DROP statement with CASCADE, deparsed by PostgreSQL's grammar."""
+    parsed = parse_sql(stmt_text)
+    node = parsed[0].stmt
+    assert node is not None
+    node.behavior = DropBehavior.DROP_CASCADE
+    return str(RawStream()(node))
+
+
+def drop_call(stmt_text: str, ctx: dict[str, object]) -> str:
+    """``CALL softguard.drop_op(...)`` for one DROP statement (see decision 0005)."""
+    cascade = cascade_variant(stmt_text)
+    ctx_json = orjson.dumps(ctx).decode()
+    q = dollar_quote(stmt_text, cascade, ctx_json)
+    return f"CALL softguard.drop_op({q}{stmt_text}{q}, {q}{cascade}{q}, {q}{ctx_json}{q}::jsonb)"
+
+
+def refusal(sqlstate: str, message: str, hint: str | None = None) -> str:
+    """A statement that makes the server raise softguard's refusal.
+
+    Raised by the server, the error puts the client's transaction into the same failed
+    state a failing statement would; the proxy removes the PL/pgSQL context it carries.
+    """
+    hint_clause = ""
+    body_texts = [message] + ([hint] if hint else [])
+    q = dollar_quote(*body_texts)
+    inner = dollar_quote(*body_texts, q)
+    if hint:
+        hint_clause = f", HINT = {inner}{hint}{inner}"
+    return (
+        f"DO {q}BEGIN "
+        "PERFORM set_config('client_min_messages', 'notice', true); "
+        "RAISE NOTICE USING ERRCODE = 'SGBEG', MESSAGE = '0'; "
+        f"RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = {inner}{message}{inner}"
+        f"{hint_clause}; END{q}"
+    )

@@ -1,0 +1,103 @@
+"""Making a rewritten statement's results look like the original's (sans-IO).
+
+softguard's server-side procedures bracket what they do with two private notices,
+SQLSTATE ``SGBEG`` (message: the statement's character offset in the client's text) and
+``SGEND`` (message: the command tag the original statement would have returned); see
+docs/decisions/0005-reversible-drop.md. Between them, errors and notices come from inside
+a PL/pgSQL procedure: their CONTEXT and internal-query fields are removed and an internal
+error position becomes a position in the client's text. The ``CALL`` command tag that
+follows ``SGEND`` is replaced by the original tag. Positions of other statements in a
+rewritten query string are mapped back through the query's ``RewritePlan``.
+
+The filter sees every NoticeResponse, ErrorResponse, CommandComplete and ReadyForQuery
+of a session that has sent at least one rewritten statement, in order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from softguard.wire.messages import message, parse_fields
+
+_N, _E, _C, _Z = b"NECZ"
+BEGIN_CODE = "SGBEG"
+END_CODE = "SGEND"
+# Fields that only describe softguard's procedure, never the client's statement.
+_INNER_FIELDS = ("W", "q", "p")
+
+
+class PositionMap(Protocol):
+    def original_position(self, position: int) -> int: ...
+
+
+class ResultFilter:
+    __slots__ = ("_inside", "_maps", "_offset", "_tag")
+
+    def __init__(self) -> None:
+        # One entry per message that ends with ReadyForQuery (Query, Sync, FunctionCall).
+        self._maps: deque[PositionMap | None] = deque()
+        self._inside = False
+        self._offset = 0
+        self._tag: str | None = None
+
+    def expect_ready(self, plan: PositionMap | None) -> None:
+        """A Query (with its rewrite plan, if any), Sync or FunctionCall was sent."""
+        self._maps.append(plan)
+
+    def process(self, mtype: int, body: bytes) -> bytes | None:
+        """None: forward the message as is; else the bytes to send instead (b"" drops)."""
+        if mtype == _C:
+            tag = self._tag
+            if tag is None:
+                return None
+            self._tag = None
+            return message(b"C", tag.encode() + b"\0")
+        if mtype == _Z:
+            if self._maps:
+                self._maps.popleft()
+            self._inside = False
+            self._tag = None
+            return None
+        if mtype == _N or mtype == _E:
+            return self._notice_or_error(mtype, body)
+        return None
+
+    def _notice_or_error(self, mtype: int, body: bytes) -> bytes | None:
+        fields = parse_fields(body)
+        code = fields.get("C")
+        if mtype == _N and code == BEGIN_CODE:
+            self._inside = True
+            try:
+                self._offset = int(fields.get("M", "0"))
+            except ValueError:
+                self._offset = 0
+            return b""
+        if mtype == _N and code == END_CODE:
+            self._inside = False
+            self._tag = fields.get("M") or None
+            return b""
+        if self._inside:
+            inner_position = fields.get("p")
+            for key in _INNER_FIELDS:
+                fields.pop(key, None)
+            if fields.get("R") == "exec_stmt_raise":
+                # softguard's own RAISE: its source location is the PL/pgSQL interpreter's.
+                for key in "FLR":
+                    fields.pop(key, None)
+            if inner_position is not None and inner_position.isdigit():
+                fields["P"] = str(self._offset + int(inner_position))
+            if mtype == _E:
+                self._inside = False
+            return _encode(mtype, fields)
+        position = fields.get("P")
+        plan = self._maps[0] if self._maps else None
+        if position is not None and plan is not None and position.isdigit():
+            fields["P"] = str(plan.original_position(int(position)))
+            return _encode(mtype, fields)
+        return None
+
+
+def _encode(mtype: int, fields: dict[str, str]) -> bytes:
+    body = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
+    return message(bytes((mtype,)), body)

@@ -1,0 +1,72 @@
+"""The result filter makes a rewritten statement's answers look like the original's."""
+
+from __future__ import annotations
+
+from softguard.sql import classify
+from softguard.sql.rewrite import Replacement, apply
+from softguard.wire.messages import error_response, message, notice_response, parse_fields
+from softguard.wire.results import ResultFilter
+
+
+def fields_of(raw: bytes) -> dict[str, str]:
+    return parse_fields(raw[5:])
+
+
+def notice(code: str, text: str, **extra: str) -> bytes:
+    body = notice_response(text, sqlstate=code)[5:]
+    fields = parse_fields(body)
+    fields.update(extra)
+    return b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
+
+
+def test_markers_are_swallowed_and_tag_replaced() -> None:
+    f = ResultFilter()
+    f.expect_ready(None)
+    assert f.process(ord("N"), notice("SGBEG", "0")) == b""
+    inner = notice("00000", "drop cascades to view v", W="PL/pgSQL function softguard.drop_op")
+    out = f.process(ord("N"), inner)
+    assert out is not None and "W" not in fields_of(out)
+    assert fields_of(out)["M"] == "drop cascades to view v"
+    assert f.process(ord("N"), notice("SGEND", "DROP TABLE")) == b""
+    assert f.process(ord("C"), b"CALL\0") == message(b"C", b"DROP TABLE\0")
+    assert f.process(ord("Z"), b"I") is None
+    assert f.process(ord("C"), b"SELECT 1\0") is None  # later statements untouched
+
+
+def test_error_inside_rewrite_gets_client_position() -> None:
+    f = ResultFilter()
+    f.expect_ready(None)
+    f.process(ord("N"), notice("SGBEG", "10"))
+    body = error_response("42P01", 'table "x" does not exist')[5:]
+    fields = parse_fields(body)
+    fields.update({"p": "12", "q": "DROP TABLE x", "W": "PL/pgSQL function ..."})
+    raw = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
+    out = f.process(ord("E"), raw)
+    assert out is not None
+    got = fields_of(out)
+    assert got["P"] == "22" and not {"p", "q", "W"} & got.keys()
+    # after the error the statement is over: a later CommandComplete is untouched
+    assert f.process(ord("C"), b"CALL\0") is None
+
+
+def test_positions_after_a_rewritten_statement_map_back() -> None:
+    sql = b"DROP TABLE t; SELECT nosuch"
+    stmt = classify(sql.decode()).statements[0]
+    plan = apply(sql, [Replacement(stmt, "CALL softguard.drop_op('x' || 'much longer text')")])
+    f = ResultFilter()
+    f.expect_ready(plan)
+    new_pos = plan.text.decode().index("nosuch") + 1
+    body = error_response("42703", 'column "nosuch" does not exist')[5:]
+    fields = parse_fields(body)
+    fields["P"] = str(new_pos)
+    raw = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
+    out = f.process(ord("E"), raw)
+    assert out is not None and fields_of(out)["P"] == str(sql.decode().index("nosuch") + 1)
+
+
+def test_unrelated_messages_pass_untouched() -> None:
+    f = ResultFilter()
+    f.expect_ready(None)
+    assert f.process(ord("N"), notice("00000", "hello")) is None
+    assert f.process(ord("E"), error_response("22012", "division by zero")[5:]) is None
+    assert f.process(ord("C"), b"SELECT 1\0") is None
