@@ -229,9 +229,13 @@ class ClientSession(asyncio.Protocol):
             self.server.spawn(self._start_tls(ctx))
             return
         if isinstance(packet, GSSENCRequest):
-            self.transport.write(b"N")
             if rest:
-                self._startup_data(rest)
+                # As after SSLRequest: bytes sent before our answer are refused.
+                self._fail(
+                    ClientProtocolError("received unencrypted data after GSSAPI encryption request")
+                )
+                return
+            self.transport.write(b"N")
             return
         if isinstance(packet, CancelRequest):
             self.server.spawn(self.server.forward_cancel(packet))
@@ -501,6 +505,8 @@ class ClientSession(asyncio.Protocol):
             client.write(buf)
         elif end > cursor:
             client.write(buf[cursor:end])
+        if self._closing_for_shutdown:
+            self._after_server_chunk()
 
     def _server_startup_data(self, data: bytes) -> None:
         """Until the first ReadyForQuery: read every message (auth offer, key data)."""
@@ -538,11 +544,16 @@ class ClientSession(asyncio.Protocol):
                     self.info.user,
                     self.info.database,
                 )
+        if self._closing_for_shutdown:
+            self._after_server_chunk()
 
     def _ready_for_query(self, body: bytes) -> None:
         self.tx_status = body[0] if body else TX_IDLE
         if self.pending > 0:
             self.pending -= 1
+
+    def _after_server_chunk(self) -> None:
+        """Once a chunk is forwarded: a session waiting to shut down may go now."""
         if self._closing_for_shutdown and self.is_idle:
             self.terminate(
                 "57P01", "softguard: terminating connection because softguard is shutting down"

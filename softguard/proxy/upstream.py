@@ -6,7 +6,7 @@ import asyncio
 import ssl
 from dataclasses import dataclass
 from struct import pack
-from typing import Protocol
+from typing import Protocol, cast
 
 from psycopg.conninfo import conninfo_to_dict
 
@@ -120,16 +120,31 @@ async def open_upstream(
         ) from None
     if not target.wants_tls:
         return transport
+    try:
+        return await _negotiate_tls(loop, target, protocol, sink, ssl_ctx, transport)
+    except BaseException:
+        # Timed out or cancelled mid-negotiation: never leave the socket behind.
+        transport.close()
+        raise
+
+
+async def _negotiate_tls(
+    loop: asyncio.AbstractEventLoop,
+    target: UpstreamTarget,
+    protocol: asyncio.Protocol,
+    sink: SSLAnswerSink,
+    ssl_ctx: ssl.SSLContext | None,
+    transport: asyncio.BaseTransport,
+) -> asyncio.BaseTransport:
+    writer = cast(asyncio.WriteTransport, transport)
     answer_future = sink.expect_ssl_answer()
-    transport.write(SSL_REQUEST)
+    writer.write(SSL_REQUEST)
     answer = await answer_future
     if answer == b"S":
         assert ssl_ctx is not None
         server_hostname = target.host if target.sslmode == "verify-full" else None
         try:
-            new = await loop.start_tls(
-                transport, protocol, ssl_ctx, server_hostname=server_hostname
-            )
+            new = await loop.start_tls(writer, protocol, ssl_ctx, server_hostname=server_hostname)
         except (ssl.SSLError, OSError) as exc:
             transport.close()
             raise UpstreamError(

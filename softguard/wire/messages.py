@@ -95,7 +95,7 @@ def parse_query_text(mtype: int, body: bytes) -> bytes:
     """The SQL text of a Query ('Q') or Parse ('P') message body, without its NUL."""
     if mtype == 0x51:  # 'Q': query\0
         end = body.find(b"\0")
-        if end != len(body) - 1:
+        if not body or end != len(body) - 1:
             raise ClientProtocolError("invalid Query message: text not NUL-terminated")
         return body[:end]
     # 'P': statement-name\0 query\0 int16 nparams, int32 * nparams

@@ -255,9 +255,7 @@ def expect_fatal(
     return fields
 
 
-def raw_session(
-    host: str, port: int, user: str, database: str, timeout: float = 10.0
-) -> RawConn:
+def raw_session(host: str, port: int, user: str, database: str, timeout: float = 10.0) -> RawConn:
     """A raw connection through startup (trust auth) up to the first ReadyForQuery."""
     conn = RawConn.connect(host, port, timeout=timeout)
     try:
