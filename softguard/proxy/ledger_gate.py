@@ -33,6 +33,10 @@ class LedgerGate:
         """None while unknown; then True or the refusal message."""
         return self._states.get(database)
 
+    def forget(self, database: str) -> None:
+        """The server says the ledger is gone: check again next time."""
+        self._states.pop(database, None)
+
     async def ensure(self, database: str, user: str) -> LedgerState:
         known = self._states.get(database)
         if known is not None:

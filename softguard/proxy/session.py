@@ -491,6 +491,9 @@ class ClientSession(asyncio.Protocol):
             elif mtype == _E and _is_fatal(msg.body):
                 self._server_fatal = True
             replacement = None if filt is None else filt.process(mtype, msg.body)
+            if filt is not None and filt.ledger_missing:
+                filt.ledger_missing = False
+                self.server.ledger.forget(self.info.database)
             if replacement is None and msg.start >= 0:
                 continue
             if msg.start > cursor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
-from softguard.wire.messages import message, parse_fields
+from softguard.wire.messages import error_response, message, parse_fields
 
 _N, _E, _C, _Z = b"NECZ"
 BEGIN_CODE = "SGBEG"
@@ -31,10 +31,19 @@ class PositionMap(Protocol):
     def original_position(self, position: int) -> int: ...
 
 
+LEDGER_MISSING = (
+    "softguard: the softguard ledger is missing from this database (was it dropped and "
+    "re-created?); the statement was not run"
+)
+
+
 class ResultFilter:
-    __slots__ = ("_inside", "_maps", "_offset", "_tag")
+    __slots__ = ("_inside", "_maps", "_offset", "_tag", "ledger_missing")
 
     def __init__(self) -> None:
+        # Set when the server said softguard's procedures do not exist: the proxy's
+        # belief that the ledger is installed is stale.
+        self.ledger_missing = False
         # One entry per message that ends with ReadyForQuery (Query, Sync, FunctionCall).
         self._maps: deque[PositionMap | None] = deque()
         self._inside = False
@@ -66,6 +75,14 @@ class ResultFilter:
     def _notice_or_error(self, mtype: int, body: bytes) -> bytes | None:
         fields = parse_fields(body)
         code = fields.get("C")
+        if mtype == _E and code in ("3F000", "42883") and "softguard" in fields.get("M", ""):
+            self.ledger_missing = True
+            return error_response(
+                "55000",
+                LEDGER_MISSING,
+                severity=fields.get("V") or fields.get("S") or "ERROR",
+                hint="Retry: softguard checks the ledger again and installs it if it can.",
+            )
         if mtype == _N and code == BEGIN_CODE:
             self._inside = True
             try:
