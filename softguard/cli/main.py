@@ -135,5 +135,14 @@ def explain(sql: Annotated[str, typer.Argument(help="SQL text to classify")]) ->
             typer.echo(f"   {stmt.detail}")
 
 
+def _register_commands() -> None:
+    from softguard.cli.init_cmd import init
+
+    app.command()(init)
+
+
+_register_commands()
+
+
 def main() -> None:
     app()
