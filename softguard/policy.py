@@ -200,19 +200,26 @@ class Policy:
         return getattr(self.config, category)  # type: ignore[no-any-return]
 
     def decide(
-        self, classification: Classification, session: SessionInfo, *, source: str
+        self,
+        classification: Classification,
+        session: SessionInfo,
+        *,
+        source: str,
+        log_it: bool = True,
     ) -> list[Decision]:
         """One decision per non-SAFE statement (one for the whole text if unparseable)."""
+        log_it = log_it and log.isEnabledFor(logging.INFO)
         if classification.kind is Kind.UNPARSEABLE:
             verdict = self.verdict("unparseable", session)
-            log.info(
-                "unparseable statement via %s (%s): %s; user=%s db=%s",
-                source,
-                verdict,
-                classification.error,
-                session.user,
-                session.database,
-            )
+            if log_it:
+                log.info(
+                    "unparseable statement via %s (%s): %s; user=%s db=%s",
+                    source,
+                    verdict,
+                    classification.error,
+                    session.user,
+                    session.database,
+                )
             action = Action.DENY if verdict == "deny" else Action.ALLOW
             reason = f"softguard could not parse this statement: {classification.error}"
             return [Decision(action, "unparseable", None, reason)]
@@ -232,20 +239,20 @@ class Policy:
                 stmt_for_reason = stmt
             if verdict == "protect" and stmt.command not in ("", stmt.action):
                 verdict = "allow"
-            log.info(
-                "%s %s via %s: %s; user=%s db=%s app=%s client=%s",
-                verdict,
-                category,
-                source,
-                stmt_for_reason.summary(),
-                session.user,
-                session.database,
-                session.application_name or "-",
-                session.client_addr,
-            )
-            decisions.append(
-                Decision(Action(verdict), category, stmt, _reason(category, stmt_for_reason))
-            )
+            if log_it:
+                log.info(
+                    "%s %s via %s: %s; user=%s db=%s app=%s client=%s",
+                    verdict,
+                    category,
+                    source,
+                    stmt_for_reason.summary(),
+                    session.user,
+                    session.database,
+                    session.application_name or "-",
+                    session.client_addr,
+                )
+            reason = _reason(category, stmt_for_reason) if verdict == "deny" else ""
+            decisions.append(Decision(Action(verdict), category, stmt, reason))
         return decisions
 
 

@@ -57,7 +57,9 @@ _Z, _E, _R, _K = b"ZERK"
 _CLIENT_WANT = frozenset((_Q, _P, _S, _F))
 # Server messages the proxy reads once the session is up.
 _N, _C = b"NC"
-_SERVER_WANT = frozenset((_Z, _E, _N, _C))
+_SERVER_WANT = frozenset((_Z, _E))
+# Once a session has sent a rewritten statement, its answers are filtered too.
+_SERVER_WANT_FILTERED = frozenset((_Z, _E, _N, _C))
 _DEFER = object()
 _MAX_EARLY_BYTES = 1 << 20
 # SCRAM channel binding cannot span a proxy that terminates TLS: libpq, on TLS and not
@@ -407,11 +409,16 @@ class ClientSession(asyncio.Protocol):
                 self.peer,
             )
             return self._replace(msg, text, [], refusal("42501", TAMPER_MESSAGE))
-        classification = server.classifier.classify_bytes(text)
+        classifier = server.classifier
+        classification = classifier.classify_shape(text)
         if classification.kind is Kind.SAFE:
             return None
         source = "query" if msg.type == _Q else "parse"
         decisions = server.policy.decide(classification, self.info, source=source)
+        if any(d.action is not Action.ALLOW for d in decisions):
+            exact = classifier.classify_bytes(text)
+            if exact is not classification:
+                decisions = server.policy.decide(exact, self.info, source=source, log_it=False)
         replacements: list[Replacement] = []
         for decision in decisions:
             stmt = decision.statement
@@ -457,6 +464,8 @@ class ClientSession(asyncio.Protocol):
             plan = rewrite
         if self._filter is None:
             self._filter = ResultFilter()
+            # The rewritten statement's answers have not begun: safe to widen the framing.
+            self._sframer.set_want(_SERVER_WANT_FILTERED)
             # Answers still owed for messages sent before filtering began come first.
             for _ in range(self.pending):
                 self._filter.expect_ready(None)

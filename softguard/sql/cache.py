@@ -10,6 +10,7 @@ Not thread-safe: use one Classifier per event loop (the proxy is single-threaded
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -18,13 +19,18 @@ from softguard.sql.prefilter import may_be_destructive
 
 __all__ = ["Classifier", "ClassifierStats"]
 
+# Numeric literals (not digits inside identifiers or $n parameters). Two texts that differ
+# only in these have the same statements, kinds, actions and policy categories; only
+# offsets and quoted numeric names may differ.
+_NUMBERS = re.compile(rb"(?<![\w$])\d+(?:\.\d+)?")
+
 
 @dataclass(slots=True)
 class ClassifierStats:
     """Counters for metrics and tests. Every call increments exactly one of the first three."""
 
     prefiltered: int = 0  # answered SAFE by the bytes prefilter, no parse
-    cache_hits: int = 0  # answered from the LRU cache
+    cache_hits: int = 0  # answered from the LRU cache (exact text, or shape)
     parsed: int = 0  # parsed with pglast (then cached if small enough)
     evictions: int = 0  # entries dropped from the full cache
 
@@ -32,7 +38,7 @@ class ClassifierStats:
 class Classifier:
     """Prefilter -> bounded LRU cache -> classify(). Results are immutable and shared."""
 
-    __slots__ = ("_cache", "_max_text_bytes", "_size", "stats")
+    __slots__ = ("_cache", "_max_text_bytes", "_shapes", "_size", "stats")
 
     def __init__(self, cache_size: int = 4096, max_text_bytes: int = 16384) -> None:
         """*cache_size* bounds the number of entries; texts longer than *max_text_bytes*
@@ -43,6 +49,7 @@ class Classifier:
         self._size = cache_size
         self._max_text_bytes = max_text_bytes
         self._cache: OrderedDict[bytes, Classification] = OrderedDict()
+        self._shapes: OrderedDict[bytes, Classification] = OrderedDict()
         self.stats = ClassifierStats()
 
     def __len__(self) -> int:
@@ -79,5 +86,36 @@ class Classifier:
                 self.stats.evictions += 1
         return result
 
+    def classify_shape(self, sql: bytes) -> Classification:
+        """Like `classify_bytes`, but may answer with the classification of a text that
+        differs only in numeric literals (pgbench's and most ORMs' inlined values).
+
+        Good for deciding *what kind* of statement this is and which policy category it
+        falls in; not for its byte offsets or quoted numeric names: a caller that rewrites
+        the text must use `classify_bytes`.
+        """
+        if not may_be_destructive(sql):
+            self.stats.prefiltered += 1
+            return SAFE_EMPTY
+        exact = self._cache.get(sql)
+        if exact is not None:
+            self._cache.move_to_end(sql)
+            self.stats.cache_hits += 1
+            return exact
+        key = _NUMBERS.sub(b"0", sql)
+        shapes = self._shapes
+        hit = shapes.get(key)
+        if hit is not None:
+            shapes.move_to_end(key)
+            self.stats.cache_hits += 1
+            return hit
+        result = self.classify_bytes(sql)
+        if self._size and len(sql) <= self._max_text_bytes:
+            shapes[key] = result
+            if len(shapes) > self._size:
+                shapes.popitem(last=False)
+        return result
+
     def clear(self) -> None:
         self._cache.clear()
+        self._shapes.clear()

@@ -1,0 +1,312 @@
+"""Reading the operations ledger and undoing operations (data access only, no printing).
+
+Used by ``softguard ops``, ``softguard show`` and ``softguard undo`` on a connection made
+DIRECTLY to the protected database (never through the proxy, which hides the ledger), as
+the superuser that installed the ledger or a role granted SELECT on
+``softguard.operations`` and EXECUTE on ``softguard.undo_op``.
+
+What holds:
+- ``undo_operations`` runs every ``softguard.undo_op`` call in ONE transaction, newest
+  operation first, and either commits all of them or nothing (a dry run always rolls back).
+- A server error is surfaced as ``UndoFailed`` with the server's own SQLSTATE, message,
+  DETAIL and HINT, unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from softguard.ledger.migrate import LedgerError
+
+#: The states an operation can be in (softguard.operations.state).
+STATES = ("active", "undone", "purged")
+
+#: ``kind`` of the ledger rows that record an undo (not themselves reversible).
+UNDO_KIND = "UNDO"
+
+# Object types worth naming when a DROP ... CASCADE took them along with its targets.
+_CASCADE_TYPES = frozenset(
+    {
+        "table",
+        "view",
+        "materialized view",
+        "foreign table",
+        "sequence",
+        "function",
+        "procedure",
+        "aggregate",
+        "type",
+        "domain",
+        "schema",
+        "table constraint",
+        "index",
+        "trigger",
+        "policy",
+        "rule",
+        "default value",
+    }
+)
+
+
+class LedgerNotInstalled(LedgerError):
+    """The database has no softguard ledger (``softguard init`` was not run on it)."""
+
+
+class OperationNotFound(LedgerError):
+    """No operation with this id in the ledger."""
+
+    def __init__(self, op: int) -> None:
+        super().__init__(f"operation {op} does not exist")
+        self.op = op
+
+
+@dataclass(frozen=True)
+class UndoFailed(Exception):
+    """``softguard.undo_op`` (or the commit) failed: nothing was changed."""
+
+    op: int | None  # the operation being undone when it failed (None: at commit)
+    sqlstate: str | None
+    message: str
+    detail: str | None = None
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+    @classmethod
+    def from_error(cls, exc: psycopg.Error, op: int | None) -> UndoFailed:
+        diag = exc.diag
+        return cls(
+            op=op,
+            sqlstate=diag.sqlstate or exc.sqlstate,
+            message=diag.message_primary or str(exc).strip() or type(exc).__name__,
+            detail=diag.message_detail,
+            hint=diag.message_hint,
+        )
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One row of softguard.operations; ``columns`` holds every column as read."""
+
+    id: int
+    created_at: datetime
+    expires_at: datetime
+    db_role: str
+    application_name: str | None
+    client_addr: str | None
+    statement: str
+    kind: str
+    objects: list[dict[str, Any]]
+    state: str
+    undone_at: datetime | None
+    undo_of: int | None
+    columns: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Operation:
+        objects = row.get("objects")
+        return cls(
+            id=int(row["id"]),
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+            db_role=row["db_role"],
+            application_name=row.get("application_name"),
+            client_addr=row.get("client_addr"),
+            statement=row["statement"],
+            kind=row["kind"],
+            objects=list(objects) if isinstance(objects, list) else [],
+            state=row["state"],
+            undone_at=row.get("undone_at"),
+            undo_of=row.get("undo_of"),
+            columns=dict(row),
+        )
+
+    @property
+    def is_undo_record(self) -> bool:
+        """True for the row that records an undo (``kind = 'UNDO'``)."""
+        return self.kind == UNDO_KIND
+
+    @property
+    def reversible(self) -> bool:
+        """Can ``softguard undo`` take this operation back now?"""
+        return self.state == "active" and not self.is_undo_record
+
+    def targets(self) -> list[str]:
+        """'type identity' of the objects the statement named (e.g. 'table public.t')."""
+        return [_label(o) for o in self.objects if o.get("original")]
+
+    def cascaded(self) -> list[str]:
+        """'type identity' of the objects taken along by CASCADE (not owned sub-objects).
+
+        Objects that another (earlier) operation already held are left out: this operation
+        did not take them.
+        """
+        return [
+            _label(o)
+            for o in self.objects
+            if not o.get("original")
+            and o.get("normal")
+            and o.get("held_by") is None
+            and o.get("type") in _CASCADE_TYPES
+        ]
+
+
+def _label(obj: dict[str, Any]) -> str:
+    return f"{obj.get('type', '?')} {obj.get('identity', '?')}"
+
+
+# -- ledger presence -------------------------------------------------------------------
+
+
+def check_ledger(conn: psycopg.Connection[Any]) -> None:
+    """Raise LedgerNotInstalled / LedgerError unless this role can read the ledger."""
+    row = conn.execute(
+        "SELECT to_regclass('softguard.operations') IS NOT NULL,"
+        " CASE WHEN to_regclass('softguard.operations') IS NOT NULL"
+        " THEN has_table_privilege('softguard.operations', 'SELECT') END,"
+        " current_user"
+    ).fetchone()
+    assert row is not None
+    installed, readable, role = row
+    if not installed:
+        raise LedgerNotInstalled("softguard ledger is not installed in this database")
+    if not readable:
+        raise LedgerError(
+            f"role {role} cannot read softguard.operations: connect as the superuser that"
+            " installed the ledger, or GRANT SELECT ON softguard.operations to this role"
+        )
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def list_operations(
+    conn: psycopg.Connection[Any],
+    *,
+    since: timedelta | datetime | None = None,
+    state: str | None = None,
+    limit: int = 50,
+) -> list[Operation]:
+    """The most recent operations, newest first.
+
+    ``since``: a duration (back from the server's now()) or a point in time.
+    ``state``: 'active' means reversible now (undo records, whose state is 'active' too,
+    are left out); 'undone' and 'purged' match the column.
+    """
+    if state is not None and state not in STATES:
+        raise ValueError(f"unknown state {state!r}")
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    where: list[sql.Composable] = []
+    params: list[Any] = []
+    if isinstance(since, timedelta):
+        where.append(sql.SQL("created_at >= now() - %s"))
+        params.append(since)
+    elif isinstance(since, datetime):
+        where.append(sql.SQL("created_at >= %s"))
+        params.append(since)
+    if state is not None:
+        where.append(sql.SQL("state = %s"))
+        params.append(state)
+        if state == "active":
+            where.append(sql.SQL("kind <> %s"))
+            params.append(UNDO_KIND)
+    query = sql.SQL("SELECT * FROM softguard.operations {} ORDER BY id DESC LIMIT %s").format(
+        sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+    )
+    params.append(limit)
+    cur = conn.cursor(row_factory=dict_row)
+    return [Operation.from_row(r) for r in cur.execute(query, params).fetchall()]
+
+
+def get_operation(conn: psycopg.Connection[Any], op: int) -> Operation:
+    """One operation; OperationNotFound if there is none with this id."""
+    found = get_operations(conn, [op])
+    return found[0]
+
+
+def get_operations(conn: psycopg.Connection[Any], ops: Iterable[int]) -> list[Operation]:
+    """The given operations, newest first; OperationNotFound for the first id missing."""
+    wanted = sorted(set(ops), reverse=True)
+    cur = conn.cursor(row_factory=dict_row)
+    rows = cur.execute(
+        "SELECT * FROM softguard.operations WHERE id = ANY(%s) ORDER BY id DESC", [wanted]
+    ).fetchall()
+    by_id = {int(r["id"]): Operation.from_row(r) for r in rows}
+    for op in wanted:
+        if op not in by_id:
+            raise OperationNotFound(op)
+    return [by_id[op] for op in wanted]
+
+
+# -- undo ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    lines: list[str]  # what undo_op reported, in order ('operation 3: restored table ...')
+    undone: list[int]  # every operation undone (with --cascade: also later ones), in order
+    records: list[int]  # the ledger rows that record those undos
+    committed: bool  # False for a dry run
+
+
+def undo_order(ops: Iterable[int]) -> list[int]:
+    """The order ``undo_operations`` undoes them in: newest first, each once."""
+    return sorted(set(ops), reverse=True)
+
+
+def undo_operations(
+    conn: psycopg.Connection[Any],
+    ops: Sequence[int],
+    *,
+    rename_to: str | None = None,
+    cascade: bool = False,
+    dry_run: bool = False,
+) -> UndoResult:
+    """Undo ``ops`` (newest first) in one transaction: all of them, or nothing.
+
+    ``conn`` must not be inside a transaction. With ``dry_run`` the same calls run and the
+    transaction is rolled back, so conflicts show exactly as they would. Raises UndoFailed
+    (nothing changed) on any error from the server.
+    """
+    order = undo_order(ops)
+    if not order:
+        raise ValueError("no operation to undo")
+    if rename_to is not None and len(order) != 1:
+        raise ValueError("rename_to needs exactly one operation")
+    lines: list[str] = []
+    undone: list[int] = []
+    records: list[int] = []
+    current: int | None = None
+    try:
+        with conn.transaction() as tx:
+            for op in order:
+                current = op
+                rows = conn.execute(
+                    "SELECT line FROM softguard.undo_op(%s, %s, %s) AS line",
+                    [op, rename_to, cascade],
+                ).fetchall()
+                lines.extend(str(r[0]) for r in rows)
+            current = None
+            # The undo records written by this transaction say exactly what was undone
+            # (with --cascade, later operations too), in the order it happened.
+            for undo_of, rec in conn.execute(
+                "SELECT undo_of, id FROM softguard.operations"
+                " WHERE kind = %s AND txid = pg_current_xact_id() ORDER BY id",
+                [UNDO_KIND],
+            ).fetchall():
+                undone.append(int(undo_of))
+                records.append(int(rec))
+            if dry_run:
+                raise psycopg.Rollback(tx)
+    except psycopg.Error as exc:
+        raise UndoFailed.from_error(exc, current) from exc
+    return UndoResult(lines=lines, undone=undone, records=records, committed=not dry_run)
