@@ -29,7 +29,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     REPO_ROOT,
     ManagedProcess,
     free_port,
@@ -37,7 +37,7 @@ from _common import (  # noqa: E402
     machine_info,
 )
 
-from softguard.embedded import EmbeddedPostgres  # noqa: E402
+from softguard.embedded import EmbeddedPostgres
 
 TABLE_SQL = """
 CREATE TABLE {name} (
