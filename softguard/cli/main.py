@@ -137,8 +137,10 @@ def explain(sql: Annotated[str, typer.Argument(help="SQL text to classify")]) ->
 
 def _register_commands() -> None:
     from softguard.cli.init_cmd import init
+    from softguard.cli.ops_cmds import register as register_ops
 
     app.command()(init)
+    register_ops(app)
 
 
 _register_commands()

@@ -31,8 +31,10 @@ STATES = ("active", "undone", "purged")
 #: ``kind`` of the ledger rows that record an undo (not themselves reversible).
 UNDO_KIND = "UNDO"
 
-# Object types worth naming when a DROP ... CASCADE took them along with its targets.
-_CASCADE_TYPES = frozenset(
+# What a DROP ... CASCADE can take along besides its targets, worth naming: standalone
+# objects (a view on the table, ...), and links on live tables that were removed (a foreign
+# key referencing the table, ...). Sub-objects that went with a target are not named.
+_STANDALONE_TYPES = frozenset(
     {
         "table",
         "view",
@@ -45,14 +47,9 @@ _CASCADE_TYPES = frozenset(
         "type",
         "domain",
         "schema",
-        "table constraint",
-        "index",
-        "trigger",
-        "policy",
-        "rule",
-        "default value",
     }
 )
+_LINK_TYPES = frozenset({"table constraint", "index", "trigger", "policy", "rule", "default value"})
 
 
 class LedgerNotInstalled(LedgerError):
@@ -144,7 +141,8 @@ class Operation:
         return [_label(o) for o in self.objects if o.get("original")]
 
     def cascaded(self) -> list[str]:
-        """'type identity' of the objects taken along by CASCADE (not owned sub-objects).
+        """'type identity' of what CASCADE took along: dependent objects (a view), and links
+        on live tables removed with the targets (a foreign key referencing a dropped table).
 
         Objects that another (earlier) operation already held are left out: this operation
         did not take them.
@@ -155,7 +153,10 @@ class Operation:
             if not o.get("original")
             and o.get("normal")
             and o.get("held_by") is None
-            and o.get("type") in _CASCADE_TYPES
+            and (
+                o.get("type") in _STANDALONE_TYPES
+                or (o.get("type") in _LINK_TYPES and not o.get("quarantined_as"))
+            )
         ]
 
 

@@ -15,6 +15,7 @@ of a session that has sent at least one rewritten statement, in order.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from typing import Protocol
 
@@ -95,6 +96,8 @@ class ResultFilter:
             self._tag = fields.get("M") or None
             return b""
         if self._inside:
+            if mtype == _N and not _hide_quarantine(fields):
+                return b""
             inner_position = fields.get("p")
             for key in _INNER_FIELDS:
                 fields.pop(key, None)
@@ -118,3 +121,33 @@ class ResultFilter:
 def _encode(mtype: int, fields: dict[str, str]) -> bytes:
     body = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
     return message(bytes((mtype,)), body)
+
+
+_QUARANTINE_NAME = re.compile(r"\bsoftguard_q(?:uarantine\.|\d+_)")
+_CASCADES_TO = "drop cascades to "
+
+
+def _hide_quarantine(fields: dict[str, str]) -> bool:
+    """Remove objects already in quarantine from a "drop cascades to" notice.
+
+    A DROP ... CASCADE probed through softguard also reaches objects an earlier operation
+    moved into quarantine (a view that still reads the table). A real DROP would not
+    mention them: they are gone. Returns False when nothing is left to say.
+    """
+    text = fields.get("M", "")
+    if not text.startswith(_CASCADES_TO):
+        return True
+    if fields.get("D") is None:
+        return _QUARANTINE_NAME.search(text) is None
+    items = [line for line in fields["D"].split("\n") if not _QUARANTINE_NAME.search(line)]
+    if len(items) == len(fields["D"].split("\n")):
+        return True
+    if not items:
+        return False
+    if len(items) == 1:
+        fields["M"] = items[0]
+        del fields["D"]
+    else:
+        fields["M"] = f"{_CASCADES_TO}{len(items)} other objects"
+        fields["D"] = "\n".join(items)
+    return True

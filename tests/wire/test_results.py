@@ -70,3 +70,41 @@ def test_unrelated_messages_pass_untouched() -> None:
     assert f.process(ord("N"), notice("00000", "hello")) is None
     assert f.process(ord("E"), error_response("22012", "division by zero")[5:]) is None
     assert f.process(ord("C"), b"SELECT 1\0") is None
+
+
+def _cascade_notice(message_text: str, detail: str | None) -> bytes:
+    extra = {"D": detail} if detail is not None else {}
+    return notice("00000", message_text, **extra)
+
+
+def test_objects_already_in_quarantine_vanish_from_cascade_notices() -> None:
+    f = ResultFilter()
+    f.expect_ready(None)
+    f.process(ord("N"), notice("SGBEG", "0"))
+    assert (
+        f.process(
+            ord("N"), _cascade_notice("drop cascades to view softguard_quarantine.op1_1_v", None)
+        )
+        == b""
+    )
+    out = f.process(
+        ord("N"),
+        _cascade_notice(
+            "drop cascades to 2 other objects",
+            "drop cascades to view softguard_quarantine.op1_1_v\ndrop cascades to view public.w",
+        ),
+    )
+    assert out is not None
+    got = fields_of(out)
+    assert got["M"] == "drop cascades to view public.w" and "D" not in got
+    out = f.process(
+        ord("N"),
+        _cascade_notice(
+            "drop cascades to 3 other objects",
+            "drop cascades to view a\ndrop cascades to view softguard_q3_s.b\ndrop cascades to view c",
+        ),
+    )
+    assert out is not None
+    got = fields_of(out)
+    assert got["M"] == "drop cascades to 2 other objects"
+    assert got["D"] == "drop cascades to view a\ndrop cascades to view c"

@@ -1,0 +1,442 @@
+"""``softguard ops``, ``softguard show OP``, ``softguard undo OP...``: the ledger, from the CLI.
+
+Each command connects DIRECTLY to the protected database (``--dsn`` / $SOFTGUARD_DSN), not
+through the proxy, as the superuser that installed the ledger or a role granted SELECT on
+softguard.operations and EXECUTE on softguard.undo_op.
+
+Output: short, exact lines (errors on stderr, prefixed ``softguard:``); a rich table only
+when stdout is a terminal; ``--json`` always machine-readable. Exit codes: 0 success,
+1 refused or failed (nothing changed), 2 usage.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+import psycopg
+import typer
+
+from softguard.ledger.migrate import LedgerError
+from softguard.ledger.operations import (
+    STATES,
+    LedgerNotInstalled,
+    Operation,
+    OperationNotFound,
+    UndoFailed,
+    check_ledger,
+    get_operation,
+    get_operations,
+    list_operations,
+    undo_operations,
+)
+
+APPLICATION_NAME = "softguard-cli"
+STATEMENT_WIDTH = 60
+#: Header of the plain (not a terminal) `ops` output: one tab-separated line per operation.
+PLAIN_COLUMNS = ("id", "time", "role", "application", "statement", "objects", "state", "expires")
+
+DsnOption = Annotated[
+    str,
+    typer.Option(
+        "--dsn",
+        envvar="SOFTGUARD_DSN",
+        help="DSN of the protected database, directly (not through the proxy)",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+# -- small helpers (the two predicates are separate so tests can pretend a terminal) --
+
+
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"softguard: {message}", err=True)
+    return typer.Exit(code)
+
+
+_DURATION = re.compile(r"^(?:\d+[smhdw])+$")
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str) -> timedelta | datetime:
+    """'90s', '30m', '2h', '7d', '1w', '1h30m' -> timedelta; ISO 8601 -> aware datetime.
+
+    A timestamp without a time zone is taken as local time. ValueError for anything else.
+    """
+    s = text.strip().lower()
+    if _DURATION.match(s):
+        return timedelta(
+            seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(s))
+        )
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since: expected a duration like 90s, 30m, 2h, 7d or an ISO 8601 timestamp"
+            f" like 2026-01-31T12:00:00+00:00, got {text!r}"
+        ) from None
+    return when if when.tzinfo is not None else when.astimezone()
+
+
+@contextmanager
+def _connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the database, with the ledger checked; exits 1 on error."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise _fail(f"invalid --dsn: {_pg_message(exc)}", 2) from None
+    if "application_name" not in params:
+        dsn = psycopg.conninfo.make_conninfo(dsn, application_name=APPLICATION_NAME)
+    try:
+        conn = psycopg.connect(dsn, autocommit=True)
+    except psycopg.Error as exc:
+        raise _fail(f"cannot connect: {_pg_message(exc)}") from None
+    with conn:
+        try:
+            check_ledger(conn)
+        except LedgerNotInstalled:
+            raise _fail(
+                "softguard ledger is not installed in this database:"
+                " run softguard init --dsn DSN (as a superuser) first"
+            ) from None
+        except LedgerError as exc:
+            raise _fail(str(exc)) from None
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            raise _fail(_pg_message(exc)) from None
+
+
+def _pg_message(exc: psycopg.Error) -> str:
+    if exc.diag.message_primary:
+        return exc.diag.message_primary
+    return str(exc).strip() or type(exc).__name__
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return str(value)
+    return str(value)
+
+
+def _dumps(value: Any, indent: int | None = None) -> str:
+    return json.dumps(value, default=_json_default, indent=indent, ensure_ascii=False)
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "-"
+
+
+def _short(text: str, width: int = STATEMENT_WIDTH) -> str:
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
+
+
+def _state_label(op: Operation) -> str:
+    """The state as shown in tables: an undo record is not 'active' in any useful sense."""
+    return f"undo of {op.undo_of}" if op.is_undo_record else op.state
+
+
+def _objects_label(op: Operation) -> str:
+    if op.is_undo_record:
+        return ", ".join(op.targets()) or "-"
+    label = ", ".join(op.targets()) or "-"
+    also = op.cascaded()
+    if also:
+        label += f" (+{len(also)} by cascade)"
+    return label
+
+
+def operation_summary(op: Operation) -> dict[str, Any]:
+    """The JSON object ``softguard ops --json`` prints for one operation."""
+    c = op.columns
+    return {
+        "id": op.id,
+        "created_at": op.created_at,
+        "expires_at": op.expires_at,
+        "kind": op.kind,
+        "statement": op.statement,
+        "objects": op.targets(),
+        "cascaded": op.cascaded(),
+        "state": op.state,
+        "reversible": op.reversible,
+        "role": op.db_role,
+        "current_role": c.get("current_role"),
+        "application_name": op.application_name,
+        "client_addr": op.client_addr,
+        "undone_at": op.undone_at,
+        "undone_by": c.get("undone_by"),
+        "undo_of": op.undo_of,
+        "row_counts": c.get("row_counts"),
+    }
+
+
+# -- ops -------------------------------------------------------------------------------
+
+
+def ops(
+    dsn: DsnOption,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="only operations since a duration ago (90s, 30m, 2h, 7d) or a timestamp",
+        ),
+    ] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            metavar="active|undone|purged",
+            help="active (can be undone now; undo records left out), undone or purged",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", help="at most N operations")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List recent operations in the ledger, newest first."""
+    try:
+        since_value = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    if state is not None and state not in STATES:
+        raise _fail(f"--state: expected one of {', '.join(STATES)}, got {state!r}", 2)
+    if limit < 1:
+        raise _fail(f"--limit: expected a positive number, got {limit}", 2)
+    with _connect(dsn) as conn:
+        found = list_operations(
+            conn,
+            since=since_value,
+            state=state,
+            limit=limit,
+        )
+    if as_json:
+        typer.echo(_dumps([operation_summary(op) for op in found]))
+        return
+    if not found:
+        typer.echo("no operations")
+        return
+    if _stdout_is_terminal():
+        _print_rich_table(found)
+        return
+    typer.echo("\t".join(PLAIN_COLUMNS))
+    for op in found:
+        typer.echo(
+            "\t".join(
+                (
+                    str(op.id),
+                    _iso(op.created_at),
+                    op.db_role,
+                    op.application_name or "-",
+                    _short(op.statement),
+                    _objects_label(op),
+                    _state_label(op),
+                    _iso(op.expires_at),
+                )
+            )
+        )
+
+
+def _print_rich_table(found: list[Operation]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    for name, kw in (
+        ("id", {"justify": "right"}),
+        ("time", {"no_wrap": True}),
+        ("role", {}),
+        ("application", {}),
+        ("statement", {"overflow": "fold"}),
+        ("objects", {"overflow": "fold"}),
+        ("state", {"no_wrap": True}),
+        ("expires", {"no_wrap": True}),
+    ):
+        table.add_column(name, **kw)
+    for op in found:
+        state = _state_label(op)
+        style = {"active": "green", "undone": "yellow", "purged": "red"}.get(state, "dim")
+        table.add_row(
+            str(op.id),
+            op.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            op.db_role,
+            op.application_name or "",
+            _short(op.statement),
+            _objects_label(op),
+            f"[{style}]{state}[/{style}]",
+            op.expires_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    Console(file=sys.stdout).print(table)
+
+
+# -- show ------------------------------------------------------------------------------
+
+_SHOWN_APART = ("objects", "restore")
+
+
+def show(
+    dsn: DsnOption,
+    op: Annotated[int, typer.Argument(help="operation id", show_default=False)],
+    as_json: JsonOption = False,
+) -> None:
+    """Show everything recorded about one operation."""
+    with _connect(dsn) as conn:
+        try:
+            found = get_operation(conn, op)
+        except OperationNotFound as exc:
+            raise _fail(str(exc)) from None
+    if as_json:
+        doc = dict(found.columns)
+        doc["targets"] = found.targets()
+        doc["cascaded"] = found.cascaded()
+        doc["reversible"] = found.reversible
+        typer.echo(_dumps(doc, indent=2))
+        return
+    columns = {k: v for k, v in found.columns.items() if k not in _SHOWN_APART}
+    width = max(len(k) for k in columns)
+    typer.echo(f"operation {found.id}")
+    for key, value in columns.items():
+        if key == "id":
+            continue
+        typer.echo(f"  {key:<{width}}  {_show_value(value)}")
+    typer.echo(f"  {'reversible':<{width}}  {'yes' if found.reversible else 'no'}")
+    typer.echo(f"objects ({len(found.objects)}):")
+    for obj in found.objects:
+        typer.echo(f"  {_object_line(obj)}")
+    restore = found.columns.get("restore")
+    steps = restore if isinstance(restore, list) else []
+    typer.echo(f"restore plan ({len(steps)} steps; undo runs them last to first):")
+    for i, step in enumerate(steps, 1):
+        typer.echo(f"  {i}. {_dumps(step)}")
+
+
+def _show_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if value == "":
+        return '""'
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return _dumps(value)
+    return str(value)
+
+
+def _object_line(obj: dict[str, Any]) -> str:
+    label = f"{obj.get('type', '?')} {obj.get('identity', '?')}"
+    flags = []
+    if obj.get("original"):
+        flags.append("named")
+    elif obj.get("normal"):
+        flags.append("cascade")
+    if obj.get("held_by") is not None:
+        where = f"held by operation {obj['held_by']}"
+    elif obj.get("quarantined_as"):
+        where = f"kept as {obj['quarantined_as']}"
+    else:
+        where = "kept in the restore plan"
+    return f"{label}{' [' + ', '.join(flags) + ']' if flags else ''}: {where}"
+
+
+# -- undo ------------------------------------------------------------------------------
+
+
+def undo(
+    dsn: DsnOption,
+    op_ids: Annotated[
+        list[int],
+        typer.Argument(metavar="OP...", help="operation ids (undone newest first)"),
+    ],
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="run the undo and roll it back: show what it would do"),
+    ] = False,
+    rename_to: Annotated[
+        str | None,
+        typer.Option(
+            "--rename-to",
+            metavar="NAME",
+            help="restore the dropped object under this name (one OP only)",
+        ),
+    ] = None,
+    cascade: Annotated[
+        bool,
+        typer.Option("--cascade", help="first undo later operations that hold what it needs"),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Undo operations, all in one transaction (all or nothing)."""
+    order = sorted(set(op_ids), reverse=True)
+    if rename_to is not None and len(order) != 1:
+        raise _fail("--rename-to works with a single OP only", 2)
+    if not dry_run and not yes and not _stdin_is_terminal():
+        raise _fail(
+            "undo changes the database and stdin is not a terminal to confirm:"
+            " pass --yes (or --dry-run to see what it would do)",
+            2,
+        )
+    with _connect(dsn) as conn:
+        try:
+            found = get_operations(conn, order)
+        except OperationNotFound as exc:
+            raise _fail(f"{exc}; nothing was changed") from None
+        if not dry_run and not yes:
+            typer.echo(f"about to undo {len(found)} operation(s), newest first:")
+            for op in found:
+                typer.echo(f"  {op.id}  {_short(op.statement, 100)}  [{_objects_label(op)}]")
+            if not typer.confirm("proceed?", default=False):
+                raise _fail("not confirmed; nothing was changed")
+        try:
+            result = undo_operations(
+                conn, order, rename_to=rename_to, cascade=cascade, dry_run=dry_run
+            )
+        except UndoFailed as exc:
+            raise _undo_failed(exc, dry_run) from None
+    for line in result.lines:
+        typer.echo(line)
+    if dry_run:
+        typer.echo(f"would undo: {', '.join(map(str, result.undone)) or '-'}")
+        typer.echo("dry run: nothing was changed")
+    else:
+        typer.echo(f"undone: {', '.join(map(str, result.undone)) or '-'}")
+
+
+def _undo_failed(exc: UndoFailed, dry_run: bool) -> typer.Exit:
+    which = f"undo of operation {exc.op}" if exc.op is not None else "undo"
+    prefix = "dry run: " if dry_run else ""
+    state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
+    typer.echo(f"softguard: {prefix}{which} failed{state}; nothing was changed", err=True)
+    typer.echo(f"ERROR:  {exc.message}", err=True)
+    if exc.detail:
+        typer.echo(f"DETAIL:  {exc.detail}", err=True)
+    if exc.hint:
+        typer.echo(f"HINT:  {exc.hint}", err=True)
+    return typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ops, show and undo to the softguard CLI."""
+    app.command()(ops)
+    app.command()(show)
+    app.command()(undo)

@@ -1,0 +1,109 @@
+"""Installing the ledger: apply_migrations, ledger_version, `softguard init`."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from support.pg import TestServer
+from typer.testing import CliRunner
+
+from softguard.ledger import MIGRATIONS_DIR, LedgerError, apply_migrations, ledger_version
+from softguard.ledger.migrate import available_migrations
+
+
+@pytest.fixture
+def empty_db(pg_server: TestServer) -> Any:
+    with pg_server.scratch_database() as name:
+        yield name
+
+
+def test_migrations_dir_is_in_the_repository() -> None:
+    assert MIGRATIONS_DIR.is_dir()
+    assert available_migrations()[0].name == "0001_ledger.sql"
+
+
+def test_apply_is_idempotent(pg_server: TestServer, empty_db: str) -> None:
+    with psycopg.connect(pg_server.superuser_dsn(empty_db), autocommit=True) as c:
+        assert ledger_version(c) is None
+        assert apply_migrations(c) == ["0001_ledger.sql"]
+        assert ledger_version(c) == 1
+        assert apply_migrations(c) == []
+        rows = c.execute("SELECT version, name FROM softguard.migrations").fetchall()
+        assert rows == [(1, "0001_ledger.sql")]
+        triggers = c.execute(
+            "SELECT evtname, evtenabled FROM pg_event_trigger ORDER BY 1"
+        ).fetchall()
+        assert triggers == [
+            ("softguard_capture_ddl_end", "A"),
+            ("softguard_capture_sql_drop", "A"),
+        ]
+
+
+def test_concurrent_apply(pg_server: TestServer, empty_db: str) -> None:
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with psycopg.connect(pg_server.superuser_dsn(empty_db), autocommit=True) as c:
+                results.append(apply_migrations(c))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sorted(results) == [[], [], ["0001_ledger.sql"]]
+
+
+def test_later_migration_in_its_own_transaction(
+    pg_server: TestServer, empty_db: str, tmp_path: Path
+) -> None:
+    for m in available_migrations():
+        (tmp_path / m.name).write_text(m.sql())
+    (tmp_path / "0002_broken.sql").write_text("CREATE TABLE softguard.x (a int); SELECT 1/0;")
+    with psycopg.connect(pg_server.superuser_dsn(empty_db), autocommit=True) as c:
+        with pytest.raises(LedgerError, match=r"0002_broken\.sql failed: division by zero"):
+            apply_migrations(c, tmp_path)
+        assert ledger_version(c) == 1  # 0001 committed, 0002 rolled back
+        assert c.execute("SELECT to_regclass('softguard.x')").fetchone() == (None,)
+
+
+def test_needs_superuser(pg_server: TestServer, empty_db: str, ledger: Any) -> None:
+    dsn = pg_server.dsn(empty_db, ledger.nonowner["user"], ledger.nonowner["password"])
+    with psycopg.connect(dsn, autocommit=True) as c:
+        with pytest.raises(LedgerError, match=r"needs a superuser .*: connected as sg_ledger_"):
+            apply_migrations(c)
+        assert ledger_version(c) is None
+
+
+def test_init_command(
+    pg_server: TestServer, empty_db: str, rental_template: str, ledger: Any
+) -> None:
+    import typer
+
+    from softguard.cli.init_cmd import init
+
+    app = typer.Typer()
+    app.command()(init)
+    app.command("noop")(lambda: None)  # keep `init` a sub-command
+    runner = CliRunner()
+    dsn = pg_server.superuser_dsn(empty_db)
+    first = runner.invoke(app, ["init", "--dsn", dsn])
+    assert first.exit_code == 0, first.output
+    assert first.output == "applied 0001_ledger.sql\nledger is at version 1\n"
+    again = runner.invoke(app, ["init"], env={"SOFTGUARD_DSN": dsn})
+    assert again.exit_code == 0
+    assert again.output == "ledger is up to date (version 1)\n"
+    with pg_server.scratch_database() as other:
+        nonsuper = pg_server.dsn(other, ledger.nonowner["user"], ledger.nonowner["password"])
+        bad = runner.invoke(app, ["init", "--dsn", nonsuper])
+    assert bad.exit_code == 1
+    assert "needs a superuser" in bad.output
