@@ -76,7 +76,12 @@ CATEGORIES = (
     "opaque",
     "unparseable",
 )
-_PROTECTABLE = frozenset({"drop"})
+_PROTECTABLE = frozenset({"drop", "truncate", "delete", "update", "alter"})
+# Captured in the database by triggers (decision 0006): passed as sent, even when nested
+# (a DELETE inside WITH, EXPLAIN ANALYZE, PREPARE) since the triggers see it run.
+CAPTURED = frozenset({"delete", "update"})
+# ALTER subcommands softguard can keep; other ALTERs in category "alter" pass as sent.
+REWRITABLE_ALTERS = frozenset({"ALTER TABLE DROP COLUMN", "ALTER TABLE ALTER COLUMN TYPE"})
 
 
 def category_of(stmt: Statement) -> str:
@@ -141,10 +146,10 @@ class PolicyConfig(_Verdicts):
 
     drop: Verdict = "protect"
     drop_other: Verdict = "allow"
-    truncate: Verdict = "allow"
-    delete: Verdict = "allow"
+    truncate: Verdict = "protect"
+    delete: Verdict = "protect"
     update: Verdict = "allow"
-    alter: Verdict = "allow"
+    alter: Verdict = "protect"
     dangerous: Verdict = "deny"
     opaque: Verdict = "allow"
     unparseable: Verdict = "allow"
@@ -192,6 +197,10 @@ class Policy:
     def retention_seconds(self) -> int:
         return int(self.config.retention_days * 86400)
 
+    def captured_events(self, session: SessionInfo) -> list[str]:
+        """Which row changes the database should capture for this session."""
+        return [c for c in ("delete", "update") if self.verdict(c, session) == "protect"]
+
     def verdict(self, category: str, session: SessionInfo) -> Verdict:
         for rule in self.config.rules:
             value = getattr(rule, category)
@@ -237,8 +246,11 @@ class Policy:
                     break
             else:
                 stmt_for_reason = stmt
-            if verdict == "protect" and stmt.command not in ("", stmt.action):
-                verdict = "allow"
+            if verdict == "protect" and category not in CAPTURED:
+                if stmt.command not in ("", stmt.action) or (
+                    category == "alter" and stmt.action not in REWRITABLE_ALTERS
+                ):
+                    verdict = "allow"
             if log_it:
                 log.info(
                     "%s %s via %s: %s; user=%s db=%s app=%s client=%s",

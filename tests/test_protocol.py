@@ -128,8 +128,8 @@ def test_destructive_statements_are_logged_with_targets(proxy: Target, dbname: s
         conn.execute('drop table "Mixed Case", plain cascade')
         conn.execute("drop schema gone")
     log = _log_after(proxy, mark)
-    assert "allow delete via query: DELETE FROM plain" in log
-    assert "allow delete via parse: DELETE FROM plain" in log
+    assert "protect delete via query: DELETE FROM plain" in log
+    assert "protect delete via parse: DELETE FROM plain" in log
     assert 'protect drop via query: DROP TABLE "Mixed Case", plain' in log
     assert "protect drop via query: DROP SCHEMA gone" in log
     assert "SELECT" not in log.split(" via ", 1)[0]

@@ -96,8 +96,11 @@ def parse_since(text: str) -> timedelta | datetime:
 
 
 @contextmanager
-def _connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection to the database, with the ledger checked; exits 1 on error."""
+def _connect(dsn: str, *, read: bool = True) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the database, with the ledger checked; exits 1 on error.
+
+    ``read``: the role must be able to read softguard.operations (else only run undo_op).
+    """
     try:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error as exc:
@@ -110,7 +113,11 @@ def _connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
         raise _fail(f"cannot connect: {_pg_message(exc)}") from None
     with conn:
         try:
-            check_ledger(conn)
+            access = check_ledger(conn)
+            if read:
+                access.require_read()
+            else:
+                access.require_undo()
         except LedgerNotInstalled:
             raise _fail(
                 "softguard ledger is not installed in this database:"
@@ -264,12 +271,12 @@ def _print_rich_table(found: list[Operation]) -> None:
 
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     for name, kw in (
-        ("id", {"justify": "right"}),
+        ("id", {"justify": "right", "no_wrap": True}),
         ("time", {"no_wrap": True}),
-        ("role", {}),
-        ("application", {}),
-        ("statement", {"overflow": "fold"}),
-        ("objects", {"overflow": "fold"}),
+        ("role", {"overflow": "ellipsis", "max_width": 16}),
+        ("application", {"overflow": "ellipsis", "max_width": 16}),
+        ("statement", {"overflow": "fold", "min_width": 20, "ratio": 3}),
+        ("objects", {"overflow": "fold", "min_width": 16, "ratio": 2}),
         ("state", {"no_wrap": True}),
         ("expires", {"no_wrap": True}),
     ):
@@ -366,7 +373,7 @@ def undo(
     dsn: DsnOption,
     op_ids: Annotated[
         list[int],
-        typer.Argument(metavar="OP...", help="operation ids (undone newest first)"),
+        typer.Argument(metavar="OP", help="operation ids (undone newest first)"),
     ],
     dry_run: Annotated[
         bool,
@@ -396,15 +403,19 @@ def undo(
             " pass --yes (or --dry-run to see what it would do)",
             2,
         )
-    with _connect(dsn) as conn:
-        try:
-            found = get_operations(conn, order)
-        except OperationNotFound as exc:
-            raise _fail(f"{exc}; nothing was changed") from None
+    with _connect(dsn, read=False) as conn:
+        found: list[Operation] | None = None
+        if check_ledger(conn).can_read:  # else: a role that may only run undo_op
+            try:
+                found = get_operations(conn, order)
+            except OperationNotFound as exc:
+                raise _fail(f"{exc}; nothing was changed") from None
         if not dry_run and not yes:
-            typer.echo(f"about to undo {len(found)} operation(s), newest first:")
-            for op in found:
+            typer.echo(f"about to undo {len(order)} operation(s), newest first:")
+            for op in found or []:
                 typer.echo(f"  {op.id}  {_short(op.statement, 100)}  [{_objects_label(op)}]")
+            if found is None:
+                typer.echo(f"  {', '.join(map(str, order))} (this role cannot read the ledger)")
             if not typer.confirm("proceed?", default=False):
                 raise _fail("not confirmed; nothing was changed")
         try:

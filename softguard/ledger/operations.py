@@ -14,6 +14,7 @@ What holds:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -167,23 +168,50 @@ def _label(obj: dict[str, Any]) -> str:
 # -- ledger presence -------------------------------------------------------------------
 
 
-def check_ledger(conn: psycopg.Connection[Any]) -> None:
-    """Raise LedgerNotInstalled / LedgerError unless this role can read the ledger."""
+@dataclass(frozen=True)
+class LedgerAccess:
+    """What the connected role may do with the ledger."""
+
+    role: str
+    can_read: bool  # SELECT on softguard.operations (ops, show)
+    can_undo: bool  # EXECUTE on softguard.undo_op
+
+    def require_read(self) -> None:
+        if not self.can_read:
+            raise LedgerError(
+                f"role {self.role} cannot read softguard.operations: connect as the superuser"
+                " that installed the ledger, or GRANT SELECT ON softguard.operations TO"
+                f" {self.role}"
+            )
+
+    def require_undo(self) -> None:
+        if not self.can_undo:
+            raise LedgerError(
+                f"role {self.role} may not run softguard.undo_op: connect as the superuser"
+                " that installed the ledger, or GRANT EXECUTE ON FUNCTION"
+                f" softguard.undo_op(bigint, text, boolean) TO {self.role}"
+            )
+
+
+def check_ledger(conn: psycopg.Connection[Any]) -> LedgerAccess:
+    """What this role may do; LedgerNotInstalled when the database has no ledger."""
     row = conn.execute(
-        "SELECT to_regclass('softguard.operations') IS NOT NULL,"
-        " CASE WHEN to_regclass('softguard.operations') IS NOT NULL"
-        " THEN has_table_privilege('softguard.operations', 'SELECT') END,"
-        " current_user"
+        "SELECT current_user,"
+        " to_regclass('softguard.operations') IS NOT NULL,"
+        " to_regprocedure('softguard.undo_op(bigint, text, boolean)') IS NOT NULL"
     ).fetchone()
     assert row is not None
-    installed, readable, role = row
-    if not installed:
+    role, has_table, has_undo = row
+    if not has_table:
         raise LedgerNotInstalled("softguard ledger is not installed in this database")
-    if not readable:
-        raise LedgerError(
-            f"role {role} cannot read softguard.operations: connect as the superuser that"
-            " installed the ledger, or GRANT SELECT ON softguard.operations to this role"
-        )
+    row = conn.execute(
+        "SELECT has_table_privilege('softguard.operations', 'SELECT'),"
+        " CASE WHEN %s THEN has_function_privilege("
+        "'softguard.undo_op(bigint, text, boolean)', 'EXECUTE') ELSE false END",
+        [has_undo],
+    ).fetchone()
+    assert row is not None
+    return LedgerAccess(role=str(role), can_read=bool(row[0]), can_undo=bool(row[1]))
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -297,17 +325,43 @@ def undo_operations(
                 ).fetchall()
                 lines.extend(str(r[0]) for r in rows)
             current = None
-            # The undo records written by this transaction say exactly what was undone
-            # (with --cascade, later operations too), in the order it happened.
-            for undo_of, rec in conn.execute(
-                "SELECT undo_of, id FROM softguard.operations"
-                " WHERE kind = %s AND txid = pg_current_xact_id() ORDER BY id",
-                [UNDO_KIND],
-            ).fetchall():
-                undone.append(int(undo_of))
-                records.append(int(rec))
+            # What was undone (with cascade: later operations too, first): undo_op returns
+            # lines, the undo records it wrote have the ids. A role allowed to run undo_op
+            # but not to read the ledger gets the ids from the lines.
+            found = _undone_in_this_transaction(conn)
+            if found is None:
+                undone = _ids_in_lines(lines)
+            else:
+                undone = [undo_of for undo_of, _ in found]
+                records = [rec for _, rec in found]
             if dry_run:
                 raise psycopg.Rollback(tx)
     except psycopg.Error as exc:
         raise UndoFailed.from_error(exc, current) from exc
     return UndoResult(lines=lines, undone=undone, records=records, committed=not dry_run)
+
+
+def _undone_in_this_transaction(conn: psycopg.Connection[Any]) -> list[tuple[int, int]] | None:
+    """(undone operation, its undo record) written by this transaction so far, in order;
+    None when this role cannot read the ledger."""
+    row = conn.execute("SELECT has_table_privilege('softguard.operations', 'SELECT')").fetchone()
+    if row is None or not row[0]:
+        return None
+    rows = conn.execute(
+        "SELECT undo_of, id FROM softguard.operations"
+        " WHERE kind = %s AND txid = pg_current_xact_id() ORDER BY id",
+        [UNDO_KIND],
+    ).fetchall()
+    return [(int(r[0]), int(r[1])) for r in rows]
+
+
+_LINE_OP = re.compile(r"^operation ([0-9]+): ")
+
+
+def _ids_in_lines(lines: Iterable[str]) -> list[int]:
+    seen: list[int] = []
+    for line in lines:
+        m = _LINE_OP.match(line)
+        if m is not None and int(m.group(1)) not in seen:
+            seen.append(int(m.group(1)))
+    return seen

@@ -14,7 +14,7 @@ import ssl
 from enum import Enum, auto
 from typing import TYPE_CHECKING, cast
 
-from softguard.policy import TAMPER_MESSAGE, Action, SessionInfo
+from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, SessionInfo
 from softguard.proxy.upstream import UpstreamError, open_upstream
 from softguard.sql import Kind
 from softguard.sql.rewrite import (
@@ -23,6 +23,7 @@ from softguard.sql.rewrite import (
     apply,
     char_offset,
     drop_call,
+    procedure_call,
     refusal,
     statement_span,
 )
@@ -157,6 +158,7 @@ class ClientSession(asyncio.Protocol):
         # Set once the session has sent a rewritten statement; then stays on.
         self._filter: ResultFilter | None = None
         self._plan: RewritePlan | None = None
+        self._resumed: Message | None = None
 
     # ------------------------------------------------------------------ client events
 
@@ -265,7 +267,23 @@ class ClientSession(asyncio.Protocol):
         )
         self.state = State.CONNECTING
         self._set_client_reading(paused=True, reason="connecting")
-        self.server.spawn(self._connect(packet))
+        self.server.spawn(self._connect(packet, self._startup_bytes(packet)))
+
+    def _startup_bytes(self, packet: StartupMessage) -> bytes:
+        """The startup packet for the server, with the session's capture settings.
+
+        Row changes are captured by triggers in the database (decision 0006); these
+        session defaults tell them that this session's deletes (and updates) are protected,
+        who the client is, and how long to keep what they capture.
+        """
+        server = self.server
+        events = server.policy.captured_events(self.info)
+        settings = {
+            "softguard.capture": ",".join(events) or "off",
+            "softguard.retention": str(server.policy.retention_seconds),
+            "softguard.client_addr": self.peer.rpartition(":")[0] or self.peer,
+        }
+        return packet.with_settings(settings, reserved_prefix="softguard.")
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         assert self.transport is not None
@@ -283,7 +301,7 @@ class ClientSession(asyncio.Protocol):
         self._tls_done = True
         self.state = State.STARTUP
 
-    async def _connect(self, packet: StartupMessage) -> None:
+    async def _connect(self, packet: StartupMessage, startup: bytes) -> None:
         server = self.server
         upstream = UpstreamProtocol(self)
         self.upstream = upstream
@@ -305,7 +323,7 @@ class ClientSession(asyncio.Protocol):
             transport.close()
             return
         up = self.up_transport = cast(asyncio.Transport, transport)
-        up.write(packet.raw)
+        up.write(startup)
         self.state = State.AUTH
         early, self._early, self._early_size = self._early, [], 0
         for chunk in early:
@@ -390,7 +408,9 @@ class ClientSession(asyncio.Protocol):
             await self.server.ledger.ensure(self.info.database, self.info.user)
             if self.state is State.CLOSED:
                 return
+            self._resumed = msgs[index]  # its decision was logged before the wait
             self._relay_messages(buf, msgs, held, index, cursor)
+            self._resumed = None
             self._set_client_reading(paused=False, reason="ledger")
 
         self.server.spawn(resume())
@@ -416,7 +436,9 @@ class ClientSession(asyncio.Protocol):
         if classification.kind is Kind.SAFE:
             return None
         source = "query" if msg.type == _Q else "parse"
-        decisions = server.policy.decide(classification, self.info, source=source)
+        decisions = server.policy.decide(
+            classification, self.info, source=source, log_it=msg is not self._resumed
+        )
         if any(d.action is not Action.ALLOW for d in decisions):
             exact = classifier.classify_bytes(text)
             if exact is not classification:
@@ -439,6 +461,8 @@ class ClientSession(asyncio.Protocol):
             if ledger is not True:
                 replacements.append(Replacement(stmt, refusal("55000", ledger)))
                 continue
+            if decision.category in CAPTURED:
+                continue  # the database's capture triggers keep the rows; sent as is
             start, end = statement_span(text, stmt)
             stmt_text = text[start:end].decode("utf-8", "replace")
             if stmt.action == "DROP INDEX" and _CONCURRENTLY.search(stmt_text):
@@ -452,7 +476,13 @@ class ClientSession(asyncio.Protocol):
                 "offset": char_offset(text, start),
                 "action": stmt.action,
             }
-            replacements.append(Replacement(stmt, drop_call(stmt_text, ctx)))
+            if decision.category == "drop":
+                call = drop_call(stmt_text, ctx)
+            elif decision.category == "truncate":
+                call = procedure_call("truncate_op", stmt_text, {**ctx, "action": "TRUNCATE TABLE"})
+            else:
+                call = procedure_call("alter_op", stmt_text, {**ctx, "action": "ALTER TABLE"})
+            replacements.append(Replacement(stmt, call))
         if not replacements:
             return None
         return self._replace(msg, text, replacements, None)

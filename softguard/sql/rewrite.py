@@ -121,6 +121,13 @@ def drop_call(stmt_text: str, ctx: dict[str, object]) -> str:
     return f"CALL softguard.drop_op({q}{stmt_text}{q}, {q}{cascade}{q}, {q}{ctx_json}{q}::jsonb)"
 
 
+def procedure_call(procedure: str, stmt_text: str, ctx: dict[str, object]) -> str:
+    """``CALL softguard.<procedure>(stmt, ctx)``: truncate_op, alter_op (decision 0006)."""
+    ctx_json = orjson.dumps(ctx).decode()
+    q = dollar_quote(stmt_text, ctx_json)
+    return f"CALL softguard.{procedure}({q}{stmt_text}{q}, {q}{ctx_json}{q}::jsonb)"
+
+
 def refusal(sqlstate: str, message: str, hint: str | None = None) -> str:
     """A statement that makes the server raise softguard's refusal.
 

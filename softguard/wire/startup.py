@@ -44,6 +44,19 @@ class StartupMessage:
     def application_name(self) -> str:
         return self.params.get("application_name", "")
 
+    def with_settings(self, settings: dict[str, str], *, reserved_prefix: str) -> bytes:
+        """The packet with ``settings`` as startup parameters (session defaults), and any
+        parameter the client sent whose name starts with ``reserved_prefix`` removed.
+
+        PostgreSQL applies startup parameters after the ``options`` string, so a
+        ``-c`` the client put in ``options`` cannot override them either.
+        """
+        params = {k: v for k, v in self.params.items() if not k.lower().startswith(reserved_prefix)}
+        params.update(settings)
+        body = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
+        body = _INT32.pack(self.version) + body + b"\0"
+        return _INT32.pack(len(body) + 4) + body
+
 
 @dataclass(frozen=True, slots=True)
 class SSLRequest:

@@ -220,7 +220,7 @@ def rental_template(pg_server: TestServer) -> Iterator[str]:
     name = pg_server.create_database()
     try:
         with psycopg.connect(pg_server.superuser_dsn(), autocommit=True) as c:
-            if not c.execute("SELECT FROM pg_roles WHERE rolname = %s", [NONOWNER]).fetchone():
+            if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [NONOWNER]).fetchone():
                 c.execute(
                     sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
                         sql.Identifier(NONOWNER), sql.Literal(NONOWNER_PW)

@@ -33,6 +33,7 @@ class Outcome:
     error: ErrorInfo | None = None
     notices: list[tuple[str | None, str | None, str | None]] = field(default_factory=list)
     transaction_status: str | None = None
+    softguard_notices: list[str] = field(default_factory=list, compare=False)
 
 
 def error_info(e: psycopg.Error) -> ErrorInfo:
@@ -52,6 +53,11 @@ def capture(conn: psycopg.Connection, fn: Callable[[psycopg.Connection], Any]) -
     out = Outcome()
 
     def on_notice(d: psycopg.errors.Diagnostic) -> None:
+        if (d.message_primary or "").startswith("softguard: "):
+            # The one difference DESIGN §2 adds: the NOTICE naming a reversible
+            # operation. Tests of reversible operations check it on their own.
+            out.softguard_notices.append(d.message_primary or "")
+            return
         out.notices.append((d.severity_nonlocalized, d.sqlstate, d.message_primary))
 
     conn.add_notice_handler(on_notice)

@@ -101,7 +101,9 @@ def test_objects_already_in_quarantine_vanish_from_cascade_notices() -> None:
         ord("N"),
         _cascade_notice(
             "drop cascades to 3 other objects",
-            "drop cascades to view a\ndrop cascades to view softguard_q3_s.b\ndrop cascades to view c",
+            "drop cascades to view a\n"
+            "drop cascades to view softguard_q3_s.b\n"
+            "drop cascades to view c",
         ),
     )
     assert out is not None
