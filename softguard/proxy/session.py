@@ -1,33 +1,24 @@
 """One proxied client connection and its upstream connection (session mode).
 
-The hot path is ``_client_data`` / ``_server_data`` in the READY state: frame just
-enough to find Query/Parse texts (client side) and ReadyForQuery/ErrorResponse
-(server side), hand whole chunks to the other transport, decode nothing else.
+The hot path is ``_client_data`` / ``_server_ready_data``: frame just enough to find
+Query/Parse texts (client side) and ReadyForQuery/ErrorResponse (server side), hand whole
+chunks to the other transport, decode nothing else. What a statement becomes is decided
+in ``statements.py``; how a rewritten statement's answers are restored, in
+``softguard.wire.results``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 from enum import Enum, auto
 from typing import TYPE_CHECKING, cast
 
-from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, SessionInfo
+from softguard.policy import SessionInfo
+from softguard.proxy.statements import NeedLedger, Rebuilt, plan_message
 from softguard.proxy.upstream import UpstreamError, open_upstream
-from softguard.sql import Kind
-from softguard.sql.rewrite import (
-    Replacement,
-    RewritePlan,
-    apply,
-    char_offset,
-    drop_call,
-    procedure_call,
-    refusal,
-    statement_span,
-)
-from softguard.sql.tamper import mentions_softguard
+from softguard.sql.rewrite import RewritePlan
 from softguard.wire import (
     CancelRequest,
     ClientProtocolError,
@@ -41,11 +32,10 @@ from softguard.wire import (
     StartupReader,
     error_response,
     parse_fields,
-    parse_query_text,
     strip_scram_plus,
 )
 from softguard.wire.constants import AUTH_SASL, FRONTEND_TYPES, TX_IDLE
-from softguard.wire.messages import TERMINATE, auth_code, message, with_hint
+from softguard.wire.messages import TERMINATE, auth_code, with_hint
 from softguard.wire.results import ResultFilter
 
 if TYPE_CHECKING:
@@ -62,8 +52,6 @@ _N, _C = b"NC"
 _SERVER_WANT = frozenset((_Z, _E))
 # Once a session has sent a rewritten statement, its answers are filtered too.
 _SERVER_WANT_FILTERED = frozenset((_Z, _E, _N, _C))
-_DEFER = object()
-_CONCURRENTLY = re.compile(r"\bconcurrently\b", re.IGNORECASE)
 _MAX_EARLY_BYTES = 1 << 20
 # SCRAM channel binding cannot span a proxy that terminates TLS: libpq, on TLS and not
 # offered SCRAM-SHA-256-PLUS, tells the server so, and a server on TLS itself then suspects
@@ -371,7 +359,7 @@ class ClientSession(asyncio.Protocol):
                 except ProtocolViolation as exc:
                     self._fail(exc)
                     return
-                if replacement is _DEFER:
+                if isinstance(replacement, NeedLedger):
                     if msg.start > cursor:
                         up.write(buf[cursor : msg.start])
                     self._defer(buf, msgs, held, i, max(msg.start, 0))
@@ -385,7 +373,7 @@ class ClientSession(asyncio.Protocol):
                     continue
                 if msg.start > cursor:
                     up.write(buf[cursor : msg.start])
-                up.write(msg.raw if replacement is None else cast(bytes, replacement))
+                up.write(msg.raw if replacement is None else replacement)
                 cursor = msg.end
                 continue
             self.pending += 1  # Sync or FunctionCall: each ends with a ReadyForQuery
@@ -415,89 +403,11 @@ class ClientSession(asyncio.Protocol):
 
         self.server.spawn(resume())
 
-    def _inspect(self, msg: Message) -> bytes | object | None:
-        """Classify a statement text and apply the policy.
-
-        Returns None to forward the message as is, the bytes of a replacement message,
-        or ``_DEFER`` when the ledger of the session's database must be checked first.
-        """
-        text = parse_query_text(msg.type, msg.body)
-        server = self.server
-        if mentions_softguard(text):
-            log.warning(
-                "refused statement naming softguard's schemas: user=%s db=%s client=%s",
-                self.info.user,
-                self.info.database,
-                self.peer,
-            )
-            return self._replace(msg, text, [], refusal("42501", TAMPER_MESSAGE))
-        classifier = server.classifier
-        classification = classifier.classify_shape(text)
-        if classification.kind is Kind.SAFE:
-            return None
-        source = "query" if msg.type == _Q else "parse"
-        decisions = server.policy.decide(
-            classification, self.info, source=source, log_it=msg is not self._resumed
-        )
-        if any(d.action is not Action.ALLOW for d in decisions):
-            exact = classifier.classify_bytes(text)
-            if exact is not classification:
-                decisions = server.policy.decide(exact, self.info, source=source, log_it=False)
-        replacements: list[Replacement] = []
-        for decision in decisions:
-            stmt = decision.statement
-            if decision.action is Action.ALLOW:
-                continue
-            if decision.action is Action.DENY:
-                refused = refusal("42501", decision.reason)
-                if stmt is None:
-                    return self._replace(msg, text, [], refused)
-                replacements.append(Replacement(stmt, refused))
-                continue
-            assert stmt is not None  # PROTECT is only decided for a parsed statement
-            ledger = server.ledger.state(self.info.database)
-            if ledger is None:
-                return _DEFER
-            if ledger is not True:
-                replacements.append(Replacement(stmt, refusal("55000", ledger)))
-                continue
-            if decision.category in CAPTURED:
-                continue  # the database's capture triggers keep the rows; sent as is
-            start, end = statement_span(text, stmt)
-            stmt_text = text[start:end].decode("utf-8", "replace")
-            if stmt.action == "DROP INDEX" and _CONCURRENTLY.search(stmt_text):
-                # Cannot run inside a procedure (or any transaction); an index holds no
-                # data, so it passes as sent.
-                log.info("DROP INDEX CONCURRENTLY passes unprotected: %s", stmt.summary())
-                continue
-            ctx = {
-                "client_addr": self.peer.rpartition(":")[0] or self.peer,
-                "retention_seconds": server.policy.retention_seconds,
-                "offset": char_offset(text, start),
-                "action": stmt.action,
-            }
-            if decision.category == "drop":
-                call = drop_call(stmt_text, ctx)
-            elif decision.category == "truncate":
-                call = procedure_call("truncate_op", stmt_text, {**ctx, "action": "TRUNCATE TABLE"})
-            else:
-                call = procedure_call("alter_op", stmt_text, {**ctx, "action": "ALTER TABLE"})
-            replacements.append(Replacement(stmt, call))
-        if not replacements:
-            return None
-        return self._replace(msg, text, replacements, None)
-
-    def _replace(
-        self, msg: Message, text: bytes, replacements: list[Replacement], whole: str | None
-    ) -> bytes:
-        """The rebuilt Query/Parse message; turns result filtering on for the session."""
-        if whole is not None:
-            new_text = whole.encode()
-            plan = None
-        else:
-            rewrite = apply(text, replacements)
-            new_text = rewrite.text
-            plan = rewrite
+    def _inspect(self, msg: Message) -> bytes | NeedLedger | None:
+        """Apply the inspection seam; turn result filtering on once anything is rewritten."""
+        result = plan_message(self.server, self.info, msg, log_it=msg is not self._resumed)
+        if not isinstance(result, Rebuilt):
+            return result
         if self._filter is None:
             self._filter = ResultFilter()
             # The rewritten statement's answers have not begun: safe to widen the framing.
@@ -506,11 +416,8 @@ class ClientSession(asyncio.Protocol):
             for _ in range(self.pending):
                 self._filter.expect_ready(None)
         if msg.type == _Q:
-            self._plan = plan
-            return message(b"Q", new_text + b"\0")
-        name_end = msg.body.index(b"\0")
-        rest = msg.body[name_end + 1 + len(text) + 1 :]
-        return message(b"P", msg.body[: name_end + 1] + new_text + b"\0" + rest)
+            self._plan = result.plan
+        return result.raw
 
     def _server_data(self, data: bytes) -> None:
         if self.state is State.READY:

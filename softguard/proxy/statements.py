@@ -1,0 +1,143 @@
+"""What the proxy sends for one Query/Parse message: the inspection seam applied.
+
+``plan_message`` classifies the statement text, asks the policy, and returns what to
+send instead (a rebuilt Query/Parse message) or that the message passes as sent, or that
+the session must first wait for its database's ledger. It does no I/O; the session owns
+the sockets and the result filter.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, SessionInfo
+from softguard.sql import Kind
+from softguard.sql.rewrite import (
+    Replacement,
+    RewritePlan,
+    apply,
+    char_offset,
+    drop_call,
+    procedure_call,
+    refusal,
+    statement_span,
+)
+from softguard.sql.tamper import mentions_softguard
+from softguard.wire import Message, parse_query_text
+from softguard.wire.messages import message
+
+if TYPE_CHECKING:
+    from softguard.proxy.server import ProxyServer
+
+log = logging.getLogger("softguard.session")
+
+_Q = ord("Q")
+_CONCURRENTLY = re.compile(r"\bconcurrently\b", re.IGNORECASE)
+_PROCEDURES = {"truncate": ("truncate_op", "TRUNCATE TABLE"), "alter": ("alter_op", "ALTER TABLE")}
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuilt:
+    """Send ``raw`` instead of the client's message; ``plan`` maps positions back."""
+
+    raw: bytes
+    plan: RewritePlan | None
+
+
+class NeedLedger:
+    """The session's database must be checked for the ledger before deciding."""
+
+
+NEED_LEDGER = NeedLedger()
+
+
+def plan_message(
+    server: ProxyServer,
+    info: SessionInfo,
+    msg: Message,
+    *,
+    log_it: bool = True,
+) -> Rebuilt | NeedLedger | None:
+    """None: forward the message as sent."""
+    text = parse_query_text(msg.type, msg.body)
+    if mentions_softguard(text):
+        log.warning(
+            "refused statement naming softguard's schemas: user=%s db=%s client=%s",
+            info.user,
+            info.database,
+            info.client_addr,
+        )
+        return _rebuild(msg, text, [], refusal("42501", TAMPER_MESSAGE))
+    classifier = server.classifier
+    classification = classifier.classify_shape(text)
+    if classification.kind is Kind.SAFE:
+        return None
+    policy = server.policy
+    source = "query" if msg.type == _Q else "parse"
+    decisions = policy.decide(classification, info, source=source, log_it=log_it)
+    if any(d.action is not Action.ALLOW for d in decisions):
+        # A shape-cached classification has another text's offsets: rewrite from the exact one.
+        exact = classifier.classify_bytes(text)
+        if exact is not classification:
+            decisions = policy.decide(exact, info, source=source, log_it=False)
+    replacements: list[Replacement] = []
+    for decision in decisions:
+        stmt = decision.statement
+        if decision.action is Action.ALLOW:
+            continue
+        if decision.action is Action.DENY:
+            refused = refusal("42501", decision.reason)
+            if stmt is None:
+                return _rebuild(msg, text, [], refused)
+            replacements.append(Replacement(stmt, refused))
+            continue
+        assert stmt is not None  # PROTECT is only decided for a parsed statement
+        ledger = server.ledger.state(info.database)
+        if ledger is None:
+            return NEED_LEDGER
+        if ledger is not True:
+            replacements.append(Replacement(stmt, refusal("55000", ledger)))
+            continue
+        if decision.category in CAPTURED:
+            continue  # the database's capture triggers keep the rows: sent as is
+        start, end = statement_span(text, stmt)
+        stmt_text = text[start:end].decode("utf-8", "replace")
+        if stmt.action == "DROP INDEX" and _CONCURRENTLY.search(stmt_text):
+            # Cannot run inside a procedure (nor any transaction); an index holds no data.
+            log.info("DROP INDEX CONCURRENTLY passes unprotected: %s", stmt.summary())
+            continue
+        ctx: dict[str, object] = {
+            "client_addr": info.client_addr.rpartition(":")[0] or info.client_addr,
+            "retention_seconds": policy.retention_seconds,
+            "offset": char_offset(text, start),
+            "action": stmt.action,
+        }
+        if decision.category == "drop":
+            call = drop_call(stmt_text, ctx)
+        else:
+            procedure, tag = _PROCEDURES[decision.category]
+            call = procedure_call(procedure, stmt_text, {**ctx, "action": tag})
+        replacements.append(Replacement(stmt, call))
+    if not replacements:
+        return None
+    return _rebuild(msg, text, replacements, None)
+
+
+def _rebuild(
+    msg: Message, text: bytes, replacements: list[Replacement], whole: str | None
+) -> Rebuilt:
+    """The Query/Parse message carrying the new text (the Parse keeps its name and types)."""
+    plan = None
+    if whole is not None:
+        new_text = whole.encode()
+    else:
+        plan = apply(text, replacements)
+        new_text = plan.text
+    if msg.type == _Q:
+        return Rebuilt(message(b"Q", new_text + b"\0"), plan)
+    name_end = msg.body.index(b"\0")
+    rest = msg.body[name_end + 1 + len(text) + 1 :]
+    return Rebuilt(message(b"P", msg.body[: name_end + 1] + new_text + b"\0" + rest), None)
