@@ -63,7 +63,11 @@ def test_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("127.0.0.1:6432", ("127.0.0.1", 6432)), ("[::1]:5", ("::1", 5)), ("localhost:0", ("localhost", 0))],
+    [
+        ("127.0.0.1:6432", ("127.0.0.1", 6432)),
+        ("[::1]:5", ("::1", 5)),
+        ("localhost:0", ("localhost", 0)),
+    ],
 )
 def test_parse_hostport(value: str, expected: tuple[str, int]) -> None:
     assert parse_hostport(value) == expected
