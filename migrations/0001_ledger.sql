@@ -59,6 +59,24 @@ CREATE TABLE softguard.operations (
 );
 REVOKE ALL ON softguard.operations FROM PUBLIC;
 CREATE INDEX operations_active_idx ON softguard.operations (id) WHERE state = 'active';
+-- Backstop for SQL softguard cannot see: the ledger's rows are never deleted except by
+-- softguard's own maintenance (purge sets softguard.internal for its transaction).
+CREATE FUNCTION softguard._guard_ledger() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('softguard.internal', true) IS DISTINCT FROM 'on' THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: rows of %I.%I cannot be removed', TG_TABLE_SCHEMA,
+                             TG_TABLE_NAME),
+            HINT = 'The ledger is kept by softguard; softguard purge removes expired entries.';
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._guard_ledger() FROM PUBLIC;
+CREATE TRIGGER guard_ledger BEFORE DELETE OR TRUNCATE ON softguard.operations
+    FOR EACH STATEMENT EXECUTE FUNCTION softguard._guard_ledger();
+ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER guard_ledger;
+
 COMMENT ON TABLE softguard.operations IS
     'one row per reversible operation, written in the transaction that performed it';
 
@@ -72,8 +90,29 @@ CREATE FUNCTION softguard._capture_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     detail text;
+    victim text;
 BEGIN
     IF current_setting('softguard.probe', true) IS DISTINCT FROM 'on' THEN
+        -- Backstop: SQL softguard cannot see (a DO block, a function, a direct session)
+        -- must not destroy the ledger or what is in quarantine. Only softguard's own
+        -- maintenance (purge) sets softguard.internal.
+        IF current_setting('softguard.internal', true) IS DISTINCT FROM 'on' THEN
+            SELECT d.object_identity INTO victim
+              FROM pg_event_trigger_dropped_objects() d
+             WHERE NOT d.is_temporary
+               AND (d.schema_name IN ('softguard', 'softguard_quarantine')
+                    OR d.schema_name ~ '^softguard_q[0-9]+_'
+                    OR (d.object_type = 'schema'
+                        AND (d.object_name IN ('softguard', 'softguard_quarantine')
+                             OR d.object_name ~ '^softguard_q[0-9]+_')))
+             LIMIT 1;
+            IF victim IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '42501',
+                    MESSAGE = format('softguard: %s belongs to softguard''s ledger or '
+                                     'quarantine and cannot be dropped', victim),
+                    HINT = 'Quarantined objects leave through softguard undo or softguard purge.';
+            END IF;
+        END IF;
         RETURN;
     END IF;
     SELECT coalesce(json_agg(json_build_object(
@@ -707,6 +746,48 @@ REVOKE ALL ON FUNCTION softguard._move(bigint, integer, oid, oid, boolean) FROM 
 -- 'softguard: <action> <objects> is reversible as operation <id> until <YYYY-MM-DD>'.
 -- ---------------------------------------------------------------------------------------
 
+-- Lock the relations of a probe list (and every listed object through an advisory lock,
+-- so two softguard DROPs of one function or type serialise too). Objects gone since are
+-- skipped: the next probe reports them as PostgreSQL would.
+CREATE FUNCTION softguard._lock_listed(list jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e jsonb;
+    r record;
+BEGIN
+    FOR e IN SELECT x FROM jsonb_array_elements(list) x
+             ORDER BY (x->>'classid')::oid, (x->>'objid')::oid LOOP
+        PERFORM pg_advisory_xact_lock(((e->>'classid')::oid::bigint << 32)
+                                      | (e->>'objid')::oid::bigint);
+        IF (e->>'classid')::oid = 'pg_class'::regclass AND (e->>'objsubid')::int = 0 THEN
+            SELECT n.nspname, c.relname, c.relkind INTO r
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = (e->>'objid')::oid;
+            IF FOUND AND r.relkind IN ('r', 'p', 'v', 'f') THEN
+                BEGIN
+                    EXECUTE format('LOCK TABLE ONLY %I.%I IN ACCESS EXCLUSIVE MODE',
+                                   r.nspname, r.relname);
+                EXCEPTION WHEN undefined_table OR wrong_object_type THEN
+                    NULL;
+                END;
+            END IF;
+        END IF;
+    END LOOP;
+END $$;
+GRANT EXECUTE ON FUNCTION softguard._lock_listed(jsonb) TO PUBLIC;
+
+CREATE FUNCTION softguard._same_objects(a jsonb, b jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT (SELECT array_agg(k ORDER BY k)
+              FROM (SELECT x->>'classid' || '/' || (x->>'objid') || '/' || (x->>'objsubid') AS k
+                      FROM jsonb_array_elements(a) x) s)
+           IS NOT DISTINCT FROM
+           (SELECT array_agg(k ORDER BY k)
+              FROM (SELECT x->>'classid' || '/' || (x->>'objid') || '/' || (x->>'objsubid') AS k
+                      FROM jsonb_array_elements(b) x) s)
+$$;
+GRANT EXECUTE ON FUNCTION softguard._same_objects(jsonb, jsonb) TO PUBLIC;
+
 CREATE PROCEDURE softguard.drop_op(stmt text, stmt_cascade text, ctx jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -716,6 +797,8 @@ DECLARE
     msg text;
     n_all integer;
     n_temp integer;
+    relist jsonb;
+    used text;
 BEGIN
     PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
     RAISE NOTICE USING ERRCODE = 'SGBEG', MESSAGE = coalesce(ctx->>'offset', '0');
@@ -741,7 +824,28 @@ BEGIN
             RAISE;
         END IF;
         list := clist;
+        used := stmt_cascade;
     END;
+
+    -- The probe's locks went with its subtransaction: a concurrent DROP of the same
+    -- objects may have probed them too. Lock what was found, then probe again (quietly)
+    -- under those locks, as PostgreSQL re-resolves names after waiting for a lock.
+    FOR attempt IN 1..5 LOOP
+        EXIT WHEN pg_catalog.jsonb_array_length(list) = 0;
+        PERFORM softguard._lock_listed(list);
+        IF saved NOT IN ('error', 'fatal', 'panic') THEN
+            PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+        END IF;
+        BEGIN
+            relist := softguard._probe(coalesce(used, stmt));
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+            RAISE;
+        END;
+        PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+        EXIT WHEN softguard._same_objects(list, relist);
+        list := relist;
+    END LOOP;
 
     n_all := pg_catalog.jsonb_array_length(list);
     SELECT pg_catalog.count(*) FILTER (WHERE (e->>'is_temporary')::boolean) INTO n_temp

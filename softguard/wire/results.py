@@ -98,6 +98,14 @@ class ResultFilter:
         if self._inside:
             if mtype == _N and not _hide_quarantine(fields):
                 return b""
+            if mtype == _E and "D" in fields:
+                # e.g. 2BP01 lists dependents; those already in quarantine are gone for
+                # the client, as after a real DROP.
+                kept = [ln for ln in fields["D"].split("\n") if not _QUARANTINE_NAME.search(ln)]
+                if kept:
+                    fields["D"] = "\n".join(kept)
+                else:
+                    del fields["D"]
             inner_position = fields.get("p")
             for key in _INNER_FIELDS:
                 fields.pop(key, None)

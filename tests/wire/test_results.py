@@ -110,3 +110,19 @@ def test_objects_already_in_quarantine_vanish_from_cascade_notices() -> None:
     got = fields_of(out)
     assert got["M"] == "drop cascades to 2 other objects"
     assert got["D"] == "drop cascades to view a\ndrop cascades to view c"
+
+
+def test_quarantined_dependents_vanish_from_error_detail() -> None:
+    f = ResultFilter()
+    f.expect_ready(None)
+    f.process(ord("N"), notice("SGBEG", "0"))
+    body = error_response("2BP01", "cannot drop type t because other objects depend on it")[5:]
+    fields = parse_fields(body)
+    fields["D"] = (
+        "column status of table reservations depends on type t\n"
+        "view softguard_quarantine.op1_6_v depends on type t"
+    )
+    raw = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
+    out = f.process(ord("E"), raw)
+    assert out is not None
+    assert fields_of(out)["D"] == "column status of table reservations depends on type t"
