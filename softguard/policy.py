@@ -81,7 +81,7 @@ _PROTECTABLE = frozenset({"drop", "truncate", "delete", "update", "alter"})
 # (a DELETE inside WITH, EXPLAIN ANALYZE, PREPARE) since the triggers see it run.
 CAPTURED = frozenset({"delete", "update"})
 # ALTER subcommands softguard can keep; other ALTERs in category "alter" pass as sent.
-REWRITABLE_ALTERS = frozenset({"ALTER TABLE DROP COLUMN", "ALTER TABLE ALTER COLUMN TYPE"})
+REWRITABLE_ALTERS = frozenset({"ALTER TABLE DROP COLUMN"})
 
 
 def category_of(stmt: Statement) -> str:

@@ -59,6 +59,13 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="debug, info, warning or error [default: info]")
     ] = None,
+    protect_updates: Annotated[
+        bool,
+        typer.Option(
+            "--protect-updates",
+            help="keep before-images of every UPDATE (policy update = protect everywhere)",
+        ),
+    ] = False,
 ) -> None:
     """Run the proxy."""
     try:
@@ -75,6 +82,11 @@ def serve(
         )
     except ConfigError as exc:
         raise _die(str(exc)) from None
+    if protect_updates:
+        settings.policy.update = "protect"
+        for rule in settings.policy.rules:
+            if rule.update is not None:
+                rule.update = "protect"
     _setup_logging(settings.log_level)
     from softguard.proxy.server import serve_forever
     from softguard.proxy.upstream import UpstreamError, UpstreamTarget

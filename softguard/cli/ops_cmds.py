@@ -391,9 +391,19 @@ def undo(
         bool,
         typer.Option("--cascade", help="first undo later operations that hold what it needs"),
     ] = False,
+    on_conflict: Annotated[
+        str,
+        typer.Option(
+            "--on-conflict",
+            metavar="fail|skip",
+            help="a restored row whose key was re-used since: fail (default) or skip it",
+        ),
+    ] = "fail",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
     """Undo operations, all in one transaction (all or nothing)."""
+    if on_conflict not in ("fail", "skip"):
+        raise _fail("--on-conflict takes fail or skip", 2)
     order = sorted(set(op_ids), reverse=True)
     if rename_to is not None and len(order) != 1:
         raise _fail("--rename-to works with a single OP only", 2)
@@ -420,7 +430,12 @@ def undo(
                 raise _fail("not confirmed; nothing was changed")
         try:
             result = undo_operations(
-                conn, order, rename_to=rename_to, cascade=cascade, dry_run=dry_run
+                conn,
+                order,
+                rename_to=rename_to,
+                cascade=cascade,
+                on_conflict=on_conflict,
+                dry_run=dry_run,
             )
         except UndoFailed as exc:
             raise _undo_failed(exc, dry_run) from None

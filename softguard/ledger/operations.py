@@ -298,6 +298,7 @@ def undo_operations(
     *,
     rename_to: str | None = None,
     cascade: bool = False,
+    on_conflict: str = "fail",
     dry_run: bool = False,
 ) -> UndoResult:
     """Undo ``ops`` (newest first) in one transaction: all of them, or nothing.
@@ -319,10 +320,13 @@ def undo_operations(
         with conn.transaction() as tx:
             for op in order:
                 current = op
-                rows = conn.execute(
-                    "SELECT line FROM softguard.undo_op(%s, %s, %s) AS line",
-                    [op, rename_to, cascade],
-                ).fetchall()
+                if on_conflict == "fail":  # the form a role granted only that may run
+                    query = "SELECT line FROM softguard.undo_op(%s, %s, %s) AS line"
+                    args: list[Any] = [op, rename_to, cascade]
+                else:
+                    query = "SELECT line FROM softguard.undo_op(%s, %s, %s, %s) AS line"
+                    args = [op, rename_to, cascade, on_conflict]
+                rows = conn.execute(query, args).fetchall()
                 lines.extend(str(r[0]) for r in rows)
             current = None
             # What was undone (with cascade: later operations too, first): undo_op returns

@@ -21,6 +21,10 @@ def empty_db(pg_server: TestServer) -> Any:
         yield name
 
 
+ALL = [m.name for m in available_migrations()]
+LATEST = available_migrations()[-1].version
+
+
 def test_migrations_dir_is_in_the_repository() -> None:
     assert MIGRATIONS_DIR.is_dir()
     assert available_migrations()[0].name == "0001_ledger.sql"
@@ -29,16 +33,17 @@ def test_migrations_dir_is_in_the_repository() -> None:
 def test_apply_is_idempotent(pg_server: TestServer, empty_db: str) -> None:
     with psycopg.connect(pg_server.superuser_dsn(empty_db), autocommit=True) as c:
         assert ledger_version(c) is None
-        assert apply_migrations(c) == ["0001_ledger.sql"]
-        assert ledger_version(c) == 1
+        assert apply_migrations(c) == ALL
+        assert ledger_version(c) == LATEST
         assert apply_migrations(c) == []
-        rows = c.execute("SELECT version, name FROM softguard.migrations").fetchall()
-        assert rows == [(1, "0001_ledger.sql")]
+        rows = c.execute("SELECT name FROM softguard.migrations ORDER BY version").fetchall()
+        assert [r[0] for r in rows] == ALL
         triggers = c.execute(
             "SELECT evtname, evtenabled FROM pg_event_trigger ORDER BY 1"
         ).fetchall()
         assert triggers == [
             ("softguard_capture_ddl_end", "A"),
+            ("softguard_capture_install", "A"),
             ("softguard_capture_sql_drop", "A"),
         ]
 
@@ -60,7 +65,7 @@ def test_concurrent_apply(pg_server: TestServer, empty_db: str) -> None:
     for t in threads:
         t.join(60)
     assert not errors
-    assert sorted(results) == [[], [], ["0001_ledger.sql"]]
+    assert sorted(results) == [[], [], ALL]
 
 
 def test_later_migration_in_its_own_transaction(
@@ -68,11 +73,12 @@ def test_later_migration_in_its_own_transaction(
 ) -> None:
     for m in available_migrations():
         (tmp_path / m.name).write_text(m.sql())
-    (tmp_path / "0002_broken.sql").write_text("CREATE TABLE softguard.x (a int); SELECT 1/0;")
+    broken = f"{LATEST + 1:04d}_broken.sql"
+    (tmp_path / broken).write_text("CREATE TABLE softguard.x (a int); SELECT 1/0;")
     with psycopg.connect(pg_server.superuser_dsn(empty_db), autocommit=True) as c:
-        with pytest.raises(LedgerError, match=r"0002_broken\.sql failed: division by zero"):
+        with pytest.raises(LedgerError, match=rf"{broken} failed: division by zero"):
             apply_migrations(c, tmp_path)
-        assert ledger_version(c) == 1  # 0001 committed, 0002 rolled back
+        assert ledger_version(c) == LATEST  # the real ones committed, the broken one not
         assert c.execute("SELECT to_regclass('softguard.x')").fetchone() == (None,)
 
 
@@ -98,10 +104,11 @@ def test_init_command(
     dsn = pg_server.superuser_dsn(empty_db)
     first = runner.invoke(app, ["init", "--dsn", dsn])
     assert first.exit_code == 0, first.output
-    assert first.output == "applied 0001_ledger.sql\nledger is at version 1\n"
+    applied = "".join(f"applied {name}\n" for name in ALL)
+    assert first.output == f"{applied}ledger is at version {LATEST}\n"
     again = runner.invoke(app, ["init"], env={"SOFTGUARD_DSN": dsn})
     assert again.exit_code == 0
-    assert again.output == "ledger is up to date (version 1)\n"
+    assert again.output == f"ledger is up to date (version {LATEST})\n"
     with pg_server.scratch_database() as other:
         nonsuper = pg_server.dsn(other, ledger.nonowner["user"], ledger.nonowner["password"])
         bad = runner.invoke(app, ["init", "--dsn", nonsuper])
