@@ -17,7 +17,9 @@ import psycopg
 from psycopg import pq
 
 #: The repository's ``migrations/`` (an editable install runs from the repository).
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# The repository's top-level migrations/, reached through the package's symlink
+# softguard/ledger/migrations (a built wheel carries the files themselves there).
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 #: pg_advisory_xact_lock key serialising ledger migrations ("softgrd" in ASCII).
 ADVISORY_LOCK_KEY = 0x736F6674677264
