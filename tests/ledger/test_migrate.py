@@ -82,7 +82,10 @@ def test_later_migration_in_its_own_transaction(
         assert c.execute("SELECT to_regclass('softguard.x')").fetchone() == (None,)
 
 
-def test_needs_superuser(pg_server: TestServer, empty_db: str, ledger: Any) -> None:
+def test_needs_superuser(
+    pg_server: TestServer, empty_db: str, rental_template: str, ledger: Any
+) -> None:
+    # rental_template creates the non-owner role
     dsn = pg_server.dsn(empty_db, ledger.nonowner["user"], ledger.nonowner["password"])
     with psycopg.connect(dsn, autocommit=True) as c:
         with pytest.raises(LedgerError, match=r"needs a superuser .*: connected as sg_ledger_"):
