@@ -701,6 +701,7 @@ DECLARE
     msg text;
     holder bigint;
     o softguard.operations;
+    finished boolean := false;
 BEGIN
     FOR attempt IN 1..1000 LOOP
         BEGIN
@@ -717,6 +718,7 @@ BEGIN
                 done := softguard._undo_one(op, rename_to);
             END IF;
             lines := lines || done;
+            finished := true;
             EXIT;
         EXCEPTION WHEN SQLSTATE '55006' THEN
             IF NOT "cascade" THEN
@@ -730,6 +732,10 @@ BEGIN
             lines := lines || ARRAY(SELECT softguard.undo_op(holder, NULL, true, on_conflict));
         END;
     END LOOP;
+    IF NOT finished THEN
+        RAISE EXCEPTION USING ERRCODE = '55006',
+            MESSAGE = format('cannot undo operation %s: later operations keep blocking it', op);
+    END IF;
     RETURN QUERY SELECT l FROM unnest(lines) l;
 END $$;
 REVOKE ALL ON FUNCTION softguard.undo_op(bigint, text, boolean, text) FROM PUBLIC;
