@@ -399,6 +399,14 @@ def undo(
             help="a restored row whose key was re-used since: fail (default) or skip it",
         ),
     ] = "fail",
+    lock_timeout: Annotated[
+        float,
+        typer.Option(
+            "--lock-timeout",
+            metavar="SECONDS",
+            help="give up (nothing changed) if a table stays locked this long [default: 10]",
+        ),
+    ] = 10.0,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
     """Undo operations, all in one transaction (all or nothing)."""
@@ -436,6 +444,7 @@ def undo(
                 cascade=cascade,
                 on_conflict=on_conflict,
                 dry_run=dry_run,
+                lock_timeout=lock_timeout,
             )
         except UndoFailed as exc:
             raise _undo_failed(exc, dry_run) from None

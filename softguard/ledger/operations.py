@@ -300,6 +300,7 @@ def undo_operations(
     cascade: bool = False,
     on_conflict: str = "fail",
     dry_run: bool = False,
+    lock_timeout: float = 10.0,
 ) -> UndoResult:
     """Undo ``ops`` (newest first) in one transaction: all of them, or nothing.
 
@@ -318,6 +319,11 @@ def undo_operations(
     current: int | None = None
     try:
         with conn.transaction() as tx:
+            # Undo locks live tables (to re-add constraints, re-insert rows): never queue
+            # the application behind it for long; fail and let the operator retry.
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout * 1000)}ms"]
+            )
             for op in order:
                 current = op
                 if on_conflict == "fail":  # the form a role granted only that may run
