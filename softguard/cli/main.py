@@ -129,10 +129,26 @@ def _start_embedded(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 @app.command()
-def explain(sql: Annotated[str, typer.Argument(help="SQL text to classify")]) -> None:
-    """Show how softguard classifies a statement, without running it."""
-    from softguard.sql import classify
+def explain(
+    sql: Annotated[str, typer.Argument(help="SQL text to classify")],
+    config: Annotated[Path | None, typer.Option("--config", help="TOML configuration file")] = None,
+    role: Annotated[str, typer.Option(help="the session's role, for policy rules")] = "postgres",
+    application_name: Annotated[str, typer.Option(help="for policy rules")] = "",
+    database: Annotated[str, typer.Option(help="for policy rules")] = "postgres",
+) -> None:
+    """Show how softguard classifies, decides on and rewrites a statement, without running it."""
+    from types import SimpleNamespace
 
+    from softguard.policy import CAPTURED, Policy, SessionInfo
+    from softguard.proxy.statements import Rebuilt, plan_message
+    from softguard.sql import Classifier, classify
+    from softguard.wire import Framer, parse_query_text
+    from softguard.wire.messages import message
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        raise _die(str(exc)) from None
     result = classify(sql)
     typer.echo(f"kind: {result.kind.value}")
     if result.error:
@@ -145,6 +161,29 @@ def explain(sql: Annotated[str, typer.Argument(help="SQL text to classify")]) ->
         typer.echo(f"{i}. {stmt.kind.value:12} {stmt.action:24} {targets} {flags}".rstrip())
         if stmt.detail:
             typer.echo(f"   {stmt.detail}")
+    session = SessionInfo(role, database, application_name, "127.0.0.1:0")
+    policy = Policy(settings.policy)
+    decisions = policy.decide(result, session, source="query", log_it=False)
+    for decision in decisions:
+        what = decision.statement.summary() if decision.statement else "the text"
+        typer.echo(f"policy: {decision.action.value} ({decision.category}) {what}")
+        if decision.reason:
+            typer.echo(f"   {decision.reason}")
+    # What the proxy would send, as if the ledger were installed.
+    server = SimpleNamespace(
+        classifier=Classifier(0),
+        policy=policy,
+        ledger=SimpleNamespace(state=lambda _db: True),
+    )
+    _, msgs, _ = Framer(want=None).feed(message(b"Q", sql.encode() + b"\0"))
+    planned = plan_message(server, session, msgs[0], log_it=False)  # type: ignore[arg-type]
+    if isinstance(planned, Rebuilt):
+        sent = parse_query_text(ord("Q"), planned.raw[5:]).decode()
+        typer.echo(f"sent instead:\n   {sent}")
+    elif any(d.category in CAPTURED and d.action.value == "protect" for d in decisions):
+        typer.echo("sent as is; the database captures the rows it changes")
+    else:
+        typer.echo("sent as is")
 
 
 def _register_commands() -> None:

@@ -1,0 +1,43 @@
+"""softguard explain: classification, policy decision and what would be sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from softguard.cli.main import app
+
+
+def explain(*args: str) -> str:
+    result = CliRunner().invoke(app, ["explain", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_drop_is_rewritten_into_drop_op() -> None:
+    out = explain("select 1; drop table t cascade")
+    assert "destructive  DROP TABLE               t CASCADE" in out
+    assert "policy: protect (drop) DROP TABLE t" in out
+    assert "select 1; CALL softguard.drop_op(" in out
+
+
+def test_delete_is_sent_as_is_and_captured() -> None:
+    out = explain("delete from x where id = 1")
+    assert "policy: protect (delete) DELETE FROM x" in out
+    assert "sent as is; the database captures the rows it changes" in out
+
+
+def test_dangerous_is_refused_and_rules_apply(tmp_path: Path) -> None:
+    assert "policy: deny (dangerous) DROP DATABASE d" in explain("drop database d")
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[[policy.rules]]\nrole = "agent*"\ndrop = "deny"\n')
+    out = explain("drop table t", "--config", str(cfg), "--role", "agent7")
+    assert "policy: deny (drop) DROP TABLE t" in out
+    assert "RAISE EXCEPTION USING ERRCODE = '42501'" in out
+    assert "policy: protect (drop)" in explain("drop table t", "--config", str(cfg))
+
+
+def test_safe_text() -> None:
+    out = explain("select 42")
+    assert out.startswith("kind: safe") and out.rstrip().endswith("sent as is")
