@@ -72,31 +72,37 @@ $$;
 REVOKE ALL ON FUNCTION softguard._protected_table(oid) FROM PUBLIC;
 
 -- The column list of a table's row type: [[name, type], ...] (types schema-qualified).
+-- Hot-path helpers below carry no SET search_path of their own: they are called from the
+-- capture trigger, whose SET already pins it, and a nested SET (switching search_path
+-- back and forth) makes PostgreSQL re-plan every statement of the trigger on each call.
+-- Everything in them is schema-qualified instead.
 CREATE FUNCTION softguard._columns(rel oid) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname, format_type(a.atttypid, a.atttypmod))
-                              ORDER BY a.attnum), '[]')
-      FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(
+               a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum),
+           '[]')
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 REVOKE ALL ON FUNCTION softguard._columns(oid) FROM PUBLIC;
 
 -- The role the client acts as (inside SECURITY DEFINER functions current_user is the owner).
 CREATE FUNCTION softguard._client_role() RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN coalesce(current_setting('role', true), 'none') = 'none'
-                THEN session_user::text ELSE current_setting('role', true) END
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN COALESCE(pg_catalog.current_setting('role', true), 'none') = 'none'
+                THEN session_user::text ELSE pg_catalog.current_setting('role', true) END
 $$;
 REVOKE ALL ON FUNCTION softguard._client_role() FROM PUBLIC;
 
 -- Raise a NOTICE the client sees whatever its client_min_messages.
 CREATE FUNCTION softguard._notice(msg text, code text DEFAULT '00000') RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
-    saved text := current_setting('client_min_messages');
+    saved text := pg_catalog.current_setting('client_min_messages');
 BEGIN
-    PERFORM set_config('client_min_messages', 'notice', true);
+    PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
     RAISE NOTICE USING ERRCODE = code, MESSAGE = msg;
-    PERFORM set_config('client_min_messages', saved, true);
+    PERFORM pg_catalog.set_config('client_min_messages', saved, true);
 END $$;
 GRANT EXECUTE ON FUNCTION softguard._notice(text, text) TO PUBLIC;
 
@@ -138,7 +144,7 @@ BEGIN
         END IF;
     END IF;
 
-    cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    cid := nextval('softguard.captures_id_seq'::regclass);
     INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n = 0 THEN
