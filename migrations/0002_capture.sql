@@ -864,6 +864,7 @@ DECLARE
     op bigint;
     r record;
     targets text[] := '{}';
+    saved text := pg_catalog.current_setting('client_min_messages');
 BEGIN
     PERFORM softguard._notice(coalesce(ctx->>'offset', '0'), 'SGBEG');
     list := softguard._probe(stmt);
@@ -881,7 +882,12 @@ BEGIN
         END IF;
         targets := targets || softguard._capture_column(op, r.rel, r.attnum);
     END LOOP;
+    -- The probe already sent PostgreSQL's notices (IF EXISTS ... skipping): not twice.
+    IF saved NOT IN ('error', 'fatal', 'panic') THEN
+        PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+    END IF;
     EXECUTE stmt;
+    PERFORM pg_catalog.set_config('client_min_messages', saved, true);
     IF op IS NOT NULL THEN
         PERFORM softguard._notice(softguard._op_message(op,
             coalesce(ctx->>'action', 'ALTER TABLE') || ' DROP COLUMN',

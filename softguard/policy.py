@@ -247,9 +247,13 @@ class Policy:
             else:
                 stmt_for_reason = stmt
             if verdict == "protect" and category not in CAPTURED:
-                if stmt.command not in ("", stmt.action) or (
-                    category == "alter" and stmt.action not in REWRITABLE_ALTERS
-                ):
+                # Rewritten statements must be exactly what the rewrite handles: an ALTER
+                # TABLE whose destructive subcommand is DROP COLUMN, or a statement whose
+                # own verb is the destructive one (not a DROP hidden in something else).
+                if category == "alter":
+                    if stmt.action not in REWRITABLE_ALTERS:
+                        verdict = "allow"
+                elif stmt.command not in ("", stmt.action):
                     verdict = "allow"
             if log_it:
                 log.info(

@@ -41,3 +41,10 @@ def test_dangerous_is_refused_and_rules_apply(tmp_path: Path) -> None:
 def test_safe_text() -> None:
     out = explain("select 42")
     assert out.startswith("kind: safe") and out.rstrip().endswith("sent as is")
+
+
+def test_drop_column_goes_to_alter_op_but_other_alters_pass() -> None:
+    out = explain("alter table vehicles drop column specs")
+    assert "policy: protect (alter)" in out and "CALL softguard.alter_op(" in out
+    out = explain("alter table t alter column c type text")
+    assert "policy: allow (alter)" in out and out.rstrip().endswith("sent as is")

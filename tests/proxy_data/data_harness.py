@@ -1,0 +1,195 @@
+"""Helpers for tests/proxy_data: the harness of tests/proxy_drop, reused, plus what the
+data-change tests add (RowDescription types, the data-change NOTICE, ledger queries).
+
+tests/proxy_drop/drop_harness.py and tests/proxy_drop/conftest.py are loaded as modules
+under their own names (nothing in them is modified).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+_PROXY_DROP = Path(__file__).resolve().parents[1] / "proxy_drop"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path) -> Any:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def proxy_drop_conftest() -> Any:
+    return _load("_sg_proxy_data_drop_conftest", _PROXY_DROP / "conftest.py")
+
+
+dh = _load("_sg_proxy_data_drop_harness", _PROXY_DROP / "drop_harness.py")
+Seen = dh.Seen
+Step = dh.Step
+
+# DESIGN §2: the one extra NOTICE of a reversible data change.
+SG_DATA_NOTICE = re.compile(
+    r"^softguard: (?P<action>DELETE FROM|MERGE INTO|UPDATE|TRUNCATE TABLE|"
+    r"ALTER TABLE DROP COLUMN) (?P<what>.+) is reversible as operation (?P<op>\d+) "
+    r"until (?P<until>\d{4}-\d{2}-\d{2})$"
+)
+
+
+def check_notice(text: str, action: str | None = None, what: str | None = None) -> int:
+    """Assert the softguard NOTICE's exact form; return its operation id."""
+    m = SG_DATA_NOTICE.match(text)
+    assert m, f"softguard notice has an unexpected form: {text!r}"
+    until = date.fromisoformat(m["until"])
+    today = date.today()
+    assert today + timedelta(days=6) <= until <= today + timedelta(days=8), text
+    if action is not None:
+        assert m["action"] == action, text
+    if what is not None:
+        assert m["what"] == what, text
+    return int(m["op"])
+
+
+# ----------------------------------------------------------------------- running steps
+
+
+def results(cur: psycopg.Cursor[Any]) -> list[Any]:
+    """Every result of a cursor: tag, RowDescription (names and type OIDs), rows."""
+    out = []
+    while True:
+        desc = (
+            [(c.name, c.type_code, c.internal_size, c.precision, c.scale) for c in cur.description]
+            if cur.description
+            else None
+        )
+        rows = cur.fetchall() if cur.description else None
+        out.append((cur.statusmessage, cur.rowcount, desc, rows))
+        if not cur.nextset():
+            break
+    return out
+
+
+def psycopg_step(conn: psycopg.Connection[Any], step: Step, mode: str) -> Any:
+    if callable(step):
+        return step(conn)
+    cur = conn.cursor()
+    if mode == "simple":
+        cur.execute(step.encode(), prepare=False)
+    elif mode == "prepared":
+        cur.execute(step.encode(), prepare=True)
+    elif mode == "unnamed":
+        cur.execute(step.encode(), binary=True)
+    else:  # pragma: no cover
+        raise ValueError(mode)
+    return results(cur)
+
+
+def run_psycopg(
+    dsn: str, steps: Sequence[Step], *, mode: str = "simple", autocommit: bool = True
+) -> list[Any]:
+    out: list[Any] = []
+    with psycopg.connect(dsn, autocommit=autocommit) as conn:
+        for step in steps:
+            seen = Seen()
+
+            def on_notice(d: psycopg.errors.Diagnostic, seen: Any = seen) -> None:
+                seen.notices.append(dh._pg_notice(d))
+
+            conn.add_notice_handler(on_notice)
+            try:
+                seen.value = psycopg_step(conn, step, mode)
+            except psycopg.Error as e:
+                seen.error = dh._pg_err(e)
+            finally:
+                conn.remove_notice_handler(on_notice)
+            seen.tx = conn.info.transaction_status.name
+            out.append(seen)
+        if not autocommit and conn.info.transaction_status.name != "IDLE":
+            conn.rollback()
+    return out
+
+
+def run(dsn: str, steps: Sequence[Step], mode: str) -> list[Any]:
+    if mode == "asyncpg":
+        return dh.run_asyncpg(dsn, steps)
+    return run_psycopg(dsn, steps, mode=mode)
+
+
+def compare_runs(
+    direct: list[Any], proxied: list[Any], expected_sg: Sequence[int], steps: Sequence[Step]
+) -> list[str]:
+    """Step by step identical, minus exactly the expected softguard notices."""
+    return list(dh.compare_runs(direct, proxied, expected_sg, steps))
+
+
+# ----------------------------------------------------------------------- ledger side
+
+
+def row_ops(sg: Any, db: str) -> list[dict[str, Any]]:
+    """Operations (not the records of undos) with their row counts."""
+    if not sg.has_ledger(db):
+        return []
+    with sg.connect(db) as c:
+        cur = c.cursor(row_factory=psycopg.rows.dict_row)
+        return cur.execute(
+            "SELECT id, kind, statement, state, objects, row_counts FROM softguard.operations"
+            " WHERE kind <> 'UNDO' ORDER BY id"
+        ).fetchall()
+
+
+def tables(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if not k.startswith("seq ")}
+
+
+def undo_all(sg: Any, db: str, ops: Sequence[int], on_conflict: str | None = None) -> list[str]:
+    lines: list[str] = []
+    with sg.connect(db) as c:
+        for op in sorted(ops, reverse=True):
+            if on_conflict is None:
+                rows = c.execute("SELECT softguard.undo_op(%s)", [op]).fetchall()
+            else:
+                rows = c.execute(
+                    "SELECT softguard.undo_op(%s, NULL, false, %s)", [op, on_conflict]
+                ).fetchall()
+            lines.extend(r[0] for r in rows)
+    return lines
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("SOFTGUARD_DSN", None)
+    return subprocess.run(
+        [sys.executable, "-m", "softguard", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def notices_of(conn: psycopg.Connection[Any]) -> Callable[[], list[str]]:
+    """Collect the softguard notices a connection receives; returns a getter."""
+    got: list[str] = []
+
+    def on_notice(d: psycopg.errors.Diagnostic) -> None:
+        if (d.message_primary or "").startswith("softguard:"):
+            got.append(d.message_primary or "")
+
+    conn.add_notice_handler(on_notice)
+    return lambda: list(got)
