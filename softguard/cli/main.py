@@ -187,11 +187,15 @@ def explain(
 
 
 def _register_commands() -> None:
+    from softguard.cli import purge_cmd
+    from softguard.cli.demo_cmd import demo
     from softguard.cli.init_cmd import init
     from softguard.cli.ops_cmds import register as register_ops
 
     app.command()(init)
+    app.command()(demo)
     register_ops(app)
+    purge_cmd.register(app)
 
 
 _register_commands()

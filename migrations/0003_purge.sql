@@ -1,0 +1,325 @@
+-- softguard ledger, version 3: purge (retention) and the size of the quarantine.
+--
+-- Used by `softguard purge` and `softguard space` (softguard/ledger/purge.py).
+--
+-- What always holds:
+-- * An operation is purged in ONE short transaction (purge_op): its row in the ledger is
+--   locked, its quarantined objects are locked with the caller's lock_timeout (default 2 s:
+--   purge gives up rather than queue the application behind it), dropped, and it is marked
+--   'purged' (purged_at, purged_by, purge_archive). An interruption leaves it either purged
+--   or untouched.
+-- * Purge destroys only what the operation holds: before each DROP ... CASCADE the statement
+--   is probed (softguard._probe, rolled back); if it would remove anything held by another
+--   operation, or anything live, the purge is refused with 55006 and nothing is changed.
+-- * Captured rows of a purged (or undone) operation are released in that transaction
+--   (captures.released_at); small sets are deleted there and then, large ones by
+--   purge_rows(batch) in later short transactions. Released rows are never read again:
+--   undo of a purged operation is refused before it looks at them.
+-- * Undo of a purged operation fails with 55000, naming the archive when there is one.
+-- * Sizes (op_size) are O(objects), not O(rows): relation sizes from the catalog, captured
+--   rows as count x a sampled row width.
+
+ALTER TABLE softguard.operations ADD COLUMN purge_archive text;
+COMMENT ON COLUMN softguard.operations.purge_archive IS
+    'where softguard purge archived the operation before destroying it (NULL: not archived)';
+
+-- Released captures: their rows are garbage, deleted in batches by softguard.purge_rows.
+ALTER TABLE softguard.captures ADD COLUMN released_at timestamptz;
+CREATE INDEX captures_released_idx ON softguard.captures (id) WHERE released_at IS NOT NULL;
+
+-- ---------------------------------------------------------------------------------------
+-- What an operation holds in quarantine
+-- ---------------------------------------------------------------------------------------
+
+-- The objects operation `op` holds: relations, routines, types and statistics named
+-- op<id>_<n>_<name> in softguard_quarantine, and its renamed schemas softguard_q<id>_<name>.
+-- Indexes, toast tables, row types and owned sequences are left out: they go with their
+-- owner. `ident` is what a DROP statement names; `keyword` its object type.
+CREATE FUNCTION softguard._held_objects(op bigint)
+RETURNS TABLE (classid oid, objid oid, keyword text, ident text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'pg_class'::regclass::oid, c.oid,
+           CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+           c.oid::regclass::text
+      FROM pg_class c
+     WHERE c.relnamespace = 'softguard_quarantine'::regnamespace
+       AND c.relname ~ ('^op' || op || '_')
+       AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+       AND NOT EXISTS (SELECT FROM pg_depend d
+                        WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                          AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+                          AND c.relkind = 'S')
+    UNION ALL
+    SELECT 'pg_proc'::regclass::oid, p.oid,
+           CASE p.prokind WHEN 'a' THEN 'AGGREGATE' WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+           p.oid::regprocedure::text
+      FROM pg_proc p
+     WHERE p.pronamespace = 'softguard_quarantine'::regnamespace
+       AND p.proname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_type'::regclass::oid, t.oid,
+           CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, t.oid::regtype::text
+      FROM pg_type t
+     WHERE t.typnamespace = 'softguard_quarantine'::regnamespace
+       AND t.typname ~ ('^op' || op || '_')
+       AND t.typtype IN ('b', 'c', 'd', 'e', 'r')
+       AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
+    UNION ALL
+    SELECT 'pg_statistic_ext'::regclass::oid, s.oid, 'STATISTICS',
+           format('%I.%I', 'softguard_quarantine', s.stxname)
+      FROM pg_statistic_ext s
+     WHERE s.stxnamespace = 'softguard_quarantine'::regnamespace
+       AND s.stxname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_namespace'::regclass::oid, n.oid, 'SCHEMA', quote_ident(n.nspname)
+      FROM pg_namespace n
+     WHERE n.nspname ~ ('^softguard_q' || op || '_')
+$$;
+REVOKE ALL ON FUNCTION softguard._held_objects(bigint) FROM PUBLIC;
+
+-- The relations (tables, views, materialized views, sequences, foreign tables) operation
+-- `op` holds, with those inside its renamed schemas: what `softguard purge --archive` gives
+-- pg_dump (as --table / --schema) and what op_size measures.
+CREATE FUNCTION softguard.held_relations(op bigint)
+RETURNS TABLE (relid oid, ident text, relkind "char", in_schema text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid, c.oid::regclass::text, c.relkind, NULL::text
+      FROM pg_class c
+     WHERE c.relnamespace = 'softguard_quarantine'::regnamespace
+       AND c.relname ~ ('^op' || op || '_')
+       AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+    UNION ALL
+    SELECT c.oid, c.oid::regclass::text, c.relkind, n.nspname::text
+      FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
+     WHERE n.nspname ~ ('^softguard_q' || op || '_')
+       AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+$$;
+REVOKE ALL ON FUNCTION softguard.held_relations(bigint) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Sizes
+-- ---------------------------------------------------------------------------------------
+
+-- Bytes one capture's rows take: n_rows x (average stored width of up to 20 of its rows +
+-- 36 bytes of tuple header, item pointer and capture_id). The sample is read through the
+-- BRIN index (enable_seqscan off: never a scan of the whole table).
+CREATE FUNCTION softguard._capture_bytes(cid bigint, n_rows bigint) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+    SELECT CASE WHEN n_rows <= 0 THEN 0 ELSE
+        (n_rows * (coalesce((SELECT avg(pg_column_size(s."row"))
+                               FROM (SELECT r."row" FROM softguard.captured_rows r
+                                      WHERE r.capture_id = cid LIMIT 20) s), 0) + 36))::bigint
+    END
+$$;
+REVOKE ALL ON FUNCTION softguard._capture_bytes(bigint, bigint) FROM PUBLIC;
+
+-- Bytes operation `op` keeps in quarantine: pg_total_relation_size (heap, indexes, toast)
+-- of the relations it holds, plus its captured rows (estimated; see _capture_bytes).
+-- 0 for an operation that holds nothing (purged, undone DROP, undo record).
+CREATE FUNCTION softguard.op_size(op bigint) RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT sum(pg_total_relation_size(h.relid))
+                       FROM softguard.held_relations(op) h
+                      WHERE h.relkind IN ('r', 'm', 'S')), 0)::bigint
+         + coalesce((SELECT sum(softguard._capture_bytes(c.id, c.n_rows))
+                       FROM softguard.captures c WHERE c.op_id = op), 0)::bigint
+$$;
+REVOKE ALL ON FUNCTION softguard.op_size(bigint) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Purge
+-- ---------------------------------------------------------------------------------------
+
+-- Destroy what operation `op` holds and mark it purged, in the caller's transaction (run it
+-- alone in a transaction and commit). `archive`: where it was archived (recorded, shown by
+-- undo). `lock_timeout`: how long to wait for a lock (SET LOCAL; the ledger row, the
+-- quarantined relations) before failing with 55P03, nothing changed. Captured rows: deleted
+-- here when the operation has at most `inline_rows`, else released for purge_rows.
+-- An undone operation holds nothing: its captured rows are released, its state kept.
+-- Errors: 42704 no such operation; 55000 already purged; 55006 the DROP would remove
+-- something another operation holds, or something live; 55P03 lock timeout.
+CREATE FUNCTION softguard.purge_op(op bigint, archive text DEFAULT NULL,
+                                   lock_timeout text DEFAULT '2s',
+                                   inline_rows bigint DEFAULT 10000)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    r record;
+    stmt text;
+    list jsonb;
+    bad record;
+    held_by bigint;
+    n_objects integer := 0;
+    n_rows bigint;
+    released text;
+BEGIN
+    PERFORM set_config('lock_timeout', coalesce(lock_timeout, '2s'), true);
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('softguard: operation %s does not exist', op);
+    END IF;
+    IF o.state = 'purged' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s was already purged (at %s by %s)', op,
+                             to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+    END IF;
+
+    IF o.state = 'active' AND o.kind <> 'UNDO' THEN
+        -- 1. Lock what it holds (in oid order), waiting at most lock_timeout.
+        FOR r IN SELECT h.relid FROM softguard.held_relations(op) h
+                  WHERE h.relkind IN ('r', 'p', 'v', 'f') ORDER BY h.relid LOOP
+            EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', r.relid::regclass);
+        END LOOP;
+
+        -- 2. Drop each object (schemas last); each DROP ... CASCADE is probed first: it
+        --    must take nothing but what this operation holds.
+        FOR r IN SELECT h.* FROM softguard._held_objects(op) h
+                  ORDER BY (h.classid = 'pg_namespace'::regclass), h.classid, h.objid LOOP
+            IF r.classid = 'pg_namespace'::regclass THEN
+                CONTINUE WHEN NOT EXISTS (SELECT FROM pg_namespace n WHERE n.oid = r.objid);
+            ELSE
+                CONTINUE WHEN (pg_identify_object(r.classid, r.objid, 0)).identity IS NULL;
+            END IF;
+            stmt := format('DROP %s %s CASCADE', r.keyword, r.ident);
+            list := softguard._probe(stmt);
+            SELECT x->>'object_type' AS type, x->>'object_identity' AS identity,
+                   softguard._holder((x->>'classid')::oid, (x->>'objid')::oid,
+                                     (x->>'objsubid')::integer) AS holder
+              INTO bad
+              FROM jsonb_array_elements(list) x
+             WHERE (x->>'normal')::boolean AND NOT (x->>'original')::boolean
+               AND softguard._holder((x->>'classid')::oid, (x->>'objid')::oid,
+                                     (x->>'objsubid')::integer) IS DISTINCT FROM op
+             LIMIT 1;
+            IF FOUND THEN
+                held_by := bad.holder;
+                IF held_by IS NOT NULL THEN
+                    RAISE EXCEPTION USING ERRCODE = '55006',
+                        MESSAGE = format('cannot purge operation %s: dropping %s %s would also '
+                                         'remove %s %s, held by operation %s',
+                                         op, lower(r.keyword), r.ident, bad.type, bad.identity,
+                                         held_by),
+                        HINT = format('Purge operation %s first (or undo it).', held_by);
+                END IF;
+                RAISE EXCEPTION USING ERRCODE = '55006',
+                    MESSAGE = format('cannot purge operation %s: dropping %s %s would also '
+                                     'remove %s %s, which is not in quarantine',
+                                     op, lower(r.keyword), r.ident, bad.type, bad.identity),
+                    HINT = 'Something was made to depend on a quarantined object: remove that '
+                           'dependency first.';
+            END IF;
+            PERFORM set_config('softguard.internal', 'on', true);
+            EXECUTE stmt;
+            PERFORM set_config('softguard.internal', '', true);
+            n_objects := n_objects + 1;
+        END LOOP;
+    END IF;
+
+    -- 3. Captured rows: released; deleted now when few.
+    UPDATE softguard.captures c SET released_at = now()
+     WHERE c.op_id = op AND c.released_at IS NULL;
+    SELECT coalesce(sum(c.n_rows), 0) INTO n_rows FROM softguard.captures c WHERE c.op_id = op;
+    IF n_rows <= inline_rows THEN
+        DELETE FROM softguard.captured_rows cr
+         WHERE cr.capture_id = ANY (ARRAY(SELECT c.id FROM softguard.captures c
+                                           WHERE c.op_id = op));
+        DELETE FROM softguard.captures c WHERE c.op_id = op;
+        released := format('%s captured rows deleted', n_rows);
+    ELSE
+        released := format('%s captured rows released (deleted in batches)', n_rows);
+    END IF;
+
+    IF o.state <> 'active' OR o.kind = 'UNDO' THEN
+        RETURN format('operation %s: %s, nothing in quarantine; %s', op,
+                      CASE WHEN o.kind = 'UNDO' THEN 'the record of an undo'
+                           ELSE format('undone at %s', to_char(o.undone_at, 'YYYY-MM-DD HH24:MI:SS'))
+                      END, released);
+    END IF;
+    UPDATE softguard.operations
+       SET state = 'purged', purged_at = now(), purged_by = session_user, purge_archive = archive
+     WHERE id = op;
+    RETURN format('operation %s: purged (%s objects dropped, %s)', op, n_objects, released);
+END $$;
+REVOKE ALL ON FUNCTION softguard.purge_op(bigint, text, text, bigint) FROM PUBLIC;
+
+-- Delete up to `batch` released captured rows (and the released captures left empty), in
+-- the caller's transaction; returns how many rows it deleted plus captures it removed:
+-- 0 when nothing released is left. Call it in a loop, one transaction per call.
+CREATE FUNCTION softguard.purge_rows(batch integer DEFAULT 10000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+DECLARE
+    cid bigint;
+    want integer;
+    n bigint;
+    done bigint := 0;
+BEGIN
+    LOOP
+        want := greatest(batch - done, 0)::integer;
+        EXIT WHEN want = 0;
+        SELECT c.id INTO cid FROM softguard.captures c
+         WHERE c.released_at IS NOT NULL ORDER BY c.id LIMIT 1;
+        EXIT WHEN cid IS NULL;
+        DELETE FROM softguard.captured_rows cr
+         WHERE cr.ctid = ANY (ARRAY(SELECT x.ctid FROM softguard.captured_rows x
+                                    WHERE x.capture_id = cid LIMIT want));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        done := done + n;
+        IF n < want THEN
+            DELETE FROM softguard.captures c WHERE c.id = cid;
+            done := done + 1;
+        END IF;
+        cid := NULL;
+    END LOOP;
+    RETURN done;
+END $$;
+REVOKE ALL ON FUNCTION softguard.purge_rows(integer) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Undo of a purged operation: a clear refusal that points at the archive.
+-- undo_op(op, rename_to, cascade, on_conflict) of 0002 is renamed _undo_op_v2, unchanged;
+-- undo_op is now a wrapper that checks first (the three-argument form calls it by name).
+-- ---------------------------------------------------------------------------------------
+
+CREATE FUNCTION softguard._refuse_purged(op bigint) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op;
+    IF NOT FOUND OR o.state <> 'purged' THEN
+        RETURN;
+    END IF;
+    IF o.purge_archive IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s was purged (at %s by %s): nothing is left to restore;'
+                             ' it was archived first, to %s', op,
+                             to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by,
+                             o.purge_archive),
+            HINT = format('Load it by hand from the archive: see %s/README.txt (pg_restore for '
+                          'the objects, psql for the captured rows).', o.purge_archive);
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '55000',
+        MESSAGE = format('operation %s was purged (at %s by %s): nothing is left to restore'
+                         ' (it was not archived)', op,
+                         to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+END $$;
+REVOKE ALL ON FUNCTION softguard._refuse_purged(bigint) FROM PUBLIC;
+
+ALTER FUNCTION softguard.undo_op(bigint, text, boolean, text) RENAME TO _undo_op_v2;
+COMMENT ON FUNCTION softguard._undo_op_v2(bigint, text, boolean, text) IS
+    'undo_op of 0002, unchanged; softguard.undo_op refuses purged operations, then calls it';
+
+CREATE FUNCTION softguard.undo_op(op bigint, rename_to text, "cascade" boolean,
+                                  on_conflict text)
+RETURNS SETOF text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM softguard._refuse_purged(op);
+    RETURN QUERY SELECT l FROM softguard._undo_op_v2(op, rename_to, "cascade",
+                                                                 on_conflict) l;
+END $$;
+REVOKE ALL ON FUNCTION softguard.undo_op(bigint, text, boolean, text) FROM PUBLIC;
