@@ -6,6 +6,7 @@ the TOML file given with ``--config``, defaults.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -51,13 +52,62 @@ class Settings(BaseSettings):
     classify_cache_size: int = Field(4096, ge=0, description="classifications cached by text")
     log_level: LogLevel = "info"
     data_dir: Path | None = Field(None, description="data directory of the embedded server")
+    metrics: str | None = Field(
+        None,
+        description="HOST:PORT of the Prometheus endpoint (worker i of N on PORT+i); unset: off",
+    )
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig())
+    purge_every: float | None = Field(
+        None,
+        gt=0,
+        description="run purge from serve every this many seconds (a duration like '1h' or "
+        "'30m' is accepted); unset: never (run softguard purge yourself)",
+    )
+    purge_dsn: str | None = Field(
+        None,
+        description="superuser DSN the scheduled purge connects with (its database name is "
+        "replaced by each database purged); unset: the upstream DSN",
+    )
+    purge_databases: list[str] | None = Field(
+        None,
+        description="databases the scheduled purge covers; unset: every database of the "
+        "server that has the softguard ledger",
+    )
+    max_quarantine_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="warn loudly (never evict) when a database's quarantine holds more",
+    )
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_hostport(value)
         return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _check_metrics(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_hostport(value)
+        return value
+
+    @field_validator("purge_dsn")
+    @classmethod
+    def _check_purge_dsn(cls, value: str | None) -> str | None:
+        if value is not None:
+            from psycopg import Error, conninfo
+
+            try:
+                conninfo.conninfo_to_dict(value)
+            except Error as exc:
+                raise ValueError(f"not a valid DSN: {exc}") from None
+        return value
+
+    @field_validator("purge_every", mode="before")
+    @classmethod
+    def _parse_purge_every(cls, value: Any) -> Any:
+        return parse_duration_seconds(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:
@@ -72,6 +122,28 @@ class Settings(BaseSettings):
     @property
     def listen_port(self) -> int:
         return parse_hostport(self.listen)[1]
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self.metrics is None else parse_hostport(self.metrics)
+
+
+_DURATION = re.compile(r"^(?:\d+[smhdw])+$")
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration_seconds(text: str) -> float:
+    """'90s', '30m', '1h', '7d', '2w', '1h30m' or a number of seconds -> seconds."""
+    s = text.strip().lower()
+    if _DURATION.match(s):
+        return float(sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(s)))
+    try:
+        return float(s)
+    except ValueError:
+        raise ValueError(
+            f"expected a duration like 90s, 30m, 1h, 7d (or seconds), got {text!r}"
+        ) from None
 
 
 def parse_hostport(value: str) -> tuple[str, int]:

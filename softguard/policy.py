@@ -80,8 +80,10 @@ _PROTECTABLE = frozenset({"drop", "truncate", "delete", "update", "alter"})
 # Captured in the database by triggers (decision 0006): passed as sent, even when nested
 # (a DELETE inside WITH, EXPLAIN ANALYZE, PREPARE) since the triggers see it run.
 CAPTURED = frozenset({"delete", "update"})
+# The ledger takes the retention as an integer number of seconds (int4).
+MAX_RETENTION_DAYS = 24855
 # ALTER subcommands softguard can keep; other ALTERs in category "alter" pass as sent.
-REWRITABLE_ALTERS = frozenset({"ALTER TABLE DROP COLUMN"})
+REWRITABLE_ALTERS = frozenset({"ALTER TABLE DROP COLUMN", "ALTER TABLE ALTER COLUMN TYPE"})
 
 
 def category_of(stmt: Statement) -> str:
@@ -132,6 +134,12 @@ class Rule(_Verdicts):
     dangerous: Verdict | None = None
     opaque: Verdict | None = None
     unparseable: Verdict | None = None
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_RETENTION_DAYS,
+        description="how long operations of matching sessions stay undoable",
+    )
 
     def matches(self, session: SessionInfo) -> bool:
         return (
@@ -154,7 +162,7 @@ class PolicyConfig(_Verdicts):
     opaque: Verdict = "allow"
     unparseable: Verdict = "allow"
     retention_days: float = Field(
-        default=7.0, gt=0, description="how long operations stay undoable"
+        default=7.0, gt=0, le=MAX_RETENTION_DAYS, description="how long operations stay undoable"
     )
     rules: list[Rule] = Field(default_factory=list)
 
@@ -193,9 +201,15 @@ class Policy:
     def __init__(self, config: PolicyConfig | None = None) -> None:
         self.config = config or PolicyConfig()
 
-    @property
-    def retention_seconds(self) -> int:
-        return int(self.config.retention_days * 86400)
+    def retention_seconds(self, session: SessionInfo) -> int:
+        """How long this session's operations stay undoable: the first matching rule that
+        sets ``retention_days``, else the default."""
+        days = self.config.retention_days
+        for rule in self.config.rules:
+            if rule.retention_days is not None and rule.matches(session):
+                days = rule.retention_days
+                break
+        return max(int(days * 86400), 1)
 
     def captured_events(self, session: SessionInfo) -> list[str]:
         """Which row changes the database should capture for this session."""

@@ -47,4 +47,7 @@ def test_drop_column_goes_to_alter_op_but_other_alters_pass() -> None:
     out = explain("alter table vehicles drop column specs")
     assert "policy: protect (alter)" in out and "CALL softguard.alter_op(" in out
     out = explain("alter table t alter column c type text")
+    assert "policy: protect (alter)" in out and "CALL softguard.alter_op(" in out
+    assert '"columns":[{"schema":null,"table":"t","column":"c"}],"drop_column":false' in out
+    out = explain("alter table t drop constraint k")
     assert "policy: allow (alter)" in out and out.rstrip().endswith("sent as is")

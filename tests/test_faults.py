@@ -32,7 +32,7 @@ from support.faults import (
     wait_for,
 )
 from support.pg import TestServer
-from support.proxy import free_port, via_direct
+from support.proxy import via_direct
 
 pytestmark = pytest.mark.skipif(via_direct(), reason="faults of softguard itself")
 
@@ -147,16 +147,20 @@ def test_client_stalling_during_startup(stall_proxy: Any, dbname: str) -> None:
 # ---------------------------------------------------------------------- upstream down
 
 
-def _dead_port() -> int:
-    port = free_port()
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-        pytest.skip("the 'free' port is in use")
-    return port
+@contextlib.contextmanager
+def _dead_port() -> Iterator[int]:
+    """A port that refuses connections for the whole test: bound, never listening, so no
+    other process (a proxy or server another test starts) can take it meanwhile."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
 
 
 def test_upstream_down(proxy_factory: Any, pg_server: TestServer) -> None:
-    port = _dead_port()
-    with fresh_proxy(proxy_factory, upstream=f"postgresql://127.0.0.1:{port}") as p:
+    with (
+        _dead_port() as port,
+        fresh_proxy(proxy_factory, upstream=f"postgresql://127.0.0.1:{port}") as p,
+    ):
         with pytest.raises(psycopg.OperationalError) as info:
             psycopg.connect(p.dsn("postgres"), connect_timeout=10)
         err = info.value

@@ -59,6 +59,14 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="debug, info, warning or error [default: info]")
     ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="serve Prometheus metrics at http://HOST:PORT/metrics; keep it on loopback "
+            "(e.g. 127.0.0.1:9187); with --workers N, worker i uses PORT+i [default: off]",
+        ),
+    ] = None,
     protect_updates: Annotated[
         bool,
         typer.Option(
@@ -66,6 +74,21 @@ def serve(
             help="keep before-images of every UPDATE (policy update = protect everywhere)",
         ),
     ] = False,
+    purge_every: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION",
+            help="purge expired operations every DURATION (30m, 1h, 1d) [default: off]",
+        ),
+    ] = None,
+    purge_dsn: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DSN",
+            help="superuser DSN for the scheduled purge (database name replaced per"
+            " database) [default: the upstream DSN]",
+        ),
+    ] = None,
 ) -> None:
     """Run the proxy."""
     try:
@@ -79,6 +102,9 @@ def serve(
             max_client_conn=max_client_conn,
             data_dir=data_dir,
             log_level=log_level,
+            metrics=metrics,
+            purge_every=purge_every,
+            purge_dsn=purge_dsn,
         )
     except ConfigError as exc:
         raise _die(str(exc)) from None
@@ -88,6 +114,7 @@ def serve(
             if rule.update is not None:
                 rule.update = "protect"
     _setup_logging(settings.log_level)
+    from softguard.proxy.metrics import MetricsError
     from softguard.proxy.server import serve_forever
     from softguard.proxy.upstream import UpstreamError, UpstreamTarget
 
@@ -107,11 +134,18 @@ def serve(
             f"  psql 'postgresql://{embedded.superuser}@{proxied}/postgres'",
         )
     typer.echo(f"softguard: listening on {settings.listen}, upstream {target.display}")
+    from softguard.ledger.scheduler import start_scheduled_purge
+
+    purge = start_scheduled_purge(settings, dsn)  # in this (the parent) process only
     try:
         serve_forever(settings, target)
+    except MetricsError as exc:
+        raise _die(str(exc), 1) from None
     except OSError as exc:
         raise _die(f"cannot listen on {settings.listen}: {exc.strerror or exc}", 1) from None
     finally:
+        if purge is not None:
+            purge.close()
         if embedded is not None:
             embedded.cleanup() if settings.data_dir is None else embedded.stop()
 
@@ -140,6 +174,7 @@ def explain(
     from types import SimpleNamespace
 
     from softguard.policy import CAPTURED, Policy, SessionInfo
+    from softguard.proxy.metrics import Metrics
     from softguard.proxy.statements import Rebuilt, plan_message
     from softguard.sql import Classifier, classify
     from softguard.wire import Framer, parse_query_text
@@ -171,6 +206,7 @@ def explain(
             typer.echo(f"   {decision.reason}")
     # What the proxy would send, as if the ledger were installed.
     server = SimpleNamespace(
+        metrics=Metrics(),
         classifier=Classifier(0),
         policy=policy,
         ledger=SimpleNamespace(state=lambda _db: True),

@@ -4,8 +4,11 @@ Each command connects DIRECTLY to the protected database (``--dsn`` / $SOFTGUARD
 through the proxy, as the superuser that installed the ledger or a role granted SELECT on
 softguard.operations and EXECUTE on softguard.undo_op.
 
-Output: short, exact lines (errors on stderr, prefixed ``softguard:``); a rich table only
-when stdout is a terminal; ``--json`` always machine-readable. Exit codes: 0 success,
+Output: short, exact lines (errors on stderr, prefixed ``softguard:``); a rich table (and
+for ``ops`` the quarantine's total, for ``undo`` a progress bar) only when stdout is a
+terminal; ``--json`` always machine-readable. ``ops`` shows each operation's size in
+quarantine (softguard.op_size, when the ledger has it and the role may call it) and warns
+on stderr when the total exceeds ``max_quarantine_bytes``. Exit codes: 0 success,
 1 refused or failed (nothing changed), 2 usage.
 """
 
@@ -18,11 +21,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 import psycopg
 import typer
 
+from softguard.cli.progress import bars
 from softguard.ledger.migrate import LedgerError
 from softguard.ledger.operations import (
     STATES,
@@ -34,13 +39,26 @@ from softguard.ledger.operations import (
     get_operation,
     get_operations,
     list_operations,
+    operation_sizes,
     undo_operations,
 )
+from softguard.ledger.purge import human_bytes, space_report
+from softguard.ledger.scheduler import over_cap_warning
 
 APPLICATION_NAME = "softguard-cli"
 STATEMENT_WIDTH = 60
 #: Header of the plain (not a terminal) `ops` output: one tab-separated line per operation.
-PLAIN_COLUMNS = ("id", "time", "role", "application", "statement", "objects", "state", "expires")
+PLAIN_COLUMNS = (
+    "id",
+    "time",
+    "role",
+    "application",
+    "statement",
+    "objects",
+    "state",
+    "expires",
+    "size",
+)
 
 DsnOption = Annotated[
     str,
@@ -52,6 +70,13 @@ DsnOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML configuration file (for max_quarantine_bytes; SOFTGUARD_* works too)",
+    ),
+]
 
 
 # -- small helpers (the two predicates are separate so tests can pretend a terminal) --
@@ -68,6 +93,16 @@ def _stdin_is_terminal() -> bool:
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"softguard: {message}", err=True)
     return typer.Exit(code)
+
+
+def configured_cap(config: Path | None) -> int | None:
+    """The ``max_quarantine_bytes`` setting (--config file, SOFTGUARD_* environment)."""
+    from softguard.config import ConfigError, load_settings
+
+    try:
+        return load_settings(config).max_quarantine_bytes
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
 
 
 _DURATION = re.compile(r"^(?:\d+[smhdw])+$")
@@ -175,8 +210,9 @@ def _objects_label(op: Operation) -> str:
     return label
 
 
-def operation_summary(op: Operation) -> dict[str, Any]:
-    """The JSON object ``softguard ops --json`` prints for one operation."""
+def operation_summary(op: Operation, size: int | None = None) -> dict[str, Any]:
+    """The JSON object ``softguard ops --json`` prints for one operation (``size``: bytes
+    it keeps in quarantine, None when unknown)."""
     c = op.columns
     return {
         "id": op.id,
@@ -196,6 +232,7 @@ def operation_summary(op: Operation) -> dict[str, Any]:
         "undone_by": c.get("undone_by"),
         "undo_of": op.undo_of,
         "row_counts": c.get("row_counts"),
+        "size_bytes": size,
     }
 
 
@@ -220,9 +257,10 @@ def ops(
         ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", metavar="N", help="at most N operations")] = 50,
+    config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List recent operations in the ledger, newest first."""
+    """List recent operations in the ledger, newest first, with what each keeps."""
     try:
         since_value = parse_since(since) if since is not None else None
     except ValueError as exc:
@@ -231,6 +269,7 @@ def ops(
         raise _fail(f"--state: expected one of {', '.join(STATES)}, got {state!r}", 2)
     if limit < 1:
         raise _fail(f"--limit: expected a positive number, got {limit}", 2)
+    cap = configured_cap(config)
     with _connect(dsn) as conn:
         found = list_operations(
             conn,
@@ -238,14 +277,20 @@ def ops(
             state=state,
             limit=limit,
         )
+        sizes = operation_sizes(conn, [op.id for op in found])
+        total = _quarantine_total(conn) if sizes is not None else None
+    if cap is not None and total is not None and total > cap:
+        typer.echo(f"softguard: {over_cap_warning(total, cap, '')}", err=True)
     if as_json:
-        typer.echo(_dumps([operation_summary(op) for op in found]))
+        typer.echo(_dumps([operation_summary(op, _size(sizes, op)) for op in found]))
         return
     if not found:
         typer.echo("no operations")
         return
     if _stdout_is_terminal():
-        _print_rich_table(found)
+        _print_rich_table(found, sizes)
+        if total is not None:
+            typer.echo(f"total in quarantine: {human_bytes(total)} (estimated; softguard space)")
         return
     typer.echo("\t".join(PLAIN_COLUMNS))
     for op in found:
@@ -260,12 +305,25 @@ def ops(
                     _objects_label(op),
                     _state_label(op),
                     _iso(op.expires_at),
+                    str(_size(sizes, op)) if sizes is not None else "-",
                 )
             )
         )
 
 
-def _print_rich_table(found: list[Operation]) -> None:
+def _size(sizes: dict[int, int] | None, op: Operation) -> int | None:
+    return sizes.get(op.id) if sizes is not None else None
+
+
+def _quarantine_total(conn: psycopg.Connection[Any]) -> int | None:
+    """What every operation keeps in quarantine, in bytes (None: this role cannot tell)."""
+    try:
+        return space_report(conn).total_bytes
+    except psycopg.Error:
+        return None
+
+
+def _print_rich_table(found: list[Operation], sizes: dict[int, int] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -279,6 +337,7 @@ def _print_rich_table(found: list[Operation]) -> None:
         ("objects", {"overflow": "fold", "min_width": 16, "ratio": 2}),
         ("state", {"no_wrap": True}),
         ("expires", {"no_wrap": True}),
+        ("size", {"justify": "right", "no_wrap": True}),
     ):
         table.add_column(name, **kw)
     for op in found:
@@ -293,6 +352,7 @@ def _print_rich_table(found: list[Operation]) -> None:
             _objects_label(op),
             f"[{style}]{state}[/{style}]",
             op.expires_at.strftime("%Y-%m-%d %H:%M"),
+            human_bytes(size) if (size := _size(sizes, op)) is not None else "-",
         )
     Console(file=sys.stdout).print(table)
 
@@ -437,15 +497,18 @@ def undo(
             if not typer.confirm("proceed?", default=False):
                 raise _fail("not confirmed; nothing was changed")
         try:
-            result = undo_operations(
-                conn,
-                order,
-                rename_to=rename_to,
-                cascade=cascade,
-                on_conflict=on_conflict,
-                dry_run=dry_run,
-                lock_timeout=lock_timeout,
-            )
+            with bars(_stdout_is_terminal(), transient=True) as shown:
+                shown.add("undo", "undoing operations", len(order))
+                result = undo_operations(
+                    conn,
+                    order,
+                    rename_to=rename_to,
+                    cascade=cascade,
+                    on_conflict=on_conflict,
+                    dry_run=dry_run,
+                    lock_timeout=lock_timeout,
+                    on_step=lambda _op: shown.advance("undo"),
+                )
         except UndoFailed as exc:
             raise _undo_failed(exc, dry_run) from None
     for line in result.lines:

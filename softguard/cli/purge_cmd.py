@@ -11,9 +11,13 @@ without a terminal it needs --yes. Exit codes: 0 done (or nothing to do, or a dr
 1 some operation was skipped (locked, blocked, cannot be archived: it is left untouched and
 the next run takes it) or failed, 2 usage / not confirmable.
 
-``softguard space [--max-bytes N] [--json]`` shows what each operation keeps in quarantine
-and the total. Exit codes: 0, 1 error, 3 the total exceeds --max-bytes (a WARNING line is
-printed on stderr): softguard never evicts anything to stay under a cap, it warns.
+``softguard space [--max-bytes N] [--config FILE] [--json]`` shows what each operation
+keeps in quarantine and the total. Exit codes: 0, 1 error, 3 the total exceeds --max-bytes
+(default: the ``max_quarantine_bytes`` setting; a WARNING line is printed on stderr):
+softguard never evicts anything to stay under a cap, it warns.
+
+On a terminal (and without --json) purge shows progress bars: operations purged, released
+captured rows deleted. Elsewhere its output is plain lines.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Annotated, Any
 import typer
 
 from softguard.cli.ops_cmds import (
+    ConfigOption,
     DsnOption,
     JsonOption,
     _connect,
@@ -33,8 +38,10 @@ from softguard.cli.ops_cmds import (
     _fail,
     _iso,
     _short,
+    configured_cap,
     parse_since,
 )
+from softguard.cli.progress import bars
 from softguard.ledger.purge import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_LOCK_TIMEOUT,
@@ -42,6 +49,7 @@ from softguard.ledger.purge import (
     PurgeError,
     check_purge_access,
     due_operations,
+    human_bytes,
     run_purge,
     space_report,
 )
@@ -54,14 +62,8 @@ def _stdin_is_terminal() -> bool:
     return sys.stdin.isatty()
 
 
-def human_bytes(n: int) -> str:
-    """1536 -> '1.5 kB' (powers of 1024, like pg_size_pretty)."""
-    value = float(n)
-    for unit in ("bytes", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1024 or unit == "TB":
-            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} bytes"  # pragma: no cover
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 def parse_duration(text: str) -> timedelta:
@@ -201,15 +203,25 @@ def purge(
                 default=False,
             ):
                 raise _fail("not confirmed; nothing was changed")
-        summary = run_purge(
-            conn,
-            due,
-            dsn=dsn,
-            archive_dir=archive,
-            lock_timeout=lock_timeout,
-            batch_rows=batch_rows,
-            progress=None if as_json else typer.echo,
-        )
+        with bars(not as_json and _stdout_is_terminal()) as shown:
+            shown.add("ops", "purging operations", len(due))
+
+            def rows_deleted(n: int) -> None:
+                if not shown.has("rows"):
+                    shown.add("rows", "deleting released captured rows", None)
+                shown.update("rows", n)
+
+            summary = run_purge(
+                conn,
+                due,
+                dsn=dsn,
+                archive_dir=archive,
+                lock_timeout=lock_timeout,
+                batch_rows=batch_rows,
+                progress=None if as_json else shown.line,
+                on_outcome=lambda _outcome: shown.advance("ops"),
+                on_rows=rows_deleted,
+            )
     if as_json:
         typer.echo(
             _dumps(
@@ -254,14 +266,19 @@ def space(
         typer.Option(
             "--max-bytes",
             metavar="N",
-            help=f"warn (exit {EXIT_OVER_CAP}) when the quarantine holds more than N bytes",
+            help=f"warn (exit {EXIT_OVER_CAP}) when the quarantine holds more than N bytes"
+            " [default: max_quarantine_bytes]",
         ),
     ] = None,
+    config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show what each operation keeps in quarantine, and the total."""
     if max_bytes is not None and max_bytes < 0:
         raise _fail("--max-bytes: expected a number of bytes", 2)
+    cap_name = "--max-bytes"
+    if max_bytes is None:
+        max_bytes, cap_name = configured_cap(config), "max_quarantine_bytes"
     with _connect(dsn) as conn:
         try:
             check_purge_access(conn)
@@ -294,7 +311,7 @@ def space(
         assert max_bytes is not None
         typer.echo(
             f"softguard: WARNING: the quarantine holds {human_bytes(report.total_bytes)}"
-            f" ({report.total_bytes} bytes), more than --max-bytes {max_bytes}: nothing is"
+            f" ({report.total_bytes} bytes), more than {cap_name} {max_bytes}: nothing is"
             " evicted automatically; run softguard purge (e.g. --older-than 3d) to free space",
             err=True,
         )

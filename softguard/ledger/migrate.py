@@ -94,6 +94,22 @@ def apply_migrations(
         raise LedgerError("applying migrations needs a connection that is not in a transaction")
     migrations = available_migrations(directory)
     applied_names: list[str] = []
+    # One applier at a time for the whole run (each migration still commits on its own):
+    # concurrent appliers then find everything applied instead of splitting the work.
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
+    try:
+        _apply_each(conn, migrations, applied_names)
+    finally:
+        if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
+    return applied_names
+
+
+def _apply_each(
+    conn: psycopg.Connection[Any], migrations: list[Migration], applied_names: list[str]
+) -> None:
     for migration in migrations:
         try:
             with conn.transaction():
@@ -113,7 +129,6 @@ def apply_migrations(
                 f"migration {migration.name} failed: {diag.message_primary or exc}{where}"
             ) from exc
         applied_names.append(migration.name)
-    return applied_names
 
 
 def _applied_versions(conn: psycopg.Connection[Any]) -> set[int]:

@@ -15,7 +15,7 @@ What holds:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -276,6 +276,21 @@ def get_operations(conn: psycopg.Connection[Any], ops: Iterable[int]) -> list[Op
     return [by_id[op] for op in wanted]
 
 
+def operation_sizes(conn: psycopg.Connection[Any], ops: Iterable[int]) -> dict[int, int] | None:
+    """Bytes each operation keeps in quarantine (softguard.op_size, estimated); None when
+    the ledger predates sizes (version 3) or this role may not call op_size."""
+    row = conn.execute(
+        "SELECT CASE WHEN to_regprocedure('softguard.op_size(bigint)') IS NULL THEN false"
+        " ELSE has_function_privilege('softguard.op_size(bigint)', 'EXECUTE') END"
+    ).fetchone()
+    if row is None or not row[0]:
+        return None
+    rows = conn.execute(
+        "SELECT id, softguard.op_size(id) FROM unnest(%s::bigint[]) AS id", [sorted(set(ops))]
+    ).fetchall()
+    return {int(r[0]): int(r[1]) for r in rows}
+
+
 # -- undo ------------------------------------------------------------------------------
 
 
@@ -301,12 +316,14 @@ def undo_operations(
     on_conflict: str = "fail",
     dry_run: bool = False,
     lock_timeout: float = 10.0,
+    on_step: Callable[[int], None] | None = None,
 ) -> UndoResult:
     """Undo ``ops`` (newest first) in one transaction: all of them, or nothing.
 
     ``conn`` must not be inside a transaction. With ``dry_run`` the same calls run and the
     transaction is rolled back, so conflicts show exactly as they would. Raises UndoFailed
-    (nothing changed) on any error from the server.
+    (nothing changed) on any error from the server. ``on_step(op)`` is called after each
+    operation's undo_op (inside the transaction: nothing is committed before the end).
     """
     order = undo_order(ops)
     if not order:
@@ -334,6 +351,8 @@ def undo_operations(
                     args = [op, rename_to, cascade, on_conflict]
                 rows = conn.execute(query, args).fetchall()
                 lines.extend(str(r[0]) for r in rows)
+                if on_step is not None:
+                    on_step(op)
             current = None
             # What was undone (with cascade: later operations too, first): undo_op returns
             # lines, the undo records it wrote have the ids. A role allowed to run undo_op

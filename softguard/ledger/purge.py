@@ -134,6 +134,16 @@ class PurgeSummary:
         return sum(o.bytes for o in self.outcomes if o.purged)
 
 
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 kB' (powers of 1024, like pg_size_pretty)."""
+    value = float(n)
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1024 or unit == "TB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
 # -- checks ----------------------------------------------------------------------------
 
 
@@ -310,11 +320,23 @@ def run_purge(
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: Callable[[str], None] | None = None,
+    on_outcome: Callable[[PurgeOutcome], None] | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> PurgeSummary:
     """Archive (with ``archive_dir``; needs ``dsn`` for pg_dump) and purge each operation,
-    oldest first, then delete the released captured rows in batches."""
+    oldest first, then delete the released captured rows in batches.
+
+    ``progress`` gets a line per step; ``on_outcome`` each operation's outcome (purged or
+    skipped); ``on_rows`` the released rows deleted so far, after each batch."""
     say = progress or (lambda _line: None)
+    outcome_done = on_outcome or (lambda _outcome: None)
     summary = PurgeSummary()
+
+    def rows_done(n: int) -> None:
+        say(f"deleted {n} released captured rows so far")
+        if on_rows is not None:
+            on_rows(n)
+
     for op in sorted(ops, key=lambda o: o.id):
         archive: Path | None = None
         if archive_dir is not None and op.holds_objects:
@@ -330,6 +352,7 @@ def run_purge(
                 )
                 summary.outcomes.append(outcome)
                 say(outcome.message)
+                outcome_done(outcome)
                 continue
             say(f"operation {op.id}: archived to {archive}")
         outcome = purge_operation(
@@ -340,11 +363,8 @@ def run_purge(
             shutil.rmtree(archive, ignore_errors=True)
         summary.outcomes.append(outcome)
         say(outcome.message + (f" ({outcome.hint})" if outcome.hint else ""))
-    summary.rows_deleted = purge_released_rows(
-        conn,
-        batch_rows=batch_rows,
-        progress=lambda n: say(f"deleted {n} released captured rows so far"),
-    )
+        outcome_done(outcome)
+    summary.rows_deleted = purge_released_rows(conn, batch_rows=batch_rows, progress=rows_done)
     return summary
 
 

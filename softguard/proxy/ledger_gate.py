@@ -28,6 +28,16 @@ class LedgerGate:
         self._timeout = connect_timeout
         self._states: dict[str, LedgerState] = {}
         self._checks: dict[str, asyncio.Future[LedgerState]] = {}
+        self._users: dict[str, str] = {}  # the role a database's ledger was checked for
+
+    def ready_databases(self) -> dict[str, str]:
+        """{database: conninfo} of the databases whose ledger is known ready (any thread)."""
+        states, users = dict(self._states), dict(self._users)
+        return {
+            db: self.conninfo(db, users.get(db, ""), "softguard-metrics")
+            for db, state in states.items()
+            if state is True
+        }
 
     def state(self, database: str) -> LedgerState | None:
         """None while unknown; then True or the refusal message."""
@@ -43,6 +53,7 @@ class LedgerGate:
             return known
         check = self._checks.get(database)
         if check is None:
+            self._users[database] = user
             check = asyncio.ensure_future(asyncio.to_thread(self._install, database, user))
             self._checks[database] = check
         try:
@@ -61,11 +72,11 @@ class LedgerGate:
         self._states[database] = state
         return state
 
-    def _install(self, database: str, user: str) -> LedgerState:
-        from softguard.ledger.migrate import LedgerError, apply_migrations
-
+    def conninfo(self, database: str, user: str, application_name: str = "softguard") -> str:
+        """softguard's own connection to ``database``: the upstream's credentials if it
+        carries any, else the client's role (trust or .pgpass)."""
         target = self._target
-        conninfo = make_conninfo(
+        return make_conninfo(
             "",
             host=target.host,
             port=target.port,
@@ -77,8 +88,13 @@ class LedgerGate:
             sslcert=target.sslcert,
             sslkey=target.sslkey,
             connect_timeout=max(1, int(self._timeout)),
-            application_name="softguard",
+            application_name=application_name,
         )
+
+    def _install(self, database: str, user: str) -> LedgerState:
+        from softguard.ledger.migrate import LedgerError, apply_migrations
+
+        conninfo = self.conninfo(database, user)
         try:
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 applied = apply_migrations(conn)

@@ -18,6 +18,7 @@ from typing import Any, cast
 from softguard.config import Settings
 from softguard.policy import Policy
 from softguard.proxy.ledger_gate import LedgerGate
+from softguard.proxy.metrics import Metrics, check_metrics_address, metrics_port
 from softguard.proxy.session import ClientSession, UpstreamProtocol
 from softguard.proxy.upstream import UpstreamError, UpstreamTarget, open_upstream
 from softguard.sql import Classifier
@@ -34,6 +35,7 @@ class ProxyServer:
         settings: Settings,
         target: UpstreamTarget,
         loop: asyncio.AbstractEventLoop,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.target = target
@@ -48,12 +50,15 @@ class ProxyServer:
         self._server: asyncio.base_events.Server | None = None
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()
+        self.metrics = metrics or Metrics()
+        self.metrics.track_sessions(self.sessions.__len__)
 
     # -- sessions
 
     def register(self, session: ClientSession) -> None:
         self.sessions.add(session)
         self._no_sessions.clear()
+        self.metrics.client_connections_total.inc()
 
     def unregister(self, session: ClientSession) -> None:
         self.sessions.discard(session)
@@ -192,9 +197,19 @@ def install_event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _run_worker(settings: Settings, target: UpstreamTarget, sock: socket.socket) -> None:
+async def _run_worker(
+    settings: Settings,
+    target: UpstreamTarget,
+    sock: socket.socket,
+    index: int,
+    metrics: Metrics | None,
+) -> None:
     loop = asyncio.get_running_loop()
-    server = ProxyServer(settings, target, loop)
+    server = ProxyServer(settings, target, loop, metrics)
+    address = settings.metrics_address
+    if address is not None:
+        server.metrics.watch_ledger(server.ledger)
+        server.metrics.serve(address[0], metrics_port(address[1], index))
     await server.start(sock)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -202,20 +217,36 @@ async def _run_worker(settings: Settings, target: UpstreamTarget, sock: socket.s
     await stop.wait()
     log.info("shutting down: %d open connection(s)", len(server.sessions))
     await server.shutdown(settings.shutdown_timeout)
+    server.metrics.close()
 
 
-def run_worker(settings: Settings, target: UpstreamTarget, sock: socket.socket) -> None:
+def run_worker(
+    settings: Settings,
+    target: UpstreamTarget,
+    sock: socket.socket,
+    index: int = 0,
+    metrics: Metrics | None = None,
+) -> None:
     install_event_loop_policy()
     sock.listen(1024)
-    asyncio.run(_run_worker(settings, target, sock))
+    asyncio.run(_run_worker(settings, target, sock, index, metrics))
 
 
-def serve_forever(settings: Settings, target: UpstreamTarget) -> None:
-    """Run the proxy until SIGTERM/SIGINT: in this process, or in N forked workers."""
+def serve_forever(
+    settings: Settings, target: UpstreamTarget, metrics: Metrics | None = None
+) -> None:
+    """Run the proxy until SIGTERM/SIGINT: in this process, or in N forked workers.
+
+    ``metrics``: the Metrics of the single worker (e.g. shared with a purge scheduler in
+    this process); with N > 1, each forked worker makes its own and this one is unused.
+    """
     workers = settings.workers
     host, port = settings.listen_host, settings.listen_port
+    if settings.metrics_address is not None:
+        # Here, before forking: a bad address is one clear error, not dying workers.
+        check_metrics_address(*settings.metrics_address, workers)
     if workers == 1:
-        run_worker(settings, target, bind_listener(host, port, reuse_port=False))
+        run_worker(settings, target, bind_listener(host, port, reuse_port=False), 0, metrics)
         return
     # The parent holds a bound (never listening) socket so an ephemeral port stays ours.
     anchor = bind_listener(host, port, reuse_port=True)
@@ -230,7 +261,7 @@ def serve_forever(settings: Settings, target: UpstreamTarget) -> None:
                 anchor.close()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                run_worker(settings, target, bind_listener(host, port, reuse_port=True))
+                run_worker(settings, target, bind_listener(host, port, reuse_port=True), index)
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1

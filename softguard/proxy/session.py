@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from enum import Enum, auto
 from typing import TYPE_CHECKING, cast
 
 from softguard.policy import SessionInfo
+from softguard.proxy.metrics import NOTICE_MARKER, log_operation
 from softguard.proxy.statements import NeedLedger, Rebuilt, plan_message
 from softguard.proxy.upstream import UpstreamError, open_upstream
 from softguard.sql.rewrite import RewritePlan
@@ -36,7 +38,7 @@ from softguard.wire import (
 )
 from softguard.wire.constants import AUTH_SASL, FRONTEND_TYPES, TX_IDLE
 from softguard.wire.messages import TERMINATE, auth_code, with_hint
-from softguard.wire.results import ResultFilter
+from softguard.wire.results import ResultFilter, without_context
 
 if TYPE_CHECKING:
     from softguard.proxy.server import ProxyServer
@@ -49,7 +51,9 @@ _Z, _E, _R, _K = b"ZERK"
 _CLIENT_WANT = frozenset((_Q, _P, _S, _F))
 # Server messages the proxy reads once the session is up.
 _N, _C = b"NC"
-_SERVER_WANT = frozenset((_Z, _E))
+# NoticeResponse too: softguard's "reversible as operation N" notice (metrics, the
+# operation log line); notices are rare, so this costs nothing on rows.
+_SERVER_WANT = frozenset((_Z, _E, _N))
 # Once a session has sent a rewritten statement, its answers are filtered too.
 _SERVER_WANT_FILTERED = frozenset((_Z, _E, _N, _C))
 _MAX_EARLY_BYTES = 1 << 20
@@ -147,6 +151,12 @@ class ClientSession(asyncio.Protocol):
         self._filter: ResultFilter | None = None
         self._plan: RewritePlan | None = None
         self._resumed: Message | None = None
+        # Observability: (category, text) of statements made reversible and not yet paired
+        # with their operation's NOTICE; [ReadyForQuery countdown, start] per rewritten
+        # statement in flight; when the upstream connection began.
+        self._protected: list[tuple[str, str]] = []
+        self._timings: list[list[float]] | None = None
+        self._connect_started = 0.0
 
     # ------------------------------------------------------------------ client events
 
@@ -241,6 +251,7 @@ class ClientSession(asyncio.Protocol):
             self._early.append(rest)
             self._early_size += len(rest)
         if self.server.over_capacity():
+            self.server.metrics.refused["max_client_conn"].inc()
             self._send_fatal(
                 "53300",
                 f"softguard: too many client connections "
@@ -268,7 +279,7 @@ class ClientSession(asyncio.Protocol):
         events = server.policy.captured_events(self.info)
         settings = {
             "softguard.capture": ",".join(events) or "off",
-            "softguard.retention": str(server.policy.retention_seconds),
+            "softguard.retention": str(server.policy.retention_seconds(self.info)),
             "softguard.client_addr": self.peer.rpartition(":")[0] or self.peer,
         }
         return packet.with_settings(settings, reserved_prefix="softguard.")
@@ -293,18 +304,21 @@ class ClientSession(asyncio.Protocol):
         server = self.server
         upstream = UpstreamProtocol(self)
         self.upstream = upstream
+        self._connect_started = time.perf_counter()
         try:
             async with asyncio.timeout(server.settings.connect_timeout):
                 transport = await open_upstream(
                     server.loop, server.target, upstream, upstream, server.upstream_ssl
                 )
         except TimeoutError:
+            server.metrics.refused["upstream"].inc()
             self._send_fatal(
                 "08006",
                 f"softguard: timed out connecting to upstream server at {server.target.display}",
             )
             return
         except (UpstreamError, ConnectionError) as exc:
+            server.metrics.refused["upstream"].inc()
             self._send_fatal("08006", f"softguard: {exc}")
             return
         if self.state is State.CLOSED:
@@ -321,6 +335,7 @@ class ClientSession(asyncio.Protocol):
     def _startup_timed_out(self) -> None:
         self._startup_timer = None
         if self.state in (State.STARTUP, State.TLS, State.CONNECTING, State.AUTH):
+            self.server.metrics.refused["protocol"].inc()
             self._send_fatal("08P01", "softguard: startup and authentication not completed in time")
 
     # ------------------------------------------------------------------ relaying
@@ -405,9 +420,23 @@ class ClientSession(asyncio.Protocol):
 
     def _inspect(self, msg: Message) -> bytes | NeedLedger | None:
         """Apply the inspection seam; turn result filtering on once anything is rewritten."""
-        result = plan_message(self.server, self.info, msg, log_it=msg is not self._resumed)
+        protected = self._protected
+        before = len(protected)
+        result = plan_message(
+            self.server, self.info, msg, log_it=msg is not self._resumed, protected=protected
+        )
         if not isinstance(result, Rebuilt):
+            if isinstance(result, NeedLedger):
+                del protected[before:]  # planned again once the ledger is known
             return result
+        if len(protected) > before:
+            # Made reversible: time it until its ReadyForQuery (this message's, or the
+            # next Sync's), after the ones still owed.
+            if self._timings is None:
+                self._timings = []
+            self._timings.append([self.pending + 1, time.perf_counter()])
+            if len(protected) > 64:
+                del protected[:-64]
         if self._filter is None:
             self._filter = ResultFilter()
             # The rewritten statement's answers have not begun: safe to widen the framing.
@@ -442,7 +471,11 @@ class ClientSession(asyncio.Protocol):
                 self._ready_for_query(msg.body)
             elif mtype == _E and _is_fatal(msg.body):
                 self._server_fatal = True
+            elif mtype == _N and NOTICE_MARKER in msg.body:
+                log_operation(self.server.metrics, msg.body, self.info, self._protected)
             replacement = None if filt is None else filt.process(mtype, msg.body)
+            if replacement is None and mtype == _N and NOTICE_MARKER in msg.body:
+                replacement = without_context(mtype, msg.body)
             if filt is not None and filt.ledger_missing:
                 filt.ledger_missing = False
                 self.server.ledger.forget(self.info.database)
@@ -493,6 +526,9 @@ class ClientSession(asyncio.Protocol):
                 self._sframer.set_want(_SERVER_WANT)
                 self.pending = 0
                 self._ready_for_query(msg.body)
+                self.server.metrics.upstream_connect_seconds.observe(
+                    time.perf_counter() - self._connect_started
+                )
                 log.debug(
                     "client %s: session ready user=%s db=%s",
                     self.peer,
@@ -506,6 +542,22 @@ class ClientSession(asyncio.Protocol):
         self.tx_status = body[0] if body else TX_IDLE
         if self.pending > 0:
             self.pending -= 1
+        if self._timings or self._protected:
+            self._after_ready()
+
+    def _after_ready(self) -> None:
+        """A ReadyForQuery went by: rewritten statements it ends are timed."""
+        timings = self._timings
+        if timings:
+            now = time.perf_counter()
+            histogram = self.server.metrics.rewritten_statement_seconds
+            for entry in timings:
+                entry[0] -= 1
+                if entry[0] <= 0:
+                    histogram.observe(now - entry[1])
+            timings[:] = [e for e in timings if e[0] > 0]
+        if self.pending == 0:
+            self._protected.clear()  # statements that made no operation (error, no rows)
 
     def _after_server_chunk(self) -> None:
         """Once a chunk is forwarded: a session waiting to shut down may go now."""
@@ -603,6 +655,8 @@ class ClientSession(asyncio.Protocol):
     def _fail(self, exc: ProtocolViolation) -> None:
         side = "upstream" if isinstance(exc, ServerProtocolError) else "client"
         log.warning("%s %s: %s (%s)", side, self.peer, exc.message, exc.sqlstate)
+        if side == "client" and self.state is not State.READY:
+            self.server.metrics.refused["protocol"].inc()
         if self.state is State.READY and not self._sframer.at_boundary:
             self._close()
             return

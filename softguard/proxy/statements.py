@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, SessionInfo
+from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, Decision, SessionInfo
 from softguard.sql import Kind
 from softguard.sql.rewrite import (
     Replacement,
@@ -31,6 +31,7 @@ from softguard.wire.messages import message
 
 if TYPE_CHECKING:
     from softguard.proxy.server import ProxyServer
+    from softguard.sql import Statement
 
 log = logging.getLogger("softguard.session")
 
@@ -60,8 +61,15 @@ def plan_message(
     msg: Message,
     *,
     log_it: bool = True,
+    protected: list[tuple[str, str]] | None = None,
 ) -> Rebuilt | NeedLedger | None:
-    """None: forward the message as sent."""
+    """None: forward the message as sent.
+
+    ``protected`` receives (category, statement text) of each statement made reversible,
+    in order, for the session to name in its operation log lines. Statements are counted
+    in ``server.metrics`` when ``log_it`` (a statement resumed after the ledger wait was
+    counted before it).
+    """
     text = parse_query_text(msg.type, msg.body)
     if mentions_softguard(text):
         log.warning(
@@ -70,14 +78,20 @@ def plan_message(
             info.database,
             info.client_addr,
         )
+        if log_it:
+            kind = server.classifier.classify_shape(text).kind
+            server.metrics.count_statement(kind.value, "deny")
         return _rebuild(msg, text, [], refusal("42501", TAMPER_MESSAGE))
     classifier = server.classifier
     classification = classifier.classify_shape(text)
     if classification.kind is Kind.SAFE:
+        server.metrics.safe_statements += 1
         return None
     policy = server.policy
     source = "query" if msg.type == _Q else "parse"
     decisions = policy.decide(classification, info, source=source, log_it=log_it)
+    if log_it:
+        server.metrics.count_statement(classification.kind.value, _strictest(decisions))
     if any(d.action is not Action.ALLOW for d in decisions):
         # A shape-cached classification has another text's offsets: rewrite from the exact one.
         exact = classifier.classify_bytes(text)
@@ -102,6 +116,9 @@ def plan_message(
             replacements.append(Replacement(stmt, refusal("55000", ledger)))
             continue
         if decision.category in CAPTURED:
+            if protected is not None:
+                start, end = statement_span(text, stmt)
+                protected.append((decision.category, text[start:end].decode("utf-8", "replace")))
             continue  # the database's capture triggers keep the rows: sent as is
         start, end = statement_span(text, stmt)
         stmt_text = text[start:end].decode("utf-8", "replace")
@@ -109,9 +126,11 @@ def plan_message(
             # Cannot run inside a procedure (nor any transaction); an index holds no data.
             log.info("DROP INDEX CONCURRENTLY passes unprotected: %s", stmt.summary())
             continue
+        if protected is not None:
+            protected.append((decision.category, stmt_text))
         ctx: dict[str, object] = {
             "client_addr": info.client_addr.rpartition(":")[0] or info.client_addr,
-            "retention_seconds": policy.retention_seconds,
+            "retention_seconds": policy.retention_seconds(info),
             "offset": char_offset(text, start),
             "action": stmt.action,
         }
@@ -119,11 +138,36 @@ def plan_message(
             call = drop_call(stmt_text, ctx)
         else:
             procedure, tag = _PROCEDURES[decision.category]
+            if procedure == "alter_op":
+                ctx.update(_alter_ctx(stmt))
             call = procedure_call(procedure, stmt_text, {**ctx, "action": tag})
         replacements.append(Replacement(stmt, call))
     if not replacements:
         return None
     return _rebuild(msg, text, replacements, None)
+
+
+def _alter_ctx(stmt: Statement) -> dict[str, object]:
+    """alter_op's view of an ALTER TABLE (migration 0004): the columns whose type it changes
+    ("columns"), and whether any subcommand drops a column (none: no probe)."""
+    subs = (stmt, *stmt.nested)
+    return {
+        "columns": [
+            {"schema": t.schema, "table": t.name, "column": t.column}
+            for s in subs
+            if s.action == "ALTER TABLE ALTER COLUMN TYPE"
+            for t in s.targets
+        ],
+        "drop_column": any(s.action == "ALTER TABLE DROP COLUMN" for s in subs),
+    }
+
+
+def _strictest(decisions: list[Decision]) -> str:
+    actions = {d.action for d in decisions}
+    for action in (Action.DENY, Action.PROTECT):
+        if action in actions:
+            return action.value
+    return Action.ALLOW.value
 
 
 def _rebuild(

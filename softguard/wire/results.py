@@ -159,3 +159,16 @@ def _hide_quarantine(fields: dict[str, str]) -> bool:
         fields["M"] = f"{_CASCADES_TO}{len(items)} other objects"
         fields["D"] = "\n".join(items)
     return True
+
+
+def without_context(mtype: int, body: bytes) -> bytes | None:
+    """softguard's own NOTICE raised from a capture trigger, without the PL/pgSQL CONTEXT
+    and internal-query fields that would reveal the trigger (None: nothing to remove)."""
+    fields = parse_fields(body)
+    if not fields.get("M", "").startswith("softguard: ") or not any(
+        key in fields for key in _INNER_FIELDS
+    ):
+        return None
+    for key in (*_INNER_FIELDS, "F", "L", "R"):
+        fields.pop(key, None)
+    return _encode(mtype, fields)

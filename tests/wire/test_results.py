@@ -126,3 +126,16 @@ def test_quarantined_dependents_vanish_from_error_detail() -> None:
     out = f.process(ord("E"), raw)
     assert out is not None
     assert fields_of(out)["D"] == "column status of table reservations depends on type t"
+
+
+def test_softguard_notice_from_a_trigger_loses_its_context() -> None:
+    from softguard.wire.results import without_context
+
+    body = notice(
+        "00000",
+        "softguard: DELETE FROM public.t is reversible as operation 3 until 2026-12-04",
+        W="PL/pgSQL function softguard._notice(text,text) line 6 at RAISE",
+    )
+    out = without_context(ord("N"), body)
+    assert out is not None and "W" not in fields_of(out)
+    assert without_context(ord("N"), notice("00000", "hello", W="x")) is None
