@@ -1,6 +1,6 @@
 """Fixtures for the ledger tests: rental databases with the ledger, and ways to compare them.
 
-- rental_template (session): a database loaded from tests/fixtures/rental.sql with the
+- rental_template (session): a database loaded from softguard/demo/rental.sql with the
   ledger applied, used as TEMPLATE (CREATE DATABASE ... TEMPLATE is a file copy: fast).
 - rental_db: a factory; rental_db() -> name of a fresh copy, dropped after the test.
 - ledger: a `Ledger` helper (drop through softguard.drop_op, run statements directly,
@@ -25,7 +25,8 @@ from support.pg import TestServer
 
 from softguard.ledger import apply_migrations
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "rental.sql"
+# The one copy of ../shared/fixtures/rental.sql in the repository ships with the demo.
+FIXTURE = Path(__file__).resolve().parents[2] / "softguard" / "demo" / "rental.sql"
 NONOWNER = "sg_ledger_nonowner"
 NONOWNER_PW = "nonowner-pw"
 PRIVATE_NOTICES = {"SGBEG", "SGEND"}

@@ -1,6 +1,6 @@
 """Fixtures for the end-to-end reversible-DROP tests (through the proxy).
 
-- drop_template (session): a database loaded from tests/fixtures/rental.sql plus a few
+- drop_template (session): a database loaded from softguard/demo/rental.sql plus a few
   extra objects (an inheritance parent/child, a function, a procedure, a standalone
   sequence, an unused type and domain, a quoted mixed-case table with a view, a table
   ``big``). Unlike the ledger tests' template it has NO softguard ledger: the proxy must
