@@ -220,29 +220,8 @@ class Ledger:
 def rental_template(pg_server: TestServer) -> Iterator[str]:
     name = pg_server.create_database()
     try:
-        with psycopg.connect(pg_server.superuser_dsn(), autocommit=True) as c:
-            if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [NONOWNER]).fetchone():
-                c.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                        sql.Identifier(NONOWNER), sql.Literal(NONOWNER_PW)
-                    )
-                )
-        subprocess.run(
-            [
-                str(pg_server.bin("psql")),
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-f",
-                str(FIXTURE),
-                "-d",
-                pg_server.superuser_dsn(name),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        pg_server.ensure_role(NONOWNER, NONOWNER_PW)
+        pg_server.run_sql_file(name, FIXTURE)
         with psycopg.connect(pg_server.superuser_dsn(name), autocommit=True) as c:
             apply_migrations(c)
             # the non-owner may create its own tables (for the ownership tests)

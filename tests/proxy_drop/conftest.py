@@ -218,22 +218,7 @@ class DropKit:
 def drop_template(pg_server: TestServer) -> Iterator[str]:
     name = pg_server.create_database()
     try:
-        subprocess.run(
-            [
-                str(pg_server.bin("psql")),
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-f",
-                str(FIXTURE),
-                "-d",
-                pg_server.superuser_dsn(name),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        pg_server.run_sql_file(name, FIXTURE)
         with psycopg.connect(pg_server.superuser_dsn(name), autocommit=True) as c:
             c.execute(EXTRAS.encode())
         yield name

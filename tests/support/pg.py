@@ -146,6 +146,35 @@ class TestServer:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
+    def run_sql_file(self, dbname: str, path: Path) -> None:
+        """Load a SQL script with the server's own psql (scripts may use psql syntax)."""
+        subprocess.run(
+            [
+                str(self.bin("psql")),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-f",
+                str(path),
+                "-d",
+                self.superuser_dsn(dbname),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def ensure_role(self, name: str, password: str) -> None:
+        """A login role, created once per server (test sessions may share the server)."""
+        with psycopg.connect(self.superuser_dsn(), autocommit=True) as c:
+            if c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchone() is None:
+                c.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                        sql.Identifier(name), sql.Literal(password)
+                    )
+                )
+
     @contextmanager
     def scratch_database(self) -> Iterator[str]:
         name = self.create_database()
