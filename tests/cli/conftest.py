@@ -10,27 +10,15 @@ non-package directories are not importable by name; nothing in it is modified) a
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from typing import Any
+
+from support.modules import load_module
 
 _PATH = Path(__file__).resolve().parents[1] / "ledger" / "conftest.py"
 _NAME = "_softguard_tests_ledger_conftest"
 
 
-def _load() -> Any:
-    if _NAME in sys.modules:
-        return sys.modules[_NAME]
-    spec = importlib.util.spec_from_file_location(_NAME, _PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_NAME] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
-_ledger_conftest = _load()
+_ledger_conftest = load_module(_NAME, _PATH)
 rental_db = _ledger_conftest.rental_db
 ledger = _ledger_conftest.ledger
 Ledger = _ledger_conftest.Ledger

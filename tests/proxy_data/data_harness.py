@@ -7,7 +7,6 @@ under their own names (nothing in them is modified).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -18,27 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from support.modules import load_module
 
 _PROXY_DROP = Path(__file__).resolve().parents[1] / "proxy_drop"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: Path) -> Any:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
 def proxy_drop_conftest() -> Any:
-    return _load("_sg_proxy_data_drop_conftest", _PROXY_DROP / "conftest.py")
+    return load_module("_sg_proxy_data_drop_conftest", _PROXY_DROP / "conftest.py")
 
 
-dh = _load("_sg_proxy_data_drop_harness", _PROXY_DROP / "drop_harness.py")
+dh = load_module("_sg_proxy_data_drop_harness", _PROXY_DROP / "drop_harness.py")
 Seen = dh.Seen
 Step = dh.Step
 
@@ -83,50 +72,10 @@ def results(cur: psycopg.Cursor[Any]) -> list[Any]:
     return out
 
 
-def psycopg_step(conn: psycopg.Connection[Any], step: Step, mode: str) -> Any:
-    if callable(step):
-        return step(conn)
-    cur = conn.cursor()
-    if mode == "simple":
-        cur.execute(step.encode(), prepare=False)
-    elif mode == "prepared":
-        cur.execute(step.encode(), prepare=True)
-    elif mode == "unnamed":
-        cur.execute(step.encode(), binary=True)
-    else:  # pragma: no cover
-        raise ValueError(mode)
-    return results(cur)
-
-
-def run_psycopg(
-    dsn: str, steps: Sequence[Step], *, mode: str = "simple", autocommit: bool = True
-) -> list[Any]:
-    out: list[Any] = []
-    with psycopg.connect(dsn, autocommit=autocommit) as conn:
-        for step in steps:
-            seen = Seen()
-
-            def on_notice(d: psycopg.errors.Diagnostic, seen: Any = seen) -> None:
-                seen.notices.append(dh._pg_notice(d))
-
-            conn.add_notice_handler(on_notice)
-            try:
-                seen.value = psycopg_step(conn, step, mode)
-            except psycopg.Error as e:
-                seen.error = dh._pg_err(e)
-            finally:
-                conn.remove_notice_handler(on_notice)
-            seen.tx = conn.info.transaction_status.name
-            out.append(seen)
-        if not autocommit and conn.info.transaction_status.name != "IDLE":
-            conn.rollback()
-    return out
-
-
 def run(dsn: str, steps: Sequence[Step], mode: str) -> list[Any]:
     if mode == "asyncpg":
         return dh.run_asyncpg(dsn, steps)
-    return run_psycopg(dsn, steps, mode=mode)
+    return dh.run_psycopg(dsn, steps, mode=mode, read=results)
 
 
 def compare_runs(

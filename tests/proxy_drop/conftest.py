@@ -16,11 +16,9 @@ registered here; nothing in it is modified).
 
 from __future__ import annotations
 
-import importlib.util
 import queue
 import re
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,24 +28,13 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from support.modules import load_module
 from support.pg import TestServer
 
 _LEDGER_CONFTEST = Path(__file__).resolve().parents[1] / "ledger" / "conftest.py"
 
 
-def _load_ledger_helpers() -> Any:
-    name = "_sg_proxy_drop_ledger_helpers"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _LEDGER_CONFTEST)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_ledger_helpers = _load_ledger_helpers()
+_ledger_helpers = load_module("_sg_proxy_drop_ledger_helpers", _LEDGER_CONFTEST)
 Ledger = _ledger_helpers.Ledger
 FIXTURE: Path = _ledger_helpers.FIXTURE
 

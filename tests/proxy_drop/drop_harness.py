@@ -117,7 +117,12 @@ def _results(cur: psycopg.Cursor[Any]) -> list[Any]:
     return out
 
 
-def psycopg_step(conn: psycopg.Connection[Any], step: Step, mode: str) -> Any:
+def psycopg_step(
+    conn: psycopg.Connection[Any],
+    step: Step,
+    mode: str,
+    read: Callable[[psycopg.Cursor[Any]], Any] | None = None,
+) -> Any:
     if callable(step):
         return step(conn)
     cur = conn.cursor()
@@ -129,12 +134,18 @@ def psycopg_step(conn: psycopg.Connection[Any], step: Step, mode: str) -> Any:
         cur.execute(step.encode(), binary=True)
     else:  # pragma: no cover
         raise ValueError(mode)
-    return _results(cur)
+    return (read or _results)(cur)
 
 
 def run_psycopg(
-    dsn: str, steps: Sequence[Step], *, mode: str = "simple", autocommit: bool = True
+    dsn: str,
+    steps: Sequence[Step],
+    *,
+    mode: str = "simple",
+    autocommit: bool = True,
+    read: Callable[[psycopg.Cursor[Any]], Any] | None = None,
 ) -> list[Seen]:
+    """``read`` turns a finished cursor into the step's value (default: tags and rows)."""
     out: list[Seen] = []
     with psycopg.connect(dsn, autocommit=autocommit) as conn:
         for step in steps:
@@ -145,7 +156,7 @@ def run_psycopg(
 
             conn.add_notice_handler(on_notice)
             try:
-                seen.value = psycopg_step(conn, step, mode)
+                seen.value = psycopg_step(conn, step, mode, read)
             except psycopg.Error as e:
                 seen.error = _pg_err(e)
             finally:

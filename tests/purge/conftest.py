@@ -9,27 +9,15 @@ module name, unmodified, and its fixtures are re-exported here:
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from typing import Any
+
+from support.modules import load_module
 
 _PATH = Path(__file__).resolve().parents[1] / "cli" / "conftest.py"
 _NAME = "_softguard_tests_cli_conftest"
 
 
-def _load() -> Any:
-    if _NAME in sys.modules:
-        return sys.modules[_NAME]
-    spec = importlib.util.spec_from_file_location(_NAME, _PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_NAME] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_cli_conftest = _load()
+_cli_conftest = load_module(_NAME, _PATH)
 rental_template = _cli_conftest.rental_template
 rental_db = _cli_conftest.rental_db
 ledger = _cli_conftest.ledger
