@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from softguard.policy import PolicyConfig
+from softguard.soft_delete import SoftDeleteRule
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -57,6 +58,11 @@ class Settings(BaseSettings):
         description="HOST:PORT of the Prometheus endpoint (worker i of N on PORT+i); unset: off",
     )
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig())
+    soft_delete: list[SoftDeleteRule] = Field(
+        default_factory=list,
+        description="tables whose DELETEs become the application's soft delete (an UPDATE "
+        "of a mark column); first matching entry wins",
+    )
     purge_every: float | None = Field(
         None,
         gt=0,

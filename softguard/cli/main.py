@@ -133,6 +133,8 @@ def serve(
             f"softguard: embedded PostgreSQL in {embedded.data_dir}; connect through softguard:\n"
             f"  psql 'postgresql://{embedded.superuser}@{proxied}/postgres'",
         )
+    if settings.soft_delete:
+        _check_soft_delete(settings, dsn)
     typer.echo(f"softguard: listening on {settings.listen}, upstream {target.display}")
     from softguard.ledger.scheduler import start_scheduled_purge
 
@@ -148,6 +150,35 @@ def serve(
             purge.close()
         if embedded is not None:
             embedded.cleanup() if settings.data_dir is None else embedded.stop()
+
+
+def _check_soft_delete(settings: Settings, dsn: str) -> None:
+    """Check the [[soft_delete]] entries against the upstream database's catalog: refuse to
+    start on a table whose configuration does not fit it (other databases are checked when
+    a client first uses them)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from softguard.soft_delete import check, resolve
+
+    database = str(conninfo_to_dict(dsn).get("dbname") or "postgres")
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            database = str(conn.info.dbname)
+            errors, warnings = check(resolve(conn, settings.soft_delete, database), database)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        typer.echo(
+            f"softguard: warning: soft_delete not checked at start ({first}); "
+            "it is checked when a client first uses each database",
+            err=True,
+        )
+        return
+    for line in warnings:
+        typer.echo(f"softguard: warning: {line}", err=True)
+    if errors:
+        raise _die("\n".join(errors))
+    typer.echo(f"softguard: soft_delete checked against database {database!r}")
 
 
 def _start_embedded(settings: Settings):  # type: ignore[no-untyped-def]
@@ -209,7 +240,7 @@ def explain(
         metrics=Metrics(),
         classifier=Classifier(0),
         policy=policy,
-        ledger=SimpleNamespace(state=lambda _db: True),
+        ledger=SimpleNamespace(state=lambda _db: True, soft_delete_rules=[]),
     )
     _, msgs, _ = Framer(want=None).feed(message(b"Q", sql.encode() + b"\0"))
     planned = plan_message(server, session, msgs[0], log_it=False)  # type: ignore[arg-type]

@@ -410,6 +410,14 @@ def _show_value(value: Any) -> str:
     return str(value)
 
 
+_EVENT_WORDS = {
+    "delete": "{rows} removed rows captured",
+    "truncate": "{rows} removed rows captured",
+    "update": "old values of {rows} rows captured",
+    "soft_delete": "{rows} rows soft-deleted (marked; they stay in the table)",
+}
+
+
 def _object_line(obj: dict[str, Any]) -> str:
     label = f"{obj.get('type', '?')} {obj.get('identity', '?')}"
     flags = []
@@ -417,8 +425,11 @@ def _object_line(obj: dict[str, Any]) -> str:
         flags.append("named")
     elif obj.get("normal"):
         flags.append("cascade")
+    event = obj.get("event")
     if obj.get("held_by") is not None:
         where = f"held by operation {obj['held_by']}"
+    elif event in _EVENT_WORDS:
+        where = _EVENT_WORDS[str(event)].format(rows=obj.get("rows", "?"))
     elif obj.get("quarantined_as"):
         where = f"kept as {obj['quarantined_as']}"
     else:

@@ -311,6 +311,51 @@ def purge_released_rows(
             progress(total)
 
 
+def purge_soft_deleted(
+    conn: psycopg.Connection[Any],
+    op: OpSpace,
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> PurgeOutcome | None:
+    """Hard-delete the rows a soft-delete operation marked (and that still carry its mark),
+    ``batch_rows`` per transaction. None when done (or nothing to do); else the outcome
+    of the operation, skipped (a batch failed: lock timeout, a foreign key)."""
+    if op.state != "active" or not _has_soft_purge(conn):
+        return None
+    while True:
+        try:
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT softguard.purge_soft_rows(%s, %s, %s)",
+                    [op.id, batch_rows, _ms(lock_timeout)],
+                ).fetchone()
+        except psycopg.Error as exc:
+            diag = exc.diag
+            message = diag.message_primary or str(exc).strip() or type(exc).__name__
+            return PurgeOutcome(
+                op=op.id,
+                purged=False,
+                message=(
+                    f"operation {op.id} skipped: its soft-deleted rows could not be deleted "
+                    f"({message}); rows deleted by earlier batches stay deleted, the next "
+                    "purge continues"
+                ),
+                bytes=0,
+                sqlstate=diag.sqlstate or exc.sqlstate,
+                hint=diag.message_hint,
+            )
+        if row is None or int(row[0]) == 0:
+            return None
+
+
+def _has_soft_purge(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT to_regprocedure('softguard.purge_soft_rows(bigint, integer, text)') IS NOT NULL"
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def run_purge(
     conn: psycopg.Connection[Any],
     ops: Iterable[OpSpace],
@@ -355,7 +400,9 @@ def run_purge(
                 outcome_done(outcome)
                 continue
             say(f"operation {op.id}: archived to {archive}")
-        outcome = purge_operation(
+        outcome = purge_soft_deleted(
+            conn, op, lock_timeout=lock_timeout, batch_rows=batch_rows
+        ) or purge_operation(
             conn, op, archive=archive, lock_timeout=lock_timeout, inline_rows=batch_rows
         )
         if not outcome.purged and archive is not None:
@@ -559,6 +606,26 @@ def _export_captures(
             load.append(f"-- {cap['event']} of {cap['table_identity']}: {cap['n_rows']} rows")
             load.append(f"CREATE TABLE {table} ({cols});")
             load.append(f"\\copy {table} FROM '{name}' WITH (FORMAT csv, HEADER true)")
+        if cap["event"] == "soft_delete" and cap["n_rows"]:
+            # The key and old mark are not the data: the rows themselves, as they are now.
+            name = f"soft-deleted-rows-{cap['id']}.csv"
+            query_row = conn.execute(
+                "SELECT softguard.soft_delete_rows_query(%s)", [cap["id"]]
+            ).fetchone()
+            if query_row is not None and query_row[0] is not None:
+                with conn.transaction():
+                    _copy_to(
+                        conn,
+                        sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(
+                            sql.SQL(query_row[0])
+                        ),
+                        directory / name,
+                    )
+                entry["rows_file"] = name
+                table = f"{RESTORE_SCHEMA}.op{op}_rows{cap['id']}"
+                load.append(f"-- rows of {cap['table_identity']} soft-deleted, as purge found them")
+                load.append(f"CREATE TABLE {table} (LIKE {cap['table_identity']});")
+                load.append(f"\\copy {table} FROM '{name}' WITH (FORMAT csv, HEADER true)")
         entries.append(entry)
     return entries, load
 

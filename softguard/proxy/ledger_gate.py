@@ -4,31 +4,49 @@ The first protected statement for a database (per process) waits while softguard
 over its own connection, that the ledger is installed and current, installing or
 upgrading it when it can. The answer is cached: ``True``, or the error message that
 protected statements of that database are then refused with.
+
+The same check reads which tables of the database are soft-delete tables (when
+``[[soft_delete]]`` is configured); that answer is refreshed in the background once it is
+older than ``SOFT_DELETE_REFRESH`` seconds, so tables created later are picked up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Literal
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from softguard.proxy.upstream import UpstreamTarget
+from softguard.soft_delete import SoftDeleteRule, check, resolve
+from softguard.sql.soft_delete import SoftDeleteTables
 
 log = logging.getLogger("softguard.ledger")
 
 LedgerState = Literal[True] | str  # True when ready, else why not
+SOFT_DELETE_REFRESH = 60.0
 
 
 class LedgerGate:
-    def __init__(self, target: UpstreamTarget, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        target: UpstreamTarget,
+        connect_timeout: float,
+        soft_delete: list[SoftDeleteRule] | None = None,
+    ) -> None:
         self._target = target
         self._timeout = connect_timeout
         self._states: dict[str, LedgerState] = {}
         self._checks: dict[str, asyncio.Future[LedgerState]] = {}
         self._users: dict[str, str] = {}  # the role a database's ledger was checked for
+        self.soft_delete_rules = list(soft_delete or [])
+        # database -> (when read, its soft-delete tables); refreshes in flight
+        self._soft: dict[str, tuple[float, SoftDeleteTables]] = {}
+        self._soft_refresh: set[str] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def ready_databases(self) -> dict[str, str]:
         """{database: conninfo} of the databases whose ledger is known ready (any thread)."""
@@ -46,10 +64,53 @@ class LedgerGate:
     def forget(self, database: str) -> None:
         """The server says the ledger is gone: check again next time."""
         self._states.pop(database, None)
+        self._soft.pop(database, None)
+
+    def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
+        """The database's soft-delete tables (None: not read yet, wait with ``ensure``).
+        An answer older than SOFT_DELETE_REFRESH is still returned while a fresh one is
+        read in the background."""
+        known = self._soft.get(database)
+        if known is None:
+            return None
+        read_at, tables = known
+        if time.monotonic() - read_at > SOFT_DELETE_REFRESH and database not in self._soft_refresh:
+            self._soft_refresh.add(database)
+            task = asyncio.ensure_future(self._refresh_soft(database))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return tables
+
+    async def _refresh_soft(self, database: str) -> None:
+        try:
+            await asyncio.to_thread(self._read_soft, database, self._users.get(database, ""))
+        except Exception as exc:  # keep the answer we have; try again later
+            log.warning("soft-delete tables of database %s not refreshed: %s", database, exc)
+            known = self._soft.get(database)
+            if known is not None:
+                self._soft[database] = (time.monotonic(), known[1])
+        finally:
+            self._soft_refresh.discard(database)
+
+    def _read_soft(self, database: str, user: str) -> None:
+        with psycopg.connect(self.conninfo(database, user), autocommit=True) as conn:
+            self._store_soft(conn, database)
+
+    def _store_soft(self, conn: psycopg.Connection[tuple[object, ...]], database: str) -> None:
+        if not self.soft_delete_rules:
+            self._soft[database] = (time.monotonic(), SoftDeleteTables())
+            return
+        resolution = resolve(conn, self.soft_delete_rules, database)
+        errors, warnings = check(resolution, database)
+        for line in errors:
+            log.error("%s: DELETEs on that table are refused until it is fixed", line)
+        for line in warnings:
+            log.info("%s", line)
+        self._soft[database] = (time.monotonic(), resolution.tables)
 
     async def ensure(self, database: str, user: str) -> LedgerState:
         known = self._states.get(database)
-        if known is not None:
+        if known is not None and (known is not True or database in self._soft):
             return known
         check = self._checks.get(database)
         if check is None:
@@ -98,6 +159,7 @@ class LedgerGate:
         try:
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 applied = apply_migrations(conn)
+                self._store_soft(conn, database)
         except (psycopg.Error, LedgerError) as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             log.warning("ledger check for database %s failed: %s", database, message)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 
 from softguard.policy import SessionInfo
 from softguard.proxy.metrics import NOTICE_MARKER, log_operation
-from softguard.proxy.statements import NeedLedger, Rebuilt, plan_message
+from softguard.proxy.statements import NeedLedger, Rebuilt, SoftSession, plan_message
 from softguard.proxy.upstream import UpstreamError, open_upstream
 from softguard.sql.rewrite import RewritePlan
 from softguard.wire import (
@@ -150,6 +150,8 @@ class ClientSession(asyncio.Protocol):
         # Set once the session has sent a rewritten statement; then stays on.
         self._filter: ResultFilter | None = None
         self._plan: RewritePlan | None = None
+        self._retag: frozenset[int] = frozenset()
+        self._soft = SoftSession()
         self._resumed: Message | None = None
         # Observability: (category, text) of statements made reversible and not yet paired
         # with their operation's NOTICE; [ReadyForQuery countdown, start] per rewritten
@@ -382,8 +384,9 @@ class ClientSession(asyncio.Protocol):
                 if mtype == _Q:
                     self.pending += 1
                     if self._filter is not None:
-                        self._filter.expect_ready(self._plan)
+                        self._filter.expect_ready(self._plan, self._retag)
                         self._plan = None
+                        self._retag = frozenset()
                 if replacement is None and msg.start >= 0:
                     continue
                 if msg.start > cursor:
@@ -423,7 +426,12 @@ class ClientSession(asyncio.Protocol):
         protected = self._protected
         before = len(protected)
         result = plan_message(
-            self.server, self.info, msg, log_it=msg is not self._resumed, protected=protected
+            self.server,
+            self.info,
+            msg,
+            log_it=msg is not self._resumed,
+            protected=protected,
+            soft=self._soft,
         )
         if not isinstance(result, Rebuilt):
             if isinstance(result, NeedLedger):
@@ -446,6 +454,7 @@ class ClientSession(asyncio.Protocol):
                 self._filter.expect_ready(None)
         if msg.type == _Q:
             self._plan = result.plan
+            self._retag = result.retag
         return result.raw
 
     def _server_data(self, data: bytes) -> None:

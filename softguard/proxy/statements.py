@@ -25,13 +25,20 @@ from softguard.sql.rewrite import (
     refusal,
     statement_span,
 )
+from softguard.sql.soft_delete import (
+    TAG_MARKER,
+    Misconfigured,
+    SoftDeleteTables,
+    prepared_name,
+    rewrite,
+)
 from softguard.sql.tamper import mentions_softguard
 from softguard.wire import Message, parse_query_text
 from softguard.wire.messages import message
 
 if TYPE_CHECKING:
     from softguard.proxy.server import ProxyServer
-    from softguard.sql import Statement
+    from softguard.sql import Classification, Statement
 
 log = logging.getLogger("softguard.session")
 
@@ -42,10 +49,49 @@ _PROCEDURES = {"truncate": ("truncate_op", "TRUNCATE TABLE"), "alter": ("alter_o
 
 @dataclass(frozen=True, slots=True)
 class Rebuilt:
-    """Send ``raw`` instead of the client's message; ``plan`` maps positions back."""
+    """Send ``raw`` instead of the client's message; ``plan`` maps positions back;
+    ``retag``: indices of the Query's statements whose ``UPDATE n`` must read ``DELETE n``
+    (soft deletes; a Parse carries TAG_MARKER instead)."""
 
     raw: bytes
     plan: RewritePlan | None
+    retag: frozenset[int] = frozenset()
+
+
+class SoftSession:
+    """A session's SQL-level prepared statements that hold a soft delete (PREPARE p AS
+    DELETE ... rewritten): ``EXECUTE p`` answers ``UPDATE n`` and must read ``DELETE n``."""
+
+    __slots__ = ("prepared",)
+
+    def __init__(self) -> None:
+        self.prepared: set[str] = set()
+
+    def track(self, text: bytes) -> None:
+        """Forget names a DEALLOCATE / DISCARD ALL / new PREPARE in ``text`` ends."""
+        lowered = text.lower()
+        if not (b"deallocate" in lowered or b"discard" in lowered or b"prepare" in lowered):
+            return
+        for part in _split_statements(text):
+            change = prepared_name(part)
+            if change is None:
+                continue
+            what, name = change
+            if what == "discard" or (what == "deallocate" and not name):
+                self.prepared.clear()
+            else:
+                self.prepared.discard(name)
+
+
+def _split_statements(text: bytes) -> list[str]:
+    from softguard.sql import classify
+
+    decoded = text.decode("utf-8", "replace")
+    try:
+        statements = classify(decoded).statements
+    except Exception:  # unparseable: nothing to track
+        return []
+    return [decoded[s.location : (s.location + s.length) if s.length else None] for s in statements]
 
 
 class NeedLedger:
@@ -62,6 +108,7 @@ def plan_message(
     *,
     log_it: bool = True,
     protected: list[tuple[str, str]] | None = None,
+    soft: SoftSession | None = None,
 ) -> Rebuilt | NeedLedger | None:
     """None: forward the message as sent.
 
@@ -82,11 +129,16 @@ def plan_message(
             kind = server.classifier.classify_shape(text).kind
             server.metrics.count_statement(kind.value, "deny")
         return _rebuild(msg, text, [], refusal("42501", TAMPER_MESSAGE))
+    retag: set[int] = set()
+    if soft is not None and soft.prepared:
+        soft.track(text)
+        if b"execute" in text.lower():
+            retag = _executes_to_retag(server, text, soft)
     classifier = server.classifier
     classification = classifier.classify_shape(text)
     if classification.kind is Kind.SAFE:
         server.metrics.safe_statements += 1
-        return None
+        return _rebuild(msg, text, [], None, frozenset(retag)) if retag else None
     policy = server.policy
     source = "query" if msg.type == _Q else "parse"
     decisions = policy.decide(classification, info, source=source, log_it=log_it)
@@ -97,6 +149,7 @@ def plan_message(
         exact = classifier.classify_bytes(text)
         if exact is not classification:
             decisions = policy.decide(exact, info, source=source, log_it=False)
+            classification = exact
     replacements: list[Replacement] = []
     for decision in decisions:
         stmt = decision.statement
@@ -116,9 +169,20 @@ def plan_message(
             replacements.append(Replacement(stmt, refusal("55000", ledger)))
             continue
         if decision.category in CAPTURED:
+            start, end = statement_span(text, stmt)
+            stmt_text = text[start:end].decode("utf-8", "replace")
             if protected is not None:
-                start, end = statement_span(text, stmt)
-                protected.append((decision.category, text[start:end].decode("utf-8", "replace")))
+                protected.append((decision.category, stmt_text))
+            if decision.category == "delete" and server.ledger.soft_delete_rules:
+                tables = server.ledger.soft_delete_tables(info.database)
+                if tables is None:
+                    return NEED_LEDGER
+                soft_text = _soft_delete(tables, text, stmt_text, soft)
+                if soft_text is not None:
+                    new_text, is_retag = soft_text
+                    if is_retag:
+                        retag.add(_index_of(classification, stmt))
+                    replacements.append(Replacement(stmt, new_text))
             continue  # the database's capture triggers keep the rows: sent as is
         start, end = statement_span(text, stmt)
         stmt_text = text[start:end].decode("utf-8", "replace")
@@ -142,9 +206,62 @@ def plan_message(
                 ctx.update(_alter_ctx(stmt))
             call = procedure_call(procedure, stmt_text, {**ctx, "action": tag})
         replacements.append(Replacement(stmt, call))
-    if not replacements:
+    if not replacements and not retag:
         return None
-    return _rebuild(msg, text, replacements, None)
+    return _rebuild(msg, text, replacements, None, frozenset(retag))
+
+
+def _soft_delete(
+    tables: SoftDeleteTables, text: bytes, stmt_text: str, soft: SoftSession | None
+) -> tuple[str, bool] | None:
+    """(text to send, whether its tag must read DELETE) for a statement that deletes from
+    a soft-delete table; None when it does not."""
+    if not tables:
+        return None
+    lowered = stmt_text.lower()
+    if not any(name.lower() in lowered for name in tables.names()):
+        return None
+    try:
+        done = rewrite(
+            stmt_text, tables, prepared=frozenset(soft.prepared) if soft else frozenset()
+        )
+    except Misconfigured as exc:
+        log.error("%s", exc)
+        return refusal(
+            "55000", str(exc), "Fix the soft_delete entry (or the table) and retry."
+        ), False
+    if done is None:
+        return None
+    if done.prepared is not None and soft is not None:
+        soft.prepared.add(done.prepared)
+    return done.text, done.retag
+
+
+def _index_of(classification: Classification, stmt: Statement) -> int:
+    """Position of ``stmt`` among the query's top-level statements (one CommandComplete
+    each)."""
+    for index, candidate in enumerate(classification.statements):
+        if candidate is stmt:
+            return index
+    return -1
+
+
+def _executes_to_retag(server: ProxyServer, text: bytes, soft: SoftSession) -> set[int]:
+    """Indices of the ``EXECUTE p`` statements of ``text`` that run a prepared soft delete."""
+    classification = server.classifier.classify_bytes(text)
+    found: set[int] = set()
+    for index, stmt in enumerate(classification.statements):
+        if stmt.action != "EXECUTE":
+            continue
+        start, end = statement_span(text, stmt)
+        done = rewrite(
+            text[start:end].decode("utf-8", "replace"),
+            SoftDeleteTables(),
+            prepared=frozenset(soft.prepared),
+        )
+        if done is not None and done.retag:
+            found.add(index)
+    return found
 
 
 def _alter_ctx(stmt: Statement) -> dict[str, object]:
@@ -171,9 +288,16 @@ def _strictest(decisions: list[Decision]) -> str:
 
 
 def _rebuild(
-    msg: Message, text: bytes, replacements: list[Replacement], whole: str | None
+    msg: Message,
+    text: bytes,
+    replacements: list[Replacement],
+    whole: str | None,
+    retag: frozenset[int] = frozenset(),
 ) -> Rebuilt:
-    """The Query/Parse message carrying the new text (the Parse keeps its name and types)."""
+    """The Query/Parse message carrying the new text (the Parse keeps its name and types).
+
+    A Parse whose statement must have its tag turned back starts with TAG_MARKER: the
+    server's capture trigger then says so when it runs (whatever portal runs it)."""
     plan = None
     if whole is not None:
         new_text = whole.encode()
@@ -181,7 +305,9 @@ def _rebuild(
         plan = apply(text, replacements)
         new_text = plan.text
     if msg.type == _Q:
-        return Rebuilt(message(b"Q", new_text + b"\0"), plan)
+        return Rebuilt(message(b"Q", new_text + b"\0"), plan, retag)
+    if retag:
+        new_text = TAG_MARKER.encode() + new_text
     name_end = msg.body.index(b"\0")
     rest = msg.body[name_end + 1 + len(text) + 1 :]
     return Rebuilt(message(b"P", msg.body[: name_end + 1] + new_text + b"\0" + rest), None)

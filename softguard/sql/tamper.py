@@ -19,13 +19,17 @@ from softguard.sql.classify import load_json
 
 # A value names softguard's schemas when "softguard" is followed by the end, a schema
 # separator or quoting/list punctuation, or by "_quarantine" / "_q<digits>_".
+_TAG_MARKER = b"softguard:delete"
 _NAMES_SOFTGUARD = re.compile(r"softguard(?:_quarantine|_q\d+_|\s*(?:[.,\"]|$))", re.IGNORECASE)
 
 
 def mentions_softguard(sql: bytes) -> bool:
     """True if *sql* names softguard's ledger or quarantine schemas anywhere."""
-    if b"softguard" not in sql.lower():
+    lowered = sql.lower()
+    if b"softguard" not in lowered:
         return False
+    if _TAG_MARKER in lowered:
+        return True  # only softguard may mark a statement's tag for rewriting
     text = sql.decode("utf-8", "replace")
     try:
         tree = load_json(parse_sql_json(text))

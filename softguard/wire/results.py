@@ -9,6 +9,11 @@ error position becomes a position in the client's text. The ``CALL`` command tag
 follows ``SGEND`` is replaced by the original tag. Positions of other statements in a
 rewritten query string are mapped back through the query's ``RewritePlan``.
 
+A soft delete is a DELETE sent as an UPDATE (softguard/sql/soft_delete.py): its
+``UPDATE n`` tag is turned back into ``DELETE n``, for the statements of a Query the proxy
+names (by position), and in the extended protocol for the CommandComplete that follows a
+private notice ``SGTAG`` (raised by the capture trigger of a statement the proxy marked).
+
 The filter sees every NoticeResponse, ErrorResponse, CommandComplete and ReadyForQuery
 of a session that has sent at least one rewritten statement, in order.
 """
@@ -24,6 +29,7 @@ from softguard.wire.messages import error_response, message, parse_fields
 _N, _E, _C, _Z = b"NECZ"
 BEGIN_CODE = "SGBEG"
 END_CODE = "SGEND"
+TAG_CODE = "SGTAG"
 # Fields that only describe softguard's procedure, never the client's statement.
 _INNER_FIELDS = ("W", "q", "p")
 
@@ -39,35 +45,55 @@ LEDGER_MISSING = (
 
 
 class ResultFilter:
-    __slots__ = ("_inside", "_maps", "_offset", "_tag", "ledger_missing")
+    __slots__ = (
+        "_completes",
+        "_inside",
+        "_maps",
+        "_offset",
+        "_retag_next",
+        "_tag",
+        "ledger_missing",
+    )
 
     def __init__(self) -> None:
         # Set when the server said softguard's procedures do not exist: the proxy's
         # belief that the ledger is installed is stale.
         self.ledger_missing = False
-        # One entry per message that ends with ReadyForQuery (Query, Sync, FunctionCall).
-        self._maps: deque[PositionMap | None] = deque()
+        # One entry per message that ends with ReadyForQuery (Query, Sync, FunctionCall):
+        # its rewrite plan and the positions of its statements to retag.
+        self._maps: deque[tuple[PositionMap | None, frozenset[int]]] = deque()
         self._inside = False
         self._offset = 0
         self._tag: str | None = None
+        self._completes = 0  # CommandCompletes since the last ReadyForQuery
+        self._retag_next = False
 
-    def expect_ready(self, plan: PositionMap | None) -> None:
-        """A Query (with its rewrite plan, if any), Sync or FunctionCall was sent."""
-        self._maps.append(plan)
+    def expect_ready(self, plan: PositionMap | None, retag: frozenset[int] = frozenset()) -> None:
+        """A Query (with its rewrite plan and statements to retag, if any), Sync or
+        FunctionCall was sent."""
+        self._maps.append((plan, retag))
 
     def process(self, mtype: int, body: bytes) -> bytes | None:
         """None: forward the message as is; else the bytes to send instead (b"" drops)."""
         if mtype == _C:
+            index = self._completes
+            self._completes += 1
             tag = self._tag
-            if tag is None:
-                return None
-            self._tag = None
-            return message(b"C", tag.encode() + b"\0")
+            if tag is not None:
+                self._tag = None
+                return message(b"C", tag.encode() + b"\0")
+            retag = self._retag_next or (bool(self._maps) and index in self._maps[0][1])
+            self._retag_next = False
+            if retag and body.startswith(b"UPDATE "):
+                return message(b"C", b"DELETE " + body[7:])
+            return None
         if mtype == _Z:
             if self._maps:
                 self._maps.popleft()
             self._inside = False
             self._tag = None
+            self._completes = 0
+            self._retag_next = False
             return None
         if mtype == _N or mtype == _E:
             return self._notice_or_error(mtype, body)
@@ -90,6 +116,9 @@ class ResultFilter:
                 self._offset = int(fields.get("M", "0"))
             except ValueError:
                 self._offset = 0
+            return b""
+        if mtype == _N and code == TAG_CODE:
+            self._retag_next = True
             return b""
         if mtype == _N and code == END_CODE:
             self._inside = False
@@ -119,7 +148,7 @@ class ResultFilter:
                 self._inside = False
             return _encode(mtype, fields)
         position = fields.get("P")
-        plan = self._maps[0] if self._maps else None
+        plan = self._maps[0][0] if self._maps else None
         if position is not None and plan is not None and position.isdigit():
             fields["P"] = str(plan.original_position(int(position)))
             return _encode(mtype, fields)

@@ -1,0 +1,378 @@
+-- softguard ledger, version 5: soft delete (docs/decisions/0008-soft-delete.md).
+--
+-- On tables configured for soft delete the proxy sends a client's DELETE as an UPDATE that
+-- marks the rows (softguard/sql/soft_delete.py). What always holds here:
+-- * softguard.soft_delete_begin() runs once per such statement, when its first row is
+--   marked: it checks the table name resolved to the configured table, and leaves the
+--   statement's mark in the transaction-local setting softguard.sd_<table oid>.
+-- * The table's statement-level capture trigger (_capture_rows, replaced below) takes that
+--   setting (and clears it): the rows the statement marked are captured as event
+--   'soft_delete' -- their key and the old values of the mark columns, nothing more --
+--   in an operation of kind DELETE with one NOTICE, like a DELETE's.
+-- * For statements sent through the extended protocol the proxy cannot tell which
+--   CommandComplete belongs to which statement; the trigger tells it instead: a statement
+--   whose text begins with /*softguard:delete*/ gets a private notice SGTAG before its
+--   CommandComplete, and the proxy turns that tag from UPDATE n into DELETE n.
+-- * Undo clears the marks this operation wrote: by key, only on rows still carrying the
+--   very mark it wrote (a row un-marked and marked again since is left alone).
+-- * Purge hard-deletes those rows (still carrying that mark), in batches
+--   (purge_soft_rows), before purge_op marks the operation purged.
+
+-- (the ledger's own backstop refuses drops inside softguard's schemas unless told)
+SELECT pg_catalog.set_config('softguard.internal', 'on', true);
+ALTER TABLE softguard.captures DROP CONSTRAINT captures_event_check;
+ALTER TABLE softguard.captures ADD CONSTRAINT captures_event_check
+    CHECK (event IN ('delete', 'update', 'truncate', 'sequence', 'column', 'soft_delete'));
+SELECT pg_catalog.set_config('softguard.internal', '', true);
+
+-- ---------------------------------------------------------------------------------------
+-- The rewritten statement's side
+-- ---------------------------------------------------------------------------------------
+
+--   target    the table as the client named it (resolved through the session's search_path)
+--   expected  the configured table it must be, schema-qualified
+--   info      {"column", "mark_kind", "by_column", "by_value", "statement"} from the proxy
+--   mark      the value the statement writes into the mark column (returned as is)
+CREATE FUNCTION softguard.soft_delete_begin(target regclass, expected text, info jsonb,
+                                            mark anyelement)
+RETURNS anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    want regclass := to_regclass(expected);
+BEGIN
+    IF want IS DISTINCT FROM target THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('softguard: the DELETE names %s, which is not the soft-delete table %s',
+                             target, expected),
+            HINT = format('Qualify the table name (DELETE FROM %s ...), or change the '
+                          'search_path: softguard rewrote the statement for %s.', expected, expected);
+    END IF;
+    PERFORM set_config('softguard.sd_' || target::oid::text,
+                       (info || jsonb_build_object(
+                           'table', expected, 'mark', to_jsonb(mark),
+                           'by', CASE info->>'by_value'
+                                     WHEN 'application_name' THEN current_setting('application_name')
+                                     ELSE current_user::text END))::text,
+                       true);
+    RETURN mark;
+END $$;
+GRANT EXECUTE ON FUNCTION softguard.soft_delete_begin(regclass, text, jsonb, anyelement) TO PUBLIC;
+
+-- SQL text: the row `ref` (an alias of the table) carries no soft-delete mark, per info.
+CREATE FUNCTION softguard._sd_unmarked(rel oid, info jsonb, ref text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    col text := info->>'column';
+BEGIN
+    RETURN CASE info->>'mark_kind'
+        WHEN 'boolean' THEN pg_catalog.format('%s.%I IS NOT TRUE', ref, col)
+        WHEN 'expression' THEN pg_catalog.format('%s.%I IS DISTINCT FROM %L::%s', ref, col,
+            info->>'mark', softguard._sd_type(rel, col))
+        ELSE pg_catalog.format('%s.%I IS NULL', ref, col) END;
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_unmarked(oid, jsonb, text) FROM PUBLIC;
+
+CREATE FUNCTION softguard._sd_type(rel oid, col text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_type(oid, text) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- The capture trigger, with the soft-delete branch (the rest is 0002's, unchanged)
+-- ---------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION softguard._capture_rows() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cap text := current_setting('softguard.capture', true);
+    ev text;
+    k text;
+    cur text;
+    op bigint;
+    op_kind text;
+    cid bigint;
+    n bigint;
+    ident text;
+    expires timestamptz;
+    first_word text;
+    sd text;
+    sdi jsonb;
+    key text[];
+    cols jsonb;
+BEGIN
+    IF cap IS NULL OR cap = '' THEN
+        RETURN NULL;
+    END IF;
+    ev := lower(TG_OP);
+    k := (extract(epoch FROM statement_timestamp()) * 1000000)::bigint::text;
+    cur := current_setting('softguard.cur_op', true);
+    IF cur IS NOT NULL AND split_part(cur, '/', 1) = k THEN
+        op := split_part(cur, '/', 2)::bigint;
+        op_kind := split_part(cur, '/', 3);
+    END IF;
+    ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+
+    IF ev = 'update' AND pg_trigger_depth() = 1 THEN
+        IF left(current_query(), 20) = '/*softguard:delete*/' THEN
+            PERFORM softguard._notice('DELETE', 'SGTAG');
+        END IF;
+        sd := current_setting('softguard.sd_' || TG_RELID::text, true);
+        IF sd IS NOT NULL AND sd <> '' THEN
+            -- A soft delete softguard rewrote: capture what it marked, nothing else.
+            PERFORM set_config('softguard.sd_' || TG_RELID::text, '', true);
+            sdi := sd::jsonb;
+            key := softguard._row_key(TG_RELID);
+            IF key IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('softguard: cannot soft-delete from %s: it has no primary key'
+                                     ' or unique NOT NULL key to find the rows by', ident);
+            END IF;
+            cid := nextval('softguard.captures_id_seq'::regclass);
+            EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                           ' SELECT $1, ROW(%s, o.%I, %s)::text FROM sg_old o WHERE %s',
+                           (SELECT string_agg(format('o.%I', c), ', ') FROM unnest(key) c),
+                           sdi->>'column',
+                           CASE WHEN sdi->>'by_column' IS NULL THEN 'NULL::text'
+                                ELSE format('o.%I', sdi->>'by_column') END,
+                           softguard._sd_unmarked(TG_RELID, sdi, 'o'))
+                USING cid;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = 0 THEN
+                RETURN NULL;
+            END IF;
+            IF op IS NULL THEN
+                op_kind := 'DELETE';
+                expires := now() + make_interval(secs => coalesce(
+                    nullif(current_setting('softguard.retention', true), '')::integer, 604800));
+                INSERT INTO softguard.operations (expires_at, db_role, "current_role",
+                                                  application_name, client_addr, statement, kind,
+                                                  objects, row_counts, restore)
+                VALUES (expires, session_user, softguard._client_role(),
+                        current_setting('application_name', true),
+                        coalesce(nullif(current_setting('softguard.client_addr', true), ''),
+                                 inet_client_addr()::text),
+                        coalesce(sdi->>'statement', current_query(), ''), op_kind, '[]',
+                        jsonb_build_object('estimate', false, 'tables', '{}'::jsonb), '[]')
+                RETURNING id INTO op;
+                PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
+                PERFORM softguard._notice(format(
+                    'softguard: DELETE FROM %s (soft delete: %s set on %s rows) is reversible as operation %s until %s',
+                    ident, quote_ident(sdi->>'column'), n, op, to_char(expires, 'YYYY-MM-DD')));
+            END IF;
+            cols := (SELECT jsonb_agg(jsonb_build_array(c, softguard._sd_type(TG_RELID, c)) ORDER BY o)
+                       FROM unnest(key) WITH ORDINALITY x(c, o))
+                    || jsonb_build_array(
+                           jsonb_build_array('sg_old_mark', softguard._sd_type(TG_RELID, sdi->>'column')),
+                           jsonb_build_array('sg_old_by', coalesce(
+                               softguard._sd_type(TG_RELID, sdi->>'by_column'), 'text')));
+            INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows,
+                                            columns, info)
+            VALUES (cid, op, TG_RELID, ident, 'soft_delete', n, cols,
+                    (sdi - 'statement') || jsonb_build_object('key', to_jsonb(key)));
+            UPDATE softguard.operations o SET
+                objects = o.objects || jsonb_build_array(jsonb_build_object(
+                    'type', 'table', 'identity', ident, 'schema', TG_TABLE_SCHEMA,
+                    'name', TG_TABLE_NAME, 'original', o.objects = '[]'::jsonb, 'normal', true,
+                    'classid', 'pg_class'::regclass::oid, 'objid', TG_RELID, 'objsubid', 0,
+                    'event', 'soft_delete', 'rows', n, 'held_by', NULL)),
+                row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
+                    to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))
+             WHERE o.id = op;
+            RETURN NULL;
+        END IF;
+    END IF;
+
+    IF NOT (ev = ANY (string_to_array(replace(lower(cap), ' ', ''), ','))) THEN
+        -- Not captured by this session, except what a DELETE changes on other tables
+        -- (ON DELETE SET NULL / SET DEFAULT): part of the DELETE's effect.
+        IF ev <> 'update' OR op IS NULL OR op_kind NOT IN ('DELETE', 'MERGE') THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+
+    cid := nextval('softguard.captures_id_seq'::regclass);
+    INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 THEN
+        RETURN NULL;                       -- removed nothing: records nothing
+    END IF;
+
+    IF op IS NULL THEN
+        first_word := upper(substring(current_query() FROM '^\s*([A-Za-z]+)'));
+        op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
+        expires := now() + make_interval(secs => coalesce(
+            nullif(current_setting('softguard.retention', true), '')::integer, 604800));
+        INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                          client_addr, statement, kind, objects, row_counts,
+                                          restore)
+        VALUES (expires, session_user, softguard._client_role(),
+                current_setting('application_name', true),
+                coalesce(nullif(current_setting('softguard.client_addr', true), ''),
+                         inet_client_addr()::text),
+                coalesce(current_query(), ''), op_kind, '[]',
+                jsonb_build_object('estimate', false, 'tables', '{}'::jsonb), '[]')
+        RETURNING id INTO op;
+        PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
+        PERFORM softguard._notice(format('softguard: %s %s is reversible as operation %s until %s',
+            CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'
+                         ELSE 'UPDATE' END,
+            ident, op, to_char(expires, 'YYYY-MM-DD')));
+    END IF;
+
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns)
+    VALUES (cid, op, TG_RELID, ident, ev, n, softguard._columns(TG_RELID));
+    UPDATE softguard.operations o SET
+        objects = o.objects || jsonb_build_array(jsonb_build_object(
+            'type', 'table', 'identity', ident, 'schema', TG_TABLE_SCHEMA, 'name', TG_TABLE_NAME,
+            'original', o.objects = '[]'::jsonb, 'normal', true,
+            'classid', 'pg_class'::regclass::oid, 'objid', TG_RELID, 'objsubid', 0,
+            'event', ev, 'rows', n, 'held_by', NULL)),
+        row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
+            to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))
+     WHERE o.id = op;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Reading a soft-delete capture back
+-- ---------------------------------------------------------------------------------------
+
+-- SQL: the captured rows of soft-delete capture `c` (key columns, sg_old_mark, sg_old_by),
+-- read from softguard.captured_rows, or from `rows` (a relation with a "row" column).
+CREATE FUNCTION softguard._sd_source(c softguard.captures, rows text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN format('SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM %s OFFSET 0) p',
+                  softguard._row_type(c.columns, 'sd' || c.id),
+                  coalesce(rows || ' r', format('softguard.captured_rows r WHERE r.capture_id = %s', c.id)));
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_source(softguard.captures, text) FROM PUBLIC;
+
+-- SQL condition: live row t is captured row s and still carries the mark `c` wrote.
+CREATE FUNCTION softguard._sd_match(c softguard.captures) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ')
+              FROM jsonb_array_elements_text(c.info->'key') k)
+        || format(' AND t.%I IS NOT DISTINCT FROM %L::%s', c.info->>'column', c.info->>'mark',
+                  c.columns->(jsonb_array_length(c.columns) - 2)->>1);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_match(softguard.captures) FROM PUBLIC;
+
+-- The live rows a soft-delete capture still holds: for purge's archive (COPY (...) TO).
+CREATE FUNCTION softguard.soft_delete_rows_query(cid bigint) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c softguard.captures;
+BEGIN
+    SELECT * INTO c FROM softguard.captures WHERE id = cid AND event = 'soft_delete';
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN format('SELECT t.* FROM %s t WHERE EXISTS (SELECT FROM (%s) s WHERE %s)',
+                  c.relid::regclass, softguard._sd_source(c), softguard._sd_match(c));
+END $$;
+REVOKE ALL ON FUNCTION softguard.soft_delete_rows_query(bigint) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Undo: clear the marks, then everything else the operation kept (0002's _undo_rows)
+-- ---------------------------------------------------------------------------------------
+
+ALTER FUNCTION softguard._undo_rows(bigint, text) RENAME TO _undo_rows_v2;
+
+CREATE FUNCTION softguard._undo_rows(op bigint, on_conflict text) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lines text[] := '{}';
+    rest text[];
+    c softguard.captures;
+    saved_srr text := current_setting('session_replication_role');
+    done bigint;
+BEGIN
+    PERFORM FROM softguard.operations WHERE id = op FOR UPDATE;
+    FOR c IN SELECT * FROM softguard.captures
+              WHERE op_id = op AND event = 'soft_delete' AND n_rows > 0 ORDER BY id LOOP
+        PERFORM softguard._need_table(op, c.relid, c.table_identity);
+        IF c.info ? 'purging' THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('cannot undo operation %s: purge began hard-deleting its rows'
+                                 ' of %s at %s', op, c.table_identity, c.info->>'purging'),
+                HINT = 'Run softguard purge again to finish it.';
+        END IF;
+        PERFORM set_config('session_replication_role', 'replica', true);
+        EXECUTE format('UPDATE %s t SET %I = s.sg_old_mark%s FROM (%s) s WHERE %s',
+                       c.relid::regclass, c.info->>'column',
+                       CASE WHEN c.info->>'by_column' IS NULL THEN ''
+                            ELSE format(', %I = s.sg_old_by', c.info->>'by_column') END,
+                       softguard._sd_source(c), softguard._sd_match(c));
+        GET DIAGNOSTICS done = ROW_COUNT;
+        PERFORM set_config('session_replication_role', saved_srr, true);
+        lines := lines || format('operation %s: cleared the soft-delete mark (%I) of %s rows of %s%s',
+                                 op, c.info->>'column', done, c.relid::regclass,
+                                 CASE WHEN done < c.n_rows THEN format(
+                                     ' (%s left alone: deleted, or marked again, since)',
+                                     c.n_rows - done) ELSE '' END);
+    END LOOP;
+    rest := softguard._undo_rows_v2(op, on_conflict);
+    IF cardinality(lines) > 0 THEN
+        rest := ARRAY(SELECT l FROM unnest(rest) l WHERE l NOT LIKE '%: nothing to restore');
+    END IF;
+    RETURN lines || rest;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_rows(bigint, text) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Purge: hard-delete the soft-deleted rows, `batch` per call (one transaction each)
+-- ---------------------------------------------------------------------------------------
+
+-- Deletes up to `batch` of the rows operation `op` soft-deleted that still carry its mark
+-- (their captured keys go with them); returns how many captured rows it took: 0 when
+-- none is left. The first call records 'purging' in the capture (undo is refused from
+-- then on). Foreign keys act as for any DELETE (CASCADE follows; NO ACTION fails: 23503).
+CREATE FUNCTION softguard.purge_soft_rows(op bigint, batch integer DEFAULT 10000,
+                                          lock_timeout text DEFAULT '2s')
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+DECLARE
+    o softguard.operations;
+    c softguard.captures;
+    taken bigint;
+    deleted bigint;
+    total bigint := 0;
+BEGIN
+    PERFORM set_config('lock_timeout', coalesce(lock_timeout, '2s'), true);
+    PERFORM set_config('softguard.capture', '', true);  -- purge's DELETE is not an operation
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND OR o.state <> 'active' THEN
+        RETURN 0;
+    END IF;
+    FOR c IN SELECT * FROM softguard.captures
+              WHERE op_id = op AND event = 'soft_delete' AND released_at IS NULL ORDER BY id LOOP
+        EXIT WHEN total >= batch;
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = c.relid);
+        IF NOT c.info ? 'purging' THEN
+            UPDATE softguard.captures SET info = info || jsonb_build_object('purging', now())
+             WHERE id = c.id;
+        END IF;
+        EXECUTE format('WITH b AS (DELETE FROM softguard.captured_rows r WHERE r.ctid = ANY (ARRAY('
+                       'SELECT x.ctid FROM softguard.captured_rows x WHERE x.capture_id = %s LIMIT %s))'
+                       ' RETURNING r."row"), d AS (DELETE FROM %s t USING (%s) s WHERE %s RETURNING 1)'
+                       ' SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM d)',
+                       c.id, batch - total, c.relid::regclass,
+                       softguard._sd_source(c, 'b'),
+                       softguard._sd_match(c))
+            INTO taken, deleted;
+        UPDATE softguard.captures
+           SET info = jsonb_set(info, '{purged_rows}',
+                                to_jsonb(coalesce((info->>'purged_rows')::bigint, 0) + deleted))
+         WHERE id = c.id;
+        total := total + taken;
+    END LOOP;
+    RETURN total;
+END $$;
+REVOKE ALL ON FUNCTION softguard.purge_soft_rows(bigint, integer, text) FROM PUBLIC;

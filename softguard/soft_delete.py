@@ -1,0 +1,260 @@
+"""Soft-delete configuration, and checking it against a database's catalog.
+
+A ``[[soft_delete]]`` entry names tables (``schema.table``, shell-style patterns allowed
+in either part) whose DELETEs softguard turns into the application's own soft delete: an
+UPDATE setting a mark column (docs/decisions/0008-soft-delete.md). The first entry that
+matches a table decides; ``mode = "quarantine"`` keeps a table on the ordinary path (rows
+captured, foreign-key cascades fire) even when a later pattern would match it.
+
+``resolve`` reads the catalog of one database and returns the soft-delete tables found,
+each with what the rewrite needs (mark column type, key) or the reason it cannot be used;
+``check`` turns that into the lines ``softguard serve`` prints (and refuses to start on).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from pglast import ast, parse_sql
+from pglast.parser import ParseError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from softguard.sql.soft_delete import ByValue, MarkKind, SoftDeleteTables, SoftTarget
+
+# Types a mark kind accepts (format_type names, without typmods).
+_TIMESTAMP_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
+_TEXT_TYPES = ("text", "character varying", "character", "name", "citext")
+_DEFAULT_VALUES = {"timestamp": "now()", "boolean": "true"}
+
+
+class SoftDeleteRule(BaseModel):
+    """Tables whose DELETEs become soft deletes (or, mode quarantine, explicitly do not)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table: str = Field(description="schema.table; '*' and '?' patterns allowed in each part")
+    column: str | None = Field(None, description="the mark column (deleted_at, is_deleted...)")
+    mark: MarkKind = Field(
+        "timestamp",
+        description="timestamp: set to now() (or value) where NULL; boolean: set to true "
+        "where not true; expression: set to value where it differs from value",
+    )
+    value: str | None = Field(
+        None, description="SQL expression written into the column (no column references)"
+    )
+    deleted_by: str | None = Field(None, description="column filled with who deleted")
+    deleted_by_value: ByValue = Field("role", description="role (current_user) or application_name")
+    mode: Literal["soft", "quarantine"] = "soft"
+    database: str = Field("*", description="databases this entry applies to (pattern)")
+
+    @field_validator("table")
+    @classmethod
+    def _check_table(cls, value: str) -> str:
+        schema, dot, table = value.partition(".")
+        if not dot or not schema or not table or "." in table:
+            raise ValueError(
+                f"expected schema.table (patterns allowed, e.g. public.* or *.users), got {value!r}"
+            )
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _check_value(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parsed = parse_sql(f"SELECT ({value})")
+        except ParseError as exc:
+            raise ValueError(f"value is not a SQL expression: {exc}") from None
+        if len(parsed) != 1:
+            raise ValueError("value must be one SQL expression")
+        if _has_column_reference(parsed[0].stmt):
+            raise ValueError("value may not refer to columns: it is computed once per statement")
+        return value
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> SoftDeleteRule:
+        if self.mode == "soft" and not self.column:
+            raise ValueError(f"soft_delete entry {self.table!r} needs column = '...'")
+        if self.mode == "soft" and self.mark == "expression" and not self.value:
+            raise ValueError(f"soft_delete entry {self.table!r}: mark = 'expression' needs value")
+        return self
+
+    @property
+    def schema_pattern(self) -> str:
+        return self.table.partition(".")[0]
+
+    @property
+    def table_pattern(self) -> str:
+        return self.table.partition(".")[2]
+
+    def matches(self, database: str, schema: str, table: str) -> bool:
+        return (
+            fnmatch.fnmatchcase(database, self.database)
+            and fnmatch.fnmatchcase(schema, self.schema_pattern)
+            and fnmatch.fnmatchcase(table, self.table_pattern)
+        )
+
+    @property
+    def mark_value(self) -> str:
+        return self.value or _DEFAULT_VALUES.get(self.mark, "NULL")
+
+
+def _has_column_reference(node: Any) -> bool:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ast.ColumnRef):
+            return True
+        if isinstance(item, ast.Node):
+            stack.extend(getattr(item, slot, None) for slot in item.__slots__)  # type: ignore[attr-defined]
+        elif isinstance(item, tuple | list):
+            stack.extend(item)
+    return False
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    type: str  # format_type
+    base: str  # format_type without typmod
+
+
+_CATALOG_QUERY = """
+SELECT n.nspname, c.relname, c.oid, c.relkind,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname,
+                                  format_type(a.atttypid, a.atttypmod),
+                                  format_type(a.atttypid, NULL),
+                                  a.attgenerated <> '') ORDER BY a.attnum), '[]')
+          FROM pg_attribute a
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
+       (SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY k(attnum, o)
+                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                      ORDER BY k.o)
+          FROM pg_index i
+         WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+           AND i.indexprs IS NULL AND 0 <> ALL (i.indkey)
+           AND NOT EXISTS (SELECT FROM unnest(i.indkey) k(attnum)
+                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                            WHERE NOT a.attnotnull)
+         ORDER BY i.indisprimary DESC, i.indnatts, i.indexrelid LIMIT 1) AS key
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname NOT LIKE 'softguard%'
+ ORDER BY n.nspname, c.relname
+"""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The soft-delete tables of one database, and what was wrong with the configuration."""
+
+    tables: SoftDeleteTables
+    unmatched: list[str]  # entries (table patterns) that matched no table here
+
+
+def resolve(
+    conn: psycopg.Connection[Any], rules: list[SoftDeleteRule], database: str
+) -> Resolution:
+    """Match ``rules`` against the tables of the database ``conn`` is connected to."""
+    applicable = [r for r in rules if fnmatch.fnmatchcase(database, r.database)]
+    if not applicable:
+        return Resolution(SoftDeleteTables(), [])
+    rows = conn.execute(_CATALOG_QUERY).fetchall()
+    found: dict[tuple[str, str], SoftTarget] = {}
+    used: set[int] = set()
+    for schema, table, _oid, _relkind, columns, key in rows:
+        for index, rule in enumerate(applicable):
+            if not rule.matches(database, schema, table):
+                continue
+            used.add(index)
+            if rule.mode == "soft":
+                cols = {c[0]: _Column(c[0], c[1], c[2]) for c in columns if not c[3]}
+                found[(schema, table)] = _target(conn, rule, schema, table, cols, key)
+            break
+    unmatched = [r.table for i, r in enumerate(applicable) if i not in used]
+    return Resolution(SoftDeleteTables(found), unmatched)
+
+
+def _target(
+    conn: psycopg.Connection[Any],
+    rule: SoftDeleteRule,
+    schema: str,
+    table: str,
+    cols: dict[str, _Column],
+    key: list[str] | None,
+) -> SoftTarget:
+    assert rule.column is not None
+    column = cols.get(rule.column)
+    by = cols.get(rule.deleted_by) if rule.deleted_by else None
+    problem = _problem(conn, rule, column, by, key)
+    return SoftTarget(
+        schema=schema,
+        table=table,
+        column=rule.column,
+        column_type=column.type if column is not None else "text",
+        mark=rule.mark,
+        value=rule.mark_value,
+        key=tuple(key or ()),
+        by_column=rule.deleted_by,
+        by_value=rule.deleted_by_value,
+        problem=problem,
+    )
+
+
+def _problem(
+    conn: psycopg.Connection[Any],
+    rule: SoftDeleteRule,
+    column: _Column | None,
+    by: _Column | None,
+    key: list[str] | None,
+) -> str | None:
+    if column is None:
+        return f"column {rule.column!r} does not exist (or is generated)"
+    if rule.mark == "timestamp" and column.base not in _TIMESTAMP_TYPES:
+        return (
+            f"column {rule.column!r} is {column.type}; mark = 'timestamp' needs timestamptz, "
+            "timestamp or date (or use mark = 'boolean' / 'expression')"
+        )
+    if rule.mark == "boolean" and column.base != "boolean":
+        return f"column {rule.column!r} is {column.type}; mark = 'boolean' needs boolean"
+    if rule.deleted_by is not None:
+        if by is None:
+            return f"deleted_by column {rule.deleted_by!r} does not exist (or is generated)"
+        if by.base not in _TEXT_TYPES:
+            return f"deleted_by column {rule.deleted_by!r} is {by.type}; it needs a text type"
+        if by.name == column.name:
+            return "deleted_by and column name the same column"
+    if not key:
+        return "the table has no primary key (or unique NOT NULL key) to find the rows by"
+    if column.name in key or (by is not None and by.name in key):
+        return f"column {column.name!r} is part of the table's key"
+    try:
+        with conn.transaction():
+            conn.execute(f"SELECT ({rule.mark_value})::{column.type}")
+    except psycopg.Error as exc:
+        message = (exc.diag.message_primary or str(exc)).strip()
+        return (
+            f"value {rule.mark_value!r} does not fit column {rule.column!r} ({column.type}): "
+            f"{message}"
+        )
+    return None
+
+
+def check(resolution: Resolution, database: str) -> tuple[list[str], list[str]]:
+    """(errors, warnings) to print: misconfigured tables are errors, patterns that match
+    nothing are warnings (the table may be created later)."""
+    errors = [
+        f"soft_delete: {t.qualified} in database {database!r}: {t.problem}"
+        for t in resolution.tables.tables.values()
+        if t.problem is not None
+    ]
+    warnings = [
+        f"soft_delete: {pattern!r} matches no table in database {database!r}"
+        for pattern in resolution.unmatched
+    ]
+    return errors, warnings

@@ -1,0 +1,381 @@
+"""Soft-delete rewrite: a DELETE on a table configured for soft delete becomes an UPDATE
+that marks the rows the DELETE would remove (docs/decisions/0008-soft-delete.md).
+
+Pure: parses the client's statement text with pglast, rewrites every DELETE that runs
+(top level, inside a data-modifying WITH, under PREPARE, EXPLAIN ANALYZE or COPY) whose
+target is a soft-delete table of ``SoftDeleteTables``, and deparses the result.
+
+For ``DELETE FROM t [USING u] [WHERE w] [RETURNING r]`` the UPDATE is::
+
+    UPDATE t SET col = (SELECT softguard.soft_delete_begin('t'::regclass, 'schema.t',
+                                                          '{...}'::jsonb, (value)::type)),
+                 [by_col = current_user,]
+      [FROM u] WHERE (w) AND <t.col is unmarked> [RETURNING r']
+
+- ``soft_delete_begin`` (migration 0005) runs once per statement, as an InitPlan, and only
+  when a row is marked. It checks that ``t`` resolved to the configured table (the proxy
+  cannot see the session's search_path), and tells the table's capture trigger, through a
+  transaction-local setting, that this statement is a soft delete and which mark it wrote.
+- Only unmarked rows are marked, so rows already soft-deleted are not counted again.
+- ``r'`` is ``r`` with the mark columns read from the row as it was before the statement
+  (a sub-select by key sees the statement's snapshot): what the DELETE would return.
+- The command tag becomes ``UPDATE n``; the proxy turns it back into ``DELETE n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from pglast import ast, enums, parse_sql
+from pglast.parser import ParseError
+from pglast.stream import RawStream
+
+from softguard.sql.classify import quote_ident
+
+MarkKind = Literal["timestamp", "boolean", "expression"]
+ByValue = Literal["role", "application_name"]
+
+#: Put in front of a rewritten extended-protocol statement whose command tag must be
+#: turned back into DELETE: the capture trigger sees it in current_query() and says so.
+TAG_MARKER = "/*softguard:delete*/"
+
+_BY_SQL = {"role": "current_user", "application_name": "current_setting('application_name')"}
+
+
+@dataclass(frozen=True, slots=True)
+class SoftTarget:
+    """One soft-delete table as found in the catalog (see softguard/soft_delete.py)."""
+
+    schema: str
+    table: str
+    column: str
+    column_type: str  # format_type() of the column
+    mark: MarkKind
+    value: str  # SQL expression of the mark: now(), true, or the configured one
+    key: tuple[str, ...]  # primary key (or unique NOT NULL key) columns
+    by_column: str | None = None
+    by_value: ByValue = "role"
+    problem: str | None = None  # set: misconfigured, DELETEs on it are refused
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.table)}"
+
+    def unmarked(self, ref: str) -> str:
+        """SQL: the row ``ref`` is not soft-deleted."""
+        col = f"{ref}.{quote_ident(self.column)}"
+        if self.mark == "boolean":
+            return f"{col} IS NOT TRUE"
+        if self.mark == "expression":
+            return f"{col} IS DISTINCT FROM ({self.value})::{self.column_type}"
+        return f"{col} IS NULL"
+
+
+@dataclass
+class SoftDeleteTables:
+    """The soft-delete tables of one database, by name."""
+
+    tables: dict[tuple[str, str], SoftTarget] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._by_name: dict[str, list[SoftTarget]] = {}
+        for target in self.tables.values():
+            self._by_name.setdefault(target.table, []).append(target)
+
+    def __bool__(self) -> bool:
+        return bool(self.tables)
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._by_name)
+
+    def lookup(self, schema: str | None, name: str) -> SoftTarget | None:
+        """The target a relation name refers to. Unqualified: the only table of that name,
+        else the one in ``public`` (checked again by the server when the statement runs)."""
+        if schema is not None:
+            return self.tables.get((schema, name))
+        found = self._by_name.get(name)
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0]
+        return next((t for t in found if t.schema == "public"), found[0])
+
+
+@dataclass(frozen=True, slots=True)
+class SoftRewrite:
+    """What became of one statement."""
+
+    text: str  # the statement to send instead
+    retag: bool  # its own command tag must read DELETE (top-level DELETE, or EXECUTE of one)
+    targets: tuple[SoftTarget, ...]  # the soft-delete tables it marks rows of
+    prepared: str | None = None  # PREPARE name: EXECUTE of it must be retagged too
+
+
+class Misconfigured(Exception):
+    """A DELETE reaches a soft-delete table whose configuration does not fit the catalog."""
+
+    def __init__(self, target: SoftTarget) -> None:
+        super().__init__(
+            f"softguard: DELETE on {target.qualified} is refused: its soft-delete configuration "
+            f"does not fit the table: {target.problem}"
+        )
+        self.target = target
+
+
+def parse_statement(text: str) -> ast.Node | None:
+    try:
+        parsed = parse_sql(text)
+    except ParseError:
+        return None
+    if len(parsed) != 1 or parsed[0].stmt is None:
+        return None
+    node: ast.Node = parsed[0].stmt
+    return node
+
+
+def rewrite(
+    text: str,
+    tables: SoftDeleteTables,
+    *,
+    prepared: frozenset[str] = frozenset(),
+) -> SoftRewrite | None:
+    """The soft-delete form of one statement, or None when it deletes from no soft-delete
+    table (and is not ``EXECUTE`` of a prepared one, named in ``prepared``).
+
+    Raises Misconfigured when a target's configuration does not fit its table."""
+    node = parse_statement(text)
+    if node is None:
+        return None
+    if isinstance(node, ast.ExecuteStmt):
+        if node.name in prepared:
+            return SoftRewrite(text, True, ())
+        return None
+    targets: list[SoftTarget] = []
+    root = _Root(node)
+    for holder, attr, delete in _running_deletes(root):
+        target = tables.lookup(delete.relation.schemaname, str(delete.relation.relname))
+        if target is None:
+            continue
+        if target.problem is not None:
+            raise Misconfigured(target)
+        setattr(holder, attr, _as_update(delete, target, text))
+        targets.append(target)
+    if not targets:
+        return None
+    new_text = str(RawStream()(root.stmt))
+    retag = isinstance(root.stmt, ast.UpdateStmt)
+    prepared_as = (
+        node.name if isinstance(node, ast.PrepareStmt) and node.query is not None else None
+    )
+    return SoftRewrite(
+        new_text, retag and isinstance(node, ast.DeleteStmt), tuple(targets), prepared_as
+    )
+
+
+def prepared_name(text: str) -> tuple[str, str] | None:
+    """("prepare", name) / ("deallocate", name or "") / ("discard", "") for statements that
+    change the session's SQL-level prepared statements; else None."""
+    node = parse_statement(text)
+    if isinstance(node, ast.PrepareStmt):
+        return "prepare", str(node.name)
+    if isinstance(node, ast.DeallocateStmt):
+        return "deallocate", "" if node.isall or node.name is None else str(node.name)
+    if isinstance(node, ast.DiscardStmt) and node.target == enums.DiscardMode.DISCARD_ALL:
+        return "discard", ""
+    return None
+
+
+# -- finding the DELETEs that run ---------------------------------------------------------
+
+
+class _Root:
+    """A holder for the top-level statement, so it can be replaced like a nested one."""
+
+    __slots__ = ("stmt",)
+
+    def __init__(self, stmt: Any) -> None:
+        self.stmt = stmt
+
+
+def _running_deletes(root: _Root) -> Iterator[tuple[Any, str, Any]]:
+    """(holder, attribute, DeleteStmt) for each DELETE the statement executes. DELETEs in
+    definitions (rules, functions) do not run now and are left alone."""
+    stack: list[tuple[Any, str]] = [(root, "stmt")]
+    found: list[tuple[Any, str, Any]] = []
+    bound = 1000
+    while stack and bound > 0:
+        bound -= 1
+        holder, attr = stack.pop()
+        stmt = getattr(holder, attr)
+        if isinstance(stmt, ast.PrepareStmt | ast.CopyStmt):
+            if stmt.query is not None:
+                stack.append((stmt, "query"))
+            continue
+        if isinstance(stmt, ast.ExplainStmt):
+            if _explain_analyze(stmt):
+                stack.append((stmt, "query"))
+            continue
+        with_clause = getattr(stmt, "withClause", None)
+        if (
+            isinstance(
+                stmt,
+                ast.SelectStmt | ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt,
+            )
+            and with_clause is not None
+        ):
+            for cte in with_clause.ctes or ():
+                if isinstance(cte, ast.CommonTableExpr):
+                    stack.append((cte, "ctequery"))
+        if isinstance(stmt, ast.DeleteStmt):
+            found.append((holder, attr, stmt))
+    yield from found
+
+
+def _explain_analyze(stmt: ast.ExplainStmt) -> bool:
+    for opt in stmt.options or ():
+        if isinstance(opt, ast.DefElem) and opt.defname == "analyze":
+            arg = opt.arg
+            if arg is None:
+                return True
+            value = getattr(arg, "sval", None) or getattr(arg, "boolval", None)
+            if isinstance(arg, ast.Boolean):
+                return bool(arg.boolval)
+            if isinstance(arg, ast.Integer):
+                return arg.ival != 0
+            return str(value).lower() in ("true", "on", "1", "yes")
+    return False
+
+
+# -- building the UPDATE -----------------------------------------------------------------
+
+
+def _expr(sql: str) -> Any:
+    stmt: Any = parse_sql("SELECT " + sql)[0].stmt
+    return stmt.targetList[0].val
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _relation_text(rel: Any) -> str:
+    parts = [p for p in (rel.catalogname, rel.schemaname, rel.relname) if p]
+    return ".".join(quote_ident(p) for p in parts)
+
+
+def _as_update(delete: Any, target: SoftTarget, statement: str) -> ast.UpdateStmt:
+    rel: Any = delete.relation
+    ref = quote_ident(rel.alias.aliasname) if rel.alias is not None else quote_ident(rel.relname)
+    info = orjson.dumps(
+        {
+            "column": target.column,
+            "mark_kind": target.mark,
+            "by_column": target.by_column,
+            "by_value": target.by_value,
+            "statement": statement,
+        }
+    ).decode()
+    begin = (
+        f"(SELECT softguard.soft_delete_begin({_literal(_relation_text(rel))}::regclass, "
+        f"{_literal(target.qualified)}, {_literal(info)}::jsonb, "
+        f"({target.value})::{target.column_type}))"
+    )
+    col = quote_ident(target.column)
+    current_of = isinstance(delete.whereClause, ast.CurrentOfExpr)
+    if current_of:
+        # WHERE CURRENT OF takes no other condition: a marked row keeps its mark.
+        mark = f"CASE WHEN {target.unmarked(ref)} THEN {begin} ELSE {ref}.{col} END"
+    else:
+        mark = begin
+    targets = [ast.ResTarget(name=target.column, val=_expr(mark))]
+    if target.by_column is not None:
+        by = _BY_SQL[target.by_value]
+        if current_of:
+            old_by = f"{ref}.{quote_ident(target.by_column)}"
+            by = f"CASE WHEN {target.unmarked(ref)} THEN {by} ELSE {old_by} END"
+        targets.append(ast.ResTarget(name=target.by_column, val=_expr(by)))
+    where = delete.whereClause
+    if not current_of:
+        unmarked = _expr(target.unmarked(ref))
+        if where is None:
+            where = unmarked
+        else:
+            where = ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(where, unmarked))
+    returning = delete.returningClause
+    if returning is not None and returning.exprs:
+        returning = ast.ReturningClause(
+            options=returning.options,
+            exprs=tuple(
+                _old_values(e, target, rel, ref, delete.usingClause) for e in returning.exprs
+            ),
+        )
+    return ast.UpdateStmt(
+        relation=rel,
+        targetList=tuple(targets),
+        whereClause=where,
+        fromClause=delete.usingClause,
+        returningClause=returning,
+        withClause=delete.withClause,
+    )
+
+
+# -- RETURNING: the values the DELETE would have returned ---------------------------------
+
+
+def _old_values(res: Any, target: SoftTarget, rel: Any, ref: str, using: Any) -> ast.ResTarget:
+    """``res`` with references to the marked columns of the target (and stars covering
+    them) read from the row as it was before the statement."""
+    marked = {target.column} | ({target.by_column} if target.by_column else set())
+    refnames = {rel.alias.aliasname} if rel.alias is not None else {rel.relname}
+    old_row = (
+        f"(SELECT sg_o FROM {_relation_text(rel)} sg_o WHERE "
+        + " AND ".join(f"sg_o.{quote_ident(k)} = {ref}.{quote_ident(k)}" for k in target.key)
+        + ")"
+    )
+
+    def old_column(name: str) -> str:
+        return (
+            f"(SELECT sg_o.{quote_ident(name)} FROM {_relation_text(rel)} sg_o WHERE "
+            + " AND ".join(f"sg_o.{quote_ident(k)} = {ref}.{quote_ident(k)}" for k in target.key)
+            + ")"
+        )
+
+    def replace(node: Any) -> Any:
+        if isinstance(node, ast.ColumnRef):
+            fields = node.fields or ()
+            names = [getattr(f, "sval", None) for f in fields]
+            star = bool(fields) and isinstance(fields[-1], ast.A_Star)
+            if star and len(fields) == 1:
+                if using:
+                    return node  # "*" over USING tables too: left as is (see decision 0008)
+                return _expr(f"({old_row}).*")
+            if star and names[-2] in refnames:
+                return _expr(f"({old_row}).*")
+            if not star and names[-1] in marked:
+                if len(names) == 1 or names[-2] in refnames:
+                    return _expr(old_column(str(names[-1])))
+            return node
+        if isinstance(node, ast.SubLink | ast.SelectStmt):
+            return node  # names inside a sub-select may mean its own tables
+        if isinstance(node, ast.Node):
+            for slot in node.__slots__:  # type: ignore[attr-defined]
+                value = getattr(node, slot, None)
+                if isinstance(value, ast.Node):
+                    setattr(node, slot, replace(value))
+                elif isinstance(value, tuple) and any(isinstance(v, ast.Node) for v in value):
+                    setattr(node, slot, tuple(replace(v) for v in value))
+            return node
+        return node
+
+    val = res.val
+    name = res.name
+    if isinstance(val, ast.ColumnRef) and name is None:
+        fields = val.fields or ()
+        last = getattr(fields[-1], "sval", None) if fields else None
+        if last in marked:
+            name = last  # keep the output column's name
+    new_val = replace(val)
+    return ast.ResTarget(name=name, val=new_val, indirection=res.indirection)
