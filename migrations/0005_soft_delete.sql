@@ -58,20 +58,6 @@ BEGIN
 END $$;
 GRANT EXECUTE ON FUNCTION softguard.soft_delete_begin(regclass, text, jsonb, anyelement) TO PUBLIC;
 
--- SQL text: the row `ref` (an alias of the table) carries no soft-delete mark, per info.
-CREATE FUNCTION softguard._sd_unmarked(rel oid, info jsonb, ref text) RETURNS text
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    col text := info->>'column';
-BEGIN
-    RETURN CASE info->>'mark_kind'
-        WHEN 'boolean' THEN pg_catalog.format('%s.%I IS NOT TRUE', ref, col)
-        WHEN 'expression' THEN pg_catalog.format('%s.%I IS DISTINCT FROM %L::%s', ref, col,
-            info->>'mark', softguard._sd_type(rel, col))
-        ELSE pg_catalog.format('%s.%I IS NULL', ref, col) END;
-END $$;
-REVOKE ALL ON FUNCTION softguard._sd_unmarked(oid, jsonb, text) FROM PUBLIC;
-
 CREATE FUNCTION softguard._sd_type(rel oid, col text) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -79,6 +65,53 @@ BEGIN
              WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped);
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_type(oid, text) FROM PUBLIC;
+
+-- What the capture trigger needs for a soft delete of table `rel` (info: the setting
+-- soft_delete_begin left): the key columns, the column list of the captured rows
+-- (key..., sg_old_mark, sg_old_by) and the INSERT capturing them from transition table
+-- sg_old ($1: the capture id); only rows that were not marked (WHERE CURRENT OF may
+-- reach a marked one). PL/pgSQL, one query: its plan is kept for the session.
+CREATE FUNCTION softguard._sd_shape(rel oid, info jsonb,
+                                    OUT key text[], OUT columns jsonb, OUT capture text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    col text := info->>'column';
+    by_col text := info->>'by_column';
+BEGIN
+    SELECT k.cols, k.types INTO key, columns
+      FROM (SELECT array_agg(a.attname::text ORDER BY x.o) AS cols,
+                   pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(
+                       a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)) ORDER BY x.o)
+                   AS types
+              FROM (SELECT i.indkey FROM pg_catalog.pg_index i
+                     WHERE i.indrelid = rel AND i.indisunique AND i.indisvalid
+                       AND i.indpred IS NULL AND i.indexprs IS NULL AND 0 <> ALL (i.indkey)
+                       AND NOT EXISTS (SELECT FROM unnest(i.indkey) k(attnum)
+                                         JOIN pg_catalog.pg_attribute a
+                                           ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                                        WHERE NOT a.attnotnull)
+                     ORDER BY i.indisprimary DESC, i.indnatts, i.indexrelid LIMIT 1) i,
+                   unnest(i.indkey) WITH ORDINALITY x(attnum, o)
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = rel AND a.attnum = x.attnum) k;
+    IF key IS NULL THEN
+        RETURN;
+    END IF;
+    columns := columns || pg_catalog.jsonb_build_array(
+        pg_catalog.jsonb_build_array('sg_old_mark', softguard._sd_type(rel, col)),
+        pg_catalog.jsonb_build_array('sg_old_by', coalesce(softguard._sd_type(rel, by_col), 'text')));
+    capture := pg_catalog.format(
+        'INSERT INTO softguard.captured_rows (capture_id, "row")'
+        ' SELECT $1, ROW(%s, o.%I, %s)::text FROM sg_old o WHERE %s',
+        (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I', c), ', ') FROM unnest(key) c),
+        col,
+        CASE WHEN by_col IS NULL THEN 'NULL::text' ELSE pg_catalog.format('o.%I', by_col) END,
+        CASE info->>'mark_kind'
+            WHEN 'boolean' THEN pg_catalog.format('o.%I IS NOT TRUE', col)
+            WHEN 'expression' THEN pg_catalog.format('o.%I IS DISTINCT FROM %L::%s', col,
+                info->>'mark', softguard._sd_type(rel, col))
+            ELSE pg_catalog.format('o.%I IS NULL', col) END);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_shape(oid, jsonb) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
 -- The capture trigger, with the soft-delete branch (the rest is 0002's, unchanged)
@@ -100,8 +133,8 @@ DECLARE
     first_word text;
     sd text;
     sdi jsonb;
-    key text[];
-    cols jsonb;
+    shape record;
+    obj jsonb;
 BEGIN
     IF cap IS NULL OR cap = '' THEN
         RETURN NULL;
@@ -124,26 +157,25 @@ BEGIN
             -- A soft delete softguard rewrote: capture what it marked, nothing else.
             PERFORM set_config('softguard.sd_' || TG_RELID::text, '', true);
             sdi := sd::jsonb;
-            key := softguard._row_key(TG_RELID);
-            IF key IS NULL THEN
+            shape := softguard._sd_shape(TG_RELID, sdi);
+            IF shape.key IS NULL THEN
                 RAISE EXCEPTION USING ERRCODE = '55000',
                     MESSAGE = format('softguard: cannot soft-delete from %s: it has no primary key'
                                      ' or unique NOT NULL key to find the rows by', ident);
             END IF;
             cid := nextval('softguard.captures_id_seq'::regclass);
-            EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
-                           ' SELECT $1, ROW(%s, o.%I, %s)::text FROM sg_old o WHERE %s',
-                           (SELECT string_agg(format('o.%I', c), ', ') FROM unnest(key) c),
-                           sdi->>'column',
-                           CASE WHEN sdi->>'by_column' IS NULL THEN 'NULL::text'
-                                ELSE format('o.%I', sdi->>'by_column') END,
-                           softguard._sd_unmarked(TG_RELID, sdi, 'o'))
-                USING cid;
+            EXECUTE shape.capture USING cid;
             GET DIAGNOSTICS n = ROW_COUNT;
             IF n = 0 THEN
                 RETURN NULL;
             END IF;
+            obj := jsonb_build_object(
+                'type', 'table', 'identity', ident, 'schema', TG_TABLE_SCHEMA,
+                'name', TG_TABLE_NAME, 'original', op IS NULL, 'normal', true,
+                'classid', 'pg_class'::regclass::oid, 'objid', TG_RELID, 'objsubid', 0,
+                'event', 'soft_delete', 'rows', n, 'held_by', NULL);
             IF op IS NULL THEN
+                -- the operation's first table: its row written once, complete
                 op_kind := 'DELETE';
                 expires := now() + make_interval(secs => coalesce(
                     nullif(current_setting('softguard.retention', true), '')::integer, 604800));
@@ -154,33 +186,26 @@ BEGIN
                         current_setting('application_name', true),
                         coalesce(nullif(current_setting('softguard.client_addr', true), ''),
                                  inet_client_addr()::text),
-                        coalesce(sdi->>'statement', current_query(), ''), op_kind, '[]',
-                        jsonb_build_object('estimate', false, 'tables', '{}'::jsonb), '[]')
+                        coalesce(sdi->>'statement', current_query(), ''), op_kind,
+                        jsonb_build_array(obj),
+                        jsonb_build_object('estimate', false, 'tables',
+                                           jsonb_build_object(ident, n)), '[]')
                 RETURNING id INTO op;
                 PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
                 PERFORM softguard._notice(format(
                     'softguard: DELETE FROM %s (soft delete: %s set on %s rows) is reversible as operation %s until %s',
                     ident, quote_ident(sdi->>'column'), n, op, to_char(expires, 'YYYY-MM-DD')));
+            ELSE
+                UPDATE softguard.operations o SET
+                    objects = o.objects || jsonb_build_array(obj),
+                    row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
+                        to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))
+                 WHERE o.id = op;
             END IF;
-            cols := (SELECT jsonb_agg(jsonb_build_array(c, softguard._sd_type(TG_RELID, c)) ORDER BY o)
-                       FROM unnest(key) WITH ORDINALITY x(c, o))
-                    || jsonb_build_array(
-                           jsonb_build_array('sg_old_mark', softguard._sd_type(TG_RELID, sdi->>'column')),
-                           jsonb_build_array('sg_old_by', coalesce(
-                               softguard._sd_type(TG_RELID, sdi->>'by_column'), 'text')));
             INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows,
                                             columns, info)
-            VALUES (cid, op, TG_RELID, ident, 'soft_delete', n, cols,
-                    (sdi - 'statement') || jsonb_build_object('key', to_jsonb(key)));
-            UPDATE softguard.operations o SET
-                objects = o.objects || jsonb_build_array(jsonb_build_object(
-                    'type', 'table', 'identity', ident, 'schema', TG_TABLE_SCHEMA,
-                    'name', TG_TABLE_NAME, 'original', o.objects = '[]'::jsonb, 'normal', true,
-                    'classid', 'pg_class'::regclass::oid, 'objid', TG_RELID, 'objsubid', 0,
-                    'event', 'soft_delete', 'rows', n, 'held_by', NULL)),
-                row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
-                    to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))
-             WHERE o.id = op;
+            VALUES (cid, op, TG_RELID, ident, 'soft_delete', n, shape.columns,
+                    (sdi - 'statement') || jsonb_build_object('key', to_jsonb(shape.key)));
             RETURN NULL;
         END IF;
     END IF;
@@ -236,6 +261,22 @@ BEGIN
     RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
+
+-- 0002's _notice, without changing client_min_messages when notices are shown anyway
+-- (two setting changes per captured statement).
+CREATE OR REPLACE FUNCTION softguard._notice(msg text, code text DEFAULT '00000') RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    saved text := pg_catalog.current_setting('client_min_messages');
+BEGIN
+    IF saved IN ('notice', 'log', 'debug1', 'debug2', 'debug3', 'debug4', 'debug5') THEN
+        RAISE NOTICE USING ERRCODE = code, MESSAGE = msg;
+        RETURN;
+    END IF;
+    PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
+    RAISE NOTICE USING ERRCODE = code, MESSAGE = msg;
+    PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+END $$;
 
 -- ---------------------------------------------------------------------------------------
 -- Reading a soft-delete capture back

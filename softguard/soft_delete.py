@@ -4,7 +4,9 @@ A ``[[soft_delete]]`` entry names tables (``schema.table``, shell-style patterns
 in either part) whose DELETEs softguard turns into the application's own soft delete: an
 UPDATE setting a mark column (docs/decisions/0008-soft-delete.md). The first entry that
 matches a table decides; ``mode = "quarantine"`` keeps a table on the ordinary path (rows
-captured, foreign-key cascades fire) even when a later pattern would match it.
+captured, foreign-key cascades fire) even when a later pattern would match it. A pattern
+entry only covers the tables that have its mark column; an exact name whose table lacks
+it is a configuration error.
 
 ``resolve`` reads the catalog of one database and returns the soft-delete tables found,
 each with what the rewrite needs (mark column type, key) or the reason it cannot be used;
@@ -99,6 +101,12 @@ class SoftDeleteRule(BaseModel):
         )
 
     @property
+    def is_pattern(self) -> bool:
+        """True when ``table`` has wildcards: tables it matches that lack the mark column
+        are not soft-delete tables (an exact name that lacks it is a mistake)."""
+        return any(ch in self.table for ch in "*?[")
+
+    @property
     def mark_value(self) -> str:
         return self.value or _DEFAULT_VALUES.get(self.mark, "NULL")
 
@@ -168,12 +176,14 @@ def resolve(
     found: dict[tuple[str, str], SoftTarget] = {}
     used: set[int] = set()
     for schema, table, _oid, _relkind, columns, key in rows:
+        cols = {c[0]: _Column(c[0], c[1], c[2]) for c in columns if not c[3]}
         for index, rule in enumerate(applicable):
             if not rule.matches(database, schema, table):
                 continue
+            if rule.mode == "soft" and rule.is_pattern and rule.column not in cols:
+                continue  # a pattern covers the tables that have the mark column
             used.add(index)
             if rule.mode == "soft":
-                cols = {c[0]: _Column(c[0], c[1], c[2]) for c in columns if not c[3]}
                 found[(schema, table)] = _target(conn, rule, schema, table, cols, key)
             break
     unmatched = [r.table for i, r in enumerate(applicable) if i not in used]

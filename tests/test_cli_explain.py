@@ -51,3 +51,17 @@ def test_drop_column_goes_to_alter_op_but_other_alters_pass() -> None:
     assert '"columns":[{"schema":null,"table":"t","column":"c"}],"drop_column":false' in out
     out = explain("alter table t drop constraint k")
     assert "policy: allow (alter)" in out and out.rstrip().endswith("sent as is")
+
+
+def test_delete_on_a_soft_delete_table(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        '[[soft_delete]]\ntable = "public.orders"\nmode = "quarantine"\n'
+        '[[soft_delete]]\ntable = "public.*"\ncolumn = "deleted_at"\n'
+    )
+    out = explain("delete from customers where id = 1", "--config", str(cfg))
+    assert "soft delete: on customers (entry 'public.*', column deleted_at, mark timestamp)" in out
+    out = explain("delete from public.orders where id = 1", "--config", str(cfg))
+    assert "sent as is; the database captures the rows it changes" in out
+    out = explain("delete from app.orders where id = 1", "--config", str(cfg))
+    assert "sent as is; the database captures the rows it changes" in out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -248,9 +248,44 @@ def explain(
         sent = parse_query_text(ord("Q"), planned.raw[5:]).decode()
         typer.echo(f"sent instead:\n   {sent}")
     elif any(d.category in CAPTURED and d.action.value == "protect" for d in decisions):
-        typer.echo("sent as is; the database captures the rows it changes")
+        soft = _soft_delete_entries(settings, result, database)
+        if soft:
+            typer.echo(
+                "soft delete: on " + ", ".join(soft) + " the DELETE is sent as an UPDATE "
+                "marking the rows (built from the table's catalog when it runs); elsewhere "
+                "sent as is, the database captures the rows it removes"
+            )
+        else:
+            typer.echo("sent as is; the database captures the rows it changes")
     else:
         typer.echo("sent as is")
+
+
+def _soft_delete_entries(settings: Settings, result: Any, database: str) -> list[str]:
+    """'schema.table (column ...)' of the [[soft_delete]] entries a DELETE target matches
+    (an unqualified name: any schema)."""
+    import fnmatch
+
+    found = []
+    for stmt in result.statements:
+        for inner in (stmt, *stmt.nested):
+            if inner.action != "DELETE":
+                continue
+            for target in inner.targets:
+                for rule in settings.soft_delete:
+                    if not fnmatch.fnmatchcase(database, rule.database):
+                        continue
+                    schema_ok = target.schema is None or fnmatch.fnmatchcase(
+                        target.schema, rule.schema_pattern
+                    )
+                    if schema_ok and fnmatch.fnmatchcase(target.name, rule.table_pattern):
+                        if rule.mode == "soft":
+                            found.append(
+                                f"{target.qualified()} (entry {rule.table!r}, "
+                                f"column {rule.column}, mark {rule.mark})"
+                            )
+                        break
+    return found
 
 
 def _register_commands() -> None:

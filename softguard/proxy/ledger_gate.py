@@ -66,6 +66,10 @@ class LedgerGate:
         self._states.pop(database, None)
         self._soft.pop(database, None)
 
+    def forget_soft_delete_tables(self, database: str) -> None:
+        """DDL went by: the next DELETE waits for the tables to be read again."""
+        self._soft.pop(database, None)
+
     def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
         """The database's soft-delete tables (None: not read yet, wait with ``ensure``).
         An answer older than SOFT_DELETE_REFRESH is still returned while a fresh one is
@@ -159,7 +163,13 @@ class LedgerGate:
         try:
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 applied = apply_migrations(conn)
-                self._store_soft(conn, database)
+                try:
+                    self._store_soft(conn, database)
+                except psycopg.Error as exc:
+                    # DELETEs stay reversible (captured); soft delete waits for a re-read
+                    log.error("soft-delete tables of database %s not read: %s", database, exc)
+                    retry_at = time.monotonic() - SOFT_DELETE_REFRESH + 10
+                    self._soft[database] = (retry_at, SoftDeleteTables())
         except (psycopg.Error, LedgerError) as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             log.warning("ledger check for database %s failed: %s", database, message)

@@ -151,6 +151,7 @@ class ClientSession(asyncio.Protocol):
         self._filter: ResultFilter | None = None
         self._plan: RewritePlan | None = None
         self._retag: frozenset[int] = frozenset()
+        self._parse_plan: RewritePlan | None = None
         self._soft = SoftSession()
         self._resumed: Message | None = None
         # Observability: (category, text) of statements made reversible and not yet paired
@@ -396,7 +397,8 @@ class ClientSession(asyncio.Protocol):
                 continue
             self.pending += 1  # Sync or FunctionCall: each ends with a ReadyForQuery
             if self._filter is not None:
-                self._filter.expect_ready(None)
+                self._filter.expect_ready(self._parse_plan)
+                self._parse_plan = None
             if msg.start < 0:
                 up.write(msg.raw)
                 cursor = msg.end
@@ -455,6 +457,8 @@ class ClientSession(asyncio.Protocol):
         if msg.type == _Q:
             self._plan = result.plan
             self._retag = result.retag
+        else:
+            self._parse_plan = result.plan  # positions of errors before the next Sync
         return result.raw
 
     def _server_data(self, data: bytes) -> None:

@@ -44,6 +44,10 @@ log = logging.getLogger("softguard.session")
 
 _Q = ord("Q")
 _CONCURRENTLY = re.compile(r"\bconcurrently\b", re.IGNORECASE)
+# Statements after which the soft-delete tables of the database are read again.
+_TABLE_DDL = frozenset(
+    {"CREATE TABLE", "CREATE TABLE AS", "ALTER TABLE", "RENAME", "ALTER OBJECT SCHEMA"}
+)
 _PROCEDURES = {"truncate": ("truncate_op", "TRUNCATE TABLE"), "alter": ("alter_op", "ALTER TABLE")}
 
 
@@ -136,6 +140,11 @@ def plan_message(
             retag = _executes_to_retag(server, text, soft)
     classifier = server.classifier
     classification = classifier.classify_shape(text)
+    if server.ledger.soft_delete_rules and any(
+        s.command in _TABLE_DDL for s in classification.statements
+    ):
+        # tables may have become (or stopped being) soft-delete tables: read them again
+        server.ledger.forget_soft_delete_tables(info.database)
     if classification.kind is Kind.SAFE:
         server.metrics.safe_statements += 1
         return _rebuild(msg, text, [], None, frozenset(retag)) if retag else None
@@ -177,7 +186,7 @@ def plan_message(
                 tables = server.ledger.soft_delete_tables(info.database)
                 if tables is None:
                     return NEED_LEDGER
-                soft_text = _soft_delete(tables, text, stmt_text, soft)
+                soft_text = _soft_delete(tables, stmt_text, soft)
                 if soft_text is not None:
                     new_text, is_retag = soft_text
                     if is_retag:
@@ -212,19 +221,17 @@ def plan_message(
 
 
 def _soft_delete(
-    tables: SoftDeleteTables, text: bytes, stmt_text: str, soft: SoftSession | None
+    tables: SoftDeleteTables, stmt_text: str, soft: SoftSession | None
 ) -> tuple[str, bool] | None:
     """(text to send, whether its tag must read DELETE) for a statement that deletes from
     a soft-delete table; None when it does not."""
     if not tables:
         return None
     lowered = stmt_text.lower()
-    if not any(name.lower() in lowered for name in tables.names()):
+    if not any(name in lowered for name in tables.lowered_names):
         return None
     try:
-        done = rewrite(
-            stmt_text, tables, prepared=frozenset(soft.prepared) if soft else frozenset()
-        )
+        done = tables.rewrite(stmt_text)
     except Misconfigured as exc:
         log.error("%s", exc)
         return refusal(
@@ -308,6 +315,8 @@ def _rebuild(
         return Rebuilt(message(b"Q", new_text + b"\0"), plan, retag)
     if retag:
         new_text = TAG_MARKER.encode() + new_text
+        if plan is not None:
+            plan = plan.prefixed(TAG_MARKER)
     name_end = msg.body.index(b"\0")
     rest = msg.body[name_end + 1 + len(text) + 1 :]
-    return Rebuilt(message(b"P", msg.body[: name_end + 1] + new_text + b"\0" + rest), None)
+    return Rebuilt(message(b"P", msg.body[: name_end + 1] + new_text + b"\0" + rest), plan)

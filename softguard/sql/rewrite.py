@@ -9,6 +9,7 @@ into the position in the client's own text.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,20 +42,53 @@ class Replacement:
     text: str
 
 
+_WORD = re.compile(r'"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*|[0-9]+')
+
+
 @dataclass(frozen=True, slots=True)
 class RewritePlan:
     text: bytes
     segments: tuple[Segment, ...]
+    original: str = ""  # the client's text (characters), to find a word of it again
+
+    def prefixed(self, prefix: str) -> RewritePlan:
+        """The same plan for ``prefix`` + the new text (the prefix maps to the start)."""
+        shift = len(prefix)
+        segments = tuple(
+            Segment(s.new_start + shift, s.new_len, s.old_start, s.old_len, s.rewritten)
+            for s in self.segments
+        )
+        return RewritePlan(
+            prefix.encode() + self.text,
+            (Segment(0, shift, 0, 0, True), *segments),
+            self.original,
+        )
 
     def original_position(self, position: int) -> int:
-        """Map a 1-based character position in the new text to the original text."""
+        """Map a 1-based character position in the new text to the original text.
+
+        Inside a rewritten statement, the word at that position (an identifier, say the
+        column an error names) is looked for in the client's statement: if it occurs
+        there exactly once, that is the position; otherwise the statement's start."""
         index = position - 1
         for seg in self.segments:
             if seg.new_start <= index < seg.new_start + seg.new_len:
                 if seg.rewritten:
-                    return seg.old_start + 1
+                    return self._same_word(index, seg) or seg.old_start + 1
                 return seg.old_start + (index - seg.new_start) + 1
         return position
+
+    def _same_word(self, index: int, seg: Segment) -> int | None:
+        if not self.original:
+            return None
+        new = self.text.decode("utf-8", "replace")
+        found = _WORD.match(new, index)
+        if found is None:
+            return None
+        word = found.group(0).lower()
+        old = self.original[seg.old_start : seg.old_start + seg.old_len]
+        hits = [m.start() for m in _WORD.finditer(old) if m.group(0).lower() == word]
+        return seg.old_start + hits[0] + 1 if len(hits) == 1 else None
 
 
 def statement_span(sql: bytes, stmt: Statement) -> tuple[int, int]:
@@ -92,7 +126,7 @@ def apply(sql: bytes, replacements: Sequence[Replacement]) -> RewritePlan:
     if rest:
         segments.append(Segment(new_pos, len(rest), old_pos, len(rest), False))
         pieces.append(rest)
-    return RewritePlan("".join(pieces).encode(), tuple(segments))
+    return RewritePlan("".join(pieces).encode(), tuple(segments), sql.decode("utf-8", "replace"))
 
 
 def dollar_quote(*texts: str) -> str:

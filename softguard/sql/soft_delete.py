@@ -24,6 +24,7 @@ For ``DELETE FROM t [USING u] [WHERE w] [RETURNING r]`` the UPDATE is::
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +42,8 @@ ByValue = Literal["role", "application_name"]
 #: Put in front of a rewritten extended-protocol statement whose command tag must be
 #: turned back into DELETE: the capture trigger sees it in current_query() and says so.
 TAG_MARKER = "/*softguard:delete*/"
+
+REWRITE_CACHE_SIZE = 1024
 
 _BY_SQL = {"role": "current_user", "application_name": "current_setting('application_name')"}
 
@@ -84,12 +87,36 @@ class SoftDeleteTables:
         self._by_name: dict[str, list[SoftTarget]] = {}
         for target in self.tables.values():
             self._by_name.setdefault(target.table, []).append(target)
+        self._lowered = frozenset(name.lower() for name in self._by_name)
+        # statement text -> its rewrite (or the Misconfigured it raises): a refresh of the
+        # catalog makes a new SoftDeleteTables, so entries never outlive what they used
+        self._rewrites: OrderedDict[str, SoftRewrite | Misconfigured | None] = OrderedDict()
+
+    def rewrite(self, text: str) -> SoftRewrite | None:
+        """``rewrite(text, self)``, remembered for the last REWRITE_CACHE_SIZE texts."""
+        cache = self._rewrites
+        if text in cache:
+            cache.move_to_end(text)
+            done = cache[text]
+        else:
+            try:
+                done = rewrite(text, self)
+            except Misconfigured as exc:
+                done = exc
+            cache[text] = done
+            if len(cache) > REWRITE_CACHE_SIZE:
+                cache.popitem(last=False)
+        if isinstance(done, Misconfigured):
+            raise done
+        return done
 
     def __bool__(self) -> bool:
         return bool(self.tables)
 
-    def names(self) -> frozenset[str]:
-        return frozenset(self._by_name)
+    @property
+    def lowered_names(self) -> frozenset[str]:
+        """The tables' names in lower case: a statement naming none is not rewritten."""
+        return self._lowered
 
     def lookup(self, schema: str | None, name: str) -> SoftTarget | None:
         """The target a relation name refers to. Unqualified: the only table of that name,

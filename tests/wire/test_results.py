@@ -139,3 +139,31 @@ def test_softguard_notice_from_a_trigger_loses_its_context() -> None:
     out = without_context(ord("N"), body)
     assert out is not None and "W" not in fields_of(out)
     assert without_context(ord("N"), notice("00000", "hello", W="x")) is None
+
+
+def test_soft_delete_tags_of_a_query_by_position() -> None:
+    f = ResultFilter()
+    f.expect_ready(None, frozenset({0, 2}))  # DELETE (soft); SELECT; DELETE (soft); UPDATE
+    f.expect_ready(None)  # a later Sync: nothing to retag
+    assert f.process(ord("C"), b"UPDATE 3\0") == message(b"C", b"DELETE 3\0")
+    assert f.process(ord("C"), b"SELECT 1\0") is None
+    assert f.process(ord("C"), b"UPDATE 0\0") == message(b"C", b"DELETE 0\0")
+    assert f.process(ord("C"), b"UPDATE 7\0") is None  # the client's own UPDATE
+    assert f.process(ord("Z"), b"I") is None
+    assert f.process(ord("C"), b"UPDATE 1\0") is None  # positions restart per Query
+
+
+def test_soft_delete_tag_after_sgtag_notice() -> None:
+    f = ResultFilter()
+    f.expect_ready(None)
+    assert f.process(ord("C"), b"UPDATE 2\0") is None
+    assert f.process(ord("N"), notice("SGTAG", "DELETE")) == b""
+    assert f.process(ord("D"), b"\0\0") is None  # RETURNING rows pass
+    assert f.process(ord("C"), b"UPDATE 2\0") == message(b"C", b"DELETE 2\0")
+    assert f.process(ord("C"), b"UPDATE 2\0") is None  # only the next one
+    f.process(ord("N"), notice("SGTAG", "DELETE"))
+    assert f.process(ord("C"), b"SELECT 1\0") is None  # never anything but UPDATE n
+    assert f.process(ord("C"), b"UPDATE 1\0") is None
+    f.process(ord("N"), notice("SGTAG", "DELETE"))
+    f.process(ord("Z"), b"I")  # an error ended the statement: forgotten at ReadyForQuery
+    assert f.process(ord("C"), b"UPDATE 1\0") is None

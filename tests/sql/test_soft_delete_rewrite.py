@@ -1,0 +1,216 @@
+"""The soft-delete rewrite (softguard/sql/soft_delete.py), as text: which DELETEs become
+UPDATEs, what the UPDATE says, what stays untouched. Pure; the SQL it produces is run
+against a real server in tests/ledger/test_soft_delete_sql.py and tests/proxy_softdelete.
+"""
+
+from __future__ import annotations
+
+import pytest
+from pglast import ast, parse_sql
+
+from softguard.sql.soft_delete import (
+    Misconfigured,
+    SoftDeleteTables,
+    SoftTarget,
+    prepared_name,
+    rewrite,
+)
+
+CUSTOMERS = SoftTarget(
+    "public",
+    "customers",
+    "deleted_at",
+    "timestamp with time zone",
+    "timestamp",
+    "now()",
+    ("id",),
+    by_column="deleted_by",
+)
+TABLES = SoftDeleteTables({("public", "customers"): CUSTOMERS})
+
+
+def _update(text: str) -> ast.UpdateStmt:
+    node = parse_sql(text)[0].stmt
+    assert isinstance(node, ast.UpdateStmt), text
+    return node
+
+
+def test_top_level_delete_becomes_marking_update() -> None:
+    done = rewrite("DELETE FROM customers WHERE id <= 10 RETURNING id", TABLES)
+    assert done is not None
+    assert done.retag and done.targets == (CUSTOMERS,) and done.prepared is None
+    upd = _update(done.text)
+    assert [t.name for t in upd.targetList] == ["deleted_at", "deleted_by"]
+    assert "softguard.soft_delete_begin(CAST('customers' AS regclass), 'public.customers'" in (
+        done.text
+    )
+    assert done.text.endswith("WHERE id <= 10 AND customers.deleted_at IS NULL RETURNING id"), (
+        done.text
+    )
+    # the client's statement travels along, for the ledger
+    assert '"statement":"DELETE FROM customers WHERE id <= 10 RETURNING id"' in done.text
+
+
+@pytest.mark.parametrize(
+    ("sql", "expect"),
+    [
+        ("DELETE FROM customers", "WHERE customers.deleted_at IS NULL"),
+        (
+            "DELETE FROM public.customers c WHERE c.id = $1",
+            "WHERE c.id = $1 AND c.deleted_at IS NULL",
+        ),
+        ("DELETE FROM ONLY customers WHERE id = 1", "UPDATE ONLY customers SET"),
+        (
+            "DELETE FROM customers c USING reservations r WHERE r.customer_id = c.id OR c.id = 1",
+            "FROM reservations AS r WHERE (r.customer_id = c.id OR c.id = 1)"
+            " AND c.deleted_at IS NULL",
+        ),
+    ],
+)
+def test_forms(sql: str, expect: str) -> None:
+    done = rewrite(sql, TABLES)
+    assert done is not None and expect in done.text, done and done.text
+    _update(done.text)
+
+
+def test_returning_reads_the_old_marks() -> None:
+    done = rewrite(
+        "DELETE FROM customers c WHERE id = 1 RETURNING c.*, deleted_at, c.deleted_by AS who,"
+        " coalesce(deleted_at, now()) AS t, (SELECT deleted_at FROM other) AS o",
+        TABLES,
+    )
+    assert done is not None
+    returning = done.text.rsplit(" RETURNING ", 1)[1]  # the client's text is in the info too
+    assert returning.startswith("(SELECT sg_o FROM customers AS sg_o WHERE sg_o.id = c.id).*")
+    assert "(SELECT sg_o.deleted_at FROM customers AS sg_o WHERE sg_o.id = c.id) AS deleted_at" in (
+        returning
+    )
+    assert (
+        "(SELECT sg_o.deleted_by FROM customers AS sg_o WHERE sg_o.id = c.id) AS who" in returning
+    )
+    assert "COALESCE((SELECT sg_o.deleted_at" in returning
+    # a sub-select's own columns are its own
+    assert "(SELECT deleted_at FROM other) AS o" in returning
+
+
+def test_star_over_using_tables_is_left_alone() -> None:
+    done = rewrite("DELETE FROM customers c USING reservations r RETURNING *", TABLES)
+    assert done is not None and done.text.endswith("RETURNING *")
+
+
+def test_nested_forms_keep_their_own_tag() -> None:
+    cte = rewrite("WITH d AS (DELETE FROM customers RETURNING id) SELECT count(*) FROM d", TABLES)
+    assert cte is not None and not cte.retag
+    assert cte.text.startswith("WITH d AS (UPDATE customers SET")
+    explain = rewrite("EXPLAIN (ANALYZE, COSTS OFF) DELETE FROM customers WHERE id = 1", TABLES)
+    assert explain is not None and not explain.retag and "UPDATE customers SET" in explain.text
+    prepared = rewrite("PREPARE p(int) AS DELETE FROM customers WHERE id = $1", TABLES)
+    assert prepared is not None and not prepared.retag and prepared.prepared == "p"
+    copy = rewrite("COPY (DELETE FROM customers WHERE id = 1 RETURNING id) TO STDOUT", TABLES)
+    assert copy is not None and "UPDATE customers SET" in copy.text
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "EXPLAIN DELETE FROM customers",  # not run
+        "EXPLAIN (ANALYZE false) DELETE FROM customers",
+        "CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM customers",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'DELETE FROM customers'",
+        "DELETE FROM other.customers",
+        "DELETE FROM reservations WHERE customer_id = 1",
+        "SELECT 1",
+        "not sql at all",
+        "DELETE FROM customers; DELETE FROM customers",  # one statement at a time only
+    ],
+)
+def test_untouched(sql: str) -> None:
+    assert rewrite(sql, TABLES) is None
+
+
+def test_where_current_of_keeps_existing_marks() -> None:
+    done = rewrite("DELETE FROM customers WHERE CURRENT OF cur", TABLES)
+    assert done is not None and done.retag
+    assert "deleted_at = CASE WHEN customers.deleted_at IS NULL THEN (SELECT softguard" in (
+        done.text
+    )
+    assert "ELSE customers.deleted_by END WHERE CURRENT OF cur" in done.text
+
+
+def test_boolean_and_expression_marks() -> None:
+    flag = SoftTarget("public", "t", "gone", "boolean", "boolean", "true", ("id",))
+    status = SoftTarget("public", "s", "status", "text", "expression", "'deleted'", ("id",))
+    tables = SoftDeleteTables({("public", "t"): flag, ("public", "s"): status})
+    a = rewrite("DELETE FROM t", tables)
+    b = rewrite("DELETE FROM s", tables)
+    assert a is not None and a.text.endswith("WHERE t.gone IS NOT TRUE")
+    assert b is not None and b.text.endswith(
+        "WHERE s.status IS DISTINCT FROM CAST('deleted' AS text)"
+    )
+
+
+def test_unqualified_name_picks_the_only_table_else_public() -> None:
+    other = SoftTarget("app", "customers", "gone", "boolean", "boolean", "true", ("id",))
+    tables = SoftDeleteTables({("app", "customers"): other})
+    done = rewrite("DELETE FROM customers", tables)
+    assert done is not None and "'app.customers'" in done.text
+    both = SoftDeleteTables({("app", "customers"): other, ("public", "customers"): CUSTOMERS})
+    done = rewrite("DELETE FROM customers", both)
+    assert done is not None and "'public.customers'" in done.text
+    done = rewrite("DELETE FROM app.customers", both)
+    assert done is not None and "'app.customers'" in done.text
+
+
+def test_misconfigured_target_raises() -> None:
+    broken = SoftTarget(
+        "public", "customers", "deleted_at", "text", "timestamp", "now()", (), problem="no key"
+    )
+    tables = SoftDeleteTables({("public", "customers"): broken})
+    with pytest.raises(Misconfigured, match=r"DELETE on public\.customers is refused: .*no key"):
+        rewrite("DELETE FROM customers", tables)
+    with pytest.raises(Misconfigured):
+        tables.rewrite("DELETE FROM customers")
+    with pytest.raises(Misconfigured):  # remembered
+        tables.rewrite("DELETE FROM customers")
+
+
+def test_quoted_names() -> None:
+    odd = SoftTarget("My Schema", "Odd T", "Gone At", "date", "timestamp", "now()", ("Id",))
+    tables = SoftDeleteTables({("My Schema", "Odd T"): odd})
+    done = rewrite('DELETE FROM "My Schema"."Odd T" RETURNING "Gone At"', tables)
+    assert done is not None
+    assert '\'"My Schema"."Odd T"\'::regclass' in done.text.replace("CAST(", "").replace(
+        " AS regclass)", "::regclass"
+    )
+    assert '"Odd T"."Gone At" IS NULL' in done.text
+    assert 'sg_o."Id" = "Odd T"."Id"' in done.text
+
+
+def test_execute_of_a_prepared_soft_delete_is_retagged() -> None:
+    done = rewrite("EXECUTE p(1)", SoftDeleteTables(), prepared=frozenset({"p"}))
+    assert done is not None and done.retag and done.text == "EXECUTE p(1)"
+    assert rewrite("EXECUTE q(1)", SoftDeleteTables(), prepared=frozenset({"p"})) is None
+
+
+@pytest.mark.parametrize(
+    ("sql", "change"),
+    [
+        ("PREPARE p AS SELECT 1", ("prepare", "p")),
+        ("DEALLOCATE p", ("deallocate", "p")),
+        ("DEALLOCATE PREPARE ALL", ("deallocate", "")),
+        ("DISCARD ALL", ("discard", "")),
+        ("DISCARD PLANS", None),
+        ("SELECT 1", None),
+    ],
+)
+def test_prepared_name(sql: str, change: tuple[str, str] | None) -> None:
+    assert prepared_name(sql) == change
+
+
+def test_cache_is_bounded_and_per_tables() -> None:
+    tables = SoftDeleteTables({("public", "customers"): CUSTOMERS})
+    first = tables.rewrite("DELETE FROM customers WHERE id = 1")
+    assert first is tables.rewrite("DELETE FROM customers WHERE id = 1")
+    for i in range(1100):
+        tables.rewrite(f"DELETE FROM customers WHERE id = {i + 2}")
+    assert len(tables._rewrites) <= 1024
