@@ -192,11 +192,20 @@ BEGIN
                                            jsonb_build_object(ident, n)), '[]')
                 RETURNING id INTO op;
                 PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
+                -- no row count: later statements of the same query string may join it
                 PERFORM softguard._notice(format(
-                    'softguard: DELETE FROM %s (soft delete: %s set on %s rows) is reversible as operation %s until %s',
-                    ident, quote_ident(sdi->>'column'), n, op, to_char(expires, 'YYYY-MM-DD')));
+                    'softguard: DELETE FROM %s (soft delete: %s set) is reversible as operation %s until %s',
+                    ident, quote_ident(sdi->>'column'), op, to_char(expires, 'YYYY-MM-DD')));
             ELSE
+                -- another statement of the same query string: the ledger names it too (a
+                -- statement's own tables fire one after the other: it is the last one named)
                 UPDATE softguard.operations o SET
+                    statement = CASE WHEN sdi->>'statement' IS NULL
+                                       OR o.statement = sdi->>'statement'
+                                       OR right(o.statement, length(sdi->>'statement') + 2)
+                                          = '; ' || (sdi->>'statement')
+                                     THEN o.statement
+                                     ELSE o.statement || '; ' || (sdi->>'statement') END,
                     objects = o.objects || jsonb_build_array(obj),
                     row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
                         to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))

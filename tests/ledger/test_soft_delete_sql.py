@@ -77,7 +77,7 @@ def test_marks_only_unmarked_rows_and_undo_restores_exactly(
     assert op["row_counts"]["tables"] == {"public.customers": 4}
     assert [o["event"] for o in op["objects"]] == ["soft_delete"]
     assert softguard_notices(r) == [
-        f"softguard: DELETE FROM public.customers (soft delete: deleted_at set on 4 rows) is "
+        f"softguard: DELETE FROM public.customers (soft delete: deleted_at set) is "
         f"reversible as operation {op['id']} until {op['expires_at']:%Y-%m-%d}"
     ]
     assert _marked(ledger, db) == [1, 2, 3, 4, 5]
