@@ -114,7 +114,8 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._sd_shape(oid, jsonb) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
--- The capture trigger, with the soft-delete branch (the rest is 0002's, unchanged)
+-- The capture trigger, with the soft-delete branch (otherwise 0002's, but the ledger row
+-- of an operation's first table is written once, complete)
 -- ---------------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION softguard._capture_rows() RETURNS trigger
@@ -122,6 +123,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cap text := current_setting('softguard.capture', true);
     ev text;
+    event text;                            -- what is recorded: ev, or 'soft_delete'
     k text;
     cur text;
     op bigint;
@@ -134,6 +136,9 @@ DECLARE
     sd text;
     sdi jsonb;
     shape record;
+    cols jsonb;
+    info jsonb;
+    stmt text;
     obj jsonb;
 BEGIN
     IF cap IS NULL OR cap = '' THEN
@@ -169,74 +174,44 @@ BEGIN
             IF n = 0 THEN
                 RETURN NULL;
             END IF;
-            obj := jsonb_build_object(
-                'type', 'table', 'identity', ident, 'schema', TG_TABLE_SCHEMA,
-                'name', TG_TABLE_NAME, 'original', op IS NULL, 'normal', true,
-                'classid', 'pg_class'::regclass::oid, 'objid', TG_RELID, 'objsubid', 0,
-                'event', 'soft_delete', 'rows', n, 'held_by', NULL);
-            IF op IS NULL THEN
-                -- the operation's first table: its row written once, complete
-                op_kind := 'DELETE';
-                expires := now() + make_interval(secs => coalesce(
-                    nullif(current_setting('softguard.retention', true), '')::integer, 604800));
-                INSERT INTO softguard.operations (expires_at, db_role, "current_role",
-                                                  application_name, client_addr, statement, kind,
-                                                  objects, row_counts, restore)
-                VALUES (expires, session_user, softguard._client_role(),
-                        current_setting('application_name', true),
-                        coalesce(nullif(current_setting('softguard.client_addr', true), ''),
-                                 inet_client_addr()::text),
-                        coalesce(sdi->>'statement', current_query(), ''), op_kind,
-                        jsonb_build_array(obj),
-                        jsonb_build_object('estimate', false, 'tables',
-                                           jsonb_build_object(ident, n)), '[]')
-                RETURNING id INTO op;
-                PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
-                -- no row count: later statements of the same query string may join it
-                PERFORM softguard._notice(format(
-                    'softguard: DELETE FROM %s (soft delete: %s set) is reversible as operation %s until %s',
-                    ident, quote_ident(sdi->>'column'), op, to_char(expires, 'YYYY-MM-DD')));
-            ELSE
-                -- another statement of the same query string: the ledger names it too (a
-                -- statement's own tables fire one after the other: it is the last one named)
-                UPDATE softguard.operations o SET
-                    statement = CASE WHEN sdi->>'statement' IS NULL
-                                       OR o.statement = sdi->>'statement'
-                                       OR right(o.statement, length(sdi->>'statement') + 2)
-                                          = '; ' || (sdi->>'statement')
-                                     THEN o.statement
-                                     ELSE o.statement || '; ' || (sdi->>'statement') END,
-                    objects = o.objects || jsonb_build_array(obj),
-                    row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
-                        to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))
-                 WHERE o.id = op;
+            event := 'soft_delete';
+            cols := shape.columns;
+            info := (sdi - 'statement') || jsonb_build_object('key', to_jsonb(shape.key));
+            stmt := sdi->>'statement';
+        END IF;
+    END IF;
+
+    IF event IS NULL THEN
+        IF NOT (ev = ANY (string_to_array(replace(lower(cap), ' ', ''), ','))) THEN
+            -- Not captured by this session, except what a DELETE changes on other tables
+            -- (ON DELETE SET NULL / SET DEFAULT): part of the DELETE's effect.
+            IF ev <> 'update' OR op IS NULL OR op_kind NOT IN ('DELETE', 'MERGE') THEN
+                RETURN NULL;
             END IF;
-            INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows,
-                                            columns, info)
-            VALUES (cid, op, TG_RELID, ident, 'soft_delete', n, shape.columns,
-                    (sdi - 'statement') || jsonb_build_object('key', to_jsonb(shape.key)));
-            RETURN NULL;
         END IF;
-    END IF;
-
-    IF NOT (ev = ANY (string_to_array(replace(lower(cap), ' ', ''), ','))) THEN
-        -- Not captured by this session, except what a DELETE changes on other tables
-        -- (ON DELETE SET NULL / SET DEFAULT): part of the DELETE's effect.
-        IF ev <> 'update' OR op IS NULL OR op_kind NOT IN ('DELETE', 'MERGE') THEN
-            RETURN NULL;
+        cid := nextval('softguard.captures_id_seq'::regclass);
+        INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n = 0 THEN
+            RETURN NULL;                   -- removed nothing: records nothing
         END IF;
+        event := ev;
+        cols := softguard._columns(TG_RELID);
     END IF;
 
-    cid := nextval('softguard.captures_id_seq'::regclass);
-    INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n = 0 THEN
-        RETURN NULL;                       -- removed nothing: records nothing
-    END IF;
-
+    obj := jsonb_build_object(
+        'type', 'table', 'identity', ident, 'schema', TG_TABLE_SCHEMA, 'name', TG_TABLE_NAME,
+        'original', op IS NULL, 'normal', true,
+        'classid', 'pg_class'::regclass::oid, 'objid', TG_RELID, 'objsubid', 0,
+        'event', event, 'rows', n, 'held_by', NULL);
     IF op IS NULL THEN
-        first_word := upper(substring(current_query() FROM '^\s*([A-Za-z]+)'));
-        op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
+        -- the operation's first table: its ledger row is written once, complete
+        IF event = 'soft_delete' THEN
+            op_kind := 'DELETE';
+        ELSE
+            first_word := upper(substring(current_query() FROM '^\s*([A-Za-z]+)'));
+            op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
+        END IF;
         expires := now() + make_interval(secs => coalesce(
             nullif(current_setting('softguard.retention', true), '')::integer, 604800));
         INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
@@ -246,27 +221,34 @@ BEGIN
                 current_setting('application_name', true),
                 coalesce(nullif(current_setting('softguard.client_addr', true), ''),
                          inet_client_addr()::text),
-                coalesce(current_query(), ''), op_kind, '[]',
-                jsonb_build_object('estimate', false, 'tables', '{}'::jsonb), '[]')
+                coalesce(stmt, current_query(), ''), op_kind, jsonb_build_array(obj),
+                jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
+                '[]')
         RETURNING id INTO op;
         PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
-        PERFORM softguard._notice(format('softguard: %s %s is reversible as operation %s until %s',
+        -- no row count: later statements of the same query string may join it
+        PERFORM softguard._notice(format('softguard: %s %s%s is reversible as operation %s until %s',
             CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'
                          ELSE 'UPDATE' END,
-            ident, op, to_char(expires, 'YYYY-MM-DD')));
+            ident,
+            CASE WHEN event = 'soft_delete'
+                 THEN format(' (soft delete: %s set)', quote_ident(sdi->>'column')) ELSE '' END,
+            op, to_char(expires, 'YYYY-MM-DD')));
+    ELSE
+        UPDATE softguard.operations o SET
+            -- a soft delete of another statement of the same query string: named too (a
+            -- statement's own tables fire one after the other: it is the last one named)
+            statement = CASE WHEN stmt IS NULL OR o.statement = stmt
+                               OR right(o.statement, length(stmt) + 2) = '; ' || stmt
+                             THEN o.statement ELSE o.statement || '; ' || stmt END,
+            objects = o.objects || jsonb_build_array(obj),
+            row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
+                to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))
+         WHERE o.id = op;
     END IF;
-
-    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns)
-    VALUES (cid, op, TG_RELID, ident, ev, n, softguard._columns(TG_RELID));
-    UPDATE softguard.operations o SET
-        objects = o.objects || jsonb_build_array(jsonb_build_object(
-            'type', 'table', 'identity', ident, 'schema', TG_TABLE_SCHEMA, 'name', TG_TABLE_NAME,
-            'original', o.objects = '[]'::jsonb, 'normal', true,
-            'classid', 'pg_class'::regclass::oid, 'objid', TG_RELID, 'objsubid', 0,
-            'event', ev, 'rows', n, 'held_by', NULL)),
-        row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
-            to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))
-     WHERE o.id = op;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns,
+                                    info)
+    VALUES (cid, op, TG_RELID, ident, event, n, cols, info);
     RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
