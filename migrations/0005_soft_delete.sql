@@ -101,15 +101,23 @@ BEGIN
         pg_catalog.jsonb_build_array('sg_old_by', coalesce(softguard._sd_type(rel, by_col), 'text')));
     capture := pg_catalog.format(
         'INSERT INTO softguard.captured_rows (capture_id, "row")'
-        ' SELECT $1, ROW(%s, o.%I, %s)::text FROM sg_old o WHERE %s',
+        ' SELECT $1, ROW(%s, o.%I, %s)::text FROM sg_old o%s WHERE %s%s',
         (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I', c), ', ') FROM unnest(key) c),
         col,
         CASE WHEN by_col IS NULL THEN 'NULL::text' ELSE pg_catalog.format('o.%I', by_col) END,
+        -- a MERGE may also UPDATE rows of the table: only those now carrying the mark
+        CASE WHEN (info->>'verify')::boolean THEN pg_catalog.format(' JOIN %s t ON %s',
+            rel::regclass, (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I = o.%I', c, c),
+                                                          ' AND ') FROM unnest(key) c))
+             ELSE '' END,
         CASE info->>'mark_kind'
             WHEN 'boolean' THEN pg_catalog.format('o.%I IS NOT TRUE', col)
             WHEN 'expression' THEN pg_catalog.format('o.%I IS DISTINCT FROM %L::%s', col,
                 info->>'mark', softguard._sd_type(rel, col))
-            ELSE pg_catalog.format('o.%I IS NULL', col) END);
+            ELSE pg_catalog.format('o.%I IS NULL', col) END,
+        CASE WHEN (info->>'verify')::boolean THEN pg_catalog.format(
+            ' AND t.%I IS NOT DISTINCT FROM %L::%s', col, info->>'mark', softguard._sd_type(rel, col))
+             ELSE '' END);
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_shape(oid, jsonb) FROM PUBLIC;
 
@@ -207,7 +215,7 @@ BEGIN
     IF op IS NULL THEN
         -- the operation's first table: its ledger row is written once, complete
         IF event = 'soft_delete' THEN
-            op_kind := 'DELETE';
+            op_kind := coalesce(sdi->>'verb', 'DELETE');       -- DELETE, or MERGE
         ELSE
             first_word := upper(substring(current_query() FROM '^\s*([A-Za-z]+)'));
             op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;

@@ -2,8 +2,9 @@
 that marks the rows the DELETE would remove (docs/decisions/0008-soft-delete.md).
 
 Pure: parses the client's statement text with pglast, rewrites every DELETE that runs
-(top level, inside a data-modifying WITH, under PREPARE, EXPLAIN ANALYZE or COPY) whose
-target is a soft-delete table of ``SoftDeleteTables``, and deparses the result.
+(top level, inside a data-modifying WITH, under PREPARE, EXPLAIN ANALYZE or COPY, and the
+DELETE actions of a MERGE) whose target is a soft-delete table of ``SoftDeleteTables``,
+and deparses the result.
 
 For ``DELETE FROM t [USING u] [WHERE w] [RETURNING r]`` the UPDATE is::
 
@@ -32,9 +33,19 @@ from typing import Any, Literal
 import orjson
 from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError
+from pglast.printers import dml as _dml
 from pglast.stream import RawStream
 
 from softguard.sql.classify import quote_ident
+
+
+# pglast prints PostgreSQL 17's "WHEN NOT MATCHED BY TARGET", which 15 and 16 reject; the
+# plain "WHEN NOT MATCHED" means the same on every version.
+def _not_matched(self: object, node: object, output: RawStream) -> None:
+    output.write("NOT MATCHED")
+
+
+_dml.MergeMatchKindPrinter.MERGE_WHEN_NOT_MATCHED_BY_TARGET = _not_matched  # type: ignore[method-assign]
 
 MarkKind = Literal["timestamp", "boolean", "expression"]
 ByValue = Literal["role", "application_name"]
@@ -186,9 +197,16 @@ def rewrite(
         target = tables.lookup(delete.relation.schemaname, str(delete.relation.relname))
         if target is None:
             continue
-        if target.problem is not None:
-            raise Misconfigured(target)
-        setattr(holder, attr, _as_update(delete, target, text))
+        if isinstance(delete, ast.MergeStmt):
+            if not _deleting_clauses(delete):
+                continue
+            if target.problem is not None:
+                raise Misconfigured(target)
+            _merge_marks(delete, target, text)
+        else:
+            if target.problem is not None:
+                raise Misconfigured(target)
+            setattr(holder, attr, _as_update(delete, target, text))
         targets.append(target)
     if not targets:
         return None
@@ -228,8 +246,9 @@ class _Root:
 
 
 def _running_deletes(root: _Root) -> Iterator[tuple[Any, str, Any]]:
-    """(holder, attribute, DeleteStmt) for each DELETE the statement executes. DELETEs in
-    definitions (rules, functions) do not run now and are left alone."""
+    """(holder, attribute, DeleteStmt or MergeStmt) for each DELETE (or MERGE, which may
+    delete) the statement executes. DELETEs in definitions (rules, functions) do not run
+    now and are left alone."""
     stack: list[tuple[Any, str]] = [(root, "stmt")]
     found: list[tuple[Any, str, Any]] = []
     bound = 1000
@@ -256,7 +275,7 @@ def _running_deletes(root: _Root) -> Iterator[tuple[Any, str, Any]]:
             for cte in with_clause.ctes or ():
                 if isinstance(cte, ast.CommonTableExpr):
                     stack.append((cte, "ctequery"))
-        if isinstance(stmt, ast.DeleteStmt):
+        if isinstance(stmt, ast.DeleteStmt | ast.MergeStmt):
             found.append((holder, attr, stmt))
     yield from found
 
@@ -293,9 +312,16 @@ def _relation_text(rel: Any) -> str:
     return ".".join(quote_ident(p) for p in parts)
 
 
-def _as_update(delete: Any, target: SoftTarget, statement: str) -> ast.UpdateStmt:
-    rel: Any = delete.relation
-    ref = quote_ident(rel.alias.aliasname) if rel.alias is not None else quote_ident(rel.relname)
+def _ref(rel: Any) -> str:
+    """How the statement refers to its target: its alias, else its name."""
+    return quote_ident(rel.alias.aliasname) if rel.alias is not None else quote_ident(rel.relname)
+
+
+def _marking(
+    rel: Any, target: SoftTarget, statement: str, *, current_of: bool = False, verb: str = "DELETE"
+) -> tuple[Any, ...]:
+    """The SET list that marks a row: the mark (through soft_delete_begin) and deleted_by."""
+    ref = _ref(rel)
     info = orjson.dumps(
         {
             "column": target.column,
@@ -303,6 +329,9 @@ def _as_update(delete: Any, target: SoftTarget, statement: str) -> ast.UpdateStm
             "by_column": target.by_column,
             "by_value": target.by_value,
             "statement": statement,
+            "verb": verb,
+            # a MERGE's own UPDATE actions change rows too: capture only those marked
+            "verify": verb == "MERGE",
         }
     ).decode()
     begin = (
@@ -311,7 +340,6 @@ def _as_update(delete: Any, target: SoftTarget, statement: str) -> ast.UpdateStm
         f"({target.value})::{target.column_type}))"
     )
     col = quote_ident(target.column)
-    current_of = isinstance(delete.whereClause, ast.CurrentOfExpr)
     if current_of:
         # WHERE CURRENT OF takes no other condition: a marked row keeps its mark.
         mark = f"CASE WHEN {target.unmarked(ref)} THEN {begin} ELSE {ref}.{col} END"
@@ -324,6 +352,14 @@ def _as_update(delete: Any, target: SoftTarget, statement: str) -> ast.UpdateStm
             old_by = f"{ref}.{quote_ident(target.by_column)}"
             by = f"CASE WHEN {target.unmarked(ref)} THEN {by} ELSE {old_by} END"
         targets.append(ast.ResTarget(name=target.by_column, val=_expr(by)))
+    return tuple(targets)
+
+
+def _as_update(delete: Any, target: SoftTarget, statement: str) -> ast.UpdateStmt:
+    rel: Any = delete.relation
+    ref = _ref(rel)
+    current_of = isinstance(delete.whereClause, ast.CurrentOfExpr)
+    targets = _marking(rel, target, statement, current_of=current_of)
     where = delete.whereClause
     if not current_of:
         unmarked = _expr(target.unmarked(ref))
@@ -341,12 +377,55 @@ def _as_update(delete: Any, target: SoftTarget, statement: str) -> ast.UpdateStm
         )
     return ast.UpdateStmt(
         relation=rel,
-        targetList=tuple(targets),
+        targetList=targets,
         whereClause=where,
         fromClause=delete.usingClause,
         returningClause=returning,
         withClause=delete.withClause,
     )
+
+
+def _deleting_clauses(merge: Any) -> bool:
+    return any(
+        isinstance(c, ast.MergeWhenClause) and c.commandType == enums.CmdType.CMD_DELETE
+        for c in merge.mergeWhenClauses or ()
+    )
+
+
+def _merge_marks(merge: Any, target: SoftTarget, statement: str) -> None:
+    """``WHEN [NOT] MATCHED [AND c] THEN DELETE`` becomes ``WHEN ... [AND c] AND <unmarked>
+    THEN UPDATE SET <mark>`` followed by ``WHEN ... [AND c] THEN DO NOTHING``: a row marked
+    already is left alone (and not counted), not passed on to later clauses."""
+    rel = merge.relation
+    clauses: list[Any] = []
+    for clause in merge.mergeWhenClauses or ():
+        if not (
+            isinstance(clause, ast.MergeWhenClause)
+            and clause.commandType == enums.CmdType.CMD_DELETE
+        ):
+            clauses.append(clause)
+            continue
+        unmarked = _expr(target.unmarked(_ref(rel)))
+        condition = clause.condition
+        marks = ast.MergeWhenClause(
+            matchKind=clause.matchKind,
+            commandType=enums.CmdType.CMD_UPDATE,
+            override=clause.override,
+            condition=unmarked
+            if condition is None
+            else ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(condition, unmarked)),
+            targetList=_marking(rel, target, statement, verb="MERGE"),
+        )
+        clauses.append(marks)
+        clauses.append(
+            ast.MergeWhenClause(
+                matchKind=clause.matchKind,
+                commandType=enums.CmdType.CMD_NOTHING,
+                override=clause.override,
+                condition=condition,
+            )
+        )
+    merge.mergeWhenClauses = tuple(clauses)
 
 
 # -- RETURNING: the values the DELETE would have returned ---------------------------------

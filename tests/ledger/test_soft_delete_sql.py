@@ -31,6 +31,10 @@ CUSTOMERS = SoftTarget(
 )
 
 
+class _Cur:
+    tag: str | None = None
+
+
 def _soft(db: str, ledger: Ledger, *stmts: str) -> None:
     ledger.execute(db, "; ".join(stmts))
 
@@ -323,3 +327,46 @@ def test_undo_leaves_rows_marked_again_since(ledger: Ledger, rental_db: Callable
         " (1 left alone: deleted, or marked again, since)"
     ]
     assert _marked(ledger, db) == [3]
+
+
+def test_merge_delete_marks_and_merge_updates_are_not_captured(
+    ledger: Ledger, rental_db: Callable[[], str]
+) -> None:
+    db = rental_db()
+    _with_columns(ledger, db)
+    _soft(db, ledger, "UPDATE customers SET deleted_at = '2020-01-01' WHERE id = 2")
+    stmt = (
+        "MERGE INTO customers t USING (SELECT g AS id FROM generate_series(1, 5) g) s"
+        " ON t.id = s.id WHEN MATCHED AND s.id <= 2 THEN DELETE"
+        " WHEN MATCHED AND s.id <= 4 THEN UPDATE SET phone = 'merged'"
+        " WHEN NOT MATCHED THEN DO NOTHING"
+    )
+    with protected(ledger, db) as c:
+        r = _Cur()
+        res = ledger.run(
+            c, lambda c: setattr(r, "tag", c.execute(_sent(stmt, CUSTOMERS)).statusmessage)
+        )
+        assert res.error is None
+    # row 1 marked; row 2 was marked already: left alone, not counted, not updated either
+    assert r.tag == "MERGE 3"
+    (op,) = row_ops(ledger, db)
+    assert op["kind"] == "MERGE"
+    assert op["row_counts"]["tables"] == {"public.customers": 1}
+    assert softguard_notices(res) == [
+        f"softguard: MERGE INTO public.customers (soft delete: deleted_at set) is reversible as "
+        f"operation {op['id']} until {op['expires_at']:%Y-%m-%d}"
+    ]
+    with ledger.connect(db) as c:
+        phones = c.execute(
+            "SELECT id, phone = 'merged', deleted_at IS NOT NULL FROM customers"
+            " WHERE id <= 5 ORDER BY id"
+        ).fetchall()
+    assert phones == [
+        (1, False, True),
+        (2, False, True),
+        (3, True, False),
+        (4, True, False),
+        (5, False, False),
+    ]
+    undo(ledger, db, op["id"])
+    assert _marked(ledger, db) == [2]

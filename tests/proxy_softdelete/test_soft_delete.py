@@ -941,24 +941,40 @@ def test_quarantine_entry_before_a_pattern(
 # ----------------------------------------------------------------------- MERGE (limitation)
 
 
-def test_merge_delete_is_not_rewritten(
-    sd_proxy: Any, sg: Any, twins: Callable[..., list[str]], pristine_data: dict[str, Any]
-) -> None:
-    """Known limitation: MERGE ... WHEN MATCHED THEN DELETE hard-deletes (captured)."""
+def test_merge_delete_marks_rows(sd_proxy: Any, sg: Any, twins: Callable[..., list[str]]) -> None:
+    """MERGE ... WHEN MATCHED THEN DELETE marks the rows (those marked already are left
+    alone and not counted); its other actions run as written; undo clears the marks."""
     if sg.server.version_num < 150000:
         pytest.skip("MERGE needs PostgreSQL 15")
-    (db,) = twins(1)
+    soft_db, plain_db = twins(2)
+    sg.execute(soft_db, "UPDATE customers SET deleted_at = '2020-01-01' WHERE id = 4")
+    sg.execute(plain_db, "UPDATE customers SET deleted_at = '2020-01-01' WHERE id = 4")
     stmt = (
-        "MERGE INTO customers t USING (SELECT g AS id FROM generate_series(1, 4) g) s"
-        " ON t.id = s.id WHEN MATCHED THEN DELETE"
+        "MERGE INTO customers t USING (SELECT g AS id FROM generate_series(1, 6) g) s"
+        " ON t.id = s.id WHEN MATCHED AND s.id <= 4 THEN DELETE"
+        " WHEN MATCHED THEN UPDATE SET phone = 'merged'"
     )
-    with psycopg.connect(sd_proxy.dsn(db), autocommit=True) as c:
-        assert c.execute(stmt).statusmessage == "MERGE 4"
-    assert scalar(sg, db, "SELECT count(*) FROM customers") == 1996
-    ops = ledger_ops(sg, db)
-    assert [o["kind"] for o in ops] == ["MERGE"]
-    undo_sql(sg, db, ops[0]["id"])
-    assert sg.data(db) == pristine_data
+    for mode in ("simple", "prepared"):
+        db = soft_db if mode == "simple" else plain_db
+        with psycopg.connect(sd_proxy.dsn(db), autocommit=True) as c:
+            got = sg_notices(c)
+            cur = c.execute(stmt, prepare=mode == "prepared")
+            # the plain MERGE would say MERGE 6: row 4 was soft-deleted already
+            assert cur.statusmessage == "MERGE 5"
+        assert scalar(sg, db, "SELECT count(*) FROM customers") == 2000
+        assert scalar(sg, db, "SELECT count(*) FROM customers WHERE phone = 'merged'") == 2
+        assert (
+            scalar(
+                sg, db, "SELECT count(*) FROM customers WHERE id <= 4 AND deleted_at IS NOT NULL"
+            )
+            == 4
+        )
+        (op,) = ledger_ops(sg, db)
+        assert op["kind"] == "MERGE" and op["statement"] == stmt
+        assert op["row_counts"]["tables"] == {"public.customers": 3}
+        assert len(got) == 1 and got[0].startswith("softguard: MERGE INTO public.customers (soft")
+        undo_sql(sg, db, op["id"])
+        assert scalar(sg, db, "SELECT count(*) FROM customers WHERE deleted_at IS NOT NULL") == 1
 
 
 # ----------------------------------------------------------------------- misconfiguration

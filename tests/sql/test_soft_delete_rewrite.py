@@ -214,3 +214,29 @@ def test_cache_is_bounded_and_per_tables() -> None:
     for i in range(1100):
         tables.rewrite(f"DELETE FROM customers WHERE id = {i + 2}")
     assert len(tables._rewrites) <= 1024
+
+
+def test_merge_delete_becomes_a_marking_update_then_do_nothing() -> None:
+    done = rewrite(
+        "MERGE INTO customers t USING src s ON t.id = s.id"
+        " WHEN MATCHED AND s.gone THEN DELETE"
+        " WHEN MATCHED THEN UPDATE SET phone = s.phone"
+        " WHEN NOT MATCHED THEN INSERT (id) VALUES (s.id)",
+        TABLES,
+    )
+    assert done is not None and not done.retag  # MERGE n stays MERGE n
+    tail = done.text.rsplit("AS jsonb), CAST(now() AS timestamp with time zone))), ", 1)[1]
+    assert tail == (
+        "deleted_by = CURRENT_USER WHEN MATCHED AND s.gone THEN DO NOTHING"
+        " WHEN MATCHED THEN UPDATE SET phone = s.phone"
+        " WHEN NOT MATCHED THEN INSERT (id) VALUES (s.id)"
+    )
+    assert "WHEN MATCHED AND s.gone AND t.deleted_at IS NULL THEN UPDATE SET deleted_at" in (
+        done.text
+    )
+    assert '"verb":"MERGE","verify":true' in done.text
+    # a MERGE that deletes nothing is left alone
+    assert (
+        rewrite("MERGE INTO customers t USING src s ON true WHEN MATCHED THEN DO NOTHING", TABLES)
+        is None
+    )
