@@ -132,7 +132,11 @@ class _Column:
 
 
 _CATALOG_QUERY = """
-SELECT n.nspname, c.relname, c.oid, c.relkind,
+SELECT n.nspname, c.relname,
+       CASE WHEN c.relispartition THEN
+           (SELECT ARRAY[rn.nspname::text, r.relname::text] FROM pg_class r
+              JOIN pg_namespace rn ON rn.oid = r.relnamespace
+             WHERE r.oid = pg_partition_root(c.oid)) END AS root,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname,
                                   format_type(a.atttypid, a.atttypmod),
                                   format_type(a.atttypid, NULL),
@@ -150,7 +154,7 @@ SELECT n.nspname, c.relname, c.oid, c.relkind,
                             WHERE NOT a.attnotnull)
          ORDER BY i.indisprimary DESC, i.indnatts, i.indexrelid LIMIT 1) AS key
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+ WHERE c.relkind IN ('r', 'p')
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname NOT LIKE 'softguard%'
  ORDER BY n.nspname, c.relname
@@ -174,9 +178,14 @@ def resolve(
         return Resolution(SoftDeleteTables(), [])
     rows = conn.execute(_CATALOG_QUERY).fetchall()
     found: dict[tuple[str, str], SoftTarget] = {}
+    rule_of: dict[tuple[str, str], SoftDeleteRule] = {}
     used: set[int] = set()
-    for schema, table, _oid, _relkind, columns, key in rows:
+    partitions = []
+    for schema, table, root, columns, key in rows:
         cols = {c[0]: _Column(c[0], c[1], c[2]) for c in columns if not c[3]}
+        if root is not None:
+            partitions.append((schema, table, tuple(root), cols, key))
+            continue
         for index, rule in enumerate(applicable):
             if not rule.matches(database, schema, table):
                 continue
@@ -185,7 +194,13 @@ def resolve(
             used.add(index)
             if rule.mode == "soft":
                 found[(schema, table)] = _target(conn, rule, schema, table, cols, key)
+                rule_of[(schema, table)] = rule
             break
+    # A partition named directly is its partitioned table's: soft-deleted the same way.
+    for schema, table, root, cols, key in partitions:
+        root_rule = rule_of.get(root)
+        if root_rule is not None:
+            found[(schema, table)] = _target(conn, root_rule, schema, table, cols, key)
     unmatched = [r.table for i, r in enumerate(applicable) if i not in used]
     return Resolution(SoftDeleteTables(found), unmatched)
 

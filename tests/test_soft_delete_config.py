@@ -116,6 +116,7 @@ def test_good_tables_resolve(pg_server: TestServer, catalog_db: str) -> None:
     tables = res.tables.tables
     assert sorted(tables) == [
         ("app", "parts"),
+        ("app", "parts_1"),
         ("public", "dated"),
         ("public", "flagged"),
         ("public", "good"),
@@ -129,7 +130,9 @@ def test_good_tables_resolve(pg_server: TestServer, catalog_db: str) -> None:
         "deleted_by",
     )
     assert tables[("app", "parts")].key == ("id", "at")
-    assert ("app", "parts_1") not in tables  # partitions go with their parent
+    # a partition named directly is soft-deleted like its partitioned table
+    part = tables[("app", "parts_1")]
+    assert (part.column, part.key, part.problem) == ("deleted_at", ("id", "at"), None)
     assert check(res, catalog_db) == ([], [])
 
 
@@ -197,7 +200,7 @@ def test_first_matching_entry_wins_and_unmatched_warns(
         {"table": "public.good", "column": "deleted_at", "database": "elsewhere"},
     )
     tables = res.tables.tables
-    assert sorted(tables) == [("app", "orders"), ("app", "parts")]
+    assert sorted(tables) == [("app", "orders"), ("app", "parts"), ("app", "parts_1")]
     errors, warnings = check(res, catalog_db)
     assert errors == []
     assert warnings == [

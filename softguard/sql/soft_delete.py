@@ -372,7 +372,9 @@ def _as_update(delete: Any, target: SoftTarget, statement: str) -> ast.UpdateStm
         returning = ast.ReturningClause(
             options=returning.options,
             exprs=tuple(
-                _old_values(e, target, rel, ref, delete.usingClause) for e in returning.exprs
+                out
+                for e in returning.exprs
+                for out in _old_values(e, target, rel, ref, delete.usingClause)
             ),
         )
     return ast.UpdateStmt(
@@ -431,9 +433,27 @@ def _merge_marks(merge: Any, target: SoftTarget, statement: str) -> None:
 # -- RETURNING: the values the DELETE would have returned ---------------------------------
 
 
-def _old_values(res: Any, target: SoftTarget, rel: Any, ref: str, using: Any) -> ast.ResTarget:
+def _refnames(using: Any) -> list[str] | None:
+    """The names ``u.*`` can use for each USING item, in order (None: one has none, e.g.
+    a join without an alias, whose ``*`` merges columns)."""
+    names = []
+    for item in using or ():
+        alias = getattr(item, "alias", None)
+        if alias is not None:
+            names.append(quote_ident(alias.aliasname))
+        elif isinstance(item, ast.RangeVar):
+            names.append(quote_ident(str(item.relname)))
+        else:
+            return None
+    return names
+
+
+def _old_values(
+    res: Any, target: SoftTarget, rel: Any, ref: str, using: Any
+) -> tuple[ast.ResTarget, ...]:
     """``res`` with references to the marked columns of the target (and stars covering
-    them) read from the row as it was before the statement."""
+    them) read from the row as it was before the statement. A bare ``*`` over USING
+    tables becomes the old target row's columns, then each USING item's."""
     marked = {target.column} | ({target.by_column} if target.by_column else set())
     refnames = {rel.alias.aliasname} if rel.alias is not None else {rel.relname}
     old_row = (
@@ -456,7 +476,7 @@ def _old_values(res: Any, target: SoftTarget, rel: Any, ref: str, using: Any) ->
             star = bool(fields) and isinstance(fields[-1], ast.A_Star)
             if star and len(fields) == 1:
                 if using:
-                    return node  # "*" over USING tables too: left as is (see decision 0008)
+                    return node  # a join without alias in USING: left as is (decision 0008)
                 return _expr(f"({old_row}).*")
             if star and names[-2] in refnames:
                 return _expr(f"({old_row}).*")
@@ -477,6 +497,19 @@ def _old_values(res: Any, target: SoftTarget, rel: Any, ref: str, using: Any) ->
         return node
 
     val = res.val
+    fields: tuple[Any, ...] = tuple(getattr(val, "fields", None) or ())
+    if (
+        using
+        and isinstance(val, ast.ColumnRef)
+        and len(fields) == 1
+        and isinstance(fields[0], ast.A_Star)
+    ):
+        names = _refnames(using)
+        if names is not None:
+            return (
+                ast.ResTarget(val=_expr(f"({old_row}).*")),
+                *(ast.ResTarget(val=_expr(f"{n}.*")) for n in names),
+            )
     name = res.name
     if isinstance(val, ast.ColumnRef) and name is None:
         fields = val.fields or ()
@@ -484,4 +517,4 @@ def _old_values(res: Any, target: SoftTarget, rel: Any, ref: str, using: Any) ->
         if last in marked:
             name = last  # keep the output column's name
     new_val = replace(val)
-    return ast.ResTarget(name=name, val=new_val, indirection=res.indirection)
+    return (ast.ResTarget(name=name, val=new_val, indirection=res.indirection),)

@@ -223,6 +223,27 @@ def test_partitioned_table(ledger: Ledger, rental_db: Callable[[], str]) -> None
         assert c.execute("SELECT count(*) FROM events WHERE deleted_at IS NOT NULL").fetchone() == (
             0,
         )
+    # a partition named directly (its own capture trigger)
+    part = SoftTarget(
+        "public",
+        "events_2026",
+        "deleted_at",
+        "timestamp with time zone",
+        "timestamp",
+        "now()",
+        ("id", "happened_at"),
+    )
+    with protected(ledger, db) as c:
+        cur = c.execute(_sent("DELETE FROM events_2026 WHERE id % 100 = 0", part))
+        assert cur.statusmessage.startswith("UPDATE ") and cur.rowcount > 0
+        marked = cur.rowcount
+    op = row_ops(ledger, db)[-1]
+    assert op["row_counts"]["tables"] == {"public.events_2026": marked}
+    undo(ledger, db, op["id"])
+    with ledger.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM events WHERE deleted_at IS NOT NULL").fetchone() == (
+            0,
+        )
 
 
 def test_two_soft_tables_in_one_statement_one_operation(

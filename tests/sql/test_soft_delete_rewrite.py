@@ -93,8 +93,19 @@ def test_returning_reads_the_old_marks() -> None:
     assert "(SELECT deleted_at FROM other) AS o" in returning
 
 
-def test_star_over_using_tables_is_left_alone() -> None:
-    done = rewrite("DELETE FROM customers c USING reservations r RETURNING *", TABLES)
+def test_star_over_using_tables() -> None:
+    done = rewrite(
+        "DELETE FROM customers c USING reservations r, (SELECT 1 AS one) x, lateral f() AS g"
+        " RETURNING *",
+        TABLES,
+    )
+    assert done is not None and done.text.endswith(
+        "RETURNING (SELECT sg_o FROM customers AS sg_o WHERE sg_o.id = c.id).*, r.*, x.*, g.*"
+    )
+    # a join without an alias merges columns: left alone
+    done = rewrite(
+        "DELETE FROM customers c USING reservations r JOIN vehicles USING (id) RETURNING *", TABLES
+    )
     assert done is not None and done.text.endswith("RETURNING *")
 
 
