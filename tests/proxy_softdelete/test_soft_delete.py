@@ -1136,6 +1136,22 @@ def test_misconfigured_table_in_another_database_refuses_delete(
     assert [o["kind"] for o in ledger_ops(sg, db)] == ["DELETE"]
 
 
+def test_table_ddl_through_softguard_is_seen_at_once(
+    sd_proxy: Any, sg: Any, twins: Callable[..., list[str]]
+) -> None:
+    """The soft-delete tables are read again after table DDL that goes through softguard:
+    fixing the table makes the very next DELETE a soft delete."""
+    (db,) = twins(1)
+    sg.execute(db, "ALTER TABLE customers DROP COLUMN deleted_at")
+    with psycopg.connect(sd_proxy.dsn(db), autocommit=True) as c:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            c.execute("DELETE FROM customers WHERE id = 1")
+        c.execute("ALTER TABLE customers ADD COLUMN deleted_at timestamptz")
+        assert c.execute("DELETE FROM customers WHERE id <= 3").statusmessage == "DELETE 3"
+    assert scalar(sg, db, "SELECT count(*) FROM customers WHERE deleted_at IS NOT NULL") == 3
+    assert scalar(sg, db, "SELECT count(*) FROM customers") == 2000
+
+
 # ----------------------------------------------------------------------- CURRENT OF, marked
 
 
