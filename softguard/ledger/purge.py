@@ -29,7 +29,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -349,6 +349,16 @@ def purge_soft_deleted(
             return None
 
 
+def soft_deleted_rows_purged(conn: psycopg.Connection[Any], op: int) -> int:
+    """How many rows of their tables the soft deletes of ``op`` have had hard-deleted."""
+    row = conn.execute(
+        "SELECT coalesce(sum((c.info->>'purged_rows')::bigint), 0) FROM softguard.captures c"
+        " WHERE c.op_id = %s AND c.event = 'soft_delete'",
+        [op],
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 def _has_soft_purge(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute(
         "SELECT to_regprocedure('softguard.purge_soft_rows(bigint, integer, text)') IS NOT NULL"
@@ -400,11 +410,19 @@ def run_purge(
                 outcome_done(outcome)
                 continue
             say(f"operation {op.id}: archived to {archive}")
-        outcome = purge_soft_deleted(
-            conn, op, lock_timeout=lock_timeout, batch_rows=batch_rows
-        ) or purge_operation(
-            conn, op, archive=archive, lock_timeout=lock_timeout, inline_rows=batch_rows
-        )
+        failed = purge_soft_deleted(conn, op, lock_timeout=lock_timeout, batch_rows=batch_rows)
+        if failed is not None:
+            outcome = failed
+        else:
+            hard_deleted = soft_deleted_rows_purged(conn, op.id)
+            outcome = purge_operation(
+                conn, op, archive=archive, lock_timeout=lock_timeout, inline_rows=batch_rows
+            )
+            if outcome.purged and hard_deleted:
+                outcome = replace(
+                    outcome,
+                    message=f"{outcome.message}; {hard_deleted} soft-deleted rows deleted for good",
+                )
         if not outcome.purged and archive is not None:
             # the archive of an operation still active would only mislead
             shutil.rmtree(archive, ignore_errors=True)
