@@ -237,6 +237,13 @@ def _soft_delete(
         return refusal(
             "55000", str(exc), "Fix the soft_delete entry (or the table) and retry."
         ), False
+    except Exception as exc:  # a statement pglast cannot print back: refuse, never guess
+        log.exception("soft-delete rewrite failed for: %s", stmt_text)
+        message = (
+            "softguard: this DELETE on a soft-delete table could not be rewritten into a "
+            f"soft delete ({type(exc).__name__}); it was not run"
+        )
+        return refusal("0A000", message, "Simplify the statement, or report it."), False
     if done is None:
         return None
     if done.prepared is not None and soft is not None:

@@ -251,3 +251,23 @@ def test_merge_delete_becomes_a_marking_update_then_do_nothing() -> None:
         rewrite("MERGE INTO customers t USING src s ON true WHEN MATCHED THEN DO NOTHING", TABLES)
         is None
     )
+
+
+def test_proxy_refuses_what_it_cannot_rewrite(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DELETE on a soft-delete table is never passed on as a hard delete by mistake: a
+    rewrite that fails (here: forced) becomes a refusal the server raises, 0A000."""
+    from softguard.proxy.statements import _soft_delete
+
+    tables = SoftDeleteTables({("public", "customers"): CUSTOMERS})
+
+    def boom(_text: str) -> None:
+        raise RecursionError("too deep")
+
+    monkeypatch.setattr(tables, "rewrite", boom)
+    out = _soft_delete(tables, "DELETE FROM customers", None)
+    assert out is not None
+    text, retag = out
+    assert not retag
+    assert "ERRCODE = '0A000'" in text and "could not be rewritten" in text
+    # a statement naming no soft-delete table is not even parsed
+    assert _soft_delete(tables, "DELETE FROM orders", None) is None
