@@ -8,7 +8,7 @@
 -- * The table's statement-level capture trigger (_capture_rows, replaced below) takes that
 --   setting (and clears it): the rows the statement marked are captured as event
 --   'soft_delete' -- their key and the old values of the mark columns, nothing more --
---   in an operation of kind DELETE with one NOTICE, like a DELETE's.
+--   in an operation of kind DELETE (MERGE for a MERGE ... DELETE) with one NOTICE.
 -- * For statements sent through the extended protocol the proxy cannot tell which
 --   CommandComplete belongs to which statement; the trigger tells it instead: a statement
 --   whose text begins with /*softguard:delete*/ gets a private notice SGTAG before its
@@ -31,7 +31,8 @@ SELECT pg_catalog.set_config('softguard.internal', '', true);
 
 --   target    the table as the client named it (resolved through the session's search_path)
 --   expected  the configured table it must be, schema-qualified
---   info      {"column", "mark_kind", "by_column", "by_value", "statement"} from the proxy
+--   info      {"column", "mark_kind", "by_column", "by_value", "statement", "verb" (DELETE
+--             or MERGE), "verify" (capture only rows now carrying the mark)} from the proxy
 --   mark      the value the statement writes into the mark column (returned as is)
 CREATE FUNCTION softguard.soft_delete_begin(target regclass, expected text, info jsonb,
                                             mark anyelement)
