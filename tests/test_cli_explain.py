@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -65,3 +66,24 @@ def test_delete_on_a_soft_delete_table(tmp_path: Path) -> None:
     assert "sent as is; the database captures the rows it changes" in out
     out = explain("delete from app.orders where id = 1", "--config", str(cfg))
     assert "sent as is; the database captures the rows it changes" in out
+
+
+def test_dsn_shows_the_soft_delete_rewrite(tmp_path: Path, pg_server: Any) -> None:
+    import psycopg
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[[soft_delete]]\ntable = "public.*"\ncolumn = "deleted_at"\n')
+    with pg_server.scratch_database() as db:
+        dsn = pg_server.superuser_dsn(db)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE TABLE orders (id int PRIMARY KEY, deleted_at timestamptz)")
+            c.execute("CREATE TABLE notes (id int PRIMARY KEY)")
+        out = explain("delete from orders where id = $1", "--config", str(cfg), "--dsn", dsn)
+        assert "sent instead:\n   UPDATE orders SET deleted_at = (SELECT softguard." in out
+        assert out.rstrip().endswith("WHERE id = $1 AND orders.deleted_at IS NULL")
+        out = explain("delete from notes where id = 1", "--config", str(cfg), "--dsn", dsn)
+        assert "sent as is; the database captures the rows it changes" in out
+    result = CliRunner().invoke(
+        app, ["explain", "delete from orders", "--config", str(cfg), "--dsn", dsn]
+    )
+    assert result.exit_code == 2 and "cannot read the catalog through --dsn" in result.output

@@ -199,7 +199,14 @@ def explain(
     config: Annotated[Path | None, typer.Option("--config", help="TOML configuration file")] = None,
     role: Annotated[str, typer.Option(help="the session's role, for policy rules")] = "postgres",
     application_name: Annotated[str, typer.Option(help="for policy rules")] = "",
-    database: Annotated[str, typer.Option(help="for policy rules")] = "postgres",
+    database: Annotated[str, typer.Option(help="for policy rules (default: --dsn's)")] = "postgres",
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            help="read the [[soft_delete]] tables from this database's catalog, to show the "
+            "soft-delete rewrite (only the catalog is read)"
+        ),
+    ] = None,
 ) -> None:
     """Show how softguard classifies, decides on and rewrites a statement, without running it."""
     from types import SimpleNamespace
@@ -208,6 +215,7 @@ def explain(
     from softguard.proxy.metrics import Metrics
     from softguard.proxy.statements import Rebuilt, plan_message
     from softguard.sql import Classifier, classify
+    from softguard.sql.soft_delete import SoftDeleteTables
     from softguard.wire import Framer, parse_query_text
     from softguard.wire.messages import message
 
@@ -227,6 +235,8 @@ def explain(
         typer.echo(f"{i}. {stmt.kind.value:12} {stmt.action:24} {targets} {flags}".rstrip())
         if stmt.detail:
             typer.echo(f"   {stmt.detail}")
+    if dsn is not None:
+        database = _dsn_database(dsn)  # the rules see the database the catalog is read from
     session = SessionInfo(role, database, application_name, "127.0.0.1:0")
     policy = Policy(settings.policy)
     decisions = policy.decide(result, session, source="query", log_it=False)
@@ -236,11 +246,19 @@ def explain(
         if decision.reason:
             typer.echo(f"   {decision.reason}")
     # What the proxy would send, as if the ledger were installed.
+    soft_tables: SoftDeleteTables | None = None
+    if dsn is not None and settings.soft_delete:
+        soft_tables = _read_soft_delete_tables(settings, dsn)
     server = SimpleNamespace(
         metrics=Metrics(),
         classifier=Classifier(0),
         policy=policy,
-        ledger=SimpleNamespace(state=lambda _db: True, soft_delete_rules=[]),
+        ledger=SimpleNamespace(
+            state=lambda _db: True,
+            soft_delete_rules=settings.soft_delete if soft_tables is not None else [],
+            soft_delete_tables=lambda _db: soft_tables,
+            forget_soft_delete_tables=lambda _db: None,
+        ),
     )
     _, msgs, _ = Framer(want=None).feed(message(b"Q", sql.encode() + b"\0"))
     planned = plan_message(server, session, msgs[0], log_it=False)  # type: ignore[arg-type]
@@ -248,7 +266,8 @@ def explain(
         sent = parse_query_text(ord("Q"), planned.raw[5:]).decode()
         typer.echo(f"sent instead:\n   {sent}")
     elif any(d.category in CAPTURED and d.action.value == "protect" for d in decisions):
-        soft = _soft_delete_entries(settings, result, database)
+        # without the catalog (--dsn), say which entries would apply
+        soft = _soft_delete_entries(settings, result, database) if soft_tables is None else []
         if soft:
             typer.echo(
                 "soft delete: on " + ", ".join(soft) + " the DELETE is sent as an UPDATE "
@@ -259,6 +278,30 @@ def explain(
             typer.echo("sent as is; the database captures the rows it changes")
     else:
         typer.echo("sent as is")
+
+
+def _dsn_database(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return str(conninfo_to_dict(dsn).get("dbname") or "postgres")
+
+
+def _read_soft_delete_tables(settings: Settings, dsn: str) -> Any:
+    import psycopg
+
+    from softguard.soft_delete import check, resolve
+
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            database = str(conn.info.dbname)
+            resolution = resolve(conn, settings.soft_delete, database)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise _die(f"cannot read the catalog through --dsn: {first}") from None
+    errors, warnings = check(resolution, database)
+    for line in errors + warnings:
+        typer.echo(line)
+    return resolution.tables
 
 
 def _soft_delete_entries(settings: Settings, result: Any, database: str) -> list[str]:
