@@ -483,6 +483,8 @@ def _old_values(
             if not star and names[-1] in marked:
                 if len(names) == 1 or names[-2] in refnames:
                     return _expr(old_column(str(names[-1])))
+            if not star and len(names) == 1 and names[0] in refnames:
+                return _expr(old_row)  # the whole row, as it was
             return node
         if isinstance(node, ast.SubLink | ast.SelectStmt):
             return node  # names inside a sub-select may mean its own tables
@@ -514,7 +516,7 @@ def _old_values(
     if isinstance(val, ast.ColumnRef) and name is None:
         fields = val.fields or ()
         last = getattr(fields[-1], "sval", None) if fields else None
-        if last in marked:
+        if last in marked or (len(fields) == 1 and last in refnames):
             name = last  # keep the output column's name
     new_val = replace(val)
     return (ast.ResTarget(name=name, val=new_val, indirection=res.indirection),)

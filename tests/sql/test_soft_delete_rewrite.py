@@ -271,3 +271,13 @@ def test_proxy_refuses_what_it_cannot_rewrite(monkeypatch: pytest.MonkeyPatch) -
     assert "ERRCODE = '0A000'" in text and "could not be rewritten" in text
     # a statement naming no soft-delete table is not even parsed
     assert _soft_delete(tables, "DELETE FROM orders", None) is None
+
+
+def test_whole_row_references_read_the_old_row() -> None:
+    done = rewrite(
+        "DELETE FROM customers c WHERE id = 1 RETURNING c, (c).deleted_at, (c).id", TABLES
+    )
+    assert done is not None
+    returning = done.text.rsplit(" RETURNING ", 1)[1]
+    old = "(SELECT sg_o FROM customers AS sg_o WHERE sg_o.id = c.id)"
+    assert returning == f"{old} AS c, {old}.deleted_at, {old}.id", returning
