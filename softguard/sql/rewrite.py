@@ -42,7 +42,7 @@ class Replacement:
     text: str
 
 
-_WORD = re.compile(r'"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*|[0-9]+')
+_WORD = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*|[0-9]+""")
 
 
 @dataclass(frozen=True, slots=True)

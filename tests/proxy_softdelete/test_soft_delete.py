@@ -1260,3 +1260,46 @@ def test_search_path_naming_another_table_is_refused(
         assert c.execute("DELETE FROM public.customers WHERE id <= 2").statusmessage == "DELETE 2"
     assert scalar(sg, db, "SELECT count(*) FROM other.customers WHERE deleted_at IS NULL") == 5
     assert scalar(sg, db, "SELECT count(*) FROM public.customers WHERE deleted_at IS NOT NULL") == 2
+
+
+# ----------------------------------------------------------------------- odd statements
+
+ODD = [
+    "DELETE FROM customers WHERE email = $$it's$$ RETURNING id",
+    "DELETE FROM customers /* ; DELETE FROM vehicles */ WHERE id = 1 -- trailing",
+    'DELETE FROM "customers" WHERE id IN (SELECT id FROM customers WHERE id < 3 FOR UPDATE)',
+    "WITH a AS (SELECT 5 AS id), b AS (DELETE FROM customers c USING a WHERE c.id = a.id"
+    " RETURNING c.id) SELECT * FROM b",
+    "DELETE FROM customers WHERE id = ANY('{6,7}'::int[]) RETURNING id, upper(full_name) AS n,"
+    " deleted_at IS NULL AS live",
+    "DELETE FROM customers AS c WHERE EXISTS (SELECT 1 FROM reservations r"
+    " WHERE r.customer_id = c.id AND r.status = 'active') RETURNING c.id, c.deleted_by",
+    "DELETE FROM customers WHERE id = 9 RETURNING customers, (customers).deleted_at",
+    "DELETE FROM public.customers WHERE id = (SELECT max(id) FROM public.customers) RETURNING *",
+    "DELETE FROM customers WHERE nosuch = 1",
+    "DELETE FROM customers c USING nosuch n WHERE c.id = n.id",
+    "DELETE FROM customers WHERE id = 'x'",
+    "DELETE FROM customers WHERE id = 1 RETURNING nosuch",
+]
+
+
+def _client_view(dsn: str, stmt: str) -> Any:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        try:
+            cur = c.execute(stmt.encode())
+        except psycopg.Error as e:
+            return ("error", e.diag.sqlstate, e.diag.message_primary, e.diag.statement_position)
+        desc = [(d.name, d.type_code) for d in cur.description] if cur.description else None
+        rows = sorted(map(repr, cur.fetchall())) if cur.description else None
+        return (cur.statusmessage, desc, rows)
+
+
+@pytest.mark.parametrize("stmt", ODD, ids=[f"odd{i}" for i in range(len(ODD))])
+def test_odd_statements_look_like_the_plain_delete(
+    sd_proxy: Any, sg: Any, twins: Callable[..., list[str]], stmt: str
+) -> None:
+    """Hostile or unusual DELETEs: what the client sees through softguard (tag, columns,
+    rows, or the error with its position) is what the plain DELETE shows."""
+    soft_db, plain_db = twins(2)
+    assert _client_view(sd_proxy.dsn(soft_db), stmt) == _client_view(sg.dsn(plain_db), stmt)
+    assert scalar(sg, soft_db, "SELECT count(*) FROM customers") == 2000
