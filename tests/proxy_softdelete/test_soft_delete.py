@@ -1283,10 +1283,10 @@ ODD = [
 ]
 
 
-def _client_view(dsn: str, stmt: str) -> Any:
+def _client_view(dsn: str, stmt: str, extended: bool) -> Any:
     with psycopg.connect(dsn, autocommit=True) as c:
         try:
-            cur = c.execute(stmt.encode())
+            cur = c.execute(stmt.encode(), prepare=True) if extended else c.execute(stmt.encode())
         except psycopg.Error as e:
             return ("error", e.diag.sqlstate, e.diag.message_primary, e.diag.statement_position)
         desc = [(d.name, d.type_code) for d in cur.description] if cur.description else None
@@ -1294,12 +1294,15 @@ def _client_view(dsn: str, stmt: str) -> Any:
         return (cur.statusmessage, desc, rows)
 
 
+@pytest.mark.parametrize("extended", [False, True], ids=["simple", "extended"])
 @pytest.mark.parametrize("stmt", ODD, ids=[f"odd{i}" for i in range(len(ODD))])
 def test_odd_statements_look_like_the_plain_delete(
-    sd_proxy: Any, sg: Any, twins: Callable[..., list[str]], stmt: str
+    sd_proxy: Any, sg: Any, twins: Callable[..., list[str]], stmt: str, extended: bool
 ) -> None:
     """Hostile or unusual DELETEs: what the client sees through softguard (tag, columns,
     rows, or the error with its position) is what the plain DELETE shows."""
     soft_db, plain_db = twins(2)
-    assert _client_view(sd_proxy.dsn(soft_db), stmt) == _client_view(sg.dsn(plain_db), stmt)
+    assert _client_view(sd_proxy.dsn(soft_db), stmt, extended) == _client_view(
+        sg.dsn(plain_db), stmt, extended
+    )
     assert scalar(sg, soft_db, "SELECT count(*) FROM customers") == 2000
