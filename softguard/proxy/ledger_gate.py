@@ -28,6 +28,8 @@ log = logging.getLogger("softguard.ledger")
 
 LedgerState = Literal[True] | str  # True when ready, else why not
 SOFT_DELETE_REFRESH = 60.0
+INSTALL_LOCK_TIMEOUT_MS = 5000
+DDL_RECHECK = 2.0  # seconds after a read caused by DDL, read again (in the background)
 
 
 class LedgerGate:
@@ -46,6 +48,7 @@ class LedgerGate:
         # database -> (when read, its soft-delete tables); refreshes in flight
         self._soft: dict[str, tuple[float, SoftDeleteTables]] = {}
         self._soft_refresh: set[str] = set()
+        self._recheck: set[str] = set()  # read again soon after the next read (DDL seen)
         self._tasks: set[asyncio.Future[None]] = set()
 
     def ready_databases(self) -> dict[str, str]:
@@ -67,8 +70,10 @@ class LedgerGate:
         self._soft.pop(database, None)
 
     def forget_soft_delete_tables(self, database: str) -> None:
-        """DDL went by: the next DELETE waits for the tables to be read again."""
+        """DDL went by: the next DELETE waits for the tables to be read again, and they are
+        read once more shortly after (the DDL may not have been committed yet)."""
         self._soft.pop(database, None)
+        self._recheck.add(database)
 
     def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
         """The database's soft-delete tables (None: not read yet, wait with ``ensure``).
@@ -110,7 +115,11 @@ class LedgerGate:
             log.error("%s: DELETEs on that table are refused until it is fixed", line)
         for line in warnings:
             log.info("%s", line)
-        self._soft[database] = (time.monotonic(), resolution.tables)
+        read_at = time.monotonic()
+        if database in self._recheck:
+            self._recheck.discard(database)
+            read_at -= SOFT_DELETE_REFRESH - DDL_RECHECK
+        self._soft[database] = (read_at, resolution.tables)
 
     async def ensure(self, database: str, user: str) -> LedgerState:
         known = self._states.get(database)
@@ -161,7 +170,12 @@ class LedgerGate:
 
         conninfo = self.conninfo(database, user)
         try:
-            with psycopg.connect(conninfo, autocommit=True) as conn:
+            # The statement waiting for this check may come from a transaction that holds
+            # locks the migrations need (installing triggers on its tables): wait a little,
+            # then refuse it with the reason, rather than wait for each other forever.
+            with psycopg.connect(
+                conninfo, autocommit=True, options=f"-c lock_timeout={INSTALL_LOCK_TIMEOUT_MS}"
+            ) as conn:
                 applied = apply_migrations(conn)
                 try:
                     self._store_soft(conn, database)

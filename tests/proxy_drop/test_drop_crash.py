@@ -196,3 +196,34 @@ def test_sigkill_right_after_committed_drop(proxy_factory: Any, sg: Any, twins: 
         assert c2.execute("SELECT to_regclass('public.big')").fetchone() == (None,)
     sg.undo(db, ops[0])
     assert sg.snapshot(db) == before
+
+
+def test_ledger_install_blocked_by_the_clients_own_locks_is_refused_not_hung(
+    proxy: Any, sg: Any, twins: Any
+) -> None:
+    """The first protected statement of a database waits for softguard to install the
+    ledger, which puts triggers on every table. If that statement's own transaction holds
+    a lock on a table, the install cannot finish: softguard gives up after its lock
+    timeout and refuses the statement (55000, saying why) instead of both waiting forever;
+    each migration is all or nothing, and a later statement completes the install."""
+    (db,) = twins(1)
+    assert not sg.has_ledger(db)
+    with psycopg.connect(proxy.dsn(db), autocommit=True) as c:
+        c.execute("SET statement_timeout = '60s'")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as err:
+            with c.transaction():
+                c.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+                c.execute("DROP TABLE vehicles CASCADE")
+        message = err.value.diag.message_primary or ""
+        assert "could not install it" in message and "lock timeout" in message, message
+        assert sg.data(db)["public.vehicles"]  # still there
+    # after the check's short back-off, the ledger installs and the DROP is protected
+    with psycopg.connect(proxy.dsn(db), autocommit=True) as c:
+        for _ in range(60):  # bounded: the refusal is remembered for 10 s
+            try:
+                c.execute("DROP TABLE vehicles CASCADE")
+                break
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                time.sleep(0.5)
+    assert sg.has_ledger(db)
+    assert [o["kind"] for o in sg.operations(db)] == ["DROP TABLE"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -1149,6 +1150,32 @@ def test_table_ddl_through_softguard_is_seen_at_once(
         c.execute("ALTER TABLE customers ADD COLUMN deleted_at timestamptz")
         assert c.execute("DELETE FROM customers WHERE id <= 3").statusmessage == "DELETE 3"
     assert scalar(sg, db, "SELECT count(*) FROM customers WHERE deleted_at IS NOT NULL") == 3
+    assert scalar(sg, db, "SELECT count(*) FROM customers") == 2000
+
+
+def test_table_ddl_in_a_transaction_is_seen_soon_after_commit(
+    sd_proxy: Any, sg: Any, twins: Callable[..., list[str]]
+) -> None:
+    """A DELETE inside the DDL's transaction makes softguard read the tables before the
+    DDL is committed; they are read once more shortly after, not a minute later."""
+    (db,) = twins(1)
+    sg.execute(db, "ALTER TABLE customers DROP COLUMN deleted_at")
+    with psycopg.connect(sd_proxy.dsn(db), autocommit=True) as c:
+        c.execute("DELETE FROM billing.refunds WHERE id = 2")  # the ledger, installed first
+        with c.transaction():
+            c.execute("ALTER TABLE customers ADD COLUMN deleted_at timestamptz")
+            c.execute("DELETE FROM billing.refunds WHERE id = 1")  # read now: not committed
+        tags = []
+        for attempt in range(40):  # bounded: the re-read is due 2 s after the first
+            try:
+                tags.append(
+                    c.execute("DELETE FROM customers WHERE id = %s", [attempt + 1]).statusmessage
+                )
+                break
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                time.sleep(0.25)  # refused: the first read saw no deleted_at yet
+    assert tags == ["DELETE 1"]
+    assert scalar(sg, db, "SELECT count(*) FROM customers WHERE deleted_at IS NOT NULL") == 1
     assert scalar(sg, db, "SELECT count(*) FROM customers") == 2000
 
 
