@@ -35,6 +35,12 @@ class _Cur:
     tag: str | None = None
 
 
+# vehicles, once the test has added deleted_at to it
+VEHICLES = SoftTarget(
+    "public", "vehicles", "deleted_at", "timestamp with time zone", "timestamp", "now()", ("id",)
+)
+
+
 def _soft(db: str, ledger: Ledger, *stmts: str) -> None:
     ledger.execute(db, "; ".join(stmts))
 
@@ -252,21 +258,12 @@ def test_two_soft_tables_in_one_statement_one_operation(
     db = rental_db()
     _with_columns(ledger, db)
     _soft(db, ledger, "ALTER TABLE vehicles ADD deleted_at timestamptz")
-    vehicles = SoftTarget(
-        "public",
-        "vehicles",
-        "deleted_at",
-        "timestamp with time zone",
-        "timestamp",
-        "now()",
-        ("id",),
-    )
     stmt = (
         "WITH v AS (DELETE FROM vehicles WHERE id <= 2 RETURNING id)"
         " DELETE FROM customers WHERE id <= 3"
     )
     with protected(ledger, db) as c:
-        r = ledger.run(c, lambda c: c.execute(_sent(stmt, CUSTOMERS, vehicles)))
+        r = ledger.run(c, lambda c: c.execute(_sent(stmt, CUSTOMERS, VEHICLES)))
     assert r.error is None
     assert len(softguard_notices(r)) == 1
     ops = row_ops(ledger, db)
@@ -315,17 +312,8 @@ def test_purge_blocked_by_a_restricting_foreign_key(
 ) -> None:
     db = rental_db()
     _soft(db, ledger, "ALTER TABLE vehicles ADD deleted_at timestamptz")
-    vehicles = SoftTarget(
-        "public",
-        "vehicles",
-        "deleted_at",
-        "timestamp with time zone",
-        "timestamp",
-        "now()",
-        ("id",),
-    )
     with protected(ledger, db) as c:
-        c.execute(_sent("DELETE FROM vehicles WHERE id = 1", vehicles))
+        c.execute(_sent("DELETE FROM vehicles WHERE id = 1", VEHICLES))
     op = row_ops(ledger, db)[-1]["id"]
     with ledger.connect(db) as c:
         with pytest.raises(psycopg.errors.ForeignKeyViolation):

@@ -176,16 +176,8 @@ def other_tables(data: dict[str, Any], *skip: str) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in skip}
 
 
-def ledger_ops(sg: Any, db: str) -> list[dict[str, Any]]:
-    """Operations that are not the records of undos, oldest first."""
-    if not sg.has_ledger(db):
-        return []
-    with sg.connect(db) as c:
-        cur = c.cursor(row_factory=psycopg.rows.dict_row)
-        return cur.execute(
-            "SELECT id, kind, statement, state, objects, row_counts FROM softguard.operations"
-            " WHERE kind <> 'UNDO' ORDER BY id"
-        ).fetchall()
+# Operations that are not the records of undos, oldest first (tests/proxy_data's helper).
+ledger_ops = data_harness.row_ops
 
 
 def captures(sg: Any, db: str, op: int) -> list[dict[str, Any]]:
