@@ -152,28 +152,40 @@ def serve(
             embedded.cleanup() if settings.data_dir is None else embedded.stop()
 
 
+def _soft_delete_catalog(settings: Settings, dsn: str) -> tuple[str, Any]:
+    """(database, Resolution) of the [[soft_delete]] entries against the catalog of the
+    database ``dsn`` names. Raises psycopg.Error when it cannot be read."""
+    import psycopg
+
+    from softguard.soft_delete import resolve
+
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        database = str(conn.info.dbname)
+        return database, resolve(conn, settings.soft_delete, database)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _check_soft_delete(settings: Settings, dsn: str) -> None:
     """Check the [[soft_delete]] entries against the upstream database's catalog: refuse to
     start on a table whose configuration does not fit it (other databases are checked when
     a client first uses them)."""
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict
 
-    from softguard.soft_delete import check, resolve
+    from softguard.soft_delete import check
 
-    database = str(conninfo_to_dict(dsn).get("dbname") or "postgres")
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-            database = str(conn.info.dbname)
-            errors, warnings = check(resolve(conn, settings.soft_delete, database), database)
+        database, resolution = _soft_delete_catalog(settings, dsn)
     except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         typer.echo(
-            f"softguard: warning: soft_delete not checked at start ({first}); "
+            f"softguard: warning: soft_delete not checked at start ({_first_line(exc)}); "
             "it is checked when a client first uses each database",
             err=True,
         )
         return
+    errors, warnings = check(resolution, database)
     for line in warnings:
         typer.echo(f"softguard: warning: {line}", err=True)
     if errors:
@@ -289,15 +301,12 @@ def _dsn_database(dsn: str) -> str:
 def _read_soft_delete_tables(settings: Settings, dsn: str) -> Any:
     import psycopg
 
-    from softguard.soft_delete import check, resolve
+    from softguard.soft_delete import check
 
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-            database = str(conn.info.dbname)
-            resolution = resolve(conn, settings.soft_delete, database)
+        database, resolution = _soft_delete_catalog(settings, dsn)
     except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise _die(f"cannot read the catalog through --dsn: {first}") from None
+        raise _die(f"cannot read the catalog through --dsn: {_first_line(exc)}") from None
     errors, warnings = check(resolution, database)
     for line in errors + warnings:
         typer.echo(line)

@@ -45,6 +45,8 @@ log = logging.getLogger("softguard.session")
 _Q = ord("Q")
 _CONCURRENTLY = re.compile(r"\bconcurrently\b", re.IGNORECASE)
 # Statements after which the soft-delete tables of the database are read again.
+# Statements that may end a SQL-level prepared statement's name.
+_PREPARED_NAME_VERBS = frozenset({"PREPARE", "DEALLOCATE", "DISCARD"})
 _TABLE_DDL = frozenset(
     {"CREATE TABLE", "CREATE TABLE AS", "ALTER TABLE", "RENAME", "ALTER OBJECT SCHEMA"}
 )
@@ -71,13 +73,13 @@ class SoftSession:
     def __init__(self) -> None:
         self.prepared: set[str] = set()
 
-    def track(self, text: bytes) -> None:
+    def track(self, text: bytes, classification: Classification) -> None:
         """Forget names a DEALLOCATE / DISCARD ALL / new PREPARE in ``text`` ends."""
-        lowered = text.lower()
-        if not (b"deallocate" in lowered or b"discard" in lowered or b"prepare" in lowered):
-            return
-        for part in _split_statements(text):
-            change = prepared_name(part)
+        for stmt in classification.statements:
+            if stmt.command not in _PREPARED_NAME_VERBS:
+                continue
+            start, end = statement_span(text, stmt)
+            change = prepared_name(text[start:end].decode("utf-8", "replace"))
             if change is None:
                 continue
             what, name = change
@@ -85,17 +87,6 @@ class SoftSession:
                 self.prepared.clear()
             else:
                 self.prepared.discard(name)
-
-
-def _split_statements(text: bytes) -> list[str]:
-    from softguard.sql import classify
-
-    decoded = text.decode("utf-8", "replace")
-    try:
-        statements = classify(decoded).statements
-    except Exception:  # unparseable: nothing to track
-        return []
-    return [decoded[s.location : (s.location + s.length) if s.length else None] for s in statements]
 
 
 class NeedLedger:
@@ -135,9 +126,9 @@ def plan_message(
         return _rebuild(msg, text, [], refusal("42501", TAMPER_MESSAGE))
     retag: set[int] = set()
     if soft is not None and soft.prepared:
-        soft.track(text)
-        if b"execute" in text.lower():
-            retag = _executes_to_retag(server, text, soft)
+        exact = server.classifier.classify_bytes(text)
+        soft.track(text, exact)
+        retag = _executes_to_retag(text, exact, soft)
     classifier = server.classifier
     classification = classifier.classify_shape(text)
     if server.ledger.soft_delete_rules and any(
@@ -260,9 +251,8 @@ def _index_of(classification: Classification, stmt: Statement) -> int:
     return -1
 
 
-def _executes_to_retag(server: ProxyServer, text: bytes, soft: SoftSession) -> set[int]:
+def _executes_to_retag(text: bytes, classification: Classification, soft: SoftSession) -> set[int]:
     """Indices of the ``EXECUTE p`` statements of ``text`` that run a prepared soft delete."""
-    classification = server.classifier.classify_bytes(text)
     found: set[int] = set()
     for index, stmt in enumerate(classification.statements):
         if stmt.action != "EXECUTE":
