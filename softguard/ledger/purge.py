@@ -267,28 +267,33 @@ def purge_operation(
                 ],
             ).fetchone()
     except psycopg.Error as exc:
-        diag = exc.diag
-        state = diag.sqlstate or exc.sqlstate
-        message = diag.message_primary or str(exc).strip() or type(exc).__name__
-        if state == "55P03":
-            message = (
-                f"operation {op.id} skipped: something it holds is locked by another session"
-                f" (not granted within {lock_timeout:g}s: {message}); nothing was changed,"
-                " the next purge will take it"
+        why = "{message}; nothing was changed"
+        if (exc.diag.sqlstate or exc.sqlstate) == "55P03":
+            why = (
+                "something it holds is locked by another session (not granted within "
+                f"{lock_timeout:g}s: {{message}}); nothing was changed, the next purge will take it"
             )
-        else:
-            message = f"operation {op.id} skipped: {message}; nothing was changed"
-        return PurgeOutcome(
-            op=op.id,
-            purged=False,
-            message=message,
-            bytes=0,
-            archive=archive,
-            sqlstate=state,
-            hint=diag.message_hint,
-        )
+        return _skipped(op, exc, why, archive)
     assert row is not None
     return PurgeOutcome(op=op.id, purged=True, message=str(row[0]), bytes=op.bytes, archive=archive)
+
+
+def _skipped(
+    op: OpSpace, exc: psycopg.Error, why: str, archive: Path | None = None
+) -> PurgeOutcome:
+    """The outcome of an operation a server error stopped: "operation N skipped: " + ``why``
+    with ``{message}`` the server's message."""
+    diag = exc.diag
+    message = diag.message_primary or str(exc).strip() or type(exc).__name__
+    return PurgeOutcome(
+        op=op.id,
+        purged=False,
+        message=f"operation {op.id} skipped: " + why.format(message=message),
+        bytes=0,
+        archive=archive,
+        sqlstate=diag.sqlstate or exc.sqlstate,
+        hint=diag.message_hint,
+    )
 
 
 def purge_released_rows(
@@ -331,19 +336,11 @@ def purge_soft_deleted(
                     [op.id, batch_rows, _ms(lock_timeout)],
                 ).fetchone()
         except psycopg.Error as exc:
-            diag = exc.diag
-            message = diag.message_primary or str(exc).strip() or type(exc).__name__
-            return PurgeOutcome(
-                op=op.id,
-                purged=False,
-                message=(
-                    f"operation {op.id} skipped: its soft-deleted rows could not be deleted "
-                    f"({message}); rows deleted by earlier batches stay deleted, the next "
-                    "purge continues"
-                ),
-                bytes=0,
-                sqlstate=diag.sqlstate or exc.sqlstate,
-                hint=diag.message_hint,
+            return _skipped(
+                op,
+                exc,
+                "its soft-deleted rows could not be deleted ({message}); rows deleted by "
+                "earlier batches stay deleted, the next purge continues",
             )
         if row is None or int(row[0]) == 0:
             return None
