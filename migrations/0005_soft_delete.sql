@@ -67,11 +67,34 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_type(oid, text) FROM PUBLIC;
 
+-- 0002's _row_key, answering the same, in PL/pgSQL without a SET of its own: the capture
+-- trigger calls it for every soft delete, and a SQL function with a SET is planned again
+-- on each call. Its callers all pin search_path; everything here is qualified.
+CREATE OR REPLACE FUNCTION softguard._row_key(rel oid) RETURNS text[]
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT ARRAY(SELECT a.attname::text
+                           FROM pg_catalog.unnest(i.indkey) WITH ORDINALITY k(attnum, o)
+                           JOIN pg_catalog.pg_attribute a
+                             ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                          ORDER BY k.o)
+              FROM pg_catalog.pg_index i
+             WHERE i.indrelid = rel AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+               AND i.indexprs IS NULL AND 0 <> ALL (i.indkey)
+               AND NOT EXISTS (SELECT FROM pg_catalog.unnest(i.indkey) k(attnum)
+                                 JOIN pg_catalog.pg_attribute a
+                                   ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                                WHERE NOT a.attnotnull)
+             ORDER BY i.indisprimary DESC, i.indnatts, i.indexrelid
+             LIMIT 1);
+END $$;
+REVOKE ALL ON FUNCTION softguard._row_key(oid) FROM PUBLIC;
+
 -- What the capture trigger needs for a soft delete of table `rel` (info: the setting
 -- soft_delete_begin left): the key columns, the column list of the captured rows
 -- (key..., sg_old_mark, sg_old_by) and the INSERT capturing them from transition table
 -- sg_old ($1: the capture id); only rows that were not marked (WHERE CURRENT OF may
--- reach a marked one). PL/pgSQL, one query: its plan is kept for the session.
+-- reach a marked one).
 CREATE FUNCTION softguard._sd_shape(rel oid, info jsonb,
                                     OUT key text[], OUT columns jsonb, OUT capture text)
 LANGUAGE plpgsql STABLE AS $$
@@ -79,27 +102,17 @@ DECLARE
     col text := info->>'column';
     by_col text := info->>'by_column';
 BEGIN
-    SELECT k.cols, k.types INTO key, columns
-      FROM (SELECT array_agg(a.attname::text ORDER BY x.o) AS cols,
-                   pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(
-                       a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)) ORDER BY x.o)
-                   AS types
-              FROM (SELECT i.indkey FROM pg_catalog.pg_index i
-                     WHERE i.indrelid = rel AND i.indisunique AND i.indisvalid
-                       AND i.indpred IS NULL AND i.indexprs IS NULL AND 0 <> ALL (i.indkey)
-                       AND NOT EXISTS (SELECT FROM unnest(i.indkey) k(attnum)
-                                         JOIN pg_catalog.pg_attribute a
-                                           ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                                        WHERE NOT a.attnotnull)
-                     ORDER BY i.indisprimary DESC, i.indnatts, i.indexrelid LIMIT 1) i,
-                   unnest(i.indkey) WITH ORDINALITY x(attnum, o)
-              JOIN pg_catalog.pg_attribute a ON a.attrelid = rel AND a.attnum = x.attnum) k;
+    key := softguard._row_key(rel);
     IF key IS NULL THEN
         RETURN;
     END IF;
-    columns := columns || pg_catalog.jsonb_build_array(
-        pg_catalog.jsonb_build_array('sg_old_mark', softguard._sd_type(rel, col)),
-        pg_catalog.jsonb_build_array('sg_old_by', coalesce(softguard._sd_type(rel, by_col), 'text')));
+    columns := (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(
+                           c, softguard._sd_type(rel, c)) ORDER BY o)
+                  FROM pg_catalog.unnest(key) WITH ORDINALITY x(c, o))
+        || pg_catalog.jsonb_build_array(
+               pg_catalog.jsonb_build_array('sg_old_mark', softguard._sd_type(rel, col)),
+               pg_catalog.jsonb_build_array('sg_old_by',
+                                            coalesce(softguard._sd_type(rel, by_col), 'text')));
     capture := pg_catalog.format(
         'INSERT INTO softguard.captured_rows (capture_id, "row")'
         ' SELECT $1, ROW(%s, o.%I, %s)::text FROM sg_old o%s WHERE %s%s',
