@@ -217,14 +217,18 @@ class DatabasePool:
     """Copies of the template made ahead of time by a background thread (the server copies
     files while the tests do client-side work); ``take()`` hands out a fresh one."""
 
-    def __init__(self, server: TestServer, template: str, ahead: int = 3) -> None:
+    def __init__(
+        self, server: TestServer, template: str, ahead: int = 3, strategy: str = "FILE_COPY"
+    ) -> None:
         self.server = server
         self.template = template
         self._ready: queue.Queue[str | BaseException] = queue.Queue()
         self._slots = threading.Semaphore(ahead)
         self._stop = threading.Event()
-        # FILE_COPY (PostgreSQL 15+) copies the template's files instead of WAL-logging them.
-        self._strategy = " STRATEGY FILE_COPY" if server.version_num >= 150000 else ""
+        # CREATE DATABASE ... STRATEGY (PostgreSQL 15+). FILE_COPY copies the template's
+        # files instead of WAL-logging them; it checkpoints before and after each copy,
+        # which costs more than WAL_LOG once other databases have dirtied many buffers.
+        self._strategy = f" STRATEGY {strategy}" if server.version_num >= 150000 else ""
         self._thread = threading.Thread(target=self._fill, name="sg-db-pool", daemon=True)
         self._thread.start()
 
@@ -282,17 +286,23 @@ def db_pool(pg_server: TestServer, drop_template: str) -> Iterator[DatabasePool]
         pool.close()
 
 
-@pytest.fixture
-def twins(db_pool: DatabasePool) -> Iterator[Callable[..., list[str]]]:
+def make_twins(pool: DatabasePool) -> Iterator[Callable[..., list[str]]]:
+    """The body of a ``twins`` fixture over ``pool``: twins(n) -> n fresh copies, dropped
+    after the test."""
     made: list[str] = []
 
     def make(n: int = 2) -> list[str]:
-        names = [db_pool.take() for _ in range(n)]
+        names = [pool.take() for _ in range(n)]
         made.extend(names)
         return names
 
     yield make
-    db_pool.drop(made)
+    pool.drop(made)
+
+
+@pytest.fixture
+def twins(db_pool: DatabasePool) -> Iterator[Callable[..., list[str]]]:
+    yield from make_twins(db_pool)
 
 
 @pytest.fixture

@@ -33,20 +33,6 @@ DropKit = _pd.DropKit
 FIXTURE: Path = _pd.FIXTURE
 
 
-class DatabasePool(_pd.DatabasePool):  # type: ignore[misc,name-defined]
-    """tests/proxy_drop's pool, copying with STRATEGY WAL_LOG (PostgreSQL 15+): FILE_COPY
-    checkpoints before and after each copy, which costs ~10x more once the proxied twins
-    have dirtied buffers (this module takes three copies per test)."""
-
-    @property
-    def _strategy(self) -> str:
-        return " STRATEGY WAL_LOG" if self.server.version_num >= 150000 else ""
-
-    @_strategy.setter
-    def _strategy(self, _value: str) -> None:
-        pass  # the base class's choice is overridden
-
-
 @pytest.fixture(scope="session")
 def sd_template(pg_server: TestServer) -> Iterator[str]:
     name = pg_server.create_database()
@@ -61,7 +47,8 @@ def sd_template(pg_server: TestServer) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def sd_pool(pg_server: TestServer, sd_template: str) -> Iterator[Any]:
-    pool = DatabasePool(pg_server, sd_template, ahead=4)
+    # WAL_LOG: this module takes three copies per test, while proxied twins dirty buffers
+    pool = _pd.DatabasePool(pg_server, sd_template, ahead=4, strategy="WAL_LOG")
     try:
         yield pool
     finally:
@@ -70,15 +57,7 @@ def sd_pool(pg_server: TestServer, sd_template: str) -> Iterator[Any]:
 
 @pytest.fixture
 def twins(sd_pool: Any) -> Iterator[Callable[..., list[str]]]:
-    made: list[str] = []
-
-    def make(n: int = 2) -> list[str]:
-        names = [sd_pool.take() for _ in range(n)]
-        made.extend(names)
-        return names
-
-    yield make
-    sd_pool.drop(made)
+    yield from _pd.make_twins(sd_pool)
 
 
 @pytest.fixture
