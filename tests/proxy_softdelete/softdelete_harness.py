@@ -14,11 +14,9 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 
 import psycopg
 from support.modules import load_module
-from support.proxy import free_port
+from support.proxy import free_port, wait_listening
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -231,16 +229,7 @@ def serve_once(config: Path, upstream: str, timeout: float = 30) -> tuple[int | 
         )
         code: int | None = None
         try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                code = proc.poll()
-                if code is not None:
-                    break
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break  # it serves
-                except OSError:
-                    time.sleep(0.05)
+            wait_listening(proc, "127.0.0.1", port, timeout)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)  # our own process group only

@@ -48,6 +48,21 @@ class ProxyStartError(RuntimeError):
     pass
 
 
+def wait_listening(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float) -> bool:
+    """Wait until ``proc`` accepts TCP on host:port (True) or exits or ``timeout`` passes
+    (False; see ``proc.poll()``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 class _Target:
     server: TestServer
     host: str
@@ -106,16 +121,8 @@ class Proxy(_Target):
                     env=env,
                     start_new_session=True,
                 )
-            deadline = time.monotonic() + START_TIMEOUT
-            while time.monotonic() < deadline:
-                code = self.proc.poll()
-                if code is not None:
-                    break
-                try:
-                    with socket.create_connection((self.host, self.port), timeout=0.5):
-                        return
-                except OSError:
-                    time.sleep(0.05)
+            if wait_listening(self.proc, self.host, self.port, START_TIMEOUT):
+                return
             code = self.proc.poll()
             if code is None:
                 self.kill()
