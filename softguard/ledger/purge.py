@@ -40,6 +40,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from softguard.ledger.migrate import LedgerError
+from softguard.sql.classify import quote_ident
 
 #: How long purge waits for a lock (the ledger row, a quarantined table) before skipping.
 DEFAULT_LOCK_TIMEOUT = 2.0
@@ -614,7 +615,7 @@ def _export_captures(
             table = f"{RESTORE_SCHEMA}.op{op}_capture{cap['id']}"
             if fmt == "columns":
                 cols = ", ".join(
-                    f"{_quote_ident(c[0])} {c[1]}" for c in columns if isinstance(c, list)
+                    f"{quote_ident(c[0])} {c[1]}" for c in columns if isinstance(c, list)
                 )
             else:
                 cols = '"row" text'
@@ -643,12 +644,6 @@ def _export_captures(
                 load.append(f"\\copy {table} FROM '{name}' WITH (FORMAT csv, HEADER true)")
         entries.append(entry)
     return entries, load
-
-
-def _quote_ident(name: str) -> str:
-    if name and name.replace("_", "a").isalnum() and name.islower() and not name[0].isdigit():
-        return name
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _copy_capture(conn: psycopg.Connection[Any], cid: int, columns: list[Any], path: Path) -> str:
