@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from softguard.policy import PolicyConfig
-from softguard.soft_delete import SoftDeleteRule
+from softguard.soft_delete_config import SoftDeleteRule
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 

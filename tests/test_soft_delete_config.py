@@ -1,5 +1,6 @@
 """[[soft_delete]] configuration: what the TOML accepts, and what softguard finds wrong
-when it checks the entries against a real database's catalog (softguard/soft_delete.py).
+when it checks the entries against a real database's catalog
+(softguard/ledger/soft_delete_tables.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import pytest
 from support.pg import TestServer
 
 from softguard.config import ConfigError, load_settings
-from softguard.soft_delete import SoftDeleteRule, check, resolve
+from softguard.ledger.soft_delete_tables import check, resolve
+from softguard.soft_delete_config import SoftDeleteRule
 
 
 def _settings(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import psycopg
 import typer
 
-from softguard.ledger.migrate import LedgerError, apply_migrations, ledger_version
+from softguard.cli.common import fail
+from softguard.ledger.db import LedgerError, connect, error_line
+from softguard.ledger.migrate import apply_migrations, ledger_version
 
 
 def init(
@@ -17,21 +19,16 @@ def init(
 ) -> None:
     """Install (or upgrade) the softguard ledger in a database."""
     try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with connect(dsn) as conn:
             applied = apply_migrations(conn)
             version = ledger_version(conn)
-    except (LedgerError, psycopg.Error) as exc:
-        typer.echo(f"softguard: {_message(exc)}", err=True)
-        raise typer.Exit(1) from None
+    except LedgerError as exc:  # ours: already what a person should read, kept whole
+        raise fail(str(exc).strip()) from None
+    except psycopg.Error as exc:
+        raise fail(error_line(exc)) from None
     if applied:
         for name in applied:
             typer.echo(f"applied {name}")
         typer.echo(f"ledger is at version {version}")
     else:
         typer.echo(f"ledger is up to date (version {version})")
-
-
-def _message(exc: Exception) -> str:
-    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
-        return exc.diag.message_primary
-    return str(exc).strip() or type(exc).__name__

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from softguard.cli.common import fail
 from softguard.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -29,8 +30,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _die(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"softguard: {message}", err=True)
-    return typer.Exit(code)
+    return fail(message, code)
 
 
 @app.command()
@@ -154,18 +154,13 @@ def serve(
 
 def _soft_delete_catalog(settings: Settings, dsn: str) -> tuple[str, Any]:
     """(database, Resolution) of the [[soft_delete]] entries against the catalog of the
-    database ``dsn`` names. Raises psycopg.Error when it cannot be read."""
-    import psycopg
+    database ``dsn`` names. Raises psycopg.Error or LedgerError when it cannot be read."""
+    from softguard.ledger.db import connect
+    from softguard.ledger.soft_delete_tables import resolve
 
-    from softguard.soft_delete import resolve
-
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+    with connect(dsn) as conn:
         database = str(conn.info.dbname)
         return database, resolve(conn, settings.soft_delete, database)
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _check_soft_delete(settings: Settings, dsn: str) -> None:
@@ -174,13 +169,14 @@ def _check_soft_delete(settings: Settings, dsn: str) -> None:
     a client first uses them)."""
     import psycopg
 
-    from softguard.soft_delete import check
+    from softguard.ledger.db import LedgerError, error_line
+    from softguard.ledger.soft_delete_tables import check
 
     try:
         database, resolution = _soft_delete_catalog(settings, dsn)
-    except psycopg.Error as exc:
+    except (psycopg.Error, LedgerError) as exc:
         typer.echo(
-            f"softguard: warning: soft_delete not checked at start ({_first_line(exc)}); "
+            f"softguard: warning: soft_delete not checked at start ({error_line(exc)}); "
             "it is checked when a client first uses each database",
             err=True,
         )
@@ -301,12 +297,13 @@ def _dsn_database(dsn: str) -> str:
 def _read_soft_delete_tables(settings: Settings, dsn: str) -> Any:
     import psycopg
 
-    from softguard.soft_delete import check
+    from softguard.ledger.db import LedgerError, error_line
+    from softguard.ledger.soft_delete_tables import check
 
     try:
         database, resolution = _soft_delete_catalog(settings, dsn)
-    except psycopg.Error as exc:
-        raise _die(f"cannot read the catalog through --dsn: {_first_line(exc)}") from None
+    except (psycopg.Error, LedgerError) as exc:
+        raise _die(f"cannot read the catalog through --dsn: {error_line(exc)}") from None
     errors, warnings = check(resolution, database)
     for line in errors + warnings:
         typer.echo(line)
@@ -315,28 +312,26 @@ def _read_soft_delete_tables(settings: Settings, dsn: str) -> Any:
 
 def _soft_delete_entries(settings: Settings, result: Any, database: str) -> list[str]:
     """'schema.table (column ...)' of the [[soft_delete]] entries a DELETE target matches
-    (an unqualified name: any schema)."""
-    import fnmatch
-
+    (an unqualified name: any schema; the first entry that matches decides)."""
     found = []
     for stmt in result.statements:
         for inner in (stmt, *stmt.nested):
             if inner.action != "DELETE":
                 continue
             for target in inner.targets:
-                for rule in settings.soft_delete:
-                    if not fnmatch.fnmatchcase(database, rule.database):
-                        continue
-                    schema_ok = target.schema is None or fnmatch.fnmatchcase(
-                        target.schema, rule.schema_pattern
+                rule = next(
+                    (
+                        r
+                        for r in settings.soft_delete
+                        if r.matches(database, target.schema, target.name)
+                    ),
+                    None,
+                )
+                if rule is not None and rule.mode == "soft":
+                    found.append(
+                        f"{target.qualified()} (entry {rule.table!r}, "
+                        f"column {rule.column}, mark {rule.mark})"
                     )
-                    if schema_ok and fnmatch.fnmatchcase(target.name, rule.table_pattern):
-                        if rule.mode == "soft":
-                            found.append(
-                                f"{target.qualified()} (entry {rule.table!r}, "
-                                f"column {rule.column}, mark {rule.mark})"
-                            )
-                        break
     return found
 
 

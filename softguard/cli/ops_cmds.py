@@ -14,24 +14,28 @@ on stderr when the total exceeds ``max_quarantine_bytes``. Exit codes: 0 success
 
 from __future__ import annotations
 
-import json
-import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import date, datetime, timedelta
-from decimal import Decimal
-from pathlib import Path
+from datetime import datetime
 from typing import Annotated, Any
 
 import psycopg
 import typer
 
+from softguard.cli.common import (
+    ConfigOption,
+    DsnOption,
+    JsonOption,
+    configured_cap,
+    connect_ledger,
+    dumps,
+    fail,
+    iso,
+    parse_since,
+    short,
+)
 from softguard.cli.progress import bars
-from softguard.ledger.migrate import LedgerError
 from softguard.ledger.operations import (
     STATES,
-    LedgerNotInstalled,
     Operation,
     OperationNotFound,
     UndoFailed,
@@ -42,11 +46,8 @@ from softguard.ledger.operations import (
     operation_sizes,
     undo_operations,
 )
-from softguard.ledger.purge import human_bytes, space_report
-from softguard.ledger.scheduler import over_cap_warning
+from softguard.ledger.space import human_bytes, over_cap_warning, space_report
 
-APPLICATION_NAME = "softguard-cli"
-STATEMENT_WIDTH = 60
 #: Header of the plain (not a terminal) `ops` output: one tab-separated line per operation.
 PLAIN_COLUMNS = (
     "id",
@@ -60,26 +61,7 @@ PLAIN_COLUMNS = (
     "size",
 )
 
-DsnOption = Annotated[
-    str,
-    typer.Option(
-        "--dsn",
-        envvar="SOFTGUARD_DSN",
-        help="DSN of the protected database, directly (not through the proxy)",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        help="TOML configuration file (for max_quarantine_bytes; SOFTGUARD_* works too)",
-    ),
-]
-
-
-# -- small helpers (the two predicates are separate so tests can pretend a terminal) --
+# -- the terminal (two predicates, so that tests can pretend a terminal) --------------
 
 
 def _stdout_is_terminal() -> bool:
@@ -88,111 +70,6 @@ def _stdout_is_terminal() -> bool:
 
 def _stdin_is_terminal() -> bool:
     return sys.stdin.isatty()
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"softguard: {message}", err=True)
-    return typer.Exit(code)
-
-
-def configured_cap(config: Path | None) -> int | None:
-    """The ``max_quarantine_bytes`` setting (--config file, SOFTGUARD_* environment)."""
-    from softguard.config import ConfigError, load_settings
-
-    try:
-        return load_settings(config).max_quarantine_bytes
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
-
-
-_DURATION = re.compile(r"^(?:\d+[smhdw])+$")
-_DURATION_PART = re.compile(r"(\d+)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_since(text: str) -> timedelta | datetime:
-    """'90s', '30m', '2h', '7d', '1w', '1h30m' -> timedelta; ISO 8601 -> aware datetime.
-
-    A timestamp without a time zone is taken as local time. ValueError for anything else.
-    """
-    s = text.strip().lower()
-    if _DURATION.match(s):
-        return timedelta(
-            seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(s))
-        )
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"--since: expected a duration like 90s, 30m, 2h, 7d or an ISO 8601 timestamp"
-            f" like 2026-01-31T12:00:00+00:00, got {text!r}"
-        ) from None
-    return when if when.tzinfo is not None else when.astimezone()
-
-
-@contextmanager
-def _connect(dsn: str, *, read: bool = True) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection to the database, with the ledger checked; exits 1 on error.
-
-    ``read``: the role must be able to read softguard.operations (else only run undo_op).
-    """
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.Error as exc:
-        raise _fail(f"invalid --dsn: {_pg_message(exc)}", 2) from None
-    if "application_name" not in params:
-        dsn = psycopg.conninfo.make_conninfo(dsn, application_name=APPLICATION_NAME)
-    try:
-        conn = psycopg.connect(dsn, autocommit=True)
-    except psycopg.Error as exc:
-        raise _fail(f"cannot connect: {_pg_message(exc)}") from None
-    with conn:
-        try:
-            access = check_ledger(conn)
-            if read:
-                access.require_read()
-            else:
-                access.require_undo()
-        except LedgerNotInstalled:
-            raise _fail(
-                "softguard ledger is not installed in this database:"
-                " run softguard init --dsn DSN (as a superuser) first"
-            ) from None
-        except LedgerError as exc:
-            raise _fail(str(exc)) from None
-        try:
-            yield conn
-        except psycopg.Error as exc:
-            raise _fail(_pg_message(exc)) from None
-
-
-def _pg_message(exc: psycopg.Error) -> str:
-    if exc.diag.message_primary:
-        return exc.diag.message_primary
-    return str(exc).strip() or type(exc).__name__
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal):
-        return str(value)
-    return str(value)
-
-
-def _dumps(value: Any, indent: int | None = None) -> str:
-    return json.dumps(value, default=_json_default, indent=indent, ensure_ascii=False)
-
-
-def _iso(value: datetime | None) -> str:
-    return value.isoformat(timespec="seconds") if value is not None else "-"
-
-
-def _short(text: str, width: int = STATEMENT_WIDTH) -> str:
-    one_line = " ".join(text.split())
-    return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
 
 
 def _state_label(op: Operation) -> str:
@@ -264,13 +141,13 @@ def ops(
     try:
         since_value = parse_since(since) if since is not None else None
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     if state is not None and state not in STATES:
-        raise _fail(f"--state: expected one of {', '.join(STATES)}, got {state!r}", 2)
+        raise fail(f"--state: expected one of {', '.join(STATES)}, got {state!r}", 2)
     if limit < 1:
-        raise _fail(f"--limit: expected a positive number, got {limit}", 2)
+        raise fail(f"--limit: expected a positive number, got {limit}", 2)
     cap = configured_cap(config)
-    with _connect(dsn) as conn:
+    with connect_ledger(dsn) as conn:
         found = list_operations(
             conn,
             since=since_value,
@@ -282,7 +159,7 @@ def ops(
     if cap is not None and total is not None and total > cap:
         typer.echo(f"softguard: {over_cap_warning(total, cap, '')}", err=True)
     if as_json:
-        typer.echo(_dumps([operation_summary(op, _size(sizes, op)) for op in found]))
+        typer.echo(dumps([operation_summary(op, _size(sizes, op)) for op in found]))
         return
     if not found:
         typer.echo("no operations")
@@ -298,13 +175,13 @@ def ops(
             "\t".join(
                 (
                     str(op.id),
-                    _iso(op.created_at),
+                    iso(op.created_at),
                     op.db_role,
                     op.application_name or "-",
-                    _short(op.statement),
+                    short(op.statement),
                     _objects_label(op),
                     _state_label(op),
-                    _iso(op.expires_at),
+                    iso(op.expires_at),
                     str(_size(sizes, op)) if sizes is not None else "-",
                 )
             )
@@ -348,7 +225,7 @@ def _print_rich_table(found: list[Operation], sizes: dict[int, int] | None = Non
             op.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             op.db_role,
             op.application_name or "",
-            _short(op.statement),
+            short(op.statement),
             _objects_label(op),
             f"[{style}]{state}[/{style}]",
             op.expires_at.strftime("%Y-%m-%d %H:%M"),
@@ -368,17 +245,17 @@ def show(
     as_json: JsonOption = False,
 ) -> None:
     """Show everything recorded about one operation."""
-    with _connect(dsn) as conn:
+    with connect_ledger(dsn) as conn:
         try:
             found = get_operation(conn, op)
         except OperationNotFound as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     if as_json:
         doc = dict(found.columns)
         doc["targets"] = found.targets()
         doc["cascaded"] = found.cascaded()
         doc["reversible"] = found.reversible
-        typer.echo(_dumps(doc, indent=2))
+        typer.echo(dumps(doc, indent=2))
         return
     columns = {k: v for k, v in found.columns.items() if k not in _SHOWN_APART}
     width = max(len(k) for k in columns)
@@ -395,7 +272,7 @@ def show(
     steps = restore if isinstance(restore, list) else []
     typer.echo(f"restore plan ({len(steps)} steps; undo runs them last to first):")
     for i, step in enumerate(steps, 1):
-        typer.echo(f"  {i}. {_dumps(step)}")
+        typer.echo(f"  {i}. {dumps(step)}")
 
 
 def _show_value(value: Any) -> str:
@@ -406,7 +283,7 @@ def _show_value(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict | list):
-        return _dumps(value)
+        return dumps(value)
     return str(value)
 
 
@@ -482,31 +359,31 @@ def undo(
 ) -> None:
     """Undo operations, all in one transaction (all or nothing)."""
     if on_conflict not in ("fail", "skip"):
-        raise _fail("--on-conflict takes fail or skip", 2)
+        raise fail("--on-conflict takes fail or skip", 2)
     order = sorted(set(op_ids), reverse=True)
     if rename_to is not None and len(order) != 1:
-        raise _fail("--rename-to works with a single OP only", 2)
+        raise fail("--rename-to works with a single OP only", 2)
     if not dry_run and not yes and not _stdin_is_terminal():
-        raise _fail(
+        raise fail(
             "undo changes the database and stdin is not a terminal to confirm:"
             " pass --yes (or --dry-run to see what it would do)",
             2,
         )
-    with _connect(dsn, read=False) as conn:
+    with connect_ledger(dsn, read=False) as conn:
         found: list[Operation] | None = None
         if check_ledger(conn).can_read:  # else: a role that may only run undo_op
             try:
                 found = get_operations(conn, order)
             except OperationNotFound as exc:
-                raise _fail(f"{exc}; nothing was changed") from None
+                raise fail(f"{exc}; nothing was changed") from None
         if not dry_run and not yes:
             typer.echo(f"about to undo {len(order)} operation(s), newest first:")
             for op in found or []:
-                typer.echo(f"  {op.id}  {_short(op.statement, 100)}  [{_objects_label(op)}]")
+                typer.echo(f"  {op.id}  {short(op.statement, 100)}  [{_objects_label(op)}]")
             if found is None:
                 typer.echo(f"  {', '.join(map(str, order))} (this role cannot read the ledger)")
             if not typer.confirm("proceed?", default=False):
-                raise _fail("not confirmed; nothing was changed")
+                raise fail("not confirmed; nothing was changed")
         try:
             with bars(_stdout_is_terminal(), transient=True) as shown:
                 shown.add("undo", "undoing operations", len(order))

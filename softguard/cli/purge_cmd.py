@@ -6,7 +6,7 @@ superuser that installed the ledger.
 ``softguard purge [--older-than DURATION] [--dry-run] [--archive DIR] [--yes] [--json]``
 destroys what operations past their expiry (or, with --older-than, created at least that
 long ago) keep in quarantine, one short transaction per operation (see
-softguard/ledger/purge.py). It lists what it would purge first, and asks on a terminal;
+softguard/ledger/purge.py, archive.py). It lists what it would purge first, and asks on a terminal;
 without a terminal it needs --yes. Exit codes: 0 done (or nothing to do, or a dry run),
 1 some operation was skipped (locked, blocked, cannot be archived: it is left untouched and
 the next run takes it) or failed, 2 usage / not confirmable.
@@ -29,30 +29,27 @@ from typing import Annotated, Any
 
 import typer
 
-from softguard.cli.ops_cmds import (
+from softguard.cli.common import (
     ConfigOption,
     DsnOption,
     JsonOption,
-    _connect,
-    _dumps,
-    _fail,
-    _iso,
-    _short,
     configured_cap,
+    connect_ledger,
+    dumps,
+    fail,
+    iso,
     parse_since,
+    short,
 )
 from softguard.cli.progress import bars
+from softguard.ledger.db import PurgeError
 from softguard.ledger.purge import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_LOCK_TIMEOUT,
-    OpSpace,
-    PurgeError,
     check_purge_access,
-    due_operations,
-    human_bytes,
     run_purge,
-    space_report,
 )
+from softguard.ledger.space import OpSpace, due_operations, human_bytes, space_report
 
 #: Exit code of ``softguard space --max-bytes N`` when the quarantine holds more.
 EXIT_OVER_CAP = 3
@@ -95,8 +92,8 @@ def _op_json(op: OpSpace) -> dict[str, Any]:
 def _op_line(op: OpSpace) -> str:
     note = "" if op.holds_objects else f"  [{op.state}: releases its captured rows only]"
     return (
-        f"  {op.id}\t{_iso(op.created_at)}\texpires {_iso(op.expires_at)}"
-        f"\t{human_bytes(op.bytes)}\t{_short(op.statement)}{note}"
+        f"  {op.id}\t{iso(op.created_at)}\texpires {iso(op.expires_at)}"
+        f"\t{human_bytes(op.bytes)}\t{short(op.statement)}{note}"
     )
 
 
@@ -148,22 +145,22 @@ def purge(
     try:
         older = parse_duration(older_than) if older_than is not None else None
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     if lock_timeout <= 0:
-        raise _fail("--lock-timeout: expected a positive number of seconds", 2)
+        raise fail("--lock-timeout: expected a positive number of seconds", 2)
     if batch_rows < 1:
-        raise _fail("--batch-rows: expected a positive number", 2)
+        raise fail("--batch-rows: expected a positive number", 2)
     if not dry_run and not yes and not _stdin_is_terminal():
-        raise _fail(
+        raise fail(
             "purge destroys data and stdin is not a terminal to confirm:"
             " pass --yes (or --dry-run to see what it would purge)",
             2,
         )
-    with _connect(dsn) as conn:
+    with connect_ledger(dsn) as conn:
         try:
             check_purge_access(conn)
         except PurgeError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         due = due_operations(conn, older_than=older)
         total = sum(op.bytes for op in due)
         criterion = (
@@ -183,7 +180,7 @@ def purge(
         if not due or dry_run:
             if as_json:
                 typer.echo(
-                    _dumps(
+                    dumps(
                         {
                             "dry_run": dry_run,
                             "due": [_op_json(op) for op in due],
@@ -202,7 +199,7 @@ def purge(
                 " This cannot be undone",
                 default=False,
             ):
-                raise _fail("not confirmed; nothing was changed")
+                raise fail("not confirmed; nothing was changed")
         with bars(not as_json and _stdout_is_terminal()) as shown:
             shown.add("ops", "purging operations", len(due))
 
@@ -224,7 +221,7 @@ def purge(
             )
     if as_json:
         typer.echo(
-            _dumps(
+            dumps(
                 {
                     "dry_run": False,
                     "due": [_op_json(op) for op in due],
@@ -275,20 +272,20 @@ def space(
 ) -> None:
     """Show what each operation keeps in quarantine, and the total."""
     if max_bytes is not None and max_bytes < 0:
-        raise _fail("--max-bytes: expected a number of bytes", 2)
+        raise fail("--max-bytes: expected a number of bytes", 2)
     cap_name = "--max-bytes"
     if max_bytes is None:
         max_bytes, cap_name = configured_cap(config), "max_quarantine_bytes"
-    with _connect(dsn) as conn:
+    with connect_ledger(dsn) as conn:
         try:
             check_purge_access(conn)
         except PurgeError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         report = space_report(conn)
     over = max_bytes is not None and report.total_bytes > max_bytes
     if as_json:
         typer.echo(
-            _dumps(
+            dumps(
                 {
                     "total_bytes": report.total_bytes,
                     "count": report.count,

@@ -6,6 +6,11 @@ Owns:
   capture event triggers, ``softguard.drop_op`` (what the proxy CALLs instead of a DROP) and
   ``softguard.undo_op``. See docs/decisions/0005-reversible-drop.md.
 - ``migrate``: applying those migrations (``softguard init``, and the proxy on first need).
+- ``db``: softguard's own connections (one ``connect``, the same options everywhere) and
+  the errors of this package (``LedgerError`` and its subclasses, carrying SQLSTATEs).
+- ``operations`` (reading the ledger, undo), ``purge``, ``archive`` (what purge writes
+  first), ``space`` (sizes, what is due), ``scheduler`` (purge on a schedule),
+  ``soft_delete_tables`` (the catalog reader for ``[[soft_delete]]``).
 
 What always holds:
 - An operation is recorded if and only if the transaction that took the objects committed:
@@ -17,9 +22,9 @@ What always holds:
 - Undo is all or nothing, in one transaction.
 """
 
+from softguard.ledger.db import LedgerError
 from softguard.ledger.migrate import (
     MIGRATIONS_DIR,
-    LedgerError,
     apply_migrations,
     ledger_version,
     pending_migrations,

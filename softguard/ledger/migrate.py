@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
+from softguard.ledger.db import LedgerError
+
 #: The repository's ``migrations/`` (an editable install runs from the repository).
 # The repository's top-level migrations/, reached through the package's symlink
 # softguard/ledger/migrations (a built wheel carries the files themselves there).
@@ -25,10 +27,6 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 ADVISORY_LOCK_KEY = 0x736F6674677264
 
 _NAME = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
-
-
-class LedgerError(Exception):
-    """The ledger cannot be installed or read (the message says why and what to do)."""
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from softguard.ledger.migrate import LedgerError
+from softguard.ledger.db import LedgerError, LedgerNotInstalled, error_line, sqlstate
 
 #: The states an operation can be in (softguard.operations.state).
 STATES = ("active", "undone", "purged")
@@ -53,10 +54,6 @@ _STANDALONE_TYPES = frozenset(
 _LINK_TYPES = frozenset({"table constraint", "index", "trigger", "policy", "rule", "default value"})
 
 
-class LedgerNotInstalled(LedgerError):
-    """The database has no softguard ledger (``softguard init`` was not run on it)."""
-
-
 class OperationNotFound(LedgerError):
     """No operation with this id in the ledger."""
 
@@ -66,7 +63,7 @@ class OperationNotFound(LedgerError):
 
 
 @dataclass(frozen=True)
-class UndoFailed(Exception):
+class UndoFailed(LedgerError):
     """``softguard.undo_op`` (or the commit) failed: nothing was changed."""
 
     op: int | None  # the operation being undone when it failed (None: at commit)
@@ -83,8 +80,8 @@ class UndoFailed(Exception):
         diag = exc.diag
         return cls(
             op=op,
-            sqlstate=diag.sqlstate or exc.sqlstate,
-            message=diag.message_primary or str(exc).strip() or type(exc).__name__,
+            sqlstate=sqlstate(exc),
+            message=error_line(exc),
             detail=diag.message_detail,
             hint=diag.message_hint,
         )
@@ -163,6 +160,18 @@ class Operation:
 
 def _label(obj: dict[str, Any]) -> str:
     return f"{obj.get('type', '?')} {obj.get('identity', '?')}"
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps``'s ``default`` for the values ledger rows hold (timestamps,
+    intervals as seconds, numerics as text)."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return str(value)
+    return str(value)
 
 
 # -- ledger presence -------------------------------------------------------------------

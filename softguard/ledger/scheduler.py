@@ -34,19 +34,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
+from softguard.ledger.db import PURGE_APPLICATION_NAME, LedgerError, connect
 from softguard.ledger.purge import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_LOCK_TIMEOUT,
-    PurgeError,
     PurgeSummary,
     check_purge_access,
-    due_operations,
-    human_bytes,
     run_purge,
-    space_report,
 )
+from softguard.ledger.space import due_operations, over_cap_warning, space_report
 
 if TYPE_CHECKING:
     from softguard.config import Settings
@@ -55,7 +53,6 @@ log = logging.getLogger("softguard.purge")
 
 #: pg_try_advisory_lock key: one scheduled purge per database at a time ("softprg").
 PURGE_LOCK_KEY = 0x736F6674707267
-APPLICATION_NAME = "softguard-purge"
 
 #: database name -> a new autocommit connection to it.
 Connect = Callable[[str], "psycopg.Connection[Any]"]
@@ -73,26 +70,18 @@ class DatabasePass:
     message: str = ""
 
 
-def over_cap_warning(total: int, cap: int, where: str) -> str:
-    """The loud line printed/logged when the quarantine holds more than the cap."""
-    return (
-        f"WARNING: the quarantine{where} holds {human_bytes(total)} ({total} bytes), more"
-        f" than max_quarantine_bytes {cap}: nothing is evicted automatically; run softguard"
-        " purge (e.g. --older-than 3d) or lower retention_days to free space"
-    )
-
-
 def connector(dsn: str, connect_timeout: float = 10.0) -> Connect:
     """A ``Connect`` for a DSN template: its database name is replaced by the one asked."""
-    base = make_conninfo(dsn, application_name=APPLICATION_NAME)
 
-    def connect(database: str) -> psycopg.Connection[Any]:
-        conninfo = make_conninfo(
-            base, dbname=database, connect_timeout=max(1, int(connect_timeout))
+    def connect_to(database: str) -> psycopg.Connection[Any]:
+        return connect(
+            dsn,
+            application_name=PURGE_APPLICATION_NAME,
+            dbname=database,
+            connect_timeout=connect_timeout,
         )
-        return psycopg.connect(conninfo, autocommit=True)
 
-    return connect
+    return connect_to
 
 
 def connectable_databases(conn: psycopg.Connection[Any]) -> list[str]:
@@ -189,7 +178,7 @@ class PurgeScheduler:
         """One pass over every database covered; never raises for a database's error."""
         try:
             targets = self._targets()
-        except psycopg.Error as exc:
+        except (psycopg.Error, LedgerError) as exc:
             log.warning("purge: cannot list the databases (via %s): %s", self.list_from, exc)
             return []
         passes: list[DatabasePass] = []
@@ -207,7 +196,7 @@ class PurgeScheduler:
                             max_quarantine_bytes=self.max_quarantine_bytes,
                         )
                     )
-            except (psycopg.Error, PurgeError) as exc:
+            except (psycopg.Error, LedgerError) as exc:
                 message = f"database {database}: purge failed: {str(exc).strip()}"
                 log.warning("%s", message)
                 passes.append(DatabasePass(database, "error", message=message))

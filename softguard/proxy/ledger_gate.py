@@ -20,15 +20,17 @@ from typing import Literal
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from softguard.ledger.db import GATE_APPLICATION_NAME, LedgerError, connect, error_line
+from softguard.ledger.soft_delete_tables import check, resolve
 from softguard.proxy.upstream import UpstreamTarget
-from softguard.soft_delete import SoftDeleteRule, check, resolve
+from softguard.soft_delete_config import SoftDeleteRule
 from softguard.sql.soft_delete import SoftDeleteTables
 
 log = logging.getLogger("softguard.ledger")
 
 LedgerState = Literal[True] | str  # True when ready, else why not
 SOFT_DELETE_REFRESH = 60.0
-INSTALL_LOCK_TIMEOUT_MS = 5000
+INSTALL_LOCK_TIMEOUT = 5.0  # seconds
 DDL_RECHECK = 2.0  # seconds after a read caused by DDL, read again (in the background)
 
 
@@ -102,7 +104,7 @@ class LedgerGate:
             self._soft_refresh.discard(database)
 
     def _read_soft(self, database: str, user: str) -> None:
-        with psycopg.connect(self.conninfo(database, user), autocommit=True) as conn:
+        with connect(self.conninfo(database, user)) as conn:
             self._store_soft(conn, database)
 
     def _store_soft(self, conn: psycopg.Connection[tuple[object, ...]], database: str) -> None:
@@ -146,7 +148,9 @@ class LedgerGate:
         self._states[database] = state
         return state
 
-    def conninfo(self, database: str, user: str, application_name: str = "softguard") -> str:
+    def conninfo(
+        self, database: str, user: str, application_name: str = GATE_APPLICATION_NAME
+    ) -> str:
         """softguard's own connection to ``database``: the upstream's credentials if it
         carries any, else the client's role (trust or .pgpass)."""
         target = self._target
@@ -166,16 +170,14 @@ class LedgerGate:
         )
 
     def _install(self, database: str, user: str) -> LedgerState:
-        from softguard.ledger.migrate import LedgerError, apply_migrations
+        from softguard.ledger.migrate import apply_migrations
 
         conninfo = self.conninfo(database, user)
         try:
             # The statement waiting for this check may come from a transaction that holds
             # locks the migrations need (installing triggers on its tables): wait a little,
             # then refuse it with the reason, rather than wait for each other forever.
-            with psycopg.connect(
-                conninfo, autocommit=True, options=f"-c lock_timeout={INSTALL_LOCK_TIMEOUT_MS}"
-            ) as conn:
+            with connect(conninfo, lock_timeout=INSTALL_LOCK_TIMEOUT) as conn:
                 applied = apply_migrations(conn)
                 try:
                     self._store_soft(conn, database)
@@ -185,7 +187,7 @@ class LedgerGate:
                     retry_at = time.monotonic() - SOFT_DELETE_REFRESH + 10
                     self._soft[database] = (retry_at, SoftDeleteTables())
         except (psycopg.Error, LedgerError) as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            message = error_line(exc)
             log.warning("ledger check for database %s failed: %s", database, message)
             return message
         if applied:

@@ -61,7 +61,7 @@ _BY_SQL = {"role": "current_user", "application_name": "current_setting('applica
 
 @dataclass(frozen=True, slots=True)
 class SoftTarget:
-    """One soft-delete table as found in the catalog (see softguard/soft_delete.py)."""
+    """One soft-delete table as found in the catalog (ledger/soft_delete_tables.py)."""
 
     schema: str
     table: str

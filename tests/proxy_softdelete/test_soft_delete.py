@@ -907,8 +907,9 @@ def test_quarantine_entry_before_a_pattern(
 ) -> None:
     """First matching entry wins: reservations (mode quarantine) is hard-deleted, captured;
     customers (public.*) is soft-deleted. A table public.* matches that lacks deleted_at
-    (locations) is not a soft-delete table (softguard/soft_delete.py: a pattern covers the
-    tables that have the mark column): its DELETE is the ordinary captured one."""
+    (locations) is not a soft-delete table (softguard/ledger/soft_delete_tables.py: a
+    pattern covers the tables that have the mark column): its DELETE is the ordinary
+    captured one."""
     (db,) = twins(1)
     dsn = pattern_proxy.dsn(db, application_name="sd-test-app")
     with psycopg.connect(dsn, autocommit=True) as c:
