@@ -46,6 +46,7 @@ from softguard.demo import (
     take_checksums,
 )
 from softguard.embedded import EmbeddedError, EmbeddedPostgres
+from softguard.ledger.db import error_line
 from softguard.ledger.operations import (
     Operation,
     UndoFailed,
@@ -308,13 +309,13 @@ def _close(resources: _Resources) -> None:
 
 
 def _message(exc: BaseException) -> str:
-    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
-        return exc.diag.message_primary
+    if isinstance(exc, psycopg.Error):
+        return error_line(exc)
     if isinstance(exc, UndoFailed):
         return f"undo of operation {exc.op} failed: {exc.message}" + (
             f" ({exc.detail})" if exc.detail else ""
         )
-    return str(exc).strip() or type(exc).__name__
+    return str(exc).strip() or type(exc).__name__  # the demo's own: may carry a log's tail
 
 
 def _scenario(out: _Output, res: _Resources) -> tuple[list[Comparison], int]:

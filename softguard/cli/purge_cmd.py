@@ -29,18 +29,8 @@ from typing import Annotated, Any
 
 import typer
 
-from softguard.cli.common import (
-    ConfigOption,
-    DsnOption,
-    JsonOption,
-    configured_cap,
-    connect_ledger,
-    dumps,
-    fail,
-    iso,
-    parse_since,
-    short,
-)
+from softguard.cli import common
+from softguard.cli.common import ConfigOption, DsnOption, JsonOption, fail
 from softguard.cli.progress import bars
 from softguard.ledger.db import PurgeError
 from softguard.ledger.purge import (
@@ -66,7 +56,7 @@ def _stdout_is_terminal() -> bool:
 def parse_duration(text: str) -> timedelta:
     """'0s', '90s', '30m', '12h', '7d', '2w', '1d12h' -> timedelta; ValueError otherwise."""
     try:
-        value = parse_since(text)
+        value = common.parse_since(text)
     except ValueError:
         value = None
     if not isinstance(value, timedelta):
@@ -92,8 +82,8 @@ def _op_json(op: OpSpace) -> dict[str, Any]:
 def _op_line(op: OpSpace) -> str:
     note = "" if op.holds_objects else f"  [{op.state}: releases its captured rows only]"
     return (
-        f"  {op.id}\t{iso(op.created_at)}\texpires {iso(op.expires_at)}"
-        f"\t{human_bytes(op.bytes)}\t{short(op.statement)}{note}"
+        f"  {op.id}\t{common.iso(op.created_at)}\texpires {common.iso(op.expires_at)}"
+        f"\t{human_bytes(op.bytes)}\t{common.short(op.statement)}{note}"
     )
 
 
@@ -156,7 +146,7 @@ def purge(
             " pass --yes (or --dry-run to see what it would purge)",
             2,
         )
-    with connect_ledger(dsn) as conn:
+    with common.connect_ledger(dsn) as conn:
         try:
             check_purge_access(conn)
         except PurgeError as exc:
@@ -180,7 +170,7 @@ def purge(
         if not due or dry_run:
             if as_json:
                 typer.echo(
-                    dumps(
+                    common.dumps(
                         {
                             "dry_run": dry_run,
                             "due": [_op_json(op) for op in due],
@@ -221,7 +211,7 @@ def purge(
             )
     if as_json:
         typer.echo(
-            dumps(
+            common.dumps(
                 {
                     "dry_run": False,
                     "due": [_op_json(op) for op in due],
@@ -275,8 +265,8 @@ def space(
         raise fail("--max-bytes: expected a number of bytes", 2)
     cap_name = "--max-bytes"
     if max_bytes is None:
-        max_bytes, cap_name = configured_cap(config), "max_quarantine_bytes"
-    with connect_ledger(dsn) as conn:
+        max_bytes, cap_name = common.configured_cap(config), "max_quarantine_bytes"
+    with common.connect_ledger(dsn) as conn:
         try:
             check_purge_access(conn)
         except PurgeError as exc:
@@ -285,7 +275,7 @@ def space(
     over = max_bytes is not None and report.total_bytes > max_bytes
     if as_json:
         typer.echo(
-            dumps(
+            common.dumps(
                 {
                     "total_bytes": report.total_bytes,
                     "count": report.count,

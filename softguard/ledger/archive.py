@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from softguard.ledger.db import ArchiveFailed, PurgeError, milliseconds
+from softguard.ledger.db import ArchiveFailed, PurgeError, error_line, milliseconds
 from softguard.ledger.operations import json_default
 from softguard.sql.classify import quote_ident
 
@@ -370,7 +370,7 @@ def archive_operation(
         raise
     except (OSError, psycopg.Error) as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        raise ArchiveFailed(op, str(exc).strip() or type(exc).__name__) from None
+        raise ArchiveFailed(op, error_line(exc)) from None
     return final
 
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from softguard.ledger.db import PURGE_APPLICATION_NAME, LedgerError, connect
+from softguard.ledger.db import PURGE_APPLICATION_NAME, LedgerError, connect, error_line
 from softguard.ledger.purge import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_LOCK_TIMEOUT,
@@ -197,7 +197,7 @@ class PurgeScheduler:
                         )
                     )
             except (psycopg.Error, LedgerError) as exc:
-                message = f"database {database}: purge failed: {str(exc).strip()}"
+                message = f"database {database}: purge failed: {error_line(exc)}"
                 log.warning("%s", message)
                 passes.append(DatabasePass(database, "error", message=message))
         return passes

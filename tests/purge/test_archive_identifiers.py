@@ -101,21 +101,9 @@ def test_archive_loads_keyword_and_quoted_column_names(
         for d in archive.iterdir()
         if (d / "load.sql").is_file() and "odd" in (d / "load.sql").read_text()
     ]
+    psql = [str(pg_server.bin("psql")), "-Xq", "-v", "ON_ERROR_STOP=1", "-f", "load.sql"]
     load = subprocess.run(
-        [
-            str(pg_server.bin("psql")),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            ledger.dsn(fresh_db),
-            "-f",
-            "load.sql",
-        ],
-        cwd=op_dir,
-        capture_output=True,
-        text=True,
+        [*psql, "-d", ledger.dsn(fresh_db)], cwd=op_dir, capture_output=True, text=True
     )
     assert load.returncode == 0, load.stderr
     with ledger.connect(fresh_db) as c:
