@@ -14,7 +14,7 @@
 --   dropped; anything softguard cannot keep makes drop_op fail with 0A000 (the caller's
 --   transaction aborts, nothing is lost). Design: docs/decisions/0005-reversible-drop.md.
 -- * Rows are captured in the database, in the transaction that removes or changes them
---   (capture.sql; docs/decisions/0006-row-capture.md). Captured rows are stored once, as the
+--   (40_capture.sql; docs/decisions/0006-row-capture.md). Captured rows are stored once, as the
 --   text of the row (record_out): softguard.captured_rows (capture_id, row);
 --   softguard.captures holds one row per trigger firing (operation, table, event, count,
 --   the column list with types, to read the rows back whatever the table looks like at undo).

@@ -8,6 +8,9 @@
 --   until <YYYY-MM-DD>', formatted here only;
 -- * the ctx the proxy passes to drop_op / truncate_op / alter_op: {"client_addr",
 --   "retention_seconds", "offset", "action", ...};
+-- * errors other code reacts to carry a SQLSTATE and a DETAIL of 'key=value' pairs: undo
+--   blocked by a later operation is 55006 with DETAIL 'blocked_by=<op>';
+-- * the undo result row, softguard.undo_step (70_undo.sql);
 -- * settings: softguard.capture, softguard.retention, softguard.client_addr (session
 --   defaults the proxy sets), softguard.cur_op, softguard.truncate_op, softguard.probe,
 --   softguard.internal, softguard.sd_<oid> (transaction-local, the database's own).
@@ -29,10 +32,20 @@ BEGIN
 END $$;
 GRANT EXECUTE ON FUNCTION softguard._notice(text, text) TO PUBLIC;
 
+-- The operation NOTICE: the one place its wording is written (softguard/contract.py parses
+-- it). No SET, all qualified: called from the capture trigger, it stays inlinable.
+CREATE FUNCTION softguard._op_notice(action text, targets text, op bigint, expires timestamptz)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.format('softguard: %s %s is reversible as operation %s until %s',
+                             action, targets, op, pg_catalog.to_char(expires, 'YYYY-MM-DD'))
+$$;
+REVOKE ALL ON FUNCTION softguard._op_notice(text, text, bigint, timestamptz) FROM PUBLIC;
+
+-- The NOTICE of an operation this transaction opened (alter_op).
 CREATE FUNCTION softguard._op_message(op bigint, action text, targets text) RETURNS text
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('softguard: %s %s is reversible as operation %s until %s', action, targets, op,
-                  to_char(expires_at, 'YYYY-MM-DD'))
+    SELECT softguard._op_notice(action, targets, op, expires_at)
       FROM softguard.operations WHERE id = op AND txid = pg_current_xact_id()
 $$;
 REVOKE ALL ON FUNCTION softguard._op_message(bigint, text, text) FROM PUBLIC;
@@ -67,3 +80,16 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._op_begin(text, jsonb, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._op_begin(text, jsonb, text) TO PUBLIC;
+
+-- DETAIL of a 55006 "undo blocked by a later operation" error, and reading it back.
+CREATE FUNCTION softguard._blocked_detail(holder bigint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'blocked_by=' || holder
+$$;
+REVOKE ALL ON FUNCTION softguard._blocked_detail(bigint) FROM PUBLIC;
+
+CREATE FUNCTION softguard._blocked_by(detail text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (pg_catalog.regexp_match(detail, '(?:^| )blocked_by=([0-9]+)(?: |$)'))[1]::bigint
+$$;
+REVOKE ALL ON FUNCTION softguard._blocked_by(text) FROM PUBLIC;

@@ -232,12 +232,13 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._row_type(jsonb, text) FROM PUBLIC;
 
--- Which key identifies a row of table `rel` (the one place that decides it: capture,
--- alter, soft delete, undo and the proxy all ask this): the primary key, else the
--- narrowest valid unique index on NOT NULL columns without expressions or predicate, as
--- column names in index order; NULL when there is none. Hot path (every soft delete): no
+-- Which key identifies a row of table `rel` (the one place in the database that decides
+-- it: capture, alter, soft delete and undo ask this): the primary key, else the narrowest
+-- valid unique index on NOT NULL columns without expressions or predicate, as column names
+-- in index order; none of the columns `excluded` (ALTER COLUMN ... TYPE: the columns whose
+-- values are about to change); NULL when there is none. Hot path (every soft delete): no
 -- SET, PL/pgSQL (see the top of this file).
-CREATE FUNCTION softguard._row_key(rel oid) RETURNS text[]
+CREATE FUNCTION softguard._row_key(rel oid, excluded text[] DEFAULT '{}') RETURNS text[]
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (SELECT ARRAY(SELECT a.attname::text
@@ -251,8 +252,8 @@ BEGIN
                AND NOT EXISTS (SELECT FROM pg_catalog.unnest(i.indkey) k(attnum)
                                  JOIN pg_catalog.pg_attribute a
                                    ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                                WHERE NOT a.attnotnull)
+                                WHERE NOT a.attnotnull OR a.attname::text = ANY (excluded))
              ORDER BY i.indisprimary DESC, i.indnatts, i.indexrelid
              LIMIT 1);
 END $$;
-REVOKE ALL ON FUNCTION softguard._row_key(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._row_key(oid, text[]) FROM PUBLIC;

@@ -1,5 +1,5 @@
 -- Reversible DROP: drop_op(stmt, stmt_cascade, ctx), what the proxy CALLs in place of a
--- destructive DROP. Design: docs/decisions/0005-reversible-drop.md. Undo: undo.sql
+-- destructive DROP. Design: docs/decisions/0005-reversible-drop.md. Undo: 70_undo.sql
 -- (_undo_one).
 --
 -- What always holds:
@@ -293,9 +293,7 @@ BEGIN
                AND NOT held ? format('%s/%s/%s', l.classid, l.objid, l.objsubid)))
      WHERE o.id = op_id;
 
-    RETURN format('softguard: %s %s is reversible as operation %s until %s',
-                  coalesce(ctx->>'action', 'DROP'), targets, op_id,
-                  to_char(expires, 'YYYY-MM-DD'));
+    RETURN softguard._op_notice(coalesce(ctx->>'action', 'DROP'), targets, op_id, expires);
 END $$;
 REVOKE ALL ON FUNCTION softguard._quarantine(jsonb, text, jsonb, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._quarantine(jsonb, text, jsonb, text) TO PUBLIC;

@@ -1,6 +1,6 @@
 -- Row capture: reversible DELETE, UPDATE, MERGE and TRUNCATE (the soft-delete branch of the
--- capture trigger reads soft_delete.sql's helpers). Design: docs/decisions/0006-row-capture.md.
--- Undo: undo.sql (_undo_rows).
+-- capture trigger reads 60_soft_delete.sql's helpers). Design: docs/decisions/0006-row-capture.md.
+-- Undo: 70_undo.sql (_undo_rows).
 --
 -- What always holds:
 -- * Rows are captured in the database, in the transaction that removes or changes them:
@@ -133,13 +133,13 @@ BEGIN
         RETURNING id INTO op;
         PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
         -- no row count: later statements of the same query string may join it
-        PERFORM softguard._notice(format('softguard: %s %s%s is reversible as operation %s until %s',
+        PERFORM softguard._notice(softguard._op_notice(
             CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'
                          ELSE 'UPDATE' END,
-            ident,
-            CASE WHEN event = 'soft_delete'
-                 THEN format(' (soft delete: %s set)', quote_ident(sdi->>'column')) ELSE '' END,
-            op, to_char(expires, 'YYYY-MM-DD')));
+            ident || CASE WHEN event = 'soft_delete'
+                          THEN format(' (soft delete: %s set)', quote_ident(sdi->>'column'))
+                          ELSE '' END,
+            op, expires));
     ELSE
         UPDATE softguard.operations o SET
             -- a soft delete of another statement of the same query string: named too (a
@@ -243,9 +243,7 @@ BEGIN
         SELECT string_agg(c.table_identity, ', ' ORDER BY c.id) INTO targets
           FROM softguard.captures c WHERE c.op_id = op AND c.event = 'truncate';
     END IF;
-    RETURN format('softguard: %s %s is reversible as operation %s until %s',
-                  coalesce(action, 'TRUNCATE TABLE'), targets, op,
-                  to_char(o.expires_at, 'YYYY-MM-DD'));
+    RETURN softguard._op_notice(coalesce(action, 'TRUNCATE TABLE'), targets, op, o.expires_at);
 END $$;
 REVOKE ALL ON FUNCTION softguard._truncate_finish(bigint, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._truncate_finish(bigint, text) TO PUBLIC;
@@ -271,7 +269,7 @@ END $$;
 GRANT EXECUTE ON PROCEDURE softguard.truncate_op(text, jsonb) TO PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
--- The triggers on each table (new tables: event_triggers.sql)
+-- The triggers on each table (new tables: 90_event_triggers.sql)
 -- ---------------------------------------------------------------------------------------
 
 -- Install the capture triggers on one table (idempotent).

@@ -1,5 +1,5 @@
 -- ALTER TABLE ... DROP COLUMN and ALTER COLUMN ... TYPE are reversible: alter_op(stmt, ctx).
--- Design: docs/decisions/0006-row-capture.md ("ALTER COLUMN ... TYPE"). Undo: undo.sql
+-- Design: docs/decisions/0006-row-capture.md ("ALTER COLUMN ... TYPE"). Undo: 70_undo.sql
 -- (_undo_drop_column, _undo_type).
 --
 -- What always holds:
@@ -119,25 +119,6 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._capture_column(bigint, oid, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._capture_column(bigint, oid, integer) TO PUBLIC;
 
--- A key of a table that does not include any of the columns `changed` (their values are
--- about to change): the primary key first, else a unique index on NOT NULL columns (no
--- expressions, no predicate). NULL when there is none.
-CREATE FUNCTION softguard._type_key(rel oid, changed text[]) RETURNS text[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY k(attnum, o)
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                  ORDER BY k.o)
-      FROM pg_index i
-     WHERE i.indrelid = rel AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
-       AND i.indexprs IS NULL AND 0 <> ALL (i.indkey)
-       AND NOT EXISTS (SELECT FROM unnest(i.indkey) k(attnum)
-                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                        WHERE NOT a.attnotnull OR a.attname::text = ANY (changed))
-     ORDER BY i.indisprimary DESC, i.indnatts, i.indexrelid
-     LIMIT 1
-$$;
-REVOKE ALL ON FUNCTION softguard._type_key(oid, text[]) FROM PUBLIC;
-
 -- ---------------------------------------------------------------------------------------
 -- Capture: before the statement (old values), after it (new values)
 -- ---------------------------------------------------------------------------------------
@@ -181,7 +162,7 @@ BEGIN
     END IF;
     ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
                     (SELECT relname FROM pg_class WHERE oid = rel));
-    key := softguard._type_key(rel, changed);
+    key := softguard._row_key(rel, changed);
     IF key IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '0A000',
             MESSAGE = format('softguard cannot keep the values of %s.%I across its type change: %s',

@@ -1,12 +1,12 @@
--- Soft delete (docs/decisions/0008-soft-delete.md). Undo: undo.sql (_undo_rows); purge:
--- purge.sql (purge_soft_rows).
+-- Soft delete (docs/decisions/0008-soft-delete.md). Undo: 70_undo.sql (_undo_rows); purge:
+-- 80_purge.sql (purge_soft_rows).
 --
 -- On tables configured for soft delete the proxy sends a client's DELETE as an UPDATE that
 -- marks the rows (softguard/sql/soft_delete.py). What always holds here:
 -- * softguard.soft_delete_begin() runs once per such statement, when its first row is
 --   marked: it checks the table name resolved to the configured table, and leaves the
 --   statement's mark in the transaction-local setting softguard.sd_<table oid>.
--- * The table's statement-level capture trigger (capture.sql's _capture_rows) takes that
+-- * The table's statement-level capture trigger (40_capture.sql's _capture_rows) takes that
 --   setting (and clears it): the rows the statement marked are captured as event
 --   'soft_delete' -- their key and the old values of the mark columns, nothing more --
 --   in an operation of kind DELETE (MERGE for a MERGE ... DELETE) with one NOTICE.

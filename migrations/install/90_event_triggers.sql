@@ -3,7 +3,7 @@
 -- * softguard_capture_sql_drop / softguard_capture_ddl_end: the probe (softguard._probe
 --   arms them to report what a statement would drop) and the backstop that refuses any
 --   DROP of the ledger or the quarantine from SQL softguard cannot see.
--- * softguard_capture_install: new tables get the capture triggers (capture.sql).
+-- * softguard_capture_install: new tables get the capture triggers (40_capture.sql).
 -- The install ends by putting the capture triggers on every existing table.
 
 -- ---------------------------------------------------------------------------------------

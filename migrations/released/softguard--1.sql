@@ -1,3 +1,9 @@
+-- softguard version 1: the install script as released, frozen. Never edit this file.
+-- Generated from migrations/install/*.sql (softguard.ledger.migrate.install_script()); later
+-- changes reach existing installs through migrations/upgrades/N--N+1.sql, and
+-- tests/ledger/test_upgrade.py checks that this file plus those upgrades equals a fresh
+-- install. See docs/decisions/0010-sql-layout-and-versioning.md.
+
 -- install/00_schema.sql
 -- softguard's database half: schemas, ledger tables, their grants and the ledger's guard.
 --
@@ -15,7 +21,7 @@
 --   dropped; anything softguard cannot keep makes drop_op fail with 0A000 (the caller's
 --   transaction aborts, nothing is lost). Design: docs/decisions/0005-reversible-drop.md.
 -- * Rows are captured in the database, in the transaction that removes or changes them
---   (capture.sql; docs/decisions/0006-row-capture.md). Captured rows are stored once, as the
+--   (40_capture.sql; docs/decisions/0006-row-capture.md). Captured rows are stored once, as the
 --   text of the row (record_out): softguard.captured_rows (capture_id, row);
 --   softguard.captures holds one row per trigger firing (operation, table, event, count,
 --   the column list with types, to read the rows back whatever the table looks like at undo).
@@ -134,6 +140,9 @@ COMMENT ON TABLE softguard.captured_rows IS 'rows removed or changed by reversib
 --   until <YYYY-MM-DD>', formatted here only;
 -- * the ctx the proxy passes to drop_op / truncate_op / alter_op: {"client_addr",
 --   "retention_seconds", "offset", "action", ...};
+-- * errors other code reacts to carry a SQLSTATE and a DETAIL of 'key=value' pairs: undo
+--   blocked by a later operation is 55006 with DETAIL 'blocked_by=<op>';
+-- * the undo result row, softguard.undo_step (70_undo.sql);
 -- * settings: softguard.capture, softguard.retention, softguard.client_addr (session
 --   defaults the proxy sets), softguard.cur_op, softguard.truncate_op, softguard.probe,
 --   softguard.internal, softguard.sd_<oid> (transaction-local, the database's own).
@@ -155,10 +164,20 @@ BEGIN
 END $$;
 GRANT EXECUTE ON FUNCTION softguard._notice(text, text) TO PUBLIC;
 
+-- The operation NOTICE: the one place its wording is written (softguard/contract.py parses
+-- it). No SET, all qualified: called from the capture trigger, it stays inlinable.
+CREATE FUNCTION softguard._op_notice(action text, targets text, op bigint, expires timestamptz)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.format('softguard: %s %s is reversible as operation %s until %s',
+                             action, targets, op, pg_catalog.to_char(expires, 'YYYY-MM-DD'))
+$$;
+REVOKE ALL ON FUNCTION softguard._op_notice(text, text, bigint, timestamptz) FROM PUBLIC;
+
+-- The NOTICE of an operation this transaction opened (alter_op).
 CREATE FUNCTION softguard._op_message(op bigint, action text, targets text) RETURNS text
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('softguard: %s %s is reversible as operation %s until %s', action, targets, op,
-                  to_char(expires_at, 'YYYY-MM-DD'))
+    SELECT softguard._op_notice(action, targets, op, expires_at)
       FROM softguard.operations WHERE id = op AND txid = pg_current_xact_id()
 $$;
 REVOKE ALL ON FUNCTION softguard._op_message(bigint, text, text) FROM PUBLIC;
@@ -193,6 +212,19 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._op_begin(text, jsonb, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._op_begin(text, jsonb, text) TO PUBLIC;
+
+-- DETAIL of a 55006 "undo blocked by a later operation" error, and reading it back.
+CREATE FUNCTION softguard._blocked_detail(holder bigint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'blocked_by=' || holder
+$$;
+REVOKE ALL ON FUNCTION softguard._blocked_detail(bigint) FROM PUBLIC;
+
+CREATE FUNCTION softguard._blocked_by(detail text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (pg_catalog.regexp_match(detail, '(?:^| )blocked_by=([0-9]+)(?: |$)'))[1]::bigint
+$$;
+REVOKE ALL ON FUNCTION softguard._blocked_by(text) FROM PUBLIC;
 
 -- install/20_catalog.sql
 -- Catalog helpers shared by drop, capture, alter, soft delete, undo and purge: they read
@@ -429,12 +461,13 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._row_type(jsonb, text) FROM PUBLIC;
 
--- Which key identifies a row of table `rel` (the one place that decides it: capture,
--- alter, soft delete, undo and the proxy all ask this): the primary key, else the
--- narrowest valid unique index on NOT NULL columns without expressions or predicate, as
--- column names in index order; NULL when there is none. Hot path (every soft delete): no
+-- Which key identifies a row of table `rel` (the one place in the database that decides
+-- it: capture, alter, soft delete and undo ask this): the primary key, else the narrowest
+-- valid unique index on NOT NULL columns without expressions or predicate, as column names
+-- in index order; none of the columns `excluded` (ALTER COLUMN ... TYPE: the columns whose
+-- values are about to change); NULL when there is none. Hot path (every soft delete): no
 -- SET, PL/pgSQL (see the top of this file).
-CREATE FUNCTION softguard._row_key(rel oid) RETURNS text[]
+CREATE FUNCTION softguard._row_key(rel oid, excluded text[] DEFAULT '{}') RETURNS text[]
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (SELECT ARRAY(SELECT a.attname::text
@@ -448,15 +481,15 @@ BEGIN
                AND NOT EXISTS (SELECT FROM pg_catalog.unnest(i.indkey) k(attnum)
                                  JOIN pg_catalog.pg_attribute a
                                    ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                                WHERE NOT a.attnotnull)
+                                WHERE NOT a.attnotnull OR a.attname::text = ANY (excluded))
              ORDER BY i.indisprimary DESC, i.indnatts, i.indexrelid
              LIMIT 1);
 END $$;
-REVOKE ALL ON FUNCTION softguard._row_key(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._row_key(oid, text[]) FROM PUBLIC;
 
 -- install/30_drop.sql
 -- Reversible DROP: drop_op(stmt, stmt_cascade, ctx), what the proxy CALLs in place of a
--- destructive DROP. Design: docs/decisions/0005-reversible-drop.md. Undo: undo.sql
+-- destructive DROP. Design: docs/decisions/0005-reversible-drop.md. Undo: 70_undo.sql
 -- (_undo_one).
 --
 -- What always holds:
@@ -750,9 +783,7 @@ BEGIN
                AND NOT held ? format('%s/%s/%s', l.classid, l.objid, l.objsubid)))
      WHERE o.id = op_id;
 
-    RETURN format('softguard: %s %s is reversible as operation %s until %s',
-                  coalesce(ctx->>'action', 'DROP'), targets, op_id,
-                  to_char(expires, 'YYYY-MM-DD'));
+    RETURN softguard._op_notice(coalesce(ctx->>'action', 'DROP'), targets, op_id, expires);
 END $$;
 REVOKE ALL ON FUNCTION softguard._quarantine(jsonb, text, jsonb, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._quarantine(jsonb, text, jsonb, text) TO PUBLIC;
@@ -1030,8 +1061,8 @@ GRANT EXECUTE ON PROCEDURE softguard.drop_op(text, text, jsonb) TO PUBLIC;
 
 -- install/40_capture.sql
 -- Row capture: reversible DELETE, UPDATE, MERGE and TRUNCATE (the soft-delete branch of the
--- capture trigger reads soft_delete.sql's helpers). Design: docs/decisions/0006-row-capture.md.
--- Undo: undo.sql (_undo_rows).
+-- capture trigger reads 60_soft_delete.sql's helpers). Design: docs/decisions/0006-row-capture.md.
+-- Undo: 70_undo.sql (_undo_rows).
 --
 -- What always holds:
 -- * Rows are captured in the database, in the transaction that removes or changes them:
@@ -1164,13 +1195,13 @@ BEGIN
         RETURNING id INTO op;
         PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
         -- no row count: later statements of the same query string may join it
-        PERFORM softguard._notice(format('softguard: %s %s%s is reversible as operation %s until %s',
+        PERFORM softguard._notice(softguard._op_notice(
             CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'
                          ELSE 'UPDATE' END,
-            ident,
-            CASE WHEN event = 'soft_delete'
-                 THEN format(' (soft delete: %s set)', quote_ident(sdi->>'column')) ELSE '' END,
-            op, to_char(expires, 'YYYY-MM-DD')));
+            ident || CASE WHEN event = 'soft_delete'
+                          THEN format(' (soft delete: %s set)', quote_ident(sdi->>'column'))
+                          ELSE '' END,
+            op, expires));
     ELSE
         UPDATE softguard.operations o SET
             -- a soft delete of another statement of the same query string: named too (a
@@ -1274,9 +1305,7 @@ BEGIN
         SELECT string_agg(c.table_identity, ', ' ORDER BY c.id) INTO targets
           FROM softguard.captures c WHERE c.op_id = op AND c.event = 'truncate';
     END IF;
-    RETURN format('softguard: %s %s is reversible as operation %s until %s',
-                  coalesce(action, 'TRUNCATE TABLE'), targets, op,
-                  to_char(o.expires_at, 'YYYY-MM-DD'));
+    RETURN softguard._op_notice(coalesce(action, 'TRUNCATE TABLE'), targets, op, o.expires_at);
 END $$;
 REVOKE ALL ON FUNCTION softguard._truncate_finish(bigint, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._truncate_finish(bigint, text) TO PUBLIC;
@@ -1302,7 +1331,7 @@ END $$;
 GRANT EXECUTE ON PROCEDURE softguard.truncate_op(text, jsonb) TO PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
--- The triggers on each table (new tables: event_triggers.sql)
+-- The triggers on each table (new tables: 90_event_triggers.sql)
 -- ---------------------------------------------------------------------------------------
 
 -- Install the capture triggers on one table (idempotent).
@@ -1335,7 +1364,7 @@ REVOKE ALL ON FUNCTION softguard._install_capture(oid) FROM PUBLIC;
 
 -- install/50_alter.sql
 -- ALTER TABLE ... DROP COLUMN and ALTER COLUMN ... TYPE are reversible: alter_op(stmt, ctx).
--- Design: docs/decisions/0006-row-capture.md ("ALTER COLUMN ... TYPE"). Undo: undo.sql
+-- Design: docs/decisions/0006-row-capture.md ("ALTER COLUMN ... TYPE"). Undo: 70_undo.sql
 -- (_undo_drop_column, _undo_type).
 --
 -- What always holds:
@@ -1455,25 +1484,6 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._capture_column(bigint, oid, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._capture_column(bigint, oid, integer) TO PUBLIC;
 
--- A key of a table that does not include any of the columns `changed` (their values are
--- about to change): the primary key first, else a unique index on NOT NULL columns (no
--- expressions, no predicate). NULL when there is none.
-CREATE FUNCTION softguard._type_key(rel oid, changed text[]) RETURNS text[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY k(attnum, o)
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                  ORDER BY k.o)
-      FROM pg_index i
-     WHERE i.indrelid = rel AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
-       AND i.indexprs IS NULL AND 0 <> ALL (i.indkey)
-       AND NOT EXISTS (SELECT FROM unnest(i.indkey) k(attnum)
-                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                        WHERE NOT a.attnotnull OR a.attname::text = ANY (changed))
-     ORDER BY i.indisprimary DESC, i.indnatts, i.indexrelid
-     LIMIT 1
-$$;
-REVOKE ALL ON FUNCTION softguard._type_key(oid, text[]) FROM PUBLIC;
-
 -- ---------------------------------------------------------------------------------------
 -- Capture: before the statement (old values), after it (new values)
 -- ---------------------------------------------------------------------------------------
@@ -1517,7 +1527,7 @@ BEGIN
     END IF;
     ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
                     (SELECT relname FROM pg_class WHERE oid = rel));
-    key := softguard._type_key(rel, changed);
+    key := softguard._row_key(rel, changed);
     IF key IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '0A000',
             MESSAGE = format('softguard cannot keep the values of %s.%I across its type change: %s',
@@ -1720,15 +1730,15 @@ END $$;
 GRANT EXECUTE ON PROCEDURE softguard.alter_op(text, jsonb) TO PUBLIC;
 
 -- install/60_soft_delete.sql
--- Soft delete (docs/decisions/0008-soft-delete.md). Undo: undo.sql (_undo_rows); purge:
--- purge.sql (purge_soft_rows).
+-- Soft delete (docs/decisions/0008-soft-delete.md). Undo: 70_undo.sql (_undo_rows); purge:
+-- 80_purge.sql (purge_soft_rows).
 --
 -- On tables configured for soft delete the proxy sends a client's DELETE as an UPDATE that
 -- marks the rows (softguard/sql/soft_delete.py). What always holds here:
 -- * softguard.soft_delete_begin() runs once per such statement, when its first row is
 --   marked: it checks the table name resolved to the configured table, and leaves the
 --   statement's mark in the transaction-local setting softguard.sd_<table oid>.
--- * The table's statement-level capture trigger (capture.sql's _capture_rows) takes that
+-- * The table's statement-level capture trigger (40_capture.sql's _capture_rows) takes that
 --   setting (and clears it): the rows the statement marked are captured as event
 --   'soft_delete' -- their key and the old values of the mark columns, nothing more --
 --   in an operation of kind DELETE (MERGE for a MERGE ... DELETE) with one NOTICE.
@@ -1873,9 +1883,11 @@ REVOKE ALL ON FUNCTION softguard.soft_delete_rows_query(bigint) FROM PUBLIC;
 -- install/70_undo.sql
 -- Undo: everything that puts back what an operation took, in one file.
 --
--- Entry point: softguard.undo_op(op, rename_to, cascade[, on_conflict]) (the `softguard
--- undo` command; not granted to PUBLIC). It refuses a purged operation (_refuse_purged),
--- then dispatches on the operation's kind:
+-- Entry points: softguard.undo_steps(op, rename_to, cascade, on_conflict), one row per thing
+-- restored (softguard.undo_step; the `softguard undo` command), and softguard.undo_op, the
+-- same as lines of text for SQL callers. Who may undo: EXECUTE on undo_op(bigint, text,
+-- boolean), not granted to PUBLIC. Both run _undo, which refuses a purged operation
+-- (_refuse_purged), then dispatches on the operation's kind:
 -- * DROP ... (the objects are in quarantine; restore plan in operations.restore):
 --   _undo_one moves them back under their names and runs the restore steps' inverses,
 --   last to first (re-adds constraints, triggers, defaults, policies, rules, indexes,
@@ -1891,10 +1903,21 @@ REVOKE ALL ON FUNCTION softguard.soft_delete_rows_query(bigint) FROM PUBLIC;
 --   and marks the undone one 'undone'.
 -- * Conflicts stop it with a SQLSTATE and a clear message: a name taken since (42P07,
 --   42P06, 42723, 42710: --rename-to), a key re-used since (23505: --on-conflict skip), an
---   object or column a later active operation holds (55006: undo the later one first, or
---   --cascade), a table or column gone or changed since, a purged operation (55000).
+--   object or column a later active operation holds (55006, DETAIL 'blocked_by=<op>': undo
+--   the later one first, or --cascade), a table or column gone or changed since, a purged
+--   operation (55000).
 -- * Restored rows are written with user triggers off (session_replication_role replica),
 --   so their foreign keys are checked here (_check_fks) instead of by PostgreSQL.
+
+-- What an undo reports: one row per thing it restored (softguard/contract.py UndoStep).
+CREATE TYPE softguard.undo_step AS (
+    op      bigint,   -- the operation undone
+    action  text,     -- restored, re-added, re-created, re-set, re-established, re-attached,
+                      -- cleared, nothing
+    object  text,     -- what it acted on (qualified name), '' for nothing
+    detail  text,     -- the sentence shown to people
+    "rows"  bigint    -- rows put back, when it moved rows
+);
 
 -- ---------------------------------------------------------------------------------------
 -- Helpers
@@ -1912,6 +1935,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         (SELECT i.type || ' ' || i.identity FROM pg_identify_object(p_classid, p_objid, 0) i))
 $$;
 REVOKE ALL ON FUNCTION softguard._identity_in(bigint, oid, oid) FROM PUBLIC;
+
+-- One row of what an undo did.
+CREATE FUNCTION softguard._step(op bigint, action text, object text, detail text,
+                                n bigint DEFAULT NULL)
+RETURNS softguard.undo_step
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ROW(op, action, object, detail, n)::softguard.undo_step
+$$;
+REVOKE ALL ON FUNCTION softguard._step(bigint, text, text, text, bigint) FROM PUBLIC;
 
 -- Fail with 55006 when a later operation holds (in quarantine) an object that `what` needs.
 CREATE FUNCTION softguard._need_live(op bigint, p_classid oid, p_objid oid, what text,
@@ -1935,6 +1967,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '55006',
             MESSAGE = format('cannot undo operation %s: %s needs %s, held by operation %s (%s)',
                              op, what, held, holder, holder_stmt),
+            DETAIL = softguard._blocked_detail(holder),
             HINT = format('Undo operation %s first, or use --cascade.', holder);
     END IF;
 END $$;
@@ -1975,6 +2008,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '55006',
             MESSAGE = format('cannot undo operation %s: table %s is held by operation %s (%s)',
                              op, ident, holder, holder_stmt),
+            DETAIL = softguard._blocked_detail(holder),
             HINT = format('Undo operation %s first, or use --cascade.', holder);
     END IF;
 END $$;
@@ -2054,7 +2088,7 @@ REVOKE ALL ON FUNCTION softguard._parents_first(oid[]) FROM PUBLIC;
 -- ---------------------------------------------------------------------------------------
 
 -- Undo one operation (no cascade); returns what it restored.
-CREATE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS text[]
+CREATE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     o softguard.operations;
@@ -2065,7 +2099,7 @@ DECLARE
     target text;
     nsp_name text;
     nsp oid;
-    lines text[] := '{}';
+    lines softguard.undo_step[] := '{}';
     n_orig integer;
     renamed jsonb := '{}';   -- parent oid -> [old name, new name] when --rename-to renamed it
     ddl text;
@@ -2138,8 +2172,9 @@ BEGIN
                 renamed := renamed || jsonb_build_object(s->>'oid',
                                                          jsonb_build_array(s->>'name', target));
             END IF;
-            lines := lines || format('restored %s %s', lower(s->>'keyword'),
-                                     (softguard._kw((s->>'classid')::oid, (s->>'oid')::oid)).ident);
+            cur := (softguard._kw((s->>'classid')::oid, (s->>'oid')::oid)).ident;
+            lines := lines || softguard._step(op, 'restored', cur,
+                                              format('restored %s %s', lower(s->>'keyword'), cur));
         WHEN 'rename' THEN
             SELECT c.relname, c.relnamespace, c.oid::regclass::text AS ident INTO k
               FROM pg_class c WHERE c.oid = (s->>'oid')::oid;
@@ -2183,7 +2218,8 @@ BEGIN
                                     ELSE quote_ident(e->>'grantee') END,
                                CASE WHEN (e->>'grantable')::boolean THEN ' WITH GRANT OPTION' ELSE '' END);
             END LOOP;
-            lines := lines || format('restored schema %I', target);
+            lines := lines || softguard._step(op, 'restored', quote_ident(target),
+                                              format('restored schema %I', target));
         WHEN 'seq_owned_by' THEN
             EXECUTE format('ALTER SEQUENCE %s OWNED BY %s.%I', (s->>'seq')::oid::regclass,
                            (s->>'table')::oid::regclass, s->>'column');
@@ -2198,15 +2234,17 @@ BEGIN
             UPDATE pg_constraint SET conislocal = false
              WHERE conrelid = (s->>'child')::oid
                AND conname IN (SELECT jsonb_array_elements_text(s->'inherited_constraints'));
-            lines := lines || format('re-established inheritance of %s from %s',
-                                     (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass);
+            lines := lines || softguard._step(op, 're-established', (s->>'child')::oid::regclass::text,
+                format('re-established inheritance of %s from %s',
+                       (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
         WHEN 'detach_partition' THEN
             PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
                                          'partition ' || (s->>'child_name'));
             EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s %s', (s->>'parent')::oid::regclass,
                            (s->>'child')::oid::regclass, s->>'bound');
-            lines := lines || format('re-attached partition %s to %s',
-                                     (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass);
+            lines := lines || softguard._step(op, 're-attached', (s->>'child')::oid::regclass::text,
+                format('re-attached partition %s to %s',
+                       (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
         ELSE
             -- a recorded definition on a live table: its table and everything it uses must
             -- be live again
@@ -2246,7 +2284,8 @@ BEGIN
                     EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', s->>'name', cur,
                                    s->>'comment');
                 END IF;
-                lines := lines || format('re-added constraint %I on %s', s->>'name', cur);
+                lines := lines || softguard._step(op, 're-added', format('%I on %s', s->>'name', cur),
+                                                  format('re-added constraint %I on %s', s->>'name', cur));
             WHEN 'drop_trigger' THEN
                 EXECUTE s->>'def';
                 IF s->>'enabled' <> 'O' THEN
@@ -2259,18 +2298,21 @@ BEGIN
                     EXECUTE format('COMMENT ON TRIGGER %I ON %s IS %L', s->>'name', cur,
                                    s->>'comment');
                 END IF;
-                lines := lines || format('re-created trigger %I on %s', s->>'name', cur);
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created trigger %I on %s', s->>'name', cur));
             WHEN 'drop_default' THEN
                 EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', cur, s->>'name',
                                s->>'def');
-                lines := lines || format('re-set default of %s.%I', cur, s->>'name');
+                lines := lines || softguard._step(op, 're-set', format('%s.%I', cur, s->>'name'),
+                                                  format('re-set default of %s.%I', cur, s->>'name'));
             WHEN 'drop_policy' THEN
                 EXECUTE s->>'def';
                 IF s->>'comment' IS NOT NULL THEN
                     EXECUTE format('COMMENT ON POLICY %I ON %s IS %L', s->>'name', cur,
                                    s->>'comment');
                 END IF;
-                lines := lines || format('re-created policy %I on %s', s->>'name', cur);
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created policy %I on %s', s->>'name', cur));
             WHEN 'drop_rule' THEN
                 EXECUTE s->>'def';
                 IF s->>'enabled' <> 'O' THEN
@@ -2283,7 +2325,8 @@ BEGIN
                     EXECUTE format('COMMENT ON RULE %I ON %s IS %L', s->>'name', cur,
                                    s->>'comment');
                 END IF;
-                lines := lines || format('re-created rule %I on %s', s->>'name', cur);
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created rule %I on %s', s->>'name', cur));
             WHEN 'drop_index' THEN
                 target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
                                THEN rename_to ELSE s->>'name' END;
@@ -2313,7 +2356,7 @@ BEGIN
                     EXECUTE format('ALTER TABLE %s REPLICA IDENTITY USING INDEX %I',
                                    (s->>'table')::oid::regclass, target);
                 END IF;
-                lines := lines || format('re-created index %s', cur);
+                lines := lines || softguard._step(op, 're-created', cur, format('re-created index %s', cur));
             ELSE
                 RAISE EXCEPTION USING ERRCODE = 'XX000',
                     MESSAGE = format('softguard: unknown restore step %s in operation %s',
@@ -2343,7 +2386,7 @@ BEGIN
             format('softguard undo %s%s', op,
                    CASE WHEN rename_to IS NULL THEN '' ELSE ' --rename-to ' || rename_to END),
             'UNDO', o.objects, '[]', op);
-    RETURN ARRAY(SELECT format('operation %s: %s', op, l) FROM unnest(lines) l);
+    RETURN lines;
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_one(bigint, text) FROM PUBLIC;
 
@@ -2354,11 +2397,11 @@ REVOKE ALL ON FUNCTION softguard._undo_one(bigint, text) FROM PUBLIC;
 -- Undo of a data change: clear the soft-delete marks it wrote (by key, only on rows still
 -- carrying that very mark: a row un-marked and marked again since is left alone), then
 -- put back everything else it captured (_undo_captures).
-CREATE FUNCTION softguard._undo_rows(op bigint, on_conflict text) RETURNS text[]
+CREATE FUNCTION softguard._undo_rows(op bigint, on_conflict text) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    lines text[] := '{}';
-    rest text[];
+    lines softguard.undo_step[] := '{}';
+    rest softguard.undo_step[];
     c softguard.captures;
     saved_srr text := current_setting('session_replication_role');
     done bigint;
@@ -2381,15 +2424,16 @@ BEGIN
                        softguard._sd_source(c), softguard._sd_match(c));
         GET DIAGNOSTICS done = ROW_COUNT;
         PERFORM set_config('session_replication_role', saved_srr, true);
-        lines := lines || format('operation %s: cleared the soft-delete mark (%I) of %s rows of %s%s',
-                                 op, c.info->>'column', done, c.relid::regclass,
+        lines := lines || softguard._step(op, 'cleared', c.relid::regclass::text,
+                             format('cleared the soft-delete mark (%I) of %s rows of %s%s',
+                                 c.info->>'column', done, c.relid::regclass,
                                  CASE WHEN done < c.n_rows THEN format(
                                      ' (%s left alone: deleted, or marked again, since)',
-                                     c.n_rows - done) ELSE '' END);
+                                     c.n_rows - done) ELSE '' END), done);
     END LOOP;
     rest := softguard._undo_captures(op, on_conflict);
     IF cardinality(lines) > 0 THEN
-        rest := ARRAY(SELECT l FROM unnest(rest) l WHERE l NOT LIKE '%: nothing to restore');
+        rest := ARRAY(SELECT r FROM unnest(rest) r WHERE r.action <> 'nothing');
     END IF;
     RETURN lines || rest;
 END $$;
@@ -2398,11 +2442,11 @@ REVOKE ALL ON FUNCTION softguard._undo_rows(bigint, text) FROM PUBLIC;
 -- Put back the rows, sequence values and columns operation `op` captured: deleted rows
 -- re-inserted, updated rows given their old values (by _row_key), tables parents first;
 -- column captures go to _undo_column. Returns what it restored.
-CREATE FUNCTION softguard._undo_captures(op bigint, on_conflict text) RETURNS text[]
+CREATE FUNCTION softguard._undo_captures(op bigint, on_conflict text) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     o softguard.operations;
-    lines text[] := '{}';
+    lines softguard.undo_step[] := '{}';
     saved_srr text := current_setting('session_replication_role');
     rel oid;
     g record;
@@ -2509,10 +2553,11 @@ BEGIN
                 END;
             END IF;
             PERFORM softguard._check_fks(op, rel, src);
-            lines := lines || format('operation %s: restored %s rows into %s%s', op, done,
+            lines := lines || softguard._step(op, 'restored', rel::regclass::text,
+                                 format('restored %s rows into %s%s', done,
                                      rel::regclass,
                                      CASE WHEN done < g.n THEN format(' (%s skipped: key re-used since)',
-                                                                      g.n - done) ELSE '' END);
+                                                                      g.n - done) ELSE '' END), done);
         END LOOP;
     END LOOP;
 
@@ -2548,10 +2593,11 @@ BEGIN
                        (SELECT string_agg(format('t.%I = s.%I', x, x), ' AND ') FROM unnest(key) x));
         GET DIAGNOSTICS done = ROW_COUNT;
         PERFORM softguard._check_fks(op, g.relid, src);
-        lines := lines || format('operation %s: restored old values of %s rows of %s%s', op, done,
+        lines := lines || softguard._step(op, 'restored', g.relid::regclass::text,
+                             format('restored old values of %s rows of %s%s', done,
                                  g.relid::regclass,
                                  CASE WHEN done < total THEN format(' (%s no longer exist)', total - done)
-                                      ELSE '' END);
+                                      ELSE '' END), done);
     END LOOP;
 
     -- 3. sequences restarted by TRUNCATE ... RESTART IDENTITY (never moved backwards)
@@ -2563,8 +2609,9 @@ BEGIN
                AND (cap.info->>'is_called')::boolean) THEN
             PERFORM setval((cap.info->>'seq')::oid::regclass, (cap.info->>'last_value')::bigint,
                            (cap.info->>'is_called')::boolean);
-            lines := lines || format('operation %s: restored sequence %s to %s', op,
-                                     (cap.info->>'seq')::oid::regclass, cap.info->>'last_value');
+            lines := lines || softguard._step(op, 'restored', (cap.info->>'seq')::oid::regclass::text,
+                format('restored sequence %s to %s',
+                       (cap.info->>'seq')::oid::regclass, cap.info->>'last_value'));
         END IF;
     END LOOP;
 
@@ -2580,7 +2627,7 @@ BEGIN
                    CASE WHEN on_conflict = 'skip' THEN ' --on-conflict skip' ELSE '' END),
             'UNDO', o.objects, '[]', op);
     IF cardinality(lines) = 0 THEN
-        lines := ARRAY[format('operation %s: nothing to restore', op)];
+        lines := ARRAY[softguard._step(op, 'nothing', '', 'nothing to restore')];
     END IF;
     RETURN lines;
 END $$;
@@ -2592,7 +2639,7 @@ REVOKE ALL ON FUNCTION softguard._undo_captures(bigint, text) FROM PUBLIC;
 
 -- A column capture: a dropped column (_undo_drop_column) or a type change (_undo_type;
 -- its 'type_new' capture is read there).
-CREATE FUNCTION softguard._undo_column(op bigint, c softguard.captures) RETURNS text[]
+CREATE FUNCTION softguard._undo_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     CASE coalesce(c.info->>'kind', 'drop')
@@ -2608,7 +2655,7 @@ REVOKE ALL ON FUNCTION softguard._undo_column(bigint, softguard.captures) FROM P
 
 -- Undo of a dropped column: re-add it, put the values back by key, then its default,
 -- NOT NULL, constraints, indexes, comment.
-CREATE FUNCTION softguard._undo_drop_column(op bigint, c softguard.captures) RETURNS text[]
+CREATE FUNCTION softguard._undo_drop_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     i jsonb := c.info;
@@ -2658,12 +2705,13 @@ BEGIN
     IF i->>'comment' IS NOT NULL THEN
         EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', rel, i->>'name', i->>'comment');
     END IF;
-    RETURN ARRAY[format('operation %s: re-added column %s.%I with %s values', op, rel, i->>'name', n)];
+    RETURN ARRAY[softguard._step(op, 're-added', format('%s.%I', rel, i->>'name'),
+                                 format('re-added column %s.%I with %s values', rel, i->>'name', n), n)];
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_drop_column(bigint, softguard.captures) FROM PUBLIC;
 
--- Undo of a type change (see alter.sql's header for what holds).
-CREATE FUNCTION softguard._undo_type(op bigint, c softguard.captures) RETURNS text[]
+-- Undo of a type change (see 50_alter.sql's header for what holds).
+CREATE FUNCTION softguard._undo_type(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     i jsonb := c.info;
@@ -2704,6 +2752,7 @@ BEGIN
                              op, rel, col,
                              CASE later_kind WHEN 'drop' THEN 'dropped' ELSE 'changed again' END,
                              later, later_stmt),
+            DETAIL = softguard._blocked_detail(later),
             HINT = format('Undo operation %s first, or use --cascade.', later);
     END IF;
     SELECT at.attnum, at.attnotnull, format_type(at.atttypid, at.atttypmod) AS typ,
@@ -2826,13 +2875,14 @@ BEGIN
     EXECUTE format('SELECT count(*) FROM %s', rel) INTO total;
     EXECUTE format('DROP TABLE %s', tmp);
     EXECUTE format('DROP FUNCTION %s(%s)', fn, a.typ);
-    RETURN ARRAY[format('operation %s: column %s.%I back to %s, %s values restored%s', op, rel, col,
+    RETURN ARRAY[softguard._step(op, 'restored', format('%s.%I', rel, col),
+                 format('column %s.%I back to %s, %s values restored%s', rel, col,
                         old_type, n,
                         CASE WHEN total > n
                              THEN format(' (%s added or changed since: converted back)',
                                          CASE WHEN total - n = 1 THEN '1 row'
                                               ELSE (total - n) || ' rows' END)
-                             ELSE '' END)];
+                             ELSE '' END), n)];
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_type(bigint, softguard.captures) FROM PUBLIC;
 
@@ -2866,20 +2916,22 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._refuse_purged(bigint) FROM PUBLIC;
 
--- Undo `op` by kind; with cascade, first undo (newest first) the later operations that
--- hold something it needs.
-CREATE FUNCTION softguard._undo_dispatch(op bigint, rename_to text, "cascade" boolean,
-                                  on_conflict text)
-RETURNS SETOF text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- Undo `op`: refuse a purged operation, then undo by kind; with cascade, first undo
+-- (newest first) the later operations that hold something it needs: the 55006 errors that
+-- say so carry DETAIL 'blocked_by=<op>' (softguard/contract.py), never read from the message.
+CREATE FUNCTION softguard._undo(op bigint, rename_to text, "cascade" boolean,
+                                on_conflict text)
+RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    lines text[] := '{}';
-    done text[];
-    msg text;
+    lines softguard.undo_step[] := '{}';
+    done softguard.undo_step[];
+    detail text;
     holder bigint;
     o softguard.operations;
     finished boolean := false;
 BEGIN
+    PERFORM softguard._refuse_purged(op);
     FOR attempt IN 1..1000 LOOP
         BEGIN
             SELECT * INTO o FROM softguard.operations WHERE id = op;
@@ -2901,40 +2953,58 @@ BEGIN
             IF NOT "cascade" THEN
                 RAISE;
             END IF;
-            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-            holder := (regexp_match(msg, 'held by operation ([0-9]+)'))[1]::bigint;
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+            holder := softguard._blocked_by(detail);
             IF holder IS NULL OR holder = op THEN
                 RAISE;
             END IF;
-            lines := lines || ARRAY(SELECT softguard.undo_op(holder, NULL, true, on_conflict));
+            lines := lines || softguard._undo(holder, NULL, true, on_conflict);
         END;
     END LOOP;
     IF NOT finished THEN
         RAISE EXCEPTION USING ERRCODE = '55006',
             MESSAGE = format('cannot undo operation %s: later operations keep blocking it', op);
     END IF;
-    RETURN QUERY SELECT l FROM unnest(lines) l;
+    RETURN lines;
 END $$;
-REVOKE ALL ON FUNCTION softguard._undo_dispatch(bigint, text, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._undo(bigint, text, boolean, text) FROM PUBLIC;
 
--- undo_op: put back what operation `op` took, in one transaction (the caller's), or fail
--- with nothing changed; on_conflict 'fail' or 'skip' (keys re-used since). Not granted to
--- PUBLIC: run it as the installing superuser (the `softguard undo` command), or grant
--- EXECUTE to an administrator role.
+-- undo_steps: put back what operation `op` took, in one transaction (the caller's), or fail
+-- with nothing changed; on_conflict 'fail' or 'skip' (keys re-used since). One row per thing
+-- restored (softguard.undo_step; `softguard undo` prints them). Who may undo: whoever may
+-- EXECUTE undo_op(bigint, text, boolean), which is not granted to PUBLIC (the installing
+-- superuser, or a role it was granted to): one grant decides it for both forms.
+CREATE FUNCTION softguard.undo_steps(op bigint, rename_to text DEFAULT NULL,
+                                     "cascade" boolean DEFAULT false,
+                                     on_conflict text DEFAULT 'fail')
+RETURNS SETOF softguard.undo_step
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT has_function_privilege(softguard._client_role(),
+                                  'softguard.undo_op(bigint, text, boolean)', 'EXECUTE') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'permission denied for function undo_steps',
+            HINT = 'Undo needs EXECUTE on softguard.undo_op(bigint, text, boolean).';
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(softguard._undo(op, rename_to, "cascade", on_conflict));
+END $$;
+REVOKE ALL ON FUNCTION softguard.undo_steps(bigint, text, boolean, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard.undo_steps(bigint, text, boolean, text) TO PUBLIC;
+
+-- undo_op: the same undo for SQL callers, one line of text per step
+-- ('operation <op>: <detail>').
 CREATE FUNCTION softguard.undo_op(op bigint, rename_to text, "cascade" boolean,
                                   on_conflict text)
 RETURNS SETOF text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM softguard._refuse_purged(op);
-    RETURN QUERY SELECT l FROM softguard._undo_dispatch(op, rename_to, "cascade",
-                                                                 on_conflict) l;
-END $$;
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('operation %s: %s', s.op, s.detail)
+      FROM unnest(softguard._undo(op, rename_to, "cascade", on_conflict)) s
+$$;
 REVOKE ALL ON FUNCTION softguard.undo_op(bigint, text, boolean, text) FROM PUBLIC;
 
 -- The three-argument form (on_conflict 'fail').
 CREATE FUNCTION softguard.undo_op(op bigint, rename_to text DEFAULT NULL,
-                                             "cascade" boolean DEFAULT false)
+                                  "cascade" boolean DEFAULT false)
 RETURNS SETOF text
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT softguard.undo_op(op, rename_to, "cascade", 'fail')
@@ -3275,7 +3345,7 @@ REVOKE ALL ON FUNCTION softguard.purge_soft_rows(bigint, integer, text) FROM PUB
 -- * softguard_capture_sql_drop / softguard_capture_ddl_end: the probe (softguard._probe
 --   arms them to report what a statement would drop) and the backstop that refuses any
 --   DROP of the ledger or the quarantine from SQL softguard cannot see.
--- * softguard_capture_install: new tables get the capture triggers (capture.sql).
+-- * softguard_capture_install: new tables get the capture triggers (40_capture.sql).
 -- The install ends by putting the capture triggers on every existing table.
 
 -- ---------------------------------------------------------------------------------------

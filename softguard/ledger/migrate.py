@@ -173,8 +173,7 @@ def _pending(conn: psycopg.Connection[Any], directory: Path | None) -> list[Scri
 
 def _refuse_pre_release(conn: psycopg.Connection[Any]) -> None:
     row = conn.execute(
-        "SELECT string_agg(name, ', ' ORDER BY version) FROM softguard.migrations"
-        " WHERE name ~ %s",
+        "SELECT string_agg(name, ', ' ORDER BY version) FROM softguard.migrations WHERE name ~ %s",
         [_PRE_RELEASE],
     ).fetchone()
     if row is None or row[0] is None:

@@ -124,9 +124,7 @@ def test_pre_release_ledger_is_refused(pg_server: TestServer, two_dbs: tuple[str
         assert c.execute("SELECT count(*) FROM softguard.migrations").fetchone() == (2,)
 
 
-def test_init_refuses_a_pre_release_ledger(
-    pg_server: TestServer, two_dbs: tuple[str, str]
-) -> None:
+def test_init_refuses_a_pre_release_ledger(pg_server: TestServer, two_dbs: tuple[str, str]) -> None:
     import typer
 
     from softguard.cli.init_cmd import init
