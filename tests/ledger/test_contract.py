@@ -220,3 +220,14 @@ def test_emitted_notice_parses(dsn: str, conn: psycopg.Connection[Any], case: st
     ).fetchall()
     parsed = [contract.UndoStep(*r) for r in steps]
     assert parsed and all(s.op == notice.op and s.detail for s in parsed), parsed
+
+
+def test_undo_steps_needs_the_undo_op_grant(conn: psycopg.Connection[Any]) -> None:
+    """undo_steps is callable by anyone but undoes only for a role that may EXECUTE
+    undo_op(bigint, text, boolean): one grant decides who may undo."""
+    conn.execute("SET ROLE sg_trust")  # a login role of the test server, not granted undo_op
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="undo_steps"):
+            conn.execute("SELECT * FROM softguard.undo_steps(1)")
+    finally:
+        conn.execute("RESET ROLE")
