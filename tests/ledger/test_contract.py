@@ -73,7 +73,7 @@ def test_undo_step_type_is_the_contract_row(conn: psycopg.Connection[Any]) -> No
 def test_one_formatter(conn: psycopg.Connection[Any]) -> None:
     row = conn.execute(
         "SELECT softguard._op_notice('DROP TABLE', 'public.a, public.b', 42,"
-        " '2026-12-04 10:00+00'::timestamptz AT TIME ZONE current_setting('TimeZone'))"
+        " '2026-12-04 12:00'::timestamptz)"  # noon in the session's time zone
     ).fetchone()
     assert row is not None
     text = contract.format_operation_notice("DROP TABLE", "public.a, public.b", 42, "2026-12-04")
