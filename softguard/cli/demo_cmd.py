@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -36,6 +35,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from softguard.contract import parse_operation_notice
 from softguard.demo import (
     AGENT_SESSION,
     DEMO_DATABASE,
@@ -56,7 +56,6 @@ from softguard.ledger.operations import (
 
 AGENT_APPLICATION_NAME = "demo-agent"
 _PROXY_START_TIMEOUT = 30.0
-_OPERATION = re.compile(r"reversible as operation ([0-9]+)")
 _NEW_CUSTOMER = (
     "INSERT INTO customers (email, full_name) "
     "VALUES ('new.customer@example.com', 'Booked after the accident') RETURNING id"
@@ -372,8 +371,8 @@ def _scenario(out: _Output, res: _Resources) -> tuple[list[Comparison], int]:
         order = sorted(ops, reverse=True)
         out.step(f"Undo everything, newest first (softguard undo {' '.join(map(str, order))})")
         result = undo_operations(direct, order)
-        for line in result.lines:
-            out.say(f"  {line}")
+        for step in result.steps:
+            out.say(f"  {step.line()}")
         out.say(f"undone: {', '.join(map(str, result.undone))}, in one transaction")
 
         # 7. proof --------------------------------------------------------------------
@@ -418,9 +417,9 @@ def _agent_session(out: _Output, dsn: str) -> list[int]:
                 out.say(f"{severity}:  {primary}", "yellow" if is_ours else "")
                 for line in detail.splitlines():
                     out.say(f"    {line}", "dim")
-                m = _OPERATION.search(primary)
-                if is_ours and m:
-                    found = int(m.group(1))
+                announced = parse_operation_notice(primary)
+                if announced is not None:
+                    found = announced.op
             out.say(cur.statusmessage or "", "cyan")
             if found is None:
                 raise DemoFailed(f"no softguard NOTICE for {statement}: it was not protected")

@@ -399,8 +399,8 @@ def undo(
                 )
         except UndoFailed as exc:
             raise _undo_failed(exc, dry_run) from None
-    for line in result.lines:
-        typer.echo(line)
+    for step in result.steps:
+        typer.echo(step.line())
     if dry_run:
         typer.echo(f"would undo: {', '.join(map(str, result.undone)) or '-'}")
         typer.echo("dry run: nothing was changed")
@@ -414,7 +414,7 @@ def _undo_failed(exc: UndoFailed, dry_run: bool) -> typer.Exit:
     state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
     typer.echo(f"softguard: {prefix}{which} failed{state}; nothing was changed", err=True)
     typer.echo(f"ERROR:  {exc.message}", err=True)
-    if exc.detail:
+    if exc.detail and exc.blocked_by is None:  # blocked_by: the message names it already
         typer.echo(f"DETAIL:  {exc.detail}", err=True)
     if exc.hint:
         typer.echo(f"HINT:  {exc.hint}", err=True)

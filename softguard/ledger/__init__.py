@@ -1,11 +1,13 @@
 """The database side of softguard: the ledger, the quarantine, reversible DROP and undo.
 
 Owns:
-- ``migrations/NNNN_name.sql`` (repository root): the SQL installed into each protected
-  database: schemas ``softguard`` (ledger + functions) and ``softguard_quarantine``, the
-  capture event triggers, ``softguard.drop_op`` (what the proxy CALLs instead of a DROP) and
-  ``softguard.undo_op``. See docs/decisions/0005-reversible-drop.md.
-- ``migrate``: applying those migrations (``softguard init``, and the proxy on first need).
+- ``migrations/`` (repository root): the SQL installed into each protected database, by
+  topic in ``migrations/install/`` (undo is ``70_undo.sql``), versioned by reviewed
+  upgrade scripts (docs/decisions/0010-sql-layout-and-versioning.md): schemas ``softguard``
+  (ledger + functions) and ``softguard_quarantine``, the capture event triggers,
+  ``softguard.drop_op`` (what the proxy CALLs instead of a DROP) and ``softguard.undo_op``.
+  See docs/decisions/0005-reversible-drop.md.
+- ``migrate``: installing and upgrading it (``softguard init``, and the proxy on first need).
 - ``db``: softguard's own connections (one ``connect``, the same options everywhere) and
   the errors of this package (``LedgerError`` and its subclasses, carrying SQLSTATEs).
 - ``operations`` (reading the ledger, undo), ``purge``, ``archive`` (what purge writes

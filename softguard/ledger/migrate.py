@@ -1,9 +1,18 @@
 """Install and upgrade the softguard ledger in a database.
 
-Migrations are the files ``NNNN_name.sql`` of ``MIGRATIONS_DIR``, applied in version
-order, each in its own transaction serialised by a transaction-level advisory lock, and
-recorded in ``softguard.migrations``. Applying is idempotent: a version already recorded
-is skipped, also when another process applied it while we waited for the lock.
+The SQL lives in ``SQL_DIR`` (docs/decisions/0010-sql-layout-and-versioning.md):
+
+- ``install/*.sql``: the current definitions, by topic; in name order they are the install
+  script of the current version.
+- ``upgrades/N--M.sql`` (M = N + 1): reviewed scripts taking an install from version N to M.
+- ``released/softguard--1.sql``: the install script of the first version, frozen.
+
+The current version is 1 + the number of upgrade scripts. An install records each script it
+ran in ``softguard.migrations`` (the install of version N as ``softguard--N.sql``, then each
+upgrade); its version is the highest recorded. A fresh database gets the install script, an
+older install the upgrades it lacks, each in its own transaction, serialised by an advisory
+lock; applying is idempotent. A ledger left by the pre-release numbered migrations
+(``0001_ledger.sql`` ...) is refused, never half-upgraded.
 """
 
 from __future__ import annotations
@@ -18,48 +27,62 @@ from psycopg import pq
 
 from softguard.ledger.db import LedgerError
 
-#: The repository's ``migrations/`` (an editable install runs from the repository).
 # The repository's top-level migrations/, reached through the package's symlink
 # softguard/ledger/migrations (a built wheel carries the files themselves there).
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQL_DIR = Path(__file__).resolve().parent / "migrations"
+#: Kept for callers that name the directory the SQL ships in.
+MIGRATIONS_DIR = SQL_DIR
+
+#: The version of the frozen baseline (released/softguard--1.sql).
+FIRST_VERSION = 1
 
 #: pg_advisory_xact_lock key serialising ledger migrations ("softgrd" in ASCII).
 ADVISORY_LOCK_KEY = 0x736F6674677264
 
-_NAME = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
+_UPGRADE = re.compile(r"^(\d+)--(\d+)\.sql$")
+# What the pre-release migrations recorded in softguard.migrations.name.
+_PRE_RELEASE = r"^[0-9]{4}_"
 
 
 @dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str  # the file name, e.g. "0001_ledger.sql"
-    path: Path
+class Script:
+    """One script an install runs: the install of a version, or one upgrade."""
 
-    def sql(self) -> str:
-        return self.path.read_text(encoding="utf-8")
+    version: int  # the version the database is at once it ran
+    name: str  # what softguard.migrations records
+    sql: str
 
 
-def available_migrations(directory: Path | None = None) -> list[Migration]:
-    """The migration files, in version order."""
-    directory = directory or MIGRATIONS_DIR
-    if not directory.is_dir():
-        raise LedgerError(f"migrations directory not found: {directory}")
-    found: dict[int, Migration] = {}
-    for path in directory.iterdir():
-        m = _NAME.match(path.name)
-        if m is None:
-            continue
-        version = int(m.group(1))
-        if version in found:
-            raise LedgerError(
-                f"two migrations with version {version}: {found[version].name}, {path.name}"
-            )
-        found[version] = Migration(version, path.name, path)
-    return [found[v] for v in sorted(found)]
+def install_script(directory: Path | None = None) -> str:
+    """The install script of the current version: the topic files, in name order."""
+    topics = sorted((_dir(directory) / "install").glob("*.sql"))
+    if not topics:
+        raise LedgerError(f"no install files in {_dir(directory) / 'install'}")
+    return "".join(f"-- install/{p.name}\n{p.read_text(encoding='utf-8')}\n" for p in topics)
+
+
+def upgrade_scripts(directory: Path | None = None) -> list[Script]:
+    """The upgrade scripts, in version order; each takes version N to N + 1."""
+    upgrades = _dir(directory) / "upgrades"
+    found: dict[int, Script] = {}
+    for path in sorted(upgrades.glob("*.sql")) if upgrades.is_dir() else []:
+        m = _UPGRADE.match(path.name)
+        if m is None or int(m.group(2)) != int(m.group(1)) + 1:
+            raise LedgerError(f"bad upgrade script name {path.name}: expected N--N+1.sql")
+        found[int(m.group(2))] = Script(int(m.group(2)), path.name, path.read_text("utf-8"))
+    expected = list(range(FIRST_VERSION + 1, FIRST_VERSION + 1 + len(found)))
+    if sorted(found) != expected:
+        raise LedgerError(f"upgrade scripts do not chain from version {FIRST_VERSION}")
+    return [found[v] for v in expected]
+
+
+def current_version(directory: Path | None = None) -> int:
+    """The version the install files define."""
+    return FIRST_VERSION + len(upgrade_scripts(directory))
 
 
 def ledger_version(conn: psycopg.Connection[Any]) -> int | None:
-    """The highest applied migration version, or None when the ledger is not installed."""
+    """The installed version, or None when the ledger is not installed."""
     row = conn.execute(
         "SELECT CASE WHEN to_regclass('softguard.migrations') IS NOT NULL"
         " AND has_table_privilege('softguard.migrations', 'SELECT') THEN 1 END"
@@ -73,66 +96,101 @@ def ledger_version(conn: psycopg.Connection[Any]) -> int | None:
 def pending_migrations(
     conn: psycopg.Connection[Any],
     directory: Path | None = None,
-) -> list[Migration]:
-    """The migrations not yet recorded in this database."""
-    applied = _applied_versions(conn)
-    return [m for m in available_migrations(directory) if m.version not in applied]
+) -> list[str]:
+    """The names of the scripts this database still needs (none when up to date)."""
+    return [s.name for s in _pending(conn, directory)]
 
 
 def apply_migrations(
     conn: psycopg.Connection[Any],
     directory: Path | None = None,
 ) -> list[str]:
-    """Apply the pending migrations; return the names of those applied (maybe none).
+    """Install or upgrade the ledger; return the names of the scripts run (maybe none).
 
-    ``conn`` must be idle (not inside a transaction); each migration is committed on its
+    ``conn`` must be idle (not inside a transaction); each script is committed on its
     own. Needs a superuser when anything is pending (the ledger creates event triggers).
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise LedgerError("applying migrations needs a connection that is not in a transaction")
-    migrations = available_migrations(directory)
-    applied_names: list[str] = []
-    # One applier at a time for the whole run (each migration still commits on its own):
+    applied: list[str] = []
+    # One applier at a time for the whole run (each script still commits on its own):
     # concurrent appliers then find everything applied instead of splitting the work.
     with conn.transaction():
         conn.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
     try:
-        _apply_each(conn, migrations, applied_names)
+        for _ in range(current_version(directory) + 1):  # bounded: one script per pass
+            script = _next_script(conn, directory)
+            if script is None:
+                break
+            applied.append(script)
     finally:
         if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
-    return applied_names
+    return applied
 
 
-def _apply_each(
-    conn: psycopg.Connection[Any], migrations: list[Migration], applied_names: list[str]
-) -> None:
-    for migration in migrations:
-        try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
-                if migration.version in _applied_versions(conn):
-                    continue
-                _require_superuser(conn)
-                conn.execute(migration.sql().encode())
-                conn.execute(
-                    "INSERT INTO softguard.migrations (version, name) VALUES (%s, %s)",
-                    [migration.version, migration.name],
-                )
-        except psycopg.Error as exc:
-            diag = exc.diag
-            where = f" ({diag.context.strip()})" if diag.context else ""
-            raise LedgerError(
-                f"migration {migration.name} failed: {diag.message_primary or exc}{where}"
-            ) from exc
-        applied_names.append(migration.name)
+def _next_script(conn: psycopg.Connection[Any], directory: Path | None) -> str | None:
+    """Run the next pending script in its own transaction; its name, or None if none."""
+    name = "?"
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
+            pending = _pending(conn, directory)
+            if not pending:
+                return None
+            script = pending[0]
+            name = script.name
+            _require_superuser(conn)
+            conn.execute(script.sql.encode())
+            conn.execute(
+                "INSERT INTO softguard.migrations (version, name) VALUES (%s, %s)",
+                [script.version, script.name],
+            )
+    except psycopg.Error as exc:
+        diag = exc.diag
+        where = f" ({diag.context.strip()})" if diag.context else ""
+        raise LedgerError(f"migration {name} failed: {diag.message_primary or exc}{where}") from exc
+    return name
 
 
-def _applied_versions(conn: psycopg.Connection[Any]) -> set[int]:
-    if ledger_version(conn) is None:
-        return set()
-    return {int(r[0]) for r in conn.execute("SELECT version FROM softguard.migrations")}
+def _pending(conn: psycopg.Connection[Any], directory: Path | None) -> list[Script]:
+    version = ledger_version(conn)
+    target = current_version(directory)
+    if version is None:
+        name = f"softguard--{target}.sql"
+        return [Script(target, name, install_script(directory))]
+    _refuse_pre_release(conn)
+    if version > target:
+        raise LedgerError(
+            f"the ledger is at version {version}, newer than this softguard's {target}:"
+            " upgrade softguard"
+        )
+    return [s for s in upgrade_scripts(directory) if s.version > version]
+
+
+def _refuse_pre_release(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute(
+        "SELECT string_agg(name, ', ' ORDER BY version) FROM softguard.migrations WHERE name ~ %s",
+        [_PRE_RELEASE],
+    ).fetchone()
+    if row is None or row[0] is None:
+        return
+    raise LedgerError(
+        f"this database's ledger was installed by pre-release migrations ({row[0]}), which"
+        " cannot be upgraded: undo or purge what it keeps, then remove it as a superuser"
+        " (SET softguard.internal = on; DROP EVENT TRIGGER softguard_capture_sql_drop,"
+        " softguard_capture_ddl_end, softguard_capture_install; DROP SCHEMA softguard,"
+        " softguard_quarantine and every softguard_q<op>_* schema CASCADE) and run softguard init"
+        " again"
+    )
+
+
+def _dir(directory: Path | None) -> Path:
+    found = directory or SQL_DIR
+    if not found.is_dir():
+        raise LedgerError(f"migrations directory not found: {found}")
+    return found
 
 
 def _require_superuser(conn: psycopg.Connection[Any]) -> None:

@@ -3,10 +3,11 @@
 Used by ``softguard ops``, ``softguard show`` and ``softguard undo`` on a connection made
 DIRECTLY to the protected database (never through the proxy, which hides the ledger), as
 the superuser that installed the ledger or a role granted SELECT on
-``softguard.operations`` and EXECUTE on ``softguard.undo_op``.
+``softguard.operations`` and EXECUTE on ``softguard.undo_op`` (which also lets it run
+``softguard.undo_steps``, the form that returns rows).
 
 What holds:
-- ``undo_operations`` runs every ``softguard.undo_op`` call in ONE transaction, newest
+- ``undo_operations`` runs every ``softguard.undo_steps`` call in ONE transaction, newest
   operation first, and either commits all of them or nothing (a dry run always rolls back).
 - A server error is surfaced as ``UndoFailed`` with the server's own SQLSTATE, message,
   DETAIL and HINT, unchanged.
@@ -14,7 +15,6 @@ What holds:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from softguard.contract import UNDO_STEP_COLUMNS, UndoStep, blocking_operation
 from softguard.ledger.db import LedgerError, LedgerNotInstalled, error_line, sqlstate
 
 #: The states an operation can be in (softguard.operations.state).
@@ -74,6 +75,11 @@ class UndoFailed(LedgerError):
 
     def __str__(self) -> str:
         return self.message
+
+    @property
+    def blocked_by(self) -> int | None:
+        """The later operation that must be undone first, when that is what failed."""
+        return blocking_operation(self.sqlstate, self.detail)
 
     @classmethod
     def from_error(cls, exc: psycopg.Error, op: int | None) -> UndoFailed:
@@ -305,10 +311,15 @@ def operation_sizes(conn: psycopg.Connection[Any], ops: Iterable[int]) -> dict[i
 
 @dataclass(frozen=True)
 class UndoResult:
-    lines: list[str]  # what undo_op reported, in order ('operation 3: restored table ...')
+    steps: list[UndoStep]  # what undo_steps reported, in order
     undone: list[int]  # every operation undone (with --cascade: also later ones), in order
     records: list[int]  # the ledger rows that record those undos
     committed: bool  # False for a dry run
+
+
+_UNDO_STEPS = sql.SQL("SELECT {} FROM softguard.undo_steps(%s, %s, %s, %s)").format(
+    sql.SQL(", ").join(map(sql.Identifier, UNDO_STEP_COLUMNS))
+)
 
 
 def undo_order(ops: Iterable[int]) -> list[int]:
@@ -339,7 +350,7 @@ def undo_operations(
         raise ValueError("no operation to undo")
     if rename_to is not None and len(order) != 1:
         raise ValueError("rename_to needs exactly one operation")
-    lines: list[str] = []
+    steps: list[UndoStep] = []
     undone: list[int] = []
     records: list[int] = []
     current: int | None = None
@@ -352,23 +363,17 @@ def undo_operations(
             )
             for op in order:
                 current = op
-                if on_conflict == "fail":  # the form a role granted only that may run
-                    query = "SELECT line FROM softguard.undo_op(%s, %s, %s) AS line"
-                    args: list[Any] = [op, rename_to, cascade]
-                else:
-                    query = "SELECT line FROM softguard.undo_op(%s, %s, %s, %s) AS line"
-                    args = [op, rename_to, cascade, on_conflict]
-                rows = conn.execute(query, args).fetchall()
-                lines.extend(str(r[0]) for r in rows)
+                rows = conn.execute(_UNDO_STEPS, [op, rename_to, cascade, on_conflict])
+                steps.extend(UndoStep(*r) for r in rows.fetchall())
                 if on_step is not None:
                     on_step(op)
             current = None
-            # What was undone (with cascade: later operations too, first): undo_op returns
-            # lines, the undo records it wrote have the ids. A role allowed to run undo_op
-            # but not to read the ledger gets the ids from the lines.
+            # What was undone (with cascade: later operations too, first): the undo records
+            # written have the ids; a role allowed to undo but not to read the ledger gets
+            # them from the steps.
             found = _undone_in_this_transaction(conn)
             if found is None:
-                undone = _ids_in_lines(lines)
+                undone = list(dict.fromkeys(step.op for step in steps))
             else:
                 undone = [undo_of for undo_of, _ in found]
                 records = [rec for _, rec in found]
@@ -376,7 +381,7 @@ def undo_operations(
                 raise psycopg.Rollback(tx)
     except psycopg.Error as exc:
         raise UndoFailed.from_error(exc, current) from exc
-    return UndoResult(lines=lines, undone=undone, records=records, committed=not dry_run)
+    return UndoResult(steps=steps, undone=undone, records=records, committed=not dry_run)
 
 
 def _undone_in_this_transaction(conn: psycopg.Connection[Any]) -> list[tuple[int, int]] | None:
@@ -391,15 +396,3 @@ def _undone_in_this_transaction(conn: psycopg.Connection[Any]) -> list[tuple[int
         [UNDO_KIND],
     ).fetchall()
     return [(int(r[0]), int(r[1])) for r in rows]
-
-
-_LINE_OP = re.compile(r"^operation ([0-9]+): ")
-
-
-def _ids_in_lines(lines: Iterable[str]) -> list[int]:
-    seen: list[int] = []
-    for line in lines:
-        m = _LINE_OP.match(line)
-        if m is not None and int(m.group(1)) not in seen:
-            seen.append(int(m.group(1)))
-    return seen

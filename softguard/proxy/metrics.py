@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from softguard import contract
 from softguard.policy import PROTECTABLE_DROPS, SessionInfo
 from softguard.wire import ProtocolViolation, parse_fields
 
@@ -54,8 +55,7 @@ _NOTICE_KINDS: tuple[tuple[str, str], ...] = (
     ("ALTER TABLE ", "ALTER TABLE"),
     *((f"{kind} ", kind) for kind in sorted(PROTECTABLE_DROPS, key=len, reverse=True)),
 )
-NOTICE_MARKER = b"reversible as operation"
-_NOTICE = re.compile(r"softguard: (.*) is reversible as operation ([0-9]+) until (\S+)\Z", re.S)
+NOTICE_MARKER = contract.NOTICE_MARKER.encode()
 # Seconds: PostgreSQL round trips on a LAN up to slow DDL under lock waits.
 _CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _STATEMENT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -81,10 +81,10 @@ def parse_operation_notice(body: bytes) -> OperationNotice | None:
         message = parse_fields(body).get("M", "")
     except ProtocolViolation:
         return None
-    match = _NOTICE.match(message)
-    if match is None:
+    announced = contract.parse_operation_notice(message)
+    if announced is None:
         return None
-    what, op_id, expires = match.groups()
+    what, op_id, expires = announced.what, announced.op, announced.expires
     kind, objects = "other", what
     for prefix, ledger_kind in _NOTICE_KINDS:
         if what.startswith(prefix):

@@ -19,6 +19,7 @@ from pglast import parse_sql
 from pglast.enums.parsenodes import DropBehavior
 from pglast.stream import RawStream
 
+from softguard.contract import BEGIN_CODE
 from softguard.sql.classify import Statement
 
 
@@ -177,7 +178,7 @@ def refusal(sqlstate: str, message: str, hint: str | None = None) -> str:
     return (
         f"DO {q}BEGIN "
         "PERFORM set_config('client_min_messages', 'notice', true); "
-        "RAISE NOTICE USING ERRCODE = 'SGBEG', MESSAGE = '0'; "
+        f"RAISE NOTICE USING ERRCODE = '{BEGIN_CODE}', MESSAGE = '0'; "
         f"RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = {inner}{message}{inner}"
         f"{hint_clause}; END{q}"
     )

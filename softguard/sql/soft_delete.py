@@ -36,6 +36,7 @@ from pglast.parser import ParseError
 from pglast.printers import dml as _dml
 from pglast.stream import RawStream
 
+from softguard.contract import TAG_MARKER as TAG_MARKER  # re-exported for the proxy
 from softguard.sql.classify import quote_ident
 
 
@@ -50,9 +51,8 @@ _dml.MergeMatchKindPrinter.MERGE_WHEN_NOT_MATCHED_BY_TARGET = _not_matched  # ty
 MarkKind = Literal["timestamp", "boolean", "expression"]
 ByValue = Literal["role", "application_name"]
 
-#: Put in front of a rewritten extended-protocol statement whose command tag must be
-#: turned back into DELETE: the capture trigger sees it in current_query() and says so.
-TAG_MARKER = "/*softguard:delete*/"
+# TAG_MARKER (softguard.contract) is put in front of a rewritten extended-protocol
+# statement whose command tag must be turned back into DELETE.
 
 REWRITE_CACHE_SIZE = 1024
 

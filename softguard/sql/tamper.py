@@ -15,11 +15,12 @@ from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
 
+from softguard.contract import TAG_MARKER
 from softguard.sql.classify import load_json
 
 # A value names softguard's schemas when "softguard" is followed by the end, a schema
 # separator or quoting/list punctuation, or by "_quarantine" / "_q<digits>_".
-_TAG_MARKER = b"softguard:delete"
+_TAG_MARKER = TAG_MARKER.strip("/*").encode()
 _NAMES_SOFTGUARD = re.compile(r"softguard(?:_quarantine|_q\d+_|\s*(?:[.,\"]|$))", re.IGNORECASE)
 
 

@@ -24,12 +24,10 @@ import re
 from collections import deque
 from typing import Protocol
 
+from softguard.contract import BEGIN_CODE, END_CODE, TAG_CODE
 from softguard.wire.messages import error_response, message, parse_fields
 
 _N, _E, _C, _Z = b"NECZ"
-BEGIN_CODE = "SGBEG"
-END_CODE = "SGEND"
-TAG_CODE = "SGTAG"
 # Fields that only describe softguard's procedure, never the client's statement.
 _INNER_FIELDS = ("W", "q", "p")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from support.pg import TestServer
 from typer.testing import CliRunner
 
 from softguard.ledger import MIGRATIONS_DIR, LedgerError, apply_migrations, ledger_version
-from softguard.ledger.migrate import available_migrations
+from softguard.ledger.migrate import current_version
 
 
 @pytest.fixture
@@ -21,13 +22,14 @@ def empty_db(pg_server: TestServer) -> Any:
         yield name
 
 
-ALL = [m.name for m in available_migrations()]
-LATEST = available_migrations()[-1].version
+LATEST = current_version()
+ALL = [f"softguard--{LATEST}.sql"]  # a fresh database gets the install of the current version
 
 
 def test_migrations_dir_is_in_the_repository() -> None:
     assert MIGRATIONS_DIR.is_dir()
-    assert available_migrations()[0].name == "0001_ledger.sql"
+    assert (MIGRATIONS_DIR / "install" / "70_undo.sql").is_file()
+    assert (MIGRATIONS_DIR / "released" / "softguard--1.sql").is_file()
 
 
 def test_apply_is_idempotent(pg_server: TestServer, empty_db: str) -> None:
@@ -68,17 +70,19 @@ def test_concurrent_apply(pg_server: TestServer, empty_db: str) -> None:
     assert sorted(results) == [[], [], ALL]
 
 
-def test_later_migration_in_its_own_transaction(
+def test_upgrade_in_its_own_transaction(
     pg_server: TestServer, empty_db: str, tmp_path: Path
 ) -> None:
-    for m in available_migrations():
-        (tmp_path / m.name).write_text(m.sql())
-    broken = f"{LATEST + 1:04d}_broken.sql"
-    (tmp_path / broken).write_text("CREATE TABLE softguard.x (a int); SELECT 1/0;")
+    shutil.copytree(MIGRATIONS_DIR, tmp_path / "sql", symlinks=False)
+    broken = f"{LATEST}--{LATEST + 1}.sql"
+    (tmp_path / "sql" / "upgrades" / broken).write_text(
+        "CREATE TABLE softguard.x (a int); SELECT 1/0;"
+    )
     with psycopg.connect(pg_server.superuser_dsn(empty_db), autocommit=True) as c:
+        assert apply_migrations(c) == ALL
         with pytest.raises(LedgerError, match=rf"{broken} failed: division by zero"):
-            apply_migrations(c, tmp_path)
-        assert ledger_version(c) == LATEST  # the real ones committed, the broken one not
+            apply_migrations(c, tmp_path / "sql")
+        assert ledger_version(c) == LATEST  # the install committed, the broken upgrade not
         assert c.execute("SELECT to_regclass('softguard.x')").fetchone() == (None,)
 
 

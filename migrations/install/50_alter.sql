@@ -1,57 +1,123 @@
--- softguard ledger, version 4: ALTER TABLE ... ALTER COLUMN ... TYPE is reversible.
---
--- Design: docs/decisions/0006-row-capture.md ("ALTER COLUMN ... TYPE").
+-- ALTER TABLE ... DROP COLUMN and ALTER COLUMN ... TYPE are reversible: alter_op(stmt, ctx).
+-- Design: docs/decisions/0006-row-capture.md ("ALTER COLUMN ... TYPE"). Undo: 70_undo.sql
+-- (_undo_drop_column, _undo_type).
 --
 -- What always holds:
--- * softguard.alter_op(stmt, ctx) keeps, besides the columns the statement drops (0002),
---   the columns whose type it changes. PostgreSQL's event triggers do not report type
---   changes and SQL is parsed only by the proxy: ctx->'columns' names them,
---   [{"schema" (null: unqualified), "table", "column"}, ...] (every ALTER COLUMN ... TYPE
---   subcommand of the statement). They are resolved as the caller sees them (its
---   search_path); a name that resolves to nothing is left to the statement's own error.
+-- * DROP COLUMN: PostgreSQL decides what the statement drops (softguard._probe); each
+--   dropped column of a live table is kept: its definition and its values keyed by
+--   softguard._row_key (none, or the key is the column: 0A000).
+-- * ALTER COLUMN ... TYPE: PostgreSQL's event triggers do not report type changes and SQL
+--   is parsed only by the proxy: ctx->'columns' names them, [{"schema" (null:
+--   unqualified), "table", "column"}, ...] (every ALTER COLUMN ... TYPE subcommand of the
+--   statement). They are resolved as the caller sees them (its search_path); a name that
+--   resolves to nothing is left to the statement's own error.
 -- * For each such column of a protected table the caller owns: the table is locked
 --   (ACCESS EXCLUSIVE, as the ALTER itself), then its values are copied BEFORE the
 --   statement runs, keyed by a primary key or unique NOT NULL key that the statement
 --   leaves unchanged (none: 0A000, nothing done), with the old type (format_type),
 --   default and collation; AFTER the statement its new values are copied too (second
 --   capture, info kind 'type_new'), so that undo can tell rows changed since.
--- * ctx->>'drop_column' = 'false' (the proxy: no DROP COLUMN subcommand) skips the probe of
---   0001, which would otherwise run the whole ALTER (a table rewrite) twice.
--- * Undo (softguard._undo_type, through _undo_rows -> _undo_column): the column must still
---   be there under its name with the type the operation left (else 55000; 55006 "held by
---   operation N" when a later active operation dropped it or changed its type again, so
---   that --cascade works). It is converted back to the old type (and collation) with
---   `USING` a per-row cast (explicit cast, else through text); then every row whose value
---   is still the one the ALTER produced gets its captured old value back, exactly (by key).
---   Rows added or changed since keep their value, converted back; when such a value does
---   not convert back, the undo is refused (55000, keys listed): undo never replaces a
---   write made since with NULL. The old default comes back; NOT NULL is kept.
+-- * ctx->>'drop_column' = 'false' (the proxy: no DROP COLUMN subcommand) skips the probe,
+--   which would otherwise run the whole ALTER (a table rewrite) twice.
+-- * Undo of a type change: the column must still be there under its name with the type
+--   the operation left (else 55000; 55006 with the holding operation when a later active
+--   operation dropped it or changed its type again, so that --cascade works). It is
+--   converted back to the old type (and collation) with `USING` a per-row cast (explicit
+--   cast, else through text); then every row whose value is still the one the ALTER
+--   produced gets its captured old value back, exactly (by key). Rows added or changed
+--   since keep their value, converted back; when such a value does not convert back, the
+--   undo is refused (55000, keys listed): undo never replaces a write made since with
+--   NULL. The old default comes back; NOT NULL is kept.
 
 -- ---------------------------------------------------------------------------------------
--- Helpers
+-- Capture of a dropped column
 -- ---------------------------------------------------------------------------------------
 
--- alter_op runs as the caller: it checks tables with this (it reads only the catalog).
-GRANT EXECUTE ON FUNCTION softguard._protected_table(oid) TO PUBLIC;
-
--- A key of a table that does not include any of the columns `changed` (their values are
--- about to change): the primary key first, else a unique index on NOT NULL columns (no
--- expressions, no predicate). NULL when there is none.
-CREATE FUNCTION softguard._type_key(rel oid, changed text[]) RETURNS text[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY k(attnum, o)
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                  ORDER BY k.o)
-      FROM pg_index i
-     WHERE i.indrelid = rel AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
-       AND i.indexprs IS NULL AND 0 <> ALL (i.indkey)
-       AND NOT EXISTS (SELECT FROM unnest(i.indkey) k(attnum)
-                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                        WHERE NOT a.attnotnull OR a.attname::text = ANY (changed))
-     ORDER BY i.indisprimary DESC, i.indnatts, i.indexrelid
-     LIMIT 1
-$$;
-REVOKE ALL ON FUNCTION softguard._type_key(oid, text[]) FROM PUBLIC;
+CREATE FUNCTION softguard._capture_column(op bigint, rel oid, attnum integer) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    a record;
+    key text[];
+    cid bigint;
+    n bigint;
+    info jsonb;
+    ident text;
+BEGIN
+    SELECT * INTO o FROM softguard.operations
+     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
+    END IF;
+    SELECT at.*, format_type(at.atttypid, at.atttypmod) AS typ,
+           pg_get_expr(d.adbin, d.adrelid) AS def,
+           CASE WHEN at.attcollation <> t.typcollation THEN
+               (SELECT format('%I.%I', cn.nspname, co.collname) FROM pg_collation co
+                  JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = at.attcollation)
+           END AS coll,
+           col_description(at.attrelid, at.attnum) AS cmt
+      INTO a
+      FROM pg_attribute at JOIN pg_type t ON t.oid = at.atttypid
+      LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
+     WHERE at.attrelid = rel AND at.attnum = _capture_column.attnum;
+    ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
+                    (SELECT relname FROM pg_class WHERE oid = rel));
+    key := softguard._row_key(rel);
+    IF key IS NULL OR a.attname::text = ANY (key) THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot keep column %s.%I: the table has no primary key or unique NOT NULL key%s',
+                             ident, a.attname, CASE WHEN key IS NOT NULL THEN ' without it' ELSE '' END),
+            HINT = 'Add a primary key first, or run the statement without softguard.';
+    END IF;
+    IF a.attidentity <> '' OR a.attgenerated <> '' THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot yet keep identity or generated column %s.%I', ident, a.attname);
+    END IF;
+    info := jsonb_build_object(
+        'name', a.attname, 'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
+        'collation', a.coll, 'comment', a.cmt, 'key', to_jsonb(key), 'attnum', a.attnum,
+        -- constraints and indexes that the DROP removes with the column
+        'constraints', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                            'name', c.conname, 'def', pg_get_constraintdef(c.oid),
+                            'comment', obj_description(c.oid, 'pg_constraint')) ORDER BY c.oid), '[]')
+                          FROM pg_constraint c
+                         WHERE c.conrelid = rel AND c.conislocal AND a.attnum = ANY (c.conkey)
+                           AND c.contype <> 'n'),
+        'indexes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        'name', ic.relname, 'def', pg_get_indexdef(i.indexrelid),
+                        'comment', obj_description(i.indexrelid, 'pg_class')) ORDER BY i.indexrelid), '[]')
+                      FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                     WHERE i.indrelid = rel
+                       AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid
+                                        AND c.conrelid = rel)
+                       AND (a.attnum = ANY (i.indkey)
+                            OR EXISTS (SELECT FROM pg_depend d
+                                        WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                                          AND d.refobjid = rel AND d.refobjsubid = a.attnum))));
+    cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                   ' SELECT %s, ROW(%s, t.%I)::text FROM ONLY %s t',
+                   cid, (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
+                   a.attname, rel::regclass);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
+    VALUES (cid, op, rel, ident, 'column', n,
+            (SELECT jsonb_agg(jsonb_build_array(k, format_type(at.atttypid, at.atttypmod)) ORDER BY x.ord)
+               FROM unnest(key) WITH ORDINALITY x(k, ord)
+               JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
+            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
+            info);
+    UPDATE softguard.operations SET
+        objects = objects || jsonb_build_array(jsonb_build_object(
+            'type', 'table column', 'identity', format('%s.%I', ident, a.attname),
+            'original', true, 'normal', true, 'classid', 'pg_class'::regclass::oid,
+            'objid', rel, 'objsubid', a.attnum, 'rows', n, 'held_by', NULL)),
+        row_counts = jsonb_set(row_counts, ARRAY['tables', ident], to_jsonb(n))
+     WHERE id = op;
+    RETURN format('%s.%I', ident, a.attname);
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_column(bigint, oid, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._capture_column(bigint, oid, integer) TO PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
 -- Capture: before the statement (old values), after it (new values)
@@ -96,7 +162,7 @@ BEGIN
     END IF;
     ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
                     (SELECT relname FROM pg_class WHERE oid = rel));
-    key := softguard._type_key(rel, changed);
+    key := softguard._row_key(rel, changed);
     IF key IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '0A000',
             MESSAGE = format('softguard cannot keep the values of %s.%I across its type change: %s',
@@ -197,7 +263,7 @@ REVOKE ALL ON FUNCTION softguard._capture_type_after(bigint, bigint) FROM PUBLIC
 GRANT EXECUTE ON FUNCTION softguard._capture_type_after(bigint, bigint) TO PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
--- alter_op: DROP COLUMN (0002, unchanged) and ALTER COLUMN ... TYPE
+-- alter_op: DROP COLUMN and ALTER COLUMN ... TYPE
 --   stmt  the client's ALTER TABLE, verbatim
 --   ctx   as truncate_op (action 'ALTER TABLE'), plus
 --         "columns": [{"schema", "table", "column"}]  the ALTER COLUMN ... TYPE targets
@@ -206,7 +272,7 @@ GRANT EXECUTE ON FUNCTION softguard._capture_type_after(bigint, bigint) TO PUBLI
 -- 'softguard: ALTER TABLE ALTER COLUMN TYPE <cols> is reversible as operation N until D'.
 -- ---------------------------------------------------------------------------------------
 
-CREATE OR REPLACE PROCEDURE softguard.alter_op(stmt text, ctx jsonb)
+CREATE PROCEDURE softguard.alter_op(stmt text, ctx jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     list jsonb := '[]';
@@ -297,201 +363,3 @@ BEGIN
     PERFORM softguard._notice(action, 'SGEND');
 END $$;
 GRANT EXECUTE ON PROCEDURE softguard.alter_op(text, jsonb) TO PUBLIC;
-
--- ---------------------------------------------------------------------------------------
--- Undo
--- ---------------------------------------------------------------------------------------
-
--- Undo of a type change: see the header. Called by _undo_column (below) from _undo_rows.
-CREATE FUNCTION softguard._undo_type(op bigint, c softguard.captures) RETURNS text[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    i jsonb := c.info;
-    rel regclass := c.relid::regclass;
-    col text := c.info->>'name';
-    old_type text := c.info->>'type';
-    key text[] := ARRAY(SELECT jsonb_array_elements_text(c.info->'key'));
-    cn softguard.captures;
-    a record;
-    later bigint;
-    later_stmt text;
-    later_kind text;
-    other text;
-    rt_old text;
-    rt_new text;
-    tmp_name text := 'sg_type_undo_' || c.id;
-    tmp text := format('pg_temp.%I', 'sg_type_undo_' || c.id);
-    fn text := format('pg_temp.%I', 'sg_type_back_' || c.id);
-    nbad bigint;
-    bad text;
-    n bigint;
-    total bigint;
-    unset_not_null boolean;
-    x jsonb;
-    saved_srr text := current_setting('session_replication_role');
-BEGIN
-    -- a later operation still active that dropped the column or changed its type again
-    SELECT cp.op_id, o.statement, coalesce(cp.info->>'kind', 'drop')
-      INTO later, later_stmt, later_kind
-      FROM softguard.captures cp JOIN softguard.operations o ON o.id = cp.op_id
-     WHERE cp.relid = c.relid AND cp.event = 'column' AND cp.info->>'name' = col
-       AND coalesce(cp.info->>'kind', 'drop') IN ('drop', 'type') AND cp.op_id > op
-       AND o.state = 'active'
-     ORDER BY cp.op_id DESC LIMIT 1;
-    IF later IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '55006',
-            MESSAGE = format('cannot undo operation %s: column %s.%I was %s since, held by operation %s (%s)',
-                             op, rel, col,
-                             CASE later_kind WHEN 'drop' THEN 'dropped' ELSE 'changed again' END,
-                             later, later_stmt),
-            HINT = format('Undo operation %s first, or use --cascade.', later);
-    END IF;
-    SELECT at.attnum, at.attnotnull, format_type(at.atttypid, at.atttypmod) AS typ,
-           pg_get_expr(d.adbin, d.adrelid) AS def
-      INTO a
-      FROM pg_attribute at
-      LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
-     WHERE at.attrelid = c.relid AND at.attname = col AND at.attnum > 0 AND NOT at.attisdropped;
-    IF NOT FOUND THEN
-        SELECT at.attname INTO other FROM pg_attribute at
-         WHERE at.attrelid = c.relid AND at.attnum = (i->>'attnum')::integer AND NOT at.attisdropped;
-        IF other IS NOT NULL THEN
-            RAISE EXCEPTION USING ERRCODE = '55000',
-                MESSAGE = format('cannot undo operation %s: column %s.%I was renamed to %I since',
-                                 op, rel, col, other),
-                HINT = format('Rename it back first (ALTER TABLE %s RENAME COLUMN %I TO %I).',
-                              rel, other, col);
-        END IF;
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = format('cannot undo operation %s: column %s.%I was dropped since', op, rel, col);
-    END IF;
-    IF a.typ IS DISTINCT FROM i->>'new_type' THEN
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = format('cannot undo operation %s: column %s.%I is of type %s now, not %s as the operation left it',
-                             op, rel, col, a.typ, i->>'new_type');
-    END IF;
-    SELECT * INTO cn FROM softguard.captures WHERE id = (i->>'new_capture')::bigint;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = format('cannot undo operation %s: the values of %s.%I after the change were not kept',
-                             op, rel, col);
-    END IF;
-
-    -- 1. the rows to restore: captured, and still holding the value the ALTER gave them
-    --    (compared as text of the current type, read back in this session)
-    rt_old := softguard._row_type(c.columns, c.id::text);
-    rt_new := softguard._row_type(cn.columns, cn.id::text);
-    EXECUTE format('DROP TABLE IF EXISTS %s', tmp);
-    EXECUTE format('CREATE TEMP TABLE %I AS SELECT %s, o.sg_value'
-                   ' FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
-                   ' WHERE r.capture_id = %s OFFSET 0) p) o'
-                   ' JOIN (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
-                   ' WHERE r.capture_id = %s OFFSET 0) p) w ON %s'
-                   ' JOIN %s t ON %s'
-                   ' WHERE t.%I::text IS NOT DISTINCT FROM w.sg_new::text',
-                   tmp_name,
-                   (SELECT string_agg(format('o.%I', k), ', ') FROM unnest(key) k),
-                   rt_old, c.id, rt_new, cn.id,
-                   (SELECT string_agg(format('w.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
-                   rel,
-                   (SELECT string_agg(format('t.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
-                   col);
-
-    -- 2. a per-row conversion back: explicit cast, else through text, else NULL
-    EXECUTE format('DROP FUNCTION IF EXISTS %s(%s)', fn, a.typ);
-    EXECUTE format('CREATE FUNCTION %s(v %s) RETURNS %s LANGUAGE plpgsql AS %L', fn, a.typ, old_type,
-                   format('BEGIN RETURN v::%s; EXCEPTION WHEN OTHERS THEN BEGIN RETURN v::text::%s;'
-                          ' EXCEPTION WHEN OTHERS THEN RETURN NULL; END; END', old_type, old_type));
-
-    -- 3. rows added or changed since must convert back: a write made since is never lost
-    EXECUTE format('SELECT count(*), string_agg(k, '', '') FILTER (WHERE n <= 5)'
-                   ' FROM (SELECT format(%L, %s) AS k, row_number() OVER () AS n FROM %s t'
-                   ' WHERE t.%I IS NOT NULL AND %s(t.%I) IS NULL'
-                   ' AND NOT EXISTS (SELECT FROM %s s WHERE %s)) x',
-                   '(' || array_to_string(key, ', ') || ')=(' ||
-                       array_to_string(array_fill('%s'::text, ARRAY[cardinality(key)]), ', ') || ')',
-                   (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
-                   rel, col, fn, col, tmp,
-                   (SELECT string_agg(format('s.%I = t.%I', k, k), ' AND ') FROM unnest(key) k))
-      INTO nbad, bad;
-    IF nbad > 0 THEN
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = format('cannot undo operation %s: %s of %s added or changed since %s a value of %I'
-                             ' that does not convert back to %s: %s%s',
-                             op, CASE WHEN nbad = 1 THEN '1 row' ELSE nbad || ' rows' END, rel,
-                             CASE WHEN nbad = 1 THEN 'holds' ELSE 'hold' END, col, old_type, bad,
-                             CASE WHEN nbad > 5 THEN ', ...' ELSE '' END),
-            HINT = 'Change or delete those rows, then undo again.';
-    END IF;
-
-    -- 4. the type back. Rows to restore may not convert (their captured value comes next):
-    --    NOT NULL is lifted meanwhile (unless the column is in the primary key), the
-    --    default dropped (it may not cast back).
-    unset_not_null := a.attnotnull AND NOT EXISTS (
-        SELECT FROM pg_index x WHERE x.indrelid = c.relid AND x.indisprimary AND a.attnum = ANY (x.indkey));
-    IF unset_not_null THEN
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP NOT NULL', rel, col);
-    END IF;
-    IF a.def IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', rel, col);
-    END IF;
-    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s%s USING %s(%I)', rel, col, old_type,
-                   CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END,
-                   fn, col);
-
-    -- 5. the captured values back, by key (user triggers off, as for the other undos)
-    PERFORM set_config('session_replication_role', 'replica', true);
-    EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM %s s WHERE %s', rel, col, tmp,
-                   (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
-    GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM set_config('session_replication_role', saved_srr, true);
-    IF unset_not_null THEN
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, col);
-    END IF;
-    IF i->>'default' IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', rel, col, i->>'default');
-    END IF;
-    -- 6. CHECK constraints on the column as they were written (the two conversions added casts)
-    FOR x IN SELECT e FROM jsonb_array_elements(coalesce(i->'checks', '[]')) e LOOP
-        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_constraint co
-                                   WHERE co.conrelid = c.relid AND co.conname = x->>'name'
-                                     AND co.contype = 'c'
-                                     AND pg_get_constraintdef(co.oid) IS DISTINCT FROM x->>'def');
-        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', rel, x->>'name');
-        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', rel, x->>'name', x->>'def');
-        IF x->>'comment' IS NOT NULL THEN
-            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', x->>'name', rel, x->>'comment');
-        END IF;
-    END LOOP;
-    EXECUTE format('SELECT count(*) FROM %s', rel) INTO total;
-    EXECUTE format('DROP TABLE %s', tmp);
-    EXECUTE format('DROP FUNCTION %s(%s)', fn, a.typ);
-    RETURN ARRAY[format('operation %s: column %s.%I back to %s, %s values restored%s', op, rel, col,
-                        old_type, n,
-                        CASE WHEN total > n
-                             THEN format(' (%s added or changed since: converted back)',
-                                         CASE WHEN total - n = 1 THEN '1 row'
-                                              ELSE (total - n) || ' rows' END)
-                             ELSE '' END)];
-END $$;
-REVOKE ALL ON FUNCTION softguard._undo_type(bigint, softguard.captures) FROM PUBLIC;
-
--- _undo_column of 0002 (DROP COLUMN) is renamed _undo_drop_column, unchanged; _undo_column
--- (called by _undo_rows for every 'column' capture) now dispatches on info->>'kind'.
-ALTER FUNCTION softguard._undo_column(bigint, softguard.captures) RENAME TO _undo_drop_column;
-COMMENT ON FUNCTION softguard._undo_drop_column(bigint, softguard.captures) IS
-    '_undo_column of 0002, unchanged: undo of a dropped column';
-
-CREATE FUNCTION softguard._undo_column(op bigint, c softguard.captures) RETURNS text[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    CASE coalesce(c.info->>'kind', 'drop')
-        WHEN 'type' THEN
-            RETURN softguard._undo_type(op, c);
-        WHEN 'type_new' THEN
-            RETURN '{}';  -- read by the undo of its 'type' capture
-        ELSE
-            RETURN softguard._undo_drop_column(op, c);
-    END CASE;
-END $$;
-REVOKE ALL ON FUNCTION softguard._undo_column(bigint, softguard.captures) FROM PUBLIC;

@@ -1,6 +1,6 @@
--- softguard ledger, version 3: purge (retention) and the size of the quarantine.
+-- Purge (retention) and the size of the quarantine.
 --
--- Used by `softguard purge` and `softguard space` (softguard/ledger/purge.py).
+-- Used by `softguard purge` and `softguard space` (softguard/ledger/).
 --
 -- What always holds:
 -- * An operation is purged in ONE short transaction (purge_op): its row in the ledger is
@@ -19,13 +19,8 @@
 -- * Sizes (op_size) are O(objects), not O(rows): relation sizes from the catalog, captured
 --   rows as count x a sampled row width.
 
-ALTER TABLE softguard.operations ADD COLUMN purge_archive text;
-COMMENT ON COLUMN softguard.operations.purge_archive IS
-    'where softguard purge archived the operation before destroying it (NULL: not archived)';
-
--- Released captures: their rows are garbage, deleted in batches by softguard.purge_rows.
-ALTER TABLE softguard.captures ADD COLUMN released_at timestamptz;
-CREATE INDEX captures_released_idx ON softguard.captures (id) WHERE released_at IS NOT NULL;
+-- * Soft-deleted rows are hard-deleted in batches (purge_soft_rows), before purge_op marks
+--   the operation purged.
 
 -- ---------------------------------------------------------------------------------------
 -- What an operation holds in quarantine
@@ -279,47 +274,53 @@ END $$;
 REVOKE ALL ON FUNCTION softguard.purge_rows(integer) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
--- Undo of a purged operation: a clear refusal that points at the archive.
--- undo_op(op, rename_to, cascade, on_conflict) of 0002 is renamed _undo_op_v2, unchanged;
--- undo_op is now a wrapper that checks first (the three-argument form calls it by name).
+-- Purge: hard-delete the soft-deleted rows, `batch` per call (one transaction each)
 -- ---------------------------------------------------------------------------------------
 
-CREATE FUNCTION softguard._refuse_purged(op bigint) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- Deletes up to `batch` of the rows operation `op` soft-deleted that still carry its mark
+-- (their captured keys go with them); returns how many captured rows it took: 0 when
+-- none is left. The first call records 'purging' in the capture (undo is refused from
+-- then on). Foreign keys act as for any DELETE (CASCADE follows; NO ACTION fails: 23503).
+CREATE FUNCTION softguard.purge_soft_rows(op bigint, batch integer DEFAULT 10000,
+                                          lock_timeout text DEFAULT '2s')
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 DECLARE
     o softguard.operations;
+    c softguard.captures;
+    taken bigint;
+    deleted bigint;
+    total bigint := 0;
 BEGIN
-    SELECT * INTO o FROM softguard.operations WHERE id = op;
-    IF NOT FOUND OR o.state <> 'purged' THEN
-        RETURN;
+    PERFORM set_config('lock_timeout', coalesce(lock_timeout, '2s'), true);
+    PERFORM set_config('softguard.capture', '', true);  -- purge's DELETE is not an operation
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND OR o.state <> 'active' THEN
+        RETURN 0;
     END IF;
-    IF o.purge_archive IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = format('operation %s was purged (at %s by %s): nothing is left to restore;'
-                             ' it was archived first, to %s', op,
-                             to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by,
-                             o.purge_archive),
-            HINT = format('Load it by hand from the archive: see %s/README.txt (pg_restore for '
-                          'the objects, psql for the captured rows).', o.purge_archive);
-    END IF;
-    RAISE EXCEPTION USING ERRCODE = '55000',
-        MESSAGE = format('operation %s was purged (at %s by %s): nothing is left to restore'
-                         ' (it was not archived)', op,
-                         to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+    FOR c IN SELECT * FROM softguard.captures
+              WHERE op_id = op AND event = 'soft_delete' AND released_at IS NULL ORDER BY id LOOP
+        EXIT WHEN total >= batch;
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = c.relid);
+        IF NOT c.info ? 'purging' THEN
+            UPDATE softguard.captures SET info = info || jsonb_build_object('purging', now())
+             WHERE id = c.id;
+        END IF;
+        EXECUTE format('WITH b AS (DELETE FROM softguard.captured_rows r WHERE r.ctid = ANY (ARRAY('
+                       'SELECT x.ctid FROM softguard.captured_rows x WHERE x.capture_id = %s LIMIT %s))'
+                       ' RETURNING r."row"), d AS (DELETE FROM %s t USING (%s) s WHERE %s RETURNING 1)'
+                       ' SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM d)',
+                       c.id, batch - total, c.relid::regclass,
+                       softguard._sd_source(c, 'b'),
+                       softguard._sd_match(c))
+            INTO taken, deleted;
+        UPDATE softguard.captures
+           SET info = jsonb_set(info, '{purged_rows}',
+                                to_jsonb(coalesce((info->>'purged_rows')::bigint, 0) + deleted))
+         WHERE id = c.id;
+        total := total + taken;
+    END LOOP;
+    RETURN total;
 END $$;
-REVOKE ALL ON FUNCTION softguard._refuse_purged(bigint) FROM PUBLIC;
-
-ALTER FUNCTION softguard.undo_op(bigint, text, boolean, text) RENAME TO _undo_op_v2;
-COMMENT ON FUNCTION softguard._undo_op_v2(bigint, text, boolean, text) IS
-    'undo_op of 0002, unchanged; softguard.undo_op refuses purged operations, then calls it';
-
-CREATE FUNCTION softguard.undo_op(op bigint, rename_to text, "cascade" boolean,
-                                  on_conflict text)
-RETURNS SETOF text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM softguard._refuse_purged(op);
-    RETURN QUERY SELECT l FROM softguard._undo_op_v2(op, rename_to, "cascade",
-                                                                 on_conflict) l;
-END $$;
-REVOKE ALL ON FUNCTION softguard.undo_op(bigint, text, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard.purge_soft_rows(bigint, integer, text) FROM PUBLIC;

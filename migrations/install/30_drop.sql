@@ -1,0 +1,570 @@
+-- Reversible DROP: drop_op(stmt, stmt_cascade, ctx), what the proxy CALLs in place of a
+-- destructive DROP. Design: docs/decisions/0005-reversible-drop.md. Undo: 70_undo.sql
+-- (_undo_one).
+--
+-- What always holds:
+-- * PostgreSQL decides what a DROP removes: drop_op runs the statement itself in a
+--   rolled-back subtransaction with the capture triggers armed (softguard._probe), under the
+--   caller's privileges.
+-- * Nothing is dropped without a way back: an object the DROP would remove is either moved
+--   into quarantine, or its definition is recorded in the operation's restore plan before
+--   it is dropped; anything softguard cannot keep makes drop_op fail with 0A000 (the
+--   caller's transaction aborts, nothing is lost).
+-- * The operation row is written by the transaction that moves the objects.
+
+-- ---------------------------------------------------------------------------------------
+-- Quarantine: move what the probed DROP would remove, record the restore plan and the
+-- operation. SECURITY DEFINER (the installing superuser): the caller has no rights on the
+-- quarantine or the ledger. EXECUTE is PUBLIC because drop_op runs as the caller; so the
+-- list is not trusted: the session user must be able to drop every target itself, and
+-- every other listed object must depend on a listed object, as PostgreSQL's cascade does.
+--
+-- objects (one per listed object, in PostgreSQL's order):
+--   {"type", "identity", "schema", "name", "original", "normal", "classid", "objid",
+--    "objsubid", "quarantined_as" (identity after the move; null when only its definition
+--    is kept or it went with its owner unnamed), "held_by" (an earlier operation already
+--    holds it in quarantine; this one leaves it there)}
+-- restore: ordered steps as done; undo runs their inverses last to first:
+--   {"step": "drop_constraint"|"drop_trigger"|"drop_default"|"drop_policy"|"drop_rule"|
+--            "drop_index", "table", "table_name", "name", "def", "deps", ...}
+--   {"step": "detach_partition", "parent", "child", "bound"}
+--   {"step": "no_inherit", "parent", "child"}
+--   {"step": "seq_owned_by", "seq", "table", "column"}
+--   {"step": "rename", "class": "relation"|"statistics", "oid", "name", "qname"}
+--   {"step": "move", "class": "relation"|"routine"|"type"|"statistics", "keyword", "oid",
+--    "schema", "schema_oid", "name", "qname", "original"}
+--   {"step": "rename_schema", "oid", "name", "qname", "acl": [{"grantee", "privilege",
+--    "grantable"}], "original"}
+-- ---------------------------------------------------------------------------------------
+
+CREATE FUNCTION softguard._quarantine(list jsonb, stmt text, ctx jsonb, invoker text)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    op_id bigint;
+    n integer := 0;
+    steps jsonb := '[]';
+    r record;
+    x record;
+    own oid;
+    going oid[];            -- listed relations leaving the live schema (moved or with a schema)
+    dropped_schemas text[];
+    moves jsonb := '[]';    -- the listed objects to move, in list order
+    links jsonb := '[]';    -- links on live objects to record and drop
+    kw text;
+    qn text;
+    acl jsonb;
+    expires timestamptz;
+    targets text;
+    is_super boolean;
+    held jsonb;             -- 'classid/objid/objsubid' -> the earlier operation holding it
+BEGIN
+    SELECT rolsuper INTO is_super FROM pg_roles WHERE rolname = session_user;
+
+    -- 1. The list must be what a DROP by this session would remove.
+    FOR r IN SELECT * FROM softguard._list(list) l WHERE l.original LOOP
+        own := softguard._owner(r.classid, r.objid);
+        IF own IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot keep %s %s', r.object_type, r.object_identity);
+        END IF;
+        IF NOT is_super AND NOT pg_has_role(session_user, own, 'MEMBER') THEN
+            RAISE EXCEPTION USING ERRCODE = '42501',
+                MESSAGE = format('must be owner of %s %s', r.object_type, r.object_identity);
+        END IF;
+    END LOOP;
+    IF EXISTS (
+        SELECT FROM softguard._list(list) l
+         WHERE NOT l.original
+           AND NOT EXISTS (
+               SELECT FROM pg_depend d
+                WHERE d.classid = l.classid AND d.objid = l.objid
+                  AND (d.refclassid, d.refobjid) IN (
+                      SELECT (e->>'classid')::oid, (e->>'objid')::oid
+                        FROM jsonb_array_elements(list) e))
+           AND NOT EXISTS (   -- e.g. a view: its listed _RETURN rule depends on the table
+               SELECT FROM pg_depend d
+                WHERE d.refclassid = l.classid AND d.refobjid = l.objid AND d.deptype = 'i'
+                  AND (d.classid, d.objid) IN (
+                      SELECT (e->>'classid')::oid, (e->>'objid')::oid
+                        FROM jsonb_array_elements(list) e))) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'softguard: the object list does not match what the statement drops';
+    END IF;
+
+    expires := now() + make_interval(secs => coalesce((ctx->>'retention_seconds')::integer, 604800));
+    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                      client_addr, statement, kind, objects, restore)
+    VALUES (expires, session_user, invoker, current_setting('application_name', true),
+            coalesce(ctx->>'client_addr', inet_client_addr()::text), stmt,
+            coalesce(ctx->>'action', 'DROP'), '[]', '[]')
+    RETURNING id INTO op_id;
+
+    SELECT coalesce(jsonb_object_agg(format('%s/%s/%s', l.classid, l.objid, l.objsubid),
+                                     softguard._holder(l.classid, l.objid, l.objsubid)), '{}')
+      INTO held
+      FROM softguard._list(list) l
+     WHERE coalesce(softguard._is_quarantine_schema(l.home), false);
+    SELECT coalesce(array_agg(l.object_name), '{}') INTO dropped_schemas
+      FROM softguard._list(list) l WHERE l.object_type = 'schema';
+    SELECT coalesce(array_agg(l.objid), '{}') INTO going
+      FROM softguard._list(list) l
+     WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
+       AND NOT coalesce(softguard._is_quarantine_schema(l.home), false);
+
+    -- 2. Classify: what moves, what is a link to record and drop, what cannot be kept.
+    FOR r IN SELECT * FROM softguard._list(list) l ORDER BY l.ord LOOP
+        CONTINUE WHEN coalesce(softguard._is_quarantine_schema(r.home), false);  -- held already
+        CONTINUE WHEN r.object_type = 'schema';
+        CONTINUE WHEN r.home = ANY (dropped_schemas);          -- stays in its renamed schema
+        IF r.object_type = 'table column' THEN
+            CONTINUE WHEN r.owned;
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot yet keep columns dropped by CASCADE (column %s)',
+                                 r.object_identity),
+                HINT = 'Drop the column with ALTER TABLE first, or run the statement without softguard.';
+        END IF;
+        IF r.classid = 'pg_class'::regclass THEN
+            SELECT c.relkind INTO x FROM pg_class c WHERE c.oid = r.objid;
+            IF x.relkind IN ('r', 'p', 'f', 'v', 'm') THEN
+                moves := moves || jsonb_build_array(to_jsonb(r));  -- partitions move one by one
+                CONTINUE;
+            END IF;
+        END IF;
+        CONTINUE WHEN r.owned;                                   -- goes with its owner
+        CASE
+            WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
+                                   'domain') THEN
+                moves := moves || jsonb_build_array(to_jsonb(r));
+            WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
+                                   'policy', 'rule') THEN
+                links := links || jsonb_build_array(to_jsonb(r));
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = format('softguard cannot keep %s %s (dropped by this statement)',
+                                     r.object_type, r.object_identity),
+                    HINT = 'Run the statement without softguard if losing it is intended.';
+        END CASE;
+    END LOOP;
+
+    -- 3. Links from live objects to dropped ones, as a real DROP removes them. Constraints
+    --    first (a foreign key may need a listed unique index), indexes last.
+    FOR r IN SELECT e.* FROM jsonb_to_recordset(links) AS e(classid oid, objid oid,
+                  object_type text, object_identity text, original boolean, ord integer)
+             ORDER BY CASE e.object_type WHEN 'table constraint' THEN 0 WHEN 'index' THEN 2
+                      ELSE 1 END, e.ord LOOP
+        steps := steps || softguard._drop_link(r.classid, r.objid, r.object_identity, r.original);
+    END LOOP;
+
+    -- 4. Links from leaving relations to live ones: partition bound, inheritance, FKs.
+    FOR x IN SELECT c.oid AS child, i.inhparent AS parent, c.relispartition,
+                    pg_get_expr(c.relpartbound, c.oid) AS bound
+               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              WHERE i.inhrelid = ANY (going) AND NOT (i.inhparent = ANY (going))
+                AND c.relkind IN ('r', 'p', 'f')
+              ORDER BY i.inhrelid, i.inhseqno LOOP
+        IF x.relispartition THEN
+            steps := steps || jsonb_build_array(jsonb_build_object(
+                'step', 'detach_partition', 'parent', x.parent,
+                'parent_name', x.parent::regclass::text, 'child', x.child,
+                'child_name', x.child::regclass::text, 'bound', x.bound));
+            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', x.parent::regclass,
+                           x.child::regclass);
+        ELSE
+            -- NO INHERIT turns inherited columns and constraints into local ones: record
+            -- which were inherited only, to put that back.
+            steps := steps || jsonb_build_array(jsonb_build_object(
+                'step', 'no_inherit', 'parent', x.parent,
+                'parent_name', x.parent::regclass::text, 'child', x.child,
+                'child_name', x.child::regclass::text,
+                'inherited_columns', (SELECT coalesce(jsonb_agg(a.attname), '[]')
+                    FROM pg_attribute a WHERE a.attrelid = x.child AND a.attnum > 0
+                     AND NOT a.attisdropped AND NOT a.attislocal AND a.attinhcount = 1),
+                'inherited_constraints', (SELECT coalesce(jsonb_agg(c.conname), '[]')
+                    FROM pg_constraint c WHERE c.conrelid = x.child AND NOT c.conislocal
+                     AND c.coninhcount = 1)));
+            EXECUTE format('ALTER TABLE %s NO INHERIT %s', x.child::regclass, x.parent::regclass);
+        END IF;
+    END LOOP;
+    FOR x IN SELECT c.oid FROM pg_constraint c
+              WHERE c.contype = 'f' AND c.conrelid = ANY (going)
+                AND NOT (c.confrelid = ANY (going)) AND c.conparentid = 0
+              ORDER BY c.conrelid, c.conname LOOP
+        steps := steps || softguard._drop_link('pg_constraint'::regclass, x.oid,
+            (pg_identify_object('pg_constraint'::regclass, x.oid, 0)).identity);
+    END LOOP;
+
+    -- 5. Dropped schemas: rename, lock out everybody but the owner (privileges recorded).
+    FOR r IN SELECT * FROM softguard._list(list) l WHERE l.object_type = 'schema' ORDER BY l.ord LOOP
+        n := n + 1;
+        qn := softguard._qname(format('softguard_q%s_', op_id), r.object_name);
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+                   'privilege', a.privilege_type, 'grantable', a.is_grantable) ORDER BY a.o), '[]')
+          INTO acl
+          FROM pg_namespace s, LATERAL aclexplode(s.nspacl) WITH ORDINALITY AS a(grantor, grantee,
+               privilege_type, is_grantable, o)
+         WHERE s.oid = r.objid AND a.grantee <> s.nspowner;
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'rename_schema', 'oid', r.objid, 'name', r.object_name, 'qname', qn,
+            'acl', acl, 'original', r.original));
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', r.object_name, qn);
+        FOR x IN SELECT DISTINCT e->>'grantee' AS grantee FROM jsonb_array_elements(acl) e LOOP
+            EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %s CASCADE', qn,
+                           CASE WHEN x.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(x.grantee) END);
+        END LOOP;
+    END LOOP;
+
+    -- 6. Move into softguard_quarantine under op<id>_<n>_<name>.
+    FOR r IN SELECT e.* FROM jsonb_to_recordset(moves) AS e(classid oid, objid oid,
+                  object_type text, object_identity text, original boolean, ord integer)
+             ORDER BY e.ord LOOP
+        IF r.classid = 'pg_class'::regclass THEN
+            SELECT c.relkind, c.relname, c.relnamespace INTO x FROM pg_class c WHERE c.oid = r.objid;
+            kw := CASE x.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                      WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END;
+            IF x.relkind = 'S' THEN
+                -- a sequence owned by a live table's column (DROP SEQUENCE ... CASCADE)
+                FOR own IN SELECT d.refobjid FROM pg_depend d
+                            WHERE d.classid = 'pg_class'::regclass AND d.objid = r.objid
+                              AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a' LOOP
+                    steps := steps || jsonb_build_array(jsonb_build_object(
+                        'step', 'seq_owned_by', 'seq', r.objid, 'table', own,
+                        'column', (SELECT a.attname FROM pg_depend d JOIN pg_attribute a
+                                     ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                                    WHERE d.classid = 'pg_class'::regclass AND d.objid = r.objid
+                                      AND d.refobjid = own AND d.deptype = 'a')));
+                    EXECUTE format('ALTER SEQUENCE %s OWNED BY NONE', r.objid::regclass);
+                END LOOP;
+            END IF;
+            -- Indexes, owned sequences, statistics go along; rename them so that the names
+            -- are free in the live schema and unique in quarantine.
+            FOR own, qn IN
+                SELECT i.indexrelid, ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 WHERE i.indrelid = r.objid
+                UNION ALL
+                SELECT d.objid, sc.relname FROM pg_depend d JOIN pg_class sc ON sc.oid = d.objid
+                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.refobjid = r.objid AND d.deptype IN ('a', 'i') AND sc.relkind = 'S'
+                ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || jsonb_build_array(jsonb_build_object(
+                    'step', 'rename', 'class', 'relation', 'oid', own, 'name', qn,
+                    'qname', softguard._qname(format('op%s_%s_', op_id, n), qn), 'parent', r.objid));
+                EXECUTE format('ALTER INDEX %s RENAME TO %I', own::regclass,
+                               softguard._qname(format('op%s_%s_', op_id, n), qn));
+            END LOOP;
+            FOR own, qn IN SELECT s.oid, s.stxname FROM pg_statistic_ext s
+                            WHERE s.stxrelid = r.objid ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, 'pg_statistic_ext'::regclass, own, false);
+            END LOOP;
+        END IF;
+        n := n + 1;
+        steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original);
+    END LOOP;
+
+    -- 7. The operation: objects (with where each went), estimates, the plan.
+    -- in the statement's order (PostgreSQL lists them in its deletion order)
+    SELECT string_agg(l.object_identity, ', '
+                      ORDER BY nullif(strpos(lower(stmt), lower(l.object_name)), 0) NULLS LAST,
+                               l.ord) INTO targets
+      FROM softguard._list(list) l WHERE l.original;
+    UPDATE softguard.operations o SET
+        restore = steps,
+        objects = (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'type', l.object_type, 'identity', l.object_identity,
+                       'schema', l.schema_name, 'name', l.object_name,
+                       'original', l.original, 'normal', l.normal,
+                       'classid', l.classid, 'objid', l.objid, 'objsubid', l.objsubid,
+                       'quarantined_as', CASE WHEN h.held_by IS NULL THEN
+                           (pg_identify_object(l.classid, l.objid, l.objsubid)).identity END,
+                       'held_by', h.held_by) ORDER BY l.ord), '[]')
+              FROM softguard._list(list) l,
+                   LATERAL (SELECT (held->>format('%s/%s/%s', l.classid, l.objid, l.objsubid))::bigint
+                                   AS held_by) h),
+        row_counts = jsonb_build_object('estimate', true, 'tables', (
+            SELECT coalesce(jsonb_object_agg(l.object_identity,
+                       CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END), '{}')
+              FROM softguard._list(list) l JOIN pg_class c ON c.oid = l.objid
+             WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
+               AND c.relkind IN ('r', 'm')
+               AND NOT held ? format('%s/%s/%s', l.classid, l.objid, l.objsubid)))
+     WHERE o.id = op_id;
+
+    RETURN softguard._op_notice(coalesce(ctx->>'action', 'DROP'), targets, op_id, expires);
+END $$;
+REVOKE ALL ON FUNCTION softguard._quarantine(jsonb, text, jsonb, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._quarantine(jsonb, text, jsonb, text) TO PUBLIC;
+
+-- Record the definition of a link (on a live table) and drop it. Returns [step].
+CREATE FUNCTION softguard._drop_link(p_classid oid, p_objid oid, p_identity text,
+                                     p_original boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    x record;
+    step jsonb;
+    deps jsonb := softguard._deps(p_classid, p_objid);
+BEGIN
+    IF p_classid = 'pg_constraint'::regclass THEN
+        SELECT c.conname, c.conrelid, c.contypid, c.contype, c.convalidated, c.conislocal,
+               pg_get_constraintdef(c.oid) AS def, obj_description(c.oid, 'pg_constraint') AS cmt,
+               t.relkind, c.confrelid
+          INTO x FROM pg_constraint c LEFT JOIN pg_class t ON t.oid = c.conrelid
+         WHERE c.oid = p_objid;
+        IF x.conrelid = 0 OR NOT x.conislocal THEN
+            -- domain constraints; inherited copies come back with their parent's
+            IF x.conislocal IS FALSE THEN RETURN '[]'; END IF;
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot keep constraint %s (dropped by this statement)',
+                                 p_identity);
+        END IF;
+        step := jsonb_build_object('step', 'drop_constraint', 'table', x.conrelid,
+            'table_name', x.conrelid::regclass::text, 'name', x.conname, 'def', x.def,
+            'contype', x.contype, 'validated', x.convalidated,
+            'partitioned', x.relkind = 'p', 'comment', x.cmt,
+            'ref_table', nullif(x.confrelid, 0),
+            'ref_name', CASE WHEN x.confrelid <> 0 THEN x.confrelid::regclass::text END);
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', x.conrelid::regclass, x.conname);
+    ELSIF p_classid = 'pg_trigger'::regclass THEN
+        SELECT t.tgname, t.tgrelid, t.tgenabled, t.tgisinternal, pg_get_triggerdef(t.oid) AS def,
+               obj_description(t.oid, 'pg_trigger') AS cmt
+          INTO x FROM pg_trigger t WHERE t.oid = p_objid;
+        IF x.tgisinternal THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot keep trigger %s (dropped by this statement)',
+                                 p_identity);
+        END IF;
+        step := jsonb_build_object('step', 'drop_trigger', 'table', x.tgrelid,
+            'table_name', x.tgrelid::regclass::text, 'name', x.tgname, 'def', x.def,
+            'enabled', x.tgenabled, 'comment', x.cmt);
+        EXECUTE format('DROP TRIGGER %I ON %s', x.tgname, x.tgrelid::regclass);
+    ELSIF p_classid = 'pg_attrdef'::regclass THEN
+        SELECT d.adrelid, a.attname, a.attgenerated, pg_get_expr(d.adbin, d.adrelid) AS def
+          INTO x FROM pg_attrdef d
+          JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+         WHERE d.oid = p_objid;
+        IF x.attgenerated <> '' THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot keep the generated column expression %s', p_identity);
+        END IF;
+        step := jsonb_build_object('step', 'drop_default', 'table', x.adrelid,
+            'table_name', x.adrelid::regclass::text, 'name', x.attname, 'def', x.def);
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', x.adrelid::regclass, x.attname);
+    ELSIF p_classid = 'pg_policy'::regclass THEN
+        SELECT p.polname, p.polrelid,
+               format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s', p.polname,
+                      p.polrelid::regclass,
+                      CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
+                      CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT'
+                           WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+                      (SELECT string_agg(CASE WHEN rl = 0 THEN 'PUBLIC'
+                                         ELSE quote_ident(rl::regrole::text) END, ', ')
+                         FROM unnest(p.polroles) rl),
+                      ' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')',
+                      ' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')') AS def,
+               obj_description(p.oid, 'pg_policy') AS cmt
+          INTO x FROM pg_policy p WHERE p.oid = p_objid;
+        step := jsonb_build_object('step', 'drop_policy', 'table', x.polrelid,
+            'table_name', x.polrelid::regclass::text, 'name', x.polname, 'def', x.def,
+            'comment', x.cmt);
+        EXECUTE format('DROP POLICY %I ON %s', x.polname, x.polrelid::regclass);
+    ELSIF p_classid = 'pg_rewrite'::regclass THEN
+        SELECT r.rulename, r.ev_class, r.ev_enabled, pg_get_ruledef(r.oid) AS def,
+               obj_description(r.oid, 'pg_rewrite') AS cmt
+          INTO x FROM pg_rewrite r WHERE r.oid = p_objid;
+        step := jsonb_build_object('step', 'drop_rule', 'table', x.ev_class,
+            'table_name', x.ev_class::regclass::text, 'name', x.rulename, 'def', x.def,
+            'enabled', x.ev_enabled, 'comment', x.cmt);
+        EXECUTE format('DROP RULE %I ON %s', x.rulename, x.ev_class::regclass);
+    ELSIF p_classid = 'pg_class'::regclass THEN
+        SELECT i.indrelid, ic.relname, i.indisclustered, i.indisreplident,
+               replace(pg_get_indexdef(i.indexrelid), ' ON ONLY ', ' ON ') AS def,
+               obj_description(i.indexrelid, 'pg_class') AS cmt
+          INTO x FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+         WHERE i.indexrelid = p_objid;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot keep %s (dropped by this statement)', p_identity);
+        END IF;
+        step := jsonb_build_object('step', 'drop_index', 'table', x.indrelid,
+            'table_name', x.indrelid::regclass::text, 'name', x.relname, 'def', x.def,
+            'clustered', x.indisclustered, 'replident', x.indisreplident, 'comment', x.cmt);
+        EXECUTE format('DROP INDEX %s', p_objid::regclass);
+    ELSE
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot keep %s (dropped by this statement)', p_identity);
+    END IF;
+    RETURN jsonb_build_array(step || jsonb_build_object('deps', deps, 'identity', p_identity,
+                                                        'original', p_original));
+END $$;
+REVOKE ALL ON FUNCTION softguard._drop_link(oid, oid, text, boolean) FROM PUBLIC;
+
+-- Rename an object to op<id>_<n>_<name> and move it into softguard_quarantine. Returns [step].
+CREATE FUNCTION softguard._move(op_id bigint, n integer, p_classid oid, p_objid oid,
+                                p_original boolean)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k record := softguard._kw(p_classid, p_objid);
+    qn text;
+BEGIN
+    IF k.keyword IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'XX000',
+            MESSAGE = format('softguard: cannot move object %s/%s', p_classid, p_objid);
+    END IF;
+    qn := softguard._qname(format('op%s_%s_', op_id, n), k.name);
+    EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
+    k.ident := (softguard._kw(p_classid, p_objid)).ident;
+    EXECUTE format('ALTER %s %s SET SCHEMA softguard_quarantine', k.keyword, k.ident);
+    RETURN jsonb_build_array(jsonb_build_object(
+        'step', 'move', 'class', CASE p_classid WHEN 'pg_class'::regclass THEN 'relation'
+            WHEN 'pg_proc'::regclass THEN 'routine' WHEN 'pg_type'::regclass THEN 'type'
+            ELSE 'statistics' END,
+        'classid', p_classid, 'keyword', k.keyword, 'oid', p_objid,
+        'schema', k.nsp::regnamespace::text, 'schema_oid', k.nsp, 'name', k.name, 'qname', qn,
+        'original', p_original));
+END $$;
+REVOKE ALL ON FUNCTION softguard._move(bigint, integer, oid, oid, boolean) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- drop_op: what the proxy CALLs in place of a destructive DROP. See 0005-reversible-drop.
+--   stmt          the client's statement, verbatim
+--   stmt_cascade  the same statement with CASCADE (NULL if it has CASCADE already)
+--   ctx           {"client_addr", "retention_seconds" (default 604800), "offset" (echoed in
+--                 the SGBEG marker), "action" (the command tag, e.g. 'DROP TABLE')}
+-- Notices: SGBEG (message = offset) first and SGEND (message = action) last, forced visible,
+-- for the proxy to swallow; between them PostgreSQL's own notices and one
+-- 'softguard: <action> <objects> is reversible as operation <id> until <YYYY-MM-DD>'.
+-- ---------------------------------------------------------------------------------------
+
+-- Lock the relations of a probe list (and every listed object through an advisory lock,
+-- so two softguard DROPs of one function or type serialise too). Objects gone since are
+-- skipped: the next probe reports them as PostgreSQL would.
+CREATE FUNCTION softguard._lock_listed(list jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e jsonb;
+    r record;
+BEGIN
+    FOR e IN SELECT x FROM jsonb_array_elements(list) x
+             ORDER BY (x->>'classid')::oid, (x->>'objid')::oid LOOP
+        PERFORM pg_advisory_xact_lock(((e->>'classid')::oid::bigint << 32)
+                                      | (e->>'objid')::oid::bigint);
+        IF (e->>'classid')::oid = 'pg_class'::regclass AND (e->>'objsubid')::int = 0 THEN
+            SELECT n.nspname, c.relname, c.relkind INTO r
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = (e->>'objid')::oid;
+            IF FOUND AND r.relkind IN ('r', 'p', 'v', 'f') THEN
+                BEGIN
+                    EXECUTE format('LOCK TABLE ONLY %I.%I IN ACCESS EXCLUSIVE MODE',
+                                   r.nspname, r.relname);
+                EXCEPTION WHEN undefined_table OR wrong_object_type THEN
+                    NULL;
+                END;
+            END IF;
+        END IF;
+    END LOOP;
+END $$;
+GRANT EXECUTE ON FUNCTION softguard._lock_listed(jsonb) TO PUBLIC;
+
+CREATE FUNCTION softguard._same_objects(a jsonb, b jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT (SELECT array_agg(k ORDER BY k)
+              FROM (SELECT x->>'classid' || '/' || (x->>'objid') || '/' || (x->>'objsubid') AS k
+                      FROM jsonb_array_elements(a) x) s)
+           IS NOT DISTINCT FROM
+           (SELECT array_agg(k ORDER BY k)
+              FROM (SELECT x->>'classid' || '/' || (x->>'objid') || '/' || (x->>'objsubid') AS k
+                      FROM jsonb_array_elements(b) x) s)
+$$;
+GRANT EXECUTE ON FUNCTION softguard._same_objects(jsonb, jsonb) TO PUBLIC;
+
+CREATE PROCEDURE softguard.drop_op(stmt text, stmt_cascade text, ctx jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    saved text := pg_catalog.current_setting('client_min_messages');
+    list jsonb;
+    clist jsonb;
+    msg text;
+    n_all integer;
+    n_temp integer;
+    relist jsonb;
+    used text;
+BEGIN
+    PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
+    RAISE NOTICE USING ERRCODE = 'SGBEG', MESSAGE = coalesce(ctx->>'offset', '0');
+    PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+
+    BEGIN
+        list := softguard._probe(stmt);
+    EXCEPTION WHEN dependent_objects_still_exist THEN
+        -- Refused only because of objects in quarantine? Then a real DROP would succeed.
+        IF stmt_cascade IS NULL THEN
+            RAISE;
+        END IF;
+        IF saved NOT IN ('error', 'fatal', 'panic') THEN
+            PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+        END IF;
+        BEGIN
+            clist := softguard._probe(stmt_cascade);
+        EXCEPTION WHEN OTHERS THEN
+            clist := NULL;
+        END;
+        PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+        IF clist IS NULL OR NOT softguard._only_quarantine_blocks(clist) THEN
+            RAISE;
+        END IF;
+        list := clist;
+        used := stmt_cascade;
+    END;
+
+    -- The probe's locks went with its subtransaction: a concurrent DROP of the same
+    -- objects may have probed them too. Lock what was found, then probe again (quietly)
+    -- under those locks, as PostgreSQL re-resolves names after waiting for a lock.
+    FOR attempt IN 1..5 LOOP
+        EXIT WHEN pg_catalog.jsonb_array_length(list) = 0;
+        PERFORM softguard._lock_listed(list);
+        IF saved NOT IN ('error', 'fatal', 'panic') THEN
+            PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+        END IF;
+        BEGIN
+            relist := softguard._probe(coalesce(used, stmt));
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+            RAISE;
+        END;
+        PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+        EXIT WHEN softguard._same_objects(list, relist);
+        list := relist;
+    END LOOP;
+
+    n_all := pg_catalog.jsonb_array_length(list);
+    SELECT pg_catalog.count(*) FILTER (WHERE (e->>'is_temporary')::boolean) INTO n_temp
+      FROM pg_catalog.jsonb_array_elements(list) e;
+    IF n_all > 0 AND n_temp = n_all THEN
+        -- Temporary objects cannot be moved and vanish with the session anyway: drop them
+        -- for real, unrecorded (notices were already sent by the probe).
+        IF saved NOT IN ('error', 'fatal', 'panic') THEN
+            PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+        END IF;
+        EXECUTE stmt;
+        PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+    ELSIF n_temp > 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = 'softguard cannot drop temporary and permanent objects in one statement',
+            HINT = 'Drop the temporary objects in a separate statement.';
+    ELSIF n_all > 0 THEN
+        msg := softguard._quarantine(list, stmt, ctx, current_user::text);
+        PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
+        RAISE NOTICE '%', msg;
+        PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+    END IF;
+
+    PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
+    RAISE NOTICE USING ERRCODE = 'SGEND', MESSAGE = coalesce(ctx->>'action', 'DROP');
+    PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+END $$;
+GRANT EXECUTE ON PROCEDURE softguard.drop_op(text, text, jsonb) TO PUBLIC;

@@ -1,0 +1,149 @@
+-- Soft delete (docs/decisions/0008-soft-delete.md). Undo: 70_undo.sql (_undo_rows); purge:
+-- 80_purge.sql (purge_soft_rows).
+--
+-- On tables configured for soft delete the proxy sends a client's DELETE as an UPDATE that
+-- marks the rows (softguard/sql/soft_delete.py). What always holds here:
+-- * softguard.soft_delete_begin() runs once per such statement, when its first row is
+--   marked: it checks the table name resolved to the configured table, and leaves the
+--   statement's mark in the transaction-local setting softguard.sd_<table oid>.
+-- * The table's statement-level capture trigger (40_capture.sql's _capture_rows) takes that
+--   setting (and clears it): the rows the statement marked are captured as event
+--   'soft_delete' -- their key and the old values of the mark columns, nothing more --
+--   in an operation of kind DELETE (MERGE for a MERGE ... DELETE) with one NOTICE.
+-- * For statements sent through the extended protocol the proxy cannot tell which
+--   CommandComplete belongs to which statement; the trigger tells it instead: a statement
+--   whose text begins with /*softguard:delete*/ gets a private notice SGTAG before its
+--   CommandComplete, and the proxy turns that tag from UPDATE n into DELETE n.
+-- * Undo clears the marks this operation wrote: by key, only on rows still carrying the
+--   very mark it wrote (a row un-marked and marked again since is left alone).
+-- * Purge hard-deletes those rows (still carrying that mark), in batches
+--   (purge_soft_rows), before purge_op marks the operation purged.
+
+
+-- ---------------------------------------------------------------------------------------
+-- The rewritten statement's side
+-- ---------------------------------------------------------------------------------------
+
+--   target    the table as the client named it (resolved through the session's search_path)
+--   expected  the configured table it must be, schema-qualified
+--   info      {"column", "mark_kind", "by_column", "by_value", "statement", "verb" (DELETE
+--             or MERGE), "verify" (capture only rows now carrying the mark)} from the proxy
+--   mark      the value the statement writes into the mark column (returned as is)
+CREATE FUNCTION softguard.soft_delete_begin(target regclass, expected text, info jsonb,
+                                            mark anyelement)
+RETURNS anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    want regclass := to_regclass(expected);
+BEGIN
+    IF want IS DISTINCT FROM target THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('softguard: the DELETE names %s, which is not the soft-delete table %s',
+                             target, expected),
+            HINT = format('Qualify the table name (DELETE FROM %s ...), or change the '
+                          'search_path: softguard rewrote the statement for %s.', expected, expected);
+    END IF;
+    PERFORM set_config('softguard.sd_' || target::oid::text,
+                       (info || jsonb_build_object(
+                           'table', expected, 'mark', to_jsonb(mark),
+                           'by', CASE info->>'by_value'
+                                     WHEN 'application_name' THEN current_setting('application_name')
+                                     ELSE current_user::text END))::text,
+                       true);
+    RETURN mark;
+END $$;
+GRANT EXECUTE ON FUNCTION softguard.soft_delete_begin(regclass, text, jsonb, anyelement) TO PUBLIC;
+
+CREATE FUNCTION softguard._sd_type(rel oid, col text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_type(oid, text) FROM PUBLIC;
+
+-- What the capture trigger needs for a soft delete of table `rel` (info: the setting
+-- soft_delete_begin left): the key columns, the column list of the captured rows
+-- (key..., sg_old_mark, sg_old_by) and the INSERT capturing them from transition table
+-- sg_old ($1: the capture id); only rows that were not marked (WHERE CURRENT OF may
+-- reach a marked one).
+CREATE FUNCTION softguard._sd_shape(rel oid, info jsonb,
+                                    OUT key text[], OUT columns jsonb, OUT capture text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    col text := info->>'column';
+    by_col text := info->>'by_column';
+BEGIN
+    key := softguard._row_key(rel);
+    IF key IS NULL THEN
+        RETURN;
+    END IF;
+    columns := (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(
+                           c, softguard._sd_type(rel, c)) ORDER BY o)
+                  FROM pg_catalog.unnest(key) WITH ORDINALITY x(c, o))
+        || pg_catalog.jsonb_build_array(
+               pg_catalog.jsonb_build_array('sg_old_mark', softguard._sd_type(rel, col)),
+               pg_catalog.jsonb_build_array('sg_old_by',
+                                            coalesce(softguard._sd_type(rel, by_col), 'text')));
+    capture := pg_catalog.format(
+        'INSERT INTO softguard.captured_rows (capture_id, "row")'
+        ' SELECT $1, ROW(%s, o.%I, %s)::text FROM sg_old o%s WHERE %s%s',
+        (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I', c), ', ') FROM unnest(key) c),
+        col,
+        CASE WHEN by_col IS NULL THEN 'NULL::text' ELSE pg_catalog.format('o.%I', by_col) END,
+        -- a MERGE may also UPDATE rows of the table: only those now carrying the mark
+        CASE WHEN (info->>'verify')::boolean THEN pg_catalog.format(' JOIN %s t ON %s',
+            rel::regclass, (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I = o.%I', c, c),
+                                                          ' AND ') FROM unnest(key) c))
+             ELSE '' END,
+        CASE info->>'mark_kind'
+            WHEN 'boolean' THEN pg_catalog.format('o.%I IS NOT TRUE', col)
+            WHEN 'expression' THEN pg_catalog.format('o.%I IS DISTINCT FROM %L::%s', col,
+                info->>'mark', softguard._sd_type(rel, col))
+            ELSE pg_catalog.format('o.%I IS NULL', col) END,
+        CASE WHEN (info->>'verify')::boolean THEN pg_catalog.format(
+            ' AND t.%I IS NOT DISTINCT FROM %L::%s', col, info->>'mark', softguard._sd_type(rel, col))
+             ELSE '' END);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_shape(oid, jsonb) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Reading a soft-delete capture back
+-- ---------------------------------------------------------------------------------------
+
+-- SQL: the captured rows of soft-delete capture `c` (key columns, sg_old_mark, sg_old_by),
+-- read from softguard.captured_rows, or from `rows` (a relation with a "row" column).
+CREATE FUNCTION softguard._sd_source(c softguard.captures, rows text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN format('SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM %s OFFSET 0) p',
+                  softguard._row_type(c.columns, 'sd' || c.id),
+                  coalesce(rows || ' r', format('softguard.captured_rows r WHERE r.capture_id = %s', c.id)));
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_source(softguard.captures, text) FROM PUBLIC;
+
+-- SQL condition: live row t is captured row s and still carries the mark `c` wrote.
+CREATE FUNCTION softguard._sd_match(c softguard.captures) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ')
+              FROM jsonb_array_elements_text(c.info->'key') k)
+        || format(' AND t.%I IS NOT DISTINCT FROM %L::%s', c.info->>'column', c.info->>'mark',
+                  c.columns->(jsonb_array_length(c.columns) - 2)->>1);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_match(softguard.captures) FROM PUBLIC;
+
+-- The live rows a soft-delete capture still holds: for purge's archive (COPY (...) TO).
+CREATE FUNCTION softguard.soft_delete_rows_query(cid bigint) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c softguard.captures;
+BEGIN
+    SELECT * INTO c FROM softguard.captures WHERE id = cid AND event = 'soft_delete';
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN format('SELECT t.* FROM %s t WHERE EXISTS (SELECT FROM (%s) s WHERE %s)',
+                  c.relid::regclass, softguard._sd_source(c), softguard._sd_match(c));
+END $$;
+REVOKE ALL ON FUNCTION softguard.soft_delete_rows_query(bigint) FROM PUBLIC;

@@ -1,0 +1,1129 @@
+-- Undo: everything that puts back what an operation took, in one file.
+--
+-- Entry points: softguard.undo_steps(op, rename_to, cascade, on_conflict), one row per thing
+-- restored (softguard.undo_step; the `softguard undo` command), and softguard.undo_op, the
+-- same as lines of text for SQL callers. Who may undo: EXECUTE on undo_op(bigint, text,
+-- boolean), not granted to PUBLIC. Both run _undo, which refuses a purged operation
+-- (_refuse_purged), then dispatches on the operation's kind:
+-- * DROP ... (the objects are in quarantine; restore plan in operations.restore):
+--   _undo_one moves them back under their names and runs the restore steps' inverses,
+--   last to first (re-adds constraints, triggers, defaults, policies, rules, indexes,
+--   inheritance, partitions, sequence ownership).
+-- * DELETE, UPDATE, MERGE, TRUNCATE, ALTER TABLE (rows in softguard.captured_rows):
+--   _undo_rows clears soft-delete marks, then _undo_captures puts rows back by key
+--   (TRUNCATE: every captured row re-inserted, then the sequences' values), and for
+--   ALTER TABLE _undo_column: _undo_drop_column re-adds a dropped column with its values,
+--   _undo_type converts a retyped column back.
+--
+-- What always holds:
+-- * An undo runs in the caller's transaction: all or nothing. It writes an UNDO operation
+--   and marks the undone one 'undone'.
+-- * Conflicts stop it with a SQLSTATE and a clear message: a name taken since (42P07,
+--   42P06, 42723, 42710: --rename-to), a key re-used since (23505: --on-conflict skip), an
+--   object or column a later active operation holds (55006, DETAIL 'blocked_by=<op>': undo
+--   the later one first, or --cascade), a table or column gone or changed since, a purged
+--   operation (55000).
+-- * Restored rows are written with user triggers off (session_replication_role replica),
+--   so their foreign keys are checked here (_check_fks) instead of by PostgreSQL.
+
+-- What an undo reports: one row per thing it restored (softguard/contract.py UndoStep).
+CREATE TYPE softguard.undo_step AS (
+    op      bigint,   -- the operation undone
+    action  text,     -- restored, re-added, re-created, re-set, re-established, re-attached,
+                      -- cleared, nothing
+    object  text,     -- what it acted on (qualified name), '' for nothing
+    detail  text,     -- the sentence shown to people
+    "rows"  bigint    -- rows put back, when it moved rows
+);
+
+-- ---------------------------------------------------------------------------------------
+-- Helpers
+-- ---------------------------------------------------------------------------------------
+
+-- The identity an object had when its operation took it (falls back to the current one).
+CREATE FUNCTION softguard._identity_in(op bigint, p_classid oid, p_objid oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(
+        (SELECT e->>'type' || ' ' || (e->>'identity')
+           FROM softguard.operations o, jsonb_array_elements(o.objects) e
+          WHERE o.id = op AND (e->>'classid')::oid = p_classid AND (e->>'objid')::oid = p_objid
+            AND (e->>'objsubid')::integer = 0
+          LIMIT 1),
+        (SELECT i.type || ' ' || i.identity FROM pg_identify_object(p_classid, p_objid, 0) i))
+$$;
+REVOKE ALL ON FUNCTION softguard._identity_in(bigint, oid, oid) FROM PUBLIC;
+
+-- One row of what an undo did.
+CREATE FUNCTION softguard._step(op bigint, action text, object text, detail text,
+                                n bigint DEFAULT NULL)
+RETURNS softguard.undo_step
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ROW(op, action, object, detail, n)::softguard.undo_step
+$$;
+REVOKE ALL ON FUNCTION softguard._step(bigint, text, text, text, bigint) FROM PUBLIC;
+
+-- Fail with 55006 when a later operation holds (in quarantine) an object that `what` needs.
+CREATE FUNCTION softguard._need_live(op bigint, p_classid oid, p_objid oid, what text,
+                                     what_identity text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    holder bigint;
+    held text;
+    holder_stmt text;
+BEGIN
+    IF (pg_identify_object(p_classid, p_objid, 0)).identity IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: %s needs %s, which no longer exists',
+                             op, what, coalesce(what_identity, p_objid::text));
+    END IF;
+    holder := softguard._holder(p_classid, p_objid, 0);
+    IF holder IS NOT NULL AND holder <> op THEN
+        held := softguard._identity_in(holder, p_classid, p_objid);
+        SELECT o.statement INTO holder_stmt FROM softguard.operations o WHERE o.id = holder;
+        RAISE EXCEPTION USING ERRCODE = '55006',
+            MESSAGE = format('cannot undo operation %s: %s needs %s, held by operation %s (%s)',
+                             op, what, held, holder, holder_stmt),
+            DETAIL = softguard._blocked_detail(holder),
+            HINT = format('Undo operation %s first, or use --cascade.', holder);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._need_live(bigint, oid, oid, text, text) FROM PUBLIC;
+
+-- Is `name` free for a relation/type (or routine with these argument types, or statistics
+-- object) in schema nsp?
+CREATE FUNCTION softguard._name_taken(p_class text, nsp oid, name text, p_objid oid)
+RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE p_class
+        WHEN 'routine' THEN EXISTS (
+            SELECT FROM pg_proc p, pg_proc me
+             WHERE me.oid = p_objid AND p.pronamespace = nsp AND p.proname = name
+               AND p.proargtypes = me.proargtypes AND p.oid <> p_objid)
+        WHEN 'statistics' THEN EXISTS (
+            SELECT FROM pg_statistic_ext s WHERE s.stxnamespace = nsp AND s.stxname = name)
+        ELSE EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
+          OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name)
+    END
+$$;
+REVOKE ALL ON FUNCTION softguard._name_taken(text, oid, text, oid) FROM PUBLIC;
+
+-- Fail with 55006 / 55000 when a captured table is not live (held by a later DROP, gone).
+CREATE FUNCTION softguard._need_table(op bigint, rel oid, ident text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    holder bigint;
+    holder_stmt text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_class WHERE oid = rel) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: table %s no longer exists', op, ident);
+    END IF;
+    holder := softguard._holder('pg_class'::regclass, rel, 0);
+    IF holder IS NOT NULL AND holder <> op THEN
+        SELECT o.statement INTO holder_stmt FROM softguard.operations o WHERE o.id = holder;
+        RAISE EXCEPTION USING ERRCODE = '55006',
+            MESSAGE = format('cannot undo operation %s: table %s is held by operation %s (%s)',
+                             op, ident, holder, holder_stmt),
+            DETAIL = softguard._blocked_detail(holder),
+            HINT = format('Undo operation %s first, or use --cascade.', holder);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._need_table(bigint, oid, text) FROM PUBLIC;
+
+-- Check that restored rows (source query `src` with columns of table rel) reference live
+-- rows through every foreign key of rel (replica mode skipped PostgreSQL's own checks).
+CREATE FUNCTION softguard._check_fks(op bigint, rel oid, src text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f record;
+    bad text;
+BEGIN
+    FOR f IN SELECT c.conname, c.confrelid,
+                    ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, o)
+                            JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n
+                           ORDER BY k.o) AS cols,
+                    ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, o)
+                            JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n
+                           ORDER BY k.o) AS refcols
+               FROM pg_constraint c
+              WHERE c.contype = 'f' AND c.conrelid = rel AND c.conparentid = 0 LOOP
+        EXECUTE format('SELECT format(%L, %s) FROM (%s) s WHERE %s AND NOT EXISTS'
+                       ' (SELECT FROM %s p WHERE %s) LIMIT 1',
+                       '(' || array_to_string(f.cols, ', ') || ')=(' ||
+                           array_to_string(array_fill('%s'::text, ARRAY[cardinality(f.cols)]), ', ') || ')',
+                       (SELECT string_agg(format('s.%I', c), ', ') FROM unnest(f.cols) c),
+                       src,
+                       (SELECT string_agg(format('s.%I IS NOT NULL', c), ' AND ') FROM unnest(f.cols) c),
+                       f.confrelid::regclass,
+                       (SELECT string_agg(format('p.%I = s.%I', r, c), ' AND ')
+                          FROM unnest(f.refcols, f.cols) x(r, c)))
+          INTO bad;
+        IF bad IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '23503',
+                MESSAGE = format('cannot undo operation %s: restored rows of %s reference %s %s, which no longer exists',
+                                 op, rel::regclass, f.confrelid::regclass, bad),
+                HINT = 'Undo the later operation that removed it first.';
+        END IF;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._check_fks(bigint, oid, text) FROM PUBLIC;
+
+-- Order tables parents first (foreign keys among them; cycles and self references last).
+CREATE FUNCTION softguard._parents_first(rels oid[]) RETURNS oid[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    done oid[] := '{}';
+    nxt oid[];
+    root oid;
+BEGIN
+    LOOP
+        SELECT coalesce(array_agg(r ORDER BY r), '{}') INTO nxt FROM unnest(rels) r
+         WHERE NOT (r = ANY (done))
+           AND NOT EXISTS (
+               SELECT FROM pg_constraint c
+                WHERE c.contype = 'f' AND c.conrelid IN (
+                          SELECT r UNION SELECT inhparent FROM pg_inherits WHERE inhrelid = r)
+                  AND c.confrelid <> c.conrelid
+                  AND EXISTS (SELECT FROM unnest(rels) p
+                               WHERE NOT (p = ANY (done)) AND p <> r
+                                 AND (p = c.confrelid OR c.confrelid IN (
+                                      SELECT inhparent FROM pg_inherits WHERE inhrelid = p))));
+        IF cardinality(nxt) = 0 THEN
+            EXIT;
+        END IF;
+        done := done || nxt;
+    END LOOP;
+    SELECT done || coalesce(array_agg(r ORDER BY r), '{}') INTO done FROM unnest(rels) r
+     WHERE NOT (r = ANY (done));
+    RETURN done;
+END $$;
+REVOKE ALL ON FUNCTION softguard._parents_first(oid[]) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- DROP: objects back from quarantine
+-- ---------------------------------------------------------------------------------------
+
+-- Undo one operation (no cascade); returns what it restored.
+CREATE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    s jsonb;
+    e jsonb;
+    d jsonb;
+    k record;
+    target text;
+    nsp_name text;
+    nsp oid;
+    lines softguard.undo_step[] := '{}';
+    n_orig integer;
+    renamed jsonb := '{}';   -- parent oid -> [old name, new name] when --rename-to renamed it
+    ddl text;
+    cur text;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('softguard: operation %s does not exist', op);
+    END IF;
+    IF o.kind = 'UNDO' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s is the record of an undo (of operation %s), not reversible',
+                             op, o.undo_of);
+    ELSIF o.state = 'undone' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s is already undone (at %s by %s)', op,
+                             to_char(o.undone_at, 'YYYY-MM-DD HH24:MI:SS'), o.undone_by);
+    ELSIF o.state = 'purged' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s was purged (at %s by %s): nothing is left to restore',
+                             op, to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+    END IF;
+    IF rename_to IS NOT NULL THEN
+        SELECT count(*) INTO n_orig FROM jsonb_array_elements(o.restore) x
+         WHERE (x->>'original')::boolean
+           AND x->>'step' IN ('move', 'rename_schema', 'drop_index');
+        IF n_orig <> 1 THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('--rename-to needs an operation on a single object; operation %s has %s',
+                                 op, n_orig);
+        END IF;
+    END IF;
+
+    FOR s IN SELECT x FROM jsonb_array_elements(o.restore) WITH ORDINALITY AS t(x, i)
+              ORDER BY t.i DESC LOOP
+        CASE s->>'step'
+        WHEN 'move' THEN
+            k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+            IF k.keyword IS NULL OR k.name <> s->>'qname'
+               OR k.nsp <> 'softguard_quarantine'::regnamespace THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s %s.%s is no longer where it was '
+                                     'kept (softguard_quarantine.%s)', op, lower(s->>'keyword'),
+                                     s->>'schema', s->>'name', s->>'qname');
+            END IF;
+            nsp := (s->>'schema_oid')::oid;
+            SELECT n.nspname INTO nsp_name FROM pg_namespace n WHERE n.oid = nsp;
+            IF nsp_name IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: schema %s no longer exists',
+                                     op, s->>'schema'),
+                    HINT = format('CREATE SCHEMA %I first.', s->>'schema');
+            END IF;
+            PERFORM softguard._need_live(op, 'pg_namespace'::regclass, nsp,
+                format('%s %s.%s', lower(s->>'keyword'), s->>'schema', s->>'name'));
+            target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                           THEN rename_to ELSE s->>'name' END;
+            IF softguard._name_taken(s->>'class', nsp, target, (s->>'oid')::oid) THEN
+                RAISE EXCEPTION USING ERRCODE = CASE s->>'class' WHEN 'routine' THEN '42723'
+                        WHEN 'relation' THEN '42P07' ELSE '42710' END,
+                    MESSAGE = format('cannot undo operation %s: %s %s already exists (created after the DROP)',
+                                     op, lower(s->>'keyword'), format('%I.%I', nsp_name, target)),
+                    HINT = 'use --rename-to NEW_NAME';
+            END IF;
+            EXECUTE format('ALTER %s %s RENAME TO %I', s->>'keyword', k.ident, target);
+            k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+            EXECUTE format('ALTER %s %s SET SCHEMA %I', s->>'keyword', k.ident, nsp_name);
+            IF target <> s->>'name' THEN
+                renamed := renamed || jsonb_build_object(s->>'oid',
+                                                         jsonb_build_array(s->>'name', target));
+            END IF;
+            cur := (softguard._kw((s->>'classid')::oid, (s->>'oid')::oid)).ident;
+            lines := lines || softguard._step(op, 'restored', cur,
+                                              format('restored %s %s', lower(s->>'keyword'), cur));
+        WHEN 'rename' THEN
+            SELECT c.relname, c.relnamespace, c.oid::regclass::text AS ident INTO k
+              FROM pg_class c WHERE c.oid = (s->>'oid')::oid;
+            IF NOT FOUND OR k.relname <> s->>'qname' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s is no longer named %s',
+                                     op, s->>'name', s->>'qname');
+            END IF;
+            target := s->>'name';
+            IF renamed ? (s->>'parent')
+               AND starts_with(target, renamed->(s->>'parent')->>0) THEN
+                target := (renamed->(s->>'parent')->>1)
+                          || substr(target, length(renamed->(s->>'parent')->>0) + 1);
+            END IF;
+            IF softguard._name_taken('relation', k.relnamespace, target, 0) THEN
+                RAISE EXCEPTION USING ERRCODE = '42P07',
+                    MESSAGE = format('cannot undo operation %s: relation %s already exists (created after the DROP)',
+                                     op, format('%I.%I', k.relnamespace::regnamespace, target)),
+                    HINT = 'use --rename-to NEW_NAME';
+            END IF;
+            EXECUTE format('ALTER INDEX %s RENAME TO %I', k.ident, target);
+        WHEN 'rename_schema' THEN
+            SELECT n.nspname INTO nsp_name FROM pg_namespace n WHERE n.oid = (s->>'oid')::oid;
+            IF nsp_name IS DISTINCT FROM s->>'qname' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: schema %s is no longer kept as %s',
+                                     op, s->>'name', s->>'qname');
+            END IF;
+            target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                           THEN rename_to ELSE s->>'name' END;
+            IF EXISTS (SELECT FROM pg_namespace n WHERE n.nspname = target) THEN
+                RAISE EXCEPTION USING ERRCODE = '42P06',
+                    MESSAGE = format('cannot undo operation %s: schema %I already exists (created after the DROP)',
+                                     op, target),
+                    HINT = 'use --rename-to NEW_NAME';
+            END IF;
+            EXECUTE format('ALTER SCHEMA %I RENAME TO %I', nsp_name, target);
+            FOR e IN SELECT x FROM jsonb_array_elements(s->'acl') x LOOP
+                EXECUTE format('GRANT %s ON SCHEMA %I TO %s%s', e->>'privilege', target,
+                               CASE WHEN e->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                                    ELSE quote_ident(e->>'grantee') END,
+                               CASE WHEN (e->>'grantable')::boolean THEN ' WITH GRANT OPTION' ELSE '' END);
+            END LOOP;
+            lines := lines || softguard._step(op, 'restored', quote_ident(target),
+                                              format('restored schema %I', target));
+        WHEN 'seq_owned_by' THEN
+            EXECUTE format('ALTER SEQUENCE %s OWNED BY %s.%I', (s->>'seq')::oid::regclass,
+                           (s->>'table')::oid::regclass, s->>'column');
+        WHEN 'no_inherit' THEN
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
+                                         'table ' || (s->>'child_name'));
+            EXECUTE format('ALTER TABLE %s INHERIT %s', (s->>'child')::oid::regclass,
+                           (s->>'parent')::oid::regclass);
+            UPDATE pg_attribute SET attislocal = false
+             WHERE attrelid = (s->>'child')::oid
+               AND attname IN (SELECT jsonb_array_elements_text(s->'inherited_columns'));
+            UPDATE pg_constraint SET conislocal = false
+             WHERE conrelid = (s->>'child')::oid
+               AND conname IN (SELECT jsonb_array_elements_text(s->'inherited_constraints'));
+            lines := lines || softguard._step(op, 're-established', (s->>'child')::oid::regclass::text,
+                format('re-established inheritance of %s from %s',
+                       (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
+        WHEN 'detach_partition' THEN
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
+                                         'partition ' || (s->>'child_name'));
+            EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s %s', (s->>'parent')::oid::regclass,
+                           (s->>'child')::oid::regclass, s->>'bound');
+            lines := lines || softguard._step(op, 're-attached', (s->>'child')::oid::regclass::text,
+                format('re-attached partition %s to %s',
+                       (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
+        ELSE
+            -- a recorded definition on a live table: its table and everything it uses must
+            -- be live again
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'table')::oid,
+                                         s->>'identity', s->>'table_name');
+            cur := (s->>'table')::oid::regclass::text;
+            -- definitions that name their table (triggers, policies, rules, indexes)
+            IF cur <> s->>'table_name' AND s->>'step' <> 'drop_constraint'
+               AND s->>'step' <> 'drop_default' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: table %s was renamed %s since',
+                                     op, s->>'table_name', cur);
+            END IF;
+            FOR d IN SELECT x FROM jsonb_array_elements(s->'deps') x LOOP
+                PERFORM softguard._need_live(op, (d->>'classid')::oid, (d->>'objid')::oid,
+                                             s->>'identity', d->>'identity');
+            END LOOP;
+            CASE s->>'step'
+            WHEN 'drop_constraint' THEN
+                ddl := s->>'def';
+                IF s->>'ref_table' IS NOT NULL
+                   AND (s->>'ref_table')::oid::regclass::text <> s->>'ref_name' THEN
+                    -- the referenced table came back under another name (--rename-to)
+                    ddl := replace(ddl, ' REFERENCES ' || (s->>'ref_name') || '(',
+                                   ' REFERENCES ' || (s->>'ref_table')::oid::regclass::text || '(');
+                END IF;
+                s := s || jsonb_build_object('def', ddl);
+                IF (s->>'validated')::boolean AND s->>'contype' IN ('f', 'c')
+                   AND NOT (s->>'partitioned')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s NOT VALID', cur,
+                                   s->>'name', s->>'def');
+                    EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', cur, s->>'name');
+                ELSE
+                    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', cur, s->>'name', s->>'def');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-added', format('%I on %s', s->>'name', cur),
+                                                  format('re-added constraint %I on %s', s->>'name', cur));
+            WHEN 'drop_trigger' THEN
+                EXECUTE s->>'def';
+                IF s->>'enabled' <> 'O' THEN
+                    EXECUTE format('ALTER TABLE %s %s TRIGGER %I', cur,
+                                   CASE s->>'enabled' WHEN 'D' THEN 'DISABLE'
+                                        WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE ALWAYS' END,
+                                   s->>'name');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON TRIGGER %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created trigger %I on %s', s->>'name', cur));
+            WHEN 'drop_default' THEN
+                EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', cur, s->>'name',
+                               s->>'def');
+                lines := lines || softguard._step(op, 're-set', format('%s.%I', cur, s->>'name'),
+                                                  format('re-set default of %s.%I', cur, s->>'name'));
+            WHEN 'drop_policy' THEN
+                EXECUTE s->>'def';
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON POLICY %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created policy %I on %s', s->>'name', cur));
+            WHEN 'drop_rule' THEN
+                EXECUTE s->>'def';
+                IF s->>'enabled' <> 'O' THEN
+                    EXECUTE format('ALTER TABLE %s %s RULE %I', cur,
+                                   CASE s->>'enabled' WHEN 'D' THEN 'DISABLE'
+                                        WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE ALWAYS' END,
+                                   s->>'name');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON RULE %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created rule %I on %s', s->>'name', cur));
+            WHEN 'drop_index' THEN
+                target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                               THEN rename_to ELSE s->>'name' END;
+                SELECT c.relnamespace INTO nsp FROM pg_class c WHERE c.oid = (s->>'table')::oid;
+                IF softguard._name_taken('relation', nsp, target, 0) THEN
+                    RAISE EXCEPTION USING ERRCODE = '42P07',
+                        MESSAGE = format('cannot undo operation %s: relation %s already exists (created after the DROP)',
+                                         op, format('%I.%I', nsp::regnamespace, target)),
+                        HINT = 'use --rename-to NEW_NAME';
+                END IF;
+                ddl := s->>'def';
+                IF target <> s->>'name' THEN
+                    -- pg_get_indexdef: 'CREATE [UNIQUE ]INDEX <name> ON ...'
+                    ddl := overlay(ddl PLACING quote_ident(target)
+                                   FROM position(' INDEX ' IN ddl) + 7
+                                   FOR length(quote_ident(s->>'name')));
+                END IF;
+                EXECUTE ddl;
+                cur := format('%I.%I', nsp::regnamespace, target);
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON INDEX %s IS %L', cur, s->>'comment');
+                END IF;
+                IF (s->>'clustered')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s CLUSTER ON %I', (s->>'table')::oid::regclass, target);
+                END IF;
+                IF (s->>'replident')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY USING INDEX %I',
+                                   (s->>'table')::oid::regclass, target);
+                END IF;
+                lines := lines || softguard._step(op, 're-created', cur, format('re-created index %s', cur));
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = 'XX000',
+                    MESSAGE = format('softguard: unknown restore step %s in operation %s',
+                                     s->>'step', op);
+            END CASE;
+        END CASE;
+    END LOOP;
+
+    -- Everything restored must find what it uses live: a later operation may hold it.
+    FOR e IN SELECT x FROM jsonb_array_elements(o.objects) x
+              WHERE x->>'held_by' IS NULL AND x->>'quarantined_as' IS NOT NULL LOOP
+        FOR k IN SELECT dp.refclassid, dp.refobjid FROM pg_depend dp
+                  WHERE dp.classid = (e->>'classid')::oid AND dp.objid = (e->>'objid')::oid
+                    AND dp.objsubid = (e->>'objsubid')::integer
+                    AND dp.deptype IN ('n', 'a') LOOP
+            PERFORM softguard._need_live(op, k.refclassid, k.refobjid,
+                                         (e->>'type') || ' ' || (e->>'identity'));
+        END LOOP;
+    END LOOP;
+
+    UPDATE softguard.operations SET state = 'undone', undone_at = now(), undone_by = session_user
+     WHERE id = op;
+    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                      client_addr, statement, kind, objects, restore, undo_of)
+    VALUES (o.expires_at, session_user, current_user, current_setting('application_name', true),
+            inet_client_addr()::text,
+            format('softguard undo %s%s', op,
+                   CASE WHEN rename_to IS NULL THEN '' ELSE ' --rename-to ' || rename_to END),
+            'UNDO', o.objects, '[]', op);
+    RETURN lines;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_one(bigint, text) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Data changes: captured rows back (DELETE, UPDATE, MERGE, TRUNCATE, soft delete)
+-- ---------------------------------------------------------------------------------------
+
+-- Undo of a data change: clear the soft-delete marks it wrote (by key, only on rows still
+-- carrying that very mark: a row un-marked and marked again since is left alone), then
+-- put back everything else it captured (_undo_captures).
+CREATE FUNCTION softguard._undo_rows(op bigint, on_conflict text) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lines softguard.undo_step[] := '{}';
+    rest softguard.undo_step[];
+    c softguard.captures;
+    saved_srr text := current_setting('session_replication_role');
+    done bigint;
+BEGIN
+    PERFORM FROM softguard.operations WHERE id = op FOR UPDATE;
+    FOR c IN SELECT * FROM softguard.captures
+              WHERE op_id = op AND event = 'soft_delete' AND n_rows > 0 ORDER BY id LOOP
+        PERFORM softguard._need_table(op, c.relid, c.table_identity);
+        IF c.info ? 'purging' THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('cannot undo operation %s: purge began hard-deleting its rows'
+                                 ' of %s at %s', op, c.table_identity, c.info->>'purging'),
+                HINT = 'Run softguard purge again to finish it.';
+        END IF;
+        PERFORM set_config('session_replication_role', 'replica', true);
+        EXECUTE format('UPDATE %s t SET %I = s.sg_old_mark%s FROM (%s) s WHERE %s',
+                       c.relid::regclass, c.info->>'column',
+                       CASE WHEN c.info->>'by_column' IS NULL THEN ''
+                            ELSE format(', %I = s.sg_old_by', c.info->>'by_column') END,
+                       softguard._sd_source(c), softguard._sd_match(c));
+        GET DIAGNOSTICS done = ROW_COUNT;
+        PERFORM set_config('session_replication_role', saved_srr, true);
+        lines := lines || softguard._step(op, 'cleared', c.relid::regclass::text,
+                             format('cleared the soft-delete mark (%I) of %s rows of %s%s',
+                                 c.info->>'column', done, c.relid::regclass,
+                                 CASE WHEN done < c.n_rows THEN format(
+                                     ' (%s left alone: deleted, or marked again, since)',
+                                     c.n_rows - done) ELSE '' END), done);
+    END LOOP;
+    rest := softguard._undo_captures(op, on_conflict);
+    IF cardinality(lines) > 0 THEN
+        rest := ARRAY(SELECT r FROM unnest(rest) r WHERE r.action <> 'nothing');
+    END IF;
+    RETURN lines || rest;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_rows(bigint, text) FROM PUBLIC;
+
+-- Put back the rows, sequence values and columns operation `op` captured: deleted rows
+-- re-inserted, updated rows given their old values (by _row_key), tables parents first;
+-- column captures go to _undo_column. Returns what it restored.
+CREATE FUNCTION softguard._undo_captures(op bigint, on_conflict text) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    lines softguard.undo_step[] := '{}';
+    saved_srr text := current_setting('session_replication_role');
+    rel oid;
+    g record;
+    cap softguard.captures;
+    sq record;
+    cols text[];
+    ids bigint[];
+    rtype text;
+    src text;
+    key text[];
+    total bigint;
+    done bigint;
+    bad text;
+    nbad bigint;
+    msg text;
+    detail text;
+    have_identity boolean;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF on_conflict NOT IN ('fail', 'skip') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('--on-conflict must be fail or skip, not %s', on_conflict);
+    END IF;
+    -- every table must be live (a later DROP may hold it)
+    FOR g IN SELECT DISTINCT cp.relid, cp.table_identity FROM softguard.captures cp
+              WHERE cp.op_id = op ORDER BY cp.relid LOOP
+        PERFORM softguard._need_table(op, g.relid, g.table_identity);
+    END LOOP;
+
+    -- ALTER TABLE: the column first (rows of other captures may need it)
+    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'column' LOOP
+        lines := lines || softguard._undo_column(op, cap);
+    END LOOP;
+
+    PERFORM set_config('session_replication_role', 'replica', true);
+
+    -- 1. rows removed (DELETE, TRUNCATE), parents first
+    FOREACH rel IN ARRAY softguard._parents_first(ARRAY(
+            SELECT DISTINCT relid FROM softguard.captures
+             WHERE op_id = op AND event IN ('delete', 'truncate') AND n_rows > 0)) LOOP
+        FOR g IN SELECT c.columns, array_agg(c.id ORDER BY c.id) AS ids, sum(c.n_rows) AS n,
+                        min(c.id) AS first_id
+                   FROM softguard.captures c
+                  WHERE c.op_id = op AND c.relid = rel AND c.event IN ('delete', 'truncate')
+                    AND c.n_rows > 0
+                  GROUP BY c.columns ORDER BY min(c.id) LOOP
+            rtype := softguard._row_type(g.columns, g.first_id::text);
+            -- columns to insert: captured ones still in the table, not generated
+            cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                           WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                             AND a.attgenerated = ''
+                             AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(g.columns) x)
+                           ORDER BY a.attnum);
+            -- OFFSET 0: the row text is parsed once, not once per column
+            src := format('SELECT (q.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                          ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) q', rtype, g.ids);
+            have_identity := EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel
+                                      AND a.attidentity = 'a' AND a.attname = ANY (cols));
+            IF on_conflict = 'skip' THEN
+                EXECUTE format('INSERT INTO %s (%s) %s SELECT %s FROM (%s) s ON CONFLICT DO NOTHING',
+                               rel::regclass,
+                               (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                               CASE WHEN have_identity THEN 'OVERRIDING SYSTEM VALUE' ELSE '' END,
+                               (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                               src);
+                GET DIAGNOSTICS done = ROW_COUNT;
+            ELSE
+                BEGIN
+                    EXECUTE format('INSERT INTO %s (%s) %s SELECT %s FROM (%s) s',
+                                   rel::regclass,
+                                   (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                                   CASE WHEN have_identity THEN 'OVERRIDING SYSTEM VALUE' ELSE '' END,
+                                   (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                                   src);
+                    GET DIAGNOSTICS done = ROW_COUNT;
+                EXCEPTION WHEN unique_violation THEN
+                    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+                    key := softguard._row_key(rel);
+                    bad := NULL;
+                    IF key IS NOT NULL THEN
+                        EXECUTE format('SELECT count(*), string_agg(k, '', '') FILTER (WHERE n <= 5)'
+                                       ' FROM (SELECT format(%L, %s) AS k, row_number() OVER () AS n'
+                                       ' FROM (%s) s WHERE EXISTS (SELECT FROM %s t WHERE %s)) x',
+                                       '(' || array_to_string(key, ', ') || ')=(' ||
+                                           array_to_string(array_fill('%s'::text, ARRAY[cardinality(key)]), ', ') || ')',
+                                       (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(key) x),
+                                       src, rel::regclass,
+                                       (SELECT string_agg(format('t.%I = s.%I', x, x), ' AND ')
+                                          FROM unnest(key) x))
+                          INTO nbad, bad;
+                    END IF;
+                    IF bad IS NULL OR nbad = 0 THEN
+                        bad := coalesce(detail, 'a unique key');
+                        nbad := NULL;
+                    END IF;
+                    RAISE EXCEPTION USING ERRCODE = '23505',
+                        MESSAGE = format('cannot undo operation %s: %s of %s re-used since: %s%s',
+                                         op, CASE WHEN nbad IS NULL THEN 'a key'
+                                                  WHEN nbad = 1 THEN '1 key'
+                                                  ELSE nbad || ' keys' END,
+                                         rel::regclass, bad,
+                                         CASE WHEN nbad > 5 THEN ', ...' ELSE '' END),
+                        HINT = 'use --on-conflict skip';
+                END;
+            END IF;
+            PERFORM softguard._check_fks(op, rel, src);
+            lines := lines || softguard._step(op, 'restored', rel::regclass::text,
+                                 format('restored %s rows into %s%s', done,
+                                     rel::regclass,
+                                     CASE WHEN done < g.n THEN format(' (%s skipped: key re-used since)',
+                                                                      g.n - done) ELSE '' END), done);
+        END LOOP;
+    END LOOP;
+
+    -- 2. rows changed (UPDATE, MERGE, SET NULL / SET DEFAULT of a DELETE): old values back,
+    --    found by key; the first image of a row in the operation is its value before it.
+    FOR g IN SELECT c.relid, c.columns, array_agg(c.id ORDER BY c.id) AS ids, min(c.id) AS first_id
+               FROM softguard.captures c
+              WHERE c.op_id = op AND c.event = 'update' AND c.n_rows > 0
+              GROUP BY c.relid, c.columns ORDER BY min(c.id) LOOP
+        key := softguard._row_key(g.relid);
+        IF key IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('cannot undo operation %s: %s has no primary key to find the changed rows by',
+                                 op, g.relid::regclass);
+        END IF;
+        rtype := softguard._row_type(g.columns, g.first_id::text);
+        cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                       WHERE a.attrelid = g.relid AND a.attnum > 0 AND NOT a.attisdropped
+                         AND a.attgenerated = '' AND a.attidentity <> 'a'
+                         AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(g.columns) x)
+                       ORDER BY a.attnum);
+        src := format('SELECT DISTINCT ON (%s) * FROM (SELECT (p.x).*, p.sg_cid FROM'
+                      ' (SELECT r."row"::%s AS x, r.capture_id AS sg_cid FROM softguard.captured_rows r'
+                      ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) p) q ORDER BY %s, q.sg_cid',
+                      (SELECT string_agg(format('q.%I', x), ', ') FROM unnest(key) x), rtype, g.ids,
+                      (SELECT string_agg(format('q.%I', x), ', ') FROM unnest(key) x));
+        EXECUTE format('SELECT count(*) FROM (%s) s', src) INTO total;
+        EXECUTE format('UPDATE %s t SET (%s) = ROW(%s) FROM (%s) s WHERE %s',
+                       g.relid::regclass,
+                       (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                       (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                       src,
+                       (SELECT string_agg(format('t.%I = s.%I', x, x), ' AND ') FROM unnest(key) x));
+        GET DIAGNOSTICS done = ROW_COUNT;
+        PERFORM softguard._check_fks(op, g.relid, src);
+        lines := lines || softguard._step(op, 'restored', g.relid::regclass::text,
+                             format('restored old values of %s rows of %s%s', done,
+                                 g.relid::regclass,
+                                 CASE WHEN done < total THEN format(' (%s no longer exist)', total - done)
+                                      ELSE '' END), done);
+    END LOOP;
+
+    -- 3. sequences restarted by TRUNCATE ... RESTART IDENTITY (never moved backwards)
+    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'sequence' ORDER BY id LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = (cap.info->>'seq')::oid);
+        EXECUTE format('SELECT last_value, is_called FROM %s', (cap.info->>'seq')::oid::regclass) INTO sq;
+        IF sq.last_value < (cap.info->>'last_value')::bigint
+           OR (sq.last_value = (cap.info->>'last_value')::bigint AND NOT sq.is_called
+               AND (cap.info->>'is_called')::boolean) THEN
+            PERFORM setval((cap.info->>'seq')::oid::regclass, (cap.info->>'last_value')::bigint,
+                           (cap.info->>'is_called')::boolean);
+            lines := lines || softguard._step(op, 'restored', (cap.info->>'seq')::oid::regclass::text,
+                format('restored sequence %s to %s',
+                       (cap.info->>'seq')::oid::regclass, cap.info->>'last_value'));
+        END IF;
+    END LOOP;
+
+    PERFORM set_config('session_replication_role', saved_srr, true);
+
+    UPDATE softguard.operations SET state = 'undone', undone_at = now(), undone_by = session_user
+     WHERE id = op;
+    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                      client_addr, statement, kind, objects, restore, undo_of)
+    VALUES (o.expires_at, session_user, current_user, current_setting('application_name', true),
+            inet_client_addr()::text,
+            format('softguard undo %s%s', op,
+                   CASE WHEN on_conflict = 'skip' THEN ' --on-conflict skip' ELSE '' END),
+            'UNDO', o.objects, '[]', op);
+    IF cardinality(lines) = 0 THEN
+        lines := ARRAY[softguard._step(op, 'nothing', '', 'nothing to restore')];
+    END IF;
+    RETURN lines;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_captures(bigint, text) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- ALTER TABLE: dropped columns back, types back
+-- ---------------------------------------------------------------------------------------
+
+-- A column capture: a dropped column (_undo_drop_column) or a type change (_undo_type;
+-- its 'type_new' capture is read there).
+CREATE FUNCTION softguard._undo_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    CASE coalesce(c.info->>'kind', 'drop')
+        WHEN 'type' THEN
+            RETURN softguard._undo_type(op, c);
+        WHEN 'type_new' THEN
+            RETURN '{}';  -- read by the undo of its 'type' capture
+        ELSE
+            RETURN softguard._undo_drop_column(op, c);
+    END CASE;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_column(bigint, softguard.captures) FROM PUBLIC;
+
+-- Undo of a dropped column: re-add it, put the values back by key, then its default,
+-- NOT NULL, constraints, indexes, comment.
+CREATE FUNCTION softguard._undo_drop_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i jsonb := c.info;
+    rel regclass := c.relid::regclass;
+    rtype text;
+    key text[] := ARRAY(SELECT jsonb_array_elements_text(c.info->'key'));
+    x jsonb;
+    n bigint;
+    saved_srr text := current_setting('session_replication_role');
+BEGIN
+    IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = c.relid AND attname = i->>'name'
+                AND attnum > 0 AND NOT attisdropped) THEN
+        RAISE EXCEPTION USING ERRCODE = '42701',
+            MESSAGE = format('cannot undo operation %s: column %I of %s exists again (added after the DROP)',
+                             op, i->>'name', rel);
+    END IF;
+    EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s', rel, i->>'name', i->>'type',
+                   CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END);
+    rtype := softguard._row_type(c.columns, c.id::text);
+    PERFORM set_config('session_replication_role', 'replica', true);
+    EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
+                   ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p) s WHERE %s',
+                   rel, i->>'name', rtype, c.id,
+                   (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM set_config('session_replication_role', saved_srr, true);
+    IF i->>'default' IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', rel, i->>'name', i->>'default');
+    END IF;
+    IF (i->>'not_null')::boolean THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, i->>'name');
+    END IF;
+    FOR x IN SELECT e FROM jsonb_array_elements(i->'constraints') e LOOP
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', rel, x->>'name', x->>'def');
+        IF x->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', x->>'name', rel, x->>'comment');
+        END IF;
+    END LOOP;
+    FOR x IN SELECT e FROM jsonb_array_elements(i->'indexes') e LOOP
+        EXECUTE x->>'def';
+        IF x->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON INDEX %s IS %L',
+                           format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = c.relid),
+                                  x->>'name'), x->>'comment');
+        END IF;
+    END LOOP;
+    IF i->>'comment' IS NOT NULL THEN
+        EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', rel, i->>'name', i->>'comment');
+    END IF;
+    RETURN ARRAY[softguard._step(op, 're-added', format('%s.%I', rel, i->>'name'),
+                                 format('re-added column %s.%I with %s values', rel, i->>'name', n), n)];
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_drop_column(bigint, softguard.captures) FROM PUBLIC;
+
+-- Undo of a type change (see 50_alter.sql's header for what holds).
+CREATE FUNCTION softguard._undo_type(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i jsonb := c.info;
+    rel regclass := c.relid::regclass;
+    col text := c.info->>'name';
+    old_type text := c.info->>'type';
+    key text[] := ARRAY(SELECT jsonb_array_elements_text(c.info->'key'));
+    cn softguard.captures;
+    a record;
+    later bigint;
+    later_stmt text;
+    later_kind text;
+    other text;
+    rt_old text;
+    rt_new text;
+    tmp_name text := 'sg_type_undo_' || c.id;
+    tmp text := format('pg_temp.%I', 'sg_type_undo_' || c.id);
+    fn text := format('pg_temp.%I', 'sg_type_back_' || c.id);
+    nbad bigint;
+    bad text;
+    n bigint;
+    total bigint;
+    unset_not_null boolean;
+    x jsonb;
+    saved_srr text := current_setting('session_replication_role');
+BEGIN
+    -- a later operation still active that dropped the column or changed its type again
+    SELECT cp.op_id, o.statement, coalesce(cp.info->>'kind', 'drop')
+      INTO later, later_stmt, later_kind
+      FROM softguard.captures cp JOIN softguard.operations o ON o.id = cp.op_id
+     WHERE cp.relid = c.relid AND cp.event = 'column' AND cp.info->>'name' = col
+       AND coalesce(cp.info->>'kind', 'drop') IN ('drop', 'type') AND cp.op_id > op
+       AND o.state = 'active'
+     ORDER BY cp.op_id DESC LIMIT 1;
+    IF later IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55006',
+            MESSAGE = format('cannot undo operation %s: column %s.%I was %s since, held by operation %s (%s)',
+                             op, rel, col,
+                             CASE later_kind WHEN 'drop' THEN 'dropped' ELSE 'changed again' END,
+                             later, later_stmt),
+            DETAIL = softguard._blocked_detail(later),
+            HINT = format('Undo operation %s first, or use --cascade.', later);
+    END IF;
+    SELECT at.attnum, at.attnotnull, format_type(at.atttypid, at.atttypmod) AS typ,
+           pg_get_expr(d.adbin, d.adrelid) AS def
+      INTO a
+      FROM pg_attribute at
+      LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
+     WHERE at.attrelid = c.relid AND at.attname = col AND at.attnum > 0 AND NOT at.attisdropped;
+    IF NOT FOUND THEN
+        SELECT at.attname INTO other FROM pg_attribute at
+         WHERE at.attrelid = c.relid AND at.attnum = (i->>'attnum')::integer AND NOT at.attisdropped;
+        IF other IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('cannot undo operation %s: column %s.%I was renamed to %I since',
+                                 op, rel, col, other),
+                HINT = format('Rename it back first (ALTER TABLE %s RENAME COLUMN %I TO %I).',
+                              rel, other, col);
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: column %s.%I was dropped since', op, rel, col);
+    END IF;
+    IF a.typ IS DISTINCT FROM i->>'new_type' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: column %s.%I is of type %s now, not %s as the operation left it',
+                             op, rel, col, a.typ, i->>'new_type');
+    END IF;
+    SELECT * INTO cn FROM softguard.captures WHERE id = (i->>'new_capture')::bigint;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: the values of %s.%I after the change were not kept',
+                             op, rel, col);
+    END IF;
+
+    -- 1. the rows to restore: captured, and still holding the value the ALTER gave them
+    --    (compared as text of the current type, read back in this session)
+    rt_old := softguard._row_type(c.columns, c.id::text);
+    rt_new := softguard._row_type(cn.columns, cn.id::text);
+    EXECUTE format('DROP TABLE IF EXISTS %s', tmp);
+    EXECUTE format('CREATE TEMP TABLE %I AS SELECT %s, o.sg_value'
+                   ' FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                   ' WHERE r.capture_id = %s OFFSET 0) p) o'
+                   ' JOIN (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                   ' WHERE r.capture_id = %s OFFSET 0) p) w ON %s'
+                   ' JOIN %s t ON %s'
+                   ' WHERE t.%I::text IS NOT DISTINCT FROM w.sg_new::text',
+                   tmp_name,
+                   (SELECT string_agg(format('o.%I', k), ', ') FROM unnest(key) k),
+                   rt_old, c.id, rt_new, cn.id,
+                   (SELECT string_agg(format('w.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
+                   rel,
+                   (SELECT string_agg(format('t.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
+                   col);
+
+    -- 2. a per-row conversion back: explicit cast, else through text, else NULL
+    EXECUTE format('DROP FUNCTION IF EXISTS %s(%s)', fn, a.typ);
+    EXECUTE format('CREATE FUNCTION %s(v %s) RETURNS %s LANGUAGE plpgsql AS %L', fn, a.typ, old_type,
+                   format('BEGIN RETURN v::%s; EXCEPTION WHEN OTHERS THEN BEGIN RETURN v::text::%s;'
+                          ' EXCEPTION WHEN OTHERS THEN RETURN NULL; END; END', old_type, old_type));
+
+    -- 3. rows added or changed since must convert back: a write made since is never lost
+    EXECUTE format('SELECT count(*), string_agg(k, '', '') FILTER (WHERE n <= 5)'
+                   ' FROM (SELECT format(%L, %s) AS k, row_number() OVER () AS n FROM %s t'
+                   ' WHERE t.%I IS NOT NULL AND %s(t.%I) IS NULL'
+                   ' AND NOT EXISTS (SELECT FROM %s s WHERE %s)) x',
+                   '(' || array_to_string(key, ', ') || ')=(' ||
+                       array_to_string(array_fill('%s'::text, ARRAY[cardinality(key)]), ', ') || ')',
+                   (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
+                   rel, col, fn, col, tmp,
+                   (SELECT string_agg(format('s.%I = t.%I', k, k), ' AND ') FROM unnest(key) k))
+      INTO nbad, bad;
+    IF nbad > 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: %s of %s added or changed since %s a value of %I'
+                             ' that does not convert back to %s: %s%s',
+                             op, CASE WHEN nbad = 1 THEN '1 row' ELSE nbad || ' rows' END, rel,
+                             CASE WHEN nbad = 1 THEN 'holds' ELSE 'hold' END, col, old_type, bad,
+                             CASE WHEN nbad > 5 THEN ', ...' ELSE '' END),
+            HINT = 'Change or delete those rows, then undo again.';
+    END IF;
+
+    -- 4. the type back. Rows to restore may not convert (their captured value comes next):
+    --    NOT NULL is lifted meanwhile (unless the column is in the primary key), the
+    --    default dropped (it may not cast back).
+    unset_not_null := a.attnotnull AND NOT EXISTS (
+        SELECT FROM pg_index x WHERE x.indrelid = c.relid AND x.indisprimary AND a.attnum = ANY (x.indkey));
+    IF unset_not_null THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP NOT NULL', rel, col);
+    END IF;
+    IF a.def IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', rel, col);
+    END IF;
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s%s USING %s(%I)', rel, col, old_type,
+                   CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END,
+                   fn, col);
+
+    -- 5. the captured values back, by key (user triggers off, as for the other undos)
+    PERFORM set_config('session_replication_role', 'replica', true);
+    EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM %s s WHERE %s', rel, col, tmp,
+                   (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM set_config('session_replication_role', saved_srr, true);
+    IF unset_not_null THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, col);
+    END IF;
+    IF i->>'default' IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', rel, col, i->>'default');
+    END IF;
+    -- 6. CHECK constraints on the column as they were written (the two conversions added casts)
+    FOR x IN SELECT e FROM jsonb_array_elements(coalesce(i->'checks', '[]')) e LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_constraint co
+                                   WHERE co.conrelid = c.relid AND co.conname = x->>'name'
+                                     AND co.contype = 'c'
+                                     AND pg_get_constraintdef(co.oid) IS DISTINCT FROM x->>'def');
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', rel, x->>'name');
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', rel, x->>'name', x->>'def');
+        IF x->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', x->>'name', rel, x->>'comment');
+        END IF;
+    END LOOP;
+    EXECUTE format('SELECT count(*) FROM %s', rel) INTO total;
+    EXECUTE format('DROP TABLE %s', tmp);
+    EXECUTE format('DROP FUNCTION %s(%s)', fn, a.typ);
+    RETURN ARRAY[softguard._step(op, 'restored', format('%s.%I', rel, col),
+                 format('column %s.%I back to %s, %s values restored%s', rel, col,
+                        old_type, n,
+                        CASE WHEN total > n
+                             THEN format(' (%s added or changed since: converted back)',
+                                         CASE WHEN total - n = 1 THEN '1 row'
+                                              ELSE (total - n) || ' rows' END)
+                             ELSE '' END), n)];
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_type(bigint, softguard.captures) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Entry points
+-- ---------------------------------------------------------------------------------------
+
+-- Undo of a purged operation: a clear refusal that points at the archive.
+CREATE FUNCTION softguard._refuse_purged(op bigint) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op;
+    IF NOT FOUND OR o.state <> 'purged' THEN
+        RETURN;
+    END IF;
+    IF o.purge_archive IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s was purged (at %s by %s): nothing is left to restore;'
+                             ' it was archived first, to %s', op,
+                             to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by,
+                             o.purge_archive),
+            HINT = format('Load it by hand from the archive: see %s/README.txt (pg_restore for '
+                          'the objects, psql for the captured rows).', o.purge_archive);
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '55000',
+        MESSAGE = format('operation %s was purged (at %s by %s): nothing is left to restore'
+                         ' (it was not archived)', op,
+                         to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+END $$;
+REVOKE ALL ON FUNCTION softguard._refuse_purged(bigint) FROM PUBLIC;
+
+-- Undo `op`: refuse a purged operation, then undo by kind; with cascade, first undo
+-- (newest first) the later operations that hold something it needs: the 55006 errors that
+-- say so carry DETAIL 'blocked_by=<op>' (softguard/contract.py), never read from the message.
+CREATE FUNCTION softguard._undo(op bigint, rename_to text, "cascade" boolean,
+                                on_conflict text)
+RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lines softguard.undo_step[] := '{}';
+    done softguard.undo_step[];
+    detail text;
+    holder bigint;
+    o softguard.operations;
+    finished boolean := false;
+BEGIN
+    PERFORM softguard._refuse_purged(op);
+    FOR attempt IN 1..1000 LOOP
+        BEGIN
+            SELECT * INTO o FROM softguard.operations WHERE id = op;
+            IF FOUND AND o.kind IN ('DELETE', 'UPDATE', 'MERGE', 'TRUNCATE', 'ALTER TABLE')
+               AND o.state = 'active' THEN
+                IF rename_to IS NOT NULL THEN
+                    RAISE EXCEPTION USING ERRCODE = '22023',
+                        MESSAGE = format('--rename-to applies to DROP operations; operation %s is a %s',
+                                         op, o.kind);
+                END IF;
+                done := softguard._undo_rows(op, coalesce(on_conflict, 'fail'));
+            ELSE
+                done := softguard._undo_one(op, rename_to);
+            END IF;
+            lines := lines || done;
+            finished := true;
+            EXIT;
+        EXCEPTION WHEN SQLSTATE '55006' THEN
+            IF NOT "cascade" THEN
+                RAISE;
+            END IF;
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+            holder := softguard._blocked_by(detail);
+            IF holder IS NULL OR holder = op THEN
+                RAISE;
+            END IF;
+            lines := lines || softguard._undo(holder, NULL, true, on_conflict);
+        END;
+    END LOOP;
+    IF NOT finished THEN
+        RAISE EXCEPTION USING ERRCODE = '55006',
+            MESSAGE = format('cannot undo operation %s: later operations keep blocking it', op);
+    END IF;
+    RETURN lines;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo(bigint, text, boolean, text) FROM PUBLIC;
+
+-- undo_steps: put back what operation `op` took, in one transaction (the caller's), or fail
+-- with nothing changed; on_conflict 'fail' or 'skip' (keys re-used since). One row per thing
+-- restored (softguard.undo_step; `softguard undo` prints them). Who may undo: whoever may
+-- EXECUTE undo_op(bigint, text, boolean), which is not granted to PUBLIC (the installing
+-- superuser, or a role it was granted to): one grant decides it for both forms.
+CREATE FUNCTION softguard.undo_steps(op bigint, rename_to text DEFAULT NULL,
+                                     "cascade" boolean DEFAULT false,
+                                     on_conflict text DEFAULT 'fail')
+RETURNS SETOF softguard.undo_step
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT has_function_privilege(softguard._client_role(),
+                                  'softguard.undo_op(bigint, text, boolean)', 'EXECUTE') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'permission denied for function undo_steps',
+            HINT = 'Undo needs EXECUTE on softguard.undo_op(bigint, text, boolean).';
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(softguard._undo(op, rename_to, "cascade", on_conflict));
+END $$;
+REVOKE ALL ON FUNCTION softguard.undo_steps(bigint, text, boolean, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard.undo_steps(bigint, text, boolean, text) TO PUBLIC;
+
+-- undo_op: the same undo for SQL callers, one line of text per step
+-- ('operation <op>: <detail>').
+CREATE FUNCTION softguard.undo_op(op bigint, rename_to text, "cascade" boolean,
+                                  on_conflict text)
+RETURNS SETOF text
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('operation %s: %s', s.op, s.detail)
+      FROM unnest(softguard._undo(op, rename_to, "cascade", on_conflict)) s
+$$;
+REVOKE ALL ON FUNCTION softguard.undo_op(bigint, text, boolean, text) FROM PUBLIC;
+
+-- The three-argument form (on_conflict 'fail').
+CREATE FUNCTION softguard.undo_op(op bigint, rename_to text DEFAULT NULL,
+                                  "cascade" boolean DEFAULT false)
+RETURNS SETOF text
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT softguard.undo_op(op, rename_to, "cascade", 'fail')
+$$;
+REVOKE ALL ON FUNCTION softguard.undo_op(bigint, text, boolean) FROM PUBLIC;

@@ -1,0 +1,142 @@
+"""What the proxy and the database agree on: every shared name and format, in one place.
+
+The database side is migrations/install/10_contract.sql and the functions named below.
+tests/ledger/test_contract.py checks that each constant appears in the installed database
+code and that the operation NOTICE the database emits parses here, for every kind.
+
+Pure: no I/O, no imports from the rest of softguard, so that wire, sql, proxy, ledger and cli
+can all use it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# -- private notices around a rewritten statement -----------------------------------------
+# SQLSTATEs of class SG are not PostgreSQL's: the proxy swallows these notices.
+
+#: First notice of a rewritten statement; message: the statement's offset in the client's text.
+BEGIN_CODE = "SGBEG"
+#: Last notice; message: the command tag the original statement would have returned.
+END_CODE = "SGEND"
+#: Before the CommandComplete of a soft delete sent through the extended protocol: its
+#: ``UPDATE n`` is the client's ``DELETE n``.
+TAG_CODE = "SGTAG"
+#: The probe's abort inside the database (softguard._probe); never reaches a client.
+PROBE_CODE = "SGPRB"
+
+#: Leading comment of a rewritten soft delete whose command tag must read DELETE: the
+#: capture trigger sees it in current_query() and raises TAG_CODE.
+TAG_MARKER = "/*softguard:delete*/"
+
+# -- settings ------------------------------------------------------------------------------
+
+#: Session defaults the proxy sets in the StartupMessage (``-c name=value``).
+CAPTURE_SETTING = "softguard.capture"  # 'delete', 'delete,update', or 'off'
+RETENTION_SETTING = "softguard.retention"  # seconds
+CLIENT_ADDR_SETTING = "softguard.client_addr"  # the client's address, as the proxy saw it
+#: Transaction-local settings the database keeps for itself.
+INTERNAL_SETTING = "softguard.internal"  # 'on': softguard's own maintenance (purge)
+CUR_OP_SETTING = "softguard.cur_op"  # the open capture operation: '<stmt time>/<id>/<kind>'
+TRUNCATE_OP_SETTING = "softguard.truncate_op"  # the operation truncate_op opened
+PROBE_SETTING = "softguard.probe"  # 'on' while _probe runs a statement
+SOFT_DELETE_SETTING_PREFIX = "softguard.sd_"  # + table oid: the soft delete being captured
+
+#: Every setting name the two sides share.
+SETTINGS = (
+    CAPTURE_SETTING,
+    RETENTION_SETTING,
+    CLIENT_ADDR_SETTING,
+    INTERNAL_SETTING,
+    CUR_OP_SETTING,
+    TRUNCATE_OP_SETTING,
+    PROBE_SETTING,
+    SOFT_DELETE_SETTING_PREFIX,
+)
+
+# -- the operation NOTICE ------------------------------------------------------------------
+# 'softguard: <action> <targets> is reversible as operation <id> until <YYYY-MM-DD>', formatted
+# by softguard._op_notice only. <action> is the statement's kind as the client would say it
+# ('DROP TABLE', 'DELETE FROM', 'TRUNCATE TABLE', 'ALTER TABLE DROP COLUMN', ...); a soft
+# delete's targets end with ' (soft delete: <column> set)'.
+
+NOTICE_PREFIX = "softguard: "
+NOTICE_MARKER = "is reversible as operation"
+_NOTICE = re.compile(
+    r"softguard: (?P<what>.*) is reversible as operation (?P<op>[0-9]+)"
+    r" until (?P<expires>\S+)\Z",
+    re.S,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OperationNotice:
+    op: int
+    what: str  # '<action> <targets>'
+    expires: str  # YYYY-MM-DD
+
+
+def format_operation_notice(action: str, targets: str, op: int, expires: str) -> str:
+    """The NOTICE text, as softguard._op_notice writes it (for tests and the demo)."""
+    return f"{NOTICE_PREFIX}{action} {targets} {NOTICE_MARKER} {op} until {expires}"
+
+
+def parse_operation_notice(message: str) -> OperationNotice | None:
+    """The operation a NOTICE message announces, or None if it announces none."""
+    match = _NOTICE.match(message)
+    if match is None:
+        return None
+    return OperationNotice(int(match["op"]), match["what"], match["expires"])
+
+
+# -- errors other code reacts to -----------------------------------------------------------
+# SQLSTATE plus a DETAIL of 'key=value' pairs separated by spaces (values without spaces),
+# never prose to match.
+
+#: Undo is blocked by a later active operation: DETAIL 'blocked_by=<id>'.
+BLOCKED_CODE = "55006"
+BLOCKED_BY = "blocked_by"
+
+
+def parse_detail(detail: str | None) -> dict[str, str]:
+    """The key=value pairs of a structured DETAIL ({} for anything else)."""
+    pairs: dict[str, str] = {}
+    for part in (detail or "").split():
+        key, sep, value = part.partition("=")
+        if not sep or not key or not value:
+            return {}
+        pairs[key] = value
+    return pairs
+
+
+def blocking_operation(sqlstate: str | None, detail: str | None) -> int | None:
+    """The operation that blocks an undo, from its error (None: not that error)."""
+    if sqlstate != BLOCKED_CODE:
+        return None
+    value = parse_detail(detail).get(BLOCKED_BY, "")
+    return int(value) if value.isdigit() else None
+
+
+# -- the undo result -----------------------------------------------------------------------
+
+#: softguard.undo_steps(op, rename_to, cascade, on_conflict) returns rows of this type.
+UNDO_STEP_TYPE = "softguard.undo_step"
+UNDO_STEP_COLUMNS = ("op", "action", "object", "detail", "rows")
+
+
+@dataclass(frozen=True, slots=True)
+class UndoStep:
+    """One thing an undo did: ``action`` a fixed word (restored, re-added, cleared, ...),
+    ``object`` what it acted on, ``detail`` the sentence shown to people, ``rows`` how many
+    rows when it moved rows."""
+
+    op: int
+    action: str
+    object: str
+    detail: str
+    rows: int | None
+
+    def line(self) -> str:
+        """What `softguard undo` prints for it."""
+        return f"operation {self.op}: {self.detail}"
