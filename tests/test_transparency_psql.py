@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from softguard.embedded import _pgserver_bin_dir
+from softguard.embedded import bundled_pg_bin_dir
 from softguard.ledger import apply_migrations
 
 PSQL_TIMEOUT = 60
@@ -185,9 +185,9 @@ def _psql_major(path: Path) -> int:
 
 def test_extended_protocol_bind(pg_server: Any, dsns: tuple[str, str]) -> None:
     # \bind (extended protocol from psql) needs psql 16+: take the server's own psql, or
-    # the one bundled in the pgserver wheel.
+    # the one bundled in the softguard[embedded] package.
     candidates = [pg_server.bin("psql")]
-    bundled = _pgserver_bin_dir()
+    bundled = bundled_pg_bin_dir()
     if bundled is not None:
         candidates.append(bundled / "psql")
     psql_bin = next((p for p in candidates if p.exists() and _psql_major(p) >= 16), None)

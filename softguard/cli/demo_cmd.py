@@ -45,7 +45,7 @@ from softguard.demo import (
     rental_sql,
     take_checksums,
 )
-from softguard.embedded import EmbeddedError, EmbeddedPostgres
+from softguard.embedded import EmbeddedError, EmbeddedPostgres, NoServerBinaries
 from softguard.ledger.db import error_line
 from softguard.ledger.operations import (
     Operation,
@@ -280,6 +280,10 @@ def demo(
         _close(resources)
         out.say("\nsoftguard demo: interrupted; stopped PostgreSQL and softguard, cleaned up.")
         raise typer.Exit(130) from None
+    except NoServerBinaries as exc:
+        _close(resources)
+        typer.echo(f"softguard demo: {exc}", err=True)
+        raise typer.Exit(2) from None
     except (DemoFailed, EmbeddedError, UndoFailed, psycopg.Error) as exc:
         _close(resources)
         out.say(f"\nsoftguard demo failed: {_message(exc)}", "bold red")

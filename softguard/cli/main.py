@@ -190,9 +190,12 @@ def _check_soft_delete(settings: Settings, dsn: str) -> None:
 
 
 def _start_embedded(settings: Settings):  # type: ignore[no-untyped-def]
-    from softguard.embedded import EmbeddedError, EmbeddedPostgres
+    from softguard.embedded import EmbeddedError, EmbeddedPostgres, NoServerBinaries
 
-    server = EmbeddedPostgres(settings.data_dir)
+    try:
+        server = EmbeddedPostgres(settings.data_dir)
+    except NoServerBinaries as exc:
+        raise _die(f"{exc}; or pass --upstream DSN to run in front of a server") from None
     typer.echo("softguard: no --upstream given; starting an embedded PostgreSQL ...")
     try:
         server.start()
