@@ -22,7 +22,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from softdelete_harness import (
+from support.pg import TestServer
+from support.softdelete_harness import (
     REFUSED_PREFIX,
     Seen,
     captures,
@@ -41,7 +42,6 @@ from softdelete_harness import (
     sg_notices,
     undo_sql,
 )
-from support.pg import TestServer
 
 MODES = ["simple", "prepared", "unnamed", "asyncpg"]
 SET_MARK = "SET deleted_at = now(), deleted_by = current_user"

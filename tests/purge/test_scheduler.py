@@ -27,7 +27,7 @@ from softguard.ledger.scheduler import (
     purge_database,
 )
 
-Ledger = Any  # the `ledger` fixture (tests/ledger/conftest.py)
+Ledger = Any  # the `ledger` fixture (tests/fixtures/fix_ledger.py)
 
 
 @pytest.fixture

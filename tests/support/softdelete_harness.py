@@ -1,8 +1,7 @@
 """Helpers for tests/proxy_softdelete (soft-delete mode, issue 6).
 
-The harnesses of tests/proxy_drop and tests/proxy_data are reused: data_harness.py is
-loaded as a module under its own name (it loads tests/proxy_drop/drop_harness.py and
-conftest.py the same way; nothing in them is modified).
+The harnesses of tests/proxy_drop and tests/proxy_data (support.drop_harness,
+support.data_harness) are reused.
 
 What is added here: the rental template with the soft-delete columns, the proxy
 configurations, the soft-delete NOTICE, and superuser-side views of the customers table
@@ -23,24 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from support.modules import load_module
+
+from support import data_harness
+from support import drop_harness as dh
 from support.proxy import free_port, wait_listening
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
-data_harness = load_module(
-    "_sg_softdelete_data_harness", HERE.parent / "proxy_data" / "data_harness.py"
-)
-dh = data_harness.dh  # tests/proxy_drop/drop_harness.py
 results = data_harness.results
 run = data_harness.run
 cli = data_harness.cli
 Seen = dh.Seen
-
-
-def proxy_drop_conftest() -> Any:
-    return data_harness.proxy_drop_conftest()
 
 
 # What the template adds to rental.sql: the application's soft-delete columns.
