@@ -88,32 +88,41 @@ REFUSED_PREFIX = (
 )
 
 
-def check_sd_notice(
-    text: str,
-    table: str = "public.customers",
-    column: str = "deleted_at",
-    rows: int | None = None,
-) -> int:
-    """Assert the soft-delete NOTICE's exact form (and, if it states a row count, that it
-    is ``rows``); return its operation id."""
+def check_sd_notice(text: str, table: str = "public.customers", column: str = "deleted_at") -> int:
+    """Assert the soft-delete NOTICE's exact form (it states no row count); return its
+    operation id."""
     m = SD_NOTICE.match(text)
     assert m, f"soft-delete notice has an unexpected form: {text!r}"
     assert m["n"] is None, f"{text!r}: the NOTICE states no row count"
     assert m["table"] == table, text
     assert m["column"] == column, text
-    if m["n"] is not None and rows is not None:
-        assert int(m["n"]) == rows, f"{text!r}: expected {rows} rows"
     until = date.fromisoformat(m["until"])
     today = date.today()
     assert today + timedelta(days=6) <= until <= today + timedelta(days=8), text
     return int(m["op"])
 
 
-def notice_rows(text: str) -> int | None:
-    """The row count a soft-delete NOTICE states, if it states one."""
-    m = SD_NOTICE.match(text)
-    assert m, text
-    return int(m["n"]) if m["n"] is not None else None
+def check_sd_op(
+    sg: Any,
+    db: str,
+    text: str,
+    rows: int,
+    table: str = "public.customers",
+    column: str = "deleted_at",
+) -> int:
+    """check_sd_notice, and that the operation it announces marked ``rows`` rows of
+    ``table`` with its first statement (the ledger's first capture; the NOTICE has no
+    count); return the operation id."""
+    op = check_sd_notice(text, table, column)
+    caps = captures(sg, db, op)
+    assert caps, f"operation {op} ({text!r}) captured nothing"
+    first = caps[0]
+    assert (first["table_identity"], first["event"], first["n_rows"]) == (
+        table,
+        "soft_delete",
+        rows,
+    ), f"{text!r}: expected {rows} rows marked, the ledger has {caps}"
+    return op
 
 
 def sg_notices(conn: psycopg.Connection[Any]) -> list[str]:
