@@ -457,3 +457,55 @@ def test_ledger_scrape_errors_count_slow_and_failed_reads(
     assert slow in _databases(s) and gone not in _databases(s)
     # 2, or more if the cached answer expired (10 s) and the gone database was read again
     assert _errors(_scrape(mport)) >= 2
+
+
+# ------------------------------------------------- soft-delete tables re-read periodically
+
+REFRESH = 1.0  # soft_delete_refresh for this test's proxy (60 s by default)
+REFRESH_CONFIG = f"""
+soft_delete_refresh = {REFRESH}
+
+[[soft_delete]]
+table = "public.*"
+column = "deleted_at"
+database = "sg_pd_*"
+"""
+
+
+def test_soft_delete_tables_are_re_read_periodically(
+    proxy_factory: Any, sg: Any, twins: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    """README (Soft delete): "the list of tables is re-read after table DDL that goes
+    through softguard, and every minute" (the `soft_delete_refresh` setting). A table
+    created directly, behind softguard's back, becomes a soft-delete table once the list
+    is re-read, with no DDL through the proxy."""
+    config = tmp_path / "refresh.toml"
+    config.write_text(REFRESH_CONFIG)
+    p = proxy_factory("--config", str(config), upstream=sg.server.superuser_dsn("postgres"))
+    _proxied(p)
+    (db,) = twins(1)
+    with psycopg.connect(p.dsn(db), autocommit=True) as c:
+        got = _sg_notices(c)
+        c.execute("DELETE FROM vehicle_notes WHERE id = 1")  # the tables are read now
+        sg.execute(
+            db,
+            "CREATE TABLE memos (id int PRIMARY KEY, body text, deleted_at timestamptz)",
+            "INSERT INTO memos SELECT g, 'm' || g FROM generate_series(1, 1000) g",
+        )
+        # Each DELETE past the interval starts a re-read in the background; a later one
+        # uses it. Bounded by attempts, with headroom far beyond the interval.
+        soft = False
+        for i in range(1, 120):
+            assert c.execute(f"DELETE FROM memos WHERE id = {i}").statusmessage == "DELETE 1"
+            soft = "(soft delete: deleted_at set)" in got[-1]
+            if soft:
+                break
+            time.sleep(REFRESH / 4)
+        assert soft, got[-3:]
+        # the first one used the list read before the table existed: a plain (hard) delete
+        assert i >= 2
+        assert got[1].startswith("softguard: DELETE FROM public.memos is reversible"), got
+    with sg.connect(db) as c:
+        marked = c.execute("SELECT count(*) FROM memos WHERE deleted_at IS NOT NULL").fetchone()
+        assert marked == (1,)
+        assert c.execute("SELECT count(*) FROM memos").fetchone() == (1000 - i + 1,)
