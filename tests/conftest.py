@@ -23,4 +23,5 @@ pytest_plugins = [
     "fixtures.fix_ledger",
     "fixtures.fix_twins",
     "fixtures.fix_softdelete",
+    "support.ci_skips",
 ]
