@@ -25,9 +25,10 @@ import asyncpg
 import psycopg
 import pytest
 from psycopg import sql
-from support.faults import PROTOCOL_3_0, SYNC, TERMINATE, msg, startup_packet
+from support.faults import SYNC, TERMINATE, msg, raw_session
 from support.pg import TestServer
 from support.proxy import REPO_ROOT, Target, free_port, wait_listening
+from support.softdelete_harness import sg_notices
 
 from softguard.config import ConfigError, load_settings
 from softguard.sql import Classifier
@@ -36,17 +37,6 @@ from softguard.sql import Classifier
 def _proxied(target: Target) -> None:
     if target.is_direct:
         pytest.skip("about the proxy itself (SOFTGUARD_TEST_VIA=direct)")
-
-
-def _sg_notices(conn: psycopg.Connection[Any]) -> list[str]:
-    got: list[str] = []
-
-    def on_notice(d: psycopg.errors.Diagnostic) -> None:
-        if (d.message_primary or "").startswith("softguard:"):
-            got.append(d.message_primary or "")
-
-    conn.add_notice_handler(on_notice)
-    return got
 
 
 # ------------------------------------------------- startup parameters the client cannot change
@@ -186,7 +176,7 @@ def test_drop_index_concurrently_passes_unprotected(
         "CREATE INDEX notes_b ON vehicle_notes (id, note)",
     )
     with psycopg.connect(proxy.dsn(db), autocommit=True) as c:
-        got = _sg_notices(c)
+        got = sg_notices(c)
         assert c.execute("DROP INDEX CONCURRENTLY notes_a").statusmessage == "DROP INDEX"
         assert got == []
         assert c.execute("DROP INDEX notes_b").statusmessage == "DROP INDEX"
@@ -201,25 +191,6 @@ def test_drop_index_concurrently_passes_unprotected(
 # ------------------------------------------------- FunctionCall
 
 
-def _read_until_ready(sock: socket.socket, limit: int = 200) -> list[tuple[bytes, bytes]]:
-    buf = b""
-    out: list[tuple[bytes, bytes]] = []
-    for _ in range(limit):
-        while len(buf) >= 5:
-            (length,) = struct.unpack("!I", buf[1:5])
-            if len(buf) < 1 + length:
-                break
-            out.append((buf[:1], buf[5 : 1 + length]))
-            buf = buf[1 + length :]
-            if out[-1][0] == b"Z":
-                return out
-        chunk = sock.recv(65536)
-        if not chunk:
-            return out
-        buf += chunk
-    raise AssertionError(f"no ReadyForQuery within {limit} reads: {out}")
-
-
 def _function_call(oid: int, *args: bytes) -> bytes:
     """FunctionCall with binary arguments and a binary result."""
     body = struct.pack("!IHH", oid, 1, 1) + struct.pack("!H", len(args))
@@ -228,22 +199,19 @@ def _function_call(oid: int, *args: bytes) -> bytes:
 
 
 def _function_calls(host: str, port: int, user: str, db: str) -> list[list[tuple[bytes, bytes]]]:
-    with socket.create_connection((host, port), timeout=15) as s:
-        s.sendall(startup_packet(user, db, PROTOCOL_3_0))
-        _read_until_ready(s)
-        answers = []
+    answers = []
+    with raw_session(host, port, user, db) as c:
         for call in (
             _function_call(177, struct.pack("!i", 2), struct.pack("!i", 40)),  # int4pl
             _function_call(1598, struct.pack("!i", 0)),  # lo_open(0, ...): wrong arity
             _function_call(4294967000, b"x"),  # no such function
             _function_call(177, struct.pack("!i", 2147483647), struct.pack("!i", 1)),  # overflow
             _function_call(1317, b"abc"),  # length(text)
+            msg(b"Q", b"SELECT 1\0"),
         ):
-            s.sendall(call)
-            answers.append(_read_until_ready(s))
-        s.sendall(msg(b"Q", b"SELECT 1\0"))
-        answers.append(_read_until_ready(s))
-        s.sendall(SYNC + TERMINATE)
+            c.send(call)
+            answers.append([(m.type, m.body) for m in c.read_until_ready()])
+        c.send(SYNC + TERMINATE)
     return answers
 
 
@@ -327,7 +295,7 @@ def test_ipv6_listen_end_to_end(pg_server: TestServer, dbname: str, tmp_path: Pa
         assert wait_listening(proc, "::1", port, 30), log.read_text()
         dsn = f"postgresql://{pg_server.superuser}@[::1]:{port}/{dbname}"
         with psycopg.connect(dsn, autocommit=True, connect_timeout=15) as c:
-            got = _sg_notices(c)
+            got = sg_notices(c)
             assert c.execute("SELECT inet_client_addr()").fetchone() is not None
             c.execute("CREATE TABLE v6 (id int)")
             c.execute("INSERT INTO v6 VALUES (1)")
@@ -385,7 +353,7 @@ def test_classify_cache_size_zero_still_protects(
     _proxied(p)
     (db,) = twins(1)
     with psycopg.connect(p.dsn(db), autocommit=True) as c:
-        got = _sg_notices(c)
+        got = sg_notices(c)
         for _ in range(2):
             c.execute(
                 "DELETE FROM billing.refunds WHERE id = (SELECT min(id) FROM billing.refunds)"
@@ -485,7 +453,7 @@ def test_soft_delete_tables_are_re_read_periodically(
     _proxied(p)
     (db,) = twins(1)
     with psycopg.connect(p.dsn(db), autocommit=True) as c:
-        got = _sg_notices(c)
+        got = sg_notices(c)
         c.execute("DELETE FROM vehicle_notes WHERE id = 1")  # the tables are read now
         sg.execute(
             db,

@@ -203,7 +203,7 @@ class RawConn:
                 return out
         raise AssertionError(f"no matching message within {max_messages} messages")
 
-    def read_until_ready(self, timeout: float = 10.0) -> list[Message]:
+    def read_until_ready(self, timeout: float = EVENT_TIMEOUT) -> list[Message]:
         return self.read_until(lambda m: m.type == b"Z", timeout)
 
     def wait_eof(self, timeout: float = EVENT_TIMEOUT) -> bytes:
@@ -258,7 +258,9 @@ def expect_fatal(
     return fields
 
 
-def raw_session(host: str, port: int, user: str, database: str, timeout: float = 10.0) -> RawConn:
+def raw_session(
+    host: str, port: int, user: str, database: str, timeout: float = EVENT_TIMEOUT
+) -> RawConn:
     """A raw connection through startup (trust auth) up to the first ReadyForQuery."""
     conn = RawConn.connect(host, port, timeout=timeout)
     try:
