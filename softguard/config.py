@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         30.0, ge=0, description="on SIGTERM, seconds open transactions get to finish"
     )
     classify_cache_size: int = Field(4096, ge=0, description="classifications cached by text")
+    soft_delete_refresh: float = Field(
+        60.0, gt=0, description="seconds after which a database's soft-delete tables are re-read"
+    )
     log_level: LogLevel = "info"
     data_dir: Path | None = Field(None, description="data directory of the embedded server")
     metrics: str | None = Field(

@@ -268,7 +268,8 @@ def test_gssencmode_prefer_works(auth_server: TestServer, proxy: Any) -> None:
         assert c.execute("SELECT current_user").fetchone() == ("sg_scram",)
 
 
-def _startup_and_expect_auth(s: socket.socket) -> None:
+def _startup_and_expect_auth(s: socket.socket) -> list[bytes]:
+    """Send a startup packet for sg_scram; the SASL mechanisms offered."""
     params = b"user\0sg_scram\0database\0postgres\0\0"
     s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
     head = _recv_exact(s, 5)
@@ -279,6 +280,7 @@ def _startup_and_expect_auth(s: socket.socket) -> None:
     assert code == 10  # SASL
     mechanisms = [m for m in body[4:].split(b"\0") if m]
     assert b"SCRAM-SHA-256" in mechanisms
+    return mechanisms
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytes:
@@ -293,7 +295,7 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
 
 def test_plain_connection_offers_no_scram_plus(auth_server: TestServer, proxy: Any) -> None:
     with socket.create_connection((proxy.host, proxy.port), timeout=10) as s:
-        _startup_and_expect_auth(s)
+        assert b"SCRAM-SHA-256-PLUS" not in _startup_and_expect_auth(s)
 
 
 # ------------------------------------------------------------------ TLS to the server
@@ -324,6 +326,17 @@ def test_upstream_tls_auth_methods(
     proxy_only(upstream_tls_proxy)
     dsn = upstream_tls_proxy.dsn("postgres", role, ROLE_PASSWORDS[role], sslmode="disable")
     assert _backend_ssl(dsn) == (True, role)
+
+
+def test_plain_connection_offers_no_scram_plus_over_tls_upstream(
+    tls_server: TestServer, upstream_tls_proxy: Any
+) -> None:
+    """On TLS the server offers SCRAM-SHA-256-PLUS, bound to the server's certificate: the
+    proxy withdraws it from a plaintext client (which could not bind to it anyway)."""
+    proxy_only(upstream_tls_proxy)
+    p = upstream_tls_proxy
+    with socket.create_connection((p.host, p.port), timeout=10) as s:
+        assert b"SCRAM-SHA-256-PLUS" not in _startup_and_expect_auth(s)
 
 
 def test_upstream_plain_rejects_hostssl_role(tls_server: TestServer, proxy_factory: Any) -> None:

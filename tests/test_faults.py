@@ -30,6 +30,7 @@ from support.faults import (
     rss_kb,
     startup_packet,
     wait_for,
+    within,
 )
 from support.pg import TestServer
 from support.proxy import via_direct
@@ -37,6 +38,8 @@ from support.proxy import via_direct
 pytestmark = pytest.mark.skipif(via_direct(), reason="faults of softguard itself")
 
 RSS_CEILING_KB = 150 * 1024
+STALL_TIMEOUT = 1  # client_stall_timeout of stall_proxy (seconds)
+STARTUP_TIMEOUT = 2  # its startup_timeout
 
 
 def _user(pg_server: TestServer) -> str:
@@ -68,7 +71,9 @@ def fresh_proxy(factory: Any, *args: str, upstream: str | None = None, **env: st
 @pytest.fixture(scope="module")
 def stall_proxy(proxy_factory: Any) -> Iterator[Any]:
     with fresh_proxy(
-        proxy_factory, SOFTGUARD_CLIENT_STALL_TIMEOUT="1", SOFTGUARD_STARTUP_TIMEOUT="2"
+        proxy_factory,
+        SOFTGUARD_CLIENT_STALL_TIMEOUT=str(STALL_TIMEOUT),
+        SOFTGUARD_STARTUP_TIMEOUT=str(STARTUP_TIMEOUT),
     ) as p:
         yield p
 
@@ -95,10 +100,11 @@ def test_client_stalling_mid_message(
         c.send(STALL_CASES[name])
         if name == "query-then-half":
             c.read_until_ready()
-        fields = expect_fatal(c, "08P01", timeout=6)
+        fields = expect_fatal(c, "08P01", timeout=within(STALL_TIMEOUT))
         elapsed = time.monotonic() - started
     assert "stall" in fields["M"], fields
-    assert 0.9 <= elapsed < 5, f"stall detected after {elapsed:.1f}s with a 1s timeout"
+    # not before the timeout (the clock started before the bytes were sent)
+    assert elapsed >= 0.9 * STALL_TIMEOUT, f"stall reported after {elapsed:.1f}s"
     assert_still_serving(stall_proxy, dbname)
 
 
@@ -134,13 +140,13 @@ def test_slow_but_progressing_client_is_not_disconnected(
 def test_client_stalling_during_startup(stall_proxy: Any, dbname: str) -> None:
     """Half a startup packet, then silence: startup_timeout (2 s) ends it with 08P01."""
     with RawConn.connect(stall_proxy.host, stall_proxy.port) as c:
-        c.send(struct.pack("!I", 80) + b"\0\3\0\0user\0")
         started = time.monotonic()
-        expect_fatal(c, "08P01", timeout=8)
-        assert time.monotonic() - started < 6
+        c.send(struct.pack("!I", 80) + b"\0\3\0\0user\0")
+        expect_fatal(c, "08P01", timeout=within(STARTUP_TIMEOUT))
+        assert time.monotonic() - started >= 0.9 * STARTUP_TIMEOUT
     with RawConn.connect(stall_proxy.host, stall_proxy.port) as c:
         # Nothing at all: a TCP connection that never says a word.
-        expect_fatal(c, "08P01", timeout=8)
+        expect_fatal(c, "08P01", timeout=within(STARTUP_TIMEOUT))
     assert_still_serving(stall_proxy, dbname)
 
 
@@ -202,9 +208,8 @@ def test_backend_terminated_mid_query(proxy: Any, pg_server: TestServer, dbname:
                 10,
             ), "the proxied backend never started sleeping"
             assert d.execute("select pg_terminate_backend(%s)", [pid]).fetchone() == (True,)
-        started = time.monotonic()
-        fields = expect_fatal(c, "57P01", timeout=10)
-        assert time.monotonic() - started < 5
+        # relayed as the server sends it: the event is the error itself
+        fields = expect_fatal(c, "57P01", timeout=within(1))
     assert "softguard" not in fields["M"], f"expected the server's own error: {fields}"
     assert fields.get("R"), f"expected server-side fields (routine): {fields}"
     assert_still_serving(proxy, dbname)
@@ -369,9 +374,7 @@ def test_upstream_dies_mid_message_or_sends_garbage(
         for _ in range(2):
             with raw_session(p.host, p.port, "postgres", "postgres") as c:
                 c.send(query("select 1"))
-                started = time.monotonic()
-                c.wait_eof(timeout=5)
-                assert time.monotonic() - started < 5
+                c.wait_eof(timeout=within(1))  # nothing else would close it
         assert p.alive, p.tail()
 
 
@@ -383,13 +386,13 @@ def test_upstream_accepts_but_never_answers(
     socket is closed, not leaked until the server itself gives up."""
     with fresh_proxy(proxy_factory, upstream=fake_upstream.dsn, SOFTGUARD_CONNECT_TIMEOUT="1") as p:
         with RawConn.connect(p.host, p.port) as c:
-            c.send(startup_packet("postgres", "postgres"))
             started = time.monotonic()
-            fields = expect_fatal(c, "08006", timeout=6)
-            assert time.monotonic() - started < 4
+            c.send(startup_packet("postgres", "postgres"))
+            fields = expect_fatal(c, "08006", timeout=within(1))
+            assert time.monotonic() - started >= 0.9
         assert "timed out" in fields["M"], fields
         assert p.alive, p.tail()
-        assert fake_upstream.peer_closed.wait(5), (
+        assert fake_upstream.peer_closed.wait(within(1)), (
             "softguard gave up on the upstream but left its socket open"
         )
 
@@ -464,22 +467,22 @@ def test_graceful_shutdown(
     proxy_factory: Any, pg_server: TestServer, dbname: str, table: str
 ) -> None:
     user = _user(pg_server)
-    with environment(SOFTGUARD_SHUTDOWN_TIMEOUT="10"):
+    # Far longer than the test waits: an exit seen means the transaction's end caused it.
+    with environment(SOFTGUARD_SHUTDOWN_TIMEOUT="600"):
         p = proxy_factory(fresh=True)
     try:
         idle = raw_session(p.host, p.port, user, dbname)
         busy = psycopg.connect(p.dsn(dbname))
         busy.execute(f"insert into {table} values (1)")  # psycopg opened a transaction
         assert busy.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-        started = time.monotonic()
         assert p.proc is not None
         p.proc.send_signal(signal.SIGTERM)
 
         # The idle client is closed at once, with 57P01.
         with idle:
-            expect_fatal(idle, "57P01", timeout=5)
+            expect_fatal(idle, "57P01", timeout=within(1))
         # New clients are turned away.
-        assert wait_for(lambda: _refused(p), 5), "new connections still accepted after SIGTERM"
+        assert wait_for(lambda: _refused(p), within(1)), "new connections accepted after SIGTERM"
         # The transaction in progress may finish ...
         busy.execute(f"insert into {table} values (2)")
         busy.commit()
@@ -490,9 +493,8 @@ def test_graceful_shutdown(
                 busy.execute("select 1")
                 time.sleep(0.1)
         busy.close()
-        code = p.proc.wait(timeout=15)
+        code = p.proc.wait(timeout=within(1))  # not the 600 s shutdown_timeout
         assert code == 0, p.tail()
-        assert time.monotonic() - started < 10, "exit took longer than shutdown_timeout"
     finally:
         p.kill()
 
@@ -510,10 +512,10 @@ def test_shutdown_timeout_closes_open_transactions(
             c.send(query(f"begin; insert into {table} values (7)"))
             c.read_until_ready()
             assert p.proc is not None
-            p.proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
-            expect_fatal(c, "57P01", timeout=6)
-            assert 0.8 < time.monotonic() - started < 4
+            p.proc.send_signal(signal.SIGTERM)
+            expect_fatal(c, "57P01", timeout=within(1))
+            assert time.monotonic() - started >= 0.9  # shutdown_timeout 1 s, then cut
         assert p.proc.wait(timeout=10) == 0, p.tail()
         assert wait_for(lambda: _ids(pg_server, dbname, table) == [], 5)
     finally:

@@ -90,11 +90,10 @@ def test_workers_share_the_port_and_cancel_reaches_the_backend(
         for conn in conns[:4]:
             timer = threading.Timer(0.3, conn.cancel_safe)
             timer.start()
-            started = time.monotonic()
+            # the event: only a cancel that reached the backend ends the sleep with 57014
             with pytest.raises(psycopg.errors.QueryCanceled):
-                conn.execute("select pg_sleep(20)")
+                conn.execute("select pg_sleep(300)")
             timer.join()
-            assert time.monotonic() - started < 15
             assert conn.execute("select 1").fetchone() == (1,)
     finally:
         for c in conns:
@@ -104,7 +103,7 @@ def test_workers_share_the_port_and_cancel_reaches_the_backend(
 
 
 def _log_after(proxy: Target, mark: int) -> str:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     text = ""
     while time.monotonic() < deadline:
         text = proxy.log_path.read_text(errors="replace")[mark:]

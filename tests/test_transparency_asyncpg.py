@@ -345,17 +345,12 @@ def test_cancel_via_timeout(proxy: Any, dbname: str) -> None:
     async def main() -> Any:
         c = await asyncpg.connect(proxy.dsn(dbname), timeout=15)
         try:
-            loop = asyncio.get_running_loop()
-            start = loop.time()
             with pytest.raises(asyncio.TimeoutError):
-                await c.fetchval("SELECT pg_sleep(10)", timeout=0.5)
-            elapsed = loop.time() - start
+                await c.fetchval("SELECT pg_sleep(600)", timeout=0.5)
             # asyncpg sends a CancelRequest on timeout; the connection must be usable after.
-            value = await c.fetchval("SELECT 7")
-            return elapsed, value
+            # Only a cancel that reached the backend frees it before the sleep ends.
+            return await c.fetchval("SELECT 7")
         finally:
             await c.close(timeout=10)
 
-    elapsed, value = run_async(main())
-    assert value == 7
-    assert elapsed < 8
+    assert run_async(main(), timeout=120) == 7

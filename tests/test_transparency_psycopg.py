@@ -8,7 +8,6 @@ notices and transaction status.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import psycopg
@@ -480,17 +479,15 @@ def test_cancel(proxy: Any, dbname: str, method: str) -> None:
     with psycopg.connect(proxy.dsn(dbname)) as c:
         c.execute("SELECT 1")
         timer = threading.Timer(0.5, getattr(c, method))
-        start = time.monotonic()
         timer.start()
         try:
+            # the event: only a cancel that reached the backend ends the sleep with 57014
             with pytest.raises(psycopg.errors.QueryCanceled) as info:
-                c.execute("SELECT pg_sleep(10)")
+                c.execute("SELECT pg_sleep(300)")
         finally:
             timer.cancel()
             timer.join()
-        elapsed = time.monotonic() - start
         assert info.value.diag.sqlstate == "57014"
-        assert elapsed < 8, "cancel did not reach the backend"
         c.rollback()
         # The connection is still usable, and a cancel does not hit the next query.
         assert c.execute("SELECT 42").fetchone() == (42,)

@@ -7,7 +7,8 @@ protected statements of that database are then refused with.
 
 The same check reads which tables of the database are soft-delete tables (when
 ``[[soft_delete]]`` is configured); that answer is refreshed in the background once it is
-older than ``SOFT_DELETE_REFRESH`` seconds, so tables created later are picked up.
+older than the ``soft_delete_refresh`` setting (60 s by default), so tables created later
+are picked up.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ class LedgerGate:
         target: UpstreamTarget,
         connect_timeout: float,
         soft_delete: list[SoftDeleteRule] | None = None,
+        soft_delete_refresh: float = SOFT_DELETE_REFRESH,
     ) -> None:
         self._target = target
+        self._refresh_after = soft_delete_refresh
         self._timeout = connect_timeout
         self._states: dict[str, LedgerState] = {}
         self._checks: dict[str, asyncio.Future[LedgerState]] = {}
@@ -79,13 +82,13 @@ class LedgerGate:
 
     def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
         """The database's soft-delete tables (None: not read yet, wait with ``ensure``).
-        An answer older than SOFT_DELETE_REFRESH is still returned while a fresh one is
+        An answer older than ``soft_delete_refresh`` is still returned while a fresh one is
         read in the background."""
         known = self._soft.get(database)
         if known is None:
             return None
         read_at, tables = known
-        if time.monotonic() - read_at > SOFT_DELETE_REFRESH and database not in self._soft_refresh:
+        if time.monotonic() - read_at > self._refresh_after and database not in self._soft_refresh:
             self._soft_refresh.add(database)
             task = asyncio.ensure_future(self._refresh_soft(database))
             self._tasks.add(task)
@@ -120,7 +123,7 @@ class LedgerGate:
         read_at = time.monotonic()
         if database in self._recheck:
             self._recheck.discard(database)
-            read_at -= SOFT_DELETE_REFRESH - DDL_RECHECK
+            read_at -= self._refresh_after - DDL_RECHECK
         self._soft[database] = (read_at, resolution.tables)
 
     async def ensure(self, database: str, user: str) -> LedgerState:
@@ -184,7 +187,7 @@ class LedgerGate:
                 except psycopg.Error as exc:
                     # DELETEs stay reversible (captured); soft delete waits for a re-read
                     log.error("soft-delete tables of database %s not read: %s", database, exc)
-                    retry_at = time.monotonic() - SOFT_DELETE_REFRESH + 10
+                    retry_at = time.monotonic() - self._refresh_after + 10
                     self._soft[database] = (retry_at, SoftDeleteTables())
         except (psycopg.Error, LedgerError) as exc:
             message = error_line(exc)

@@ -42,7 +42,9 @@ class ProxyServer:
         self.loop = loop
         self.classifier = Classifier(settings.classify_cache_size)
         self.policy = Policy(settings.policy)
-        self.ledger = LedgerGate(target, settings.connect_timeout, settings.soft_delete)
+        self.ledger = LedgerGate(
+            target, settings.connect_timeout, settings.soft_delete, settings.soft_delete_refresh
+        )
         self.sessions: set[ClientSession] = set()
         self.upstream_ssl = target.ssl_context() if target.wants_tls else None
         self.client_ssl = _client_ssl_context(settings)

@@ -24,7 +24,7 @@ from softguard.cli import ops_cmds
 from softguard.cli.main import app
 from softguard.cli.ops_cmds import parse_since
 
-Ledger = Any  # the `ledger` fixture (tests/ledger/conftest.py)
+Ledger = Any  # the `ledger` fixture (tests/fixtures/fix_ledger.py)
 
 runner = CliRunner()
 

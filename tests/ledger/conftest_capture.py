@@ -1,7 +1,7 @@
 """Helpers for the row-capture tests (DELETE/UPDATE/MERGE capture, truncate_op, alter_op).
 
 Imported by test_capture.py and test_truncate_alter.py (the directory is on sys.path);
-the fixtures rental_db and ledger come from tests/ledger/conftest.py.
+the fixtures rental_db and ledger come from tests/fixtures/fix_ledger.py.
 
 A "protected" session is what the proxy opens: the StartupMessage options carry
 softguard.capture / softguard.retention / softguard.client_addr as session defaults.
@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-Ledger = Any  # the `ledger` fixture (tests/ledger/conftest.py)
+Ledger = Any  # the `ledger` fixture (tests/fixtures/fix_ledger.py)
 
 CAPTURE_DELETE = (
     "-c softguard.capture=delete -c softguard.retention=604800 -c softguard.client_addr=127.0.0.1"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-Ledger = Any  # the `ledger` fixture (tests/ledger/conftest.py)
+Ledger = Any  # the `ledger` fixture (tests/fixtures/fix_ledger.py)
 
 
 @dataclass

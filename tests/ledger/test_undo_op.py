@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-Ledger = Any  # the `ledger` fixture (tests/ledger/conftest.py)
+Ledger = Any  # the `ledger` fixture (tests/fixtures/fix_ledger.py)
 
 
 def _undo_error(ledger: Ledger, db: str, op: int, **kw: Any) -> psycopg.Error:

@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from data_harness import compare_runs, row_ops, run, tables, undo_all
+from support.data_harness import compare_runs, row_ops, run, tables, undo_all
 
 MODES = ["simple", "prepared", "unnamed", "asyncpg"]
 CENTS = "UPDATE vehicles SET daily_rate = daily_rate + 0.45 WHERE id % 3 = 0"

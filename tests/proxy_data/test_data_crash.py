@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from data_harness import check_notice, notices_of, row_ops, undo_all
+from support.data_harness import check_notice, notices_of, row_ops, undo_all
 
 ITERATIONS = 15
 ROWS = 3000

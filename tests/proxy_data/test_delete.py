@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from data_harness import (
+from support.data_harness import (
     check_notice,
     compare_runs,
     results,

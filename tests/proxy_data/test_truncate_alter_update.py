@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from data_harness import (
+from support.data_harness import (
     check_notice,
     cli,
     compare_runs,

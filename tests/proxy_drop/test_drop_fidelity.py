@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from drop_harness import Step, check_softguard_notice, compare_runs, run, run_asyncpg
+from support.drop_harness import Step, check_softguard_notice, compare_runs, run, run_asyncpg
 
 
 @dataclass

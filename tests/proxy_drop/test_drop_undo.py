@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from drop_harness import check_softguard_notice, compare_runs, run
+from support.drop_harness import check_softguard_notice, compare_runs, run
 
 UNDO_CASES: dict[str, list[str]] = {
     "table": ["DROP TABLE big_refs"],

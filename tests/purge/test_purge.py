@@ -21,7 +21,7 @@ from typer.testing import CliRunner, Result
 
 from softguard.cli.main import app
 
-Ledger = Any  # the `ledger` fixture (tests/ledger/conftest.py)
+Ledger = Any  # the `ledger` fixture (tests/fixtures/fix_ledger.py)
 
 runner = CliRunner()
 

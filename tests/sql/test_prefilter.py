@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import random
-import re
 import string
 from pathlib import Path
 
 import pytest
 
-from softguard.sql import DANGEROUS_FUNCTIONS, OPAQUE_FUNCTIONS, Kind, classify
+from softguard.sql import Kind, classify
 from softguard.sql.prefilter import may_be_destructive
 
 CASES = Path(__file__).parent / "cases" / "classify.txt"
@@ -18,6 +17,42 @@ ALL_INPUTS = [
     "" if line == "<empty>" else line
     for line in CASES.read_text(encoding="utf-8").splitlines()
     if line.strip() and not line.startswith(("#", "=> "))
+]
+
+# The reference, written from PostgreSQL's documentation (functions that destroy data or
+# state; functions that run SQL given as text), not imported from softguard: a name dropped
+# from the implementation's lists must turn these tests red.
+DESTROYING_CALLS = {
+    "pg_terminate_backend": "pg_terminate_backend(12345)",
+    "pg_cancel_backend": "pg_cancel_backend(12345)",
+    "pg_drop_replication_slot": "pg_drop_replication_slot('s')",
+    "pg_replication_origin_drop": "pg_replication_origin_drop('o')",
+    "pg_promote": "pg_promote(true, 60)",
+    "pg_logical_slot_get_changes": "pg_logical_slot_get_changes('s', NULL, NULL)",
+    "pg_logical_slot_get_binary_changes": "pg_logical_slot_get_binary_changes('s', NULL, NULL)",
+    "pg_replication_slot_advance": "pg_replication_slot_advance('s', '0/0')",
+    "lo_unlink": "lo_unlink(16500)",
+    "lo_truncate": "lo_truncate(0, 10)",
+    "lo_truncate64": "lo_truncate64(0, 10)",
+    "lo_export": "lo_export(16500, '/tmp/x')",
+    "dblink_exec": "dblink_exec('dbname=x', 'DELETE FROM t')",
+    "pg_file_unlink": "pg_file_unlink('x')",
+    "pg_file_write": "pg_file_write('x', 'y', false)",
+    "pg_file_rename": "pg_file_rename('x', 'y')",
+}
+OPAQUE_CALLS = {
+    "dblink": "dblink('dbname=x', 'DELETE FROM t RETURNING 1')",
+    "dblink_send_query": "dblink_send_query('c', 'DELETE FROM t')",
+    "dblink_open": "dblink_open('c', 'SELECT 1')",
+    "query_to_xml": "query_to_xml('DELETE FROM t RETURNING 1', true, false, '')",
+    "query_to_xmlschema": "query_to_xmlschema('SELECT 1', true, false, '')",
+    "query_to_xml_and_xmlschema": "query_to_xml_and_xmlschema('SELECT 1', true, false, '')",
+    "ts_stat": "ts_stat('SELECT v FROM t')",
+    "ts_rewrite": "ts_rewrite('a & b'::tsquery, 'SELECT t, s FROM aliases')",
+}
+REFERENCE_CALLS = [
+    *((n, c, Kind.DESTRUCTIVE) for n, c in DESTROYING_CALLS.items()),
+    *((n, c, Kind.OPAQUE) for n, c in OPAQUE_CALLS.items()),
 ]
 
 HOT_PATH = [
@@ -101,10 +136,24 @@ def test_longer_identifiers_are_not_keywords(sql: str) -> None:
     assert not may_be_destructive(sql.encode())
 
 
-def test_every_dangerous_function_name_is_a_trigger() -> None:
-    for name in DANGEROUS_FUNCTIONS | OPAQUE_FUNCTIONS:
-        assert may_be_destructive(f"SELECT {name}(1)".encode()), name
-        assert may_be_destructive(f"SELECT {name.upper()}(1)".encode()), name
+@pytest.mark.parametrize(("name", "call", "kind"), REFERENCE_CALLS, ids=lambda v: str(v)[:40])
+def test_every_reference_function_is_classified_and_a_trigger(
+    name: str, call: str, kind: Kind
+) -> None:
+    for sql in (
+        f"SELECT {call}",
+        f"SELECT pg_catalog.{call.upper()}",
+        f'SELECT "{name}"{call.removeprefix(name)}',
+        f"SELECT * FROM {call} AS r(a int)",
+    ):
+        assert classify(sql).kind is kind, sql
+        assert may_be_destructive(sql.encode()), sql
+
+
+def test_a_three_argument_ts_rewrite_is_safe() -> None:
+    # ts_rewrite(query, target, substitute) runs no SQL text: only the two-argument form does
+    sql = "SELECT ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)"
+    assert classify(sql).kind is Kind.SAFE
 
 
 def test_non_ascii_and_binary_bytes_are_safe_to_scan() -> None:
@@ -132,7 +181,7 @@ _TEMPLATES = [
 _DML = ["DELETE FROM {t}", "UPDATE {t} SET a = 1", "delete from {t} where {c}"]
 _OBJ = ["TABLE", "VIEW", "SCHEMA", "INDEX", "SEQUENCE", "TYPE", "DOMAIN", "FUNCTION"]
 _SEP = [" ", "\n", "/* c */", "--c\n", "\t", "/* é */"]
-_FN = sorted(DANGEROUS_FUNCTIONS | OPAQUE_FUNCTIONS)
+_FN = sorted(DESTROYING_CALLS) + sorted(set(OPAQUE_CALLS) - {"ts_rewrite"})
 
 
 def _case(rng: random.Random, text: str) -> str:
@@ -167,5 +216,4 @@ def test_random_identifiers_with_keyword_inside_do_not_match() -> None:
     for _ in range(500):
         left = "".join(rng.choice(string.ascii_lowercase) for _ in range(3))
         ident = f"{left}delete{left}"
-        assert not re.search(r"\bdelete\b", ident)
         assert not may_be_destructive(ident.encode())

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from .proxy import via_direct
+
 T = TypeVar("T")
 
 
@@ -77,15 +79,21 @@ def compare(
     fn: Callable[[psycopg.Connection], Any],
     *,
     autocommit: bool = False,
+    softguard_notices: int = 0,
     **connect_kwargs: Any,
 ) -> Outcome:
-    """Run fn on a fresh direct connection and a fresh proxied one; assert same Outcome."""
+    """Run fn on a fresh direct connection and a fresh proxied one; assert same Outcome,
+    and that the proxied run got exactly ``softguard_notices`` softguard NOTICEs (one per
+    reversible operation; none on ordinary traffic)."""
     outcomes = []
     for dsn in (direct_dsn, proxy_dsn):
         with psycopg.connect(dsn, autocommit=autocommit, **connect_kwargs) as c:
             outcomes.append(capture(c, fn))
     direct, proxied = outcomes
     assert proxied == direct, f"through proxy:\n{proxied}\ndirect:\n{direct}"
+    assert direct.softguard_notices == [], direct.softguard_notices
+    if not via_direct():  # SOFTGUARD_TEST_VIA=direct: no proxy, no notices
+        assert len(proxied.softguard_notices) == softguard_notices, proxied.softguard_notices
     return direct
 
 

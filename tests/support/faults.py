@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 PROTOCOL_3_0 = 3 << 16
+# Default wait for something that is bound to happen (a reply, an EOF): generous, because
+# a loaded machine runs late; a test about a timeout passes within(timeout) instead.
+EVENT_TIMEOUT = 30.0
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
 GSSENC_REQUEST = struct.pack("!II", 8, 80877104)
 
@@ -120,7 +123,7 @@ class RawConn:
         self.eof = False
 
     @classmethod
-    def connect(cls, host: str, port: int, timeout: float = 5.0) -> RawConn:
+    def connect(cls, host: str, port: int, timeout: float = EVENT_TIMEOUT) -> RawConn:
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(sock)
@@ -164,7 +167,7 @@ class RawConn:
             raise Closed()
         self.buf += chunk
 
-    def read_bytes(self, n: int, timeout: float = 5.0) -> bytes:
+    def read_bytes(self, n: int, timeout: float = EVENT_TIMEOUT) -> bytes:
         deadline = time.monotonic() + timeout
         while len(self.buf) < n:
             self._fill(deadline)
@@ -172,7 +175,7 @@ class RawConn:
         del self.buf[:n]
         return out
 
-    def read_message(self, timeout: float = 5.0, max_length: int = 1 << 28) -> Message:
+    def read_message(self, timeout: float = EVENT_TIMEOUT, max_length: int = 1 << 28) -> Message:
         """One typed message; Closed at EOF (partial bytes left in buf), TimeoutError."""
         deadline = time.monotonic() + timeout
         while len(self.buf) < 5:
@@ -200,10 +203,10 @@ class RawConn:
                 return out
         raise AssertionError(f"no matching message within {max_messages} messages")
 
-    def read_until_ready(self, timeout: float = 10.0) -> list[Message]:
+    def read_until_ready(self, timeout: float = EVENT_TIMEOUT) -> list[Message]:
         return self.read_until(lambda m: m.type == b"Z", timeout)
 
-    def wait_eof(self, timeout: float = 5.0) -> bytes:
+    def wait_eof(self, timeout: float = EVENT_TIMEOUT) -> bytes:
         """Read until EOF, returning what came; TimeoutError if the peer keeps it open."""
         deadline = time.monotonic() + timeout
         got = bytes(self.buf)
@@ -220,7 +223,7 @@ class RawConn:
             got += bytes(self.buf)
             self.buf.clear()
 
-    def messages_until_eof(self, timeout: float = 5.0) -> list[Message]:
+    def messages_until_eof(self, timeout: float = EVENT_TIMEOUT) -> list[Message]:
         """All messages until EOF. TimeoutError if the connection stays open."""
         deadline = time.monotonic() + timeout
         out: list[Message] = []
@@ -238,7 +241,7 @@ class RawConn:
 
 
 def expect_fatal(
-    conn: RawConn, sqlstate: str | tuple[str, ...], timeout: float = 5.0
+    conn: RawConn, sqlstate: str | tuple[str, ...], timeout: float = EVENT_TIMEOUT
 ) -> dict[str, str]:
     """Everything until EOF must contain a FATAL ErrorResponse with ``sqlstate``, last.
 
@@ -255,7 +258,9 @@ def expect_fatal(
     return fields
 
 
-def raw_session(host: str, port: int, user: str, database: str, timeout: float = 10.0) -> RawConn:
+def raw_session(
+    host: str, port: int, user: str, database: str, timeout: float = EVENT_TIMEOUT
+) -> RawConn:
     """A raw connection through startup (trust auth) up to the first ReadyForQuery."""
     conn = RawConn.connect(host, port, timeout=timeout)
     try:
@@ -283,6 +288,13 @@ def rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def within(timeout: float) -> float:
+    """How long a test waits for what a ``timeout``-second setting causes: far more than
+    the setting (a loaded 2-core machine runs late), far less than "never". Tests assert
+    lower bounds against the setting itself and upper bounds only through this."""
+    return 10 * timeout + 20
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -1,8 +1,7 @@
 """Helpers for tests/proxy_softdelete (soft-delete mode, issue 6).
 
-The harnesses of tests/proxy_drop and tests/proxy_data are reused: data_harness.py is
-loaded as a module under its own name (it loads tests/proxy_drop/drop_harness.py and
-conftest.py the same way; nothing in them is modified).
+The harnesses of tests/proxy_drop and tests/proxy_data (support.drop_harness,
+support.data_harness) are reused.
 
 What is added here: the rental template with the soft-delete columns, the proxy
 configurations, the soft-delete NOTICE, and superuser-side views of the customers table
@@ -23,24 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from support.modules import load_module
+
+from support import data_harness
+from support import drop_harness as dh
 from support.proxy import free_port, wait_listening
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
-data_harness = load_module(
-    "_sg_softdelete_data_harness", HERE.parent / "proxy_data" / "data_harness.py"
-)
-dh = data_harness.dh  # tests/proxy_drop/drop_harness.py
 results = data_harness.results
 run = data_harness.run
 cli = data_harness.cli
 Seen = dh.Seen
-
-
-def proxy_drop_conftest() -> Any:
-    return data_harness.proxy_drop_conftest()
 
 
 # What the template adds to rental.sql: the application's soft-delete columns.
@@ -96,32 +88,41 @@ REFUSED_PREFIX = (
 )
 
 
-def check_sd_notice(
-    text: str,
-    table: str = "public.customers",
-    column: str = "deleted_at",
-    rows: int | None = None,
-) -> int:
-    """Assert the soft-delete NOTICE's exact form (and, if it states a row count, that it
-    is ``rows``); return its operation id."""
+def check_sd_notice(text: str, table: str = "public.customers", column: str = "deleted_at") -> int:
+    """Assert the soft-delete NOTICE's exact form (it states no row count); return its
+    operation id."""
     m = SD_NOTICE.match(text)
     assert m, f"soft-delete notice has an unexpected form: {text!r}"
     assert m["n"] is None, f"{text!r}: the NOTICE states no row count"
     assert m["table"] == table, text
     assert m["column"] == column, text
-    if m["n"] is not None and rows is not None:
-        assert int(m["n"]) == rows, f"{text!r}: expected {rows} rows"
     until = date.fromisoformat(m["until"])
     today = date.today()
     assert today + timedelta(days=6) <= until <= today + timedelta(days=8), text
     return int(m["op"])
 
 
-def notice_rows(text: str) -> int | None:
-    """The row count a soft-delete NOTICE states, if it states one."""
-    m = SD_NOTICE.match(text)
-    assert m, text
-    return int(m["n"]) if m["n"] is not None else None
+def check_sd_op(
+    sg: Any,
+    db: str,
+    text: str,
+    rows: int,
+    table: str = "public.customers",
+    column: str = "deleted_at",
+) -> int:
+    """check_sd_notice, and that the operation it announces marked ``rows`` rows of
+    ``table`` with its first statement (the ledger's first capture; the NOTICE has no
+    count); return the operation id."""
+    op = check_sd_notice(text, table, column)
+    caps = captures(sg, db, op)
+    assert caps, f"operation {op} ({text!r}) captured nothing"
+    first = caps[0]
+    assert (first["table_identity"], first["event"], first["n_rows"]) == (
+        table,
+        "soft_delete",
+        rows,
+    ), f"{text!r}: expected {rows} rows marked, the ledger has {caps}"
+    return op
 
 
 def sg_notices(conn: psycopg.Connection[Any]) -> list[str]:

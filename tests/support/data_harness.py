@@ -1,9 +1,5 @@
-"""Helpers for tests/proxy_data: the harness of tests/proxy_drop, reused, plus what the
-data-change tests add (RowDescription types, the data-change NOTICE, ledger queries).
-
-tests/proxy_drop/drop_harness.py and tests/proxy_drop/conftest.py are loaded as modules
-under their own names (nothing in them is modified).
-"""
+"""Helpers for tests/proxy_data: drop_harness reused, plus what the data-change tests add
+(RowDescription types, the data-change NOTICE, ledger queries)."""
 
 from __future__ import annotations
 
@@ -17,17 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from support.modules import load_module
 
-_PROXY_DROP = Path(__file__).resolve().parents[1] / "proxy_drop"
+from support import drop_harness as dh
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-
-def proxy_drop_conftest() -> Any:
-    return load_module("_sg_proxy_data_drop_conftest", _PROXY_DROP / "conftest.py")
-
-
-dh = load_module("_sg_proxy_data_drop_harness", _PROXY_DROP / "drop_harness.py")
 Seen = dh.Seen
 Step = dh.Step
 
