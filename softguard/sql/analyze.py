@@ -114,6 +114,8 @@ _FALSE = frozenset({"false", "off", "no", "n", "f", "0", "of", "fa", "fal", "fal
 
 
 def _explain(body: Node, command: str, depth: int, text: str) -> Statement:
+    # PostgreSQL takes the last of repeated options (``ANALYZE false, ANALYZE true``):
+    # any ANALYZE that is not plainly false counts, so option order cannot talk it round.
     for option in body.get("options", ()):
         d = option.get("DefElem", {})
         if d.get("defname") != "analyze":
@@ -125,7 +127,7 @@ def _explain(body: Node, command: str, depth: int, text: str) -> Statement:
         elif "Boolean" in arg:
             value = arg["Boolean"].get("boolval", False)
         if str(value).lower() in _FALSE or value is False:
-            break
+            continue
         inner = analyze(body["query"], depth)
         if inner.kind is Kind.SAFE:
             break

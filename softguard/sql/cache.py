@@ -14,15 +14,39 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from softguard.sql.classify import SAFE_EMPTY, Classification, Kind, classify
+from softguard.sql.classify import SAFE_EMPTY, Classification, Kind, classify_with_constants
 from softguard.sql.prefilter import may_be_destructive
 
 __all__ = ["Classifier", "ClassifierStats"]
 
-# Numeric literals (not digits inside identifiers or $n parameters). Two texts that differ
-# only in these have the same statements, kinds, actions and policy categories; only
-# offsets and quoted numeric names may differ.
-_NUMBERS = re.compile(rb"(?<![\w$])\d+(?:\.\d+)?")
+# Candidate numeric literals: a maximal run of digits (at most 9: larger ones lex as
+# another kind of constant), or digits.digits, delimited by bytes that cannot extend a
+# token. A text's shape replaces them with 0 / 0.0; the shape is only remembered when every
+# candidate is a constant the statement uses as a plain value (`_numbers_are_values`).
+_NUMBERS = re.compile(rb"(?<![\w$.\x80-\xff])(?:(\d+\.\d+)|\d{1,9})(?![\w$.\x80-\xff])")
+
+
+def _shape_of(sql: bytes) -> bytes:
+    return _NUMBERS.sub(lambda m: b"0.0" if m.group(1) else b"0", sql)
+
+
+def _numbers_are_values(sql: bytes, constants: frozenset[int] | None) -> bool:
+    """True when every candidate number of *sql* is one of the parsed numeric *constants*
+    (at its first digit, or at the ``-`` the parser folded into it). Then a text of the
+    same shape lexes into the same tokens, differing only in those constants' values,
+    which no rule reads: it classifies alike (apart from byte offsets)."""
+    if constants is None:
+        return False
+    for match in _NUMBERS.finditer(sql):
+        start = match.start()
+        if start in constants:
+            continue
+        before = start - 1
+        while before >= 0 and sql[before] in b" \t\r\n\f\v":
+            before -= 1
+        if before < 0 or sql[before] != 0x2D or before not in constants:  # 0x2D: "-"
+            return False
+    return True
 
 
 @dataclass(slots=True)
@@ -72,27 +96,34 @@ class Classifier:
             cache.move_to_end(sql)
             self.stats.cache_hits += 1
             return hit
+        return self._parse(sql)[0]
+
+    def _parse(self, sql: bytes) -> tuple[Classification, frozenset[int] | None]:
+        """Parse and remember *sql* exactly; also its numeric constants (see
+        `classify_with_constants`)."""
         self.stats.parsed += 1
+        constants: frozenset[int] | None = None
         try:
             text = sql.decode("utf-8")
         except UnicodeDecodeError as exc:
             result = Classification(Kind.UNPARSEABLE, (), error=f"invalid UTF-8: {exc}")
         else:
-            result = classify(text)
+            result, constants = classify_with_constants(text)
+        cache = self._cache
         if self._size and len(sql) <= self._max_text_bytes:
             cache[sql] = result
             if len(cache) > self._size:
                 cache.popitem(last=False)
                 self.stats.evictions += 1
-        return result
+        return result, constants
 
     def classify_shape(self, sql: bytes) -> Classification:
         """Like `classify_bytes`, but may answer with the classification of a text that
-        differs only in numeric literals (pgbench's and most ORMs' inlined values).
-
-        Good for deciding *what kind* of statement this is and which policy category it
-        falls in; not for its byte offsets or quoted numeric names: a caller that rewrites
-        the text must use `classify_bytes`.
+        differs only in the values of numeric constants (pgbench's and most ORMs' inlined
+        values). The answer is the one `classify_bytes` would give, except for byte
+        offsets (``location``/``length``): a caller that rewrites the text must use
+        `classify_bytes`. Numbers that carry meaning (``EXPLAIN (ANALYZE 1)``, names,
+        strings, comments) make a text's shape uncacheable, so they always parse.
         """
         if not may_be_destructive(sql):
             self.stats.prefiltered += 1
@@ -102,15 +133,19 @@ class Classifier:
             self._cache.move_to_end(sql)
             self.stats.cache_hits += 1
             return exact
-        key = _NUMBERS.sub(b"0", sql)
+        key = _shape_of(sql)
         shapes = self._shapes
         hit = shapes.get(key)
         if hit is not None:
             shapes.move_to_end(key)
             self.stats.cache_hits += 1
             return hit
-        result = self.classify_bytes(sql)
-        if self._size and len(sql) <= self._max_text_bytes:
+        result, constants = self._parse(sql)
+        if (
+            self._size
+            and len(sql) <= self._max_text_bytes
+            and _numbers_are_values(sql, constants)
+        ):
             shapes[key] = result
             if len(shapes) > self._size:
                 shapes.popitem(last=False)

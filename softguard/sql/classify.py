@@ -174,8 +174,35 @@ def classify(sql: str) -> Classification:
 
 def classify_nested(sql: str, depth: int) -> Classification:
     """classify() for SQL found inside other SQL (function bodies), *depth* levels down."""
+    return _classify(sql, depth, None)
+
+
+# A numeric constant used as a value (``{"A_Const":{"ival":...,"location":N}}``). Inside
+# a JSON string every quote is escaped, so ``{"`` only matches the tree's own structure.
+_NUMERIC_CONST = re.compile(
+    rb'\{"A_Const":\{"(?:ival|fval)":\{(?:"(?:ival|fval)":(?:-?\d+|"[-0-9.eE+]*"))?\}'
+    rb',"location":(\d+)\}\}'
+)
+
+
+def classify_with_constants(sql: str) -> tuple[Classification, frozenset[int] | None]:
+    """classify(), plus the UTF-8 byte offsets of the numeric constants the statement uses
+    as plain values (``WHERE id = 42``, ``LIMIT 10``; a negative one at its ``-``), or None
+    when the text did not parse. No rule reads such a value, so texts that differ only
+    there classify alike (`softguard.sql.cache` relies on it); numbers anywhere else
+    (``EXPLAIN (ANALYZE 1)``, strings, names, comments) are not listed."""
+    found: list[int] = []
+    result = _classify(sql, 0, found)
+    return result, None if result.kind is Kind.UNPARSEABLE else frozenset(found)
+
+
+def _classify(sql: str, depth: int, constants: list[int] | None) -> Classification:
     try:
-        tree = load_json(parse_sql_json(sql))
+        raw = parse_sql_json(sql)
+        if constants is not None:
+            encoded_raw = raw.encode()
+            constants.extend(int(m.group(1)) for m in _NUMERIC_CONST.finditer(encoded_raw))
+        tree = load_json(raw)
         if not isinstance(tree, dict):
             raise ValueError("parse tree is not an object")
     except ParseError as exc:
