@@ -233,7 +233,9 @@ class Policy:
         """One decision per non-SAFE statement (one for the whole text if unparseable)."""
         log_it = log_it and log.isEnabledFor(logging.INFO)
         if classification.kind is Kind.UNPARSEABLE:
-            verdict = self.verdict("unparseable", session)
+            # Text that means different statements in different client encodings is
+            # refused whatever the configuration: softguard cannot know which one runs.
+            verdict = "deny" if classification.ambiguous else self.verdict("unparseable", session)
             if log_it:
                 log.info(
                     "unparseable statement via %s (%s): %s; user=%s db=%s",
@@ -245,6 +247,8 @@ class Policy:
                 )
             action = Action.DENY if verdict == "deny" else Action.ALLOW
             reason = f"softguard could not parse this statement: {classification.error}"
+            if classification.ambiguous:
+                reason = f"softguard: statement refused: {classification.error}"
             return [Decision(action, "unparseable", None, reason)]
         decisions = []
         for stmt in classification.statements:

@@ -14,8 +14,9 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from softguard.sql.classify import SAFE_EMPTY, Classification, Kind, classify_with_constants
+from softguard.sql.classify import SAFE_EMPTY, Classification
 from softguard.sql.prefilter import may_be_destructive
+from softguard.sql.reading import classify_wire
 
 __all__ = ["Classifier", "ClassifierStats"]
 
@@ -24,6 +25,14 @@ __all__ = ["Classifier", "ClassifierStats"]
 # token. A text's shape replaces them with 0 / 0.0; the shape is only remembered when every
 # candidate is a constant the statement uses as a plain value (`_numbers_are_values`).
 _NUMBERS = re.compile(rb"(?<![\w$.\x80-\xff])(?:(\d+\.\d+)|\d{1,9})(?![\w$.\x80-\xff])")
+
+
+def _key(sql: bytes, client_encoding: str) -> bytes:
+    """The exact cache's key: the bytes, and for non-ASCII text the encoding read in
+    (NUL cannot occur in a statement text, so keys cannot collide)."""
+    if sql.isascii():
+        return sql
+    return client_encoding.encode("ascii", "replace") + b"\0" + sql
 
 
 def _shape_of(sql: bytes) -> bytes:
@@ -79,45 +88,45 @@ class Classifier:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def classify_bytes(self, sql: bytes | bytearray | memoryview) -> Classification:
-        """Classify *sql* as it comes off the wire (UTF-8 bytes, no trailing NUL).
-
-        Text that is not valid UTF-8 (and not prefiltered) is UNPARSEABLE: a UTF-8 server
-        rejects it too; a proxy serving another client_encoding must transcode first.
-        """
+    def classify_bytes(
+        self, sql: bytes | bytearray | memoryview, client_encoding: str = "UTF8"
+    ) -> Classification:
+        """Classify *sql* as it comes off the wire (no trailing NUL) in the session's
+        *client_encoding* (the last value the server reported in ParameterStatus, or the
+        startup parameter): see `softguard.sql.reading.classify_wire`. Text the server
+        could read as different statements in another client encoding is UNPARSEABLE
+        with ``ambiguous=True``; text not valid in *client_encoding* that no encoding
+        makes harmful is UNPARSEABLE (the server rejects it)."""
         if type(sql) is not bytes:
             sql = bytes(sql)  # bytearray / memoryview from a receive buffer
         if not may_be_destructive(sql):
             self.stats.prefiltered += 1
             return SAFE_EMPTY
+        key = _key(sql, client_encoding)
         cache = self._cache
-        hit = cache.get(sql)
+        hit = cache.get(key)
         if hit is not None:
-            cache.move_to_end(sql)
+            cache.move_to_end(key)
             self.stats.cache_hits += 1
             return hit
-        return self._parse(sql)[0]
+        return self._parse(sql, key, client_encoding)[0]
 
-    def _parse(self, sql: bytes) -> tuple[Classification, frozenset[int] | None]:
-        """Parse and remember *sql* exactly; also its numeric constants (see
+    def _parse(
+        self, sql: bytes, key: bytes, client_encoding: str
+    ) -> tuple[Classification, frozenset[int] | None]:
+        """Classify and remember *sql* under *key*; also its numeric constants (see
         `classify_with_constants`)."""
         self.stats.parsed += 1
-        constants: frozenset[int] | None = None
-        try:
-            text = sql.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            result = Classification(Kind.UNPARSEABLE, (), error=f"invalid UTF-8: {exc}")
-        else:
-            result, constants = classify_with_constants(text)
+        result, constants = classify_wire(sql, client_encoding)
         cache = self._cache
         if self._size and len(sql) <= self._max_text_bytes:
-            cache[sql] = result
+            cache[key] = result
             if len(cache) > self._size:
                 cache.popitem(last=False)
                 self.stats.evictions += 1
         return result, constants
 
-    def classify_shape(self, sql: bytes) -> Classification:
+    def classify_shape(self, sql: bytes, client_encoding: str = "UTF8") -> Classification:
         """Like `classify_bytes`, but may answer with the classification of a text that
         differs only in the values of numeric constants (pgbench's and most ORMs' inlined
         values). The answer is the one `classify_bytes` would give, except for byte
@@ -128,9 +137,10 @@ class Classifier:
         if not may_be_destructive(sql):
             self.stats.prefiltered += 1
             return SAFE_EMPTY
-        exact = self._cache.get(sql)
+        exact_key = _key(sql, client_encoding)
+        exact = self._cache.get(exact_key)
         if exact is not None:
-            self._cache.move_to_end(sql)
+            self._cache.move_to_end(exact_key)
             self.stats.cache_hits += 1
             return exact
         key = _shape_of(sql)
@@ -140,12 +150,8 @@ class Classifier:
             shapes.move_to_end(key)
             self.stats.cache_hits += 1
             return hit
-        result, constants = self._parse(sql)
-        if (
-            self._size
-            and len(sql) <= self._max_text_bytes
-            and _numbers_are_values(sql, constants)
-        ):
+        result, constants = self._parse(sql, exact_key, client_encoding)
+        if self._size and len(sql) <= self._max_text_bytes and _numbers_are_values(sql, constants):
             shapes[key] = result
             if len(shapes) > self._size:
                 shapes.popitem(last=False)

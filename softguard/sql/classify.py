@@ -149,6 +149,9 @@ class Classification:
     kind: Kind
     statements: tuple[Statement, ...]
     error: str | None = None
+    # UNPARSEABLE because the text reads as different statements in different client
+    # encodings (softguard.sql.reading): refused whatever the policy says.
+    ambiguous: bool = False
 
     @property
     def destructive(self) -> tuple[Statement, ...]:

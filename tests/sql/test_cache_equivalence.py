@@ -14,10 +14,10 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_classify import ALL_CASES
 
 from softguard.sql import Classification, Classifier, Kind, Statement, classify, may_be_destructive
 from softguard.sql.classify import SAFE_EMPTY
-from test_classify import ALL_CASES
 
 
 def _strip(stmt: Statement) -> Statement:
