@@ -36,6 +36,7 @@ def classify_wire(
         return classify_with_constants(data.decode("ascii"))
     primary: Classification | None
     constants: frozenset[int] | None = None
+    error: str | None
     try:
         text = decode(data, client_encoding)
     except ValueError as exc:
