@@ -160,7 +160,9 @@ class PolicyConfig(_Verdicts):
     alter: Verdict = "protect"
     dangerous: Verdict = "deny"
     opaque: Verdict = "allow"
-    unparseable: Verdict = "allow"
+    # Text softguard cannot parse that the server may run (decision 0011); what the server
+    # rejects too is passed whatever this says.
+    unparseable: Verdict = "deny"
     retention_days: float = Field(
         default=7.0, gt=0, le=MAX_RETENTION_DAYS, description="how long operations stay undoable"
     )
@@ -235,7 +237,12 @@ class Policy:
         if classification.kind is Kind.UNPARSEABLE:
             # Text that means different statements in different client encodings is
             # refused whatever the configuration: softguard cannot know which one runs.
-            verdict = "deny" if classification.ambiguous else self.verdict("unparseable", session)
+            if classification.ambiguous:
+                verdict: Verdict = "deny"
+            elif classification.inert:
+                verdict = "allow"  # the server rejects it too: let it answer with its error
+            else:
+                verdict = self.verdict("unparseable", session)
             if log_it:
                 log.info(
                     "unparseable statement via %s (%s): %s; user=%s db=%s",

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 from pglast.parser import ParseError, parse_sql_json
+
+from softguard.sql.grammar import name_readings, old_lexer_differs
 
 __all__ = ["Classification", "Kind", "Statement", "Target", "classify", "quote_ident"]
 
@@ -152,6 +154,9 @@ class Classification:
     # UNPARSEABLE because the text reads as different statements in different client
     # encodings (softguard.sql.reading): refused whatever the policy says.
     ambiguous: bool = False
+    # UNPARSEABLE text the server rejects too (softguard.sql.reading): nothing in it runs,
+    # so the policy lets the server answer with its own error.
+    inert: bool = False
 
     @property
     def destructive(self) -> tuple[Statement, ...]:
@@ -172,7 +177,7 @@ MAX_BODY_DEPTH = 4
 
 def classify(sql: str) -> Classification:
     """Classify every statement of *sql*. Pure; never raises on bad SQL."""
-    return classify_nested(sql, 0)
+    return _classify(sql, 0, None)
 
 
 def classify_nested(sql: str, depth: int) -> Classification:
@@ -200,6 +205,43 @@ def classify_with_constants(sql: str) -> tuple[Classification, frozenset[int] | 
 
 
 def _classify(sql: str, depth: int, constants: list[int] | None) -> Classification:
+    result = _classify_text(sql, depth, constants)
+    if depth == 0 and result.kind is Kind.UNPARSEABLE:
+        return unparseable(sql, result)
+    return result
+
+
+def unparseable(text: str, result: Classification) -> Classification:
+    """*result*, the UNPARSEABLE classification of *text*, marked ``inert`` when the server
+    rejects the text too: it does not parse with the keywords that older servers take as
+    names read as names (softguard.sql.grammar), nor lexes differently there. A parse
+    tree softguard could not inspect is never inert: the server runs it."""
+    error = result.error or ""
+    if error.startswith(_NOT_INSPECTED):
+        return result
+    quoted = name_readings(text)
+    if quoted is not None:
+        older = _classify(quoted, 0, None)
+        if older.kind is not Kind.UNPARSEABLE:
+            if older.kind is Kind.SAFE:
+                return replace(result, inert=True)
+            what = ", ".join(s.summary() for s in older.statements if s.kind is not Kind.SAFE)
+            return replace(
+                result,
+                error=f"{error}; PostgreSQL 14-17 take some of its words as names, and "
+                f"then it runs {what}",
+            )
+    if old_lexer_differs(text):
+        return replace(
+            result, error=f"{error}; PostgreSQL 14 reads a number followed by letters as two"
+        )
+    return replace(result, inert=True)
+
+
+_NOT_INSPECTED = ("parse tree not inspectable", "softguard could not inspect")
+
+
+def _classify_text(sql: str, depth: int, constants: list[int] | None) -> Classification:
     try:
         raw = parse_sql_json(sql)
         if constants is not None:

@@ -20,6 +20,7 @@ from softguard.sql.classify import (
     classify_with_constants,
 )
 from softguard.sql.encoding import canonical_encoding, decode, other_readings
+from softguard.sql.grammar import name_readings
 
 __all__ = ["classify_wire", "signature"]
 
@@ -50,7 +51,7 @@ def classify_wire(
     readable = primary is not None and primary.kind is not Kind.UNPARSEABLE
     expected = signature(primary) if primary is not None and readable else None
     for reading in other_readings(data, client_encoding, include_own=primary is None):
-        other = classify(reading.text)
+        other = _classify_any_grammar(reading.text)
         if other.kind is Kind.UNPARSEABLE or (not readable and other.kind is Kind.SAFE):
             continue
         if expected is None or signature(other) != expected:
@@ -70,8 +71,19 @@ def classify_wire(
                 None,
             )
     if primary is None:
-        return Classification(Kind.UNPARSEABLE, (), error=error), None
+        # invalid in its encoding and harmless (or unparseable) in every other: rejected
+        return Classification(Kind.UNPARSEABLE, (), error=error, inert=True), None
     return primary, constants
+
+
+def _classify_any_grammar(text: str) -> Classification:
+    """classify(), or, when that fails, the reading an older server's grammar gives."""
+    result = classify(text)
+    if result.kind is Kind.UNPARSEABLE:
+        quoted = name_readings(text)
+        if quoted is not None:
+            return classify(quoted)
+    return result
 
 
 def signature(result: Classification) -> tuple[Any, ...]:
