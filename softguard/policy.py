@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from softguard.sql import Classification, Kind, Statement
+from softguard.sql import Classification, Kind, Statement, classify
 
 log = logging.getLogger("softguard.policy")
 
@@ -224,6 +224,11 @@ class Policy:
                 return value  # type: ignore[no-any-return]
         return getattr(self.config, category)  # type: ignore[no-any-return]
 
+    def decide_function_call(self, oid: int, session: SessionInfo) -> Decision:
+        """ALLOW or DENY a FunctionCall ('F') message calling function *oid*: see
+        `decide_function_call`."""
+        return decide_function_call(self, oid, session)
+
     def decide(
         self,
         classification: Classification,
@@ -295,6 +300,59 @@ class Policy:
             reason = _reason(category, stmt_for_reason) if verdict == "deny" else ""
             decisions.append(Decision(Action(verdict), category, stmt, reason))
         return decisions
+
+
+# Functions a FunctionCall ('F') message may run, by OID. Built-in OIDs are fixed in
+# PostgreSQL's pg_proc.dat and the same in every version (tests/test_policy_read_server.py
+# checks them against the server); user objects never get an OID below 16384, so no OID
+# here can name another function. These are the large-object functions libpq's lo_*() API
+# calls through FunctionCall; any other OID is refused.
+FASTPATH_FUNCTIONS: dict[int, str] = {
+    715: "lo_create",
+    952: "lo_open",
+    953: "lo_close",
+    954: "loread",
+    955: "lowrite",
+    956: "lo_lseek",
+    957: "lo_creat",
+    958: "lo_tell",
+    964: "lo_unlink",
+    1004: "lo_truncate",
+    3170: "lo_lseek64",
+    3171: "lo_tell64",
+    3172: "lo_truncate64",
+}
+
+
+def _function_call_classification(name: str) -> Classification:
+    return classify(f"SELECT pg_catalog.{name}()")
+
+
+def decide_function_call(policy: Policy, oid: int, session: SessionInfo) -> Decision:
+    """ALLOW or DENY a FunctionCall ('F') of function *oid*: refused unless the function
+    is in `FASTPATH_FUNCTIONS`, and then decided as ``SELECT <function>(...)`` would be
+    (``lo_unlink`` is "dangerous": refused by default). A refused call is answered with
+    `softguard.wire.function_call.function_call_refusal`."""
+    name = FASTPATH_FUNCTIONS.get(oid)
+    if name is None:
+        reason = (
+            f"softguard: FunctionCall of function OID {oid} is refused: softguard only lets "
+            "the large-object functions through this protocol message"
+        )
+        log.info(
+            "deny function_call via function call: OID %s; user=%s db=%s client=%s",
+            oid,
+            session.user,
+            session.database,
+            session.client_addr,
+        )
+        return Decision(Action.DENY, "function_call", None, reason)
+    decisions = policy.decide(_function_call_classification(name), session, source="function call")
+    for decision in decisions:
+        if decision.action is not Action.ALLOW:
+            reason = decision.reason or f"softguard: FunctionCall of {name} is refused by policy"
+            return Decision(Action.DENY, decision.category, decision.statement, reason)
+    return Decision(Action.ALLOW, "function_call", None)
 
 
 def _reason(category: str, stmt: Statement) -> str:

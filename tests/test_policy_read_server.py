@@ -3,10 +3,16 @@ unparseable text, FunctionCall messages (issues 10 and 18)."""
 
 from __future__ import annotations
 
+import struct
+
+import psycopg
 import pytest
 
-from softguard.policy import Action, Policy, PolicyConfig, SessionInfo
-from softguard.sql import classify
+from softguard.policy import FASTPATH_FUNCTIONS, Action, Policy, PolicyConfig, Rule, SessionInfo
+from softguard.sql import Classifier, Kind, classify
+from softguard.sql.grammar import NEWER_KEYWORDS
+from softguard.wire.function_call import REFUSAL_HINT, function_call_oid, function_call_refusal
+from softguard.wire.messages import parse_fields
 
 SESSION = SessionInfo("app", "db", "psql", "127.0.0.1")
 
@@ -28,8 +34,6 @@ def test_an_alter_is_protected_whatever_subcommand_comes_first(sql: str) -> None
 
 # -- unparseable text (issue 18 item 2) ------------------------------------------------------
 
-from softguard.sql import Classifier, Kind  # noqa: E402
-from softguard.sql.grammar import NEWER_KEYWORDS  # noqa: E402
 
 _KEYWORDS = sorted(set().union(*NEWER_KEYWORDS.values()))
 
@@ -97,3 +101,60 @@ def test_unparseable_defaults_to_deny_and_can_be_allowed() -> None:
     assert PolicyConfig().unparseable == "deny"
     sql = "DROP TABLE child; CREATE TEMP TABLE system_user(x int)"
     assert decide_text(sql, Policy(PolicyConfig(unparseable="allow"))) == [Action.ALLOW]
+
+
+# -- FunctionCall (issue 18 item 3) ----------------------------------------------------------
+
+
+def test_fastpath_oids_name_the_same_builtin_functions_on_the_server(
+    direct_conn: psycopg.Connection,
+) -> None:
+    rows = direct_conn.execute(
+        "SELECT p.oid::int, p.proname FROM pg_catalog.pg_proc p"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = 'pg_catalog' AND p.oid = ANY(%s)",
+        (list(FASTPATH_FUNCTIONS),),
+    ).fetchall()
+    assert dict(rows) == FASTPATH_FUNCTIONS
+
+
+@pytest.mark.parametrize(
+    "oid",
+    [
+        2096,  # pg_terminate_backend(int)
+        2646,  # set_config(text, text, bool)
+        1,
+        16384,
+        2**32 - 1,
+    ],
+)
+def test_function_calls_outside_the_list_are_refused(oid: int) -> None:
+    decision = Policy(PolicyConfig(dangerous="allow")).decide_function_call(oid, SESSION)
+    assert decision.action is Action.DENY
+    assert "softguard" in decision.reason and str(oid) in decision.reason
+
+
+def test_function_calls_are_decided_like_the_same_sql_call() -> None:
+    policy = Policy()
+    assert policy.decide_function_call(952, SESSION).action is Action.ALLOW  # lo_open
+    unlink = policy.decide_function_call(964, SESSION)
+    assert unlink.action is Action.DENY and unlink.category == "dangerous"
+    allowing = Policy(PolicyConfig(rules=[Rule(role="app", dangerous="allow")]))
+    assert allowing.decide_function_call(964, SESSION).action is Action.ALLOW
+    refusing = Policy(PolicyConfig(rules=[Rule(role="app", dangerous="deny")]))
+    assert refusing.decide_function_call(1004, SESSION).action is Action.DENY  # lo_truncate
+
+
+def test_function_call_oid_and_refusal_bytes() -> None:
+    # OID, one format code (binary), one argument (4 bytes), result format text
+    body = struct.pack("!Ihhhi", 964, 1, 1, 1, 4) + b"\0\0\0\x07" + struct.pack("!h", 0)
+    assert function_call_oid(body) == 964
+    with pytest.raises(Exception, match="too short"):
+        function_call_oid(b"\0\0")
+    data = function_call_refusal("softguard: no", ord("T"))
+    assert data[:1] == b"E"
+    length = struct.unpack("!I", data[1:5])[0]
+    fields = parse_fields(data[5 : 1 + length])
+    assert fields["C"] == "42501" and fields["M"] == "softguard: no"
+    assert fields["H"] == REFUSAL_HINT and "SELECT" in REFUSAL_HINT
+    assert data[1 + length :] == b"Z\0\0\0\x05T"
