@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from softguard.sql.classify import Kind, Statement, Target
+from softguard.sql.model import Kind, Statement, Target
 from softguard.sql.names import drop_target, objtype_name, rangevar, role, split, strings
 from softguard.sql.prefilter import DANGEROUS_FUNCTIONS, OPAQUE_FUNCTIONS
 
