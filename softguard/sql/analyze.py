@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from pglast.parser import ParseError, parse_plpgsql_json, parse_sql_json
+from pglast.parser import split as split_statements
 
 from softguard.sql.model import (
     _SEVERITY,
@@ -303,17 +304,72 @@ def classify_text(sql: str, depth: int, constants: list[int] | None = None) -> C
     collect into *constants* the byte offsets of its numeric value constants (see
     `softguard.sql.classify.classify_with_constants`). Never raises on bad SQL."""
     with collector_paused():
+        if len(sql) > _CHUNK_FROM and depth == 0:
+            chunked = _classify_chunks(sql)
+            if chunked is not None:
+                return chunked
         return _classify_tree(sql, depth, constants)
+
+
+# A text larger than this is parsed in pieces of about _CHUNK characters, cut after the
+# ";" that ends a statement (where pglast's own splitter says statements end): the JSON
+# tree of a whole 16 MB text is gigabytes, a piece's is small and freed before the next.
+_CHUNK_FROM = 1 << 20
+_CHUNK = 1 << 18
+
+
+def _classify_chunks(sql: str) -> Classification | None:
+    """classify_text() of a large *sql*, piece by piece, with the statements' offsets
+    those of the whole text; None when the text does not split (then it is parsed whole,
+    which reports the error)."""
+    try:
+        found = split_statements(sql, with_parser=True, only_slices=True)
+        slices = [s for s in found if isinstance(s, slice)]
+    except (ParseError, ValueError, RecursionError):
+        return None
+    statements: list[Statement] = []
+    start = 0  # character offset of the current piece
+    start_byte = 0  # its byte offset in the UTF-8 text
+    ascii_only = sql.isascii()
+    index = 0
+    while start < len(sql):
+        end = len(sql)
+        while index < len(slices):
+            stop = slices[index].stop
+            index += 1
+            if stop - start >= _CHUNK and index < len(slices):
+                semicolon = sql.find(";", stop)
+                if semicolon >= 0:
+                    end = semicolon + 1
+                break
+        piece = sql[start:end]
+        result = _classify_tree(piece, 0, None)
+        if result.kind is Kind.UNPARSEABLE:
+            return None
+        piece_bytes = len(piece) if ascii_only else len(piece.encode())
+        for stmt in result.statements:
+            # length 0 means "to the end": of the piece here, of the text for the caller
+            length = stmt.length or (piece_bytes - stmt.location if end < len(sql) else 0)
+            statements.append(replace(stmt, location=stmt.location + start_byte, length=length))
+        start_byte += piece_bytes
+        start = end
+    if not statements:
+        return SAFE_EMPTY
+    kind = max((s.kind for s in statements), key=_SEVERITY.__getitem__)
+    return Classification(kind, tuple(statements))
 
 
 def _classify_tree(sql: str, depth: int, constants: list[int] | None) -> Classification:
     try:
-        raw = parse_sql_json(sql).encode()
+        text_json = parse_sql_json(sql)
+        raw = text_json.encode()
+        del text_json  # the tree of a large text is hundreds of MB: never hold two copies
         if constants is not None and len(sql) <= CONSTANTS_UP_TO:
             constants.extend(int(m.group(1)) for m in _NUMERIC_CONST.finditer(raw))
         if len(raw) > _PRUNE_FROM:
             raw = _CONSTANT_NODE.sub(b"null", raw)
         tree = load_json(raw)
+        del raw
         if not isinstance(tree, dict):
             raise ValueError("parse tree is not an object")
     except ParseError as exc:
@@ -323,9 +379,13 @@ def _classify_tree(sql: str, depth: int, constants: list[int] | None) -> Classif
     try:
         encoded: bytes | None = None
         statements = []
-        for raw in tree.get("stmts", ()):
-            node = raw["stmt"]
-            location, length = int(raw.get("stmt_location", 0)), int(raw.get("stmt_len", 0))
+        nodes = tree.get("stmts", [])
+        del tree
+        for index, raw_stmt in enumerate(nodes):
+            nodes[index] = None  # free each statement's tree once it is analyzed
+            node = raw_stmt["stmt"]
+            location = int(raw_stmt.get("stmt_location", 0))
+            length = int(raw_stmt.get("stmt_len", 0))
             if "CreateFunctionStmt" in node:
                 # PL/pgSQL is parsed from the statement's own text.
                 encoded = sql.encode() if encoded is None else encoded

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from softguard.sql import Kind, classify
+from softguard.sql import Kind, analyze, classify
 from softguard.sql.offload import OffLoopClassifier
 
 # Each shape that made one statement cost seconds on the event loop: a long IN list,
@@ -56,3 +56,24 @@ def test_a_worker_out_of_memory_answers_not_inspected_and_is_not_passed() -> Non
         starved.close()
     assert result.kind is Kind.UNPARSEABLE and not result.inert
     assert result.error and "could not inspect" in result.error
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM t WHERE id = 1;" * 40,
+        "SELECT 1;  /* c */ DROP TABLE x ; \n\n  DELETE FROM é; " * 10 + " TRUNCATE z",
+        "SELECT ';' ; DROP TABLE \";x\"; -- ;\n DELETE FROM t;" * 8,
+        "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$BEGIN DELETE FROM t; END$$;" * 5,
+        "CREATE FUNCTION g() RETURNS int BEGIN ATOMIC SELECT 1; DELETE FROM t; END; SELECT 2;" * 6,
+        "DELETE FROM t -- ; not the end\n; SELECT 1;" * 9,
+        "SELECT 1; /* ; */ DROP TABLE t;" * 9,
+    ],
+)
+def test_large_texts_parsed_in_pieces_classify_as_whole(
+    sql: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = classify(sql)
+    monkeypatch.setattr(analyze, "_CHUNK_FROM", 10)
+    monkeypatch.setattr(analyze, "_CHUNK", 30)
+    assert classify(sql) == whole
