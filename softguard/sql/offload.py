@@ -33,14 +33,18 @@ class OffLoopClassifier:
         threshold: int = 256 * 1024,
         workers: int = 1,
         memory_limit: int = 4 << 30,
+        max_statements: int = 10_000,
     ) -> None:
         """Texts longer than *threshold* bytes go to one of *workers* processes, each
-        limited to *memory_limit* bytes of address space (RLIMIT_AS)."""
+        limited to *memory_limit* bytes of address space (RLIMIT_AS). A text of more than
+        *max_statements* statements is answered "not inspected" instead: its result
+        alone would take the proxy hundreds of MB and seconds of the loop to unpickle."""
         if threshold < 0 or workers < 1 or memory_limit <= 0:
             raise ValueError("threshold >= 0, workers >= 1 and memory_limit > 0 required")
         self.threshold = threshold
         self._workers = workers
         self._memory_limit = memory_limit
+        self._max_statements = max_statements
         self._pool: ProcessPoolExecutor | None = None
 
     def wants(self, data: bytes) -> bool:
@@ -53,7 +57,9 @@ class OffLoopClassifier:
         with a result, never an exception."""
         outer: Future[Classification] = Future()
         try:
-            inner = self._executor().submit(_classify_in_worker, data, client_encoding)
+            inner = self._executor().submit(
+                _classify_in_worker, data, client_encoding, self._max_statements
+            )
         except (BrokenProcessPool, RuntimeError) as exc:
             self._pool = None
             outer.set_result(_not_inspected(exc))
@@ -91,13 +97,17 @@ def _limit_memory(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _classify_in_worker(data: bytes, client_encoding: str) -> Classification:
-    return classify_wire(data, client_encoding)[0]
+def _classify_in_worker(data: bytes, client_encoding: str, max_statements: int) -> Classification:
+    result = classify_wire(data, client_encoding)[0]
+    if len(result.statements) > max_statements:
+        return _not_inspected(f"{len(result.statements)} statements, more than {max_statements}")
+    return result
 
 
-def _not_inspected(exc: BaseException) -> Classification:
+def _not_inspected(why: BaseException | str) -> Classification:
+    what = why if isinstance(why, str) else repr(why)
     return Classification(
         Kind.UNPARSEABLE,
         (),
-        error=f"softguard could not inspect the statement: too large to classify ({exc!r})",
+        error=f"softguard could not inspect the statement: too large to classify ({what})",
     )

@@ -14,7 +14,7 @@ from softguard.sql.offload import OffLoopClassifier
 LARGE = {
     "in_list": "DELETE FROM t WHERE id IN (" + ",".join(str(i) for i in range(40000)) + ")",
     "string": "DELETE FROM t WHERE a = '" + "x" * 300_000 + "'",
-    "statements": "DELETE FROM t WHERE id = 1;" * 12000 + "DROP TABLE big",
+    "statements": "DELETE FROM t WHERE id = 1;" * 8000 + "DROP TABLE big",
 }
 
 
@@ -77,3 +77,15 @@ def test_large_texts_parsed_in_pieces_classify_as_whole(
     monkeypatch.setattr(analyze, "_CHUNK_FROM", 10)
     monkeypatch.setattr(analyze, "_CHUNK", 30)
     assert classify(sql) == whole
+
+
+def test_a_text_of_too_many_statements_is_not_inspected() -> None:
+    few = OffLoopClassifier(threshold=0, max_statements=100)
+    try:
+        result = few.submit(("DELETE FROM t;" * 101).encode()).result(timeout=240)
+        small = few.submit(("DELETE FROM t;" * 100).encode()).result(timeout=240)
+    finally:
+        few.close()
+    assert result.kind is Kind.UNPARSEABLE and not result.inert
+    assert result.error and "101 statements" in result.error
+    assert small.kind is Kind.DESTRUCTIVE and len(small.statements) == 100
