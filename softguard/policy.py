@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from softguard.sql import Classification, Kind, Statement
+from softguard.sql import Classification, Kind, Statement, classify
 
 log = logging.getLogger("softguard.policy")
 
@@ -160,7 +160,9 @@ class PolicyConfig(_Verdicts):
     alter: Verdict = "protect"
     dangerous: Verdict = "deny"
     opaque: Verdict = "allow"
-    unparseable: Verdict = "allow"
+    # Text softguard cannot parse that the server may run (decision 0011); what the server
+    # rejects too is passed whatever this says.
+    unparseable: Verdict = "deny"
     retention_days: float = Field(
         default=7.0, gt=0, le=MAX_RETENTION_DAYS, description="how long operations stay undoable"
     )
@@ -222,6 +224,11 @@ class Policy:
                 return value  # type: ignore[no-any-return]
         return getattr(self.config, category)  # type: ignore[no-any-return]
 
+    def decide_function_call(self, oid: int, session: SessionInfo) -> Decision:
+        """ALLOW or DENY a FunctionCall ('F') message calling function *oid*: see
+        `decide_function_call`."""
+        return decide_function_call(self, oid, session)
+
     def decide(
         self,
         classification: Classification,
@@ -233,7 +240,14 @@ class Policy:
         """One decision per non-SAFE statement (one for the whole text if unparseable)."""
         log_it = log_it and log.isEnabledFor(logging.INFO)
         if classification.kind is Kind.UNPARSEABLE:
-            verdict = self.verdict("unparseable", session)
+            # Text that means different statements in different client encodings is
+            # refused whatever the configuration: softguard cannot know which one runs.
+            if classification.ambiguous:
+                verdict: Verdict = "deny"
+            elif classification.inert:
+                verdict = "allow"  # the server rejects it too: let it answer with its error
+            else:
+                verdict = self.verdict("unparseable", session)
             if log_it:
                 log.info(
                     "unparseable statement via %s (%s): %s; user=%s db=%s",
@@ -245,6 +259,8 @@ class Policy:
                 )
             action = Action.DENY if verdict == "deny" else Action.ALLOW
             reason = f"softguard could not parse this statement: {classification.error}"
+            if classification.ambiguous:
+                reason = f"softguard: statement refused: {classification.error}"
             return [Decision(action, "unparseable", None, reason)]
         decisions = []
         for stmt in classification.statements:
@@ -284,6 +300,59 @@ class Policy:
             reason = _reason(category, stmt_for_reason) if verdict == "deny" else ""
             decisions.append(Decision(Action(verdict), category, stmt, reason))
         return decisions
+
+
+# Functions a FunctionCall ('F') message may run, by OID. Built-in OIDs are fixed in
+# PostgreSQL's pg_proc.dat and the same in every version (tests/test_policy_read_server.py
+# checks them against the server); user objects never get an OID below 16384, so no OID
+# here can name another function. These are the large-object functions libpq's lo_*() API
+# calls through FunctionCall; any other OID is refused.
+FASTPATH_FUNCTIONS: dict[int, str] = {
+    715: "lo_create",
+    952: "lo_open",
+    953: "lo_close",
+    954: "loread",
+    955: "lowrite",
+    956: "lo_lseek",
+    957: "lo_creat",
+    958: "lo_tell",
+    964: "lo_unlink",
+    1004: "lo_truncate",
+    3170: "lo_lseek64",
+    3171: "lo_tell64",
+    3172: "lo_truncate64",
+}
+
+
+def _function_call_classification(name: str) -> Classification:
+    return classify(f"SELECT pg_catalog.{name}()")
+
+
+def decide_function_call(policy: Policy, oid: int, session: SessionInfo) -> Decision:
+    """ALLOW or DENY a FunctionCall ('F') of function *oid*: refused unless the function
+    is in `FASTPATH_FUNCTIONS`, and then decided as ``SELECT <function>(...)`` would be
+    (``lo_unlink`` is "dangerous": refused by default). A refused call is answered with
+    `softguard.wire.function_call.function_call_refusal`."""
+    name = FASTPATH_FUNCTIONS.get(oid)
+    if name is None:
+        reason = (
+            f"softguard: FunctionCall of function OID {oid} is refused: softguard only lets "
+            "the large-object functions through this protocol message"
+        )
+        log.info(
+            "deny function_call via function call: OID %s; user=%s db=%s client=%s",
+            oid,
+            session.user,
+            session.database,
+            session.client_addr,
+        )
+        return Decision(Action.DENY, "function_call", None, reason)
+    decisions = policy.decide(_function_call_classification(name), session, source="function call")
+    for decision in decisions:
+        if decision.action is not Action.ALLOW:
+            reason = decision.reason or f"softguard: FunctionCall of {name} is refused by policy"
+            return Decision(Action.DENY, decision.category, decision.statement, reason)
+    return Decision(Action.ALLOW, "function_call", None)
 
 
 def _reason(category: str, stmt: Statement) -> str:

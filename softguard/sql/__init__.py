@@ -1,9 +1,11 @@
 """softguard.sql: the pure SQL inspection seam. No I/O, no asyncio, no database.
 
 Owns: deciding, with PostgreSQL's own grammar (pglast / libpg_query, PostgreSQL 18),
-what a SQL text would do: `classify(sql)` for any text, `Classifier.classify_bytes(sql)`
-for the proxy's hot path (bytes prefilter, then a bounded LRU cache, then a parse), and
-`may_be_destructive(sql)`, the bytes prefilter itself.
+what a SQL text would do: `classify(sql)` for any text, `Classifier.classify_bytes(data,
+client_encoding)` for the proxy's hot path (bytes prefilter, then a bounded LRU cache, then
+a parse of the characters the server will read: `softguard.sql.reading`), and
+`may_be_destructive(sql)`, the bytes prefilter itself. `softguard.sql.offload` classifies
+large texts in a worker process.
 
 What must always hold:
 1. A statement that can destroy data is never classified SAFE. When in doubt a rule says
@@ -13,7 +15,9 @@ What must always hold:
    (or UNPARSEABLE: text with none of the trigger words cannot destroy anything).
 3. Pure and total: the same text always gives the same, immutable result; no function
    here raises on any input (bad SQL, hostile nesting, huge text), none does I/O.
-4. Byte offsets (`Statement.location/length`) index the UTF-8 text as sent on the wire.
+4. Byte offsets (`Statement.location/length`) index the UTF-8 text: the wire bytes for a
+   UTF8 session, else the decoded text (`softguard.sql.encoding.wire_offset` maps back).
+5. A cache answers exactly what a parse would (offsets apart for `classify_shape`).
 """
 
 from softguard.sql.cache import Classifier, ClassifierStats

@@ -1,4 +1,6 @@
-"""Walk one statement's tree and combine the rules into a `Statement`.
+"""Parse a text and walk each statement's tree, combining the rules into `Statement`s.
+
+`classify_text(sql, depth)`: parse with pglast, load the tree, `analyze` each statement.
 
 `analyze(node)`: the node's own effect (`rules.OWN`) plus every non-SAFE operation found
 anywhere inside it (data-modifying CTEs, dangerous function calls), unless it wraps another
@@ -9,23 +11,27 @@ inside function bodies is classified at most `MAX_BODY_DEPTH` levels down.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from pglast.parser import ParseError, parse_plpgsql_json
+from pglast.parser import ParseError, parse_plpgsql_json, parse_sql_json
+from pglast.parser import split as split_statements
 
-from softguard.sql.classify import (
+from softguard.sql.model import (
+    _SEVERITY,
     MAX_BODY_DEPTH,
+    SAFE_EMPTY,
+    Classification,
     Kind,
     Statement,
     Target,
-    classify_nested,
-    load_json,
 )
 from softguard.sql.names import command_of, function_args, rangevar, split, strings
 from softguard.sql.prefilter import may_be_destructive
 from softguard.sql.rules import INNER, OWN
+from softguard.sql.tree import collector_paused, load_json
 
 Node = dict[str, Any]
 
@@ -114,6 +120,8 @@ _FALSE = frozenset({"false", "off", "no", "n", "f", "0", "of", "fa", "fal", "fal
 
 
 def _explain(body: Node, command: str, depth: int, text: str) -> Statement:
+    # PostgreSQL takes the last of repeated options (``ANALYZE false, ANALYZE true``):
+    # any ANALYZE that is not plainly false counts, so option order cannot talk it round.
     for option in body.get("options", ()):
         d = option.get("DefElem", {})
         if d.get("defname") != "analyze":
@@ -125,7 +133,7 @@ def _explain(body: Node, command: str, depth: int, text: str) -> Statement:
         elif "Boolean" in arg:
             value = arg["Boolean"].get("boolval", False)
         if str(value).lower() in _FALSE or value is False:
-            break
+            continue
         inner = analyze(body["query"], depth)
         if inner.kind is Kind.SAFE:
             break
@@ -259,3 +267,138 @@ _WRAPPERS: dict[str, Wrapper] = {
     "AlterPolicyStmt": _deferred(_relation_target("policy", "policy_name", "table")),
     "ViewStmt": _deferred(lambda b: rangevar(b["view"], "view")),
 }
+
+
+# -- texts ----------------------------------------------------------------------------------
+
+
+def classify_nested(sql: str, depth: int) -> Classification:
+    """classify() for SQL found inside other SQL (function bodies), *depth* levels down."""
+    return classify_text(sql, depth)
+
+
+# A numeric constant used as a value (``{"A_Const":{"ival":...,"location":N}}``). Inside
+# a JSON string every quote is escaped, so ``{"`` only matches the tree's own structure.
+_NUMERIC_CONST = re.compile(
+    rb'\{"A_Const":\{"(?:ival|fval)":\{(?:"(?:ival|fval)":(?:-?\d+|"[-0-9.eE+]*"))?\}'
+    rb',"location":(\d+)\}\}'
+)
+
+
+# A constant (``{"A_Const":{"sval":{"sval":"..."},"location":N}}``): no rule reads one, and
+# a long IN list or VALUES holds hundreds of thousands of them. Large trees have them
+# replaced by null before loading (like `_NUMERIC_CONST`, it only matches the tree's own
+# structure, never text inside a JSON string).
+_CONSTANT_NODE = re.compile(
+    rb'\{"A_Const":\{(?:"(?:ival|fval|sval|bsval|boolval)":\{(?:"(?:ival|fval|sval|bsval'
+    rb'|boolval)":(?:-?\d+|true|false|"[^"\\]*(?:\\.[^"\\]*)*"))?\},)?(?:"isnull":true,)?'
+    rb'"location":-?\d+\}\}'
+)
+_PRUNE_FROM = 4096
+# Texts longer than this get no constants (no cache keeps their shape).
+CONSTANTS_UP_TO = 65536
+
+
+def classify_text(sql: str, depth: int, constants: list[int] | None = None) -> Classification:
+    """Classify every statement of *sql* found *depth* levels down in function bodies;
+    collect into *constants* the byte offsets of its numeric value constants (see
+    `softguard.sql.classify.classify_with_constants`). Never raises on bad SQL."""
+    with collector_paused():
+        if len(sql) > _CHUNK_FROM and depth == 0:
+            chunked = _classify_chunks(sql)
+            if chunked is not None:
+                return chunked
+        return _classify_tree(sql, depth, constants)
+
+
+# A text larger than this is parsed in pieces of about _CHUNK characters, cut after the
+# ";" that ends a statement (where pglast's own splitter says statements end): the JSON
+# tree of a whole 16 MB text is gigabytes, a piece's is small and freed before the next.
+_CHUNK_FROM = 1 << 20
+_CHUNK = 1 << 18
+
+
+def _classify_chunks(sql: str) -> Classification | None:
+    """classify_text() of a large *sql*, piece by piece, with the statements' offsets
+    those of the whole text; None when the text does not split (then it is parsed whole,
+    which reports the error)."""
+    try:
+        found = split_statements(sql, with_parser=True, only_slices=True)
+        slices = [s for s in found if isinstance(s, slice)]
+    except (ParseError, ValueError, RecursionError):
+        return None
+    statements: list[Statement] = []
+    start = 0  # character offset of the current piece
+    start_byte = 0  # its byte offset in the UTF-8 text
+    ascii_only = sql.isascii()
+    index = 0
+    while start < len(sql):
+        end = len(sql)
+        while index < len(slices):
+            stop = slices[index].stop
+            index += 1
+            if stop - start >= _CHUNK and index < len(slices):
+                semicolon = sql.find(";", stop)
+                if semicolon >= 0:
+                    end = semicolon + 1
+                break
+        piece = sql[start:end]
+        result = _classify_tree(piece, 0, None)
+        if result.kind is Kind.UNPARSEABLE:
+            return None
+        piece_bytes = len(piece) if ascii_only else len(piece.encode())
+        for stmt in result.statements:
+            # length 0 means "to the end": of the piece here, of the text for the caller
+            length = stmt.length or (piece_bytes - stmt.location if end < len(sql) else 0)
+            statements.append(replace(stmt, location=stmt.location + start_byte, length=length))
+        start_byte += piece_bytes
+        start = end
+    if not statements:
+        return SAFE_EMPTY
+    kind = max((s.kind for s in statements), key=_SEVERITY.__getitem__)
+    return Classification(kind, tuple(statements))
+
+
+def _classify_tree(sql: str, depth: int, constants: list[int] | None) -> Classification:
+    try:
+        text_json = parse_sql_json(sql)
+        raw = text_json.encode()
+        del text_json  # the tree of a large text is hundreds of MB: never hold two copies
+        if constants is not None and len(sql) <= CONSTANTS_UP_TO:
+            constants.extend(int(m.group(1)) for m in _NUMERIC_CONST.finditer(raw))
+        if len(raw) > _PRUNE_FROM:
+            raw = _CONSTANT_NODE.sub(b"null", raw)
+        tree = load_json(raw)
+        del raw
+        if not isinstance(tree, dict):
+            raise ValueError("parse tree is not an object")
+    except ParseError as exc:
+        return Classification(Kind.UNPARSEABLE, (), error=str(exc) or "syntax error")
+    except (RecursionError, ValueError) as exc:
+        return Classification(Kind.UNPARSEABLE, (), error=f"parse tree not inspectable: {exc}")
+    try:
+        encoded: bytes | None = None
+        statements = []
+        nodes = tree.get("stmts", [])
+        del tree
+        for index, raw_stmt in enumerate(nodes):
+            nodes[index] = None  # free each statement's tree once it is analyzed
+            node = raw_stmt["stmt"]
+            location = int(raw_stmt.get("stmt_location", 0))
+            length = int(raw_stmt.get("stmt_len", 0))
+            if "CreateFunctionStmt" in node:
+                # PL/pgSQL is parsed from the statement's own text.
+                encoded = sql.encode() if encoded is None else encoded
+                end = location + length if length else len(encoded)
+                text = encoded[location:end].decode(errors="replace")
+            else:
+                text = ""
+            statements.append(analyze(node, depth, text, location, length))
+    except Exception as exc:  # a tree shape the rules do not expect: never pass it silently
+        return Classification(
+            Kind.UNPARSEABLE, (), error=f"softguard could not inspect the statement: {exc!r}"
+        )
+    if not statements:
+        return SAFE_EMPTY
+    kind = max((s.kind for s in statements), key=_SEVERITY.__getitem__)
+    return Classification(kind, tuple(statements))

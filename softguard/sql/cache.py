@@ -14,15 +14,48 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from softguard.sql.classify import SAFE_EMPTY, Classification, Kind, classify
+from softguard.sql.classify import SAFE_EMPTY, Classification
 from softguard.sql.prefilter import may_be_destructive
+from softguard.sql.reading import classify_wire
 
 __all__ = ["Classifier", "ClassifierStats"]
 
-# Numeric literals (not digits inside identifiers or $n parameters). Two texts that differ
-# only in these have the same statements, kinds, actions and policy categories; only
-# offsets and quoted numeric names may differ.
-_NUMBERS = re.compile(rb"(?<![\w$])\d+(?:\.\d+)?")
+# Candidate numeric literals: a maximal run of digits (at most 9: larger ones lex as
+# another kind of constant), or digits.digits, delimited by bytes that cannot extend a
+# token. A text's shape replaces them with 0 / 0.0; the shape is only remembered when every
+# candidate is a constant the statement uses as a plain value (`_numbers_are_values`).
+_NUMBERS = re.compile(rb"(?<![\w$.\x80-\xff])(?:(\d+\.\d+)|\d{1,9})(?![\w$.\x80-\xff])")
+
+
+def _key(sql: bytes, client_encoding: str) -> bytes:
+    """The exact cache's key: the bytes, and for non-ASCII text the encoding read in
+    (NUL cannot occur in a statement text, so keys cannot collide)."""
+    if sql.isascii():
+        return sql
+    return client_encoding.encode("ascii", "replace") + b"\0" + sql
+
+
+def _shape_of(sql: bytes) -> bytes:
+    return _NUMBERS.sub(lambda m: b"0.0" if m.group(1) else b"0", sql)
+
+
+def _numbers_are_values(sql: bytes, constants: frozenset[int] | None) -> bool:
+    """True when every candidate number of *sql* is one of the parsed numeric *constants*
+    (at its first digit, or at the ``-`` the parser folded into it). Then a text of the
+    same shape lexes into the same tokens, differing only in those constants' values,
+    which no rule reads: it classifies alike (apart from byte offsets)."""
+    if constants is None:
+        return False
+    for match in _NUMBERS.finditer(sql):
+        start = match.start()
+        if start in constants:
+            continue
+        before = start - 1
+        while before >= 0 and sql[before] in b" \t\r\n\f\v":
+            before -= 1
+        if before < 0 or sql[before] != 0x2D or before not in constants:  # 0x2D: "-"
+            return False
+    return True
 
 
 @dataclass(slots=True)
@@ -55,62 +88,70 @@ class Classifier:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def classify_bytes(self, sql: bytes | bytearray | memoryview) -> Classification:
-        """Classify *sql* as it comes off the wire (UTF-8 bytes, no trailing NUL).
-
-        Text that is not valid UTF-8 (and not prefiltered) is UNPARSEABLE: a UTF-8 server
-        rejects it too; a proxy serving another client_encoding must transcode first.
-        """
+    def classify_bytes(
+        self, sql: bytes | bytearray | memoryview, client_encoding: str = "UTF8"
+    ) -> Classification:
+        """Classify *sql* as it comes off the wire (no trailing NUL) in the session's
+        *client_encoding* (the last value the server reported in ParameterStatus, or the
+        startup parameter): see `softguard.sql.reading.classify_wire`. Text the server
+        could read as different statements in another client encoding is UNPARSEABLE
+        with ``ambiguous=True``; text not valid in *client_encoding* that no encoding
+        makes harmful is UNPARSEABLE (the server rejects it)."""
         if type(sql) is not bytes:
             sql = bytes(sql)  # bytearray / memoryview from a receive buffer
         if not may_be_destructive(sql):
             self.stats.prefiltered += 1
             return SAFE_EMPTY
+        key = _key(sql, client_encoding)
         cache = self._cache
-        hit = cache.get(sql)
+        hit = cache.get(key)
         if hit is not None:
-            cache.move_to_end(sql)
+            cache.move_to_end(key)
             self.stats.cache_hits += 1
             return hit
+        return self._parse(sql, key, client_encoding)[0]
+
+    def _parse(
+        self, sql: bytes, key: bytes, client_encoding: str
+    ) -> tuple[Classification, frozenset[int] | None]:
+        """Classify and remember *sql* under *key*; also its numeric constants (see
+        `classify_with_constants`)."""
         self.stats.parsed += 1
-        try:
-            text = sql.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            result = Classification(Kind.UNPARSEABLE, (), error=f"invalid UTF-8: {exc}")
-        else:
-            result = classify(text)
+        result, constants = classify_wire(sql, client_encoding)
+        cache = self._cache
         if self._size and len(sql) <= self._max_text_bytes:
-            cache[sql] = result
+            cache[key] = result
             if len(cache) > self._size:
                 cache.popitem(last=False)
                 self.stats.evictions += 1
-        return result
+        return result, constants
 
-    def classify_shape(self, sql: bytes) -> Classification:
+    def classify_shape(self, sql: bytes, client_encoding: str = "UTF8") -> Classification:
         """Like `classify_bytes`, but may answer with the classification of a text that
-        differs only in numeric literals (pgbench's and most ORMs' inlined values).
-
-        Good for deciding *what kind* of statement this is and which policy category it
-        falls in; not for its byte offsets or quoted numeric names: a caller that rewrites
-        the text must use `classify_bytes`.
+        differs only in the values of numeric constants (pgbench's and most ORMs' inlined
+        values). The answer is the one `classify_bytes` would give, except for byte
+        offsets (``location``/``length``): a caller that rewrites the text must use
+        `classify_bytes`. Numbers that carry meaning (``EXPLAIN (ANALYZE 1)``, names,
+        strings, comments) make a text's shape uncacheable, so they always parse.
         """
         if not may_be_destructive(sql):
             self.stats.prefiltered += 1
             return SAFE_EMPTY
-        exact = self._cache.get(sql)
+        exact_key = _key(sql, client_encoding)
+        exact = self._cache.get(exact_key)
         if exact is not None:
-            self._cache.move_to_end(sql)
+            self._cache.move_to_end(exact_key)
             self.stats.cache_hits += 1
             return exact
-        key = _NUMBERS.sub(b"0", sql)
+        key = _shape_of(sql)
         shapes = self._shapes
         hit = shapes.get(key)
         if hit is not None:
             shapes.move_to_end(key)
             self.stats.cache_hits += 1
             return hit
-        result = self.classify_bytes(sql)
-        if self._size and len(sql) <= self._max_text_bytes:
+        result, constants = self._parse(sql, exact_key, client_encoding)
+        if self._size and len(sql) <= self._max_text_bytes and _numbers_are_values(sql, constants):
             shapes[key] = result
             if len(shapes) > self._size:
                 shapes.popitem(last=False)

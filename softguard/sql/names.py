@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from softguard.sql.classify import Target, quote_ident
+from softguard.sql.model import Target, quote_ident
 
 Node = dict[str, Any]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from softguard.sql.classify import Kind, Statement, Target
+from softguard.sql.model import Kind, Statement, Target
 from softguard.sql.names import drop_target, objtype_name, rangevar, role, split, strings
 from softguard.sql.prefilter import DANGEROUS_FUNCTIONS, OPAQUE_FUNCTIONS
 
@@ -111,7 +111,18 @@ def _alter_table(body: Node) -> list[Statement]:
         grouped.setdefault(action, []).append(target)
         cascade = cascade or _cascade(cmd)
         if_exists = if_exists or bool(cmd.get("missing_ok"))
-    return [Statement(_D, a, tuple(t), cascade, if_exists) for a, t in grouped.items()]
+    # The subcommand that loses the most data leads, whatever order the client wrote them
+    # in: the policy and the rewrite decide on the first one.
+    ordered = sorted(grouped.items(), key=lambda item: _ALTER_RANK.get(item[0], 9))
+    return [Statement(_D, a, tuple(t), cascade, if_exists) for a, t in ordered]
+
+
+_ALTER_RANK = {
+    "ALTER TABLE DROP COLUMN": 0,
+    "ALTER TYPE DROP ATTRIBUTE": 0,
+    "ALTER TABLE ALTER COLUMN TYPE": 1,
+    "ALTER TYPE ALTER ATTRIBUTE TYPE": 1,
+}
 
 
 def _alter_domain(body: Node) -> list[Statement]:

@@ -16,7 +16,7 @@ from typing import Any
 from pglast.parser import ParseError, parse_sql_json
 
 from softguard.contract import TAG_MARKER
-from softguard.sql.classify import load_json
+from softguard.sql.tree import load_json
 
 # A value names softguard's schemas when "softguard" is followed by the end, a schema
 # separator or quoting/list punctuation, or by "_quarantine" / "_q<digits>_".

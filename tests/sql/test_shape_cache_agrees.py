@@ -3,8 +3,10 @@
 cache warmed by texts that differ only in numbers, the classification and the default
 policy's decisions are the same (offsets aside: callers that rewrite use the exact text).
 
-The cases marked xfail are a real bug (the shape key treats every digit run as a value):
-the cache may make classification faster, never different."""
+The cache may make classification faster, never different: digits that carry meaning (an
+EXPLAIN option's value, the hex digits of a U& escape, a type modifier) once shared one
+shape key, so a warmed harmless text answered for a destructive one; those cases stay
+named below."""
 
 from __future__ import annotations
 
@@ -25,11 +27,8 @@ INPUTS = [
 ]
 _NUMBER = re.compile(r"(?<![\w$])\d+(?:\.\d+)?")
 SESSION = SessionInfo("app", "shop", "", "127.0.0.1:5000")
-# Bug: the shape key replaces digits that carry meaning (an EXPLAIN option's value, the
-# hex digits of a U& escape, a type modifier), so a warmed harmless or unparseable text
-# answers for a destructive one.
-SHAPE_BUG = "shape cache: digits with meaning (option values, U& escapes) share one key"
-KNOWN_SHAPE_BUGS = {
+# Texts whose digits carry meaning: the shape key once treated them as values.
+MEANINGFUL_DIGITS = {
     "EXPLAIN (ANALYZE 0) DELETE FROM t",
     'SELECT U&"pg\\005fterminate\\005fbackend"(1)',
     "DROP FUNCTION IF EXISTS s.f(int[], varchar(10), s.mytype, double precision,"
@@ -70,20 +69,11 @@ def test_the_fixture_has_numbers_to_vary() -> None:
     assert sum(1 for s in INPUTS if variants(s)) >= 30
 
 
-def _cases() -> list[Any]:
-    return [
-        pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=SHAPE_BUG))
-        if s in KNOWN_SHAPE_BUGS
-        else s
-        for s in INPUTS
-    ]
+def test_meaningful_digit_cases_are_fixture_cases() -> None:
+    assert MEANINGFUL_DIGITS <= set(INPUTS)
 
 
-def test_known_bugs_are_fixture_cases() -> None:
-    assert KNOWN_SHAPE_BUGS <= set(INPUTS)
-
-
-@pytest.mark.parametrize("sql", _cases(), ids=[s[:60] for s in INPUTS])
+@pytest.mark.parametrize("sql", INPUTS, ids=[s[:60] for s in INPUTS])
 def test_shape_cached_equals_uncached(sql: str) -> None:
     want = Classifier().classify_bytes(sql.encode())
     assert summary(want) == summary(classify(sql)) or want.kind is Kind.SAFE
@@ -103,7 +93,7 @@ def test_shape_cached_equals_uncached(sql: str) -> None:
 def test_one_cache_warmed_by_every_case_answers_each_as_uncached() -> None:
     """One Classifier, as in the proxy: every case and its variants go through it (so a
     shape key shared by different statements shows), then each case is asked again."""
-    cases = [s for s in INPUTS if s not in KNOWN_SHAPE_BUGS]
+    cases = INPUTS
     cache = Classifier()
     for sql in cases:
         for text in (*variants(sql), sql):
@@ -117,7 +107,6 @@ def test_one_cache_warmed_by_every_case_answers_each_as_uncached() -> None:
     assert wrong == []
 
 
-@pytest.mark.xfail(strict=True, reason=SHAPE_BUG)
 def test_a_warmed_harmless_escape_does_not_answer_for_a_destructive_one() -> None:
     # U&"\0071g_..." is qg_terminate_backend (nothing); U&"\0070g_..." is pg_terminate_backend
     cache = Classifier()
