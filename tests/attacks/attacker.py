@@ -252,7 +252,8 @@ class Arena:
         print(f"attack outcome: {outcome.describe()}")
         print(f"operations recorded: {[(o['id'], o['kind'], o['state']) for o in ops]}")
         if outcome.error is not None:
-            assert outcome.sqlstate in REFUSAL_CODES, (
+            refused_by_softguard = "softguard" in str(outcome.error).lower()
+            assert outcome.sqlstate in REFUSAL_CODES or refused_by_softguard, (
                 f"the attack failed with {outcome.sqlstate} (not a refusal): {outcome.error}")
             if sqlstate_class is not None:
                 assert (outcome.sqlstate or "").startswith(sqlstate_class), outcome.describe()
