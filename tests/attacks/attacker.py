@@ -66,6 +66,7 @@ INSERT INTO dog VALUES (10, 'rex', 'collie'), (11, 'fido', 'poodle');
 INSERT INTO big SELECT g, repeat('x', 20) || g FROM generate_series(1, 50) g;
 INSERT INTO nokey VALUES (1, 'a'), (1, 'a'), (2, 'b');
 SELECT setval('counter', 150);
+SELECT lo_from_bytea(4242, 'precious large object: do not lose');
 """
 
 USER_SCHEMAS = (
@@ -225,6 +226,10 @@ class Arena:
         }
 
     # -- the attacker's moves --------------------------------------------------------------
+
+    def raw(self, who: str = "owner", **params: str) -> RawSession:
+        """A raw protocol session through the proxy."""
+        return RawSession(self.proxy.host, self.proxy.port, self.role(who), self.db, **params)
 
     def attack(self, steps: Sequence[Step], who: str = "owner", via: str = "proxy",
                **params: str) -> Outcome:
