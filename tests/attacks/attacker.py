@@ -18,7 +18,6 @@ a difference), sequences, views, functions, types, large objects.
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 import subprocess
@@ -32,7 +31,6 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-
 from support.pg import TestServer, build_dsn
 from support.proxy import REPO_ROOT, Target
 
@@ -92,7 +90,8 @@ class Outcome:
     def describe(self) -> str:
         if self.error is None:
             return f"ran to the end; notices={self.notices}"
-        return f"step {self.failed_step} failed: {self.sqlstate} {self.error}; notices={self.notices}"
+        return (f"step {self.failed_step} failed: {self.sqlstate} {self.error}; "
+                f"notices={self.notices}")
 
 
 Step = str | bytes | Callable[[psycopg.Connection[Any]], Any]
@@ -364,9 +363,15 @@ def template_fixture(extra_sql: str = "") -> Any:
     return arena_template
 
 
-@pytest.fixture
-def arena(arena_template: Template, proxy: Target) -> Iterator[Arena]:
-    yield from arena_template.clone(proxy)
+def fixtures(extra_sql: str = "") -> tuple[Any, Any]:
+    """`arena_template, arena = fixtures()` in a test module: the module's template and a
+    clone of it per test behind the session's default proxy."""
+
+    @pytest.fixture
+    def arena(arena_template: Template, proxy: Target) -> Iterator[Arena]:
+        yield from arena_template.clone(proxy)
+
+    return template_fixture(extra_sql), arena
 
 
 # -- raw protocol (what no driver sends) ---------------------------------------------------------

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from attacker import Arena, arena, template_fixture  # noqa: F401
+from attacker import Arena, fixtures
 
-EXTRA = """
-CREATE EXTENSION IF NOT EXISTS citext;
-SET ROLE {owner};
-"""
-
-arena_template = template_fixture()
+arena_template, arena = fixtures()
 
 HIDDEN_DROP = {
     "do_execute": "DO $$ BEGIN EXECUTE 'DROP TABLE big'; END $$",

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from attacker import Arena, Template, arena, template_fixture  # noqa: F401
-
+from attacker import Arena, Template, fixtures
 from support.proxy import ProxyFactory
 
-arena_template = template_fixture()
+arena_template, arena = fixtures()
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from attacker import Arena, Template, arena, template_fixture  # noqa: F401
-
+from attacker import Arena, Template, fixtures
 from support.proxy import ProxyFactory
 
-arena_template = template_fixture()
+arena_template, arena = fixtures()
 
 # PostgreSQL encoding -> Python codec; encodings with ASCII trailing bytes.
 # (JOHAB and UHC are not here: PostgreSQL verifies their trailing bytes as 0xA1-0xFE, resp.

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from attacker import Arena, Template, template_fixture
-
 from support.pg import TestServer
 from support.proxy import Target
 

@@ -9,9 +9,9 @@ it did not do.
 from __future__ import annotations
 
 import pytest
-from attacker import Arena, arena, template_fixture, uident  # noqa: F401
+from attacker import Arena, fixtures, uident
 
-arena_template = template_fixture()
+arena_template, arena = fixtures()
 
 TRIGGER = "zz_softguard_capture_delete"
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from attacker import Arena, arena, chr_built, template_fixture, uident  # noqa: F401
+from attacker import Arena, chr_built, fixtures, uident
 
-arena_template = template_fixture()
+arena_template, arena = fixtures()
 
 CAPTURE_OFF = {
     "concat": "SELECT set_config(concat('soft', 'guard.capture'), '', false)",

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from attacker import Arena, Template, template_fixture
-
 from support.proxy import ProxyFactory
 
 arena_template = template_fixture()

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from attacker import Arena, Template, arena, template_fixture  # noqa: F401
-
+from attacker import Arena, Template, fixtures
 from support.proxy import ProxyFactory
 
-arena_template = template_fixture()
+arena_template, arena = fixtures()
 
 
 @pytest.fixture

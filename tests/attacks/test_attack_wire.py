@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from attacker import Arena, Outcome, arena, errors_of, template_fixture  # noqa: F401
+from attacker import Arena, Outcome, errors_of, fixtures
 
-arena_template = template_fixture()
+arena_template, arena = fixtures()
 
 LO = 4242
 
