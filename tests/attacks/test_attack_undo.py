@@ -171,3 +171,14 @@ def test_inheritance_update_undone_in_the_child(arena_upd: Arena) -> None:
     before, last = arena_upd.snapshot(), arena_upd.last_op()
     out = arena_upd.attack(["UPDATE animal SET name = name || '!'"])
     arena_upd.verdict(before, last, out)
+
+
+@pytest.mark.parametrize("setting", ["SET search_path = public", "SET search_path = ''"])
+def test_undo_exact_for_name_typed_columns(arena: Arena, setting: str) -> None:
+    """regclass / regtype values print relative to the deleting session's search_path."""
+    arena.attack(["CREATE TABLE refs (id int PRIMARY KEY, r regclass, t regtype, p regproc)",
+                  "INSERT INTO refs VALUES (1, 'parent', 'typed', 'lower'), "
+                  "(2, 'pg_class', 'int4', 'now')"])
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack([setting, "DELETE FROM public.refs"])
+    arena.verdict(before, last, out)
