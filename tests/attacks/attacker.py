@@ -32,7 +32,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from support.pg import TestServer, build_dsn
-from support.proxy import REPO_ROOT, Target
+from support.proxy import REPO_ROOT, ProxyFactory, Target
 
 # What a refusal looks like: softguard's own (42501 policy / machinery, 0A000 not supported,
 # 55000 not in the right state, 54000 too large) or the server's own permission check.
@@ -248,6 +248,13 @@ class Arena:
                     break
         return out
 
+    def attempt(self, steps: Sequence[Step], who: str = "owner", via: str = "proxy",
+                **params: str) -> tuple[Outcome, list[dict[str, Any]]]:
+        """Snapshot, attack, verdict: the whole round for an attack of one session."""
+        before, last = self.snapshot(), self.last_op()
+        out = self.attack(steps, who, via, **params)
+        return out, self.verdict(before, last, out)
+
     def verdict(self, before: dict[str, Any], last: int, outcome: Outcome,
                 sqlstate_class: str | None = None) -> list[dict[str, Any]]:
         """Refused with the data intact, or recorded and undone exactly. Returns the new
@@ -361,6 +368,20 @@ def template_fixture(extra_sql: str = "") -> Any:
             drop_template(pg_server, db, (owner, other))
 
     return arena_template
+
+
+def deny_arena_fixture(policy_toml: str) -> Any:
+    """A fixture `arena_deny`: an arena behind a fresh proxy (empty classification cache)
+    running with this `[policy]` body."""
+
+    @pytest.fixture
+    def arena_deny(arena_template: Template, proxy_factory: ProxyFactory,
+                   tmp_path: Path) -> Iterator[Arena]:
+        config = tmp_path / "policy.toml"
+        config.write_text("[policy]\n" + policy_toml)
+        yield from arena_template.clone(proxy_factory("--config", str(config), fresh=True))
+
+    return arena_deny
 
 
 def fixtures(extra_sql: str = "") -> tuple[Any, Any]:

@@ -159,9 +159,7 @@ def test_drop_cascade_of_other_kinds(arena: Arena, name: str) -> None:
     if "EXTENSION" in attack and who == "owner":
         arena.direct(f"GRANT CREATE ON DATABASE {arena.db} TO {arena.owner}")
     arena.attack(setup, who=who)
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([attack], who=who)
-    arena.verdict(before, last, out)
+    arena.attempt([attack], who=who)
 
 
 @pytest.mark.xfail(strict=True, reason="issue 11: DROP TYPE of a range type quarantines the "
@@ -178,9 +176,7 @@ def test_drop_range_type_frees_its_multirange(arena: Arena) -> None:
 
 def test_drop_range_type_undo_restores_both(arena: Arena) -> None:
     arena.attack(["CREATE TYPE intr AS RANGE (subtype = int4)"])
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack(["DROP TYPE intr"])
-    arena.verdict(before, last, out)
+    arena.attempt(["DROP TYPE intr"])
 
 
 # -- large objects -------------------------------------------------------------------------
@@ -203,17 +199,13 @@ LO_REFUSED_TODAY = {"lo_unlink", "lo_truncate"}  # policy `dangerous` names thes
         strict=True, reason="issue 11 item 5: large-object writes that destroy contents are "
         "neither captured nor refused")]) for k in sorted(LARGE_OBJECT)])
 def test_large_object_contents_survive(arena: Arena, name: str) -> None:
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack(LARGE_OBJECT[name])
-    arena.verdict(before, last, out)
+    arena.attempt(LARGE_OBJECT[name])
 
 
 @pytest.mark.xfail(strict=True, reason="issue 11 item 5: a superuser's DELETE FROM "
                    "pg_largeobject is 'protected' but nothing is captured")
 def test_superuser_cannot_delete_from_pg_largeobject(arena: Arena) -> None:
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([f"DELETE FROM pg_largeobject WHERE loid = {LO}"], who="super")
-    arena.verdict(before, last, out)
+    arena.attempt([f"DELETE FROM pg_largeobject WHERE loid = {LO}"], who="super")
 
 
 # -- definitions and sequence state -----------------------------------------------------------
@@ -241,9 +233,7 @@ STATE = {
 def test_definitions_and_sequence_state_are_operations(arena: Arena, name: str) -> None:
     setup, attack = STATE[name]
     arena.attack(setup)
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack(attack)
-    arena.verdict(before, last, out)
+    arena.attempt(attack)
 
 
 def test_replace_function_through_psycopg_prepared(arena: Arena) -> None:

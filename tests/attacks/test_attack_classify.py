@@ -8,29 +8,16 @@ in one Query message; the ledger's record of what the client sent.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
-from attacker import Arena, Template, fixtures
+from attacker import Arena, Template, deny_arena_fixture, fixtures
 from support.proxy import ProxyFactory
 
 arena_template, arena = fixtures()
 
 
-@pytest.fixture(scope="module")
-def deny_delete_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("attack-cfg") / "deny-delete.toml"
-    path.write_text('[policy]\ndelete = "deny"\n')
-    return path
-
-
-@pytest.fixture
-def arena_deny(arena_template: Template, proxy_factory: ProxyFactory,
-               deny_delete_config: Path) -> Iterator[Arena]:
-    """Behind a fresh proxy (empty cache) whose policy denies DELETE."""
-    yield from arena_template.clone(
-        proxy_factory("--config", str(deny_delete_config), fresh=True))
+arena_deny = deny_arena_fixture('delete = "deny"\n')
 
 
 @pytest.fixture

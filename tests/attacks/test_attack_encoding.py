@@ -8,13 +8,9 @@ cannot parse, is "unparseable" to softguard and runs on the server.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import psycopg
 import pytest
-from attacker import Arena, Template, fixtures
-from support.proxy import ProxyFactory
+from attacker import Arena, deny_arena_fixture, fixtures
 
 arena_template, arena = fixtures()
 
@@ -50,18 +46,7 @@ def server_reads(arena: Arena, text: bytes, encoding: str) -> str:
     return str(arena.direct("SELECT convert_from(%s::bytea, %s)", [text, encoding])[0][0])
 
 
-@pytest.fixture(scope="module")
-def deny_delete_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("attack-cfg") / "deny-delete.toml"
-    path.write_text('[policy]\ndelete = "deny"\ntruncate = "deny"\n')
-    return path
-
-
-@pytest.fixture
-def arena_deny(arena_template: Template, proxy_factory: ProxyFactory,
-               deny_delete_config: Path) -> Iterator[Arena]:
-    yield from arena_template.clone(proxy_factory("--config", str(deny_delete_config)))
-
+arena_deny = deny_arena_fixture('delete = "deny"\ntruncate = "deny"\n')
 
 SMUGGLED = pytest.mark.xfail(strict=True, reason="issue 18 item 1: softguard reads the bytes as "
                              "UTF-8 (one SELECT); the server, in the client encoding, runs the "
@@ -73,9 +58,7 @@ SMUGGLED = pytest.mark.xfail(strict=True, reason="issue 18 item 1: softguard rea
 def test_drop_smuggled_through_client_encoding(arena: Arena, encoding: str) -> None:
     text = payload(encoding, "DROP TABLE big")
     assert "DROP TABLE big; --'" in server_reads(arena, text, encoding)
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([text], client_encoding=encoding)
-    arena.verdict(before, last, out)
+    arena.attempt([text], client_encoding=encoding)
 
 
 DESTROY = {
@@ -90,9 +73,7 @@ DESTROY = {
 @pytest.mark.parametrize("kind", [
     pytest.param(k, marks=[] if k == "delete" else [SMUGGLED]) for k in sorted(DESTROY)])
 def test_other_statements_smuggled_in_sjis(arena: Arena, kind: str) -> None:
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([payload("SJIS", DESTROY[kind])], client_encoding="SJIS")
-    arena.verdict(before, last, out)
+    arena.attempt([payload("SJIS", DESTROY[kind])], client_encoding="SJIS")
 
 
 @SMUGGLED
@@ -140,9 +121,7 @@ def test_invalid_utf8_is_not_a_free_pass(arena: Arena, encoding: str) -> None:
     char = bytes(arena.direct("SELECT convert_to(%s, %s)", [NATIVE[encoding], encoding])[0][0])
     with pytest.raises(UnicodeDecodeError):
         (char + b"'").decode("utf-8")
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([b"TRUNCATE big; SELECT '" + char + b"'"], client_encoding=encoding)
-    arena.verdict(before, last, out)
+    arena.attempt([b"TRUNCATE big; SELECT '" + char + b"'"], client_encoding=encoding)
 
 
 GRAMMAR = {
@@ -159,9 +138,7 @@ GRAMMAR = {
 def test_newer_grammar_keywords_are_not_a_free_pass(arena: Arena, name: str) -> None:
     if arena.server.version_num >= 160000:
         pytest.skip("system_user is a keyword of this server too")
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([GRAMMAR[name]])
-    arena.verdict(before, last, out)
+    arena.attempt([GRAMMAR[name]])
 
 
 def test_unparseable_text_the_server_rejects_changes_nothing(arena: Arena) -> None:

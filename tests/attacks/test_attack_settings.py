@@ -9,11 +9,12 @@ sees. Each test asserts what must hold: refused, or recorded and undone exactly.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
-from attacker import Arena, chr_built, fixtures, uident
+from attacker import Arena, Outcome, chr_built, fixtures, uident
 
 arena_template, arena = fixtures()
 
@@ -44,20 +45,16 @@ OFF_TODAY = pytest.mark.xfail(strict=True, reason="issue 10 item 1: set_config()
     pytest.param(k, marks=[] if k in ("upper", "select_from_pg_settings") else [OFF_TODAY])
     for k in sorted(CAPTURE_OFF)])
 def test_capture_cannot_be_switched_off(arena: Arena, spelling: str) -> None:
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([CAPTURE_OFF[spelling], "DELETE FROM parent WHERE id = 2"])
-    arena.verdict(before, last, out)
+    arena.attempt([CAPTURE_OFF[spelling], "DELETE FROM parent WHERE id = 2"])
 
 
 @pytest.mark.xfail(strict=True, reason="issue 10 item 1: the setting's name travels as a bound "
                    "parameter, which the proxy never reads; capture goes off")
 def test_capture_off_by_bound_parameter(arena: Arena) -> None:
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([
+    arena.attempt([
         lambda c: c.execute("SELECT set_config(%s, '', false)", ["softguard.capture"]),
         "DELETE FROM parent WHERE id = 3",
     ])
-    arena.verdict(before, last, out)
 
 
 @pytest.mark.xfail(strict=True, reason="issue 10 item 1: a prepared statement in a pipeline "
@@ -116,17 +113,13 @@ def test_capture_off_from_role_default(arena: Arena) -> None:
 @pytest.mark.xfail(strict=True, reason="issue 10 item 1: another role (DML grants only) turns "
                    "capture off the same way")
 def test_capture_off_by_other_role(arena: Arena) -> None:
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([CAPTURE_OFF["concat"], "DELETE FROM big WHERE id < 10"], who="other")
-    arena.verdict(before, last, out)
+    arena.attempt([CAPTURE_OFF["concat"], "DELETE FROM big WHERE id < 10"], who="other")
 
 
 @pytest.mark.xfail(strict=True, reason="issue 10 item 1: a superuser through the proxy turns "
                    "capture off the same way")
 def test_capture_off_by_superuser(arena: Arena) -> None:
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([CAPTURE_OFF["uident_set"], "DELETE FROM big WHERE id < 10"], who="super")
-    arena.verdict(before, last, out)
+    arena.attempt([CAPTURE_OFF["uident_set"], "DELETE FROM big WHERE id < 10"], who="super")
 
 
 @pytest.mark.xfail(strict=True, reason="issue 10 item 1: softguard.retention = 0 records the "
@@ -151,14 +144,12 @@ def test_rows_cannot_join_an_undone_operation(arena: Arena) -> None:
     arena.attack(["DELETE FROM big WHERE id = 1"])
     (decoy,) = [o["id"] for o in arena.ops_since(first)]
     assert arena.undo([decoy]).returncode == 0
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([
+    arena.attempt([
         "WITH s AS MATERIALIZED (SELECT set_config(concat('soft', 'guard.cur_op'), "
         "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint::text "
         f"|| '/{decoy}/DELETE', true) AS v) "
         "DELETE FROM big WHERE id BETWEEN 2 AND 9 AND (SELECT v FROM s) IS NOT NULL",
     ])
-    arena.verdict(before, last, out)
 
 
 @pytest.mark.xfail(strict=True, reason="issue 10 item 1: softguard.client_addr set by the "
@@ -174,36 +165,51 @@ def test_client_address_cannot_be_chosen(arena: Arena) -> None:
     arena.verdict(before, last, out)
 
 
+def ledger_attack(arena: Arena, steps: list[str], who: str = "super",
+                  check: Callable[[Outcome, list[dict[str, Any]]], None] | None = None) -> None:
+    """An ordinary captured DELETE, then `steps` against the ledger it wrote: the deleted
+    rows must still come back."""
+    before, last = arena.snapshot(), arena.last_op()
+    arena.attack(["DELETE FROM big WHERE id < 20"])
+    out = arena.attack(steps, who=who)
+    if check is not None:
+        check(out, arena.ops_since(last))
+    arena.verdict(before, last, out)
+
+
+INTERNAL_ON = f"SELECT set_config({chr_built('softguard.internal')}, 'on', false)"
+
+
+def _ledger_kept(out: Outcome, ops: list[dict[str, Any]]) -> None:
+    assert ops, "the ledger was emptied"
+
+
 @pytest.mark.xfail(strict=True, reason="issue 10 items 1 and 3: a superuser sets "
                    "softguard.internal and deletes ledger rows through a DO block")
 def test_superuser_cannot_empty_the_ledger(arena: Arena) -> None:
-    before, last = arena.snapshot(), arena.last_op()
-    arena.attack(["DELETE FROM big WHERE id < 5"])
-    out = arena.attack([
-        f"SELECT set_config({chr_built('softguard.internal')}, 'on', false)",
+    ledger_attack(arena, [
+        INTERNAL_ON,
         "DO $$ BEGIN EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
         "'captured_rows'); EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
         "'captures'); EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
         "'operations'); END $$",
-    ], who="super")
-    assert arena.ops_since(last), "the ledger was emptied"
-    arena.verdict(before, last, out)
+    ], check=_ledger_kept)
 
 
 # -- issue 10 item 3: forging the ledger --------------------------------------------------
 
 
+def _refused(out: Outcome, ops: list[dict[str, Any]]) -> None:
+    assert out.sqlstate == "42501", out.describe()
+
+
 def test_owner_cannot_empty_the_ledger(arena: Arena) -> None:
     """The owner has no privilege on the ledger, whatever softguard.internal says."""
-    before, last = arena.snapshot(), arena.last_op()
-    arena.attack(["DELETE FROM big WHERE id < 5"])
-    out = arena.attack([
-        f"SELECT set_config({chr_built('softguard.internal')}, 'on', false)",
+    ledger_attack(arena, [
+        INTERNAL_ON,
         "DO $$ BEGIN EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
         "'captured_rows'); END $$",
-    ])
-    assert out.sqlstate == "42501", out.describe()
-    arena.verdict(before, last, out)
+    ], who="owner", check=_refused)
 
 
 @pytest.mark.xfail(strict=True, reason="issue 10 item 3: softguard._op_begin is executable by "
@@ -238,27 +244,21 @@ def test_no_security_definer_function_is_public(arena: Arena) -> None:
 @pytest.mark.xfail(strict=True, reason="issue 10 item 3: softguard.captured_rows has no guard; "
                    "undo then reports success and restores nothing")
 def test_superuser_cannot_delete_captured_rows(arena: Arena) -> None:
-    before, last = arena.snapshot(), arena.last_op()
-    arena.attack(["DELETE FROM parent WHERE id IN (1, 2)"])
-    out = arena.attack([
-        "DO $$ BEGIN EXECUTE format('DELETE FROM %I.captured_rows', "
-        "concat('soft', 'guard')); END $$",
-    ], who="super")
-    arena.verdict(before, last, out)
+    ledger_attack(arena, ["DO $$ BEGIN EXECUTE format('DELETE FROM %I.captured_rows', "
+                          "concat('soft', 'guard')); END $$"])
+
+
+def _all_active(out: Outcome, ops: list[dict[str, Any]]) -> None:
+    assert all(o["state"] == "active" for o in ops), ops
 
 
 @pytest.mark.xfail(strict=True, reason="issue 10 item 3: a superuser marks an active operation "
                    "undone through a DO block; undo then refuses and the rows stay lost")
 def test_superuser_cannot_rewrite_operation_state(arena: Arena) -> None:
-    before, last = arena.snapshot(), arena.last_op()
-    arena.attack(["DELETE FROM big WHERE id < 20"])
-    out = arena.attack([
+    ledger_attack(arena, [
         "DO $$ BEGIN EXECUTE format('UPDATE %I.operations SET state = ''undone'', "
         "expires_at = now() - interval ''1 day''', concat('soft', 'guard')); END $$",
-    ], who="super")
-    ops = arena.ops_since(last)
-    assert all(o["state"] == "active" for o in ops), ops
-    arena.verdict(before, last, out)
+    ], check=_all_active)
 
 
 def test_owner_cannot_purge_its_operation(arena: Arena) -> None:
