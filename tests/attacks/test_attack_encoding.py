@@ -1,0 +1,165 @@
+"""Issue 18 items 1 and 2: the proxy reads one statement, the server runs another.
+
+Client encodings whose multi-byte characters take an ASCII backslash as trailing byte
+turn `E'<x>\\'; DROP ...; --'` into one harmless SELECT for a UTF-8 reader and into a
+SELECT plus a real DROP for the server. Text that is invalid UTF-8, or that a newer grammar
+cannot parse, is "unparseable" to softguard and runs on the server.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from attacker import Arena, deny_arena_fixture, fixtures
+
+arena_template, arena = fixtures()
+
+# PostgreSQL encoding -> Python codec; encodings with ASCII trailing bytes.
+# (JOHAB and UHC are not here: PostgreSQL verifies their trailing bytes as 0xA1-0xFE, resp.
+# letters only, so no backslash or quote can hide in them; they are in NATIVE below.)
+SMUGGLING = {"SJIS": "shift_jis", "SHIFT_JIS_2004": "shift_jis_2004", "BIG5": "big5",
+             "GBK": "gbk", "GB18030": "gb18030"}
+
+
+def smuggler(encoding: str) -> bytes:
+    """UTF-8 bytes of one character whose last byte, in `encoding`, leads a two-byte
+    character that swallows a following backslash."""
+    codec = SMUGGLING[encoding]
+    for cp in range(0xC0, 0xD800):
+        b = chr(cp).encode("utf-8")
+        probe = b"E'" + b + b"\\'"
+        try:
+            text = probe.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if "\\" not in text and text.encode(codec) == probe:
+            return b
+    raise AssertionError(f"no smuggling character for {encoding}")
+
+
+def payload(encoding: str, destroy: str) -> bytes:
+    return b"SELECT E'" + smuggler(encoding) + b"\\'; " + destroy.encode() + b"; --'"
+
+
+def server_reads(arena: Arena, text: bytes, encoding: str) -> str:
+    """What the server makes of `text` in `encoding` (proves the smuggling is real)."""
+    return str(arena.direct("SELECT convert_from(%s::bytea, %s)", [text, encoding])[0][0])
+
+
+arena_deny = deny_arena_fixture('delete = "deny"\ntruncate = "deny"\n')
+
+SMUGGLED = pytest.mark.xfail(strict=True, reason="issue 18 item 1: softguard reads the bytes as "
+                             "UTF-8 (one SELECT); the server, in the client encoding, runs the "
+                             "smuggled statement unprotected")
+
+
+@SMUGGLED
+@pytest.mark.parametrize("encoding", sorted(SMUGGLING))
+def test_drop_smuggled_through_client_encoding(arena: Arena, encoding: str) -> None:
+    text = payload(encoding, "DROP TABLE big")
+    assert "DROP TABLE big; --'" in server_reads(arena, text, encoding)
+    arena.attempt([text], client_encoding=encoding)
+
+
+DESTROY = {
+    "truncate": "TRUNCATE big",
+    "drop_column": "ALTER TABLE parent DROP COLUMN name",
+    "drop_cascade": "DROP TABLE parent CASCADE",
+    "do_block": "DO $$ BEGIN EXECUTE 'DROP TABLE typed'; END $$",
+    "delete": "DELETE FROM big",  # captured by the triggers whatever the text: passes today
+}
+
+
+@pytest.mark.parametrize("kind", [
+    pytest.param(k, marks=[] if k == "delete" else [SMUGGLED]) for k in sorted(DESTROY)])
+def test_other_statements_smuggled_in_sjis(arena: Arena, kind: str) -> None:
+    arena.attempt([payload("SJIS", DESTROY[kind])], client_encoding="SJIS")
+
+
+@SMUGGLED
+@pytest.mark.parametrize("how", ["set", "options", "set_config"])
+def test_encoding_switched_after_startup(arena: Arena, how: str) -> None:
+    text = payload("SJIS", "DROP TABLE big")
+    before, last = arena.snapshot(), arena.last_op()
+    if how == "options":
+        out = arena.attack([text], options="-c client_encoding=SJIS")
+    else:
+        switch = ("SET client_encoding = 'SJIS'" if how == "set"
+                  else "SELECT set_config('client_encoding', 'SJIS', false)")
+        out = arena.attack([switch, text])
+    arena.verdict(before, last, out)
+
+
+@SMUGGLED
+@pytest.mark.parametrize("destroy", ["DELETE FROM big", "TRUNCATE big"])
+def test_smuggling_defeats_deny_policy(arena_deny: Arena, destroy: str) -> None:
+    before, last = arena_deny.snapshot(), arena_deny.last_op()
+    out = arena_deny.attack([payload("GBK", destroy)], client_encoding="GBK")
+    assert out.sqlstate == "42501", f"denied category ran: {out.describe()}"
+    arena_deny.verdict(before, last, out)
+
+
+@SMUGGLED
+def test_superuser_smuggles_a_ledger_write(arena: Arena) -> None:
+    before, last = arena.snapshot(), arena.last_op()
+    arena.attack(["DELETE FROM parent WHERE id = 1"])
+    out = arena.attack([payload("BIG5", 'DELETE FROM U&"\\0073oftguard".captured_rows')],
+                       who="super", client_encoding="BIG5")
+    arena.verdict(before, last, out)
+
+
+# -- item 2: text softguard cannot parse ----------------------------------------------------
+
+# A non-ASCII character in each encoding whose bytes are invalid UTF-8. (For JOHAB a Hanja:
+# PostgreSQL converts Hangul to JOHAB bytes that its own input check then rejects.)
+NATIVE = {"LATIN1": "é", "WIN1252": "€", "UHC": "한", "EUC_KR": "한", "SJIS": "ア",
+          "BIG5": "中", "KOI8R": "ж", "EUC_JP": "ア", "WIN1251": "ж", "LATIN2": "ő",
+          "JOHAB": "中", "GB18030": "中", "SHIFT_JIS_2004": "ア", "EUC_CN": "中"}
+@pytest.mark.xfail(strict=True, reason="issue 18 item 2: invalid UTF-8 makes the text "
+                   "'unparseable', allowed by default; the server runs the TRUNCATE")
+@pytest.mark.parametrize("encoding", sorted(NATIVE))
+def test_invalid_utf8_is_not_a_free_pass(arena: Arena, encoding: str) -> None:
+    char = bytes(arena.direct("SELECT convert_to(%s, %s)", [NATIVE[encoding], encoding])[0][0])
+    with pytest.raises(UnicodeDecodeError):
+        (char + b"'").decode("utf-8")
+    arena.attempt([b"TRUNCATE big; SELECT '" + char + b"'"], client_encoding=encoding)
+
+
+GRAMMAR = {
+    "drop": "DROP TABLE big; CREATE TEMP TABLE system_user(x int)",
+    "truncate": "TRUNCATE typed; CREATE TEMP TABLE system_user(x int)",
+    "drop_column": "ALTER TABLE parent DROP COLUMN name; CREATE TEMP TABLE system_user(x int)",
+    "drop_schema": "DROP SCHEMA public CASCADE; CREATE TEMP TABLE system_user(x int)",
+}
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 item 2: pglast's newer grammar reserves "
+                   "system_user; 'unparseable' is allowed and PostgreSQL 15 runs the DROP")
+@pytest.mark.parametrize("name", sorted(GRAMMAR))
+def test_newer_grammar_keywords_are_not_a_free_pass(arena: Arena, name: str) -> None:
+    if arena.server.version_num >= 160000:
+        pytest.skip("system_user is a keyword of this server too")
+    arena.attempt([GRAMMAR[name]])
+
+
+def test_unparseable_text_the_server_rejects_changes_nothing(arena: Arena) -> None:
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack(["DROP TABLE big; SELEC 1"])
+    assert out.error is not None
+    assert arena.snapshot() == before and arena.ops_since(last) == []
+
+
+def test_sjis_statement_without_tricks_is_protected(arena: Arena) -> None:
+    """Control: a plain DROP under SJIS is made reversible."""
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack(["DROP TABLE big"], client_encoding="SJIS")
+    assert arena.ops_since(last), out.describe()
+    arena.verdict(before, last, out)
+
+
+def test_smuggling_is_real_on_a_direct_connection(arena: Arena) -> None:
+    """Control for the tests above: the payload does drop the table on the server."""
+    with psycopg.connect(arena.direct_dsn("owner", client_encoding="SJIS"),
+                         autocommit=True) as c:
+        c.execute(payload("SJIS", "DROP TABLE nokey"))
+    assert arena.direct("SELECT to_regclass('public.nokey')")[0][0] is None
