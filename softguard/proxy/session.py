@@ -244,9 +244,7 @@ class ClientSession(asyncio.Protocol):
                     self.transport.resume_reading()
             case ArmTimer(timer=timer, seconds=seconds):
                 if not self._closed:
-                    self._timers[timer] = server.loop.call_later(
-                        seconds, self._timer_fired, timer
-                    )
+                    self._timers[timer] = server.loop.call_later(seconds, self._timer_fired, timer)
             case CancelTimer(timer=timer):
                 handle = self._timers.pop(timer, None)
                 if handle is not None:

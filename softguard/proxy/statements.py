@@ -292,9 +292,7 @@ def plan_message(
             None, kind=kind, action=action, protected=tuple(protected), reread_soft_delete=reread
         )
     rebuilt = _rebuild(msg, text, replacements, None, frozenset(retag))
-    return Planned(
-        rebuilt.raw, rebuilt.plan, rebuilt.retag, kind, action, tuple(protected), reread
-    )
+    return Planned(rebuilt.raw, rebuilt.plan, rebuilt.retag, kind, action, tuple(protected), reread)
 
 
 def _soft_delete(
