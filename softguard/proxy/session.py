@@ -188,8 +188,10 @@ class ClientSession(asyncio.Protocol):
         self._run()
 
     def _upstream_paused(self, paused: bool) -> None:
+        # Called from inside ``up.write`` (in ``_run``'s loop) when the buffer fills:
+        # only controls come of it, run now; the bytes being written are left alone.
         self.core.upstream_paused(paused)
-        self._run()
+        self._run_controls()
 
     def _timer_fired(self, timer: Timer) -> None:
         self._timers.pop(timer, None)
@@ -229,6 +231,11 @@ class ClientSession(asyncio.Protocol):
                 client.write(piece)
             pieces.clear()
         if core.controls:
+            self._run_controls()
+
+    def _run_controls(self) -> None:
+        core = self.core
+        while core.controls:
             controls, core.controls = core.controls, []
             for control in controls:
                 self._execute(control)
