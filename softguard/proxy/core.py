@@ -29,6 +29,23 @@ from enum import Enum, auto
 from typing import Protocol
 
 from softguard.policy import SessionInfo
+from softguard.proxy.commands import (
+    Cache,
+    ClientReading,
+    Close,
+    Connect,
+    Control,
+    Forget,
+    ForwardCancel,
+    Measure,
+    Observe,
+    OperationNotice,
+    Refused,
+    SetTimer,
+    StartTLS,
+    Timer,
+    WaitLedger,
+)
 from softguard.proxy.metrics import NOTICE_MARKER
 from softguard.proxy.statements import SAFE, NeedLedger, PlanInputs, SoftSession, plan_message
 from softguard.sql.rewrite import RewritePlan
@@ -87,137 +104,10 @@ class State(Enum):
     CLOSED = auto()
 
 
-class Timer(Enum):
-    STARTUP = auto()  # startup and authentication must be done by then
-    STALL = auto()  # a client stopped in the middle of a message
-
-
-# ---------------------------------------------------------------------- controls
-
-
-@dataclass(frozen=True, slots=True)
-class StartTLS:
-    """Pause reading the client and run the server side of a TLS handshake; then
-    ``tls_started()`` (or ``abort()``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Connect:
-    """Reach the upstream; then ``upstream_connected()`` or ``upstream_failed(text)``."""
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardCancel:
-    request: CancelRequest
-
-
-@dataclass(frozen=True, slots=True)
-class WaitLedger:
-    """Check (or install) the ledger of ``database``; then ``ledger_known()``."""
-
-    database: str
-    user: str
-
-
-@dataclass(frozen=True, slots=True)
-class PauseClient:
-    """Stop reading the client (the first reason to pause)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ResumeClient:
-    """Read the client again (the last reason to pause is gone)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ArmTimer:
-    """Call the timer's method (``startup_timed_out`` / ``stall_check``) in ``seconds``."""
-
-    timer: Timer
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTimer:
-    timer: Timer
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Close both connections and cancel the timers. ``farewell`` (softguard's FATAL
-    ErrorResponse) goes to the client first if it is still connected; the upstream is
-    told Terminate first when ``terminate_upstream`` (the client stream is at a message
-    boundary)."""
-
-    terminate_upstream: bool
-    farewell: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """A connection refused or ended before its session was up (metrics)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SessionUp:
-    """The first ReadyForQuery went to the client ``seconds`` after connecting began."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class StatementTimed:
-    """A rewritten statement's ReadyForQuery came ``seconds`` after it was sent."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class OperationNotice:
-    """softguard's operation NOTICE went to the client: count and log it, pairing it with
-    (and removing from) ``protected``, the statements made reversible and not yet paired."""
-
-    body: bytes
-    protected: list[tuple[str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerStale:
-    """The server says the ledger of ``database`` is gone: check it again next time."""
-
-    database: str
-
-
-@dataclass(frozen=True, slots=True)
-class SoftDeleteStale:
-    """Table DDL went by: read the soft-delete tables of ``database`` again."""
-
-    database: str
-
-
-Control = (
-    StartTLS
-    | Connect
-    | ForwardCancel
-    | WaitLedger
-    | PauseClient
-    | ResumeClient
-    | ArmTimer
-    | CancelTimer
-    | Close
-    | Refused
-    | SessionUp
-    | StatementTimed
-    | OperationNotice
-    | LedgerStale
-    | SoftDeleteStale
-)
 _CONNECT = Connect()
 _START_TLS = StartTLS()
-_PAUSE = PauseClient()
-_RESUME = ResumeClient()
+_PAUSE = ClientReading(paused=True)
+_RESUME = ClientReading(paused=False)
 
 
 class StatementCounter(Protocol):
@@ -304,7 +194,7 @@ class SessionCore:
 
     def start(self) -> None:
         """The client connected."""
-        self.controls.append(ArmTimer(Timer.STARTUP, self.config.startup_timeout))
+        self.controls.append(SetTimer(Timer.STARTUP, self.config.startup_timeout))
 
     def client_data(self, data: bytes) -> None:
         state = self.state
@@ -546,11 +436,13 @@ class SessionCore:
                 self._server_fatal = True
             elif mtype == _Z:
                 self.state = State.READY
-                self.controls.append(CancelTimer(Timer.STARTUP))
+                self.controls.append(SetTimer(Timer.STARTUP, None))
                 self._sframer.set_want(_SERVER_WANT)
                 self.pending = 0
                 self._ready_for_query(msg.body)
-                self.controls.append(SessionUp(self._clock() - self._connect_started))
+                self.controls.append(
+                    Observe(Measure.UPSTREAM_CONNECT, self._clock() - self._connect_started)
+                )
                 log.debug(
                     "client %s: session ready user=%s db=%s",
                     self.peer,
@@ -650,7 +542,7 @@ class SessionCore:
         elif kind:
             self.counter.count_statement(kind, planned.action)
         if planned.reread_soft_delete:
-            self.controls.append(SoftDeleteStale(self.info.database))
+            self.controls.append(Forget(Cache.SOFT_DELETE_TABLES, self.info.database))
         if planned.protected:
             self._protected.extend(planned.protected)
         raw = planned.raw
@@ -701,7 +593,7 @@ class SessionCore:
                 replacement = without_context(mtype, msg.body)
             if filt is not None and filt.ledger_missing:
                 filt.ledger_missing = False
-                self.controls.append(LedgerStale(self.info.database))
+                self.controls.append(Forget(Cache.LEDGER, self.info.database))
             if replacement is None and msg.start >= 0:
                 continue
             if msg.start > cursor:
@@ -734,7 +626,7 @@ class SessionCore:
             for entry in timings:
                 entry[0] -= 1
                 if entry[0] <= 0:
-                    self.controls.append(StatementTimed(now - entry[1]))
+                    self.controls.append(Observe(Measure.REWRITTEN_STATEMENT, now - entry[1]))
             timings[:] = [e for e in timings if e[0] > 0]
         if self.pending == 0:
             # Statements that made no operation (error, no rows). A new list: an
@@ -763,7 +655,7 @@ class SessionCore:
     def _arm_stall_timer(self) -> None:
         self._stall_armed = True
         self._stall_mark = self._client_bytes
-        self.controls.append(ArmTimer(Timer.STALL, self.config.client_stall_timeout))
+        self.controls.append(SetTimer(Timer.STALL, self.config.client_stall_timeout))
 
 
 def _message(mtype: int, body: bytes) -> bytes:

@@ -19,28 +19,24 @@ from typing import Any, Protocol, cast
 
 from softguard.config import Settings
 from softguard.policy import SessionInfo
-from softguard.proxy.core import (
-    ArmTimer,
-    CancelTimer,
+from softguard.proxy.commands import (
+    Cache,
+    ClientReading,
     Close,
     Connect,
     Control,
-    CoreConfig,
+    Forget,
     ForwardCancel,
-    LedgerStale,
+    Measure,
+    Observe,
     OperationNotice,
-    PauseClient,
     Refused,
-    ResumeClient,
-    SessionCore,
-    SessionUp,
-    SoftDeleteStale,
+    SetTimer,
     StartTLS,
-    State,
-    StatementTimed,
     Timer,
     WaitLedger,
 )
+from softguard.proxy.core import CoreConfig, SessionCore, State
 from softguard.proxy.ledger_gate import LedgerGate
 from softguard.proxy.metrics import Metrics, log_operation
 from softguard.proxy.statements import PlanInputs
@@ -243,19 +239,19 @@ class ClientSession(asyncio.Protocol):
     def _execute(self, control: Control) -> None:
         server = self.server
         match control:
-            case PauseClient():
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.pause_reading()
-            case ResumeClient():
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.resume_reading()
-            case ArmTimer(timer=timer, seconds=seconds):
-                if not self._closed:
-                    self._timers[timer] = server.loop.call_later(seconds, self._timer_fired, timer)
-            case CancelTimer(timer=timer):
+            case ClientReading(paused=paused):
+                transport = self.transport
+                if transport is not None and not transport.is_closing():
+                    if paused:
+                        transport.pause_reading()
+                    else:
+                        transport.resume_reading()
+            case SetTimer(timer=timer, seconds=seconds):
                 handle = self._timers.pop(timer, None)
                 if handle is not None:
                     handle.cancel()
+                if seconds is not None and not self._closed:
+                    self._timers[timer] = server.loop.call_later(seconds, self._timer_fired, timer)
             case Close(terminate_upstream=terminate, farewell=farewell):
                 self._close(terminate, farewell)
             case Connect():
@@ -270,15 +266,15 @@ class ClientSession(asyncio.Protocol):
                 server.spawn(server.forward_cancel(request))
             case OperationNotice(body=body, protected=protected):
                 log_operation(server.metrics, body, self.core.info, protected)
-            case LedgerStale(database=database):
+            case Forget(cache=Cache.LEDGER, database=database):
                 server.ledger.forget(database)
-            case SoftDeleteStale(database=database):
+            case Forget(cache=Cache.SOFT_DELETE_TABLES, database=database):
                 server.ledger.forget_soft_delete_tables(database)
             case Refused(reason=reason):
                 server.metrics.refused[reason].inc()
-            case SessionUp(seconds=seconds):
+            case Observe(measure=Measure.UPSTREAM_CONNECT, seconds=seconds):
                 server.metrics.upstream_connect_seconds.observe(seconds)
-            case StatementTimed(seconds=seconds):
+            case Observe(measure=Measure.REWRITTEN_STATEMENT, seconds=seconds):
                 server.metrics.rewritten_statement_seconds.observe(seconds)
 
     def _close(self, terminate_upstream: bool, farewell: bytes) -> None:

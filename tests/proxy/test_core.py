@@ -8,25 +8,21 @@ from dataclasses import dataclass, field
 import pytest
 
 from softguard.policy import Policy, PolicyConfig
-from softguard.proxy.core import (
-    ArmTimer,
-    CancelTimer,
+from softguard.proxy.commands import (
+    ClientReading,
     Close,
     Connect,
     Control,
-    CoreConfig,
     ForwardCancel,
+    Observe,
     OperationNotice,
-    PauseClient,
     Refused,
-    ResumeClient,
-    SessionCore,
-    SessionUp,
+    SetTimer,
     StartTLS,
-    State,
     Timer,
     WaitLedger,
 )
+from softguard.proxy.core import CoreConfig, SessionCore, State
 from softguard.proxy.statements import FixedLedger, LedgerState, PlanInputs
 from softguard.sql import Classifier
 from softguard.sql.soft_delete import SoftDeleteTables
@@ -144,12 +140,12 @@ def fatal(out: Out) -> dict[str, str]:
 def test_startup_connects_with_capture_settings_and_relays_auth() -> None:
     core, _ = make_core()
     core.start()
-    assert drain(core).controls == [ArmTimer(Timer.STARTUP, 60.0)]
+    assert drain(core).controls == [SetTimer(Timer.STARTUP, 60.0)]
     core.client_data(STARTUP[:7])
     assert drain(core) == Out(b"", b"", [])
     core.client_data(STARTUP[7:])
     out = drain(core)
-    assert out.controls == [PauseClient(), Connect()]
+    assert out.controls == [ClientReading(paused=True), Connect()]
     assert core.state is State.CONNECTING
     assert (core.info.user, core.info.database, core.info.application_name) == (
         "alice",
@@ -160,11 +156,11 @@ def test_startup_connects_with_capture_settings_and_relays_auth() -> None:
     out = drain(core)
     assert b"softguard.capture\0delete\0" in out.to_server
     assert b"softguard.client_addr\x0010.0.0.7\0" in out.to_server
-    assert out.controls == [ResumeClient()]
+    assert out.controls == [ClientReading(paused=False)]
     core.server_data(SERVER_HELLO)
     out = drain(core)
     assert out.to_client == SERVER_HELLO
-    assert [type(c) for c in out.controls] == [CancelTimer, SessionUp]
+    assert [type(c) for c in out.controls] == [SetTimer, Observe]
     assert core.state is State.READY and core.cancel_key == (4242, b"\1\2\3\4")
 
 
@@ -337,14 +333,14 @@ def test_ledger_wait_holds_the_stream_then_resumes_it_in_order() -> None:
     core.client_data(chunk)
     out = drain(core)
     assert out.to_server == before
-    assert out.controls == [PauseClient(), WaitLedger("shop", "alice")]
+    assert out.controls == [ClientReading(paused=True), WaitLedger("shop", "alice")]
     assert core.pending == 1  # the held Query is not owed yet
     ledger.ready = True
     core.ledger_known()
     out = drain(core)
     assert b"CALL softguard.drop_op(" in out.to_server
     assert out.to_server.endswith(query("select 2"))
-    assert out.controls == [ResumeClient()]
+    assert out.controls == [ClientReading(paused=False)]
     assert core.pending == 3
     assert counter.counts == {("destructive", "protect"): 1}  # counted once, not again
 
@@ -389,10 +385,10 @@ def test_stalled_client_is_cut_off() -> None:
     core, _ = ready_core()
     chunk = query("select 1")
     core.client_data(chunk[:4])
-    assert drain(core).controls == [ArmTimer(Timer.STALL, 60.0)]
+    assert drain(core).controls == [SetTimer(Timer.STALL, 60.0)]
     core.client_data(chunk[4:6])
     core.stall_check()  # bytes came since: armed again
-    assert drain(core).controls == [ArmTimer(Timer.STALL, 60.0)]
+    assert drain(core).controls == [SetTimer(Timer.STALL, 60.0)]
     core.stall_check()
     out = drain(core)
     assert fatal(out)["C"] == "08P01" and "stalled" in fatal(out)["M"]
