@@ -19,23 +19,7 @@ from typing import Any, Protocol, cast
 
 from softguard.config import Settings
 from softguard.policy import SessionInfo
-from softguard.proxy.commands import (
-    Cache,
-    ClientReading,
-    Close,
-    Connect,
-    Control,
-    Forget,
-    ForwardCancel,
-    Measure,
-    Observe,
-    OperationNotice,
-    Refused,
-    SetTimer,
-    StartTLS,
-    Timer,
-    WaitLedger,
-)
+from softguard.proxy import commands as cmd
 from softguard.proxy.core import CoreConfig, SessionCore, State
 from softguard.proxy.ledger_gate import LedgerGate
 from softguard.proxy.metrics import Metrics, log_operation
@@ -131,7 +115,7 @@ class ClientSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamProtocol | None = None
         self.up_transport: asyncio.Transport | None = None
-        self._timers: dict[Timer, asyncio.TimerHandle] = {}
+        self._timers: dict[cmd.Timer, asyncio.TimerHandle] = {}
         self._closed = False
 
     @property
@@ -189,16 +173,16 @@ class ClientSession(asyncio.Protocol):
         self.core.upstream_paused(paused)
         self._run_controls()
 
-    def _timer_fired(self, timer: Timer) -> None:
+    def _timer_fired(self, timer: cmd.Timer) -> None:
         self._timers.pop(timer, None)
-        if timer is Timer.STARTUP:
+        if timer is cmd.Timer.STARTUP:
             self.core.startup_timed_out()
         else:
             self.core.stall_check()
         self._run()
 
     def begin_shutdown(self) -> None:
-        """Close now if idle, else after the transaction in progress ends."""
+        """cmd.Close now if idle, else after the transaction in progress ends."""
         self.core.begin_shutdown()
         self._run()
 
@@ -236,45 +220,45 @@ class ClientSession(asyncio.Protocol):
             for control in controls:
                 self._execute(control)
 
-    def _execute(self, control: Control) -> None:
+    def _execute(self, control: cmd.Control) -> None:
         server = self.server
         match control:
-            case ClientReading(paused=paused):
+            case cmd.ClientReading(paused=paused):
                 transport = self.transport
                 if transport is not None and not transport.is_closing():
                     if paused:
                         transport.pause_reading()
                     else:
                         transport.resume_reading()
-            case SetTimer(timer=timer, seconds=seconds):
+            case cmd.SetTimer(timer=timer, seconds=seconds):
                 handle = self._timers.pop(timer, None)
                 if handle is not None:
                     handle.cancel()
                 if seconds is not None and not self._closed:
                     self._timers[timer] = server.loop.call_later(seconds, self._timer_fired, timer)
-            case Close(terminate_upstream=terminate, farewell=farewell):
+            case cmd.Close(terminate_upstream=terminate, farewell=farewell):
                 self._close(terminate, farewell)
-            case Connect():
+            case cmd.Connect():
                 server.spawn(self._connect())
-            case StartTLS():
+            case cmd.StartTLS():
                 assert self.transport is not None and server.client_ssl is not None
                 self.transport.pause_reading()
                 server.spawn(self._start_tls(server.client_ssl))
-            case WaitLedger(database=database, user=user):
+            case cmd.WaitLedger(database=database, user=user):
                 server.spawn(self._wait_ledger(database, user))
-            case ForwardCancel(request=request):
+            case cmd.ForwardCancel(request=request):
                 server.spawn(server.forward_cancel(request))
-            case OperationNotice(body=body, protected=protected):
+            case cmd.OperationNotice(body=body, protected=protected):
                 log_operation(server.metrics, body, self.core.info, protected)
-            case Forget(cache=Cache.LEDGER, database=database):
+            case cmd.Forget(cache=cmd.Cache.LEDGER, database=database):
                 server.ledger.forget(database)
-            case Forget(cache=Cache.SOFT_DELETE_TABLES, database=database):
+            case cmd.Forget(cache=cmd.Cache.SOFT_DELETE_TABLES, database=database):
                 server.ledger.forget_soft_delete_tables(database)
-            case Refused(reason=reason):
+            case cmd.Refused(reason=reason):
                 server.metrics.refused[reason].inc()
-            case Observe(measure=Measure.UPSTREAM_CONNECT, seconds=seconds):
+            case cmd.Observe(measure=cmd.Measure.UPSTREAM_CONNECT, seconds=seconds):
                 server.metrics.upstream_connect_seconds.observe(seconds)
-            case Observe(measure=Measure.REWRITTEN_STATEMENT, seconds=seconds):
+            case cmd.Observe(measure=cmd.Measure.REWRITTEN_STATEMENT, seconds=seconds):
                 server.metrics.rewritten_statement_seconds.observe(seconds)
 
     def _close(self, terminate_upstream: bool, farewell: bytes) -> None:

@@ -8,20 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from softguard.policy import Policy, PolicyConfig
-from softguard.proxy.commands import (
-    ClientReading,
-    Close,
-    Connect,
-    Control,
-    ForwardCancel,
-    Observe,
-    OperationNotice,
-    Refused,
-    SetTimer,
-    StartTLS,
-    Timer,
-    WaitLedger,
-)
+from softguard.proxy import commands as cmd
 from softguard.proxy.core import CoreConfig, SessionCore, State
 from softguard.proxy.statements import FixedLedger, LedgerState, PlanInputs
 from softguard.sql import Classifier
@@ -90,7 +77,7 @@ class Ledger:
 class Out:
     to_server: bytes
     to_client: bytes
-    controls: list[Control]
+    controls: list[cmd.Control]
 
 
 def drain(core: SessionCore) -> Out:
@@ -127,7 +114,7 @@ def ready_core(
 
 def fatal(out: Out) -> dict[str, str]:
     """The fields of the FATAL error the core closes with."""
-    closes = [c for c in out.controls if isinstance(c, Close)]
+    closes = [c for c in out.controls if isinstance(c, cmd.Close)]
     assert len(closes) == 1, out.controls
     farewell = closes[0].farewell
     assert farewell[:1] == b"E"
@@ -140,12 +127,12 @@ def fatal(out: Out) -> dict[str, str]:
 def test_startup_connects_with_capture_settings_and_relays_auth() -> None:
     core, _ = make_core()
     core.start()
-    assert drain(core).controls == [SetTimer(Timer.STARTUP, 60.0)]
+    assert drain(core).controls == [cmd.SetTimer(cmd.Timer.STARTUP, 60.0)]
     core.client_data(STARTUP[:7])
     assert drain(core) == Out(b"", b"", [])
     core.client_data(STARTUP[7:])
     out = drain(core)
-    assert out.controls == [ClientReading(paused=True), Connect()]
+    assert out.controls == [cmd.ClientReading(paused=True), cmd.Connect()]
     assert core.state is State.CONNECTING
     assert (core.info.user, core.info.database, core.info.application_name) == (
         "alice",
@@ -156,11 +143,11 @@ def test_startup_connects_with_capture_settings_and_relays_auth() -> None:
     out = drain(core)
     assert b"softguard.capture\0delete\0" in out.to_server
     assert b"softguard.client_addr\x0010.0.0.7\0" in out.to_server
-    assert out.controls == [ClientReading(paused=False)]
+    assert out.controls == [cmd.ClientReading(paused=False)]
     core.server_data(SERVER_HELLO)
     out = drain(core)
     assert out.to_client == SERVER_HELLO
-    assert [type(c) for c in out.controls] == [SetTimer, Observe]
+    assert [type(c) for c in out.controls] == [cmd.SetTimer, cmd.Observe]
     assert core.state is State.READY and core.cancel_key == (4242, b"\1\2\3\4")
 
 
@@ -191,7 +178,7 @@ def test_ssl_request_answered_no_without_tls_and_yes_with() -> None:
     core, _ = make_core(tls=True)
     core.client_data(ssl_request)
     out = drain(core)
-    assert (out.to_client, out.controls, core.state) == (b"S", [StartTLS()], State.TLS)
+    assert (out.to_client, out.controls, core.state) == (b"S", [cmd.StartTLS()], State.TLS)
     core.tls_started()
     core.client_data(ssl_request)
     assert fatal(drain(core))["M"] == "softguard: SSL negotiation requested twice"
@@ -201,9 +188,9 @@ def test_cancel_request_is_forwarded_and_the_connection_closed() -> None:
     core, _ = make_core()
     core.client_data(struct.pack("!IIII", 16, 80877102, 4242, 7))
     out = drain(core)
-    assert isinstance(out.controls[0], ForwardCancel)
+    assert isinstance(out.controls[0], cmd.ForwardCancel)
     assert out.controls[0].request.pid == 4242
-    assert out.controls[1] == Close(terminate_upstream=False)
+    assert out.controls[1] == cmd.Close(terminate_upstream=False)
 
 
 def test_bad_startup_packet_is_a_fatal_protocol_violation() -> None:
@@ -211,7 +198,7 @@ def test_bad_startup_packet_is_a_fatal_protocol_violation() -> None:
     core.client_data(struct.pack("!II", 3, 196608))
     out = drain(core)
     assert fatal(out)["C"] == "08P01" and fatal(out)["S"] == "FATAL"
-    assert Refused("protocol") in out.controls
+    assert cmd.Refused("protocol") in out.controls
     assert core.state is State.CLOSED
 
 
@@ -222,7 +209,7 @@ def test_too_many_clients_are_refused() -> None:
     core.client_data(STARTUP)
     out = drain(core)
     assert fatal(out)["C"] == "53300" and "max_client_conn = 3" in fatal(out)["M"]
-    assert out.controls[0] == Refused("max_client_conn")
+    assert out.controls[0] == cmd.Refused("max_client_conn")
 
 
 def test_startup_timeout_and_upstream_failure_are_fatal() -> None:
@@ -237,7 +224,7 @@ def test_startup_timeout_and_upstream_failure_are_fatal() -> None:
     core.upstream_failed("softguard: connection refused")
     out = drain(core)
     assert fatal(out) == {**fatal(out), "C": "08006", "M": "softguard: connection refused"}
-    assert out.controls[0] == Refused("upstream")
+    assert out.controls[0] == cmd.Refused("upstream")
 
 
 # ---------------------------------------------------------------------- relaying
@@ -299,7 +286,7 @@ def test_rewritten_drop_is_sent_as_a_call_and_answered_as_the_drop() -> None:
     out = drain(core)
     assert b"SGBEG" not in out.to_client and b"SGEND" not in out.to_client
     assert out.to_client.endswith(complete("DROP TABLE") + READY_IDLE)
-    notices = [c for c in out.controls if isinstance(c, OperationNotice)]
+    notices = [c for c in out.controls if isinstance(c, cmd.OperationNotice)]
     assert len(notices) == 1 and notices[0].protected == [("drop", "drop table t")]
 
 
@@ -333,14 +320,14 @@ def test_ledger_wait_holds_the_stream_then_resumes_it_in_order() -> None:
     core.client_data(chunk)
     out = drain(core)
     assert out.to_server == before
-    assert out.controls == [ClientReading(paused=True), WaitLedger("shop", "alice")]
+    assert out.controls == [cmd.ClientReading(paused=True), cmd.WaitLedger("shop", "alice")]
     assert core.pending == 1  # the held Query is not owed yet
     ledger.ready = True
     core.ledger_known()
     out = drain(core)
     assert b"CALL softguard.drop_op(" in out.to_server
     assert out.to_server.endswith(query("select 2"))
-    assert out.controls == [ClientReading(paused=False)]
+    assert out.controls == [cmd.ClientReading(paused=False)]
     assert core.pending == 3
     assert counter.counts == {("destructive", "protect"): 1}  # counted once, not again
 
@@ -385,10 +372,10 @@ def test_stalled_client_is_cut_off() -> None:
     core, _ = ready_core()
     chunk = query("select 1")
     core.client_data(chunk[:4])
-    assert drain(core).controls == [SetTimer(Timer.STALL, 60.0)]
+    assert drain(core).controls == [cmd.SetTimer(cmd.Timer.STALL, 60.0)]
     core.client_data(chunk[4:6])
     core.stall_check()  # bytes came since: armed again
-    assert drain(core).controls == [SetTimer(Timer.STALL, 60.0)]
+    assert drain(core).controls == [cmd.SetTimer(cmd.Timer.STALL, 60.0)]
     core.stall_check()
     out = drain(core)
     assert fatal(out)["C"] == "08P01" and "stalled" in fatal(out)["M"]
@@ -407,7 +394,7 @@ def test_shutdown_waits_for_the_transaction_to_end() -> None:
     assert out.to_client == complete("COMMIT") + READY_IDLE
     assert fatal(out)["C"] == "57P01"
     last = out.controls[-1]
-    assert isinstance(last, Close) and last.terminate_upstream
+    assert isinstance(last, cmd.Close) and last.terminate_upstream
 
 
 @pytest.mark.parametrize("at_boundary", [True, False])
@@ -416,4 +403,4 @@ def test_client_gone_tells_the_upstream_only_at_a_boundary(at_boundary: bool) ->
     core.client_data(query("select 1") if at_boundary else query("select 1")[:3])
     drain(core)
     core.client_lost()
-    assert drain(core).controls[-1] == Close(terminate_upstream=at_boundary)
+    assert drain(core).controls[-1] == cmd.Close(terminate_upstream=at_boundary)
