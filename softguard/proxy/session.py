@@ -182,7 +182,7 @@ class ClientSession(asyncio.Protocol):
         self._run()
 
     def begin_shutdown(self) -> None:
-        """cmd.Close now if idle, else after the transaction in progress ends."""
+        """Close now if idle, else after the transaction in progress ends."""
         self.core.begin_shutdown()
         self._run()
 
