@@ -197,22 +197,71 @@ class SessionCore:
         self.controls.append(SetTimer(Timer.STARTUP, self.config.startup_timeout))
 
     def client_data(self, data: bytes) -> None:
+        """Bytes from the client. The hot path: once the session is up, relayed from here."""
         state = self.state
-        if state is State.READY or state is State.AUTH:
-            self._client_relay(data)
-        elif state is State.STARTUP:
-            self._startup_data(data)
-        elif state is State.CONNECTING:
-            self._early.append(data)
-            self._early_size += len(data)
-            if self._early_size > _MAX_EARLY_BYTES:
-                self._fail(ClientProtocolError("client sent too much data before authentication"))
+        if state is not State.READY and state is not State.AUTH:
+            self._client_data_before_auth(data)
+            return
+        self._client_bytes += len(data)
+        try:
+            buf, msgs, held = self._cframer.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(exc)
+            return
+        if msgs:
+            self._relay_messages(buf, msgs, held, 0, 0)
+        elif held == 0:
+            self.to_server.append(buf)
+        elif len(buf) > held:
+            self.to_server.append(buf[: len(buf) - held])
+        if not self._stall_armed and not self._cframer.at_boundary:
+            self._arm_stall_timer()
 
     def server_data(self, data: bytes) -> None:
-        if self.state is State.READY:
-            self._server_ready_data(data)
-        elif self.state is State.AUTH:
-            self._server_startup_data(data)
+        """Bytes from the server. The hot path: once the session is up, relayed from here."""
+        if self.state is not State.READY:
+            if self.state is State.AUTH:
+                self._server_startup_data(data)
+            return
+        out = self.to_client
+        try:
+            buf, msgs, held = self._sframer.feed(data)
+        except ProtocolViolation as exc:
+            out.append(data)
+            self._fail(exc)
+            return
+        cursor = 0
+        filt = self._filter
+        for msg in msgs:
+            mtype = msg.type
+            if mtype == _Z:
+                self._ready_for_query(msg.body)
+            elif mtype == _E and _is_fatal(msg.body):
+                self._server_fatal = True
+            elif mtype == _N and NOTICE_MARKER in msg.body:
+                self.controls.append(OperationNotice(msg.body, self._protected))
+            replacement = None if filt is None else filt.process(mtype, msg.body)
+            if replacement is None and mtype == _N and NOTICE_MARKER in msg.body:
+                replacement = without_context(mtype, msg.body)
+            if filt is not None and filt.ledger_missing:
+                filt.ledger_missing = False
+                self.controls.append(Forget(Cache.LEDGER, self.info.database))
+            if replacement is None and msg.start >= 0:
+                continue
+            if msg.start > cursor:
+                out.append(buf[cursor : msg.start])
+            if replacement is None:
+                out.append(msg.raw)
+            elif replacement:
+                out.append(replacement)
+            cursor = msg.end
+        end = len(buf) - held
+        if cursor == 0 and held == 0:
+            out.append(buf)
+        elif end > cursor:
+            out.append(buf[cursor:end])
+        if self._closing_for_shutdown:
+            self._after_server_chunk()
 
     def client_lost(self) -> None:
         if self.state is State.CLOSED:
@@ -243,7 +292,7 @@ class SessionCore:
         self.state = State.AUTH
         early, self._early, self._early_size = self._early, [], 0
         for chunk in early:
-            self._client_relay(chunk)
+            self.client_data(chunk)
         self._set_client_reading(paused=False, reason="connecting")
 
     def upstream_failed(self, text: str) -> None:
@@ -337,6 +386,15 @@ class SessionCore:
         self.controls.append(Close(terminate_upstream=terminate, farewell=farewell))
 
     # ------------------------------------------------------------------ startup
+
+    def _client_data_before_auth(self, data: bytes) -> None:
+        if self.state is State.STARTUP:
+            self._startup_data(data)
+        elif self.state is State.CONNECTING:
+            self._early.append(data)
+            self._early_size += len(data)
+            if self._early_size > _MAX_EARLY_BYTES:
+                self._fail(ClientProtocolError("client sent too much data before authentication"))
 
     def _startup_data(self, data: bytes) -> None:
         try:
@@ -454,22 +512,6 @@ class SessionCore:
 
     # ------------------------------------------------------------------ relaying
 
-    def _client_relay(self, data: bytes) -> None:
-        self._client_bytes += len(data)
-        try:
-            buf, msgs, held = self._cframer.feed(data)
-        except ProtocolViolation as exc:
-            self._fail(exc)
-            return
-        if msgs:
-            self._relay_messages(buf, msgs, held, 0, 0)
-        elif held == 0:
-            self.to_server.append(buf)
-        elif len(buf) > held:
-            self.to_server.append(buf[: len(buf) - held])
-        if not self._stall_armed and not self._cframer.at_boundary:
-            self._arm_stall_timer()
-
     def _relay_messages(
         self,
         buf: bytes,
@@ -569,47 +611,6 @@ class SessionCore:
         else:
             self._parse_plan = planned.plan  # positions of errors before the next Sync
         return raw
-
-    def _server_ready_data(self, data: bytes) -> None:
-        out = self.to_client
-        try:
-            buf, msgs, held = self._sframer.feed(data)
-        except ProtocolViolation as exc:
-            out.append(data)
-            self._fail(exc)
-            return
-        cursor = 0
-        filt = self._filter
-        for msg in msgs:
-            mtype = msg.type
-            if mtype == _Z:
-                self._ready_for_query(msg.body)
-            elif mtype == _E and _is_fatal(msg.body):
-                self._server_fatal = True
-            elif mtype == _N and NOTICE_MARKER in msg.body:
-                self.controls.append(OperationNotice(msg.body, self._protected))
-            replacement = None if filt is None else filt.process(mtype, msg.body)
-            if replacement is None and mtype == _N and NOTICE_MARKER in msg.body:
-                replacement = without_context(mtype, msg.body)
-            if filt is not None and filt.ledger_missing:
-                filt.ledger_missing = False
-                self.controls.append(Forget(Cache.LEDGER, self.info.database))
-            if replacement is None and msg.start >= 0:
-                continue
-            if msg.start > cursor:
-                out.append(buf[cursor : msg.start])
-            if replacement is None:
-                out.append(msg.raw)
-            elif replacement:
-                out.append(replacement)
-            cursor = msg.end
-        end = len(buf) - held
-        if cursor == 0 and held == 0:
-            out.append(buf)
-        elif end > cursor:
-            out.append(buf[cursor:end])
-        if self._closing_for_shutdown:
-            self._after_server_chunk()
 
     def _ready_for_query(self, body: bytes) -> None:
         self.tx_status = body[0] if body else TX_IDLE
