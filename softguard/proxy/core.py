@@ -5,13 +5,15 @@ negotiation, the authentication relay, ReadyForQuery accounting, the inspection 
 (``statements.plan_message``), result filtering (``softguard.wire.results``), waiting for
 the ledger, stalls and shutdown. It imports no asyncio and no socket: events go in as
 method calls (``client_data``, ``server_data``, ``upstream_connected``, ``ledger_known``,
-timer expiries ...) and what to do comes out in three outboxes, drained by the one place
-that does I/O (``proxy/session.py``) after every call, in this order:
+timer expiries ...) and what to do comes out in two ways:
 
-- ``to_server`` / ``to_client``: bytes to write, in order. Harmless traffic is the very
-  chunk that arrived (or a slice of it); only inspected messages are decoded.
+- ``to_server`` / ``to_client``: the bytes to send, in order, handed to a sink (the
+  transport's ``write`` in ``proxy/session.py``, a list's ``append`` in tests). Harmless
+  traffic is the very chunk that arrived (or a slice of it); only inspected messages are
+  decoded. A sink rather than a list to drain: the relay stays as cheap as a proxy
+  writing its transports directly (bench/relay_cpu.py).
 - ``controls``: everything else (``Connect``, ``StartTLS``, ``WaitLedger``, ``Close`` ...),
-  executed after the bytes are written.
+  a list the I/O glue executes after every call, once the bytes are sent.
 
 Rules that always hold here:
 - What softguard itself says to the client (a FATAL ErrorResponse) is only added at a
@@ -130,6 +132,13 @@ class CoreConfig:
     tls: bool = False  # whether the proxy can accept TLS from clients
 
 
+Sink = Callable[[bytes], None]
+
+
+def _unconnected(data: bytes) -> None:
+    raise AssertionError("bytes for a connection that does not exist yet")
+
+
 class SessionCore:
     """One client connection and its upstream connection, as a pure state machine."""
 
@@ -140,6 +149,8 @@ class SessionCore:
         counter: StatementCounter,
         *,
         peer: str = "?",
+        to_server: Sink = _unconnected,
+        to_client: Sink = _unconnected,
         over_capacity: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = lambda: 0.0,
     ) -> None:
@@ -149,9 +160,10 @@ class SessionCore:
         self.peer = peer
         self._over_capacity = over_capacity
         self._clock = clock
-        # The outboxes, drained by the I/O glue after every call.
-        self.to_server: list[bytes] = []
-        self.to_client: list[bytes] = []
+        # Where bytes go (set by the glue once each connection exists), and what else to
+        # do, executed by the glue after every call.
+        self.to_server = to_server
+        self.to_client = to_client
         self.controls: list[Control] = []
         self.state = State.STARTUP
         self.info = SessionInfo("", "", "", "")
@@ -211,9 +223,9 @@ class SessionCore:
         if msgs:
             self._relay_messages(buf, msgs, held, 0, 0)
         elif held == 0:
-            self.to_server.append(buf)
+            self.to_server(buf)
         elif len(buf) > held:
-            self.to_server.append(buf[: len(buf) - held])
+            self.to_server(buf[: len(buf) - held])
         if not self._stall_armed and not self._cframer.at_boundary:
             self._arm_stall_timer()
 
@@ -227,7 +239,7 @@ class SessionCore:
         try:
             buf, msgs, held = self._sframer.feed(data)
         except ProtocolViolation as exc:
-            out.append(data)
+            out(data)
             self._fail(exc)
             return
         cursor = 0
@@ -249,17 +261,17 @@ class SessionCore:
             if replacement is None and msg.start >= 0:
                 continue
             if msg.start > cursor:
-                out.append(buf[cursor : msg.start])
+                out(buf[cursor : msg.start])
             if replacement is None:
-                out.append(msg.raw)
+                out(msg.raw)
             elif replacement:
-                out.append(replacement)
+                out(replacement)
             cursor = msg.end
         end = len(buf) - held
         if cursor == 0 and held == 0:
-            out.append(buf)
+            out(buf)
         elif end > cursor:
-            out.append(buf[cursor:end])
+            out(buf[cursor:end])
         if self._closing_for_shutdown:
             self._after_server_chunk()
 
@@ -288,7 +300,7 @@ class SessionCore:
         self.state = State.STARTUP
 
     def upstream_connected(self) -> None:
-        self.to_server.append(self._startup_packet)
+        self.to_server(self._startup_packet)
         self.state = State.AUTH
         early, self._early, self._early_size = self._early, [], 0
         for chunk in early:
@@ -411,9 +423,9 @@ class SessionCore:
             elif self._tls_done:
                 self._fail(ClientProtocolError("SSL negotiation requested twice"))
             elif not self.config.tls:
-                self.to_client.append(b"N")
+                self.to_client(b"N")
             else:
-                self.to_client.append(b"S")
+                self.to_client(b"S")
                 self.state = State.TLS
                 self.controls.append(_START_TLS)
             return
@@ -424,7 +436,7 @@ class SessionCore:
                     ClientProtocolError("received unencrypted data after GSSAPI encryption request")
                 )
                 return
-            self.to_client.append(b"N")
+            self.to_client(b"N")
             return
         if isinstance(packet, CancelRequest):
             self.controls.append(ForwardCancel(packet))
@@ -482,12 +494,12 @@ class SessionCore:
         for msg in msgs:
             mtype = msg.type
             if mtype == _R and auth_code(msg.body) == AUTH_SASL:
-                out.append(_message(_R, strip_scram_plus(msg.body)))
+                out(_message(_R, strip_scram_plus(msg.body)))
                 continue
             if mtype == _E and self._tls_done and b"channel binding" in msg.body:
-                out.append(_message(_E, with_hint(msg.body, _CHANNEL_BINDING_HINT)))
+                out(_message(_E, with_hint(msg.body, _CHANNEL_BINDING_HINT)))
                 continue
-            out.append(msg.raw)
+            out(msg.raw)
             if mtype == _K and len(msg.body) >= 8:
                 self.cancel_key = (int.from_bytes(msg.body[:4], "big"), msg.body[4:])
             elif mtype == _E and _is_fatal(msg.body):
@@ -537,7 +549,7 @@ class SessionCore:
                     return
                 if isinstance(replacement, NeedLedger):
                     if msg.start > cursor:
-                        out.append(buf[cursor : msg.start])
+                        out(buf[cursor : msg.start])
                     self._deferred = (buf, msgs, held, i, max(msg.start, 0))
                     self._set_client_reading(paused=True, reason="ledger")
                     self.controls.append(WaitLedger(self.info.database, self.info.user))
@@ -551,8 +563,8 @@ class SessionCore:
                 if replacement is None and msg.start >= 0:
                     continue
                 if msg.start > cursor:
-                    out.append(buf[cursor : msg.start])
-                out.append(msg.raw if replacement is None else replacement)
+                    out(buf[cursor : msg.start])
+                out(msg.raw if replacement is None else replacement)
                 cursor = msg.end
                 continue
             self.pending += 1  # Sync or FunctionCall: each ends with a ReadyForQuery
@@ -560,13 +572,13 @@ class SessionCore:
                 self._filter.expect_ready(self._parse_plan)
                 self._parse_plan = None
             if msg.start < 0:
-                out.append(msg.raw)
+                out(msg.raw)
                 cursor = msg.end
         end = len(buf) - held
         if cursor == 0 and held == 0:
-            out.append(buf)
+            out(buf)
         elif end > cursor:
-            out.append(buf[cursor:end])
+            out(buf[cursor:end])
 
     def _inspect(self, msg: Message, *, log_it: bool) -> bytes | NeedLedger | None:
         """Apply the inspection seam; turn result filtering on once anything is rewritten."""

@@ -2,10 +2,10 @@
 
 What the connection does is decided by ``core.SessionCore`` (sans-IO); this module owns
 the two transports, the timers and the background tasks, feeds every event to the core
-and then executes what it asks, in ``_run``: the one place that writes to a transport.
-The hot path is ``data_received`` -> ``SessionCore.client_data`` -> ``_run`` (and the
-same from the upstream): the chunk that arrived is written on, usually as the same
-bytes object.
+and executes what it asks: the bytes go to the transports' ``write`` (the core's
+``to_server`` / ``to_client`` sinks), everything else in ``_run``. The hot path is
+``data_received`` -> ``SessionCore.client_data`` -> ``up.write`` (and the same from the
+upstream): the chunk that arrived is written on, usually as the same bytes object.
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ class ClientSession(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.core.to_client = self.transport.write
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.core.peer = f"{peer[0]}:{peer[1]}"
@@ -144,8 +145,10 @@ class ClientSession(asyncio.Protocol):
         self._run()
 
     def data_received(self, data: bytes) -> None:
-        self.core.client_data(data)
-        self._run()
+        core = self.core
+        core.client_data(data)
+        if core.controls:
+            self._run()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.core.client_lost()
@@ -160,18 +163,20 @@ class ClientSession(asyncio.Protocol):
             self.up_transport.resume_reading()
 
     def _server_data(self, data: bytes) -> None:
-        self.core.server_data(data)
-        self._run()
+        core = self.core
+        core.server_data(data)
+        if core.controls:
+            self._run()
 
     def _server_lost(self, exc: Exception | None) -> None:
         self.core.server_lost()
         self._run()
 
     def _upstream_paused(self, paused: bool) -> None:
-        # Called from inside ``up.write`` (in ``_run``'s loop) when the buffer fills:
-        # only controls come of it, run now; the bytes being written are left alone.
+        # Called from inside ``up.write`` when its buffer fills, that is from inside the
+        # core's relay: stop reading the client now, as a proxy writing directly would.
         self.core.upstream_paused(paused)
-        self._run_controls()
+        self._run()
 
     def _timer_fired(self, timer: cmd.Timer) -> None:
         self._timers.pop(timer, None)
@@ -193,27 +198,8 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ commands out
 
     def _run(self) -> None:
-        """Execute what the core asked for: bytes first, in order, then the controls."""
-        core = self.core
-        pieces = core.to_server
-        if pieces:
-            # Only while the upstream is connected: the core relays nothing otherwise.
-            up = self.up_transport
-            assert up is not None
-            for piece in pieces:
-                up.write(piece)
-            pieces.clear()
-        pieces = core.to_client
-        if pieces:
-            client = self.transport
-            assert client is not None
-            for piece in pieces:
-                client.write(piece)
-            pieces.clear()
-        if core.controls:
-            self._run_controls()
-
-    def _run_controls(self) -> None:
+        """Execute what the core asked for besides the bytes (already handed to the
+        transports' ``write``), in order."""
         core = self.core
         while core.controls:
             controls, core.controls = core.controls, []
@@ -297,6 +283,7 @@ class ClientSession(asyncio.Protocol):
         if self.core.state is State.CLOSED or new is None:
             return
         self.transport = new
+        self.core.to_client = new.write
         self.core.tls_started()
         self._run()
 
@@ -323,6 +310,7 @@ class ClientSession(asyncio.Protocol):
             transport.close()
             return
         self.up_transport = cast(asyncio.Transport, transport)
+        self.core.to_server = self.up_transport.write
         self.core.upstream_connected()
         self._run()
 

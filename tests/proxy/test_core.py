@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -80,10 +81,21 @@ class Out:
     controls: list[cmd.Control]
 
 
-def drain(core: SessionCore) -> Out:
-    out = Out(b"".join(core.to_server), b"".join(core.to_client), core.controls)
-    core.to_server.clear()
-    core.to_client.clear()
+class Core(SessionCore):
+    """A SessionCore whose bytes land in lists (until ``drain``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.sent_server: list[bytes] = []
+        self.sent_client: list[bytes] = []
+        super().__init__(
+            *args, to_server=self.sent_server.append, to_client=self.sent_client.append, **kwargs
+        )
+
+
+def drain(core: Core) -> Out:
+    out = Out(b"".join(core.sent_server), b"".join(core.sent_client), core.controls)
+    core.sent_server.clear()
+    core.sent_client.clear()
     core.controls = []
     return out
 
@@ -92,16 +104,16 @@ def make_core(
     ledger: Ledger | FixedLedger | None = None,
     policy: PolicyConfig | None = None,
     **config: object,
-) -> tuple[SessionCore, Counter]:
+) -> tuple[Core, Counter]:
     counter = Counter()
     inputs = PlanInputs(Classifier(), Policy(policy), ledger or FixedLedger())
-    core = SessionCore(CoreConfig(**config), inputs, counter, peer="10.0.0.7:50000")  # type: ignore[arg-type]
+    core = Core(CoreConfig(**config), inputs, counter, peer="10.0.0.7:50000")  # type: ignore[arg-type]
     return core, counter
 
 
 def ready_core(
     ledger: Ledger | FixedLedger | None = None, policy: PolicyConfig | None = None
-) -> tuple[SessionCore, Counter]:
+) -> tuple[Core, Counter]:
     core, counter = make_core(ledger, policy)
     core.start()
     core.client_data(STARTUP)
@@ -205,7 +217,7 @@ def test_bad_startup_packet_is_a_fatal_protocol_violation() -> None:
 def test_too_many_clients_are_refused() -> None:
     counter = Counter()
     inputs = PlanInputs(Classifier(), Policy(), FixedLedger())
-    core = SessionCore(CoreConfig(max_client_conn=3), inputs, counter, over_capacity=lambda: True)
+    core = Core(CoreConfig(max_client_conn=3), inputs, counter, over_capacity=lambda: True)
     core.client_data(STARTUP)
     out = drain(core)
     assert fatal(out)["C"] == "53300" and "max_client_conn = 3" in fatal(out)["M"]
@@ -234,12 +246,12 @@ def test_harmless_query_travels_as_the_same_bytes_object() -> None:
     core, counter = ready_core()
     chunk = query("select * from orders where id = 1")
     core.client_data(chunk)
-    assert len(core.to_server) == 1 and core.to_server[0] is chunk
+    assert len(core.sent_server) == 1 and core.sent_server[0] is chunk
     assert core.pending == 1 and counter.safe_statements == 1
     answer = msg(b"T", b"\0\0") + complete("SELECT 0") + READY_IDLE
     drain(core)
     core.server_data(answer)
-    assert len(core.to_client) == 1 and core.to_client[0] is answer
+    assert len(core.sent_client) == 1 and core.sent_client[0] is answer
     assert core.pending == 0 and core.is_idle
 
 
