@@ -170,15 +170,15 @@ def ready_session() -> tuple[ClientSession, _Sink, _Sink]:
     session.transport = client  # type: ignore[assignment]
     session.up_transport = up  # type: ignore[assignment]
     info = SessionInfo("bench", "bench", "pgbench", "127.0.0.1:5000")
-    core: Any = getattr(session, "core", session)
+    # Works on the session before the sans-IO core too (its state was the session's own),
+    # so that the same script measures before and after.
     from softguard.proxy import session as module
 
-    state = (
-        getattr(module, "State", None)
-        or __import__("softguard.proxy.core", fromlist=["State"]).State
-    )
-    core.state = state.READY
+    core: Any = getattr(session, "core", session)
+    core.state = module.State.READY
     core.info = info
+    if core is not session:  # the sans-IO core writes through sinks
+        core.to_server, core.to_client = up.write, client.write
     core._sframer.set_want(frozenset(b"ZEN"))
     return session, client, up
 
