@@ -63,6 +63,8 @@ SETTINGS = (
 
 NOTICE_PREFIX = "softguard: "
 NOTICE_MARKER = "is reversible as operation"
+#: The same, as the proxy searches NoticeResponse bodies for it (server encoding: ASCII).
+NOTICE_MARKER_BYTES = NOTICE_MARKER.encode()
 _NOTICE = re.compile(
     r"softguard: (?P<what>.*) is reversible as operation (?P<op>[0-9]+)"
     r" until (?P<expires>\S+)\Z",

@@ -220,11 +220,8 @@ def explain(
     ] = None,
 ) -> None:
     """Show how softguard classifies, decides on and rewrites a statement, without running it."""
-    from types import SimpleNamespace
-
     from softguard.policy import CAPTURED, Policy, SessionInfo
-    from softguard.proxy.metrics import Metrics
-    from softguard.proxy.statements import Rebuilt, plan_message
+    from softguard.proxy.statements import FixedLedger, NeedLedger, PlanInputs, plan_message
     from softguard.sql import Classifier, classify
     from softguard.sql.soft_delete import SoftDeleteTables
     from softguard.wire import Framer, parse_query_text
@@ -260,20 +257,15 @@ def explain(
     soft_tables: SoftDeleteTables | None = None
     if dsn is not None and settings.soft_delete:
         soft_tables = _read_soft_delete_tables(settings, dsn)
-    server = SimpleNamespace(
-        metrics=Metrics(),
-        classifier=Classifier(0),
-        policy=policy,
-        ledger=SimpleNamespace(
-            state=lambda _db: True,
-            soft_delete_rules=settings.soft_delete if soft_tables is not None else [],
-            soft_delete_tables=lambda _db: soft_tables,
-            forget_soft_delete_tables=lambda _db: None,
-        ),
+    ledger = FixedLedger(
+        tables=soft_tables,
+        soft_delete_rules=settings.soft_delete if soft_tables is not None else (),
     )
     _, msgs, _ = Framer(want=None).feed(message(b"Q", sql.encode() + b"\0"))
-    planned = plan_message(server, session, msgs[0], log_it=False)  # type: ignore[arg-type]
-    if isinstance(planned, Rebuilt):
+    inputs = PlanInputs(Classifier(0), policy, ledger)
+    planned = plan_message(inputs, session, msgs[0], log_it=False)
+    assert not isinstance(planned, NeedLedger)  # the fixed ledger always answers
+    if planned.raw is not None:
         sent = parse_query_text(ord("Q"), planned.raw[5:]).decode()
         typer.echo(f"sent instead:\n   {sent}")
     elif any(d.category in CAPTURED and d.action.value == "protect" for d in decisions):

@@ -2,7 +2,9 @@
 
 Owns every socket softguard opens for proxying. Protocol decisions come from
 ``softguard.wire`` (framing) and ``softguard.policy`` (what to do with a statement);
-this package only moves bytes and applies those answers.
+this package only moves bytes and applies those answers. How a connection's byte streams
+become actions is one sans-IO module, ``core.py`` (with ``commands.py``, what it asks
+for, and ``statements.py``, the planner); ``session.py`` executes its answers.
 
 Rules that always hold here:
 - Session mode: one upstream connection per client connection, for the client's life.

@@ -20,6 +20,7 @@ from softguard.policy import Policy
 from softguard.proxy.ledger_gate import LedgerGate
 from softguard.proxy.metrics import Metrics, check_metrics_address, metrics_port
 from softguard.proxy.session import ClientSession, UpstreamProtocol
+from softguard.proxy.statements import PlanInputs
 from softguard.proxy.upstream import UpstreamError, UpstreamTarget, open_upstream
 from softguard.sql import Classifier
 from softguard.wire import CancelRequest
@@ -45,6 +46,7 @@ class ProxyServer:
         self.ledger = LedgerGate(
             target, settings.connect_timeout, settings.soft_delete, settings.soft_delete_refresh
         )
+        self.inputs = PlanInputs(self.classifier, self.policy, self.ledger)
         self.sessions: set[ClientSession] = set()
         self.upstream_ssl = target.ssl_context() if target.wants_tls else None
         self.client_ssl = _client_ssl_context(settings)

@@ -1,19 +1,23 @@
 """What the proxy sends for one Query/Parse message: the inspection seam applied.
 
-``plan_message`` classifies the statement text, asks the policy, and returns what to
-send instead (a rebuilt Query/Parse message) or that the message passes as sent, or that
-the session must first wait for its database's ledger. It does no I/O; the session owns
-the sockets and the result filter.
+``plan_message`` classifies the statement text, asks the policy, and answers with a
+``Planned`` (what to send instead, if anything, and what the caller should count, log
+and invalidate) or ``NeedLedger`` (the session must first wait for its database's
+ledger). It reads the world only through ``PlanInputs`` (classifier, policy, ledger
+view): the proxy, ``softguard explain`` and the tests plan with the same function. It
+does no I/O and updates nothing shared; the only state it changes is what it is handed
+(the classifier's cache, the session's ``SoftSession``).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, Decision, SessionInfo
+from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, Decision, Policy, SessionInfo
 from softguard.sql import Kind
 from softguard.sql.rewrite import (
     Replacement,
@@ -37,31 +41,113 @@ from softguard.wire import Message, parse_query_text
 from softguard.wire.messages import message
 
 if TYPE_CHECKING:
-    from softguard.proxy.server import ProxyServer
     from softguard.sql import Classification, Statement
 
 log = logging.getLogger("softguard.session")
 
 _Q = ord("Q")
 _CONCURRENTLY = re.compile(r"\bconcurrently\b", re.IGNORECASE)
-# Statements after which the soft-delete tables of the database are read again.
 # Statements that may end a SQL-level prepared statement's name.
 _PREPARED_NAME_VERBS = frozenset({"PREPARE", "DEALLOCATE", "DISCARD"})
+# Statements after which the soft-delete tables of the database are read again.
 _TABLE_DDL = frozenset(
     {"CREATE TABLE", "CREATE TABLE AS", "ALTER TABLE", "RENAME", "ALTER OBJECT SCHEMA"}
 )
 _PROCEDURES = {"truncate": ("truncate_op", "TRUNCATE TABLE"), "alter": ("alter_op", "ALTER TABLE")}
 
+LedgerState = Literal[True] | str  # True when ready, else the refusal message
+
+
+class Classifies(Protocol):
+    """The classifier the planner uses (``softguard.sql.Classifier``)."""
+
+    def classify_shape(self, sql: bytes) -> Classification: ...
+
+    def classify_bytes(self, sql: bytes) -> Classification: ...
+
+
+class LedgerView(Protocol):
+    """What the planner knows of a database's ledger (``LedgerGate``, ``FixedLedger``)."""
+
+    @property
+    def soft_delete_rules(self) -> Sequence[object]: ...
+
+    def state(self, database: str) -> LedgerState | None:
+        """None while unknown; then True or the message to refuse protected statements with."""
+
+    def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
+        """None while not read yet."""
+
 
 @dataclass(frozen=True, slots=True)
-class Rebuilt:
-    """Send ``raw`` instead of the client's message; ``plan`` maps positions back;
-    ``retag``: indices of the Query's statements whose ``UPDATE n`` must read ``DELETE n``
-    (soft deletes; a Parse carries TAG_MARKER instead)."""
+class PlanInputs:
+    """Everything ``plan_message`` reads besides the message and who sent it."""
 
-    raw: bytes
-    plan: RewritePlan | None
+    classifier: Classifies
+    policy: Policy
+    ledger: LedgerView
+
+
+@dataclass(frozen=True, slots=True)
+class FixedLedger:
+    """A ledger view with fixed answers: ``softguard explain`` (as if the ledger were
+    installed) and tests."""
+
+    ready: LedgerState | None = True
+    tables: SoftDeleteTables | None = None
+    soft_delete_rules: Sequence[object] = ()
+
+    def state(self, database: str) -> LedgerState | None:
+        return self.ready
+
+    def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
+        return self.tables
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """The planner's answer for one message.
+
+    ``raw``: the message to send instead (None: forward it as sent); ``plan`` maps
+    positions in the sent text back to the client's; ``retag``: indices of the Query's
+    statements whose ``UPDATE n`` must read ``DELETE n`` (soft deletes; a Parse carries
+    TAG_MARKER instead). ``kind``/``action``: what softguard_statements counts ("" when
+    the caller must not count it again); ``protected``: (category, statement text) of each
+    statement made reversible, in order, for the operation log lines;
+    ``reread_soft_delete``: the text has table DDL after which the database's soft-delete
+    tables must be read again.
+    """
+
+    raw: bytes | None
+    plan: RewritePlan | None = None
     retag: frozenset[int] = frozenset()
+    kind: str = "safe"
+    action: str = "allow"
+    protected: tuple[tuple[str, str], ...] = ()
+    reread_soft_delete: bool = False
+
+
+# The answer for almost every message: counted as safe, forwarded as sent.
+SAFE = Planned(None)
+# Statements the policy lets pass as sent, by (kind, action): shared answers, so the relay
+# allocates nothing for them either.
+_PASSED: dict[tuple[str, str], Planned] = {}
+
+
+def _passed(kind: str, action: str) -> Planned:
+    planned = _PASSED.get((kind, action))
+    if planned is None:
+        planned = _PASSED[kind, action] = Planned(None, kind=kind, action=action)
+    return planned
+
+
+@dataclass(frozen=True, slots=True)
+class NeedLedger:
+    """The session's database must be checked for the ledger before deciding; ``kind``
+    and ``action`` are counted now (the message is planned again, uncounted, after)."""
+
+    kind: str
+    action: str
 
 
 class SoftSession:
@@ -89,30 +175,22 @@ class SoftSession:
                 self.prepared.discard(name)
 
 
-class NeedLedger:
-    """The session's database must be checked for the ledger before deciding."""
-
-
-NEED_LEDGER = NeedLedger()
-
-
 def plan_message(
-    server: ProxyServer,
+    inputs: PlanInputs,
     info: SessionInfo,
     msg: Message,
     *,
     log_it: bool = True,
-    protected: list[tuple[str, str]] | None = None,
     soft: SoftSession | None = None,
-) -> Rebuilt | NeedLedger | None:
-    """None: forward the message as sent.
+) -> Planned | NeedLedger:
+    """Plan one Query/Parse message of ``info``'s session.
 
-    ``protected`` receives (category, statement text) of each statement made reversible,
-    in order, for the session to name in its operation log lines. Statements are counted
-    in ``server.metrics`` when ``log_it`` (a statement resumed after the ledger wait was
-    counted before it).
+    ``log_it``: log the policy's decisions and name what to count (False for a message
+    planned again after the ledger wait: it was logged and counted before). ``soft``: the
+    session's prepared soft deletes, updated as PREPARE/DEALLOCATE go by.
     """
     text = parse_query_text(msg.type, msg.body)
+    classifier = inputs.classifier
     if mentions_softguard(text):
         log.warning(
             "refused statement naming softguard's schemas: user=%s db=%s client=%s",
@@ -120,30 +198,29 @@ def plan_message(
             info.database,
             info.client_addr,
         )
-        if log_it:
-            kind = server.classifier.classify_shape(text).kind
-            server.metrics.count_statement(kind.value, "deny")
-        return _rebuild(msg, text, [], refusal("42501", TAMPER_MESSAGE))
+        kind = classifier.classify_shape(text).kind.value if log_it else ""
+        rebuilt = _rebuild(msg, text, [], refusal("42501", TAMPER_MESSAGE))
+        return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
     retag: set[int] = set()
     if soft is not None and soft.prepared:
-        exact = server.classifier.classify_bytes(text)
+        exact = classifier.classify_bytes(text)
         soft.track(text, exact)
         retag = _executes_to_retag(text, exact, soft)
-    classifier = server.classifier
     classification = classifier.classify_shape(text)
-    if server.ledger.soft_delete_rules and any(
+    ledger = inputs.ledger
+    reread = bool(ledger.soft_delete_rules) and any(
         s.command in _TABLE_DDL for s in classification.statements
-    ):
-        # tables may have become (or stopped being) soft-delete tables: read them again
-        server.ledger.forget_soft_delete_tables(info.database)
+    )
     if classification.kind is Kind.SAFE:
-        server.metrics.safe_statements += 1
-        return _rebuild(msg, text, [], None, frozenset(retag)) if retag else None
-    policy = server.policy
+        if not retag:
+            return Planned(None, reread_soft_delete=True) if reread else SAFE
+        rebuilt = _rebuild(msg, text, [], None, frozenset(retag))
+        return Planned(rebuilt.raw, rebuilt.plan, rebuilt.retag, reread_soft_delete=reread)
+    policy = inputs.policy
     source = "query" if msg.type == _Q else "parse"
     decisions = policy.decide(classification, info, source=source, log_it=log_it)
-    if log_it:
-        server.metrics.count_statement(classification.kind.value, _strictest(decisions))
+    kind = classification.kind.value if log_it else ""
+    action = _strictest(decisions)
     if any(d.action is not Action.ALLOW for d in decisions):
         # A shape-cached classification has another text's offsets: rewrite from the exact one.
         exact = classifier.classify_bytes(text)
@@ -151,6 +228,7 @@ def plan_message(
             decisions = policy.decide(exact, info, source=source, log_it=False)
             classification = exact
     replacements: list[Replacement] = []
+    protected: list[tuple[str, str]] = []
     for decision in decisions:
         stmt = decision.statement
         if decision.action is Action.ALLOW:
@@ -158,25 +236,27 @@ def plan_message(
         if decision.action is Action.DENY:
             refused = refusal("42501", decision.reason)
             if stmt is None:
-                return _rebuild(msg, text, [], refused)
+                rebuilt = _rebuild(msg, text, [], refused)
+                return Planned(
+                    rebuilt.raw, rebuilt.plan, kind=kind, action=action, reread_soft_delete=reread
+                )
             replacements.append(Replacement(stmt, refused))
             continue
         assert stmt is not None  # PROTECT is only decided for a parsed statement
-        ledger = server.ledger.state(info.database)
-        if ledger is None:
-            return NEED_LEDGER
-        if ledger is not True:
-            replacements.append(Replacement(stmt, refusal("55000", ledger)))
+        state = ledger.state(info.database)
+        if state is None:
+            return NeedLedger(kind, action)
+        if state is not True:
+            replacements.append(Replacement(stmt, refusal("55000", state)))
             continue
         if decision.category in CAPTURED:
             start, end = statement_span(text, stmt)
             stmt_text = text[start:end].decode("utf-8", "replace")
-            if protected is not None:
-                protected.append((decision.category, stmt_text))
-            if decision.category == "delete" and server.ledger.soft_delete_rules:
-                tables = server.ledger.soft_delete_tables(info.database)
+            protected.append((decision.category, stmt_text))
+            if decision.category == "delete" and ledger.soft_delete_rules:
+                tables = ledger.soft_delete_tables(info.database)
                 if tables is None:
-                    return NEED_LEDGER
+                    return NeedLedger(kind, action)
                 soft_text = _soft_delete(tables, stmt_text, soft)
                 if soft_text is not None:
                     new_text, is_retag = soft_text
@@ -190,8 +270,7 @@ def plan_message(
             # Cannot run inside a procedure (nor any transaction); an index holds no data.
             log.info("DROP INDEX CONCURRENTLY passes unprotected: %s", stmt.summary())
             continue
-        if protected is not None:
-            protected.append((decision.category, stmt_text))
+        protected.append((decision.category, stmt_text))
         ctx: dict[str, object] = {
             "client_addr": info.client_addr.rpartition(":")[0] or info.client_addr,
             "retention_seconds": policy.retention_seconds(info),
@@ -207,8 +286,13 @@ def plan_message(
             call = procedure_call(procedure, stmt_text, {**ctx, "action": tag})
         replacements.append(Replacement(stmt, call))
     if not replacements and not retag:
-        return None
-    return _rebuild(msg, text, replacements, None, frozenset(retag))
+        if not protected and not reread:
+            return _passed(kind, action)
+        return Planned(
+            None, kind=kind, action=action, protected=tuple(protected), reread_soft_delete=reread
+        )
+    rebuilt = _rebuild(msg, text, replacements, None, frozenset(retag))
+    return Planned(rebuilt.raw, rebuilt.plan, rebuilt.retag, kind, action, tuple(protected), reread)
 
 
 def _soft_delete(
@@ -291,13 +375,20 @@ def _strictest(decisions: list[Decision]) -> str:
     return Action.ALLOW.value
 
 
+@dataclass(frozen=True, slots=True)
+class _Rebuilt:
+    raw: bytes
+    plan: RewritePlan | None
+    retag: frozenset[int] = frozenset()
+
+
 def _rebuild(
     msg: Message,
     text: bytes,
     replacements: list[Replacement],
     whole: str | None,
     retag: frozenset[int] = frozenset(),
-) -> Rebuilt:
+) -> _Rebuilt:
     """The Query/Parse message carrying the new text (the Parse keeps its name and types).
 
     A Parse whose statement must have its tag turned back starts with TAG_MARKER: the
@@ -309,11 +400,11 @@ def _rebuild(
         plan = apply(text, replacements)
         new_text = plan.text
     if msg.type == _Q:
-        return Rebuilt(message(b"Q", new_text + b"\0"), plan, retag)
+        return _Rebuilt(message(b"Q", new_text + b"\0"), plan, retag)
     if retag:
         new_text = TAG_MARKER.encode() + new_text
         if plan is not None:
             plan = plan.prefixed(TAG_MARKER)
     name_end = msg.body.index(b"\0")
     rest = msg.body[name_end + 1 + len(text) + 1 :]
-    return Rebuilt(message(b"P", msg.body[: name_end + 1] + new_text + b"\0" + rest), plan)
+    return _Rebuilt(message(b"P", msg.body[: name_end + 1] + new_text + b"\0" + rest), plan)

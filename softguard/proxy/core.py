@@ -1,0 +1,684 @@
+"""How a client connection's byte streams become actions (sans-IO).
+
+``SessionCore`` is the per-connection state machine of session mode: startup and SSL/GSSENC
+negotiation, the authentication relay, ReadyForQuery accounting, the inspection seam
+(``statements.plan_message``), result filtering (``softguard.wire.results``), waiting for
+the ledger, stalls and shutdown. It imports no asyncio and no socket: events go in as
+method calls (``client_data``, ``server_data``, ``upstream_connected``, ``ledger_known``,
+timer expiries ...) and what to do comes out in two ways:
+
+- ``to_server`` / ``to_client``: the bytes to send, in order, handed to a sink (the
+  transport's ``write`` in ``proxy/session.py``, a list's ``append`` in tests). Harmless
+  traffic is the very chunk that arrived (or a slice of it); only inspected messages are
+  decoded. A sink rather than a list to drain: the relay stays as cheap as a proxy
+  writing its transports directly (bench/relay_cpu.py).
+- ``controls``: everything else (``Connect``, ``StartTLS``, ``WaitLedger``, ``Close`` ...),
+  a list the I/O glue executes after every call, once the bytes are sent.
+
+Rules that always hold here:
+- What softguard itself says to the client (a FATAL ErrorResponse) is only added at a
+  message boundary of the server stream; otherwise the connection is just closed.
+- Nothing shared is changed from here: counting goes to the ``StatementCounter`` handed
+  in, cache invalidation and metrics leave as controls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Protocol
+
+from softguard.contract import NOTICE_MARKER_BYTES
+from softguard.policy import SessionInfo
+from softguard.proxy.commands import (
+    Cache,
+    ClientReading,
+    Close,
+    Connect,
+    Control,
+    Forget,
+    ForwardCancel,
+    Measure,
+    Observe,
+    OperationNotice,
+    Refused,
+    SetTimer,
+    StartTLS,
+    Timer,
+    WaitLedger,
+)
+from softguard.proxy.statements import SAFE, NeedLedger, PlanInputs, SoftSession, plan_message
+from softguard.sql.rewrite import RewritePlan
+from softguard.wire import (
+    CancelRequest,
+    ClientProtocolError,
+    Framer,
+    GSSENCRequest,
+    Message,
+    ProtocolViolation,
+    ServerProtocolError,
+    SSLRequest,
+    StartupMessage,
+    StartupReader,
+    error_response,
+    parse_fields,
+    strip_scram_plus,
+)
+from softguard.wire.constants import AUTH_SASL, FRONTEND_TYPES, TX_IDLE
+from softguard.wire.messages import auth_code, with_hint
+from softguard.wire.results import ResultFilter, without_context
+
+log = logging.getLogger("softguard.session")
+
+_Q, _P, _S, _F = b"QPSF"
+_Z, _E, _R, _K = b"ZERK"
+# Client messages the proxy reads: statement texts, and what produces a ReadyForQuery.
+_CLIENT_WANT = frozenset((_Q, _P, _S, _F))
+# Server messages the proxy reads once the session is up.
+_N, _C = b"NC"
+# NoticeResponse too: softguard's "reversible as operation N" notice (metrics, the
+# operation log line); notices are rare, so this costs nothing on rows.
+_SERVER_WANT = frozenset((_Z, _E, _N))
+# Once a session has sent a rewritten statement, its answers are filtered too.
+_SERVER_WANT_FILTERED = frozenset((_Z, _E, _N, _C))
+# Client bytes buffered while the upstream is being reached.
+_MAX_EARLY_BYTES = 1 << 20
+_MAX_PROTECTED = 64
+# SCRAM channel binding cannot span a proxy that terminates TLS: libpq, on TLS and not
+# offered SCRAM-SHA-256-PLUS, tells the server so, and a server on TLS itself then suspects
+# a downgrade. Nothing in between can fix that, since the client signs that flag.
+_CHANNEL_BINDING_HINT = (
+    "softguard terminates the client's TLS, so SCRAM channel binding cannot reach the "
+    "server: connect with channel_binding=disable, or run softguard with an upstream "
+    "sslmode of disable/allow on a trusted network."
+)
+SHUTDOWN = ("57P01", "softguard: terminating connection because softguard is shutting down")
+
+
+class State(Enum):
+    STARTUP = auto()  # reading the startup packet (SSL/GSSENC negotiation included)
+    TLS = auto()  # handshaking TLS with the client
+    CONNECTING = auto()  # reaching the upstream
+    AUTH = auto()  # relaying authentication until the first ReadyForQuery
+    READY = auto()  # relaying
+    CLOSED = auto()
+
+
+_CONNECT = Connect()
+_START_TLS = StartTLS()
+_PAUSE = ClientReading(paused=True)
+_RESUME = ClientReading(paused=False)
+
+
+class StatementCounter(Protocol):
+    """Where inspected statements are counted (``Metrics``): a SAFE one is a plain
+    integer increment, the rest are rare."""
+
+    safe_statements: int
+
+    def count_statement(self, classification: str, action: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """The settings the state machine reads (``Settings`` has them all)."""
+
+    max_inspect_bytes: int = 1 << 20
+    startup_timeout: float = 60.0
+    client_stall_timeout: float = 60.0
+    max_client_conn: int = 1000
+    tls: bool = False  # whether the proxy can accept TLS from clients
+
+
+Sink = Callable[[bytes], None]
+
+
+def _unconnected(data: bytes) -> None:
+    raise AssertionError("bytes for a connection that does not exist yet")
+
+
+class SessionCore:
+    """One client connection and its upstream connection, as a pure state machine."""
+
+    def __init__(
+        self,
+        config: CoreConfig,
+        inputs: PlanInputs,
+        counter: StatementCounter,
+        *,
+        peer: str = "?",
+        to_server: Sink = _unconnected,
+        to_client: Sink = _unconnected,
+        over_capacity: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        self.config = config
+        self.inputs = inputs
+        self.counter = counter
+        self.peer = peer
+        self._over_capacity = over_capacity
+        self._clock = clock
+        # Where bytes go (set by the glue once each connection exists), and what else to
+        # do, executed by the glue after every call.
+        self.to_server = to_server
+        self.to_client = to_client
+        self.controls: list[Control] = []
+        self.state = State.STARTUP
+        self.info = SessionInfo("", "", "", "")
+        self.tx_status = TX_IDLE
+        # ReadyForQuery messages still owed to the client (one per Query/Sync/FunctionCall).
+        self.pending = 0
+        self.cancel_key: tuple[int, bytes] | None = None
+        self._startup = StartupReader()
+        self._startup_packet = b""
+        self._tls_done = False
+        self._cframer = Framer(
+            want=_CLIENT_WANT, allowed=FRONTEND_TYPES, max_want_length=config.max_inspect_bytes
+        )
+        self._sframer = Framer(want=None, error_class=ServerProtocolError)
+        self._early: list[bytes] = []
+        self._early_size = 0
+        self._paused_reasons: set[str] = set()
+        self._client_bytes = 0
+        self._stall_armed = False
+        self._stall_mark = -1
+        self._server_fatal = False
+        self._closing_for_shutdown = False
+        # Set once the session has sent a rewritten statement; then stays on.
+        self._filter: ResultFilter | None = None
+        self._plan: RewritePlan | None = None
+        self._retag: frozenset[int] = frozenset()
+        self._parse_plan: RewritePlan | None = None
+        self._soft = SoftSession()
+        # The client's stream held while the ledger is checked: (buf, msgs, held, index,
+        # cursor) as ``_relay_messages`` takes them.
+        self._deferred: tuple[bytes, list[Message], int, int, int] | None = None
+        # Observability: (category, text) of statements made reversible and not yet paired
+        # with their operation's NOTICE; [ReadyForQuery countdown, start] per rewritten
+        # statement in flight; when the upstream connection began.
+        self._protected: list[tuple[str, str]] = []
+        self._timings: list[list[float]] | None = None
+        self._connect_started = 0.0
+
+    # ------------------------------------------------------------------ events
+
+    def start(self) -> None:
+        """The client connected."""
+        self.controls.append(SetTimer(Timer.STARTUP, self.config.startup_timeout))
+
+    def client_data(self, data: bytes) -> None:
+        """Bytes from the client. The hot path: once the session is up, relayed from here."""
+        state = self.state
+        if state is not State.READY and state is not State.AUTH:
+            self._client_data_before_auth(data)
+            return
+        self._client_bytes += len(data)
+        try:
+            buf, msgs, held = self._cframer.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(exc)
+            return
+        if msgs:
+            self._relay_messages(buf, msgs, held, 0, 0)
+        elif held == 0:
+            self.to_server(buf)
+        elif len(buf) > held:
+            self.to_server(buf[: len(buf) - held])
+        if not self._stall_armed and not self._cframer.at_boundary:
+            self._arm_stall_timer()
+
+    def server_data(self, data: bytes) -> None:
+        """Bytes from the server. The hot path: once the session is up, relayed from here."""
+        if self.state is not State.READY:
+            if self.state is State.AUTH:
+                self._server_startup_data(data)
+            return
+        out = self.to_client
+        try:
+            buf, msgs, held = self._sframer.feed(data)
+        except ProtocolViolation as exc:
+            out(data)
+            self._fail(exc)
+            return
+        cursor = 0
+        filt = self._filter
+        for msg in msgs:
+            mtype = msg.type
+            if mtype == _Z:
+                self._ready_for_query(msg.body)
+            elif mtype == _E and _is_fatal(msg.body):
+                self._server_fatal = True
+            elif mtype == _N and NOTICE_MARKER_BYTES in msg.body:
+                self.controls.append(OperationNotice(msg.body, self._protected))
+            replacement = None if filt is None else filt.process(mtype, msg.body)
+            if replacement is None and mtype == _N and NOTICE_MARKER_BYTES in msg.body:
+                replacement = without_context(mtype, msg.body)
+            if filt is not None and filt.ledger_missing:
+                filt.ledger_missing = False
+                self.controls.append(Forget(Cache.LEDGER, self.info.database))
+            if replacement is None and msg.start >= 0:
+                continue
+            if msg.start > cursor:
+                out(buf[cursor : msg.start])
+            if replacement is None:
+                out(msg.raw)
+            elif replacement:
+                out(replacement)
+            cursor = msg.end
+        end = len(buf) - held
+        if cursor == 0 and held == 0:
+            out(buf)
+        elif end > cursor:
+            out(buf[cursor:end])
+        if self._closing_for_shutdown:
+            self._after_server_chunk()
+
+    def client_lost(self) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.controls.append(Close(terminate_upstream=self._cframer.at_boundary))
+
+    def server_lost(self) -> None:
+        if self.state is State.CLOSED or self.state is State.CONNECTING:
+            return  # while connecting, the connection attempt reports the failure
+        farewell = b""
+        if not self._server_fatal and self._sframer.at_boundary:
+            # Only at a message boundary can the client still parse what we add.
+            farewell = error_response(
+                "08006", "softguard: lost connection to the upstream server", severity="FATAL"
+            )
+        self.state = State.CLOSED
+        self.controls.append(Close(terminate_upstream=False, farewell=farewell))
+
+    def tls_started(self) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._tls_done = True
+        self.state = State.STARTUP
+
+    def upstream_connected(self) -> None:
+        self.to_server(self._startup_packet)
+        self.state = State.AUTH
+        early, self._early, self._early_size = self._early, [], 0
+        for chunk in early:
+            self.client_data(chunk)
+        self._set_client_reading(paused=False, reason="connecting")
+
+    def upstream_failed(self, text: str) -> None:
+        self.controls.append(Refused("upstream"))
+        self._send_fatal("08006", text)
+
+    def upstream_paused(self, paused: bool) -> None:
+        """The upstream's write buffer filled up (True) or drained (False)."""
+        self._set_client_reading(paused=paused, reason="upstream-buffer")
+
+    def ledger_known(self) -> None:
+        """The ledger check asked for by ``WaitLedger`` is done: relay what was held."""
+        deferred, self._deferred = self._deferred, None
+        if self.state is State.CLOSED or deferred is None:
+            return
+        buf, msgs, held, index, cursor = deferred
+        self._relay_messages(buf, msgs, held, index, cursor, resumed=True)
+        if self._deferred is None:
+            self._set_client_reading(paused=False, reason="ledger")
+
+    def startup_timed_out(self) -> None:
+        if self.state in (State.STARTUP, State.TLS, State.CONNECTING, State.AUTH):
+            self.controls.append(Refused("protocol"))
+            self._send_fatal("08P01", "softguard: startup and authentication not completed in time")
+
+    def stall_check(self) -> None:
+        self._stall_armed = False
+        if self.state is State.CLOSED or self._cframer.at_boundary:
+            return
+        if self._client_bytes == self._stall_mark:
+            self._fail(
+                ClientProtocolError(
+                    "softguard: client stalled in the middle of a message for "
+                    f"{self.config.client_stall_timeout:g} s"
+                )
+            )
+            return
+        self._arm_stall_timer()
+
+    def abort(self) -> None:
+        """Close without a word (a failed TLS handshake)."""
+        self._close()
+
+    # ------------------------------------------------------------------ ending
+
+    @property
+    def is_idle(self) -> bool:
+        return (
+            self.state is State.READY
+            and self.pending == 0
+            and self.tx_status == TX_IDLE
+            and self._cframer.at_boundary
+        )
+
+    def begin_shutdown(self) -> None:
+        """Close now if idle, else after the transaction in progress ends."""
+        if self.state is not State.READY or self.is_idle:
+            self.terminate(*SHUTDOWN)
+        else:
+            self._closing_for_shutdown = True
+
+    def terminate(self, sqlstate: str, text: str) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self._sframer.at_boundary or self.state is not State.READY:
+            self._send_fatal(sqlstate, text)
+        else:
+            self._close()
+
+    def _fail(self, exc: ProtocolViolation) -> None:
+        side = "upstream" if isinstance(exc, ServerProtocolError) else "client"
+        log.warning("%s %s: %s (%s)", side, self.peer, exc.message, exc.sqlstate)
+        if side == "client" and self.state is not State.READY:
+            self.controls.append(Refused("protocol"))
+        if self.state is State.READY and not self._sframer.at_boundary:
+            self._close()
+            return
+        self._send_fatal(
+            exc.sqlstate,
+            exc.message if exc.message.startswith("softguard") else f"softguard: {exc.message}",
+        )
+
+    def _send_fatal(self, sqlstate: str, text: str) -> None:
+        self._close(error_response(sqlstate, text, severity="FATAL"))
+
+    def _close(self, farewell: bytes = b"") -> None:
+        if self.state is State.CLOSED:
+            return
+        terminate = self._cframer.at_boundary and self.state is State.READY
+        self.state = State.CLOSED
+        self.controls.append(Close(terminate_upstream=terminate, farewell=farewell))
+
+    # ------------------------------------------------------------------ startup
+
+    def _client_data_before_auth(self, data: bytes) -> None:
+        if self.state is State.STARTUP:
+            self._startup_data(data)
+        elif self.state is State.CONNECTING:
+            self._early.append(data)
+            self._early_size += len(data)
+            if self._early_size > _MAX_EARLY_BYTES:
+                self._fail(ClientProtocolError("client sent too much data before authentication"))
+
+    def _startup_data(self, data: bytes) -> None:
+        try:
+            packet, rest = self._startup.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(exc)
+            return
+        if packet is None:
+            return
+        if isinstance(packet, SSLRequest):
+            if rest:
+                # Bytes after SSLRequest would be read as if encrypted (CVE-2021-23214).
+                self._fail(ClientProtocolError("received unencrypted data after SSL request"))
+            elif self._tls_done:
+                self._fail(ClientProtocolError("SSL negotiation requested twice"))
+            elif not self.config.tls:
+                self.to_client(b"N")
+            else:
+                self.to_client(b"S")
+                self.state = State.TLS
+                self.controls.append(_START_TLS)
+            return
+        if isinstance(packet, GSSENCRequest):
+            if rest:
+                # As after SSLRequest: bytes sent before our answer are refused.
+                self._fail(
+                    ClientProtocolError("received unencrypted data after GSSAPI encryption request")
+                )
+                return
+            self.to_client(b"N")
+            return
+        if isinstance(packet, CancelRequest):
+            self.controls.append(ForwardCancel(packet))
+            self._close()
+            return
+        assert isinstance(packet, StartupMessage)
+        if rest:
+            # PostgreSQL leaves what follows the packet buffered for later; so do we.
+            self._early.append(rest)
+            self._early_size += len(rest)
+        if self._over_capacity():
+            self.controls.append(Refused("max_client_conn"))
+            self._send_fatal(
+                "53300",
+                f"softguard: too many client connections "
+                f"(max_client_conn = {self.config.max_client_conn})",
+            )
+            return
+        self.info = SessionInfo(
+            user=packet.user,
+            database=packet.database,
+            application_name=packet.application_name,
+            client_addr=self.peer,
+        )
+        self.state = State.CONNECTING
+        self._startup_packet = self._startup_bytes(packet)
+        self._set_client_reading(paused=True, reason="connecting")
+        self._connect_started = self._clock()
+        self.controls.append(_CONNECT)
+
+    def _startup_bytes(self, packet: StartupMessage) -> bytes:
+        """The startup packet for the server, with the session's capture settings.
+
+        Row changes are captured by triggers in the database (decision 0006); these
+        session defaults tell them that this session's deletes (and updates) are protected,
+        who the client is, and how long to keep what they capture.
+        """
+        policy = self.inputs.policy
+        events = policy.captured_events(self.info)
+        settings = {
+            "softguard.capture": ",".join(events) or "off",
+            "softguard.retention": str(policy.retention_seconds(self.info)),
+            "softguard.client_addr": self.peer.rpartition(":")[0] or self.peer,
+        }
+        return packet.with_settings(settings, reserved_prefix="softguard.")
+
+    def _server_startup_data(self, data: bytes) -> None:
+        """Until the first ReadyForQuery: read every message (auth offer, key data)."""
+        try:
+            _, msgs, _ = self._sframer.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(exc)
+            return
+        out = self.to_client
+        for msg in msgs:
+            mtype = msg.type
+            if mtype == _R and auth_code(msg.body) == AUTH_SASL:
+                out(_message(_R, strip_scram_plus(msg.body)))
+                continue
+            if mtype == _E and self._tls_done and b"channel binding" in msg.body:
+                out(_message(_E, with_hint(msg.body, _CHANNEL_BINDING_HINT)))
+                continue
+            out(msg.raw)
+            if mtype == _K and len(msg.body) >= 8:
+                self.cancel_key = (int.from_bytes(msg.body[:4], "big"), msg.body[4:])
+            elif mtype == _E and _is_fatal(msg.body):
+                self._server_fatal = True
+            elif mtype == _Z:
+                self.state = State.READY
+                self.controls.append(SetTimer(Timer.STARTUP, None))
+                self._sframer.set_want(_SERVER_WANT)
+                self.pending = 0
+                self._ready_for_query(msg.body)
+                self.controls.append(
+                    Observe(Measure.UPSTREAM_CONNECT, self._clock() - self._connect_started)
+                )
+                log.debug(
+                    "client %s: session ready user=%s db=%s",
+                    self.peer,
+                    self.info.user,
+                    self.info.database,
+                )
+        if self._closing_for_shutdown:
+            self._after_server_chunk()
+
+    # ------------------------------------------------------------------ relaying
+
+    def _relay_messages(
+        self,
+        buf: bytes,
+        msgs: list[Message],
+        held: int,
+        index: int,
+        cursor: int,
+        *,
+        resumed: bool = False,
+    ) -> None:
+        """Forward ``buf`` with the wanted ``msgs[index:]`` inspected (and maybe replaced).
+
+        ``resumed``: ``msgs[index]`` was planned (logged, counted) before a ledger wait."""
+        out = self.to_server
+        for i in range(index, len(msgs)):
+            msg = msgs[i]
+            mtype = msg.type
+            if mtype == _Q or mtype == _P:
+                try:
+                    replacement = self._inspect(msg, log_it=not resumed or i != index)
+                except ProtocolViolation as exc:
+                    self._fail(exc)
+                    return
+                if isinstance(replacement, NeedLedger):
+                    if msg.start > cursor:
+                        out(buf[cursor : msg.start])
+                    self._deferred = (buf, msgs, held, i, max(msg.start, 0))
+                    self._set_client_reading(paused=True, reason="ledger")
+                    self.controls.append(WaitLedger(self.info.database, self.info.user))
+                    return
+                if mtype == _Q:
+                    self.pending += 1
+                    if self._filter is not None:
+                        self._filter.expect_ready(self._plan, self._retag)
+                        self._plan = None
+                        self._retag = frozenset()
+                if replacement is None and msg.start >= 0:
+                    continue
+                if msg.start > cursor:
+                    out(buf[cursor : msg.start])
+                out(msg.raw if replacement is None else replacement)
+                cursor = msg.end
+                continue
+            self.pending += 1  # Sync or FunctionCall: each ends with a ReadyForQuery
+            if self._filter is not None:
+                self._filter.expect_ready(self._parse_plan)
+                self._parse_plan = None
+            if msg.start < 0:
+                out(msg.raw)
+                cursor = msg.end
+        end = len(buf) - held
+        if cursor == 0 and held == 0:
+            out(buf)
+        elif end > cursor:
+            out(buf[cursor:end])
+
+    def _inspect(self, msg: Message, *, log_it: bool) -> bytes | NeedLedger | None:
+        """Apply the inspection seam; turn result filtering on once anything is rewritten."""
+        planned = plan_message(self.inputs, self.info, msg, log_it=log_it, soft=self._soft)
+        if planned is SAFE:
+            self.counter.safe_statements += 1
+            return None
+        if isinstance(planned, NeedLedger):
+            if planned.kind:
+                self.counter.count_statement(planned.kind, planned.action)
+            return planned
+        kind = planned.kind
+        if kind == "safe" and planned.action == "allow":
+            self.counter.safe_statements += 1
+        elif kind:
+            self.counter.count_statement(kind, planned.action)
+        if planned.reread_soft_delete:
+            self.controls.append(Forget(Cache.SOFT_DELETE_TABLES, self.info.database))
+        if planned.protected:
+            self._protected.extend(planned.protected)
+        raw = planned.raw
+        if raw is None:
+            return None
+        if planned.protected:
+            # Made reversible: time it until its ReadyForQuery (this message's, or the
+            # next Sync's), after the ones still owed.
+            if self._timings is None:
+                self._timings = []
+            self._timings.append([self.pending + 1, self._clock()])
+            if len(self._protected) > _MAX_PROTECTED:
+                del self._protected[:-_MAX_PROTECTED]
+        if self._filter is None:
+            self._filter = ResultFilter()
+            # The rewritten statement's answers have not begun: safe to widen the framing.
+            self._sframer.set_want(_SERVER_WANT_FILTERED)
+            # Answers still owed for messages sent before filtering began come first.
+            for _ in range(self.pending):
+                self._filter.expect_ready(None)
+        if msg.type == _Q:
+            self._plan = planned.plan
+            self._retag = planned.retag
+        else:
+            self._parse_plan = planned.plan  # positions of errors before the next Sync
+        return raw
+
+    def _ready_for_query(self, body: bytes) -> None:
+        self.tx_status = body[0] if body else TX_IDLE
+        if self.pending > 0:
+            self.pending -= 1
+        if self._timings or self._protected:
+            self._after_ready()
+
+    def _after_ready(self) -> None:
+        """A ReadyForQuery went by: rewritten statements it ends are timed."""
+        timings = self._timings
+        if timings:
+            now = self._clock()
+            for entry in timings:
+                entry[0] -= 1
+                if entry[0] <= 0:
+                    self.controls.append(Observe(Measure.REWRITTEN_STATEMENT, now - entry[1]))
+            timings[:] = [e for e in timings if e[0] > 0]
+        if self.pending == 0:
+            # Statements that made no operation (error, no rows). A new list: an
+            # OperationNotice of this chunk still holds (and pairs from) the old one.
+            self._protected = []
+
+    def _after_server_chunk(self) -> None:
+        """Once a chunk is forwarded: a session waiting to shut down may go now."""
+        if self._closing_for_shutdown and self.is_idle:
+            self.terminate(*SHUTDOWN)
+
+    # ------------------------------------------------------------------ flow control
+
+    def _set_client_reading(self, *, paused: bool, reason: str) -> None:
+        reasons = self._paused_reasons
+        was_paused = bool(reasons)
+        if paused:
+            reasons.add(reason)
+        else:
+            reasons.discard(reason)
+        if reasons and not was_paused:
+            self.controls.append(_PAUSE)
+        elif was_paused and not reasons:
+            self.controls.append(_RESUME)
+
+    def _arm_stall_timer(self) -> None:
+        self._stall_armed = True
+        self._stall_mark = self._client_bytes
+        self.controls.append(SetTimer(Timer.STALL, self.config.client_stall_timeout))
+
+
+def _message(mtype: int, body: bytes) -> bytes:
+    return bytes((mtype,)) + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def _is_fatal(body: bytes) -> bool:
+    try:
+        fields = parse_fields(body)
+    except ProtocolViolation:
+        return False
+    severity = fields.get("V") or fields.get("S", "")
+    return severity in ("FATAL", "PANIC")
