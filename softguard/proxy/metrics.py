@@ -55,7 +55,6 @@ _NOTICE_KINDS: tuple[tuple[str, str], ...] = (
     ("ALTER TABLE ", "ALTER TABLE"),
     *((f"{kind} ", kind) for kind in sorted(PROTECTABLE_DROPS, key=len, reverse=True)),
 )
-NOTICE_MARKER = contract.NOTICE_MARKER_BYTES
 # Seconds: PostgreSQL round trips on a LAN up to slow DDL under lock waits.
 _CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _STATEMENT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
