@@ -31,7 +31,7 @@ from enum import Enum, auto
 from typing import Protocol
 
 from softguard.contract import NOTICE_MARKER_BYTES
-from softguard.policy import SessionInfo
+from softguard.policy import Action, SessionInfo
 from softguard.proxy.commands import (
     Cache,
     ClientReading,
@@ -50,7 +50,7 @@ from softguard.proxy.commands import (
     WaitLedger,
 )
 from softguard.proxy.statements import SAFE, NeedLedger, PlanInputs, SoftSession, plan_message
-from softguard.sql.rewrite import RewritePlan
+from softguard.sql.rewrite import RewritePlan, refusal
 from softguard.wire import (
     CancelRequest,
     ClientProtocolError,
@@ -67,6 +67,7 @@ from softguard.wire import (
     strip_scram_plus,
 )
 from softguard.wire.constants import AUTH_SASL, FRONTEND_TYPES, TX_IDLE
+from softguard.wire.function_call import REFUSAL_HINT, function_call_oid
 from softguard.wire.messages import auth_code, with_hint
 from softguard.wire.results import ResultFilter, without_context
 
@@ -80,9 +81,12 @@ _CLIENT_WANT = frozenset((_Q, _P, _S, _F))
 _N, _C = b"NC"
 # NoticeResponse too: softguard's "reversible as operation N" notice (metrics, the
 # operation log line); notices are rare, so this costs nothing on rows.
-_SERVER_WANT = frozenset((_Z, _E, _N))
+# ParameterStatus ('S' from the server): client_encoding, which decides how the server
+# reads the next statement texts (decision 0011); sent only when a reported setting changes.
+_PARAMETER_STATUS = ord("S")
+_SERVER_WANT = frozenset((_Z, _E, _N, _PARAMETER_STATUS))
 # Once a session has sent a rewritten statement, its answers are filtered too.
-_SERVER_WANT_FILTERED = frozenset((_Z, _E, _N, _C))
+_SERVER_WANT_FILTERED = frozenset((_Z, _E, _N, _C, _PARAMETER_STATUS))
 # Client bytes buffered while the upstream is being reached.
 _MAX_EARLY_BYTES = 1 << 20
 _MAX_PROTECTED = 64
@@ -168,6 +172,9 @@ class SessionCore:
         self.state = State.STARTUP
         self.info = SessionInfo("", "", "", "")
         self.tx_status = TX_IDLE
+        # How the server reads this session's statement texts: the last client_encoding it
+        # reported (ParameterStatus), UTF8 until then.
+        self.client_encoding = "UTF8"
         # ReadyForQuery messages still owed to the client (one per Query/Sync/FunctionCall).
         self.pending = 0
         self.cancel_key: tuple[int, bytes] | None = None
@@ -252,6 +259,8 @@ class SessionCore:
                 self._server_fatal = True
             elif mtype == _N and NOTICE_MARKER_BYTES in msg.body:
                 self.controls.append(OperationNotice(msg.body, self._protected))
+            elif mtype == _PARAMETER_STATUS:
+                self._parameter_status(msg.body)
             replacement = None if filt is None else filt.process(mtype, msg.body)
             if replacement is None and mtype == _N and NOTICE_MARKER_BYTES in msg.body:
                 replacement = without_context(mtype, msg.body)
@@ -467,6 +476,11 @@ class SessionCore:
         self._connect_started = self._clock()
         self.controls.append(_CONNECT)
 
+    def _parameter_status(self, body: bytes) -> None:
+        name, _, rest = body.partition(b"\0")
+        if name == b"client_encoding":
+            self.client_encoding = rest.split(b"\0", 1)[0].decode("ascii", "replace")
+
     def _startup_bytes(self, packet: StartupMessage) -> bytes:
         """The startup packet for the server, with the session's capture settings.
 
@@ -504,6 +518,8 @@ class SessionCore:
                 self.cancel_key = (int.from_bytes(msg.body[:4], "big"), msg.body[4:])
             elif mtype == _E and _is_fatal(msg.body):
                 self._server_fatal = True
+            elif mtype == _PARAMETER_STATUS:
+                self._parameter_status(msg.body)
             elif mtype == _Z:
                 self.state = State.READY
                 self.controls.append(SetTimer(Timer.STARTUP, None))
@@ -568,10 +584,16 @@ class SessionCore:
                 cursor = msg.end
                 continue
             self.pending += 1  # Sync or FunctionCall: each ends with a ReadyForQuery
+            refused = self._refuse_function_call(msg) if mtype == _F else None
             if self._filter is not None:
                 self._filter.expect_ready(self._parse_plan)
                 self._parse_plan = None
-            if msg.start < 0:
+            if refused is not None:
+                if msg.start > cursor:
+                    out(buf[cursor : msg.start])
+                out(refused)
+                cursor = msg.end
+            elif msg.start < 0:
                 out(msg.raw)
                 cursor = msg.end
         end = len(buf) - held
@@ -582,7 +604,14 @@ class SessionCore:
 
     def _inspect(self, msg: Message, *, log_it: bool) -> bytes | NeedLedger | None:
         """Apply the inspection seam; turn result filtering on once anything is rewritten."""
-        planned = plan_message(self.inputs, self.info, msg, log_it=log_it, soft=self._soft)
+        planned = plan_message(
+            self.inputs,
+            self.info,
+            msg,
+            log_it=log_it,
+            soft=self._soft,
+            client_encoding=self.client_encoding,
+        )
         if planned is SAFE:
             self.counter.safe_statements += 1
             return None
@@ -610,19 +639,42 @@ class SessionCore:
             self._timings.append([self.pending + 1, self._clock()])
             if len(self._protected) > _MAX_PROTECTED:
                 del self._protected[:-_MAX_PROTECTED]
-        if self._filter is None:
-            self._filter = ResultFilter()
-            # The rewritten statement's answers have not begun: safe to widen the framing.
-            self._sframer.set_want(_SERVER_WANT_FILTERED)
-            # Answers still owed for messages sent before filtering began come first.
-            for _ in range(self.pending):
-                self._filter.expect_ready(None)
+        self._start_filtering(self.pending)
         if msg.type == _Q:
             self._plan = planned.plan
             self._retag = planned.retag
         else:
             self._parse_plan = planned.plan  # positions of errors before the next Sync
         return raw
+
+    def _start_filtering(self, owed: int) -> None:
+        """Filter the server's answers from now on (a rewritten message is on its way)."""
+        if self._filter is None:
+            self._filter = ResultFilter()
+            # The rewritten message's answers have not begun: safe to widen the framing.
+            self._sframer.set_want(_SERVER_WANT_FILTERED)
+            # Answers still owed for messages sent before filtering began come first.
+            for _ in range(owed):
+                self._filter.expect_ready(None)
+
+    def _refuse_function_call(self, msg: Message) -> bytes | None:
+        """None to pass a FunctionCall on; else the Query that makes the server refuse it.
+
+        The server raises the refusal, so the answer (ErrorResponse, ReadyForQuery) comes
+        in order after what is still owed, and the transaction fails as by any error."""
+        try:
+            oid = function_call_oid(msg.body)
+        except ProtocolViolation as exc:
+            self._fail(exc)
+            return None
+        decision = self.inputs.policy.decide_function_call(oid, self.info)
+        self.counter.count_statement("function_call", decision.action.value)
+        if decision.action is Action.ALLOW:
+            return None
+        # Its ReadyForQuery was counted as owed already: filtering starts before it.
+        self._start_filtering(self.pending - 1)
+        text = refusal("42501", decision.reason or "softguard: FunctionCall refused", REFUSAL_HINT)
+        return _message(_Q, text.encode() + b"\0")
 
     def _ready_for_query(self, body: bytes) -> None:
         self.tx_status = body[0] if body else TX_IDLE

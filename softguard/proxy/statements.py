@@ -61,9 +61,9 @@ LedgerState = Literal[True] | str  # True when ready, else the refusal message
 class Classifies(Protocol):
     """The classifier the planner uses (``softguard.sql.Classifier``)."""
 
-    def classify_shape(self, sql: bytes) -> Classification: ...
+    def classify_shape(self, sql: bytes, client_encoding: str = "UTF8") -> Classification: ...
 
-    def classify_bytes(self, sql: bytes) -> Classification: ...
+    def classify_bytes(self, sql: bytes, client_encoding: str = "UTF8") -> Classification: ...
 
 
 class LedgerView(Protocol):
@@ -182,15 +182,19 @@ def plan_message(
     *,
     log_it: bool = True,
     soft: SoftSession | None = None,
+    client_encoding: str = "UTF8",
 ) -> Planned | NeedLedger:
     """Plan one Query/Parse message of ``info``'s session.
 
     ``log_it``: log the policy's decisions and name what to count (False for a message
     planned again after the ledger wait: it was logged and counted before). ``soft``: the
     session's prepared soft deletes, updated as PREPARE/DEALLOCATE go by.
+    ``client_encoding``: the session's, as the server last reported it: the text is read
+    as the server will read it (decision 0011).
     """
     text = parse_query_text(msg.type, msg.body)
     classifier = inputs.classifier
+    enc = client_encoding
     if mentions_softguard(text):
         log.warning(
             "refused statement naming softguard's schemas: user=%s db=%s client=%s",
@@ -198,15 +202,15 @@ def plan_message(
             info.database,
             info.client_addr,
         )
-        kind = classifier.classify_shape(text).kind.value if log_it else ""
+        kind = classifier.classify_shape(text, enc).kind.value if log_it else ""
         rebuilt = _rebuild(msg, text, [], refusal("42501", TAMPER_MESSAGE))
         return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
     retag: set[int] = set()
     if soft is not None and soft.prepared:
-        exact = classifier.classify_bytes(text)
+        exact = classifier.classify_bytes(text, enc)
         soft.track(text, exact)
         retag = _executes_to_retag(text, exact, soft)
-    classification = classifier.classify_shape(text)
+    classification = classifier.classify_shape(text, enc)
     ledger = inputs.ledger
     reread = bool(ledger.soft_delete_rules) and any(
         s.command in _TABLE_DDL for s in classification.statements
@@ -223,10 +227,17 @@ def plan_message(
     action = _strictest(decisions)
     if any(d.action is not Action.ALLOW for d in decisions):
         # A shape-cached classification has another text's offsets: rewrite from the exact one.
-        exact = classifier.classify_bytes(text)
+        exact = classifier.classify_bytes(text, enc)
         if exact is not classification:
             decisions = policy.decide(exact, info, source=source, log_it=False)
             classification = exact
+    if _offsets_unreliable(text, enc) and any(
+        _cuts_text(d, bool(ledger.soft_delete_rules)) for d in decisions
+    ):
+        # Rewriting and capture bookkeeping cut the text at the parser's offsets, which
+        # count the UTF-8 reading, not these bytes: refuse rather than cut wrongly.
+        rebuilt = _rebuild(msg, text, [], refusal("0A000", _ENCODING_REFUSAL.format(enc)))
+        return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
     replacements: list[Replacement] = []
     protected: list[tuple[str, str]] = []
     for decision in decisions:
@@ -293,6 +304,28 @@ def plan_message(
         )
     rebuilt = _rebuild(msg, text, replacements, None, frozenset(retag))
     return Planned(rebuilt.raw, rebuilt.plan, rebuilt.retag, kind, action, tuple(protected), reread)
+
+
+_ENCODING_REFUSAL = (
+    "softguard: a statement softguard must rewrite or capture is refused when it holds "
+    "non-ASCII characters in client_encoding {0}: set client_encoding to UTF8"
+)
+
+
+def _offsets_unreliable(text: bytes, client_encoding: str) -> bool:
+    """The parser's offsets are byte offsets of the UTF-8 text: they are the wire's only
+    when the session sends UTF-8, or the text is ASCII (the same in every encoding)."""
+    return client_encoding.upper() not in ("UTF8", "UTF-8", "UNICODE") and not text.isascii()
+
+
+def _cuts_text(decision: Decision, soft_delete: bool) -> bool:
+    """Whether carrying out ``decision`` rewrites part of the text (captured statements
+    are sent as they are, unless a soft delete may rewrite them)."""
+    if decision.action is Action.ALLOW or decision.statement is None:
+        return False
+    if decision.action is Action.DENY:
+        return True
+    return decision.category not in CAPTURED or (decision.category == "delete" and soft_delete)
 
 
 def _soft_delete(

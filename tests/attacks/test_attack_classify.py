@@ -63,12 +63,7 @@ CACHE_PAIRS = {
 }
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(k, marks=[pytest.mark.xfail(
-        strict=True, reason="issue 10 item 4: the cache by shape treats the number as "
-        "irrelevant; the harmful form passes as the harmless one did")]
-        if k == "analyze_number" else [])
-    for k in sorted(CACHE_PAIRS)])
+@pytest.mark.parametrize("name", sorted(CACHE_PAIRS))
 def test_cache_cannot_be_primed_with_a_harmless_twin(arena_deny: Arena, name: str) -> None:
     harmless, harmful = CACHE_PAIRS[name]
     before, last = arena_deny.snapshot(), arena_deny.last_op()
@@ -78,8 +73,6 @@ def test_cache_cannot_be_primed_with_a_harmless_twin(arena_deny: Arena, name: st
     arena_deny.verdict(before, last, out)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 4: dangerous = deny defeated through the "
-                   "cache: another client's session is terminated")
 def test_cache_cannot_unlock_terminating_another_client(arena_fresh: Arena) -> None:
     with arena_fresh.connect("owner", via="direct") as victim:
         victim.autocommit = False

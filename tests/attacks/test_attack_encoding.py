@@ -48,12 +48,6 @@ def server_reads(arena: Arena, text: bytes, encoding: str) -> str:
 
 arena_deny = deny_arena_fixture('delete = "deny"\ntruncate = "deny"\n')
 
-SMUGGLED = pytest.mark.xfail(strict=True, reason="issue 18 item 1: softguard reads the bytes as "
-                             "UTF-8 (one SELECT); the server, in the client encoding, runs the "
-                             "smuggled statement unprotected")
-
-
-@SMUGGLED
 @pytest.mark.parametrize("encoding", sorted(SMUGGLING))
 def test_drop_smuggled_through_client_encoding(arena: Arena, encoding: str) -> None:
     text = payload(encoding, "DROP TABLE big")
@@ -66,17 +60,19 @@ DESTROY = {
     "drop_column": "ALTER TABLE parent DROP COLUMN name",
     "drop_cascade": "DROP TABLE parent CASCADE",
     "do_block": "DO $$ BEGIN EXECUTE 'DROP TABLE typed'; END $$",
-    "delete": "DELETE FROM big",  # captured by the triggers whatever the text: passes today
+    "delete": "DELETE FROM big",
 }
 
 
 @pytest.mark.parametrize("kind", [
-    pytest.param(k, marks=[] if k == "delete" else [SMUGGLED]) for k in sorted(DESTROY)])
+    pytest.param(k, marks=pytest.mark.xfail(
+        strict=True, reason="issue 11: read right, the DO block is opaque (allowed by default)"
+        " and its dynamic DROP runs unprotected")) if k == "do_block" else k
+    for k in sorted(DESTROY)])
 def test_other_statements_smuggled_in_sjis(arena: Arena, kind: str) -> None:
     arena.attempt([payload("SJIS", DESTROY[kind])], client_encoding="SJIS")
 
 
-@SMUGGLED
 @pytest.mark.parametrize("how", ["set", "options", "set_config"])
 def test_encoding_switched_after_startup(arena: Arena, how: str) -> None:
     text = payload("SJIS", "DROP TABLE big")
@@ -90,7 +86,6 @@ def test_encoding_switched_after_startup(arena: Arena, how: str) -> None:
     arena.verdict(before, last, out)
 
 
-@SMUGGLED
 @pytest.mark.parametrize("destroy", ["DELETE FROM big", "TRUNCATE big"])
 def test_smuggling_defeats_deny_policy(arena_deny: Arena, destroy: str) -> None:
     before, last = arena_deny.snapshot(), arena_deny.last_op()
@@ -99,7 +94,6 @@ def test_smuggling_defeats_deny_policy(arena_deny: Arena, destroy: str) -> None:
     arena_deny.verdict(before, last, out)
 
 
-@SMUGGLED
 def test_superuser_smuggles_a_ledger_write(arena: Arena) -> None:
     before, last = arena.snapshot(), arena.last_op()
     arena.attack(["DELETE FROM parent WHERE id = 1"])
@@ -115,8 +109,6 @@ def test_superuser_smuggles_a_ledger_write(arena: Arena) -> None:
 NATIVE = {"LATIN1": "é", "WIN1252": "€", "UHC": "한", "EUC_KR": "한", "SJIS": "ア",
           "BIG5": "中", "KOI8R": "ж", "EUC_JP": "ア", "WIN1251": "ж", "LATIN2": "ő",
           "JOHAB": "中", "GB18030": "中", "SHIFT_JIS_2004": "ア", "EUC_CN": "中"}
-@pytest.mark.xfail(strict=True, reason="issue 18 item 2: invalid UTF-8 makes the text "
-                   "'unparseable', allowed by default; the server runs the TRUNCATE")
 @pytest.mark.parametrize("encoding", sorted(NATIVE))
 def test_invalid_utf8_is_not_a_free_pass(arena: Arena, encoding: str) -> None:
     char = bytes(arena.direct("SELECT convert_to(%s, %s)", [NATIVE[encoding], encoding])[0][0])
@@ -133,8 +125,6 @@ GRAMMAR = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 2: pglast's newer grammar reserves "
-                   "system_user; 'unparseable' is allowed and PostgreSQL 15 runs the DROP")
 @pytest.mark.parametrize("name", sorted(GRAMMAR))
 def test_newer_grammar_keywords_are_not_a_free_pass(arena: Arena, name: str) -> None:
     if arena.server.version_num >= 160000:
