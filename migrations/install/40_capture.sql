@@ -25,7 +25,10 @@
 
 -- The statement-level AFTER DELETE / AFTER UPDATE trigger (transition table sg_old).
 CREATE FUNCTION softguard._capture_rows() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
 DECLARE
     cap text := current_setting('softguard.capture', true);
     ev text;
@@ -169,7 +172,10 @@ REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
 -- the state of the table's owned / identity sequences. PostgreSQL fires it for every table
 -- the TRUNCATE empties (listed, CASCADE, partitions), after its own checks.
 CREATE FUNCTION softguard._capture_truncate() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
 DECLARE
     op bigint := nullif(current_setting('softguard.truncate_op', true), '')::bigint;
     cid bigint;

@@ -34,7 +34,10 @@
 -- ---------------------------------------------------------------------------------------
 
 CREATE FUNCTION softguard._capture_column(op bigint, rel oid, attnum integer) RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
 DECLARE
     o softguard.operations;
     a record;
@@ -129,7 +132,10 @@ GRANT EXECUTE ON FUNCTION softguard._capture_column(bigint, oid, integer) TO PUB
 -- (ALTER COLUMN ... TYPE recurses to them).
 CREATE FUNCTION softguard._capture_type(op bigint, rel oid, attnum integer, changed text[])
 RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
 DECLARE
     a record;
     key text[];
@@ -211,7 +217,10 @@ GRANT EXECUTE ON FUNCTION softguard._capture_type(bigint, oid, integer, text[]) 
 -- info kind 'type_new'), the new type and default; the operation's objects and counts.
 -- Returns schema.table.column for the NOTICE.
 CREATE FUNCTION softguard._capture_type_after(op bigint, cid bigint) RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
 DECLARE
     c softguard.captures;
     a record;

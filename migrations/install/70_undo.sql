@@ -1095,7 +1095,10 @@ CREATE FUNCTION softguard.undo_steps(op bigint, rename_to text DEFAULT NULL,
                                      "cascade" boolean DEFAULT false,
                                      on_conflict text DEFAULT 'fail')
 RETURNS SETOF softguard.undo_step
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
 BEGIN
     IF NOT has_function_privilege(softguard._client_role(),
                                   'softguard.undo_op(bigint, text, boolean)', 'EXECUTE') THEN
@@ -1113,7 +1116,10 @@ GRANT EXECUTE ON FUNCTION softguard.undo_steps(bigint, text, boolean, text) TO P
 CREATE FUNCTION softguard.undo_op(op bigint, rename_to text, "cascade" boolean,
                                   on_conflict text)
 RETURNS SETOF text
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
     SELECT format('operation %s: %s', s.op, s.detail)
       FROM unnest(softguard._undo(op, rename_to, "cascade", on_conflict)) s
 $$;
@@ -1123,7 +1129,10 @@ REVOKE ALL ON FUNCTION softguard.undo_op(bigint, text, boolean, text) FROM PUBLI
 CREATE FUNCTION softguard.undo_op(op bigint, rename_to text DEFAULT NULL,
                                   "cascade" boolean DEFAULT false)
 RETURNS SETOF text
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
     SELECT softguard.undo_op(op, rename_to, "cascade", 'fail')
 $$;
 REVOKE ALL ON FUNCTION softguard.undo_op(bigint, text, boolean) FROM PUBLIC;

@@ -23,16 +23,16 @@ def arena_upd(arena_template: Template, proxy_factory: ProxyFactory) -> Iterator
 
 
 FORMATS = {
-    "datestyle_sql_dmy": ("SET DateStyle = 'SQL, DMY'", True),
-    "datestyle_german": ("SET DateStyle = 'German'", True),
-    "datestyle_postgres_ymd": ("SET DateStyle = 'Postgres, YMD'", False),
-    "extra_float_digits": ("SET extra_float_digits = -14", True),
-    "intervalstyle_sql_standard": ("SET IntervalStyle = 'sql_standard'", False),
-    "intervalstyle_iso_8601": ("SET IntervalStyle = 'iso_8601'", False),
-    "intervalstyle_postgres_verbose": ("SET IntervalStyle = 'postgres_verbose'", False),
-    "bytea_escape": ("SET bytea_output = 'escape'", False),
-    "timezone": ("SET TimeZone = 'Pacific/Chatham'", False),
-    "search_path_empty": ("SET search_path = ''", False),
+    "datestyle_sql_dmy": "SET DateStyle = 'SQL, DMY'",
+    "datestyle_german": "SET DateStyle = 'German'",
+    "datestyle_postgres_ymd": "SET DateStyle = 'Postgres, YMD'",
+    "extra_float_digits": "SET extra_float_digits = -14",
+    "intervalstyle_sql_standard": "SET IntervalStyle = 'sql_standard'",
+    "intervalstyle_iso_8601": "SET IntervalStyle = 'iso_8601'",
+    "intervalstyle_postgres_verbose": "SET IntervalStyle = 'postgres_verbose'",
+    "bytea_escape": "SET bytea_output = 'escape'",
+    "timezone": "SET TimeZone = 'Pacific/Chatham'",
+    "search_path_empty": "SET search_path = ''",
 }
 
 KINDS = {
@@ -42,18 +42,10 @@ KINDS = {
 }
 
 
-def _expected_failure(fmt: str, kind: str) -> list[pytest.MarkDecorator]:
-    lossy = FORMATS[fmt][1]
-    return [pytest.mark.xfail(strict=True, reason="issue 10 item 5: rows are captured as text "
-                              f"in the deleting session's format ({fmt}); undo restores other "
-                              "values or fails")] if lossy else []
-
-
 @pytest.mark.parametrize(("fmt", "kind"), [
-    pytest.param(f, k, marks=_expected_failure(f, k)) for f in sorted(FORMATS)
-    for k in ("delete", "truncate")])
+    (f, k) for f in sorted(FORMATS) for k in ("delete", "truncate")])
 def test_undo_exact_whatever_the_session_formats(arena: Arena, fmt: str, kind: str) -> None:
-    arena.attempt([FORMATS[fmt][0], KINDS[kind]])
+    arena.attempt([FORMATS[fmt], KINDS[kind]])
 
 
 DROP_COLUMN_FORMATS = {
@@ -64,24 +56,16 @@ DROP_COLUMN_FORMATS = {
 }
 
 
-LOSSY = pytest.mark.xfail(strict=True, reason="issue 10 item 5: values are captured as text in "
-                          "the session's DateStyle / extra_float_digits; undo restores others "
-                          "or fails")
-
-
-@pytest.mark.parametrize("fmt", [
-    pytest.param(f, marks=[LOSSY] if FORMATS[f][1] else []) for f in sorted(DROP_COLUMN_FORMATS)])
+@pytest.mark.parametrize("fmt", sorted(DROP_COLUMN_FORMATS))
 def test_drop_column_undo_exact_whatever_the_formats(arena: Arena, fmt: str) -> None:
     setting, column = DROP_COLUMN_FORMATS[fmt]
     arena.attempt([setting, f"ALTER TABLE typed DROP COLUMN {column}"])
 
 
-@pytest.mark.parametrize("fmt", [
-    pytest.param(f, marks=[LOSSY] if FORMATS[f][1] else [])
-    for f in ["datestyle_sql_dmy", "extra_float_digits", "bytea_escape"]])
+@pytest.mark.parametrize("fmt", ["datestyle_sql_dmy", "extra_float_digits", "bytea_escape"])
 def test_update_undo_exact_whatever_the_formats(arena_upd: Arena, fmt: str) -> None:
     before, last = arena_upd.snapshot(), arena_upd.last_op()
-    out = arena_upd.attack([FORMATS[fmt][0],
+    out = arena_upd.attack([FORMATS[fmt],
                             "UPDATE typed SET d = d + 1, f = f * 3, b = b || '\\x00'::bytea, "
                             "iv = iv * 2, ts = ts + interval '1 hour', n = n + 1"])
     arena_upd.verdict(before, last, out)
