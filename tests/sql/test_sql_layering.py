@@ -1,6 +1,6 @@
-"""softguard.sql is a pure seam: no import cycles inside it, and it imports nothing but
-itself, softguard.contract (the names shared with the database), the standard library,
-pglast and orjson."""
+"""softguard.sql is a pure seam: it imports nothing but itself, softguard.contract (the
+names shared with the database), the standard library, pglast and orjson. Its import
+cycles are checked with the other packages' in tests/test_layering.py."""
 
 from __future__ import annotations
 
@@ -28,14 +28,6 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
-def graph() -> dict[str, set[str]]:
-    modules = {f"softguard.sql.{p.stem}": p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
-    return {
-        name: {m for m in imports_of(path) if m in modules and m != name}
-        for name, path in modules.items()
-    }
-
-
 def test_softguard_sql_imports_only_itself_contract_stdlib_pglast_and_orjson() -> None:
     for path in PACKAGE.glob("*.py"):
         for module in imports_of(path):
@@ -45,26 +37,3 @@ def test_softguard_sql_imports_only_itself_contract_stdlib_pglast_and_orjson() -
             )
             allowed = inside or top in sys.stdlib_module_names or top in ALLOWED_THIRD_PARTY
             assert allowed, f"{path.name} imports {module}"
-
-
-def test_softguard_sql_has_no_import_cycles() -> None:
-    edges = graph()
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-
-    def visit(name: str, path: list[str]) -> None:
-        state[name] = 1
-        for target in sorted(edges[name]):
-            assert state.get(target) != 1, "import cycle: " + " -> ".join([*path, target])
-            if target not in state:
-                visit(target, [*path, target])
-        state[name] = 2
-
-    for name in sorted(edges):
-        if name not in state:
-            visit(name, [name])
-
-
-def test_the_graph_is_not_trivially_empty() -> None:
-    edges = graph()
-    assert "softguard.sql.model" in edges["softguard.sql.analyze"]
-    assert "softguard.sql.analyze" in edges["softguard.sql.classify"]
