@@ -90,8 +90,9 @@ class Outcome:
     def describe(self) -> str:
         if self.error is None:
             return f"ran to the end; notices={self.notices}"
-        return (f"step {self.failed_step} failed: {self.sqlstate} {self.error}; "
-                f"notices={self.notices}")
+        return (
+            f"step {self.failed_step} failed: {self.sqlstate} {self.error}; notices={self.notices}"
+        )
 
 
 Step = str | bytes | Callable[[psycopg.Connection[Any]], Any]
@@ -115,11 +116,11 @@ class Arena:
         return self.proxy.dsn(self.db, self.role(who), None, **params)
 
     def direct_dsn(self, who: str = "super", **params: str) -> str:
-        return build_dsn(self.server.host, self.server.port, self.db, self.role(who), None,
-                         params)
+        return build_dsn(self.server.host, self.server.port, self.db, self.role(who), None, params)
 
-    def connect(self, who: str = "owner", via: str = "proxy",
-                **params: str) -> psycopg.Connection[Any]:
+    def connect(
+        self, who: str = "owner", via: str = "proxy", **params: str
+    ) -> psycopg.Connection[Any]:
         dsn = self.proxied_dsn(who, **params) if via == "proxy" else self.direct_dsn(who, **params)
         return psycopg.connect(dsn, autocommit=True)
 
@@ -144,18 +145,20 @@ class Arena:
             for name, kind in rels:
                 if kind == "S":
                     snap[f"seq {name}"] = c.execute(
-                        sql.SQL("SELECT last_value, is_called FROM {}").format(
-                            sql.SQL(name))
+                        sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(name))
                     ).fetchone()
                     continue
                 if kind == "v":
                     snap[f"view {name}"] = c.execute(
-                        "SELECT pg_get_viewdef(%s::regclass)", [name]).fetchone()
+                        "SELECT pg_get_viewdef(%s::regclass)", [name]
+                    ).fetchone()
                     continue
                 cols = c.execute(
                     "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
                     "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
-                    "ORDER BY attname", [name]).fetchall()
+                    "ORDER BY attname",
+                    [name],
+                ).fetchall()
                 snap[f"cols {name}"] = cols
                 if kind == "f":
                     continue  # a foreign table's rows are the remote table's
@@ -166,7 +169,8 @@ class Arena:
             snap["functions"] = c.execute(
                 "SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid) FROM pg_proc p "
                 f"JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMAS} "
-                "AND p.prokind IN ('f', 'p') ORDER BY 1").fetchall()
+                "AND p.prokind IN ('f', 'p') ORDER BY 1"
+            ).fetchall()
             snap["types"] = c.execute(
                 "SELECT format_type(t.oid, NULL), t.typtype FROM pg_type t "
                 f"JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_SCHEMAS} "
@@ -176,9 +180,9 @@ class Arena:
             snap["large objects"] = c.execute(
                 "SELECT m.oid::bigint, (SELECT md5(coalesce(string_agg(data, '' ORDER BY pageno), "
                 "''))  FROM pg_largeobject l WHERE l.loid = m.oid) "
-                "FROM pg_largeobject_metadata m ORDER BY 1").fetchall()
-            snap["extensions"] = c.execute(
-                "SELECT extname FROM pg_extension ORDER BY 1").fetchall()
+                "FROM pg_largeobject_metadata m ORDER BY 1"
+            ).fetchall()
+            snap["extensions"] = c.execute("SELECT extname FROM pg_extension ORDER BY 1").fetchall()
         return snap
 
     def last_op(self) -> int:
@@ -186,8 +190,9 @@ class Arena:
 
     def ops_since(self, last: int) -> list[dict[str, Any]]:
         rows = self.direct(
-            "SELECT to_jsonb(o) - 'restore' FROM softguard.operations o WHERE id > %s "
-            "ORDER BY id", [last])
+            "SELECT to_jsonb(o) - 'restore' FROM softguard.operations o WHERE id > %s ORDER BY id",
+            [last],
+        )
         return [r[0] for r in rows]
 
     def ledger_view(self, last: int) -> list[dict[str, Any]]:
@@ -196,7 +201,9 @@ class Arena:
             "SELECT jsonb_build_object('id', id, 'kind', kind, 'state', state, 'client_addr', "
             "client_addr, 'statement', statement, 'retention_days', "
             "extract(epoch FROM expires_at - created_at) / 86400) "
-            "FROM softguard.operations WHERE id > %s ORDER BY id", [last])
+            "FROM softguard.operations WHERE id > %s ORDER BY id",
+            [last],
+        )
         return [r[0] for r in rows]
 
     def capture_state(self) -> dict[str, Any]:
@@ -209,7 +216,11 @@ class Arena:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "softguard", *args, "--dsn", self.direct_dsn()],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def undo(self, ids: Sequence[int]) -> subprocess.CompletedProcess[str]:
         return self.cli("undo", *(str(i) for i in sorted(ids, reverse=True)), "--yes")
@@ -219,9 +230,11 @@ class Arena:
         return {
             "triggers": self.direct(
                 "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger "
-                "WHERE tgname LIKE 'zz_softguard%' OR tgname = 'guard_ledger' ORDER BY 1, 2"),
+                "WHERE tgname LIKE 'zz_softguard%' OR tgname = 'guard_ledger' ORDER BY 1, 2"
+            ),
             "event triggers": self.direct(
-                "SELECT evtname, evtenabled FROM pg_event_trigger ORDER BY 1"),
+                "SELECT evtname, evtenabled FROM pg_event_trigger ORDER BY 1"
+            ),
         }
 
     # -- the attacker's moves --------------------------------------------------------------
@@ -230,8 +243,9 @@ class Arena:
         """A raw protocol session through the proxy."""
         return RawSession(self.proxy.host, self.proxy.port, self.role(who), self.db, **params)
 
-    def attack(self, steps: Sequence[Step], who: str = "owner", via: str = "proxy",
-               **params: str) -> Outcome:
+    def attack(
+        self, steps: Sequence[Step], who: str = "owner", via: str = "proxy", **params: str
+    ) -> Outcome:
         """Run each step in autocommit on one session; stop at the first error."""
         out = Outcome()
         with self.connect(who, via, **params) as c:
@@ -248,15 +262,17 @@ class Arena:
                     break
         return out
 
-    def attempt(self, steps: Sequence[Step], who: str = "owner", via: str = "proxy",
-                **params: str) -> tuple[Outcome, list[dict[str, Any]]]:
+    def attempt(
+        self, steps: Sequence[Step], who: str = "owner", via: str = "proxy", **params: str
+    ) -> tuple[Outcome, list[dict[str, Any]]]:
         """Snapshot, attack, verdict: the whole round for an attack of one session."""
         before, last = self.snapshot(), self.last_op()
         out = self.attack(steps, who, via, **params)
         return out, self.verdict(before, last, out)
 
-    def verdict(self, before: dict[str, Any], last: int, outcome: Outcome,
-                sqlstate_class: str | None = None) -> list[dict[str, Any]]:
+    def verdict(
+        self, before: dict[str, Any], last: int, outcome: Outcome, sqlstate_class: str | None = None
+    ) -> list[dict[str, Any]]:
         """Refused with the data intact, or recorded and undone exactly. Returns the new
         operations (already undone)."""
         ops = self.ops_since(last)
@@ -265,7 +281,8 @@ class Arena:
         if outcome.error is not None:
             refused_by_softguard = "softguard" in str(outcome.error).lower()
             assert outcome.sqlstate in REFUSAL_CODES or refused_by_softguard, (
-                f"the attack failed with {outcome.sqlstate} (not a refusal): {outcome.error}")
+                f"the attack failed with {outcome.sqlstate} (not a refusal): {outcome.error}"
+            )
             if sqlstate_class is not None:
                 assert (outcome.sqlstate or "").startswith(sqlstate_class), outcome.describe()
         active = [o["id"] for o in ops if o["state"] == "active" and o.get("undo_of") is None]
@@ -277,7 +294,8 @@ class Arena:
         diff = describe_diff(before, after)
         assert not diff, (
             f"data not as before the attack: {'; '.join(diff)} -- {outcome.describe()}; "
-            f"operations {[(o['id'], o['kind']) for o in ops]}")
+            f"operations {[(o['id'], o['kind']) for o in ops]}"
+        )
         return ops
 
 
@@ -291,9 +309,11 @@ def describe_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         if isinstance(b, list) and isinstance(a, list):
             missing = [x for x in b if x not in a]
             extra = [x for x in a if x not in b]
-            out.append(f"{k}: missing {missing[:3]}{'...' if len(missing) > 3 else ''} "
-                       f"({len(missing)}), extra {extra[:3]}{'...' if len(extra) > 3 else ''} "
-                       f"({len(extra)})")
+            out.append(
+                f"{k}: missing {missing[:3]}{'...' if len(missing) > 3 else ''} "
+                f"({len(missing)}), extra {extra[:3]}{'...' if len(extra) > 3 else ''} "
+                f"({len(extra)})"
+            )
         else:
             out.append(f"{k}: {str(b)[:200]} -> {str(a)[:200]}")
     return out
@@ -312,18 +332,26 @@ def make_template(server: TestServer, extra_sql: str = "") -> tuple[str, str, st
             c.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
         # The application owns its schema (as with a database created for it), nothing else.
         c.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
-    with psycopg.connect(build_dsn(server.host, server.port, db, owner, None),
-                         autocommit=True) as c:
+    with psycopg.connect(
+        build_dsn(server.host, server.port, db, owner, None), autocommit=True
+    ) as c:
         c.execute(DATASET.encode())
-        c.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public "
-                          "TO {}").format(sql.Identifier(other)))
+        c.execute(
+            sql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
+            ).format(sql.Identifier(other))
+        )
         c.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(other)))
     if extra_sql:
         with psycopg.connect(server.superuser_dsn(db), autocommit=True) as c:
             c.execute(extra_sql.encode())
     r = subprocess.run(
         [sys.executable, "-m", "softguard", "init", "--dsn", server.superuser_dsn(db)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return db, owner, other
 
@@ -348,8 +376,11 @@ class Template:
     def clone(self, proxy: Target) -> Iterator[Arena]:
         name = "sg_atk_" + uuid.uuid4().hex[:10]
         with psycopg.connect(self.server.superuser_dsn(), autocommit=True) as c:
-            c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
-                sql.Identifier(name), sql.Identifier(self.db)))
+            c.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                    sql.Identifier(name), sql.Identifier(self.db)
+                )
+            )
         try:
             yield Arena(self.server, proxy, name, self.owner, self.other)
         finally:
@@ -375,8 +406,9 @@ def deny_arena_fixture(policy_toml: str) -> Any:
     running with this `[policy]` body."""
 
     @pytest.fixture
-    def arena_deny(arena_template: Template, proxy_factory: ProxyFactory,
-                   tmp_path: Path) -> Iterator[Arena]:
+    def arena_deny(
+        arena_template: Template, proxy_factory: ProxyFactory, tmp_path: Path
+    ) -> Iterator[Arena]:
         config = tmp_path / "policy.toml"
         config.write_text("[policy]\n" + policy_toml)
         yield from arena_template.clone(proxy_factory("--config", str(config), fresh=True))
@@ -433,8 +465,8 @@ class RawSession:
             if len(self.buf) >= 5:
                 (n,) = struct.unpack("!I", self.buf[1:5])
                 if len(self.buf) >= n + 1:
-                    kind, payload = self.buf[:1], self.buf[5:n + 1]
-                    self.buf = self.buf[n + 1:]
+                    kind, payload = self.buf[:1], self.buf[5 : n + 1]
+                    self.buf = self.buf[n + 1 :]
                     return kind, payload
             chunk = self.sock.recv(65536)
             if not chunk:

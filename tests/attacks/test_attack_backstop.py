@@ -20,31 +20,46 @@ HIDDEN_DROP = {
     "do_cascade": "DO $$ BEGIN EXECUTE 'DROP TABLE parent CASCADE'; END $$",
     "do_schema": "DO $$ BEGIN EXECUTE 'DROP SCHEMA public CASCADE'; END $$",
     "do_drop_column": "DO $$ BEGIN EXECUTE 'ALTER TABLE parent DROP COLUMN name'; END $$",
-    "function": ["CREATE FUNCTION wipe() RETURNS void LANGUAGE plpgsql AS "
-                 "$$ BEGIN EXECUTE 'DROP TABLE big'; END $$", "SELECT wipe()"],
-    "procedure": ["CREATE PROCEDURE wipe() LANGUAGE plpgsql AS "
-                  "$$ BEGIN DROP TABLE big; END $$", "CALL wipe()"],
-    "sql_function": ["CREATE FUNCTION wipe() RETURNS void LANGUAGE sql AS "
-                     "$$ DROP TABLE big $$", "SELECT wipe()"],
-    "trigger_later": ["CREATE FUNCTION wipe() RETURNS trigger LANGUAGE plpgsql AS "
-                      "$$ BEGIN EXECUTE 'DROP TABLE big'; RETURN NULL; END $$",
-                      "CREATE TRIGGER wipe AFTER INSERT ON nokey FOR EACH STATEMENT "
-                      "EXECUTE FUNCTION wipe()", "INSERT INTO nokey VALUES (9, 'go')"],
+    "function": [
+        "CREATE FUNCTION wipe() RETURNS void LANGUAGE plpgsql AS "
+        "$$ BEGIN EXECUTE 'DROP TABLE big'; END $$",
+        "SELECT wipe()",
+    ],
+    "procedure": [
+        "CREATE PROCEDURE wipe() LANGUAGE plpgsql AS $$ BEGIN DROP TABLE big; END $$",
+        "CALL wipe()",
+    ],
+    "sql_function": [
+        "CREATE FUNCTION wipe() RETURNS void LANGUAGE sql AS $$ DROP TABLE big $$",
+        "SELECT wipe()",
+    ],
+    "trigger_later": [
+        "CREATE FUNCTION wipe() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN EXECUTE 'DROP TABLE big'; RETURN NULL; END $$",
+        "CREATE TRIGGER wipe AFTER INSERT ON nokey FOR EACH STATEMENT EXECUTE FUNCTION wipe()",
+        "INSERT INTO nokey VALUES (9, 'go')",
+    ],
 }
 
 
 def _cleanup_steps(arena: Arena) -> None:
     """Drop the attacker's helpers (directly) so the snapshot compares data only."""
-    for stmt in ("DROP TRIGGER IF EXISTS wipe ON nokey", "DROP ROUTINE IF EXISTS wipe()",
-                 "DELETE FROM nokey WHERE a = 9"):
+    for stmt in (
+        "DROP TRIGGER IF EXISTS wipe ON nokey",
+        "DROP ROUTINE IF EXISTS wipe()",
+        "DELETE FROM nokey WHERE a = 9",
+    ):
         try:
             arena.direct(stmt)
         except psycopg.Error:
             pass  # the attack took the table with it
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: a DROP run by a DO block, function, "
-                   "procedure or trigger is a real DROP; nothing is kept or recorded")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11: a DROP run by a DO block, function, "
+    "procedure or trigger is a real DROP; nothing is kept or recorded",
+)
 @pytest.mark.parametrize("name", sorted(HIDDEN_DROP))
 def test_hidden_drop_is_reversible_or_refused(arena: Arena, name: str) -> None:
     steps = HIDDEN_DROP[name]
@@ -58,18 +73,25 @@ def test_hidden_drop_is_reversible_or_refused(arena: Arena, name: str) -> None:
 HIDDEN_TRUNCATE = {
     "do": ["DO $$ BEGIN TRUNCATE big; END $$"],
     "do_execute": ["DO $$ BEGIN EXECUTE 'TRUNCATE big, typed'; END $$"],
-    "sql_function": ["CREATE FUNCTION wipe() RETURNS void LANGUAGE sql AS $$ TRUNCATE big $$",
-                     "SELECT wipe()"],
-    "plpgsql_function": ["CREATE FUNCTION wipe() RETURNS void LANGUAGE plpgsql AS "
-                         "$$ BEGIN TRUNCATE big; END $$", "SELECT wipe()"],
+    "sql_function": [
+        "CREATE FUNCTION wipe() RETURNS void LANGUAGE sql AS $$ TRUNCATE big $$",
+        "SELECT wipe()",
+    ],
+    "plpgsql_function": [
+        "CREATE FUNCTION wipe() RETURNS void LANGUAGE plpgsql AS $$ BEGIN TRUNCATE big; END $$",
+        "SELECT wipe()",
+    ],
     "procedure": ["CREATE PROCEDURE wipe() LANGUAGE sql AS $$ TRUNCATE big $$", "CALL wipe()"],
     "cascade": ["DO $$ BEGIN EXECUTE 'TRUNCATE parent CASCADE'; END $$"],
     "restart_identity": ["DO $$ BEGIN TRUNCATE big RESTART IDENTITY; END $$"],
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: TRUNCATE inside a DO block, function or "
-                   "procedure empties the table with no operation")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11: TRUNCATE inside a DO block, function or "
+    "procedure empties the table with no operation",
+)
 @pytest.mark.parametrize("name", sorted(HIDDEN_TRUNCATE))
 def test_hidden_truncate_is_captured(arena: Arena, name: str) -> None:
     before, last = arena.snapshot(), arena.last_op()
@@ -91,69 +113,133 @@ def test_hidden_delete_is_captured(arena: Arena) -> None:
 CASCADES = {
     "drop_routine_plain": (
         ["CREATE FUNCTION f(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1'"],
-        "DROP ROUTINE f(int)", "owner"),
+        "DROP ROUTINE f(int)",
+        "owner",
+    ),
     "drop_routine_range_subdiff": (
-        ["CREATE FUNCTION fdiff(float8, float8) RETURNS float8 LANGUAGE sql IMMUTABLE "
-         "AS 'SELECT $1 - $2'",
-         "CREATE TYPE frange AS RANGE (subtype = float8, subtype_diff = fdiff)",
-         "CREATE TABLE rt (id int PRIMARY KEY, r frange)",
-         "INSERT INTO rt VALUES (1, '[1.5,2.5)'), (2, 'empty')"],
-        "DROP ROUTINE fdiff(float8, float8) CASCADE", "owner"),
+        [
+            "CREATE FUNCTION fdiff(float8, float8) RETURNS float8 LANGUAGE sql IMMUTABLE "
+            "AS 'SELECT $1 - $2'",
+            "CREATE TYPE frange AS RANGE (subtype = float8, subtype_diff = fdiff)",
+            "CREATE TABLE rt (id int PRIMARY KEY, r frange)",
+            "INSERT INTO rt VALUES (1, '[1.5,2.5)'), (2, 'empty')",
+        ],
+        "DROP ROUTINE fdiff(float8, float8) CASCADE",
+        "owner",
+    ),
     "drop_function_range_subdiff": (
-        ["CREATE FUNCTION fdiff(float8, float8) RETURNS float8 LANGUAGE sql IMMUTABLE "
-         "AS 'SELECT $1 - $2'",
-         "CREATE TYPE frange AS RANGE (subtype = float8, subtype_diff = fdiff)",
-         "CREATE TABLE rt (id int PRIMARY KEY, r frange)",
-         "INSERT INTO rt VALUES (1, '[1.5,2.5)')"],
-        "DROP FUNCTION fdiff(float8, float8) CASCADE", "owner"),
+        [
+            "CREATE FUNCTION fdiff(float8, float8) RETURNS float8 LANGUAGE sql IMMUTABLE "
+            "AS 'SELECT $1 - $2'",
+            "CREATE TYPE frange AS RANGE (subtype = float8, subtype_diff = fdiff)",
+            "CREATE TABLE rt (id int PRIMARY KEY, r frange)",
+            "INSERT INTO rt VALUES (1, '[1.5,2.5)')",
+        ],
+        "DROP FUNCTION fdiff(float8, float8) CASCADE",
+        "owner",
+    ),
     "drop_collation": (
-        ['CREATE COLLATION mycoll FROM "C"',
-         "CREATE TABLE coll (id int PRIMARY KEY, t text COLLATE mycoll)",
-         "INSERT INTO coll VALUES (1, 'keep me')"],
-        "DROP COLLATION mycoll CASCADE", "owner"),
+        [
+            'CREATE COLLATION mycoll FROM "C"',
+            "CREATE TABLE coll (id int PRIMARY KEY, t text COLLATE mycoll)",
+            "INSERT INTO coll VALUES (1, 'keep me')",
+        ],
+        "DROP COLLATION mycoll CASCADE",
+        "owner",
+    ),
     "alter_type_drop_attribute": (
-        ["CREATE TYPE addr AS (street text, zip text)",
-         "CREATE TABLE addrs OF addr", "INSERT INTO addrs VALUES ('Main St', '12345')"],
-        "ALTER TYPE addr DROP ATTRIBUTE zip CASCADE", "owner"),
+        [
+            "CREATE TYPE addr AS (street text, zip text)",
+            "CREATE TABLE addrs OF addr",
+            "INSERT INTO addrs VALUES ('Main St', '12345')",
+        ],
+        "ALTER TYPE addr DROP ATTRIBUTE zip CASCADE",
+        "owner",
+    ),
     "drop_extension_owner": (
-        ["CREATE EXTENSION IF NOT EXISTS citext",
-         "CREATE TABLE ci (id int PRIMARY KEY, email citext)",
-         "INSERT INTO ci VALUES (1, 'A@b.c')"],
-        "DROP EXTENSION citext CASCADE", "owner"),
+        [
+            "CREATE EXTENSION IF NOT EXISTS citext",
+            "CREATE TABLE ci (id int PRIMARY KEY, email citext)",
+            "INSERT INTO ci VALUES (1, 'A@b.c')",
+        ],
+        "DROP EXTENSION citext CASCADE",
+        "owner",
+    ),
     "drop_extension_super": (
-        ["CREATE EXTENSION IF NOT EXISTS citext",
-         "CREATE TABLE ci (id int PRIMARY KEY, email citext)",
-         "INSERT INTO ci VALUES (1, 'A@b.c')"],
-        "DROP EXTENSION citext CASCADE", "super"),
+        [
+            "CREATE EXTENSION IF NOT EXISTS citext",
+            "CREATE TABLE ci (id int PRIMARY KEY, email citext)",
+            "INSERT INTO ci VALUES (1, 'A@b.c')",
+        ],
+        "DROP EXTENSION citext CASCADE",
+        "super",
+    ),
     "drop_access_method": (
-        ["CREATE ACCESS METHOD myheap TYPE TABLE HANDLER heap_tableam_handler",
-         "CREATE TABLE amt (id int PRIMARY KEY, v text) USING myheap",
-         "INSERT INTO amt VALUES (1, 'keep')"],
-        "DROP ACCESS METHOD myheap CASCADE", "super"),
+        [
+            "CREATE ACCESS METHOD myheap TYPE TABLE HANDLER heap_tableam_handler",
+            "CREATE TABLE amt (id int PRIMARY KEY, v text) USING myheap",
+            "INSERT INTO amt VALUES (1, 'keep')",
+        ],
+        "DROP ACCESS METHOD myheap CASCADE",
+        "super",
+    ),
     "drop_domain_cascade": (
-        ["CREATE DOMAIN posint AS int CHECK (VALUE > 0)",
-         "CREATE TABLE dom (id int PRIMARY KEY, v posint)", "INSERT INTO dom VALUES (1, 7)"],
-        "DROP DOMAIN posint CASCADE", "owner"),
+        [
+            "CREATE DOMAIN posint AS int CHECK (VALUE > 0)",
+            "CREATE TABLE dom (id int PRIMARY KEY, v posint)",
+            "INSERT INTO dom VALUES (1, 7)",
+        ],
+        "DROP DOMAIN posint CASCADE",
+        "owner",
+    ),
     "drop_type_enum_cascade": (
-        ["CREATE TYPE mood AS ENUM ('ok', 'sad')",
-         "CREATE TABLE moods (id int PRIMARY KEY, m mood)", "INSERT INTO moods VALUES (1, 'ok')"],
-        "DROP TYPE mood CASCADE", "owner"),
+        [
+            "CREATE TYPE mood AS ENUM ('ok', 'sad')",
+            "CREATE TABLE moods (id int PRIMARY KEY, m mood)",
+            "INSERT INTO moods VALUES (1, 'ok')",
+        ],
+        "DROP TYPE mood CASCADE",
+        "owner",
+    ),
     "drop_operator_class_cascade": (
-        ["CREATE TABLE ops (id int PRIMARY KEY, v int)", "INSERT INTO ops VALUES (1, 1)",
-         "CREATE OPERATOR CLASS myops FOR TYPE int USING btree AS OPERATOR 1 <, "
-         "OPERATOR 3 =, FUNCTION 1 btint4cmp(int, int)",
-         "CREATE INDEX ops_v ON ops (v myops)"],
-        "DROP OPERATOR CLASS myops USING btree CASCADE", "super"),
+        [
+            "CREATE TABLE ops (id int PRIMARY KEY, v int)",
+            "INSERT INTO ops VALUES (1, 1)",
+            "CREATE OPERATOR CLASS myops FOR TYPE int USING btree AS OPERATOR 1 <, "
+            "OPERATOR 3 =, FUNCTION 1 btint4cmp(int, int)",
+            "CREATE INDEX ops_v ON ops (v myops)",
+        ],
+        "DROP OPERATOR CLASS myops USING btree CASCADE",
+        "super",
+    ),
 }
 
-PASSES_TODAY = {"drop_domain_cascade", "drop_type_enum_cascade",
-                "drop_function_range_subdiff", "drop_operator_class_cascade"}
+PASSES_TODAY = {
+    "drop_domain_cascade",
+    "drop_type_enum_cascade",
+    "drop_function_range_subdiff",
+    "drop_operator_class_cascade",
+}
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(k, marks=[] if k in PASSES_TODAY else [pytest.mark.xfail(
-        strict=True, reason=f"issue 11: {CASCADES[k][1]!r} is not protected; what its CASCADE "
-        "removes is gone")]) for k in sorted(CASCADES)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            k,
+            marks=[]
+            if k in PASSES_TODAY
+            else [
+                pytest.mark.xfail(
+                    strict=True,
+                    reason=f"issue 11: {CASCADES[k][1]!r} is not protected; what its CASCADE "
+                    "removes is gone",
+                )
+            ],
+        )
+        for k in sorted(CASCADES)
+    ],
+)
 def test_drop_cascade_of_other_kinds(arena: Arena, name: str) -> None:
     setup, attack, who = CASCADES[name]
     if "EXTENSION" in attack and who == "owner":
@@ -162,15 +248,23 @@ def test_drop_cascade_of_other_kinds(arena: Arena, name: str) -> None:
     arena.attempt([attack], who=who)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: DROP TYPE of a range type quarantines the "
-                   "range but leaves its multirange; re-creating the range fails with 42710")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11: DROP TYPE of a range type quarantines the "
+    "range but leaves its multirange; re-creating the range fails with 42710",
+)
 def test_drop_range_type_frees_its_multirange(arena: Arena) -> None:
-    steps = ["CREATE TYPE intr AS RANGE (subtype = int4)", "DROP TYPE intr",
-             "CREATE TYPE intr AS RANGE (subtype = int4)"]
+    steps = [
+        "CREATE TYPE intr AS RANGE (subtype = int4)",
+        "DROP TYPE intr",
+        "CREATE TYPE intr AS RANGE (subtype = int4)",
+    ]
     out = arena.attack(steps)
     assert out.error is None, out.describe()
-    live = arena.direct("SELECT typname FROM pg_type WHERE typnamespace = 'public'::regnamespace "
-                        "AND typname LIKE 'intr%' ORDER BY 1")
+    live = arena.direct(
+        "SELECT typname FROM pg_type WHERE typnamespace = 'public'::regnamespace "
+        "AND typname LIKE 'intr%' ORDER BY 1"
+    )
     assert [r[0] for r in live] == ["intr", "intr_multirange"]
 
 
@@ -194,16 +288,33 @@ LARGE_OBJECT = {
 LO_REFUSED_TODAY = {"lo_unlink", "lo_truncate"}  # policy `dangerous` names these functions
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(k, marks=[] if k in LO_REFUSED_TODAY else [pytest.mark.xfail(
-        strict=True, reason="issue 11 item 5: large-object writes that destroy contents are "
-        "neither captured nor refused")]) for k in sorted(LARGE_OBJECT)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            k,
+            marks=[]
+            if k in LO_REFUSED_TODAY
+            else [
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="issue 11 item 5: large-object writes that destroy contents are "
+                    "neither captured nor refused",
+                )
+            ],
+        )
+        for k in sorted(LARGE_OBJECT)
+    ],
+)
 def test_large_object_contents_survive(arena: Arena, name: str) -> None:
     arena.attempt(LARGE_OBJECT[name])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 5: a superuser's DELETE FROM "
-                   "pg_largeobject is 'protected' but nothing is captured")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11 item 5: a superuser's DELETE FROM "
+    "pg_largeobject is 'protected' but nothing is captured",
+)
 def test_superuser_cannot_delete_from_pg_largeobject(arena: Arena) -> None:
     arena.attempt([f"DELETE FROM pg_largeobject WHERE loid = {LO}"], who="super")
 
@@ -213,13 +324,16 @@ def test_superuser_cannot_delete_from_pg_largeobject(arena: Arena) -> None:
 STATE = {
     "replace_function": (
         ["CREATE FUNCTION price(int) RETURNS int LANGUAGE sql AS 'SELECT $1 * 100'"],
-        ["CREATE OR REPLACE FUNCTION price(int) RETURNS int LANGUAGE sql AS 'SELECT 0'"]),
+        ["CREATE OR REPLACE FUNCTION price(int) RETURNS int LANGUAGE sql AS 'SELECT 0'"],
+    ),
     "replace_procedure": (
         ["CREATE PROCEDURE tidy() LANGUAGE sql AS 'SELECT 1'"],
-        ["CREATE OR REPLACE PROCEDURE tidy() LANGUAGE sql AS 'SELECT 2'"]),
+        ["CREATE OR REPLACE PROCEDURE tidy() LANGUAGE sql AS 'SELECT 2'"],
+    ),
     "replace_view": (
         ["CREATE VIEW names AS SELECT id, name FROM parent"],
-        ["CREATE OR REPLACE VIEW names AS SELECT id, 'gone'::text AS name FROM parent"]),
+        ["CREATE OR REPLACE VIEW names AS SELECT id, 'gone'::text AS name FROM parent"],
+    ),
     "setval": ([], ["SELECT setval('counter', 1)"]),
     "setval_built_name": ([], ["SELECT setval(concat('coun', 'ter'), 1, false)"]),
     "alter_sequence_restart": ([], ["ALTER SEQUENCE counter RESTART"]),
@@ -227,8 +341,11 @@ STATE = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 6: CREATE OR REPLACE and sequence resets "
-                   "lose the old definition / value; nothing is recorded")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11 item 6: CREATE OR REPLACE and sequence resets "
+    "lose the old definition / value; nothing is recorded",
+)
 @pytest.mark.parametrize("name", sorted(STATE))
 def test_definitions_and_sequence_state_are_operations(arena: Arena, name: str) -> None:
     setup, attack = STATE[name]
@@ -241,5 +358,8 @@ def test_replace_function_through_psycopg_prepared(arena: Arena) -> None:
     arena.attack(["CREATE FUNCTION price(int) RETURNS int LANGUAGE sql AS 'SELECT $1 * 100'"])
     with arena.connect() as c:
         with pytest.raises(psycopg.errors.SyntaxError):
-            c.execute("CREATE OR REPLACE FUNCTION price(int) RETURNS int LANGUAGE sql AS %s",
-                      ["SELECT"], prepare=True)
+            c.execute(
+                "CREATE OR REPLACE FUNCTION price(int) RETURNS int LANGUAGE sql AS %s",
+                ["SELECT"],
+                prepare=True,
+            )

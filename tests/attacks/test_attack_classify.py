@@ -31,9 +31,9 @@ FIRST_HARMLESS = {
     "statistics": "ALTER TABLE parent ALTER COLUMN id SET STATISTICS 100, DROP COLUMN name",
     "validate": "ALTER TABLE child VALIDATE CONSTRAINT child_parent_id_fkey, DROP COLUMN note",
     "storage_then_type": "ALTER TABLE typed ALTER COLUMN n SET STORAGE MAIN, "
-                         "ALTER COLUMN f TYPE int USING f::int",
+    "ALTER COLUMN f TYPE int USING f::int",
     "default_then_type": "ALTER TABLE typed ALTER COLUMN tm SET DEFAULT now(), "
-                         "ALTER COLUMN b TYPE text USING 'gone'",
+    "ALTER COLUMN b TYPE text USING 'gone'",
 }
 
 
@@ -54,12 +54,18 @@ def test_alter_with_unicode_escaped_names_is_protected(arena: Arena) -> None:
 
 
 CACHE_PAIRS = {
-    "analyze_number": ("EXPLAIN (ANALYZE 0) DELETE FROM parent WHERE id = 1",
-                       "EXPLAIN (ANALYZE 1) DELETE FROM parent WHERE id = 1"),
-    "analyze_boolean": ("EXPLAIN (ANALYZE false) DELETE FROM parent WHERE id = 2",
-                        "EXPLAIN (ANALYZE true) DELETE FROM parent WHERE id = 2"),
-    "analyze_onoff": ("EXPLAIN (ANALYZE off, COSTS off) DELETE FROM big",
-                      "EXPLAIN (ANALYZE on, COSTS off) DELETE FROM big"),
+    "analyze_number": (
+        "EXPLAIN (ANALYZE 0) DELETE FROM parent WHERE id = 1",
+        "EXPLAIN (ANALYZE 1) DELETE FROM parent WHERE id = 1",
+    ),
+    "analyze_boolean": (
+        "EXPLAIN (ANALYZE false) DELETE FROM parent WHERE id = 2",
+        "EXPLAIN (ANALYZE true) DELETE FROM parent WHERE id = 2",
+    ),
+    "analyze_onoff": (
+        "EXPLAIN (ANALYZE off, COSTS off) DELETE FROM big",
+        "EXPLAIN (ANALYZE on, COSTS off) DELETE FROM big",
+    ),
 }
 
 
@@ -91,14 +97,20 @@ def test_cache_cannot_unlock_terminating_another_client(arena_fresh: Arena) -> N
         assert alive and out.sqlstate == "42501", out.describe()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 6: two DELETEs in one Query message are "
-                   "one operation (the second shown as a cascade)")
-@pytest.mark.parametrize("text", [
-    "DELETE FROM parent WHERE id = 1; DELETE FROM big WHERE id = 1",
-    "DELETE FROM big WHERE id = 1; DELETE FROM big WHERE id = 2",
-    "DELETE FROM typed WHERE id = 1; UPDATE parent SET name = 'x' WHERE id = 9; "
-    "DELETE FROM nokey",
-])
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 6: two DELETEs in one Query message are "
+    "one operation (the second shown as a cascade)",
+)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "DELETE FROM parent WHERE id = 1; DELETE FROM big WHERE id = 1",
+        "DELETE FROM big WHERE id = 1; DELETE FROM big WHERE id = 2",
+        "DELETE FROM typed WHERE id = 1; UPDATE parent SET name = 'x' WHERE id = 9; "
+        "DELETE FROM nokey",
+    ],
+)
 def test_one_operation_per_statement(arena: Arena, text: str) -> None:
     before, last = arena.snapshot(), arena.last_op()
     out = arena.attack([text])
@@ -107,47 +119,78 @@ def test_one_operation_per_statement(arena: Arena, text: str) -> None:
     arena.verdict(before, last, out)
 
 
-@pytest.mark.parametrize("text", [
-    "TRUNCATE big",
-    pytest.param("DELETE FROM parent WHERE id = 1; TRUNCATE big", marks=[pytest.mark.xfail(
-        strict=True, reason="issue 10 item 6: the ledger's statement is softguard's rewritten "
-        "CALL text, not the client's")]),
-    "DROP TABLE big", "ALTER TABLE parent DROP COLUMN name"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "TRUNCATE big",
+        pytest.param(
+            "DELETE FROM parent WHERE id = 1; TRUNCATE big",
+            marks=[
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="issue 10 item 6: the ledger's statement is softguard's rewritten "
+                    "CALL text, not the client's",
+                )
+            ],
+        ),
+        "DROP TABLE big",
+        "ALTER TABLE parent DROP COLUMN name",
+    ],
+)
 def test_ledger_statement_is_the_clients_text(arena: Arena, text: str) -> None:
     before, last = arena.snapshot(), arena.last_op()
     out = arena.attack([text])
     ops = arena.ops_since(last)
     assert ops
     for o in ops:
-        assert "softguard" not in o["statement"].lower() and o["statement"].strip() in text, (
-            o["statement"])
+        assert "softguard" not in o["statement"].lower() and o["statement"].strip() in text, o[
+            "statement"
+        ]
     arena.verdict(before, last, out)
 
 
 NESTED_DELETES = {
     "prepare_execute": "PREPARE d AS DELETE FROM big WHERE id < 5; EXECUTE d",
-    "writable_cte": "WITH d AS (DELETE FROM big WHERE id < 5 RETURNING *) "
-                    "SELECT count(*) FROM d",
+    "writable_cte": "WITH d AS (DELETE FROM big WHERE id < 5 RETURNING *) SELECT count(*) FROM d",
     "explain_analyze": "EXPLAIN ANALYZE DELETE FROM big WHERE id < 5",
-    "merge": "MERGE INTO big b USING (SELECT 1 AS id) s ON b.id = s.id "
-             "WHEN MATCHED THEN DELETE",
+    "merge": "MERGE INTO big b USING (SELECT 1 AS id) s ON b.id = s.id WHEN MATCHED THEN DELETE",
     "do_block": "DO $$ BEGIN DELETE FROM big WHERE id < 5; END $$",
     "sql_function": "CREATE FUNCTION gone() RETURNS void LANGUAGE sql AS "
-                    "'DELETE FROM big WHERE id < 5'; SELECT gone()",
+    "'DELETE FROM big WHERE id < 5'; SELECT gone()",
     "create_rule_later": "CREATE RULE zap AS ON INSERT TO nokey DO ALSO DELETE FROM big; "
-                         "INSERT INTO nokey VALUES (7, 'x')",
+    "INSERT INTO nokey VALUES (7, 'x')",
 }
 # Policy `opaque` (allow by default) governs DO blocks and functions: what they delete is
 # captured by the triggers, but a role denied DELETE must not get one through them either.
-NESTED_DENY_TODAY = {"prepare_execute", "writable_cte", "explain_analyze", "merge",
-                     "sql_function", "create_rule_later"}
+NESTED_DENY_TODAY = {
+    "prepare_execute",
+    "writable_cte",
+    "explain_analyze",
+    "merge",
+    "sql_function",
+    "create_rule_later",
+}
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(k, marks=[] if k in NESTED_DENY_TODAY else [pytest.mark.xfail(
-        strict=True, reason="issue 10 item 4 / issue 11: a DELETE inside a DO block runs "
-        "for a role whose policy denies DELETE")])
-    for k in sorted(NESTED_DELETES) if NESTED_DELETES[k] is not None])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            k,
+            marks=[]
+            if k in NESTED_DENY_TODAY
+            else [
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="issue 10 item 4 / issue 11: a DELETE inside a DO block runs "
+                    "for a role whose policy denies DELETE",
+                )
+            ],
+        )
+        for k in sorted(NESTED_DELETES)
+        if NESTED_DELETES[k] is not None
+    ],
+)
 def test_denied_delete_stays_denied_when_nested(arena_deny: Arena, name: str) -> None:
     before, last = arena_deny.snapshot(), arena_deny.last_op()
     out = arena_deny.attack([NESTED_DELETES[name]])

@@ -17,8 +17,13 @@ arena_template, arena = fixtures()
 # PostgreSQL encoding -> Python codec; encodings with ASCII trailing bytes.
 # (JOHAB and UHC are not here: PostgreSQL verifies their trailing bytes as 0xA1-0xFE, resp.
 # letters only, so no backslash or quote can hide in them; they are in NATIVE below.)
-SMUGGLING = {"SJIS": "shift_jis", "SHIFT_JIS_2004": "shift_jis_2004", "BIG5": "big5",
-             "GBK": "gbk", "GB18030": "gb18030"}
+SMUGGLING = {
+    "SJIS": "shift_jis",
+    "SHIFT_JIS_2004": "shift_jis_2004",
+    "BIG5": "big5",
+    "GBK": "gbk",
+    "GB18030": "gb18030",
+}
 
 
 def smuggler(encoding: str) -> bytes:
@@ -48,6 +53,7 @@ def server_reads(arena: Arena, text: bytes, encoding: str) -> str:
 
 arena_deny = deny_arena_fixture('delete = "deny"\ntruncate = "deny"\n')
 
+
 @pytest.mark.parametrize("encoding", sorted(SMUGGLING))
 def test_drop_smuggled_through_client_encoding(arena: Arena, encoding: str) -> None:
     text = payload(encoding, "DROP TABLE big")
@@ -64,11 +70,22 @@ DESTROY = {
 }
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param(k, marks=pytest.mark.xfail(
-        strict=True, reason="issue 11: read right, the DO block is opaque (allowed by default)"
-        " and its dynamic DROP runs unprotected")) if k == "do_block" else k
-    for k in sorted(DESTROY)])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(
+            k,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 11: read right, the DO block is opaque (allowed by default)"
+                " and its dynamic DROP runs unprotected",
+            ),
+        )
+        if k == "do_block"
+        else k
+        for k in sorted(DESTROY)
+    ],
+)
 def test_other_statements_smuggled_in_sjis(arena: Arena, kind: str) -> None:
     arena.attempt([payload("SJIS", DESTROY[kind])], client_encoding="SJIS")
 
@@ -80,8 +97,11 @@ def test_encoding_switched_after_startup(arena: Arena, how: str) -> None:
     if how == "options":
         out = arena.attack([text], options="-c client_encoding=SJIS")
     else:
-        switch = ("SET client_encoding = 'SJIS'" if how == "set"
-                  else "SELECT set_config('client_encoding', 'SJIS', false)")
+        switch = (
+            "SET client_encoding = 'SJIS'"
+            if how == "set"
+            else "SELECT set_config('client_encoding', 'SJIS', false)"
+        )
         out = arena.attack([switch, text])
     arena.verdict(before, last, out)
 
@@ -97,8 +117,11 @@ def test_smuggling_defeats_deny_policy(arena_deny: Arena, destroy: str) -> None:
 def test_superuser_smuggles_a_ledger_write(arena: Arena) -> None:
     before, last = arena.snapshot(), arena.last_op()
     arena.attack(["DELETE FROM parent WHERE id = 1"])
-    out = arena.attack([payload("BIG5", 'DELETE FROM U&"\\0073oftguard".captured_rows')],
-                       who="super", client_encoding="BIG5")
+    out = arena.attack(
+        [payload("BIG5", 'DELETE FROM U&"\\0073oftguard".captured_rows')],
+        who="super",
+        client_encoding="BIG5",
+    )
     arena.verdict(before, last, out)
 
 
@@ -106,9 +129,24 @@ def test_superuser_smuggles_a_ledger_write(arena: Arena) -> None:
 
 # A non-ASCII character in each encoding whose bytes are invalid UTF-8. (For JOHAB a Hanja:
 # PostgreSQL converts Hangul to JOHAB bytes that its own input check then rejects.)
-NATIVE = {"LATIN1": "é", "WIN1252": "€", "UHC": "한", "EUC_KR": "한", "SJIS": "ア",
-          "BIG5": "中", "KOI8R": "ж", "EUC_JP": "ア", "WIN1251": "ж", "LATIN2": "ő",
-          "JOHAB": "中", "GB18030": "中", "SHIFT_JIS_2004": "ア", "EUC_CN": "中"}
+NATIVE = {
+    "LATIN1": "é",
+    "WIN1252": "€",
+    "UHC": "한",
+    "EUC_KR": "한",
+    "SJIS": "ア",
+    "BIG5": "中",
+    "KOI8R": "ж",
+    "EUC_JP": "ア",
+    "WIN1251": "ж",
+    "LATIN2": "ő",
+    "JOHAB": "中",
+    "GB18030": "中",
+    "SHIFT_JIS_2004": "ア",
+    "EUC_CN": "中",
+}
+
+
 @pytest.mark.parametrize("encoding", sorted(NATIVE))
 def test_invalid_utf8_is_not_a_free_pass(arena: Arena, encoding: str) -> None:
     char = bytes(arena.direct("SELECT convert_to(%s, %s)", [NATIVE[encoding], encoding])[0][0])
@@ -149,7 +187,6 @@ def test_sjis_statement_without_tricks_is_protected(arena: Arena) -> None:
 
 def test_smuggling_is_real_on_a_direct_connection(arena: Arena) -> None:
     """Control for the tests above: the payload does drop the table on the server."""
-    with psycopg.connect(arena.direct_dsn("owner", client_encoding="SJIS"),
-                         autocommit=True) as c:
+    with psycopg.connect(arena.direct_dsn("owner", client_encoding="SJIS"), autocommit=True) as c:
         c.execute(payload("SJIS", "DROP TABLE nokey"))
     assert arena.direct("SELECT to_regclass('public.nokey')")[0][0] is None

@@ -25,24 +25,36 @@ def arena(arena_template: Template, proxy: Target, pg_server: TestServer) -> Ite
         try:
             with psycopg.connect(a.direct_dsn(), autocommit=True) as c:
                 c.execute("CREATE EXTENSION postgres_fdw")
-                c.execute(f"CREATE SERVER loop FOREIGN DATA WRAPPER postgres_fdw OPTIONS "
-                          f"(host '{pg_server.host}', port '{pg_server.port}', dbname '{a.db}')")
-                c.execute(f"CREATE USER MAPPING FOR {a.owner} SERVER loop OPTIONS "
-                          f"(user '{a.owner}', password_required 'false')")
+                c.execute(
+                    f"CREATE SERVER loop FOREIGN DATA WRAPPER postgres_fdw OPTIONS "
+                    f"(host '{pg_server.host}', port '{pg_server.port}', dbname '{a.db}')"
+                )
+                c.execute(
+                    f"CREATE USER MAPPING FOR {a.owner} SERVER loop OPTIONS "
+                    f"(user '{a.owner}', password_required 'false')"
+                )
                 c.execute(f"GRANT USAGE ON FOREIGN SERVER loop TO {a.owner}")
         except psycopg.errors.FeatureNotSupported as e:
             pytest.skip(f"postgres_fdw not available: {e}")
         except psycopg.errors.UndefinedFile as e:
             pytest.skip(f"postgres_fdw not available: {e}")
-        a.attack(["CREATE FOREIGN TABLE ft (id int, payload text) SERVER loop "
-                  "OPTIONS (schema_name 'public', table_name 'big')"], via="direct")
+        a.attack(
+            [
+                "CREATE FOREIGN TABLE ft (id int, payload text) SERVER loop "
+                "OPTIONS (schema_name 'public', table_name 'big')"
+            ],
+            via="direct",
+        )
         yield a
 
 
-REMOTE = pytest.mark.xfail(strict=True, reason="issue 18 item 4: a write through a foreign "
-                           "table runs in a remote session softguard does not mark: DELETE is "
-                           "not captured; TRUNCATE records an operation with no objects, "
-                           "'reversible', while the rows are gone")
+REMOTE = pytest.mark.xfail(
+    strict=True,
+    reason="issue 18 item 4: a write through a foreign "
+    "table runs in a remote session softguard does not mark: DELETE is "
+    "not captured; TRUNCATE records an operation with no objects, "
+    "'reversible', while the rows are gone",
+)
 
 
 @REMOTE

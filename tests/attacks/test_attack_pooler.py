@@ -102,11 +102,11 @@ class ForgetfulPooler:
 
 
 @pytest.fixture
-def arena(arena_template: Template, proxy_factory: ProxyFactory,
-          pg_server: TestServer) -> Iterator[Arena]:
+def arena(
+    arena_template: Template, proxy_factory: ProxyFactory, pg_server: TestServer
+) -> Iterator[Arena]:
     pooler = ForgetfulPooler(pg_server.host, pg_server.port)
-    p = proxy_factory(upstream=f"postgresql://127.0.0.1:{pooler.port}?sslmode=disable",
-                      fresh=True)
+    p = proxy_factory(upstream=f"postgresql://127.0.0.1:{pooler.port}?sslmode=disable", fresh=True)
     try:
         yield from arena_template.clone(p)
     finally:
@@ -114,8 +114,11 @@ def arena(arena_template: Template, proxy_factory: ProxyFactory,
         pooler.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 6: behind a pooler that drops unknown "
-                   "startup parameters, DELETEs run uncaptured while softguard logs 'protect'")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 6: behind a pooler that drops unknown "
+    "startup parameters, DELETEs run uncaptured while softguard logs 'protect'",
+)
 @pytest.mark.parametrize("stmt", ["DELETE FROM parent WHERE id = 1", "DELETE FROM big"])
 def test_pooler_dropping_marks_fails_closed(arena: Arena, stmt: str) -> None:
     arena.attempt([stmt])

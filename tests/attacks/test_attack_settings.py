@@ -27,53 +27,73 @@ CAPTURE_OFF = {
     "upper": "SELECT set_config(upper('SOFTGUARD.CAPTURE'), '', false)",
     "reverse": "SELECT set_config(reverse('erutpac.draugtfos'), '', false)",
     "local_in_tx": "BEGIN; SELECT set_config(concat('soft','guard.capture'), '', true); "
-                   "DELETE FROM parent WHERE id = 2; COMMIT",
+    "DELETE FROM parent WHERE id = 2; COMMIT",
     "do_block": "DO $$ BEGIN PERFORM set_config(concat('soft','guard.capture'), '', false); END $$",
     "prepare_execute": "PREPARE p(text) AS SELECT set_config($1, '', false); "
-                       "EXECUTE p(concat('soft', 'guard.capture'))",
+    "EXECUTE p(concat('soft', 'guard.capture'))",
     "select_from_pg_settings": "UPDATE pg_settings SET setting = '' "
-                               "WHERE name = concat('soft', 'guard.capture')",
+    "WHERE name = concat('soft', 'guard.capture')",
 }
 
 
-OFF_TODAY = pytest.mark.xfail(strict=True, reason="issue 10 item 1: set_config() under a name "
-                              "the text check misses turns capture off; the DELETE runs "
-                              "uncaptured, no operation, no NOTICE")
+OFF_TODAY = pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 1: set_config() under a name "
+    "the text check misses turns capture off; the DELETE runs "
+    "uncaptured, no operation, no NOTICE",
+)
 
 
-@pytest.mark.parametrize("spelling", [
-    pytest.param(k, marks=[] if k in ("upper", "select_from_pg_settings") else [OFF_TODAY])
-    for k in sorted(CAPTURE_OFF)])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param(k, marks=[] if k in ("upper", "select_from_pg_settings") else [OFF_TODAY])
+        for k in sorted(CAPTURE_OFF)
+    ],
+)
 def test_capture_cannot_be_switched_off(arena: Arena, spelling: str) -> None:
     arena.attempt([CAPTURE_OFF[spelling], "DELETE FROM parent WHERE id = 2"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 1: the setting's name travels as a bound "
-                   "parameter, which the proxy never reads; capture goes off")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 1: the setting's name travels as a bound "
+    "parameter, which the proxy never reads; capture goes off",
+)
 def test_capture_off_by_bound_parameter(arena: Arena) -> None:
-    arena.attempt([
-        lambda c: c.execute("SELECT set_config(%s, '', false)", ["softguard.capture"]),
-        "DELETE FROM parent WHERE id = 3",
-    ])
+    arena.attempt(
+        [
+            lambda c: c.execute("SELECT set_config(%s, '', false)", ["softguard.capture"]),
+            "DELETE FROM parent WHERE id = 3",
+        ]
+    )
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 1: a prepared statement in a pipeline "
-                   "switches capture off (the name is a parameter)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 1: a prepared statement in a pipeline "
+    "switches capture off (the name is a parameter)",
+)
 def test_capture_off_in_pipeline(arena: Arena) -> None:
     before, last = arena.snapshot(), arena.last_op()
 
     def pipelined(c: psycopg.Connection[Any]) -> None:
         with c.pipeline():
-            c.execute("SELECT set_config(%s::text, %s::text, false)",
-                      ["softguard.capture", ""], prepare=True)
+            c.execute(
+                "SELECT set_config(%s::text, %s::text, false)",
+                ["softguard.capture", ""],
+                prepare=True,
+            )
             c.execute("DELETE FROM child WHERE id = %s", [4])
 
     out = arena.attack([pipelined])
     arena.verdict(before, last, out)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 1: asyncpg's prepared statement with the "
-                   "name as $1 switches capture off")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 1: asyncpg's prepared statement with the name as $1 switches capture off",
+)
 def test_capture_off_with_asyncpg(arena: Arena) -> None:
     asyncpg = pytest.importorskip("asyncpg")
     before, last = arena.snapshot(), arena.last_op()
@@ -94,8 +114,9 @@ def test_capture_off_with_asyncpg(arena: Arena) -> None:
 def test_capture_off_from_startup_options(arena: Arena) -> None:
     """`options=-c softguard.capture=` is the client's; the proxy's startup value wins."""
     before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack(["DELETE FROM parent WHERE id = 2"],
-                       options="-csoftguard.capture= -csoftguard.retention=0")
+    out = arena.attack(
+        ["DELETE FROM parent WHERE id = 2"], options="-csoftguard.capture= -csoftguard.retention=0"
+    )
     ops = arena.verdict(before, last, out)
     assert len(ops) == 1
 
@@ -110,63 +131,86 @@ def test_capture_off_from_role_default(arena: Arena) -> None:
     assert len(ops) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 1: another role (DML grants only) turns "
-                   "capture off the same way")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 1: another role (DML grants only) turns capture off the same way",
+)
 def test_capture_off_by_other_role(arena: Arena) -> None:
     arena.attempt([CAPTURE_OFF["concat"], "DELETE FROM big WHERE id < 10"], who="other")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 1: a superuser through the proxy turns "
-                   "capture off the same way")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 1: a superuser through the proxy turns capture off the same way",
+)
 def test_capture_off_by_superuser(arena: Arena) -> None:
     arena.attempt([CAPTURE_OFF["uident_set"], "DELETE FROM big WHERE id < 10"], who="super")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 1: softguard.retention = 0 records the "
-                   "operation already expired (purge then destroys it)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 1: softguard.retention = 0 records the "
+    "operation already expired (purge then destroys it)",
+)
 @pytest.mark.parametrize("value", ["0", "-86400", "1"])
 def test_retention_cannot_be_shortened(arena: Arena, value: str) -> None:
     before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([
-        f"SELECT set_config({chr_built('softguard.retention')}, '{value}', false)",
-        "DELETE FROM parent WHERE id = 1",
-    ])
+    out = arena.attack(
+        [
+            f"SELECT set_config({chr_built('softguard.retention')}, '{value}', false)",
+            "DELETE FROM parent WHERE id = 1",
+        ]
+    )
     ops = arena.ledger_view(last)
     assert ops, "nothing recorded"
     assert all(o["retention_days"] >= 6 for o in ops), ops
     arena.verdict(before, last, out)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 1: softguard.cur_op attaches the new "
-                   "rows to an operation already undone; they can never be undone")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 1: softguard.cur_op attaches the new "
+    "rows to an operation already undone; they can never be undone",
+)
 def test_rows_cannot_join_an_undone_operation(arena: Arena) -> None:
     first = arena.last_op()
     arena.attack(["DELETE FROM big WHERE id = 1"])
     (decoy,) = [o["id"] for o in arena.ops_since(first)]
     assert arena.undo([decoy]).returncode == 0
-    arena.attempt([
-        "WITH s AS MATERIALIZED (SELECT set_config(concat('soft', 'guard.cur_op'), "
-        "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint::text "
-        f"|| '/{decoy}/DELETE', true) AS v) "
-        "DELETE FROM big WHERE id BETWEEN 2 AND 9 AND (SELECT v FROM s) IS NOT NULL",
-    ])
+    arena.attempt(
+        [
+            "WITH s AS MATERIALIZED (SELECT set_config(concat('soft', 'guard.cur_op'), "
+            "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint::text "
+            f"|| '/{decoy}/DELETE', true) AS v) "
+            "DELETE FROM big WHERE id BETWEEN 2 AND 9 AND (SELECT v FROM s) IS NOT NULL",
+        ]
+    )
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 1: softguard.client_addr set by the "
-                   "client is recorded as the operation's address, unlabelled")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 1: softguard.client_addr set by the "
+    "client is recorded as the operation's address, unlabelled",
+)
 def test_client_address_cannot_be_chosen(arena: Arena) -> None:
     before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([
-        f"SELECT set_config({chr_built('softguard.client_addr')}, '6.6.6.6', false)",
-        "DELETE FROM parent WHERE id = 2",
-    ])
+    out = arena.attack(
+        [
+            f"SELECT set_config({chr_built('softguard.client_addr')}, '6.6.6.6', false)",
+            "DELETE FROM parent WHERE id = 2",
+        ]
+    )
     ops = arena.ops_since(last)
     assert ops and all("6.6.6.6" not in str(o["client_addr"]) for o in ops), ops
     arena.verdict(before, last, out)
 
 
-def ledger_attack(arena: Arena, steps: list[str], who: str = "super",
-                  check: Callable[[Outcome, list[dict[str, Any]]], None] | None = None) -> None:
+def ledger_attack(
+    arena: Arena,
+    steps: list[str],
+    who: str = "super",
+    check: Callable[[Outcome, list[dict[str, Any]]], None] | None = None,
+) -> None:
     """An ordinary captured DELETE, then `steps` against the ledger it wrote: the deleted
     rows must still come back."""
     before, last = arena.snapshot(), arena.last_op()
@@ -184,16 +228,23 @@ def _ledger_kept(out: Outcome, ops: list[dict[str, Any]]) -> None:
     assert ops, "the ledger was emptied"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 items 1 and 3: a superuser sets "
-                   "softguard.internal and deletes ledger rows through a DO block")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 items 1 and 3: a superuser sets "
+    "softguard.internal and deletes ledger rows through a DO block",
+)
 def test_superuser_cannot_empty_the_ledger(arena: Arena) -> None:
-    ledger_attack(arena, [
-        INTERNAL_ON,
-        "DO $$ BEGIN EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
-        "'captured_rows'); EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
-        "'captures'); EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
-        "'operations'); END $$",
-    ], check=_ledger_kept)
+    ledger_attack(
+        arena,
+        [
+            INTERNAL_ON,
+            "DO $$ BEGIN EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
+            "'captured_rows'); EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
+            "'captures'); EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
+            "'operations'); END $$",
+        ],
+        check=_ledger_kept,
+    )
 
 
 # -- issue 10 item 3: forging the ledger --------------------------------------------------
@@ -205,60 +256,96 @@ def _refused(out: Outcome, ops: list[dict[str, Any]]) -> None:
 
 def test_owner_cannot_empty_the_ledger(arena: Arena) -> None:
     """The owner has no privilege on the ledger, whatever softguard.internal says."""
-    ledger_attack(arena, [
-        INTERNAL_ON,
-        "DO $$ BEGIN EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
-        "'captured_rows'); END $$",
-    ], who="owner", check=_refused)
+    ledger_attack(
+        arena,
+        [
+            INTERNAL_ON,
+            "DO $$ BEGIN EXECUTE format('DELETE FROM %I.%I', concat('soft', 'guard'), "
+            "'captured_rows'); END $$",
+        ],
+        who="owner",
+        check=_refused,
+    )
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 3: softguard._op_begin is executable by "
-                   "PUBLIC; the owner records an operation that never happened")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 3: softguard._op_begin is executable by "
+    "PUBLIC; the owner records an operation that never happened",
+)
 @pytest.mark.parametrize("who", ["owner", "other"])
 def test_operation_cannot_be_forged(arena: Arena, who: str) -> None:
     last = arena.last_op()
-    out = arena.attack([
-        f"SELECT {uident('softguard')}._op_begin('TRUNCATE payroll', "
-        "'{\"client_addr\": \"6.6.6.6\", \"retention_seconds\": 1}'::jsonb, 'TRUNCATE')",
-    ], who=who)
+    out = arena.attack(
+        [
+            f"SELECT {uident('softguard')}._op_begin('TRUNCATE payroll', "
+            '\'{"client_addr": "6.6.6.6", "retention_seconds": 1}\'::jsonb, \'TRUNCATE\')',
+        ],
+        who=who,
+    )
     print(out.describe())
     assert arena.ops_since(last) == [], "a forged operation is in the ledger"
     assert out.sqlstate == "42501", out.describe()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 3: SECURITY DEFINER functions of the "
-                   "ledger are executable by any role")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 3: SECURITY DEFINER functions of the ledger are executable by any role",
+)
 def test_no_security_definer_function_is_public(arena: Arena) -> None:
     rows = arena.direct(
         "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = "
         "'softguard'::regnamespace AND p.prosecdef AND has_function_privilege(%s, p.oid, "
-        "'EXECUTE') ORDER BY 1", [arena.owner])
+        "'EXECUTE') ORDER BY 1",
+        [arena.owner],
+    )
     print(rows)
     # What the application role may call must take nothing it can forge: one entry point
     # at most per reversible path, checked by the tests above. Today: everything.
-    assert [r[0] for r in rows if "_op_begin" in r[0] or "_op_message" in r[0]
-            or "_truncate_finish" in r[0] or "_capture_column" in r[0]
-            or "purge" in r[0]] == []
+    assert [
+        r[0]
+        for r in rows
+        if "_op_begin" in r[0]
+        or "_op_message" in r[0]
+        or "_truncate_finish" in r[0]
+        or "_capture_column" in r[0]
+        or "purge" in r[0]
+    ] == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 3: softguard.captured_rows has no guard; "
-                   "undo then reports success and restores nothing")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 3: softguard.captured_rows has no guard; "
+    "undo then reports success and restores nothing",
+)
 def test_superuser_cannot_delete_captured_rows(arena: Arena) -> None:
-    ledger_attack(arena, ["DO $$ BEGIN EXECUTE format('DELETE FROM %I.captured_rows', "
-                          "concat('soft', 'guard')); END $$"])
+    ledger_attack(
+        arena,
+        [
+            "DO $$ BEGIN EXECUTE format('DELETE FROM %I.captured_rows', "
+            "concat('soft', 'guard')); END $$"
+        ],
+    )
 
 
 def _all_active(out: Outcome, ops: list[dict[str, Any]]) -> None:
     assert all(o["state"] == "active" for o in ops), ops
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 3: a superuser marks an active operation "
-                   "undone through a DO block; undo then refuses and the rows stay lost")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 3: a superuser marks an active operation "
+    "undone through a DO block; undo then refuses and the rows stay lost",
+)
 def test_superuser_cannot_rewrite_operation_state(arena: Arena) -> None:
-    ledger_attack(arena, [
-        "DO $$ BEGIN EXECUTE format('UPDATE %I.operations SET state = ''undone'', "
-        "expires_at = now() - interval ''1 day''', concat('soft', 'guard')); END $$",
-    ], check=_all_active)
+    ledger_attack(
+        arena,
+        [
+            "DO $$ BEGIN EXECUTE format('UPDATE %I.operations SET state = ''undone'', "
+            "expires_at = now() - interval ''1 day''', concat('soft', 'guard')); END $$",
+        ],
+        check=_all_active,
+    )
 
 
 def test_owner_cannot_purge_its_operation(arena: Arena) -> None:

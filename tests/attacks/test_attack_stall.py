@@ -41,8 +41,11 @@ def big_statement(kind: str) -> bytes:
     return f"DELETE FROM big WHERE id IN ({ids})".encode()
 
 
-STALLS = pytest.mark.xfail(strict=True, reason="issue 10 item 7: classification runs on the "
-                           "event loop; the other client waits for the whole parse")
+STALLS = pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 7: classification runs on the "
+    "event loop; the other client waits for the whole parse",
+)
 
 
 @pytest.mark.slow
@@ -89,7 +92,9 @@ def test_large_statement_does_not_stall_other_clients(arena: Arena, kind: str) -
     stop.set()
     t.join(60)
     assert not errors, errors
-    print(f"{kind}: {len(text) / 1e6:.1f} MB statement took {took:.2f} s; other client's "
-          f"worst wait {worst * 1000:.0f} ms over {pings} pings")
+    print(
+        f"{kind}: {len(text) / 1e6:.1f} MB statement took {took:.2f} s; other client's "
+        f"worst wait {worst * 1000:.0f} ms over {pings} pings"
+    )
     arena.verdict(before, last, arena.attack([]))
     assert worst < BOUND_S, f"worst wait {worst:.2f} s (target 0.1 s)"

@@ -42,8 +42,9 @@ KINDS = {
 }
 
 
-@pytest.mark.parametrize(("fmt", "kind"), [
-    (f, k) for f in sorted(FORMATS) for k in ("delete", "truncate")])
+@pytest.mark.parametrize(
+    ("fmt", "kind"), [(f, k) for f in sorted(FORMATS) for k in ("delete", "truncate")]
+)
 def test_undo_exact_whatever_the_session_formats(arena: Arena, fmt: str, kind: str) -> None:
     arena.attempt([FORMATS[fmt], KINDS[kind]])
 
@@ -65,9 +66,13 @@ def test_drop_column_undo_exact_whatever_the_formats(arena: Arena, fmt: str) -> 
 @pytest.mark.parametrize("fmt", ["datestyle_sql_dmy", "extra_float_digits", "bytea_escape"])
 def test_update_undo_exact_whatever_the_formats(arena_upd: Arena, fmt: str) -> None:
     before, last = arena_upd.snapshot(), arena_upd.last_op()
-    out = arena_upd.attack([FORMATS[fmt],
-                            "UPDATE typed SET d = d + 1, f = f * 3, b = b || '\\x00'::bytea, "
-                            "iv = iv * 2, ts = ts + interval '1 hour', n = n + 1"])
+    out = arena_upd.attack(
+        [
+            FORMATS[fmt],
+            "UPDATE typed SET d = d + 1, f = f * 3, b = b || '\\x00'::bytea, "
+            "iv = iv * 2, ts = ts + interval '1 hour', n = n + 1",
+        ]
+    )
     arena_upd.verdict(before, last, out)
 
 
@@ -75,44 +80,62 @@ TRIGGERS = {
     "rewrite_before_insert": (
         "CREATE FUNCTION evil() RETURNS trigger LANGUAGE plpgsql AS "
         "$$ BEGIN NEW.name := 'forged'; RETURN NEW; END $$",
-        "CREATE TRIGGER evil BEFORE INSERT ON parent FOR EACH ROW EXECUTE FUNCTION evil()"),
+        "CREATE TRIGGER evil BEFORE INSERT ON parent FOR EACH ROW EXECUTE FUNCTION evil()",
+    ),
     "drop_before_insert": (
-        "CREATE FUNCTION evil() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN RETURN NULL; END $$",
-        "CREATE TRIGGER evil BEFORE INSERT ON parent FOR EACH ROW EXECUTE FUNCTION evil()"),
+        "CREATE FUNCTION evil() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+        "CREATE TRIGGER evil BEFORE INSERT ON parent FOR EACH ROW EXECUTE FUNCTION evil()",
+    ),
     "delete_after_insert": (
         "CREATE FUNCTION evil() RETURNS trigger LANGUAGE plpgsql AS "
         "$$ BEGIN DELETE FROM parent WHERE id = NEW.id; RETURN NULL; END $$",
-        "CREATE TRIGGER evil AFTER INSERT ON parent FOR EACH ROW EXECUTE FUNCTION evil()"),
+        "CREATE TRIGGER evil AFTER INSERT ON parent FOR EACH ROW EXECUTE FUNCTION evil()",
+    ),
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 5: a user trigger set ENABLE ALWAYS "
-                   "fires on restored rows although undo runs as replica")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 5: a user trigger set ENABLE ALWAYS "
+    "fires on restored rows although undo runs as replica",
+)
 @pytest.mark.parametrize("name", sorted(TRIGGERS))
 def test_enable_always_trigger_cannot_change_restored_rows(arena: Arena, name: str) -> None:
     arena.attack([*TRIGGERS[name], "ALTER TABLE parent ENABLE ALWAYS TRIGGER evil"])
     arena.attempt(["DELETE FROM parent WHERE id IN (1, 2)"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 5: undo runs as replica, so a trigger "
-                   "the owner set ENABLE REPLICA fires on the restored rows and rewrites them")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 5: undo runs as replica, so a trigger "
+    "the owner set ENABLE REPLICA fires on the restored rows and rewrites them",
+)
 def test_enable_replica_trigger_cannot_change_restored_rows(arena: Arena) -> None:
-    arena.attack([*TRIGGERS["rewrite_before_insert"],
-                  "ALTER TABLE parent ENABLE REPLICA TRIGGER evil"])
+    arena.attack(
+        [*TRIGGERS["rewrite_before_insert"], "ALTER TABLE parent ENABLE REPLICA TRIGGER evil"]
+    )
     arena.attempt(["DELETE FROM parent WHERE id IN (1, 2)"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 5: an UPDATE that changes the key is "
-                   "'undone' with 0 rows restored")
-@pytest.mark.parametrize("stmt", ["UPDATE big SET id = id + 1000 WHERE id <= 3",
-                                  "UPDATE big SET id = -id, payload = 'gone' WHERE id <= 3"])
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 5: an UPDATE that changes the key is 'undone' with 0 rows restored",
+)
+@pytest.mark.parametrize(
+    "stmt",
+    [
+        "UPDATE big SET id = id + 1000 WHERE id <= 3",
+        "UPDATE big SET id = -id, payload = 'gone' WHERE id <= 3",
+    ],
+)
 def test_key_changing_update_is_undone_or_refused(arena_upd: Arena, stmt: str) -> None:
     arena_upd.attempt([stmt])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 5: on a table without a key the NOTICE "
-                   "says reversible but undo refuses")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 5: on a table without a key the NOTICE says reversible but undo refuses",
+)
 def test_update_without_key_is_reversible_or_refused(arena_upd: Arena) -> None:
     before, last = arena_upd.snapshot(), arena_upd.last_op()
     out = arena_upd.attack(["UPDATE nokey SET b = 'z'"])
@@ -125,14 +148,21 @@ def test_delete_without_key_is_undone(arena: Arena) -> None:
     arena.attempt(["DELETE FROM nokey WHERE a = 1"])
 
 
-INHERIT = pytest.mark.xfail(strict=True, reason="issue 10 item 5: a DELETE on an inheritance "
-                            "parent is undone into the parent, losing the child's own columns")
+INHERIT = pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 5: a DELETE on an inheritance "
+    "parent is undone into the parent, losing the child's own columns",
+)
 
 
-@pytest.mark.parametrize("stmt", [
-    pytest.param("DELETE FROM animal", marks=[INHERIT]),
-    pytest.param("DELETE FROM animal WHERE id >= 10", marks=[INHERIT]),
-    "TRUNCATE animal"])
+@pytest.mark.parametrize(
+    "stmt",
+    [
+        pytest.param("DELETE FROM animal", marks=[INHERIT]),
+        pytest.param("DELETE FROM animal WHERE id >= 10", marks=[INHERIT]),
+        "TRUNCATE animal",
+    ],
+)
 def test_inheritance_children_get_their_rows_back(arena: Arena, stmt: str) -> None:
     arena.attempt([stmt])
 
@@ -144,7 +174,11 @@ def test_inheritance_update_undone_in_the_child(arena_upd: Arena) -> None:
 @pytest.mark.parametrize("setting", ["SET search_path = public", "SET search_path = ''"])
 def test_undo_exact_for_name_typed_columns(arena: Arena, setting: str) -> None:
     """regclass / regtype values print relative to the deleting session's search_path."""
-    arena.attack(["CREATE TABLE refs (id int PRIMARY KEY, r regclass, t regtype, p regproc)",
-                  "INSERT INTO refs VALUES (1, 'parent', 'typed', 'lower'), "
-                  "(2, 'pg_class', 'int4', 'now')"])
+    arena.attack(
+        [
+            "CREATE TABLE refs (id int PRIMARY KEY, r regclass, t regtype, p regproc)",
+            "INSERT INTO refs VALUES (1, 'parent', 'typed', 'lower'), "
+            "(2, 'pg_class', 'int4', 'now')",
+        ]
+    )
     arena.attempt([setting, "DELETE FROM public.refs"])

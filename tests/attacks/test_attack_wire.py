@@ -55,8 +55,10 @@ def test_function_call_cannot_terminate_another_client(arena: Arena) -> None:
         victim.execute("SELECT 1")
         s = arena.raw()
         try:
-            msgs = s.function_call(oid_of(arena, "pg_terminate_backend(integer, bigint)"),
-                                   [str(victim.info.backend_pid).encode(), b"0"])
+            msgs = s.function_call(
+                oid_of(arena, "pg_terminate_backend(integer, bigint)"),
+                [str(victim.info.backend_pid).encode(), b"0"],
+            )
         finally:
             s.close()
         alive = True
@@ -72,8 +74,9 @@ def test_function_call_cannot_switch_capture_off(arena: Arena) -> None:
     before, last = arena.snapshot(), arena.last_op()
     s = arena.raw()
     try:
-        msgs = s.function_call(oid_of(arena, "set_config(text, text, boolean)"),
-                               [b"softguard.capture", b"", b"f"])
+        msgs = s.function_call(
+            oid_of(arena, "set_config(text, text, boolean)"), [b"softguard.capture", b"", b"f"]
+        )
         if not errors_of(msgs):
             msgs += s.query(b"DELETE FROM parent WHERE id = 5")
     finally:
