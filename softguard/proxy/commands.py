@@ -53,6 +53,15 @@ class WaitLedger:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassifyOffLoop:
+    """Classify ``text`` (too large to parse on the event loop every session shares) as
+    the server reads it in ``client_encoding``; then ``classified(result)``."""
+
+    text: bytes
+    client_encoding: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClientReading:
     """Stop reading the client (the first reason to pause) or read it again (the last
     reason is gone)."""
@@ -117,6 +126,7 @@ Control = (
     | Connect
     | ForwardCancel
     | WaitLedger
+    | ClassifyOffLoop
     | ClientReading
     | SetTimer
     | Close

@@ -34,6 +34,7 @@ from softguard.contract import NOTICE_MARKER_BYTES
 from softguard.policy import Action, SessionInfo
 from softguard.proxy.commands import (
     Cache,
+    ClassifyOffLoop,
     ClientReading,
     Close,
     Connect,
@@ -50,6 +51,8 @@ from softguard.proxy.commands import (
     WaitLedger,
 )
 from softguard.proxy.statements import SAFE, NeedLedger, PlanInputs, SoftSession, plan_message
+from softguard.sql import Classification
+from softguard.sql.prefilter import may_be_destructive
 from softguard.sql.rewrite import RewritePlan, refusal
 from softguard.wire import (
     CancelRequest,
@@ -64,6 +67,7 @@ from softguard.wire import (
     StartupReader,
     error_response,
     parse_fields,
+    parse_query_text,
     strip_scram_plus,
 )
 from softguard.wire.constants import AUTH_SASL, FRONTEND_TYPES, TX_IDLE
@@ -130,6 +134,9 @@ class CoreConfig:
     """The settings the state machine reads (``Settings`` has them all)."""
 
     max_inspect_bytes: int = 1 << 20
+    # Statement texts longer than this that might be destructive are classified off the
+    # event loop (``ClassifyOffLoop``); 0: never.
+    offload_bytes: int = 0
     startup_timeout: float = 60.0
     client_stall_timeout: float = 60.0
     max_client_conn: int = 1000
@@ -202,6 +209,8 @@ class SessionCore:
         # The client's stream held while the ledger is checked: (buf, msgs, held, index,
         # cursor) as ``_relay_messages`` takes them.
         self._deferred: tuple[bytes, list[Message], int, int, int] | None = None
+        # A held message's classification, made off the loop (``classified``).
+        self._known: tuple[Message, Classification] | None = None
         # Observability: (category, text) of statements made reversible and not yet paired
         # with their operation's NOTICE; [ReadyForQuery countdown, start] per rewritten
         # statement in flight; when the upstream connection began.
@@ -326,13 +335,24 @@ class SessionCore:
 
     def ledger_known(self) -> None:
         """The ledger check asked for by ``WaitLedger`` is done: relay what was held."""
+        self._resume("ledger", resumed=True)
+
+    def classified(self, result: Classification) -> None:
+        """The classification asked for by ``ClassifyOffLoop`` is ``result``: plan the
+        held message with it and relay what was held."""
+        deferred = self._deferred
+        if deferred is not None:
+            self._known = (deferred[1][deferred[3]], result)
+        self._resume("classify", resumed=False)
+
+    def _resume(self, reason: str, *, resumed: bool) -> None:
         deferred, self._deferred = self._deferred, None
         if self.state is State.CLOSED or deferred is None:
             return
         buf, msgs, held, index, cursor = deferred
-        self._relay_messages(buf, msgs, held, index, cursor, resumed=True)
+        self._relay_messages(buf, msgs, held, index, cursor, resumed=resumed)
         if self._deferred is None:
-            self._set_client_reading(paused=False, reason="ledger")
+            self._set_client_reading(paused=False, reason=reason)
 
     def startup_timed_out(self) -> None:
         if self.state in (State.STARTUP, State.TLS, State.CONNECTING, State.AUTH):
@@ -558,6 +578,16 @@ class SessionCore:
             msg = msgs[i]
             mtype = msg.type
             if mtype == _Q or mtype == _P:
+                offload = self.config.offload_bytes
+                if offload and len(msg.body) > offload and self._known is None:
+                    text = parse_query_text(mtype, msg.body)
+                    if len(text) > offload and may_be_destructive(text):
+                        if msg.start > cursor:
+                            out(buf[cursor : msg.start])
+                        self._deferred = (buf, msgs, held, i, max(msg.start, 0))
+                        self._set_client_reading(paused=True, reason="classify")
+                        self.controls.append(ClassifyOffLoop(text, self.client_encoding))
+                        return
                 try:
                     replacement = self._inspect(msg, log_it=not resumed or i != index)
                 except ProtocolViolation as exc:
@@ -604,6 +634,11 @@ class SessionCore:
 
     def _inspect(self, msg: Message, *, log_it: bool) -> bytes | NeedLedger | None:
         """Apply the inspection seam; turn result filtering on once anything is rewritten."""
+        known = self._known
+        if known is not None and known[0] is msg:
+            classification: Classification | None = known[1]
+        else:
+            classification, self._known = None, None
         planned = plan_message(
             self.inputs,
             self.info,
@@ -611,7 +646,10 @@ class SessionCore:
             log_it=log_it,
             soft=self._soft,
             client_encoding=self.client_encoding,
+            known=classification,
         )
+        if not isinstance(planned, NeedLedger):
+            self._known = None  # planned: the held classification is spent
         if planned is SAFE:
             self.counter.safe_statements += 1
             return None

@@ -23,6 +23,7 @@ from softguard.proxy.session import ClientSession, UpstreamProtocol
 from softguard.proxy.statements import PlanInputs
 from softguard.proxy.upstream import UpstreamError, UpstreamTarget, open_upstream
 from softguard.sql import Classifier
+from softguard.sql.offload import OffLoopClassifier
 from softguard.wire import CancelRequest
 
 log = logging.getLogger("softguard.server")
@@ -47,6 +48,8 @@ class ProxyServer:
             target, settings.connect_timeout, settings.soft_delete, settings.soft_delete_refresh
         )
         self.inputs = PlanInputs(self.classifier, self.policy, self.ledger)
+        # Large texts are parsed in a worker process, never on the loop (decision 0011).
+        self.offload = OffLoopClassifier()
         self.sessions: set[ClientSession] = set()
         self.upstream_ssl = target.ssl_context() if target.wants_tls else None
         self.client_ssl = _client_ssl_context(settings)
@@ -136,6 +139,7 @@ class ProxyServer:
             )
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2)
+        self.offload.close()
 
 
 class _CancelSink(UpstreamProtocol):

@@ -25,6 +25,7 @@ from softguard.proxy.ledger_gate import LedgerGate
 from softguard.proxy.metrics import Metrics, log_operation
 from softguard.proxy.statements import PlanInputs
 from softguard.proxy.upstream import UpstreamError, UpstreamTarget, open_upstream
+from softguard.sql.offload import OffLoopClassifier
 from softguard.wire import CancelRequest
 from softguard.wire.messages import TERMINATE
 
@@ -40,6 +41,7 @@ class SessionHost(Protocol):
     ledger: LedgerGate
     metrics: Metrics
     inputs: PlanInputs
+    offload: OffLoopClassifier
     client_ssl: ssl.SSLContext | None
     upstream_ssl: ssl.SSLContext | None
 
@@ -102,6 +104,7 @@ class ClientSession(asyncio.Protocol):
         self.core = SessionCore(
             CoreConfig(
                 max_inspect_bytes=settings.max_inspect_bytes,
+                offload_bytes=server.offload.threshold,
                 startup_timeout=settings.startup_timeout,
                 client_stall_timeout=settings.client_stall_timeout,
                 max_client_conn=settings.max_client_conn,
@@ -232,6 +235,8 @@ class ClientSession(asyncio.Protocol):
                 server.spawn(self._start_tls(server.client_ssl))
             case cmd.WaitLedger(database=database, user=user):
                 server.spawn(self._wait_ledger(database, user))
+            case cmd.ClassifyOffLoop(text=text, client_encoding=encoding):
+                server.spawn(self._classify_off_loop(text, encoding))
             case cmd.ForwardCancel(request=request):
                 server.spawn(server.forward_cancel(request))
             case cmd.OperationNotice(body=body, protected=protected):
@@ -312,6 +317,11 @@ class ClientSession(asyncio.Protocol):
         self.up_transport = cast(asyncio.Transport, transport)
         self.core.to_server = self.up_transport.write
         self.core.upstream_connected()
+        self._run()
+
+    async def _classify_off_loop(self, text: bytes, client_encoding: str) -> None:
+        result = await asyncio.wrap_future(self.server.offload.submit(text, client_encoding))
+        self.core.classified(result)
         self._run()
 
     async def _wait_ledger(self, database: str, user: str) -> None:

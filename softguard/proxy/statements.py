@@ -79,6 +79,21 @@ class LedgerView(Protocol):
         """None while not read yet."""
 
 
+class _Known:
+    """A classifier that answers one text's classification, made beforehand."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: Classification) -> None:
+        self.result = result
+
+    def classify_shape(self, sql: bytes, client_encoding: str = "UTF8") -> Classification:
+        return self.result
+
+    def classify_bytes(self, sql: bytes, client_encoding: str = "UTF8") -> Classification:
+        return self.result
+
+
 @dataclass(frozen=True, slots=True)
 class PlanInputs:
     """Everything ``plan_message`` reads besides the message and who sent it."""
@@ -183,6 +198,7 @@ def plan_message(
     log_it: bool = True,
     soft: SoftSession | None = None,
     client_encoding: str = "UTF8",
+    known: Classification | None = None,
 ) -> Planned | NeedLedger:
     """Plan one Query/Parse message of ``info``'s session.
 
@@ -190,10 +206,11 @@ def plan_message(
     planned again after the ledger wait: it was logged and counted before). ``soft``: the
     session's prepared soft deletes, updated as PREPARE/DEALLOCATE go by.
     ``client_encoding``: the session's, as the server last reported it: the text is read
-    as the server will read it (decision 0011).
+    as the server will read it (decision 0011). ``known``: the text's exact classification,
+    already made (off the event loop, for large texts).
     """
     text = parse_query_text(msg.type, msg.body)
-    classifier = inputs.classifier
+    classifier: Classifies = inputs.classifier if known is None else _Known(known)
     enc = client_encoding
     if mentions_softguard(text):
         log.warning(

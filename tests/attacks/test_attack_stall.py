@@ -41,15 +41,7 @@ def big_statement(kind: str) -> bytes:
     return f"DELETE FROM big WHERE id IN ({ids})".encode()
 
 
-STALLS = pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 7: classification runs on the "
-    "event loop; the other client waits for the whole parse",
-)
-
-
 @pytest.mark.slow
-@STALLS
 @pytest.mark.parametrize("kind", ["literal_16mb", "in_list_2mb"])
 def test_large_statement_does_not_stall_other_clients(arena: Arena, kind: str) -> None:
     text = big_statement(kind)

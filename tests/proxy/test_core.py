@@ -112,9 +112,11 @@ def make_core(
 
 
 def ready_core(
-    ledger: Ledger | FixedLedger | None = None, policy: PolicyConfig | None = None
+    ledger: Ledger | FixedLedger | None = None,
+    policy: PolicyConfig | None = None,
+    **config: object,
 ) -> tuple[Core, Counter]:
-    core, counter = make_core(ledger, policy)
+    core, counter = make_core(ledger, policy, **config)
     core.start()
     core.client_data(STARTUP)
     core.upstream_connected()
@@ -342,6 +344,34 @@ def test_ledger_wait_holds_the_stream_then_resumes_it_in_order() -> None:
     assert out.controls == [cmd.ClientReading(paused=False)]
     assert core.pending == 3
     assert counter.counts == {("destructive", "protect"): 1}  # counted once, not again
+
+
+def test_large_text_is_classified_off_the_loop_then_planned_with_that_result() -> None:
+    core, counter = ready_core(offload_bytes=64)
+    small = query("select 1")
+    big = "drop table t /* " + "x" * 100 + " */"
+    chunk = small + query(big) + query("select 2")
+    core.client_data(chunk)
+    out = drain(core)
+    assert out.to_server == small  # the large text waits; nothing after it overtakes it
+    assert out.controls == [
+        cmd.ClientReading(paused=True),
+        cmd.ClassifyOffLoop(big.encode(), "UTF8"),
+    ]
+    core.classified(Classifier().classify_bytes(big.encode()))  # what the worker answers
+    out = drain(core)
+    assert b"CALL softguard.drop_op(" in out.to_server
+    assert out.to_server.endswith(query("select 2"))
+    assert out.controls == [cmd.ClientReading(paused=False)]
+    assert counter.counts == {("destructive", "protect"): 1}
+
+
+def test_large_harmless_text_stays_on_the_loop() -> None:
+    core, _ = ready_core(offload_bytes=64)
+    chunk = query("select '" + "x" * 100 + "'")
+    core.client_data(chunk)
+    out = drain(core)
+    assert out.to_server == chunk and out.controls == []
 
 
 def test_ledger_refusal_is_sent_instead_of_the_statement() -> None:
