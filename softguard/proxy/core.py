@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol
 
+from softguard import contract
 from softguard.contract import NOTICE_MARKER_BYTES
 from softguard.policy import Action, SessionInfo
 from softguard.proxy.commands import (
@@ -511,9 +512,9 @@ class SessionCore:
         policy = self.inputs.policy
         events = policy.captured_events(self.info)
         settings = {
-            "softguard.capture": ",".join(events) or "off",
-            "softguard.retention": str(policy.retention_seconds(self.info)),
-            "softguard.client_addr": self.peer.rpartition(":")[0] or self.peer,
+            contract.CAPTURE_SETTING: ",".join(events) or "off",
+            contract.RETENTION_SETTING: str(policy.retention_seconds(self.info)),
+            contract.CLIENT_ADDR_SETTING: self.peer.rpartition(":")[0] or self.peer,
         }
         return packet.with_settings(settings, reserved_prefix="softguard.")
 
