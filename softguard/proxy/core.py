@@ -616,6 +616,8 @@ class SessionCore:
                 continue
             self.pending += 1  # Sync or FunctionCall: each ends with a ReadyForQuery
             refused = self._refuse_function_call(msg) if mtype == _F else None
+            if self.state is State.CLOSED:
+                return  # a malformed FunctionCall: the session has ended
             if self._filter is not None:
                 self._filter.expect_ready(self._parse_plan)
                 self._parse_plan = None

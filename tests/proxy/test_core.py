@@ -392,6 +392,27 @@ def test_malformed_frame_from_client_is_fatal_08p01() -> None:
     assert drain(core) == Out(b"", b"", [])
 
 
+def test_function_call_refused_by_policy_becomes_a_server_raised_refusal() -> None:
+    core, counter = ready_core()
+    before = query("select 1")
+    call = msg(b"F", struct.pack("!IhhhI", 2096, 0, 1, 0, 0))  # pg_terminate_backend
+    core.client_data(before + call)
+    out = drain(core)
+    assert out.to_server.startswith(before)
+    refused = out.to_server[len(before) :]
+    assert refused[:1] == b"Q" and b"42501" in refused and b"FunctionCall" in refused
+    assert core.pending == 2  # one ReadyForQuery each, in order
+    assert counter.counts == {("function_call", "deny"): 1}
+
+
+def test_truncated_function_call_is_fatal_and_nothing_follows() -> None:
+    core, _ = ready_core()
+    core.client_data(msg(b"F", b"\x00\x01") + query("drop table t"))
+    out = drain(core)
+    assert fatal(out)["C"] == "08P01"
+    assert b"drop table" not in out.to_server
+
+
 def test_malformed_frame_from_server_is_relayed_then_fatal() -> None:
     core, _ = ready_core()
     core.client_data(query("select 1"))
