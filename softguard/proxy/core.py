@@ -286,11 +286,7 @@ class SessionCore:
             elif replacement:
                 out(replacement)
             cursor = msg.end
-        end = len(buf) - held
-        if cursor == 0 and held == 0:
-            out(buf)
-        elif end > cursor:
-            out(buf[cursor:end])
+        _send_rest(out, buf, cursor, held)
         if self._closing_for_shutdown:
             self._after_server_chunk()
 
@@ -629,11 +625,7 @@ class SessionCore:
             elif msg.start < 0:
                 out(msg.raw)
                 cursor = msg.end
-        end = len(buf) - held
-        if cursor == 0 and held == 0:
-            out(buf)
-        elif end > cursor:
-            out(buf[cursor:end])
+        _send_rest(out, buf, cursor, held)
 
     def _inspect(self, msg: Message, *, log_it: bool) -> bytes | NeedLedger | None:
         """Apply the inspection seam; turn result filtering on once anything is rewritten."""
@@ -762,6 +754,15 @@ class SessionCore:
         self._stall_armed = True
         self._stall_mark = self._client_bytes
         self.controls.append(SetTimer(Timer.STALL, self.config.client_stall_timeout))
+
+
+def _send_rest(out: Sink, buf: bytes, cursor: int, held: int) -> None:
+    """Send what follows ``cursor`` in ``buf`` up to the ``held`` incomplete tail: the
+    whole chunk, the very object that arrived, when nothing was replaced or held."""
+    if cursor == 0 and held == 0:
+        out(buf)
+    elif len(buf) - held > cursor:
+        out(buf[cursor : len(buf) - held])
 
 
 def _message(mtype: int, body: bytes) -> bytes:
