@@ -32,10 +32,10 @@ TAG_MARKER = "/*softguard:delete*/"
 
 # -- settings ------------------------------------------------------------------------------
 
-#: Session defaults the proxy sets in the StartupMessage (``-c name=value``).
+#: Session defaults the proxy sets in the StartupMessage (``-c name=value``). They may only
+#: add to what the session's registration says (below): a client can overwrite them.
 CAPTURE_SETTING = "softguard.capture"  # 'delete', 'delete,update', or 'off'
 RETENTION_SETTING = "softguard.retention"  # seconds
-CLIENT_ADDR_SETTING = "softguard.client_addr"  # the client's address, as the proxy saw it
 #: Transaction-local settings the database keeps for itself.
 INTERNAL_SETTING = "softguard.internal"  # 'on': softguard's own maintenance (purge)
 CUR_OP_SETTING = "softguard.cur_op"  # the open capture operation: '<stmt time>/<id>/<kind>'
@@ -47,13 +47,34 @@ SOFT_DELETE_SETTING_PREFIX = "softguard.sd_"  # + table oid: the soft delete bei
 SETTINGS = (
     CAPTURE_SETTING,
     RETENTION_SETTING,
-    CLIENT_ADDR_SETTING,
     INTERNAL_SETTING,
     CUR_OP_SETTING,
     TRUNCATE_OP_SETTING,
     PROBE_SETTING,
     SOFT_DELETE_SETTING_PREFIX,
 )
+
+# -- registered sessions -------------------------------------------------------------------
+# Which sessions are protected is decided in the database from a registration the client
+# cannot change (docs/decisions/0012-registered-sessions.md): the proxy runs this function on
+# every session's own connection after authentication, before the client's first message.
+
+#: softguard.register_session(events text, retention integer, addr text): only ever adds.
+REGISTER_SESSION_FUNCTION = "softguard.register_session"
+
+
+def register_session_query(events: str, retention_seconds: int, client_addr: str) -> bytes:
+    """The registration as one simple Query text (in its own read-write transaction, so a
+    role whose default is read-only is registered too)."""
+    if not _PLAIN.fullmatch(events) or not _PLAIN.fullmatch(client_addr):
+        raise ValueError("registration values must be plain (letters, digits, . : , % -)")
+    return (
+        f"BEGIN READ WRITE; SELECT {REGISTER_SESSION_FUNCTION}('{events}', "
+        f"{int(retention_seconds)}, '{client_addr}'); COMMIT"
+    ).encode()
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9.:,%_-]*")
 
 # -- the operation NOTICE ------------------------------------------------------------------
 # 'softguard: <action> <targets> is reversible as operation <id> until <YYYY-MM-DD>', formatted

@@ -71,9 +71,9 @@ BEGIN
     END IF;
     INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
                                       client_addr, statement, kind, objects, row_counts, restore)
-    VALUES (now() + make_interval(secs => coalesce((ctx->>'retention_seconds')::integer, 604800)),
+    VALUES (now() + softguard._session_retention((ctx->>'retention_seconds')::integer),
             session_user, softguard._client_role(), current_setting('application_name', true),
-            coalesce(ctx->>'client_addr', inet_client_addr()::text), stmt, kind, '[]',
+            softguard._session_client_addr(), stmt, kind, '[]',
             jsonb_build_object('estimate', false, 'tables', '{}'::jsonb), '[]')
     RETURNING id INTO op;
     RETURN op;

@@ -92,11 +92,11 @@ BEGIN
             MESSAGE = 'softguard: the object list does not match what the statement drops';
     END IF;
 
-    expires := now() + make_interval(secs => coalesce((ctx->>'retention_seconds')::integer, 604800));
+    expires := now() + softguard._session_retention((ctx->>'retention_seconds')::integer);
     INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
                                       client_addr, statement, kind, objects, restore)
     VALUES (expires, session_user, invoker, current_setting('application_name', true),
-            coalesce(ctx->>'client_addr', inet_client_addr()::text), stmt,
+            softguard._session_client_addr(), stmt,
             coalesce(ctx->>'action', 'DROP'), '[]', '[]')
     RETURNING id INTO op_id;
 

@@ -31,7 +31,8 @@ SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits
 SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
 DECLARE
     cap text := current_setting('softguard.capture', true);
-    ev text;
+    ev text := lower(TG_OP);
+    events text[];
     event text;                            -- what is recorded: ev, or 'soft_delete'
     k text;
     cur text;
@@ -50,15 +51,24 @@ DECLARE
     stmt text;
     obj jsonb;
 BEGIN
-    IF cap IS NULL OR cap = '' THEN
-        RETURN NULL;
+    -- What this session captures: its registration, plus what its setting adds (G6). The
+    -- setting, written by the proxy at startup, is the fast path; a session whose setting
+    -- does not name the event asks its registration, which the client cannot change.
+    events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
+    IF NOT (ev = ANY (events)) THEN
+        events := softguard._session_capture(cap);
+        IF events = '{}' THEN
+            RETURN NULL;
+        END IF;
     END IF;
-    ev := lower(TG_OP);
     k := (extract(epoch FROM statement_timestamp()) * 1000000)::bigint::text;
     cur := current_setting('softguard.cur_op', true);
     IF cur IS NOT NULL AND split_part(cur, '/', 1) = k THEN
-        op := split_part(cur, '/', 2)::bigint;
-        op_kind := split_part(cur, '/', 3);
+        -- only an operation this transaction opened (the setting is the session's to change)
+        SELECT o.id, o.kind INTO op, op_kind FROM softguard.operations o
+         WHERE split_part(cur, '/', 2) ~ '^[0-9]{1,18}$'
+           AND o.id = split_part(cur, '/', 2)::bigint AND o.txid = pg_current_xact_id()
+           AND o.state = 'active';
     END IF;
     ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
 
@@ -91,7 +101,7 @@ BEGIN
     END IF;
 
     IF event IS NULL THEN
-        IF NOT (ev = ANY (string_to_array(replace(lower(cap), ' ', ''), ','))) THEN
+        IF NOT (ev = ANY (events)) THEN
             -- Not captured by this session, except what a DELETE changes on other tables
             -- (ON DELETE SET NULL / SET DEFAULT): part of the DELETE's effect.
             IF ev <> 'update' OR op IS NULL OR op_kind NOT IN ('DELETE', 'MERGE') THEN
@@ -121,15 +131,14 @@ BEGIN
             first_word := upper(substring(current_query() FROM '^\s*([A-Za-z]+)'));
             op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
         END IF;
-        expires := now() + make_interval(secs => coalesce(
-            nullif(current_setting('softguard.retention', true), '')::integer, 604800));
+        expires := now() + softguard._session_retention(
+            nullif(current_setting('softguard.retention', true), '')::integer);
         INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
                                           client_addr, statement, kind, objects, row_counts,
                                           restore)
         VALUES (expires, session_user, softguard._client_role(),
                 current_setting('application_name', true),
-                coalesce(nullif(current_setting('softguard.client_addr', true), ''),
-                         inet_client_addr()::text),
+                softguard._session_client_addr(),
                 coalesce(stmt, current_query(), ''), op_kind, jsonb_build_array(obj),
                 jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
                 '[]')

@@ -7,6 +7,531 @@
 -- section: protection decided by registered sessions (G6)
 -- ---------------------------------------------------------------------------------------
 
+CREATE TABLE softguard.sessions (
+    pid                integer PRIMARY KEY,
+    backend_start      timestamptz NOT NULL,
+    capture            text[] NOT NULL,          -- captured events: {}, {delete}, {delete,update}
+    retention_seconds  integer NOT NULL CHECK (retention_seconds >= 0),
+    client_addr        text,                     -- the client's address, as the proxy saw it
+    registered_at      timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON softguard.sessions FROM PUBLIC;
+COMMENT ON TABLE softguard.sessions IS
+    'sessions the proxy registered: what the database captures for them (only ever added to)';
+
+-- This backend's start time: with its pid, what identifies a session (pids are reused).
+CREATE FUNCTION softguard._backend_start() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a
+$$;
+REVOKE ALL ON FUNCTION softguard._backend_start() FROM PUBLIC;
+
+-- Register (or add to) this session's protection. Callable by any role: it can only add.
+--   events     'delete', 'delete,update', '' or 'off'
+--   retention  seconds operations of this session are kept at least
+--   addr       the client's address as the proxy saw it
+CREATE FUNCTION softguard.register_session(events text, retention integer, addr text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wanted text[];
+    started timestamptz := softguard._backend_start();
+BEGIN
+    wanted := ARRAY(SELECT DISTINCT e
+                      FROM unnest(string_to_array(replace(lower(coalesce(events, '')), ' ', ''),
+                                                  ',')) e
+                     WHERE e NOT IN ('', 'off') ORDER BY 1);
+    IF NOT wanted <@ ARRAY['delete', 'update'] THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('softguard: unknown capture events %L', events),
+            HINT = 'Capture events are delete and update.';
+    END IF;
+    IF retention IS NULL OR retention < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('softguard: bad retention %s', coalesce(retention::text, 'NULL'));
+    END IF;
+    IF started IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = 'softguard: cannot identify this session (no backend start time)';
+    END IF;
+    -- Rows of sessions that have ended (or whose pid now belongs to another backend): the
+    -- table stays as large as the live registered sessions.
+    DELETE FROM softguard.sessions s
+     WHERE NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
+                        WHERE a.pid = s.pid AND a.backend_start = s.backend_start);
+    INSERT INTO softguard.sessions AS s (pid, backend_start, capture, retention_seconds,
+                                         client_addr)
+    VALUES (pg_backend_pid(), started, wanted, retention, nullif(addr, ''))
+    ON CONFLICT (pid) DO UPDATE SET
+        capture = ARRAY(SELECT DISTINCT e FROM unnest(s.capture || excluded.capture) e
+                         ORDER BY 1),
+        retention_seconds = greatest(s.retention_seconds, excluded.retention_seconds),
+        client_addr = coalesce(s.client_addr, excluded.client_addr);
+END $$;
+REVOKE ALL ON FUNCTION softguard.register_session(text, integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard.register_session(text, integer, text) TO PUBLIC;
+
+-- This session's registration (NULL when it is not registered).
+CREATE FUNCTION softguard._session() RETURNS softguard.sessions
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.* FROM softguard.sessions s
+     WHERE s.pid = pg_backend_pid() AND s.backend_start = softguard._backend_start()
+$$;
+REVOKE ALL ON FUNCTION softguard._session() FROM PUBLIC;
+
+-- The events captured for this session: the registered ones plus the setting's.
+CREATE FUNCTION softguard._session_capture(setting text) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT DISTINCT e
+                   FROM unnest(coalesce((softguard._session()).capture, '{}')
+                               || string_to_array(replace(lower(coalesce(setting, '')), ' ', ''),
+                                                  ',')) e
+                  WHERE e IN ('delete', 'update'))
+$$;
+REVOKE ALL ON FUNCTION softguard._session_capture(text) FROM PUBLIC;
+
+-- How long an operation of this session is kept: what it asked for (the proxy's ctx, or the
+-- setting), never less than its registration says; 7 days when nothing says.
+CREATE FUNCTION softguard._session_retention(requested integer) RETURNS interval
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT make_interval(secs => CASE
+        WHEN r.retention_seconds IS NULL THEN coalesce(requested, 604800)
+        ELSE greatest(r.retention_seconds, coalesce(requested, 0)) END)
+      FROM (SELECT (softguard._session()).retention_seconds) r
+$$;
+REVOKE ALL ON FUNCTION softguard._session_retention(integer) FROM PUBLIC;
+
+-- The client address an operation of this session records.
+CREATE FUNCTION softguard._session_client_addr() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((softguard._session()).client_addr, host(inet_client_addr()))
+$$;
+REVOKE ALL ON FUNCTION softguard._session_client_addr() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._op_begin(stmt text, ctx jsonb, kind text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    op bigint;
+BEGIN
+    IF kind NOT IN ('TRUNCATE', 'ALTER TABLE') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'softguard: bad operation kind';
+    END IF;
+    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                      client_addr, statement, kind, objects, row_counts, restore)
+    VALUES (now() + softguard._session_retention((ctx->>'retention_seconds')::integer),
+            session_user, softguard._client_role(), current_setting('application_name', true),
+            softguard._session_client_addr(), stmt, kind, '[]',
+            jsonb_build_object('estimate', false, 'tables', '{}'::jsonb), '[]')
+    RETURNING id INTO op;
+    RETURN op;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._quarantine(list jsonb, stmt text, ctx jsonb, invoker text)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    op_id bigint;
+    n integer := 0;
+    steps jsonb := '[]';
+    r record;
+    x record;
+    own oid;
+    going oid[];            -- listed relations leaving the live schema (moved or with a schema)
+    dropped_schemas text[];
+    moves jsonb := '[]';    -- the listed objects to move, in list order
+    links jsonb := '[]';    -- links on live objects to record and drop
+    kw text;
+    qn text;
+    acl jsonb;
+    expires timestamptz;
+    targets text;
+    is_super boolean;
+    held jsonb;             -- 'classid/objid/objsubid' -> the earlier operation holding it
+BEGIN
+    SELECT rolsuper INTO is_super FROM pg_roles WHERE rolname = session_user;
+
+    -- 1. The list must be what a DROP by this session would remove.
+    FOR r IN SELECT * FROM softguard._list(list) l WHERE l.original LOOP
+        own := softguard._owner(r.classid, r.objid);
+        IF own IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot keep %s %s', r.object_type, r.object_identity);
+        END IF;
+        IF NOT is_super AND NOT pg_has_role(session_user, own, 'MEMBER') THEN
+            RAISE EXCEPTION USING ERRCODE = '42501',
+                MESSAGE = format('must be owner of %s %s', r.object_type, r.object_identity);
+        END IF;
+    END LOOP;
+    IF EXISTS (
+        SELECT FROM softguard._list(list) l
+         WHERE NOT l.original
+           AND NOT EXISTS (
+               SELECT FROM pg_depend d
+                WHERE d.classid = l.classid AND d.objid = l.objid
+                  AND (d.refclassid, d.refobjid) IN (
+                      SELECT (e->>'classid')::oid, (e->>'objid')::oid
+                        FROM jsonb_array_elements(list) e))
+           AND NOT EXISTS (   -- e.g. a view: its listed _RETURN rule depends on the table
+               SELECT FROM pg_depend d
+                WHERE d.refclassid = l.classid AND d.refobjid = l.objid AND d.deptype = 'i'
+                  AND (d.classid, d.objid) IN (
+                      SELECT (e->>'classid')::oid, (e->>'objid')::oid
+                        FROM jsonb_array_elements(list) e))) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'softguard: the object list does not match what the statement drops';
+    END IF;
+
+    expires := now() + softguard._session_retention((ctx->>'retention_seconds')::integer);
+    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                      client_addr, statement, kind, objects, restore)
+    VALUES (expires, session_user, invoker, current_setting('application_name', true),
+            softguard._session_client_addr(), stmt,
+            coalesce(ctx->>'action', 'DROP'), '[]', '[]')
+    RETURNING id INTO op_id;
+
+    SELECT coalesce(jsonb_object_agg(format('%s/%s/%s', l.classid, l.objid, l.objsubid),
+                                     softguard._holder(l.classid, l.objid, l.objsubid)), '{}')
+      INTO held
+      FROM softguard._list(list) l
+     WHERE coalesce(softguard._is_quarantine_schema(l.home), false);
+    SELECT coalesce(array_agg(l.object_name), '{}') INTO dropped_schemas
+      FROM softguard._list(list) l WHERE l.object_type = 'schema';
+    SELECT coalesce(array_agg(l.objid), '{}') INTO going
+      FROM softguard._list(list) l
+     WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
+       AND NOT coalesce(softguard._is_quarantine_schema(l.home), false);
+
+    -- 2. Classify: what moves, what is a link to record and drop, what cannot be kept.
+    FOR r IN SELECT * FROM softguard._list(list) l ORDER BY l.ord LOOP
+        CONTINUE WHEN coalesce(softguard._is_quarantine_schema(r.home), false);  -- held already
+        CONTINUE WHEN r.object_type = 'schema';
+        CONTINUE WHEN r.home = ANY (dropped_schemas);          -- stays in its renamed schema
+        IF r.object_type = 'table column' THEN
+            CONTINUE WHEN r.owned;
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot yet keep columns dropped by CASCADE (column %s)',
+                                 r.object_identity),
+                HINT = 'Drop the column with ALTER TABLE first, or run the statement without softguard.';
+        END IF;
+        IF r.classid = 'pg_class'::regclass THEN
+            SELECT c.relkind INTO x FROM pg_class c WHERE c.oid = r.objid;
+            IF x.relkind IN ('r', 'p', 'f', 'v', 'm') THEN
+                moves := moves || jsonb_build_array(to_jsonb(r));  -- partitions move one by one
+                CONTINUE;
+            END IF;
+        END IF;
+        CONTINUE WHEN r.owned;                                   -- goes with its owner
+        CASE
+            WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
+                                   'domain') THEN
+                moves := moves || jsonb_build_array(to_jsonb(r));
+            WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
+                                   'policy', 'rule') THEN
+                links := links || jsonb_build_array(to_jsonb(r));
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = format('softguard cannot keep %s %s (dropped by this statement)',
+                                     r.object_type, r.object_identity),
+                    HINT = 'Run the statement without softguard if losing it is intended.';
+        END CASE;
+    END LOOP;
+
+    -- 3. Links from live objects to dropped ones, as a real DROP removes them. Constraints
+    --    first (a foreign key may need a listed unique index), indexes last.
+    FOR r IN SELECT e.* FROM jsonb_to_recordset(links) AS e(classid oid, objid oid,
+                  object_type text, object_identity text, original boolean, ord integer)
+             ORDER BY CASE e.object_type WHEN 'table constraint' THEN 0 WHEN 'index' THEN 2
+                      ELSE 1 END, e.ord LOOP
+        steps := steps || softguard._drop_link(r.classid, r.objid, r.object_identity, r.original);
+    END LOOP;
+
+    -- 4. Links from leaving relations to live ones: partition bound, inheritance, FKs.
+    FOR x IN SELECT c.oid AS child, i.inhparent AS parent, c.relispartition,
+                    pg_get_expr(c.relpartbound, c.oid) AS bound
+               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              WHERE i.inhrelid = ANY (going) AND NOT (i.inhparent = ANY (going))
+                AND c.relkind IN ('r', 'p', 'f')
+              ORDER BY i.inhrelid, i.inhseqno LOOP
+        IF x.relispartition THEN
+            steps := steps || jsonb_build_array(jsonb_build_object(
+                'step', 'detach_partition', 'parent', x.parent,
+                'parent_name', x.parent::regclass::text, 'child', x.child,
+                'child_name', x.child::regclass::text, 'bound', x.bound));
+            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', x.parent::regclass,
+                           x.child::regclass);
+        ELSE
+            -- NO INHERIT turns inherited columns and constraints into local ones: record
+            -- which were inherited only, to put that back.
+            steps := steps || jsonb_build_array(jsonb_build_object(
+                'step', 'no_inherit', 'parent', x.parent,
+                'parent_name', x.parent::regclass::text, 'child', x.child,
+                'child_name', x.child::regclass::text,
+                'inherited_columns', (SELECT coalesce(jsonb_agg(a.attname), '[]')
+                    FROM pg_attribute a WHERE a.attrelid = x.child AND a.attnum > 0
+                     AND NOT a.attisdropped AND NOT a.attislocal AND a.attinhcount = 1),
+                'inherited_constraints', (SELECT coalesce(jsonb_agg(c.conname), '[]')
+                    FROM pg_constraint c WHERE c.conrelid = x.child AND NOT c.conislocal
+                     AND c.coninhcount = 1)));
+            EXECUTE format('ALTER TABLE %s NO INHERIT %s', x.child::regclass, x.parent::regclass);
+        END IF;
+    END LOOP;
+    FOR x IN SELECT c.oid FROM pg_constraint c
+              WHERE c.contype = 'f' AND c.conrelid = ANY (going)
+                AND NOT (c.confrelid = ANY (going)) AND c.conparentid = 0
+              ORDER BY c.conrelid, c.conname LOOP
+        steps := steps || softguard._drop_link('pg_constraint'::regclass, x.oid,
+            (pg_identify_object('pg_constraint'::regclass, x.oid, 0)).identity);
+    END LOOP;
+
+    -- 5. Dropped schemas: rename, lock out everybody but the owner (privileges recorded).
+    FOR r IN SELECT * FROM softguard._list(list) l WHERE l.object_type = 'schema' ORDER BY l.ord LOOP
+        n := n + 1;
+        qn := softguard._qname(format('softguard_q%s_', op_id), r.object_name);
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+                   'privilege', a.privilege_type, 'grantable', a.is_grantable) ORDER BY a.o), '[]')
+          INTO acl
+          FROM pg_namespace s, LATERAL aclexplode(s.nspacl) WITH ORDINALITY AS a(grantor, grantee,
+               privilege_type, is_grantable, o)
+         WHERE s.oid = r.objid AND a.grantee <> s.nspowner;
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'rename_schema', 'oid', r.objid, 'name', r.object_name, 'qname', qn,
+            'acl', acl, 'original', r.original));
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', r.object_name, qn);
+        FOR x IN SELECT DISTINCT e->>'grantee' AS grantee FROM jsonb_array_elements(acl) e LOOP
+            EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %s CASCADE', qn,
+                           CASE WHEN x.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(x.grantee) END);
+        END LOOP;
+    END LOOP;
+
+    -- 6. Move into softguard_quarantine under op<id>_<n>_<name>.
+    FOR r IN SELECT e.* FROM jsonb_to_recordset(moves) AS e(classid oid, objid oid,
+                  object_type text, object_identity text, original boolean, ord integer)
+             ORDER BY e.ord LOOP
+        IF r.classid = 'pg_class'::regclass THEN
+            SELECT c.relkind, c.relname, c.relnamespace INTO x FROM pg_class c WHERE c.oid = r.objid;
+            kw := CASE x.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                      WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END;
+            IF x.relkind = 'S' THEN
+                -- a sequence owned by a live table's column (DROP SEQUENCE ... CASCADE)
+                FOR own IN SELECT d.refobjid FROM pg_depend d
+                            WHERE d.classid = 'pg_class'::regclass AND d.objid = r.objid
+                              AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a' LOOP
+                    steps := steps || jsonb_build_array(jsonb_build_object(
+                        'step', 'seq_owned_by', 'seq', r.objid, 'table', own,
+                        'column', (SELECT a.attname FROM pg_depend d JOIN pg_attribute a
+                                     ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                                    WHERE d.classid = 'pg_class'::regclass AND d.objid = r.objid
+                                      AND d.refobjid = own AND d.deptype = 'a')));
+                    EXECUTE format('ALTER SEQUENCE %s OWNED BY NONE', r.objid::regclass);
+                END LOOP;
+            END IF;
+            -- Indexes, owned sequences, statistics go along; rename them so that the names
+            -- are free in the live schema and unique in quarantine.
+            FOR own, qn IN
+                SELECT i.indexrelid, ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 WHERE i.indrelid = r.objid
+                UNION ALL
+                SELECT d.objid, sc.relname FROM pg_depend d JOIN pg_class sc ON sc.oid = d.objid
+                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.refobjid = r.objid AND d.deptype IN ('a', 'i') AND sc.relkind = 'S'
+                ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || jsonb_build_array(jsonb_build_object(
+                    'step', 'rename', 'class', 'relation', 'oid', own, 'name', qn,
+                    'qname', softguard._qname(format('op%s_%s_', op_id, n), qn), 'parent', r.objid));
+                EXECUTE format('ALTER INDEX %s RENAME TO %I', own::regclass,
+                               softguard._qname(format('op%s_%s_', op_id, n), qn));
+            END LOOP;
+            FOR own, qn IN SELECT s.oid, s.stxname FROM pg_statistic_ext s
+                            WHERE s.stxrelid = r.objid ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, 'pg_statistic_ext'::regclass, own, false);
+            END LOOP;
+        END IF;
+        n := n + 1;
+        steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original);
+    END LOOP;
+
+    -- 7. The operation: objects (with where each went), estimates, the plan.
+    -- in the statement's order (PostgreSQL lists them in its deletion order)
+    SELECT string_agg(l.object_identity, ', '
+                      ORDER BY nullif(strpos(lower(stmt), lower(l.object_name)), 0) NULLS LAST,
+                               l.ord) INTO targets
+      FROM softguard._list(list) l WHERE l.original;
+    UPDATE softguard.operations o SET
+        restore = steps,
+        objects = (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'type', l.object_type, 'identity', l.object_identity,
+                       'schema', l.schema_name, 'name', l.object_name,
+                       'original', l.original, 'normal', l.normal,
+                       'classid', l.classid, 'objid', l.objid, 'objsubid', l.objsubid,
+                       'quarantined_as', CASE WHEN h.held_by IS NULL THEN
+                           (pg_identify_object(l.classid, l.objid, l.objsubid)).identity END,
+                       'held_by', h.held_by) ORDER BY l.ord), '[]')
+              FROM softguard._list(list) l,
+                   LATERAL (SELECT (held->>format('%s/%s/%s', l.classid, l.objid, l.objsubid))::bigint
+                                   AS held_by) h),
+        row_counts = jsonb_build_object('estimate', true, 'tables', (
+            SELECT coalesce(jsonb_object_agg(l.object_identity,
+                       CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END), '{}')
+              FROM softguard._list(list) l JOIN pg_class c ON c.oid = l.objid
+             WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
+               AND c.relkind IN ('r', 'm')
+               AND NOT held ? format('%s/%s/%s', l.classid, l.objid, l.objsubid)))
+     WHERE o.id = op_id;
+
+    RETURN softguard._op_notice(coalesce(ctx->>'action', 'DROP'), targets, op_id, expires);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._capture_rows() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    cap text := current_setting('softguard.capture', true);
+    ev text := lower(TG_OP);
+    events text[];
+    event text;                            -- what is recorded: ev, or 'soft_delete'
+    k text;
+    cur text;
+    op bigint;
+    op_kind text;
+    cid bigint;
+    n bigint;
+    ident text;
+    expires timestamptz;
+    first_word text;
+    sd text;
+    sdi jsonb;
+    shape record;
+    cols jsonb;
+    info jsonb;
+    stmt text;
+    obj jsonb;
+BEGIN
+    -- What this session captures: its registration, plus what its setting adds (G6). The
+    -- setting, written by the proxy at startup, is the fast path; a session whose setting
+    -- does not name the event asks its registration, which the client cannot change.
+    events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
+    IF NOT (ev = ANY (events)) THEN
+        events := softguard._session_capture(cap);
+        IF events = '{}' THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    k := (extract(epoch FROM statement_timestamp()) * 1000000)::bigint::text;
+    cur := current_setting('softguard.cur_op', true);
+    IF cur IS NOT NULL AND split_part(cur, '/', 1) = k THEN
+        -- only an operation this transaction opened (the setting is the session's to change)
+        SELECT o.id, o.kind INTO op, op_kind FROM softguard.operations o
+         WHERE split_part(cur, '/', 2) ~ '^[0-9]{1,18}$'
+           AND o.id = split_part(cur, '/', 2)::bigint AND o.txid = pg_current_xact_id()
+           AND o.state = 'active';
+    END IF;
+    ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+
+    IF ev = 'update' AND pg_trigger_depth() = 1 THEN
+        IF left(current_query(), 20) = '/*softguard:delete*/' THEN
+            PERFORM softguard._notice('DELETE', 'SGTAG');
+        END IF;
+        sd := current_setting('softguard.sd_' || TG_RELID::text, true);
+        IF sd IS NOT NULL AND sd <> '' THEN
+            -- A soft delete softguard rewrote: capture what it marked, nothing else.
+            PERFORM set_config('softguard.sd_' || TG_RELID::text, '', true);
+            sdi := sd::jsonb;
+            shape := softguard._sd_shape(TG_RELID, sdi);
+            IF shape.key IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('softguard: cannot soft-delete from %s: it has no primary key'
+                                     ' or unique NOT NULL key to find the rows by', ident);
+            END IF;
+            cid := nextval('softguard.captures_id_seq'::regclass);
+            EXECUTE shape.capture USING cid;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = 0 THEN
+                RETURN NULL;
+            END IF;
+            event := 'soft_delete';
+            cols := shape.columns;
+            info := (sdi - 'statement') || jsonb_build_object('key', to_jsonb(shape.key));
+            stmt := sdi->>'statement';
+        END IF;
+    END IF;
+
+    IF event IS NULL THEN
+        IF NOT (ev = ANY (events)) THEN
+            -- Not captured by this session, except what a DELETE changes on other tables
+            -- (ON DELETE SET NULL / SET DEFAULT): part of the DELETE's effect.
+            IF ev <> 'update' OR op IS NULL OR op_kind NOT IN ('DELETE', 'MERGE') THEN
+                RETURN NULL;
+            END IF;
+        END IF;
+        cid := nextval('softguard.captures_id_seq'::regclass);
+        INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n = 0 THEN
+            RETURN NULL;                   -- removed nothing: records nothing
+        END IF;
+        event := ev;
+        cols := softguard._columns(TG_RELID);
+    END IF;
+
+    obj := jsonb_build_object(
+        'type', 'table', 'identity', ident, 'schema', TG_TABLE_SCHEMA, 'name', TG_TABLE_NAME,
+        'original', op IS NULL, 'normal', true,
+        'classid', 'pg_class'::regclass::oid, 'objid', TG_RELID, 'objsubid', 0,
+        'event', event, 'rows', n, 'held_by', NULL);
+    IF op IS NULL THEN
+        -- the operation's first table: its ledger row is written once, complete
+        IF event = 'soft_delete' THEN
+            op_kind := coalesce(sdi->>'verb', 'DELETE');       -- DELETE, or MERGE
+        ELSE
+            first_word := upper(substring(current_query() FROM '^\s*([A-Za-z]+)'));
+            op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
+        END IF;
+        expires := now() + softguard._session_retention(
+            nullif(current_setting('softguard.retention', true), '')::integer);
+        INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                          client_addr, statement, kind, objects, row_counts,
+                                          restore)
+        VALUES (expires, session_user, softguard._client_role(),
+                current_setting('application_name', true),
+                softguard._session_client_addr(),
+                coalesce(stmt, current_query(), ''), op_kind, jsonb_build_array(obj),
+                jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
+                '[]')
+        RETURNING id INTO op;
+        PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
+        -- no row count: later statements of the same query string may join it
+        PERFORM softguard._notice(softguard._op_notice(
+            CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'
+                         ELSE 'UPDATE' END,
+            ident || CASE WHEN event = 'soft_delete'
+                          THEN format(' (soft delete: %s set)', quote_ident(sdi->>'column'))
+                          ELSE '' END,
+            op, expires));
+    ELSE
+        UPDATE softguard.operations o SET
+            -- a soft delete of another statement of the same query string: named too (a
+            -- statement's own tables fire one after the other: it is the last one named)
+            statement = CASE WHEN stmt IS NULL OR o.statement = stmt
+                               OR right(o.statement, length(stmt) + 2) = '; ' || stmt
+                             THEN o.statement ELSE o.statement || '; ' || stmt END,
+            objects = o.objects || jsonb_build_array(obj),
+            row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
+                to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))
+         WHERE o.id = op;
+    END IF;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns,
+                                    info)
+    VALUES (cid, op, TG_RELID, ident, event, n, cols, info);
+    RETURN NULL;
+END $$;
+
+
 
 
 -- ---------------------------------------------------------------------------------------

@@ -111,6 +111,7 @@ class State(Enum):
     TLS = auto()  # handshaking TLS with the client
     CONNECTING = auto()  # reaching the upstream
     AUTH = auto()  # relaying authentication until the first ReadyForQuery
+    REGISTERING = auto()  # registering the session in the ledger (decision 0012)
     READY = auto()  # relaying
     CLOSED = auto()
 
@@ -189,12 +190,16 @@ class SessionCore:
         self._startup = StartupReader()
         self._startup_packet = b""
         self._tls_done = False
-        self._cframer = Framer(
-            want=_CLIENT_WANT, allowed=FRONTEND_TYPES, max_want_length=config.max_inspect_bytes
-        )
+        self._cframer = self._client_framer()
         self._sframer = Framer(want=None, error_class=ServerProtocolError)
         self._early: list[bytes] = []
         self._early_size = 0
+        # The server's first ReadyForQuery, held while the session is registered; then
+        # whether the client's bytes are being held until it is (``_hold_client``).
+        self._first_ready = b""
+        self._holding = False
+        self._registration_sent = False
+        self._registration_error = ""
         self._paused_reasons: set[str] = set()
         self._client_bytes = 0
         self._stall_armed = False
@@ -228,8 +233,13 @@ class SessionCore:
     def client_data(self, data: bytes) -> None:
         """Bytes from the client. The hot path: once the session is up, relayed from here."""
         state = self.state
-        if state is not State.READY and state is not State.AUTH:
-            self._client_data_before_auth(data)
+        if state is not State.READY:
+            if state is State.AUTH and not self._holding:
+                self._client_auth_data(data)
+            elif state is State.AUTH or state is State.REGISTERING:
+                self._hold_client(data)
+            else:
+                self._client_data_before_auth(data)
             return
         self._client_bytes += len(data)
         try:
@@ -251,6 +261,8 @@ class SessionCore:
         if self.state is not State.READY:
             if self.state is State.AUTH:
                 self._server_startup_data(data)
+            elif self.state is State.REGISTERING:
+                self._server_registering_data(data)
             return
         out = self.to_client
         try:
@@ -331,7 +343,11 @@ class SessionCore:
         self._set_client_reading(paused=paused, reason="upstream-buffer")
 
     def ledger_known(self) -> None:
-        """The ledger check asked for by ``WaitLedger`` is done: relay what was held."""
+        """The ledger check asked for by ``WaitLedger`` is done: register the session (at
+        startup), or relay what was held."""
+        if self.state is State.REGISTERING and not self._registration_sent:
+            self._register()
+            return
         self._resume("ledger", resumed=True)
 
     def classified(self, result: Classification) -> None:
@@ -352,7 +368,13 @@ class SessionCore:
             self._set_client_reading(paused=False, reason=reason)
 
     def startup_timed_out(self) -> None:
-        if self.state in (State.STARTUP, State.TLS, State.CONNECTING, State.AUTH):
+        if self.state in (
+            State.STARTUP,
+            State.TLS,
+            State.CONNECTING,
+            State.AUTH,
+            State.REGISTERING,
+        ):
             self.controls.append(Refused("protocol"))
             self._send_fatal("08P01", "softguard: startup and authentication not completed in time")
 
@@ -510,7 +532,6 @@ class SessionCore:
         settings = {
             contract.CAPTURE_SETTING: ",".join(events) or "off",
             contract.RETENTION_SETTING: str(policy.retention_seconds(self.info)),
-            contract.CLIENT_ADDR_SETTING: self.peer.rpartition(":")[0] or self.peer,
         }
         return packet.with_settings(settings, reserved_prefix="softguard.")
 
@@ -524,6 +545,13 @@ class SessionCore:
         out = self.to_client
         for msg in msgs:
             mtype = msg.type
+            if mtype == _Z:
+                # Held: the client may not send anything before the session is registered.
+                self._first_ready = msg.raw
+                self.state = State.REGISTERING
+                self._registration_sent = False
+                self._register()
+                return
             if mtype == _R and auth_code(msg.body) == AUTH_SASL:
                 out(_message(_R, strip_scram_plus(msg.body)))
                 continue
@@ -537,21 +565,128 @@ class SessionCore:
                 self._server_fatal = True
             elif mtype == _PARAMETER_STATUS:
                 self._parameter_status(msg.body)
+        if self._closing_for_shutdown:
+            self._after_server_chunk()
+
+    # ------------------------------------------------------------------ registration
+
+    def _client_framer(self) -> Framer:
+        return Framer(
+            want=_CLIENT_WANT, allowed=FRONTEND_TYPES, max_want_length=self.config.max_inspect_bytes
+        )
+
+    def _client_auth_data(self, data: bytes) -> None:
+        """Authentication messages are relayed; a statement sent before the session is up
+        is held until it is registered (else the server would run it first, unprotected)."""
+        try:
+            buf, msgs, held = self._cframer.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(exc)
+            return
+        if not msgs:
+            _send_rest(self.to_server, buf, 0, held)
+            return
+        first = msgs[0]
+        if first.start > 0:
+            self.to_server(buf[: first.start])
+        rest = buf[first.start :] if first.start >= 0 else first.raw + buf[first.end :]
+        # A fresh framer reads the held bytes again once the session is ready.
+        self._cframer = self._client_framer()
+        self._holding = True
+        self._hold_client(rest)
+
+    def _hold_client(self, data: bytes) -> None:
+        self._holding = True
+        self._early.append(data)
+        self._early_size += len(data)
+        self._set_client_reading(paused=True, reason="registering")
+        if self._early_size > _MAX_EARLY_BYTES:
+            self._fail(
+                ClientProtocolError("client sent too much data before the session was ready")
+            )
+
+    def _register(self) -> None:
+        """Register the session in the ledger (decision 0012) once the ledger is known;
+        sessions of a database without a ledger go on unregistered (softguard refuses their
+        protected statements)."""
+        state = self.inputs.ledger.state(self.info.database)
+        if state is None:
+            self.controls.append(WaitLedger(self.info.database, self.info.user))
+            return
+        if state is not True:
+            self._session_ready()
+            return
+        policy = self.inputs.policy
+        query = contract.register_session_query(
+            ",".join(policy.captured_events(self.info)) or "off",
+            policy.retention_seconds(self.info),
+            self.peer.rpartition(":")[0] or self.peer,
+        )
+        self._registration_sent = True
+        self._registration_error = ""
+        self.to_server(_message(_Q, query + b"\0"))
+
+    def _server_registering_data(self, data: bytes) -> None:
+        """The registration's answers: read here, never shown to the client."""
+        try:
+            _, msgs, _ = self._sframer.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(exc)
+            return
+        for msg in msgs:
+            mtype = msg.type
+            if mtype == _E:
+                if _is_fatal(msg.body):
+                    self._server_fatal = True
+                    self.to_client(msg.raw)
+                    return
+                fields = parse_fields(msg.body)
+                self._registration_error = f"{fields.get('C', '')}: {fields.get('M', '')}"
+            elif mtype == _PARAMETER_STATUS:
+                self.to_client(msg.raw)
+                self._parameter_status(msg.body)
             elif mtype == _Z:
-                self.state = State.READY
-                self.controls.append(SetTimer(Timer.STARTUP, None))
-                self._sframer.set_want(_SERVER_WANT)
-                self.pending = 0
-                self._ready_for_query(msg.body)
-                self.controls.append(
-                    Observe(Measure.UPSTREAM_CONNECT, self._clock() - self._connect_started)
-                )
-                log.debug(
-                    "client %s: session ready user=%s db=%s",
-                    self.peer,
-                    self.info.user,
-                    self.info.database,
-                )
+                if self._registration_error:
+                    # Fail closed: an unregistered session could switch its capture off.
+                    log.error(
+                        "client %s: session not registered with the ledger of database %s: %s",
+                        self.peer,
+                        self.info.database,
+                        self._registration_error,
+                    )
+                    self.controls.append(Refused("ledger"))
+                    self._send_fatal(
+                        "55000",
+                        "softguard: cannot protect this session: registering it with the "
+                        f"ledger failed ({self._registration_error})",
+                    )
+                    return
+                self._session_ready()
+                return
+
+    def _session_ready(self) -> None:
+        """Hand the session to the client: the server's first ReadyForQuery, then what the
+        client sent meanwhile."""
+        self.state = State.READY
+        self.controls.append(SetTimer(Timer.STARTUP, None))
+        self._sframer.set_want(_SERVER_WANT)
+        self.pending = 0
+        first, self._first_ready = self._first_ready, b""
+        self.to_client(first)
+        self._ready_for_query(first[5:])
+        self.controls.append(
+            Observe(Measure.UPSTREAM_CONNECT, self._clock() - self._connect_started)
+        )
+        log.debug(
+            "client %s: session ready user=%s db=%s", self.peer, self.info.user, self.info.database
+        )
+        held, self._early, self._early_size = self._early, [], 0
+        self._holding = False
+        for chunk in held:
+            if self.state is not State.READY:
+                return
+            self.client_data(chunk)
+        self._set_client_reading(paused=False, reason="registering")
         if self._closing_for_shutdown:
             self._after_server_chunk()
 

@@ -36,30 +36,14 @@ CAPTURE_OFF = {
 }
 
 
-OFF_TODAY = pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1: set_config() under a name "
-    "the text check misses turns capture off; the DELETE runs "
-    "uncaptured, no operation, no NOTICE",
-)
-
-
 @pytest.mark.parametrize(
     "spelling",
-    [
-        pytest.param(k, marks=[] if k in ("upper", "select_from_pg_settings") else [OFF_TODAY])
-        for k in sorted(CAPTURE_OFF)
-    ],
+    [pytest.param(k) for k in sorted(CAPTURE_OFF)],
 )
 def test_capture_cannot_be_switched_off(arena: Arena, spelling: str) -> None:
     arena.attempt([CAPTURE_OFF[spelling], "DELETE FROM parent WHERE id = 2"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1: the setting's name travels as a bound "
-    "parameter, which the proxy never reads; capture goes off",
-)
 def test_capture_off_by_bound_parameter(arena: Arena) -> None:
     arena.attempt(
         [
@@ -69,11 +53,6 @@ def test_capture_off_by_bound_parameter(arena: Arena) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1: a prepared statement in a pipeline "
-    "switches capture off (the name is a parameter)",
-)
 def test_capture_off_in_pipeline(arena: Arena) -> None:
     before, last = arena.snapshot(), arena.last_op()
 
@@ -90,10 +69,6 @@ def test_capture_off_in_pipeline(arena: Arena) -> None:
     arena.verdict(before, last, out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1: asyncpg's prepared statement with the name as $1 switches capture off",
-)
 def test_capture_off_with_asyncpg(arena: Arena) -> None:
     asyncpg = pytest.importorskip("asyncpg")
     before, last = arena.snapshot(), arena.last_op()
@@ -131,27 +106,14 @@ def test_capture_off_from_role_default(arena: Arena) -> None:
     assert len(ops) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1: another role (DML grants only) turns capture off the same way",
-)
 def test_capture_off_by_other_role(arena: Arena) -> None:
     arena.attempt([CAPTURE_OFF["concat"], "DELETE FROM big WHERE id < 10"], who="other")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1: a superuser through the proxy turns capture off the same way",
-)
 def test_capture_off_by_superuser(arena: Arena) -> None:
     arena.attempt([CAPTURE_OFF["uident_set"], "DELETE FROM big WHERE id < 10"], who="super")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1: softguard.retention = 0 records the "
-    "operation already expired (purge then destroys it)",
-)
 @pytest.mark.parametrize("value", ["0", "-86400", "1"])
 def test_retention_cannot_be_shortened(arena: Arena, value: str) -> None:
     before, last = arena.snapshot(), arena.last_op()
@@ -167,11 +129,6 @@ def test_retention_cannot_be_shortened(arena: Arena, value: str) -> None:
     arena.verdict(before, last, out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1: softguard.cur_op attaches the new "
-    "rows to an operation already undone; they can never be undone",
-)
 def test_rows_cannot_join_an_undone_operation(arena: Arena) -> None:
     first = arena.last_op()
     arena.attack(["DELETE FROM big WHERE id = 1"])
@@ -187,11 +144,6 @@ def test_rows_cannot_join_an_undone_operation(arena: Arena) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1: softguard.client_addr set by the "
-    "client is recorded as the operation's address, unlabelled",
-)
 def test_client_address_cannot_be_chosen(arena: Arena) -> None:
     before, last = arena.snapshot(), arena.last_op()
     out = arena.attack(

@@ -50,6 +50,7 @@ _SHARED = {
     "NOTICE_MARKER": contract.NOTICE_MARKER,
     "BLOCKED_CODE": contract.BLOCKED_CODE,
     "BLOCKED_BY": contract.BLOCKED_BY,
+    "REGISTER_SESSION_FUNCTION": contract.REGISTER_SESSION_FUNCTION,
     **{f"setting {name}": name for name in contract.SETTINGS},
 }
 

@@ -47,6 +47,15 @@ SERVER_HELLO = (
     + msg(b"K", struct.pack("!I", 4242) + b"\1\2\3\4")
     + READY_IDLE
 )
+# The server's answers to the session's registration (BEGIN; SELECT ...; COMMIT).
+REGISTERED = (
+    complete("BEGIN")
+    + msg(b"T", b"\0\1register_session\0" + bytes(18))
+    + msg(b"D", b"\0\1\0\0\0\0")
+    + complete("SELECT 1")
+    + complete("COMMIT")
+    + READY_IDLE
+)
 
 
 @dataclass
@@ -121,6 +130,7 @@ def ready_core(
     core.client_data(STARTUP)
     core.upstream_connected()
     core.server_data(SERVER_HELLO)
+    core.server_data(REGISTERED)
     assert core.state is State.READY
     drain(core)
     return core, counter
@@ -156,13 +166,84 @@ def test_startup_connects_with_capture_settings_and_relays_auth() -> None:
     core.upstream_connected()
     out = drain(core)
     assert b"softguard.capture\0delete\0" in out.to_server
-    assert b"softguard.client_addr\x0010.0.0.7\0" in out.to_server
     assert out.controls == [cmd.ClientReading(paused=False)]
     core.server_data(SERVER_HELLO)
     out = drain(core)
-    assert out.to_client == SERVER_HELLO
+    # The first ReadyForQuery waits for the session's registration (decision 0012).
+    assert out.to_client == SERVER_HELLO[: -len(READY_IDLE)]
+    assert out.to_server == query(
+        "BEGIN READ WRITE; SELECT softguard.register_session('delete', 604800, '10.0.0.7'); COMMIT"
+    )
+    assert core.state is State.REGISTERING and core.cancel_key == (4242, b"\1\2\3\4")
+    core.server_data(REGISTERED)
+    out = drain(core)
+    assert out.to_client == READY_IDLE  # none of the registration's answers
     assert [type(c) for c in out.controls] == [cmd.SetTimer, cmd.Observe]
-    assert core.state is State.READY and core.cancel_key == (4242, b"\1\2\3\4")
+    assert core.state is State.READY
+
+
+def test_statements_sent_before_the_session_is_registered_wait_for_it() -> None:
+    core, _ = make_core()
+    core.client_data(STARTUP)
+    core.upstream_connected()
+    drain(core)
+    # A client that sends its statement with (or right after) its password: the server
+    # must not run it before the registration.
+    core.client_data(msg(b"p", b"secret\0") + query("DELETE FROM t"))
+    out = drain(core)
+    assert out.to_server == msg(b"p", b"secret\0")
+    assert cmd.ClientReading(paused=True) in out.controls
+    core.server_data(SERVER_HELLO)
+    core.client_data(query("SELECT 2"))
+    out = drain(core)
+    assert b"softguard.register_session(" in out.to_server
+    assert b"DELETE" not in out.to_server and b"SELECT 2" not in out.to_server
+    core.server_data(REGISTERED)
+    out = drain(core)
+    assert out.to_client == READY_IDLE
+    assert out.to_server == query("DELETE FROM t") + query("SELECT 2")
+    assert out.controls[-1] == cmd.ClientReading(paused=False)
+
+
+def test_failed_registration_refuses_the_session() -> None:
+    core, _ = make_core()
+    core.client_data(STARTUP)
+    core.upstream_connected()
+    core.server_data(SERVER_HELLO)
+    drain(core)
+    error = msg(b"E", b"SERROR\0C42501\0Mpermission denied\0\0")
+    core.server_data(complete("BEGIN") + error + complete("ROLLBACK") + READY_IDLE)
+    out = drain(core)
+    assert READY_IDLE not in out.to_client
+    assert fatal(out)["C"] == "55000" and "permission denied" in fatal(out)["M"]
+    assert cmd.Refused("ledger") in out.controls and core.state is State.CLOSED
+
+
+def test_registration_waits_for_the_ledger_check() -> None:
+    ledger = Ledger(ready=None)
+    core, _ = make_core(ledger)
+    core.client_data(STARTUP)
+    core.upstream_connected()
+    drain(core)
+    core.server_data(SERVER_HELLO)
+    out = drain(core)
+    assert out.controls == [cmd.WaitLedger("shop", "alice")] and out.to_server == b""
+    ledger.ready = True
+    core.ledger_known()
+    assert b"register_session" in drain(core).to_server
+    core.server_data(REGISTERED)
+    assert core.state is State.READY
+
+
+def test_database_without_a_ledger_is_not_registered() -> None:
+    core, _ = make_core(Ledger(ready="softguard: no ledger here"))
+    core.client_data(STARTUP)
+    core.upstream_connected()
+    drain(core)
+    core.server_data(SERVER_HELLO)
+    out = drain(core)
+    assert out.to_server == b"" and out.to_client.endswith(READY_IDLE)
+    assert core.state is State.READY
 
 
 def test_scram_plus_is_withdrawn_from_the_offer() -> None:
@@ -181,7 +262,11 @@ def test_client_bytes_during_connect_are_held_then_relayed() -> None:
     core.client_data(query("select 1")[3:])
     assert drain(core).to_server == b""
     core.upstream_connected()
-    assert drain(core).to_server.endswith(query("select 1"))
+    assert query("select 1") not in drain(core).to_server  # not before the registration
+    core.server_data(SERVER_HELLO)
+    drain(core)
+    core.server_data(REGISTERED)
+    assert drain(core).to_server == query("select 1")
 
 
 def test_ssl_request_answered_no_without_tls_and_yes_with() -> None:

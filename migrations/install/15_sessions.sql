@@ -1,0 +1,118 @@
+-- Which sessions are protected, decided by facts the client cannot change (threat model G6;
+-- docs/decisions/0012-registered-sessions.md).
+--
+-- The proxy registers every client session right after authentication, on the session's
+-- own connection, before the client can send anything:
+--     BEGIN READ WRITE; SELECT softguard.register_session(events, retention, addr); COMMIT;
+-- The row is keyed by the backend (pid and start time), which PostgreSQL sets and no
+-- client can change. What always holds:
+-- * A registration only adds protection: register_session merges (union of the captured
+--   events, greatest retention, first client address kept). No role but the installer may
+--   write softguard.sessions; nothing here removes or lowers the row of a live backend.
+-- * The database decides from the registration, the session setting may only add to it:
+--   captured events = registered ∪ softguard.capture; retention = greatest(registered,
+--   requested). A session that is not registered (a direct connection, softguard's own
+--   maintenance) is decided by its settings alone, as before version 3.
+-- * The client address recorded for an operation is the registered one (as the proxy saw
+--   the client), else the address PostgreSQL saw; never a value the session set.
+
+CREATE TABLE softguard.sessions (
+    pid                integer PRIMARY KEY,
+    backend_start      timestamptz NOT NULL,
+    capture            text[] NOT NULL,          -- captured events: {}, {delete}, {delete,update}
+    retention_seconds  integer NOT NULL CHECK (retention_seconds >= 0),
+    client_addr        text,                     -- the client's address, as the proxy saw it
+    registered_at      timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON softguard.sessions FROM PUBLIC;
+COMMENT ON TABLE softguard.sessions IS
+    'sessions the proxy registered: what the database captures for them (only ever added to)';
+
+-- This backend's start time: with its pid, what identifies a session (pids are reused).
+CREATE FUNCTION softguard._backend_start() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a
+$$;
+REVOKE ALL ON FUNCTION softguard._backend_start() FROM PUBLIC;
+
+-- Register (or add to) this session's protection. Callable by any role: it can only add.
+--   events     'delete', 'delete,update', '' or 'off'
+--   retention  seconds operations of this session are kept at least
+--   addr       the client's address as the proxy saw it
+CREATE FUNCTION softguard.register_session(events text, retention integer, addr text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wanted text[];
+    started timestamptz := softguard._backend_start();
+BEGIN
+    wanted := ARRAY(SELECT DISTINCT e
+                      FROM unnest(string_to_array(replace(lower(coalesce(events, '')), ' ', ''),
+                                                  ',')) e
+                     WHERE e NOT IN ('', 'off') ORDER BY 1);
+    IF NOT wanted <@ ARRAY['delete', 'update'] THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('softguard: unknown capture events %L', events),
+            HINT = 'Capture events are delete and update.';
+    END IF;
+    IF retention IS NULL OR retention < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('softguard: bad retention %s', coalesce(retention::text, 'NULL'));
+    END IF;
+    IF started IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = 'softguard: cannot identify this session (no backend start time)';
+    END IF;
+    -- Rows of sessions that have ended (or whose pid now belongs to another backend): the
+    -- table stays as large as the live registered sessions.
+    DELETE FROM softguard.sessions s
+     WHERE NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
+                        WHERE a.pid = s.pid AND a.backend_start = s.backend_start);
+    INSERT INTO softguard.sessions AS s (pid, backend_start, capture, retention_seconds,
+                                         client_addr)
+    VALUES (pg_backend_pid(), started, wanted, retention, nullif(addr, ''))
+    ON CONFLICT (pid) DO UPDATE SET
+        capture = ARRAY(SELECT DISTINCT e FROM unnest(s.capture || excluded.capture) e
+                         ORDER BY 1),
+        retention_seconds = greatest(s.retention_seconds, excluded.retention_seconds),
+        client_addr = coalesce(s.client_addr, excluded.client_addr);
+END $$;
+REVOKE ALL ON FUNCTION softguard.register_session(text, integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard.register_session(text, integer, text) TO PUBLIC;
+
+-- This session's registration (NULL when it is not registered).
+CREATE FUNCTION softguard._session() RETURNS softguard.sessions
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.* FROM softguard.sessions s
+     WHERE s.pid = pg_backend_pid() AND s.backend_start = softguard._backend_start()
+$$;
+REVOKE ALL ON FUNCTION softguard._session() FROM PUBLIC;
+
+-- The events captured for this session: the registered ones plus the setting's.
+CREATE FUNCTION softguard._session_capture(setting text) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT DISTINCT e
+                   FROM unnest(coalesce((softguard._session()).capture, '{}')
+                               || string_to_array(replace(lower(coalesce(setting, '')), ' ', ''),
+                                                  ',')) e
+                  WHERE e IN ('delete', 'update'))
+$$;
+REVOKE ALL ON FUNCTION softguard._session_capture(text) FROM PUBLIC;
+
+-- How long an operation of this session is kept: what it asked for (the proxy's ctx, or the
+-- setting), never less than its registration says; 7 days when nothing says.
+CREATE FUNCTION softguard._session_retention(requested integer) RETURNS interval
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT make_interval(secs => CASE
+        WHEN r.retention_seconds IS NULL THEN coalesce(requested, 604800)
+        ELSE greatest(r.retention_seconds, coalesce(requested, 0)) END)
+      FROM (SELECT (softguard._session()).retention_seconds) r
+$$;
+REVOKE ALL ON FUNCTION softguard._session_retention(integer) FROM PUBLIC;
+
+-- The client address an operation of this session records.
+CREATE FUNCTION softguard._session_client_addr() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((softguard._session()).client_addr, host(inet_client_addr()))
+$$;
+REVOKE ALL ON FUNCTION softguard._session_client_addr() FROM PUBLIC;
