@@ -30,6 +30,16 @@ PROBE_CODE = "SGPRB"
 #: capture trigger sees it in current_query() and raises TAG_CODE.
 TAG_MARKER = "/*softguard:delete*/"
 
+#: Leading comment of a rewritten Query: the client's text, hex-encoded, which the capture
+#: trigger records as the operation's statement (softguard._client_text). The proxy refuses
+#: client texts that begin with "/*softguard:" (softguard.sql.tamper).
+CLIENT_TEXT_MARKER = "/*softguard:text="
+
+
+def client_text_marker(original: bytes) -> str:
+    return f"{CLIENT_TEXT_MARKER}{original.hex()}*/"
+
+
 # -- settings ------------------------------------------------------------------------------
 
 #: Session defaults the proxy sets in the StartupMessage (``-c name=value``). They may only

@@ -13,7 +13,8 @@
 --   sessions pay the transition tables' bookkeeping and one function call per statement.
 -- * One operation per top-level client statement: captures are grouped by transaction and
 --   statement_timestamp() (a transaction-local setting softguard.cur_op remembers the open
---   operation). The ledger row of an operation is written once, complete, at the first
+--   operation), and a BEFORE STATEMENT trigger closes it when the next top-level DELETE or
+--   UPDATE begins (the statements of one Query message share their statement_timestamp()). The ledger row of an operation is written once, complete, at the first
 --   capture with at least one row, and its NOTICE is raised then (PostgreSQL fires the
 --   statement's own trigger first, then those of the cascaded tables, all at trigger
 --   depth 1).
@@ -22,6 +23,38 @@
 -- ---------------------------------------------------------------------------------------
 -- DELETE / UPDATE / MERGE (and soft delete): the statement-level trigger
 -- ---------------------------------------------------------------------------------------
+
+-- The BEFORE DELETE / UPDATE statement trigger, fired only outside triggers
+-- (pg_trigger_depth() = 0 in its WHEN: not for the DELETEs of a cascade or of a user's
+-- trigger, which belong to the statement that caused them): a new top-level statement
+-- starts a new operation.
+CREATE FUNCTION softguard._capture_statement() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('softguard.cur_op', '', true);
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_statement() FROM PUBLIC;
+
+-- The client's text of a query softguard rewrote: the proxy puts it, hex-encoded, in a
+-- leading comment (softguard.contract.CLIENT_TEXT_MARKER; the proxy refuses client texts
+-- that begin with it). Any other query is its own text.
+CREATE FUNCTION softguard._client_text(sent text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    close integer;
+BEGIN
+    IF left(sent, 17) <> '/*softguard:text=' THEN
+        RETURN sent;
+    END IF;
+    close := strpos(sent, '*/');
+    BEGIN
+        RETURN convert_from(decode(substr(sent, 18, close - 18), 'hex'), 'UTF8');
+    EXCEPTION WHEN OTHERS THEN
+        RETURN sent;   -- not ours after all: keep what ran
+    END;
+END $$;
+REVOKE ALL ON FUNCTION softguard._client_text(text) FROM PUBLIC;
 
 -- The statement-level AFTER DELETE / AFTER UPDATE trigger (transition table sg_old).
 CREATE FUNCTION softguard._capture_rows() RETURNS trigger
@@ -128,7 +161,8 @@ BEGIN
         IF event = 'soft_delete' THEN
             op_kind := coalesce(sdi->>'verb', 'DELETE');       -- DELETE, or MERGE
         ELSE
-            first_word := upper(substring(current_query() FROM '^\s*([A-Za-z]+)'));
+            first_word := upper(substring(softguard._client_text(current_query())
+                                          FROM '^\s*([A-Za-z]+)'));
             op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
         END IF;
         expires := now() + softguard._session_retention(
@@ -139,7 +173,8 @@ BEGIN
         VALUES (expires, session_user, softguard._client_role(),
                 current_setting('application_name', true),
                 softguard._session_client_addr(),
-                coalesce(stmt, current_query(), ''), op_kind, jsonb_build_array(obj),
+                coalesce(stmt, softguard._client_text(current_query()), ''), op_kind,
+                jsonb_build_array(obj),
                 jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
                 '[]')
         RETURNING id INTO op;
@@ -311,6 +346,12 @@ BEGIN
         EXECUTE format('CREATE TRIGGER zz_softguard_capture_truncate BEFORE TRUNCATE ON %s'
                        ' FOR EACH STATEMENT EXECUTE FUNCTION softguard._capture_truncate()',
                        rel::regclass);
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
+                    AND tgname = 'zz_softguard_capture_statement') THEN
+        EXECUTE format('CREATE TRIGGER zz_softguard_capture_statement BEFORE DELETE OR UPDATE'
+                       ' ON %s FOR EACH STATEMENT WHEN (pg_catalog.pg_trigger_depth() = 0)'
+                       ' EXECUTE FUNCTION softguard._capture_statement()', rel::regclass);
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard._install_capture(oid) FROM PUBLIC;

@@ -489,7 +489,8 @@ BEGIN
         IF event = 'soft_delete' THEN
             op_kind := coalesce(sdi->>'verb', 'DELETE');       -- DELETE, or MERGE
         ELSE
-            first_word := upper(substring(current_query() FROM '^\s*([A-Za-z]+)'));
+            first_word := upper(substring(softguard._client_text(current_query())
+                                          FROM '^\s*([A-Za-z]+)'));
             op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
         END IF;
         expires := now() + softguard._session_retention(
@@ -500,7 +501,8 @@ BEGIN
         VALUES (expires, session_user, softguard._client_role(),
                 current_setting('application_name', true),
                 softguard._session_client_addr(),
-                coalesce(stmt, current_query(), ''), op_kind, jsonb_build_array(obj),
+                coalesce(stmt, softguard._client_text(current_query()), ''), op_kind,
+                jsonb_build_array(obj),
                 jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
                 '[]')
         RETURNING id INTO op;
@@ -533,6 +535,67 @@ END $$;
 
 
 
+
+CREATE FUNCTION softguard._capture_statement() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('softguard.cur_op', '', true);
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_statement() FROM PUBLIC;
+
+CREATE FUNCTION softguard._client_text(sent text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    close integer;
+BEGIN
+    IF left(sent, 17) <> '/*softguard:text=' THEN
+        RETURN sent;
+    END IF;
+    close := strpos(sent, '*/');
+    BEGIN
+        RETURN convert_from(decode(substr(sent, 18, close - 18), 'hex'), 'UTF8');
+    EXCEPTION WHEN OTHERS THEN
+        RETURN sent;   -- not ours after all: keep what ran
+    END;
+END $$;
+REVOKE ALL ON FUNCTION softguard._client_text(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._install_capture(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT softguard._protected_table(rel) THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
+                    AND tgname = 'zz_softguard_capture_delete') THEN
+        EXECUTE format('CREATE TRIGGER zz_softguard_capture_delete AFTER DELETE ON %s'
+                       ' REFERENCING OLD TABLE AS sg_old FOR EACH STATEMENT'
+                       ' EXECUTE FUNCTION softguard._capture_rows()', rel::regclass);
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
+                    AND tgname = 'zz_softguard_capture_update') THEN
+        EXECUTE format('CREATE TRIGGER zz_softguard_capture_update AFTER UPDATE ON %s'
+                       ' REFERENCING OLD TABLE AS sg_old FOR EACH STATEMENT'
+                       ' EXECUTE FUNCTION softguard._capture_rows()', rel::regclass);
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
+                    AND tgname = 'zz_softguard_capture_truncate') THEN
+        EXECUTE format('CREATE TRIGGER zz_softguard_capture_truncate BEFORE TRUNCATE ON %s'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION softguard._capture_truncate()',
+                       rel::regclass);
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
+                    AND tgname = 'zz_softguard_capture_statement') THEN
+        EXECUTE format('CREATE TRIGGER zz_softguard_capture_statement BEFORE DELETE OR UPDATE'
+                       ' ON %s FOR EACH STATEMENT WHEN (pg_catalog.pg_trigger_depth() = 0)'
+                       ' EXECUTE FUNCTION softguard._capture_statement()', rel::regclass);
+    END IF;
+END $$;
+
+-- Tables that have the capture triggers get the statement trigger too.
+SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
+ ORDER BY c.oid;
 
 -- ---------------------------------------------------------------------------------------
 -- section: SECURITY DEFINER functions and ledger tables (G8)

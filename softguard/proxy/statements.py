@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from softguard.contract import client_text_marker
 from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, Decision, Policy, SessionInfo
 from softguard.sql import Kind
 from softguard.sql.rewrite import (
@@ -450,6 +451,11 @@ def _rebuild(
         plan = apply(text, replacements)
         new_text = plan.text
     if msg.type == _Q:
+        if plan is not None:
+            # The other statements of the text may capture rows: the capture trigger
+            # records the client's text from this comment, not softguard's rewrite.
+            plan = plan.prefixed(client_text_marker(text))
+            new_text = plan.text
         return _Rebuilt(message(b"Q", new_text + b"\0"), plan, retag)
     if retag:
         new_text = TAG_MARKER.encode() + new_text

@@ -29,8 +29,8 @@ def mentions_softguard(sql: bytes) -> bool:
     lowered = sql.lower()
     if b"softguard" not in lowered:
         return False
-    if _TAG_MARKER in lowered:
-        return True  # only softguard may mark a statement's tag for rewriting
+    if _TAG_MARKER in lowered or lowered.lstrip().startswith(b"/*softguard:"):
+        return True  # only softguard may mark a statement's tag or its client text
     text = sql.decode("utf-8", "replace")
     try:
         tree = load_json(parse_sql_json(text))

@@ -55,7 +55,9 @@ def test_harmless_text_is_the_shared_safe_answer() -> None:
 def test_drop_becomes_a_procedure_call_and_is_named_for_the_log() -> None:
     planned = plan_message(inputs(), SESSION, query("select 1; drop table t"))
     assert isinstance(planned, Planned)
-    assert sent_text(planned).startswith("select 1; CALL softguard.drop_op($")
+    # The client's text travels ahead of the rewrite, for the ledger (decision 0012).
+    marker = "/*softguard:text=" + b"select 1; drop table t".hex() + "*/"
+    assert sent_text(planned).startswith(marker + "select 1; CALL softguard.drop_op($")
     assert (planned.kind, planned.action) == ("destructive", "protect")
     assert planned.protected == (("drop", "drop table t"),)
     assert planned.plan is not None and planned.plan.original_position(1) == 1
@@ -85,6 +87,14 @@ def test_denied_statement_is_refused_with_42501() -> None:
     assert isinstance(planned, Planned) and planned.action == "deny"
     assert "ERRCODE = '42501'" in sent_text(planned)
     assert planned.protected == ()
+
+
+@pytest.mark.parametrize(
+    "text", ["/*softguard:text=41*/ delete from t", "  /*SOFTGUARD:x*/ select 1"]
+)
+def test_client_text_marker_from_a_client_is_refused(text: str) -> None:
+    planned = plan_message(inputs(), SESSION, query(text))
+    assert isinstance(planned, Planned) and "ERRCODE = '42501'" in sent_text(planned)
 
 
 def test_naming_softguards_schemas_is_refused_whatever_the_policy() -> None:
@@ -129,7 +139,7 @@ def test_soft_delete_rewrites_and_retags() -> None:
     ledger = FixedLedger(tables=tables, soft_delete_rules=("customers",))
     planned = plan_message(inputs(ledger), SESSION, query("select 1; delete from customers"))
     assert isinstance(planned, Planned)
-    assert sent_text(planned).startswith("select 1; UPDATE customers SET deleted_at")
+    assert sent_text(planned).split("*/", 1)[1].startswith("select 1; UPDATE customers SET")
     assert planned.retag == frozenset({1})
     parsed = plan_message(inputs(ledger), SESSION, parse("", "delete from customers"))
     assert isinstance(parsed, Planned)
