@@ -65,15 +65,16 @@ CREATE FUNCTION softguard._op_begin(stmt text, ctx jsonb, kind text) RETURNS big
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     op bigint;
+    reg softguard.sessions := softguard._session(true);
 BEGIN
     IF kind NOT IN ('TRUNCATE', 'ALTER TABLE') THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'softguard: bad operation kind';
     END IF;
     INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
                                       client_addr, statement, kind, objects, row_counts, restore)
-    VALUES (now() + softguard._session_retention((ctx->>'retention_seconds')::integer),
+    VALUES (now() + softguard._retention(reg, (ctx->>'retention_seconds')::integer),
             session_user, softguard._client_role(), current_setting('application_name', true),
-            softguard._session_client_addr(), stmt, kind, '[]',
+            softguard._client_addr(reg), stmt, kind, '[]',
             jsonb_build_object('estimate', false, 'tables', '{}'::jsonb), '[]')
     RETURNING id INTO op;
     RETURN op;

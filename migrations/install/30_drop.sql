@@ -58,6 +58,7 @@ DECLARE
     targets text;
     is_super boolean;
     held jsonb;             -- 'classid/objid/objsubid' -> the earlier operation holding it
+    reg softguard.sessions := softguard._session(true);
 BEGIN
     SELECT rolsuper INTO is_super FROM pg_roles WHERE rolname = session_user;
 
@@ -92,11 +93,11 @@ BEGIN
             MESSAGE = 'softguard: the object list does not match what the statement drops';
     END IF;
 
-    expires := now() + softguard._session_retention((ctx->>'retention_seconds')::integer);
+    expires := now() + softguard._retention(reg, (ctx->>'retention_seconds')::integer);
     INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
                                       client_addr, statement, kind, objects, restore)
     VALUES (expires, session_user, invoker, current_setting('application_name', true),
-            softguard._session_client_addr(), stmt,
+            softguard._client_addr(reg), stmt,
             coalesce(ctx->>'action', 'DROP'), '[]', '[]')
     RETURNING id INTO op_id;
 

@@ -66,6 +66,7 @@ DECLARE
     cap text := current_setting('softguard.capture', true);
     ev text := lower(TG_OP);
     events text[];
+    reg softguard.sessions;
     event text;                            -- what is recorded: ev, or 'soft_delete'
     k text;
     cur text;
@@ -89,8 +90,10 @@ BEGIN
     -- does not name the event asks its registration, which the client cannot change.
     events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
     IF NOT (ev = ANY (events)) THEN
-        events := softguard._session_capture(cap);
-        IF events = '{}' THEN
+        -- softguard._session(false), inlined: this runs for every uncaptured UPDATE
+        events := events || coalesce((SELECT s.capture FROM softguard.sessions s
+                                       WHERE s.pid = pg_backend_pid()), '{}');
+        IF NOT (events && ARRAY['delete', 'update']) THEN
             RETURN NULL;
         END IF;
     END IF;
@@ -165,14 +168,15 @@ BEGIN
                                           FROM '^\s*([A-Za-z]+)'));
             op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
         END IF;
-        expires := now() + softguard._session_retention(
-            nullif(current_setting('softguard.retention', true), '')::integer);
+        reg := softguard._session(true);
+        expires := now() + softguard._retention(
+            reg, nullif(current_setting('softguard.retention', true), '')::integer);
         INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
                                           client_addr, statement, kind, objects, row_counts,
                                           restore)
         VALUES (expires, session_user, softguard._client_role(),
                 current_setting('application_name', true),
-                softguard._session_client_addr(),
+                softguard._client_addr(reg),
                 coalesce(stmt, softguard._client_text(current_query()), ''), op_kind,
                 jsonb_build_array(obj),
                 jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),

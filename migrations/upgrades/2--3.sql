@@ -21,7 +21,7 @@ COMMENT ON TABLE softguard.sessions IS
 
 -- This backend's start time: with its pid, what identifies a session (pids are reused).
 CREATE FUNCTION softguard._backend_start() RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE AS $$
     SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a
 $$;
 REVOKE ALL ON FUNCTION softguard._backend_start() FROM PUBLIC;
@@ -71,56 +71,60 @@ END $$;
 REVOKE ALL ON FUNCTION softguard.register_session(text, integer, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard.register_session(text, integer, text) TO PUBLIC;
 
--- This session's registration (NULL when it is not registered).
-CREATE FUNCTION softguard._session() RETURNS softguard.sessions
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT s.* FROM softguard.sessions s
-     WHERE s.pid = pg_backend_pid() AND s.backend_start = softguard._backend_start()
-$$;
-REVOKE ALL ON FUNCTION softguard._session() FROM PUBLIC;
+-- This session's registration (all fields NULL when it is not registered). plpgsql: its
+-- plans are kept for the session.
+--   verify  also check the backend's start time (reading it costs a snapshot of every
+--           backend's status): without it, a backend that reuses the pid of an ended
+--           registered one, before the next registration removes that row, passes for
+--           registered: more protection than asked, never less. Operations' retention
+--           and address are read verified.
+CREATE FUNCTION softguard._session(verify boolean) RETURNS softguard.sessions
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r softguard.sessions;
+BEGIN
+    SELECT * INTO r FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    IF FOUND AND verify AND r.backend_start IS DISTINCT FROM softguard._backend_start() THEN
+        r := NULL;
+    END IF;
+    RETURN r;
+END $$;
+REVOKE ALL ON FUNCTION softguard._session(boolean) FROM PUBLIC;
 
--- The events captured for this session: the registered ones plus the setting's.
-CREATE FUNCTION softguard._session_capture(setting text) RETURNS text[]
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY(SELECT DISTINCT e
-                   FROM unnest(coalesce((softguard._session()).capture, '{}')
-                               || string_to_array(replace(lower(coalesce(setting, '')), ' ', ''),
-                                                  ',')) e
-                  WHERE e IN ('delete', 'update'))
+-- How long an operation of a session (``reg``: its registration) is kept: what it asked
+-- for (the proxy's ctx, or the setting), never less than its registration says; 7 days
+-- when nothing says. Plain SQL, inlined where it is used.
+CREATE FUNCTION softguard._retention(reg softguard.sessions, requested integer)
+RETURNS interval
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT pg_catalog.make_interval(secs => CASE
+        WHEN reg.pid IS NULL THEN coalesce(requested, 604800)
+        ELSE greatest(reg.retention_seconds, coalesce(requested, 0)) END)
 $$;
-REVOKE ALL ON FUNCTION softguard._session_capture(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._retention(softguard.sessions, integer) FROM PUBLIC;
 
--- How long an operation of this session is kept: what it asked for (the proxy's ctx, or the
--- setting), never less than its registration says; 7 days when nothing says.
-CREATE FUNCTION softguard._session_retention(requested integer) RETURNS interval
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT make_interval(secs => CASE
-        WHEN r.retention_seconds IS NULL THEN coalesce(requested, 604800)
-        ELSE greatest(r.retention_seconds, coalesce(requested, 0)) END)
-      FROM (SELECT (softguard._session()).retention_seconds) r
+-- The client address an operation of a session records: the registered one, else the
+-- address PostgreSQL saw.
+CREATE FUNCTION softguard._client_addr(reg softguard.sessions) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(reg.client_addr, pg_catalog.host(pg_catalog.inet_client_addr()))
 $$;
-REVOKE ALL ON FUNCTION softguard._session_retention(integer) FROM PUBLIC;
-
--- The client address an operation of this session records.
-CREATE FUNCTION softguard._session_client_addr() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((softguard._session()).client_addr, host(inet_client_addr()))
-$$;
-REVOKE ALL ON FUNCTION softguard._session_client_addr() FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._client_addr(softguard.sessions) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION softguard._op_begin(stmt text, ctx jsonb, kind text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     op bigint;
+    reg softguard.sessions := softguard._session(true);
 BEGIN
     IF kind NOT IN ('TRUNCATE', 'ALTER TABLE') THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'softguard: bad operation kind';
     END IF;
     INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
                                       client_addr, statement, kind, objects, row_counts, restore)
-    VALUES (now() + softguard._session_retention((ctx->>'retention_seconds')::integer),
+    VALUES (now() + softguard._retention(reg, (ctx->>'retention_seconds')::integer),
             session_user, softguard._client_role(), current_setting('application_name', true),
-            softguard._session_client_addr(), stmt, kind, '[]',
+            softguard._client_addr(reg), stmt, kind, '[]',
             jsonb_build_object('estimate', false, 'tables', '{}'::jsonb), '[]')
     RETURNING id INTO op;
     RETURN op;
@@ -147,6 +151,7 @@ DECLARE
     targets text;
     is_super boolean;
     held jsonb;             -- 'classid/objid/objsubid' -> the earlier operation holding it
+    reg softguard.sessions := softguard._session(true);
 BEGIN
     SELECT rolsuper INTO is_super FROM pg_roles WHERE rolname = session_user;
 
@@ -181,11 +186,11 @@ BEGIN
             MESSAGE = 'softguard: the object list does not match what the statement drops';
     END IF;
 
-    expires := now() + softguard._session_retention((ctx->>'retention_seconds')::integer);
+    expires := now() + softguard._retention(reg, (ctx->>'retention_seconds')::integer);
     INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
                                       client_addr, statement, kind, objects, restore)
     VALUES (expires, session_user, invoker, current_setting('application_name', true),
-            softguard._session_client_addr(), stmt,
+            softguard._client_addr(reg), stmt,
             coalesce(ctx->>'action', 'DROP'), '[]', '[]')
     RETURNING id INTO op_id;
 
@@ -385,6 +390,31 @@ BEGIN
     RETURN softguard._op_notice(coalesce(ctx->>'action', 'DROP'), targets, op_id, expires);
 END $$;
 
+CREATE FUNCTION softguard._capture_statement() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('softguard.cur_op', '', true);
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_statement() FROM PUBLIC;
+
+CREATE FUNCTION softguard._client_text(sent text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    close integer;
+BEGIN
+    IF left(sent, 17) <> '/*softguard:text=' THEN
+        RETURN sent;
+    END IF;
+    close := strpos(sent, '*/');
+    BEGIN
+        RETURN convert_from(decode(substr(sent, 18, close - 18), 'hex'), 'UTF8');
+    EXCEPTION WHEN OTHERS THEN
+        RETURN sent;   -- not ours after all: keep what ran
+    END;
+END $$;
+REVOKE ALL ON FUNCTION softguard._client_text(text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION softguard._capture_rows() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- rows travel as text: written and read back in fixed formats, whatever the session's
@@ -394,6 +424,7 @@ DECLARE
     cap text := current_setting('softguard.capture', true);
     ev text := lower(TG_OP);
     events text[];
+    reg softguard.sessions;
     event text;                            -- what is recorded: ev, or 'soft_delete'
     k text;
     cur text;
@@ -417,8 +448,10 @@ BEGIN
     -- does not name the event asks its registration, which the client cannot change.
     events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
     IF NOT (ev = ANY (events)) THEN
-        events := softguard._session_capture(cap);
-        IF events = '{}' THEN
+        -- softguard._session(false), inlined: this runs for every uncaptured UPDATE
+        events := events || coalesce((SELECT s.capture FROM softguard.sessions s
+                                       WHERE s.pid = pg_backend_pid()), '{}');
+        IF NOT (events && ARRAY['delete', 'update']) THEN
             RETURN NULL;
         END IF;
     END IF;
@@ -493,14 +526,15 @@ BEGIN
                                           FROM '^\s*([A-Za-z]+)'));
             op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
         END IF;
-        expires := now() + softguard._session_retention(
-            nullif(current_setting('softguard.retention', true), '')::integer);
+        reg := softguard._session(true);
+        expires := now() + softguard._retention(
+            reg, nullif(current_setting('softguard.retention', true), '')::integer);
         INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
                                           client_addr, statement, kind, objects, row_counts,
                                           restore)
         VALUES (expires, session_user, softguard._client_role(),
                 current_setting('application_name', true),
-                softguard._session_client_addr(),
+                softguard._client_addr(reg),
                 coalesce(stmt, softguard._client_text(current_query()), ''), op_kind,
                 jsonb_build_array(obj),
                 jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
@@ -532,34 +566,6 @@ BEGIN
     VALUES (cid, op, TG_RELID, ident, event, n, cols, info);
     RETURN NULL;
 END $$;
-
-
-
-
-CREATE FUNCTION softguard._capture_statement() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_catalog.set_config('softguard.cur_op', '', true);
-    RETURN NULL;
-END $$;
-REVOKE ALL ON FUNCTION softguard._capture_statement() FROM PUBLIC;
-
-CREATE FUNCTION softguard._client_text(sent text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    close integer;
-BEGIN
-    IF left(sent, 17) <> '/*softguard:text=' THEN
-        RETURN sent;
-    END IF;
-    close := strpos(sent, '*/');
-    BEGIN
-        RETURN convert_from(decode(substr(sent, 18, close - 18), 'hex'), 'UTF8');
-    EXCEPTION WHEN OTHERS THEN
-        RETURN sent;   -- not ours after all: keep what ran
-    END;
-END $$;
-REVOKE ALL ON FUNCTION softguard._client_text(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION softguard._install_capture(rel oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

@@ -30,7 +30,7 @@ COMMENT ON TABLE softguard.sessions IS
 
 -- This backend's start time: with its pid, what identifies a session (pids are reused).
 CREATE FUNCTION softguard._backend_start() RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE AS $$
     SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a
 $$;
 REVOKE ALL ON FUNCTION softguard._backend_start() FROM PUBLIC;
@@ -80,39 +80,42 @@ END $$;
 REVOKE ALL ON FUNCTION softguard.register_session(text, integer, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard.register_session(text, integer, text) TO PUBLIC;
 
--- This session's registration (NULL when it is not registered).
-CREATE FUNCTION softguard._session() RETURNS softguard.sessions
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT s.* FROM softguard.sessions s
-     WHERE s.pid = pg_backend_pid() AND s.backend_start = softguard._backend_start()
-$$;
-REVOKE ALL ON FUNCTION softguard._session() FROM PUBLIC;
+-- This session's registration (all fields NULL when it is not registered). plpgsql: its
+-- plans are kept for the session.
+--   verify  also check the backend's start time (reading it costs a snapshot of every
+--           backend's status): without it, a backend that reuses the pid of an ended
+--           registered one, before the next registration removes that row, passes for
+--           registered: more protection than asked, never less. Operations' retention
+--           and address are read verified.
+CREATE FUNCTION softguard._session(verify boolean) RETURNS softguard.sessions
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r softguard.sessions;
+BEGIN
+    SELECT * INTO r FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    IF FOUND AND verify AND r.backend_start IS DISTINCT FROM softguard._backend_start() THEN
+        r := NULL;
+    END IF;
+    RETURN r;
+END $$;
+REVOKE ALL ON FUNCTION softguard._session(boolean) FROM PUBLIC;
 
--- The events captured for this session: the registered ones plus the setting's.
-CREATE FUNCTION softguard._session_capture(setting text) RETURNS text[]
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY(SELECT DISTINCT e
-                   FROM unnest(coalesce((softguard._session()).capture, '{}')
-                               || string_to_array(replace(lower(coalesce(setting, '')), ' ', ''),
-                                                  ',')) e
-                  WHERE e IN ('delete', 'update'))
+-- How long an operation of a session (``reg``: its registration) is kept: what it asked
+-- for (the proxy's ctx, or the setting), never less than its registration says; 7 days
+-- when nothing says. Plain SQL, inlined where it is used.
+CREATE FUNCTION softguard._retention(reg softguard.sessions, requested integer)
+RETURNS interval
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT pg_catalog.make_interval(secs => CASE
+        WHEN reg.pid IS NULL THEN coalesce(requested, 604800)
+        ELSE greatest(reg.retention_seconds, coalesce(requested, 0)) END)
 $$;
-REVOKE ALL ON FUNCTION softguard._session_capture(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._retention(softguard.sessions, integer) FROM PUBLIC;
 
--- How long an operation of this session is kept: what it asked for (the proxy's ctx, or the
--- setting), never less than its registration says; 7 days when nothing says.
-CREATE FUNCTION softguard._session_retention(requested integer) RETURNS interval
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT make_interval(secs => CASE
-        WHEN r.retention_seconds IS NULL THEN coalesce(requested, 604800)
-        ELSE greatest(r.retention_seconds, coalesce(requested, 0)) END)
-      FROM (SELECT (softguard._session()).retention_seconds) r
+-- The client address an operation of a session records: the registered one, else the
+-- address PostgreSQL saw.
+CREATE FUNCTION softguard._client_addr(reg softguard.sessions) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(reg.client_addr, pg_catalog.host(pg_catalog.inet_client_addr()))
 $$;
-REVOKE ALL ON FUNCTION softguard._session_retention(integer) FROM PUBLIC;
-
--- The client address an operation of this session records.
-CREATE FUNCTION softguard._session_client_addr() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((softguard._session()).client_addr, host(inet_client_addr()))
-$$;
-REVOKE ALL ON FUNCTION softguard._session_client_addr() FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._client_addr(softguard.sessions) FROM PUBLIC;
