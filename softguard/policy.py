@@ -217,6 +217,14 @@ class Policy:
         """Which row changes the database should capture for this session."""
         return [c for c in ("delete", "update") if self.verdict(c, session) == "protect"]
 
+    def registered_categories(self, session: SessionInfo) -> list[str]:
+        """What the session's registration tells the database (decision 0012): the row
+        changes to capture, and the categories whose forms the proxy cannot read (in a DO
+        block, a function) the database's backstop refuses - those this session may not
+        run as they are, protected or denied."""
+        kept = [c for c in ("drop", "truncate", "alter") if self.verdict(c, session) != "allow"]
+        return self.captured_events(session) + kept
+
     def verdict(self, category: str, session: SessionInfo) -> Verdict:
         for rule in self.config.rules:
             value = getattr(rule, category)

@@ -19,7 +19,7 @@
 CREATE TABLE softguard.sessions (
     pid                integer PRIMARY KEY,
     backend_start      timestamptz NOT NULL,
-    capture            text[] NOT NULL,          -- captured events: {}, {delete}, {delete,update}
+    capture            text[] NOT NULL,          -- protected categories: {delete,drop,...}
     retention_seconds  integer NOT NULL CHECK (retention_seconds >= 0),
     client_addr        text,                     -- the client's address, as the proxy saw it
     registered_at      timestamptz NOT NULL DEFAULT now()
@@ -36,7 +36,9 @@ $$;
 REVOKE ALL ON FUNCTION softguard._backend_start() FROM PUBLIC;
 
 -- Register (or add to) this session's protection. Callable by any role: it can only add.
---   events     'delete', 'delete,update', '' or 'off'
+--   events     the protected categories, comma-separated: 'delete' and 'update' are
+--              captured; 'drop', 'truncate', 'alter' arm the backstop (85_backstop.sql)
+--              against their forms the proxy cannot read; '' or 'off': none
 --   retention  seconds operations of this session are kept at least
 --   addr       the client's address as the proxy saw it
 CREATE FUNCTION softguard.register_session(events text, retention integer, addr text)
@@ -50,10 +52,10 @@ BEGIN
                       FROM unnest(string_to_array(replace(lower(coalesce(events, '')), ' ', ''),
                                                   ',')) e
                      WHERE e NOT IN ('', 'off') ORDER BY 1);
-    IF NOT wanted <@ ARRAY['delete', 'update'] THEN
+    IF NOT wanted <@ ARRAY['delete', 'update', 'drop', 'truncate', 'alter'] THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('softguard: unknown capture events %L', events),
-            HINT = 'Capture events are delete and update.';
+            MESSAGE = format('softguard: unknown protected categories %L', events),
+            HINT = 'Categories are delete, update, drop, truncate and alter.';
     END IF;
     IF retention IS NULL OR retention < 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',

@@ -232,13 +232,12 @@ DECLARE
     s record;
     st record;
 BEGIN
-    IF op IS NULL THEN
-        RETURN NULL;
-    END IF;
-    -- only the operation truncate_op opened in this transaction
+    -- only the operation truncate_op opened in this transaction; any other TRUNCATE of a
+    -- protected session is refused (85_backstop.sql)
     PERFORM FROM softguard.operations o
       WHERE o.id = op AND o.kind = 'TRUNCATE' AND o.txid = pg_current_xact_id();
     IF NOT FOUND THEN
+        PERFORM softguard._backstop_truncate(TG_RELID::regclass);
         RETURN NULL;
     END IF;
     ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);

@@ -39,6 +39,7 @@ BEGIN
                     HINT = 'Quarantined objects leave through softguard undo or softguard purge.';
             END IF;
         END IF;
+        PERFORM softguard._backstop_drop();
         RETURN;
     END IF;
     SELECT coalesce(json_agg(json_build_object(

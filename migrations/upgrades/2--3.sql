@@ -10,7 +10,7 @@
 CREATE TABLE softguard.sessions (
     pid                integer PRIMARY KEY,
     backend_start      timestamptz NOT NULL,
-    capture            text[] NOT NULL,          -- captured events: {}, {delete}, {delete,update}
+    capture            text[] NOT NULL,          -- protected categories: {delete,drop,...}
     retention_seconds  integer NOT NULL CHECK (retention_seconds >= 0),
     client_addr        text,                     -- the client's address, as the proxy saw it
     registered_at      timestamptz NOT NULL DEFAULT now()
@@ -27,7 +27,9 @@ $$;
 REVOKE ALL ON FUNCTION softguard._backend_start() FROM PUBLIC;
 
 -- Register (or add to) this session's protection. Callable by any role: it can only add.
---   events     'delete', 'delete,update', '' or 'off'
+--   events     the protected categories, comma-separated: 'delete' and 'update' are
+--              captured; 'drop', 'truncate', 'alter' arm the backstop (85_backstop.sql)
+--              against their forms the proxy cannot read; '' or 'off': none
 --   retention  seconds operations of this session are kept at least
 --   addr       the client's address as the proxy saw it
 CREATE FUNCTION softguard.register_session(events text, retention integer, addr text)
@@ -41,10 +43,10 @@ BEGIN
                       FROM unnest(string_to_array(replace(lower(coalesce(events, '')), ' ', ''),
                                                   ',')) e
                      WHERE e NOT IN ('', 'off') ORDER BY 1);
-    IF NOT wanted <@ ARRAY['delete', 'update'] THEN
+    IF NOT wanted <@ ARRAY['delete', 'update', 'drop', 'truncate', 'alter'] THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('softguard: unknown capture events %L', events),
-            HINT = 'Capture events are delete and update.';
+            MESSAGE = format('softguard: unknown protected categories %L', events),
+            HINT = 'Categories are delete, update, drop, truncate and alter.';
     END IF;
     IF retention IS NULL OR retention < 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -597,6 +599,145 @@ BEGIN
                        ' ON %s FOR EACH STATEMENT WHEN (pg_catalog.pg_trigger_depth() = 0)'
                        ' EXECUTE FUNCTION softguard._capture_statement()', rel::regclass);
     END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._capture_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    op bigint := nullif(current_setting('softguard.truncate_op', true), '')::bigint;
+    cid bigint;
+    n bigint;
+    ident text;
+    s record;
+    st record;
+BEGIN
+    -- only the operation truncate_op opened in this transaction; any other TRUNCATE of a
+    -- protected session is refused (85_backstop.sql)
+    PERFORM FROM softguard.operations o
+      WHERE o.id = op AND o.kind = 'TRUNCATE' AND o.txid = pg_current_xact_id();
+    IF NOT FOUND THEN
+        PERFORM softguard._backstop_truncate(TG_RELID::regclass);
+        RETURN NULL;
+    END IF;
+    ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                   ' SELECT %s, t::text FROM ONLY %s t', cid, TG_RELID::regclass);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns)
+    VALUES (cid, op, TG_RELID, ident, 'truncate', n, softguard._columns(TG_RELID));
+    FOR s IN SELECT DISTINCT d.objid AS seq FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+              WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                AND d.refobjid = TG_RELID AND d.deptype IN ('a', 'i') AND c.relkind = 'S' LOOP
+        EXECUTE format('SELECT last_value, is_called FROM %s', s.seq::regclass) INTO st;
+        INSERT INTO softguard.captures (op_id, relid, table_identity, event, info)
+        VALUES (op, TG_RELID, ident, 'sequence', jsonb_build_object(
+            'seq', s.seq, 'name', s.seq::regclass::text, 'last_value', st.last_value,
+            'is_called', st.is_called));
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+-- Refuse, naming what was about to be destroyed.
+CREATE FUNCTION softguard._backstop_refuse(what text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '0A000',
+        MESSAGE = format('softguard: %s cannot be made reversible here', what),
+        DETAIL = 'softguard keeps what a DROP, TRUNCATE or DROP COLUMN destroys only when the '
+                 'statement comes through softguard on its own, not from a function, procedure, '
+                 'trigger or DO block, nor as the cascade of a statement it does not rewrite.',
+        HINT = 'Run the DROP, TRUNCATE or ALTER TABLE ... DROP COLUMN as its own statement.';
+END $$;
+REVOKE ALL ON FUNCTION softguard._backstop_refuse(text) FROM PUBLIC;
+
+-- sql_drop, outside the probe: objects a DROP by a protected session removed.
+CREATE FUNCTION softguard._backstop_drop() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    events text[] := (softguard._session(false)).capture;
+    d record;
+    stack text;
+BEGIN
+    IF events IS NULL OR NOT (events && ARRAY['drop', 'alter']) THEN
+        RETURN;
+    END IF;
+    -- Members of a dropped extension go with it (no normal dependency): not data.
+    FOR d IN SELECT * FROM pg_event_trigger_dropped_objects() o
+              WHERE NOT o.is_temporary AND (o.original OR o.normal) LOOP
+        IF d.object_type IN ('table', 'materialized view', 'schema', 'sequence', 'view',
+                             'function', 'procedure', 'type', 'domain')
+           AND 'drop' = ANY (events) THEN
+            PERFORM softguard._backstop_refuse(format('DROP %s %s', upper(d.object_type),
+                                                      d.object_identity));
+        END IF;
+        IF d.object_type = 'table column' AND 'alter' = ANY (events) THEN
+            -- alter_op captured every column its statement drops before running it (it
+            -- probes that very statement); a column dropped anywhere else is lost.
+            GET DIAGNOSTICS stack = PG_CONTEXT;
+            IF stack !~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb\) line [0-9]+ at EXECUTE' THEN
+                PERFORM softguard._backstop_refuse(format('ALTER TABLE DROP COLUMN %s',
+                                                          d.object_identity));
+            END IF;
+        END IF;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._backstop_drop() FROM PUBLIC;
+-- The event trigger runs as the session's role; this only ever refuses.
+GRANT EXECUTE ON FUNCTION softguard._backstop_drop() TO PUBLIC;
+
+-- BEFORE TRUNCATE, outside truncate_op: a protected session's TRUNCATE would keep nothing.
+CREATE FUNCTION softguard._backstop_truncate(rel regclass) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF 'truncate' = ANY ((softguard._session(false)).capture) THEN
+        PERFORM softguard._backstop_refuse(format('TRUNCATE %s', rel));
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._backstop_truncate(regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._capture_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    detail text;
+    victim text;
+BEGIN
+    IF current_setting('softguard.probe', true) IS DISTINCT FROM 'on' THEN
+        -- Backstop: SQL softguard cannot see (a DO block, a function, a direct session)
+        -- must not destroy the ledger or what is in quarantine. Only softguard's own
+        -- maintenance (purge) sets softguard.internal.
+        IF current_setting('softguard.internal', true) IS DISTINCT FROM 'on' THEN
+            SELECT d.object_identity INTO victim
+              FROM pg_event_trigger_dropped_objects() d
+             WHERE NOT d.is_temporary
+               AND (d.schema_name IN ('softguard', 'softguard_quarantine')
+                    OR d.schema_name ~ '^softguard_q[0-9]+_'
+                    OR (d.object_type = 'schema'
+                        AND (d.object_name IN ('softguard', 'softguard_quarantine')
+                             OR d.object_name ~ '^softguard_q[0-9]+_')))
+             LIMIT 1;
+            IF victim IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '42501',
+                    MESSAGE = format('softguard: %s belongs to softguard''s ledger or '
+                                     'quarantine and cannot be dropped', victim),
+                    HINT = 'Quarantined objects leave through softguard undo or softguard purge.';
+            END IF;
+        END IF;
+        PERFORM softguard._backstop_drop();
+        RETURN;
+    END IF;
+    SELECT coalesce(json_agg(json_build_object(
+               'classid', d.classid, 'objid', d.objid, 'objsubid', d.objsubid,
+               'original', d.original, 'normal', d.normal, 'is_temporary', d.is_temporary,
+               'object_type', d.object_type, 'schema_name', d.schema_name,
+               'object_name', d.object_name, 'object_identity', d.object_identity,
+               'address_names', d.address_names, 'address_args', d.address_args)), '[]')::text
+      INTO detail
+      FROM pg_event_trigger_dropped_objects() d;
+    RAISE EXCEPTION USING ERRCODE = 'SGPRB', MESSAGE = 'softguard probe', DETAIL = detail;
 END $$;
 
 -- Tables that have the capture triggers get the statement trigger too.

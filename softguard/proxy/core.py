@@ -618,7 +618,7 @@ class SessionCore:
             return
         policy = self.inputs.policy
         query = contract.register_session_query(
-            ",".join(policy.captured_events(self.info)) or "off",
+            ",".join(policy.registered_categories(self.info)) or "off",
             policy.retention_seconds(self.info),
             self.peer.rpartition(":")[0] or self.peer,
         )

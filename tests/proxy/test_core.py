@@ -172,7 +172,8 @@ def test_startup_connects_with_capture_settings_and_relays_auth() -> None:
     # The first ReadyForQuery waits for the session's registration (decision 0012).
     assert out.to_client == SERVER_HELLO[: -len(READY_IDLE)]
     assert out.to_server == query(
-        "BEGIN READ WRITE; SELECT softguard.register_session('delete', 604800, '10.0.0.7'); COMMIT"
+        "BEGIN READ WRITE; SELECT softguard.register_session("
+        "'delete,drop,truncate,alter', 604800, '10.0.0.7'); COMMIT"
     )
     assert core.state is State.REGISTERING and core.cancel_key == (4242, b"\1\2\3\4")
     core.server_data(REGISTERED)
