@@ -57,13 +57,14 @@ async def _delete_with_settings(dsn: str, settings: dict[str, str], stmt: str) -
     return [n for n in notices if n.startswith("softguard:")]
 
 
-def test_client_cannot_change_softguards_startup_parameters(
+def test_client_cannot_change_its_registration(
     proxy: Target, sg: Any, twins: Callable[..., list[str]]
 ) -> None:
-    """README (Reversible data changes): "the proxy tells the server so with startup
-    parameters the client cannot change" (decision 0007): a client's own softguard.*
-    startup parameters, a `-c softguard.capture=off` in its options, RESET ALL and DISCARD
-    ALL leave capture on and the recorded client address the real one."""
+    """README (Reversible data changes): "nothing the client can set or call removes or
+    lowers that registration" (decision 0012): a client's own softguard.* startup
+    parameters, a `-c softguard.capture=off` in its options, RESET ALL and DISCARD ALL
+    leave capture on and the recorded client address the real one (set_config() and the
+    other spellings: tests/attacks/test_attack_settings.py)."""
     _proxied(proxy)
     (db,) = twins(1)
     forged = {
