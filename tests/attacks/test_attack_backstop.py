@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from attacker import Arena, fixtures
+from attacker import Arena, deny_arena_fixture, fixtures
 
 arena_template, arena = fixtures()
 
@@ -331,3 +331,49 @@ def test_replace_function_through_psycopg_prepared(arena: Arena) -> None:
                 ["SELECT"],
                 prepare=True,
             )
+
+
+# -- the backstop for other roles and policies (decision 0012) -----------------------------
+
+arena_allow = deny_arena_fixture('drop = "allow"\ntruncate = "allow"\nalter = "allow"\n')
+
+
+@pytest.mark.parametrize("who", ["other", "super"])
+def test_hidden_drop_refused_for_every_role(arena: Arena, who: str) -> None:
+    if who == "other":
+        arena.direct(f"GRANT TRUNCATE ON big TO {arena.role('other')}")
+    out, _ = arena.attempt(
+        [
+            "DO $$ BEGIN EXECUTE 'TRUNCATE big'; END $$",
+        ],
+        who=who,
+    )
+    assert out.sqlstate == "0A000", out.describe()
+    if who == "super":
+        out, _ = arena.attempt(["DO $$ BEGIN EXECUTE 'DROP TABLE typed'; END $$"], who=who)
+        assert out.sqlstate == "0A000", out.describe()
+
+
+def test_hidden_drop_through_a_prepared_statement_in_a_function(arena: Arena) -> None:
+    made = arena.attack(
+        [
+            "CREATE FUNCTION wipe(t text) RETURNS void LANGUAGE plpgsql AS "
+            "$$ BEGIN EXECUTE format('DROP TABLE %I CASCADE', t); END $$"
+        ]
+    )
+    assert made.error is None, made.describe()
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack([lambda c: c.execute("SELECT wipe(%s)", ["parent"], prepare=True)])
+    assert out.sqlstate == "0A000", out.describe()
+    arena.verdict(before, last, out)
+
+
+def test_backstop_follows_the_policy(arena_allow: Arena) -> None:
+    """Control: a session whose policy allows DROP and TRUNCATE is not registered for them,
+    so its DO blocks drop as PostgreSQL does (the policy said so)."""
+    out = arena_allow.attack(
+        ["DO $$ BEGIN EXECUTE 'TRUNCATE big'; EXECUTE 'DROP TABLE nokey'; END $$"]
+    )
+    assert out.error is None, out.describe()
+    assert arena_allow.direct("SELECT count(*) FROM big") == [(0,)]
+    assert arena_allow.direct("SELECT to_regclass('public.nokey') IS NULL") == [(True,)]
