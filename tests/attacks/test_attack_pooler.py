@@ -1,8 +1,8 @@
 """Issue 10 item 6: a pooler between softguard and PostgreSQL drops softguard's marks.
 
 PgBouncer with `ignore_startup_parameters` (and other poolers) forwards only the startup
-parameters it knows. softguard marks protected sessions with startup parameters, so behind
-such a pooler the marks vanish. Stand-in for the pooler: a relay that forwards the
+parameters it knows, so softguard's startup parameters vanish behind it; the session's
+registration (decision 0012), a statement on the session's own connection, does not. Stand-in for the pooler: a relay that forwards the
 startup packet with only user, database, application_name and client_encoding (what
 PgBouncer passes), then relays bytes as sent.
 """
@@ -114,13 +114,10 @@ def arena(
         pooler.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 6: behind a pooler that drops unknown "
-    "startup parameters, DELETEs run uncaptured while softguard logs 'protect'",
-)
 @pytest.mark.parametrize("stmt", ["DELETE FROM parent WHERE id = 1", "DELETE FROM big"])
 def test_pooler_dropping_marks_fails_closed(arena: Arena, stmt: str) -> None:
+    """The session's registration (decision 0012) travels as a statement, not a startup
+    parameter: the pooler cannot drop it."""
     arena.attempt([stmt])
 
 
