@@ -2,9 +2,10 @@
 
 PgBouncer with `ignore_startup_parameters` (and other poolers) forwards only the startup
 parameters it knows, so softguard's startup parameters vanish behind it; the session's
-registration (decision 0012), a statement on the session's own connection, does not. Stand-in for the pooler: a relay that forwards the
-startup packet with only user, database, application_name and client_encoding (what
-PgBouncer passes), then relays bytes as sent.
+registration (decision 0012), a statement on the session's own connection, does not.
+Stand-in for the pooler: a relay that forwards the startup packet with only user,
+database, application_name and client_encoding (what PgBouncer passes), then relays bytes
+as sent.
 """
 
 from __future__ import annotations
