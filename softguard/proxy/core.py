@@ -95,6 +95,9 @@ _SERVER_WANT_FILTERED = frozenset((_Z, _E, _N, _C, _PARAMETER_STATUS))
 # Client bytes buffered while the upstream is being reached.
 _MAX_EARLY_BYTES = 1 << 20
 _MAX_PROTECTED = 64
+# The registration's errors that mean the ledger is not there (any more): undefined
+# function, invalid schema name.
+_LEDGER_GONE = frozenset(("42883", "3F000"))
 # SCRAM channel binding cannot span a proxy that terminates TLS: libpq, on TLS and not
 # offered SCRAM-SHA-256-PLUS, tells the server so, and a server on TLS itself then suspects
 # a downgrade. Nothing in between can fix that, since the client signs that flag.
@@ -642,6 +645,9 @@ class SessionCore:
                     return
                 fields = parse_fields(msg.body)
                 self._registration_error = f"{fields.get('C', '')}: {fields.get('M', '')}"
+                if fields.get("C") in _LEDGER_GONE:
+                    # The ledger was removed since it was checked: check it again next time.
+                    self.controls.append(Forget(Cache.LEDGER, self.info.database))
             elif mtype == _PARAMETER_STATUS:
                 self.to_client(msg.raw)
                 self._parameter_status(msg.body)

@@ -220,6 +220,19 @@ def test_failed_registration_refuses_the_session() -> None:
     assert cmd.Refused("ledger") in out.controls and core.state is State.CLOSED
 
 
+def test_registration_finding_no_ledger_forgets_the_ledger_check() -> None:
+    core, _ = make_core()
+    core.client_data(STARTUP)
+    core.upstream_connected()
+    core.server_data(SERVER_HELLO)
+    drain(core)
+    error = msg(b"E", b'SERROR\0C3F000\0Mschema "softguard" does not exist\0\0')
+    core.server_data(complete("BEGIN") + error + complete("ROLLBACK") + READY_IDLE)
+    out = drain(core)
+    assert fatal(out)["C"] == "55000"
+    assert cmd.Forget(cmd.Cache.LEDGER, "shop") in out.controls
+
+
 def test_registration_waits_for_the_ledger_check() -> None:
     ledger = Ledger(ready=None)
     core, _ = make_core(ledger)
