@@ -688,10 +688,12 @@ class SessionCore:
         )
         held, self._early, self._early_size = self._early, [], 0
         self._holding = False
-        for chunk in held:
+        if held:
+            # One chunk: a statement in it that must wait (for the ledger, for classifying
+            # off the loop) holds the rest of it in order, as any chunk's tail is held.
+            self.client_data(b"".join(held))
             if self.state is not State.READY:
                 return
-            self.client_data(chunk)
         self._set_client_reading(paused=False, reason="registering")
         if self._closing_for_shutdown:
             self._after_server_chunk()
