@@ -262,10 +262,11 @@ def test_update_captured_only_when_asked(ledger: Ledger, rental_db: Callable[[],
     assert ledger.data(db) == before  # the BEFORE UPDATE trigger did not touch updated_at
 
 
-def test_multi_statement_in_function_one_operation(
+def test_function_deletes_are_one_operation_each(
     ledger: Ledger, rental_db: Callable[[], str]
 ) -> None:
-    """Rows removed by a function (not visible to a SQL rewrite) are caught, as one operation."""
+    """Rows removed by a function (not visible to a SQL rewrite) are caught: one operation
+    per DELETE statement it runs (decision 0012), its cascade with it."""
     db = rental_db()
     before = ledger.data(db)
     ledger.execute(
@@ -275,15 +276,15 @@ def test_multi_statement_in_function_one_operation(
     )
     with protected(ledger, db) as c:
         r = _run(ledger, c, "SELECT purge(50)")
-    assert r.error is None and len(softguard_notices(r)) == 1
+    assert r.error is None and len(softguard_notices(r)) == 2
     ops = row_ops(ledger, db)
-    assert len(ops) == 1
-    assert ops[0]["row_counts"]["tables"] == {
-        "billing.refunds": 49,
-        "public.locations": 1,
-        "public.vehicles": 10,  # ON DELETE SET NULL
-    }
-    undo(ledger, db, ops[0]["id"])
+    assert [o["row_counts"]["tables"] for o in ops] == [
+        {"billing.refunds": 49},
+        {"public.locations": 1, "public.vehicles": 10},  # ON DELETE SET NULL
+    ]
+    assert {o["statement"] for o in ops} == {"SELECT purge(50)"}
+    for op in reversed(ops):
+        undo(ledger, db, op["id"])
     after = ledger.data(db)
     assert after == before
 
@@ -305,7 +306,8 @@ def test_tables_created_later_are_captured(ledger: Ledger, rental_db: Callable[[
             " ('notes'::regclass, 'notes_copy'::regclass, 'events_2027'::regclass)"
             " GROUP BY 1 ORDER BY 1"
         ).fetchall()
-    assert n == [("events_2027", 3), ("notes", 3), ("notes_copy", 3)]
+    # delete, update, truncate and the statement trigger
+    assert n == [("events_2027", 4), ("notes", 4), ("notes_copy", 4)]
     with protected(ledger, db) as c:
         c.execute("DELETE FROM notes_copy WHERE id > 5")
     assert row_ops(ledger, db)[0]["row_counts"]["tables"] == {"public.notes_copy": 5}

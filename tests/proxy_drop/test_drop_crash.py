@@ -198,28 +198,31 @@ def test_sigkill_right_after_committed_drop(proxy_factory: Any, sg: Any, twins: 
     assert sg.snapshot(db) == before
 
 
-def test_ledger_install_blocked_by_the_clients_own_locks_is_refused_not_hung(
+def test_ledger_install_blocked_by_locks_is_refused_not_hung(
     proxy: Any, sg: Any, twins: Any
 ) -> None:
-    """The first protected statement of a database waits for softguard to install the
-    ledger, which puts triggers on every table. If that statement's own transaction holds
-    a lock on a table, the install cannot finish: softguard gives up after its lock
-    timeout and refuses the statement (55000, saying why) instead of both waiting forever;
-    each migration is all or nothing, and a later statement completes the install."""
+    """The first session of a database waits for softguard to install the ledger, which
+    puts triggers on every table. If another transaction holds a lock on a table, the
+    install cannot finish: softguard gives up after its lock timeout, the session goes on
+    unregistered and its protected statements are refused (55000, saying why) instead of
+    waiting forever; each migration is all or nothing, and a later session completes the
+    install."""
     (db,) = twins(1)
     assert not sg.has_ledger(db)
-    with psycopg.connect(proxy.dsn(db), autocommit=True) as c:
-        c.execute("SET statement_timeout = '60s'")
-        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as err:
-            with c.transaction():
-                c.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+    with sg.connect(db) as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+        with psycopg.connect(proxy.dsn(db), autocommit=True) as c:
+            c.execute("SET statement_timeout = '60s'")
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as err:
                 c.execute("DROP TABLE vehicles CASCADE")
         message = err.value.diag.message_primary or ""
         assert "could not install it" in message and "lock timeout" in message, message
-        assert sg.data(db)["public.vehicles"]  # still there
+        holder.execute("ROLLBACK")
+    assert sg.data(db)["public.vehicles"]  # still there
     # after the check's short back-off, the ledger installs and the DROP is protected
-    with psycopg.connect(proxy.dsn(db), autocommit=True) as c:
-        for _ in range(60):  # bounded: the refusal is remembered for 10 s
+    for _ in range(60):  # bounded: the refusal is remembered for 10 s
+        with psycopg.connect(proxy.dsn(db), autocommit=True) as c:
             try:
                 c.execute("DROP TABLE vehicles CASCADE")
                 break

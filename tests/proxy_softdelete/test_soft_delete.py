@@ -74,8 +74,8 @@ class Form:
     twin, once undo has made it the original again);
     tags: each step's command tags through softguard (the update's read UPDATE for DELETE);
     notices: softguard notices per step; ops: rows marked by each committed operation;
-    parts: rows of each capture of each operation (default: one capture per operation; a
-    multi-statement string sent at once is one operation, decision 0006);
+    parts: rows of each capture of each operation (default: one capture per operation; each
+    statement of a multi-statement string is its own operation, decision 0012);
     opaque: steps whose rows are not compared (EXPLAIN output)."""
 
     steps: list[Any]
@@ -403,10 +403,9 @@ FORMS: dict[str, Form] = {
         ],
         [upd("id <= 3") + "; SELECT 1; " + upd("id BETWEEN 3 AND 6")],
         [["DELETE 3", "SELECT 1", "DELETE 3"]],
-        [1],  # one Query message: one operation, one NOTICE (decision 0006)
-        [6],
+        [2],  # one operation, one NOTICE per statement (decision 0012)
+        [3, 3],
         modes=("simple",),
-        parts=[[3, 3]],
     ),
     "psycopg_params_unprepared": Form(
         _psycopg_params(False, "DELETE"),
@@ -1215,13 +1214,12 @@ def test_current_of_on_an_already_marked_row(
 # ----------------------------------------------------------------------- multi-statement
 
 
-def test_multi_statement_string_is_one_operation_naming_each_delete(
+def test_multi_statement_string_is_one_operation_per_delete(
     sd_proxy: Any, sg: Any, twins: Callable[..., list[str]]
 ) -> None:
-    """Decision 0006: the deletes of one multi-statement Query are one operation. A hard
-    DELETE's records the whole string; a soft delete's names each DELETE that joined it
-    (migration 0005: "another statement of the same query string: the ledger names it
-    too"), and its one NOTICE states no row count (or the first statement's)."""
+    """Decision 0012: each DELETE of one multi-statement Query is its own operation with
+    its own NOTICE. A hard DELETE's operation records the client's whole string; a soft
+    delete's, the DELETE itself."""
     (db,) = twins(1)
     hard = (
         "DELETE FROM billing.payments WHERE id <= 3; SELECT 1;"
@@ -1234,20 +1232,19 @@ def test_multi_statement_string_is_one_operation_naming_each_delete(
         cur = c.execute(hard.encode())
         cur = c.execute(f"{first}; SELECT 1; {second}".encode())
         assert [r[0] for r in results(cur)] == ["DELETE 3", "SELECT 1", "DELETE 3"]
-    hard_op, soft_op = ledger_ops(sg, db)
-    assert (hard_op["statement"], hard_op["row_counts"]["tables"]) == (
-        hard,
-        {"billing.payments": 6},
-    )
-    assert soft_op["statement"] == f"{first}; {second}"
-    assert soft_op["row_counts"]["tables"] == {"public.customers": 6}
-    assert [c["n_rows"] for c in captures(sg, db, soft_op["id"])] == [3, 3]
-    assert len(got) == 2
-    assert check_sd_op(sg, db, got[1], rows=3) == soft_op["id"]
+    ops = ledger_ops(sg, db)
+    assert [(o["statement"], o["row_counts"]["tables"]) for o in ops] == [
+        (hard, {"billing.payments": 3}),
+        (hard, {"billing.payments": 3}),
+        (first, {"public.customers": 3}),
+        (second, {"public.customers": 3}),
+    ]
+    assert len(got) == 4
+    assert check_sd_op(sg, db, got[3], rows=3) == ops[3]["id"]
     assert sorted(i for i, _by in customers_state(sg, db)[2]) == [1, 2, 3, 4, 5, 6]
 
 
-def test_multi_statement_operation_names_a_delete_that_is_a_prefix_of_another(
+def test_multi_statement_operations_name_a_delete_that_is_a_prefix_of_another(
     sd_proxy: Any, sg: Any, twins: Callable[..., list[str]]
 ) -> None:
     (db,) = twins(1)
@@ -1256,10 +1253,12 @@ def test_multi_statement_operation_names_a_delete_that_is_a_prefix_of_another(
     with psycopg.connect(sd_proxy.dsn(db), autocommit=True) as c:
         cur = c.execute(f"{first}; {second}".encode())
         assert [r[0] for r in results(cur)] == ["DELETE 1", "DELETE 1"]
-    (op,) = ledger_ops(sg, db)
-    assert op["row_counts"]["tables"] == {"public.customers": 2}
+    ops = ledger_ops(sg, db)
+    assert [(o["statement"], o["row_counts"]["tables"]) for o in ops] == [
+        (first, {"public.customers": 1}),
+        (second, {"public.customers": 1}),
+    ]
     assert sorted(i for i, _by in customers_state(sg, db)[2]) == [1, 10]
-    assert op["statement"] == f"{first}; {second}"
 
 
 # ----------------------------------------------------------------------- search_path
