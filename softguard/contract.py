@@ -37,7 +37,6 @@ CAPTURE_SETTING = "softguard.capture"  # 'delete', 'delete,update', or 'off'
 RETENTION_SETTING = "softguard.retention"  # seconds
 CLIENT_ADDR_SETTING = "softguard.client_addr"  # the client's address, as the proxy saw it
 #: Transaction-local settings the database keeps for itself.
-INTERNAL_SETTING = "softguard.internal"  # 'on': softguard's own maintenance (purge)
 CUR_OP_SETTING = "softguard.cur_op"  # the open capture operation: '<stmt time>/<id>/<kind>'
 TRUNCATE_OP_SETTING = "softguard.truncate_op"  # the operation truncate_op opened
 PROBE_SETTING = "softguard.probe"  # 'on' while _probe runs a statement
@@ -48,7 +47,6 @@ SETTINGS = (
     CAPTURE_SETTING,
     RETENTION_SETTING,
     CLIENT_ADDR_SETTING,
-    INTERNAL_SETTING,
     CUR_OP_SETTING,
     TRUNCATE_OP_SETTING,
     PROBE_SETTING,
