@@ -69,7 +69,7 @@ BEGIN
             MESSAGE = format('softguard: role %s is not a role of this session', invoker);
     END IF;
     IF coalesce(ctx->>'action', 'DROP') !~ '^DROP( [A-Z]+)*$' THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
+        RAISE EXCEPTION USING ERRCODE = '42501',
             MESSAGE = format('softguard: %s is not a DROP', ctx->>'action');
     END IF;
 

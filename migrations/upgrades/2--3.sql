@@ -168,6 +168,52 @@ CREATE TRIGGER guard_ledger BEFORE DELETE OR UPDATE OR TRUNCATE ON softguard.cap
     FOR EACH STATEMENT EXECUTE FUNCTION softguard._guard_ledger();
 ALTER TABLE softguard.captured_rows ENABLE ALWAYS TRIGGER guard_ledger;
 
+CREATE OR REPLACE FUNCTION softguard._truncate_finish(op bigint, action text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    targets text;
+    mine boolean;
+BEGIN
+    SELECT * INTO o FROM softguard.operations
+     WHERE id = op AND kind = 'TRUNCATE' AND txid = pg_current_xact_id() AND state = 'active';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open TRUNCATE operation';
+    END IF;
+    IF NOT EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = op) THEN
+        mine := softguard._maintenance_begin();
+        DELETE FROM softguard.operations WHERE id = op;
+        PERFORM softguard._maintenance_end(mine);
+        RETURN format('softguard: %s kept nothing: it emptied no table softguard protects',
+                      coalesce(action, 'TRUNCATE TABLE'));
+    END IF;
+    UPDATE softguard.operations SET
+        objects = (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'type', 'table', 'identity', c.table_identity,
+                       'schema', split_part(c.table_identity, '.', 1),
+                       'name', (SELECT relname FROM pg_class WHERE oid = c.relid),
+                       'original', strpos(lower(o.statement),
+                                          lower((SELECT relname FROM pg_class WHERE oid = c.relid))) > 0,
+                       'normal', true, 'classid', 'pg_class'::regclass::oid, 'objid', c.relid,
+                       'objsubid', 0, 'event', 'truncate', 'rows', c.n_rows, 'held_by', NULL)
+                       ORDER BY c.id), '[]')
+                     FROM softguard.captures c WHERE c.op_id = op AND c.event = 'truncate'),
+        row_counts = jsonb_build_object('estimate', false, 'tables', (
+            SELECT coalesce(jsonb_object_agg(c.table_identity, c.n_rows), '{}')
+              FROM softguard.captures c WHERE c.op_id = op AND c.event = 'truncate'))
+     WHERE id = op;
+    SELECT string_agg(c.table_identity, ', '
+                      ORDER BY nullif(strpos(lower(o.statement), lower(r.relname)), 0) NULLS LAST, c.id)
+      INTO targets
+      FROM softguard.captures c JOIN pg_class r ON r.oid = c.relid
+     WHERE c.op_id = op AND c.event = 'truncate' AND strpos(lower(o.statement), lower(r.relname)) > 0;
+    IF targets IS NULL THEN
+        SELECT string_agg(c.table_identity, ', ' ORDER BY c.id) INTO targets
+          FROM softguard.captures c WHERE c.op_id = op AND c.event = 'truncate';
+    END IF;
+    RETURN softguard._op_notice(coalesce(action, 'TRUNCATE TABLE'), targets, op, o.expires_at);
+END $$;
+
 CREATE OR REPLACE FUNCTION softguard._op_message(op bigint, action text, targets text) RETURNS text
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT softguard._op_notice(action, targets, op, expires_at)
@@ -204,7 +250,7 @@ BEGIN
             MESSAGE = format('softguard: role %s is not a role of this session', invoker);
     END IF;
     IF coalesce(ctx->>'action', 'DROP') !~ '^DROP( [A-Z]+)*$' THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
+        RAISE EXCEPTION USING ERRCODE = '42501',
             MESSAGE = format('softguard: %s is not a DROP', ctx->>'action');
     END IF;
 
