@@ -341,3 +341,25 @@ def test_truncate_of_unprotected_tables_still_commits(arena: Arena) -> None:
     assert out.results[-1] == [(0,)]
     assert arena.ops_since(last) == []
     assert any("kept nothing" in n for n in out.notices), out.notices
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="G8 best effort against a superuser: it may write softguard.maintenance itself "
+    "(a DO block through the proxy), and then the guards let it empty the ledger",
+)
+def test_superuser_cannot_forge_maintenance(arena: Arena) -> None:
+    before, last = arena.snapshot(), arena.last_op()
+    arena.attack(["DELETE FROM big WHERE id < 20"])
+    s = uident("softguard")
+    out = arena.attack(
+        [
+            "BEGIN",
+            f"DO $$ BEGIN EXECUTE format('INSERT INTO %s.maintenance VALUES "
+            f"(pg_current_xact_id())', '{s}'); "
+            f"EXECUTE format('DELETE FROM %s.captured_rows', '{s}'); END $$",
+            "COMMIT",
+        ],
+        who="super",
+    )
+    arena.verdict(before, last, out)
