@@ -140,22 +140,13 @@ ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER guard_ledger;
 
 -- An operation's facts are written once: outside maintenance (undo, purge) only the
 -- operation's own transaction may add to it (objects, counts, restore plan, statement, as
--- the capture functions do), and never change its state, expiry or identity. Row level:
--- a handful of rows per statement (the capture trigger's update per cascaded table).
+-- the capture functions do), and never change its state, expiry or identity. The WHEN
+-- clause keeps the capture trigger's update of its own operation (one per cascaded table)
+-- free of a function call.
 CREATE FUNCTION softguard._guard_operation() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF OLD.txid = pg_current_xact_id()
-       AND (NEW.id, NEW.created_at, NEW.expires_at, NEW.db_role, NEW."current_role",
-            NEW.application_name, NEW.client_addr, NEW.kind, NEW.state, NEW.undone_at,
-            NEW.undone_by, NEW.purged_at, NEW.purged_by, NEW.undo_of, NEW.txid,
-            NEW.purge_archive)
-           IS NOT DISTINCT FROM
-           (OLD.id, OLD.created_at, OLD.expires_at, OLD.db_role, OLD."current_role",
-            OLD.application_name, OLD.client_addr, OLD.kind, OLD.state, OLD.undone_at,
-            OLD.undone_by, OLD.purged_at, OLD.purged_by, OLD.undo_of, OLD.txid,
-            OLD.purge_archive)
-       OR softguard._in_maintenance() THEN
+    IF softguard._in_maintenance() THEN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION USING ERRCODE = '42501',
@@ -164,19 +155,32 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._guard_operation() FROM PUBLIC;
 CREATE TRIGGER guard_operation BEFORE UPDATE ON softguard.operations
-    FOR EACH ROW EXECUTE FUNCTION softguard._guard_operation();
+    FOR EACH ROW
+    WHEN (OLD.txid IS DISTINCT FROM pg_current_xact_id()
+          OR (NEW.id, NEW.created_at, NEW.expires_at, NEW.db_role, NEW."current_role",
+              NEW.application_name, NEW.client_addr, NEW.kind, NEW.state, NEW.undone_at,
+              NEW.undone_by, NEW.purged_at, NEW.purged_by, NEW.undo_of, NEW.txid,
+              NEW.purge_archive)
+             IS DISTINCT FROM
+             (OLD.id, OLD.created_at, OLD.expires_at, OLD.db_role, OLD."current_role",
+              OLD.application_name, OLD.client_addr, OLD.kind, OLD.state, OLD.undone_at,
+              OLD.undone_by, OLD.purged_at, OLD.purged_by, OLD.undo_of, OLD.txid,
+              OLD.purge_archive))
+    EXECUTE FUNCTION softguard._guard_operation();
 ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER guard_operation;
 
 -- At commit: an operation records something that happened, or the transaction does not
 -- commit (42501). The PUBLIC entry points (_op_begin, _capture_column, _quarantine, ...)
 -- can be called directly, outside the rewritten statements; this is what stops them
 -- recording work that was not done:
--- * every operation but an undo's record names at least one object;
+-- * every operation names at least one object;
 -- * TRUNCATE: at least one table's rows were copied by the BEFORE TRUNCATE trigger (only
 --   a TRUNCATE fires it);
 -- * ALTER TABLE: each column kept as dropped is gone; each type change was completed by
 --   _capture_type_after, after the statement ran.
--- SECURITY DEFINER: at commit it runs as the client, which cannot read the ledger.
+-- SECURITY DEFINER: at commit it runs as the client, which cannot read the ledger. Not
+-- queued (WHEN) for operations only a capture trigger writes (DELETE, UPDATE, MERGE: a
+-- trigger fires only for rows really removed or changed) nor for undo's records.
 CREATE FUNCTION softguard._verify_operation() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -184,8 +188,8 @@ DECLARE
     bad text;
 BEGIN
     SELECT * INTO o FROM softguard.operations WHERE id = NEW.id;
-    IF NOT FOUND OR o.kind = 'UNDO' THEN
-        RETURN NULL;
+    IF NOT FOUND THEN
+        RETURN NULL;                       -- removed by its own transaction (_truncate_finish)
     END IF;
     IF jsonb_typeof(o.objects) <> 'array' OR jsonb_array_length(o.objects) = 0 THEN
         bad := 'it names no object';
@@ -228,7 +232,8 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._verify_operation() FROM PUBLIC;
 CREATE CONSTRAINT TRIGGER verify_operation AFTER INSERT ON softguard.operations
     DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION softguard._verify_operation();
+    FOR EACH ROW WHEN (NEW.kind NOT IN ('DELETE', 'UPDATE', 'MERGE', 'UNDO'))
+    EXECUTE FUNCTION softguard._verify_operation();
 ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER verify_operation;
 
 COMMENT ON TABLE softguard.operations IS
@@ -270,11 +275,11 @@ COMMENT ON TABLE softguard.captured_rows IS 'rows removed or changed by reversib
 CREATE FUNCTION softguard._guard_capture() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF (NEW.id, NEW.op_id) IS NOT DISTINCT FROM (OLD.id, OLD.op_id)
-       AND EXISTS (SELECT FROM softguard.operations o
-                    WHERE o.id = OLD.op_id AND o.txid = pg_current_xact_id()
-                      AND o.state = 'active')
-       OR softguard._in_maintenance() THEN
+    IF softguard._in_maintenance()
+       OR (NEW.id, NEW.op_id) IS NOT DISTINCT FROM (OLD.id, OLD.op_id)
+          AND EXISTS (SELECT FROM softguard.operations o
+                       WHERE o.id = OLD.op_id AND o.txid = pg_current_xact_id()
+                         AND o.state = 'active') THEN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION USING ERRCODE = '42501',

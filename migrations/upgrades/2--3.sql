@@ -67,17 +67,7 @@ END $$;
 CREATE FUNCTION softguard._guard_operation() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF OLD.txid = pg_current_xact_id()
-       AND (NEW.id, NEW.created_at, NEW.expires_at, NEW.db_role, NEW."current_role",
-            NEW.application_name, NEW.client_addr, NEW.kind, NEW.state, NEW.undone_at,
-            NEW.undone_by, NEW.purged_at, NEW.purged_by, NEW.undo_of, NEW.txid,
-            NEW.purge_archive)
-           IS NOT DISTINCT FROM
-           (OLD.id, OLD.created_at, OLD.expires_at, OLD.db_role, OLD."current_role",
-            OLD.application_name, OLD.client_addr, OLD.kind, OLD.state, OLD.undone_at,
-            OLD.undone_by, OLD.purged_at, OLD.purged_by, OLD.undo_of, OLD.txid,
-            OLD.purge_archive)
-       OR softguard._in_maintenance() THEN
+    IF softguard._in_maintenance() THEN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION USING ERRCODE = '42501',
@@ -86,7 +76,18 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._guard_operation() FROM PUBLIC;
 CREATE TRIGGER guard_operation BEFORE UPDATE ON softguard.operations
-    FOR EACH ROW EXECUTE FUNCTION softguard._guard_operation();
+    FOR EACH ROW
+    WHEN (OLD.txid IS DISTINCT FROM pg_current_xact_id()
+          OR (NEW.id, NEW.created_at, NEW.expires_at, NEW.db_role, NEW."current_role",
+              NEW.application_name, NEW.client_addr, NEW.kind, NEW.state, NEW.undone_at,
+              NEW.undone_by, NEW.purged_at, NEW.purged_by, NEW.undo_of, NEW.txid,
+              NEW.purge_archive)
+             IS DISTINCT FROM
+             (OLD.id, OLD.created_at, OLD.expires_at, OLD.db_role, OLD."current_role",
+              OLD.application_name, OLD.client_addr, OLD.kind, OLD.state, OLD.undone_at,
+              OLD.undone_by, OLD.purged_at, OLD.purged_by, OLD.undo_of, OLD.txid,
+              OLD.purge_archive))
+    EXECUTE FUNCTION softguard._guard_operation();
 ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER guard_operation;
 
 CREATE FUNCTION softguard._verify_operation() RETURNS trigger
@@ -96,8 +97,8 @@ DECLARE
     bad text;
 BEGIN
     SELECT * INTO o FROM softguard.operations WHERE id = NEW.id;
-    IF NOT FOUND OR o.kind = 'UNDO' THEN
-        RETURN NULL;
+    IF NOT FOUND THEN
+        RETURN NULL;                       -- removed by its own transaction (_truncate_finish)
     END IF;
     IF jsonb_typeof(o.objects) <> 'array' OR jsonb_array_length(o.objects) = 0 THEN
         bad := 'it names no object';
@@ -140,17 +141,18 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._verify_operation() FROM PUBLIC;
 CREATE CONSTRAINT TRIGGER verify_operation AFTER INSERT ON softguard.operations
     DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION softguard._verify_operation();
+    FOR EACH ROW WHEN (NEW.kind NOT IN ('DELETE', 'UPDATE', 'MERGE', 'UNDO'))
+    EXECUTE FUNCTION softguard._verify_operation();
 ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER verify_operation;
 
 CREATE FUNCTION softguard._guard_capture() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF (NEW.id, NEW.op_id) IS NOT DISTINCT FROM (OLD.id, OLD.op_id)
-       AND EXISTS (SELECT FROM softguard.operations o
-                    WHERE o.id = OLD.op_id AND o.txid = pg_current_xact_id()
-                      AND o.state = 'active')
-       OR softguard._in_maintenance() THEN
+    IF softguard._in_maintenance()
+       OR (NEW.id, NEW.op_id) IS NOT DISTINCT FROM (OLD.id, OLD.op_id)
+          AND EXISTS (SELECT FROM softguard.operations o
+                       WHERE o.id = OLD.op_id AND o.txid = pg_current_xact_id()
+                         AND o.state = 'active') THEN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION USING ERRCODE = '42501',
