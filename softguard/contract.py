@@ -47,7 +47,6 @@ def client_text_marker(original: bytes) -> str:
 CAPTURE_SETTING = "softguard.capture"  # 'delete', 'delete,update', or 'off'
 RETENTION_SETTING = "softguard.retention"  # seconds
 #: Transaction-local settings the database keeps for itself.
-INTERNAL_SETTING = "softguard.internal"  # 'on': softguard's own maintenance (purge)
 CUR_OP_SETTING = "softguard.cur_op"  # the open capture operation: '<stmt time>/<id>/<kind>'
 TRUNCATE_OP_SETTING = "softguard.truncate_op"  # the operation truncate_op opened
 PROBE_SETTING = "softguard.probe"  # 'on' while _probe runs a statement
@@ -57,7 +56,6 @@ SOFT_DELETE_SETTING_PREFIX = "softguard.sd_"  # + table oid: the soft delete bei
 SETTINGS = (
     CAPTURE_SETTING,
     RETENTION_SETTING,
-    INTERNAL_SETTING,
     CUR_OP_SETTING,
     TRUNCATE_OP_SETTING,
     PROBE_SETTING,

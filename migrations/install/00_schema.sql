@@ -20,6 +20,10 @@
 --   the column list with types, to read the rows back whatever the table looks like at undo).
 -- * Quarantine (schema softguard_quarantine, renamed schemas softguard_q<op>_<name>) and the
 --   ledger tables are not accessible to PUBLIC.
+-- * The ledger's rows are removed, and an operation's state changed, only by softguard's own
+--   undo and purge (the guards below, keyed on softguard.maintenance, ENABLE ALWAYS); an
+--   operation that records no work done does not commit (verify_operation). Threat model:
+--   docs/threat-model.md, G8.
 
 CREATE SCHEMA softguard;
 CREATE SCHEMA softguard_quarantine;
@@ -71,15 +75,60 @@ REVOKE ALL ON softguard.operations FROM PUBLIC;
 CREATE INDEX operations_active_idx ON softguard.operations (id) WHERE state = 'active';
 COMMENT ON COLUMN softguard.operations.purge_archive IS
     'where softguard purge archived the operation before destroying it (NULL: not archived)';
--- Backstop for SQL softguard cannot see: the ledger's rows are never deleted except by
--- softguard's own maintenance (purge sets softguard.internal for its transaction).
+-- softguard's own maintenance (undo, purge) marks its transaction here, for the ledger's
+-- guards and the sql_drop backstop: a fact a client cannot forge, unlike a setting (any
+-- session could set softguard.internal, which this replaces). Only the installer's
+-- functions write it (_maintenance_begin / _maintenance_end, called by undo and purge,
+-- which remove their row before they return); PUBLIC has no privilege on it. A superuser
+-- could still insert a row (or disable the guards): against it this is best effort.
+CREATE TABLE softguard.maintenance (
+    txid  xid8 PRIMARY KEY
+);
+REVOKE ALL ON softguard.maintenance FROM PUBLIC;
+COMMENT ON TABLE softguard.maintenance IS
+    'transactions running softguard''s own undo or purge (rows live only while they run)';
+
+-- Mark this transaction as softguard's maintenance. Returns false when an outer call
+-- already did (nested undo / purge): only the call that marked it removes the mark.
+CREATE FUNCTION softguard._maintenance_begin() RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO softguard.maintenance (txid) VALUES (pg_current_xact_id()) ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END $$;
+REVOKE ALL ON FUNCTION softguard._maintenance_begin() FROM PUBLIC;
+
+CREATE FUNCTION softguard._maintenance_end(mine boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF mine THEN
+        DELETE FROM softguard.maintenance WHERE txid = pg_current_xact_id();
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._maintenance_end(boolean) FROM PUBLIC;
+
+-- Is this transaction softguard's own maintenance? SECURITY DEFINER and PUBLIC: the sql_drop
+-- backstop runs as whoever drops, and the answer reveals nothing (no input, no other
+-- transaction's state).
+CREATE FUNCTION softguard._in_maintenance() RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM softguard.maintenance
+                    WHERE txid = pg_current_xact_id_if_assigned())
+$$;
+REVOKE ALL ON FUNCTION softguard._in_maintenance() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._in_maintenance() TO PUBLIC;
+
+-- Backstop for SQL softguard cannot see: the ledger's rows (operations, captures,
+-- captured_rows) are never deleted, nor captured rows changed, except by softguard's own
+-- maintenance (purge). ENABLE ALWAYS: replica mode does not silence it.
 CREATE FUNCTION softguard._guard_ledger() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF current_setting('softguard.internal', true) IS DISTINCT FROM 'on' THEN
+    IF NOT softguard._in_maintenance() THEN
         RAISE EXCEPTION USING ERRCODE = '42501',
-            MESSAGE = format('softguard: rows of %I.%I cannot be removed', TG_TABLE_SCHEMA,
-                             TG_TABLE_NAME),
+            MESSAGE = format('softguard: rows of %I.%I cannot be %s', TG_TABLE_SCHEMA,
+                             TG_TABLE_NAME, CASE TG_OP WHEN 'UPDATE' THEN 'changed'
+                                                       ELSE 'removed' END),
             HINT = 'The ledger is kept by softguard; softguard purge removes expired entries.';
     END IF;
     RETURN NULL;
@@ -88,6 +137,104 @@ REVOKE ALL ON FUNCTION softguard._guard_ledger() FROM PUBLIC;
 CREATE TRIGGER guard_ledger BEFORE DELETE OR TRUNCATE ON softguard.operations
     FOR EACH STATEMENT EXECUTE FUNCTION softguard._guard_ledger();
 ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER guard_ledger;
+
+-- An operation's facts are written once: outside maintenance (undo, purge) only the
+-- operation's own transaction may add to it (objects, counts, restore plan, statement, as
+-- the capture functions do), and never change its state, expiry or identity. The WHEN
+-- clause keeps the capture trigger's update of its own operation (one per cascaded table)
+-- free of a function call.
+CREATE FUNCTION softguard._guard_operation() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF softguard._in_maintenance() THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '42501',
+        MESSAGE = format('softguard: operation %s cannot be changed', OLD.id),
+        HINT = 'Its state changes through softguard undo and softguard purge only.';
+END $$;
+REVOKE ALL ON FUNCTION softguard._guard_operation() FROM PUBLIC;
+CREATE TRIGGER guard_operation BEFORE UPDATE ON softguard.operations
+    FOR EACH ROW
+    WHEN (OLD.txid IS DISTINCT FROM pg_current_xact_id()
+          OR (NEW.id, NEW.created_at, NEW.expires_at, NEW.db_role, NEW."current_role",
+              NEW.application_name, NEW.client_addr, NEW.kind, NEW.state, NEW.undone_at,
+              NEW.undone_by, NEW.purged_at, NEW.purged_by, NEW.undo_of, NEW.txid,
+              NEW.purge_archive)
+             IS DISTINCT FROM
+             (OLD.id, OLD.created_at, OLD.expires_at, OLD.db_role, OLD."current_role",
+              OLD.application_name, OLD.client_addr, OLD.kind, OLD.state, OLD.undone_at,
+              OLD.undone_by, OLD.purged_at, OLD.purged_by, OLD.undo_of, OLD.txid,
+              OLD.purge_archive))
+    EXECUTE FUNCTION softguard._guard_operation();
+ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER guard_operation;
+
+-- At commit: an operation records something that happened, or the transaction does not
+-- commit (42501). The PUBLIC entry points (_op_begin, _capture_column, _quarantine, ...)
+-- can be called directly, outside the rewritten statements; this is what stops them
+-- recording work that was not done:
+-- * every operation names at least one object;
+-- * TRUNCATE: at least one table's rows were copied by the BEFORE TRUNCATE trigger (only
+--   a TRUNCATE fires it);
+-- * ALTER TABLE: each column kept as dropped is gone; each type change was completed by
+--   _capture_type_after, after the statement ran.
+-- SECURITY DEFINER: at commit it runs as the client, which cannot read the ledger. Not
+-- queued (WHEN) for operations only a capture trigger writes (DELETE, UPDATE, MERGE: a
+-- trigger fires only for rows really removed or changed) nor for undo's records.
+CREATE FUNCTION softguard._verify_operation() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    bad text;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = NEW.id;
+    IF NOT FOUND THEN
+        RETURN NULL;                       -- removed by its own transaction (_truncate_finish)
+    END IF;
+    IF jsonb_typeof(o.objects) <> 'array' OR jsonb_array_length(o.objects) = 0 THEN
+        bad := 'it names no object';
+    ELSIF o.kind = 'TRUNCATE' THEN
+        IF NOT EXISTS (SELECT FROM softguard.captures c
+                        WHERE c.op_id = o.id AND c.event = 'truncate') THEN
+            bad := 'no table was truncated';
+        END IF;
+    ELSIF o.kind = 'ALTER TABLE' THEN
+        SELECT format('column %s is still there', c.table_identity || '.' || (c.info->>'name'))
+          INTO bad
+          FROM softguard.captures c
+         WHERE c.op_id = o.id AND c.event = 'column' AND c.info->>'kind' IS NULL
+           AND EXISTS (SELECT FROM pg_attribute a
+                        WHERE a.attrelid = c.relid AND a.attnum = (c.info->>'attnum')::integer
+                          AND NOT a.attisdropped)
+         LIMIT 1;
+        IF bad IS NULL THEN
+            SELECT format('the type change of %s was not completed',
+                          c.table_identity || '.' || (c.info->>'name'))
+              INTO bad
+              FROM softguard.captures c
+             WHERE c.op_id = o.id AND c.event = 'column' AND c.info->>'kind' = 'type'
+               AND NOT c.info ? 'new_capture'
+             LIMIT 1;
+        END IF;
+        IF bad IS NULL AND NOT EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = o.id) THEN
+            bad := 'nothing was captured';
+        END IF;
+    END IF;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: operation %s recorded work that was not done (%s)',
+                             o.id, bad),
+            HINT = 'Operations are recorded by the statements softguard rewrites, not by '
+                   'calling its functions.';
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._verify_operation() FROM PUBLIC;
+CREATE CONSTRAINT TRIGGER verify_operation AFTER INSERT ON softguard.operations
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.kind NOT IN ('DELETE', 'UPDATE', 'MERGE', 'UNDO'))
+    EXECUTE FUNCTION softguard._verify_operation();
+ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER verify_operation;
 
 COMMENT ON TABLE softguard.operations IS
     'one row per reversible operation, written in the transaction that performed it';
@@ -121,3 +268,31 @@ CREATE INDEX captured_rows_capture_brin ON softguard.captured_rows
     USING brin (capture_id) WITH (pages_per_range = 16);
 REVOKE ALL ON softguard.captured_rows FROM PUBLIC;
 COMMENT ON TABLE softguard.captured_rows IS 'rows removed or changed by reversible operations';
+
+-- The captures are guarded like the operations: removed only by purge; a capture is
+-- changed only by its own operation's transaction (_capture_type_after adds the new
+-- type) or by maintenance (purge releases it). Captured rows are never changed.
+CREATE FUNCTION softguard._guard_capture() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF softguard._in_maintenance()
+       OR (NEW.id, NEW.op_id) IS NOT DISTINCT FROM (OLD.id, OLD.op_id)
+          AND EXISTS (SELECT FROM softguard.operations o
+                       WHERE o.id = OLD.op_id AND o.txid = pg_current_xact_id()
+                         AND o.state = 'active') THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '42501',
+        MESSAGE = format('softguard: capture %s cannot be changed', OLD.id),
+        HINT = 'The ledger is kept by softguard; softguard purge removes expired entries.';
+END $$;
+REVOKE ALL ON FUNCTION softguard._guard_capture() FROM PUBLIC;
+CREATE TRIGGER guard_ledger BEFORE DELETE OR TRUNCATE ON softguard.captures
+    FOR EACH STATEMENT EXECUTE FUNCTION softguard._guard_ledger();
+ALTER TABLE softguard.captures ENABLE ALWAYS TRIGGER guard_ledger;
+CREATE TRIGGER guard_capture BEFORE UPDATE ON softguard.captures
+    FOR EACH ROW EXECUTE FUNCTION softguard._guard_capture();
+ALTER TABLE softguard.captures ENABLE ALWAYS TRIGGER guard_capture;
+CREATE TRIGGER guard_ledger BEFORE DELETE OR UPDATE OR TRUNCATE ON softguard.captured_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION softguard._guard_ledger();
+ALTER TABLE softguard.captured_rows ENABLE ALWAYS TRIGGER guard_ledger;

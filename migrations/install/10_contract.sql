@@ -13,7 +13,8 @@
 -- * the undo result row, softguard.undo_step (70_undo.sql);
 -- * settings: softguard.capture, softguard.retention, softguard.client_addr (session
 --   defaults the proxy sets), softguard.cur_op, softguard.truncate_op, softguard.probe,
---   softguard.internal, softguard.sd_<oid> (transaction-local, the database's own).
+--   softguard.sd_<oid> (transaction-local, the database's own). softguard's own
+--   maintenance is marked in the table softguard.maintenance, not by a setting.
 
 -- Raise a NOTICE the client sees whatever its client_min_messages (changing the setting
 -- only when it would hide it: two setting changes per captured statement otherwise).
@@ -43,10 +44,13 @@ $$;
 REVOKE ALL ON FUNCTION softguard._op_notice(text, text, bigint, timestamptz) FROM PUBLIC;
 
 -- The NOTICE of an operation this transaction opened (alter_op).
+-- PUBLIC (alter_op runs as the client): it writes nothing and reads only an active
+-- operation of the caller's own transaction; any other id gives NULL.
 CREATE FUNCTION softguard._op_message(op bigint, action text, targets text) RETURNS text
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT softguard._op_notice(action, targets, op, expires_at)
-      FROM softguard.operations WHERE id = op AND txid = pg_current_xact_id()
+      FROM softguard.operations
+     WHERE id = op AND txid = pg_current_xact_id() AND state = 'active'
 $$;
 REVOKE ALL ON FUNCTION softguard._op_message(bigint, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._op_message(bigint, text, text) TO PUBLIC;
@@ -61,6 +65,10 @@ REVOKE ALL ON FUNCTION softguard._client_role() FROM PUBLIC;
 
 -- The ledger row of a TRUNCATE or ALTER TABLE operation, opened before the statement runs
 -- (ctx: the proxy's, above).
+-- PUBLIC (truncate_op and alter_op run as the client), so callable directly: what it opens
+-- must be filled by the work itself, or the transaction does not commit (00_schema.sql's
+-- verify_operation: a TRUNCATE that copied no table, an ALTER TABLE whose columns are not
+-- gone or whose type change did not complete, an operation with no objects: 42501).
 CREATE FUNCTION softguard._op_begin(stmt text, ctx jsonb, kind text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

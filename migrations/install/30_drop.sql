@@ -15,9 +15,12 @@
 -- ---------------------------------------------------------------------------------------
 -- Quarantine: move what the probed DROP would remove, record the restore plan and the
 -- operation. SECURITY DEFINER (the installing superuser): the caller has no rights on the
--- quarantine or the ledger. EXECUTE is PUBLIC because drop_op runs as the caller; so the
--- list is not trusted: the session user must be able to drop every target itself, and
--- every other listed object must depend on a listed object, as PostgreSQL's cascade does.
+-- quarantine or the ledger. EXECUTE is PUBLIC because drop_op runs as the caller; so no
+-- input is trusted: the session user must be able to drop every target itself, and every
+-- other listed object must depend on a listed object, as PostgreSQL's cascade does (called
+-- directly, it then really moves what the caller could have dropped: work done, recorded);
+-- the recorded role (invoker) must be one the session user is a member of; the kind
+-- (ctx action) a DROP; an empty list records nothing (verify_operation refuses the commit).
 --
 -- objects (one per listed object, in PostgreSQL's order):
 --   {"type", "identity", "schema", "name", "original", "normal", "classid", "objid",
@@ -61,6 +64,15 @@ DECLARE
     reg softguard.sessions := softguard._session(true);
 BEGIN
     SELECT rolsuper INTO is_super FROM pg_roles WHERE rolname = session_user;
+    IF NOT coalesce((SELECT pg_has_role(session_user, g.oid, 'MEMBER')
+                       FROM pg_roles g WHERE g.rolname = invoker), false) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: role %s is not a role of this session', invoker);
+    END IF;
+    IF coalesce(ctx->>'action', 'DROP') !~ '^DROP( [A-Z]+)*$' THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: %s is not a DROP', ctx->>'action');
+    END IF;
 
     -- 1. The list must be what a DROP by this session would remove.
     FOR r IN SELECT * FROM softguard._list(list) l WHERE l.original LOOP

@@ -260,17 +260,28 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_truncate() FROM PUBLIC;
 
--- After the TRUNCATE: fill in objects and counts; return the NOTICE text.
+-- After the TRUNCATE: fill in objects and counts; return the NOTICE text. PUBLIC
+-- (truncate_op runs as the client): only an active TRUNCATE of this transaction. When the
+-- statement emptied no table softguard captures (temporary tables only) the operation is
+-- removed: it would record nothing (verify_operation would refuse the commit).
 CREATE FUNCTION softguard._truncate_finish(op bigint, action text) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     o softguard.operations;
     targets text;
+    mine boolean;
 BEGIN
     SELECT * INTO o FROM softguard.operations
-     WHERE id = op AND kind = 'TRUNCATE' AND txid = pg_current_xact_id();
+     WHERE id = op AND kind = 'TRUNCATE' AND txid = pg_current_xact_id() AND state = 'active';
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open TRUNCATE operation';
+    END IF;
+    IF NOT EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = op) THEN
+        mine := softguard._maintenance_begin();
+        DELETE FROM softguard.operations WHERE id = op;
+        PERFORM softguard._maintenance_end(mine);
+        RETURN format('softguard: %s kept nothing: it emptied no table softguard protects',
+                      coalesce(action, 'TRUNCATE TABLE'));
     END IF;
     UPDATE softguard.operations SET
         objects = (SELECT coalesce(jsonb_agg(jsonb_build_object(

@@ -33,6 +33,10 @@
 -- Capture of a dropped column
 -- ---------------------------------------------------------------------------------------
 
+-- PUBLIC (alter_op runs as the client), so every input is checked: the operation is an
+-- active ALTER TABLE opened by this transaction, the table a protected one the client's
+-- role owns (as the DROP COLUMN itself requires), the column live and not kept already;
+-- the column must be gone when the transaction commits (verify_operation, 00_schema.sql).
 CREATE FUNCTION softguard._capture_column(op bigint, rel oid, attnum integer) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- rows travel as text: written and read back in fixed formats, whatever the session's
@@ -48,9 +52,20 @@ DECLARE
     ident text;
 BEGIN
     SELECT * INTO o FROM softguard.operations
-     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id();
+     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
+    END IF;
+    IF NOT softguard._protected_table(rel)
+       OR NOT pg_has_role(softguard._client_role(), (SELECT relowner FROM pg_class WHERE oid = rel), 'USAGE')
+       OR NOT EXISTS (SELECT FROM pg_attribute at WHERE at.attrelid = rel
+                         AND at.attnum = _capture_column.attnum AND at.attnum > 0
+                         AND NOT at.attisdropped)
+       OR EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = op AND c.relid = rel
+                     AND c.event = 'column' AND c.info->>'kind' IS NULL
+                     AND (c.info->>'attnum')::integer = _capture_column.attnum) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: not a column this session can drop (%s, %s)', rel, attnum);
     END IF;
     SELECT at.*, format_type(at.atttypid, at.atttypmod) AS typ,
            pg_get_expr(d.adbin, d.adrelid) AS def,
@@ -130,6 +145,9 @@ GRANT EXECUTE ON FUNCTION softguard._capture_column(bigint, oid, integer) TO PUB
 -- columns of rel whose type the statement changes). Returns the capture id; NULL when the
 -- table is not protected. The rows of inheritance children and partitions are included
 -- (ALTER COLUMN ... TYPE recurses to them).
+-- PUBLIC (alter_op runs as the client): the operation must be an active ALTER TABLE of
+-- this transaction and the table one the client's role owns; a capture whose type change
+-- is not completed by _capture_type_after does not commit (verify_operation).
 CREATE FUNCTION softguard._capture_type(op bigint, rel oid, attnum integer, changed text[])
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -144,7 +162,7 @@ DECLARE
     ident text;
 BEGIN
     PERFORM FROM softguard.operations
-     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id();
+     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
     END IF;
@@ -216,6 +234,8 @@ GRANT EXECUTE ON FUNCTION softguard._capture_type(bigint, oid, integer, text[]) 
 -- After the statement: the new values of the column of capture `cid` (a second capture,
 -- info kind 'type_new'), the new type and default; the operation's objects and counts.
 -- Returns schema.table.column for the NOTICE.
+-- PUBLIC (alter_op runs as the client): only a capture of an active operation of this
+-- transaction, once.
 CREATE FUNCTION softguard._capture_type_after(op bigint, cid bigint) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- rows travel as text: written and read back in fixed formats, whatever the session's
@@ -230,7 +250,7 @@ DECLARE
 BEGIN
     SELECT cp.* INTO c FROM softguard.captures cp JOIN softguard.operations o ON o.id = cp.op_id
      WHERE cp.id = cid AND cp.op_id = op AND cp.info->>'kind' = 'type'
-       AND o.txid = pg_current_xact_id();
+       AND NOT cp.info ? 'new_capture' AND o.txid = pg_current_xact_id() AND o.state = 'active';
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
     END IF;

@@ -29,6 +29,10 @@
 --   info      {"column", "mark_kind", "by_column", "by_value", "statement", "verb" (DELETE
 --             or MERGE), "verify" (capture only rows now carrying the mark)} from the proxy
 --   mark      the value the statement writes into the mark column (returned as is)
+-- SECURITY INVOKER, PUBLIC: it writes nothing to the ledger, only the setting the capture
+-- trigger reads. Called (or the setting set) by hand, the UPDATE that follows really marks
+-- its rows and is captured as a soft delete of them: work done, recorded. Its reader,
+-- soft_delete_rows_query, is operator-only (purge's archive).
 CREATE FUNCTION softguard.soft_delete_begin(target regclass, expected text, info jsonb,
                                             mark anyelement)
 RETURNS anyelement

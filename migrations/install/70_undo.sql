@@ -1047,6 +1047,7 @@ DECLARE
     holder bigint;
     o softguard.operations;
     finished boolean := false;
+    mine boolean := softguard._maintenance_begin();   -- the ledger's guards let undo write
 BEGIN
     PERFORM softguard._refuse_purged(op);
     FOR attempt IN 1..1000 LOOP
@@ -1082,6 +1083,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '55006',
             MESSAGE = format('cannot undo operation %s: later operations keep blocking it', op);
     END IF;
+    PERFORM softguard._maintenance_end(mine);
     RETURN lines;
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo(bigint, text, boolean, text) FROM PUBLIC;
@@ -1090,7 +1092,9 @@ REVOKE ALL ON FUNCTION softguard._undo(bigint, text, boolean, text) FROM PUBLIC;
 -- with nothing changed; on_conflict 'fail' or 'skip' (keys re-used since). One row per thing
 -- restored (softguard.undo_step; `softguard undo` prints them). Who may undo: whoever may
 -- EXECUTE undo_op(bigint, text, boolean), which is not granted to PUBLIC (the installing
--- superuser, or a role it was granted to): one grant decides it for both forms.
+-- superuser, or a role it was granted to): one grant decides it for both forms. EXECUTE
+-- stays PUBLIC for that reason (the runbook's operator role holds only the undo_op grant);
+-- every other caller gets 42501 before anything is read or written.
 CREATE FUNCTION softguard.undo_steps(op bigint, rename_to text DEFAULT NULL,
                                      "cascade" boolean DEFAULT false,
                                      on_conflict text DEFAULT 'fail')

@@ -21,6 +21,12 @@
 
 -- * Soft-deleted rows are hard-deleted in batches (purge_soft_rows), before purge_op marks
 --   the operation purged.
+-- * Who may call: every function here is revoked from PUBLIC (the operator runs purge and
+--   space: the installing superuser, or a role granted EXECUTE, docs/runbook.md). Those that
+--   change the ledger (purge_op, purge_rows, purge_soft_rows) mark their transaction as
+--   softguard's maintenance (softguard.maintenance, 00_schema.sql) for their duration, and
+--   only then do the ledger's guards and the sql_drop backstop let them delete captured
+--   rows, mark an operation purged or drop what quarantine holds.
 
 -- ---------------------------------------------------------------------------------------
 -- What an operation holds in quarantine
@@ -149,8 +155,10 @@ DECLARE
     n_objects integer := 0;
     n_rows bigint;
     released text;
+    mine boolean;
 BEGIN
     PERFORM set_config('lock_timeout', coalesce(lock_timeout, '2s'), true);
+    mine := softguard._maintenance_begin();
     SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '42704',
@@ -206,9 +214,7 @@ BEGIN
                     HINT = 'Something was made to depend on a quarantined object: remove that '
                            'dependency first.';
             END IF;
-            PERFORM set_config('softguard.internal', 'on', true);
             EXECUTE stmt;
-            PERFORM set_config('softguard.internal', '', true);
             n_objects := n_objects + 1;
         END LOOP;
     END IF;
@@ -228,6 +234,7 @@ BEGIN
     END IF;
 
     IF o.state <> 'active' OR o.kind = 'UNDO' THEN
+        PERFORM softguard._maintenance_end(mine);
         RETURN format('operation %s: %s, nothing in quarantine; %s', op,
                       CASE WHEN o.kind = 'UNDO' THEN 'the record of an undo'
                            ELSE format('undone at %s', to_char(o.undone_at, 'YYYY-MM-DD HH24:MI:SS'))
@@ -236,6 +243,7 @@ BEGIN
     UPDATE softguard.operations
        SET state = 'purged', purged_at = now(), purged_by = session_user, purge_archive = archive
      WHERE id = op;
+    PERFORM softguard._maintenance_end(mine);
     RETURN format('operation %s: purged (%s objects dropped, %s)', op, n_objects, released);
 END $$;
 REVOKE ALL ON FUNCTION softguard.purge_op(bigint, text, text, bigint) FROM PUBLIC;
@@ -251,6 +259,7 @@ DECLARE
     want integer;
     n bigint;
     done bigint := 0;
+    mine boolean := softguard._maintenance_begin();
 BEGIN
     LOOP
         want := greatest(batch - done, 0)::integer;
@@ -269,6 +278,7 @@ BEGIN
         END IF;
         cid := NULL;
     END LOOP;
+    PERFORM softguard._maintenance_end(mine);
     RETURN done;
 END $$;
 REVOKE ALL ON FUNCTION softguard.purge_rows(integer) FROM PUBLIC;
@@ -292,6 +302,7 @@ DECLARE
     taken bigint;
     deleted bigint;
     total bigint := 0;
+    mine boolean;
 BEGIN
     PERFORM set_config('lock_timeout', coalesce(lock_timeout, '2s'), true);
     PERFORM set_config('softguard.capture', '', true);  -- purge's DELETE is not an operation
@@ -299,6 +310,7 @@ BEGIN
     IF NOT FOUND OR o.state <> 'active' THEN
         RETURN 0;
     END IF;
+    mine := softguard._maintenance_begin();
     FOR c IN SELECT * FROM softguard.captures
               WHERE op_id = op AND event = 'soft_delete' AND released_at IS NULL ORDER BY id LOOP
         EXIT WHEN total >= batch;
@@ -321,6 +333,7 @@ BEGIN
          WHERE id = c.id;
         total := total + taken;
     END LOOP;
+    PERFORM softguard._maintenance_end(mine);
     RETURN total;
 END $$;
 REVOKE ALL ON FUNCTION softguard.purge_soft_rows(bigint, integer, text) FROM PUBLIC;

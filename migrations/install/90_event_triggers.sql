@@ -21,8 +21,8 @@ BEGIN
     IF current_setting('softguard.probe', true) IS DISTINCT FROM 'on' THEN
         -- Backstop: SQL softguard cannot see (a DO block, a function, a direct session)
         -- must not destroy the ledger or what is in quarantine. Only softguard's own
-        -- maintenance (purge) sets softguard.internal.
-        IF current_setting('softguard.internal', true) IS DISTINCT FROM 'on' THEN
+        -- maintenance (purge) marks its transaction (softguard.maintenance).
+        IF NOT softguard._in_maintenance() THEN
             SELECT d.object_identity INTO victim
               FROM pg_event_trigger_dropped_objects() d
              WHERE NOT d.is_temporary

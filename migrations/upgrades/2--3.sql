@@ -20,7 +20,7 @@ COMMENT ON TABLE softguard.sessions IS
     'sessions the proxy registered: what the database captures for them (only ever added to)';
 
 -- This backend's start time: with its pid, what identifies a session (pids are reused).
-CREATE FUNCTION softguard._backend_start() RETURNS timestamptz
+CREATE OR REPLACE FUNCTION softguard._backend_start() RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
     SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a
 $$;
@@ -32,7 +32,7 @@ REVOKE ALL ON FUNCTION softguard._backend_start() FROM PUBLIC;
 --              against their forms the proxy cannot read; '' or 'off': none
 --   retention  seconds operations of this session are kept at least
 --   addr       the client's address as the proxy saw it
-CREATE FUNCTION softguard.register_session(events text, retention integer, addr text)
+CREATE OR REPLACE FUNCTION softguard.register_session(events text, retention integer, addr text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -80,7 +80,7 @@ GRANT EXECUTE ON FUNCTION softguard.register_session(text, integer, text) TO PUB
 --           registered one, before the next registration removes that row, passes for
 --           registered: more protection than asked, never less. Operations' retention
 --           and address are read verified.
-CREATE FUNCTION softguard._session(verify boolean) RETURNS softguard.sessions
+CREATE OR REPLACE FUNCTION softguard._session(verify boolean) RETURNS softguard.sessions
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r softguard.sessions;
@@ -96,7 +96,7 @@ REVOKE ALL ON FUNCTION softguard._session(boolean) FROM PUBLIC;
 -- How long an operation of a session (``reg``: its registration) is kept: what it asked
 -- for (the proxy's ctx, or the setting), never less than its registration says; 7 days
 -- when nothing says. Plain SQL, inlined where it is used.
-CREATE FUNCTION softguard._retention(reg softguard.sessions, requested integer)
+CREATE OR REPLACE FUNCTION softguard._retention(reg softguard.sessions, requested integer)
 RETURNS interval
 LANGUAGE sql IMMUTABLE AS $$
     SELECT pg_catalog.make_interval(secs => CASE
@@ -107,7 +107,7 @@ REVOKE ALL ON FUNCTION softguard._retention(softguard.sessions, integer) FROM PU
 
 -- The client address an operation of a session records: the registered one, else the
 -- address PostgreSQL saw.
-CREATE FUNCTION softguard._client_addr(reg softguard.sessions) RETURNS text
+CREATE OR REPLACE FUNCTION softguard._client_addr(reg softguard.sessions) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(reg.client_addr, pg_catalog.host(pg_catalog.inet_client_addr()))
 $$;
@@ -392,7 +392,7 @@ BEGIN
     RETURN softguard._op_notice(coalesce(ctx->>'action', 'DROP'), targets, op_id, expires);
 END $$;
 
-CREATE FUNCTION softguard._capture_statement() RETURNS trigger
+CREATE OR REPLACE FUNCTION softguard._capture_statement() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_catalog.set_config('softguard.cur_op', '', true);
@@ -400,7 +400,7 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_statement() FROM PUBLIC;
 
-CREATE FUNCTION softguard._client_text(sent text) RETURNS text
+CREATE OR REPLACE FUNCTION softguard._client_text(sent text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     close integer;
@@ -642,7 +642,7 @@ BEGIN
 END $$;
 
 -- Refuse, naming what was about to be destroyed.
-CREATE FUNCTION softguard._backstop_refuse(what text) RETURNS void
+CREATE OR REPLACE FUNCTION softguard._backstop_refuse(what text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION USING ERRCODE = '0A000',
@@ -655,7 +655,7 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._backstop_refuse(text) FROM PUBLIC;
 
 -- sql_drop, outside the probe: objects a DROP by a protected session removed.
-CREATE FUNCTION softguard._backstop_drop() RETURNS void
+CREATE OR REPLACE FUNCTION softguard._backstop_drop() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     events text[] := (softguard._session(false)).capture;
@@ -690,7 +690,7 @@ REVOKE ALL ON FUNCTION softguard._backstop_drop() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._backstop_drop() TO PUBLIC;
 
 -- BEFORE TRUNCATE, outside truncate_op: a protected session's TRUNCATE would keep nothing.
-CREATE FUNCTION softguard._backstop_truncate(rel regclass) RETURNS void
+CREATE OR REPLACE FUNCTION softguard._backstop_truncate(rel regclass) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF 'truncate' = ANY ((softguard._session(false)).capture) THEN
@@ -747,6 +747,993 @@ SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r'
 -- ---------------------------------------------------------------------------------------
 -- section: SECURITY DEFINER functions and ledger tables (G8)
 -- ---------------------------------------------------------------------------------------
+
+-- softguard's own maintenance (undo, purge) is marked in a table only softguard's functions
+-- write, instead of the setting softguard.internal any session could set; every ledger
+-- table is guarded (captures and captured_rows as operations; operations' state and facts
+-- fixed outside undo and purge); an operation that records no work does not commit
+-- (verify_operation); the PUBLIC entry points check every input. docs/threat-model.md, G8.
+
+CREATE TABLE softguard.maintenance (
+    txid  xid8 PRIMARY KEY
+);
+REVOKE ALL ON softguard.maintenance FROM PUBLIC;
+COMMENT ON TABLE softguard.maintenance IS
+    'transactions running softguard''s own undo or purge (rows live only while they run)';
+
+CREATE OR REPLACE FUNCTION softguard._maintenance_begin() RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO softguard.maintenance (txid) VALUES (pg_current_xact_id()) ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END $$;
+REVOKE ALL ON FUNCTION softguard._maintenance_begin() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._maintenance_end(mine boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF mine THEN
+        DELETE FROM softguard.maintenance WHERE txid = pg_current_xact_id();
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._maintenance_end(boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._in_maintenance() RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM softguard.maintenance
+                    WHERE txid = pg_current_xact_id_if_assigned())
+$$;
+REVOKE ALL ON FUNCTION softguard._in_maintenance() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._in_maintenance() TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._guard_ledger() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT softguard._in_maintenance() THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: rows of %I.%I cannot be %s', TG_TABLE_SCHEMA,
+                             TG_TABLE_NAME, CASE TG_OP WHEN 'UPDATE' THEN 'changed'
+                                                       ELSE 'removed' END),
+            HINT = 'The ledger is kept by softguard; softguard purge removes expired entries.';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._guard_operation() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF softguard._in_maintenance() THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '42501',
+        MESSAGE = format('softguard: operation %s cannot be changed', OLD.id),
+        HINT = 'Its state changes through softguard undo and softguard purge only.';
+END $$;
+REVOKE ALL ON FUNCTION softguard._guard_operation() FROM PUBLIC;
+CREATE TRIGGER guard_operation BEFORE UPDATE ON softguard.operations
+    FOR EACH ROW
+    WHEN (OLD.txid IS DISTINCT FROM pg_current_xact_id()
+          OR (NEW.id, NEW.created_at, NEW.expires_at, NEW.db_role, NEW."current_role",
+              NEW.application_name, NEW.client_addr, NEW.kind, NEW.state, NEW.undone_at,
+              NEW.undone_by, NEW.purged_at, NEW.purged_by, NEW.undo_of, NEW.txid,
+              NEW.purge_archive)
+             IS DISTINCT FROM
+             (OLD.id, OLD.created_at, OLD.expires_at, OLD.db_role, OLD."current_role",
+              OLD.application_name, OLD.client_addr, OLD.kind, OLD.state, OLD.undone_at,
+              OLD.undone_by, OLD.purged_at, OLD.purged_by, OLD.undo_of, OLD.txid,
+              OLD.purge_archive))
+    EXECUTE FUNCTION softguard._guard_operation();
+ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER guard_operation;
+
+CREATE OR REPLACE FUNCTION softguard._verify_operation() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    bad text;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = NEW.id;
+    IF NOT FOUND THEN
+        RETURN NULL;                       -- removed by its own transaction (_truncate_finish)
+    END IF;
+    IF jsonb_typeof(o.objects) <> 'array' OR jsonb_array_length(o.objects) = 0 THEN
+        bad := 'it names no object';
+    ELSIF o.kind = 'TRUNCATE' THEN
+        IF NOT EXISTS (SELECT FROM softguard.captures c
+                        WHERE c.op_id = o.id AND c.event = 'truncate') THEN
+            bad := 'no table was truncated';
+        END IF;
+    ELSIF o.kind = 'ALTER TABLE' THEN
+        SELECT format('column %s is still there', c.table_identity || '.' || (c.info->>'name'))
+          INTO bad
+          FROM softguard.captures c
+         WHERE c.op_id = o.id AND c.event = 'column' AND c.info->>'kind' IS NULL
+           AND EXISTS (SELECT FROM pg_attribute a
+                        WHERE a.attrelid = c.relid AND a.attnum = (c.info->>'attnum')::integer
+                          AND NOT a.attisdropped)
+         LIMIT 1;
+        IF bad IS NULL THEN
+            SELECT format('the type change of %s was not completed',
+                          c.table_identity || '.' || (c.info->>'name'))
+              INTO bad
+              FROM softguard.captures c
+             WHERE c.op_id = o.id AND c.event = 'column' AND c.info->>'kind' = 'type'
+               AND NOT c.info ? 'new_capture'
+             LIMIT 1;
+        END IF;
+        IF bad IS NULL AND NOT EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = o.id) THEN
+            bad := 'nothing was captured';
+        END IF;
+    END IF;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: operation %s recorded work that was not done (%s)',
+                             o.id, bad),
+            HINT = 'Operations are recorded by the statements softguard rewrites, not by '
+                   'calling its functions.';
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._verify_operation() FROM PUBLIC;
+CREATE CONSTRAINT TRIGGER verify_operation AFTER INSERT ON softguard.operations
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.kind NOT IN ('DELETE', 'UPDATE', 'MERGE', 'UNDO'))
+    EXECUTE FUNCTION softguard._verify_operation();
+ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER verify_operation;
+
+CREATE OR REPLACE FUNCTION softguard._guard_capture() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF softguard._in_maintenance()
+       OR (NEW.id, NEW.op_id) IS NOT DISTINCT FROM (OLD.id, OLD.op_id)
+          AND EXISTS (SELECT FROM softguard.operations o
+                       WHERE o.id = OLD.op_id AND o.txid = pg_current_xact_id()
+                         AND o.state = 'active') THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '42501',
+        MESSAGE = format('softguard: capture %s cannot be changed', OLD.id),
+        HINT = 'The ledger is kept by softguard; softguard purge removes expired entries.';
+END $$;
+REVOKE ALL ON FUNCTION softguard._guard_capture() FROM PUBLIC;
+CREATE TRIGGER guard_ledger BEFORE DELETE OR TRUNCATE ON softguard.captures
+    FOR EACH STATEMENT EXECUTE FUNCTION softguard._guard_ledger();
+ALTER TABLE softguard.captures ENABLE ALWAYS TRIGGER guard_ledger;
+CREATE TRIGGER guard_capture BEFORE UPDATE ON softguard.captures
+    FOR EACH ROW EXECUTE FUNCTION softguard._guard_capture();
+ALTER TABLE softguard.captures ENABLE ALWAYS TRIGGER guard_capture;
+CREATE TRIGGER guard_ledger BEFORE DELETE OR UPDATE OR TRUNCATE ON softguard.captured_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION softguard._guard_ledger();
+ALTER TABLE softguard.captured_rows ENABLE ALWAYS TRIGGER guard_ledger;
+
+CREATE OR REPLACE FUNCTION softguard._truncate_finish(op bigint, action text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    targets text;
+    mine boolean;
+BEGIN
+    SELECT * INTO o FROM softguard.operations
+     WHERE id = op AND kind = 'TRUNCATE' AND txid = pg_current_xact_id() AND state = 'active';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open TRUNCATE operation';
+    END IF;
+    IF NOT EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = op) THEN
+        mine := softguard._maintenance_begin();
+        DELETE FROM softguard.operations WHERE id = op;
+        PERFORM softguard._maintenance_end(mine);
+        RETURN format('softguard: %s kept nothing: it emptied no table softguard protects',
+                      coalesce(action, 'TRUNCATE TABLE'));
+    END IF;
+    UPDATE softguard.operations SET
+        objects = (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'type', 'table', 'identity', c.table_identity,
+                       'schema', split_part(c.table_identity, '.', 1),
+                       'name', (SELECT relname FROM pg_class WHERE oid = c.relid),
+                       'original', strpos(lower(o.statement),
+                                          lower((SELECT relname FROM pg_class WHERE oid = c.relid))) > 0,
+                       'normal', true, 'classid', 'pg_class'::regclass::oid, 'objid', c.relid,
+                       'objsubid', 0, 'event', 'truncate', 'rows', c.n_rows, 'held_by', NULL)
+                       ORDER BY c.id), '[]')
+                     FROM softguard.captures c WHERE c.op_id = op AND c.event = 'truncate'),
+        row_counts = jsonb_build_object('estimate', false, 'tables', (
+            SELECT coalesce(jsonb_object_agg(c.table_identity, c.n_rows), '{}')
+              FROM softguard.captures c WHERE c.op_id = op AND c.event = 'truncate'))
+     WHERE id = op;
+    SELECT string_agg(c.table_identity, ', '
+                      ORDER BY nullif(strpos(lower(o.statement), lower(r.relname)), 0) NULLS LAST, c.id)
+      INTO targets
+      FROM softguard.captures c JOIN pg_class r ON r.oid = c.relid
+     WHERE c.op_id = op AND c.event = 'truncate' AND strpos(lower(o.statement), lower(r.relname)) > 0;
+    IF targets IS NULL THEN
+        SELECT string_agg(c.table_identity, ', ' ORDER BY c.id) INTO targets
+          FROM softguard.captures c WHERE c.op_id = op AND c.event = 'truncate';
+    END IF;
+    RETURN softguard._op_notice(coalesce(action, 'TRUNCATE TABLE'), targets, op, o.expires_at);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._op_message(op bigint, action text, targets text) RETURNS text
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT softguard._op_notice(action, targets, op, expires_at)
+      FROM softguard.operations
+     WHERE id = op AND txid = pg_current_xact_id() AND state = 'active'
+$$;
+
+CREATE OR REPLACE FUNCTION softguard._quarantine(list jsonb, stmt text, ctx jsonb, invoker text)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    op_id bigint;
+    n integer := 0;
+    steps jsonb := '[]';
+    r record;
+    x record;
+    own oid;
+    going oid[];            -- listed relations leaving the live schema (moved or with a schema)
+    dropped_schemas text[];
+    moves jsonb := '[]';    -- the listed objects to move, in list order
+    links jsonb := '[]';    -- links on live objects to record and drop
+    kw text;
+    qn text;
+    acl jsonb;
+    expires timestamptz;
+    targets text;
+    is_super boolean;
+    held jsonb;             -- 'classid/objid/objsubid' -> the earlier operation holding it
+    reg softguard.sessions := softguard._session(true);
+BEGIN
+    SELECT rolsuper INTO is_super FROM pg_roles WHERE rolname = session_user;
+    IF NOT coalesce((SELECT pg_has_role(session_user, g.oid, 'MEMBER')
+                       FROM pg_roles g WHERE g.rolname = invoker), false) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: role %s is not a role of this session', invoker);
+    END IF;
+    IF coalesce(ctx->>'action', 'DROP') !~ '^DROP( [A-Z]+)*$' THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: %s is not a DROP', ctx->>'action');
+    END IF;
+
+    -- 1. The list must be what a DROP by this session would remove.
+    FOR r IN SELECT * FROM softguard._list(list) l WHERE l.original LOOP
+        own := softguard._owner(r.classid, r.objid);
+        IF own IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot keep %s %s', r.object_type, r.object_identity);
+        END IF;
+        IF NOT is_super AND NOT pg_has_role(session_user, own, 'MEMBER') THEN
+            RAISE EXCEPTION USING ERRCODE = '42501',
+                MESSAGE = format('must be owner of %s %s', r.object_type, r.object_identity);
+        END IF;
+    END LOOP;
+    IF EXISTS (
+        SELECT FROM softguard._list(list) l
+         WHERE NOT l.original
+           AND NOT EXISTS (
+               SELECT FROM pg_depend d
+                WHERE d.classid = l.classid AND d.objid = l.objid
+                  AND (d.refclassid, d.refobjid) IN (
+                      SELECT (e->>'classid')::oid, (e->>'objid')::oid
+                        FROM jsonb_array_elements(list) e))
+           AND NOT EXISTS (   -- e.g. a view: its listed _RETURN rule depends on the table
+               SELECT FROM pg_depend d
+                WHERE d.refclassid = l.classid AND d.refobjid = l.objid AND d.deptype = 'i'
+                  AND (d.classid, d.objid) IN (
+                      SELECT (e->>'classid')::oid, (e->>'objid')::oid
+                        FROM jsonb_array_elements(list) e))) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'softguard: the object list does not match what the statement drops';
+    END IF;
+
+    expires := now() + softguard._retention(reg, (ctx->>'retention_seconds')::integer);
+    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                      client_addr, statement, kind, objects, restore)
+    VALUES (expires, session_user, invoker, current_setting('application_name', true),
+            softguard._client_addr(reg), stmt,
+            coalesce(ctx->>'action', 'DROP'), '[]', '[]')
+    RETURNING id INTO op_id;
+
+    SELECT coalesce(jsonb_object_agg(format('%s/%s/%s', l.classid, l.objid, l.objsubid),
+                                     softguard._holder(l.classid, l.objid, l.objsubid)), '{}')
+      INTO held
+      FROM softguard._list(list) l
+     WHERE coalesce(softguard._is_quarantine_schema(l.home), false);
+    SELECT coalesce(array_agg(l.object_name), '{}') INTO dropped_schemas
+      FROM softguard._list(list) l WHERE l.object_type = 'schema';
+    SELECT coalesce(array_agg(l.objid), '{}') INTO going
+      FROM softguard._list(list) l
+     WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
+       AND NOT coalesce(softguard._is_quarantine_schema(l.home), false);
+
+    -- 2. Classify: what moves, what is a link to record and drop, what cannot be kept.
+    FOR r IN SELECT * FROM softguard._list(list) l ORDER BY l.ord LOOP
+        CONTINUE WHEN coalesce(softguard._is_quarantine_schema(r.home), false);  -- held already
+        CONTINUE WHEN r.object_type = 'schema';
+        CONTINUE WHEN r.home = ANY (dropped_schemas);          -- stays in its renamed schema
+        IF r.object_type = 'table column' THEN
+            CONTINUE WHEN r.owned;
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot yet keep columns dropped by CASCADE (column %s)',
+                                 r.object_identity),
+                HINT = 'Drop the column with ALTER TABLE first, or run the statement without softguard.';
+        END IF;
+        IF r.classid = 'pg_class'::regclass THEN
+            SELECT c.relkind INTO x FROM pg_class c WHERE c.oid = r.objid;
+            IF x.relkind IN ('r', 'p', 'f', 'v', 'm') THEN
+                moves := moves || jsonb_build_array(to_jsonb(r));  -- partitions move one by one
+                CONTINUE;
+            END IF;
+        END IF;
+        CONTINUE WHEN r.owned;                                   -- goes with its owner
+        CASE
+            WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
+                                   'domain') THEN
+                moves := moves || jsonb_build_array(to_jsonb(r));
+            WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
+                                   'policy', 'rule') THEN
+                links := links || jsonb_build_array(to_jsonb(r));
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = format('softguard cannot keep %s %s (dropped by this statement)',
+                                     r.object_type, r.object_identity),
+                    HINT = 'Run the statement without softguard if losing it is intended.';
+        END CASE;
+    END LOOP;
+
+    -- 3. Links from live objects to dropped ones, as a real DROP removes them. Constraints
+    --    first (a foreign key may need a listed unique index), indexes last.
+    FOR r IN SELECT e.* FROM jsonb_to_recordset(links) AS e(classid oid, objid oid,
+                  object_type text, object_identity text, original boolean, ord integer)
+             ORDER BY CASE e.object_type WHEN 'table constraint' THEN 0 WHEN 'index' THEN 2
+                      ELSE 1 END, e.ord LOOP
+        steps := steps || softguard._drop_link(r.classid, r.objid, r.object_identity, r.original);
+    END LOOP;
+
+    -- 4. Links from leaving relations to live ones: partition bound, inheritance, FKs.
+    FOR x IN SELECT c.oid AS child, i.inhparent AS parent, c.relispartition,
+                    pg_get_expr(c.relpartbound, c.oid) AS bound
+               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              WHERE i.inhrelid = ANY (going) AND NOT (i.inhparent = ANY (going))
+                AND c.relkind IN ('r', 'p', 'f')
+              ORDER BY i.inhrelid, i.inhseqno LOOP
+        IF x.relispartition THEN
+            steps := steps || jsonb_build_array(jsonb_build_object(
+                'step', 'detach_partition', 'parent', x.parent,
+                'parent_name', x.parent::regclass::text, 'child', x.child,
+                'child_name', x.child::regclass::text, 'bound', x.bound));
+            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', x.parent::regclass,
+                           x.child::regclass);
+        ELSE
+            -- NO INHERIT turns inherited columns and constraints into local ones: record
+            -- which were inherited only, to put that back.
+            steps := steps || jsonb_build_array(jsonb_build_object(
+                'step', 'no_inherit', 'parent', x.parent,
+                'parent_name', x.parent::regclass::text, 'child', x.child,
+                'child_name', x.child::regclass::text,
+                'inherited_columns', (SELECT coalesce(jsonb_agg(a.attname), '[]')
+                    FROM pg_attribute a WHERE a.attrelid = x.child AND a.attnum > 0
+                     AND NOT a.attisdropped AND NOT a.attislocal AND a.attinhcount = 1),
+                'inherited_constraints', (SELECT coalesce(jsonb_agg(c.conname), '[]')
+                    FROM pg_constraint c WHERE c.conrelid = x.child AND NOT c.conislocal
+                     AND c.coninhcount = 1)));
+            EXECUTE format('ALTER TABLE %s NO INHERIT %s', x.child::regclass, x.parent::regclass);
+        END IF;
+    END LOOP;
+    FOR x IN SELECT c.oid FROM pg_constraint c
+              WHERE c.contype = 'f' AND c.conrelid = ANY (going)
+                AND NOT (c.confrelid = ANY (going)) AND c.conparentid = 0
+              ORDER BY c.conrelid, c.conname LOOP
+        steps := steps || softguard._drop_link('pg_constraint'::regclass, x.oid,
+            (pg_identify_object('pg_constraint'::regclass, x.oid, 0)).identity);
+    END LOOP;
+
+    -- 5. Dropped schemas: rename, lock out everybody but the owner (privileges recorded).
+    FOR r IN SELECT * FROM softguard._list(list) l WHERE l.object_type = 'schema' ORDER BY l.ord LOOP
+        n := n + 1;
+        qn := softguard._qname(format('softguard_q%s_', op_id), r.object_name);
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+                   'privilege', a.privilege_type, 'grantable', a.is_grantable) ORDER BY a.o), '[]')
+          INTO acl
+          FROM pg_namespace s, LATERAL aclexplode(s.nspacl) WITH ORDINALITY AS a(grantor, grantee,
+               privilege_type, is_grantable, o)
+         WHERE s.oid = r.objid AND a.grantee <> s.nspowner;
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'rename_schema', 'oid', r.objid, 'name', r.object_name, 'qname', qn,
+            'acl', acl, 'original', r.original));
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', r.object_name, qn);
+        FOR x IN SELECT DISTINCT e->>'grantee' AS grantee FROM jsonb_array_elements(acl) e LOOP
+            EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %s CASCADE', qn,
+                           CASE WHEN x.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(x.grantee) END);
+        END LOOP;
+    END LOOP;
+
+    -- 6. Move into softguard_quarantine under op<id>_<n>_<name>.
+    FOR r IN SELECT e.* FROM jsonb_to_recordset(moves) AS e(classid oid, objid oid,
+                  object_type text, object_identity text, original boolean, ord integer)
+             ORDER BY e.ord LOOP
+        IF r.classid = 'pg_class'::regclass THEN
+            SELECT c.relkind, c.relname, c.relnamespace INTO x FROM pg_class c WHERE c.oid = r.objid;
+            kw := CASE x.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                      WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END;
+            IF x.relkind = 'S' THEN
+                -- a sequence owned by a live table's column (DROP SEQUENCE ... CASCADE)
+                FOR own IN SELECT d.refobjid FROM pg_depend d
+                            WHERE d.classid = 'pg_class'::regclass AND d.objid = r.objid
+                              AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a' LOOP
+                    steps := steps || jsonb_build_array(jsonb_build_object(
+                        'step', 'seq_owned_by', 'seq', r.objid, 'table', own,
+                        'column', (SELECT a.attname FROM pg_depend d JOIN pg_attribute a
+                                     ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                                    WHERE d.classid = 'pg_class'::regclass AND d.objid = r.objid
+                                      AND d.refobjid = own AND d.deptype = 'a')));
+                    EXECUTE format('ALTER SEQUENCE %s OWNED BY NONE', r.objid::regclass);
+                END LOOP;
+            END IF;
+            -- Indexes, owned sequences, statistics go along; rename them so that the names
+            -- are free in the live schema and unique in quarantine.
+            FOR own, qn IN
+                SELECT i.indexrelid, ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 WHERE i.indrelid = r.objid
+                UNION ALL
+                SELECT d.objid, sc.relname FROM pg_depend d JOIN pg_class sc ON sc.oid = d.objid
+                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.refobjid = r.objid AND d.deptype IN ('a', 'i') AND sc.relkind = 'S'
+                ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || jsonb_build_array(jsonb_build_object(
+                    'step', 'rename', 'class', 'relation', 'oid', own, 'name', qn,
+                    'qname', softguard._qname(format('op%s_%s_', op_id, n), qn), 'parent', r.objid));
+                EXECUTE format('ALTER INDEX %s RENAME TO %I', own::regclass,
+                               softguard._qname(format('op%s_%s_', op_id, n), qn));
+            END LOOP;
+            FOR own, qn IN SELECT s.oid, s.stxname FROM pg_statistic_ext s
+                            WHERE s.stxrelid = r.objid ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, 'pg_statistic_ext'::regclass, own, false);
+            END LOOP;
+        END IF;
+        n := n + 1;
+        steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original);
+    END LOOP;
+
+    -- 7. The operation: objects (with where each went), estimates, the plan.
+    -- in the statement's order (PostgreSQL lists them in its deletion order)
+    SELECT string_agg(l.object_identity, ', '
+                      ORDER BY nullif(strpos(lower(stmt), lower(l.object_name)), 0) NULLS LAST,
+                               l.ord) INTO targets
+      FROM softguard._list(list) l WHERE l.original;
+    UPDATE softguard.operations o SET
+        restore = steps,
+        objects = (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'type', l.object_type, 'identity', l.object_identity,
+                       'schema', l.schema_name, 'name', l.object_name,
+                       'original', l.original, 'normal', l.normal,
+                       'classid', l.classid, 'objid', l.objid, 'objsubid', l.objsubid,
+                       'quarantined_as', CASE WHEN h.held_by IS NULL THEN
+                           (pg_identify_object(l.classid, l.objid, l.objsubid)).identity END,
+                       'held_by', h.held_by) ORDER BY l.ord), '[]')
+              FROM softguard._list(list) l,
+                   LATERAL (SELECT (held->>format('%s/%s/%s', l.classid, l.objid, l.objsubid))::bigint
+                                   AS held_by) h),
+        row_counts = jsonb_build_object('estimate', true, 'tables', (
+            SELECT coalesce(jsonb_object_agg(l.object_identity,
+                       CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END), '{}')
+              FROM softguard._list(list) l JOIN pg_class c ON c.oid = l.objid
+             WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
+               AND c.relkind IN ('r', 'm')
+               AND NOT held ? format('%s/%s/%s', l.classid, l.objid, l.objsubid)))
+     WHERE o.id = op_id;
+
+    RETURN softguard._op_notice(coalesce(ctx->>'action', 'DROP'), targets, op_id, expires);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._capture_column(op bigint, rel oid, attnum integer) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    o softguard.operations;
+    a record;
+    key text[];
+    cid bigint;
+    n bigint;
+    info jsonb;
+    ident text;
+BEGIN
+    SELECT * INTO o FROM softguard.operations
+     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
+    END IF;
+    IF NOT softguard._protected_table(rel)
+       OR NOT pg_has_role(softguard._client_role(), (SELECT relowner FROM pg_class WHERE oid = rel), 'USAGE')
+       OR NOT EXISTS (SELECT FROM pg_attribute at WHERE at.attrelid = rel
+                         AND at.attnum = _capture_column.attnum AND at.attnum > 0
+                         AND NOT at.attisdropped)
+       OR EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = op AND c.relid = rel
+                     AND c.event = 'column' AND c.info->>'kind' IS NULL
+                     AND (c.info->>'attnum')::integer = _capture_column.attnum) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: not a column this session can drop (%s, %s)', rel, attnum);
+    END IF;
+    SELECT at.*, format_type(at.atttypid, at.atttypmod) AS typ,
+           pg_get_expr(d.adbin, d.adrelid) AS def,
+           CASE WHEN at.attcollation <> t.typcollation THEN
+               (SELECT format('%I.%I', cn.nspname, co.collname) FROM pg_collation co
+                  JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = at.attcollation)
+           END AS coll,
+           col_description(at.attrelid, at.attnum) AS cmt
+      INTO a
+      FROM pg_attribute at JOIN pg_type t ON t.oid = at.atttypid
+      LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
+     WHERE at.attrelid = rel AND at.attnum = _capture_column.attnum;
+    ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
+                    (SELECT relname FROM pg_class WHERE oid = rel));
+    key := softguard._row_key(rel);
+    IF key IS NULL OR a.attname::text = ANY (key) THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot keep column %s.%I: the table has no primary key or unique NOT NULL key%s',
+                             ident, a.attname, CASE WHEN key IS NOT NULL THEN ' without it' ELSE '' END),
+            HINT = 'Add a primary key first, or run the statement without softguard.';
+    END IF;
+    IF a.attidentity <> '' OR a.attgenerated <> '' THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot yet keep identity or generated column %s.%I', ident, a.attname);
+    END IF;
+    info := jsonb_build_object(
+        'name', a.attname, 'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
+        'collation', a.coll, 'comment', a.cmt, 'key', to_jsonb(key), 'attnum', a.attnum,
+        -- constraints and indexes that the DROP removes with the column
+        'constraints', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                            'name', c.conname, 'def', pg_get_constraintdef(c.oid),
+                            'comment', obj_description(c.oid, 'pg_constraint')) ORDER BY c.oid), '[]')
+                          FROM pg_constraint c
+                         WHERE c.conrelid = rel AND c.conislocal AND a.attnum = ANY (c.conkey)
+                           AND c.contype <> 'n'),
+        'indexes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        'name', ic.relname, 'def', pg_get_indexdef(i.indexrelid),
+                        'comment', obj_description(i.indexrelid, 'pg_class')) ORDER BY i.indexrelid), '[]')
+                      FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                     WHERE i.indrelid = rel
+                       AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid
+                                        AND c.conrelid = rel)
+                       AND (a.attnum = ANY (i.indkey)
+                            OR EXISTS (SELECT FROM pg_depend d
+                                        WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                                          AND d.refobjid = rel AND d.refobjsubid = a.attnum))));
+    cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                   ' SELECT %s, ROW(%s, t.%I)::text FROM ONLY %s t',
+                   cid, (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
+                   a.attname, rel::regclass);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
+    VALUES (cid, op, rel, ident, 'column', n,
+            (SELECT jsonb_agg(jsonb_build_array(k, format_type(at.atttypid, at.atttypmod)) ORDER BY x.ord)
+               FROM unnest(key) WITH ORDINALITY x(k, ord)
+               JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
+            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
+            info);
+    UPDATE softguard.operations SET
+        objects = objects || jsonb_build_array(jsonb_build_object(
+            'type', 'table column', 'identity', format('%s.%I', ident, a.attname),
+            'original', true, 'normal', true, 'classid', 'pg_class'::regclass::oid,
+            'objid', rel, 'objsubid', a.attnum, 'rows', n, 'held_by', NULL)),
+        row_counts = jsonb_set(row_counts, ARRAY['tables', ident], to_jsonb(n))
+     WHERE id = op;
+    RETURN format('%s.%I', ident, a.attname);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._capture_type(op bigint, rel oid, attnum integer, changed text[])
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    a record;
+    key text[];
+    cid bigint;
+    n bigint;
+    ident text;
+BEGIN
+    PERFORM FROM softguard.operations
+     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
+    END IF;
+    IF NOT softguard._protected_table(rel)
+       OR NOT pg_has_role(softguard._client_role(), (SELECT relowner FROM pg_class WHERE oid = rel), 'USAGE') THEN
+        RETURN NULL;
+    END IF;
+    SELECT at.attname, at.attnum, at.attnotnull, at.attidentity, at.attgenerated,
+           format_type(at.atttypid, at.atttypmod) AS typ,
+           pg_get_expr(d.adbin, d.adrelid) AS def,
+           CASE WHEN at.attcollation <> t.typcollation THEN
+               (SELECT format('%I.%I', cn.nspname, co.collname) FROM pg_collation co
+                  JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = at.attcollation)
+           END AS coll
+      INTO a
+      FROM pg_attribute at JOIN pg_type t ON t.oid = at.atttypid
+      LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
+     WHERE at.attrelid = rel AND at.attnum = _capture_type.attnum AND NOT at.attisdropped;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
+                    (SELECT relname FROM pg_class WHERE oid = rel));
+    key := softguard._row_key(rel, changed);
+    IF key IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot keep the values of %s.%I across its type change: %s',
+                             ident, a.attname,
+                             CASE WHEN softguard._row_key(rel) IS NULL
+                                  THEN 'the table has no primary key or unique NOT NULL key'
+                                  ELSE 'every primary key or unique NOT NULL key of the table has '
+                                       'a column whose type this statement changes' END),
+            HINT = 'Add a primary key first, or give the role running it alter = "allow" in '
+                   'softguard''s policy (the change is then not reversible).';
+    END IF;
+    IF a.attidentity <> '' OR a.attgenerated <> '' THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot yet keep identity or generated column %s.%I', ident, a.attname);
+    END IF;
+    cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                   ' SELECT %s, ROW(%s, t.%I)::text FROM %s t',
+                   cid, (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
+                   a.attname, rel::regclass);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
+    VALUES (cid, op, rel, ident, 'column', n,
+            (SELECT jsonb_agg(jsonb_build_array(k, format_type(at.atttypid, at.atttypmod)) ORDER BY x.ord)
+               FROM unnest(key) WITH ORDINALITY x(k, ord)
+               JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
+            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
+            jsonb_build_object('kind', 'type', 'name', a.attname, 'attnum', a.attnum,
+                               'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
+                               'collation', a.coll, 'key', to_jsonb(key),
+                               -- PostgreSQL re-parses these for the new type (casts added):
+                               -- undo puts back their exact definitions
+                               'checks', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                   'name', co.conname, 'def', pg_get_constraintdef(co.oid),
+                                   'comment', obj_description(co.oid, 'pg_constraint'))
+                                   ORDER BY co.conname), '[]')
+                                 FROM pg_constraint co
+                                WHERE co.conrelid = rel AND co.contype = 'c' AND co.conislocal
+                                  AND a.attnum = ANY (co.conkey))));
+    RETURN cid;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._capture_type_after(op bigint, cid bigint) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    c softguard.captures;
+    a record;
+    key text[];
+    cn bigint;
+    n bigint;
+BEGIN
+    SELECT cp.* INTO c FROM softguard.captures cp JOIN softguard.operations o ON o.id = cp.op_id
+     WHERE cp.id = cid AND cp.op_id = op AND cp.info->>'kind' = 'type'
+       AND NOT cp.info ? 'new_capture' AND o.txid = pg_current_xact_id() AND o.state = 'active';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
+    END IF;
+    key := ARRAY(SELECT jsonb_array_elements_text(c.info->'key'));
+    -- ALTER COLUMN ... TYPE keeps the attribute number
+    SELECT at.attname, format_type(at.atttypid, at.atttypmod) AS typ,
+           pg_get_expr(d.adbin, d.adrelid) AS def
+      INTO a
+      FROM pg_attribute at
+      LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
+     WHERE at.attrelid = c.relid AND at.attnum = (c.info->>'attnum')::integer AND NOT at.attisdropped;
+    cn := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                   ' SELECT %s, ROW(%s, t.%I)::text FROM %s t',
+                   cn, (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
+                   a.attname, c.relid::regclass);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
+    VALUES (cn, op, c.relid, c.table_identity, 'column', n,
+            (c.columns - (jsonb_array_length(c.columns) - 1))
+                || jsonb_build_array(jsonb_build_array('sg_new', a.typ)),
+            jsonb_build_object('kind', 'type_new', 'of', cid, 'name', a.attname));
+    UPDATE softguard.captures
+       SET info = info || jsonb_build_object('new_type', a.typ, 'new_default', a.def,
+                                             'new_capture', cn)
+     WHERE id = cid;
+    UPDATE softguard.operations SET
+        objects = objects || jsonb_build_array(jsonb_build_object(
+            'type', 'table column', 'identity', format('%s.%I', c.table_identity, a.attname),
+            'original', true, 'normal', true, 'classid', 'pg_class'::regclass::oid,
+            'objid', c.relid, 'objsubid', (c.info->>'attnum')::integer, 'rows', c.n_rows,
+            'held_by', NULL, 'event', 'alter type', 'old_type', c.info->>'type',
+            'new_type', a.typ)),
+        row_counts = jsonb_set(row_counts, ARRAY['tables', c.table_identity], to_jsonb(c.n_rows))
+     WHERE id = op;
+    RETURN format('%s.%I', c.table_identity, a.attname);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._undo(op bigint, rename_to text, "cascade" boolean,
+                                on_conflict text)
+RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lines softguard.undo_step[] := '{}';
+    done softguard.undo_step[];
+    detail text;
+    holder bigint;
+    o softguard.operations;
+    finished boolean := false;
+    mine boolean := softguard._maintenance_begin();   -- the ledger's guards let undo write
+BEGIN
+    PERFORM softguard._refuse_purged(op);
+    FOR attempt IN 1..1000 LOOP
+        BEGIN
+            SELECT * INTO o FROM softguard.operations WHERE id = op;
+            IF FOUND AND o.kind IN ('DELETE', 'UPDATE', 'MERGE', 'TRUNCATE', 'ALTER TABLE')
+               AND o.state = 'active' THEN
+                IF rename_to IS NOT NULL THEN
+                    RAISE EXCEPTION USING ERRCODE = '22023',
+                        MESSAGE = format('--rename-to applies to DROP operations; operation %s is a %s',
+                                         op, o.kind);
+                END IF;
+                done := softguard._undo_rows(op, coalesce(on_conflict, 'fail'));
+            ELSE
+                done := softguard._undo_one(op, rename_to);
+            END IF;
+            lines := lines || done;
+            finished := true;
+            EXIT;
+        EXCEPTION WHEN SQLSTATE '55006' THEN
+            IF NOT "cascade" THEN
+                RAISE;
+            END IF;
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+            holder := softguard._blocked_by(detail);
+            IF holder IS NULL OR holder = op THEN
+                RAISE;
+            END IF;
+            lines := lines || softguard._undo(holder, NULL, true, on_conflict);
+        END;
+    END LOOP;
+    IF NOT finished THEN
+        RAISE EXCEPTION USING ERRCODE = '55006',
+            MESSAGE = format('cannot undo operation %s: later operations keep blocking it', op);
+    END IF;
+    PERFORM softguard._maintenance_end(mine);
+    RETURN lines;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard.purge_op(op bigint, archive text DEFAULT NULL,
+                                   lock_timeout text DEFAULT '2s',
+                                   inline_rows bigint DEFAULT 10000)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    r record;
+    stmt text;
+    list jsonb;
+    bad record;
+    held_by bigint;
+    n_objects integer := 0;
+    n_rows bigint;
+    released text;
+    mine boolean;
+BEGIN
+    PERFORM set_config('lock_timeout', coalesce(lock_timeout, '2s'), true);
+    mine := softguard._maintenance_begin();
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('softguard: operation %s does not exist', op);
+    END IF;
+    IF o.state = 'purged' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s was already purged (at %s by %s)', op,
+                             to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+    END IF;
+
+    IF o.state = 'active' AND o.kind <> 'UNDO' THEN
+        -- 1. Lock what it holds (in oid order), waiting at most lock_timeout.
+        FOR r IN SELECT h.relid FROM softguard.held_relations(op) h
+                  WHERE h.relkind IN ('r', 'p', 'v', 'f') ORDER BY h.relid LOOP
+            EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', r.relid::regclass);
+        END LOOP;
+
+        -- 2. Drop each object (schemas last); each DROP ... CASCADE is probed first: it
+        --    must take nothing but what this operation holds.
+        FOR r IN SELECT h.* FROM softguard._held_objects(op) h
+                  ORDER BY (h.classid = 'pg_namespace'::regclass), h.classid, h.objid LOOP
+            IF r.classid = 'pg_namespace'::regclass THEN
+                CONTINUE WHEN NOT EXISTS (SELECT FROM pg_namespace n WHERE n.oid = r.objid);
+            ELSE
+                CONTINUE WHEN (pg_identify_object(r.classid, r.objid, 0)).identity IS NULL;
+            END IF;
+            stmt := format('DROP %s %s CASCADE', r.keyword, r.ident);
+            list := softguard._probe(stmt);
+            SELECT x->>'object_type' AS type, x->>'object_identity' AS identity,
+                   softguard._holder((x->>'classid')::oid, (x->>'objid')::oid,
+                                     (x->>'objsubid')::integer) AS holder
+              INTO bad
+              FROM jsonb_array_elements(list) x
+             WHERE (x->>'normal')::boolean AND NOT (x->>'original')::boolean
+               AND softguard._holder((x->>'classid')::oid, (x->>'objid')::oid,
+                                     (x->>'objsubid')::integer) IS DISTINCT FROM op
+             LIMIT 1;
+            IF FOUND THEN
+                held_by := bad.holder;
+                IF held_by IS NOT NULL THEN
+                    RAISE EXCEPTION USING ERRCODE = '55006',
+                        MESSAGE = format('cannot purge operation %s: dropping %s %s would also '
+                                         'remove %s %s, held by operation %s',
+                                         op, lower(r.keyword), r.ident, bad.type, bad.identity,
+                                         held_by),
+                        HINT = format('Purge operation %s first (or undo it).', held_by);
+                END IF;
+                RAISE EXCEPTION USING ERRCODE = '55006',
+                    MESSAGE = format('cannot purge operation %s: dropping %s %s would also '
+                                     'remove %s %s, which is not in quarantine',
+                                     op, lower(r.keyword), r.ident, bad.type, bad.identity),
+                    HINT = 'Something was made to depend on a quarantined object: remove that '
+                           'dependency first.';
+            END IF;
+            EXECUTE stmt;
+            n_objects := n_objects + 1;
+        END LOOP;
+    END IF;
+
+    -- 3. Captured rows: released; deleted now when few.
+    UPDATE softguard.captures c SET released_at = now()
+     WHERE c.op_id = op AND c.released_at IS NULL;
+    SELECT coalesce(sum(c.n_rows), 0) INTO n_rows FROM softguard.captures c WHERE c.op_id = op;
+    IF n_rows <= inline_rows THEN
+        DELETE FROM softguard.captured_rows cr
+         WHERE cr.capture_id = ANY (ARRAY(SELECT c.id FROM softguard.captures c
+                                           WHERE c.op_id = op));
+        DELETE FROM softguard.captures c WHERE c.op_id = op;
+        released := format('%s captured rows deleted', n_rows);
+    ELSE
+        released := format('%s captured rows released (deleted in batches)', n_rows);
+    END IF;
+
+    IF o.state <> 'active' OR o.kind = 'UNDO' THEN
+        PERFORM softguard._maintenance_end(mine);
+        RETURN format('operation %s: %s, nothing in quarantine; %s', op,
+                      CASE WHEN o.kind = 'UNDO' THEN 'the record of an undo'
+                           ELSE format('undone at %s', to_char(o.undone_at, 'YYYY-MM-DD HH24:MI:SS'))
+                      END, released);
+    END IF;
+    UPDATE softguard.operations
+       SET state = 'purged', purged_at = now(), purged_by = session_user, purge_archive = archive
+     WHERE id = op;
+    PERFORM softguard._maintenance_end(mine);
+    RETURN format('operation %s: purged (%s objects dropped, %s)', op, n_objects, released);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard.purge_rows(batch integer DEFAULT 10000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+DECLARE
+    cid bigint;
+    want integer;
+    n bigint;
+    done bigint := 0;
+    mine boolean := softguard._maintenance_begin();
+BEGIN
+    LOOP
+        want := greatest(batch - done, 0)::integer;
+        EXIT WHEN want = 0;
+        SELECT c.id INTO cid FROM softguard.captures c
+         WHERE c.released_at IS NOT NULL ORDER BY c.id LIMIT 1;
+        EXIT WHEN cid IS NULL;
+        DELETE FROM softguard.captured_rows cr
+         WHERE cr.ctid = ANY (ARRAY(SELECT x.ctid FROM softguard.captured_rows x
+                                    WHERE x.capture_id = cid LIMIT want));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        done := done + n;
+        IF n < want THEN
+            DELETE FROM softguard.captures c WHERE c.id = cid;
+            done := done + 1;
+        END IF;
+        cid := NULL;
+    END LOOP;
+    PERFORM softguard._maintenance_end(mine);
+    RETURN done;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard.purge_soft_rows(op bigint, batch integer DEFAULT 10000,
+                                          lock_timeout text DEFAULT '2s')
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+DECLARE
+    o softguard.operations;
+    c softguard.captures;
+    taken bigint;
+    deleted bigint;
+    total bigint := 0;
+    mine boolean;
+BEGIN
+    PERFORM set_config('lock_timeout', coalesce(lock_timeout, '2s'), true);
+    PERFORM set_config('softguard.capture', '', true);  -- purge's DELETE is not an operation
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND OR o.state <> 'active' THEN
+        RETURN 0;
+    END IF;
+    mine := softguard._maintenance_begin();
+    FOR c IN SELECT * FROM softguard.captures
+              WHERE op_id = op AND event = 'soft_delete' AND released_at IS NULL ORDER BY id LOOP
+        EXIT WHEN total >= batch;
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = c.relid);
+        IF NOT c.info ? 'purging' THEN
+            UPDATE softguard.captures SET info = info || jsonb_build_object('purging', now())
+             WHERE id = c.id;
+        END IF;
+        EXECUTE format('WITH b AS (DELETE FROM softguard.captured_rows r WHERE r.ctid = ANY (ARRAY('
+                       'SELECT x.ctid FROM softguard.captured_rows x WHERE x.capture_id = %s LIMIT %s))'
+                       ' RETURNING r."row"), d AS (DELETE FROM %s t USING (%s) s WHERE %s RETURNING 1)'
+                       ' SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM d)',
+                       c.id, batch - total, c.relid::regclass,
+                       softguard._sd_source(c, 'b'),
+                       softguard._sd_match(c))
+            INTO taken, deleted;
+        UPDATE softguard.captures
+           SET info = jsonb_set(info, '{purged_rows}',
+                                to_jsonb(coalesce((info->>'purged_rows')::bigint, 0) + deleted))
+         WHERE id = c.id;
+        total := total + taken;
+    END LOOP;
+    PERFORM softguard._maintenance_end(mine);
+    RETURN total;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._capture_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    detail text;
+    victim text;
+BEGIN
+    IF current_setting('softguard.probe', true) IS DISTINCT FROM 'on' THEN
+        -- Backstop: SQL softguard cannot see (a DO block, a function, a direct session)
+        -- must not destroy the ledger or what is in quarantine. Only softguard's own
+        -- maintenance (purge) marks its transaction (softguard.maintenance).
+        IF NOT softguard._in_maintenance() THEN
+            SELECT d.object_identity INTO victim
+              FROM pg_event_trigger_dropped_objects() d
+             WHERE NOT d.is_temporary
+               AND (d.schema_name IN ('softguard', 'softguard_quarantine')
+                    OR d.schema_name ~ '^softguard_q[0-9]+_'
+                    OR (d.object_type = 'schema'
+                        AND (d.object_name IN ('softguard', 'softguard_quarantine')
+                             OR d.object_name ~ '^softguard_q[0-9]+_')))
+             LIMIT 1;
+            IF victim IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '42501',
+                    MESSAGE = format('softguard: %s belongs to softguard''s ledger or '
+                                     'quarantine and cannot be dropped', victim),
+                    HINT = 'Quarantined objects leave through softguard undo or softguard purge.';
+            END IF;
+        END IF;
+        PERFORM softguard._backstop_drop();
+        RETURN;
+    END IF;
+    SELECT coalesce(json_agg(json_build_object(
+               'classid', d.classid, 'objid', d.objid, 'objsubid', d.objsubid,
+               'original', d.original, 'normal', d.normal, 'is_temporary', d.is_temporary,
+               'object_type', d.object_type, 'schema_name', d.schema_name,
+               'object_name', d.object_name, 'object_identity', d.object_identity,
+               'address_names', d.address_names, 'address_args', d.address_args)), '[]')::text
+      INTO detail
+      FROM pg_event_trigger_dropped_objects() d;
+    RAISE EXCEPTION USING ERRCODE = 'SGPRB', MESSAGE = 'softguard probe', DETAIL = detail;
+END $$;
 
 
 

@@ -138,11 +138,11 @@ def test_ops_filters(ledger: Ledger, db: str, dsn: str) -> None:
     old = drop(ledger, db, "DROP TABLE billing.refunds")
     undone = drop(ledger, db, "DROP VIEW active_reservations")
     recent = drop(ledger, db, "DROP TABLE events")
-    with ledger.connect(db) as c:
-        c.execute(
-            "UPDATE softguard.operations SET created_at = now() - interval '3 hours' WHERE id = %s",
-            [old],
-        )
+    ledger.as_maintenance(
+        db,
+        "UPDATE softguard.operations SET created_at = now() - interval '3 hours' WHERE id = %s",
+        [old],
+    )
     assert cli("undo", "--dsn", dsn, str(undone), "--yes").exit_code == 0
 
     def ids(*args: str) -> list[int]:

@@ -132,12 +132,11 @@ def test_purge_within_window_changes_nothing(ledger: Ledger, db: str, dsn: str) 
     assert quarantine(ledger, db) == before
 
     # an operation is due once past its expiry (here: pushed back by hand)
-    with ledger.connect(db) as c:
-        c.execute(
-            "UPDATE softguard.operations SET expires_at = now() - interval '1 minute'"
-            " WHERE id = %s",
-            [ops["drop_table"]],
-        )
+    ledger.as_maintenance(
+        db,
+        "UPDATE softguard.operations SET expires_at = now() - interval '1 minute' WHERE id = %s",
+        [ops["drop_table"]],
+    )
     r = cli("purge", "--dsn", dsn, "--yes", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)

@@ -42,12 +42,11 @@ def drop(ledger: Ledger, db: str, stmt: str) -> int:
 
 
 def expire(ledger: Ledger, db: str, op: int) -> None:
-    with ledger.connect(db) as c:
-        c.execute(
-            "UPDATE softguard.operations SET expires_at = now() - interval '1 second'"
-            " WHERE id = %s",
-            [op],
-        )
+    ledger.as_maintenance(
+        db,
+        "UPDATE softguard.operations SET expires_at = now() - interval '1 second' WHERE id = %s",
+        [op],
+    )
 
 
 def state(ledger: Ledger, db: str, op: int) -> str:
