@@ -550,8 +550,11 @@ class SessionCore:
             mtype = msg.type
             if mtype == _Z:
                 # Held: the client may not send anything before the session is registered.
+                # The client's part of the startup is done: what follows (the ledger
+                # check, the registration) is softguard's, not the startup timeout's.
                 self._first_ready = msg.raw
                 self.state = State.REGISTERING
+                self.controls.append(SetTimer(Timer.STARTUP, None))
                 self._registration_sent = False
                 self._register()
                 return
@@ -674,7 +677,6 @@ class SessionCore:
         """Hand the session to the client: the server's first ReadyForQuery, then what the
         client sent meanwhile."""
         self.state = State.READY
-        self.controls.append(SetTimer(Timer.STARTUP, None))
         self._sframer.set_want(_SERVER_WANT)
         self.pending = 0
         first, self._first_ready = self._first_ready, b""

@@ -320,7 +320,14 @@ def plan_message(
         return Planned(
             None, kind=kind, action=action, protected=tuple(protected), reread_soft_delete=reread
         )
-    rebuilt = _rebuild(msg, text, replacements, None, frozenset(retag))
+    rebuilt = _rebuild(
+        msg,
+        text,
+        replacements,
+        None,
+        frozenset(retag),
+        client_text=len(classification.statements) > 1,
+    )
     return Planned(rebuilt.raw, rebuilt.plan, rebuilt.retag, kind, action, tuple(protected), reread)
 
 
@@ -439,6 +446,8 @@ def _rebuild(
     replacements: list[Replacement],
     whole: str | None,
     retag: frozenset[int] = frozenset(),
+    *,
+    client_text: bool = False,
 ) -> _Rebuilt:
     """The Query/Parse message carrying the new text (the Parse keeps its name and types).
 
@@ -451,7 +460,7 @@ def _rebuild(
         plan = apply(text, replacements)
         new_text = plan.text
     if msg.type == _Q:
-        if plan is not None:
+        if plan is not None and client_text:
             # The other statements of the text may capture rows: the capture trigger
             # records the client's text from this comment, not softguard's rewrite.
             plan = plan.prefixed(client_text_marker(text))

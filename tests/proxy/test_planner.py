@@ -140,6 +140,9 @@ def test_soft_delete_rewrites_and_retags() -> None:
     planned = plan_message(inputs(ledger), SESSION, query("select 1; delete from customers"))
     assert isinstance(planned, Planned)
     assert sent_text(planned).split("*/", 1)[1].startswith("select 1; UPDATE customers SET")
+    single = plan_message(inputs(ledger), SESSION, query("delete from customers"))
+    assert isinstance(single, Planned)  # one statement: its own text is in the ledger
+    assert sent_text(single).startswith("UPDATE customers SET")
     assert planned.retag == frozenset({1})
     parsed = plan_message(inputs(ledger), SESSION, parse("", "delete from customers"))
     assert isinstance(parsed, Planned)
