@@ -205,33 +205,24 @@ def _handover(arena: Arena, first: Target, second: Target, bouncer: PgBouncer) -
     return pid
 
 
-def test_allow_client_on_a_protected_connection_is_still_captured(
-    arena: Arena, allow_proxy: Target, bouncer: PgBouncer
+@pytest.mark.parametrize("first", ["protected", "allow"])
+def test_reused_server_connection_captures_delete(
+    arena: Arena, allow_proxy: Target, bouncer: PgBouncer, first: str
 ) -> None:
-    """Fails safe: the registration of the protected client stays on the backend."""
-    pid = _handover(arena, arena.proxy, allow_proxy, bouncer)
-    allowed = replace(arena, proxy=allow_proxy)
-    before, last = allowed.snapshot(), allowed.last_op()
-    out = allowed.attack([_pid, "DELETE FROM parent WHERE id = 1"])
+    """Registrations only add. A `delete = "allow"` client on the backend a protected
+    client left is captured (fails safe: over-protected); a protected client on the
+    backend an allow client left adds DELETE to its registration."""
+    proxies = {"protected": arena.proxy, "allow": allow_proxy}
+    second = "allow" if first == "protected" else "protected"
+    pid = _handover(arena, proxies[first], proxies[second], bouncer)
+    assert ("delete" in _registered(arena, pid)) == (first == "protected")
+    client = replace(arena, proxy=proxies[second])
+    before, last = client.snapshot(), client.last_op()
+    out = client.attack([_pid, "DELETE FROM parent WHERE id = 1"])
     assert out.error is None, out.describe()
     assert out.results[0] == pid, "PgBouncer did not hand over the server connection"
     assert "delete" in _registered(arena, pid)
-    ops = allowed.verdict(before, last, out)
-    assert [o["kind"] for o in ops] == ["DELETE"], ops
-
-
-def test_protected_client_on_an_allow_connection_is_captured(
-    arena: Arena, allow_proxy: Target, bouncer: PgBouncer
-) -> None:
-    """The second client's own registration adds DELETE to the reused backend."""
-    pid = _handover(arena, allow_proxy, arena.proxy, bouncer)
-    assert "delete" not in _registered(arena, pid)
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack([_pid, "DELETE FROM parent WHERE id = 1"])
-    assert out.error is None, out.describe()
-    assert out.results[0] == pid, "PgBouncer did not hand over the server connection"
-    assert "delete" in _registered(arena, pid)
-    ops = arena.verdict(before, last, out)
+    ops = client.verdict(before, last, out)
     assert [o["kind"] for o in ops] == ["DELETE"], ops
 
 
