@@ -106,7 +106,7 @@ def _wait_released(bouncer: PgBouncer, db: str) -> None:
     busy: list[dict[str, object]] = []
     for _ in range(POOL_WAIT_STEPS):
         busy = [s for s in bouncer.admin("SHOW SERVERS") if s["database"] == db]
-        busy = [s for s in busy if s["state"] != "idle"]
+        busy = [s for s in busy if s["state"] not in ("idle", "used")]  # parked
         if not busy:
             return
         time.sleep(0.05)
