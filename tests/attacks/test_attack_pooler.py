@@ -114,6 +114,11 @@ def arena(
         pooler.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 6: behind a pooler that drops unknown "
+    "startup parameters, DELETEs run uncaptured while softguard logs 'protect'",
+)
 @pytest.mark.parametrize("stmt", ["DELETE FROM parent WHERE id = 1", "DELETE FROM big"])
 def test_pooler_dropping_marks_fails_closed(arena: Arena, stmt: str) -> None:
     arena.attempt([stmt])
