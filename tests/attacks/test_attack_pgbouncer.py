@@ -1,0 +1,285 @@
+"""Issue 10 item 8 (threat model G12): a real PgBouncer between softguard and PostgreSQL.
+
+softguard -> PgBouncer -> PostgreSQL, PgBouncer started by `support.pgbouncer` with
+`ignore_startup_parameters` naming softguard's settings: they never reach the server, so
+protection rests on the session's registration alone (decision 0012).
+
+Session mode (supported): DELETE, DROP, TRUNCATE and the capture-off attacks hold; a server
+connection PgBouncer hands from one client to the next keeps every registration it got
+(registrations only add), so a client whose policy allows DELETE, put on a connection a
+protected client used, is captured too: over-protected, never under-protected.
+
+Transaction mode (not supported, docs/runbook.md): the registration names the backend that
+ran it, and the client's next transaction may run on another one; a protected DELETE there
+is not captured. The test asserts that documented behaviour.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from attacker import Arena, Template, chr_built, template_fixture
+from support.pg import build_dsn
+from support.pgbouncer import IGNORED_STARTUP_PARAMETERS, PgBouncer, logs_on_failure
+from support.proxy import ProxyFactory, Target, via_direct
+
+arena_template = template_fixture()
+
+CAPTURE_OFF = f"SELECT set_config({chr_built('softguard.capture')}, 'off', false)"
+POOL_WAIT_STEPS = 200  # x 0.05 s: PgBouncer resets a released server connection quickly
+
+
+def _bouncer(
+    template: Template, pool_mode: str, config: pytest.Config, **kwargs: Any
+) -> Iterator[PgBouncer]:
+    if via_direct():
+        pytest.skip("about softguard behind PgBouncer (SOFTGUARD_TEST_VIA=direct)")
+    users = [template.owner, template.other]
+    bouncer = PgBouncer(template.server, users, pool_mode=pool_mode, **kwargs)
+    try:
+        bouncer.start()
+        with logs_on_failure(config, bouncer):
+            yield bouncer
+    finally:
+        bouncer.cleanup()
+
+
+@pytest.fixture(scope="module")
+def bouncer(arena_template: Template, pytestconfig: pytest.Config) -> Iterator[PgBouncer]:
+    yield from _bouncer(arena_template, "session", pytestconfig)
+
+
+@pytest.fixture(scope="module")
+def tx_bouncer(arena_template: Template, pytestconfig: pytest.Config) -> Iterator[PgBouncer]:
+    yield from _bouncer(arena_template, "transaction", pytestconfig)
+
+
+@pytest.fixture(scope="module")
+def strict_bouncer(arena_template: Template, pytestconfig: pytest.Config) -> Iterator[PgBouncer]:
+    """Session mode, but `options` not in ignore_startup_parameters."""
+    ignored = [p for p in IGNORED_STARTUP_PARAMETERS if p != "options"]
+    yield from _bouncer(arena_template, "session", pytestconfig, ignored=ignored)
+
+
+@pytest.fixture
+def arena(
+    arena_template: Template, proxy_factory: ProxyFactory, bouncer: PgBouncer
+) -> Iterator[Arena]:
+    yield from arena_template.clone(proxy_factory(upstream=bouncer.upstream))
+
+
+@pytest.fixture
+def allow_proxy(proxy_factory: ProxyFactory, bouncer: PgBouncer, tmp_path: Path) -> Target:
+    """A second softguard sharing the PgBouncer, whose policy lets DELETE through."""
+    config = tmp_path / "allow.toml"
+    config.write_text('[policy]\ndelete = "allow"\n')
+    return proxy_factory("--config", str(config), upstream=bouncer.upstream, fresh=True)
+
+
+@pytest.fixture
+def tx_arena(
+    arena_template: Template, proxy_factory: ProxyFactory, tx_bouncer: PgBouncer
+) -> Iterator[Arena]:
+    yield from arena_template.clone(proxy_factory(upstream=tx_bouncer.upstream))
+
+
+def _pid(c: psycopg.Connection[Any]) -> int:
+    row = c.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _registered(arena: Arena, pid: int) -> list[str]:
+    rows = arena.direct("SELECT capture FROM softguard.sessions WHERE pid = %s", [pid])
+    return list(rows[0][0]) if rows else []
+
+
+def _wait_released(bouncer: PgBouncer, db: str) -> None:
+    """Until PgBouncer has reset and parked every server connection of `db` (a client
+    that just left may still hold one while DISCARD ALL runs)."""
+    busy: list[dict[str, object]] = []
+    for _ in range(POOL_WAIT_STEPS):
+        busy = [s for s in bouncer.admin("SHOW SERVERS") if s["database"] == db]
+        busy = [s for s in busy if s["state"] not in ("idle", "used")]  # parked
+        if not busy:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"PgBouncer still holds server connections of {db}: {busy}")
+
+
+def _fresh_pool(bouncer: PgBouncer, db: str) -> None:
+    """Close every server connection of `db`: the next client gets a new backend."""
+    bouncer.admin(f"KILL {db}")
+    bouncer.admin(f"RESUME {db}")
+
+
+# -- the pooler really drops softguard's settings ------------------------------------------
+
+
+def test_settings_do_not_reach_the_server(arena: Arena) -> None:
+    """Precondition of every other test here: what protects is the registration alone."""
+    with arena.connect() as c:
+        setting = c.execute(
+            f"SELECT current_setting({chr_built('softguard.capture')}, true)"
+        ).fetchone()
+        pid = _pid(c)
+    assert setting in ((None,), ("",)), setting
+    assert "delete" in _registered(arena, pid)
+
+
+# -- session mode: what must hold ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stmt", ["DELETE FROM parent WHERE id = 1", "DELETE FROM big"])
+def test_delete_is_captured_and_undone_exactly(arena: Arena, stmt: str) -> None:
+    out, ops = arena.attempt([stmt])
+    assert out.error is None, out.describe()
+    assert [o["kind"] for o in ops] == ["DELETE"], ops
+
+
+@pytest.mark.parametrize("stmt", ["DROP TABLE big", "DROP TABLE parent CASCADE", "TRUNCATE big"])
+def test_drop_and_truncate_are_reversible(arena: Arena, stmt: str) -> None:
+    out, ops = arena.attempt([stmt])
+    assert out.error is None, out.describe()
+    assert ops, "nothing recorded"
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        pytest.param([CAPTURE_OFF, "DELETE FROM parent WHERE id = 2"], id="chr_built_name"),
+        pytest.param(
+            [
+                lambda c: c.execute("SELECT set_config(%s, '', false)", ["softguard.capture"]),
+                "DELETE FROM big WHERE id < 10",
+            ],
+            id="bound_parameter",
+        ),
+        pytest.param(
+            ["DISCARD ALL", CAPTURE_OFF, "DELETE FROM child WHERE id = 3"], id="discard_all"
+        ),
+    ],
+)
+def test_capture_cannot_be_switched_off(arena: Arena, steps: list[Any]) -> None:
+    out, ops = arena.attempt(steps)
+    assert out.error is None, out.describe()
+    assert [o["kind"] for o in ops] == ["DELETE"], ops
+
+
+def test_ledger_check_refused_by_pgbouncer_fails_closed(
+    arena_template: Template, proxy_factory: ProxyFactory, strict_bouncer: PgBouncer
+) -> None:
+    """softguard's own ledger connection sets lock_timeout through `options`, which
+    PgBouncer refuses unless told to ignore it: the ledger check fails, and protected
+    statements are refused rather than run unprotected (docs/runbook.md)."""
+    proxy = proxy_factory(upstream=strict_bouncer.upstream)
+    for arena in arena_template.clone(proxy):
+        for stmt in ("DELETE FROM parent WHERE id = 1", "DROP TABLE big"):
+            out, ops = arena.attempt([stmt])
+            assert out.sqlstate == "55000", out.describe()
+            assert ops == [], ops
+
+
+# -- session mode: one server connection, two clients, two policies -------------------------
+
+
+def _handover(arena: Arena, first: Target, second: Target, bouncer: PgBouncer) -> int:
+    """A client of `first` leaves; a client of `second` gets its server connection.
+    Returns that backend's pid."""
+    arena_first = replace(arena, proxy=first)
+    with arena_first.connect() as c:  # warm up: each softguard checks the ledger once
+        _pid(c)
+    with replace(arena, proxy=second).connect() as c:
+        _pid(c)
+    _wait_released(bouncer, arena.db)
+    _fresh_pool(bouncer, arena.db)
+    with arena_first.connect() as c:
+        pid = _pid(c)
+    _wait_released(bouncer, arena.db)
+    return pid
+
+
+@pytest.mark.parametrize("first", ["protected", "allow"])
+def test_reused_server_connection_captures_delete(
+    arena: Arena, allow_proxy: Target, bouncer: PgBouncer, first: str
+) -> None:
+    """Registrations only add. A `delete = "allow"` client on the backend a protected
+    client left is captured (fails safe: over-protected); a protected client on the
+    backend an allow client left adds DELETE to its registration."""
+    proxies = {"protected": arena.proxy, "allow": allow_proxy}
+    second = "allow" if first == "protected" else "protected"
+    pid = _handover(arena, proxies[first], proxies[second], bouncer)
+    assert ("delete" in _registered(arena, pid)) == (first == "protected")
+    client = replace(arena, proxy=proxies[second])
+    before, last = client.snapshot(), client.last_op()
+    out = client.attack([_pid, "DELETE FROM parent WHERE id = 1"])
+    assert out.error is None, out.describe()
+    assert out.results[0] == pid, "PgBouncer did not hand over the server connection"
+    assert "delete" in _registered(arena, pid)
+    ops = client.verdict(before, last, out)
+    assert [o["kind"] for o in ops] == ["DELETE"], ops
+
+
+def test_allow_client_on_a_new_connection_is_not_captured(
+    arena: Arena, allow_proxy: Target, bouncer: PgBouncer
+) -> None:
+    """Control: on a backend no protected client used, the allow policy is followed."""
+    allowed = replace(arena, proxy=allow_proxy)
+    with allowed.connect() as c:
+        _pid(c)
+    _wait_released(bouncer, arena.db)
+    _fresh_pool(bouncer, arena.db)
+    last = arena.last_op()
+    out = allowed.attack(["DELETE FROM parent WHERE id = 1"])
+    assert out.error is None, out.describe()
+    assert arena.ops_since(last) == []
+    assert arena.direct("SELECT count(*) FROM parent WHERE id = 1") == [(0,)]
+
+
+# -- transaction mode: not supported, and this is why -----------------------------------------
+
+
+def test_transaction_pooling_loses_the_registration(tx_arena: Arena, tx_bouncer: PgBouncer) -> None:
+    """The registration ran on one backend; with that backend busy with another client,
+    the DELETE's transaction runs on a new, unregistered one and is not captured
+    (docs/runbook.md: transaction pooling between softguard and the server is not
+    supported)."""
+    arena = tx_arena
+    owner_via_pgbouncer = build_dsn(tx_bouncer.host, tx_bouncer.port, arena.db, arena.owner, None)
+    holders: list[psycopg.Connection[Any]] = []
+    last = arena.last_op()
+    try:
+        with arena.connect() as victim:
+            registered = {int(r[0]) for r in arena.direct("SELECT pid FROM softguard.sessions")}
+            assert registered, "the session was not registered"
+            held: set[int] = set()
+            for _ in range(10):  # PgBouncer opened at most a few server connections so far
+                h = psycopg.connect(owner_via_pgbouncer)  # a transaction keeps its backend
+                holders.append(h)
+                held.add(_pid(h))
+                if registered <= held:
+                    break
+            assert registered <= held, (registered, held)
+            victim.execute("BEGIN")
+            pid = _pid(victim)
+            victim.execute("DELETE FROM parent WHERE id = 1")
+            victim.execute("COMMIT")
+    finally:
+        for h in holders:
+            h.close()
+    assert pid not in registered
+    assert arena.ops_since(last) == [], "captured after all: update the docs and this test"
+    assert arena.direct("SELECT count(*) FROM parent WHERE id = 1") == [(0,)]
+
+
+def test_transaction_pooling_drop_is_still_reversible(tx_arena: Arena) -> None:
+    """DROP does not depend on the registration: softguard rewrites it."""
+    out, ops = tx_arena.attempt(["DROP TABLE big"])
+    assert out.error is None, out.describe()
+    assert ops, "nothing recorded"
