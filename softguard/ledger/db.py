@@ -124,9 +124,11 @@ def connect(
     info = conninfo(
         dsn, application_name=application_name, dbname=dbname, connect_timeout=connect_timeout
     )
-    if lock_timeout is not None:
-        info = make_conninfo(info, options=f"-c lock_timeout={milliseconds(lock_timeout)}")
     try:
-        return psycopg.connect(info, autocommit=True)
+        conn = psycopg.connect(info, autocommit=True)
     except psycopg.Error as exc:
         raise CannotConnect.from_psycopg(exc) from exc
+    if lock_timeout is not None:
+        # A SET, not a startup option: poolers (PgBouncer) refuse unknown startup options.
+        conn.execute(f"SET lock_timeout = '{milliseconds(lock_timeout)}'")
+    return conn
