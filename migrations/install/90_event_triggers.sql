@@ -1,10 +1,17 @@
 -- softguard's event triggers, all ENABLE ALWAYS (session_replication_role = replica must
--- not switch them off):
+-- not switch them off), all named softguard_capture_* (the proxy refuses any statement
+-- naming them, softguard/sql/tamper.py; PostgreSQL fires no event trigger for
+-- ALTER/DROP EVENT TRIGGER) and all checked by softguard._machinery_check before protected
+-- work (drop_op through _probe, truncate_op, alter_op):
 -- * softguard_capture_sql_drop / softguard_capture_ddl_end: the probe (softguard._probe
 --   arms them to report what a statement would drop) and the backstop that refuses any
 --   DROP of the ledger or the quarantine from SQL softguard cannot see.
 -- * softguard_capture_install: new tables get the capture triggers (40_capture.sql).
--- The install ends by putting the capture triggers on every existing table.
+-- * softguard_capture_tamper_ddl / softguard_capture_tamper_drop: the capture triggers
+--   defend themselves (threat model G7): no statement may leave a table that must carry
+--   them without one, with one renamed, changed or in any state but enabled ALWAYS. They
+--   fire after the others of their event (event triggers fire in name order).
+-- The install puts the capture triggers on every existing table, then arms the guard.
 
 -- ---------------------------------------------------------------------------------------
 -- Capture triggers. Silent unless softguard.probe = 'on' (transaction-local, set only by
@@ -71,7 +78,8 @@ CREATE EVENT TRIGGER softguard_capture_ddl_end ON ddl_command_end
 ALTER EVENT TRIGGER softguard_capture_sql_drop ENABLE ALWAYS;
 ALTER EVENT TRIGGER softguard_capture_ddl_end ENABLE ALWAYS;
 
--- Tables created later get the triggers too (CREATE TABLE, PARTITION OF, AS, SELECT INTO).
+-- Tables created later get the triggers too (CREATE TABLE, PARTITION OF, AS, SELECT INTO,
+-- CREATE SCHEMA ... CREATE TABLE).
 CREATE FUNCTION softguard._capture_install_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -88,10 +96,182 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_install_ddl() FROM PUBLIC;
 
+-- CREATE SCHEMA: its embedded CREATE TABLE reports the tag of the CREATE SCHEMA.
 CREATE EVENT TRIGGER softguard_capture_install ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'CREATE SCHEMA')
     EXECUTE FUNCTION softguard._capture_install_ddl();
 ALTER EVENT TRIGGER softguard_capture_install ENABLE ALWAYS;
 
+-- ---------------------------------------------------------------------------------------
+-- The capture triggers defend themselves (threat model G7). A table owner may drop,
+-- disable, rename or replace triggers on its tables, in any spelling, inside DO blocks,
+-- functions and procedures; a superuser may also set session_replication_role = replica.
+-- So the capture triggers are enabled ALWAYS, and after every statement that touched a
+-- table (ddl_command_end) or dropped a trigger (sql_drop) the tables it touched must still
+-- carry them exactly as installed, else the statement fails (42501) and rolls back whole.
+-- softguard's own DDL passes the same check: it moves tables with their triggers and
+-- never leaves one without them. The one exemption is the install itself (each CREATE
+-- TRIGGER of _install_capture leaves the table half-equipped until the ALTER TABLE that
+-- enables the three ALWAYS): a CREATE TRIGGER of a capture trigger exactly as installed,
+-- on a table none of whose capture triggers is enabled ALWAYS yet. Only softguard's own
+-- functions and superusers can create a trigger that runs softguard's capture functions
+-- (EXECUTE on them is revoked from PUBLIC), and on a table already equipped it is refused.
+-- ---------------------------------------------------------------------------------------
+
+-- Must this relation carry the capture triggers? The installer (_install_capture) and the
+-- guard decide it here: protected user tables, and the tables softguard holds in quarantine
+-- (undo brings them back as they are).
+CREATE FUNCTION softguard._capture_required(rel oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT softguard._protected_table(rel)
+        OR EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.oid = rel AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+                      AND softguard._is_quarantine_schema(n.nspname))
+$$;
+REVOKE ALL ON FUNCTION softguard._capture_required(oid) FROM PUBLIC;
+
+-- How each capture trigger of a table stands: 'ok' (as installed, enabled ALWAYS),
+-- 'missing', 'changed' (another function, timing, event, condition, column list or
+-- transition table than installed), 'disabled', 'replica' (fires only in replica mode) or
+-- 'origin' (session_replication_role = replica silences it).
+CREATE FUNCTION softguard._capture_state(rel oid, OUT name text, OUT state text)
+RETURNS SETOF record
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT e.name,
+           CASE WHEN t.oid IS NULL THEN 'missing'
+                WHEN t.tgfoid IS DISTINCT FROM e.fn OR t.tgtype <> e.type
+                     OR t.tgqual IS NOT NULL OR t.tgnargs <> 0
+                     OR cardinality(t.tgattr::int2[]) <> 0 OR t.tgoldtable IS DISTINCT FROM e.old
+                     THEN 'changed'
+                WHEN t.tgenabled = 'A' THEN 'ok'
+                WHEN t.tgenabled = 'D' THEN 'disabled'
+                WHEN t.tgenabled = 'R' THEN 'replica'
+                ELSE 'origin' END
+      FROM (VALUES
+              -- tgtype: 8 AFTER DELETE, 16 AFTER UPDATE, 34 BEFORE TRUNCATE; FOR EACH STATEMENT
+              -- (to_regprocedure: NULL, not an error, while a DROP FUNCTION is being refused)
+              ('zz_softguard_capture_delete', to_regprocedure('softguard._capture_rows()'), 8,
+               'sg_old'),
+              ('zz_softguard_capture_update', to_regprocedure('softguard._capture_rows()'), 16,
+               'sg_old'),
+              ('zz_softguard_capture_truncate', to_regprocedure('softguard._capture_truncate()'),
+               34, NULL)) e(name, fn, type, old)
+      LEFT JOIN pg_trigger t ON t.tgrelid = rel AND t.tgname = e.name
+     ORDER BY e.name
+$$;
+REVOKE ALL ON FUNCTION softguard._capture_state(oid) FROM PUBLIC;
+
+-- Refuse (42501) if any of these relations must carry the capture triggers and does not.
+CREATE FUNCTION softguard._capture_refuse_tampering(rels oid[]) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT r.rel, s.name, s.state INTO bad
+      FROM unnest(rels) r(rel) CROSS JOIN LATERAL softguard._capture_state(r.rel) s
+     WHERE softguard._capture_required(r.rel) AND s.state <> 'ok'
+     ORDER BY r.rel, s.name
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: this statement would leave trigger %I on %s %s; '
+                             'softguard''s capture triggers cannot be dropped, disabled, '
+                             'renamed or replaced', bad.name, bad.rel::regclass,
+                             CASE bad.state WHEN 'missing' THEN 'missing'
+                                  WHEN 'changed' THEN 'not as softguard installed it'
+                                  WHEN 'disabled' THEN 'disabled'
+                                  WHEN 'replica' THEN 'firing only in replica mode'
+                                  ELSE 'not enabled ALWAYS' END),
+            HINT = 'They keep DELETE, UPDATE and TRUNCATE of the table reversible. To switch '
+                   'the table''s own triggers, name them (ALTER TABLE ... DISABLE TRIGGER '
+                   'name) instead of USER or ALL.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_refuse_tampering(oid[]) FROM PUBLIC;
+
+-- ddl_command_end: the tables the statement touched (a trigger's table; every table of a
+-- renamed schema), none other: unrelated DDL costs one scan of its own command list.
+CREATE FUNCTION softguard._capture_tamper_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rels oid[];
+BEGIN
+    WITH cmd AS (SELECT c.classid, c.objid, c.command_tag FROM pg_event_trigger_ddl_commands() c)
+    SELECT array_agg(DISTINCT x.rel) INTO rels
+      FROM (SELECT cmd.objid AS rel FROM cmd WHERE cmd.classid = 'pg_class'::regclass
+            UNION ALL
+            SELECT t.tgrelid FROM cmd JOIN pg_trigger t ON t.oid = cmd.objid
+             WHERE cmd.classid = 'pg_trigger'::regclass
+               AND NOT (cmd.command_tag = 'CREATE TRIGGER'          -- the install, see above
+                        AND EXISTS (SELECT FROM softguard._capture_state(t.tgrelid) s
+                                     WHERE s.name = t.tgname AND s.state = 'origin')
+                        AND NOT EXISTS (SELECT FROM softguard._capture_state(t.tgrelid) s
+                                         WHERE s.state = 'ok'))
+            UNION ALL
+            SELECT k.oid FROM cmd JOIN pg_class k ON k.relnamespace = cmd.objid
+             WHERE cmd.classid = 'pg_namespace'::regclass AND cmd.command_tag = 'ALTER SCHEMA'
+           ) x;
+    IF rels IS NOT NULL THEN
+        PERFORM softguard._capture_refuse_tampering(rels);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_tamper_ddl() FROM PUBLIC;
+
+-- sql_drop: the tables that lost a trigger and are still there (a dropped table takes its
+-- triggers with it: the DROP backstops decide about the table).
+CREATE FUNCTION softguard._capture_tamper_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rels oid[];
+BEGIN
+    SELECT array_agg(DISTINCT c.oid) INTO rels
+      FROM pg_event_trigger_dropped_objects() d
+      JOIN pg_namespace n ON n.nspname = d.address_names[1]
+      JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = d.address_names[2]
+     WHERE d.object_type = 'trigger';
+    IF rels IS NOT NULL THEN
+        PERFORM softguard._capture_refuse_tampering(rels);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_tamper_drop() FROM PUBLIC;
+
+-- Protected work refuses to run (55000) unless every softguard event trigger is there and
+-- enabled ALWAYS: ALTER / DROP EVENT TRIGGER fire no event trigger, so nothing else sees
+-- them switched off. Called by _probe (drop_op, alter_op's DROP COLUMN), truncate_op and
+-- alter_op.
+CREATE FUNCTION softguard._machinery_check() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    off text;
+BEGIN
+    SELECT string_agg(x.name, ', ' ORDER BY x.name) INTO off
+      FROM (SELECT w.name FROM unnest(ARRAY['softguard_capture_ddl_end',
+                'softguard_capture_install', 'softguard_capture_sql_drop',
+                'softguard_capture_tamper_ddl', 'softguard_capture_tamper_drop']) w(name)
+             WHERE NOT EXISTS (SELECT FROM pg_event_trigger e
+                                WHERE e.evtname = w.name AND e.evtenabled = 'A')
+            UNION
+            SELECT e.evtname FROM pg_event_trigger e
+             WHERE e.evtname LIKE 'softguard\_%' AND e.evtenabled <> 'A') x;
+    IF off IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('softguard: event trigger(s) %s missing or not enabled ALWAYS; '
+                             'refusing the statement', off),
+            HINT = 'A superuser restores them on a direct connection (ALTER EVENT TRIGGER '
+                   '... ENABLE ALWAYS, or a fresh softguard init).';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._machinery_check() FROM PUBLIC;
+-- the protected statements run as the client: they call it as the client
+GRANT EXECUTE ON FUNCTION softguard._machinery_check() TO PUBLIC;
+
 SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
  ORDER BY c.oid;
+
+-- Armed last: the install above must not be checked half-done.
+CREATE EVENT TRIGGER softguard_capture_tamper_ddl ON ddl_command_end
+    EXECUTE FUNCTION softguard._capture_tamper_ddl();
+CREATE EVENT TRIGGER softguard_capture_tamper_drop ON sql_drop
+    EXECUTE FUNCTION softguard._capture_tamper_drop();
+ALTER EVENT TRIGGER softguard_capture_tamper_ddl ENABLE ALWAYS;
+ALTER EVENT TRIGGER softguard_capture_tamper_drop ENABLE ALWAYS;
