@@ -95,51 +95,45 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_refuse_tampering(oid[]) FROM PUBLIC;
 
--- ddl_command_end: the tables the statement touched (a trigger's table; every table of a
--- renamed schema), none other: unrelated DDL costs one scan of its own command list.
-CREATE FUNCTION softguard._capture_tamper_ddl() RETURNS event_trigger
+-- The guard, for both events: only the tables the statement touched. ddl_command_end: its
+-- commands' tables, a trigger's table, every table of a renamed schema (unrelated DDL
+-- costs one scan of its own command list). sql_drop: the tables that lost a trigger and
+-- are still there (a dropped table takes its triggers along: the DROP backstops decide
+-- about the table).
+CREATE FUNCTION softguard._capture_tamper() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rels oid[];
 BEGIN
-    WITH cmd AS (SELECT c.classid, c.objid, c.command_tag FROM pg_event_trigger_ddl_commands() c)
-    SELECT array_agg(DISTINCT x.rel) INTO rels
-      FROM (SELECT cmd.objid AS rel FROM cmd WHERE cmd.classid = 'pg_class'::regclass
-            UNION ALL
-            SELECT t.tgrelid FROM cmd JOIN pg_trigger t ON t.oid = cmd.objid
-             WHERE cmd.classid = 'pg_trigger'::regclass
-               AND NOT (cmd.command_tag = 'CREATE TRIGGER'          -- the install, see above
-                        AND EXISTS (SELECT FROM softguard._capture_state(t.tgrelid) s
-                                     WHERE s.name = t.tgname AND s.state = 'origin')
-                        AND NOT EXISTS (SELECT FROM softguard._capture_state(t.tgrelid) s
-                                         WHERE s.state = 'ok'))
-            UNION ALL
-            SELECT k.oid FROM cmd JOIN pg_class k ON k.relnamespace = cmd.objid
-             WHERE cmd.classid = 'pg_namespace'::regclass AND cmd.command_tag = 'ALTER SCHEMA'
-           ) x;
+    IF TG_EVENT = 'sql_drop' THEN
+        SELECT array_agg(DISTINCT c.oid) INTO rels
+          FROM pg_event_trigger_dropped_objects() d
+          JOIN pg_namespace n ON n.nspname = d.address_names[1]
+          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = d.address_names[2]
+         WHERE d.object_type = 'trigger';
+    ELSE
+        WITH cmd AS (SELECT c.classid, c.objid, c.command_tag
+                       FROM pg_event_trigger_ddl_commands() c)
+        SELECT array_agg(DISTINCT x.rel) INTO rels
+          FROM (SELECT cmd.objid AS rel FROM cmd WHERE cmd.classid = 'pg_class'::regclass
+                UNION ALL
+                SELECT t.tgrelid FROM cmd JOIN pg_trigger t ON t.oid = cmd.objid
+                 WHERE cmd.classid = 'pg_trigger'::regclass
+                   AND NOT (cmd.command_tag = 'CREATE TRIGGER'      -- the install, see above
+                            AND EXISTS (SELECT FROM softguard._capture_state(t.tgrelid) s
+                                         WHERE s.name = t.tgname AND s.state = 'origin')
+                            AND NOT EXISTS (SELECT FROM softguard._capture_state(t.tgrelid) s
+                                             WHERE s.state = 'ok'))
+                UNION ALL
+                SELECT k.oid FROM cmd JOIN pg_class k ON k.relnamespace = cmd.objid
+                 WHERE cmd.classid = 'pg_namespace'::regclass AND cmd.command_tag = 'ALTER SCHEMA'
+               ) x;
+    END IF;
     IF rels IS NOT NULL THEN
         PERFORM softguard._capture_refuse_tampering(rels);
     END IF;
 END $$;
-REVOKE ALL ON FUNCTION softguard._capture_tamper_ddl() FROM PUBLIC;
-
--- sql_drop: the tables that lost a trigger and are still there (a dropped table takes its
--- triggers with it: the DROP backstops decide about the table).
-CREATE FUNCTION softguard._capture_tamper_drop() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    rels oid[];
-BEGIN
-    SELECT array_agg(DISTINCT c.oid) INTO rels
-      FROM pg_event_trigger_dropped_objects() d
-      JOIN pg_namespace n ON n.nspname = d.address_names[1]
-      JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = d.address_names[2]
-     WHERE d.object_type = 'trigger';
-    IF rels IS NOT NULL THEN
-        PERFORM softguard._capture_refuse_tampering(rels);
-    END IF;
-END $$;
-REVOKE ALL ON FUNCTION softguard._capture_tamper_drop() FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._capture_tamper() FROM PUBLIC;
 
 -- Protected work refuses to run (55000) unless every softguard event trigger is there and
 -- enabled ALWAYS: ALTER / DROP EVENT TRIGGER fire no event trigger, so nothing else sees
@@ -348,9 +342,9 @@ ALTER EVENT TRIGGER softguard_capture_install ENABLE ALWAYS;
 SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
  ORDER BY c.oid;
 CREATE EVENT TRIGGER softguard_capture_tamper_ddl ON ddl_command_end
-    EXECUTE FUNCTION softguard._capture_tamper_ddl();
+    EXECUTE FUNCTION softguard._capture_tamper();
 CREATE EVENT TRIGGER softguard_capture_tamper_drop ON sql_drop
-    EXECUTE FUNCTION softguard._capture_tamper_drop();
+    EXECUTE FUNCTION softguard._capture_tamper();
 ALTER EVENT TRIGGER softguard_capture_tamper_ddl ENABLE ALWAYS;
 ALTER EVENT TRIGGER softguard_capture_tamper_drop ENABLE ALWAYS;
 

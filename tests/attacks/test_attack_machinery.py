@@ -233,7 +233,7 @@ def test_superuser_cannot_silence_capture(arena: Arena, name: str) -> None:
     reason="G7 residual: a superuser's DO block can switch softguard's event triggers off "
     "with dynamic SQL (ALTER EVENT TRIGGER fires nothing and the proxy cannot read the "
     "assembled text), then disable the capture triggers; only DROP / TRUNCATE / ALTER "
-    "through softguard notice. Policy opaque = 'deny' for superuser roles closes it",
+    "through softguard notice. Inside the database nothing outranks a superuser",
 )
 def test_superuser_disables_guard_with_dynamic_sql(arena: Arena) -> None:
     arena.attempt(
