@@ -286,13 +286,15 @@ GRANT EXECUTE ON PROCEDURE softguard.truncate_op(text, jsonb) TO PUBLIC;
 CREATE FUNCTION softguard._install_capture(rel oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    n integer;
     redo text[];
 BEGIN
-    IF NOT softguard._capture_required(rel) THEN
-        RETURN;
+    SELECT count(*), array_agg(s.name) FILTER (WHERE s.state IN ('missing', 'changed'))
+      INTO n, redo
+      FROM softguard._capture_state(ARRAY[rel]) s;
+    IF n = 0 THEN
+        RETURN;                            -- a relation that need not carry them
     END IF;
-    SELECT coalesce(array_agg(s.name), '{}') INTO redo FROM softguard._capture_state(rel) s
-     WHERE s.state IN ('missing', 'changed');
     IF 'zz_softguard_capture_delete' = ANY (redo) THEN
         EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_delete AFTER DELETE ON %s'
                        ' REFERENCING OLD TABLE AS sg_old FOR EACH STATEMENT'
@@ -309,7 +311,7 @@ BEGIN
                        rel::regclass);
     END IF;
     -- one statement: the tamper guard checks the table after each
-    IF EXISTS (SELECT FROM softguard._capture_state(rel) s WHERE s.state <> 'ok') THEN
+    IF EXISTS (SELECT FROM softguard._capture_state(ARRAY[rel]) s WHERE s.state <> 'ok') THEN
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zz_softguard_capture_delete,'
                        ' ENABLE ALWAYS TRIGGER zz_softguard_capture_update,'
                        ' ENABLE ALWAYS TRIGGER zz_softguard_capture_truncate', rel::regclass);

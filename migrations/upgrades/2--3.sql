@@ -24,70 +24,75 @@
 -- installed, protected work refuses to run with an event trigger switched off, and tables
 -- created by CREATE SCHEMA ... CREATE TABLE get them too.
 
--- Must this relation carry the capture triggers? The installer (_install_capture) and the
--- guard decide it here: protected user tables, and the tables softguard holds in quarantine
--- (undo brings them back as they are).
-CREATE FUNCTION softguard._capture_required(rel oid) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT softguard._protected_table(rel)
-        OR EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                    WHERE c.oid = rel AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
-                      AND softguard._is_quarantine_schema(n.nspname))
-$$;
-REVOKE ALL ON FUNCTION softguard._capture_required(oid) FROM PUBLIC;
+-- The guard's helpers run at every ALTER TABLE: like the capture trigger's helpers
+-- (20_catalog.sql, top) they are PL/pgSQL (plans kept per session) without a SET of their
+-- own (their callers pin search_path; tables and functions are schema-qualified).
 
--- How each capture trigger of a table stands: 'ok' (as installed, enabled ALWAYS),
--- 'missing', 'changed' (another function, timing, event, condition, column list or
--- transition table than installed), 'disabled', 'replica' (fires only in replica mode) or
--- 'origin' (session_replication_role = replica silences it).
-CREATE FUNCTION softguard._capture_state(rel oid, OUT name text, OUT state text)
-RETURNS SETOF record
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT e.name,
+-- How each capture trigger stands on those of `rels` that must carry them: 'ok' (as
+-- installed, enabled ALWAYS), 'missing', 'changed' (another function, timing, event,
+-- condition, column list or transition table than installed), 'disabled', 'replica'
+-- (fires only in replica mode) or 'origin' (session_replication_role = replica silences
+-- it). No row for a relation that need not carry them. Which must, the installer
+-- (_install_capture) and the guard decide here: the tables softguard._protected_table
+-- protects (its conditions, inline: a SQL function is planned again at every call), and
+-- the tables softguard holds in quarantine (undo brings them back as they are).
+CREATE FUNCTION softguard._capture_state(rels oid[])
+RETURNS TABLE (rel oid, name text, state text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    -- to_regprocedure: NULL, not an error, while a DROP FUNCTION is being refused
+    rows_fn oid := pg_catalog.to_regprocedure('softguard._capture_rows()');
+    truncate_fn oid := pg_catalog.to_regprocedure('softguard._capture_truncate()');
+BEGIN
+    RETURN QUERY
+    SELECT c.oid, e.name::text,
            CASE WHEN t.oid IS NULL THEN 'missing'
                 WHEN t.tgfoid IS DISTINCT FROM e.fn OR t.tgtype <> e.type
                      OR t.tgqual IS NOT NULL OR t.tgnargs <> 0
-                     OR cardinality(t.tgattr::int2[]) <> 0 OR t.tgoldtable IS DISTINCT FROM e.old
+                     OR pg_catalog.cardinality(t.tgattr::pg_catalog.int2[]) <> 0
+                     OR t.tgoldtable::text IS DISTINCT FROM e.old
                      THEN 'changed'
                 WHEN t.tgenabled = 'A' THEN 'ok'
                 WHEN t.tgenabled = 'D' THEN 'disabled'
                 WHEN t.tgenabled = 'R' THEN 'replica'
                 ELSE 'origin' END
-      FROM (VALUES
-              -- tgtype: 8 AFTER DELETE, 16 AFTER UPDATE, 34 BEFORE TRUNCATE; FOR EACH STATEMENT
-              -- (to_regprocedure: NULL, not an error, while a DROP FUNCTION is being refused)
-              ('zz_softguard_capture_delete', to_regprocedure('softguard._capture_rows()'), 8,
-               'sg_old'),
-              ('zz_softguard_capture_update', to_regprocedure('softguard._capture_rows()'), 16,
-               'sg_old'),
-              ('zz_softguard_capture_truncate', to_regprocedure('softguard._capture_truncate()'),
-               34, NULL)) e(name, fn, type, old)
-      LEFT JOIN pg_trigger t ON t.tgrelid = rel AND t.tgname = e.name
-     ORDER BY e.name
-$$;
-REVOKE ALL ON FUNCTION softguard._capture_state(oid) FROM PUBLIC;
+      FROM pg_catalog.unnest(rels) r(oid)          -- drives: one index lookup per relation
+      JOIN pg_catalog.pg_class c ON c.oid = r.oid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     CROSS JOIN (VALUES                -- tgtype: AFTER DELETE, AFTER UPDATE, BEFORE TRUNCATE
+                  ('zz_softguard_capture_delete'::name, rows_fn, 8, 'sg_old'),
+                  ('zz_softguard_capture_update'::name, rows_fn, 16, 'sg_old'),
+                  ('zz_softguard_capture_truncate'::name, truncate_fn, 34, NULL))
+           e(name, fn, type, old)
+      LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND t.tgname = e.name
+     WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+       AND ((n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+             AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+             AND n.nspname NOT LIKE 'softguard%')
+            OR n.nspname = 'softguard_quarantine' OR n.nspname ~ '^softguard_q[0-9]+_')
+     ORDER BY c.oid, e.name;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_state(oid[]) FROM PUBLIC;
 
 -- Refuse (42501) if any of these relations must carry the capture triggers and does not.
 CREATE FUNCTION softguard._capture_refuse_tampering(rels oid[]) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     bad record;
 BEGIN
-    SELECT r.rel, s.name, s.state INTO bad
-      FROM unnest(rels) r(rel) CROSS JOIN LATERAL softguard._capture_state(r.rel) s
-     WHERE softguard._capture_required(r.rel) AND s.state <> 'ok'
-     ORDER BY r.rel, s.name
-     LIMIT 1;
+    SELECT s.rel, s.name, s.state INTO bad
+      FROM softguard._capture_state(rels) s WHERE s.state <> 'ok' LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '42501',
-            MESSAGE = format('softguard: this statement would leave trigger %I on %s %s; '
-                             'softguard''s capture triggers cannot be dropped, disabled, '
-                             'renamed or replaced', bad.name, bad.rel::regclass,
-                             CASE bad.state WHEN 'missing' THEN 'missing'
-                                  WHEN 'changed' THEN 'not as softguard installed it'
-                                  WHEN 'disabled' THEN 'disabled'
-                                  WHEN 'replica' THEN 'firing only in replica mode'
-                                  ELSE 'not enabled ALWAYS' END),
+            MESSAGE = pg_catalog.format(
+                'softguard: this statement would leave trigger %I on %s %s; softguard''s '
+                'capture triggers cannot be dropped, disabled, renamed or replaced',
+                bad.name, bad.rel::pg_catalog.regclass,
+                CASE bad.state WHEN 'missing' THEN 'missing'
+                     WHEN 'changed' THEN 'not as softguard installed it'
+                     WHEN 'disabled' THEN 'disabled'
+                     WHEN 'replica' THEN 'firing only in replica mode'
+                     ELSE 'not enabled ALWAYS' END),
             HINT = 'They keep DELETE, UPDATE and TRUNCATE of the table reversible. To switch '
                    'the table''s own triggers, name them (ALTER TABLE ... DISABLE TRIGGER '
                    'name) instead of USER or ALL.';
@@ -103,33 +108,37 @@ REVOKE ALL ON FUNCTION softguard._capture_refuse_tampering(oid[]) FROM PUBLIC;
 CREATE FUNCTION softguard._capture_tamper() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    rels oid[];
+    rels oid[] := '{}';
+    r record;
+    t record;
 BEGIN
     IF TG_EVENT = 'sql_drop' THEN
-        SELECT array_agg(DISTINCT c.oid) INTO rels
+        SELECT coalesce(array_agg(DISTINCT c.oid), '{}') INTO rels
           FROM pg_event_trigger_dropped_objects() d
           JOIN pg_namespace n ON n.nspname = d.address_names[1]
           JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = d.address_names[2]
          WHERE d.object_type = 'trigger';
     ELSE
-        WITH cmd AS (SELECT c.classid, c.objid, c.command_tag
-                       FROM pg_event_trigger_ddl_commands() c)
-        SELECT array_agg(DISTINCT x.rel) INTO rels
-          FROM (SELECT cmd.objid AS rel FROM cmd WHERE cmd.classid = 'pg_class'::regclass
-                UNION ALL
-                SELECT t.tgrelid FROM cmd JOIN pg_trigger t ON t.oid = cmd.objid
-                 WHERE cmd.classid = 'pg_trigger'::regclass
-                   AND NOT (cmd.command_tag = 'CREATE TRIGGER'      -- the install, see above
-                            AND EXISTS (SELECT FROM softguard._capture_state(t.tgrelid) s
-                                         WHERE s.name = t.tgname AND s.state = 'origin')
-                            AND NOT EXISTS (SELECT FROM softguard._capture_state(t.tgrelid) s
-                                             WHERE s.state = 'ok'))
-                UNION ALL
-                SELECT k.oid FROM cmd JOIN pg_class k ON k.relnamespace = cmd.objid
-                 WHERE cmd.classid = 'pg_namespace'::regclass AND cmd.command_tag = 'ALTER SCHEMA'
-               ) x;
+        -- a loop, not a join: a join with pg_class by namespace would scan pg_class for
+        -- every ALTER TABLE
+        FOR r IN SELECT c.classid, c.objid, c.command_tag FROM pg_event_trigger_ddl_commands() c
+        LOOP
+            IF r.classid = 'pg_class'::regclass THEN
+                rels := rels || r.objid;
+            ELSIF r.classid = 'pg_trigger'::regclass THEN
+                SELECT g.tgrelid, g.tgname INTO t FROM pg_trigger g WHERE g.oid = r.objid;
+                CONTINUE WHEN r.command_tag = 'CREATE TRIGGER'       -- the install, see above
+                    AND (SELECT pg_catalog.bool_or(s.name = t.tgname AND s.state = 'origin')
+                                AND NOT pg_catalog.bool_or(s.state = 'ok')
+                           FROM softguard._capture_state(ARRAY[t.tgrelid]) s);
+                rels := rels || t.tgrelid;
+            ELSIF r.classid = 'pg_namespace'::regclass AND r.command_tag = 'ALTER SCHEMA' THEN
+                rels := rels || ARRAY(SELECT k.oid FROM pg_class k
+                                       WHERE k.relnamespace = r.objid AND k.relkind IN ('r', 'p'));
+            END IF;
+        END LOOP;
     END IF;
-    IF rels IS NOT NULL THEN
+    IF cardinality(rels) > 0 THEN
         PERFORM softguard._capture_refuse_tampering(rels);
     END IF;
 END $$;
@@ -168,13 +177,15 @@ GRANT EXECUTE ON FUNCTION softguard._machinery_check() TO PUBLIC;
 CREATE OR REPLACE FUNCTION softguard._install_capture(rel oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    n integer;
     redo text[];
 BEGIN
-    IF NOT softguard._capture_required(rel) THEN
-        RETURN;
+    SELECT count(*), array_agg(s.name) FILTER (WHERE s.state IN ('missing', 'changed'))
+      INTO n, redo
+      FROM softguard._capture_state(ARRAY[rel]) s;
+    IF n = 0 THEN
+        RETURN;                            -- a relation that need not carry them
     END IF;
-    SELECT coalesce(array_agg(s.name), '{}') INTO redo FROM softguard._capture_state(rel) s
-     WHERE s.state IN ('missing', 'changed');
     IF 'zz_softguard_capture_delete' = ANY (redo) THEN
         EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_delete AFTER DELETE ON %s'
                        ' REFERENCING OLD TABLE AS sg_old FOR EACH STATEMENT'
@@ -191,7 +202,7 @@ BEGIN
                        rel::regclass);
     END IF;
     -- one statement: the tamper guard checks the table after each
-    IF EXISTS (SELECT FROM softguard._capture_state(rel) s WHERE s.state <> 'ok') THEN
+    IF EXISTS (SELECT FROM softguard._capture_state(ARRAY[rel]) s WHERE s.state <> 'ok') THEN
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zz_softguard_capture_delete,'
                        ' ENABLE ALWAYS TRIGGER zz_softguard_capture_update,'
                        ' ENABLE ALWAYS TRIGGER zz_softguard_capture_truncate', rel::regclass);
@@ -342,6 +353,8 @@ ALTER EVENT TRIGGER softguard_capture_install ENABLE ALWAYS;
 SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
  ORDER BY c.oid;
 CREATE EVENT TRIGGER softguard_capture_tamper_ddl ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'ALTER SCHEMA',
+                 'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'CREATE SCHEMA')
     EXECUTE FUNCTION softguard._capture_tamper();
 CREATE EVENT TRIGGER softguard_capture_tamper_drop ON sql_drop
     EXECUTE FUNCTION softguard._capture_tamper();
