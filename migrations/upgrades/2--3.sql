@@ -43,34 +43,37 @@ DECLARE
     -- to_regprocedure: NULL, not an error, while a DROP FUNCTION is being refused
     rows_fn oid := pg_catalog.to_regprocedure('softguard._capture_rows()');
     truncate_fn oid := pg_catalog.to_regprocedure('softguard._capture_truncate()');
+    one oid;
 BEGIN
-    RETURN QUERY
-    SELECT c.oid, e.name::text,
-           CASE WHEN t.oid IS NULL THEN 'missing'
-                WHEN t.tgfoid IS DISTINCT FROM e.fn OR t.tgtype <> e.type
-                     OR t.tgqual IS NOT NULL OR t.tgnargs <> 0
-                     OR pg_catalog.cardinality(t.tgattr::pg_catalog.int2[]) <> 0
-                     OR t.tgoldtable::text IS DISTINCT FROM e.old
-                     THEN 'changed'
-                WHEN t.tgenabled = 'A' THEN 'ok'
-                WHEN t.tgenabled = 'D' THEN 'disabled'
-                WHEN t.tgenabled = 'R' THEN 'replica'
-                ELSE 'origin' END
-      FROM pg_catalog.unnest(rels) r(oid)          -- drives: one index lookup per relation
-      JOIN pg_catalog.pg_class c ON c.oid = r.oid
-      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-     CROSS JOIN (VALUES                -- tgtype: AFTER DELETE, AFTER UPDATE, BEFORE TRUNCATE
-                  ('zz_softguard_capture_delete'::name, rows_fn, 8, 'sg_old'),
-                  ('zz_softguard_capture_update'::name, rows_fn, 16, 'sg_old'),
-                  ('zz_softguard_capture_truncate'::name, truncate_fn, 34, NULL))
-           e(name, fn, type, old)
-      LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND t.tgname = e.name
-     WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
-       AND ((n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-             AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
-             AND n.nspname NOT LIKE 'softguard%')
-            OR n.nspname = 'softguard_quarantine' OR n.nspname ~ '^softguard_q[0-9]+_')
-     ORDER BY c.oid, e.name;
+    -- one relation per query: its generic plan (kept per session) is index lookups
+    FOREACH one IN ARRAY rels LOOP
+        RETURN QUERY
+        SELECT c.oid, e.name::text,
+               CASE WHEN t.oid IS NULL THEN 'missing'
+                    WHEN t.tgfoid IS DISTINCT FROM e.fn OR t.tgtype <> e.type
+                         OR t.tgqual IS NOT NULL OR t.tgnargs <> 0
+                         OR pg_catalog.cardinality(t.tgattr::pg_catalog.int2[]) <> 0
+                         OR t.tgoldtable::text IS DISTINCT FROM e.old
+                         THEN 'changed'
+                    WHEN t.tgenabled = 'A' THEN 'ok'
+                    WHEN t.tgenabled = 'D' THEN 'disabled'
+                    WHEN t.tgenabled = 'R' THEN 'replica'
+                    ELSE 'origin' END
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         CROSS JOIN (VALUES                -- tgtype: AFTER DELETE, AFTER UPDATE, BEFORE TRUNCATE
+                      ('zz_softguard_capture_delete'::name, rows_fn, 8, 'sg_old'),
+                      ('zz_softguard_capture_update'::name, rows_fn, 16, 'sg_old'),
+                      ('zz_softguard_capture_truncate'::name, truncate_fn, 34, NULL))
+               e(name, fn, type, old)
+          LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND t.tgname = e.name
+         WHERE c.oid = one AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+           AND ((n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+                 AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+                 AND n.nspname NOT LIKE 'softguard%')
+                OR n.nspname = 'softguard_quarantine' OR n.nspname ~ '^softguard_q[0-9]+_')
+         ORDER BY e.name;
+    END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_state(oid[]) FROM PUBLIC;
 
