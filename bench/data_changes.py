@@ -192,8 +192,14 @@ class Bench:
         conn.execute(f"DROP TABLE IF EXISTS {name}")
         conn.execute(TABLE_SQL.format(name=name, rows=rows))
         if not triggers:
-            for trigger in CAPTURE_TRIGGERS:
-                conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {name}")
+            # softguard refuses to leave a protected table without its capture triggers
+            # (threat model G7): the operator lifts that guard for the baseline table only
+            conn.execute("ALTER EVENT TRIGGER softguard_capture_tamper_drop DISABLE")
+            try:
+                for trigger in CAPTURE_TRIGGERS:
+                    conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {name}")
+            finally:
+                conn.execute("ALTER EVENT TRIGGER softguard_capture_tamper_drop ENABLE ALWAYS")
         conn.execute(f"VACUUM (ANALYZE) {name}")  # hint bits and visibility map, for all alike
         have = {
             r[0]

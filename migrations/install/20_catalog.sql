@@ -152,6 +152,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'XX000',
             MESSAGE = 'softguard: capture trigger did not fire; refusing the DROP';
     END IF;
+    PERFORM softguard._machinery_check();
     RETURN detail::jsonb;
 END $$;
 GRANT EXECUTE ON FUNCTION softguard._probe(text) TO PUBLIC;

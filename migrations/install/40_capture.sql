@@ -323,6 +323,7 @@ DECLARE
     op bigint;
 BEGIN
     PERFORM softguard._notice(coalesce(ctx->>'offset', '0'), 'SGBEG');
+    PERFORM softguard._machinery_check();
     op := softguard._op_begin(stmt, ctx, 'TRUNCATE');
     PERFORM pg_catalog.set_config('softguard.truncate_op', op::text, true);
     EXECUTE stmt;
@@ -336,36 +337,49 @@ GRANT EXECUTE ON PROCEDURE softguard.truncate_op(text, jsonb) TO PUBLIC;
 -- The triggers on each table (new tables: 90_event_triggers.sql)
 -- ---------------------------------------------------------------------------------------
 
--- Install the capture triggers on one table (idempotent).
+-- Install the capture triggers on one table (idempotent), enabled ALWAYS:
+-- session_replication_role = replica must not silence them (90_event_triggers.sql keeps
+-- them so). A trigger that is missing, or not as installed (an owner could replace one
+-- before version 3), is (re)created.
 CREATE FUNCTION softguard._install_capture(rel oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+    redo text[];
 BEGIN
-    IF NOT softguard._protected_table(rel) THEN
-        RETURN;
+    SELECT count(*), array_agg(s.name) FILTER (WHERE s.state IN ('missing', 'changed'))
+      INTO n, redo
+      FROM softguard._capture_state(ARRAY[rel]) s;
+    IF n = 0 THEN
+        RETURN;                            -- a relation that need not carry them
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
-                    AND tgname = 'zz_softguard_capture_delete') THEN
-        EXECUTE format('CREATE TRIGGER zz_softguard_capture_delete AFTER DELETE ON %s'
+    IF 'zz_softguard_capture_delete' = ANY (redo) THEN
+        EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_delete AFTER DELETE ON %s'
                        ' REFERENCING OLD TABLE AS sg_old FOR EACH STATEMENT'
                        ' EXECUTE FUNCTION softguard._capture_rows()', rel::regclass);
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
-                    AND tgname = 'zz_softguard_capture_update') THEN
-        EXECUTE format('CREATE TRIGGER zz_softguard_capture_update AFTER UPDATE ON %s'
+    IF 'zz_softguard_capture_update' = ANY (redo) THEN
+        EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_update AFTER UPDATE ON %s'
                        ' REFERENCING OLD TABLE AS sg_old FOR EACH STATEMENT'
                        ' EXECUTE FUNCTION softguard._capture_rows()', rel::regclass);
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
-                    AND tgname = 'zz_softguard_capture_truncate') THEN
-        EXECUTE format('CREATE TRIGGER zz_softguard_capture_truncate BEFORE TRUNCATE ON %s'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION softguard._capture_truncate()',
+    IF 'zz_softguard_capture_truncate' = ANY (redo) THEN
+        EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_truncate BEFORE TRUNCATE'
+                       ' ON %s FOR EACH STATEMENT EXECUTE FUNCTION softguard._capture_truncate()',
                        rel::regclass);
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
-                    AND tgname = 'zz_softguard_capture_statement') THEN
-        EXECUTE format('CREATE TRIGGER zz_softguard_capture_statement BEFORE DELETE OR UPDATE'
-                       ' ON %s FOR EACH STATEMENT WHEN (pg_catalog.pg_trigger_depth() = 0)'
+    IF 'zz_softguard_capture_statement' = ANY (redo) THEN
+        EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_statement BEFORE DELETE'
+                       ' OR UPDATE ON %s FOR EACH STATEMENT'
+                       ' WHEN (pg_catalog.pg_trigger_depth() = 0)'
                        ' EXECUTE FUNCTION softguard._capture_statement()', rel::regclass);
+    END IF;
+    -- one statement: the tamper guard checks the table after each
+    IF EXISTS (SELECT FROM softguard._capture_state(ARRAY[rel]) s WHERE s.state <> 'ok') THEN
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zz_softguard_capture_delete,'
+                       ' ENABLE ALWAYS TRIGGER zz_softguard_capture_update,'
+                       ' ENABLE ALWAYS TRIGGER zz_softguard_capture_truncate,'
+                       ' ENABLE ALWAYS TRIGGER zz_softguard_capture_statement', rel::regclass);
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard._install_capture(oid) FROM PUBLIC;

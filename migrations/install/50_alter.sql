@@ -317,6 +317,7 @@ DECLARE
     saved text := pg_catalog.current_setting('client_min_messages');
 BEGIN
     PERFORM softguard._notice(coalesce(ctx->>'offset', '0'), 'SGBEG');
+    PERFORM softguard._machinery_check();
     IF probed THEN
         list := softguard._probe(stmt);
     END IF;

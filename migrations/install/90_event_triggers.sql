@@ -1,10 +1,17 @@
 -- softguard's event triggers, all ENABLE ALWAYS (session_replication_role = replica must
--- not switch them off):
+-- not switch them off), all named softguard_capture_* (the proxy refuses any statement
+-- naming them, softguard/sql/tamper.py; PostgreSQL fires no event trigger for
+-- ALTER/DROP EVENT TRIGGER) and all checked by softguard._machinery_check before protected
+-- work (drop_op through _probe, truncate_op, alter_op):
 -- * softguard_capture_sql_drop / softguard_capture_ddl_end: the probe (softguard._probe
 --   arms them to report what a statement would drop) and the backstop that refuses any
 --   DROP of the ledger or the quarantine from SQL softguard cannot see.
 -- * softguard_capture_install: new tables get the capture triggers (40_capture.sql).
--- The install ends by putting the capture triggers on every existing table.
+-- * softguard_capture_tamper_ddl / softguard_capture_tamper_drop: the capture triggers
+--   defend themselves (threat model G7): no statement may leave a table that must carry
+--   them without one, with one renamed, changed or in any state but enabled ALWAYS. They
+--   fire after the others of their event (event triggers fire in name order).
+-- The install puts the capture triggers on every existing table, then arms the guard.
 
 -- ---------------------------------------------------------------------------------------
 -- Capture triggers. Silent unless softguard.probe = 'on' (transaction-local, set only by
@@ -72,7 +79,8 @@ CREATE EVENT TRIGGER softguard_capture_ddl_end ON ddl_command_end
 ALTER EVENT TRIGGER softguard_capture_sql_drop ENABLE ALWAYS;
 ALTER EVENT TRIGGER softguard_capture_ddl_end ENABLE ALWAYS;
 
--- Tables created later get the triggers too (CREATE TABLE, PARTITION OF, AS, SELECT INTO).
+-- Tables created later get the triggers too (CREATE TABLE, PARTITION OF, AS, SELECT INTO,
+-- CREATE SCHEMA ... CREATE TABLE).
 CREATE FUNCTION softguard._capture_install_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -89,10 +97,196 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_install_ddl() FROM PUBLIC;
 
+-- CREATE SCHEMA: its embedded CREATE TABLE reports the tag of the CREATE SCHEMA.
 CREATE EVENT TRIGGER softguard_capture_install ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'CREATE SCHEMA')
     EXECUTE FUNCTION softguard._capture_install_ddl();
 ALTER EVENT TRIGGER softguard_capture_install ENABLE ALWAYS;
 
+-- ---------------------------------------------------------------------------------------
+-- The capture triggers defend themselves (threat model G7). A table owner may drop,
+-- disable, rename or replace triggers on its tables, in any spelling, inside DO blocks,
+-- functions and procedures; a superuser may also set session_replication_role = replica.
+-- So the capture triggers are enabled ALWAYS, and after every statement that touched a
+-- table (ddl_command_end) or dropped a trigger (sql_drop) the tables it touched must still
+-- carry them exactly as installed, else the statement fails (42501) and rolls back whole.
+-- softguard's own DDL passes the same check: it moves tables with their triggers and
+-- never leaves one without them. The one exemption is the install itself (each CREATE
+-- TRIGGER of _install_capture leaves the table half-equipped until the ALTER TABLE that
+-- enables the three ALWAYS): a CREATE TRIGGER of a capture trigger exactly as installed,
+-- on a table none of whose capture triggers is enabled ALWAYS yet. Only softguard's own
+-- functions and superusers can create a trigger that runs softguard's capture functions
+-- (EXECUTE on them is revoked from PUBLIC), and on a table already equipped it is refused.
+-- ---------------------------------------------------------------------------------------
+
+-- The guard's helpers run at every ALTER TABLE: like the capture trigger's helpers
+-- (20_catalog.sql, top) they are PL/pgSQL (plans kept per session) without a SET of their
+-- own (their callers pin search_path; tables and functions are schema-qualified).
+
+-- How each capture trigger stands on those of `rels` that must carry them: 'ok' (as
+-- installed, enabled ALWAYS), 'missing', 'changed' (another function, timing, event,
+-- condition, column list or transition table than installed), 'disabled', 'replica'
+-- (fires only in replica mode) or 'origin' (session_replication_role = replica silences
+-- it). No row for a relation that need not carry them. Which must, the installer
+-- (_install_capture) and the guard decide here: the tables softguard._protected_table
+-- protects (its conditions, inline: a SQL function is planned again at every call), and
+-- the tables softguard holds in quarantine (undo brings them back as they are).
+CREATE FUNCTION softguard._capture_state(rels oid[])
+RETURNS TABLE (rel oid, name text, state text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    -- to_regprocedure: NULL, not an error, while a DROP FUNCTION is being refused
+    rows_fn oid := pg_catalog.to_regprocedure('softguard._capture_rows()');
+    truncate_fn oid := pg_catalog.to_regprocedure('softguard._capture_truncate()');
+    statement_fn oid := pg_catalog.to_regprocedure('softguard._capture_statement()');
+    one oid;
+BEGIN
+    -- one relation per query: its generic plan (kept per session) is index lookups
+    FOREACH one IN ARRAY rels LOOP
+        RETURN QUERY
+        SELECT c.oid, e.name::text,
+               CASE WHEN t.oid IS NULL THEN 'missing'
+                    WHEN t.tgfoid IS DISTINCT FROM e.fn OR t.tgtype <> e.type
+                         OR pg_catalog.pg_get_expr(t.tgqual, t.tgrelid) IS DISTINCT FROM e.qual
+                         OR t.tgnargs <> 0
+                         OR pg_catalog.cardinality(t.tgattr::pg_catalog.int2[]) <> 0
+                         OR t.tgoldtable::text IS DISTINCT FROM e.old
+                         THEN 'changed'
+                    WHEN t.tgenabled = 'A' THEN 'ok'
+                    WHEN t.tgenabled = 'D' THEN 'disabled'
+                    WHEN t.tgenabled = 'R' THEN 'replica'
+                    ELSE 'origin' END
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         CROSS JOIN (VALUES                -- tgtype: AFTER DELETE, AFTER UPDATE, BEFORE
+                                           -- TRUNCATE, BEFORE DELETE OR UPDATE
+                      ('zz_softguard_capture_delete'::name, rows_fn, 8, 'sg_old', NULL::text),
+                      ('zz_softguard_capture_update'::name, rows_fn, 16, 'sg_old', NULL),
+                      ('zz_softguard_capture_truncate'::name, truncate_fn, 34, NULL, NULL),
+                      ('zz_softguard_capture_statement'::name, statement_fn, 26, NULL,
+                       '(pg_trigger_depth() = 0)'))
+               e(name, fn, type, old, qual)
+          LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND t.tgname = e.name
+         WHERE c.oid = one AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+           AND ((n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+                 AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+                 AND n.nspname NOT LIKE 'softguard%')
+                OR n.nspname = 'softguard_quarantine' OR n.nspname ~ '^softguard_q[0-9]+_')
+         ORDER BY e.name;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_state(oid[]) FROM PUBLIC;
+
+-- Refuse (42501) if any of these relations must carry the capture triggers and does not.
+CREATE FUNCTION softguard._capture_refuse_tampering(rels oid[]) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT s.rel, s.name, s.state INTO bad
+      FROM softguard._capture_state(rels) s WHERE s.state <> 'ok' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = pg_catalog.format(
+                'softguard: this statement would leave trigger %I on %s %s; softguard''s '
+                'capture triggers cannot be dropped, disabled, renamed or replaced',
+                bad.name, bad.rel::pg_catalog.regclass,
+                CASE bad.state WHEN 'missing' THEN 'missing'
+                     WHEN 'changed' THEN 'not as softguard installed it'
+                     WHEN 'disabled' THEN 'disabled'
+                     WHEN 'replica' THEN 'firing only in replica mode'
+                     ELSE 'not enabled ALWAYS' END),
+            HINT = 'They keep DELETE, UPDATE and TRUNCATE of the table reversible. To switch '
+                   'the table''s own triggers, name them (ALTER TABLE ... DISABLE TRIGGER '
+                   'name) instead of USER or ALL.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_refuse_tampering(oid[]) FROM PUBLIC;
+
+-- The guard, for both events: only the tables the statement touched. ddl_command_end: its
+-- commands' tables, a trigger's table, every table of a renamed schema (unrelated DDL
+-- costs one scan of its own command list). sql_drop: the tables that lost a trigger and
+-- are still there (a dropped table takes its triggers along: the DROP backstops decide
+-- about the table).
+CREATE FUNCTION softguard._capture_tamper() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rels oid[] := '{}';
+    r record;
+    t record;
+BEGIN
+    IF TG_EVENT = 'sql_drop' THEN
+        SELECT coalesce(array_agg(DISTINCT c.oid), '{}') INTO rels
+          FROM pg_event_trigger_dropped_objects() d
+          JOIN pg_namespace n ON n.nspname = d.address_names[1]
+          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = d.address_names[2]
+         WHERE d.object_type = 'trigger';
+    ELSE
+        -- a loop, not a join: a join with pg_class by namespace would scan pg_class for
+        -- every ALTER TABLE
+        FOR r IN SELECT c.classid, c.objid, c.command_tag FROM pg_event_trigger_ddl_commands() c
+        LOOP
+            IF r.classid = 'pg_class'::regclass THEN
+                rels := rels || r.objid;
+            ELSIF r.classid = 'pg_trigger'::regclass THEN
+                SELECT g.tgrelid, g.tgname INTO t FROM pg_trigger g WHERE g.oid = r.objid;
+                CONTINUE WHEN r.command_tag = 'CREATE TRIGGER'       -- the install, see above
+                    AND (SELECT pg_catalog.bool_or(s.name = t.tgname AND s.state = 'origin')
+                                AND NOT pg_catalog.bool_or(s.state = 'ok')
+                           FROM softguard._capture_state(ARRAY[t.tgrelid]) s);
+                rels := rels || t.tgrelid;
+            ELSIF r.classid = 'pg_namespace'::regclass AND r.command_tag = 'ALTER SCHEMA' THEN
+                rels := rels || ARRAY(SELECT k.oid FROM pg_class k
+                                       WHERE k.relnamespace = r.objid AND k.relkind IN ('r', 'p'));
+            END IF;
+        END LOOP;
+    END IF;
+    IF cardinality(rels) > 0 THEN
+        PERFORM softguard._capture_refuse_tampering(rels);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_tamper() FROM PUBLIC;
+
+-- Protected work refuses to run (55000) unless every softguard event trigger is there and
+-- enabled ALWAYS: ALTER / DROP EVENT TRIGGER fire no event trigger, so nothing else sees
+-- them switched off. Called by _probe (drop_op, alter_op's DROP COLUMN), truncate_op and
+-- alter_op.
+CREATE FUNCTION softguard._machinery_check() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    off text;
+BEGIN
+    SELECT string_agg(x.name, ', ' ORDER BY x.name) INTO off
+      FROM (SELECT w.name FROM unnest(ARRAY['softguard_capture_ddl_end',
+                'softguard_capture_install', 'softguard_capture_sql_drop',
+                'softguard_capture_tamper_ddl', 'softguard_capture_tamper_drop']) w(name)
+             WHERE NOT EXISTS (SELECT FROM pg_event_trigger e
+                                WHERE e.evtname = w.name AND e.evtenabled = 'A')
+            UNION
+            SELECT e.evtname FROM pg_event_trigger e
+             WHERE e.evtname LIKE 'softguard\_%' AND e.evtenabled <> 'A') x;
+    IF off IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('softguard: event trigger(s) %s missing or not enabled ALWAYS; '
+                             'refusing the statement', off),
+            HINT = 'A superuser restores them on a direct connection (ALTER EVENT TRIGGER '
+                   '... ENABLE ALWAYS, or a fresh softguard init).';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._machinery_check() FROM PUBLIC;
+-- the protected statements run as the client: they call it as the client
+GRANT EXECUTE ON FUNCTION softguard._machinery_check() TO PUBLIC;
+
 SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
  ORDER BY c.oid;
+
+-- Armed last: the install above must not be checked half-done. The tags: every command
+-- that can create, move or rename a table or change a trigger (other DDL never calls it).
+CREATE EVENT TRIGGER softguard_capture_tamper_ddl ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'ALTER SCHEMA',
+                 'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'CREATE SCHEMA')
+    EXECUTE FUNCTION softguard._capture_tamper();
+CREATE EVENT TRIGGER softguard_capture_tamper_drop ON sql_drop
+    EXECUTE FUNCTION softguard._capture_tamper();
+ALTER EVENT TRIGGER softguard_capture_tamper_ddl ENABLE ALWAYS;
+ALTER EVENT TRIGGER softguard_capture_tamper_drop ENABLE ALWAYS;

@@ -3,9 +3,12 @@
 softguard keeps its ledger in schema ``softguard`` and quarantined objects in
 ``softguard_quarantine`` and ``softguard_q<op>_<name>`` schemas of the protected database.
 No statement through the proxy may read, change, drop or grant on them, nor point
-``search_path`` or a ``regclass`` literal at them. The check is deliberately
-conservative: any identifier or string literal naming one of those schemas counts.
-Text that does not contain the letters ``softguard`` at all is cleared in ~0.2 µs.
+``search_path`` or a ``regclass`` literal at them, nor name softguard's capture triggers or
+event triggers (PostgreSQL fires no event trigger for ALTER / DROP EVENT TRIGGER: this is
+the one check that sees those). The check is deliberately conservative: any identifier
+or string literal naming one of those counts.
+Text that does not contain the letters ``softguard`` at all, nor an escape that could
+spell them (``U&`` identifiers and strings, ``E'\\...'`` strings), is cleared in ~0.2 µs.
 """
 
 from __future__ import annotations
@@ -19,15 +22,18 @@ from softguard.contract import TAG_MARKER
 from softguard.sql.tree import load_json
 
 # A value names softguard's schemas when "softguard" is followed by the end, a schema
-# separator or quoting/list punctuation, or by "_quarantine" / "_q<digits>_".
+# separator or quoting/list punctuation, or by "_quarantine" / "_q<digits>_"; it names its
+# triggers and event triggers (zz_softguard_capture_*, softguard_capture_*) by "_capture_".
 _TAG_MARKER = TAG_MARKER.strip("/*").encode()
-_NAMES_SOFTGUARD = re.compile(r"softguard(?:_quarantine|_q\d+_|\s*(?:[.,\"]|$))", re.IGNORECASE)
+_NAMES_SOFTGUARD = re.compile(
+    r"softguard(?:_quarantine|_q\d+_|_capture_|\s*(?:[.,\"]|$))", re.IGNORECASE
+)
 
 
 def mentions_softguard(sql: bytes) -> bool:
     """True if *sql* names softguard's ledger or quarantine schemas anywhere."""
     lowered = sql.lower()
-    if b"softguard" not in lowered:
+    if b"softguard" not in lowered and not _may_escape(lowered):
         return False
     if _TAG_MARKER in lowered or lowered.lstrip().startswith(b"/*softguard:"):
         return True  # only softguard may mark a statement's tag or its client text
@@ -39,6 +45,12 @@ def mentions_softguard(sql: bytes) -> bool:
         # refusing is the safe answer.
         return _NAMES_SOFTGUARD.search(text) is not None
     return _any_value_matches(tree)
+
+
+def _may_escape(lowered: bytes) -> bool:
+    """Could the text spell a name without its letters: U&"\\0073..." identifiers or
+    strings, E'\\163...' strings? Then only the parsed values tell."""
+    return b"u&" in lowered or (b"\\" in lowered and b"e'" in lowered)
 
 
 def _any_value_matches(tree: Any) -> bool:
