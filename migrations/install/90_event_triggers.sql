@@ -71,7 +71,8 @@ CREATE EVENT TRIGGER softguard_capture_ddl_end ON ddl_command_end
 ALTER EVENT TRIGGER softguard_capture_sql_drop ENABLE ALWAYS;
 ALTER EVENT TRIGGER softguard_capture_ddl_end ENABLE ALWAYS;
 
--- Tables created later get the triggers too (CREATE TABLE, PARTITION OF, AS, SELECT INTO).
+-- Tables created later get the triggers too (CREATE TABLE, PARTITION OF, AS, SELECT INTO),
+-- and tables made inheritance children later (ALTER TABLE ... INHERIT) their row trigger.
 CREATE FUNCTION softguard._capture_install_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -89,7 +90,7 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._capture_install_ddl() FROM PUBLIC;
 
 CREATE EVENT TRIGGER softguard_capture_install ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION softguard._capture_install_ddl();
 ALTER EVENT TRIGGER softguard_capture_install ENABLE ALWAYS;
 

@@ -94,22 +94,12 @@ TRIGGERS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 5: a user trigger set ENABLE ALWAYS "
-    "fires on restored rows although undo runs as replica",
-)
 @pytest.mark.parametrize("name", sorted(TRIGGERS))
 def test_enable_always_trigger_cannot_change_restored_rows(arena: Arena, name: str) -> None:
     arena.attack([*TRIGGERS[name], "ALTER TABLE parent ENABLE ALWAYS TRIGGER evil"])
     arena.attempt(["DELETE FROM parent WHERE id IN (1, 2)"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 5: undo runs as replica, so a trigger "
-    "the owner set ENABLE REPLICA fires on the restored rows and rewrites them",
-)
 def test_enable_replica_trigger_cannot_change_restored_rows(arena: Arena) -> None:
     arena.attack(
         [*TRIGGERS["rewrite_before_insert"], "ALTER TABLE parent ENABLE REPLICA TRIGGER evil"]
@@ -117,10 +107,6 @@ def test_enable_replica_trigger_cannot_change_restored_rows(arena: Arena) -> Non
     arena.attempt(["DELETE FROM parent WHERE id IN (1, 2)"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 5: an UPDATE that changes the key is 'undone' with 0 rows restored",
-)
 @pytest.mark.parametrize(
     "stmt",
     [
@@ -132,10 +118,6 @@ def test_key_changing_update_is_undone_or_refused(arena_upd: Arena, stmt: str) -
     arena_upd.attempt([stmt])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 5: on a table without a key the NOTICE says reversible but undo refuses",
-)
 def test_update_without_key_is_reversible_or_refused(arena_upd: Arena) -> None:
     before, last = arena_upd.snapshot(), arena_upd.last_op()
     out = arena_upd.attack(["UPDATE nokey SET b = 'z'"])
@@ -148,20 +130,8 @@ def test_delete_without_key_is_undone(arena: Arena) -> None:
     arena.attempt(["DELETE FROM nokey WHERE a = 1"])
 
 
-INHERIT = pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 5: a DELETE on an inheritance "
-    "parent is undone into the parent, losing the child's own columns",
-)
-
-
 @pytest.mark.parametrize(
-    "stmt",
-    [
-        pytest.param("DELETE FROM animal", marks=[INHERIT]),
-        pytest.param("DELETE FROM animal WHERE id >= 10", marks=[INHERIT]),
-        "TRUNCATE animal",
-    ],
+    "stmt", ["DELETE FROM animal", "DELETE FROM animal WHERE id >= 10", "TRUNCATE animal"]
 )
 def test_inheritance_children_get_their_rows_back(arena: Arena, stmt: str) -> None:
     arena.attempt([stmt])
