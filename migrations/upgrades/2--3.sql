@@ -188,10 +188,10 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._key_change_sql(oid) FROM PUBLIC;
 
--- After _capture_rows recorded capture `cid` of `rel` in operation `op`: the captures of
--- the keys an UPDATE changed (n_rows 0: read only through their capture's info) and of the
+-- After _capture_rows recorded capture `cid` of `rel` in operation `op` (with info `kinfo`):
+-- the captures of the keys an UPDATE changed (n_rows 0: read only through their capture's info) and of the
 -- rows of inheritance children a DELETE removed (joining the operation like a cascade).
-CREATE FUNCTION softguard._capture_more(op bigint, cid bigint, rel oid, info jsonb,
+CREATE FUNCTION softguard._capture_more(op bigint, cid bigint, rel oid, kinfo jsonb,
                                         claimed jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -200,8 +200,8 @@ DECLARE
     ident text;
     kcols jsonb;
 BEGIN
-    IF info ? 'appeared' THEN
-        IF (info->>'changed')::bigint > 0 AND EXISTS (
+    IF kinfo ? 'appeared' THEN
+        IF (kinfo->>'changed')::bigint > 0 AND EXISTS (
                SELECT FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
                 WHERE i.inhparent = rel AND NOT c.relispartition) THEN
             -- rows that moved to other keys may be the children's: undo would put them
@@ -212,13 +212,13 @@ BEGIN
                                             ' inheritance children', rel::regclass),
                 HINT = 'Update the child tables themselves.';
         END IF;
-        kcols := CASE WHEN info->'key' = 'null' THEN softguard._columns(rel) ELSE
+        kcols := CASE WHEN kinfo->'key' = 'null' THEN softguard._columns(rel) ELSE
                      (SELECT pg_catalog.jsonb_agg(c ORDER BY k.o)
-                        FROM pg_catalog.jsonb_array_elements_text(info->'key') WITH ORDINALITY k(name, o)
+                        FROM pg_catalog.jsonb_array_elements_text(kinfo->'key') WITH ORDINALITY k(name, o)
                         JOIN pg_catalog.jsonb_array_elements(softguard._columns(rel)) c ON c->>0 = k.name)
                  END;
         INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
-        SELECT (info->>s)::bigint, op, rel, cp.table_identity, 'update', 0, kcols,
+        SELECT (kinfo->>s)::bigint, op, rel, cp.table_identity, 'update', 0, kcols,
                pg_catalog.jsonb_build_object('part_of', cid, 'side', s)
           FROM softguard.captures cp, pg_catalog.unnest(ARRAY['appeared', 'gone']) s
          WHERE cp.id = cid;
