@@ -24,7 +24,12 @@
 --   the later one first, or --cascade), a table or column gone or changed since, a purged
 --   operation (55000).
 -- * Restored rows are written with user triggers off (session_replication_role replica),
---   so their foreign keys are checked here (_check_fks) instead of by PostgreSQL.
+--   so their foreign keys are checked here (_check_fks) instead of by PostgreSQL; user
+--   triggers and rules that fire in replica mode too (ENABLE ALWAYS / REPLICA) are disabled
+--   for the undo's transaction and put back as they were (_undo_triggers_off).
+-- * An undo restores everything it captured or fails: fewer rows written than captured,
+--   re-keyed rows not found by their new key, are errors (--on-conflict skip only leaves
+--   out rows whose key was re-used since, and says how many).
 
 -- What an undo reports: one row per thing it restored (softguard/contract.py UndoStep).
 CREATE TYPE softguard.undo_step AS (

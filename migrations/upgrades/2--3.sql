@@ -150,14 +150,23 @@ REVOKE ALL ON FUNCTION softguard._inherited_sql(oid, jsonb) FROM PUBLIC;
 -- The statement _capture_rows runs (it alone sees sg_old and sg_new) after an UPDATE's old
 -- rows: keeps the keys that appeared and those gone (whole rows for a table without a
 -- key) under two new capture ids and returns {key, appeared, gone, changed} for the
--- capture's info; no row (NULL) when no key changed.
-CREATE FUNCTION softguard._key_change_sql(rel oid) RETURNS text
+-- capture's info; no row (NULL) when no key changed. With `detect`, a cheaper statement
+-- first (planning the full one costs more than a one-row UPDATE): a row ('{}') when keys
+-- may have changed.
+CREATE FUNCTION softguard._key_change_sql(rel oid, detect boolean) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     key text[] := softguard._row_key(rel);
     appeared text;
     gone text;
 BEGIN
+    IF detect THEN
+        RETURN CASE WHEN key IS NULL THEN 'SELECT ''{}''::jsonb' ELSE pg_catalog.format(
+            'SELECT ''{}''::jsonb WHERE EXISTS (SELECT FROM sg_new n WHERE NOT EXISTS'
+            ' (SELECT FROM sg_old o WHERE %s))',
+            (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I = n.%I', c, c), ' AND ')
+               FROM pg_catalog.unnest(key) c)) END;
+    END IF;
     IF key IS NULL THEN
         appeared := 'SELECT n::text AS x FROM sg_new n EXCEPT ALL SELECT o::text FROM sg_old o';
         gone := 'SELECT o::text AS x FROM sg_old o EXCEPT ALL SELECT n::text FROM sg_new n';
@@ -186,7 +195,7 @@ BEGIN
         CASE WHEN key IS NULL THEN 'true' ELSE 'EXISTS (SELECT FROM a)' END,
         pg_catalog.to_jsonb(key));
 END $$;
-REVOKE ALL ON FUNCTION softguard._key_change_sql(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._key_change_sql(oid, boolean) FROM PUBLIC;
 
 -- After _capture_rows recorded capture `cid` of `rel` in operation `op` (with info `kinfo`):
 -- the captures of the keys an UPDATE changed (n_rows 0: read only through their capture's info) and of the
@@ -331,7 +340,8 @@ BEGIN
         IF n = 0 AND inh IS NULL THEN
             RETURN NULL;                   -- removed nothing: records nothing
         END IF;
-        IF ev = 'update' THEN EXECUTE softguard._key_change_sql(TG_RELID) INTO info; END IF;
+        IF ev = 'update' THEN EXECUTE softguard._key_change_sql(TG_RELID, true) INTO info;
+            IF info IS NOT NULL THEN EXECUTE softguard._key_change_sql(TG_RELID, false) INTO info; END IF; END IF;
         event := ev;
         cols := softguard._columns(TG_RELID);
     END IF;
