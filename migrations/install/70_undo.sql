@@ -822,6 +822,16 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_triggers_back(jsonb) FROM PUBLIC;
 
+-- The rows of capture `cid` read back through row type `rtype` (_row_type), as a query.
+-- OFFSET 0: the row text is parsed once, not once per column.
+CREATE FUNCTION softguard._captured_src(rtype text, cid bigint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT pg_catalog.format('SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
+                             ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p',
+                             rtype, cid)
+$$;
+REVOKE ALL ON FUNCTION softguard._captured_src(text, bigint) FROM PUBLIC;
+
 -- Undo of the UPDATE captures of table `rel` in operation `op` when the operation changed
 -- keys, or the table has no key (40_capture.sql, "What a transition table alone cannot
 -- tell undo"): last capture first, the rows whose key appeared are deleted, the old images
@@ -853,6 +863,7 @@ DECLARE
     done bigint := 0;
     missing bigint := 0;
     overriding text;
+    ins_sql text;     -- 'INSERT INTO rel (cols) ... FROM (': a source and ') s' follow
 BEGIN
     FOR c IN SELECT * FROM softguard.captures x
               WHERE x.op_id = op AND x.relid = rel AND x.event = 'update' AND x.n_rows > 0
@@ -869,8 +880,11 @@ BEGIN
         overriding := CASE WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel
                                          AND a.attidentity = 'a' AND a.attname = ANY (cols))
                            THEN 'OVERRIDING SYSTEM VALUE' ELSE '' END;
-        src := format('SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
-                      ' WHERE r.capture_id = %s OFFSET 0) p', rtype, c.id);
+        src := softguard._captured_src(rtype, c.id);
+        ins_sql := format('INSERT INTO %s (%s) %s SELECT %s FROM (', rel::regclass,
+                          (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                          overriding,
+                          (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x));
         IF c.info->'key' = 'null' THEN
             -- no key: the rows it left (as many of each as it left) must still be there
             EXECUTE format(
@@ -893,15 +907,9 @@ BEGIN
                                      op, n_app - n_found, n_app, rel::regclass),
                     HINT = 'Undo the later operations that changed or deleted them first.';
             END IF;
-            EXECUTE format('INSERT INTO %s (%s) %s SELECT %s FROM (SELECT (p.x).* FROM'
-                           ' (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
-                           ' WHERE r.capture_id = %s OFFSET 0) p) s',
-                           rel::regclass,
-                           (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x), overriding,
-                           (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
-                           rtype, c.info->>'gone');
+            EXECUTE ins_sql || softguard._captured_src(rtype, (c.info->>'gone')::bigint) || ') s';
             GET DIAGNOSTICS ins = ROW_COUNT;
-            PERFORM softguard._check_fks(op, rel, src);
+            PERFORM softguard._check_fks(op, rel, softguard._captured_src(rtype, (c.info->>'gone')::bigint));
             done := done + ins;
             CONTINUE;
         END IF;
@@ -918,10 +926,8 @@ BEGIN
         IF c.info->>'appeared' IS NOT NULL THEN
             ktype := softguard._row_type((SELECT k.columns FROM softguard.captures k
                                            WHERE k.id = (c.info->>'appeared')::bigint), c.id || '_k');
-            app := format('SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
-                          ' WHERE r.capture_id = %s OFFSET 0) p', ktype, c.info->>'appeared');
-            gone := format('SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
-                           ' WHERE r.capture_id = %s OFFSET 0) p', ktype, c.info->>'gone');
+            app := softguard._captured_src(ktype, (c.info->>'appeared')::bigint);
+            gone := softguard._captured_src(ktype, (c.info->>'gone')::bigint);
             gmatch := (SELECT string_agg(format('g.%I = s.%I', x, x), ' AND ') FROM unnest(key) x);
             EXECUTE format('SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT FROM %s t WHERE %s))'
                            ' FROM (%s) s', rel::regclass, match, app)
@@ -950,12 +956,7 @@ BEGIN
                            ' their rows out: delete or re-key the rows that hold them now first.';
             END IF;
             EXECUTE format('DELETE FROM %s t USING (%s) s WHERE %s', rel::regclass, app, match);
-            EXECUTE format('INSERT INTO %s (%s) %s SELECT %s FROM (%s) s'
-                           ' WHERE EXISTS (SELECT FROM (%s) g WHERE %s)',
-                           rel::regclass,
-                           (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x), overriding,
-                           (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
-                           src, gone, gmatch);
+            EXECUTE ins_sql || src || format(') s WHERE EXISTS (SELECT FROM (%s) g WHERE %s)', gone, gmatch);
             GET DIAGNOSTICS ins = ROW_COUNT;
         END IF;
         EXECUTE format('SELECT count(*) FROM (%s) s%s', src,
