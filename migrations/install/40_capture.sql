@@ -362,8 +362,9 @@ REVOKE ALL ON FUNCTION softguard._capture_inherited() FROM PUBLIC;
 CREATE FUNCTION softguard._install_capture_inherited(rel oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                WHERE i.inhrelid = rel AND c.relkind = 'r' AND NOT c.relispartition)
+    IF softguard._protected_table(rel)
+       AND EXISTS (SELECT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                    WHERE i.inhrelid = rel AND c.relkind = 'r' AND NOT c.relispartition)
        AND NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
                         AND tgname = 'zz_softguard_capture_inherited') THEN
         EXECUTE format('CREATE TRIGGER zz_softguard_capture_inherited AFTER DELETE ON %s'

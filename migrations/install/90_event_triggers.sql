@@ -71,8 +71,7 @@ CREATE EVENT TRIGGER softguard_capture_ddl_end ON ddl_command_end
 ALTER EVENT TRIGGER softguard_capture_sql_drop ENABLE ALWAYS;
 ALTER EVENT TRIGGER softguard_capture_ddl_end ENABLE ALWAYS;
 
--- Tables created later get the triggers too (CREATE TABLE, PARTITION OF, AS, SELECT INTO),
--- and tables made inheritance children later (ALTER TABLE ... INHERIT) their row trigger.
+-- Tables created later get the triggers too (CREATE TABLE, PARTITION OF, AS, SELECT INTO).
 CREATE FUNCTION softguard._capture_install_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -90,9 +89,32 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._capture_install_ddl() FROM PUBLIC;
 
 CREATE EVENT TRIGGER softguard_capture_install ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
     EXECUTE FUNCTION softguard._capture_install_ddl();
 ALTER EVENT TRIGGER softguard_capture_install ENABLE ALWAYS;
+
+-- Tables made inheritance children later (ALTER TABLE ... INHERIT) get their row trigger
+-- (40_capture.sql, _install_capture_inherited); nothing else is installed on ALTER TABLE.
+CREATE FUNCTION softguard._capture_inherit_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF current_setting('softguard.probe', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
+              WHERE c.classid = 'pg_class'::regclass AND c.objsubid = 0
+                AND c.object_type = 'table' LOOP
+        PERFORM softguard._install_capture_inherited(r.objid);
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_inherit_ddl() FROM PUBLIC;
+
+CREATE EVENT TRIGGER softguard_capture_inherit ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION softguard._capture_inherit_ddl();
+ALTER EVENT TRIGGER softguard_capture_inherit ENABLE ALWAYS;
 
 SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
  ORDER BY c.oid;

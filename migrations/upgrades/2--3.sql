@@ -65,8 +65,9 @@ REVOKE ALL ON FUNCTION softguard._capture_inherited() FROM PUBLIC;
 CREATE FUNCTION softguard._install_capture_inherited(rel oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                WHERE i.inhrelid = rel AND c.relkind = 'r' AND NOT c.relispartition)
+    IF softguard._protected_table(rel)
+       AND EXISTS (SELECT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                    WHERE i.inhrelid = rel AND c.relkind = 'r' AND NOT c.relispartition)
        AND NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
                         AND tgname = 'zz_softguard_capture_inherited') THEN
         EXECUTE format('CREATE TRIGGER zz_softguard_capture_inherited AFTER DELETE ON %s'
@@ -896,12 +897,29 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_captures(bigint, text) FROM PUBLIC;
 
--- ALTER TABLE too: a table made an inheritance child later gets its row trigger.
-DROP EVENT TRIGGER softguard_capture_install;
-CREATE EVENT TRIGGER softguard_capture_install ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
-    EXECUTE FUNCTION softguard._capture_install_ddl();
-ALTER EVENT TRIGGER softguard_capture_install ENABLE ALWAYS;
+-- Tables made inheritance children later (ALTER TABLE ... INHERIT) get their row trigger
+-- (40_capture.sql, _install_capture_inherited); nothing else is installed on ALTER TABLE.
+CREATE FUNCTION softguard._capture_inherit_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF current_setting('softguard.probe', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
+              WHERE c.classid = 'pg_class'::regclass AND c.objsubid = 0
+                AND c.object_type = 'table' LOOP
+        PERFORM softguard._install_capture_inherited(r.objid);
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_inherit_ddl() FROM PUBLIC;
+
+CREATE EVENT TRIGGER softguard_capture_inherit ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION softguard._capture_inherit_ddl();
+ALTER EVENT TRIGGER softguard_capture_inherit ENABLE ALWAYS;
+
 
 -- Existing tables: the UPDATE trigger sees the new rows too (its enable state kept), and
 -- inheritance children get their row trigger.
