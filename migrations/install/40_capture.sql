@@ -79,6 +79,7 @@ DECLARE
     first_word text;
     sd text;
     sdi jsonb;
+    inh jsonb;                             -- inheritance children's rows (_inherited_claim)
     shape record;
     cols jsonb;
     info jsonb;
@@ -145,11 +146,16 @@ BEGIN
             END IF;
         END IF;
         cid := nextval('softguard.captures_id_seq'::regclass);
+        inh := softguard._inherited_claim(TG_RELID, ev);
+        IF inh IS NULL THEN
         INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
+        ELSE EXECUTE softguard._inherited_sql(TG_RELID, inh) USING cid; END IF;
         GET DIAGNOSTICS n = ROW_COUNT;
-        IF n = 0 THEN
+        IF n = 0 AND inh IS NULL THEN
             RETURN NULL;                   -- removed nothing: records nothing
         END IF;
+        IF ev = 'update' THEN EXECUTE softguard._key_change_sql(TG_RELID, true) INTO info;
+            IF info IS NOT NULL THEN EXECUTE softguard._key_change_sql(TG_RELID, false) INTO info; END IF; END IF;
         event := ev;
         cols := softguard._columns(TG_RELID);
     END IF;
@@ -206,6 +212,7 @@ BEGIN
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns,
                                     info)
     VALUES (cid, op, TG_RELID, ident, event, n, cols, info);
+    PERFORM softguard._capture_more(op, cid, TG_RELID, info, inh);
     RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
@@ -360,7 +367,7 @@ BEGIN
     END IF;
     IF 'zz_softguard_capture_update' = ANY (redo) THEN
         EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_update AFTER UPDATE ON %s'
-                       ' REFERENCING OLD TABLE AS sg_old FOR EACH STATEMENT'
+                       ' REFERENCING OLD TABLE AS sg_old NEW TABLE AS sg_new FOR EACH STATEMENT'
                        ' EXECUTE FUNCTION softguard._capture_rows()', rel::regclass);
     END IF;
     IF 'zz_softguard_capture_truncate' = ANY (redo) THEN
@@ -381,5 +388,247 @@ BEGIN
                        ' ENABLE ALWAYS TRIGGER zz_softguard_capture_truncate,'
                        ' ENABLE ALWAYS TRIGGER zz_softguard_capture_statement', rel::regclass);
     END IF;
+    PERFORM softguard._install_capture_inherited(rel);
 END $$;
 REVOKE ALL ON FUNCTION softguard._install_capture(oid) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- What a transition table alone cannot tell undo (issue 10 item 5, threat model G9)
+-- ---------------------------------------------------------------------------------------
+-- * An UPDATE that changes keys: undo finds rows by the key they have now. Old and new rows
+--   of a transition table cannot be paired reliably, so nothing relies on pairing: the
+--   keys only in sg_new ("appeared") and only in sg_old ("gone") are kept beside the old
+--   rows; undo deletes the appeared rows, re-inserts the gone ones' old images and gives
+--   the rest (same key before and after) their old values in place. On a table without a
+--   key the same holds with whole rows as the key (multisets: EXCEPT ALL).
+-- * A DELETE through an inheritance parent (not a partitioned table): its transition table
+--   holds the children's rows cut to the parent's columns. A row trigger on each child
+--   (zz_softguard_capture_inherited) keeps them whole in softguard.inherited_rows; the
+--   parent's statement trigger moves them into captures of the children and leaves them
+--   out of its own (_inherited_claim, _inherited_sql).
+
+-- Children's rows waiting for the statement trigger of the table the DELETE named; empty
+-- outside a DELETE's own statement (rolled back with it, claimed at its end).
+CREATE TABLE softguard.inherited_rows (
+    txid   xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    stmt   text NOT NULL,                -- statement key, as in _capture_rows
+    relid  oid NOT NULL,
+    "row"  text NOT NULL
+);
+REVOKE ALL ON softguard.inherited_rows FROM PUBLIC;
+
+-- The row trigger on inheritance children: the whole row, in the fixed formats.
+CREATE FUNCTION softguard._capture_inherited() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    cap text := current_setting('softguard.capture', true);
+BEGIN
+    -- the same decision as _capture_rows' for a DELETE: the setting, else the registration
+    IF NOT ('delete' = ANY (string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',')))
+       AND NOT ('delete' = ANY (coalesce((SELECT s.capture FROM softguard.sessions s
+                                          WHERE s.pid = pg_backend_pid()), '{}'))) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO softguard.inherited_rows (stmt, relid, "row")
+    VALUES ((extract(epoch FROM statement_timestamp()) * 1000000)::bigint::text, TG_RELID, OLD::text);
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_inherited() FROM PUBLIC;
+
+-- Put the row trigger on `rel` when it is an inheritance child (idempotent).
+CREATE FUNCTION softguard._install_capture_inherited(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF softguard._protected_table(rel)
+       AND EXISTS (SELECT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                    WHERE i.inhrelid = rel AND c.relkind = 'r' AND NOT c.relispartition)
+       AND NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel
+                        AND tgname = 'zz_softguard_capture_inherited') THEN
+        EXECUTE format('CREATE TRIGGER zz_softguard_capture_inherited AFTER DELETE ON %s'
+                       ' FOR EACH ROW EXECUTE FUNCTION softguard._capture_inherited()',
+                       rel::regclass);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._install_capture_inherited(oid) FROM PUBLIC;
+
+-- In the statement trigger of a DELETE on `rel`: drop what rel's own row trigger kept (its
+-- transition table has those rows whole), and move what its inheritance descendants' row
+-- triggers kept into captures of their own. Returns [{relid, cid, n}], NULL when none.
+-- Runs once per captured statement and table: no SET (called from _capture_rows).
+CREATE FUNCTION softguard._inherited_claim(rel oid, ev text) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    k text;
+    d record;
+    cid bigint;
+    n bigint;
+    claimed jsonb := '[]';
+BEGIN
+    IF ev <> 'delete' OR NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i
+                                      WHERE i.inhparent = rel OR i.inhrelid = rel) THEN
+        RETURN NULL;
+    END IF;
+    k := (extract(epoch FROM pg_catalog.statement_timestamp()) * 1000000)::bigint::text;
+    DELETE FROM softguard.inherited_rows r
+     WHERE r.txid = pg_catalog.pg_current_xact_id() AND r.stmt = k AND r.relid = rel;
+    FOR d IN WITH RECURSIVE tree(r) AS (
+                 SELECT i.inhrelid FROM pg_catalog.pg_inherits i
+                   JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+                  WHERE i.inhparent = rel AND p.relkind = 'r'
+                 UNION
+                 SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent = t.r)
+             SELECT t.r FROM tree t WHERE softguard._protected_table(t.r) ORDER BY t.r LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid = d.r
+                        AND g.tgname = 'zz_softguard_capture_inherited') THEN
+            -- its rows are gone already: keep nothing rather than a part of them
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('softguard: cannot keep the rows of %s deleted through %s:'
+                                 ' its capture trigger is missing', d.r::regclass, rel::regclass),
+                HINT = 'Delete from the child table itself, or run softguard init again.';
+        END IF;
+        cid := pg_catalog.nextval('softguard.captures_id_seq'::regclass);
+        WITH m AS (DELETE FROM softguard.inherited_rows r
+                    WHERE r.txid = pg_catalog.pg_current_xact_id() AND r.stmt = k AND r.relid = d.r
+                   RETURNING r."row")
+        INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, m."row" FROM m;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            claimed := claimed || pg_catalog.jsonb_build_array(
+                pg_catalog.jsonb_build_object('relid', d.r, 'cid', cid, 'n', n));
+        END IF;
+    END LOOP;
+    RETURN CASE WHEN claimed = '[]' THEN NULL ELSE claimed END;
+END $$;
+REVOKE ALL ON FUNCTION softguard._inherited_claim(oid, text) FROM PUBLIC;
+
+-- The capture of `rel`'s own rows when descendants' rows were claimed: sg_old less those
+-- rows cut to rel's columns (a multiset difference: identical rows of rel itself stay).
+-- Run by _capture_rows (only it sees sg_old) with $1 = the capture id.
+CREATE FUNCTION softguard._inherited_sql(rel oid, claimed jsonb) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    cols text := (SELECT pg_catalog.string_agg(pg_catalog.format('(q.p).%I', c->>0), ', ' ORDER BY o)
+                    FROM pg_catalog.jsonb_array_elements(softguard._columns(rel))
+                         WITH ORDINALITY x(c, o));
+BEGIN
+    RETURN pg_catalog.format(
+        'INSERT INTO softguard.captured_rows (capture_id, "row") SELECT $1, s.x FROM'
+        ' (SELECT o::text AS x FROM sg_old o EXCEPT ALL (%s)) s',
+        (SELECT pg_catalog.string_agg(pg_catalog.format(
+                    'SELECT ROW(%s)::text FROM (SELECT r."row"::%s AS p FROM softguard.captured_rows r'
+                    ' WHERE r.capture_id = %s) q', cols, (e->>'relid')::oid::regclass, e->>'cid'),
+                ' UNION ALL ')
+           FROM pg_catalog.jsonb_array_elements(claimed) e));
+END $$;
+REVOKE ALL ON FUNCTION softguard._inherited_sql(oid, jsonb) FROM PUBLIC;
+
+-- The statement _capture_rows runs (it alone sees sg_old and sg_new) after an UPDATE's old
+-- rows: keeps the keys that appeared and those gone (whole rows for a table without a
+-- key) under two new capture ids and returns {key, appeared, gone, changed} for the
+-- capture's info; no row (NULL) when no key changed. With `detect`, a cheaper statement
+-- first (planning the full one costs more than a one-row UPDATE): a row ('{}') when keys
+-- may have changed.
+CREATE FUNCTION softguard._key_change_sql(rel oid, detect boolean) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    key text[] := softguard._row_key(rel);
+    appeared text;
+    gone text;
+BEGIN
+    IF detect THEN
+        RETURN CASE WHEN key IS NULL THEN 'SELECT ''{}''::jsonb' ELSE pg_catalog.format(
+            'SELECT ''{}''::jsonb WHERE EXISTS (SELECT FROM sg_new n WHERE NOT EXISTS'
+            ' (SELECT FROM sg_old o WHERE %s))',
+            (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I = n.%I', c, c), ' AND ')
+               FROM pg_catalog.unnest(key) c)) END;
+    END IF;
+    IF key IS NULL THEN
+        appeared := 'SELECT n::text AS x FROM sg_new n EXCEPT ALL SELECT o::text FROM sg_old o';
+        gone := 'SELECT o::text AS x FROM sg_old o EXCEPT ALL SELECT n::text FROM sg_new n';
+    ELSE
+        appeared := pg_catalog.format(
+            'SELECT ROW(%s)::text AS x FROM sg_new n WHERE NOT EXISTS (SELECT FROM sg_old o WHERE %s)',
+            (SELECT pg_catalog.string_agg(pg_catalog.format('n.%I', c), ', ') FROM pg_catalog.unnest(key) c),
+            (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I = n.%I', c, c), ' AND ')
+               FROM pg_catalog.unnest(key) c));
+        gone := pg_catalog.format(
+            'SELECT ROW(%s)::text AS x FROM sg_old o WHERE EXISTS (SELECT FROM a)'
+            ' AND NOT EXISTS (SELECT FROM sg_new n WHERE %s)',
+            (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I', c), ', ') FROM pg_catalog.unnest(key) c),
+            (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I = n.%I', c, c), ' AND ')
+               FROM pg_catalog.unnest(key) c));
+    END IF;
+    RETURN pg_catalog.format(
+        'WITH a AS MATERIALIZED (%s), g AS MATERIALIZED (%s),'
+        ' c AS MATERIALIZED (SELECT pg_catalog.nextval(%L::regclass) AS ca,'
+        ' pg_catalog.nextval(%L::regclass) AS cg WHERE %s),'
+        ' ia AS (INSERT INTO softguard.captured_rows (capture_id, "row") SELECT c.ca, a.x FROM c, a),'
+        ' ig AS (INSERT INTO softguard.captured_rows (capture_id, "row") SELECT c.cg, g.x FROM c, g)'
+        ' SELECT pg_catalog.jsonb_build_object(''key'', %L::jsonb, ''appeared'', c.ca,'
+        ' ''gone'', c.cg, ''changed'', (SELECT pg_catalog.count(*) FROM a)) FROM c',
+        appeared, gone, 'softguard.captures_id_seq', 'softguard.captures_id_seq',
+        CASE WHEN key IS NULL THEN 'true' ELSE 'EXISTS (SELECT FROM a)' END,
+        pg_catalog.to_jsonb(key));
+END $$;
+REVOKE ALL ON FUNCTION softguard._key_change_sql(oid, boolean) FROM PUBLIC;
+
+-- After _capture_rows recorded capture `cid` of `rel` in operation `op` (with info `kinfo`):
+-- the captures of the keys an UPDATE changed (n_rows 0: read only through their capture's info) and of the
+-- rows of inheritance children a DELETE removed (joining the operation like a cascade).
+CREATE FUNCTION softguard._capture_more(op bigint, cid bigint, rel oid, kinfo jsonb,
+                                        claimed jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    e jsonb;
+    child oid;
+    ident text;
+    kcols jsonb;
+BEGIN
+    IF kinfo ? 'appeared' THEN
+        IF (kinfo->>'changed')::bigint > 0 AND EXISTS (
+               SELECT FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = rel AND NOT c.relispartition) THEN
+            -- rows that moved to other keys may be the children's: undo would put them
+            -- into the parent
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = pg_catalog.format('softguard: cannot make this UPDATE of %s reversible:'
+                                            ' it changes keys of rows that may belong to its'
+                                            ' inheritance children', rel::regclass),
+                HINT = 'Update the child tables themselves.';
+        END IF;
+        kcols := CASE WHEN kinfo->'key' = 'null' THEN softguard._columns(rel) ELSE
+                     (SELECT pg_catalog.jsonb_agg(c ORDER BY k.o)
+                        FROM pg_catalog.jsonb_array_elements_text(kinfo->'key') WITH ORDINALITY k(name, o)
+                        JOIN pg_catalog.jsonb_array_elements(softguard._columns(rel)) c ON c->>0 = k.name)
+                 END;
+        INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
+        SELECT (kinfo->>s)::bigint, op, rel, cp.table_identity, 'update', 0, kcols,
+               pg_catalog.jsonb_build_object('part_of', cid, 'side', s)
+          FROM softguard.captures cp, pg_catalog.unnest(ARRAY['appeared', 'gone']) s
+         WHERE cp.id = cid;
+    END IF;
+    FOR e IN SELECT x FROM pg_catalog.jsonb_array_elements(coalesce(claimed, '[]')) x LOOP
+        child := (e->>'relid')::oid;
+        SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) INTO ident
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = child;
+        INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns)
+        VALUES ((e->>'cid')::bigint, op, child, ident, 'delete', (e->>'n')::bigint,
+                softguard._columns(child));
+        UPDATE softguard.operations o SET
+            objects = o.objects || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+                'type', 'table', 'identity', ident, 'schema', pg_catalog.split_part(ident, '.', 1),
+                'name', (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = child),
+                'original', false, 'normal', true, 'classid', 'pg_class'::regclass::oid,
+                'objid', child, 'objsubid', 0, 'event', 'delete', 'rows', (e->>'n')::bigint,
+                'held_by', NULL)),
+            row_counts = pg_catalog.jsonb_set(o.row_counts, ARRAY['tables', ident],
+                pg_catalog.to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0)
+                                    + (e->>'n')::bigint))
+         WHERE o.id = op;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_more(bigint, bigint, oid, jsonb, jsonb) FROM PUBLIC;

@@ -24,7 +24,12 @@
 --   the later one first, or --cascade), a table or column gone or changed since, a purged
 --   operation (55000).
 -- * Restored rows are written with user triggers off (session_replication_role replica),
---   so their foreign keys are checked here (_check_fks) instead of by PostgreSQL.
+--   so their foreign keys are checked here (_check_fks) instead of by PostgreSQL; user
+--   triggers and rules that fire in replica mode too (ENABLE ALWAYS / REPLICA) are disabled
+--   for the undo's transaction and put back as they were (_undo_triggers_off).
+-- * An undo restores everything it captured or fails: fewer rows written than captured,
+--   re-keyed rows not found by their new key, are errors (--on-conflict skip only leaves
+--   out rows whose key was re-used since, and says how many).
 
 -- What an undo reports: one row per thing it restored (softguard/contract.py UndoStep).
 CREATE TYPE softguard.undo_step AS (
@@ -522,8 +527,10 @@ DECLARE
     c softguard.captures;
     saved_srr text := current_setting('session_replication_role');
     done bigint;
+    quiet jsonb;
 BEGIN
     PERFORM FROM softguard.operations WHERE id = op FOR UPDATE;
+    quiet := softguard._undo_triggers_off(op);
     FOR c IN SELECT * FROM softguard.captures
               WHERE op_id = op AND event = 'soft_delete' AND n_rows > 0 ORDER BY id LOOP
         PERFORM softguard._need_table(op, c.relid, c.table_identity);
@@ -549,6 +556,7 @@ BEGIN
                                      c.n_rows - done) ELSE '' END), done);
     END LOOP;
     rest := softguard._undo_captures(op, on_conflict);
+    PERFORM softguard._undo_triggers_back(quiet);
     IF cardinality(lines) > 0 THEN
         rest := ARRAY(SELECT r FROM unnest(rest) r WHERE r.action <> 'nothing');
     END IF;
@@ -669,6 +677,11 @@ BEGIN
                         HINT = 'use --on-conflict skip';
                 END;
             END IF;
+            IF done < g.n AND on_conflict = 'fail' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: only %s of its %s rows of %s'
+                                     ' could be put back', op, done, g.n, rel::regclass);
+            END IF;
             PERFORM softguard._check_fks(op, rel, src);
             lines := lines || softguard._step(op, 'restored', rel::regclass::text,
                                  format('restored %s rows into %s%s', done,
@@ -680,9 +693,17 @@ BEGIN
 
     -- 2. rows changed (UPDATE, MERGE, SET NULL / SET DEFAULT of a DELETE): old values back,
     --    found by key; the first image of a row in the operation is its value before it.
+    --    Tables where the operation changed keys, or without a key: _undo_changed.
+    FOR rel IN SELECT c.relid FROM softguard.captures c
+                WHERE c.op_id = op AND c.event = 'update' AND c.n_rows > 0 AND c.info ? 'key'
+                GROUP BY c.relid ORDER BY min(c.id) LOOP
+        lines := lines || softguard._undo_changed(op, rel, on_conflict);
+    END LOOP;
     FOR g IN SELECT c.relid, c.columns, array_agg(c.id ORDER BY c.id) AS ids, min(c.id) AS first_id
                FROM softguard.captures c
               WHERE c.op_id = op AND c.event = 'update' AND c.n_rows > 0
+                AND c.relid NOT IN (SELECT x.relid FROM softguard.captures x
+                                     WHERE x.op_id = op AND x.event = 'update' AND x.info ? 'key')
               GROUP BY c.relid, c.columns ORDER BY min(c.id) LOOP
         key := softguard._row_key(g.relid);
         IF key IS NULL THEN
@@ -749,6 +770,217 @@ BEGIN
     RETURN lines;
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_captures(bigint, text) FROM PUBLIC;
+
+-- User triggers and rules that fire in replica mode (ENABLE ALWAYS, ENABLE REPLICA) on the
+-- tables an undo of data changes writes into, their partitions and inheritance children:
+-- disabled for the undo's own transaction, so that nothing but the captured values lands in
+-- the restored rows. softguard's own triggers are left alone. Returns what
+-- _undo_triggers_back puts back, parents first.
+CREATE FUNCTION softguard._undo_triggers_off(op bigint) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+    saved jsonb := '[]';
+BEGIN
+    FOR t IN WITH RECURSIVE tree(rel, depth) AS (
+                 SELECT DISTINCT c.relid, 0 FROM softguard.captures c WHERE c.op_id = op
+                 UNION
+                 SELECT i.inhrelid, tr.depth + 1 FROM pg_inherits i JOIN tree tr ON i.inhparent = tr.rel
+                  WHERE tr.depth < 100)
+             SELECT 'TRIGGER' AS kind, g.tgrelid AS rel, g.tgname::text AS name,
+                    g.tgenabled::text AS state, min(tree.depth) AS depth
+               FROM pg_trigger g JOIN tree ON tree.rel = g.tgrelid
+              WHERE NOT g.tgisinternal AND g.tgenabled IN ('A', 'R')
+                AND g.tgfoid NOT IN (SELECT p.oid FROM pg_proc p
+                                      WHERE p.pronamespace = 'softguard'::regnamespace)
+              GROUP BY 1, 2, 3, 4
+             UNION ALL
+             SELECT 'RULE', w.ev_class, w.rulename::text, w.ev_enabled::text, min(tree.depth)
+               FROM pg_rewrite w JOIN tree ON tree.rel = w.ev_class
+              WHERE w.ev_enabled IN ('A', 'R') AND w.rulename <> '_RETURN'
+              GROUP BY 1, 2, 3, 4
+             ORDER BY 5, 2, 3 LOOP
+        EXECUTE format('ALTER TABLE %s DISABLE %s %I', t.rel::regclass, t.kind, t.name);
+        saved := saved || jsonb_build_array(jsonb_build_object(
+            'kind', t.kind, 'rel', t.rel, 'name', t.name, 'state', t.state));
+    END LOOP;
+    RETURN saved;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_triggers_off(bigint) FROM PUBLIC;
+
+-- The triggers and rules _undo_triggers_off disabled, back to their exact state.
+CREATE FUNCTION softguard._undo_triggers_back(saved jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t jsonb;
+BEGIN
+    FOR t IN SELECT x FROM jsonb_array_elements(saved) WITH ORDINALITY AS s(x, i) ORDER BY s.i LOOP
+        EXECUTE format('ALTER TABLE %s ENABLE %s %s %I', (t->>'rel')::oid::regclass,
+                       CASE t->>'state' WHEN 'A' THEN 'ALWAYS' ELSE 'REPLICA' END,
+                       t->>'kind', t->>'name');
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_triggers_back(jsonb) FROM PUBLIC;
+
+-- The rows of capture `cid` read back through row type `rtype` (_row_type), as a query.
+-- OFFSET 0: the row text is parsed once, not once per column.
+CREATE FUNCTION softguard._captured_src(rtype text, cid bigint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT pg_catalog.format('SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
+                             ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p',
+                             rtype, cid)
+$$;
+REVOKE ALL ON FUNCTION softguard._captured_src(text, bigint) FROM PUBLIC;
+
+-- Undo of the UPDATE captures of table `rel` in operation `op` when the operation changed
+-- keys, or the table has no key (40_capture.sql, "What a transition table alone cannot
+-- tell undo"): last capture first, the rows whose key appeared are deleted, the old images
+-- of the keys gone re-inserted, the others given their old values by key. Changed keys are
+-- never paired, so a row whose new key is not there any more, or a gone key taken since,
+-- refuses the undo (no --on-conflict skip: which old row to leave out is not known).
+CREATE FUNCTION softguard._undo_changed(op bigint, rel oid, on_conflict text)
+RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c softguard.captures;
+    key text[];
+    cols text[];
+    ucols text[];
+    rtype text;
+    ktype text;
+    src text;
+    app text;
+    gone text;
+    match text;
+    gmatch text;
+    n_app bigint;
+    n_found bigint;
+    nbad bigint;
+    bad text;
+    ins bigint;
+    upd bigint;
+    inplace bigint;
+    done bigint := 0;
+    missing bigint := 0;
+    overriding text;
+    ins_sql text;     -- 'INSERT INTO rel (cols) ... FROM (': a source and ') s' follow
+BEGIN
+    FOR c IN SELECT * FROM softguard.captures x
+              WHERE x.op_id = op AND x.relid = rel AND x.event = 'update' AND x.n_rows > 0
+              ORDER BY x.id DESC LOOP
+        rtype := softguard._row_type(c.columns, c.id::text);
+        cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                       WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                         AND a.attgenerated = ''
+                         AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(c.columns) x)
+                       ORDER BY a.attnum);
+        ucols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                        WHERE a.attrelid = rel AND a.attname = ANY (cols) AND a.attidentity <> 'a'
+                        ORDER BY a.attnum);
+        overriding := CASE WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel
+                                         AND a.attidentity = 'a' AND a.attname = ANY (cols))
+                           THEN 'OVERRIDING SYSTEM VALUE' ELSE '' END;
+        src := softguard._captured_src(rtype, c.id);
+        ins_sql := format('INSERT INTO %s (%s) %s SELECT %s FROM (', rel::regclass,
+                          (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                          overriding,
+                          (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x));
+        IF c.info->'key' = 'null' THEN
+            -- no key: the rows it left (as many of each as it left) must still be there
+            EXECUTE format(
+                'WITH want AS (SELECT r."row" AS x, count(*) AS m FROM softguard.captured_rows r'
+                ' WHERE r.capture_id = %s GROUP BY 1),'
+                ' have AS (SELECT t.tableoid AS o, t.ctid AS tid, row_number() OVER (PARTITION BY w.x) AS i,'
+                ' w.m FROM %s t JOIN want w ON w.x = ROW(%s)::text),'
+                ' del AS (DELETE FROM %s t USING have h WHERE h.i <= h.m AND t.tableoid = h.o'
+                ' AND t.ctid = h.tid RETURNING 1)'
+                ' SELECT (SELECT coalesce(sum(m), 0) FROM want), (SELECT count(*) FROM del)',
+                c.info->>'appeared', rel::regclass,
+                (SELECT string_agg(format('t.%I', x->>0), ', ' ORDER BY o)
+                   FROM jsonb_array_elements(c.columns) WITH ORDINALITY y(x, o)),
+                rel::regclass)
+              INTO n_app, n_found;
+            IF n_found < n_app THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s of the %s rows it changed in %s'
+                                     ' (a table without a key) are not as it left them',
+                                     op, n_app - n_found, n_app, rel::regclass),
+                    HINT = 'Undo the later operations that changed or deleted them first.';
+            END IF;
+            EXECUTE ins_sql || softguard._captured_src(rtype, (c.info->>'gone')::bigint) || ') s';
+            GET DIAGNOSTICS ins = ROW_COUNT;
+            PERFORM softguard._check_fks(op, rel, softguard._captured_src(rtype, (c.info->>'gone')::bigint));
+            done := done + ins;
+            CONTINUE;
+        END IF;
+        key := CASE WHEN c.info ? 'key' THEN ARRAY(SELECT jsonb_array_elements_text(c.info->'key'))
+                    ELSE softguard._row_key(rel) END;
+        IF key IS NULL OR cardinality(key) = 0 THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('cannot undo operation %s: %s has no primary key to find the changed rows by',
+                                 op, rel::regclass);
+        END IF;
+        match := (SELECT string_agg(format('t.%I = s.%I', x, x), ' AND ') FROM unnest(key) x);
+        gone := NULL;
+        ins := 0;
+        IF c.info->>'appeared' IS NOT NULL THEN
+            ktype := softguard._row_type((SELECT k.columns FROM softguard.captures k
+                                           WHERE k.id = (c.info->>'appeared')::bigint), c.id || '_k');
+            app := softguard._captured_src(ktype, (c.info->>'appeared')::bigint);
+            gone := softguard._captured_src(ktype, (c.info->>'gone')::bigint);
+            gmatch := (SELECT string_agg(format('g.%I = s.%I', x, x), ' AND ') FROM unnest(key) x);
+            EXECUTE format('SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT FROM %s t WHERE %s))'
+                           ' FROM (%s) s', rel::regclass, match, app)
+              INTO n_app, n_found;
+            IF n_found < n_app THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s of the %s rows of %s whose key it'
+                                     ' changed no longer have that key (deleted or changed since)',
+                                     op, n_app - n_found, n_app, rel::regclass),
+                    HINT = 'Undo the later operations that changed or deleted them first.';
+            END IF;
+            EXECUTE format('SELECT count(*), string_agg(k, '', '') FILTER (WHERE n <= 5)'
+                           ' FROM (SELECT format(%L, %s) AS k, row_number() OVER () AS n'
+                           ' FROM (%s) s WHERE EXISTS (SELECT FROM %s t WHERE %s)) x',
+                           '(' || array_to_string(key, ', ') || ')=(' ||
+                               array_to_string(array_fill('%s'::text, ARRAY[cardinality(key)]), ', ') || ')',
+                           (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(key) x),
+                           gone, rel::regclass, match)
+              INTO nbad, bad;
+            IF nbad > 0 THEN
+                RAISE EXCEPTION USING ERRCODE = '23505',
+                    MESSAGE = format('cannot undo operation %s: %s of %s re-used since: %s%s',
+                                     op, CASE WHEN nbad = 1 THEN '1 key' ELSE nbad || ' keys' END,
+                                     rel::regclass, bad, CASE WHEN nbad > 5 THEN ', ...' ELSE '' END),
+                    HINT = 'The operation changed these keys, so --on-conflict skip cannot leave'
+                           ' their rows out: delete or re-key the rows that hold them now first.';
+            END IF;
+            EXECUTE format('DELETE FROM %s t USING (%s) s WHERE %s', rel::regclass, app, match);
+            EXECUTE ins_sql || src || format(') s WHERE EXISTS (SELECT FROM (%s) g WHERE %s)', gone, gmatch);
+            GET DIAGNOSTICS ins = ROW_COUNT;
+        END IF;
+        EXECUTE format('SELECT count(*) FROM (%s) s%s', src,
+                       CASE WHEN gone IS NULL THEN ''
+                            ELSE format(' WHERE NOT EXISTS (SELECT FROM (%s) g WHERE %s)', gone, gmatch) END)
+          INTO inplace;
+        EXECUTE format('UPDATE %s t SET (%s) = ROW(%s) FROM (%s) s WHERE %s%s',
+                       rel::regclass,
+                       (SELECT string_agg(format('%I', x), ', ') FROM unnest(ucols) x),
+                       (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(ucols) x),
+                       src, match,
+                       CASE WHEN gone IS NULL THEN ''
+                            ELSE format(' AND NOT EXISTS (SELECT FROM (%s) g WHERE %s)', gone, gmatch) END);
+        GET DIAGNOSTICS upd = ROW_COUNT;
+        PERFORM softguard._check_fks(op, rel, src);
+        done := done + ins + upd;
+        missing := missing + inplace - upd;
+    END LOOP;
+    RETURN ARRAY[softguard._step(op, 'restored', rel::regclass::text,
+                 format('restored old values of %s rows of %s%s', done, rel::regclass,
+                        CASE WHEN missing > 0 THEN format(' (%s no longer exist)', missing)
+                             ELSE '' END), done)];
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_changed(bigint, oid, text) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
 -- ALTER TABLE: dropped columns back, types back

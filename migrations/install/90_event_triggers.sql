@@ -151,6 +151,7 @@ BEGIN
                          OR t.tgnargs <> 0
                          OR pg_catalog.cardinality(t.tgattr::pg_catalog.int2[]) <> 0
                          OR t.tgoldtable::text IS DISTINCT FROM e.old
+                         OR t.tgnewtable::text IS DISTINCT FROM e.new
                          THEN 'changed'
                     WHEN t.tgenabled = 'A' THEN 'ok'
                     WHEN t.tgenabled = 'D' THEN 'disabled'
@@ -160,12 +161,13 @@ BEGIN
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          CROSS JOIN (VALUES                -- tgtype: AFTER DELETE, AFTER UPDATE, BEFORE
                                            -- TRUNCATE, BEFORE DELETE OR UPDATE
-                      ('zz_softguard_capture_delete'::name, rows_fn, 8, 'sg_old', NULL::text),
-                      ('zz_softguard_capture_update'::name, rows_fn, 16, 'sg_old', NULL),
-                      ('zz_softguard_capture_truncate'::name, truncate_fn, 34, NULL, NULL),
-                      ('zz_softguard_capture_statement'::name, statement_fn, 26, NULL,
+                      ('zz_softguard_capture_delete'::name, rows_fn, 8, 'sg_old', NULL::text,
+                       NULL::text),
+                      ('zz_softguard_capture_update'::name, rows_fn, 16, 'sg_old', 'sg_new', NULL),
+                      ('zz_softguard_capture_truncate'::name, truncate_fn, 34, NULL, NULL, NULL),
+                      ('zz_softguard_capture_statement'::name, statement_fn, 26, NULL, NULL,
                        '(pg_trigger_depth() = 0)'))
-               e(name, fn, type, old, qual)
+               e(name, fn, type, old, new, qual)
           LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND t.tgname = e.name
          WHERE c.oid = one AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
            AND ((n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
@@ -276,6 +278,29 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._machinery_check() FROM PUBLIC;
 -- the protected statements run as the client: they call it as the client
 GRANT EXECUTE ON FUNCTION softguard._machinery_check() TO PUBLIC;
+
+-- Tables made inheritance children later (ALTER TABLE ... INHERIT) get their row trigger
+-- (40_capture.sql, _install_capture_inherited); nothing else is installed on ALTER TABLE.
+CREATE FUNCTION softguard._capture_inherit_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF current_setting('softguard.probe', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
+              WHERE c.classid = 'pg_class'::regclass AND c.objsubid = 0
+                AND c.object_type = 'table' LOOP
+        PERFORM softguard._install_capture_inherited(r.objid);
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_inherit_ddl() FROM PUBLIC;
+
+CREATE EVENT TRIGGER softguard_capture_inherit ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION softguard._capture_inherit_ddl();
+ALTER EVENT TRIGGER softguard_capture_inherit ENABLE ALWAYS;
 
 SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
  ORDER BY c.oid;
