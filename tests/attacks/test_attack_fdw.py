@@ -48,16 +48,6 @@ def arena(arena_template: Template, proxy: Target, pg_server: TestServer) -> Ite
         yield a
 
 
-REMOTE = pytest.mark.xfail(
-    strict=True,
-    reason="issue 18 item 4: a write through a foreign "
-    "table runs in a remote session softguard does not mark: DELETE is "
-    "not captured; TRUNCATE records an operation with no objects, "
-    "'reversible', while the rows are gone",
-)
-
-
-@REMOTE
 @pytest.mark.parametrize("stmt", ["DELETE FROM ft WHERE id < 10", "DELETE FROM ft", "TRUNCATE ft"])
 def test_foreign_table_write_is_captured_or_refused(arena: Arena, stmt: str) -> None:
     arena.attempt([stmt])
