@@ -4,7 +4,10 @@
 --   arms them to report what a statement would drop) and the backstop that refuses any
 --   DROP of the ledger or the quarantine from SQL softguard cannot see.
 -- * softguard_capture_install: new tables get the capture triggers (40_capture.sql).
--- The install ends by putting the capture triggers on every existing table.
+-- * softguard_remote_install: new foreign tables (and tables a foreign table becomes a
+--   partition or child of) get the remote guard (40_capture.sql, decision 0013).
+-- The install ends by putting the capture triggers on every existing table, and the remote
+-- guard on every existing foreign table.
 
 -- ---------------------------------------------------------------------------------------
 -- Capture triggers. Silent unless softguard.probe = 'on' (transaction-local, set only by
