@@ -4,7 +4,7 @@
 --   arms them to report what a statement would drop) and the backstop that refuses any
 --   DROP of the ledger or the quarantine from SQL softguard cannot see.
 -- * softguard_capture_install: new tables get the capture triggers (40_capture.sql).
--- * softguard_remote_install: new foreign tables (and tables a foreign table becomes a
+-- * softguard_capture_remote: new foreign tables (and tables a foreign table becomes a
 --   partition or child of) get the remote guard (40_capture.sql, decision 0013).
 -- The install ends by putting the capture triggers on every existing table, and the remote
 -- guard on every existing foreign table.
@@ -99,7 +99,7 @@ ALTER EVENT TRIGGER softguard_capture_install ENABLE ALWAYS;
 
 -- Foreign tables created later, and those that become a partition or child of another
 -- table, get the remote guard (40_capture.sql) - on them and on the tables above them.
-CREATE FUNCTION softguard._remote_install_ddl() RETURNS event_trigger
+CREATE FUNCTION softguard._capture_remote_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
@@ -116,13 +116,13 @@ BEGIN
         PERFORM softguard._install_remote_guard(r.rel);
     END LOOP;
 END $$;
-REVOKE ALL ON FUNCTION softguard._remote_install_ddl() FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._capture_remote_ddl() FROM PUBLIC;
 
-CREATE EVENT TRIGGER softguard_remote_install ON ddl_command_end
+CREATE EVENT TRIGGER softguard_capture_remote ON ddl_command_end
     WHEN TAG IN ('CREATE FOREIGN TABLE', 'IMPORT FOREIGN SCHEMA', 'ALTER TABLE',
                  'ALTER FOREIGN TABLE')
-    EXECUTE FUNCTION softguard._remote_install_ddl();
-ALTER EVENT TRIGGER softguard_remote_install ENABLE ALWAYS;
+    EXECUTE FUNCTION softguard._capture_remote_ddl();
+ALTER EVENT TRIGGER softguard_capture_remote ENABLE ALWAYS;
 
 SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
  ORDER BY c.oid;

@@ -888,7 +888,7 @@ GRANT EXECUTE ON PROCEDURE softguard.truncate_op(text, jsonb) TO PUBLIC;
 
 -- Foreign tables created later, and those that become a partition or child of another
 -- table, get the remote guard (40_capture.sql) - on them and on the tables above them.
-CREATE FUNCTION softguard._remote_install_ddl() RETURNS event_trigger
+CREATE FUNCTION softguard._capture_remote_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
@@ -905,13 +905,13 @@ BEGIN
         PERFORM softguard._install_remote_guard(r.rel);
     END LOOP;
 END $$;
-REVOKE ALL ON FUNCTION softguard._remote_install_ddl() FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._capture_remote_ddl() FROM PUBLIC;
 
-CREATE EVENT TRIGGER softguard_remote_install ON ddl_command_end
+CREATE EVENT TRIGGER softguard_capture_remote ON ddl_command_end
     WHEN TAG IN ('CREATE FOREIGN TABLE', 'IMPORT FOREIGN SCHEMA', 'ALTER TABLE',
                  'ALTER FOREIGN TABLE')
-    EXECUTE FUNCTION softguard._remote_install_ddl();
-ALTER EVENT TRIGGER softguard_remote_install ENABLE ALWAYS;
+    EXECUTE FUNCTION softguard._capture_remote_ddl();
+ALTER EVENT TRIGGER softguard_capture_remote ENABLE ALWAYS;
 
 SELECT softguard._install_remote_guard(c.oid) FROM pg_class c WHERE c.relkind = 'f'
  ORDER BY c.oid;

@@ -46,6 +46,7 @@ def test_apply_is_idempotent(pg_server: TestServer, empty_db: str) -> None:
         assert triggers == [
             ("softguard_capture_ddl_end", "A"),
             ("softguard_capture_install", "A"),
+            ("softguard_capture_remote", "A"),
             ("softguard_capture_sql_drop", "A"),
         ]
 
