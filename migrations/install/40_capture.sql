@@ -367,7 +367,7 @@ REVOKE ALL ON FUNCTION softguard._install_capture(oid) FROM PUBLIC;
 -- Foreign tables (docs/decisions/0013-remote-writes.md): their rows live on another
 -- server, where this session's protection does not reach, and PostgreSQL allows neither
 -- transition tables nor TRUNCATE triggers on them. What a protected session would remove
--- or change there is refused (0A000) before anything runs remotely, or, for TRUNCATE,
+-- or change there is refused (0A000) before the statement is sent, or, for TRUNCATE,
 -- before the transaction that ran it (and the remote one with it) can commit.
 -- ---------------------------------------------------------------------------------------
 

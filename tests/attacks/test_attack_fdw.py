@@ -339,3 +339,42 @@ def test_hidden_dblink_exec(dblink: Arena) -> None:
     dblink.attempt(
         [f"DO $$ BEGIN PERFORM dblink_exec('{dsn}', 'DELETE FROM big'); END $$"], who="super"
     )
+
+
+def test_foreign_table_older_than_the_ledger_is_guarded(pg_server: TestServer) -> None:
+    """The install puts the guard on foreign tables (and their parents) that exist."""
+    from softguard.ledger import apply_migrations
+
+    db = pg_server.create_database()
+    try:
+        with psycopg.connect(pg_server.superuser_dsn(db), autocommit=True) as c:
+            c.execute("CREATE EXTENSION postgres_fdw")
+            c.execute(
+                f"CREATE SERVER here FOREIGN DATA WRAPPER postgres_fdw OPTIONS "
+                f"(host '{pg_server.host}', port '{pg_server.port}', dbname '{db}')"
+            )
+            c.execute(
+                f"CREATE USER MAPPING FOR CURRENT_USER SERVER here "
+                f"OPTIONS (user '{pg_server.superuser}')"
+            )
+            c.execute("CREATE TABLE far (id int)")
+            c.execute("INSERT INTO far VALUES (1), (2)")
+            c.execute("CREATE TABLE p (id int) PARTITION BY RANGE (id)")
+            c.execute(
+                "CREATE FOREIGN TABLE old_ft PARTITION OF p FOR VALUES FROM (0) TO (10) "
+                "SERVER here OPTIONS (table_name 'far')"
+            )
+            apply_migrations(c)
+            guarded = c.execute(
+                "SELECT tgrelid::regclass::text FROM pg_trigger"
+                " WHERE tgname = 'zz_softguard_remote_guard' ORDER BY 1"
+            ).fetchall()
+            assert guarded == [("old_ft",), ("p",)]
+            c.execute("SELECT softguard.register_session('delete', 60, '')")
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="foreign table"):
+                c.execute("DELETE FROM old_ft")
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="foreign table"):
+                c.execute("DELETE FROM p")
+            assert c.execute("SELECT count(*) FROM far").fetchall() == [(2,)]
+    finally:
+        pg_server.drop_database(db)
