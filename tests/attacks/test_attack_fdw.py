@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from attacker import Arena, Template, template_fixture
+from attacker import Arena, Outcome, Template, template_fixture
 from support.pg import TestServer
 from support.proxy import ProxyFactory, Target
 
@@ -128,12 +128,18 @@ def _cleanup(arena: Arena) -> None:
     arena.direct("DELETE FROM nokey WHERE a = 9")
 
 
-@pytest.mark.parametrize("name", sorted(HIDDEN))
-def test_hidden_foreign_delete_is_refused(arena: Arena, name: str) -> None:
+def _attempt_hidden(arena: Arena, steps: list[Any]) -> Outcome:
+    """`Arena.attempt`, with the attacker's helpers dropped before the verdict."""
     before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack(HIDDEN[name])
+    out = arena.attack(steps)
     _cleanup(arena)
     arena.verdict(before, last, out)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(HIDDEN))
+def test_hidden_foreign_delete_is_refused(arena: Arena, name: str) -> None:
+    out = _attempt_hidden(arena, HIDDEN[name])
     assert out.sqlstate == "0A000", out.describe()
     assert "foreign table" in str(out.error), out.describe()
 
@@ -323,10 +329,7 @@ HIDDEN_REMOTE = {
 )
 @pytest.mark.parametrize("name", sorted(HIDDEN_REMOTE))
 def test_hidden_foreign_truncate(arena: Arena, name: str) -> None:
-    before, last = arena.snapshot(), arena.last_op()
-    out = arena.attack(HIDDEN_REMOTE[name])
-    _cleanup(arena)
-    arena.verdict(before, last, out)
+    _attempt_hidden(arena, HIDDEN_REMOTE[name])
 
 
 @pytest.mark.xfail(
