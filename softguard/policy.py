@@ -58,6 +58,22 @@ DANGEROUS_ACTIONS = frozenset(
         "DROP SUBSCRIPTION",
     }
 )
+# What reaches another server (decision 0013): set up, or written to, where softguard
+# cannot keep anything. Refused by default.
+REMOTE_ACTIONS = frozenset(
+    {
+        "CREATE SERVER",
+        "ALTER SERVER",
+        "CREATE USER MAPPING",
+        "ALTER USER MAPPING",
+        "IMPORT FOREIGN SCHEMA",
+        "CALL FUNCTION dblink_connect",
+        "CALL FUNCTION dblink_connect_u",
+        "CALL FUNCTION dblink_exec",
+        "CALL FUNCTION dblink",
+        "CALL FUNCTION dblink_send_query",
+    }
+)
 _CATEGORY_BY_ACTION = {
     "TRUNCATE": "truncate",
     "DELETE": "delete",
@@ -73,6 +89,7 @@ CATEGORIES = (
     "update",
     "alter",
     "dangerous",
+    "remote",
     "opaque",
     "unparseable",
 )
@@ -88,6 +105,8 @@ REWRITABLE_ALTERS = frozenset({"ALTER TABLE DROP COLUMN", "ALTER TABLE ALTER COL
 
 def category_of(stmt: Statement) -> str:
     """The policy category of one non-SAFE statement."""
+    if stmt.action in REMOTE_ACTIONS:
+        return "remote"
     if stmt.kind is Kind.OPAQUE:
         return "opaque"
     action = stmt.action
@@ -132,6 +151,7 @@ class Rule(_Verdicts):
     update: Verdict | None = None
     alter: Verdict | None = None
     dangerous: Verdict | None = None
+    remote: Verdict | None = None
     opaque: Verdict | None = None
     unparseable: Verdict | None = None
     retention_days: float | None = Field(
@@ -159,6 +179,7 @@ class PolicyConfig(_Verdicts):
     update: Verdict = "allow"
     alter: Verdict = "protect"
     dangerous: Verdict = "deny"
+    remote: Verdict = "deny"
     opaque: Verdict = "allow"
     # Text softguard cannot parse that the server may run (decision 0011); what the server
     # rejects too is passed whatever this says.

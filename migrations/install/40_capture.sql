@@ -328,12 +328,16 @@ CREATE PROCEDURE softguard.truncate_op(stmt text, ctx jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     op bigint;
+    far oid[];
 BEGIN
     PERFORM softguard._notice(coalesce(ctx->>'offset', '0'), 'SGBEG');
     PERFORM softguard._machinery_check();
     op := softguard._op_begin(stmt, ctx, 'TRUNCATE');
     PERFORM pg_catalog.set_config('softguard.truncate_op', op::text, true);
+    far := softguard._remote_locked();
     EXECUTE stmt;
+    -- a foreign table fires no TRUNCATE trigger: its rows were not captured (decision 0013)
+    PERFORM softguard._remote_truncated(far, stmt);
     PERFORM pg_catalog.set_config('softguard.truncate_op', '', true);
     PERFORM softguard._notice(softguard._truncate_finish(op, coalesce(ctx->>'action', 'TRUNCATE TABLE')));
     PERFORM softguard._notice(coalesce(ctx->>'action', 'TRUNCATE TABLE'), 'SGEND');
@@ -632,3 +636,112 @@ BEGIN
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_more(bigint, bigint, oid, jsonb, jsonb) FROM PUBLIC;
+
+-- Foreign tables (docs/decisions/0013-remote-writes.md): their rows live on another
+-- server, where this session's protection does not reach, and PostgreSQL allows neither
+-- transition tables nor TRUNCATE triggers on them. What a protected session would remove
+-- or change there is refused (0A000) before the statement is sent, or, for TRUNCATE,
+-- before the transaction that ran it (and the remote one with it) can commit.
+-- ---------------------------------------------------------------------------------------
+
+-- Refuse a write to a foreign table (rel: the foreign table, what: the verb).
+CREATE FUNCTION softguard._remote_refuse(what text, rel regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '0A000',
+        MESSAGE = format('softguard: %s on foreign table %s cannot be made reversible', what, rel),
+        DETAIL = 'Its rows live on another server: softguard cannot keep what the statement '
+                 'would remove or change there, so nothing was changed.',
+        HINT = 'Run the statement against the foreign server''s own database through '
+               'softguard, or have the policy allow this category for your role.';
+END $$;
+REVOKE ALL ON FUNCTION softguard._remote_refuse(text, regclass) FROM PUBLIC;
+
+-- BEFORE DELETE OR UPDATE FOR EACH STATEMENT on every foreign table and on every table a
+-- foreign table is a partition or child of (a statement trigger fires only on the table
+-- the statement names). Refuses for sessions that capture the event: their setting or
+-- their registration (as _capture_rows decides). On a parent it refuses whether or not the
+-- statement reaches the foreign rows (ONLY, partition pruning): it cannot tell.
+CREATE FUNCTION softguard._remote_guard() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    events text[] := string_to_array(replace(lower(coalesce(
+                         current_setting('softguard.capture', true), '')), ' ', ''), ',');
+    far oid;
+BEGIN
+    IF NOT (lower(TG_OP) = ANY (events)) THEN
+        events := coalesce((softguard._session(false)).capture, '{}');
+        IF NOT (lower(TG_OP) = ANY (events)) THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    WITH RECURSIVE d(rel) AS (
+        SELECT TG_RELID
+        UNION SELECT i.inhrelid FROM pg_inherits i JOIN d ON i.inhparent = d.rel)
+    SELECT d.rel INTO far FROM d JOIN pg_class c ON c.oid = d.rel
+     WHERE c.relkind = 'f' ORDER BY d.rel LIMIT 1;
+    IF far IS NOT NULL THEN                -- none: the foreign child was detached since
+        PERFORM softguard._remote_refuse(TG_OP, far::regclass);
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._remote_guard() FROM PUBLIC;
+
+-- Put the guard on a foreign table and on every table above it (idempotent).
+CREATE FUNCTION softguard._install_remote_guard(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.oid = rel AND c.relkind = 'f' AND n.nspname NOT LIKE 'softguard%') THEN
+        RETURN;
+    END IF;
+    FOR r IN WITH RECURSIVE a(rel) AS (
+                 SELECT rel
+                 UNION SELECT i.inhparent FROM pg_inherits i JOIN a ON i.inhrelid = a.rel)
+             SELECT a.rel FROM a ORDER BY a.rel LOOP
+        IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = r.rel
+                        AND tgname = 'zz_softguard_remote_guard') THEN
+            EXECUTE format('CREATE TRIGGER zz_softguard_remote_guard BEFORE DELETE OR UPDATE'
+                           ' ON %s FOR EACH STATEMENT EXECUTE FUNCTION softguard._remote_guard()',
+                           r.rel::regclass);
+        END IF;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._install_remote_guard(oid) FROM PUBLIC;
+
+-- The foreign tables this session holds ACCESS EXCLUSIVE locks on: TRUNCATE takes one on
+-- every table it empties, foreign ones included, and fires no trigger on those.
+CREATE FUNCTION softguard._remote_locked() RETURNS oid[]
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_class WHERE relkind = 'f') THEN
+        RETURN '{}';
+    END IF;
+    RETURN (SELECT coalesce(array_agg(l.relation ORDER BY l.relation), '{}')
+              FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+             WHERE l.locktype = 'relation' AND l.pid = pg_backend_pid() AND l.granted
+               AND l.mode = 'AccessExclusiveLock' AND c.relkind = 'f'
+               AND l.database = (SELECT oid FROM pg_database
+                                  WHERE datname = current_database()));
+END $$;
+REVOKE ALL ON FUNCTION softguard._remote_locked() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._remote_locked() TO PUBLIC;
+
+-- After truncate_op's TRUNCATE: refuse when it emptied a foreign table - one it locked
+-- (not locked before it ran), or one locked before that the statement names.
+CREATE FUNCTION softguard._remote_truncated(before oid[], stmt text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    far oid;
+BEGIN
+    SELECT f INTO far FROM unnest(softguard._remote_locked()) f JOIN pg_class c ON c.oid = f
+     WHERE NOT (f = ANY (before)) OR strpos(lower(stmt), lower(c.relname)) > 0
+     ORDER BY f LIMIT 1;
+    IF far IS NOT NULL THEN
+        PERFORM softguard._remote_refuse('TRUNCATE', far::regclass);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._remote_truncated(oid[], text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._remote_truncated(oid[], text) TO PUBLIC;

@@ -11,7 +11,10 @@
 --   defend themselves (threat model G7): no statement may leave a table that must carry
 --   them without one, with one renamed, changed or in any state but enabled ALWAYS. They
 --   fire after the others of their event (event triggers fire in name order).
--- The install puts the capture triggers on every existing table, then arms the guard.
+-- * softguard_capture_remote: new foreign tables (and tables a foreign table becomes a
+--   partition or child of) get the remote guard (40_capture.sql, decision 0013).
+-- The install puts the capture triggers on every existing table and the remote guard on
+-- every existing foreign table, then arms the guard.
 
 -- ---------------------------------------------------------------------------------------
 -- Capture triggers. Silent unless softguard.probe = 'on' (transaction-local, set only by
@@ -302,7 +305,36 @@ CREATE EVENT TRIGGER softguard_capture_inherit ON ddl_command_end
     EXECUTE FUNCTION softguard._capture_inherit_ddl();
 ALTER EVENT TRIGGER softguard_capture_inherit ENABLE ALWAYS;
 
+-- Foreign tables created later, and those that become a partition or child of another
+-- table, get the remote guard (40_capture.sql) - on them and on the tables above them.
+CREATE FUNCTION softguard._capture_remote_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF current_setting('softguard.probe', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR r IN WITH RECURSIVE d(rel) AS (
+                 SELECT c.objid FROM pg_event_trigger_ddl_commands() c
+                  WHERE c.classid = 'pg_class'::regclass AND c.objsubid = 0
+                 UNION SELECT i.inhrelid FROM pg_inherits i JOIN d ON i.inhparent = d.rel)
+             SELECT d.rel FROM d JOIN pg_class k ON k.oid = d.rel
+              WHERE k.relkind = 'f' ORDER BY d.rel LOOP
+        PERFORM softguard._install_remote_guard(r.rel);
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_remote_ddl() FROM PUBLIC;
+
+CREATE EVENT TRIGGER softguard_capture_remote ON ddl_command_end
+    WHEN TAG IN ('CREATE FOREIGN TABLE', 'IMPORT FOREIGN SCHEMA', 'ALTER TABLE',
+                 'ALTER FOREIGN TABLE')
+    EXECUTE FUNCTION softguard._capture_remote_ddl();
+ALTER EVENT TRIGGER softguard_capture_remote ENABLE ALWAYS;
+
 SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
+ ORDER BY c.oid;
+SELECT softguard._install_remote_guard(c.oid) FROM pg_class c WHERE c.relkind = 'f'
  ORDER BY c.oid;
 
 -- Armed last: the install above must not be checked half-done. The tags: every command

@@ -1,7 +1,19 @@
 -- Version 3: the trust boundary (docs/threat-model.md, G6-G9).
 --
--- Each section below is one change; a function changed by two sections appears once, in
--- the later section, with its final definition.
+-- Each section below is one change. Every function a section (re)defines is written with
+-- its final definition (a function two sections change appears in both, the same). So
+-- that no event trigger runs a final definition before the objects it needs exist,
+-- softguard's event triggers are off while the sections run; the passes over existing
+-- tables run once, at the end, before every event trigger is enabled ALWAYS again.
+
+DO $$
+DECLARE
+    e record;
+BEGIN
+    FOR e IN SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'softguard\_%' LOOP
+        EXECUTE format('ALTER EVENT TRIGGER %I DISABLE', e.evtname);
+    END LOOP;
+END $$;
 
 -- ---------------------------------------------------------------------------------------
 -- section: protection decided by registered sessions (G6)
@@ -2003,12 +2015,16 @@ CREATE OR REPLACE PROCEDURE softguard.truncate_op(stmt text, ctx jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     op bigint;
+    far oid[];
 BEGIN
     PERFORM softguard._notice(coalesce(ctx->>'offset', '0'), 'SGBEG');
     PERFORM softguard._machinery_check();
     op := softguard._op_begin(stmt, ctx, 'TRUNCATE');
     PERFORM pg_catalog.set_config('softguard.truncate_op', op::text, true);
+    far := softguard._remote_locked();
     EXECUTE stmt;
+    -- a foreign table fires no TRUNCATE trigger: its rows were not captured (decision 0013)
+    PERFORM softguard._remote_truncated(far, stmt);
     PERFORM pg_catalog.set_config('softguard.truncate_op', '', true);
     PERFORM softguard._notice(softguard._truncate_finish(op, coalesce(ctx->>'action', 'TRUNCATE TABLE')));
     PERFORM softguard._notice(coalesce(ctx->>'action', 'TRUNCATE TABLE'), 'SGEND');
@@ -2115,8 +2131,7 @@ ALTER EVENT TRIGGER softguard_capture_install ENABLE ALWAYS;
 
 -- Existing tables, protected or held in quarantine: their capture triggers as installed
 -- (re-created where an owner replaced one), enabled ALWAYS.
-SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
- ORDER BY c.oid;
+-- (this section's pass over existing tables: at the end of the script)
 CREATE EVENT TRIGGER softguard_capture_tamper_ddl ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'ALTER SCHEMA',
                  'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'CREATE SCHEMA')
@@ -3064,5 +3079,189 @@ ALTER EVENT TRIGGER softguard_capture_inherit ENABLE ALWAYS;
 -- inheritance children get their row trigger.
 -- (The G7 section's pass already re-created every table's zz_softguard_capture_update
 -- with its NEW TABLE, as _install_capture does now, enabled ALWAYS.)
+-- (this section's pass over existing tables: at the end of the script)
+
+-- ---------------------------------------------------------------------------------------
+-- section: remote writes (issue 18)
+-- ---------------------------------------------------------------------------------------
+
+-- Refuse a write to a foreign table (rel: the foreign table, what: the verb).
+CREATE OR REPLACE FUNCTION softguard._remote_refuse(what text, rel regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '0A000',
+        MESSAGE = format('softguard: %s on foreign table %s cannot be made reversible', what, rel),
+        DETAIL = 'Its rows live on another server: softguard cannot keep what the statement '
+                 'would remove or change there, so nothing was changed.',
+        HINT = 'Run the statement against the foreign server''s own database through '
+               'softguard, or have the policy allow this category for your role.';
+END $$;
+REVOKE ALL ON FUNCTION softguard._remote_refuse(text, regclass) FROM PUBLIC;
+
+-- BEFORE DELETE OR UPDATE FOR EACH STATEMENT on every foreign table and on every table a
+-- foreign table is a partition or child of (a statement trigger fires only on the table
+-- the statement names). Refuses for sessions that capture the event: their setting or
+-- their registration (as _capture_rows decides). On a parent it refuses whether or not the
+-- statement reaches the foreign rows (ONLY, partition pruning): it cannot tell.
+CREATE OR REPLACE FUNCTION softguard._remote_guard() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    events text[] := string_to_array(replace(lower(coalesce(
+                         current_setting('softguard.capture', true), '')), ' ', ''), ',');
+    far oid;
+BEGIN
+    IF NOT (lower(TG_OP) = ANY (events)) THEN
+        events := coalesce((softguard._session(false)).capture, '{}');
+        IF NOT (lower(TG_OP) = ANY (events)) THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    WITH RECURSIVE d(rel) AS (
+        SELECT TG_RELID
+        UNION SELECT i.inhrelid FROM pg_inherits i JOIN d ON i.inhparent = d.rel)
+    SELECT d.rel INTO far FROM d JOIN pg_class c ON c.oid = d.rel
+     WHERE c.relkind = 'f' ORDER BY d.rel LIMIT 1;
+    IF far IS NOT NULL THEN                -- none: the foreign child was detached since
+        PERFORM softguard._remote_refuse(TG_OP, far::regclass);
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._remote_guard() FROM PUBLIC;
+
+-- Put the guard on a foreign table and on every table above it (idempotent).
+CREATE OR REPLACE FUNCTION softguard._install_remote_guard(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.oid = rel AND c.relkind = 'f' AND n.nspname NOT LIKE 'softguard%') THEN
+        RETURN;
+    END IF;
+    FOR r IN WITH RECURSIVE a(rel) AS (
+                 SELECT rel
+                 UNION SELECT i.inhparent FROM pg_inherits i JOIN a ON i.inhrelid = a.rel)
+             SELECT a.rel FROM a ORDER BY a.rel LOOP
+        IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = r.rel
+                        AND tgname = 'zz_softguard_remote_guard') THEN
+            EXECUTE format('CREATE TRIGGER zz_softguard_remote_guard BEFORE DELETE OR UPDATE'
+                           ' ON %s FOR EACH STATEMENT EXECUTE FUNCTION softguard._remote_guard()',
+                           r.rel::regclass);
+        END IF;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._install_remote_guard(oid) FROM PUBLIC;
+
+-- The foreign tables this session holds ACCESS EXCLUSIVE locks on: TRUNCATE takes one on
+-- every table it empties, foreign ones included, and fires no trigger on those.
+CREATE OR REPLACE FUNCTION softguard._remote_locked() RETURNS oid[]
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_class WHERE relkind = 'f') THEN
+        RETURN '{}';
+    END IF;
+    RETURN (SELECT coalesce(array_agg(l.relation ORDER BY l.relation), '{}')
+              FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+             WHERE l.locktype = 'relation' AND l.pid = pg_backend_pid() AND l.granted
+               AND l.mode = 'AccessExclusiveLock' AND c.relkind = 'f'
+               AND l.database = (SELECT oid FROM pg_database
+                                  WHERE datname = current_database()));
+END $$;
+REVOKE ALL ON FUNCTION softguard._remote_locked() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._remote_locked() TO PUBLIC;
+
+-- After truncate_op's TRUNCATE: refuse when it emptied a foreign table - one it locked
+-- (not locked before it ran), or one locked before that the statement names.
+CREATE OR REPLACE FUNCTION softguard._remote_truncated(before oid[], stmt text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    far oid;
+BEGIN
+    SELECT f INTO far FROM unnest(softguard._remote_locked()) f JOIN pg_class c ON c.oid = f
+     WHERE NOT (f = ANY (before)) OR strpos(lower(stmt), lower(c.relname)) > 0
+     ORDER BY f LIMIT 1;
+    IF far IS NOT NULL THEN
+        PERFORM softguard._remote_refuse('TRUNCATE', far::regclass);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._remote_truncated(oid[], text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._remote_truncated(oid[], text) TO PUBLIC;
+
+-- truncate_op refuses a TRUNCATE that emptied a foreign table.
+CREATE OR REPLACE PROCEDURE softguard.truncate_op(stmt text, ctx jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    op bigint;
+    far oid[];
+BEGIN
+    PERFORM softguard._notice(coalesce(ctx->>'offset', '0'), 'SGBEG');
+    PERFORM softguard._machinery_check();
+    op := softguard._op_begin(stmt, ctx, 'TRUNCATE');
+    PERFORM pg_catalog.set_config('softguard.truncate_op', op::text, true);
+    far := softguard._remote_locked();
+    EXECUTE stmt;
+    -- a foreign table fires no TRUNCATE trigger: its rows were not captured (decision 0013)
+    PERFORM softguard._remote_truncated(far, stmt);
+    PERFORM pg_catalog.set_config('softguard.truncate_op', '', true);
+    PERFORM softguard._notice(softguard._truncate_finish(op, coalesce(ctx->>'action', 'TRUNCATE TABLE')));
+    PERFORM softguard._notice(coalesce(ctx->>'action', 'TRUNCATE TABLE'), 'SGEND');
+END $$;
+GRANT EXECUTE ON PROCEDURE softguard.truncate_op(text, jsonb) TO PUBLIC;
+
+-- Foreign tables created later, and those that become a partition or child of another
+-- table, get the remote guard (40_capture.sql) - on them and on the tables above them.
+CREATE OR REPLACE FUNCTION softguard._capture_remote_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF current_setting('softguard.probe', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR r IN WITH RECURSIVE d(rel) AS (
+                 SELECT c.objid FROM pg_event_trigger_ddl_commands() c
+                  WHERE c.classid = 'pg_class'::regclass AND c.objsubid = 0
+                 UNION SELECT i.inhrelid FROM pg_inherits i JOIN d ON i.inhparent = d.rel)
+             SELECT d.rel FROM d JOIN pg_class k ON k.oid = d.rel
+              WHERE k.relkind = 'f' ORDER BY d.rel LOOP
+        PERFORM softguard._install_remote_guard(r.rel);
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_remote_ddl() FROM PUBLIC;
+
+CREATE EVENT TRIGGER softguard_capture_remote ON ddl_command_end
+    WHEN TAG IN ('CREATE FOREIGN TABLE', 'IMPORT FOREIGN SCHEMA', 'ALTER TABLE',
+                 'ALTER FOREIGN TABLE')
+    EXECUTE FUNCTION softguard._capture_remote_ddl();
+ALTER EVENT TRIGGER softguard_capture_remote ENABLE ALWAYS;
+
+-- (this section's pass over existing tables: at the end of the script)
+
+
+-- ---------------------------------------------------------------------------------------
+-- The passes over existing tables (capture triggers as installed, enabled ALWAYS, with the
+-- statement trigger and the UPDATE trigger's NEW TABLE; inheritance children's row
+-- trigger; foreign tables' remote guard), then every event trigger ALWAYS again.
+-- ---------------------------------------------------------------------------------------
+DO $$
+DECLARE
+    e record;
+BEGIN
+    FOR e IN SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'softguard\_%' LOOP
+        EXECUTE format('ALTER EVENT TRIGGER %I DISABLE', e.evtname);
+    END LOOP;
+END $$;
+SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
+ ORDER BY c.oid;
 SELECT softguard._install_capture_inherited(c.oid) FROM pg_catalog.pg_class c
  WHERE c.relkind = 'r' AND softguard._protected_table(c.oid) ORDER BY c.oid;
+SELECT softguard._install_remote_guard(c.oid) FROM pg_class c WHERE c.relkind = 'f'
+ ORDER BY c.oid;
+DO $$
+DECLARE
+    e record;
+BEGIN
+    FOR e IN SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'softguard\_%' LOOP
+        EXECUTE format('ALTER EVENT TRIGGER %I ENABLE ALWAYS', e.evtname);
+    END LOOP;
+END $$;

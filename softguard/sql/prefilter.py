@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["DANGEROUS_FUNCTIONS", "OPAQUE_FUNCTIONS", "may_be_destructive"]
+__all__ = ["DANGEROUS_FUNCTIONS", "OPAQUE_FUNCTIONS", "REMOTE_FUNCTIONS", "may_be_destructive"]
 
 # Built-in/extension functions that destroy data or state when called (kind DESTRUCTIVE).
 DANGEROUS_FUNCTIONS: frozenset[str] = frozenset(
@@ -46,6 +46,10 @@ DANGEROUS_FUNCTIONS: frozenset[str] = frozenset(
         "pg_file_rename",
     }
 )
+# Functions that open a connection to another server (kind DESTRUCTIVE; the policy's
+# "remote" category, with dblink_exec and the dblink functions that run SQL text there:
+# docs/decisions/0013-remote-writes.md).
+REMOTE_FUNCTIONS: frozenset[str] = frozenset({"dblink_connect", "dblink_connect_u"})
 # Functions that execute SQL text given as an argument (kind OPAQUE: softguard cannot see it).
 OPAQUE_FUNCTIONS: frozenset[str] = frozenset(
     {
@@ -76,7 +80,8 @@ _KEYWORDS = (
     "prepare",
     "explain",
     "load",
-    "create",  # CREATE RULE/TRIGGER/FUNCTION/VIEW/POLICY with destructive bodies
+    "create",  # CREATE RULE/TRIGGER/FUNCTION/VIEW/POLICY with destructive bodies, SERVER
+    "import",  # IMPORT FOREIGN SCHEMA
 )
 
 # Function names, matched as prefixes (lo_truncate64, dblink_*, query_to_xml*, ...).

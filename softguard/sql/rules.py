@@ -14,7 +14,7 @@ from typing import Any
 
 from softguard.sql.model import Kind, Statement, Target
 from softguard.sql.names import drop_target, objtype_name, rangevar, role, split, strings
-from softguard.sql.prefilter import DANGEROUS_FUNCTIONS, OPAQUE_FUNCTIONS
+from softguard.sql.prefilter import DANGEROUS_FUNCTIONS, OPAQUE_FUNCTIONS, REMOTE_FUNCTIONS
 
 Node = dict[str, Any]
 Rule = Callable[[Node], list[Statement]]
@@ -178,6 +178,9 @@ def _func_call(body: Node) -> list[Statement]:
     target = (Target("function", schema, name),)
     if name in DANGEROUS_FUNCTIONS:
         return [Statement(_D, f"CALL FUNCTION {name}", target, detail=f"calls {name}()")]
+    if name in REMOTE_FUNCTIONS:
+        detail = f"{name}() opens a connection to another server"
+        return [Statement(_D, f"CALL FUNCTION {name}", target, detail=detail)]
     if name in OPAQUE_FUNCTIONS and (name != "ts_rewrite" or len(body.get("args", ())) == 2):
         detail = f"{name}() runs SQL text softguard cannot see"
         return [Statement(_O, f"CALL FUNCTION {name}", target, detail=detail)]
@@ -199,6 +202,19 @@ def _call_target(body: Node) -> tuple[Target, ...]:
 
 def _roles(key: str) -> Callable[[Node], tuple[Target, ...]]:
     return lambda b: tuple(role(r) for r in b.get(key, ()))
+
+
+def _server(body: Node) -> tuple[Target, ...]:
+    return (Target("server", None, str(body.get("servername") or body.get("server_name"))),)
+
+
+def _user_mapping(body: Node) -> tuple[Target, ...]:
+    mapping = replace(role(body.get("user", {})), objtype="user mapping")
+    return (replace(mapping, parent=str(body.get("servername"))),)
+
+
+def _import_detail(body: Node) -> str:
+    return f"from schema {body.get('remote_schema')} into {body.get('local_schema')}"
 
 
 def _alter_system(body: Node) -> tuple[Target, ...]:
@@ -256,6 +272,14 @@ OWN: dict[str, Rule] = {
             ),
         ),
     ),
+    # Remote writes (decision 0013): what runs on the other server is beyond softguard.
+    "CreateForeignServerStmt": _simple(
+        _D, "CREATE SERVER", _server, lambda b: f"foreign data wrapper {b.get('fdwname')}"
+    ),
+    "AlterForeignServerStmt": _simple(_D, "ALTER SERVER", _server),
+    "CreateUserMappingStmt": _simple(_D, "CREATE USER MAPPING", _user_mapping),
+    "AlterUserMappingStmt": _simple(_D, "ALTER USER MAPPING", _user_mapping),
+    "ImportForeignSchemaStmt": _simple(_D, "IMPORT FOREIGN SCHEMA", _server, _import_detail),
     "DoStmt": _simple(_O, "DO", lambda b: (), lambda b: f"DO block in {_do_language(b)}"),
     "CallStmt": _simple(_O, "CALL", _call_target, lambda b: "runs a procedure"),
     "ExecuteStmt": _simple(

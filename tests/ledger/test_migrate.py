@@ -47,6 +47,7 @@ def test_apply_is_idempotent(pg_server: TestServer, empty_db: str) -> None:
             ("softguard_capture_ddl_end", "A"),
             ("softguard_capture_inherit", "A"),
             ("softguard_capture_install", "A"),
+            ("softguard_capture_remote", "A"),
             ("softguard_capture_sql_drop", "A"),
             ("softguard_capture_tamper_ddl", "A"),
             ("softguard_capture_tamper_drop", "A"),

@@ -36,6 +36,8 @@ DESTROYING_CALLS = {
     "lo_truncate64": "lo_truncate64(0, 10)",
     "lo_export": "lo_export(16500, '/tmp/x')",
     "dblink_exec": "dblink_exec('dbname=x', 'DELETE FROM t')",
+    "dblink_connect": "dblink_connect('c', 'dbname=x')",
+    "dblink_connect_u": "dblink_connect_u('c', 'dbname=x')",
     "pg_file_unlink": "pg_file_unlink('x')",
     "pg_file_write": "pg_file_write('x', 'y', false)",
     "pg_file_rename": "pg_file_rename('x', 'y')",
@@ -105,6 +107,8 @@ def test_never_false_for_destructive_or_opaque_cases(sql: str) -> None:
         'SELECT "lo_unlink"(1)',
         "SELECT lo_truncate64(1, 2)",
         "SELECT dblink_send_query('c', 'x')",
+        "IMPORT FOREIGN SCHEMA s FROM SERVER x INTO t",
+        "/**/import/**/foreign schema s from server x into t",
         "SELECT query_to_xml_and_xmlschema('x', true, false, '')",
         "SELECT pg_file_write('a', 'b', false)",
         "SELECT 1delete",  # PostgreSQL < 15 lexes this as 1 delete

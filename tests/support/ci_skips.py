@@ -23,6 +23,7 @@ ALLOWED: tuple[tuple[str, str], ...] = (
     (r"^environment: no IPv6 loopback", "the CI machine may have no ::1"),
     (r"^MERGE needs PostgreSQL 15", "the server's version"),
     (r"^\\bind needs psql 16\+", "the psql found"),
+    (r"^(postgres_fdw|dblink) not available", "the server's contrib modules"),
 )
 
 
