@@ -2196,6 +2196,9 @@ BEGIN
         EXECUTE format('CREATE TRIGGER zz_softguard_capture_inherited AFTER DELETE ON %s'
                        ' FOR EACH ROW EXECUTE FUNCTION softguard._capture_inherited()',
                        rel::regclass);
+        -- ALWAYS, as the capture triggers: replica mode must not silence it
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zz_softguard_capture_inherited',
+                       rel::regclass);
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard._install_capture_inherited(oid) FROM PUBLIC;
