@@ -239,12 +239,19 @@ class Policy:
         return [c for c in ("delete", "update") if self.verdict(c, session) == "protect"]
 
     def registered_categories(self, session: SessionInfo) -> list[str]:
-        """What the session's registration tells the database (decision 0012): the row
-        changes to capture, and the categories whose forms the proxy cannot read (in a DO
-        block, a function) the database's backstop refuses - those this session may not
-        run as they are, protected or denied."""
-        kept = [c for c in ("drop", "truncate", "alter") if self.verdict(c, session) != "allow"]
-        return self.captured_events(session) + kept
+        """What the session's registration tells the database (decision 0012): every
+        category this session may not run as it is, protected or denied. The database
+        captures DELETE and UPDATE for them and its backstop refuses the hidden forms of
+        DROP, TRUNCATE and DROP COLUMN (a DO block, a function: what the proxy cannot read
+        or refuse)."""
+        # A denied DELETE or UPDATE the proxy could not see (a DO block, a function) is
+        # captured: kept, since it could not be refused.
+        kept = [
+            c
+            for c in ("delete", "update", "drop", "truncate", "alter")
+            if self.verdict(c, session) != "allow"
+        ]
+        return kept
 
     def verdict(self, category: str, session: SessionInfo) -> Verdict:
         for rule in self.config.rules:
