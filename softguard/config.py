@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from softguard.policy import PolicyConfig
@@ -38,6 +38,22 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="processes sharing the port (SO_REUSEPORT)")
     tls_cert: Path | None = Field(None, description="certificate for client TLS")
     tls_key: Path | None = Field(None, description="private key for client TLS")
+    users_file: Path | None = Field(
+        None,
+        description="clients log in to softguard with the SCRAM verifiers in this file "
+        "(`softguard user`) and softguard logs in to the server itself; unset: "
+        "authentication is relayed between client and server",
+    )
+    upstream_passfile: Path | None = Field(
+        None,
+        description="passwords softguard logs in to the server with (libpq passfile "
+        "format, mode 0600), for sessions and for its own ledger connections",
+    )
+    upstream_password: SecretStr | None = Field(
+        None,
+        description="one password for every role on the server (prefer "
+        "upstream_passfile); set it through SOFTGUARD_UPSTREAM_PASSWORD, not a file",
+    )
     max_client_conn: int = Field(5000, ge=1, description="client connections per process")
     max_inspect_bytes: int = Field(
         64 << 20, ge=1024, description="largest Query/Parse message held for inspection"
@@ -122,6 +138,18 @@ class Settings(BaseSettings):
     def _check_tls(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        return self
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> Settings:
+        # Read now, so that a bad file is one clear error at start, not a failed login.
+        from softguard.auth.passfile import PassFile
+        from softguard.auth.users import UsersFile
+
+        if self.users_file is not None:
+            UsersFile.load(self.users_file)
+        if self.upstream_passfile is not None:
+            PassFile.load(self.upstream_passfile)
         return self
 
     @property

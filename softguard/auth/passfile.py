@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["PassFile", "PassFileError"]
 
 
-class PassFileError(Exception):
+class PassFileError(ValueError):
     """The passfile cannot be used; names the file and why."""
 
 

@@ -27,7 +27,7 @@ __all__ = ["User", "UsersFile", "UsersFileError"]
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,63}")
 
 
-class UsersFileError(Exception):
+class UsersFileError(ValueError):
     """The users file cannot be read or holds something invalid; names the file and entry."""
 
 
@@ -101,7 +101,8 @@ class UsersFile:
         databases = entry.get("databases", [])
         if not isinstance(databases, list):
             raise UsersFileError(f"{where}: databases must be a list of names")
-        return User(name, verifier, role, tuple(_check_name(where, "database", d) for d in databases))
+        names = tuple(_check_name(where, "database", d) for d in databases)
+        return User(name, verifier, role, names)
 
     def get(self, name: str) -> User | None:
         return self.users.get(name)

@@ -335,11 +335,13 @@ def _register_commands() -> None:
     from softguard.cli.demo_cmd import demo
     from softguard.cli.init_cmd import init
     from softguard.cli.ops_cmds import register as register_ops
+    from softguard.cli.user_cmd import register as register_user
 
     app.command()(init)
     app.command()(demo)
     register_ops(app)
     purge_cmd.register(app)
+    register_user(app)
 
 
 _register_commands()

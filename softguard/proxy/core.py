@@ -31,6 +31,7 @@ from enum import Enum, auto
 from typing import Protocol
 
 from softguard import contract
+from softguard.auth.login import ClientLogin, Credentials, LoginRefused, ServerLogin
 from softguard.contract import NOTICE_MARKER_BYTES
 from softguard.policy import Action, SessionInfo
 from softguard.proxy.commands import (
@@ -82,6 +83,9 @@ _Q, _P, _S, _F = b"QPSF"
 _Z, _E, _R, _K = b"ZERK"
 # Client messages the proxy reads: statement texts, and what produces a ReadyForQuery.
 _CLIENT_WANT = frozenset((_Q, _P, _S, _F))
+# While the client logs in to softguard: its password messages, or Terminate.
+_TERMINATE, _PASSWORD = b"Xp"
+_MAX_LOGIN_MESSAGE = 1 << 16
 # Server messages the proxy reads once the session is up.
 _N, _C = b"NC"
 # NoticeResponse too: softguard's "reversible as operation N" notice (metrics, the
@@ -112,6 +116,7 @@ SHUTDOWN = ("57P01", "softguard: terminating connection because softguard is shu
 class State(Enum):
     STARTUP = auto()  # reading the startup packet (SSL/GSSENC negotiation included)
     TLS = auto()  # handshaking TLS with the client
+    LOGIN = auto()  # the client logs in to softguard (credentials softguard holds)
     CONNECTING = auto()  # reaching the upstream
     AUTH = auto()  # relaying authentication until the first ReadyForQuery
     REGISTERING = auto()  # registering the session in the ledger (decision 0012)
@@ -146,6 +151,9 @@ class CoreConfig:
     client_stall_timeout: float = 60.0
     max_client_conn: int = 1000
     tls: bool = False  # whether the proxy can accept TLS from clients
+    # Set: clients log in to softguard and softguard to the server (decision 0018);
+    # None: authentication is relayed between them.
+    credentials: Credentials | None = None
 
 
 Sink = Callable[[bytes], None]
@@ -192,6 +200,9 @@ class SessionCore:
         self.cancel_key: tuple[int, bytes] | None = None
         self._startup = StartupReader()
         self._startup_packet = b""
+        self._client_login: ClientLogin | None = None
+        self._login_packet: StartupMessage | None = None
+        self._server_login: ServerLogin | None = None
         self._tls_done = False
         self._cframer = self._client_framer()
         self._sframer = Framer(want=None, error_class=ServerProtocolError)
@@ -237,7 +248,7 @@ class SessionCore:
         """Bytes from the client. The hot path: once the session is up, relayed from here."""
         state = self.state
         if state is not State.READY:
-            if state is State.AUTH and not self._holding:
+            if state is State.AUTH and not self._holding and self._server_login is None:
                 self._client_auth_data(data)
             elif state is State.AUTH or state is State.REGISTERING:
                 self._hold_client(data)
@@ -329,7 +340,18 @@ class SessionCore:
         self._tls_done = True
         self.state = State.STARTUP
 
-    def upstream_connected(self) -> None:
+    def upstream_connected(self, server_cert_binding: bytes | None = None) -> None:
+        """The upstream connection is open; *server_cert_binding* is the
+        ``tls-server-end-point`` hash of its certificate when it is TLS."""
+        login = self._client_login
+        if login is not None:
+            credentials = self.config.credentials
+            assert credentials is not None
+            self._server_login = ServerLogin(
+                login.role,
+                credentials.server_password(self.info.database, login.role),
+                server_cert_binding,
+            )
         self.to_server(self._startup_packet)
         self.state = State.AUTH
         early, self._early, self._early_size = self._early, [], 0
@@ -374,6 +396,7 @@ class SessionCore:
         if self.state in (
             State.STARTUP,
             State.TLS,
+            State.LOGIN,
             State.CONNECTING,
             State.AUTH,
             State.REGISTERING,
@@ -453,6 +476,8 @@ class SessionCore:
     def _client_data_before_auth(self, data: bytes) -> None:
         if self.state is State.STARTUP:
             self._startup_data(data)
+        elif self.state is State.LOGIN:
+            self._login_data(data)
         elif self.state is State.CONNECTING:
             self._early.append(data)
             self._early_size += len(data)
@@ -512,18 +537,94 @@ class SessionCore:
             application_name=packet.application_name,
             client_addr=self.peer,
         )
+        credentials = self.config.credentials
+        if credentials is not None:
+            self._client_login = ClientLogin(
+                credentials, packet.user, packet.database, tls=self._tls_done
+            )
+            self._login_packet = packet
+            self.state = State.LOGIN
+            # Every message handed out whole: the first that is not a password message
+            # ends the login, and whatever follows the last is replayed once connected.
+            self._cframer = Framer(
+                want=None, allowed=FRONTEND_TYPES, max_want_length=_MAX_LOGIN_MESSAGE
+            )
+            self.to_client(self._client_login.opening())
+            return
+        self._connect_upstream(self._startup_bytes(packet))
+
+    def _connect_upstream(self, startup_packet: bytes) -> None:
         self.state = State.CONNECTING
-        self._startup_packet = self._startup_bytes(packet)
+        self._startup_packet = startup_packet
         self._set_client_reading(paused=True, reason="connecting")
         self._connect_started = self._clock()
         self.controls.append(_CONNECT)
+
+    def _login_data(self, data: bytes) -> None:
+        """The client's password messages, answered by softguard (``ClientLogin``)."""
+        login = self._client_login
+        assert login is not None
+        try:
+            buf, msgs, _ = self._cframer.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(exc)
+            return
+        for msg in msgs:
+            if msg.type == _TERMINATE:
+                self._close()
+                return
+            if msg.type != _PASSWORD:
+                self._fail(
+                    ClientProtocolError(
+                        f"expected password response, got message type {chr(msg.type)!r}"
+                    )
+                )
+                return
+            try:
+                answer = login.password_message(msg.body)
+            except LoginRefused as exc:
+                log.warning(
+                    "login refused for softguard user %r from %s: %s",
+                    login.user,
+                    self.peer,
+                    exc.reason or exc.message,
+                )
+                self.controls.append(Refused("auth"))
+                self._send_fatal(exc.sqlstate, exc.message)
+                return
+            self.to_client(answer)
+            if login.done:
+                # What follows (a pipelined query) waits, as during CONNECTING.
+                rest = buf[msg.end :] if msg.start >= 0 else b""
+                if rest:
+                    self._early.append(rest)
+                    self._early_size += len(rest)
+                self._login_succeeded(login)
+                return
+
+    def _login_succeeded(self, login: ClientLogin) -> None:
+        packet = self._login_packet
+        assert packet is not None
+        self._cframer = self._client_framer()
+        self.info = SessionInfo(
+            user=login.role,
+            database=packet.database,
+            application_name=packet.application_name,
+            client_addr=self.peer,
+        )
+        log.debug("softguard user %r logged in as role %r", login.user, login.role)
+        self._connect_upstream(
+            self._startup_bytes(packet, {"user": login.role, "database": packet.database})
+        )
 
     def _parameter_status(self, body: bytes) -> None:
         name, _, rest = body.partition(b"\0")
         if name == b"client_encoding":
             self.client_encoding = rest.split(b"\0", 1)[0].decode("ascii", "replace")
 
-    def _startup_bytes(self, packet: StartupMessage) -> bytes:
+    def _startup_bytes(
+        self, packet: StartupMessage, override: dict[str, str] | None = None
+    ) -> bytes:
         """The startup packet for the server, with the session's capture settings.
 
         Row changes are captured by triggers in the database (decision 0006); these
@@ -535,6 +636,7 @@ class SessionCore:
         settings = {
             contract.CAPTURE_SETTING: ",".join(events) or "off",
             contract.RETENTION_SETTING: str(policy.retention_seconds(self.info)),
+            **(override or {}),
         }
         return packet.with_settings(settings, reserved_prefix="softguard.")
 
@@ -558,6 +660,10 @@ class SessionCore:
                 self._registration_sent = False
                 self._register()
                 return
+            if mtype == _R and self._server_login is not None:
+                if not self._server_login_step(msg.body):
+                    return
+                continue
             if mtype == _R and auth_code(msg.body) == AUTH_SASL:
                 out(_message(_R, strip_scram_plus(msg.body)))
                 continue
@@ -573,6 +679,25 @@ class SessionCore:
                 self._parameter_status(msg.body)
         if self._closing_for_shutdown:
             self._after_server_chunk()
+
+    def _server_login_step(self, body: bytes) -> bool:
+        """An authentication request from the server, answered with what softguard
+        holds; AuthenticationOk goes on to the client. False once the session failed."""
+        login = self._server_login
+        assert login is not None
+        try:
+            answer = login.request(body)
+        except LoginRefused as exc:
+            log.error("softguard could not log in to the server: %s", exc.reason)
+            self.controls.append(Refused("auth"))
+            self._send_fatal(exc.sqlstate, f"softguard: {exc.message}")
+            return False
+        if answer is None:
+            self._server_login = None
+            self.to_client(_message(_R, body))
+        elif answer:
+            self.to_server(answer)
+        return True
 
     # ------------------------------------------------------------------ registration
 

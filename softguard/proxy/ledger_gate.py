@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Literal
 
 import psycopg
@@ -42,8 +43,14 @@ class LedgerGate:
         connect_timeout: float,
         soft_delete: list[SoftDeleteRule] | None = None,
         soft_delete_refresh: float = SOFT_DELETE_REFRESH,
+        *,
+        passfile: Path | None = None,
+        password: str | None = None,
     ) -> None:
         self._target = target
+        # The secrets softguard holds (decision 0018): its own connections use them too.
+        self._passfile = passfile
+        self._password = password or target.password
         self._refresh_after = soft_delete_refresh
         self._timeout = connect_timeout
         self._states: dict[str, LedgerState] = {}
@@ -155,15 +162,18 @@ class LedgerGate:
         self, database: str, user: str, application_name: str = GATE_APPLICATION_NAME
     ) -> str:
         """softguard's own connection to ``database``: the upstream's credentials if it
-        carries any, else the client's role (trust or .pgpass)."""
+        carries any, else the client's role, with the password softguard holds (trust or
+        .pgpass when it holds none)."""
         target = self._target
+        extra = {"passfile": str(self._passfile)} if self._passfile is not None else {}
         return make_conninfo(
             "",
             host=target.host,
             port=target.port,
             dbname=database,
             user=target.user or user,
-            password=target.password,
+            password=self._password,
+            **extra,
             sslmode=target.sslmode,
             sslrootcert=target.sslrootcert,
             sslcert=target.sslcert,

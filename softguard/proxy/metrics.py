@@ -45,7 +45,7 @@ oplog = logging.getLogger("softguard.operations")
 
 CLASSIFICATIONS = ("safe", "destructive", "opaque", "unparseable")
 ACTIONS = ("allow", "protect", "deny")
-REFUSAL_REASONS = ("max_client_conn", "protocol", "upstream", "ledger")
+REFUSAL_REASONS = ("max_client_conn", "protocol", "upstream", "ledger", "auth")
 # What softguard's NOTICE says first -> the ledger's ``kind`` (bounded label values).
 _NOTICE_KINDS: tuple[tuple[str, str], ...] = (
     ("DELETE FROM ", "DELETE"),

@@ -15,6 +15,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, cast
 
+from softguard.auth.login import Credentials
 from softguard.config import Settings
 from softguard.policy import Policy
 from softguard.proxy.ledger_gate import LedgerGate
@@ -44,8 +45,14 @@ class ProxyServer:
         self.loop = loop
         self.classifier = Classifier(settings.classify_cache_size)
         self.policy = Policy(settings.policy)
+        password = settings.upstream_password
         self.ledger = LedgerGate(
-            target, settings.connect_timeout, settings.soft_delete, settings.soft_delete_refresh
+            target,
+            settings.connect_timeout,
+            settings.soft_delete,
+            settings.soft_delete_refresh,
+            passfile=settings.upstream_passfile,
+            password=password.get_secret_value() if password is not None else None,
         )
         self.inputs = PlanInputs(self.classifier, self.policy, self.ledger)
         # Large texts are parsed in a worker process, never on the loop (decision 0011).
@@ -53,6 +60,7 @@ class ProxyServer:
         self.sessions: set[ClientSession] = set()
         self.upstream_ssl = target.ssl_context() if target.wants_tls else None
         self.client_ssl = _client_ssl_context(settings)
+        self.credentials = _credentials(settings, target)
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._no_sessions = asyncio.Event()
@@ -169,6 +177,21 @@ class _CancelSink(UpstreamProtocol):
 
     def resume_writing(self) -> None:
         pass
+
+
+def _credentials(settings: Settings, target: UpstreamTarget) -> Credentials | None:
+    """What softguard holds to end authentication itself (decision 0018), or None."""
+    if settings.users_file is None:
+        return None
+    password = settings.upstream_password
+    return Credentials.load(
+        settings.users_file,
+        settings.upstream_passfile,
+        password.get_secret_value() if password is not None else target.password,
+        target.host,
+        target.port,
+        settings.tls_cert,
+    )
 
 
 def _client_ssl_context(settings: Settings) -> ssl.SSLContext | None:

@@ -17,6 +17,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Protocol, cast
 
+from softguard.auth.login import Credentials
+from softguard.auth.scram import tls_server_end_point
 from softguard.config import Settings
 from softguard.policy import SessionInfo
 from softguard.proxy import commands as cmd
@@ -44,6 +46,7 @@ class SessionHost(Protocol):
     offload: OffLoopClassifier
     client_ssl: ssl.SSLContext | None
     upstream_ssl: ssl.SSLContext | None
+    credentials: Credentials | None
 
     def register(self, session: ClientSession) -> None: ...
 
@@ -109,6 +112,7 @@ class ClientSession(asyncio.Protocol):
                 client_stall_timeout=settings.client_stall_timeout,
                 max_client_conn=settings.max_client_conn,
                 tls=server.client_ssl is not None,
+                credentials=server.credentials,
             ),
             server.inputs,
             server.metrics,
@@ -316,7 +320,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.up_transport = cast(asyncio.Transport, transport)
         self.core.to_server = self.up_transport.write
-        self.core.upstream_connected()
+        self.core.upstream_connected(_certificate_binding(self.up_transport))
         self._run()
 
     async def _classify_off_loop(self, text: bytes, client_encoding: str) -> None:
@@ -328,3 +332,12 @@ class ClientSession(asyncio.Protocol):
         await self.server.ledger.ensure(database, user)
         self.core.ledger_known()
         self._run()
+
+
+def _certificate_binding(transport: asyncio.BaseTransport) -> bytes | None:
+    """The upstream certificate's channel binding data, when the connection is TLS."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return tls_server_end_point(der) if der else None
