@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -24,10 +25,29 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from softguard.sql import Classification, Kind, Statement, classify
+from softguard.sql.effects import StatementEffect
 
 log = logging.getLogger("softguard.policy")
 
 Verdict = Literal["protect", "allow", "deny"]
+# What a session may do at all, before categories (decision 0019): ``read-only`` refuses
+# every write, ``data`` refuses schema changes, ``full`` refuses nothing by itself.
+Mode = Literal["full", "data", "read-only"]
+MODES: tuple[Mode, ...] = ("full", "data", "read-only")
+# ``[policy] preset = "agent"``: the recommended start for an AI agent's sessions. Keys
+# the configuration sets itself win.
+AGENT_PRESET: dict[str, object] = {
+    "mode": "data",
+    "drop": "protect",
+    "truncate": "protect",
+    "delete": "protect",
+    "update": "protect",
+    "alter": "protect",
+    "dangerous": "deny",
+    "remote": "deny",
+    "opaque": "deny",
+    "unparseable": "deny",
+}
 
 # DROP kinds softguard makes reversible (docs/decisions/0005-reversible-drop.md).
 PROTECTABLE_DROPS = frozenset(
@@ -141,9 +161,13 @@ class _Verdicts(BaseModel):
 class Rule(_Verdicts):
     """Applies to sessions whose role, application_name and database all match."""
 
+    name: str | None = Field(
+        default=None, description="what refusals call this rule (default: its patterns)"
+    )
     role: str = "*"
     application_name: str = "*"
     database: str = "*"
+    mode: Mode | None = None
     drop: Verdict | None = None
     drop_other: Verdict | None = None
     truncate: Verdict | None = None
@@ -161,6 +185,21 @@ class Rule(_Verdicts):
         description="how long operations of matching sessions stay undoable",
     )
 
+    def label(self, index: int) -> str:
+        """How a refusal names this rule: its name, else its number and patterns."""
+        if self.name:
+            return f"rule {self.name!r}"
+        patterns = [
+            f"{key}={value}"
+            for key, value in (
+                ("role", self.role),
+                ("application_name", self.application_name),
+                ("database", self.database),
+            )
+            if value != "*"
+        ]
+        return f"rule {index + 1} ({', '.join(patterns) or 'every session'})"
+
     def matches(self, session: SessionInfo) -> bool:
         return (
             fnmatch.fnmatchcase(session.user, self.role)
@@ -172,6 +211,8 @@ class Rule(_Verdicts):
 class PolicyConfig(_Verdicts):
     """Defaults per category, then rules (first match that sets a category wins)."""
 
+    preset: Literal["agent"] | None = None
+    mode: Mode = "full"
     drop: Verdict = "protect"
     drop_other: Verdict = "allow"
     truncate: Verdict = "protect"
@@ -188,6 +229,13 @@ class PolicyConfig(_Verdicts):
         default=7.0, gt=0, le=MAX_RETENTION_DAYS, description="how long operations stay undoable"
     )
     rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("preset") == "agent":
+            return {**AGENT_PRESET, **data}
+        return data
 
 
 class Action(StrEnum):
@@ -234,6 +282,15 @@ class Policy:
                 break
         return max(int(days * 86400), 1)
 
+    def mode(self, session: SessionInfo) -> tuple[Mode, str]:
+        """The session's mode and what set it (for refusals: a rule's label, or the
+        defaults)."""
+        for index, rule in enumerate(self.config.rules):
+            if rule.mode is not None and rule.matches(session):
+                return rule.mode, rule.label(index)
+        preset = " (preset agent)" if self.config.preset else ""
+        return self.config.mode, f"the default policy{preset}"
+
     def captured_events(self, session: SessionInfo) -> list[str]:
         """Which row changes the database should capture for this session."""
         return [c for c in ("delete", "update") if self.verdict(c, session) == "protect"]
@@ -251,6 +308,13 @@ class Policy:
             for c in ("delete", "update", "drop", "truncate", "alter")
             if self.verdict(c, session) != "allow"
         ]
+        # Modes are held by the database too (decision 0019): 'schema' refuses DDL from
+        # anywhere (a function, a DO block); 'read_only' makes transactions read-only.
+        mode, _ = self.mode(session)
+        if mode != "full":
+            kept.append("schema")
+        if mode == "read-only":
+            kept.append("read_only")
         return kept
 
     def verdict(self, category: str, session: SessionInfo) -> Verdict:
@@ -389,6 +453,41 @@ def decide_function_call(policy: Policy, oid: int, session: SessionInfo) -> Deci
             reason = decision.reason or f"softguard: FunctionCall of {name} is refused by policy"
             return Decision(Action.DENY, decision.category, decision.statement, reason)
     return Decision(Action.ALLOW, "function_call", None)
+
+
+# A mode's refusals: (SQLSTATE, what the mode allows, the hint) per effect refused.
+_MODE_REFUSALS: dict[tuple[str, str], tuple[str, str]] = {
+    ("read-only", "write"): ("25006", "it may read, not change data"),
+    ("read-only", "ddl"): ("25006", "it may read, not change the schema"),
+    ("read-only", "code"): ("25006", "it may not run code softguard cannot read"),
+    ("read-only", "escape"): ("25006", "it may not switch read-only off"),
+    ("data", "ddl"): ("42501", "it may change data, not the schema"),
+}
+_MODE_HINTS = {
+    "read-only": "Run only queries that read (SELECT, EXPLAIN without ANALYZE, SHOW). "
+    "Changes need a session whose softguard rule gives mode \"data\" or \"full\".",
+    "data": "INSERT, UPDATE, DELETE, MERGE and TRUNCATE are allowed (and reversible). "
+    "Ask an operator to make schema changes, or to give this role mode \"full\".",
+}
+
+
+def decide_mode(
+    mode: Mode, label: str, effects: Sequence[StatementEffect]
+) -> tuple[str, str, str] | None:
+    """(SQLSTATE, message, hint) refusing the first statement *mode* does not allow,
+    else None. *label* names what set the mode (a rule)."""
+    if mode == "full":
+        return None
+    for effect in effects:
+        found = _MODE_REFUSALS.get((mode, effect.effect.value))
+        if found is not None:
+            sqlstate, allows = found
+            message = (
+                f"softguard: {effect.verb} is refused: this session is in {mode} mode "
+                f"({label}): {allows}"
+            )
+            return sqlstate, message, _MODE_HINTS[mode]
+    return None
 
 
 def _reason(category: str, stmt: Statement) -> str:

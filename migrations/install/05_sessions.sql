@@ -38,7 +38,9 @@ REVOKE ALL ON FUNCTION softguard._backend_start() FROM PUBLIC;
 -- Register (or add to) this session's protection. Callable by any role: it can only add.
 --   events     the protected categories, comma-separated: 'delete' and 'update' are
 --              captured; 'drop', 'truncate', 'alter' arm the backstop (85_backstop.sql)
---              against their forms the proxy cannot read; '' or 'off': none
+--              against their forms the proxy cannot read; 'schema' refuses DDL and
+--              'read_only' makes the session's transactions read-only (modes,
+--              87_modes.sql); '' or 'off': none
 --   retention  seconds operations of this session are kept at least
 --   addr       the client's address as the proxy saw it
 CREATE FUNCTION softguard.register_session(events text, retention integer, addr text)
@@ -52,10 +54,11 @@ BEGIN
                       FROM unnest(string_to_array(replace(lower(coalesce(events, '')), ' ', ''),
                                                   ',')) e
                      WHERE e NOT IN ('', 'off') ORDER BY 1);
-    IF NOT wanted <@ ARRAY['delete', 'update', 'drop', 'truncate', 'alter'] THEN
+    IF NOT wanted <@ ARRAY['delete', 'update', 'drop', 'truncate', 'alter', 'schema',
+                           'read_only'] THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('softguard: unknown protected categories %L', events),
-            HINT = 'Categories are delete, update, drop, truncate and alter.';
+            HINT = 'Categories are delete, update, drop, truncate, alter, schema and read_only.';
     END IF;
     IF retention IS NULL OR retention < 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -78,6 +81,11 @@ BEGIN
                          ORDER BY 1),
         retention_seconds = greatest(s.retention_seconds, excluded.retention_seconds),
         client_addr = coalesce(s.client_addr, excluded.client_addr);
+    IF 'read_only' = ANY (wanted) THEN
+        -- Where a pooler dropped the proxy's startup setting (decision 0019); the proxy
+        -- refuses statements that would set it back.
+        PERFORM set_config('default_transaction_read_only', 'on', false);
+    END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard.register_session(text, integer, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard.register_session(text, integer, text) TO PUBLIC;

@@ -221,7 +221,13 @@ def explain(
 ) -> None:
     """Show how softguard classifies, decides on and rewrites a statement, without running it."""
     from softguard.policy import CAPTURED, Policy, SessionInfo
-    from softguard.proxy.statements import FixedLedger, NeedLedger, PlanInputs, plan_message
+    from softguard.proxy.statements import (
+        FixedLedger,
+        NeedLedger,
+        PlanInputs,
+        mode_refusal,
+        plan_message,
+    )
     from softguard.sql import Classifier, classify
     from softguard.sql.soft_delete import SoftDeleteTables
     from softguard.wire import Framer, parse_query_text
@@ -247,6 +253,11 @@ def explain(
         database = _dsn_database(dsn)  # the rules see the database the catalog is read from
     session = SessionInfo(role, database, application_name, "127.0.0.1:0")
     policy = Policy(settings.policy)
+    mode, mode_source = policy.mode(session)
+    typer.echo(f"mode: {mode} ({mode_source})")
+    by_mode = mode_refusal(mode, mode_source, sql.encode(), "UTF8")
+    if by_mode is not None:
+        typer.echo(f"policy: deny ({mode} mode) SQLSTATE {by_mode[0]}\n   {by_mode[1]}")
     decisions = policy.decide(result, session, source="query", log_it=False)
     for decision in decisions:
         what = decision.statement.summary() if decision.statement else "the text"

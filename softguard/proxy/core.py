@@ -203,6 +203,10 @@ class SessionCore:
         self._client_login: ClientLogin | None = None
         self._login_packet: StartupMessage | None = None
         self._server_login: ServerLogin | None = None
+        # A read-only session (decision 0019), and whether the server reported that
+        # something switched its read-only default off.
+        self._read_only = False
+        self._read_only_lost = False
         self._tls_done = False
         self._cframer = self._client_framer()
         self._sframer = Framer(want=None, error_class=ServerProtocolError)
@@ -313,7 +317,9 @@ class SessionCore:
                 out(replacement)
             cursor = msg.end
         _send_rest(out, buf, cursor, held)
-        if self._closing_for_shutdown:
+        if self._read_only_lost:
+            self._end_read_only_session()
+        elif self._closing_for_shutdown:
             self._after_server_chunk()
 
     def client_lost(self) -> None:
@@ -621,6 +627,25 @@ class SessionCore:
         name, _, rest = body.partition(b"\0")
         if name == b"client_encoding":
             self.client_encoding = rest.split(b"\0", 1)[0].decode("ascii", "replace")
+        elif name == b"default_transaction_read_only" and self._read_only:
+            # PostgreSQL 14+ reports it. Off in a read-only session means something the
+            # proxy could not read switched it off (a function calling set_config).
+            if rest.split(b"\0", 1)[0] != b"on":
+                self._read_only_lost = True
+
+    def _end_read_only_session(self) -> None:
+        log.warning(
+            "read-only mode switched off in session of user=%s db=%s client=%s: closed",
+            self.info.user,
+            self.info.database,
+            self.peer,
+        )
+        self._read_only_lost = False
+        self._send_fatal(
+            "25006",
+            "softguard: this read-only session switched read-only off (a function set "
+            "default_transaction_read_only); the session is closed",
+        )
 
     def _startup_bytes(
         self, packet: StartupMessage, override: dict[str, str] | None = None
@@ -638,6 +663,12 @@ class SessionCore:
             contract.RETENTION_SETTING: str(policy.retention_seconds(self.info)),
             **(override or {}),
         }
+        self._read_only = policy.mode(self.info)[0] == "read-only"
+        if self._read_only:
+            # The server enforces read-only mode for everything the proxy cannot read (a
+            # function's INSERT); as a startup setting it is also what RESET goes back to.
+            # The registration sets it again where a pooler drops startup settings.
+            settings["default_transaction_read_only"] = "on"
         return packet.with_settings(settings, reserved_prefix="softguard.")
 
     def _server_startup_data(self, data: bytes) -> None:

@@ -18,8 +18,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from softguard.contract import client_text_marker
-from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, Decision, Policy, SessionInfo
+from softguard.policy import (
+    CAPTURED,
+    TAMPER_MESSAGE,
+    Action,
+    Decision,
+    Mode,
+    Policy,
+    SessionInfo,
+    decide_mode,
+)
 from softguard.sql import Kind
+from softguard.sql.effects import effects
+from softguard.sql.encoding import decode
 from softguard.sql.rewrite import (
     Replacement,
     RewritePlan,
@@ -191,6 +202,16 @@ class SoftSession:
                 self.prepared.discard(name)
 
 
+def mode_refusal(mode: Mode, label: str, text: bytes, enc: str) -> tuple[str, str, str] | None:
+    """The refusal of a text the session's mode does not allow (decision 0019), else None.
+    Text that cannot be read or parsed is left to the classification (unparseable)."""
+    try:
+        found = effects(decode(text, enc))
+    except ValueError:
+        return None
+    return None if found is None else decide_mode(mode, label, found)
+
+
 def plan_message(
     inputs: PlanInputs,
     info: SessionInfo,
@@ -223,6 +244,24 @@ def plan_message(
         kind = classifier.classify_shape(text, enc).kind.value if log_it else ""
         rebuilt = _rebuild(msg, text, [], refusal("42501", TAMPER_MESSAGE))
         return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
+    mode, label = inputs.policy.mode(info)
+    if mode != "full":
+        by_mode = mode_refusal(mode, label, text, enc)
+        if by_mode is not None:
+            if log_it:
+                log.info(
+                    "deny %s mode via %s: %s; user=%s db=%s app=%s client=%s",
+                    mode,
+                    "query" if msg.type == _Q else "parse",
+                    by_mode[1],
+                    info.user,
+                    info.database,
+                    info.application_name or "-",
+                    info.client_addr,
+                )
+            rebuilt = _rebuild(msg, text, [], refusal(*by_mode))
+            kind = classifier.classify_shape(text, enc).kind.value if log_it else ""
+            return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
     retag: set[int] = set()
     if soft is not None and soft.prepared:
         exact = classifier.classify_bytes(text, enc)
@@ -472,4 +511,20 @@ def _rebuild(
             plan = plan.prefixed(TAG_MARKER)
     name_end = msg.body.index(b"\0")
     rest = msg.body[name_end + 1 + len(text) + 1 :]
+    if whole is not None and len(rest) >= 2:
+        rest = _bytea_parameters(rest)
     return _Rebuilt(message(b"P", msg.body[: name_end + 1] + new_text + b"\0" + rest), plan)
+
+
+_BYTEA_OID = (17).to_bytes(4, "big")
+
+
+def _bytea_parameters(types: bytes) -> bytes:
+    """A refused Parse's parameter types, all bytea. The refusal (a DO block) uses none of
+    them, and PostgreSQL cannot type an unused parameter declared unknown (42P18); bytea
+    takes any binary value and most text ones at Bind, so the client's Execute reaches the
+    refusal."""
+    count = int.from_bytes(types[:2], "big")
+    if len(types) < 2 + 4 * count:
+        return types  # malformed: the server says so
+    return types[:2] + _BYTEA_OID * count + types[2 + 4 * count :]

@@ -51,6 +51,7 @@ def test_apply_is_idempotent(pg_server: TestServer, empty_db: str) -> None:
             ("softguard_capture_sql_drop", "A"),
             ("softguard_capture_tamper_ddl", "A"),
             ("softguard_capture_tamper_drop", "A"),
+            ("softguard_mode_guard", "A"),
         ]
 
 

@@ -1,0 +1,293 @@
+"""Modes for agents (decision 0019) through a real proxy and server: read-only refuses
+every write and every way to switch read-only off; data refuses schema changes, also
+from a function or a DO block (the database's guard); full is unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+from psycopg import sql
+from support.compare import run_async
+from support.pg import TestServer
+
+from softguard.policy import PolicyConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+POLICY = """
+[policy]
+[[policy.rules]]
+name = "reporting agents"
+application_name = "ro-*"
+mode = "read-only"
+
+[[policy.rules]]
+application_name = "data-*"
+mode = "data"
+
+[[policy.rules]]
+application_name = "data-*"
+opaque = "allow"
+"""
+
+SETUP = """
+CREATE TABLE items (id int PRIMARY KEY, name text);
+INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 5) g;
+CREATE FUNCTION add_item(i int) RETURNS void LANGUAGE sql AS
+    $$ INSERT INTO items VALUES (i, 'added') $$;
+CREATE FUNCTION make_table() RETURNS void LANGUAGE plpgsql AS
+    $$ BEGIN EXECUTE 'CREATE TABLE made_by_function (x int)'; END $$;
+CREATE FUNCTION read_only_off() RETURNS void LANGUAGE plpgsql AS
+    $$ BEGIN PERFORM set_config('default_transaction_read_only', 'off', false); END $$;
+CREATE FUNCTION count_items() RETURNS bigint LANGUAGE sql STABLE AS
+    $$ SELECT count(*) FROM items $$;
+"""
+
+
+@pytest.fixture(scope="module")
+def mode_db(pg_server: TestServer) -> Iterator[tuple[str, str]]:
+    role = "sg_mode_" + uuid.uuid4().hex[:8]
+    db = pg_server.create_database()
+    with psycopg.connect(pg_server.superuser_dsn(db), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        c.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
+    with psycopg.connect(pg_server.dsn(db, role), autocommit=True) as c:
+        c.execute(SETUP.encode())
+    r = subprocess.run(
+        [sys.executable, "-m", "softguard", "init", "--dsn", pg_server.superuser_dsn(db)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        yield db, role
+    finally:
+        pg_server.drop_database(db)
+        with psycopg.connect(pg_server.superuser_dsn(), autocommit=True) as c:
+            c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture(scope="module")
+def mode_proxy(proxy_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    config = tmp_path_factory.mktemp("modes") / "policy.toml"
+    config.write_text(POLICY)
+    proxy = proxy_factory("--config", str(config), fresh=True)
+    if proxy.is_direct:
+        pytest.skip("about the proxy itself (SOFTGUARD_TEST_VIA=direct)")
+    return proxy
+
+
+def _connect(proxy: Any, mode_db: tuple[str, str], app: str) -> psycopg.Connection[Any]:
+    db, role = mode_db
+    return psycopg.connect(
+        proxy.dsn(db, role, None, application_name=app), autocommit=True, connect_timeout=15
+    )
+
+
+def _count(pg_server: TestServer, db: str) -> int:
+    with psycopg.connect(pg_server.superuser_dsn(db)) as c:
+        row = c.execute("SELECT count(*) FROM items").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _refused(c: psycopg.Connection[Any], text: str, sqlstate: str) -> psycopg.Error:
+    with pytest.raises(psycopg.Error) as info:
+        c.execute(text.encode())
+    assert info.value.sqlstate == sqlstate, (text, info.value)
+    return info.value
+
+
+def test_read_only_reads(mode_proxy: Any, mode_db: tuple[str, str]) -> None:
+    with _connect(mode_proxy, mode_db, "ro-report") as c:
+        assert c.execute("SELECT count(*) FROM items").fetchone() == (5,)
+        assert c.execute("SELECT count_items()").fetchone() == (5,)
+        c.execute("EXPLAIN DELETE FROM items")
+        assert c.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        c.execute("SET search_path = public")
+        with c.transaction():
+            assert c.execute("SELECT name FROM items WHERE id = 1").fetchone() == ("item 1",)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "INSERT INTO items VALUES (100, 'x')",
+        "UPDATE items SET name = 'x'",
+        "DELETE FROM items",
+        "WITH d AS (DELETE FROM items RETURNING *) SELECT count(*) FROM d",
+        "SELECT * FROM items FOR UPDATE",
+        "CREATE TABLE t2 (x int)",
+        "TRUNCATE items",
+        "COPY items FROM STDIN",
+        "EXPLAIN ANALYZE DELETE FROM items",
+        "DO $$ BEGIN INSERT INTO items VALUES (101, 'x'); END $$",
+        "SELECT 1; INSERT INTO items VALUES (102, 'x')",
+    ],
+)
+def test_read_only_refuses_writes(
+    mode_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer, text: str
+) -> None:
+    with _connect(mode_proxy, mode_db, "ro-report") as c:
+        err = _refused(c, text, "25006")
+        assert "read-only mode (rule 'reporting agents')" in str(err)
+        assert err.diag.message_hint and "SELECT" in err.diag.message_hint
+    assert _count(pg_server, mode_db[0]) == 5
+
+
+ESCAPES = [
+    "SET default_transaction_read_only = off",
+    "SET default_transaction_read_only TO DEFAULT",
+    'SET "default_transaction_read_only" = false',
+    "SET SESSION default_transaction_read_only = 0",
+    "RESET default_transaction_read_only",
+    "RESET ALL",
+    "DISCARD ALL",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    "BEGIN READ WRITE",
+    "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE",
+    "SELECT set_config('default_transaction_read_only', 'off', false)",
+    "SELECT set_config(chr(100) || 'efault_transaction_read_only', 'off', false)",
+    "SELECT set_config(name, 'off', false) FROM pg_settings WHERE name LIKE 'default_tr%only'",
+    "SELECT count(*) FROM items WHERE set_config('transaction_read_only', 'off', true) = 'off'",
+    "SELECT read_only_off()",
+]
+
+
+@pytest.mark.parametrize("text", ESCAPES)
+def test_read_only_cannot_be_switched_off(
+    mode_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer, text: str
+) -> None:
+    """Every spelling is refused by the proxy, except read_only_off(): a function already
+    in the database, whose set_config the proxy cannot see. The server reports the change
+    (ParameterStatus) and softguard closes the session. Either way no write follows."""
+    with _connect(mode_proxy, mode_db, "ro-agent") as c:
+        try:
+            c.execute(text.encode())
+        except psycopg.Error as exc:
+            assert exc.sqlstate == "25006", exc
+        with pytest.raises(psycopg.Error) as info:
+            c.execute("SELECT add_item(200)")
+        if text == "SELECT read_only_off()":
+            assert isinstance(info.value, psycopg.OperationalError)
+            assert "read-only session switched read-only off" in mode_proxy.tail(50) or (
+                "closed" in str(info.value)
+            )
+        else:
+            assert info.value.sqlstate == "25006"
+    assert _count(pg_server, mode_db[0]) == 5
+
+
+def test_read_only_through_prepared_statements_and_asyncpg(
+    mode_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer
+) -> None:
+    db, role = mode_db
+    with _connect(mode_proxy, mode_db, "ro-agent") as c:
+        with pytest.raises(psycopg.Error) as info:
+            c.execute("INSERT INTO items VALUES (%s, %s)", [300, "x"], prepare=True)
+        assert info.value.sqlstate == "25006"
+
+    async def attempt() -> str:
+        conn = await asyncpg.connect(
+            mode_proxy.dsn(db, role, None), server_settings={"application_name": "ro-a"}
+        )
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM items") == 5
+            try:
+                await conn.execute("INSERT INTO items VALUES (301, 'x')")
+            except asyncpg.PostgresError as exc:
+                return str(exc.sqlstate)
+            return "no error"
+        finally:
+            await conn.close()
+
+    assert run_async(attempt()) == "25006"
+
+    async def with_parameters() -> None:
+        # asyncpg declares no parameter types and asks the server for them: the refusal
+        # has none, so asyncpg itself refuses to send the arguments. Not run either way.
+        conn = await asyncpg.connect(
+            mode_proxy.dsn(db, role, None), server_settings={"application_name": "ro-a"}
+        )
+        try:
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+                await conn.execute("INSERT INTO items VALUES ($1, 'x')", 302)
+        finally:
+            await conn.close()
+
+    run_async(with_parameters())
+    assert _count(pg_server, db) == 5
+
+
+def test_data_mode_changes_data_reversibly(
+    mode_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer
+) -> None:
+    db, _ = mode_db
+    with _connect(mode_proxy, mode_db, "data-agent") as c:
+        c.execute("INSERT INTO items VALUES (400, 'new')")
+        c.execute("UPDATE items SET name = 'renamed' WHERE id = 400")
+        c.execute("DELETE FROM items WHERE id = 400")
+    with psycopg.connect(pg_server.superuser_dsn(db)) as c:
+        row = c.execute(
+            "SELECT count(*) FROM softguard.operations WHERE statement LIKE 'DELETE FROM items%'"
+        ).fetchone()
+    assert row is not None and row[0] >= 1
+
+
+@pytest.mark.parametrize(
+    ("text", "by"),
+    [
+        ("CREATE TABLE t3 (x int)", "proxy"),
+        ("ALTER TABLE items ADD COLUMN extra int", "proxy"),
+        ("CREATE INDEX ON items (name)", "proxy"),
+        ("GRANT SELECT ON items TO PUBLIC", "proxy"),
+        ("SELECT make_table()", "database"),
+        ("DO $$ BEGIN EXECUTE 'CREATE TABLE t4 (x int)'; END $$", "database"),
+        ("DO $$ BEGIN EXECUTE 'ALTER TABLE items ADD COLUMN y int'; END $$", "database"),
+    ],
+)
+def test_data_mode_refuses_schema_changes(
+    mode_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer, text: str, by: str
+) -> None:
+    db, _ = mode_db
+    with _connect(mode_proxy, mode_db, "data-agent") as c:
+        err = _refused(c, text, "42501")
+    assert "may change data, not the schema" in str(err)
+    assert err.diag.message_hint and "INSERT" in err.diag.message_hint
+    if by == "proxy":
+        assert "data mode (rule 2 (application_name=data-*))" in str(err)
+    with psycopg.connect(pg_server.superuser_dsn(db)) as c:
+        tables = c.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone()
+        columns = c.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'items'"
+        ).fetchone()
+    assert tables == (1,) and columns == (2,)
+
+
+def test_full_mode_is_unchanged(
+    mode_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer
+) -> None:
+    with _connect(mode_proxy, mode_db, "migrations") as c:
+        c.execute("CREATE TABLE full_mode_table (x int)")
+        c.execute("DROP TABLE full_mode_table")  # reversible, as ever
+
+
+def test_agent_preset() -> None:
+    config = PolicyConfig.model_validate({"preset": "agent"})
+    assert config.mode == "data"
+    assert (config.update, config.opaque, config.unparseable) == ("protect", "deny", "deny")
+    overridden = PolicyConfig.model_validate({"preset": "agent", "mode": "read-only"})
+    assert overridden.mode == "read-only" and overridden.delete == "protect"
+    with pytest.raises(ValueError):
+        PolicyConfig.model_validate({"preset": "robot"})
+    with pytest.raises(ValueError):
+        PolicyConfig.model_validate({"mode": "sandbox"})
