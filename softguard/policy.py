@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from softguard.sql import Classification, Kind, Statement, classify
 from softguard.sql.effects import StatementEffect
+from softguard.sql.rules import NO_WHERE
 
 log = logging.getLogger("softguard.policy")
 
@@ -47,6 +48,7 @@ AGENT_PRESET: dict[str, object] = {
     "remote": "deny",
     "opaque": "deny",
     "unparseable": "deny",
+    "require_where": True,
 }
 
 # DROP kinds softguard makes reversible (docs/decisions/0005-reversible-drop.md).
@@ -168,6 +170,7 @@ class Rule(_Verdicts):
     application_name: str = "*"
     database: str = "*"
     mode: Mode | None = None
+    require_where: bool | None = None
     drop: Verdict | None = None
     drop_other: Verdict | None = None
     truncate: Verdict | None = None
@@ -213,6 +216,8 @@ class PolicyConfig(_Verdicts):
 
     preset: Literal["agent"] | None = None
     mode: Mode = "full"
+    # DELETE and UPDATE without a WHERE clause refused (a blast-radius limit, issue 15).
+    require_where: bool = False
     drop: Verdict = "protect"
     drop_other: Verdict = "allow"
     truncate: Verdict = "protect"
@@ -260,6 +265,7 @@ class Decision:
     category: str
     statement: Statement | None
     reason: str = ""
+    hint: str = ""  # for the refused: what the session may do instead
 
 
 TAMPER_MESSAGE = (
@@ -288,8 +294,7 @@ class Policy:
         for index, rule in enumerate(self.config.rules):
             if rule.mode is not None and rule.matches(session):
                 return rule.mode, rule.label(index)
-        preset = " (preset agent)" if self.config.preset else ""
-        return self.config.mode, f"the default policy{preset}"
+        return self.config.mode, self.source("mode", session)
 
     def captured_events(self, session: SessionInfo) -> list[str]:
         """Which row changes the database should capture for this session."""
@@ -316,6 +321,22 @@ class Policy:
         if mode == "read-only":
             kept.append("read_only")
         return kept
+
+    def source(self, key: str, session: SessionInfo) -> str:
+        """What decided *key* (a category or setting) for *session*: a rule's label, or
+        the defaults."""
+        for index, rule in enumerate(self.config.rules):
+            if getattr(rule, key) is not None and rule.matches(session):
+                return rule.label(index)
+        return "the default policy" + (", preset agent" if self.config.preset else "")
+
+    def setting(self, key: str, session: SessionInfo) -> object:
+        """A per-rule setting (first matching rule that sets it, else the default)."""
+        for rule in self.config.rules:
+            value = getattr(rule, key)
+            if value is not None and rule.matches(session):
+                return value
+        return getattr(self.config, key)
 
     def verdict(self, category: str, session: SessionInfo) -> Verdict:
         for rule in self.config.rules:
@@ -397,8 +418,17 @@ class Policy:
                     session.application_name or "-",
                     session.client_addr,
                 )
-            reason = _reason(category, stmt_for_reason) if verdict == "deny" else ""
-            decisions.append(Decision(Action(verdict), category, stmt, reason))
+            reason = hint = ""
+            if verdict == "deny":
+                reason, hint = _reason(category, stmt_for_reason, self.source(category, session))
+            elif _unbounded(category, stmt) and self.setting("require_where", session):
+                verdict = "deny"
+                reason = (
+                    f"softguard: {stmt.summary()} without a WHERE clause is refused "
+                    f"(require_where, {self.source('require_where', session)})"
+                )
+                hint = _UNBOUNDED_HINT
+            decisions.append(Decision(Action(verdict), category, stmt, reason, hint))
         return decisions
 
 
@@ -490,11 +520,38 @@ def decide_mode(
     return None
 
 
-def _reason(category: str, stmt: Statement) -> str:
+_UNBOUNDED_HINT = (
+    "Add a WHERE clause naming the rows to change. To empty a table, TRUNCATE it "
+    "(reversible with softguard)."
+)
+# What a refused category's HINT tells the client to do instead (issue 15 item 4).
+_CATEGORY_HINTS = {
+    "drop": "This session may not drop objects; ask an operator.",
+    "drop_other": "This session may not drop objects; ask an operator.",
+    "truncate": "This session may not TRUNCATE; DELETE with a WHERE clause may be allowed.",
+    "delete": "This session may not delete rows; ask an operator.",
+    "update": "This session may not update rows; ask an operator.",
+    "alter": "This session may not change tables' columns; ask an operator.",
+    "dangerous": "This cannot be undone, so softguard refuses it; ask an operator to run it "
+    "directly if it is needed.",
+    "remote": "softguard cannot keep what another server loses; ask an operator to set up "
+    "or run remote work directly.",
+    "opaque": "Send the statements themselves instead of a DO block, CALL or EXECUTE, so "
+    "softguard can see them and make them reversible.",
+}
+
+
+def _unbounded(category: str, stmt: Statement) -> bool:
+    return category in ("delete", "update") and NO_WHERE in stmt.detail
+
+
+def _reason(category: str, stmt: Statement, source: str) -> tuple[str, str]:
     what = stmt.summary()
+    hint = _CATEGORY_HINTS.get(category, "")
     if category == "opaque":
         return (
-            f"softguard: {what} is refused by policy: softguard cannot see what it would do"
-            f"{' (' + stmt.detail + ')' if stmt.detail else ''}"
+            f"softguard: {what} is refused by policy ({source}): softguard cannot see what "
+            f"it would do{' (' + stmt.detail + ')' if stmt.detail else ''}",
+            hint,
         )
-    return f"softguard: {what} is refused by policy ({category})"
+    return f"softguard: {what} is refused by policy ({category}, {source})", hint

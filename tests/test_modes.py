@@ -264,9 +264,7 @@ def test_data_mode_refuses_schema_changes(
     if by == "proxy":
         assert "data mode (rule 2 (application_name=data-*))" in str(err)
     with psycopg.connect(pg_server.superuser_dsn(db)) as c:
-        tables = c.execute(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-        ).fetchone()
+        tables = c.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
         columns = c.execute(
             "SELECT count(*) FROM information_schema.columns WHERE table_name = 'items'"
         ).fetchone()
@@ -291,3 +289,40 @@ def test_agent_preset() -> None:
         PolicyConfig.model_validate({"preset": "robot"})
     with pytest.raises(ValueError):
         PolicyConfig.model_validate({"mode": "sandbox"})
+
+
+@pytest.fixture(scope="module")
+def agent_proxy(proxy_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    config = tmp_path_factory.mktemp("agent") / "agent.toml"
+    config.write_text('[policy]\npreset = "agent"\n')
+    proxy = proxy_factory("--config", str(config), fresh=True)
+    if proxy.is_direct:
+        pytest.skip("about the proxy itself (SOFTGUARD_TEST_VIA=direct)")
+    return proxy
+
+
+def test_agent_preset_through_the_proxy(
+    agent_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer
+) -> None:
+    db, role = mode_db
+    with psycopg.connect(agent_proxy.dsn(db, role, None), autocommit=True) as c:
+        for text in ("DELETE FROM items", "UPDATE items SET name = 'x'"):
+            err = _refused(c, text, "42501")
+            assert "without a WHERE clause is refused (require_where" in str(err)
+            assert err.diag.message_hint and "WHERE clause" in err.diag.message_hint
+        err = _refused(c, "DO $$ BEGIN DELETE FROM items; END $$", "42501")
+        assert err.diag.message_hint and "instead of a DO block" in err.diag.message_hint
+        _refused(c, "CREATE TABLE t5 (x int)", "42501")
+        c.execute("UPDATE items SET name = 'changed' WHERE id = 2")  # protected: captured
+        c.execute("DELETE FROM items WHERE id = 2")
+    with psycopg.connect(pg_server.superuser_dsn(db)) as c:
+        kinds = [
+            r[0]
+            for r in c.execute(
+                "SELECT statement FROM softguard.operations ORDER BY id DESC LIMIT 2"
+            ).fetchall()
+        ]
+    assert kinds == [
+        "DELETE FROM items WHERE id = 2",
+        "UPDATE items SET name = 'changed' WHERE id = 2",
+    ]

@@ -302,7 +302,7 @@ def plan_message(
         if decision.action is Action.ALLOW:
             continue
         if decision.action is Action.DENY:
-            refused = refusal("42501", decision.reason)
+            refused = refusal("42501", decision.reason, decision.hint or None)
             if stmt is None:
                 rebuilt = _rebuild(msg, text, [], refused)
                 return Planned(

@@ -53,13 +53,17 @@ def _truncate(body: Node) -> list[Statement]:
     return [Statement(_D, "TRUNCATE", targets, _cascade(body), detail=", ".join(notes))]
 
 
+# In a DELETE's or UPDATE's detail: it has no WHERE clause (policy's require_where).
+NO_WHERE = "no WHERE clause: every row"
+
+
 def _dml(action: str) -> Rule:
     def rule(body: Node) -> list[Statement]:
         rel = body["relation"]
         notes = [] if rel.get("inh", False) else ["ONLY"]
         where = body.get("whereClause")
         if where is None:
-            notes.append("no WHERE clause: every row")
+            notes.append(NO_WHERE)
         elif "CurrentOfExpr" in where:
             notes.append(f"WHERE CURRENT OF {where['CurrentOfExpr'].get('cursor_name')}")
         return [Statement(_D, action, (rangevar(rel),), detail=", ".join(notes))]
