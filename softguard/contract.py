@@ -76,9 +76,11 @@ def register_session_query(events: str, retention_seconds: int, client_addr: str
     role whose default is read-only is registered too)."""
     if not _PLAIN.fullmatch(events) or not _PLAIN.fullmatch(client_addr):
         raise ValueError("registration values must be plain (letters, digits, . : , % -)")
+    # inet_client_port(): where the server sees this connection come from, for the proxy
+    # to tell whether something (a pooler) sits between it and the server.
     return (
         f"BEGIN READ WRITE; SELECT {REGISTER_SESSION_FUNCTION}('{events}', "
-        f"{int(retention_seconds)}, '{client_addr}'); COMMIT"
+        f"{int(retention_seconds)}, '{client_addr}'), pg_catalog.inet_client_port(); COMMIT"
     ).encode()
 
 

@@ -45,6 +45,21 @@ def serve(
         ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML configuration file")] = None,
+    upstream_pooler: Annotated[
+        str | None,
+        typer.Option(
+            help="'session' when a session-mode pooler or TCP proxy sits between softguard "
+            "and the server [default: none]"
+        ),
+    ] = None,
+    users_file: Annotated[
+        Path | None,
+        typer.Option(help="clients log in to softguard with these verifiers (softguard user)"),
+    ] = None,
+    upstream_passfile: Annotated[
+        Path | None,
+        typer.Option(help="passwords softguard logs in to the server with (libpq passfile)"),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="worker processes sharing the port [default: 1]")
     ] = None,
@@ -96,6 +111,9 @@ def serve(
             config,
             listen=listen,
             upstream=upstream,
+            upstream_pooler=upstream_pooler,
+            users_file=users_file,
+            upstream_passfile=upstream_passfile,
             workers=workers,
             tls_cert=tls_cert,
             tls_key=tls_key,

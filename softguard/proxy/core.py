@@ -80,7 +80,7 @@ from softguard.wire.results import ResultFilter, without_context
 log = logging.getLogger("softguard.session")
 
 _Q, _P, _S, _F = b"QPSF"
-_Z, _E, _R, _K = b"ZERK"
+_Z, _E, _R, _K, _D = b"ZERKD"
 # Client messages the proxy reads: statement texts, and what produces a ReadyForQuery.
 _CLIENT_WANT = frozenset((_Q, _P, _S, _F))
 # While the client logs in to softguard: its password messages, or Terminate.
@@ -154,6 +154,9 @@ class CoreConfig:
     # Set: clients log in to softguard and softguard to the server (decision 0018);
     # None: authentication is relayed between them.
     credentials: Credentials | None = None
+    # Whether a session-mode pooler (or a TCP proxy) between softguard and the server is
+    # declared; undeclared, a session whose server sees another client port is refused.
+    upstream_pooler: bool = False
 
 
 Sink = Callable[[bytes], None]
@@ -207,6 +210,10 @@ class SessionCore:
         # something switched its read-only default off.
         self._read_only = False
         self._read_only_lost = False
+        # softguard's port of the upstream connection, and the port the server reported
+        # seeing at registration ("" when it said NULL: a Unix socket).
+        self._local_port: int | None = None
+        self._server_saw_port: str | None = None
         self._tls_done = False
         self._cframer = self._client_framer()
         self._sframer = Framer(want=None, error_class=ServerProtocolError)
@@ -346,9 +353,13 @@ class SessionCore:
         self._tls_done = True
         self.state = State.STARTUP
 
-    def upstream_connected(self, server_cert_binding: bytes | None = None) -> None:
+    def upstream_connected(
+        self, server_cert_binding: bytes | None = None, local_port: int | None = None
+    ) -> None:
         """The upstream connection is open; *server_cert_binding* is the
-        ``tls-server-end-point`` hash of its certificate when it is TLS."""
+        ``tls-server-end-point`` hash of its certificate when it is TLS, *local_port*
+        softguard's end of it (None over a Unix socket)."""
+        self._local_port = local_port
         login = self._client_login
         if login is not None:
             credentials = self.config.credentials
@@ -810,7 +821,11 @@ class SessionCore:
             elif mtype == _PARAMETER_STATUS:
                 self.to_client(msg.raw)
                 self._parameter_status(msg.body)
+            elif mtype == _D:
+                self._server_saw_port = _last_column(msg.body)
             elif mtype == _Z:
+                if not self._registration_error:
+                    self._registration_error = self._pooler_between()
                 if self._registration_error:
                     # Fail closed: an unregistered session could switch its capture off.
                     log.error(
@@ -828,6 +843,23 @@ class SessionCore:
                     return
                 self._session_ready()
                 return
+
+    def _pooler_between(self) -> str:
+        """Why the session cannot be protected when something sits between softguard and
+        the server (the server saw another client port than softguard's), else ""."""
+        saw = self._server_saw_port
+        if saw is None or self.config.upstream_pooler:
+            return ""
+        mine = "" if self._local_port is None else str(self._local_port)
+        if saw == mine:
+            return ""
+        return (
+            f"the server sees this connection from port {saw or 'a Unix socket'}, not "
+            f"softguard's {mine or 'Unix socket'}: a pooler or proxy sits between them. "
+            "softguard keeps protection only when each client session keeps one server "
+            "session: with a session-mode pooler (or a TCP proxy), set upstream_pooler = "
+            '"session"; transaction pooling is not supported'
+        )
 
     def _session_ready(self) -> None:
         """Hand the session to the client: the server's first ReadyForQuery, then what the
@@ -1077,3 +1109,22 @@ def _is_fatal(body: bytes) -> bool:
         return False
     severity = fields.get("V") or fields.get("S", "")
     return severity in ("FATAL", "PANIC")
+
+
+def _last_column(body: bytes) -> str | None:
+    """The last column of a DataRow as text ("" for NULL), None when malformed."""
+    if len(body) < 2:
+        return None
+    count = int.from_bytes(body[:2], "big")
+    pos, value = 2, None
+    for _ in range(count):
+        if pos + 4 > len(body):
+            return None
+        length = int.from_bytes(body[pos : pos + 4], "big", signed=True)
+        pos += 4
+        if length < 0:
+            value = ""
+            continue
+        value = body[pos : pos + length].decode("ascii", "replace")
+        pos += length
+    return value

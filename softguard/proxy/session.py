@@ -113,6 +113,7 @@ class ClientSession(asyncio.Protocol):
                 max_client_conn=settings.max_client_conn,
                 tls=server.client_ssl is not None,
                 credentials=server.credentials,
+                upstream_pooler=settings.upstream_pooler == "session",
             ),
             server.inputs,
             server.metrics,
@@ -320,7 +321,9 @@ class ClientSession(asyncio.Protocol):
             return
         self.up_transport = cast(asyncio.Transport, transport)
         self.core.to_server = self.up_transport.write
-        self.core.upstream_connected(_certificate_binding(self.up_transport))
+        sockname = self.up_transport.get_extra_info("sockname")
+        local_port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
+        self.core.upstream_connected(_certificate_binding(self.up_transport), local_port)
         self._run()
 
     async def _classify_off_loop(self, text: bytes, client_encoding: str) -> None:

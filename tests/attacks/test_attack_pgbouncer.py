@@ -34,6 +34,10 @@ arena_template = template_fixture()
 CAPTURE_OFF = f"SELECT set_config({chr_built('softguard.capture')}, 'off', false)"
 POOL_WAIT_STEPS = 200  # x 0.05 s: PgBouncer resets a released server connection quickly
 
+# softguard refuses sessions through an undeclared pooler (it sees the server report
+# another client port); these tests declare PgBouncer in session mode.
+POOLER = ("--upstream-pooler", "session")
+
 
 def _bouncer(
     template: Template, pool_mode: str, config: pytest.Config, **kwargs: Any
@@ -71,7 +75,7 @@ def strict_bouncer(arena_template: Template, pytestconfig: pytest.Config) -> Ite
 def arena(
     arena_template: Template, proxy_factory: ProxyFactory, bouncer: PgBouncer
 ) -> Iterator[Arena]:
-    yield from arena_template.clone(proxy_factory(upstream=bouncer.upstream))
+    yield from arena_template.clone(proxy_factory(*POOLER, upstream=bouncer.upstream))
 
 
 @pytest.fixture
@@ -79,14 +83,15 @@ def allow_proxy(proxy_factory: ProxyFactory, bouncer: PgBouncer, tmp_path: Path)
     """A second softguard sharing the PgBouncer, whose policy lets DELETE through."""
     config = tmp_path / "allow.toml"
     config.write_text('[policy]\ndelete = "allow"\n')
-    return proxy_factory("--config", str(config), upstream=bouncer.upstream, fresh=True)
+    return proxy_factory("--config", str(config), *POOLER, upstream=bouncer.upstream, fresh=True)
 
 
 @pytest.fixture
 def tx_arena(
     arena_template: Template, proxy_factory: ProxyFactory, tx_bouncer: PgBouncer
 ) -> Iterator[Arena]:
-    yield from arena_template.clone(proxy_factory(upstream=tx_bouncer.upstream))
+    # Declared "session" although it is not: what an operator's wrong claim costs.
+    yield from arena_template.clone(proxy_factory(*POOLER, upstream=tx_bouncer.upstream))
 
 
 def _pid(c: psycopg.Connection[Any]) -> int:
@@ -178,7 +183,7 @@ def test_ledger_check_passes_pgbouncer_without_ignoring_options(
     """softguard's own ledger connection sets lock_timeout after connecting, not through
     the startup `options` PgBouncer refuses unless told to ignore it: behind a PgBouncer
     that does not ignore `options`, protected statements are still made reversible."""
-    proxy = proxy_factory(upstream=strict_bouncer.upstream)
+    proxy = proxy_factory(*POOLER, upstream=strict_bouncer.upstream)
     for arena in arena_template.clone(proxy):
         for stmt in ("DELETE FROM parent WHERE id = 1", "DROP TABLE big"):
             out, ops = arena.attempt([stmt])
@@ -282,3 +287,27 @@ def test_transaction_pooling_drop_is_still_reversible(tx_arena: Arena) -> None:
     out, ops = tx_arena.attempt(["DROP TABLE big"])
     assert out.error is None, out.describe()
     assert ops, "nothing recorded"
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_undeclared_pooler_is_refused_clearly(
+    arena_template: Template,
+    proxy_factory: ProxyFactory,
+    bouncer: PgBouncer,
+    tx_bouncer: PgBouncer,
+    mode: str,
+) -> None:
+    """Without upstream_pooler = "session", a session whose server sees another client
+    port than softguard's is refused before the client can send anything: transaction
+    pooling would silently lose protection, and softguard cannot tell the modes apart."""
+    upstream = (bouncer if mode == "session" else tx_bouncer).upstream
+    proxy = proxy_factory(upstream=upstream, fresh=True)
+    try:
+        for arena in arena_template.clone(proxy):
+            with pytest.raises(psycopg.OperationalError) as info:
+                arena.connect().close()
+            text = str(info.value)
+            assert "a pooler or proxy sits between them" in text, text
+            assert 'upstream_pooler = "session"' in text, text
+    finally:
+        proxy.stop()

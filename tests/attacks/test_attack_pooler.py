@@ -107,7 +107,12 @@ def arena(
     arena_template: Template, proxy_factory: ProxyFactory, pg_server: TestServer
 ) -> Iterator[Arena]:
     pooler = ForgetfulPooler(pg_server.host, pg_server.port)
-    p = proxy_factory(upstream=f"postgresql://127.0.0.1:{pooler.port}?sslmode=disable", fresh=True)
+    p = proxy_factory(
+        "--upstream-pooler",
+        "session",
+        upstream=f"postgresql://127.0.0.1:{pooler.port}?sslmode=disable",
+        fresh=True,
+    )
     try:
         yield from arena_template.clone(p)
     finally:
