@@ -10,6 +10,7 @@ can all use it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -173,3 +174,36 @@ class UndoStep:
     def line(self) -> str:
         """What `softguard undo` prints for it."""
         return f"operation {self.op}: {self.detail}"
+
+
+# -- approvals (migrations/install/86_approvals.sql, docs/decisions/0020-approval.md) ------
+
+APPROVAL_GATE_FUNCTION = "softguard._approval_gate"
+REQUEST_APPROVAL_FUNCTION = "softguard.request_approval"
+
+
+def approval_sha(role: str, database: str, text: bytes) -> str:
+    """softguard._approval_sha: what an approval is bound to (the text as UTF-8 bytes)."""
+    data = role.encode() + b"\x01" + database.encode() + b"\x01" + text
+    return hashlib.sha256(data).hexdigest()
+
+
+def approval_id(role: str, database: str, text: bytes) -> str:
+    return approval_sha(role, database, text)[:16]
+
+
+def approval_gate_call(approval: str, sqlstate: str, message: str, hint: str) -> str:
+    """The call that runs before an approvable statement: returns if a person approved it
+    (once), else raises the refusal."""
+    args = ", ".join(_literal(v) for v in (approval, sqlstate, message, hint))
+    return f"{APPROVAL_GATE_FUNCTION}({args})"
+
+
+# Raised (as a NOTICE) by the approval gate once it let the statement through: the proxy
+# drops it and the gate's own CommandComplete, so the client sees its statement's only.
+HIDE_CODE = "SGHID"
+
+
+def _literal(value: str) -> str:
+    # E'': the same meaning whatever standard_conforming_strings says.
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"

@@ -116,6 +116,7 @@ CATEGORIES = (
     "unparseable",
 )
 _PROTECTABLE = frozenset({"drop", "truncate", "delete", "update", "alter"})
+PROTECTABLE = _PROTECTABLE  # categories softguard can make reversible
 # Captured in the database by triggers (decision 0006): passed as sent, even when nested
 # (a DELETE inside WITH, EXPLAIN ANALYZE, PREPARE) since the triggers see it run.
 CAPTURED = frozenset({"delete", "update"})

@@ -35,7 +35,10 @@ def test_dangerous_is_refused_and_rules_apply(tmp_path: Path) -> None:
     cfg.write_text('[[policy.rules]]\nrole = "agent*"\ndrop = "deny"\n')
     out = explain("drop table t", "--config", str(cfg), "--role", "agent7")
     assert "policy: deny (drop) DROP TABLE t" in out
-    assert "RAISE EXCEPTION USING ERRCODE = '42501'" in out
+    # Behind the approval gate (decision 0020): refused unless a person approved it, and
+    # then run reversibly.
+    assert "softguard._approval_gate(E'" in out and "E'42501'" in out
+    assert "CALL softguard.drop_op(" in out
     assert "policy: protect (drop)" in explain("drop table t", "--config", str(cfg))
 
 

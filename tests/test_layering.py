@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "softguard"
 LAYERS: list[set[str]] = [
     {"contract"},  # the names the proxy and the database share
     {"wire", "sql"},  # pure: the codec, the SQL seam
-    {"policy", "soft_delete_config", "embedded"},
+    {"policy", "soft_delete_config", "embedded", "auth"},
     {"config"},
     {"proxy", "ledger"},
     {"demo"},

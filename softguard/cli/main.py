@@ -360,7 +360,7 @@ def _soft_delete_entries(settings: Settings, result: Any, database: str) -> list
 
 
 def _register_commands() -> None:
-    from softguard.cli import purge_cmd
+    from softguard.cli import approval_cmds, purge_cmd
     from softguard.cli.demo_cmd import demo
     from softguard.cli.init_cmd import init
     from softguard.cli.ops_cmds import register as register_ops
@@ -371,6 +371,7 @@ def _register_commands() -> None:
     register_ops(app)
     purge_cmd.register(app)
     register_user(app)
+    approval_cmds.register(app)
 
 
 _register_commands()

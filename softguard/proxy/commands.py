@@ -121,6 +121,18 @@ class Forget:
     database: str
 
 
+@dataclass(frozen=True, slots=True)
+class RequestApproval:
+    """Ask the database's ledger for a person's approval of a refused statement
+    (decision 0020): fire and forget, the client asks again."""
+
+    database: str
+    role: str
+    statement: str
+    reason: str
+    client_addr: str
+
+
 Control = (
     StartTLS
     | Connect
@@ -134,4 +146,5 @@ Control = (
     | Observe
     | OperationNotice
     | Forget
+    | RequestApproval
 )

@@ -47,6 +47,7 @@ from softguard.proxy.commands import (
     Observe,
     OperationNotice,
     Refused,
+    RequestApproval,
     SetTimer,
     StartTLS,
     Timer,
@@ -990,6 +991,17 @@ class SessionCore:
             self.counter.safe_statements += 1
         elif kind:
             self.counter.count_statement(kind, planned.action)
+        if planned.approval is not None:
+            statement, reason = planned.approval
+            self.controls.append(
+                RequestApproval(
+                    self.info.database,
+                    self.info.user,
+                    statement,
+                    reason,
+                    self.peer.rpartition(":")[0] or self.peer,
+                )
+            )
         if planned.reread_soft_delete:
             self.controls.append(Forget(Cache.SOFT_DELETE_TABLES, self.info.database))
         if planned.protected:

@@ -22,8 +22,10 @@ from typing import Literal
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from softguard.contract import REQUEST_APPROVAL_FUNCTION
 from softguard.ledger.db import GATE_APPLICATION_NAME, LedgerError, connect, error_line
 from softguard.ledger.soft_delete_tables import check, resolve
+from softguard.proxy.commands import RequestApproval
 from softguard.proxy.upstream import UpstreamTarget
 from softguard.soft_delete_config import SoftDeleteRule
 from softguard.sql.soft_delete import SoftDeleteTables
@@ -157,6 +159,32 @@ class LedgerGate:
             asyncio.get_running_loop().call_later(10, self._states.pop, database, None)
         self._states[database] = state
         return state
+
+    async def request_approval(self, request: RequestApproval) -> None:
+        """Record a refused statement for a person to approve (decision 0020). Failures
+        are logged: the client's error already says what was refused."""
+
+        def record() -> None:
+            with connect(self.conninfo(request.database, request.role)) as conn:
+                conn.execute(
+                    f"SELECT {REQUEST_APPROVAL_FUNCTION}(%s, %s, %s, %s, %s)",
+                    [
+                        request.role,
+                        request.database,
+                        request.statement,
+                        request.reason,
+                        request.client_addr,
+                    ],
+                )
+
+        try:
+            await asyncio.to_thread(record)
+        except (psycopg.Error, LedgerError) as exc:
+            log.warning(
+                "approval request for database %s not recorded: %s",
+                request.database,
+                error_line(exc),
+            )
 
     def conninfo(
         self, database: str, user: str, application_name: str = GATE_APPLICATION_NAME

@@ -250,6 +250,8 @@ class ClientSession(asyncio.Protocol):
                 server.ledger.forget(database)
             case cmd.Forget(cache=cmd.Cache.SOFT_DELETE_TABLES, database=database):
                 server.ledger.forget_soft_delete_tables(database)
+            case cmd.RequestApproval() as request:
+                server.spawn(server.ledger.request_approval(request))
             case cmd.Refused(reason=reason):
                 server.metrics.refused[reason].inc()
             case cmd.Observe(measure=cmd.Measure.UPSTREAM_CONNECT, seconds=seconds):

@@ -17,9 +17,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from softguard.contract import client_text_marker
+from softguard.contract import (
+    BEGIN_CODE,
+    HIDE_CODE,
+    approval_gate_call,
+    approval_id,
+    client_text_marker,
+)
 from softguard.policy import (
     CAPTURED,
+    PROTECTABLE,
     TAMPER_MESSAGE,
     Action,
     Decision,
@@ -30,12 +37,13 @@ from softguard.policy import (
 )
 from softguard.sql import Kind
 from softguard.sql.effects import effects
-from softguard.sql.encoding import decode
+from softguard.sql.encoding import canonical_encoding, decode
 from softguard.sql.rewrite import (
     Replacement,
     RewritePlan,
     apply,
     char_offset,
+    dollar_quote,
     drop_call,
     procedure_call,
     refusal,
@@ -152,6 +160,8 @@ class Planned:
     action: str = "allow"
     protected: tuple[tuple[str, str], ...] = ()
     reread_soft_delete: bool = False
+    # (the client's text, why it was refused): ask the ledger for a person's approval.
+    approval: tuple[str, str] | None = None
 
 
 # The answer for almost every message: counted as safe, forwarded as sent.
@@ -205,11 +215,20 @@ class SoftSession:
 def mode_refusal(mode: Mode, label: str, text: bytes, enc: str) -> tuple[str, str, str] | None:
     """The refusal of a text the session's mode does not allow (decision 0019), else None.
     Text that cannot be read or parsed is left to the classification (unparseable)."""
+    return _mode_check(mode, label, text, enc)[0]
+
+
+def _mode_check(
+    mode: Mode, label: str, text: bytes, enc: str
+) -> tuple[tuple[str, str, str] | None, int]:
+    """(mode_refusal's answer, how many statements the text holds)."""
     try:
         found = effects(decode(text, enc))
     except ValueError:
-        return None
-    return None if found is None else decide_mode(mode, label, found)
+        return None, 0
+    if found is None:
+        return None, 0
+    return decide_mode(mode, label, found), len(found)
 
 
 def plan_message(
@@ -221,6 +240,7 @@ def plan_message(
     soft: SoftSession | None = None,
     client_encoding: str = "UTF8",
     known: Classification | None = None,
+    approving: bool = False,
 ) -> Planned | NeedLedger:
     """Plan one Query/Parse message of ``info``'s session.
 
@@ -229,7 +249,9 @@ def plan_message(
     session's prepared soft deletes, updated as PREPARE/DEALLOCATE go by.
     ``client_encoding``: the session's, as the server last reported it: the text is read
     as the server will read it (decision 0011). ``known``: the text's exact classification,
-    already made (off the event loop, for large texts).
+    already made (off the event loop, for large texts). ``approving``: plan the text as it
+    runs once a person approved it (decision 0020): no mode refusal, denied categories
+    protected where they can be, else allowed.
     """
     text = parse_query_text(msg.type, msg.body)
     classifier: Classifies = inputs.classifier if known is None else _Known(known)
@@ -245,8 +267,8 @@ def plan_message(
         rebuilt = _rebuild(msg, text, [], refusal("42501", TAMPER_MESSAGE))
         return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
     mode, label = inputs.policy.mode(info)
-    if mode != "full":
-        by_mode = mode_refusal(mode, label, text, enc)
+    if mode != "full" and not approving:
+        by_mode, count = _mode_check(mode, label, text, enc)
         if by_mode is not None:
             if log_it:
                 log.info(
@@ -259,8 +281,10 @@ def plan_message(
                     info.application_name or "-",
                     info.client_addr,
                 )
-            rebuilt = _rebuild(msg, text, [], refusal(*by_mode))
             kind = classifier.classify_shape(text, enc).kind.value if log_it else ""
+            if mode != "read-only" and count == 1 and _approvable(inputs, info, msg, text, enc):
+                return _approval_plan(inputs, info, msg, text, enc, by_mode, kind, soft)
+            rebuilt = _rebuild(msg, text, [], refusal(*by_mode))
             return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
     retag: set[int] = set()
     if soft is not None and soft.prepared:
@@ -279,7 +303,9 @@ def plan_message(
         return Planned(rebuilt.raw, rebuilt.plan, rebuilt.retag, reread_soft_delete=reread)
     policy = inputs.policy
     source = "query" if msg.type == _Q else "parse"
-    decisions = policy.decide(classification, info, source=source, log_it=log_it)
+    decisions = policy.decide(classification, info, source=source, log_it=log_it and not approving)
+    if approving:
+        decisions = [_approved(d) for d in decisions]
     kind = classification.kind.value if log_it else ""
     action = _strictest(decisions)
     if any(d.action is not Action.ALLOW for d in decisions):
@@ -287,6 +313,8 @@ def plan_message(
         exact = classifier.classify_bytes(text, enc)
         if exact is not classification:
             decisions = policy.decide(exact, info, source=source, log_it=False)
+            if approving:
+                decisions = [_approved(d) for d in decisions]
             classification = exact
     if _offsets_unreliable(text, enc) and any(
         _cuts_text(d, bool(ledger.soft_delete_rules)) for d in decisions
@@ -302,6 +330,16 @@ def plan_message(
         if decision.action is Action.ALLOW:
             continue
         if decision.action is Action.DENY:
+            if (
+                not approving
+                and stmt is not None
+                and decision.category not in _NOT_APPROVABLE
+                and len(classification.statements) == 1
+                and mode != "read-only"
+                and _approvable(inputs, info, msg, text, enc)
+            ):
+                denied = ("42501", decision.reason, decision.hint)
+                return _approval_plan(inputs, info, msg, text, enc, denied, kind, soft)
             refused = refusal("42501", decision.reason, decision.hint or None)
             if stmt is None:
                 rebuilt = _rebuild(msg, text, [], refused)
@@ -477,6 +515,93 @@ class _Rebuilt:
     raw: bytes
     plan: RewritePlan | None
     retag: frozenset[int] = frozenset()
+
+
+# Refusals a person cannot lift through softguard: irreversible by nature, or work on
+# another server (run them directly if they must run).
+_NOT_APPROVABLE = frozenset(("dangerous", "remote"))
+
+
+def _approved(decision: Decision) -> Decision:
+    """A denied statement a person approved: protected where softguard can keep it, else
+    passed."""
+    if decision.action is not Action.DENY:
+        return decision
+    if decision.category in PROTECTABLE and decision.statement is not None:
+        return Decision(Action.PROTECT, decision.category, decision.statement)
+    return Decision(Action.ALLOW, decision.category, decision.statement)
+
+
+def _approvable(
+    inputs: PlanInputs, info: SessionInfo, msg: Message, text: bytes, enc: str
+) -> bool:
+    """Whether a refused text can be offered for approval: one statement in a simple
+    Query (the gate runs before it in the same transaction), read as UTF-8 (the ledger
+    binds the approval to its characters), on a database whose ledger is ready."""
+    return (
+        msg.type == _Q
+        and (text.isascii() or canonical_encoding(enc) == "UTF8")
+        and inputs.ledger.state(info.database) is True
+    )
+
+
+def _approval_plan(
+    inputs: PlanInputs,
+    info: SessionInfo,
+    msg: Message,
+    text: bytes,
+    enc: str,
+    refused: tuple[str, str, str],
+    kind: str,
+    soft: SoftSession | None,
+) -> Planned | NeedLedger:
+    """The refused text behind softguard's approval gate (decision 0020): the server runs
+    it once if a person approved exactly this text for this role, else raises the refusal
+    with the approval id to ask for."""
+    approval = approval_id(info.user, info.database, text)
+    inner = plan_message(
+        inputs, info, msg, log_it=False, soft=soft, client_encoding=enc, approving=True
+    )
+    if isinstance(inner, NeedLedger):
+        return inner
+    sqlstate, message_text, hint = refused
+    if inner.retag:  # a soft delete's tag positions would shift: refuse without approval
+        rebuilt = _rebuild(msg, text, [], refusal(sqlstate, message_text, hint or None))
+        return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
+    body = text if inner.raw is None else parse_query_text(_Q, inner.raw[5:])
+    ask = (
+        f"A person can approve it once: softguard approve {approval}; then send exactly "
+        "the same statement again within an hour."
+    )
+    call = approval_gate_call(
+        approval, sqlstate, f"{message_text} (approval id {approval})", f"{hint} {ask}".strip()
+    )
+    q = dollar_quote(call)
+    prefix = (
+        client_text_marker(text)
+        + f"DO {q}DECLARE m text := current_setting('client_min_messages'); BEGIN "
+        "PERFORM set_config('client_min_messages', 'notice', true); "
+        f"RAISE NOTICE USING ERRCODE = '{BEGIN_CODE}', MESSAGE = '0'; "
+        f"PERFORM {call}; "
+        f"RAISE NOTICE USING ERRCODE = '{HIDE_CODE}', MESSAGE = '0'; "
+        f"PERFORM set_config('client_min_messages', m, true); END{q};\n"
+    )
+    plan = (inner.plan or apply(text, [])).prefixed(prefix)
+    log.info(
+        "approval %s offered for refused statement; user=%s db=%s client=%s",
+        approval,
+        info.user,
+        info.database,
+        info.client_addr,
+    )
+    return Planned(
+        message(b"Q", prefix.encode() + body + b"\0"),
+        plan,
+        kind=kind,
+        action=Action.DENY.value,
+        # Not paired with operation notices: the gate may refuse, and then none comes.
+        approval=(text.decode("utf-8", "replace"), message_text),
+    )
 
 
 def _rebuild(

@@ -23,10 +23,11 @@ from softguard.sql.tree import load_json
 
 # A value names softguard's schemas when "softguard" is followed by the end, a schema
 # separator or quoting/list punctuation, or by "_quarantine" / "_q<digits>_"; it names its
-# triggers and event triggers (zz_softguard_capture_*, softguard_capture_*) by "_capture_".
+# triggers and event triggers (zz_softguard_capture_*, softguard_capture_*,
+# softguard_mode_guard) by "_capture_" and "_mode_".
 _TAG_MARKER = TAG_MARKER.strip("/*").encode()
 _NAMES_SOFTGUARD = re.compile(
-    r"softguard(?:_quarantine|_q\d+_|_capture_|\s*(?:[.,\"]|$))", re.IGNORECASE
+    r"softguard(?:_quarantine|_q\d+_|_capture_|_mode_|\s*(?:[.,\"]|$))", re.IGNORECASE
 )
 
 

@@ -24,7 +24,7 @@ import re
 from collections import deque
 from typing import Protocol
 
-from softguard.contract import BEGIN_CODE, END_CODE, TAG_CODE
+from softguard.contract import BEGIN_CODE, END_CODE, HIDE_CODE, TAG_CODE
 from softguard.wire.messages import error_response, message, parse_fields
 
 _N, _E, _C, _Z = b"NECZ"
@@ -45,6 +45,7 @@ LEDGER_MISSING = (
 class ResultFilter:
     __slots__ = (
         "_completes",
+        "_hide_next",
         "_inside",
         "_maps",
         "_offset",
@@ -65,6 +66,8 @@ class ResultFilter:
         self._tag: str | None = None
         self._completes = 0  # CommandCompletes since the last ReadyForQuery
         self._retag_next = False
+        # softguard's approval gate ran (HIDE_CODE): its CommandComplete is not the client's.
+        self._hide_next = False
 
     def expect_ready(self, plan: PositionMap | None, retag: frozenset[int] = frozenset()) -> None:
         """A Query (with its rewrite plan and statements to retag, if any), Sync or
@@ -74,6 +77,9 @@ class ResultFilter:
     def process(self, mtype: int, body: bytes) -> bytes | None:
         """None: forward the message as is; else the bytes to send instead (b"" drops)."""
         if mtype == _C:
+            if self._hide_next:
+                self._hide_next = False
+                return b""
             index = self._completes
             self._completes += 1
             tag = self._tag
@@ -92,6 +98,7 @@ class ResultFilter:
             self._tag = None
             self._completes = 0
             self._retag_next = False
+            self._hide_next = False
             return None
         if mtype == _N or mtype == _E:
             return self._notice_or_error(mtype, body)
@@ -114,6 +121,10 @@ class ResultFilter:
                 self._offset = int(fields.get("M", "0"))
             except ValueError:
                 self._offset = 0
+            return b""
+        if mtype == _N and code == HIDE_CODE:
+            self._inside = False
+            self._hide_next = True
             return b""
         if mtype == _N and code == TAG_CODE:
             self._retag_next = True

@@ -85,8 +85,17 @@ def test_allowed_statements_share_one_answer() -> None:
 def test_denied_statement_is_refused_with_42501() -> None:
     planned = plan_message(inputs(drop="deny"), SESSION, query("drop table t"))
     assert isinstance(planned, Planned) and planned.action == "deny"
-    assert "ERRCODE = '42501'" in sent_text(planned)
+    # Behind the approval gate (decision 0020): it raises 42501 unless a person approved.
+    text = sent_text(planned)
+    assert "softguard._approval_gate(E'" in text and "E'42501'" in text
+    assert "(approval id " in text
+    assert "CALL softguard.drop_op(" in text  # approved, it runs reversibly
     assert planned.protected == ()
+    assert planned.approval is not None and planned.approval[0] == "drop table t"
+    # With parameters (a Parse) there is no gate: refused as before.
+    parsed = plan_message(inputs(drop="deny"), SESSION, parse("", "drop table t"))
+    assert isinstance(parsed, Planned) and "ERRCODE = '42501'" in sent_text(parsed)
+    assert parsed.approval is None
 
 
 @pytest.mark.parametrize(
