@@ -97,7 +97,7 @@ def escaped_reading(text: str) -> str | None:
 
 
 def _literal_kind(text: str, quote: int) -> str:
-    """"bits" for B''/X'', "unicode" for U&'', else "plain" (with the setting off, plain,
+    """ "bits" for B''/X'', "unicode" for U&'', else "plain" (with the setting off, plain,
     N'' and E'' literals are all escape strings)."""
     if quote >= 1 and text[quote - 1] in "bBxX" and _starts_token(text, quote - 1):
         return "bits"
@@ -158,7 +158,7 @@ def _unescape(body: str) -> str:
         if other is not None:
             return _SIMPLE_ESCAPES.get(other, other)
         code = int(octal, 8) if octal else int(hexa or u4 or u8, 16)
-        if code == 0 or (octal or hexa) and code >= 0x80 or 0xD800 <= code <= 0xDFFF:
+        if code == 0 or ((octal or hexa) and code >= 0x80) or 0xD800 <= code <= 0xDFFF:
             return _STAND_IN
         return chr(code) if code <= 0x10FFFF else _STAND_IN
 

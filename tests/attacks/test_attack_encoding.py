@@ -8,6 +8,8 @@ cannot parse, is "unparseable" to softguard and runs on the server.
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 import pytest
 from attacker import Arena, deny_arena_fixture, fixtures
@@ -177,3 +179,71 @@ def test_smuggling_is_real_on_a_direct_connection(arena: Arena) -> None:
     with psycopg.connect(arena.direct_dsn("owner", client_encoding="SJIS"), autocommit=True) as c:
         c.execute(payload("SJIS", "DROP TABLE nokey"))
     assert arena.direct("SELECT to_regclass('public.nokey')")[0][0] is None
+
+
+# -- standard_conforming_strings = off --------------------------------------------------------
+
+# With the setting on `'a\''` is one literal that runs on to the last quote; with it off the
+# backslash escapes the first quote, the literal ends, and the DROP runs.
+SCS_PAYLOAD = "SELECT 'a\\''; DROP TABLE big; --'"
+
+
+def _scs_off_steps(arena: Arena, how: str) -> tuple[list[str], dict[str, str]]:
+    """The attack's steps and connection parameters for each way to turn the setting off."""
+    if how == "set":
+        return ["SET standard_conforming_strings = off", SCS_PAYLOAD], {}
+    if how == "set_config":
+        return ["SELECT set_config('standard_conforming_strings', 'off', false)", SCS_PAYLOAD], {}
+    if how == "options":
+        return [SCS_PAYLOAD], {"options": "-c standard_conforming_strings=off"}
+    if how == "alter_role":
+        arena.direct(
+            f"ALTER ROLE {arena.owner} IN DATABASE {arena.db} SET standard_conforming_strings = off"
+        )
+    elif how == "alter_database":
+        arena.direct(f"ALTER DATABASE {arena.db} SET standard_conforming_strings = off")
+    return [SCS_PAYLOAD], {}
+
+
+SCS_WAYS = ["set", "set_config", "options", "alter_role", "alter_database"]
+
+
+@pytest.mark.parametrize("how", SCS_WAYS)
+def test_backslash_smuggling_with_standard_conforming_strings_off(arena: Arena, how: str) -> None:
+    steps, params = _scs_off_steps(arena, how)
+    out, _ = arena.attempt(steps, **params)
+    assert out.error is not None and "standard_conforming_strings" in str(out.error), out.describe()
+
+
+def test_backslash_smuggling_is_real_on_a_direct_connection(arena: Arena) -> None:
+    """Control: with the setting off the payload does drop the table on the server."""
+    dsn = arena.direct_dsn("owner", options="-c standard_conforming_strings=off")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(SCS_PAYLOAD.replace("big", "nokey").encode())
+    assert arena.direct("SELECT to_regclass('public.nokey')")[0][0] is None
+
+
+@pytest.mark.parametrize(
+    "destroy", ["DELETE FROM big", "TRUNCATE big", "ALTER TABLE parent DROP COLUMN name"]
+)
+def test_backslash_smuggling_defeats_no_policy(arena_deny: Arena, destroy: str) -> None:
+    text = f"SELECT 'x\\''; {destroy}; --'"
+    arena_deny.attempt([text], options="-c standard_conforming_strings=off")
+
+
+def test_backslash_smuggling_in_a_prepared_statement(arena: Arena) -> None:
+    """The extended protocol's Parse is read the same way."""
+
+    def prepared(c: psycopg.Connection[Any]) -> None:
+        c.execute("SET standard_conforming_strings = off")
+        c.execute("SELECT 'a\\''; DELETE FROM big; --' WHERE %s", [True], prepare=True)
+
+    arena.attempt([prepared])
+
+
+def test_backslashes_in_escape_strings_still_work(arena: Arena) -> None:
+    """Written in E'' literals, the same text means the same with the setting off or on."""
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack(["SET standard_conforming_strings = off", "SELECT E'a\\\\', E'b\\'c'"])
+    assert out.error is None and out.results[-1] == [("a\\", "b'c")], out.describe()
+    assert arena.snapshot() == before and arena.ops_since(last) == []
