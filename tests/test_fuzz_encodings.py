@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from attacks.attacker import REFUSAL_CODES, Arena, fixtures
+from attacks.attacker import REFUSAL_CODES, Arena, Outcome, fixtures
 
 from softguard.sql.classify import Classification, Kind, Statement
 from softguard.sql.reading import classify_wire
@@ -195,6 +195,10 @@ def _run(conn: psycopg.Connection[Any], text: bytes, *, rollback: bool) -> Run:
     return Run(executed, [n for n in notices if n.startswith("softguard")], error)
 
 
+def _refused(error: psycopg.Error) -> bool:
+    return error.sqlstate in REFUSAL_CODES or "softguard" in str(error)
+
+
 def _params(encoding: str, scs_off: bool) -> dict[str, str]:
     params = {"client_encoding": encoding}
     if scs_off:
@@ -253,12 +257,12 @@ def _fuzz(arena: Arena, seed: int, per_encoding: int, *, rollback: bool) -> Tall
                     seen = _run(proxied, text, rollback=True)
             else:
                 before, last = arena.snapshot(), arena.last_op()
-                out = arena.attack([text], **params)
-                arena.verdict(before, last, out)  # refused, or recorded and undone exactly
-                seen = Run([], [], out.error)
-            if seen.error is not None and (
-                seen.error.sqlstate in REFUSAL_CODES or "softguard" in str(seen.error)
-            ):
+                with arena.connect("owner", **params) as proxied:
+                    seen = _run(proxied, text, rollback=False)
+                # refused, or recorded and undone exactly (the server's own error: nothing ran)
+                refusal = seen.error if seen.error is not None and _refused(seen.error) else None
+                arena.verdict(before, last, Outcome(error=refusal, notices=seen.softguard))
+            if seen.error is not None and _refused(seen.error):
                 tally.refused += 1
             elif seen.executed and not seen.softguard:
                 tally.mismatches.append(
