@@ -2,15 +2,15 @@
 
 With the setting on (the default since 9.1) a backslash in a plain ``'...'`` literal is a
 character; with it off (``SET``, a startup parameter, ``ALTER ROLE/DATABASE ... SET``)
-every plain literal is an escape string, so ``SELECT 'a\\'; DROP TABLE t; --'`` is one
+every plain literal is an escape string, so ``SELECT 'a\\''; DROP TABLE t; --'`` is one
 string to pglast (whose lexer assumes on) and a SELECT plus a DROP to the server.
 libpg_query has no switch for it, so `escaped_reading(text)` rewrites the text instead:
-every literal the server would read as an escape string is written out as the standard
-string of the same value, which pglast then reads as that server does. Bit strings
-(``B''``, ``X''``) have no escapes and ``U&''`` literals are rejected with the setting
-off, whose content is then kept as sent (the server fails the text anyway).
-Comments (``--``, nested ``/* */``), quoted names and dollar quotes are skipped as the
-server's lexer skips them.
+it lexes the text as that server does and writes ``E`` before every plain literal that
+holds a backslash (before the first piece of a literal continued over a newline), which
+pglast then reads as that server does. ``E''`` literals read the same either way; bit
+strings (``B''``, ``X''``) have no escapes; ``U&''`` literals are rejected with the
+setting off, and are skipped as written. Comments (``--``, nested ``/* */``), quoted names
+and dollar quotes are skipped as the server's lexer skips them (src/backend/parser/scan.l).
 """
 
 from __future__ import annotations
@@ -19,165 +19,95 @@ import re
 
 __all__ = ["escaped_reading"]
 
-# Characters that continue a name or keyword (PostgreSQL's ident_cont, plus >= 0x80).
-_IDENT = re.compile(r"[A-Za-z0-9_$\u0080-\U0010ffff]")
-_DOLLAR = re.compile(r"\$([A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
-# Whitespace holding a newline between two literals continues the first one.
-_CONTINUE = re.compile(r"[ \t\f\r]*\n[ \t\n\f\r]*'")
-_SIMPLE_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-_ESCAPE = re.compile(
-    r"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|(.))", re.S
+_NOT_AFTER_NAME = r"(?<![A-Za-z0-9_$\u0080-\U0010ffff])"
+# One lexical element that changes the lexer's state, as the server reads it with the
+# setting off. Each pattern also matches an element left open (to the end of the text),
+# so a search never backtracks; the group ``open_<kind>`` tells which it was.
+_TOKEN = re.compile(
+    r"(?P<line>--[^\n\r]*+)"
+    r"|(?P<block>/\*)"
+    r"|(?P<name>\"(?:[^\"]++|\"\")*+(?:\"|(?P<open_name>\Z)))"
+    rf"|(?P<dollar>{_NOT_AFTER_NAME}\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*+)?\$)"
+    rf"|(?P<bits>{_NOT_AFTER_NAME}[bBxX]'[^']*+(?:'|(?P<open_bits>\Z)))"
+    rf"|(?P<unicode>{_NOT_AFTER_NAME}[uU]&'(?:[^']++|'')*+(?:'|(?P<open_unicode>\Z)))"
+    rf"|(?P<escape>{_NOT_AFTER_NAME}[eE]'(?:[^'\\]++|\\.|'')*+(?:'|(?P<open_escape>\\?\Z)))"
+    r"|(?P<plain>'(?:[^'\\]++|\\.|'')*+(?:'|(?P<open_plain>\\?\Z)))",
+    re.S,
 )
-# An escape that makes no character softguard can place (NUL, a lone surrogate, a byte
-# of the server encoding): some letter stands in, the statement's structure is the same.
-_STAND_IN = "\u00e9"
+# The continuation of a literal: whitespace holding a newline (comments allowed), then a
+# quote. Generous on purpose (vertical tab): missing one would hide a statement.
+_CONTINUE = re.compile(
+    r"(?:[ \t\f\v]|--[^\n\r]*+)*+[\n\r](?:[ \t\n\r\f\v]++|--[^\n\r]*+[\n\r])*+(?=')"
+)
+_SEGMENT = {
+    "bits": re.compile(r"'[^']*+(?:'|(?P<open>\Z))"),
+    "unicode": re.compile(r"'(?:[^']++|'')*+(?:'|(?P<open>\Z))"),
+    "escape": re.compile(r"'(?:[^'\\]++|\\.|'')*+(?:'|(?P<open>\\?\Z))", re.S),
+}
+_SEGMENT["plain"] = _SEGMENT["escape"]
 
 
 def escaped_reading(text: str) -> str | None:
     """*text* as pglast must see it to read it as a server with
     standard_conforming_strings off does, or None when the two readings are the same
-    text (no plain literal holds a backslash) or the text does not lex there (a literal
-    or comment left open: the server rejects the whole text)."""
+    text (no plain literal holds a backslash) or the text does not lex there (a literal,
+    quoted name or comment left open: the server rejects the whole text)."""
     if "\\" not in text or "'" not in text:
         return None
-    out: list[str] = []
-    i, n, last, changed = 0, len(text), 0, False
+    inserts: list[int] = []
+    i, n = 0, len(text)
     while i < n:
-        c = text[i]
-        if c == "-" and text.startswith("--", i):
-            end = text.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif c == "/" and text.startswith("/*", i):
-            i = _comment_end(text, i)
-            if i < 0:
-                return None
-        elif c == '"':
-            end = text.find('"', i + 1)
-            if end < 0:
-                return None
-            i = end + 1
-            while text.startswith('"', i):  # a doubled quote inside the name
-                end = text.find('"', i + 1)
-                if end < 0:
+        m = _TOKEN.search(text, i)
+        if m is None:
+            break
+        kind = m.lastgroup or ""
+        end = m.end()
+        if kind == "line":
+            pass
+        elif kind == "block":
+            end = _comment_end(text, m.start())
+        elif kind == "dollar":
+            close = text.find(m.group(), end)
+            end = -1 if close < 0 else close + len(m.group())
+        elif m.group(f"open_{kind}") is not None:
+            end = -1  # a quoted name or literal left open
+        elif kind != "name":
+            backslash = kind == "plain" and "\\" in m.group()
+            while (more := _CONTINUE.match(text, end)) is not None:
+                piece = _SEGMENT[kind].match(text, more.end())
+                assert piece is not None  # the lookahead saw its quote
+                if piece.group("open") is not None:
                     return None
-                i = end + 1
-        elif c == "$" and (i == 0 or not _IDENT.match(text[i - 1])):
-            m = _DOLLAR.match(text, i)
-            if m is None:
-                i += 1
-                continue
-            end = text.find(m.group(0), m.end())
-            if end < 0:
-                return None
-            i = end + len(m.group(0))
-        elif c == "'":
-            kind = _literal_kind(text, i)
-            if kind == "plain":
-                value, end = _escape_literal(text, i)
-                if end < 0:
-                    return None
-                # E'...': the value becomes a standard string, so the E goes
-                start = i - 1 if i > 0 and text[i - 1] in "eE" and _starts_token(text, i - 1) else i
-                literal = "'" + value.replace("'", "''") + "'"
-                changed = changed or text[start:end] != literal
-                out.append(text[last:start])
-                out.append(literal)
-                last = i = end
-            else:
-                end = _verbatim_end(text, i)
-                if end < 0:
-                    return None
-                i = end
-        else:
-            i += 1
-    if not changed:
-        return None
-    out.append(text[last:])
-    return "".join(out)
-
-
-def _literal_kind(text: str, quote: int) -> str:
-    """ "bits" for B''/X'', "unicode" for U&'', else "plain" (with the setting off, plain,
-    N'' and E'' literals are all escape strings)."""
-    if quote >= 1 and text[quote - 1] in "bBxX" and _starts_token(text, quote - 1):
-        return "bits"
-    if quote >= 2 and text[quote - 1] == "&" and text[quote - 2] in "uU":
-        before = text[quote - 3] if quote >= 3 else ""
-        if not before or not _IDENT.match(before):
-            return "unicode"
-    return "plain"
-
-
-def _verbatim_end(text: str, quote: int) -> int:
-    """The end of a literal without backslash escapes (bit strings, U&''), continuation
-    segments included, or -1 if it is left open."""
-    i = quote
-    while True:
-        end = text.find("'", i + 1)
-        while end >= 0 and text.startswith("''", end):
-            end = text.find("'", end + 2)
+                end = piece.end()
+                backslash = backslash or (kind == "plain" and "\\" in piece.group())
+            if backslash:
+                inserts.append(m.start())
         if end < 0:
-            return -1
-        m = _CONTINUE.match(text, end + 1)
-        if m is None:
-            return end + 1
-        i = m.end() - 1
-
-
-def _escape_literal(text: str, quote: int) -> tuple[str, int]:
-    """The value of the escape string opening at *quote* (continuation segments joined)
-    and the index after it; (-1 as index) if it is left open."""
+            return None
+        i = end
+    if not inserts:
+        return None
     parts: list[str] = []
-    i = quote + 1
-    n = len(text)
-    while True:
-        start = i
-        while i < n:
-            c = text[i]
-            if c == "\\":
-                i += 2
-            elif c == "'":
-                if text.startswith("''", i):
-                    i += 2
-                else:
-                    break
-            else:
-                i += 1
-        if i >= n:
-            return "", -1
-        parts.append(_unescape(text[start:i]))
-        m = _CONTINUE.match(text, i + 1)
-        if m is None:
-            return "".join(parts), i + 1
-        i = m.end()
-
-
-def _unescape(body: str) -> str:
-    def one(m: re.Match[str]) -> str:
-        octal, hexa, u4, u8, other = m.groups()
-        if other is not None:
-            return _SIMPLE_ESCAPES.get(other, other)
-        code = int(octal, 8) if octal else int(hexa or u4 or u8, 16)
-        if code == 0 or ((octal or hexa) and code >= 0x80) or 0xD800 <= code <= 0xDFFF:
-            return _STAND_IN
-        return chr(code) if code <= 0x10FFFF else _STAND_IN
-
-    return _ESCAPE.sub(one, body.replace("''", "'"))
+    last = 0
+    for at in inserts:
+        # a space keeps a name before the quote (N'...', or a name then a literal) apart
+        parts += [text[last:at], " E"]
+        last = at
+    parts.append(text[last:])
+    return "".join(parts)
 
 
 def _comment_end(text: str, start: int) -> int:
-    depth, i, n = 0, start, len(text)
-    while i < n:
-        if text.startswith("/*", i):
-            depth, i = depth + 1, i + 2
-        elif text.startswith("*/", i):
-            depth, i = depth - 1, i + 2
-            if depth == 0:
-                return i
-        else:
-            i += 1
-    return -1
+    """The index after the nested ``/* */`` comment opening at *start*, or -1."""
+    depth, i = 0, start
+    while True:
+        m = _COMMENT_MARK.search(text, i)
+        if m is None:
+            return -1
+        depth += 1 if m.group() == "/*" else -1
+        i = m.end()
+        if depth == 0:
+            return i
 
 
-def _starts_token(text: str, at: int) -> bool:
-    return at == 0 or not _IDENT.match(text[at - 1])
+_COMMENT_MARK = re.compile(r"/\*|\*/")

@@ -12,21 +12,23 @@ from softguard.sql.reading import classify_wire
 # text -> how a server with standard_conforming_strings off reads it (None: as with it on)
 ESCAPED = {
     "SELECT 'x'": None,
-    "SELECT 'a\\''; DROP TABLE t; --'": "SELECT 'a'''; DROP TABLE t; --'",
-    "SELECT E'a\\'; DROP TABLE t; --'": "SELECT 'a''; DROP TABLE t; --'",
-    "SELECT 'a\\\\'": "SELECT 'a\\'",
-    "SELECT 'b\\nc'": "SELECT 'b\nc'",
-    "SELECT n'a\\'x'": "SELECT n'a''x'",
+    "SELECT 'a\\''; DROP TABLE t; --'": "SELECT  E'a\\''; DROP TABLE t; --'",
+    "SELECT E'a\\'; DROP TABLE t; --'": None,  # read the same either way
+    "SELECT 'a\\\\'": "SELECT  E'a\\\\'",
+    "SELECT n'a\\'x'": "SELECT n E'a\\'x'",
     "SELECT b'\\'; DROP TABLE t; --'": None,  # bit strings have no escapes
     "SELECT x'\\'": None,
-    "SELECT U&'a\\0041'": None,  # rejected with the setting off; content kept
+    "SELECT U&'a\\0041'": None,  # rejected with the setting off
     "/* 'a\\' /* nested */ */ SELECT 1; -- '\\'": None,
     "SELECT $$a\\'$$, $t$ '\\' $t$": None,
     'SELECT "a\\\'"': None,
-    "SELECT 'a'\n'b\\'; DROP TABLE t; --'": "SELECT 'ab''; DROP TABLE t; --'",
+    # a literal continued over a newline (a comment between) is one escape string
+    "SELECT 'a' -- c\n'b\\''; DROP TABLE t; --'": "SELECT  E'a' -- c\n'b\\''; DROP TABLE t; --'",
+    "SELECT b'1'\n'\\'": None,
     "SELECT 'a\\": None,  # left open: the server rejects the text
-    "SELECT '\\x41\\101\\u0042'": "SELECT 'AAB'",
-    "SELECT 'a\\0'": "SELECT 'a\u00e9'",  # a NUL becomes a stand-in letter
+    "SELECT 'a\\'' /*": None,
+    "SELECT 'ab''": None,
+    'SELECT "ab\\': None,
 }
 
 
@@ -43,6 +45,7 @@ REFUSED = [
     "DELETE FROM t WHERE name = 'O\\'Brien'",  # a DELETE only with the setting off
     "SELECT 'a\\'; DROP TABLE t; --'",  # a DROP only with the setting on
     "SELECT 'é\\''; DROP TABLE t; --'",
+    "SELECT 'a' -- c\n'b\\''; DROP TABLE t; --'",  # continued literal
 ]
 ALLOWED = {
     "SELECT 'C:\\dir'": Kind.SAFE,
