@@ -35,6 +35,7 @@ import pytest
 from attacks.attacker import REFUSAL_CODES, Arena, Outcome, fixtures
 
 from softguard.sql.classify import Classification, Kind, Statement
+from softguard.sql.encoding import ASCII_UNSAFE, python_codec
 from softguard.sql.reading import classify_wire
 
 TABLES = ("parent", "child", "typed", "big", "nokey", "animal")
@@ -58,21 +59,8 @@ END $f$;
 )
 arena_template, arena = fixtures(OBSERVE)
 
-# PostgreSQL client encoding -> Python codec. The ASCII-unsafe ones first.
-ENCODINGS = {
-    "SJIS": "cp932",
-    "SHIFT_JIS_2004": "shift_jis_2004",
-    "BIG5": "cp950",
-    "GBK": "gbk",
-    "GB18030": "gb18030",
-    "UHC": "cp949",
-    "JOHAB": "johab",
-    "LATIN1": "latin-1",
-    "WIN1252": "cp1252",
-    "KOI8R": "koi8-r",
-    "EUC_JP": "euc_jp",
-    "UTF8": "utf-8",
-}
+# The client encodings generated in: the ASCII-unsafe ones, then ASCII-safe ones.
+ENCODINGS = (*ASCII_UNSAFE, "LATIN1", "WIN1252", "KOI8R", "EUC_JP", "UTF8")
 
 HIDDEN = (
     "DROP TABLE big",
@@ -115,7 +103,9 @@ class Generator:
     native: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.tricky, self.native = _characters(ENCODINGS[self.encoding])
+        codec = python_codec(self.encoding)
+        assert codec is not None
+        self.tricky, self.native = _characters(codec)
 
     def atom(self) -> bytes:
         r = self.rng.random()
