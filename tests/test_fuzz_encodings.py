@@ -124,7 +124,7 @@ class Generator:
         parts = [self.atom() for _ in range(self.rng.randint(0, 4))]
         if self.rng.random() < 0.5:
             # the classic: a character (or backslash) that may swallow the closing quote
-            parts.append(self.rng.choice([*self.tricky[:8], b"\\", b"\\\\"] or [b"\\"]))
+            parts.append(self.rng.choice([*self.tricky[:8], b"\\", b"\\\\"]))
         if self.rng.random() < 0.2:
             parts.insert(0, b"'; " + self.hidden() + b"; --")
         return b"".join(parts)
