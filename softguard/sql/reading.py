@@ -6,6 +6,10 @@ encoding could make the same bytes into different statements (softguard.sql.enco
 if one could, the answer is UNPARSEABLE with ``ambiguous=True``, which the policy always
 refuses. Readings that do not parse are ignored: the server rejects the text in those
 encodings. Pure ASCII text reads the same in every encoding and costs nothing extra.
+
+Each reading is also read as a server with ``standard_conforming_strings = off`` reads it
+(softguard.sql.backslash): when that runs other statements, and not harmless ones both
+ways, the answer is UNPARSEABLE with ``ambiguous=True`` too.
 """
 
 from __future__ import annotations
@@ -60,14 +64,9 @@ def classify_wire(
             return refusal, None
     for reading in other_readings(data, client_encoding, include_own=primary is None):
         other = _classify_any_grammar(reading.text)
-        escaped = escaped_reading(reading.text)
-        if escaped is not None and other.kind is not Kind.UNPARSEABLE:
-            refusal = _escapes_differ(reading.text, other)
-            if refusal is not None:
-                return refusal, None
-        elif escaped is not None:
-            # unreadable with the setting on: what it does with the setting off counts
-            other = _classify_any_grammar(escaped)
+        refusal = _escapes_differ(reading.text, other)
+        if refusal is not None:
+            return refusal, None
         if other.kind is Kind.UNPARSEABLE or (not readable and other.kind is Kind.SAFE):
             continue
         if expected is None or signature(other) != expected:
