@@ -31,6 +31,7 @@ __all__ = [
     "canonical_encoding",
     "decode",
     "other_readings",
+    "python_codec",
     "wire_offset",
 ]
 
@@ -162,13 +163,19 @@ def canonical_encoding(name: str) -> str | None:
     return _ALIASES.get(re.sub("[^a-z0-9]", "", name.lower()))
 
 
+def python_codec(client_encoding: str) -> str | None:
+    """The Python codec that reads *client_encoding* (any spelling), or None when there
+    is none here (unknown, EUC_TW, MULE_INTERNAL)."""
+    canonical = canonical_encoding(client_encoding)
+    return _CODECS.get(canonical) if canonical is not None else None
+
+
 def decode(data: bytes, client_encoding: str) -> str:
     """*data* as characters, read in *client_encoding*.
 
     Raises ValueError when the encoding is unknown, has no codec here (EUC_TW,
     MULE_INTERNAL), or the bytes are not valid in it (UnicodeDecodeError)."""
-    canonical = canonical_encoding(client_encoding)
-    codec = _CODECS.get(canonical) if canonical is not None else None
+    codec = python_codec(client_encoding)
     if codec is None:
         raise ValueError(f"softguard cannot read client_encoding {client_encoding!r}")
     return data.decode(codec)

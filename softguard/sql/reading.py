@@ -6,12 +6,17 @@ encoding could make the same bytes into different statements (softguard.sql.enco
 if one could, the answer is UNPARSEABLE with ``ambiguous=True``, which the policy always
 refuses. Readings that do not parse are ignored: the server rejects the text in those
 encodings. Pure ASCII text reads the same in every encoding and costs nothing extra.
+
+Each reading is also read as a server with ``standard_conforming_strings = off`` reads it
+(softguard.sql.backslash): when that runs other statements, and not harmless ones both
+ways, the answer is UNPARSEABLE with ``ambiguous=True`` too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from softguard.sql.backslash import escaped_reading
 from softguard.sql.classify import (
     Classification,
     Kind,
@@ -34,7 +39,10 @@ def classify_wire(
     ``decode(data, client_encoding).encode()``; `softguard.sql.encoding.wire_offset`
     turns them into offsets of *data* for encodings other than UTF8."""
     if data.isascii():
-        return classify_with_constants(data.decode("ascii"))
+        ascii_text = data.decode("ascii")
+        result, ascii_constants = classify_with_constants(ascii_text)
+        refusal = _escapes_differ(ascii_text, result)
+        return (result, ascii_constants) if refusal is None else (refusal, None)
     primary: Classification | None
     constants: frozenset[int] | None = None
     error: str | None
@@ -50,8 +58,15 @@ def classify_wire(
             constants = None
     readable = primary is not None and primary.kind is not Kind.UNPARSEABLE
     expected = signature(primary) if primary is not None and readable else None
+    if primary is not None:
+        refusal = _escapes_differ(text, primary)
+        if refusal is not None:
+            return refusal, None
     for reading in other_readings(data, client_encoding, include_own=primary is None):
         other = _classify_any_grammar(reading.text)
+        refusal = _escapes_differ(reading.text, other)
+        if refusal is not None:
+            return refusal, None
         if other.kind is Kind.UNPARSEABLE or (not readable and other.kind is Kind.SAFE):
             continue
         if expected is None or signature(other) != expected:
@@ -74,6 +89,33 @@ def classify_wire(
         # invalid in its encoding and harmless (or unparseable) in every other: rejected
         return Classification(Kind.UNPARSEABLE, (), error=error, inert=True), None
     return primary, constants
+
+
+def _escapes_differ(text: str, result: Classification) -> Classification | None:
+    """The refusal for *text* (classified as *result*) when a server with
+    standard_conforming_strings off would run other statements than those *result* has,
+    unless both readings are harmless; None when the readings agree or the other one
+    does not parse (the server rejects the text then)."""
+    escaped = escaped_reading(text)
+    if escaped is None:
+        return None
+    other = _classify_any_grammar(escaped)
+    if other.kind is Kind.UNPARSEABLE:
+        return None
+    readable = result.kind is not Kind.UNPARSEABLE
+    if readable and signature(other) == signature(result):
+        return None
+    if other.kind is Kind.SAFE and (result.kind is Kind.SAFE or not readable):
+        return None
+    return Classification(
+        Kind.UNPARSEABLE,
+        (),
+        error="the text reads as other statements when standard_conforming_strings is off "
+        "(a backslash in a '' literal escapes the next character) than when it is on; "
+        "softguard refuses text whose meaning depends on that setting: write backslashes "
+        "in E'' literals, or no backslash in '' literals",
+        ambiguous=True,
+    )
 
 
 def _classify_any_grammar(text: str) -> Classification:

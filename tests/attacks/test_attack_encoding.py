@@ -8,9 +8,15 @@ cannot parse, is "unparseable" to softguard and runs on the server.
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 import pytest
 from attacker import Arena, deny_arena_fixture, fixtures
+from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
+
+from softguard.sql.classify import Kind, classify
+from softguard.sql.grammar import NEWER_KEYWORDS
 
 arena_template, arena = fixtures()
 
@@ -177,3 +183,132 @@ def test_smuggling_is_real_on_a_direct_connection(arena: Arena) -> None:
     with psycopg.connect(arena.direct_dsn("owner", client_encoding="SJIS"), autocommit=True) as c:
         c.execute(payload("SJIS", "DROP TABLE nokey"))
     assert arena.direct("SELECT to_regclass('public.nokey')")[0][0] is None
+
+
+# -- standard_conforming_strings = off --------------------------------------------------------
+
+# With the setting on `'a\''` is one literal that runs on to the last quote; with it off the
+# backslash escapes the first quote, the literal ends, and the DROP runs.
+SCS_PAYLOAD = "SELECT 'a\\''; DROP TABLE big; --'"
+
+
+def _scs_off_steps(arena: Arena, how: str) -> tuple[list[str], dict[str, str]]:
+    """The attack's steps and connection parameters for each way to turn the setting off."""
+    if how == "set":
+        return ["SET standard_conforming_strings = off", SCS_PAYLOAD], {}
+    if how == "set_config":
+        return ["SELECT set_config('standard_conforming_strings', 'off', false)", SCS_PAYLOAD], {}
+    if how == "options":
+        return [SCS_PAYLOAD], {"options": "-c standard_conforming_strings=off"}
+    if how == "alter_role":
+        arena.direct(
+            f"ALTER ROLE {arena.owner} IN DATABASE {arena.db} SET standard_conforming_strings = off"
+        )
+    elif how == "alter_database":
+        arena.direct(f"ALTER DATABASE {arena.db} SET standard_conforming_strings = off")
+    return [SCS_PAYLOAD], {}
+
+
+SCS_WAYS = ["set", "set_config", "options", "alter_role", "alter_database"]
+
+
+@pytest.mark.parametrize("how", SCS_WAYS)
+def test_backslash_smuggling_with_standard_conforming_strings_off(arena: Arena, how: str) -> None:
+    steps, params = _scs_off_steps(arena, how)
+    out, _ = arena.attempt(steps, **params)
+    assert out.error is not None and "standard_conforming_strings" in str(out.error), out.describe()
+
+
+def test_backslash_smuggling_is_real_on_a_direct_connection(arena: Arena) -> None:
+    """Control: with the setting off the payload does drop the table on the server."""
+    dsn = arena.direct_dsn("owner", options="-c standard_conforming_strings=off")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(SCS_PAYLOAD.replace("big", "nokey").encode())
+    assert arena.direct("SELECT to_regclass('public.nokey')")[0][0] is None
+
+
+@pytest.mark.parametrize(
+    "destroy", ["DELETE FROM big", "TRUNCATE big", "ALTER TABLE parent DROP COLUMN name"]
+)
+def test_backslash_smuggling_defeats_no_policy(arena_deny: Arena, destroy: str) -> None:
+    text = f"SELECT 'x\\''; {destroy}; --'"
+    arena_deny.attempt([text], options="-c standard_conforming_strings=off")
+
+
+def test_backslash_smuggling_in_a_prepared_statement(arena: Arena) -> None:
+    """The extended protocol's Parse is read the same way."""
+
+    def prepared(c: psycopg.Connection[Any]) -> None:
+        c.execute("SET standard_conforming_strings = off")
+        c.execute("SELECT 'a\\''; DELETE FROM big; --' WHERE %s", [True], prepare=True)
+
+    arena.attempt([prepared])
+
+
+def test_backslashes_in_escape_strings_still_work(arena: Arena) -> None:
+    """Written in E'' literals, the same text means the same with the setting off or on."""
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack(["SET standard_conforming_strings = off", "SELECT E'a\\\\', E'b\\'c'"])
+    assert out.error is None and out.results[-1] == [("a\\", "b'c")], out.describe()
+    assert arena.snapshot() == before and arena.ops_since(last) == []
+
+
+# -- keywords of pglast's grammar that older servers take as names (decision 0011) -----------
+
+_DESTROY_ROTATION = (
+    "DROP TABLE big",
+    "TRUNCATE typed",
+    "DELETE FROM parent",
+    "ALTER TABLE parent DROP COLUMN name",
+)
+_KEYWORD_CASES = {
+    word: (version, _DESTROY_ROTATION[i % len(_DESTROY_ROTATION)])
+    for i, (version, word) in enumerate(
+        sorted((v, w) for v, words in NEWER_KEYWORDS.items() for w in words)
+    )
+}
+
+
+def _keyword_text(word: str, destroy: str) -> str:
+    # A function name: grammar 18 takes none of these words there, PostgreSQL 15 takes all.
+    return (
+        f"{destroy}; CREATE FUNCTION {word}(x int) RETURNS int LANGUAGE sql AS 'SELECT 1'; "
+        f"DROP FUNCTION {word}(int)"
+    )
+
+
+@pytest.mark.parametrize("word", sorted(_KEYWORD_CASES))
+def test_each_newer_keyword_in_a_destructive_text(arena: Arena, word: str) -> None:
+    version, destroy = _KEYWORD_CASES[word]
+    if arena.server.version_num >= version * 10000:
+        pytest.skip(f"{word} is a keyword of this server too (from {version})")
+    text = _keyword_text(word, destroy)
+    assert classify(text).kind is Kind.UNPARSEABLE  # the path under test
+    out, _ = arena.attempt([text])
+    assert out.error is not None, out.describe()
+
+
+def test_newer_keyword_text_runs_on_a_direct_connection(arena: Arena) -> None:
+    """Control: the server does run such a text (PostgreSQL < 16)."""
+    if arena.server.version_num >= 160000:
+        pytest.skip("system_user is a keyword of this server too")
+    with arena.connect("owner", via="direct") as c:
+        c.execute(_keyword_text("system_user", "DROP TABLE nokey").encode())
+    assert arena.direct("SELECT to_regclass('public.nokey')")[0][0] is None
+
+
+def test_keyword_list_against_the_server(arena: Arena) -> None:
+    """Measured on the server the suite runs: every word pglast's grammar does not take as
+    a plain name (reserved, column-name or type/function-name keyword) that this server
+    takes as a name (unreserved keyword, or not a keyword) is in NEWER_KEYWORDS."""
+    server = dict(arena.direct("SELECT word, catcode FROM pg_get_keywords()"))
+    restricted = RESERVED_KEYWORDS | COL_NAME_KEYWORDS | TYPE_FUNC_NAME_KEYWORDS
+    names_here = {w for w in restricted if server.get(w, "U") == "U"}
+    listed = frozenset().union(*NEWER_KEYWORDS.values())
+    assert names_here <= listed, sorted(names_here - listed)
+    # and the list holds only words this server takes as names, or keywords it has from
+    # the version the list says
+    for version, words in NEWER_KEYWORDS.items():
+        for word in words:
+            if arena.server.version_num < version * 10000:
+                assert server.get(word, "U") == "U", (word, server.get(word))
