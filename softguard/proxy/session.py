@@ -55,6 +55,10 @@ class SessionHost(Protocol):
 
     async def forward_cancel(self, request: CancelRequest) -> None: ...
 
+    def upstream_failed(self, reason: str) -> None: ...
+
+    def upstream_ok(self) -> None: ...
+
 
 class UpstreamProtocol(asyncio.Protocol):
     """The upstream side: forwards every event to its session."""
@@ -109,6 +113,7 @@ class ClientSession(asyncio.Protocol):
                 client_stall_timeout=settings.client_stall_timeout,
                 max_client_conn=settings.max_client_conn,
                 tls=server.client_ssl is not None,
+                require_tls=settings.require_tls,
             ),
             server.inputs,
             server.metrics,
@@ -302,15 +307,18 @@ class ClientSession(asyncio.Protocol):
                     server.loop, server.target, upstream, upstream, server.upstream_ssl
                 )
         except TimeoutError:
+            server.upstream_failed("timed out")
             self.core.upstream_failed(
                 f"softguard: timed out connecting to upstream server at {server.target.display}"
             )
             self._run()
             return
         except (UpstreamError, ConnectionError) as exc:
+            server.upstream_failed(str(exc))
             self.core.upstream_failed(f"softguard: {exc}")
             self._run()
             return
+        server.upstream_ok()
         if self.core.state is State.CLOSED:
             transport.close()
             return
