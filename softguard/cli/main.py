@@ -44,7 +44,7 @@ def _die(message: str, code: int = 2) -> typer.Exit:
 @app.command()
 def serve(
     listen: Annotated[
-        str | None, typer.Option(help="HOST:PORT to listen on [default: 127.0.0.1:6432]")
+        str | None, typer.Option(help="HOST:PORT to listen on \\[default: 127.0.0.1:6432]")
     ] = None,
     upstream: Annotated[
         str | None,
@@ -54,7 +54,7 @@ def serve(
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML configuration file")] = None,
     workers: Annotated[
-        int | None, typer.Option(help="worker processes sharing the port [default: 1]")
+        int | None, typer.Option(help="worker processes sharing the port \\[default: 1]")
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="certificate (PEM) for client TLS")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="private key (PEM) for client TLS")] = None,
@@ -67,23 +67,23 @@ def serve(
         ),
     ] = None,
     max_client_conn: Annotated[
-        int | None, typer.Option(help="client connections per worker [default: 5000]")
+        int | None, typer.Option(help="client connections per worker \\[default: 5000]")
     ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="data directory for the embedded server")
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="debug, info, warning or error [default: info]")
+        str | None, typer.Option(help="debug, info, warning or error \\[default: info]")
     ] = None,
     log_file: Annotated[
-        Path | None, typer.Option(help="append the log to this file [default: stderr]")
+        Path | None, typer.Option(help="append the log to this file \\[default: stderr]")
     ] = None,
     metrics: Annotated[
         str | None,
         typer.Option(
             metavar="HOST:PORT",
             help="serve Prometheus metrics at http://HOST:PORT/metrics; keep it on loopback "
-            "(e.g. 127.0.0.1:9187); with --workers N, worker i uses PORT+i [default: off]",
+            "(e.g. 127.0.0.1:9187); with --workers N, worker i uses PORT+i \\[default: off]",
         ),
     ] = None,
     protect_updates: Annotated[
@@ -97,7 +97,7 @@ def serve(
         str | None,
         typer.Option(
             metavar="DURATION",
-            help="purge expired operations every DURATION (30m, 1h, 1d) [default: off]",
+            help="purge expired operations every DURATION (30m, 1h, 1d) \\[default: off]",
         ),
     ] = None,
     purge_dsn: Annotated[
@@ -105,7 +105,7 @@ def serve(
         typer.Option(
             metavar="DSN",
             help="superuser DSN for the scheduled purge (database name replaced per"
-            " database) [default: the upstream DSN]",
+            " database) \\[default: the upstream DSN]",
         ),
     ] = None,
 ) -> None:
@@ -277,7 +277,8 @@ def explain(
     dsn: Annotated[
         str | None,
         typer.Option(
-            help="read the [[soft_delete]] tables from this database's catalog, to show the "
+            # Escaped: Rich reads [soft_delete] as markup and prints "[]".
+            help="read the \\[\\[soft_delete]] tables from this database's catalog, to show the "
             "soft-delete rewrite (only the catalog is read)"
         ),
     ] = None,
@@ -394,7 +395,7 @@ def _soft_delete_entries(settings: Settings, result: Any, database: str) -> list
 
 
 def _register_commands() -> None:
-    from softguard.cli import purge_cmd
+    from softguard.cli import grant_cmd, purge_cmd
     from softguard.cli.demo_cmd import demo
     from softguard.cli.init_cmd import init
     from softguard.cli.ops_cmds import register as register_ops
@@ -403,6 +404,7 @@ def _register_commands() -> None:
     app.command()(demo)
     register_ops(app)
     purge_cmd.register(app)
+    grant_cmd.register(app)
 
 
 _register_commands()

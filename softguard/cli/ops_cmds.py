@@ -466,7 +466,7 @@ def undo(
         typer.Option(
             "--lock-timeout",
             metavar="SECONDS",
-            help="give up (nothing changed) if a table stays locked this long [default: 10]",
+            help="give up (nothing changed) if a table stays locked this long",
         ),
     ] = 10.0,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
