@@ -266,6 +266,7 @@ async def _run_worker(
     index: int,
     metrics: Metrics | None,
     reload: Reload | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     server = ProxyServer(settings, target, loop, metrics)
@@ -278,6 +279,8 @@ async def _run_worker(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reload, server, reload)
+    if ready is not None:
+        ready()
     await stop.wait()
     log.info("shutting down: %d open connection(s)", len(server.sessions))
     await server.shutdown(settings.shutdown_timeout)
@@ -307,10 +310,40 @@ def run_worker(
     index: int = 0,
     metrics: Metrics | None = None,
     reload: Reload | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
+    """``ready``: called once the worker accepts clients and handles its signals."""
     install_event_loop_policy()
     sock.listen(1024)
-    asyncio.run(_run_worker(settings, target, sock, index, metrics, reload))
+    asyncio.run(_run_worker(settings, target, sock, index, metrics, reload, ready))
+
+
+def _ready_byte(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, b".")
+        os.close(fd)
+
+
+def _wait_ready(fd: int, workers: int, timeout: float) -> None:
+    """Until every worker said it accepts clients, one died (EOF) or ``timeout`` passed."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while seen < workers:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            readable, _, _ = select.select([fd], [], [], left)
+        except InterruptedError:
+            continue
+        if not readable:
+            return
+        chunk = os.read(fd, workers)
+        if not chunk:
+            return
+        seen += len(chunk)
 
 
 def serve_forever(
@@ -335,14 +368,16 @@ def serve_forever(
         check_metrics_address(*settings.metrics_address, workers)
     if workers == 1:
         sock = bind_listener(host, port, reuse_port=False)
-        if on_listening is not None:
-            on_listening(sock.getsockname()[1])
-        run_worker(settings, target, sock, 0, metrics, reload)
+        bound = sock.getsockname()[1]
+        ready = None if on_listening is None else (lambda: on_listening(bound))
+        run_worker(settings, target, sock, 0, metrics, reload, ready)
         return
     # The parent holds a bound (never listening) socket so an ephemeral port stays ours.
     anchor = bind_listener(host, port, reuse_port=True)
     port = anchor.getsockname()[1]
     children: dict[int, int] = {}
+    # Each worker writes one byte here once it accepts clients (see _ready_byte).
+    ready_r, ready_w = os.pipe()
 
     def spawn(index: int) -> None:
         pid = os.fork()
@@ -350,6 +385,7 @@ def serve_forever(
             code = 0
             try:
                 anchor.close()
+                os.close(ready_r)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 # Until the worker's loop handles it, a reload must not kill the worker.
@@ -360,6 +396,7 @@ def serve_forever(
                     bind_listener(host, port, reuse_port=True),
                     index,
                     reload=reload,
+                    ready=lambda: _ready_byte(ready_w),
                 )
             except BaseException:
                 log.exception("worker %d failed", index)
@@ -389,6 +426,9 @@ def serve_forever(
     signal.signal(signal.SIGHUP, on_hangup)
     for i in range(workers):
         spawn(i)
+    os.close(ready_w)
+    _wait_ready(ready_r, workers, settings.connect_timeout + 60)
+    os.close(ready_r)
     if on_listening is not None:
         on_listening(port)
     restarts: list[float] = []
