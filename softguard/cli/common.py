@@ -128,10 +128,10 @@ def connect_ledger(dsn: str, *, read: bool = True) -> Iterator[psycopg.Connectio
                 access.require_undo()
         except LedgerNotInstalled:
             raise fail(
-                "softguard ledger is not installed in this database: if this is the database"
-                " you protect, run softguard init --dsn DSN (as a superuser) first; if the"
-                " ledger is in another database of the server, give that one in --dsn (softguard"
-                " ops --all-databases lists them all)"
+                "softguard ledger is not installed in this database: run softguard init --dsn"
+                " DSN (as a superuser) first if this is the database you protect; if the ledger"
+                " is in another database of the server, give that one in --dsn (softguard ops"
+                " --all-databases lists every database that has it)"
             ) from None
         except LedgerError as exc:
             raise fail(str(exc)) from None

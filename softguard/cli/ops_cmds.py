@@ -15,7 +15,7 @@ on stderr when the total exceeds ``max_quarantine_bytes``. Exit codes: 0 success
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any
 
 import psycopg
@@ -81,13 +81,19 @@ def _state_label(op: Operation) -> str:
     return f"undo of {op.undo_of}" if op.is_undo_record else op.state
 
 
-def _objects_label(op: Operation) -> str:
+def _objects_label(op: Operation, names_only: bool = False) -> str:
+    """``names_only``: without the object types (narrow terminals)."""
+    named = (
+        [str(o.get("identity", "?")) for o in op.objects if o.get("original")]
+        if names_only
+        else op.targets()
+    )
+    label = ", ".join(named) or "-"
     if op.is_undo_record:
-        return ", ".join(op.targets()) or "-"
-    label = ", ".join(op.targets()) or "-"
+        return label
     also = op.cascaded()
     if also:
-        label += f" (+{len(also)} by cascade)"
+        label += f" (+{len(also)})" if names_only else f" (+{len(also)} by cascade)"
     return label
 
 
@@ -235,7 +241,8 @@ def _print_rich_table(
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(file=sys.stdout)
+    # --wide: as wide as the rows are (the terminal wraps or a pager scrolls), nothing cut
+    console = Console(file=sys.stdout, width=1 << 16) if wide else Console(file=sys.stdout)
     compact = not wide and console.width < COMPACT_BELOW
     cut = {"overflow": "ellipsis", "no_wrap": True}
     columns: list[tuple[str, dict[str, Any]]] = [
@@ -252,6 +259,7 @@ def _print_rich_table(
         columns.insert(-3, ("application", {**cut, "max_width": 16}))
         columns += [("expires", {"no_wrap": True}), ("size", {"justify": "right", "no_wrap": True})]
     table = Table(show_edge=False, pad_edge=False, header_style="bold", expand=compact)
+    today = datetime.now().astimezone().date()
     for name, kw in columns:
         table.add_column(name, **kw)
     for op in found:
@@ -261,17 +269,25 @@ def _print_rich_table(
         cells = {
             "id": str(op.id),
             "database": (databases or {}).get(id(op), ""),
-            "time": op.created_at.strftime("%m-%d %H:%M" if compact else "%Y-%m-%d %H:%M:%S"),
+            "time": _time_label(op.created_at, compact, today),
             "role": escape(op.db_role),
             "application": escape(op.application_name or ""),
             "statement": escape(" ".join(op.statement.split()) if wide else short(op.statement)),
-            "objects": escape(_objects_label(op)),
+            "objects": escape(_objects_label(op, names_only=compact)),
             "state": f"[{style}]{state}[/{style}]",
             "expires": op.expires_at.strftime("%Y-%m-%d %H:%M"),
             "size": human_bytes(size) if size is not None else "-",
         }
         table.add_row(*(cells[name] for name, _ in columns))
     console.print(table)
+
+
+def _time_label(when: datetime, compact: bool, today: date) -> str:
+    """Compact: today's operations by time only (local time, like the full form)."""
+    if not compact:
+        return when.strftime("%Y-%m-%d %H:%M:%S")
+    local = when.astimezone()
+    return local.strftime("%H:%M" if local.date() == today else "%m-%d %H:%M")
 
 
 def _ops_all_databases(

@@ -1,8 +1,9 @@
 """``softguard show OP`` for a person: what the operation did, what it keeps, what undo
 will do. Pure: an Operation in, lines out (``--json`` prints the raw record instead).
 
-What always holds: no raw JSON plans; the machinery's own objects (toast tables, row
-types, foreign-key triggers, softguard's capture triggers) are counted, never listed.
+What always holds: no raw JSON plans; only the objects the statement named and those
+CASCADE took along are listed; the rest that went with them (toast tables, row types,
+indexes, foreign-key and capture triggers) are counted, never listed.
 """
 
 from __future__ import annotations
@@ -15,10 +16,6 @@ from softguard.ledger.operations import Operation
 
 _WIDTH = 80
 _LABEL = 11  # width of the label column
-
-# Objects PostgreSQL makes on its own for a table: kept and restored with it, not news.
-_IMPLICIT_TYPES = frozenset(("type", "toast table", "table constraint", "index"))
-_MACHINERY_TRIGGERS = ('"RI_ConstraintTrigger', "RI_ConstraintTrigger", "zz_softguard_")
 
 _ROW_EVENTS = {
     "delete": ("removed rows kept", "put back {rows} row(s) into {table}"),
@@ -34,21 +31,12 @@ def _when(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _is_machinery(obj: dict[str, Any]) -> bool:
-    identity = str(obj.get("identity", ""))
-    kind = str(obj.get("type", ""))
-    if kind == "trigger" and identity.startswith(_MACHINERY_TRIGGERS):
-        return True
-    return kind in _IMPLICIT_TYPES and not obj.get("original")
-
-
 def _shown(op: Operation, obj: dict[str, Any]) -> bool:
     """An object a person cares about: named by the statement, or taken along by CASCADE
-    (a dependent view, a foreign key on a live table)."""
+    (a dependent view, a foreign key on a live table; what the ledger calls cascaded)."""
     if obj.get("original"):
         return True
-    label = f"{obj.get('type', '?')} {obj.get('identity', '?')}"
-    return label in op.cascaded() or (bool(obj.get("normal")) and not _is_machinery(obj))
+    return f"{obj.get('type', '?')} {obj.get('identity', '?')}" in op.cascaded()
 
 
 def _object_text(obj: dict[str, Any]) -> str:

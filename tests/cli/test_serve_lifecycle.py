@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -232,3 +233,36 @@ def test_require_tls_needs_a_certificate(serve_procs: list[Serve]) -> None:
     )
     assert proc.exit_code() == 2
     assert "require_tls needs tls_cert and tls_key" in proc.output()
+
+
+def test_require_tls_with_tls_on_both_hops_client_settings(
+    pg_server: TestServer, proxy_factory: Any
+) -> None:
+    """The runbook's table: sslmode=require + channel_binding=disable works with SCRAM on
+    both hops; libpq's defaults (prefer/prefer) fail and their plaintext retry is refused."""
+    if pg_server.tls is None or not pg_server.auth_roles:
+        pytest.skip("needs the embedded test server (certificates, our pg_hba.conf)")
+    tls = pg_server.tls
+    proxy = proxy_factory(
+        "--tls-cert",
+        str(tls.proxy_cert),
+        "--tls-key",
+        str(tls.proxy_key),
+        "--require-tls",
+        upstream=pg_server.upstream_dsn(sslmode="require"),
+    )
+    if proxy.is_direct:
+        pytest.skip("about the proxy itself")
+    common = {"sslrootcert": str(tls.ca_file), "connect_timeout": "15"}
+    works = proxy.dsn(
+        "postgres", "sg_tls", "tls-pw", sslmode="verify-full", channel_binding="disable", **common
+    )
+    with psycopg.connect(works) as c:
+        assert c.pgconn.ssl_in_use
+    defaults = proxy.dsn("postgres", "sg_tls", "tls-pw", sslmode="prefer", **common)
+    with pytest.raises(psycopg.OperationalError) as failed:
+        psycopg.connect(defaults)
+    assert "channel binding" in str(failed.value) or "requires TLS" in str(failed.value)
+    plain = proxy.dsn("postgres", "sg_tls", "tls-pw", sslmode="disable")
+    with pytest.raises(psycopg.OperationalError, match="requires TLS"):
+        psycopg.connect(plain)
