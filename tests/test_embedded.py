@@ -169,6 +169,7 @@ def test_a_data_dir_keeps_its_port_and_says_when_it_is_taken(data_parent: Path) 
     again.stop()
 
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
         squatter.bind(("127.0.0.1", port))
         squatter.listen(1)
         moved = _server(data)
