@@ -34,8 +34,9 @@ def serve_procs() -> Iterator[list[Serve]]:
         proc.stop()
 
 
-def _serve(started: list[Serve], *args: str) -> Serve:
-    proc = Serve(*args)
+def _serve(started: list[Serve], upstream: str, *args: str) -> Serve:
+    """serve on a free port in front of ``upstream``."""
+    proc = Serve("--listen", "127.0.0.1:0", "--upstream", upstream, *args)
     started.append(proc)
     return proc
 
@@ -50,7 +51,7 @@ def test_serve_prints_the_ledger_dsn_after_binding(
     pg_server: TestServer, serve_procs: list[Serve]
 ) -> None:
     upstream = pg_server.upstream_dsn()
-    proc = _serve(serve_procs, "--listen", "127.0.0.1:0", "--upstream", upstream)
+    proc = _serve(serve_procs, upstream)
     port = proc.listening_port()
     assert port != 0
     # "listening" comes once the socket is bound: a client can connect at once
@@ -65,7 +66,7 @@ def test_serve_hides_the_upstream_password_in_the_ledger_dsn(
     pg_server: TestServer, serve_procs: list[Serve]
 ) -> None:
     upstream = f"host=127.0.0.1 port={pg_server.port} password=s3cret dbname=postgres"
-    proc = _serve(serve_procs, "--listen", "127.0.0.1:0", "--upstream", upstream)
+    proc = _serve(serve_procs, upstream)
     line = proc.wait_for(r"export SOFTGUARD_DSN='([^']*)'").group(1)
     assert "s3cret" not in line and f"port={pg_server.port}" in line
     proc.stop()
@@ -83,9 +84,6 @@ def test_sighup_reloads_the_policy_and_keeps_sessions(
     log = tmp_path / "softguard.log"
     proc = _serve(
         serve_procs,
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
         pg_server.upstream_dsn(),
         "--config",
         str(config),
@@ -128,9 +126,6 @@ def test_sighup_with_workers_reaches_every_worker(
     log = tmp_path / "softguard.log"
     proc = _serve(
         serve_procs,
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
         pg_server.upstream_dsn(),
         "--workers",
         "2",
@@ -159,9 +154,6 @@ def test_sighup_with_workers_reaches_every_worker(
 def test_tls_file_errors_are_tls_errors(tmp_path: Path, serve_procs: list[Serve]) -> None:
     proc = _serve(
         serve_procs,
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
         "postgresql://127.0.0.1:1",
         "--tls-cert",
         str(tmp_path / "missing.crt"),
@@ -181,9 +173,6 @@ def test_unreachable_upstream_is_logged_once_per_burst(
     dead = _free_port()
     proc = _serve(
         serve_procs,
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
         f"postgresql://127.0.0.1:{dead}",
         "--log-file",
         str(log),
@@ -205,9 +194,6 @@ def test_require_tls_refuses_plaintext_clients(
         pytest.skip("needs the test server's certificates")
     proc = _serve(
         serve_procs,
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
         pg_server.upstream_dsn(sslmode="disable"),
         "--tls-cert",
         str(pg_server.tls.proxy_cert),
@@ -228,9 +214,7 @@ def test_require_tls_refuses_plaintext_clients(
 
 
 def test_require_tls_needs_a_certificate(serve_procs: list[Serve]) -> None:
-    proc = _serve(
-        serve_procs, "--listen", "127.0.0.1:0", "--upstream", "postgresql://h:1", "--require-tls"
-    )
+    proc = _serve(serve_procs, "postgresql://h:1", "--require-tls")
     assert proc.exit_code() == 2
     assert "require_tls needs tls_cert and tls_key" in proc.output()
 
