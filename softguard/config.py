@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         description="one password for every role on the server (prefer "
         "upstream_passfile); set it through SOFTGUARD_UPSTREAM_PASSWORD, not a file",
     )
+    require_tls: bool = Field(
+        False, description="refuse clients that do not negotiate TLS (needs tls_cert/tls_key)"
+    )
     max_client_conn: int = Field(5000, ge=1, description="client connections per process")
     max_inspect_bytes: int = Field(
         64 << 20, ge=1024, description="largest Query/Parse message held for inspection"
@@ -77,6 +80,9 @@ class Settings(BaseSettings):
         60.0, gt=0, description="seconds after which a database's soft-delete tables are re-read"
     )
     log_level: LogLevel = "info"
+    log_file: Path | None = Field(
+        None, description="append the log to this file (reopened when moved); unset: stderr"
+    )
     data_dir: Path | None = Field(None, description="data directory of the embedded server")
     metrics: str | None = Field(
         None,
@@ -144,6 +150,8 @@ class Settings(BaseSettings):
     def _check_tls(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.require_tls and self.tls_cert is None:
+            raise ValueError("require_tls needs tls_cert and tls_key")
         return self
 
     @model_validator(mode="after")

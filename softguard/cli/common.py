@@ -93,6 +93,20 @@ def parse_since(text: str) -> timedelta | datetime:
 
 
 @contextmanager
+def connect_any(dsn: str, dbname: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection (to ``dbname`` instead of the DSN's when given), the ledger
+    not checked; exits 1 (2 for a DSN that does not parse) when it cannot connect."""
+    try:
+        conn = connect(dsn, application_name=CLI_APPLICATION_NAME, dbname=dbname)
+    except InvalidDsn as exc:
+        raise fail(f"invalid --dsn: {exc}", 2) from None
+    except CannotConnect as exc:
+        raise fail(f"cannot connect: {exc}") from None
+    with conn:
+        yield conn
+
+
+@contextmanager
 def connect_ledger(dsn: str, *, read: bool = True) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the database, with the ledger checked; exits 1 on error
     (2 for a DSN that does not parse).
@@ -114,15 +128,34 @@ def connect_ledger(dsn: str, *, read: bool = True) -> Iterator[psycopg.Connectio
                 access.require_undo()
         except LedgerNotInstalled:
             raise fail(
-                "softguard ledger is not installed in this database:"
-                " run softguard init --dsn DSN (as a superuser) first"
+                "softguard ledger is not installed in this database: run softguard init --dsn"
+                " DSN (as a superuser) first if this is the database you protect; if the ledger"
+                " is in another database of the server, give that one in --dsn (softguard ops"
+                " --all-databases lists every database that has it)"
             ) from None
         except LedgerError as exc:
             raise fail(str(exc)) from None
+        except psycopg.Error as exc:
+            raise fail(not_the_ledger(exc)) from None
         try:
             yield conn
         except psycopg.Error as exc:
             raise fail(error_line(exc)) from None
+
+
+def not_the_ledger(exc: psycopg.Error) -> str:
+    """One paragraph for an error while checking the ledger: through the proxy (whose own
+    refusals start with 'softguard:'), or anything else."""
+    line = error_line(exc)
+    if line.startswith("softguard:"):
+        return (
+            "this DSN goes through the softguard proxy, which lets no statement read its"
+            " ledger. Ledger commands (ops, show, undo, purge, grant) connect to the database"
+            " directly: use the DSN that `softguard serve` prints at start (SOFTGUARD_DSN=...;"
+            " the upstream server's host and port, not softguard's)"
+            f" [the proxy answered: {line}]"
+        )
+    return f"cannot read the softguard ledger through this DSN: {line}"
 
 
 def dumps(value: Any, indent: int | None = None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,12 +22,19 @@ app = typer.Typer(
 )
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s softguard[%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def _setup_logging(level: str, log_file: Path | None = None) -> None:
+    handler: logging.Handler
+    if log_file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        from logging.handlers import WatchedFileHandler
+
+        # Watched: after logrotate moves the file, the next line goes to a new one.
+        handler = WatchedFileHandler(log_file)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s softguard[%(process)d] %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
 
 
 def _die(message: str, code: int = 2) -> typer.Exit:
@@ -36,7 +44,7 @@ def _die(message: str, code: int = 2) -> typer.Exit:
 @app.command()
 def serve(
     listen: Annotated[
-        str | None, typer.Option(help="HOST:PORT to listen on [default: 127.0.0.1:6432]")
+        str | None, typer.Option(help="HOST:PORT to listen on \\[default: 127.0.0.1:6432]")
     ] = None,
     upstream: Annotated[
         str | None,
@@ -61,25 +69,36 @@ def serve(
         typer.Option(help="passwords softguard logs in to the server with (libpq passfile)"),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="worker processes sharing the port [default: 1]")
+        int | None, typer.Option(help="worker processes sharing the port \\[default: 1]")
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="certificate (PEM) for client TLS")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="private key (PEM) for client TLS")] = None,
+    require_tls: Annotated[
+        bool | None,
+        typer.Option(
+            "--require-tls",
+            help="refuse clients that do not negotiate TLS (FATAL 28000); needs --tls-cert",
+            show_default=False,
+        ),
+    ] = None,
     max_client_conn: Annotated[
-        int | None, typer.Option(help="client connections per worker [default: 5000]")
+        int | None, typer.Option(help="client connections per worker \\[default: 5000]")
     ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="data directory for the embedded server")
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="debug, info, warning or error [default: info]")
+        str | None, typer.Option(help="debug, info, warning or error \\[default: info]")
+    ] = None,
+    log_file: Annotated[
+        Path | None, typer.Option(help="append the log to this file \\[default: stderr]")
     ] = None,
     metrics: Annotated[
         str | None,
         typer.Option(
             metavar="HOST:PORT",
             help="serve Prometheus metrics at http://HOST:PORT/metrics; keep it on loopback "
-            "(e.g. 127.0.0.1:9187); with --workers N, worker i uses PORT+i [default: off]",
+            "(e.g. 127.0.0.1:9187); with --workers N, worker i uses PORT+i \\[default: off]",
         ),
     ] = None,
     protect_updates: Annotated[
@@ -93,7 +112,7 @@ def serve(
         str | None,
         typer.Option(
             metavar="DURATION",
-            help="purge expired operations every DURATION (30m, 1h, 1d) [default: off]",
+            help="purge expired operations every DURATION (30m, 1h, 1d) \\[default: off]",
         ),
     ] = None,
     purge_dsn: Annotated[
@@ -101,73 +120,115 @@ def serve(
         typer.Option(
             metavar="DSN",
             help="superuser DSN for the scheduled purge (database name replaced per"
-            " database) [default: the upstream DSN]",
+            " database) \\[default: the upstream DSN]",
         ),
     ] = None,
 ) -> None:
-    """Run the proxy."""
+    """Run the proxy (SIGHUP reloads the configuration, SIGTERM/SIGINT stop it)."""
+    # Until the proxy handles it, a SIGHUP (a closed terminal, a reload) must not kill
+    # serve half-way through starting an embedded server.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    flags: dict[str, Any] = {
+        "listen": listen,
+        "upstream": upstream,
+        "upstream_pooler": upstream_pooler,
+        "users_file": users_file,
+        "upstream_passfile": upstream_passfile,
+        "workers": workers,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "require_tls": require_tls,
+        "max_client_conn": max_client_conn,
+        "data_dir": data_dir,
+        "log_level": log_level,
+        "log_file": log_file,
+        "metrics": metrics,
+        "purge_every": purge_every,
+        "purge_dsn": purge_dsn,
+    }
+
+    def load() -> Settings:
+        loaded = load_settings(config, **flags)
+        if protect_updates:
+            loaded.policy.update = "protect"
+            for rule in loaded.policy.rules:
+                if rule.update is not None:
+                    rule.update = "protect"
+        return loaded
+
     try:
-        settings = load_settings(
-            config,
-            listen=listen,
-            upstream=upstream,
-            upstream_pooler=upstream_pooler,
-            users_file=users_file,
-            upstream_passfile=upstream_passfile,
-            workers=workers,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            max_client_conn=max_client_conn,
-            data_dir=data_dir,
-            log_level=log_level,
-            metrics=metrics,
-            purge_every=purge_every,
-            purge_dsn=purge_dsn,
-        )
+        settings = load()
     except ConfigError as exc:
         raise _die(str(exc)) from None
-    if protect_updates:
-        settings.policy.update = "protect"
-        for rule in settings.policy.rules:
-            if rule.update is not None:
-                rule.update = "protect"
-    _setup_logging(settings.log_level)
+    try:
+        _setup_logging(settings.log_level, settings.log_file)
+    except OSError as exc:
+        raise _die(f"cannot open --log-file {settings.log_file}: {exc.strerror or exc}") from None
     from softguard.proxy.metrics import MetricsError
-    from softguard.proxy.server import serve_forever
+    from softguard.proxy.server import TlsFileError, check_client_tls, serve_forever
     from softguard.proxy.upstream import UpstreamError, UpstreamTarget
 
+    try:
+        check_client_tls(settings)  # before anything starts: a TLS error, not a listen error
+    except TlsFileError as exc:
+        raise _die(str(exc), 1) from None
     embedded = None
     dsn = settings.upstream
     if dsn is None:
         embedded = _start_embedded(settings)
         dsn = embedded.dsn()
     try:
-        target = UpstreamTarget.from_dsn(dsn)
-    except UpstreamError as exc:
-        raise _die(str(exc)) from None
-    if embedded is not None:
-        proxied = f"{settings.listen_host}:{settings.listen_port}"
-        typer.echo(
-            f"softguard: embedded PostgreSQL in {embedded.data_dir}; connect through softguard:\n"
-            f"  psql 'postgresql://{embedded.superuser}@{proxied}/postgres'",
-        )
-    if settings.soft_delete:
-        _check_soft_delete(settings, dsn)
-    typer.echo(f"softguard: listening on {settings.listen}, upstream {target.display}")
-    from softguard.ledger.scheduler import start_scheduled_purge
+        try:
+            target = UpstreamTarget.from_dsn(dsn)
+        except UpstreamError as exc:
+            raise _die(str(exc)) from None
+        if settings.soft_delete:
+            _check_soft_delete(settings, dsn)
+        from softguard.ledger.scheduler import start_scheduled_purge
 
-    purge = start_scheduled_purge(settings, dsn)  # in this (the parent) process only
-    try:
-        serve_forever(settings, target)
-    except MetricsError as exc:
-        raise _die(str(exc), 1) from None
-    except OSError as exc:
-        raise _die(f"cannot listen on {settings.listen}: {exc.strerror or exc}", 1) from None
+        def on_listening(port: int) -> None:
+            proxied = f"{_url_host(settings.listen_host)}:{port}"
+            typer.echo(f"softguard: listening on {proxied}, upstream {target.display}")
+            if embedded is not None:
+                typer.echo(
+                    f"softguard: embedded PostgreSQL in {embedded.data_dir}; "
+                    "connect through softguard:\n"
+                    f"  psql 'postgresql://{embedded.superuser}@{proxied}/postgres'"
+                )
+            typer.echo(
+                "softguard: ops, show, undo and purge connect to the database directly, "
+                f"not through softguard:\n  export SOFTGUARD_DSN='{_ledger_dsn(dsn)}'"
+            )
+            sys.stdout.flush()
+
+        purge = start_scheduled_purge(settings, dsn)  # in this (the parent) process only
+        try:
+            serve_forever(settings, target, reload=load, on_listening=on_listening)
+        except MetricsError as exc:
+            raise _die(str(exc), 1) from None
+        except OSError as exc:
+            raise _die(f"cannot listen on {settings.listen}: {exc.strerror or exc}", 1) from None
+        finally:
+            if purge is not None:
+                purge.close()
     finally:
-        if purge is not None:
-            purge.close()
         if embedded is not None:
             embedded.cleanup() if settings.data_dir is None else embedded.stop()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _ledger_dsn(dsn: str) -> str:
+    """The upstream DSN without its password, for the ledger commands."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(dsn)
+    if "password" not in params:
+        return dsn
+    params.pop("password")
+    return make_conninfo("", **params)
 
 
 def _soft_delete_catalog(settings: Settings, dsn: str) -> tuple[str, Any]:
@@ -211,7 +272,7 @@ def _start_embedded(settings: Settings):  # type: ignore[no-untyped-def]
     from softguard.embedded import EmbeddedError, EmbeddedPostgres, NoServerBinaries
 
     try:
-        server = EmbeddedPostgres(settings.data_dir)
+        server = EmbeddedPostgres(settings.data_dir, die_with_parent=True)
     except NoServerBinaries as exc:
         raise _die(f"{exc}; or pass --upstream DSN to run in front of a server") from None
     typer.echo("softguard: no --upstream given; starting an embedded PostgreSQL ...")
@@ -219,6 +280,8 @@ def _start_embedded(settings: Settings):  # type: ignore[no-untyped-def]
         server.start()
     except EmbeddedError as exc:
         raise _die(f"cannot start the embedded PostgreSQL: {exc}", 1) from None
+    if server.port_note is not None:
+        typer.echo(f"softguard: embedded PostgreSQL: {server.port_note}", err=True)
     return server
 
 
@@ -232,7 +295,8 @@ def explain(
     dsn: Annotated[
         str | None,
         typer.Option(
-            help="read the [[soft_delete]] tables from this database's catalog, to show the "
+            # Escaped: Rich reads [soft_delete] as markup and prints "[]".
+            help="read the \\[\\[soft_delete]] tables from this database's catalog, to show the "
             "soft-delete rewrite (only the catalog is read)"
         ),
     ] = None,
@@ -360,7 +424,7 @@ def _soft_delete_entries(settings: Settings, result: Any, database: str) -> list
 
 
 def _register_commands() -> None:
-    from softguard.cli import approval_cmds, purge_cmd
+    from softguard.cli import approval_cmds, grant_cmd, purge_cmd
     from softguard.cli.demo_cmd import demo
     from softguard.cli.init_cmd import init
     from softguard.cli.ops_cmds import register as register_ops
@@ -372,6 +436,7 @@ def _register_commands() -> None:
     purge_cmd.register(app)
     register_user(app)
     approval_cmds.register(app)
+    grant_cmd.register(app)
 
 
 _register_commands()

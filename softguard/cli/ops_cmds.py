@@ -15,7 +15,7 @@ on stderr when the total exceeds ``max_quarantine_bytes``. Exit codes: 0 success
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any
 
 import psycopg
@@ -26,14 +26,18 @@ from softguard.cli.common import (
     DsnOption,
     JsonOption,
     configured_cap,
+    connect_any,
     connect_ledger,
     dumps,
     fail,
     iso,
+    not_the_ledger,
     parse_since,
     short,
 )
 from softguard.cli.progress import bars
+from softguard.cli.show_text import show_lines
+from softguard.ledger.db import LedgerError, LedgerNotInstalled
 from softguard.ledger.operations import (
     STATES,
     Operation,
@@ -77,13 +81,19 @@ def _state_label(op: Operation) -> str:
     return f"undo of {op.undo_of}" if op.is_undo_record else op.state
 
 
-def _objects_label(op: Operation) -> str:
+def _objects_label(op: Operation, names_only: bool = False) -> str:
+    """``names_only``: without the object types (narrow terminals)."""
+    named = (
+        [str(o.get("identity", "?")) for o in op.objects if o.get("original")]
+        if names_only
+        else op.targets()
+    )
+    label = ", ".join(named) or "-"
     if op.is_undo_record:
-        return ", ".join(op.targets()) or "-"
-    label = ", ".join(op.targets()) or "-"
+        return label
     also = op.cascaded()
     if also:
-        label += f" (+{len(also)} by cascade)"
+        label += f" (+{len(also)})" if names_only else f" (+{len(also)} by cascade)"
     return label
 
 
@@ -136,6 +146,18 @@ def ops(
     limit: Annotated[int, typer.Option("--limit", metavar="N", help="at most N operations")] = 50,
     config: ConfigOption = None,
     as_json: JsonOption = False,
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", help="every column and the whole statement, however wide"),
+    ] = False,
+    all_databases: Annotated[
+        bool,
+        typer.Option(
+            "--all-databases",
+            help="operations of every database of the server that has the ledger"
+            " (--dsn names any one of them)",
+        ),
+    ] = False,
 ) -> None:
     """List recent operations in the ledger, newest first, with what each keeps."""
     try:
@@ -147,6 +169,9 @@ def ops(
     if limit < 1:
         raise fail(f"--limit: expected a positive number, got {limit}", 2)
     cap = configured_cap(config)
+    if all_databases:
+        _ops_all_databases(dsn, since_value, state, limit, as_json, wide)
+        return
     with connect_ledger(dsn) as conn:
         found = list_operations(
             conn,
@@ -165,7 +190,7 @@ def ops(
         typer.echo("no operations")
         return
     if _stdout_is_terminal():
-        _print_rich_table(found, sizes)
+        _print_rich_table(found, sizes, wide=wide)
         if total is not None:
             typer.echo(f"total in quarantine: {human_bytes(total)} (estimated; softguard space)")
         return
@@ -178,7 +203,7 @@ def ops(
                     iso(op.created_at),
                     op.db_role,
                     op.application_name or "-",
-                    short(op.statement),
+                    " ".join(op.statement.split()) if wide else short(op.statement),
                     _objects_label(op),
                     _state_label(op),
                     iso(op.expires_at),
@@ -200,38 +225,132 @@ def _quarantine_total(conn: psycopg.Connection[Any]) -> int | None:
         return None
 
 
-def _print_rich_table(found: list[Operation], sizes: dict[int, int] | None = None) -> None:
+#: Below this many columns, the terminal table leaves out application, expires and size.
+COMPACT_BELOW = 120
+
+
+def _print_rich_table(
+    found: list[Operation],
+    sizes: dict[int, int] | None = None,
+    *,
+    wide: bool = False,
+    databases: dict[int, str] | None = None,
+) -> None:
+    """``databases``: id(op) -> database name, for --all-databases."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for name, kw in (
+    # --wide: as wide as the rows are (the terminal wraps or a pager scrolls), nothing cut
+    console = Console(file=sys.stdout, width=1 << 16) if wide else Console(file=sys.stdout)
+    compact = not wide and console.width < COMPACT_BELOW
+    cut = {"overflow": "ellipsis", "no_wrap": True}
+    columns: list[tuple[str, dict[str, Any]]] = [
         ("id", {"justify": "right", "no_wrap": True}),
         ("time", {"no_wrap": True}),
-        ("role", {"overflow": "ellipsis", "max_width": 16}),
-        ("application", {"overflow": "ellipsis", "max_width": 16}),
-        ("statement", {"overflow": "fold", "min_width": 20, "ratio": 3}),
-        ("objects", {"overflow": "fold", "min_width": 16, "ratio": 2}),
+        ("role", {**cut, "max_width": 12 if compact else 16}),
+        ("statement", {**cut, "ratio": 3} if compact else {"overflow": "fold", "ratio": 3}),
+        ("objects", {**cut, "ratio": 2} if compact else {"overflow": "fold", "ratio": 2}),
         ("state", {"no_wrap": True}),
-        ("expires", {"no_wrap": True}),
-        ("size", {"justify": "right", "no_wrap": True}),
-    ):
+    ]
+    if databases is not None:
+        columns.insert(1, ("database", {**cut, "max_width": 16}))
+    if not compact:
+        columns.insert(-3, ("application", {**cut, "max_width": 16}))
+        columns += [("expires", {"no_wrap": True}), ("size", {"justify": "right", "no_wrap": True})]
+    table = Table(show_edge=False, pad_edge=False, header_style="bold", expand=compact)
+    today = datetime.now().astimezone().date()
+    for name, kw in columns:
         table.add_column(name, **kw)
     for op in found:
         state = _state_label(op)
         style = {"active": "green", "undone": "yellow", "purged": "red"}.get(state, "dim")
-        table.add_row(
-            str(op.id),
-            op.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            op.db_role,
-            op.application_name or "",
-            short(op.statement),
-            _objects_label(op),
-            f"[{style}]{state}[/{style}]",
-            op.expires_at.strftime("%Y-%m-%d %H:%M"),
-            human_bytes(size) if (size := _size(sizes, op)) is not None else "-",
+        size = _size(sizes, op)
+        cells = {
+            "id": str(op.id),
+            "database": (databases or {}).get(id(op), ""),
+            "time": _time_label(op.created_at, compact, today),
+            "role": escape(op.db_role),
+            "application": escape(op.application_name or ""),
+            "statement": escape(" ".join(op.statement.split()) if wide else short(op.statement)),
+            "objects": escape(_objects_label(op, names_only=compact)),
+            "state": f"[{style}]{state}[/{style}]",
+            "expires": op.expires_at.strftime("%Y-%m-%d %H:%M"),
+            "size": human_bytes(size) if size is not None else "-",
+        }
+        table.add_row(*(cells[name] for name, _ in columns))
+    console.print(table)
+
+
+def _time_label(when: datetime, compact: bool, today: date) -> str:
+    """Compact: today's operations by time only (local time, like the full form)."""
+    if not compact:
+        return when.strftime("%Y-%m-%d %H:%M:%S")
+    local = when.astimezone()
+    return local.strftime("%H:%M" if local.date() == today else "%m-%d %H:%M")
+
+
+def _ops_all_databases(
+    dsn: str,
+    since: Any,
+    state: str | None,
+    limit: int,
+    as_json: bool,
+    wide: bool,
+) -> None:
+    """``ops --all-databases``: each connectable database that has the ledger, merged
+    newest first; a database this role cannot read is named on stderr, not fatal."""
+    from softguard.ledger.scheduler import connectable_databases
+
+    found: list[tuple[str, Operation]] = []
+    with connect_any(dsn) as conn:
+        databases = connectable_databases(conn)
+    for database in databases:
+        try:
+            with connect_any(dsn, dbname=database) as conn:
+                if not check_ledger(conn).can_read:
+                    typer.echo(f"softguard: {database}: this role cannot read the ledger", err=True)
+                    continue
+                ops_here = list_operations(conn, since=since, state=state, limit=limit)
+        except LedgerNotInstalled:
+            continue
+        except LedgerError as exc:
+            typer.echo(f"softguard: {database}: skipped: {exc}", err=True)
+            continue
+        except psycopg.Error as exc:
+            raise fail(f"{database}: {not_the_ledger(exc)}") from None
+        found += [(database, op) for op in ops_here]
+    found.sort(key=lambda pair: pair[1].created_at, reverse=True)
+    found = found[:limit]
+    if as_json:
+        typer.echo(dumps([{"database": db, **operation_summary(op)} for db, op in found]))
+        return
+    if not found:
+        typer.echo("no operations in any database")
+        return
+    if _stdout_is_terminal():
+        _print_rich_table(
+            [op for _, op in found], wide=wide, databases={id(op): db for db, op in found}
         )
-    Console(file=sys.stdout).print(table)
+        return
+    typer.echo("\t".join(("database", *PLAIN_COLUMNS)))
+    for database, op in found:
+        typer.echo(
+            "\t".join(
+                (
+                    database,
+                    str(op.id),
+                    iso(op.created_at),
+                    op.db_role,
+                    op.application_name or "-",
+                    " ".join(op.statement.split()) if wide else short(op.statement),
+                    _objects_label(op),
+                    _state_label(op),
+                    iso(op.expires_at),
+                    "-",
+                )
+            )
+        )
 
 
 # -- show ------------------------------------------------------------------------------
@@ -243,8 +362,15 @@ def show(
     dsn: DsnOption,
     op: Annotated[int, typer.Argument(help="operation id", show_default=False)],
     as_json: JsonOption = False,
+    details: Annotated[
+        bool,
+        typer.Option(
+            "--details",
+            help="every recorded column, object and restore step (for support)",
+        ),
+    ] = False,
 ) -> None:
-    """Show everything recorded about one operation."""
+    """Show one operation: what it did, what it keeps, what undo will do."""
     with connect_ledger(dsn) as conn:
         try:
             found = get_operation(conn, op)
@@ -256,6 +382,10 @@ def show(
         doc["cascaded"] = found.cascaded()
         doc["reversible"] = found.reversible
         typer.echo(dumps(doc, indent=2))
+        return
+    if not details:
+        for line in show_lines(found):
+            typer.echo(line)
         return
     columns = {k: v for k, v in found.columns.items() if k not in _SHOWN_APART}
     width = max(len(k) for k in columns)
@@ -352,7 +482,7 @@ def undo(
         typer.Option(
             "--lock-timeout",
             metavar="SECONDS",
-            help="give up (nothing changed) if a table stays locked this long [default: 10]",
+            help="give up (nothing changed) if a table stays locked this long",
         ),
     ] = 10.0,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,

@@ -254,7 +254,7 @@ def space(
             "--max-bytes",
             metavar="N",
             help=f"warn (exit {EXIT_OVER_CAP}) when the quarantine holds more than N bytes"
-            " [default: max_quarantine_bytes]",
+            " \\[default: max_quarantine_bytes]",
         ),
     ] = None,
     config: ConfigOption = None,

@@ -111,6 +111,10 @@ _CHANNEL_BINDING_HINT = (
     "server: connect with channel_binding=disable, or run softguard with an upstream "
     "sslmode of disable/allow on a trusted network."
 )
+_TLS_REQUIRED = (
+    "softguard: this server requires TLS (SSL) from clients; connect with sslmode=require "
+    "(or verify-ca/verify-full) and channel_binding=disable"
+)
 SHUTDOWN = ("57P01", "softguard: terminating connection because softguard is shutting down")
 
 
@@ -158,6 +162,7 @@ class CoreConfig:
     # Whether a session-mode pooler (or a TCP proxy) between softguard and the server is
     # declared; undeclared, a session whose server sees another client port is refused.
     upstream_pooler: bool = False
+    require_tls: bool = False  # refuse clients that did not negotiate TLS
 
 
 Sink = Callable[[bytes], None]
@@ -537,6 +542,10 @@ class SessionCore:
             self._close()
             return
         assert isinstance(packet, StartupMessage)
+        if self.config.require_tls and not self._tls_done:
+            self.controls.append(Refused("protocol"))  # a client without TLS
+            self._send_fatal("28000", _TLS_REQUIRED)
+            return
         if rest:
             # PostgreSQL leaves what follows the packet buffered for later; so do we.
             self._early.append(rest)

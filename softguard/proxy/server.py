@@ -12,7 +12,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from softguard.auth.login import Credentials
@@ -28,6 +28,13 @@ from softguard.sql.offload import OffLoopClassifier
 from softguard.wire import CancelRequest
 
 log = logging.getLogger("softguard.server")
+
+#: Reads the configuration again (SIGHUP); raises ValueError (ConfigError) when invalid.
+Reload = Callable[[], Settings]
+#: Told the port once the listening socket is bound.
+OnListening = Callable[[int], None]
+# While the upstream stays unreachable, the warning is repeated at most this often.
+_UPSTREAM_WARN_EVERY = 60.0
 
 
 class ProxyServer:
@@ -67,6 +74,43 @@ class ProxyServer:
         self._no_sessions.set()
         self.metrics = metrics or Metrics()
         self.metrics.track_sessions(self.sessions.__len__)
+        self._upstream_down_since: float | None = None
+        self._upstream_warned_at = 0.0
+
+    # -- upstream health: one warning per failure burst, not one per client
+
+    def upstream_failed(self, reason: str) -> None:
+        now = self.loop.time()
+        if self._upstream_down_since is None:
+            self._upstream_down_since = now
+        elif now - self._upstream_warned_at < _UPSTREAM_WARN_EVERY:
+            log.debug("upstream still unreachable: %s", reason)
+            return
+        self._upstream_warned_at = now
+        log.warning("upstream %s unreachable: %s", self.target.display, reason)
+
+    def upstream_ok(self) -> None:
+        if self._upstream_down_since is not None:
+            down = self.loop.time() - self._upstream_down_since
+            self._upstream_down_since = None
+            log.info("upstream %s reachable again (after %.0fs)", self.target.display, down)
+
+    # -- configuration
+
+    def reload(self, settings: Settings) -> None:
+        """Apply what a reload may change: the policy (read by every later statement of
+        every session, open ones included) and the log level. Sessions are kept; the
+        listen address, upstream and TLS files need a restart."""
+        self.policy.config = settings.policy
+        logging.getLogger().setLevel(getattr(logging, settings.log_level.upper()))
+        self.settings = self.settings.model_copy(
+            update={"policy": settings.policy, "log_level": settings.log_level}
+        )
+        if (settings.users_file is None) != (self.credentials is None):
+            log.warning("SIGHUP: users_file switched on or off: that needs a restart")
+        elif settings.users_file is not None:
+            # The users file and the passfile: new logins use them (decision 0018).
+            self.credentials = _credentials(settings, self.target)
 
     # -- sessions
 
@@ -199,8 +243,23 @@ def _client_ssl_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    try:
+        ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsFileError(
+            f"TLS: cannot load certificate {settings.tls_cert} and key {settings.tls_key}: "
+            f"{exc.strerror or exc}"
+        ) from None
     return ctx
+
+
+class TlsFileError(Exception):
+    """The client TLS certificate or key cannot be read or used (not a listen error)."""
+
+
+def check_client_tls(settings: Settings) -> None:
+    """Load the client TLS files once before serving; raises TlsFileError."""
+    _client_ssl_context(settings)
 
 
 def bind_listener(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -234,6 +293,8 @@ async def _run_worker(
     sock: socket.socket,
     index: int,
     metrics: Metrics | None,
+    reload: Reload | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     server = ProxyServer(settings, target, loop, metrics)
@@ -245,10 +306,29 @@ async def _run_worker(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, server, reload)
+    if ready is not None:
+        ready()
     await stop.wait()
     log.info("shutting down: %d open connection(s)", len(server.sessions))
     await server.shutdown(settings.shutdown_timeout)
     server.metrics.close()
+
+
+def _reload(server: ProxyServer, reload: Reload | None) -> None:
+    if reload is None:
+        log.info("SIGHUP: nothing to reload")
+        return
+    try:
+        settings = reload()
+    except ValueError as exc:  # ConfigError: keep running with what was loaded
+        log.error("SIGHUP: configuration not reloaded, keeping the current one: %s", exc)
+        return
+    server.reload(settings)
+    log.info(
+        "SIGHUP: configuration reloaded (policy, log level, users); %d session(s) kept",
+        len(server.sessions),
+    )
 
 
 def run_worker(
@@ -257,19 +337,57 @@ def run_worker(
     sock: socket.socket,
     index: int = 0,
     metrics: Metrics | None = None,
+    reload: Reload | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
+    """``ready``: called once the worker accepts clients and handles its signals."""
     install_event_loop_policy()
     sock.listen(1024)
-    asyncio.run(_run_worker(settings, target, sock, index, metrics))
+    asyncio.run(_run_worker(settings, target, sock, index, metrics, reload, ready))
+
+
+def _ready_byte(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, b".")
+        os.close(fd)
+
+
+def _wait_ready(fd: int, workers: int, timeout: float) -> None:
+    """Until every worker said it accepts clients, one died (EOF) or ``timeout`` passed."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while seen < workers:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            readable, _, _ = select.select([fd], [], [], left)
+        except InterruptedError:
+            continue
+        if not readable:
+            return
+        chunk = os.read(fd, workers)
+        if not chunk:
+            return
+        seen += len(chunk)
 
 
 def serve_forever(
-    settings: Settings, target: UpstreamTarget, metrics: Metrics | None = None
+    settings: Settings,
+    target: UpstreamTarget,
+    metrics: Metrics | None = None,
+    *,
+    reload: Reload | None = None,
+    on_listening: OnListening | None = None,
 ) -> None:
     """Run the proxy until SIGTERM/SIGINT: in this process, or in N forked workers.
 
     ``metrics``: the Metrics of the single worker (e.g. shared with a purge scheduler in
     this process); with N > 1, each forked worker makes its own and this one is unused.
+    ``reload``: called on SIGHUP for the new settings (each worker calls it itself).
+    ``on_listening``: told the port once it is bound, before any client is accepted.
     """
     workers = settings.workers
     host, port = settings.listen_host, settings.listen_port
@@ -277,12 +395,17 @@ def serve_forever(
         # Here, before forking: a bad address is one clear error, not dying workers.
         check_metrics_address(*settings.metrics_address, workers)
     if workers == 1:
-        run_worker(settings, target, bind_listener(host, port, reuse_port=False), 0, metrics)
+        sock = bind_listener(host, port, reuse_port=False)
+        bound = sock.getsockname()[1]
+        ready = None if on_listening is None else (lambda: on_listening(bound))
+        run_worker(settings, target, sock, 0, metrics, reload, ready)
         return
     # The parent holds a bound (never listening) socket so an ephemeral port stays ours.
     anchor = bind_listener(host, port, reuse_port=True)
     port = anchor.getsockname()[1]
     children: dict[int, int] = {}
+    # Each worker writes one byte here once it accepts clients (see _ready_byte).
+    ready_r, ready_w = os.pipe()
 
     def spawn(index: int) -> None:
         pid = os.fork()
@@ -290,9 +413,19 @@ def serve_forever(
             code = 0
             try:
                 anchor.close()
+                os.close(ready_r)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                run_worker(settings, target, bind_listener(host, port, reuse_port=True), index)
+                # Until the worker's loop handles it, a reload must not kill the worker.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                run_worker(
+                    settings,
+                    target,
+                    bind_listener(host, port, reuse_port=True),
+                    index,
+                    reload=reload,
+                    ready=lambda: _ready_byte(ready_w),
+                )
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1
@@ -311,10 +444,21 @@ def serve_forever(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        for pid in children:  # each worker reloads its own configuration
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     for i in range(workers):
         spawn(i)
+    os.close(ready_w)
+    _wait_ready(ready_r, workers, settings.connect_timeout + 60)
+    os.close(ready_r)
+    if on_listening is not None:
+        on_listening(port)
     restarts: list[float] = []
     while children:
         try:

@@ -58,6 +58,10 @@ class SessionHost(Protocol):
 
     async def forward_cancel(self, request: CancelRequest) -> None: ...
 
+    def upstream_failed(self, reason: str) -> None: ...
+
+    def upstream_ok(self) -> None: ...
+
 
 class UpstreamProtocol(asyncio.Protocol):
     """The upstream side: forwards every event to its session."""
@@ -114,6 +118,7 @@ class ClientSession(asyncio.Protocol):
                 tls=server.client_ssl is not None,
                 credentials=server.credentials,
                 upstream_pooler=settings.upstream_pooler == "session",
+                require_tls=settings.require_tls,
             ),
             server.inputs,
             server.metrics,
@@ -309,15 +314,18 @@ class ClientSession(asyncio.Protocol):
                     server.loop, server.target, upstream, upstream, server.upstream_ssl
                 )
         except TimeoutError:
+            server.upstream_failed("timed out")
             self.core.upstream_failed(
                 f"softguard: timed out connecting to upstream server at {server.target.display}"
             )
             self._run()
             return
         except (UpstreamError, ConnectionError) as exc:
+            server.upstream_failed(str(exc))
             self.core.upstream_failed(f"softguard: {exc}")
             self._run()
             return
+        server.upstream_ok()
         if self.core.state is State.CLOSED:
             transport.close()
             return

@@ -203,7 +203,9 @@ def test_parse_since() -> None:
 def test_show(ledger: Ledger, db: str, dsn: str) -> None:
     op = drop(ledger, db, "DROP TABLE reservations CASCADE")
 
-    r = cli("show", "--dsn", dsn, str(op))
+    # --details: every column, object and restore step (the default view is for a person:
+    # tests/cli/test_operator_cli.py)
+    r = cli("show", "--dsn", dsn, str(op), "--details")
     assert r.exit_code == 0, r.output
     out = r.output
     assert out.startswith(f"operation {op}\n")
