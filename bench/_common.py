@@ -236,8 +236,9 @@ def _machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _CLK_TCK
 
 
-def _tree_cpu_seconds(root: int) -> float:
-    """CPU of `root`'s live tree, plus what its reaped children used (cutime, cstime)."""
+def tree_cpu_seconds(root: int) -> float:
+    """CPU of `root`'s live tree, plus what its reaped children used (cutime, cstime):
+    utime+stime summed over a proxy and all its workers."""
     ticks = 0
     for pid in tree_pids(root):
         try:
@@ -261,7 +262,7 @@ class CpuMeter:
         for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
             ru = resource.getrusage(who)
             ours += ru.ru_utime + ru.ru_stime
-        ours += sum(_tree_cpu_seconds(pid) for pid in self.anchors)
+        ours += sum(tree_cpu_seconds(pid) for pid in self.anchors)
         return time.monotonic(), _machine_busy_seconds(), ours
 
     @staticmethod
