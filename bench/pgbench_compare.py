@@ -50,7 +50,7 @@ from _common import (
     run_bounded,
     run_pgbench,
     tool_version,
-    tree_cpu_seconds,
+    tree_cpu_split,
     tree_memory,
 )
 from psycopg.conninfo import conninfo_to_dict
@@ -135,6 +135,7 @@ class Run:
     argv: list[str] = field(default_factory=list)
     proxy_cpu_s: float | None = None  # utime+stime of the proxy's process tree
     cpu_us_per_stmt: float | None = None  # proxy_cpu_s / statements pgbench ran
+    sys_us_per_stmt: float | None = None  # the stime (kernel) part of it
 
 
 class Bench:
@@ -432,13 +433,13 @@ class Bench:
                         continue
                     before = self.meter.sample() if self.meter else None
                     proc = target.process
-                    cpu_before = tree_cpu_seconds(proc.pid) if proc is not None else None
+                    cpu_before = tree_cpu_split(proc.pid) if proc is not None else None
                     res = self.run_one(target, w.clients, a.duration, w.args)
-                    proxy_cpu = (
-                        tree_cpu_seconds(proc.pid) - cpu_before
-                        if proc is not None and cpu_before is not None
-                        else None
-                    )
+                    proxy_cpu = proxy_sys = None
+                    if proc is not None and cpu_before is not None:
+                        cpu_after = tree_cpu_split(proc.pid)
+                        proxy_sys = cpu_after[1] - cpu_before[1]
+                        proxy_cpu = cpu_after[0] - cpu_before[0] + proxy_sys
                     time.sleep(a.pause)  # lets the backends exit and be reaped
                     other = (
                         CpuMeter.foreign_percent(before, self.meter.sample())
@@ -459,6 +460,7 @@ class Bench:
                         res.argv,
                         None if proxy_cpu is None else round(proxy_cpu, 3),
                         _per_statement(proxy_cpu, res.transactions, w.statements),
+                        _per_statement(proxy_sys, res.transactions, w.statements),
                     )
                     self.runs.append(run)
                     if res.ok:
@@ -469,6 +471,7 @@ class Bench:
                                 ""
                                 if run.cpu_us_per_stmt is None
                                 else f"  CPU {run.cpu_us_per_stmt:.1f} µs/stmt"
+                                f" ({run.sys_us_per_stmt:.1f} sys)"
                             )
                             + ("" if other is None else f"  other CPU {other:.0f}%")
                         )
@@ -630,6 +633,7 @@ def summarize(runs: list[Run], workloads: list[Workload], configs: list[str]) ->
             lat = [r.latency_ms for r in ok if r.latency_ms is not None]
             other = [r.other_cpu_pct for r in ok if r.other_cpu_pct is not None]
             cpu = [r.cpu_us_per_stmt for r in ok if r.cpu_us_per_stmt is not None]
+            sys_cpu = [r.sys_us_per_stmt for r in ok if r.sys_us_per_stmt is not None]
             med[c] = {
                 "tps": median(tps),
                 "latency_ms": median(lat),
@@ -638,6 +642,7 @@ def summarize(runs: list[Run], workloads: list[Workload], configs: list[str]) ->
                 "tps_max": max(tps, default=None),
                 "other_cpu_pct_max": max(other, default=None),
                 "cpu_us_per_stmt": median(cpu),
+                "sys_us_per_stmt": median(sys_cpu),
             }
 
         out[w.name] = {
@@ -771,6 +776,7 @@ def print_report(
             "added lat µs",
             "x direct",
             "proxy CPU µs/stmt",
+            "of it sys",
             "ok runs",
             "other CPU % (max)",
         ):
@@ -789,6 +795,7 @@ def print_report(
                 _f(add * 1000 if add is not None else None, "+.0f"),
                 _f(m["tps"] / direct_tps if m["tps"] and direct_tps else None, ".3f"),
                 _f(m["cpu_us_per_stmt"], ".1f"),
+                _f(m["sys_us_per_stmt"], ".1f"),
                 str(m["runs_ok"]),
                 _f(m["other_cpu_pct_max"], ".0f"),
             )

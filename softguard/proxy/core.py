@@ -51,7 +51,14 @@ from softguard.proxy.commands import (
     Timer,
     WaitLedger,
 )
-from softguard.proxy.statements import SAFE, NeedLedger, PlanInputs, SoftSession, plan_message
+from softguard.proxy.statements import (
+    SAFE,
+    NeedLedger,
+    PlanInputs,
+    SoftSession,
+    passes_unread,
+    plan_message,
+)
 from softguard.sql import Classification
 from softguard.sql.prefilter import may_be_destructive
 from softguard.sql.rewrite import RewritePlan, refusal
@@ -720,21 +727,30 @@ class SessionCore:
             msg = msgs[i]
             mtype = msg.type
             if mtype == _Q or mtype == _P:
-                offload = self.config.offload_bytes
-                if offload and len(msg.body) > offload and self._known is None:
-                    text = parse_query_text(mtype, msg.body)
-                    if len(text) > offload and may_be_destructive(text):
-                        if msg.start > cursor:
-                            out(buf[cursor : msg.start])
-                        self._deferred = (buf, msgs, held, i, max(msg.start, 0))
-                        self._set_client_reading(paused=True, reason="classify")
-                        self.controls.append(ClassifyOffLoop(text, self.client_encoding))
-                        return
                 try:
-                    replacement = self._inspect(msg, log_it=not resumed or i != index)
-                except ProtocolViolation as exc:
-                    self._fail(exc)
-                    return
+                    text: bytes | None = parse_query_text(mtype, msg.body)
+                except ProtocolViolation:
+                    text = None  # malformed: ``_inspect`` reports it
+                fresh = self._known is None
+                if fresh and text is not None and passes_unread(text, self._soft):
+                    # The hot path: proven harmless from its bytes, planned no further.
+                    self.counter.safe_statements += 1
+                    replacement: bytes | NeedLedger | None = None
+                else:
+                    offload = self.config.offload_bytes
+                    if offload and fresh and text is not None and len(text) > offload:
+                        if may_be_destructive(text):
+                            if msg.start > cursor:
+                                out(buf[cursor : msg.start])
+                            self._deferred = (buf, msgs, held, i, max(msg.start, 0))
+                            self._set_client_reading(paused=True, reason="classify")
+                            self.controls.append(ClassifyOffLoop(text, self.client_encoding))
+                            return
+                    try:
+                        replacement = self._inspect(msg, log_it=not resumed or i != index)
+                    except ProtocolViolation as exc:
+                        self._fail(exc)
+                        return
                 if isinstance(replacement, NeedLedger):
                     if msg.start > cursor:
                         out(buf[cursor : msg.start])

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from softguard.contract import client_text_marker
 from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, Decision, Policy, SessionInfo
 from softguard.sql import Kind
+from softguard.sql.prefilter import may_be_destructive
 from softguard.sql.rewrite import (
     Replacement,
     RewritePlan,
@@ -189,6 +190,14 @@ class SoftSession:
                 self.prepared.clear()
             else:
                 self.prepared.discard(name)
+
+
+def passes_unread(text: bytes, soft: SoftSession) -> bool:
+    """True when ``plan_message`` would answer ``SAFE`` for ``text`` (with no classification
+    known beforehand), decided from the bytes alone: the prefilter proves the text harmless,
+    it does not name softguard, and no prepared soft delete is in play. The relay's fast
+    path: no classification, no decoding, no ``Planned``."""
+    return not soft.prepared and not may_be_destructive(text) and not mentions_softguard(text)
 
 
 def plan_message(

@@ -117,16 +117,18 @@ class Framer:
         n = len(buf)
         want = self._want
         allowed = self._allowed
+        max_length = self._max_length
+        unpack = _unpack_int32
         while True:
             if pos + 5 > n:
                 if pos < n:
                     self._head = buf[pos:]
                 return buf, msgs, n - pos
             mtype = buf[pos]
-            (length,) = _unpack_int32(buf, pos + 1)
+            (length,) = unpack(buf, pos + 1)
             if allowed is not None and mtype not in allowed:
                 raise self._error_class(f"invalid message type {_show_type(mtype)}")
-            if length < 4 or length > self._max_length:
+            if not 4 <= length <= max_length:
                 raise self._error_class(
                     f"invalid message length {length} for message type {_show_type(mtype)}"
                 )
