@@ -252,6 +252,19 @@ class SessionCore:
                 self._client_data_before_auth(data)
             return
         self._client_bytes += len(data)
+        if self._cframer.lone(data, _Q) and self._known is None:
+            # The commonest chunk: one whole Query. Proven harmless from its bytes, it
+            # goes on as it came, without framing objects (a framer's state is unchanged
+            # by a lone message).
+            try:
+                text: bytes | None = parse_query_text(_Q, data[5:])
+            except ProtocolViolation:
+                text = None
+            if text is not None and passes_unread(text, self._soft):
+                self.counter.safe_statements += 1
+                self._query_sent()
+                self.to_server(data)
+                return
         try:
             buf, msgs, held = self._cframer.feed(data)
         except ProtocolViolation as exc:
@@ -728,7 +741,7 @@ class SessionCore:
             mtype = msg.type
             if mtype == _Q or mtype == _P:
                 try:
-                    text: bytes | None = parse_query_text(mtype, msg.body)
+                    text = parse_query_text(mtype, msg.body)
                 except ProtocolViolation:
                     text = None  # malformed: ``_inspect`` reports it
                 fresh = self._known is None
@@ -759,11 +772,7 @@ class SessionCore:
                     self.controls.append(WaitLedger(self.info.database, self.info.user))
                     return
                 if mtype == _Q:
-                    self.pending += 1
-                    if self._filter is not None:
-                        self._filter.expect_ready(self._plan, self._retag)
-                        self._plan = None
-                        self._retag = frozenset()
+                    self._query_sent()
                 if replacement is None and msg.start >= 0:
                     continue
                 if msg.start > cursor:
@@ -787,6 +796,15 @@ class SessionCore:
                 out(msg.raw)
                 cursor = msg.end
         _send_rest(out, buf, cursor, held)
+
+    def _query_sent(self) -> None:
+        """A Query goes to the server: its ReadyForQuery is owed (and filtered with the
+        plan of its rewrite, if any)."""
+        self.pending += 1
+        if self._filter is not None:
+            self._filter.expect_ready(self._plan, self._retag)
+            self._plan = None
+            self._retag = frozenset()
 
     def _inspect(self, msg: Message, *, log_it: bool) -> bytes | NeedLedger | None:
         """Apply the inspection seam; turn result filtering on once anything is rewritten."""

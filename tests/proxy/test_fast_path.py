@@ -106,3 +106,33 @@ def test_fast_path_and_planner_count_alike() -> None:
     assert counter.safe_statements == 1
     assert counter.counted == [("destructive", "allow")]
     assert core.pending == 2 and len(sent) == 1
+
+
+def test_lone_is_one_whole_wanted_message_at_a_boundary() -> None:
+    q = _frame(b"Q", b"select 1\0")
+    framer = Framer(want=frozenset(b"QPSF"), max_want_length=64)
+    assert framer.lone(q, q[0])
+    assert not framer.lone(q + _frame(b"S", b""), q[0])  # two messages
+    assert not framer.lone(q[:-1], q[0])  # incomplete
+    assert not framer.lone(_frame(b"Q", b"x" * 80 + b"\0"), q[0])  # over the inspect limit
+    assert not Framer(want=frozenset(b"S")).lone(q, q[0])  # not wanted
+    framer.feed(q[:3])  # a header split across chunks: not at a boundary
+    assert not framer.lone(q, q[0])
+
+
+def test_a_lone_harmless_query_goes_on_as_it_came() -> None:
+    core, sent, counter = _ready_core()
+    for sql in (b"select 1\0", b"BEGIN;\0"):
+        chunk = _frame(b"Q", sql)
+        core.client_data(chunk)
+        assert sent[-1] is chunk
+    assert counter.safe_statements == 2 and core.pending == 2 and len(sent) == 2
+    assert core._cframer.at_boundary
+
+
+def test_a_lone_query_that_needs_reading_is_planned() -> None:
+    core, sent, counter = _ready_core()
+    chunk = _frame(b"Q", b"update t set a = 1\0")
+    core.client_data(chunk)
+    assert counter.counted == [("destructive", "allow")] and core.pending == 1
+    assert sent == [chunk]
