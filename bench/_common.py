@@ -236,16 +236,23 @@ def _machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _CLK_TCK
 
 
-def _tree_cpu_seconds(root: int) -> float:
-    """CPU of `root`'s live tree, plus what its reaped children used (cutime, cstime)."""
-    ticks = 0
+def tree_cpu_split(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of `root`'s live tree, plus what its reaped children
+    used (cutime, cstime): summed over a proxy and all its workers."""
+    user = system = 0
     for pid in tree_pids(root):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return ticks / _CLK_TCK
+        user += int(fields[11]) + int(fields[13])  # utime cutime
+        system += int(fields[12]) + int(fields[14])  # stime cstime
+    return user / _CLK_TCK, system / _CLK_TCK
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime+stime of `root`'s tree (see `tree_cpu_split`)."""
+    return sum(tree_cpu_split(root))
 
 
 class CpuMeter:
@@ -261,7 +268,7 @@ class CpuMeter:
         for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
             ru = resource.getrusage(who)
             ours += ru.ru_utime + ru.ru_stime
-        ours += sum(_tree_cpu_seconds(pid) for pid in self.anchors)
+        ours += sum(tree_cpu_seconds(pid) for pid in self.anchors)
         return time.monotonic(), _machine_busy_seconds(), ours
 
     @staticmethod

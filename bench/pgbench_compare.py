@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """Proxy-core benchmark: pgbench direct vs through softguard vs through PgBouncer.
 
-Starts its own PostgreSQL (softguard.embedded) unless --upstream-dsn is given, starts
-softguard (`python -m softguard serve`) and PgBouncer (session mode) in front of it, and
-runs pgbench interleaved: for each workload, each round runs every config once, and the
-order rotates from round to round so slow drift (caches, table growth, thermal) cancels.
+Starts its own PostgreSQL (softguard.embedded) unless --upstream-dsn is given, installs
+the ledger with `softguard init` as the README deploys it, starts softguard (`python -m
+softguard serve`, default configuration and log level) and PgBouncer (session mode) in
+front of it, and runs pgbench interleaved: for each workload, each round runs every
+config once, and the order rotates from round to round so slow drift (caches, table
+growth, thermal) cancels.
 Then opens --idle-conns idle sessions through each proxy and measures the proxy's memory.
 
 Prints medians, ratios and PASS/MISS against the figures in bench/README.md; --json writes
-every raw run as well. Everything listens on 127.0.0.1 and is stopped at exit.
+every raw run as well. Besides TPS it reports each proxy's CPU per statement (utime+stime
+from /proc over its process tree / statements pgbench ran) and the tax of the installed
+ledger on direct traffic (TPC-B on the bench database against a twin without the ledger).
+Everything listens on 127.0.0.1 and is stopped at exit.
 """
 
 from __future__ import annotations
@@ -45,21 +50,28 @@ from _common import (
     run_bounded,
     run_pgbench,
     tool_version,
+    tree_cpu_split,
     tree_memory,
 )
 from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.table import Table
 
-# The figures the issue asks softguard to reach (see bench/README.md).
-TPS_VS_PGBOUNCER_MIN = 0.9  # softguard TPS >= 0.9 x PgBouncer TPS, every workload
+# The figures the issues ask softguard to reach (see bench/README.md; issue 13).
+TPS_VS_PGBOUNCER_MIN = 1.0  # softguard TPS >= PgBouncer TPS, every workload
+CPU_VS_PGBOUNCER_MAX = 1.0  # softguard CPU per statement <= PgBouncer's, every workload
+LEDGER_TAX_MIN = 0.95  # direct TPC-B with the ledger installed >= 0.95 x without
 ADDED_LATENCY_VS_PGBOUNCER_MAX = 1.2  # at -c 1: (sg - direct) <= 1.2 x (pgb - direct)
 IDLE_RSS_MAX_MIB = 100.0  # 1,000 idle client connections cost <= 100 MiB RSS
 IDLE_SESSIONS = 1000  # the session count the RSS figure is stated for
 NOISE_CPU_PCT = 5.0  # above this, a run shared the machine with something else
 
-CONFIGS = ("direct", "softguard", "pgbouncer")
+CONFIGS = ("direct", "direct-noledger", "softguard", "pgbouncer")
+PROXIES = ("softguard", "pgbouncer")
 BENCH_DB = "softguard_bench"
+# The twin database: the same pgbench tables, no ledger (what direct traffic costs
+# before softguard init).
+BARE_DB = "softguard_bench_noledger"
 IDLE_APP = "softguard-bench-idle"
 
 
@@ -69,15 +81,20 @@ class Workload:
     clients: int
     args: tuple[str, ...]  # pgbench options besides -c/-j/-T
     description: str
+    statements: int  # SQL statements per pgbench transaction (CPU per statement)
+    writes: bool  # the ledger's capture triggers can tax it (direct-noledger runs it)
 
 
 WORKLOADS = {
     w.name: w
     for w in (
-        Workload("select-c1", 1, ("-S",), "-S -c 1 (select-only, one client: latency)"),
-        Workload("select-c8", 8, ("-S",), "-S -c 8 (select-only, simple protocol)"),
-        Workload("select-prepared-c8", 8, ("-S", "-M", "prepared"), "-S -M prepared -c 8"),
-        Workload("tpcb-c8", 8, (), "TPC-B-like default script, -c 8"),
+        Workload("select-c1", 1, ("-S",), "-S -c 1 (select-only, one client: latency)", 1, False),
+        Workload("select-c8", 8, ("-S",), "-S -c 8 (select-only, simple protocol)", 1, False),
+        Workload(
+            "select-prepared-c8", 8, ("-S", "-M", "prepared"), "-S -M prepared -c 8", 1, False
+        ),
+        # BEGIN, 3 UPDATEs, SELECT, INSERT, END
+        Workload("tpcb-c8", 8, (), "TPC-B-like default script, -c 8", 7, True),
     )
 }
 
@@ -90,6 +107,7 @@ class Target:
     port: int
     process: ManagedProcess | None = None
     dead: str | None = None  # why the target stopped being usable mid-run
+    dbname: str | None = None  # None: the bench database
 
 
 @dataclass
@@ -115,6 +133,9 @@ class Run:
     error: str | None
     other_cpu_pct: float | None  # CPU used by processes outside the bench, % of all cores
     argv: list[str] = field(default_factory=list)
+    proxy_cpu_s: float | None = None  # utime+stime of the proxy's process tree
+    cpu_us_per_stmt: float | None = None  # proxy_cpu_s / statements pgbench ran
+    sys_us_per_stmt: float | None = None  # the stime (kernel) part of it
 
 
 class Bench:
@@ -133,6 +154,7 @@ class Bench:
         self.had_errors = False
         self.versions: dict[str, Any] = {}
         self.meter: CpuMeter | None = None  # None: the server's processes are not ours to see
+        self.ledger = False  # whether softguard init ran on the bench database
 
     # ------------------------------------------------------------------ setup
 
@@ -170,6 +192,7 @@ class Bench:
             )
             with self.connect("postgres") as conn:
                 conn.execute(f"CREATE DATABASE {BENCH_DB}")
+                conn.execute(f"CREATE DATABASE {BARE_DB}")
             self.pgbench = a.pgbench or str(self.pg.bin("pgbench"))
         if not self.pgbench:
             raise SystemExit("pgbench not found; pass --pgbench PATH")
@@ -181,6 +204,12 @@ class Bench:
             self.upstream.server_version, self.upstream.max_connections = row
             self.meter = _meter_for_backend(conn.info.backend_pid)
         self.targets["direct"] = Target("direct", self.upstream.port)
+        if self.pg is not None:
+            self.targets["direct-noledger"] = Target(
+                "direct-noledger", self.upstream.port, dbname=BARE_DB
+            )
+        elif "direct-noledger" in a.configs:
+            self.skip("direct-noledger", "needs the embedded server (a twin database)")
         self.log(
             f"PostgreSQL {self.upstream.server_version} on {LOOPBACK}:{self.upstream.port}"
             f" (max_connections {self.upstream.max_connections})"
@@ -206,24 +235,43 @@ class Bench:
         if self.args.no_init:
             self.log("skipping pgbench -i (--no-init)")
             return
-        self.log(f"pgbench -i -s {self.args.scale} …")
-        argv = [
-            self.pgbench,
-            "-i",
-            "-q",
-            "-s",
-            str(self.args.scale),
-            "-h",
-            LOOPBACK,
-            "-p",
-            str(u.port),
-            "-U",
-            u.user,
-            u.dbname,
-        ]
-        rc, out = run_bounded(argv, timeout=900, env=pg_client_env(u.password))
+        dbnames = [u.dbname] + [BARE_DB] * ("direct-noledger" in self.targets)
+        for dbname in dbnames:
+            self.log(f"pgbench -i -s {self.args.scale} {dbname} …")
+            argv = [
+                self.pgbench,
+                "-i",
+                "-q",
+                "-s",
+                str(self.args.scale),
+                "-h",
+                LOOPBACK,
+                "-p",
+                str(u.port),
+                "-U",
+                u.user,
+                dbname,
+            ]
+            rc, out = run_bounded(argv, timeout=900, env=pg_client_env(u.password))
+            if rc != 0:
+                raise SystemExit(f"pgbench -i failed (exit {rc}):\n{out[-2000:]}")
+
+    def install_ledger(self) -> None:
+        """`softguard init` on the bench database, as the README deploys softguard (its
+        capture triggers then sit on the pgbench tables)."""
+        u = self.upstream
+        assert u is not None
+        if self.args.no_ledger:
+            self.log("not installing the ledger (--no-ledger)")
+            return
+        dsn = f"postgresql://{u.user}@{LOOPBACK}:{u.port}/{u.dbname}?sslmode=disable"
+        self.log(f"softguard init on {u.dbname} …")
+        env = pg_client_env(u.password)
+        argv = [sys.executable, "-m", "softguard", "init", "--dsn", dsn]
+        rc, out = run_bounded(argv, timeout=300, env=env)
         if rc != 0:
-            raise SystemExit(f"pgbench -i failed (exit {rc}):\n{out[-2000:]}")
+            raise SystemExit(f"softguard init failed (exit {rc}):\n{out[-2000:]}")
+        self.ledger = True
 
     def start_softguard(self) -> None:
         u = self.upstream
@@ -247,10 +295,9 @@ class Bench:
         ]
         if self.args.softguard_workers:
             argv += ["--workers", str(self.args.softguard_workers)]
-        if "--log-level" in help_text:
-            argv += ["--log-level", "warning"]
+        # As deployed: default configuration and log level (--softguard-arg to change them).
         argv += self.args.softguard_arg
-        env = dict(os.environ, SOFTGUARD_LOG_LEVEL="warning")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SOFTGUARD_")}
         self.versions["softguard_argv"] = argv
         self.start_proxy("softguard", argv, port, env=env, cwd=REPO_ROOT)
 
@@ -346,7 +393,7 @@ class Bench:
             str(target.port),
             "-U",
             u.user,
-            u.dbname,
+            target.dbname or u.dbname,
         ]
 
     def run_one(
@@ -375,15 +422,24 @@ class Bench:
                         highlight=False,
                     )
         for w in workloads:
+            # The ledger's tax on direct traffic is only on statements that write.
+            w_configs = [c for c in configs if c != "direct-noledger" or w.writes]
             for r in range(a.rounds):
-                k = r % len(configs)
-                order = configs[k:] + configs[:k]  # rotate: each config takes each slot
+                k = r % len(w_configs)
+                order = w_configs[k:] + w_configs[:k]  # rotate: each config takes each slot
                 for pos, name in enumerate(order):
                     target = self.targets[name]
                     if target.dead:
                         continue
                     before = self.meter.sample() if self.meter else None
+                    proc = target.process
+                    cpu_before = tree_cpu_split(proc.pid) if proc is not None else None
                     res = self.run_one(target, w.clients, a.duration, w.args)
+                    proxy_cpu = proxy_sys = None
+                    if proc is not None and cpu_before is not None:
+                        cpu_after = tree_cpu_split(proc.pid)
+                        proxy_sys = cpu_after[1] - cpu_before[1]
+                        proxy_cpu = cpu_after[0] - cpu_before[0] + proxy_sys
                     time.sleep(a.pause)  # lets the backends exit and be reaped
                     other = (
                         CpuMeter.foreign_percent(before, self.meter.sample())
@@ -402,12 +458,21 @@ class Bench:
                         res.error,
                         None if other is None else round(other, 1),
                         res.argv,
+                        None if proxy_cpu is None else round(proxy_cpu, 3),
+                        _per_statement(proxy_cpu, res.transactions, w.statements),
+                        _per_statement(proxy_sys, res.transactions, w.statements),
                     )
                     self.runs.append(run)
                     if res.ok:
                         self.log(
                             f"{w.name:<19} round {r + 1} {name:<10} "
                             f"tps {res.tps:>9.1f}  lat {res.latency_ms:.3f} ms"
+                            + (
+                                ""
+                                if run.cpu_us_per_stmt is None
+                                else f"  CPU {run.cpu_us_per_stmt:.1f} µs/stmt"
+                                f" ({run.sys_us_per_stmt:.1f} sys)"
+                            )
                             + ("" if other is None else f"  other CPU {other:.0f}%")
                         )
                     else:
@@ -519,6 +584,13 @@ def _meter_for_backend(backend_pid: int) -> CpuMeter | None:
     return CpuMeter([int(stat.rsplit(")", 1)[1].split()[1])])
 
 
+def _per_statement(cpu_s: float | None, transactions: int | None, per_txn: int) -> float | None:
+    """µs of proxy CPU per SQL statement pgbench ran."""
+    if cpu_s is None or not transactions:
+        return None
+    return round(cpu_s * 1e6 / (transactions * per_txn), 2)
+
+
 def _unprivileged_user() -> str:
     for name in ("softguard-pg", "nobody"):
         with contextlib.suppress(KeyError):
@@ -543,15 +615,25 @@ def _added(med: dict[str, dict[str, Any]], c: str) -> float | None:
     return x - d if x is not None and d is not None else None
 
 
+def _cpu_ratio(med: dict[str, dict[str, Any]]) -> float | None:
+    x = med.get("softguard", {}).get("cpu_us_per_stmt")
+    y = med.get("pgbouncer", {}).get("cpu_us_per_stmt")
+    return x / y if x and y else None
+
+
 def summarize(runs: list[Run], workloads: list[Workload], configs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for w in workloads:
         med: dict[str, dict[str, Any]] = {}
         for c in configs:
+            if c == "direct-noledger" and not w.writes:
+                continue
             ok = [r for r in runs if r.workload == w.name and r.config == c and r.error is None]
             tps = [r.tps for r in ok if r.tps is not None]
             lat = [r.latency_ms for r in ok if r.latency_ms is not None]
             other = [r.other_cpu_pct for r in ok if r.other_cpu_pct is not None]
+            cpu = [r.cpu_us_per_stmt for r in ok if r.cpu_us_per_stmt is not None]
+            sys_cpu = [r.sys_us_per_stmt for r in ok if r.sys_us_per_stmt is not None]
             med[c] = {
                 "tps": median(tps),
                 "latency_ms": median(lat),
@@ -559,6 +641,8 @@ def summarize(runs: list[Run], workloads: list[Workload], configs: list[str]) ->
                 "tps_min": min(tps, default=None),
                 "tps_max": max(tps, default=None),
                 "other_cpu_pct_max": max(other, default=None),
+                "cpu_us_per_stmt": median(cpu),
+                "sys_us_per_stmt": median(sys_cpu),
             }
 
         out[w.name] = {
@@ -570,6 +654,8 @@ def summarize(runs: list[Run], workloads: list[Workload], configs: list[str]) ->
                 "softguard/direct": _ratio(med, "softguard", "direct"),
                 "pgbouncer/direct": _ratio(med, "pgbouncer", "direct"),
                 "softguard/pgbouncer": _ratio(med, "softguard", "pgbouncer"),
+                "direct/direct-noledger": _ratio(med, "direct", "direct-noledger"),
+                "softguard/pgbouncer CPU per statement": _cpu_ratio(med),
             },
             "added_latency_ms": {
                 "softguard": _added(med, "softguard"),
@@ -589,6 +675,31 @@ def figures(summary: dict[str, Any], idle: dict[str, Any]) -> list[dict[str, Any
                 "target": f">= {TPS_VS_PGBOUNCER_MIN}",
                 "value": r,
                 "pass": None if r is None else r >= TPS_VS_PGBOUNCER_MIN,
+            }
+        )
+    for name, s in summary.items():
+        m = s["median"]
+        sg, pgb = (m.get(c, {}).get("cpu_us_per_stmt") for c in PROXIES)
+        r = s["ratios"]["softguard/pgbouncer CPU per statement"]
+        figs.append(
+            {
+                "figure": f"{name}: softguard CPU per statement / PgBouncer's",
+                "target": f"<= {CPU_VS_PGBOUNCER_MAX}",
+                "value": r,
+                "detail": None if sg is None or pgb is None else f"{sg:.1f} µs vs {pgb:.1f} µs",
+                "pass": None if r is None else r <= CPU_VS_PGBOUNCER_MAX,
+            }
+        )
+    for name, s in summary.items():
+        r = s["ratios"]["direct/direct-noledger"]
+        if "direct-noledger" not in s["median"]:
+            continue
+        figs.append(
+            {
+                "figure": f"{name}: direct TPS with the ledger / without",
+                "target": f">= {LEDGER_TAX_MIN}",
+                "value": r,
+                "pass": None if r is None else r >= LEDGER_TAX_MIN,
             }
         )
     for name, s in summary.items():
@@ -664,12 +775,16 @@ def print_report(
             "latency ms",
             "added lat µs",
             "x direct",
+            "proxy CPU µs/stmt",
+            "of it sys",
             "ok runs",
             "other CPU % (max)",
         ):
             t.add_column(col, justify="left" if col == "config" else "right")
         direct_tps = s["median"].get("direct", {}).get("tps")
         for c in configs:
+            if c not in s["median"]:
+                continue
             m = s["median"][c]
             add = s["added_latency_ms"].get(c) if c != "direct" else None
             t.add_row(
@@ -679,6 +794,8 @@ def print_report(
                 _f(m["latency_ms"], ".3f"),
                 _f(add * 1000 if add is not None else None, "+.0f"),
                 _f(m["tps"] / direct_tps if m["tps"] and direct_tps else None, ".3f"),
+                _f(m["cpu_us_per_stmt"], ".1f"),
+                _f(m["sys_us_per_stmt"], ".1f"),
                 str(m["runs_ok"]),
                 _f(m["other_cpu_pct_max"], ".0f"),
             )
@@ -753,7 +870,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--configs",
         default=",".join(CONFIGS),
-        help="comma-separated subset of direct,softguard,pgbouncer",
+        help=f"comma-separated subset of {','.join(CONFIGS)} (direct-noledger: the twin "
+        "database without the ledger, on workloads that write)",
     )
     p.add_argument(
         "--workloads",
@@ -788,6 +906,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "WARNING: pgbench -i drops and recreates the pgbench_* tables in its dbname",
     )
     p.add_argument("--no-init", action="store_true", help="skip pgbench -i (tables exist)")
+    p.add_argument(
+        "--no-ledger",
+        action="store_true",
+        help="do not run softguard init on the bench database (not the deployed configuration)",
+    )
     p.add_argument("--pgbench", default=None, help="pgbench binary (default: the server's)")
     p.add_argument("--pgbouncer", default=None, help="pgbouncer binary (default: on PATH)")
     p.add_argument("--json", type=Path, default=None, help="write all results to this file")
@@ -826,6 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.start_upstream()
         bench.init_pgbench()
+        bench.install_ledger()
         if "softguard" in args.configs:
             bench.start_softguard()
         if "pgbouncer" in args.configs:
@@ -845,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         u = bench.upstream
         doc = {
-            "version": 1,
+            "version": 2,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "duration_s": round(time.time() - started, 1),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -854,6 +978,7 @@ def main(argv: list[str] | None = None) -> int:
                 "version": u.server_version if u else None,
                 "embedded": bench.pg is not None,
                 "max_connections": u.max_connections if u else None,
+                "ledger_installed": bench.ledger,
             },
             "pgbench": tool_version(bench.pgbench),
             "softguard": git_describe() | {"argv": bench.versions.get("softguard_argv")},

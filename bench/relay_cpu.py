@@ -13,7 +13,9 @@ depend on what else the machine is doing::
 
 ``simple``: 7 Query messages per transaction (pgbench -M simple); ``extended``:
 Parse/Bind/Describe/Execute/Sync each (-M extended); ``prepared``: Bind/Execute/Sync
-(-M prepared). Without valgrind it prints the CPU time per transaction.
+(-M prepared); ``select`` and ``select-prepared``: pgbench -S's one SELECT per transaction,
+simple and prepared. Without valgrind it prints the CPU time per transaction and per
+statement.
 """
 
 from __future__ import annotations
@@ -72,18 +74,29 @@ def transaction(i: int) -> list[tuple[str, str, bool]]:
     ]
 
 
+def select_only(i: int) -> list[tuple[str, str, bool]]:
+    """pgbench -S's transaction number ``i``."""
+    sql = f"SELECT abalance FROM pgbench_accounts WHERE aid = {i % 100000 + 1};"
+    return [(sql, "SELECT 1", True)]
+
+
 def exchanges(n: int, mode: str) -> list[tuple[bytes, bytes]]:
     """(client chunk, server chunk) pairs for ``n`` transactions."""
     row = _msg(
         b"T", struct.pack("!H", 1) + _cstr("abalance") + struct.pack("!IHIhih", 0, 0, 23, 4, -1, 0)
     )
+    script = transaction
+    if mode.startswith("select"):
+        script = select_only
+        mode = mode.removeprefix("select").lstrip("-") or "simple"
     out = []
     for i in range(n):
-        for sql, tag, returns_row in transaction(i):
+        for sql, tag, returns_row in script(i):
             answer = b""
             if returns_row:
                 answer += row + _msg(b"D", struct.pack("!HI", 1, 4) + b"1234")
-            answer += _msg(b"C", _cstr(tag)) + (_Z_IDLE if tag == "COMMIT" else _Z_TX)
+            idle = tag == "COMMIT" or script is select_only
+            answer += _msg(b"C", _cstr(tag)) + (_Z_IDLE if idle else _Z_TX)
             if mode == "simple":
                 out.append((_msg(b"Q", _cstr(sql)), answer))
                 continue
@@ -134,11 +147,16 @@ class _Ledger:
         pass
 
 
+class _NoOffload:
+    threshold = 0  # never classify off the loop
+
+
 class _Server:
     """What a session reads from ProxyServer, nothing that runs."""
 
     def __init__(self) -> None:
         self.settings = Settings()
+        self.offload = _NoOffload()
         self.classifier = Classifier(self.settings.classify_cache_size)
         self.policy = Policy(self.settings.policy)
         self.ledger = _Ledger()
@@ -196,7 +214,12 @@ def main() -> None:
     spent = time.process_time() - start
     assert up.written == sum(len(c) for c, _ in traffic), "client bytes changed on the way"
     assert client.written == sum(len(s) for _, s in traffic), "server bytes changed on the way"
-    print(f"{mode}: {n} transactions, {spent / max(n, 1) * 1e6:.1f} us CPU per transaction")
+    per_txn = spent / max(n, 1) * 1e6
+    per_stmt = spent / max(len(traffic), 1) * 1e6
+    print(
+        f"{mode}: {n} transactions, {per_txn:.1f} us CPU per transaction, "
+        f"{per_stmt:.2f} us per statement"
+    )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,14 @@ from softguard.proxy.commands import (
     Timer,
     WaitLedger,
 )
-from softguard.proxy.statements import SAFE, NeedLedger, PlanInputs, SoftSession, plan_message
+from softguard.proxy.statements import (
+    SAFE,
+    NeedLedger,
+    PlanInputs,
+    SoftSession,
+    passes_unread,
+    plan_message,
+)
 from softguard.sql import Classification
 from softguard.sql.prefilter import may_be_destructive
 from softguard.sql.rewrite import RewritePlan, refusal
@@ -216,6 +223,8 @@ class SessionCore:
         # something switched its read-only default off.
         self._read_only = False
         self._read_only_lost = False
+        self._mode_generation = -1
+        self._mode_is_full = True
         # softguard's port of the upstream connection, and the port the server reported
         # seeing at registration ("" when it said NULL: a Unix socket).
         self._local_port: int | None = None
@@ -273,6 +282,19 @@ class SessionCore:
                 self._client_data_before_auth(data)
             return
         self._client_bytes += len(data)
+        if self._cframer.lone(data, _Q) and self._known is None:
+            # The commonest chunk: one whole Query. Proven harmless from its bytes, it
+            # goes on as it came, without framing objects (a framer's state is unchanged
+            # by a lone message).
+            try:
+                text: bytes | None = parse_query_text(_Q, data[5:])
+            except ProtocolViolation:
+                text = None
+            if text is not None and self._full_mode() and passes_unread(text, self._soft):
+                self.counter.safe_statements += 1
+                self._query_sent()
+                self.to_server(data)
+                return
         try:
             buf, msgs, held = self._cframer.feed(data)
         except ProtocolViolation as exc:
@@ -918,21 +940,35 @@ class SessionCore:
             msg = msgs[i]
             mtype = msg.type
             if mtype == _Q or mtype == _P:
-                offload = self.config.offload_bytes
-                if offload and len(msg.body) > offload and self._known is None:
-                    text = parse_query_text(mtype, msg.body)
-                    if len(text) > offload and may_be_destructive(text):
-                        if msg.start > cursor:
-                            out(buf[cursor : msg.start])
-                        self._deferred = (buf, msgs, held, i, max(msg.start, 0))
-                        self._set_client_reading(paused=True, reason="classify")
-                        self.controls.append(ClassifyOffLoop(text, self.client_encoding))
-                        return
                 try:
-                    replacement = self._inspect(msg, log_it=not resumed or i != index)
-                except ProtocolViolation as exc:
-                    self._fail(exc)
-                    return
+                    text = parse_query_text(mtype, msg.body)
+                except ProtocolViolation:
+                    text = None  # malformed: ``_inspect`` reports it
+                fresh = self._known is None
+                if (
+                    fresh
+                    and text is not None
+                    and self._full_mode()
+                    and passes_unread(text, self._soft)
+                ):
+                    # The hot path: proven harmless from its bytes, planned no further.
+                    self.counter.safe_statements += 1
+                    replacement: bytes | NeedLedger | None = None
+                else:
+                    offload = self.config.offload_bytes
+                    if offload and fresh and text is not None and len(text) > offload:
+                        if may_be_destructive(text):
+                            if msg.start > cursor:
+                                out(buf[cursor : msg.start])
+                            self._deferred = (buf, msgs, held, i, max(msg.start, 0))
+                            self._set_client_reading(paused=True, reason="classify")
+                            self.controls.append(ClassifyOffLoop(text, self.client_encoding))
+                            return
+                    try:
+                        replacement = self._inspect(msg, log_it=not resumed or i != index)
+                    except ProtocolViolation as exc:
+                        self._fail(exc)
+                        return
                 if isinstance(replacement, NeedLedger):
                     if msg.start > cursor:
                         out(buf[cursor : msg.start])
@@ -941,11 +977,7 @@ class SessionCore:
                     self.controls.append(WaitLedger(self.info.database, self.info.user))
                     return
                 if mtype == _Q:
-                    self.pending += 1
-                    if self._filter is not None:
-                        self._filter.expect_ready(self._plan, self._retag)
-                        self._plan = None
-                        self._retag = frozenset()
+                    self._query_sent()
                 if replacement is None and msg.start >= 0:
                     continue
                 if msg.start > cursor:
@@ -969,6 +1001,25 @@ class SessionCore:
                 out(msg.raw)
                 cursor = msg.end
         _send_rest(out, buf, cursor, held)
+
+    def _full_mode(self) -> bool:
+        """Whether the session's mode is ``full`` (decision 0019): only then may a text the
+        prefilter proves harmless skip planning (an INSERT is harmless to the prefilter,
+        a write to read-only mode). Cached until the policy is reloaded."""
+        policy = self.inputs.policy
+        if self._mode_generation != policy.generation:
+            self._mode_generation = policy.generation
+            self._mode_is_full = policy.mode(self.info)[0] == "full"
+        return self._mode_is_full
+
+    def _query_sent(self) -> None:
+        """A Query goes to the server: its ReadyForQuery is owed (and filtered with the
+        plan of its rewrite, if any)."""
+        self.pending += 1
+        if self._filter is not None:
+            self._filter.expect_ready(self._plan, self._retag)
+            self._plan = None
+            self._retag = frozenset()
 
     def _inspect(self, msg: Message, *, log_it: bool) -> bytes | NeedLedger | None:
         """Apply the inspection seam; turn result filtering on once anything is rewritten."""

@@ -38,6 +38,7 @@ from softguard.policy import (
 from softguard.sql import Kind
 from softguard.sql.effects import effects
 from softguard.sql.encoding import canonical_encoding, decode
+from softguard.sql.prefilter import may_be_destructive
 from softguard.sql.rewrite import (
     Replacement,
     RewritePlan,
@@ -229,6 +230,14 @@ def _mode_check(
     if found is None:
         return None, 0
     return decide_mode(mode, label, found), len(found)
+
+
+def passes_unread(text: bytes, soft: SoftSession) -> bool:
+    """True when ``plan_message`` would answer ``SAFE`` for ``text`` (with no classification
+    known beforehand), decided from the bytes alone: the prefilter proves the text harmless,
+    it does not name softguard, and no prepared soft delete is in play. The relay's fast
+    path: no classification, no decoding, no ``Planned``."""
+    return not soft.prepared and not may_be_destructive(text) and not mentions_softguard(text)
 
 
 def plan_message(
@@ -532,9 +541,7 @@ def _approved(decision: Decision) -> Decision:
     return Decision(Action.ALLOW, decision.category, decision.statement)
 
 
-def _approvable(
-    inputs: PlanInputs, info: SessionInfo, msg: Message, text: bytes, enc: str
-) -> bool:
+def _approvable(inputs: PlanInputs, info: SessionInfo, msg: Message, text: bytes, enc: str) -> bool:
     """Whether a refused text can be offered for approval: one statement in a simple
     Query (the gate runs before it in the same transaction), read as UTF-8 (the ledger
     binds the approval to its characters), on a database whose ledger is ready."""

@@ -82,6 +82,27 @@ class Framer:
     def set_want(self, want: frozenset[int] | None) -> None:
         self._want = want
 
+    def lone(self, data: bytes, mtype: int) -> bool:
+        """True when ``data`` is exactly one whole message of the wanted type ``mtype`` and
+        the stream is at a message boundary: what ``feed`` would hand out as the only
+        message, leaving the framer as it was. The caller may take it without feeding it
+        (the relay's one-Query-per-chunk path, pgbench -S)."""
+        n = len(data)
+        want = self._want
+        allowed = self._allowed
+        return (
+            n > 5
+            and data[0] == mtype
+            and self._acc is None
+            and not self._head
+            and not self._skip
+            and _unpack_int32(data, 1)[0] == n - 1
+            and n - 1 <= self._max_want
+            and n - 1 <= self._max_length
+            and (want is None or mtype in want)
+            and (allowed is None or mtype in allowed)
+        )
+
     def feed(self, data: bytes) -> tuple[bytes, list[Message], int]:
         """Consume ``data``; return ``(buf, messages, held)``.
 
@@ -117,16 +138,18 @@ class Framer:
         n = len(buf)
         want = self._want
         allowed = self._allowed
+        max_length = self._max_length
+        unpack = _unpack_int32
         while True:
             if pos + 5 > n:
                 if pos < n:
                     self._head = buf[pos:]
                 return buf, msgs, n - pos
             mtype = buf[pos]
-            (length,) = _unpack_int32(buf, pos + 1)
+            (length,) = unpack(buf, pos + 1)
             if allowed is not None and mtype not in allowed:
                 raise self._error_class(f"invalid message type {_show_type(mtype)}")
-            if length < 4 or length > self._max_length:
+            if not 4 <= length <= max_length:
                 raise self._error_class(
                     f"invalid message length {length} for message type {_show_type(mtype)}"
                 )
