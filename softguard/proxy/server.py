@@ -45,7 +45,11 @@ class ProxyServer:
         self.classifier = Classifier(settings.classify_cache_size)
         self.policy = Policy(settings.policy)
         self.ledger = LedgerGate(
-            target, settings.connect_timeout, settings.soft_delete, settings.soft_delete_refresh
+            target,
+            settings.connect_timeout,
+            settings.soft_delete,
+            settings.soft_delete_refresh,
+            settings.capture_budget,
         )
         self.inputs = PlanInputs(self.classifier, self.policy, self.ledger)
         # Large texts are parsed in a worker process, never on the loop (decision 0011).
