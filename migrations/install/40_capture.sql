@@ -7,7 +7,10 @@
 --   statement-level AFTER DELETE / AFTER UPDATE triggers with transition tables on every
 --   user table (so rows removed by ON DELETE CASCADE, changed by SET NULL / SET DEFAULT, by
 --   rules, user triggers and functions are caught too), and BEFORE TRUNCATE triggers that
---   copy a table's rows when softguard.truncate_op runs the TRUNCATE. ROLLBACK keeps nothing.
+--   copy a table's rows when softguard.truncate_op runs the TRUNCATE, or when a protected
+--   session truncates from anywhere else (85_backstop.sql). ROLLBACK keeps nothing.
+-- * No statement copies more than the capture budget (07_settings.sql, decision 0014):
+--   measured before anything is copied, refused with 54000 over it.
 -- * Only sessions the proxy marks are captured: the session default softguard.capture
 --   ('delete' or 'delete,update', set by the proxy in the StartupMessage options). Other
 --   sessions pay the transition tables' bookkeeping and one function call per statement.
@@ -230,8 +233,10 @@ REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
 -- ---------------------------------------------------------------------------------------
 
 -- The BEFORE TRUNCATE trigger: when softguard.truncate_op runs the statement (the
--- transaction-local setting softguard.truncate_op names its operation), copy the rows and
--- the state of the table's owned / identity sequences. PostgreSQL fires it for every table
+-- transaction-local setting softguard.truncate_op names its operation), or a protected
+-- session truncates inside a DO block, function or procedure (the operation
+-- _backstop_truncate opens), copy the rows and the state of the table's owned / identity
+-- sequences, within the capture budget. PostgreSQL fires it for every table
 -- the TRUNCATE empties (listed, CASCADE, partitions), after its own checks.
 CREATE FUNCTION softguard._capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
