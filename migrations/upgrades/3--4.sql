@@ -378,8 +378,10 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
 
 -- The BEFORE TRUNCATE trigger: when softguard.truncate_op runs the statement (the
--- transaction-local setting softguard.truncate_op names its operation), copy the rows and
--- the state of the table's owned / identity sequences. PostgreSQL fires it for every table
+-- transaction-local setting softguard.truncate_op names its operation), or a protected
+-- session truncates inside a DO block, function or procedure (the operation
+-- _backstop_truncate opens), copy the rows and the state of the table's owned / identity
+-- sequences, within the capture budget. PostgreSQL fires it for every table
 -- the TRUNCATE empties (listed, CASCADE, partitions), after its own checks.
 CREATE OR REPLACE FUNCTION softguard._capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
