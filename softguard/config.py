@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,14 @@ from softguard.policy import PolicyConfig
 from softguard.soft_delete_config import SoftDeleteRule
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureBudget:
+    """What softguard.settings holds (softguard/ledger/budget.py keeps it equal)."""
+
+    max_capture_bytes: int
+    min_free_disk_percent: float
 
 
 class ConfigError(ValueError):
@@ -115,6 +124,20 @@ class Settings(BaseSettings):
         ge=0,
         description="warn loudly (never evict) when a database's quarantine holds more",
     )
+    max_capture_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="most one statement may copy into the ledger (DELETE, UPDATE, TRUNCATE "
+        "rows); over it the statement is refused (54000) and changes nothing. A size like "
+        "'64kB', '512MB' or '1GiB' is accepted",
+    )
+    min_free_disk_percent: float = Field(
+        10.0,
+        ge=0,
+        le=100,
+        description="refuse a capture that would leave less of the disk free (only where "
+        "softguard can measure the server's disk: a server on this host)",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -140,6 +163,15 @@ class Settings(BaseSettings):
             except Error as exc:
                 raise ValueError(f"not a valid DSN: {exc}") from None
         return value
+
+    @field_validator("max_capture_bytes", mode="before")
+    @classmethod
+    def _parse_max_capture_bytes(cls, value: Any) -> Any:
+        return parse_size_bytes(value) if isinstance(value, str) else value
+
+    @property
+    def capture_budget(self) -> CaptureBudget:
+        return CaptureBudget(self.max_capture_bytes, self.min_free_disk_percent)
 
     @field_validator("purge_every", mode="before")
     @classmethod
@@ -195,6 +227,18 @@ def parse_duration_seconds(text: str) -> float:
         raise ValueError(
             f"expected a duration like 90s, 30m, 1h, 7d (or seconds), got {text!r}"
         ) from None
+
+
+_SIZE = re.compile(r"^(\d+)\s*([kmgt]?i?b)?$")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size_bytes(text: str) -> int:
+    """'65536', '64kB', '512MB', '1GiB' -> bytes (units of 1024, as PostgreSQL's)."""
+    m = _SIZE.match(text.strip().lower())
+    if m is None:
+        raise ValueError(f"expected a size like 64kB, 512MB or 1GiB (or bytes), got {text!r}")
+    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "")[:1]]
 
 
 def parse_hostport(value: str) -> tuple[str, int]:

@@ -7,7 +7,10 @@
 --   statement-level AFTER DELETE / AFTER UPDATE triggers with transition tables on every
 --   user table (so rows removed by ON DELETE CASCADE, changed by SET NULL / SET DEFAULT, by
 --   rules, user triggers and functions are caught too), and BEFORE TRUNCATE triggers that
---   copy a table's rows when softguard.truncate_op runs the TRUNCATE. ROLLBACK keeps nothing.
+--   copy a table's rows when softguard.truncate_op runs the TRUNCATE, or when a protected
+--   session truncates from anywhere else (85_backstop.sql). ROLLBACK keeps nothing.
+-- * No statement copies more than the capture budget (07_settings.sql, decision 0014):
+--   measured before anything is copied, refused with 54000 over it.
 -- * Only sessions the proxy marks are captured: the session default softguard.capture
 --   ('delete' or 'delete,update', set by the proxy in the StartupMessage options). Other
 --   sessions pay the transition tables' bookkeeping and one function call per statement.
@@ -145,6 +148,13 @@ BEGIN
                 RETURN NULL;
             END IF;
         END IF;
+        -- the capture budget (07_settings.sql), before anything is copied: a table that
+        -- fits whole needs no measuring
+        IF NOT softguard._budget_fits(k, TG_RELID) THEN
+            SELECT coalesce(sum(pg_column_size(o)), 0) INTO n FROM sg_old o;
+            PERFORM softguard._budget_take(k, n, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
+                                                                ELSE 'UPDATE' END, ident);
+        END IF;
         cid := nextval('softguard.captures_id_seq'::regclass);
         inh := softguard._inherited_claim(TG_RELID, ev);
         IF inh IS NULL THEN
@@ -223,8 +233,10 @@ REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
 -- ---------------------------------------------------------------------------------------
 
 -- The BEFORE TRUNCATE trigger: when softguard.truncate_op runs the statement (the
--- transaction-local setting softguard.truncate_op names its operation), copy the rows and
--- the state of the table's owned / identity sequences. PostgreSQL fires it for every table
+-- transaction-local setting softguard.truncate_op names its operation), or a protected
+-- session truncates inside a DO block, function or procedure (the operation
+-- _backstop_truncate opens), copy the rows and the state of the table's owned / identity
+-- sequences, within the capture budget. PostgreSQL fires it for every table
 -- the TRUNCATE empties (listed, CASCADE, partitions), after its own checks.
 CREATE FUNCTION softguard._capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -238,15 +250,24 @@ DECLARE
     ident text;
     s record;
     st record;
+    size bigint;
+    nested boolean := false;
 BEGIN
-    -- only the operation truncate_op opened in this transaction; any other TRUNCATE of a
-    -- protected session is refused (85_backstop.sql)
+    -- the operation truncate_op opened in this transaction; for any other TRUNCATE of a
+    -- protected session (a DO block, function, procedure) the backstop opens one
+    -- (85_backstop.sql), or it is not captured (NULL: a session that is not protected)
     PERFORM FROM softguard.operations o
       WHERE o.id = op AND o.kind = 'TRUNCATE' AND o.txid = pg_current_xact_id();
     IF NOT FOUND THEN
-        PERFORM softguard._backstop_truncate(TG_RELID::regclass);
-        RETURN NULL;
+        op := softguard._backstop_truncate(TG_RELID::regclass);
+        IF op IS NULL THEN
+            RETURN NULL;
+        END IF;
+        nested := true;
     END IF;
+    -- the capture budget (07_settings.sql): the first table's trigger measures them all
+    PERFORM softguard._budget_truncate(op, TG_RELID);
+    size := pg_table_size(TG_RELID);
     ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
     cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
     EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
@@ -254,6 +275,10 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns)
     VALUES (cid, op, TG_RELID, ident, 'truncate', n, softguard._columns(TG_RELID));
+    PERFORM softguard._budget_take('op' || op, size, true, 'TRUNCATE of', ident);
+    IF nested THEN
+        PERFORM softguard._backstop_truncated(op, TG_RELID, ident, n);
+    END IF;
     FOR s IN SELECT DISTINCT d.objid AS seq FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
               WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
                 AND d.refobjid = TG_RELID AND d.deptype IN ('a', 'i') AND c.relkind = 'S' LOOP

@@ -5,6 +5,11 @@ over its own connection, that the ledger is installed and current, installing or
 upgrading it when it can. The answer is cached: ``True``, or the error message that
 protected statements of that database are then refused with.
 
+The same check keeps the database's capture budget equal to the configuration
+(``softguard.settings``, softguard/ledger/budget.py), with a fresh sample of the server's
+disk; it is written again, in the background, once it is older than ``BUDGET_REFRESH``
+(free disk space changes), when protected statements keep coming.
+
 The same check reads which tables of the database are soft-delete tables (when
 ``[[soft_delete]]`` is configured); that answer is refreshed in the background once it is
 older than the ``soft_delete_refresh`` setting (60 s by default), so tables created later
@@ -22,6 +27,8 @@ from typing import Literal
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from softguard.config import CaptureBudget
+from softguard.ledger.budget import sync_budget
 from softguard.contract import REQUEST_APPROVAL_FUNCTION
 from softguard.ledger.db import GATE_APPLICATION_NAME, LedgerError, connect, error_line
 from softguard.ledger.soft_delete_tables import check, resolve
@@ -36,6 +43,7 @@ LedgerState = Literal[True] | str  # True when ready, else why not
 SOFT_DELETE_REFRESH = 60.0
 INSTALL_LOCK_TIMEOUT = 5.0  # seconds
 DDL_RECHECK = 2.0  # seconds after a read caused by DDL, read again (in the background)
+BUDGET_REFRESH = 60.0  # seconds after which the capture budget's disk sample is taken again
 
 
 class LedgerGate:
@@ -45,6 +53,7 @@ class LedgerGate:
         connect_timeout: float,
         soft_delete: list[SoftDeleteRule] | None = None,
         soft_delete_refresh: float = SOFT_DELETE_REFRESH,
+        budget: CaptureBudget | None = None,
         *,
         passfile: Path | None = None,
         password: str | None = None,
@@ -64,6 +73,10 @@ class LedgerGate:
         self._soft_refresh: set[str] = set()
         self._recheck: set[str] = set()  # read again soon after the next read (DDL seen)
         self._tasks: set[asyncio.Future[None]] = set()
+        self._budget = budget
+        # database -> when its budget was last written (inf: this role may not write it)
+        self._budget_at: dict[str, float] = {}
+        self._budget_refresh: set[str] = set()
 
     def ready_databases(self) -> dict[str, str]:
         """{database: conninfo} of the databases whose ledger is known ready (any thread)."""
@@ -138,6 +151,8 @@ class LedgerGate:
     async def ensure(self, database: str, user: str) -> LedgerState:
         known = self._states.get(database)
         if known is not None and (known is not True or database in self._soft):
+            if known is True:
+                self._refresh_budget(database)
             return known
         check = self._checks.get(database)
         if check is None:
@@ -160,6 +175,52 @@ class LedgerGate:
         self._states[database] = state
         return state
 
+    def _refresh_budget(self, database: str) -> None:
+        at = self._budget_at.get(database, 0.0)
+        if (
+            self._budget is None
+            or time.monotonic() - at < BUDGET_REFRESH
+            or database in self._budget_refresh
+        ):
+            return
+        self._budget_refresh.add(database)
+        task = asyncio.ensure_future(asyncio.to_thread(self._resync_budget, database))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _resync_budget(self, database: str) -> None:
+        try:
+            with connect(self.conninfo(database, self._users.get(database, ""))) as conn:
+                self._sync_budget(conn, database)
+        except (psycopg.Error, LedgerError) as exc:  # keep what the table has; try later
+            log.warning("capture budget of database %s not refreshed: %s", database, exc)
+            self._budget_at[database] = time.monotonic()
+        finally:
+            self._budget_refresh.discard(database)
+
+    def _sync_budget(self, conn: psycopg.Connection[tuple[object, ...]], database: str) -> None:
+        if self._budget is None:
+            return
+        try:
+            if sync_budget(conn, self._budget):
+                log.info(
+                    "capture budget of database %s set: max_capture_bytes=%s"
+                    " min_free_disk_percent=%s",
+                    database,
+                    self._budget.max_capture_bytes,
+                    self._budget.min_free_disk_percent,
+                )
+            self._budget_at[database] = time.monotonic()
+        except LedgerError as exc:
+            # Not the ledger's owner (the gate connects as the client's role when the
+            # upstream DSN carries no credentials): softguard init keeps it instead.
+            log.warning(
+                "capture budget of database %s left as it is (%s): run softguard init"
+                " --config with this configuration as a superuser",
+                database,
+                exc,
+            )
+            self._budget_at[database] = float("inf")
     async def request_approval(self, request: RequestApproval) -> None:
         """Record a refused statement for a person to approve (decision 0020). Failures
         are logged: the client's error already says what was refused."""
@@ -220,6 +281,7 @@ class LedgerGate:
             # then refuse it with the reason, rather than wait for each other forever.
             with connect(conninfo, lock_timeout=INSTALL_LOCK_TIMEOUT) as conn:
                 applied = apply_migrations(conn)
+                self._sync_budget(conn, database)
                 try:
                     self._store_soft(conn, database)
                 except psycopg.Error as exc:

@@ -58,6 +58,7 @@ class ProxyServer:
             settings.connect_timeout,
             settings.soft_delete,
             settings.soft_delete_refresh,
+            settings.capture_budget,
             passfile=settings.upstream_passfile,
             password=password.get_secret_value() if password is not None else None,
         )

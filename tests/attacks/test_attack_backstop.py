@@ -83,10 +83,16 @@ HIDDEN_TRUNCATE = {
 
 
 @pytest.mark.parametrize("name", sorted(HIDDEN_TRUNCATE))
-def test_hidden_truncate_is_captured_or_refused(arena: Arena, name: str) -> None:
+def test_hidden_truncate_is_captured(arena: Arena, name: str) -> None:
+    """Issue 11 item 2: captured like a top-level TRUNCATE, undone exactly."""
     before, last = arena.snapshot(), arena.last_op()
     out = arena.attack(HIDDEN_TRUNCATE[name])
     _cleanup_steps(arena)
+    assert out.error is None, out.describe()
+    ops = arena.ops_since(last)
+    assert [o["kind"] for o in ops] == ["TRUNCATE"], ops
+    assert all(obj["nested"] for obj in ops[0]["objects"]), ops
+    assert any("is reversible as operation" in n for n in out.notices), out.notices
     arena.verdict(before, last, out)
 
 
@@ -339,16 +345,14 @@ arena_allow = deny_arena_fixture('drop = "allow"\ntruncate = "allow"\nalter = "a
 
 
 @pytest.mark.parametrize("who", ["other", "super"])
-def test_hidden_drop_refused_for_every_role(arena: Arena, who: str) -> None:
+def test_hidden_truncate_captured_and_drop_refused_for_every_role(arena: Arena, who: str) -> None:
     if who == "other":
         arena.direct(f"GRANT TRUNCATE ON big TO {arena.role('other')}")
-    out, _ = arena.attempt(
-        [
-            "DO $$ BEGIN EXECUTE 'TRUNCATE big'; END $$",
-        ],
-        who=who,
-    )
-    assert out.sqlstate == "0A000", out.describe()
+    out, ops = arena.attempt(["DO $$ BEGIN EXECUTE 'TRUNCATE big'; END $$"], who=who)
+    assert out.error is None, out.describe()
+    assert [(o["kind"], o["row_counts"]["tables"]) for o in ops] == [
+        ("TRUNCATE", {"public.big": 50})
+    ]
     if who == "super":
         out, _ = arena.attempt(["DO $$ BEGIN EXECUTE 'DROP TABLE typed'; END $$"], who=who)
         assert out.sqlstate == "0A000", out.describe()

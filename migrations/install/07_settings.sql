@@ -1,0 +1,211 @@
+-- The capture budget (issue 11 item 7; docs/decisions/0014-capture-budget.md): how much a
+-- single statement may copy into the ledger, so that no capture fills the disk.
+--
+-- What always holds:
+-- * The budget lives in softguard.settings, one row, which only softguard's own
+--   connections change (softguard init, and serve's ledger connection, keep it equal to
+--   the configuration through _settings_set). A protected session cannot raise it: no
+--   privilege on the table for PUBLIC, a guard (ENABLE ALWAYS) refusing every write outside
+--   _settings_set, and _settings_set refusing registered (proxied) sessions.
+-- * A session may lower its own budget with the setting softguard.max_capture_bytes, never
+--   raise it (_capture_budget takes the least).
+-- * The row always exists: an install without configuration gets the defaults (1 GiB per
+--   statement, 10 % of the disk kept free once a disk sample is known).
+
+CREATE TABLE softguard.settings (
+    one                    boolean PRIMARY KEY DEFAULT true CHECK (one),
+    max_capture_bytes      bigint NOT NULL DEFAULT 1073741824 CHECK (max_capture_bytes >= 0),
+    min_free_disk_percent  real NOT NULL DEFAULT 10
+                           CHECK (min_free_disk_percent >= 0 AND min_free_disk_percent <= 100),
+    -- the disk holding the data directory, as softguard last measured it (NULL: it cannot
+    -- tell, e.g. a server on another host)
+    disk_total_bytes       bigint CHECK (disk_total_bytes >= 0),
+    disk_free_bytes        bigint CHECK (disk_free_bytes >= 0),
+    disk_checked_at        timestamptz,
+    updated_at             timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON softguard.settings FROM PUBLIC;
+INSERT INTO softguard.settings DEFAULT VALUES;
+COMMENT ON TABLE softguard.settings IS
+    'the capture budget, kept equal to softguard''s configuration (softguard init, serve)';
+
+-- Every write outside _settings_set is refused (a superuser's too, unless it also forges
+-- the maintenance mark: best effort against A2, as for the ledger).
+CREATE FUNCTION softguard._guard_settings() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT softguard._in_maintenance() THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'softguard: softguard.settings cannot be changed',
+            HINT = 'Set max_capture_bytes and min_free_disk_percent in softguard''s '
+                   'configuration, then run softguard init or restart softguard serve.';
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._guard_settings() FROM PUBLIC;
+CREATE TRIGGER guard_settings BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON softguard.settings FOR EACH STATEMENT EXECUTE FUNCTION softguard._guard_settings();
+ALTER TABLE softguard.settings ENABLE ALWAYS TRIGGER guard_settings;
+
+-- Set the budget (softguard's own connections: softguard/ledger/budget.py). NULL disk
+-- figures: unknown. Refused in a session the proxy registered: that is a client's.
+CREATE FUNCTION softguard._settings_set(max_bytes bigint, min_free_percent real,
+                                        disk_total bigint, disk_free bigint) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mine boolean;
+BEGIN
+    IF (softguard._session(false)).pid IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'softguard: the capture budget cannot be changed from a client session',
+            HINT = 'Set max_capture_bytes in softguard''s configuration.';
+    END IF;
+    mine := softguard._maintenance_begin();
+    UPDATE softguard.settings SET
+        max_capture_bytes = max_bytes, min_free_disk_percent = min_free_percent,
+        disk_total_bytes = disk_total, disk_free_bytes = disk_free,
+        disk_checked_at = CASE WHEN disk_total IS NULL THEN NULL ELSE now() END,
+        updated_at = now();
+    PERFORM softguard._maintenance_end(mine);
+END $$;
+REVOKE ALL ON FUNCTION softguard._settings_set(bigint, real, bigint, bigint) FROM PUBLIC;
+
+-- What one statement may copy into the ledger now, and which limit that is: the least of
+-- max_capture_bytes, what keeps min_free_disk_percent of the disk free (when a disk sample
+-- is known), and the session's own softguard.max_capture_bytes (it may only lower).
+CREATE FUNCTION softguard._capture_budget(OUT bytes bigint, OUT why text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s softguard.settings;
+    own text := current_setting('softguard.max_capture_bytes', true);
+    disk bigint;
+BEGIN
+    SELECT * INTO s FROM softguard.settings;
+    bytes := coalesce(s.max_capture_bytes, 1073741824);
+    why := 'max_capture_bytes';
+    IF s.disk_total_bytes IS NOT NULL AND s.disk_free_bytes IS NOT NULL THEN
+        disk := greatest(0, s.disk_free_bytes
+                            - ceil(s.disk_total_bytes * s.min_free_disk_percent / 100)::bigint);
+        IF disk < bytes THEN
+            bytes := disk;
+            why := format('min_free_disk_percent: %s%% of the disk must stay free, %s was free'
+                          ' at %s', s.min_free_disk_percent, pg_size_pretty(s.disk_free_bytes),
+                          to_char(s.disk_checked_at, 'YYYY-MM-DD HH24:MI:SS TZ'));
+        END IF;
+    END IF;
+    IF own ~ '^\s*[0-9]{1,18}\s*$' AND own::bigint < bytes THEN
+        bytes := own::bigint;
+        why := 'this session''s softguard.max_capture_bytes';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_budget() FROM PUBLIC;
+
+-- Refuse a capture over the budget (54000): nothing was changed, the statement's
+-- transaction aborts.
+CREATE FUNCTION softguard._budget_refuse(what text, target text, need bigint, budget bigint,
+                                         why text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '54000',
+        MESSAGE = format('softguard: %s %s would keep about %s in the ledger, over the capture'
+                         ' budget of %s (%s)', what, target, pg_size_pretty(need),
+                         pg_size_pretty(budget), why),
+        DETAIL = 'softguard keeps a copy of what a statement removes or changes; a copy this '
+                 'large could fill the disk, so nothing was changed.',
+        HINT = 'Delete in batches under the budget; or raise max_capture_bytes in softguard''s '
+               'configuration (then run softguard init or restart softguard serve); or have '
+               'the operator set this category to "allow" in the policy for your role.';
+END $$;
+REVOKE ALL ON FUNCTION softguard._budget_refuse(text, text, bigint, bigint, text) FROM PUBLIC;
+
+-- The bytes statement `key` kept so far: a transaction-local running total
+-- (softguard.capture_bytes = '<key>/<bytes>'). The session could reset it from a trigger
+-- of its own; that only splits a statement's capture the way separate statements would
+-- (each table is still checked on its own): the budget is per statement, not a quota.
+CREATE FUNCTION softguard._budget_used(key text) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN pg_catalog.split_part(s, '/', 1) = key
+                 AND pg_catalog.split_part(s, '/', 2) ~ '^[0-9]{1,18}$'
+                THEN pg_catalog.split_part(s, '/', 2)::bigint ELSE 0 END
+      FROM (SELECT pg_catalog.current_setting('softguard.capture_bytes', true) AS s) x
+$$;
+REVOKE ALL ON FUNCTION softguard._budget_used(text) FROM PUBLIC;
+
+-- Check that statement `key` may keep `need` more bytes (refuse with 54000 when not); with
+-- `keep`, count them into its running total.
+CREATE FUNCTION softguard._budget_take(key text, need bigint, keep boolean, what text,
+                                       target text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    used bigint := softguard._budget_used(key);
+    b record;
+BEGIN
+    SELECT * INTO b FROM softguard._capture_budget();
+    IF used + need > b.bytes THEN
+        PERFORM softguard._budget_refuse(what, target, used + need, b.bytes, b.why);
+    END IF;
+    IF keep THEN
+        PERFORM set_config('softguard.capture_bytes', key || '/' || (used + need), true);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._budget_take(text, bigint, boolean, text, text) FROM PUBLIC;
+
+-- The fast path of a DELETE / UPDATE capture: when the whole table fits in what statement
+-- `key` may still keep, its size is counted (an upper bound of what the statement
+-- removes) and the rows need not be measured. False when it does not fit, or when the
+-- table has children (a partitioned or inheritance parent's own size says nothing): the
+-- capture trigger then measures its transition table and calls _budget_take.
+CREATE FUNCTION softguard._budget_fits(key text, rel oid) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    size bigint;
+    used bigint;
+    b record;
+BEGIN
+    SELECT CASE WHEN c.relhassubclass THEN NULL ELSE pg_table_size(c.oid) END INTO size
+      FROM pg_class c WHERE c.oid = rel;
+    IF size IS NULL THEN
+        RETURN false;
+    END IF;
+    used := softguard._budget_used(key);
+    SELECT * INTO b FROM softguard._capture_budget();
+    IF used + size > b.bytes THEN
+        RETURN false;
+    END IF;
+    PERFORM set_config('softguard.capture_bytes', key || '/' || (used + size), true);
+    RETURN true;
+END $$;
+REVOKE ALL ON FUNCTION softguard._budget_fits(text, oid) FROM PUBLIC;
+
+-- Before a TRUNCATE copies table `rel` for operation `op`: every table this backend holds
+-- ACCESS EXCLUSIVE (PostgreSQL locks all the tables a TRUNCATE empties - listed, CASCADE,
+-- partitions - before it fires the first BEFORE TRUNCATE trigger) that the operation has
+-- not copied yet is measured (pg_table_size: heap and TOAST), so the first table's trigger
+-- refuses before anything is copied. Over-counts only tables the same transaction locked
+-- earlier and does not truncate now (refused where the copy might have fitted).
+CREATE FUNCTION softguard._budget_truncate(op bigint, rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    need bigint;
+    names text;
+    n integer;
+BEGIN
+    SELECT coalesce(sum(t.size), 0), count(*),
+           string_agg(t.rel::regclass::text, ', ' ORDER BY t.size DESC, t.rel)
+             FILTER (WHERE t.rank <= 3)
+      INTO need, n, names
+      FROM (SELECT l.relation AS rel, pg_table_size(l.relation) AS size,
+                   row_number() OVER (ORDER BY pg_table_size(l.relation) DESC, l.relation) AS rank
+              FROM pg_locks l
+             WHERE l.locktype = 'relation' AND l.pid = pg_backend_pid() AND l.granted
+               AND l.mode = 'AccessExclusiveLock'
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND (l.relation = rel OR (softguard._protected_table(l.relation)
+                    AND NOT EXISTS (SELECT FROM softguard.captures c
+                                     WHERE c.op_id = op AND c.relid = l.relation
+                                       AND c.event = 'truncate')))) t;
+    PERFORM softguard._budget_take('op' || op, need, false, 'TRUNCATE of',
+                                   names || CASE WHEN n > 3 THEN format(' and %s more tables', n - 3)
+                                                 ELSE '' END);
+END $$;
+REVOKE ALL ON FUNCTION softguard._budget_truncate(bigint, oid) FROM PUBLIC;
