@@ -28,8 +28,8 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from softguard.config import CaptureBudget
-from softguard.ledger.budget import sync_budget
 from softguard.contract import REQUEST_APPROVAL_FUNCTION
+from softguard.ledger.budget import sync_budget
 from softguard.ledger.db import GATE_APPLICATION_NAME, LedgerError, connect, error_line
 from softguard.ledger.soft_delete_tables import check, resolve
 from softguard.proxy.commands import RequestApproval
