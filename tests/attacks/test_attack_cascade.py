@@ -1,0 +1,209 @@
+"""Issue 11 items 1 and 3: a CASCADE from any object kind that reaches data is refused
+(0A000 with a HINT) or made reversible, through the proxy, as the table owner and as a
+superuser; where nothing that holds data goes with it, the statement runs as PostgreSQL runs
+it. The table of kinds: softguard/sql/drop_kinds.py, docs/drop-kinds.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+from attacker import Arena, fixtures
+
+arena_template, arena = fixtures()
+
+RANGE_SUBDIFF = [
+    "CREATE FUNCTION fdiff(float8, float8) RETURNS float8 LANGUAGE sql IMMUTABLE "
+    "AS 'SELECT $1 - $2'",
+    "CREATE TYPE frange AS RANGE (subtype = float8, subtype_diff = fdiff)",
+    "CREATE TABLE rt (id int PRIMARY KEY, r frange)",
+    "INSERT INTO rt VALUES (1, '[1.5,2.5)'), (2, 'empty')",
+]
+CITEXT = [
+    "CREATE EXTENSION IF NOT EXISTS citext",
+    "CREATE TABLE ci (id int PRIMARY KEY, email citext)",
+    "INSERT INTO ci VALUES (1, 'A@b.c')",
+]
+COLLATION = [
+    'CREATE COLLATION mycoll FROM "C"',
+    "CREATE TABLE coll (id int PRIMARY KEY, t text COLLATE mycoll)",
+    "INSERT INTO coll VALUES (1, 'keep me')",
+]
+COMPOSITE = [
+    "CREATE TYPE addr AS (street text, zip text)",
+    "CREATE TABLE addrs OF addr",
+    "INSERT INTO addrs VALUES ('Main St', '12345')",
+]
+COMPOSITE_COLUMN = [
+    "CREATE TYPE addr AS (street text, zip text)",
+    "CREATE TABLE homes (id int PRIMARY KEY, a addr)",
+    "INSERT INTO homes VALUES (1, ('Main St', '12345'))",
+]
+TS_CONFIG = [
+    "CREATE TEXT SEARCH CONFIGURATION mycfg (COPY = simple)",
+    "CREATE TABLE docs (id int PRIMARY KEY, body text, "
+    "tsv tsvector GENERATED ALWAYS AS (to_tsvector('mycfg'::regconfig, body)) STORED)",
+    "INSERT INTO docs (id, body) VALUES (1, 'kept words')",
+]
+CAST = [
+    "CREATE TYPE temp_c AS (v float8)",
+    "CREATE TYPE temp_f AS (v float8)",
+    "CREATE FUNCTION c2f(temp_c) RETURNS temp_f LANGUAGE sql IMMUTABLE "
+    "AS 'SELECT ROW(($1).v * 9 / 5 + 32)::temp_f'",
+    "CREATE CAST (temp_c AS temp_f) WITH FUNCTION c2f(temp_c)",
+    "CREATE TABLE temps (id int PRIMARY KEY, c temp_c)",
+    "INSERT INTO temps VALUES (1, ROW(21.5))",
+    "CREATE VIEW temps_f AS SELECT id, c::temp_f AS f FROM temps",
+]
+OPCLASS = [
+    "CREATE OPERATOR CLASS myops FOR TYPE int USING btree AS OPERATOR 1 <, "
+    "OPERATOR 3 =, FUNCTION 1 btint4cmp(int, int)",
+    "CREATE INDEX big_myops ON big (id myops)",
+]
+FDW = [
+    "CREATE FOREIGN DATA WRAPPER nowhere",
+    "CREATE SERVER faraway FOREIGN DATA WRAPPER nowhere",
+    "CREATE FOREIGN TABLE remote_rows (id int) SERVER faraway",
+]
+LANGUAGE = [
+    "CREATE LANGUAGE plmine HANDLER plpgsql_call_handler",
+    "CREATE FUNCTION in_mine() RETURNS int LANGUAGE plmine AS 'BEGIN RETURN 1; END'",
+]
+AGGREGATE = [
+    "CREATE AGGREGATE mysum(int) (sfunc = int4pl, stype = int)",
+    "CREATE MATERIALIZED VIEW sums AS SELECT mysum(id) AS s FROM big",
+]
+
+# name -> (setup, attack, who, expected): "refused" (0A000 with a HINT, nothing lost),
+# "kept" (reversible: an operation, undone exactly) or "runs" (nothing holding data goes).
+CASES: dict[str, tuple[list[str], str, str, str]] = {
+    "extension_cascade_owner": (CITEXT, "DROP EXTENSION citext CASCADE", "owner", "refused"),
+    "extension_cascade_super": (CITEXT, "DROP EXTENSION citext CASCADE", "super", "refused"),
+    "extension_alone": (CITEXT[:1], "DROP EXTENSION citext", "owner", "runs"),
+    "collation_cascade_owner": (COLLATION, "DROP COLLATION mycoll CASCADE", "owner", "refused"),
+    "collation_cascade_super": (COLLATION, "DROP COLLATION mycoll CASCADE", "super", "refused"),
+    "collation_alone": (COLLATION[:1], "DROP COLLATION mycoll", "owner", "runs"),
+    "routine_plain": (
+        ["CREATE FUNCTION f(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1'"],
+        "DROP ROUTINE f(int)",
+        "owner",
+        "kept",
+    ),
+    "routine_procedure": (
+        ["CREATE PROCEDURE p(int) LANGUAGE sql AS 'SELECT $1'"],
+        "DROP ROUTINE p",
+        "owner",
+        "kept",
+    ),
+    "routine_range_subdiff_owner": (
+        RANGE_SUBDIFF,
+        "DROP ROUTINE fdiff(float8, float8) CASCADE",
+        "owner",
+        "refused",
+    ),
+    "routine_range_subdiff_super": (
+        RANGE_SUBDIFF,
+        "DROP ROUTINE fdiff(float8, float8) CASCADE",
+        "super",
+        "refused",
+    ),
+    "access_method_cascade": (
+        [
+            "CREATE ACCESS METHOD myheap TYPE TABLE HANDLER heap_tableam_handler",
+            "CREATE TABLE amt (id int PRIMARY KEY, v text) USING myheap",
+            "INSERT INTO amt VALUES (1, 'keep')",
+        ],
+        "DROP ACCESS METHOD myheap CASCADE",
+        "super",
+        "refused",
+    ),
+    "drop_attribute_typed_owner": (
+        COMPOSITE,
+        "ALTER TYPE addr DROP ATTRIBUTE zip CASCADE",
+        "owner",
+        "refused",
+    ),
+    "drop_attribute_typed_super": (
+        COMPOSITE,
+        "ALTER TYPE addr DROP ATTRIBUTE zip CASCADE",
+        "super",
+        "refused",
+    ),
+    "drop_attribute_column_of_type": (
+        COMPOSITE_COLUMN,
+        "ALTER TYPE addr DROP ATTRIBUTE zip",
+        "owner",
+        "refused",
+    ),
+    "drop_attribute_unused": (COMPOSITE[:1], "ALTER TYPE addr DROP ATTRIBUTE zip", "owner", "runs"),
+    "opclass_cascade_index": (
+        OPCLASS,
+        "DROP OPERATOR CLASS myops USING btree CASCADE",
+        "super",
+        "runs",
+    ),
+    "opfamily_cascade_index": (
+        OPCLASS,
+        "DROP OPERATOR FAMILY myops USING btree CASCADE",
+        "super",
+        "runs",
+    ),
+    "server_cascade_foreign_table": (FDW, "DROP SERVER faraway CASCADE", "super", "runs"),
+    "fdw_cascade_foreign_table": (
+        FDW,
+        "DROP FOREIGN DATA WRAPPER nowhere CASCADE",
+        "super",
+        "runs",
+    ),
+    "text_search_config_generated_column": (
+        TS_CONFIG,
+        "DROP TEXT SEARCH CONFIGURATION mycfg CASCADE",
+        "owner",
+        "refused",
+    ),
+    # expressions depend on the cast's function, not on the cast: nothing goes with it
+    "cast_cascade": (CAST, "DROP CAST (temp_c AS temp_f) CASCADE", "owner", "runs"),
+    "language_cascade_function": (LANGUAGE, "DROP LANGUAGE plmine CASCADE", "super", "refused"),
+    "domain_cascade_owner": (
+        [
+            "CREATE DOMAIN posint AS int CHECK (VALUE > 0)",
+            "CREATE TABLE dom (id int PRIMARY KEY, v posint)",
+            "INSERT INTO dom VALUES (1, 7)",
+        ],
+        "DROP DOMAIN posint CASCADE",
+        "owner",
+        "refused",
+    ),
+    "aggregate_plain": (AGGREGATE[:1], "DROP AGGREGATE mysum(int)", "owner", "kept"),
+    "aggregate_cascade_matview": (
+        AGGREGATE,
+        "DROP AGGREGATE mysum(int) CASCADE",
+        "owner",
+        "kept",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_cascade_from_any_kind(arena: Arena, name: str) -> None:
+    setup, attack, who, expected = CASES[name]
+    if "EXTENSION" in attack and who == "owner":
+        arena.direct(f"GRANT CREATE ON DATABASE {arena.db} TO {arena.owner}")
+    made = arena.attack(setup, who=who, via="direct")
+    assert made.error is None, made.describe()
+    if expected == "runs":
+        before, last = arena.snapshot(), arena.last_op()
+        out = arena.attack([attack], who=who)
+        assert out.error is None, out.describe()
+        assert arena.ops_since(last) == []
+        after = arena.snapshot()
+        rows = {k: v for k, v in before.items() if k.startswith("rows ")}
+        assert rows == {k: after.get(k) for k in rows}, "rows lost"
+        return
+    out, ops = arena.attempt([attack], who=who)
+    if expected == "refused":
+        assert out.sqlstate == "0A000", out.describe()
+        assert out.error is not None and out.error.diag.message_hint, out.describe()
+        assert not ops, ops
+    else:
+        assert out.error is None, out.describe()
+        assert [o["kind"] for o in ops] == [" ".join(attack.split()[:2])], ops
