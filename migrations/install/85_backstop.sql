@@ -77,6 +77,10 @@ BEGIN
                                      AND NOT a.attisdropped
                   JOIN pg_class c ON c.oid = a.attrelid AND c.relkind IN ('r', 'p', 'm')
                  WHERE r.oid = d.objid);
+        ELSIF d.object_type = 'type' THEN
+            -- drop_op removes shell types (nothing to keep) for real, through _drop_shell
+            GET DIAGNOSTICS stack = PG_CONTEXT;
+            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\._drop_shell\(oid\) line [0-9]+ at EXECUTE';
         ELSIF d.object_type = 'table column' AND by_alter THEN
             -- alter_op captured every column its statement drops before running it (it
             -- probes that very statement); a column dropped anywhere else is lost.

@@ -6,6 +6,9 @@ it. The table of kinds: softguard/sql/drop_kinds.py, docs/drop-kinds.md.
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 import pytest
 from attacker import Arena, fixtures
 
@@ -207,3 +210,96 @@ def test_cascade_from_any_kind(arena: Arena, name: str) -> None:
     else:
         assert out.error is None, out.describe()
         assert [o["kind"] for o in ops] == [" ".join(attack.split()[:2])], ops
+
+
+# -- companion objects (issue 11 item 4) -------------------------------------------------------
+
+LIVE = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
+    "AND n.nspname NOT LIKE 'softguard%' AND n.nspname NOT LIKE 'pg_temp%' "
+    "AND n.nspname NOT LIKE 'pg_toast_temp%'"
+)
+LIVE_QUERIES = {
+    "types": "SELECT n.nspname, t.typname, t.typtype FROM pg_type t "
+    f"JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {LIVE} ORDER BY 1, 2",
+    "relations": "SELECT n.nspname, c.relname, c.relkind, c.reltoastrelid <> 0 FROM pg_class c "
+    f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {LIVE} ORDER BY 1, 2",
+    "constraints": "SELECT n.nspname, c.conname, c.contype FROM pg_constraint c "
+    f"JOIN pg_namespace n ON n.oid = c.connamespace WHERE {LIVE} ORDER BY 1, 2",
+    "routines": "SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid) "
+    f"FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {LIVE} ORDER BY 1, 2, 3",
+    # toast tables of live relations (those of quarantined tables stay with them)
+    "toast": "SELECT count(*) FROM pg_class t WHERE t.relkind = 't' AND EXISTS (SELECT FROM "
+    f"pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {LIVE} "
+    "AND c.reltoastrelid = t.oid)",
+}
+
+
+def live_schema(c: psycopg.Connection[Any]) -> dict[str, Any]:
+    return {k: c.execute(q).fetchall() for k, q in LIVE_QUERIES.items()}
+
+
+def direct_drop_leaves(arena: Arena, stmt: str) -> dict[str, Any]:
+    """What a real DROP leaves: run it directly (unregistered session), look, roll back."""
+    with psycopg.connect(arena.direct_dsn()) as c:
+        c.execute(stmt.encode())
+        seen = live_schema(c)
+        c.rollback()
+    return seen
+
+
+RANGE = ["CREATE TYPE intr AS RANGE (subtype = int4)"]
+COMPANIONS: dict[str, tuple[list[str], str]] = {
+    "range": (RANGE, "DROP TYPE intr"),
+    "range_and_its_domain": (RANGE + ["CREATE DOMAIN intr_d AS intr"], "DROP TYPE intr CASCADE"),
+    "domain_over_range": (RANGE + ["CREATE DOMAIN intr_d AS intr"], "DROP DOMAIN intr_d"),
+    "range_with_subdiff": (RANGE_SUBDIFF[:2], "DROP TYPE frange"),
+    "table_serial_identity_toast_constraints": (
+        [
+            "CREATE TABLE comp (id serial PRIMARY KEY, n int GENERATED ALWAYS AS IDENTITY, "
+            "code text UNIQUE, body text, EXCLUDE USING btree (n WITH =))",
+            "INSERT INTO comp (code, body) VALUES ('a', repeat('x', 10000))",
+        ],
+        "DROP TABLE comp",
+    ),
+    "composite_type": (COMPOSITE[:1], "DROP TYPE addr"),
+    "enum_type": (["CREATE TYPE mood AS ENUM ('ok', 'sad')"], "DROP TYPE mood"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPANIONS))
+@pytest.mark.parametrize("who", ["owner", "super"])
+def test_drop_leaves_the_live_schema_as_postgresql(arena: Arena, name: str, who: str) -> None:
+    setup, stmt = COMPANIONS[name]
+    made = arena.attack(setup, via="direct")
+    assert made.error is None, made.describe()
+    with psycopg.connect(arena.direct_dsn()) as c:
+        before = live_schema(c)
+    want = direct_drop_leaves(arena, stmt)
+    last = arena.last_op()
+    out = arena.attack([stmt], who=who)
+    assert out.error is None, out.describe()
+    with psycopg.connect(arena.direct_dsn()) as c:
+        assert live_schema(c) == want
+    ops = [o["id"] for o in arena.ops_since(last)]
+    assert len(ops) == 1, ops
+    r = arena.undo(ops)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with psycopg.connect(arena.direct_dsn()) as c:
+        assert live_schema(c) == before
+
+
+def test_range_type_can_be_created_again(arena: Arena) -> None:
+    out = arena.attack(RANGE + ["DROP TYPE intr", "CREATE TYPE intr AS RANGE (subtype = int4)"])
+    assert out.error is None, out.describe()
+
+
+def test_drop_shell_type_as_postgresql(arena: Arena) -> None:
+    """A shell type holds nothing: PostgreSQL drops it without a word; so does softguard."""
+    steps = ["CREATE TYPE sh", "DROP TYPE sh", "CREATE TYPE sh", "DROP TYPE sh"]
+    out = arena.attack(steps, who="super")
+    assert out.error is None, out.describe()
+    again = arena.attack(["DROP TYPE sh"], who="super")
+    direct = arena.attack(["DROP TYPE sh"], via="direct", who="super")
+    assert again.sqlstate == direct.sqlstate == "42704", (again.describe(), direct.describe())
+    assert str(again.error) == str(direct.error)
