@@ -537,7 +537,8 @@ BEGIN
             governs := CASE WHEN by_alter THEN 'alter' ELSE 'drop' END;
         ELSIF d.object_type IN ('table', 'materialized view', 'sequence') THEN
             governs := 'drop';
-        ELSIF d.object_type IN ('schema', 'view', 'function', 'procedure', 'type', 'domain')
+        ELSIF d.object_type IN ('schema', 'view', 'function', 'procedure', 'aggregate', 'type',
+                                'domain')
               AND NOT (ext AND NOT d.original) THEN
             -- an extension's members report as normal dependents: its own functions and
             -- types cannot be told from others defined over them, so they pass with it

@@ -91,9 +91,7 @@ DROP_KINDS: dict[str, DropKind] = {
     ),
     "OBJECT_PUBLICATION_REL": DropKind("ALTER PUBLICATION DROP TABLE", "allowed", _NOTHING),
     "OBJECT_ROLE": DropKind("DROP ROLE", "refused", "cluster-wide"),
-    "OBJECT_ROUTINE": DropKind(
-        "DROP ROUTINE", "reversible", "as DROP FUNCTION / DROP PROCEDURE"
-    ),
+    "OBJECT_ROUTINE": DropKind("DROP ROUTINE", "reversible", "as DROP FUNCTION / DROP PROCEDURE"),
     "OBJECT_RULE": DropKind("DROP RULE", "allowed", _NOTHING),
     "OBJECT_SCHEMA": DropKind("DROP SCHEMA", "reversible", "everything in it"),
     "OBJECT_SEQUENCE": DropKind("DROP SEQUENCE", "reversible", "defaults using it"),
