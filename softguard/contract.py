@@ -91,7 +91,8 @@ _PLAIN = re.compile(r"[A-Za-z0-9.:,%_-]*")
 # 'softguard: <action> <targets> is reversible as operation <id> until <YYYY-MM-DD>', formatted
 # by softguard._op_notice only. <action> is the statement's kind as the client would say it
 # ('DROP TABLE', 'DELETE FROM', 'TRUNCATE TABLE', 'ALTER TABLE DROP COLUMN', ...); a soft
-# delete's targets end with ' (soft delete: <column> set)'.
+# delete's targets end with ' (soft delete: <column> set)', dropped columns' with
+# ' (restored as the last column)' (or 'columns').
 
 NOTICE_PREFIX = "softguard: "
 NOTICE_MARKER = "is reversible as operation"

@@ -25,6 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from softguard.sql import Classification, Kind, Statement, classify
+from softguard.sql.drop_kinds import REVERSIBLE_DROPS
 from softguard.sql.effects import StatementEffect
 from softguard.sql.rules import NO_WHERE
 
@@ -51,21 +52,9 @@ AGENT_PRESET: dict[str, object] = {
     "require_where": True,
 }
 
-# DROP kinds softguard makes reversible (docs/decisions/0005-reversible-drop.md).
-PROTECTABLE_DROPS = frozenset(
-    {
-        "DROP TABLE",
-        "DROP SCHEMA",
-        "DROP VIEW",
-        "DROP MATERIALIZED VIEW",
-        "DROP SEQUENCE",
-        "DROP INDEX",
-        "DROP FUNCTION",
-        "DROP PROCEDURE",
-        "DROP TYPE",
-        "DROP DOMAIN",
-    }
-)
+# DROP kinds softguard makes reversible (docs/decisions/0005-reversible-drop.md): every
+# kind is classified in softguard.sql.drop_kinds (docs/drop-kinds.md).
+PROTECTABLE_DROPS = REVERSIBLE_DROPS
 # Refused by default: cluster-wide or irreversible by nature (DESIGN.md §3).
 DANGEROUS_ACTIONS = frozenset(
     {

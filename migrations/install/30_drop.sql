@@ -273,6 +273,24 @@ BEGIN
                 steps := steps || softguard._move(op_id, n, 'pg_statistic_ext'::regclass, own, false);
             END LOOP;
         END IF;
+        IF r.classid = 'pg_type'::regclass THEN
+            -- What PostgreSQL made with a range type does not follow it to another schema
+            -- or name: its multirange and the constructor functions of both. Move them
+            -- too, or re-creating the range in the live schema fails (42710, 42723).
+            FOR x IN SELECT 'pg_type'::regclass::oid AS cls, rg.rngmultitypid AS obj
+                       FROM pg_range rg WHERE rg.rngtypid = r.objid AND rg.rngmultitypid <> 0
+                     UNION ALL
+                     SELECT 'pg_proc'::regclass::oid, d.objid FROM pg_depend d
+                      WHERE d.classid = 'pg_proc'::regclass AND d.deptype = 'i'
+                        AND d.refclassid = 'pg_type'::regclass
+                        AND d.refobjid IN (SELECT r.objid UNION ALL
+                                           SELECT rg.rngmultitypid FROM pg_range rg
+                                            WHERE rg.rngtypid = r.objid)
+                     ORDER BY 1 DESC, 2 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, x.cls, x.obj, false);
+            END LOOP;
+        END IF;
         n := n + 1;
         steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original);
     END LOOP;
@@ -495,6 +513,24 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 GRANT EXECUTE ON FUNCTION softguard._same_objects(jsonb, jsonb) TO PUBLIC;
 
+-- A shell type (CREATE TYPE name, not defined yet) holds nothing and can be neither
+-- renamed nor moved: a DROP that removes only shell types removes them for real,
+-- unrecorded, as PostgreSQL does. Drops nothing but a shell type (the backstop lets a type
+-- dropped here pass); runs as the caller, who must own it.
+CREATE FUNCTION softguard._drop_shell(p_oid oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ident text;
+BEGIN
+    SELECT format('%I.%I', n.nspname, t.typname) INTO ident
+      FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+     WHERE t.oid = p_oid AND t.typtype = 'p' AND NOT t.typisdefined;
+    IF ident IS NOT NULL THEN
+        EXECUTE format('DROP TYPE %s', ident);
+    END IF;
+END $$;
+GRANT EXECUTE ON FUNCTION softguard._drop_shell(oid) TO PUBLIC;
+
 CREATE PROCEDURE softguard.drop_op(stmt text, stmt_cascade text, ctx jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -504,6 +540,7 @@ DECLARE
     msg text;
     n_all integer;
     n_temp integer;
+    n_shell integer;
     relist jsonb;
     used text;
 BEGIN
@@ -557,7 +594,15 @@ BEGIN
     n_all := pg_catalog.jsonb_array_length(list);
     SELECT pg_catalog.count(*) FILTER (WHERE (e->>'is_temporary')::boolean) INTO n_temp
       FROM pg_catalog.jsonb_array_elements(list) e;
-    IF n_all > 0 AND n_temp = n_all THEN
+    SELECT pg_catalog.count(*) INTO n_shell
+      FROM pg_catalog.jsonb_array_elements(list) e
+      JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) (e->>'objid')::oid
+     WHERE (e->>'classid')::oid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+       AND NOT t.typisdefined;
+    IF n_all > 0 AND n_shell = n_all THEN
+        PERFORM softguard._drop_shell((e->>'objid')::oid)
+           FROM pg_catalog.jsonb_array_elements(list) e;
+    ELSIF n_all > 0 AND n_temp = n_all THEN
         -- Temporary objects cannot be moved and vanish with the session anyway: drop them
         -- for real, unrecorded (notices were already sent by the probe).
         IF saved NOT IN ('error', 'fatal', 'panic') THEN

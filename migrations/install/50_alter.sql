@@ -297,7 +297,8 @@ GRANT EXECUTE ON FUNCTION softguard._capture_type_after(bigint, bigint) TO PUBLI
 --   ctx   as truncate_op (action 'ALTER TABLE'), plus
 --         "columns": [{"schema", "table", "column"}]  the ALTER COLUMN ... TYPE targets
 --         "drop_column": false   the statement has no DROP COLUMN: no probe
--- NOTICE: 'softguard: ALTER TABLE DROP COLUMN <cols>[, ALTER COLUMN TYPE <cols>] is ...' or
+-- NOTICE: 'softguard: ALTER TABLE DROP COLUMN <cols> (restored as the last column[s])
+-- [, ALTER COLUMN TYPE <cols>] is ...' or
 -- 'softguard: ALTER TABLE ALTER COLUMN TYPE <cols> is reversible as operation N until D'.
 -- ---------------------------------------------------------------------------------------
 
@@ -381,7 +382,11 @@ BEGIN
         retyped := retyped || softguard._capture_type_after(op, cid);
     END LOOP;
     IF pg_catalog.cardinality(dropped) > 0 THEN
-        msg := pg_catalog.array_to_string(dropped, ', ');
+        -- PostgreSQL cannot put a column back between others: undo adds it last
+        msg := pg_catalog.array_to_string(dropped, ', ')
+               || CASE WHEN pg_catalog.cardinality(dropped) = 1
+                       THEN ' (restored as the last column)'
+                       ELSE ' (restored as the last columns)' END;
         IF pg_catalog.cardinality(retyped) > 0 THEN
             msg := msg || ', ALTER COLUMN TYPE ' || pg_catalog.array_to_string(retyped, ', ');
         END IF;

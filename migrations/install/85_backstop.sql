@@ -24,35 +24,90 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._backstop_refuse(text) FROM PUBLIC;
 
--- sql_drop, outside the probe: objects a DROP by a protected session removed.
+-- sql_drop, outside the probe: objects a DROP by a protected session removed. The
+-- statement's own kind does not matter (docs/drop-kinds.md): what it takes with it does.
+-- A column goes by the 'alter' category when the statement itself dropped a column or an
+-- attribute (an ALTER), by 'drop' when a DROP of something else took it (a CASCADE).
 CREATE FUNCTION softguard._backstop_drop() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     events text[] := (softguard._session(false)).capture;
     d record;
     stack text;
+    by_alter boolean;   -- the statement itself dropped a column or an attribute
+    ext boolean;        -- it dropped an extension, whose members go with it
+    by_type boolean;    -- it dropped an attribute of a composite type (ALTER TYPE)
+    cause text;         -- what the statement named
+    governs text;
 BEGIN
     IF events IS NULL OR NOT (events && ARRAY['drop', 'alter']) THEN
         RETURN;
     END IF;
-    -- Members of a dropped extension go with it (no normal dependency): not data.
+    SELECT coalesce(bool_or(o.objsubid <> 0), false),
+           coalesce(bool_or(o.object_type = 'extension'), false),
+           coalesce(bool_or(o.object_type = 'composite type column'), false),
+           string_agg(CASE WHEN o.object_type = 'composite type column'
+                           THEN 'attribute ' ELSE o.object_type || ' ' END
+                      || o.object_identity, ', ')
+      INTO by_alter, ext, by_type, cause
+      FROM pg_event_trigger_dropped_objects() o WHERE o.original;
     FOR d IN SELECT * FROM pg_event_trigger_dropped_objects() o
               WHERE NOT o.is_temporary AND (o.original OR o.normal) LOOP
-        IF d.object_type IN ('table', 'materialized view', 'schema', 'sequence', 'view',
-                             'function', 'procedure', 'type', 'domain')
-           AND 'drop' = ANY (events) THEN
-            PERFORM softguard._backstop_refuse(format('DROP %s %s', upper(d.object_type),
-                                                      d.object_identity));
+        IF d.object_type IN ('table column', 'composite type column') THEN
+            governs := CASE WHEN by_alter THEN 'alter' ELSE 'drop' END;
+        ELSIF d.object_type IN ('table', 'materialized view', 'sequence') THEN
+            governs := 'drop';
+        ELSIF d.object_type IN ('schema', 'view', 'function', 'procedure', 'aggregate', 'type',
+                                'domain')
+              AND NOT (ext AND NOT d.original) THEN
+            -- an extension's members report as normal dependents: its own functions and
+            -- types cannot be told from others defined over them, so they pass with it
+            governs := 'drop';
+        ELSE
+            CONTINUE;
         END IF;
-        IF d.object_type = 'table column' AND 'alter' = ANY (events) THEN
+        CONTINUE WHEN NOT governs = ANY (events);
+        IF d.object_type = 'composite type column' THEN
+            -- its values live on in columns of the type (typed tables report their own
+            -- 'table column'): lost only where such columns exist
+            CONTINUE WHEN NOT EXISTS (
+                SELECT FROM pg_class r
+                  JOIN pg_type t ON t.oid = r.reltype
+                  JOIN pg_type u ON u.oid IN (t.oid, t.typarray)
+                                 OR (u.typtype = 'd' AND u.typbasetype IN (t.oid, t.typarray))
+                  JOIN pg_attribute a ON a.atttypid = u.oid AND a.attnum > 0
+                                     AND NOT a.attisdropped
+                  JOIN pg_class c ON c.oid = a.attrelid AND c.relkind IN ('r', 'p', 'm')
+                 WHERE r.oid = d.objid);
+        ELSIF d.object_type = 'type' THEN
+            -- drop_op removes shell types (nothing to keep) for real, through _drop_shell
+            GET DIAGNOSTICS stack = PG_CONTEXT;
+            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\._drop_shell\(oid\) line [0-9]+ at EXECUTE';
+        ELSIF d.object_type = 'table column' AND by_alter THEN
             -- alter_op captured every column its statement drops before running it (it
             -- probes that very statement); a column dropped anywhere else is lost.
             GET DIAGNOSTICS stack = PG_CONTEXT;
-            IF stack !~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb\) line [0-9]+ at EXECUTE' THEN
-                PERFORM softguard._backstop_refuse(format('ALTER TABLE DROP COLUMN %s',
-                                                          d.object_identity));
-            END IF;
+            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb\) line [0-9]+ at EXECUTE';
         END IF;
+        IF d.original AND NOT by_type THEN
+            PERFORM softguard._backstop_refuse(format(
+                CASE WHEN d.object_type = 'table column' THEN 'ALTER TABLE DROP COLUMN %2$s'
+                     ELSE 'DROP %1$s %2$s' END, upper(d.object_type), d.object_identity));
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard: dropping %s would take %s with it, which cannot be '
+                             'made reversible here', cause,
+                             CASE WHEN d.object_type = 'composite type column'
+                                  THEN 'its values in the columns of that type'
+                                  ELSE d.object_type || ' ' || d.object_identity END),
+            DETAIL = 'softguard keeps tables, columns and definitions only when they are '
+                     'dropped by a statement of their own kind that comes through softguard.',
+            HINT = CASE WHEN d.object_type IN ('table column', 'composite type column')
+                        THEN 'Drop the dependent columns first (ALTER TABLE ... DROP COLUMN '
+                             'through softguard keeps them), then run this statement again.'
+                        ELSE format('Drop the dependent %s first (through softguard, which '
+                                    'keeps it), then run this statement again.', d.object_type)
+                   END;
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION softguard._backstop_drop() FROM PUBLIC;

@@ -439,6 +439,9 @@ def _object_line(obj: dict[str, Any]) -> str:
         where = _EVENT_WORDS[str(event)].format(rows=obj.get("rows", "?"))
     elif obj.get("quarantined_as"):
         where = f"kept as {obj['quarantined_as']}"
+    elif obj.get("type") == "table column" and event is None:
+        # PostgreSQL cannot put a column back between others (README, known limits)
+        where = "kept; restored as the last column"
     else:
         where = "kept in the restore plan"
     return f"{label}{' [' + ', '.join(flags) + ']' if flags else ''}: {where}"

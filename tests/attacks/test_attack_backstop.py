@@ -222,11 +222,6 @@ def test_drop_cascade_of_other_kinds(arena: Arena, name: str) -> None:
     arena.attempt([attack], who=who)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: DROP TYPE of a range type quarantines the "
-    "range but leaves its multirange; re-creating the range fails with 42710",
-)
 def test_drop_range_type_frees_its_multirange(arena: Arena) -> None:
     steps = [
         "CREATE TYPE intr AS RANGE (subtype = int4)",

@@ -95,7 +95,8 @@ def test_drop_column_then_undo(ledger: Ledger, rental_db: Callable[[], str]) -> 
     op = row_ops(ledger, db)[0]
     assert op["kind"] == "ALTER TABLE"
     assert softguard_notices(via) == [
-        f"softguard: ALTER TABLE DROP COLUMN public.vehicles.specs is reversible as operation "
+        f"softguard: ALTER TABLE DROP COLUMN public.vehicles.specs (restored as the last "
+        f"column) is reversible as operation "
         f"{op['id']} until {op['expires_at']:%Y-%m-%d}"
     ]
     assert undo(ledger, db, op["id"]) == [
