@@ -11,10 +11,11 @@
 --   dropped). When a CREATE replaces an object the table already holds with a different
 --   definition, in a session registered with 'alter' (05_sessions.sql), it records an
 --   operation 'CREATE OR REPLACE <TYPE>' whose restore plan holds the previous definition.
--- * Sequences. ddl_command_start of ALTER SEQUENCE in such a session keeps every user
---   sequence's state (value and parameters) for the command (a transaction-local setting:
---   nothing runs between the two events but the command); ddl_command_end records an
---   operation 'ALTER SEQUENCE' for each sequence whose value or parameters changed.
+-- * Sequences. ddl_command_start of ALTER SEQUENCE (and of ALTER TABLE, for identity
+--   columns' sequences: ALTER COLUMN ... RESTART) in such a session keeps the sequences'
+--   state (value and parameters) for the command (a transaction-local setting: nothing
+--   runs between the two events but the command); ddl_command_end records an operation
+--   'ALTER SEQUENCE' for each sequence of the command whose value or parameters changed.
 --   setval() is a function call, not DDL: no trigger sees it (README limits, G11).
 -- * Undo (72_undo_definitions.sql, called from softguard._undo) puts the old definition or
 --   state back; it refuses when a later active operation changed the same object (55006,
@@ -229,8 +230,9 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._definitions_drop() FROM PUBLIC;
 
--- The state of every user sequence: value and parameters, keyed by oid.
-CREATE FUNCTION softguard._sequence_states() RETURNS jsonb
+-- The state of every user sequence (identity_only: of those behind identity columns):
+-- value and parameters, keyed by oid.
+CREATE FUNCTION softguard._sequence_states(identity_only boolean) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     s record;
@@ -243,7 +245,12 @@ BEGIN
                JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relpersistence <> 't' AND n.nspname NOT LIKE 'softguard%'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema') LOOP
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND (NOT identity_only
+                     OR EXISTS (SELECT FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                   AND d.objid = q.seqrelid AND d.deptype = 'i'))
+              ORDER BY q.seqrelid LOOP
         EXECUTE pg_catalog.format('SELECT last_value, is_called FROM %s',
                                   s.seqrelid::pg_catalog.regclass) INTO st;
         out := out || pg_catalog.jsonb_build_object(s.seqrelid::text, pg_catalog.jsonb_build_object(
@@ -254,9 +261,10 @@ BEGIN
     END LOOP;
     RETURN out;
 END $$;
-REVOKE ALL ON FUNCTION softguard._sequence_states() FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._sequence_states(boolean) FROM PUBLIC;
 
--- ddl_command_start of ALTER SEQUENCE in a protected session: keep the states for the end.
+-- ddl_command_start of ALTER SEQUENCE (every sequence) and ALTER TABLE (identity columns'
+-- sequences: ALTER COLUMN ... RESTART) in a protected session: keep the states for the end.
 CREATE FUNCTION softguard._sequences_before() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -266,11 +274,14 @@ BEGIN
         PERFORM set_config('softguard.seq_before', '', true);
         RETURN;
     END IF;
-    PERFORM set_config('softguard.seq_before', softguard._sequence_states()::text, true);
+    PERFORM set_config('softguard.seq_before',
+                       softguard._sequence_states(TG_TAG = 'ALTER TABLE')::text, true);
 END $$;
 REVOKE ALL ON FUNCTION softguard._sequences_before() FROM PUBLIC;
 
--- ddl_command_end of ALTER SEQUENCE: an operation for each sequence it changed.
+-- ddl_command_end: an operation for each sequence the command changed - the sequence an
+-- ALTER SEQUENCE names, the identity sequences of the tables an ALTER TABLE names (other
+-- sequences may move meanwhile: other sessions' nextval).
 CREATE FUNCTION softguard._sequences_after() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -281,25 +292,34 @@ DECLARE
     reg softguard.sessions;
 BEGIN
     PERFORM set_config('softguard.seq_before', '', true);
-    IF before IS NULL THEN
+    IF before IS NULL OR before = '{}' THEN
         RETURN;
     END IF;
-    now_ := softguard._sequence_states();
+    now_ := softguard._sequence_states(TG_TAG = 'ALTER TABLE');
     reg := softguard._session(false);
-    FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
-              WHERE c.classid = 'pg_class'::regclass AND c.objsubid = 0 ORDER BY c.objid LOOP
-        CONTINUE WHEN NOT before ? r.objid::text OR NOT now_ ? r.objid::text
-                      OR before->(r.objid::text) = now_->(r.objid::text);
-        ident := r.objid::regclass::text;
+    FOR r IN SELECT DISTINCT s.seq
+               FROM pg_event_trigger_ddl_commands() c
+              CROSS JOIN LATERAL (
+                    SELECT c.objid WHERE TG_TAG = 'ALTER SEQUENCE'
+                    UNION ALL
+                    SELECT d.objid FROM pg_depend d
+                     WHERE TG_TAG = 'ALTER TABLE' AND d.classid = 'pg_class'::regclass
+                       AND d.refclassid = 'pg_class'::regclass AND d.refobjid = c.objid
+                       AND d.deptype = 'i') s(seq)
+              WHERE c.classid = 'pg_class'::regclass
+              ORDER BY s.seq LOOP
+        CONTINUE WHEN NOT before ? r.seq::text OR NOT now_ ? r.seq::text
+                      OR before->(r.seq::text) = now_->(r.seq::text);
+        ident := r.seq::regclass::text;
         PERFORM softguard._definition_op(
             'ALTER SEQUENCE', ident,
             jsonb_build_array(jsonb_build_object(
-                'classid', 'pg_class'::regclass::oid, 'objid', r.objid, 'objsubid', 0,
+                'classid', 'pg_class'::regclass::oid, 'objid', r.seq, 'objsubid', 0,
                 'type', 'sequence', 'identity', ident, 'original', true, 'event', 'sequence')),
             jsonb_build_array(jsonb_build_object(
-                'step', 'sequence', 'classid', 'pg_class'::regclass::oid, 'objid', r.objid,
+                'step', 'sequence', 'classid', 'pg_class'::regclass::oid, 'objid', r.seq,
                 'identity', 'sequence ' || ident,
-                'old', before->(r.objid::text), 'new', now_->(r.objid::text))),
+                'old', before->(r.seq::text), 'new', now_->(r.seq::text))),
             reg);
     END LOOP;
 END $$;

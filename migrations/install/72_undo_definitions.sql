@@ -101,7 +101,7 @@ BEGIN
             SELECT (x.v->>'last_value')::bigint AS last_value, (x.v->>'is_called')::boolean
                    AS is_called, x.v - 'last_value' - 'is_called' AS params
               INTO st
-              FROM (SELECT softguard._sequence_states()->(s->>'objid') AS v) x;
+              FROM (SELECT softguard._sequence_states(false)->(s->>'objid') AS v) x;
             -- values handed out since would be handed out again: refuse, keep them
             IF (st.last_value, st.is_called) IS DISTINCT FROM
                    ((s->'new'->>'last_value')::bigint, (s->'new'->>'is_called')::boolean)
@@ -114,10 +114,13 @@ BEGIN
                     HINT = 'Set it by hand (setval) past the values in use.';
             END IF;
             IF st.params IS DISTINCT FROM (s->'old') - 'last_value' - 'is_called' THEN
+                -- RESTART: the bounds are checked against the value, put back just after
                 EXECUTE format('ALTER SEQUENCE %s AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s '
-                               'START WITH %s CACHE %s %s', (s->>'objid')::oid::regclass,
+                               'START WITH %s RESTART WITH %s CACHE %s %s',
+                               (s->>'objid')::oid::regclass,
                                s->'old'->>'type', s->'old'->>'increment', s->'old'->>'min',
-                               s->'old'->>'max', s->'old'->>'start', s->'old'->>'cache',
+                               s->'old'->>'max', s->'old'->>'start', s->'old'->>'last_value',
+                               s->'old'->>'cache',
                                CASE WHEN (s->'old'->>'cycle')::boolean THEN 'CYCLE'
                                     ELSE 'NO CYCLE' END);
             END IF;

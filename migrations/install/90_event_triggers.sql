@@ -344,10 +344,10 @@ CREATE EVENT TRIGGER softguard_capture_definitions ON ddl_command_end
 CREATE EVENT TRIGGER softguard_capture_definitions_drop ON sql_drop
     EXECUTE FUNCTION softguard._definitions_drop();
 CREATE EVENT TRIGGER softguard_capture_sequences_start ON ddl_command_start
-    WHEN TAG IN ('ALTER SEQUENCE')
+    WHEN TAG IN ('ALTER SEQUENCE', 'ALTER TABLE')
     EXECUTE FUNCTION softguard._sequences_before();
 CREATE EVENT TRIGGER softguard_capture_sequences_end ON ddl_command_end
-    WHEN TAG IN ('ALTER SEQUENCE')
+    WHEN TAG IN ('ALTER SEQUENCE', 'ALTER TABLE')
     EXECUTE FUNCTION softguard._sequences_after();
 ALTER EVENT TRIGGER softguard_capture_definitions ENABLE ALWAYS;
 ALTER EVENT TRIGGER softguard_capture_definitions_drop ENABLE ALWAYS;

@@ -81,8 +81,7 @@ REPLACED = {
         "CREATE FUNCTION minus() RETURNS trigger LANGUAGE plpgsql AS "
         "$$ BEGIN NEW.v := NEW.v - 1; RETURN NEW; END $$; "
         "CREATE TRIGGER adjust BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION plus()",
-        "CREATE OR REPLACE TRIGGER adjust BEFORE INSERT ON t FOR EACH ROW "
-        "EXECUTE FUNCTION minus()",
+        "CREATE OR REPLACE TRIGGER adjust BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION minus()",
         "INSERT INTO t VALUES (10); SELECT max(v) FROM t",
         11,
     ),
@@ -152,8 +151,14 @@ def test_unregistered_sessions_keep_the_history_current(
     # one row per live object: a dropped one leaves the history
     with ledger.connect(db) as c:
         c.execute("DROP FUNCTION f()")
-    assert one(ledger, db, "SELECT count(*) FROM softguard.definitions WHERE identity LIKE "
-               "'function public.f()'") == 0
+    assert (
+        one(
+            ledger,
+            db,
+            "SELECT count(*) FROM softguard.definitions WHERE identity LIKE 'function public.f()'",
+        )
+        == 0
+    )
 
 
 def test_replaced_twice_undo_the_later_first_or_cascade(
@@ -269,3 +274,23 @@ def test_a_session_without_alter_records_nothing(
         c.execute("CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 2'")
         c.execute("ALTER SEQUENCE counter RESTART WITH 7")
     assert ops_since(ledger, db, start) == []
+
+
+def test_identity_column_restart_is_an_operation(
+    ledger: Ledger, rental_db: Callable[[], str]
+) -> None:
+    db = rental_db()
+    with ledger.connect(db) as c:
+        c.execute("CREATE TABLE ids (id int GENERATED ALWAYS AS IDENTITY, v int)")
+        c.execute("INSERT INTO ids (v) SELECT g FROM generate_series(1, 5) g")
+    start = last(ledger, db)
+    with registered(ledger, db) as c:
+        c.execute("ALTER TABLE ids ALTER COLUMN id RESTART WITH 1")
+        c.execute("ALTER TABLE ids ADD COLUMN w int")  # changes no sequence: no operation
+    (op,) = ops_since(ledger, db, start)
+    assert op["kind"] == "ALTER SEQUENCE"
+    assert op["objects"][0]["identity"] == "public.ids_id_seq"
+    undo_lines(ledger, db, op["id"])
+    with ledger.connect(db) as c:
+        c.execute("INSERT INTO ids (v) VALUES (6)")
+    assert one(ledger, db, "SELECT max(id) FROM ids") == 6
