@@ -161,17 +161,25 @@ def test_unregistered_sessions_keep_the_history_current(
     )
 
 
+def recorded(ledger: Ledger, db: str, setup: str, *changes: str) -> list[int]:
+    """Run `setup` directly, then `changes` in a registered session: the operations."""
+    with ledger.connect(db) as c:
+        c.execute(setup.encode())
+    start = last(ledger, db)
+    with registered(ledger, db) as c:
+        for change in changes:
+            c.execute(change.encode())
+    return [o["id"] for o in ops_since(ledger, db, start)]
+
+
+F = "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT {}'"
+
+
 def test_replaced_twice_undo_the_later_first_or_cascade(
     ledger: Ledger, rental_db: Callable[[], str]
 ) -> None:
     db = rental_db()
-    with ledger.connect(db) as c:
-        c.execute("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
-    start = last(ledger, db)
-    with registered(ledger, db) as c:
-        c.execute("CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 2'")
-        c.execute("CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 3'")
-    first, second = (o["id"] for o in ops_since(ledger, db, start))
+    first, second = recorded(ledger, db, F.format(1), F.format(2), F.format(3))
     with pytest.raises(psycopg.errors.ObjectInUse) as e:
         undo_lines(ledger, db, first)
     assert e.value.diag.message_detail == f"blocked_by={second}"
@@ -184,16 +192,11 @@ def test_a_later_change_outside_softguard_is_kept(
     ledger: Ledger, rental_db: Callable[[], str]
 ) -> None:
     db = rental_db()
+    (op,) = recorded(ledger, db, F.format(1), F.format(2))
     with ledger.connect(db) as c:
-        c.execute("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
-    start = last(ledger, db)
-    with registered(ledger, db) as c:
-        c.execute("CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 2'")
-    (op,) = ops_since(ledger, db, start)
-    with ledger.connect(db) as c:
-        c.execute("CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 4'")
+        c.execute(F.format(4))
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="changed since"):
-        undo_lines(ledger, db, op["id"])
+        undo_lines(ledger, db, op)
     assert one(ledger, db, "SELECT f()") == 4
 
 
@@ -201,14 +204,14 @@ def test_view_whose_old_columns_do_not_fit_is_refused_clearly(
     ledger: Ledger, rental_db: Callable[[], str]
 ) -> None:
     db = rental_db()
-    with ledger.connect(db) as c:
-        c.execute("CREATE VIEW v AS SELECT 1 AS a")
-    start = last(ledger, db)
-    with registered(ledger, db) as c:
-        c.execute("CREATE OR REPLACE VIEW v AS SELECT 1 AS a, 2 AS b")
-    (op,) = ops_since(ledger, db, start)
+    (op,) = recorded(
+        ledger,
+        db,
+        "CREATE VIEW v AS SELECT 1 AS a",
+        "CREATE OR REPLACE VIEW v AS SELECT 1 AS a, 2 AS b",
+    )
     with pytest.raises(psycopg.errors.FeatureNotSupported, match="cannot replace the current"):
-        undo_lines(ledger, db, op["id"])
+        undo_lines(ledger, db, op)
     assert one(ledger, db, "SELECT b FROM v") == 2
 
 
