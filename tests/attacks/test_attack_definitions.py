@@ -139,3 +139,21 @@ def test_the_history_cannot_be_read_or_forged(arena: Arena) -> None:
         ]
     )
     assert out.error is None and ops, out.describe()
+
+
+def test_a_forged_probe_setting_does_not_skip_the_recording(arena: Arena) -> None:
+    """softguard.probe = 'on' makes the definitions triggers stand aside (softguard's own
+    probe): set by the client, the machinery's ddl_command_end probe aborts every DDL."""
+    arena.attack([PRICE])
+    arena.attempt(
+        [
+            "DO $$ BEGIN PERFORM set_config(concat('softguard', '.probe'), 'on', false); END $$",
+            "CREATE OR REPLACE FUNCTION price(int) RETURNS int LANGUAGE sql AS 'SELECT 0'",
+        ]
+    )
+    arena.attempt(
+        [
+            "DO $$ BEGIN PERFORM set_config(concat('softguard', '.probe'), 'on', false); END $$",
+            "ALTER SEQUENCE counter RESTART WITH 1",
+        ]
+    )
