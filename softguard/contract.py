@@ -105,6 +105,14 @@ _NOTICE = re.compile(
 )
 
 
+#: Kinds of the operations 65_definitions.sql records (also their NOTICE's <action>): a
+#: definition replaced in place, a sequence's value or parameters changed.
+DEFINITION_KINDS = tuple(
+    f"CREATE OR REPLACE {what}" for what in ("FUNCTION", "PROCEDURE", "VIEW", "RULE", "TRIGGER")
+)
+SEQUENCE_KIND = "ALTER SEQUENCE"
+
+
 @dataclass(frozen=True, slots=True)
 class OperationNotice:
     op: int

@@ -1293,6 +1293,9 @@ BEGIN
                                          op, o.kind);
                 END IF;
                 done := softguard._undo_rows(op, coalesce(on_conflict, 'fail'));
+            ELSIF FOUND AND (o.kind LIKE 'CREATE OR REPLACE %' OR o.kind = 'ALTER SEQUENCE')
+                  AND o.state <> 'purged' THEN
+                done := softguard._undo_definitions(op, rename_to);   -- 65_definitions.sql
             ELSE
                 done := softguard._undo_one(op, rename_to);
             END IF;

@@ -332,6 +332,28 @@ CREATE EVENT TRIGGER softguard_capture_remote ON ddl_command_end
     EXECUTE FUNCTION softguard._capture_remote_ddl();
 ALTER EVENT TRIGGER softguard_capture_remote ENABLE ALWAYS;
 
+-- Definitions and sequence state (65_definitions.sql): kept for what CREATE OR REPLACE
+-- and ALTER SEQUENCE replace. The tags: every command that creates or alters a function,
+-- procedure, view, rule or trigger, or renames what their text names.
+CREATE EVENT TRIGGER softguard_capture_definitions ON ddl_command_end
+    WHEN TAG IN ('CREATE FUNCTION', 'CREATE PROCEDURE', 'CREATE VIEW', 'CREATE RULE',
+                 'CREATE TRIGGER', 'ALTER FUNCTION', 'ALTER PROCEDURE', 'ALTER ROUTINE',
+                 'ALTER VIEW', 'ALTER TRIGGER', 'ALTER RULE', 'ALTER TABLE', 'ALTER SCHEMA',
+                 'ALTER TYPE', 'ALTER DOMAIN')
+    EXECUTE FUNCTION softguard._definitions_ddl();
+CREATE EVENT TRIGGER softguard_capture_definitions_drop ON sql_drop
+    EXECUTE FUNCTION softguard._definitions_drop();
+CREATE EVENT TRIGGER softguard_capture_sequences_start ON ddl_command_start
+    WHEN TAG IN ('ALTER SEQUENCE', 'ALTER TABLE')
+    EXECUTE FUNCTION softguard._sequences_before();
+CREATE EVENT TRIGGER softguard_capture_sequences_end ON ddl_command_end
+    WHEN TAG IN ('ALTER SEQUENCE', 'ALTER TABLE')
+    EXECUTE FUNCTION softguard._sequences_after();
+ALTER EVENT TRIGGER softguard_capture_definitions ENABLE ALWAYS;
+ALTER EVENT TRIGGER softguard_capture_definitions_drop ENABLE ALWAYS;
+ALTER EVENT TRIGGER softguard_capture_sequences_start ENABLE ALWAYS;
+ALTER EVENT TRIGGER softguard_capture_sequences_end ENABLE ALWAYS;
+
 SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
  ORDER BY c.oid;
 SELECT softguard._install_remote_guard(c.oid) FROM pg_class c WHERE c.relkind = 'f'

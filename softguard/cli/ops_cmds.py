@@ -402,7 +402,25 @@ def show(
     steps = restore if isinstance(restore, list) else []
     typer.echo(f"restore plan ({len(steps)} steps; undo runs them last to first):")
     for i, step in enumerate(steps, 1):
-        typer.echo(f"  {i}. {dumps(step)}")
+        typer.echo(f"  {i}. {_step_text(step)}")
+
+
+def _step_text(step: Any) -> str:
+    """One restore step: a replaced definition or a sequence's state readably (the old
+    text is what an operator re-creates by hand when undo refuses), any other as JSON."""
+    if not isinstance(step, dict):
+        return dumps(step)
+    if step.get("step") == "definition":
+        text = str(step.get("old", "")).rstrip().replace("\n", "\n       ")
+        return f"{step.get('identity')}: undo re-creates its previous definition:\n       {text}"
+    if step.get("step") == "sequence":
+        before: dict[str, Any] = step.get("old") or {}
+        after: dict[str, Any] = step.get("new") or {}
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        was = ", ".join(f"{k} {before.get(k)}" for k in changed)
+        now = ", ".join(f"{k} {after.get(k)}" for k in changed)
+        return f"{step.get('identity')}: undo puts back {was} (the operation set {now})"
+    return dumps(step)
 
 
 def _show_value(value: Any) -> str:
@@ -422,6 +440,8 @@ _EVENT_WORDS = {
     "truncate": "{rows} removed rows captured",
     "update": "old values of {rows} rows captured",
     "soft_delete": "{rows} rows soft-deleted (marked; they stay in the table)",
+    "definition": "replaced in place; its previous definition kept in the restore plan",
+    "sequence": "value or parameters changed; the previous ones kept in the restore plan",
 }
 
 

@@ -53,6 +53,7 @@ _NOTICE_KINDS: tuple[tuple[str, str], ...] = (
     ("UPDATE ", "UPDATE"),
     ("TRUNCATE TABLE ", "TRUNCATE"),
     ("ALTER TABLE ", "ALTER TABLE"),
+    *((f"{kind} ", kind) for kind in (*contract.DEFINITION_KINDS, contract.SEQUENCE_KIND)),
     *((f"{kind} ", kind) for kind in sorted(PROTECTABLE_DROPS, key=len, reverse=True)),
 )
 # Seconds: PostgreSQL round trips on a LAN up to slow DDL under lock waits.

@@ -310,12 +310,24 @@ STATE = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 6: CREATE OR REPLACE and sequence resets "
-    "lose the old definition / value; nothing is recorded",
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            k,
+            marks=[
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="issue 11 item 6: setval() is a function call no trigger sees; "
+                    "its old value is not kept (README limits, threat model G11)",
+                )
+            ]
+            if k.startswith("setval")
+            else [],
+        )
+        for k in sorted(STATE)
+    ],
 )
-@pytest.mark.parametrize("name", sorted(STATE))
 def test_definitions_and_sequence_state_are_operations(arena: Arena, name: str) -> None:
     setup, attack = STATE[name]
     arena.attack(setup)

@@ -45,9 +45,13 @@ def test_apply_is_idempotent(pg_server: TestServer, empty_db: str) -> None:
         ).fetchall()
         assert triggers == [
             ("softguard_capture_ddl_end", "A"),
+            ("softguard_capture_definitions", "A"),
+            ("softguard_capture_definitions_drop", "A"),
             ("softguard_capture_inherit", "A"),
             ("softguard_capture_install", "A"),
             ("softguard_capture_remote", "A"),
+            ("softguard_capture_sequences_end", "A"),
+            ("softguard_capture_sequences_start", "A"),
             ("softguard_capture_sql_drop", "A"),
             ("softguard_capture_tamper_ddl", "A"),
             ("softguard_capture_tamper_drop", "A"),
