@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from softguard.contract import client_text_marker
 from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, Decision, Policy, SessionInfo
+from softguard.sql.prefilter import LARGE_OBJECT_FUNCTIONS
 from softguard.sql import Kind
 from softguard.sql.rewrite import (
     Replacement,
@@ -26,6 +27,7 @@ from softguard.sql.rewrite import (
     apply,
     char_offset,
     drop_call,
+    large_object_calls,
     procedure_call,
     refusal,
     statement_span,
@@ -295,6 +297,10 @@ def plan_message(
             continue  # the database's capture triggers keep the rows: sent as is
         start, end = statement_span(text, stmt)
         stmt_text = text[start:end].decode("utf-8", "replace")
+        if decision.category == "large_object":
+            protected.append((decision.category, stmt_text))
+            replacements.append(Replacement(stmt, _large_object_text(stmt_text)))
+            continue
         if stmt.action == "DROP INDEX" and _CONCURRENTLY.search(stmt_text):
             # Cannot run inside a procedure (nor any transaction); an index holds no data.
             log.info("DROP INDEX CONCURRENTLY passes unprotected: %s", stmt.summary())
@@ -335,6 +341,22 @@ _ENCODING_REFUSAL = (
     "softguard: a statement softguard must rewrite or capture is refused when it holds "
     "non-ASCII characters in client_encoding {0}: set client_encoding to UTF8"
 )
+
+
+_LARGE_OBJECT_REFUSAL = (
+    "softguard: this statement calls a large-object function softguard cannot route through "
+    "its wrappers (inside a function body or string), so it could not keep the object first"
+)
+_LARGE_OBJECT_HINT = "Call lo_put, lo_unlink, lo_open/lowrite or lo_truncate in their own SELECT."
+
+
+def _large_object_text(stmt_text: str) -> str:
+    """The statement with its large-object calls routed through softguard's wrappers, which
+    keep the object first (decision 0016); a refusal when a call cannot be routed."""
+    routed = large_object_calls(stmt_text, LARGE_OBJECT_FUNCTIONS)
+    if routed is None:
+        return refusal("0A000", _LARGE_OBJECT_REFUSAL, _LARGE_OBJECT_HINT)
+    return routed
 
 
 def _offsets_unreliable(text: bytes, client_encoding: str) -> bool:

@@ -9,13 +9,16 @@ Pure: bytes in, bytes out.
 from __future__ import annotations
 
 from struct import Struct
+from struct import error as struct_error
 
 from softguard.wire.errors import ClientProtocolError
 from softguard.wire.messages import error_response, ready_for_query
 
-__all__ = ["function_call_oid", "function_call_refusal"]
+__all__ = ["function_call_int_arg", "function_call_oid", "function_call_refusal"]
 
 _OID = Struct("!I")
+_INT16 = Struct("!h")
+_INT32 = Struct("!i")
 
 REFUSAL_HINT = (
     "Run the function with a SELECT (for example SELECT lo_unlink(1234)) so softguard can "
@@ -28,6 +31,36 @@ def function_call_oid(body: bytes) -> int:
     if len(body) < 4:
         raise ClientProtocolError("FunctionCall message too short")
     return int(_OID.unpack_from(body)[0])
+
+
+def function_call_int_arg(body: bytes, index: int) -> int | None:
+    """Argument *index* (0-based) of a FunctionCall body read as an integer (int4 in binary
+    format, or digits in text format); None when absent, NULL or not an integer. Used for
+    lo_open's mode: None makes the policy assume the worst."""
+    try:
+        (nformats,) = _INT16.unpack_from(body, 4)
+        formats = [_INT16.unpack_from(body, 6 + 2 * i)[0] for i in range(nformats)]
+        pos = 6 + 2 * nformats
+        (nargs,) = _INT16.unpack_from(body, pos)
+        pos += 2
+        if not 0 <= index < nargs:
+            return None
+        for i in range(index + 1):
+            (length,) = _INT32.unpack_from(body, pos)
+            pos += 4
+            value = body[pos : pos + max(length, 0)]
+            if len(value) < max(length, 0):
+                return None
+            pos += max(length, 0)
+        if length < 0:
+            return None
+        fmt = formats[index] if nformats > 1 else (formats[0] if nformats == 1 else 0)
+        if fmt == 1:
+            return int(_INT32.unpack(value)[0]) if len(value) == 4 else None
+        text = value.decode("ascii").strip()
+        return int(text) if text.lstrip("-").isdigit() else None
+    except (ValueError, UnicodeDecodeError, IndexError, struct_error):
+        return None
 
 
 def function_call_refusal(reason: str, status: int) -> bytes:
