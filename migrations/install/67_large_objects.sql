@@ -221,7 +221,7 @@ GRANT EXECUTE ON FUNCTION softguard.lo_unlink(oid) TO PUBLIC;
 CREATE FUNCTION softguard.lo_open(lo oid, mode integer) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    fd integer;
+    opened integer;
 BEGIN
     IF mode & 393216 <> 0 THEN
         PERFORM softguard._lo_check(lo, 'SELECT');
@@ -230,15 +230,15 @@ BEGIN
         PERFORM softguard._lo_check(lo, 'UPDATE');
         PERFORM softguard._lo_keep(lo, 'lo_open for writing');
     END IF;
-    fd := pg_catalog.lo_open(lo, mode);
+    opened := pg_catalog.lo_open(lo, mode);
     IF mode & 131072 <> 0 THEN
         INSERT INTO softguard.large_object_fds (pid, fd, txid, loid)
-        VALUES (pg_backend_pid(), fd, pg_current_xact_id(), lo)
+        VALUES (pg_backend_pid(), opened, pg_current_xact_id(), lo)
         ON CONFLICT ON CONSTRAINT large_object_fds_pkey DO UPDATE SET txid = excluded.txid, loid = excluded.loid;
     ELSE
-        DELETE FROM softguard.large_object_fds f WHERE f.pid = pg_backend_pid() AND f.fd = lo_open.fd;
+        DELETE FROM softguard.large_object_fds f WHERE f.pid = pg_backend_pid() AND f.fd = opened;
     END IF;
-    RETURN fd;
+    RETURN opened;
 END $$;
 REVOKE ALL ON FUNCTION softguard.lo_open(oid, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard.lo_open(oid, integer) TO PUBLIC;

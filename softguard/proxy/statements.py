@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from softguard.contract import client_text_marker
 from softguard.policy import CAPTURED, TAMPER_MESSAGE, Action, Decision, Policy, SessionInfo
-from softguard.sql.prefilter import LARGE_OBJECT_FUNCTIONS
 from softguard.sql import Kind
+from softguard.sql.prefilter import LARGE_OBJECT_FUNCTIONS
 from softguard.sql.rewrite import (
     Replacement,
     RewritePlan,

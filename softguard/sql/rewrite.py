@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import orjson
 from pglast import parse_sql
-from pglast.parser import ParseError, parse_sql_json
 from pglast.enums.parsenodes import DropBehavior
+from pglast.parser import ParseError, parse_sql_json
 from pglast.stream import RawStream
 
 from softguard.contract import BEGIN_CODE

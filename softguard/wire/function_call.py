@@ -8,6 +8,7 @@ Pure: bytes in, bytes out.
 
 from __future__ import annotations
 
+import re
 from struct import Struct
 from struct import error as struct_error
 
@@ -19,6 +20,8 @@ __all__ = ["function_call_int_arg", "function_call_oid", "function_call_refusal"
 _OID = Struct("!I")
 _INT16 = Struct("!h")
 _INT32 = Struct("!i")
+# What int4in reads the same way as Python's int(); anything else (hex, underscores): None.
+_DECIMAL = re.compile(r"\s*[+-]?[0-9]{1,10}\s*")
 
 REFUSAL_HINT = (
     "Run the function with a SELECT (for example SELECT lo_unlink(1234)) so softguard can "
@@ -45,20 +48,18 @@ def function_call_int_arg(body: bytes, index: int) -> int | None:
         pos += 2
         if not 0 <= index < nargs:
             return None
-        for i in range(index + 1):
+        for _ in range(index):  # skip the arguments before it
             (length,) = _INT32.unpack_from(body, pos)
-            pos += 4
-            value = body[pos : pos + max(length, 0)]
-            if len(value) < max(length, 0):
-                return None
-            pos += max(length, 0)
-        if length < 0:
+            pos += 4 + max(length, 0)
+        (length,) = _INT32.unpack_from(body, pos)
+        value = body[pos + 4 : pos + 4 + length]
+        if length < 0 or len(value) < length:
             return None
         fmt = formats[index] if nformats > 1 else (formats[0] if nformats == 1 else 0)
         if fmt == 1:
             return int(_INT32.unpack(value)[0]) if len(value) == 4 else None
-        text = value.decode("ascii").strip()
-        return int(text) if text.lstrip("-").isdigit() else None
+        text = value.decode("ascii")
+        return int(text) if _DECIMAL.fullmatch(text) else None
     except (ValueError, UnicodeDecodeError, IndexError, struct_error):
         return None
 

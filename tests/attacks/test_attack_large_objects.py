@@ -9,8 +9,6 @@ cannot read (a DO block, a function, a FunctionCall) fails with 42501.
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from attacker import Arena, errors_of, fixtures
 from test_attack_wire import as_outcome, oid_of
@@ -48,13 +46,19 @@ ATTACKS: dict[str, list[str]] = {
     ],
     "lo_truncate": [f"BEGIN; SELECT lo_truncate(lo_open({LO}, {WRITE}), 0); COMMIT"],
     "lo_truncate64": [f"BEGIN; SELECT lo_truncate64(lo_open({LO}, {WRITE}), 5); COMMIT"],
+    "lowrite_read_fd": [
+        "BEGIN",
+        f"SELECT lo_open({LO}, 262144)",
+        "SELECT lowrite(0, 'overwritten')",
+        "COMMIT",
+    ],
     "lowrite_unwrapped_fd": [
         "BEGIN",
         f"DO $$ BEGIN PERFORM lo_open({LO}, {WRITE}); END $$",
         "SELECT lowrite(0, 'overwritten')",
         "COMMIT",
     ],
-    "prepare": [f"PREPARE p(oid) AS SELECT lo_unlink($1)", f"EXECUTE p({LO})"],
+    "prepare": ["PREPARE p(oid) AS SELECT lo_unlink($1)", f"EXECUTE p({LO})"],
     "do_block": [f"DO $$ BEGIN PERFORM lo_unlink({LO}); END $$"],
     "do_dynamic": ["DO $$ BEGIN EXECUTE 'SELECT lo_' || 'put(" + str(LO) + ", 0, ''zz'')'; END $$"],
     "function": ["SELECT wipe()"],
@@ -102,9 +106,9 @@ def test_other_role_without_privilege(arena: Arena) -> None:
 
 def test_other_role_with_update_grant(arena: Arena) -> None:
     setup(arena, [SETUP, f"GRANT UPDATE, SELECT ON LARGE OBJECT {LO} TO {arena.other}"])
-    out, ops = arena.attempt([f"SELECT lo_put({LO}, 0, 'x')"], who="other")
+    out, _ = arena.attempt([f"SELECT lo_put({LO}, 0, 'x')"], who="other")
     assert out.error is None, out.describe()
-    out, ops = arena.attempt([f"SELECT lo_unlink({LO})"], who="other")
+    out, _ = arena.attempt([f"SELECT lo_unlink({LO})"], who="other")
     assert out.sqlstate == "42501", out.describe()  # unlink needs ownership
 
 
@@ -188,7 +192,7 @@ def test_fd_reuse_after_function_call_close(arena: Arena) -> None:
         s.function_call(oid_of(arena, "lo_close(integer)"), [b"0"])
         reopened = s.function_call(
             oid_of(arena, "lo_open(oid, integer)"),
-            [str(LO + 1).encode(), struct.pack("!i", WRITE).hex().encode() and str(WRITE).encode()],
+            [str(LO + 1).encode(), str(WRITE).encode()],
         )
         assert errors_of(reopened), reopened
         s.query(b"ROLLBACK")
