@@ -72,7 +72,7 @@ from softguard.wire import (
     strip_scram_plus,
 )
 from softguard.wire.constants import AUTH_SASL, FRONTEND_TYPES, TX_IDLE
-from softguard.wire.function_call import REFUSAL_HINT, function_call_int_arg, function_call_oid
+from softguard.wire.function_call import REFUSAL_HINT, function_call_oid, lo_open_mode
 from softguard.wire.messages import auth_code, with_hint
 from softguard.wire.results import ResultFilter, without_context
 
@@ -845,8 +845,7 @@ class SessionCore:
         except ProtocolViolation as exc:
             self._fail(exc)
             return None
-        mode = function_call_int_arg(msg.body, 1)  # lo_open's: for writing or not
-        decision = self.inputs.policy.decide_function_call(oid, self.info, mode)
+        decision = self.inputs.policy.decide_function_call(oid, self.info, lo_open_mode(msg.body))
         self.counter.count_statement("function_call", decision.action.value)
         if decision.action is Action.ALLOW:
             return None

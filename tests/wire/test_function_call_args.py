@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from softguard.wire.function_call import function_call_int_arg
+from softguard.wire.function_call import function_call_int_arg, lo_open_mode
 
 
 def body(formats: list[int], args: list[bytes | None]) -> bytes:
@@ -34,3 +34,10 @@ def body(formats: list[int], args: list[bytes | None]) -> bytes:
 )
 def test_int_arg(data: bytes, index: int, expected: int | None) -> None:
     assert function_call_int_arg(data, index) == expected
+
+
+def test_lo_open_mode() -> None:
+    assert lo_open_mode(body([0], [b"4242", b"131072"])) == 131072
+    assert lo_open_mode(body([0], [b"4242", b"0x20000"])) is None  # unknown: as a write
+    assert lo_open_mode(body([1], [struct.pack("!i", 0)])) == 0  # wrong arity: server refuses
+    assert lo_open_mode(b"\0\0\0") is None
