@@ -172,7 +172,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF EXISTS (SELECT FROM softguard.large_object_fds f
                 WHERE f.pid = pg_backend_pid() AND f.fd = _lo_fd_kept.fd
-                  AND f.txid = pg_current_xact_id()) THEN
+                  AND f.txid = pg_current_xact_id_if_assigned()) THEN
         RETURN;
     END IF;
     RAISE EXCEPTION USING ERRCODE = '42501',
@@ -222,10 +222,12 @@ BEGIN
     IF mode & 131072 <> 0 THEN
         INSERT INTO softguard.large_object_fds (pid, fd, txid, loid)
         VALUES (pg_backend_pid(), opened, pg_current_xact_id(), lo)
-        ON CONFLICT ON CONSTRAINT large_object_fds_pkey DO UPDATE SET txid = excluded.txid, loid = excluded.loid;
-    ELSE
-        DELETE FROM softguard.large_object_fds f WHERE f.pid = pg_backend_pid() AND f.fd = opened;
+        ON CONFLICT ON CONSTRAINT large_object_fds_pkey
+        DO UPDATE SET txid = excluded.txid, loid = excluded.loid;
     END IF;
+    -- Opened for reading: nothing written (read-only transactions, standbys). A row this
+    -- transaction left for the same number (closed by FunctionCall) is harmless: the
+    -- descriptor is not writable, so PostgreSQL refuses a write through it.
     RETURN opened;
 END $$;
 REVOKE ALL ON FUNCTION softguard.lo_open(oid, integer) FROM PUBLIC;
@@ -236,7 +238,14 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r integer := pg_catalog.lo_close(fd);
 BEGIN
-    DELETE FROM softguard.large_object_fds f WHERE f.pid = pg_backend_pid() AND f.fd = lo_close.fd;
+    -- Only a descriptor this transaction opened for writing has a row (read-only
+    -- transactions write nothing here).
+    IF EXISTS (SELECT FROM softguard.large_object_fds f
+                WHERE f.pid = pg_backend_pid() AND f.fd = lo_close.fd
+                  AND f.txid = pg_current_xact_id_if_assigned()) THEN
+        DELETE FROM softguard.large_object_fds f
+         WHERE f.pid = pg_backend_pid() AND f.fd = lo_close.fd;
+    END IF;
     RETURN r;
 END $$;
 REVOKE ALL ON FUNCTION softguard.lo_close(integer) FROM PUBLIC;

@@ -115,3 +115,18 @@ def test_lowrite_by_function_call_refused(arena: Arena) -> None:
         s.close()
     assert _state(arena) == before
     assert arena.ops_since(last) == []
+
+
+def test_reading_in_a_read_only_transaction(arena: Arena) -> None:
+    """Reads go through softguard.lo_open / lo_close too: they write nothing in the ledger,
+    so a READ ONLY transaction (or a standby) can read large objects."""
+    arena.direct(f"SELECT lo_from_bytea({LO}, %s)", [CONTENTS])
+    arena.direct(f"ALTER LARGE OBJECT {LO} OWNER TO {arena.owner}")
+    with psycopg.connect(arena.proxied_dsn()) as c:
+        c.execute("BEGIN READ ONLY")
+        fd = c.execute(f"SELECT lo_open({LO}, 262144)").fetchone()
+        assert fd is not None
+        data = c.execute("SELECT loread(%s, 16)", [fd[0]]).fetchone()
+        assert data == (CONTENTS[:16],)
+        c.execute("SELECT lo_close(%s)", [fd[0]])
+        c.execute("COMMIT")
