@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from softguard.sql import Classification, Kind, Statement, classify
 from softguard.sql.drop_kinds import REVERSIBLE_DROPS
 from softguard.sql.effects import StatementEffect
+from softguard.sql.prefilter import LARGE_OBJECT_FUNCTIONS
 from softguard.sql.rules import NO_WHERE
 
 log = logging.getLogger("softguard.policy")
@@ -99,12 +100,13 @@ CATEGORIES = (
     "delete",
     "update",
     "alter",
+    "large_object",
     "dangerous",
     "remote",
     "opaque",
     "unparseable",
 )
-_PROTECTABLE = frozenset({"drop", "truncate", "delete", "update", "alter"})
+_PROTECTABLE = frozenset({"drop", "truncate", "delete", "update", "alter", "large_object"})
 PROTECTABLE = _PROTECTABLE  # categories softguard can make reversible
 # Captured in the database by triggers (decision 0006): passed as sent, even when nested
 # (a DELETE inside WITH, EXPLAIN ANALYZE, PREPARE) since the triggers see it run.
@@ -113,6 +115,13 @@ CAPTURED = frozenset({"delete", "update"})
 MAX_RETENTION_DAYS = 24855
 # ALTER subcommands softguard can keep; other ALTERs in category "alter" pass as sent.
 REWRITABLE_ALTERS = frozenset({"ALTER TABLE DROP COLUMN", "ALTER TABLE ALTER COLUMN TYPE"})
+# Calls of the large-object functions softguard routes through its wrappers (decision 0016).
+LARGE_OBJECT_CALLS = frozenset(f"CALL FUNCTION {name}" for name in LARGE_OBJECT_FUNCTIONS)
+# Harmless on their own: under "deny" they pass (a write through the descriptor is refused).
+_LARGE_OBJECT_HANDLES = frozenset({"CALL FUNCTION lo_open", "CALL FUNCTION lo_close"})
+# The catalogs holding large objects: no trigger can capture their rows.
+_LARGE_OBJECT_CATALOGS = frozenset({"pg_largeobject", "pg_largeobject_metadata"})
+_INV_WRITE = 0x20000  # lo_open's mode bit for writing (libpq/libpq-fs.h)
 
 
 def category_of(stmt: Statement) -> str:
@@ -122,6 +131,8 @@ def category_of(stmt: Statement) -> str:
     if stmt.kind is Kind.OPAQUE:
         return "opaque"
     action = stmt.action
+    if action in LARGE_OBJECT_CALLS or _writes_large_object_catalog(stmt):
+        return "large_object"
     if action in PROTECTABLE_DROPS and stmt.command in ("", action):
         return "drop"
     if action in DANGEROUS_ACTIONS or action.startswith("CALL FUNCTION"):
@@ -134,6 +145,13 @@ def category_of(stmt: Statement) -> str:
     if action.startswith("DROP"):
         return "drop_other"
     return "dangerous"  # an unknown destructive kind: refuse unless configured
+
+
+def _writes_large_object_catalog(stmt: Statement) -> bool:
+    """DELETE / UPDATE / TRUNCATE / MERGE on pg_largeobject(_metadata) (a superuser's)."""
+    return stmt.action in ("DELETE", "UPDATE", "TRUNCATE", "MERGE") and any(
+        t.name in _LARGE_OBJECT_CATALOGS and t.schema in (None, "pg_catalog") for t in stmt.targets
+    )
 
 
 class _Verdicts(BaseModel):
@@ -167,6 +185,7 @@ class Rule(_Verdicts):
     delete: Verdict | None = None
     update: Verdict | None = None
     alter: Verdict | None = None
+    large_object: Verdict | None = None
     dangerous: Verdict | None = None
     remote: Verdict | None = None
     opaque: Verdict | None = None
@@ -214,6 +233,9 @@ class PolicyConfig(_Verdicts):
     delete: Verdict = "protect"
     update: Verdict = "allow"
     alter: Verdict = "protect"
+    # lo_put, lowrite, lo_truncate, lo_unlink: run through softguard's wrappers, which keep
+    # the object first (decision 0016); writes to the catalogs are refused.
+    large_object: Verdict = "protect"
     dangerous: Verdict = "deny"
     remote: Verdict = "deny"
     opaque: Verdict = "allow"
@@ -346,10 +368,12 @@ class Policy:
                 return value  # type: ignore[no-any-return]
         return getattr(self.config, category)  # type: ignore[no-any-return]
 
-    def decide_function_call(self, oid: int, session: SessionInfo) -> Decision:
+    def decide_function_call(
+        self, oid: int, session: SessionInfo, mode: int | None = None
+    ) -> Decision:
         """ALLOW or DENY a FunctionCall ('F') message calling function *oid*: see
         `decide_function_call`."""
-        return decide_function_call(self, oid, session)
+        return decide_function_call(self, oid, session, mode)
 
     def decide(
         self,
@@ -402,7 +426,9 @@ class Policy:
                     break
             else:
                 stmt_for_reason = stmt
-            if verdict == "protect" and category not in CAPTURED:
+            if category == "large_object":
+                verdict = _large_object_verdict(stmt, verdict)
+            elif verdict == "protect" and category not in CAPTURED:
                 # Rewritten statements must be exactly what the rewrite handles: an ALTER
                 # TABLE whose destructive subcommand is DROP COLUMN, or a statement whose
                 # own verb is the destructive one (not a DROP hidden in something else).
@@ -427,6 +453,8 @@ class Policy:
             reason = hint = ""
             if verdict == "deny":
                 reason, hint = _reason(category, stmt_for_reason, self.source(category, session))
+                if category == "large_object" and stmt is stmt_for_reason:
+                    reason = _large_object_reason(stmt)
             elif _unbounded(category, stmt) and self.setting("require_where", session):
                 verdict = "deny"
                 reason = (
@@ -464,11 +492,16 @@ def _function_call_classification(name: str) -> Classification:
     return classify(f"SELECT pg_catalog.{name}()")
 
 
-def decide_function_call(policy: Policy, oid: int, session: SessionInfo) -> Decision:
+def decide_function_call(
+    policy: Policy, oid: int, session: SessionInfo, mode: int | None = None
+) -> Decision:
     """ALLOW or DENY a FunctionCall ('F') of function *oid*: refused unless the function
-    is in `FASTPATH_FUNCTIONS`, and then decided as ``SELECT <function>(...)`` would be
-    (``lo_unlink`` is "dangerous": refused by default). A refused call is answered with
-    `softguard.wire.function_call.function_call_refusal`."""
+    is in `FASTPATH_FUNCTIONS`, and then decided as ``SELECT <function>(...)`` would be.
+    A FunctionCall cannot be routed through softguard's large-object wrappers, so a
+    large-object write (lowrite, lo_truncate, lo_unlink) is refused unless the
+    "large_object" category is allowed; lo_close and lo_open for reading pass, lo_open for
+    writing (*mode*, its second argument, when known) is decided as a write. A refused call
+    is answered with `softguard.wire.function_call.function_call_refusal`."""
     name = FASTPATH_FUNCTIONS.get(oid)
     if name is None:
         reason = (
@@ -483,10 +516,22 @@ def decide_function_call(policy: Policy, oid: int, session: SessionInfo) -> Deci
             session.client_addr,
         )
         return Decision(Action.DENY, "function_call", None, reason)
+    if name == "lo_close" or (name == "lo_open" and mode is not None and not mode & _INV_WRITE):
+        return Decision(Action.ALLOW, "function_call", None)
+    shown = name
+    if name == "lo_open":
+        name, shown = "lowrite", "lo_open for writing"  # decided as the write it allows
     decisions = policy.decide(_function_call_classification(name), session, source="function call")
     for decision in decisions:
         if decision.action is not Action.ALLOW:
-            reason = decision.reason or f"softguard: FunctionCall of {name} is refused by policy"
+            reason = f"softguard: FunctionCall of {shown} is refused by policy"
+            if decision.category == "large_object":
+                reason += (
+                    ": softguard keeps a large object before a write only when the call "
+                    "comes as SQL"
+                )
+            elif decision.reason:
+                reason = decision.reason
             return Decision(Action.DENY, decision.category, decision.statement, reason)
     return Decision(Action.ALLOW, "function_call", None)
 
@@ -501,9 +546,9 @@ _MODE_REFUSALS: dict[tuple[str, str], tuple[str, str]] = {
 }
 _MODE_HINTS = {
     "read-only": "Run only queries that read (SELECT, EXPLAIN without ANALYZE, SHOW). "
-    "Changes need a session whose softguard rule gives mode \"data\" or \"full\".",
+    'Changes need a session whose softguard rule gives mode "data" or "full".',
     "data": "INSERT, UPDATE, DELETE, MERGE and TRUNCATE are allowed (and reversible). "
-    "Ask an operator to make schema changes, or to give this role mode \"full\".",
+    'Ask an operator to make schema changes, or to give this role mode "full".',
 }
 
 
@@ -549,6 +594,28 @@ _CATEGORY_HINTS = {
 
 def _unbounded(category: str, stmt: Statement) -> bool:
     return category in ("delete", "update") and NO_WHERE in stmt.detail
+
+
+def _large_object_verdict(stmt: Statement, verdict: Verdict) -> Verdict:
+    """A large-object statement's verdict: calls are protected by the wrappers (the planner
+    refuses what it cannot route); catalog writes cannot be kept; under "deny" a statement
+    that only opens or closes descriptors passes."""
+    calls = {s.action for s in (stmt, *stmt.nested) if s.action in LARGE_OBJECT_CALLS}
+    if not calls:
+        return "deny" if verdict == "protect" else verdict
+    if verdict == "deny" and calls <= _LARGE_OBJECT_HANDLES:
+        return "allow"
+    return verdict
+
+
+def _large_object_reason(stmt: Statement) -> str:
+    if stmt.action in LARGE_OBJECT_CALLS:
+        return f"softguard: {stmt.summary()} is refused by policy (large_object)"
+    return (
+        f"softguard: {stmt.summary()} is refused: softguard cannot keep rows of the "
+        "large-object catalogs (no trigger fires on them); use lo_put, lo_unlink or "
+        "lo_open/lowrite through softguard instead"
+    )
 
 
 def _reason(category: str, stmt: Statement, source: str) -> tuple[str, str]:

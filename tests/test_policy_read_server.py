@@ -136,12 +136,17 @@ def test_function_calls_outside_the_list_are_refused(oid: int) -> None:
 
 def test_function_calls_are_decided_like_the_same_sql_call() -> None:
     policy = Policy()
-    assert policy.decide_function_call(952, SESSION).action is Action.ALLOW  # lo_open
+    # lo_open for reading (INV_READ); for writing, or with a mode it cannot read, as a write
+    assert policy.decide_function_call(952, SESSION, 0x40000).action is Action.ALLOW
+    assert policy.decide_function_call(952, SESSION, 0x20000).action is Action.DENY
+    assert policy.decide_function_call(952, SESSION).action is Action.DENY
+    assert policy.decide_function_call(953, SESSION).action is Action.ALLOW  # lo_close
+    # a write cannot go through softguard's wrappers (decision 0016): refused unless allowed
     unlink = policy.decide_function_call(964, SESSION)
-    assert unlink.action is Action.DENY and unlink.category == "dangerous"
-    allowing = Policy(PolicyConfig(rules=[Rule(role="app", dangerous="allow")]))
+    assert unlink.action is Action.DENY and unlink.category == "large_object"
+    allowing = Policy(PolicyConfig(rules=[Rule(role="app", large_object="allow")]))
     assert allowing.decide_function_call(964, SESSION).action is Action.ALLOW
-    refusing = Policy(PolicyConfig(rules=[Rule(role="app", dangerous="deny")]))
+    refusing = Policy(PolicyConfig(rules=[Rule(role="app", large_object="deny")]))
     assert refusing.decide_function_call(1004, SESSION).action is Action.DENY  # lo_truncate
 
 

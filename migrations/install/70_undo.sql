@@ -14,6 +14,8 @@
 --   (TRUNCATE: every captured row re-inserted, then the sequences' values), and for
 --   ALTER TABLE _undo_column: _undo_drop_column re-adds a dropped column with its values,
 --   _undo_type converts a retyped column back.
+-- * LARGE OBJECT (pages kept by the large-object wrappers): _undo_large_objects
+--   writes them back (the wrappers are in 67_large_objects.sql).
 --
 -- What always holds:
 -- * An undo runs in the caller's transaction: all or nothing. It writes an UNDO operation
@@ -1236,6 +1238,80 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._undo_type(bigint, softguard.captures) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
+-- Large objects (67_large_objects.sql)
+-- ---------------------------------------------------------------------------------------
+
+-- Undo of a 'LARGE OBJECT' operation (dispatched from _undo): each kept object
+-- gets its pages back exactly; an object unlinked since is re-created under its OID with
+-- its owner and ACL. Runs as undo's owner (a superuser: pg_largeobject is a catalog).
+CREATE FUNCTION softguard._undo_large_objects(op bigint) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lines softguard.undo_step[] := '{}';
+    o softguard.operations;
+    k softguard.large_objects;
+    later bigint;
+    recreated boolean;
+    a record;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF o.state <> 'active' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s is %s, not active', op, o.state);
+    END IF;
+    FOR k IN SELECT * FROM softguard.large_objects WHERE op_id = op ORDER BY loid LOOP
+        SELECT min(l.op_id) INTO later
+          FROM softguard.large_objects l JOIN softguard.operations lo ON lo.id = l.op_id
+         WHERE l.loid = k.loid AND l.op_id > op AND lo.state = 'active';
+        IF later IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55006',
+                MESSAGE = format('cannot undo operation %s: operation %s wrote large object %s '
+                                 'since', op, later, k.loid),
+                DETAIL = softguard._blocked_detail(later),
+                HINT = format('Undo operation %s first, or use --cascade.', later);
+        END IF;
+        recreated := NOT EXISTS (SELECT FROM pg_largeobject_metadata WHERE oid = k.loid);
+        IF recreated THEN
+            PERFORM pg_catalog.lo_create(k.loid);
+            EXECUTE format('ALTER LARGE OBJECT %s OWNER TO %I', k.loid, k.owner_name);
+            -- GRANTs record the grantees' dependencies; the exact ACL is then set as kept.
+            FOR a IN SELECT * FROM aclexplode(k.acl) x
+                      WHERE x.grantee <> (SELECT oid FROM pg_roles WHERE rolname = k.owner_name)
+            LOOP
+                EXECUTE format('GRANT %s ON LARGE OBJECT %s TO %s%s', a.privilege_type, k.loid,
+                               CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                    ELSE quote_ident((SELECT rolname FROM pg_roles
+                                                       WHERE oid = a.grantee)) END,
+                               CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+            END LOOP;
+            UPDATE pg_largeobject_metadata SET lomacl = k.acl WHERE oid = k.loid;
+        END IF;
+        DELETE FROM pg_largeobject WHERE loid = k.loid;
+        INSERT INTO pg_largeobject (loid, pageno, data)
+        SELECT p.loid, p.pageno, p.data FROM softguard.large_object_pages p
+         WHERE p.op_id = op AND p.loid = k.loid ORDER BY p.pageno;
+        lines := lines || softguard._step(op, CASE WHEN recreated THEN 're-created'
+                                                   ELSE 'restored' END,
+                                          format('large object %s', k.loid),
+                                          format('large object %s %s (%s bytes)', k.loid,
+                                                 CASE WHEN recreated
+                                                      THEN 're-created with its contents, owner '
+                                                           || quote_ident(k.owner_name)
+                                                      ELSE 'contents restored' END,
+                                                 k.n_bytes));
+    END LOOP;
+    UPDATE softguard.operations SET state = 'undone', undone_at = now(), undone_by = session_user
+     WHERE id = op;
+    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                      client_addr, statement, kind, objects, restore, undo_of)
+    VALUES (o.expires_at, session_user, current_user, current_setting('application_name', true),
+            inet_client_addr()::text, format('softguard undo %s', op), 'UNDO', o.objects, '[]',
+            op);
+    RETURN lines;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_large_objects(bigint) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
 -- Entry points
 -- ---------------------------------------------------------------------------------------
 
@@ -1296,6 +1372,8 @@ BEGIN
             ELSIF FOUND AND (o.kind LIKE 'CREATE OR REPLACE %' OR o.kind = 'ALTER SEQUENCE')
                   AND o.state <> 'purged' THEN
                 done := softguard._undo_definitions(op, rename_to);   -- 65_definitions.sql
+            ELSIF FOUND AND o.kind = 'LARGE OBJECT' THEN
+                done := softguard._undo_large_objects(op);   -- 67_large_objects.sql
             ELSE
                 done := softguard._undo_one(op, rename_to);
             END IF;

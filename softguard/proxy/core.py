@@ -81,7 +81,7 @@ from softguard.wire import (
     strip_scram_plus,
 )
 from softguard.wire.constants import AUTH_SASL, FRONTEND_TYPES, TX_IDLE
-from softguard.wire.function_call import REFUSAL_HINT, function_call_oid
+from softguard.wire.function_call import REFUSAL_HINT, function_call_oid, lo_open_mode
 from softguard.wire.messages import auth_code, with_hint
 from softguard.wire.results import ResultFilter, without_context
 
@@ -1105,7 +1105,7 @@ class SessionCore:
         except ProtocolViolation as exc:
             self._fail(exc)
             return None
-        decision = self.inputs.policy.decide_function_call(oid, self.info)
+        decision = self.inputs.policy.decide_function_call(oid, self.info, lo_open_mode(msg.body))
         self.counter.count_statement("function_call", decision.action.value)
         if decision.action is Action.ALLOW:
             return None

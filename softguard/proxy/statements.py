@@ -38,7 +38,7 @@ from softguard.policy import (
 from softguard.sql import Kind
 from softguard.sql.effects import effects
 from softguard.sql.encoding import canonical_encoding, decode
-from softguard.sql.prefilter import may_be_destructive
+from softguard.sql.prefilter import LARGE_OBJECT_FUNCTIONS, may_be_destructive
 from softguard.sql.rewrite import (
     Replacement,
     RewritePlan,
@@ -46,6 +46,7 @@ from softguard.sql.rewrite import (
     char_offset,
     dollar_quote,
     drop_call,
+    large_object_calls,
     procedure_call,
     refusal,
     statement_span,
@@ -381,6 +382,10 @@ def plan_message(
             continue  # the database's capture triggers keep the rows: sent as is
         start, end = statement_span(text, stmt)
         stmt_text = text[start:end].decode("utf-8", "replace")
+        if decision.category == "large_object":
+            protected.append((decision.category, stmt_text))
+            replacements.append(Replacement(stmt, _large_object_text(stmt_text)))
+            continue
         if stmt.action == "DROP INDEX" and _CONCURRENTLY.search(stmt_text):
             # Cannot run inside a procedure (nor any transaction); an index holds no data.
             log.info("DROP INDEX CONCURRENTLY passes unprotected: %s", stmt.summary())
@@ -421,6 +426,22 @@ _ENCODING_REFUSAL = (
     "softguard: a statement softguard must rewrite or capture is refused when it holds "
     "non-ASCII characters in client_encoding {0}: set client_encoding to UTF8"
 )
+
+
+_LARGE_OBJECT_REFUSAL = (
+    "softguard: this statement calls a large-object function softguard cannot route through "
+    "its wrappers (inside a function body or string), so it could not keep the object first"
+)
+_LARGE_OBJECT_HINT = "Call lo_put, lo_unlink, lo_open/lowrite or lo_truncate in their own SELECT."
+
+
+def _large_object_text(stmt_text: str) -> str:
+    """The statement with its large-object calls routed through softguard's wrappers, which
+    keep the object first (decision 0016); a refusal when a call cannot be routed."""
+    routed = large_object_calls(stmt_text, LARGE_OBJECT_FUNCTIONS)
+    if routed is None:
+        return refusal("0A000", _LARGE_OBJECT_REFUSAL, _LARGE_OBJECT_HINT)
+    return routed
 
 
 def _offsets_unreliable(text: bytes, client_encoding: str) -> bool:

@@ -23,7 +23,13 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["DANGEROUS_FUNCTIONS", "OPAQUE_FUNCTIONS", "REMOTE_FUNCTIONS", "may_be_destructive"]
+__all__ = [
+    "DANGEROUS_FUNCTIONS",
+    "LARGE_OBJECT_FUNCTIONS",
+    "OPAQUE_FUNCTIONS",
+    "REMOTE_FUNCTIONS",
+    "may_be_destructive",
+]
 
 # Built-in/extension functions that destroy data or state when called (kind DESTRUCTIVE).
 DANGEROUS_FUNCTIONS: frozenset[str] = frozenset(
@@ -36,15 +42,25 @@ DANGEROUS_FUNCTIONS: frozenset[str] = frozenset(
         "pg_logical_slot_get_changes",
         "pg_logical_slot_get_binary_changes",
         "pg_replication_slot_advance",
+        "lo_put",
         "lo_unlink",
+        "lowrite",
         "lo_truncate",
         "lo_truncate64",
+        "lo_open",
+        "lo_close",
         "lo_export",
         "dblink_exec",
         "pg_file_unlink",
         "pg_file_write",
         "pg_file_rename",
     }
+)
+# Large-object functions softguard routes through its wrappers (the policy's "large_object"
+# category; docs/decisions/0016-large-objects.md): those that destroy contents, and
+# lo_open / lo_close, which decide which descriptors may be written.
+LARGE_OBJECT_FUNCTIONS: frozenset[str] = frozenset(
+    {"lo_put", "lo_unlink", "lowrite", "lo_truncate", "lo_truncate64", "lo_open", "lo_close"}
 )
 # Functions that open a connection to another server (kind DESTRUCTIVE; the policy's
 # "remote" category, with dblink_exec and the dblink functions that run SQL text there:
@@ -97,6 +113,10 @@ _FUNCTION_STEMS = (
     "lo_unlink",
     "lo_truncate",
     "lo_export",
+    "lo_put",
+    "lo_open",
+    "lo_close",
+    "lowrite",
     "dblink",
     "query_to_xml",
     "ts_stat",

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import orjson
 from pglast import parse_sql
 from pglast.enums.parsenodes import DropBehavior
+from pglast.parser import ParseError, parse_sql_json
 from pglast.stream import RawStream
 
 from softguard.contract import BEGIN_CODE
-from softguard.sql.classify import Statement
+from softguard.sql.classify import Statement, load_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,3 +183,63 @@ def refusal(sqlstate: str, message: str, hint: str | None = None) -> str:
         f"RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = {inner}{message}{inner}"
         f"{hint_clause}; END{q}"
     )
+
+
+# A function name as written before its "(": [schema .] name, each plain or quoted.
+_FUNC_NAME = re.compile(
+    r'(?:(?:"pg_catalog"|pg_catalog)\s*\.\s*)?(?:"(?P<q>[a-z_0-9]+)"|(?P<p>[A-Za-z_][A-Za-z0-9_]*))'
+    r"(?=\s*\()",
+    re.IGNORECASE,
+)
+
+
+def large_object_calls(stmt_text: str, names: frozenset[str]) -> str | None:
+    """*stmt_text* with every call of a large-object function in *names* (unqualified or
+    ``pg_catalog.``) renamed to softguard's wrapper, ``softguard.<name>`` (decision 0016);
+    None when a call could not be located in the text (inside a string body, or spelled in
+    a way this does not read): the caller refuses rather than let it run unkept."""
+    try:
+        tree = load_json(parse_sql_json(stmt_text))
+    except ParseError:
+        return None
+    raw = stmt_text.encode()
+    spans: list[tuple[int, int, str]] = []
+    stack: list[object] = [tree]
+    for _ in range(1_000_000):  # bounded walk: the JSON tree is finite
+        if not stack:
+            break
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        call = node.get("FuncCall")
+        if isinstance(call, dict):
+            parts = [p.get("String", {}).get("sval", "") for p in call.get("funcname", ())]
+            if parts and parts[-1] in names and parts[:-1] in ([], ["pg_catalog"]):
+                start = int(call.get("location", -1))
+                found = _FUNC_NAME.match(raw.decode("utf-8", "replace"), _char(raw, start))
+                if start < 0 or found is None:
+                    return None
+                name = (found.group("q") or found.group("p") or "").lower()
+                if name != parts[-1]:
+                    return None
+                spans.append((found.start(), found.end(), name))
+        stack.extend(node.values())
+    else:
+        return None
+    if not spans:
+        return None
+    pieces: list[str] = []
+    cursor = 0
+    for start, end, name in sorted(spans):
+        pieces.append(stmt_text[cursor:start])
+        pieces.append(f"softguard.{name}")
+        cursor = end
+    pieces.append(stmt_text[cursor:])
+    return "".join(pieces)
+
+
+def _char(raw: bytes, byte_offset: int) -> int:
+    return len(raw[: max(byte_offset, 0)].decode("utf-8", "replace"))

@@ -254,36 +254,11 @@ LARGE_OBJECT = {
 }
 
 
-LO_REFUSED_TODAY = {"lo_unlink", "lo_truncate"}  # policy `dangerous` names these functions
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            k,
-            marks=[]
-            if k in LO_REFUSED_TODAY
-            else [
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="issue 11 item 5: large-object writes that destroy contents are "
-                    "neither captured nor refused",
-                )
-            ],
-        )
-        for k in sorted(LARGE_OBJECT)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(LARGE_OBJECT))
 def test_large_object_contents_survive(arena: Arena, name: str) -> None:
     arena.attempt(LARGE_OBJECT[name])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 5: a superuser's DELETE FROM "
-    "pg_largeobject is 'protected' but nothing is captured",
-)
 def test_superuser_cannot_delete_from_pg_largeobject(arena: Arena) -> None:
     arena.attempt([f"DELETE FROM pg_largeobject WHERE loid = {LO}"], who="super")
 
