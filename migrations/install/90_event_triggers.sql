@@ -264,7 +264,11 @@ BEGIN
     SELECT string_agg(x.name, ', ' ORDER BY x.name) INTO off
       FROM (SELECT w.name FROM unnest(ARRAY['softguard_capture_ddl_end',
                 'softguard_capture_install', 'softguard_capture_sql_drop',
-                'softguard_capture_tamper_ddl', 'softguard_capture_tamper_drop']) w(name)
+                'softguard_capture_tamper_ddl', 'softguard_capture_tamper_drop',
+                'softguard_capture_inherit', 'softguard_capture_remote',
+                'softguard_capture_definitions', 'softguard_capture_definitions_drop',
+                'softguard_capture_sequences_start', 'softguard_capture_sequences_end',
+                'softguard_mode_guard']) w(name)
              WHERE NOT EXISTS (SELECT FROM pg_event_trigger e
                                 WHERE e.evtname = w.name AND e.evtenabled = 'A')
             UNION

@@ -201,6 +201,33 @@ REVOKE ALL ON FUNCTION softguard._mode_guard() FROM PUBLIC;
 CREATE EVENT TRIGGER softguard_mode_guard ON ddl_command_start
     EXECUTE FUNCTION softguard._mode_guard();
 ALTER EVENT TRIGGER softguard_mode_guard ENABLE ALWAYS;
+-- Every event trigger softguard relies on is required (a dropped one is found too).
+CREATE OR REPLACE FUNCTION softguard._machinery_check() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    off text;
+BEGIN
+    SELECT string_agg(x.name, ', ' ORDER BY x.name) INTO off
+      FROM (SELECT w.name FROM unnest(ARRAY['softguard_capture_ddl_end',
+                'softguard_capture_install', 'softguard_capture_sql_drop',
+                'softguard_capture_tamper_ddl', 'softguard_capture_tamper_drop',
+                'softguard_capture_inherit', 'softguard_capture_remote',
+                'softguard_capture_definitions', 'softguard_capture_definitions_drop',
+                'softguard_capture_sequences_start', 'softguard_capture_sequences_end',
+                'softguard_mode_guard']) w(name)
+             WHERE NOT EXISTS (SELECT FROM pg_event_trigger e
+                                WHERE e.evtname = w.name AND e.evtenabled = 'A')
+            UNION
+            SELECT e.evtname FROM pg_event_trigger e
+             WHERE e.evtname LIKE 'softguard\_%' AND e.evtenabled <> 'A') x;
+    IF off IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('softguard: event trigger(s) %s missing or not enabled ALWAYS; '
+                             'refusing the statement', off),
+            HINT = 'A superuser restores them on a direct connection (ALTER EVENT TRIGGER '
+                   '... ENABLE ALWAYS, or a fresh softguard init).';
+    END IF;
+END $$;
 -- end section: modes -------------------------------------------------------------------
 
 -- section: budget ------------------------------------------------
