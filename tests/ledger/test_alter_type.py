@@ -193,7 +193,8 @@ def test_drop_column_and_type_change_in_one_statement(
     assert softguard_notices(via) == [
         notice_for(
             op,
-            "public.customers.phone, ALTER COLUMN TYPE public.customers.email",
+            "public.customers.phone (restored as the last column), "
+            "ALTER COLUMN TYPE public.customers.email",
             "DROP COLUMN",
         )
     ]
