@@ -623,8 +623,8 @@ def _reason(category: str, stmt: Statement, source: str) -> tuple[str, str]:
     hint = _CATEGORY_HINTS.get(category, "")
     if category == "opaque":
         return (
-            f"softguard: {what} is refused by policy ({source}): softguard cannot see what "
-            f"it would do{' (' + stmt.detail + ')' if stmt.detail else ''}",
+            f"softguard: {what} is refused by policy: softguard cannot see what it would do"
+            f"{' (' + stmt.detail + ')' if stmt.detail else ''}; decided by {source}",
             hint,
         )
-    return f"softguard: {what} is refused by policy ({category}, {source})", hint
+    return f"softguard: {what} is refused by policy ({category}); decided by {source}", hint

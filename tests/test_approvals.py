@@ -122,7 +122,7 @@ def test_denied_delete_runs_once_after_approval_and_is_reversible(
     text = "DELETE FROM items WHERE id = 1"
     with _agent(approval_proxy, db, role) as c:
         approval, err = _refused_id(c, text)
-        assert "refused by policy (delete, rule 'agents')" in str(err)
+        assert "refused by policy (delete); decided by rule 'agents'" in str(err)
         _wait_pending(pg_server, db, approval)
         r = _cli(pg_server, db, "approve", approval, "--by", "alice")
         assert r.returncode == 0, r.stderr

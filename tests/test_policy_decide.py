@@ -54,7 +54,8 @@ def test_denied_decisions_carry_the_reason_the_client_reads() -> None:
     info = SessionInfo("app", "shop", "psql", "10.0.0.7:50000")
     (decision,) = Policy().decide(classify("drop database d"), info, source="query")
     assert decision.reason == (
-        "softguard: DROP DATABASE d is refused by policy (dangerous, the default policy)"
+        "softguard: DROP DATABASE d is refused by policy (dangerous); decided by the default "
+        "policy"
     )
     assert "cannot be undone" in decision.hint
     (unparseable,) = Policy(_config("unparseable=deny")).decide(

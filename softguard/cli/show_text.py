@@ -45,6 +45,8 @@ def _object_text(obj: dict[str, Any]) -> str:
         return f"{text} (already held by operation {obj['held_by']})"
     if not obj.get("original"):
         text += " (by cascade)"
+    if obj.get("type") == "table column" and obj.get("event") is None:
+        text += " (restored as the last column)"  # README, known limits
     return text
 
 

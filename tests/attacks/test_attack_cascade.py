@@ -350,8 +350,10 @@ def test_drop_column_says_it_comes_back_last(arena: Arena) -> None:
     (op,) = arena.ops_since(last)
     shown = arena.cli("show", str(op["id"]))
     assert shown.returncode == 0, shown.stderr
+    assert "table column public.child.parent_id (restored as the last column)" in shown.stdout
+    details = arena.cli("show", str(op["id"]), "--details")
     assert "table column public.child.parent_id [named]: kept; restored as the last column" in (
-        shown.stdout
+        details.stdout
     )
     assert arena.undo([op["id"]]).returncode == 0
     cols = arena.direct(
