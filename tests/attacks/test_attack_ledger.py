@@ -336,6 +336,15 @@ def test_public_security_definer_functions_are_the_checked_ones(arena: Arena) ->
         # a check that only refuses
         "softguard._remote_locked()",
         "softguard._remote_truncated(oid[],text)",
+        # decision 0016: the large-object wrappers check the caller's privilege as
+        # PostgreSQL does (tests/attacks/test_attack_large_objects.py)
+        "softguard.lo_close(integer)",
+        "softguard.lo_open(oid,integer)",
+        "softguard.lo_put(oid,bigint,bytea)",
+        "softguard.lo_truncate(integer,integer)",
+        "softguard.lo_truncate64(integer,bigint)",
+        "softguard.lo_unlink(oid)",
+        "softguard.lowrite(integer,bytea)",
     }
     assert [r[0] for r in rows if r[0] not in checked] == []
 
