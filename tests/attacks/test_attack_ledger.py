@@ -336,6 +336,10 @@ def test_public_security_definer_functions_are_the_checked_ones(arena: Arena) ->
         # a check that only refuses
         "softguard._remote_locked()",
         "softguard._remote_truncated(oid[],text)",
+        # decision 0020: a request only waits for a person; the gate checks the client's
+        # text from the proxy's marker and the role (tests/test_approvals.py attacks it)
+        "softguard.request_approval(text,text,text,text,text)",
+        "softguard._approval_gate(text,text,text,text)",
         # decision 0016: the large-object wrappers check the caller's privilege as
         # PostgreSQL does (tests/attacks/test_attack_large_objects.py)
         "softguard.lo_close(integer)",
