@@ -65,6 +65,13 @@ def _step_text(step: dict[str, Any]) -> str | None:
         return f"give schema {name} its name back (kept as {step.get('qname', '?')})"
     if kind == "rename":
         return None
+    if kind == "definition":
+        return (
+            f"put back the previous definition of {step.get('identity', '?')} "
+            "(--details prints it)"
+        )
+    if kind == "sequence":
+        return f"put back the previous value and settings of {step.get('identity', '?')}"
     words = {
         "drop_constraint": f"re-add constraint {name} on {table}",
         "drop_trigger": f"re-create trigger {name} on {table}",

@@ -79,7 +79,10 @@ def test_drop_column_and_type_change_in_one_statement(
     (notice,) = compare_runs(direct, proxied, [1], steps)
     assert tables(sg.data(proxied_db)) == tables(sg.data(direct_db))
     (op,) = row_ops(sg, proxied_db)
-    what = "billing.refunds.reason, ALTER COLUMN TYPE billing.refunds.amount"
+    what = (
+        "billing.refunds.reason (restored as the last column), ALTER COLUMN TYPE "
+        "billing.refunds.amount"
+    )
     assert check_notice(notice, "DROP COLUMN", what) == op["id"]
     assert len(undo_all(sg, proxied_db, [op["id"]])) == 2
     # the dropped column comes back last; the values are the pristine ones

@@ -100,7 +100,12 @@ def test_show_and_undo_from_the_command_line(
     )
     assert seen.error is None
     (op,) = row_ops(sg, db)
-    shown = cli("show", str(op["id"]), "--dsn", sg.dsn(db))
+    person = cli("show", str(op["id"]), "--dsn", sg.dsn(db))
+    assert person.returncode == 0, person.stderr
+    assert "put back the previous definition of function public.sg_price(integer)" in (
+        " ".join(person.stdout.split())
+    )
+    shown = cli("show", str(op["id"]), "--details", "--dsn", sg.dsn(db))
     assert shown.returncode == 0, shown.stderr
     assert "function public.sg_price(integer) [named]: replaced in place" in shown.stdout
     assert "undo re-creates its previous definition" in shown.stdout
