@@ -8,6 +8,8 @@ member this table does not classify.
 Handling:
 - ``reversible``: rewritten by the proxy (drop_op moves into quarantine, alter_op keeps the
   column); `softguard undo` puts it back.
+- ``kept``: a large object's lo_unlink goes through softguard's wrapper, which keeps the
+  object first (policy category ``large_object``, decision 0016).
 - ``refused``: policy category ``dangerous`` (deny by default): cluster-wide, or nothing
   softguard could keep.
 - ``allowed``: passes as sent, the object itself holds no data. What its CASCADE (or, for an
@@ -21,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Handling = Literal["reversible", "refused", "allowed"]
+Handling = Literal["reversible", "kept", "refused", "allowed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,7 @@ DROP_KINDS: dict[str, DropKind] = {
     ),
     "OBJECT_INDEX": DropKind("DROP INDEX", "reversible", "constraints using it"),
     "OBJECT_LANGUAGE": DropKind("DROP LANGUAGE", "allowed", "routines in it (refused)"),
-    "OBJECT_LARGEOBJECT": DropKind("CALL FUNCTION lo_unlink", "refused", "the large object's data"),
+    "OBJECT_LARGEOBJECT": DropKind("CALL FUNCTION lo_unlink", "kept", "the large object's data"),
     "OBJECT_MATVIEW": DropKind("DROP MATERIALIZED VIEW", "reversible", "views using it"),
     "OBJECT_OPCLASS": DropKind("DROP OPERATOR CLASS", "allowed", "indexes using it"),
     "OBJECT_OPERATOR": DropKind("DROP OPERATOR", "allowed", "views, indexes, constraints"),
@@ -127,6 +129,7 @@ REVERSIBLE_DROPS = frozenset(
 _HANDLING_TEXT = {
     "reversible": "reversible (quarantine; `softguard undo`)",
     "refused": "refused (policy `dangerous`)",
+    "kept": "kept (policy `large_object`: softguard's wrapper keeps the object; decision 0016)",
     "allowed": "allowed: holds no data",
 }
 

@@ -135,6 +135,9 @@ def test_kind_is_handled_as_the_table_says(key: str) -> None:
         assert category in ("drop", "alter"), (key, category)
         assert stmt.action in PROTECTABLE_DROPS | REWRITABLE_ALTERS, key
         assert getattr(defaults, category) == "protect", key
+    elif kind.handling == "kept":
+        assert category == "large_object", (key, category)
+        assert defaults.large_object == "protect"
     elif kind.handling == "refused":
         assert category == "dangerous", (key, category)
         assert stmt.action in DANGEROUS_ACTIONS or stmt.action.startswith("CALL FUNCTION")
