@@ -50,11 +50,7 @@ def approval_db(pg_server: TestServer) -> Iterator[tuple[str, str, str]]:
         c.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
     with psycopg.connect(pg_server.dsn(db, role), autocommit=True) as c:
         c.execute(SETUP.encode())
-    r = subprocess.run(
-        [sys.executable, "-m", "softguard", "init", "--dsn", pg_server.superuser_dsn(db)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
+    pg_server.install_ledger(db)
     try:
         yield db, role, other
     finally:

@@ -36,14 +36,7 @@ def held_db(pg_server: TestServer) -> Iterator[str]:
         c.execute("CREATE TABLE public.items (id int PRIMARY KEY, name text)")
         c.execute(f"ALTER TABLE public.items OWNER TO {ROLE}")
         c.execute("INSERT INTO public.items SELECT g, 'item ' || g FROM generate_series(1, 10) g")
-    r = subprocess.run(
-        [sys.executable, "-m", "softguard", "init", "--dsn", pg_server.superuser_dsn(db)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
+    pg_server.install_ledger(db)
     try:
         yield db
     finally:

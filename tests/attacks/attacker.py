@@ -345,14 +345,7 @@ def make_template(server: TestServer, extra_sql: str = "") -> tuple[str, str, st
     if extra_sql:
         with psycopg.connect(server.superuser_dsn(db), autocommit=True) as c:
             c.execute(extra_sql.encode())
-    r = subprocess.run(
-        [sys.executable, "-m", "softguard", "init", "--dsn", server.superuser_dsn(db)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
+    server.install_ledger(db)
     return db, owner, other
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import urllib.parse
 import uuid
@@ -145,6 +146,17 @@ class TestServer:
             c.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+    def install_ledger(self, dbname: str) -> None:
+        """`softguard init` on a database, as the README deploys it (a subprocess)."""
+        r = subprocess.run(
+            [sys.executable, "-m", "softguard", "init", "--dsn", self.superuser_dsn(dbname)],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
 
     def run_sql_file(self, dbname: str, path: Path) -> None:
         """Load a SQL script with the server's own psql (scripts may use psql syntax)."""
