@@ -314,10 +314,7 @@ class Policy:
     def mode(self, session: SessionInfo) -> tuple[Mode, str]:
         """The session's mode and what set it (for refusals: a rule's label, or the
         defaults)."""
-        for index, rule in enumerate(self.config.rules):
-            if rule.mode is not None and rule.matches(session):
-                return rule.mode, rule.label(index)
-        return self.config.mode, self.source("mode", session)
+        return self.setting("mode", session), self.source("mode", session)  # type: ignore[return-value]
 
     def captured_events(self, session: SessionInfo) -> list[str]:
         """Which row changes the database should capture for this session."""
@@ -362,11 +359,7 @@ class Policy:
         return getattr(self.config, key)
 
     def verdict(self, category: str, session: SessionInfo) -> Verdict:
-        for rule in self.config.rules:
-            value = getattr(rule, category)
-            if value is not None and rule.matches(session):
-                return value  # type: ignore[no-any-return]
-        return getattr(self.config, category)  # type: ignore[no-any-return]
+        return self.setting(category, session)  # type: ignore[return-value]
 
     def decide_function_call(
         self, oid: int, session: SessionInfo, mode: int | None = None

@@ -52,7 +52,6 @@ class ProxyServer:
         self.loop = loop
         self.classifier = Classifier(settings.classify_cache_size)
         self.policy = Policy(settings.policy)
-        password = settings.upstream_password
         self.ledger = LedgerGate(
             target,
             settings.connect_timeout,
@@ -60,7 +59,7 @@ class ProxyServer:
             settings.soft_delete_refresh,
             settings.capture_budget,
             passfile=settings.upstream_passfile,
-            password=password.get_secret_value() if password is not None else None,
+            password=_held_password(settings),
         )
         self.inputs = PlanInputs(self.classifier, self.policy, self.ledger)
         # Large texts are parsed in a worker process, never on the loop (decision 0011).
@@ -224,15 +223,20 @@ class _CancelSink(UpstreamProtocol):
         pass
 
 
+def _held_password(settings: Settings) -> str | None:
+    """The one password softguard holds for every role (SOFTGUARD_UPSTREAM_PASSWORD)."""
+    password = settings.upstream_password
+    return password.get_secret_value() if password is not None else None
+
+
 def _credentials(settings: Settings, target: UpstreamTarget) -> Credentials | None:
     """What softguard holds to end authentication itself (decision 0018), or None."""
     if settings.users_file is None:
         return None
-    password = settings.upstream_password
     return Credentials.load(
         settings.users_file,
         settings.upstream_passfile,
-        password.get_secret_value() if password is not None else target.password,
+        _held_password(settings) or target.password,
         target.host,
         target.port,
         settings.tls_cert,
