@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -198,6 +199,12 @@ def undo_sql(sg: Any, db: str, op: int) -> list[str]:
 # ----------------------------------------------------------------------- softguard serve
 
 
+def _read_all(f: Any) -> bytes:
+    # pread: the child shares the file's offset, so seeking here would move its writes.
+    fd = f.fileno()
+    return os.pread(fd, os.fstat(fd).st_size, 0)
+
+
 def serve_once(config: Path, upstream: str, timeout: float = 30) -> tuple[int | None, str, str]:
     """Run ``softguard serve`` on a free loopback port and wait until it exits or accepts
     TCP; (exit code, or None if it started listening and was stopped; stdout; stderr)."""
@@ -230,7 +237,12 @@ def serve_once(config: Path, upstream: str, timeout: float = 30) -> tuple[int | 
         )
         code: int | None = None
         try:
-            wait_listening(proc, "127.0.0.1", port, timeout)
+            if wait_listening(proc, "127.0.0.1", port, timeout):
+                # serve prints its "listening on" line from the callback that runs just
+                # after the bind, so TCP can accept a moment before the line is written.
+                deadline = time.monotonic() + timeout
+                while b"listening on" not in _read_all(out) and time.monotonic() < deadline:
+                    time.sleep(0.05)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)  # our own process group only
