@@ -173,6 +173,12 @@ class Settings(BaseSettings):
     def capture_budget(self) -> CaptureBudget:
         return CaptureBudget(self.max_capture_bytes, self.min_free_disk_percent)
 
+    @property
+    def captures_updates(self) -> bool:
+        """Does this configuration need UPDATE capture in the database (decision 0023): a
+        rule protects or denies UPDATE, or a soft delete marks rows with an UPDATE."""
+        return self.policy.protects_updates or bool(self.soft_delete)
+
     @field_validator("purge_every", mode="before")
     @classmethod
     def _parse_purge_every(cls, value: Any) -> Any:

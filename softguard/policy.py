@@ -247,6 +247,12 @@ class PolicyConfig(_Verdicts):
     )
     rules: list[Rule] = Field(default_factory=list)
 
+    @property
+    def protects_updates(self) -> bool:
+        """Can any session's UPDATEs be protected or denied (so registered for capture)?
+        Then the database needs its UPDATE capture triggers (decision 0023)."""
+        return self.update != "allow" or any(r.update not in (None, "allow") for r in self.rules)
+
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: object) -> object:

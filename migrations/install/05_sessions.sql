@@ -81,6 +81,10 @@ BEGIN
                          ORDER BY 1),
         retention_seconds = greatest(s.retention_seconds, excluded.retention_seconds),
         client_addr = coalesce(s.client_addr, excluded.client_addr);
+    IF 'update' = ANY (wanted) THEN
+        -- UPDATE capture triggers exist only while some session needs them (decision 0023)
+        PERFORM softguard._set_capture_updates(true);
+    END IF;
     IF 'read_only' = ANY (wanted) THEN
         -- Where a pooler dropped the proxy's startup setting (decision 0019); the proxy
         -- refuses statements that would set it back.

@@ -22,12 +22,16 @@ CREATE TABLE softguard.settings (
     disk_total_bytes       bigint CHECK (disk_total_bytes >= 0),
     disk_free_bytes        bigint CHECK (disk_free_bytes >= 0),
     disk_checked_at        timestamptz,
-    updated_at             timestamptz NOT NULL DEFAULT now()
+    updated_at             timestamptz NOT NULL DEFAULT now(),
+    -- UPDATE capture triggers on every table (decision 0023): off when no rule protects
+    -- UPDATE, so that UPDATEs pay nothing (softguard init sets it from the policy; a
+    -- registration that protects UPDATE switches it on)
+    capture_updates        boolean NOT NULL DEFAULT true
 );
 REVOKE ALL ON softguard.settings FROM PUBLIC;
 INSERT INTO softguard.settings DEFAULT VALUES;
 COMMENT ON TABLE softguard.settings IS
-    'the capture budget, kept equal to softguard''s configuration (softguard init, serve)';
+    'the capture budget and whether UPDATEs are captured, kept equal to softguard''s configuration (softguard init, serve)';
 
 -- Every write outside _settings_set is refused (a superuser's too, unless it also forges
 -- the maintenance mark: best effort against A2, as for the ledger).

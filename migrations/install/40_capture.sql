@@ -6,7 +6,9 @@
 -- * Rows are captured in the database, in the transaction that removes or changes them:
 --   statement-level AFTER DELETE / AFTER UPDATE triggers with transition tables on every
 --   user table (so rows removed by ON DELETE CASCADE, changed by SET NULL / SET DEFAULT, by
---   rules, user triggers and functions are caught too), and BEFORE TRUNCATE triggers that
+--   rules, user triggers and functions are caught too; the UPDATE one only while some rule
+--   protects UPDATE, or where SET NULL / SET DEFAULT needs it: _set_capture_updates,
+--   decision 0023), and BEFORE TRUNCATE triggers that
 --   copy a table's rows when softguard.truncate_op runs the TRUNCATE, or when a protected
 --   session truncates from anywhere else (85_backstop.sql). ROLLBACK keeps nothing.
 -- * No statement copies more than the capture budget (07_settings.sql, decision 0014):
@@ -382,12 +384,20 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n integer;
     redo text[];
+    updates boolean;
 BEGIN
-    SELECT count(*), array_agg(s.name) FILTER (WHERE s.state IN ('missing', 'changed'))
-      INTO n, redo
+    SELECT count(*), array_agg(s.name) FILTER (WHERE s.state IN ('missing', 'changed')),
+           bool_or(s.name = 'zz_softguard_capture_update')
+      INTO n, redo, updates
       FROM softguard._capture_state(ARRAY[rel]) s;
     IF n = 0 THEN
         RETURN;                            -- a relation that need not carry them
+    END IF;
+    IF NOT updates AND EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = rel
+                                  AND t.tgname = 'zz_softguard_capture_update') THEN
+        -- UPDATEs are not captured here (decision 0023): no transition tables to fill
+        EXECUTE format('DROP TRIGGER IF EXISTS zz_softguard_capture_update ON %s',
+                       rel::regclass);
     END IF;
     IF 'zz_softguard_capture_delete' = ANY (redo) THEN
         EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_delete AFTER DELETE ON %s'
@@ -406,20 +416,71 @@ BEGIN
     END IF;
     IF 'zz_softguard_capture_statement' = ANY (redo) THEN
         EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_statement BEFORE DELETE'
-                       ' OR UPDATE ON %s FOR EACH STATEMENT'
+                       '%s ON %s FOR EACH STATEMENT'
                        ' WHEN (pg_catalog.pg_trigger_depth() = 0)'
-                       ' EXECUTE FUNCTION softguard._capture_statement()', rel::regclass);
+                       ' EXECUTE FUNCTION softguard._capture_statement()',
+                       CASE WHEN updates THEN ' OR UPDATE' ELSE '' END, rel::regclass);
     END IF;
     -- one statement: the tamper guard checks the table after each
     IF EXISTS (SELECT FROM softguard._capture_state(ARRAY[rel]) s WHERE s.state <> 'ok') THEN
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zz_softguard_capture_delete,'
-                       ' ENABLE ALWAYS TRIGGER zz_softguard_capture_update,'
-                       ' ENABLE ALWAYS TRIGGER zz_softguard_capture_truncate,'
-                       ' ENABLE ALWAYS TRIGGER zz_softguard_capture_statement', rel::regclass);
+                       '%s ENABLE ALWAYS TRIGGER zz_softguard_capture_truncate,'
+                       ' ENABLE ALWAYS TRIGGER zz_softguard_capture_statement', rel::regclass,
+                       CASE WHEN updates
+                            THEN ' ENABLE ALWAYS TRIGGER zz_softguard_capture_update,' END);
     END IF;
     PERFORM softguard._install_capture_inherited(rel);
 END $$;
 REVOKE ALL ON FUNCTION softguard._install_capture(oid) FROM PUBLIC;
+
+-- _install_capture on a table that is already equipped (adding or removing its UPDATE
+-- trigger): as softguard's maintenance, which the tamper guard lets through; replacing
+-- an installed trigger passes through a state the guard refuses from anyone else.
+CREATE FUNCTION softguard._install_capture_maintained(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mine boolean := softguard._maintenance_begin();
+BEGIN
+    PERFORM softguard._install_capture(rel);
+    PERFORM softguard._maintenance_end(mine);
+END $$;
+REVOKE ALL ON FUNCTION softguard._install_capture_maintained(oid) FROM PUBLIC;
+
+-- Capture UPDATEs on every table, or only where a DELETE's SET NULL / SET DEFAULT needs it
+-- (decision 0023): an UPDATE capture trigger fills transition tables for every UPDATE of
+-- every session, direct ones included, so it exists only while some rule protects UPDATE.
+-- softguard init sets it from the configuration; register_session switches it on for a
+-- session whose policy protects UPDATE (only ever on: registration only adds protection).
+-- Takes a SHARE ROW EXCLUSIVE lock on each table it changes, waiting at most
+-- lock_timeout.
+CREATE FUNCTION softguard._set_capture_updates(wanted boolean) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mine boolean;
+    rel oid;
+BEGIN
+    IF (SELECT s.capture_updates FROM softguard.settings s) IS NOT DISTINCT FROM wanted THEN
+        RETURN false;
+    END IF;
+    IF NOT wanted AND EXISTS (SELECT FROM softguard.sessions s
+                               JOIN pg_stat_get_activity(NULL) a
+                                 ON a.pid = s.pid AND a.backend_start = s.backend_start
+                              WHERE 'update' = ANY (s.capture)) THEN
+        -- a registration only ever adds protection: not while a session relies on it
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = 'softguard: UPDATE capture cannot be switched off while sessions '
+                      'registered with UPDATE protection are connected',
+            HINT = 'Run it again once those sessions have ended (softguard.sessions).';
+    END IF;
+    mine := softguard._maintenance_begin();
+    UPDATE softguard.settings SET capture_updates = wanted, updated_at = now();
+    FOR rel IN SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p') ORDER BY c.oid LOOP
+        PERFORM softguard._install_capture(rel);
+    END LOOP;
+    PERFORM softguard._maintenance_end(mine);
+    RETURN true;
+END $$;
+REVOKE ALL ON FUNCTION softguard._set_capture_updates(boolean) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
 -- What a transition table alone cannot tell undo (issue 10 item 5, threat model G9)

@@ -47,6 +47,18 @@ BEGIN
             HINT = format('Qualify the table name (DELETE FROM %s ...), or change the '
                           'search_path: softguard rewrote the statement for %s.', expected, expected);
     END IF;
+    -- the UPDATE that marks the rows is captured by the table's UPDATE trigger, which
+    -- exists only while UPDATEs are captured (decision 0023): never mark uncaptured
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                    WHERE t.tgrelid = target AND t.tgname = 'zz_softguard_capture_update'
+                      AND t.tgenabled = 'A') THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('softguard: cannot soft-delete from %s: UPDATE capture is off in'
+                             ' this database', expected),
+            HINT = 'An operator runs softguard init --config with the configuration that '
+                   'names this table under [[soft_delete]]; softguard serve switches it on '
+                   'at start when it can.';
+    END IF;
     PERFORM set_config('softguard.sd_' || target::oid::text,
                        (info || jsonb_build_object(
                            'table', expected, 'mark', to_jsonb(mark),

@@ -11,6 +11,9 @@ BEGIN
     IF reg.pid IS NULL OR NOT ('schema' = ANY (reg.capture)) THEN
         RETURN;
     END IF;
+    IF softguard._in_maintenance() THEN  -- softguard's own: e.g. switching UPDATE capture on
+        RETURN;                          -- for this very registration (decision 0023)
+    END IF;
     IF softguard._approved_here() THEN   -- a statement a person approved (86_approvals)
         RETURN;
     END IF;

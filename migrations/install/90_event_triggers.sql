@@ -134,6 +134,17 @@ ALTER EVENT TRIGGER softguard_capture_install ENABLE ALWAYS;
 -- (_install_capture) and the guard decide here: the tables softguard._protected_table
 -- protects (its conditions, inline: a SQL function is planned again at every call), and
 -- the tables softguard holds in quarantine (undo brings them back as they are).
+-- Does `rel` carry the UPDATE capture trigger (decision 0023)? Every table while UPDATEs
+-- are captured (softguard.settings.capture_updates); otherwise the tables that a DELETE
+-- changes by ON DELETE SET NULL / SET DEFAULT, whose changes are part of the DELETE.
+CREATE FUNCTION softguard._updates_captured(rel oid) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT s.capture_updates FROM softguard.settings s), true)
+        OR EXISTS (SELECT FROM pg_catalog.pg_constraint k
+                    WHERE k.conrelid = rel AND k.contype = 'f' AND k.confdeltype IN ('n', 'd'))
+$$;
+REVOKE ALL ON FUNCTION softguard._updates_captured(oid) FROM PUBLIC;
+
 CREATE FUNCTION softguard._capture_state(rels oid[])
 RETURNS TABLE (rel oid, name text, state text)
 LANGUAGE plpgsql STABLE AS $$
@@ -143,9 +154,11 @@ DECLARE
     truncate_fn oid := pg_catalog.to_regprocedure('softguard._capture_truncate()');
     statement_fn oid := pg_catalog.to_regprocedure('softguard._capture_statement()');
     one oid;
+    updates boolean;
 BEGIN
     -- one relation per query: its generic plan (kept per session) is index lookups
     FOREACH one IN ARRAY rels LOOP
+        updates := softguard._updates_captured(one);
         RETURN QUERY
         SELECT c.oid, e.name::text,
                CASE WHEN t.oid IS NULL THEN 'missing'
@@ -163,16 +176,19 @@ BEGIN
           FROM pg_catalog.pg_class c
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          CROSS JOIN (VALUES                -- tgtype: AFTER DELETE, AFTER UPDATE, BEFORE
-                                           -- TRUNCATE, BEFORE DELETE OR UPDATE
+                                           -- TRUNCATE, BEFORE DELETE [OR UPDATE]
                       ('zz_softguard_capture_delete'::name, rows_fn, 8, 'sg_old', NULL::text,
-                       NULL::text),
-                      ('zz_softguard_capture_update'::name, rows_fn, 16, 'sg_old', 'sg_new', NULL),
-                      ('zz_softguard_capture_truncate'::name, truncate_fn, 34, NULL, NULL, NULL),
-                      ('zz_softguard_capture_statement'::name, statement_fn, 26, NULL, NULL,
-                       '(pg_trigger_depth() = 0)'))
-               e(name, fn, type, old, new, qual)
+                       NULL::text, true),
+                      ('zz_softguard_capture_update'::name, rows_fn, 16, 'sg_old', 'sg_new', NULL,
+                       updates),
+                      ('zz_softguard_capture_truncate'::name, truncate_fn, 34, NULL, NULL, NULL,
+                       true),
+                      ('zz_softguard_capture_statement'::name, statement_fn,
+                       CASE WHEN updates THEN 26 ELSE 10 END, NULL, NULL,
+                       '(pg_trigger_depth() = 0)', true))
+               e(name, fn, type, old, new, qual, wanted)
           LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND t.tgname = e.name
-         WHERE c.oid = one AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+         WHERE c.oid = one AND e.wanted AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
            AND ((n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
                  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
                  AND n.nspname NOT LIKE 'softguard%')
@@ -246,9 +262,19 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
-    IF cardinality(rels) > 0 THEN
-        PERFORM softguard._capture_refuse_tampering(rels);
+    IF cardinality(rels) = 0 OR softguard._in_maintenance() THEN
+        RETURN;                    -- softguard's own switch of UPDATE capture (40_capture.sql)
     END IF;
+    IF TG_EVENT <> 'sql_drop' THEN
+        -- A foreign key ON DELETE SET NULL / SET DEFAULT added to a table while UPDATEs are
+        -- not captured: the table now needs the UPDATE capture trigger (decision 0023).
+        -- Installed, not refused: this statement asked for nothing to be switched off.
+        FOR r IN SELECT DISTINCT s.rel FROM softguard._capture_state(rels) s
+                  WHERE s.name = 'zz_softguard_capture_update' AND s.state = 'missing' LOOP
+            PERFORM softguard._install_capture_maintained(r.rel);
+        END LOOP;
+    END IF;
+    PERFORM softguard._capture_refuse_tampering(rels);
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_tamper() FROM PUBLIC;
 

@@ -1,5 +1,5 @@
 """``softguard init``: install or upgrade the ledger in one database, and write the
-capture budget of the configuration into it."""
+capture budget of the configuration into it, and whether UPDATEs are captured."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 
 from softguard.cli.common import fail
 from softguard.config import ConfigError, load_settings
-from softguard.ledger.budget import sync_budget
+from softguard.ledger.budget import sync_budget, sync_update_capture
 from softguard.ledger.db import LedgerError, connect, error_line
 from softguard.ledger.migrate import apply_migrations, ledger_version
 
@@ -27,20 +27,23 @@ def init(
         typer.Option(
             "--config",
             help="TOML configuration file: its capture budget (max_capture_bytes, "
-            "min_free_disk_percent) is written into the ledger [default: the defaults]",
+            "min_free_disk_percent), and whether UPDATEs are captured (a rule protects "
+            "UPDATE, or [[soft_delete]] tables), are written into the ledger "
+            "[default: the defaults]",
         ),
     ] = None,
 ) -> None:
     """Install (or upgrade) the softguard ledger in a database."""
     try:
-        budget = load_settings(config).capture_budget
+        settings = load_settings(config)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     try:
         with connect(dsn) as conn:
             applied = apply_migrations(conn)
             version = ledger_version(conn)
-            sync_budget(conn, budget)
+            sync_budget(conn, settings.capture_budget)
+            sync_update_capture(conn, settings.captures_updates, only_on=False)
     except LedgerError as exc:  # ours: already what a person should read, kept whole
         raise fail(str(exc).strip()) from None
     except psycopg.Error as exc:
@@ -51,3 +54,8 @@ def init(
         typer.echo(f"ledger is at version {version}")
     else:
         typer.echo(f"ledger is up to date (version {version})")
+    typer.echo(
+        "UPDATEs are captured (a rule protects UPDATE, or a soft delete needs it)"
+        if settings.captures_updates
+        else "UPDATEs are not captured (no rule protects UPDATE): they pay no capture cost"
+    )

@@ -89,3 +89,19 @@ def sync_budget(conn: psycopg.Connection[Any], budget: CaptureBudget) -> bool:
     except psycopg.Error as exc:
         raise LedgerError.from_psycopg(exc, "capture budget not written: ") from exc
     return True
+
+
+def sync_update_capture(conn: psycopg.Connection[Any], wanted: bool, *, only_on: bool) -> bool:
+    """Make ``softguard.settings.capture_updates`` say ``wanted`` (decision 0023): UPDATE
+    capture triggers on every table only while some rule protects UPDATE or soft-deletes.
+    ``only_on``: switch it on if wanted, never off (the proxy; another configuration's
+    sessions may rely on it). True when changed. Raises ``LedgerError`` when the role may
+    not, or when live sessions still rely on it."""
+    if only_on and not wanted:
+        return False
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT softguard._set_capture_updates(%s)", [wanted]).fetchone()
+    except psycopg.Error as exc:
+        raise LedgerError.from_psycopg(exc, "UPDATE capture not switched: ") from exc
+    return bool(row and row[0])

@@ -29,7 +29,7 @@ from psycopg.conninfo import make_conninfo
 
 from softguard.config import CaptureBudget
 from softguard.contract import REQUEST_APPROVAL_FUNCTION
-from softguard.ledger.budget import sync_budget
+from softguard.ledger.budget import sync_budget, sync_update_capture
 from softguard.ledger.db import GATE_APPLICATION_NAME, LedgerError, connect, error_line
 from softguard.ledger.soft_delete_tables import check, resolve
 from softguard.proxy.commands import RequestApproval
@@ -137,6 +137,7 @@ class LedgerGate:
             self._soft[database] = (time.monotonic(), SoftDeleteTables())
             return
         resolution = resolve(conn, self.soft_delete_rules, database)
+        self._capture_updates(conn, database)
         errors, warnings = check(resolution, database)
         for line in errors:
             log.error("%s: DELETEs on that table are refused until it is fixed", line)
@@ -147,6 +148,21 @@ class LedgerGate:
             self._recheck.discard(database)
             read_at -= self._refresh_after - DDL_RECHECK
         self._soft[database] = (read_at, resolution.tables)
+
+    def _capture_updates(self, conn: psycopg.Connection[tuple[object, ...]], database: str) -> None:
+        """A soft delete marks rows with an UPDATE, which only the UPDATE capture triggers
+        record (decision 0023): switch them on. Without them, soft_delete_begin refuses."""
+        try:
+            if sync_update_capture(conn, True, only_on=True):
+                log.info("UPDATE capture switched on in database %s (soft delete)", database)
+        except LedgerError as exc:
+            log.error(
+                "UPDATE capture of database %s is off and could not be switched on (%s):"
+                " soft deletes there are refused until softguard init --config runs with"
+                " this configuration",
+                database,
+                exc,
+            )
 
     async def ensure(self, database: str, user: str) -> LedgerState:
         known = self._states.get(database)
@@ -221,6 +237,7 @@ class LedgerGate:
                 exc,
             )
             self._budget_at[database] = float("inf")
+
     async def request_approval(self, request: RequestApproval) -> None:
         """Record a refused statement for a person to approve (decision 0020). Failures
         are logged: the client's error already says what was refused."""

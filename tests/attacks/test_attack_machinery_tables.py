@@ -12,11 +12,13 @@ from attacker import Arena, Step, fixtures, uident
 
 arena_template, arena = fixtures()
 
+# The arena's ledger comes from `softguard init` with the default policy, which protects
+# no UPDATE: tables carry no UPDATE capture trigger (decision 0023;
+# tests/ledger/test_update_capture.py covers the switch).
 CAPTURE = (
     "zz_softguard_capture_delete",
     "zz_softguard_capture_statement",
     "zz_softguard_capture_truncate",
-    "zz_softguard_capture_update",
 )
 
 

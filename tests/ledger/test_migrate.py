@@ -121,10 +121,11 @@ def test_init_command(
     first = runner.invoke(app, ["init", "--dsn", dsn])
     assert first.exit_code == 0, first.output
     applied = "".join(f"applied {name}\n" for name in ALL)
-    assert first.output == f"{applied}ledger is at version {LATEST}\n"
+    updates = "UPDATEs are not captured (no rule protects UPDATE): they pay no capture cost\n"
+    assert first.output == f"{applied}ledger is at version {LATEST}\n{updates}"
     again = runner.invoke(app, ["init"], env={"SOFTGUARD_DSN": dsn})
     assert again.exit_code == 0
-    assert again.output == f"ledger is up to date (version {LATEST})\n"
+    assert again.output == f"ledger is up to date (version {LATEST})\n{updates}"
     with pg_server.scratch_database() as other:
         nonsuper = pg_server.dsn(other, ledger.nonowner["user"], ledger.nonowner["password"])
         bad = runner.invoke(app, ["init", "--dsn", nonsuper])
