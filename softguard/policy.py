@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from softguard.sql import Classification, Kind, Statement, classify
 from softguard.sql.drop_kinds import REVERSIBLE_DROPS
@@ -51,6 +52,8 @@ AGENT_PRESET: dict[str, object] = {
     "opaque": "deny",
     "unparseable": "deny",
     "require_where": True,
+    # a statement deleting or updating more rows than this is refused (decision 0021)
+    "max_rows": 1000,
 }
 
 # DROP kinds softguard makes reversible (docs/decisions/0005-reversible-drop.md): every
@@ -124,6 +127,29 @@ _LARGE_OBJECT_CATALOGS = frozenset({"pg_largeobject", "pg_largeobject_metadata"}
 _INV_WRITE = 0x20000  # lo_open's mode bit for writing (libpq/libpq-fs.h)
 
 
+_SIZE = re.compile(r"^(\d+)\s*([kmgt]?i?b)?$")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size_bytes(text: str) -> int:
+    """'65536', '64kB', '512MB', '1GiB' -> bytes (units of 1024, as PostgreSQL's)."""
+    m = _SIZE.match(text.strip().lower())
+    if m is None:
+        raise ValueError(f"expected a size like 64kB, 512MB or 1GiB (or bytes), got {text!r}")
+    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "")[:1]]
+
+
+def _size(value: Any) -> Any:
+    return parse_size_bytes(value) if isinstance(value, str) else value
+
+
+# A size in bytes, or a text like '100MB' (max_table_bytes).
+ByteSize = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+# Blast-radius limits (decision 0021): settable at top level and per rule, carried by the
+# session's registration and enforced by the database.
+LIMITS = ("max_rows", "max_table_bytes")
+
+
 def category_of(stmt: Statement) -> str:
     """The policy category of one non-SAFE statement."""
     if stmt.action in REMOTE_ACTIONS:
@@ -179,6 +205,8 @@ class Rule(_Verdicts):
     database: str = "*"
     mode: Mode | None = None
     require_where: bool | None = None
+    max_rows: int | None = Field(default=None, ge=0)
+    max_table_bytes: ByteSize | None = None
     drop: Verdict | None = None
     drop_other: Verdict | None = None
     truncate: Verdict | None = None
@@ -227,6 +255,10 @@ class PolicyConfig(_Verdicts):
     mode: Mode = "full"
     # DELETE and UPDATE without a WHERE clause refused (a blast-radius limit, issue 15).
     require_where: bool = False
+    # Rows one statement may delete or update (cascades counted), the largest table a
+    # TRUNCATE or DROP may remove: None, no limit (decision 0021).
+    max_rows: int | None = Field(default=None, ge=0)
+    max_table_bytes: ByteSize | None = None
     drop: Verdict = "protect"
     drop_other: Verdict = "allow"
     truncate: Verdict = "protect"
@@ -269,6 +301,19 @@ class SessionInfo:
     database: str
     application_name: str
     client_addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A session's blast-radius limits (None: none) and the rule that set each."""
+
+    max_rows: int | None
+    max_rows_by: str
+    max_table_bytes: int | None
+    max_table_bytes_by: str
+
+    def __bool__(self) -> bool:
+        return self.max_rows is not None or self.max_table_bytes is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +386,17 @@ class Policy:
         if mode == "read-only":
             kept.append("read_only")
         return kept
+
+    def limits(self, session: SessionInfo) -> Limits:
+        """The session's blast-radius limits and what set each (decision 0021)."""
+        rows = self.setting("max_rows", session)
+        size = self.setting("max_table_bytes", session)
+        return Limits(
+            rows,  # type: ignore[arg-type]
+            self.source("max_rows", session) if rows is not None else "",
+            size,  # type: ignore[arg-type]
+            self.source("max_table_bytes", session) if size is not None else "",
+        )
 
     def source(self, key: str, session: SessionInfo) -> str:
         """What decided *key* (a category or setting) for *session*: a rule's label, or

@@ -822,10 +822,14 @@ class SessionCore:
             self._session_ready()
             return
         policy = self.inputs.policy
+        limits = policy.limits(self.info)
         query = contract.register_session_query(
             ",".join(policy.registered_categories(self.info)) or "off",
             policy.retention_seconds(self.info),
             self.peer.rpartition(":")[0] or self.peer,
+            (limits.max_rows, limits.max_rows_by, limits.max_table_bytes, limits.max_table_bytes_by)
+            if limits
+            else None,
         )
         self._registration_sent = True
         self._registration_error = ""
