@@ -6,7 +6,6 @@ limit."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,9 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from psycopg import sql
 from support.compare import run_async
 from support.pg import TestServer
+from support.policy_db import connect_app, owned_database, policy_proxy
 from typer.testing import CliRunner
 
 from softguard import contract
@@ -64,37 +63,13 @@ LIMIT_BYTES = 64 * 1024
 
 @pytest.fixture(scope="module")
 def lim_db(pg_server: TestServer) -> Iterator[tuple[str, str]]:
-    role = "sg_lim_" + uuid.uuid4().hex[:8]
-    db = pg_server.create_database()
-    with psycopg.connect(pg_server.superuser_dsn(db), autocommit=True) as c:
-        c.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-        c.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
-    with psycopg.connect(pg_server.dsn(db, role), autocommit=True) as c:
-        c.execute(SETUP.encode())
-    pg_server.install_ledger(db)
-    try:
-        yield db, role
-    finally:
-        pg_server.drop_database(db)
-        with psycopg.connect(pg_server.superuser_dsn(), autocommit=True) as c:
-            c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    with owned_database(pg_server, "sg_lim_", SETUP) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
 def lim_proxy(proxy_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    config = tmp_path_factory.mktemp("limits") / "policy.toml"
-    config.write_text(POLICY)
-    proxy = proxy_factory("--config", str(config), fresh=True)
-    if proxy.is_direct:
-        pytest.skip("about the proxy itself (SOFTGUARD_TEST_VIA=direct)")
-    return proxy
-
-
-def _connect(proxy: Any, lim_db: tuple[str, str], app_name: str) -> psycopg.Connection[Any]:
-    db, role = lim_db
-    return psycopg.connect(
-        proxy.dsn(db, role, None, application_name=app_name), autocommit=True, connect_timeout=15
-    )
+    return policy_proxy(proxy_factory, tmp_path_factory, "limits", POLICY)
 
 
 def _state(pg_server: TestServer, db: str) -> dict[str, int]:
@@ -122,7 +97,7 @@ def test_under_and_at_the_limit_pass_over_it_is_refused(
     lim_proxy: Any, lim_db: tuple[str, str], pg_server: TestServer
 ) -> None:
     before = _state(pg_server, lim_db[0])
-    with _connect(lim_proxy, lim_db, "lim-agent") as c:
+    with connect_app(lim_proxy, lim_db, "lim-agent") as c:
         with c.transaction(force_rollback=True):
             c.execute("DELETE FROM items WHERE id <= 9")
         with c.transaction(force_rollback=True):
@@ -142,7 +117,7 @@ def test_cascades_are_counted(
     lim_proxy: Any, lim_db: tuple[str, str], pg_server: TestServer
 ) -> None:
     before = _state(pg_server, lim_db[0])
-    with _connect(lim_proxy, lim_db, "lim-agent") as c:
+    with connect_app(lim_proxy, lim_db, "lim-agent") as c:
         err = _refused(c, "DELETE FROM parents WHERE id = 1")  # 1 parent + 20 children
         assert "21 rows" in str(err)
         with c.transaction(force_rollback=True):
@@ -169,7 +144,7 @@ def test_no_text_dodges_the_row_limit(
     lim_proxy: Any, lim_db: tuple[str, str], pg_server: TestServer, text: str
 ) -> None:
     before = _state(pg_server, lim_db[0])
-    with _connect(lim_proxy, lim_db, "lim-agent") as c:
+    with connect_app(lim_proxy, lim_db, "lim-agent") as c:
         _refused(c, text)
     assert _state(pg_server, lim_db[0]) == before
 
@@ -179,7 +154,7 @@ def test_prepared_and_pipelined_statements_are_limited(
 ) -> None:
     db, role = lim_db
     before = _state(pg_server, db)
-    with _connect(lim_proxy, lim_db, "lim-agent") as c:
+    with connect_app(lim_proxy, lim_db, "lim-agent") as c:
         with pytest.raises(psycopg.Error) as info:
             c.execute("DELETE FROM items WHERE id <= %s", [20], prepare=True)
         assert info.value.sqlstate == "54000"
@@ -254,7 +229,7 @@ def test_truncate_and_drop_of_large_tables_are_refused(
     assert max(sizes["parted_1"], sizes["parted_2"]) < LIMIT_BYTES
     assert sizes["parted_1"] + sizes["parted_2"] > LIMIT_BYTES
     before = _state(pg_server, db)
-    with _connect(lim_proxy, lim_db, "lim-agent") as c:
+    with connect_app(lim_proxy, lim_db, "lim-agent") as c:
         err = _refused(c, "TRUNCATE big", "max_table_bytes")
         assert "TRUNCATE public.big" in str(err) and "over the limit of 64 kB" in str(err)
         _refused(c, "TRUNCATE parted", "max_table_bytes")
@@ -289,7 +264,7 @@ def test_the_limited_session_cannot_lift_its_limit(
         "DO $$ BEGIN EXECUTE 'SELECT soft' || 'guard.register_session(''delete'', 1, '''')';"
         " END $$",
     ]
-    with _connect(lim_proxy, lim_db, "lim-agent") as c:
+    with connect_app(lim_proxy, lim_db, "lim-agent") as c:
         for text in lift:
             try:
                 c.execute(text.encode())
