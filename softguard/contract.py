@@ -73,7 +73,8 @@ REGISTER_SESSION_FUNCTION = "softguard.register_session"
 
 
 #: softguard.register_limits(max_rows bigint, max_rows_by text, max_table_bytes bigint,
-#: max_table_bytes_by text): only ever lowers a limit (decision 0021).
+#: max_table_bytes_by text, denied_tables jsonb): only ever lowers a limit, adds denied
+#: tables (decision 0021).
 REGISTER_LIMITS_FUNCTION = "softguard.register_limits"
 
 
@@ -81,20 +82,21 @@ def register_session_query(
     events: str,
     retention_seconds: int,
     client_addr: str,
-    limits: tuple[int | None, str, int | None, str] | None = None,
+    limits: tuple[int | None, str, int | None, str, str] | None = None,
 ) -> bytes:
     """The registration as one simple Query text (in its own read-write transaction, so a
     role whose default is read-only is registered too). *limits*: (max_rows, what set it,
-    max_table_bytes, what set it), registered after the session when given."""
+    max_table_bytes, what set it, the denied tables as JSON), registered after the session
+    when given."""
     if not _PLAIN.fullmatch(events) or not _PLAIN.fullmatch(client_addr):
         raise ValueError("registration values must be plain (letters, digits, . : , % -)")
     with_limits = ""
     if limits is not None:
-        rows, rows_by, size, size_by = limits
+        rows, rows_by, size, size_by, tables = limits
         # the rules' labels travel hex-encoded: no quoting, whatever the session's settings
         with_limits = (
             f", {REGISTER_LIMITS_FUNCTION}({_bigint(rows)}, {_text(rows_by)}, "
-            f"{_bigint(size)}, {_text(size_by)})"
+            f"{_bigint(size)}, {_text(size_by)}, {_text(tables)}::jsonb)"
         )
     # inet_client_port(): where the server sees this connection come from, for the proxy
     # to tell whether something (a pooler) sits between it and the server. Evaluated left

@@ -148,6 +148,14 @@ ByteSize = Annotated[int, BeforeValidator(_size), Field(ge=0)]
 # Blast-radius limits (decision 0021): settable at top level and per rule, carried by the
 # session's registration and enforced by the database.
 LIMITS = ("max_rows", "max_table_bytes")
+# What a rule with `tables` may deny on the tables it names (decision 0021).
+TABLE_CATEGORIES = ("delete", "update", "truncate", "drop")
+
+
+def like_pattern(shell: str) -> str:
+    """A shell pattern ('billing.*') as a LIKE pattern matching the same names."""
+    escaped = shell.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
 
 
 def category_of(stmt: Statement) -> str:
@@ -224,6 +232,34 @@ class Rule(_Verdicts):
         le=MAX_RETENTION_DAYS,
         description="how long operations of matching sessions stay undoable",
     )
+    # Tables as policy targets (decision 0021): "schema.table" shell patterns, matched in the
+    # database on the resolved table; the rule's categories (deny only) apply to those.
+    tables: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _tables_rule(self) -> Rule:
+        if self.tables is None:
+            return self
+        if not self.tables:
+            raise ValueError("tables: name at least one 'schema.table' pattern")
+        for pattern in self.tables:
+            if "." not in pattern or "[" in pattern or "]" in pattern:
+                raise ValueError(
+                    f"tables: {pattern!r} is not a 'schema.table' pattern (* and ? only)"
+                )
+        others = [
+            key
+            for key in self.model_fields_set
+            if key not in ("name", "role", "application_name", "database", "tables")
+        ]
+        bad = [k for k in others if k not in TABLE_CATEGORIES or getattr(self, k) != "deny"]
+        if bad or not others:
+            raise ValueError(
+                "a rule with tables may only set "
+                + ", ".join(f'{c} = "deny"' for c in TABLE_CATEGORIES)
+                + (f" (not {', '.join(sorted(bad))})" if bad else "")
+            )
+        return self
 
     def label(self, index: int) -> str:
         """How a refusal names this rule: its name, else its number and patterns."""
@@ -398,11 +434,23 @@ class Policy:
             self.source("max_table_bytes", session) if size is not None else "",
         )
 
+    def table_denials(self, session: SessionInfo) -> list[dict[str, str]]:
+        """What rules with `tables` deny this session, per table pattern, for its
+        registration: {pattern (LIKE), shown (as configured), category, by (the rule)}."""
+        return [
+            {"pattern": like_pattern(t), "shown": t, "category": c, "by": rule.label(index)}
+            for index, rule in enumerate(self.config.rules)
+            if rule.tables is not None and rule.matches(session)
+            for t in rule.tables
+            for c in TABLE_CATEGORIES
+            if getattr(rule, c) == "deny"
+        ]
+
     def source(self, key: str, session: SessionInfo) -> str:
         """What decided *key* (a category or setting) for *session*: a rule's label, or
-        the defaults."""
+        the defaults. Rules with `tables` decide only in the database."""
         for index, rule in enumerate(self.config.rules):
-            if getattr(rule, key) is not None and rule.matches(session):
+            if rule.tables is None and getattr(rule, key) is not None and rule.matches(session):
                 return rule.label(index)
         return "the default policy" + (", preset agent" if self.config.preset else "")
 
@@ -410,7 +458,7 @@ class Policy:
         """A per-rule setting (first matching rule that sets it, else the default)."""
         for rule in self.config.rules:
             value = getattr(rule, key)
-            if value is not None and rule.matches(session):
+            if value is not None and rule.tables is None and rule.matches(session):
                 return value
         return getattr(self.config, key)
 

@@ -32,6 +32,15 @@ max_table_bytes = "64kB"
 update = "protect"
 
 [[policy.rules]]
+name = "billing is off limits"
+application_name = "lim-*"
+tables = ["billing.*", "public.orders"]
+delete = "deny"
+update = "deny"
+truncate = "deny"
+drop = "deny"
+
+[[policy.rules]]
 name = "bulk"
 application_name = "bulk-*"
 max_rows = 1000
@@ -56,14 +65,37 @@ CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (1000);
 CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM (1000) TO (2000);
 INSERT INTO parted SELECT g, repeat('y', 200) FROM generate_series(1, 40) g;
 INSERT INTO parted SELECT g, repeat('y', 200) FROM generate_series(1001, 1040) g;
+CREATE TABLE customers (id int PRIMARY KEY);
+INSERT INTO customers VALUES (1), (2);
+CREATE SCHEMA billing;
+CREATE TABLE billing.invoices (id int PRIMARY KEY,
+                               customer int REFERENCES customers ON DELETE CASCADE);
+INSERT INTO billing.invoices VALUES (1, 1), (2, 2);
+CREATE TABLE billing."Quoted Ledger" (id int);
+INSERT INTO billing."Quoted Ledger" VALUES (1);
+CREATE TABLE orders (id int);
+INSERT INTO orders VALUES (1);
+CREATE VIEW invoice_view AS SELECT * FROM billing.invoices;
+CREATE FUNCTION del_invoices() RETURNS void LANGUAGE sql AS $$ DELETE FROM billing.invoices $$;
 """
-TABLES = ("items", "parents", "children", "big", "small", "parted")
+TABLES = (
+    "items",
+    "parents",
+    "children",
+    "big",
+    "small",
+    "parted",
+    "customers",
+    "orders",
+    "billing.invoices",
+    'billing."Quoted Ledger"',
+)
 LIMIT_BYTES = 64 * 1024
 
 
 @pytest.fixture(scope="module")
 def lim_db(pg_server: TestServer) -> Iterator[tuple[str, str]]:
-    with owned_database(pg_server, "sg_lim_", SETUP) as found:
+    with owned_database(pg_server, "sg_lim_", SETUP, create_schemas=True) as found:
         yield found
 
 
@@ -257,10 +289,10 @@ def test_the_limited_session_cannot_lift_its_limit(
         "RESET ALL",
         # the database's own functions, named so no text check sees them: a bigger limit,
         # no limit, a second registration
-        "DO $$ BEGIN EXECUTE 'SELECT soft' || 'guard.register_limits(100000, ''me'', NULL, NULL)';"
-        " END $$",
-        "DO $$ BEGIN EXECUTE 'SELECT soft' || 'guard.register_limits(NULL, NULL, NULL, NULL)';"
-        " END $$",
+        "DO $$ BEGIN EXECUTE 'SELECT soft' || 'guard.register_limits(100000, ''me'', NULL,"
+        " NULL, NULL)'; END $$",
+        "DO $$ BEGIN EXECUTE 'SELECT soft' || 'guard.register_limits(NULL, NULL, NULL, NULL,"
+        " ''[]'')'; END $$",
         "DO $$ BEGIN EXECUTE 'SELECT soft' || 'guard.register_session(''delete'', 1, '''')';"
         " END $$",
     ]
@@ -272,10 +304,13 @@ def test_the_limited_session_cannot_lift_its_limit(
                 pass  # refused is fine too: what matters is the limit after it
             _refused(c, "DELETE FROM items WHERE id <= 11")
             _refused(c, "TRUNCATE big", "max_table_bytes")
+            with pytest.raises(psycopg.Error) as denied:
+                c.execute("DELETE FROM billing.invoices WHERE id = 1")
+            assert denied.value.sqlstate == "42501"
         # a smaller limit is taken: registration only adds protection
         c.execute(
             b"DO $$ BEGIN EXECUTE 'SELECT soft' || 'guard.register_limits(5, ''tighter'', NULL,"
-            b" NULL)'; END $$"
+            b" NULL, NULL)'; END $$"
         )
         with pytest.raises(psycopg.Error) as info:
             c.execute("DELETE FROM items WHERE id <= 6")
@@ -283,7 +318,7 @@ def test_the_limited_session_cannot_lift_its_limit(
     # a session that is not registered cannot register limits (nothing to add them to)
     with psycopg.connect(pg_server.dsn(db, role), autocommit=True) as c:
         with pytest.raises(psycopg.Error) as info:
-            c.execute("SELECT softguard.register_limits(1, 'x', NULL, NULL)")
+            c.execute("SELECT softguard.register_limits(1, 'x', NULL, NULL, NULL)")
         assert info.value.sqlstate == "55000"
     assert _state(pg_server, db) == before
 
@@ -307,7 +342,9 @@ def test_limits_resolve_per_rule_and_reach_the_registration() -> None:
     assert not Policy(PolicyConfig()).limits(session)
     with pytest.raises(ValueError):
         PolicyConfig.model_validate({"max_rows": -1})
-    query = contract.register_session_query("delete", 60, "127.0.0.1", (5, "rule 'a'", None, ""))
+    query = contract.register_session_query(
+        "delete", 60, "127.0.0.1", (5, "rule 'a'", None, "", "[]")
+    )
     assert b"softguard.register_limits(5::bigint, " in query and b"'" + b"rule" not in query
 
 
@@ -319,3 +356,65 @@ def test_explain_shows_the_limits(tmp_path: Path) -> None:
     assert "limits: max_rows 10 (rule 'limited agents'); max_table_bytes 65536" in out
     out = CliRunner().invoke(app, args).output
     assert "limits: max_rows none; max_table_bytes none" in out
+
+
+TABLE_REFUSALS = [
+    ("DELETE FROM billing.invoices WHERE id = 1", "DELETE billing.invoices"),
+    ("SET search_path = billing, public; DELETE FROM invoices WHERE id = 1", "DELETE"),
+    ("DELETE FROM invoice_view WHERE id = 1", "DELETE billing.invoices"),
+    ('DELETE FROM billing."Quoted Ledger"', 'DELETE billing."Quoted Ledger"'),
+    ("UPDATE billing.invoices SET customer = 2", "UPDATE billing.invoices"),
+    ("SELECT del_invoices()", "DELETE billing.invoices"),
+    ("DO $$ BEGIN DELETE FROM billing.invoices; END $$", "DELETE billing.invoices"),
+    ("DELETE FROM customers WHERE id = 1", "DELETE billing.invoices"),  # the FK cascade
+    ("DELETE FROM orders", "DELETE public.orders"),
+    ("TRUNCATE billing.invoices", "TRUNCATE billing.invoices"),
+    ("TRUNCATE customers CASCADE", "TRUNCATE billing.invoices"),
+    ("DROP TABLE billing.invoices CASCADE", "DROP billing.invoices"),
+    ('DROP TABLE billing."Quoted Ledger"', 'DROP billing."Quoted Ledger"'),
+    ("DROP TABLE orders", "DROP public.orders"),
+    ("DROP SCHEMA billing CASCADE", "DROP billing."),
+    ("DO $$ BEGIN DROP TABLE billing.invoices CASCADE; END $$", "DROP billing.invoices"),
+]
+
+
+@pytest.mark.parametrize(("text", "names"), TABLE_REFUSALS)
+def test_tables_as_policy_targets(
+    lim_proxy: Any, lim_db: tuple[str, str], pg_server: TestServer, text: str, names: str
+) -> None:
+    """A rule with `tables` denies its categories on the resolved tables, however the
+    statement reaches them."""
+    before = _state(pg_server, lim_db[0])
+    with connect_app(lim_proxy, lim_db, "lim-agent") as c:
+        with pytest.raises(psycopg.Error) as info:
+            c.execute(text.encode())
+        err = info.value
+        assert err.sqlstate == "42501", (text, err)
+        assert names in str(err) and "decided by rule 'billing is off limits'" in str(err), err
+        assert err.diag.message_hint and "ask an operator" in err.diag.message_hint
+    assert _state(pg_server, lim_db[0]) == before
+
+
+def test_tables_rules_leave_other_tables_and_sessions_alone(
+    lim_proxy: Any, lim_db: tuple[str, str], pg_server: TestServer
+) -> None:
+    before = _state(pg_server, lim_db[0])
+    with connect_app(lim_proxy, lim_db, "lim-agent") as c:
+        assert c.execute("SELECT count(*) FROM billing.invoices").fetchone() == (2,)
+        with c.transaction(force_rollback=True):
+            c.execute("INSERT INTO billing.invoices VALUES (3, 1)")
+            c.execute("DELETE FROM items WHERE id = 1")
+            c.execute("TRUNCATE small")
+    with connect_app(lim_proxy, lim_db, "other") as c:
+        with c.transaction(force_rollback=True):
+            c.execute("DELETE FROM billing.invoices")
+            c.execute("TRUNCATE orders")
+    assert _state(pg_server, lim_db[0]) == before
+    out = (
+        CliRunner()
+        .invoke(
+            app, ["explain", "SELECT 1", "--config", "/dev/null", "--application-name", "lim-x"]
+        )
+        .output
+    )
+    assert "limits:" in out

@@ -28,7 +28,9 @@ CREATE TABLE softguard.sessions (
     max_rows           bigint CHECK (max_rows >= 0),
     max_rows_by        text,
     max_table_bytes    bigint CHECK (max_table_bytes >= 0),
-    max_table_bytes_by text
+    max_table_bytes_by text,
+    -- tables as policy targets (88_limits.sql): [{"pattern", "category", "by"}]
+    denied_tables      jsonb NOT NULL DEFAULT '[]'
 );
 REVOKE ALL ON softguard.sessions FROM PUBLIC;
 COMMENT ON TABLE softguard.sessions IS

@@ -91,6 +91,7 @@ DECLARE
     reg_capture text[];
     lim bigint;                            -- the registration's max_rows (88_limits.sql)
     lim_by text;
+    denied jsonb;                          -- tables its rules deny (88_limits.sql)
 BEGIN
     -- What this session captures: its registration, plus what its setting adds (G6). The
     -- setting, written by the proxy at startup, is the fast path; a session whose setting
@@ -98,8 +99,12 @@ BEGIN
     -- registration also carries the session's row limit, whatever its setting says.
     events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
     -- softguard._session(false), inlined: this runs for every uncaptured UPDATE
-    SELECT s.capture, s.max_rows, s.max_rows_by INTO reg_capture, lim, lim_by
+    SELECT s.capture, s.max_rows, s.max_rows_by, s.denied_tables
+      INTO reg_capture, lim, lim_by, denied
       FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    IF denied <> '[]' THEN
+        PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME, ev, TG_OP);
+    END IF;
     IF NOT (ev = ANY (events)) THEN
         events := events || coalesce(reg_capture, '{}');
         IF NOT (events && ARRAY['delete', 'update']) AND (lim IS NULL OR ev <> 'delete') THEN
@@ -274,6 +279,8 @@ BEGIN
     -- the session's max_table_bytes (88_limits.sql), before anything is copied, whether or
     -- not the TRUNCATE is captured
     PERFORM softguard._limit_table(TG_RELID, 'TRUNCATE');
+    PERFORM softguard._table_denied((softguard._session(false)).denied_tables,
+                                    TG_TABLE_SCHEMA, TG_TABLE_NAME, 'truncate', 'TRUNCATE');
     -- the operation truncate_op opened in this transaction; for any other TRUNCATE of a
     -- protected session (a DO block, function, procedure) the backstop opens one
     -- (85_backstop.sql), or it is not captured (NULL: a session that is not protected)

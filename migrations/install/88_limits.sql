@@ -13,6 +13,12 @@
 -- * max_table_bytes: a TRUNCATE (_capture_truncate) or a reversible DROP (drop_op) of a
 --   table larger than the limit (heap, TOAST and indexes; a partitioned table with all its
 --   partitions) is refused with 54000 before anything is copied or moved.
+-- * Tables as policy targets (issue 15 item 5): a rule with `tables` denies categories
+--   (delete, update, truncate, drop) on the tables whose resolved schema.table matches
+--   one of its patterns (LIKE patterns, made from the rule's shell patterns). Checked on
+--   the table the server resolved (a view's base table, a cascade's table, any
+--   search_path), by the capture triggers, the BEFORE TRUNCATE trigger, drop_op and the
+--   sql_drop backstop: 42501, the rule named.
 -- * Sessions that are not registered (direct connections, softguard's own maintenance) are
 --   not limited.
 
@@ -22,8 +28,10 @@
 --   max_rows_by      what set it (the policy rule), named in refusals
 --   max_table_bytes  the largest table a TRUNCATE or DROP may remove (NULL: no limit)
 --   max_table_bytes_by  what set that
+--   denied_tables    [{"pattern", "category", "by"}] added to the session's (a union)
 CREATE FUNCTION softguard.register_limits(max_rows bigint, max_rows_by text,
-                                          max_table_bytes bigint, max_table_bytes_by text)
+                                          max_table_bytes bigint, max_table_bytes_by text,
+                                          denied_tables jsonb)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -37,7 +45,12 @@ BEGIN
         max_table_bytes = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes
                                ELSE s.max_table_bytes END,
         max_table_bytes_by = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes_by
-                                  ELSE s.max_table_bytes_by END
+                                  ELSE s.max_table_bytes_by END,
+        denied_tables = (SELECT coalesce(jsonb_agg(DISTINCT e), '[]')
+                           FROM jsonb_array_elements(s.denied_tables
+                                || coalesce(register_limits.denied_tables, '[]')) e
+                          WHERE jsonb_typeof(e->'pattern') = 'string'
+                            AND e->>'category' IN ('delete', 'update', 'truncate', 'drop'))
       FROM (SELECT r.pid,
                    register_limits.max_rows IS NOT NULL
                    AND (r.max_rows IS NULL OR register_limits.max_rows < r.max_rows) AS lower_rows,
@@ -51,8 +64,32 @@ BEGIN
             MESSAGE = 'softguard: this session is not registered (register_session first)';
     END IF;
 END $$;
-REVOKE ALL ON FUNCTION softguard.register_limits(bigint, text, bigint, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION softguard.register_limits(bigint, text, bigint, text) TO PUBLIC;
+REVOKE ALL ON FUNCTION softguard.register_limits(bigint, text, bigint, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard.register_limits(bigint, text, bigint, text, jsonb) TO PUBLIC;
+
+-- Refuse `verb` on table nsp.rel_name when a rule of this session (`denied`: its
+-- registration's denied_tables) denies `category` on it. Names as the catalog stores
+-- them, matched whole.
+CREATE FUNCTION softguard._table_denied(denied jsonb, nsp text, rel_name text, category text,
+                                        verb text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e jsonb;
+BEGIN
+    SELECT x INTO e FROM jsonb_array_elements(denied) x
+     WHERE x->>'category' = category AND (nsp || '.' || rel_name) LIKE (x->>'pattern')
+     LIMIT 1;
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: %s %I.%I is refused by policy (%s on tables %s);'
+                             ' decided by %s', verb, nsp, rel_name, category,
+                             e->>'shown', coalesce(e->>'by', 'the policy')),
+            DETAIL = 'The statement was rolled back: nothing was changed.',
+            HINT = format('This session may not %s tables matching %s; work on other tables,'
+                          ' or ask an operator.', category, e->>'shown');
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._table_denied(jsonb, text, text, text, text) FROM PUBLIC;
 
 -- Refuse a statement over a limit (54000, as the capture budget: a statement too large for
 -- a rule, not a server in trouble). The transaction aborts: nothing was changed.
@@ -126,21 +163,26 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._limit_table(oid, text) FROM PUBLIC;
 
 -- drop_op, before it moves anything: every table, partitioned table and materialized view
--- of the probe's list checked against max_table_bytes. PUBLIC (drop_op runs as the
+-- of the probe's list checked against max_table_bytes and the tables the session may not
+-- drop. PUBLIC (drop_op runs as the
 -- client): it only ever refuses.
 CREATE FUNCTION softguard._limit_drop(list jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
+    reg softguard.sessions := softguard._session(false);
 BEGIN
-    IF (softguard._session(false)).max_table_bytes IS NULL THEN
+    IF reg.max_table_bytes IS NULL AND reg.denied_tables IS NOT DISTINCT FROM '[]' THEN
         RETURN;
     END IF;
-    FOR r IN SELECT c.oid, c.relkind FROM jsonb_array_elements(list) e
+    FOR r IN SELECT c.oid, c.relkind, c.relname, n.nspname FROM jsonb_array_elements(list) e
                JOIN pg_class c ON c.oid = (e->>'objid')::oid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE (e->>'classid')::oid = 'pg_class'::regclass
                 AND coalesce((e->>'objsubid')::int, 0) = 0 AND c.relkind IN ('r', 'p', 'm')
               ORDER BY c.oid LOOP
+        PERFORM softguard._table_denied(reg.denied_tables, r.nspname, r.relname, 'drop',
+                                        'DROP');
         PERFORM softguard._limit_table(r.oid, CASE r.relkind WHEN 'm' THEN 'DROP MATERIALIZED VIEW'
                                                              ELSE 'DROP TABLE' END);
     END LOOP;

@@ -15,7 +15,8 @@ ALTER TABLE softguard.sessions
     ADD COLUMN max_rows bigint CHECK (max_rows >= 0),
     ADD COLUMN max_rows_by text,
     ADD COLUMN max_table_bytes bigint CHECK (max_table_bytes >= 0),
-    ADD COLUMN max_table_bytes_by text;
+    ADD COLUMN max_table_bytes_by text,
+    ADD COLUMN denied_tables jsonb NOT NULL DEFAULT '[]';
 
 -- Blast-radius limits (issue 15 item 2; docs/decisions/0021-blast-radius-limits.md): how
 -- much one statement of a registered session may destroy, enforced in the database so that
@@ -32,6 +33,12 @@ ALTER TABLE softguard.sessions
 -- * max_table_bytes: a TRUNCATE (_capture_truncate) or a reversible DROP (drop_op) of a
 --   table larger than the limit (heap, TOAST and indexes; a partitioned table with all its
 --   partitions) is refused with 54000 before anything is copied or moved.
+-- * Tables as policy targets (issue 15 item 5): a rule with `tables` denies categories
+--   (delete, update, truncate, drop) on the tables whose resolved schema.table matches
+--   one of its patterns (LIKE patterns, made from the rule's shell patterns). Checked on
+--   the table the server resolved (a view's base table, a cascade's table, any
+--   search_path), by the capture triggers, the BEFORE TRUNCATE trigger, drop_op and the
+--   sql_drop backstop: 42501, the rule named.
 -- * Sessions that are not registered (direct connections, softguard's own maintenance) are
 --   not limited.
 
@@ -41,8 +48,10 @@ ALTER TABLE softguard.sessions
 --   max_rows_by      what set it (the policy rule), named in refusals
 --   max_table_bytes  the largest table a TRUNCATE or DROP may remove (NULL: no limit)
 --   max_table_bytes_by  what set that
+--   denied_tables    [{"pattern", "category", "by"}] added to the session's (a union)
 CREATE FUNCTION softguard.register_limits(max_rows bigint, max_rows_by text,
-                                          max_table_bytes bigint, max_table_bytes_by text)
+                                          max_table_bytes bigint, max_table_bytes_by text,
+                                          denied_tables jsonb)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -56,7 +65,12 @@ BEGIN
         max_table_bytes = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes
                                ELSE s.max_table_bytes END,
         max_table_bytes_by = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes_by
-                                  ELSE s.max_table_bytes_by END
+                                  ELSE s.max_table_bytes_by END,
+        denied_tables = (SELECT coalesce(jsonb_agg(DISTINCT e), '[]')
+                           FROM jsonb_array_elements(s.denied_tables
+                                || coalesce(register_limits.denied_tables, '[]')) e
+                          WHERE jsonb_typeof(e->'pattern') = 'string'
+                            AND e->>'category' IN ('delete', 'update', 'truncate', 'drop'))
       FROM (SELECT r.pid,
                    register_limits.max_rows IS NOT NULL
                    AND (r.max_rows IS NULL OR register_limits.max_rows < r.max_rows) AS lower_rows,
@@ -70,8 +84,32 @@ BEGIN
             MESSAGE = 'softguard: this session is not registered (register_session first)';
     END IF;
 END $$;
-REVOKE ALL ON FUNCTION softguard.register_limits(bigint, text, bigint, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION softguard.register_limits(bigint, text, bigint, text) TO PUBLIC;
+REVOKE ALL ON FUNCTION softguard.register_limits(bigint, text, bigint, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard.register_limits(bigint, text, bigint, text, jsonb) TO PUBLIC;
+
+-- Refuse `verb` on table nsp.rel_name when a rule of this session (`denied`: its
+-- registration's denied_tables) denies `category` on it. Names as the catalog stores
+-- them, matched whole.
+CREATE FUNCTION softguard._table_denied(denied jsonb, nsp text, rel_name text, category text,
+                                        verb text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e jsonb;
+BEGIN
+    SELECT x INTO e FROM jsonb_array_elements(denied) x
+     WHERE x->>'category' = category AND (nsp || '.' || rel_name) LIKE (x->>'pattern')
+     LIMIT 1;
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: %s %I.%I is refused by policy (%s on tables %s);'
+                             ' decided by %s', verb, nsp, rel_name, category,
+                             e->>'shown', coalesce(e->>'by', 'the policy')),
+            DETAIL = 'The statement was rolled back: nothing was changed.',
+            HINT = format('This session may not %s tables matching %s; work on other tables,'
+                          ' or ask an operator.', category, e->>'shown');
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._table_denied(jsonb, text, text, text, text) FROM PUBLIC;
 
 -- Refuse a statement over a limit (54000, as the capture budget: a statement too large for
 -- a rule, not a server in trouble). The transaction aborts: nothing was changed.
@@ -145,21 +183,26 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._limit_table(oid, text) FROM PUBLIC;
 
 -- drop_op, before it moves anything: every table, partitioned table and materialized view
--- of the probe's list checked against max_table_bytes. PUBLIC (drop_op runs as the
+-- of the probe's list checked against max_table_bytes and the tables the session may not
+-- drop. PUBLIC (drop_op runs as the
 -- client): it only ever refuses.
 CREATE FUNCTION softguard._limit_drop(list jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
+    reg softguard.sessions := softguard._session(false);
 BEGIN
-    IF (softguard._session(false)).max_table_bytes IS NULL THEN
+    IF reg.max_table_bytes IS NULL AND reg.denied_tables IS NOT DISTINCT FROM '[]' THEN
         RETURN;
     END IF;
-    FOR r IN SELECT c.oid, c.relkind FROM jsonb_array_elements(list) e
+    FOR r IN SELECT c.oid, c.relkind, c.relname, n.nspname FROM jsonb_array_elements(list) e
                JOIN pg_class c ON c.oid = (e->>'objid')::oid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE (e->>'classid')::oid = 'pg_class'::regclass
                 AND coalesce((e->>'objsubid')::int, 0) = 0 AND c.relkind IN ('r', 'p', 'm')
               ORDER BY c.oid LOOP
+        PERFORM softguard._table_denied(reg.denied_tables, r.nspname, r.relname, 'drop',
+                                        'DROP');
         PERFORM softguard._limit_table(r.oid, CASE r.relkind WHEN 'm' THEN 'DROP MATERIALIZED VIEW'
                                                              ELSE 'DROP TABLE' END);
     END LOOP;
@@ -198,6 +241,7 @@ DECLARE
     reg_capture text[];
     lim bigint;                            -- the registration's max_rows (88_limits.sql)
     lim_by text;
+    denied jsonb;                          -- tables its rules deny (88_limits.sql)
 BEGIN
     -- What this session captures: its registration, plus what its setting adds (G6). The
     -- setting, written by the proxy at startup, is the fast path; a session whose setting
@@ -205,8 +249,12 @@ BEGIN
     -- registration also carries the session's row limit, whatever its setting says.
     events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
     -- softguard._session(false), inlined: this runs for every uncaptured UPDATE
-    SELECT s.capture, s.max_rows, s.max_rows_by INTO reg_capture, lim, lim_by
+    SELECT s.capture, s.max_rows, s.max_rows_by, s.denied_tables
+      INTO reg_capture, lim, lim_by, denied
       FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    IF denied <> '[]' THEN
+        PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME, ev, TG_OP);
+    END IF;
     IF NOT (ev = ANY (events)) THEN
         events := events || coalesce(reg_capture, '{}');
         IF NOT (events && ARRAY['delete', 'update']) AND (lim IS NULL OR ev <> 'delete') THEN
@@ -370,6 +418,8 @@ BEGIN
     -- the session's max_table_bytes (88_limits.sql), before anything is copied, whether or
     -- not the TRUNCATE is captured
     PERFORM softguard._limit_table(TG_RELID, 'TRUNCATE');
+    PERFORM softguard._table_denied((softguard._session(false)).denied_tables,
+                                    TG_TABLE_SCHEMA, TG_TABLE_NAME, 'truncate', 'TRUNCATE');
     -- the operation truncate_op opened in this transaction; for any other TRUNCATE of a
     -- protected session (a DO block, function, procedure) the backstop opens one
     -- (85_backstop.sql), or it is not captured (NULL: a session that is not protected)
@@ -505,6 +555,99 @@ BEGIN
     PERFORM pg_catalog.set_config('client_min_messages', saved, true);
 END $$;
 GRANT EXECUTE ON PROCEDURE softguard.drop_op(text, text, jsonb) TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._backstop_drop() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    events text[] := (softguard._session(false)).capture;
+    d record;
+    stack text;
+    by_alter boolean;   -- the statement itself dropped a column or an attribute
+    ext boolean;        -- it dropped an extension, whose members go with it
+    by_type boolean;    -- it dropped an attribute of a composite type (ALTER TYPE)
+    cause text;         -- what the statement named
+    governs text;
+    denied jsonb := (softguard._session(false)).denied_tables;
+BEGIN
+    IF denied <> '[]' THEN
+        -- tables a rule denies dropping (88_limits.sql), whatever dropped them
+        PERFORM softguard._table_denied(denied, o.schema_name, o.object_name, 'drop', 'DROP')
+           FROM pg_event_trigger_dropped_objects() o
+          WHERE o.object_type IN ('table', 'materialized view') AND NOT o.is_temporary;
+    END IF;
+    IF events IS NULL OR NOT (events && ARRAY['drop', 'alter']) THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(bool_or(o.objsubid <> 0), false),
+           coalesce(bool_or(o.object_type = 'extension'), false),
+           coalesce(bool_or(o.object_type = 'composite type column'), false),
+           string_agg(CASE WHEN o.object_type = 'composite type column'
+                           THEN 'attribute ' ELSE o.object_type || ' ' END
+                      || o.object_identity, ', ')
+      INTO by_alter, ext, by_type, cause
+      FROM pg_event_trigger_dropped_objects() o WHERE o.original;
+    FOR d IN SELECT * FROM pg_event_trigger_dropped_objects() o
+              WHERE NOT o.is_temporary AND (o.original OR o.normal) LOOP
+        IF d.object_type IN ('table column', 'composite type column') THEN
+            governs := CASE WHEN by_alter THEN 'alter' ELSE 'drop' END;
+        ELSIF d.object_type IN ('table', 'materialized view', 'sequence') THEN
+            governs := 'drop';
+        ELSIF d.object_type IN ('schema', 'view', 'function', 'procedure', 'aggregate', 'type',
+                                'domain')
+              AND NOT (ext AND NOT d.original) THEN
+            -- an extension's members report as normal dependents: its own functions and
+            -- types cannot be told from others defined over them, so they pass with it
+            governs := 'drop';
+        ELSE
+            CONTINUE;
+        END IF;
+        CONTINUE WHEN NOT governs = ANY (events);
+        IF d.object_type = 'composite type column' THEN
+            -- its values live on in columns of the type (typed tables report their own
+            -- 'table column'): lost only where such columns exist
+            CONTINUE WHEN NOT EXISTS (
+                SELECT FROM pg_class r
+                  JOIN pg_type t ON t.oid = r.reltype
+                  JOIN pg_type u ON u.oid IN (t.oid, t.typarray)
+                                 OR (u.typtype = 'd' AND u.typbasetype IN (t.oid, t.typarray))
+                  JOIN pg_attribute a ON a.atttypid = u.oid AND a.attnum > 0
+                                     AND NOT a.attisdropped
+                  JOIN pg_class c ON c.oid = a.attrelid AND c.relkind IN ('r', 'p', 'm')
+                 WHERE r.oid = d.objid);
+        ELSIF d.object_type = 'type' THEN
+            -- drop_op removes shell types (nothing to keep) for real, through _drop_shell
+            GET DIAGNOSTICS stack = PG_CONTEXT;
+            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\._drop_shell\(oid\) line [0-9]+ at EXECUTE';
+        ELSIF d.object_type = 'table column' AND by_alter THEN
+            -- alter_op captured every column its statement drops before running it (it
+            -- probes that very statement); a column dropped anywhere else is lost.
+            GET DIAGNOSTICS stack = PG_CONTEXT;
+            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb\) line [0-9]+ at EXECUTE';
+        END IF;
+        IF d.original AND NOT by_type THEN
+            PERFORM softguard._backstop_refuse(format(
+                CASE WHEN d.object_type = 'table column' THEN 'ALTER TABLE DROP COLUMN %2$s'
+                     ELSE 'DROP %1$s %2$s' END, upper(d.object_type), d.object_identity));
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard: dropping %s would take %s with it, which cannot be '
+                             'made reversible here', cause,
+                             CASE WHEN d.object_type = 'composite type column'
+                                  THEN 'its values in the columns of that type'
+                                  ELSE d.object_type || ' ' || d.object_identity END),
+            DETAIL = 'softguard keeps tables, columns and definitions only when they are '
+                     'dropped by a statement of their own kind that comes through softguard.',
+            HINT = CASE WHEN d.object_type IN ('table column', 'composite type column')
+                        THEN 'Drop the dependent columns first (ALTER TABLE ... DROP COLUMN '
+                             'through softguard keeps them), then run this statement again.'
+                        ELSE format('Drop the dependent %s first (through softguard, which '
+                                    'keeps it), then run this statement again.', d.object_type)
+                   END;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._backstop_drop() FROM PUBLIC;
+-- The event trigger runs as the session's role; this only ever refuses.
+GRANT EXECUTE ON FUNCTION softguard._backstop_drop() TO PUBLIC;
 -- end section: limits ------------------------------------------------------------------
 
 

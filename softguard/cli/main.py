@@ -348,6 +348,8 @@ def explain(
             )
         )
     )
+    for denial in policy.table_denials(session):
+        typer.echo(f"tables: {denial['category']} denied on {denial['shown']} ({denial['by']})")
     by_mode = mode_refusal(mode, mode_source, sql.encode(), "UTF8")
     if by_mode is not None:
         typer.echo(f"policy: deny ({mode} mode) SQLSTATE {by_mode[0]}\n   {by_mode[1]}")

@@ -16,14 +16,22 @@ from support.pg import TestServer
 
 
 @contextmanager
-def owned_database(pg_server: TestServer, prefix: str, setup: str) -> Iterator[tuple[str, str]]:
-    """(database, role): *setup* run as the role, which owns schema public; both dropped
-    at the end."""
+def owned_database(
+    pg_server: TestServer, prefix: str, setup: str, *, create_schemas: bool = False
+) -> Iterator[tuple[str, str]]:
+    """(database, role): *setup* run as the role, which owns schema public (and may create
+    schemas with *create_schemas*); both dropped at the end."""
     role = prefix + uuid.uuid4().hex[:8]
     db = pg_server.create_database()
     with psycopg.connect(pg_server.superuser_dsn(db), autocommit=True) as c:
         c.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
         c.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
+        if create_schemas:
+            c.execute(
+                sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                    sql.Identifier(db), sql.Identifier(role)
+                )
+            )
     with psycopg.connect(pg_server.dsn(db, role), autocommit=True) as c:
         c.execute(setup.encode())
     pg_server.install_ledger(db)
