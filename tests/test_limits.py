@@ -41,6 +41,16 @@ truncate = "deny"
 drop = "deny"
 
 [[policy.rules]]
+name = "dropper tables"
+application_name = "dropper-*"
+tables = ["billing.*"]
+drop = "deny"
+
+[[policy.rules]]
+application_name = "dropper-*"
+drop = "allow"
+
+[[policy.rules]]
 name = "bulk"
 application_name = "bulk-*"
 max_rows = 1000
@@ -418,3 +428,19 @@ def test_tables_rules_leave_other_tables_and_sessions_alone(
         .output
     )
     assert "limits:" in out
+
+
+def test_a_table_rule_holds_where_drop_is_allowed(
+    lim_proxy: Any, lim_db: tuple[str, str], pg_server: TestServer
+) -> None:
+    """drop = "allow" sends the DROP as it is: the sql_drop backstop still refuses it for a
+    table a rule names."""
+    before = _state(pg_server, lim_db[0])
+    with connect_app(lim_proxy, lim_db, "dropper-1") as c:
+        with pytest.raises(psycopg.Error) as info:
+            c.execute('DROP TABLE billing."Quoted Ledger"')
+        assert info.value.sqlstate == "42501"
+        assert "decided by rule 'dropper tables'" in str(info.value)
+        with c.transaction(force_rollback=True):
+            c.execute("DROP TABLE small")
+    assert _state(pg_server, lim_db[0]) == before
