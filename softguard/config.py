@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from softguard.policy import PolicyConfig
+from softguard.policy import PolicyConfig, parse_size_bytes
 from softguard.soft_delete_config import SoftDeleteRule
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -233,18 +233,6 @@ def parse_duration_seconds(text: str) -> float:
         raise ValueError(
             f"expected a duration like 90s, 30m, 1h, 7d (or seconds), got {text!r}"
         ) from None
-
-
-_SIZE = re.compile(r"^(\d+)\s*([kmgt]?i?b)?$")
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size_bytes(text: str) -> int:
-    """'65536', '64kB', '512MB', '1GiB' -> bytes (units of 1024, as PostgreSQL's)."""
-    m = _SIZE.match(text.strip().lower())
-    if m is None:
-        raise ValueError(f"expected a size like 64kB, 512MB or 1GiB (or bytes), got {text!r}")
-    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "")[:1]]
 
 
 def parse_hostport(value: str) -> tuple[str, int]:

@@ -72,17 +72,48 @@ SETTINGS = (
 REGISTER_SESSION_FUNCTION = "softguard.register_session"
 
 
-def register_session_query(events: str, retention_seconds: int, client_addr: str) -> bytes:
+#: softguard.register_limits(max_rows bigint, max_rows_by text, max_table_bytes bigint,
+#: max_table_bytes_by text, denied_tables jsonb): only ever lowers a limit, adds denied
+#: tables (decision 0021).
+REGISTER_LIMITS_FUNCTION = "softguard.register_limits"
+
+
+def register_session_query(
+    events: str,
+    retention_seconds: int,
+    client_addr: str,
+    limits: tuple[int | None, str, int | None, str, str] | None = None,
+) -> bytes:
     """The registration as one simple Query text (in its own read-write transaction, so a
-    role whose default is read-only is registered too)."""
+    role whose default is read-only is registered too). *limits*: (max_rows, what set it,
+    max_table_bytes, what set it, the denied tables as JSON), registered after the session
+    when given."""
     if not _PLAIN.fullmatch(events) or not _PLAIN.fullmatch(client_addr):
         raise ValueError("registration values must be plain (letters, digits, . : , % -)")
+    with_limits = ""
+    if limits is not None:
+        rows, rows_by, size, size_by, tables = limits
+        # the rules' labels travel hex-encoded: no quoting, whatever the session's settings
+        with_limits = (
+            f", {REGISTER_LIMITS_FUNCTION}({_bigint(rows)}, {_text(rows_by)}, "
+            f"{_bigint(size)}, {_text(size_by)}, {_text(tables)}::jsonb)"
+        )
     # inet_client_port(): where the server sees this connection come from, for the proxy
-    # to tell whether something (a pooler) sits between it and the server.
+    # to tell whether something (a pooler) sits between it and the server. Evaluated left
+    # to right: the limits join the row register_session wrote.
     return (
         f"BEGIN READ WRITE; SELECT {REGISTER_SESSION_FUNCTION}('{events}', "
-        f"{int(retention_seconds)}, '{client_addr}'), pg_catalog.inet_client_port(); COMMIT"
+        f"{int(retention_seconds)}, '{client_addr}'){with_limits}, "
+        "pg_catalog.inet_client_port(); COMMIT"
     ).encode()
+
+
+def _bigint(value: int | None) -> str:
+    return "NULL::bigint" if value is None else f"{int(value)}::bigint"
+
+
+def _text(value: str) -> str:
+    return f"pg_catalog.convert_from(pg_catalog.decode('{value.encode().hex()}', 'hex'), 'UTF8')"
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9.:,%_-]*")

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from softguard.sql import Classification, Kind, Statement, classify
 from softguard.sql.drop_kinds import REVERSIBLE_DROPS
@@ -51,6 +52,8 @@ AGENT_PRESET: dict[str, object] = {
     "opaque": "deny",
     "unparseable": "deny",
     "require_where": True,
+    # a statement deleting or updating more rows than this is refused (decision 0021)
+    "max_rows": 1000,
 }
 
 # DROP kinds softguard makes reversible (docs/decisions/0005-reversible-drop.md): every
@@ -124,6 +127,37 @@ _LARGE_OBJECT_CATALOGS = frozenset({"pg_largeobject", "pg_largeobject_metadata"}
 _INV_WRITE = 0x20000  # lo_open's mode bit for writing (libpq/libpq-fs.h)
 
 
+_SIZE = re.compile(r"^(\d+)\s*([kmgt]?i?b)?$")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size_bytes(text: str) -> int:
+    """'65536', '64kB', '512MB', '1GiB' -> bytes (units of 1024, as PostgreSQL's)."""
+    m = _SIZE.match(text.strip().lower())
+    if m is None:
+        raise ValueError(f"expected a size like 64kB, 512MB or 1GiB (or bytes), got {text!r}")
+    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "")[:1]]
+
+
+def _size(value: Any) -> Any:
+    return parse_size_bytes(value) if isinstance(value, str) else value
+
+
+# A size in bytes, or a text like '100MB' (max_table_bytes).
+ByteSize = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+# Blast-radius limits (decision 0021): settable at top level and per rule, carried by the
+# session's registration and enforced by the database.
+LIMITS = ("max_rows", "max_table_bytes")
+# What a rule with `tables` may deny on the tables it names (decision 0021).
+TABLE_CATEGORIES = ("delete", "update", "truncate", "drop")
+
+
+def like_pattern(shell: str) -> str:
+    """A shell pattern ('billing.*') as a LIKE pattern matching the same names."""
+    escaped = shell.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
 def category_of(stmt: Statement) -> str:
     """The policy category of one non-SAFE statement."""
     if stmt.action in REMOTE_ACTIONS:
@@ -179,6 +213,8 @@ class Rule(_Verdicts):
     database: str = "*"
     mode: Mode | None = None
     require_where: bool | None = None
+    max_rows: int | None = Field(default=None, ge=0)
+    max_table_bytes: ByteSize | None = None
     drop: Verdict | None = None
     drop_other: Verdict | None = None
     truncate: Verdict | None = None
@@ -196,6 +232,34 @@ class Rule(_Verdicts):
         le=MAX_RETENTION_DAYS,
         description="how long operations of matching sessions stay undoable",
     )
+    # Tables as policy targets (decision 0021): "schema.table" shell patterns, matched in the
+    # database on the resolved table; the rule's categories (deny only) apply to those.
+    tables: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _tables_rule(self) -> Rule:
+        if self.tables is None:
+            return self
+        if not self.tables:
+            raise ValueError("tables: name at least one 'schema.table' pattern")
+        for pattern in self.tables:
+            if "." not in pattern or "[" in pattern or "]" in pattern:
+                raise ValueError(
+                    f"tables: {pattern!r} is not a 'schema.table' pattern (* and ? only)"
+                )
+        others = [
+            key
+            for key in self.model_fields_set
+            if key not in ("name", "role", "application_name", "database", "tables")
+        ]
+        bad = [k for k in others if k not in TABLE_CATEGORIES or getattr(self, k) != "deny"]
+        if bad or not others:
+            raise ValueError(
+                "a rule with tables may only set "
+                + ", ".join(f'{c} = "deny"' for c in TABLE_CATEGORIES)
+                + (f" (not {', '.join(sorted(bad))})" if bad else "")
+            )
+        return self
 
     def label(self, index: int) -> str:
         """How a refusal names this rule: its name, else its number and patterns."""
@@ -227,6 +291,10 @@ class PolicyConfig(_Verdicts):
     mode: Mode = "full"
     # DELETE and UPDATE without a WHERE clause refused (a blast-radius limit, issue 15).
     require_where: bool = False
+    # Rows one statement may delete or update (cascades counted), the largest table a
+    # TRUNCATE or DROP may remove: None, no limit (decision 0021).
+    max_rows: int | None = Field(default=None, ge=0)
+    max_table_bytes: ByteSize | None = None
     drop: Verdict = "protect"
     drop_other: Verdict = "allow"
     truncate: Verdict = "protect"
@@ -275,6 +343,19 @@ class SessionInfo:
     database: str
     application_name: str
     client_addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A session's blast-radius limits (None: none) and the rule that set each."""
+
+    max_rows: int | None
+    max_rows_by: str
+    max_table_bytes: int | None
+    max_table_bytes_by: str
+
+    def __bool__(self) -> bool:
+        return self.max_rows is not None or self.max_table_bytes is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,11 +429,34 @@ class Policy:
             kept.append("read_only")
         return kept
 
+    def limits(self, session: SessionInfo) -> Limits:
+        """The session's blast-radius limits and what set each (decision 0021)."""
+        rows = self.setting("max_rows", session)
+        size = self.setting("max_table_bytes", session)
+        return Limits(
+            rows,  # type: ignore[arg-type]
+            self.source("max_rows", session) if rows is not None else "",
+            size,  # type: ignore[arg-type]
+            self.source("max_table_bytes", session) if size is not None else "",
+        )
+
+    def table_denials(self, session: SessionInfo) -> list[dict[str, str]]:
+        """What rules with `tables` deny this session, per table pattern, for its
+        registration: {pattern (LIKE), shown (as configured), category, by (the rule)}."""
+        return [
+            {"pattern": like_pattern(t), "shown": t, "category": c, "by": rule.label(index)}
+            for index, rule in enumerate(self.config.rules)
+            if rule.tables is not None and rule.matches(session)
+            for t in rule.tables
+            for c in TABLE_CATEGORIES
+            if getattr(rule, c) == "deny"
+        ]
+
     def source(self, key: str, session: SessionInfo) -> str:
         """What decided *key* (a category or setting) for *session*: a rule's label, or
-        the defaults."""
+        the defaults. Rules with `tables` decide only in the database."""
         for index, rule in enumerate(self.config.rules):
-            if getattr(rule, key) is not None and rule.matches(session):
+            if rule.tables is None and getattr(rule, key) is not None and rule.matches(session):
                 return rule.label(index)
         return "the default policy" + (", preset agent" if self.config.preset else "")
 
@@ -360,7 +464,7 @@ class Policy:
         """A per-rule setting (first matching rule that sets it, else the default)."""
         for rule in self.config.rules:
             value = getattr(rule, key)
-            if value is not None and rule.matches(session):
+            if value is not None and rule.tables is None and rule.matches(session):
                 return value
         return getattr(self.config, key)
 

@@ -4,7 +4,6 @@ from a function or a DO block (the database's guard); full is unchanged."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,9 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from psycopg import sql
 from support.compare import run_async
 from support.pg import TestServer
+from support.policy_db import connect_app, owned_database, policy_proxy
 
 from softguard.policy import PolicyConfig
 
@@ -52,37 +51,13 @@ CREATE FUNCTION count_items() RETURNS bigint LANGUAGE sql STABLE AS
 
 @pytest.fixture(scope="module")
 def mode_db(pg_server: TestServer) -> Iterator[tuple[str, str]]:
-    role = "sg_mode_" + uuid.uuid4().hex[:8]
-    db = pg_server.create_database()
-    with psycopg.connect(pg_server.superuser_dsn(db), autocommit=True) as c:
-        c.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-        c.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
-    with psycopg.connect(pg_server.dsn(db, role), autocommit=True) as c:
-        c.execute(SETUP.encode())
-    pg_server.install_ledger(db)
-    try:
-        yield db, role
-    finally:
-        pg_server.drop_database(db)
-        with psycopg.connect(pg_server.superuser_dsn(), autocommit=True) as c:
-            c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    with owned_database(pg_server, "sg_mode_", SETUP) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
 def mode_proxy(proxy_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    config = tmp_path_factory.mktemp("modes") / "policy.toml"
-    config.write_text(POLICY)
-    proxy = proxy_factory("--config", str(config), fresh=True)
-    if proxy.is_direct:
-        pytest.skip("about the proxy itself (SOFTGUARD_TEST_VIA=direct)")
-    return proxy
-
-
-def _connect(proxy: Any, mode_db: tuple[str, str], app: str) -> psycopg.Connection[Any]:
-    db, role = mode_db
-    return psycopg.connect(
-        proxy.dsn(db, role, None, application_name=app), autocommit=True, connect_timeout=15
-    )
+    return policy_proxy(proxy_factory, tmp_path_factory, "modes", POLICY)
 
 
 def _count(pg_server: TestServer, db: str) -> int:
@@ -100,7 +75,7 @@ def _refused(c: psycopg.Connection[Any], text: str, sqlstate: str) -> psycopg.Er
 
 
 def test_read_only_reads(mode_proxy: Any, mode_db: tuple[str, str]) -> None:
-    with _connect(mode_proxy, mode_db, "ro-report") as c:
+    with connect_app(mode_proxy, mode_db, "ro-report") as c:
         assert c.execute("SELECT count(*) FROM items").fetchone() == (5,)
         assert c.execute("SELECT count_items()").fetchone() == (5,)
         c.execute("EXPLAIN DELETE FROM items")
@@ -129,7 +104,7 @@ def test_read_only_reads(mode_proxy: Any, mode_db: tuple[str, str]) -> None:
 def test_read_only_refuses_writes(
     mode_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer, text: str
 ) -> None:
-    with _connect(mode_proxy, mode_db, "ro-report") as c:
+    with connect_app(mode_proxy, mode_db, "ro-report") as c:
         err = _refused(c, text, "25006")
         assert "read-only mode (rule 'reporting agents')" in str(err)
         assert err.diag.message_hint and "SELECT" in err.diag.message_hint
@@ -162,7 +137,7 @@ def test_read_only_cannot_be_switched_off(
     """Every spelling is refused by the proxy, except read_only_off(): a function already
     in the database, whose set_config the proxy cannot see. The server reports the change
     (ParameterStatus) and softguard closes the session. Either way no write follows."""
-    with _connect(mode_proxy, mode_db, "ro-agent") as c:
+    with connect_app(mode_proxy, mode_db, "ro-agent") as c:
         try:
             c.execute(text.encode())
         except psycopg.Error as exc:
@@ -186,7 +161,7 @@ def test_read_only_through_prepared_statements_and_asyncpg(
     mode_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer
 ) -> None:
     db, role = mode_db
-    with _connect(mode_proxy, mode_db, "ro-agent") as c:
+    with connect_app(mode_proxy, mode_db, "ro-agent") as c:
         with pytest.raises(psycopg.Error) as info:
             c.execute("INSERT INTO items VALUES (%s, %s)", [300, "x"], prepare=True)
         assert info.value.sqlstate == "25006"
@@ -227,7 +202,7 @@ def test_data_mode_changes_data_reversibly(
     mode_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer
 ) -> None:
     db, _ = mode_db
-    with _connect(mode_proxy, mode_db, "data-agent") as c:
+    with connect_app(mode_proxy, mode_db, "data-agent") as c:
         c.execute("INSERT INTO items VALUES (400, 'new')")
         c.execute("UPDATE items SET name = 'renamed' WHERE id = 400")
         c.execute("DELETE FROM items WHERE id = 400")
@@ -254,7 +229,7 @@ def test_data_mode_refuses_schema_changes(
     mode_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer, text: str, by: str
 ) -> None:
     db, _ = mode_db
-    with _connect(mode_proxy, mode_db, "data-agent") as c:
+    with connect_app(mode_proxy, mode_db, "data-agent") as c:
         err = _refused(c, text, "42501")
     assert "may change data, not the schema" in str(err)
     assert err.diag.message_hint and "INSERT" in err.diag.message_hint
@@ -271,7 +246,7 @@ def test_data_mode_refuses_schema_changes(
 def test_full_mode_is_unchanged(
     mode_proxy: Any, mode_db: tuple[str, str], pg_server: TestServer
 ) -> None:
-    with _connect(mode_proxy, mode_db, "migrations") as c:
+    with connect_app(mode_proxy, mode_db, "migrations") as c:
         c.execute("CREATE TABLE full_mode_table (x int)")
         c.execute("DROP TABLE full_mode_table")  # reversible, as ever
 

@@ -7,7 +7,8 @@
 -- The row is keyed by the backend (pid and start time), which PostgreSQL sets and no
 -- client can change. What always holds:
 -- * A registration only adds protection: register_session merges (union of the captured
---   events, greatest retention, first client address kept). No role but the installer may
+--   events, greatest retention, first client address kept), register_limits keeps the
+--   smaller of each limit (88_limits.sql). No role but the installer may
 --   write softguard.sessions; nothing here removes or lowers the row of a live backend.
 -- * The database decides from the registration, the session setting may only add to it:
 --   captured events = registered ∪ softguard.capture; retention = greatest(registered,
@@ -22,7 +23,14 @@ CREATE TABLE softguard.sessions (
     capture            text[] NOT NULL,          -- protected categories: {delete,drop,...}
     retention_seconds  integer NOT NULL CHECK (retention_seconds >= 0),
     client_addr        text,                     -- the client's address, as the proxy saw it
-    registered_at      timestamptz NOT NULL DEFAULT now()
+    registered_at      timestamptz NOT NULL DEFAULT now(),
+    -- blast-radius limits (88_limits.sql), NULL: none; what set each, for refusals
+    max_rows           bigint CHECK (max_rows >= 0),
+    max_rows_by        text,
+    max_table_bytes    bigint CHECK (max_table_bytes >= 0),
+    max_table_bytes_by text,
+    -- tables as policy targets (88_limits.sql): [{"pattern", "category", "by"}]
+    denied_tables      jsonb NOT NULL DEFAULT '[]'
 );
 REVOKE ALL ON softguard.sessions FROM PUBLIC;
 COMMENT ON TABLE softguard.sessions IS

@@ -615,6 +615,7 @@ BEGIN
             MESSAGE = 'softguard cannot drop temporary and permanent objects in one statement',
             HINT = 'Drop the temporary objects in a separate statement.';
     ELSIF n_all > 0 THEN
+        PERFORM softguard._limit_drop(list);   -- max_table_bytes, before anything moves
         msg := softguard._quarantine(list, stmt, ctx, current_user::text);
         PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
         RAISE NOTICE '%', msg;

@@ -90,16 +90,26 @@ DECLARE
     info jsonb;
     stmt text;
     obj jsonb;
+    reg_capture text[];
+    lim bigint;                            -- the registration's max_rows (88_limits.sql)
+    lim_by text;
+    denied jsonb;                          -- tables its rules deny (88_limits.sql)
 BEGIN
     -- What this session captures: its registration, plus what its setting adds (G6). The
     -- setting, written by the proxy at startup, is the fast path; a session whose setting
-    -- does not name the event asks its registration, which the client cannot change.
+    -- does not name the event asks its registration, which the client cannot change. The
+    -- registration also carries the session's row limit, whatever its setting says.
     events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
+    -- softguard._session(false), inlined: this runs for every uncaptured UPDATE
+    SELECT s.capture, s.max_rows, s.max_rows_by, s.denied_tables
+      INTO reg_capture, lim, lim_by, denied
+      FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    IF denied <> '[]' THEN
+        PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME, ev, TG_OP);
+    END IF;
     IF NOT (ev = ANY (events)) THEN
-        -- softguard._session(false), inlined: this runs for every uncaptured UPDATE
-        events := events || coalesce((SELECT s.capture FROM softguard.sessions s
-                                       WHERE s.pid = pg_backend_pid()), '{}');
-        IF NOT (events && ARRAY['delete', 'update']) THEN
+        events := events || coalesce(reg_capture, '{}');
+        IF NOT (events && ARRAY['delete', 'update']) AND (lim IS NULL OR ev <> 'delete') THEN
             RETURN NULL;
         END IF;
     END IF;
@@ -135,6 +145,9 @@ BEGIN
             IF n = 0 THEN
                 RETURN NULL;
             END IF;
+            IF lim IS NOT NULL THEN        -- the rows this soft delete marked, 88_limits.sql
+                PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+            END IF;
             event := 'soft_delete';
             cols := shape.columns;
             info := (sdi - 'statement') || jsonb_build_object('key', to_jsonb(shape.key));
@@ -147,8 +160,18 @@ BEGIN
             -- Not captured by this session, except what a DELETE changes on other tables
             -- (ON DELETE SET NULL / SET DEFAULT): part of the DELETE's effect.
             IF ev <> 'update' OR op IS NULL OR op_kind NOT IN ('DELETE', 'MERGE') THEN
+                IF lim IS NOT NULL AND ev = 'delete' THEN
+                    -- a DELETE the session may run uncaptured still counts (88_limits.sql)
+                    SELECT count(*) INTO n FROM sg_old;
+                    PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+                END IF;
                 RETURN NULL;
             END IF;
+        END IF;
+        IF lim IS NOT NULL THEN
+            -- the row limit (88_limits.sql), exact, before anything is copied
+            SELECT count(*) INTO n FROM sg_old;
+            PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
         END IF;
         -- the capture budget (07_settings.sql), before anything is copied: a table that
         -- fits whole needs no measuring
@@ -255,6 +278,11 @@ DECLARE
     size bigint;
     nested boolean := false;
 BEGIN
+    -- the session's max_table_bytes (88_limits.sql), before anything is copied, whether or
+    -- not the TRUNCATE is captured
+    PERFORM softguard._limit_table(TG_RELID, 'TRUNCATE');
+    PERFORM softguard._table_denied((softguard._session(false)).denied_tables,
+                                    TG_TABLE_SCHEMA, TG_TABLE_NAME, 'truncate', 'TRUNCATE');
     -- the operation truncate_op opened in this transaction; for any other TRUNCATE of a
     -- protected session (a DO block, function, procedure) the backstop opens one
     -- (85_backstop.sql), or it is not captured (NULL: a session that is not protected)

@@ -39,7 +39,14 @@ DECLARE
     by_type boolean;    -- it dropped an attribute of a composite type (ALTER TYPE)
     cause text;         -- what the statement named
     governs text;
+    denied jsonb := (softguard._session(false)).denied_tables;
 BEGIN
+    IF denied <> '[]' THEN
+        -- tables a rule denies dropping (88_limits.sql), whatever dropped them
+        PERFORM softguard._table_denied(denied, o.schema_name, o.object_name, 'drop', 'DROP')
+           FROM pg_event_trigger_dropped_objects() o
+          WHERE o.object_type IN ('table', 'materialized view') AND NOT o.is_temporary;
+    END IF;
     IF events IS NULL OR NOT (events && ARRAY['drop', 'alter']) THEN
         RETURN;
     END IF;

@@ -1,4 +1,5 @@
--- Version 5: UPDATE capture only where a rule protects UPDATE (decision 0023).
+-- Version 5: blast-radius limits and tables as policy targets (decision 0021), UPDATE
+-- capture only where a rule protects UPDATE (decision 0023), fidelity (decision 0022).
 --
 -- As in 3--4.sql: softguard's event triggers are off while the sections run, every
 -- function a section (re)defines has its final definition.
@@ -11,6 +12,654 @@ BEGIN
         EXECUTE format('ALTER EVENT TRIGGER %I DISABLE', e.evtname);
     END LOOP;
 END $$;
+
+-- section: limits ----------------------------------------------------------------------
+-- Blast-radius limits (docs/decisions/0021-blast-radius-limits.md): the registration
+-- carries them, the capture triggers and drop_op enforce them.
+ALTER TABLE softguard.sessions
+    ADD COLUMN max_rows bigint CHECK (max_rows >= 0),
+    ADD COLUMN max_rows_by text,
+    ADD COLUMN max_table_bytes bigint CHECK (max_table_bytes >= 0),
+    ADD COLUMN max_table_bytes_by text,
+    ADD COLUMN denied_tables jsonb NOT NULL DEFAULT '[]';
+
+-- Blast-radius limits (issue 15 item 2; docs/decisions/0021-blast-radius-limits.md): how
+-- much one statement of a registered session may destroy, enforced in the database so that
+-- no way of carrying the statement (a CTE, a prepared statement, a function, a DO block, a
+-- multi-statement string, a pipeline) dodges it.
+--
+-- What always holds:
+-- * The limits come from the session's registration (05_sessions.sql), which the client
+--   cannot change: register_limits only ever lowers a limit (NULL: no limit).
+-- * max_rows: the rows a statement deletes, or updates where the session captures UPDATE,
+--   counting what its FK cascades and triggers delete and change, are counted exactly from
+--   the capture triggers' transition tables (40_capture.sql, _capture_rows); over the
+--   limit the statement is refused with 54000 and rolled back: nothing is half-done.
+-- * max_table_bytes: a TRUNCATE (_capture_truncate) or a reversible DROP (drop_op) of a
+--   table larger than the limit (heap, TOAST and indexes; a partitioned table with all its
+--   partitions) is refused with 54000 before anything is copied or moved.
+-- * Tables as policy targets (issue 15 item 5): a rule with `tables` denies categories
+--   (delete, update, truncate, drop) on the tables whose resolved schema.table matches
+--   one of its patterns (LIKE patterns, made from the rule's shell patterns). Checked on
+--   the table the server resolved (a view's base table, a cascade's table, any
+--   search_path), by the capture triggers, the BEFORE TRUNCATE trigger, drop_op and the
+--   sql_drop backstop: 42501, the rule named.
+-- * Sessions that are not registered (direct connections, softguard's own maintenance) are
+--   not limited.
+
+-- Add limits to this session's registration; each only ever gets smaller. Callable by any
+-- role, like register_session: it can only add protection.
+--   max_rows         rows one statement may delete or update (NULL: no limit)
+--   max_rows_by      what set it (the policy rule), named in refusals
+--   max_table_bytes  the largest table a TRUNCATE or DROP may remove (NULL: no limit)
+--   max_table_bytes_by  what set that
+--   denied_tables    [{"pattern", "category", "by"}] added to the session's (a union)
+CREATE OR REPLACE FUNCTION softguard.register_limits(max_rows bigint, max_rows_by text,
+                                          max_table_bytes bigint, max_table_bytes_by text,
+                                          denied_tables jsonb)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF max_rows < 0 OR max_table_bytes < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'softguard: limits cannot be negative';
+    END IF;
+    UPDATE softguard.sessions s SET
+        max_rows = CASE WHEN x.lower_rows THEN register_limits.max_rows ELSE s.max_rows END,
+        max_rows_by = CASE WHEN x.lower_rows THEN register_limits.max_rows_by
+                           ELSE s.max_rows_by END,
+        max_table_bytes = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes
+                               ELSE s.max_table_bytes END,
+        max_table_bytes_by = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes_by
+                                  ELSE s.max_table_bytes_by END,
+        denied_tables = (SELECT coalesce(jsonb_agg(DISTINCT e), '[]')
+                           FROM jsonb_array_elements(s.denied_tables
+                                || coalesce(register_limits.denied_tables, '[]')) e
+                          WHERE jsonb_typeof(e->'pattern') = 'string'
+                            AND e->>'category' IN ('delete', 'update', 'truncate', 'drop'))
+      FROM (SELECT r.pid,
+                   register_limits.max_rows IS NOT NULL
+                   AND (r.max_rows IS NULL OR register_limits.max_rows < r.max_rows) AS lower_rows,
+                   register_limits.max_table_bytes IS NOT NULL
+                   AND (r.max_table_bytes IS NULL
+                        OR register_limits.max_table_bytes < r.max_table_bytes) AS lower_bytes
+              FROM softguard.sessions r) x
+     WHERE x.pid = s.pid AND s.pid = pg_backend_pid() AND s.backend_start = softguard._backend_start();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = 'softguard: this session is not registered (register_session first)';
+    END IF;
+    IF EXISTS (SELECT FROM jsonb_array_elements(coalesce(register_limits.denied_tables, '[]')) e
+                WHERE e->>'category' = 'update') THEN
+        -- an UPDATE is refused by the table's UPDATE capture trigger, which exists only
+        -- while UPDATEs are captured (decision 0023)
+        PERFORM softguard._set_capture_updates(true);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard.register_limits(bigint, text, bigint, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard.register_limits(bigint, text, bigint, text, jsonb) TO PUBLIC;
+
+-- Refuse `verb` on table nsp.rel_name when a rule of this session (`denied`: its
+-- registration's denied_tables) denies `category` on it. Names as the catalog stores
+-- them, matched whole.
+CREATE OR REPLACE FUNCTION softguard._table_denied(denied jsonb, nsp text, rel_name text, category text,
+                                        verb text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e jsonb;
+BEGIN
+    SELECT x INTO e FROM jsonb_array_elements(denied) x
+     WHERE x->>'category' = category AND (nsp || '.' || rel_name) LIKE (x->>'pattern')
+     LIMIT 1;
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: %s %I.%I is refused by policy (%s on tables %s);'
+                             ' decided by %s', verb, nsp, rel_name, category,
+                             e->>'shown', coalesce(e->>'by', 'the policy')),
+            DETAIL = 'The statement was rolled back: nothing was changed.',
+            HINT = format('This session may not %s tables matching %s; work on other tables,'
+                          ' or ask an operator.', category, e->>'shown');
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._table_denied(jsonb, text, text, text, text) FROM PUBLIC;
+
+-- Refuse a statement over a limit (54000, as the capture budget: a statement too large for
+-- a rule, not a server in trouble). The transaction aborts: nothing was changed.
+CREATE OR REPLACE FUNCTION softguard._limit_refuse(what text, limit_name text, over text, by text,
+                                        hint text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '54000',
+        MESSAGE = format('softguard: %s is refused by policy (%s): %s; decided by %s',
+                         what, limit_name, over, coalesce(by, 'the policy')),
+        DETAIL = 'The statement was rolled back: nothing was changed.',
+        HINT = hint;
+END $$;
+REVOKE ALL ON FUNCTION softguard._limit_refuse(text, text, text, text, text) FROM PUBLIC;
+
+-- Count `n` more rows deleted or updated by statement `key` (as _capture_rows keys it: the
+-- client statement's start) against `lim` (set by `by`); refuse over it. `what` names the
+-- table the rows came from. A transaction-local running total
+-- (softguard.limit_rows = '<key>/<rows>'), as the capture budget's: the session could reset
+-- it from a trigger of its own, which only splits the count the way separate statements
+-- would (each table's rows are still counted whole), what the HINT asks for anyway.
+CREATE OR REPLACE FUNCTION softguard._limit_rows(key text, n bigint, lim bigint, by text, what text)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s text := current_setting('softguard.limit_rows', true);
+    total bigint := n;
+BEGIN
+    IF split_part(s, '/', 1) = key AND split_part(s, '/', 2) ~ '^[0-9]{1,18}$' THEN
+        total := total + split_part(s, '/', 2)::bigint;
+    END IF;
+    IF total > lim AND NOT softguard._approved_here() THEN   -- a person approved it (86)
+        PERFORM softguard._limit_refuse(
+            'this statement', 'max_rows',
+            format('it deletes or updates %s rows (%s included, cascades counted), over the'
+                   ' limit of %s rows per statement', total, what, lim),
+            by,
+            format('Change at most %s rows per statement: narrow the WHERE clause (a key range)'
+                   ' and repeat the statement for the next range. Or ask an operator to run'
+                   ' it, or to raise max_rows for this role.', lim));
+    END IF;
+    PERFORM set_config('softguard.limit_rows', key || '/' || total, true);
+END $$;
+REVOKE ALL ON FUNCTION softguard._limit_rows(text, bigint, bigint, text, text) FROM PUBLIC;
+
+-- Before a TRUNCATE or a DROP (`verb`) removes table `rel`: refuse when it is larger than
+-- this session's max_table_bytes (heap, TOAST and indexes; a partitioned table with all its
+-- partitions). O(partitions): sizes from the files, whatever the rows.
+CREATE OR REPLACE FUNCTION softguard._limit_table(rel oid, verb text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    reg softguard.sessions := softguard._session(false);
+    size bigint;
+BEGIN
+    IF reg.max_table_bytes IS NULL THEN
+        RETURN;
+    END IF;
+    -- pg_partition_tree has no rows for a table that is not partitioned
+    SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0) INTO size
+      FROM (SELECT p.relid FROM pg_partition_tree(rel) p UNION SELECT rel) t;
+    IF size > reg.max_table_bytes AND NOT softguard._approved_here() THEN
+        PERFORM softguard._limit_refuse(
+            format('%s %s', verb, rel::regclass), 'max_table_bytes',
+            format('the table holds %s (with its indexes), over the limit of %s',
+                   pg_size_pretty(size), pg_size_pretty(reg.max_table_bytes)),
+            reg.max_table_bytes_by,
+            'Remove its rows in batches with DELETE ... WHERE (a key range at a time), or ask'
+            ' an operator to run it, or to raise max_table_bytes for this role.');
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._limit_table(oid, text) FROM PUBLIC;
+
+-- drop_op, before it moves anything: every table, partitioned table and materialized view
+-- of the probe's list checked against max_table_bytes and the tables the session may not
+-- drop. PUBLIC (drop_op runs as the
+-- client): it only ever refuses.
+CREATE OR REPLACE FUNCTION softguard._limit_drop(list jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    reg softguard.sessions := softguard._session(false);
+BEGIN
+    IF reg.max_table_bytes IS NULL AND reg.denied_tables IS NOT DISTINCT FROM '[]' THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT c.oid, c.relkind, c.relname, n.nspname FROM jsonb_array_elements(list) e
+               JOIN pg_class c ON c.oid = (e->>'objid')::oid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE (e->>'classid')::oid = 'pg_class'::regclass
+                AND coalesce((e->>'objsubid')::int, 0) = 0 AND c.relkind IN ('r', 'p', 'm')
+              ORDER BY c.oid LOOP
+        PERFORM softguard._table_denied(reg.denied_tables, r.nspname, r.relname, 'drop',
+                                        'DROP');
+        PERFORM softguard._limit_table(r.oid, CASE r.relkind WHEN 'm' THEN 'DROP MATERIALIZED VIEW'
+                                                             ELSE 'DROP TABLE' END);
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._limit_drop(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._limit_drop(jsonb) TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._capture_rows() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    cap text := current_setting('softguard.capture', true);
+    ev text := lower(TG_OP);
+    events text[];
+    reg softguard.sessions;
+    event text;                            -- what is recorded: ev, or 'soft_delete'
+    k text;
+    cur text;
+    op bigint;
+    op_kind text;
+    cid bigint;
+    n bigint;
+    ident text;
+    expires timestamptz;
+    first_word text;
+    sd text;
+    sdi jsonb;
+    inh jsonb;                             -- inheritance children's rows (_inherited_claim)
+    shape record;
+    cols jsonb;
+    info jsonb;
+    stmt text;
+    obj jsonb;
+    reg_capture text[];
+    lim bigint;                            -- the registration's max_rows (88_limits.sql)
+    lim_by text;
+    denied jsonb;                          -- tables its rules deny (88_limits.sql)
+BEGIN
+    -- What this session captures: its registration, plus what its setting adds (G6). The
+    -- setting, written by the proxy at startup, is the fast path; a session whose setting
+    -- does not name the event asks its registration, which the client cannot change. The
+    -- registration also carries the session's row limit, whatever its setting says.
+    events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
+    -- softguard._session(false), inlined: this runs for every uncaptured UPDATE
+    SELECT s.capture, s.max_rows, s.max_rows_by, s.denied_tables
+      INTO reg_capture, lim, lim_by, denied
+      FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    IF denied <> '[]' THEN
+        PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME, ev, TG_OP);
+    END IF;
+    IF NOT (ev = ANY (events)) THEN
+        events := events || coalesce(reg_capture, '{}');
+        IF NOT (events && ARRAY['delete', 'update']) AND (lim IS NULL OR ev <> 'delete') THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    k := (extract(epoch FROM statement_timestamp()) * 1000000)::bigint::text;
+    cur := current_setting('softguard.cur_op', true);
+    IF cur IS NOT NULL AND split_part(cur, '/', 1) = k THEN
+        -- only an operation this transaction opened (the setting is the session's to change)
+        SELECT o.id, o.kind INTO op, op_kind FROM softguard.operations o
+         WHERE split_part(cur, '/', 2) ~ '^[0-9]{1,18}$'
+           AND o.id = split_part(cur, '/', 2)::bigint AND o.txid = pg_current_xact_id()
+           AND o.state = 'active';
+    END IF;
+    ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+
+    IF ev = 'update' AND pg_trigger_depth() = 1 THEN
+        IF left(current_query(), 20) = '/*softguard:delete*/' THEN
+            PERFORM softguard._notice('DELETE', 'SGTAG');
+        END IF;
+        sd := current_setting('softguard.sd_' || TG_RELID::text, true);
+        IF sd IS NOT NULL AND sd <> '' THEN
+            -- A soft delete softguard rewrote: capture what it marked, nothing else.
+            PERFORM set_config('softguard.sd_' || TG_RELID::text, '', true);
+            sdi := sd::jsonb;
+            shape := softguard._sd_shape(TG_RELID, sdi);
+            IF shape.key IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('softguard: cannot soft-delete from %s: it has no primary key'
+                                     ' or unique NOT NULL key to find the rows by', ident);
+            END IF;
+            cid := nextval('softguard.captures_id_seq'::regclass);
+            EXECUTE shape.capture USING cid;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = 0 THEN
+                RETURN NULL;
+            END IF;
+            IF lim IS NOT NULL THEN        -- the rows this soft delete marked, 88_limits.sql
+                PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+            END IF;
+            event := 'soft_delete';
+            cols := shape.columns;
+            info := (sdi - 'statement') || jsonb_build_object('key', to_jsonb(shape.key));
+            stmt := sdi->>'statement';
+        END IF;
+    END IF;
+
+    IF event IS NULL THEN
+        IF NOT (ev = ANY (events)) THEN
+            -- Not captured by this session, except what a DELETE changes on other tables
+            -- (ON DELETE SET NULL / SET DEFAULT): part of the DELETE's effect.
+            IF ev <> 'update' OR op IS NULL OR op_kind NOT IN ('DELETE', 'MERGE') THEN
+                IF lim IS NOT NULL AND ev = 'delete' THEN
+                    -- a DELETE the session may run uncaptured still counts (88_limits.sql)
+                    SELECT count(*) INTO n FROM sg_old;
+                    PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+                END IF;
+                RETURN NULL;
+            END IF;
+        END IF;
+        IF lim IS NOT NULL THEN
+            -- the row limit (88_limits.sql), exact, before anything is copied
+            SELECT count(*) INTO n FROM sg_old;
+            PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+        END IF;
+        -- the capture budget (07_settings.sql), before anything is copied: a table that
+        -- fits whole needs no measuring
+        IF NOT softguard._budget_fits(k, TG_RELID) THEN
+            SELECT coalesce(sum(pg_column_size(o)), 0) INTO n FROM sg_old o;
+            PERFORM softguard._budget_take(k, n, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
+                                                                ELSE 'UPDATE' END, ident);
+        END IF;
+        cid := nextval('softguard.captures_id_seq'::regclass);
+        inh := softguard._inherited_claim(TG_RELID, ev);
+        IF inh IS NULL THEN
+        INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
+        ELSE EXECUTE softguard._inherited_sql(TG_RELID, inh) USING cid; END IF;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n = 0 AND inh IS NULL THEN
+            RETURN NULL;                   -- removed nothing: records nothing
+        END IF;
+        IF ev = 'update' THEN EXECUTE softguard._key_change_sql(TG_RELID, true) INTO info;
+            IF info IS NOT NULL THEN EXECUTE softguard._key_change_sql(TG_RELID, false) INTO info; END IF; END IF;
+        event := ev;
+        cols := softguard._columns(TG_RELID);
+    END IF;
+
+    obj := jsonb_build_object(
+        'type', 'table', 'identity', ident, 'schema', TG_TABLE_SCHEMA, 'name', TG_TABLE_NAME,
+        'original', op IS NULL, 'normal', true,
+        'classid', 'pg_class'::regclass::oid, 'objid', TG_RELID, 'objsubid', 0,
+        'event', event, 'rows', n, 'held_by', NULL);
+    IF op IS NULL THEN
+        -- the operation's first table: its ledger row is written once, complete
+        IF event = 'soft_delete' THEN
+            op_kind := coalesce(sdi->>'verb', 'DELETE');       -- DELETE, or MERGE
+        ELSE
+            first_word := upper(substring(softguard._client_text(current_query())
+                                          FROM '^\s*([A-Za-z]+)'));
+            op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
+        END IF;
+        reg := softguard._session(true);
+        expires := now() + softguard._retention(
+            reg, nullif(current_setting('softguard.retention', true), '')::integer);
+        INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                          client_addr, statement, kind, objects, row_counts,
+                                          restore)
+        VALUES (expires, session_user, softguard._client_role(),
+                current_setting('application_name', true),
+                softguard._client_addr(reg),
+                coalesce(stmt, softguard._client_text(current_query()), ''), op_kind,
+                jsonb_build_array(obj),
+                jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
+                '[]')
+        RETURNING id INTO op;
+        PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
+        -- no row count: later statements of the same query string may join it
+        PERFORM softguard._notice(softguard._op_notice(
+            CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'
+                         ELSE 'UPDATE' END,
+            ident || CASE WHEN event = 'soft_delete'
+                          THEN format(' (soft delete: %s set)', quote_ident(sdi->>'column'))
+                          ELSE '' END,
+            op, expires));
+    ELSE
+        UPDATE softguard.operations o SET
+            -- a soft delete of another statement of the same query string: named too (a
+            -- statement's own tables fire one after the other: it is the last one named)
+            statement = CASE WHEN stmt IS NULL OR o.statement = stmt
+                               OR right(o.statement, length(stmt) + 2) = '; ' || stmt
+                             THEN o.statement ELSE o.statement || '; ' || stmt END,
+            objects = o.objects || jsonb_build_array(obj),
+            row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
+                to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))
+         WHERE o.id = op;
+    END IF;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns,
+                                    info)
+    VALUES (cid, op, TG_RELID, ident, event, n, cols, info);
+    PERFORM softguard._capture_more(op, cid, TG_RELID, info, inh);
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._capture_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    op bigint := nullif(current_setting('softguard.truncate_op', true), '')::bigint;
+    cid bigint;
+    n bigint;
+    ident text;
+    s record;
+    st record;
+    size bigint;
+    nested boolean := false;
+BEGIN
+    -- the session's max_table_bytes (88_limits.sql), before anything is copied, whether or
+    -- not the TRUNCATE is captured
+    PERFORM softguard._limit_table(TG_RELID, 'TRUNCATE');
+    PERFORM softguard._table_denied((softguard._session(false)).denied_tables,
+                                    TG_TABLE_SCHEMA, TG_TABLE_NAME, 'truncate', 'TRUNCATE');
+    -- the operation truncate_op opened in this transaction; for any other TRUNCATE of a
+    -- protected session (a DO block, function, procedure) the backstop opens one
+    -- (85_backstop.sql), or it is not captured (NULL: a session that is not protected)
+    PERFORM FROM softguard.operations o
+      WHERE o.id = op AND o.kind = 'TRUNCATE' AND o.txid = pg_current_xact_id();
+    IF NOT FOUND THEN
+        op := softguard._backstop_truncate(TG_RELID::regclass);
+        IF op IS NULL THEN
+            RETURN NULL;
+        END IF;
+        nested := true;
+    END IF;
+    -- the capture budget (07_settings.sql): the first table's trigger measures them all
+    PERFORM softguard._budget_truncate(op, TG_RELID);
+    size := pg_table_size(TG_RELID);
+    ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                   ' SELECT %s, t::text FROM ONLY %s t', cid, TG_RELID::regclass);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns)
+    VALUES (cid, op, TG_RELID, ident, 'truncate', n, softguard._columns(TG_RELID));
+    PERFORM softguard._budget_take('op' || op, size, true, 'TRUNCATE of', ident);
+    IF nested THEN
+        PERFORM softguard._backstop_truncated(op, TG_RELID, ident, n);
+    END IF;
+    FOR s IN SELECT DISTINCT d.objid AS seq FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+              WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                AND d.refobjid = TG_RELID AND d.deptype IN ('a', 'i') AND c.relkind = 'S' LOOP
+        EXECUTE format('SELECT last_value, is_called FROM %s', s.seq::regclass) INTO st;
+        INSERT INTO softguard.captures (op_id, relid, table_identity, event, info)
+        VALUES (op, TG_RELID, ident, 'sequence', jsonb_build_object(
+            'seq', s.seq, 'name', s.seq::regclass::text, 'last_value', st.last_value,
+            'is_called', st.is_called));
+    END LOOP;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_truncate() FROM PUBLIC;
+
+CREATE OR REPLACE PROCEDURE softguard.drop_op(stmt text, stmt_cascade text, ctx jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    saved text := pg_catalog.current_setting('client_min_messages');
+    list jsonb;
+    clist jsonb;
+    msg text;
+    n_all integer;
+    n_temp integer;
+    n_shell integer;
+    relist jsonb;
+    used text;
+BEGIN
+    PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
+    RAISE NOTICE USING ERRCODE = 'SGBEG', MESSAGE = coalesce(ctx->>'offset', '0');
+    PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+
+    BEGIN
+        list := softguard._probe(stmt);
+    EXCEPTION WHEN dependent_objects_still_exist THEN
+        -- Refused only because of objects in quarantine? Then a real DROP would succeed.
+        IF stmt_cascade IS NULL THEN
+            RAISE;
+        END IF;
+        IF saved NOT IN ('error', 'fatal', 'panic') THEN
+            PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+        END IF;
+        BEGIN
+            clist := softguard._probe(stmt_cascade);
+        EXCEPTION WHEN OTHERS THEN
+            clist := NULL;
+        END;
+        PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+        IF clist IS NULL OR NOT softguard._only_quarantine_blocks(clist) THEN
+            RAISE;
+        END IF;
+        list := clist;
+        used := stmt_cascade;
+    END;
+
+    -- The probe's locks went with its subtransaction: a concurrent DROP of the same
+    -- objects may have probed them too. Lock what was found, then probe again (quietly)
+    -- under those locks, as PostgreSQL re-resolves names after waiting for a lock.
+    FOR attempt IN 1..5 LOOP
+        EXIT WHEN pg_catalog.jsonb_array_length(list) = 0;
+        PERFORM softguard._lock_listed(list);
+        IF saved NOT IN ('error', 'fatal', 'panic') THEN
+            PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+        END IF;
+        BEGIN
+            relist := softguard._probe(coalesce(used, stmt));
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+            RAISE;
+        END;
+        PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+        EXIT WHEN softguard._same_objects(list, relist);
+        list := relist;
+    END LOOP;
+
+    n_all := pg_catalog.jsonb_array_length(list);
+    SELECT pg_catalog.count(*) FILTER (WHERE (e->>'is_temporary')::boolean) INTO n_temp
+      FROM pg_catalog.jsonb_array_elements(list) e;
+    SELECT pg_catalog.count(*) INTO n_shell
+      FROM pg_catalog.jsonb_array_elements(list) e
+      JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) (e->>'objid')::oid
+     WHERE (e->>'classid')::oid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+       AND NOT t.typisdefined;
+    IF n_all > 0 AND n_shell = n_all THEN
+        PERFORM softguard._drop_shell((e->>'objid')::oid)
+           FROM pg_catalog.jsonb_array_elements(list) e;
+    ELSIF n_all > 0 AND n_temp = n_all THEN
+        -- Temporary objects cannot be moved and vanish with the session anyway: drop them
+        -- for real, unrecorded (notices were already sent by the probe).
+        IF saved NOT IN ('error', 'fatal', 'panic') THEN
+            PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+        END IF;
+        EXECUTE stmt;
+        PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+    ELSIF n_temp > 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = 'softguard cannot drop temporary and permanent objects in one statement',
+            HINT = 'Drop the temporary objects in a separate statement.';
+    ELSIF n_all > 0 THEN
+        PERFORM softguard._limit_drop(list);   -- max_table_bytes, before anything moves
+        msg := softguard._quarantine(list, stmt, ctx, current_user::text);
+        PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
+        RAISE NOTICE '%', msg;
+        PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+    END IF;
+
+    PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
+    RAISE NOTICE USING ERRCODE = 'SGEND', MESSAGE = coalesce(ctx->>'action', 'DROP');
+    PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+END $$;
+GRANT EXECUTE ON PROCEDURE softguard.drop_op(text, text, jsonb) TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._backstop_drop() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    events text[] := (softguard._session(false)).capture;
+    d record;
+    stack text;
+    by_alter boolean;   -- the statement itself dropped a column or an attribute
+    ext boolean;        -- it dropped an extension, whose members go with it
+    by_type boolean;    -- it dropped an attribute of a composite type (ALTER TYPE)
+    cause text;         -- what the statement named
+    governs text;
+    denied jsonb := (softguard._session(false)).denied_tables;
+BEGIN
+    IF denied <> '[]' THEN
+        -- tables a rule denies dropping (88_limits.sql), whatever dropped them
+        PERFORM softguard._table_denied(denied, o.schema_name, o.object_name, 'drop', 'DROP')
+           FROM pg_event_trigger_dropped_objects() o
+          WHERE o.object_type IN ('table', 'materialized view') AND NOT o.is_temporary;
+    END IF;
+    IF events IS NULL OR NOT (events && ARRAY['drop', 'alter']) THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(bool_or(o.objsubid <> 0), false),
+           coalesce(bool_or(o.object_type = 'extension'), false),
+           coalesce(bool_or(o.object_type = 'composite type column'), false),
+           string_agg(CASE WHEN o.object_type = 'composite type column'
+                           THEN 'attribute ' ELSE o.object_type || ' ' END
+                      || o.object_identity, ', ')
+      INTO by_alter, ext, by_type, cause
+      FROM pg_event_trigger_dropped_objects() o WHERE o.original;
+    FOR d IN SELECT * FROM pg_event_trigger_dropped_objects() o
+              WHERE NOT o.is_temporary AND (o.original OR o.normal) LOOP
+        IF d.object_type IN ('table column', 'composite type column') THEN
+            governs := CASE WHEN by_alter THEN 'alter' ELSE 'drop' END;
+        ELSIF d.object_type IN ('table', 'materialized view', 'sequence') THEN
+            governs := 'drop';
+        ELSIF d.object_type IN ('schema', 'view', 'function', 'procedure', 'aggregate', 'type',
+                                'domain')
+              AND NOT (ext AND NOT d.original) THEN
+            -- an extension's members report as normal dependents: its own functions and
+            -- types cannot be told from others defined over them, so they pass with it
+            governs := 'drop';
+        ELSE
+            CONTINUE;
+        END IF;
+        CONTINUE WHEN NOT governs = ANY (events);
+        IF d.object_type = 'composite type column' THEN
+            -- its values live on in columns of the type (typed tables report their own
+            -- 'table column'): lost only where such columns exist
+            CONTINUE WHEN NOT EXISTS (
+                SELECT FROM pg_class r
+                  JOIN pg_type t ON t.oid = r.reltype
+                  JOIN pg_type u ON u.oid IN (t.oid, t.typarray)
+                                 OR (u.typtype = 'd' AND u.typbasetype IN (t.oid, t.typarray))
+                  JOIN pg_attribute a ON a.atttypid = u.oid AND a.attnum > 0
+                                     AND NOT a.attisdropped
+                  JOIN pg_class c ON c.oid = a.attrelid AND c.relkind IN ('r', 'p', 'm')
+                 WHERE r.oid = d.objid);
+        ELSIF d.object_type = 'type' THEN
+            -- drop_op removes shell types (nothing to keep) for real, through _drop_shell
+            GET DIAGNOSTICS stack = PG_CONTEXT;
+            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\._drop_shell\(oid\) line [0-9]+ at EXECUTE';
+        ELSIF d.object_type = 'table column' AND by_alter THEN
+            -- alter_op captured every column its statement drops before running it (it
+            -- probes that very statement); a column dropped anywhere else is lost.
+            GET DIAGNOSTICS stack = PG_CONTEXT;
+            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb\) line [0-9]+ at EXECUTE';
+        END IF;
+        IF d.original AND NOT by_type THEN
+            PERFORM softguard._backstop_refuse(format(
+                CASE WHEN d.object_type = 'table column' THEN 'ALTER TABLE DROP COLUMN %2$s'
+                     ELSE 'DROP %1$s %2$s' END, upper(d.object_type), d.object_identity));
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard: dropping %s would take %s with it, which cannot be '
+                             'made reversible here', cause,
+                             CASE WHEN d.object_type = 'composite type column'
+                                  THEN 'its values in the columns of that type'
+                                  ELSE d.object_type || ' ' || d.object_identity END),
+            DETAIL = 'softguard keeps tables, columns and definitions only when they are '
+                     'dropped by a statement of their own kind that comes through softguard.',
+            HINT = CASE WHEN d.object_type IN ('table column', 'composite type column')
+                        THEN 'Drop the dependent columns first (ALTER TABLE ... DROP COLUMN '
+                             'through softguard keeps them), then run this statement again.'
+                        ELSE format('Drop the dependent %s first (through softguard, which '
+                                    'keeps it), then run this statement again.', d.object_type)
+                   END;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._backstop_drop() FROM PUBLIC;
+-- The event trigger runs as the session's role; this only ever refuses.
+GRANT EXECUTE ON FUNCTION softguard._backstop_drop() TO PUBLIC;
+-- end section: limits ------------------------------------------------------------------
 
 -- section: updates ---------------------------------------------------------------------
 -- UPDATE capture triggers only while some rule protects UPDATE (decision 0023). Existing

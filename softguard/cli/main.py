@@ -337,6 +337,19 @@ def explain(
     policy = Policy(settings.policy)
     mode, mode_source = policy.mode(session)
     typer.echo(f"mode: {mode} ({mode_source})")
+    limits = policy.limits(session)
+    typer.echo(
+        "limits: "
+        + "; ".join(
+            f"{name} {value} ({source})" if value is not None else f"{name} none"
+            for name, value, source in (
+                ("max_rows", limits.max_rows, limits.max_rows_by),
+                ("max_table_bytes", limits.max_table_bytes, limits.max_table_bytes_by),
+            )
+        )
+    )
+    for denial in policy.table_denials(session):
+        typer.echo(f"tables: {denial['category']} denied on {denial['shown']} ({denial['by']})")
     by_mode = mode_refusal(mode, mode_source, sql.encode(), "UTF8")
     if by_mode is not None:
         typer.echo(f"policy: deny ({mode} mode) SQLSTATE {by_mode[0]}\n   {by_mode[1]}")

@@ -24,6 +24,7 @@ Rules that always hold here:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -822,10 +823,21 @@ class SessionCore:
             self._session_ready()
             return
         policy = self.inputs.policy
+        limits = policy.limits(self.info)
+        denied = policy.table_denials(self.info)
         query = contract.register_session_query(
             ",".join(policy.registered_categories(self.info)) or "off",
             policy.retention_seconds(self.info),
             self.peer.rpartition(":")[0] or self.peer,
+            (
+                limits.max_rows,
+                limits.max_rows_by,
+                limits.max_table_bytes,
+                limits.max_table_bytes_by,
+                json.dumps(denied),
+            )
+            if limits or denied
+            else None,
         )
         self._registration_sent = True
         self._registration_error = ""

@@ -331,6 +331,10 @@ def test_public_security_definer_functions_are_the_checked_ones(arena: Arena) ->
         "softguard._truncate_finish(bigint,text)",
         "softguard.undo_steps(bigint,text,boolean,text)",
         "softguard.register_session(text,integer,text)",
+        # decision 0021: only ever lowers this session's limits; a check that only refuses
+        # (tests/test_limits.py attacks both)
+        "softguard.register_limits(bigint,text,bigint,text,jsonb)",
+        "softguard._limit_drop(jsonb)",
         "softguard._backstop_drop()",  # takes nothing, only ever refuses (85_backstop.sql)
         # decision 0013: the foreign tables this transaction holds locked (names only), and
         # a check that only refuses

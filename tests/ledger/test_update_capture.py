@@ -148,6 +148,22 @@ def test_a_data_mode_registration_switches_it_on_too(ledger: Ledger, rental_db: 
     assert _setting(ledger, db)
 
 
+def test_a_table_rule_denying_update_switches_it_on(ledger: Ledger, rental_db: Any) -> None:
+    """A rule's `tables` denying UPDATE is refused by the UPDATE capture trigger
+    (decision 0021): registering it switches the triggers on."""
+    db = rental_db()
+    _switch(ledger, db, False)
+    with ledger.connect(db) as c:
+        c.execute("SELECT softguard.register_session('delete', 3600, '127.0.0.1')")
+        c.execute(
+            "SELECT softguard.register_limits(NULL, NULL, NULL, NULL, %s::jsonb)",
+            ['[{"pattern": "public.customers", "category": "update", "by": "rule \'t\'"}]'],
+        )
+        assert _setting(ledger, db)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("UPDATE customers SET email = email WHERE id = 1")
+
+
 def test_not_switched_off_under_a_live_update_session(ledger: Ledger, rental_db: Any) -> None:
     db = rental_db()
     with ledger.connect(db, **ledger.nonowner) as c:
