@@ -488,7 +488,10 @@ BEGIN
             SELECT n.nspname, c.relname, c.relkind INTO r
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.oid = (e->>'objid')::oid;
-            IF FOUND AND r.relkind IN ('r', 'p', 'v', 'f') THEN
+            -- Not views: LOCK TABLE on a view locks (and needs rights on) every relation
+            -- it reads, system catalogs included, which DROP VIEW never does. The advisory
+            -- lock serialises softguard's own DROPs; the move itself locks the view.
+            IF FOUND AND r.relkind IN ('r', 'p', 'f') THEN
                 BEGIN
                     EXECUTE format('LOCK TABLE ONLY %I.%I IN ACCESS EXCLUSIVE MODE',
                                    r.nspname, r.relname);

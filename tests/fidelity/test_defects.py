@@ -1,0 +1,136 @@
+"""Specific differences between "through softguard" and "direct" (issue 16, class 5),
+each run as the superuser and as a non-superuser owner of the objects, on twins."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from softguard.ledger.migrate import apply_migrations
+from support.drop_harness import Step, compare_runs, run
+
+APP_ROLE = "sg_fid_app"
+APP_PW = "fid-app-pw"
+SUPER = ("superuser",)  # a shell type needs a superuser to create
+
+
+@dataclass
+class Case:
+    setup: Sequence[str]  # run directly on both twins as the acting role
+    steps: Sequence[Step]
+    sg: Sequence[int]  # softguard notices per step
+    roles: Sequence[str] = ("superuser", "app")
+
+
+CASES: dict[str, Case] = {
+    "shell_type": Case(["CREATE TYPE fid_shell"], ["DROP TYPE fid_shell", "SELECT 1"], [0, 0], SUPER),
+    "shell_type_if_exists": Case(
+        ["CREATE TYPE fid_shell"], ["DROP TYPE IF EXISTS fid_shell, nosuch"], [0], SUPER
+    ),
+    "failed_drop_type_then_select": Case(
+        ["CREATE TYPE fid_shell"],
+        ["DROP TYPE fid_shell", "SELECT 1", "DROP TYPE nosuch", "SELECT 2"],
+        [0, 0, 0, 0],
+        SUPER,
+    ),
+    "procedure_modes": Case(
+        [
+            "CREATE PROCEDURE fid_p(IN a int, b int, INOUT c int) LANGUAGE sql AS 'SELECT 1'",
+            "CREATE PROCEDURE fid_p(IN a int, b text, INOUT c int) LANGUAGE sql AS 'SELECT 1'",
+        ],
+        ["DROP PROCEDURE fid_p(in int, int, int)", "DROP PROCEDURE fid_p(int, text, inout int)"],
+        [1, 1],
+    ),
+    "procedure_out_arg": Case(
+        ["CREATE PROCEDURE fid_q(IN a int, OUT b int) LANGUAGE sql AS 'SELECT 1'"],
+        ["DROP PROCEDURE fid_q(int, out int)"],
+        [1],
+    ),
+    "function_out_args_ignored": Case(
+        ["CREATE FUNCTION fid_f(IN a int, OUT b int) LANGUAGE sql AS 'SELECT 1'"],
+        ["DROP FUNCTION fid_f(in a int, out b int)"],
+        [1],
+    ),
+    "function_variadic_named": Case(
+        ["CREATE FUNCTION fid_v(a int, VARIADIC r int[]) RETURNS int LANGUAGE sql AS 'SELECT 1'"],
+        ["DROP FUNCTION fid_v(a int, VARIADIC r int[])"],
+        [1],
+    ),
+    "function_default": Case(
+        ["CREATE FUNCTION fid_d(a int, b int DEFAULT 2) RETURNS int LANGUAGE sql AS 'SELECT 1'"],
+        ["DROP FUNCTION fid_d(int, int)"],
+        [1],
+    ),
+    "function_ambiguous": Case(
+        [
+            "CREATE FUNCTION fid_a(int) RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "CREATE FUNCTION fid_a(text) RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        ],
+        ["DROP FUNCTION fid_a", "DROP FUNCTION fid_a(text)", "DROP FUNCTION fid_a"],
+        [0, 1, 1],
+    ),
+    "view_over_catalog": Case(
+        ["CREATE VIEW fid_rels AS SELECT relname FROM pg_class WHERE relkind = 'r'"],
+        ["DROP VIEW fid_rels"],
+        [1],
+    ),
+    "domain_over_range": Case(
+        [
+            "CREATE TYPE fid_r AS RANGE (subtype = int4)",
+            "CREATE DOMAIN fid_rd AS fid_r",
+        ],
+        ["DROP DOMAIN fid_rd", "DROP TYPE fid_r", "SELECT 'fid_rmulti'::regtype"],
+        [1, 1, 0],
+    ),
+    "range_type": Case(
+        ["CREATE TYPE fid_r2 AS RANGE (subtype = int4, multirange_type_name = fid_m2)"],
+        ["DROP TYPE fid_r2", "SELECT 'fid_m2'::regtype"],
+        [1, 0],
+    ),
+}
+
+PARAMS = [
+    pytest.param(name, role, id=f"{name}-{role}") for name, case in CASES.items() for role in case.roles
+]
+
+
+@pytest.fixture(scope="module")
+def app_role(pg_server: Any) -> str:
+    pg_server.ensure_role(APP_ROLE, APP_PW)
+    return APP_ROLE
+
+
+def _grant(sg: Any, db: str) -> None:
+    with sg.connect(db) as c:
+        c.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
+
+
+def check(proxy: Any, sg: Any, twins: Any, case: Case, role: str) -> None:
+    a, b = twins()
+    user = pw = None
+    if role == "app":
+        user, pw = APP_ROLE, APP_PW
+        for db in (a, b):
+            _grant(sg, db)
+        # installing the ledger needs a superuser: done before the application connects
+        with sg.connect(b) as c:
+            apply_migrations(c)
+    for db in (a, b):
+        with psycopg.connect(sg.server.dsn(db, user=user, password=pw) if user else sg.dsn(db),
+                             autocommit=True) as c:
+            for s in case.setup:
+                c.execute(s.encode())
+    direct_dsn = sg.server.dsn(a, user=user, password=pw) if user else sg.dsn(a)
+    direct = run(direct_dsn, case.steps, "simple")
+    proxied = run(proxy.dsn(b, user=user, password=pw), case.steps, "simple")
+    compare_runs(direct, proxied, case.sg, case.steps)
+    assert sg.schema_dump(b) == sg.schema_dump(a)
+
+
+@pytest.mark.parametrize(("name", "role"), PARAMS)
+def test_defect(proxy: Any, sg: Any, twins: Any, app_role: str, name: str, role: str) -> None:
+    check(proxy, sg, twins, CASES[name], role)
