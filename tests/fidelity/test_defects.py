@@ -27,7 +27,9 @@ class Case:
 
 
 CASES: dict[str, Case] = {
-    "shell_type": Case(["CREATE TYPE fid_shell"], ["DROP TYPE fid_shell", "SELECT 1"], [0, 0], SUPER),
+    "shell_type": Case(
+        ["CREATE TYPE fid_shell"], ["DROP TYPE fid_shell", "SELECT 1"], [0, 0], SUPER
+    ),
     "shell_type_if_exists": Case(
         ["CREATE TYPE fid_shell"], ["DROP TYPE IF EXISTS fid_shell, nosuch"], [0], SUPER
     ),
@@ -73,6 +75,12 @@ CASES: dict[str, Case] = {
         ["DROP FUNCTION fid_a", "DROP FUNCTION fid_a(text)", "DROP FUNCTION fid_a"],
         [0, 1, 1],
     ),
+    "failed_drop_type_no_ledger": Case(
+        ["CREATE TYPE fid_e AS ENUM ('a')", "CREATE TABLE fid_t (e fid_e)"],
+        ["SELECT 1", "DROP TYPE fid_e", "SELECT 2", "DROP TYPE nosuch", "SELECT 3"],
+        [0, 0, 0, 0, 0],
+        ("superuser", "app", "app_noledger"),
+    ),
     "view_over_catalog": Case(
         ["CREATE VIEW fid_rels AS SELECT relname FROM pg_class WHERE relkind = 'r'"],
         ["DROP VIEW fid_rels"],
@@ -94,7 +102,9 @@ CASES: dict[str, Case] = {
 }
 
 PARAMS = [
-    pytest.param(name, role, id=f"{name}-{role}") for name, case in CASES.items() for role in case.roles
+    pytest.param(name, role, id=f"{name}-{role}")
+    for name, case in CASES.items()
+    for role in case.roles
 ]
 
 
@@ -112,16 +122,18 @@ def _grant(sg: Any, db: str) -> None:
 def check(proxy: Any, sg: Any, twins: Any, case: Case, role: str) -> None:
     a, b = twins()
     user = pw = None
-    if role == "app":
+    if role in ("app", "app_noledger"):
         user, pw = APP_ROLE, APP_PW
         for db in (a, b):
             _grant(sg, db)
         # installing the ledger needs a superuser: done before the application connects
-        with sg.connect(b) as c:
-            apply_migrations(c)
+        if role == "app":
+            with sg.connect(b) as c:
+                apply_migrations(c)
     for db in (a, b):
-        with psycopg.connect(sg.server.dsn(db, user=user, password=pw) if user else sg.dsn(db),
-                             autocommit=True) as c:
+        with psycopg.connect(
+            sg.server.dsn(db, user=user, password=pw) if user else sg.dsn(db), autocommit=True
+        ) as c:
             for s in case.setup:
                 c.execute(s.encode())
     direct_dsn = sg.server.dsn(a, user=user, password=pw) if user else sg.dsn(a)
