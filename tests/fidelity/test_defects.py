@@ -10,8 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from softguard.ledger.migrate import apply_migrations
 from support.drop_harness import Step, compare_runs, run
+
+from softguard.ledger.migrate import apply_migrations
 
 APP_ROLE = "sg_fid_app"
 APP_PW = "fid-app-pw"
