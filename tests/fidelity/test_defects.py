@@ -3,29 +3,13 @@ each run as the superuser and as a non-superuser owner of the objects, on twins.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
-from support.drop_harness import Step, compare_runs, run
+from fidelity.harness import APP_PW, APP_ROLE, SUPER, Case, app_role, check, grant_create
+from support.drop_harness import run
 
-from softguard.ledger.migrate import apply_migrations
-
-APP_ROLE = "sg_fid_app"
-APP_PW = "fid-app-pw"
-SUPER = ("superuser",)  # a shell type needs a superuser to create
-
-
-@dataclass
-class Case:
-    setup: Sequence[str]  # run directly on both twins as the acting role
-    steps: Sequence[Step]
-    sg: Sequence[int]  # softguard notices per step
-    roles: Sequence[str] = ("superuser", "app")
-
+__all__ = ["app_role"]  # the fixture
 
 CASES: dict[str, Case] = {
     "shell_type": Case(
@@ -108,40 +92,6 @@ PARAMS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def app_role(pg_server: Any) -> str:
-    pg_server.ensure_role(APP_ROLE, APP_PW)
-    return APP_ROLE
-
-
-def _grant(sg: Any, db: str) -> None:
-    with sg.connect(db) as c:
-        c.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
-
-
-def check(proxy: Any, sg: Any, twins: Any, case: Case, role: str) -> None:
-    a, b = twins()
-    user = pw = None
-    if role == "app":
-        user, pw = APP_ROLE, APP_PW
-        for db in (a, b):
-            _grant(sg, db)
-        # installing the ledger needs a superuser: done before the application connects
-        with sg.connect(b) as c:
-            apply_migrations(c)
-    for db in (a, b):
-        with psycopg.connect(
-            sg.server.dsn(db, user=user, password=pw) if user else sg.dsn(db), autocommit=True
-        ) as c:
-            for s in case.setup:
-                c.execute(s.encode())
-    direct_dsn = sg.server.dsn(a, user=user, password=pw) if user else sg.dsn(a)
-    direct = run(direct_dsn, case.steps, "simple")
-    proxied = run(proxy.dsn(b, user=user, password=pw), case.steps, "simple")
-    compare_runs(direct, proxied, case.sg, case.steps)
-    assert sg.schema_dump(b) == sg.schema_dump(a)
-
-
 @pytest.mark.parametrize(("name", "role"), PARAMS)
 def test_defect(proxy: Any, sg: Any, twins: Any, app_role: str, name: str, role: str) -> None:
     check(proxy, sg, twins, CASES[name], role)
@@ -154,7 +104,7 @@ def test_reads_after_a_refused_drop_answer_as_directly(
     design; the session's plain reads before and after it answer as directly."""
     a, b = twins()
     for db in (a, b):
-        _grant(sg, db)
+        grant_create(sg, db)
     reads = ["SELECT 1", "SELECT current_user, count(*) FROM pg_class WHERE relname = 'customers'"]
     drop = ["CREATE TYPE fid_e AS ENUM ('a')", "DROP TYPE fid_e", "DROP TYPE nosuch"]
     steps = [
