@@ -212,7 +212,9 @@ BEGIN
     END IF;
     IF a.attidentity <> '' OR a.attgenerated <> '' THEN
         RAISE EXCEPTION USING ERRCODE = '0A000',
-            MESSAGE = format('softguard cannot yet keep identity or generated column %s.%I', ident, a.attname);
+            MESSAGE = format('softguard cannot yet keep identity or generated column %s.%I', ident, a.attname),
+            HINT = 'Give the role running it alter = "allow" in softguard''s policy (the change '
+                   'is then not reversible), or run the statement without softguard.';
     END IF;
     cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
     EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'

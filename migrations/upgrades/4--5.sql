@@ -364,6 +364,91 @@ BEGIN
                                  format('re-added column %s.%I with %s values', rel, i->>'name', n), n)];
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_drop_column(bigint, softguard.captures) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._capture_type(op bigint, rel oid, attnum integer, changed text[])
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    a record;
+    key text[];
+    cid bigint;
+    n bigint;
+    ident text;
+BEGIN
+    PERFORM FROM softguard.operations
+     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
+    END IF;
+    IF NOT softguard._protected_table(rel)
+       OR NOT pg_has_role(softguard._client_role(), (SELECT relowner FROM pg_class WHERE oid = rel), 'USAGE') THEN
+        RETURN NULL;
+    END IF;
+    SELECT at.attname, at.attnum, at.attnotnull, at.attidentity, at.attgenerated,
+           format_type(at.atttypid, at.atttypmod) AS typ,
+           pg_get_expr(d.adbin, d.adrelid) AS def,
+           CASE WHEN at.attcollation <> t.typcollation THEN
+               (SELECT format('%I.%I', cn.nspname, co.collname) FROM pg_collation co
+                  JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = at.attcollation)
+           END AS coll
+      INTO a
+      FROM pg_attribute at JOIN pg_type t ON t.oid = at.atttypid
+      LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
+     WHERE at.attrelid = rel AND at.attnum = _capture_type.attnum AND NOT at.attisdropped;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
+                    (SELECT relname FROM pg_class WHERE oid = rel));
+    key := softguard._row_key(rel, changed);
+    IF key IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot keep the values of %s.%I across its type change: %s',
+                             ident, a.attname,
+                             CASE WHEN softguard._row_key(rel) IS NULL
+                                  THEN 'the table has no primary key or unique NOT NULL key'
+                                  ELSE 'every primary key or unique NOT NULL key of the table has '
+                                       'a column whose type this statement changes' END),
+            HINT = 'Add a primary key first, or give the role running it alter = "allow" in '
+                   'softguard''s policy (the change is then not reversible).';
+    END IF;
+    IF a.attidentity <> '' OR a.attgenerated <> '' THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot yet keep identity or generated column %s.%I', ident, a.attname),
+            HINT = 'Give the role running it alter = "allow" in softguard''s policy (the change '
+                   'is then not reversible), or run the statement without softguard.';
+    END IF;
+    cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                   ' SELECT %s, ROW(%s, t.%I)::text FROM %s t',
+                   cid, (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
+                   a.attname, rel::regclass);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
+    VALUES (cid, op, rel, ident, 'column', n,
+            (SELECT jsonb_agg(jsonb_build_array(k, format_type(at.atttypid, at.atttypmod)) ORDER BY x.ord)
+               FROM unnest(key) WITH ORDINALITY x(k, ord)
+               JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
+            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
+            jsonb_build_object('kind', 'type', 'name', a.attname, 'attnum', a.attnum,
+                               'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
+                               'collation', a.coll, 'key', to_jsonb(key),
+                               -- PostgreSQL re-parses these for the new type (casts added):
+                               -- undo puts back their exact definitions
+                               'checks', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                   'name', co.conname, 'def', pg_get_constraintdef(co.oid),
+                                   'comment', obj_description(co.oid, 'pg_constraint'))
+                                   ORDER BY co.conname), '[]')
+                                 FROM pg_constraint co
+                                WHERE co.conrelid = rel AND co.contype = 'c' AND co.conislocal
+                                  AND a.attnum = ANY (co.conkey))));
+    RETURN cid;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_type(bigint, oid, integer, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._capture_type(bigint, oid, integer, text[]) TO PUBLIC;
 -- end section: fidelity --------------------------------------------
 
 DO $$

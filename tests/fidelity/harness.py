@@ -37,7 +37,15 @@ def app_role(pg_server: Any) -> str:
 
 def grant_create(sg: Any, db: str) -> None:
     with sg.connect(db) as c:
-        c.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
+        role = sql.Identifier(APP_ROLE)
+        c.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))
+        c.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(db), role))
+
+
+def install_ledger(sg: Any, db: str) -> None:
+    """Installing the ledger needs a superuser: done before the application connects."""
+    with sg.connect(db) as c:
+        apply_migrations(c)
 
 
 def check(proxy: Any, sg: Any, twins: Any, case: Case, role: str) -> None:
@@ -47,9 +55,7 @@ def check(proxy: Any, sg: Any, twins: Any, case: Case, role: str) -> None:
         user, pw = APP_ROLE, APP_PW
         for db in (a, b):
             grant_create(sg, db)
-        # installing the ledger needs a superuser: done before the application connects
-        with sg.connect(b) as c:
-            apply_migrations(c)
+        install_ledger(sg, b)
     for db in (a, b):
         with psycopg.connect(
             sg.server.dsn(db, user=user, password=pw) if user else sg.dsn(db), autocommit=True
