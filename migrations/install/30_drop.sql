@@ -488,7 +488,10 @@ BEGIN
             SELECT n.nspname, c.relname, c.relkind INTO r
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.oid = (e->>'objid')::oid;
-            IF FOUND AND r.relkind IN ('r', 'p', 'v', 'f') THEN
+            -- Not views: LOCK TABLE on a view locks (and needs rights on) every relation
+            -- it reads, system catalogs included, which DROP VIEW never does. The advisory
+            -- lock serialises softguard's own DROPs; the move itself locks the view.
+            IF FOUND AND r.relkind IN ('r', 'p', 'f') THEN
                 BEGIN
                     EXECUTE format('LOCK TABLE ONLY %I.%I IN ACCESS EXCLUSIVE MODE',
                                    r.nspname, r.relname);
@@ -530,6 +533,52 @@ BEGIN
     END IF;
 END $$;
 GRANT EXECUTE ON FUNCTION softguard._drop_shell(oid) TO PUBLIC;
+
+-- Temporary objects cannot be moved and vanish with the session anyway. In a DROP that
+-- also names permanent objects (or cascades to temporary ones, e.g. a temporary view over
+-- a dropped table), they are dropped for real, unrecorded, before the permanent ones go
+-- to quarantine. Drops nothing but objects in a temporary schema; runs as the caller.
+CREATE FUNCTION softguard._drop_temporary(list jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e jsonb;
+    kw text;
+    ident text;
+BEGIN
+    FOR e IN SELECT x FROM jsonb_array_elements(list) WITH ORDINALITY AS t (x, o)
+              WHERE (x->>'is_temporary')::boolean AND (x->>'objsubid')::integer = 0
+              ORDER BY o LOOP
+        kw := NULL;
+        IF (e->>'classid')::oid = 'pg_class'::regclass THEN
+            SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                        WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                        WHEN 'i' THEN 'INDEX' WHEN 'I' THEN 'INDEX'
+                        WHEN 'r' THEN 'TABLE' WHEN 'p' THEN 'TABLE' END,
+                   format('%I.%I', n.nspname, c.relname)
+              INTO kw, ident
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = (e->>'objid')::oid AND c.relpersistence = 't';
+        ELSIF (e->>'classid')::oid = 'pg_proc'::regclass THEN
+            SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE'
+                        ELSE 'FUNCTION' END, p.oid::regprocedure::text
+              INTO kw, ident
+              FROM pg_proc p
+             WHERE p.oid = (e->>'objid')::oid AND p.pronamespace = pg_my_temp_schema();
+        ELSIF (e->>'classid')::oid = 'pg_type'::regclass THEN
+            -- row and array types go with their relation or element type
+            SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                   format('%I.%I', n.nspname, t.typname)
+              INTO kw, ident
+              FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+             WHERE t.oid = (e->>'objid')::oid AND t.typnamespace = pg_my_temp_schema()
+               AND t.typrelid = 0 AND t.typcategory <> 'A';
+        END IF;
+        IF kw IS NOT NULL THEN
+            EXECUTE format('DROP %s IF EXISTS %s CASCADE', kw, ident);
+        END IF;
+    END LOOP;
+END $$;
+GRANT EXECUTE ON FUNCTION softguard._drop_temporary(jsonb) TO PUBLIC;
 
 CREATE PROCEDURE softguard.drop_op(stmt text, stmt_cascade text, ctx jsonb)
 LANGUAGE plpgsql AS $$
@@ -610,12 +659,22 @@ BEGIN
         END IF;
         EXECUTE stmt;
         PERFORM pg_catalog.set_config('client_min_messages', saved, true);
-    ELSIF n_temp > 0 THEN
-        RAISE EXCEPTION USING ERRCODE = '0A000',
-            MESSAGE = 'softguard cannot drop temporary and permanent objects in one statement',
-            HINT = 'Drop the temporary objects in a separate statement.';
     ELSIF n_all > 0 THEN
         PERFORM softguard._limit_drop(list);   -- max_table_bytes, before anything moves
+        IF n_temp > 0 THEN
+            IF saved NOT IN ('error', 'fatal', 'panic') THEN
+                PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+            END IF;
+            PERFORM softguard._drop_temporary(list);
+            PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+            -- what is left: not temporary and not gone with them (e.g. their rules)
+            SELECT pg_catalog.jsonb_agg(e ORDER BY o) INTO list
+              FROM pg_catalog.jsonb_array_elements(list) WITH ORDINALITY AS t (e, o)
+             WHERE NOT coalesce((e->>'is_temporary')::boolean, false)
+               AND (pg_catalog.pg_identify_object((e->>'classid')::oid, (e->>'objid')::oid,
+                                                  (e->>'objsubid')::integer)).identity
+                   IS NOT NULL;
+        END IF;
         msg := softguard._quarantine(list, stmt, ctx, current_user::text);
         PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
         RAISE NOTICE '%', msg;

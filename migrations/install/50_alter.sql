@@ -81,19 +81,27 @@ BEGIN
     ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
                     (SELECT relname FROM pg_class WHERE oid = rel));
     key := softguard._row_key(rel);
+    -- A generated column's values follow from the others: undo adds it again with its
+    -- expression, so nothing is copied and no key is needed.
+    IF a.attgenerated <> '' THEN
+        key := coalesce(key, '{}');
+    END IF;
     IF key IS NULL OR a.attname::text = ANY (key) THEN
         RAISE EXCEPTION USING ERRCODE = '0A000',
             MESSAGE = format('softguard cannot keep column %s.%I: the table has no primary key or unique NOT NULL key%s',
                              ident, a.attname, CASE WHEN key IS NOT NULL THEN ' without it' ELSE '' END),
             HINT = 'Add a primary key first, or run the statement without softguard.';
     END IF;
-    IF a.attidentity <> '' OR a.attgenerated <> '' THEN
+    IF a.attidentity <> '' THEN
         RAISE EXCEPTION USING ERRCODE = '0A000',
-            MESSAGE = format('softguard cannot yet keep identity or generated column %s.%I', ident, a.attname);
+            MESSAGE = format('softguard cannot yet keep identity column %s.%I', ident, a.attname),
+            HINT = 'Drop its identity first (ALTER TABLE ... ALTER COLUMN ... DROP IDENTITY), '
+                   'then the column; or run the statement without softguard.';
     END IF;
     info := jsonb_build_object(
         'name', a.attname, 'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
         'collation', a.coll, 'comment', a.cmt, 'key', to_jsonb(key), 'attnum', a.attnum,
+        'generated', CASE a.attgenerated WHEN 's' THEN 'STORED' WHEN 'v' THEN 'VIRTUAL' END,
         -- constraints and indexes that the DROP removes with the column
         'constraints', (SELECT coalesce(jsonb_agg(jsonb_build_object(
                             'name', c.conname, 'def', pg_get_constraintdef(c.oid),
@@ -113,14 +121,18 @@ BEGIN
                                         WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
                                           AND d.refobjid = rel AND d.refobjsubid = a.attnum))));
     cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
-    EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
-                   ' SELECT %s, ROW(%s, t.%I)::text FROM ONLY %s t',
-                   cid, (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
-                   a.attname, rel::regclass);
-    GET DIAGNOSTICS n = ROW_COUNT;
+    n := 0;
+    IF a.attgenerated = '' THEN
+        EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                       ' SELECT %s, ROW(%s, t.%I)::text FROM ONLY %s t',
+                       cid, (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
+                       a.attname, rel::regclass);
+        GET DIAGNOSTICS n = ROW_COUNT;
+    END IF;
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
     VALUES (cid, op, rel, ident, 'column', n,
-            (SELECT jsonb_agg(jsonb_build_array(k, format_type(at.atttypid, at.atttypmod)) ORDER BY x.ord)
+            (SELECT coalesce(jsonb_agg(jsonb_build_array(k, format_type(at.atttypid, at.atttypmod))
+                                       ORDER BY x.ord), '[]')
                FROM unnest(key) WITH ORDINALITY x(k, ord)
                JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
             || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
@@ -200,7 +212,9 @@ BEGIN
     END IF;
     IF a.attidentity <> '' OR a.attgenerated <> '' THEN
         RAISE EXCEPTION USING ERRCODE = '0A000',
-            MESSAGE = format('softguard cannot yet keep identity or generated column %s.%I', ident, a.attname);
+            MESSAGE = format('softguard cannot yet keep identity or generated column %s.%I', ident, a.attname),
+            HINT = 'Give the role running it alter = "allow" in softguard''s policy (the change '
+                   'is then not reversible), or run the statement without softguard.';
     END IF;
     cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
     EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'

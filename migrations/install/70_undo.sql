@@ -1023,17 +1023,28 @@ BEGIN
             MESSAGE = format('cannot undo operation %s: column %I of %s exists again (added after the DROP)',
                              op, i->>'name', rel);
     END IF;
-    EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s', rel, i->>'name', i->>'type',
-                   CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END);
-    rtype := softguard._row_type(c.columns, c.id::text);
-    PERFORM set_config('session_replication_role', 'replica', true);
-    EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
-                   ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p) s WHERE %s',
-                   rel, i->>'name', rtype, c.id,
-                   (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
-    GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM set_config('session_replication_role', saved_srr, true);
-    IF i->>'default' IS NOT NULL THEN
+    IF i->>'generated' IS NOT NULL THEN
+        -- its values follow from the other columns (50_alter.sql kept none)
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s GENERATED ALWAYS AS (%s) %s', rel,
+                       i->>'name', i->>'type',
+                       CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END,
+                       i->>'default', i->>'generated');
+    ELSE
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s', rel, i->>'name', i->>'type',
+                       CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END);
+    END IF;
+    n := 0;
+    IF i->>'generated' IS NULL THEN
+        rtype := softguard._row_type(c.columns, c.id::text);
+        PERFORM set_config('session_replication_role', 'replica', true);
+        EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
+                       ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p) s WHERE %s',
+                       rel, i->>'name', rtype, c.id,
+                       (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM set_config('session_replication_role', saved_srr, true);
+    END IF;
+    IF i->>'default' IS NOT NULL AND i->>'generated' IS NULL THEN
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', rel, i->>'name', i->>'default');
     END IF;
     IF (i->>'not_null')::boolean THEN

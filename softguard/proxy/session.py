@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Coroutine
@@ -147,6 +148,7 @@ class ClientSession(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        _relay_buffer(self.transport, socket.SO_SNDBUF)
         self.core.to_client = self.transport.write
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
@@ -330,6 +332,7 @@ class ClientSession(asyncio.Protocol):
             transport.close()
             return
         self.up_transport = cast(asyncio.Transport, transport)
+        _relay_buffer(self.up_transport, socket.SO_RCVBUF)
         self.core.to_server = self.up_transport.write
         sockname = self.up_transport.get_extra_info("sockname")
         local_port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
@@ -354,3 +357,24 @@ def _certificate_binding(transport: asyncio.BaseTransport) -> bytes | None:
         return None
     der = ssl_object.getpeercert(binary_form=True)
     return tls_server_end_point(der) if der else None
+
+
+#: What the proxy holds between the server and a client that stops reading (kernel buffer
+#: on each side plus the transport's own). Directly, the server blocks once the client's
+#: socket is full; with the proxy's buffers at their autotuned size (megabytes) the server
+#: would run ahead, e.g. finish a COPY TO STDOUT that the client then cancels, which
+#: directly fails with 57014 (issue 16).
+RELAY_BUFFER = 64 * 1024
+
+
+def _relay_buffer(transport: asyncio.Transport, option: int) -> None:
+    """Keep the buffer the relay adds small: ``option`` is SO_SNDBUF on the client's
+    socket, SO_RCVBUF on the upstream's (the other direction is not held up)."""
+    transport.set_write_buffer_limits(high=RELAY_BUFFER)
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, option, RELAY_BUFFER)
+    except OSError:  # pragma: no cover - the kernel's default stays
+        pass
