@@ -146,6 +146,20 @@ def test_refusal_names_softguard_init_for_a_non_superuser(
         assert c.execute("SELECT to_regnamespace('softguard')").fetchone() == (None,)
 
 
+def test_a_superuser_after_a_refused_non_superuser_installs_the_ledger(
+    proxy: Target, pg_server: TestServer, nonsuper_db: str
+) -> None:
+    """The refusal is the non-superuser's: a superuser's session right after it (within
+    the seconds a failure is remembered) installs the ledger, and its DELETE is reversible."""
+    _proxied(proxy)
+    assert _refusal(proxy.dsn(nonsuper_db, "sg_trust"), "DELETE FROM notes").sqlstate == "55000"
+    with psycopg.connect(proxy.dsn(nonsuper_db), autocommit=True) as c:
+        notices: list[str] = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        c.execute("DELETE FROM notes WHERE id = 1")
+    assert any("is reversible as operation" in n for n in notices), notices
+
+
 def test_refusal_names_softguard_init_when_the_upstream_dsn_is_not_a_superuser(
     proxy_factory: Any, pg_server: TestServer, nonsuper_db: str
 ) -> None:

@@ -815,7 +815,7 @@ class SessionCore:
         """Register the session in the ledger (decision 0012) once the ledger is known;
         sessions of a database without a ledger go on unregistered (softguard refuses their
         protected statements)."""
-        state = self.inputs.ledger.state(self.info.database)
+        state = self.inputs.ledger.state(self.info.database, self.info.user)
         if state is None:
             self.controls.append(WaitLedger(self.info.database, self.info.user))
             return

@@ -87,9 +87,14 @@ class LedgerGate:
             if state is True
         }
 
-    def state(self, database: str) -> LedgerState | None:
-        """None while unknown; then True or the refusal message."""
-        return self._states.get(database)
+    def state(self, database: str, user: str) -> LedgerState | None:
+        """None while unknown; then True or the refusal message. A failure is the role's
+        that was checked: without credentials in the upstream DSN the check runs as the
+        client's role, and another role (a superuser) may be able to install the ledger."""
+        known = self._states.get(database)
+        if known is not True and known is not None and self._users.get(database) != user:
+            return None
+        return known
 
     def forget(self, database: str) -> None:
         """The server says the ledger is gone: check again next time."""
@@ -165,7 +170,7 @@ class LedgerGate:
             )
 
     async def ensure(self, database: str, user: str) -> LedgerState:
-        known = self._states.get(database)
+        known = self.state(database, user)
         if known is not None and (known is not True or database in self._soft):
             if known is True:
                 self._refresh_budget(database)

@@ -94,8 +94,9 @@ class LedgerView(Protocol):
     @property
     def soft_delete_rules(self) -> Sequence[object]: ...
 
-    def state(self, database: str) -> LedgerState | None:
-        """None while unknown; then True or the message to refuse protected statements with."""
+    def state(self, database: str, user: str) -> LedgerState | None:
+        """None while unknown (for this role); then True or the message to refuse protected
+        statements with."""
 
     def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
         """None while not read yet."""
@@ -134,7 +135,7 @@ class FixedLedger:
     tables: SoftDeleteTables | None = None
     soft_delete_rules: Sequence[object] = ()
 
-    def state(self, database: str) -> LedgerState | None:
+    def state(self, database: str, user: str) -> LedgerState | None:
         return self.ready
 
     def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
@@ -359,7 +360,7 @@ def plan_message(
             replacements.append(Replacement(stmt, refused))
             continue
         assert stmt is not None  # PROTECT is only decided for a parsed statement
-        state = ledger.state(info.database)
+        state = ledger.state(info.database, info.user)
         if state is None:
             return NeedLedger(kind, action)
         if state is not True:
@@ -569,7 +570,7 @@ def _approvable(inputs: PlanInputs, info: SessionInfo, msg: Message, text: bytes
     return (
         msg.type == _Q
         and (text.isascii() or canonical_encoding(enc) == "UTF8")
-        and inputs.ledger.state(info.database) is True
+        and inputs.ledger.state(info.database, info.user) is True
     )
 
 

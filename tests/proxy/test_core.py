@@ -76,7 +76,7 @@ class Ledger:
     tables: SoftDeleteTables | None = None
     soft_delete_rules: tuple[object, ...] = ()
 
-    def state(self, database: str) -> LedgerState | None:
+    def state(self, database: str, user: str) -> LedgerState | None:
         return self.ready
 
     def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
