@@ -250,3 +250,60 @@ def test_asyncpg_and_parameters(
             c.execute("DELETE FROM items WHERE id = %s", [5])
         assert info.value.sqlstate == "42501"
         assert "approval id" not in str(info.value)
+
+
+# ------------------------------------------- issue 15, done when: the agent preset end to end
+
+
+@pytest.fixture(scope="module")
+def preset_proxy(proxy_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    config = tmp_path_factory.mktemp("preset") / "agent.toml"
+    config.write_text('[policy]\npreset = "agent"\n')
+    proxy = proxy_factory("--config", str(config), fresh=True)
+    if proxy.is_direct:
+        pytest.skip("about the proxy itself (SOFTGUARD_TEST_VIA=direct)")
+    return proxy
+
+
+def test_agent_preset_reads_approves_undoes_and_refuses_schema_changes(
+    preset_proxy: Any, approval_db: tuple[str, str, str], pg_server: TestServer
+) -> None:
+    """With `preset = "agent"`: reads run; `DELETE FROM items` (no WHERE) is refused with an
+    approval id and a HINT; a person approves; the identical retry runs, is captured and is
+    undone; `DROP TABLE items` is refused (data mode). Each refusal alone says what to do."""
+    db, role, _ = approval_db
+    with psycopg.connect(pg_server.superuser_dsn(db)) as c:
+        rows_before = c.execute("SELECT count(*) FROM items").fetchone()
+    assert rows_before is not None and rows_before[0] > 0
+    text = "DELETE FROM items"
+    with _agent(preset_proxy, db, role) as c:
+        assert c.execute("SELECT count(*) FROM items").fetchone() == rows_before
+        assert c.execute(
+            "WITH n AS (SELECT name FROM items ORDER BY id LIMIT 2) SELECT count(*) FROM n"
+        ).fetchone() == (2,)
+        approval, err = _refused_id(c, text)
+        assert "without a WHERE clause" in str(err), err
+        assert err.diag.message_hint and "WHERE" in err.diag.message_hint
+        with pytest.raises(psycopg.Error) as drop:
+            c.execute(b"DROP TABLE items")
+        assert drop.value.sqlstate == "42501"
+        assert "data mode" in str(drop.value)
+        assert drop.value.diag.message_hint and "INSERT, UPDATE, DELETE" in (
+            drop.value.diag.message_hint
+        )
+        _wait_pending(pg_server, db, approval)
+        assert _cli(pg_server, db, "approve", approval, "--by", "carol").returncode == 0
+        cur = c.execute(text.encode())
+        assert cur.statusmessage == f"DELETE {rows_before[0]}"
+    with psycopg.connect(pg_server.superuser_dsn(db)) as c:
+        assert c.execute("SELECT count(*) FROM items").fetchone() == (0,)
+        op = c.execute(
+            "SELECT id FROM softguard.operations WHERE statement = %s ORDER BY id DESC LIMIT 1",
+            [text],
+        ).fetchone()
+    assert op is not None
+    r = _cli(pg_server, db, "undo", str(op[0]), "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with psycopg.connect(pg_server.superuser_dsn(db)) as c:
+        assert c.execute("SELECT count(*) FROM items").fetchone() == rows_before
+        assert c.execute("SELECT to_regclass('public.items')").fetchone() == ("items",)
