@@ -207,6 +207,20 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._parents_first(oid[]) FROM PUBLIC;
 
+-- Operation `o` is undone: its state says so, and the undo is recorded as an operation of
+-- its own (kind UNDO, statement = the command that ran it, `options` appended).
+CREATE FUNCTION softguard._record_undo(o softguard.operations, options text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE softguard.operations SET state = 'undone', undone_at = now(), undone_by = session_user
+     WHERE id = o.id;
+    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                      client_addr, statement, kind, objects, restore, undo_of)
+    VALUES (o.expires_at, session_user, current_user, current_setting('application_name', true),
+            inet_client_addr()::text, format('softguard undo %s%s', o.id, options), 'UNDO',
+            o.objects, '[]', o.id);
+$$;
+REVOKE ALL ON FUNCTION softguard._record_undo(softguard.operations, text) FROM PUBLIC;
+
 -- ---------------------------------------------------------------------------------------
 -- DROP: objects back from quarantine
 -- ---------------------------------------------------------------------------------------
@@ -501,15 +515,8 @@ BEGIN
         END LOOP;
     END LOOP;
 
-    UPDATE softguard.operations SET state = 'undone', undone_at = now(), undone_by = session_user
-     WHERE id = op;
-    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
-                                      client_addr, statement, kind, objects, restore, undo_of)
-    VALUES (o.expires_at, session_user, current_user, current_setting('application_name', true),
-            inet_client_addr()::text,
-            format('softguard undo %s%s', op,
-                   CASE WHEN rename_to IS NULL THEN '' ELSE ' --rename-to ' || rename_to END),
-            'UNDO', o.objects, '[]', op);
+    PERFORM softguard._record_undo(o, CASE WHEN rename_to IS NULL THEN ''
+                                           ELSE ' --rename-to ' || rename_to END);
     RETURN lines;
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_one(bigint, text) FROM PUBLIC;
@@ -757,15 +764,8 @@ BEGIN
 
     PERFORM set_config('session_replication_role', saved_srr, true);
 
-    UPDATE softguard.operations SET state = 'undone', undone_at = now(), undone_by = session_user
-     WHERE id = op;
-    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
-                                      client_addr, statement, kind, objects, restore, undo_of)
-    VALUES (o.expires_at, session_user, current_user, current_setting('application_name', true),
-            inet_client_addr()::text,
-            format('softguard undo %s%s', op,
-                   CASE WHEN on_conflict = 'skip' THEN ' --on-conflict skip' ELSE '' END),
-            'UNDO', o.objects, '[]', op);
+    PERFORM softguard._record_undo(o, CASE WHEN on_conflict = 'skip'
+                                           THEN ' --on-conflict skip' ELSE '' END);
     IF cardinality(lines) = 0 THEN
         lines := ARRAY[softguard._step(op, 'nothing', '', 'nothing to restore')];
     END IF;
@@ -1311,13 +1311,7 @@ BEGIN
                                                       ELSE 'contents restored' END,
                                                  k.n_bytes));
     END LOOP;
-    UPDATE softguard.operations SET state = 'undone', undone_at = now(), undone_by = session_user
-     WHERE id = op;
-    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
-                                      client_addr, statement, kind, objects, restore, undo_of)
-    VALUES (o.expires_at, session_user, current_user, current_setting('application_name', true),
-            inet_client_addr()::text, format('softguard undo %s', op), 'UNDO', o.objects, '[]',
-            op);
+    PERFORM softguard._record_undo(o, '');
     RETURN lines;
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_large_objects(bigint) FROM PUBLIC;

@@ -137,12 +137,7 @@ BEGIN
                             ELSE '' END));
         END IF;
     END LOOP;
-    UPDATE softguard.operations SET state = 'undone', undone_at = now(), undone_by = session_user
-     WHERE id = op;
-    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
-                                      client_addr, statement, kind, objects, restore, undo_of)
-    VALUES (o.expires_at, session_user, current_user, current_setting('application_name', true),
-            inet_client_addr()::text, format('softguard undo %s', op), 'UNDO', o.objects, '[]', op);
+    PERFORM softguard._record_undo(o, '');
     RETURN lines;
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_definitions(bigint, text) FROM PUBLIC;

@@ -1421,6 +1421,693 @@ REVOKE ALL ON FUNCTION softguard._capture_type(bigint, oid, integer, text[]) FRO
 GRANT EXECUTE ON FUNCTION softguard._capture_type(bigint, oid, integer, text[]) TO PUBLIC;
 -- end section: fidelity --------------------------------------------
 
+-- section: undo-record -----------------------------------------------------------------
+-- One function records an undo (it was written out in four places).
+CREATE OR REPLACE FUNCTION softguard._record_undo(o softguard.operations, options text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE softguard.operations SET state = 'undone', undone_at = now(), undone_by = session_user
+     WHERE id = o.id;
+    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                      client_addr, statement, kind, objects, restore, undo_of)
+    VALUES (o.expires_at, session_user, current_user, current_setting('application_name', true),
+            inet_client_addr()::text, format('softguard undo %s%s', o.id, options), 'UNDO',
+            o.objects, '[]', o.id);
+$$;
+REVOKE ALL ON FUNCTION softguard._record_undo(softguard.operations, text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    s jsonb;
+    e jsonb;
+    d jsonb;
+    k record;
+    target text;
+    nsp_name text;
+    nsp oid;
+    lines softguard.undo_step[] := '{}';
+    n_orig integer;
+    renamed jsonb := '{}';   -- parent oid -> [old name, new name] when --rename-to renamed it
+    ddl text;
+    cur text;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('softguard: operation %s does not exist', op);
+    END IF;
+    IF o.kind = 'UNDO' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s is the record of an undo (of operation %s), not reversible',
+                             op, o.undo_of);
+    ELSIF o.state = 'undone' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s is already undone (at %s by %s)', op,
+                             to_char(o.undone_at, 'YYYY-MM-DD HH24:MI:SS'), o.undone_by);
+    ELSIF o.state = 'purged' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s was purged (at %s by %s): nothing is left to restore',
+                             op, to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+    END IF;
+    IF rename_to IS NOT NULL THEN
+        SELECT count(*) INTO n_orig FROM jsonb_array_elements(o.restore) x
+         WHERE (x->>'original')::boolean
+           AND x->>'step' IN ('move', 'rename_schema', 'drop_index');
+        IF n_orig <> 1 THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('--rename-to needs an operation on a single object; operation %s has %s',
+                                 op, n_orig);
+        END IF;
+    END IF;
+
+    FOR s IN SELECT x FROM jsonb_array_elements(o.restore) WITH ORDINALITY AS t(x, i)
+              ORDER BY t.i DESC LOOP
+        CASE s->>'step'
+        WHEN 'move' THEN
+            k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+            IF k.keyword IS NULL OR k.name <> s->>'qname'
+               OR k.nsp <> 'softguard_quarantine'::regnamespace THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s %s.%s is no longer where it was '
+                                     'kept (softguard_quarantine.%s)', op, lower(s->>'keyword'),
+                                     s->>'schema', s->>'name', s->>'qname');
+            END IF;
+            nsp := (s->>'schema_oid')::oid;
+            SELECT n.nspname INTO nsp_name FROM pg_namespace n WHERE n.oid = nsp;
+            IF nsp_name IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: schema %s no longer exists',
+                                     op, s->>'schema'),
+                    HINT = format('CREATE SCHEMA %I first.', s->>'schema');
+            END IF;
+            PERFORM softguard._need_live(op, 'pg_namespace'::regclass, nsp,
+                format('%s %s.%s', lower(s->>'keyword'), s->>'schema', s->>'name'));
+            target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                           THEN rename_to ELSE s->>'name' END;
+            IF softguard._name_taken(s->>'class', nsp, target, (s->>'oid')::oid) THEN
+                RAISE EXCEPTION USING ERRCODE = CASE s->>'class' WHEN 'routine' THEN '42723'
+                        WHEN 'relation' THEN '42P07' ELSE '42710' END,
+                    MESSAGE = format('cannot undo operation %s: %s %s already exists (created after the DROP)',
+                                     op, lower(s->>'keyword'), format('%I.%I', nsp_name, target)),
+                    HINT = 'use --rename-to NEW_NAME';
+            END IF;
+            EXECUTE format('ALTER %s %s RENAME TO %I', s->>'keyword', k.ident, target);
+            k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+            EXECUTE format('ALTER %s %s SET SCHEMA %I', s->>'keyword', k.ident, nsp_name);
+            IF target <> s->>'name' THEN
+                renamed := renamed || jsonb_build_object(s->>'oid',
+                                                         jsonb_build_array(s->>'name', target));
+            END IF;
+            cur := (softguard._kw((s->>'classid')::oid, (s->>'oid')::oid)).ident;
+            lines := lines || softguard._step(op, 'restored', cur,
+                                              format('restored %s %s', lower(s->>'keyword'), cur));
+        WHEN 'rename' THEN
+            SELECT c.relname, c.relnamespace, c.oid::regclass::text AS ident INTO k
+              FROM pg_class c WHERE c.oid = (s->>'oid')::oid;
+            IF NOT FOUND OR k.relname <> s->>'qname' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s is no longer named %s',
+                                     op, s->>'name', s->>'qname');
+            END IF;
+            target := s->>'name';
+            IF renamed ? (s->>'parent')
+               AND starts_with(target, renamed->(s->>'parent')->>0) THEN
+                target := (renamed->(s->>'parent')->>1)
+                          || substr(target, length(renamed->(s->>'parent')->>0) + 1);
+            END IF;
+            IF softguard._name_taken('relation', k.relnamespace, target, 0) THEN
+                RAISE EXCEPTION USING ERRCODE = '42P07',
+                    MESSAGE = format('cannot undo operation %s: relation %s already exists (created after the DROP)',
+                                     op, format('%I.%I', k.relnamespace::regnamespace, target)),
+                    HINT = 'use --rename-to NEW_NAME';
+            END IF;
+            EXECUTE format('ALTER INDEX %s RENAME TO %I', k.ident, target);
+        WHEN 'rename_schema' THEN
+            SELECT n.nspname INTO nsp_name FROM pg_namespace n WHERE n.oid = (s->>'oid')::oid;
+            IF nsp_name IS DISTINCT FROM s->>'qname' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: schema %s is no longer kept as %s',
+                                     op, s->>'name', s->>'qname');
+            END IF;
+            target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                           THEN rename_to ELSE s->>'name' END;
+            IF EXISTS (SELECT FROM pg_namespace n WHERE n.nspname = target) THEN
+                RAISE EXCEPTION USING ERRCODE = '42P06',
+                    MESSAGE = format('cannot undo operation %s: schema %I already exists (created after the DROP)',
+                                     op, target),
+                    HINT = 'use --rename-to NEW_NAME';
+            END IF;
+            EXECUTE format('ALTER SCHEMA %I RENAME TO %I', nsp_name, target);
+            FOR e IN SELECT x FROM jsonb_array_elements(s->'acl') x LOOP
+                EXECUTE format('GRANT %s ON SCHEMA %I TO %s%s', e->>'privilege', target,
+                               CASE WHEN e->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                                    ELSE quote_ident(e->>'grantee') END,
+                               CASE WHEN (e->>'grantable')::boolean THEN ' WITH GRANT OPTION' ELSE '' END);
+            END LOOP;
+            lines := lines || softguard._step(op, 'restored', quote_ident(target),
+                                              format('restored schema %I', target));
+        WHEN 'seq_owned_by' THEN
+            EXECUTE format('ALTER SEQUENCE %s OWNED BY %s.%I', (s->>'seq')::oid::regclass,
+                           (s->>'table')::oid::regclass, s->>'column');
+        WHEN 'no_inherit' THEN
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
+                                         'table ' || (s->>'child_name'));
+            EXECUTE format('ALTER TABLE %s INHERIT %s', (s->>'child')::oid::regclass,
+                           (s->>'parent')::oid::regclass);
+            UPDATE pg_attribute SET attislocal = false
+             WHERE attrelid = (s->>'child')::oid
+               AND attname IN (SELECT jsonb_array_elements_text(s->'inherited_columns'));
+            UPDATE pg_constraint SET conislocal = false
+             WHERE conrelid = (s->>'child')::oid
+               AND conname IN (SELECT jsonb_array_elements_text(s->'inherited_constraints'));
+            lines := lines || softguard._step(op, 're-established', (s->>'child')::oid::regclass::text,
+                format('re-established inheritance of %s from %s',
+                       (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
+        WHEN 'detach_partition' THEN
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
+                                         'partition ' || (s->>'child_name'));
+            EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s %s', (s->>'parent')::oid::regclass,
+                           (s->>'child')::oid::regclass, s->>'bound');
+            lines := lines || softguard._step(op, 're-attached', (s->>'child')::oid::regclass::text,
+                format('re-attached partition %s to %s',
+                       (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
+        ELSE
+            -- a recorded definition on a live table: its table and everything it uses must
+            -- be live again
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'table')::oid,
+                                         s->>'identity', s->>'table_name');
+            cur := (s->>'table')::oid::regclass::text;
+            -- definitions that name their table (triggers, policies, rules, indexes)
+            IF cur <> s->>'table_name' AND s->>'step' <> 'drop_constraint'
+               AND s->>'step' <> 'drop_default' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: table %s was renamed %s since',
+                                     op, s->>'table_name', cur);
+            END IF;
+            FOR d IN SELECT x FROM jsonb_array_elements(s->'deps') x LOOP
+                PERFORM softguard._need_live(op, (d->>'classid')::oid, (d->>'objid')::oid,
+                                             s->>'identity', d->>'identity');
+            END LOOP;
+            CASE s->>'step'
+            WHEN 'drop_constraint' THEN
+                ddl := s->>'def';
+                IF s->>'ref_table' IS NOT NULL
+                   AND (s->>'ref_table')::oid::regclass::text <> s->>'ref_name' THEN
+                    -- the referenced table came back under another name (--rename-to)
+                    ddl := replace(ddl, ' REFERENCES ' || (s->>'ref_name') || '(',
+                                   ' REFERENCES ' || (s->>'ref_table')::oid::regclass::text || '(');
+                END IF;
+                s := s || jsonb_build_object('def', ddl);
+                IF (s->>'validated')::boolean AND s->>'contype' IN ('f', 'c')
+                   AND NOT (s->>'partitioned')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s NOT VALID', cur,
+                                   s->>'name', s->>'def');
+                    EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', cur, s->>'name');
+                ELSE
+                    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', cur, s->>'name', s->>'def');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-added', format('%I on %s', s->>'name', cur),
+                                                  format('re-added constraint %I on %s', s->>'name', cur));
+            WHEN 'drop_trigger' THEN
+                EXECUTE s->>'def';
+                IF s->>'enabled' <> 'O' THEN
+                    EXECUTE format('ALTER TABLE %s %s TRIGGER %I', cur,
+                                   CASE s->>'enabled' WHEN 'D' THEN 'DISABLE'
+                                        WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE ALWAYS' END,
+                                   s->>'name');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON TRIGGER %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created trigger %I on %s', s->>'name', cur));
+            WHEN 'drop_default' THEN
+                EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', cur, s->>'name',
+                               s->>'def');
+                lines := lines || softguard._step(op, 're-set', format('%s.%I', cur, s->>'name'),
+                                                  format('re-set default of %s.%I', cur, s->>'name'));
+            WHEN 'drop_policy' THEN
+                EXECUTE s->>'def';
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON POLICY %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created policy %I on %s', s->>'name', cur));
+            WHEN 'drop_rule' THEN
+                EXECUTE s->>'def';
+                IF s->>'enabled' <> 'O' THEN
+                    EXECUTE format('ALTER TABLE %s %s RULE %I', cur,
+                                   CASE s->>'enabled' WHEN 'D' THEN 'DISABLE'
+                                        WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE ALWAYS' END,
+                                   s->>'name');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON RULE %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created rule %I on %s', s->>'name', cur));
+            WHEN 'drop_index' THEN
+                target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                               THEN rename_to ELSE s->>'name' END;
+                SELECT c.relnamespace INTO nsp FROM pg_class c WHERE c.oid = (s->>'table')::oid;
+                IF softguard._name_taken('relation', nsp, target, 0) THEN
+                    RAISE EXCEPTION USING ERRCODE = '42P07',
+                        MESSAGE = format('cannot undo operation %s: relation %s already exists (created after the DROP)',
+                                         op, format('%I.%I', nsp::regnamespace, target)),
+                        HINT = 'use --rename-to NEW_NAME';
+                END IF;
+                ddl := s->>'def';
+                IF target <> s->>'name' THEN
+                    -- pg_get_indexdef: 'CREATE [UNIQUE ]INDEX <name> ON ...'
+                    ddl := overlay(ddl PLACING quote_ident(target)
+                                   FROM position(' INDEX ' IN ddl) + 7
+                                   FOR length(quote_ident(s->>'name')));
+                END IF;
+                EXECUTE ddl;
+                cur := format('%I.%I', nsp::regnamespace, target);
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON INDEX %s IS %L', cur, s->>'comment');
+                END IF;
+                IF (s->>'clustered')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s CLUSTER ON %I', (s->>'table')::oid::regclass, target);
+                END IF;
+                IF (s->>'replident')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY USING INDEX %I',
+                                   (s->>'table')::oid::regclass, target);
+                END IF;
+                lines := lines || softguard._step(op, 're-created', cur, format('re-created index %s', cur));
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = 'XX000',
+                    MESSAGE = format('softguard: unknown restore step %s in operation %s',
+                                     s->>'step', op);
+            END CASE;
+        END CASE;
+    END LOOP;
+
+    -- Everything restored must find what it uses live: a later operation may hold it.
+    FOR e IN SELECT x FROM jsonb_array_elements(o.objects) x
+              WHERE x->>'held_by' IS NULL AND x->>'quarantined_as' IS NOT NULL LOOP
+        FOR k IN SELECT dp.refclassid, dp.refobjid FROM pg_depend dp
+                  WHERE dp.classid = (e->>'classid')::oid AND dp.objid = (e->>'objid')::oid
+                    AND dp.objsubid = (e->>'objsubid')::integer
+                    AND dp.deptype IN ('n', 'a') LOOP
+            PERFORM softguard._need_live(op, k.refclassid, k.refobjid,
+                                         (e->>'type') || ' ' || (e->>'identity'));
+        END LOOP;
+    END LOOP;
+
+    PERFORM softguard._record_undo(o, CASE WHEN rename_to IS NULL THEN ''
+                                           ELSE ' --rename-to ' || rename_to END);
+    RETURN lines;
+END $$;
+CREATE OR REPLACE FUNCTION softguard._undo_captures(op bigint, on_conflict text) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    lines softguard.undo_step[] := '{}';
+    saved_srr text := current_setting('session_replication_role');
+    rel oid;
+    g record;
+    cap softguard.captures;
+    sq record;
+    cols text[];
+    ids bigint[];
+    rtype text;
+    src text;
+    key text[];
+    total bigint;
+    done bigint;
+    bad text;
+    nbad bigint;
+    msg text;
+    detail text;
+    have_identity boolean;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF on_conflict NOT IN ('fail', 'skip') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('--on-conflict must be fail or skip, not %s', on_conflict);
+    END IF;
+    -- every table must be live (a later DROP may hold it)
+    FOR g IN SELECT DISTINCT cp.relid, cp.table_identity FROM softguard.captures cp
+              WHERE cp.op_id = op ORDER BY cp.relid LOOP
+        PERFORM softguard._need_table(op, g.relid, g.table_identity);
+    END LOOP;
+
+    -- ALTER TABLE: the column first (rows of other captures may need it)
+    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'column' LOOP
+        lines := lines || softguard._undo_column(op, cap);
+    END LOOP;
+
+    PERFORM set_config('session_replication_role', 'replica', true);
+
+    -- 1. rows removed (DELETE, TRUNCATE), parents first
+    FOREACH rel IN ARRAY softguard._parents_first(ARRAY(
+            SELECT DISTINCT relid FROM softguard.captures
+             WHERE op_id = op AND event IN ('delete', 'truncate') AND n_rows > 0)) LOOP
+        FOR g IN SELECT c.columns, array_agg(c.id ORDER BY c.id) AS ids, sum(c.n_rows) AS n,
+                        min(c.id) AS first_id
+                   FROM softguard.captures c
+                  WHERE c.op_id = op AND c.relid = rel AND c.event IN ('delete', 'truncate')
+                    AND c.n_rows > 0
+                  GROUP BY c.columns ORDER BY min(c.id) LOOP
+            rtype := softguard._row_type(g.columns, g.first_id::text);
+            -- columns to insert: captured ones still in the table, not generated
+            cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                           WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                             AND a.attgenerated = ''
+                             AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(g.columns) x)
+                           ORDER BY a.attnum);
+            -- OFFSET 0: the row text is parsed once, not once per column
+            src := format('SELECT (q.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                          ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) q', rtype, g.ids);
+            have_identity := EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel
+                                      AND a.attidentity = 'a' AND a.attname = ANY (cols));
+            IF on_conflict = 'skip' THEN
+                EXECUTE format('INSERT INTO %s (%s) %s SELECT %s FROM (%s) s ON CONFLICT DO NOTHING',
+                               rel::regclass,
+                               (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                               CASE WHEN have_identity THEN 'OVERRIDING SYSTEM VALUE' ELSE '' END,
+                               (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                               src);
+                GET DIAGNOSTICS done = ROW_COUNT;
+            ELSE
+                BEGIN
+                    EXECUTE format('INSERT INTO %s (%s) %s SELECT %s FROM (%s) s',
+                                   rel::regclass,
+                                   (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                                   CASE WHEN have_identity THEN 'OVERRIDING SYSTEM VALUE' ELSE '' END,
+                                   (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                                   src);
+                    GET DIAGNOSTICS done = ROW_COUNT;
+                EXCEPTION WHEN unique_violation THEN
+                    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+                    key := softguard._row_key(rel);
+                    bad := NULL;
+                    IF key IS NOT NULL THEN
+                        EXECUTE format('SELECT count(*), string_agg(k, '', '') FILTER (WHERE n <= 5)'
+                                       ' FROM (SELECT format(%L, %s) AS k, row_number() OVER () AS n'
+                                       ' FROM (%s) s WHERE EXISTS (SELECT FROM %s t WHERE %s)) x',
+                                       '(' || array_to_string(key, ', ') || ')=(' ||
+                                           array_to_string(array_fill('%s'::text, ARRAY[cardinality(key)]), ', ') || ')',
+                                       (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(key) x),
+                                       src, rel::regclass,
+                                       (SELECT string_agg(format('t.%I = s.%I', x, x), ' AND ')
+                                          FROM unnest(key) x))
+                          INTO nbad, bad;
+                    END IF;
+                    IF bad IS NULL OR nbad = 0 THEN
+                        bad := coalesce(detail, 'a unique key');
+                        nbad := NULL;
+                    END IF;
+                    RAISE EXCEPTION USING ERRCODE = '23505',
+                        MESSAGE = format('cannot undo operation %s: %s of %s re-used since: %s%s',
+                                         op, CASE WHEN nbad IS NULL THEN 'a key'
+                                                  WHEN nbad = 1 THEN '1 key'
+                                                  ELSE nbad || ' keys' END,
+                                         rel::regclass, bad,
+                                         CASE WHEN nbad > 5 THEN ', ...' ELSE '' END),
+                        HINT = 'use --on-conflict skip';
+                END;
+            END IF;
+            IF done < g.n AND on_conflict = 'fail' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: only %s of its %s rows of %s'
+                                     ' could be put back', op, done, g.n, rel::regclass);
+            END IF;
+            PERFORM softguard._check_fks(op, rel, src);
+            lines := lines || softguard._step(op, 'restored', rel::regclass::text,
+                                 format('restored %s rows into %s%s', done,
+                                     rel::regclass,
+                                     CASE WHEN done < g.n THEN format(' (%s skipped: key re-used since)',
+                                                                      g.n - done) ELSE '' END), done);
+        END LOOP;
+    END LOOP;
+
+    -- 2. rows changed (UPDATE, MERGE, SET NULL / SET DEFAULT of a DELETE): old values back,
+    --    found by key; the first image of a row in the operation is its value before it.
+    --    Tables where the operation changed keys, or without a key: _undo_changed.
+    FOR rel IN SELECT c.relid FROM softguard.captures c
+                WHERE c.op_id = op AND c.event = 'update' AND c.n_rows > 0 AND c.info ? 'key'
+                GROUP BY c.relid ORDER BY min(c.id) LOOP
+        lines := lines || softguard._undo_changed(op, rel, on_conflict);
+    END LOOP;
+    FOR g IN SELECT c.relid, c.columns, array_agg(c.id ORDER BY c.id) AS ids, min(c.id) AS first_id
+               FROM softguard.captures c
+              WHERE c.op_id = op AND c.event = 'update' AND c.n_rows > 0
+                AND c.relid NOT IN (SELECT x.relid FROM softguard.captures x
+                                     WHERE x.op_id = op AND x.event = 'update' AND x.info ? 'key')
+              GROUP BY c.relid, c.columns ORDER BY min(c.id) LOOP
+        key := softguard._row_key(g.relid);
+        IF key IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('cannot undo operation %s: %s has no primary key to find the changed rows by',
+                                 op, g.relid::regclass);
+        END IF;
+        rtype := softguard._row_type(g.columns, g.first_id::text);
+        cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                       WHERE a.attrelid = g.relid AND a.attnum > 0 AND NOT a.attisdropped
+                         AND a.attgenerated = '' AND a.attidentity <> 'a'
+                         AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(g.columns) x)
+                       ORDER BY a.attnum);
+        src := format('SELECT DISTINCT ON (%s) * FROM (SELECT (p.x).*, p.sg_cid FROM'
+                      ' (SELECT r."row"::%s AS x, r.capture_id AS sg_cid FROM softguard.captured_rows r'
+                      ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) p) q ORDER BY %s, q.sg_cid',
+                      (SELECT string_agg(format('q.%I', x), ', ') FROM unnest(key) x), rtype, g.ids,
+                      (SELECT string_agg(format('q.%I', x), ', ') FROM unnest(key) x));
+        EXECUTE format('SELECT count(*) FROM (%s) s', src) INTO total;
+        EXECUTE format('UPDATE %s t SET (%s) = ROW(%s) FROM (%s) s WHERE %s',
+                       g.relid::regclass,
+                       (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                       (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                       src,
+                       (SELECT string_agg(format('t.%I = s.%I', x, x), ' AND ') FROM unnest(key) x));
+        GET DIAGNOSTICS done = ROW_COUNT;
+        PERFORM softguard._check_fks(op, g.relid, src);
+        lines := lines || softguard._step(op, 'restored', g.relid::regclass::text,
+                             format('restored old values of %s rows of %s%s', done,
+                                 g.relid::regclass,
+                                 CASE WHEN done < total THEN format(' (%s no longer exist)', total - done)
+                                      ELSE '' END), done);
+    END LOOP;
+
+    -- 3. sequences restarted by TRUNCATE ... RESTART IDENTITY (never moved backwards)
+    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'sequence' ORDER BY id LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = (cap.info->>'seq')::oid);
+        EXECUTE format('SELECT last_value, is_called FROM %s', (cap.info->>'seq')::oid::regclass) INTO sq;
+        IF sq.last_value < (cap.info->>'last_value')::bigint
+           OR (sq.last_value = (cap.info->>'last_value')::bigint AND NOT sq.is_called
+               AND (cap.info->>'is_called')::boolean) THEN
+            PERFORM setval((cap.info->>'seq')::oid::regclass, (cap.info->>'last_value')::bigint,
+                           (cap.info->>'is_called')::boolean);
+            lines := lines || softguard._step(op, 'restored', (cap.info->>'seq')::oid::regclass::text,
+                format('restored sequence %s to %s',
+                       (cap.info->>'seq')::oid::regclass, cap.info->>'last_value'));
+        END IF;
+    END LOOP;
+
+    PERFORM set_config('session_replication_role', saved_srr, true);
+
+    PERFORM softguard._record_undo(o, CASE WHEN on_conflict = 'skip'
+                                           THEN ' --on-conflict skip' ELSE '' END);
+    IF cardinality(lines) = 0 THEN
+        lines := ARRAY[softguard._step(op, 'nothing', '', 'nothing to restore')];
+    END IF;
+    RETURN lines;
+END $$;
+CREATE OR REPLACE FUNCTION softguard._undo_large_objects(op bigint) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lines softguard.undo_step[] := '{}';
+    o softguard.operations;
+    k softguard.large_objects;
+    later bigint;
+    recreated boolean;
+    a record;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF o.state <> 'active' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s is %s, not active', op, o.state);
+    END IF;
+    FOR k IN SELECT * FROM softguard.large_objects WHERE op_id = op ORDER BY loid LOOP
+        SELECT min(l.op_id) INTO later
+          FROM softguard.large_objects l JOIN softguard.operations lo ON lo.id = l.op_id
+         WHERE l.loid = k.loid AND l.op_id > op AND lo.state = 'active';
+        IF later IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55006',
+                MESSAGE = format('cannot undo operation %s: operation %s wrote large object %s '
+                                 'since', op, later, k.loid),
+                DETAIL = softguard._blocked_detail(later),
+                HINT = format('Undo operation %s first, or use --cascade.', later);
+        END IF;
+        recreated := NOT EXISTS (SELECT FROM pg_largeobject_metadata WHERE oid = k.loid);
+        IF recreated THEN
+            PERFORM pg_catalog.lo_create(k.loid);
+            EXECUTE format('ALTER LARGE OBJECT %s OWNER TO %I', k.loid, k.owner_name);
+            -- GRANTs record the grantees' dependencies; the exact ACL is then set as kept.
+            FOR a IN SELECT * FROM aclexplode(k.acl) x
+                      WHERE x.grantee <> (SELECT oid FROM pg_roles WHERE rolname = k.owner_name)
+            LOOP
+                EXECUTE format('GRANT %s ON LARGE OBJECT %s TO %s%s', a.privilege_type, k.loid,
+                               CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                    ELSE quote_ident((SELECT rolname FROM pg_roles
+                                                       WHERE oid = a.grantee)) END,
+                               CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+            END LOOP;
+            UPDATE pg_largeobject_metadata SET lomacl = k.acl WHERE oid = k.loid;
+        END IF;
+        DELETE FROM pg_largeobject WHERE loid = k.loid;
+        INSERT INTO pg_largeobject (loid, pageno, data)
+        SELECT p.loid, p.pageno, p.data FROM softguard.large_object_pages p
+         WHERE p.op_id = op AND p.loid = k.loid ORDER BY p.pageno;
+        lines := lines || softguard._step(op, CASE WHEN recreated THEN 're-created'
+                                                   ELSE 'restored' END,
+                                          format('large object %s', k.loid),
+                                          format('large object %s %s (%s bytes)', k.loid,
+                                                 CASE WHEN recreated
+                                                      THEN 're-created with its contents, owner '
+                                                           || quote_ident(k.owner_name)
+                                                      ELSE 'contents restored' END,
+                                                 k.n_bytes));
+    END LOOP;
+    PERFORM softguard._record_undo(o, '');
+    RETURN lines;
+END $$;
+CREATE OR REPLACE FUNCTION softguard._undo_definitions(op bigint, rename_to text)
+RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    s jsonb;
+    later bigint;
+    cur record;
+    st record;
+    lines softguard.undo_step[] := '{}';
+    what text;
+    err text;
+    saved_check text := current_setting('check_function_bodies');
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF o.state = 'undone' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s is already undone (at %s by %s)', op,
+                             to_char(o.undone_at, 'YYYY-MM-DD HH24:MI:SS'), o.undone_by);
+    END IF;
+    IF rename_to IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('--rename-to applies to DROP operations; operation %s is a %s',
+                             op, o.kind);
+    END IF;
+    FOR s IN SELECT x FROM jsonb_array_elements(o.restore) x LOOP
+        what := s->>'identity';
+        -- A later active operation changed it again: undo that one first (or --cascade).
+        SELECT l.id INTO later FROM softguard.operations l, jsonb_array_elements(l.restore) x
+         WHERE l.id > op AND l.state = 'active' AND x->>'step' = s->>'step'
+           AND (x->>'classid')::oid = (s->>'classid')::oid
+           AND (x->>'objid')::oid = (s->>'objid')::oid
+         ORDER BY l.id DESC LIMIT 1;
+        IF later IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55006',
+                MESSAGE = format('cannot undo operation %s: %s was changed again by operation %s',
+                                 op, what, later),
+                DETAIL = softguard._blocked_detail(later),
+                HINT = format('Undo operation %s first, or use --cascade.', later);
+        END IF;
+        IF s->>'step' = 'definition' THEN
+            SELECT * INTO cur FROM softguard._definition_of((s->>'classid')::oid,
+                                                            (s->>'objid')::oid);
+            IF cur.definition IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s was dropped since', op, what),
+                    HINT = format('softguard show %s prints the definition it replaced.', op);
+            ELSIF cur.identity IS DISTINCT FROM s->>'identity'
+                  OR s->>'old_identity' IS DISTINCT FROM s->>'identity' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s was renamed or moved '
+                                     '(it is now %s)', op, what, cur.identity),
+                    HINT = format('softguard show %s prints the definition it replaced.', op);
+            ELSIF cur.definition IS DISTINCT FROM s->>'new' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s was changed since, outside '
+                                     'softguard''s operations; undo would overwrite that change',
+                                     op, what),
+                    HINT = format('softguard show %s prints the definition it replaced.', op);
+            END IF;
+            -- a SQL function's body is checked against search_path at CREATE: the old
+            -- one was accepted once, in the search_path of its day
+            PERFORM set_config('check_function_bodies', 'off', true);
+            BEGIN
+                EXECUTE s->>'old';
+            EXCEPTION WHEN invalid_table_definition OR datatype_mismatch
+                           OR invalid_function_definition OR feature_not_supported THEN
+                GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = format('cannot undo operation %s: the old definition of %s cannot '
+                                     'replace the current one in place (%s)', op, what, err),
+                    HINT = format('Drop it and re-create it from softguard show %s.', op);
+            END;
+            PERFORM set_config('check_function_bodies', saved_check, true);
+            lines := lines || softguard._step(op, 'restored', what,
+                                              format('restored the previous definition of %s', what));
+        ELSE
+            IF to_regclass(((s->>'objid')::oid)::regclass::text) IS NULL
+               OR 'sequence ' || ((s->>'objid')::oid)::regclass::text <> what THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s was dropped, renamed or moved '
+                                     'since', op, what);
+            END IF;
+            SELECT (x.v->>'last_value')::bigint AS last_value, (x.v->>'is_called')::boolean
+                   AS is_called, x.v - 'last_value' - 'is_called' AS params
+              INTO st
+              FROM (SELECT softguard._sequence_states(false)->(s->>'objid') AS v) x;
+            -- values handed out since would be handed out again: refuse, keep them
+            IF (st.last_value, st.is_called) IS DISTINCT FROM
+                   ((s->'new'->>'last_value')::bigint, (s->'new'->>'is_called')::boolean)
+               AND sign((s->'old'->>'increment')::bigint)
+                   * (st.last_value - (s->'old'->>'last_value')::bigint) > 0 THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s has handed out values up to %s '
+                                     'since; putting it back to %s would hand them out again',
+                                     op, what, st.last_value, s->'old'->>'last_value'),
+                    HINT = 'Set it by hand (setval) past the values in use.';
+            END IF;
+            IF st.params IS DISTINCT FROM (s->'old') - 'last_value' - 'is_called' THEN
+                -- RESTART: the bounds are checked against the value, put back just after
+                EXECUTE format('ALTER SEQUENCE %s AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s '
+                               'START WITH %s RESTART WITH %s CACHE %s %s',
+                               (s->>'objid')::oid::regclass,
+                               s->'old'->>'type', s->'old'->>'increment', s->'old'->>'min',
+                               s->'old'->>'max', s->'old'->>'start', s->'old'->>'last_value',
+                               s->'old'->>'cache',
+                               CASE WHEN (s->'old'->>'cycle')::boolean THEN 'CYCLE'
+                                    ELSE 'NO CYCLE' END);
+            END IF;
+            PERFORM setval((s->>'objid')::oid::regclass, (s->'old'->>'last_value')::bigint,
+                           (s->'old'->>'is_called')::boolean);
+            lines := lines || softguard._step(op, 're-set', what,
+                format('re-set %s to last_value %s, is_called %s%s', what,
+                       s->'old'->>'last_value', s->'old'->>'is_called',
+                       CASE WHEN (st.last_value, st.is_called)
+                                 IS DISTINCT FROM ((s->'new'->>'last_value')::bigint,
+                                                   (s->'new'->>'is_called')::boolean)
+                            THEN format(' (it had moved on to %s since the operation)',
+                                        st.last_value)
+                            ELSE '' END));
+        END IF;
+    END LOOP;
+    PERFORM softguard._record_undo(o, '');
+    RETURN lines;
+END $$;
+-- end section: undo-record -------------------------------------------------------------
+
 
 DO $$
 DECLARE
