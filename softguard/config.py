@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from softguard.policy import PolicyConfig, parse_size_bytes
+from softguard.policy import ByteSize, PolicyConfig
 from softguard.soft_delete_config import SoftDeleteRule
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         ge=0,
         description="warn loudly (never evict) when a database's quarantine holds more",
     )
-    max_capture_bytes: int = Field(
+    max_capture_bytes: ByteSize = Field(
         1 << 30,
         ge=0,
         description="most one statement may copy into the ledger (DELETE, UPDATE, TRUNCATE "
@@ -163,11 +163,6 @@ class Settings(BaseSettings):
             except Error as exc:
                 raise ValueError(f"not a valid DSN: {exc}") from None
         return value
-
-    @field_validator("max_capture_bytes", mode="before")
-    @classmethod
-    def _parse_max_capture_bytes(cls, value: Any) -> Any:
-        return parse_size_bytes(value) if isinstance(value, str) else value
 
     @property
     def capture_budget(self) -> CaptureBudget:

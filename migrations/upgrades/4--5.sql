@@ -861,12 +861,19 @@ BEGIN
     IF cardinality(rels) = 0 OR softguard._in_maintenance() THEN
         RETURN;                    -- softguard's own switch of UPDATE capture (40_capture.sql)
     END IF;
-    IF TG_EVENT <> 'sql_drop' THEN
+    IF TG_EVENT <> 'sql_drop'
+       AND NOT (SELECT g.capture_updates FROM softguard.settings g) THEN
         -- A foreign key ON DELETE SET NULL / SET DEFAULT added to a table while UPDATEs are
         -- not captured: the table now needs the UPDATE capture trigger (decision 0023).
         -- Installed, not refused: this statement asked for nothing to be switched off.
+        -- Only where no UPDATE capture trigger exists under any name: a renamed one is
+        -- tampering, refused below.
         FOR r IN SELECT DISTINCT s.rel FROM softguard._capture_state(rels) s
-                  WHERE s.name = 'zz_softguard_capture_update' AND s.state = 'missing' LOOP
+                  WHERE s.name = 'zz_softguard_capture_update' AND s.state = 'missing'
+                    AND NOT EXISTS (SELECT FROM pg_trigger g
+                                     WHERE g.tgrelid = s.rel AND (g.tgtype & 16) <> 0
+                                       AND g.tgfoid = 'softguard._capture_rows()'::regprocedure)
+        LOOP
             PERFORM softguard._install_capture_maintained(r.rel);
         END LOOP;
     END IF;
