@@ -47,11 +47,12 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="processes sharing the port (SO_REUSEPORT)")
     tls_cert: Path | None = Field(None, description="certificate for client TLS")
     tls_key: Path | None = Field(None, description="private key for client TLS")
-    upstream_pooler: Literal["none", "session"] = Field(
+    upstream_pooler: Literal["none", "session", "transaction"] = Field(
         "none",
         description="'session' when a session-mode pooler or a TCP proxy sits between "
-        "softguard and the server; otherwise sessions whose server sees another client "
-        "port are refused (transaction pooling is not supported)",
+        "softguard and the server; 'transaction' for a transaction-mode pooler (protection "
+        "is then registered per login role: decision 0026); otherwise sessions whose server "
+        "sees another client port are refused",
     )
     users_file: Path | None = Field(
         None,

@@ -78,18 +78,35 @@ REGISTER_SESSION_FUNCTION = "softguard.register_session"
 REGISTER_LIMITS_FUNCTION = "softguard.register_limits"
 
 
+#: softguard.register_role(events text, retention integer, max_rows bigint, max_rows_by
+#: text, max_table_bytes bigint, max_table_bytes_by text, denied_tables jsonb): the same
+#: for every session of the caller's login role, where a transaction pooler hands each
+#: transaction to any backend (decision 0026).
+REGISTER_ROLE_FUNCTION = "softguard.register_role"
+
+
 def register_session_query(
     events: str,
     retention_seconds: int,
     client_addr: str,
     limits: tuple[int | None, str, int | None, str, str] | None = None,
+    *,
+    by_role: bool = False,
 ) -> bytes:
     """The registration as one simple Query text (in its own read-write transaction, so a
     role whose default is read-only is registered too). *limits*: (max_rows, what set it,
     max_table_bytes, what set it, the denied tables as JSON), registered after the session
-    when given."""
+    when given. *by_role*: register the login role instead of this backend (behind a
+    transaction pooler)."""
     if not _PLAIN.fullmatch(events) or not _PLAIN.fullmatch(client_addr):
         raise ValueError("registration values must be plain (letters, digits, . : , % -)")
+    if by_role:
+        rows, rows_by, size, size_by, tables = limits or (None, "", None, "", "[]")
+        return (
+            f"BEGIN READ WRITE; SELECT {REGISTER_ROLE_FUNCTION}('{events}', "
+            f"{int(retention_seconds)}, {_bigint(rows)}, {_text(rows_by)}, {_bigint(size)}, "
+            f"{_text(size_by)}, {_text(tables)}::jsonb), pg_catalog.inet_client_port(); COMMIT"
+        ).encode()
     with_limits = ""
     if limits is not None:
         rows, rows_by, size, size_by, tables = limits

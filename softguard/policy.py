@@ -321,6 +321,11 @@ class PolicyConfig(_Verdicts):
         Then the database needs its UPDATE capture triggers (decision 0023)."""
         return self.update != "allow" or any(r.update not in (None, "allow") for r in self.rules)
 
+    @property
+    def has_read_only(self) -> bool:
+        """Can any session be in read-only mode?"""
+        return self.mode == "read-only" or any(r.mode == "read-only" for r in self.rules)
+
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: object) -> object:

@@ -17,6 +17,7 @@ import pytest
 from support.compare import run_async
 from support.faults import environment
 from support.pg import ROLE_PASSWORDS, TestServer
+from support.pgbouncer import PgBouncer, logs_on_failure
 
 from softguard.auth.scram import Verifier
 from softguard.auth.users import User, UsersFile
@@ -203,3 +204,67 @@ def test_channel_bound_login_over_tls_to_softguard(
         assert run_async(who()) == ROLE
     finally:
         proxy.stop()
+
+
+def test_agent_over_tls_through_pgbouncer_in_transaction_mode(
+    held_db: str, pg_server: TestServer, proxy_factory: Any, tmp_path: Path,
+    pytestconfig: pytest.Config,
+) -> None:  # fmt: skip
+    """Issue 12's deployment end to end: an agent known only to softguard's users file
+    logs in over TLS with channel-bound SCRAM; softguard logs in with its held password to
+    a PgBouncer in transaction mode (SCRAM too), which logs in to the server; the agent's
+    DELETE is captured whatever backend its transaction gets, and undone."""
+    tls = pg_server.tls
+    if tls is None:
+        pytest.skip("PostgreSQL binaries built without OpenSSL")
+    bouncer = PgBouncer(
+        pg_server,
+        [ROLE],
+        pool_mode="transaction",
+        auth_type="scram-sha-256",
+        passwords={ROLE: ROLE_PASSWORDS[ROLE]},
+    )
+    try:
+        bouncer.start()
+        with logs_on_failure(pytestconfig, bouncer), environment(**_secrets(tmp_path)):
+            proxy = proxy_factory(
+                "--tls-cert", str(tls.proxy_cert), "--tls-key", str(tls.proxy_key),
+                "--require-tls", "--upstream-pooler", "transaction",
+                upstream=bouncer.upstream, fresh=True,
+            )  # fmt: skip
+            try:
+                tls_params = {"sslmode": "verify-full", "sslrootcert": str(tls.ca_file)}
+                dsn = proxy.dsn(held_db, AGENT, AGENT_PW, channel_binding="require", **tls_params)
+                # a second agent session in a transaction holds a backend, so the first one's
+                # transactions do not all run on the backend that registered it
+                with (
+                    psycopg.connect(dsn, connect_timeout=15) as holder,
+                    psycopg.connect(dsn, autocommit=True, connect_timeout=15) as c,
+                ):
+                    assert c.pgconn.ssl_in_use
+                    holder.execute("SELECT 1")
+                    c.execute("DELETE FROM items WHERE id IN (4, 5)")
+                    holder.rollback()
+                plain = proxy.dsn(held_db, AGENT, AGENT_PW, sslmode="disable")
+                assert "TLS" in _login_error(plain)[1]
+            finally:
+                proxy.stop()
+    finally:
+        bouncer.cleanup()
+    with psycopg.connect(pg_server.superuser_dsn(held_db), autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM items WHERE id IN (4, 5)").fetchone() == (0,)
+        row = c.execute(
+            "SELECT max(id) FROM softguard.operations WHERE kind = 'DELETE'"
+            " AND statement LIKE '%%id IN (4, 5)%%'"
+        ).fetchone()
+        roles = c.execute("SELECT role FROM softguard.pooled_roles").fetchall()
+    assert row is not None and row[0] is not None, "the DELETE was not captured"
+    assert roles == [(ROLE,)], roles
+    r = subprocess.run(
+        [sys.executable, "-m", "softguard", "undo", str(row[0]), "--yes", "--dsn",
+         pg_server.superuser_dsn(held_db)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    with psycopg.connect(pg_server.superuser_dsn(held_db)) as c:
+        assert c.execute("SELECT count(*) FROM items WHERE id IN (4, 5)").fetchone() == (2,)

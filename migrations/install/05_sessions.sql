@@ -43,6 +43,27 @@ LANGUAGE sql STABLE AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._backend_start() FROM PUBLIC;
 
+-- The protected categories of a registration, from the proxy's comma-separated list
+-- (sorted, duplicates removed; '' or 'off': none); 22023 for an unknown one.
+CREATE FUNCTION softguard._categories(events text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wanted text[];
+BEGIN
+    wanted := ARRAY(SELECT DISTINCT e
+                      FROM unnest(string_to_array(replace(lower(coalesce(events, '')), ' ', ''),
+                                                  ',')) e
+                     WHERE e NOT IN ('', 'off') ORDER BY 1);
+    IF NOT wanted <@ ARRAY['delete', 'update', 'drop', 'truncate', 'alter', 'schema',
+                           'read_only'] THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('softguard: unknown protected categories %L', events),
+            HINT = 'Categories are delete, update, drop, truncate, alter, schema and read_only.';
+    END IF;
+    RETURN wanted;
+END $$;
+REVOKE ALL ON FUNCTION softguard._categories(text) FROM PUBLIC;
+
 -- Register (or add to) this session's protection. Callable by any role: it can only add.
 --   events     the protected categories, comma-separated: 'delete' and 'update' are
 --              captured; 'drop', 'truncate', 'alter' arm the backstop (85_backstop.sql)
@@ -58,16 +79,7 @@ DECLARE
     wanted text[];
     started timestamptz := softguard._backend_start();
 BEGIN
-    wanted := ARRAY(SELECT DISTINCT e
-                      FROM unnest(string_to_array(replace(lower(coalesce(events, '')), ' ', ''),
-                                                  ',')) e
-                     WHERE e NOT IN ('', 'off') ORDER BY 1);
-    IF NOT wanted <@ ARRAY['delete', 'update', 'drop', 'truncate', 'alter', 'schema',
-                           'read_only'] THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('softguard: unknown protected categories %L', events),
-            HINT = 'Categories are delete, update, drop, truncate, alter, schema and read_only.';
-    END IF;
+    wanted := softguard._categories(events);
     IF retention IS NULL OR retention < 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('softguard: bad retention %s', coalesce(retention::text, 'NULL'));
@@ -102,6 +114,103 @@ END $$;
 REVOKE ALL ON FUNCTION softguard.register_session(text, integer, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard.register_session(text, integer, text) TO PUBLIC;
 
+-- Behind a transaction-mode pooler (upstream_pooler = "transaction"), a client's
+-- transactions run on whichever server backend the pooler hands out, so a registration
+-- keyed by the backend protects the wrong session. There the proxy registers the session's
+-- login role instead (register_role): every session of that role, on any backend, through
+-- softguard or not, is then protected as the union of what was registered for it. A role
+-- row only ever adds protection, like a session row; only the ledger's owner removes one
+-- (docs/decisions/0026-transaction-poolers.md).
+CREATE TABLE softguard.pooled_roles (
+    role               name PRIMARY KEY,         -- the login role (session_user)
+    capture            text[] NOT NULL,
+    retention_seconds  integer NOT NULL CHECK (retention_seconds >= 0),
+    max_rows           bigint CHECK (max_rows >= 0),
+    max_rows_by        text,
+    max_table_bytes    bigint CHECK (max_table_bytes >= 0),
+    max_table_bytes_by text,
+    denied_tables      jsonb NOT NULL DEFAULT '[]',
+    registered_at      timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON softguard.pooled_roles FROM PUBLIC;
+COMMENT ON TABLE softguard.pooled_roles IS
+    'login roles the proxy registered behind a transaction pooler: every session of the role '
+    'is protected as if registered (only ever added to; the ledger owner removes rows)';
+
+-- Register (or add to) the protection of this session's login role, for every session
+-- of it. Arguments as register_session's and register_limits' (each limit only lowers,
+-- the denied tables are a union); callable by any role: it can only add, and only to the
+-- caller's own login role.
+CREATE FUNCTION softguard.register_role(events text, retention integer, max_rows bigint,
+                                        max_rows_by text, max_table_bytes bigint,
+                                        max_table_bytes_by text, denied_tables jsonb)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wanted text[] := softguard._categories(events);
+    denied jsonb;
+BEGIN
+    IF retention IS NULL OR retention < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('softguard: bad retention %s', coalesce(retention::text, 'NULL'));
+    END IF;
+    IF max_rows < 0 OR max_table_bytes < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'softguard: limits cannot be negative';
+    END IF;
+    denied := (SELECT coalesce(jsonb_agg(DISTINCT e), '[]')
+                 FROM jsonb_array_elements(coalesce(register_role.denied_tables, '[]')) e
+                WHERE jsonb_typeof(e->'pattern') = 'string'
+                  AND e->>'category' IN ('delete', 'update', 'truncate', 'drop'));
+    INSERT INTO softguard.pooled_roles AS p (role, capture, retention_seconds, max_rows,
+                                             max_rows_by, max_table_bytes, max_table_bytes_by,
+                                             denied_tables)
+    VALUES (session_user, wanted, retention, register_role.max_rows, register_role.max_rows_by,
+            register_role.max_table_bytes, register_role.max_table_bytes_by, denied)
+    ON CONFLICT (role) DO UPDATE SET
+        capture = ARRAY(SELECT DISTINCT e FROM unnest(p.capture || excluded.capture) e
+                         ORDER BY 1),
+        retention_seconds = greatest(p.retention_seconds, excluded.retention_seconds),
+        max_rows = CASE WHEN excluded.max_rows < coalesce(p.max_rows, excluded.max_rows + 1)
+                        THEN excluded.max_rows ELSE p.max_rows END,
+        max_rows_by = CASE WHEN excluded.max_rows < coalesce(p.max_rows, excluded.max_rows + 1)
+                           THEN excluded.max_rows_by ELSE p.max_rows_by END,
+        max_table_bytes = CASE WHEN excluded.max_table_bytes
+                                    < coalesce(p.max_table_bytes, excluded.max_table_bytes + 1)
+                               THEN excluded.max_table_bytes ELSE p.max_table_bytes END,
+        max_table_bytes_by = CASE WHEN excluded.max_table_bytes
+                                       < coalesce(p.max_table_bytes, excluded.max_table_bytes + 1)
+                                  THEN excluded.max_table_bytes_by ELSE p.max_table_bytes_by END,
+        denied_tables = (SELECT coalesce(jsonb_agg(DISTINCT e), '[]')
+                           FROM jsonb_array_elements(p.denied_tables || excluded.denied_tables) e);
+    IF 'update' = ANY (wanted) OR denied @> '[{"category": "update"}]' THEN
+        -- UPDATE capture triggers exist only while some session needs them (decision 0023)
+        PERFORM softguard._set_capture_updates(true);
+    END IF;
+    -- Not default_transaction_read_only, as register_session does for 'read_only': on a
+    -- pooled backend that setting would outlive this transaction and reach other clients.
+END $$;
+REVOKE ALL ON FUNCTION softguard.register_role(text, integer, bigint, text, bigint, text, jsonb)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard.register_role(text, integer, bigint, text, bigint, text, jsonb)
+    TO PUBLIC;
+
+-- The registration of this session's login role (pooled_roles) as a session row, or all
+-- NULL. The backend's own identity is filled in, so that verified readers accept it; the
+-- client address is the one PostgreSQL saw (the pooler's).
+CREATE FUNCTION softguard._pooled_session() RETURNS softguard.sessions
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r softguard.sessions;
+BEGIN
+    SELECT pg_backend_pid(), softguard._backend_start(), p.capture, p.retention_seconds,
+           NULL, p.registered_at, p.max_rows, p.max_rows_by, p.max_table_bytes,
+           p.max_table_bytes_by, p.denied_tables
+      INTO r
+      FROM softguard.pooled_roles p WHERE p.role = session_user;
+    RETURN r;
+END $$;
+REVOKE ALL ON FUNCTION softguard._pooled_session() FROM PUBLIC;
+
 -- This session's registration (all fields NULL when it is not registered). plpgsql: its
 -- plans are kept for the session.
 --   verify  also check the backend's start time (reading it costs a snapshot of every
@@ -117,6 +226,9 @@ BEGIN
     SELECT * INTO r FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
     IF FOUND AND verify AND r.backend_start IS DISTINCT FROM softguard._backend_start() THEN
         r := NULL;
+    END IF;
+    IF r.pid IS NULL THEN
+        r := softguard._pooled_session();
     END IF;
     RETURN r;
 END $$;

@@ -104,6 +104,11 @@ BEGIN
     SELECT s.capture, s.max_rows, s.max_rows_by, s.denied_tables
       INTO reg_capture, lim, lim_by, denied
       FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    IF NOT FOUND THEN  -- behind a transaction pooler: the login role's (05_sessions.sql)
+        SELECT p.capture, p.max_rows, p.max_rows_by, p.denied_tables
+          INTO reg_capture, lim, lim_by, denied
+          FROM softguard.pooled_roles p WHERE p.role = session_user;
+    END IF;
     IF denied <> '[]' THEN
         PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME, ev, TG_OP);
     END IF;
@@ -500,6 +505,14 @@ BEGIN
                       'registered with UPDATE protection are connected',
             HINT = 'Run it again once those sessions have ended (softguard.sessions).';
     END IF;
+    IF NOT wanted AND EXISTS (SELECT FROM softguard.pooled_roles p
+                               WHERE 'update' = ANY (p.capture)) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = 'softguard: UPDATE capture cannot be switched off while a role '
+                      'registered behind a transaction pooler has UPDATE protection',
+            HINT = 'Remove the role''s row from softguard.pooled_roles first (as the ledger''s '
+                   'owner), if it should no longer be protected.';
+    END IF;
     mine := softguard._maintenance_begin();
     UPDATE softguard.settings SET capture_updates = wanted, updated_at = now();
     FOR rel IN SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p') ORDER BY c.oid LOOP
@@ -547,7 +560,9 @@ BEGIN
     -- the same decision as _capture_rows' for a DELETE: the setting, else the registration
     IF NOT ('delete' = ANY (string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',')))
        AND NOT ('delete' = ANY (coalesce((SELECT s.capture FROM softguard.sessions s
-                                          WHERE s.pid = pg_backend_pid()), '{}'))) THEN
+                                          WHERE s.pid = pg_backend_pid()),
+                                         (SELECT p.capture FROM softguard.pooled_roles p
+                                           WHERE p.role = session_user), '{}'))) THEN
         RETURN NULL;
     END IF;
     INSERT INTO softguard.inherited_rows (stmt, relid, "row")

@@ -57,7 +57,8 @@ def serve(
         str | None,
         typer.Option(
             help="'session' when a session-mode pooler or TCP proxy sits between softguard "
-            "and the server [default: none]"
+            "and the server, 'transaction' for a transaction-mode pooler (protection per "
+            "login role) [default: none]"
         ),
     ] = None,
     users_file: Annotated[

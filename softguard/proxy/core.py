@@ -170,6 +170,9 @@ class CoreConfig:
     # Whether a session-mode pooler (or a TCP proxy) between softguard and the server is
     # declared; undeclared, a session whose server sees another client port is refused.
     upstream_pooler: bool = False
+    # Whether that pooler pools transactions: sessions are then registered by login role,
+    # since the client's next transaction may run on another backend (decision 0026).
+    register_roles: bool = False
     require_tls: bool = False  # refuse clients that did not negotiate TLS
 
 
@@ -838,6 +841,7 @@ class SessionCore:
             )
             if limits or denied
             else None,
+            by_role=self.config.register_roles,
         )
         self._registration_sent = True
         self._registration_error = ""
@@ -902,7 +906,7 @@ class SessionCore:
             f"softguard's {mine or 'Unix socket'}: a pooler or proxy sits between them. "
             "softguard keeps protection only when each client session keeps one server "
             "session: with a session-mode pooler (or a TCP proxy), set upstream_pooler = "
-            '"session"; transaction pooling is not supported'
+            '"session"; with a transaction-mode pooler, upstream_pooler = "transaction"'
         )
 
     def _session_ready(self) -> None:

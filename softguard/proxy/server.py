@@ -106,6 +106,7 @@ class ProxyServer:
         self.settings = self.settings.model_copy(
             update={"policy": settings.policy, "log_level": settings.log_level}
         )
+        self._warn_pooled_read_only()
         if (settings.users_file is None) != (self.credentials is None):
             log.warning("SIGHUP: users_file switched on or off: that needs a restart")
         elif settings.users_file is not None:
@@ -162,7 +163,17 @@ class ProxyServer:
 
     # -- lifecycle
 
+    def _warn_pooled_read_only(self) -> None:
+        if self.settings.upstream_pooler == "transaction" and self.settings.policy.has_read_only:
+            log.warning(
+                "read-only mode behind a transaction-mode pooler: softguard refuses the "
+                "writes, DDL and code it can read, but the server does not make those "
+                "sessions read-only (a SELECT of a function that writes is not stopped; "
+                "decision 0026)"
+            )
+
     async def start(self, sock: socket.socket | None = None) -> None:
+        self._warn_pooled_read_only()
         if sock is None:
             sock = bind_listener(
                 self.settings.listen_host, self.settings.listen_port, reuse_port=False

@@ -334,6 +334,9 @@ def test_public_security_definer_functions_are_the_checked_ones(arena: Arena) ->
         # decision 0021: only ever lowers this session's limits; a check that only refuses
         # (tests/test_limits.py attacks both)
         "softguard.register_limits(bigint,text,bigint,text,jsonb)",
+        # decision 0026: only ever adds to the caller's own login role's registration
+        # (tests/attacks/test_attack_pgbouncer.py attacks it)
+        "softguard.register_role(text,integer,bigint,text,bigint,text,jsonb)",
         "softguard._limit_drop(jsonb)",
         "softguard._backstop_drop()",  # takes nothing, only ever refuses (85_backstop.sql)
         # decision 0013: the foreign tables this transaction holds locked (names only), and

@@ -9,9 +9,12 @@ connection PgBouncer hands from one client to the next keeps every registration 
 (registrations only add), so a client whose policy allows DELETE, put on a connection a
 protected client used, is captured too: over-protected, never under-protected.
 
-Transaction mode (not supported, docs/runbook.md): the registration names the backend that
-ran it, and the client's next transaction may run on another one; a protected DELETE there
-is not captured. The test asserts that documented behaviour.
+Transaction mode, declared (`upstream_pooler = "transaction"`, decision 0026): the client's
+next transaction may run on any backend, so softguard registers the login role, and every
+session of it is protected on every backend: a DELETE on a backend that never saw a
+registration is captured and undone, and the capture-off attacks hold. Declared "session"
+for a transaction-mode pooler (an operator's wrong claim), the registration names one
+backend and a DELETE on another is not captured: the test asserts that documented cost.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ POOL_WAIT_STEPS = 200  # x 0.05 s: PgBouncer resets a released server connection
 # softguard refuses sessions through an undeclared pooler (it sees the server report
 # another client port); these tests declare PgBouncer in session mode.
 POOLER = ("--upstream-pooler", "session")
+TX_POOLER = ("--upstream-pooler", "transaction")
 
 
 def _bouncer(
@@ -88,6 +92,13 @@ def allow_proxy(proxy_factory: ProxyFactory, bouncer: PgBouncer, tmp_path: Path)
 
 @pytest.fixture
 def tx_arena(
+    arena_template: Template, proxy_factory: ProxyFactory, tx_bouncer: PgBouncer
+) -> Iterator[Arena]:
+    yield from arena_template.clone(proxy_factory(*TX_POOLER, upstream=tx_bouncer.upstream))
+
+
+@pytest.fixture
+def tx_misdeclared_arena(
     arena_template: Template, proxy_factory: ProxyFactory, tx_bouncer: PgBouncer
 ) -> Iterator[Arena]:
     # Declared "session" although it is not: what an operator's wrong claim costs.
@@ -246,45 +257,160 @@ def test_allow_client_on_a_new_connection_is_not_captured(
     assert arena.direct("SELECT count(*) FROM parent WHERE id = 1") == [(0,)]
 
 
-# -- transaction mode: not supported, and this is why -----------------------------------------
+# -- transaction mode, declared: protection per login role ------------------------------------
 
 
-def test_transaction_pooling_loses_the_registration(tx_arena: Arena, tx_bouncer: PgBouncer) -> None:
-    """The registration ran on one backend; with that backend busy with another client,
-    the DELETE's transaction runs on a new, unregistered one and is not captured
-    (docs/runbook.md: transaction pooling between softguard and the server is not
-    supported)."""
-    arena = tx_arena
-    owner_via_pgbouncer = build_dsn(tx_bouncer.host, tx_bouncer.port, arena.db, arena.owner, None)
+def _on_a_new_backend(
+    arena: Arena, bouncer: PgBouncer, steps: list[str]
+) -> tuple[int, set[int], set[int]]:
+    """Connect through softguard (which registers), then hold every server connection
+    PgBouncer has open for the owner, each in a transaction of its own, so that the client's
+    next transaction runs on a backend opened after the registration; run `steps` there in
+    one transaction. Returns that backend's pid, the pids that existed before, and the pids
+    registered in softguard.sessions."""
+    direct_to_pgbouncer = build_dsn(bouncer.host, bouncer.port, arena.db, arena.owner, None)
     holders: list[psycopg.Connection[Any]] = []
-    last = arena.last_op()
     try:
-        with arena.connect() as victim:
-            registered = {int(r[0]) for r in arena.direct("SELECT pid FROM softguard.sessions")}
-            assert registered, "the session was not registered"
+        with arena.connect() as client:
+            _pid(client)
+            before = {
+                int(r[0])
+                for r in arena.direct(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND usename = %s",
+                    [arena.owner],
+                )
+            }
             held: set[int] = set()
             for _ in range(10):  # PgBouncer opened at most a few server connections so far
-                h = psycopg.connect(owner_via_pgbouncer)  # a transaction keeps its backend
+                if before <= held:
+                    break
+                h = psycopg.connect(direct_to_pgbouncer)  # a transaction keeps its backend
                 holders.append(h)
                 held.add(_pid(h))
-                if registered <= held:
-                    break
-            assert registered <= held, (registered, held)
-            victim.execute("BEGIN")
-            pid = _pid(victim)
-            victim.execute("DELETE FROM parent WHERE id = 1")
-            victim.execute("COMMIT")
+            assert before <= held, (before, held)
+            registered = {int(r[0]) for r in arena.direct("SELECT pid FROM softguard.sessions")}
+            with client.transaction():
+                pid = _pid(client)
+                for step in steps:
+                    client.execute(step.encode())
     finally:
         for h in holders:
             h.close()
+    return pid, before, registered
+
+
+def test_transaction_pooling_registers_the_login_role(tx_arena: Arena) -> None:
+    with tx_arena.connect() as c:
+        _pid(c)
+    rows = tx_arena.direct("SELECT role, capture FROM softguard.pooled_roles")
+    assert rows == [(tx_arena.owner, ["alter", "delete", "drop", "truncate"])], rows
+    assert tx_arena.direct("SELECT count(*) FROM softguard.sessions") == [(0,)]
+
+
+def test_transaction_pooling_captures_on_any_backend(
+    tx_arena: Arena, tx_bouncer: PgBouncer
+) -> None:
+    """The DELETE's transaction runs on a backend opened after the registration (so no
+    registration ran on it): captured, and undone exactly."""
+    arena = tx_arena
+    before, last = arena.snapshot(), arena.last_op()
+    pid, before_pids, _ = _on_a_new_backend(arena, tx_bouncer, ["DELETE FROM parent WHERE id = 1"])
+    assert pid not in before_pids
+    ops = arena.ops_since(last)
+    assert [o["kind"] for o in ops] == ["DELETE"], ops
+    assert arena.direct("SELECT count(*) FROM parent WHERE id = 1") == [(0,)]
+    arena.direct("SELECT softguard.undo_op(%s)", [ops[0]["id"]])
+    assert arena.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        pytest.param([CAPTURE_OFF, "DELETE FROM parent WHERE id = 2"], id="chr_built_name"),
+        pytest.param(["DISCARD ALL", "DELETE FROM child WHERE id = 3"], id="discard_all"),
+        pytest.param(
+            ["DO $$ BEGIN EXECUTE 'DELETE FROM big WHERE id < 10'; END $$"], id="do_block"
+        ),
+        pytest.param(["DELETE FROM parent WHERE id = 1", "DROP TABLE big"], id="pipeline_drop"),
+        pytest.param(["TRUNCATE big"], id="truncate"),
+    ],
+)
+def test_transaction_pooling_keeps_protection(tx_arena: Arena, steps: list[Any]) -> None:
+    out, ops = tx_arena.attempt(steps)
+    assert out.error is None, out.describe()
+    assert ops, "nothing recorded"
+
+
+def test_transaction_pooling_backstop_refuses_a_hidden_drop(tx_arena: Arena) -> None:
+    """The registration arms the backstop for the role: a DROP inside a DO block, which
+    softguard cannot read, is refused by the database on whatever backend runs it."""
+    out, ops = tx_arena.attempt(["DO $$ BEGIN EXECUTE 'DROP TABLE ' || 'big'; END $$"])
+    assert out.error is not None and out.error.sqlstate == "0A000", out.describe()
+    assert ops == []
+
+
+def test_transaction_pooling_protects_the_role_everywhere(tx_arena: Arena) -> None:
+    """The cost of registering a role (decision 0026): the role's direct sessions are
+    protected too (over-protected, never under-protected)."""
+    with tx_arena.connect() as c:
+        _pid(c)
+    out, ops = tx_arena.attempt(["DELETE FROM parent WHERE id = 1"], via="direct")
+    assert out.error is None, out.describe()
+    assert [o["kind"] for o in ops] == ["DELETE"], ops
+
+
+def test_registering_a_role_only_adds(tx_arena: Arena) -> None:
+    """Any role may call register_role (like register_session): for its own login role,
+    and only to add; it cannot lower what softguard registered."""
+    with tx_arena.connect() as c:
+        _pid(c)
+    with tx_arena.connect(via="direct") as c:
+        c.autocommit = True
+        c.execute("SELECT softguard.register_role('off', 0, NULL, '', NULL, '', '[]')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("DELETE FROM softguard.pooled_roles")
+    rows = tx_arena.direct("SELECT capture, retention_seconds > 0 FROM softguard.pooled_roles")
+    assert rows == [(["alter", "delete", "drop", "truncate"], True)], rows
+
+
+def test_transaction_pooling_enforces_the_roles_limits(
+    arena_template: Template, proxy_factory: ProxyFactory, tx_bouncer: PgBouncer, tmp_path: Path
+) -> None:
+    """Row limits travel with the role's registration: a DELETE over the limit, inside a
+    DO block the proxy cannot count, is refused by the database on any backend."""
+    config = tmp_path / "limits.toml"
+    config.write_text("[policy]\nmax_rows = 3\n")
+    proxy = proxy_factory("--config", str(config), *TX_POOLER, upstream=tx_bouncer.upstream)
+    for arena in arena_template.clone(proxy):
+        out, ops = arena.attempt(["DO $$ BEGIN EXECUTE 'DELETE FROM big WHERE id <= 5'; END $$"])
+        assert out.error is not None and out.error.sqlstate == "54000", out.describe()
+        assert ops == []
+        rows = arena.direct("SELECT max_rows FROM softguard.pooled_roles")
+        assert rows == [(3,)], rows
+
+
+# -- transaction mode declared as session: what a wrong claim costs ---------------------------
+
+
+def test_misdeclared_transaction_pooling_loses_the_registration(
+    tx_misdeclared_arena: Arena, tx_bouncer: PgBouncer
+) -> None:
+    """The registration ran on one backend; the DELETE's transaction runs on another,
+    unregistered one and is not captured (docs/runbook.md: declare such a pooler as
+    "transaction")."""
+    arena = tx_misdeclared_arena
+    last = arena.last_op()
+    pid, _, registered = _on_a_new_backend(arena, tx_bouncer, ["DELETE FROM parent WHERE id = 1"])
+    assert registered, "the session was not registered"
     assert pid not in registered
     assert arena.ops_since(last) == [], "captured after all: update the docs and this test"
     assert arena.direct("SELECT count(*) FROM parent WHERE id = 1") == [(0,)]
 
 
-def test_transaction_pooling_drop_is_still_reversible(tx_arena: Arena) -> None:
+def test_transaction_pooling_drop_is_still_reversible(tx_misdeclared_arena: Arena) -> None:
     """DROP does not depend on the registration: softguard rewrites it."""
-    out, ops = tx_arena.attempt(["DROP TABLE big"])
+    out, ops = tx_misdeclared_arena.attempt(["DROP TABLE big"])
     assert out.error is None, out.describe()
     assert ops, "nothing recorded"
 
@@ -309,5 +435,6 @@ def test_undeclared_pooler_is_refused_clearly(
             text = str(info.value)
             assert "a pooler or proxy sits between them" in text, text
             assert 'upstream_pooler = "session"' in text, text
+            assert 'upstream_pooler = "transaction"' in text, text
     finally:
         proxy.stop()

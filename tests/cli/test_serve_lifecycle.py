@@ -250,3 +250,20 @@ def test_require_tls_with_tls_on_both_hops_client_settings(
     plain = proxy.dsn("postgres", "sg_tls", "tls-pw", sslmode="disable")
     with pytest.raises(psycopg.OperationalError, match="requires TLS"):
         psycopg.connect(plain)
+
+
+def test_read_only_behind_a_transaction_pooler_is_said_at_start(
+    tmp_path: Path, serve_procs: list[Serve]
+) -> None:
+    """Read-only mode loses its server-side half behind a transaction pooler (decision
+    0026): serve says so at start, not silently."""
+    config = tmp_path / "softguard.toml"
+    config.write_text('[[policy.rules]]\nrole = "agent_*"\nmode = "read-only"\n')
+    proc = _serve(
+        serve_procs,
+        f"postgresql://127.0.0.1:{_free_port()}",
+        "--config", str(config), "--upstream-pooler", "transaction",
+    )  # fmt: skip
+    proc.listening_port()
+    proc.wait_for(r"WARNING .*read-only mode behind a transaction-mode pooler")
+    proc.stop()

@@ -51,6 +51,7 @@ _SHARED = {
     "BLOCKED_CODE": contract.BLOCKED_CODE,
     "BLOCKED_BY": contract.BLOCKED_BY,
     "REGISTER_SESSION_FUNCTION": contract.REGISTER_SESSION_FUNCTION,
+    "REGISTER_ROLE_FUNCTION": contract.REGISTER_ROLE_FUNCTION,
     **{f"setting {name}": name for name in contract.SETTINGS},
 }
 

@@ -2,8 +2,9 @@
 
 `PgBouncer(server, users, pool_mode)` writes a config into a short temporary directory and
 runs `pgbouncer` on a free loopback port in front of the test server: trust
-authentication (the test server trusts 127.0.0.1 too), the users allowed in its auth
-file (PgBouncer's `trust` still requires the name there), one `*` database entry, and
+authentication by default (the test server trusts 127.0.0.1 too), the users allowed in its
+auth file (PgBouncer's `trust` still requires the name there; with `passwords`, their
+plain passwords, which PgBouncer also logs in to the server with), one `*` database entry, and
 `ignore_startup_parameters` for what softguard and the drivers send that PgBouncer does
 not know. Like PostgreSQL, PgBouncer refuses to run as root: as root it runs as the
 embedded server's OS account. `tail()` is its log; `stop()` ends it (SIGTERM, then SIGKILL).
@@ -65,9 +66,15 @@ class PgBouncer:
         pool_mode: str = "session",
         binary: str | None = None,
         ignored: Sequence[str] = IGNORED_STARTUP_PARAMETERS,
+        auth_type: str = "trust",
+        passwords: dict[str, str] | None = None,
     ) -> None:
         self.server = server
         self.users = list(users)
+        # auth_type: how clients (softguard) log in to PgBouncer; passwords: what PgBouncer
+        # logs in to the server with, for roles whose pg_hba entry demands one.
+        self.auth_type = auth_type
+        self.passwords = dict(passwords or {})
         self.pool_mode = pool_mode
         self.ignored = list(ignored)
         self.binary = binary or require_pgbouncer()
@@ -99,7 +106,11 @@ class PgBouncer:
 
     def _write_config(self) -> Path:
         userlist = self.dir / "userlist.txt"
-        userlist.write_text("".join(f'"{u}" ""\n' for u in {*self.users, self.admin_user}))
+        userlist.write_text(
+            "".join(
+                f'"{u}" "{self.passwords.get(u, "")}"\n' for u in {*self.users, self.admin_user}
+            )
+        )
         ini = self.dir / "pgbouncer.ini"
         ini.write_text(
             "[databases]\n"
@@ -108,7 +119,7 @@ class PgBouncer:
             f"listen_addr = {self.host}\n"
             f"listen_port = {self.port}\n"
             "unix_socket_dir =\n"
-            "auth_type = trust\n"
+            f"auth_type = {self.auth_type}\n"
             f"auth_file = {userlist}\n"
             f"admin_users = {self.admin_user}\n"
             f"pool_mode = {self.pool_mode}\n"
