@@ -38,6 +38,10 @@
 --    "schema", "schema_oid", "name", "qname", "original"}
 --   {"step": "rename_schema", "oid", "name", "qname", "acl": [{"grantee", "privilege",
 --    "grantable"}], "original"}
+--   {"step": "owner", "classid", "oid", "keyword", "grant_keyword", "identity", "owner",
+--    "owner_oid", "owner_changed", "acl": [{"grantee", "grantee_oid", "privilege",
+--    "grantable", "column"}], "exact": {"" or column: the ACL as it was}}
+--    (_disown: a kept object belongs to softguard while it is kept)
 -- ---------------------------------------------------------------------------------------
 
 CREATE FUNCTION softguard._quarantine(list jsonb, stmt text, ctx jsonb, invoker text)
@@ -226,6 +230,27 @@ BEGIN
             EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %s CASCADE', qn,
                            CASE WHEN x.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(x.grantee) END);
         END LOOP;
+        -- the schema first (a non-superuser may give an object only to a role that may
+        -- create in its schema), then what stays in it: the objects that own others (a
+        -- table its indexes and sequences, a type its array) take those along
+        steps := steps || softguard._disown('pg_namespace'::regclass, r.objid);
+        FOR x IN SELECT 'pg_class'::regclass::oid AS cls, c.oid AS obj FROM pg_class c
+                  WHERE c.relnamespace = r.objid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                    AND NOT EXISTS (SELECT FROM pg_depend d  -- linked: with its table
+                                     WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                       AND d.refclassid = 'pg_class'::regclass
+                                       AND d.deptype IN ('a', 'i') AND c.relkind = 'S')
+                 UNION ALL
+                 SELECT 'pg_proc'::regclass::oid, p.oid FROM pg_proc p WHERE p.pronamespace = r.objid
+                 UNION ALL
+                 SELECT 'pg_type'::regclass::oid, t.oid FROM pg_type t
+                  WHERE t.typnamespace = r.objid AND t.typtype IN ('b', 'c', 'd', 'e', 'r', 'm')
+                 UNION ALL
+                 SELECT 'pg_statistic_ext'::regclass::oid, st.oid FROM pg_statistic_ext st
+                  WHERE st.stxnamespace = r.objid
+                 ORDER BY 1, 2 LOOP
+            steps := steps || softguard._disown(x.cls, x.obj);
+        END LOOP;
     END LOOP;
 
     -- 6. Move into softguard_quarantine under op<id>_<n>_<name>.
@@ -270,7 +295,8 @@ BEGIN
             FOR own, qn IN SELECT s.oid, s.stxname FROM pg_statistic_ext s
                             WHERE s.stxrelid = r.objid ORDER BY 1 LOOP
                 n := n + 1;
-                steps := steps || softguard._move(op_id, n, 'pg_statistic_ext'::regclass, own, false);
+                steps := steps || softguard._move(op_id, n, 'pg_statistic_ext'::regclass, own, false)
+                               || softguard._disown('pg_statistic_ext'::regclass, own);
             END LOOP;
         END IF;
         IF r.classid = 'pg_type'::regclass THEN
@@ -288,11 +314,13 @@ BEGIN
                                             WHERE rg.rngtypid = r.objid)
                      ORDER BY 1 DESC, 2 LOOP
                 n := n + 1;
-                steps := steps || softguard._move(op_id, n, x.cls, x.obj, false);
+                steps := steps || softguard._move(op_id, n, x.cls, x.obj, false)
+                               || softguard._disown(x.cls, x.obj);
             END LOOP;
         END IF;
         n := n + 1;
-        steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original);
+        steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
+                       || softguard._disown(r.classid, r.objid);
     END LOOP;
 
     -- 7. The operation: objects (with where each went), estimates, the plan.
@@ -459,6 +487,140 @@ BEGIN
         'original', p_original));
 END $$;
 REVOKE ALL ON FUNCTION softguard._move(bigint, integer, oid, oid, boolean) FROM PUBLIC;
+
+-- The role kept objects belong to (_disown): a role with no privileges and no login, so
+-- that what PostgreSQL runs as a table's owner (ANALYZE of an expression index, whose
+-- function its former owner can still replace) runs with no rights, never as the
+-- installing superuser. Cluster-wide, shared by every protected database; the installer
+-- must be a member to give it objects (a superuser need not be).
+DO $$
+BEGIN
+    IF to_regrole('softguard_keeper') IS NULL THEN
+        CREATE ROLE softguard_keeper NOLOGIN NOINHERIT;
+        COMMENT ON ROLE softguard_keeper IS 'owns what softguard keeps after a DROP, until undo or purge';
+    END IF;
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       AND NOT pg_has_role(current_user, 'softguard_keeper', 'MEMBER') THEN
+        EXECUTE format('GRANT softguard_keeper TO %I', current_user);
+    END IF;
+END $$;
+-- what a non-superuser gives a role must be where that role may create
+GRANT CREATE ON SCHEMA softguard_quarantine TO softguard_keeper;
+
+-- The ACLs of an object (col NULL) and of its columns (those that have one), with the
+-- kind acldefault() takes for them.
+CREATE FUNCTION softguard._acls(p_classid oid, p_objid oid)
+RETURNS TABLE (col name, acl aclitem[], kind "char")
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NULL::name, c.relacl, CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char"
+      FROM pg_class c WHERE p_classid = 'pg_class'::regclass AND c.oid = p_objid
+    UNION ALL
+    SELECT t.attname, t.attacl, 'c' FROM pg_attribute t
+     WHERE p_classid = 'pg_class'::regclass AND t.attrelid = p_objid AND t.attnum > 0
+       AND NOT t.attisdropped AND t.attacl IS NOT NULL
+    UNION ALL
+    SELECT NULL, p.proacl, 'f' FROM pg_proc p WHERE p_classid = 'pg_proc'::regclass AND p.oid = p_objid
+    UNION ALL
+    SELECT NULL, t.typacl, 'T' FROM pg_type t WHERE p_classid = 'pg_type'::regclass AND t.oid = p_objid
+    UNION ALL
+    SELECT NULL, n.nspacl, 'n' FROM pg_namespace n
+     WHERE p_classid = 'pg_namespace'::regclass AND n.oid = p_objid
+$$;
+REVOKE ALL ON FUNCTION softguard._acls(oid, oid) FROM PUBLIC;
+
+-- A kept object belongs to softguard (role softguard_keeper) while it is kept, with no
+-- privileges for any role or PUBLIC: so that the role that owned it, or a role it was
+-- granted to, can be dropped (DROP ROLE, DROP OWNED BY and REASSIGN OWNED BY do not reach
+-- into the quarantine, and their errors name no kept object), and so that no role finds
+-- it in the information_schema (which lists what a role owns or has a privilege on).
+-- Returns the steps that give both back at undo, this object's and those of the
+-- sequences linked to a table ([] when there is nothing to give back). Objects that follow
+-- another's owner (an index, an array type, a relation's row type, a sequence linked to a
+-- table, a range's constructors) keep their owner; their privileges are taken all the same
+-- where they have their own.
+CREATE FUNCTION softguard._disown(p_classid oid, p_objid oid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    own oid := softguard._owner(p_classid, p_objid);
+    keeper oid := to_regrole('softguard_keeper');
+    keyword text;
+    ident text;
+    grant_kw text;
+    acl jsonb;
+    exact jsonb;            -- each ACL as it was ('' the object's, else a column's)
+    grantees text;
+    follows boolean;
+    linked oid;
+    steps jsonb := '[]';
+BEGIN
+    IF p_classid = 'pg_namespace'::regclass THEN
+        SELECT 'SCHEMA', quote_ident(n.nspname) INTO keyword, ident
+          FROM pg_namespace n WHERE n.oid = p_objid;
+    ELSE
+        SELECT k.keyword, k.ident INTO keyword, ident FROM softguard._kw(p_classid, p_objid) k;
+    END IF;
+    IF own IS NULL OR keeper IS NULL OR keyword IS NULL OR keyword = 'INDEX'
+       OR NOT pg_has_role(current_user, own, 'MEMBER')
+       -- an array type, a relation's row type, a multirange: privileges and owner follow
+       -- the element type, the relation, the range
+       OR (p_classid = 'pg_type'::regclass AND EXISTS (
+               SELECT FROM pg_type t WHERE t.oid = p_objid
+                  AND (t.typtype = 'm'
+                       OR t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc
+                       OR t.typrelid <> 0 AND (SELECT c.relkind FROM pg_class c
+                                                WHERE c.oid = t.typrelid) <> 'c'))) THEN
+        RETURN steps;
+    END IF;
+    -- a sequence linked to a table, a range's constructor: their owner follows
+    follows := EXISTS (SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
+                          AND d.deptype IN ('a', 'i') AND d.refclassid <> 'pg_type'::regclass)
+               OR (p_classid = 'pg_proc'::regclass AND EXISTS (
+                       SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
+                          AND d.deptype = 'i'));
+    grant_kw := CASE WHEN keyword IN ('TABLE', 'VIEW', 'MATERIALIZED VIEW', 'FOREIGN TABLE')
+                     THEN 'TABLE'
+                     WHEN keyword IN ('FUNCTION', 'PROCEDURE', 'AGGREGATE') THEN 'ROUTINE'
+                     ELSE keyword END;
+    -- every grant, PUBLIC's default ones included (a NULL ACL is the owner's and PUBLIC's
+    -- defaults: EXECUTE on routines, USAGE on types)
+    SELECT jsonb_object_agg(coalesce(g.col, ''), g.acl::text),
+           coalesce(jsonb_agg(jsonb_build_object(
+               'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+               'grantee_oid', a.grantee, 'privilege', a.privilege_type,
+               'grantable', a.is_grantable, 'column', g.col)
+               ORDER BY g.col NULLS FIRST, a.grantee, a.privilege_type)
+               FILTER (WHERE a.grantee IS DISTINCT FROM own AND a.grantee IS NOT NULL), '[]')
+      INTO exact, acl
+      FROM softguard._acls(p_classid, p_objid) g
+      LEFT JOIN LATERAL aclexplode(coalesce(g.acl, CASE WHEN g.col IS NULL
+                                                THEN acldefault(g.kind, own) END)) a ON true;
+    SELECT string_agg(DISTINCT CASE WHEN e->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                                    ELSE (e->>'grantee_oid')::oid::regrole::text END, ', ')
+      INTO grantees FROM jsonb_array_elements(acl) e;
+    IF grantees IS NOT NULL THEN  -- on a table also every column privilege of theirs
+        EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', grant_kw, ident, grantees);
+    END IF;
+    IF NOT follows AND own <> keeper THEN
+        EXECUTE format('ALTER %s %s OWNER TO softguard_keeper', keyword, ident);
+    END IF;
+    IF grantees IS NOT NULL OR (NOT follows AND own <> keeper) THEN
+        steps := jsonb_build_array(jsonb_build_object(
+            'step', 'owner', 'classid', p_classid, 'oid', p_objid, 'keyword', keyword,
+            'grant_keyword', grant_kw, 'identity', ident, 'owner', own::regrole::text,
+            'owner_oid', own, 'owner_changed', NOT follows AND own <> keeper, 'acl', acl,
+            'exact', exact));
+    END IF;
+    IF p_classid = 'pg_class'::regclass THEN
+        FOR linked IN SELECT d.objid FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+                       WHERE d.classid = 'pg_class'::regclass AND d.refobjid = p_objid
+                         AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+                         AND c.relkind = 'S' ORDER BY 1 LOOP
+            steps := steps || softguard._disown('pg_class'::regclass, linked);
+        END LOOP;
+    END IF;
+    RETURN steps;
+END $$;
+REVOKE ALL ON FUNCTION softguard._disown(oid, oid) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
 -- drop_op: what the proxy CALLs in place of a destructive DROP. See 0005-reversible-drop.

@@ -226,6 +226,103 @@ REVOKE ALL ON FUNCTION softguard._record_undo(softguard.operations, text) FROM P
 -- ---------------------------------------------------------------------------------------
 
 -- Undo one operation (no cascade); returns what it restored.
+-- Give a kept object back to the role that owned it, with the privileges roles and PUBLIC
+-- had on it (30_drop.sql, _disown). The owner must still exist (or exist again under its
+-- name); a grantee that no longer exists has no privileges to get back (as after a real
+-- DROP ROLE), which undo says.
+-- Write an object's (or column's) ACL back as `was` when it holds the same privileges
+-- (`now`, its defaults spelled out when NULL): a set, so pg_shdepend is unchanged.
+CREATE FUNCTION softguard._exact_acl(cls oid, obj oid, col name, was aclitem[], now aclitem[],
+                                     kind "char") RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    want aclitem[] := coalesce(was, acldefault(kind, softguard._owner(cls, obj)));
+BEGIN
+    IF NOT (now @> want AND want @> now) THEN
+        RETURN;
+    END IF;
+    IF col IS NOT NULL THEN
+        UPDATE pg_attribute SET attacl = was WHERE attrelid = obj AND attname = col;
+    ELSIF cls = 'pg_class'::regclass THEN
+        UPDATE pg_class SET relacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_proc'::regclass THEN
+        UPDATE pg_proc SET proacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_type'::regclass THEN
+        UPDATE pg_type SET typacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_namespace'::regclass THEN
+        UPDATE pg_namespace SET nspacl = was WHERE oid = obj;
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._exact_acl(oid, oid, name, aclitem[], aclitem[], "char") FROM PUBLIC;
+
+CREATE FUNCTION softguard._undo_owner(op bigint, s jsonb) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    who name;
+    ident text;
+    grantee text;
+    e jsonb;
+    cls oid := (s->>'classid')::oid;
+    obj oid := (s->>'oid')::oid;
+    missing boolean := false;  -- a grantee no longer exists
+    lines softguard.undo_step[] := '{}';
+BEGIN
+    -- by oid, else a role created again under its name (what the hint below asks for)
+    SELECT r.rolname INTO who FROM pg_roles r WHERE r.oid = (s->>'owner_oid')::oid;
+    IF who IS NULL THEN
+        SELECT r.rolname INTO who FROM pg_roles r WHERE r.oid = to_regrole(s->>'owner');
+    END IF;
+    IF who IS NULL AND coalesce((s->>'owner_changed')::boolean, true) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: role %s, which owned %s %s, no longer '
+                             'exists', op, s->>'owner', lower(s->>'keyword'), s->>'identity'),
+            HINT = format('Create the role again (CREATE ROLE %I), then undo: softguard gives '
+                          'each object back to the role that owned it.', s->>'owner');
+    END IF;
+    IF cls = 'pg_namespace'::regclass THEN
+        SELECT quote_ident(n.nspname) INTO ident FROM pg_namespace n WHERE n.oid = obj;
+    ELSE
+        ident := (softguard._kw(cls, obj)).ident;
+    END IF;
+    IF ident IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: %s %s is no longer where it was kept',
+                             op, lower(s->>'keyword'), s->>'identity');
+    END IF;
+    IF coalesce((s->>'owner_changed')::boolean, true) THEN
+        EXECUTE format('ALTER %s %s OWNER TO %I', s->>'keyword', ident, who);
+    END IF;
+    FOR e IN SELECT x FROM jsonb_array_elements(s->'acl') x LOOP
+        grantee := CASE WHEN e->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                        ELSE (SELECT quote_ident(r.rolname) FROM pg_roles r
+                               WHERE r.oid = (e->>'grantee_oid')::oid) END;
+        IF grantee IS NULL THEN
+            missing := true;
+            lines := lines || softguard._step(op, 'skipped', s->>'identity',
+                format('%s on %s %s not given back to role %s: it no longer exists',
+                       e->>'privilege', lower(s->>'keyword'), s->>'identity', e->>'grantee'));
+            CONTINUE;
+        END IF;
+        EXECUTE format('GRANT %s%s ON %s %s TO %s%s', e->>'privilege',
+                       CASE WHEN e->>'column' IS NULL THEN '' ELSE format(' (%I)', e->>'column') END,
+                       s->>'grant_keyword', ident, grantee,
+                       CASE WHEN (e->>'grantable')::boolean THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+    -- The grants above gave back the same privileges; put back each ACL exactly as it was
+    -- (the order of its items, NULL for PostgreSQL's defaults), where it holds the same
+    -- set. A direct catalog write, so only where the ledger's owner is a superuser; not
+    -- when a grantee is gone (the ACL as it was names it).
+    IF s ? 'exact' AND NOT missing
+       AND (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user) THEN
+        PERFORM softguard._exact_acl(cls, obj, g.col, (s->'exact'->>coalesce(g.col, ''))::aclitem[],
+                                     coalesce(g.acl, acldefault(g.kind, softguard._owner(cls, obj))),
+                                     g.kind)
+           FROM softguard._acls(cls, obj) g WHERE s->'exact' ? coalesce(g.col, '');
+    END IF;
+    RETURN lines;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_owner(bigint, jsonb) FROM PUBLIC;
+
 CREATE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -351,6 +448,13 @@ BEGIN
             END IF;
             EXECUTE format('ALTER SCHEMA %I RENAME TO %I', nsp_name, target);
             FOR e IN SELECT x FROM jsonb_array_elements(s->'acl') x LOOP
+                IF e->>'grantee' <> 'PUBLIC'
+                   AND to_regrole(e->>'grantee') IS NULL THEN
+                    lines := lines || softguard._step(op, 'skipped', quote_ident(target),
+                        format('%s on schema %I not given back to role %s: it no longer exists',
+                               e->>'privilege', target, e->>'grantee'));
+                    CONTINUE;
+                END IF;
                 EXECUTE format('GRANT %s ON SCHEMA %I TO %s%s', e->>'privilege', target,
                                CASE WHEN e->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
                                     ELSE quote_ident(e->>'grantee') END,
@@ -358,6 +462,8 @@ BEGIN
             END LOOP;
             lines := lines || softguard._step(op, 'restored', quote_ident(target),
                                               format('restored schema %I', target));
+        WHEN 'owner' THEN
+            lines := lines || softguard._undo_owner(op, s);
         WHEN 'seq_owned_by' THEN
             EXECUTE format('ALTER SEQUENCE %s OWNED BY %s.%I', (s->>'seq')::oid::regclass,
                            (s->>'table')::oid::regclass, s->>'column');

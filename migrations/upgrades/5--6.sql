@@ -1,4 +1,5 @@
--- Version 6: transaction-mode poolers (decision 0026).
+-- Version 6: transaction-mode poolers (decision 0026); kept objects belong to softguard
+-- while kept (decision 0027).
 --
 -- As in 4--5.sql: softguard's event triggers are off while the sections run, every
 -- function a section (re)defines has its final definition.
@@ -414,6 +415,824 @@ BEGIN
     RETURN true;
 END $$;
 -- end section: pooled-roles ------------------------------------------------------------
+
+-- section: quarantine-owner ------------------------------------------------------------
+DO $$
+BEGIN
+    IF to_regrole('softguard_keeper') IS NULL THEN
+        CREATE ROLE softguard_keeper NOLOGIN NOINHERIT;
+        COMMENT ON ROLE softguard_keeper IS 'owns what softguard keeps after a DROP, until undo or purge';
+    END IF;
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       AND NOT pg_has_role(current_user, 'softguard_keeper', 'MEMBER') THEN
+        EXECUTE format('GRANT softguard_keeper TO %I', current_user);
+    END IF;
+END $$;
+GRANT CREATE ON SCHEMA softguard_quarantine TO softguard_keeper;
+CREATE OR REPLACE FUNCTION softguard._acls(p_classid oid, p_objid oid)
+RETURNS TABLE (col name, acl aclitem[], kind "char")
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NULL::name, c.relacl, CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char"
+      FROM pg_class c WHERE p_classid = 'pg_class'::regclass AND c.oid = p_objid
+    UNION ALL
+    SELECT t.attname, t.attacl, 'c' FROM pg_attribute t
+     WHERE p_classid = 'pg_class'::regclass AND t.attrelid = p_objid AND t.attnum > 0
+       AND NOT t.attisdropped AND t.attacl IS NOT NULL
+    UNION ALL
+    SELECT NULL, p.proacl, 'f' FROM pg_proc p WHERE p_classid = 'pg_proc'::regclass AND p.oid = p_objid
+    UNION ALL
+    SELECT NULL, t.typacl, 'T' FROM pg_type t WHERE p_classid = 'pg_type'::regclass AND t.oid = p_objid
+    UNION ALL
+    SELECT NULL, n.nspacl, 'n' FROM pg_namespace n
+     WHERE p_classid = 'pg_namespace'::regclass AND n.oid = p_objid
+$$;
+REVOKE ALL ON FUNCTION softguard._acls(oid, oid) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._disown(p_classid oid, p_objid oid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    own oid := softguard._owner(p_classid, p_objid);
+    keeper oid := to_regrole('softguard_keeper');
+    keyword text;
+    ident text;
+    grant_kw text;
+    acl jsonb;
+    exact jsonb;            -- each ACL as it was ('' the object's, else a column's)
+    grantees text;
+    follows boolean;
+    linked oid;
+    steps jsonb := '[]';
+BEGIN
+    IF p_classid = 'pg_namespace'::regclass THEN
+        SELECT 'SCHEMA', quote_ident(n.nspname) INTO keyword, ident
+          FROM pg_namespace n WHERE n.oid = p_objid;
+    ELSE
+        SELECT k.keyword, k.ident INTO keyword, ident FROM softguard._kw(p_classid, p_objid) k;
+    END IF;
+    IF own IS NULL OR keeper IS NULL OR keyword IS NULL OR keyword = 'INDEX'
+       OR NOT pg_has_role(current_user, own, 'MEMBER')
+       -- an array type, a relation's row type, a multirange: privileges and owner follow
+       -- the element type, the relation, the range
+       OR (p_classid = 'pg_type'::regclass AND EXISTS (
+               SELECT FROM pg_type t WHERE t.oid = p_objid
+                  AND (t.typtype = 'm'
+                       OR t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc
+                       OR t.typrelid <> 0 AND (SELECT c.relkind FROM pg_class c
+                                                WHERE c.oid = t.typrelid) <> 'c'))) THEN
+        RETURN steps;
+    END IF;
+    -- a sequence linked to a table, a range's constructor: their owner follows
+    follows := EXISTS (SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
+                          AND d.deptype IN ('a', 'i') AND d.refclassid <> 'pg_type'::regclass)
+               OR (p_classid = 'pg_proc'::regclass AND EXISTS (
+                       SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
+                          AND d.deptype = 'i'));
+    grant_kw := CASE WHEN keyword IN ('TABLE', 'VIEW', 'MATERIALIZED VIEW', 'FOREIGN TABLE')
+                     THEN 'TABLE'
+                     WHEN keyword IN ('FUNCTION', 'PROCEDURE', 'AGGREGATE') THEN 'ROUTINE'
+                     ELSE keyword END;
+    -- every grant, PUBLIC's default ones included (a NULL ACL is the owner's and PUBLIC's
+    -- defaults: EXECUTE on routines, USAGE on types)
+    SELECT jsonb_object_agg(coalesce(g.col, ''), g.acl::text),
+           coalesce(jsonb_agg(jsonb_build_object(
+               'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+               'grantee_oid', a.grantee, 'privilege', a.privilege_type,
+               'grantable', a.is_grantable, 'column', g.col)
+               ORDER BY g.col NULLS FIRST, a.grantee, a.privilege_type)
+               FILTER (WHERE a.grantee IS DISTINCT FROM own AND a.grantee IS NOT NULL), '[]')
+      INTO exact, acl
+      FROM softguard._acls(p_classid, p_objid) g
+      LEFT JOIN LATERAL aclexplode(coalesce(g.acl, CASE WHEN g.col IS NULL
+                                                THEN acldefault(g.kind, own) END)) a ON true;
+    SELECT string_agg(DISTINCT CASE WHEN e->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                                    ELSE (e->>'grantee_oid')::oid::regrole::text END, ', ')
+      INTO grantees FROM jsonb_array_elements(acl) e;
+    IF grantees IS NOT NULL THEN  -- on a table also every column privilege of theirs
+        EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', grant_kw, ident, grantees);
+    END IF;
+    IF NOT follows AND own <> keeper THEN
+        EXECUTE format('ALTER %s %s OWNER TO softguard_keeper', keyword, ident);
+    END IF;
+    IF grantees IS NOT NULL OR (NOT follows AND own <> keeper) THEN
+        steps := jsonb_build_array(jsonb_build_object(
+            'step', 'owner', 'classid', p_classid, 'oid', p_objid, 'keyword', keyword,
+            'grant_keyword', grant_kw, 'identity', ident, 'owner', own::regrole::text,
+            'owner_oid', own, 'owner_changed', NOT follows AND own <> keeper, 'acl', acl,
+            'exact', exact));
+    END IF;
+    IF p_classid = 'pg_class'::regclass THEN
+        FOR linked IN SELECT d.objid FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+                       WHERE d.classid = 'pg_class'::regclass AND d.refobjid = p_objid
+                         AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+                         AND c.relkind = 'S' ORDER BY 1 LOOP
+            steps := steps || softguard._disown('pg_class'::regclass, linked);
+        END LOOP;
+    END IF;
+    RETURN steps;
+END $$;
+REVOKE ALL ON FUNCTION softguard._disown(oid, oid) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._quarantine(list jsonb, stmt text, ctx jsonb, invoker text)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    op_id bigint;
+    n integer := 0;
+    steps jsonb := '[]';
+    r record;
+    x record;
+    own oid;
+    going oid[];            -- listed relations leaving the live schema (moved or with a schema)
+    dropped_schemas text[];
+    moves jsonb := '[]';    -- the listed objects to move, in list order
+    links jsonb := '[]';    -- links on live objects to record and drop
+    kw text;
+    qn text;
+    acl jsonb;
+    expires timestamptz;
+    targets text;
+    is_super boolean;
+    held jsonb;             -- 'classid/objid/objsubid' -> the earlier operation holding it
+    reg softguard.sessions := softguard._session(true);
+BEGIN
+    SELECT rolsuper INTO is_super FROM pg_roles WHERE rolname = session_user;
+    IF NOT coalesce((SELECT pg_has_role(session_user, g.oid, 'MEMBER')
+                       FROM pg_roles g WHERE g.rolname = invoker), false) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: role %s is not a role of this session', invoker);
+    END IF;
+    IF coalesce(ctx->>'action', 'DROP') !~ '^DROP( [A-Z]+)*$' THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: %s is not a DROP', ctx->>'action');
+    END IF;
+
+    -- 1. The list must be what a DROP by this session would remove.
+    FOR r IN SELECT * FROM softguard._list(list) l WHERE l.original LOOP
+        own := softguard._owner(r.classid, r.objid);
+        IF own IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot keep %s %s', r.object_type, r.object_identity);
+        END IF;
+        IF NOT is_super AND NOT pg_has_role(session_user, own, 'MEMBER') THEN
+            RAISE EXCEPTION USING ERRCODE = '42501',
+                MESSAGE = format('must be owner of %s %s', r.object_type, r.object_identity);
+        END IF;
+    END LOOP;
+    IF EXISTS (
+        SELECT FROM softguard._list(list) l
+         WHERE NOT l.original
+           AND NOT EXISTS (
+               SELECT FROM pg_depend d
+                WHERE d.classid = l.classid AND d.objid = l.objid
+                  AND (d.refclassid, d.refobjid) IN (
+                      SELECT (e->>'classid')::oid, (e->>'objid')::oid
+                        FROM jsonb_array_elements(list) e))
+           AND NOT EXISTS (   -- e.g. a view: its listed _RETURN rule depends on the table
+               SELECT FROM pg_depend d
+                WHERE d.refclassid = l.classid AND d.refobjid = l.objid AND d.deptype = 'i'
+                  AND (d.classid, d.objid) IN (
+                      SELECT (e->>'classid')::oid, (e->>'objid')::oid
+                        FROM jsonb_array_elements(list) e))) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'softguard: the object list does not match what the statement drops';
+    END IF;
+
+    expires := now() + softguard._retention(reg, (ctx->>'retention_seconds')::integer);
+    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                      client_addr, statement, kind, objects, restore)
+    VALUES (expires, session_user, invoker, current_setting('application_name', true),
+            softguard._client_addr(reg), stmt,
+            coalesce(ctx->>'action', 'DROP'), '[]', '[]')
+    RETURNING id INTO op_id;
+
+    SELECT coalesce(jsonb_object_agg(format('%s/%s/%s', l.classid, l.objid, l.objsubid),
+                                     softguard._holder(l.classid, l.objid, l.objsubid)), '{}')
+      INTO held
+      FROM softguard._list(list) l
+     WHERE coalesce(softguard._is_quarantine_schema(l.home), false);
+    SELECT coalesce(array_agg(l.object_name), '{}') INTO dropped_schemas
+      FROM softguard._list(list) l WHERE l.object_type = 'schema';
+    SELECT coalesce(array_agg(l.objid), '{}') INTO going
+      FROM softguard._list(list) l
+     WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
+       AND NOT coalesce(softguard._is_quarantine_schema(l.home), false);
+
+    -- 2. Classify: what moves, what is a link to record and drop, what cannot be kept.
+    FOR r IN SELECT * FROM softguard._list(list) l ORDER BY l.ord LOOP
+        CONTINUE WHEN coalesce(softguard._is_quarantine_schema(r.home), false);  -- held already
+        CONTINUE WHEN r.object_type = 'schema';
+        CONTINUE WHEN r.home = ANY (dropped_schemas);          -- stays in its renamed schema
+        IF r.object_type = 'table column' THEN
+            CONTINUE WHEN r.owned;
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot yet keep columns dropped by CASCADE (column %s)',
+                                 r.object_identity),
+                HINT = 'Drop the column with ALTER TABLE first, or run the statement without softguard.';
+        END IF;
+        IF r.classid = 'pg_class'::regclass THEN
+            SELECT c.relkind INTO x FROM pg_class c WHERE c.oid = r.objid;
+            IF x.relkind IN ('r', 'p', 'f', 'v', 'm') THEN
+                moves := moves || jsonb_build_array(to_jsonb(r));  -- partitions move one by one
+                CONTINUE;
+            END IF;
+        END IF;
+        CONTINUE WHEN r.owned;                                   -- goes with its owner
+        CASE
+            WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
+                                   'domain') THEN
+                moves := moves || jsonb_build_array(to_jsonb(r));
+            WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
+                                   'policy', 'rule') THEN
+                links := links || jsonb_build_array(to_jsonb(r));
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = format('softguard cannot keep %s %s (dropped by this statement)',
+                                     r.object_type, r.object_identity),
+                    HINT = 'Run the statement without softguard if losing it is intended.';
+        END CASE;
+    END LOOP;
+
+    -- 3. Links from live objects to dropped ones, as a real DROP removes them. Constraints
+    --    first (a foreign key may need a listed unique index), indexes last.
+    FOR r IN SELECT e.* FROM jsonb_to_recordset(links) AS e(classid oid, objid oid,
+                  object_type text, object_identity text, original boolean, ord integer)
+             ORDER BY CASE e.object_type WHEN 'table constraint' THEN 0 WHEN 'index' THEN 2
+                      ELSE 1 END, e.ord LOOP
+        steps := steps || softguard._drop_link(r.classid, r.objid, r.object_identity, r.original);
+    END LOOP;
+
+    -- 4. Links from leaving relations to live ones: partition bound, inheritance, FKs.
+    FOR x IN SELECT c.oid AS child, i.inhparent AS parent, c.relispartition,
+                    pg_get_expr(c.relpartbound, c.oid) AS bound
+               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              WHERE i.inhrelid = ANY (going) AND NOT (i.inhparent = ANY (going))
+                AND c.relkind IN ('r', 'p', 'f')
+              ORDER BY i.inhrelid, i.inhseqno LOOP
+        IF x.relispartition THEN
+            steps := steps || jsonb_build_array(jsonb_build_object(
+                'step', 'detach_partition', 'parent', x.parent,
+                'parent_name', x.parent::regclass::text, 'child', x.child,
+                'child_name', x.child::regclass::text, 'bound', x.bound));
+            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', x.parent::regclass,
+                           x.child::regclass);
+        ELSE
+            -- NO INHERIT turns inherited columns and constraints into local ones: record
+            -- which were inherited only, to put that back.
+            steps := steps || jsonb_build_array(jsonb_build_object(
+                'step', 'no_inherit', 'parent', x.parent,
+                'parent_name', x.parent::regclass::text, 'child', x.child,
+                'child_name', x.child::regclass::text,
+                'inherited_columns', (SELECT coalesce(jsonb_agg(a.attname), '[]')
+                    FROM pg_attribute a WHERE a.attrelid = x.child AND a.attnum > 0
+                     AND NOT a.attisdropped AND NOT a.attislocal AND a.attinhcount = 1),
+                'inherited_constraints', (SELECT coalesce(jsonb_agg(c.conname), '[]')
+                    FROM pg_constraint c WHERE c.conrelid = x.child AND NOT c.conislocal
+                     AND c.coninhcount = 1)));
+            EXECUTE format('ALTER TABLE %s NO INHERIT %s', x.child::regclass, x.parent::regclass);
+        END IF;
+    END LOOP;
+    FOR x IN SELECT c.oid FROM pg_constraint c
+              WHERE c.contype = 'f' AND c.conrelid = ANY (going)
+                AND NOT (c.confrelid = ANY (going)) AND c.conparentid = 0
+              ORDER BY c.conrelid, c.conname LOOP
+        steps := steps || softguard._drop_link('pg_constraint'::regclass, x.oid,
+            (pg_identify_object('pg_constraint'::regclass, x.oid, 0)).identity);
+    END LOOP;
+
+    -- 5. Dropped schemas: rename, lock out everybody but the owner (privileges recorded).
+    FOR r IN SELECT * FROM softguard._list(list) l WHERE l.object_type = 'schema' ORDER BY l.ord LOOP
+        n := n + 1;
+        qn := softguard._qname(format('softguard_q%s_', op_id), r.object_name);
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+                   'privilege', a.privilege_type, 'grantable', a.is_grantable) ORDER BY a.o), '[]')
+          INTO acl
+          FROM pg_namespace s, LATERAL aclexplode(s.nspacl) WITH ORDINALITY AS a(grantor, grantee,
+               privilege_type, is_grantable, o)
+         WHERE s.oid = r.objid AND a.grantee <> s.nspowner;
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'rename_schema', 'oid', r.objid, 'name', r.object_name, 'qname', qn,
+            'acl', acl, 'original', r.original));
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', r.object_name, qn);
+        FOR x IN SELECT DISTINCT e->>'grantee' AS grantee FROM jsonb_array_elements(acl) e LOOP
+            EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %s CASCADE', qn,
+                           CASE WHEN x.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(x.grantee) END);
+        END LOOP;
+        -- the schema first (a non-superuser may give an object only to a role that may
+        -- create in its schema), then what stays in it: the objects that own others (a
+        -- table its indexes and sequences, a type its array) take those along
+        steps := steps || softguard._disown('pg_namespace'::regclass, r.objid);
+        FOR x IN SELECT 'pg_class'::regclass::oid AS cls, c.oid AS obj FROM pg_class c
+                  WHERE c.relnamespace = r.objid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                    AND NOT EXISTS (SELECT FROM pg_depend d  -- linked: with its table
+                                     WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                       AND d.refclassid = 'pg_class'::regclass
+                                       AND d.deptype IN ('a', 'i') AND c.relkind = 'S')
+                 UNION ALL
+                 SELECT 'pg_proc'::regclass::oid, p.oid FROM pg_proc p WHERE p.pronamespace = r.objid
+                 UNION ALL
+                 SELECT 'pg_type'::regclass::oid, t.oid FROM pg_type t
+                  WHERE t.typnamespace = r.objid AND t.typtype IN ('b', 'c', 'd', 'e', 'r', 'm')
+                 UNION ALL
+                 SELECT 'pg_statistic_ext'::regclass::oid, st.oid FROM pg_statistic_ext st
+                  WHERE st.stxnamespace = r.objid
+                 ORDER BY 1, 2 LOOP
+            steps := steps || softguard._disown(x.cls, x.obj);
+        END LOOP;
+    END LOOP;
+
+    -- 6. Move into softguard_quarantine under op<id>_<n>_<name>.
+    FOR r IN SELECT e.* FROM jsonb_to_recordset(moves) AS e(classid oid, objid oid,
+                  object_type text, object_identity text, original boolean, ord integer)
+             ORDER BY e.ord LOOP
+        IF r.classid = 'pg_class'::regclass THEN
+            SELECT c.relkind, c.relname, c.relnamespace INTO x FROM pg_class c WHERE c.oid = r.objid;
+            kw := CASE x.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                      WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END;
+            IF x.relkind = 'S' THEN
+                -- a sequence owned by a live table's column (DROP SEQUENCE ... CASCADE)
+                FOR own IN SELECT d.refobjid FROM pg_depend d
+                            WHERE d.classid = 'pg_class'::regclass AND d.objid = r.objid
+                              AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a' LOOP
+                    steps := steps || jsonb_build_array(jsonb_build_object(
+                        'step', 'seq_owned_by', 'seq', r.objid, 'table', own,
+                        'column', (SELECT a.attname FROM pg_depend d JOIN pg_attribute a
+                                     ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                                    WHERE d.classid = 'pg_class'::regclass AND d.objid = r.objid
+                                      AND d.refobjid = own AND d.deptype = 'a')));
+                    EXECUTE format('ALTER SEQUENCE %s OWNED BY NONE', r.objid::regclass);
+                END LOOP;
+            END IF;
+            -- Indexes, owned sequences, statistics go along; rename them so that the names
+            -- are free in the live schema and unique in quarantine.
+            FOR own, qn IN
+                SELECT i.indexrelid, ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 WHERE i.indrelid = r.objid
+                UNION ALL
+                SELECT d.objid, sc.relname FROM pg_depend d JOIN pg_class sc ON sc.oid = d.objid
+                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.refobjid = r.objid AND d.deptype IN ('a', 'i') AND sc.relkind = 'S'
+                ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || jsonb_build_array(jsonb_build_object(
+                    'step', 'rename', 'class', 'relation', 'oid', own, 'name', qn,
+                    'qname', softguard._qname(format('op%s_%s_', op_id, n), qn), 'parent', r.objid));
+                EXECUTE format('ALTER INDEX %s RENAME TO %I', own::regclass,
+                               softguard._qname(format('op%s_%s_', op_id, n), qn));
+            END LOOP;
+            FOR own, qn IN SELECT s.oid, s.stxname FROM pg_statistic_ext s
+                            WHERE s.stxrelid = r.objid ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, 'pg_statistic_ext'::regclass, own, false)
+                               || softguard._disown('pg_statistic_ext'::regclass, own);
+            END LOOP;
+        END IF;
+        IF r.classid = 'pg_type'::regclass THEN
+            -- What PostgreSQL made with a range type does not follow it to another schema
+            -- or name: its multirange and the constructor functions of both. Move them
+            -- too, or re-creating the range in the live schema fails (42710, 42723).
+            FOR x IN SELECT 'pg_type'::regclass::oid AS cls, rg.rngmultitypid AS obj
+                       FROM pg_range rg WHERE rg.rngtypid = r.objid AND rg.rngmultitypid <> 0
+                     UNION ALL
+                     SELECT 'pg_proc'::regclass::oid, d.objid FROM pg_depend d
+                      WHERE d.classid = 'pg_proc'::regclass AND d.deptype = 'i'
+                        AND d.refclassid = 'pg_type'::regclass
+                        AND d.refobjid IN (SELECT r.objid UNION ALL
+                                           SELECT rg.rngmultitypid FROM pg_range rg
+                                            WHERE rg.rngtypid = r.objid)
+                     ORDER BY 1 DESC, 2 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, x.cls, x.obj, false)
+                               || softguard._disown(x.cls, x.obj);
+            END LOOP;
+        END IF;
+        n := n + 1;
+        steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
+                       || softguard._disown(r.classid, r.objid);
+    END LOOP;
+
+    -- 7. The operation: objects (with where each went), estimates, the plan.
+    -- in the statement's order (PostgreSQL lists them in its deletion order)
+    SELECT string_agg(l.object_identity, ', '
+                      ORDER BY nullif(strpos(lower(stmt), lower(l.object_name)), 0) NULLS LAST,
+                               l.ord) INTO targets
+      FROM softguard._list(list) l WHERE l.original;
+    UPDATE softguard.operations o SET
+        restore = steps,
+        objects = (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'type', l.object_type, 'identity', l.object_identity,
+                       'schema', l.schema_name, 'name', l.object_name,
+                       'original', l.original, 'normal', l.normal,
+                       'classid', l.classid, 'objid', l.objid, 'objsubid', l.objsubid,
+                       'quarantined_as', CASE WHEN h.held_by IS NULL THEN
+                           (pg_identify_object(l.classid, l.objid, l.objsubid)).identity END,
+                       'held_by', h.held_by) ORDER BY l.ord), '[]')
+              FROM softguard._list(list) l,
+                   LATERAL (SELECT (held->>format('%s/%s/%s', l.classid, l.objid, l.objsubid))::bigint
+                                   AS held_by) h),
+        row_counts = jsonb_build_object('estimate', true, 'tables', (
+            SELECT coalesce(jsonb_object_agg(l.object_identity,
+                       CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END), '{}')
+              FROM softguard._list(list) l JOIN pg_class c ON c.oid = l.objid
+             WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
+               AND c.relkind IN ('r', 'm')
+               AND NOT held ? format('%s/%s/%s', l.classid, l.objid, l.objsubid)))
+     WHERE o.id = op_id;
+
+    RETURN softguard._op_notice(coalesce(ctx->>'action', 'DROP'), targets, op_id, expires);
+END $$;
+CREATE OR REPLACE FUNCTION softguard._exact_acl(cls oid, obj oid, col name, was aclitem[], now aclitem[],
+                                     kind "char") RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    want aclitem[] := coalesce(was, acldefault(kind, softguard._owner(cls, obj)));
+BEGIN
+    IF NOT (now @> want AND want @> now) THEN
+        RETURN;
+    END IF;
+    IF col IS NOT NULL THEN
+        UPDATE pg_attribute SET attacl = was WHERE attrelid = obj AND attname = col;
+    ELSIF cls = 'pg_class'::regclass THEN
+        UPDATE pg_class SET relacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_proc'::regclass THEN
+        UPDATE pg_proc SET proacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_type'::regclass THEN
+        UPDATE pg_type SET typacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_namespace'::regclass THEN
+        UPDATE pg_namespace SET nspacl = was WHERE oid = obj;
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._exact_acl(oid, oid, name, aclitem[], aclitem[], "char") FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._undo_owner(op bigint, s jsonb) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    who name;
+    ident text;
+    grantee text;
+    e jsonb;
+    cls oid := (s->>'classid')::oid;
+    obj oid := (s->>'oid')::oid;
+    missing boolean := false;  -- a grantee no longer exists
+    lines softguard.undo_step[] := '{}';
+BEGIN
+    -- by oid, else a role created again under its name (what the hint below asks for)
+    SELECT r.rolname INTO who FROM pg_roles r WHERE r.oid = (s->>'owner_oid')::oid;
+    IF who IS NULL THEN
+        SELECT r.rolname INTO who FROM pg_roles r WHERE r.oid = to_regrole(s->>'owner');
+    END IF;
+    IF who IS NULL AND coalesce((s->>'owner_changed')::boolean, true) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: role %s, which owned %s %s, no longer '
+                             'exists', op, s->>'owner', lower(s->>'keyword'), s->>'identity'),
+            HINT = format('Create the role again (CREATE ROLE %I), then undo: softguard gives '
+                          'each object back to the role that owned it.', s->>'owner');
+    END IF;
+    IF cls = 'pg_namespace'::regclass THEN
+        SELECT quote_ident(n.nspname) INTO ident FROM pg_namespace n WHERE n.oid = obj;
+    ELSE
+        ident := (softguard._kw(cls, obj)).ident;
+    END IF;
+    IF ident IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: %s %s is no longer where it was kept',
+                             op, lower(s->>'keyword'), s->>'identity');
+    END IF;
+    IF coalesce((s->>'owner_changed')::boolean, true) THEN
+        EXECUTE format('ALTER %s %s OWNER TO %I', s->>'keyword', ident, who);
+    END IF;
+    FOR e IN SELECT x FROM jsonb_array_elements(s->'acl') x LOOP
+        grantee := CASE WHEN e->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                        ELSE (SELECT quote_ident(r.rolname) FROM pg_roles r
+                               WHERE r.oid = (e->>'grantee_oid')::oid) END;
+        IF grantee IS NULL THEN
+            missing := true;
+            lines := lines || softguard._step(op, 'skipped', s->>'identity',
+                format('%s on %s %s not given back to role %s: it no longer exists',
+                       e->>'privilege', lower(s->>'keyword'), s->>'identity', e->>'grantee'));
+            CONTINUE;
+        END IF;
+        EXECUTE format('GRANT %s%s ON %s %s TO %s%s', e->>'privilege',
+                       CASE WHEN e->>'column' IS NULL THEN '' ELSE format(' (%I)', e->>'column') END,
+                       s->>'grant_keyword', ident, grantee,
+                       CASE WHEN (e->>'grantable')::boolean THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+    -- The grants above gave back the same privileges; put back each ACL exactly as it was
+    -- (the order of its items, NULL for PostgreSQL's defaults), where it holds the same
+    -- set. A direct catalog write, so only where the ledger's owner is a superuser; not
+    -- when a grantee is gone (the ACL as it was names it).
+    IF s ? 'exact' AND NOT missing
+       AND (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user) THEN
+        PERFORM softguard._exact_acl(cls, obj, g.col, (s->'exact'->>coalesce(g.col, ''))::aclitem[],
+                                     coalesce(g.acl, acldefault(g.kind, softguard._owner(cls, obj))),
+                                     g.kind)
+           FROM softguard._acls(cls, obj) g WHERE s->'exact' ? coalesce(g.col, '');
+    END IF;
+    RETURN lines;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_owner(bigint, jsonb) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    s jsonb;
+    e jsonb;
+    d jsonb;
+    k record;
+    target text;
+    nsp_name text;
+    nsp oid;
+    lines softguard.undo_step[] := '{}';
+    n_orig integer;
+    renamed jsonb := '{}';   -- parent oid -> [old name, new name] when --rename-to renamed it
+    ddl text;
+    cur text;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('softguard: operation %s does not exist', op);
+    END IF;
+    IF o.kind = 'UNDO' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s is the record of an undo (of operation %s), not reversible',
+                             op, o.undo_of);
+    ELSIF o.state = 'undone' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s is already undone (at %s by %s)', op,
+                             to_char(o.undone_at, 'YYYY-MM-DD HH24:MI:SS'), o.undone_by);
+    ELSIF o.state = 'purged' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s was purged (at %s by %s): nothing is left to restore',
+                             op, to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+    END IF;
+    IF rename_to IS NOT NULL THEN
+        SELECT count(*) INTO n_orig FROM jsonb_array_elements(o.restore) x
+         WHERE (x->>'original')::boolean
+           AND x->>'step' IN ('move', 'rename_schema', 'drop_index');
+        IF n_orig <> 1 THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('--rename-to needs an operation on a single object; operation %s has %s',
+                                 op, n_orig);
+        END IF;
+    END IF;
+
+    FOR s IN SELECT x FROM jsonb_array_elements(o.restore) WITH ORDINALITY AS t(x, i)
+              ORDER BY t.i DESC LOOP
+        CASE s->>'step'
+        WHEN 'move' THEN
+            k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+            IF k.keyword IS NULL OR k.name <> s->>'qname'
+               OR k.nsp <> 'softguard_quarantine'::regnamespace THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s %s.%s is no longer where it was '
+                                     'kept (softguard_quarantine.%s)', op, lower(s->>'keyword'),
+                                     s->>'schema', s->>'name', s->>'qname');
+            END IF;
+            nsp := (s->>'schema_oid')::oid;
+            SELECT n.nspname INTO nsp_name FROM pg_namespace n WHERE n.oid = nsp;
+            IF nsp_name IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: schema %s no longer exists',
+                                     op, s->>'schema'),
+                    HINT = format('CREATE SCHEMA %I first.', s->>'schema');
+            END IF;
+            PERFORM softguard._need_live(op, 'pg_namespace'::regclass, nsp,
+                format('%s %s.%s', lower(s->>'keyword'), s->>'schema', s->>'name'));
+            target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                           THEN rename_to ELSE s->>'name' END;
+            IF softguard._name_taken(s->>'class', nsp, target, (s->>'oid')::oid) THEN
+                RAISE EXCEPTION USING ERRCODE = CASE s->>'class' WHEN 'routine' THEN '42723'
+                        WHEN 'relation' THEN '42P07' ELSE '42710' END,
+                    MESSAGE = format('cannot undo operation %s: %s %s already exists (created after the DROP)',
+                                     op, lower(s->>'keyword'), format('%I.%I', nsp_name, target)),
+                    HINT = 'use --rename-to NEW_NAME';
+            END IF;
+            EXECUTE format('ALTER %s %s RENAME TO %I', s->>'keyword', k.ident, target);
+            k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+            EXECUTE format('ALTER %s %s SET SCHEMA %I', s->>'keyword', k.ident, nsp_name);
+            IF target <> s->>'name' THEN
+                renamed := renamed || jsonb_build_object(s->>'oid',
+                                                         jsonb_build_array(s->>'name', target));
+            END IF;
+            cur := (softguard._kw((s->>'classid')::oid, (s->>'oid')::oid)).ident;
+            lines := lines || softguard._step(op, 'restored', cur,
+                                              format('restored %s %s', lower(s->>'keyword'), cur));
+        WHEN 'rename' THEN
+            SELECT c.relname, c.relnamespace, c.oid::regclass::text AS ident INTO k
+              FROM pg_class c WHERE c.oid = (s->>'oid')::oid;
+            IF NOT FOUND OR k.relname <> s->>'qname' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s is no longer named %s',
+                                     op, s->>'name', s->>'qname');
+            END IF;
+            target := s->>'name';
+            IF renamed ? (s->>'parent')
+               AND starts_with(target, renamed->(s->>'parent')->>0) THEN
+                target := (renamed->(s->>'parent')->>1)
+                          || substr(target, length(renamed->(s->>'parent')->>0) + 1);
+            END IF;
+            IF softguard._name_taken('relation', k.relnamespace, target, 0) THEN
+                RAISE EXCEPTION USING ERRCODE = '42P07',
+                    MESSAGE = format('cannot undo operation %s: relation %s already exists (created after the DROP)',
+                                     op, format('%I.%I', k.relnamespace::regnamespace, target)),
+                    HINT = 'use --rename-to NEW_NAME';
+            END IF;
+            EXECUTE format('ALTER INDEX %s RENAME TO %I', k.ident, target);
+        WHEN 'rename_schema' THEN
+            SELECT n.nspname INTO nsp_name FROM pg_namespace n WHERE n.oid = (s->>'oid')::oid;
+            IF nsp_name IS DISTINCT FROM s->>'qname' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: schema %s is no longer kept as %s',
+                                     op, s->>'name', s->>'qname');
+            END IF;
+            target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                           THEN rename_to ELSE s->>'name' END;
+            IF EXISTS (SELECT FROM pg_namespace n WHERE n.nspname = target) THEN
+                RAISE EXCEPTION USING ERRCODE = '42P06',
+                    MESSAGE = format('cannot undo operation %s: schema %I already exists (created after the DROP)',
+                                     op, target),
+                    HINT = 'use --rename-to NEW_NAME';
+            END IF;
+            EXECUTE format('ALTER SCHEMA %I RENAME TO %I', nsp_name, target);
+            FOR e IN SELECT x FROM jsonb_array_elements(s->'acl') x LOOP
+                IF e->>'grantee' <> 'PUBLIC'
+                   AND to_regrole(e->>'grantee') IS NULL THEN
+                    lines := lines || softguard._step(op, 'skipped', quote_ident(target),
+                        format('%s on schema %I not given back to role %s: it no longer exists',
+                               e->>'privilege', target, e->>'grantee'));
+                    CONTINUE;
+                END IF;
+                EXECUTE format('GRANT %s ON SCHEMA %I TO %s%s', e->>'privilege', target,
+                               CASE WHEN e->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                                    ELSE quote_ident(e->>'grantee') END,
+                               CASE WHEN (e->>'grantable')::boolean THEN ' WITH GRANT OPTION' ELSE '' END);
+            END LOOP;
+            lines := lines || softguard._step(op, 'restored', quote_ident(target),
+                                              format('restored schema %I', target));
+        WHEN 'owner' THEN
+            lines := lines || softguard._undo_owner(op, s);
+        WHEN 'seq_owned_by' THEN
+            EXECUTE format('ALTER SEQUENCE %s OWNED BY %s.%I', (s->>'seq')::oid::regclass,
+                           (s->>'table')::oid::regclass, s->>'column');
+        WHEN 'no_inherit' THEN
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
+                                         'table ' || (s->>'child_name'));
+            EXECUTE format('ALTER TABLE %s INHERIT %s', (s->>'child')::oid::regclass,
+                           (s->>'parent')::oid::regclass);
+            UPDATE pg_attribute SET attislocal = false
+             WHERE attrelid = (s->>'child')::oid
+               AND attname IN (SELECT jsonb_array_elements_text(s->'inherited_columns'));
+            UPDATE pg_constraint SET conislocal = false
+             WHERE conrelid = (s->>'child')::oid
+               AND conname IN (SELECT jsonb_array_elements_text(s->'inherited_constraints'));
+            lines := lines || softguard._step(op, 're-established', (s->>'child')::oid::regclass::text,
+                format('re-established inheritance of %s from %s',
+                       (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
+        WHEN 'detach_partition' THEN
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
+                                         'partition ' || (s->>'child_name'));
+            EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s %s', (s->>'parent')::oid::regclass,
+                           (s->>'child')::oid::regclass, s->>'bound');
+            lines := lines || softguard._step(op, 're-attached', (s->>'child')::oid::regclass::text,
+                format('re-attached partition %s to %s',
+                       (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
+        ELSE
+            -- a recorded definition on a live table: its table and everything it uses must
+            -- be live again
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'table')::oid,
+                                         s->>'identity', s->>'table_name');
+            cur := (s->>'table')::oid::regclass::text;
+            -- definitions that name their table (triggers, policies, rules, indexes)
+            IF cur <> s->>'table_name' AND s->>'step' <> 'drop_constraint'
+               AND s->>'step' <> 'drop_default' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: table %s was renamed %s since',
+                                     op, s->>'table_name', cur);
+            END IF;
+            FOR d IN SELECT x FROM jsonb_array_elements(s->'deps') x LOOP
+                PERFORM softguard._need_live(op, (d->>'classid')::oid, (d->>'objid')::oid,
+                                             s->>'identity', d->>'identity');
+            END LOOP;
+            CASE s->>'step'
+            WHEN 'drop_constraint' THEN
+                ddl := s->>'def';
+                IF s->>'ref_table' IS NOT NULL
+                   AND (s->>'ref_table')::oid::regclass::text <> s->>'ref_name' THEN
+                    -- the referenced table came back under another name (--rename-to)
+                    ddl := replace(ddl, ' REFERENCES ' || (s->>'ref_name') || '(',
+                                   ' REFERENCES ' || (s->>'ref_table')::oid::regclass::text || '(');
+                END IF;
+                s := s || jsonb_build_object('def', ddl);
+                IF (s->>'validated')::boolean AND s->>'contype' IN ('f', 'c')
+                   AND NOT (s->>'partitioned')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s NOT VALID', cur,
+                                   s->>'name', s->>'def');
+                    EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', cur, s->>'name');
+                ELSE
+                    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', cur, s->>'name', s->>'def');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-added', format('%I on %s', s->>'name', cur),
+                                                  format('re-added constraint %I on %s', s->>'name', cur));
+            WHEN 'drop_trigger' THEN
+                EXECUTE s->>'def';
+                IF s->>'enabled' <> 'O' THEN
+                    EXECUTE format('ALTER TABLE %s %s TRIGGER %I', cur,
+                                   CASE s->>'enabled' WHEN 'D' THEN 'DISABLE'
+                                        WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE ALWAYS' END,
+                                   s->>'name');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON TRIGGER %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created trigger %I on %s', s->>'name', cur));
+            WHEN 'drop_default' THEN
+                EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', cur, s->>'name',
+                               s->>'def');
+                lines := lines || softguard._step(op, 're-set', format('%s.%I', cur, s->>'name'),
+                                                  format('re-set default of %s.%I', cur, s->>'name'));
+            WHEN 'drop_policy' THEN
+                EXECUTE s->>'def';
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON POLICY %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created policy %I on %s', s->>'name', cur));
+            WHEN 'drop_rule' THEN
+                EXECUTE s->>'def';
+                IF s->>'enabled' <> 'O' THEN
+                    EXECUTE format('ALTER TABLE %s %s RULE %I', cur,
+                                   CASE s->>'enabled' WHEN 'D' THEN 'DISABLE'
+                                        WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE ALWAYS' END,
+                                   s->>'name');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON RULE %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created rule %I on %s', s->>'name', cur));
+            WHEN 'drop_index' THEN
+                target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                               THEN rename_to ELSE s->>'name' END;
+                SELECT c.relnamespace INTO nsp FROM pg_class c WHERE c.oid = (s->>'table')::oid;
+                IF softguard._name_taken('relation', nsp, target, 0) THEN
+                    RAISE EXCEPTION USING ERRCODE = '42P07',
+                        MESSAGE = format('cannot undo operation %s: relation %s already exists (created after the DROP)',
+                                         op, format('%I.%I', nsp::regnamespace, target)),
+                        HINT = 'use --rename-to NEW_NAME';
+                END IF;
+                ddl := s->>'def';
+                IF target <> s->>'name' THEN
+                    -- pg_get_indexdef: 'CREATE [UNIQUE ]INDEX <name> ON ...'
+                    ddl := overlay(ddl PLACING quote_ident(target)
+                                   FROM position(' INDEX ' IN ddl) + 7
+                                   FOR length(quote_ident(s->>'name')));
+                END IF;
+                EXECUTE ddl;
+                cur := format('%I.%I', nsp::regnamespace, target);
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON INDEX %s IS %L', cur, s->>'comment');
+                END IF;
+                IF (s->>'clustered')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s CLUSTER ON %I', (s->>'table')::oid::regclass, target);
+                END IF;
+                IF (s->>'replident')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY USING INDEX %I',
+                                   (s->>'table')::oid::regclass, target);
+                END IF;
+                lines := lines || softguard._step(op, 're-created', cur, format('re-created index %s', cur));
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = 'XX000',
+                    MESSAGE = format('softguard: unknown restore step %s in operation %s',
+                                     s->>'step', op);
+            END CASE;
+        END CASE;
+    END LOOP;
+
+    -- Everything restored must find what it uses live: a later operation may hold it.
+    FOR e IN SELECT x FROM jsonb_array_elements(o.objects) x
+              WHERE x->>'held_by' IS NULL AND x->>'quarantined_as' IS NOT NULL LOOP
+        FOR k IN SELECT dp.refclassid, dp.refobjid FROM pg_depend dp
+                  WHERE dp.classid = (e->>'classid')::oid AND dp.objid = (e->>'objid')::oid
+                    AND dp.objsubid = (e->>'objsubid')::integer
+                    AND dp.deptype IN ('n', 'a') LOOP
+            PERFORM softguard._need_live(op, k.refclassid, k.refobjid,
+                                         (e->>'type') || ' ' || (e->>'identity'));
+        END LOOP;
+    END LOOP;
+
+    PERFORM softguard._record_undo(o, CASE WHEN rename_to IS NULL THEN ''
+                                           ELSE ' --rename-to ' || rename_to END);
+    RETURN lines;
+END $$;
+-- end section: quarantine-owner --------------------------------------------------------
+
 
 
 DO $$

@@ -72,6 +72,14 @@ def _step_text(step: dict[str, Any]) -> str | None:
         )
     if kind == "sequence":
         return f"put back the previous value and settings of {step.get('identity', '?')}"
+    if kind == "owner":
+        keyword = str(step.get("keyword", "object")).lower()
+        grants = len(step.get("acl") or [])
+        ident = step.get("identity", "?")
+        if step.get("owner_changed") is False:
+            return f"give back {grants} privilege(s) on {keyword} {ident}"
+        what = f" with {grants} privilege(s)" if grants else ""
+        return f"give {keyword} {ident} back to role {step.get('owner', '?')}{what}"
     words = {
         "drop_constraint": f"re-add constraint {name} on {table}",
         "drop_trigger": f"re-create trigger {name} on {table}",

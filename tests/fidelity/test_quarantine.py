@@ -1,0 +1,301 @@
+"""Issue 16 class 3: the quarantine leaves no trace a client can see or trip over.
+
+A DROP through softguard keeps the objects in quarantine; those objects now belong to
+softguard while kept, with the privileges roles had on them taken away and recorded
+(30_drop.sql `_disown`), and undo gives both back (70_undo.sql `_undo_owner`). So, as after a
+direct DROP: the owning role and every role granted something on the dropped objects can be
+dropped (DROP ROLE, DROP OWNED BY, REASSIGN OWNED BY do not reach into the quarantine, and
+no error names a kept object), and no role finds the kept objects in the
+information_schema. Twins: the same statements directly on one database and through
+softguard (as a non-superuser owner) on another."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from support.pg import TestServer
+from support.proxy import Target
+
+from softguard.ledger.migrate import apply_migrations
+
+PW = "quarantine-pw"
+
+SCHEMA = """
+CREATE SCHEMA {s};
+CREATE TYPE {s}.span AS RANGE (subtype = int4);
+CREATE TYPE {s}.pair AS (a int, b text);
+CREATE DOMAIN {s}.pos AS int CHECK (VALUE > 0);
+CREATE TABLE {s}.t (id serial PRIMARY KEY, x int GENERATED ALWAYS AS IDENTITY, v text,
+                    r {s}.span);
+CREATE INDEX t_v ON {s}.t (v);
+CREATE FUNCTION {s}.f(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+CREATE AGGREGATE {s}.total(int) (SFUNC = int4pl, STYPE = int);
+CREATE VIEW {s}.v AS SELECT id, v FROM {s}.t;
+CREATE TABLE {s}.lone (id int PRIMARY KEY, note text);
+CREATE SEQUENCE {s}.counter;
+INSERT INTO {s}.t (v) VALUES ('a'), ('b');
+INSERT INTO {s}.lone VALUES (1, 'one');
+GRANT USAGE ON SCHEMA {s} TO {reader};
+GRANT SELECT ON {s}.t, {s}.v TO {reader};
+GRANT UPDATE (v) ON {s}.t TO {reader};
+GRANT SELECT, INSERT ON {s}.lone TO {reader} WITH GRANT OPTION;
+GRANT UPDATE (note) ON {s}.lone TO {reader};
+GRANT USAGE ON SEQUENCE {s}.counter TO {reader};
+GRANT EXECUTE ON ROUTINE {s}.total(int) TO {reader};
+GRANT USAGE ON TYPE {s}.span TO {reader};
+GRANT USAGE ON DOMAIN {s}.pos TO {reader};
+"""
+
+# What a role can find of the schema's objects in the information_schema.
+VISIBLE = """
+SELECT 'table', table_schema, table_name FROM information_schema.tables
+ WHERE table_schema NOT IN ('pg_catalog', 'information_schema', 'softguard')
+UNION ALL
+SELECT 'column', table_name, column_name FROM information_schema.columns
+ WHERE table_schema NOT IN ('pg_catalog', 'information_schema', 'softguard')
+UNION ALL
+SELECT 'routine', routine_schema, routine_name FROM information_schema.routines
+ WHERE routine_schema NOT IN ('pg_catalog', 'information_schema', 'softguard')
+UNION ALL
+SELECT 'sequence', sequence_schema, sequence_name FROM information_schema.sequences
+ WHERE sequence_schema NOT IN ('softguard')
+UNION ALL
+SELECT 'grant', table_name, privilege_type FROM information_schema.table_privileges
+ WHERE table_schema NOT IN ('pg_catalog', 'information_schema', 'softguard')
+UNION ALL
+SELECT 'usage', object_name, privilege_type FROM information_schema.usage_privileges
+ WHERE object_schema NOT IN ('pg_catalog', 'information_schema', 'softguard')
+UNION ALL
+SELECT 'schema', schema_name, NULL FROM information_schema.schemata
+ WHERE schema_name NOT IN ('pg_catalog', 'information_schema', 'softguard', 'pg_toast')
+ORDER BY 1, 2, 3
+"""
+
+# Owners and privileges of everything in the schema (undo must give back exactly these).
+RIGHTS = """
+SELECT 'rel', c.relname, c.relowner::regrole::text, c.relacl::text FROM pg_class c
+ WHERE c.relnamespace = %(s)s::regnamespace
+UNION ALL
+SELECT 'col', c.relname || '.' || a.attname, NULL, a.attacl::text FROM pg_attribute a
+  JOIN pg_class c ON c.oid = a.attrelid
+ WHERE c.relnamespace = %(s)s::regnamespace AND a.attacl IS NOT NULL
+UNION ALL
+SELECT 'proc', p.oid::regprocedure::text, p.proowner::regrole::text, p.proacl::text
+  FROM pg_proc p WHERE p.pronamespace = %(s)s::regnamespace
+UNION ALL
+SELECT 'type', t.typname, t.typowner::regrole::text, t.typacl::text FROM pg_type t
+ WHERE t.typnamespace = %(s)s::regnamespace
+UNION ALL
+SELECT 'schema', n.nspname, n.nspowner::regrole::text, n.nspacl::text FROM pg_namespace n
+ WHERE n.oid = %(s)s::regnamespace
+ORDER BY 1, 2
+"""
+
+DROPS = {
+    "tables": ["DROP TABLE {s}.lone", "DROP TABLE {s}.t CASCADE"],
+    "objects": [
+        "DROP VIEW {s}.v",
+        "DROP SEQUENCE {s}.counter",
+        "DROP AGGREGATE {s}.total(int)",
+        "DROP TABLE {s}.t",
+        "DROP TABLE {s}.lone",
+        "DROP DOMAIN {s}.pos",
+        "DROP TYPE {s}.span",
+    ],
+    "schema": ["DROP SCHEMA {s} CASCADE"],
+}
+
+
+@dataclass
+class World:
+    server: TestServer
+    proxy: Target
+    direct_db: str
+    sg_db: str
+    owner: str
+    reader: str
+    schema: str
+
+    def dsn(self, db: str, user: str | None = None, through: bool = False) -> str:
+        if through:
+            return self.proxy.dsn(db, user, PW)
+        if user is None:
+            return self.server.superuser_dsn(db)
+        return self.server.dsn(db, user, PW)
+
+    def run(self, db: str, stmts: list[str], user: str | None = None) -> None:
+        """As `user` (the superuser: None); the owner's statements on softguard's twin go
+        through softguard."""
+        through = db == self.sg_db and user == self.owner
+        with psycopg.connect(self.dsn(db, user, through), autocommit=True) as c:
+            for stmt in stmts:
+                c.execute(stmt.format(s=self.schema, reader=self.reader).encode())
+
+    def rows(self, db: str, query: str, user: str | None = None) -> list[tuple[Any, ...]]:
+        """Directly (queries that name softguard's schemas, which softguard refuses)."""
+        with psycopg.connect(self.dsn(db, user), autocommit=True) as c:
+            return c.execute(query, {"s": self.schema}).fetchall()
+
+    def ops(self) -> list[int]:
+        return [int(r[0]) for r in self.rows(self.sg_db, "SELECT id FROM softguard.operations"
+                                             " WHERE kind <> 'UNDO' ORDER BY id")]  # fmt: skip
+
+
+@pytest.fixture
+def world(pg_server: TestServer, proxy: Target) -> Iterator[World]:
+    if proxy.is_direct:
+        pytest.skip("about softguard's quarantine (SOFTGUARD_TEST_VIA=direct)")
+    tag = uuid.uuid4().hex[:8]
+    owner, reader = f"sg_qown_{tag}", f"sg_qread_{tag}"
+    dbs = [pg_server.create_database(), pg_server.create_database()]
+    with psycopg.connect(pg_server.superuser_dsn(), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(owner), sql.Literal(PW)))  # fmt: skip
+        c.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(reader), sql.Literal(PW)))  # fmt: skip
+        for db in dbs:
+            c.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(db), sql.Identifier(owner)))  # fmt: skip
+    with psycopg.connect(pg_server.superuser_dsn(dbs[1])) as c:
+        apply_migrations(c)
+        c.commit()
+    w = World(pg_server, proxy, dbs[0], dbs[1], owner, reader, "qs_" + tag)
+    for db in dbs:
+        w.run(db, [s for s in SCHEMA.split(";\n") if s.strip()], owner)
+    try:
+        yield w
+    finally:
+        for db in dbs:
+            pg_server.drop_database(db)
+        with psycopg.connect(pg_server.superuser_dsn(), autocommit=True) as c:
+            for role in (owner, reader):
+                c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def _drop_both(w: World, kind: str) -> None:
+    for db in (w.direct_db, w.sg_db):
+        w.run(db, DROPS[kind], w.owner)
+    assert w.ops(), "softguard recorded nothing"
+
+
+@pytest.mark.parametrize("kind", list(DROPS))
+def test_kept_objects_are_invisible_and_undo_gives_everything_back(world: World, kind: str) -> None:
+    w = world
+    before = w.rows(w.sg_db, RIGHTS)
+    _drop_both(w, kind)
+    for who in (w.owner, w.reader):
+        assert w.rows(w.sg_db, VISIBLE, who) == w.rows(w.direct_db, VISIBLE, who), who
+    for op in reversed(w.ops()):
+        w.rows(w.sg_db, f"SELECT softguard.undo_op({op})")
+    assert w.rows(w.sg_db, RIGHTS) == before
+
+
+@pytest.mark.parametrize("kind", list(DROPS))
+def test_a_reader_of_dropped_objects_can_be_dropped(world: World, kind: str) -> None:
+    """DROP ROLE of a role granted privileges only on what was dropped: PostgreSQL lets
+    it go after a direct DROP, so it must after a DROP through softguard; undo then gives
+    back the privileges of the roles that still exist, and says which it could not."""
+    w = world
+    _drop_both(w, kind)
+    keep = (
+        []
+        if kind == "schema"
+        else [  # what the DROPs left that the reader may use
+            f"REVOKE ALL ON SCHEMA {w.schema} FROM {w.reader}",
+            f"REVOKE ALL ON ALL TABLES IN SCHEMA {w.schema} FROM {w.reader}",
+            f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {w.schema} FROM {w.reader}",
+            f"REVOKE ALL ON ALL ROUTINES IN SCHEMA {w.schema} FROM {w.reader}",
+        ]
+    )
+    for db in (w.direct_db, w.sg_db):
+        w.run(db, keep + [
+            f"REVOKE ALL ON TYPE {w.schema}.{t} FROM {w.reader}"
+            for t in ("span", "pos") if kind == "tables"
+        ])  # fmt: skip
+    with psycopg.connect(w.server.superuser_dsn(), autocommit=True) as c:
+        c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(w.reader)))
+    lines = []
+    for op in reversed(w.ops()):
+        lines += [r[0] for r in w.rows(w.sg_db, f"SELECT softguard.undo_op({op})")]
+    acls = " ".join(str(r[3]) for r in w.rows(w.sg_db, RIGHTS))
+    assert "sg_qread" not in acls and w.owner in acls
+    assert any("no longer exists" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("kind", list(DROPS))
+def test_the_owner_can_be_dropped_and_undo_asks_for_it(world: World, kind: str) -> None:
+    """REASSIGN OWNED BY and DROP OWNED BY the owner, then DROP ROLE: as after a direct
+    DROP. The kept objects are softguard's, untouched; undo refuses until the owner
+    exists again, then gives the objects back to it."""
+    w = world
+    _drop_both(w, kind)
+    heir = w.reader
+    for db in (w.direct_db, w.sg_db):
+        w.run(db, [f"REASSIGN OWNED BY {w.owner} TO {heir}", f"DROP OWNED BY {w.owner}"])
+    with psycopg.connect(w.server.superuser_dsn(), autocommit=True) as c:
+        c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(w.owner)))
+    op = w.ops()[-1]
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as info:
+        w.rows(w.sg_db, f"SELECT softguard.undo_op({op})")
+    assert f"role {w.owner}" in str(info.value) and "no longer exists" in str(info.value)
+    assert info.value.diag.message_hint and "CREATE ROLE" in info.value.diag.message_hint
+    with psycopg.connect(w.server.superuser_dsn(), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(w.owner)))
+    w.rows(w.sg_db, f"SELECT softguard.undo_op({op})")
+    owners = {r[2] for r in w.rows(w.sg_db, RIGHTS) if r[2] is not None}
+    assert w.owner in owners
+
+
+def test_the_owner_cannot_reach_its_kept_objects(world: World) -> None:
+    """Once kept, the objects are softguard's: the role that owned them cannot drop, alter
+    or grant them, and REASSIGN OWNED BY leaves them where they are, for undo to give back
+    to the owner."""
+    w = world
+    w.run(w.sg_db, ["DROP TABLE {s}.lone"], w.owner)
+    kept = w.rows(w.sg_db, "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n"
+                           " ON n.oid = c.relnamespace WHERE n.nspname = 'softguard_quarantine'"
+                           " AND c.relkind = 'r'")[0][0]  # fmt: skip
+    with psycopg.connect(w.server.dsn(w.sg_db, w.owner, PW), autocommit=True) as c:
+        for stmt in (f"ALTER TABLE {kept} OWNER TO {w.owner}", f"DROP TABLE {kept}",
+                     f"GRANT SELECT ON {kept} TO {w.owner}"):  # fmt: skip
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(stmt.encode())
+    w.run(w.sg_db, [f"REASSIGN OWNED BY {w.owner} TO {w.reader}"])
+    w.rows(w.sg_db, f"SELECT softguard.undo_op({w.ops()[-1]})")
+    assert w.rows(w.sg_db, f"SELECT note FROM {w.schema}.lone") == [("one",)]
+    owner = w.rows(w.sg_db, f"SELECT relowner::regrole::text FROM pg_class"
+                            f" WHERE oid = '{w.schema}.lone'::regclass")  # fmt: skip
+    assert owner == [(w.owner,)]
+
+
+def test_what_runs_as_a_kept_tables_owner_has_no_rights(world: World) -> None:
+    """PostgreSQL runs an expression index's function as the table's owner (ANALYZE,
+    autovacuum). The former owner can still replace that function, so a kept table must
+    not belong to a superuser: it belongs to softguard_keeper, which has no rights."""
+    w = world
+    w.run(w.sg_db, [
+        "CREATE FUNCTION {s}.k(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS"
+        " 'BEGIN RETURN $1; END'",
+        "CREATE TABLE {s}.indexed (a int)",
+        "CREATE INDEX indexed_k ON {s}.indexed ({s}.k(a))",
+        "INSERT INTO {s}.indexed VALUES (1), (2)",
+        "DROP TABLE {s}.indexed",
+        "CREATE OR REPLACE FUNCTION {s}.k(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS"
+        " 'BEGIN RAISE EXCEPTION ''ran as %'', current_user; END'",
+    ], w.owner)  # fmt: skip
+    kept = w.rows(
+        w.sg_db,
+        "SELECT c.oid::regclass::text, c.relowner::regrole::text FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'softguard_quarantine' AND c.relkind = 'r'",
+    )
+    assert [r[1] for r in kept] == ["softguard_keeper"], kept
+    with pytest.raises(psycopg.errors.RaiseException) as info:
+        w.rows(w.sg_db, f"ANALYZE {kept[0][0]}")
+    assert "ran as softguard_keeper" in str(info.value)
