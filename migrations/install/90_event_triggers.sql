@@ -83,11 +83,16 @@ ALTER EVENT TRIGGER softguard_capture_sql_drop ENABLE ALWAYS;
 ALTER EVENT TRIGGER softguard_capture_ddl_end ENABLE ALWAYS;
 
 -- Tables created later get the triggers too (CREATE TABLE, PARTITION OF, AS, SELECT INTO,
--- CREATE SCHEMA ... CREATE TABLE).
+-- CREATE SCHEMA ... CREATE TABLE). In replica mode while it does (issue 16 class 1): the
+-- user's own event triggers (enabled for origin, the default) do not see the CREATE TRIGGER
+-- and ALTER TABLE commands softguard runs in the client's session; softguard's, enabled
+-- ALWAYS, still do.
 CREATE FUNCTION softguard._capture_install_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
+    saved text := current_setting('session_replication_role');
+    quiet boolean := (SELECT u.rolsuper FROM pg_roles u WHERE u.rolname = current_user);
 BEGIN
     IF current_setting('softguard.probe', true) = 'on' THEN
         RETURN;
@@ -95,7 +100,13 @@ BEGIN
     FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
               WHERE c.classid = 'pg_class'::regclass AND c.objsubid = 0
                 AND c.object_type IN ('table', 'partitioned table') LOOP
+        IF quiet THEN
+            PERFORM set_config('session_replication_role', 'replica', true);
+        END IF;
         PERFORM softguard._install_capture(r.objid);
+        IF quiet THEN
+            PERFORM set_config('session_replication_role', saved, true);
+        END IF;
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_install_ddl() FROM PUBLIC;

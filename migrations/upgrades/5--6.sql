@@ -1233,6 +1233,31 @@ BEGIN
 END $$;
 -- end section: quarantine-owner --------------------------------------------------------
 
+-- section: quiet-install ---------------------------------------------------------------
+CREATE OR REPLACE FUNCTION softguard._capture_install_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    saved text := current_setting('session_replication_role');
+    quiet boolean := (SELECT u.rolsuper FROM pg_roles u WHERE u.rolname = current_user);
+BEGIN
+    IF current_setting('softguard.probe', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
+              WHERE c.classid = 'pg_class'::regclass AND c.objsubid = 0
+                AND c.object_type IN ('table', 'partitioned table') LOOP
+        IF quiet THEN
+            PERFORM set_config('session_replication_role', 'replica', true);
+        END IF;
+        PERFORM softguard._install_capture(r.objid);
+        IF quiet THEN
+            PERFORM set_config('session_replication_role', saved, true);
+        END IF;
+    END LOOP;
+END $$;
+-- end section: quiet-install -----------------------------------------------------------
+
 
 
 DO $$
