@@ -171,9 +171,12 @@ BEGIN
     END IF;
 
     IF o.state = 'active' AND o.kind <> 'UNDO' THEN
-        -- 1. Lock what it holds (in oid order), waiting at most lock_timeout.
+        -- 1. Lock what it holds (in oid order), waiting at most lock_timeout. Not views:
+        --    LOCK TABLE on a view locks every table it reads, with the rights of the view's
+        --    owner, softguard_keeper, which has none (decision 0027); nothing can use a
+        --    kept view meanwhile anyway.
         FOR r IN SELECT h.relid FROM softguard.held_relations(op) h
-                  WHERE h.relkind IN ('r', 'p', 'v', 'f') ORDER BY h.relid LOOP
+                  WHERE h.relkind IN ('r', 'p', 'f') ORDER BY h.relid LOOP
             EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', r.relid::regclass);
         END LOOP;
 

@@ -1231,6 +1231,115 @@ BEGIN
                                            ELSE ' --rename-to ' || rename_to END);
     RETURN lines;
 END $$;
+CREATE OR REPLACE FUNCTION softguard.purge_op(op bigint, archive text DEFAULT NULL,
+                                   lock_timeout text DEFAULT '2s',
+                                   inline_rows bigint DEFAULT 10000)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    r record;
+    stmt text;
+    list jsonb;
+    bad record;
+    held_by bigint;
+    n_objects integer := 0;
+    n_rows bigint;
+    released text;
+    mine boolean;
+BEGIN
+    PERFORM set_config('lock_timeout', coalesce(lock_timeout, '2s'), true);
+    mine := softguard._maintenance_begin();
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('softguard: operation %s does not exist', op);
+    END IF;
+    IF o.state = 'purged' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s was already purged (at %s by %s)', op,
+                             to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+    END IF;
+
+    IF o.state = 'active' AND o.kind <> 'UNDO' THEN
+        -- 1. Lock what it holds (in oid order), waiting at most lock_timeout. Not views:
+        --    LOCK TABLE on a view locks every table it reads, with the rights of the view's
+        --    owner, softguard_keeper, which has none (decision 0027); nothing can use a
+        --    kept view meanwhile anyway.
+        FOR r IN SELECT h.relid FROM softguard.held_relations(op) h
+                  WHERE h.relkind IN ('r', 'p', 'f') ORDER BY h.relid LOOP
+            EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', r.relid::regclass);
+        END LOOP;
+
+        -- 2. Drop each object (schemas last); each DROP ... CASCADE is probed first: it
+        --    must take nothing but what this operation holds.
+        FOR r IN SELECT h.* FROM softguard._held_objects(op) h
+                  ORDER BY (h.classid = 'pg_namespace'::regclass), h.classid, h.objid LOOP
+            IF r.classid = 'pg_namespace'::regclass THEN
+                CONTINUE WHEN NOT EXISTS (SELECT FROM pg_namespace n WHERE n.oid = r.objid);
+            ELSE
+                CONTINUE WHEN (pg_identify_object(r.classid, r.objid, 0)).identity IS NULL;
+            END IF;
+            stmt := format('DROP %s %s CASCADE', r.keyword, r.ident);
+            list := softguard._probe(stmt);
+            SELECT x->>'object_type' AS type, x->>'object_identity' AS identity,
+                   softguard._holder((x->>'classid')::oid, (x->>'objid')::oid,
+                                     (x->>'objsubid')::integer) AS holder
+              INTO bad
+              FROM jsonb_array_elements(list) x
+             WHERE (x->>'normal')::boolean AND NOT (x->>'original')::boolean
+               AND softguard._holder((x->>'classid')::oid, (x->>'objid')::oid,
+                                     (x->>'objsubid')::integer) IS DISTINCT FROM op
+             LIMIT 1;
+            IF FOUND THEN
+                held_by := bad.holder;
+                IF held_by IS NOT NULL THEN
+                    RAISE EXCEPTION USING ERRCODE = '55006',
+                        MESSAGE = format('cannot purge operation %s: dropping %s %s would also '
+                                         'remove %s %s, held by operation %s',
+                                         op, lower(r.keyword), r.ident, bad.type, bad.identity,
+                                         held_by),
+                        HINT = format('Purge operation %s first (or undo it).', held_by);
+                END IF;
+                RAISE EXCEPTION USING ERRCODE = '55006',
+                    MESSAGE = format('cannot purge operation %s: dropping %s %s would also '
+                                     'remove %s %s, which is not in quarantine',
+                                     op, lower(r.keyword), r.ident, bad.type, bad.identity),
+                    HINT = 'Something was made to depend on a quarantined object: remove that '
+                           'dependency first.';
+            END IF;
+            EXECUTE stmt;
+            n_objects := n_objects + 1;
+        END LOOP;
+    END IF;
+
+    -- 3. Captured rows: released; deleted now when few.
+    UPDATE softguard.captures c SET released_at = now()
+     WHERE c.op_id = op AND c.released_at IS NULL;
+    SELECT coalesce(sum(c.n_rows), 0) INTO n_rows FROM softguard.captures c WHERE c.op_id = op;
+    IF n_rows <= inline_rows THEN
+        DELETE FROM softguard.captured_rows cr
+         WHERE cr.capture_id = ANY (ARRAY(SELECT c.id FROM softguard.captures c
+                                           WHERE c.op_id = op));
+        DELETE FROM softguard.captures c WHERE c.op_id = op;
+        released := format('%s captured rows deleted', n_rows);
+    ELSE
+        released := format('%s captured rows released (deleted in batches)', n_rows);
+    END IF;
+
+    IF o.state <> 'active' OR o.kind = 'UNDO' THEN
+        PERFORM softguard._maintenance_end(mine);
+        RETURN format('operation %s: %s, nothing in quarantine; %s', op,
+                      CASE WHEN o.kind = 'UNDO' THEN 'the record of an undo'
+                           ELSE format('undone at %s', to_char(o.undone_at, 'YYYY-MM-DD HH24:MI:SS'))
+                      END, released);
+    END IF;
+    UPDATE softguard.operations
+       SET state = 'purged', purged_at = now(), purged_by = session_user, purge_archive = archive
+     WHERE id = op;
+    PERFORM softguard._maintenance_end(mine);
+    RETURN format('operation %s: purged (%s objects dropped, %s)', op, n_objects, released);
+END $$;
 -- end section: quarantine-owner --------------------------------------------------------
 
 -- section: quiet-install ---------------------------------------------------------------
