@@ -316,8 +316,14 @@ BEGIN
         IF span IS NULL THEN
             SELECT min(r.ctid), max(r.ctid) INTO first_tid, last_tid
               FROM softguard.captured_rows r WHERE r.capture_id = cid;
-            span := jsonb_build_array(coalesce((first_tid::text::point)[0], 0)::bigint,
-                                      coalesce((last_tid::text::point)[0], -1)::bigint);
+            IF first_tid IS NULL THEN      -- no rows (a sequence's, a column's capture)
+                DELETE FROM softguard.captures c WHERE c.id = cid;
+                done := done + 1;
+                cid := NULL;
+                CONTINUE;
+            END IF;
+            span := jsonb_build_array((first_tid::text::point)[0]::bigint,
+                                      (last_tid::text::point)[0]::bigint);
         END IF;
         -- capture_id + 0: not the BRIN index (it would rescan the capture from its start)
         WITH d AS (
