@@ -507,10 +507,11 @@ class Bench:
         figures: dict[str, dict[str, Any]] = {}
         if single is not None:
             r = _ratio(single["median_ms"]["softguard"], single["median_ms"]["direct"])
-            figures["single_delete_le_1.5x_direct"] = {
+            # issue 13's targets (the issue before it asked 1.5 x and 2 x)
+            figures["single_delete_le_2x_direct"] = {
                 "value": r,
-                "target": 1.5,
-                "pass": r is not None and r <= 1.5,
+                "target": 2.0,
+                "pass": r is not None and r <= 2.0,
             }
             single["softguard_over_direct"] = r
             single["softguard_over_direct_triggers"] = _ratio(
@@ -524,10 +525,10 @@ class Bench:
             )
         if self.args.rounds > 0:
             r = bulk["delete"]["softguard_over_direct"]
-            figures["bulk_delete_le_2x_direct"] = {
+            figures["bulk_delete_le_3x_direct"] = {
                 "value": r,
-                "target": 2.0,
-                "pass": r is not None and r <= 2.0,
+                "target": 3.0,
+                "pass": r is not None and r <= 3.0,
             }
             r = bulk["delete"]["undo_over_softguard"]
             figures["undo_delete_le_2x_original_delete"] = {

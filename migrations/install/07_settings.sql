@@ -77,8 +77,11 @@ REVOKE ALL ON FUNCTION softguard._settings_set(bigint, real, bigint, bigint) FRO
 -- What one statement may copy into the ledger now, and which limit that is: the least of
 -- max_capture_bytes, what keeps min_free_disk_percent of the disk free (when a disk sample
 -- is known), and the session's own softguard.max_capture_bytes (it may only lower).
+-- Neither SECURITY DEFINER nor SET (read on every captured statement, decision 0024): only
+-- _budget_take and _budget_fits call it, from SECURITY DEFINER callers that pin
+-- search_path; what it names is qualified or built in.
 CREATE FUNCTION softguard._capture_budget(OUT bytes bigint, OUT why text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     s softguard.settings;
     own text := current_setting('softguard.max_capture_bytes', true);
@@ -126,20 +129,29 @@ REVOKE ALL ON FUNCTION softguard._budget_refuse(text, text, bigint, bigint, text
 -- (softguard.capture_bytes = '<key>/<bytes>'). The session could reset it from a trigger
 -- of its own; that only splits a statement's capture the way separate statements would
 -- (each table is still checked on its own): the budget is per statement, not a quota.
+-- No FROM clause: the planner inlines it into the caller's cached plan (a SQL function it
+-- cannot inline is planned again at every call: most of a captured single-row DELETE's
+-- budget check, decision 0024).
 CREATE FUNCTION softguard._budget_used(key text) RETURNS bigint
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN pg_catalog.split_part(s, '/', 1) = key
-                 AND pg_catalog.split_part(s, '/', 2) ~ '^[0-9]{1,18}$'
-                THEN pg_catalog.split_part(s, '/', 2)::bigint ELSE 0 END
-      FROM (SELECT pg_catalog.current_setting('softguard.capture_bytes', true) AS s) x
+    SELECT CASE WHEN pg_catalog.split_part(pg_catalog.current_setting('softguard.capture_bytes',
+                                                                      true), '/', 1) = key
+                 AND pg_catalog.split_part(pg_catalog.current_setting('softguard.capture_bytes',
+                                                                      true), '/', 2)
+                     ~ '^[0-9]{1,18}$'
+                THEN pg_catalog.split_part(pg_catalog.current_setting('softguard.capture_bytes',
+                                                                      true), '/', 2)::bigint
+                ELSE 0 END
 $$;
 REVOKE ALL ON FUNCTION softguard._budget_used(text) FROM PUBLIC;
 
 -- Check that statement `key` may keep `need` more bytes (refuse with 54000 when not); with
--- `keep`, count them into its running total.
+-- `keep`, count them into its running total. No SET clause (each costs a setting saved and
+-- restored per call, on every captured statement: decision 0024): its callers, all
+-- SECURITY DEFINER, pin search_path, and what it names is qualified or built in.
 CREATE FUNCTION softguard._budget_take(key text, need bigint, keep boolean, what text,
                                        target text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     used bigint := softguard._budget_used(key);
     b record;
@@ -158,16 +170,17 @@ REVOKE ALL ON FUNCTION softguard._budget_take(text, bigint, boolean, text, text)
 -- `key` may still keep, its size is counted (an upper bound of what the statement
 -- removes) and the rows need not be measured. False when it does not fit, or when the
 -- table has children (a partitioned or inheritance parent's own size says nothing): the
--- capture trigger then measures its transition table and calls _budget_take.
+-- capture trigger then measures its transition table and calls _budget_take. No SET
+-- clause, as _budget_take.
 CREATE FUNCTION softguard._budget_fits(key text, rel oid) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     size bigint;
     used bigint;
     b record;
 BEGIN
-    SELECT CASE WHEN c.relhassubclass THEN NULL ELSE pg_table_size(c.oid) END INTO size
-      FROM pg_class c WHERE c.oid = rel;
+    SELECT CASE WHEN c.relhassubclass THEN NULL ELSE pg_catalog.pg_table_size(c.oid) END
+      INTO size FROM pg_catalog.pg_class c WHERE c.oid = rel;
     IF size IS NULL THEN
         RETURN false;
     END IF;

@@ -79,6 +79,7 @@ DECLARE
     op_kind text;
     cid bigint;
     n bigint;
+    need bigint;                           -- bytes a small capture keeps (the budget)
     ident text;
     expires timestamptz;
     first_word text;
@@ -89,6 +90,7 @@ DECLARE
     cols jsonb;
     info jsonb;
     stmt text;
+    msg text;                              -- the operation NOTICE
     obj jsonb;
     reg_capture text[];
     lim bigint;                            -- the registration's max_rows (88_limits.sql)
@@ -178,15 +180,26 @@ BEGIN
             SELECT count(*) INTO n FROM sg_old;
             PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
         END IF;
-        -- the capture budget (07_settings.sql), before anything is copied: a table that
-        -- fits whole needs no measuring
-        IF NOT softguard._budget_fits(k, TG_RELID) THEN
+        -- the capture budget (07_settings.sql), before anything is copied: a few rows are
+        -- measured (cheaper than the table's size, which stats its files: decision 0024);
+        -- more, from a table that fits whole, need no measuring
+        SELECT count(*), coalesce(sum(pg_column_size(s.o)), 0) INTO n, need
+          FROM (SELECT o FROM sg_old o LIMIT 64) s;
+        IF n < 64 THEN
+            IF n > 0 THEN
+                PERFORM softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
+                                                                   ELSE 'UPDATE' END, ident);
+            END IF;
+        ELSIF NOT softguard._budget_fits(k, TG_RELID) THEN
             SELECT coalesce(sum(pg_column_size(o)), 0) INTO n FROM sg_old o;
             PERFORM softguard._budget_take(k, n, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
                                                                 ELSE 'UPDATE' END, ident);
         END IF;
         cid := nextval('softguard.captures_id_seq'::regclass);
-        inh := softguard._inherited_claim(TG_RELID, ev);
+        IF ev = 'delete' AND EXISTS (SELECT FROM pg_inherits i
+                                      WHERE i.inhparent = TG_RELID OR i.inhrelid = TG_RELID) THEN
+            inh := softguard._inherited_claim(TG_RELID, ev);   -- no call for a plain table
+        END IF;
         IF inh IS NULL THEN
         INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
         ELSE EXECUTE softguard._inherited_sql(TG_RELID, inh) USING cid; END IF;
@@ -210,8 +223,8 @@ BEGIN
         IF event = 'soft_delete' THEN
             op_kind := coalesce(sdi->>'verb', 'DELETE');       -- DELETE, or MERGE
         ELSE
-            first_word := upper(substring(softguard._client_text(current_query())
-                                          FROM '^\s*([A-Za-z]+)'));
+            stmt := softguard._client_text(current_query());
+            first_word := upper(substring(stmt FROM '^\s*([A-Za-z]+)'));
             op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
         END IF;
         reg := softguard._session(true);
@@ -223,20 +236,26 @@ BEGIN
         VALUES (expires, session_user, softguard._client_role(),
                 current_setting('application_name', true),
                 softguard._client_addr(reg),
-                coalesce(stmt, softguard._client_text(current_query()), ''), op_kind,
+                coalesce(stmt, ''), op_kind,
                 jsonb_build_array(obj),
                 jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
                 '[]')
         RETURNING id INTO op;
         PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
         -- no row count: later statements of the same query string may join it
-        PERFORM softguard._notice(softguard._op_notice(
+        msg := softguard._op_notice(
             CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'
                          ELSE 'UPDATE' END,
             ident || CASE WHEN event = 'soft_delete'
                           THEN format(' (soft delete: %s set)', quote_ident(sdi->>'column'))
                           ELSE '' END,
-            op, expires));
+            op, expires);
+        IF current_setting('client_min_messages') IN ('notice', 'log', 'debug1', 'debug2',
+                                                      'debug3', 'debug4', 'debug5') THEN
+            RAISE NOTICE USING MESSAGE = msg;       -- _notice's fast path, without its call
+        ELSE
+            PERFORM softguard._notice(msg);
+        END IF;
     ELSE
         UPDATE softguard.operations o SET
             -- a soft delete of another statement of the same query string: named too (a
@@ -252,7 +271,9 @@ BEGIN
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns,
                                     info)
     VALUES (cid, op, TG_RELID, ident, event, n, cols, info);
-    PERFORM softguard._capture_more(op, cid, TG_RELID, info, inh);
+    IF info ? 'appeared' OR inh IS NOT NULL THEN
+        PERFORM softguard._capture_more(op, cid, TG_RELID, info, inh);
+    END IF;
     RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;

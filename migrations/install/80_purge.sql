@@ -254,11 +254,20 @@ REVOKE ALL ON FUNCTION softguard.purge_op(bigint, text, text, bigint) FROM PUBLI
 -- Delete up to `batch` released captured rows (and the released captures left empty), in
 -- the caller's transaction; returns how many rows it deleted plus captures it removed:
 -- 0 when nothing released is left. Call it in a loop, one transaction per call.
+-- A capture's rows are appended together: the first call for a capture finds the blocks
+-- they lie in (one pass over them, through the BRIN index) and records them in the
+-- capture's info (purge_span: [first block, last block]); each call then deletes from
+-- where the last one stopped (a TID range scan, no rescan of the rows already deleted, nor
+-- of any other capture's rows but those sharing its blocks): the time is linear in the
+-- capture's rows, whatever else the ledger holds (decision 0024).
 CREATE FUNCTION softguard.purge_rows(batch integer DEFAULT 10000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 DECLARE
     cid bigint;
+    span jsonb;
+    first_tid tid;
+    last_tid tid;
     want integer;
     n bigint;
     done bigint := 0;
@@ -267,17 +276,41 @@ BEGIN
     LOOP
         want := greatest(batch - done, 0)::integer;
         EXIT WHEN want = 0;
-        SELECT c.id INTO cid FROM softguard.captures c
+        SELECT c.id, c.info->'purge_span' INTO cid, span FROM softguard.captures c
          WHERE c.released_at IS NOT NULL ORDER BY c.id LIMIT 1;
         EXIT WHEN cid IS NULL;
-        DELETE FROM softguard.captured_rows cr
-         WHERE cr.ctid = ANY (ARRAY(SELECT x.ctid FROM softguard.captured_rows x
-                                    WHERE x.capture_id = cid LIMIT want));
-        GET DIAGNOSTICS n = ROW_COUNT;
+        IF span IS NULL THEN
+            SELECT min(r.ctid), max(r.ctid) INTO first_tid, last_tid
+              FROM softguard.captured_rows r WHERE r.capture_id = cid;
+            IF first_tid IS NULL THEN      -- no rows (a sequence's, a column's capture)
+                DELETE FROM softguard.captures c WHERE c.id = cid;
+                done := done + 1;
+                cid := NULL;
+                CONTINUE;
+            END IF;
+            span := jsonb_build_array((first_tid::text::point)[0]::bigint,
+                                      (last_tid::text::point)[0]::bigint);
+        END IF;
+        -- capture_id + 0: not the BRIN index (it would rescan the capture from its start)
+        WITH d AS (
+            DELETE FROM softguard.captured_rows cr
+             WHERE cr.ctid = ANY (ARRAY(
+                       SELECT x.ctid FROM softguard.captured_rows x
+                        WHERE x.ctid >= format('(%s,0)', span->>0)::tid
+                          AND x.ctid <= format('(%s,65535)', span->>1)::tid
+                          AND x.capture_id + 0 = cid
+                        LIMIT want))
+            RETURNING cr.ctid)
+        SELECT count(*), max(d.ctid) INTO n, last_tid FROM d;
         done := done + n;
         IF n < want THEN
             DELETE FROM softguard.captures c WHERE c.id = cid;
             done := done + 1;
+        ELSE
+            UPDATE softguard.captures c
+               SET info = coalesce(c.info, '{}') || jsonb_build_object('purge_span',
+                              jsonb_build_array((last_tid::text::point)[0]::bigint, span->1))
+             WHERE c.id = cid;
         END IF;
         cid := NULL;
     END LOOP;
