@@ -104,11 +104,17 @@ def pending_migrations(
 def apply_migrations(
     conn: psycopg.Connection[Any],
     directory: Path | None = None,
+    *,
+    event_trigger_helper: str | None = None,
 ) -> list[str]:
     """Install or upgrade the ledger; return the names of the scripts run (maybe none).
 
     ``conn`` must be idle (not inside a transaction); each script is committed on its
-    own. Needs a superuser when anything is pending (the ledger creates event triggers).
+    own. Needs a superuser, or the database's owner (a managed service's owner role,
+    decision 0025), when anything is pending. The event triggers are created directly when
+    PostgreSQL allows it, through ``event_trigger_helper`` (a provider's function
+    ``schema.name(name text, definition text)``) when given, or left out, and the ledger
+    records it (``softguard.settings.event_triggers``; see ``capabilities``).
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise LedgerError("applying migrations needs a connection that is not in a transaction")
@@ -119,7 +125,7 @@ def apply_migrations(
         conn.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
     try:
         for _ in range(current_version(directory) + 1):  # bounded: one script per pass
-            script = _next_script(conn, directory)
+            script = _next_script(conn, directory, event_trigger_helper)
             if script is None:
                 break
             applied.append(script)
@@ -130,7 +136,9 @@ def apply_migrations(
     return applied
 
 
-def _next_script(conn: psycopg.Connection[Any], directory: Path | None) -> str | None:
+def _next_script(
+    conn: psycopg.Connection[Any], directory: Path | None, event_trigger_helper: str | None
+) -> str | None:
     """Run the next pending script in its own transaction; its name, or None if none."""
     name = "?"
     try:
@@ -141,7 +149,12 @@ def _next_script(conn: psycopg.Connection[Any], directory: Path | None) -> str |
                 return None
             script = pending[0]
             name = script.name
-            _require_superuser(conn)
+            _require_installer(conn)
+            if event_trigger_helper:
+                conn.execute(
+                    "SELECT set_config('softguard.event_trigger_helper', %s, true)",
+                    [event_trigger_helper],
+                )
             conn.execute(script.sql.encode())
             conn.execute(
                 "INSERT INTO softguard.migrations (version, name) VALUES (%s, %s)",
@@ -193,13 +206,51 @@ def _dir(directory: Path | None) -> Path:
     return found
 
 
-def _require_superuser(conn: psycopg.Connection[Any]) -> None:
+def _require_installer(conn: psycopg.Connection[Any]) -> None:
+    """A superuser, or the owner of the database (a managed service's owner role): the
+    install creates schemas and puts triggers on the application's tables."""
     row = conn.execute(
-        "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+        "SELECT current_user, r.rolsuper OR pg_has_role(current_user, d.datdba, 'MEMBER')"
+        " FROM pg_roles r, pg_database d"
+        " WHERE r.rolname = current_user AND d.datname = current_database()"
     ).fetchone()
     if row is None or not row[1]:
         who = row[0] if row else "?"
         raise LedgerError(
-            "installing the softguard ledger needs a superuser (it creates event triggers):"
+            "installing the softguard ledger needs a superuser or the owner of the database"
+            ' (a managed service\'s owner role: see the runbook, "Managed PostgreSQL"):'
             f" connected as {who}"
         )
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the installed ledger can protect in this database (decision 0025)."""
+
+    event_triggers: bool  # all of softguard's event triggers were created
+    replica_role: bool  # this role may set session_replication_role (undo uses it)
+
+    def lines(self) -> list[tuple[str, bool]]:
+        """(what, protected) for ``softguard init`` and ``serve`` to say."""
+        et = self.event_triggers
+        return [
+            ("DELETE, TRUNCATE, UPDATE capture on existing tables; undo; purge", True),
+            ("DROP TABLE / VIEW / SCHEMA / ... and ALTER TABLE DROP COLUMN (refused)", et),
+            ("capture triggers on tables created later (DELETE there is refused)", et),
+            ("backstop: DROP/TRUNCATE inside DO blocks and functions", et),
+            ("the capture triggers defending themselves (DROP/DISABLE TRIGGER)", et),
+            ("CREATE OR REPLACE history, CASCADE guard, mode guard", et),
+            (
+                "undo with session_replication_role (else: user triggers disabled)",
+                self.replica_role,
+            ),
+        ]
+
+
+def capabilities(conn: psycopg.Connection[Any]) -> Capabilities:
+    """Read what the install could set up (the ledger must be installed)."""
+    row = conn.execute(
+        "SELECT softguard._has_event_triggers(), softguard._can_set_replica()"
+    ).fetchone()
+    assert row is not None
+    return Capabilities(event_triggers=bool(row[0]), replica_role=bool(row[1]))
