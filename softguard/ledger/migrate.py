@@ -229,19 +229,25 @@ class Capabilities:
 
     event_triggers: bool  # all of softguard's event triggers were created
     replica_role: bool  # this role may set session_replication_role (undo uses it)
+    large_objects: bool  # PUBLIC may not run lo_unlink & co. directly (their REVOKE worked)
 
     def lines(self) -> list[tuple[str, bool]]:
         """(what, protected) for ``softguard init`` and ``serve`` to say."""
         et = self.event_triggers
         return [
-            ("DELETE, TRUNCATE, UPDATE capture on existing tables; undo; purge", True),
-            ("DROP TABLE / VIEW / SCHEMA / ... and ALTER TABLE DROP COLUMN (refused)", et),
-            ("capture triggers on tables created later (DELETE there is refused)", et),
-            ("backstop: DROP/TRUNCATE inside DO blocks and functions", et),
-            ("the capture triggers defending themselves (DROP/DISABLE TRIGGER)", et),
-            ("CREATE OR REPLACE history, CASCADE guard, mode guard", et),
+            ("DELETE, TRUNCATE, UPDATE on existing tables: captured; undo; purge", True),
+            ("DROP TABLE/VIEW/SCHEMA/..., ALTER TABLE DROP COLUMN (else refused, 55000)", et),
             (
-                "undo with session_replication_role (else: user triggers disabled)",
+                "tables created later: captured at once (else serve equips them at its next"
+                " check; a DELETE in the transaction that created the table is not captured)",
+                et,
+            ),
+            ("backstop for DROP inside DO blocks and functions", et),
+            ("capture triggers defend themselves against DROP/DISABLE TRIGGER", et),
+            ("CREATE OR REPLACE history, the CASCADE guard, the mode guard", et),
+            ("lo_unlink, lo_put, lowrite, lo_truncate only through softguard", self.large_objects),
+            (
+                "undo in replica mode (else: the tables' user triggers are disabled during undo)",
                 self.replica_role,
             ),
         ]
@@ -250,7 +256,10 @@ class Capabilities:
 def capabilities(conn: psycopg.Connection[Any]) -> Capabilities:
     """Read what the install could set up (the ledger must be installed)."""
     row = conn.execute(
-        "SELECT softguard._has_event_triggers(), softguard._can_set_replica()"
+        "SELECT softguard._has_event_triggers(), softguard._can_set_replica(),"
+        " NOT has_function_privilege('public', 'pg_catalog.lo_unlink(oid)', 'EXECUTE')"
     ).fetchone()
     assert row is not None
-    return Capabilities(event_triggers=bool(row[0]), replica_role=bool(row[1]))
+    return Capabilities(
+        event_triggers=bool(row[0]), replica_role=bool(row[1]), large_objects=bool(row[2])
+    )
