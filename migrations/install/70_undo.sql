@@ -781,7 +781,7 @@ CREATE FUNCTION softguard._replica(value text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF softguard._can_set_replica() THEN
-        PERFORM softguard._replica(value);
+        PERFORM set_config('session_replication_role', value, true);
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard._replica(text) FROM PUBLIC;
@@ -798,6 +798,8 @@ BEGIN
     RETURN has_parameter_privilege('session_replication_role', 'SET');
 END $$;
 REVOKE ALL ON FUNCTION softguard._can_set_replica() FROM PUBLIC;
+-- about the caller itself: softguard init and serve report it (decision 0025)
+GRANT EXECUTE ON FUNCTION softguard._can_set_replica() TO PUBLIC;
 
 -- User triggers and rules that fire in replica mode (ENABLE ALWAYS, ENABLE REPLICA) on the
 -- tables an undo of data changes writes into, their partitions and inheritance children:

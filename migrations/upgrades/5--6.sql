@@ -156,11 +156,12 @@ BEGIN
     RETURN has_parameter_privilege('session_replication_role', 'SET');
 END $$;
 REVOKE ALL ON FUNCTION softguard._can_set_replica() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._can_set_replica() TO PUBLIC;
 CREATE OR REPLACE FUNCTION softguard._replica(value text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF softguard._can_set_replica() THEN
-        PERFORM softguard._replica(value);
+        PERFORM set_config('session_replication_role', value, true);
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard._replica(text) FROM PUBLIC;

@@ -317,7 +317,10 @@ class LedgerGate:
             # then refuse it with the reason, rather than wait for each other forever.
             with connect(conninfo, lock_timeout=INSTALL_LOCK_TIMEOUT) as conn:
                 applied = apply_migrations(conn)
-                self._without_event_triggers(conn, database)
+                try:
+                    self._without_event_triggers(conn, database)
+                except psycopg.Error as exc:  # what it could not say or do is logged
+                    log.error("database %s: protection not read: %s", database, error_line(exc))
                 self._sync_budget(conn, database)
                 try:
                     self._store_soft(conn, database)
