@@ -434,9 +434,9 @@ SELECT softguard._create_event_trigger('softguard_capture_tamper_drop', $$ON sql
 
 -- Without event triggers (decision 0025) nothing equips a table created later, and nothing
 -- stops a table owner from dropping or disabling a capture trigger: softguard's own
--- connections (softguard init, and serve after it sees DDL) call this to put every capture
--- trigger back. Returns the tables it equipped (done) and those it could not (not the
--- installer's: their DELETEs stay uncaptured, which serve logs).
+-- connections (softguard init, and serve's ledger checks, as the installer) call this to put
+-- every capture trigger back. Returns the tables it equipped (done) and those it could not
+-- (not the installer's: their DELETEs stay uncaptured, which init and serve say).
 CREATE FUNCTION softguard.capture_sweep() RETURNS TABLE (rel regclass, done boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -456,7 +456,6 @@ BEGIN
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION softguard.capture_sweep() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION softguard.capture_sweep() TO PUBLIC;
 
 -- Last: record whether every event trigger exists (an owner role without the privilege
 -- gets none; softguard init and serve then say what is not protected).

@@ -143,7 +143,6 @@ BEGIN
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION softguard.capture_sweep() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION softguard.capture_sweep() TO PUBLIC;
 CREATE OR REPLACE FUNCTION softguard._can_set_replica() RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN

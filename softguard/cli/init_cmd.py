@@ -15,7 +15,13 @@ from softguard.cli.common import fail
 from softguard.config import ConfigError, load_settings
 from softguard.ledger.budget import sync_budget, sync_update_capture
 from softguard.ledger.db import LedgerError, connect, error_line
-from softguard.ledger.migrate import Capabilities, apply_migrations, capabilities, ledger_version
+from softguard.ledger.migrate import (
+    Capabilities,
+    apply_migrations,
+    capabilities,
+    ledger_version,
+    sweep_capture,
+)
 
 
 def init(
@@ -56,6 +62,7 @@ def init(
             applied = apply_migrations(conn, event_trigger_helper=event_trigger_helper)
             version = ledger_version(conn)
             able = capabilities(conn)
+            swept = [] if able.event_triggers else sweep_capture(conn)
             sync_budget(conn, settings.capture_budget)
             sync_update_capture(conn, settings.captures_updates, only_on=False)
     except LedgerError as exc:  # ours: already what a person should read, kept whole
@@ -74,6 +81,13 @@ def init(
         else "UPDATEs are not captured (no rule protects UPDATE): they pay no capture cost"
     )
     _say_capabilities(able)
+    for rel, done in swept:
+        typer.echo(
+            f"capture triggers put on {rel}"
+            if done
+            else f"{rel} has no capture triggers and this role may not add them: its DELETEs"
+            " and TRUNCATEs are not reversible"
+        )
 
 
 def _say_capabilities(able: Capabilities) -> None:

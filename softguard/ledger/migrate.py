@@ -263,3 +263,10 @@ def capabilities(conn: psycopg.Connection[Any]) -> Capabilities:
     return Capabilities(
         event_triggers=bool(row[0]), replica_role=bool(row[1]), large_objects=bool(row[2])
     )
+
+
+def sweep_capture(conn: psycopg.Connection[Any]) -> list[tuple[str, bool]]:
+    """Without event triggers nothing equips tables created later: put the capture triggers
+    on every table that lacks them; (table, whether it could) for each one found."""
+    rows = conn.execute("SELECT rel::text, done FROM softguard.capture_sweep()").fetchall()
+    return [(str(rel), bool(done)) for rel, done in rows]

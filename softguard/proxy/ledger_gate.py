@@ -342,7 +342,7 @@ class LedgerGate:
     ) -> None:
         """Say once what this database's install does not protect; without event
         triggers, equip the tables that lack capture triggers (created since)."""
-        from softguard.ledger.migrate import capabilities
+        from softguard.ledger.migrate import capabilities, sweep_capture
 
         able = capabilities(conn)
         if database not in self._reported:
@@ -354,7 +354,7 @@ class LedgerGate:
             self._no_event_triggers.discard(database)
             return
         self._no_event_triggers.add(database)
-        for rel, done in conn.execute("SELECT rel::text, done FROM softguard.capture_sweep()"):
+        for rel, done in sweep_capture(conn):
             if done:
                 log.info("database %s: capture triggers put on %s", database, rel)
             else:
