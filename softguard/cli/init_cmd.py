@@ -59,7 +59,9 @@ def init(
         raise fail(str(exc)) from None
     try:
         with connect(dsn) as conn:
-            applied = apply_migrations(conn, event_trigger_helper=event_trigger_helper)
+            applied = apply_migrations(
+                conn, event_trigger_helper=event_trigger_helper, owner_may_install=True
+            )
             version = ledger_version(conn)
             able = capabilities(conn)
             swept = [] if able.event_triggers else sweep_capture(conn)

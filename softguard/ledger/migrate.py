@@ -106,12 +106,14 @@ def apply_migrations(
     directory: Path | None = None,
     *,
     event_trigger_helper: str | None = None,
+    owner_may_install: bool = False,
 ) -> list[str]:
     """Install or upgrade the ledger; return the names of the scripts run (maybe none).
 
     ``conn`` must be idle (not inside a transaction); each script is committed on its
-    own. Needs a superuser, or the database's owner (a managed service's owner role,
-    decision 0025), when anything is pending. The event triggers are created directly when
+    own. Needs a superuser when anything is pending, or with ``owner_may_install`` (an
+    explicit ``softguard init``, never serve's automatic install) the database's owner (a
+    managed service's owner role, decision 0025). The event triggers are created directly when
     PostgreSQL allows it, through ``event_trigger_helper`` (a provider's function
     ``schema.name(name text, definition text)``) when given, or left out, and the ledger
     records it (``softguard.settings.event_triggers``; see ``capabilities``).
@@ -125,7 +127,7 @@ def apply_migrations(
         conn.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
     try:
         for _ in range(current_version(directory) + 1):  # bounded: one script per pass
-            script = _next_script(conn, directory, event_trigger_helper)
+            script = _next_script(conn, directory, event_trigger_helper, owner_may_install)
             if script is None:
                 break
             applied.append(script)
@@ -137,7 +139,10 @@ def apply_migrations(
 
 
 def _next_script(
-    conn: psycopg.Connection[Any], directory: Path | None, event_trigger_helper: str | None
+    conn: psycopg.Connection[Any],
+    directory: Path | None,
+    event_trigger_helper: str | None,
+    owner_may_install: bool,
 ) -> str | None:
     """Run the next pending script in its own transaction; its name, or None if none."""
     name = "?"
@@ -149,7 +154,7 @@ def _next_script(
                 return None
             script = pending[0]
             name = script.name
-            _require_installer(conn)
+            _require_installer(conn, owner_may_install)
             if event_trigger_helper:
                 conn.execute(
                     "SELECT set_config('softguard.event_trigger_helper', %s, true)",
@@ -206,21 +211,29 @@ def _dir(directory: Path | None) -> Path:
     return found
 
 
-def _require_installer(conn: psycopg.Connection[Any]) -> None:
-    """A superuser, or the owner of the database (a managed service's owner role): the
-    install creates schemas and puts triggers on the application's tables."""
+def _require_installer(conn: psycopg.Connection[Any], owner_may_install: bool) -> None:
+    """A superuser; or, for an explicit ``softguard init``, the owner of the database (a
+    managed service's owner role): the install creates schemas and puts triggers on the
+    application's tables. serve never installs as the owner by itself: what such an
+    install leaves unprotected is for a person to read first (``init`` prints it)."""
     row = conn.execute(
-        "SELECT current_user, r.rolsuper OR pg_has_role(current_user, d.datdba, 'MEMBER')"
+        "SELECT current_user, r.rolsuper, pg_has_role(current_user, d.datdba, 'MEMBER')"
         " FROM pg_roles r, pg_database d"
         " WHERE r.rolname = current_user AND d.datname = current_database()"
     ).fetchone()
-    if row is None or not row[1]:
-        who = row[0] if row else "?"
+    if row is not None and (row[1] or (owner_may_install and row[2])):
+        return
+    who = row[0] if row else "?"
+    if owner_may_install:
         raise LedgerError(
             "installing the softguard ledger needs a superuser or the owner of the database"
             ' (a managed service\'s owner role: see the runbook, "Managed PostgreSQL"):'
             f" connected as {who}"
         )
+    raise LedgerError(
+        "installing the softguard ledger needs a superuser (it creates event triggers):"
+        f" connected as {who} (a managed service's owner role installs it with softguard init)"
+    )
 
 
 @dataclass(frozen=True)
