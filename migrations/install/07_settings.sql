@@ -26,12 +26,58 @@ CREATE TABLE softguard.settings (
     -- UPDATE capture triggers on every table (decision 0023): off when no rule protects
     -- UPDATE, so that UPDATEs pay nothing (softguard init sets it from the policy; a
     -- registration that protects UPDATE switches it on)
-    capture_updates        boolean NOT NULL DEFAULT true
+    capture_updates        boolean NOT NULL DEFAULT true,
+    -- whether the install could create softguard's event triggers (decision 0025): false
+    -- on a managed server whose owner role may not, and then what depends on them (DROP,
+    -- DROP COLUMN, capture on tables created later, the backstops) is refused or missing
+    event_triggers         boolean NOT NULL DEFAULT true
 );
 REVOKE ALL ON softguard.settings FROM PUBLIC;
 INSERT INTO softguard.settings DEFAULT VALUES;
 COMMENT ON TABLE softguard.settings IS
     'the capture budget and whether UPDATEs are captured, kept equal to softguard''s configuration (softguard init, serve)';
+
+-- Create one of softguard's event triggers, enabled ALWAYS (decision 0025): as a superuser
+-- directly; through the provider's helper function when softguard init names one
+-- (--event-trigger-helper: the transaction-local setting softguard.event_trigger_helper,
+-- a function (name text, definition text) that runs CREATE EVENT TRIGGER <name>
+-- <definition> and ENABLE ALWAYS on the installer's behalf, as Supabase's supautils does);
+-- otherwise tried directly (RDS lets rds_superuser members create them), and false when
+-- PostgreSQL refuses the privilege: the install goes on without it, and records so.
+CREATE FUNCTION softguard._create_event_trigger(name text, definition text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    helper text := nullif(current_setting('softguard.event_trigger_helper', true), '');
+BEGIN
+    IF helper IS NOT NULL THEN
+        EXECUTE format('SELECT %s($1, $2)', helper::regproc) USING name, definition;
+        RETURN true;
+    END IF;
+    IF (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user) THEN
+        EXECUTE format('CREATE EVENT TRIGGER %I %s', name, definition);
+    ELSE
+        BEGIN
+            EXECUTE format('CREATE EVENT TRIGGER %I %s', name, definition);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RETURN false;
+        END;
+    END IF;
+    -- ALWAYS: session_replication_role = replica must not switch it off.
+    EXECUTE format('ALTER EVENT TRIGGER %I ENABLE ALWAYS', name);
+    RETURN true;
+END $$;
+REVOKE ALL ON FUNCTION softguard._create_event_trigger(text, text) FROM PUBLIC;
+
+-- Record whether the install has every softguard event trigger (its last step, 90).
+CREATE FUNCTION softguard._settings_event_triggers(present boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mine boolean := softguard._maintenance_begin();
+BEGIN
+    UPDATE softguard.settings SET event_triggers = present, updated_at = now();
+    PERFORM softguard._maintenance_end(mine);
+END $$;
+REVOKE ALL ON FUNCTION softguard._settings_event_triggers(boolean) FROM PUBLIC;
 
 -- Every write outside _settings_set is refused (a superuser's too, unless it also forges
 -- the maintenance mark: best effort against A2, as for the ledger).

@@ -136,6 +136,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     detail text;
 BEGIN
+    PERFORM softguard._require_event_triggers();  -- nothing fires the probe without them
     PERFORM pg_catalog.set_config('softguard.probe', 'on', true);
     BEGIN
         EXECUTE stmt;

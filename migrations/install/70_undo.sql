@@ -655,14 +655,14 @@ BEGIN
                                  ' of %s at %s', op, c.table_identity, c.info->>'purging'),
                 HINT = 'Run softguard purge again to finish it.';
         END IF;
-        PERFORM set_config('session_replication_role', 'replica', true);
+        PERFORM softguard._replica('replica');
         EXECUTE format('UPDATE %s t SET %I = s.sg_old_mark%s FROM (%s) s WHERE %s',
                        c.relid::regclass, c.info->>'column',
                        CASE WHEN c.info->>'by_column' IS NULL THEN ''
                             ELSE format(', %I = s.sg_old_by', c.info->>'by_column') END,
                        softguard._sd_source(c), softguard._sd_match(c));
         GET DIAGNOSTICS done = ROW_COUNT;
-        PERFORM set_config('session_replication_role', saved_srr, true);
+        PERFORM softguard._replica(saved_srr);
         lines := lines || softguard._step(op, 'cleared', c.relid::regclass::text,
                              format('cleared the soft-delete mark (%I) of %s rows of %s%s',
                                  c.info->>'column', done, c.relid::regclass,
@@ -721,7 +721,7 @@ BEGIN
         lines := lines || softguard._undo_column(op, cap);
     END LOOP;
 
-    PERFORM set_config('session_replication_role', 'replica', true);
+    PERFORM softguard._replica('replica');
 
     -- 1. rows removed (DELETE, TRUNCATE), parents first
     FOREACH rel IN ARRAY softguard._parents_first(ARRAY(
@@ -868,7 +868,7 @@ BEGIN
         END IF;
     END LOOP;
 
-    PERFORM set_config('session_replication_role', saved_srr, true);
+    PERFORM softguard._replica(saved_srr);
 
     PERFORM softguard._record_undo(o, CASE WHEN on_conflict = 'skip'
                                            THEN ' --on-conflict skip' ELSE '' END);
@@ -878,6 +878,34 @@ BEGIN
     RETURN lines;
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_captures(bigint, text) FROM PUBLIC;
+
+-- session_replication_role for the undo's writes (value 'replica', or the saved one back),
+-- when this role may set it: a superuser, or a role granted SET on it (PG 15+; some
+-- managed providers grant it to their admin role). Otherwise nothing: _undo_triggers_off
+-- has disabled the triggers replica mode would have silenced (decision 0025).
+CREATE FUNCTION softguard._replica(value text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF softguard._can_set_replica() THEN
+        PERFORM set_config('session_replication_role', value, true);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._replica(text) FROM PUBLIC;
+
+CREATE FUNCTION softguard._can_set_replica() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user) THEN
+        RETURN true;
+    END IF;
+    IF current_setting('server_version_num')::integer < 150000 THEN
+        RETURN false;  -- SET privileges on parameters came with PostgreSQL 15
+    END IF;
+    RETURN has_parameter_privilege('session_replication_role', 'SET');
+END $$;
+REVOKE ALL ON FUNCTION softguard._can_set_replica() FROM PUBLIC;
+-- about the caller itself: softguard init and serve report it (decision 0025)
+GRANT EXECUTE ON FUNCTION softguard._can_set_replica() TO PUBLIC;
 
 -- User triggers and rules that fire in replica mode (ENABLE ALWAYS, ENABLE REPLICA) on the
 -- tables an undo of data changes writes into, their partitions and inheritance children:
@@ -889,6 +917,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t record;
     saved jsonb := '[]';
+    -- without replica mode (_replica), the triggers and rules of origin mode are off too
+    origin boolean := NOT softguard._can_set_replica();
 BEGIN
     FOR t IN WITH RECURSIVE tree(rel, depth) AS (
                  SELECT DISTINCT c.relid, 0 FROM softguard.captures c WHERE c.op_id = op
@@ -898,14 +928,15 @@ BEGIN
              SELECT 'TRIGGER' AS kind, g.tgrelid AS rel, g.tgname::text AS name,
                     g.tgenabled::text AS state, min(tree.depth) AS depth
                FROM pg_trigger g JOIN tree ON tree.rel = g.tgrelid
-              WHERE NOT g.tgisinternal AND g.tgenabled IN ('A', 'R')
+              WHERE NOT g.tgisinternal AND (g.tgenabled IN ('A', 'R') OR (g.tgenabled = 'O' AND origin))
                 AND g.tgfoid NOT IN (SELECT p.oid FROM pg_proc p
                                       WHERE p.pronamespace = 'softguard'::regnamespace)
               GROUP BY 1, 2, 3, 4
              UNION ALL
              SELECT 'RULE', w.ev_class, w.rulename::text, w.ev_enabled::text, min(tree.depth)
                FROM pg_rewrite w JOIN tree ON tree.rel = w.ev_class
-              WHERE w.ev_enabled IN ('A', 'R') AND w.rulename <> '_RETURN'
+              WHERE (w.ev_enabled IN ('A', 'R') OR (w.ev_enabled = 'O' AND origin))
+                AND w.rulename <> '_RETURN'
               GROUP BY 1, 2, 3, 4
              ORDER BY 5, 2, 3 LOOP
         EXECUTE format('ALTER TABLE %s DISABLE %s %I', t.rel::regclass, t.kind, t.name);
@@ -924,7 +955,7 @@ DECLARE
 BEGIN
     FOR t IN SELECT x FROM jsonb_array_elements(saved) WITH ORDINALITY AS s(x, i) ORDER BY s.i LOOP
         EXECUTE format('ALTER TABLE %s ENABLE %s %s %I', (t->>'rel')::oid::regclass,
-                       CASE t->>'state' WHEN 'A' THEN 'ALWAYS' ELSE 'REPLICA' END,
+                       CASE t->>'state' WHEN 'A' THEN 'ALWAYS' WHEN 'R' THEN 'REPLICA' ELSE '' END,
                        t->>'kind', t->>'name');
     END LOOP;
 END $$;
@@ -1142,13 +1173,13 @@ BEGIN
     n := 0;
     IF i->>'generated' IS NULL THEN
         rtype := softguard._row_type(c.columns, c.id::text);
-        PERFORM set_config('session_replication_role', 'replica', true);
+        PERFORM softguard._replica('replica');
         EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
                        ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p) s WHERE %s',
                        rel, i->>'name', rtype, c.id,
                        (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
         GET DIAGNOSTICS n = ROW_COUNT;
-        PERFORM set_config('session_replication_role', saved_srr, true);
+        PERFORM softguard._replica(saved_srr);
     END IF;
     IF i->>'default' IS NOT NULL AND i->>'generated' IS NULL THEN
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', rel, i->>'name', i->>'default');
@@ -1317,11 +1348,11 @@ BEGIN
                    fn, col);
 
     -- 5. the captured values back, by key (user triggers off, as for the other undos)
-    PERFORM set_config('session_replication_role', 'replica', true);
+    PERFORM softguard._replica('replica');
     EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM %s s WHERE %s', rel, col, tmp,
                    (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM set_config('session_replication_role', saved_srr, true);
+    PERFORM softguard._replica(saved_srr);
     IF unset_not_null THEN
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, col);
     END IF;

@@ -25,6 +25,5 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._mode_guard() FROM PUBLIC;
 
-CREATE EVENT TRIGGER softguard_mode_guard ON ddl_command_start
-    EXECUTE FUNCTION softguard._mode_guard();
-ALTER EVENT TRIGGER softguard_mode_guard ENABLE ALWAYS;
+SELECT softguard._create_event_trigger('softguard_mode_guard', $$ON ddl_command_start
+    EXECUTE FUNCTION softguard._mode_guard()$$);

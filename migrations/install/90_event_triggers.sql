@@ -74,13 +74,10 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_ddl_end() FROM PUBLIC;
 
-CREATE EVENT TRIGGER softguard_capture_sql_drop ON sql_drop
-    EXECUTE FUNCTION softguard._capture_sql_drop();
-CREATE EVENT TRIGGER softguard_capture_ddl_end ON ddl_command_end
-    EXECUTE FUNCTION softguard._capture_ddl_end();
--- ALWAYS: session_replication_role = replica must not switch them off.
-ALTER EVENT TRIGGER softguard_capture_sql_drop ENABLE ALWAYS;
-ALTER EVENT TRIGGER softguard_capture_ddl_end ENABLE ALWAYS;
+SELECT softguard._create_event_trigger('softguard_capture_sql_drop', $$ON sql_drop
+    EXECUTE FUNCTION softguard._capture_sql_drop()$$);
+SELECT softguard._create_event_trigger('softguard_capture_ddl_end', $$ON ddl_command_end
+    EXECUTE FUNCTION softguard._capture_ddl_end()$$);
 
 -- Tables created later get the triggers too (CREATE TABLE, PARTITION OF, AS, SELECT INTO,
 -- CREATE SCHEMA ... CREATE TABLE). In replica mode while it does (issue 16 class 1): the
@@ -112,10 +109,9 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._capture_install_ddl() FROM PUBLIC;
 
 -- CREATE SCHEMA: its embedded CREATE TABLE reports the tag of the CREATE SCHEMA.
-CREATE EVENT TRIGGER softguard_capture_install ON ddl_command_end
+SELECT softguard._create_event_trigger('softguard_capture_install', $$ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'CREATE SCHEMA')
-    EXECUTE FUNCTION softguard._capture_install_ddl();
-ALTER EVENT TRIGGER softguard_capture_install ENABLE ALWAYS;
+    EXECUTE FUNCTION softguard._capture_install_ddl()$$);
 
 -- ---------------------------------------------------------------------------------------
 -- The capture triggers defend themselves (threat model G7). A table owner may drop,
@@ -296,23 +292,42 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_tamper() FROM PUBLIC;
 
+-- The event triggers a full install has (87_modes.sql's mode guard and this file's).
+CREATE FUNCTION softguard._event_trigger_names() RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['softguard_capture_ddl_end', 'softguard_capture_install',
+                 'softguard_capture_sql_drop', 'softguard_capture_tamper_ddl',
+                 'softguard_capture_tamper_drop', 'softguard_capture_inherit',
+                 'softguard_capture_remote', 'softguard_capture_definitions',
+                 'softguard_capture_definitions_drop', 'softguard_capture_sequences_start',
+                 'softguard_capture_sequences_end', 'softguard_mode_guard']
+$$;
+GRANT EXECUTE ON FUNCTION softguard._event_trigger_names() TO PUBLIC;
+
+-- Whether the install created the event triggers (softguard.settings.event_triggers,
+-- decision 0025). SECURITY DEFINER: clients call it and cannot read the settings; the
+-- answer is the same for everyone.
+CREATE FUNCTION softguard._has_event_triggers() RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT s.event_triggers FROM softguard.settings s), true)
+$$;
+REVOKE ALL ON FUNCTION softguard._has_event_triggers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._has_event_triggers() TO PUBLIC;
+
 -- Protected work refuses to run (55000) unless every softguard event trigger is there and
 -- enabled ALWAYS: ALTER / DROP EVENT TRIGGER fire no event trigger, so nothing else sees
 -- them switched off. Called by _probe (drop_op, alter_op's DROP COLUMN), truncate_op and
--- alter_op.
+-- alter_op. An install made without event triggers (decision 0025) expects none; what
+-- needs them refuses through _require_event_triggers instead.
 CREATE FUNCTION softguard._machinery_check() RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     off text;
+    expected text[] := CASE WHEN softguard._has_event_triggers()
+                            THEN softguard._event_trigger_names() ELSE '{}' END;
 BEGIN
     SELECT string_agg(x.name, ', ' ORDER BY x.name) INTO off
-      FROM (SELECT w.name FROM unnest(ARRAY['softguard_capture_ddl_end',
-                'softguard_capture_install', 'softguard_capture_sql_drop',
-                'softguard_capture_tamper_ddl', 'softguard_capture_tamper_drop',
-                'softguard_capture_inherit', 'softguard_capture_remote',
-                'softguard_capture_definitions', 'softguard_capture_definitions_drop',
-                'softguard_capture_sequences_start', 'softguard_capture_sequences_end',
-                'softguard_mode_guard']) w(name)
+      FROM (SELECT w.name FROM unnest(expected) w(name)
              WHERE NOT EXISTS (SELECT FROM pg_event_trigger e
                                 WHERE e.evtname = w.name AND e.evtenabled = 'A')
             UNION
@@ -329,6 +344,24 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._machinery_check() FROM PUBLIC;
 -- the protected statements run as the client: they call it as the client
 GRANT EXECUTE ON FUNCTION softguard._machinery_check() TO PUBLIC;
+
+-- What only the event triggers can keep (the probe of a DROP or DROP COLUMN) refuses,
+-- before running anything, in an install made without them (decision 0025).
+CREATE FUNCTION softguard._require_event_triggers() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT softguard._has_event_triggers() THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = 'softguard: this statement cannot be made reversible here: softguard '
+                      'was installed without event triggers (the installing role may not '
+                      'create them); refusing it',
+            HINT = 'Run softguard init as a role that may create event triggers (a superuser, '
+                   'or through the provider''s helper: --event-trigger-helper); see the '
+                   'runbook, "Managed PostgreSQL".';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._require_event_triggers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._require_event_triggers() TO PUBLIC;
 
 -- Tables made inheritance children later (ALTER TABLE ... INHERIT) get their row trigger
 -- (40_capture.sql, _install_capture_inherited); nothing else is installed on ALTER TABLE.
@@ -348,10 +381,9 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_inherit_ddl() FROM PUBLIC;
 
-CREATE EVENT TRIGGER softguard_capture_inherit ON ddl_command_end
+SELECT softguard._create_event_trigger('softguard_capture_inherit', $$ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')
-    EXECUTE FUNCTION softguard._capture_inherit_ddl();
-ALTER EVENT TRIGGER softguard_capture_inherit ENABLE ALWAYS;
+    EXECUTE FUNCTION softguard._capture_inherit_ddl()$$);
 
 -- Foreign tables created later, and those that become a partition or child of another
 -- table, get the remote guard (40_capture.sql) - on them and on the tables above them.
@@ -374,33 +406,28 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_remote_ddl() FROM PUBLIC;
 
-CREATE EVENT TRIGGER softguard_capture_remote ON ddl_command_end
+SELECT softguard._create_event_trigger('softguard_capture_remote', $$ON ddl_command_end
     WHEN TAG IN ('CREATE FOREIGN TABLE', 'IMPORT FOREIGN SCHEMA', 'ALTER TABLE',
                  'ALTER FOREIGN TABLE')
-    EXECUTE FUNCTION softguard._capture_remote_ddl();
-ALTER EVENT TRIGGER softguard_capture_remote ENABLE ALWAYS;
+    EXECUTE FUNCTION softguard._capture_remote_ddl()$$);
 
 -- Definitions and sequence state (65_definitions.sql): kept for what CREATE OR REPLACE
 -- and ALTER SEQUENCE replace. The tags: every command that creates or alters a function,
 -- procedure, view, rule or trigger, or renames what their text names.
-CREATE EVENT TRIGGER softguard_capture_definitions ON ddl_command_end
+SELECT softguard._create_event_trigger('softguard_capture_definitions', $$ON ddl_command_end
     WHEN TAG IN ('CREATE FUNCTION', 'CREATE PROCEDURE', 'CREATE VIEW', 'CREATE RULE',
                  'CREATE TRIGGER', 'ALTER FUNCTION', 'ALTER PROCEDURE', 'ALTER ROUTINE',
                  'ALTER VIEW', 'ALTER TRIGGER', 'ALTER RULE', 'ALTER TABLE', 'ALTER SCHEMA',
                  'ALTER TYPE', 'ALTER DOMAIN')
-    EXECUTE FUNCTION softguard._definitions_ddl();
-CREATE EVENT TRIGGER softguard_capture_definitions_drop ON sql_drop
-    EXECUTE FUNCTION softguard._definitions_drop();
-CREATE EVENT TRIGGER softguard_capture_sequences_start ON ddl_command_start
+    EXECUTE FUNCTION softguard._definitions_ddl()$$);
+SELECT softguard._create_event_trigger('softguard_capture_definitions_drop', $$ON sql_drop
+    EXECUTE FUNCTION softguard._definitions_drop()$$);
+SELECT softguard._create_event_trigger('softguard_capture_sequences_start', $$ON ddl_command_start
     WHEN TAG IN ('ALTER SEQUENCE', 'ALTER TABLE')
-    EXECUTE FUNCTION softguard._sequences_before();
-CREATE EVENT TRIGGER softguard_capture_sequences_end ON ddl_command_end
+    EXECUTE FUNCTION softguard._sequences_before()$$);
+SELECT softguard._create_event_trigger('softguard_capture_sequences_end', $$ON ddl_command_end
     WHEN TAG IN ('ALTER SEQUENCE', 'ALTER TABLE')
-    EXECUTE FUNCTION softguard._sequences_after();
-ALTER EVENT TRIGGER softguard_capture_definitions ENABLE ALWAYS;
-ALTER EVENT TRIGGER softguard_capture_definitions_drop ENABLE ALWAYS;
-ALTER EVENT TRIGGER softguard_capture_sequences_start ENABLE ALWAYS;
-ALTER EVENT TRIGGER softguard_capture_sequences_end ENABLE ALWAYS;
+    EXECUTE FUNCTION softguard._sequences_after()$$);
 
 SELECT softguard._install_capture(c.oid) FROM pg_class c WHERE c.relkind IN ('r', 'p')
  ORDER BY c.oid;
@@ -409,11 +436,39 @@ SELECT softguard._install_remote_guard(c.oid) FROM pg_class c WHERE c.relkind = 
 
 -- Armed last: the install above must not be checked half-done. The tags: every command
 -- that can create, move or rename a table or change a trigger (other DDL never calls it).
-CREATE EVENT TRIGGER softguard_capture_tamper_ddl ON ddl_command_end
+SELECT softguard._create_event_trigger('softguard_capture_tamper_ddl', $$ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'ALTER SCHEMA',
                  'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'CREATE SCHEMA')
-    EXECUTE FUNCTION softguard._capture_tamper();
-CREATE EVENT TRIGGER softguard_capture_tamper_drop ON sql_drop
-    EXECUTE FUNCTION softguard._capture_tamper();
-ALTER EVENT TRIGGER softguard_capture_tamper_ddl ENABLE ALWAYS;
-ALTER EVENT TRIGGER softguard_capture_tamper_drop ENABLE ALWAYS;
+    EXECUTE FUNCTION softguard._capture_tamper()$$);
+SELECT softguard._create_event_trigger('softguard_capture_tamper_drop', $$ON sql_drop
+    EXECUTE FUNCTION softguard._capture_tamper()$$);
+
+-- Without event triggers (decision 0025) nothing equips a table created later, and nothing
+-- stops a table owner from dropping or disabling a capture trigger: softguard's own
+-- connections (softguard init, and serve's ledger checks, as the installer) call this to put
+-- every capture trigger back. Returns the tables it equipped (done) and those it could not
+-- (not the installer's: their DELETEs stay uncaptured, which init and serve say).
+CREATE FUNCTION softguard.capture_sweep() RETURNS TABLE (rel regclass, done boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    one oid;
+BEGIN
+    FOR one IN SELECT DISTINCT s.rel FROM softguard._capture_state(ARRAY(
+                   SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p'))) s
+                WHERE s.state <> 'ok' ORDER BY s.rel LOOP
+        rel := one::regclass;
+        BEGIN
+            PERFORM softguard._install_capture_maintained(one);
+            done := true;
+        EXCEPTION WHEN insufficient_privilege THEN
+            done := false;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard.capture_sweep() FROM PUBLIC;
+
+-- Last: record whether every event trigger exists (an owner role without the privilege
+-- gets none; softguard init and serve then say what is not protected).
+SELECT softguard._settings_event_triggers(count(*) = cardinality(softguard._event_trigger_names()))
+  FROM pg_event_trigger e WHERE e.evtname = ANY (softguard._event_trigger_names());

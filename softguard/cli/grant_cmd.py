@@ -78,7 +78,8 @@ def grant(
     revoke: Annotated[bool, typer.Option("--revoke", help="take the same rights back")] = False,
 ) -> None:
     """Grant an operator role what ops/show, undo or purge need on this database's ledger
-    (run it as the superuser that installed the ledger, once per database)."""
+    (run it as the role that installed the ledger, a superuser or a managed service's
+    owner role, once per database)."""
     wanted = [name for name, on in (("ops", ops), ("undo", undo), ("purge", purge)) if on]
     if not wanted:
         raise fail("say what to grant: --ops, --undo and/or --purge", 2)

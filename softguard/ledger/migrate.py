@@ -104,11 +104,19 @@ def pending_migrations(
 def apply_migrations(
     conn: psycopg.Connection[Any],
     directory: Path | None = None,
+    *,
+    event_trigger_helper: str | None = None,
+    owner_may_install: bool = False,
 ) -> list[str]:
     """Install or upgrade the ledger; return the names of the scripts run (maybe none).
 
     ``conn`` must be idle (not inside a transaction); each script is committed on its
-    own. Needs a superuser when anything is pending (the ledger creates event triggers).
+    own. Needs a superuser when anything is pending, or with ``owner_may_install`` (an
+    explicit ``softguard init``, never serve's automatic install) the database's owner (a
+    managed service's owner role, decision 0025). The event triggers are created directly when
+    PostgreSQL allows it, through ``event_trigger_helper`` (a provider's function
+    ``schema.name(name text, definition text)``) when given, or left out, and the ledger
+    records it (``softguard.settings.event_triggers``; see ``capabilities``).
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise LedgerError("applying migrations needs a connection that is not in a transaction")
@@ -119,7 +127,7 @@ def apply_migrations(
         conn.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
     try:
         for _ in range(current_version(directory) + 1):  # bounded: one script per pass
-            script = _next_script(conn, directory)
+            script = _next_script(conn, directory, event_trigger_helper, owner_may_install)
             if script is None:
                 break
             applied.append(script)
@@ -130,7 +138,12 @@ def apply_migrations(
     return applied
 
 
-def _next_script(conn: psycopg.Connection[Any], directory: Path | None) -> str | None:
+def _next_script(
+    conn: psycopg.Connection[Any],
+    directory: Path | None,
+    event_trigger_helper: str | None,
+    owner_may_install: bool,
+) -> str | None:
     """Run the next pending script in its own transaction; its name, or None if none."""
     name = "?"
     try:
@@ -141,7 +154,12 @@ def _next_script(conn: psycopg.Connection[Any], directory: Path | None) -> str |
                 return None
             script = pending[0]
             name = script.name
-            _require_superuser(conn)
+            _require_installer(conn, owner_may_install)
+            if event_trigger_helper:
+                conn.execute(
+                    "SELECT set_config('softguard.event_trigger_helper', %s, true)",
+                    [event_trigger_helper],
+                )
             conn.execute(script.sql.encode())
             conn.execute(
                 "INSERT INTO softguard.migrations (version, name) VALUES (%s, %s)",
@@ -193,13 +211,75 @@ def _dir(directory: Path | None) -> Path:
     return found
 
 
-def _require_superuser(conn: psycopg.Connection[Any]) -> None:
+def _require_installer(conn: psycopg.Connection[Any], owner_may_install: bool) -> None:
+    """A superuser; or, for an explicit ``softguard init``, the owner of the database (a
+    managed service's owner role): the install creates schemas and puts triggers on the
+    application's tables. serve never installs as the owner by itself: what such an
+    install leaves unprotected is for a person to read first (``init`` prints it)."""
     row = conn.execute(
-        "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+        "SELECT current_user, r.rolsuper, pg_has_role(current_user, d.datdba, 'MEMBER')"
+        " FROM pg_roles r, pg_database d"
+        " WHERE r.rolname = current_user AND d.datname = current_database()"
     ).fetchone()
-    if row is None or not row[1]:
-        who = row[0] if row else "?"
+    if row is not None and (row[1] or (owner_may_install and row[2])):
+        return
+    who = row[0] if row else "?"
+    if owner_may_install:
         raise LedgerError(
-            "installing the softguard ledger needs a superuser (it creates event triggers):"
+            "installing the softguard ledger needs a superuser or the owner of the database"
+            ' (a managed service\'s owner role: see the runbook, "Managed PostgreSQL"):'
             f" connected as {who}"
         )
+    raise LedgerError(
+        "installing the softguard ledger needs a superuser (it creates event triggers):"
+        f" connected as {who} (a managed service's owner role installs it with softguard init)"
+    )
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the installed ledger can protect in this database (decision 0025)."""
+
+    event_triggers: bool  # all of softguard's event triggers were created
+    replica_role: bool  # this role may set session_replication_role (undo uses it)
+    large_objects: bool  # PUBLIC may not run lo_unlink & co. directly (their REVOKE worked)
+
+    def lines(self) -> list[tuple[str, bool]]:
+        """(what, protected) for ``softguard init`` and ``serve`` to say."""
+        et = self.event_triggers
+        return [
+            ("DELETE, TRUNCATE, UPDATE on existing tables: captured; undo; purge", True),
+            ("DROP TABLE/VIEW/SCHEMA/..., ALTER TABLE DROP COLUMN (else refused, 55000)", et),
+            (
+                "tables created later: captured at once (else serve equips them at its next"
+                " check; a DELETE in the transaction that created the table is not captured)",
+                et,
+            ),
+            ("backstop for DROP inside DO blocks and functions", et),
+            ("capture triggers defend themselves against DROP/DISABLE TRIGGER", et),
+            ("CREATE OR REPLACE history, the CASCADE guard, the mode guard", et),
+            ("lo_unlink, lo_put, lowrite, lo_truncate only through softguard", self.large_objects),
+            (
+                "undo in replica mode (else: the tables' user triggers are disabled during undo)",
+                self.replica_role,
+            ),
+        ]
+
+
+def capabilities(conn: psycopg.Connection[Any]) -> Capabilities:
+    """Read what the install could set up (the ledger must be installed)."""
+    row = conn.execute(
+        "SELECT softguard._has_event_triggers(), softguard._can_set_replica(),"
+        " NOT has_function_privilege('public', 'pg_catalog.lo_unlink(oid)', 'EXECUTE')"
+    ).fetchone()
+    assert row is not None
+    return Capabilities(
+        event_triggers=bool(row[0]), replica_role=bool(row[1]), large_objects=bool(row[2])
+    )
+
+
+def sweep_capture(conn: psycopg.Connection[Any]) -> list[tuple[str, bool]]:
+    """Without event triggers nothing equips tables created later: put the capture triggers
+    on every table that lacks them; (table, whether it could) for each one found."""
+    rows = conn.execute("SELECT rel::text, done FROM softguard.capture_sweep()").fetchall()
+    return [(str(rel), bool(done)) for rel, done in rows]

@@ -14,6 +14,12 @@ The same check reads which tables of the database are soft-delete tables (when
 ``[[soft_delete]]`` is configured); that answer is refreshed in the background once it is
 older than the ``soft_delete_refresh`` setting (60 s by default), so tables created later
 are picked up.
+
+A ledger installed without event triggers (a managed service's owner role, decision 0025)
+is reported once per database at its first check (what is not protected there), and
+nothing equips the tables created later: each check then puts the capture triggers on
+every table that lacks them (``softguard.capture_sweep``), and table DDL makes the next
+protected statement wait for a check.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ class LedgerGate:
         # database -> when its budget was last written (inf: this role may not write it)
         self._budget_at: dict[str, float] = {}
         self._budget_refresh: set[str] = set()
+        self._no_event_triggers: set[str] = set()  # databases installed without them
+        self._reported: set[str] = set()  # databases whose protection was logged
 
     def ready_databases(self) -> dict[str, str]:
         """{database: conninfo} of the databases whose ledger is known ready (any thread)."""
@@ -101,11 +109,17 @@ class LedgerGate:
         self._states.pop(database, None)
         self._soft.pop(database, None)
 
+    def lacks_event_triggers(self, database: str) -> bool:
+        return database in self._no_event_triggers
+
     def forget_soft_delete_tables(self, database: str) -> None:
         """DDL went by: the next DELETE waits for the tables to be read again, and they are
         read once more shortly after (the DDL may not have been committed yet)."""
         self._soft.pop(database, None)
         self._recheck.add(database)
+        if database in self._no_event_triggers:
+            # the next protected statement waits for a check, which equips new tables
+            self._states.pop(database, None)
 
     def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
         """The database's soft-delete tables (None: not read yet, wait with ``ensure``).
@@ -303,6 +317,10 @@ class LedgerGate:
             # then refuse it with the reason, rather than wait for each other forever.
             with connect(conninfo, lock_timeout=INSTALL_LOCK_TIMEOUT) as conn:
                 applied = apply_migrations(conn)
+                try:
+                    self._without_event_triggers(conn, database)
+                except psycopg.Error as exc:  # what it could not say or do is logged
+                    log.error("database %s: protection not read: %s", database, error_line(exc))
                 self._sync_budget(conn, database)
                 try:
                     self._store_soft(conn, database)
@@ -318,3 +336,31 @@ class LedgerGate:
         if applied:
             log.info("installed softguard ledger in database %s: %s", database, ", ".join(applied))
         return True
+
+    def _without_event_triggers(
+        self, conn: psycopg.Connection[tuple[object, ...]], database: str
+    ) -> None:
+        """Say once what this database's install does not protect; without event
+        triggers, equip the tables that lack capture triggers (created since)."""
+        from softguard.ledger.migrate import capabilities, sweep_capture
+
+        able = capabilities(conn)
+        if database not in self._reported:
+            self._reported.add(database)
+            for what, ok in able.lines():
+                if not ok:
+                    log.warning("database %s: NOT protected: %s (decision 0025)", database, what)
+        if able.event_triggers:
+            self._no_event_triggers.discard(database)
+            return
+        self._no_event_triggers.add(database)
+        for rel, done in sweep_capture(conn):
+            if done:
+                log.info("database %s: capture triggers put on %s", database, rel)
+            else:
+                log.error(
+                    "database %s: %s has no capture triggers and softguard's role may not add"
+                    " them: its DELETEs and TRUNCATEs are not reversible",
+                    database,
+                    rel,
+                )

@@ -101,6 +101,12 @@ class LedgerView(Protocol):
     def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
         """None while not read yet."""
 
+    def lacks_event_triggers(self, database: str) -> bool:
+        """The ledger was installed without event triggers (decision 0025): table DDL
+        makes it be checked again before the next protected statement (which equips new
+        tables), and statements the proxy cannot read are refused where the database's
+        backstop would have caught them."""
+
 
 class _Known:
     """A classifier that answers one text's classification, made beforehand."""
@@ -140,6 +146,9 @@ class FixedLedger:
 
     def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
         return self.tables
+
+    def lacks_event_triggers(self, database: str) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +313,7 @@ def plan_message(
         retag = _executes_to_retag(text, exact, soft)
     classification = classifier.classify_shape(text, enc)
     ledger = inputs.ledger
-    reread = bool(ledger.soft_delete_rules) and any(
+    reread = (bool(ledger.soft_delete_rules) or ledger.lacks_event_triggers(info.database)) and any(
         s.command in _TABLE_DDL for s in classification.statements
     )
     if classification.kind is Kind.SAFE:
@@ -339,6 +348,16 @@ def plan_message(
     for decision in decisions:
         stmt = decision.statement
         if decision.action is Action.ALLOW:
+            if decision.category == "opaque" and _backstopped(policy, info):
+                state = ledger.state(info.database, info.user)
+                if state is None:
+                    return NeedLedger(kind, action)
+                if ledger.lacks_event_triggers(info.database):
+                    refused = refusal("55000", _NO_BACKSTOP, _NO_BACKSTOP_HINT)
+                    if stmt is None:
+                        rebuilt = _rebuild(msg, text, [], refused)
+                        return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=action)
+                    replacements.append(Replacement(stmt, refused))
             continue
         if decision.action is Action.DENY:
             if (
@@ -551,6 +570,23 @@ class _Rebuilt:
 # Refusals a person cannot lift through softguard: irreversible by nature, or work on
 # another server (run them directly if they must run).
 _NOT_APPROVABLE = frozenset(("dangerous", "remote"))
+
+# A DO block, CALL or EXECUTE where the database has no backstop (decision 0025).
+_NO_BACKSTOP = (
+    "softguard: a statement softguard cannot read (DO, CALL, EXECUTE) is refused in this"
+    " database: softguard was installed there without event triggers, so a DROP it runs"
+    " would not be caught"
+)
+_NO_BACKSTOP_HINT = (
+    "Send the statements themselves, or run softguard init as a role that may create event"
+    ' triggers (runbook, "Managed PostgreSQL").'
+)
+
+
+def _backstopped(policy: Policy, info: SessionInfo) -> bool:
+    """Whether the database's backstop would stand behind this session's opaque
+    statements: it refuses the hidden DROP and TRUNCATE of protected sessions."""
+    return any(policy.verdict(c, info) != "allow" for c in ("drop", "truncate"))
 
 
 def _approved(decision: Decision) -> Decision:

@@ -82,6 +82,9 @@ class Ledger:
     def soft_delete_tables(self, database: str) -> SoftDeleteTables | None:
         return self.tables
 
+    def lacks_event_triggers(self, database: str) -> bool:
+        return False
+
 
 @dataclass
 class Out:

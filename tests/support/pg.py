@@ -47,6 +47,8 @@ HBA_LINES = [
     "host all sg_scram 127.0.0.1/32 scram-sha-256",
     "host all sg_md5 127.0.0.1/32 md5",
     "host all sg_password 127.0.0.1/32 password",
+    # the managed-like owner role (tests/deployments/test_managed.py)
+    "host all sg_managed 127.0.0.1/32 scram-sha-256",
     "host all all 127.0.0.1/32 trust",
 ]
 

@@ -1,0 +1,319 @@
+"""softguard on managed PostgreSQL (issue 12 item 1, decision 0025): the role a managed
+service gives its customers (NOSUPERUSER CREATEROLE CREATEDB, owner of the database and of
+the application's tables, password authentication) installs softguard and runs the demo
+scenario through it: DROP TABLE, DELETE, TRUNCATE, DROP COLUMN, undo of each, purge.
+
+Two shapes of provider, emulated on the local server:
+- "no event triggers" (Azure-like): the install goes without them and says so; what
+  depended on them is refused (DROP, DROP COLUMN, DO blocks), never silently passed;
+- "event triggers through the provider" (RDS/Supabase-like): a superuser-made helper
+  (provider_helper.sql, like supautils) creates softguard's event triggers for the owner,
+  and everything works as with a superuser's install.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from support.pg import TestServer
+from support.proxy import ProxyFactory, Target, via_direct
+from typer.testing import CliRunner, Result
+
+from softguard.cli.main import app
+
+ROLE = "sg_managed"  # pg_hba: scram-sha-256 (tests/support/pg.py)
+PASSWORD = "managed-pw"
+HERE = Path(__file__).resolve().parent
+FIXTURE = HERE.parents[1] / "softguard" / "demo" / "rental.sql"
+HELPER = "sg_provider.create_event_trigger"
+
+pytestmark = pytest.mark.skipif(via_direct(), reason="the scenario runs through softguard")
+
+runner = CliRunner()
+
+
+def cli(*args: str) -> Result:
+    return runner.invoke(app, list(args))
+
+
+@dataclass
+class Managed:
+    """One database owned by the managed-like role, with the ledger installed by it."""
+
+    server: TestServer
+    db: str
+    init_output: str
+    proxy: Target
+
+    @property
+    def dsn(self) -> str:
+        """The owner's direct DSN (what ops, undo, purge and grant use)."""
+        return self.server.dsn(self.db, ROLE, PASSWORD)
+
+    def client(self) -> psycopg.Connection[tuple[object, ...]]:
+        """A client connection through softguard, as the owner, with its password."""
+        return psycopg.connect(self.proxy.dsn(self.db, ROLE, PASSWORD), autocommit=True)
+
+    def run(self, stmt: str) -> tuple[str | None, list[str]]:
+        """(SQLSTATE or None, softguard notices) of one statement through softguard."""
+        notices: list[str] = []
+        with self.client() as c:
+            c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+            try:
+                c.execute(stmt)
+            except psycopg.Error as exc:
+                return exc.sqlstate, notices
+        return None, [n for n in notices if n.startswith("softguard: ")]
+
+    def op(self, stmt: str) -> int:
+        """Run a protected statement through softguard; the operation it recorded."""
+        error, notices = self.run(stmt)
+        assert error is None, (stmt, error)
+        assert len(notices) == 1, (stmt, notices)
+        return int(notices[0].split(" as operation ")[1].split()[0])
+
+    def one(self, query: str) -> object:
+        with psycopg.connect(self.dsn) as c:
+            row = c.execute(query).fetchone()
+        assert row is not None
+        return row[0]
+
+    def undo(self, op: int) -> None:
+        r = cli("undo", str(op), "--yes", "--dsn", self.dsn)
+        assert r.exit_code == 0, r.output
+
+    def states(self) -> dict[int, str]:
+        with psycopg.connect(self.dsn) as c:
+            return {
+                int(i): str(s)
+                for i, s in c.execute("SELECT id, state FROM softguard.operations").fetchall()
+            }
+
+
+@pytest.fixture(scope="module")
+def managed_role(pg_server: TestServer) -> str:
+    with psycopg.connect(pg_server.superuser_dsn(), autocommit=True) as c:
+        if c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [ROLE]).fetchone() is None:
+            c.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(ROLE)))
+        c.execute(
+            sql.SQL("ALTER ROLE {} NOSUPERUSER CREATEROLE CREATEDB LOGIN PASSWORD {}").format(
+                sql.Identifier(ROLE), sql.Literal(PASSWORD)
+            )
+        )
+    return ROLE
+
+
+@pytest.fixture(scope="module")
+def managed_proxy(pg_server: TestServer, proxy_factory: ProxyFactory, managed_role: str) -> Target:
+    # softguard's own connections authenticate as the owner with the secret it holds
+    upstream = f"postgresql://{ROLE}:{PASSWORD}@{pg_server.host}:{pg_server.port}"
+    return proxy_factory(upstream=upstream)
+
+
+def _database(server: TestServer, helper: bool) -> str:
+    db = "sg_t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(server.superuser_dsn(), autocommit=True) as c:
+        c.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(ROLE))
+        )
+    if helper:  # the provider's part, done by its superuser
+        with psycopg.connect(server.superuser_dsn(db), autocommit=True) as c:
+            c.execute((HERE / "provider_helper.sql").read_text())
+            c.execute(
+                sql.SQL("GRANT USAGE ON SCHEMA sg_provider TO {}").format(sql.Identifier(ROLE))
+            )
+            c.execute(
+                sql.SQL("GRANT EXECUTE ON FUNCTION {}(text, text) TO {}").format(
+                    sql.SQL(HELPER), sql.Identifier(ROLE)
+                )
+            )
+    subprocess.run(
+        [
+            str(server.bin("psql")),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            str(FIXTURE),
+            "-d",
+            server.dsn(db, ROLE, PASSWORD),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return db
+
+
+def _managed(server: TestServer, proxy: Target, helper: bool) -> Iterator[Managed]:
+    db = _database(server, helper)
+    try:
+        args = ["init", "--dsn", server.dsn(db, ROLE, PASSWORD)]
+        if helper:
+            args += ["--event-trigger-helper", HELPER]
+        r = cli(*args)
+        assert r.exit_code == 0, r.output
+        yield Managed(server, db, r.output, proxy)
+    finally:
+        server.drop_database(db)
+
+
+@pytest.fixture(scope="module")
+def without_event_triggers(pg_server: TestServer, managed_proxy: Target) -> Iterator[Managed]:
+    yield from _managed(pg_server, managed_proxy, helper=False)
+
+
+@pytest.fixture(scope="module")
+def with_helper(pg_server: TestServer, managed_proxy: Target) -> Iterator[Managed]:
+    yield from _managed(pg_server, managed_proxy, helper=True)
+
+
+def test_the_role_is_managed_like(pg_server: TestServer, without_event_triggers: Managed) -> None:
+    m = without_event_triggers
+    assert m.one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is False
+    assert (
+        m.one("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()")
+        == ROLE
+    )
+    assert (
+        m.one("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'reservations'::regclass")
+        == ROLE
+    )
+    if pg_server.auth_roles:  # our hba: the password is checked
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(pg_server.dsn(m.db, ROLE, "wrong")).close()
+
+
+def test_init_says_what_is_not_protected(without_event_triggers: Managed) -> None:
+    out = without_event_triggers.init_output
+    assert "applied softguard--" in out
+    assert "NOT protected  DROP TABLE" in out
+    assert "NOT protected  tables created later" in out
+    assert "NOT protected  backstop for DROP inside DO blocks" in out
+    assert "protected      DELETE, TRUNCATE, UPDATE on existing tables" in out
+    assert without_event_triggers.one("SELECT event_triggers FROM softguard.settings") is False
+    assert (
+        without_event_triggers.one(
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'softguard%'"
+        )
+        == 0
+    )
+
+
+def test_delete_truncate_undo_purge_without_event_triggers(
+    without_event_triggers: Managed,
+) -> None:
+    m = without_event_triggers
+    before = m.one("SELECT count(*) FROM reservations")
+    refunds = m.one("SELECT count(*) FROM billing.refunds")
+    delete = m.op("DELETE FROM reservations WHERE id % 3 = 0")
+    truncate = m.op("TRUNCATE billing.refunds")
+    assert m.one("SELECT count(*) FROM billing.refunds") == 0
+    # undo without session_replication_role: the tables' user triggers are disabled instead
+    m.undo(truncate)
+    m.undo(delete)
+    assert m.one("SELECT count(*) FROM reservations") == before
+    assert m.one("SELECT count(*) FROM billing.refunds") == refunds
+    assert (
+        m.one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'reservations'::regclass"
+            " AND NOT tgisinternal AND tgenabled = 'D'"
+        )
+        == 0
+    )
+    again = m.op("DELETE FROM events WHERE id < 50")
+    r = cli("purge", "--older-than", "0s", "--yes", "--dsn", m.dsn)
+    assert r.exit_code == 0, r.output
+    assert m.states()[again] == "purged"
+    assert "softguard serve" not in r.output  # no hint to run something else
+
+
+def test_what_needs_event_triggers_is_refused(without_event_triggers: Managed) -> None:
+    m = without_event_triggers
+    for stmt in ("DROP TABLE events", "ALTER TABLE customers DROP COLUMN email"):
+        error, _ = m.run(stmt)
+        assert error == "55000", stmt
+    assert m.one("SELECT to_regclass('events') IS NOT NULL") is True
+    # a DO block could DROP with nothing to catch it: refused for a protected session
+    error, _ = m.run("DO $$BEGIN DROP TABLE events; END$$")
+    assert error == "55000"
+    assert m.one("SELECT to_regclass('events') IS NOT NULL") is True
+    # softguard's serve said so at its first check of the database
+    assert "NOT protected: DROP TABLE" in m.proxy.tail(400)
+
+
+def test_tables_created_later_get_capture_triggers(without_event_triggers: Managed) -> None:
+    m = without_event_triggers
+    error, _ = m.run("CREATE TABLE made_later (id int PRIMARY KEY, v text)")
+    assert error is None
+    error, _ = m.run("INSERT INTO made_later SELECT g, 'x' || g FROM generate_series(1, 5) g")
+    assert error is None
+    op = m.op("DELETE FROM made_later WHERE id > 2")
+    m.undo(op)
+    assert m.one("SELECT count(*) FROM made_later") == 5
+
+
+def test_the_demo_scenario_with_the_providers_event_triggers(with_helper: Managed) -> None:
+    m = with_helper
+    # everything but replica mode (undo disables the tables' user triggers instead)
+    assert "NOT protected  DROP" not in m.init_output
+    assert m.one("SELECT event_triggers FROM softguard.settings") is True
+    events = m.one("SELECT count(*) FROM events")
+    reservations = m.one("SELECT count(*) FROM reservations")
+    emails = m.one("SELECT count(email) FROM customers")
+    refunds = m.one("SELECT count(*) FROM billing.refunds")
+    ops = [
+        m.op("DROP TABLE events"),
+        m.op("DELETE FROM reservations WHERE id % 2 = 0"),
+        m.op("TRUNCATE billing.refunds"),
+        m.op("ALTER TABLE customers DROP COLUMN email"),
+    ]
+    assert m.one("SELECT to_regclass('events')") is None
+    for op in reversed(ops):
+        m.undo(op)
+    assert m.one("SELECT count(*) FROM events") == events
+    assert m.one("SELECT count(*) FROM reservations") == reservations
+    assert m.one("SELECT count(email) FROM customers") == emails
+    assert m.one("SELECT count(*) FROM billing.refunds") == refunds
+    gone = m.op("DROP TABLE events")
+    r = cli("purge", "--older-than", "0s", "--yes", "--dsn", m.dsn)
+    assert r.exit_code == 0, r.output
+    assert m.states()[gone] == "purged"
+    # a DO block is caught by the database's backstop, as with a superuser's install
+    assert m.run("CREATE TABLE dropped_in_do (id int)") == (None, [])
+    error, notices = m.run("DO $$BEGIN DROP TABLE dropped_in_do; END$$")
+    assert error is not None or len(notices) == 1, (error, notices)
+    if error is None:  # kept: it comes back
+        m.undo(int(notices[0].split(" as operation ")[1].split()[0]))
+    assert m.one("SELECT to_regclass('dropped_in_do') IS NOT NULL") is True
+
+
+def test_the_owner_grants_an_operator_undo(with_helper: Managed) -> None:
+    m = with_helper
+    operator = "sg_op_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(m.dsn, autocommit=True) as c:  # CREATEROLE: the owner makes it
+        c.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(operator), sql.Literal("op-pw")
+            )
+        )
+    try:
+        r = cli("grant", operator, "--ops", "--undo", "--purge", "--dsn", m.dsn)
+        assert r.exit_code == 0, r.output
+        op = m.op("DELETE FROM reservations WHERE id < 10")
+        mine = m.server.dsn(m.db, operator, "op-pw")
+        r = cli("undo", str(op), "--yes", "--dsn", mine)
+        assert r.exit_code == 0, r.output
+        assert m.states()[op] == "undone"
+    finally:
+        with psycopg.connect(m.server.superuser_dsn(m.db), autocommit=True) as c:
+            c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(operator)))
+            c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(operator)))
