@@ -436,6 +436,21 @@ GRANT EXECUTE ON PROCEDURE softguard.truncate_op(text, jsonb) TO PUBLIC;
 CREATE FUNCTION softguard._install_capture(rel oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    saved text := current_setting('session_replication_role');
+BEGIN
+    -- In replica mode where softguard may set it (_replica): the user's own event triggers
+    -- (enabled for origin, the default) do not see the CREATE TRIGGER and ALTER TABLE
+    -- commands softguard runs in the client's session (issue 16 class 1); softguard's,
+    -- enabled ALWAYS, still do.
+    PERFORM softguard._replica('replica');
+    PERFORM softguard._install_capture_now(rel);
+    PERFORM softguard._replica(saved);
+END $$;
+REVOKE ALL ON FUNCTION softguard._install_capture(oid) FROM PUBLIC;
+
+CREATE FUNCTION softguard._install_capture_now(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
     n integer;
     redo text[];
     updates boolean;
@@ -485,7 +500,7 @@ BEGIN
     END IF;
     PERFORM softguard._install_capture_inherited(rel);
 END $$;
-REVOKE ALL ON FUNCTION softguard._install_capture(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._install_capture_now(oid) FROM PUBLIC;
 
 -- _install_capture on a table that is already equipped (adding or removing its UPDATE
 -- trigger): as softguard's maintenance, which the tamper guard lets through; replacing

@@ -621,6 +621,19 @@ BEGIN
         END LOOP;
     END LOOP;
 
+    -- The tables it gave back, and those it gave a foreign key back, carry the capture
+    -- triggers their links now need (a foreign key ON DELETE SET NULL: the UPDATE one,
+    -- decision 0023); undo's DDL runs as maintenance, which the tamper guard lets be.
+    FOR k IN SELECT DISTINCT st.rel FROM softguard._capture_state(ARRAY(
+                 SELECT (x->>'oid')::oid FROM jsonb_array_elements(o.restore) x
+                  WHERE x->>'step' = 'move' AND x->>'class' = 'relation'
+                 UNION
+                 SELECT (x->>'table')::oid FROM jsonb_array_elements(o.restore) x
+                  WHERE x->>'step' = 'drop_constraint' AND x->>'table' IS NOT NULL)) st
+              WHERE st.state <> 'ok' LOOP
+        PERFORM softguard._install_capture_maintained(k.rel);
+    END LOOP;
+
     PERFORM softguard._record_undo(o, CASE WHEN rename_to IS NULL THEN ''
                                            ELSE ' --rename-to ' || rename_to END);
     RETURN lines;

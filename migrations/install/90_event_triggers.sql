@@ -80,16 +80,11 @@ SELECT softguard._create_event_trigger('softguard_capture_ddl_end', $$ON ddl_com
     EXECUTE FUNCTION softguard._capture_ddl_end()$$);
 
 -- Tables created later get the triggers too (CREATE TABLE, PARTITION OF, AS, SELECT INTO,
--- CREATE SCHEMA ... CREATE TABLE). In replica mode while it does (issue 16 class 1): the
--- user's own event triggers (enabled for origin, the default) do not see the CREATE TRIGGER
--- and ALTER TABLE commands softguard runs in the client's session; softguard's, enabled
--- ALWAYS, still do.
+-- CREATE SCHEMA ... CREATE TABLE).
 CREATE FUNCTION softguard._capture_install_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
-    saved text := current_setting('session_replication_role');
-    quiet boolean := (SELECT u.rolsuper FROM pg_roles u WHERE u.rolname = current_user);
 BEGIN
     IF current_setting('softguard.probe', true) = 'on' THEN
         RETURN;
@@ -97,13 +92,7 @@ BEGIN
     FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
               WHERE c.classid = 'pg_class'::regclass AND c.objsubid = 0
                 AND c.object_type IN ('table', 'partitioned table') LOOP
-        IF quiet THEN
-            PERFORM set_config('session_replication_role', 'replica', true);
-        END IF;
         PERFORM softguard._install_capture(r.objid);
-        IF quiet THEN
-            PERFORM set_config('session_replication_role', saved, true);
-        END IF;
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_install_ddl() FROM PUBLIC;
@@ -284,6 +273,21 @@ BEGIN
                     AND NOT EXISTS (SELECT FROM pg_trigger g
                                      WHERE g.tgrelid = s.rel AND (g.tgtype & 16) <> 0
                                        AND g.tgfoid = 'softguard._capture_rows()'::regprocedure)
+        LOOP
+            PERFORM softguard._install_capture_maintained(r.rel);
+        END LOOP;
+    END IF;
+    IF NOT (SELECT g.capture_updates FROM softguard.settings g) THEN
+        -- The other way round: the last such foreign key gone (ALTER TABLE ... DROP
+        -- CONSTRAINT, or a DROP through softguard taking it along; sql_drop reports the
+        -- key's RI triggers), the table carries more capture than it needs (its statement
+        -- trigger fires on UPDATE too): trimmed, not refused, since nothing was switched
+        -- off.
+        FOR r IN SELECT DISTINCT s.rel FROM softguard._capture_state(rels) s
+                   JOIN pg_trigger g ON g.tgrelid = s.rel AND g.tgname = s.name
+                  WHERE s.name = 'zz_softguard_capture_statement' AND s.state = 'changed'
+                    AND g.tgtype = 26
+                    AND g.tgfoid = 'softguard._capture_statement()'::regprocedure
         LOOP
             PERFORM softguard._install_capture_maintained(r.rel);
         END LOOP;

@@ -1249,6 +1249,19 @@ BEGIN
         END LOOP;
     END LOOP;
 
+    -- The tables it gave back, and those it gave a foreign key back, carry the capture
+    -- triggers their links now need (a foreign key ON DELETE SET NULL: the UPDATE one,
+    -- decision 0023); undo's DDL runs as maintenance, which the tamper guard lets be.
+    FOR k IN SELECT DISTINCT st.rel FROM softguard._capture_state(ARRAY(
+                 SELECT (x->>'oid')::oid FROM jsonb_array_elements(o.restore) x
+                  WHERE x->>'step' = 'move' AND x->>'class' = 'relation'
+                 UNION
+                 SELECT (x->>'table')::oid FROM jsonb_array_elements(o.restore) x
+                  WHERE x->>'step' = 'drop_constraint' AND x->>'table' IS NOT NULL)) st
+              WHERE st.state <> 'ok' LOOP
+        PERFORM softguard._install_capture_maintained(k.rel);
+    END LOOP;
+
     PERFORM softguard._record_undo(o, CASE WHEN rename_to IS NULL THEN ''
                                            ELSE ' --rename-to ' || rename_to END);
     RETURN lines;
@@ -1369,8 +1382,6 @@ CREATE OR REPLACE FUNCTION softguard._capture_install_ddl() RETURNS event_trigge
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
-    saved text := current_setting('session_replication_role');
-    quiet boolean := (SELECT u.rolsuper FROM pg_roles u WHERE u.rolname = current_user);
 BEGIN
     IF current_setting('softguard.probe', true) = 'on' THEN
         RETURN;
@@ -1378,14 +1389,143 @@ BEGIN
     FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
               WHERE c.classid = 'pg_class'::regclass AND c.objsubid = 0
                 AND c.object_type IN ('table', 'partitioned table') LOOP
-        IF quiet THEN
-            PERFORM set_config('session_replication_role', 'replica', true);
-        END IF;
         PERFORM softguard._install_capture(r.objid);
-        IF quiet THEN
-            PERFORM set_config('session_replication_role', saved, true);
-        END IF;
     END LOOP;
+END $$;
+CREATE OR REPLACE FUNCTION softguard._install_capture_now(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+    redo text[];
+    updates boolean;
+BEGIN
+    SELECT count(*), array_agg(s.name) FILTER (WHERE s.state IN ('missing', 'changed')),
+           bool_or(s.name = 'zz_softguard_capture_update')
+      INTO n, redo, updates
+      FROM softguard._capture_state(ARRAY[rel]) s;
+    IF n = 0 THEN
+        RETURN;                            -- a relation that need not carry them
+    END IF;
+    IF NOT updates AND EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = rel
+                                  AND t.tgname = 'zz_softguard_capture_update') THEN
+        -- UPDATEs are not captured here (decision 0023): no transition tables to fill
+        EXECUTE format('DROP TRIGGER IF EXISTS zz_softguard_capture_update ON %s',
+                       rel::regclass);
+    END IF;
+    IF 'zz_softguard_capture_delete' = ANY (redo) THEN
+        EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_delete AFTER DELETE ON %s'
+                       ' REFERENCING OLD TABLE AS sg_old FOR EACH STATEMENT'
+                       ' EXECUTE FUNCTION softguard._capture_rows()', rel::regclass);
+    END IF;
+    IF 'zz_softguard_capture_update' = ANY (redo) THEN
+        EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_update AFTER UPDATE ON %s'
+                       ' REFERENCING OLD TABLE AS sg_old NEW TABLE AS sg_new FOR EACH STATEMENT'
+                       ' EXECUTE FUNCTION softguard._capture_rows()', rel::regclass);
+    END IF;
+    IF 'zz_softguard_capture_truncate' = ANY (redo) THEN
+        EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_truncate BEFORE TRUNCATE'
+                       ' ON %s FOR EACH STATEMENT EXECUTE FUNCTION softguard._capture_truncate()',
+                       rel::regclass);
+    END IF;
+    IF 'zz_softguard_capture_statement' = ANY (redo) THEN
+        EXECUTE format('CREATE OR REPLACE TRIGGER zz_softguard_capture_statement BEFORE DELETE'
+                       '%s ON %s FOR EACH STATEMENT'
+                       ' WHEN (pg_catalog.pg_trigger_depth() = 0)'
+                       ' EXECUTE FUNCTION softguard._capture_statement()',
+                       CASE WHEN updates THEN ' OR UPDATE' ELSE '' END, rel::regclass);
+    END IF;
+    -- one statement: the tamper guard checks the table after each
+    IF EXISTS (SELECT FROM softguard._capture_state(ARRAY[rel]) s WHERE s.state <> 'ok') THEN
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zz_softguard_capture_delete,'
+                       '%s ENABLE ALWAYS TRIGGER zz_softguard_capture_truncate,'
+                       ' ENABLE ALWAYS TRIGGER zz_softguard_capture_statement', rel::regclass,
+                       CASE WHEN updates
+                            THEN ' ENABLE ALWAYS TRIGGER zz_softguard_capture_update,' END);
+    END IF;
+    PERFORM softguard._install_capture_inherited(rel);
+END $$;
+REVOKE ALL ON FUNCTION softguard._install_capture_now(oid) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._install_capture(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    saved text := current_setting('session_replication_role');
+BEGIN
+    -- In replica mode where softguard may set it (_replica): the user's own event triggers
+    -- (enabled for origin, the default) do not see the CREATE TRIGGER and ALTER TABLE
+    -- commands softguard runs in the client's session (issue 16 class 1); softguard's,
+    -- enabled ALWAYS, still do.
+    PERFORM softguard._replica('replica');
+    PERFORM softguard._install_capture_now(rel);
+    PERFORM softguard._replica(saved);
+END $$;
+CREATE OR REPLACE FUNCTION softguard._capture_tamper() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rels oid[] := '{}';
+    r record;
+    t record;
+BEGIN
+    IF TG_EVENT = 'sql_drop' THEN
+        SELECT coalesce(array_agg(DISTINCT c.oid), '{}') INTO rels
+          FROM pg_event_trigger_dropped_objects() d
+          JOIN pg_namespace n ON n.nspname = d.address_names[1]
+          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = d.address_names[2]
+         WHERE d.object_type = 'trigger';
+    ELSE
+        -- a loop, not a join: a join with pg_class by namespace would scan pg_class for
+        -- every ALTER TABLE
+        FOR r IN SELECT c.classid, c.objid, c.command_tag FROM pg_event_trigger_ddl_commands() c
+        LOOP
+            IF r.classid = 'pg_class'::regclass THEN
+                rels := rels || r.objid;
+            ELSIF r.classid = 'pg_trigger'::regclass THEN
+                SELECT g.tgrelid, g.tgname INTO t FROM pg_trigger g WHERE g.oid = r.objid;
+                CONTINUE WHEN r.command_tag = 'CREATE TRIGGER'       -- the install, see above
+                    AND (SELECT pg_catalog.bool_or(s.name = t.tgname AND s.state = 'origin')
+                                AND NOT pg_catalog.bool_or(s.state = 'ok')
+                           FROM softguard._capture_state(ARRAY[t.tgrelid]) s);
+                rels := rels || t.tgrelid;
+            ELSIF r.classid = 'pg_namespace'::regclass AND r.command_tag = 'ALTER SCHEMA' THEN
+                rels := rels || ARRAY(SELECT k.oid FROM pg_class k
+                                       WHERE k.relnamespace = r.objid AND k.relkind IN ('r', 'p'));
+            END IF;
+        END LOOP;
+    END IF;
+    IF cardinality(rels) = 0 OR softguard._in_maintenance() THEN
+        RETURN;                    -- softguard's own switch of UPDATE capture (40_capture.sql)
+    END IF;
+    IF TG_EVENT <> 'sql_drop'
+       AND NOT (SELECT g.capture_updates FROM softguard.settings g) THEN
+        -- A foreign key ON DELETE SET NULL / SET DEFAULT added to a table while UPDATEs are
+        -- not captured: the table now needs the UPDATE capture trigger (decision 0023).
+        -- Installed, not refused: this statement asked for nothing to be switched off.
+        -- Only where no UPDATE capture trigger exists under any name: a renamed one is
+        -- tampering, refused below.
+        FOR r IN SELECT DISTINCT s.rel FROM softguard._capture_state(rels) s
+                  WHERE s.name = 'zz_softguard_capture_update' AND s.state = 'missing'
+                    AND NOT EXISTS (SELECT FROM pg_trigger g
+                                     WHERE g.tgrelid = s.rel AND (g.tgtype & 16) <> 0
+                                       AND g.tgfoid = 'softguard._capture_rows()'::regprocedure)
+        LOOP
+            PERFORM softguard._install_capture_maintained(r.rel);
+        END LOOP;
+    END IF;
+    IF NOT (SELECT g.capture_updates FROM softguard.settings g) THEN
+        -- The other way round: the last such foreign key gone (ALTER TABLE ... DROP
+        -- CONSTRAINT, or a DROP through softguard taking it along; sql_drop reports the
+        -- key's RI triggers), the table carries more capture than it needs (its statement
+        -- trigger fires on UPDATE too): trimmed, not refused, since nothing was switched
+        -- off.
+        FOR r IN SELECT DISTINCT s.rel FROM softguard._capture_state(rels) s
+                   JOIN pg_trigger g ON g.tgrelid = s.rel AND g.tgname = s.name
+                  WHERE s.name = 'zz_softguard_capture_statement' AND s.state = 'changed'
+                    AND g.tgtype = 26
+                    AND g.tgfoid = 'softguard._capture_statement()'::regprocedure
+        LOOP
+            PERFORM softguard._install_capture_maintained(r.rel);
+        END LOOP;
+    END IF;
+    PERFORM softguard._capture_refuse_tampering(rels);
 END $$;
 -- end section: quiet-install -----------------------------------------------------------
 

@@ -300,3 +300,59 @@ def test_init_sets_it_from_the_policy_and_the_proxy_switches_it_on(
         assert "UPDATEs are not captured" in _init(dsn, None)
     finally:
         pg_server.drop_database(db)
+
+
+def _set_null_pair(ledger: Ledger, db: str) -> None:
+    with ledger.connect(db, **ledger.nonowner) as c:
+        c.execute(
+            "CREATE TABLE public.p (id int PRIMARY KEY);"
+            " CREATE TABLE public.k (id int PRIMARY KEY,"
+            " p int CONSTRAINT k_p REFERENCES public.p ON DELETE SET NULL);"
+            " INSERT INTO public.p VALUES (1), (2); INSERT INTO public.k VALUES (10, 1), (20, 2)"
+        )
+    assert _softguard_triggers(ledger, db)["k"]["zz_softguard_capture_statement"] == 26
+
+
+def test_a_set_null_key_dropped_trims_the_trigger(ledger: Ledger, rental_db: Any) -> None:
+    """The last ON DELETE SET NULL key of a table gone, its extra capture is removed,
+    not refused as tampering (the rental fixture's billing.refunds could not lose its key,
+    nor be dropped through softguard)."""
+    db = rental_db()
+    _switch(ledger, db, False)
+    _set_null_pair(ledger, db)
+    with ledger.connect(db, **ledger.nonowner) as c:
+        c.execute("ALTER TABLE public.k DROP CONSTRAINT k_p")
+    triggers = _softguard_triggers(ledger, db)["k"]
+    assert UPDATE_TRIGGER not in triggers and triggers["zz_softguard_capture_statement"] == 10
+
+
+@pytest.mark.parametrize(
+    ("stmt", "cascade"),
+    [
+        ("DROP TABLE public.k", "DROP TABLE public.k CASCADE"),  # the key's own table
+        ("DROP TABLE public.p CASCADE", None),  # the key goes with what it references
+        ("DROP TABLE billing.refunds", "DROP TABLE billing.refunds CASCADE"),
+        ("DROP TABLE billing.payments CASCADE", None),
+    ],
+)
+def test_a_drop_taking_a_set_null_key_is_undone_with_its_capture(
+    ledger: Ledger, rental_db: Any, stmt: str, cascade: str | None
+) -> None:
+    db = rental_db()
+    _switch(ledger, db, False)
+    _set_null_pair(ledger, db)
+    before = _softguard_triggers(ledger, db)
+    with ledger.connect(db) as c:
+        c.execute('CALL softguard.drop_op(%s, %s, \'{"action": "DROP TABLE"}\')', [stmt, cascade])
+        row = c.execute("SELECT max(id) FROM softguard.operations").fetchone()
+    assert row is not None
+    undo(ledger, db, int(row[0]))
+    assert _softguard_triggers(ledger, db) == before
+    with protected(ledger, db, CAPTURE_DELETE) as c:  # and a DELETE's SET NULL is kept
+        c.execute("DELETE FROM public.p WHERE id = 1")
+    undo(ledger, db, row_ops(ledger, db)[-1]["id"])
+    with ledger.connect(db) as c:
+        assert c.execute("SELECT id, p FROM public.k ORDER BY id").fetchall() == [
+            (10, 1),
+            (20, 2),
+        ]
