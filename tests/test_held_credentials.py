@@ -66,6 +66,16 @@ def held_proxy(
     return proxy
 
 
+def _undo(pg_server: TestServer, db: str, op: int) -> None:
+    """`softguard undo` of one operation, as an operator runs it."""
+    r = subprocess.run(
+        [sys.executable, "-m", "softguard", "undo", str(op), "--yes", "--dsn",
+         pg_server.superuser_dsn(db)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def _login_error(dsn: str) -> tuple[str, str]:
     """(SQLSTATE, message) of a refused login: asyncpg reports the SQLSTATE (libpq does
     not), psycopg the text a libpq client shows."""
@@ -94,12 +104,7 @@ def test_agent_logs_in_with_its_own_password_and_its_delete_is_undone(
         assert c.execute("SELECT count(*) FROM items").fetchone() == (7,)
         row = c.execute("SELECT max(id) FROM softguard.operations").fetchone()
     assert row is not None and row[0] is not None
-    r = subprocess.run(
-        [sys.executable, "-m", "softguard", "undo", str(row[0]), "--yes", "--dsn",
-         pg_server.superuser_dsn(held_db)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
+    _undo(pg_server, held_db, int(row[0]))
     with psycopg.connect(pg_server.superuser_dsn(held_db)) as c:
         assert c.execute("SELECT count(*) FROM items").fetchone() == (10,)
 
@@ -260,11 +265,6 @@ def test_agent_over_tls_through_pgbouncer_in_transaction_mode(
         roles = c.execute("SELECT role FROM softguard.pooled_roles").fetchall()
     assert row is not None and row[0] is not None, "the DELETE was not captured"
     assert roles == [(ROLE,)], roles
-    r = subprocess.run(
-        [sys.executable, "-m", "softguard", "undo", str(row[0]), "--yes", "--dsn",
-         pg_server.superuser_dsn(held_db)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
+    _undo(pg_server, held_db, int(row[0]))
     with psycopg.connect(pg_server.superuser_dsn(held_db)) as c:
         assert c.execute("SELECT count(*) FROM items WHERE id IN (4, 5)").fetchone() == (2,)
