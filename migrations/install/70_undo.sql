@@ -225,11 +225,6 @@ REVOKE ALL ON FUNCTION softguard._record_undo(softguard.operations, text) FROM P
 -- DROP: objects back from quarantine
 -- ---------------------------------------------------------------------------------------
 
--- Undo one operation (no cascade); returns what it restored.
--- Give a kept object back to the role that owned it, with the privileges roles and PUBLIC
--- had on it (30_drop.sql, _disown). The owner must still exist (or exist again under its
--- name); a grantee that no longer exists has no privileges to get back (as after a real
--- DROP ROLE), which undo says.
 -- Write an object's (or column's) ACL back as `was` when it holds the same privileges
 -- (`now`, its defaults spelled out when NULL): a set, so pg_shdepend is unchanged.
 CREATE FUNCTION softguard._exact_acl(cls oid, obj oid, col name, was aclitem[], now aclitem[],
@@ -255,6 +250,10 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._exact_acl(oid, oid, name, aclitem[], aclitem[], "char") FROM PUBLIC;
 
+-- Give a kept object back to the role that owned it, with the privileges roles and PUBLIC
+-- had on it (30_drop.sql, _disown). The owner must still exist (or exist again under its
+-- name); a grantee that no longer exists has no privileges to get back (as after a real
+-- DROP ROLE), which undo says.
 CREATE FUNCTION softguard._undo_owner(op bigint, s jsonb) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -323,6 +322,7 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_owner(bigint, jsonb) FROM PUBLIC;
 
+-- Undo one operation (no cascade); returns what it restored.
 CREATE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
