@@ -137,6 +137,17 @@ COMMENT ON TABLE softguard.pooled_roles IS
     'login roles the proxy registered behind a transaction pooler: every session of the role '
     'is protected as if registered (only ever added to; the ledger owner removes rows)';
 
+-- The well-formed entries of a registration's denied tables ([{"pattern", "category",
+-- "by"}]), each once: what register_limits and register_role keep.
+CREATE FUNCTION softguard._valid_denied(tables jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(pg_catalog.jsonb_agg(DISTINCT e), '[]')
+      FROM pg_catalog.jsonb_array_elements(coalesce(tables, '[]')) e
+     WHERE pg_catalog.jsonb_typeof(e->'pattern') = 'string'
+       AND e->>'category' IN ('delete', 'update', 'truncate', 'drop')
+$$;
+REVOKE ALL ON FUNCTION softguard._valid_denied(jsonb) FROM PUBLIC;
+
 -- Register (or add to) the protection of this session's login role, for every session
 -- of it. Arguments as register_session's and register_limits' (each limit only lowers,
 -- the denied tables are a union); callable by any role: it can only add, and only to the
@@ -157,10 +168,7 @@ BEGIN
     IF max_rows < 0 OR max_table_bytes < 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'softguard: limits cannot be negative';
     END IF;
-    denied := (SELECT coalesce(jsonb_agg(DISTINCT e), '[]')
-                 FROM jsonb_array_elements(coalesce(register_role.denied_tables, '[]')) e
-                WHERE jsonb_typeof(e->'pattern') = 'string'
-                  AND e->>'category' IN ('delete', 'update', 'truncate', 'drop'));
+    denied := softguard._valid_denied(register_role.denied_tables);
     INSERT INTO softguard.pooled_roles AS p (role, capture, retention_seconds, max_rows,
                                              max_rows_by, max_table_bytes, max_table_bytes_by,
                                              denied_tables)
@@ -180,8 +188,7 @@ BEGIN
         max_table_bytes_by = CASE WHEN excluded.max_table_bytes
                                        < coalesce(p.max_table_bytes, excluded.max_table_bytes + 1)
                                   THEN excluded.max_table_bytes_by ELSE p.max_table_bytes_by END,
-        denied_tables = (SELECT coalesce(jsonb_agg(DISTINCT e), '[]')
-                           FROM jsonb_array_elements(p.denied_tables || excluded.denied_tables) e);
+        denied_tables = softguard._valid_denied(p.denied_tables || excluded.denied_tables);
     IF 'update' = ANY (wanted) OR denied @> '[{"category": "update"}]' THEN
         -- UPDATE capture triggers exist only while some session needs them (decision 0023)
         PERFORM softguard._set_capture_updates(true);

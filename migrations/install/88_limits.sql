@@ -46,11 +46,8 @@ BEGIN
                                ELSE s.max_table_bytes END,
         max_table_bytes_by = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes_by
                                   ELSE s.max_table_bytes_by END,
-        denied_tables = (SELECT coalesce(jsonb_agg(DISTINCT e), '[]')
-                           FROM jsonb_array_elements(s.denied_tables
-                                || coalesce(register_limits.denied_tables, '[]')) e
-                          WHERE jsonb_typeof(e->'pattern') = 'string'
-                            AND e->>'category' IN ('delete', 'update', 'truncate', 'drop'))
+        denied_tables = softguard._valid_denied(s.denied_tables
+                                                || coalesce(register_limits.denied_tables, '[]'))
       FROM (SELECT r.pid,
                    register_limits.max_rows IS NOT NULL
                    AND (r.max_rows IS NULL OR register_limits.max_rows < r.max_rows) AS lower_rows,

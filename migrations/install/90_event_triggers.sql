@@ -261,33 +261,27 @@ BEGIN
     IF cardinality(rels) = 0 OR softguard._in_maintenance() THEN
         RETURN;                    -- softguard's own switch of UPDATE capture (40_capture.sql)
     END IF;
-    IF TG_EVENT <> 'sql_drop'
-       AND NOT (SELECT g.capture_updates FROM softguard.settings g) THEN
-        -- A foreign key ON DELETE SET NULL / SET DEFAULT added to a table while UPDATEs are
-        -- not captured: the table now needs the UPDATE capture trigger (decision 0023).
-        -- Installed, not refused: this statement asked for nothing to be switched off.
-        -- Only where no UPDATE capture trigger exists under any name: a renamed one is
-        -- tampering, refused below.
-        FOR r IN SELECT DISTINCT s.rel FROM softguard._capture_state(rels) s
-                  WHERE s.name = 'zz_softguard_capture_update' AND s.state = 'missing'
-                    AND NOT EXISTS (SELECT FROM pg_trigger g
-                                     WHERE g.tgrelid = s.rel AND (g.tgtype & 16) <> 0
-                                       AND g.tgfoid = 'softguard._capture_rows()'::regprocedure)
-        LOOP
-            PERFORM softguard._install_capture_maintained(r.rel);
-        END LOOP;
-    END IF;
     IF NOT (SELECT g.capture_updates FROM softguard.settings g) THEN
-        -- The other way round: the last such foreign key gone (ALTER TABLE ... DROP
-        -- CONSTRAINT, or a DROP through softguard taking it along; sql_drop reports the
-        -- key's RI triggers), the table carries more capture than it needs (its statement
-        -- trigger fires on UPDATE too): trimmed, not refused, since nothing was switched
-        -- off.
+        -- While UPDATEs are not captured (decision 0023), a table needs the UPDATE capture
+        -- trigger only while an ON DELETE SET NULL / SET DEFAULT key points from it; the
+        -- statement changing that is repaired, not refused, since it asked for nothing to
+        -- be switched off:
+        -- * such a key added: the UPDATE capture trigger installed (ddl_command_end only;
+        --   and only where none exists under any name: a renamed one is tampering, refused
+        --   below);
+        -- * the last such key gone (ALTER TABLE ... DROP CONSTRAINT, or a DROP through
+        --   softguard taking it along; sql_drop reports the key's RI triggers): the extra
+        --   capture (a statement trigger firing on UPDATE too) trimmed.
         FOR r IN SELECT DISTINCT s.rel FROM softguard._capture_state(rels) s
-                   JOIN pg_trigger g ON g.tgrelid = s.rel AND g.tgname = s.name
-                  WHERE s.name = 'zz_softguard_capture_statement' AND s.state = 'changed'
-                    AND g.tgtype = 26
-                    AND g.tgfoid = 'softguard._capture_statement()'::regprocedure
+                   LEFT JOIN pg_trigger g ON g.tgrelid = s.rel AND g.tgname = s.name
+                  WHERE (TG_EVENT <> 'sql_drop'
+                         AND s.name = 'zz_softguard_capture_update' AND s.state = 'missing'
+                         AND NOT EXISTS (SELECT FROM pg_trigger u
+                                          WHERE u.tgrelid = s.rel AND (u.tgtype & 16) <> 0
+                                            AND u.tgfoid = 'softguard._capture_rows()'::regprocedure))
+                     OR (s.name = 'zz_softguard_capture_statement' AND s.state = 'changed'
+                         AND g.tgtype = 26
+                         AND g.tgfoid = 'softguard._capture_statement()'::regprocedure)
         LOOP
             PERFORM softguard._install_capture_maintained(r.rel);
         END LOOP;

@@ -88,6 +88,52 @@ BEGIN
         PERFORM set_config('default_transaction_read_only', 'on', false);
     END IF;
 END $$;
+CREATE OR REPLACE FUNCTION softguard._valid_denied(tables jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(pg_catalog.jsonb_agg(DISTINCT e), '[]')
+      FROM pg_catalog.jsonb_array_elements(coalesce(tables, '[]')) e
+     WHERE pg_catalog.jsonb_typeof(e->'pattern') = 'string'
+       AND e->>'category' IN ('delete', 'update', 'truncate', 'drop')
+$$;
+REVOKE ALL ON FUNCTION softguard._valid_denied(jsonb) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard.register_limits(max_rows bigint, max_rows_by text,
+                                          max_table_bytes bigint, max_table_bytes_by text,
+                                          denied_tables jsonb)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF max_rows < 0 OR max_table_bytes < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'softguard: limits cannot be negative';
+    END IF;
+    UPDATE softguard.sessions s SET
+        max_rows = CASE WHEN x.lower_rows THEN register_limits.max_rows ELSE s.max_rows END,
+        max_rows_by = CASE WHEN x.lower_rows THEN register_limits.max_rows_by
+                           ELSE s.max_rows_by END,
+        max_table_bytes = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes
+                               ELSE s.max_table_bytes END,
+        max_table_bytes_by = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes_by
+                                  ELSE s.max_table_bytes_by END,
+        denied_tables = softguard._valid_denied(s.denied_tables
+                                                || coalesce(register_limits.denied_tables, '[]'))
+      FROM (SELECT r.pid,
+                   register_limits.max_rows IS NOT NULL
+                   AND (r.max_rows IS NULL OR register_limits.max_rows < r.max_rows) AS lower_rows,
+                   register_limits.max_table_bytes IS NOT NULL
+                   AND (r.max_table_bytes IS NULL
+                        OR register_limits.max_table_bytes < r.max_table_bytes) AS lower_bytes
+              FROM softguard.sessions r) x
+     WHERE x.pid = s.pid AND s.pid = pg_backend_pid() AND s.backend_start = softguard._backend_start();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = 'softguard: this session is not registered (register_session first)';
+    END IF;
+    IF EXISTS (SELECT FROM jsonb_array_elements(coalesce(register_limits.denied_tables, '[]')) e
+                WHERE e->>'category' = 'update') THEN
+        -- an UPDATE is refused by the table's UPDATE capture trigger, which exists only
+        -- while UPDATEs are captured (decision 0023)
+        PERFORM softguard._set_capture_updates(true);
+    END IF;
+END $$;
 CREATE OR REPLACE FUNCTION softguard.register_role(events text, retention integer, max_rows bigint,
                                         max_rows_by text, max_table_bytes bigint,
                                         max_table_bytes_by text, denied_tables jsonb)
@@ -104,10 +150,7 @@ BEGIN
     IF max_rows < 0 OR max_table_bytes < 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'softguard: limits cannot be negative';
     END IF;
-    denied := (SELECT coalesce(jsonb_agg(DISTINCT e), '[]')
-                 FROM jsonb_array_elements(coalesce(register_role.denied_tables, '[]')) e
-                WHERE jsonb_typeof(e->'pattern') = 'string'
-                  AND e->>'category' IN ('delete', 'update', 'truncate', 'drop'));
+    denied := softguard._valid_denied(register_role.denied_tables);
     INSERT INTO softguard.pooled_roles AS p (role, capture, retention_seconds, max_rows,
                                              max_rows_by, max_table_bytes, max_table_bytes_by,
                                              denied_tables)
@@ -127,8 +170,7 @@ BEGIN
         max_table_bytes_by = CASE WHEN excluded.max_table_bytes
                                        < coalesce(p.max_table_bytes, excluded.max_table_bytes + 1)
                                   THEN excluded.max_table_bytes_by ELSE p.max_table_bytes_by END,
-        denied_tables = (SELECT coalesce(jsonb_agg(DISTINCT e), '[]')
-                           FROM jsonb_array_elements(p.denied_tables || excluded.denied_tables) e);
+        denied_tables = softguard._valid_denied(p.denied_tables || excluded.denied_tables);
     IF 'update' = ANY (wanted) OR denied @> '[{"category": "update"}]' THEN
         -- UPDATE capture triggers exist only while some session needs them (decision 0023)
         PERFORM softguard._set_capture_updates(true);
@@ -167,220 +209,7 @@ BEGIN
     END IF;
     RETURN r;
 END $$;
-CREATE OR REPLACE FUNCTION softguard._capture_rows() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
--- rows travel as text: written and read back in fixed formats, whatever the session's
-SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
-SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
-DECLARE
-    cap text := current_setting('softguard.capture', true);
-    ev text := lower(TG_OP);
-    events text[];
-    reg softguard.sessions;
-    event text;                            -- what is recorded: ev, or 'soft_delete'
-    k text;
-    cur text;
-    op bigint;
-    op_kind text;
-    cid bigint;
-    n bigint;
-    need bigint;                           -- bytes a small capture keeps (the budget)
-    ident text;
-    expires timestamptz;
-    first_word text;
-    sd text;
-    sdi jsonb;
-    inh jsonb;                             -- inheritance children's rows (_inherited_claim)
-    shape record;
-    cols jsonb;
-    info jsonb;
-    stmt text;
-    msg text;                              -- the operation NOTICE
-    obj jsonb;
-    reg_capture text[];
-    lim bigint;                            -- the registration's max_rows (88_limits.sql)
-    lim_by text;
-    denied jsonb;                          -- tables its rules deny (88_limits.sql)
-BEGIN
-    -- What this session captures: its registration, plus what its setting adds (G6). The
-    -- setting, written by the proxy at startup, is the fast path; a session whose setting
-    -- does not name the event asks its registration, which the client cannot change. The
-    -- registration also carries the session's row limit, whatever its setting says.
-    events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
-    -- softguard._session(false), inlined: this runs for every uncaptured UPDATE
-    SELECT s.capture, s.max_rows, s.max_rows_by, s.denied_tables
-      INTO reg_capture, lim, lim_by, denied
-      FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
-    IF NOT FOUND THEN  -- behind a transaction pooler: the login role's (05_sessions.sql)
-        SELECT p.capture, p.max_rows, p.max_rows_by, p.denied_tables
-          INTO reg_capture, lim, lim_by, denied
-          FROM softguard.pooled_roles p WHERE p.role = session_user;
-    END IF;
-    IF denied <> '[]' THEN
-        PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME, ev, TG_OP);
-    END IF;
-    IF NOT (ev = ANY (events)) THEN
-        events := events || coalesce(reg_capture, '{}');
-        IF NOT (events && ARRAY['delete', 'update']) AND (lim IS NULL OR ev <> 'delete') THEN
-            RETURN NULL;
-        END IF;
-    END IF;
-    k := (extract(epoch FROM statement_timestamp()) * 1000000)::bigint::text;
-    cur := current_setting('softguard.cur_op', true);
-    IF cur IS NOT NULL AND split_part(cur, '/', 1) = k THEN
-        -- only an operation this transaction opened (the setting is the session's to change)
-        SELECT o.id, o.kind INTO op, op_kind FROM softguard.operations o
-         WHERE split_part(cur, '/', 2) ~ '^[0-9]{1,18}$'
-           AND o.id = split_part(cur, '/', 2)::bigint AND o.txid = pg_current_xact_id()
-           AND o.state = 'active';
-    END IF;
-    ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
-
-    IF ev = 'update' AND pg_trigger_depth() = 1 THEN
-        IF left(current_query(), 20) = '/*softguard:delete*/' THEN
-            PERFORM softguard._notice('DELETE', 'SGTAG');
-        END IF;
-        sd := current_setting('softguard.sd_' || TG_RELID::text, true);
-        IF sd IS NOT NULL AND sd <> '' THEN
-            -- A soft delete softguard rewrote: capture what it marked, nothing else.
-            PERFORM set_config('softguard.sd_' || TG_RELID::text, '', true);
-            sdi := sd::jsonb;
-            shape := softguard._sd_shape(TG_RELID, sdi);
-            IF shape.key IS NULL THEN
-                RAISE EXCEPTION USING ERRCODE = '55000',
-                    MESSAGE = format('softguard: cannot soft-delete from %s: it has no primary key'
-                                     ' or unique NOT NULL key to find the rows by', ident);
-            END IF;
-            cid := nextval('softguard.captures_id_seq'::regclass);
-            EXECUTE shape.capture USING cid;
-            GET DIAGNOSTICS n = ROW_COUNT;
-            IF n = 0 THEN
-                RETURN NULL;
-            END IF;
-            IF lim IS NOT NULL THEN        -- the rows this soft delete marked, 88_limits.sql
-                PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
-            END IF;
-            event := 'soft_delete';
-            cols := shape.columns;
-            info := (sdi - 'statement') || jsonb_build_object('key', to_jsonb(shape.key));
-            stmt := sdi->>'statement';
-        END IF;
-    END IF;
-
-    IF event IS NULL THEN
-        IF NOT (ev = ANY (events)) THEN
-            -- Not captured by this session, except what a DELETE changes on other tables
-            -- (ON DELETE SET NULL / SET DEFAULT): part of the DELETE's effect.
-            IF ev <> 'update' OR op IS NULL OR op_kind NOT IN ('DELETE', 'MERGE') THEN
-                IF lim IS NOT NULL AND ev = 'delete' THEN
-                    -- a DELETE the session may run uncaptured still counts (88_limits.sql)
-                    SELECT count(*) INTO n FROM sg_old;
-                    PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
-                END IF;
-                RETURN NULL;
-            END IF;
-        END IF;
-        IF lim IS NOT NULL THEN
-            -- the row limit (88_limits.sql), exact, before anything is copied
-            SELECT count(*) INTO n FROM sg_old;
-            PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
-        END IF;
-        -- the capture budget (07_settings.sql), before anything is copied: a few rows are
-        -- measured (cheaper than the table's size, which stats its files: decision 0024);
-        -- more, from a table that fits whole, need no measuring
-        SELECT count(*), coalesce(sum(pg_column_size(s.o)), 0) INTO n, need
-          FROM (SELECT o FROM sg_old o LIMIT 64) s;
-        IF n < 64 THEN
-            IF n > 0 THEN
-                PERFORM softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
-                                                                   ELSE 'UPDATE' END, ident);
-            END IF;
-        ELSIF NOT softguard._budget_fits(k, TG_RELID) THEN
-            SELECT coalesce(sum(pg_column_size(o)), 0) INTO n FROM sg_old o;
-            PERFORM softguard._budget_take(k, n, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
-                                                                ELSE 'UPDATE' END, ident);
-        END IF;
-        cid := nextval('softguard.captures_id_seq'::regclass);
-        IF ev = 'delete' AND EXISTS (SELECT FROM pg_inherits i
-                                      WHERE i.inhparent = TG_RELID OR i.inhrelid = TG_RELID) THEN
-            inh := softguard._inherited_claim(TG_RELID, ev);   -- no call for a plain table
-        END IF;
-        IF inh IS NULL THEN
-        INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
-        ELSE EXECUTE softguard._inherited_sql(TG_RELID, inh) USING cid; END IF;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n = 0 AND inh IS NULL THEN
-            RETURN NULL;                   -- removed nothing: records nothing
-        END IF;
-        IF ev = 'update' THEN EXECUTE softguard._key_change_sql(TG_RELID, true) INTO info;
-            IF info IS NOT NULL THEN EXECUTE softguard._key_change_sql(TG_RELID, false) INTO info; END IF; END IF;
-        event := ev;
-        cols := softguard._columns(TG_RELID);
-    END IF;
-
-    obj := jsonb_build_object(
-        'type', 'table', 'identity', ident, 'schema', TG_TABLE_SCHEMA, 'name', TG_TABLE_NAME,
-        'original', op IS NULL, 'normal', true,
-        'classid', 'pg_class'::regclass::oid, 'objid', TG_RELID, 'objsubid', 0,
-        'event', event, 'rows', n, 'held_by', NULL);
-    IF op IS NULL THEN
-        -- the operation's first table: its ledger row is written once, complete
-        IF event = 'soft_delete' THEN
-            op_kind := coalesce(sdi->>'verb', 'DELETE');       -- DELETE, or MERGE
-        ELSE
-            stmt := softguard._client_text(current_query());
-            first_word := upper(substring(stmt FROM '^\s*([A-Za-z]+)'));
-            op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
-        END IF;
-        reg := softguard._session(true);
-        expires := now() + softguard._retention(
-            reg, nullif(current_setting('softguard.retention', true), '')::integer);
-        INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
-                                          client_addr, statement, kind, objects, row_counts,
-                                          restore)
-        VALUES (expires, session_user, softguard._client_role(),
-                current_setting('application_name', true),
-                softguard._client_addr(reg),
-                coalesce(stmt, ''), op_kind,
-                jsonb_build_array(obj),
-                jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
-                '[]')
-        RETURNING id INTO op;
-        PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
-        -- no row count: later statements of the same query string may join it
-        msg := softguard._op_notice(
-            CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'
-                         ELSE 'UPDATE' END,
-            ident || CASE WHEN event = 'soft_delete'
-                          THEN format(' (soft delete: %s set)', quote_ident(sdi->>'column'))
-                          ELSE '' END,
-            op, expires);
-        IF current_setting('client_min_messages') IN ('notice', 'log', 'debug1', 'debug2',
-                                                      'debug3', 'debug4', 'debug5') THEN
-            RAISE NOTICE USING MESSAGE = msg;       -- _notice's fast path, without its call
-        ELSE
-            PERFORM softguard._notice(msg);
-        END IF;
-    ELSE
-        UPDATE softguard.operations o SET
-            -- a soft delete of another statement of the same query string: named too (a
-            -- statement's own tables fire one after the other: it is the last one named)
-            statement = CASE WHEN stmt IS NULL OR o.statement = stmt
-                               OR right(o.statement, length(stmt) + 2) = '; ' || stmt
-                             THEN o.statement ELSE o.statement || '; ' || stmt END,
-            objects = o.objects || jsonb_build_array(obj),
-            row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
-                to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))
-         WHERE o.id = op;
-    END IF;
-    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns,
-                                    info)
-    VALUES (cid, op, TG_RELID, ident, event, n, cols, info);
-    IF info ? 'appeared' OR inh IS NOT NULL THEN
-        PERFORM softguard._capture_more(op, cid, TG_RELID, info, inh);
-    END IF;
-    RETURN NULL;
-END $$;
+-- softguard._capture_rows: with its final definition in section capture
 CREATE OR REPLACE FUNCTION softguard._capture_inherited() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- rows travel as text: written and read back in fixed formats, whatever the session's
@@ -1494,33 +1323,27 @@ BEGIN
     IF cardinality(rels) = 0 OR softguard._in_maintenance() THEN
         RETURN;                    -- softguard's own switch of UPDATE capture (40_capture.sql)
     END IF;
-    IF TG_EVENT <> 'sql_drop'
-       AND NOT (SELECT g.capture_updates FROM softguard.settings g) THEN
-        -- A foreign key ON DELETE SET NULL / SET DEFAULT added to a table while UPDATEs are
-        -- not captured: the table now needs the UPDATE capture trigger (decision 0023).
-        -- Installed, not refused: this statement asked for nothing to be switched off.
-        -- Only where no UPDATE capture trigger exists under any name: a renamed one is
-        -- tampering, refused below.
-        FOR r IN SELECT DISTINCT s.rel FROM softguard._capture_state(rels) s
-                  WHERE s.name = 'zz_softguard_capture_update' AND s.state = 'missing'
-                    AND NOT EXISTS (SELECT FROM pg_trigger g
-                                     WHERE g.tgrelid = s.rel AND (g.tgtype & 16) <> 0
-                                       AND g.tgfoid = 'softguard._capture_rows()'::regprocedure)
-        LOOP
-            PERFORM softguard._install_capture_maintained(r.rel);
-        END LOOP;
-    END IF;
     IF NOT (SELECT g.capture_updates FROM softguard.settings g) THEN
-        -- The other way round: the last such foreign key gone (ALTER TABLE ... DROP
-        -- CONSTRAINT, or a DROP through softguard taking it along; sql_drop reports the
-        -- key's RI triggers), the table carries more capture than it needs (its statement
-        -- trigger fires on UPDATE too): trimmed, not refused, since nothing was switched
-        -- off.
+        -- While UPDATEs are not captured (decision 0023), a table needs the UPDATE capture
+        -- trigger only while an ON DELETE SET NULL / SET DEFAULT key points from it; the
+        -- statement changing that is repaired, not refused, since it asked for nothing to
+        -- be switched off:
+        -- * such a key added: the UPDATE capture trigger installed (ddl_command_end only;
+        --   and only where none exists under any name: a renamed one is tampering, refused
+        --   below);
+        -- * the last such key gone (ALTER TABLE ... DROP CONSTRAINT, or a DROP through
+        --   softguard taking it along; sql_drop reports the key's RI triggers): the extra
+        --   capture (a statement trigger firing on UPDATE too) trimmed.
         FOR r IN SELECT DISTINCT s.rel FROM softguard._capture_state(rels) s
-                   JOIN pg_trigger g ON g.tgrelid = s.rel AND g.tgname = s.name
-                  WHERE s.name = 'zz_softguard_capture_statement' AND s.state = 'changed'
-                    AND g.tgtype = 26
-                    AND g.tgfoid = 'softguard._capture_statement()'::regprocedure
+                   LEFT JOIN pg_trigger g ON g.tgrelid = s.rel AND g.tgname = s.name
+                  WHERE (TG_EVENT <> 'sql_drop'
+                         AND s.name = 'zz_softguard_capture_update' AND s.state = 'missing'
+                         AND NOT EXISTS (SELECT FROM pg_trigger u
+                                          WHERE u.tgrelid = s.rel AND (u.tgtype & 16) <> 0
+                                            AND u.tgfoid = 'softguard._capture_rows()'::regprocedure))
+                     OR (s.name = 'zz_softguard_capture_statement' AND s.state = 'changed'
+                         AND g.tgtype = 26
+                         AND g.tgfoid = 'softguard._capture_statement()'::regprocedure)
         LOOP
             PERFORM softguard._install_capture_maintained(r.rel);
         END LOOP;
