@@ -368,8 +368,13 @@ def test_registering_a_role_only_adds(tx_arena: Arena) -> None:
     with tx_arena.connect(via="direct") as c:
         c.autocommit = True
         c.execute("SELECT softguard.register_role('off', 0, NULL, '', NULL, '', '[]')")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            c.execute("DELETE FROM softguard.pooled_roles")
+        for attempt in (
+            "DELETE FROM softguard.pooled_roles",
+            "UPDATE softguard.pooled_roles SET capture = '{}'",
+            "TRUNCATE softguard.pooled_roles",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(attempt.encode())
     rows = tx_arena.direct("SELECT capture, retention_seconds > 0 FROM softguard.pooled_roles")
     assert rows == [(["alter", "delete", "drop", "truncate"], True)], rows
 
