@@ -141,9 +141,7 @@ class Bench:
             f"127.0.0.1:{port}",
             "--upstream",
             f"postgresql://127.0.0.1:{self.pg.port}?sslmode=disable",
-            "--log-level",
-            "warning",
-        ]
+        ]  # the default log level, as deployed (issue 13)
         self.proxy = ManagedProcess(
             "softguard", self.serve_argv, self.work / "softguard.log", cwd=REPO_ROOT
         )

@@ -75,9 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"127.0.0.1:{port}",
                 "--upstream",
                 f"postgresql://127.0.0.1:{pg.port}?sslmode=disable",
-                "--log-level",
-                "warning",
-            ],
+            ],  # the default log level, as deployed (issue 13)
             work / "softguard.log",
             cwd=REPO_ROOT,
         )

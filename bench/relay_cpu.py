@@ -146,6 +146,9 @@ class _Ledger:
     def forget_soft_delete_tables(self, database: str) -> None:
         pass
 
+    def lacks_event_triggers(self, database: str) -> bool:
+        return False  # an install with event triggers: the deployed case
+
 
 class _NoOffload:
     threshold = 0  # never classify off the loop
@@ -162,6 +165,7 @@ class _Server:
         self.ledger = _Ledger()
         self.metrics = Metrics()
         self.client_ssl = None
+        self.credentials = None  # no users file: the client's own login goes upstream
         self.loop = None
         try:
             from softguard.proxy.statements import PlanInputs

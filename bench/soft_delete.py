@@ -93,10 +93,11 @@ class Bench:
         config = self.work / "softguard.toml"
         config.write_text(CONFIG)
         port = free_port()
+        # the default log level, as deployed (issue 13)
         argv = [
             sys.executable, "-m", "softguard", "serve", "--listen", f"127.0.0.1:{port}",
             "--upstream", f"postgresql://127.0.0.1:{self.pg.port}?sslmode=disable",
-            "--config", str(config), "--log-level", "warning",
+            "--config", str(config),
         ]  # fmt: skip
         self.proxy = ManagedProcess("softguard", argv, self.work / "softguard.log", cwd=REPO_ROOT)
         self.proxy.wait_for_port(port, 30)

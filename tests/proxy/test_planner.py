@@ -200,3 +200,60 @@ def test_planning_twice_gives_the_same_answer() -> None:
         second.protected,
     )
     assert first.raw is not None and second.raw is not None and len(first.raw) == len(second.raw)
+
+
+# ---------------------------------------------------------------------------------------
+# The allowed-shape memo (issue 13): a shape the policy let a session run is not decided
+# again, but nothing the decision depends on may be skipped by it.
+
+
+def _updates(shared: PlanInputs, session: SessionInfo, n: int = 3) -> list[Planned | NeedLedger]:
+    return [
+        plan_message(shared, session, query(f"update t set a = {i} where id = {i}"))
+        for i in range(n)
+    ]
+
+
+def test_a_remembered_shape_is_decided_again_after_a_policy_reload() -> None:
+    shared = inputs()
+    assert all(isinstance(p, Planned) and p.action == "allow" for p in _updates(shared, SESSION))
+    assert shared.allowed  # remembered
+    shared.policy.config = PolicyConfig(update="deny")  # what SIGHUP does
+    after = plan_message(shared, SESSION, query("update t set a = 9 where id = 9"))
+    assert isinstance(after, Planned) and after.action == "deny"
+
+
+def test_a_shape_allowed_for_one_session_is_decided_for_another() -> None:
+    shared = inputs(rules=[{"role": "agent", "update": "deny"}])
+    assert all(p.action == "allow" for p in _updates(shared, SESSION))  # type: ignore[union-attr]
+    agent = SessionInfo("agent", "shop", "psql", "10.0.0.8:50000")
+    assert all(p.action == "deny" for p in _updates(shared, agent))  # type: ignore[union-attr]
+    # and the refusals did not displace alice's answer, nor become remembered themselves
+    assert all(p.action == "allow" for p in _updates(shared, SESSION))  # type: ignore[union-attr]
+    assert all(p.action == "deny" for p in _updates(shared, agent))  # type: ignore[union-attr]
+
+
+def test_an_unbounded_shape_is_not_taken_for_a_bounded_one() -> None:
+    shared = inputs(require_where=True)
+    assert all(p.action == "allow" for p in _updates(shared, SESSION))  # type: ignore[union-attr]
+    unbounded = plan_message(shared, SESSION, query("update t set a = 1"))
+    assert isinstance(unbounded, Planned) and unbounded.action == "deny"
+
+
+def test_every_allowed_statement_is_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    shared = inputs()
+    with caplog.at_level("DEBUG", logger="softguard.policy"):
+        _updates(shared, SESSION, 4)
+    allowed = [r for r in caplog.records if r.getMessage().startswith("allow update")]
+    assert len(allowed) == 4
+    assert not shared.allowed  # at DEBUG nothing is remembered
+
+
+def test_the_memo_is_bounded() -> None:
+    from softguard.proxy import statements
+
+    shared = inputs()
+    for i in range(statements._ALLOWED_MEMO_SIZE + 10):
+        # a distinct shape each time: the table name differs
+        plan_message(shared, SESSION, query(f"update t{i} set a = 1 where id = 1"))
+    assert len(shared.allowed) <= statements._ALLOWED_MEMO_SIZE
