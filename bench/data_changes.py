@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -58,7 +59,35 @@ CONFIGS = ("direct", "direct+triggers", "softguard")
 # Single-row only: the same prepared DELETE through softguard on ids that do not exist
 # (0 rows: the proxy hop and the trigger call, no ledger write), to split the cost.
 MISS = "softguard, 0 rows"
-SINGLE_CONFIGS = (*CONFIGS, MISS)
+# Single-row only: the same DELETE through softguard on a table whose only capture is the
+# least any in-database capture does (FLOOR_SQL): where this architecture's cost begins.
+FLOOR = "softguard, minimal capture"
+SINGLE_CONFIGS = (*CONFIGS, MISS, FLOOR)
+# The floor of a capture in the database, in the same transaction: one statement-level
+# trigger with a transition table that writes a ledger row, copies the row as text and
+# says so with a NOTICE. softguard's own trigger does this and more (who may capture,
+# limits, budget, the column list, the operation's objects): the difference between
+# FLOOR and "softguard" is softguard's bookkeeping; FLOOR over "direct" is what no
+# in-database capture behind a proxy can go below.
+FLOOR_SQL = """
+CREATE TABLE bench_floor_ops (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(), who text NOT NULL DEFAULT session_user,
+    statement text NOT NULL, objects jsonb NOT NULL);
+CREATE TABLE bench_floor_rows (op_id bigint NOT NULL, "row" text NOT NULL);
+CREATE FUNCTION bench_floor_capture() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    op bigint;
+BEGIN
+    INSERT INTO bench_floor_ops (statement, objects)
+    VALUES (current_query(), jsonb_build_array(jsonb_build_object('table', TG_TABLE_NAME)))
+    RETURNING id INTO op;
+    INSERT INTO bench_floor_rows SELECT op, o::text FROM sg_old o;
+    RAISE NOTICE 'floor: kept as entry %', op;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_floor AFTER DELETE ON single_floor REFERENCING OLD TABLE AS sg_old
+    FOR EACH STATEMENT EXECUTE FUNCTION bench_floor_capture();
+"""
 CAPTURE_TRIGGERS = (
     "zz_softguard_capture_delete",
     "zz_softguard_capture_update",
@@ -192,12 +221,9 @@ class Bench:
         if not triggers:
             # softguard refuses to leave a protected table without its capture triggers
             # (threat model G7): the operator lifts that guard for the baseline table only
-            conn.execute("ALTER EVENT TRIGGER softguard_capture_tamper_drop DISABLE")
-            try:
+            with _tamper_guard_lifted(conn):
                 for trigger in CAPTURE_TRIGGERS:
                     conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {name}")
-            finally:
-                conn.execute("ALTER EVENT TRIGGER softguard_capture_tamper_drop ENABLE ALWAYS")
         conn.execute(f"VACUUM (ANALYZE) {name}")  # hint bits and visibility map, for all alike
         have = {
             r[0]
@@ -223,6 +249,9 @@ class Bench:
         admin = conns["admin"]
         self.create_table(admin, "single_plain", rows, triggers=False)
         self.create_table(admin, "single_trig", rows, triggers=True)
+        self.create_table(admin, "single_floor", rows, triggers=False)
+        with _tamper_guard_lifted(admin):  # a table without softguard's triggers gets one
+            admin.execute(FLOOR_SQL)
         admin.execute("CHECKPOINT")
         rng = random.Random(42)
         plain_ids = rng.sample(range(1, rows + 1), per_config)
@@ -239,7 +268,11 @@ class Bench:
         }
         ids[MISS] = [-i for i in range(1, per_config + 1)]  # no such ids
         table[MISS] = "single_trig"
-        cursors = {c: conns["softguard" if c == MISS else c].cursor() for c in SINGLE_CONFIGS}
+        ids[FLOOR] = rng.sample(range(1, rows + 1), per_config)
+        table[FLOOR] = "single_floor"
+        cursors = {
+            c: conns["softguard" if c in (MISS, FLOOR) else c].cursor() for c in SINGLE_CONFIGS
+        }
         samples: dict[str, list[float]] = {c: [] for c in SINGLE_CONFIGS}
         blocks: list[dict[str, Any]] = []
         pos = {c: 0 for c in SINGLE_CONFIGS}
@@ -308,8 +341,10 @@ class Bench:
             restored is None or restored[0] != min(args.single_undo, len(ops))
         ):
             raise RuntimeError(f"single-row undo restored {restored} rows")
-        for t in ("single_plain", "single_trig"):
+        for t in ("single_plain", "single_trig", "single_floor", "bench_floor_ops"):
             admin.execute(f"DROP TABLE {t}")
+        admin.execute("DROP TABLE bench_floor_rows")
+        admin.execute("DROP FUNCTION bench_floor_capture()")
 
         med = {c: statistics.median(samples[c]) for c in SINGLE_CONFIGS}
         p95 = {c: _p95(samples[c]) for c in SINGLE_CONFIGS}
@@ -518,6 +553,9 @@ class Bench:
             single["triggers_over_direct"] = _ratio(
                 single["median_ms"]["direct+triggers"], single["median_ms"]["direct"]
             )
+            single["floor_over_direct"] = _ratio(
+                single["median_ms"][FLOOR], single["median_ms"]["direct"]
+            )
             single["undo_over_softguard"] = _ratio(
                 single["undo_median_ms"], single["median_ms"]["softguard"]
             )
@@ -566,6 +604,20 @@ class Bench:
         }
 
 
+@contextlib.contextmanager
+def _tamper_guard_lifted(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """softguard refuses to leave a protected table without its capture triggers (threat
+    model G7): the operator lifts that guard for the baseline tables only."""
+    guards = ("softguard_capture_tamper_drop", "softguard_capture_tamper_ddl")
+    for guard in guards:
+        conn.execute(f"ALTER EVENT TRIGGER {guard} DISABLE")
+    try:
+        yield
+    finally:
+        for guard in guards:
+            conn.execute(f"ALTER EVENT TRIGGER {guard} ENABLE ALWAYS")
+
+
 def _meter_for_backend(backend_pid: int) -> CpuMeter | None:
     """A CpuMeter anchored at the postmaster (the parent of our backend), if visible."""
     try:
@@ -593,7 +645,7 @@ def _print(result: dict[str, Any]) -> None:
             f"table of {single['table_rows']} rows"
         )
         print(
-            f"{'config':<18} {'median ms':>10} {'p95 ms':>10} {'mean ms':>10} "
+            f"{'config':<28} {'median ms':>10} {'p95 ms':>10} {'mean ms':>10} "
             f"{'x direct':>9} {'other CPU %':>12}"
         )
         for c in SINGLE_CONFIGS:
@@ -601,7 +653,7 @@ def _print(result: dict[str, Any]) -> None:
             if oc is not None and oc > NOISE_CPU_PCT:
                 warn.append(f"single-row {c}")
             print(
-                f"{c:<18} {single['median_ms'][c]:>10.3f} {single['p95_ms'][c]:>10.3f} "
+                f"{c:<28} {single['median_ms'][c]:>10.3f} {single['p95_ms'][c]:>10.3f} "
                 f"{single['mean_ms'][c]:>10.3f} "
                 f"{_f(_ratio(single['median_ms'][c], single['median_ms']['direct'])):>9} "
                 f"{_f(oc, '.0f'):>12}"
