@@ -66,7 +66,10 @@ IDLE_RSS_MAX_MIB = 100.0  # 1,000 idle client connections cost <= 100 MiB RSS
 IDLE_SESSIONS = 1000  # the session count the RSS figure is stated for
 NOISE_CPU_PCT = 5.0  # above this, a run shared the machine with something else
 
-CONFIGS = ("direct", "direct-noledger", "softguard", "pgbouncer")
+CONFIGS = ("direct", "direct-noledger", "softguard", "pgbouncer", "python-relay")
+# python-relay (bench/_python_relay.py: bytes through a uvloop relay, nothing read) is the
+# reference for decision 0017, asked for by name: what any Python relay loop costs.
+DEFAULT_CONFIGS = ("direct", "direct-noledger", "softguard", "pgbouncer")
 PROXIES = ("softguard", "pgbouncer")
 BENCH_DB = "softguard_bench"
 # The twin database: the same pgbench tables, no ledger (what direct traffic costs
@@ -346,6 +349,14 @@ class Bench:
             argv += ["-u", user]
         argv.append(str(d / "pgbouncer.ini"))
         self.start_proxy("pgbouncer", argv, port, env=pg_client_env())
+
+    def start_python_relay(self) -> None:
+        u = self.upstream
+        assert u is not None
+        port = free_port()
+        relay = str(REPO_ROOT / "bench" / "_python_relay.py")
+        argv = [sys.executable, relay, str(port), str(u.port)]
+        self.start_proxy("python-relay", argv, port, env=pg_client_env())
 
     def start_proxy(
         self, name: str, argv: list[str], port: int, env: dict[str, str], cwd: Path | None = None
@@ -869,9 +880,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pause", type=float, default=0.5, help="seconds between runs (0.5)")
     p.add_argument(
         "--configs",
-        default=",".join(CONFIGS),
+        default=",".join(DEFAULT_CONFIGS),
         help=f"comma-separated subset of {','.join(CONFIGS)} (direct-noledger: the twin "
-        "database without the ledger, on workloads that write)",
+        "database without the ledger, on workloads that write; python-relay: bytes through a "
+        "bare uvloop relay, the reference of decision 0017; default: all but python-relay)",
     )
     p.add_argument(
         "--workloads",
@@ -954,6 +966,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.start_softguard()
         if "pgbouncer" in args.configs:
             bench.start_pgbouncer()
+        if "python-relay" in args.configs:
+            bench.start_python_relay()
         configs = [c for c in args.configs if c in bench.targets]
         workloads = [WORKLOADS[w] for w in args.workloads]
         bench.run_workloads(workloads, configs)
