@@ -730,7 +730,7 @@ BEGIN
     END LOOP;
 
     -- ALTER TABLE: the column first (rows of other captures may need it)
-    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'column' LOOP
+    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'column' ORDER BY id LOOP
         lines := lines || softguard._undo_column(op, cap);
     END LOOP;
 
@@ -1284,16 +1284,28 @@ DECLARE
     nnew bigint := 0;
     tseq text := format('pg_temp.%I', 'sg_identity_' || c.id);
     st record;
+    via_parent boolean;
     saved_srr text := current_setting('session_replication_role');
 BEGIN
     PERFORM softguard._undo_key_check(op, c);
-    IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = c.relid AND attname = i->>'name'
+    -- A partition or inheritance child: re-adding the column to its parent (a capture of
+    -- the same operation, undone first) added it here too; only its values remain to do.
+    via_parent := EXISTS (
+        SELECT FROM pg_attribute a WHERE a.attrelid = c.relid AND a.attname = i->>'name'
+           AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attislocal
+           AND format_type(a.atttypid, a.atttypmod) = i->>'type'
+           AND EXISTS (SELECT FROM pg_inherits h JOIN softguard.captures pc ON pc.relid = h.inhparent
+                        WHERE h.inhrelid = c.relid AND pc.op_id = op AND pc.event = 'column'
+                          AND pc.info->>'kind' IS NULL AND pc.info->>'name' = i->>'name'));
+    IF NOT via_parent AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = c.relid AND attname = i->>'name'
                 AND attnum > 0 AND NOT attisdropped) THEN
         RAISE EXCEPTION USING ERRCODE = '42701',
             MESSAGE = format('cannot undo operation %s: column %I of %s exists again (added after the DROP)',
                              op, i->>'name', rel);
     END IF;
-    IF i->>'generated' IS NOT NULL THEN
+    IF via_parent THEN
+        NULL;
+    ELSIF i->>'generated' IS NOT NULL THEN
         -- its values follow from the other columns (50_alter.sql kept none)
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s GENERATED ALWAYS AS (%s) %s', rel,
                        i->>'name', i->>'type',
@@ -1360,12 +1372,18 @@ BEGIN
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, i->>'name');
     END IF;
     FOR x IN SELECT e FROM jsonb_array_elements(i->'constraints') e LOOP
+        CONTINUE WHEN via_parent AND EXISTS (SELECT FROM pg_constraint co WHERE co.conrelid = c.relid
+                                                AND co.conname = x->>'name');
         EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', rel, x->>'name', x->>'def');
         IF x->>'comment' IS NOT NULL THEN
             EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', x->>'name', rel, x->>'comment');
         END IF;
     END LOOP;
     FOR x IN SELECT e FROM jsonb_array_elements(i->'indexes') e LOOP
+        -- the parent's partitioned index made this partition's again
+        CONTINUE WHEN via_parent AND EXISTS (SELECT FROM pg_class ic WHERE ic.relname = x->>'name'
+                                                AND ic.relnamespace = (SELECT relnamespace FROM pg_class
+                                                                        WHERE oid = c.relid));
         EXECUTE x->>'def';
         IF x->>'comment' IS NOT NULL THEN
             EXECUTE format('COMMENT ON INDEX %s IS %L',

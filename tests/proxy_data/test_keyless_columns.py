@@ -82,7 +82,9 @@ def test_duplicates_nulls_and_writes_since(proxy: Any, sg: Any, twins: Twins) ->
 def test_one_column_table(proxy: Any, sg: Any, twins: Twins) -> None:
     """No other column: every row has the empty image; the values come back as a multiset."""
     (db,) = twins(1)
-    sg.execute(db, "CREATE TABLE one (v text)", "INSERT INTO one VALUES ('a'), ('a'), (NULL), ('b')")
+    sg.execute(
+        db, "CREATE TABLE one (v text)", "INSERT INTO one VALUES ('a'), ('a'), (NULL), ('b')"
+    )
     through(proxy, db, "ALTER TABLE one DROP COLUMN v")
     assert rows(sg, db, "SELECT count(*) FROM one") == [(4,)]
     op = one_op(sg, db)
@@ -118,7 +120,10 @@ def test_types_without_equality_and_odd_names(proxy: Any, sg: Any, twins: Twins)
     session's formats (DateStyle, extra_float_digits) do not change what matches."""
     (db,) = twins(1)
     sg.execute(db, WEIRD)
-    q = 'SELECT "we""ird col"::text, "ünï côde", arr, comp::text, dom, ts::text, f::text, "the value" FROM geo'
+    q = (
+        'SELECT "we""ird col"::text, "ünï côde", arr, comp::text, dom, ts::text, f::text,'
+        ' "the value" FROM geo'
+    )
     before = rows(sg, db, q)
     through(
         proxy,
@@ -165,7 +170,8 @@ def test_images_made_to_collide(proxy: Any, sg: Any, twins: Twins) -> None:
     through(
         proxy,
         db,
-        "UPDATE acct SET owner = 'alice', n = 1 WHERE owner = 'bob'",  # bob's row looks like alice's
+        # bob's row made to look like alice's
+        "UPDATE acct SET owner = 'alice', n = 1 WHERE owner = 'bob'",
         "INSERT INTO acct VALUES ('alice', 1)",  # and a third one
     )
     lines = sg.undo(db, op)
@@ -181,7 +187,9 @@ def test_images_made_to_collide(proxy: Any, sg: Any, twins: Twins) -> None:
 
 def test_later_drop_of_an_image_column_blocks_undo(proxy: Any, sg: Any, twins: Twins) -> None:
     (db,) = twins(1)
-    sg.execute(db, "CREATE TABLE kl2 (a int, b text, c text)", "INSERT INTO kl2 VALUES (1, 'x', 'y')")
+    sg.execute(
+        db, "CREATE TABLE kl2 (a int, b text, c text)", "INSERT INTO kl2 VALUES (1, 'x', 'y')"
+    )
     through(proxy, db, "ALTER TABLE kl2 DROP COLUMN c")
     first = one_op(sg, db)
     through(proxy, db, "ALTER TABLE kl2 DROP COLUMN b")
@@ -232,15 +240,21 @@ def test_alter_type_without_key_then_undo(proxy: Any, sg: Any, twins: Twins) -> 
     notices = through(proxy, db, "ALTER TABLE kt ALTER COLUMN b TYPE int USING trim(b)::int")
     assert notices and "ALTER COLUMN TYPE public.kt.b" in notices[0]
     op = one_op(sg, db)
-    sg.execute(db, "UPDATE kt SET b = 5 WHERE a = 2 AND b = 2", "INSERT INTO kt VALUES (6, 66, 'z')")
+    sg.execute(
+        db, "UPDATE kt SET b = 5 WHERE a = 2 AND b = 2", "INSERT INTO kt VALUES (6, 66, 'z')"
+    )
     assert sg.undo(db, op) == [
         f"operation {op}: column public.kt.b back to text, 7 values restored"
         " (2 rows added or changed since: converted back)"
     ]
     want = [r for r in before if r != (2, "2", "y")] + [(2, "5", "y"), (6, "66", "z")]
     assert multiset(rows(sg, db, "SELECT a, b, c FROM kt")) == multiset(want)
-    assert rows(sg, db, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
-                " WHERE attrelid = 'kt'::regclass AND attname = 'b'") == [("text",)]
+    assert rows(
+        sg,
+        db,
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = 'kt'::regclass AND attname = 'b'",
+    ) == [("text",)]
 
 
 def test_alter_type_of_every_column_stays_refused(proxy: Any, sg: Any, twins: Twins) -> None:
@@ -273,7 +287,8 @@ IDENTITY = {
     ),
     "always_primary_key": (
         "CREATE TABLE idt (i int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text)",
-        "INSERT INTO idt (v) VALUES ('a'), ('b'); SELECT nextval(pg_get_serial_sequence('idt', 'i'))",
+        "INSERT INTO idt (v) VALUES ('a'), ('b');"
+        " SELECT nextval(pg_get_serial_sequence('idt', 'i'))",
         "INSERT INTO idt (v) VALUES ('n') RETURNING i",
         0,
     ),
@@ -281,9 +296,7 @@ IDENTITY = {
 
 
 @pytest.mark.parametrize("case", sorted(IDENTITY))
-def test_identity_column_dropped_then_undone(
-    proxy: Any, sg: Any, twins: Twins, case: str
-) -> None:
+def test_identity_column_dropped_then_undone(proxy: Any, sg: Any, twins: Twins, case: str) -> None:
     """Values, identity kind, sequence options and the next value all come back: an insert
     after the undo gets what it would have got had the column never been dropped."""
     create, fill, insert, n = IDENTITY[case]
@@ -307,14 +320,11 @@ def test_identity_column_dropped_then_undone(
     assert multiset(rows(sg, db, values)) == multiset(rows(sg, twin, values))
     assert rows(sg, db, insert) == rows(sg, twin, insert)
     if case == "always_primary_key":
-        assert rows(sg, db, "SELECT conname FROM pg_constraint WHERE conrelid = 'idt'::regclass") == [
-            ("idt_pkey",)
-        ]
+        pk = "SELECT conname FROM pg_constraint WHERE conrelid = 'idt'::regclass"
+        assert rows(sg, db, pk) == [("idt_pkey",)]
 
 
-def test_identity_rows_added_since_get_the_next_values(
-    proxy: Any, sg: Any, twins: Twins
-) -> None:
+def test_identity_rows_added_since_get_the_next_values(proxy: Any, sg: Any, twins: Twins) -> None:
     (db,) = twins(1)
     sg.execute(
         db,
@@ -330,3 +340,43 @@ def test_identity_rows_added_since_get_the_next_values(
     ]
     assert multiset(rows(sg, db, "SELECT v, i FROM idn")) == [("a", 1), ("b", 2), ("c", 3)]
     assert rows(sg, db, "INSERT INTO idn (v) VALUES ('d') RETURNING i") == [(4,)]
+
+
+# -- partitions and inheritance children ----------------------------------------------------
+
+FAMILIES = {
+    "partitioned_keyless": [
+        "CREATE TABLE fam (a int, b text) PARTITION BY RANGE (a)",
+        "CREATE TABLE fam1 PARTITION OF fam FOR VALUES FROM (0) TO (10)",
+        "CREATE TABLE fam2 PARTITION OF fam FOR VALUES FROM (10) TO (20)",
+        "CREATE INDEX ON fam (b)",
+        "INSERT INTO fam VALUES (1, 'x'), (1, 'y'), (11, 'z'), (12, NULL)",
+    ],
+    "partitioned_keyed": [
+        "CREATE TABLE fam (a int PRIMARY KEY, b text) PARTITION BY RANGE (a)",
+        "CREATE TABLE fam1 PARTITION OF fam FOR VALUES FROM (0) TO (10)",
+        "CREATE TABLE fam2 PARTITION OF fam FOR VALUES FROM (10) TO (20)",
+        "INSERT INTO fam VALUES (1, 'x'), (2, 'y'), (11, 'z')",
+    ],
+    "inherited_keyless": [
+        "CREATE TABLE fam (a int, b text)",
+        "CREATE TABLE fam1 (x int) INHERITS (fam)",
+        "INSERT INTO fam VALUES (1, 'x'), (1, 'y')",
+        "INSERT INTO fam1 VALUES (1, 'x', 5), (2, 'q', 6)",
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAMILIES))
+def test_column_of_a_parent_and_its_children(
+    proxy: Any, sg: Any, twins: Twins, case: str
+) -> None:
+    """Re-adding the parent's column adds the children's: their values follow, by their own
+    key or image."""
+    (db,) = twins(1)
+    sg.execute(db, *FAMILIES[case])
+    q = "SELECT tableoid::regclass::text, a, b FROM fam"
+    before = rows(sg, db, q)
+    through(proxy, db, "ALTER TABLE fam DROP COLUMN b")
+    sg.undo(db, one_op(sg, db))
+    assert multiset(rows(sg, db, q)) == multiset(before)
