@@ -443,6 +443,17 @@ BEGIN
     PERFORM softguard._notice(action, 'SGEND');
 END $$;
 
+CREATE OR REPLACE FUNCTION softguard._column_holder(op bigint, rel oid, col text, OUT later bigint,
+                                         OUT later_stmt text, OUT later_kind text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT cp.op_id, o.statement, coalesce(cp.info->>'kind', 'drop')
+      FROM softguard.captures cp JOIN softguard.operations o ON o.id = cp.op_id
+     WHERE cp.relid = rel AND cp.event = 'column' AND cp.info->>'name' = col
+       AND coalesce(cp.info->>'kind', 'drop') IN ('drop', 'type') AND cp.op_id > op
+       AND o.state = 'active'
+     ORDER BY cp.op_id DESC LIMIT 1
+$$;
+REVOKE ALL ON FUNCTION softguard._column_holder(bigint, oid, text) FROM PUBLIC;
 CREATE OR REPLACE FUNCTION softguard._undo_key_check(op bigint, c softguard.captures) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -459,12 +470,8 @@ BEGIN
               WHERE x->>0 IN (SELECT jsonb_array_elements_text(c.info->'key')) LOOP
         -- a key compares by value (its type may have changed since); an image as text
         CONTINUE WHEN k.now IS NOT NULL AND (k.now = k.typ OR NOT coalesce((c.info->>'image')::boolean, false));
-        SELECT cp.op_id, o.statement INTO later, later_stmt
-          FROM softguard.captures cp JOIN softguard.operations o ON o.id = cp.op_id
-         WHERE cp.relid = c.relid AND cp.event = 'column' AND cp.info->>'name' = k.name
-           AND coalesce(cp.info->>'kind', 'drop') IN ('drop', 'type') AND cp.op_id > op
-           AND o.state = 'active'
-         ORDER BY cp.op_id DESC LIMIT 1;
+        SELECT h.later, h.later_stmt INTO later, later_stmt
+          FROM softguard._column_holder(op, c.relid, k.name) h;
         IF later IS NOT NULL THEN
             RAISE EXCEPTION USING ERRCODE = '55006',
                 MESSAGE = format('cannot undo operation %s: column %s.%I, which finds its rows, was %s since, held by operation %s (%s)',
@@ -703,13 +710,8 @@ DECLARE
     saved_srr text := current_setting('session_replication_role');
 BEGIN
     -- a later operation still active that dropped the column or changed its type again
-    SELECT cp.op_id, o.statement, coalesce(cp.info->>'kind', 'drop')
-      INTO later, later_stmt, later_kind
-      FROM softguard.captures cp JOIN softguard.operations o ON o.id = cp.op_id
-     WHERE cp.relid = c.relid AND cp.event = 'column' AND cp.info->>'name' = col
-       AND coalesce(cp.info->>'kind', 'drop') IN ('drop', 'type') AND cp.op_id > op
-       AND o.state = 'active'
-     ORDER BY cp.op_id DESC LIMIT 1;
+    SELECT h.later, h.later_stmt, h.later_kind INTO later, later_stmt, later_kind
+      FROM softguard._column_holder(op, c.relid, col) h;
     IF later IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '55006',
             MESSAGE = format('cannot undo operation %s: column %s.%I was %s since, held by operation %s (%s)',

@@ -368,9 +368,7 @@ FAMILIES = {
 
 
 @pytest.mark.parametrize("case", sorted(FAMILIES))
-def test_column_of_a_parent_and_its_children(
-    proxy: Any, sg: Any, twins: Twins, case: str
-) -> None:
+def test_column_of_a_parent_and_its_children(proxy: Any, sg: Any, twins: Twins, case: str) -> None:
     """Re-adding the parent's column adds the children's: their values follow, by their own
     key or image."""
     (db,) = twins(1)
