@@ -5,7 +5,10 @@
 -- What always holds:
 -- * DROP COLUMN: PostgreSQL decides what the statement drops (softguard._probe); each
 --   dropped column of a live table is kept: its definition and its values keyed by
---   softguard._row_key (none, or the key is the column: 0A000).
+--   softguard._row_key, a key without a column the statement drops or retypes; with no
+--   such key, by the row image (decision 0022): every other live, non-generated column
+--   the statement leaves alone (info.image). An identity column keeps its identity too:
+--   kind, sequence options and state (info.identity).
 -- * ALTER COLUMN ... TYPE: PostgreSQL's event triggers do not report type changes and SQL
 --   is parsed only by the proxy: ctx->'columns' names them, [{"schema" (null:
 --   unqualified), "table", "column"}, ...] (every ALTER COLUMN ... TYPE subcommand of the
@@ -14,7 +17,8 @@
 -- * For each such column of a protected table the caller owns: the table is locked
 --   (ACCESS EXCLUSIVE, as the ALTER itself), then its values are copied BEFORE the
 --   statement runs, keyed by a primary key or unique NOT NULL key that the statement
---   leaves unchanged (none: 0A000, nothing done), with the old type (format_type),
+--   leaves unchanged, else by the row image of the columns it leaves unchanged (none
+--   left: 0A000, nothing done), with the old type (format_type),
 --   default and collation; AFTER the statement its new values are copied too (second
 --   capture, info kind 'type_new'), so that undo can tell rows changed since.
 -- * ctx->>'drop_column' = 'false' (the proxy: no DROP COLUMN subcommand) skips the probe,
@@ -30,14 +34,56 @@
 --   NULL. The old default comes back; NOT NULL is kept.
 
 -- ---------------------------------------------------------------------------------------
+-- Rows without a key: the row image (decision 0022)
+-- ---------------------------------------------------------------------------------------
+
+-- The columns that identify the rows of `rel` while the column named `col` is kept (the
+-- key, or the row image) and whether they are an image: _row_key without the columns in
+-- `excluded` (those the statement drops or retypes), else every other live, non-generated
+-- column not excluded, in attnum order (maybe none: a one-column table).
+CREATE FUNCTION softguard._keep_key(rel oid, col text, excluded text[], OUT key text[],
+                                    OUT image boolean)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    key := softguard._row_key(rel, excluded || col);
+    image := key IS NULL;
+    IF image THEN
+        key := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                      WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                        AND a.attgenerated = '' AND a.attname::text <> col
+                        AND a.attname::text <> ALL (excluded)
+                      ORDER BY a.attnum);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._keep_key(oid, text, text[]) FROM PUBLIC;
+
+-- The text of one captured row of `col`, keyed by `key`: ROW(t.k1, ..., t.col)::text, with
+-- `ord` the row's place in (tableoid, ctid) order before the value (type changes of rows
+-- without a key: undo pairs the captures taken before and after the statement by it).
+CREATE FUNCTION softguard._capture_row(key text[], col text, ord boolean) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'ROW(' || array_to_string(
+               ARRAY(SELECT format('t.%I', k) FROM unnest(key) WITH ORDINALITY x(k, o) ORDER BY o)
+               || CASE WHEN ord THEN ARRAY['row_number() OVER (ORDER BY t.tableoid, t.ctid)']
+                       ELSE '{}'::text[] END
+               || format('t.%I', col), ', ') || ')::text'
+$$;
+REVOKE ALL ON FUNCTION softguard._capture_row(text[], text, boolean) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
 -- Capture of a dropped column
 -- ---------------------------------------------------------------------------------------
 
 -- PUBLIC (alter_op runs as the client), so every input is checked: the operation is an
 -- active ALTER TABLE opened by this transaction, the table a protected one the client's
--- role owns (as the DROP COLUMN itself requires), the column live and not kept already;
--- the column must be gone when the transaction commits (verify_operation, 00_schema.sql).
-CREATE FUNCTION softguard._capture_column(op bigint, rel oid, attnum integer) RETURNS text
+-- role owns (as the DROP COLUMN itself requires), the column live and not kept already,
+-- `excluded` live columns of the table (what else the statement drops or retypes: left
+-- out of the key; undo refuses an image that left out a column its operation did not
+-- drop or retype); the column must be gone when the transaction commits
+-- (verify_operation, 00_schema.sql).
+CREATE FUNCTION softguard._capture_column(op bigint, rel oid, attnum integer,
+                                          excluded text[] DEFAULT '{}')
+RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- rows travel as text: written and read back in fixed formats, whatever the session's
 SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
@@ -46,10 +92,14 @@ DECLARE
     o softguard.operations;
     a record;
     key text[];
+    image boolean;
     cid bigint;
     n bigint;
     info jsonb;
     ident text;
+    idn jsonb;
+    s record;
+    seq regclass;
 BEGIN
     SELECT * INTO o FROM softguard.operations
      WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
@@ -63,7 +113,12 @@ BEGIN
                          AND NOT at.attisdropped)
        OR EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = op AND c.relid = rel
                      AND c.event = 'column' AND c.info->>'kind' IS NULL
-                     AND (c.info->>'attnum')::integer = _capture_column.attnum) THEN
+                     AND (c.info->>'attnum')::integer = _capture_column.attnum)
+       OR excluded IS NULL
+       OR EXISTS (SELECT FROM unnest(excluded) x(name)
+                   WHERE NOT EXISTS (SELECT FROM pg_attribute at WHERE at.attrelid = rel
+                                        AND at.attname::text = x.name AND at.attnum > 0
+                                        AND NOT at.attisdropped)) THEN
         RAISE EXCEPTION USING ERRCODE = '42501',
             MESSAGE = format('softguard: not a column this session can drop (%s, %s)', rel, attnum);
     END IF;
@@ -80,28 +135,39 @@ BEGIN
      WHERE at.attrelid = rel AND at.attnum = _capture_column.attnum;
     ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
                     (SELECT relname FROM pg_class WHERE oid = rel));
-    key := softguard._row_key(rel);
     -- A generated column's values follow from the others: undo adds it again with its
     -- expression, so nothing is copied and no key is needed.
     IF a.attgenerated <> '' THEN
-        key := coalesce(key, '{}');
+        key := '{}';
+        image := false;
+    ELSE
+        SELECT k.key, k.image INTO key, image FROM softguard._keep_key(rel, a.attname, excluded) k;
     END IF;
-    IF key IS NULL OR a.attname::text = ANY (key) THEN
-        RAISE EXCEPTION USING ERRCODE = '0A000',
-            MESSAGE = format('softguard cannot keep column %s.%I: the table has no primary key or unique NOT NULL key%s',
-                             ident, a.attname, CASE WHEN key IS NOT NULL THEN ' without it' ELSE '' END),
-            HINT = 'Add a primary key first, or run the statement without softguard.';
-    END IF;
+    -- An identity column: its sequence goes with it; undo makes a new one like it, at the
+    -- same place (options from pg_sequence, state read from the sequence itself).
     IF a.attidentity <> '' THEN
-        RAISE EXCEPTION USING ERRCODE = '0A000',
-            MESSAGE = format('softguard cannot yet keep identity column %s.%I', ident, a.attname),
-            HINT = 'Drop its identity first (ALTER TABLE ... ALTER COLUMN ... DROP IDENTITY), '
-                   'then the column; or run the statement without softguard.';
+        SELECT d.objid::regclass INTO seq
+          FROM pg_depend d JOIN pg_class sc ON sc.oid = d.objid AND sc.relkind = 'S'
+         WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+           AND d.refobjid = rel AND d.refobjsubid = a.attnum AND d.deptype = 'i';
+        EXECUTE format('SELECT last_value, is_called FROM %s', seq) INTO s;
+        SELECT jsonb_build_object(
+                   'kind', CASE a.attidentity WHEN 'a' THEN 'ALWAYS' ELSE 'BY DEFAULT' END,
+                   'sequence', format('%I.%I', sn.nspname, sc.relname),
+                   'type', format_type(ps.seqtypid, NULL), 'start', ps.seqstart,
+                   'increment', ps.seqincrement, 'min', ps.seqmin, 'max', ps.seqmax,
+                   'cache', ps.seqcache, 'cycle', ps.seqcycle,
+                   'last_value', s.last_value, 'is_called', s.is_called)
+          INTO idn
+          FROM pg_sequence ps JOIN pg_class sc ON sc.oid = ps.seqrelid
+          JOIN pg_namespace sn ON sn.oid = sc.relnamespace
+         WHERE ps.seqrelid = seq;
     END IF;
     info := jsonb_build_object(
         'name', a.attname, 'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
         'collation', a.coll, 'comment', a.cmt, 'key', to_jsonb(key), 'attnum', a.attnum,
         'generated', CASE a.attgenerated WHEN 's' THEN 'STORED' WHEN 'v' THEN 'VIRTUAL' END,
+        'image', image, 'excluded', to_jsonb(excluded), 'identity', idn,
         -- constraints and indexes that the DROP removes with the column
         'constraints', (SELECT coalesce(jsonb_agg(jsonb_build_object(
                             'name', c.conname, 'def', pg_get_constraintdef(c.oid),
@@ -124,9 +190,8 @@ BEGIN
     n := 0;
     IF a.attgenerated = '' THEN
         EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
-                       ' SELECT %s, ROW(%s, t.%I)::text FROM ONLY %s t',
-                       cid, (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
-                       a.attname, rel::regclass);
+                       ' SELECT %s, %s FROM ONLY %s t',
+                       cid, softguard._capture_row(key, a.attname, false), rel::regclass);
         GET DIAGNOSTICS n = ROW_COUNT;
     END IF;
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
@@ -146,16 +211,18 @@ BEGIN
      WHERE id = op;
     RETURN format('%s.%I', ident, a.attname);
 END $$;
-REVOKE ALL ON FUNCTION softguard._capture_column(bigint, oid, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION softguard._capture_column(bigint, oid, integer) TO PUBLIC;
+REVOKE ALL ON FUNCTION softguard._capture_column(bigint, oid, integer, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._capture_column(bigint, oid, integer, text[]) TO PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
 -- Capture: before the statement (old values), after it (new values)
 -- ---------------------------------------------------------------------------------------
 
 -- The old values of column `attnum` of `rel`, keyed by a key outside `changed` (all the
--- columns of rel whose type the statement changes). Returns the capture id; NULL when the
--- table is not protected. The rows of inheritance children and partitions are included
+-- columns of rel whose type the statement changes, and those it drops), else by the row
+-- image of the columns outside `changed` (info.image; each row's place in (tableoid, ctid)
+-- order, sg_ord, travels with it). Returns the capture id; NULL when the table is not
+-- protected. The rows of inheritance children and partitions are included
 -- (ALTER COLUMN ... TYPE recurses to them).
 -- PUBLIC (alter_op runs as the client): the operation must be an active ALTER TABLE of
 -- this transaction and the table one the client's role owns; a capture whose type change
@@ -169,6 +236,7 @@ SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
 DECLARE
     a record;
     key text[];
+    image boolean;
     cid bigint;
     n bigint;
     ident text;
@@ -198,17 +266,21 @@ BEGIN
     END IF;
     ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
                     (SELECT relname FROM pg_class WHERE oid = rel));
-    key := softguard._row_key(rel, changed);
-    IF key IS NULL THEN
+    SELECT k.key, k.image INTO key, image FROM softguard._keep_key(rel, a.attname, changed) k;
+    IF cardinality(key) = 0 THEN
+        -- nothing the statement leaves alone tells the rows apart: old and new values
+        -- could not be paired
         RAISE EXCEPTION USING ERRCODE = '0A000',
             MESSAGE = format('softguard cannot keep the values of %s.%I across its type change: %s',
                              ident, a.attname,
                              CASE WHEN softguard._row_key(rel) IS NULL
                                   THEN 'the table has no primary key or unique NOT NULL key'
                                   ELSE 'every primary key or unique NOT NULL key of the table has '
-                                       'a column whose type this statement changes' END),
-            HINT = 'Add a primary key first, or give the role running it alter = "allow" in '
-                   'softguard''s policy (the change is then not reversible).';
+                                       'a column that this statement changes' END
+                             || ', and the statement changes every other column'),
+            HINT = 'Add a primary key first, or change the types in separate statements, or '
+                   'give the role running it alter = "allow" in softguard''s policy (the change '
+                   'is then not reversible).';
     END IF;
     IF a.attidentity <> '' OR a.attgenerated <> '' THEN
         RAISE EXCEPTION USING ERRCODE = '0A000',
@@ -218,19 +290,20 @@ BEGIN
     END IF;
     cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
     EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
-                   ' SELECT %s, ROW(%s, t.%I)::text FROM %s t',
-                   cid, (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
-                   a.attname, rel::regclass);
+                   ' SELECT %s, %s FROM %s t',
+                   cid, softguard._capture_row(key, a.attname, image), rel::regclass);
     GET DIAGNOSTICS n = ROW_COUNT;
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
     VALUES (cid, op, rel, ident, 'column', n,
             (SELECT jsonb_agg(jsonb_build_array(k, format_type(at.atttypid, at.atttypmod)) ORDER BY x.ord)
                FROM unnest(key) WITH ORDINALITY x(k, ord)
                JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
+            || CASE WHEN image THEN '[["sg_ord", "bigint"]]'::jsonb ELSE '[]' END
             || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
             jsonb_build_object('kind', 'type', 'name', a.attname, 'attnum', a.attnum,
                                'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
-                               'collation', a.coll, 'key', to_jsonb(key),
+                               'collation', a.coll, 'key', to_jsonb(key), 'image', image,
+                               'excluded', to_jsonb(changed),
                                -- PostgreSQL re-parses these for the new type (casts added):
                                -- undo puts back their exact definitions
                                'checks', (SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -278,9 +351,9 @@ BEGIN
      WHERE at.attrelid = c.relid AND at.attnum = (c.info->>'attnum')::integer AND NOT at.attisdropped;
     cn := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
     EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
-                   ' SELECT %s, ROW(%s, t.%I)::text FROM %s t',
-                   cn, (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
-                   a.attname, c.relid::regclass);
+                   ' SELECT %s, %s FROM %s t',
+                   cn, softguard._capture_row(key, a.attname, coalesce((c.info->>'image')::boolean, false)),
+                   c.relid::regclass);
     GET DIAGNOSTICS n = ROW_COUNT;
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
     VALUES (cn, op, c.relid, c.table_identity, 'column', n,
@@ -305,6 +378,24 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._capture_type_after(bigint, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._capture_type_after(bigint, bigint) TO PUBLIC;
 
+-- The columns of `rel` that an ALTER TABLE drops (`list`: what the probe found) or
+-- retypes (`retypes`: alter_op's resolution of ctx->'columns'). alter_op runs as the
+-- client: PUBLIC, and it only reads the catalog.
+CREATE FUNCTION softguard._alter_changing(list jsonb, retypes jsonb, rel oid) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT DISTINCT x.name FROM (
+        SELECT a.attname::text AS name
+          FROM jsonb_array_elements(list) e
+          JOIN pg_attribute a ON a.attrelid = (e->>'objid')::oid
+                             AND a.attnum = (e->>'objsubid')::integer AND a.attnum > 0
+         WHERE e->>'object_type' = 'table column' AND (e->>'objid')::oid = rel
+        UNION ALL
+        SELECT jsonb_array_elements_text(e->'names')
+          FROM jsonb_array_elements(retypes) e WHERE (e->>'rel')::oid = rel) x ORDER BY 1)
+$$;
+REVOKE ALL ON FUNCTION softguard._alter_changing(jsonb, jsonb, oid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._alter_changing(jsonb, jsonb, oid) TO PUBLIC;  -- alter_op
+
 -- ---------------------------------------------------------------------------------------
 -- alter_op: DROP COLUMN and ALTER COLUMN ... TYPE
 --   stmt  the client's ALTER TABLE, verbatim
@@ -327,15 +418,49 @@ DECLARE
     cids bigint[] := '{}';
     dropped text[] := '{}';
     retyped text[] := '{}';
+    retypes jsonb;
+    changing text[];
     action text := coalesce(ctx->>'action', 'ALTER TABLE');
     msg text;
     saved text := pg_catalog.current_setting('client_min_messages');
+    saved_sync text := pg_catalog.current_setting('synchronize_seqscans');
 BEGIN
     PERFORM softguard._notice(coalesce(ctx->>'offset', '0'), 'SGBEG');
     PERFORM softguard._machinery_check();
     IF probed THEN
         list := softguard._probe(stmt);
     END IF;
+
+    -- ALTER COLUMN ... TYPE: the columns the proxy names, as the caller's search_path
+    -- resolves them; tables the caller does not own are left to the statement's own error.
+    SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'rel', g.rel::oid, 'attnums', g.attnums, 'names', g.names) ORDER BY g.first), '[]')
+      INTO retypes
+      FROM (SELECT s.rel, pg_catalog.array_agg(s.attnum ORDER BY s.ord) AS attnums,
+                   pg_catalog.array_agg(s.attname ORDER BY s.ord) AS names,
+                   pg_catalog.min(s.ord) AS first
+              FROM (SELECT DISTINCT ON (x.rel, a.attnum) x.rel, a.attnum, a.attname::text, x.ord
+                      FROM (SELECT CASE WHEN e->>'schema' IS NULL
+                                        THEN pg_catalog.to_regclass(pg_catalog.quote_ident(e->>'table'))
+                                        ELSE pg_catalog.to_regclass(pg_catalog.quote_ident(e->>'schema')
+                                                 || '.' || pg_catalog.quote_ident(e->>'table'))
+                                   END AS rel, e->>'column' AS col, o AS ord
+                              FROM pg_catalog.jsonb_array_elements(
+                                       CASE WHEN pg_catalog.jsonb_typeof(ctx->'columns') = 'array'
+                                            THEN ctx->'columns' ELSE '[]' END)
+                                   WITH ORDINALITY j(e, o)) x
+                      JOIN pg_catalog.pg_attribute a
+                        ON a.attrelid = x.rel AND a.attname = x.col AND a.attnum > 0
+                       AND NOT a.attisdropped
+                      JOIN pg_catalog.pg_class c ON c.oid = x.rel
+                     WHERE softguard._protected_table(x.rel)
+                       AND pg_catalog.pg_has_role(c.relowner, 'USAGE')
+                     ORDER BY x.rel, a.attnum, x.ord) s
+             GROUP BY s.rel) g;
+
+    -- DROP COLUMN: a column is kept by a key or row image without the columns this
+    -- statement drops or retypes (they are not there, or not as they were, when undo
+    -- puts it back).
     FOR r IN SELECT (e->>'objid')::oid AS rel, (e->>'objsubid')::integer AS attnum
                FROM pg_catalog.jsonb_array_elements(list) e
               WHERE e->>'object_type' = 'table column'
@@ -348,38 +473,21 @@ BEGIN
         IF op IS NULL THEN
             op := softguard._op_begin(stmt, ctx, 'ALTER TABLE');
         END IF;
-        dropped := dropped || softguard._capture_column(op, r.rel, r.attnum);
+        dropped := dropped || softguard._capture_column(op, r.rel, r.attnum,
+                                                        softguard._alter_changing(list, retypes, r.rel));
     END LOOP;
 
-    -- ALTER COLUMN ... TYPE: the columns the proxy names, as the caller's search_path
-    -- resolves them; tables the caller does not own are left to the statement's own error.
-    FOR r IN SELECT s.rel, pg_catalog.array_agg(s.attnum ORDER BY s.ord) AS attnums,
-                    pg_catalog.array_agg(s.attname ORDER BY s.ord) AS names
-               FROM (SELECT DISTINCT ON (x.rel, a.attnum) x.rel, a.attnum, a.attname::text, x.ord
-                       FROM (SELECT CASE WHEN e->>'schema' IS NULL
-                                         THEN pg_catalog.to_regclass(pg_catalog.quote_ident(e->>'table'))
-                                         ELSE pg_catalog.to_regclass(pg_catalog.quote_ident(e->>'schema')
-                                                  || '.' || pg_catalog.quote_ident(e->>'table'))
-                                    END AS rel, e->>'column' AS col, o AS ord
-                               FROM pg_catalog.jsonb_array_elements(
-                                        CASE WHEN pg_catalog.jsonb_typeof(ctx->'columns') = 'array'
-                                             THEN ctx->'columns' ELSE '[]' END)
-                                    WITH ORDINALITY j(e, o)) x
-                       JOIN pg_catalog.pg_attribute a
-                         ON a.attrelid = x.rel AND a.attname = x.col AND a.attnum > 0
-                        AND NOT a.attisdropped
-                       JOIN pg_catalog.pg_class c ON c.oid = x.rel
-                      WHERE softguard._protected_table(x.rel)
-                        AND pg_catalog.pg_has_role(c.relowner, 'USAGE')
-                      ORDER BY x.rel, a.attnum, x.ord) s
-              GROUP BY s.rel ORDER BY pg_catalog.min(s.ord) LOOP
+    FOR r IN SELECT (e->>'rel')::oid AS rel,
+                    ARRAY(SELECT pg_catalog.jsonb_array_elements_text(e->'attnums'))::integer[] AS attnums
+               FROM pg_catalog.jsonb_array_elements(retypes) WITH ORDINALITY j(e, o) ORDER BY o LOOP
         -- rows written between the copy and the ALTER would be lost: lock as the ALTER does
         EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', r.rel::regclass);
+        changing := softguard._alter_changing(list, retypes, r.rel);
         FOR i IN 1 .. pg_catalog.cardinality(r.attnums) LOOP
             IF op IS NULL THEN
                 op := softguard._op_begin(stmt, ctx, 'ALTER TABLE');
             END IF;
-            cid := softguard._capture_type(op, r.rel, r.attnums[i], r.names);
+            cid := softguard._capture_type(op, r.rel, r.attnums[i], changing);
             IF cid IS NOT NULL THEN
                 cids := cids || cid;
             END IF;
@@ -390,8 +498,14 @@ BEGIN
     IF probed AND saved NOT IN ('error', 'fatal', 'panic') THEN
         PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
     END IF;
+    -- A table rewrite keeps the rows in the order it reads them, from the first page when
+    -- no synchronized scan starts it elsewhere: the captures before and after pair by it.
+    IF pg_catalog.cardinality(cids) > 0 THEN
+        PERFORM pg_catalog.set_config('synchronize_seqscans', 'off', true);
+    END IF;
     EXECUTE stmt;
     PERFORM pg_catalog.set_config('client_min_messages', saved, true);
+    PERFORM pg_catalog.set_config('synchronize_seqscans', saved_sync, true);
     FOREACH cid IN ARRAY cids LOOP
         retyped := retyped || softguard._capture_type_after(op, cid);
     END LOOP;

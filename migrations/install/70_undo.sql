@@ -730,7 +730,7 @@ BEGIN
     END LOOP;
 
     -- ALTER TABLE: the column first (rows of other captures may need it)
-    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'column' LOOP
+    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'column' ORDER BY id LOOP
         lines := lines || softguard._undo_column(op, cap);
     END LOOP;
 
@@ -1138,6 +1138,120 @@ REVOKE ALL ON FUNCTION softguard._undo_changed(bigint, oid, text) FROM PUBLIC;
 -- ALTER TABLE: dropped columns back, types back
 -- ---------------------------------------------------------------------------------------
 
+-- The latest operation after `op`, still active, that dropped column `col` of `rel` or
+-- changed its type (none: NULLs), its statement and 'drop' or 'type'.
+CREATE FUNCTION softguard._column_holder(op bigint, rel oid, col text, OUT later bigint,
+                                         OUT later_stmt text, OUT later_kind text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT cp.op_id, o.statement, coalesce(cp.info->>'kind', 'drop')
+      FROM softguard.captures cp JOIN softguard.operations o ON o.id = cp.op_id
+     WHERE cp.relid = rel AND cp.event = 'column' AND cp.info->>'name' = col
+       AND coalesce(cp.info->>'kind', 'drop') IN ('drop', 'type') AND cp.op_id > op
+       AND o.state = 'active'
+     ORDER BY cp.op_id DESC LIMIT 1
+$$;
+REVOKE ALL ON FUNCTION softguard._column_holder(bigint, oid, text) FROM PUBLIC;
+
+-- Before a column capture is used: the columns that find its rows (key or row image) must
+-- be there with the types they had (55006 with the holder when a later active operation
+-- dropped or retyped one: --cascade; else 55000), and a row image may leave out only
+-- columns its own operation dropped or retyped (_capture_column is PUBLIC: an image made
+-- narrower by a forged call is refused, never trusted).
+CREATE FUNCTION softguard._undo_key_check(op bigint, c softguard.captures) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k record;
+    later bigint;
+    later_stmt text;
+    bad text;
+BEGIN
+    FOR k IN SELECT x->>0 AS name, x->>1 AS typ,
+                    (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                      WHERE a.attrelid = c.relid AND a.attname = x->>0 AND a.attnum > 0
+                        AND NOT a.attisdropped) AS now
+               FROM jsonb_array_elements(c.columns) x
+              WHERE x->>0 IN (SELECT jsonb_array_elements_text(c.info->'key')) LOOP
+        -- a key compares by value (its type may have changed since); an image as text
+        CONTINUE WHEN k.now IS NOT NULL AND (k.now = k.typ OR NOT coalesce((c.info->>'image')::boolean, false));
+        SELECT h.later, h.later_stmt INTO later, later_stmt
+          FROM softguard._column_holder(op, c.relid, k.name) h;
+        IF later IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55006',
+                MESSAGE = format('cannot undo operation %s: column %s.%I, which finds its rows, was %s since, held by operation %s (%s)',
+                                 op, c.relid::regclass, k.name,
+                                 CASE WHEN k.now IS NULL THEN 'dropped' ELSE 'changed' END,
+                                 later, later_stmt),
+                DETAIL = softguard._blocked_detail(later),
+                HINT = format('Undo operation %s first, or use --cascade.', later);
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: column %s.%I, which finds its rows, %s',
+                             op, c.relid::regclass, k.name,
+                             CASE WHEN k.now IS NULL THEN 'is not there any more'
+                                  ELSE format('is of type %s now, not %s', k.now, k.typ) END),
+            HINT = 'Put the column back as it was, then undo again.';
+    END LOOP;
+    IF coalesce((c.info->>'image')::boolean, false) THEN
+        SELECT string_agg(format('%I', x.name), ', ') INTO bad
+          FROM jsonb_array_elements_text(coalesce(c.info->'excluded', '[]')) x(name)
+         WHERE x.name <> c.info->>'name'
+           AND NOT EXISTS (SELECT FROM softguard.captures cp
+                            WHERE cp.op_id = op AND cp.relid = c.relid AND cp.event = 'column'
+                              AND cp.info->>'name' = x.name
+                              AND coalesce(cp.info->>'kind', 'drop') IN ('drop', 'type'));
+        IF bad IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('cannot undo operation %s: its rows of %s.%I were kept without columns'
+                                 ' it neither dropped nor retyped (%s), so they cannot be told apart',
+                                 op, c.relid::regclass, c.info->>'name', bad);
+        END IF;
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_key_check(bigint, softguard.captures) FROM PUBLIC;
+
+-- The rows of a row-image capture as a query with positional names: k1 .. kn (the image),
+-- then its own columns (sg_ord, sg_value or sg_new), so that no column name of the table
+-- can collide with them.
+CREATE FUNCTION softguard._image_src(c softguard.captures) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nkey integer := jsonb_array_length(c.info->'key');
+BEGIN
+    IF c.info->>'kind' = 'type_new' THEN
+        nkey := jsonb_array_length(c.columns) - 2;
+    END IF;
+    RETURN softguard._captured_src(
+        softguard._row_type((SELECT jsonb_agg(CASE WHEN o <= nkey THEN jsonb_build_array('k' || o, x->1)
+                                                   ELSE x END ORDER BY o)
+                               FROM jsonb_array_elements(c.columns) WITH ORDINALITY y(x, o)),
+                            'img_' || c.id),
+        c.id);
+END $$;
+REVOKE ALL ON FUNCTION softguard._image_src(softguard.captures) FROM PUBLIC;
+
+-- ROW(p.k1, ..., p.kn[, p.<last>])::text in the C collation: a row image as text, NULL
+-- told from '' (ROW(NULL::text) is '()', ROW(''::text) '("")'), compared as bytes.
+CREATE FUNCTION softguard._image_text(p text, n integer, last text DEFAULT NULL) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'ROW(' || array_to_string(ARRAY(SELECT format('%I.%I', p, 'k' || i)
+                                             FROM generate_series(1, n) i ORDER BY i)
+                                     || CASE WHEN last IS NULL THEN '{}'::text[]
+                                             ELSE ARRAY[format('%I.%I', p, last)] END, ', ')
+           || ')::text COLLATE "C"'
+$$;
+REVOKE ALL ON FUNCTION softguard._image_text(text, integer, text) FROM PUBLIC;
+
+-- The same over live rows: ROW(t.col1, ..., t.coln[, t.last])::text by column names.
+CREATE FUNCTION softguard._live_image_text(key text[], last text DEFAULT NULL) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'ROW(' || array_to_string(ARRAY(SELECT format('t.%I', k)
+                                             FROM unnest(key) WITH ORDINALITY x(k, o) ORDER BY o)
+                                     || CASE WHEN last IS NULL THEN '{}'::text[]
+                                             ELSE ARRAY[format('t.%I', last)] END, ', ')
+           || ')::text COLLATE "C"'
+$$;
+REVOKE ALL ON FUNCTION softguard._live_image_text(text[], text) FROM PUBLIC;
+
 -- A column capture: a dropped column (_undo_drop_column) or a type change (_undo_type;
 -- its 'type_new' capture is read there).
 CREATE FUNCTION softguard._undo_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
@@ -1154,8 +1268,17 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_column(bigint, softguard.captures) FROM PUBLIC;
 
--- Undo of a dropped column: re-add it, put the values back by key, then its default,
--- NOT NULL, constraints, indexes, comment.
+-- Undo of a dropped column: re-add it, put the values back by key, then its identity,
+-- default, NOT NULL, constraints, indexes, comment.
+-- A row-image capture (a table without a key): each live row whose other columns still
+-- equal a captured image gets that image's value; live and captured rows of one image are
+-- paired one to one (row_number on both sides), so rows unchanged since come back as the
+-- multiset they were (identical images with different values: which of them gets which is
+-- arbitrary, as nothing else tells them apart). Rows changed or added since get NULL, as
+-- rows added since do with a key, and the result says how many.
+-- An identity column: rows without a captured value get the values its sequence gives
+-- next, then the identity comes back (kind, options, name when free) at the sequence state
+-- that leaves.
 CREATE FUNCTION softguard._undo_drop_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1163,17 +1286,36 @@ DECLARE
     rel regclass := c.relid::regclass;
     rtype text;
     key text[] := ARRAY(SELECT jsonb_array_elements_text(c.info->'key'));
+    image boolean := coalesce((c.info->>'image')::boolean, false);
+    idn jsonb := nullif(c.info->'identity', 'null');
     x jsonb;
     n bigint;
+    total bigint;
+    nnew bigint := 0;
+    tseq text := format('pg_temp.%I', 'sg_identity_' || c.id);
+    st record;
+    via_parent boolean;
     saved_srr text := current_setting('session_replication_role');
 BEGIN
-    IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = c.relid AND attname = i->>'name'
+    PERFORM softguard._undo_key_check(op, c);
+    -- A partition or inheritance child: re-adding the column to its parent (a capture of
+    -- the same operation, undone first) added it here too; only its values remain to do.
+    via_parent := EXISTS (
+        SELECT FROM pg_attribute a WHERE a.attrelid = c.relid AND a.attname = i->>'name'
+           AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attislocal
+           AND format_type(a.atttypid, a.atttypmod) = i->>'type'
+           AND EXISTS (SELECT FROM pg_inherits h JOIN softguard.captures pc ON pc.relid = h.inhparent
+                        WHERE h.inhrelid = c.relid AND pc.op_id = op AND pc.event = 'column'
+                          AND pc.info->>'kind' IS NULL AND pc.info->>'name' = i->>'name'));
+    IF NOT via_parent AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = c.relid AND attname = i->>'name'
                 AND attnum > 0 AND NOT attisdropped) THEN
         RAISE EXCEPTION USING ERRCODE = '42701',
             MESSAGE = format('cannot undo operation %s: column %I of %s exists again (added after the DROP)',
                              op, i->>'name', rel);
     END IF;
-    IF i->>'generated' IS NOT NULL THEN
+    IF via_parent THEN
+        NULL;
+    ELSIF i->>'generated' IS NOT NULL THEN
         -- its values follow from the other columns (50_alter.sql kept none)
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s GENERATED ALWAYS AS (%s) %s', rel,
                        i->>'name', i->>'type',
@@ -1184,7 +1326,21 @@ BEGIN
                        CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END);
     END IF;
     n := 0;
-    IF i->>'generated' IS NULL THEN
+    IF i->>'generated' IS NULL AND image THEN
+        -- ctid names a row for the length of this statement (ADD COLUMN did not rewrite)
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE ONLY %s t SET %I = m.sg_value FROM ('
+                       'SELECT l.tid, s.sg_value'
+                       ' FROM (SELECT t.tid, t.k, row_number() OVER (PARTITION BY t.k) AS rn'
+                       ' FROM (SELECT t.ctid AS tid, %s AS k FROM ONLY %s t) t) l'
+                       ' JOIN (SELECT s.sg_value, s.k, row_number() OVER (PARTITION BY s.k) AS rn'
+                       ' FROM (SELECT s.sg_value, %s AS k FROM (%s) s) s) s'
+                       ' ON s.k = l.k AND s.rn = l.rn) m WHERE t.ctid = m.tid',
+                       rel, i->>'name', softguard._live_image_text(key), rel,
+                       softguard._image_text('s', cardinality(key)), softguard._image_src(c));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+    ELSIF i->>'generated' IS NULL THEN
         rtype := softguard._row_type(c.columns, c.id::text);
         PERFORM softguard._replica('replica');
         EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
@@ -1194,6 +1350,31 @@ BEGIN
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     END IF;
+    IF idn IS NOT NULL THEN
+        -- rows without a captured value: the values the sequence gives next (a temporary
+        -- sequence at the recorded state; the identity's own needs NOT NULL first)
+        EXECUTE format('DROP SEQUENCE IF EXISTS %s', tseq);
+        EXECUTE format('CREATE TEMP SEQUENCE %I AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s %s',
+                       'sg_identity_' || c.id, idn->>'type', idn->>'increment', idn->>'min',
+                       idn->>'max', idn->>'start', CASE WHEN (idn->>'cycle')::boolean THEN 'CYCLE' ELSE 'NO CYCLE' END);
+        PERFORM setval(tseq::regclass, (idn->>'last_value')::bigint, (idn->>'is_called')::boolean);
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE ONLY %s SET %I = nextval(%L::regclass) WHERE %I IS NULL',
+                       rel, i->>'name', tseq, i->>'name');
+        GET DIAGNOSTICS nnew = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+        EXECUTE format('SELECT last_value, is_called FROM %s', tseq) INTO st;
+        EXECUTE format('DROP SEQUENCE %s', tseq);
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, i->>'name');
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I ADD GENERATED %s AS IDENTITY (%s INCREMENT BY %s'
+                       ' MINVALUE %s MAXVALUE %s START WITH %s CACHE %s %s)',
+                       rel, i->>'name', idn->>'kind',
+                       CASE WHEN to_regclass(idn->>'sequence') IS NULL
+                            THEN 'SEQUENCE NAME ' || (idn->>'sequence') ELSE '' END,
+                       idn->>'increment', idn->>'min', idn->>'max', idn->>'start', idn->>'cache',
+                       CASE WHEN (idn->>'cycle')::boolean THEN 'CYCLE' ELSE 'NO CYCLE' END);
+        PERFORM setval(pg_get_serial_sequence(rel::text, i->>'name')::regclass, st.last_value, st.is_called);
+    END IF;
     IF i->>'default' IS NOT NULL AND i->>'generated' IS NULL THEN
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', rel, i->>'name', i->>'default');
     END IF;
@@ -1201,12 +1382,18 @@ BEGIN
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, i->>'name');
     END IF;
     FOR x IN SELECT e FROM jsonb_array_elements(i->'constraints') e LOOP
+        CONTINUE WHEN via_parent AND EXISTS (SELECT FROM pg_constraint co WHERE co.conrelid = c.relid
+                                                AND co.conname = x->>'name');
         EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', rel, x->>'name', x->>'def');
         IF x->>'comment' IS NOT NULL THEN
             EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', x->>'name', rel, x->>'comment');
         END IF;
     END LOOP;
     FOR x IN SELECT e FROM jsonb_array_elements(i->'indexes') e LOOP
+        -- the parent's partitioned index made this partition's again
+        CONTINUE WHEN via_parent AND EXISTS (SELECT FROM pg_class ic WHERE ic.relname = x->>'name'
+                                                AND ic.relnamespace = (SELECT relnamespace FROM pg_class
+                                                                        WHERE oid = c.relid));
         EXECUTE x->>'def';
         IF x->>'comment' IS NOT NULL THEN
             EXECUTE format('COMMENT ON INDEX %s IS %L',
@@ -1217,12 +1404,26 @@ BEGIN
     IF i->>'comment' IS NOT NULL THEN
         EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', rel, i->>'name', i->>'comment');
     END IF;
+    IF image OR idn IS NOT NULL THEN
+        EXECUTE format('SELECT count(*) FROM ONLY %s', rel) INTO total;
+    END IF;
     RETURN ARRAY[softguard._step(op, 're-added', format('%s.%I', rel, i->>'name'),
-                                 format('re-added column %s.%I with %s values', rel, i->>'name', n), n)];
+                                 format('re-added column %s.%I with %s values%s', rel, i->>'name', n,
+                                        CASE WHEN total > n THEN format(
+                                            ' (%s changed or added since: %s)',
+                                            CASE WHEN total - n = 1 THEN '1 row' ELSE (total - n) || ' rows' END,
+                                            CASE WHEN idn IS NOT NULL THEN 'new identity values'
+                                                 ELSE 'NULL' END)
+                                             ELSE '' END), n)];
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_drop_column(bigint, softguard.captures) FROM PUBLIC;
 
 -- Undo of a type change (see 50_alter.sql's header for what holds).
+-- A row-image capture (a table without a key): the captures before and after the change
+-- are paired by image and by the rows' order (the rewrite kept it); a live row is restored
+-- when its image and value are still a pair's image and new value (rows equal in both are
+-- paired one to one, arbitrarily: nothing tells them apart). Its old value is put back by
+-- the conversion itself (rows are named by ctid before the rewrite, which renames them).
 CREATE FUNCTION softguard._undo_type(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1231,6 +1432,12 @@ DECLARE
     col text := c.info->>'name';
     old_type text := c.info->>'type';
     key text[] := ARRAY(SELECT jsonb_array_elements_text(c.info->'key'));
+    image boolean := coalesce((c.info->>'image')::boolean, false);
+    nk integer := jsonb_array_length(c.info->'key');
+    pick text := format('pg_temp.%I', 'sg_type_pick_' || c.id);
+    src_old text;
+    src_new text;
+    using_expr text;
     cn softguard.captures;
     a record;
     later bigint;
@@ -1251,13 +1458,8 @@ DECLARE
     saved_srr text := current_setting('session_replication_role');
 BEGIN
     -- a later operation still active that dropped the column or changed its type again
-    SELECT cp.op_id, o.statement, coalesce(cp.info->>'kind', 'drop')
-      INTO later, later_stmt, later_kind
-      FROM softguard.captures cp JOIN softguard.operations o ON o.id = cp.op_id
-     WHERE cp.relid = c.relid AND cp.event = 'column' AND cp.info->>'name' = col
-       AND coalesce(cp.info->>'kind', 'drop') IN ('drop', 'type') AND cp.op_id > op
-       AND o.state = 'active'
-     ORDER BY cp.op_id DESC LIMIT 1;
+    SELECT h.later, h.later_stmt, h.later_kind INTO later, later_stmt, later_kind
+      FROM softguard._column_holder(op, c.relid, col) h;
     IF later IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '55006',
             MESSAGE = format('cannot undo operation %s: column %s.%I was %s since, held by operation %s (%s)',
@@ -1297,26 +1499,48 @@ BEGIN
             MESSAGE = format('cannot undo operation %s: the values of %s.%I after the change were not kept',
                              op, rel, col);
     END IF;
+    PERFORM softguard._undo_key_check(op, c);
 
     -- 1. the rows to restore: captured, and still holding the value the ALTER gave them
     --    (compared as text of the current type, read back in this session)
-    rt_old := softguard._row_type(c.columns, c.id::text);
-    rt_new := softguard._row_type(cn.columns, cn.id::text);
     EXECUTE format('DROP TABLE IF EXISTS %s', tmp);
-    EXECUTE format('CREATE TEMP TABLE %I AS SELECT %s, o.sg_value'
-                   ' FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
-                   ' WHERE r.capture_id = %s OFFSET 0) p) o'
-                   ' JOIN (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
-                   ' WHERE r.capture_id = %s OFFSET 0) p) w ON %s'
-                   ' JOIN %s t ON %s'
-                   ' WHERE t.%I::text IS NOT DISTINCT FROM w.sg_new::text',
-                   tmp_name,
-                   (SELECT string_agg(format('o.%I', k), ', ') FROM unnest(key) k),
-                   rt_old, c.id, rt_new, cn.id,
-                   (SELECT string_agg(format('w.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
-                   rel,
-                   (SELECT string_agg(format('t.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
-                   col);
+    IF image THEN
+        src_old := softguard._image_src(c);
+        src_new := softguard._image_src(cn);
+        EXECUTE format('CREATE TEMP TABLE %I AS SELECT l.toid, l.tid, p.sg_value'
+                       ' FROM (SELECT t.toid, t.tid, t.k,'
+                       ' row_number() OVER (PARTITION BY t.k ORDER BY t.toid, t.tid) AS rn'
+                       ' FROM (SELECT t.tableoid AS toid, t.ctid AS tid, %s AS k FROM %s t) t) l'
+                       ' JOIN (SELECT p.k, p.sg_value, row_number() OVER (PARTITION BY p.k ORDER BY p.sg_ord) AS rn'
+                       ' FROM (SELECT %s AS k, w.sg_ord, o.sg_value'
+                       ' FROM (SELECT o.*, %s AS img, row_number() OVER (PARTITION BY %s ORDER BY o.sg_ord) AS r'
+                       ' FROM (%s) o) o'
+                       ' JOIN (SELECT w.*, %s AS img, row_number() OVER (PARTITION BY %s ORDER BY w.sg_ord) AS r'
+                       ' FROM (%s) w) w ON w.img = o.img AND w.r = o.r) p) p'
+                       ' ON p.k = l.k AND p.rn = l.rn',
+                       tmp_name, softguard._live_image_text(key, col), rel,
+                       softguard._image_text('w', nk, 'sg_new'),
+                       softguard._image_text('o', nk), softguard._image_text('o', nk), src_old,
+                       softguard._image_text('w', nk), softguard._image_text('w', nk), src_new);
+        EXECUTE format('CREATE INDEX ON %s (tid)', tmp);
+    ELSE
+        rt_old := softguard._row_type(c.columns, c.id::text);
+        rt_new := softguard._row_type(cn.columns, cn.id::text);
+        EXECUTE format('CREATE TEMP TABLE %I AS SELECT %s, o.sg_value'
+                       ' FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                       ' WHERE r.capture_id = %s OFFSET 0) p) o'
+                       ' JOIN (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                       ' WHERE r.capture_id = %s OFFSET 0) p) w ON %s'
+                       ' JOIN %s t ON %s'
+                       ' WHERE t.%I::text IS NOT DISTINCT FROM w.sg_new::text',
+                       tmp_name,
+                       (SELECT string_agg(format('o.%I', k), ', ') FROM unnest(key) k),
+                       rt_old, c.id, rt_new, cn.id,
+                       (SELECT string_agg(format('w.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
+                       rel,
+                       (SELECT string_agg(format('t.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
+                       col);
+    END IF;
 
     -- 2. a per-row conversion back: explicit cast, else through text, else NULL
     EXECUTE format('DROP FUNCTION IF EXISTS %s(%s)', fn, a.typ);
@@ -1325,15 +1549,20 @@ BEGIN
                           ' EXCEPTION WHEN OTHERS THEN RETURN NULL; END; END', old_type, old_type));
 
     -- 3. rows added or changed since must convert back: a write made since is never lost
+    --    (rows listed by key, or by image and value)
     EXECUTE format('SELECT count(*), string_agg(k, '', '') FILTER (WHERE n <= 5)'
                    ' FROM (SELECT format(%L, %s) AS k, row_number() OVER () AS n FROM %s t'
                    ' WHERE t.%I IS NOT NULL AND %s(t.%I) IS NULL'
                    ' AND NOT EXISTS (SELECT FROM %s s WHERE %s)) x',
-                   '(' || array_to_string(key, ', ') || ')=(' ||
-                       array_to_string(array_fill('%s'::text, ARRAY[cardinality(key)]), ', ') || ')',
-                   (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(key) k),
+                   '(' || array_to_string(ARRAY(SELECT format('%I', k) FROM unnest(
+                              key || CASE WHEN image THEN ARRAY[col] ELSE '{}' END) k), ', ') || ')=(' ||
+                       array_to_string(array_fill('%s'::text,
+                           ARRAY[cardinality(key) + CASE WHEN image THEN 1 ELSE 0 END]), ', ') || ')',
+                   (SELECT string_agg(format('t.%I', k), ', ')
+                      FROM unnest(key || CASE WHEN image THEN ARRAY[col] ELSE '{}' END) k),
                    rel, col, fn, col, tmp,
-                   (SELECT string_agg(format('s.%I = t.%I', k, k), ' AND ') FROM unnest(key) k))
+                   CASE WHEN image THEN 's.toid = t.tableoid AND s.tid = t.ctid'
+                        ELSE (SELECT string_agg(format('s.%I = t.%I', k, k), ' AND ') FROM unnest(key) k) END)
       INTO nbad, bad;
     IF nbad > 0 THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
@@ -1356,16 +1585,33 @@ BEGIN
     IF a.def IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', rel, col);
     END IF;
-    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s%s USING %s(%I)', rel, col, old_type,
+    using_expr := format('%s(%I)', fn, col);
+    IF image THEN
+        -- the rows to restore get their captured value in the conversion (by the ctid they
+        -- have before it), the others their value converted back
+        EXECUTE format('DROP FUNCTION IF EXISTS %s(oid, tid, %s)', pick, a.typ);
+        EXECUTE format('CREATE FUNCTION %s(o oid, r tid, v %s) RETURNS %s LANGUAGE plpgsql AS %L',
+                       pick, a.typ, old_type,
+                       format('DECLARE x %s; BEGIN SELECT s.sg_value INTO x FROM %s s'
+                              ' WHERE s.tid = r AND s.toid = o; IF FOUND THEN RETURN x; END IF;'
+                              ' RETURN %s(v); END', old_type, tmp, fn));
+        using_expr := format('%s(tableoid, ctid, %I)', pick, col);
+    END IF;
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s%s USING %s', rel, col, old_type,
                    CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END,
-                   fn, col);
+                   using_expr);
 
     -- 5. the captured values back, by key (user triggers off, as for the other undos)
-    PERFORM softguard._replica('replica');
-    EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM %s s WHERE %s', rel, col, tmp,
-                   (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
-    GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM softguard._replica(saved_srr);
+    IF image THEN
+        EXECUTE format('SELECT count(*) FROM %s', tmp) INTO n;
+        EXECUTE format('DROP FUNCTION %s(oid, tid, %s)', pick, a.typ);
+    ELSE
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM %s s WHERE %s', rel, col, tmp,
+                       (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+    END IF;
     IF unset_not_null THEN
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, col);
     END IF;

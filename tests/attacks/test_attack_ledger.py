@@ -321,7 +321,7 @@ def test_public_security_definer_functions_are_the_checked_ones(arena: Arena) ->
         [arena.other],
     )
     checked = {
-        "softguard._capture_column(bigint,oid,integer)",
+        "softguard._capture_column(bigint,oid,integer,text[])",
         "softguard._capture_type(bigint,oid,integer,text[])",
         "softguard._capture_type_after(bigint,bigint)",
         "softguard._in_maintenance()",

@@ -122,9 +122,6 @@ CASES: dict[str, Case] = {
 
 # Still refused by design (README "Known limits", docs/drop-kinds.md): 0A000 with a HINT.
 REFUSED = {
-    "drop_column_no_key": "no key identifies the rows at undo time (decision 0022)",
-    "alter_type_no_key": "no key identifies the rows at undo time (decision 0022)",
-    "drop_identity_column": "an identity column's sequence state is not kept yet",
     "drop_domain_cascade_columns": "columns dropped by a CASCADE are not kept yet",
     "drop_operator_cascade_to_view": "the backstop refuses what a non-reversible DROP takes",
 }

@@ -219,24 +219,27 @@ def test_too_narrow_type_is_postgres_own_error(
 def test_refused_without_a_key_the_statement_leaves_alone(
     ledger: Ledger, rental_db: Callable[[], str]
 ) -> None:
+    """Without a key the rows are found by the columns the statement leaves alone
+    (decision 0022, since then); when it changes them all, nothing is left to find them."""
     db = rental_db()
-    ledger.execute(db, "CREATE TABLE nokey (a int, b text)")
+    ledger.execute(db, "CREATE TABLE nokey (b text)")
     with protected(ledger, db) as c:
         r = call_alter(
             ledger, c, "ALTER TABLE nokey ALTER b TYPE varchar(3)", [(None, "nokey", "b")]
         )
     assert r.sqlstate == "0A000"
     assert "no primary key" in (r.error[1] or "")
-    # reservations: the primary key is its only key; changing its type leaves no key
+    # its primary key is its only key, and the statement changes every column
+    ledger.execute(db, "CREATE TABLE onekey (id int PRIMARY KEY, v text)")
     with protected(ledger, db) as c:
         r = call_alter(
             ledger,
             c,
-            "ALTER TABLE reservations ALTER id TYPE integer",
-            [(None, "reservations", "id")],
+            "ALTER TABLE onekey ALTER id TYPE bigint, ALTER v TYPE varchar(9)",
+            [(None, "onekey", "id"), (None, "onekey", "v")],
         )
     assert r.sqlstate == "0A000"
-    assert "has a column whose type this statement changes" in (r.error[1] or "")
+    assert "has a column that this statement changes" in (r.error[1] or "")
     assert ledger.operations(db) == []
     # a temporary table, a missing column: as PostgreSQL does, nothing recorded
     with protected(ledger, db) as c:

@@ -124,14 +124,20 @@ def test_drop_column_with_index_and_comment(ledger: Ledger, rental_db: Callable[
     )
 
 
-def test_drop_column_without_key_refused(ledger: Ledger, rental_db: Callable[[], str]) -> None:
+def test_drop_column_without_key_kept_by_row_image(
+    ledger: Ledger, rental_db: Callable[[], str]
+) -> None:
+    """Decision 0022, since then: no key, the other columns find the rows again."""
     db = rental_db()
     ledger.execute(db, "CREATE TABLE nokey (a int, b text)")
+    ledger.execute(db, "INSERT INTO nokey VALUES (1, 'x'), (1, 'x'), (2, NULL)")
     with protected(ledger, db) as c:
         r = call_op(ledger, c, "alter_op", "ALTER TABLE nokey DROP COLUMN b", "ALTER TABLE")
-    assert r.sqlstate == "0A000"
-    assert "no primary key" in (r.error[1] or "")
-    assert ledger.operations(db) == []
+    assert r.error is None
+    op = row_ops(ledger, db)[0]
+    assert undo(ledger, db, op["id"]) == [
+        f"operation {op['id']}: re-added column public.nokey.b with 3 values"
+    ]
 
 
 def test_table_dropped_since_blocks_undo(ledger: Ledger, rental_db: Callable[[], str]) -> None:
