@@ -232,7 +232,8 @@ BEGIN
         END LOOP;
         -- the schema first (a non-superuser may give an object only to a role that may
         -- create in its schema), then what stays in it: the objects that own others (a
-        -- table its indexes and sequences, a type its array) take those along
+        -- table its indexes and sequences, a type its array) take those along; every
+        -- other object with an owner, of whatever kind the catalogs hold
         steps := steps || softguard._disown('pg_namespace'::regclass, r.objid);
         FOR x IN SELECT 'pg_class'::regclass::oid AS cls, c.oid AS obj FROM pg_class c
                   WHERE c.relnamespace = r.objid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
@@ -245,9 +246,8 @@ BEGIN
                  UNION ALL
                  SELECT 'pg_type'::regclass::oid, t.oid FROM pg_type t
                   WHERE t.typnamespace = r.objid AND t.typtype IN ('b', 'c', 'd', 'e', 'r', 'm')
-                 UNION ALL
-                 SELECT 'pg_statistic_ext'::regclass::oid, st.oid FROM pg_statistic_ext st
-                  WHERE st.stxnamespace = r.objid
+                 UNION ALL  -- statistics, operators, collations, text search objects, ...
+                 SELECT o.classid, o.objid FROM softguard._schema_objects(r.objid) o
                  ORDER BY 1, 2 LOOP
             steps := steps || softguard._disown(x.cls, x.obj);
         END LOOP;
@@ -507,6 +507,55 @@ END $$;
 -- what a non-superuser gives a role must be where that role may create
 GRANT CREATE ON SCHEMA softguard_quarantine TO softguard_keeper;
 
+-- The owner of any object whose catalog has an owner column (relowner, oprowner,
+-- collowner, cfgowner, ...), found in pg_attribute: NULL for kinds without an owner
+-- (text search parsers and templates).
+CREATE FUNCTION softguard._catalog_owner(p_classid oid, p_objid oid) RETURNS oid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col name;
+    own oid;
+BEGIN
+    SELECT a.attname INTO col FROM pg_attribute a
+     WHERE a.attrelid = p_classid AND a.attnum > 0 AND a.attname ~ 'owner$'
+       AND a.atttypid = 'oid'::regtype;
+    IF col IS NOT NULL THEN
+        EXECUTE format('SELECT %I FROM %s WHERE oid = $1', col, p_classid::regclass)
+           INTO own USING p_objid;
+    END IF;
+    RETURN own;
+END $$;
+REVOKE ALL ON FUNCTION softguard._catalog_owner(oid, oid) FROM PUBLIC;
+
+-- Every object with an owner in schema `nsp` but its relations, routines and types (which
+-- _quarantine lists with the rules of who follows whom): statistics objects, operators,
+-- operator classes and families, collations, conversions, text search configurations and
+-- dictionaries, and any kind a later PostgreSQL adds. The kinds come from the catalogs
+-- themselves (each system catalog with a *namespace and an *owner column), not from a
+-- list kept here. Extensions are not objects in the schema (and a DROP that takes one is
+-- not kept).
+CREATE FUNCTION softguard._schema_objects(nsp oid) RETURNS TABLE (classid oid, objid oid)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cat record;
+BEGIN
+    FOR cat IN SELECT c.oid, n.attname AS nspcol
+                 FROM pg_class c
+                 JOIN pg_attribute n ON n.attrelid = c.oid AND n.attnum > 0
+                                    AND n.attname ~ 'namespace$' AND n.atttypid = 'oid'::regtype
+                WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r'
+                  AND c.oid NOT IN ('pg_class'::regclass, 'pg_proc'::regclass,
+                                    'pg_type'::regclass, 'pg_extension'::regclass)
+                  AND EXISTS (SELECT FROM pg_attribute o
+                               WHERE o.attrelid = c.oid AND o.attnum > 0
+                                 AND o.attname ~ 'owner$' AND o.atttypid = 'oid'::regtype)
+                ORDER BY c.oid LOOP
+        RETURN QUERY EXECUTE format('SELECT %s::oid, x.oid FROM %s x WHERE x.%I = $1 ORDER BY 2',
+                                    cat.oid, cat.oid::regclass, cat.nspcol) USING nsp;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._schema_objects(oid) FROM PUBLIC;
+
 -- The ACLs of an object (col NULL) and of its columns (those that have one), with the
 -- kind acldefault() takes for them.
 CREATE FUNCTION softguard._acls(p_classid oid, p_objid oid)
@@ -541,7 +590,8 @@ REVOKE ALL ON FUNCTION softguard._acls(oid, oid) FROM PUBLIC;
 CREATE FUNCTION softguard._disown(p_classid oid, p_objid oid) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    own oid := softguard._owner(p_classid, p_objid);
+    own oid := coalesce(softguard._owner(p_classid, p_objid),
+                        softguard._catalog_owner(p_classid, p_objid));
     keeper oid := to_regrole('softguard_keeper');
     keyword text;
     ident text;
@@ -559,6 +609,10 @@ BEGIN
     ELSE
         SELECT k.keyword, k.ident INTO keyword, ident FROM softguard._kw(p_classid, p_objid) k;
     END IF;
+    IF keyword IS NULL THEN  -- an operator, a collation, ...: ALTER <its type> <identity>
+        SELECT upper(i.type), i.identity INTO keyword, ident
+          FROM pg_identify_object(p_classid, p_objid, 0) i;
+    END IF;
     IF own IS NULL OR keeper IS NULL OR keyword IS NULL OR keyword = 'INDEX'
        OR NOT pg_has_role(current_user, own, 'MEMBER')
        -- an array type, a relation's row type, a multirange: privileges and owner follow
@@ -571,9 +625,12 @@ BEGIN
                                                 WHERE c.oid = t.typrelid) <> 'c'))) THEN
         RETURN steps;
     END IF;
-    -- a sequence linked to a table, a range's constructor: their owner follows
-    follows := EXISTS (SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
-                          AND d.deptype IN ('a', 'i') AND d.refclassid <> 'pg_type'::regclass)
+    -- a sequence linked to a table, a range's constructor: their owner follows (not a
+    -- statistics object's, nor an operator class's, though they depend on a table or a
+    -- family: ALTER TABLE / OPERATOR FAMILY ... OWNER leaves them to their owner)
+    follows := (p_classid = 'pg_class'::regclass AND EXISTS (
+                    SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
+                       AND d.deptype IN ('a', 'i') AND d.refclassid <> 'pg_type'::regclass))
                OR (p_classid = 'pg_proc'::regclass AND EXISTS (
                        SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
                           AND d.deptype = 'i'));
@@ -618,6 +675,19 @@ BEGIN
             steps := steps || softguard._disown('pg_class'::regclass, linked);
         END LOOP;
     END IF;
+    -- a range's multirange: ALTER TYPE of the range gives it along only on some
+    -- PostgreSQL versions (not 15); where it stayed with the owner, give it on its own
+    FOR linked IN SELECT rg.rngmultitypid FROM pg_range rg
+                    JOIN pg_type m ON m.oid = rg.rngmultitypid
+                   WHERE p_classid = 'pg_type'::regclass AND rg.rngtypid = p_objid
+                     AND m.typowner <> keeper AND m.typowner = own AND NOT follows LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO softguard_keeper', linked::regtype);
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'owner', 'classid', p_classid, 'oid', linked, 'keyword', 'TYPE',
+            'grant_keyword', 'TYPE', 'identity', linked::regtype::text,
+            'owner', own::regrole::text, 'owner_oid', own, 'owner_changed', true,
+            'acl', '[]'::jsonb));
+    END LOOP;
     RETURN steps;
 END $$;
 REVOKE ALL ON FUNCTION softguard._disown(oid, oid) FROM PUBLIC;

@@ -280,8 +280,9 @@ BEGIN
     END IF;
     IF cls = 'pg_namespace'::regclass THEN
         SELECT quote_ident(n.nspname) INTO ident FROM pg_namespace n WHERE n.oid = obj;
-    ELSE
-        ident := (softguard._kw(cls, obj)).ident;
+    ELSE  -- an operator, a collation, ... (30_drop.sql _schema_objects): its identity
+        ident := coalesce((softguard._kw(cls, obj)).ident,
+                          (pg_identify_object(cls, obj, 0)).identity);
     END IF;
     IF ident IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '55000',

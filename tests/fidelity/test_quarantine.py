@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from support.catalog_check import OWNED, check_dsn
 from support.pg import TestServer
 from support.proxy import Target
 
@@ -97,6 +98,19 @@ SELECT 'schema', n.nspname, n.nspowner::regrole::text, n.nspacl::text FROM pg_na
 ORDER BY 1, 2
 """
 
+# What ties a role to a kept object (pg_shdepend: owner, privileges, policy roles, default
+# privileges): DROP ROLE, DROP OWNED BY and REASSIGN OWNED BY follow exactly these rows.
+# Once kept, an object is tied to softguard_keeper only.
+HOLDERS = """
+SELECT i.type, i.identity, s.deptype::text, s.refobjid::regrole::text
+  FROM pg_shdepend s, LATERAL pg_identify_object(s.classid, s.objid, s.objsubid) i
+ WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND s.refclassid = 'pg_authid'::regclass
+   AND s.refobjid <> 'softguard_keeper'::regrole
+   AND (coalesce(i.schema, '') ~ '^softguard_q' OR i.identity ~ '(^|[ ."])softguard_q')
+ORDER BY 1, 2, 3, 4
+"""
+
 DROPS = {
     "tables": ["DROP TABLE {s}.lone", "DROP TABLE {s}.t CASCADE"],
     "objects": [
@@ -170,6 +184,8 @@ def world(pg_server: TestServer, proxy: Target) -> Iterator[World]:
         w.run(db, [s for s in SCHEMA.split(";\n") if s.strip()], owner)
     try:
         yield w
+        for db in dbs:  # issue 16 class 4, on both twins
+            check_dsn(pg_server.superuser_dsn(db), "the quarantine test")
     finally:
         for db in dbs:
             pg_server.drop_database(db)
@@ -182,6 +198,7 @@ def _drop_both(w: World, kind: str) -> None:
     for db in (w.direct_db, w.sg_db):
         w.run(db, DROPS[kind], w.owner)
     assert w.ops(), "softguard recorded nothing"
+    assert w.rows(w.sg_db, HOLDERS) == []
 
 
 @pytest.mark.parametrize("kind", list(DROPS))
@@ -299,3 +316,107 @@ def test_what_runs_as_a_kept_tables_owner_has_no_rights(world: World) -> None:
     with pytest.raises(psycopg.errors.RaiseException) as info:
         w.rows(w.sg_db, f"ANALYZE {kept[0][0]}")
     assert "ran as softguard_keeper" in str(info.value)
+
+
+# Objects of the kinds softguard does not move one by one, each made to belong to the
+# owner in its schema: (statements as the owner, statements as the superuser). Operator
+# classes and families need a superuser to create; ALTER ... OWNER gives them to the owner.
+OTHER_KINDS: dict[str, tuple[list[str], list[str]]] = {
+    "operator": (["CREATE OPERATOR {s}.<~> (LEFTARG = int, RIGHTARG = int, FUNCTION = int4eq)"],
+                 []),
+    "operator class": ([], [
+        "CREATE OPERATOR CLASS {s}.opc FOR TYPE int USING hash AS OPERATOR 1 =,"
+        " FUNCTION 1 hashint4(int)",
+        "ALTER OPERATOR CLASS {s}.opc USING hash OWNER TO {owner}",
+        "ALTER OPERATOR FAMILY {s}.opc USING hash OWNER TO {owner}",
+    ]),
+    "operator family": ([], [
+        "CREATE OPERATOR FAMILY {s}.fam USING btree",
+        "ALTER OPERATOR FAMILY {s}.fam USING btree OWNER TO {owner}",
+    ]),
+    "collation": (['CREATE COLLATION {s}.coll FROM "C"'], []),
+    "conversion": (["CREATE CONVERSION {s}.conv FOR 'LATIN1' TO 'UTF8' FROM iso8859_1_to_utf8"],
+                   []),
+    "text search configuration": (
+        ["CREATE TEXT SEARCH CONFIGURATION {s}.cfg (COPY = pg_catalog.simple)"], []),
+    "text search dictionary": (
+        ["CREATE TEXT SEARCH DICTIONARY {s}.dict (TEMPLATE = pg_catalog.simple)"], []),
+    "statistics object": (["CREATE TABLE {s}.st (a int, b int)",
+                           "CREATE STATISTICS {s}.stx ON a, b FROM {s}.st"], []),
+}  # fmt: skip
+
+# Owners and privileges of every object in the schema, whatever its kind.
+IN_SCHEMA = (
+    "WITH "
+    + OWNED
+    + """
+SELECT i.type, i.identity, o.owner::regrole::text, o.acl::text
+  FROM owned o, LATERAL pg_identify_object(o.classid, o.objid, o.objsubid) i
+ WHERE i.schema = %(s)s OR (o.classid = 'pg_namespace'::regclass AND i.identity = %(s)s)
+ORDER BY 1, 2
+"""
+)
+
+# What a role owns in this database, whatever the kind (REASSIGN OWNED gives these).
+OWNED_BY = (
+    "WITH "
+    + OWNED
+    + """
+SELECT i.type, i.identity FROM owned o, LATERAL pg_identify_object(o.classid, o.objid, 0) i
+ WHERE o.owns AND o.owner = %(r)s::regrole
+ORDER BY 1, 2
+"""
+)
+
+
+def test_every_kind_with_an_owner_in_a_schema_is_covered(pg_server: TestServer) -> None:
+    """The kinds above are those of every catalog of this server with a namespace and an
+    owner column, apart from relations, routines and types (DROPS above) and extensions
+    (not in a schema): a kind a later PostgreSQL adds fails here until it has its test."""
+    with psycopg.connect(pg_server.superuser_dsn()) as c:
+        found = {
+            r[0]
+            for r in c.execute(
+                "SELECT c.relname FROM pg_class c"
+                " WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r'"
+                " AND EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid"
+                "             AND a.attname LIKE '%namespace')"
+                " AND EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid"
+                "             AND a.attname LIKE '%owner')"
+            ).fetchall()
+        }
+    made = {"pg_operator", "pg_opclass", "pg_opfamily", "pg_collation", "pg_conversion",
+            "pg_ts_config", "pg_ts_dict", "pg_statistic_ext"}  # fmt: skip
+    assert found - {"pg_class", "pg_proc", "pg_type", "pg_extension"} == made
+
+
+@pytest.mark.parametrize("kind", list(OTHER_KINDS))
+def test_objects_of_other_kinds_in_a_dropped_schema(world: World, kind: str) -> None:
+    """DROP SCHEMA ... CASCADE, then REASSIGN OWNED BY / DROP OWNED BY / DROP ROLE of the
+    owner: as after a direct DROP, whatever kind of object the schema held; undo gives the
+    object back to the owner (created again), privileges as they were."""
+    w = world
+    as_owner, as_super = OTHER_KINDS[kind]
+    for db in (w.direct_db, w.sg_db):
+        w.run(db, as_owner, w.owner)
+        w.run(db, [s.replace("{owner}", w.owner) for s in as_super])
+    before = w.rows(w.sg_db, IN_SCHEMA)
+    assert any(r[0] == kind and r[2] == w.owner for r in before), before
+    for db in (w.direct_db, w.sg_db):
+        w.run(db, ["DROP SCHEMA {s} CASCADE"], w.owner)
+    assert w.rows(w.sg_db, HOLDERS) == []
+    for db in (w.direct_db, w.sg_db):
+        w.run(db, [f"REASSIGN OWNED BY {w.owner} TO {w.reader}"])
+    heir = {"r": w.reader}
+    with psycopg.connect(w.dsn(w.sg_db), autocommit=True) as c:
+        sg_owned = c.execute(OWNED_BY, heir).fetchall()
+    with psycopg.connect(w.dsn(w.direct_db), autocommit=True) as c:
+        assert sg_owned == c.execute(OWNED_BY, heir).fetchall()
+    for db in (w.direct_db, w.sg_db):
+        w.run(db, [f"DROP OWNED BY {w.owner}"])
+    with psycopg.connect(w.server.superuser_dsn(), autocommit=True) as c:
+        c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(w.owner)))
+        c.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(w.owner), sql.Literal(PW)))  # fmt: skip
+    w.rows(w.sg_db, f"SELECT softguard.undo_op({w.ops()[-1]})")
+    assert w.rows(w.sg_db, IN_SCHEMA) == before

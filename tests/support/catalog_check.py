@@ -1,0 +1,308 @@
+"""Catalog consistency (issue 16 class 4): every reference the catalogs hold points at a
+row that exists, and pg_shdepend says what the objects' owners, ACLs and policies say.
+
+PostgreSQL keeps this true by itself; softguard writes a few catalog rows directly (undo
+puts ACLs and inheritance flags back) and moves, renames and re-owns objects, so the
+fidelity tier, the quarantine tests and a generated sequence test
+(tests/fidelity/test_catalog_consistency.py) run this check after each step.
+
+One read-only query any role may run (pg_roles, never pg_authid), over objects created
+after initdb (oid >= 16384): PostgreSQL's own objects and roles below that are pinned and
+have no pg_depend / pg_shdepend rows. Each row it returns is one inconsistency:
+(check, object, detail). Dropped columns are left out: PostgreSQL itself keeps their old
+attcollation (RemoveAttributeById clears atttypid only), also after a direct DROP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+# Every catalog whose rows have an owner (column ``*owner`` / ``defaclrole``) or an ACL,
+# and may live in a database: OWNED lists them; test_catalog_consistency checks that
+# no catalog of the server is missing from it.
+OWNED_CATALOGS = (
+    "pg_class",
+    "pg_attribute",
+    "pg_proc",
+    "pg_type",
+    "pg_namespace",
+    "pg_collation",
+    "pg_conversion",
+    "pg_operator",
+    "pg_opclass",
+    "pg_opfamily",
+    "pg_ts_config",
+    "pg_ts_dict",
+    "pg_statistic_ext",
+    "pg_event_trigger",
+    "pg_extension",
+    "pg_foreign_data_wrapper",
+    "pg_foreign_server",
+    "pg_language",
+    "pg_largeobject_metadata",
+    "pg_publication",
+    "pg_default_acl",
+)
+
+# (classid, objid, objsubid, owner, acl, owns): owns = PostgreSQL records the owner in
+# pg_shdepend ('o'). It does not for what follows another object's owner: indexes, TOAST
+# tables, a composite type's relation (its type has the row), a table's row type, an
+# implicit array type; nor for a column, whose ACL's dependencies leave out its table's
+# owner.
+OWNED = """
+owned (classid, objid, objsubid, owner, acl, owns) AS (
+    SELECT 'pg_class'::regclass, oid, 0, relowner, relacl, relkind NOT IN ('i', 'I', 't', 'c')
+      FROM pg_class
+    UNION ALL
+    SELECT 'pg_class'::regclass, a.attrelid, a.attnum::int, c.relowner, a.attacl, false
+      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+     WHERE a.attacl IS NOT NULL AND NOT a.attisdropped
+    UNION ALL SELECT 'pg_proc'::regclass, oid, 0, proowner, proacl, true FROM pg_proc
+    UNION ALL
+    SELECT 'pg_type'::regclass, t.oid, 0, t.typowner, t.typacl,
+           (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
+           AND NOT EXISTS (SELECT FROM pg_type e WHERE e.typarray = t.oid)
+      FROM pg_type t
+    UNION ALL SELECT 'pg_namespace'::regclass, oid, 0, nspowner, nspacl, true FROM pg_namespace
+    UNION ALL SELECT 'pg_collation'::regclass, oid, 0, collowner, NULL, true FROM pg_collation
+    UNION ALL SELECT 'pg_conversion'::regclass, oid, 0, conowner, NULL, true FROM pg_conversion
+    UNION ALL SELECT 'pg_operator'::regclass, oid, 0, oprowner, NULL, true FROM pg_operator
+    UNION ALL SELECT 'pg_opclass'::regclass, oid, 0, opcowner, NULL, true FROM pg_opclass
+    UNION ALL SELECT 'pg_opfamily'::regclass, oid, 0, opfowner, NULL, true FROM pg_opfamily
+    UNION ALL SELECT 'pg_ts_config'::regclass, oid, 0, cfgowner, NULL, true FROM pg_ts_config
+    UNION ALL SELECT 'pg_ts_dict'::regclass, oid, 0, dictowner, NULL, true FROM pg_ts_dict
+    UNION ALL
+    SELECT 'pg_statistic_ext'::regclass, oid, 0, stxowner, NULL, true FROM pg_statistic_ext
+    UNION ALL
+    SELECT 'pg_event_trigger'::regclass, oid, 0, evtowner, NULL, true FROM pg_event_trigger
+    UNION ALL SELECT 'pg_extension'::regclass, oid, 0, extowner, NULL, true FROM pg_extension
+    UNION ALL
+    SELECT 'pg_foreign_data_wrapper'::regclass, oid, 0, fdwowner, fdwacl, true
+      FROM pg_foreign_data_wrapper
+    UNION ALL
+    SELECT 'pg_foreign_server'::regclass, oid, 0, srvowner, srvacl, true FROM pg_foreign_server
+    UNION ALL SELECT 'pg_language'::regclass, oid, 0, lanowner, lanacl, true FROM pg_language
+    UNION ALL
+    SELECT 'pg_largeobject'::regclass, oid, 0, lomowner, lomacl, true
+      FROM pg_largeobject_metadata
+    UNION ALL
+    SELECT 'pg_publication'::regclass, oid, 0, pubowner, NULL, true FROM pg_publication
+    UNION ALL
+    SELECT 'pg_default_acl'::regclass, oid, 0, defaclrole, defaclacl, true FROM pg_default_acl
+)"""
+
+QUERY = (
+    "WITH sd AS (SELECT * FROM pg_shdepend"
+    " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())),"
+    + OWNED
+    + """,
+user_owned AS (SELECT * FROM owned WHERE objid >= 16384),
+acl_roles (classid, objid, objsubid, role) AS (
+    SELECT DISTINCT o.classid, o.objid, o.objsubid, r.role
+      FROM user_owned o, LATERAL aclexplode(o.acl) a,
+           LATERAL (VALUES (a.grantee), (a.grantor)) r (role)
+     WHERE r.role >= 16384 AND r.role <> o.owner
+),
+policy_roles (classid, objid, objsubid, role) AS (
+    SELECT DISTINCT 'pg_policy'::regclass, p.oid, 0, r.role
+      FROM pg_policy p, unnest(p.polroles) r (role)
+     WHERE p.oid >= 16384 AND r.role >= 16384
+),
+dep AS (
+    SELECT * FROM pg_depend WHERE objid >= 16384 OR refobjid >= 16384
+)
+SELECT 'attribute type', a.attrelid::regclass::text || '.' || a.attname, a.atttypid::text
+  FROM pg_attribute a
+ WHERE a.attrelid >= 16384 AND NOT a.attisdropped
+   AND NOT EXISTS (SELECT FROM pg_type t WHERE t.oid = a.atttypid)
+UNION ALL
+SELECT 'attribute collation', a.attrelid::regclass::text || '.' || a.attname,
+       a.attcollation::text
+  FROM pg_attribute a
+ WHERE a.attrelid >= 16384 AND NOT a.attisdropped AND a.attcollation <> 0
+   AND NOT EXISTS (SELECT FROM pg_collation c WHERE c.oid = a.attcollation)
+UNION ALL
+SELECT 'attribute relation', a.attrelid::text, a.attname
+  FROM pg_attribute a
+ WHERE a.attrelid >= 16384 AND NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = a.attrelid)
+UNION ALL
+SELECT 'class ' || x.col, c.oid::text || ' ' || c.relname, x.ref::text
+  FROM pg_class c,
+       LATERAL (VALUES ('reltype', c.reltype,
+                        EXISTS (SELECT FROM pg_type t WHERE t.oid = c.reltype)),
+                       ('relnamespace', c.relnamespace,
+                        EXISTS (SELECT FROM pg_namespace n WHERE n.oid = c.relnamespace)),
+                       ('relowner', c.relowner,
+                        EXISTS (SELECT FROM pg_roles r WHERE r.oid = c.relowner)),
+                       ('reltoastrelid', c.reltoastrelid,
+                        EXISTS (SELECT FROM pg_class t WHERE t.oid = c.reltoastrelid)),
+                       ('relam', c.relam, EXISTS (SELECT FROM pg_am m WHERE m.oid = c.relam)),
+                       ('reltablespace', c.reltablespace,
+                        EXISTS (SELECT FROM pg_tablespace s WHERE s.oid = c.reltablespace)))
+               x (col, ref, found)
+ WHERE c.oid >= 16384 AND x.ref <> 0 AND NOT x.found
+UNION ALL
+SELECT 'type ' || x.col, t.oid::text || ' ' || t.typname, x.ref::text
+  FROM pg_type t,
+       LATERAL (VALUES ('typnamespace', t.typnamespace,
+                        EXISTS (SELECT FROM pg_namespace n WHERE n.oid = t.typnamespace)),
+                       ('typowner', t.typowner,
+                        EXISTS (SELECT FROM pg_roles r WHERE r.oid = t.typowner)),
+                       ('typcollation', t.typcollation,
+                        EXISTS (SELECT FROM pg_collation c WHERE c.oid = t.typcollation)),
+                       ('typrelid', t.typrelid,
+                        EXISTS (SELECT FROM pg_class c WHERE c.oid = t.typrelid)),
+                       ('typelem', t.typelem,
+                        EXISTS (SELECT FROM pg_type e WHERE e.oid = t.typelem)),
+                       ('typarray', t.typarray,
+                        EXISTS (SELECT FROM pg_type e WHERE e.oid = t.typarray)),
+                       ('typbasetype', t.typbasetype,
+                        EXISTS (SELECT FROM pg_type e WHERE e.oid = t.typbasetype)))
+               x (col, ref, found)
+ WHERE t.oid >= 16384 AND x.ref <> 0 AND NOT x.found
+UNION ALL
+SELECT 'proc ' || x.col, p.oid::text || ' ' || p.proname, x.ref::text
+  FROM pg_proc p,
+       LATERAL (VALUES ('pronamespace', p.pronamespace,
+                        EXISTS (SELECT FROM pg_namespace n WHERE n.oid = p.pronamespace)),
+                       ('proowner', p.proowner,
+                        EXISTS (SELECT FROM pg_roles r WHERE r.oid = p.proowner)),
+                       ('prorettype', p.prorettype,
+                        EXISTS (SELECT FROM pg_type e WHERE e.oid = p.prorettype)))
+               x (col, ref, found)
+ WHERE p.oid >= 16384 AND x.ref <> 0 AND NOT x.found
+UNION ALL
+SELECT 'proc argument type', p.oid::text || ' ' || p.proname, a.t::text
+  FROM pg_proc p, unnest(p.proargtypes) a (t)
+ WHERE p.oid >= 16384 AND NOT EXISTS (SELECT FROM pg_type e WHERE e.oid = a.t)
+UNION ALL
+SELECT 'index collation', i.indexrelid::regclass::text, c.coll::text
+  FROM pg_index i, unnest(i.indcollation) c (coll)
+ WHERE i.indexrelid >= 16384 AND c.coll <> 0
+   AND NOT EXISTS (SELECT FROM pg_collation x WHERE x.oid = c.coll)
+UNION ALL
+SELECT 'index operator class', i.indexrelid::regclass::text, c.opc::text
+  FROM pg_index i, unnest(i.indclass) c (opc)
+ WHERE i.indexrelid >= 16384 AND c.opc <> 0
+   AND NOT EXISTS (SELECT FROM pg_opclass x WHERE x.oid = c.opc)
+UNION ALL
+SELECT 'index relation', i.indexrelid::text, i.indrelid::text
+  FROM pg_index i
+ WHERE i.indexrelid >= 16384
+   AND NOT (EXISTS (SELECT FROM pg_class c WHERE c.oid = i.indrelid)
+            AND EXISTS (SELECT FROM pg_class c WHERE c.oid = i.indexrelid))
+UNION ALL
+SELECT 'constraint reference', c.oid::text || ' ' || c.conname,
+       concat_ws(' ', c.conrelid, c.contypid, c.confrelid, c.conindid)
+  FROM pg_constraint c
+ WHERE c.oid >= 16384
+   AND NOT (EXISTS (SELECT FROM pg_namespace n WHERE n.oid = c.connamespace)
+            AND (c.conrelid = 0 OR EXISTS (SELECT FROM pg_class r WHERE r.oid = c.conrelid))
+            AND (c.confrelid = 0 OR EXISTS (SELECT FROM pg_class r WHERE r.oid = c.confrelid))
+            AND (c.conindid = 0 OR EXISTS (SELECT FROM pg_class r WHERE r.oid = c.conindid))
+            AND (c.contypid = 0 OR EXISTS (SELECT FROM pg_type t WHERE t.oid = c.contypid)))
+UNION ALL
+SELECT 'collation reference', c.oid::text || ' ' || c.collname,
+       c.collnamespace::text || ' ' || c.collowner::text
+  FROM pg_collation c
+ WHERE c.oid >= 16384
+   AND NOT (EXISTS (SELECT FROM pg_namespace n WHERE n.oid = c.collnamespace)
+            AND EXISTS (SELECT FROM pg_roles r WHERE r.oid = c.collowner))
+UNION ALL
+SELECT 'depend object missing', concat_ws('/', d.classid::regclass, d.objid, d.objsubid),
+       d.deptype::text || ' on ' || coalesce((pg_identify_object(d.refclassid, d.refobjid,
+                                                          d.refobjsubid)).identity, '?')
+  FROM dep d
+ WHERE (pg_identify_object(d.classid, d.objid, d.objsubid)).identity IS NULL
+UNION ALL
+SELECT 'depend reference missing', concat_ws('/', d.refclassid::regclass, d.refobjid,
+                                             d.refobjsubid),
+       d.deptype::text || ' from ' || coalesce((pg_identify_object(d.classid, d.objid,
+                                                             d.objsubid)).identity, '?')
+  FROM dep d
+ WHERE (pg_identify_object(d.refclassid, d.refobjid, d.refobjsubid)).identity IS NULL
+UNION ALL
+SELECT 'depend on a dropped column', concat_ws('/', d.classid::regclass, d.objid, d.objsubid),
+       d.refobjid::regclass::text || '.' || a.attname
+  FROM dep d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+ WHERE d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0 AND a.attisdropped
+UNION ALL
+SELECT 'shdepend role missing', concat_ws('/', s.classid::regclass, s.objid, s.objsubid),
+       s.deptype::text || ' ' || s.refobjid::text
+  FROM sd s
+ WHERE s.refclassid = 'pg_authid'::regclass
+   AND NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = s.refobjid)
+UNION ALL
+SELECT 'shdepend object missing', concat_ws('/', s.classid::regclass, s.objid, s.objsubid),
+       s.deptype::text || ' ' || s.refobjid::text
+  FROM sd s
+ WHERE (pg_identify_object(s.classid, s.objid, s.objsubid)).identity IS NULL
+UNION ALL
+SELECT 'owner not in pg_shdepend',
+       coalesce((pg_identify_object(o.classid, o.objid, 0)).identity, o.objid::text),
+       o.owner::regrole::text
+  FROM user_owned o
+ WHERE o.owns AND o.owner >= 16384
+   AND NOT EXISTS (SELECT FROM sd s WHERE s.deptype = 'o' AND s.classid = o.classid
+                      AND s.objid = o.objid AND s.refobjid = o.owner)
+UNION ALL
+SELECT 'pg_shdepend owner is not the owner',
+       coalesce((pg_identify_object(s.classid, s.objid, 0)).identity, s.objid::text),
+       s.refobjid::text || ' in pg_shdepend, owner '
+       || coalesce((SELECT o.owner::text FROM owned o
+                     WHERE o.classid = s.classid AND o.objid = s.objid AND o.owns), '?')
+  FROM sd s
+ WHERE s.deptype = 'o'
+   AND NOT EXISTS (SELECT FROM owned o WHERE o.classid = s.classid AND o.objid = s.objid
+                      AND o.owns AND o.owner = s.refobjid)
+UNION ALL
+SELECT 'ACL role not in pg_shdepend',
+       coalesce((pg_identify_object(a.classid, a.objid, a.objsubid)).identity, a.objid::text),
+       a.role::text
+  FROM acl_roles a
+ WHERE NOT EXISTS (SELECT FROM sd s WHERE s.deptype = 'a' AND s.classid = a.classid
+                      AND s.objid = a.objid AND s.objsubid = a.objsubid
+                      AND s.refobjid = a.role)
+UNION ALL
+SELECT 'pg_shdepend ACL role not in the ACL',
+       coalesce((pg_identify_object(s.classid, s.objid, s.objsubid)).identity, s.objid::text),
+       s.refobjid::text
+  FROM sd s
+ WHERE s.deptype = 'a'
+   AND NOT EXISTS (SELECT FROM acl_roles a WHERE a.classid = s.classid AND a.objid = s.objid
+                      AND a.objsubid = s.objsubid AND a.role = s.refobjid)
+UNION ALL
+SELECT 'policy role not in pg_shdepend',
+       coalesce((pg_identify_object(p.classid, p.objid, 0)).identity, p.objid::text),
+       p.role::text
+  FROM policy_roles p
+ WHERE NOT EXISTS (SELECT FROM sd s WHERE s.deptype = 'r' AND s.classid = p.classid
+                      AND s.objid = p.objid AND s.refobjid = p.role)
+UNION ALL
+SELECT 'pg_shdepend policy role not in the policy',
+       coalesce((pg_identify_object(s.classid, s.objid, 0)).identity, s.objid::text),
+       s.refobjid::text
+  FROM sd s
+ WHERE s.deptype = 'r'
+   AND NOT EXISTS (SELECT FROM policy_roles p WHERE p.objid = s.objid AND p.role = s.refobjid)
+ORDER BY 1, 2, 3
+"""
+)
+
+
+def inconsistencies(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str]]:
+    """Each inconsistency of the connection's database: (check, object, detail)."""
+    return [(str(r[0]), str(r[1]), str(r[2])) for r in conn.execute(QUERY).fetchall()]
+
+
+def assert_consistent(conn: psycopg.Connection[Any], after: str = "") -> None:
+    found = inconsistencies(conn)
+    assert not found, f"catalog inconsistent{' after ' + after if after else ''}: {found}"
+
+
+def check_dsn(dsn: str, after: str = "") -> None:
+    """assert_consistent on a connection of its own (autocommit)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert_consistent(conn, after)
