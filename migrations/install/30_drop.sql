@@ -40,7 +40,8 @@
 --    "grantable"}], "original"}
 --   {"step": "owner", "classid", "oid", "keyword", "grant_keyword", "identity", "owner",
 --    "owner_oid", "owner_changed", "acl": [{"grantee", "grantee_oid", "privilege",
---    "grantable", "column"}], "exact": {"" or column: the ACL as it was}}
+--    "grantable", "column"}], "exact": {"" or column: the ACL as it was},
+--    "policies", "default_acls" (_untie)}
 --    (_disown: a kept object belongs to softguard while it is kept)
 -- ---------------------------------------------------------------------------------------
 
@@ -577,6 +578,60 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._acls(oid, oid) FROM PUBLIC;
 
+-- What else ties roles to a kept object (pg_shdepend), so that DROP ROLE and DROP OWNED
+-- BY would still reach into the quarantine: the roles a table's policies apply to, and a
+-- schema's default privileges (for objects a role creates in it, granted to roles).
+-- Removes them (a kept table's policies then apply to PUBLIC: no role but softguard's may
+-- read the table anyway) and returns what undo (_retie) puts back:
+--   {"policies": [{"name", "roles": [{"role", "oid"}]}],
+--    "default_acls": [{"role", "role_oid", "objtype", "keyword",
+--                      "acl": [{"grantee", "grantee_oid", "privilege", "grantable"}]}]}
+-- A default ACL of a role the installer is not a member of (managed) stays as it is.
+CREATE FUNCTION softguard._untie(p_classid oid, p_objid oid, ident text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pols jsonb := '[]';
+    defacls jsonb := '[]';
+    x record;
+    g record;
+BEGIN
+    FOR x IN SELECT p.polname, p.polroles FROM pg_policy p
+              WHERE p_classid = 'pg_class'::regclass AND p.polrelid = p_objid
+                AND p.polroles <> '{0}' ORDER BY p.polname LOOP
+        pols := pols || jsonb_build_array(jsonb_build_object('name', x.polname, 'roles',
+            (SELECT jsonb_agg(jsonb_build_object('role', r::regrole::text, 'oid', r)
+                              ORDER BY o)
+               FROM unnest(x.polroles) WITH ORDINALITY AS u (r, o))));
+        EXECUTE format('ALTER POLICY %I ON %s TO PUBLIC', x.polname, ident);
+    END LOOP;
+    FOR x IN SELECT d.defaclrole, d.defaclobjtype, d.defaclacl,
+                    CASE d.defaclobjtype WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES'
+                         WHEN 'f' THEN 'FUNCTIONS' WHEN 'T' THEN 'TYPES' END AS keyword
+               FROM pg_default_acl d
+              WHERE p_classid = 'pg_namespace'::regclass AND d.defaclnamespace = p_objid
+                AND pg_has_role(current_user, d.defaclrole, 'MEMBER')
+              ORDER BY d.defaclrole, d.defaclobjtype LOOP
+        defacls := defacls || jsonb_build_array(jsonb_build_object(
+            'role', x.defaclrole::regrole::text, 'role_oid', x.defaclrole,
+            'objtype', x.defaclobjtype, 'keyword', x.keyword,
+            'acl', (SELECT jsonb_agg(jsonb_build_object(
+                        'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                        ELSE a.grantee::regrole::text END,
+                        'grantee_oid', a.grantee, 'privilege', a.privilege_type,
+                        'grantable', a.is_grantable) ORDER BY a.grantee, a.privilege_type)
+                      FROM aclexplode(x.defaclacl) a)));
+        FOR g IN SELECT DISTINCT a.grantee FROM aclexplode(x.defaclacl) a LOOP
+            EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %s REVOKE ALL ON %s '
+                           'FROM %s CASCADE', x.defaclrole::regrole, ident, x.keyword,
+                           CASE WHEN g.grantee = 0 THEN 'PUBLIC'
+                                ELSE quote_ident(g.grantee::regrole::text) END);
+        END LOOP;
+    END LOOP;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'policies', nullif(pols, '[]'), 'default_acls', nullif(defacls, '[]')));
+END $$;
+REVOKE ALL ON FUNCTION softguard._untie(oid, oid, text) FROM PUBLIC;
+
 -- A kept object belongs to softguard (role softguard_keeper) while it is kept, with no
 -- privileges for any role or PUBLIC: so that the role that owned it, or a role it was
 -- granted to, can be dropped (DROP ROLE, DROP OWNED BY and REASSIGN OWNED BY do not reach
@@ -601,6 +656,7 @@ DECLARE
     grantees text;
     follows boolean;
     linked oid;
+    ties jsonb;             -- policies' roles, default privileges (_untie)
     steps jsonb := '[]';
 BEGIN
     IF p_classid = 'pg_namespace'::regclass THEN
@@ -660,12 +716,13 @@ BEGIN
     IF NOT follows AND own <> keeper THEN
         EXECUTE format('ALTER %s %s OWNER TO softguard_keeper', keyword, ident);
     END IF;
-    IF grantees IS NOT NULL OR (NOT follows AND own <> keeper) THEN
+    ties := softguard._untie(p_classid, p_objid, ident);
+    IF grantees IS NOT NULL OR (NOT follows AND own <> keeper) OR ties <> '{}' THEN
         steps := jsonb_build_array(jsonb_build_object(
             'step', 'owner', 'classid', p_classid, 'oid', p_objid, 'keyword', keyword,
             'grant_keyword', grant_kw, 'identity', ident, 'owner', own::regrole::text,
             'owner_oid', own, 'owner_changed', NOT follows AND own <> keeper, 'acl', acl,
-            'exact', exact));
+            'exact', exact) || ties);
     END IF;
     IF p_classid = 'pg_class'::regclass THEN
         FOR linked IN SELECT d.objid FROM pg_depend d JOIN pg_class c ON c.oid = d.objid

@@ -11,7 +11,8 @@ END $$;
 
 -- section: keeper2 ----------------------------------------------------------------------
 -- Kept schemas: every object with an owner in them belongs to softguard while kept, of
--- whatever kind (operators, collations, text search objects, ...); undo gives them back
+-- whatever kind (operators, collations, text search objects, ...); kept tables' policies
+-- and kept schemas' default privileges name no role while kept; undo gives all back
 -- (decision 0027, "Since then").
 CREATE OR REPLACE FUNCTION softguard._catalog_owner(p_classid oid, p_objid oid) RETURNS oid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -50,6 +51,50 @@ BEGIN
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION softguard._schema_objects(oid) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._untie(p_classid oid, p_objid oid, ident text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pols jsonb := '[]';
+    defacls jsonb := '[]';
+    x record;
+    g record;
+BEGIN
+    FOR x IN SELECT p.polname, p.polroles FROM pg_policy p
+              WHERE p_classid = 'pg_class'::regclass AND p.polrelid = p_objid
+                AND p.polroles <> '{0}' ORDER BY p.polname LOOP
+        pols := pols || jsonb_build_array(jsonb_build_object('name', x.polname, 'roles',
+            (SELECT jsonb_agg(jsonb_build_object('role', r::regrole::text, 'oid', r)
+                              ORDER BY o)
+               FROM unnest(x.polroles) WITH ORDINALITY AS u (r, o))));
+        EXECUTE format('ALTER POLICY %I ON %s TO PUBLIC', x.polname, ident);
+    END LOOP;
+    FOR x IN SELECT d.defaclrole, d.defaclobjtype, d.defaclacl,
+                    CASE d.defaclobjtype WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES'
+                         WHEN 'f' THEN 'FUNCTIONS' WHEN 'T' THEN 'TYPES' END AS keyword
+               FROM pg_default_acl d
+              WHERE p_classid = 'pg_namespace'::regclass AND d.defaclnamespace = p_objid
+                AND pg_has_role(current_user, d.defaclrole, 'MEMBER')
+              ORDER BY d.defaclrole, d.defaclobjtype LOOP
+        defacls := defacls || jsonb_build_array(jsonb_build_object(
+            'role', x.defaclrole::regrole::text, 'role_oid', x.defaclrole,
+            'objtype', x.defaclobjtype, 'keyword', x.keyword,
+            'acl', (SELECT jsonb_agg(jsonb_build_object(
+                        'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                        ELSE a.grantee::regrole::text END,
+                        'grantee_oid', a.grantee, 'privilege', a.privilege_type,
+                        'grantable', a.is_grantable) ORDER BY a.grantee, a.privilege_type)
+                      FROM aclexplode(x.defaclacl) a)));
+        FOR g IN SELECT DISTINCT a.grantee FROM aclexplode(x.defaclacl) a LOOP
+            EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %s REVOKE ALL ON %s '
+                           'FROM %s CASCADE', x.defaclrole::regrole, ident, x.keyword,
+                           CASE WHEN g.grantee = 0 THEN 'PUBLIC'
+                                ELSE quote_ident(g.grantee::regrole::text) END);
+        END LOOP;
+    END LOOP;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'policies', nullif(pols, '[]'), 'default_acls', nullif(defacls, '[]')));
+END $$;
+REVOKE ALL ON FUNCTION softguard._untie(oid, oid, text) FROM PUBLIC;
 CREATE OR REPLACE FUNCTION softguard._disown(p_classid oid, p_objid oid) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -64,6 +109,7 @@ DECLARE
     grantees text;
     follows boolean;
     linked oid;
+    ties jsonb;             -- policies' roles, default privileges (_untie)
     steps jsonb := '[]';
 BEGIN
     IF p_classid = 'pg_namespace'::regclass THEN
@@ -123,12 +169,13 @@ BEGIN
     IF NOT follows AND own <> keeper THEN
         EXECUTE format('ALTER %s %s OWNER TO softguard_keeper', keyword, ident);
     END IF;
-    IF grantees IS NOT NULL OR (NOT follows AND own <> keeper) THEN
+    ties := softguard._untie(p_classid, p_objid, ident);
+    IF grantees IS NOT NULL OR (NOT follows AND own <> keeper) OR ties <> '{}' THEN
         steps := jsonb_build_array(jsonb_build_object(
             'step', 'owner', 'classid', p_classid, 'oid', p_objid, 'keyword', keyword,
             'grant_keyword', grant_kw, 'identity', ident, 'owner', own::regrole::text,
             'owner_oid', own, 'owner_changed', NOT follows AND own <> keeper, 'acl', acl,
-            'exact', exact));
+            'exact', exact) || ties);
     END IF;
     IF p_classid = 'pg_class'::regclass THEN
         FOR linked IN SELECT d.objid FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
@@ -463,6 +510,59 @@ BEGIN
 
     RETURN softguard._op_notice(coalesce(ctx->>'action', 'DROP'), targets, op_id, expires);
 END $$;
+CREATE OR REPLACE FUNCTION softguard._retie(op bigint, s jsonb, ident text) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e jsonb;
+    a jsonb;
+    roles text;
+    gone text;
+    who name;
+    grantee text;
+    lines softguard.undo_step[] := '{}';
+BEGIN
+    FOR e IN SELECT x FROM jsonb_array_elements(coalesce(s->'policies', '[]')) x LOOP
+        SELECT string_agg(quote_ident(r.rolname), ', ' ORDER BY y.o) INTO roles
+          FROM jsonb_array_elements(e->'roles') WITH ORDINALITY AS y (v, o)
+          JOIN pg_roles r ON r.oid = (y.v->>'oid')::oid;
+        SELECT string_agg(y->>'role', ', ') INTO gone
+          FROM jsonb_array_elements(e->'roles') y
+         WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = (y->>'oid')::oid);
+        IF roles IS NULL THEN
+            EXECUTE format('DROP POLICY %I ON %s', e->>'name', ident);
+        ELSE
+            EXECUTE format('ALTER POLICY %I ON %s TO %s', e->>'name', ident, roles);
+        END IF;
+        IF gone IS NOT NULL THEN
+            lines := lines || softguard._step(op, 'skipped', s->>'identity',
+                format('policy %I on %s %s: role %s no longer exists%s', e->>'name',
+                       lower(s->>'keyword'), s->>'identity', gone,
+                       CASE WHEN roles IS NULL THEN ', policy dropped' ELSE '' END));
+        END IF;
+    END LOOP;
+    FOR e IN SELECT x FROM jsonb_array_elements(coalesce(s->'default_acls', '[]')) x LOOP
+        SELECT r.rolname INTO who FROM pg_roles r WHERE r.oid = (e->>'role_oid')::oid;
+        FOR a IN SELECT x FROM jsonb_array_elements(e->'acl') x LOOP
+            grantee := CASE WHEN a->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                            ELSE (SELECT quote_ident(r.rolname) FROM pg_roles r
+                                   WHERE r.oid = (a->>'grantee_oid')::oid) END;
+            IF who IS NULL OR grantee IS NULL THEN
+                lines := lines || softguard._step(op, 'skipped', s->>'identity',
+                    format('default privilege %s on %s in schema %s for role %s to %s not '
+                           'given back: role %s no longer exists', a->>'privilege',
+                           lower(e->>'keyword'), s->>'identity', e->>'role', a->>'grantee',
+                           CASE WHEN who IS NULL THEN e->>'role' ELSE a->>'grantee' END));
+                CONTINUE;
+            END IF;
+            EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %s GRANT %s ON %s '
+                           'TO %s%s', who, ident, a->>'privilege', e->>'keyword', grantee,
+                           CASE WHEN (a->>'grantable')::boolean THEN ' WITH GRANT OPTION'
+                                ELSE '' END);
+        END LOOP;
+    END LOOP;
+    RETURN lines;
+END $$;
+REVOKE ALL ON FUNCTION softguard._retie(bigint, jsonb, text) FROM PUBLIC;
 CREATE OR REPLACE FUNCTION softguard._undo_owner(op bigint, s jsonb) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -517,6 +617,7 @@ BEGIN
                        s->>'grant_keyword', ident, grantee,
                        CASE WHEN (e->>'grantable')::boolean THEN ' WITH GRANT OPTION' ELSE '' END);
     END LOOP;
+    lines := lines || softguard._retie(op, s, ident);
     -- The grants above gave back the same privileges; put back each ACL exactly as it was
     -- (the order of its items, NULL for PostgreSQL's defaults), where it holds the same
     -- set. A direct catalog write, so only where the ledger's owner is a superuser; not
