@@ -43,7 +43,7 @@ PLAIN_OWNED = {
     "pg_default_acl": ("defaclrole", "defaclacl"),
 }
 
-# (classid, objid, objsubid, owner, acl, owns) of the objects created after initdb;
+# (classid, objid, objsubid, owner, acl, owns) of every object with an owner or an ACL;
 # owns = PostgreSQL records the owner in pg_shdepend ('o'). It does not for what follows
 # another object's owner: indexes, TOAST tables, a composite type's relation (its type has
 # the row), a table's row type, an implicit array type; nor for a column, whose ACL's
@@ -67,7 +67,7 @@ owned (classid, objid, objsubid, owner, acl, owns) AS (SELECT * FROM (
         f" {acl or 'NULL'}, true\n      FROM {cat}"
         for cat, (own, acl) in PLAIN_OWNED.items()
     )
-    + "\n) o (classid, objid, objsubid, owner, acl, owns) WHERE o.objid >= 16384)"
+    + "\n) o (classid, objid, objsubid, owner, acl, owns))"
 )
 
 
@@ -95,9 +95,14 @@ QUERY = (
         " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())),"
         + OWNED
         + """,
+uo AS (  -- those created after initdb, and PostgreSQL's own that pg_shdepend names
+    SELECT * FROM owned o
+     WHERE o.objid >= 16384
+        OR EXISTS (SELECT FROM sd s WHERE s.classid = o.classid AND s.objid = o.objid)
+),
 acl_roles (classid, objid, objsubid, role) AS (
     SELECT DISTINCT o.classid, o.objid, o.objsubid, r.role
-      FROM owned o, LATERAL aclexplode(o.acl) a,
+      FROM uo o, LATERAL aclexplode(o.acl) a,
            LATERAL (VALUES (a.grantee), (a.grantor)) r (role)
      WHERE r.role >= 16384 AND r.role <> o.owner
 ),
@@ -239,7 +244,7 @@ UNION ALL
 SELECT 'owner not in pg_shdepend',
        coalesce((pg_identify_object(o.classid, o.objid, 0)).identity, o.objid::text),
        o.owner::regrole::text
-  FROM owned o
+  FROM uo o
  WHERE o.owns AND o.owner >= 16384
    AND NOT EXISTS (SELECT FROM sd s WHERE s.deptype = 'o' AND s.classid = o.classid
                       AND s.objid = o.objid AND s.refobjid = o.owner)
@@ -247,11 +252,11 @@ UNION ALL
 SELECT 'pg_shdepend owner is not the owner',
        coalesce((pg_identify_object(s.classid, s.objid, 0)).identity, s.objid::text),
        s.refobjid::text || ' in pg_shdepend, owner '
-       || coalesce((SELECT o.owner::text FROM owned o
+       || coalesce((SELECT o.owner::text FROM uo o
                      WHERE o.classid = s.classid AND o.objid = s.objid AND o.owns), '?')
   FROM sd s
  WHERE s.deptype = 'o'
-   AND NOT EXISTS (SELECT FROM owned o WHERE o.classid = s.classid AND o.objid = s.objid
+   AND NOT EXISTS (SELECT FROM uo o WHERE o.classid = s.classid AND o.objid = s.objid
                       AND o.owns AND o.owner = s.refobjid)
 UNION ALL
 SELECT 'ACL role not in pg_shdepend',
