@@ -599,8 +599,9 @@ BEGIN
               WHERE p_classid = 'pg_class'::regclass AND p.polrelid = p_objid
                 AND p.polroles <> '{0}' ORDER BY p.polname LOOP
         pols := pols || jsonb_build_array(jsonb_build_object('name', x.polname, 'roles',
-            (SELECT jsonb_agg(jsonb_build_object('role', r::regrole::text, 'oid', r)
-                              ORDER BY o)
+            (SELECT jsonb_agg(jsonb_build_object(
+                        'role', CASE WHEN r = 0 THEN 'PUBLIC' ELSE r::regrole::text END,
+                        'oid', r) ORDER BY o)
                FROM unnest(x.polroles) WITH ORDINALITY AS u (r, o))));
         EXECUTE format('ALTER POLICY %I ON %s TO PUBLIC', x.polname, ident);
     END LOOP;

@@ -266,12 +266,15 @@ DECLARE
     lines softguard.undo_step[] := '{}';
 BEGIN
     FOR e IN SELECT x FROM jsonb_array_elements(coalesce(s->'policies', '[]')) x LOOP
-        SELECT string_agg(quote_ident(r.rolname), ', ' ORDER BY y.o) INTO roles
+        SELECT string_agg(CASE WHEN (y.v->>'oid')::oid = 0 THEN 'PUBLIC'
+                               ELSE quote_ident(r.rolname) END, ', ' ORDER BY y.o) INTO roles
           FROM jsonb_array_elements(e->'roles') WITH ORDINALITY AS y (v, o)
-          JOIN pg_roles r ON r.oid = (y.v->>'oid')::oid;
+          LEFT JOIN pg_roles r ON r.oid = (y.v->>'oid')::oid
+         WHERE (y.v->>'oid')::oid = 0 OR r.oid IS NOT NULL;
         SELECT string_agg(y->>'role', ', ') INTO gone
           FROM jsonb_array_elements(e->'roles') y
-         WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = (y->>'oid')::oid);
+         WHERE (y->>'oid')::oid <> 0
+           AND NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = (y->>'oid')::oid);
         IF roles IS NULL THEN
             EXECUTE format('DROP POLICY %I ON %s', e->>'name', ident);
         ELSE

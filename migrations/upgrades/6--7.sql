@@ -63,8 +63,9 @@ BEGIN
               WHERE p_classid = 'pg_class'::regclass AND p.polrelid = p_objid
                 AND p.polroles <> '{0}' ORDER BY p.polname LOOP
         pols := pols || jsonb_build_array(jsonb_build_object('name', x.polname, 'roles',
-            (SELECT jsonb_agg(jsonb_build_object('role', r::regrole::text, 'oid', r)
-                              ORDER BY o)
+            (SELECT jsonb_agg(jsonb_build_object(
+                        'role', CASE WHEN r = 0 THEN 'PUBLIC' ELSE r::regrole::text END,
+                        'oid', r) ORDER BY o)
                FROM unnest(x.polroles) WITH ORDINALITY AS u (r, o))));
         EXECUTE format('ALTER POLICY %I ON %s TO PUBLIC', x.polname, ident);
     END LOOP;
@@ -522,12 +523,15 @@ DECLARE
     lines softguard.undo_step[] := '{}';
 BEGIN
     FOR e IN SELECT x FROM jsonb_array_elements(coalesce(s->'policies', '[]')) x LOOP
-        SELECT string_agg(quote_ident(r.rolname), ', ' ORDER BY y.o) INTO roles
+        SELECT string_agg(CASE WHEN (y.v->>'oid')::oid = 0 THEN 'PUBLIC'
+                               ELSE quote_ident(r.rolname) END, ', ' ORDER BY y.o) INTO roles
           FROM jsonb_array_elements(e->'roles') WITH ORDINALITY AS y (v, o)
-          JOIN pg_roles r ON r.oid = (y.v->>'oid')::oid;
+          LEFT JOIN pg_roles r ON r.oid = (y.v->>'oid')::oid
+         WHERE (y.v->>'oid')::oid = 0 OR r.oid IS NOT NULL;
         SELECT string_agg(y->>'role', ', ') INTO gone
           FROM jsonb_array_elements(e->'roles') y
-         WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = (y->>'oid')::oid);
+         WHERE (y->>'oid')::oid <> 0
+           AND NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = (y->>'oid')::oid);
         IF roles IS NULL THEN
             EXECUTE format('DROP POLICY %I ON %s', e->>'name', ident);
         ELSE
