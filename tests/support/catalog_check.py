@@ -7,8 +7,9 @@ fidelity tier, the quarantine tests and a generated sequence test
 (tests/fidelity/test_catalog_consistency.py) run this check after each step.
 
 One read-only query any role may run (pg_roles, never pg_authid), over objects created
-after initdb (oid >= 16384): PostgreSQL's own objects and roles below that are pinned and
-have no pg_depend / pg_shdepend rows. Each row it returns is one inconsistency:
+after initdb (oid >= 16384) and those of PostgreSQL's own that pg_shdepend names (the
+public schema's ACL): the others, and roles below 16384, are pinned and have no pg_depend
+/ pg_shdepend rows. Each row it returns is one inconsistency:
 (check, object, detail). Dropped columns are left out: PostgreSQL itself keeps their old
 attcollation (RemoveAttributeById clears atttypid only), also after a direct DROP.
 """
