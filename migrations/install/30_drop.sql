@@ -40,7 +40,8 @@
 --    "grantable"}], "original"}
 --   {"step": "owner", "classid", "oid", "keyword", "grant_keyword", "identity", "owner",
 --    "owner_oid", "owner_changed", "acl": [{"grantee", "grantee_oid", "privilege",
---    "grantable", "column"}], "exact": {"" or column: the ACL as it was}}
+--    "grantable", "column"}], "exact": {"" or column: the ACL as it was},
+--    "policies", "default_acls" (_untie)}
 --    (_disown: a kept object belongs to softguard while it is kept)
 -- ---------------------------------------------------------------------------------------
 
@@ -232,7 +233,8 @@ BEGIN
         END LOOP;
         -- the schema first (a non-superuser may give an object only to a role that may
         -- create in its schema), then what stays in it: the objects that own others (a
-        -- table its indexes and sequences, a type its array) take those along
+        -- table its indexes and sequences, a type its array) take those along; every
+        -- other object with an owner, of whatever kind the catalogs hold
         steps := steps || softguard._disown('pg_namespace'::regclass, r.objid);
         FOR x IN SELECT 'pg_class'::regclass::oid AS cls, c.oid AS obj FROM pg_class c
                   WHERE c.relnamespace = r.objid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
@@ -245,9 +247,8 @@ BEGIN
                  UNION ALL
                  SELECT 'pg_type'::regclass::oid, t.oid FROM pg_type t
                   WHERE t.typnamespace = r.objid AND t.typtype IN ('b', 'c', 'd', 'e', 'r', 'm')
-                 UNION ALL
-                 SELECT 'pg_statistic_ext'::regclass::oid, st.oid FROM pg_statistic_ext st
-                  WHERE st.stxnamespace = r.objid
+                 UNION ALL  -- statistics, operators, collations, text search objects, ...
+                 SELECT o.classid, o.objid FROM softguard._schema_objects(r.objid) o
                  ORDER BY 1, 2 LOOP
             steps := steps || softguard._disown(x.cls, x.obj);
         END LOOP;
@@ -507,6 +508,55 @@ END $$;
 -- what a non-superuser gives a role must be where that role may create
 GRANT CREATE ON SCHEMA softguard_quarantine TO softguard_keeper;
 
+-- The owner of any object whose catalog has an owner column (relowner, oprowner,
+-- collowner, cfgowner, ...), found in pg_attribute: NULL for kinds without an owner
+-- (text search parsers and templates).
+CREATE FUNCTION softguard._catalog_owner(p_classid oid, p_objid oid) RETURNS oid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col name;
+    own oid;
+BEGIN
+    SELECT a.attname INTO col FROM pg_attribute a
+     WHERE a.attrelid = p_classid AND a.attnum > 0 AND a.attname ~ 'owner$'
+       AND a.atttypid = 'oid'::regtype;
+    IF col IS NOT NULL THEN
+        EXECUTE format('SELECT %I FROM %s WHERE oid = $1', col, p_classid::regclass)
+           INTO own USING p_objid;
+    END IF;
+    RETURN own;
+END $$;
+REVOKE ALL ON FUNCTION softguard._catalog_owner(oid, oid) FROM PUBLIC;
+
+-- Every object with an owner in schema `nsp` but its relations, routines and types (which
+-- _quarantine lists with the rules of who follows whom): statistics objects, operators,
+-- operator classes and families, collations, conversions, text search configurations and
+-- dictionaries, and any kind a later PostgreSQL adds. The kinds come from the catalogs
+-- themselves (each system catalog with a *namespace and an *owner column), not from a
+-- list kept here. Extensions are not objects in the schema (and a DROP that takes one is
+-- not kept).
+CREATE FUNCTION softguard._schema_objects(nsp oid) RETURNS TABLE (classid oid, objid oid)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cat record;
+BEGIN
+    FOR cat IN SELECT c.oid, n.attname AS nspcol
+                 FROM pg_class c
+                 JOIN pg_attribute n ON n.attrelid = c.oid AND n.attnum > 0
+                                    AND n.attname ~ 'namespace$' AND n.atttypid = 'oid'::regtype
+                WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r'
+                  AND c.oid NOT IN ('pg_class'::regclass, 'pg_proc'::regclass,
+                                    'pg_type'::regclass, 'pg_extension'::regclass)
+                  AND EXISTS (SELECT FROM pg_attribute o
+                               WHERE o.attrelid = c.oid AND o.attnum > 0
+                                 AND o.attname ~ 'owner$' AND o.atttypid = 'oid'::regtype)
+                ORDER BY c.oid LOOP
+        RETURN QUERY EXECUTE format('SELECT %s::oid, x.oid FROM %s x WHERE x.%I = $1 ORDER BY 2',
+                                    cat.oid, cat.oid::regclass, cat.nspcol) USING nsp;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._schema_objects(oid) FROM PUBLIC;
+
 -- The ACLs of an object (col NULL) and of its columns (those that have one), with the
 -- kind acldefault() takes for them.
 CREATE FUNCTION softguard._acls(p_classid oid, p_objid oid)
@@ -528,6 +578,61 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._acls(oid, oid) FROM PUBLIC;
 
+-- What else ties roles to a kept object (pg_shdepend), so that DROP ROLE and DROP OWNED
+-- BY would still reach into the quarantine: the roles a table's policies apply to, and a
+-- schema's default privileges (for objects a role creates in it, granted to roles).
+-- Removes them (a kept table's policies then apply to PUBLIC: no role but softguard's may
+-- read the table anyway) and returns what undo (_retie) puts back:
+--   {"policies": [{"name", "roles": [{"role", "oid"}]}],
+--    "default_acls": [{"role", "role_oid", "objtype", "keyword",
+--                      "acl": [{"grantee", "grantee_oid", "privilege", "grantable"}]}]}
+-- A default ACL of a role the installer is not a member of (managed) stays as it is.
+CREATE FUNCTION softguard._untie(p_classid oid, p_objid oid, ident text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pols jsonb := '[]';
+    defacls jsonb := '[]';
+    x record;
+    g record;
+BEGIN
+    FOR x IN SELECT p.polname, p.polroles FROM pg_policy p
+              WHERE p_classid = 'pg_class'::regclass AND p.polrelid = p_objid
+                AND p.polroles <> '{0}' ORDER BY p.polname LOOP
+        pols := pols || jsonb_build_array(jsonb_build_object('name', x.polname, 'roles',
+            (SELECT jsonb_agg(jsonb_build_object(
+                        'role', CASE WHEN r = 0 THEN 'PUBLIC' ELSE r::regrole::text END,
+                        'oid', r) ORDER BY o)
+               FROM unnest(x.polroles) WITH ORDINALITY AS u (r, o))));
+        EXECUTE format('ALTER POLICY %I ON %s TO PUBLIC', x.polname, ident);
+    END LOOP;
+    FOR x IN SELECT d.defaclrole, d.defaclobjtype, d.defaclacl,
+                    CASE d.defaclobjtype WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES'
+                         WHEN 'f' THEN 'FUNCTIONS' WHEN 'T' THEN 'TYPES' END AS keyword
+               FROM pg_default_acl d
+              WHERE p_classid = 'pg_namespace'::regclass AND d.defaclnamespace = p_objid
+                AND pg_has_role(current_user, d.defaclrole, 'MEMBER')
+              ORDER BY d.defaclrole, d.defaclobjtype LOOP
+        defacls := defacls || jsonb_build_array(jsonb_build_object(
+            'role', x.defaclrole::regrole::text, 'role_oid', x.defaclrole,
+            'objtype', x.defaclobjtype, 'keyword', x.keyword,
+            'acl', (SELECT jsonb_agg(jsonb_build_object(
+                        'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                        ELSE a.grantee::regrole::text END,
+                        'grantee_oid', a.grantee, 'privilege', a.privilege_type,
+                        'grantable', a.is_grantable) ORDER BY a.grantee, a.privilege_type)
+                      FROM aclexplode(x.defaclacl) a)));
+        FOR g IN SELECT DISTINCT a.grantee FROM aclexplode(x.defaclacl) a LOOP
+            EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %s REVOKE ALL ON %s '
+                           'FROM %s CASCADE', x.defaclrole::regrole, ident, x.keyword,
+                           CASE WHEN g.grantee = 0 THEN 'PUBLIC'
+                                ELSE quote_ident(g.grantee::regrole::text) END);
+        END LOOP;
+    END LOOP;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'policies', nullif(pols, '[]'), 'default_acls', nullif(defacls, '[]')));
+END $$;
+REVOKE ALL ON FUNCTION softguard._untie(oid, oid, text) FROM PUBLIC;
+
 -- A kept object belongs to softguard (role softguard_keeper) while it is kept, with no
 -- privileges for any role or PUBLIC: so that the role that owned it, or a role it was
 -- granted to, can be dropped (DROP ROLE, DROP OWNED BY and REASSIGN OWNED BY do not reach
@@ -541,7 +646,8 @@ REVOKE ALL ON FUNCTION softguard._acls(oid, oid) FROM PUBLIC;
 CREATE FUNCTION softguard._disown(p_classid oid, p_objid oid) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    own oid := softguard._owner(p_classid, p_objid);
+    own oid := coalesce(softguard._owner(p_classid, p_objid),
+                        softguard._catalog_owner(p_classid, p_objid));
     keeper oid := to_regrole('softguard_keeper');
     keyword text;
     ident text;
@@ -551,6 +657,7 @@ DECLARE
     grantees text;
     follows boolean;
     linked oid;
+    ties jsonb;             -- policies' roles, default privileges (_untie)
     steps jsonb := '[]';
 BEGIN
     IF p_classid = 'pg_namespace'::regclass THEN
@@ -558,6 +665,10 @@ BEGIN
           FROM pg_namespace n WHERE n.oid = p_objid;
     ELSE
         SELECT k.keyword, k.ident INTO keyword, ident FROM softguard._kw(p_classid, p_objid) k;
+    END IF;
+    IF keyword IS NULL THEN  -- an operator, a collation, ...: ALTER <its type> <identity>
+        SELECT upper(i.type), i.identity INTO keyword, ident
+          FROM pg_identify_object(p_classid, p_objid, 0) i;
     END IF;
     IF own IS NULL OR keeper IS NULL OR keyword IS NULL OR keyword = 'INDEX'
        OR NOT pg_has_role(current_user, own, 'MEMBER')
@@ -571,9 +682,12 @@ BEGIN
                                                 WHERE c.oid = t.typrelid) <> 'c'))) THEN
         RETURN steps;
     END IF;
-    -- a sequence linked to a table, a range's constructor: their owner follows
-    follows := EXISTS (SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
-                          AND d.deptype IN ('a', 'i') AND d.refclassid <> 'pg_type'::regclass)
+    -- a sequence linked to a table, a range's constructor: their owner follows (not a
+    -- statistics object's, nor an operator class's, though they depend on a table or a
+    -- family: ALTER TABLE / OPERATOR FAMILY ... OWNER leaves them to their owner)
+    follows := (p_classid = 'pg_class'::regclass AND EXISTS (
+                    SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
+                       AND d.deptype IN ('a', 'i') AND d.refclassid <> 'pg_type'::regclass))
                OR (p_classid = 'pg_proc'::regclass AND EXISTS (
                        SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
                           AND d.deptype = 'i'));
@@ -603,12 +717,13 @@ BEGIN
     IF NOT follows AND own <> keeper THEN
         EXECUTE format('ALTER %s %s OWNER TO softguard_keeper', keyword, ident);
     END IF;
-    IF grantees IS NOT NULL OR (NOT follows AND own <> keeper) THEN
+    ties := softguard._untie(p_classid, p_objid, ident);
+    IF grantees IS NOT NULL OR (NOT follows AND own <> keeper) OR ties <> '{}' THEN
         steps := jsonb_build_array(jsonb_build_object(
             'step', 'owner', 'classid', p_classid, 'oid', p_objid, 'keyword', keyword,
             'grant_keyword', grant_kw, 'identity', ident, 'owner', own::regrole::text,
             'owner_oid', own, 'owner_changed', NOT follows AND own <> keeper, 'acl', acl,
-            'exact', exact));
+            'exact', exact) || ties);
     END IF;
     IF p_classid = 'pg_class'::regclass THEN
         FOR linked IN SELECT d.objid FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
@@ -618,6 +733,19 @@ BEGIN
             steps := steps || softguard._disown('pg_class'::regclass, linked);
         END LOOP;
     END IF;
+    -- a range's multirange: ALTER TYPE of the range gives it along only on some
+    -- PostgreSQL versions (not 15); where it stayed with the owner, give it on its own
+    FOR linked IN SELECT rg.rngmultitypid FROM pg_range rg
+                    JOIN pg_type m ON m.oid = rg.rngmultitypid
+                   WHERE p_classid = 'pg_type'::regclass AND rg.rngtypid = p_objid
+                     AND m.typowner <> keeper AND m.typowner = own AND NOT follows LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO softguard_keeper', linked::regtype);
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'owner', 'classid', p_classid, 'oid', linked, 'keyword', 'TYPE',
+            'grant_keyword', 'TYPE', 'identity', linked::regtype::text,
+            'owner', own::regrole::text, 'owner_oid', own, 'owner_changed', true,
+            'acl', '[]'::jsonb));
+    END LOOP;
     RETURN steps;
 END $$;
 REVOKE ALL ON FUNCTION softguard._disown(oid, oid) FROM PUBLIC;

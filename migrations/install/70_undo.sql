@@ -250,6 +250,67 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._exact_acl(oid, oid, name, aclitem[], aclitem[], "char") FROM PUBLIC;
 
+-- Put back what _untie (30_drop.sql) took from a kept object: the roles its table's
+-- policies applied to, its schema's default privileges. A role dropped since gets nothing
+-- back (undo says so); a policy none of whose roles exists any more is dropped, as DROP
+-- OWNED BY of its last role drops it.
+CREATE FUNCTION softguard._retie(op bigint, s jsonb, ident text) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e jsonb;
+    a jsonb;
+    roles text;
+    gone text;
+    who name;
+    grantee text;
+    lines softguard.undo_step[] := '{}';
+BEGIN
+    FOR e IN SELECT x FROM jsonb_array_elements(coalesce(s->'policies', '[]')) x LOOP
+        SELECT string_agg(CASE WHEN (y.v->>'oid')::oid = 0 THEN 'PUBLIC'
+                               ELSE quote_ident(r.rolname) END, ', ' ORDER BY y.o) INTO roles
+          FROM jsonb_array_elements(e->'roles') WITH ORDINALITY AS y (v, o)
+          LEFT JOIN pg_roles r ON r.oid = (y.v->>'oid')::oid
+         WHERE (y.v->>'oid')::oid = 0 OR r.oid IS NOT NULL;
+        SELECT string_agg(y->>'role', ', ') INTO gone
+          FROM jsonb_array_elements(e->'roles') y
+         WHERE (y->>'oid')::oid <> 0
+           AND NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = (y->>'oid')::oid);
+        IF roles IS NULL THEN
+            EXECUTE format('DROP POLICY %I ON %s', e->>'name', ident);
+        ELSE
+            EXECUTE format('ALTER POLICY %I ON %s TO %s', e->>'name', ident, roles);
+        END IF;
+        IF gone IS NOT NULL THEN
+            lines := lines || softguard._step(op, 'skipped', s->>'identity',
+                format('policy %I on %s %s: role %s no longer exists%s', e->>'name',
+                       lower(s->>'keyword'), s->>'identity', gone,
+                       CASE WHEN roles IS NULL THEN ', policy dropped' ELSE '' END));
+        END IF;
+    END LOOP;
+    FOR e IN SELECT x FROM jsonb_array_elements(coalesce(s->'default_acls', '[]')) x LOOP
+        SELECT r.rolname INTO who FROM pg_roles r WHERE r.oid = (e->>'role_oid')::oid;
+        FOR a IN SELECT x FROM jsonb_array_elements(e->'acl') x LOOP
+            grantee := CASE WHEN a->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                            ELSE (SELECT quote_ident(r.rolname) FROM pg_roles r
+                                   WHERE r.oid = (a->>'grantee_oid')::oid) END;
+            IF who IS NULL OR grantee IS NULL THEN
+                lines := lines || softguard._step(op, 'skipped', s->>'identity',
+                    format('default privilege %s on %s in schema %s for role %s to %s not '
+                           'given back: role %s no longer exists', a->>'privilege',
+                           lower(e->>'keyword'), s->>'identity', e->>'role', a->>'grantee',
+                           CASE WHEN who IS NULL THEN e->>'role' ELSE a->>'grantee' END));
+                CONTINUE;
+            END IF;
+            EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %s GRANT %s ON %s '
+                           'TO %s%s', who, ident, a->>'privilege', e->>'keyword', grantee,
+                           CASE WHEN (a->>'grantable')::boolean THEN ' WITH GRANT OPTION'
+                                ELSE '' END);
+        END LOOP;
+    END LOOP;
+    RETURN lines;
+END $$;
+REVOKE ALL ON FUNCTION softguard._retie(bigint, jsonb, text) FROM PUBLIC;
+
 -- Give a kept object back to the role that owned it, with the privileges roles and PUBLIC
 -- had on it (30_drop.sql, _disown). The owner must still exist (or exist again under its
 -- name); a grantee that no longer exists has no privileges to get back (as after a real
@@ -280,8 +341,9 @@ BEGIN
     END IF;
     IF cls = 'pg_namespace'::regclass THEN
         SELECT quote_ident(n.nspname) INTO ident FROM pg_namespace n WHERE n.oid = obj;
-    ELSE
-        ident := (softguard._kw(cls, obj)).ident;
+    ELSE  -- an operator, a collation, ... (30_drop.sql _schema_objects): its identity
+        ident := coalesce((softguard._kw(cls, obj)).ident,
+                          (pg_identify_object(cls, obj, 0)).identity);
     END IF;
     IF ident IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
@@ -307,6 +369,7 @@ BEGIN
                        s->>'grant_keyword', ident, grantee,
                        CASE WHEN (e->>'grantable')::boolean THEN ' WITH GRANT OPTION' ELSE '' END);
     END LOOP;
+    lines := lines || softguard._retie(op, s, ident);
     -- The grants above gave back the same privileges; put back each ACL exactly as it was
     -- (the order of its items, NULL for PostgreSQL's defaults), where it holds the same
     -- set. A direct catalog write, so only where the ledger's owner is a superuser; not

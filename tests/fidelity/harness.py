@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from support.catalog_check import check_dsn
 from support.drop_harness import Step, compare_runs, run
 
 from softguard.ledger.migrate import apply_migrations
@@ -67,3 +68,5 @@ def check(proxy: Any, sg: Any, twins: Any, case: Case, role: str) -> None:
     proxied = run(proxy.dsn(b, user=user, password=pw), case.steps, "simple")
     compare_runs(direct, proxied, case.sg, case.steps)
     assert sg.schema_dump(b) == sg.schema_dump(a)
+    for db in (a, b):  # issue 16 class 4
+        check_dsn(sg.dsn(db), "the case")

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from fidelity.harness import APP_PW, APP_ROLE, app_role, grant_create, install_ledger
+from support.catalog_check import inconsistencies
 from support.drop_harness import Seen, psycopg_step
 from support.drop_harness import _pg_err as pg_err
 from support.drop_harness import _pg_notice as pg_notice
@@ -251,15 +252,21 @@ def _one(conn: psycopg.Connection[Any], stmt: str) -> Seen:
     return seen
 
 
-def run_all(dsn: str, stmts: list[str]) -> list[tuple[Seen, Any]]:
+def run_all(
+    dsn: str, stmts: list[str], broken: dict[str, Any] | None = None
+) -> list[tuple[Seen, Any]]:
     """Each statement in its own rolled-back transaction: BEGIN, the statement, the
-    snapshot, ROLLBACK."""
+    snapshot, the catalog consistency check (into `broken`, by statement), ROLLBACK."""
     out = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         for stmt in stmts:
             conn.execute("BEGIN")
             seen = _one(conn, stmt)
             snap = _snapshot(conn)
+            if broken is not None and conn.info.transaction_status.name == "INTRANS":
+                found = inconsistencies(conn)
+                if found:
+                    broken[stmt] = found
             conn.execute("ROLLBACK")
             out.append((seen, snap))
     return out
@@ -322,9 +329,11 @@ def _run_twins(proxy: Any, sg: Any, twins: Any, role: str) -> tuple[list[Any], l
             c.execute(SCHEMA.encode())
     install_ledger(sg, b)
     direct_dsn = sg.server.dsn(a, user=user, password=pw) if user else sg.dsn(a)
-    return run_all(direct_dsn, STATEMENTS), run_all(
-        proxy.dsn(b, user=user, password=pw), STATEMENTS
-    )
+    broken: dict[str, Any] = {}  # issue 16 class 4: after each statement, on both twins
+    direct = run_all(direct_dsn, STATEMENTS, broken)
+    proxied = run_all(proxy.dsn(b, user=user, password=pw), STATEMENTS, broken)
+    assert not broken, f"catalog inconsistent after: {broken}"
+    return direct, proxied
 
 
 @pytest.mark.parametrize("role", ["app", "superuser"])
