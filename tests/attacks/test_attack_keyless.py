@@ -199,88 +199,170 @@ def test_keyless_domain_not_valid_dropped_value(arena: Arena) -> None:
 
 
 # -- the PUBLIC SECURITY DEFINER functions, called with forged arguments ----------------------
+# "proxy": the call as written, through softguard (its text names softguard's schema);
+# "hidden": through softguard inside a DO block that EXECUTEs the call decoded from hex, so
+# that no text check sees the schema's name; "direct": the role connected to PostgreSQL
+# itself (the functions' own checks are all that stands).
+VIAS = ["proxy", "hidden", "direct"]
 
 
-def test_capture_column_without_operation(arena: Arena) -> None:
+def call(sql_text: str, via: str) -> str:
+    if via != "hidden":
+        return sql_text
+    return (
+        "DO $$ BEGIN EXECUTE convert_from(decode('"
+        + sql_text.encode().hex()
+        + "', 'hex'), 'UTF8'); END $$"
+    )
+
+
+def conn_via(via: str) -> str:
+    return "direct" if via == "direct" else "proxy"
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_capture_column_without_operation(arena: Arena, via: str) -> None:
     """softguard._capture_column with a made-up operation id, outside any ALTER TABLE."""
     before = arena.capture_state()
-    last = arena.last_op()
+    arena.attack(["ALTER TABLE nokey DROP COLUMN b"])  # an operation id exists (committed)
+    mid = arena.capture_state()
+    op = arena.last_op()
     out = arena.attack(
-        [
-            f"SELECT softguard._capture_column({max(last, 1)}, 'public.secret'::regclass, 1, '{{}}')",
-        ]
+        [call(f"SELECT softguard._capture_column({op}, 'public.secret'::regclass, 1, '{{}}')", via)],
+        via=conn_via(via),
     )
+    assert out.error is not None, out.describe()
     assert out.sqlstate in REFUSAL_CODES, out.describe()
-    assert arena.capture_state() == before
+    assert arena.capture_state() == mid != before
 
 
-def _in_op(extra: str) -> list[Any]:
-    """BEGIN; a real keyless DROP COLUMN (operation N); then `extra` formatted with op=N."""
+def _in_op(extra: str, via: str, then: list[Any] = ()) -> list[Any]:  # type: ignore[assignment]
+    """BEGIN; a real keyless DROP COLUMN b of k3 (operation N: through softguard, or
+    alter_op called directly); then `extra` formatted with op=N; then `then`; COMMIT."""
     st: dict[str, int] = {}
 
     def drop(c: psycopg.Connection[Any]) -> None:
         notes: list[str] = []
         c.add_notice_handler(lambda d: notes.append(str(d.message_primary)))
-        c.execute("ALTER TABLE k3 DROP COLUMN b")
+        if via == "direct":
+            c.execute("CALL softguard.alter_op('ALTER TABLE k3 DROP COLUMN b', '{}')")
+        else:
+            c.execute("ALTER TABLE k3 DROP COLUMN b")
         st["op"] = op_of(notes)
 
     def forged(c: psycopg.Connection[Any]) -> Any:
-        return c.execute(extra.format(op=st["op"]).encode()).fetchall()
+        cur = c.execute(call(extra.format(op=st["op"]), via).encode())
+        return cur.fetchall() if cur.description else None
 
-    return ["BEGIN", drop, forged, "COMMIT"]
-
-
-K3 = "CREATE TABLE k3 (a int, b text, c text); INSERT INTO k3 VALUES (1, 'b1', 'c1'), (1, 'b2', 'c2'), (2, 'b3', 'c3');"
+    return ["BEGIN", drop, forged, *then, "COMMIT"]
 
 
-def test_capture_column_of_unowned_table_in_real_operation(arena: Arena) -> None:
+K3 = (
+    "CREATE TABLE k3 (a int, b text, c text);"
+    "INSERT INTO k3 VALUES (1, 'b1', 'c1'), (1, 'b2', 'c2'), (2, 'b3', 'c3');"
+)
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_capture_column_of_unowned_table_in_real_operation(arena: Arena, via: str) -> None:
     """Inside a real DROP COLUMN's transaction, _capture_column on the superuser's secret
     table: refused, nothing of it copied into the ledger."""
     setup(arena, K3)
-    out, ops = arena.attempt(_in_op("SELECT softguard._capture_column({op}, 'public.secret'::regclass, 1, '{{}}')"))
+    out, _ = arena.attempt(
+        _in_op("SELECT softguard._capture_column({op}, 'public.secret'::regclass, 1, '{{}}')", via),
+        via=conn_via(via),
+    )
     assert out.error is not None, out.describe()
-    assert "top secret" not in str(arena.direct("SELECT array_agg(row) FROM softguard.captured_rows"))
+    assert "secret" not in str(arena.direct("SELECT array_agg(row) FROM softguard.captured_rows"))
 
 
-@pytest.mark.parametrize("how", ["proxy", "do_block"])
-def test_forged_narrow_image_then_drop(arena: Arena, how: str) -> None:
+@pytest.mark.parametrize(
+    ("via", "how"),
+    [
+        ("proxy", "proxy"),
+        ("proxy", "do_block"),
+        ("hidden", "do_block"),
+        pytest.param("hidden", "proxy", marks=pytest.mark.xfail(strict=True, reason=(
+            "BUG: a forged _capture_column (hidden in DO/EXECUTE, through softguard) joins the "
+            "real DROP COLUMN b's operation; undo of that operation is then refused (55000), "
+            "so b's values can never come back"))),
+    ],
+)
+def test_forged_narrow_image_then_drop(arena: Arena, via: str, how: str) -> None:
     """Inside a real DROP COLUMN b's transaction, _capture_column(op, k3, c, '{a}') keeps c by
-    an image without a (an empty image), then c is dropped too (through the proxy or in a DO
+    an image without a (an empty image), then c is dropped too (through softguard, or in a DO
     block): refused, or undo brings a, b, c back exactly (never an arbitrary pairing)."""
     setup(arena, K3)
-    drop_c = (
-        "ALTER TABLE k3 DROP COLUMN c"
-        if how == "proxy"
-        else "DO $$ BEGIN EXECUTE 'ALTER TABLE k3 DROP COLUMN c'; END $$"
-    )
+    drop_c = "ALTER TABLE k3 DROP COLUMN c"
+    if how == "do_block":
+        drop_c = "DO $$ BEGIN EXECUTE 'ALTER TABLE k3 DROP COLUMN c'; END $$"
     steps = _in_op(
         "SELECT softguard._capture_column({op}, 'public.k3'::regclass, "
         "(SELECT attnum FROM pg_attribute WHERE attrelid = 'public.k3'::regclass "
-        "AND attname = 'c')::int, ARRAY['a'])"
+        "AND attname = 'c')::int, ARRAY['a'])",
+        via,
+        [drop_c],
     )
-    steps.insert(3, drop_c)
-    arena.attempt(steps)
+    arena.attempt(steps, via=conn_via(via))
 
 
-def test_alter_changing_forged_is_harmless(arena: Arena) -> None:
+@pytest.mark.parametrize("via", VIAS)
+def test_alter_changing_forged_is_harmless(arena: Arena, via: str) -> None:
     """_alter_changing is PUBLIC: called with a forged list naming the secret table's column,
-    it gives names only (no data), and a DO block calling alter_op with a false 'columns' list
-    to narrow the image of a DROP COLUMN: refused or undone exactly."""
-    setup(arena, K3)
+    it gives names only (no data)."""
     out = arena.attack(
         [
-            "SELECT softguard._alter_changing('[{\"object_type\": \"table column\", \"objid\": "
-            "\"' || 'public.secret'::regclass::oid || '\", \"objsubid\": 1}]', '[]', "
-            "'public.secret'::regclass)"
-        ]
+            call(
+                "SELECT softguard._alter_changing('[{\"object_type\": \"table column\", "
+                "\"objid\": \"' || 'public.secret'::regclass::oid || '\", \"objsubid\": 1}]', "
+                "'[]', 'public.secret'::regclass)",
+                via,
+            )
+        ],
+        via=conn_via(via),
     )
     assert "top secret" not in str(out.results), out.describe()
+
+
+@pytest.mark.parametrize(
+    "via",
+    [
+        "proxy",
+        pytest.param("hidden", marks=pytest.mark.xfail(strict=True, reason=(
+            "BUG: alter_op trusts the caller's ctx.columns: b is retyped uncaptured, a is "
+            "'captured' instead, and undo is refused (55000: b is of type varchar(9) now)"))),
+    ],
+)
+def test_alter_op_false_columns_list(arena: Arena, via: str) -> None:
+    """alter_op called by the role with a statement that drops c and retypes b but a
+    'columns' list naming a (to narrow c's image to nothing): refused or undone exactly."""
+    setup(arena, K3)
     arena.attempt(
         [
-            "CALL softguard.alter_op('ALTER TABLE k3 DROP COLUMN c, ALTER COLUMN b TYPE text', "
-            "'{\"columns\": [{\"schema\": null, \"table\": \"k3\", \"column\": \"a\"}]}')"
-        ]
+            call(
+                "CALL softguard.alter_op('ALTER TABLE k3 DROP COLUMN c, ALTER COLUMN b TYPE varchar(9)', "
+                "'{\"columns\": [{\"schema\": null, \"table\": \"k3\", \"column\": \"a\"}]}')",
+                via,
+            )
+        ],
+        via=conn_via(via),
     )
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_capture_column_other_table_in_real_operation(arena: Arena, via: str) -> None:
+    """Inside a real DROP COLUMN b of k3, _capture_column of nokey.b (a table the role owns,
+    not part of the statement), never dropped: the transaction must not commit that capture
+    (or nokey.b must be back exactly after undo)."""
+    setup(arena, K3)
+    arena.attempt(
+        _in_op(
+            "SELECT softguard._capture_column({op}, 'public.nokey'::regclass, 2, '{{}}')",
+            via,
+        ),
+        via=conn_via(via),
+    )
+    assert arena.direct("SELECT count(*) FROM softguard.captures WHERE relid = 'public.nokey'::regclass") == [(0,)]
 
 
 # -- how the statement reaches the server -------------------------------------------------------
@@ -473,3 +555,74 @@ def test_keyless_type_swap_new_values_between_rows(arena: Arena) -> None:
     r = undo_all(arena, last)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not describe_diff(before, arena.snapshot())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: CALL softguard.alter_op hidden in DO/EXECUTE passes softguard's text check; "
+    "alter_op runs the retype it is given but captures only what ctx.columns names: b's "
+    "values are lost (empty: no operation at all; names_a: undo refused, 55000)",
+)
+@pytest.mark.parametrize(
+    "columns",
+    ['[]', '[{"schema": null, "table": "k3", "column": "a"}]'],
+    ids=["empty", "names_a"],
+)
+def test_alter_op_false_columns_lossy_retype(arena: Arena, columns: str) -> None:
+    """Through softguard, a DO block EXECUTEs (decoded from hex) CALL softguard.alter_op with
+    a lossy ALTER COLUMN b TYPE int USING 0 and a 'columns' list that does not name b: the
+    retype must be refused, or b's old values must come back on undo."""
+    setup(arena, K3)
+    stmt = "ALTER TABLE k3 ALTER COLUMN b TYPE int USING 0"
+    ctx = '{"columns": ' + columns + "}"
+    arena.attempt([call(f"CALL softguard.alter_op('{stmt}', '{ctx}')", "hidden")])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (not keyless-specific): ALTER COLUMN TYPE EXECUTEd from a DO block is neither "
+    "seen by the proxy nor reported by event triggers: b's values are lost, nothing recorded",
+)
+def test_plain_hidden_lossy_retype(arena: Arena) -> None:
+    """The same lossy ALTER COLUMN b TYPE int USING 0, EXECUTEd from hex in a DO block
+    without alter_op: refused or undone exactly."""
+    setup(arena, K3)
+    arena.attempt([call("ALTER TABLE k3 ALTER COLUMN b TYPE int USING 0", "hidden")])
+
+
+ODDNAMES = (
+    'CREATE TABLE public."T ""x"" ,()" (k1 text, sg_value int, sg_ord int, s text, "ROW(" int);'
+    'INSERT INTO public."T ""x"" ,()" VALUES (\'a\', 1, 1, \'t\', 1), (\'a\', 2, 2, \'t\', 1),'
+    " (NULL, NULL, 3, NULL, NULL), ('a', 1, 4, 't', 1);"
+)
+
+
+@pytest.mark.parametrize(
+    "stmt",
+    [
+        'ALTER TABLE public."T ""x"" ,()" DROP COLUMN sg_ord',
+        pytest.param('ALTER TABLE public."T ""x"" ,()" DROP COLUMN s', marks=pytest.mark.xfail(
+            strict=True, reason="BUG: _undo_key_check reads the image column sg_value's type "
+            "from the capture's own ('sg_value', <dropped type>) entry: 'is of type integer now, "
+            "not text', undo refused (55000) for good")),
+        'ALTER TABLE public."T ""x"" ,()" ALTER COLUMN sg_ord TYPE bigint USING sg_ord * 2',
+        pytest.param('ALTER TABLE public."T ""x"" ,()" ALTER COLUMN sg_value TYPE text',
+                     marks=pytest.mark.xfail(
+            strict=True, reason="BUG: _undo_key_check reads the image column sg_ord's type from "
+            "the capture's own ('sg_ord', bigint) entry: 'is of type integer now, not bigint', "
+            "undo refused (55000) for good")),
+    ],
+)
+def test_keyless_names_that_collide_with_machinery(arena: Arena, stmt: str) -> None:
+    """Columns named k1, sg_value, sg_ord, s, "ROW(" in a table named with quotes,
+    commas and parentheses: the statement runs as PostgreSQL would and undo is exact."""
+    setup(arena, ODDNAMES)
+    out, _ = arena.attempt([stmt])
+    assert out.error is None, out.describe()
+
+
+def test_keyless_identity_retype_refused_cleanly(arena: Arena) -> None:
+    """ALTER COLUMN TYPE of an identity column of a keyless table (documented as refused):
+    refused with nothing changed, or undone exactly."""
+    setup(arena, IDN)
+    arena.attempt(["ALTER TABLE ki ALTER COLUMN id TYPE bigint"])
