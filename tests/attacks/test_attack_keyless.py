@@ -1,3 +1,4 @@
+# ruff: noqa: E501
 """Attacks on the keyless (row image) and identity column undo (decision 0022, "Since then").
 
 The application's role, through softguard, drops or retypes columns of tables without a
@@ -38,7 +39,9 @@ def op_of(notices: list[str]) -> int:
 
 
 def undo_all(a: Arena, last: int) -> Any:
-    active = [o["id"] for o in a.ops_since(last) if o["state"] == "active" and o.get("undo_of") is None]
+    active = [
+        o["id"] for o in a.ops_since(last) if o["state"] == "active" and o.get("undo_of") is None
+    ]
     assert active
     return a.undo(active)
 
@@ -228,7 +231,11 @@ def test_capture_column_without_operation(arena: Arena, via: str) -> None:
     mid = arena.capture_state()
     op = arena.last_op()
     out = arena.attack(
-        [call(f"SELECT softguard._capture_column({op}, 'public.secret'::regclass, 1, '{{}}')", via)],
+        [
+            call(
+                f"SELECT softguard._capture_column({op}, 'public.secret'::regclass, 1, '{{}}')", via
+            )
+        ],
         via=conn_via(via),
     )
     assert out.error is not None, out.describe()
@@ -282,10 +289,18 @@ def test_capture_column_of_unowned_table_in_real_operation(arena: Arena, via: st
         ("proxy", "proxy"),
         ("proxy", "do_block"),
         ("hidden", "do_block"),
-        pytest.param("hidden", "proxy", marks=pytest.mark.xfail(strict=True, reason=(
-            "BUG: a forged _capture_column (hidden in DO/EXECUTE, through softguard) joins the "
-            "real DROP COLUMN b's operation; undo of that operation is then refused (55000), "
-            "so b's values can never come back"))),
+        pytest.param(
+            "hidden",
+            "proxy",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "BUG: a forged _capture_column (hidden in DO/EXECUTE, through softguard) joins the "
+                    "real DROP COLUMN b's operation; undo of that operation is then refused (55000), "
+                    "so b's values can never come back"
+                ),
+            ),
+        ),
     ],
 )
 def test_forged_narrow_image_then_drop(arena: Arena, via: str, how: str) -> None:
@@ -313,8 +328,8 @@ def test_alter_changing_forged_is_harmless(arena: Arena, via: str) -> None:
     out = arena.attack(
         [
             call(
-                "SELECT softguard._alter_changing('[{\"object_type\": \"table column\", "
-                "\"objid\": \"' || 'public.secret'::regclass::oid || '\", \"objsubid\": 1}]', "
+                'SELECT softguard._alter_changing(\'[{"object_type": "table column", '
+                '"objid": "\' || \'public.secret\'::regclass::oid || \'", "objsubid": 1}]\', '
                 "'[]', 'public.secret'::regclass)",
                 via,
             )
@@ -328,9 +343,16 @@ def test_alter_changing_forged_is_harmless(arena: Arena, via: str) -> None:
     "via",
     [
         "proxy",
-        pytest.param("hidden", marks=pytest.mark.xfail(strict=True, reason=(
-            "BUG: alter_op trusts the caller's ctx.columns: b is retyped uncaptured, a is "
-            "'captured' instead, and undo is refused (55000: b is of type varchar(9) now)"))),
+        pytest.param(
+            "hidden",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "BUG: alter_op trusts the caller's ctx.columns: b is retyped uncaptured, a is "
+                    "'captured' instead, and undo is refused (55000: b is of type varchar(9) now)"
+                ),
+            ),
+        ),
     ],
 )
 def test_alter_op_false_columns_list(arena: Arena, via: str) -> None:
@@ -341,7 +363,7 @@ def test_alter_op_false_columns_list(arena: Arena, via: str) -> None:
         [
             call(
                 "CALL softguard.alter_op('ALTER TABLE k3 DROP COLUMN c, ALTER COLUMN b TYPE varchar(9)', "
-                "'{\"columns\": [{\"schema\": null, \"table\": \"k3\", \"column\": \"a\"}]}')",
+                '\'{"columns": [{"schema": null, "table": "k3", "column": "a"}]}\')',
                 via,
             )
         ],
@@ -362,7 +384,9 @@ def test_capture_column_other_table_in_real_operation(arena: Arena, via: str) ->
         ),
         via=conn_via(via),
     )
-    assert arena.direct("SELECT count(*) FROM softguard.captures WHERE relid = 'public.nokey'::regclass") == [(0,)]
+    assert arena.direct(
+        "SELECT count(*) FROM softguard.captures WHERE relid = 'public.nokey'::regclass"
+    ) == [(0,)]
 
 
 # -- how the statement reaches the server -------------------------------------------------------
@@ -386,8 +410,11 @@ def _pipeline(c: psycopg.Connection[Any]) -> None:
 
 
 AFTER_TX = [
-    {"a": 1, "b": "x", "c": "c1"}, {"a": 1, "b": "x", "c": "c2"}, {"a": 2, "b": "y", "c": "c3"},
-    {"a": 3, "b": "", "c": None}, {"a": 9, "b": "late", "c": None},
+    {"a": 1, "b": "x", "c": "c1"},
+    {"a": 1, "b": "x", "c": "c2"},
+    {"a": 2, "b": "y", "c": "c3"},
+    {"a": 3, "b": "", "c": None},
+    {"a": 9, "b": "late", "c": None},
 ]
 HOW: dict[str, tuple[list[Any], list[dict[str, Any]] | None]] = {
     # the UPDATE and INSERT are not protected (not undone): the rows they wrote are expected
@@ -408,8 +435,10 @@ HOW: dict[str, tuple[list[Any], list[dict[str, Any]] | None]] = {
     "multi": (
         ["UPDATE k4 SET a = a + 1; ALTER TABLE k4 DROP COLUMN c; DELETE FROM k4 WHERE a = 4"],
         [
-            {"a": 2, "b": "x", "c": "c1"}, {"a": 2, "b": "x", "c": "c2"},
-            {"a": 3, "b": None, "c": "c3"}, {"a": 4, "b": "", "c": None},
+            {"a": 2, "b": "x", "c": "c1"},
+            {"a": 2, "b": "x", "c": "c2"},
+            {"a": 3, "b": None, "c": "c3"},
+            {"a": 4, "b": "", "c": None},
         ],
     ),
 }
@@ -451,8 +480,12 @@ def test_identity_drop_undo_keeps_identity(arena: Arena) -> None:
     would have been."""
     setup(arena, IDN + "SELECT nextval('ki_id_seq'); SELECT nextval('ki_id_seq');")
     arena.attempt(["ALTER TABLE ki DROP COLUMN id"])
-    assert arena.direct("SELECT attidentity FROM pg_attribute WHERE attrelid = 'public.ki'::regclass AND attname = 'id'") == [("a",)]
-    assert arena.direct("SELECT pg_get_serial_sequence('public.ki', 'id')") == [("public.ki_id_seq",)]
+    assert arena.direct(
+        "SELECT attidentity FROM pg_attribute WHERE attrelid = 'public.ki'::regclass AND attname = 'id'"
+    ) == [("a",)]
+    assert arena.direct("SELECT pg_get_serial_sequence('public.ki', 'id')") == [
+        ("public.ki_id_seq",)
+    ]
     with arena.connect("owner", via="direct") as c:
         got = c.execute("INSERT INTO ki (v) VALUES ('n') RETURNING id").fetchone()
     assert got == (40,), got  # 35 was in the setup session's cache: lost, as without softguard
@@ -476,15 +509,20 @@ def test_identity_name_taken_since(arena: Arena) -> None:
     seq = arena.direct("SELECT pg_get_serial_sequence('public.ki', 'id')")[0][0]
     assert seq != "public.ki_id_seq", seq
     assert arena.direct("SELECT last_value FROM public.ki_id_seq") == [(1000,)]
-    assert arena.direct("SELECT count(*) FROM pg_depend WHERE objid = 'public.ki_id_seq'::regclass AND deptype IN ('a', 'i')") == [(0,)]
+    assert arena.direct(
+        "SELECT count(*) FROM pg_depend WHERE objid = 'public.ki_id_seq'::regclass AND deptype IN ('a', 'i')"
+    ) == [(0,)]
     assert sorted(arena.direct("SELECT id FROM ki")) == [(10,), (15,), (20,)]
 
 
 def test_identity_sequence_of_other_table_named_like_it(arena: Arena) -> None:
     """After the DROP the role renames another table's identity sequence to ki_id_seq: undo
     must not take that sequence, and the other table keeps its identity."""
-    setup(arena, IDN + "CREATE TABLE other_t (n int GENERATED BY DEFAULT AS IDENTITY, w text);"
-          "INSERT INTO other_t (w) VALUES ('w');")
+    setup(
+        arena,
+        IDN + "CREATE TABLE other_t (n int GENERATED BY DEFAULT AS IDENTITY, w text);"
+        "INSERT INTO other_t (w) VALUES ('w');",
+    )
     last = arena.last_op()
     out = arena.attack(
         ["ALTER TABLE ki DROP COLUMN id", "ALTER SEQUENCE other_t_n_seq RENAME TO ki_id_seq"]
@@ -492,8 +530,12 @@ def test_identity_sequence_of_other_table_named_like_it(arena: Arena) -> None:
     assert out.error is None, out.describe()
     r = undo_all(arena, last)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert arena.direct("SELECT pg_get_serial_sequence('public.other_t', 'n')") == [("public.ki_id_seq",)]
-    assert arena.direct("SELECT pg_get_serial_sequence('public.ki', 'id')") != [("public.ki_id_seq",)]
+    assert arena.direct("SELECT pg_get_serial_sequence('public.other_t', 'n')") == [
+        ("public.ki_id_seq",)
+    ]
+    assert arena.direct("SELECT pg_get_serial_sequence('public.ki', 'id')") != [
+        ("public.ki_id_seq",)
+    ]
     with arena.connect("owner", via="direct") as c:
         assert c.execute("INSERT INTO other_t (w) VALUES ('x') RETURNING n").fetchone() == (2,)
         assert c.execute("INSERT INTO ki (v) VALUES ('x') RETURNING id").fetchone() == (25,)
@@ -502,8 +544,11 @@ def test_identity_sequence_of_other_table_named_like_it(arena: Arena) -> None:
 def test_identity_undo_exhausted_sequence_is_all_or_nothing(arena: Arena) -> None:
     """A smallint identity at its MAXVALUE, dropped; a row added since needs a new identity
     value the sequence cannot give: undo fails, and the table is exactly as before the undo."""
-    setup(arena, "CREATE TABLE kx (id smallint GENERATED ALWAYS AS IDENTITY (MAXVALUE 3), v text);"
-          "INSERT INTO kx (v) VALUES ('a'), ('b'), ('c');")
+    setup(
+        arena,
+        "CREATE TABLE kx (id smallint GENERATED ALWAYS AS IDENTITY (MAXVALUE 3), v text);"
+        "INSERT INTO kx (v) VALUES ('a'), ('b'), ('c');",
+    )
     last = arena.last_op()
     out = arena.attack(["ALTER TABLE kx DROP COLUMN id", "INSERT INTO kx VALUES ('late')"])
     assert out.error is None, out.describe()
@@ -521,8 +566,11 @@ def test_keyless_type_undo_refused_is_all_or_nothing(arena: Arena) -> None:
     """ALTER COLUMN v TYPE bigint of a keyless table with two columns retyped before in
     separate statements; a row written since does not fit int: undo refuses and changes
     nothing (the types and rows stay as they were before the undo)."""
-    setup(arena, "CREATE TABLE kt (a int, v int, w int);"
-          "INSERT INTO kt VALUES (1, 10, 100), (1, 10, 200), (2, 20, 300);")
+    setup(
+        arena,
+        "CREATE TABLE kt (a int, v int, w int);"
+        "INSERT INTO kt VALUES (1, 10, 100), (1, 10, 200), (2, 20, 300);",
+    )
     last = arena.last_op()
     out = arena.attack(
         [
@@ -565,7 +613,7 @@ def test_keyless_type_swap_new_values_between_rows(arena: Arena) -> None:
 )
 @pytest.mark.parametrize(
     "columns",
-    ['[]', '[{"schema": null, "table": "k3", "column": "a"}]'],
+    ["[]", '[{"schema": null, "table": "k3", "column": "a"}]'],
     ids=["empty", "names_a"],
 )
 def test_alter_op_false_columns_lossy_retype(arena: Arena, columns: str) -> None:
@@ -592,7 +640,7 @@ def test_plain_hidden_lossy_retype(arena: Arena) -> None:
 
 ODDNAMES = (
     'CREATE TABLE public."T ""x"" ,()" (k1 text, sg_value int, sg_ord int, s text, "ROW(" int);'
-    'INSERT INTO public."T ""x"" ,()" VALUES (\'a\', 1, 1, \'t\', 1), (\'a\', 2, 2, \'t\', 1),'
+    "INSERT INTO public.\"T \"\"x\"\" ,()\" VALUES ('a', 1, 1, 't', 1), ('a', 2, 2, 't', 1),"
     " (NULL, NULL, 3, NULL, NULL), ('a', 1, 4, 't', 1);"
 )
 
@@ -601,16 +649,25 @@ ODDNAMES = (
     "stmt",
     [
         'ALTER TABLE public."T ""x"" ,()" DROP COLUMN sg_ord',
-        pytest.param('ALTER TABLE public."T ""x"" ,()" DROP COLUMN s', marks=pytest.mark.xfail(
-            strict=True, reason="BUG: _undo_key_check reads the image column sg_value's type "
-            "from the capture's own ('sg_value', <dropped type>) entry: 'is of type integer now, "
-            "not text', undo refused (55000) for good")),
+        pytest.param(
+            'ALTER TABLE public."T ""x"" ,()" DROP COLUMN s',
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: _undo_key_check reads the image column sg_value's type "
+                "from the capture's own ('sg_value', <dropped type>) entry: 'is of type integer now, "
+                "not text', undo refused (55000) for good",
+            ),
+        ),
         'ALTER TABLE public."T ""x"" ,()" ALTER COLUMN sg_ord TYPE bigint USING sg_ord * 2',
-        pytest.param('ALTER TABLE public."T ""x"" ,()" ALTER COLUMN sg_value TYPE text',
-                     marks=pytest.mark.xfail(
-            strict=True, reason="BUG: _undo_key_check reads the image column sg_ord's type from "
-            "the capture's own ('sg_ord', bigint) entry: 'is of type integer now, not bigint', "
-            "undo refused (55000) for good")),
+        pytest.param(
+            'ALTER TABLE public."T ""x"" ,()" ALTER COLUMN sg_value TYPE text',
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: _undo_key_check reads the image column sg_ord's type from "
+                "the capture's own ('sg_ord', bigint) entry: 'is of type integer now, not bigint', "
+                "undo refused (55000) for good",
+            ),
+        ),
     ],
 )
 def test_keyless_names_that_collide_with_machinery(arena: Arena, stmt: str) -> None:
