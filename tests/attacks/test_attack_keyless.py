@@ -556,7 +556,7 @@ def test_identity_undo_exhausted_sequence_is_all_or_nothing(arena: Arena) -> Non
     r = undo_all(arena, last)
     if r.returncode != 0:
         assert not describe_diff(mid, arena.snapshot())
-        assert [o["state"] for o in arena.ops_since(last)][0] == "active"
+        assert arena.ops_since(last)[0]["state"] == "active"
 
 
 # -- undo all-or-nothing for a type change ---------------------------------------------------------
