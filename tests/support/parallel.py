@@ -53,6 +53,10 @@ def pytest_cmdline_main(
                 )
         elif asked is None and not option.usepdb and not option.collectonly:
             option.numprocesses = workers()
+        if option.numprocesses and option.dist == "no":
+            # Whole files per worker: a module's fixtures (its database, its arena template,
+            # its proxies) are built once, not once in each worker that gets one of its tests.
+            option.dist = "loadfile"
     return (yield)
 
 
