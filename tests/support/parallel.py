@@ -21,8 +21,12 @@ from collections.abc import Generator
 
 import pytest
 
-# Measured on the 2-core CI machine (docs/testing.md): the fastest green count.
+# Measured on the 2-core CI machine (docs/testing.md).
 WORKERS_PER_CPU = 2
+
+# Files whose tests take minutes in all (the durations report): handed out first, so that
+# no worker starts one of them while the others have finished.
+LONG_FILES = ("tests/test_fuzz_encodings.py", "tests/test_fuzz.py", "tests/test_pgbench.py")
 
 
 def workers() -> int:
@@ -58,6 +62,13 @@ def pytest_cmdline_main(
             # its proxies) are built once, not once in each worker that gets one of its tests.
             option.dist = "loadfile"
     return (yield)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Only in workers: a serial run keeps the collection order. Every worker sorts alike
+    # (xdist requires identical collections); sorted() is stable.
+    if hasattr(config, "workerinput"):
+        items[:] = sorted(items, key=lambda item: item.nodeid.split("::")[0] not in LONG_FILES)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -6,7 +6,7 @@ nothing should ever listen on. In between, the kernel may hand the same port to 
 worker's pick: it chooses at random among the ports free at that instant. A proxy started
 there would then answer this worker's readiness check, or listen on its dead port. So each
 worker keeps only the ports of its own share, ``(port // 2) % workers == index``, pairs
-of ports because the kernel prefers even ports for bind and odd ones for connect. Run
+of ports because the kernel hands out odd ports for bind and even ones for connect. Run
 serially, every port is the process's share.
 """
 
@@ -54,14 +54,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def free_port_pair() -> int:
     """An even port P with P and P + 1 both free on 127.0.0.1 now, both of this worker's
-    share."""
+    share (a pair is always in one share)."""
     for _ in range(50):
-        port = free_port()
-        if port % 2 or port >= 65535:
-            continue
+        port = free_port() & ~1  # bind(0) mostly hands out odd ports: take its pair
         try:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", port + 1))
+            with socket.socket() as first, socket.socket() as second:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
         except OSError:
             continue
         return port
