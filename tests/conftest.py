@@ -24,4 +24,5 @@ pytest_plugins = [
     "fixtures.fix_twins",
     "fixtures.fix_softdelete",
     "support.ci_skips",
+    "support.parallel",
 ]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import softguard.embedded as embedded
 from softguard.embedded import (
     BUNDLED_PACKAGES,
     PORT_FILE,
@@ -141,9 +142,12 @@ def test_serve_and_demo_without_binaries_exit_2_with_one_line(
 
 
 @pytest.fixture
-def data_parent() -> Iterator[Path]:
+def data_parent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     from support.pg import short_tempdir
+    from support.ports import free_port
 
+    # A port kept across a restart must not be picked by another xdist worker meanwhile.
+    monkeypatch.setattr(embedded, "_free_port", free_port)
     parent = short_tempdir("sg-emb-")
     parent.chmod(0o755)  # as root, the server runs as softguard-pg and must reach it
     yield parent

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.pg import TestServer
+from support.ports import free_port_pair
 from support.proxy import REPO_ROOT, ProxyFactory, free_port, via_direct
 
 from softguard.policy import SessionInfo
@@ -180,22 +181,8 @@ def test_upstream_refusal(proxy_factory: ProxyFactory) -> None:
     assert not any(name == "softguard_ledger_operations" for name, _ in s)
 
 
-def _two_free_ports() -> int:
-    for _ in range(50):
-        port = free_port()
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no two consecutive free ports")
-
-
 def test_workers_serve_consecutive_ports(proxy_factory: ProxyFactory) -> None:
-    mport = _two_free_ports()
+    mport = free_port_pair()
     proxy = proxy_factory("--metrics", f"127.0.0.1:{mport}", "--workers", "2", fresh=True)
     for _ in range(6):
         with psycopg.connect(proxy.dsn()) as conn:

@@ -291,19 +291,12 @@ def _has_ipv6_loopback() -> bool:
     return True
 
 
-def _free_port6() -> int:
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-        s.bind(("::1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_ipv6_listen_end_to_end(pg_server: TestServer, dbname: str, tmp_path: Path) -> None:
     """README (serve options): `--listen [::1]:6432` for IPv6: a client connects over IPv6,
     runs statements, and a DROP is reversible as over IPv4."""
     if not _has_ipv6_loopback():
         pytest.skip("environment: no IPv6 loopback (::1) on this machine")
-    port = _free_port6()
+    port = free_port("::1")
     log = tmp_path / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOFTGUARD_")}
     cmd = [sys.executable, "-m", "softguard", "serve", "--listen", f"[::1]:{port}"]

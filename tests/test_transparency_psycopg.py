@@ -150,15 +150,23 @@ def test_pipeline_with_failure_in_the_middle(dsns: tuple[str, str]) -> None:
     def fn(c: Conn) -> Any:
         out: list[Any] = []
         c.autocommit = True
-        try:
-            with c.pipeline() as p:
-                cur1 = c.execute("SELECT 1")
-                cur2 = c.execute("INSERT INTO sink (id) VALUES (100)")
-                cur3 = c.execute("SELECT 1 / %s", [0])
-                cur4 = c.execute("SELECT 4")
-                p.sync()
-        except psycopg.Error as e:
-            out.append(("error", error_info(e)))
+        # The server sends the error at once: were it back before the last execute(),
+        # psycopg would raise there (a race under load). A lock held until every statement
+        # is sent makes the INSERT, and so the error, wait for that.
+        with psycopg.connect(c.info.dsn) as holder:
+            holder.execute("LOCK TABLE sink IN SHARE MODE")
+            try:
+                with c.pipeline() as p:
+                    try:
+                        cur1 = c.execute("SELECT 1")
+                        cur2 = c.execute("INSERT INTO sink (id) VALUES (100)")
+                        cur3 = c.execute("SELECT 1 / %s", [0])
+                        cur4 = c.execute("SELECT 4")
+                    finally:
+                        holder.commit()
+                    p.sync()
+            except psycopg.Error as e:
+                out.append(("error", error_info(e)))
         for cur in (cur1, cur2):
             out.append((cur.statusmessage, cur.fetchall() if cur.description else None))
         for cur in (cur3, cur4):

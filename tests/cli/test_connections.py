@@ -4,12 +4,11 @@ the one line an error becomes."""
 
 from __future__ import annotations
 
-import socket
-
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 from support.pg import TestServer
+from support.ports import free_port
 from typer.testing import CliRunner
 
 from softguard.cli.common import parse_since, short
@@ -26,12 +25,6 @@ from softguard.ledger.db import (
 )
 from softguard.ledger.scheduler import connector
 from softguard.soft_delete_config import SoftDeleteRule
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _settings(conn: psycopg.Connection[object]) -> tuple[object, ...]:
@@ -63,7 +56,7 @@ def test_scheduled_purge_connects_to_each_database(pg_server: TestServer) -> Non
 
 def test_connection_errors_are_ledger_errors() -> None:
     with pytest.raises(CannotConnect) as refused:
-        connect(f"host=127.0.0.1 port={_closed_port()} dbname=x user=x", connect_timeout=2)
+        connect(f"host=127.0.0.1 port={free_port()} dbname=x user=x", connect_timeout=2)
     assert isinstance(refused.value, LedgerError)
     assert "\n" not in str(refused.value) and str(refused.value)
     with pytest.raises(InvalidDsn) as invalid:
@@ -103,7 +96,7 @@ def test_milliseconds_never_zero() -> None:
     ],
 )
 def test_commands_say_why_they_cannot_connect(args: list[str], code: int, message: str) -> None:
-    port = _closed_port()
+    port = free_port()
     r = CliRunner().invoke(app, [a.format(port=port) for a in args])
     assert r.exit_code == code, r.output
     assert r.output.startswith(message), r.output

@@ -16,14 +16,9 @@ import psycopg
 import pytest
 from serve_process import Serve, wait_file_contains
 from support.pg import TestServer
+from support.ports import free_port
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -170,7 +165,7 @@ def test_unreachable_upstream_is_logged_once_per_burst(
     tmp_path: Path, serve_procs: list[Serve]
 ) -> None:
     log = tmp_path / "softguard.log"
-    dead = _free_port()
+    dead = free_port()
     proc = _serve(
         serve_procs,
         f"postgresql://127.0.0.1:{dead}",
@@ -261,7 +256,7 @@ def test_read_only_behind_a_transaction_pooler_is_said_at_start(
     config.write_text('[[policy.rules]]\nrole = "agent_*"\nmode = "read-only"\n')
     proc = _serve(
         serve_procs,
-        f"postgresql://127.0.0.1:{_free_port()}",
+        f"postgresql://127.0.0.1:{free_port()}",
         "--config", str(config), "--upstream-pooler", "transaction",
     )  # fmt: skip
     proc.listening_port()

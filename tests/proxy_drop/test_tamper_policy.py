@@ -4,6 +4,7 @@ refused by default; per-role policy rules from a config file (DESIGN.md §3-§4)
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,8 @@ def test_dynamic_sql_cannot_destroy_quarantine_or_ledger(
 # --------------------------------------------------------------------- dangerous by default
 
 VICTIM_ROLE = "sg_pd_victim_role"
-PROGRAM_MARK = Path(tempfile.gettempdir()) / "sg_pd_copy_program_ran"
+# per process: several test sessions may run on one machine at once
+PROGRAM_MARK = Path(tempfile.gettempdir()) / f"sg_pd_copy_program_ran_{os.getpid()}"
 
 
 @pytest.fixture

@@ -30,7 +30,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from softguard.embedded import EmbeddedPostgres, find_pg_bin_dir
+from softguard.embedded import EmbeddedError, EmbeddedPostgres, find_pg_bin_dir
+
+from .ports import free_port
 
 ROLE_PASSWORDS: dict[str, str | None] = {
     "sg_scram": "scram-pw",
@@ -51,6 +53,8 @@ HBA_LINES = [
     "host all sg_managed 127.0.0.1/32 scram-sha-256",
     "host all all 127.0.0.1/32 trust",
 ]
+
+_START_ATTEMPTS = 5
 
 TEST_SETTINGS = {
     # Test tier only: durability is not needed for throwaway data.
@@ -269,22 +273,32 @@ def start_test_server(workdir: Path) -> TestServer:
 
     bin_dir = find_pg_bin_dir()
     tls = make_tls_files(workdir) if _has_openssl(bin_dir) else None
-    pg = EmbeddedPostgres(
-        None,  # a temporary data dir, removed by pg.cleanup()
-        bin_dir=bin_dir,
-        server_settings=TEST_SETTINGS,
-        hba_lines=HBA_LINES,
-        ssl_cert=tls.server_cert if tls else None,
-        ssl_key=tls.server_key if tls else None,
-    )
-    try:
-        pg.start()
-        setup_roles(pg.dsn())
-        with psycopg.connect(pg.dsn()) as c:
-            version = c.info.server_version
-    except BaseException:
-        pg.cleanup()
-        raise
+    for attempt in range(_START_ATTEMPTS):
+        pg = EmbeddedPostgres(
+            None,  # a temporary data dir, removed by pg.cleanup()
+            # of this xdist worker's share: another worker's test cannot pick it meanwhile
+            port=free_port(),
+            bin_dir=bin_dir,
+            server_settings=TEST_SETTINGS,
+            hba_lines=HBA_LINES,
+            ssl_cert=tls.server_cert if tls else None,
+            ssl_key=tls.server_key if tls else None,
+        )
+        try:
+            pg.start()
+            setup_roles(pg.dsn())
+            with psycopg.connect(pg.dsn()) as c:
+                version = c.info.server_version
+        except EmbeddedError as exc:
+            pg.cleanup()
+            # a process outside this test session took the port first
+            if "could not bind" in str(exc) and attempt + 1 < _START_ATTEMPTS:
+                continue
+            raise
+        except BaseException:
+            pg.cleanup()
+            raise
+        break
     return TestServer(
         host=pg.host,
         port=pg.port,

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .pg import TestServer, build_dsn
+from .ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
@@ -27,13 +28,6 @@ START_TIMEOUT = 15.0
 
 def via_direct() -> bool:
     return os.environ.get("SOFTGUARD_TEST_VIA", "proxy") == "direct"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _tail(path: Path, lines: int = 40) -> str:
