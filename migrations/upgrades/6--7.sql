@@ -468,12 +468,15 @@ DECLARE
     later_stmt text;
     bad text;
 BEGIN
+    -- the key's columns lead c.columns, in order; what follows them is the capture's own
+    -- (sg_value, sg_ord, ...), which a live column of the same name must not be read as
     FOR k IN SELECT x->>0 AS name, x->>1 AS typ,
                     (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
                       WHERE a.attrelid = c.relid AND a.attname = x->>0 AND a.attnum > 0
                         AND NOT a.attisdropped) AS now
-               FROM jsonb_array_elements(c.columns) x
-              WHERE x->>0 IN (SELECT jsonb_array_elements_text(c.info->'key')) LOOP
+               FROM jsonb_array_elements(c.columns) WITH ORDINALITY e(x, ord)
+              WHERE e.ord <= jsonb_array_length(coalesce(c.info->'key', '[]'))
+                AND x->>0 IN (SELECT jsonb_array_elements_text(c.info->'key')) LOOP
         -- a key compares by value (its type may have changed since); an image as text
         CONTINUE WHEN k.now IS NOT NULL AND (k.now = k.typ OR NOT coalesce((c.info->>'image')::boolean, false));
         SELECT h.later, h.later_stmt INTO later, later_stmt

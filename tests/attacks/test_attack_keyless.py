@@ -649,25 +649,12 @@ ODDNAMES = (
     "stmt",
     [
         'ALTER TABLE public."T ""x"" ,()" DROP COLUMN sg_ord',
-        pytest.param(
-            'ALTER TABLE public."T ""x"" ,()" DROP COLUMN s',
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: _undo_key_check reads the image column sg_value's type "
-                "from the capture's own ('sg_value', <dropped type>) entry: 'is of type integer now, "
-                "not text', undo refused (55000) for good",
-            ),
-        ),
+        # once refused at undo for good (55000): the capture's own ('sg_value', <dropped
+        # type>) entry was read as the live column sg_value's
+        'ALTER TABLE public."T ""x"" ,()" DROP COLUMN s',
         'ALTER TABLE public."T ""x"" ,()" ALTER COLUMN sg_ord TYPE bigint USING sg_ord * 2',
-        pytest.param(
-            'ALTER TABLE public."T ""x"" ,()" ALTER COLUMN sg_value TYPE text',
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: _undo_key_check reads the image column sg_ord's type from "
-                "the capture's own ('sg_ord', bigint) entry: 'is of type integer now, not bigint', "
-                "undo refused (55000) for good",
-            ),
-        ),
+        # likewise with the capture's own ('sg_ord', bigint) entry
+        'ALTER TABLE public."T ""x"" ,()" ALTER COLUMN sg_value TYPE text',
     ],
 )
 def test_keyless_names_that_collide_with_machinery(arena: Arena, stmt: str) -> None:
