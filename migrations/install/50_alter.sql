@@ -304,6 +304,18 @@ BEGIN
                                'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
                                'collation', a.coll, 'key', to_jsonb(key), 'image', image,
                                'excluded', to_jsonb(changed),
+                               -- every column's type before the statement, of the table
+                               -- and of its children and partitions ("relid.name"): the
+                               -- rewrite backstop (85_backstop.sql) tells from it which changed
+                               'types', (WITH RECURSIVE down(r) AS (
+                                             SELECT rel
+                                             UNION
+                                             SELECT i.inhrelid FROM pg_inherits i JOIN down ON i.inhparent = down.r)
+                                         SELECT jsonb_object_agg(t.attrelid::text || '.' || t.attname,
+                                                                 format_type(t.atttypid, t.atttypmod))
+                                           FROM pg_attribute t
+                                          WHERE t.attrelid IN (SELECT r FROM down) AND t.attnum > 0
+                                            AND NOT t.attisdropped),
                                -- PostgreSQL re-parses these for the new type (casts added):
                                -- undo puts back their exact definitions
                                'checks', (SELECT coalesce(jsonb_agg(jsonb_build_object(

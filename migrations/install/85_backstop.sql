@@ -121,6 +121,70 @@ REVOKE ALL ON FUNCTION softguard._backstop_drop() FROM PUBLIC;
 -- The event trigger runs as the session's role; this only ever refuses.
 GRANT EXECUTE ON FUNCTION softguard._backstop_drop() TO PUBLIC;
 
+-- table_rewrite: a column type change (reason bit 4, AT_REWRITE_COLUMN_REWRITE) by a
+-- protected session converts the column's values in place, and no event trigger reports
+-- which column changed. Outside alter_op (a DO block, a function, a procedure) it is
+-- refused; inside alter_op's EXECUTE, every column of the rewritten table (or of the
+-- parent the statement named) must have a capture of its own in this transaction's open
+-- ALTER TABLE operation, or a type equal to the one such a capture recorded before the
+-- statement ran (a forged ctx naming too few columns is refused). A rewrite that keeps a
+-- column's type but changes its values (`TYPE int USING 0` on an int column) cannot be
+-- told from one that keeps them: only the proxy's parse names such a column (README).
+CREATE FUNCTION softguard._backstop_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel oid := pg_event_trigger_table_rewrite_oid();
+    events text[];
+    stack text;
+    lost text;
+BEGIN
+    IF pg_event_trigger_table_rewrite_reason() & 4 = 0 THEN
+        RETURN;                            -- persistence, a default, an access method
+    END IF;
+    events := (softguard._session(false)).capture;
+    IF events IS NULL OR NOT ('alter' = ANY (events)) OR NOT softguard._protected_table(rel) THEN
+        RETURN;
+    END IF;
+    GET DIAGNOSTICS stack = PG_CONTEXT;
+    IF stack ~ '(^|\n)PL/pgSQL function softguard\._probe\(text\) line [0-9]+ at EXECUTE' THEN
+        RETURN;                            -- the probe never keeps what it runs (20_catalog.sql)
+    END IF;
+    IF stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb\) line [0-9]+ at EXECUTE' THEN
+        WITH RECURSIVE up(r) AS (
+            SELECT rel
+            UNION
+            SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.r
+        ), caps AS (
+            SELECT c.info FROM softguard.captures c
+              JOIN softguard.operations o ON o.id = c.op_id
+             WHERE o.txid = pg_current_xact_id() AND o.state = 'active'
+               AND o.kind = 'ALTER TABLE' AND c.event = 'column'
+               AND c.info->>'kind' = 'type' AND c.relid IN (SELECT r FROM up)
+        )
+        SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum) INTO lost
+          FROM pg_attribute a
+         WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+           AND NOT EXISTS (SELECT FROM caps WHERE caps.info->>'name' = a.attname)
+           AND NOT EXISTS (SELECT FROM caps
+                            WHERE caps.info->'types'->>(rel::text || '.' || a.attname)
+                                  = format_type(a.atttypid, a.atttypmod));
+        IF lost IS NULL THEN
+            RETURN;
+        END IF;
+    ELSE
+        lost := NULL;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '0A000',
+        MESSAGE = format('softguard: changing the type of %s%s cannot be made reversible here',
+                         CASE WHEN lost IS NULL THEN 'a column of ' ELSE 'column(s) ' || lost || ' of ' END,
+                         rel::regclass),
+        DETAIL = 'softguard keeps a column''s values across a type change only when the ALTER '
+                 'TABLE comes through softguard on its own, not from a function, procedure or '
+                 'DO block.',
+        HINT = 'Run the ALTER TABLE ... ALTER COLUMN ... TYPE as its own statement.';
+END $$;
+REVOKE ALL ON FUNCTION softguard._backstop_rewrite() FROM PUBLIC;
+
 -- BEFORE TRUNCATE, outside truncate_op (a DO block, function, procedure, trigger): a
 -- protected session's TRUNCATE is captured like a top-level one (issue 11 item 2). Returns
 -- the operation the trigger copies into (NULL: the session is not registered for

@@ -298,7 +298,8 @@ LANGUAGE sql IMMUTABLE AS $$
                  'softguard_capture_tamper_drop', 'softguard_capture_inherit',
                  'softguard_capture_remote', 'softguard_capture_definitions',
                  'softguard_capture_definitions_drop', 'softguard_capture_sequences_start',
-                 'softguard_capture_sequences_end', 'softguard_mode_guard']
+                 'softguard_capture_sequences_end', 'softguard_mode_guard',
+                 'softguard_backstop_rewrite']
 $$;
 GRANT EXECUTE ON FUNCTION softguard._event_trigger_names() TO PUBLIC;
 
@@ -440,6 +441,9 @@ SELECT softguard._create_event_trigger('softguard_capture_tamper_ddl', $$ON ddl_
     EXECUTE FUNCTION softguard._capture_tamper()$$);
 SELECT softguard._create_event_trigger('softguard_capture_tamper_drop', $$ON sql_drop
     EXECUTE FUNCTION softguard._capture_tamper()$$);
+-- A column type change by a protected session outside alter_op (85_backstop.sql).
+SELECT softguard._create_event_trigger('softguard_backstop_rewrite', $$ON table_rewrite
+    EXECUTE FUNCTION softguard._backstop_rewrite()$$);
 
 -- Without event triggers (decision 0025) nothing equips a table created later, and nothing
 -- stops a table owner from dropping or disabling a capture trigger: softguard's own

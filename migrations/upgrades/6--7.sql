@@ -253,6 +253,18 @@ BEGIN
                                'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
                                'collation', a.coll, 'key', to_jsonb(key), 'image', image,
                                'excluded', to_jsonb(changed),
+                               -- every column's type before the statement, of the table
+                               -- and of its children and partitions ("relid.name"): the
+                               -- rewrite backstop (85_backstop.sql) tells from it which changed
+                               'types', (WITH RECURSIVE down(r) AS (
+                                             SELECT rel
+                                             UNION
+                                             SELECT i.inhrelid FROM pg_inherits i JOIN down ON i.inhparent = down.r)
+                                         SELECT jsonb_object_agg(t.attrelid::text || '.' || t.attname,
+                                                                 format_type(t.atttypid, t.atttypmod))
+                                           FROM pg_attribute t
+                                          WHERE t.attrelid IN (SELECT r FROM down) AND t.attnum > 0
+                                            AND NOT t.attisdropped),
                                -- PostgreSQL re-parses these for the new type (casts added):
                                -- undo puts back their exact definitions
                                'checks', (SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -1728,6 +1740,84 @@ BEGIN
     RETURN lines;
 END $$;
 -- end section: keeper2 ------------------------------------------------------------------
+
+-- section: rewrite ---------------------------------------------------------------------
+-- A column type change by a protected session outside alter_op is refused (85_backstop.sql,
+-- table_rewrite); _capture_type (section keyless) records every column's type before the
+-- statement.
+CREATE OR REPLACE FUNCTION softguard._backstop_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel oid := pg_event_trigger_table_rewrite_oid();
+    events text[];
+    stack text;
+    lost text;
+BEGIN
+    IF pg_event_trigger_table_rewrite_reason() & 4 = 0 THEN
+        RETURN;                            -- persistence, a default, an access method
+    END IF;
+    events := (softguard._session(false)).capture;
+    IF events IS NULL OR NOT ('alter' = ANY (events)) OR NOT softguard._protected_table(rel) THEN
+        RETURN;
+    END IF;
+    GET DIAGNOSTICS stack = PG_CONTEXT;
+    IF stack ~ '(^|\n)PL/pgSQL function softguard\._probe\(text\) line [0-9]+ at EXECUTE' THEN
+        RETURN;                            -- the probe never keeps what it runs (20_catalog.sql)
+    END IF;
+    IF stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb\) line [0-9]+ at EXECUTE' THEN
+        WITH RECURSIVE up(r) AS (
+            SELECT rel
+            UNION
+            SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.r
+        ), caps AS (
+            SELECT c.info FROM softguard.captures c
+              JOIN softguard.operations o ON o.id = c.op_id
+             WHERE o.txid = pg_current_xact_id() AND o.state = 'active'
+               AND o.kind = 'ALTER TABLE' AND c.event = 'column'
+               AND c.info->>'kind' = 'type' AND c.relid IN (SELECT r FROM up)
+        )
+        SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum) INTO lost
+          FROM pg_attribute a
+         WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+           AND NOT EXISTS (SELECT FROM caps WHERE caps.info->>'name' = a.attname)
+           AND NOT EXISTS (SELECT FROM caps
+                            WHERE caps.info->'types'->>(rel::text || '.' || a.attname)
+                                  = format_type(a.atttypid, a.atttypmod));
+        IF lost IS NULL THEN
+            RETURN;
+        END IF;
+    ELSE
+        lost := NULL;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '0A000',
+        MESSAGE = format('softguard: changing the type of %s%s cannot be made reversible here',
+                         CASE WHEN lost IS NULL THEN 'a column of ' ELSE 'column(s) ' || lost || ' of ' END,
+                         rel::regclass),
+        DETAIL = 'softguard keeps a column''s values across a type change only when the ALTER '
+                 'TABLE comes through softguard on its own, not from a function, procedure or '
+                 'DO block.',
+        HINT = 'Run the ALTER TABLE ... ALTER COLUMN ... TYPE as its own statement.';
+END $$;
+REVOKE ALL ON FUNCTION softguard._backstop_rewrite() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._event_trigger_names() RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['softguard_capture_ddl_end', 'softguard_capture_install',
+                 'softguard_capture_sql_drop', 'softguard_capture_tamper_ddl',
+                 'softguard_capture_tamper_drop', 'softguard_capture_inherit',
+                 'softguard_capture_remote', 'softguard_capture_definitions',
+                 'softguard_capture_definitions_drop', 'softguard_capture_sequences_start',
+                 'softguard_capture_sequences_end', 'softguard_mode_guard',
+                 'softguard_backstop_rewrite']
+$$;
+DO $$
+BEGIN
+    IF coalesce((SELECT s.event_triggers FROM softguard.settings s), true)
+       AND NOT EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'softguard_backstop_rewrite') THEN
+        PERFORM softguard._create_event_trigger('softguard_backstop_rewrite', $e$ON table_rewrite
+    EXECUTE FUNCTION softguard._backstop_rewrite()$e$);
+    END IF;
+END $$;
+-- end section: rewrite -----------------------------------------------------------------
 
 DO $$
 DECLARE

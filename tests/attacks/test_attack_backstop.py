@@ -20,6 +20,19 @@ HIDDEN_DROP = {
     "do_cascade": "DO $$ BEGIN EXECUTE 'DROP TABLE parent CASCADE'; END $$",
     "do_schema": "DO $$ BEGIN EXECUTE 'DROP SCHEMA public CASCADE'; END $$",
     "do_drop_column": "DO $$ BEGIN EXECUTE 'ALTER TABLE parent DROP COLUMN name'; END $$",
+    # a type change converts the values in place and no event trigger names the column:
+    # the table_rewrite backstop refuses it (threat model G11)
+    "do_retype": (
+        "DO $$ BEGIN EXECUTE 'ALTER TABLE big ALTER COLUMN payload TYPE int USING 0'; END $$"
+    ),
+    "do_retype_same_type": (
+        "DO $$ BEGIN EXECUTE $q$ALTER TABLE big ALTER COLUMN payload TYPE text USING ''$q$; END $$"
+    ),
+    "function_retype": [
+        "CREATE FUNCTION wipe() RETURNS void LANGUAGE sql AS "
+        "$$ ALTER TABLE parent ALTER COLUMN name TYPE varchar(1) USING left(name, 1) $$",
+        "SELECT wipe()",
+    ],
     "function": [
         "CREATE FUNCTION wipe() RETURNS void LANGUAGE plpgsql AS "
         "$$ BEGIN EXECUTE 'DROP TABLE big'; END $$",
@@ -363,3 +376,48 @@ def test_backstop_follows_the_policy(arena_allow: Arena) -> None:
     assert out.error is None, out.describe()
     assert arena_allow.direct("SELECT count(*) FROM big") == [(0,)]
     assert arena_allow.direct("SELECT to_regclass('public.nokey') IS NULL") == [(True,)]
+
+
+def test_hidden_changes_that_keep_the_values_still_run(arena: Arena) -> None:
+    """The rewrite backstop refuses only type changes: a DO block's ADD COLUMN with a
+    volatile default (a rewrite too) and SET UNLOGGED / LOGGED run as directly."""
+    out = arena.attack(
+        [
+            "DO $$ BEGIN EXECUTE 'ALTER TABLE big ADD COLUMN stamp timestamptz"
+            " DEFAULT clock_timestamp()'; END $$",
+            "DO $$ BEGIN EXECUTE 'ALTER TABLE nokey SET UNLOGGED';"
+            " EXECUTE 'ALTER TABLE nokey SET LOGGED'; END $$",
+        ]
+    )
+    assert out.error is None, out.describe()
+    assert arena.direct(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'big'::regclass AND attname = 'stamp'"
+    ) == [(1,)]
+
+
+def test_type_change_with_a_drop_column_through_softguard_is_reversible(arena: Arena) -> None:
+    """One ALTER TABLE that drops a column and retypes another comes through softguard's
+    alter_op (whose probe runs the statement first): not refused, and undone exactly."""
+    made = arena.attack(
+        [
+            "CREATE TABLE trio (k int PRIMARY KEY, a int, b text)",
+            "INSERT INTO trio VALUES (1, 10, 'x'), (2, 20, NULL)",
+        ]
+    )
+    assert made.error is None, made.describe()
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack(["ALTER TABLE trio DROP COLUMN b, ALTER COLUMN a TYPE bigint USING a * 2"])
+    assert out.error is None, out.describe()
+    assert arena.verdict(before, last, out)
+
+
+def test_hidden_retype_follows_the_policy(arena_allow: Arena) -> None:
+    """Control: a session whose policy allows ALTER is not registered for it: its DO
+    block's type change runs as PostgreSQL runs it."""
+    out = arena_allow.attack(
+        [
+            "DO $$ BEGIN EXECUTE 'ALTER TABLE big ALTER COLUMN payload TYPE varchar(3)"
+            " USING left(payload, 3)'; END $$"
+        ]
+    )
+    assert out.error is None, out.describe()

@@ -343,16 +343,9 @@ def test_alter_changing_forged_is_harmless(arena: Arena, via: str) -> None:
     "via",
     [
         "proxy",
-        pytest.param(
-            "hidden",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BUG: alter_op trusts the caller's ctx.columns: b is retyped uncaptured, a is "
-                    "'captured' instead, and undo is refused (55000: b is of type varchar(9) now)"
-                ),
-            ),
-        ),
+        # once lost: b retyped uncaptured, a "captured" instead, undo refused (55000); now
+        # the table_rewrite backstop refuses a type change alter_op did not capture
+        "hidden",
     ],
 )
 def test_alter_op_false_columns_list(arena: Arena, via: str) -> None:
@@ -605,12 +598,6 @@ def test_keyless_type_swap_new_values_between_rows(arena: Arena) -> None:
     assert not describe_diff(before, arena.snapshot())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: CALL softguard.alter_op hidden in DO/EXECUTE passes softguard's text check; "
-    "alter_op runs the retype it is given but captures only what ctx.columns names: b's "
-    "values are lost (empty: no operation at all; names_a: undo refused, 55000)",
-)
 @pytest.mark.parametrize(
     "columns",
     ["[]", '[{"schema": null, "table": "k3", "column": "a"}]'],
@@ -619,7 +606,9 @@ def test_keyless_type_swap_new_values_between_rows(arena: Arena) -> None:
 def test_alter_op_false_columns_lossy_retype(arena: Arena, columns: str) -> None:
     """Through softguard, a DO block EXECUTEs (decoded from hex) CALL softguard.alter_op with
     a lossy ALTER COLUMN b TYPE int USING 0 and a 'columns' list that does not name b: the
-    retype must be refused, or b's old values must come back on undo."""
+    retype must be refused, or b's old values must come back on undo. (Once lost: b's values
+    went with nothing recorded, or undo refused; now the table_rewrite backstop refuses a
+    type change of a column alter_op did not capture.)"""
     setup(arena, K3)
     stmt = "ALTER TABLE k3 ALTER COLUMN b TYPE int USING 0"
     ctx = '{"columns": ' + columns + "}"
@@ -628,12 +617,23 @@ def test_alter_op_false_columns_lossy_retype(arena: Arena, columns: str) -> None
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG (not keyless-specific): ALTER COLUMN TYPE EXECUTEd from a DO block is neither "
-    "seen by the proxy nor reported by event triggers: b's values are lost, nothing recorded",
+    reason="BUG (README limits): a forged alter_op call whose statement keeps a column's type "
+    "but rewrites its values (c text USING 'x') while ctx names another column: no catalog or "
+    "event trigger tells it from a rewrite that keeps the values; c's values are lost",
 )
+def test_alter_op_false_columns_same_type_rewrite(arena: Arena) -> None:
+    """As above, but the lost column keeps its type: ALTER COLUMN c TYPE text USING 'x',
+    with ctx naming a (whose retype alter_op captures)."""
+    setup(arena, K3)
+    stmt = "ALTER TABLE k3 ALTER COLUMN a TYPE bigint, ALTER COLUMN c TYPE text USING ''x''"
+    ctx = '{"columns": [{"schema": null, "table": "k3", "column": "a"}]}'
+    arena.attempt([call(f"CALL softguard.alter_op('{stmt}', '{ctx}')", "hidden")])
+
+
 def test_plain_hidden_lossy_retype(arena: Arena) -> None:
     """The same lossy ALTER COLUMN b TYPE int USING 0, EXECUTEd from hex in a DO block
-    without alter_op: refused or undone exactly."""
+    without alter_op: refused or undone exactly. (Once lost with nothing recorded: no event
+    trigger reports a type change; the table_rewrite backstop now refuses it.)"""
     setup(arena, K3)
     arena.attempt([call("ALTER TABLE k3 ALTER COLUMN b TYPE int USING 0", "hidden")])
 

@@ -44,6 +44,7 @@ def test_apply_is_idempotent(pg_server: TestServer, empty_db: str) -> None:
             "SELECT evtname, evtenabled FROM pg_event_trigger ORDER BY 1"
         ).fetchall()
         assert triggers == [
+            ("softguard_backstop_rewrite", "A"),
             ("softguard_capture_ddl_end", "A"),
             ("softguard_capture_definitions", "A"),
             ("softguard_capture_definitions_drop", "A"),
