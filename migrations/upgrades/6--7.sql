@@ -540,26 +540,21 @@ BEGIN
                             'img_' || c.id),
         c.id);
 END $$;
-CREATE OR REPLACE FUNCTION softguard._image_text(p text, n integer, last text DEFAULT NULL) RETURNS text
+CREATE OR REPLACE FUNCTION softguard._image_text(p text, cols text[]) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'ROW(' || array_to_string(ARRAY(SELECT format('%I.%I', p, 'k' || i)
-                                             FROM generate_series(1, n) i ORDER BY i)
-                                     || CASE WHEN last IS NULL THEN '{}'::text[]
-                                             ELSE ARRAY[format('%I.%I', p, last)] END, ', ')
+    SELECT 'ROW(' || array_to_string(ARRAY(SELECT format('%I.%I', p, c)
+                                             FROM unnest(cols) WITH ORDINALITY x(c, o) ORDER BY o),
+                                     ', ')
            || ')::text COLLATE "C"'
 $$;
-CREATE OR REPLACE FUNCTION softguard._live_image_text(key text[], last text DEFAULT NULL) RETURNS text
+REVOKE ALL ON FUNCTION softguard._image_text(text, text[]) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._image_keys(n integer) RETURNS text[]
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'ROW(' || array_to_string(ARRAY(SELECT format('t.%I', k)
-                                             FROM unnest(key) WITH ORDINALITY x(k, o) ORDER BY o)
-                                     || CASE WHEN last IS NULL THEN '{}'::text[]
-                                             ELSE ARRAY[format('t.%I', last)] END, ', ')
-           || ')::text COLLATE "C"'
+    SELECT ARRAY(SELECT 'k' || i FROM generate_series(1, n) i ORDER BY i)
 $$;
+REVOKE ALL ON FUNCTION softguard._image_keys(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION softguard._undo_key_check(bigint, softguard.captures) FROM PUBLIC;
 REVOKE ALL ON FUNCTION softguard._image_src(softguard.captures) FROM PUBLIC;
-REVOKE ALL ON FUNCTION softguard._image_text(text, integer, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION softguard._live_image_text(text[], text) FROM PUBLIC;
 CREATE OR REPLACE FUNCTION softguard._undo_drop_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -617,8 +612,8 @@ BEGIN
                        ' JOIN (SELECT s.sg_value, s.k, row_number() OVER (PARTITION BY s.k) AS rn'
                        ' FROM (SELECT s.sg_value, %s AS k FROM (%s) s) s) s'
                        ' ON s.k = l.k AND s.rn = l.rn) m WHERE t.ctid = m.tid',
-                       rel, i->>'name', softguard._live_image_text(key), rel,
-                       softguard._image_text('s', cardinality(key)), softguard._image_src(c));
+                       rel, i->>'name', softguard._image_text('t', key), rel,
+                       softguard._image_text('s', softguard._image_keys(cardinality(key))), softguard._image_src(c));
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     ELSIF i->>'generated' IS NULL THEN
@@ -791,10 +786,10 @@ BEGIN
                        ' JOIN (SELECT w.*, %s AS img, row_number() OVER (PARTITION BY %s ORDER BY w.sg_ord) AS r'
                        ' FROM (%s) w) w ON w.img = o.img AND w.r = o.r) p) p'
                        ' ON p.k = l.k AND p.rn = l.rn',
-                       tmp_name, softguard._live_image_text(key, col), rel,
-                       softguard._image_text('w', nk, 'sg_new'),
-                       softguard._image_text('o', nk), softguard._image_text('o', nk), src_old,
-                       softguard._image_text('w', nk), softguard._image_text('w', nk), src_new);
+                       tmp_name, softguard._image_text('t', key || col), rel,
+                       softguard._image_text('w', softguard._image_keys(nk) || 'sg_new'::text),
+                       softguard._image_text('o', softguard._image_keys(nk)), softguard._image_text('o', softguard._image_keys(nk)), src_old,
+                       softguard._image_text('w', softguard._image_keys(nk)), softguard._image_text('w', softguard._image_keys(nk)), src_new);
         EXECUTE format('CREATE INDEX ON %s (tid)', tmp);
     ELSE
         rt_old := softguard._row_type(c.columns, c.id::text);
