@@ -27,6 +27,8 @@ from support.proxy import ProxyFactory, Target, via_direct
 from typer.testing import CliRunner, Result
 
 from softguard.cli.main import app
+from softguard.ledger import MIGRATIONS_DIR, apply_migrations, ledger_version
+from softguard.ledger.migrate import FIRST_VERSION, current_version
 
 ROLE = "sg_managed"  # pg_hba: scram-sha-256 (tests/support/pg.py)
 PASSWORD = "managed-pw"
@@ -317,3 +319,115 @@ def test_the_owner_grants_an_operator_undo(with_helper: Managed) -> None:
         with psycopg.connect(m.server.superuser_dsn(m.db), autocommit=True) as c:
             c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(operator)))
             c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(operator)))
+
+
+# The first ledger version a managed owner could install (decision 0025).
+FIRST_MANAGED_VERSION = 6
+
+# Hand everything in softguard's schemas to the owner role, as if it had installed them:
+# what an owner's install owns (schemas, tables, sequences, views, functions, types), and
+# its membership in softguard_keeper. The event triggers stay the superuser's, as the
+# provider's helper made them.
+_TO_OWNER = """
+DO $$
+DECLARE
+    o record;
+BEGIN
+    FOR o IN SELECT evtname FROM pg_event_trigger WHERE evtname ~ '^softguard_' LOOP
+        EXECUTE format('ALTER EVENT TRIGGER %I DISABLE', o.evtname);
+    END LOOP;
+    FOR o IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname ~ '^softguard' LOOP
+        EXECUTE format('ALTER SCHEMA %I OWNER TO %I', o.nspname, %(role)L);
+    END LOOP;
+    FOR o IN SELECT c.oid::regclass AS r, c.relkind FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname ~ '^softguard' AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+                AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                                   AND d.objid = c.oid AND d.deptype IN ('a', 'i'))
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO %I',
+                       CASE o.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                      WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END,
+                       o.r, %(role)L);
+    END LOOP;
+    FOR o IN SELECT p.oid::regprocedure AS f, p.prokind FROM pg_proc p
+               JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname ~ '^softguard'
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO %I',
+                       CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.f,
+                       %(role)L);
+    END LOOP;
+    FOR o IN SELECT t.oid::regtype AS t FROM pg_type t
+               JOIN pg_namespace n ON n.oid = t.typnamespace
+              WHERE n.nspname ~ '^softguard' AND t.typtype IN ('c', 'd', 'e', 'r')
+                AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c
+                                         WHERE c.oid = t.typrelid) = 'c')
+    LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO %I', o.t, %(role)L);
+    END LOOP;
+    FOR o IN SELECT evtname FROM pg_event_trigger WHERE evtname ~ '^softguard_' LOOP
+        EXECUTE format('ALTER EVENT TRIGGER %I ENABLE ALWAYS', o.evtname);
+    END LOOP;
+    -- what a non-superuser's install does to give kept objects to softguard_keeper
+    EXECUTE format('GRANT softguard_keeper TO %I', %(role)L);
+END $$
+"""
+
+
+def test_an_install_the_providers_helper_made_upgrades(
+    pg_server: TestServer, managed_proxy: Target, tmp_path: Path
+) -> None:
+    """An install whose event triggers the provider's helper made (so they belong to the
+    helper's owner, not to the owner role) upgrades to the current version with `softguard
+    init --event-trigger-helper`, and protects as a fresh one does: the upgrade scripts
+    switch off only the event triggers the installer may alter, and create the new ones
+    through the helper."""
+
+    older = tmp_path / "migrations"
+    (older / "upgrades").mkdir(parents=True)
+    for v in range(FIRST_VERSION, FIRST_MANAGED_VERSION):
+        name = f"{v}--{v + 1}.sql"
+        (older / "upgrades" / name).write_text((MIGRATIONS_DIR / "upgrades" / name).read_text())
+    (older / "install").mkdir()  # unused: the database is not fresh
+    (older / "install" / "00_unused.sql").write_text("SELECT 1;\n")
+    released = MIGRATIONS_DIR / "released" / f"softguard--{FIRST_VERSION}.sql"
+    db = _database(pg_server, helper=True)
+    try:
+        with psycopg.connect(pg_server.superuser_dsn(db), autocommit=True) as c:
+            with c.transaction():
+                c.execute(released.read_text(encoding="utf-8").encode())
+                c.execute(
+                    "INSERT INTO softguard.migrations (version, name) VALUES (%s, %s)",
+                    [FIRST_VERSION, released.name],
+                )
+            apply_migrations(c, older)
+            assert ledger_version(c) == FIRST_MANAGED_VERSION
+            c.execute(sql.SQL(_TO_OWNER.replace("%(role)L", "{}")).format(*[sql.Literal(ROLE)] * 5))
+            helper_made = c.execute(
+                "SELECT count(*) FROM pg_event_trigger WHERE evtname ~ '^softguard_'"
+                " AND NOT pg_has_role(%s, evtowner, 'USAGE')",
+                [ROLE],
+            ).fetchone()
+            assert helper_made is not None and helper_made[0] > 0
+        r = cli(
+            "init", "--dsn", pg_server.dsn(db, ROLE, PASSWORD), "--event-trigger-helper", HELPER
+        )
+        assert r.exit_code == 0, r.output
+        m = Managed(pg_server, db, r.output, managed_proxy)
+        assert m.one("SELECT max(version) FROM softguard.migrations") == current_version()
+        with psycopg.connect(pg_server.superuser_dsn(db)) as c:
+            missing = c.execute(
+                "SELECT array_agg(n) FROM unnest(softguard._event_trigger_names()) n"
+                " WHERE NOT EXISTS (SELECT FROM pg_event_trigger e"
+                "                    WHERE e.evtname = n AND e.evtenabled = 'A')"
+            ).fetchone()
+        assert missing == (None,), missing
+        rows = m.one("SELECT count(*) FROM reservations")
+        op = m.op("DROP TABLE reservations CASCADE")
+        m.undo(op)
+        assert m.one("SELECT count(*) FROM reservations") == rows
+        assert m.run("CREATE TABLE dropped_in_do (id int)") == (None, [])
+        error, notices = m.run("DO $$BEGIN DROP TABLE dropped_in_do; END$$")
+        assert error is not None or len(notices) == 1, (error, notices)
+    finally:
+        pg_server.drop_database(db)
