@@ -1275,19 +1275,37 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_key_check(bigint, softguard.captures) FROM PUBLIC;
 
+-- Whether capture `c` keeps its row image as stable text (_capture_row, since ledger
+-- version 8). One taken before keeps each image column in its type's own text, read back
+-- into the type at undo and compared as text (decision 0022, "Stable images").
+CREATE FUNCTION softguard._image_stable(c softguard.captures) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.created_at >= coalesce((SELECT min(m.applied_at) FROM softguard.migrations m
+                                      WHERE m.version >= 8), '-infinity')
+$$;
+REVOKE ALL ON FUNCTION softguard._image_stable(softguard.captures) FROM PUBLIC;
+
 -- The rows of a row-image capture as a query with positional names: k1 .. kn (the image),
 -- then its own columns (sg_ord, sg_value or sg_new), so that no column name of the table
--- can collide with them.
+-- can collide with them. A stable image is text, never read back into its types (a domain
+-- constraint added since is not checked on it, an enum label or a name not looked up).
 CREATE FUNCTION softguard._image_src(c softguard.captures) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     nkey integer := jsonb_array_length(c.info->'key');
+    n integer := jsonb_array_length(c.columns);
+    stable boolean := softguard._image_stable(c);
+    is_new boolean := c.info->>'kind' = 'type_new';
 BEGIN
-    IF c.info->>'kind' = 'type_new' THEN
-        nkey := jsonb_array_length(c.columns) - 2;
+    IF is_new THEN
+        nkey := n - 2;
     END IF;
     RETURN softguard._captured_src(
-        softguard._row_type((SELECT jsonb_agg(CASE WHEN o <= nkey THEN jsonb_build_array('k' || o, x->1)
+        softguard._row_type((SELECT jsonb_agg(CASE WHEN o <= nkey
+                                                   THEN jsonb_build_array('k' || o,
+                                                       CASE WHEN stable THEN to_jsonb('text'::text) ELSE x->1 END)
+                                                   WHEN stable AND is_new AND o = n
+                                                   THEN jsonb_build_array(x->0, 'text')
                                                    ELSE x END ORDER BY o)
                                FROM jsonb_array_elements(c.columns) WITH ORDINALITY y(x, o)),
                             'img_' || c.id),
@@ -1296,16 +1314,22 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._image_src(softguard.captures) FROM PUBLIC;
 
 -- ROW(p.c1, ..., p.cn)::text in the C collation: a row image as text, NULL told from ''
--- (ROW(NULL::text) is '()', ROW(''::text) '("")'), compared as bytes. Over live rows `cols`
--- are the key's column names; over captured rows, _image_keys (as _image_src names them).
-CREATE FUNCTION softguard._image_text(p text, cols text[]) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'ROW(' || array_to_string(ARRAY(SELECT format('%I.%I', p, c)
-                                             FROM unnest(cols) WITH ORDINALITY x(c, o) ORDER BY o),
+-- (ROW(NULL::text) is '()', ROW(''::text) '("")'), compared as bytes. Over captured rows
+-- `cols` are _image_keys (as _image_src names them); over live rows of capture `c`'s table
+-- they are the key's column names, each as _capture_row kept it (_image_col) when `c`
+-- keeps a stable image.
+CREATE FUNCTION softguard._image_text(p text, cols text[], c softguard.captures DEFAULT NULL)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'ROW(' || array_to_string(ARRAY(SELECT CASE WHEN (_image_text.c).id IS NOT NULL
+                                                           AND softguard._image_stable(_image_text.c)
+                                                      THEN softguard._image_col((_image_text.c).relid, x.col, p)
+                                                      ELSE format('%I.%I', p, x.col) END
+                                             FROM unnest(cols) WITH ORDINALITY x(col, o) ORDER BY o),
                                      ', ')
            || ')::text COLLATE "C"'
 $$;
-REVOKE ALL ON FUNCTION softguard._image_text(text, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._image_text(text, text[], softguard.captures) FROM PUBLIC;
 
 -- The positional names _image_src gives a captured image's n columns: k1 .. kn.
 CREATE FUNCTION softguard._image_keys(n integer) RETURNS text[]
@@ -1316,8 +1340,18 @@ REVOKE ALL ON FUNCTION softguard._image_keys(integer) FROM PUBLIC;
 
 -- A column capture: a dropped column (_undo_drop_column) or a type change (_undo_type;
 -- its 'type_new' capture is read there).
+-- A kept value that a domain's constraint now rejects (added NOT VALID over rows that break
+-- it, or added while the column was gone) is not written back: PostgreSQL keeps such rows
+-- but checks every value written. The undo is refused (23514), naming the constraint and
+-- what to do (decision 0022, "Stable images").
 CREATE FUNCTION softguard._undo_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dtype text;
+    dom_schema text;
+    dom text;
+    con text;
+    msg text;
 BEGIN
     CASE coalesce(c.info->>'kind', 'drop')
         WHEN 'type' THEN
@@ -1327,6 +1361,21 @@ BEGIN
         ELSE
             RETURN softguard._undo_drop_column(op, c);
     END CASE;
+EXCEPTION WHEN check_violation THEN
+    GET STACKED DIAGNOSTICS dtype = PG_DATATYPE_NAME, dom_schema = SCHEMA_NAME,
+                            con = CONSTRAINT_NAME, msg = MESSAGE_TEXT;
+    IF dtype = '' THEN
+        RAISE;
+    END IF;
+    dom := format('%I.%I', dom_schema, dtype);
+    RAISE EXCEPTION USING ERRCODE = '23514',
+        MESSAGE = format('cannot undo operation %s: a kept value of %s.%I breaks constraint %I of domain %s,'
+                         ' which the rows held when they were kept did not have to pass (NOT VALID,'
+                         ' or added since)', op, c.relid::regclass, c.info->>'name', con, dom),
+        DETAIL = msg,
+        HINT = format('Drop the constraint (ALTER DOMAIN %s DROP CONSTRAINT %I), undo again, then add'
+                      ' it back with NOT VALID.', dom, con),
+        SCHEMA = dom_schema, DATATYPE = dtype, CONSTRAINT = con;
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_column(bigint, softguard.captures) FROM PUBLIC;
 
@@ -1398,7 +1447,7 @@ BEGIN
                        ' JOIN (SELECT s.sg_value, s.k, row_number() OVER (PARTITION BY s.k) AS rn'
                        ' FROM (SELECT s.sg_value, %s AS k FROM (%s) s) s) s'
                        ' ON s.k = l.k AND s.rn = l.rn) m WHERE t.ctid = m.tid',
-                       rel, i->>'name', softguard._image_text('t', key), rel,
+                       rel, i->>'name', softguard._image_text('t', key, c), rel,
                        softguard._image_text('s', softguard._image_keys(cardinality(key))), softguard._image_src(c));
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
@@ -1580,7 +1629,7 @@ BEGIN
                        ' JOIN (SELECT w.*, %s AS img, row_number() OVER (PARTITION BY %s ORDER BY w.sg_ord) AS r'
                        ' FROM (%s) w) w ON w.img = o.img AND w.r = o.r) p) p'
                        ' ON p.k = l.k AND p.rn = l.rn',
-                       tmp_name, softguard._image_text('t', key || col), rel,
+                       tmp_name, softguard._image_text('t', key || col, c), rel,
                        softguard._image_text('w', softguard._image_keys(nk) || 'sg_new'::text),
                        softguard._image_text('o', softguard._image_keys(nk)), softguard._image_text('o', softguard._image_keys(nk)), src_old,
                        softguard._image_text('w', softguard._image_keys(nk)), softguard._image_text('w', softguard._image_keys(nk)), src_new);
