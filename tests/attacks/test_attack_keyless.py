@@ -191,7 +191,10 @@ def test_keyless_domain_not_valid_dropped_value(arena: Arena) -> None:
             c.execute("SELECT softguard.undo_op(%s)", [op])
     diag = e.value.diag
     assert diag.constraint_name == "positive" and diag.datatype_name == "posint"
-    assert diag.message_primary is not None and "constraint positive of domain public.posint" in diag.message_primary
+    assert (
+        diag.message_primary is not None
+        and "constraint positive of domain public.posint" in diag.message_primary
+    )
     assert diag.message_hint == (
         "Drop the constraint (ALTER DOMAIN public.posint DROP CONSTRAINT positive), undo again,"
         " then add it back with NOT VALID."

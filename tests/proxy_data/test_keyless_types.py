@@ -91,14 +91,18 @@ CASES: dict[str, Case] = {
         SWAP_LABELS,
         extra=("'{}'",),
     ),
-    "regclass": Case(in_both("CREATE TABLE @.t (x int);"), "regclass", ("'s1.t'", "'s2.t'"), SWAP_SCHEMAS),
+    "regclass": Case(
+        in_both("CREATE TABLE @.t (x int);"), "regclass", ("'s1.t'", "'s2.t'"), SWAP_SCHEMAS
+    ),
     "regclass_array_domain": Case(
         in_both("CREATE TABLE @.t (x int);") + "CREATE DOMAIN rels AS regclass[];",
         "rels",
         ("'{s1.t,s2.t}'", "'{s2.t,s1.t}'"),
         SWAP_SCHEMAS,
     ),
-    "regtype": Case(in_both("CREATE DOMAIN @.ty AS int;"), "regtype", ("'s1.ty'", "'s2.ty'"), SWAP_SCHEMAS),
+    "regtype": Case(
+        in_both("CREATE DOMAIN @.ty AS int;"), "regtype", ("'s1.ty'", "'s2.ty'"), SWAP_SCHEMAS
+    ),
     "regproc": Case(
         in_both("CREATE FUNCTION @.f() RETURNS int LANGUAGE sql AS 'SELECT 1';"),
         "regproc",
@@ -157,24 +161,35 @@ CASES: dict[str, Case] = {
     "regrole": Case("", "regrole", ("'{r1}'", "'{r2}'"), swap_roles=True),
     "aclitem": Case("", "aclitem", ("'{r1}=r/{r2}'", "'{r2}=r/{r1}'"), swap_roles=True),
     "aclitem_array": Case(
-        "", "aclitem[]", ("'{{r1}=r/{r2},{r2}=w/{r1}}'", "'{{r2}=r/{r1},{r1}=w/{r2}}'"), swap_roles=True
+        "",
+        "aclitem[]",
+        ("'{{r1}=r/{r2},{r2}=w/{r1}}'", "'{{r2}=r/{r1},{r1}=w/{r2}}'"),
+        swap_roles=True,
     ),
     # no catalog change: equal instants written with other offsets, kept under another
     # TimeZone than undo's
     "timestamptz": Case(
-        "", "timestamptz", ("'2024-03-31 01:30+00'", "'2024-03-31 02:30+00'"),
+        "",
+        "timestamptz",
+        ("'2024-03-31 01:30+00'", "'2024-03-31 02:30+00'"),
         extra=("'2024-03-31 03:30+02'", "'infinity'", "'-infinity'"),
     ),
     "tstzrange": Case(
-        "", "tstzrange", ("'[2024-03-31 01:30+00,2024-04-01 00:00+00)'", "'[2024-03-31 02:30+00,)'"),
+        "",
+        "tstzrange",
+        ("'[2024-03-31 01:30+00,2024-04-01 00:00+00)'", "'[2024-03-31 02:30+00,)'"),
         extra=("'empty'",),
     ),
     "timestamptz_array": Case(
-        "", "timestamptz[]", ("'{\"2024-03-31 01:30+00\",NULL}'", "'{\"2024-03-31 02:30+00\",NULL}'"),
+        "",
+        "timestamptz[]",
+        ("'{\"2024-03-31 01:30+00\",NULL}'", "'{\"2024-03-31 02:30+00\",NULL}'"),
     ),
     # a CHECK added NOT VALID over a row that breaks it: compared, never re-checked
     "domain_not_valid": Case(
-        "CREATE DOMAIN posint AS int;", "posint", ("-1", "5"),
+        "CREATE DOMAIN posint AS int;",
+        "posint",
+        ("-1", "5"),
         extra=("-1",),
     ),
 }
@@ -258,3 +273,43 @@ def test_values_whose_text_changes(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
             " WHERE attrelid = 'public.kt'::regclass AND attname = 'v'"
         ).fetchall() == [("integer",)]
+
+
+def test_image_kept_before_version_8_still_undone(pg_server: Any) -> None:
+    """A capture taken by a version-7 ledger keeps its image in the types' own text (an
+    instant written under the capturing session's TimeZone, an enum label): after the upgrade
+    to version 8 undo still reads it as it was written (_image_stable), every value back."""
+    from softguard.ledger import MIGRATIONS_DIR, apply_migrations
+    from softguard.ledger.migrate import FIRST_VERSION, current_version, upgrade_scripts
+
+    released = MIGRATIONS_DIR / "released" / f"softguard--{FIRST_VERSION}.sql"
+    with pg_server.scratch_database() as db:
+        with psycopg.connect(pg_server.superuser_dsn(db), autocommit=True) as c:
+            steps = [(FIRST_VERSION, released.name, released.read_text(encoding="utf-8"))]
+            steps += [(s.version, s.name, s.sql) for s in upgrade_scripts() if s.version <= 7]
+            for version, name, text in steps:
+                with c.transaction():
+                    c.execute(text.encode())
+                    c.execute(
+                        "INSERT INTO softguard.migrations (version, name) VALUES (%s, %s)",
+                        [version, name],
+                    )
+            c.execute(
+                "CREATE TYPE mood AS ENUM ('a', 'b');"
+                "CREATE TABLE public.kt (t timestamptz, m mood, v int);"
+                "INSERT INTO public.kt VALUES ('2024-03-31 01:30+00', 'a', 1),"
+                " ('2024-03-31 02:30+00', 'a', 2), ('2024-03-31 01:30+00', 'b', 3), (NULL, NULL, 4)"
+            )
+            before = sorted(c.execute("SELECT t, m::text, v FROM public.kt").fetchall(), key=str)
+            c.execute("SET TimeZone = 'America/St_Johns'")
+            c.execute("CALL softguard.alter_op('ALTER TABLE public.kt DROP COLUMN v', '{}')")
+            c.execute("RESET TimeZone")
+            (op,) = c.execute("SELECT max(id) FROM softguard.operations").fetchone() or (None,)
+            apply_migrations(c)
+            assert c.execute("SELECT max(version) FROM softguard.migrations").fetchone() == (
+                current_version(),
+            )
+            undone = c.execute("SELECT softguard.undo_op(%s)", [op]).fetchall()
+            assert undone == [(f"operation {op}: re-added column public.kt.v with 4 values",)]
+            after = sorted(c.execute("SELECT t, m::text, v FROM public.kt").fetchall(), key=str)
+            assert after == before
