@@ -189,19 +189,28 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._image_col(oid, text, text) FROM PUBLIC;
 
+-- Whether _image_col keeps column `col` of `rel` as its stable text (not its own).
+CREATE FUNCTION softguard._image_col_stable(rel oid, col text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT softguard._image_unstable(a.atttypid) FROM pg_attribute a
+                      WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0
+                        AND NOT a.attisdropped), false)
+$$;
+REVOKE ALL ON FUNCTION softguard._image_col_stable(oid, text) FROM PUBLIC;
+
 -- The text of one captured row of column `col` of `rel`, keyed by `key`:
 -- ROW(t.k1, ..., t.col)::text, with `ord` the row's place in (tableoid, ctid) order before
 -- the value (type changes of rows without a key: undo pairs the captures taken before and
--- after the statement by it). A row image (`image`) keeps each image column as its stable
--- text (_image_col), and with `compared` the value too: it is then only compared (the new
+-- after the statement by it). Each key column is kept as _image_col gives it (its stable
+-- text when its own text could change without the row being written); a row image
+-- (`image`) with `compared` keeps the value so too: it is then only compared (the new
 -- values after a type change), never put back.
 CREATE FUNCTION softguard._capture_row(rel oid, key text[], col text, ord boolean,
                                        image boolean DEFAULT false, compared boolean DEFAULT false)
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'ROW(' || array_to_string(
-               ARRAY(SELECT CASE WHEN image THEN softguard._image_col(rel, k, 't')
-                                 ELSE format('t.%I', k) END
+               ARRAY(SELECT softguard._image_col(rel, k, 't')
                        FROM unnest(key) WITH ORDINALITY x(k, o) ORDER BY o)
                || CASE WHEN ord THEN ARRAY['row_number() OVER (ORDER BY t.tableoid, t.ctid)']
                        ELSE '{}'::text[] END

@@ -1216,7 +1216,8 @@ $$;
 REVOKE ALL ON FUNCTION softguard._column_holder(bigint, oid, text) FROM PUBLIC;
 
 -- Before a column capture is used: the columns that find its rows (key or row image) must
--- be there with the types they had (55006 with the holder when a later active operation
+-- be there with the types they had (a key may have changed type, unless it or its old
+-- type is kept as stable text) (55006 with the holder when a later active operation
 -- dropped or retyped one: --cascade; else 55000), and a row image may leave out only
 -- columns its own operation dropped or retyped (_capture_column is PUBLIC: an image made
 -- narrower by a forged call is refused, never trusted).
@@ -1237,8 +1238,14 @@ BEGIN
                FROM jsonb_array_elements(c.columns) WITH ORDINALITY e(x, ord)
               WHERE e.ord <= jsonb_array_length(coalesce(c.info->'key', '[]'))
                 AND x->>0 IN (SELECT jsonb_array_elements_text(c.info->'key')) LOOP
-        -- a key compares by value (its type may have changed since); an image as text
-        CONTINUE WHEN k.now IS NOT NULL AND (k.now = k.typ OR NOT coalesce((c.info->>'image')::boolean, false));
+        -- a key compares by value (its type may have changed since); an image as text, and
+        -- so does a key kept as stable text (_kept_columns), whose type must not change
+        CONTINUE WHEN k.now IS NOT NULL
+                  AND (k.now = k.typ
+                       OR NOT coalesce((c.info->>'image')::boolean, false)
+                          AND NOT (softguard._image_stable(c)
+                                   AND (softguard._image_col_stable(c.relid, k.name)
+                                        OR softguard._image_unstable(to_regtype(k.typ)))));
         SELECT h.later, h.later_stmt INTO later, later_stmt
           FROM softguard._column_holder(op, c.relid, k.name) h;
         IF later IS NOT NULL THEN
@@ -1285,6 +1292,48 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._image_stable(softguard.captures) FROM PUBLIC;
 
+-- The columns of capture `c`'s rows as _capture_row wrote them: c.columns, with text for
+-- those kept as stable text (every column of a row image, a key column whose type
+-- _image_col_stable names, the new value of a 'type_new' image capture). A capture taken
+-- before ledger version 8 kept every column in its type's own text: c.columns.
+CREATE FUNCTION softguard._kept_columns(c softguard.captures) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p softguard.captures := c;
+    n integer := jsonb_array_length(c.columns);
+    nkey integer;
+    image boolean;
+BEGIN
+    IF NOT softguard._image_stable(c) THEN
+        RETURN c.columns;
+    END IF;
+    IF c.info->>'kind' = 'type_new' THEN
+        SELECT * INTO p FROM softguard.captures WHERE id = (c.info->>'of')::bigint;
+    END IF;
+    nkey := jsonb_array_length(coalesce(p.info->'key', '[]'));
+    image := coalesce((p.info->>'image')::boolean, false);
+    RETURN (SELECT jsonb_agg(CASE WHEN (o <= nkey AND (image OR softguard._image_col_stable(c.relid, x->>0)))
+                                       OR (image AND c.info->>'kind' = 'type_new' AND o = n)
+                                  THEN jsonb_build_array(x->0, 'text')
+                                  ELSE x END ORDER BY o)
+              FROM jsonb_array_elements(c.columns) WITH ORDINALITY y(x, o));
+END $$;
+REVOKE ALL ON FUNCTION softguard._kept_columns(softguard.captures) FROM PUBLIC;
+
+-- The condition that live row `l` of capture `c`'s table has the key of kept row `r`:
+-- l.k = r.k for each key column, the live side as _capture_row kept it (_image_col) when
+-- `c` keeps stable text.
+CREATE FUNCTION softguard._key_match(c softguard.captures, l text, r text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(format('%s = %I.%I',
+                             CASE WHEN softguard._image_stable(_key_match.c)
+                                  THEN softguard._image_col((_key_match.c).relid, x.k, l)
+                                  ELSE format('%I.%I', l, x.k) END,
+                             r, x.k), ' AND ' ORDER BY x.o)
+      FROM jsonb_array_elements_text((_key_match.c).info->'key') WITH ORDINALITY x(k, o)
+$$;
+REVOKE ALL ON FUNCTION softguard._key_match(softguard.captures, text, text) FROM PUBLIC;
+
 -- The rows of a row-image capture as a query with positional names: k1 .. kn (the image),
 -- then its own columns (sg_ord, sg_value or sg_new), so that no column name of the table
 -- can collide with them. A stable image is text, never read back into its types (a domain
@@ -1293,21 +1342,14 @@ CREATE FUNCTION softguard._image_src(c softguard.captures) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     nkey integer := jsonb_array_length(c.info->'key');
-    n integer := jsonb_array_length(c.columns);
-    stable boolean := softguard._image_stable(c);
-    is_new boolean := c.info->>'kind' = 'type_new';
 BEGIN
-    IF is_new THEN
-        nkey := n - 2;
+    IF c.info->>'kind' = 'type_new' THEN
+        nkey := jsonb_array_length(c.columns) - 2;
     END IF;
     RETURN softguard._captured_src(
-        softguard._row_type((SELECT jsonb_agg(CASE WHEN o <= nkey
-                                                   THEN jsonb_build_array('k' || o,
-                                                       CASE WHEN stable THEN to_jsonb('text'::text) ELSE x->1 END)
-                                                   WHEN stable AND is_new AND o = n
-                                                   THEN jsonb_build_array(x->0, 'text')
+        softguard._row_type((SELECT jsonb_agg(CASE WHEN o <= nkey THEN jsonb_build_array('k' || o, x->1)
                                                    ELSE x END ORDER BY o)
-                               FROM jsonb_array_elements(c.columns) WITH ORDINALITY y(x, o)),
+                               FROM jsonb_array_elements(softguard._kept_columns(c)) WITH ORDINALITY y(x, o)),
                             'img_' || c.id),
         c.id);
 END $$;
@@ -1452,12 +1494,11 @@ BEGIN
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     ELSIF i->>'generated' IS NULL THEN
-        rtype := softguard._row_type(c.columns, c.id::text);
+        rtype := softguard._row_type(softguard._kept_columns(c), c.id::text);
         PERFORM softguard._replica('replica');
         EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
                        ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p) s WHERE %s',
-                       rel, i->>'name', rtype, c.id,
-                       (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
+                       rel, i->>'name', rtype, c.id, softguard._key_match(c, 't', 's'));
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     END IF;
@@ -1635,8 +1676,8 @@ BEGIN
                        softguard._image_text('w', softguard._image_keys(nk)), softguard._image_text('w', softguard._image_keys(nk)), src_new);
         EXECUTE format('CREATE INDEX ON %s (tid)', tmp);
     ELSE
-        rt_old := softguard._row_type(c.columns, c.id::text);
-        rt_new := softguard._row_type(cn.columns, cn.id::text);
+        rt_old := softguard._row_type(softguard._kept_columns(c), c.id::text);
+        rt_new := softguard._row_type(softguard._kept_columns(cn), cn.id::text);
         EXECUTE format('CREATE TEMP TABLE %I AS SELECT %s, o.sg_value'
                        ' FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
                        ' WHERE r.capture_id = %s OFFSET 0) p) o'
@@ -1648,9 +1689,7 @@ BEGIN
                        (SELECT string_agg(format('o.%I', k), ', ') FROM unnest(key) k),
                        rt_old, c.id, rt_new, cn.id,
                        (SELECT string_agg(format('w.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
-                       rel,
-                       (SELECT string_agg(format('t.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
-                       col);
+                       rel, softguard._key_match(c, 't', 'o'), col);
     END IF;
 
     -- 2. a per-row conversion back: explicit cast, else through text, else NULL
@@ -1673,7 +1712,7 @@ BEGIN
                       FROM unnest(key || CASE WHEN image THEN ARRAY[col] ELSE '{}' END) k),
                    rel, col, fn, col, tmp,
                    CASE WHEN image THEN 's.toid = t.tableoid AND s.tid = t.ctid'
-                        ELSE (SELECT string_agg(format('s.%I = t.%I', k, k), ' AND ') FROM unnest(key) k) END)
+                        ELSE softguard._key_match(c, 't', 's') END)
       INTO nbad, bad;
     IF nbad > 0 THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
@@ -1719,7 +1758,7 @@ BEGIN
     ELSE
         PERFORM softguard._replica('replica');
         EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM %s s WHERE %s', rel, col, tmp,
-                       (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
+                       softguard._key_match(c, 't', 's'));
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     END IF;

@@ -126,13 +126,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                     format('%I.%I', p, col))
 $$;
 REVOKE ALL ON FUNCTION softguard._image_col(oid, text, text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._image_col_stable(rel oid, col text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT softguard._image_unstable(a.atttypid) FROM pg_attribute a
+                      WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0
+                        AND NOT a.attisdropped), false)
+$$;
+REVOKE ALL ON FUNCTION softguard._image_col_stable(oid, text) FROM PUBLIC;
 CREATE OR REPLACE FUNCTION softguard._capture_row(rel oid, key text[], col text, ord boolean,
                                        image boolean DEFAULT false, compared boolean DEFAULT false)
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'ROW(' || array_to_string(
-               ARRAY(SELECT CASE WHEN image THEN softguard._image_col(rel, k, 't')
-                                 ELSE format('t.%I', k) END
+               ARRAY(SELECT softguard._image_col(rel, k, 't')
                        FROM unnest(key) WITH ORDINALITY x(k, o) ORDER BY o)
                || CASE WHEN ord THEN ARRAY['row_number() OVER (ORDER BY t.tableoid, t.ctid)']
                        ELSE '{}'::text[] END
@@ -429,25 +435,110 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                       WHERE m.version >= 8), '-infinity')
 $$;
 REVOKE ALL ON FUNCTION softguard._image_stable(softguard.captures) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._kept_columns(c softguard.captures) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p softguard.captures := c;
+    n integer := jsonb_array_length(c.columns);
+    nkey integer;
+    image boolean;
+BEGIN
+    IF NOT softguard._image_stable(c) THEN
+        RETURN c.columns;
+    END IF;
+    IF c.info->>'kind' = 'type_new' THEN
+        SELECT * INTO p FROM softguard.captures WHERE id = (c.info->>'of')::bigint;
+    END IF;
+    nkey := jsonb_array_length(coalesce(p.info->'key', '[]'));
+    image := coalesce((p.info->>'image')::boolean, false);
+    RETURN (SELECT jsonb_agg(CASE WHEN (o <= nkey AND (image OR softguard._image_col_stable(c.relid, x->>0)))
+                                       OR (image AND c.info->>'kind' = 'type_new' AND o = n)
+                                  THEN jsonb_build_array(x->0, 'text')
+                                  ELSE x END ORDER BY o)
+              FROM jsonb_array_elements(c.columns) WITH ORDINALITY y(x, o));
+END $$;
+REVOKE ALL ON FUNCTION softguard._kept_columns(softguard.captures) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._key_match(c softguard.captures, l text, r text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(format('%s = %I.%I',
+                             CASE WHEN softguard._image_stable(_key_match.c)
+                                  THEN softguard._image_col((_key_match.c).relid, x.k, l)
+                                  ELSE format('%I.%I', l, x.k) END,
+                             r, x.k), ' AND ' ORDER BY x.o)
+      FROM jsonb_array_elements_text((_key_match.c).info->'key') WITH ORDINALITY x(k, o)
+$$;
+REVOKE ALL ON FUNCTION softguard._key_match(softguard.captures, text, text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._undo_key_check(op bigint, c softguard.captures) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k record;
+    later bigint;
+    later_stmt text;
+    bad text;
+BEGIN
+    -- the key's columns lead c.columns, in order; what follows them is the capture's own
+    -- (sg_value, sg_ord, ...), which a live column of the same name must not be read as
+    FOR k IN SELECT x->>0 AS name, x->>1 AS typ,
+                    (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                      WHERE a.attrelid = c.relid AND a.attname = x->>0 AND a.attnum > 0
+                        AND NOT a.attisdropped) AS now
+               FROM jsonb_array_elements(c.columns) WITH ORDINALITY e(x, ord)
+              WHERE e.ord <= jsonb_array_length(coalesce(c.info->'key', '[]'))
+                AND x->>0 IN (SELECT jsonb_array_elements_text(c.info->'key')) LOOP
+        -- a key compares by value (its type may have changed since); an image as text, and
+        -- so does a key kept as stable text (_kept_columns), whose type must not change
+        CONTINUE WHEN k.now IS NOT NULL
+                  AND (k.now = k.typ
+                       OR NOT coalesce((c.info->>'image')::boolean, false)
+                          AND NOT (softguard._image_stable(c)
+                                   AND (softguard._image_col_stable(c.relid, k.name)
+                                        OR softguard._image_unstable(to_regtype(k.typ)))));
+        SELECT h.later, h.later_stmt INTO later, later_stmt
+          FROM softguard._column_holder(op, c.relid, k.name) h;
+        IF later IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55006',
+                MESSAGE = format('cannot undo operation %s: column %s.%I, which finds its rows, was %s since, held by operation %s (%s)',
+                                 op, c.relid::regclass, k.name,
+                                 CASE WHEN k.now IS NULL THEN 'dropped' ELSE 'changed' END,
+                                 later, later_stmt),
+                DETAIL = softguard._blocked_detail(later),
+                HINT = format('Undo operation %s first, or use --cascade.', later);
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: column %s.%I, which finds its rows, %s',
+                             op, c.relid::regclass, k.name,
+                             CASE WHEN k.now IS NULL THEN 'is not there any more'
+                                  ELSE format('is of type %s now, not %s', k.now, k.typ) END),
+            HINT = 'Put the column back as it was, then undo again.';
+    END LOOP;
+    IF coalesce((c.info->>'image')::boolean, false) THEN
+        SELECT string_agg(format('%I', x.name), ', ') INTO bad
+          FROM jsonb_array_elements_text(coalesce(c.info->'excluded', '[]')) x(name)
+         WHERE x.name <> c.info->>'name'
+           AND NOT EXISTS (SELECT FROM softguard.captures cp
+                            WHERE cp.op_id = op AND cp.relid = c.relid AND cp.event = 'column'
+                              AND cp.info->>'name' = x.name
+                              AND coalesce(cp.info->>'kind', 'drop') IN ('drop', 'type'));
+        IF bad IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('cannot undo operation %s: its rows of %s.%I were kept without columns'
+                                 ' it neither dropped nor retyped (%s), so they cannot be told apart',
+                                 op, c.relid::regclass, c.info->>'name', bad);
+        END IF;
+    END IF;
+END $$;
 CREATE OR REPLACE FUNCTION softguard._image_src(c softguard.captures) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     nkey integer := jsonb_array_length(c.info->'key');
-    n integer := jsonb_array_length(c.columns);
-    stable boolean := softguard._image_stable(c);
-    is_new boolean := c.info->>'kind' = 'type_new';
 BEGIN
-    IF is_new THEN
-        nkey := n - 2;
+    IF c.info->>'kind' = 'type_new' THEN
+        nkey := jsonb_array_length(c.columns) - 2;
     END IF;
     RETURN softguard._captured_src(
-        softguard._row_type((SELECT jsonb_agg(CASE WHEN o <= nkey
-                                                   THEN jsonb_build_array('k' || o,
-                                                       CASE WHEN stable THEN to_jsonb('text'::text) ELSE x->1 END)
-                                                   WHEN stable AND is_new AND o = n
-                                                   THEN jsonb_build_array(x->0, 'text')
+        softguard._row_type((SELECT jsonb_agg(CASE WHEN o <= nkey THEN jsonb_build_array('k' || o, x->1)
                                                    ELSE x END ORDER BY o)
-                               FROM jsonb_array_elements(c.columns) WITH ORDINALITY y(x, o)),
+                               FROM jsonb_array_elements(softguard._kept_columns(c)) WITH ORDINALITY y(x, o)),
                             'img_' || c.id),
         c.id);
 END $$;
@@ -558,12 +649,11 @@ BEGIN
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     ELSIF i->>'generated' IS NULL THEN
-        rtype := softguard._row_type(c.columns, c.id::text);
+        rtype := softguard._row_type(softguard._kept_columns(c), c.id::text);
         PERFORM softguard._replica('replica');
         EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
                        ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p) s WHERE %s',
-                       rel, i->>'name', rtype, c.id,
-                       (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
+                       rel, i->>'name', rtype, c.id, softguard._key_match(c, 't', 's'));
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     END IF;
@@ -733,8 +823,8 @@ BEGIN
                        softguard._image_text('w', softguard._image_keys(nk)), softguard._image_text('w', softguard._image_keys(nk)), src_new);
         EXECUTE format('CREATE INDEX ON %s (tid)', tmp);
     ELSE
-        rt_old := softguard._row_type(c.columns, c.id::text);
-        rt_new := softguard._row_type(cn.columns, cn.id::text);
+        rt_old := softguard._row_type(softguard._kept_columns(c), c.id::text);
+        rt_new := softguard._row_type(softguard._kept_columns(cn), cn.id::text);
         EXECUTE format('CREATE TEMP TABLE %I AS SELECT %s, o.sg_value'
                        ' FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
                        ' WHERE r.capture_id = %s OFFSET 0) p) o'
@@ -746,9 +836,7 @@ BEGIN
                        (SELECT string_agg(format('o.%I', k), ', ') FROM unnest(key) k),
                        rt_old, c.id, rt_new, cn.id,
                        (SELECT string_agg(format('w.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
-                       rel,
-                       (SELECT string_agg(format('t.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
-                       col);
+                       rel, softguard._key_match(c, 't', 'o'), col);
     END IF;
 
     -- 2. a per-row conversion back: explicit cast, else through text, else NULL
@@ -771,7 +859,7 @@ BEGIN
                       FROM unnest(key || CASE WHEN image THEN ARRAY[col] ELSE '{}' END) k),
                    rel, col, fn, col, tmp,
                    CASE WHEN image THEN 's.toid = t.tableoid AND s.tid = t.ctid'
-                        ELSE (SELECT string_agg(format('s.%I = t.%I', k, k), ' AND ') FROM unnest(key) k) END)
+                        ELSE softguard._key_match(c, 't', 's') END)
       INTO nbad, bad;
     IF nbad > 0 THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
@@ -817,7 +905,7 @@ BEGIN
     ELSE
         PERFORM softguard._replica('replica');
         EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM %s s WHERE %s', rel, col, tmp,
-                       (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
+                       softguard._key_match(c, 't', 's'));
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     END IF;
