@@ -1304,7 +1304,7 @@ DECLARE
     nkey integer;
     image boolean;
 BEGIN
-    IF NOT softguard._image_stable(c) THEN
+    IF NOT softguard._image_stable(c) OR jsonb_typeof(c.columns) IS DISTINCT FROM 'array' THEN
         RETURN c.columns;
     END IF;
     IF c.info->>'kind' = 'type_new' THEN

@@ -343,3 +343,50 @@ def test_image_kept_before_version_8_still_undone(pg_server: Any) -> None:
             assert undone == [(f"operation {op}: re-added column public.kt.v with 4 values",)]
             after = sorted(c.execute("SELECT t, m::text, v FROM public.kt").fetchall(), key=str)
             assert after == before
+
+
+def test_purge_archive_keeps_stable_images_as_columns(
+    proxy: Any, sg: Any, twins: Twins, tmp_path: Any
+) -> None:
+    """The purge archive of a keyless DROP COLUMN over an enum and a timestamptz: the CSV
+    still has one column per captured column (the image columns as their stable text, the
+    value as itself), not the fallback of whole row texts."""
+    import json
+    import subprocess
+    import sys
+
+    (db,) = twins(1)
+    sg.execute(
+        db,
+        MOOD + "CREATE TABLE public.kt (m mood, t timestamptz, v text);"
+        "INSERT INTO public.kt VALUES ('a', '2024-03-31 01:30+00', 'one'), ('b', NULL, 'two')",
+    )
+    with psycopg.connect(proxy.dsn(db), autocommit=True) as conn:
+        conn.execute(b"ALTER TABLE kt DROP COLUMN v")
+    (op,) = sg.active_ops(db)
+    archive = tmp_path / "archive"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "softguard",
+            "purge",
+            "--dsn",
+            sg.dsn(db),
+            "--older-than",
+            "0s",
+            "--archive",
+            str(archive),
+            "--yes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    manifest = json.loads((archive / f"op-{op}" / "manifest.json").read_text())
+    (cap,) = [c for c in manifest["captures"] if c.get("file")]
+    assert cap["file_format"] == "columns", cap
+    assert cap["columns"] == [["m", "text"], ["t", "text"], ["sg_value", "text"]]
+    text = (archive / f"op-{op}" / cap["file"]).read_text()
+    assert "one" in text and "two" in text
