@@ -57,18 +57,167 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._keep_key(oid, text, text[]) FROM PUBLIC;
 
--- The text of one captured row of `col`, keyed by `key`: ROW(t.k1, ..., t.col)::text, with
--- `ord` the row's place in (tableoid, ctid) order before the value (type changes of rows
--- without a key: undo pairs the captures taken before and after the statement by it).
-CREATE FUNCTION softguard._capture_row(key text[], col text, ord boolean) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+-- What undo compares a row image by (decision 0022, "Stable images"): text that nothing but
+-- a write of the row can change. The text of most values depends only on the fixed output
+-- formats capture and undo both set; these change without the row being written, so they
+-- are compared by what the row holds instead:
+-- * enum values (ALTER TYPE ... RENAME VALUE): by the oid of their pg_enum row;
+-- * every reg* type (renames, and search_path decides how a name is qualified): by oid;
+-- * aclitem (role renames): by role oids and privileges (aclexplode);
+-- * timestamptz (TimeZone, which the session sets): by its epoch;
+-- and the same nested in domains, arrays, composites, ranges and multiranges.
+
+-- The reg* types: their value is an oid, their text a name looked up at output time.
+CREATE FUNCTION softguard._image_oid_types() RETURNS oid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT t.oid FROM pg_type t
+                  WHERE t.typnamespace = 'pg_catalog'::regnamespace
+                    AND t.typname IN ('regclass', 'regtype', 'regproc', 'regprocedure', 'regoper',
+                                      'regoperator', 'regnamespace', 'regrole', 'regconfig',
+                                      'regdictionary', 'regcollation'))
+$$;
+REVOKE ALL ON FUNCTION softguard._image_oid_types() FROM PUBLIC;
+
+-- Whether type `typ` holds any of them (depth bounds the walk; deeper: treated as holding).
+CREATE FUNCTION softguard._image_unstable(typ oid, depth integer DEFAULT 0) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t pg_type;
+BEGIN
+    SELECT * INTO t FROM pg_type WHERE oid = typ;
+    IF NOT FOUND OR depth > 32 THEN
+        RETURN true;
+    END IF;
+    RETURN t.typtype = 'e'
+        OR typ = ANY (softguard._image_oid_types())
+        OR typ IN ('aclitem'::regtype, 'timestamptz'::regtype)
+        OR (t.typtype = 'd' AND softguard._image_unstable(t.typbasetype, depth + 1))
+        OR (t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc
+            AND softguard._image_unstable(t.typelem, depth + 1))
+        OR (t.typtype = 'c' AND EXISTS (SELECT FROM pg_attribute a
+                                         WHERE a.attrelid = t.typrelid AND a.attnum > 0
+                                           AND NOT a.attisdropped
+                                           AND softguard._image_unstable(a.atttypid, depth + 1)))
+        OR (t.typtype = 'r' AND softguard._image_unstable(
+                (SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = typ), depth + 1))
+        OR (t.typtype = 'm' AND softguard._image_unstable(
+                (SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = typ), depth + 1));
+END $$;
+REVOKE ALL ON FUNCTION softguard._image_unstable(oid, integer) FROM PUBLIC;
+
+-- An SQL expression giving the stable text of expression `e` of type `typ` (NULL when `e` is
+-- NULL): `e` itself as text when nothing in the type can change its text, else built from
+-- what the value holds, recursively (`depth` names the nested aliases and bounds the walk).
+CREATE FUNCTION softguard._image_expr(typ oid, e text, depth integer DEFAULT 0) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t pg_type;
+    sub oid;
+    v text := 'sg_v' || depth;
+    o text := 'sg_o' || depth;
+BEGIN
+    IF depth > 32 THEN
+        RAISE EXCEPTION USING ERRCODE = '54001',
+            MESSAGE = format('softguard: type %s nests too deeply to compare rows by it', typ::regtype);
+    END IF;
+    IF NOT softguard._image_unstable(typ, depth) THEN
+        RETURN format('(%s)::pg_catalog.text', e);
+    END IF;
+    SELECT * INTO t FROM pg_type WHERE oid = typ;
+    IF t.typtype = 'e' THEN
+        -- labels are unique within the type at any moment: the label now names the row
+        RETURN format('(SELECT %1$s.oid FROM pg_catalog.pg_enum %1$s WHERE %1$s.enumtypid = %2$s'
+                      ' AND %1$s.enumlabel = (%3$s)::pg_catalog.text)::pg_catalog.text', v, typ, e);
+    ELSIF typ = ANY (softguard._image_oid_types()) THEN
+        RETURN format('(%s)::pg_catalog.oid::pg_catalog.text', e);
+    ELSIF typ = 'aclitem'::regtype THEN
+        RETURN format('CASE WHEN (%1$s) IS NULL THEN NULL ELSE pg_catalog.concat(''{'', (SELECT'
+                      ' pg_catalog.string_agg(ROW(%2$s.grantor, %2$s.grantee, %2$s.privilege_type,'
+                      ' %2$s.is_grantable)::pg_catalog.text, '','' ORDER BY %2$s.privilege_type)'
+                      ' FROM pg_catalog.aclexplode(ARRAY[%1$s]) %2$s), ''}'') END', e, v);
+    ELSIF typ = 'timestamptz'::regtype THEN
+        -- numeric since PostgreSQL 14: exact to the microsecond, 'Infinity' for infinity
+        RETURN format('EXTRACT(epoch FROM %s)::pg_catalog.text', e);
+    ELSIF t.typtype = 'd' THEN
+        -- read as its base type: a constraint added since (NOT VALID) is not checked here
+        RETURN softguard._image_expr(t.typbasetype,
+                                     format('(%s)::%s', e, format_type(t.typbasetype, t.typtypmod)),
+                                     depth + 1);
+    ELSIF t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc THEN
+        -- the dimensions, then the elements in storage order
+        RETURN format('CASE WHEN (%1$s) IS NULL THEN NULL ELSE pg_catalog.concat('
+                      'pg_catalog.array_dims(%1$s), ARRAY(SELECT %2$s FROM (SELECT'
+                      ' pg_catalog.unnest(%1$s) AS %3$s, pg_catalog.generate_series(1,'
+                      ' pg_catalog.cardinality(%1$s)) AS %4$s) %3$s ORDER BY %3$s.%4$s)::pg_catalog.text) END',
+                      e, softguard._image_expr(t.typelem, format('%1$s.%1$s', v), depth + 1), v, o);
+    ELSIF t.typtype = 'c' THEN
+        -- num_nulls tells a NULL composite from one whose fields are all NULL
+        RETURN format('CASE WHEN pg_catalog.num_nulls(%s) = 1 THEN NULL ELSE ROW(%s)::pg_catalog.text END',
+                      e, (SELECT coalesce(string_agg(softguard._image_expr(a.atttypid,
+                                                         format('(%s).%I', e, a.attname), depth + 1),
+                                                     ', ' ORDER BY a.attnum), '')
+                            FROM pg_attribute a
+                           WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped));
+    ELSIF t.typtype = 'r' THEN
+        sub := (SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = typ);
+        RETURN format('CASE WHEN (%1$s) IS NULL THEN NULL WHEN pg_catalog.isempty(%1$s) THEN ''empty'''
+                      ' ELSE ROW(pg_catalog.lower_inc(%1$s), pg_catalog.upper_inc(%1$s),'
+                      ' pg_catalog.lower_inf(%1$s), pg_catalog.upper_inf(%1$s), %2$s, %3$s)::pg_catalog.text END',
+                      e, softguard._image_expr(sub, format('pg_catalog.lower(%s)', e), depth + 1),
+                      softguard._image_expr(sub, format('pg_catalog.upper(%s)', e), depth + 1));
+    ELSIF t.typtype = 'm' THEN
+        sub := (SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = typ);
+        RETURN format('CASE WHEN (%1$s) IS NULL THEN NULL ELSE ARRAY(SELECT %2$s FROM'
+                      ' pg_catalog.unnest(%1$s) WITH ORDINALITY %3$s(%3$s, %4$s) ORDER BY %3$s.%4$s)::pg_catalog.text END',
+                      e, softguard._image_expr(sub, format('%1$s.%1$s', v), depth + 1), v, o);
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '0A000',
+        MESSAGE = format('softguard: cannot compare rows by a value of type %s', typ::regtype);
+END $$;
+REVOKE ALL ON FUNCTION softguard._image_expr(oid, text, integer) FROM PUBLIC;
+
+-- The image expression of column `col` of `rel` over alias `p`: p.col itself, or its stable
+-- text when its type holds something whose text can change (_image_unstable).
+CREATE FUNCTION softguard._image_col(rel oid, col text, p text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- a column not there is left to the statement's own error (never left out of the image)
+    SELECT coalesce((SELECT softguard._image_expr(a.atttypid, format('%I.%I', p, col))
+                       FROM pg_attribute a
+                      WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0
+                        AND NOT a.attisdropped AND softguard._image_unstable(a.atttypid)),
+                    format('%I.%I', p, col))
+$$;
+REVOKE ALL ON FUNCTION softguard._image_col(oid, text, text) FROM PUBLIC;
+
+-- Whether _image_col keeps column `col` of `rel` as its stable text (not its own).
+CREATE FUNCTION softguard._image_col_stable(rel oid, col text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT softguard._image_unstable(a.atttypid) FROM pg_attribute a
+                      WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0
+                        AND NOT a.attisdropped), false)
+$$;
+REVOKE ALL ON FUNCTION softguard._image_col_stable(oid, text) FROM PUBLIC;
+
+-- The text of one captured row of column `col` of `rel`, keyed by `key`:
+-- ROW(t.k1, ..., t.col)::text, with `ord` the row's place in (tableoid, ctid) order before
+-- the value (type changes of rows without a key: undo pairs the captures taken before and
+-- after the statement by it). Each key column is kept as _image_col gives it (its stable
+-- text when its own text could change without the row being written); a row image
+-- (`image`) with `compared` keeps the value so too: it is then only compared (the new
+-- values after a type change), never put back.
+CREATE FUNCTION softguard._capture_row(rel oid, key text[], col text, ord boolean,
+                                       image boolean DEFAULT false, compared boolean DEFAULT false)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'ROW(' || array_to_string(
-               ARRAY(SELECT format('t.%I', k) FROM unnest(key) WITH ORDINALITY x(k, o) ORDER BY o)
+               ARRAY(SELECT softguard._image_col(rel, k, 't')
+                       FROM unnest(key) WITH ORDINALITY x(k, o) ORDER BY o)
                || CASE WHEN ord THEN ARRAY['row_number() OVER (ORDER BY t.tableoid, t.ctid)']
                        ELSE '{}'::text[] END
-               || format('t.%I', col), ', ') || ')::text'
+               || CASE WHEN image AND compared THEN softguard._image_col(rel, col, 't')
+                       ELSE format('t.%I', col) END, ', ') || ')::text'
 $$;
-REVOKE ALL ON FUNCTION softguard._capture_row(text[], text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._capture_row(oid, text[], text, boolean, boolean, boolean) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
 -- Capture of a dropped column
@@ -191,7 +340,7 @@ BEGIN
     IF a.attgenerated = '' THEN
         EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
                        ' SELECT %s, %s FROM ONLY %s t',
-                       cid, softguard._capture_row(key, a.attname, false), rel::regclass);
+                       cid, softguard._capture_row(rel, key, a.attname, false, image), rel::regclass);
         GET DIAGNOSTICS n = ROW_COUNT;
     END IF;
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
@@ -291,7 +440,7 @@ BEGIN
     cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
     EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
                    ' SELECT %s, %s FROM %s t',
-                   cid, softguard._capture_row(key, a.attname, image), rel::regclass);
+                   cid, softguard._capture_row(rel, key, a.attname, image, image), rel::regclass);
     GET DIAGNOSTICS n = ROW_COUNT;
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
     VALUES (cid, op, rel, ident, 'column', n,
@@ -364,7 +513,8 @@ BEGIN
     cn := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
     EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
                    ' SELECT %s, %s FROM %s t',
-                   cn, softguard._capture_row(key, a.attname, coalesce((c.info->>'image')::boolean, false)),
+                   cn, softguard._capture_row(c.relid, key, a.attname, coalesce((c.info->>'image')::boolean, false),
+                                             coalesce((c.info->>'image')::boolean, false), true),
                    c.relid::regclass);
     GET DIAGNOSTICS n = ROW_COUNT;
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)

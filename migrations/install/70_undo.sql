@@ -1216,7 +1216,8 @@ $$;
 REVOKE ALL ON FUNCTION softguard._column_holder(bigint, oid, text) FROM PUBLIC;
 
 -- Before a column capture is used: the columns that find its rows (key or row image) must
--- be there with the types they had (55006 with the holder when a later active operation
+-- be there with the types they had (a key may have changed type, unless it or its old
+-- type is kept as stable text) (55006 with the holder when a later active operation
 -- dropped or retyped one: --cascade; else 55000), and a row image may leave out only
 -- columns its own operation dropped or retyped (_capture_column is PUBLIC: an image made
 -- narrower by a forged call is refused, never trusted).
@@ -1237,8 +1238,14 @@ BEGIN
                FROM jsonb_array_elements(c.columns) WITH ORDINALITY e(x, ord)
               WHERE e.ord <= jsonb_array_length(coalesce(c.info->'key', '[]'))
                 AND x->>0 IN (SELECT jsonb_array_elements_text(c.info->'key')) LOOP
-        -- a key compares by value (its type may have changed since); an image as text
-        CONTINUE WHEN k.now IS NOT NULL AND (k.now = k.typ OR NOT coalesce((c.info->>'image')::boolean, false));
+        -- a key compares by value (its type may have changed since); an image as text, and
+        -- so does a key kept as stable text (_kept_columns), whose type must not change
+        CONTINUE WHEN k.now IS NOT NULL
+                  AND (k.now = k.typ
+                       OR NOT coalesce((c.info->>'image')::boolean, false)
+                          AND NOT (softguard._image_stable(c)
+                                   AND (softguard._image_col_stable(c.relid, k.name)
+                                        OR softguard._image_unstable(to_regtype(k.typ)))));
         SELECT h.later, h.later_stmt INTO later, later_stmt
           FROM softguard._column_holder(op, c.relid, k.name) h;
         IF later IS NOT NULL THEN
@@ -1275,9 +1282,62 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_key_check(bigint, softguard.captures) FROM PUBLIC;
 
+-- Whether capture `c` keeps its row image as stable text (_capture_row, since ledger
+-- version 8). One taken before keeps each image column in its type's own text, read back
+-- into the type at undo and compared as text (decision 0022, "Stable images").
+CREATE FUNCTION softguard._image_stable(c softguard.captures) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.created_at >= coalesce((SELECT min(m.applied_at) FROM softguard.migrations m
+                                      WHERE m.version >= 8), '-infinity')
+$$;
+REVOKE ALL ON FUNCTION softguard._image_stable(softguard.captures) FROM PUBLIC;
+
+-- The columns of capture `c`'s rows as _capture_row wrote them: c.columns, with text for
+-- those kept as stable text (every column of a row image, a key column whose type
+-- _image_col_stable names, the new value of a 'type_new' image capture). A capture taken
+-- before ledger version 8 kept every column in its type's own text: c.columns.
+CREATE FUNCTION softguard._kept_columns(c softguard.captures) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p softguard.captures := c;
+    n integer := jsonb_array_length(c.columns);
+    nkey integer;
+    image boolean;
+BEGIN
+    IF NOT softguard._image_stable(c) OR jsonb_typeof(c.columns) IS DISTINCT FROM 'array' THEN
+        RETURN c.columns;
+    END IF;
+    IF c.info->>'kind' = 'type_new' THEN
+        SELECT * INTO p FROM softguard.captures WHERE id = (c.info->>'of')::bigint;
+    END IF;
+    nkey := jsonb_array_length(coalesce(p.info->'key', '[]'));
+    image := coalesce((p.info->>'image')::boolean, false);
+    RETURN (SELECT jsonb_agg(CASE WHEN (o <= nkey AND (image OR softguard._image_col_stable(c.relid, x->>0)))
+                                       OR (image AND c.info->>'kind' = 'type_new' AND o = n)
+                                  THEN jsonb_build_array(x->0, 'text')
+                                  ELSE x END ORDER BY o)
+              FROM jsonb_array_elements(c.columns) WITH ORDINALITY y(x, o));
+END $$;
+REVOKE ALL ON FUNCTION softguard._kept_columns(softguard.captures) FROM PUBLIC;
+
+-- The condition that live row `l` of capture `c`'s table has the key of kept row `r`:
+-- l.k = r.k for each key column, the live side as _capture_row kept it (_image_col) when
+-- `c` keeps stable text.
+CREATE FUNCTION softguard._key_match(c softguard.captures, l text, r text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(format('%s = %I.%I',
+                             CASE WHEN softguard._image_stable(_key_match.c)
+                                  THEN softguard._image_col((_key_match.c).relid, x.k, l)
+                                  ELSE format('%I.%I', l, x.k) END,
+                             r, x.k), ' AND ' ORDER BY x.o)
+      FROM jsonb_array_elements_text((_key_match.c).info->'key') WITH ORDINALITY x(k, o)
+$$;
+REVOKE ALL ON FUNCTION softguard._key_match(softguard.captures, text, text) FROM PUBLIC;
+
 -- The rows of a row-image capture as a query with positional names: k1 .. kn (the image),
 -- then its own columns (sg_ord, sg_value or sg_new), so that no column name of the table
--- can collide with them.
+-- can collide with them. A stable image is text, never read back into its types (a domain
+-- constraint added since is not checked on it, an enum label or a name not looked up).
 CREATE FUNCTION softguard._image_src(c softguard.captures) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1289,23 +1349,29 @@ BEGIN
     RETURN softguard._captured_src(
         softguard._row_type((SELECT jsonb_agg(CASE WHEN o <= nkey THEN jsonb_build_array('k' || o, x->1)
                                                    ELSE x END ORDER BY o)
-                               FROM jsonb_array_elements(c.columns) WITH ORDINALITY y(x, o)),
+                               FROM jsonb_array_elements(softguard._kept_columns(c)) WITH ORDINALITY y(x, o)),
                             'img_' || c.id),
         c.id);
 END $$;
 REVOKE ALL ON FUNCTION softguard._image_src(softguard.captures) FROM PUBLIC;
 
 -- ROW(p.c1, ..., p.cn)::text in the C collation: a row image as text, NULL told from ''
--- (ROW(NULL::text) is '()', ROW(''::text) '("")'), compared as bytes. Over live rows `cols`
--- are the key's column names; over captured rows, _image_keys (as _image_src names them).
-CREATE FUNCTION softguard._image_text(p text, cols text[]) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'ROW(' || array_to_string(ARRAY(SELECT format('%I.%I', p, c)
-                                             FROM unnest(cols) WITH ORDINALITY x(c, o) ORDER BY o),
+-- (ROW(NULL::text) is '()', ROW(''::text) '("")'), compared as bytes. Over captured rows
+-- `cols` are _image_keys (as _image_src names them); over live rows of capture `c`'s table
+-- they are the key's column names, each as _capture_row kept it (_image_col) when `c`
+-- keeps a stable image.
+CREATE FUNCTION softguard._image_text(p text, cols text[], c softguard.captures DEFAULT NULL)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'ROW(' || array_to_string(ARRAY(SELECT CASE WHEN (_image_text.c).id IS NOT NULL
+                                                           AND softguard._image_stable(_image_text.c)
+                                                      THEN softguard._image_col((_image_text.c).relid, x.col, p)
+                                                      ELSE format('%I.%I', p, x.col) END
+                                             FROM unnest(cols) WITH ORDINALITY x(col, o) ORDER BY o),
                                      ', ')
            || ')::text COLLATE "C"'
 $$;
-REVOKE ALL ON FUNCTION softguard._image_text(text, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._image_text(text, text[], softguard.captures) FROM PUBLIC;
 
 -- The positional names _image_src gives a captured image's n columns: k1 .. kn.
 CREATE FUNCTION softguard._image_keys(n integer) RETURNS text[]
@@ -1316,8 +1382,18 @@ REVOKE ALL ON FUNCTION softguard._image_keys(integer) FROM PUBLIC;
 
 -- A column capture: a dropped column (_undo_drop_column) or a type change (_undo_type;
 -- its 'type_new' capture is read there).
+-- A kept value that a domain's constraint now rejects (added NOT VALID over rows that break
+-- it, or added while the column was gone) is not written back: PostgreSQL keeps such rows
+-- but checks every value written. The undo is refused (23514), naming the constraint and
+-- what to do (decision 0022, "Stable images").
 CREATE FUNCTION softguard._undo_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dtype text;
+    dom_schema text;
+    dom text;
+    con text;
+    msg text;
 BEGIN
     CASE coalesce(c.info->>'kind', 'drop')
         WHEN 'type' THEN
@@ -1327,6 +1403,21 @@ BEGIN
         ELSE
             RETURN softguard._undo_drop_column(op, c);
     END CASE;
+EXCEPTION WHEN check_violation THEN
+    GET STACKED DIAGNOSTICS dtype = PG_DATATYPE_NAME, dom_schema = SCHEMA_NAME,
+                            con = CONSTRAINT_NAME, msg = MESSAGE_TEXT;
+    IF dtype = '' THEN
+        RAISE;
+    END IF;
+    dom := format('%I.%I', dom_schema, dtype);
+    RAISE EXCEPTION USING ERRCODE = '23514',
+        MESSAGE = format('cannot undo operation %s: a kept value of %s.%I breaks constraint %I of domain %s,'
+                         ' which the rows held when they were kept did not have to pass (NOT VALID,'
+                         ' or added since)', op, c.relid::regclass, c.info->>'name', con, dom),
+        DETAIL = msg,
+        HINT = format('Drop the constraint (ALTER DOMAIN %s DROP CONSTRAINT %I), undo again, then add'
+                      ' it back with NOT VALID.', dom, con),
+        SCHEMA = dom_schema, DATATYPE = dtype, CONSTRAINT = con;
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_column(bigint, softguard.captures) FROM PUBLIC;
 
@@ -1398,17 +1489,16 @@ BEGIN
                        ' JOIN (SELECT s.sg_value, s.k, row_number() OVER (PARTITION BY s.k) AS rn'
                        ' FROM (SELECT s.sg_value, %s AS k FROM (%s) s) s) s'
                        ' ON s.k = l.k AND s.rn = l.rn) m WHERE t.ctid = m.tid',
-                       rel, i->>'name', softguard._image_text('t', key), rel,
+                       rel, i->>'name', softguard._image_text('t', key, c), rel,
                        softguard._image_text('s', softguard._image_keys(cardinality(key))), softguard._image_src(c));
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     ELSIF i->>'generated' IS NULL THEN
-        rtype := softguard._row_type(c.columns, c.id::text);
+        rtype := softguard._row_type(softguard._kept_columns(c), c.id::text);
         PERFORM softguard._replica('replica');
         EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
                        ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p) s WHERE %s',
-                       rel, i->>'name', rtype, c.id,
-                       (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
+                       rel, i->>'name', rtype, c.id, softguard._key_match(c, 't', 's'));
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     END IF;
@@ -1580,14 +1670,14 @@ BEGIN
                        ' JOIN (SELECT w.*, %s AS img, row_number() OVER (PARTITION BY %s ORDER BY w.sg_ord) AS r'
                        ' FROM (%s) w) w ON w.img = o.img AND w.r = o.r) p) p'
                        ' ON p.k = l.k AND p.rn = l.rn',
-                       tmp_name, softguard._image_text('t', key || col), rel,
+                       tmp_name, softguard._image_text('t', key || col, c), rel,
                        softguard._image_text('w', softguard._image_keys(nk) || 'sg_new'::text),
                        softguard._image_text('o', softguard._image_keys(nk)), softguard._image_text('o', softguard._image_keys(nk)), src_old,
                        softguard._image_text('w', softguard._image_keys(nk)), softguard._image_text('w', softguard._image_keys(nk)), src_new);
         EXECUTE format('CREATE INDEX ON %s (tid)', tmp);
     ELSE
-        rt_old := softguard._row_type(c.columns, c.id::text);
-        rt_new := softguard._row_type(cn.columns, cn.id::text);
+        rt_old := softguard._row_type(softguard._kept_columns(c), c.id::text);
+        rt_new := softguard._row_type(softguard._kept_columns(cn), cn.id::text);
         EXECUTE format('CREATE TEMP TABLE %I AS SELECT %s, o.sg_value'
                        ' FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
                        ' WHERE r.capture_id = %s OFFSET 0) p) o'
@@ -1599,9 +1689,7 @@ BEGIN
                        (SELECT string_agg(format('o.%I', k), ', ') FROM unnest(key) k),
                        rt_old, c.id, rt_new, cn.id,
                        (SELECT string_agg(format('w.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
-                       rel,
-                       (SELECT string_agg(format('t.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
-                       col);
+                       rel, softguard._key_match(c, 't', 'o'), col);
     END IF;
 
     -- 2. a per-row conversion back: explicit cast, else through text, else NULL
@@ -1624,7 +1712,7 @@ BEGIN
                       FROM unnest(key || CASE WHEN image THEN ARRAY[col] ELSE '{}' END) k),
                    rel, col, fn, col, tmp,
                    CASE WHEN image THEN 's.toid = t.tableoid AND s.tid = t.ctid'
-                        ELSE (SELECT string_agg(format('s.%I = t.%I', k, k), ' AND ') FROM unnest(key) k) END)
+                        ELSE softguard._key_match(c, 't', 's') END)
       INTO nbad, bad;
     IF nbad > 0 THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
@@ -1670,7 +1758,7 @@ BEGIN
     ELSE
         PERFORM softguard._replica('replica');
         EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM %s s WHERE %s', rel, col, tmp,
-                       (SELECT string_agg(format('t.%I = s.%I', k, k), ' AND ') FROM unnest(key) k));
+                       softguard._key_match(c, 't', 's'));
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     END IF;

@@ -192,8 +192,9 @@ def _export_captures(
     """rows-<capture>.csv for each capture with rows; returns (manifest entries, load.sql)."""
     cur = conn.cursor(row_factory=dict_row)
     captures = cur.execute(
-        "SELECT id, relid, table_identity, event, n_rows, columns, info, created_at"
-        " FROM softguard.captures WHERE op_id = %s ORDER BY id",
+        # columns as the rows were written (a key or image kept as stable text: text)
+        "SELECT id, relid, table_identity, event, n_rows, softguard._kept_columns(c) AS columns,"
+        " info, created_at FROM softguard.captures c WHERE op_id = %s ORDER BY id",
         [op],
     ).fetchall()
     entries: list[dict[str, Any]] = []

@@ -97,11 +97,6 @@ INSERT INTO em VALUES ('a', 1), ('b', 2);
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: images are compared as text at undo time; swapping enum labels (no row "
-    "changed) swaps which row gets which dropped value",
-)
 def test_keyless_enum_label_swap(arena: Arena) -> None:
     """DROP COLUMN c of a keyless table (m mood, c); then the role swaps the enum's labels
     (ALTER TYPE ... RENAME VALUE, no row is written); undo; swap the labels back: each row
@@ -137,11 +132,6 @@ INSERT INTO rg VALUES ('t_one', 1), ('t_two', 2);
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a regclass image column is compared by its name at undo time; swapping the "
-    "names of the two tables (no row changed) swaps which row gets which dropped value",
-)
 def test_keyless_regclass_rename_swap(arena: Arena) -> None:
     """DROP COLUMN c of a keyless table (r regclass, c); the role swaps the names of the two
     tables r points at (no row of rg is written); undo: the row holding t_one's oid must get
@@ -172,11 +162,6 @@ ALTER DOMAIN posint ADD CONSTRAINT positive CHECK (VALUE > 0) NOT VALID;
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the captured image is read back into the domain at undo; a NOT VALID CHECK "
-    "the kept rows break makes every undo fail (23514), so the DROP is never reversible",
-)
 def test_keyless_domain_not_valid(arena: Arena) -> None:
     """An image column of a domain whose CHECK was added NOT VALID over rows that break it:
     DROP COLUMN c (PostgreSQL runs it); undo must not fail reading the captured image back
@@ -185,20 +170,43 @@ def test_keyless_domain_not_valid(arena: Arena) -> None:
     arena.attempt(["ALTER TABLE dm DROP COLUMN c"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the dropped value is read back into the NOT VALID domain at undo: 23514, "
-    "the DROP cannot be undone",
-)
 def test_keyless_domain_not_valid_dropped_value(arena: Arena) -> None:
-    """The dropped column itself is of the NOT VALID domain: undo puts -1 back or refuses."""
+    """The dropped column itself is of a domain whose CHECK was added NOT VALID over a row
+    that breaks it. Decision 0022 ("Stable images"): undo does not write back a value the
+    constraint rejects; it refuses (23514) naming the constraint and saying what to do, and
+    changes nothing. Doing what the HINT says brings every value back exactly."""
     setup(
         arena,
         "CREATE DOMAIN posint AS int; CREATE TABLE dv (a text, d posint);"
         "INSERT INTO dv VALUES ('x', -1), ('y', 2);"
         "ALTER DOMAIN posint ADD CONSTRAINT positive CHECK (VALUE > 0) NOT VALID;",
     )
-    arena.attempt(["ALTER TABLE dv DROP COLUMN d"])
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack(["ALTER TABLE dv DROP COLUMN d"])
+    assert out.error is None, out.describe()
+    (op,) = [o["id"] for o in arena.ops_since(last)]
+    mid = arena.snapshot()
+    with psycopg.connect(arena.direct_dsn(), autocommit=True) as c:
+        with pytest.raises(psycopg.errors.CheckViolation) as e:
+            c.execute("SELECT softguard.undo_op(%s)", [op])
+    diag = e.value.diag
+    assert diag.constraint_name == "positive" and diag.datatype_name == "posint"
+    assert (
+        diag.message_primary is not None
+        and "constraint positive of domain public.posint" in diag.message_primary
+    )
+    assert diag.message_hint == (
+        "Drop the constraint (ALTER DOMAIN public.posint DROP CONSTRAINT positive), undo again,"
+        " then add it back with NOT VALID."
+    )
+    assert not describe_diff(mid, arena.snapshot())
+    assert arena.ops_since(last)[0]["state"] == "active"
+    arena.direct("ALTER DOMAIN public.posint DROP CONSTRAINT positive")
+    r = arena.undo([op])
+    assert r.returncode == 0, r.stdout + r.stderr
+    arena.direct("ALTER DOMAIN public.posint ADD CONSTRAINT positive CHECK (VALUE > 0) NOT VALID")
+    assert not describe_diff(before, arena.snapshot())
+    assert sorted(arena.direct("SELECT a, d FROM dv")) == [("x", -1), ("y", 2)]
 
 
 # -- the PUBLIC SECURITY DEFINER functions, called with forged arguments ----------------------

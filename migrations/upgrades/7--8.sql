@@ -1,0 +1,951 @@
+-- Version 8: <leave this line as is>
+DO $$
+DECLARE
+    e record;
+BEGIN
+    FOR e IN SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'softguard\_%' LOOP
+        EXECUTE format('ALTER EVENT TRIGGER %I DISABLE', e.evtname);
+    END LOOP;
+END $$;
+
+-- section: image -----------------------------------------------------------------------
+-- Row images compared by what the rows hold, not by text the catalog or the session can
+-- change (decision 0022, "Stable images"). Captures taken before this version keep their
+-- images as they were (_image_stable tells them by this script's applied_at).
+DROP FUNCTION softguard._capture_row(text[], text, boolean);
+DROP FUNCTION softguard._image_text(text, text[]);
+
+CREATE OR REPLACE FUNCTION softguard._image_oid_types() RETURNS oid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT t.oid FROM pg_type t
+                  WHERE t.typnamespace = 'pg_catalog'::regnamespace
+                    AND t.typname IN ('regclass', 'regtype', 'regproc', 'regprocedure', 'regoper',
+                                      'regoperator', 'regnamespace', 'regrole', 'regconfig',
+                                      'regdictionary', 'regcollation'))
+$$;
+REVOKE ALL ON FUNCTION softguard._image_oid_types() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._image_unstable(typ oid, depth integer DEFAULT 0) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t pg_type;
+BEGIN
+    SELECT * INTO t FROM pg_type WHERE oid = typ;
+    IF NOT FOUND OR depth > 32 THEN
+        RETURN true;
+    END IF;
+    RETURN t.typtype = 'e'
+        OR typ = ANY (softguard._image_oid_types())
+        OR typ IN ('aclitem'::regtype, 'timestamptz'::regtype)
+        OR (t.typtype = 'd' AND softguard._image_unstable(t.typbasetype, depth + 1))
+        OR (t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc
+            AND softguard._image_unstable(t.typelem, depth + 1))
+        OR (t.typtype = 'c' AND EXISTS (SELECT FROM pg_attribute a
+                                         WHERE a.attrelid = t.typrelid AND a.attnum > 0
+                                           AND NOT a.attisdropped
+                                           AND softguard._image_unstable(a.atttypid, depth + 1)))
+        OR (t.typtype = 'r' AND softguard._image_unstable(
+                (SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = typ), depth + 1))
+        OR (t.typtype = 'm' AND softguard._image_unstable(
+                (SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = typ), depth + 1));
+END $$;
+REVOKE ALL ON FUNCTION softguard._image_unstable(oid, integer) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._image_expr(typ oid, e text, depth integer DEFAULT 0) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t pg_type;
+    sub oid;
+    v text := 'sg_v' || depth;
+    o text := 'sg_o' || depth;
+BEGIN
+    IF depth > 32 THEN
+        RAISE EXCEPTION USING ERRCODE = '54001',
+            MESSAGE = format('softguard: type %s nests too deeply to compare rows by it', typ::regtype);
+    END IF;
+    IF NOT softguard._image_unstable(typ, depth) THEN
+        RETURN format('(%s)::pg_catalog.text', e);
+    END IF;
+    SELECT * INTO t FROM pg_type WHERE oid = typ;
+    IF t.typtype = 'e' THEN
+        -- labels are unique within the type at any moment: the label now names the row
+        RETURN format('(SELECT %1$s.oid FROM pg_catalog.pg_enum %1$s WHERE %1$s.enumtypid = %2$s'
+                      ' AND %1$s.enumlabel = (%3$s)::pg_catalog.text)::pg_catalog.text', v, typ, e);
+    ELSIF typ = ANY (softguard._image_oid_types()) THEN
+        RETURN format('(%s)::pg_catalog.oid::pg_catalog.text', e);
+    ELSIF typ = 'aclitem'::regtype THEN
+        RETURN format('CASE WHEN (%1$s) IS NULL THEN NULL ELSE pg_catalog.concat(''{'', (SELECT'
+                      ' pg_catalog.string_agg(ROW(%2$s.grantor, %2$s.grantee, %2$s.privilege_type,'
+                      ' %2$s.is_grantable)::pg_catalog.text, '','' ORDER BY %2$s.privilege_type)'
+                      ' FROM pg_catalog.aclexplode(ARRAY[%1$s]) %2$s), ''}'') END', e, v);
+    ELSIF typ = 'timestamptz'::regtype THEN
+        -- numeric since PostgreSQL 14: exact to the microsecond, 'Infinity' for infinity
+        RETURN format('EXTRACT(epoch FROM %s)::pg_catalog.text', e);
+    ELSIF t.typtype = 'd' THEN
+        -- read as its base type: a constraint added since (NOT VALID) is not checked here
+        RETURN softguard._image_expr(t.typbasetype,
+                                     format('(%s)::%s', e, format_type(t.typbasetype, t.typtypmod)),
+                                     depth + 1);
+    ELSIF t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc THEN
+        -- the dimensions, then the elements in storage order
+        RETURN format('CASE WHEN (%1$s) IS NULL THEN NULL ELSE pg_catalog.concat('
+                      'pg_catalog.array_dims(%1$s), ARRAY(SELECT %2$s FROM (SELECT'
+                      ' pg_catalog.unnest(%1$s) AS %3$s, pg_catalog.generate_series(1,'
+                      ' pg_catalog.cardinality(%1$s)) AS %4$s) %3$s ORDER BY %3$s.%4$s)::pg_catalog.text) END',
+                      e, softguard._image_expr(t.typelem, format('%1$s.%1$s', v), depth + 1), v, o);
+    ELSIF t.typtype = 'c' THEN
+        -- num_nulls tells a NULL composite from one whose fields are all NULL
+        RETURN format('CASE WHEN pg_catalog.num_nulls(%s) = 1 THEN NULL ELSE ROW(%s)::pg_catalog.text END',
+                      e, (SELECT coalesce(string_agg(softguard._image_expr(a.atttypid,
+                                                         format('(%s).%I', e, a.attname), depth + 1),
+                                                     ', ' ORDER BY a.attnum), '')
+                            FROM pg_attribute a
+                           WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped));
+    ELSIF t.typtype = 'r' THEN
+        sub := (SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = typ);
+        RETURN format('CASE WHEN (%1$s) IS NULL THEN NULL WHEN pg_catalog.isempty(%1$s) THEN ''empty'''
+                      ' ELSE ROW(pg_catalog.lower_inc(%1$s), pg_catalog.upper_inc(%1$s),'
+                      ' pg_catalog.lower_inf(%1$s), pg_catalog.upper_inf(%1$s), %2$s, %3$s)::pg_catalog.text END',
+                      e, softguard._image_expr(sub, format('pg_catalog.lower(%s)', e), depth + 1),
+                      softguard._image_expr(sub, format('pg_catalog.upper(%s)', e), depth + 1));
+    ELSIF t.typtype = 'm' THEN
+        sub := (SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = typ);
+        RETURN format('CASE WHEN (%1$s) IS NULL THEN NULL ELSE ARRAY(SELECT %2$s FROM'
+                      ' pg_catalog.unnest(%1$s) WITH ORDINALITY %3$s(%3$s, %4$s) ORDER BY %3$s.%4$s)::pg_catalog.text END',
+                      e, softguard._image_expr(sub, format('%1$s.%1$s', v), depth + 1), v, o);
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '0A000',
+        MESSAGE = format('softguard: cannot compare rows by a value of type %s', typ::regtype);
+END $$;
+REVOKE ALL ON FUNCTION softguard._image_expr(oid, text, integer) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._image_col(rel oid, col text, p text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- a column not there is left to the statement's own error (never left out of the image)
+    SELECT coalesce((SELECT softguard._image_expr(a.atttypid, format('%I.%I', p, col))
+                       FROM pg_attribute a
+                      WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0
+                        AND NOT a.attisdropped AND softguard._image_unstable(a.atttypid)),
+                    format('%I.%I', p, col))
+$$;
+REVOKE ALL ON FUNCTION softguard._image_col(oid, text, text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._image_col_stable(rel oid, col text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT softguard._image_unstable(a.atttypid) FROM pg_attribute a
+                      WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0
+                        AND NOT a.attisdropped), false)
+$$;
+REVOKE ALL ON FUNCTION softguard._image_col_stable(oid, text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._capture_row(rel oid, key text[], col text, ord boolean,
+                                       image boolean DEFAULT false, compared boolean DEFAULT false)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'ROW(' || array_to_string(
+               ARRAY(SELECT softguard._image_col(rel, k, 't')
+                       FROM unnest(key) WITH ORDINALITY x(k, o) ORDER BY o)
+               || CASE WHEN ord THEN ARRAY['row_number() OVER (ORDER BY t.tableoid, t.ctid)']
+                       ELSE '{}'::text[] END
+               || CASE WHEN image AND compared THEN softguard._image_col(rel, col, 't')
+                       ELSE format('t.%I', col) END, ', ') || ')::text'
+$$;
+REVOKE ALL ON FUNCTION softguard._capture_row(oid, text[], text, boolean, boolean, boolean) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._capture_column(op bigint, rel oid, attnum integer,
+                                          excluded text[] DEFAULT '{}')
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    o softguard.operations;
+    a record;
+    key text[];
+    image boolean;
+    cid bigint;
+    n bigint;
+    info jsonb;
+    ident text;
+    idn jsonb;
+    s record;
+    seq regclass;
+BEGIN
+    SELECT * INTO o FROM softguard.operations
+     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
+    END IF;
+    IF NOT softguard._protected_table(rel)
+       OR NOT pg_has_role(softguard._client_role(), (SELECT relowner FROM pg_class WHERE oid = rel), 'USAGE')
+       OR NOT EXISTS (SELECT FROM pg_attribute at WHERE at.attrelid = rel
+                         AND at.attnum = _capture_column.attnum AND at.attnum > 0
+                         AND NOT at.attisdropped)
+       OR EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = op AND c.relid = rel
+                     AND c.event = 'column' AND c.info->>'kind' IS NULL
+                     AND (c.info->>'attnum')::integer = _capture_column.attnum)
+       OR excluded IS NULL
+       OR EXISTS (SELECT FROM unnest(excluded) x(name)
+                   WHERE NOT EXISTS (SELECT FROM pg_attribute at WHERE at.attrelid = rel
+                                        AND at.attname::text = x.name AND at.attnum > 0
+                                        AND NOT at.attisdropped)) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: not a column this session can drop (%s, %s)', rel, attnum);
+    END IF;
+    SELECT at.*, format_type(at.atttypid, at.atttypmod) AS typ,
+           pg_get_expr(d.adbin, d.adrelid) AS def,
+           CASE WHEN at.attcollation <> t.typcollation THEN
+               (SELECT format('%I.%I', cn.nspname, co.collname) FROM pg_collation co
+                  JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = at.attcollation)
+           END AS coll,
+           col_description(at.attrelid, at.attnum) AS cmt
+      INTO a
+      FROM pg_attribute at JOIN pg_type t ON t.oid = at.atttypid
+      LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
+     WHERE at.attrelid = rel AND at.attnum = _capture_column.attnum;
+    ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
+                    (SELECT relname FROM pg_class WHERE oid = rel));
+    -- A generated column's values follow from the others: undo adds it again with its
+    -- expression, so nothing is copied and no key is needed.
+    IF a.attgenerated <> '' THEN
+        key := '{}';
+        image := false;
+    ELSE
+        SELECT k.key, k.image INTO key, image FROM softguard._keep_key(rel, a.attname, excluded) k;
+    END IF;
+    -- An identity column: its sequence goes with it; undo makes a new one like it, at the
+    -- same place (options from pg_sequence, state read from the sequence itself).
+    IF a.attidentity <> '' THEN
+        SELECT d.objid::regclass INTO seq
+          FROM pg_depend d JOIN pg_class sc ON sc.oid = d.objid AND sc.relkind = 'S'
+         WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+           AND d.refobjid = rel AND d.refobjsubid = a.attnum AND d.deptype = 'i';
+        EXECUTE format('SELECT last_value, is_called FROM %s', seq) INTO s;
+        SELECT jsonb_build_object(
+                   'kind', CASE a.attidentity WHEN 'a' THEN 'ALWAYS' ELSE 'BY DEFAULT' END,
+                   'sequence', format('%I.%I', sn.nspname, sc.relname),
+                   'type', format_type(ps.seqtypid, NULL), 'start', ps.seqstart,
+                   'increment', ps.seqincrement, 'min', ps.seqmin, 'max', ps.seqmax,
+                   'cache', ps.seqcache, 'cycle', ps.seqcycle,
+                   'last_value', s.last_value, 'is_called', s.is_called)
+          INTO idn
+          FROM pg_sequence ps JOIN pg_class sc ON sc.oid = ps.seqrelid
+          JOIN pg_namespace sn ON sn.oid = sc.relnamespace
+         WHERE ps.seqrelid = seq;
+    END IF;
+    info := jsonb_build_object(
+        'name', a.attname, 'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
+        'collation', a.coll, 'comment', a.cmt, 'key', to_jsonb(key), 'attnum', a.attnum,
+        'generated', CASE a.attgenerated WHEN 's' THEN 'STORED' WHEN 'v' THEN 'VIRTUAL' END,
+        'image', image, 'excluded', to_jsonb(excluded), 'identity', idn,
+        -- constraints and indexes that the DROP removes with the column
+        'constraints', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                            'name', c.conname, 'def', pg_get_constraintdef(c.oid),
+                            'comment', obj_description(c.oid, 'pg_constraint')) ORDER BY c.oid), '[]')
+                          FROM pg_constraint c
+                         WHERE c.conrelid = rel AND c.conislocal AND a.attnum = ANY (c.conkey)
+                           AND c.contype <> 'n'),
+        'indexes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        'name', ic.relname, 'def', pg_get_indexdef(i.indexrelid),
+                        'comment', obj_description(i.indexrelid, 'pg_class')) ORDER BY i.indexrelid), '[]')
+                      FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                     WHERE i.indrelid = rel
+                       AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid
+                                        AND c.conrelid = rel)
+                       AND (a.attnum = ANY (i.indkey)
+                            OR EXISTS (SELECT FROM pg_depend d
+                                        WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                                          AND d.refobjid = rel AND d.refobjsubid = a.attnum))));
+    cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    n := 0;
+    IF a.attgenerated = '' THEN
+        EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                       ' SELECT %s, %s FROM ONLY %s t',
+                       cid, softguard._capture_row(rel, key, a.attname, false, image), rel::regclass);
+        GET DIAGNOSTICS n = ROW_COUNT;
+    END IF;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
+    VALUES (cid, op, rel, ident, 'column', n,
+            (SELECT coalesce(jsonb_agg(jsonb_build_array(k, format_type(at.atttypid, at.atttypmod))
+                                       ORDER BY x.ord), '[]')
+               FROM unnest(key) WITH ORDINALITY x(k, ord)
+               JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
+            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
+            info);
+    UPDATE softguard.operations SET
+        objects = objects || jsonb_build_array(jsonb_build_object(
+            'type', 'table column', 'identity', format('%s.%I', ident, a.attname),
+            'original', true, 'normal', true, 'classid', 'pg_class'::regclass::oid,
+            'objid', rel, 'objsubid', a.attnum, 'rows', n, 'held_by', NULL)),
+        row_counts = jsonb_set(row_counts, ARRAY['tables', ident], to_jsonb(n))
+     WHERE id = op;
+    RETURN format('%s.%I', ident, a.attname);
+END $$;
+CREATE OR REPLACE FUNCTION softguard._capture_type(op bigint, rel oid, attnum integer, changed text[])
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    a record;
+    key text[];
+    image boolean;
+    cid bigint;
+    n bigint;
+    ident text;
+BEGIN
+    PERFORM FROM softguard.operations
+     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
+    END IF;
+    IF NOT softguard._protected_table(rel)
+       OR NOT pg_has_role(softguard._client_role(), (SELECT relowner FROM pg_class WHERE oid = rel), 'USAGE') THEN
+        RETURN NULL;
+    END IF;
+    SELECT at.attname, at.attnum, at.attnotnull, at.attidentity, at.attgenerated,
+           format_type(at.atttypid, at.atttypmod) AS typ,
+           pg_get_expr(d.adbin, d.adrelid) AS def,
+           CASE WHEN at.attcollation <> t.typcollation THEN
+               (SELECT format('%I.%I', cn.nspname, co.collname) FROM pg_collation co
+                  JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = at.attcollation)
+           END AS coll
+      INTO a
+      FROM pg_attribute at JOIN pg_type t ON t.oid = at.atttypid
+      LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
+     WHERE at.attrelid = rel AND at.attnum = _capture_type.attnum AND NOT at.attisdropped;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
+                    (SELECT relname FROM pg_class WHERE oid = rel));
+    SELECT k.key, k.image INTO key, image FROM softguard._keep_key(rel, a.attname, changed) k;
+    IF cardinality(key) = 0 THEN
+        -- nothing the statement leaves alone tells the rows apart: old and new values
+        -- could not be paired
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot keep the values of %s.%I across its type change: %s',
+                             ident, a.attname,
+                             CASE WHEN softguard._row_key(rel) IS NULL
+                                  THEN 'the table has no primary key or unique NOT NULL key'
+                                  ELSE 'every primary key or unique NOT NULL key of the table has '
+                                       'a column that this statement changes' END
+                             || ', and the statement changes every other column'),
+            HINT = 'Add a primary key first, or change the types in separate statements, or '
+                   'give the role running it alter = "allow" in softguard''s policy (the change '
+                   'is then not reversible).';
+    END IF;
+    IF a.attidentity <> '' OR a.attgenerated <> '' THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot yet keep identity or generated column %s.%I', ident, a.attname),
+            HINT = 'Give the role running it alter = "allow" in softguard''s policy (the change '
+                   'is then not reversible), or run the statement without softguard.';
+    END IF;
+    cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                   ' SELECT %s, %s FROM %s t',
+                   cid, softguard._capture_row(rel, key, a.attname, image, image), rel::regclass);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
+    VALUES (cid, op, rel, ident, 'column', n,
+            (SELECT jsonb_agg(jsonb_build_array(k, format_type(at.atttypid, at.atttypmod)) ORDER BY x.ord)
+               FROM unnest(key) WITH ORDINALITY x(k, ord)
+               JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
+            || CASE WHEN image THEN '[["sg_ord", "bigint"]]'::jsonb ELSE '[]' END
+            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
+            jsonb_build_object('kind', 'type', 'name', a.attname, 'attnum', a.attnum,
+                               'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
+                               'collation', a.coll, 'key', to_jsonb(key), 'image', image,
+                               'excluded', to_jsonb(changed),
+                               -- every column's type before the statement, of the table
+                               -- and of its children and partitions ("relid.name"): the
+                               -- rewrite backstop (85_backstop.sql) tells from it which changed
+                               'types', (WITH RECURSIVE down(r) AS (
+                                             SELECT rel
+                                             UNION
+                                             SELECT i.inhrelid FROM pg_inherits i JOIN down ON i.inhparent = down.r)
+                                         SELECT jsonb_object_agg(t.attrelid::text || '.' || t.attname,
+                                                                 format_type(t.atttypid, t.atttypmod))
+                                           FROM pg_attribute t
+                                          WHERE t.attrelid IN (SELECT r FROM down) AND t.attnum > 0
+                                            AND NOT t.attisdropped),
+                               -- PostgreSQL re-parses these for the new type (casts added):
+                               -- undo puts back their exact definitions
+                               'checks', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                   'name', co.conname, 'def', pg_get_constraintdef(co.oid),
+                                   'comment', obj_description(co.oid, 'pg_constraint'))
+                                   ORDER BY co.conname), '[]')
+                                 FROM pg_constraint co
+                                WHERE co.conrelid = rel AND co.contype = 'c' AND co.conislocal
+                                  AND a.attnum = ANY (co.conkey))));
+    RETURN cid;
+END $$;
+CREATE OR REPLACE FUNCTION softguard._capture_type_after(op bigint, cid bigint) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    c softguard.captures;
+    a record;
+    key text[];
+    cn bigint;
+    n bigint;
+BEGIN
+    SELECT cp.* INTO c FROM softguard.captures cp JOIN softguard.operations o ON o.id = cp.op_id
+     WHERE cp.id = cid AND cp.op_id = op AND cp.info->>'kind' = 'type'
+       AND NOT cp.info ? 'new_capture' AND o.txid = pg_current_xact_id() AND o.state = 'active';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
+    END IF;
+    key := ARRAY(SELECT jsonb_array_elements_text(c.info->'key'));
+    -- ALTER COLUMN ... TYPE keeps the attribute number
+    SELECT at.attname, format_type(at.atttypid, at.atttypmod) AS typ,
+           pg_get_expr(d.adbin, d.adrelid) AS def
+      INTO a
+      FROM pg_attribute at
+      LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
+     WHERE at.attrelid = c.relid AND at.attnum = (c.info->>'attnum')::integer AND NOT at.attisdropped;
+    cn := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                   ' SELECT %s, %s FROM %s t',
+                   cn, softguard._capture_row(c.relid, key, a.attname, coalesce((c.info->>'image')::boolean, false),
+                                             coalesce((c.info->>'image')::boolean, false), true),
+                   c.relid::regclass);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
+    VALUES (cn, op, c.relid, c.table_identity, 'column', n,
+            (c.columns - (jsonb_array_length(c.columns) - 1))
+                || jsonb_build_array(jsonb_build_array('sg_new', a.typ)),
+            jsonb_build_object('kind', 'type_new', 'of', cid, 'name', a.attname));
+    UPDATE softguard.captures
+       SET info = info || jsonb_build_object('new_type', a.typ, 'new_default', a.def,
+                                             'new_capture', cn)
+     WHERE id = cid;
+    UPDATE softguard.operations SET
+        objects = objects || jsonb_build_array(jsonb_build_object(
+            'type', 'table column', 'identity', format('%s.%I', c.table_identity, a.attname),
+            'original', true, 'normal', true, 'classid', 'pg_class'::regclass::oid,
+            'objid', c.relid, 'objsubid', (c.info->>'attnum')::integer, 'rows', c.n_rows,
+            'held_by', NULL, 'event', 'alter type', 'old_type', c.info->>'type',
+            'new_type', a.typ)),
+        row_counts = jsonb_set(row_counts, ARRAY['tables', c.table_identity], to_jsonb(c.n_rows))
+     WHERE id = op;
+    RETURN format('%s.%I', c.table_identity, a.attname);
+END $$;
+CREATE OR REPLACE FUNCTION softguard._image_stable(c softguard.captures) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.created_at >= coalesce((SELECT min(m.applied_at) FROM softguard.migrations m
+                                      WHERE m.version >= 8), '-infinity')
+$$;
+REVOKE ALL ON FUNCTION softguard._image_stable(softguard.captures) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._kept_columns(c softguard.captures) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p softguard.captures := c;
+    n integer := jsonb_array_length(c.columns);
+    nkey integer;
+    image boolean;
+BEGIN
+    IF NOT softguard._image_stable(c) OR jsonb_typeof(c.columns) IS DISTINCT FROM 'array' THEN
+        RETURN c.columns;
+    END IF;
+    IF c.info->>'kind' = 'type_new' THEN
+        SELECT * INTO p FROM softguard.captures WHERE id = (c.info->>'of')::bigint;
+    END IF;
+    nkey := jsonb_array_length(coalesce(p.info->'key', '[]'));
+    image := coalesce((p.info->>'image')::boolean, false);
+    RETURN (SELECT jsonb_agg(CASE WHEN (o <= nkey AND (image OR softguard._image_col_stable(c.relid, x->>0)))
+                                       OR (image AND c.info->>'kind' = 'type_new' AND o = n)
+                                  THEN jsonb_build_array(x->0, 'text')
+                                  ELSE x END ORDER BY o)
+              FROM jsonb_array_elements(c.columns) WITH ORDINALITY y(x, o));
+END $$;
+REVOKE ALL ON FUNCTION softguard._kept_columns(softguard.captures) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._key_match(c softguard.captures, l text, r text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(format('%s = %I.%I',
+                             CASE WHEN softguard._image_stable(_key_match.c)
+                                  THEN softguard._image_col((_key_match.c).relid, x.k, l)
+                                  ELSE format('%I.%I', l, x.k) END,
+                             r, x.k), ' AND ' ORDER BY x.o)
+      FROM jsonb_array_elements_text((_key_match.c).info->'key') WITH ORDINALITY x(k, o)
+$$;
+REVOKE ALL ON FUNCTION softguard._key_match(softguard.captures, text, text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._undo_key_check(op bigint, c softguard.captures) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k record;
+    later bigint;
+    later_stmt text;
+    bad text;
+BEGIN
+    -- the key's columns lead c.columns, in order; what follows them is the capture's own
+    -- (sg_value, sg_ord, ...), which a live column of the same name must not be read as
+    FOR k IN SELECT x->>0 AS name, x->>1 AS typ,
+                    (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                      WHERE a.attrelid = c.relid AND a.attname = x->>0 AND a.attnum > 0
+                        AND NOT a.attisdropped) AS now
+               FROM jsonb_array_elements(c.columns) WITH ORDINALITY e(x, ord)
+              WHERE e.ord <= jsonb_array_length(coalesce(c.info->'key', '[]'))
+                AND x->>0 IN (SELECT jsonb_array_elements_text(c.info->'key')) LOOP
+        -- a key compares by value (its type may have changed since); an image as text, and
+        -- so does a key kept as stable text (_kept_columns), whose type must not change
+        CONTINUE WHEN k.now IS NOT NULL
+                  AND (k.now = k.typ
+                       OR NOT coalesce((c.info->>'image')::boolean, false)
+                          AND NOT (softguard._image_stable(c)
+                                   AND (softguard._image_col_stable(c.relid, k.name)
+                                        OR softguard._image_unstable(to_regtype(k.typ)))));
+        SELECT h.later, h.later_stmt INTO later, later_stmt
+          FROM softguard._column_holder(op, c.relid, k.name) h;
+        IF later IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55006',
+                MESSAGE = format('cannot undo operation %s: column %s.%I, which finds its rows, was %s since, held by operation %s (%s)',
+                                 op, c.relid::regclass, k.name,
+                                 CASE WHEN k.now IS NULL THEN 'dropped' ELSE 'changed' END,
+                                 later, later_stmt),
+                DETAIL = softguard._blocked_detail(later),
+                HINT = format('Undo operation %s first, or use --cascade.', later);
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: column %s.%I, which finds its rows, %s',
+                             op, c.relid::regclass, k.name,
+                             CASE WHEN k.now IS NULL THEN 'is not there any more'
+                                  ELSE format('is of type %s now, not %s', k.now, k.typ) END),
+            HINT = 'Put the column back as it was, then undo again.';
+    END LOOP;
+    IF coalesce((c.info->>'image')::boolean, false) THEN
+        SELECT string_agg(format('%I', x.name), ', ') INTO bad
+          FROM jsonb_array_elements_text(coalesce(c.info->'excluded', '[]')) x(name)
+         WHERE x.name <> c.info->>'name'
+           AND NOT EXISTS (SELECT FROM softguard.captures cp
+                            WHERE cp.op_id = op AND cp.relid = c.relid AND cp.event = 'column'
+                              AND cp.info->>'name' = x.name
+                              AND coalesce(cp.info->>'kind', 'drop') IN ('drop', 'type'));
+        IF bad IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('cannot undo operation %s: its rows of %s.%I were kept without columns'
+                                 ' it neither dropped nor retyped (%s), so they cannot be told apart',
+                                 op, c.relid::regclass, c.info->>'name', bad);
+        END IF;
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION softguard._image_src(c softguard.captures) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nkey integer := jsonb_array_length(c.info->'key');
+BEGIN
+    IF c.info->>'kind' = 'type_new' THEN
+        nkey := jsonb_array_length(c.columns) - 2;
+    END IF;
+    RETURN softguard._captured_src(
+        softguard._row_type((SELECT jsonb_agg(CASE WHEN o <= nkey THEN jsonb_build_array('k' || o, x->1)
+                                                   ELSE x END ORDER BY o)
+                               FROM jsonb_array_elements(softguard._kept_columns(c)) WITH ORDINALITY y(x, o)),
+                            'img_' || c.id),
+        c.id);
+END $$;
+CREATE OR REPLACE FUNCTION softguard._image_text(p text, cols text[], c softguard.captures DEFAULT NULL)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'ROW(' || array_to_string(ARRAY(SELECT CASE WHEN (_image_text.c).id IS NOT NULL
+                                                           AND softguard._image_stable(_image_text.c)
+                                                      THEN softguard._image_col((_image_text.c).relid, x.col, p)
+                                                      ELSE format('%I.%I', p, x.col) END
+                                             FROM unnest(cols) WITH ORDINALITY x(col, o) ORDER BY o),
+                                     ', ')
+           || ')::text COLLATE "C"'
+$$;
+REVOKE ALL ON FUNCTION softguard._image_text(text, text[], softguard.captures) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION softguard._undo_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dtype text;
+    dom_schema text;
+    dom text;
+    con text;
+    msg text;
+BEGIN
+    CASE coalesce(c.info->>'kind', 'drop')
+        WHEN 'type' THEN
+            RETURN softguard._undo_type(op, c);
+        WHEN 'type_new' THEN
+            RETURN '{}';  -- read by the undo of its 'type' capture
+        ELSE
+            RETURN softguard._undo_drop_column(op, c);
+    END CASE;
+EXCEPTION WHEN check_violation THEN
+    GET STACKED DIAGNOSTICS dtype = PG_DATATYPE_NAME, dom_schema = SCHEMA_NAME,
+                            con = CONSTRAINT_NAME, msg = MESSAGE_TEXT;
+    IF dtype = '' THEN
+        RAISE;
+    END IF;
+    dom := format('%I.%I', dom_schema, dtype);
+    RAISE EXCEPTION USING ERRCODE = '23514',
+        MESSAGE = format('cannot undo operation %s: a kept value of %s.%I breaks constraint %I of domain %s,'
+                         ' which the rows held when they were kept did not have to pass (NOT VALID,'
+                         ' or added since)', op, c.relid::regclass, c.info->>'name', con, dom),
+        DETAIL = msg,
+        HINT = format('Drop the constraint (ALTER DOMAIN %s DROP CONSTRAINT %I), undo again, then add'
+                      ' it back with NOT VALID.', dom, con),
+        SCHEMA = dom_schema, DATATYPE = dtype, CONSTRAINT = con;
+END $$;
+CREATE OR REPLACE FUNCTION softguard._undo_drop_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i jsonb := c.info;
+    rel regclass := c.relid::regclass;
+    rtype text;
+    key text[] := ARRAY(SELECT jsonb_array_elements_text(c.info->'key'));
+    image boolean := coalesce((c.info->>'image')::boolean, false);
+    idn jsonb := nullif(c.info->'identity', 'null');
+    x jsonb;
+    n bigint;
+    total bigint;
+    nnew bigint := 0;
+    tseq text := format('pg_temp.%I', 'sg_identity_' || c.id);
+    st record;
+    via_parent boolean;
+    saved_srr text := current_setting('session_replication_role');
+BEGIN
+    PERFORM softguard._undo_key_check(op, c);
+    -- A partition or inheritance child: re-adding the column to its parent (a capture of
+    -- the same operation, undone first) added it here too; only its values remain to do.
+    via_parent := EXISTS (
+        SELECT FROM pg_attribute a WHERE a.attrelid = c.relid AND a.attname = i->>'name'
+           AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attislocal
+           AND format_type(a.atttypid, a.atttypmod) = i->>'type'
+           AND EXISTS (SELECT FROM pg_inherits h JOIN softguard.captures pc ON pc.relid = h.inhparent
+                        WHERE h.inhrelid = c.relid AND pc.op_id = op AND pc.event = 'column'
+                          AND pc.info->>'kind' IS NULL AND pc.info->>'name' = i->>'name'));
+    IF NOT via_parent AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = c.relid AND attname = i->>'name'
+                AND attnum > 0 AND NOT attisdropped) THEN
+        RAISE EXCEPTION USING ERRCODE = '42701',
+            MESSAGE = format('cannot undo operation %s: column %I of %s exists again (added after the DROP)',
+                             op, i->>'name', rel);
+    END IF;
+    IF via_parent THEN
+        NULL;
+    ELSIF i->>'generated' IS NOT NULL THEN
+        -- its values follow from the other columns (50_alter.sql kept none)
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s GENERATED ALWAYS AS (%s) %s', rel,
+                       i->>'name', i->>'type',
+                       CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END,
+                       i->>'default', i->>'generated');
+    ELSE
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s', rel, i->>'name', i->>'type',
+                       CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END);
+    END IF;
+    n := 0;
+    IF i->>'generated' IS NULL AND image THEN
+        -- ctid names a row for the length of this statement (ADD COLUMN did not rewrite)
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE ONLY %s t SET %I = m.sg_value FROM ('
+                       'SELECT l.tid, s.sg_value'
+                       ' FROM (SELECT t.tid, t.k, row_number() OVER (PARTITION BY t.k) AS rn'
+                       ' FROM (SELECT t.ctid AS tid, %s AS k FROM ONLY %s t) t) l'
+                       ' JOIN (SELECT s.sg_value, s.k, row_number() OVER (PARTITION BY s.k) AS rn'
+                       ' FROM (SELECT s.sg_value, %s AS k FROM (%s) s) s) s'
+                       ' ON s.k = l.k AND s.rn = l.rn) m WHERE t.ctid = m.tid',
+                       rel, i->>'name', softguard._image_text('t', key, c), rel,
+                       softguard._image_text('s', softguard._image_keys(cardinality(key))), softguard._image_src(c));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+    ELSIF i->>'generated' IS NULL THEN
+        rtype := softguard._row_type(softguard._kept_columns(c), c.id::text);
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
+                       ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p) s WHERE %s',
+                       rel, i->>'name', rtype, c.id, softguard._key_match(c, 't', 's'));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+    END IF;
+    IF idn IS NOT NULL THEN
+        -- rows without a captured value: the values the sequence gives next (a temporary
+        -- sequence at the recorded state; the identity's own needs NOT NULL first)
+        EXECUTE format('DROP SEQUENCE IF EXISTS %s', tseq);
+        EXECUTE format('CREATE TEMP SEQUENCE %I AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s %s',
+                       'sg_identity_' || c.id, idn->>'type', idn->>'increment', idn->>'min',
+                       idn->>'max', idn->>'start', CASE WHEN (idn->>'cycle')::boolean THEN 'CYCLE' ELSE 'NO CYCLE' END);
+        PERFORM setval(tseq::regclass, (idn->>'last_value')::bigint, (idn->>'is_called')::boolean);
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE ONLY %s SET %I = nextval(%L::regclass) WHERE %I IS NULL',
+                       rel, i->>'name', tseq, i->>'name');
+        GET DIAGNOSTICS nnew = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+        EXECUTE format('SELECT last_value, is_called FROM %s', tseq) INTO st;
+        EXECUTE format('DROP SEQUENCE %s', tseq);
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, i->>'name');
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I ADD GENERATED %s AS IDENTITY (%s INCREMENT BY %s'
+                       ' MINVALUE %s MAXVALUE %s START WITH %s CACHE %s %s)',
+                       rel, i->>'name', idn->>'kind',
+                       CASE WHEN to_regclass(idn->>'sequence') IS NULL
+                            THEN 'SEQUENCE NAME ' || (idn->>'sequence') ELSE '' END,
+                       idn->>'increment', idn->>'min', idn->>'max', idn->>'start', idn->>'cache',
+                       CASE WHEN (idn->>'cycle')::boolean THEN 'CYCLE' ELSE 'NO CYCLE' END);
+        PERFORM setval(pg_get_serial_sequence(rel::text, i->>'name')::regclass, st.last_value, st.is_called);
+    END IF;
+    IF i->>'default' IS NOT NULL AND i->>'generated' IS NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', rel, i->>'name', i->>'default');
+    END IF;
+    IF (i->>'not_null')::boolean THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, i->>'name');
+    END IF;
+    FOR x IN SELECT e FROM jsonb_array_elements(i->'constraints') e LOOP
+        CONTINUE WHEN via_parent AND EXISTS (SELECT FROM pg_constraint co WHERE co.conrelid = c.relid
+                                                AND co.conname = x->>'name');
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', rel, x->>'name', x->>'def');
+        IF x->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', x->>'name', rel, x->>'comment');
+        END IF;
+    END LOOP;
+    FOR x IN SELECT e FROM jsonb_array_elements(i->'indexes') e LOOP
+        -- the parent's partitioned index made this partition's again
+        CONTINUE WHEN via_parent AND EXISTS (SELECT FROM pg_class ic WHERE ic.relname = x->>'name'
+                                                AND ic.relnamespace = (SELECT relnamespace FROM pg_class
+                                                                        WHERE oid = c.relid));
+        EXECUTE x->>'def';
+        IF x->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON INDEX %s IS %L',
+                           format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = c.relid),
+                                  x->>'name'), x->>'comment');
+        END IF;
+    END LOOP;
+    IF i->>'comment' IS NOT NULL THEN
+        EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', rel, i->>'name', i->>'comment');
+    END IF;
+    IF image OR idn IS NOT NULL THEN
+        EXECUTE format('SELECT count(*) FROM ONLY %s', rel) INTO total;
+    END IF;
+    RETURN ARRAY[softguard._step(op, 're-added', format('%s.%I', rel, i->>'name'),
+                                 format('re-added column %s.%I with %s values%s', rel, i->>'name', n,
+                                        CASE WHEN total > n THEN format(
+                                            ' (%s changed or added since: %s)',
+                                            CASE WHEN total - n = 1 THEN '1 row' ELSE (total - n) || ' rows' END,
+                                            CASE WHEN idn IS NOT NULL THEN 'new identity values'
+                                                 ELSE 'NULL' END)
+                                             ELSE '' END), n)];
+END $$;
+CREATE OR REPLACE FUNCTION softguard._undo_type(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i jsonb := c.info;
+    rel regclass := c.relid::regclass;
+    col text := c.info->>'name';
+    old_type text := c.info->>'type';
+    key text[] := ARRAY(SELECT jsonb_array_elements_text(c.info->'key'));
+    image boolean := coalesce((c.info->>'image')::boolean, false);
+    nk integer := jsonb_array_length(c.info->'key');
+    pick text := format('pg_temp.%I', 'sg_type_pick_' || c.id);
+    src_old text;
+    src_new text;
+    using_expr text;
+    cn softguard.captures;
+    a record;
+    later bigint;
+    later_stmt text;
+    later_kind text;
+    other text;
+    rt_old text;
+    rt_new text;
+    tmp_name text := 'sg_type_undo_' || c.id;
+    tmp text := format('pg_temp.%I', 'sg_type_undo_' || c.id);
+    fn text := format('pg_temp.%I', 'sg_type_back_' || c.id);
+    nbad bigint;
+    bad text;
+    n bigint;
+    total bigint;
+    unset_not_null boolean;
+    x jsonb;
+    saved_srr text := current_setting('session_replication_role');
+BEGIN
+    -- a later operation still active that dropped the column or changed its type again
+    SELECT h.later, h.later_stmt, h.later_kind INTO later, later_stmt, later_kind
+      FROM softguard._column_holder(op, c.relid, col) h;
+    IF later IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55006',
+            MESSAGE = format('cannot undo operation %s: column %s.%I was %s since, held by operation %s (%s)',
+                             op, rel, col,
+                             CASE later_kind WHEN 'drop' THEN 'dropped' ELSE 'changed again' END,
+                             later, later_stmt),
+            DETAIL = softguard._blocked_detail(later),
+            HINT = format('Undo operation %s first, or use --cascade.', later);
+    END IF;
+    SELECT at.attnum, at.attnotnull, format_type(at.atttypid, at.atttypmod) AS typ,
+           pg_get_expr(d.adbin, d.adrelid) AS def
+      INTO a
+      FROM pg_attribute at
+      LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
+     WHERE at.attrelid = c.relid AND at.attname = col AND at.attnum > 0 AND NOT at.attisdropped;
+    IF NOT FOUND THEN
+        SELECT at.attname INTO other FROM pg_attribute at
+         WHERE at.attrelid = c.relid AND at.attnum = (i->>'attnum')::integer AND NOT at.attisdropped;
+        IF other IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('cannot undo operation %s: column %s.%I was renamed to %I since',
+                                 op, rel, col, other),
+                HINT = format('Rename it back first (ALTER TABLE %s RENAME COLUMN %I TO %I).',
+                              rel, other, col);
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: column %s.%I was dropped since', op, rel, col);
+    END IF;
+    IF a.typ IS DISTINCT FROM i->>'new_type' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: column %s.%I is of type %s now, not %s as the operation left it',
+                             op, rel, col, a.typ, i->>'new_type');
+    END IF;
+    SELECT * INTO cn FROM softguard.captures WHERE id = (i->>'new_capture')::bigint;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: the values of %s.%I after the change were not kept',
+                             op, rel, col);
+    END IF;
+    PERFORM softguard._undo_key_check(op, c);
+
+    -- 1. the rows to restore: captured, and still holding the value the ALTER gave them
+    --    (compared as text of the current type, read back in this session)
+    EXECUTE format('DROP TABLE IF EXISTS %s', tmp);
+    IF image THEN
+        src_old := softguard._image_src(c);
+        src_new := softguard._image_src(cn);
+        EXECUTE format('CREATE TEMP TABLE %I AS SELECT l.toid, l.tid, p.sg_value'
+                       ' FROM (SELECT t.toid, t.tid, t.k,'
+                       ' row_number() OVER (PARTITION BY t.k ORDER BY t.toid, t.tid) AS rn'
+                       ' FROM (SELECT t.tableoid AS toid, t.ctid AS tid, %s AS k FROM %s t) t) l'
+                       ' JOIN (SELECT p.k, p.sg_value, row_number() OVER (PARTITION BY p.k ORDER BY p.sg_ord) AS rn'
+                       ' FROM (SELECT %s AS k, w.sg_ord, o.sg_value'
+                       ' FROM (SELECT o.*, %s AS img, row_number() OVER (PARTITION BY %s ORDER BY o.sg_ord) AS r'
+                       ' FROM (%s) o) o'
+                       ' JOIN (SELECT w.*, %s AS img, row_number() OVER (PARTITION BY %s ORDER BY w.sg_ord) AS r'
+                       ' FROM (%s) w) w ON w.img = o.img AND w.r = o.r) p) p'
+                       ' ON p.k = l.k AND p.rn = l.rn',
+                       tmp_name, softguard._image_text('t', key || col, c), rel,
+                       softguard._image_text('w', softguard._image_keys(nk) || 'sg_new'::text),
+                       softguard._image_text('o', softguard._image_keys(nk)), softguard._image_text('o', softguard._image_keys(nk)), src_old,
+                       softguard._image_text('w', softguard._image_keys(nk)), softguard._image_text('w', softguard._image_keys(nk)), src_new);
+        EXECUTE format('CREATE INDEX ON %s (tid)', tmp);
+    ELSE
+        rt_old := softguard._row_type(softguard._kept_columns(c), c.id::text);
+        rt_new := softguard._row_type(softguard._kept_columns(cn), cn.id::text);
+        EXECUTE format('CREATE TEMP TABLE %I AS SELECT %s, o.sg_value'
+                       ' FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                       ' WHERE r.capture_id = %s OFFSET 0) p) o'
+                       ' JOIN (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                       ' WHERE r.capture_id = %s OFFSET 0) p) w ON %s'
+                       ' JOIN %s t ON %s'
+                       ' WHERE t.%I::text IS NOT DISTINCT FROM w.sg_new::text',
+                       tmp_name,
+                       (SELECT string_agg(format('o.%I', k), ', ') FROM unnest(key) k),
+                       rt_old, c.id, rt_new, cn.id,
+                       (SELECT string_agg(format('w.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
+                       rel, softguard._key_match(c, 't', 'o'), col);
+    END IF;
+
+    -- 2. a per-row conversion back: explicit cast, else through text, else NULL
+    EXECUTE format('DROP FUNCTION IF EXISTS %s(%s)', fn, a.typ);
+    EXECUTE format('CREATE FUNCTION %s(v %s) RETURNS %s LANGUAGE plpgsql AS %L', fn, a.typ, old_type,
+                   format('BEGIN RETURN v::%s; EXCEPTION WHEN OTHERS THEN BEGIN RETURN v::text::%s;'
+                          ' EXCEPTION WHEN OTHERS THEN RETURN NULL; END; END', old_type, old_type));
+
+    -- 3. rows added or changed since must convert back: a write made since is never lost
+    --    (rows listed by key, or by image and value)
+    EXECUTE format('SELECT count(*), string_agg(k, '', '') FILTER (WHERE n <= 5)'
+                   ' FROM (SELECT format(%L, %s) AS k, row_number() OVER () AS n FROM %s t'
+                   ' WHERE t.%I IS NOT NULL AND %s(t.%I) IS NULL'
+                   ' AND NOT EXISTS (SELECT FROM %s s WHERE %s)) x',
+                   '(' || array_to_string(ARRAY(SELECT format('%I', k) FROM unnest(
+                              key || CASE WHEN image THEN ARRAY[col] ELSE '{}' END) k), ', ') || ')=(' ||
+                       array_to_string(array_fill('%s'::text,
+                           ARRAY[cardinality(key) + CASE WHEN image THEN 1 ELSE 0 END]), ', ') || ')',
+                   (SELECT string_agg(format('t.%I', k), ', ')
+                      FROM unnest(key || CASE WHEN image THEN ARRAY[col] ELSE '{}' END) k),
+                   rel, col, fn, col, tmp,
+                   CASE WHEN image THEN 's.toid = t.tableoid AND s.tid = t.ctid'
+                        ELSE softguard._key_match(c, 't', 's') END)
+      INTO nbad, bad;
+    IF nbad > 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: %s of %s added or changed since %s a value of %I'
+                             ' that does not convert back to %s: %s%s',
+                             op, CASE WHEN nbad = 1 THEN '1 row' ELSE nbad || ' rows' END, rel,
+                             CASE WHEN nbad = 1 THEN 'holds' ELSE 'hold' END, col, old_type, bad,
+                             CASE WHEN nbad > 5 THEN ', ...' ELSE '' END),
+            HINT = 'Change or delete those rows, then undo again.';
+    END IF;
+
+    -- 4. the type back. Rows to restore may not convert (their captured value comes next):
+    --    NOT NULL is lifted meanwhile (unless the column is in the primary key), the
+    --    default dropped (it may not cast back).
+    unset_not_null := a.attnotnull AND NOT EXISTS (
+        SELECT FROM pg_index x WHERE x.indrelid = c.relid AND x.indisprimary AND a.attnum = ANY (x.indkey));
+    IF unset_not_null THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP NOT NULL', rel, col);
+    END IF;
+    IF a.def IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', rel, col);
+    END IF;
+    using_expr := format('%s(%I)', fn, col);
+    IF image THEN
+        -- the rows to restore get their captured value in the conversion (by the ctid they
+        -- have before it), the others their value converted back
+        EXECUTE format('DROP FUNCTION IF EXISTS %s(oid, tid, %s)', pick, a.typ);
+        EXECUTE format('CREATE FUNCTION %s(o oid, r tid, v %s) RETURNS %s LANGUAGE plpgsql AS %L',
+                       pick, a.typ, old_type,
+                       format('DECLARE x %s; BEGIN SELECT s.sg_value INTO x FROM %s s'
+                              ' WHERE s.tid = r AND s.toid = o; IF FOUND THEN RETURN x; END IF;'
+                              ' RETURN %s(v); END', old_type, tmp, fn));
+        using_expr := format('%s(tableoid, ctid, %I)', pick, col);
+    END IF;
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s%s USING %s', rel, col, old_type,
+                   CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END,
+                   using_expr);
+
+    -- 5. the captured values back, by key (user triggers off, as for the other undos)
+    IF image THEN
+        EXECUTE format('SELECT count(*) FROM %s', tmp) INTO n;
+        EXECUTE format('DROP FUNCTION %s(oid, tid, %s)', pick, a.typ);
+    ELSE
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM %s s WHERE %s', rel, col, tmp,
+                       softguard._key_match(c, 't', 's'));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+    END IF;
+    IF unset_not_null THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, col);
+    END IF;
+    IF i->>'default' IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', rel, col, i->>'default');
+    END IF;
+    -- 6. CHECK constraints on the column as they were written (the two conversions added casts)
+    FOR x IN SELECT e FROM jsonb_array_elements(coalesce(i->'checks', '[]')) e LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_constraint co
+                                   WHERE co.conrelid = c.relid AND co.conname = x->>'name'
+                                     AND co.contype = 'c'
+                                     AND pg_get_constraintdef(co.oid) IS DISTINCT FROM x->>'def');
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', rel, x->>'name');
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', rel, x->>'name', x->>'def');
+        IF x->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', x->>'name', rel, x->>'comment');
+        END IF;
+    END LOOP;
+    EXECUTE format('SELECT count(*) FROM %s', rel) INTO total;
+    EXECUTE format('DROP TABLE %s', tmp);
+    EXECUTE format('DROP FUNCTION %s(%s)', fn, a.typ);
+    RETURN ARRAY[softguard._step(op, 'restored', format('%s.%I', rel, col),
+                 format('column %s.%I back to %s, %s values restored%s', rel, col,
+                        old_type, n,
+                        CASE WHEN total > n
+                             THEN format(' (%s added or changed since: converted back)',
+                                         CASE WHEN total - n = 1 THEN '1 row'
+                                              ELSE (total - n) || ' rows' END)
+                             ELSE '' END), n)];
+END $$;
+-- end section: image -------------------------------------------------------------------
+
+DO $$
+DECLARE
+    e record;
+BEGIN
+    FOR e IN SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'softguard\_%' LOOP
+        EXECUTE format('ALTER EVENT TRIGGER %I ENABLE ALWAYS', e.evtname);
+    END LOOP;
+END $$;
