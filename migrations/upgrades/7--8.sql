@@ -3,8 +3,16 @@ DO $$
 DECLARE
     e record;
 BEGIN
-    FOR e IN SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'softguard\_%' LOOP
-        EXECUTE format('ALTER EVENT TRIGGER %I DISABLE', e.evtname);
+    -- The event triggers of an install a provider's helper made (decision 0025) belong to
+    -- the helper's owner, and the owner role installing cannot switch them off: those stay
+    -- on, and this transaction is softguard's own maintenance, which they stand aside for.
+    FOR e IN SELECT evtname, pg_has_role(evtowner, 'USAGE') AS mine FROM pg_event_trigger
+              WHERE evtname LIKE 'softguard\_%' LOOP
+        IF e.mine THEN
+            EXECUTE format('ALTER EVENT TRIGGER %I DISABLE', e.evtname);
+        ELSE
+            PERFORM softguard._maintenance_begin();
+        END IF;
     END LOOP;
 END $$;
 
@@ -945,7 +953,9 @@ DO $$
 DECLARE
     e record;
 BEGIN
-    FOR e IN SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'softguard\_%' LOOP
+    FOR e IN SELECT evtname FROM pg_event_trigger
+              WHERE evtname LIKE 'softguard\_%' AND pg_has_role(evtowner, 'USAGE') LOOP
         EXECUTE format('ALTER EVENT TRIGGER %I ENABLE ALWAYS', e.evtname);
     END LOOP;
+    PERFORM softguard._maintenance_end(true);
 END $$;
