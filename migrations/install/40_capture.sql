@@ -102,11 +102,15 @@ BEGIN
     -- does not name the event asks its registration, which the client cannot change. The
     -- registration also carries the session's row limit, whatever its setting says.
     events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
-    -- softguard._session(false), inlined: this runs for every uncaptured UPDATE
-    SELECT s.capture, s.max_rows, s.max_rows_by, s.denied_tables
-      INTO reg_capture, lim, lim_by, denied
-      FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
-    IF NOT FOUND THEN  -- behind a transaction pooler: the login role's (05_sessions.sql)
+    -- softguard._session(false), inlined: this runs for every uncaptured UPDATE; the row is
+    -- kept for the operation's retention and address (verified there, read once)
+    SELECT * INTO reg FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    IF FOUND THEN
+        reg_capture := reg.capture;
+        lim := reg.max_rows;
+        lim_by := reg.max_rows_by;
+        denied := reg.denied_tables;
+    ELSE  -- behind a transaction pooler: the login role's (05_sessions.sql)
         SELECT p.capture, p.max_rows, p.max_rows_by, p.denied_tables
           INTO reg_capture, lim, lim_by, denied
           FROM softguard.pooled_roles p WHERE p.role = session_user;
@@ -223,11 +227,16 @@ BEGIN
         IF event = 'soft_delete' THEN
             op_kind := coalesce(sdi->>'verb', 'DELETE');       -- DELETE, or MERGE
         ELSE
-            stmt := softguard._client_text(current_query());
+            stmt := current_query();
+            IF left(stmt, 17) = '/*softguard:text=' THEN   -- else it is its own text: no call
+                stmt := softguard._client_text(stmt);
+            END IF;
             first_word := upper(substring(stmt FROM '^\s*([A-Za-z]+)'));
             op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
         END IF;
-        reg := softguard._session(true);
+        IF reg.pid IS NULL OR NOT coalesce(softguard._session_verified(reg), false) THEN
+            reg := softguard._session(true);   -- not this backend's row, or pooled
+        END IF;
         expires := now() + softguard._retention(
             reg, nullif(current_setting('softguard.retention', true), '')::integer);
         INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
