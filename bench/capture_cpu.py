@@ -105,8 +105,9 @@ class Config:
         start = time.perf_counter()
         if mode == "do":
             cur.execute(
-                "DO $$ DECLARE i bigint; BEGIN FOREACH i IN ARRAY '{%s}'::bigint[] LOOP"
-                " DELETE FROM t WHERE id = i; END LOOP; END $$" % ",".join(map(str, ids))
+                "DO $$ DECLARE i bigint; BEGIN FOREACH i IN ARRAY '{"
+                + ",".join(map(str, ids))
+                + "}'::bigint[] LOOP DELETE FROM t WHERE id = i; END LOOP; END $$"
             )
         else:
             for i in ids:  # bounded by n
@@ -218,7 +219,8 @@ def main() -> int:
                     flush=True,
                 )
         print(
-            f"\nbackend CPU per DELETE ({args.mode}, {args.deletes} per block, {args.pairs} rounds):"
+            f"\nbackend CPU per DELETE ({args.mode}, {args.deletes} per block,"
+            f" {args.pairs} rounds):"
         )
         # paired: each round's difference to the first ledger cancels what the load did
         # to that round

@@ -35,8 +35,11 @@
 -- starts a new operation.
 CREATE FUNCTION softguard._capture_statement() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    cur text;
 BEGIN
-    PERFORM pg_catalog.set_config('softguard.cur_op', '', true);
+    -- an assignment, not PERFORM: an expression, without an executor run (decision 0024)
+    cur := pg_catalog.set_config('softguard.cur_op', '', true);
     RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_statement() FROM PUBLIC;
@@ -80,6 +83,7 @@ DECLARE
     cid bigint;
     n bigint;
     need bigint;                           -- bytes a small capture keeps (the budget)
+    kept bigint;                           -- what the statement keeps in all (_budget_take)
     ident text;
     expires timestamptz;
     first_word text;
@@ -190,8 +194,8 @@ BEGIN
         SELECT count(*), coalesce(sum(pg_column_size(s.o)), 0) INTO n, need
           FROM (SELECT o FROM sg_old o LIMIT 64) s;
         IF n < 64 THEN
-            IF n > 0 THEN
-                PERFORM softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
+            IF n > 0 THEN                  -- an assignment: as cur_op's below
+                kept := softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
                                                                    ELSE 'UPDATE' END, ident);
             END IF;
         ELSIF NOT softguard._budget_fits(k, TG_RELID) THEN
@@ -250,7 +254,8 @@ BEGIN
                 jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
                 '[]')
         RETURNING id INTO op;
-        PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
+        -- an assignment, not PERFORM (an expression: no executor run, decision 0024)
+        cur := set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
         -- no row count: later statements of the same query string may join it
         msg := softguard._op_notice(
             CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'

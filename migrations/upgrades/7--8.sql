@@ -13,7 +13,8 @@ END $$;
 -- A captured single-row DELETE with less bookkeeping (decision 0024, "Since then"): the
 -- registration is read once per capture and verified by the proof register_session told
 -- the backend (no snapshot of every backend's status); the capture budget is read as an
--- expression; the client's text is decoded only when the proxy marked it.
+-- expression; the client's text is decoded only when the proxy marked it; settings are
+-- written in assignments, not PERFORMs (no executor run each).
 ALTER TABLE softguard.sessions ADD COLUMN proof uuid;
 
 CREATE OR REPLACE FUNCTION softguard._session_verified(r softguard.sessions) RETURNS boolean
@@ -93,6 +94,15 @@ BEGIN
     END IF;
     RETURN r;
 END $$;
+CREATE OR REPLACE FUNCTION softguard._capture_statement() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    cur text;
+BEGIN
+    -- an assignment, not PERFORM: an expression, without an executor run (decision 0024)
+    cur := pg_catalog.set_config('softguard.cur_op', '', true);
+    RETURN NULL;
+END $$;
 CREATE OR REPLACE FUNCTION softguard._capture_rows() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- rows travel as text: written and read back in fixed formats, whatever the session's
@@ -111,6 +121,7 @@ DECLARE
     cid bigint;
     n bigint;
     need bigint;                           -- bytes a small capture keeps (the budget)
+    kept bigint;                           -- what the statement keeps in all (_budget_take)
     ident text;
     expires timestamptz;
     first_word text;
@@ -221,8 +232,8 @@ BEGIN
         SELECT count(*), coalesce(sum(pg_column_size(s.o)), 0) INTO n, need
           FROM (SELECT o FROM sg_old o LIMIT 64) s;
         IF n < 64 THEN
-            IF n > 0 THEN
-                PERFORM softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
+            IF n > 0 THEN                  -- an assignment: as cur_op's below
+                kept := softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
                                                                    ELSE 'UPDATE' END, ident);
             END IF;
         ELSIF NOT softguard._budget_fits(k, TG_RELID) THEN
@@ -281,7 +292,8 @@ BEGIN
                 jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
                 '[]')
         RETURNING id INTO op;
-        PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
+        -- an assignment, not PERFORM (an expression: no executor run, decision 0024)
+        cur := set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
         -- no row count: later statements of the same query string may join it
         msg := softguard._op_notice(
             CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'
@@ -316,21 +328,25 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+-- _budget_take returns the statement's total (was void): called in an assignment
+DROP FUNCTION softguard._budget_take(text, bigint, boolean, text, text);
 CREATE OR REPLACE FUNCTION softguard._budget_take(key text, need bigint, keep boolean, what text,
-                                       target text) RETURNS void
+                                       target text) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     used bigint := softguard._budget_used(key);
     -- an expression, not SELECT ... FROM: no executor run and tuplestore for one row
     -- (a third of this function's cost on a captured single-row DELETE, decision 0024)
     b record := softguard._capture_budget();
+    noted text;
 BEGIN
     IF used + need > b.bytes THEN
         PERFORM softguard._budget_refuse(what, target, used + need, b.bytes, b.why);
     END IF;
     IF keep THEN
-        PERFORM set_config('softguard.capture_bytes', key || '/' || (used + need), true);
+        noted := set_config('softguard.capture_bytes', key || '/' || (used + need), true);
     END IF;
+    RETURN used + need;
 END $$;
 CREATE OR REPLACE FUNCTION softguard._budget_fits(key text, rel oid) RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -338,6 +354,7 @@ DECLARE
     size bigint;
     used bigint;
     b record;
+    noted text;                            -- set_config's answer (an assignment: no executor)
 BEGIN
     SELECT CASE WHEN c.relhassubclass THEN NULL ELSE pg_catalog.pg_table_size(c.oid) END
       INTO size FROM pg_catalog.pg_class c WHERE c.oid = rel;
@@ -349,9 +366,10 @@ BEGIN
     IF used + size > b.bytes THEN
         RETURN false;
     END IF;
-    PERFORM set_config('softguard.capture_bytes', key || '/' || (used + size), true);
+    noted := set_config('softguard.capture_bytes', key || '/' || (used + size), true);
     RETURN true;
 END $$;
+REVOKE ALL ON FUNCTION softguard._budget_take(text, bigint, boolean, text, text) FROM PUBLIC;
 -- end section: capture ------------------------------------------------------------------
 
 DO $$
