@@ -20,8 +20,13 @@ table in a session that is not captured (the triggers' cost alone).
 and ``track_functions = all`` and prints the statements and functions the capture runs,
 with their mean µs per DELETE (timing overhead included: read the shares).
 
+``--proxy`` then starts ``softguard serve`` (this checkout, default log level) in front of
+the server and measures the CPU of the proxy's processes and of the backend per DELETE,
+captured against the same prepared DELETE of an id that does not exist (no operation):
+what the proxy itself spends on an operation (its NOTICE, the log line, the metrics).
+
     python bench/capture_cpu.py [--baseline DIR] [--deletes 3000] [--pairs 3] [--mode stmt]
-                                [--profile] [--json out.json]
+                                [--profile] [--proxy] [--json out.json]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +45,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO_ROOT, git_describe, machine_info
+from _common import REPO_ROOT, ManagedProcess, free_port, git_describe, machine_info, tree_pids
 
 from softguard.embedded import EmbeddedPostgres
 from softguard.ledger.migrate import apply_migrations
@@ -152,6 +158,66 @@ def profile(cfg: Config, n: int, mode: str) -> dict[str, Any]:
     }
 
 
+def proxy_split(pg: EmbeddedPostgres, deletes: int, rounds: int) -> dict[str, Any]:
+    """CPU of the proxy and of the backend per DELETE through `softguard serve` (this
+    checkout, default log level): captured (one operation, one NOTICE) against the same
+    prepared DELETE of an id that does not exist (no operation), blocks alternating."""
+    with psycopg.connect(pg.dsn("postgres"), autocommit=True) as admin:
+        admin.execute("CREATE DATABASE proxied")
+    port = free_port()
+    work = Path(tempfile.mkdtemp(prefix="sg-capture-cpu-"))
+    argv = [
+        sys.executable,
+        "-m",
+        "softguard",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--upstream",
+        f"postgresql://127.0.0.1:{pg.port}?sslmode=disable",
+    ]
+    proxy = ManagedProcess("softguard", argv, work / "softguard.log", cwd=REPO_ROOT)
+    try:
+        proxy.wait_for_port(port, 30)
+        dsn = f"postgresql://{pg.superuser}@127.0.0.1:{port}/proxied?sslmode=disable"
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("DROP TABLE IF EXISTS sg_warmup")  # installs the ledger
+        with psycopg.connect(pg.dsn("proxied"), autocommit=True) as c:
+            c.execute(TABLE_SQL.replace("%(rows)s", str(ROWS)))
+            c.execute("VACUUM (ANALYZE) t")
+        pids = tree_pids(proxy.pid)
+        conn = psycopg.connect(dsn, autocommit=True)
+        conn.add_notice_handler(lambda _d: None)
+        backend = int(conn.info.backend_pid)
+        ids = iter(random.Random(7).sample(range(1, ROWS + 1), (rounds + 1) * deletes))
+        missing = iter(range(-1, -ROWS, -1))
+        out: dict[str, dict[str, list[float]]] = {
+            k: {"proxy_us": [], "backend_us": []} for k in ("captured", "0 rows")
+        }
+        for r in range(rounds + 1):  # bounded; round 0 warms up
+            turn = [("captured", ids), ("0 rows", missing)]
+            for name, source in turn if r % 2 else reversed(turn):
+                p0, b0 = sum(backend_cpu(p) for p in pids), backend_cpu(backend)
+                for _ in range(deletes):  # bounded
+                    conn.execute("DELETE FROM t WHERE id = %s", [next(source)], prepare=True)
+                if r:
+                    out[name]["proxy_us"].append(
+                        1e6 * (sum(backend_cpu(p) for p in pids) - p0) / deletes
+                    )
+                    out[name]["backend_us"].append(1e6 * (backend_cpu(backend) - b0) / deletes)
+        conn.close()
+        print(f"\nthrough the proxy, CPU per DELETE ({deletes} per block, {rounds} rounds):")
+        print(f"{'config':<12} {'proxy µs':>9} {'backend µs':>11}")
+        for name, v in out.items():
+            print(
+                f"{name:<12} {statistics.median(v['proxy_us']):>9.0f}"
+                f" {statistics.median(v['backend_us']):>11.0f}"
+            )
+        return out
+    finally:
+        proxy.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, help="another checkout's migrations/")
@@ -162,6 +228,9 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=3, help="rounds of blocks")
     parser.add_argument("--mode", choices=("stmt", "do"), default="stmt")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--proxy", action="store_true", help="also: proxy CPU, captured against 0-row DELETEs"
+    )
     parser.add_argument("--verbose", action="store_true", help="print every round")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -252,6 +321,7 @@ def main() -> int:
                         f"{f['self_us_per_delete']:>8.1f} {f['total_us_per_delete']:>8.1f}"
                         f"  {f['calls_per_delete']:>5.2f}  {f['name']}"
                     )
+        split = proxy_split(pg, args.deletes, args.pairs) if args.proxy else {}
         if args.json:
             args.json.write_text(
                 json.dumps(
@@ -265,6 +335,7 @@ def main() -> int:
                             for c in configs
                         },
                         "profiles": profiles,
+                        "proxy": split,
                     },
                     indent=2,
                 )
