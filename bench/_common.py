@@ -132,6 +132,21 @@ class ManagedProcess:
             self._log.close()
 
 
+def serve_argv(port: int, pg_port: int) -> list[str]:
+    """`softguard serve` on 127.0.0.1:`port` in front of the server on `pg_port`, at the
+    default log level, as deployed (issue 13)."""
+    return [
+        sys.executable,
+        "-m",
+        "softguard",
+        "serve",
+        "--listen",
+        f"{LOOPBACK}:{port}",
+        "--upstream",
+        f"postgresql://{LOOPBACK}:{pg_port}?sslmode=disable",
+    ]
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)

@@ -51,6 +51,7 @@ from _common import (
     free_port,
     git_describe,
     machine_info,
+    serve_argv,
 )
 
 from softguard.embedded import EmbeddedPostgres
@@ -161,16 +162,7 @@ class Bench:
         )
         self.pg.start()
         port = free_port()
-        self.serve_argv = [
-            sys.executable,
-            "-m",
-            "softguard",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--upstream",
-            f"postgresql://127.0.0.1:{self.pg.port}?sslmode=disable",
-        ]  # the default log level, as deployed (issue 13)
+        self.serve_argv = serve_argv(port, self.pg.port)
         self.proxy = ManagedProcess(
             "softguard", self.serve_argv, self.work / "softguard.log", cwd=REPO_ROOT
         )

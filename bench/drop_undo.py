@@ -35,6 +35,7 @@ from _common import (
     free_port,
     git_describe,
     machine_info,
+    serve_argv,
 )
 
 from softguard.embedded import EmbeddedPostgres
@@ -66,16 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         proxy = ManagedProcess(
             "softguard",
-            [
-                sys.executable,
-                "-m",
-                "softguard",
-                "serve",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--upstream",
-                f"postgresql://127.0.0.1:{pg.port}?sslmode=disable",
-            ],  # the default log level, as deployed (issue 13)
+            serve_argv(port, pg.port),
             work / "softguard.log",
             cwd=REPO_ROOT,
         )

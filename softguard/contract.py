@@ -52,6 +52,8 @@ CUR_OP_SETTING = "softguard.cur_op"  # the open capture operation: '<stmt time>/
 TRUNCATE_OP_SETTING = "softguard.truncate_op"  # the operation truncate_op opened
 PROBE_SETTING = "softguard.probe"  # 'on' while _probe runs a statement
 SOFT_DELETE_SETTING_PREFIX = "softguard.sd_"  # + table oid: the soft delete being captured
+#: Session setting register_session writes: the proof that stands for the backend start time.
+SESSION_PROOF_SETTING = "softguard.session_proof"
 
 #: Every setting name the two sides share.
 SETTINGS = (
@@ -61,6 +63,7 @@ SETTINGS = (
     TRUNCATE_OP_SETTING,
     PROBE_SETTING,
     SOFT_DELETE_SETTING_PREFIX,
+    SESSION_PROOF_SETTING,
 )
 
 # -- registered sessions -------------------------------------------------------------------

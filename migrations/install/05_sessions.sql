@@ -30,7 +30,11 @@ CREATE TABLE softguard.sessions (
     max_table_bytes    bigint CHECK (max_table_bytes >= 0),
     max_table_bytes_by text,
     -- tables as policy targets (88_limits.sql): [{"pattern", "category", "by"}]
-    denied_tables      jsonb NOT NULL DEFAULT '[]'
+    denied_tables      jsonb NOT NULL DEFAULT '[]',
+    -- told to this backend only (its setting softguard.session_proof, set by
+    -- register_session): a setting that matches stands for the backend start time check
+    -- (_session_verified), which costs a snapshot of every backend's status
+    proof              uuid
 );
 REVOKE ALL ON softguard.sessions FROM PUBLIC;
 COMMENT ON TABLE softguard.sessions IS
@@ -78,6 +82,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     wanted text[];
     started timestamptz := softguard._backend_start();
+    told uuid;
 BEGIN
     wanted := softguard._categories(events);
     IF retention IS NULL OR retention < 0 THEN
@@ -94,13 +99,18 @@ BEGIN
      WHERE NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
                         WHERE a.pid = s.pid AND a.backend_start = s.backend_start);
     INSERT INTO softguard.sessions AS s (pid, backend_start, capture, retention_seconds,
-                                         client_addr)
-    VALUES (pg_backend_pid(), started, wanted, retention, nullif(addr, ''))
+                                         client_addr, proof)
+    VALUES (pg_backend_pid(), started, wanted, retention, nullif(addr, ''), gen_random_uuid())
     ON CONFLICT (pid) DO UPDATE SET
         capture = ARRAY(SELECT DISTINCT e FROM unnest(s.capture || excluded.capture) e
                          ORDER BY 1),
         retention_seconds = greatest(s.retention_seconds, excluded.retention_seconds),
-        client_addr = coalesce(s.client_addr, excluded.client_addr);
+        client_addr = coalesce(s.client_addr, excluded.client_addr),
+        proof = coalesce(s.proof, excluded.proof)
+    RETURNING s.proof INTO told;
+    -- the session's own (not local: it outlives this transaction, and a rollback takes it
+    -- back with the row)
+    PERFORM set_config('softguard.session_proof', told::text, false);
     IF 'update' = ANY (wanted) THEN
         -- UPDATE capture triggers exist only while some session needs them (decision 0023)
         PERFORM softguard._set_capture_updates(true);
@@ -211,27 +221,39 @@ DECLARE
 BEGIN
     SELECT pg_backend_pid(), softguard._backend_start(), p.capture, p.retention_seconds,
            NULL, p.registered_at, p.max_rows, p.max_rows_by, p.max_table_bytes,
-           p.max_table_bytes_by, p.denied_tables
+           p.max_table_bytes_by, p.denied_tables, NULL
       INTO r
       FROM softguard.pooled_roles p WHERE p.role = session_user;
     RETURN r;
 END $$;
 REVOKE ALL ON FUNCTION softguard._pooled_session() FROM PUBLIC;
 
+-- Whether registration row `r` (of this backend's pid) is this backend's own: the proof
+-- register_session told this backend is in its setting, or else (the setting was reset:
+-- RESET ALL, DISCARD ALL) the backend's start time matches, which costs a snapshot of
+-- every backend's status. Another backend that reuses the pid does not know the proof (the
+-- table is the installer's); only the ended session's own client could have read it, and
+-- passing for that registration gives it more protection, never less.
+CREATE FUNCTION softguard._session_verified(r softguard.sessions) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN r.proof::text = pg_catalog.current_setting('softguard.session_proof', true)
+                THEN true ELSE r.backend_start = softguard._backend_start() END
+$$;
+REVOKE ALL ON FUNCTION softguard._session_verified(softguard.sessions) FROM PUBLIC;
+
 -- This session's registration (all fields NULL when it is not registered). plpgsql: its
 -- plans are kept for the session.
---   verify  also check the backend's start time (reading it costs a snapshot of every
---           backend's status): without it, a backend that reuses the pid of an ended
---           registered one, before the next registration removes that row, passes for
---           registered: more protection than asked, never less. Operations' retention
---           and address are read verified.
+--   verify  also check that the row is this backend's (_session_verified): without it, a
+--           backend that reuses the pid of an ended registered one, before the next
+--           registration removes that row, passes for registered: more protection than
+--           asked, never less. Operations' retention and address are read verified.
 CREATE FUNCTION softguard._session(verify boolean) RETURNS softguard.sessions
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r softguard.sessions;
 BEGIN
     SELECT * INTO r FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
-    IF FOUND AND verify AND r.backend_start IS DISTINCT FROM softguard._backend_start() THEN
+    IF FOUND AND verify AND NOT coalesce(softguard._session_verified(r), false) THEN
         r := NULL;
     END IF;
     IF r.pid IS NULL THEN

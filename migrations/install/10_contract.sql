@@ -13,7 +13,8 @@
 -- * the undo result row, softguard.undo_step (70_undo.sql);
 -- * settings: softguard.capture, softguard.retention, softguard.client_addr (session
 --   defaults the proxy sets), softguard.cur_op, softguard.truncate_op, softguard.probe,
---   softguard.sd_<oid> (transaction-local, the database's own). softguard's own
+--   softguard.sd_<oid> (transaction-local, the database's own), softguard.session_proof
+--   (the session's, written by register_session, 05_sessions.sql). softguard's own
 --   maintenance is marked in the table softguard.maintenance, not by a setting.
 
 -- Raise a NOTICE the client sees whatever its client_min_messages (changing the setting

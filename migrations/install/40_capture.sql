@@ -35,8 +35,11 @@
 -- starts a new operation.
 CREATE FUNCTION softguard._capture_statement() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    cur text;
 BEGIN
-    PERFORM pg_catalog.set_config('softguard.cur_op', '', true);
+    -- an assignment, not PERFORM: an expression, without an executor run (decision 0024)
+    cur := pg_catalog.set_config('softguard.cur_op', '', true);
     RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_statement() FROM PUBLIC;
@@ -80,6 +83,7 @@ DECLARE
     cid bigint;
     n bigint;
     need bigint;                           -- bytes a small capture keeps (the budget)
+    kept bigint;                           -- what the statement keeps in all (_budget_take)
     ident text;
     expires timestamptz;
     first_word text;
@@ -102,11 +106,15 @@ BEGIN
     -- does not name the event asks its registration, which the client cannot change. The
     -- registration also carries the session's row limit, whatever its setting says.
     events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
-    -- softguard._session(false), inlined: this runs for every uncaptured UPDATE
-    SELECT s.capture, s.max_rows, s.max_rows_by, s.denied_tables
-      INTO reg_capture, lim, lim_by, denied
-      FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
-    IF NOT FOUND THEN  -- behind a transaction pooler: the login role's (05_sessions.sql)
+    -- softguard._session(false), inlined: this runs for every uncaptured UPDATE; the row is
+    -- kept for the operation's retention and address (verified there, read once)
+    SELECT * INTO reg FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    IF FOUND THEN
+        reg_capture := reg.capture;
+        lim := reg.max_rows;
+        lim_by := reg.max_rows_by;
+        denied := reg.denied_tables;
+    ELSE  -- behind a transaction pooler: the login role's (05_sessions.sql)
         SELECT p.capture, p.max_rows, p.max_rows_by, p.denied_tables
           INTO reg_capture, lim, lim_by, denied
           FROM softguard.pooled_roles p WHERE p.role = session_user;
@@ -186,8 +194,8 @@ BEGIN
         SELECT count(*), coalesce(sum(pg_column_size(s.o)), 0) INTO n, need
           FROM (SELECT o FROM sg_old o LIMIT 64) s;
         IF n < 64 THEN
-            IF n > 0 THEN
-                PERFORM softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
+            IF n > 0 THEN                  -- an assignment: as cur_op's below
+                kept := softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
                                                                    ELSE 'UPDATE' END, ident);
             END IF;
         ELSIF NOT softguard._budget_fits(k, TG_RELID) THEN
@@ -223,11 +231,16 @@ BEGIN
         IF event = 'soft_delete' THEN
             op_kind := coalesce(sdi->>'verb', 'DELETE');       -- DELETE, or MERGE
         ELSE
-            stmt := softguard._client_text(current_query());
+            stmt := current_query();
+            IF left(stmt, 17) = '/*softguard:text=' THEN   -- else it is its own text: no call
+                stmt := softguard._client_text(stmt);
+            END IF;
             first_word := upper(substring(stmt FROM '^\s*([A-Za-z]+)'));
             op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
         END IF;
-        reg := softguard._session(true);
+        IF reg.pid IS NULL OR NOT coalesce(softguard._session_verified(reg), false) THEN
+            reg := softguard._session(true);   -- not this backend's row, or pooled
+        END IF;
         expires := now() + softguard._retention(
             reg, nullif(current_setting('softguard.retention', true), '')::integer);
         INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
@@ -241,7 +254,8 @@ BEGIN
                 jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
                 '[]')
         RETURNING id INTO op;
-        PERFORM set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
+        -- an assignment, not PERFORM (an expression: no executor run, decision 0024)
+        cur := set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
         -- no row count: later statements of the same query string may join it
         msg := softguard._op_notice(
             CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'
