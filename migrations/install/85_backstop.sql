@@ -97,11 +97,12 @@ BEGIN
             -- kept by the operation of that call, decision 0028).
             GET DIAGNOSTICS stack = PG_CONTEXT;
             CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb,text\) line [0-9]+ at EXECUTE'
-                      AND EXISTS (SELECT FROM softguard.captures c
-                                   WHERE c.op_id = softguard._alter_executing()
-                                     AND c.relid = d.objid AND c.event = 'column'
-                                     AND c.info->>'kind' IS NULL
-                                     AND (c.info->>'attnum')::integer = d.objsubid);
+                      AND (NOT softguard._protected_table(d.objid)  -- a foreign child's
+                           OR EXISTS (SELECT FROM softguard.captures c
+                                       WHERE c.op_id = softguard._alter_executing()
+                                         AND c.relid = d.objid AND c.event = 'column'
+                                         AND c.info->>'kind' IS NULL
+                                         AND (c.info->>'attnum')::integer = d.objsubid));
         END IF;
         IF d.original AND NOT by_type THEN
             PERFORM softguard._backstop_refuse(format(
