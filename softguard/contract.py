@@ -87,6 +87,11 @@ REGISTER_LIMITS_FUNCTION = "softguard.register_limits"
 #: transaction to any backend (decision 0026).
 REGISTER_ROLE_FUNCTION = "softguard.register_role"
 
+#: softguard.session_key(): the key that marks the session's alter_op calls as softguard's own,
+#: returned once per backend, to the registration (decision 0028); the registration's row
+#: carries it (hex, or NULL) just before the client port.
+SESSION_KEY_FUNCTION = "softguard.session_key"
+
 
 def register_session_query(
     events: str,
@@ -123,7 +128,7 @@ def register_session_query(
     # to right: the limits join the row register_session wrote.
     return (
         f"BEGIN READ WRITE; SELECT {REGISTER_SESSION_FUNCTION}('{events}', "
-        f"{int(retention_seconds)}, '{client_addr}'){with_limits}, "
+        f"{int(retention_seconds)}, '{client_addr}'){with_limits}, {SESSION_KEY_FUNCTION}(), "
         "pg_catalog.inet_client_port(); COMMIT"
     ).encode()
 

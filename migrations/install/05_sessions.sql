@@ -282,3 +282,95 @@ LANGUAGE sql STABLE AS $$
     SELECT coalesce(reg.client_addr, pg_catalog.host(pg_catalog.inet_client_addr()))
 $$;
 REVOKE ALL ON FUNCTION softguard._client_addr(softguard.sessions) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- The session key: a mark on the proxy's own calls (docs/decisions/0028-unforgeable-calls.md)
+-- ---------------------------------------------------------------------------------------
+-- alter_op runs as the client (the ALTER must), so whatever it is handed could come from the
+-- client itself: a DO block, a function, another session of the role. The proxy marks its
+-- own calls with hmac(key, statement, ctx) under a key only it learned: session_key() hands
+-- a registered backend its key once, and the proxy asks for it in the registration, before
+-- the client can send anything. What always holds:
+-- * One key per backend (pid and start time, as a registration); no role but the
+--   installer reads softguard.session_keys; a backend's key is handed out once, so a
+--   later call (the client's) gets none. A session-mode pooler hands the backend to the
+--   next client: the proxy remembers the keys it was handed by backend (session_key()
+--   names it), a backend whose key another took marks nothing (its calls are refused).
+-- * No key for a backend that is not registered by register_session, nor for a login role
+--   registered behind a transaction pooler (pooled_roles): there any backend of the role
+--   could hand one to the client, so none is handed out and the calls are unmarked.
+-- * A mark binds the exact statement and ctx: reading it (pg_stat_activity, current_query())
+--   gives nothing but the same call again.
+
+CREATE TABLE softguard.session_keys (
+    pid           integer PRIMARY KEY,
+    backend_start timestamptz NOT NULL,
+    key           bytea NOT NULL
+);
+REVOKE ALL ON softguard.session_keys FROM PUBLIC;
+COMMENT ON TABLE softguard.session_keys IS
+    'the key of each registered backend, handed to the proxy once: it marks softguard''s own calls';
+
+-- 'pid.start:key' (start: the backend's start in microseconds since the epoch; key in hex):
+-- the key created on the first call of a registered session (the proxy's registration),
+-- empty after that; NULL for sessions that have none (above).
+CREATE FUNCTION softguard.session_key() RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    started timestamptz := softguard._backend_start();
+    key bytea;
+BEGIN
+    IF started IS NULL
+       OR NOT EXISTS (SELECT FROM softguard.sessions s
+                       WHERE s.pid = pg_backend_pid() AND s.backend_start = started)
+       OR EXISTS (SELECT FROM softguard.pooled_roles p WHERE p.role = session_user) THEN
+        RETURN NULL;
+    END IF;
+    -- keys of backends that have ended (or whose pid now belongs to another backend)
+    DELETE FROM softguard.session_keys k
+     WHERE NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
+                        WHERE a.pid = k.pid AND a.backend_start = k.backend_start);
+    IF NOT EXISTS (SELECT FROM softguard.session_keys k WHERE k.pid = pg_backend_pid()) THEN
+        -- gen_random_uuid() draws from pg_strong_random(): 244 random bits in two
+        key := decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''),
+                      'hex');
+        INSERT INTO softguard.session_keys (pid, backend_start, key)
+        VALUES (pg_backend_pid(), started, key);
+    END IF;
+    RETURN format('%s.%s:%s', pg_backend_pid(), (extract(epoch FROM started) * 1000000)::bigint,
+                  encode(key, 'hex'));
+END $$;
+REVOKE ALL ON FUNCTION softguard.session_key() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard.session_key() TO PUBLIC;
+
+-- HMAC-SHA-256 (RFC 2104) from core sha256(): the mark of a call (the proxy computes the
+-- same with Python's hmac).
+CREATE FUNCTION softguard._hmac(key bytea, msg bytea) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT sha256(p.opad || sha256(p.ipad || msg))
+      FROM (SELECT decode(string_agg(lpad(to_hex(x.b # 54), 2, '0'), '' ORDER BY x.i), 'hex') AS ipad,
+                   decode(string_agg(lpad(to_hex(x.b # 92), 2, '0'), '' ORDER BY x.i), 'hex') AS opad
+              FROM (SELECT i, CASE WHEN i < length(k.k) THEN get_byte(k.k, i) ELSE 0 END AS b
+                      FROM (SELECT CASE WHEN length(key) > 64 THEN sha256(key) ELSE key END) k(k),
+                           generate_series(0, 63) i) x) p
+$$;
+REVOKE ALL ON FUNCTION softguard._hmac(bytea, bytea) FROM PUBLIC;
+
+-- Is `mark` this backend's mark of (stmt, ctx)? NULL: the backend has no key (not
+-- registered by register_session, or behind a transaction pooler): the call cannot be told
+-- from the client's own.
+CREATE FUNCTION softguard._marked(stmt text, ctx jsonb, mark text) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k bytea;
+BEGIN
+    SELECT s.key INTO k FROM softguard.session_keys s
+     WHERE s.pid = pg_backend_pid() AND s.backend_start = softguard._backend_start();
+    IF k IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN mark IS NOT NULL
+           AND mark = encode(softguard._hmac(k, convert_to(stmt, 'UTF8') || '\x00'::bytea
+                                                || convert_to(ctx::text, 'UTF8')), 'hex');
+END $$;
+REVOKE ALL ON FUNCTION softguard._marked(text, jsonb, text) FROM PUBLIC;

@@ -220,6 +220,154 @@ $$;
 REVOKE ALL ON FUNCTION softguard._capture_row(oid, text[], text, boolean, boolean, boolean) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
+-- The call window: only alter_op's own capture phase may capture (decision 0028)
+-- ---------------------------------------------------------------------------------------
+-- alter_op runs as the client, so the functions it calls are executable by PUBLIC. Each
+-- call of alter_op opens a window (_alter_begin: the call must carry this backend's mark,
+-- 05_sessions.sql), known by a token that only alter_op's own variables hold, and moves it
+-- through its phases with that token (_alter_phase):
+--   probe    the probe runs the client's statement: nothing may capture
+--   capture  only softguard's code runs: the capture functions accept this window's
+--            operation, one call at a time (busy), none nested in another
+--   execute  the client's statement runs (its USING, DEFAULT, trigger code): nothing may
+--            capture; the backstop (85_backstop.sql) accepts only what this window's
+--            operation kept
+--   after    _capture_type_after reads the new values
+-- A window lives in its transaction (rolled back with it) and is removed at the end of
+-- alter_op. What the client calls itself, outside a window or with another operation, is
+-- refused (42501).
+
+CREATE TABLE softguard.alter_calls (
+    id      bigserial PRIMARY KEY,               -- nesting order: the last is innermost
+    token   text NOT NULL UNIQUE,
+    pid     integer NOT NULL,
+    xid     xid8 NOT NULL,
+    phase   text NOT NULL CHECK (phase IN ('probe', 'capture', 'execute', 'after')),
+    busy    boolean NOT NULL DEFAULT false,
+    op      bigint,
+    stmt    text NOT NULL,
+    ctx     jsonb NOT NULL
+);
+REVOKE ALL ON softguard.alter_calls FROM PUBLIC;
+COMMENT ON TABLE softguard.alter_calls IS
+    'alter_op calls in progress: which operation may capture, in which phase (decision 0028)';
+
+-- Open the window of one alter_op call; `trusted`: ctx may be believed (the call carries
+-- this backend's mark, or the session is not registered: unprotected, as a direct
+-- connection). A registered session without a key (behind a transaction pooler) is not
+-- trusted: its DROP COLUMN is probed, a type change (which only ctx names, with
+-- "drop_column": false) refused.
+CREATE FUNCTION softguard._alter_begin(stmt text, ctx jsonb, mark text, OUT token text,
+                                       OUT trusted boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    marked boolean := softguard._marked(stmt, ctx, mark);
+BEGIN
+    IF NOT marked THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'softguard: refusing a call of softguard.alter_op that softguard did not make',
+            DETAIL = 'Its mark does not match this session''s key for this statement and context.',
+            HINT = 'Run the ALTER TABLE as its own statement through softguard.';
+    END IF;
+    trusted := coalesce(marked, (softguard._session(false)).pid IS NULL);
+    IF NOT trusted AND (ctx->>'drop_column' = 'false'
+                        OR (jsonb_typeof(ctx->'columns') = 'array' AND ctx->'columns' <> '[]')) THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = 'softguard cannot make this column type change reversible: this session '
+                      'has no key to tell softguard''s own call from the client''s',
+            DETAIL = 'Sessions registered by login role (upstream_pooler = "transaction") get no '
+                     'session key; only softguard''s parse of the statement names the columns '
+                     'whose type it changes.',
+            HINT = 'Change column types through softguard without a transaction-mode pooler, or '
+                   'give the role alter = "allow" in softguard''s policy (the change is then not '
+                   'reversible).';
+    END IF;
+    token := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+    INSERT INTO softguard.alter_calls (token, pid, xid, phase, stmt, ctx)
+    VALUES (token, pg_backend_pid(), pg_current_xact_id(), 'probe', stmt, coalesce(ctx, '{}'));
+END $$;
+REVOKE ALL ON FUNCTION softguard._alter_begin(text, jsonb, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._alter_begin(text, jsonb, text) TO PUBLIC;  -- alter_op
+
+-- The window of `token` of this backend and transaction, in `phase` and not busy; else
+-- 42501. Not PUBLIC: _alter_phase and _alter_op call it as the installer.
+CREATE FUNCTION softguard._alter_call(token text, phase text) RETURNS softguard.alter_calls
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w softguard.alter_calls;
+BEGIN
+    SELECT * INTO w FROM softguard.alter_calls c
+     WHERE c.token = _alter_call.token AND c.pid = pg_backend_pid()
+       AND c.xid = pg_current_xact_id() AND c.phase = _alter_call.phase AND NOT c.busy;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open alter_op call';
+    END IF;
+    RETURN w;
+END $$;
+REVOKE ALL ON FUNCTION softguard._alter_call(text, text) FROM PUBLIC;
+
+-- Move the window of `token` to its next phase (probe -> capture -> execute -> after), or
+-- close it ('done', from after).
+CREATE FUNCTION softguard._alter_phase(token text, phase text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w softguard.alter_calls := softguard._alter_call(token, CASE phase WHEN 'capture' THEN 'probe'
+                                                                     WHEN 'execute' THEN 'capture'
+                                                                     WHEN 'after' THEN 'execute'
+                                                                     WHEN 'done' THEN 'after' END);
+BEGIN
+    IF phase = 'done' THEN
+        DELETE FROM softguard.alter_calls c WHERE c.id = w.id;
+    ELSE
+        UPDATE softguard.alter_calls c SET phase = _alter_phase.phase WHERE c.id = w.id;
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._alter_phase(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._alter_phase(text, text) TO PUBLIC;  -- alter_op
+
+-- The operation of the window of `token`, in its capture phase: opened on the first call
+-- (the statement and ctx the window was opened with).
+CREATE FUNCTION softguard._alter_op(token text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w softguard.alter_calls := softguard._alter_call(token, 'capture');
+BEGIN
+    IF w.op IS NULL THEN
+        w.op := softguard._op_begin(w.stmt, w.ctx, 'ALTER TABLE');
+        UPDATE softguard.alter_calls c SET op = w.op WHERE c.id = w.id;
+    END IF;
+    RETURN w.op;
+END $$;
+REVOKE ALL ON FUNCTION softguard._alter_op(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._alter_op(text) TO PUBLIC;  -- alter_op
+
+-- A capture function's entry (`enter`) and exit: operation `op` must be the one of an open
+-- window of this backend and transaction in `phase`, and no other capture runs in it (code
+-- the capture itself runs, a policy's or a type's, cannot call one). Not PUBLIC: the
+-- capture functions call it as the installer.
+CREATE FUNCTION softguard._alter_window(op bigint, phase text, enter boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE softguard.alter_calls c SET busy = enter
+     WHERE c.op = _alter_window.op AND c.pid = pg_backend_pid()
+       AND c.xid = pg_current_xact_id() AND c.phase = _alter_window.phase AND c.busy <> enter;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._alter_window(bigint, text, boolean) FROM PUBLIC;
+
+-- The operation whose client statement alter_op is running now (the innermost window in
+-- its execute phase), NULL when none: what the backstop accepts (85_backstop.sql).
+CREATE FUNCTION softguard._alter_executing() RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.op FROM softguard.alter_calls c
+     WHERE c.pid = pg_backend_pid() AND c.xid = pg_current_xact_id() AND c.phase = 'execute'
+     ORDER BY c.id DESC LIMIT 1
+$$;
+REVOKE ALL ON FUNCTION softguard._alter_executing() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
 -- Capture of a dropped column
 -- ---------------------------------------------------------------------------------------
 
@@ -229,7 +377,8 @@ REVOKE ALL ON FUNCTION softguard._capture_row(oid, text[], text, boolean, boolea
 -- `excluded` live columns of the table (what else the statement drops or retypes: left
 -- out of the key; undo refuses an image that left out a column its operation did not
 -- drop or retype); the column must be gone when the transaction commits
--- (verify_operation, 00_schema.sql).
+-- (verify_operation, 00_schema.sql). Only in the capture phase of the operation's own
+-- alter_op call (_alter_window).
 CREATE FUNCTION softguard._capture_column(op bigint, rel oid, attnum integer,
                                           excluded text[] DEFAULT '{}')
 RETURNS text
@@ -250,6 +399,7 @@ DECLARE
     s record;
     seq regclass;
 BEGIN
+    PERFORM softguard._alter_window(op, 'capture', true);
     SELECT * INTO o FROM softguard.operations
      WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
     IF NOT FOUND THEN
@@ -358,6 +508,7 @@ BEGIN
             'objid', rel, 'objsubid', a.attnum, 'rows', n, 'held_by', NULL)),
         row_counts = jsonb_set(row_counts, ARRAY['tables', ident], to_jsonb(n))
      WHERE id = op;
+    PERFORM softguard._alter_window(op, 'capture', false);
     RETURN format('%s.%I', ident, a.attname);
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_column(bigint, oid, integer, text[]) FROM PUBLIC;
@@ -375,7 +526,8 @@ GRANT EXECUTE ON FUNCTION softguard._capture_column(bigint, oid, integer, text[]
 -- (ALTER COLUMN ... TYPE recurses to them).
 -- PUBLIC (alter_op runs as the client): the operation must be an active ALTER TABLE of
 -- this transaction and the table one the client's role owns; a capture whose type change
--- is not completed by _capture_type_after does not commit (verify_operation).
+-- is not completed by _capture_type_after does not commit (verify_operation). Only in the
+-- capture phase of the operation's own alter_op call (_alter_window).
 CREATE FUNCTION softguard._capture_type(op bigint, rel oid, attnum integer, changed text[])
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -390,6 +542,7 @@ DECLARE
     n bigint;
     ident text;
 BEGIN
+    PERFORM softguard._alter_window(op, 'capture', true);
     PERFORM FROM softguard.operations
      WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
     IF NOT FOUND THEN
@@ -397,6 +550,7 @@ BEGIN
     END IF;
     IF NOT softguard._protected_table(rel)
        OR NOT pg_has_role(softguard._client_role(), (SELECT relowner FROM pg_class WHERE oid = rel), 'USAGE') THEN
+        PERFORM softguard._alter_window(op, 'capture', false);
         RETURN NULL;
     END IF;
     SELECT at.attname, at.attnum, at.attnotnull, at.attidentity, at.attgenerated,
@@ -411,6 +565,7 @@ BEGIN
       LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
      WHERE at.attrelid = rel AND at.attnum = _capture_type.attnum AND NOT at.attisdropped;
     IF NOT FOUND THEN
+        PERFORM softguard._alter_window(op, 'capture', false);
         RETURN NULL;
     END IF;
     ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
@@ -474,6 +629,7 @@ BEGIN
                                  FROM pg_constraint co
                                 WHERE co.conrelid = rel AND co.contype = 'c' AND co.conislocal
                                   AND a.attnum = ANY (co.conkey))));
+    PERFORM softguard._alter_window(op, 'capture', false);
     RETURN cid;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_type(bigint, oid, integer, text[]) FROM PUBLIC;
@@ -483,7 +639,8 @@ GRANT EXECUTE ON FUNCTION softguard._capture_type(bigint, oid, integer, text[]) 
 -- info kind 'type_new'), the new type and default; the operation's objects and counts.
 -- Returns schema.table.column for the NOTICE.
 -- PUBLIC (alter_op runs as the client): only a capture of an active operation of this
--- transaction, once.
+-- transaction, once, after the statement ran in the operation's own alter_op call
+-- (_alter_window).
 CREATE FUNCTION softguard._capture_type_after(op bigint, cid bigint) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- rows travel as text: written and read back in fixed formats, whatever the session's
@@ -496,6 +653,7 @@ DECLARE
     cn bigint;
     n bigint;
 BEGIN
+    PERFORM softguard._alter_window(op, 'after', true);
     SELECT cp.* INTO c FROM softguard.captures cp JOIN softguard.operations o ON o.id = cp.op_id
      WHERE cp.id = cid AND cp.op_id = op AND cp.info->>'kind' = 'type'
        AND NOT cp.info ? 'new_capture' AND o.txid = pg_current_xact_id() AND o.state = 'active';
@@ -535,6 +693,7 @@ BEGIN
             'new_type', a.typ)),
         row_counts = jsonb_set(row_counts, ARRAY['tables', c.table_identity], to_jsonb(c.n_rows))
      WHERE id = op;
+    PERFORM softguard._alter_window(op, 'after', false);
     RETURN format('%s.%I', c.table_identity, a.attname);
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_type_after(bigint, bigint) FROM PUBLIC;
@@ -564,16 +723,22 @@ GRANT EXECUTE ON FUNCTION softguard._alter_changing(jsonb, jsonb, oid) TO PUBLIC
 --   ctx   as truncate_op (action 'ALTER TABLE'), plus
 --         "columns": [{"schema", "table", "column"}]  the ALTER COLUMN ... TYPE targets
 --         "drop_column": false   the statement has no DROP COLUMN: no probe
+--   mark  hmac(this backend's key, stmt, ctx) as hex (05_sessions.sql): the proxy's call;
+--         without a key (not registered, or by login role) NULL. A call whose mark does
+--         not match is refused (42501); an unmarked one of a session registered by login
+--         role is probed whatever ctx says, and refused if ctx names type changes (0A000).
 -- NOTICE: 'softguard: ALTER TABLE DROP COLUMN <cols> (restored as the last column[s])
 -- [, ALTER COLUMN TYPE <cols>] is ...' or
 -- 'softguard: ALTER TABLE ALTER COLUMN TYPE <cols> is reversible as operation N until D'.
 -- ---------------------------------------------------------------------------------------
 
-CREATE PROCEDURE softguard.alter_op(stmt text, ctx jsonb)
+CREATE PROCEDURE softguard.alter_op(stmt text, ctx jsonb, mark text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
     list jsonb := '[]';
     probed boolean := coalesce(ctx->>'drop_column', 'true') <> 'false';
+    token text;
+    trusted boolean;
     op bigint;
     r record;
     cid bigint;
@@ -589,7 +754,8 @@ DECLARE
 BEGIN
     PERFORM softguard._notice(coalesce(ctx->>'offset', '0'), 'SGBEG');
     PERFORM softguard._machinery_check();
-    IF probed THEN
+    SELECT b.token, b.trusted INTO token, trusted FROM softguard._alter_begin(stmt, ctx, mark) b;
+    IF probed OR NOT trusted THEN
         list := softguard._probe(stmt);
     END IF;
 
@@ -620,6 +786,7 @@ BEGIN
                      ORDER BY x.rel, a.attnum, x.ord) s
              GROUP BY s.rel) g;
 
+    PERFORM softguard._alter_phase(token, 'capture');
     -- DROP COLUMN: a column is kept by a key or row image without the columns this
     -- statement drops or retypes (they are not there, or not as they were, when undo
     -- puts it back).
@@ -633,7 +800,7 @@ BEGIN
                                    AND (t->>'objsubid')::integer = 0
                                    AND t->>'object_type' IN ('table', 'partitioned table')) LOOP
         IF op IS NULL THEN
-            op := softguard._op_begin(stmt, ctx, 'ALTER TABLE');
+            op := softguard._alter_op(token);
         END IF;
         dropped := dropped || softguard._capture_column(op, r.rel, r.attnum,
                                                         softguard._alter_changing(list, retypes, r.rel));
@@ -647,7 +814,7 @@ BEGIN
         changing := softguard._alter_changing(list, retypes, r.rel);
         FOR i IN 1 .. pg_catalog.cardinality(r.attnums) LOOP
             IF op IS NULL THEN
-                op := softguard._op_begin(stmt, ctx, 'ALTER TABLE');
+                op := softguard._alter_op(token);
             END IF;
             cid := softguard._capture_type(op, r.rel, r.attnums[i], changing);
             IF cid IS NOT NULL THEN
@@ -665,12 +832,15 @@ BEGIN
     IF pg_catalog.cardinality(cids) > 0 THEN
         PERFORM pg_catalog.set_config('synchronize_seqscans', 'off', true);
     END IF;
+    PERFORM softguard._alter_phase(token, 'execute');
     EXECUTE stmt;
+    PERFORM softguard._alter_phase(token, 'after');
     PERFORM pg_catalog.set_config('client_min_messages', saved, true);
     PERFORM pg_catalog.set_config('synchronize_seqscans', saved_sync, true);
     FOREACH cid IN ARRAY cids LOOP
         retyped := retyped || softguard._capture_type_after(op, cid);
     END LOOP;
+    PERFORM softguard._alter_phase(token, 'done');
     IF pg_catalog.cardinality(dropped) > 0 THEN
         -- PostgreSQL cannot put a column back between others: undo adds it last
         msg := pg_catalog.array_to_string(dropped, ', ')
@@ -687,4 +857,4 @@ BEGIN
     END IF;
     PERFORM softguard._notice(action, 'SGEND');
 END $$;
-GRANT EXECUTE ON PROCEDURE softguard.alter_op(text, jsonb) TO PUBLIC;
+GRANT EXECUTE ON PROCEDURE softguard.alter_op(text, jsonb, text) TO PUBLIC;

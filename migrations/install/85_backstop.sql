@@ -92,9 +92,17 @@ BEGIN
             CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\._drop_shell\(oid\) line [0-9]+ at EXECUTE';
         ELSIF d.object_type = 'table column' AND by_alter THEN
             -- alter_op captured every column its statement drops before running it (it
-            -- probes that very statement); a column dropped anywhere else is lost.
+            -- probes that very statement); a column dropped anywhere else is lost, as is
+            -- one that code of the client's drops while alter_op runs its statement (not
+            -- kept by the operation of that call, decision 0028).
             GET DIAGNOSTICS stack = PG_CONTEXT;
-            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb\) line [0-9]+ at EXECUTE';
+            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb,text\) line [0-9]+ at EXECUTE'
+                      AND (NOT softguard._protected_table(d.objid)  -- a foreign child's
+                           OR EXISTS (SELECT FROM softguard.captures c
+                                       WHERE c.op_id = softguard._alter_executing()
+                                         AND c.relid = d.objid AND c.event = 'column'
+                                         AND c.info->>'kind' IS NULL
+                                         AND (c.info->>'attnum')::integer = d.objsubid));
         END IF;
         IF d.original AND NOT by_type THEN
             PERFORM softguard._backstop_refuse(format(
@@ -125,11 +133,13 @@ GRANT EXECUTE ON FUNCTION softguard._backstop_drop() TO PUBLIC;
 -- protected session converts the column's values in place, and no event trigger reports
 -- which column changed. Outside alter_op (a DO block, a function, a procedure) it is
 -- refused; inside alter_op's EXECUTE, every column of the rewritten table (or of the
--- parent the statement named) must have a capture of its own in this transaction's open
--- ALTER TABLE operation, or a type equal to the one such a capture recorded before the
--- statement ran (a forged ctx naming too few columns is refused). A rewrite that keeps a
--- column's type but changes its values (`TYPE int USING 0` on an int column) cannot be
--- told from one that keeps them: only the proxy's parse names such a column (README).
+-- parent the statement named) must have a capture of its own in the operation of that
+-- alter_op call (_alter_executing: not another operation of the transaction), or a type
+-- equal to the one such a capture recorded before the statement ran (a ctx naming too few
+-- columns is refused). A rewrite that keeps a column's type but changes its values (`TYPE
+-- int USING 0` on an int column) cannot be told from one that keeps them: only the
+-- proxy's parse names such a column, and alter_op believes a ctx only with the proxy's
+-- mark (decision 0028).
 CREATE FUNCTION softguard._backstop_rewrite() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -149,7 +159,7 @@ BEGIN
     IF stack ~ '(^|\n)PL/pgSQL function softguard\._probe\(text\) line [0-9]+ at EXECUTE' THEN
         RETURN;                            -- the probe never keeps what it runs (20_catalog.sql)
     END IF;
-    IF stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb\) line [0-9]+ at EXECUTE' THEN
+    IF stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb,text\) line [0-9]+ at EXECUTE' THEN
         WITH RECURSIVE up(r) AS (
             SELECT rel
             UNION
@@ -157,7 +167,8 @@ BEGIN
         ), caps AS (
             SELECT c.info FROM softguard.captures c
               JOIN softguard.operations o ON o.id = c.op_id
-             WHERE o.txid = pg_current_xact_id() AND o.state = 'active'
+             WHERE o.id = softguard._alter_executing()
+               AND o.txid = pg_current_xact_id() AND o.state = 'active'
                AND o.kind = 'ALTER TABLE' AND c.event = 'column'
                AND c.info->>'kind' = 'type' AND c.relid IN (SELECT r FROM up)
         )

@@ -61,6 +61,7 @@ from softguard.proxy.statements import (
     SoftSession,
     passes_unread,
     plan_message,
+    take_call_key,
 )
 from softguard.sql import Classification
 from softguard.sql.prefilter import may_be_destructive
@@ -870,7 +871,16 @@ class SessionCore:
                 self.to_client(msg.raw)
                 self._parameter_status(msg.body)
             elif mtype == _D:
-                self._server_saw_port = _last_column(msg.body)
+                columns = _columns(msg.body)
+                self._server_saw_port = columns[-1] if columns else None
+                if len(columns) > 2 and not self.config.register_roles:
+                    take_call_key(
+                        self.inputs,
+                        self._soft,
+                        self.info.database,
+                        columns[-2],
+                        self.config.upstream_pooler,
+                    )
             elif mtype == _Z:
                 if not self._registration_error:
                     self._registration_error = self._pooler_between()
@@ -1199,20 +1209,20 @@ def _is_fatal(body: bytes) -> bool:
     return severity in ("FATAL", "PANIC")
 
 
-def _last_column(body: bytes) -> str | None:
-    """The last column of a DataRow as text ("" for NULL), None when malformed."""
+def _columns(body: bytes) -> list[str]:
+    """The columns of a DataRow as text ("" for NULL), [] when malformed."""
     if len(body) < 2:
-        return None
+        return []
     count = int.from_bytes(body[:2], "big")
-    pos, value = 2, None
+    pos, values = 2, []
     for _ in range(count):
         if pos + 4 > len(body):
-            return None
+            return []
         length = int.from_bytes(body[pos : pos + 4], "big", signed=True)
         pos += 4
         if length < 0:
-            value = ""
+            values.append("")
             continue
-        value = body[pos : pos + length].decode("ascii", "replace")
+        values.append(body[pos : pos + length].decode("ascii", "replace"))
         pos += length
-    return value
+    return values

@@ -143,6 +143,9 @@ class PlanInputs:
     allowed: dict[tuple[int, SessionInfo, str, int], Classification] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # (database, backend) -> the session key it handed out (decision 0028): behind a
+    # session-mode pooler the next client of a backend is handed no key again
+    call_keys: dict[tuple[str, str], bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,12 +217,15 @@ class NeedLedger:
 
 class SoftSession:
     """A session's SQL-level prepared statements that hold a soft delete (PREPARE p AS
-    DELETE ... rewritten): ``EXECUTE p`` answers ``UPDATE n`` and must read ``DELETE n``."""
+    DELETE ... rewritten): ``EXECUTE p`` answers ``UPDATE n`` and must read ``DELETE n``.
+    ``call_key``: the key the registration handed back (softguard.session_key(), decision
+    0028), which marks the session's alter_op calls as softguard's own; None without one."""
 
-    __slots__ = ("prepared",)
+    __slots__ = ("call_key", "prepared")
 
     def __init__(self) -> None:
         self.prepared: set[str] = set()
+        self.call_key: bytes | None = None
 
     def track(self, text: bytes, classification: Classification) -> None:
         """Forget names a DEALLOCATE / DISCARD ALL / new PREPARE in ``text`` ends."""
@@ -254,6 +260,34 @@ def _mode_check(
     if found is None:
         return None, 0
     return decide_mode(mode, label, found), len(found)
+
+
+_CALL_KEYS_SIZE = 4096
+
+
+def take_call_key(
+    inputs: PlanInputs, soft: SoftSession, database: str, answer: str, pooled: bool
+) -> None:
+    """The registration's ``softguard.session_key()`` answer, 'backend:key' (decision
+    0028): the session's key, or the one this process was handed for that backend before
+    (*pooled*: a session-mode pooler hands backends on). No key: the session's alter_op
+    calls go unmarked, which the database refuses for a registered session."""
+    backend, _, hex_key = answer.partition(":")
+    try:
+        key = bytes.fromhex(hex_key) if hex_key else None
+    except ValueError:
+        key = None
+    if not pooled:
+        soft.call_key = key
+        return
+    if key is None:
+        soft.call_key = inputs.call_keys.get((database, backend))
+        return
+    keys = inputs.call_keys
+    keys[(database, backend)] = key
+    while len(keys) > _CALL_KEYS_SIZE:  # the oldest backends first
+        del keys[next(iter(keys))]
+    soft.call_key = key
 
 
 def passes_unread(text: bytes, soft: SoftSession) -> bool:
@@ -439,9 +473,11 @@ def plan_message(
             call = drop_call(stmt_text, ctx)
         else:
             procedure, tag = _PROCEDURES[decision.category]
+            key = None
             if procedure == "alter_op":
                 ctx.update(_alter_ctx(stmt))
-            call = procedure_call(procedure, stmt_text, {**ctx, "action": tag})
+                key = soft.call_key if soft is not None else None
+            call = procedure_call(procedure, stmt_text, {**ctx, "action": tag}, key)
         replacements.append(Replacement(stmt, call))
     if not replacements and not retag:
         if not protected and not reread:

@@ -9,6 +9,9 @@ into the position in the client's own text.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 import secrets
 from collections.abc import Sequence
@@ -157,11 +160,51 @@ def drop_call(stmt_text: str, ctx: dict[str, object]) -> str:
     return f"CALL softguard.drop_op({q}{stmt_text}{q}, {q}{cascade}{q}, {q}{ctx_json}{q}::jsonb)"
 
 
-def procedure_call(procedure: str, stmt_text: str, ctx: dict[str, object]) -> str:
-    """``CALL softguard.<procedure>(stmt, ctx)``: truncate_op, alter_op (decision 0006)."""
-    ctx_json = orjson.dumps(ctx).decode()
+def procedure_call(
+    procedure: str, stmt_text: str, ctx: dict[str, object], key: bytes | None = None
+) -> str:
+    """``CALL softguard.<procedure>(stmt, ctx)``: truncate_op, alter_op (decision 0006).
+    With the session's *key* (alter_op, decision 0028), a third argument marks the call as
+    softguard's own: ``call_mark(key, stmt, ctx)``."""
+    if key is None:
+        ctx_json = orjson.dumps(ctx).decode()
+        q = dollar_quote(stmt_text, ctx_json)
+        return f"CALL softguard.{procedure}({q}{stmt_text}{q}, {q}{ctx_json}{q}::jsonb)"
+    ctx_json = jsonb_text(ctx)
     q = dollar_quote(stmt_text, ctx_json)
-    return f"CALL softguard.{procedure}({q}{stmt_text}{q}, {q}{ctx_json}{q}::jsonb)"
+    mark = call_mark(key, stmt_text, ctx_json)
+    return f"CALL softguard.{procedure}({q}{stmt_text}{q}, {q}{ctx_json}{q}::jsonb, '{mark}')"
+
+
+def call_mark(key: bytes, stmt_text: str, ctx_json: str) -> str:
+    """HMAC-SHA-256 of the statement and ctx under the session's key, as hex: what
+    softguard._marked computes in the database over ``stmt``, a NUL byte (no text holds
+    one) and ``ctx::text``. *ctx_json* must be ``jsonb_text``'s (what ``::text`` gives back)."""
+    msg = stmt_text.encode() + b"\0" + ctx_json.encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def jsonb_text(value: object) -> str:
+    """*value* (dicts, lists, str, int, bool, None) as PostgreSQL's jsonb prints it, so that
+    the text sent is the text ``::jsonb::text`` gives back: object keys shortest first, then
+    by their bytes; ", " and ": " between items; strings escaped as escape_json does."""
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode()))
+        inner = ", ".join(f"{_jsonb_string(k)}: {jsonb_text(v)}" for k, v in items)
+        return "{" + inner + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(jsonb_text(v) for v in value) + "]"
+    if isinstance(value, str):
+        return _jsonb_string(value)
+    if value is None or isinstance(value, bool | int):
+        return json.dumps(value)
+    raise TypeError(f"jsonb_text: {type(value).__name__} is not printed the same by jsonb")
+
+
+def _jsonb_string(text: str) -> str:
+    # json.dumps escapes exactly what escape_json does (", \\, \b \f \n \r \t, other
+    # controls as lowercase \u00xx) and leaves the rest, non-ASCII included, as it is
+    return json.dumps(text, ensure_ascii=False)
 
 
 def refusal(sqlstate: str, message: str, hint: str | None = None) -> str:

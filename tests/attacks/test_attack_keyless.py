@@ -297,18 +297,9 @@ def test_capture_column_of_unowned_table_in_real_operation(arena: Arena, via: st
         ("proxy", "proxy"),
         ("proxy", "do_block"),
         ("hidden", "do_block"),
-        pytest.param(
-            "hidden",
-            "proxy",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BUG: a forged _capture_column (hidden in DO/EXECUTE, through softguard) joins the "
-                    "real DROP COLUMN b's operation; undo of that operation is then refused (55000), "
-                    "so b's values can never come back"
-                ),
-            ),
-        ),
+        # once joined the real DROP COLUMN b's operation (undo then refused for good); now
+        # the capture functions accept only alter_op's own capture phase (decision 0028)
+        ("hidden", "proxy"),
     ],
 )
 def test_forged_narrow_image_then_drop(arena: Arena, via: str, how: str) -> None:
@@ -623,15 +614,11 @@ def test_alter_op_false_columns_lossy_retype(arena: Arena, columns: str) -> None
     arena.attempt([call(f"CALL softguard.alter_op('{stmt}', '{ctx}')", "hidden")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (README limits): a forged alter_op call whose statement keeps a column's type "
-    "but rewrites its values (c text USING 'x') while ctx names another column: no catalog or "
-    "event trigger tells it from a rewrite that keeps the values; c's values are lost",
-)
 def test_alter_op_false_columns_same_type_rewrite(arena: Arena) -> None:
     """As above, but the lost column keeps its type: ALTER COLUMN c TYPE text USING 'x',
-    with ctx naming a (whose retype alter_op captures)."""
+    with ctx naming a (whose retype alter_op captures). (Once lost: nothing tells such a
+    rewrite from one that keeps the values; now a call without softguard's mark is refused,
+    decision 0028.)"""
     setup(arena, K3)
     stmt = "ALTER TABLE k3 ALTER COLUMN a TYPE bigint, ALTER COLUMN c TYPE text USING ''x''"
     ctx = '{"columns": [{"schema": null, "table": "k3", "column": "a"}]}'

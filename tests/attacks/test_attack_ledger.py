@@ -94,7 +94,8 @@ def test_forged_drop_column_does_not_commit(arena: Arena, via: str) -> None:
         via=via,
     )
     if via == "direct":  # through the proxy, the U& name is refused before the database
-        assert "still there" in str(out.error)
+        # refused at commit, or (decision 0028) outside an alter_op call's capture phase
+        assert "still there" in str(out.error) or "not an open ALTER TABLE" in str(out.error)
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -337,6 +338,13 @@ def test_public_security_definer_functions_are_the_checked_ones(arena: Arena) ->
         # decision 0026: only ever adds to the caller's own login role's registration
         # (tests/attacks/test_attack_pgbouncer.py attacks it)
         "softguard.register_role(text,integer,bigint,text,bigint,text,jsonb)",
+        # decision 0028: the key is handed out once per registered backend (to the proxy);
+        # alter_op's window is opened only with the proxy's mark and moved only with its
+        # token (tests/attacks/test_attack_forgery.py attacks them)
+        "softguard.session_key()",
+        "softguard._alter_begin(text,jsonb,text)",
+        "softguard._alter_phase(text,text)",
+        "softguard._alter_op(text)",
         "softguard._limit_drop(jsonb)",
         "softguard._backstop_drop()",  # takes nothing, only ever refuses (85_backstop.sql)
         # decision 0013: the foreign tables this transaction holds locked (names only), and

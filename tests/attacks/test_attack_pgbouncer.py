@@ -241,6 +241,21 @@ def test_reused_server_connection_captures_delete(
     assert [o["kind"] for o in ops] == ["DELETE"], ops
 
 
+def test_reused_server_connection_keeps_alter_reversible(arena: Arena, bouncer: PgBouncer) -> None:
+    """The session key (decision 0028) is handed out once per backend: a client of the
+    backend another client of the same softguard left still has its DROP COLUMN and type
+    change made reversible (softguard remembers the backend's key), undone exactly."""
+    pid = _handover(arena, arena.proxy, arena.proxy, bouncer)
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack(
+        [_pid, "ALTER TABLE big ALTER COLUMN id TYPE bigint", "ALTER TABLE big DROP COLUMN payload"]
+    )
+    assert out.error is None, out.describe()
+    assert out.results[0] == pid, "PgBouncer did not hand over the server connection"
+    ops = arena.verdict(before, last, out)
+    assert [o["kind"] for o in ops] == ["ALTER TABLE", "ALTER TABLE"], ops
+
+
 def test_allow_client_on_a_new_connection_is_not_captured(
     arena: Arena, allow_proxy: Target, bouncer: PgBouncer
 ) -> None:

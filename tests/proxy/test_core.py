@@ -176,7 +176,8 @@ def test_startup_connects_with_capture_settings_and_relays_auth() -> None:
     assert out.to_client == SERVER_HELLO[: -len(READY_IDLE)]
     assert out.to_server == query(
         "BEGIN READ WRITE; SELECT softguard.register_session("
-        "'delete,drop,truncate,alter', 604800, '10.0.0.7'), pg_catalog.inet_client_port(); COMMIT"
+        "'delete,drop,truncate,alter', 604800, '10.0.0.7'), softguard.session_key(), "
+        "pg_catalog.inet_client_port(); COMMIT"
     )
     assert core.state is State.REGISTERING and core.cancel_key == (4242, b"\1\2\3\4")
     assert out.controls == [cmd.SetTimer(cmd.Timer.STARTUP, None)]  # softguard's time now
