@@ -111,6 +111,7 @@ class Bench:
         self.user = ""
         self.pgbench = ""
         self.results: dict[str, dict[str, Any]] = {}
+        self.as_user: list[str] = []  # how pgbouncer is started when we are root
 
     def log(self, msg: str) -> None:
         print(f"[serve_cpu] {msg}", file=sys.stderr, flush=True)
@@ -169,18 +170,20 @@ class Bench:
             "default_pool_size = 20\nignore_startup_parameters = extra_float_digits\n"
             f"logfile = {d / 'pgbouncer.log'}\nlog_connections = 0\nlog_disconnections = 0\n"
         )
-        argv = [binary]
-        if os.geteuid() == 0:  # PgBouncer refuses to run as root
-            user = "softguard-pg"
+        argv = [binary, str(d / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            # PgBouncer refuses to run as root. Not its -u: valgrind's control pipes, made
+            # before the switch, would no longer be its own. The whole run as that user.
+            user = "nobody"
             with contextlib.suppress(KeyError):
-                pwd.getpwnam(user)
-                argv += ["-u", user]
-            if len(argv) == 1:
-                argv += ["-u", "nobody"]
-            pw = pwd.getpwnam(argv[-1])
+                user = pwd.getpwnam("softguard-pg").pw_name
+            pw = pwd.getpwnam(user)
             for p in (d, *d.iterdir()):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
-        return [*argv, str(d / "pgbouncer.ini")]
+            # setpriv execs (runuser would fork): the pid stays valgrind's.
+            self.as_user = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}"]
+            self.as_user += ["--clear-groups", "--"]
+        return argv
 
     def pgbench_run(self, port: int, workload: Workload, transactions: int) -> None:
         argv = [
@@ -223,6 +226,7 @@ class Bench:
             wrapped += argv[1:]
         else:
             wrapped = [
+                *(self.as_user if config == "pgbouncer" else []),
                 "valgrind",
                 "--tool=callgrind",
                 f"--callgrind-out-file={out}",
@@ -260,11 +264,10 @@ class Bench:
                 time.sleep(0.1)
             time.sleep(0.5)
             return 0
-        rc = subprocess.run(
-            ["callgrind_control", f"--dump=mark{i}", str(proc.pid)],
-            capture_output=True,
-            timeout=120,
-        ).returncode
+        # As the proxy's own user: vgdb wakes a blocked process with ptrace.
+        argv = [*(self.as_user if proc.name.startswith("pgbouncer") else [])]
+        argv += ["callgrind_control", f"--dump=mark{i}", str(proc.pid)]
+        rc = subprocess.run(argv, capture_output=True, timeout=120).returncode
         if rc != 0:
             raise RuntimeError("callgrind_control --dump failed")
         deadline = time.monotonic() + 120
