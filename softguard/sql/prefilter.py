@@ -19,7 +19,6 @@ false positives cost a parse, false negatives are forbidden.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -168,26 +167,12 @@ _PATTERN = re.compile(
 
 _search = _PATTERN.search
 
-# Every digit plays the same part in the pattern (none is in a word, each ends a keyword,
-# none blocks a word's start), so a text's verdict is that of the text with its digits
-# read as 0: remembered for short texts, since the scan costs ~20,000 instructions for a
-# 60-byte statement (bench/serve_cpu.py) and applications repeat a few shapes.
-FOLD_DIGITS = bytes.maketrans(b"123456789", b"000000000")
-_MEMO_BYTES = 512
-
-
-@functools.lru_cache(maxsize=4096)
-def _folded_verdict(folded: bytes) -> bool:
-    return _search(folded) is not None
-
 
 def may_be_destructive(sql: bytes) -> bool:
     """False only when *sql* provably cannot classify as DESTRUCTIVE or OPAQUE.
 
-    Pure and cheap (one regex scan of the bytes, remembered by shape). Unparseable text
-    that contains none of the words is also reported False: nothing in it can destroy
-    data, and the server will reject it with its own error.
+    Pure and cheap (one regex scan of the bytes). Unparseable text that contains none of
+    the words is also reported False: nothing in it can destroy data, and the server will
+    reject it with its own error.
     """
-    if type(sql) is bytes and len(sql) <= _MEMO_BYTES:
-        return _folded_verdict(sql.translate(FOLD_DIGITS))
     return _search(sql) is not None

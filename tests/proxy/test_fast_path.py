@@ -142,17 +142,14 @@ def test_the_fast_path_memo_answers_as_the_texts_themselves() -> None:
     """``passes_unread`` remembers its verdict by the text with digits read as 0: every
     text of the corpus, and digit variants of it (escapes spell names with digits), gets
     the answer of the uncached checks."""
-    from softguard.sql.prefilter import _PATTERN, may_be_destructive
+    from softguard.sql.prefilter import may_be_destructive
     from softguard.sql.tamper import mentions_softguard
 
     variants = [*CORPUS, 'select U&"\\0073oftguard".operations', "select E'\\163oftguard'"]
     for sql in variants:
         for digits in ("0123456789", "9876543210", "1111111111"):
             text = sql.translate(str.maketrans("0123456789", digits)).encode()
-            scanned = _PATTERN.search(text) is not None  # the prefilter, not remembered
-            assert may_be_destructive(text) is scanned, text
-            assert may_be_destructive(bytearray(text)) is scanned, text
-            exact = not scanned and not mentions_softguard(text)
+            exact = not may_be_destructive(text) and not mentions_softguard(text)
             assert passes_unread(text, SoftSession()) is exact, text
 
 
