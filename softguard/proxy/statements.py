@@ -271,11 +271,12 @@ def passes_unread(text: bytes, soft: SoftSession) -> bool:
     return not may_be_destructive(text) and not mentions_softguard(text)
 
 
-# The two regular-expression scans above cost ~25,000 instructions for a 60-byte SELECT
-# (bench/serve_cpu.py), more than the rest of its relay; the verdict is remembered by the
-# text with every digit read as 0. Exact: the prefilter treats all digits alike (none is
-# in a keyword, all block a keyword's end, none blocks its start), and a text that spells
-# neither "softguard", "u&" nor a backslash cannot name softguard whatever its digits.
+# The checks above cost ~25,000 instructions for a 60-byte SELECT (bench/serve_cpu.py:
+# the prefilter's regex scans a harmless text to its end), more than the rest of its
+# relay; the verdict is remembered by the text with every digit read as 0. Exact: the
+# prefilter treats all digits alike (none is in a keyword, all block a keyword's end,
+# none blocks its start), and a text that spells neither "softguard", "u&" nor a
+# backslash cannot name softguard whatever its digits.
 _UNREAD_MEMO_BYTES = 512
 _FOLD_DIGITS = bytes.maketrans(b"123456789", b"000000000")
 
