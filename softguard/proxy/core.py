@@ -286,20 +286,32 @@ class SessionCore:
             else:
                 self._client_data_before_auth(data)
             return
-        self._client_bytes += len(data)
-        if self._cframer.lone(data, _Q) and self._known is None:
+        n = len(data)
+        self._client_bytes += n
+        cframer = self._cframer
+        if cframer.lone(data, _Q):
             # The commonest chunk: one whole Query. Proven harmless from its bytes, it
             # goes on as it came, without framing objects (a framer's state is unchanged
-            # by a lone message).
-            try:
-                text: bytes | None = parse_query_text(_Q, data[5:])
-            except ProtocolViolation:
-                text = None
-            if text is not None and self._full_mode() and passes_unread(text, self._soft):
+            # by a lone message). A text not ended by its only NUL is left to the framing
+            # path, which reports it.
+            if (
+                self._known is None
+                and data.find(b"\0", 5) == n - 1
+                and self._full_mode()
+                and passes_unread(data[5:-1], self._soft)
+            ):
                 self.counter.safe_statements += 1
-                self._query_sent()
+                if self._filter is None:
+                    self.pending += 1  # _query_sent, one call less per statement
+                else:
+                    self._query_sent()
                 self.to_server(data)
                 return
+        elif self._filter is None and cframer.lone_last(data, _S, 4):
+            # Bind/Execute/Sync (a prepared statement): nothing in it but the Sync is read.
+            self.pending += 1
+            self.to_server(data)
+            return
         try:
             buf, msgs, held = self._cframer.feed(data)
         except ProtocolViolation as exc:
@@ -322,13 +334,32 @@ class SessionCore:
             elif self.state is State.REGISTERING:
                 self._server_registering_data(data)
             return
+        if self._filter is None and self._sframer.lone_last(data, _Z, 5):
+            # The commonest answer: whatever rows, then ReadyForQuery, nothing else read
+            # (``_ready_for_query`` inlined: one call less per statement).
+            self.tx_status = data[-1]
+            if self.pending > 0:
+                self.pending -= 1
+            if self._timings or self._protected:
+                self._after_ready()
+            self.to_client(data)
+        elif not self._server_messages(data):
+            return
+        if self._read_only_lost:
+            self._end_read_only_session()
+        elif self._closing_for_shutdown:
+            self._after_server_chunk()
+
+    def _server_messages(self, data: bytes) -> bool:
+        """Relay a chunk from the server, its wanted messages read (and maybe replaced);
+        False when it broke the protocol (the session is ending)."""
         out = self.to_client
         try:
             buf, msgs, held = self._sframer.feed(data)
         except ProtocolViolation as exc:
             out(data)
             self._fail(exc)
-            return
+            return False
         cursor = 0
         filt = self._filter
         for msg in msgs:
@@ -357,10 +388,7 @@ class SessionCore:
                 out(replacement)
             cursor = msg.end
         _send_rest(out, buf, cursor, held)
-        if self._read_only_lost:
-            self._end_read_only_session()
-        elif self._closing_for_shutdown:
-            self._after_server_chunk()
+        return True
 
     def client_lost(self) -> None:
         if self.state is State.CLOSED:

@@ -67,10 +67,11 @@ class SessionHost(Protocol):
 class UpstreamProtocol(asyncio.Protocol):
     """The upstream side: forwards every event to its session."""
 
-    __slots__ = ("_answer", "session", "transport")
+    __slots__ = ("_answer", "core", "session", "transport")
 
     def __init__(self, session: ClientSession) -> None:
         self.session = session
+        self.core = session.core
         self.transport: asyncio.Transport | None = None
         self._answer: asyncio.Future[bytes] | None = None
 
@@ -90,7 +91,11 @@ class UpstreamProtocol(asyncio.Protocol):
             if not answer.done():
                 answer.set_result(data[:1] if len(data) == 1 else b"?")
             return
-        self.session._server_data(data)
+        # ClientSession._server_data, without a second Python call per chunk.
+        core = self.core
+        core.server_data(data)
+        if core.controls:
+            self.session._run()
 
     def connection_lost(self, exc: Exception | None) -> None:
         answer = self._answer

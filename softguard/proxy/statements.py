@@ -11,6 +11,7 @@ does no I/O and updates nothing shared; the only state it changes is what it is 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -295,7 +296,37 @@ def passes_unread(text: bytes, soft: SoftSession) -> bool:
     known beforehand), decided from the bytes alone: the prefilter proves the text harmless,
     it does not name softguard, and no prepared soft delete is in play. The relay's fast
     path: no classification, no decoding, no ``Planned``."""
-    return not soft.prepared and not may_be_destructive(text) and not mentions_softguard(text)
+    if soft.prepared:
+        return False
+    if len(text) <= _UNREAD_MEMO_BYTES:
+        known = _harmless_shape(text.translate(_FOLD_DIGITS))
+        if known is not None:
+            return known
+    return not may_be_destructive(text) and not mentions_softguard(text)
+
+
+# The checks above cost ~25,000 instructions for a 60-byte SELECT (bench/serve_cpu.py:
+# the prefilter's regex scans a harmless text to its end), more than the rest of its
+# relay; the verdict is remembered by the text with every digit read as 0. Exact: the
+# prefilter treats all digits alike (none is in a keyword, all block a keyword's end,
+# none blocks its start), and a text that spells neither "softguard", "u&" nor a
+# backslash cannot name softguard whatever its digits.
+_UNREAD_MEMO_BYTES = 512
+_FOLD_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+
+
+@functools.lru_cache(maxsize=4096)
+def _harmless_shape(folded: bytes) -> bool | None:
+    """``passes_unread``'s answer for every text that folds to ``folded`` (a prepared soft
+    delete aside), or None when only the exact text can tell (it may name softguard)."""
+    if may_be_destructive(folded):
+        return False
+    lowered = folded.lower()
+    # find, not ``in``: ``bytes in bytes`` first tries the operand as an integer and
+    # formats the TypeError it then discards (~1,800 instructions each).
+    if lowered.find(b"softguard") >= 0 or lowered.find(b"u&") >= 0 or lowered.find(b"\\") >= 0:
+        return None
+    return True
 
 
 def plan_message(

@@ -12,6 +12,7 @@ of bytes at the end of the returned buffer that must not be forwarded yet.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from struct import Struct
 
@@ -49,9 +50,12 @@ class Framer:
         "_allowed",
         "_error_class",
         "_head",
+        "_lone_limit",
         "_max_length",
         "_max_want",
+        "_readable",
         "_skip",
+        "_stop",
         "_want",
     )
 
@@ -73,6 +77,10 @@ class Framer:
         self._head = b""  # an incomplete header (< 5 bytes) held from the last chunk
         self._acc: bytearray | None = None  # an incomplete wanted message
         self._acc_total = 0
+        self._lone_limit = 1 + min(max_length, max_want_length)
+        self._readable: frozenset[int] = frozenset()
+        self._stop: frozenset[int] = frozenset()
+        self.set_want(want)
 
     @property
     def at_boundary(self) -> bool:
@@ -81,6 +89,7 @@ class Framer:
 
     def set_want(self, want: frozenset[int] | None) -> None:
         self._want = want
+        self._readable, self._stop = _lone_sets(want, self._allowed)
 
     def lone(self, data: bytes, mtype: int) -> bool:
         """True when ``data`` is exactly one whole message of the wanted type ``mtype`` and
@@ -88,20 +97,48 @@ class Framer:
         message, leaving the framer as it was. The caller may take it without feeding it
         (the relay's one-Query-per-chunk path, pgbench -S)."""
         n = len(data)
-        want = self._want
-        allowed = self._allowed
         return (
-            n > 5
+            5 < n <= self._lone_limit
             and data[0] == mtype
+            and mtype in self._readable
+            and _unpack_int32(data, 1)[0] == n - 1
             and self._acc is None
             and not self._head
             and not self._skip
-            and _unpack_int32(data, 1)[0] == n - 1
-            and n - 1 <= self._max_want
-            and n - 1 <= self._max_length
-            and (want is None or mtype in want)
-            and (allowed is None or mtype in allowed)
         )
+
+    def lone_last(self, data: bytes, mtype: int, length: int) -> bool:
+        """True when ``data`` is whole messages from a message boundary, none of them
+        wanted but the last, which is of the wanted type ``mtype`` and has the length
+        field ``length`` (4 or more): what ``feed`` would hand out as its only message,
+        leaving the framer as it was. The caller may take the chunk without feeding it
+        (answers ending in ReadyForQuery, a client's Bind/Execute/Sync)."""
+        n = len(data)
+        last = n - 1 - length
+        if (
+            last < 0
+            or data[last] != mtype
+            or _unpack_int32(data, last + 1)[0] != length
+            or mtype not in self._readable
+            or length > self._max_want
+            or n > self._max_length
+            or self._acc is not None
+            or self._head
+            or self._skip
+        ):
+            return False
+        # Every length read below is < n <= max_length; one under 4 is left to ``feed``.
+        stop = self._stop
+        unpack = _unpack_int32
+        pos = 0
+        while pos < last:  # bounded: each step passes a whole message (5 bytes or more)
+            if data[pos] in stop:
+                return False
+            (size,) = unpack(data, pos + 1)
+            if size < 4:
+                return False
+            pos += 1 + size
+        return pos == last
 
     def feed(self, data: bytes) -> tuple[bytes, list[Message], int]:
         """Consume ``data``; return ``(buf, messages, held)``.
@@ -172,6 +209,23 @@ class Framer:
                 continue
             self._skip = end - n
             return buf, msgs, 0
+
+
+@functools.lru_cache(maxsize=32)
+def _lone_sets(
+    want: frozenset[int] | None, allowed: frozenset[int] | None
+) -> tuple[frozenset[int], frozenset[int]]:
+    """For ``lone`` and ``lone_last``: the types handed out whole, and the types that end
+    their walk (wanted, or refused). A few framer configurations exist: computed once."""
+    readable = frozenset(
+        t for t in range(256) if (want is None or t in want) and (allowed is None or t in allowed)
+    )
+    stop = frozenset(
+        t
+        for t in range(256)
+        if want is None or t in want or (allowed is not None and t not in allowed)
+    )
+    return readable, stop
 
 
 def _show_type(mtype: int) -> str:

@@ -136,3 +136,42 @@ def test_a_lone_query_that_needs_reading_is_planned() -> None:
     core.client_data(chunk)
     assert counter.counted == [("destructive", "allow")] and core.pending == 1
     assert sent == [chunk]
+
+
+def test_the_fast_path_memo_answers_as_the_texts_themselves() -> None:
+    """``passes_unread`` remembers its verdict by the text with digits read as 0: every
+    text of the corpus, and digit variants of it (escapes spell names with digits), gets
+    the answer of the uncached checks."""
+    from softguard.sql.prefilter import may_be_destructive
+    from softguard.sql.tamper import mentions_softguard
+
+    variants = [*CORPUS, 'select U&"\\0073oftguard".operations', "select E'\\163oftguard'"]
+    for sql in variants:
+        for digits in ("0123456789", "9876543210", "1111111111"):
+            text = sql.translate(str.maketrans("0123456789", digits)).encode()
+            exact = not may_be_destructive(text) and not mentions_softguard(text)
+            assert passes_unread(text, SoftSession()) is exact, text
+
+
+def test_a_prepared_statement_chunk_goes_on_as_it_came() -> None:
+    core, sent, counter = _ready_core()
+    chunk = _frame(b"B", b"\0\0\0\0\0\0\0\0") + _frame(b"E", b"\0\0\0\0\0") + _frame(b"S", b"")
+    core.client_data(chunk)
+    assert sent == [chunk] and sent[0] is chunk and core.pending == 1
+    assert counter.safe_statements == 0 and core._cframer.at_boundary
+
+
+def test_an_answer_ending_in_ready_for_query_goes_on_as_it_came() -> None:
+    core, _, _ = _ready_core()
+    received: list[bytes] = []
+    core.to_client = received.append
+    core._sframer.set_want(frozenset(b"ZEN") | {ord("S")})
+    core.pending = 1
+    answer = _frame(b"C", b"SELECT 1\0") + _frame(b"Z", b"T")
+    core.server_data(answer)
+    assert received == [answer] and received[0] is answer
+    assert core.pending == 0 and core.tx_status == ord("T") and core._sframer.at_boundary
+    # An ErrorResponse inside is read: a FATAL one is noted.
+    fatal = _frame(b"E", b"SFATAL\0VFATAL\0C57P01\0Mbye\0\0") + _frame(b"Z", b"I")
+    core.server_data(fatal)
+    assert received[-1] == fatal and core._server_fatal and core.tx_status == ord("I")

@@ -127,3 +127,48 @@ def test_set_want_none_hands_out_everything() -> None:
     stream = msg(b"R", b"\0\0\0\0") + msg(b"K", b"\0\0\0\1abcd") + msg(b"Z", b"I")
     _, msgs, held = framer.feed(stream)
     assert [chr(m.type) for m in msgs] == ["R", "K", "Z"] and held == 0
+
+
+def _lone_last_agrees_with_feed(framer: Framer, chunk: bytes, mtype: int, length: int) -> None:
+    """``lone_last`` answers True only where ``feed`` hands out that one last message and
+    leaves the framer at a boundary."""
+    said = framer.lone_last(chunk, mtype, length)
+    try:
+        buf, msgs, held = framer.feed(chunk)
+    except ClientProtocolError:
+        assert not said
+        return
+    if said:
+        assert buf is chunk and held == 0 and framer.at_boundary
+        last = len(chunk) - 1 - length
+        assert [(m.type, m.start, m.end) for m in msgs] == [(mtype, last, len(chunk))]
+
+
+def test_lone_last_is_a_chunk_whose_only_wanted_message_ends_it() -> None:
+    framer = Framer(want=frozenset(b"QPSF"), allowed=FRONTEND_TYPES)
+    sync = msg(b"S", b"")
+    bind_execute = msg(b"B", b"\0\0\0\0\0\0\0\0") + msg(b"E", b"\0\0\0\0\0")
+    assert framer.lone_last(bind_execute + sync, ord("S"), 4)
+    assert framer.lone_last(sync, ord("S"), 4)
+    assert not framer.lone_last(bind_execute, ord("S"), 4)  # no Sync
+    assert not framer.lone_last(msg(b"Q", b"x\0") + sync, ord("S"), 4)  # a wanted Query
+    assert not framer.lone_last(bind_execute + sync + msg(b"H", b""), ord("S"), 4)  # not last
+    assert not framer.lone_last(bind_execute[:-1] + sync, ord("S"), 4)  # torn message
+    assert not framer.lone_last(msg(b"Z", b"") + sync, ord("S"), 4)  # not a client message
+    assert not framer.lone_last(b"B\0\0\0\x02" + sync, ord("S"), 4)  # length under 4
+    framer.feed(bind_execute[:3])  # a header split across chunks: not at a boundary
+    assert not framer.lone_last(sync, ord("S"), 4)
+
+
+def test_lone_last_agrees_with_feed_on_random_chunks() -> None:
+    rng = random.Random(17)
+    kinds = [b"B", b"E", b"D", b"S", b"Q", b"H", b"Z"]
+    for _ in range(3000):
+        parts = [msg(rng.choice(kinds), b"x" * rng.randrange(4)) for _ in range(rng.randrange(4))]
+        chunk = b"".join(parts) + msg(b"S", b"")
+        if rng.random() < 0.3:  # corrupt one byte
+            i = rng.randrange(len(chunk))
+            chunk = chunk[:i] + bytes((rng.randrange(256),)) + chunk[i + 1 :]
+        _lone_last_agrees_with_feed(
+            Framer(want=frozenset(b"QPSF"), allowed=FRONTEND_TYPES), chunk, ord("S"), 4
+        )
