@@ -1,4 +1,12 @@
--- Version 8: <leave this line as is>
+-- Version 8: row images and keys compared by what rows hold, not by text the catalog or the
+-- session can change (decision 0022, "Stable images"); a captured DELETE with less
+-- bookkeeping (decision 0024, "Since then"); softguard's alter_op calls marked with an HMAC
+-- under a per-backend key, capture functions only inside alter_op's own window (decision
+-- 0028).
+--
+-- As in 6--7.sql: softguard's event triggers are off while the sections run (those the
+-- installer may alter; decision 0025, "Since then"), every function a section (re)defines
+-- has its final definition.
 DO $$
 DECLARE
     e record;
