@@ -54,6 +54,7 @@ from _common import (
     free_port,
     pg_client_env,
     run_bounded,
+    serve_argv,
 )
 
 BENCH_DB = "softguard_bench"
@@ -143,17 +144,7 @@ class Bench:
 
     def proxy_argv(self, config: str, port: int) -> list[str] | None:
         if config == "softguard":
-            return [
-                sys.executable,
-                "-m",
-                "softguard",
-                "serve",
-                "--listen",
-                f"{LOOPBACK}:{port}",
-                "--upstream",
-                f"postgresql://{LOOPBACK}:{self.port}",
-                *self.args.softguard_arg,
-            ]
+            return [*serve_argv(port, self.port), *self.args.softguard_arg]
         if config == "python-relay":
             relay = str(REPO_ROOT / "bench" / "_python_relay.py")
             return [sys.executable, relay, str(port), str(self.port)]
