@@ -210,7 +210,9 @@ def main() -> None:
     mode = sys.argv[2] if len(sys.argv) > 2 else "simple"
     session, client, up = ready_session()
     traffic = exchanges(n, mode)
-    server_side = session._server_data  # the upstream protocol's data_received calls this
+    from softguard.proxy.session import UpstreamProtocol
+
+    server_side = UpstreamProtocol(session).data_received  # as the event loop calls it
     start = time.process_time()
     for to_server, to_client in traffic:
         session.data_received(to_server)

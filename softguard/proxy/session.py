@@ -91,7 +91,7 @@ class UpstreamProtocol(asyncio.Protocol):
             if not answer.done():
                 answer.set_result(data[:1] if len(data) == 1 else b"?")
             return
-        # ClientSession._server_data, without a second Python call per chunk.
+        # Straight to the core: no second Python call per chunk.
         core = self.core
         core.server_data(data)
         if core.controls:
@@ -182,12 +182,6 @@ class ClientSession(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.up_transport is not None and not self.up_transport.is_closing():
             self.up_transport.resume_reading()
-
-    def _server_data(self, data: bytes) -> None:
-        core = self.core
-        core.server_data(data)
-        if core.controls:
-            self._run()
 
     def _server_lost(self, exc: Exception | None) -> None:
         self.core.server_lost()
