@@ -166,14 +166,10 @@ def procedure_call(
     """``CALL softguard.<procedure>(stmt, ctx)``: truncate_op, alter_op (decision 0006).
     With the session's *key* (alter_op, decision 0028), a third argument marks the call as
     softguard's own: ``call_mark(key, stmt, ctx)``."""
-    if key is None:
-        ctx_json = orjson.dumps(ctx).decode()
-        q = dollar_quote(stmt_text, ctx_json)
-        return f"CALL softguard.{procedure}({q}{stmt_text}{q}, {q}{ctx_json}{q}::jsonb)"
-    ctx_json = jsonb_text(ctx)
+    ctx_json = orjson.dumps(ctx).decode() if key is None else jsonb_text(ctx)
     q = dollar_quote(stmt_text, ctx_json)
-    mark = call_mark(key, stmt_text, ctx_json)
-    return f"CALL softguard.{procedure}({q}{stmt_text}{q}, {q}{ctx_json}{q}::jsonb, '{mark}')"
+    mark = "" if key is None else f", '{call_mark(key, stmt_text, ctx_json)}'"
+    return f"CALL softguard.{procedure}({q}{stmt_text}{q}, {q}{ctx_json}{q}::jsonb{mark})"
 
 
 def call_mark(key: bytes, stmt_text: str, ctx_json: str) -> str:
