@@ -59,7 +59,7 @@ from softguard.sql.soft_delete import (
     prepared_name,
     rewrite,
 )
-from softguard.sql.tamper import mentions_softguard
+from softguard.sql.tamper import may_name_softguard, mentions_softguard
 from softguard.wire import Message, parse_query_text
 from softguard.wire.messages import message
 
@@ -309,8 +309,8 @@ def passes_unread(text: bytes, soft: SoftSession) -> bool:
 # the prefilter's regex scans a harmless text to its end), more than the rest of its
 # relay; the verdict is remembered by the text with every digit read as 0. Exact: the
 # prefilter treats all digits alike (none is in a keyword, all block a keyword's end,
-# none blocks its start), and a text that spells neither "softguard", "u&" nor a
-# backslash cannot name softguard whatever its digits.
+# none blocks its start), and `may_name_softguard` reads no digit: where it says no, no
+# digit variant names softguard either.
 _UNREAD_MEMO_BYTES = 512
 _FOLD_DIGITS = bytes.maketrans(b"123456789", b"000000000")
 
@@ -321,12 +321,7 @@ def _harmless_shape(folded: bytes) -> bool | None:
     delete aside), or None when only the exact text can tell (it may name softguard)."""
     if may_be_destructive(folded):
         return False
-    lowered = folded.lower()
-    # find, not ``in``: ``bytes in bytes`` first tries the operand as an integer and
-    # formats the TypeError it then discards (~1,800 instructions each).
-    if lowered.find(b"softguard") >= 0 or lowered.find(b"u&") >= 0 or lowered.find(b"\\") >= 0:
-        return None
-    return True
+    return None if may_name_softguard(folded.lower()) else True
 
 
 def plan_message(
