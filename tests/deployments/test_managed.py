@@ -22,13 +22,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from support.ledger_versions import install_ledger_at
 from support.pg import TestServer
 from support.proxy import ProxyFactory, Target, via_direct
 from typer.testing import CliRunner, Result
 
 from softguard.cli.main import app
-from softguard.ledger import MIGRATIONS_DIR, apply_migrations, ledger_version
-from softguard.ledger.migrate import FIRST_VERSION, current_version
+from softguard.ledger import ledger_version
+from softguard.ledger.migrate import current_version
 
 ROLE = "sg_managed"  # pg_hba: scram-sha-256 (tests/support/pg.py)
 PASSWORD = "managed-pw"
@@ -337,7 +338,7 @@ BEGIN
         EXECUTE format('ALTER EVENT TRIGGER %I DISABLE', o.evtname);
     END LOOP;
     FOR o IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname ~ '^softguard' LOOP
-        EXECUTE format('ALTER SCHEMA %I OWNER TO %I', o.nspname, %(role)L);
+        EXECUTE format('ALTER SCHEMA %I OWNER TO %I', o.nspname, {role});
     END LOOP;
     FOR o IN SELECT c.oid::regclass AS r, c.relkind FROM pg_class c
                JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -348,14 +349,14 @@ BEGIN
         EXECUTE format('ALTER %s %s OWNER TO %I',
                        CASE o.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
                                       WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END,
-                       o.r, %(role)L);
+                       o.r, {role});
     END LOOP;
     FOR o IN SELECT p.oid::regprocedure AS f, p.prokind FROM pg_proc p
                JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname ~ '^softguard'
     LOOP
         EXECUTE format('ALTER %s %s OWNER TO %I',
                        CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.f,
-                       %(role)L);
+                       {role});
     END LOOP;
     FOR o IN SELECT t.oid::regtype AS t FROM pg_type t
                JOIN pg_namespace n ON n.oid = t.typnamespace
@@ -363,46 +364,31 @@ BEGIN
                 AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c
                                          WHERE c.oid = t.typrelid) = 'c')
     LOOP
-        EXECUTE format('ALTER TYPE %s OWNER TO %I', o.t, %(role)L);
+        EXECUTE format('ALTER TYPE %s OWNER TO %I', o.t, {role});
     END LOOP;
     FOR o IN SELECT evtname FROM pg_event_trigger WHERE evtname ~ '^softguard_' LOOP
         EXECUTE format('ALTER EVENT TRIGGER %I ENABLE ALWAYS', o.evtname);
     END LOOP;
     -- what a non-superuser's install does to give kept objects to softguard_keeper
-    EXECUTE format('GRANT softguard_keeper TO %I', %(role)L);
+    EXECUTE format('GRANT softguard_keeper TO %I', {role});
 END $$
 """
 
 
 def test_an_install_the_providers_helper_made_upgrades(
-    pg_server: TestServer, managed_proxy: Target, tmp_path: Path
+    pg_server: TestServer, managed_proxy: Target
 ) -> None:
     """An install whose event triggers the provider's helper made (so they belong to the
     helper's owner, not to the owner role) upgrades to the current version with `softguard
     init --event-trigger-helper`, and protects as a fresh one does: the upgrade scripts
     switch off only the event triggers the installer may alter, and create the new ones
     through the helper."""
-
-    older = tmp_path / "migrations"
-    (older / "upgrades").mkdir(parents=True)
-    for v in range(FIRST_VERSION, FIRST_MANAGED_VERSION):
-        name = f"{v}--{v + 1}.sql"
-        (older / "upgrades" / name).write_text((MIGRATIONS_DIR / "upgrades" / name).read_text())
-    (older / "install").mkdir()  # unused: the database is not fresh
-    (older / "install" / "00_unused.sql").write_text("SELECT 1;\n")
-    released = MIGRATIONS_DIR / "released" / f"softguard--{FIRST_VERSION}.sql"
     db = _database(pg_server, helper=True)
     try:
         with psycopg.connect(pg_server.superuser_dsn(db), autocommit=True) as c:
-            with c.transaction():
-                c.execute(released.read_text(encoding="utf-8").encode())
-                c.execute(
-                    "INSERT INTO softguard.migrations (version, name) VALUES (%s, %s)",
-                    [FIRST_VERSION, released.name],
-                )
-            apply_migrations(c, older)
+            install_ledger_at(c, FIRST_MANAGED_VERSION)
             assert ledger_version(c) == FIRST_MANAGED_VERSION
-            c.execute(sql.SQL(_TO_OWNER.replace("%(role)L", "{}")).format(*[sql.Literal(ROLE)] * 5))
+            c.execute(sql.SQL(_TO_OWNER).format(role=sql.Literal(ROLE)))
             helper_made = c.execute(
                 "SELECT count(*) FROM pg_event_trigger WHERE evtname ~ '^softguard_'"
                 " AND NOT pg_has_role(%s, evtowner, 'USAGE')",

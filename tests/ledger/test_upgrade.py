@@ -11,10 +11,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from support.ledger_versions import install_ledger_at
 from support.pg import TestServer
 from typer.testing import CliRunner
 
-from softguard.ledger import MIGRATIONS_DIR, LedgerError, apply_migrations, ledger_version
+from softguard.ledger import LedgerError, apply_migrations, ledger_version
 from softguard.ledger.migrate import FIRST_VERSION, current_version, upgrade_scripts
 
 # Everything an install defines, in a form two installs can be compared by: every function
@@ -84,20 +85,14 @@ def test_fresh_install_equals_release_plus_upgrades(
     with psycopg.connect(pg_server.superuser_dsn(fresh), autocommit=True) as c:
         assert apply_migrations(c) == [f"softguard--{current_version()}.sql"]
         want = catalog(c)
-    released = MIGRATIONS_DIR / "released" / f"softguard--{FIRST_VERSION}.sql"
     with psycopg.connect(pg_server.superuser_dsn(upgraded), autocommit=True) as c:
-        with c.transaction():
-            c.execute(released.read_text(encoding="utf-8").encode())
-            c.execute(
-                "INSERT INTO softguard.migrations (version, name) VALUES (%s, %s)",
-                [FIRST_VERSION, released.name],
-            )
+        install_ledger_at(c, FIRST_VERSION)
         assert apply_migrations(c) == [s.name for s in upgrade_scripts()]
         assert ledger_version(c) == current_version()
         got = catalog(c)
     for part in CATALOG:
         assert got[part] == want[part], (
-            f"{part} differ between a fresh install and {released.name} + upgrades:"
+            f"{part} differ between a fresh install and the first release + upgrades:"
             " a change to migrations/install/ needs its script in migrations/upgrades/"
         )
 

@@ -309,21 +309,14 @@ def test_image_kept_before_version_8_still_undone(pg_server: Any) -> None:
     """A capture taken by a version-7 ledger keeps its image in the types' own text (an
     instant written under the capturing session's TimeZone, an enum label): after the upgrade
     to version 8 undo still reads it as it was written (_image_stable), every value back."""
-    from softguard.ledger import MIGRATIONS_DIR, apply_migrations
-    from softguard.ledger.migrate import FIRST_VERSION, current_version, upgrade_scripts
+    from support.ledger_versions import install_ledger_at
 
-    released = MIGRATIONS_DIR / "released" / f"softguard--{FIRST_VERSION}.sql"
+    from softguard.ledger import apply_migrations
+    from softguard.ledger.migrate import current_version
+
     with pg_server.scratch_database() as db:
         with psycopg.connect(pg_server.superuser_dsn(db), autocommit=True) as c:
-            steps = [(FIRST_VERSION, released.name, released.read_text(encoding="utf-8"))]
-            steps += [(s.version, s.name, s.sql) for s in upgrade_scripts() if s.version <= 7]
-            for version, name, text in steps:
-                with c.transaction():
-                    c.execute(text.encode())
-                    c.execute(
-                        "INSERT INTO softguard.migrations (version, name) VALUES (%s, %s)",
-                        [version, name],
-                    )
+            install_ledger_at(c, 7)
             c.execute(
                 "CREATE TYPE mood AS ENUM ('a', 'b');"
                 "CREATE TABLE public.kt (t timestamptz, m mood, v int);"
