@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import struct
 
+import pytest
 from attacker import Arena, chr_built, fixtures
 
 arena_template, arena = fixtures()
@@ -62,6 +63,30 @@ def test_owner_cannot_remove_its_registration(arena: Arena) -> None:
 def test_capture_off_after_discard_all(arena: Arena) -> None:
     """DISCARD ALL / RESET ALL return settings to their defaults; the registration stays."""
     arena.attempt(["DISCARD ALL", "RESET ALL", CAPTURE_OFF, "DELETE FROM parent WHERE id = 3"])
+
+
+@pytest.mark.parametrize(
+    "proof",
+    ["'00000000-0000-0000-0000-000000000000'", "''", "'not a uuid'", "NULL"],
+    ids=["other_uuid", "empty", "garbage", "null"],
+)
+def test_a_false_proof_does_not_unregister(arena: Arena, proof: str) -> None:
+    """The session's own setting softguard.session_proof stands for its backend start time
+    (decision 0024, "Since then"): the role overwrites it, plainly (a name built at run
+    time) and in a DO block, then deletes. The registration still holds: captured, kept a
+    week, undone exactly."""
+    doubled = proof.replace("'", "''")  # inside _dynamic's EXECUTE '...'
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack(
+        [
+            f"SELECT set_config({chr_built('softguard.session_proof')}, {proof}, false)",
+            _dynamic(f"SELECT set_config(''softguard.session_proof'', {doubled}, false)"),
+            "DELETE FROM parent WHERE id = 4",
+        ]
+    )
+    assert out.error is None, out.describe()
+    _kept_a_week(arena, last)
+    assert len(arena.verdict(before, last, out)) == 1
 
 
 def test_capture_off_inside_a_function(arena: Arena) -> None:
