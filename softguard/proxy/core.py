@@ -109,6 +109,8 @@ _SERVER_WANT_FILTERED = frozenset((_Z, _E, _N, _C, _PARAMETER_STATUS))
 # Client bytes buffered while the upstream is being reached.
 _MAX_EARLY_BYTES = 1 << 20
 _MAX_PROTECTED = 64
+# At most this much of the server's answer waits for the bytes after an operation's NOTICE.
+_MAX_HELD_OUT = 1 << 16
 # The registration's errors that mean the ledger is not there (any more): undefined
 # function, invalid schema name.
 _LEDGER_GONE = frozenset(("42883", "3F000"))
@@ -267,6 +269,8 @@ class SessionCore:
         # statement in flight; when the upstream connection began.
         self._protected: list[tuple[str, str]] = []
         self._timings: list[list[float]] | None = None
+        # An answer ending with an operation's NOTICE, not yet sent (``_server_messages``).
+        self._held_out = b""
         self._connect_started = 0.0
 
     # ------------------------------------------------------------------ events
@@ -342,6 +346,9 @@ class SessionCore:
                 self.pending -= 1
             if self._timings or self._protected:
                 self._after_ready()
+            if self._held_out:
+                data = self._held_out + data
+                self._held_out = b""
             self.to_client(data)
         elif not self._server_messages(data):
             return
@@ -357,23 +364,34 @@ class SessionCore:
         try:
             buf, msgs, held = self._sframer.feed(data)
         except ProtocolViolation as exc:
+            self._release_held()
             out(data)
             self._fail(exc)
             return False
         cursor = 0
         filt = self._filter
+        # What goes to the client, sent in one write at the end: a replaced message would
+        # otherwise cost a write for the bytes before it, one for itself and one for the rest.
+        parts: list[bytes] = []
+        if self._held_out:
+            parts.append(self._held_out)
+            self._held_out = b""
+        operation_last = False
         for msg in msgs:
             mtype = msg.type
+            operation = False
             if mtype == _Z:
                 self._ready_for_query(msg.body)
             elif mtype == _E and _is_fatal(msg.body):
                 self._server_fatal = True
             elif mtype == _N and NOTICE_MARKER_BYTES in msg.body:
+                operation = True
                 self.controls.append(OperationNotice(msg.body, self._protected))
+                operation_last = msg.end == len(buf)
             elif mtype == _PARAMETER_STATUS:
                 self._parameter_status(msg.body)
             replacement = None if filt is None else filt.process(mtype, msg.body)
-            if replacement is None and mtype == _N and NOTICE_MARKER_BYTES in msg.body:
+            if replacement is None and operation:
                 replacement = without_context(mtype, msg.body)
             if filt is not None and filt.ledger_missing:
                 filt.ledger_missing = False
@@ -381,14 +399,35 @@ class SessionCore:
             if replacement is None and msg.start >= 0:
                 continue
             if msg.start > cursor:
-                out(buf[cursor : msg.start])
+                parts.append(buf[cursor : msg.start])
             if replacement is None:
-                out(msg.raw)
+                parts.append(msg.raw)
             elif replacement:
-                out(replacement)
+                parts.append(replacement)
             cursor = msg.end
-        _send_rest(out, buf, cursor, held)
+        if not parts and not operation_last:
+            _send_rest(out, buf, cursor, held)
+            return True
+        if cursor == 0 and held == 0:
+            parts.append(buf)
+        elif len(buf) - held > cursor:
+            parts.append(buf[cursor : len(buf) - held])
+        answer = parts[0] if len(parts) == 1 else b"".join(parts)
+        if operation_last and self.pending > 0 and len(answer) <= _MAX_HELD_OUT:
+            # The server flushes at every NOTICE, so an operation's NOTICE (raised as its
+            # statement ends) arrives alone, before the CommandComplete and ReadyForQuery
+            # still owed: held until the server's next bytes, it reaches the client in
+            # their write (decision 0024, "Since then").
+            self._held_out = answer
+        else:
+            out(answer)
         return True
+
+    def _release_held(self) -> None:
+        """Send what an operation's NOTICE held back, before anything else reaches the client."""
+        if self._held_out:
+            held, self._held_out = self._held_out, b""
+            self.to_client(held)
 
     def client_lost(self) -> None:
         if self.state is State.CLOSED:
@@ -399,6 +438,7 @@ class SessionCore:
     def server_lost(self) -> None:
         if self.state is State.CLOSED or self.state is State.CONNECTING:
             return  # while connecting, the connection attempt reports the failure
+        self._release_held()
         farewell = b""
         if not self._server_fatal and self._sframer.at_boundary:
             # Only at a message boundary can the client still parse what we add.
@@ -545,6 +585,7 @@ class SessionCore:
     def _close(self, farewell: bytes = b"") -> None:
         if self.state is State.CLOSED:
             return
+        self._release_held()
         terminate = self._cframer.at_boundary and self.state is State.READY
         self.state = State.CLOSED
         self.controls.append(Close(terminate_upstream=terminate, farewell=farewell))
