@@ -298,18 +298,19 @@ class SessionCore:
             # goes on as it came, without framing objects (a framer's state is unchanged
             # by a lone message). A text not ended by its only NUL is left to the framing
             # path, which reports it.
-            if (
-                self._known is None
-                and data.find(b"\0", 5) == n - 1
-                and self._full_mode()
-                and passes_unread(data[5:-1], self._soft)
-            ):
-                self.counter.safe_statements += 1
-                if self._filter is None:
-                    self.pending += 1  # _query_sent, one call less per statement
-                else:
-                    self._query_sent()
-                self.to_server(data)
+            if self._known is None and data.find(b"\0", 5) == n - 1 and self._full_mode():
+                text = data[5:-1]
+                if passes_unread(text, self._soft):
+                    self.counter.safe_statements += 1
+                    if self._filter is None:
+                        self.pending += 1  # _query_sent, one call less per statement
+                    else:
+                        self._query_sent()
+                    self.to_server(data)
+                    return
+                # Planned: the one Message ``feed`` would hand out, its text already read
+                # and already found to need planning.
+                self._relay_messages(data, [Message(_Q, data[5:], 0, n)], 0, 0, 0, read=text)
                 return
         elif self._filter is None and cframer.lone_last(data, _S, 4):
             # Bind/Execute/Sync (a prepared statement): nothing in it but the Sync is read.
@@ -1026,26 +1027,34 @@ class SessionCore:
         cursor: int,
         *,
         resumed: bool = False,
+        read: bytes | None = None,
     ) -> None:
         """Forward ``buf`` with the wanted ``msgs[index:]`` inspected (and maybe replaced).
 
-        ``resumed``: ``msgs[index]`` was planned (logged, counted) before a ledger wait."""
+        ``resumed``: ``msgs[index]`` was planned (logged, counted) before a ledger wait.
+        ``read``: the text of ``msgs[index]``, which ``passes_unread`` already refused."""
         out = self.to_server
         for i in range(index, len(msgs)):
             msg = msgs[i]
             mtype = msg.type
             if mtype == _Q or mtype == _P:
-                try:
-                    text = parse_query_text(mtype, msg.body)
-                except ProtocolViolation:
-                    text = None  # malformed: ``_inspect`` reports it
                 fresh = self._known is None
-                if (
-                    fresh
-                    and text is not None
-                    and self._full_mode()
-                    and passes_unread(text, self._soft)
-                ):
+                if read is not None:
+                    text: bytes | None = read
+                    read = None
+                    unread = False
+                else:
+                    try:
+                        text = parse_query_text(mtype, msg.body)
+                    except ProtocolViolation:
+                        text = None  # malformed: ``_inspect`` reports it
+                    unread = (
+                        fresh
+                        and text is not None
+                        and self._full_mode()
+                        and passes_unread(text, self._soft)
+                    )
+                if unread:
                     # The hot path: proven harmless from its bytes, planned no further.
                     self.counter.safe_statements += 1
                     replacement: bytes | NeedLedger | None = None
@@ -1131,6 +1140,7 @@ class SessionCore:
             soft=self._soft,
             client_encoding=self.client_encoding,
             known=classification,
+            mode="full" if self._full_mode() else None,
         )
         if not isinstance(planned, NeedLedger):
             self._known = None  # planned: the held classification is spent
