@@ -24,9 +24,13 @@ with their mean µs per DELETE (timing overhead included: read the shares).
 the server and measures the CPU of the proxy's processes and of the backend per DELETE,
 captured against the same prepared DELETE of an id that does not exist (no operation):
 what the proxy itself spends on an operation (its NOTICE, the log line, the metrics).
+``--proxy-baseline ROOT`` also starts another checkout's ``softguard serve`` (its root,
+e.g. main's from ``git archive``) on the same database; its blocks take turns with this
+one's, and the last column gives each config's paired median against this checkout's
+captured DELETE.
 
     python bench/capture_cpu.py [--baseline DIR] [--deletes 3000] [--pairs 3] [--mode stmt]
-                                [--profile] [--proxy] [--json out.json]
+                                [--profile] [--proxy [--proxy-baseline ROOT]] [--json out.json]
 """
 
 from __future__ import annotations

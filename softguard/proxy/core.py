@@ -269,8 +269,10 @@ class SessionCore:
         # statement in flight; when the upstream connection began.
         self._protected: list[tuple[str, str]] = []
         self._timings: list[list[float]] | None = None
-        # An answer ending with an operation's NOTICE, not yet sent (``_server_messages``).
+        # An answer ending with an operation's NOTICE, not yet sent (``_server_messages``);
+        # and whether the server's next chunk may skip framing (no filter, nothing held).
         self._held_out = b""
+        self._answers_plain = True
         self._connect_started = 0.0
 
     # ------------------------------------------------------------------ events
@@ -339,7 +341,7 @@ class SessionCore:
             elif self.state is State.REGISTERING:
                 self._server_registering_data(data)
             return
-        if self._filter is None and self._sframer.lone_last(data, _Z, 5):
+        if self._answers_plain and self._sframer.lone_last(data, _Z, 5):
             # The commonest answer: whatever rows, then ReadyForQuery, nothing else read
             # (``_ready_for_query`` inlined: one call less per statement).
             self.tx_status = data[-1]
@@ -347,9 +349,6 @@ class SessionCore:
                 self.pending -= 1
             if self._timings or self._protected:
                 self._after_ready()
-            if self._held_out:
-                data = self._held_out + data
-                self._held_out = b""
             self.to_client(data)
         elif not self._server_messages(data):
             return
@@ -377,6 +376,7 @@ class SessionCore:
         if self._held_out:
             parts.append(self._held_out)
             self._held_out = b""
+            self._answers_plain = filt is None
         operation_last = False
         for msg in msgs:
             mtype = msg.type
@@ -420,6 +420,7 @@ class SessionCore:
             # still owed: held until the server's next bytes, it reaches the client in
             # their write (decision 0024, "Since then").
             self._held_out = answer
+            self._answers_plain = False
         else:
             out(answer)
         return True
@@ -428,6 +429,7 @@ class SessionCore:
         """Send what an operation's NOTICE held back, before anything else reaches the client."""
         if self._held_out:
             held, self._held_out = self._held_out, b""
+            self._answers_plain = self._filter is None
             self.to_client(held)
 
     def client_lost(self) -> None:
@@ -1194,6 +1196,7 @@ class SessionCore:
         """Filter the server's answers from now on (a rewritten message is on its way)."""
         if self._filter is None:
             self._filter = ResultFilter()
+            self._answers_plain = False
             # The rewritten message's answers have not begun: safe to widen the framing.
             self._sframer.set_want(_SERVER_WANT_FILTERED)
             # Answers still owed for messages sent before filtering began come first.

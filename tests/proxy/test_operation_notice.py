@@ -143,3 +143,4 @@ def test_any_chunking_gives_the_client_the_same_bytes() -> None:
         # Nothing was held back past the answer's end; no write ended with an operation
         # NOTICE while an answer was still owed.
         assert core._held_out == b""
+        assert core._answers_plain is (core._filter is None)
