@@ -24,9 +24,13 @@ with their mean µs per DELETE (timing overhead included: read the shares).
 the server and measures the CPU of the proxy's processes and of the backend per DELETE,
 captured against the same prepared DELETE of an id that does not exist (no operation):
 what the proxy itself spends on an operation (its NOTICE, the log line, the metrics).
+``--proxy-baseline ROOT`` also starts another checkout's ``softguard serve`` (its root,
+e.g. main's from ``git archive``) on the same database; its blocks take turns with this
+one's, and the last column gives each config's paired median against this checkout's
+captured DELETE.
 
     python bench/capture_cpu.py [--baseline DIR] [--deletes 3000] [--pairs 3] [--mode stmt]
-                                [--profile] [--proxy] [--json out.json]
+                                [--profile] [--proxy [--proxy-baseline ROOT]] [--json out.json]
 """
 
 from __future__ import annotations
@@ -150,36 +154,54 @@ def profile(cfg: Config, n: int, mode: str) -> dict[str, Any]:
     }
 
 
-def proxy_split(pg: EmbeddedPostgres, deletes: int, rounds: int) -> dict[str, Any]:
+def proxy_split(
+    pg: EmbeddedPostgres, deletes: int, rounds: int, baseline: Path | None = None
+) -> dict[str, Any]:
     """CPU of the proxy and of the backend per DELETE through `softguard serve` (this
     checkout, default log level): captured (one operation, one NOTICE) against the same
-    prepared DELETE of an id that does not exist (no operation), blocks alternating."""
+    prepared DELETE of an id that does not exist (no operation), blocks alternating.
+    ``baseline``: another checkout's root; its `softguard serve` runs beside this one's
+    (same server, same database), and its blocks take turns with this one's."""
     with psycopg.connect(pg.dsn("postgres"), autocommit=True) as admin:
         admin.execute("CREATE DATABASE proxied")
-    port = free_port()
     work = Path(tempfile.mkdtemp(prefix="sg-capture-cpu-"))
-    argv = serve_argv(port, pg.port)
-    proxy = ManagedProcess("softguard", argv, work / "softguard.log", cwd=REPO_ROOT)
+    roots = {"": REPO_ROOT}
+    if baseline is not None:
+        roots["baseline "] = baseline
+    proxies: dict[str, tuple[ManagedProcess, int]] = {}
     try:
-        proxy.wait_for_port(port, 30)
-        dsn = f"postgresql://{pg.superuser}@127.0.0.1:{port}/proxied?sslmode=disable"
-        with psycopg.connect(dsn, autocommit=True) as c:
+        for prefix, root in roots.items():
+            port = free_port()
+            argv = serve_argv(port, pg.port)
+            log_path = work / f"softguard{prefix.strip()}.log"
+            # `python -m` puts its working directory first on sys.path: that checkout's code.
+            proxies[prefix] = (ManagedProcess("softguard", argv, log_path, cwd=root), port)
+        for proxy, port in proxies.values():
+            proxy.wait_for_port(port, 30)
+        dsns = {
+            prefix: f"postgresql://{pg.superuser}@127.0.0.1:{port}/proxied?sslmode=disable"
+            for prefix, (_, port) in proxies.items()
+        }
+        with psycopg.connect(dsns[""], autocommit=True) as c:
             c.execute("DROP TABLE IF EXISTS sg_warmup")  # installs the ledger
         with psycopg.connect(pg.dsn("proxied"), autocommit=True) as c:
             c.execute(TABLE_SQL)
             c.execute("VACUUM (ANALYZE) t")
-        pids = tree_pids(proxy.pid)
-        conn = psycopg.connect(dsn, autocommit=True)
-        conn.add_notice_handler(lambda _d: None)
-        backend = int(conn.info.backend_pid)
-        ids = iter(random.Random(7).sample(range(1, ROWS + 1), (rounds + 1) * deletes))
+        ids = iter(random.Random(7).sample(range(1, ROWS + 1), len(roots) * (rounds + 1) * deletes))
         missing = iter(range(-1, -ROWS, -1))
+        turn: list[tuple[str, list[int], psycopg.Connection[Any], int, Any]] = []
+        for prefix, (proxy, _) in proxies.items():
+            conn = psycopg.connect(dsns[prefix], autocommit=True)
+            conn.add_notice_handler(lambda _d: None)
+            pids = tree_pids(proxy.pid)
+            backend = int(conn.info.backend_pid)
+            turn.append((prefix + "captured", pids, conn, backend, ids))
+            turn.append((prefix + "0 rows", pids, conn, backend, missing))
         out: dict[str, dict[str, list[float]]] = {
-            k: {"proxy_us": [], "backend_us": []} for k in ("captured", "0 rows")
+            name: {"proxy_us": [], "backend_us": []} for name, *_ in turn
         }
         for r in range(rounds + 1):  # bounded; round 0 warms up
-            turn = [("captured", ids), ("0 rows", missing)]
-            for name, source in turn if r % 2 else reversed(turn):
+            for name, pids, conn, backend, source in turn if r % 2 else reversed(turn):
                 p0, b0 = sum(backend_cpu(p) for p in pids), backend_cpu(backend)
                 for _ in range(deletes):  # bounded
                     conn.execute("DELETE FROM t WHERE id = %s", [next(source)], prepare=True)
@@ -188,17 +210,23 @@ def proxy_split(pg: EmbeddedPostgres, deletes: int, rounds: int) -> dict[str, An
                         1e6 * (sum(backend_cpu(p) for p in pids) - p0) / deletes
                     )
                     out[name]["backend_us"].append(1e6 * (backend_cpu(backend) - b0) / deletes)
-        conn.close()
+        for _, _, conn, _, _ in turn:
+            conn.close()
         print(f"\nthrough the proxy, CPU per DELETE ({deletes} per block, {rounds} rounds):")
-        print(f"{'config':<12} {'proxy µs':>9} {'backend µs':>11}")
+        print(
+            f"{'config':<22} {'proxy µs':>9} {'backend µs':>11} {'proxy - captured (paired)':>26}"
+        )
+        first = out["captured"]["proxy_us"]
         for name, v in out.items():
+            paired = statistics.median(a - b for a, b in zip(v["proxy_us"], first, strict=True))
             print(
-                f"{name:<12} {statistics.median(v['proxy_us']):>9.0f}"
-                f" {statistics.median(v['backend_us']):>11.0f}"
+                f"{name:<22} {statistics.median(v['proxy_us']):>9.0f}"
+                f" {statistics.median(v['backend_us']):>11.0f} {paired:>+26.0f}"
             )
         return out
     finally:
-        proxy.stop()
+        for proxy, _ in proxies.values():
+            proxy.stop()
 
 
 def main() -> int:
@@ -213,6 +241,11 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
         "--proxy", action="store_true", help="also: proxy CPU, captured against 0-row DELETEs"
+    )
+    parser.add_argument(
+        "--proxy-baseline",
+        type=Path,
+        help="with --proxy: another checkout's root, its proxy's blocks taking turns",
     )
     parser.add_argument("--verbose", action="store_true", help="print every round")
     parser.add_argument("--json", type=Path)
@@ -304,7 +337,7 @@ def main() -> int:
                         f"{f['self_us_per_delete']:>8.1f} {f['total_us_per_delete']:>8.1f}"
                         f"  {f['calls_per_delete']:>5.2f}  {f['name']}"
                     )
-        split = proxy_split(pg, args.deletes, args.pairs) if args.proxy else {}
+        split = proxy_split(pg, args.deletes, args.pairs, args.proxy_baseline) if args.proxy else {}
         if args.json:
             args.json.write_text(
                 json.dumps(

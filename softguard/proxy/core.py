@@ -109,6 +109,8 @@ _SERVER_WANT_FILTERED = frozenset((_Z, _E, _N, _C, _PARAMETER_STATUS))
 # Client bytes buffered while the upstream is being reached.
 _MAX_EARLY_BYTES = 1 << 20
 _MAX_PROTECTED = 64
+# At most this much of the server's answer waits for the bytes after an operation's NOTICE.
+_MAX_HELD_OUT = 1 << 16
 # The registration's errors that mean the ledger is not there (any more): undefined
 # function, invalid schema name.
 _LEDGER_GONE = frozenset(("42883", "3F000"))
@@ -267,6 +269,10 @@ class SessionCore:
         # statement in flight; when the upstream connection began.
         self._protected: list[tuple[str, str]] = []
         self._timings: list[list[float]] | None = None
+        # An answer ending with an operation's NOTICE, not yet sent (``_server_messages``);
+        # and whether the server's next chunk may skip framing (no filter, nothing held).
+        self._held_out = b""
+        self._answers_plain = True
         self._connect_started = 0.0
 
     # ------------------------------------------------------------------ events
@@ -294,18 +300,19 @@ class SessionCore:
             # goes on as it came, without framing objects (a framer's state is unchanged
             # by a lone message). A text not ended by its only NUL is left to the framing
             # path, which reports it.
-            if (
-                self._known is None
-                and data.find(b"\0", 5) == n - 1
-                and self._full_mode()
-                and passes_unread(data[5:-1], self._soft)
-            ):
-                self.counter.safe_statements += 1
-                if self._filter is None:
-                    self.pending += 1  # _query_sent, one call less per statement
-                else:
-                    self._query_sent()
-                self.to_server(data)
+            if self._known is None and data.find(b"\0", 5) == n - 1 and self._full_mode():
+                text = data[5:-1]
+                if passes_unread(text, self._soft):
+                    self.counter.safe_statements += 1
+                    if self._filter is None:
+                        self.pending += 1  # _query_sent, one call less per statement
+                    else:
+                        self._query_sent()
+                    self.to_server(data)
+                    return
+                # Planned: the one Message ``feed`` would hand out, its text already read
+                # and already found to need planning.
+                self._relay_messages(data, [Message(_Q, data[5:], 0, n)], 0, 0, 0, read=text)
                 return
         elif self._filter is None and cframer.lone_last(data, _S, 4):
             # Bind/Execute/Sync (a prepared statement): nothing in it but the Sync is read.
@@ -334,7 +341,7 @@ class SessionCore:
             elif self.state is State.REGISTERING:
                 self._server_registering_data(data)
             return
-        if self._filter is None and self._sframer.lone_last(data, _Z, 5):
+        if self._answers_plain and self._sframer.lone_last(data, _Z, 5):
             # The commonest answer: whatever rows, then ReadyForQuery, nothing else read
             # (``_ready_for_query`` inlined: one call less per statement).
             self.tx_status = data[-1]
@@ -357,23 +364,35 @@ class SessionCore:
         try:
             buf, msgs, held = self._sframer.feed(data)
         except ProtocolViolation as exc:
+            self._release_held()
             out(data)
             self._fail(exc)
             return False
         cursor = 0
         filt = self._filter
+        # What goes to the client, sent in one write at the end: a replaced message would
+        # otherwise cost a write for the bytes before it, one for itself and one for the rest.
+        parts: list[bytes] = []
+        if self._held_out:
+            parts.append(self._held_out)
+            self._held_out = b""
+            self._answers_plain = filt is None
+        operation_last = False
         for msg in msgs:
             mtype = msg.type
+            operation = False
             if mtype == _Z:
                 self._ready_for_query(msg.body)
             elif mtype == _E and _is_fatal(msg.body):
                 self._server_fatal = True
             elif mtype == _N and NOTICE_MARKER_BYTES in msg.body:
+                operation = True
                 self.controls.append(OperationNotice(msg.body, self._protected))
+                operation_last = msg.end == len(buf)
             elif mtype == _PARAMETER_STATUS:
                 self._parameter_status(msg.body)
             replacement = None if filt is None else filt.process(mtype, msg.body)
-            if replacement is None and mtype == _N and NOTICE_MARKER_BYTES in msg.body:
+            if replacement is None and operation:
                 replacement = without_context(mtype, msg.body)
             if filt is not None and filt.ledger_missing:
                 filt.ledger_missing = False
@@ -381,14 +400,37 @@ class SessionCore:
             if replacement is None and msg.start >= 0:
                 continue
             if msg.start > cursor:
-                out(buf[cursor : msg.start])
+                parts.append(buf[cursor : msg.start])
             if replacement is None:
-                out(msg.raw)
+                parts.append(msg.raw)
             elif replacement:
-                out(replacement)
+                parts.append(replacement)
             cursor = msg.end
-        _send_rest(out, buf, cursor, held)
+        if not parts and not operation_last:
+            _send_rest(out, buf, cursor, held)
+            return True
+        if cursor == 0 and held == 0:
+            parts.append(buf)
+        elif len(buf) - held > cursor:
+            parts.append(buf[cursor : len(buf) - held])
+        answer = parts[0] if len(parts) == 1 else b"".join(parts)
+        if operation_last and self.pending > 0 and len(answer) <= _MAX_HELD_OUT:
+            # The server flushes at every NOTICE, so an operation's NOTICE (raised as its
+            # statement ends) arrives alone, before the CommandComplete and ReadyForQuery
+            # still owed: held until the server's next bytes, it reaches the client in
+            # their write (decision 0024, "Since then").
+            self._held_out = answer
+            self._answers_plain = False
+        else:
+            out(answer)
         return True
+
+    def _release_held(self) -> None:
+        """Send what an operation's NOTICE held back, before anything else reaches the client."""
+        if self._held_out:
+            held, self._held_out = self._held_out, b""
+            self._answers_plain = self._filter is None
+            self.to_client(held)
 
     def client_lost(self) -> None:
         if self.state is State.CLOSED:
@@ -399,6 +441,7 @@ class SessionCore:
     def server_lost(self) -> None:
         if self.state is State.CLOSED or self.state is State.CONNECTING:
             return  # while connecting, the connection attempt reports the failure
+        self._release_held()
         farewell = b""
         if not self._server_fatal and self._sframer.at_boundary:
             # Only at a message boundary can the client still parse what we add.
@@ -545,6 +588,7 @@ class SessionCore:
     def _close(self, farewell: bytes = b"") -> None:
         if self.state is State.CLOSED:
             return
+        self._release_held()
         terminate = self._cframer.at_boundary and self.state is State.READY
         self.state = State.CLOSED
         self.controls.append(Close(terminate_upstream=terminate, farewell=farewell))
@@ -985,26 +1029,34 @@ class SessionCore:
         cursor: int,
         *,
         resumed: bool = False,
+        read: bytes | None = None,
     ) -> None:
         """Forward ``buf`` with the wanted ``msgs[index:]`` inspected (and maybe replaced).
 
-        ``resumed``: ``msgs[index]`` was planned (logged, counted) before a ledger wait."""
+        ``resumed``: ``msgs[index]`` was planned (logged, counted) before a ledger wait.
+        ``read``: the text of ``msgs[index]``, which ``passes_unread`` already refused."""
         out = self.to_server
         for i in range(index, len(msgs)):
             msg = msgs[i]
             mtype = msg.type
             if mtype == _Q or mtype == _P:
-                try:
-                    text = parse_query_text(mtype, msg.body)
-                except ProtocolViolation:
-                    text = None  # malformed: ``_inspect`` reports it
                 fresh = self._known is None
-                if (
-                    fresh
-                    and text is not None
-                    and self._full_mode()
-                    and passes_unread(text, self._soft)
-                ):
+                if read is not None:
+                    text: bytes | None = read
+                    read = None
+                    unread = False
+                else:
+                    try:
+                        text = parse_query_text(mtype, msg.body)
+                    except ProtocolViolation:
+                        text = None  # malformed: ``_inspect`` reports it
+                    unread = (
+                        fresh
+                        and text is not None
+                        and self._full_mode()
+                        and passes_unread(text, self._soft)
+                    )
+                if unread:
                     # The hot path: proven harmless from its bytes, planned no further.
                     self.counter.safe_statements += 1
                     replacement: bytes | NeedLedger | None = None
@@ -1090,6 +1142,7 @@ class SessionCore:
             soft=self._soft,
             client_encoding=self.client_encoding,
             known=classification,
+            mode="full" if self._full_mode() else None,
         )
         if not isinstance(planned, NeedLedger):
             self._known = None  # planned: the held classification is spent
@@ -1143,6 +1196,7 @@ class SessionCore:
         """Filter the server's answers from now on (a rewritten message is on its way)."""
         if self._filter is None:
             self._filter = ResultFilter()
+            self._answers_plain = False
             # The rewritten message's answers have not begun: safe to widen the framing.
             self._sframer.set_want(_SERVER_WANT_FILTERED)
             # Answers still owed for messages sent before filtering began come first.

@@ -93,9 +93,13 @@ def parse_operation_notice(body: bytes) -> OperationNotice | None:
     return OperationNotice(int(op_id), kind, objects, expires)
 
 
+# What a bare logfmt value may not hold (a search in C rather than a test per character).
+_NEEDS_QUOTES = re.compile(r'[ ="\\\n\r\t]')
+
+
 def logfmt_value(value: str) -> str:
     """A logfmt value: bare when it can be, else double-quoted with \\, " and newlines escaped."""
-    if value and not any(c in value for c in ' ="\\\n\r\t'):
+    if value and _NEEDS_QUOTES.search(value) is None:
         return value
     escaped = (
         value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
@@ -211,6 +215,7 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self._operations_by_kind: dict[str, Any] = {}
         self.purge_runs = Counter("softguard_purge_runs", "Purge runs completed", registry=r)
         self.upstream_connect_seconds = Histogram(
             "softguard_upstream_connect_seconds",
@@ -242,7 +247,11 @@ class Metrics:
         return counts
 
     def operation_seen(self, kind: str) -> None:
-        self.operations_total.labels(kind).inc()
+        # The labelled child, looked up once per kind (labels() validates and locks).
+        child = self._operations_by_kind.get(kind)
+        if child is None:
+            child = self._operations_by_kind[kind] = self.operations_total.labels(kind)
+        child.inc()
 
     def track_sessions(self, count: Callable[[], int]) -> None:
         """The open-connections gauge reads ``count()`` at scrape time."""

@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 from softguard.contract import (
     BEGIN_CODE,
@@ -135,13 +135,15 @@ class PlanInputs:
     ``allowed`` remembers which (shape-cached) classifications the policy lets a session
     run as sent, so that the next statement of the same shape skips the decision (issue
     13: an allowed UPDATE cost ~45 µs of planning, most of it deciding again what the
-    policy had already decided). Entries hold their classification, so its ``id`` cannot
-    be reused while remembered; the policy's generation is part of the key."""
+    policy had already decided). Keyed by the classification's and the session's ``id``
+    (hashing a ``SessionInfo`` costs a Python call), entries hold both, so that neither
+    ``id`` can be reused while remembered, and a hit checks both are the very objects; the
+    policy's generation is part of the key."""
 
     classifier: Classifies
     policy: Policy
     ledger: LedgerView
-    allowed: dict[tuple[int, SessionInfo, str, int], Classification] = field(
+    allowed: dict[tuple[int, int, str, int], tuple[Classification, SessionInfo]] = field(
         default_factory=dict, compare=False, repr=False
     )
     # (database, backend) -> the session key it handed out (decision 0028): behind a
@@ -334,6 +336,7 @@ def plan_message(
     client_encoding: str = "UTF8",
     known: Classification | None = None,
     approving: bool = False,
+    mode: Mode | None = None,
 ) -> Planned | NeedLedger:
     """Plan one Query/Parse message of ``info``'s session.
 
@@ -344,7 +347,8 @@ def plan_message(
     as the server will read it (decision 0011). ``known``: the text's exact classification,
     already made (off the event loop, for large texts). ``approving``: plan the text as it
     runs once a person approved it (decision 0020): no mode refusal, denied categories
-    protected where they can be, else allowed.
+    protected where they can be, else allowed. ``mode``: the session's mode under the
+    current policy, when the caller knows it (else looked up).
     """
     text = parse_query_text(msg.type, msg.body)
     classifier: Classifies = inputs.classifier if known is None else _Known(known)
@@ -359,7 +363,8 @@ def plan_message(
         kind = classifier.classify_shape(text, enc).kind.value if log_it else ""
         rebuilt = _rebuild(msg, text, [], refusal("42501", TAMPER_MESSAGE))
         return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
-    mode: Mode = inputs.policy.setting("mode", info)  # type: ignore[assignment]
+    if mode is None:
+        mode = cast(Mode, inputs.policy.setting("mode", info))
     if mode != "full" and not approving:
         by_mode, count = _mode_check(mode, inputs.policy.source("mode", info), text, enc)
         if by_mode is not None:
@@ -398,8 +403,9 @@ def plan_message(
     source = "query" if msg.type == _Q else "parse"
     memo_key = None
     if not retag and not reread and not approving and not _policy_log.isEnabledFor(logging.DEBUG):
-        memo_key = (id(classification), info, source, policy.generation)
-        if inputs.allowed.get(memo_key) is classification:
+        memo_key = (id(classification), id(info), source, policy.generation)
+        remembered = inputs.allowed.get(memo_key)
+        if remembered is not None and remembered[0] is classification and remembered[1] is info:
             return _passed(classification.kind.value if log_it else "", Action.ALLOW.value)
     decisions = policy.decide(classification, info, source=source, log_it=log_it and not approving)
     if approving:
@@ -514,7 +520,7 @@ def plan_message(
                 # opaque statement's also depends on the ledger's state: not remembered).
                 if len(inputs.allowed) >= _ALLOWED_MEMO_SIZE:
                     inputs.allowed.clear()
-                inputs.allowed[memo_key] = classification
+                inputs.allowed[memo_key] = (classification, info)
             return _passed(kind, action)
         return Planned(
             None, kind=kind, action=action, protected=tuple(protected), reread_soft_delete=reread

