@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import urllib.parse
 import uuid
@@ -32,6 +31,7 @@ from psycopg import sql
 
 from softguard.embedded import EmbeddedError, EmbeddedPostgres, find_pg_bin_dir
 
+from .cli import run_cli
 from .ports import free_port
 
 ROLE_PASSWORDS: dict[str, str | None] = {
@@ -154,14 +154,9 @@ class TestServer:
             )
 
     def install_ledger(self, dbname: str) -> None:
-        """`softguard init` on a database, as the README deploys it (a subprocess)."""
-        r = subprocess.run(
-            [sys.executable, "-m", "softguard", "init", "--dsn", self.superuser_dsn(dbname)],
-            cwd=Path(__file__).resolve().parents[2],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        """`softguard init` on a database, as the README deploys it (the command run in
+        this process: support.cli; tests/cli and tests/ledger start the process itself)."""
+        r = run_cli("init", "--dsn", self.superuser_dsn(dbname))
         assert r.returncode == 0, r.stdout + r.stderr
 
     def run_sql_file(self, dbname: str, path: Path) -> None:
