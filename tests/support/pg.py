@@ -144,8 +144,16 @@ class TestServer:
     def create_database(self) -> str:
         name = "sg_t_" + uuid.uuid4().hex[:12]
         with psycopg.connect(self.superuser_dsn(), autocommit=True) as c:
-            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            c.execute(
+                sql.SQL("CREATE DATABASE {}" + self.copy_strategy()).format(sql.Identifier(name))
+            )
         return name
+
+    def copy_strategy(self) -> str:
+        """The fastest CREATE DATABASE for the tests' small templates: FILE_COPY copies the
+        files (about half the time of PostgreSQL 15's default, WAL_LOG, which writes every
+        page to the WAL; fsync is off here, so its checkpoints are cheap)."""
+        return " STRATEGY FILE_COPY" if self.version_num >= 150000 else ""
 
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.superuser_dsn(), autocommit=True) as c:
