@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import psycopg
 import pytest
 from psycopg import sql
+from support.cli import run_cli
 from support.compare import run_async
 from support.pg import TestServer
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 POLICY = """
 [policy]
@@ -86,10 +83,8 @@ def _refused_id(c: psycopg.Connection[Any], text: str) -> tuple[str, psycopg.Err
 
 
 def _cli(pg_server: TestServer, db: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "softguard", *args, "--dsn", pg_server.superuser_dsn(db)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    # in this process (support.cli): the commands are under test here, not their start
+    return run_cli(*args, "--dsn", pg_server.superuser_dsn(db))
 
 
 def _wait_pending(pg_server: TestServer, db: str, approval: str) -> None:

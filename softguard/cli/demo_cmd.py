@@ -26,14 +26,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
 import typer
-from rich import box
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from softguard.contract import parse_operation_notice
 from softguard.demo import (
@@ -54,6 +50,10 @@ from softguard.ledger.operations import (
     undo_operations,
 )
 
+# rich is imported where the demo prints, not here: every other command would pay for it.
+if TYPE_CHECKING:
+    from rich.table import Table
+
 AGENT_APPLICATION_NAME = "demo-agent"
 _PROXY_START_TIMEOUT = 30.0
 _NEW_CUSTOMER = (
@@ -73,11 +73,15 @@ class _Output:
     """Rich on a terminal; plain lines when piped (no colour, no box drawing)."""
 
     def __init__(self) -> None:
+        from rich.console import Console
+
         self.fancy = sys.stdout.isatty()
         self.console = Console(file=sys.stdout, highlight=False, width=None if self.fancy else 160)
         self._step = 0
 
     def step(self, title: str) -> None:
+        from rich.markup import escape
+
         self._step += 1
         heading = f"{self._step}. {title}"
         if self.fancy:
@@ -88,11 +92,16 @@ class _Output:
 
     def say(self, text: str, style: str = "") -> None:
         """One line of text (never interpreted as markup; the terminal wraps it)."""
+        from rich.markup import escape
+
         markup = f"[{style}]{escape(text)}[/{style}]" if style else escape(text)
         self.console.print(markup, soft_wrap=True)
 
     def table(self, *columns: str, wide: str = "", keep: str = "") -> Table:
         """A table; the column named ``wide`` takes the room left, ``keep`` never wraps."""
+        from rich import box
+        from rich.table import Table
+
         table = Table(
             box=box.SIMPLE_HEAD if self.fancy else None,
             show_edge=False,
@@ -467,6 +476,8 @@ def _kept_label(op: Operation) -> str:
 
 
 def _print_ledger(out: _Output, found: list[Operation]) -> None:
+    from rich.markup import escape
+
     table = out.table("op", "statement, who", "kept", "state", wide="kept")
     for op in sorted(found, key=lambda o: o.id):
         who = f"{op.db_role} via {op.application_name or '-'}"
@@ -493,6 +504,8 @@ def _new_customer(out: _Output, dsn: str) -> int:
 
 
 def _print_comparison(out: _Output, results: list[Comparison], new_id: int, kept: int) -> None:
+    from rich.markup import escape
+
     table = out.table(
         "relation",
         "kind",

@@ -12,8 +12,6 @@ import psycopg
 import typer
 
 from softguard.cli.common import fail
-from softguard.config import ConfigError, load_settings
-from softguard.ledger.budget import sync_budget, sync_update_capture
 from softguard.ledger.db import LedgerError, connect, error_line
 from softguard.ledger.migrate import (
     Capabilities,
@@ -53,6 +51,10 @@ def init(
     ] = None,
 ) -> None:
     """Install (or upgrade) the softguard ledger in a database."""
+    # Here, not at the top: pydantic and the SQL reader cost every other command's start.
+    from softguard.config import ConfigError, load_settings
+    from softguard.ledger.budget import sync_budget, sync_update_capture
+
     try:
         settings = load_settings(config)
     except ConfigError as exc:

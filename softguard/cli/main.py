@@ -6,12 +6,14 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from softguard.cli.common import fail
-from softguard.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from softguard.config import Settings
 
 app = typer.Typer(
     name="softguard",
@@ -147,6 +149,9 @@ def serve(
         "purge_every": purge_every,
         "purge_dsn": purge_dsn,
     }
+
+    # Here, not at the top: pydantic and the SQL reader cost every other command's start.
+    from softguard.config import ConfigError, load_settings
 
     def load() -> Settings:
         loaded = load_settings(config, **flags)
@@ -303,6 +308,7 @@ def explain(
     ] = None,
 ) -> None:
     """Show how softguard classifies, decides on and rewrites a statement, without running it."""
+    from softguard.config import ConfigError, load_settings
     from softguard.policy import CAPTURED, Policy, SessionInfo
     from softguard.proxy.statements import (
         FixedLedger,

@@ -27,7 +27,6 @@ from psycopg.rows import dict_row
 
 from softguard.ledger.db import ArchiveFailed, PurgeError, error_line, milliseconds
 from softguard.ledger.operations import json_default
-from softguard.sql.classify import quote_ident
 
 ARCHIVE_FORMAT = "softguard-purge-archive"
 ARCHIVE_FORMAT_VERSION = 1
@@ -216,6 +215,9 @@ def _export_captures(
             entry["file_format"] = fmt
             table = f"{RESTORE_SCHEMA}.op{op}_capture{cap['id']}"
             if fmt == "columns":
+                # Here, not at the top: the SQL reader would cost every CLI command's start.
+                from softguard.sql.classify import quote_ident
+
                 cols = ", ".join(
                     f"{quote_ident(c[0])} {c[1]}" for c in columns if isinstance(c, list)
                 )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import socket
 import struct
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +30,9 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from support.cli import run_cli
 from support.pg import TestServer, build_dsn
-from support.proxy import REPO_ROOT, ProxyFactory, Target
+from support.proxy import ProxyFactory, Target
 
 # What a refusal looks like: softguard's own (42501 policy / machinery, 0A000 not supported,
 # 55000 not in the right state, 54000 too large) or the server's own permission check.
@@ -214,13 +214,8 @@ class Arena:
         }
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "softguard", *args, "--dsn", self.direct_dsn()],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        # in this process: what the command does is under attack here, not its start
+        return run_cli(*args, "--dsn", self.direct_dsn())
 
     def undo(self, ids: Sequence[int]) -> subprocess.CompletedProcess[str]:
         return self.cli("undo", *(str(i) for i in sorted(ids, reverse=True)), "--yes")

@@ -17,7 +17,9 @@ Registered in tests/conftest.py; see docs/testing.md.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Generator
+from typing import Any
 
 import pytest
 
@@ -27,6 +29,10 @@ WORKERS_PER_CPU = 2
 # Files whose tests take minutes in all (the durations report): handed out first, so that
 # no worker starts one of them while the others have finished.
 LONG_FILES = ("tests/test_fuzz_encodings.py", "tests/test_fuzz.py", "tests/test_pgbench.py")
+
+# Files whose tests are handed out one by one (pytest_xdist_make_scheduler): each of their
+# tests takes minutes; together on one worker they would end the run alone.
+SPLIT_FILES = ("tests/test_fuzz_encodings.py", "tests/test_fuzz.py")
 
 
 def workers() -> int:
@@ -61,14 +67,49 @@ def pytest_cmdline_main(
             # Whole files per worker: a module's fixtures (its database, its arena template,
             # its proxies) are built once, not once in each worker that gets one of its tests.
             option.dist = "loadfile"
+        if option.dist == "loadfile":
+            # xdist would hand out the files with the most tests first; the collection order
+            # (pytest_collection_modifyitems: the longest first) is the better guess.
+            option.loadscopereorder = False
     return (yield)
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Only in workers: a serial run keeps the collection order. Every worker sorts alike
-    # (xdist requires identical collections); sorted() is stable.
+    # (xdist requires identical collections); sorted() is stable. The long files in their
+    # order, then the others, most tests first: whatever starts last must end soon.
     if hasattr(config, "workerinput"):
-        items[:] = sorted(items, key=lambda item: item.nodeid.split("::")[0] not in LONG_FILES)
+        count = Counter(_file(item.nodeid) for item in items)
+        rank = {path: i for i, path in enumerate(LONG_FILES)}
+
+        def order(item: pytest.Item) -> tuple[int, int, bool]:
+            path = _file(item.nodeid)
+            # a split file's tests are independent units: its slow ones go first
+            quick = path in SPLIT_FILES and item.get_closest_marker("slow") is None
+            return rank.get(path, len(rank)), -count[path], quick
+
+        items[:] = sorted(items, key=order)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.option.dist != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        """Whole files, except SPLIT_FILES: each of their tests is a unit of its own (their
+        module fixtures are then built in each worker that gets one: seconds, not minutes)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = _file(nodeid)
+            return nodeid if path in SPLIT_FILES else path
+
+    return Scheduling(config, log)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import urllib.parse
 import uuid
@@ -32,6 +31,7 @@ from psycopg import sql
 
 from softguard.embedded import EmbeddedError, EmbeddedPostgres, find_pg_bin_dir
 
+from .cli import run_cli
 from .ports import free_port
 
 ROLE_PASSWORDS: dict[str, str | None] = {
@@ -144,8 +144,16 @@ class TestServer:
     def create_database(self) -> str:
         name = "sg_t_" + uuid.uuid4().hex[:12]
         with psycopg.connect(self.superuser_dsn(), autocommit=True) as c:
-            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            c.execute(
+                sql.SQL("CREATE DATABASE {}" + self.copy_strategy()).format(sql.Identifier(name))
+            )
         return name
+
+    def copy_strategy(self) -> str:
+        """The fastest CREATE DATABASE for the tests' small templates: FILE_COPY copies the
+        files (about half the time of PostgreSQL 15's default, WAL_LOG, which writes every
+        page to the WAL; fsync is off here, so its checkpoints are cheap)."""
+        return " STRATEGY FILE_COPY" if self.version_num >= 150000 else ""
 
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.superuser_dsn(), autocommit=True) as c:
@@ -154,14 +162,9 @@ class TestServer:
             )
 
     def install_ledger(self, dbname: str) -> None:
-        """`softguard init` on a database, as the README deploys it (a subprocess)."""
-        r = subprocess.run(
-            [sys.executable, "-m", "softguard", "init", "--dsn", self.superuser_dsn(dbname)],
-            cwd=Path(__file__).resolve().parents[2],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        """`softguard init` on a database, as the README deploys it (the command run in
+        this process: support.cli; tests/cli and tests/ledger start the process itself)."""
+        r = run_cli("init", "--dsn", self.superuser_dsn(dbname))
         assert r.returncode == 0, r.stdout + r.stderr
 
     def run_sql_file(self, dbname: str, path: Path) -> None:
