@@ -215,7 +215,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                || CASE WHEN ord THEN ARRAY['row_number() OVER (ORDER BY t.tableoid, t.ctid)']
                        ELSE '{}'::text[] END
                || CASE WHEN image AND compared THEN softguard._image_col(rel, col, 't')
-                       ELSE format('t.%I', col) END, ', ') || ')::text'
+                       WHEN compared THEN format('t.%I', col)
+                       -- an old value, put back by undo: its restore form (46_restore.sql)
+                       ELSE softguard._restore_col(rel, col, 't') END, ', ') || ')::text'
 $$;
 REVOKE ALL ON FUNCTION softguard._capture_row(oid, text[], text, boolean, boolean, boolean) FROM PUBLIC;
 
@@ -499,7 +501,8 @@ BEGIN
                                        ORDER BY x.ord), '[]')
                FROM unnest(key) WITH ORDINALITY x(k, ord)
                JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
-            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
+            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)
+                                 || softguard._restore_mark(rel, a.attname)),
             info);
     UPDATE softguard.operations SET
         objects = objects || jsonb_build_array(jsonb_build_object(
@@ -603,7 +606,8 @@ BEGIN
                FROM unnest(key) WITH ORDINALITY x(k, ord)
                JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
             || CASE WHEN image THEN '[["sg_ord", "bigint"]]'::jsonb ELSE '[]' END
-            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
+            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)
+                                 || softguard._restore_mark(rel, a.attname)),
             jsonb_build_object('kind', 'type', 'name', a.attname, 'attnum', a.attnum,
                                'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
                                'collation', a.coll, 'key', to_jsonb(key), 'image', image,
