@@ -92,7 +92,6 @@ DECLARE
     inh jsonb;                             -- inheritance children's rows (_inherited_claim)
     shape record;
     cols jsonb;
-    restore boolean;                       -- some column kept in its restore form
     info jsonb;
     stmt text;
     msg text;                              -- the operation NOTICE
@@ -210,8 +209,8 @@ BEGIN
             inh := softguard._inherited_claim(TG_RELID, ev);   -- no call for a plain table
         END IF;
         -- columns holding enum / reg* values are kept in their restore form (46_restore.sql)
-        SELECT x.columns, x.restore INTO cols, restore FROM softguard._capture_columns(TG_RELID) x;
-        IF inh IS NULL AND NOT restore THEN
+        cols := softguard._capture_columns(TG_RELID);
+        IF inh IS NULL AND NOT cols @? '$[*][2]' THEN
         INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
         ELSIF inh IS NULL THEN
             EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
@@ -317,7 +316,6 @@ SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
 DECLARE
     op bigint := nullif(current_setting('softguard.truncate_op', true), '')::bigint;
     cols jsonb;
-    restore boolean;
     cid bigint;
     n bigint;
     ident text;
@@ -349,10 +347,10 @@ BEGIN
     ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
     cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
     -- columns holding enum / reg* values are kept in their restore form (46_restore.sql)
-    SELECT x.columns, x.restore INTO cols, restore FROM softguard._capture_columns(TG_RELID) x;
+    cols := softguard._capture_columns(TG_RELID);
     EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
                    ' SELECT %s, %s FROM ONLY %s t', cid,
-                   CASE WHEN restore THEN softguard._capture_expr(cols, 't') ELSE 't::text' END,
+                   CASE WHEN cols @? '$[*][2]' THEN softguard._capture_expr(cols, 't') ELSE 't::text' END,
                    TG_RELID::regclass);
     GET DIAGNOSTICS n = ROW_COUNT;
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns)

@@ -14,53 +14,42 @@
 --   per-row cost (its rows are captured as before, `o::text`).
 
 -- Whether type `typ` holds an enum or reg* value, at any depth (deeper than 32: treated as
--- holding). Builtin base types other than reg* are answered without recursion.
+-- holding).
 CREATE FUNCTION softguard._restore_unstable(typ oid, depth integer DEFAULT 0) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    t pg_type;
 BEGIN
-    SELECT * INTO t FROM pg_type WHERE oid = typ;
-    IF NOT FOUND OR depth > 32 THEN
-        RETURN true;
-    END IF;
-    RETURN t.typtype = 'e'
-        OR typ = ANY (softguard._image_oid_types())
-        OR (t.typtype = 'd' AND softguard._restore_unstable(t.typbasetype, depth + 1))
-        OR (t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc
-            AND softguard._restore_unstable(t.typelem, depth + 1))
-        OR (t.typtype = 'c' AND EXISTS (SELECT FROM pg_attribute a
-                                         WHERE a.attrelid = t.typrelid AND a.attnum > 0
-                                           AND NOT a.attisdropped
-                                           AND softguard._restore_unstable(a.atttypid, depth + 1)))
-        OR (t.typtype = 'r' AND softguard._restore_unstable(
-                (SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = typ), depth + 1))
-        OR (t.typtype = 'm' AND softguard._restore_unstable(
-                (SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = typ), depth + 1));
+    RETURN softguard._type_holds(typ, softguard._image_oid_types(), depth);   -- 50_alter.sql
 END $$;
 REVOKE ALL ON FUNCTION softguard._restore_unstable(oid, integer) FROM PUBLIC;
 
+-- Whether `typ` is one of the types initdb pins (oids below 10000, the same in every
+-- version) that hold no enum or reg* value: all but the reg* types, their arrays, and the
+-- rowtypes of pg_type, pg_attribute, pg_proc, pg_class and their arrays. Answered without
+-- a pg_type lookup (which costs more than the rest of _capture_columns); inlined (no SET).
+CREATE FUNCTION softguard._restore_pinned(typ oid) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT typ OPERATOR(pg_catalog.<) 10000::pg_catalog.oid
+       AND typ OPERATOR(pg_catalog.<>) ALL ('{24,1008,2202,2207,2203,2208,2204,2209,2205,2210,2206,
+           2211,3734,3735,3769,3770,4089,4090,4096,4097,4191,4192,71,210,75,270,81,272,83,273}'::pg_catalog.oid[])
+$$;
+REVOKE ALL ON FUNCTION softguard._restore_pinned(oid) FROM PUBLIC;
+
 -- The columns a row capture of `rel` records (as _columns gives them), each column kept in
--- its restore form with a third element, its type's oid; `restore` when there is one. One
--- query for a table of builtin base types (and arrays of them): the recursive test runs
--- only for the other columns.
-CREATE FUNCTION softguard._capture_columns(rel oid, OUT columns jsonb, OUT restore boolean)
+-- its restore form with a third element, its type's oid. One query; the recursive test
+-- runs only for columns of types made after initdb's pinned ones, and the few pinned ones
+-- that hold reg* values. Called once per captured statement: no SET (called from SET
+-- functions).
+CREATE FUNCTION softguard._capture_columns(rel oid) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    SELECT coalesce(pg_catalog.jsonb_agg(CASE WHEN x.r THEN pg_catalog.jsonb_build_array(
-                        x.attname, x.typ, x.atttypid::bigint)
-                    ELSE pg_catalog.jsonb_build_array(x.attname, x.typ) END ORDER BY x.attnum), '[]'),
-           coalesce(bool_or(x.r), false)
-      INTO columns, restore
-      FROM (SELECT a.attname, a.attnum, a.atttypid,
-                   pg_catalog.format_type(a.atttypid, a.atttypmod) AS typ,
-                   CASE WHEN a.atttypid < 16384 AND t.typtype = 'b'
-                             AND (t.typelem = 0 OR t.typelem < 16384)
-                             AND NOT (t.typname LIKE 'reg%' OR t.typname LIKE '\_reg%')
-                        THEN false
-                        ELSE softguard._restore_unstable(a.atttypid) END AS r
-              FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-             WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped) x;
+    RETURN (SELECT coalesce(pg_catalog.jsonb_agg(CASE
+                       WHEN CASE WHEN softguard._restore_pinned(a.atttypid) THEN true
+                                 ELSE NOT softguard._restore_unstable(a.atttypid) END
+                       THEN pg_catalog.jsonb_build_array(a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod))
+                       ELSE pg_catalog.jsonb_build_array(a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod),
+                                                         a.atttypid::bigint) END ORDER BY a.attnum), '[]')
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped);
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_columns(oid) FROM PUBLIC;
 

@@ -78,8 +78,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._image_oid_types() FROM PUBLIC;
 
--- Whether type `typ` holds any of them (depth bounds the walk; deeper: treated as holding).
-CREATE FUNCTION softguard._image_unstable(typ oid, depth integer DEFAULT 0) RETURNS boolean
+-- Whether type `typ` holds an enum or a value of one of the types `leaves`, at any depth in
+-- domains, arrays, composites, ranges and multiranges (depth bounds the walk; deeper:
+-- treated as holding). The one walk of _image_unstable and _restore_unstable (46_restore.sql).
+CREATE FUNCTION softguard._type_holds(typ oid, leaves oid[], depth integer DEFAULT 0) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t pg_type;
@@ -89,20 +91,27 @@ BEGIN
         RETURN true;
     END IF;
     RETURN t.typtype = 'e'
-        OR typ = ANY (softguard._image_oid_types())
-        OR typ IN ('aclitem'::regtype, 'timestamptz'::regtype)
-        OR (t.typtype = 'd' AND softguard._image_unstable(t.typbasetype, depth + 1))
+        OR typ = ANY (leaves)
+        OR (t.typtype = 'd' AND softguard._type_holds(t.typbasetype, leaves, depth + 1))
         OR (t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc
-            AND softguard._image_unstable(t.typelem, depth + 1))
+            AND softguard._type_holds(t.typelem, leaves, depth + 1))
         OR (t.typtype = 'c' AND EXISTS (SELECT FROM pg_attribute a
                                          WHERE a.attrelid = t.typrelid AND a.attnum > 0
                                            AND NOT a.attisdropped
-                                           AND softguard._image_unstable(a.atttypid, depth + 1)))
-        OR (t.typtype = 'r' AND softguard._image_unstable(
-                (SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = typ), depth + 1))
-        OR (t.typtype = 'm' AND softguard._image_unstable(
-                (SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = typ), depth + 1));
+                                           AND softguard._type_holds(a.atttypid, leaves, depth + 1)))
+        OR (t.typtype = 'r' AND softguard._type_holds(
+                (SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = typ), leaves, depth + 1))
+        OR (t.typtype = 'm' AND softguard._type_holds(
+                (SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = typ), leaves, depth + 1));
 END $$;
+REVOKE ALL ON FUNCTION softguard._type_holds(oid, oid[], integer) FROM PUBLIC;
+
+-- Whether type `typ` holds any of them (depth bounds the walk; deeper: treated as holding).
+CREATE FUNCTION softguard._image_unstable(typ oid, depth integer DEFAULT 0) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT softguard._type_holds(typ, softguard._image_oid_types()
+                                      || ARRAY['aclitem'::regtype, 'timestamptz'::regtype]::oid[], depth)
+$$;
 REVOKE ALL ON FUNCTION softguard._image_unstable(oid, integer) FROM PUBLIC;
 
 -- An SQL expression giving the stable text of expression `e` of type `typ` (NULL when `e` is
