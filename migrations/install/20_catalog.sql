@@ -228,7 +228,10 @@ BEGIN
         EXECUTE format('DROP TYPE pg_temp.%I', tname);
     END IF;
     EXECUTE format('CREATE TYPE pg_temp.%I AS (%s)', tname,
-                   (SELECT string_agg(format('%I %s', c->>0, c->>1), ', ' ORDER BY o)
+                   -- a column kept in its restore form (a third element, 46_restore.sql): jsonb
+                   (SELECT string_agg(format('%I %s', c->>0, CASE WHEN jsonb_array_length(c) > 2
+                                                                 THEN 'pg_catalog.jsonb' ELSE c->>1 END),
+                                      ', ' ORDER BY o)
                       FROM jsonb_array_elements(columns) WITH ORDINALITY x(c, o)));
     RETURN format('pg_temp.%I', tname);
 END $$;

@@ -208,9 +208,15 @@ BEGIN
                                       WHERE i.inhparent = TG_RELID OR i.inhrelid = TG_RELID) THEN
             inh := softguard._inherited_claim(TG_RELID, ev);   -- no call for a plain table
         END IF;
-        IF inh IS NULL THEN
+        -- columns holding enum / reg* values are kept in their restore form (46_restore.sql)
+        cols := softguard._capture_columns(TG_RELID);
+        IF inh IS NULL AND NOT cols @? '$[*][2]' THEN
         INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
-        ELSE EXECUTE softguard._inherited_sql(TG_RELID, inh) USING cid; END IF;
+        ELSIF inh IS NULL THEN
+            EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                           ' SELECT $1, %s FROM sg_old o', softguard._capture_expr(cols, 'o')) USING cid;
+        ELSE cols := softguard._columns(TG_RELID);     -- inherited rows: as their text
+            EXECUTE softguard._inherited_sql(TG_RELID, inh) USING cid; END IF;
         GET DIAGNOSTICS n = ROW_COUNT;
         IF n = 0 AND inh IS NULL THEN
             RETURN NULL;                   -- removed nothing: records nothing
@@ -218,7 +224,6 @@ BEGIN
         IF ev = 'update' THEN EXECUTE softguard._key_change_sql(TG_RELID, true) INTO info;
             IF info IS NOT NULL THEN EXECUTE softguard._key_change_sql(TG_RELID, false) INTO info; END IF; END IF;
         event := ev;
-        cols := softguard._columns(TG_RELID);
     END IF;
 
     obj := jsonb_build_object(
@@ -310,6 +315,7 @@ SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits
 SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
 DECLARE
     op bigint := nullif(current_setting('softguard.truncate_op', true), '')::bigint;
+    cols jsonb;
     cid bigint;
     n bigint;
     ident text;
@@ -340,11 +346,15 @@ BEGIN
     size := pg_table_size(TG_RELID);
     ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
     cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    -- columns holding enum / reg* values are kept in their restore form (46_restore.sql)
+    cols := softguard._capture_columns(TG_RELID);
     EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
-                   ' SELECT %s, t::text FROM ONLY %s t', cid, TG_RELID::regclass);
+                   ' SELECT %s, %s FROM ONLY %s t', cid,
+                   CASE WHEN cols @? '$[*][2]' THEN softguard._capture_expr(cols, 't') ELSE 't::text' END,
+                   TG_RELID::regclass);
     GET DIAGNOSTICS n = ROW_COUNT;
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns)
-    VALUES (cid, op, TG_RELID, ident, 'truncate', n, softguard._columns(TG_RELID));
+    VALUES (cid, op, TG_RELID, ident, 'truncate', n, cols);
     PERFORM softguard._budget_take('op' || op, size, true, 'TRUNCATE of', ident);
     IF nested THEN
         PERFORM softguard._backstop_truncated(op, TG_RELID, ident, n);

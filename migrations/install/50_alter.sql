@@ -78,8 +78,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._image_oid_types() FROM PUBLIC;
 
--- Whether type `typ` holds any of them (depth bounds the walk; deeper: treated as holding).
-CREATE FUNCTION softguard._image_unstable(typ oid, depth integer DEFAULT 0) RETURNS boolean
+-- Whether type `typ` holds an enum or a value of one of the types `leaves`, at any depth in
+-- domains, arrays, composites, ranges and multiranges (depth bounds the walk; deeper:
+-- treated as holding). The one walk of _image_unstable and _restore_unstable (46_restore.sql).
+CREATE FUNCTION softguard._type_holds(typ oid, leaves oid[], depth integer DEFAULT 0) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t pg_type;
@@ -89,20 +91,27 @@ BEGIN
         RETURN true;
     END IF;
     RETURN t.typtype = 'e'
-        OR typ = ANY (softguard._image_oid_types())
-        OR typ IN ('aclitem'::regtype, 'timestamptz'::regtype)
-        OR (t.typtype = 'd' AND softguard._image_unstable(t.typbasetype, depth + 1))
+        OR typ = ANY (leaves)
+        OR (t.typtype = 'd' AND softguard._type_holds(t.typbasetype, leaves, depth + 1))
         OR (t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc
-            AND softguard._image_unstable(t.typelem, depth + 1))
+            AND softguard._type_holds(t.typelem, leaves, depth + 1))
         OR (t.typtype = 'c' AND EXISTS (SELECT FROM pg_attribute a
                                          WHERE a.attrelid = t.typrelid AND a.attnum > 0
                                            AND NOT a.attisdropped
-                                           AND softguard._image_unstable(a.atttypid, depth + 1)))
-        OR (t.typtype = 'r' AND softguard._image_unstable(
-                (SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = typ), depth + 1))
-        OR (t.typtype = 'm' AND softguard._image_unstable(
-                (SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = typ), depth + 1));
+                                           AND softguard._type_holds(a.atttypid, leaves, depth + 1)))
+        OR (t.typtype = 'r' AND softguard._type_holds(
+                (SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = typ), leaves, depth + 1))
+        OR (t.typtype = 'm' AND softguard._type_holds(
+                (SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = typ), leaves, depth + 1));
 END $$;
+REVOKE ALL ON FUNCTION softguard._type_holds(oid, oid[], integer) FROM PUBLIC;
+
+-- Whether type `typ` holds any of them (depth bounds the walk; deeper: treated as holding).
+CREATE FUNCTION softguard._image_unstable(typ oid, depth integer DEFAULT 0) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT softguard._type_holds(typ, softguard._image_oid_types()
+                                      || ARRAY['aclitem'::regtype, 'timestamptz'::regtype]::oid[], depth)
+$$;
 REVOKE ALL ON FUNCTION softguard._image_unstable(oid, integer) FROM PUBLIC;
 
 -- An SQL expression giving the stable text of expression `e` of type `typ` (NULL when `e` is
@@ -215,7 +224,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                || CASE WHEN ord THEN ARRAY['row_number() OVER (ORDER BY t.tableoid, t.ctid)']
                        ELSE '{}'::text[] END
                || CASE WHEN image AND compared THEN softguard._image_col(rel, col, 't')
-                       ELSE format('t.%I', col) END, ', ') || ')::text'
+                       WHEN compared THEN format('t.%I', col)
+                       -- an old value, put back by undo: its restore form (46_restore.sql)
+                       ELSE softguard._restore_col(rel, col, 't') END, ', ') || ')::text'
 $$;
 REVOKE ALL ON FUNCTION softguard._capture_row(oid, text[], text, boolean, boolean, boolean) FROM PUBLIC;
 
@@ -499,7 +510,8 @@ BEGIN
                                        ORDER BY x.ord), '[]')
                FROM unnest(key) WITH ORDINALITY x(k, ord)
                JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
-            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
+            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)
+                                 || softguard._restore_mark(rel, a.attname)),
             info);
     UPDATE softguard.operations SET
         objects = objects || jsonb_build_array(jsonb_build_object(
@@ -603,7 +615,8 @@ BEGIN
                FROM unnest(key) WITH ORDINALITY x(k, ord)
                JOIN pg_attribute at ON at.attrelid = rel AND at.attname = x.k)
             || CASE WHEN image THEN '[["sg_ord", "bigint"]]'::jsonb ELSE '[]' END
-            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)),
+            || jsonb_build_array(jsonb_build_array('sg_value', a.typ)
+                                 || softguard._restore_mark(rel, a.attname)),
             jsonb_build_object('kind', 'type', 'name', a.attname, 'attnum', a.attnum,
                                'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
                                'collation', a.coll, 'key', to_jsonb(key), 'image', image,

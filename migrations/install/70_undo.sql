@@ -817,8 +817,9 @@ BEGIN
                              AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(g.columns) x)
                            ORDER BY a.attnum);
             -- OFFSET 0: the row text is parsed once, not once per column
-            src := format('SELECT (q.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
-                          ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) q', rtype, g.ids);
+            src := format('SELECT %s FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                          ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) q',
+                          softguard._restored_cols(g.columns, 'q', rel::regclass::text), rtype, g.ids);
             have_identity := EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel
                                       AND a.attidentity = 'a' AND a.attname = ANY (cols));
             IF on_conflict = 'skip' THEN
@@ -908,10 +909,11 @@ BEGIN
                          AND a.attgenerated = '' AND a.attidentity <> 'a'
                          AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(g.columns) x)
                        ORDER BY a.attnum);
-        src := format('SELECT DISTINCT ON (%s) * FROM (SELECT (p.x).*, p.sg_cid FROM'
+        src := format('SELECT DISTINCT ON (%s) * FROM (SELECT %s, p.sg_cid FROM'
                       ' (SELECT r."row"::%s AS x, r.capture_id AS sg_cid FROM softguard.captured_rows r'
                       ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) p) q ORDER BY %s, q.sg_cid',
-                      (SELECT string_agg(format('q.%I', x), ', ') FROM unnest(key) x), rtype, g.ids,
+                      (SELECT string_agg(format('q.%I', x), ', ') FROM unnest(key) x),
+                      softguard._restored_cols(g.columns, 'p', g.relid::regclass::text), rtype, g.ids,
                       (SELECT string_agg(format('q.%I', x), ', ') FROM unnest(key) x));
         EXECUTE format('SELECT count(*) FROM (%s) s', src) INTO total;
         EXECUTE format('UPDATE %s t SET (%s) = ROW(%s) FROM (%s) s WHERE %s',
@@ -1095,7 +1097,7 @@ BEGIN
         overriding := CASE WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel
                                          AND a.attidentity = 'a' AND a.attname = ANY (cols))
                            THEN 'OVERRIDING SYSTEM VALUE' ELSE '' END;
-        src := softguard._captured_src(rtype, c.id);
+        src := softguard._restored_src(c.columns, rtype, c.id, rel::regclass::text);
         ins_sql := format('INSERT INTO %s (%s) %s SELECT %s FROM (', rel::regclass,
                           (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
                           overriding,
@@ -1122,9 +1124,12 @@ BEGIN
                                      op, n_app - n_found, n_app, rel::regclass),
                     HINT = 'Undo the later operations that changed or deleted them first.';
             END IF;
-            EXECUTE ins_sql || softguard._captured_src(rtype, (c.info->>'gone')::bigint) || ') s';
+            -- the rows gone are kept as their text (_key_change_sql): read by plain columns
+            ktype := softguard._row_type((SELECT k.columns FROM softguard.captures k
+                                           WHERE k.id = (c.info->>'gone')::bigint), c.id || '_g');
+            EXECUTE ins_sql || softguard._captured_src(ktype, (c.info->>'gone')::bigint) || ') s';
             GET DIAGNOSTICS ins = ROW_COUNT;
-            PERFORM softguard._check_fks(op, rel, softguard._captured_src(rtype, (c.info->>'gone')::bigint));
+            PERFORM softguard._check_fks(op, rel, softguard._captured_src(ktype, (c.info->>'gone')::bigint));
             done := done + ins;
             CONTINUE;
         END IF;
@@ -1342,16 +1347,17 @@ CREATE FUNCTION softguard._image_src(c softguard.captures) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     nkey integer := jsonb_array_length(c.info->'key');
+    cols jsonb;
 BEGIN
     IF c.info->>'kind' = 'type_new' THEN
         nkey := jsonb_array_length(c.columns) - 2;
     END IF;
-    RETURN softguard._captured_src(
-        softguard._row_type((SELECT jsonb_agg(CASE WHEN o <= nkey THEN jsonb_build_array('k' || o, x->1)
-                                                   ELSE x END ORDER BY o)
-                               FROM jsonb_array_elements(softguard._kept_columns(c)) WITH ORDINALITY y(x, o)),
-                            'img_' || c.id),
-        c.id);
+    cols := (SELECT jsonb_agg(CASE WHEN o <= nkey THEN jsonb_build_array('k' || o, x->1)
+                                   ELSE x END ORDER BY o)
+               FROM jsonb_array_elements(softguard._kept_columns(c)) WITH ORDINALITY y(x, o));
+    -- an old value kept in its restore form comes out rebuilt (46_restore.sql)
+    RETURN softguard._restored_src(cols, softguard._row_type(cols, 'img_' || c.id), c.id,
+                                   c.relid::regclass::text, c.info->>'name');
 END $$;
 REVOKE ALL ON FUNCTION softguard._image_src(softguard.captures) FROM PUBLIC;
 
@@ -1496,9 +1502,11 @@ BEGIN
     ELSIF i->>'generated' IS NULL THEN
         rtype := softguard._row_type(softguard._kept_columns(c), c.id::text);
         PERFORM softguard._replica('replica');
-        EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x'
+        EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT %s FROM (SELECT r."row"::%s AS x'
                        ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p) s WHERE %s',
-                       rel, i->>'name', rtype, c.id, softguard._key_match(c, 't', 's'));
+                       rel, i->>'name', softguard._restored_cols(softguard._kept_columns(c), 'p', rel::text,
+                                                c.info->>'name'),
+                       rtype, c.id, softguard._key_match(c, 't', 's'));
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._replica(saved_srr);
     END IF;
@@ -1679,7 +1687,7 @@ BEGIN
         rt_old := softguard._row_type(softguard._kept_columns(c), c.id::text);
         rt_new := softguard._row_type(softguard._kept_columns(cn), cn.id::text);
         EXECUTE format('CREATE TEMP TABLE %I AS SELECT %s, o.sg_value'
-                       ' FROM (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                       ' FROM (SELECT %s FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
                        ' WHERE r.capture_id = %s OFFSET 0) p) o'
                        ' JOIN (SELECT (p.x).* FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
                        ' WHERE r.capture_id = %s OFFSET 0) p) w ON %s'
@@ -1687,6 +1695,8 @@ BEGIN
                        ' WHERE t.%I::text IS NOT DISTINCT FROM w.sg_new::text',
                        tmp_name,
                        (SELECT string_agg(format('o.%I', k), ', ') FROM unnest(key) k),
+                       softguard._restored_cols(softguard._kept_columns(c), 'p', rel::text,
+                                                c.info->>'name'),
                        rt_old, c.id, rt_new, cn.id,
                        (SELECT string_agg(format('w.%I = o.%I', k, k), ' AND ') FROM unnest(key) k),
                        rel, softguard._key_match(c, 't', 'o'), col);
