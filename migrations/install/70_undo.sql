@@ -8,7 +8,7 @@
 -- * DROP ... (the objects are in quarantine; restore plan in operations.restore):
 --   _undo_one moves them back under their names and runs the restore steps' inverses,
 --   last to first (re-adds constraints, triggers, defaults, policies, rules, indexes,
---   inheritance, partitions, sequence ownership).
+--   inheritance, partitions, sequence ownership, the columns a type's CASCADE took).
 -- * DELETE, UPDATE, MERGE, TRUNCATE, ALTER TABLE (rows in softguard.captured_rows):
 --   _undo_rows clears soft-delete marks, then _undo_captures puts rows back by key
 --   (TRUNCATE: every captured row re-inserted, then the sequences' values), and for
@@ -402,6 +402,8 @@ DECLARE
     renamed jsonb := '{}';   -- parent oid -> [old name, new name] when --rename-to renamed it
     ddl text;
     cur text;
+    cap softguard.captures;
+    quiet jsonb;
 BEGIN
     SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
     IF NOT FOUND THEN
@@ -544,6 +546,16 @@ BEGIN
             lines := lines || softguard._step(op, 're-established', (s->>'child')::oid::regclass::text,
                 format('re-established inheritance of %s from %s',
                        (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
+        WHEN 'drop_columns' THEN
+            -- the columns a DROP ... CASCADE took (decision 0029), their type back already:
+            -- re-added as the undo of ALTER TABLE ... DROP COLUMN re-adds them, parents first
+            quiet := softguard._undo_triggers_off(op);
+            FOR cap IN SELECT * FROM softguard.captures c
+                        WHERE c.op_id = op AND c.event = 'column' ORDER BY c.id LOOP
+                PERFORM softguard._need_table(op, cap.relid, cap.table_identity);
+                lines := lines || softguard._undo_column(op, cap);
+            END LOOP;
+            PERFORM softguard._undo_triggers_back(quiet);
         WHEN 'detach_partition' THEN
             PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
                                          'partition ' || (s->>'child_name'));
