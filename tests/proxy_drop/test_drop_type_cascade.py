@@ -19,8 +19,7 @@ __all__ = ["app_role"]  # the fixture
 
 DOMAIN_INT = [
     "CREATE DOMAIN cd_pos AS int CHECK (VALUE > 0)",
-    "CREATE TABLE cd_a (k int PRIMARY KEY, note text, d cd_pos DEFAULT 7 NOT NULL"
-    " CHECK (d < 100))",
+    "CREATE TABLE cd_a (k int PRIMARY KEY, note text, d cd_pos DEFAULT 7 NOT NULL CHECK (d < 100))",
     "CREATE INDEX cd_a_d ON cd_a (d)",
     "INSERT INTO cd_a VALUES (1, 'one', 5), (2, 'two', 6)",
 ]
@@ -98,9 +97,7 @@ CASES: dict[str, Case] = {
         ["DROP DOMAIN cd_pos CASCADE", AFTER.format(t="cd_p"), AFTER.format(t="cd_p2")],
         [1, 0, 0],
     ),
-    "schema_cascade": Case(
-        IN_SCHEMA, ["DROP SCHEMA cd_s CASCADE", AFTER.format(t="cd_u")], [1, 0]
-    ),
+    "schema_cascade": Case(IN_SCHEMA, ["DROP SCHEMA cd_s CASCADE", AFTER.format(t="cd_u")], [1, 0]),
     "via_search_path": Case(
         IN_SCHEMA,
         ["SET search_path = cd_s, public", "DROP DOMAIN dom CASCADE", AFTER.format(t="cd_u")],
@@ -151,10 +148,20 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
         (PARTITIONED, "DROP DOMAIN cd_pos CASCADE"),
         (IN_SCHEMA, "DROP SCHEMA cd_s CASCADE"),
     ],
-    ids=["domain_int", "domain_text", "enum", "composite", "range", "keyless", "partitioned",
-         "schema"],
+    ids=[
+        "domain_int",
+        "domain_text",
+        "enum",
+        "composite",
+        "range",
+        "keyless",
+        "partitioned",
+        "schema",
+    ],
 )
-def test_undo_restores_exactly(proxy: Any, sg: Any, twins: Any, setup: list[str], drop: str) -> None:
+def test_undo_restores_exactly(
+    proxy: Any, sg: Any, twins: Any, setup: list[str], drop: str
+) -> None:
     (b,) = twins(1)
     sg.execute(b, *setup)
     before = sg.snapshot(b)
