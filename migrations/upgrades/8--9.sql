@@ -228,18 +228,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                       AND d.refclassid = 'pg_constraint'::regclass)
 $$;
 CREATE OR REPLACE FUNCTION softguard._kept_order(cols jsonb)
-RETURNS TABLE (objid oid, objsubid integer, object_identity text)
+RETURNS TABLE (objid oid, objsubid integer, object_identity text, drop_ord bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT k.objid, k.objsubid, k.object_identity
-      FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer, object_identity text)
-      JOIN pg_attribute a ON a.attrelid = k.objid AND a.attnum = k.objsubid
-     ORDER BY (WITH RECURSIVE up(r, depth) AS (
-                   SELECT k.objid, 0
-                   UNION ALL
-                   SELECT i.inhparent, up.depth + 1 FROM pg_inherits i JOIN up ON i.inhrelid = up.r
-                    WHERE up.depth < 100)
-               SELECT max(up.depth) FROM up),
-              k.objid, a.attgenerated <> '', a.attnum
+    SELECT k.objid, k.objsubid, k.object_identity,
+           row_number() OVER (ORDER BY k.depth, k.objid, k.generated DESC, k.objsubid)
+      FROM (SELECT k.*, a.attgenerated <> '' AS generated,
+                   (WITH RECURSIVE up(r, depth) AS (
+                        SELECT k.objid, 0
+                        UNION ALL
+                        SELECT i.inhparent, up.depth + 1 FROM pg_inherits i JOIN up ON i.inhrelid = up.r
+                         WHERE up.depth < 100)
+                    SELECT max(up.depth) FROM up) AS depth
+              FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer, object_identity text)
+              JOIN pg_attribute a ON a.attrelid = k.objid AND a.attnum = k.objsubid) k
+     ORDER BY k.depth, k.objid, k.generated, k.objsubid
 $$;
 CREATE OR REPLACE FUNCTION softguard._drop_kept_column(rel oid, attnum integer) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -424,7 +426,8 @@ BEGIN
             PERFORM softguard._keep_column(op_id, x.rel, x.attnum,
                                            softguard._alter_changing(list, '[]', x.rel));
         END LOOP;
-        FOR x IN SELECT k.objid AS rel, k.objsubid AS attnum FROM softguard._kept_order(cols) k LOOP
+        FOR x IN SELECT k.objid AS rel, k.objsubid AS attnum FROM softguard._kept_order(cols) k
+                  ORDER BY k.drop_ord LOOP
             PERFORM softguard._drop_kept_column(x.rel, x.attnum);
         END LOOP;
         steps := steps || jsonb_build_array(jsonb_build_object(

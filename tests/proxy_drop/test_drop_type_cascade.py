@@ -45,6 +45,11 @@ RANGE = [
     "CREATE TABLE cd_r (k int PRIMARY KEY, r cd_fr, m cd_frm)",
     "INSERT INTO cd_r VALUES (1, '[1.5,2)', '{[1,2),[3,4]}'), (2, 'empty', '{}')",
 ]
+GENERATED = [
+    "CREATE DOMAIN cd_pos AS int CHECK (VALUE > 0)",
+    "CREATE TABLE cd_g (k int PRIMARY KEY, d cd_pos, g int GENERATED ALWAYS AS (d * 2) STORED)",
+    "INSERT INTO cd_g (k, d) VALUES (1, 3), (2, NULL)",
+]
 KEYLESS = [
     "CREATE DOMAIN cd_pos AS int CHECK (VALUE > 0)",
     "CREATE TABLE cd_nokey (a int, b text, d cd_pos)",
@@ -90,6 +95,9 @@ CASES: dict[str, Case] = {
         RANGE,
         ["DROP TYPE cd_fr CASCADE", AFTER.format(t="cd_r"), "SELECT to_regtype('cd_frm')"],
         [1, 0, 0],
+    ),
+    "with_generated_column": Case(
+        GENERATED, ["DROP DOMAIN cd_pos CASCADE", AFTER.format(t="cd_g")], [1, 0]
     ),
     "keyless": Case(KEYLESS, ["DROP DOMAIN cd_pos CASCADE", AFTER.format(t="cd_nokey")], [1, 0]),
     "partitioned": Case(
@@ -145,6 +153,7 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
         (COMPOSITE, "DROP TYPE cd_pt CASCADE"),
         (RANGE, "DROP TYPE cd_fr CASCADE"),
         (KEYLESS, "DROP DOMAIN cd_pos CASCADE"),
+        (GENERATED, "DROP DOMAIN cd_pos CASCADE"),
         (PARTITIONED, "DROP DOMAIN cd_pos CASCADE"),
         (IN_SCHEMA, "DROP SCHEMA cd_s CASCADE"),
     ],
@@ -155,6 +164,7 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
         "composite",
         "range",
         "keyless",
+        "generated",
         "partitioned",
         "schema",
     ],
