@@ -217,6 +217,14 @@ BEGIN
             PERFORM softguard._keep_column(op_id, x.rel, x.attnum,
                                            softguard._alter_changing(list, '[]', x.rel));
         END LOOP;
+        -- foreign keys from kept columns first: one may reference a unique key of another
+        -- kept column (the captures hold their definitions; undo adds them back last)
+        FOR x IN SELECT DISTINCT co.conrelid, co.conname FROM pg_constraint co
+                   JOIN softguard._kept_order(cols) k
+                     ON co.conrelid = k.objid AND k.objsubid = ANY (co.conkey)
+                  WHERE co.contype = 'f' AND co.conparentid = 0 ORDER BY 1, 2 LOOP
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', x.conrelid::regclass, x.conname);
+        END LOOP;
         FOR x IN SELECT k.objid AS rel, k.objsubid AS attnum FROM softguard._kept_order(cols) k
                   ORDER BY k.drop_ord LOOP
             PERFORM softguard._drop_kept_column(x.rel, x.attnum);

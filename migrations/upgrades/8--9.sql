@@ -426,6 +426,14 @@ BEGIN
             PERFORM softguard._keep_column(op_id, x.rel, x.attnum,
                                            softguard._alter_changing(list, '[]', x.rel));
         END LOOP;
+        -- foreign keys from kept columns first: one may reference a unique key of another
+        -- kept column (the captures hold their definitions; undo adds them back last)
+        FOR x IN SELECT DISTINCT co.conrelid, co.conname FROM pg_constraint co
+                   JOIN softguard._kept_order(cols) k
+                     ON co.conrelid = k.objid AND k.objsubid = ANY (co.conkey)
+                  WHERE co.contype = 'f' AND co.conparentid = 0 ORDER BY 1, 2 LOOP
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', x.conrelid::regclass, x.conname);
+        END LOOP;
         FOR x IN SELECT k.objid AS rel, k.objsubid AS attnum FROM softguard._kept_order(cols) k
                   ORDER BY k.drop_ord LOOP
             PERFORM softguard._drop_kept_column(x.rel, x.attnum);
@@ -781,13 +789,31 @@ BEGIN
         WHEN 'drop_columns' THEN
             -- the columns a DROP ... CASCADE took (decision 0029), their type back already:
             -- re-added as the undo of ALTER TABLE ... DROP COLUMN re-adds them, parents first
+            -- (their foreign keys last: one may reference another of these columns)
             quiet := softguard._undo_triggers_off(op);
             FOR cap IN SELECT * FROM softguard.captures c
                         WHERE c.op_id = op AND c.event = 'column' ORDER BY c.id LOOP
                 PERFORM softguard._need_table(op, cap.relid, cap.table_identity);
+                cap.info := jsonb_set(cap.info, '{constraints}', (
+                    SELECT coalesce(jsonb_agg(x ORDER BY i), '[]')
+                      FROM jsonb_array_elements(cap.info->'constraints') WITH ORDINALITY t(x, i)
+                     WHERE x->>'def' NOT LIKE 'FOREIGN KEY %'));
                 lines := lines || softguard._undo_column(op, cap);
             END LOOP;
             PERFORM softguard._undo_triggers_back(quiet);
+            FOR k IN SELECT c.relid, x FROM softguard.captures c,
+                            jsonb_array_elements(c.info->'constraints') WITH ORDINALITY t(x, i)
+                      WHERE c.op_id = op AND c.event = 'column'
+                        AND x->>'def' LIKE 'FOREIGN KEY %' ORDER BY c.id, t.i LOOP
+                CONTINUE WHEN EXISTS (SELECT FROM pg_constraint co WHERE co.conrelid = k.relid
+                                         AND co.conname = k.x->>'name');   -- via its parent
+                EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', k.relid::regclass,
+                               k.x->>'name', k.x->>'def');
+                IF k.x->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', k.x->>'name',
+                                   k.relid::regclass, k.x->>'comment');
+                END IF;
+            END LOOP;
         WHEN 'detach_partition' THEN
             PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
                                          'partition ' || (s->>'child_name'));

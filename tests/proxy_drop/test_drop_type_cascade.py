@@ -50,6 +50,17 @@ GENERATED = [
     "CREATE TABLE cd_g (k int PRIMARY KEY, d cd_pos, g int GENERATED ALWAYS AS (d * 2) STORED)",
     "INSERT INTO cd_g (k, d) VALUES (1, 3), (2, NULL)",
 ]
+# the referencing table first (lower oid): its foreign key must go before, and come back
+# after, the unique key it references
+FOREIGN_KEY = [
+    "CREATE DOMAIN cd_code AS text CHECK (VALUE ~ '^[A-Z]+$')",
+    "CREATE TABLE cd_ref (k int PRIMARY KEY, c cd_code)",
+    "CREATE TABLE cd_key (k int PRIMARY KEY, c cd_code UNIQUE)",
+    "ALTER TABLE cd_ref ADD CONSTRAINT cd_ref_c FOREIGN KEY (c) REFERENCES cd_key (c)",
+    "INSERT INTO cd_key VALUES (1, 'AB'), (2, 'CD')",
+    "INSERT INTO cd_ref VALUES (1, 'AB'), (2, NULL)",
+]
+FOREIGN_KEY_REFERENCED_FIRST = [FOREIGN_KEY[0], FOREIGN_KEY[2], FOREIGN_KEY[1], *FOREIGN_KEY[3:]]
 KEYLESS = [
     "CREATE DOMAIN cd_pos AS int CHECK (VALUE > 0)",
     "CREATE TABLE cd_nokey (a int, b text, d cd_pos)",
@@ -98,6 +109,16 @@ CASES: dict[str, Case] = {
     ),
     "with_generated_column": Case(
         GENERATED, ["DROP DOMAIN cd_pos CASCADE", AFTER.format(t="cd_g")], [1, 0]
+    ),
+    "foreign_key_between_kept_columns": Case(
+        FOREIGN_KEY,
+        ["DROP DOMAIN cd_code CASCADE", AFTER.format(t="cd_ref"), AFTER.format(t="cd_key")],
+        [1, 0, 0],
+    ),
+    "foreign_key_referenced_first": Case(
+        FOREIGN_KEY_REFERENCED_FIRST,
+        ["DROP DOMAIN cd_code CASCADE", AFTER.format(t="cd_ref"), AFTER.format(t="cd_key")],
+        [1, 0, 0],
     ),
     "keyless": Case(KEYLESS, ["DROP DOMAIN cd_pos CASCADE", AFTER.format(t="cd_nokey")], [1, 0]),
     "partitioned": Case(
@@ -154,6 +175,8 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
         (RANGE, "DROP TYPE cd_fr CASCADE"),
         (KEYLESS, "DROP DOMAIN cd_pos CASCADE"),
         (GENERATED, "DROP DOMAIN cd_pos CASCADE"),
+        (FOREIGN_KEY, "DROP DOMAIN cd_code CASCADE"),
+        (FOREIGN_KEY_REFERENCED_FIRST, "DROP DOMAIN cd_code CASCADE"),
         (PARTITIONED, "DROP DOMAIN cd_pos CASCADE"),
         (IN_SCHEMA, "DROP SCHEMA cd_s CASCADE"),
     ],
@@ -165,6 +188,8 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
         "range",
         "keyless",
         "generated",
+        "foreign_key",
+        "foreign_key_referenced_first",
         "partitioned",
         "schema",
     ],
