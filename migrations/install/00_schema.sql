@@ -177,7 +177,7 @@ ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER guard_operation;
 -- * TRUNCATE: at least one table's rows were copied by the BEFORE TRUNCATE trigger (only
 --   a TRUNCATE fires it);
 -- * ALTER TABLE: each column kept as dropped is gone; each type change was completed by
---   _capture_type_after, after the statement ran.
+--   _capture_type_after, after the statement ran; DROP: each column kept as dropped is gone.
 -- SECURITY DEFINER: at commit it runs as the client, which cannot read the ledger. Not
 -- queued (WHEN) for operations only a capture trigger writes (DELETE, UPDATE, MERGE: a
 -- trigger fires only for rows really removed or changed) nor for undo's records.
@@ -198,7 +198,8 @@ BEGIN
                         WHERE c.op_id = o.id AND c.event = 'truncate') THEN
             bad := 'no table was truncated';
         END IF;
-    ELSIF o.kind = 'ALTER TABLE' THEN
+    ELSIF o.kind = 'ALTER TABLE' OR o.kind LIKE 'DROP %' THEN
+        -- DROP: the columns its CASCADE took (decision 0029)
         SELECT format('column %s is still there', c.table_identity || '.' || (c.info->>'name'))
           INTO bad
           FROM softguard.captures c
@@ -207,7 +208,7 @@ BEGIN
                         WHERE a.attrelid = c.relid AND a.attnum = (c.info->>'attnum')::integer
                           AND NOT a.attisdropped)
          LIMIT 1;
-        IF bad IS NULL THEN
+        IF bad IS NULL AND o.kind = 'ALTER TABLE' THEN
             SELECT format('the type change of %s was not completed',
                           c.table_identity || '.' || (c.info->>'name'))
               INTO bad
@@ -216,7 +217,8 @@ BEGIN
                AND NOT c.info ? 'new_capture'
              LIMIT 1;
         END IF;
-        IF bad IS NULL AND NOT EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = o.id) THEN
+        IF bad IS NULL AND o.kind = 'ALTER TABLE'
+           AND NOT EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = o.id) THEN
             bad := 'nothing was captured';
         END IF;
     END IF;

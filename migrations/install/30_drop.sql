@@ -59,6 +59,7 @@ DECLARE
     dropped_schemas text[];
     moves jsonb := '[]';    -- the listed objects to move, in list order
     links jsonb := '[]';    -- links on live objects to record and drop
+    cols jsonb := '[]';     -- columns of live tables it takes (a type's CASCADE): kept
     kw text;
     qn text;
     acl jsonb;
@@ -136,11 +137,21 @@ BEGIN
         CONTINUE WHEN r.object_type = 'schema';
         CONTINUE WHEN r.home = ANY (dropped_schemas);          -- stays in its renamed schema
         IF r.object_type = 'table column' THEN
-            CONTINUE WHEN r.owned;
-            RAISE EXCEPTION USING ERRCODE = '0A000',
-                MESSAGE = format('softguard cannot yet keep columns dropped by CASCADE (column %s)',
-                                 r.object_identity),
-                HINT = 'Drop the column with ALTER TABLE first, or run the statement without softguard.';
+            -- goes with its listed table (`owned` would also count a partition's column,
+            -- whose table depends on its listed parent's)
+            CONTINUE WHEN EXISTS (SELECT FROM softguard._list(list) t
+                                   WHERE t.classid = r.classid AND t.objid = r.objid
+                                     AND t.objsubid = 0);
+            -- a column of a live table (DROP TYPE/DOMAIN ... CASCADE): kept as ALTER TABLE
+            -- ... DROP COLUMN keeps it, step 3b (decision 0029)
+            IF NOT softguard._protected_table(r.objid) THEN
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = format('softguard cannot keep column %s (dropped by this statement)',
+                                     r.object_identity),
+                    HINT = 'Drop the column with ALTER TABLE first, or run the statement without softguard.';
+            END IF;
+            cols := cols || jsonb_build_array(to_jsonb(r));
+            CONTINUE;
         END IF;
         IF r.classid = 'pg_class'::regclass THEN
             SELECT c.relkind INTO x FROM pg_class c WHERE c.oid = r.objid;
@@ -165,14 +176,63 @@ BEGIN
         END CASE;
     END LOOP;
 
+    -- A view (or rule) reading a kept column would still hold it if moved: not kept yet.
+    SELECT w.ev_class, w.rulename, k.object_identity INTO x
+      FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer, object_identity text)
+      JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = k.objid
+                      AND d.refobjsubid = k.objsubid AND d.classid = 'pg_rewrite'::regclass
+      JOIN pg_rewrite w ON w.oid = d.objid
+     ORDER BY 1, 2 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot yet keep %s, which reads column %s (dropped by '
+                             'this statement)', CASE WHEN x.rulename = '_RETURN'
+                                 THEN 'view ' || x.ev_class::regclass::text
+                                 ELSE format('rule %I on %s', x.rulename, x.ev_class::regclass) END,
+                             x.object_identity),
+            HINT = 'Drop the view first (DROP VIEW through softguard keeps it), then run this '
+                   'statement again.';
+    END IF;
+
     -- 3. Links from live objects to dropped ones, as a real DROP removes them. Constraints
-    --    first (a foreign key may need a listed unique index), indexes last.
+    --    first (a foreign key may need a listed unique index), indexes last. What goes
+    --    with a kept column (its default, indexes, constraints) is kept with it (3b).
     FOR r IN SELECT e.* FROM jsonb_to_recordset(links) AS e(classid oid, objid oid,
                   object_type text, object_identity text, original boolean, ord integer)
              ORDER BY CASE e.object_type WHEN 'table constraint' THEN 0 WHEN 'index' THEN 2
                       ELSE 1 END, e.ord LOOP
+        CONTINUE WHEN softguard._with_columns(r.classid, r.objid, cols);
         steps := steps || softguard._drop_link(r.classid, r.objid, r.object_identity, r.original);
     END LOOP;
+
+    -- 3b. Columns of live tables (decision 0029): locked, kept as alter_op keeps a
+    --     dropped column (_keep_column: definition, values by key or row image), parents
+    --     first, then dropped (a parent's DROP COLUMN takes its partitions' along).
+    IF cols <> '[]' THEN
+        FOR x IN SELECT DISTINCT k.objid FROM jsonb_to_recordset(cols) AS k(objid oid)
+                  ORDER BY 1 LOOP
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', x.objid::regclass);
+        END LOOP;
+        FOR x IN SELECT k.objid AS rel, k.objsubid AS attnum FROM softguard._kept_order(cols) k LOOP
+            PERFORM softguard._keep_column(op_id, x.rel, x.attnum,
+                                           softguard._alter_changing(list, '[]', x.rel));
+        END LOOP;
+        -- foreign keys from kept columns first: one may reference a unique key of another
+        -- kept column (the captures hold their definitions; undo adds them back last)
+        FOR x IN SELECT DISTINCT co.conrelid, co.conname FROM pg_constraint co
+                   JOIN softguard._kept_order(cols) k
+                     ON co.conrelid = k.objid AND k.objsubid = ANY (co.conkey)
+                  WHERE co.contype = 'f' AND co.conparentid = 0 ORDER BY 1, 2 LOOP
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', x.conrelid::regclass, x.conname);
+        END LOOP;
+        FOR x IN SELECT k.objid AS rel, k.objsubid AS attnum FROM softguard._kept_order(cols) k
+                  ORDER BY k.drop_ord LOOP
+            PERFORM softguard._drop_kept_column(x.rel, x.attnum);
+        END LOOP;
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'drop_columns', 'columns',
+            (SELECT jsonb_agg(k.object_identity) FROM softguard._kept_order(cols) k)));
+    END IF;
 
     -- 4. Links from leaving relations to live ones: partition bound, inheritance, FKs.
     FOR x IN SELECT c.oid AS child, i.inhparent AS parent, c.relispartition,
@@ -338,7 +398,9 @@ BEGIN
                        'schema', l.schema_name, 'name', l.object_name,
                        'original', l.original, 'normal', l.normal,
                        'classid', l.classid, 'objid', l.objid, 'objsubid', l.objsubid,
-                       'quarantined_as', CASE WHEN h.held_by IS NULL THEN
+                       'quarantined_as', CASE WHEN h.held_by IS NULL
+                                                   AND NOT cols @> jsonb_build_array(jsonb_build_object(
+                                                       'objid', l.objid, 'objsubid', l.objsubid)) THEN
                            (pg_identify_object(l.classid, l.objid, l.objsubid)).identity END,
                        'held_by', h.held_by) ORDER BY l.ord), '[]')
               FROM softguard._list(list) l,
@@ -461,6 +523,61 @@ BEGIN
                                                         'original', p_original));
 END $$;
 REVOKE ALL ON FUNCTION softguard._drop_link(oid, oid, text, boolean) FROM PUBLIC;
+
+-- Whether a link (an index, constraint, default, ...) goes with one of the kept columns
+-- `cols` (list entries): it depends on one automatically or internally, or is the index of
+-- a constraint that does. Its column's DROP COLUMN removes it and _keep_column records it.
+CREATE FUNCTION softguard._with_columns(p_classid oid, p_objid oid, cols jsonb) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH k AS (SELECT * FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer))
+    SELECT EXISTS (SELECT FROM pg_depend d JOIN k ON d.refclassid = 'pg_class'::regclass
+                                                 AND d.refobjid = k.objid AND d.refobjsubid = k.objsubid
+                    WHERE d.classid = p_classid AND d.objid = p_objid AND d.deptype IN ('a', 'i'))
+        OR EXISTS (SELECT FROM pg_depend d JOIN pg_constraint c ON c.oid = d.refobjid
+                     JOIN k ON c.conrelid = k.objid AND k.objsubid = ANY (c.conkey)
+                    WHERE d.classid = p_classid AND d.objid = p_objid AND d.deptype = 'i'
+                      AND d.refclassid = 'pg_constraint'::regclass)
+$$;
+REVOKE ALL ON FUNCTION softguard._with_columns(oid, oid, jsonb) FROM PUBLIC;
+
+-- The kept columns `cols` (list entries) in the order they are kept: parents before their
+-- partitions and inheritance children (whose column comes back with the parent's),
+-- generated columns after the columns they are computed from. Dropped in the order of
+-- `drop_ord`: parents first, a generated column before what it is computed from (which
+-- it depends on).
+CREATE FUNCTION softguard._kept_order(cols jsonb)
+RETURNS TABLE (objid oid, objsubid integer, object_identity text, drop_ord bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT k.objid, k.objsubid, k.object_identity,
+           row_number() OVER (ORDER BY k.depth, k.objid, k.generated DESC, k.objsubid)
+      FROM (SELECT k.*, a.attgenerated <> '' AS generated,
+                   (WITH RECURSIVE up(r, depth) AS (
+                        SELECT k.objid, 0
+                        UNION ALL
+                        SELECT i.inhparent, up.depth + 1 FROM pg_inherits i JOIN up ON i.inhrelid = up.r
+                         WHERE up.depth < 100)
+                    SELECT max(up.depth) FROM up) AS depth
+              FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer, object_identity text)
+              JOIN pg_attribute a ON a.attrelid = k.objid AND a.attnum = k.objsubid) k
+     ORDER BY k.depth, k.objid, k.generated, k.objsubid
+$$;
+REVOKE ALL ON FUNCTION softguard._kept_order(jsonb) FROM PUBLIC;
+
+-- Drop a column _quarantine kept (_keep_column), unless its parent's DROP COLUMN took it
+-- already. Without CASCADE: anything else that still needs it fails the statement. The
+-- backstop (85_backstop.sql) lets this EXECUTE drop a column its transaction kept.
+CREATE FUNCTION softguard._drop_kept_column(rel oid, attnum integer) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col name;
+BEGIN
+    SELECT a.attname INTO col FROM pg_attribute a
+     WHERE a.attrelid = rel AND a.attnum = _drop_kept_column.attnum AND NOT a.attisdropped;
+    IF FOUND THEN
+        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', rel::regclass, col);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._drop_kept_column(oid, integer) FROM PUBLIC;
 
 -- Rename an object to op<id>_<n>_<name> and move it into softguard_quarantine. Returns [step].
 CREATE FUNCTION softguard._move(op_id bigint, n integer, p_classid oid, p_objid oid,

@@ -382,23 +382,19 @@ REVOKE ALL ON FUNCTION softguard._alter_executing() FROM PUBLIC;
 -- Capture of a dropped column
 -- ---------------------------------------------------------------------------------------
 
--- PUBLIC (alter_op runs as the client), so every input is checked: the operation is an
--- active ALTER TABLE opened by this transaction, the table a protected one the client's
--- role owns (as the DROP COLUMN itself requires), the column live and not kept already,
--- `excluded` live columns of the table (what else the statement drops or retypes: left
--- out of the key; undo refuses an image that left out a column its operation did not
--- drop or retype); the column must be gone when the transaction commits
--- (verify_operation, 00_schema.sql). Only in the capture phase of the operation's own
--- alter_op call (_alter_window).
-CREATE FUNCTION softguard._capture_column(op bigint, rel oid, attnum integer,
-                                          excluded text[] DEFAULT '{}')
+-- Keep column `attnum` of `rel` in operation `op`, before it is dropped: its definition
+-- (type, default, collation, identity, constraints and indexes that go with it) and its
+-- values, by a key or row image without the columns in `excluded` (_keep_key). Returns
+-- schema.table.column. Not PUBLIC: the callers check that `op` may keep this column
+-- (_capture_column for alter_op's DROP COLUMN; _quarantine for the columns a DROP ...
+-- CASCADE removes, decision 0029).
+CREATE FUNCTION softguard._keep_column(op bigint, rel oid, attnum integer, excluded text[])
 RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 -- rows travel as text: written and read back in fixed formats, whatever the session's
 SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
 SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
 DECLARE
-    o softguard.operations;
     a record;
     key text[];
     image boolean;
@@ -410,28 +406,6 @@ DECLARE
     s record;
     seq regclass;
 BEGIN
-    PERFORM softguard._alter_window(op, 'capture', true);
-    SELECT * INTO o FROM softguard.operations
-     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
-    END IF;
-    IF NOT softguard._protected_table(rel)
-       OR NOT pg_has_role(softguard._client_role(), (SELECT relowner FROM pg_class WHERE oid = rel), 'USAGE')
-       OR NOT EXISTS (SELECT FROM pg_attribute at WHERE at.attrelid = rel
-                         AND at.attnum = _capture_column.attnum AND at.attnum > 0
-                         AND NOT at.attisdropped)
-       OR EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = op AND c.relid = rel
-                     AND c.event = 'column' AND c.info->>'kind' IS NULL
-                     AND (c.info->>'attnum')::integer = _capture_column.attnum)
-       OR excluded IS NULL
-       OR EXISTS (SELECT FROM unnest(excluded) x(name)
-                   WHERE NOT EXISTS (SELECT FROM pg_attribute at WHERE at.attrelid = rel
-                                        AND at.attname::text = x.name AND at.attnum > 0
-                                        AND NOT at.attisdropped)) THEN
-        RAISE EXCEPTION USING ERRCODE = '42501',
-            MESSAGE = format('softguard: not a column this session can drop (%s, %s)', rel, attnum);
-    END IF;
     SELECT at.*, format_type(at.atttypid, at.atttypmod) AS typ,
            pg_get_expr(d.adbin, d.adrelid) AS def,
            CASE WHEN at.attcollation <> t.typcollation THEN
@@ -442,7 +416,7 @@ BEGIN
       INTO a
       FROM pg_attribute at JOIN pg_type t ON t.oid = at.atttypid
       LEFT JOIN pg_attrdef d ON d.adrelid = at.attrelid AND d.adnum = at.attnum
-     WHERE at.attrelid = rel AND at.attnum = _capture_column.attnum;
+     WHERE at.attrelid = rel AND at.attnum = _keep_column.attnum;
     ident := format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel),
                     (SELECT relname FROM pg_class WHERE oid = rel));
     -- A generated column's values follow from the others: undo adds it again with its
@@ -520,8 +494,54 @@ BEGIN
             'objid', rel, 'objsubid', a.attnum, 'rows', n, 'held_by', NULL)),
         row_counts = jsonb_set(row_counts, ARRAY['tables', ident], to_jsonb(n))
      WHERE id = op;
-    PERFORM softguard._alter_window(op, 'capture', false);
     RETURN format('%s.%I', ident, a.attname);
+END $$;
+REVOKE ALL ON FUNCTION softguard._keep_column(bigint, oid, integer, text[]) FROM PUBLIC;
+
+-- PUBLIC (alter_op runs as the client), so every input is checked: the operation is an
+-- active ALTER TABLE opened by this transaction, the table a protected one the client's
+-- role owns (as the DROP COLUMN itself requires), the column live and not kept already,
+-- `excluded` live columns of the table (what else the statement drops or retypes: left
+-- out of the key; undo refuses an image that left out a column its operation did not
+-- drop or retype); the column must be gone when the transaction commits
+-- (verify_operation, 00_schema.sql). Only in the capture phase of the operation's own
+-- alter_op call (_alter_window).
+CREATE FUNCTION softguard._capture_column(op bigint, rel oid, attnum integer,
+                                          excluded text[] DEFAULT '{}')
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    o softguard.operations;
+    ident text;
+BEGIN
+    PERFORM softguard._alter_window(op, 'capture', true);
+    SELECT * INTO o FROM softguard.operations
+     WHERE id = op AND kind = 'ALTER TABLE' AND txid = pg_current_xact_id() AND state = 'active';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'softguard: not an open ALTER TABLE operation';
+    END IF;
+    IF NOT softguard._protected_table(rel)
+       OR NOT pg_has_role(softguard._client_role(), (SELECT relowner FROM pg_class WHERE oid = rel), 'USAGE')
+       OR NOT EXISTS (SELECT FROM pg_attribute at WHERE at.attrelid = rel
+                         AND at.attnum = _capture_column.attnum AND at.attnum > 0
+                         AND NOT at.attisdropped)
+       OR EXISTS (SELECT FROM softguard.captures c WHERE c.op_id = op AND c.relid = rel
+                     AND c.event = 'column' AND c.info->>'kind' IS NULL
+                     AND (c.info->>'attnum')::integer = _capture_column.attnum)
+       OR excluded IS NULL
+       OR EXISTS (SELECT FROM unnest(excluded) x(name)
+                   WHERE NOT EXISTS (SELECT FROM pg_attribute at WHERE at.attrelid = rel
+                                        AND at.attname::text = x.name AND at.attnum > 0
+                                        AND NOT at.attisdropped)) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: not a column this session can drop (%s, %s)', rel, attnum);
+    END IF;
+    ident := softguard._keep_column(op, rel, attnum, excluded);
+    PERFORM softguard._alter_window(op, 'capture', false);
+    RETURN ident;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_column(bigint, oid, integer, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._capture_column(bigint, oid, integer, text[]) TO PUBLIC;

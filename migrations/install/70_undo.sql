@@ -8,7 +8,7 @@
 -- * DROP ... (the objects are in quarantine; restore plan in operations.restore):
 --   _undo_one moves them back under their names and runs the restore steps' inverses,
 --   last to first (re-adds constraints, triggers, defaults, policies, rules, indexes,
---   inheritance, partitions, sequence ownership).
+--   inheritance, partitions, sequence ownership, the columns a type's CASCADE took).
 -- * DELETE, UPDATE, MERGE, TRUNCATE, ALTER TABLE (rows in softguard.captured_rows):
 --   _undo_rows clears soft-delete marks, then _undo_captures puts rows back by key
 --   (TRUNCATE: every captured row re-inserted, then the sequences' values), and for
@@ -402,6 +402,8 @@ DECLARE
     renamed jsonb := '{}';   -- parent oid -> [old name, new name] when --rename-to renamed it
     ddl text;
     cur text;
+    cap softguard.captures;
+    quiet jsonb;
 BEGIN
     SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
     IF NOT FOUND THEN
@@ -544,6 +546,34 @@ BEGIN
             lines := lines || softguard._step(op, 're-established', (s->>'child')::oid::regclass::text,
                 format('re-established inheritance of %s from %s',
                        (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
+        WHEN 'drop_columns' THEN
+            -- the columns a DROP ... CASCADE took (decision 0029), their type back already:
+            -- re-added as the undo of ALTER TABLE ... DROP COLUMN re-adds them, parents first
+            -- (their foreign keys last: one may reference another of these columns)
+            quiet := softguard._undo_triggers_off(op);
+            FOR cap IN SELECT * FROM softguard.captures c
+                        WHERE c.op_id = op AND c.event = 'column' ORDER BY c.id LOOP
+                PERFORM softguard._need_table(op, cap.relid, cap.table_identity);
+                cap.info := jsonb_set(cap.info, '{constraints}', (
+                    SELECT coalesce(jsonb_agg(x ORDER BY i), '[]')
+                      FROM jsonb_array_elements(cap.info->'constraints') WITH ORDINALITY t(x, i)
+                     WHERE x->>'def' NOT LIKE 'FOREIGN KEY %'));
+                lines := lines || softguard._undo_column(op, cap);
+            END LOOP;
+            PERFORM softguard._undo_triggers_back(quiet);
+            FOR k IN SELECT c.relid, x FROM softguard.captures c,
+                            jsonb_array_elements(c.info->'constraints') WITH ORDINALITY t(x, i)
+                      WHERE c.op_id = op AND c.event = 'column'
+                        AND x->>'def' LIKE 'FOREIGN KEY %' ORDER BY c.id, t.i LOOP
+                CONTINUE WHEN EXISTS (SELECT FROM pg_constraint co WHERE co.conrelid = k.relid
+                                         AND co.conname = k.x->>'name');   -- via its parent
+                EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', k.relid::regclass,
+                               k.x->>'name', k.x->>'def');
+                IF k.x->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', k.x->>'name',
+                                   k.relid::regclass, k.x->>'comment');
+                END IF;
+            END LOOP;
         WHEN 'detach_partition' THEN
             PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
                                          'partition ' || (s->>'child_name'));

@@ -103,6 +103,17 @@ BEGIN
                                          AND c.relid = d.objid AND c.event = 'column'
                                          AND c.info->>'kind' IS NULL
                                          AND (c.info->>'attnum')::integer = d.objsubid));
+            -- a column a DROP ... CASCADE took, kept by drop_op before it dropped it
+            -- (_quarantine, decision 0029)
+            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\._drop_kept_column\(oid,integer\) line [0-9]+ at EXECUTE'
+                      AND (NOT softguard._protected_table(d.objid)
+                           OR EXISTS (SELECT FROM softguard.captures c
+                                        JOIN softguard.operations o ON o.id = c.op_id
+                                       WHERE o.txid = pg_current_xact_id() AND o.state = 'active'
+                                         AND o.kind LIKE 'DROP %'
+                                         AND c.relid = d.objid AND c.event = 'column'
+                                         AND c.info->>'kind' IS NULL
+                                         AND (c.info->>'attnum')::integer = d.objsubid));
         END IF;
         IF d.original AND NOT by_type THEN
             PERFORM softguard._backstop_refuse(format(

@@ -92,6 +92,10 @@ def _step_text(step: dict[str, Any]) -> str | None:
         "no_inherit": f"make {step.get('child', '?')} inherit from {step.get('parent_name', '?')}"
         " again",
         "seq_owned_by": f"make a sequence owned by {step.get('table', '?')} again",
+        # the columns a type's CASCADE took (decision 0029)
+        "drop_columns": "re-add column(s) "
+        f"{', '.join(str(c) for c in step.get('columns') or [])} with their values"
+        " (as the last columns)",
     }
     return words.get(str(kind), f"{kind} step")
 

@@ -99,7 +99,7 @@ CASES: dict[str, tuple[list[str], str, str, str]] = {
         RANGE_SUBDIFF,
         "DROP ROUTINE fdiff(float8, float8) CASCADE",
         "owner,super",
-        "refused",
+        "kept",  # the range type and its column rt.r too (decision 0029)
     ),
     "access_method_cascade": (
         [
@@ -165,7 +165,7 @@ CASES: dict[str, tuple[list[str], str, str, str]] = {
         ],
         "DROP DOMAIN posint CASCADE",
         "owner,super",
-        "refused",
+        "kept",  # with its column dom.v (decision 0029)
     ),
     "aggregate_plain": (AGGREGATE[:1], "DROP AGGREGATE mysum(int)", "owner,super", "kept"),
     "aggregate_cascade_matview": (

@@ -122,7 +122,6 @@ CASES: dict[str, Case] = {
 
 # Still refused by design (README "Known limits", docs/drop-kinds.md): 0A000 with a HINT.
 REFUSED = {
-    "drop_domain_cascade_columns": "columns dropped by a CASCADE are not kept yet",
     "drop_operator_cascade_to_view": "the backstop refuses what a non-reversible DROP takes",
 }
 

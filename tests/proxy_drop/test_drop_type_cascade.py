@@ -1,0 +1,307 @@
+"""DROP TYPE / DROP DOMAIN ... CASCADE that removes columns of live tables (issue 16 class 2,
+docs/decisions/0029-drop-type-cascade.md): through softguard it looks as it does directly
+(command tag, PostgreSQL's 'drop cascades to column ...' notices in order, the columns and
+the type gone) plus softguard's NOTICE; undo puts back the type and every column with its
+values, default and constraints (as the last column); purge destroys them. What cannot be
+kept (a view reading such a column) is refused with 0A000, never lost; a protected role
+that hides the DROP in a DO block or a function is refused by the backstop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from fidelity.harness import APP_PW, Case, app_role, check, grant_create, install_ledger
+from support.drop_harness import compare_runs, run
+
+__all__ = ["app_role"]  # the fixture
+
+DOMAIN_INT = [
+    "CREATE DOMAIN cd_pos AS int CHECK (VALUE > 0)",
+    "CREATE TABLE cd_a (k int PRIMARY KEY, note text, d cd_pos DEFAULT 7 NOT NULL CHECK (d < 100))",
+    "CREATE INDEX cd_a_d ON cd_a (d)",
+    "INSERT INTO cd_a VALUES (1, 'one', 5), (2, 'two', 6)",
+]
+DOMAIN_TEXT = [
+    "CREATE DOMAIN cd_code AS text COLLATE \"C\" CHECK (VALUE ~ '^[A-Z]+$')",
+    "CREATE TABLE cd_t (k int PRIMARY KEY, c cd_code UNIQUE)",
+    "INSERT INTO cd_t VALUES (1, 'AB'), (2, NULL), (3, 'Z')",
+]
+ENUM_TWO_TABLES = [
+    "CREATE TYPE cd_mood AS ENUM ('sad', 'ok', 'happy')",
+    "CREATE TABLE cd_e1 (k int PRIMARY KEY, m cd_mood, ms cd_mood[])",
+    "CREATE TABLE cd_e2 (k bigint PRIMARY KEY, m cd_mood DEFAULT 'ok')",
+    "INSERT INTO cd_e1 VALUES (1, 'happy', '{sad,ok}'), (2, NULL, '{}'), (3, 'sad', NULL)",
+    "INSERT INTO cd_e2 VALUES (10, 'ok'), (11, 'happy')",
+]
+COMPOSITE = [
+    "CREATE TYPE cd_pt AS (x int, y text)",
+    "CREATE TABLE cd_c (k int PRIMARY KEY, p cd_pt)",
+    "INSERT INTO cd_c VALUES (1, ROW(1, 'a')), (2, NULL), (3, ROW(NULL, NULL))",
+]
+RANGE = [
+    "CREATE TYPE cd_fr AS RANGE (subtype = float8, multirange_type_name = cd_frm)",
+    "CREATE TABLE cd_r (k int PRIMARY KEY, r cd_fr, m cd_frm)",
+    "INSERT INTO cd_r VALUES (1, '[1.5,2)', '{[1,2),[3,4]}'), (2, 'empty', '{}')",
+]
+GENERATED = [
+    "CREATE DOMAIN cd_pos AS int CHECK (VALUE > 0)",
+    "CREATE TABLE cd_g (k int PRIMARY KEY, d cd_pos, g int GENERATED ALWAYS AS (d * 2) STORED)",
+    "INSERT INTO cd_g (k, d) VALUES (1, 3), (2, NULL)",
+]
+# the referencing table first (lower oid): its foreign key must go before, and come back
+# after, the unique key it references
+FOREIGN_KEY = [
+    "CREATE DOMAIN cd_code AS text CHECK (VALUE ~ '^[A-Z]+$')",
+    "CREATE TABLE cd_ref (k int PRIMARY KEY, c cd_code)",
+    "CREATE TABLE cd_key (k int PRIMARY KEY, c cd_code UNIQUE)",
+    "ALTER TABLE cd_ref ADD CONSTRAINT cd_ref_c FOREIGN KEY (c) REFERENCES cd_key (c)",
+    "INSERT INTO cd_key VALUES (1, 'AB'), (2, 'CD')",
+    "INSERT INTO cd_ref VALUES (1, 'AB'), (2, NULL)",
+]
+FOREIGN_KEY_REFERENCED_FIRST = [FOREIGN_KEY[0], FOREIGN_KEY[2], FOREIGN_KEY[1], *FOREIGN_KEY[3:]]
+KEYLESS = [
+    "CREATE DOMAIN cd_pos AS int CHECK (VALUE > 0)",
+    "CREATE TABLE cd_nokey (a int, b text, d cd_pos)",
+    "INSERT INTO cd_nokey VALUES (1, 'x', 3), (1, 'x', 3), (2, 'y', 4), (3, NULL, NULL)",
+]
+PARTITIONED = [
+    "CREATE DOMAIN cd_pos AS int CHECK (VALUE > 0)",
+    "CREATE TABLE cd_p (k int, v text, d cd_pos) PARTITION BY RANGE (k)",
+    "CREATE TABLE cd_p1 PARTITION OF cd_p FOR VALUES FROM (0) TO (10)",
+    "CREATE TABLE cd_p2 PARTITION OF cd_p FOR VALUES FROM (10) TO (20)",
+    "INSERT INTO cd_p VALUES (1, 'a', 1), (2, 'b', 2), (15, 'c', 3)",
+]
+IN_SCHEMA = [
+    "CREATE SCHEMA cd_s",
+    "CREATE DOMAIN cd_s.dom AS int CHECK (VALUE > 0)",
+    "CREATE TABLE cd_u (k int PRIMARY KEY, d cd_s.dom)",
+    "INSERT INTO cd_u VALUES (1, 1), (2, 2)",
+]
+
+AFTER = "SELECT * FROM {t} ORDER BY 1"
+
+CASES: dict[str, Case] = {
+    "domain_int": Case(
+        DOMAIN_INT,
+        ["DROP DOMAIN cd_pos CASCADE", AFTER.format(t="cd_a"), "INSERT INTO cd_a VALUES (3, 'x')"],
+        [1, 0, 0],
+    ),
+    "domain_text": Case(
+        DOMAIN_TEXT,
+        ["DROP DOMAIN cd_code CASCADE", AFTER.format(t="cd_t"), "SELECT 'cd_code'::regtype"],
+        [1, 0, 0],
+    ),
+    "drop_type_of_a_domain": Case(
+        DOMAIN_INT, ["DROP TYPE cd_pos CASCADE", AFTER.format(t="cd_a")], [1, 0]
+    ),
+    "enum_two_tables_and_array": Case(
+        ENUM_TWO_TABLES,
+        ["DROP TYPE cd_mood CASCADE", AFTER.format(t="cd_e1"), AFTER.format(t="cd_e2")],
+        [1, 0, 0],
+    ),
+    "composite": Case(COMPOSITE, ["DROP TYPE cd_pt CASCADE", AFTER.format(t="cd_c")], [1, 0]),
+    "range_and_multirange": Case(
+        RANGE,
+        ["DROP TYPE cd_fr CASCADE", AFTER.format(t="cd_r"), "SELECT to_regtype('cd_frm')"],
+        [1, 0, 0],
+    ),
+    "with_generated_column": Case(
+        GENERATED, ["DROP DOMAIN cd_pos CASCADE", AFTER.format(t="cd_g")], [1, 0]
+    ),
+    "foreign_key_between_kept_columns": Case(
+        FOREIGN_KEY,
+        ["DROP DOMAIN cd_code CASCADE", AFTER.format(t="cd_ref"), AFTER.format(t="cd_key")],
+        [1, 0, 0],
+    ),
+    "foreign_key_referenced_first": Case(
+        FOREIGN_KEY_REFERENCED_FIRST,
+        ["DROP DOMAIN cd_code CASCADE", AFTER.format(t="cd_ref"), AFTER.format(t="cd_key")],
+        [1, 0, 0],
+    ),
+    "keyless": Case(KEYLESS, ["DROP DOMAIN cd_pos CASCADE", AFTER.format(t="cd_nokey")], [1, 0]),
+    "partitioned": Case(
+        PARTITIONED,
+        ["DROP DOMAIN cd_pos CASCADE", AFTER.format(t="cd_p"), AFTER.format(t="cd_p2")],
+        [1, 0, 0],
+    ),
+    "schema_cascade": Case(IN_SCHEMA, ["DROP SCHEMA cd_s CASCADE", AFTER.format(t="cd_u")], [1, 0]),
+    "via_search_path": Case(
+        IN_SCHEMA,
+        ["SET search_path = cd_s, public", "DROP DOMAIN dom CASCADE", AFTER.format(t="cd_u")],
+        [0, 1, 0],
+    ),
+    "in_a_transaction": Case(
+        ENUM_TWO_TABLES,
+        ["BEGIN", "DROP TYPE cd_mood CASCADE", AFTER.format(t="cd_e2"), "COMMIT"],
+        [0, 1, 0, 0],
+    ),
+    "rolled_back": Case(
+        ENUM_TWO_TABLES,
+        ["BEGIN", "DROP TYPE cd_mood CASCADE", "ROLLBACK", AFTER.format(t="cd_e2")],
+        [0, 1, 0, 0],
+    ),
+}
+
+
+@pytest.mark.parametrize("role", ["superuser", "app"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_like_direct(proxy: Any, sg: Any, twins: Any, app_role: str, name: str, role: str) -> None:
+    check(proxy, sg, twins, CASES[name], role)
+
+
+@pytest.mark.parametrize("mode", ["prepared", "unnamed"])
+def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: str) -> None:
+    a, b = twins()
+    for db in (a, b):
+        sg.execute(db, *ENUM_TWO_TABLES)
+    steps = ["DROP TYPE cd_mood CASCADE", AFTER.format(t="cd_e1")]
+    direct = run(sg.dsn(a), steps, mode)
+    proxied = run(proxy.dsn(b), steps, mode)
+    compare_runs(direct, proxied, [1, 0], steps)
+    assert sg.schema_dump(b) == sg.schema_dump(a)
+
+
+# The kept columns are the last of their tables here, so that undo (which adds a column
+# back as the last one) gives back exactly the schema and data of before.
+@pytest.mark.parametrize(
+    ("setup", "drop"),
+    [
+        (DOMAIN_INT, "DROP DOMAIN cd_pos CASCADE"),
+        (DOMAIN_TEXT, "DROP DOMAIN cd_code CASCADE"),
+        (ENUM_TWO_TABLES, "DROP TYPE cd_mood CASCADE"),
+        (COMPOSITE, "DROP TYPE cd_pt CASCADE"),
+        (RANGE, "DROP TYPE cd_fr CASCADE"),
+        (KEYLESS, "DROP DOMAIN cd_pos CASCADE"),
+        (GENERATED, "DROP DOMAIN cd_pos CASCADE"),
+        (FOREIGN_KEY, "DROP DOMAIN cd_code CASCADE"),
+        (FOREIGN_KEY_REFERENCED_FIRST, "DROP DOMAIN cd_code CASCADE"),
+        (PARTITIONED, "DROP DOMAIN cd_pos CASCADE"),
+        (IN_SCHEMA, "DROP SCHEMA cd_s CASCADE"),
+    ],
+    ids=[
+        "domain_int",
+        "domain_text",
+        "enum",
+        "composite",
+        "range",
+        "keyless",
+        "generated",
+        "foreign_key",
+        "foreign_key_referenced_first",
+        "partitioned",
+        "schema",
+    ],
+)
+def test_undo_restores_exactly(
+    proxy: Any, sg: Any, twins: Any, setup: list[str], drop: str
+) -> None:
+    (b,) = twins(1)
+    sg.execute(b, *setup)
+    before = sg.snapshot(b)
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute(drop.encode())
+    (op,) = sg.active_ops(b)
+    lines = sg.undo(b, op)
+    assert any("re-added column" in line for line in lines), lines
+    assert sg.snapshot(b) == before
+
+
+def test_undo_keeps_rows_written_since(proxy: Any, sg: Any, twins: Any) -> None:
+    """Rows added after the DROP get NULL in the column that comes back (as DROP COLUMN's
+    undo does); the kept rows get their values, found by key."""
+    (b,) = twins(1)
+    sg.execute(b, *DOMAIN_INT, "ALTER TABLE cd_a ALTER d DROP NOT NULL")
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP DOMAIN cd_pos CASCADE")
+        c.execute("INSERT INTO cd_a VALUES (3, 'three')")
+        c.execute("DELETE FROM cd_a WHERE k = 2")
+    op = min(sg.active_ops(b))
+    sg.undo(b, op)
+    with sg.connect(b) as c:
+        rows = c.execute("SELECT k, note, d FROM cd_a ORDER BY k").fetchall()
+        assert rows == [(1, "one", 5), (3, "three", None)]
+        with pytest.raises(psycopg.errors.CheckViolation):
+            c.execute("INSERT INTO cd_a VALUES (4, 'x', 0)")
+
+
+def test_purge_destroys(proxy: Any, sg: Any, twins: Any) -> None:
+    (b,) = twins(1)
+    sg.execute(b, *ENUM_TWO_TABLES)
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP TYPE cd_mood CASCADE")
+    (op,) = sg.active_ops(b)
+    with sg.connect(b) as c:
+        c.execute("SELECT softguard.purge_op(%s)", [op])
+        left = c.execute(
+            "SELECT (SELECT count(*) FROM softguard.captures WHERE op_id = %s),"
+            " (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
+            "   WHERE n.nspname LIKE 'softguard_q%%' AND t.typname LIKE '%%cd_mood%%')",
+            [op],
+        ).fetchone()
+        assert left == (0, 0)
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            c.execute("SELECT softguard.undo_op(%s)", [op])
+
+
+def test_view_reading_the_column_is_refused(proxy: Any, sg: Any, twins: Any) -> None:
+    """Not kept yet: refused with 0A000 and a HINT, everything left as it was."""
+    (b,) = twins(1)
+    sg.execute(b, *DOMAIN_INT, "CREATE VIEW cd_v AS SELECT k, d FROM cd_a")
+    before = sg.snapshot(b)
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute("DROP DOMAIN cd_pos CASCADE")
+    assert "view public.cd_v" in str(e.value)
+    assert e.value.diag.message_hint
+    assert sg.snapshot(b) == before
+    assert sg.active_ops(b) == []
+
+
+HIDDEN = {
+    "do_block": ["DO $$ BEGIN EXECUTE 'DROP DOMAIN cd_pos CASCADE'; END $$"],
+    "function": [
+        "CREATE FUNCTION cd_wipe() RETURNS void LANGUAGE plpgsql AS"
+        " $$ BEGIN DROP DOMAIN cd_pos CASCADE; END $$",
+        "SELECT cd_wipe()",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(HIDDEN))
+def test_hidden_drop_is_refused_never_lost(
+    proxy: Any, sg: Any, twins: Any, app_role: str, name: str
+) -> None:
+    """The protected role hides the DROP where the proxy cannot read it: the backstop
+    refuses it (0A000); the column and its values stay."""
+    (b,) = twins(1)
+    grant_create(sg, b)
+    install_ledger(sg, b)
+    dsn = proxy.dsn(b, user=app_role, password=APP_PW)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for s in DOMAIN_INT:
+            c.execute(s.encode())
+        *prep, last = HIDDEN[name]
+        for s in prep:
+            c.execute(s.encode())
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            c.execute(last.encode())
+    with sg.connect(b) as c:
+        assert c.execute("SELECT k, d FROM cd_a ORDER BY k").fetchall() == [(1, 5), (2, 6)]
+
+
+def test_prepared_drop_is_reversible(proxy: Any, sg: Any, twins: Any, app_role: str) -> None:
+    """The same DROP as a prepared statement (extended protocol) of the protected role."""
+    (b,) = twins(1)
+    grant_create(sg, b)
+    install_ledger(sg, b)
+    dsn = proxy.dsn(b, user=app_role, password=APP_PW)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for s in DOMAIN_INT:
+            c.execute(s.encode())
+        c.execute(b"DROP DOMAIN cd_pos CASCADE", prepare=True)
+    (op,) = sg.active_ops(b)
+    sg.undo(b, op)
+    with sg.connect(b) as c:
+        assert c.execute("SELECT k, d FROM cd_a ORDER BY k").fetchall() == [(1, 5), (2, 6)]
