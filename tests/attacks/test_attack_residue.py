@@ -56,8 +56,12 @@ arena_deny = _policy_arena(
 # -- 1. the soft-delete mark is the session's to write; what it claims is checked -----------
 
 
-def _info(column: str = "deleted_at", kind: str = "timestamp", mark: object = None,
-          by: str | None = "deleted_by") -> str:
+def _info(
+    column: str = "deleted_at",
+    kind: str = "timestamp",
+    mark: object = None,
+    by: str | None = "deleted_by",
+) -> str:
     return json.dumps(
         {
             "column": column,
@@ -76,8 +80,7 @@ def _info(column: str = "deleted_at", kind: str = "timestamp", mark: object = No
 def _forge(info: str) -> str:
     """set_config of the trigger's setting, under a name the proxy never reads."""
     return (
-        "PERFORM set_config(concat('soft', 'guard.sd_', 'orders'::regclass::oid), "
-        f"'{info}', true)"
+        f"PERFORM set_config(concat('soft', 'guard.sd_', 'orders'::regclass::oid), '{info}', true)"
     )
 
 
@@ -117,9 +120,9 @@ FORGED = {
     "marked_row_re_marked": f"DO $$ BEGIN {_forge(_info())}; "
     "UPDATE orders SET deleted_at = now(), deleted_by = 'x'; END $$",
     # a generated column would not do: the trigger compares what the statement wrote
-    "by_function": "CREATE FUNCTION forge() RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
-    f"{_forge(_info())}; UPDATE orders SET important = 'garbage'; END $$; SELECT forge(); "
-    "DROP FUNCTION forge()",
+    "by_function": "CREATE FUNCTION pg_temp.forge() RETURNS void LANGUAGE plpgsql AS $$ "
+    f"BEGIN {_forge(_info())}; UPDATE orders SET important = 'garbage'; END $$; "
+    "SELECT pg_temp.forge()",
 }
 
 
@@ -163,8 +166,7 @@ HIDDEN: dict[str, tuple[str, str | None]] = {
         None,
     ),
     "delete_procedure": (
-        "CREATE PROCEDURE gone_p() LANGUAGE sql AS 'DELETE FROM big WHERE id < 5'; "
-        "CALL gone_p()",
+        "CREATE PROCEDURE gone_p() LANGUAGE sql AS 'DELETE FROM big WHERE id < 5'; CALL gone_p()",
         None,
     ),
     "delete_cascade_do": ("DO $$ BEGIN DELETE FROM parent WHERE id = 1; END $$", "delete"),
@@ -239,7 +241,7 @@ def test_proxy_sees_escaped_names(name: str) -> None:
         "SELECT 'a\\nb', E'x\\\\y'",
         "SELECT 'C:\\\\path\\\\file'",
         "SELECT '\\163oftware'",
-        "INSERT INTO t VALUES ('{\"a\": \"x\\\"y\"}')",
+        'INSERT INTO t VALUES (\'{"a": "x\\"y"}\')',
     ],
 )
 def test_escapes_naming_nothing_pass(text: str) -> None:
