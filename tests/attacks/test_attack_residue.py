@@ -9,12 +9,9 @@ refused (42501, naming what refused it), or recorded and undone exactly.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from attacker import Arena, Template, fixtures
-from support.proxy import ProxyFactory
+from attacker import Arena, deny_arena_fixture, fixtures
 
 from softguard.policy import TAMPER_MESSAGE
 from softguard.sql.tamper import mentions_softguard
@@ -33,20 +30,8 @@ GRANT ALL ON orders TO PUBLIC;
 arena_template, arena = fixtures(SOFT_TABLE)
 
 
-def _policy_arena(policy_toml: str) -> object:
-    @pytest.fixture
-    def fixture(
-        arena_template: Template, proxy_factory: ProxyFactory, tmp_path: Path
-    ) -> Iterator[Arena]:
-        config = tmp_path / "policy.toml"
-        config.write_text("[policy]\n" + policy_toml)
-        yield from arena_template.clone(proxy_factory("--config", str(config), fresh=True))
-
-    return fixture
-
-
-arena_updates = _policy_arena('update = "protect"\n')
-arena_deny = _policy_arena(
+arena_updates = deny_arena_fixture('update = "protect"\n')
+arena_deny = deny_arena_fixture(
     "[[policy.rules]]\n"
     'name = "no-destroying"\n'
     'delete = "deny"\nupdate = "deny"\ntruncate = "deny"\ndrop = "deny"\n'
