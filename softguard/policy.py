@@ -445,10 +445,25 @@ class Policy:
             self.source("max_table_bytes", session) if size is not None else "",
         )
 
-    def table_denials(self, session: SessionInfo) -> list[dict[str, str]]:
-        """What rules with `tables` deny this session, per table pattern, for its
-        registration: {pattern (LIKE), shown (as configured), category, by (the rule)}."""
-        return [
+    def table_denials(self, session: SessionInfo) -> list[dict[str, Any]]:
+        """What this session may not do to which tables, for its registration: {pattern
+        (LIKE), shown (as configured), category, by (the rule)}. Rules with `tables` deny
+        their patterns; a category the session's policy denies outright is denied on every
+        table ("*.*", "approvable": a person's approval of the statement lifts it, as it
+        lifts the proxy's refusal), so that the database refuses the DELETE, UPDATE, DROP
+        or TRUNCATE the proxy could not see (a DO block, a function) instead of keeping it."""
+        every: list[dict[str, Any]] = [
+            {
+                "pattern": "%",
+                "shown": "*.*",
+                "category": c,
+                "by": self.source(c, session),
+                "approvable": True,
+            }
+            for c in TABLE_CATEGORIES
+            if self.verdict(c, session) == "deny"
+        ]
+        return every + [
             {"pattern": like_pattern(t), "shown": t, "category": c, "by": rule.label(index)}
             for index, rule in enumerate(self.config.rules)
             if rule.tables is not None and rule.matches(session)

@@ -89,6 +89,7 @@ DECLARE
     first_word text;
     sd text;
     sdi jsonb;
+    sd_exact boolean;                      -- the soft-delete setting told the truth
     inh jsonb;                             -- inheritance children's rows (_inherited_claim)
     shape record;
     cols jsonb;
@@ -120,11 +121,21 @@ BEGIN
           FROM softguard.pooled_roles p WHERE p.role = session_user;
     END IF;
     IF denied <> '[]' THEN
-        PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME, ev, TG_OP);
+        -- an UPDATE claiming to be a soft delete (its setting, below) is the session's
+        -- DELETE; it is an UPDATE too unless the transition tables prove the claim
+        sd := CASE WHEN ev = 'update' AND pg_trigger_depth() = 1
+                   THEN current_setting('softguard.sd_' || TG_RELID::text, true) END;
+        PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
+                                        CASE WHEN sd <> '' THEN 'delete' ELSE ev END,
+                                        CASE WHEN sd <> '' THEN 'DELETE' ELSE TG_OP END);
     END IF;
     IF NOT (ev = ANY (events)) THEN
         events := events || coalesce(reg_capture, '{}');
         IF NOT (events && ARRAY['delete', 'update']) AND (lim IS NULL OR ev <> 'delete') THEN
+            IF sd <> '' THEN             -- not proven here
+                PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
+                                                'update', TG_OP);
+            END IF;
             RETURN NULL;
         END IF;
     END IF;
@@ -145,7 +156,6 @@ BEGIN
         END IF;
         sd := current_setting('softguard.sd_' || TG_RELID::text, true);
         IF sd IS NOT NULL AND sd <> '' THEN
-            -- A soft delete softguard rewrote: capture what it marked, nothing else.
             PERFORM set_config('softguard.sd_' || TG_RELID::text, '', true);
             sdi := sd::jsonb;
             shape := softguard._sd_shape(TG_RELID, sdi);
@@ -154,6 +164,19 @@ BEGIN
                     MESSAGE = format('softguard: cannot soft-delete from %s: it has no primary key'
                                      ' or unique NOT NULL key to find the rows by', ident);
             END IF;
+            -- the session can write the setting: a statement that did more than mark rows
+            -- is the UPDATE it is, captured whole whatever the session captures ...
+            EXECUTE shape.exact INTO sd_exact;
+            IF denied <> '[]' AND NOT sd_exact THEN
+                PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
+                                                'update', TG_OP);
+            END IF;
+            -- ... except a MERGE's own UPDATE actions where the session may run UPDATEs
+            -- uncaptured: its marked rows are captured, the rest as any UPDATE of it
+            sd_exact := sd_exact OR ((sdi->>'verify')::boolean AND NOT ('update' = ANY (events)));
+        END IF;
+        IF sd_exact THEN
+            -- A soft delete softguard rewrote: capture what it marked, nothing else.
             cid := nextval('softguard.captures_id_seq'::regclass);
             EXECUTE shape.capture USING cid;
             GET DIAGNOSTICS n = ROW_COUNT;
@@ -171,7 +194,7 @@ BEGIN
     END IF;
 
     IF event IS NULL THEN
-        IF NOT (ev = ANY (events)) THEN
+        IF NOT (ev = ANY (events)) AND sd_exact IS NULL THEN
             -- Not captured by this session, except what a DELETE changes on other tables
             -- (ON DELETE SET NULL / SET DEFAULT): part of the DELETE's effect.
             IF ev <> 'update' OR op IS NULL OR op_kind NOT IN ('DELETE', 'MERGE') THEN

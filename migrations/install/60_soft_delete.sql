@@ -80,20 +80,59 @@ REVOKE ALL ON FUNCTION softguard._sd_type(oid, text) FROM PUBLIC;
 
 -- What the capture trigger needs for a soft delete of table `rel` (info: the setting
 -- soft_delete_begin left): the key columns, the column list of the captured rows
--- (key..., sg_old_mark, sg_old_by) and the INSERT capturing them from transition table
--- sg_old ($1: the capture id); only rows that were not marked (WHERE CURRENT OF may
--- reach a marked one).
+-- (key..., sg_old_mark, sg_old_by), the INSERT capturing them from transition table
+-- sg_old ($1: the capture id), only rows that were not marked (WHERE CURRENT OF may
+-- reach a marked one), and `exact`: a query answering whether the statement did only what
+-- a soft delete does, so that key and marks are all undo needs.
+-- The setting is the session's to write (SET, set_config, a DO block, or a call of
+-- soft_delete_begin), so it is believed only as far as the transition tables bear it out:
+-- every row keeps its key and its other columns byte for byte (record_image_eq: any type,
+-- NULLs equal; generated columns follow the rest), an unmarked row now carries the mark
+-- the setting names, a marked one is left as it was. Anything more, and the trigger
+-- captures the statement as the UPDATE it is (40_capture.sql).
 CREATE FUNCTION softguard._sd_shape(rel oid, info jsonb,
-                                    OUT key text[], OUT columns jsonb, OUT capture text)
+                                    OUT key text[], OUT columns jsonb, OUT capture text,
+                                    OUT exact text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     col text := info->>'column';
     by_col text := info->>'by_column';
+    others text[];
+    marks text;
+    unmarked text;                 -- o's row was not marked before the statement
 BEGIN
     key := softguard._row_key(rel);
     IF key IS NULL THEN
         RETURN;
     END IF;
+    others := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                       AND a.attgenerated = '' AND a.attname::text IS DISTINCT FROM col
+                       AND a.attname::text IS DISTINCT FROM by_col
+                     ORDER BY a.attnum);
+    marks := CASE WHEN by_col IS NULL THEN '%1$s.%2$I' ELSE '%1$s.%2$I, %1$s.%3$I' END;
+    unmarked := CASE info->>'mark_kind'
+        WHEN 'boolean' THEN pg_catalog.format('o.%I IS NOT TRUE', col)
+        WHEN 'expression' THEN pg_catalog.format('o.%I IS DISTINCT FROM %L::%s', col,
+            info->>'mark', softguard._sd_type(rel, col))
+        ELSE pg_catalog.format('o.%I IS NULL', col) END;
+    exact := pg_catalog.format(
+        -- a count, not NOT EXISTS: EXISTS plans for the first row, a nested loop over
+        -- the transition tables (minutes for 20,000 rows)
+        'SELECT count(*) FILTER (WHERE n.%2$I IS NULL%3$s'
+        ' OR NOT CASE WHEN %4$s THEN n.%5$I IS NOT DISTINCT FROM %6$L::%7$s'
+        ' ELSE pg_catalog.record_image_eq(ROW(%8$s), ROW(%9$s)) END) = 0'
+        ' FROM sg_old o LEFT JOIN sg_new n ON %1$s',
+        (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I = n.%I', c, c), ' AND ')
+           FROM unnest(key) c),
+        key[1],
+        CASE WHEN cardinality(others) > 0 THEN pg_catalog.format(
+            ' OR NOT pg_catalog.record_image_eq(ROW(%s), ROW(%s))',
+            (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I', c), ', ') FROM unnest(others) c),
+            (SELECT pg_catalog.string_agg(pg_catalog.format('n.%I', c), ', ') FROM unnest(others) c))
+        ELSE '' END,
+        unmarked, col, info->>'mark', softguard._sd_type(rel, col),
+        pg_catalog.format(marks, 'o', col, by_col), pg_catalog.format(marks, 'n', col, by_col));
     columns := (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(
                            c, softguard._sd_type(rel, c)) ORDER BY o)
                   FROM pg_catalog.unnest(key) WITH ORDINALITY x(c, o))
@@ -112,11 +151,7 @@ BEGIN
             rel::regclass, (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I = o.%I', c, c),
                                                           ' AND ') FROM unnest(key) c))
              ELSE '' END,
-        CASE info->>'mark_kind'
-            WHEN 'boolean' THEN pg_catalog.format('o.%I IS NOT TRUE', col)
-            WHEN 'expression' THEN pg_catalog.format('o.%I IS DISTINCT FROM %L::%s', col,
-                info->>'mark', softguard._sd_type(rel, col))
-            ELSE pg_catalog.format('o.%I IS NULL', col) END,
+        unmarked,
         CASE WHEN (info->>'verify')::boolean THEN pg_catalog.format(
             ' AND t.%I IS NOT DISTINCT FROM %L::%s', col, info->>'mark', softguard._sd_type(rel, col))
              ELSE '' END);

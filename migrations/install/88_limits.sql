@@ -81,6 +81,8 @@ DECLARE
 BEGIN
     SELECT x INTO e FROM jsonb_array_elements(denied) x
      WHERE x->>'category' = category AND (nsp || '.' || rel_name) LIKE (x->>'pattern')
+       -- a category denied outright: the proxy refused it, and a person may approve it
+       AND NOT (x ? 'approvable' AND softguard._approved_here())
      LIMIT 1;
     IF e IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '42501',
