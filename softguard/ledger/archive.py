@@ -210,7 +210,7 @@ def _export_captures(
         if cap["n_rows"] and columns:
             name = f"rows-{cap['id']}.csv"
             path = directory / name
-            fmt = _copy_capture(conn, int(cap["id"]), columns, path)
+            fmt = _copy_capture(conn, int(cap["id"]), columns, path, cap["table_identity"])
             entry["file"] = name
             entry["file_format"] = fmt
             table = f"{RESTORE_SCHEMA}.op{op}_capture{cap['id']}"
@@ -250,19 +250,33 @@ def _export_captures(
     return entries, load
 
 
-def _copy_capture(conn: psycopg.Connection[Any], cid: int, columns: list[Any], path: Path) -> str:
+def _copy_capture(
+    conn: psycopg.Connection[Any], cid: int, columns: list[Any], path: Path, table: str
+) -> str:
     """COPY a capture's rows to CSV: one column per captured column ('columns'), or, when
-    the row text no longer parses (a type gone since), the row text itself ('row_text')."""
+    the row text no longer parses (a type gone since), the row text itself ('row_text').
+    Enum and reg* values a ledger kept by what they were (a third element in their column,
+    ledger version 9) are written under their names of now, as undo would put them back;
+    when one is gone the file falls back to the row texts."""
     try:
         with conn.transaction():
             row = conn.execute(
                 "SELECT softguard._row_type(%s, %s)", [json.dumps(columns), f"purge{cid}"]
             ).fetchone()
             assert row is not None
-            query = sql.SQL(
-                'COPY (SELECT (r."row"::{}).* FROM softguard.captured_rows r'
-                " WHERE r.capture_id = {}) TO STDOUT WITH (FORMAT csv, HEADER true)"
-            ).format(sql.SQL(str(row[0])), sql.Literal(cid))
+            rtype = str(row[0])
+            if any(isinstance(c, list) and len(c) > 2 for c in columns):
+                src = conn.execute(
+                    "SELECT softguard._restored_src(%s, %s, %s, %s)",
+                    [json.dumps(columns), rtype, cid, table],
+                ).fetchone()
+                assert src is not None
+                inner = sql.SQL(str(src[0]))
+            else:
+                inner = sql.SQL(
+                    'SELECT (r."row"::{}).* FROM softguard.captured_rows r WHERE r.capture_id = {}'
+                ).format(sql.SQL(rtype), sql.Literal(cid))
+            query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(inner)
             _copy_to(conn, query, path)
         return "columns"
     except psycopg.Error:

@@ -257,3 +257,39 @@ def test_pinned_types_skipped_hold_no_enum_or_reg(
             " AND softguard._restore_pinned(t.oid)"
         ).fetchall()
     assert missed == []
+
+
+@pytest.mark.parametrize("stmt", ["delete", "drop_column"])
+def test_purge_archive_writes_values_under_their_names_of_now(
+    proxy: Any,
+    sg: Any,
+    twins: Twins,
+    roles: dict[str, str],
+    request: pytest.FixtureRequest,
+    tmp_path: Any,
+    stmt: str,
+) -> None:
+    """The purge archive of a capture holding enum values in their restore form: the CSV has
+    one column per captured column and the labels (after a swap, the labels of now, as undo
+    would put them back), not the oids the ledger keeps."""
+    import json
+
+    from tests.support.cli import run_cli
+
+    (db,) = twins(1)
+    op = prepare(sg, [db], proxy_for(stmt, proxy, request), roles, "enum", stmt)
+    swap(sg, [db], roles, "enum")
+    archive = tmp_path / "archive"
+    r = run_cli(
+        "purge", "--dsn", sg.dsn(db), "--older-than", "0s", "--archive", str(archive), "--yes"
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    manifest = json.loads((archive / f"op-{op}" / "manifest.json").read_text())
+    (cap,) = [c for c in manifest["captures"] if c.get("file")]
+    assert cap["file_format"] == "columns", cap
+    lines = (archive / f"op-{op}" / cap["file"]).read_text().splitlines()
+    column = "sg_value" if stmt == "drop_column" else "k"
+    head = lines[0].split(",")
+    by_id = {f[head.index("id")]: f[head.index(column)] for f in (x.split(",") for x in lines[1:])}
+    # row 1 held the member labelled 'a' then, 'b' since the swap; row 2 the other one
+    assert by_id == {"1": "b", "2": "a", "3": ""}, lines
