@@ -271,7 +271,7 @@ def _copy_capture(
                     [json.dumps(columns), rtype, cid, table],
                 ).fetchone()
                 assert src is not None
-                inner = sql.SQL(str(src[0]))
+                inner: sql.Composable = sql.SQL(str(src[0]))
             else:
                 inner = sql.SQL(
                     'SELECT (r."row"::{}).* FROM softguard.captured_rows r WHERE r.capture_id = {}'
