@@ -274,7 +274,7 @@ def test_purge_archive_writes_values_under_their_names_of_now(
     would put them back), not the oids the ledger keeps."""
     import json
 
-    from tests.support.cli import run_cli
+    from support.cli import run_cli
 
     (db,) = twins(1)
     op = prepare(sg, [db], proxy_for(stmt, proxy, request), roles, "enum", stmt)
