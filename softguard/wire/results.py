@@ -199,10 +199,13 @@ def _hide_quarantine(fields: dict[str, str]) -> bool:
     return True
 
 
-# without_context's fields as bytes: those it looks for, and those it removes.
-_INNER_CODES = frozenset(b"Wqp")
-_CONTEXT_CODES = frozenset(b"WqpFLR")
-_SOFTGUARD_MESSAGE = b"Msoftguard: "
+# The fields without_context looks for, and those it removes (the PL/pgSQL location
+# too): one list for both of its paths, as bytes for the fast one.
+_CONTEXT_FIELDS = (*_INNER_FIELDS, "F", "L", "R")
+_INNER_CODES = frozenset("".join(_INNER_FIELDS).encode())
+_CONTEXT_CODES = frozenset("".join(_CONTEXT_FIELDS).encode())
+_SOFTGUARD_PREFIX = "softguard: "
+_SOFTGUARD_MESSAGE = b"M" + _SOFTGUARD_PREFIX.encode()
 
 
 def without_context(mtype: int, body: bytes) -> bytes | None:
@@ -236,10 +239,10 @@ def _without_context(mtype: int, body: bytes) -> bytes | None:
     """``without_context`` for any body: decoded field by field (as ``parse_fields`` reads
     it), encoded again."""
     fields = parse_fields(body)
-    if not fields.get("M", "").startswith("softguard: ") or not any(
+    if not fields.get("M", "").startswith(_SOFTGUARD_PREFIX) or not any(
         key in fields for key in _INNER_FIELDS
     ):
         return None
-    for key in (*_INNER_FIELDS, "F", "L", "R"):
+    for key in _CONTEXT_FIELDS:
         fields.pop(key, None)
     return _encode(mtype, fields)
