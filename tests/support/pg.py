@@ -16,6 +16,7 @@ and ssl=on with a certificate issued by a trustme CA (`TestServer.ca_file`).
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -324,6 +325,10 @@ def start_test_server(workdir: Path) -> TestServer:
         # a temporary data dir: removed by pg.cleanup(), or (made here, under `parent`)
         # by TestServer.remove_data()
         data_dir = Path(tempfile.mkdtemp(prefix="softguard-pg-", dir=parent)) if parent else None
+        if data_dir is not None:
+            # a session that ends without its fixtures' teardown must not leave the data
+            # in memory; registered before the server's own atexit stop, so it runs after it
+            atexit.register(shutil.rmtree, data_dir, True)
         pg = EmbeddedPostgres(
             data_dir,
             # of this xdist worker's share: another worker's test cannot pick it meanwhile
