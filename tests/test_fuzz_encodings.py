@@ -204,7 +204,11 @@ class Sessions:
     operations are undone), and a session that ends otherwise (closed by softguard,
     broken, left in a transaction) is closed and replaced. Automatic preparation is off,
     so the wire carries what a fresh session would send (psycopg would otherwise switch
-    the repeated BEGIN / ROLLBACK to Parse/Bind/Execute after five runs)."""
+    the repeated BEGIN / ROLLBACK to Parse/Bind/Execute after five runs). What softguard
+    keeps per session (the tracked client_encoding, the answer filter it switches on
+    after a rewritten statement) carries over from case to case, as in an application's
+    long session; the first statement of a fresh session is what every arena attack
+    sends."""
 
     def __init__(self, arena: Arena) -> None:
         self.arena = arena
