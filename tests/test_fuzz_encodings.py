@@ -286,6 +286,9 @@ def _fuzz_in(
     arena: Arena, sessions: Sessions, seed: int, per_encoding: int, *, rollback: bool
 ) -> Tally:
     tally = Tally()
+    # Autocommit: every case's verdict asserts the data is back exactly as this snapshot
+    # (a case that leaves it otherwise fails the test), so it is every case's "before".
+    before = None if rollback else arena.snapshot()
     for n, encoding in enumerate(ENCODINGS):
         gen = Generator(encoding, random.Random(seed * 1000 + n))
         for _ in range(per_encoding):
@@ -304,7 +307,8 @@ def _fuzz_in(
             if rollback:
                 seen = _run(proxied, text, rollback=True)
             else:
-                before, last = arena.snapshot(), arena.last_op()
+                assert before is not None
+                last = arena.last_op()
                 seen = _run(proxied, text, rollback=False)
                 # refused, or recorded and undone exactly (the server's own error: nothing ran)
                 refusal = seen.error if seen.error is not None and _refused(seen.error) else None
