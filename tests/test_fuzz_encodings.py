@@ -21,6 +21,10 @@ and BEFORE ... FOR EACH STATEMENT triggers on the data set's tables raise a NOTI
    transaction rolled back (fast tier) or in autocommit with every operation undone and
    the data compared (slow tier): a destructive command the server starts must have been
    refused or come with softguard's notice (rewritten or captured).
+
+The cases of a run share their sessions (`Sessions`: one per target, encoding and
+standard_conforming_strings setting, replaced whenever a case does not leave it idle):
+opening two connections per case cost twice the cases' own work.
 """
 
 from __future__ import annotations
@@ -168,7 +172,11 @@ class Run:
 
 def _run(conn: psycopg.Connection[Any], text: bytes, *, rollback: bool) -> Run:
     notices: list[str] = []
-    conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
+
+    def on_notice(d: psycopg.errors.Diagnostic) -> None:
+        notices.append(str(d.message_primary))
+
+    conn.add_notice_handler(on_notice)
     error = None
     try:
         if rollback:
@@ -181,8 +189,50 @@ def _run(conn: psycopg.Connection[Any], text: bytes, *, rollback: bool) -> Run:
             conn.execute(b"ROLLBACK")
         except psycopg.OperationalError:
             pass  # softguard closed the connection
+    # the session is reused by the next case: this case's notices stay this case's
+    conn.remove_notice_handler(on_notice)
     executed = [n.removeprefix("fuzz-exec: ") for n in notices if n.startswith("fuzz-exec: ")]
     return Run(executed, [n for n in notices if n.startswith("softguard")], error)
+
+
+class Sessions:
+    """One open session per (target, client encoding, standard_conforming_strings) for
+    the cases of a run: a connection costs twice a case's own work (through softguard:
+    its login, the upstream login, the registration), so a case opens none. Every case
+    still starts in an idle session with nothing of the previous case left: a case runs
+    in a transaction rolled back (or, in autocommit, as one implicit transaction whose
+    operations are undone), and a session that ends otherwise (closed by softguard,
+    broken, left in a transaction) is closed and replaced. Automatic preparation is off,
+    so the wire carries what a fresh session would send (psycopg would otherwise switch
+    the repeated BEGIN / ROLLBACK to Parse/Bind/Execute after five runs). What softguard
+    keeps per session (the tracked client_encoding, the answer filter it switches on
+    after a rewritten statement) carries over from case to case, as in an application's
+    long session; the first statement of a fresh session is what every arena attack
+    sends."""
+
+    def __init__(self, arena: Arena) -> None:
+        self.arena = arena
+        self.open: dict[tuple[str, str, bool], psycopg.Connection[Any]] = {}
+
+    def get(self, via: str, encoding: str, scs_off: bool) -> psycopg.Connection[Any]:
+        key = (via, encoding, scs_off)
+        conn = self.open.get(key)
+        if conn is None or conn.closed or conn.broken or not _idle(conn):
+            if conn is not None:
+                conn.close()
+            conn = self.arena.connect("owner", via=via, **_params(encoding, scs_off))
+            conn.prepare_threshold = None
+            self.open[key] = conn
+        return conn
+
+    def close(self) -> None:
+        for conn in self.open.values():
+            conn.close()
+        self.open.clear()
+
+
+def _idle(conn: psycopg.Connection[Any]) -> bool:
+    return conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
 
 
 def _refused(error: psycopg.Error) -> bool:
@@ -225,16 +275,27 @@ class Tally:
 
 
 def _fuzz(arena: Arena, seed: int, per_encoding: int, *, rollback: bool) -> Tally:
+    sessions = Sessions(arena)
+    try:
+        return _fuzz_in(arena, sessions, seed, per_encoding, rollback=rollback)
+    finally:
+        sessions.close()
+
+
+def _fuzz_in(
+    arena: Arena, sessions: Sessions, seed: int, per_encoding: int, *, rollback: bool
+) -> Tally:
     tally = Tally()
+    # Autocommit: every case's verdict asserts the data is back exactly as this snapshot
+    # (a case that leaves it otherwise fails the test), so it is every case's "before".
+    before = None if rollback else arena.snapshot()
     for n, encoding in enumerate(ENCODINGS):
         gen = Generator(encoding, random.Random(seed * 1000 + n))
         for _ in range(per_encoding):
             text = gen.statement()
             scs_off = gen.rng.random() < 0.2
-            params = _params(encoding, scs_off)
             tally.cases += 1
-            with arena.connect("owner", via="direct", **params) as direct:
-                truth = _run(direct, text, rollback=True)
+            truth = _run(sessions.get("direct", encoding, scs_off), text, rollback=True)
             what = f"{encoding}{' scs=off' if scs_off else ''} {text!r}"
             if truth.executed:
                 tally.server_destroyed += 1
@@ -242,13 +303,13 @@ def _fuzz(arena: Arena, seed: int, per_encoding: int, *, rollback: bool) -> Tall
                     missed = _reading_misses(classify_wire(text, belief)[0], truth.executed)
                     if missed:
                         tally.mismatches.append(f"reading as {belief} misses {missed}: {what}")
+            proxied = sessions.get("proxy", encoding, scs_off)
             if rollback:
-                with arena.connect("owner", **params) as proxied:
-                    seen = _run(proxied, text, rollback=True)
+                seen = _run(proxied, text, rollback=True)
             else:
-                before, last = arena.snapshot(), arena.last_op()
-                with arena.connect("owner", **params) as proxied:
-                    seen = _run(proxied, text, rollback=False)
+                assert before is not None
+                last = arena.last_op()
+                seen = _run(proxied, text, rollback=False)
                 # refused, or recorded and undone exactly (the server's own error: nothing ran)
                 refusal = seen.error if seen.error is not None and _refused(seen.error) else None
                 arena.verdict(before, last, Outcome(error=refusal, notices=seen.softguard))

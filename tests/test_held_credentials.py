@@ -5,8 +5,6 @@ agent never sees. Real server (pg_hba demands SCRAM for the mapped role), real p
 from __future__ import annotations
 
 import ssl
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
+from support.cli import run_cli
 from support.compare import run_async
 from support.faults import environment
 from support.pg import ROLE_PASSWORDS, TestServer
@@ -22,7 +21,6 @@ from support.pgbouncer import PgBouncer, logs_on_failure
 from softguard.auth.scram import Verifier
 from softguard.auth.users import User, UsersFile
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ROLE = "sg_scram"  # pg_hba: scram-sha-256 from 127.0.0.1
 AGENT, AGENT_PW = "agent-7", "agent-only-secret"
 
@@ -67,12 +65,9 @@ def held_proxy(
 
 
 def _undo(pg_server: TestServer, db: str, op: int) -> None:
-    """`softguard undo` of one operation, as an operator runs it."""
-    r = subprocess.run(
-        [sys.executable, "-m", "softguard", "undo", str(op), "--yes", "--dsn",
-         pg_server.superuser_dsn(db)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    """`softguard undo` of one operation, as an operator runs it (the command in this
+    process, support.cli: what it does is under test here, not its start)."""
+    r = run_cli("undo", str(op), "--yes", "--dsn", pg_server.superuser_dsn(db))
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -18,6 +18,7 @@ a difference), sequences, views, functions, types, large objects.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import struct
 import subprocess
@@ -389,17 +390,27 @@ def template_fixture(extra_sql: str = "") -> Any:
     return arena_template
 
 
-def deny_arena_fixture(policy_toml: str) -> Any:
-    """A fixture `arena_deny`: an arena behind a fresh proxy (empty classification cache)
-    running with this `[policy]` body."""
+def deny_arena_fixture(policy_toml: str, *, fresh: bool = False) -> Any:
+    """A fixture `arena_deny`: an arena behind a proxy running with this `[policy]` body.
+
+    The proxy is the session's one for that policy (a proxy start costs about a second of
+    CPU: Python, pglast, pydantic), like the default `proxy` every other arena uses; the
+    arena itself is a fresh copy per test, as always. fresh=True starts a proxy per test,
+    for attacks on the classification cache, which must meet it empty."""
 
     @pytest.fixture
     def arena_deny(
-        arena_template: Template, proxy_factory: ProxyFactory, tmp_path: Path
+        arena_template: Template,
+        proxy_factory: ProxyFactory,
+        tmp_path_factory: pytest.TempPathFactory,
     ) -> Iterator[Arena]:
-        config = tmp_path / "policy.toml"
-        config.write_text("[policy]\n" + policy_toml)
-        yield from arena_template.clone(proxy_factory("--config", str(config), fresh=True))
+        body = "[policy]\n" + policy_toml
+        # one file per policy body: the factory shares proxies by their argument list
+        name = hashlib.sha256(body.encode()).hexdigest()[:16]
+        config = tmp_path_factory.getbasetemp() / f"policy-{name}.toml"
+        if not config.exists():
+            config.write_text(body)
+        yield from arena_template.clone(proxy_factory("--config", str(config), fresh=fresh))
 
     return arena_deny
 

@@ -17,7 +17,8 @@ from support.proxy import ProxyFactory
 arena_template, arena = fixtures()
 
 
-arena_deny = deny_arena_fixture('delete = "deny"\n')
+# a proxy per test: test_cache_cannot_be_primed_with_a_harmless_twin needs an empty cache
+arena_deny = deny_arena_fixture('delete = "deny"\n', fresh=True)
 
 
 @pytest.fixture

@@ -110,14 +110,30 @@ class Db:
     name: str
     owner: str
 
+    sessions: dict[str, psycopg.Connection[Any]] = field(default_factory=dict)
+
     def via(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.proxy.dsn(self.name, self.owner, PW), autocommit=True)
+        return self._session("via", self.proxy.dsn(self.name, self.owner, PW))
 
     def direct(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.server.dsn(self.name, self.owner, PW), autocommit=True)
+        return self._session("direct", self.server.dsn(self.name, self.owner, PW))
 
     def superuser(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.server.superuser_dsn(self.name), autocommit=True)
+        return self._session("super", self.server.superuser_dsn(self.name))
+
+    def _session(self, which: str, dsn: str) -> psycopg.Connection[Any]:
+        """The database's open session of that kind, shared by its sequences (three
+        logins per sequence cost about as much as its steps, and the check query is
+        planned once per session); a fresh one when softguard or the server closed it."""
+        conn = self.sessions.get(which)
+        if conn is None or conn.closed or conn.broken:
+            conn = self.sessions[which] = psycopg.connect(dsn, autocommit=True)
+        return conn
+
+    def close(self) -> None:
+        for conn in self.sessions.values():
+            conn.close()
+        self.sessions.clear()
 
 
 @pytest.fixture
@@ -151,38 +167,44 @@ def _try(conn: psycopg.Connection[Any], stmt: str, seq: Sequence, label: str) ->
         seq.done.append(f"{label} {stmt} -> {e.sqlstate}")
 
 
+def _last_op(db: Db) -> int:
+    row = db.superuser().execute("SELECT coalesce(max(id), 0) FROM softguard.operations")
+    first = row.fetchone()
+    return int(first[0]) if first else 0
+
+
+def _active_ops(db: Db, since: int) -> list[int]:
+    rows = db.superuser().execute(
+        "SELECT id FROM softguard.operations WHERE id > %s AND kind <> 'UNDO'"
+        " AND state = 'active' ORDER BY id",
+        [since],
+    )
+    return [int(r[0]) for r in rows.fetchall()]
+
+
 def run_sequence(db: Db, seed: int, steps: int = STEPS) -> list[tuple[str, str, str]]:
     """One seeded sequence in its own two schemas of `db`: the first inconsistency found
     (after setup or a step), with the steps so far; [] when there is none."""
     rnd = random.Random(seed)
     names = {"a": f"ka{seed}", "b": f"kb{seed}"}
     seq = Sequence(seed)
-    with db.via() as via, db.direct() as direct, db.superuser() as su:
-        first = su.execute("SELECT coalesce(max(id), 0) FROM softguard.operations").fetchone()
-        since = int(first[0]) if first else 0
-        for stmt in OBJECTS.split(";\n"):
-            direct.execute(stmt.format(**names).encode())
-        for _ in range(steps):
-            active = [
-                int(r[0])
-                for r in su.execute(
-                    "SELECT id FROM softguard.operations WHERE id > %s AND kind <> 'UNDO'"
-                    " AND state = 'active' ORDER BY id",
-                    [since],
-                ).fetchall()
-            ]
-            what = rnd.choices(["through", "direct", "undo", "purge"], [6, 2, 2, 1])[0]
-            if what == "through":
-                _try(via, rnd.choice(THROUGH).format(**names), seq, "via softguard:")
-            elif what == "direct":
-                _try(direct, rnd.choice(DIRECT).format(**names), seq, "directly:")
-            elif active and what == "undo":
-                _try(su, f"SELECT softguard.undo_op({rnd.choice(active)})", seq, "")
-            elif active:
-                _try(su, f"SELECT softguard.purge_op({rnd.choice(active)})", seq, "")
-            found = inconsistencies(su)
-            if found:
-                return [("sequence", str(seq), ""), *found]
+    since = _last_op(db)
+    for stmt in OBJECTS.split(";\n"):
+        db.direct().execute(stmt.format(**names).encode())
+    for _ in range(steps):
+        active = _active_ops(db, since)
+        what = rnd.choices(["through", "direct", "undo", "purge"], [6, 2, 2, 1])[0]
+        if what == "through":
+            _try(db.via(), rnd.choice(THROUGH).format(**names), seq, "via softguard:")
+        elif what == "direct":
+            _try(db.direct(), rnd.choice(DIRECT).format(**names), seq, "directly:")
+        elif active and what == "undo":
+            _try(db.superuser(), f"SELECT softguard.undo_op({rnd.choice(active)})", seq, "")
+        elif active:
+            _try(db.superuser(), f"SELECT softguard.purge_op({rnd.choice(active)})", seq, "")
+        found = inconsistencies(db.superuser())
+        if found:
+            return [("sequence", str(seq), ""), *found]
     return []
 
 
@@ -198,6 +220,7 @@ def _run_seeds(pg_server: TestServer, proxy: Target, owner: str, seeds: range) -
                 assert not found, found
                 ran += 1
         finally:
+            db.close()
             pg_server.drop_database(db.name)
     assert ran == len(seeds)
 
