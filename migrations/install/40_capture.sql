@@ -212,17 +212,21 @@ BEGIN
             cid := nextval('softguard.captures_id_seq'::regclass);
             EXECUTE shape.capture USING cid;
             GET DIAGNOSTICS n = ROW_COUNT;
-            IF n = 0 THEN
+            IF n = 0 AND coalesce(changed, 0) = 0 THEN
                 RETURN NULL;
             END IF;
-            IF lim IS NOT NULL THEN        -- the rows this soft delete marked, 88_limits.sql
-                PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+            IF n > 0 THEN
+                IF lim IS NOT NULL THEN    -- the rows this soft delete marked, 88_limits.sql
+                    PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+                END IF;
+                event := 'soft_delete';
+                cols := shape.columns;
+                info := (sdi - 'statement' - 'sig')
+                        || jsonb_build_object('key', to_jsonb(shape.key), 'claim', claim);
+                stmt := sdi->>'statement';
             END IF;
-            event := 'soft_delete';
-            cols := shape.columns;
-            info := (sdi - 'statement' - 'sig') || jsonb_build_object('key', to_jsonb(shape.key),
-                                                                'claim', claim);
-            stmt := sdi->>'statement';
+            -- else: no row newly marked, only rows marked before that the table's trigger
+            -- changed (WHERE CURRENT OF): captured whole below, as the UPDATE it is
         END IF;
     END IF;
 

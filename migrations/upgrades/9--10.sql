@@ -74,18 +74,33 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT 'softguard:unmarked:000000000000000000000000
 REVOKE ALL ON FUNCTION softguard._sd_filler() FROM PUBLIC;
 
 -- Does the claim `sdi` (the setting, parsed) carry this backend's mark of the text running
--- now? NULL or false: no (no key: behind a transaction pooler, or not registered).
+-- now? false: no (or no key: behind a transaction pooler, or not registered). _marked's
+-- computation, inlined: called only from the capture trigger (SECURITY DEFINER, its
+-- search_path pinned), without a SET clause of its own (decision 0024: each costs a setting
+-- saved and restored per call).
 CREATE OR REPLACE FUNCTION softguard._sd_bound(sdi jsonb) RETURNS boolean
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     sig text := sdi->>'sig';
+    k bytea;
 BEGIN
     IF sig IS NULL OR sig !~ '^[0-9a-f]{64}$' THEN
         RETURN false;
     END IF;
-    -- the claim's fields but what soft_delete_begin computes as it runs (mark, by)
-    RETURN coalesce(softguard._marked(replace(current_query(), sig, softguard._sd_filler()),
-                                      sdi - 'mark' - 'by' - 'sig', sig), false);
+    SELECT s.key INTO k FROM softguard.session_keys s
+     WHERE s.pid = pg_catalog.pg_backend_pid() AND s.backend_start = softguard._backend_start();
+    IF k IS NULL THEN
+        RETURN false;
+    END IF;
+    -- over the text with the mark put back to the filler, and the claim's fields but what
+    -- soft_delete_begin computes as it runs (mark, by); compared as hashes, as _marked does
+    RETURN pg_catalog.sha256(pg_catalog.convert_to(sig, 'UTF8'))
+           = pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.encode(softguard._hmac(k,
+                 pg_catalog.convert_to(pg_catalog.replace(pg_catalog.current_query(), sig,
+                                                          softguard._sd_filler()), 'UTF8')
+                 || '\x00'::bytea
+                 || pg_catalog.convert_to((sdi - 'mark' - 'by' - 'sig')::text, 'UTF8')), 'hex'),
+                 'UTF8'));
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_bound(jsonb) FROM PUBLIC;
 
@@ -97,24 +112,37 @@ REVOKE ALL ON FUNCTION softguard._sd_bound(jsonb) FROM PUBLIC;
 -- transaction too, is seen; one created during it cannot be (the table is in use). Not
 -- disabled counts, whatever session_replication_role says: REPLICA and ALWAYS included.
 CREATE OR REPLACE FUNCTION softguard._sd_rewriters(rel oid) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE tree(relid) AS (
-        SELECT rel
-        UNION
-        SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid)
-    SELECT CASE
-        WHEN EXISTS (SELECT FROM pg_rewrite r JOIN tree ON r.ev_class = tree.relid
-                      WHERE r.ev_type = '2') THEN 'rule'
-        WHEN EXISTS (SELECT FROM pg_trigger t JOIN tree ON t.tgrelid = tree.relid
-                       JOIN pg_class c ON c.oid = t.tgrelid
-                       JOIN pg_proc p ON p.oid = t.tgfoid
-                      WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
-                        AND t.tgtype & 3 = 3                    -- ROW and BEFORE
-                        AND (t.tgtype & 16 = 16                 -- UPDATE
-                             OR (c.relispartition AND t.tgtype & 4 = 4))   -- INSERT
-                        AND p.pronamespace <> 'softguard'::regnamespace) THEN 'trigger'
-    END
-$$;
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    tree oid[] := ARRAY[rel];
+BEGIN
+    -- plpgsql, not sql: its queries' plans are kept for the session (an SQL function's are
+    -- made again in every transaction: 0.6 ms for a single-row soft delete). No SET clause
+    -- (decision 0024): called only from the capture trigger, which pins search_path.
+    IF (SELECT c.relhassubclass FROM pg_catalog.pg_class c WHERE c.oid = rel) THEN
+        tree := ARRAY(WITH RECURSIVE t(relid) AS (
+                          SELECT rel
+                          UNION
+                          SELECT i.inhrelid FROM pg_catalog.pg_inherits i
+                            JOIN t ON i.inhparent = t.relid)
+                      SELECT t.relid FROM t);
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_rewrite r
+                WHERE r.ev_class = ANY (tree) AND r.ev_type = '2') THEN
+        RETURN 'rule';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                 JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+                 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+                WHERE t.tgrelid = ANY (tree) AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+                  AND t.tgtype & 3 = 3                              -- ROW and BEFORE
+                  AND (t.tgtype & 16 = 16                           -- UPDATE
+                       OR (c.relispartition AND t.tgtype & 4 = 4))  -- INSERT
+                  AND p.pronamespace <> 'softguard'::pg_catalog.regnamespace) THEN
+        RETURN 'trigger';
+    END IF;
+    RETURN NULL;
+END $$;
 REVOKE ALL ON FUNCTION softguard._sd_rewriters(oid) FROM PUBLIC;
 
 -- The queries a bound claim needs (sg_old / sg_new: the trigger's transition tables):
@@ -164,6 +192,22 @@ BEGIN
         joined, changed);
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_bound_sql(oid, jsonb, text[], jsonb) FROM PUBLIC;
+
+-- _hmac in plpgsql without a SET clause (its SQL version was planned in every transaction)
+CREATE OR REPLACE FUNCTION softguard._hmac(key bytea, msg bytea) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    k bytea := CASE WHEN pg_catalog.length(key) > 64 THEN pg_catalog.sha256(key) ELSE key END;
+    ipad bytea := pg_catalog.decode(pg_catalog.repeat('36', 64), 'hex');
+    opad bytea := pg_catalog.decode(pg_catalog.repeat('5c', 64), 'hex');
+BEGIN
+    FOR i IN 0 .. pg_catalog.length(k) - 1 LOOP
+        ipad := pg_catalog.set_byte(ipad, i, pg_catalog.get_byte(k, i) # 54);
+        opad := pg_catalog.set_byte(opad, i, pg_catalog.get_byte(k, i) # 92);
+    END LOOP;
+    RETURN pg_catalog.sha256(opad || pg_catalog.sha256(ipad || msg));
+END $$;
+REVOKE ALL ON FUNCTION softguard._hmac(bytea, bytea) FROM PUBLIC;
 
 -- the capture trigger: bound claims, the claim's judgement in the capture's info
 CREATE OR REPLACE FUNCTION softguard._capture_rows() RETURNS trigger
@@ -313,17 +357,21 @@ BEGIN
             cid := nextval('softguard.captures_id_seq'::regclass);
             EXECUTE shape.capture USING cid;
             GET DIAGNOSTICS n = ROW_COUNT;
-            IF n = 0 THEN
+            IF n = 0 AND coalesce(changed, 0) = 0 THEN
                 RETURN NULL;
             END IF;
-            IF lim IS NOT NULL THEN        -- the rows this soft delete marked, 88_limits.sql
-                PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+            IF n > 0 THEN
+                IF lim IS NOT NULL THEN    -- the rows this soft delete marked, 88_limits.sql
+                    PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+                END IF;
+                event := 'soft_delete';
+                cols := shape.columns;
+                info := (sdi - 'statement' - 'sig')
+                        || jsonb_build_object('key', to_jsonb(shape.key), 'claim', claim);
+                stmt := sdi->>'statement';
             END IF;
-            event := 'soft_delete';
-            cols := shape.columns;
-            info := (sdi - 'statement' - 'sig') || jsonb_build_object('key', to_jsonb(shape.key),
-                                                                'claim', claim);
-            stmt := sdi->>'statement';
+            -- else: no row newly marked, only rows marked before that the table's trigger
+            -- changed (WHERE CURRENT OF): captured whole below, as the UPDATE it is
         END IF;
     END IF;
 
