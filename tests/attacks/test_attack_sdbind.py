@@ -19,7 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 from attacker import Arena, Template, template_fixture
-from support.proxy import ProxyFactory
+from support.pgbouncer import PgBouncer, logs_on_failure
+from support.proxy import ProxyFactory, via_direct
 
 SOFT_TABLES = """
 CREATE TABLE orders (id int PRIMARY KEY, important text NOT NULL, amount numeric,
@@ -82,6 +83,37 @@ def arena(arena_template: Template, proxy_factory: ProxyFactory, tmp_path: Path)
         pytest.skip("soft delete is the proxy's rewrite: nothing to test directly")
     for arena in arena_template.clone(proxy):
         # what softguard init --config does for [[soft_delete]] (the proxy's role may not)
+        arena.direct("SELECT softguard._set_capture_updates(true)")
+        yield arena
+
+
+@pytest.fixture(scope="module")
+def tx_bouncer(arena_template: Template, pytestconfig: pytest.Config) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode between softguard and the server (decision 0026)."""
+    if via_direct():
+        pytest.skip("about softguard behind PgBouncer (SOFTGUARD_TEST_VIA=direct)")
+    bouncer = PgBouncer(
+        arena_template.server, [arena_template.owner, arena_template.other], pool_mode="transaction"
+    )
+    try:
+        bouncer.start()
+        with logs_on_failure(pytestconfig, bouncer):
+            yield bouncer
+    finally:
+        bouncer.cleanup()
+
+
+@pytest.fixture
+def tx_arena(
+    arena_template: Template, proxy_factory: ProxyFactory, tx_bouncer: PgBouncer, tmp_path: Path
+) -> Iterator[Arena]:
+    config = tmp_path / "soft.toml"
+    config.write_text(CONFIG)
+    proxy = proxy_factory(
+        "--config", str(config), "--upstream-pooler", "transaction",
+        upstream=tx_bouncer.upstream, fresh=True,
+    )  # fmt: skip
+    for arena in arena_template.clone(proxy):
         arena.direct("SELECT softguard._set_capture_updates(true)")
         yield arena
 
@@ -170,6 +202,13 @@ def test_sql_prepare_and_multi_statement_texts_stay_checked(arena: Arena) -> Non
     )
     assert out.error is None, out.describe()
     assert claims(arena, ops) == [("soft_delete", "checked")] * 3
+
+
+def test_behind_a_transaction_pooler_nothing_is_bound(tx_arena: Arena) -> None:
+    """No session key behind a transaction-mode pooler (any backend of the role could hand
+    it to the client): the claim stays unmarked and is checked, as in version 9."""
+    judged = _soft_delete_undone(tx_arena, ["DELETE FROM orders WHERE id < 4"])
+    assert judged == [("soft_delete", "checked")], judged
 
 
 # -- 2. forged and replayed marks ---------------------------------------------------------------
