@@ -10,8 +10,11 @@ A table with ``deleted_at timestamptz`` / ``deleted_by text`` configured as a
   through the proxy: rewritten, rows captured, one ledger operation and NOTICE) and, for
   scale, ``softguard hard DELETE`` (the same DELETE on an identical table that is not
   configured: captured rows, decision 0006);
-- **bulk**: per round, ``--rows`` rows marked by the direct UPDATE and by the soft DELETE
-  through softguard (order rotating), then ``softguard.undo_op`` of the soft delete and
+- **bulk**: per round, ``--rows`` rows marked by the direct UPDATE, by the soft DELETE
+  through softguard, and by the same soft DELETE sent after a ``SELECT 1`` in one text
+  (``checked``: a text of two statements is not bound to the session key, so the capture
+  trigger compares old and new rows, as every soft delete did in ledger version 9:
+  decision 0031), order rotating; then ``softguard.undo_op`` of the soft delete and
   ``purge_soft_rows`` of a second one (hard-deleting the rows), timed.
 
 Prints medians, p95 and ratios; ``--json`` writes every sample. No target figures: the
@@ -124,7 +127,7 @@ class Bench:
             # Every table exists before the proxy first reads the soft-delete tables (it
             # reads them again after DDL it sees, or a minute later, not after DDL sent
             # around it); the bulk rounds re-create them under the same names.
-            for name in ("soft_direct", "soft_proxied", "soft_purged"):
+            for name in ("soft_direct", "soft_proxied", "soft_checked", "soft_purged"):
                 admin.execute(TABLE_SQL.format(name=name, rows=1))
             result: dict[str, Any] = {"machine": machine_info(), "git": git_describe()}
             result["single"] = self.single(admin) if self.args.single else None
@@ -187,8 +190,9 @@ class Bench:
         rounds: list[dict[str, Any]] = []
         for r in range(self.args.rounds):
             out: dict[str, Any] = {}
-            order = ["direct", "softguard"] if r % 2 == 0 else ["softguard", "direct"]
-            for name in ("soft_direct", "soft_proxied", "soft_purged"):
+            configs = ["direct", "softguard", "checked"]
+            order = configs[r % 3 :] + configs[: r % 3]
+            for name in ("soft_direct", "soft_proxied", "soft_checked", "soft_purged"):
                 admin.execute(TABLE_SQL.format(name=name, rows=rows))
             admin.execute(f"VACUUM (ANALYZE) {name}")
             admin.execute("CHECKPOINT")
@@ -201,20 +205,32 @@ class Bench:
                             "UPDATE soft_direct SET deleted_at = now(), deleted_by = current_user"
                             " WHERE deleted_at IS NULL"
                         )
-                    else:
+                    elif config == "softguard":
                         cur = proxied.execute("DELETE FROM soft_proxied")
+                    else:
+                        cur = proxied.execute("SELECT 1; DELETE FROM soft_checked")
+                        cur.nextset()  # the DELETE's result
                     out[f"{config}_ms"] = round(_ms(t0), 1)
                     if cur.rowcount != rows:
                         raise RuntimeError(f"{config}: {cur.statusmessage}")
                 proxied.execute("DELETE FROM soft_purged")
             ops = admin.execute(
-                "SELECT o.id FROM softguard.operations o WHERE o.kind = 'DELETE'"
-                " AND o.state = 'active' AND o.objects->0->>'event' = 'soft_delete'"
-                " ORDER BY o.id DESC LIMIT 2"
+                "SELECT o.objects->0->>'name', max(o.id) FROM softguard.operations o"
+                " WHERE o.kind = 'DELETE' AND o.state = 'active'"
+                " AND o.objects->0->>'event' = 'soft_delete' GROUP BY 1"
             ).fetchall()
-            if len(ops) != 2:
-                raise RuntimeError("the DELETEs through softguard were not soft deletes")
-            purged_op, undone_op = ops[0][0], ops[1][0]
+            op_of = dict(ops)
+            if not {"soft_proxied", "soft_checked", "soft_purged"} <= set(op_of):
+                raise RuntimeError(f"the DELETEs through softguard were not soft deletes: {ops}")
+            purged_op, undone_op = op_of["soft_purged"], op_of["soft_proxied"]
+            # how the capture trigger judged each claim (decision 0031; none before version 10)
+            out["claims"] = dict(
+                admin.execute(
+                    "SELECT c.table_identity, c.info->>'claim' FROM softguard.captures c"
+                    " WHERE c.op_id = ANY(%s) AND c.event = 'soft_delete'",
+                    [[op_of["soft_proxied"], op_of["soft_checked"]]],
+                ).fetchall()
+            )
             t0 = time.perf_counter()
             admin.execute("SELECT softguard.undo_op(%s)", [undone_op])
             out["undo_ms"] = round(_ms(t0), 1)
@@ -235,6 +251,7 @@ class Bench:
             if left is None or left[0] != 0:
                 raise RuntimeError(f"purge left {left} rows")
             out["softguard_vs_direct"] = round(out["softguard_ms"] / out["direct_ms"], 2)
+            out["checked_vs_direct"] = round(out["checked_ms"] / out["direct_ms"], 2)
             rounds.append(out)
         return rounds
 
@@ -253,15 +270,19 @@ def _print(result: dict[str, Any]) -> None:
     if bulk:
         print("bulk soft delete of all rows (ms)")
         print(
-            f"  {'round':6} {'direct':>9} {'softguard':>10} {'ratio':>6} {'undo':>9} {'purge':>9}"
+            f"  {'round':6} {'direct':>9} {'softguard':>10} {'ratio':>6} {'checked':>9}"
+            f" {'ratio':>6} {'undo':>9} {'purge':>9}"
         )
         for i, r in enumerate(bulk, 1):
             print(
                 f"  {i:<6} {r['direct_ms']:9.1f} {r['softguard_ms']:10.1f} "
-                f"{r['softguard_vs_direct']:6.2f} {r['undo_ms']:9.1f} {r['purge_ms']:9.1f}"
+                f"{r['softguard_vs_direct']:6.2f} {r['checked_ms']:9.1f} "
+                f"{r['checked_vs_direct']:6.2f} {r['undo_ms']:9.1f} {r['purge_ms']:9.1f}"
             )
-        ratios = [r["softguard_vs_direct"] for r in bulk]
-        print(f"  median ratio softguard / direct: {statistics.median(ratios):.2f}")
+        print(f"  claims (last round): {bulk[-1]['claims']}")
+        for label, key in (("softguard", "softguard_vs_direct"), ("checked", "checked_vs_direct")):
+            ratio = statistics.median(r[key] for r in bulk)
+            print(f"  median ratio {label} / direct: {ratio:.2f}")
 
 
 def main() -> int:

@@ -344,16 +344,22 @@ REVOKE ALL ON FUNCTION softguard.session_key() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard.session_key() TO PUBLIC;
 
 -- HMAC-SHA-256 (RFC 2104) from core sha256(): the mark of a call (the proxy computes the
--- same with Python's hmac).
+-- same with Python's hmac). plpgsql: an SQL function's query is planned again in every
+-- transaction (0.3 ms for each soft delete that checks a mark, decision 0031). No SET
+-- clause (decision 0024): its callers (_marked, _sd_bound) pin search_path.
 CREATE FUNCTION softguard._hmac(key bytea, msg bytea) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT sha256(p.opad || sha256(p.ipad || msg))
-      FROM (SELECT decode(string_agg(lpad(to_hex(x.b # 54), 2, '0'), '' ORDER BY x.i), 'hex') AS ipad,
-                   decode(string_agg(lpad(to_hex(x.b # 92), 2, '0'), '' ORDER BY x.i), 'hex') AS opad
-              FROM (SELECT i, CASE WHEN i < length(k.k) THEN get_byte(k.k, i) ELSE 0 END AS b
-                      FROM (SELECT CASE WHEN length(key) > 64 THEN sha256(key) ELSE key END) k(k),
-                           generate_series(0, 63) i) x) p
-$$;
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    k bytea := CASE WHEN pg_catalog.length(key) > 64 THEN pg_catalog.sha256(key) ELSE key END;
+    ipad bytea := pg_catalog.decode(pg_catalog.repeat('36', 64), 'hex');
+    opad bytea := pg_catalog.decode(pg_catalog.repeat('5c', 64), 'hex');
+BEGIN
+    FOR i IN 0 .. pg_catalog.length(k) - 1 LOOP
+        ipad := pg_catalog.set_byte(ipad, i, pg_catalog.get_byte(k, i) # 54);
+        opad := pg_catalog.set_byte(opad, i, pg_catalog.get_byte(k, i) # 92);
+    END LOOP;
+    RETURN pg_catalog.sha256(opad || pg_catalog.sha256(ipad || msg));
+END $$;
 REVOKE ALL ON FUNCTION softguard._hmac(bytea, bytea) FROM PUBLIC;
 
 -- Is `mark` this backend's mark of (stmt, ctx)? NULL: the backend has no key (not

@@ -90,6 +90,13 @@ DECLARE
     sd text;
     sdi jsonb;
     sd_exact boolean;                      -- the soft-delete setting told the truth
+    stack text;                            -- PG_CONTEXT: who runs the UPDATE (0031)
+    rewriters text;                        -- _sd_rewriters: what may rewrite its rows
+    bsql record;                           -- _sd_bound_sql
+    lost bigint;                           -- rows whose key a BEFORE trigger changed
+    changed bigint;                        -- rows it changed beyond the mark: kept whole
+    changed_bytes bigint;
+    claim text;                            -- how the soft-delete claim was judged
     inh jsonb;                             -- inheritance children's rows (_inherited_claim)
     shape record;
     cols jsonb;
@@ -164,9 +171,34 @@ BEGIN
                     MESSAGE = format('softguard: cannot soft-delete from %s: it has no primary key'
                                      ' or unique NOT NULL key to find the rows by', ident);
             END IF;
+            -- softguard's own rewrite, bound to this backend's key, run as the text's own
+            -- statement (no frame above this one: not from a function or DO block it calls)
+            -- on a table nothing rewrites rows of: its claim holds once the written marks
+            -- are seen (docs/decisions/0031-soft-delete-bound.md) ...
+            IF sdi ? 'sig' THEN
+                GET DIAGNOSTICS stack = PG_CONTEXT;
+                IF strpos(stack, E'\n') = 0 AND softguard._sd_bound(sdi) THEN
+                    rewriters := coalesce(softguard._sd_rewriters(TG_RELID), 'none');
+                    bsql := softguard._sd_bound_sql(TG_RELID, sdi, shape.key,
+                        CASE WHEN rewriters = 'trigger' THEN softguard._capture_columns(TG_RELID) END);
+                END IF;
+            END IF;
+            IF rewriters = 'none' THEN
+                EXECUTE bsql.marked INTO sd_exact;
+            ELSIF rewriters = 'trigger' THEN
+                -- ... with the table's BEFORE triggers, rows they changed are kept whole
+                -- too (below), unless one moved a key (undo finds rows by key)
+                EXECUTE bsql.changes INTO lost, changed, changed_bytes;
+                sd_exact := lost = 0;
+            END IF;
+            claim := 'bound';
             -- the session can write the setting: a statement that did more than mark rows
             -- is the UPDATE it is, captured whole whatever the session captures ...
-            EXECUTE shape.exact INTO sd_exact;
+            IF NOT coalesce(sd_exact, false) THEN
+                EXECUTE shape.exact INTO sd_exact;
+                changed := NULL;
+                claim := 'checked';
+            END IF;
             IF denied <> '[]' AND NOT sd_exact THEN
                 PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
                                                 'update', TG_OP);
@@ -180,16 +212,21 @@ BEGIN
             cid := nextval('softguard.captures_id_seq'::regclass);
             EXECUTE shape.capture USING cid;
             GET DIAGNOSTICS n = ROW_COUNT;
-            IF n = 0 THEN
+            IF n = 0 AND coalesce(changed, 0) = 0 THEN
                 RETURN NULL;
             END IF;
-            IF lim IS NOT NULL THEN        -- the rows this soft delete marked, 88_limits.sql
-                PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+            IF n > 0 THEN
+                IF lim IS NOT NULL THEN    -- the rows this soft delete marked, 88_limits.sql
+                    PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+                END IF;
+                event := 'soft_delete';
+                cols := shape.columns;
+                info := (sdi - 'statement' - 'sig')
+                        || jsonb_build_object('key', to_jsonb(shape.key), 'claim', claim);
+                stmt := sdi->>'statement';
             END IF;
-            event := 'soft_delete';
-            cols := shape.columns;
-            info := (sdi - 'statement') || jsonb_build_object('key', to_jsonb(shape.key));
-            stmt := sdi->>'statement';
+            -- else: no row newly marked, only rows marked before that the table's trigger
+            -- changed (WHERE CURRENT OF): captured whole below, as the UPDATE it is
         END IF;
     END IF;
 
@@ -313,6 +350,17 @@ BEGIN
     INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns,
                                     info)
     VALUES (cid, op, TG_RELID, ident, event, n, cols, info);
+    IF changed > 0 AND event = 'soft_delete' THEN
+        -- a bound soft delete whose rows the table's own BEFORE trigger changed further:
+        -- their whole old images, an 'update' capture undo restores after clearing marks
+        PERFORM softguard._budget_take(k, changed_bytes, true, 'DELETE FROM', ident);
+        cid := nextval('softguard.captures_id_seq'::regclass);
+        cols := softguard._capture_columns(TG_RELID);
+        EXECUTE bsql.images USING cid;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns)
+        VALUES (cid, op, TG_RELID, ident, 'update', n, cols);
+    END IF;
     IF info ? 'appeared' OR inh IS NOT NULL THEN
         PERFORM softguard._capture_more(op, cid, TG_RELID, info, inh);
     END IF;

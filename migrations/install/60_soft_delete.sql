@@ -29,12 +29,17 @@
 --   info      {"column", "mark_kind", "by_column", "by_value", "statement", "verb" (DELETE
 --             or MERGE), "verify" (capture only rows now carrying the mark)} from the proxy
 --   mark      the value the statement writes into the mark column (returned as is)
+--   call_mark the proxy's mark of its own rewrite (docs/decisions/0031-soft-delete-bound.md):
+--             hmac(session key, the statement text as sent with this argument's filler in
+--             place of the mark || NUL || (info + "table")::text), 64 hex digits; anything
+--             else (the filler, NULL) is an unmarked claim. Kept in the setting as "sig":
+--             only the capture trigger judges it, where it can tell which statement runs.
 -- SECURITY INVOKER, PUBLIC: it writes nothing to the ledger, only the setting the capture
 -- trigger reads. Called (or the setting set) by hand, the UPDATE that follows really marks
 -- its rows and is captured as a soft delete of them: work done, recorded. Its reader,
 -- soft_delete_rows_query, is operator-only (purge's archive).
 CREATE FUNCTION softguard.soft_delete_begin(target regclass, expected text, info jsonb,
-                                            mark anyelement)
+                                            mark anyelement, call_mark text DEFAULT NULL)
 RETURNS anyelement
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -64,11 +69,14 @@ BEGIN
                            'table', expected, 'mark', to_jsonb(mark),
                            'by', CASE info->>'by_value'
                                      WHEN 'application_name' THEN current_setting('application_name')
-                                     ELSE current_user::text END))::text,
+                                     ELSE current_user::text END)
+                        || CASE WHEN call_mark ~ '^[0-9a-f]{64}$'
+                                THEN jsonb_build_object('sig', call_mark) ELSE '{}' END)::text,
                        true);
     RETURN mark;
 END $$;
-GRANT EXECUTE ON FUNCTION softguard.soft_delete_begin(regclass, text, jsonb, anyelement) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard.soft_delete_begin(regclass, text, jsonb, anyelement, text)
+    TO PUBLIC;
 
 CREATE FUNCTION softguard._sd_type(rel oid, col text) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
@@ -157,6 +165,152 @@ BEGIN
              ELSE '' END);
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_shape(oid, jsonb) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- A claim bound to softguard's own rewrite (docs/decisions/0031-soft-delete-bound.md)
+-- ---------------------------------------------------------------------------------------
+-- What always holds: the capture trigger skips _sd_shape's `exact` check only when
+-- * the setting carries a mark ("sig") that _sd_bound finds to be this backend's HMAC of the
+--   text now running (current_query(), the mark put back to the proxy's filler) and of the
+--   claim's own fields: a text only the proxy sends (the client's texts cannot name
+--   softguard), so the claim is the one that text makes, word for word;
+-- * the UPDATE firing the trigger is that text's own statement, not one run by code it
+--   calls (a function, a DO block): PG_CONTEXT shows no frame above the trigger's
+--   (40_capture.sql); the proxy marks only a text of one DELETE without data-modifying WITH,
+--   so that statement is the marking UPDATE, which sets the mark and deleted_by only;
+-- * nothing of the table rewrites what that UPDATE writes: _sd_rewriters answers NULL;
+-- * every row the UPDATE wrote carries the claimed mark (_sd_bound_sql's `marked`, one pass
+--   over sg_new, no join): the one part of the claim the mark cannot bind (its value is
+--   computed when the statement runs, now()).
+-- With a row-level BEFORE trigger that may rewrite rows, the join runs (`changes`) and the
+-- rows whose other columns changed are kept whole as well (`images`), so undo restores them.
+
+-- The filler the proxy sends as soft_delete_begin's call_mark before it knows the text (and
+-- leaves there when it cannot bind the claim): as long as a mark, so positions do not move.
+-- softguard/sql/soft_delete.py's CALL_MARK_FILLER is the same text.
+CREATE FUNCTION softguard._sd_filler() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT 'softguard:unmarked:000000000000000000000000000000000000000000000' $$;
+REVOKE ALL ON FUNCTION softguard._sd_filler() FROM PUBLIC;
+
+-- Does the claim `sdi` (the setting, parsed) carry this backend's mark of the text running
+-- now? false: no (or no key: behind a transaction pooler, or not registered). _marked's
+-- computation, inlined: called only from the capture trigger (SECURITY DEFINER, its
+-- search_path pinned), without a SET clause of its own (decision 0024: each costs a setting
+-- saved and restored per call).
+CREATE FUNCTION softguard._sd_bound(sdi jsonb) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    sig text := sdi->>'sig';
+    k bytea;
+BEGIN
+    IF sig IS NULL OR sig !~ '^[0-9a-f]{64}$' THEN
+        RETURN false;
+    END IF;
+    SELECT s.key INTO k FROM softguard.session_keys s
+     WHERE s.pid = pg_catalog.pg_backend_pid() AND s.backend_start = softguard._backend_start();
+    IF k IS NULL THEN
+        RETURN false;
+    END IF;
+    -- over the text with the mark put back to the filler, and the claim's fields but what
+    -- soft_delete_begin computes as it runs (mark, by); compared as hashes, as _marked does
+    RETURN pg_catalog.sha256(pg_catalog.convert_to(sig, 'UTF8'))
+           = pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.encode(softguard._hmac(k,
+                 pg_catalog.convert_to(pg_catalog.replace(pg_catalog.current_query(), sig,
+                                                          softguard._sd_filler()), 'UTF8')
+                 || '\x00'::bytea
+                 || pg_catalog.convert_to((sdi - 'mark' - 'by' - 'sig')::text, 'UTF8')), 'hex'),
+                 'UTF8'));
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_bound(jsonb) FROM PUBLIC;
+
+-- What of table `rel` (and of every table an UPDATE of it reaches: partitions, inheritance
+-- children) can change a row other than as the UPDATE's SET list says: 'rule' (an UPDATE
+-- rule, which may add statements), 'trigger' (a row-level BEFORE UPDATE trigger not
+-- disabled, or BEFORE INSERT on a partition, which a row moving there fires), NULL: none.
+-- Read at the end of the statement: a trigger created or enabled before it, in this
+-- transaction too, is seen; one created during it cannot be (the table is in use). Not
+-- disabled counts, whatever session_replication_role says: REPLICA and ALWAYS included.
+CREATE FUNCTION softguard._sd_rewriters(rel oid) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    tree oid[] := ARRAY[rel];
+BEGIN
+    -- plpgsql, not sql: its queries' plans are kept for the session (an SQL function's are
+    -- made again in every transaction: 0.6 ms for a single-row soft delete). No SET clause
+    -- (decision 0024): called only from the capture trigger, which pins search_path.
+    IF (SELECT c.relhassubclass FROM pg_catalog.pg_class c WHERE c.oid = rel) THEN
+        tree := ARRAY(WITH RECURSIVE t(relid) AS (
+                          SELECT rel
+                          UNION
+                          SELECT i.inhrelid FROM pg_catalog.pg_inherits i
+                            JOIN t ON i.inhparent = t.relid)
+                      SELECT t.relid FROM t);
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_rewrite r
+                WHERE r.ev_class = ANY (tree) AND r.ev_type = '2') THEN
+        RETURN 'rule';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                 JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+                 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+                WHERE t.tgrelid = ANY (tree) AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+                  AND t.tgtype & 3 = 3                              -- ROW and BEFORE
+                  AND (t.tgtype & 16 = 16                           -- UPDATE
+                       OR (c.relispartition AND t.tgtype & 4 = 4))  -- INSERT
+                  AND p.pronamespace <> 'softguard'::pg_catalog.regnamespace) THEN
+        RETURN 'trigger';
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_rewriters(oid) FROM PUBLIC;
+
+-- The queries a bound claim needs (sg_old / sg_new: the trigger's transition tables):
+--   marked   whether every row written carries the claimed mark (one pass over sg_new)
+--   changes  (rows whose key is gone, rows whose other columns or mark are not as the
+--            claim says, their bytes) over sg_old LEFT JOIN sg_new by key
+--   images   the INSERT of those rows' whole old images ($1: the capture id), in the
+--            capture form of `cols` (_capture_columns)
+CREATE FUNCTION softguard._sd_bound_sql(rel oid, info jsonb, key text[], cols jsonb,
+                                        OUT marked text, OUT changes text, OUT images text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    col text := info->>'column';
+    by_col text := info->>'by_column';
+    mark text := pg_catalog.format('%L::%s', info->>'mark', softguard._sd_type(rel, col));
+    others text[];
+    joined text;
+    changed text;
+BEGIN
+    marked := pg_catalog.format(
+        'SELECT count(*) FILTER (WHERE n.%I IS DISTINCT FROM %s) = 0 FROM sg_new n', col, mark);
+    IF cols IS NULL THEN
+        RETURN;                    -- no BEFORE trigger: `marked` is all the trigger needs
+    END IF;
+    others := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                       AND a.attgenerated = '' AND a.attname::text IS DISTINCT FROM col
+                       AND a.attname::text IS DISTINCT FROM by_col
+                     ORDER BY a.attnum);
+    joined := (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I = n.%I', c, c), ' AND ')
+                 FROM pg_catalog.unnest(key) c);
+    changed := pg_catalog.format('n.%I IS NOT NULL AND (n.%I IS DISTINCT FROM %s%s)',
+        key[1], col, mark,
+        CASE WHEN cardinality(others) > 0 THEN pg_catalog.format(
+            ' OR NOT pg_catalog.record_image_eq(ROW(%s), ROW(%s))',
+            (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I', c), ', ') FROM pg_catalog.unnest(others) c),
+            (SELECT pg_catalog.string_agg(pg_catalog.format('n.%I', c), ', ') FROM pg_catalog.unnest(others) c))
+        ELSE '' END);
+    changes := pg_catalog.format(
+        'SELECT count(*) FILTER (WHERE n.%1$I IS NULL), count(*) FILTER (WHERE %2$s),'
+        ' coalesce(sum(pg_catalog.pg_column_size(o)) FILTER (WHERE %2$s), 0)'
+        ' FROM sg_old o LEFT JOIN sg_new n ON %3$s', key[1], changed, joined);
+    images := pg_catalog.format(
+        'INSERT INTO softguard.captured_rows (capture_id, "row") SELECT $1, %s'
+        ' FROM sg_old o LEFT JOIN sg_new n ON %s WHERE %s',
+        CASE WHEN cols @? '$[*][2]' THEN softguard._capture_expr(cols, 'o') ELSE 'o::text' END,
+        joined, changed);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_bound_sql(oid, jsonb, text[], jsonb) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
 -- Reading a soft-delete capture back

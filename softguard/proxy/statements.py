@@ -44,6 +44,7 @@ from softguard.sql.rewrite import (
     Replacement,
     RewritePlan,
     apply,
+    call_mark,
     char_offset,
     dollar_quote,
     drop_call,
@@ -53,6 +54,7 @@ from softguard.sql.rewrite import (
     statement_span,
 )
 from softguard.sql.soft_delete import (
+    CALL_MARK_FILLER,
     TAG_MARKER,
     Misconfigured,
     SoftDeleteTables,
@@ -429,6 +431,7 @@ def plan_message(
         return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
     replacements: list[Replacement] = []
     protected: list[tuple[str, str]] = []
+    claims: list[str | None] = []  # of each soft delete rewritten (SoftRewrite.claim)
     for decision in decisions:
         stmt = decision.statement
         if decision.action is Action.ALLOW:
@@ -479,10 +482,11 @@ def plan_message(
                     return NeedLedger(kind, action)
                 soft_text = _soft_delete(tables, stmt_text, soft)
                 if soft_text is not None:
-                    new_text, is_retag = soft_text
+                    new_text, is_retag, claim = soft_text
                     if is_retag:
                         retag.add(_index_of(classification, stmt))
                     replacements.append(Replacement(stmt, new_text))
+                    claims.append(claim)
             continue  # the database's capture triggers keep the rows: sent as is
         start, end = statement_span(text, stmt)
         stmt_text = text[start:end].decode("utf-8", "replace")
@@ -533,7 +537,36 @@ def plan_message(
         frozenset(retag),
         client_text=len(classification.statements) > 1,
     )
+    key = soft.call_key if soft is not None else None
+    if key is not None and len(claims) == 1 and claims[0] is not None:
+        if len(classification.statements) == 1 and (text.isascii() or _utf8(enc)):
+            rebuilt = _bind_claim(rebuilt, key, claims[0])
     return Planned(rebuilt.raw, rebuilt.plan, rebuilt.retag, kind, action, tuple(protected), reread)
+
+
+def _utf8(client_encoding: str) -> bool:
+    return client_encoding.upper() in ("UTF8", "UTF-8", "UNICODE")
+
+
+def _bind_claim(rebuilt: _Rebuilt, key: bytes, claim: str) -> _Rebuilt:
+    """The message with its soft delete's filler replaced by the session's mark of the
+    text as sent and of the claim (decision 0031): the capture trigger then believes the
+    claim of this statement without reading the rows twice. The text must be the one
+    statement of its message (any other statement of it, or code its own statement calls,
+    could make the same call again while the same text runs: the trigger sees that only
+    for the latter), with the filler once in it; otherwise it is left unmarked."""
+    raw = rebuilt.raw
+    filler = CALL_MARK_FILLER.encode()
+    if raw.count(filler) != 1:
+        return rebuilt
+    body = raw[5:]
+    if raw[0] == _Q:
+        sent = body[:-1]
+    else:
+        start = body.index(b"\0") + 1
+        sent = body[start : body.index(b"\0", start)]
+    mark = call_mark(key, sent.decode("utf-8"), claim).encode()
+    return _Rebuilt(raw.replace(filler, mark), rebuilt.plan, rebuilt.retag)
 
 
 _ENCODING_REFUSAL = (
@@ -576,9 +609,9 @@ def _cuts_text(decision: Decision, soft_delete: bool) -> bool:
 
 def _soft_delete(
     tables: SoftDeleteTables, stmt_text: str, soft: SoftSession | None
-) -> tuple[str, bool] | None:
-    """(text to send, whether its tag must read DELETE) for a statement that deletes from
-    a soft-delete table; None when it does not."""
+) -> tuple[str, bool, str | None] | None:
+    """(text to send, whether its tag must read DELETE, the claim it may bind: SoftRewrite)
+    for a statement that deletes from a soft-delete table; None when it does not."""
     if not tables:
         return None
     lowered = stmt_text.lower()
@@ -590,19 +623,19 @@ def _soft_delete(
         log.error("%s", exc)
         return refusal(
             "55000", str(exc), "Fix the soft_delete entry (or the table) and retry."
-        ), False
+        ), False, None
     except Exception as exc:  # a statement pglast cannot print back: refuse, never guess
         log.exception("soft-delete rewrite failed for: %s", stmt_text)
         message = (
             "softguard: this DELETE on a soft-delete table could not be rewritten into a "
             f"soft delete ({type(exc).__name__}); it was not run"
         )
-        return refusal("0A000", message, "Simplify the statement, or report it."), False
+        return refusal("0A000", message, "Simplify the statement, or report it."), False, None
     if done is None:
         return None
     if done.prepared is not None and soft is not None:
         soft.prepared.add(done.prepared)
-    return done.text, done.retag
+    return done.text, done.retag, done.claim
 
 
 def _index_of(classification: Classification, stmt: Statement) -> int:

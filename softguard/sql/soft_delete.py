@@ -38,6 +38,7 @@ from pglast.stream import RawStream
 
 from softguard.contract import TAG_MARKER as TAG_MARKER  # re-exported for the proxy
 from softguard.sql.classify import quote_ident
+from softguard.sql.rewrite import jsonb_text
 
 
 # pglast prints PostgreSQL 17's "WHEN NOT MATCHED BY TARGET", which 15 and 16 reject; the
@@ -55,6 +56,12 @@ ByValue = Literal["role", "application_name"]
 # statement whose command tag must be turned back into DELETE.
 
 REWRITE_CACHE_SIZE = 1024
+
+# soft_delete_begin's last argument as the rewrite sends it: the proxy puts the session's
+# mark of the final text in its place (softguard.proxy.statements, decision 0031), or
+# leaves it (no key, or a text whose claim cannot be bound). As long as the mark (64
+# characters), so no position moves; the database's softguard._sd_filler() is the same.
+CALL_MARK_FILLER = "softguard:unmarked:" + "0" * 45
 
 _BY_SQL = {"role": "current_user", "application_name": "current_setting('application_name')"}
 
@@ -150,6 +157,11 @@ class SoftRewrite:
     retag: bool  # its own command tag must read DELETE (top-level DELETE, or EXECUTE of one)
     targets: tuple[SoftTarget, ...]  # the soft-delete tables it marks rows of
     prepared: str | None = None  # PREPARE name: EXECUTE of it must be retagged too
+    # the claim soft_delete_begin makes, as jsonb prints it (rewrite.jsonb_text of its info
+    # plus "table"), when the statement can be bound to the session's key (decision 0031):
+    # a top-level DELETE of one soft-delete table whose WITH modifies nothing. None: the
+    # capture trigger checks the claim against the transition tables instead.
+    claim: str | None = None
 
 
 class Misconfigured(Exception):
@@ -215,8 +227,24 @@ def rewrite(
     prepared_as = (
         node.name if isinstance(node, ast.PrepareStmt) and node.query is not None else None
     )
+    claim = None
+    if retag and isinstance(node, ast.DeleteStmt) and len(targets) == 1 and _reads_only(root):
+        claim = jsonb_text({**_info(targets[0], text, "DELETE"), "table": targets[0].qualified})
     return SoftRewrite(
-        new_text, retag and isinstance(node, ast.DeleteStmt), tuple(targets), prepared_as
+        new_text, retag and isinstance(node, ast.DeleteStmt), tuple(targets), prepared_as, claim
+    )
+
+
+def _reads_only(root: _Root) -> bool:
+    """The rewritten statement's WITH holds no INSERT / UPDATE / DELETE / MERGE: its rows
+    would share the marking UPDATE's transition tables (PostgreSQL allows data-modifying
+    WITH only at the top level, so only that one needs looking at)."""
+    with_clause = getattr(root.stmt, "withClause", None)
+    if with_clause is None:
+        return True
+    return all(
+        isinstance(cte, ast.CommonTableExpr) and isinstance(cte.ctequery, ast.SelectStmt)
+        for cte in with_clause.ctes or ()
     )
 
 
@@ -322,22 +350,11 @@ def _marking(
 ) -> tuple[Any, ...]:
     """The SET list that marks a row: the mark (through soft_delete_begin) and deleted_by."""
     ref = _ref(rel)
-    info = orjson.dumps(
-        {
-            "column": target.column,
-            "mark_kind": target.mark,
-            "by_column": target.by_column,
-            "by_value": target.by_value,
-            "statement": statement,
-            "verb": verb,
-            # a MERGE's own UPDATE actions change rows too: capture only those marked
-            "verify": verb == "MERGE",
-        }
-    ).decode()
+    info = orjson.dumps(_info(target, statement, verb)).decode()
     begin = (
         f"(SELECT softguard.soft_delete_begin({_literal(_relation_text(rel))}::regclass, "
         f"{_literal(target.qualified)}, {_literal(info)}::jsonb, "
-        f"({target.value})::{target.column_type}))"
+        f"({target.value})::{target.column_type}, {_literal(CALL_MARK_FILLER)}))"
     )
     col = quote_ident(target.column)
     if current_of:
@@ -353,6 +370,20 @@ def _marking(
             by = f"CASE WHEN {target.unmarked(ref)} THEN {by} ELSE {old_by} END"
         targets.append(ast.ResTarget(name=target.by_column, val=_expr(by)))
     return tuple(targets)
+
+
+def _info(target: SoftTarget, statement: str, verb: str) -> dict[str, object]:
+    """soft_delete_begin's info argument: what the capture trigger needs to know."""
+    return {
+        "column": target.column,
+        "mark_kind": target.mark,
+        "by_column": target.by_column,
+        "by_value": target.by_value,
+        "statement": statement,
+        "verb": verb,
+        # a MERGE's own UPDATE actions change rows too: capture only those marked
+        "verify": verb == "MERGE",
+    }
 
 
 def _as_update(delete: Any, target: SoftTarget, statement: str) -> ast.UpdateStmt:

@@ -1335,3 +1335,47 @@ def test_odd_statements_look_like_the_plain_delete(
         sg.dsn(plain_db), stmt, extended
     )
     assert scalar(sg, soft_db, "SELECT count(*) FROM customers") == 2000
+
+
+# ----------------------------------------------------------------- the table's own trigger
+
+
+def test_soft_delete_with_an_updated_at_trigger(
+    sd_proxy: Any, sg: Any, twins: Callable[..., list[str]]
+) -> None:
+    """Regression of ledger version 9 (decision 0031): a BEFORE UPDATE trigger stamping
+    updated_at made every soft delete an UPDATE capture, which purge never hard-deletes.
+    Now: a soft delete, the stamped rows kept whole too; undo restores them exactly; purge
+    after retention hard-deletes the rows still marked."""
+    (db,) = twins(1)
+    direct = sg.dsn(db)
+    with psycopg.connect(direct, autocommit=True) as c:
+        c.execute(
+            "ALTER TABLE customers ADD COLUMN updated_at timestamptz NOT NULL DEFAULT '2020-01-01';"
+            "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "NEW.updated_at := clock_timestamp(); RETURN NEW; END $$;"
+            "CREATE TRIGGER touch BEFORE UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION touch()"
+        )
+    before = sg.data(db)
+    stmt = "DELETE FROM customers WHERE id <= 5"
+    op = _soft_delete(sd_proxy, sg, db, stmt, "DELETE 5")
+    assert [
+        (c["event"], c["n_rows"], (c["info"] or {}).get("claim")) for c in captures(sg, db, op)
+    ] == [
+        ("soft_delete", 5, "bound"),
+        ("update", 5, None),
+    ]
+    stamped = "SELECT count(*) FROM customers WHERE updated_at > '2020-01-01'"
+    assert scalar(sg, db, stamped) == 5
+
+    done = cli("undo", str(op), "--yes", "--dsn", direct)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sg.data(db) == before
+    assert scalar(sg, db, stamped) == 0
+
+    op2 = _soft_delete(sd_proxy, sg, db, stmt, "DELETE 5")
+    purged = cli("purge", "--older-than", "0s", "--yes", "--dsn", direct)
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    assert scalar(sg, db, "SELECT count(*) FROM customers WHERE id <= 5") == 0
+    assert scalar(sg, db, "SELECT count(*) FROM customers") == 1995
+    assert scalar(sg, db, "SELECT state FROM softguard.operations WHERE id = %s", [op2]) == "purged"

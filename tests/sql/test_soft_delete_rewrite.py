@@ -5,10 +5,13 @@ against a real server in tests/ledger/test_soft_delete_sql.py and tests/proxy_so
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pglast import ast, parse_sql
 
 from softguard.sql.soft_delete import (
+    CALL_MARK_FILLER,
     Misconfigured,
     SoftDeleteTables,
     SoftTarget,
@@ -236,7 +239,9 @@ def test_merge_delete_becomes_a_marking_update_then_do_nothing() -> None:
         TABLES,
     )
     assert done is not None and not done.retag  # MERGE n stays MERGE n
-    tail = done.text.rsplit("AS jsonb), CAST(now() AS timestamp with time zone))), ", 1)[1]
+    tail = done.text.rsplit(
+        f"CAST(now() AS timestamp with time zone), '{CALL_MARK_FILLER}')), ", 1
+    )[1]
     assert tail == (
         "deleted_by = CURRENT_USER WHEN MATCHED AND s.gone THEN DO NOTHING"
         " WHEN MATCHED THEN UPDATE SET phone = s.phone"
@@ -266,8 +271,8 @@ def test_proxy_refuses_what_it_cannot_rewrite(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(tables, "rewrite", boom)
     out = _soft_delete(tables, "DELETE FROM customers", None)
     assert out is not None
-    text, retag = out
-    assert not retag
+    text, retag, claim = out
+    assert not retag and claim is None
     assert "ERRCODE = '0A000'" in text and "could not be rewritten" in text
     # a statement naming no soft-delete table is not even parsed
     assert _soft_delete(tables, "DELETE FROM orders", None) is None
@@ -281,3 +286,29 @@ def test_whole_row_references_read_the_old_row() -> None:
     returning = done.text.rsplit(" RETURNING ", 1)[1]
     old = "(SELECT sg_o FROM customers AS sg_o WHERE sg_o.id = c.id)"
     assert returning == f"{old} AS c, {old}.deleted_at, {old}.id", returning
+
+
+@pytest.mark.parametrize(
+    ("text", "bindable"),
+    [
+        ("DELETE FROM customers WHERE id = 1", True),
+        ("DELETE FROM customers c USING src s WHERE c.id = s.id RETURNING c.*", True),
+        ("WITH s AS (SELECT 1 AS id) DELETE FROM customers WHERE id IN (SELECT id FROM s)", True),
+        # a data-modifying WITH shares the marking UPDATE's transition tables
+        ("WITH u AS (UPDATE customers SET phone = 'x' RETURNING 1) DELETE FROM customers", False),
+        ("WITH d AS (DELETE FROM customers RETURNING 1) SELECT * FROM d", False),
+        ("MERGE INTO customers t USING src s ON t.id = s.id WHEN MATCHED THEN DELETE", False),
+        ("PREPARE p AS DELETE FROM customers WHERE id = $1", False),
+        ("EXPLAIN ANALYZE DELETE FROM customers", False),
+    ],
+)
+def test_claim_only_for_a_plain_top_level_delete(text: str, bindable: bool) -> None:
+    """Decision 0031: the proxy binds the claim only where the marking UPDATE is the text's
+    one modifying statement; the claim is what soft_delete_begin's setting will hold."""
+    done = rewrite(text, TABLES)
+    assert done is not None
+    assert (done.claim is not None) is bindable
+    assert CALL_MARK_FILLER in done.text and len(CALL_MARK_FILLER) == 64
+    if done.claim is not None:
+        claim = json.loads(done.claim)
+        assert claim["table"] == "public.customers" and claim["statement"] == text
