@@ -363,7 +363,9 @@ BEGIN
         cols := softguard._capture_columns(TG_RELID);
         IF typed THEN                      -- here: only this function sees sg_old
             saved := softguard._typed_begin();
-            EXECUTE format('CREATE TABLE %s AS SELECT * FROM sg_old', softguard._typed_name(cid));
+            -- USING heap: not whatever access method the session's default names
+            EXECUTE format('CREATE TABLE %s USING heap AS SELECT * FROM sg_old',
+                           softguard._typed_name(cid));
             GET DIAGNOSTICS n = ROW_COUNT;
             PERFORM softguard._typed_end(cid, saved);
             info := '{"typed": true}';
@@ -518,8 +520,8 @@ BEGIN
     END IF;
     IF typed THEN
         saved := softguard._typed_begin();
-        EXECUTE format('CREATE TABLE %s AS SELECT * FROM ONLY %s t', softguard._typed_name(cid),
-                       TG_RELID::regclass);
+        EXECUTE format('CREATE TABLE %s USING heap AS SELECT * FROM ONLY %s t',
+                       softguard._typed_name(cid), TG_RELID::regclass);
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM softguard._typed_end(cid, saved);
     ELSE

@@ -45,6 +45,12 @@ DATASET = (
     " CREATE DOMAIN posint AS int CHECK (VALUE > 0);"
     " CREATE TYPE pair AS (x int, y text);"
     " CREATE COLLATION sg_c (provider = libc, locale = 'C');"
+    # a user's trigger that deletes from bulk twice in one statement
+    " CREATE TABLE kick (id int);"
+    " CREATE FUNCTION kick_bulk() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    "  DELETE FROM bulk WHERE id <= 10; DELETE FROM bulk WHERE id > 10; RETURN NULL; END $$;"
+    " CREATE TRIGGER kick_bulk AFTER INSERT ON kick FOR EACH STATEMENT"
+    "  EXECUTE FUNCTION kick_bulk();"
     + "".join(
         f" CREATE TABLE with_{name} (id int PRIMARY KEY, u {typ});"
         f" INSERT INTO with_{name} SELECT g, {expr} FROM generate_series(1, 10000) g;"
@@ -189,6 +195,20 @@ def test_threshold_boundary(arena: Arena, threshold: int) -> None:
     assert rows_of(arena, "bulk") == before
 
 
+def test_one_operation_with_a_text_and_a_typed_capture(arena: Arena) -> None:
+    """A user's trigger deleting from one table twice within one statement: one operation,
+    one capture small (text), one large (typed), of the same table; undo reads both forms
+    in one pass."""
+    before, last = rows_of(arena, "bulk"), arena.last_op()
+    out = arena.attack(["INSERT INTO kick VALUES (1)"])
+    assert out.error is None, out.describe()
+    (op,) = [o["id"] for o in arena.ops_since(last)]
+    forms = [(n, info) for _, _, n, info in captures(arena, op)]
+    assert forms == [(10, None), (ROWS - 10, {"typed": True})]
+    undo(arena, op)
+    assert rows_of(arena, "bulk") == before
+
+
 def test_truncate_is_kept_typed(arena: Arena) -> None:
     snap, last = arena.snapshot(), arena.last_op()
     out = arena.attack(["TRUNCATE bulk"])
@@ -277,16 +297,17 @@ def test_purge_drops_the_table_and_archives_the_same_csv(
     cid_text = assert_text(arena, op_text, ROWS)
     cid_typed = assert_typed(arena, op_typed, ROWS)
     size = arena.direct("SELECT softguard.op_size(%s)", [op_typed])[0][0]
-    table_size = arena.direct(
-        f"SELECT pg_total_relation_size('softguard_rows.c{cid_typed}')"
-    )[0][0]
+    table_size = arena.direct(f"SELECT pg_total_relation_size('softguard_rows.c{cid_typed}')")[0][0]
     assert size == table_size
     r = arena.cli("purge", "--older-than", "0s", "--archive", str(tmp_path), "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
     assert typed_tables(arena) == []
-    assert arena.direct(
-        "SELECT count(*) FROM softguard.captures WHERE op_id IN (%s, %s)", [op_text, op_typed]
-    )[0][0] == 0
+    assert (
+        arena.direct(
+            "SELECT count(*) FROM softguard.captures WHERE op_id IN (%s, %s)", [op_text, op_typed]
+        )[0][0]
+        == 0
+    )
     text_csv = (tmp_path / f"op-{op_text}" / f"rows-{cid_text}.csv").read_bytes()
     typed_csv = (tmp_path / f"op-{op_typed}" / f"rows-{cid_typed}.csv").read_bytes()
     assert typed_csv == text_csv
@@ -325,7 +346,9 @@ def test_the_application_cannot_touch_a_capture_table(arena: Arena, who: str, vi
         f"SELECT md5(string_agg(r::text, ',' ORDER BY id)) FROM softguard_rows.c{cid} r"
     )
     # through the proxy the schema's name is spelt as a U& identifier too
-    spellings = ["softguard_rows", uident("softguard_rows")] if via == "proxy" else ["softguard_rows"]
+    spellings = (
+        ["softguard_rows", uident("softguard_rows")] if via == "proxy" else ["softguard_rows"]
+    )
     for name, stmt in ATTACKS.items():
         for s in spellings:
             out = arena.attack([stmt.format(s=s, cid=cid)], who=who, via=via)
@@ -334,11 +357,14 @@ def test_the_application_cannot_touch_a_capture_table(arena: Arena, who: str, vi
     assert kept == arena.direct(
         f"SELECT md5(string_agg(r::text, ',' ORDER BY id)) FROM softguard_rows.c{cid} r"
     )
-    assert arena.direct(
-        "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass"
-        " AND tgname = 'zz_softguard_guard_ledger' AND tgenabled = 'A'",
-        [f"softguard_rows.c{cid}"],
-    )[0][0] == 1
+    assert (
+        arena.direct(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass"
+            " AND tgname = 'zz_softguard_guard_ledger' AND tgenabled = 'A'",
+            [f"softguard_rows.c{cid}"],
+        )[0][0]
+        == 1
+    )
     undo(arena, op)
     assert rows_of(arena, "bulk") == before
 
