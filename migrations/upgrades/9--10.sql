@@ -1,11 +1,9 @@
--- Version 10: large DELETE / TRUNCATE captures (at least softguard._typed_min_rows() rows,
--- of a plain table whose columns are all of built-in types) kept typed, one table per
--- capture in schema softguard_rows, read by undo and the purge archive through
--- _capture_src, dropped by purge (bulk: decision 0030). Captures taken before keep their
--- text in softguard.captured_rows, read as before.
---
--- As in 8--9.sql: softguard's event triggers are off while the sections run, every
--- function a section (re)defines has its final definition, each defined once.
+-- Version 10 (bulk, decision 0030): a DELETE / TRUNCATE capture of at least 10,000 rows of
+-- a plain table of built-in column types is kept typed, one table per capture in the new
+-- schema softguard_rows (CREATE TABLE AS); undo and the purge archive read both forms
+-- through _capture_src, purge drops the table, op_size measures it. Captures taken before
+-- keep their text in softguard.captured_rows. Event triggers off meanwhile, as 8--9.sql.
+
 DO $$
 DECLARE
     e record;
