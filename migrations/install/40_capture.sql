@@ -93,13 +93,15 @@ REVOKE ALL ON FUNCTION softguard._typed_name(bigint) FROM PUBLIC;
 -- by another table's columns), every column of a type initdb pins that holds no enum or
 -- reg* value (_restore_pinned: built in, the same in every version, cannot be dropped)
 -- and of a collation initdb pins. Anything else (a user's type, domain, enum, composite,
--- their arrays, a user's collation) stays text. No SET: called from _capture_rows and
--- _capture_truncate, which pin search_path.
+-- their arrays, a user's collation) stays text. Nor while a publication FOR ALL TABLES
+-- exists: it would publish every capture table, which no subscriber has. No SET: called
+-- from _capture_rows and _capture_truncate, which pin search_path.
 CREATE FUNCTION softguard._typed_fits(rel oid) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = rel AND c.relkind = 'r'
                                                         AND NOT c.relispartition)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.puballtables)
        AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i
                         WHERE i.inhrelid = rel OR i.inhparent = rel)
        AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a

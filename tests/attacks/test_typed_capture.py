@@ -229,6 +229,17 @@ def test_a_user_type_or_collation_stays_text(arena: Arena, name: str) -> None:
     assert rows_of(arena, f"with_{name}") == before
 
 
+def test_a_publication_for_all_tables_keeps_captures_text(arena: Arena) -> None:
+    """It would publish every capture table to subscribers that have none of them."""
+    arena.direct("CREATE PUBLICATION sg_everything FOR ALL TABLES")
+    before = rows_of(arena, "bulk")
+    op = delete(arena, "DELETE FROM bulk")
+    assert_text(arena, op, ROWS)
+    assert typed_tables(arena) == []
+    undo(arena, op)
+    assert rows_of(arena, "bulk") == before
+
+
 def test_rollback_keeps_no_capture_table(arena: Arena) -> None:
     last = arena.last_op()
     out = arena.attack(["BEGIN", "DELETE FROM bulk", "ROLLBACK"])
