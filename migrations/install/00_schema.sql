@@ -15,7 +15,9 @@
 --   transaction aborts, nothing is lost). Design: docs/decisions/0005-reversible-drop.md.
 -- * Rows are captured in the database, in the transaction that removes or changes them
 --   (40_capture.sql; docs/decisions/0006-row-capture.md). Captured rows are stored once, as the
---   text of the row (record_out): softguard.captured_rows (capture_id, row);
+--   text of the row (record_out): softguard.captured_rows (capture_id, row); a large DELETE
+--   or TRUNCATE capture of a table of built-in types in a table of its own instead,
+--   softguard_rows.c<capture id>, typed (decision 0030);
 --   softguard.captures holds one row per trigger firing (operation, table, event, count,
 --   the column list with types, to read the rows back whatever the table looks like at undo).
 -- * Quarantine (schema softguard_quarantine, renamed schemas softguard_q<op>_<name>) and the
@@ -27,14 +29,19 @@
 
 CREATE SCHEMA softguard;
 CREATE SCHEMA softguard_quarantine;
+-- Large DELETE / TRUNCATE captures, one table per capture in the table's own column types
+-- (softguard_rows.c<capture id>; 40_capture.sql, decision 0030). Nothing granted.
+CREATE SCHEMA softguard_rows;
 REVOKE ALL ON SCHEMA softguard FROM PUBLIC;
 REVOKE ALL ON SCHEMA softguard_quarantine FROM PUBLIC;
+REVOKE ALL ON SCHEMA softguard_rows FROM PUBLIC;
 -- USAGE only, so that any role can CALL softguard.drop_op (the proxy rewrites the client's
 -- DROP into that CALL, run as the client's role); every table and every internal function
 -- below is revoked from PUBLIC.
 GRANT USAGE ON SCHEMA softguard TO PUBLIC;
 COMMENT ON SCHEMA softguard IS 'softguard ledger and functions (do not edit by hand)';
 COMMENT ON SCHEMA softguard_quarantine IS 'objects dropped through softguard, kept until purged';
+COMMENT ON SCHEMA softguard_rows IS 'large row captures, one table per capture (do not edit by hand)';
 
 -- One row per script applied to this database: the install of version N (name
 -- 'softguard--N.sql'), then each upgrade (name 'N--N+1.sql'). The install's version is the

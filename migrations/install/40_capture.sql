@@ -64,6 +64,127 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._client_text(text) FROM PUBLIC;
 
+-- ---------------------------------------------------------------------------------------
+-- Large captures kept typed (docs/decisions/0030-typed-bulk-capture.md)
+-- ---------------------------------------------------------------------------------------
+-- Turning each row into text (record_out) and writing it into captured_rows with its BRIN
+-- index costs about five times the DELETE itself. A DELETE or TRUNCATE capture of at least
+-- _typed_min_rows() rows is kept instead in a table of its own, softguard_rows.c<capture
+-- id>, made by CREATE TABLE AS from the rows in the table's own column types, and its
+-- capture's info says {"typed": true}. Only where nothing in it can depend on a user's
+-- object (_typed_fits): a DROP TYPE ... CASCADE or DROP COLLATION ... CASCADE must never
+-- reach into the ledger. Every reader takes a capture's rows through _capture_src (typed
+-- columns) or _capture_text_src (the row texts); purge drops the table.
+
+-- The fewest rows a DELETE or TRUNCATE capture keeps typed: below it the table's catalog
+-- work (CREATE TABLE AS, its guard trigger, their event triggers: ~9 ms) costs more than
+-- the text it saves (decision 0030, measured).
+CREATE FUNCTION softguard._typed_min_rows() RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT 10000::pg_catalog.int8 $$;
+REVOKE ALL ON FUNCTION softguard._typed_min_rows() FROM PUBLIC;
+
+-- The table that keeps typed capture `cid`'s rows.
+CREATE FUNCTION softguard._typed_name(cid bigint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT 'softguard_rows.c' OPERATOR(pg_catalog.||) cid::pg_catalog.text $$;
+REVOKE ALL ON FUNCTION softguard._typed_name(bigint) FROM PUBLIC;
+
+-- May rows of `rel` be kept typed? A plain table in no inheritance tree (no parent, no
+-- child, not a partition: their captures go through _inherited_claim or are read back
+-- by another table's columns), every column of a type initdb pins that holds no enum or
+-- reg* value (_restore_pinned: built in, the same in every version, cannot be dropped)
+-- and of a collation initdb pins. Anything else (a user's type, domain, enum, composite,
+-- their arrays, a user's collation) stays text. Nor while a publication FOR ALL TABLES
+-- exists: it would publish every capture table, which no subscriber has. No SET: called
+-- from _capture_rows and _capture_truncate, which pin search_path.
+CREATE FUNCTION softguard._typed_fits(rel oid) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = rel AND c.relkind = 'r'
+                                                        AND NOT c.relispartition)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.puballtables)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i
+                        WHERE i.inhrelid = rel OR i.inhparent = rel)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                        WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                          AND NOT (softguard._restore_pinned(a.atttypid)
+                                   AND a.attcollation OPERATOR(pg_catalog.<) 10000::pg_catalog.oid));
+END $$;
+REVOKE ALL ON FUNCTION softguard._typed_fits(oid) FROM PUBLIC;
+
+-- Before the CREATE TABLE AS of a typed capture (run by the capture trigger itself: only
+-- it sees the transition table): softguard's own DDL, which the mode guard (87_modes.sql)
+-- and the tamper guard stand aside for, and in replica mode where softguard may set it, so
+-- the user's own event triggers do not see it (as _install_capture). Returns what
+-- _typed_end puts back.
+CREATE FUNCTION softguard._typed_begin() RETURNS text[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    saved text := pg_catalog.current_setting('session_replication_role');
+BEGIN
+    PERFORM softguard._replica('replica');
+    RETURN ARRAY[softguard._maintenance_begin()::text, saved];
+END $$;
+REVOKE ALL ON FUNCTION softguard._typed_begin() FROM PUBLIC;
+
+-- After the CREATE TABLE AS of capture `cid`: the ledger's guard on the new table (no row
+-- removed or changed outside maintenance, ENABLE ALWAYS, as guard_ledger on captured_rows),
+-- then the maintenance mark and replica mode as they were. Its owner is the ledger's owner
+-- (the capture functions are SECURITY DEFINER); nothing is granted on it or its schema.
+CREATE FUNCTION softguard._typed_end(cid bigint, saved text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t text := softguard._typed_name(cid);
+BEGIN
+    EXECUTE pg_catalog.format('CREATE TRIGGER zz_softguard_guard_ledger BEFORE DELETE OR UPDATE'
+                              ' OR TRUNCATE ON %s FOR EACH STATEMENT'
+                              ' EXECUTE FUNCTION softguard._guard_ledger()', t);
+    EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zz_softguard_guard_ledger', t);
+    PERFORM softguard._maintenance_end(saved[1]::boolean);
+    PERFORM softguard._replica(saved[2]);
+END $$;
+REVOKE ALL ON FUNCTION softguard._typed_end(bigint, text[]) FROM PUBLIC;
+
+-- The rows of captures `ids` (all with column list `columns`, read through row type `rtype`
+-- of _row_type) as a query of the captured columns: text captures parsed from
+-- captured_rows (columns in their restore form rebuilt, _restored_cols, naming `rel`),
+-- typed ones read from their tables as they are (the undo's fast path: no text at all).
+CREATE FUNCTION softguard._capture_src(columns jsonb, rtype text, ids bigint[], rel text)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    typed bigint[] := ARRAY(SELECT c.id FROM softguard.captures c
+                             WHERE c.id = ANY (ids) AND c.info @> '{"typed": true}' ORDER BY c.id);
+    texts bigint[] := ARRAY(SELECT x FROM unnest(ids) x WHERE NOT x = ANY (typed) ORDER BY x);
+    parts text[] := '{}';
+BEGIN
+    IF cardinality(texts) > 0 THEN
+        -- OFFSET 0: the row text is parsed once, not once per column
+        parts := parts || format('SELECT %s FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                                 ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) q',
+                                 softguard._restored_cols(columns, 'q', rel), rtype, texts);
+    END IF;
+    parts := parts || ARRAY(
+        SELECT format('SELECT %s FROM %s t',
+                      coalesce((SELECT string_agg(format('t.%I', c->>0), ', ' ORDER BY o)
+                                  FROM jsonb_array_elements(columns) WITH ORDINALITY x(c, o)), ''),
+                      softguard._typed_name(i))
+          FROM unnest(typed) i ORDER BY i);
+    RETURN array_to_string(parts, ' UNION ALL ');
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_src(jsonb, text, bigint[], text) FROM PUBLIC;
+
+-- The rows of capture `cid` as their text, one "row" column: what captured_rows holds, or
+-- for a typed capture its rows' text now (record_out in the reader's formats).
+CREATE FUNCTION softguard._capture_text_src(cid bigint) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM softguard.captures c WHERE c.id = cid AND c.info @> '{"typed": true}') THEN
+        RETURN format('SELECT t::text AS "row" FROM %s t', softguard._typed_name(cid));
+    END IF;
+    RETURN format('SELECT r."row" FROM softguard.captured_rows r WHERE r.capture_id = %s', cid);
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_text_src(bigint) FROM PUBLIC;
+
 -- The statement-level AFTER DELETE / AFTER UPDATE trigger (transition table sg_old).
 CREATE FUNCTION softguard._capture_rows() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -108,6 +229,8 @@ DECLARE
     lim bigint;                            -- the registration's max_rows (88_limits.sql)
     lim_by text;
     denied jsonb;                          -- tables its rules deny (88_limits.sql)
+    typed boolean := false;                -- kept in a table of its own (decision 0030)
+    saved text[];
 BEGIN
     -- What this session captures: its registration, plus what its setting adds (G6). The
     -- setting, written by the proxy at startup, is the fast path; a session whose setting
@@ -258,10 +381,17 @@ BEGIN
                 kept := softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
                                                                    ELSE 'UPDATE' END, ident);
             END IF;
-        ELSIF NOT softguard._budget_fits(k, TG_RELID) THEN
-            SELECT coalesce(sum(pg_column_size(o)), 0) INTO n FROM sg_old o;
-            PERFORM softguard._budget_take(k, n, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
-                                                                ELSE 'UPDATE' END, ident);
+        ELSE
+            IF NOT softguard._budget_fits(k, TG_RELID) THEN
+                SELECT coalesce(sum(pg_column_size(o)), 0) INTO n FROM sg_old o;
+                PERFORM softguard._budget_take(k, n, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
+                                                                    ELSE 'UPDATE' END, ident);
+            END IF;
+            -- a large DELETE of a table of built-in types: kept typed (decision 0030)
+            IF ev = 'delete' AND softguard._typed_fits(TG_RELID) THEN
+                SELECT count(*) >= softguard._typed_min_rows() INTO typed
+                  FROM (SELECT FROM sg_old o LIMIT softguard._typed_min_rows()) s;
+            END IF;
         END IF;
         cid := nextval('softguard.captures_id_seq'::regclass);
         IF ev = 'delete' AND EXISTS (SELECT FROM pg_inherits i
@@ -270,14 +400,24 @@ BEGIN
         END IF;
         -- columns holding enum / reg* values are kept in their restore form (46_restore.sql)
         cols := softguard._capture_columns(TG_RELID);
-        IF inh IS NULL AND NOT cols @? '$[*][2]' THEN
+        IF typed THEN                      -- here: only this function sees sg_old
+            saved := softguard._typed_begin();
+            -- USING heap: not whatever access method the session's default names
+            EXECUTE format('CREATE TABLE %s USING heap AS SELECT * FROM sg_old',
+                           softguard._typed_name(cid));
+            GET DIAGNOSTICS n = ROW_COUNT;
+            PERFORM softguard._typed_end(cid, saved);
+            info := '{"typed": true}';
+        ELSIF inh IS NULL AND NOT cols @? '$[*][2]' THEN
         INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
         ELSIF inh IS NULL THEN
             EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
                            ' SELECT $1, %s FROM sg_old o', softguard._capture_expr(cols, 'o')) USING cid;
         ELSE cols := softguard._columns(TG_RELID);     -- inherited rows: as their text
             EXECUTE softguard._inherited_sql(TG_RELID, inh) USING cid; END IF;
-        GET DIAGNOSTICS n = ROW_COUNT;
+        IF NOT typed THEN
+            GET DIAGNOSTICS n = ROW_COUNT;
+        END IF;
         IF n = 0 AND inh IS NULL THEN
             RETURN NULL;                   -- removed nothing: records nothing
         END IF;
@@ -394,6 +534,8 @@ DECLARE
     st record;
     size bigint;
     nested boolean := false;
+    typed boolean := false;                -- kept in a table of its own (decision 0030)
+    saved text[];
 BEGIN
     -- the session's max_table_bytes (88_limits.sql), before anything is copied, whether or
     -- not the TRUNCATE is captured
@@ -419,13 +561,29 @@ BEGIN
     cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
     -- columns holding enum / reg* values are kept in their restore form (46_restore.sql)
     cols := softguard._capture_columns(TG_RELID);
-    EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
-                   ' SELECT %s, %s FROM ONLY %s t', cid,
-                   CASE WHEN cols @? '$[*][2]' THEN softguard._capture_expr(cols, 't') ELSE 't::text' END,
-                   TG_RELID::regclass);
-    GET DIAGNOSTICS n = ROW_COUNT;
-    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns)
-    VALUES (cid, op, TG_RELID, ident, 'truncate', n, cols);
+    IF softguard._typed_fits(TG_RELID) THEN
+        -- a large table of built-in types: kept typed (decision 0030); counted no further
+        -- than the threshold
+        EXECUTE format('SELECT count(*) >= %s FROM (SELECT FROM ONLY %s t LIMIT %s) s',
+                       softguard._typed_min_rows(), TG_RELID::regclass, softguard._typed_min_rows())
+           INTO typed;
+    END IF;
+    IF typed THEN
+        saved := softguard._typed_begin();
+        EXECUTE format('CREATE TABLE %s USING heap AS SELECT * FROM ONLY %s t',
+                       softguard._typed_name(cid), TG_RELID::regclass);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM softguard._typed_end(cid, saved);
+    ELSE
+        EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                       ' SELECT %s, %s FROM ONLY %s t', cid,
+                       CASE WHEN cols @? '$[*][2]' THEN softguard._capture_expr(cols, 't') ELSE 't::text' END,
+                       TG_RELID::regclass);
+        GET DIAGNOSTICS n = ROW_COUNT;
+    END IF;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
+    VALUES (cid, op, TG_RELID, ident, 'truncate', n, cols,
+            CASE WHEN typed THEN '{"typed": true}'::jsonb END);
     PERFORM softguard._budget_take('op' || op, size, true, 'TRUNCATE of', ident);
     IF nested THEN
         PERFORM softguard._backstop_truncated(op, TG_RELID, ident, n);

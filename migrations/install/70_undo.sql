@@ -9,7 +9,8 @@
 --   _undo_one moves them back under their names and runs the restore steps' inverses,
 --   last to first (re-adds constraints, triggers, defaults, policies, rules, indexes,
 --   inheritance, partitions, sequence ownership, the columns a type's CASCADE took).
--- * DELETE, UPDATE, MERGE, TRUNCATE, ALTER TABLE (rows in softguard.captured_rows):
+-- * DELETE, UPDATE, MERGE, TRUNCATE, ALTER TABLE (rows in softguard.captured_rows, large
+--   DELETE / TRUNCATE captures in softguard_rows.c<id>: _capture_src, decision 0030):
 --   _undo_rows clears soft-delete marks, then _undo_captures puts rows back by key
 --   (TRUNCATE: every captured row re-inserted, then the sequences' values), and for
 --   ALTER TABLE _undo_column: _undo_drop_column re-adds a dropped column with its values,
@@ -846,10 +847,8 @@ BEGIN
                              AND a.attgenerated = ''
                              AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(g.columns) x)
                            ORDER BY a.attnum);
-            -- OFFSET 0: the row text is parsed once, not once per column
-            src := format('SELECT %s FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
-                          ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) q',
-                          softguard._restored_cols(g.columns, 'q', rel::regclass::text), rtype, g.ids);
+            -- text captures parsed, typed ones (decision 0030) read as they are
+            src := softguard._capture_src(g.columns, rtype, g.ids, rel::regclass::text);
             have_identity := EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel
                                       AND a.attidentity = 'a' AND a.attname = ANY (cols));
             IF on_conflict = 'skip' THEN

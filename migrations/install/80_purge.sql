@@ -102,12 +102,16 @@ REVOKE ALL ON FUNCTION softguard.held_relations(bigint) FROM PUBLIC;
 -- Sizes
 -- ---------------------------------------------------------------------------------------
 
--- Bytes one capture's rows take: n_rows x (average stored width of up to 20 of its rows +
--- 36 bytes of tuple header, item pointer and capture_id). The sample is read through the
--- BRIN index (enable_seqscan off: never a scan of the whole table).
+-- Bytes one capture's rows take: a typed capture's table (decision 0030), measured; else
+-- n_rows x (average stored width of up to 20 of its rows + 36 bytes of tuple header, item
+-- pointer and capture_id). The sample is read through the BRIN index (enable_seqscan off:
+-- never a scan of the whole table).
 CREATE FUNCTION softguard._capture_bytes(cid bigint, n_rows bigint) RETURNS bigint
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
-    SELECT CASE WHEN n_rows <= 0 THEN 0 ELSE
+    SELECT CASE WHEN n_rows <= 0 THEN 0
+                WHEN to_regclass(softguard._typed_name(cid)) IS NOT NULL
+                THEN pg_total_relation_size(to_regclass(softguard._typed_name(cid)))
+                ELSE
         (n_rows * (coalesce((SELECT avg(pg_column_size(s."row"))
                                FROM (SELECT r."row" FROM softguard.captured_rows r
                                       WHERE r.capture_id = cid LIMIT 20) s), 0) + 36))::bigint
@@ -154,6 +158,7 @@ DECLARE
     held_by bigint;
     n_objects integer := 0;
     n_rows bigint;
+    n_typed bigint := 0;
     released text;
     mine boolean;
 BEGIN
@@ -222,18 +227,27 @@ BEGIN
         END LOOP;
     END IF;
 
-    -- 3. Captured rows: released; deleted now when few.
+    -- 3. Captured rows: typed captures' tables dropped (decision 0030: no other capture's
+    --    rows read); the others released, deleted now when few.
+    FOR r IN SELECT c.id, c.n_rows FROM softguard.captures c
+              WHERE c.op_id = op AND c.info @> '{"typed": true}' AND c.released_at IS NULL
+              ORDER BY c.id LOOP
+        EXECUTE format('DROP TABLE IF EXISTS %s', softguard._typed_name(r.id));
+        n_typed := n_typed + r.n_rows;
+    END LOOP;
     UPDATE softguard.captures c SET released_at = now()
      WHERE c.op_id = op AND c.released_at IS NULL;
-    SELECT coalesce(sum(c.n_rows), 0) INTO n_rows FROM softguard.captures c WHERE c.op_id = op;
+    SELECT coalesce(sum(c.n_rows), 0) INTO n_rows FROM softguard.captures c
+     WHERE c.op_id = op AND NOT coalesce(c.info @> '{"typed": true}', false);
     IF n_rows <= inline_rows THEN
         DELETE FROM softguard.captured_rows cr
          WHERE cr.capture_id = ANY (ARRAY(SELECT c.id FROM softguard.captures c
                                            WHERE c.op_id = op));
         DELETE FROM softguard.captures c WHERE c.op_id = op;
-        released := format('%s captured rows deleted', n_rows);
+        released := format('%s captured rows deleted', n_rows + n_typed);
     ELSE
-        released := format('%s captured rows released (deleted in batches)', n_rows);
+        released := format('%s captured rows released (deleted in batches)', n_rows)
+                    || CASE WHEN n_typed > 0 THEN format(', %s dropped', n_typed) ELSE '' END;
     END IF;
 
     IF o.state <> 'active' OR o.kind = 'UNDO' THEN

@@ -4,6 +4,12 @@
 -- statement without joining the transition tables (a pass over the new rows instead); on
 -- tables with row-level BEFORE triggers it keeps the rows they changed whole as well.
 --
+-- Version 10 (bulk, decision 0030): a DELETE / TRUNCATE capture of at least 10,000 rows of
+-- a plain table of built-in column types is kept typed, one table per capture in the new
+-- schema softguard_rows (CREATE TABLE AS); undo and the purge archive read both forms
+-- through _capture_src, purge drops the table, op_size measures it. Captures taken before
+-- keep their text in softguard.captured_rows. Event triggers off meanwhile, as 8--9.sql.
+--
 -- As in 8--9.sql: softguard's event triggers are off while the sections run, every function
 -- a section (re)defines has its final definition, and each function is defined once.
 DO $$
@@ -253,6 +259,8 @@ DECLARE
     lim bigint;                            -- the registration's max_rows (88_limits.sql)
     lim_by text;
     denied jsonb;                          -- tables its rules deny (88_limits.sql)
+    typed boolean := false;                -- kept in a table of its own (decision 0030)
+    saved text[];
 BEGIN
     -- What this session captures: its registration, plus what its setting adds (G6). The
     -- setting, written by the proxy at startup, is the fast path; a session whose setting
@@ -403,10 +411,17 @@ BEGIN
                 kept := softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
                                                                    ELSE 'UPDATE' END, ident);
             END IF;
-        ELSIF NOT softguard._budget_fits(k, TG_RELID) THEN
-            SELECT coalesce(sum(pg_column_size(o)), 0) INTO n FROM sg_old o;
-            PERFORM softguard._budget_take(k, n, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
-                                                                ELSE 'UPDATE' END, ident);
+        ELSE
+            IF NOT softguard._budget_fits(k, TG_RELID) THEN
+                SELECT coalesce(sum(pg_column_size(o)), 0) INTO n FROM sg_old o;
+                PERFORM softguard._budget_take(k, n, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
+                                                                    ELSE 'UPDATE' END, ident);
+            END IF;
+            -- a large DELETE of a table of built-in types: kept typed (decision 0030)
+            IF ev = 'delete' AND softguard._typed_fits(TG_RELID) THEN
+                SELECT count(*) >= softguard._typed_min_rows() INTO typed
+                  FROM (SELECT FROM sg_old o LIMIT softguard._typed_min_rows()) s;
+            END IF;
         END IF;
         cid := nextval('softguard.captures_id_seq'::regclass);
         IF ev = 'delete' AND EXISTS (SELECT FROM pg_inherits i
@@ -415,14 +430,24 @@ BEGIN
         END IF;
         -- columns holding enum / reg* values are kept in their restore form (46_restore.sql)
         cols := softguard._capture_columns(TG_RELID);
-        IF inh IS NULL AND NOT cols @? '$[*][2]' THEN
+        IF typed THEN                      -- here: only this function sees sg_old
+            saved := softguard._typed_begin();
+            -- USING heap: not whatever access method the session's default names
+            EXECUTE format('CREATE TABLE %s USING heap AS SELECT * FROM sg_old',
+                           softguard._typed_name(cid));
+            GET DIAGNOSTICS n = ROW_COUNT;
+            PERFORM softguard._typed_end(cid, saved);
+            info := '{"typed": true}';
+        ELSIF inh IS NULL AND NOT cols @? '$[*][2]' THEN
         INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
         ELSIF inh IS NULL THEN
             EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
                            ' SELECT $1, %s FROM sg_old o', softguard._capture_expr(cols, 'o')) USING cid;
         ELSE cols := softguard._columns(TG_RELID);     -- inherited rows: as their text
             EXECUTE softguard._inherited_sql(TG_RELID, inh) USING cid; END IF;
-        GET DIAGNOSTICS n = ROW_COUNT;
+        IF NOT typed THEN
+            GET DIAGNOSTICS n = ROW_COUNT;
+        END IF;
         IF n = 0 AND inh IS NULL THEN
             RETURN NULL;                   -- removed nothing: records nothing
         END IF;
@@ -513,6 +538,558 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
 -- end section: sdbind -------------------------------------------------------------------
+
+-- section: bulk -------------------------------------------------------------------------
+CREATE SCHEMA softguard_rows;
+REVOKE ALL ON SCHEMA softguard_rows FROM PUBLIC;
+COMMENT ON SCHEMA softguard_rows IS 'large row captures, one table per capture (do not edit by hand)';
+
+-- The fewest rows a DELETE or TRUNCATE capture keeps typed: below it the table's catalog
+-- work (CREATE TABLE AS, its guard trigger, their event triggers: ~9 ms) costs more than
+-- the text it saves (decision 0030, measured).
+CREATE OR REPLACE FUNCTION softguard._typed_min_rows() RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT 10000::pg_catalog.int8 $$;
+REVOKE ALL ON FUNCTION softguard._typed_min_rows() FROM PUBLIC;
+
+-- The table that keeps typed capture `cid`'s rows.
+CREATE OR REPLACE FUNCTION softguard._typed_name(cid bigint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT 'softguard_rows.c' OPERATOR(pg_catalog.||) cid::pg_catalog.text $$;
+REVOKE ALL ON FUNCTION softguard._typed_name(bigint) FROM PUBLIC;
+
+-- May rows of `rel` be kept typed? A plain table in no inheritance tree (no parent, no
+-- child, not a partition: their captures go through _inherited_claim or are read back
+-- by another table's columns), every column of a type initdb pins that holds no enum or
+-- reg* value (_restore_pinned: built in, the same in every version, cannot be dropped)
+-- and of a collation initdb pins. Anything else (a user's type, domain, enum, composite,
+-- their arrays, a user's collation) stays text. Nor while a publication FOR ALL TABLES
+-- exists: it would publish every capture table, which no subscriber has. No SET: called
+-- from _capture_rows and _capture_truncate, which pin search_path.
+CREATE OR REPLACE FUNCTION softguard._typed_fits(rel oid) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = rel AND c.relkind = 'r'
+                                                        AND NOT c.relispartition)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.puballtables)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i
+                        WHERE i.inhrelid = rel OR i.inhparent = rel)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                        WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                          AND NOT (softguard._restore_pinned(a.atttypid)
+                                   AND a.attcollation OPERATOR(pg_catalog.<) 10000::pg_catalog.oid));
+END $$;
+REVOKE ALL ON FUNCTION softguard._typed_fits(oid) FROM PUBLIC;
+
+-- Before the CREATE TABLE AS of a typed capture (run by the capture trigger itself: only
+-- it sees the transition table): softguard's own DDL, which the mode guard (87_modes.sql)
+-- and the tamper guard stand aside for, and in replica mode where softguard may set it, so
+-- the user's own event triggers do not see it (as _install_capture). Returns what
+-- _typed_end puts back.
+CREATE OR REPLACE FUNCTION softguard._typed_begin() RETURNS text[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    saved text := pg_catalog.current_setting('session_replication_role');
+BEGIN
+    PERFORM softguard._replica('replica');
+    RETURN ARRAY[softguard._maintenance_begin()::text, saved];
+END $$;
+REVOKE ALL ON FUNCTION softguard._typed_begin() FROM PUBLIC;
+
+-- After the CREATE TABLE AS of capture `cid`: the ledger's guard on the new table (no row
+-- removed or changed outside maintenance, ENABLE ALWAYS, as guard_ledger on captured_rows),
+-- then the maintenance mark and replica mode as they were. Its owner is the ledger's owner
+-- (the capture functions are SECURITY DEFINER); nothing is granted on it or its schema.
+CREATE OR REPLACE FUNCTION softguard._typed_end(cid bigint, saved text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t text := softguard._typed_name(cid);
+BEGIN
+    EXECUTE pg_catalog.format('CREATE TRIGGER zz_softguard_guard_ledger BEFORE DELETE OR UPDATE'
+                              ' OR TRUNCATE ON %s FOR EACH STATEMENT'
+                              ' EXECUTE FUNCTION softguard._guard_ledger()', t);
+    EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zz_softguard_guard_ledger', t);
+    PERFORM softguard._maintenance_end(saved[1]::boolean);
+    PERFORM softguard._replica(saved[2]);
+END $$;
+REVOKE ALL ON FUNCTION softguard._typed_end(bigint, text[]) FROM PUBLIC;
+
+-- The rows of captures `ids` (all with column list `columns`, read through row type `rtype`
+-- of _row_type) as a query of the captured columns: text captures parsed from
+-- captured_rows (columns in their restore form rebuilt, _restored_cols, naming `rel`),
+-- typed ones read from their tables as they are (the undo's fast path: no text at all).
+CREATE OR REPLACE FUNCTION softguard._capture_src(columns jsonb, rtype text, ids bigint[], rel text)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    typed bigint[] := ARRAY(SELECT c.id FROM softguard.captures c
+                             WHERE c.id = ANY (ids) AND c.info @> '{"typed": true}' ORDER BY c.id);
+    texts bigint[] := ARRAY(SELECT x FROM unnest(ids) x WHERE NOT x = ANY (typed) ORDER BY x);
+    parts text[] := '{}';
+BEGIN
+    IF cardinality(texts) > 0 THEN
+        -- OFFSET 0: the row text is parsed once, not once per column
+        parts := parts || format('SELECT %s FROM (SELECT r."row"::%s AS x FROM softguard.captured_rows r'
+                                 ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) q',
+                                 softguard._restored_cols(columns, 'q', rel), rtype, texts);
+    END IF;
+    parts := parts || ARRAY(
+        SELECT format('SELECT %s FROM %s t',
+                      coalesce((SELECT string_agg(format('t.%I', c->>0), ', ' ORDER BY o)
+                                  FROM jsonb_array_elements(columns) WITH ORDINALITY x(c, o)), ''),
+                      softguard._typed_name(i))
+          FROM unnest(typed) i ORDER BY i);
+    RETURN array_to_string(parts, ' UNION ALL ');
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_src(jsonb, text, bigint[], text) FROM PUBLIC;
+
+-- The rows of capture `cid` as their text, one "row" column: what captured_rows holds, or
+-- for a typed capture its rows' text now (record_out in the reader's formats).
+CREATE OR REPLACE FUNCTION softguard._capture_text_src(cid bigint) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM softguard.captures c WHERE c.id = cid AND c.info @> '{"typed": true}') THEN
+        RETURN format('SELECT t::text AS "row" FROM %s t', softguard._typed_name(cid));
+    END IF;
+    RETURN format('SELECT r."row" FROM softguard.captured_rows r WHERE r.capture_id = %s', cid);
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_text_src(bigint) FROM PUBLIC;
+
+-- _capture_rows (the typed branch too): its final definition is in section sdbind above.
+REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
+
+-- The BEFORE TRUNCATE trigger: when softguard.truncate_op runs the statement (the
+-- transaction-local setting softguard.truncate_op names its operation), or a protected
+-- session truncates inside a DO block, function or procedure (the operation
+-- _backstop_truncate opens), copy the rows and the state of the table's owned / identity
+-- sequences, within the capture budget. PostgreSQL fires it for every table
+-- the TRUNCATE empties (listed, CASCADE, partitions), after its own checks.
+CREATE OR REPLACE FUNCTION softguard._capture_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    op bigint := nullif(current_setting('softguard.truncate_op', true), '')::bigint;
+    cols jsonb;
+    cid bigint;
+    n bigint;
+    ident text;
+    s record;
+    st record;
+    size bigint;
+    nested boolean := false;
+    typed boolean := false;                -- kept in a table of its own (decision 0030)
+    saved text[];
+BEGIN
+    -- the session's max_table_bytes (88_limits.sql), before anything is copied, whether or
+    -- not the TRUNCATE is captured
+    PERFORM softguard._limit_table(TG_RELID, 'TRUNCATE');
+    PERFORM softguard._table_denied((softguard._session(false)).denied_tables,
+                                    TG_TABLE_SCHEMA, TG_TABLE_NAME, 'truncate', 'TRUNCATE');
+    -- the operation truncate_op opened in this transaction; for any other TRUNCATE of a
+    -- protected session (a DO block, function, procedure) the backstop opens one
+    -- (85_backstop.sql), or it is not captured (NULL: a session that is not protected)
+    PERFORM FROM softguard.operations o
+      WHERE o.id = op AND o.kind = 'TRUNCATE' AND o.txid = pg_current_xact_id();
+    IF NOT FOUND THEN
+        op := softguard._backstop_truncate(TG_RELID::regclass);
+        IF op IS NULL THEN
+            RETURN NULL;
+        END IF;
+        nested := true;
+    END IF;
+    -- the capture budget (07_settings.sql): the first table's trigger measures them all
+    PERFORM softguard._budget_truncate(op, TG_RELID);
+    size := pg_table_size(TG_RELID);
+    ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    cid := nextval(pg_get_serial_sequence('softguard.captures', 'id')::regclass);
+    -- columns holding enum / reg* values are kept in their restore form (46_restore.sql)
+    cols := softguard._capture_columns(TG_RELID);
+    IF softguard._typed_fits(TG_RELID) THEN
+        -- a large table of built-in types: kept typed (decision 0030); counted no further
+        -- than the threshold
+        EXECUTE format('SELECT count(*) >= %s FROM (SELECT FROM ONLY %s t LIMIT %s) s',
+                       softguard._typed_min_rows(), TG_RELID::regclass, softguard._typed_min_rows())
+           INTO typed;
+    END IF;
+    IF typed THEN
+        saved := softguard._typed_begin();
+        EXECUTE format('CREATE TABLE %s USING heap AS SELECT * FROM ONLY %s t',
+                       softguard._typed_name(cid), TG_RELID::regclass);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM softguard._typed_end(cid, saved);
+    ELSE
+        EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                       ' SELECT %s, %s FROM ONLY %s t', cid,
+                       CASE WHEN cols @? '$[*][2]' THEN softguard._capture_expr(cols, 't') ELSE 't::text' END,
+                       TG_RELID::regclass);
+        GET DIAGNOSTICS n = ROW_COUNT;
+    END IF;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns, info)
+    VALUES (cid, op, TG_RELID, ident, 'truncate', n, cols,
+            CASE WHEN typed THEN '{"typed": true}'::jsonb END);
+    PERFORM softguard._budget_take('op' || op, size, true, 'TRUNCATE of', ident);
+    IF nested THEN
+        PERFORM softguard._backstop_truncated(op, TG_RELID, ident, n);
+    END IF;
+    FOR s IN SELECT DISTINCT d.objid AS seq FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+              WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                AND d.refobjid = TG_RELID AND d.deptype IN ('a', 'i') AND c.relkind = 'S' LOOP
+        EXECUTE format('SELECT last_value, is_called FROM %s', s.seq::regclass) INTO st;
+        INSERT INTO softguard.captures (op_id, relid, table_identity, event, info)
+        VALUES (op, TG_RELID, ident, 'sequence', jsonb_build_object(
+            'seq', s.seq, 'name', s.seq::regclass::text, 'last_value', st.last_value,
+            'is_called', st.is_called));
+    END LOOP;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_truncate() FROM PUBLIC;
+
+-- Put back the rows, sequence values and columns operation `op` captured: deleted rows
+-- re-inserted, updated rows given their old values (by _row_key), tables parents first;
+-- column captures go to _undo_column. Returns what it restored.
+CREATE OR REPLACE FUNCTION softguard._undo_captures(op bigint, on_conflict text) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    lines softguard.undo_step[] := '{}';
+    saved_srr text := current_setting('session_replication_role');
+    rel oid;
+    g record;
+    cap softguard.captures;
+    sq record;
+    cols text[];
+    ids bigint[];
+    rtype text;
+    src text;
+    key text[];
+    total bigint;
+    done bigint;
+    bad text;
+    nbad bigint;
+    msg text;
+    detail text;
+    have_identity boolean;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF on_conflict NOT IN ('fail', 'skip') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('--on-conflict must be fail or skip, not %s', on_conflict);
+    END IF;
+    -- every table must be live (a later DROP may hold it)
+    FOR g IN SELECT DISTINCT cp.relid, cp.table_identity FROM softguard.captures cp
+              WHERE cp.op_id = op ORDER BY cp.relid LOOP
+        PERFORM softguard._need_table(op, g.relid, g.table_identity);
+    END LOOP;
+
+    -- ALTER TABLE: the column first (rows of other captures may need it)
+    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'column' ORDER BY id LOOP
+        lines := lines || softguard._undo_column(op, cap);
+    END LOOP;
+
+    PERFORM softguard._replica('replica');
+
+    -- 1. rows removed (DELETE, TRUNCATE), parents first
+    FOREACH rel IN ARRAY softguard._parents_first(ARRAY(
+            SELECT DISTINCT relid FROM softguard.captures
+             WHERE op_id = op AND event IN ('delete', 'truncate') AND n_rows > 0)) LOOP
+        FOR g IN SELECT c.columns, array_agg(c.id ORDER BY c.id) AS ids, sum(c.n_rows) AS n,
+                        min(c.id) AS first_id
+                   FROM softguard.captures c
+                  WHERE c.op_id = op AND c.relid = rel AND c.event IN ('delete', 'truncate')
+                    AND c.n_rows > 0
+                  GROUP BY c.columns ORDER BY min(c.id) LOOP
+            rtype := softguard._row_type(g.columns, g.first_id::text);
+            -- columns to insert: captured ones still in the table, not generated
+            cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                           WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                             AND a.attgenerated = ''
+                             AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(g.columns) x)
+                           ORDER BY a.attnum);
+            -- text captures parsed, typed ones (decision 0030) read as they are
+            src := softguard._capture_src(g.columns, rtype, g.ids, rel::regclass::text);
+            have_identity := EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel
+                                      AND a.attidentity = 'a' AND a.attname = ANY (cols));
+            IF on_conflict = 'skip' THEN
+                EXECUTE format('INSERT INTO %s (%s) %s SELECT %s FROM (%s) s ON CONFLICT DO NOTHING',
+                               rel::regclass,
+                               (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                               CASE WHEN have_identity THEN 'OVERRIDING SYSTEM VALUE' ELSE '' END,
+                               (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                               src);
+                GET DIAGNOSTICS done = ROW_COUNT;
+            ELSE
+                BEGIN
+                    EXECUTE format('INSERT INTO %s (%s) %s SELECT %s FROM (%s) s',
+                                   rel::regclass,
+                                   (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                                   CASE WHEN have_identity THEN 'OVERRIDING SYSTEM VALUE' ELSE '' END,
+                                   (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                                   src);
+                    GET DIAGNOSTICS done = ROW_COUNT;
+                EXCEPTION WHEN unique_violation THEN
+                    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+                    key := softguard._row_key(rel);
+                    bad := NULL;
+                    IF key IS NOT NULL THEN
+                        EXECUTE format('SELECT count(*), string_agg(k, '', '') FILTER (WHERE n <= 5)'
+                                       ' FROM (SELECT format(%L, %s) AS k, row_number() OVER () AS n'
+                                       ' FROM (%s) s WHERE EXISTS (SELECT FROM %s t WHERE %s)) x',
+                                       '(' || array_to_string(key, ', ') || ')=(' ||
+                                           array_to_string(array_fill('%s'::text, ARRAY[cardinality(key)]), ', ') || ')',
+                                       (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(key) x),
+                                       src, rel::regclass,
+                                       (SELECT string_agg(format('t.%I = s.%I', x, x), ' AND ')
+                                          FROM unnest(key) x))
+                          INTO nbad, bad;
+                    END IF;
+                    IF bad IS NULL OR nbad = 0 THEN
+                        bad := coalesce(detail, 'a unique key');
+                        nbad := NULL;
+                    END IF;
+                    RAISE EXCEPTION USING ERRCODE = '23505',
+                        MESSAGE = format('cannot undo operation %s: %s of %s re-used since: %s%s',
+                                         op, CASE WHEN nbad IS NULL THEN 'a key'
+                                                  WHEN nbad = 1 THEN '1 key'
+                                                  ELSE nbad || ' keys' END,
+                                         rel::regclass, bad,
+                                         CASE WHEN nbad > 5 THEN ', ...' ELSE '' END),
+                        HINT = 'use --on-conflict skip';
+                END;
+            END IF;
+            IF done < g.n AND on_conflict = 'fail' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: only %s of its %s rows of %s'
+                                     ' could be put back', op, done, g.n, rel::regclass);
+            END IF;
+            PERFORM softguard._check_fks(op, rel, src);
+            lines := lines || softguard._step(op, 'restored', rel::regclass::text,
+                                 format('restored %s rows into %s%s', done,
+                                     rel::regclass,
+                                     CASE WHEN done < g.n THEN format(' (%s skipped: key re-used since)',
+                                                                      g.n - done) ELSE '' END), done);
+        END LOOP;
+    END LOOP;
+
+    -- 2. rows changed (UPDATE, MERGE, SET NULL / SET DEFAULT of a DELETE): old values back,
+    --    found by key; the first image of a row in the operation is its value before it.
+    --    Tables where the operation changed keys, or without a key: _undo_changed.
+    FOR rel IN SELECT c.relid FROM softguard.captures c
+                WHERE c.op_id = op AND c.event = 'update' AND c.n_rows > 0 AND c.info ? 'key'
+                GROUP BY c.relid ORDER BY min(c.id) LOOP
+        lines := lines || softguard._undo_changed(op, rel, on_conflict);
+    END LOOP;
+    FOR g IN SELECT c.relid, c.columns, array_agg(c.id ORDER BY c.id) AS ids, min(c.id) AS first_id
+               FROM softguard.captures c
+              WHERE c.op_id = op AND c.event = 'update' AND c.n_rows > 0
+                AND c.relid NOT IN (SELECT x.relid FROM softguard.captures x
+                                     WHERE x.op_id = op AND x.event = 'update' AND x.info ? 'key')
+              GROUP BY c.relid, c.columns ORDER BY min(c.id) LOOP
+        key := softguard._row_key(g.relid);
+        IF key IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('cannot undo operation %s: %s has no primary key to find the changed rows by',
+                                 op, g.relid::regclass);
+        END IF;
+        rtype := softguard._row_type(g.columns, g.first_id::text);
+        cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                       WHERE a.attrelid = g.relid AND a.attnum > 0 AND NOT a.attisdropped
+                         AND a.attgenerated = '' AND a.attidentity <> 'a'
+                         AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(g.columns) x)
+                       ORDER BY a.attnum);
+        src := format('SELECT DISTINCT ON (%s) * FROM (SELECT %s, p.sg_cid FROM'
+                      ' (SELECT r."row"::%s AS x, r.capture_id AS sg_cid FROM softguard.captured_rows r'
+                      ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) p) q ORDER BY %s, q.sg_cid',
+                      (SELECT string_agg(format('q.%I', x), ', ') FROM unnest(key) x),
+                      softguard._restored_cols(g.columns, 'p', g.relid::regclass::text), rtype, g.ids,
+                      (SELECT string_agg(format('q.%I', x), ', ') FROM unnest(key) x));
+        EXECUTE format('SELECT count(*) FROM (%s) s', src) INTO total;
+        EXECUTE format('UPDATE %s t SET (%s) = ROW(%s) FROM (%s) s WHERE %s',
+                       g.relid::regclass,
+                       (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                       (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                       src,
+                       (SELECT string_agg(format('t.%I = s.%I', x, x), ' AND ') FROM unnest(key) x));
+        GET DIAGNOSTICS done = ROW_COUNT;
+        PERFORM softguard._check_fks(op, g.relid, src);
+        lines := lines || softguard._step(op, 'restored', g.relid::regclass::text,
+                             format('restored old values of %s rows of %s%s', done,
+                                 g.relid::regclass,
+                                 CASE WHEN done < total THEN format(' (%s no longer exist)', total - done)
+                                      ELSE '' END), done);
+    END LOOP;
+
+    -- 3. sequences restarted by TRUNCATE ... RESTART IDENTITY (never moved backwards)
+    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'sequence' ORDER BY id LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = (cap.info->>'seq')::oid);
+        EXECUTE format('SELECT last_value, is_called FROM %s', (cap.info->>'seq')::oid::regclass) INTO sq;
+        IF sq.last_value < (cap.info->>'last_value')::bigint
+           OR (sq.last_value = (cap.info->>'last_value')::bigint AND NOT sq.is_called
+               AND (cap.info->>'is_called')::boolean) THEN
+            PERFORM setval((cap.info->>'seq')::oid::regclass, (cap.info->>'last_value')::bigint,
+                           (cap.info->>'is_called')::boolean);
+            lines := lines || softguard._step(op, 'restored', (cap.info->>'seq')::oid::regclass::text,
+                format('restored sequence %s to %s',
+                       (cap.info->>'seq')::oid::regclass, cap.info->>'last_value'));
+        END IF;
+    END LOOP;
+
+    PERFORM softguard._replica(saved_srr);
+
+    PERFORM softguard._record_undo(o, CASE WHEN on_conflict = 'skip'
+                                           THEN ' --on-conflict skip' ELSE '' END);
+    IF cardinality(lines) = 0 THEN
+        lines := ARRAY[softguard._step(op, 'nothing', '', 'nothing to restore')];
+    END IF;
+    RETURN lines;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_captures(bigint, text) FROM PUBLIC;
+
+-- Bytes one capture's rows take: a typed capture's table (decision 0030), measured; else
+-- n_rows x (average stored width of up to 20 of its rows + 36 bytes of tuple header, item
+-- pointer and capture_id). The sample is read through the BRIN index (enable_seqscan off:
+-- never a scan of the whole table).
+CREATE OR REPLACE FUNCTION softguard._capture_bytes(cid bigint, n_rows bigint) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+    SELECT CASE WHEN n_rows <= 0 THEN 0
+                WHEN to_regclass(softguard._typed_name(cid)) IS NOT NULL
+                THEN pg_total_relation_size(to_regclass(softguard._typed_name(cid)))
+                ELSE
+        (n_rows * (coalesce((SELECT avg(pg_column_size(s."row"))
+                               FROM (SELECT r."row" FROM softguard.captured_rows r
+                                      WHERE r.capture_id = cid LIMIT 20) s), 0) + 36))::bigint
+    END
+$$;
+REVOKE ALL ON FUNCTION softguard._capture_bytes(bigint, bigint) FROM PUBLIC;
+
+-- Destroy what operation `op` holds and mark it purged, in the caller's transaction (run it
+-- alone in a transaction and commit). `archive`: where it was archived (recorded, shown by
+-- undo). `lock_timeout`: how long to wait for a lock (SET LOCAL; the ledger row, the
+-- quarantined relations) before failing with 55P03, nothing changed. Captured rows: deleted
+-- here when the operation has at most `inline_rows`, else released for purge_rows.
+-- An undone operation holds nothing: its captured rows are released, its state kept.
+-- Errors: 42704 no such operation; 55000 already purged; 55006 the DROP would remove
+-- something another operation holds, or something live; 55P03 lock timeout.
+CREATE OR REPLACE FUNCTION softguard.purge_op(op bigint, archive text DEFAULT NULL,
+                                   lock_timeout text DEFAULT '2s',
+                                   inline_rows bigint DEFAULT 10000)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    r record;
+    stmt text;
+    list jsonb;
+    bad record;
+    held_by bigint;
+    n_objects integer := 0;
+    n_rows bigint;
+    n_typed bigint := 0;
+    released text;
+    mine boolean;
+BEGIN
+    PERFORM set_config('lock_timeout', coalesce(lock_timeout, '2s'), true);
+    mine := softguard._maintenance_begin();
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('softguard: operation %s does not exist', op);
+    END IF;
+    IF o.state = 'purged' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s was already purged (at %s by %s)', op,
+                             to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+    END IF;
+
+    IF o.state = 'active' AND o.kind <> 'UNDO' THEN
+        -- 1. Lock what it holds (in oid order), waiting at most lock_timeout. Not views:
+        --    LOCK TABLE on a view locks every table it reads, with the rights of the view's
+        --    owner, softguard_keeper, which has none (decision 0027); nothing can use a
+        --    kept view meanwhile anyway.
+        FOR r IN SELECT h.relid FROM softguard.held_relations(op) h
+                  WHERE h.relkind IN ('r', 'p', 'f') ORDER BY h.relid LOOP
+            EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', r.relid::regclass);
+        END LOOP;
+
+        -- 2. Drop each object (schemas last); each DROP ... CASCADE is probed first: it
+        --    must take nothing but what this operation holds.
+        FOR r IN SELECT h.* FROM softguard._held_objects(op) h
+                  ORDER BY (h.classid = 'pg_namespace'::regclass), h.classid, h.objid LOOP
+            IF r.classid = 'pg_namespace'::regclass THEN
+                CONTINUE WHEN NOT EXISTS (SELECT FROM pg_namespace n WHERE n.oid = r.objid);
+            ELSE
+                CONTINUE WHEN (pg_identify_object(r.classid, r.objid, 0)).identity IS NULL;
+            END IF;
+            stmt := format('DROP %s %s CASCADE', r.keyword, r.ident);
+            list := softguard._probe(stmt);
+            SELECT x->>'object_type' AS type, x->>'object_identity' AS identity,
+                   softguard._holder((x->>'classid')::oid, (x->>'objid')::oid,
+                                     (x->>'objsubid')::integer) AS holder
+              INTO bad
+              FROM jsonb_array_elements(list) x
+             WHERE (x->>'normal')::boolean AND NOT (x->>'original')::boolean
+               AND softguard._holder((x->>'classid')::oid, (x->>'objid')::oid,
+                                     (x->>'objsubid')::integer) IS DISTINCT FROM op
+             LIMIT 1;
+            IF FOUND THEN
+                held_by := bad.holder;
+                IF held_by IS NOT NULL THEN
+                    RAISE EXCEPTION USING ERRCODE = '55006',
+                        MESSAGE = format('cannot purge operation %s: dropping %s %s would also '
+                                         'remove %s %s, held by operation %s',
+                                         op, lower(r.keyword), r.ident, bad.type, bad.identity,
+                                         held_by),
+                        HINT = format('Purge operation %s first (or undo it).', held_by);
+                END IF;
+                RAISE EXCEPTION USING ERRCODE = '55006',
+                    MESSAGE = format('cannot purge operation %s: dropping %s %s would also '
+                                     'remove %s %s, which is not in quarantine',
+                                     op, lower(r.keyword), r.ident, bad.type, bad.identity),
+                    HINT = 'Something was made to depend on a quarantined object: remove that '
+                           'dependency first.';
+            END IF;
+            EXECUTE stmt;
+            n_objects := n_objects + 1;
+        END LOOP;
+    END IF;
+
+    -- 3. Captured rows: typed captures' tables dropped (decision 0030: no other capture's
+    --    rows read); the others released, deleted now when few.
+    FOR r IN SELECT c.id, c.n_rows FROM softguard.captures c
+              WHERE c.op_id = op AND c.info @> '{"typed": true}' AND c.released_at IS NULL
+              ORDER BY c.id LOOP
+        EXECUTE format('DROP TABLE IF EXISTS %s', softguard._typed_name(r.id));
+        n_typed := n_typed + r.n_rows;
+    END LOOP;
+    UPDATE softguard.captures c SET released_at = now()
+     WHERE c.op_id = op AND c.released_at IS NULL;
+    SELECT coalesce(sum(c.n_rows), 0) INTO n_rows FROM softguard.captures c
+     WHERE c.op_id = op AND NOT coalesce(c.info @> '{"typed": true}', false);
+    IF n_rows <= inline_rows THEN
+        DELETE FROM softguard.captured_rows cr
+         WHERE cr.capture_id = ANY (ARRAY(SELECT c.id FROM softguard.captures c
+                                           WHERE c.op_id = op));
+        DELETE FROM softguard.captures c WHERE c.op_id = op;
+        released := format('%s captured rows deleted', n_rows + n_typed);
+    ELSE
+        released := format('%s captured rows released (deleted in batches)', n_rows)
+                    || CASE WHEN n_typed > 0 THEN format(', %s dropped', n_typed) ELSE '' END;
+    END IF;
+
+    IF o.state <> 'active' OR o.kind = 'UNDO' THEN
+        PERFORM softguard._maintenance_end(mine);
+        RETURN format('operation %s: %s, nothing in quarantine; %s', op,
+                      CASE WHEN o.kind = 'UNDO' THEN 'the record of an undo'
+                           ELSE format('undone at %s', to_char(o.undone_at, 'YYYY-MM-DD HH24:MI:SS'))
+                      END, released);
+    END IF;
+    UPDATE softguard.operations
+       SET state = 'purged', purged_at = now(), purged_by = session_user, purge_archive = archive
+     WHERE id = op;
+    PERFORM softguard._maintenance_end(mine);
+    RETURN format('operation %s: purged (%s objects dropped, %s)', op, n_objects, released);
+END $$;
+REVOKE ALL ON FUNCTION softguard.purge_op(bigint, text, text, bigint) FROM PUBLIC;
+-- end section: bulk ---------------------------------------------------------------------
 
 DO $$
 DECLARE

@@ -49,7 +49,7 @@ AGENT_SESSION: tuple[tuple[str, str], ...] = (
 )
 
 #: softguard's own schemas: never user data.
-_OWN_SCHEMAS = ("softguard", "softguard_quarantine")
+_OWN_SCHEMAS = ("softguard", "softguard_quarantine", "softguard_rows")
 
 _RELATION_KINDS = {"r": "table", "p": "table", "v": "view", "m": "mview", "S": "seq"}
 

@@ -273,19 +273,24 @@ def _copy_capture(
                 assert src is not None
                 inner: sql.Composable = sql.SQL(str(src[0]))
             else:
-                inner = sql.SQL(
-                    'SELECT (r."row"::{}).* FROM softguard.captured_rows r WHERE r.capture_id = {}'
-                ).format(sql.SQL(rtype), sql.Literal(cid))
+                # text or typed (ledger version 10, decision 0030): _capture_src reads both
+                src = conn.execute(
+                    "SELECT softguard._capture_src(%s, %s, ARRAY[%s]::bigint[], %s)",
+                    [json.dumps(columns), rtype, cid, table],
+                ).fetchone()
+                assert src is not None
+                inner = sql.SQL(str(src[0]))
             query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(inner)
             _copy_to(conn, query, path)
         return "columns"
     except psycopg.Error:
         pass
-    query = sql.SQL(
-        'COPY (SELECT r."row" FROM softguard.captured_rows r WHERE r.capture_id = {})'
-        " TO STDOUT WITH (FORMAT csv, HEADER true)"
-    ).format(sql.Literal(cid))
     with conn.transaction():
+        text_src = conn.execute("SELECT softguard._capture_text_src(%s)", [cid]).fetchone()
+        assert text_src is not None
+        query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(
+            sql.SQL(str(text_src[0]))
+        )
         _copy_to(conn, query, path)
     return "row_text"
 

@@ -199,8 +199,8 @@ def _refuse_pre_release(conn: psycopg.Connection[Any]) -> None:
         " cannot be upgraded: undo or purge what it keeps, then remove it as a superuser"
         " (SET softguard.internal = on; DROP EVENT TRIGGER softguard_capture_sql_drop,"
         " softguard_capture_ddl_end, softguard_capture_install; DROP SCHEMA softguard,"
-        " softguard_quarantine and every softguard_q<op>_* schema CASCADE) and run softguard init"
-        " again"
+        " softguard_rows, softguard_quarantine and every softguard_q<op>_* schema CASCADE) and"
+        " run softguard init again"
     )
 
 

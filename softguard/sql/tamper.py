@@ -1,7 +1,8 @@
 """Does a SQL text reach into softguard's own schemas?
 
 softguard keeps its ledger in schema ``softguard`` and quarantined objects in
-``softguard_quarantine`` and ``softguard_q<op>_<name>`` schemas of the protected database.
+``softguard_quarantine`` and ``softguard_q<op>_<name>`` schemas, and large row captures in
+``softguard_rows``, of the protected database.
 No statement through the proxy may read, change, drop or grant on them, nor point
 ``search_path`` or a ``regclass`` literal at them, nor name softguard's capture triggers or
 event triggers (PostgreSQL fires no event trigger for ALTER / DROP EVENT TRIGGER: this is
@@ -27,12 +28,13 @@ from softguard.contract import TAG_MARKER
 from softguard.sql.tree import load_json
 
 # A value names softguard's schemas when "softguard" is followed by the end, a schema
-# separator or quoting/list punctuation, or by "_quarantine" / "_q<digits>_"; it names its
+# separator or quoting/list punctuation, or by "_quarantine" / "_q<digits>_" / "_rows" (the
+# typed captures' schema, decision 0030, as a whole word); it names its
 # triggers and event triggers (zz_softguard_capture_*, softguard_capture_*,
 # softguard_mode_guard) by "_capture_" and "_mode_".
 _TAG_MARKER = TAG_MARKER.strip("/*").encode()
 _NAMES_SOFTGUARD = re.compile(
-    r"softguard(?:_quarantine|_q\d+_|_capture_|_mode_|\s*(?:[.,\"]|$))", re.IGNORECASE
+    r"softguard(?:_quarantine|_q\d+_|_rows\b|_capture_|_mode_|\s*(?:[.,\"]|$))", re.IGNORECASE
 )
 
 

@@ -70,7 +70,7 @@ SELECT lo_from_bytea(4242, 'precious large object: do not lose');
 
 USER_SCHEMAS = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema', 'softguard', "
-    "'softguard_quarantine', 'pg_toast') AND n.nspname NOT LIKE 'pg_temp%' "
+    "'softguard_quarantine', 'softguard_rows', 'pg_toast') AND n.nspname NOT LIKE 'pg_temp%' "
     "AND n.nspname NOT LIKE 'pg_toast_temp%'"
 )
 

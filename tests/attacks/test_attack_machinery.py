@@ -269,11 +269,14 @@ NAMED = [
     f"SELECT * FROM {uident('softguard')}.operations",
     "SELECT E'\\163oftguard.operations'::regclass",
     "SELECT U&'\\0073oftguard_quarantine.t'::regclass",
+    "DROP TABLE softguard_rows.c12",
+    'TRUNCATE "softguard_rows"."c12"',
 ]
 NOT_NAMED = [
     "SELECT 1",
     "SELECT E'a\\nb', U&'caf\\00e9'",
     "SELECT softguard_notes FROM t",
+    "SELECT softguard_rowsy FROM softguard_rows_archive",
     "ALTER TABLE parent DISABLE TRIGGER my_trigger",
 ]
 
