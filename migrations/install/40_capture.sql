@@ -122,12 +122,17 @@ BEGIN
     END IF;
     IF denied <> '[]' THEN
         -- an UPDATE claiming to be a soft delete (its setting, below) is the session's
-        -- DELETE; it is an UPDATE too unless the transition tables prove the claim
+        -- DELETE when softguard's rewrite made the claim (sealed, 60_soft_delete.sql); it
+        -- is an UPDATE too unless the transition tables prove the claim
         sd := CASE WHEN ev = 'update' AND pg_trigger_depth() = 1
                    THEN current_setting('softguard.sd_' || TG_RELID::text, true) END;
         PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
                                         CASE WHEN sd <> '' THEN 'delete' ELSE ev END,
                                         CASE WHEN sd <> '' THEN 'DELETE' ELSE TG_OP END);
+        IF sd <> '' AND NOT softguard._sd_sealed(TG_RELID, sd) THEN
+            PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'update',
+                                            TG_OP);
+        END IF;
     END IF;
     IF NOT (ev = ANY (events)) THEN
         events := events || coalesce(reg_capture, '{}');

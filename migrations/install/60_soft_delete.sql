@@ -158,6 +158,34 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_shape(oid, jsonb) FROM PUBLIC;
 
+-- Whether soft-delete setting `sd` (on table `rel`) is the proxy's own: its table is `rel`
+-- and its "seal" the HMAC of table, mark column, mark kind and "deleted by" column under
+-- the session's key (decision 0028; softguard/sql/soft_delete.py, SoftTarget.seal). The
+-- setting is the session's to write, and its shape check (_sd_shape) proves only that one
+-- column was set to one value: where the session's rules deny UPDATEs, only a sealed claim
+-- is judged a DELETE (decision 0021, "Since then"). A session without a key (behind a
+-- transaction pooler) cannot be told from the proxy: its claim is believed, as before.
+CREATE FUNCTION softguard._sd_sealed(rel oid, sd text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i jsonb;
+BEGIN
+    BEGIN
+        i := sd::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        RETURN false;                  -- not even JSON: no claim of softguard's
+    END;
+    RETURN jsonb_typeof(i) = 'object'
+       AND to_regclass(i->>'table') IS NOT DISTINCT FROM rel::regclass
+       AND coalesce(softguard._marked('soft_delete ' || (i->>'table'),
+                                      jsonb_build_object('column', i->>'column',
+                                                         'by_column', i->'by_column',
+                                                         'mark_kind', i->>'mark_kind'),
+                                      i->>'seal'),
+                    true);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_sealed(oid, text) FROM PUBLIC;
+
 -- ---------------------------------------------------------------------------------------
 -- Reading a soft-delete capture back
 -- ---------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 -- read the PL/pgSQL context stack, which a client can write text into (a comment in its own
 -- dynamic SQL reads like any frame): _drop_shell marks the shell type it drops
 -- (softguard.shell_drops), a table rewrite in probe mode is recorded
--- (softguard.probe_rewrites) and refused at ddl_command_end unless rolled back.
+-- (softguard.probe_rewrites) and refused at ddl_command_end unless rolled back; where a
+-- session's rules deny UPDATEs, only a soft-delete claim sealed by the proxy is a DELETE.
 DO $$
 DECLARE
     e record;
@@ -279,6 +280,289 @@ BEGIN
     PERFORM softguard._probe_rewrite_check();  -- probe mode left mid-statement (85_backstop.sql)
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_ddl_end() FROM PUBLIC;
+
+-- A soft-delete claim judged a DELETE under denied UPDATEs only when the proxy sealed it
+-- (decision 0021, "Since then").
+CREATE OR REPLACE FUNCTION softguard._sd_sealed(rel oid, sd text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i jsonb;
+BEGIN
+    BEGIN
+        i := sd::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        RETURN false;                  -- not even JSON: no claim of softguard's
+    END;
+    RETURN jsonb_typeof(i) = 'object'
+       AND to_regclass(i->>'table') IS NOT DISTINCT FROM rel::regclass
+       AND coalesce(softguard._marked('soft_delete ' || (i->>'table'),
+                                      jsonb_build_object('column', i->>'column',
+                                                         'by_column', i->'by_column',
+                                                         'mark_kind', i->>'mark_kind'),
+                                      i->>'seal'),
+                    true);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_sealed(oid, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._capture_rows() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows travel as text: written and read back in fixed formats, whatever the session's
+SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET lc_monetary = 'C' AS $$
+DECLARE
+    cap text := current_setting('softguard.capture', true);
+    ev text := lower(TG_OP);
+    events text[];
+    reg softguard.sessions;
+    event text;                            -- what is recorded: ev, or 'soft_delete'
+    k text;
+    cur text;
+    op bigint;
+    op_kind text;
+    cid bigint;
+    n bigint;
+    need bigint;                           -- bytes a small capture keeps (the budget)
+    kept bigint;                           -- what the statement keeps in all (_budget_take)
+    ident text;
+    expires timestamptz;
+    first_word text;
+    sd text;
+    sdi jsonb;
+    sd_exact boolean;                      -- the soft-delete setting told the truth
+    inh jsonb;                             -- inheritance children's rows (_inherited_claim)
+    shape record;
+    cols jsonb;
+    info jsonb;
+    stmt text;
+    msg text;                              -- the operation NOTICE
+    obj jsonb;
+    reg_capture text[];
+    lim bigint;                            -- the registration's max_rows (88_limits.sql)
+    lim_by text;
+    denied jsonb;                          -- tables its rules deny (88_limits.sql)
+BEGIN
+    -- What this session captures: its registration, plus what its setting adds (G6). The
+    -- setting, written by the proxy at startup, is the fast path; a session whose setting
+    -- does not name the event asks its registration, which the client cannot change. The
+    -- registration also carries the session's row limit, whatever its setting says.
+    events := string_to_array(replace(lower(coalesce(cap, '')), ' ', ''), ',');
+    -- softguard._session(false), inlined: this runs for every uncaptured UPDATE; the row is
+    -- kept for the operation's retention and address (verified there, read once)
+    SELECT * INTO reg FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    IF FOUND THEN
+        reg_capture := reg.capture;
+        lim := reg.max_rows;
+        lim_by := reg.max_rows_by;
+        denied := reg.denied_tables;
+    ELSE  -- behind a transaction pooler: the login role's (05_sessions.sql)
+        SELECT p.capture, p.max_rows, p.max_rows_by, p.denied_tables
+          INTO reg_capture, lim, lim_by, denied
+          FROM softguard.pooled_roles p WHERE p.role = session_user;
+    END IF;
+    IF denied <> '[]' THEN
+        -- an UPDATE claiming to be a soft delete (its setting, below) is the session's
+        -- DELETE when softguard's rewrite made the claim (sealed, 60_soft_delete.sql); it
+        -- is an UPDATE too unless the transition tables prove the claim
+        sd := CASE WHEN ev = 'update' AND pg_trigger_depth() = 1
+                   THEN current_setting('softguard.sd_' || TG_RELID::text, true) END;
+        PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
+                                        CASE WHEN sd <> '' THEN 'delete' ELSE ev END,
+                                        CASE WHEN sd <> '' THEN 'DELETE' ELSE TG_OP END);
+        IF sd <> '' AND NOT softguard._sd_sealed(TG_RELID, sd) THEN
+            PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'update',
+                                            TG_OP);
+        END IF;
+    END IF;
+    IF NOT (ev = ANY (events)) THEN
+        events := events || coalesce(reg_capture, '{}');
+        IF NOT (events && ARRAY['delete', 'update']) AND (lim IS NULL OR ev <> 'delete') THEN
+            IF sd <> '' THEN             -- not proven here
+                PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
+                                                'update', TG_OP);
+            END IF;
+            RETURN NULL;
+        END IF;
+    END IF;
+    k := (extract(epoch FROM statement_timestamp()) * 1000000)::bigint::text;
+    cur := current_setting('softguard.cur_op', true);
+    IF cur IS NOT NULL AND split_part(cur, '/', 1) = k THEN
+        -- only an operation this transaction opened (the setting is the session's to change)
+        SELECT o.id, o.kind INTO op, op_kind FROM softguard.operations o
+         WHERE split_part(cur, '/', 2) ~ '^[0-9]{1,18}$'
+           AND o.id = split_part(cur, '/', 2)::bigint AND o.txid = pg_current_xact_id()
+           AND o.state = 'active';
+    END IF;
+    ident := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+
+    IF ev = 'update' AND pg_trigger_depth() = 1 THEN
+        IF left(current_query(), 20) = '/*softguard:delete*/' THEN
+            PERFORM softguard._notice('DELETE', 'SGTAG');
+        END IF;
+        sd := current_setting('softguard.sd_' || TG_RELID::text, true);
+        IF sd IS NOT NULL AND sd <> '' THEN
+            PERFORM set_config('softguard.sd_' || TG_RELID::text, '', true);
+            sdi := sd::jsonb;
+            shape := softguard._sd_shape(TG_RELID, sdi);
+            IF shape.key IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('softguard: cannot soft-delete from %s: it has no primary key'
+                                     ' or unique NOT NULL key to find the rows by', ident);
+            END IF;
+            -- the session can write the setting: a statement that did more than mark rows
+            -- is the UPDATE it is, captured whole whatever the session captures ...
+            EXECUTE shape.exact INTO sd_exact;
+            IF denied <> '[]' AND NOT sd_exact THEN
+                PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
+                                                'update', TG_OP);
+            END IF;
+            -- ... except a MERGE's own UPDATE actions where the session may run UPDATEs
+            -- uncaptured: its marked rows are captured, the rest as any UPDATE of it
+            sd_exact := sd_exact OR ((sdi->>'verify')::boolean AND NOT ('update' = ANY (events)));
+        END IF;
+        IF sd_exact THEN
+            -- A soft delete softguard rewrote: capture what it marked, nothing else.
+            cid := nextval('softguard.captures_id_seq'::regclass);
+            EXECUTE shape.capture USING cid;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = 0 THEN
+                RETURN NULL;
+            END IF;
+            IF lim IS NOT NULL THEN        -- the rows this soft delete marked, 88_limits.sql
+                PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+            END IF;
+            event := 'soft_delete';
+            cols := shape.columns;
+            info := (sdi - 'statement') || jsonb_build_object('key', to_jsonb(shape.key));
+            stmt := sdi->>'statement';
+        END IF;
+    END IF;
+
+    IF event IS NULL THEN
+        IF NOT (ev = ANY (events)) AND sd_exact IS NULL THEN
+            -- Not captured by this session, except what a DELETE changes on other tables
+            -- (ON DELETE SET NULL / SET DEFAULT): part of the DELETE's effect.
+            IF ev <> 'update' OR op IS NULL OR op_kind NOT IN ('DELETE', 'MERGE') THEN
+                IF lim IS NOT NULL AND ev = 'delete' THEN
+                    -- a DELETE the session may run uncaptured still counts (88_limits.sql)
+                    SELECT count(*) INTO n FROM sg_old;
+                    PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+                END IF;
+                RETURN NULL;
+            END IF;
+        END IF;
+        IF lim IS NOT NULL THEN
+            -- the row limit (88_limits.sql), exact, before anything is copied
+            SELECT count(*) INTO n FROM sg_old;
+            PERFORM softguard._limit_rows(k, n, lim, lim_by, ident);
+        END IF;
+        -- the capture budget (07_settings.sql), before anything is copied: a few rows are
+        -- measured (cheaper than the table's size, which stats its files: decision 0024);
+        -- more, from a table that fits whole, need no measuring
+        SELECT count(*), coalesce(sum(pg_column_size(s.o)), 0) INTO n, need
+          FROM (SELECT o FROM sg_old o LIMIT 64) s;
+        IF n < 64 THEN
+            IF n > 0 THEN                  -- an assignment: as cur_op's below
+                kept := softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
+                                                                   ELSE 'UPDATE' END, ident);
+            END IF;
+        ELSIF NOT softguard._budget_fits(k, TG_RELID) THEN
+            SELECT coalesce(sum(pg_column_size(o)), 0) INTO n FROM sg_old o;
+            PERFORM softguard._budget_take(k, n, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
+                                                                ELSE 'UPDATE' END, ident);
+        END IF;
+        cid := nextval('softguard.captures_id_seq'::regclass);
+        IF ev = 'delete' AND EXISTS (SELECT FROM pg_inherits i
+                                      WHERE i.inhparent = TG_RELID OR i.inhrelid = TG_RELID) THEN
+            inh := softguard._inherited_claim(TG_RELID, ev);   -- no call for a plain table
+        END IF;
+        -- columns holding enum / reg* values are kept in their restore form (46_restore.sql)
+        cols := softguard._capture_columns(TG_RELID);
+        IF inh IS NULL AND NOT cols @? '$[*][2]' THEN
+        INSERT INTO softguard.captured_rows (capture_id, "row") SELECT cid, o::text FROM sg_old o;
+        ELSIF inh IS NULL THEN
+            EXECUTE format('INSERT INTO softguard.captured_rows (capture_id, "row")'
+                           ' SELECT $1, %s FROM sg_old o', softguard._capture_expr(cols, 'o')) USING cid;
+        ELSE cols := softguard._columns(TG_RELID);     -- inherited rows: as their text
+            EXECUTE softguard._inherited_sql(TG_RELID, inh) USING cid; END IF;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n = 0 AND inh IS NULL THEN
+            RETURN NULL;                   -- removed nothing: records nothing
+        END IF;
+        IF ev = 'update' THEN EXECUTE softguard._key_change_sql(TG_RELID, true) INTO info;
+            IF info IS NOT NULL THEN EXECUTE softguard._key_change_sql(TG_RELID, false) INTO info; END IF; END IF;
+        event := ev;
+    END IF;
+
+    obj := jsonb_build_object(
+        'type', 'table', 'identity', ident, 'schema', TG_TABLE_SCHEMA, 'name', TG_TABLE_NAME,
+        'original', op IS NULL, 'normal', true,
+        'classid', 'pg_class'::regclass::oid, 'objid', TG_RELID, 'objsubid', 0,
+        'event', event, 'rows', n, 'held_by', NULL);
+    IF op IS NULL THEN
+        -- the operation's first table: its ledger row is written once, complete
+        IF event = 'soft_delete' THEN
+            op_kind := coalesce(sdi->>'verb', 'DELETE');       -- DELETE, or MERGE
+        ELSE
+            stmt := current_query();
+            IF left(stmt, 17) = '/*softguard:text=' THEN   -- else it is its own text: no call
+                stmt := softguard._client_text(stmt);
+            END IF;
+            first_word := upper(substring(stmt FROM '^\s*([A-Za-z]+)'));
+            op_kind := CASE WHEN first_word = 'MERGE' THEN 'MERGE' ELSE TG_OP END;
+        END IF;
+        IF reg.pid IS NULL OR NOT coalesce(softguard._session_verified(reg), false) THEN
+            reg := softguard._session(true);   -- not this backend's row, or pooled
+        END IF;
+        expires := now() + softguard._retention(
+            reg, nullif(current_setting('softguard.retention', true), '')::integer);
+        INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                          client_addr, statement, kind, objects, row_counts,
+                                          restore)
+        VALUES (expires, session_user, softguard._client_role(),
+                current_setting('application_name', true),
+                softguard._client_addr(reg),
+                coalesce(stmt, ''), op_kind,
+                jsonb_build_array(obj),
+                jsonb_build_object('estimate', false, 'tables', jsonb_build_object(ident, n)),
+                '[]')
+        RETURNING id INTO op;
+        -- an assignment, not PERFORM (an expression: no executor run, decision 0024)
+        cur := set_config('softguard.cur_op', format('%s/%s/%s', k, op, op_kind), true);
+        -- no row count: later statements of the same query string may join it
+        msg := softguard._op_notice(
+            CASE op_kind WHEN 'DELETE' THEN 'DELETE FROM' WHEN 'MERGE' THEN 'MERGE INTO'
+                         ELSE 'UPDATE' END,
+            ident || CASE WHEN event = 'soft_delete'
+                          THEN format(' (soft delete: %s set)', quote_ident(sdi->>'column'))
+                          ELSE '' END,
+            op, expires);
+        IF current_setting('client_min_messages') IN ('notice', 'log', 'debug1', 'debug2',
+                                                      'debug3', 'debug4', 'debug5') THEN
+            RAISE NOTICE USING MESSAGE = msg;       -- _notice's fast path, without its call
+        ELSE
+            PERFORM softguard._notice(msg);
+        END IF;
+    ELSE
+        UPDATE softguard.operations o SET
+            -- a soft delete of another statement of the same query string: named too (a
+            -- statement's own tables fire one after the other: it is the last one named)
+            statement = CASE WHEN stmt IS NULL OR o.statement = stmt
+                               OR right(o.statement, length(stmt) + 2) = '; ' || stmt
+                             THEN o.statement ELSE o.statement || '; ' || stmt END,
+            objects = o.objects || jsonb_build_array(obj),
+            row_counts = jsonb_set(o.row_counts, ARRAY['tables', ident],
+                to_jsonb(coalesce((o.row_counts->'tables'->>ident)::bigint, 0) + n))
+         WHERE o.id = op;
+    END IF;
+    INSERT INTO softguard.captures (id, op_id, relid, table_identity, event, n_rows, columns,
+                                    info)
+    VALUES (cid, op, TG_RELID, ident, event, n, cols, info);
+    IF info ? 'appeared' OR inh IS NOT NULL THEN
+        PERFORM softguard._capture_more(op, cid, TG_RELID, info, inh);
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
 
 -- end section: attack -------------------------------------------------------
 

@@ -58,6 +58,7 @@ from softguard.sql.soft_delete import (
     SoftDeleteTables,
     prepared_name,
     rewrite,
+    sealed,
 )
 from softguard.sql.tamper import may_name_softguard, mentions_softguard
 from softguard.wire import Message, parse_query_text
@@ -602,7 +603,7 @@ def _soft_delete(
         return None
     if done.prepared is not None and soft is not None:
         soft.prepared.add(done.prepared)
-    return done.text, done.retag
+    return sealed(done, soft.call_key if soft is not None else None), done.retag
 
 
 def _index_of(classification: Classification, stmt: Statement) -> int:

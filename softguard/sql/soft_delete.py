@@ -25,6 +25,7 @@ For ``DELETE FROM t [USING u] [WHERE w] [RETURNING r]`` the UPDATE is::
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from pglast.stream import RawStream
 
 from softguard.contract import TAG_MARKER as TAG_MARKER  # re-exported for the proxy
 from softguard.sql.classify import quote_ident
+from softguard.sql.rewrite import call_mark, jsonb_text
 
 
 # pglast prints PostgreSQL 17's "WHEN NOT MATCHED BY TARGET", which 15 and 16 reject; the
@@ -77,6 +79,23 @@ class SoftTarget:
     @property
     def qualified(self) -> str:
         return f"{quote_ident(self.schema)}.{quote_ident(self.table)}"
+
+    @property
+    def seal_token(self) -> str:
+        """Stands in the rewrite (cached for every session) for this target's seal, which
+        ``sealed`` puts in per session: hex digits, the same inside any quoting."""
+        named = "\0".join((self.qualified, self.column, self.by_column or "", self.mark))
+        return "sgseal" + hashlib.sha256(named.encode()).hexdigest()[:32]
+
+    def seal(self, key: bytes | None) -> str:
+        """HMAC of the soft-delete claim's table, mark column, mark kind and "deleted by"
+        column under the session's key (decision 0028), as ``softguard._sd_sealed``
+        checks it: the claim a client writes itself cannot carry it (decision 0008,
+        "Since then"). Empty without a key (behind a transaction pooler)."""
+        if key is None:
+            return ""
+        ctx = {"column": self.column, "by_column": self.by_column, "mark_kind": self.mark}
+        return call_mark(key, "soft_delete " + self.qualified, jsonb_text(ctx))
 
     def unmarked(self, ref: str) -> str:
         """SQL: the row ``ref`` is not soft-deleted."""
@@ -161,6 +180,15 @@ class Misconfigured(Exception):
             f"does not fit the table: {target.problem}"
         )
         self.target = target
+
+
+def sealed(done: SoftRewrite, key: bytes | None) -> str:
+    """The rewrite's text with each target's seal token replaced by its seal under the
+    session's *key*."""
+    text = done.text
+    for target in done.targets:
+        text = text.replace(target.seal_token, target.seal(key))
+    return text
 
 
 def parse_statement(text: str) -> ast.Node | None:
@@ -332,6 +360,7 @@ def _marking(
             "verb": verb,
             # a MERGE's own UPDATE actions change rows too: capture only those marked
             "verify": verb == "MERGE",
+            "seal": target.seal_token,  # replaced per session (sealed)
         }
     ).decode()
     begin = (

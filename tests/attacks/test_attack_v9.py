@@ -605,24 +605,49 @@ DENIED_UPDATE = {
 }
 
 
-FORGED_CLAIM = pytest.mark.xfail(
-    strict=True,
-    reason="hole: the soft-delete setting is the session's to write and names its own mark "
-    "column; an UPDATE that sets any one column to one value passes the shape check as a "
-    'soft delete, so `update = "deny"` does not refuse it (it is captured and undoable). '
-    "The database does not know which columns [[soft_delete]] configures (threat model G21).",
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=FORGED_CLAIM) if n == "soft_delete_claim_data_column" else n
-        for n in sorted(DENIED_UPDATE)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(DENIED_UPDATE))
 def test_denied_update_refused_in_opaque_code(arena_noupdate: Arena, name: str) -> None:
+    """`soft_delete_claim_data_column` passed on ledger version 9: the shape check proves
+    only that one column was set to one value, and the forged setting names the column."""
     _denied(arena_noupdate, DENIED_UPDATE[name])
+
+
+# update denied, delete protected, one soft-delete table: the proxy's own claim (sealed
+# with the session key) is a DELETE; a claim the client writes for that very table too
+# is an UPDATE
+arena_sd_noupdate = deny_arena_fixture(
+    'update = "deny"\n\n[[soft_delete]]\ntable = "public.sdt"\ncolumn = "gone_at"\n'
+    'deleted_by = "gone_by"\n'
+)
+SDT = [
+    "CREATE TABLE sdt (id int PRIMARY KEY, v text, gone_at timestamptz, gone_by text)",
+    "INSERT INTO sdt SELECT g, 'v' || g, NULL, NULL FROM generate_series(1, 5) g",
+]
+SDT_CLAIM = (
+    '{"table": "public.sdt", "column": "gone_at", "by_column": "gone_by", '
+    '"mark_kind": "timestamp", "mark": "2001-01-01", "statement": "DELETE FROM sdt"}'
+)
+
+
+def test_soft_delete_allowed_where_updates_denied(arena_sd_noupdate: Arena) -> None:
+    out, ops = run(arena_sd_noupdate, ["DELETE FROM sdt WHERE id <= 2"], SDT)
+    assert out.error is None, out.describe()
+    assert [o["kind"] for o in ops] == ["DELETE"], ops
+
+
+def test_soft_delete_claim_of_the_configured_column_forged(arena_sd_noupdate: Arena) -> None:
+    """The configured table and column, the claim written by the client: an UPDATE."""
+    out, ops = run(
+        arena_sd_noupdate,
+        [
+            "DO $$ BEGIN "
+            + forge_sd("sdt", SDT_CLAIM)
+            + " UPDATE sdt SET gone_at = '2001-01-01', gone_by = 'x' WHERE id <= 2; END $$"
+        ],
+        SDT,
+    )
+    assert out.sqlstate == "42501" and "refused by policy" in str(out.error), out.describe()
+    assert not ops, ops
 
 
 DENIED_TRUNCATE = {
@@ -746,3 +771,50 @@ def test_probe_on_in_startup_options_held(arena: Arena) -> None:
         assert "softguard" in str(e).lower(), e
         return
     arena.verdict(before, last, out)
+
+
+# -- 1b. what the attacker changes between a DROP ... CASCADE that kept columns and its undo --
+
+AFTER_KEEP = {
+    # a constraint the restored values break: undo refuses whole
+    "check_rejects_values": "ALTER TABLE labelled ADD CONSTRAINT c CHECK (id > 100) NOT VALID",
+    # the table renamed: found by oid
+    "table_renamed": "ALTER TABLE labelled RENAME TO labelled_was",
+    # a domain of the same name re-created: the kept one must come back, not this one
+    "domain_recreated": "CREATE DOMAIN short_text AS text CHECK (VALUE = 'only this')",
+    # a trigger of the client's on the table that would rewrite what undo writes back
+    "trigger_rewrites": (
+        "CREATE FUNCTION scrub() RETURNS trigger LANGUAGE plpgsql AS "
+        "$f$ BEGIN NEW.t := 'scrubbed'; RETURN NEW; END $f$; "
+        "CREATE TRIGGER scrub BEFORE UPDATE ON labelled FOR EACH ROW EXECUTE FUNCTION scrub()"
+    ),
+}
+
+
+@pytest.mark.parametrize("move", sorted(AFTER_KEEP))
+def test_undo_of_kept_columns_exact_or_refused_whole(arena: Arena, move: str) -> None:
+    with arena.connect("owner", via="direct") as c:
+        for s in BACKSTOP_SETUP:
+            c.execute(s.encode())
+    last = arena.last_op()
+    out = arena.attack(["DROP DOMAIN short_text CASCADE", AFTER_KEEP[move]])
+    if out.error is not None:  # the move itself refused: the DROP stands, undone below
+        assert out.failed_step == 1, out.describe()
+    ops = [o["id"] for o in arena.ops_since(last) if o["kind"] == "DROP DOMAIN"]
+    assert len(ops) == 1, arena.ops_since(last)
+    moved = arena.snapshot()
+    r = arena.undo(ops)
+    if r.returncode != 0:
+        assert arena.snapshot() == moved, "a refused undo changed something"
+        return
+    table = "labelled_was" if move == "table_renamed" else "labelled"
+    got = sorted(arena.direct(f"SELECT id, t::text FROM {table}"))
+    assert got == [(1, "one"), (2, "two")], got
+    # the column's type is the kept domain (its CHECK), not one created since
+    typ = arena.direct(
+        f"SELECT t.typnamespace::regnamespace::text, pg_get_constraintdef(k.oid) "
+        f"FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        f"JOIN pg_constraint k ON k.contypid = t.oid "
+        f"WHERE a.attrelid = '{table}'::regclass AND a.attname = 't'"
+    )
+    assert typ == [("public", "CHECK ((length(VALUE) < 50))")], typ
