@@ -71,7 +71,9 @@ class PassFile:
             raise PassFileError(f"cannot read passfile {path}: {exc}") from None
         if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             # libpq ignores such a file; softguard refuses it loudly instead.
-            raise PassFileError(f"passfile {path} is readable by group or others; chmod 0600 it")
+            raise PassFileError(
+                f"passfile {path} is readable by group or others; chmod 0600 it"
+            )
         entries = []
         for line in text.splitlines():
             if not line.strip() or line.lstrip().startswith("#"):

@@ -71,7 +71,9 @@ def saslprep(password: str) -> str:
     """RFC 4013 SASLprep of a password, as PostgreSQL applies it: a password that is not
     valid under the profile is used as given (so any byte string stays usable)."""
     mapped = "".join(
-        " " if stringprep.in_table_c12(c) else c for c in password if not stringprep.in_table_b1(c)
+        " " if stringprep.in_table_c12(c) else c
+        for c in password
+        if not stringprep.in_table_b1(c)
     )
     text = unicodedata.normalize("NFKC", mapped)
     if not text:

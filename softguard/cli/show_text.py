@@ -67,7 +67,8 @@ def _step_text(step: dict[str, Any]) -> str | None:
         return None
     if kind == "definition":
         return (
-            f"put back the previous definition of {step.get('identity', '?')} (--details prints it)"
+            f"put back the previous definition of {step.get('identity', '?')} "
+            "(--details prints it)"
         )
     if kind == "sequence":
         return f"put back the previous value and settings of {step.get('identity', '?')}"
