@@ -1,9 +1,7 @@
--- Version 10 (section attack): the backstop's exemptions for softguard's own DDL no longer
--- read the PL/pgSQL context stack, which a client can write text into (a comment in its own
--- dynamic SQL reads like any frame): _drop_shell marks the shell type it drops
--- (softguard.shell_drops), a table rewrite in probe mode is recorded
--- (softguard.probe_rewrites) and refused at ddl_command_end unless rolled back; where a
--- session's rules deny UPDATEs, only a soft-delete claim sealed by the proxy is a DELETE.
+-- Version 10 (section attack): the backstop's exemptions for softguard's own DDL are rows
+-- the client cannot write, not the PL/pgSQL context stack (softguard.shell_drops,
+-- softguard.probe_rewrites); where UPDATEs are denied only a soft-delete claim the proxy
+-- sealed is a DELETE; an approval covers its own Query message, not the whole transaction.
 DO $$
 DECLARE
     e record;
@@ -563,6 +561,45 @@ BEGIN
     RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_rows() FROM PUBLIC;
+
+-- An approval covers the approved statement, not its transaction's later ones (decision
+-- 0020, "Since then").
+CREATE OR REPLACE FUNCTION softguard._approval_gate(p_id text, p_sqlstate text, p_message text,
+                                         p_hint text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sent text := current_query();
+    client text := softguard._client_text(current_query());
+BEGIN
+    IF client IS DISTINCT FROM sent THEN   -- the proxy's marker is there
+        UPDATE softguard.approvals a
+           SET state = 'used', used_at = statement_timestamp(), used_pid = pg_backend_pid(),
+               used_xact = pg_current_xact_id()
+         WHERE a.id = p_id AND a.state = 'approved'
+           AND a.decided_at > now() - interval '1 hour'
+           AND a.role = session_user
+           AND a.statement_sha = softguard._approval_sha(session_user::text,
+                                                         current_database()::text, client);
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, HINT = p_hint;
+END $$;
+REVOKE ALL ON FUNCTION softguard._approval_gate(text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._approval_gate(text, text, text, text) TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._approved_here() RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM softguard.approvals a
+                    WHERE a.used_pid = pg_backend_pid()
+                      AND a.used_xact = pg_current_xact_id_if_assigned()
+                      -- the retry's own Query message (the gate and the approved text):
+                      -- not the later statements of its transaction
+                      AND a.used_at = statement_timestamp())
+$$;
+REVOKE ALL ON FUNCTION softguard._approved_here() FROM PUBLIC;
 
 -- end section: attack -------------------------------------------------------
 

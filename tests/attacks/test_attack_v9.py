@@ -14,6 +14,8 @@ threat model G15): what is under test is the database side behind it.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -818,3 +820,45 @@ def test_undo_of_kept_columns_exact_or_refused_whole(arena: Arena, move: str) ->
         f"WHERE a.attrelid = '{table}'::regclass AND a.attname = 't'"
     )
     assert typ == [("public", "CHECK ((length(VALUE) < 50))")], typ
+
+
+# -- 4b. a person's approval of one statement ---------------------------------------------------
+
+
+def _approve(arena: Arena, c: psycopg.Connection[Any], text: str) -> str:
+    """Have `text` refused, then approved by a person (the CLI, as the operator)."""
+    with pytest.raises(psycopg.Error) as info:
+        c.execute(text.encode())
+    found = re.search(r"\(approval id ([0-9a-f]{16})\)", str(info.value))
+    assert found, str(info.value)
+    for _ in range(100):  # the proxy records the request without making the client wait
+        if arena.direct("SELECT 1 FROM softguard.approvals WHERE id = %s", [found[1]]):
+            break
+        time.sleep(0.1)
+    r = arena.cli("approve", found[1], "--by", "alice")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return found[1]
+
+
+APPROVED_THEN = {
+    # in the approved statement's transaction, a DO block deleting elsewhere
+    "do_block_after": "DO $$ BEGIN DELETE FROM big WHERE id > 40; END $$",
+    # ... a function doing the same
+    "function_after": "SELECT count(*) FROM (SELECT w()) s",
+}
+
+
+@pytest.mark.parametrize("name", sorted(APPROVED_THEN))
+def test_approval_covers_only_the_approved_statement(arena_nodelete: Arena, name: str) -> None:
+    arena = arena_nodelete
+    arena.direct(
+        f'SET ROLE "{arena.owner}"; CREATE FUNCTION public.w() RETURNS int LANGUAGE sql AS '
+        "$f$ WITH d AS (DELETE FROM big WHERE id > 40 RETURNING 1) SELECT count(*)::int FROM d $f$"
+    )
+    text = "DELETE FROM big WHERE id = 1"
+    with arena.connect("owner") as c:
+        _approve(arena, c, text)
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack(["BEGIN", text, APPROVED_THEN[name], "COMMIT"])
+    assert out.failed_step == 2 and out.sqlstate == "42501", out.describe()
+    arena.verdict(before, last, out)
