@@ -65,14 +65,19 @@ def may_name_softguard(lowered: bytes) -> bool:
         or lowered.find(b"u&") >= 0
         or (lowered.find(b"\\") >= 0 and lowered.find(b"'") >= 0)
         # 'soft'<newline>'guard': string constants separated by a newline are one
-        or (lowered.find(b"'") >= 0 and _CONTINUED_BYTES.search(lowered) is not None)
+        or (
+            lowered.find(b"\n") >= 0
+            and lowered.find(b"'") >= 0
+            and _CONTINUED_BYTES.search(lowered) is not None
+        )
     )
 
 
 # A string constant continued on a later line ('soft'<newline>'guard' is 'softguard'):
 # whitespace with a newline between two quotes, -- comments allowed (scan.l's
-# whitespace_with_newline). The bytes form only asks whether one may be there.
-_CONTINUED_BYTES = re.compile(rb"'[ \t\f\r]*(?:--[^\n]*)?\n")
+# whitespace_with_newline). The bytes form asks whether one may be there (a quote, a line
+# break, a quote: rare in ordinary SQL, whose lines end in a quote then a comma or word).
+_CONTINUED_BYTES = re.compile(rb"'[ \t\f\r]*(?:--[^\n]*)?\n(?:[ \t\n\f\r]|--[^\n]*\n)*'")
 _CONTINUATION = re.compile(r"'(?:[ \t\f\r]|--[^\n]*)*\n(?:[ \t\n\f\r]|--[^\n]*\n)*'")
 # U&'...' UESCAPE 'c' (and U&"..." UESCAPE 'c'): escapes written with another character,
 # at any level (quotes doubled inside a body).
