@@ -1,7 +1,8 @@
 -- Version 10 (section attack): the backstop's exemptions for softguard's own DDL are rows
 -- the client cannot write, not the PL/pgSQL context stack (softguard.shell_drops,
 -- softguard.probe_rewrites); where UPDATEs are denied only a soft-delete claim the proxy
--- sealed is a DELETE; an approval covers its own Query message, not the whole transaction.
+-- sealed is a DELETE; an approval covers its own Query message, not the whole transaction;
+-- undo refuses to run another non-superuser role's functions with the operator's rights.
 DO $$
 DECLARE
     e record;
@@ -600,6 +601,223 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                       AND a.used_at = statement_timestamp())
 $$;
 REVOKE ALL ON FUNCTION softguard._approved_here() FROM PUBLIC;
+
+-- Undo refuses to write rows where that would run a function of another, non-superuser role
+-- (threat model G9).
+CREATE OR REPLACE FUNCTION softguard._foreign_code(rel oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE types(t) AS (
+        SELECT a.atttypid FROM pg_attribute a
+         WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT u FROM types JOIN pg_type y ON y.oid = types.t,
+               LATERAL (VALUES (nullif(y.typbasetype, 0)), (nullif(y.typelem, 0))) v(u)
+         WHERE u IS NOT NULL
+    ), parts(classid, objid) AS (
+        SELECT 'pg_class'::regclass::oid, i.indexrelid FROM pg_index i WHERE i.indrelid = rel
+        UNION ALL
+        SELECT 'pg_constraint'::regclass::oid, k.oid FROM pg_constraint k
+         WHERE k.conrelid = rel OR k.contypid IN (SELECT t FROM types)
+        UNION ALL
+        SELECT 'pg_attrdef'::regclass::oid, d.oid FROM pg_attrdef d WHERE d.adrelid = rel
+    )
+    SELECT string_agg(DISTINCT format('%s (owned by %I)', p.oid::regprocedure, r.rolname), ', ')
+      FROM parts JOIN pg_depend d ON d.classid = parts.classid AND d.objid = parts.objid
+                                 AND d.refclassid = 'pg_proc'::regclass
+      JOIN pg_proc p ON p.oid = d.refobjid
+      JOIN pg_roles r ON r.oid = p.proowner
+     WHERE NOT r.rolsuper AND r.rolname <> current_user
+$$;
+REVOKE ALL ON FUNCTION softguard._foreign_code(oid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._refuse_foreign_code(op bigint, rel oid, ident text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    code text := softguard._foreign_code(rel);
+BEGIN
+    IF code IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('cannot undo operation %s: writing rows back into %s would run %s '
+                             'with the rights of %I', op, ident, code, current_user),
+            DETAIL = 'Index expressions and predicates, constraints and defaults run as the '
+                     'role that writes the row, whoever wrote the function.',
+            HINT = 'Review the function; replace it with one owned by a superuser, or drop what '
+                   'uses it, then run undo again.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._refuse_foreign_code(bigint, oid, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._need_table(op bigint, rel oid, ident text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    holder bigint;
+    holder_stmt text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_class WHERE oid = rel) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: table %s no longer exists', op, ident);
+    END IF;
+    PERFORM softguard._refuse_foreign_code(op, rel, ident);
+    holder := softguard._holder('pg_class'::regclass, rel, 0);
+    IF holder IS NOT NULL AND holder <> op THEN
+        SELECT o.statement INTO holder_stmt FROM softguard.operations o WHERE o.id = holder;
+        RAISE EXCEPTION USING ERRCODE = '55006',
+            MESSAGE = format('cannot undo operation %s: table %s is held by operation %s (%s)',
+                             op, ident, holder, holder_stmt),
+            DETAIL = softguard._blocked_detail(holder),
+            HINT = format('Undo operation %s first, or use --cascade.', holder);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._need_table(bigint, oid, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._undo_drop_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i jsonb := c.info;
+    rel regclass := c.relid::regclass;
+    rtype text;
+    key text[] := ARRAY(SELECT jsonb_array_elements_text(c.info->'key'));
+    image boolean := coalesce((c.info->>'image')::boolean, false);
+    idn jsonb := nullif(c.info->'identity', 'null');
+    x jsonb;
+    n bigint;
+    total bigint;
+    nnew bigint := 0;
+    tseq text := format('pg_temp.%I', 'sg_identity_' || c.id);
+    st record;
+    via_parent boolean;
+    saved_srr text := current_setting('session_replication_role');
+BEGIN
+    PERFORM softguard._undo_key_check(op, c);
+    -- A partition or inheritance child: re-adding the column to its parent (a capture of
+    -- the same operation, undone first) added it here too; only its values remain to do.
+    via_parent := EXISTS (
+        SELECT FROM pg_attribute a WHERE a.attrelid = c.relid AND a.attname = i->>'name'
+           AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attislocal
+           AND format_type(a.atttypid, a.atttypmod) = i->>'type'
+           AND EXISTS (SELECT FROM pg_inherits h JOIN softguard.captures pc ON pc.relid = h.inhparent
+                        WHERE h.inhrelid = c.relid AND pc.op_id = op AND pc.event = 'column'
+                          AND pc.info->>'kind' IS NULL AND pc.info->>'name' = i->>'name'));
+    IF NOT via_parent AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = c.relid AND attname = i->>'name'
+                AND attnum > 0 AND NOT attisdropped) THEN
+        RAISE EXCEPTION USING ERRCODE = '42701',
+            MESSAGE = format('cannot undo operation %s: column %I of %s exists again (added after the DROP)',
+                             op, i->>'name', rel);
+    END IF;
+    IF via_parent THEN
+        NULL;
+    ELSIF i->>'generated' IS NOT NULL THEN
+        -- its values follow from the other columns (50_alter.sql kept none)
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s GENERATED ALWAYS AS (%s) %s', rel,
+                       i->>'name', i->>'type',
+                       CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END,
+                       i->>'default', i->>'generated');
+    ELSE
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s', rel, i->>'name', i->>'type',
+                       CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END);
+    END IF;
+    n := 0;
+    IF i->>'generated' IS NULL AND image THEN
+        -- ctid names a row for the length of this statement (ADD COLUMN did not rewrite)
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE ONLY %s t SET %I = m.sg_value FROM ('
+                       'SELECT l.tid, s.sg_value'
+                       ' FROM (SELECT t.tid, t.k, row_number() OVER (PARTITION BY t.k) AS rn'
+                       ' FROM (SELECT t.ctid AS tid, %s AS k FROM ONLY %s t) t) l'
+                       ' JOIN (SELECT s.sg_value, s.k, row_number() OVER (PARTITION BY s.k) AS rn'
+                       ' FROM (SELECT s.sg_value, %s AS k FROM (%s) s) s) s'
+                       ' ON s.k = l.k AND s.rn = l.rn) m WHERE t.ctid = m.tid',
+                       rel, i->>'name', softguard._image_text('t', key, c), rel,
+                       softguard._image_text('s', softguard._image_keys(cardinality(key))), softguard._image_src(c));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+    ELSIF i->>'generated' IS NULL THEN
+        rtype := softguard._row_type(softguard._kept_columns(c), c.id::text);
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT %s FROM (SELECT r."row"::%s AS x'
+                       ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p) s WHERE %s',
+                       rel, i->>'name', softguard._restored_cols(softguard._kept_columns(c), 'p', rel::text,
+                                                c.info->>'name'),
+                       rtype, c.id, softguard._key_match(c, 't', 's'));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+    END IF;
+    IF idn IS NOT NULL THEN
+        -- rows without a captured value: the values the sequence gives next (a temporary
+        -- sequence at the recorded state; the identity's own needs NOT NULL first)
+        EXECUTE format('DROP SEQUENCE IF EXISTS %s', tseq);
+        EXECUTE format('CREATE TEMP SEQUENCE %I AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s %s',
+                       'sg_identity_' || c.id, idn->>'type', idn->>'increment', idn->>'min',
+                       idn->>'max', idn->>'start', CASE WHEN (idn->>'cycle')::boolean THEN 'CYCLE' ELSE 'NO CYCLE' END);
+        PERFORM setval(tseq::regclass, (idn->>'last_value')::bigint, (idn->>'is_called')::boolean);
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE ONLY %s SET %I = nextval(%L::regclass) WHERE %I IS NULL',
+                       rel, i->>'name', tseq, i->>'name');
+        GET DIAGNOSTICS nnew = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+        EXECUTE format('SELECT last_value, is_called FROM %s', tseq) INTO st;
+        EXECUTE format('DROP SEQUENCE %s', tseq);
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, i->>'name');
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I ADD GENERATED %s AS IDENTITY (%s INCREMENT BY %s'
+                       ' MINVALUE %s MAXVALUE %s START WITH %s CACHE %s %s)',
+                       rel, i->>'name', idn->>'kind',
+                       CASE WHEN to_regclass(idn->>'sequence') IS NULL
+                            THEN 'SEQUENCE NAME ' || (idn->>'sequence') ELSE '' END,
+                       idn->>'increment', idn->>'min', idn->>'max', idn->>'start', idn->>'cache',
+                       CASE WHEN (idn->>'cycle')::boolean THEN 'CYCLE' ELSE 'NO CYCLE' END);
+        PERFORM setval(pg_get_serial_sequence(rel::text, i->>'name')::regclass, st.last_value, st.is_called);
+    END IF;
+    IF i->>'default' IS NOT NULL AND i->>'generated' IS NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', rel, i->>'name', i->>'default');
+    END IF;
+    IF (i->>'not_null')::boolean THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, i->>'name');
+    END IF;
+    FOR x IN SELECT e FROM jsonb_array_elements(i->'constraints') e LOOP
+        CONTINUE WHEN via_parent AND EXISTS (SELECT FROM pg_constraint co WHERE co.conrelid = c.relid
+                                                AND co.conname = x->>'name');
+        IF x->>'def' ~ '^CHECK ' AND x->>'def' !~ ' NOT VALID$' THEN
+            -- checked against the rows only once its functions are known to be harmless:
+            -- validation runs them as the operator (_foreign_code)
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s NOT VALID', rel, x->>'name',
+                           x->>'def');
+            PERFORM softguard._refuse_foreign_code(op, c.relid, rel::text);
+            EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', rel, x->>'name');
+        ELSE
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', rel, x->>'name', x->>'def');
+        END IF;
+        IF x->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', x->>'name', rel, x->>'comment');
+        END IF;
+    END LOOP;
+    FOR x IN SELECT e FROM jsonb_array_elements(i->'indexes') e LOOP
+        -- the parent's partitioned index made this partition's again
+        CONTINUE WHEN via_parent AND EXISTS (SELECT FROM pg_class ic WHERE ic.relname = x->>'name'
+                                                AND ic.relnamespace = (SELECT relnamespace FROM pg_class
+                                                                        WHERE oid = c.relid));
+        EXECUTE x->>'def';
+        IF x->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON INDEX %s IS %L',
+                           format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = c.relid),
+                                  x->>'name'), x->>'comment');
+        END IF;
+    END LOOP;
+    IF i->>'comment' IS NOT NULL THEN
+        EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', rel, i->>'name', i->>'comment');
+    END IF;
+    IF image OR idn IS NOT NULL THEN
+        EXECUTE format('SELECT count(*) FROM ONLY %s', rel) INTO total;
+    END IF;
+    RETURN ARRAY[softguard._step(op, 're-added', format('%s.%I', rel, i->>'name'),
+                                 format('re-added column %s.%I with %s values%s', rel, i->>'name', n,
+                                        CASE WHEN total > n THEN format(
+                                            ' (%s changed or added since: %s)',
+                                            CASE WHEN total - n = 1 THEN '1 row' ELSE (total - n) || ' rows' END,
+                                            CASE WHEN idn IS NOT NULL THEN 'new identity values'
+                                                 ELSE 'NULL' END)
+                                             ELSE '' END), n)];
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_drop_column(bigint, softguard.captures) FROM PUBLIC;
 
 -- end section: attack -------------------------------------------------------
 

@@ -925,3 +925,78 @@ def test_drop_domain_cascade_shapes_exact_or_refused(arena: Arena, shape: str) -
     setup = ["CREATE DOMAIN did AS int CHECK (VALUE > 0)", *DOMAIN_SHAPES[shape]]
     out, _ = run(arena, ["DROP DOMAIN did CASCADE"], setup)
     print(out.describe())
+
+
+# -- 6. code of the client's that undo runs (as the operator) ---------------------------------
+
+PLANTED = (
+    "CREATE TABLE loot (who text, su text)",
+    # an IMMUTABLE function may not write, but may call one that does
+    "CREATE FUNCTION spy_v() RETURNS void LANGUAGE plpgsql AS $f$ BEGIN "
+    "INSERT INTO public.loot SELECT current_user, rolsuper::text FROM pg_roles "
+    "WHERE rolname = current_user; END $f$",
+    "CREATE FUNCTION spy(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $f$ BEGIN "
+    "PERFORM public.spy_v(); RETURN i; END $f$",
+)
+PLANTS = {
+    "expression_index": "CREATE INDEX big_spy ON big ((spy(id)))",
+    "check_constraint": "ALTER TABLE big ADD CONSTRAINT big_spy CHECK (spy(id) > 0)",
+    "partial_index": "CREATE INDEX big_spy ON big (id) WHERE spy(id) > 0",
+}
+
+
+@pytest.mark.parametrize("plant", sorted(PLANTS))
+def test_undo_runs_no_client_code_as_the_operator(arena: Arena, plant: str) -> None:
+    """The client's function in an index expression or CHECK runs when undo writes rows
+    back: never with the operator's (superuser's) rights."""
+    with arena.connect("owner", via="direct") as c:
+        for s in (*PLANTED, PLANTS[plant]):
+            c.execute(s.encode())
+        c.execute("DELETE FROM loot")
+    last = arena.last_op()
+    with arena.connect("owner") as c:
+        c.execute("DELETE FROM big WHERE id <= 2")
+    ops = [o["id"] for o in arena.ops_since(last)]
+    arena.direct("DELETE FROM loot")
+    r = arena.undo(ops)
+    loot = arena.direct("SELECT who, su FROM loot")
+    assert "true" not in {su for _, su in loot}, f"client code ran as a superuser: {loot}"
+    assert r.returncode != 0 and "would run public.spy(integer)" in r.stdout + r.stderr, (
+        r.stdout + r.stderr
+    )
+    # the operator reviews and removes the planted code: undo then puts the rows back
+    arena.direct("DROP INDEX IF EXISTS big_spy")
+    arena.direct("ALTER TABLE big DROP CONSTRAINT IF EXISTS big_spy")
+    r = arena.undo(ops)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert arena.direct("SELECT count(*) FROM big WHERE id <= 2") == [(2,)]
+
+
+KEPT_COLUMN_CODE = {
+    # undo adds the column back with its default, evaluated by the ALTER TABLE it runs
+    "default": "ALTER TABLE big ADD COLUMN extra int DEFAULT spy(7)",
+    # ... and its CHECK constraint, checked against the rows
+    "check": "ALTER TABLE big ADD COLUMN extra int CHECK (spy(extra) > 0) DEFAULT 7",
+    # ... and its index over an expression (CREATE INDEX runs as the owner: harmless)
+    "index": "ALTER TABLE big ADD COLUMN extra int DEFAULT 7; CREATE INDEX ON big ((spy(extra)))",
+}
+
+
+@pytest.mark.parametrize("where", sorted(KEPT_COLUMN_CODE))
+def test_undo_of_a_dropped_column_runs_no_client_code_as_the_operator(
+    arena: Arena, where: str
+) -> None:
+    with arena.connect("owner", via="direct") as c:
+        for s in (*PLANTED, KEPT_COLUMN_CODE[where]):
+            c.execute(s.encode())
+    last = arena.last_op()
+    with arena.connect("owner") as c:
+        c.execute("ALTER TABLE big DROP COLUMN extra")
+    ops = [o["id"] for o in arena.ops_since(last)]
+    assert ops, "the DROP COLUMN was not recorded"
+    arena.direct("DELETE FROM loot")
+    r = arena.undo(ops)
+    loot = arena.direct("SELECT who, su FROM loot")
+    assert "true" not in {su for _, su in loot}, f"client code ran as a superuser: {loot}"
+    if where == "check":  # refused before the constraint is validated, nothing changed
+        assert r.returncode != 0 and "would run public.spy(integer)" in r.stdout + r.stderr
