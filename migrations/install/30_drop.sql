@@ -923,10 +923,41 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 GRANT EXECUTE ON FUNCTION softguard._same_objects(jsonb, jsonb) TO PUBLIC;
 
+-- The shell type _drop_shell is dropping now, per backend: the sql_drop backstop
+-- (85_backstop.sql) lets a statement pass that drops this type and nothing else. A row,
+-- not the PL/pgSQL context stack: a client can write text that reads like any frame of
+-- that stack into its own dynamic SQL (a comment), not a row here.
+CREATE TABLE softguard.shell_drops (
+    pid     integer NOT NULL,
+    xid     xid8 NOT NULL,
+    type    oid NOT NULL
+);
+REVOKE ALL ON softguard.shell_drops FROM PUBLIC;
+COMMENT ON TABLE softguard.shell_drops IS
+    'the shell type _drop_shell is dropping, which the sql_drop backstop lets pass';
+
+-- Mark `p_oid` as the shell type this backend drops next (`dropping`), or clear the mark.
+-- True when marked: only a shell type (nothing to keep) is, so a client that calls this
+-- itself gains nothing but dropping a shell type of its own.
+CREATE FUNCTION softguard._shell_drop_mark(p_oid oid, dropping boolean) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM softguard.shell_drops s WHERE s.pid = pg_backend_pid();
+    IF dropping AND EXISTS (SELECT FROM pg_type t
+                             WHERE t.oid = p_oid AND t.typtype = 'p' AND NOT t.typisdefined) THEN
+        INSERT INTO softguard.shell_drops (pid, xid, type)
+        VALUES (pg_backend_pid(), pg_current_xact_id(), p_oid);
+        RETURN true;
+    END IF;
+    RETURN false;
+END $$;
+REVOKE ALL ON FUNCTION softguard._shell_drop_mark(oid, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._shell_drop_mark(oid, boolean) TO PUBLIC;
+
 -- A shell type (CREATE TYPE name, not defined yet) holds nothing and can be neither
 -- renamed nor moved: a DROP that removes only shell types removes them for real,
--- unrecorded, as PostgreSQL does. Drops nothing but a shell type (the backstop lets a type
--- dropped here pass); runs as the caller, who must own it.
+-- unrecorded, as PostgreSQL does. Drops nothing but a shell type (marked for the backstop
+-- while it drops it); runs as the caller, who must own it.
 CREATE FUNCTION softguard._drop_shell(p_oid oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -935,8 +966,9 @@ BEGIN
     SELECT format('%I.%I', n.nspname, t.typname) INTO ident
       FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
      WHERE t.oid = p_oid AND t.typtype = 'p' AND NOT t.typisdefined;
-    IF ident IS NOT NULL THEN
+    IF ident IS NOT NULL AND softguard._shell_drop_mark(p_oid, true) THEN
         EXECUTE format('DROP TYPE %s', ident);
+        PERFORM softguard._shell_drop_mark(p_oid, false);
     END IF;
 END $$;
 GRANT EXECUTE ON FUNCTION softguard._drop_shell(oid) TO PUBLIC;

@@ -252,7 +252,8 @@ BEGIN
     END IF;
     IF denied <> '[]' THEN
         -- an UPDATE claiming to be a soft delete (its setting, below) is the session's
-        -- DELETE; it is an UPDATE too unless the transition tables prove the claim
+        -- DELETE; it is an UPDATE too unless softguard's own rewrite made the claim and the
+        -- transition tables bear it out (below)
         sd := CASE WHEN ev = 'update' AND pg_trigger_depth() = 1
                    THEN current_setting('softguard.sd_' || TG_RELID::text, true) END;
         PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
@@ -322,7 +323,11 @@ BEGIN
                 changed := NULL;
                 claim := 'checked';
             END IF;
-            IF denied <> '[]' AND NOT sd_exact THEN
+            -- where UPDATEs are denied, the check proves only that one column took one
+            -- value, and the setting names that column: a claim the session wrote itself
+            -- (not bound to its key) is an UPDATE too; a session without a key (behind a
+            -- transaction pooler) cannot be told from the proxy (decision 0031)
+            IF denied <> '[]' AND NOT (sd_exact AND (claim = 'bound' OR NOT softguard._keyed())) THEN
                 PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
                                                 'update', TG_OP);
             END IF;

@@ -223,6 +223,19 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_bound(jsonb) FROM PUBLIC;
 
+-- Does this backend hold a session key (decision 0028)? Where it does, softguard's own
+-- soft-delete rewrites reach the trigger bound (unless the text could not be bound), so an
+-- unbound claim where UPDATEs are denied is judged an UPDATE; where it does not (behind a
+-- transaction pooler) no claim can be told from the proxy's. Called only on that path.
+CREATE FUNCTION softguard._keyed() RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM softguard.session_keys s
+                    WHERE s.pid = pg_catalog.pg_backend_pid()
+                      AND s.backend_start = softguard._backend_start());
+END $$;
+REVOKE ALL ON FUNCTION softguard._keyed() FROM PUBLIC;
+
 -- What of table `rel` (and of every table an UPDATE of it reaches: partitions, inheritance
 -- children) can change a row other than as the UPDATE's SET list says: 'rule' (an UPDATE
 -- rule, which may add statements), 'trigger' (a row-level BEFORE UPDATE trigger not

@@ -117,6 +117,56 @@ $$;
 REVOKE ALL ON FUNCTION softguard._name_taken(text, oid, text, oid) FROM PUBLIC;
 
 -- Fail with 55006 / 55000 when a captured table is not live (held by a later DROP, gone).
+-- Functions that writing rows into `rel` runs and whose owner is neither the role running
+-- now nor a superuser: in its indexes (expressions, predicates), constraints, column
+-- defaults and generated columns, and the constraints of its columns' domains. Undo runs
+-- as the operator: such a function, which the table's owner may have written, would run
+-- with the operator's rights (PostgreSQL switches to the owner only for maintenance such
+-- as CREATE INDEX, not for an INSERT or UPDATE). Triggers and rules are off during undo.
+CREATE FUNCTION softguard._foreign_code(rel oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE types(t) AS (
+        SELECT a.atttypid FROM pg_attribute a
+         WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT u FROM types JOIN pg_type y ON y.oid = types.t,
+               LATERAL (VALUES (nullif(y.typbasetype, 0)), (nullif(y.typelem, 0))) v(u)
+         WHERE u IS NOT NULL
+    ), parts(classid, objid) AS (
+        SELECT 'pg_class'::regclass::oid, i.indexrelid FROM pg_index i WHERE i.indrelid = rel
+        UNION ALL
+        SELECT 'pg_constraint'::regclass::oid, k.oid FROM pg_constraint k
+         WHERE k.conrelid = rel OR k.contypid IN (SELECT t FROM types)
+        UNION ALL
+        SELECT 'pg_attrdef'::regclass::oid, d.oid FROM pg_attrdef d WHERE d.adrelid = rel
+    )
+    SELECT string_agg(DISTINCT format('%s (owned by %I)', p.oid::regprocedure, r.rolname), ', ')
+      FROM parts JOIN pg_depend d ON d.classid = parts.classid AND d.objid = parts.objid
+                                 AND d.refclassid = 'pg_proc'::regclass
+      JOIN pg_proc p ON p.oid = d.refobjid
+      JOIN pg_roles r ON r.oid = p.proowner
+     WHERE NOT r.rolsuper AND r.rolname <> current_user
+$$;
+REVOKE ALL ON FUNCTION softguard._foreign_code(oid) FROM PUBLIC;
+
+-- Refuse undo of `op` before it writes rows of `rel` (`ident`) that would run such code.
+CREATE FUNCTION softguard._refuse_foreign_code(op bigint, rel oid, ident text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    code text := softguard._foreign_code(rel);
+BEGIN
+    IF code IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('cannot undo operation %s: writing rows back into %s would run %s '
+                             'with the rights of %I', op, ident, code, current_user),
+            DETAIL = 'Index expressions and predicates, constraints and defaults run as the '
+                     'role that writes the row, whoever wrote the function.',
+            HINT = 'Review the function; replace it with one owned by a superuser, or drop what '
+                   'uses it, then run undo again.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._refuse_foreign_code(bigint, oid, text) FROM PUBLIC;
+
 CREATE FUNCTION softguard._need_table(op bigint, rel oid, ident text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -127,6 +177,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '55000',
             MESSAGE = format('cannot undo operation %s: table %s no longer exists', op, ident);
     END IF;
+    PERFORM softguard._refuse_foreign_code(op, rel, ident);
     holder := softguard._holder('pg_class'::regclass, rel, 0);
     IF holder IS NOT NULL AND holder <> op THEN
         SELECT o.statement INTO holder_stmt FROM softguard.operations o WHERE o.id = holder;
@@ -1573,7 +1624,16 @@ BEGIN
     FOR x IN SELECT e FROM jsonb_array_elements(i->'constraints') e LOOP
         CONTINUE WHEN via_parent AND EXISTS (SELECT FROM pg_constraint co WHERE co.conrelid = c.relid
                                                 AND co.conname = x->>'name');
-        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', rel, x->>'name', x->>'def');
+        IF x->>'def' ~ '^CHECK ' AND x->>'def' !~ ' NOT VALID$' THEN
+            -- checked against the rows only once its functions are known to be harmless:
+            -- validation runs them as the operator (_foreign_code)
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s NOT VALID', rel, x->>'name',
+                           x->>'def');
+            PERFORM softguard._refuse_foreign_code(op, c.relid, rel::text);
+            EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', rel, x->>'name');
+        ELSE
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', rel, x->>'name', x->>'def');
+        END IF;
         IF x->>'comment' IS NOT NULL THEN
             EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', x->>'name', rel, x->>'comment');
         END IF;

@@ -87,9 +87,14 @@ BEGIN
                   JOIN pg_class c ON c.oid = a.attrelid AND c.relkind IN ('r', 'p', 'm')
                  WHERE r.oid = d.objid);
         ELSIF d.object_type = 'type' THEN
-            -- drop_op removes shell types (nothing to keep) for real, through _drop_shell
-            GET DIAGNOSTICS stack = PG_CONTEXT;
-            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\._drop_shell\(oid\) line [0-9]+ at EXECUTE';
+            -- drop_op removes shell types (nothing to keep) for real, through _drop_shell:
+            -- the statement drops the one shell type marked (30_drop.sql) and nothing else
+            CONTINUE WHEN NOT EXISTS (
+                SELECT FROM pg_event_trigger_dropped_objects() o
+                 WHERE NOT EXISTS (SELECT FROM softguard.shell_drops s
+                                    WHERE s.pid = pg_backend_pid()
+                                      AND s.xid = pg_current_xact_id()
+                                      AND s.type = o.objid AND o.object_type = 'type'));
         ELSIF d.object_type = 'table column' AND by_alter THEN
             -- alter_op captured every column its statement drops before running it (it
             -- probes that very statement); a column dropped anywhere else is lost, as is
@@ -151,6 +156,41 @@ GRANT EXECUTE ON FUNCTION softguard._backstop_drop() TO PUBLIC;
 -- int USING 0` on an int column) cannot be told from one that keeps them: only the
 -- proxy's parse names such a column, and alter_op believes a ctx only with the proxy's
 -- mark (decision 0028).
+-- Table rewrites let through in probe mode, per backend (_backstop_rewrite). A probed
+-- statement is always rolled back, and the row with it; one still here at
+-- ddl_command_end (_probe_rewrite_check) ran outside probe mode's end: a forged or
+-- switched-off softguard.probe. A row, not the PL/pgSQL context stack, which the client
+-- can write text into (a comment of its own dynamic SQL reads like any frame).
+CREATE TABLE softguard.probe_rewrites (
+    pid     integer NOT NULL,
+    xid     xid8 NOT NULL,
+    rel     oid NOT NULL
+);
+REVOKE ALL ON softguard.probe_rewrites FROM PUBLIC;
+COMMENT ON TABLE softguard.probe_rewrites IS
+    'table rewrites let through in probe mode; refused at ddl_command_end if still there';
+
+-- ddl_command_end, outside probe mode (90_event_triggers.sql): refuse a statement that
+-- rewrote a table in probe mode and was not rolled back.
+CREATE FUNCTION softguard._probe_rewrite_check() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel oid;
+BEGIN
+    SELECT p.rel INTO rel FROM softguard.probe_rewrites p WHERE p.pid = pg_backend_pid() LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard: changing the type of a column of %s cannot be made '
+                             'reversible here', rel::regclass),
+            DETAIL = 'The table was rewritten in softguard''s probe mode, which the statement '
+                     'then left: only softguard''s probe may run it, and rolls it back.',
+            HINT = 'Run the ALTER TABLE ... ALTER COLUMN ... TYPE as its own statement.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._probe_rewrite_check() FROM PUBLIC;
+-- The event trigger runs as the session's role; this only ever refuses.
+GRANT EXECUTE ON FUNCTION softguard._probe_rewrite_check() TO PUBLIC;
+
 CREATE FUNCTION softguard._backstop_rewrite() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -166,10 +206,16 @@ BEGIN
     IF events IS NULL OR NOT ('alter' = ANY (events)) OR NOT softguard._protected_table(rel) THEN
         RETURN;
     END IF;
-    GET DIAGNOSTICS stack = PG_CONTEXT;
-    IF stack ~ '(^|\n)PL/pgSQL function softguard\._probe\(text\) line [0-9]+ at EXECUTE' THEN
-        RETURN;                            -- the probe never keeps what it runs (20_catalog.sql)
+    IF current_setting('softguard.probe', true) = 'on' THEN
+        -- the probe never keeps what it runs (20_catalog.sql): its statement ends in SGPRB
+        -- at ddl_command_end. The setting is the session's to write, and code of its own
+        -- (a USING expression) can switch it off while the rewrite runs: the row below,
+        -- which only a rollback removes, makes ddl_command_end refuse such a statement.
+        INSERT INTO softguard.probe_rewrites (pid, xid, rel)
+        VALUES (pg_backend_pid(), pg_current_xact_id(), rel);
+        RETURN;
     END IF;
+    GET DIAGNOSTICS stack = PG_CONTEXT;
     IF stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb,text\) line [0-9]+ at EXECUTE' THEN
         WITH RECURSIVE up(r) AS (
             SELECT rel

@@ -79,7 +79,7 @@ DECLARE
 BEGIN
     IF client IS DISTINCT FROM sent THEN   -- the proxy's marker is there
         UPDATE softguard.approvals a
-           SET state = 'used', used_at = now(), used_pid = pg_backend_pid(),
+           SET state = 'used', used_at = statement_timestamp(), used_pid = pg_backend_pid(),
                used_xact = pg_current_xact_id()
          WHERE a.id = p_id AND a.state = 'approved'
            AND a.decided_at > now() - interval '1 hour'
@@ -95,13 +95,17 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._approval_gate(text, text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._approval_gate(text, text, text, text) TO PUBLIC;
 
--- Whether this transaction runs an approved statement (the modes' guard lets its DDL
--- through).
+-- Whether the client statement running now is one a person approved (the modes' guard
+-- lets its DDL through, the limits and outright denials stand aside): the retry's Query
+-- message, not the later statements of its transaction (decision 0020, "Since then").
 CREATE FUNCTION softguard._approved_here() RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT EXISTS (SELECT FROM softguard.approvals a
                     WHERE a.used_pid = pg_backend_pid()
-                      AND a.used_xact = pg_current_xact_id_if_assigned())
+                      AND a.used_xact = pg_current_xact_id_if_assigned()
+                      -- the retry's own Query message (the gate and the approved text):
+                      -- not the later statements of its transaction
+                      AND a.used_at = statement_timestamp())
 $$;
 REVOKE ALL ON FUNCTION softguard._approved_here() FROM PUBLIC;
 

@@ -71,6 +71,7 @@ BEGIN
     IF current_setting('softguard.probe', true) = 'on' THEN
         RAISE EXCEPTION USING ERRCODE = 'SGPRB', MESSAGE = 'softguard probe', DETAIL = '[]';
     END IF;
+    PERFORM softguard._probe_rewrite_check();  -- probe mode left mid-statement (85_backstop.sql)
 END $$;
 REVOKE ALL ON FUNCTION softguard._capture_ddl_end() FROM PUBLIC;
 

@@ -10,6 +10,12 @@
 -- through _capture_src, purge drops the table, op_size measures it. Captures taken before
 -- keep their text in softguard.captured_rows. Event triggers off meanwhile, as 8--9.sql.
 --
+-- Version 10 (section attack): the backstop's exemptions for softguard's own DDL are rows
+-- the client cannot write, not the PL/pgSQL context stack (softguard.shell_drops,
+-- softguard.probe_rewrites); where UPDATEs are denied only a soft-delete claim bound to the
+-- session's key is a DELETE (section sdbind); an approval covers its own Query message, not the whole transaction;
+-- undo refuses to run another non-superuser role's functions with the operator's rights.
+--
 -- As in 8--9.sql: softguard's event triggers are off while the sections run, every function
 -- a section (re)defines has its final definition, and each function is defined once.
 DO $$
@@ -109,6 +115,19 @@ BEGIN
                  'UTF8'));
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_bound(jsonb) FROM PUBLIC;
+
+-- Does this backend hold a session key (decision 0028)? Where it does, softguard's own
+-- soft-delete rewrites reach the trigger bound (unless the text could not be bound), so an
+-- unbound claim where UPDATEs are denied is judged an UPDATE; where it does not (behind a
+-- transaction pooler) no claim can be told from the proxy's. Called only on that path.
+CREATE FUNCTION softguard._keyed() RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM softguard.session_keys s
+                    WHERE s.pid = pg_catalog.pg_backend_pid()
+                      AND s.backend_start = softguard._backend_start());
+END $$;
+REVOKE ALL ON FUNCTION softguard._keyed() FROM PUBLIC;
 
 -- What of table `rel` (and of every table an UPDATE of it reaches: partitions, inheritance
 -- children) can change a row other than as the UPDATE's SET list says: 'rule' (an UPDATE
@@ -282,7 +301,8 @@ BEGIN
     END IF;
     IF denied <> '[]' THEN
         -- an UPDATE claiming to be a soft delete (its setting, below) is the session's
-        -- DELETE; it is an UPDATE too unless the transition tables prove the claim
+        -- DELETE; it is an UPDATE too unless softguard's own rewrite made the claim and the
+        -- transition tables bear it out (below)
         sd := CASE WHEN ev = 'update' AND pg_trigger_depth() = 1
                    THEN current_setting('softguard.sd_' || TG_RELID::text, true) END;
         PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
@@ -352,7 +372,11 @@ BEGIN
                 changed := NULL;
                 claim := 'checked';
             END IF;
-            IF denied <> '[]' AND NOT sd_exact THEN
+            -- where UPDATEs are denied, the check proves only that one column took one
+            -- value, and the setting names that column: a claim the session wrote itself
+            -- (not bound to its key) is an UPDATE too; a session without a key (behind a
+            -- transaction pooler) cannot be told from the proxy (decision 0031)
+            IF denied <> '[]' AND NOT (sd_exact AND (claim = 'bound' OR NOT softguard._keyed())) THEN
                 PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
                                                 'update', TG_OP);
             END IF;
@@ -1090,6 +1114,527 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard.purge_op(bigint, text, text, bigint) FROM PUBLIC;
 -- end section: bulk ---------------------------------------------------------------------
+
+-- section: attack -----------------------------------------------------------
+-- The backstop's exemptions checked by rows the client cannot write (threat model G11;
+-- decision 0029, "Since then").
+CREATE TABLE softguard.shell_drops (
+    pid     integer NOT NULL,
+    xid     xid8 NOT NULL,
+    type    oid NOT NULL
+);
+REVOKE ALL ON softguard.shell_drops FROM PUBLIC;
+COMMENT ON TABLE softguard.shell_drops IS
+    'the shell type _drop_shell is dropping, which the sql_drop backstop lets pass';
+
+CREATE OR REPLACE FUNCTION softguard._shell_drop_mark(p_oid oid, dropping boolean) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM softguard.shell_drops s WHERE s.pid = pg_backend_pid();
+    IF dropping AND EXISTS (SELECT FROM pg_type t
+                             WHERE t.oid = p_oid AND t.typtype = 'p' AND NOT t.typisdefined) THEN
+        INSERT INTO softguard.shell_drops (pid, xid, type)
+        VALUES (pg_backend_pid(), pg_current_xact_id(), p_oid);
+        RETURN true;
+    END IF;
+    RETURN false;
+END $$;
+REVOKE ALL ON FUNCTION softguard._shell_drop_mark(oid, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._shell_drop_mark(oid, boolean) TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._drop_shell(p_oid oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ident text;
+BEGIN
+    SELECT format('%I.%I', n.nspname, t.typname) INTO ident
+      FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+     WHERE t.oid = p_oid AND t.typtype = 'p' AND NOT t.typisdefined;
+    IF ident IS NOT NULL AND softguard._shell_drop_mark(p_oid, true) THEN
+        EXECUTE format('DROP TYPE %s', ident);
+        PERFORM softguard._shell_drop_mark(p_oid, false);
+    END IF;
+END $$;
+GRANT EXECUTE ON FUNCTION softguard._drop_shell(oid) TO PUBLIC;
+
+CREATE TABLE softguard.probe_rewrites (
+    pid     integer NOT NULL,
+    xid     xid8 NOT NULL,
+    rel     oid NOT NULL
+);
+REVOKE ALL ON softguard.probe_rewrites FROM PUBLIC;
+COMMENT ON TABLE softguard.probe_rewrites IS
+    'table rewrites let through in probe mode; refused at ddl_command_end if still there';
+
+CREATE OR REPLACE FUNCTION softguard._probe_rewrite_check() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel oid;
+BEGIN
+    SELECT p.rel INTO rel FROM softguard.probe_rewrites p WHERE p.pid = pg_backend_pid() LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard: changing the type of a column of %s cannot be made '
+                             'reversible here', rel::regclass),
+            DETAIL = 'The table was rewritten in softguard''s probe mode, which the statement '
+                     'then left: only softguard''s probe may run it, and rolls it back.',
+            HINT = 'Run the ALTER TABLE ... ALTER COLUMN ... TYPE as its own statement.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._probe_rewrite_check() FROM PUBLIC;
+-- The event trigger runs as the session's role; this only ever refuses.
+GRANT EXECUTE ON FUNCTION softguard._probe_rewrite_check() TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._backstop_drop() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    events text[] := (softguard._session(false)).capture;
+    d record;
+    stack text;
+    by_alter boolean;   -- the statement itself dropped a column or an attribute
+    ext boolean;        -- it dropped an extension, whose members go with it
+    by_type boolean;    -- it dropped an attribute of a composite type (ALTER TYPE)
+    cause text;         -- what the statement named
+    governs text;
+    denied jsonb := (softguard._session(false)).denied_tables;
+BEGIN
+    IF denied <> '[]' THEN
+        -- tables a rule denies dropping (88_limits.sql), whatever dropped them
+        PERFORM softguard._table_denied(denied, o.schema_name, o.object_name, 'drop', 'DROP')
+           FROM pg_event_trigger_dropped_objects() o
+          WHERE o.object_type IN ('table', 'materialized view') AND NOT o.is_temporary;
+    END IF;
+    IF events IS NULL OR NOT (events && ARRAY['drop', 'alter']) THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(bool_or(o.objsubid <> 0), false),
+           coalesce(bool_or(o.object_type = 'extension'), false),
+           coalesce(bool_or(o.object_type = 'composite type column'), false),
+           string_agg(CASE WHEN o.object_type = 'composite type column'
+                           THEN 'attribute ' ELSE o.object_type || ' ' END
+                      || o.object_identity, ', ')
+      INTO by_alter, ext, by_type, cause
+      FROM pg_event_trigger_dropped_objects() o WHERE o.original;
+    FOR d IN SELECT * FROM pg_event_trigger_dropped_objects() o
+              WHERE NOT o.is_temporary AND (o.original OR o.normal) LOOP
+        IF d.object_type IN ('table column', 'composite type column') THEN
+            governs := CASE WHEN by_alter THEN 'alter' ELSE 'drop' END;
+        ELSIF d.object_type IN ('table', 'materialized view', 'sequence') THEN
+            governs := 'drop';
+        ELSIF d.object_type IN ('schema', 'view', 'function', 'procedure', 'aggregate', 'type',
+                                'domain')
+              AND NOT (ext AND NOT d.original) THEN
+            -- an extension's members report as normal dependents: its own functions and
+            -- types cannot be told from others defined over them, so they pass with it
+            governs := 'drop';
+        ELSE
+            CONTINUE;
+        END IF;
+        CONTINUE WHEN NOT governs = ANY (events);
+        IF d.object_type = 'composite type column' THEN
+            -- its values live on in columns of the type (typed tables report their own
+            -- 'table column'): lost only where such columns exist
+            CONTINUE WHEN NOT EXISTS (
+                SELECT FROM pg_class r
+                  JOIN pg_type t ON t.oid = r.reltype
+                  JOIN pg_type u ON u.oid IN (t.oid, t.typarray)
+                                 OR (u.typtype = 'd' AND u.typbasetype IN (t.oid, t.typarray))
+                  JOIN pg_attribute a ON a.atttypid = u.oid AND a.attnum > 0
+                                     AND NOT a.attisdropped
+                  JOIN pg_class c ON c.oid = a.attrelid AND c.relkind IN ('r', 'p', 'm')
+                 WHERE r.oid = d.objid);
+        ELSIF d.object_type = 'type' THEN
+            -- drop_op removes shell types (nothing to keep) for real, through _drop_shell:
+            -- the statement drops the one shell type marked (30_drop.sql) and nothing else
+            CONTINUE WHEN NOT EXISTS (
+                SELECT FROM pg_event_trigger_dropped_objects() o
+                 WHERE NOT EXISTS (SELECT FROM softguard.shell_drops s
+                                    WHERE s.pid = pg_backend_pid()
+                                      AND s.xid = pg_current_xact_id()
+                                      AND s.type = o.objid AND o.object_type = 'type'));
+        ELSIF d.object_type = 'table column' AND by_alter THEN
+            -- alter_op captured every column its statement drops before running it (it
+            -- probes that very statement); a column dropped anywhere else is lost, as is
+            -- one that code of the client's drops while alter_op runs its statement (not
+            -- kept by the operation of that call, decision 0028).
+            GET DIAGNOSTICS stack = PG_CONTEXT;
+            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb,text\) line [0-9]+ at EXECUTE'
+                      AND (NOT softguard._protected_table(d.objid)  -- a foreign child's
+                           OR EXISTS (SELECT FROM softguard.captures c
+                                       WHERE c.op_id = softguard._alter_executing()
+                                         AND c.relid = d.objid AND c.event = 'column'
+                                         AND c.info->>'kind' IS NULL
+                                         AND (c.info->>'attnum')::integer = d.objsubid));
+            -- a column a DROP ... CASCADE took, kept by drop_op before it dropped it
+            -- (_quarantine, decision 0029)
+            CONTINUE WHEN stack ~ '(^|\n)PL/pgSQL function softguard\._drop_kept_column\(oid,integer\) line [0-9]+ at EXECUTE'
+                      AND (NOT softguard._protected_table(d.objid)
+                           OR EXISTS (SELECT FROM softguard.captures c
+                                        JOIN softguard.operations o ON o.id = c.op_id
+                                       WHERE o.txid = pg_current_xact_id() AND o.state = 'active'
+                                         AND o.kind LIKE 'DROP %'
+                                         AND c.relid = d.objid AND c.event = 'column'
+                                         AND c.info->>'kind' IS NULL
+                                         AND (c.info->>'attnum')::integer = d.objsubid));
+        END IF;
+        IF d.original AND NOT by_type THEN
+            PERFORM softguard._backstop_refuse(format(
+                CASE WHEN d.object_type = 'table column' THEN 'ALTER TABLE DROP COLUMN %2$s'
+                     ELSE 'DROP %1$s %2$s' END, upper(d.object_type), d.object_identity));
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard: dropping %s would take %s with it, which cannot be '
+                             'made reversible here', cause,
+                             CASE WHEN d.object_type = 'composite type column'
+                                  THEN 'its values in the columns of that type'
+                                  ELSE d.object_type || ' ' || d.object_identity END),
+            DETAIL = 'softguard keeps tables, columns and definitions only when they are '
+                     'dropped by a statement of their own kind that comes through softguard.',
+            HINT = CASE WHEN d.object_type IN ('table column', 'composite type column')
+                        THEN 'Drop the dependent columns first (ALTER TABLE ... DROP COLUMN '
+                             'through softguard keeps them), then run this statement again.'
+                        ELSE format('Drop the dependent %s first (through softguard, which '
+                                    'keeps it), then run this statement again.', d.object_type)
+                   END;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION softguard._backstop_drop() FROM PUBLIC;
+-- The event trigger runs as the session's role; this only ever refuses.
+GRANT EXECUTE ON FUNCTION softguard._backstop_drop() TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._backstop_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel oid := pg_event_trigger_table_rewrite_oid();
+    events text[];
+    stack text;
+    lost text;
+BEGIN
+    IF pg_event_trigger_table_rewrite_reason() & 4 = 0 THEN
+        RETURN;                            -- persistence, a default, an access method
+    END IF;
+    events := (softguard._session(false)).capture;
+    IF events IS NULL OR NOT ('alter' = ANY (events)) OR NOT softguard._protected_table(rel) THEN
+        RETURN;
+    END IF;
+    IF current_setting('softguard.probe', true) = 'on' THEN
+        -- the probe never keeps what it runs (20_catalog.sql): its statement ends in SGPRB
+        -- at ddl_command_end. The setting is the session's to write, and code of its own
+        -- (a USING expression) can switch it off while the rewrite runs: the row below,
+        -- which only a rollback removes, makes ddl_command_end refuse such a statement.
+        INSERT INTO softguard.probe_rewrites (pid, xid, rel)
+        VALUES (pg_backend_pid(), pg_current_xact_id(), rel);
+        RETURN;
+    END IF;
+    GET DIAGNOSTICS stack = PG_CONTEXT;
+    IF stack ~ '(^|\n)PL/pgSQL function softguard\.alter_op\(text,jsonb,text\) line [0-9]+ at EXECUTE' THEN
+        WITH RECURSIVE up(r) AS (
+            SELECT rel
+            UNION
+            SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.r
+        ), caps AS (
+            SELECT c.info FROM softguard.captures c
+              JOIN softguard.operations o ON o.id = c.op_id
+             WHERE o.id = softguard._alter_executing()
+               AND o.txid = pg_current_xact_id() AND o.state = 'active'
+               AND o.kind = 'ALTER TABLE' AND c.event = 'column'
+               AND c.info->>'kind' = 'type' AND c.relid IN (SELECT r FROM up)
+        )
+        SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum) INTO lost
+          FROM pg_attribute a
+         WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+           AND NOT EXISTS (SELECT FROM caps WHERE caps.info->>'name' = a.attname)
+           AND NOT EXISTS (SELECT FROM caps
+                            WHERE caps.info->'types'->>(rel::text || '.' || a.attname)
+                                  = format_type(a.atttypid, a.atttypmod));
+        IF lost IS NULL THEN
+            RETURN;
+        END IF;
+    ELSE
+        lost := NULL;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '0A000',
+        MESSAGE = format('softguard: changing the type of %s%s cannot be made reversible here',
+                         CASE WHEN lost IS NULL THEN 'a column of ' ELSE 'column(s) ' || lost || ' of ' END,
+                         rel::regclass),
+        DETAIL = 'softguard keeps a column''s values across a type change only when the ALTER '
+                 'TABLE comes through softguard on its own, not from a function, procedure or '
+                 'DO block.',
+        HINT = 'Run the ALTER TABLE ... ALTER COLUMN ... TYPE as its own statement.';
+END $$;
+REVOKE ALL ON FUNCTION softguard._backstop_rewrite() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._capture_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- Reached in probe mode only when sql_drop did not fire: nothing was dropped.
+    IF current_setting('softguard.probe', true) = 'on' THEN
+        RAISE EXCEPTION USING ERRCODE = 'SGPRB', MESSAGE = 'softguard probe', DETAIL = '[]';
+    END IF;
+    PERFORM softguard._probe_rewrite_check();  -- probe mode left mid-statement (85_backstop.sql)
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_ddl_end() FROM PUBLIC;
+
+-- _capture_rows (where UPDATEs are denied, an unbound soft-delete claim is an UPDATE too,
+-- decision 0031): its final definition is in section sdbind above.
+
+-- An approval covers the approved statement, not its transaction's later ones (decision
+-- 0020, "Since then").
+CREATE OR REPLACE FUNCTION softguard._approval_gate(p_id text, p_sqlstate text, p_message text,
+                                         p_hint text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sent text := current_query();
+    client text := softguard._client_text(current_query());
+BEGIN
+    IF client IS DISTINCT FROM sent THEN   -- the proxy's marker is there
+        UPDATE softguard.approvals a
+           SET state = 'used', used_at = statement_timestamp(), used_pid = pg_backend_pid(),
+               used_xact = pg_current_xact_id()
+         WHERE a.id = p_id AND a.state = 'approved'
+           AND a.decided_at > now() - interval '1 hour'
+           AND a.role = session_user
+           AND a.statement_sha = softguard._approval_sha(session_user::text,
+                                                         current_database()::text, client);
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, HINT = p_hint;
+END $$;
+REVOKE ALL ON FUNCTION softguard._approval_gate(text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION softguard._approval_gate(text, text, text, text) TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._approved_here() RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM softguard.approvals a
+                    WHERE a.used_pid = pg_backend_pid()
+                      AND a.used_xact = pg_current_xact_id_if_assigned()
+                      -- the retry's own Query message (the gate and the approved text):
+                      -- not the later statements of its transaction
+                      AND a.used_at = statement_timestamp())
+$$;
+REVOKE ALL ON FUNCTION softguard._approved_here() FROM PUBLIC;
+
+-- Undo refuses to write rows where that would run a function of another, non-superuser role
+-- (threat model G9).
+CREATE OR REPLACE FUNCTION softguard._foreign_code(rel oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE types(t) AS (
+        SELECT a.atttypid FROM pg_attribute a
+         WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT u FROM types JOIN pg_type y ON y.oid = types.t,
+               LATERAL (VALUES (nullif(y.typbasetype, 0)), (nullif(y.typelem, 0))) v(u)
+         WHERE u IS NOT NULL
+    ), parts(classid, objid) AS (
+        SELECT 'pg_class'::regclass::oid, i.indexrelid FROM pg_index i WHERE i.indrelid = rel
+        UNION ALL
+        SELECT 'pg_constraint'::regclass::oid, k.oid FROM pg_constraint k
+         WHERE k.conrelid = rel OR k.contypid IN (SELECT t FROM types)
+        UNION ALL
+        SELECT 'pg_attrdef'::regclass::oid, d.oid FROM pg_attrdef d WHERE d.adrelid = rel
+    )
+    SELECT string_agg(DISTINCT format('%s (owned by %I)', p.oid::regprocedure, r.rolname), ', ')
+      FROM parts JOIN pg_depend d ON d.classid = parts.classid AND d.objid = parts.objid
+                                 AND d.refclassid = 'pg_proc'::regclass
+      JOIN pg_proc p ON p.oid = d.refobjid
+      JOIN pg_roles r ON r.oid = p.proowner
+     WHERE NOT r.rolsuper AND r.rolname <> current_user
+$$;
+REVOKE ALL ON FUNCTION softguard._foreign_code(oid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._refuse_foreign_code(op bigint, rel oid, ident text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    code text := softguard._foreign_code(rel);
+BEGIN
+    IF code IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('cannot undo operation %s: writing rows back into %s would run %s '
+                             'with the rights of %I', op, ident, code, current_user),
+            DETAIL = 'Index expressions and predicates, constraints and defaults run as the '
+                     'role that writes the row, whoever wrote the function.',
+            HINT = 'Review the function; replace it with one owned by a superuser, or drop what '
+                   'uses it, then run undo again.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._refuse_foreign_code(bigint, oid, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._need_table(op bigint, rel oid, ident text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    holder bigint;
+    holder_stmt text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_class WHERE oid = rel) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: table %s no longer exists', op, ident);
+    END IF;
+    PERFORM softguard._refuse_foreign_code(op, rel, ident);
+    holder := softguard._holder('pg_class'::regclass, rel, 0);
+    IF holder IS NOT NULL AND holder <> op THEN
+        SELECT o.statement INTO holder_stmt FROM softguard.operations o WHERE o.id = holder;
+        RAISE EXCEPTION USING ERRCODE = '55006',
+            MESSAGE = format('cannot undo operation %s: table %s is held by operation %s (%s)',
+                             op, ident, holder, holder_stmt),
+            DETAIL = softguard._blocked_detail(holder),
+            HINT = format('Undo operation %s first, or use --cascade.', holder);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._need_table(bigint, oid, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._undo_drop_column(op bigint, c softguard.captures) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i jsonb := c.info;
+    rel regclass := c.relid::regclass;
+    rtype text;
+    key text[] := ARRAY(SELECT jsonb_array_elements_text(c.info->'key'));
+    image boolean := coalesce((c.info->>'image')::boolean, false);
+    idn jsonb := nullif(c.info->'identity', 'null');
+    x jsonb;
+    n bigint;
+    total bigint;
+    nnew bigint := 0;
+    tseq text := format('pg_temp.%I', 'sg_identity_' || c.id);
+    st record;
+    via_parent boolean;
+    saved_srr text := current_setting('session_replication_role');
+BEGIN
+    PERFORM softguard._undo_key_check(op, c);
+    -- A partition or inheritance child: re-adding the column to its parent (a capture of
+    -- the same operation, undone first) added it here too; only its values remain to do.
+    via_parent := EXISTS (
+        SELECT FROM pg_attribute a WHERE a.attrelid = c.relid AND a.attname = i->>'name'
+           AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attislocal
+           AND format_type(a.atttypid, a.atttypmod) = i->>'type'
+           AND EXISTS (SELECT FROM pg_inherits h JOIN softguard.captures pc ON pc.relid = h.inhparent
+                        WHERE h.inhrelid = c.relid AND pc.op_id = op AND pc.event = 'column'
+                          AND pc.info->>'kind' IS NULL AND pc.info->>'name' = i->>'name'));
+    IF NOT via_parent AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = c.relid AND attname = i->>'name'
+                AND attnum > 0 AND NOT attisdropped) THEN
+        RAISE EXCEPTION USING ERRCODE = '42701',
+            MESSAGE = format('cannot undo operation %s: column %I of %s exists again (added after the DROP)',
+                             op, i->>'name', rel);
+    END IF;
+    IF via_parent THEN
+        NULL;
+    ELSIF i->>'generated' IS NOT NULL THEN
+        -- its values follow from the other columns (50_alter.sql kept none)
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s GENERATED ALWAYS AS (%s) %s', rel,
+                       i->>'name', i->>'type',
+                       CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END,
+                       i->>'default', i->>'generated');
+    ELSE
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s%s', rel, i->>'name', i->>'type',
+                       CASE WHEN i->>'collation' IS NOT NULL THEN ' COLLATE ' || (i->>'collation') ELSE '' END);
+    END IF;
+    n := 0;
+    IF i->>'generated' IS NULL AND image THEN
+        -- ctid names a row for the length of this statement (ADD COLUMN did not rewrite)
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE ONLY %s t SET %I = m.sg_value FROM ('
+                       'SELECT l.tid, s.sg_value'
+                       ' FROM (SELECT t.tid, t.k, row_number() OVER (PARTITION BY t.k) AS rn'
+                       ' FROM (SELECT t.ctid AS tid, %s AS k FROM ONLY %s t) t) l'
+                       ' JOIN (SELECT s.sg_value, s.k, row_number() OVER (PARTITION BY s.k) AS rn'
+                       ' FROM (SELECT s.sg_value, %s AS k FROM (%s) s) s) s'
+                       ' ON s.k = l.k AND s.rn = l.rn) m WHERE t.ctid = m.tid',
+                       rel, i->>'name', softguard._image_text('t', key, c), rel,
+                       softguard._image_text('s', softguard._image_keys(cardinality(key))), softguard._image_src(c));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+    ELSIF i->>'generated' IS NULL THEN
+        rtype := softguard._row_type(softguard._kept_columns(c), c.id::text);
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE %s t SET %I = s.sg_value FROM (SELECT %s FROM (SELECT r."row"::%s AS x'
+                       ' FROM softguard.captured_rows r WHERE r.capture_id = %s OFFSET 0) p) s WHERE %s',
+                       rel, i->>'name', softguard._restored_cols(softguard._kept_columns(c), 'p', rel::text,
+                                                c.info->>'name'),
+                       rtype, c.id, softguard._key_match(c, 't', 's'));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+    END IF;
+    IF idn IS NOT NULL THEN
+        -- rows without a captured value: the values the sequence gives next (a temporary
+        -- sequence at the recorded state; the identity's own needs NOT NULL first)
+        EXECUTE format('DROP SEQUENCE IF EXISTS %s', tseq);
+        EXECUTE format('CREATE TEMP SEQUENCE %I AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s %s',
+                       'sg_identity_' || c.id, idn->>'type', idn->>'increment', idn->>'min',
+                       idn->>'max', idn->>'start', CASE WHEN (idn->>'cycle')::boolean THEN 'CYCLE' ELSE 'NO CYCLE' END);
+        PERFORM setval(tseq::regclass, (idn->>'last_value')::bigint, (idn->>'is_called')::boolean);
+        PERFORM softguard._replica('replica');
+        EXECUTE format('UPDATE ONLY %s SET %I = nextval(%L::regclass) WHERE %I IS NULL',
+                       rel, i->>'name', tseq, i->>'name');
+        GET DIAGNOSTICS nnew = ROW_COUNT;
+        PERFORM softguard._replica(saved_srr);
+        EXECUTE format('SELECT last_value, is_called FROM %s', tseq) INTO st;
+        EXECUTE format('DROP SEQUENCE %s', tseq);
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, i->>'name');
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I ADD GENERATED %s AS IDENTITY (%s INCREMENT BY %s'
+                       ' MINVALUE %s MAXVALUE %s START WITH %s CACHE %s %s)',
+                       rel, i->>'name', idn->>'kind',
+                       CASE WHEN to_regclass(idn->>'sequence') IS NULL
+                            THEN 'SEQUENCE NAME ' || (idn->>'sequence') ELSE '' END,
+                       idn->>'increment', idn->>'min', idn->>'max', idn->>'start', idn->>'cache',
+                       CASE WHEN (idn->>'cycle')::boolean THEN 'CYCLE' ELSE 'NO CYCLE' END);
+        PERFORM setval(pg_get_serial_sequence(rel::text, i->>'name')::regclass, st.last_value, st.is_called);
+    END IF;
+    IF i->>'default' IS NOT NULL AND i->>'generated' IS NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', rel, i->>'name', i->>'default');
+    END IF;
+    IF (i->>'not_null')::boolean THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', rel, i->>'name');
+    END IF;
+    FOR x IN SELECT e FROM jsonb_array_elements(i->'constraints') e LOOP
+        CONTINUE WHEN via_parent AND EXISTS (SELECT FROM pg_constraint co WHERE co.conrelid = c.relid
+                                                AND co.conname = x->>'name');
+        IF x->>'def' ~ '^CHECK ' AND x->>'def' !~ ' NOT VALID$' THEN
+            -- checked against the rows only once its functions are known to be harmless:
+            -- validation runs them as the operator (_foreign_code)
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s NOT VALID', rel, x->>'name',
+                           x->>'def');
+            PERFORM softguard._refuse_foreign_code(op, c.relid, rel::text);
+            EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', rel, x->>'name');
+        ELSE
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', rel, x->>'name', x->>'def');
+        END IF;
+        IF x->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', x->>'name', rel, x->>'comment');
+        END IF;
+    END LOOP;
+    FOR x IN SELECT e FROM jsonb_array_elements(i->'indexes') e LOOP
+        -- the parent's partitioned index made this partition's again
+        CONTINUE WHEN via_parent AND EXISTS (SELECT FROM pg_class ic WHERE ic.relname = x->>'name'
+                                                AND ic.relnamespace = (SELECT relnamespace FROM pg_class
+                                                                        WHERE oid = c.relid));
+        EXECUTE x->>'def';
+        IF x->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON INDEX %s IS %L',
+                           format('%I.%I', (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = c.relid),
+                                  x->>'name'), x->>'comment');
+        END IF;
+    END LOOP;
+    IF i->>'comment' IS NOT NULL THEN
+        EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', rel, i->>'name', i->>'comment');
+    END IF;
+    IF image OR idn IS NOT NULL THEN
+        EXECUTE format('SELECT count(*) FROM ONLY %s', rel) INTO total;
+    END IF;
+    RETURN ARRAY[softguard._step(op, 're-added', format('%s.%I', rel, i->>'name'),
+                                 format('re-added column %s.%I with %s values%s', rel, i->>'name', n,
+                                        CASE WHEN total > n THEN format(
+                                            ' (%s changed or added since: %s)',
+                                            CASE WHEN total - n = 1 THEN '1 row' ELSE (total - n) || ' rows' END,
+                                            CASE WHEN idn IS NOT NULL THEN 'new identity values'
+                                                 ELSE 'NULL' END)
+                                             ELSE '' END), n)];
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_drop_column(bigint, softguard.captures) FROM PUBLIC;
+
+-- end section: attack -------------------------------------------------------
 
 DO $$
 DECLARE

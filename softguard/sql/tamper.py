@@ -66,7 +66,24 @@ def may_name_softguard(lowered: bytes) -> bool:
         lowered.find(b"softguard") >= 0
         or lowered.find(b"u&") >= 0
         or (lowered.find(b"\\") >= 0 and lowered.find(b"'") >= 0)
+        # 'soft'<newline>'guard': string constants separated by a newline are one
+        or (
+            lowered.find(b"\n") >= 0
+            and lowered.find(b"'") >= 0
+            and _CONTINUED_BYTES.search(lowered) is not None
+        )
     )
+
+
+# A string constant continued on a later line ('soft'<newline>'guard' is 'softguard'):
+# whitespace with a newline between two quotes, -- comments allowed (scan.l's
+# whitespace_with_newline). The bytes form asks whether one may be there (a quote, a line
+# break, a quote: rare in ordinary SQL, whose lines end in a quote then a comma or word).
+_CONTINUED_BYTES = re.compile(rb"'[ \t\f\r]*(?:--[^\n]*)?\n(?:[ \t\n\f\r]|--[^\n]*\n)*'")
+_CONTINUATION = re.compile(r"'(?:[ \t\f\r]|--[^\n]*)*\n(?:[ \t\n\f\r]|--[^\n]*\n)*'")
+# U&'...' UESCAPE 'c' (and U&"..." UESCAPE 'c'): escapes written with another character,
+# at any level (quotes doubled inside a body).
+_UESCAPE = re.compile(r"uescape\s*'+([^'\s])'", re.IGNORECASE)
 
 
 def _any_value_matches(tree: Any) -> bool:
@@ -109,8 +126,7 @@ def _names_softguard(value: str) -> bool:
         readings = {
             decoded
             for text in readings
-            if "\\" in text
-            for pattern in (_ESCAPE, _UNICODE_ESCAPE)
+            for pattern in _patterns(text)
             if (decoded := pattern.sub(_decode_escape, text)) != text
         }
         if not readings:
@@ -120,7 +136,25 @@ def _names_softguard(value: str) -> bool:
     return True  # escapes nested deeper than a statement holds: refused, not passed
 
 
+def _patterns(text: str) -> list[re.Pattern[str]]:
+    """The ways one more level of `text` may read: backslash escapes (escape strings, U&
+    strings), escapes with a UESCAPE character the text declares, continued constants."""
+    out = [_ESCAPE, _UNICODE_ESCAPE] if "\\" in text else []
+    for c in {m[1] for m in _UESCAPE.finditer(text)} if "scape" in text.lower() else ():
+        e = re.escape(c)
+        out.append(
+            re.compile(
+                rf"{e}(?:(?P<u4>[0-9A-Fa-f]{{4}})|\+(?P<u6>[0-9A-Fa-f]{{6}})|(?P<other>{e}))"
+            )
+        )
+    if "\n" in text and "'" in text:
+        out.append(_CONTINUATION)
+    return out
+
+
 def _decode_escape(m: re.Match[str]) -> str:
+    if m.re is _CONTINUATION:
+        return ""  # the two constants joined
     if m["other"] is not None:
         return str(m["other"])
     if m.re is _ESCAPE and m["oct"] is not None:
