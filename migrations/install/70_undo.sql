@@ -118,27 +118,47 @@ REVOKE ALL ON FUNCTION softguard._name_taken(text, oid, text, oid) FROM PUBLIC;
 
 -- Fail with 55006 / 55000 when a captured table is not live (held by a later DROP, gone).
 -- Functions that writing rows into `rel` runs and whose owner is neither the role running
--- now nor a superuser: in its indexes (expressions, predicates), constraints, column
--- defaults and generated columns, and the constraints of its columns' domains. Undo runs
--- as the operator: such a function, which the table's owner may have written, would run
--- with the operator's rights (PostgreSQL switches to the owner only for maintenance such
--- as CREATE INDEX, not for an INSERT or UPDATE). Triggers and rules are off during undo.
+-- now nor a superuser: in the indexes (expressions, predicates), constraints, column
+-- defaults and generated columns of `rel` and of every partition or inheritance child a
+-- row may land in, and in the constraints and defaults of every domain its columns' values
+-- pass through, at any depth (domains over domains, arrays, composite fields, range
+-- subtypes: reading a captured row's text runs each one). Undo runs as the operator: such a
+-- function, which the table's owner may have written, would run with the operator's rights
+-- (PostgreSQL switches to the owner only for maintenance such as CREATE INDEX, not for an
+-- INSERT or UPDATE). Triggers and rules are off during undo. Row-level security policies
+-- are not listed: they do not apply to the superuser undo runs as.
 CREATE FUNCTION softguard._foreign_code(rel oid) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE types(t) AS (
+    WITH RECURSIVE tree(r) AS (
+        SELECT rel
+        UNION
+        SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.r
+    ), types(t) AS (
         SELECT a.atttypid FROM pg_attribute a
-         WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE a.attrelid IN (SELECT r FROM tree) AND a.attnum > 0 AND NOT a.attisdropped
         UNION
         SELECT u FROM types JOIN pg_type y ON y.oid = types.t,
-               LATERAL (VALUES (nullif(y.typbasetype, 0)), (nullif(y.typelem, 0))) v(u)
+               LATERAL (SELECT nullif(y.typbasetype, 0)
+                        UNION ALL SELECT nullif(y.typelem, 0)
+                        UNION ALL SELECT f.atttypid FROM pg_attribute f
+                                   WHERE f.attrelid = y.typrelid AND f.attnum > 0
+                                     AND NOT f.attisdropped
+                        UNION ALL SELECT g.rngsubtype FROM pg_range g WHERE g.rngtypid = y.oid
+                        UNION ALL SELECT g.rngtypid FROM pg_range g
+                                   WHERE g.rngmultitypid = y.oid) v(u)
          WHERE u IS NOT NULL
     ), parts(classid, objid) AS (
-        SELECT 'pg_class'::regclass::oid, i.indexrelid FROM pg_index i WHERE i.indrelid = rel
+        SELECT 'pg_class'::regclass::oid, i.indexrelid FROM pg_index i
+         WHERE i.indrelid IN (SELECT r FROM tree)
         UNION ALL
         SELECT 'pg_constraint'::regclass::oid, k.oid FROM pg_constraint k
-         WHERE k.conrelid = rel OR k.contypid IN (SELECT t FROM types)
+         WHERE k.conrelid IN (SELECT r FROM tree) OR k.contypid IN (SELECT t FROM types)
         UNION ALL
-        SELECT 'pg_attrdef'::regclass::oid, d.oid FROM pg_attrdef d WHERE d.adrelid = rel
+        SELECT 'pg_attrdef'::regclass::oid, d.oid FROM pg_attrdef d
+         WHERE d.adrelid IN (SELECT r FROM tree)
+        UNION ALL
+        -- a domain's default (and any type's own functions)
+        SELECT 'pg_type'::regclass::oid, t FROM types
     )
     SELECT string_agg(DISTINCT format('%s (owned by %I)', p.oid::regprocedure, r.rolname), ', ')
       FROM parts JOIN pg_depend d ON d.classid = parts.classid AND d.objid = parts.objid

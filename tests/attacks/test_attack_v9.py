@@ -981,6 +981,74 @@ def test_undo_runs_no_client_code_as_the_operator(arena: Arena, plant: str) -> N
     assert arena.direct("SELECT count(*) FROM big WHERE id <= 2") == [(2,)]
 
 
+# The client's function deeper in what writing a row runs: a domain inside a composite
+# field (or an array of one), a domain default a column added since takes, an index of one
+# partition. (setup, statements run after the DELETE and before undo)
+NESTED_CODE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "domain_in_composite": (
+        (
+            "CREATE DOMAIN spyd AS int CHECK (spy(VALUE) > 0)",
+            "CREATE TYPE pair AS (a spyd, b int)",
+            "CREATE TABLE nest (id int PRIMARY KEY, p pair)",
+            "INSERT INTO nest VALUES (1, ROW(1, 1)), (2, ROW(2, 2)), (3, ROW(3, 3))",
+        ),
+        (),
+    ),
+    "domain_in_composite_array": (
+        (
+            "CREATE DOMAIN spyd AS int CHECK (spy(VALUE) > 0)",
+            "CREATE TYPE pair AS (a spyd, b int)",
+            "CREATE TABLE nest (id int PRIMARY KEY, p pair[])",
+            "INSERT INTO nest VALUES (1, ARRAY[ROW(1, 1)::pair]), (2, ARRAY[ROW(2, 2)::pair]),"
+            " (3, ARRAY[ROW(3, 3)::pair])",
+        ),
+        (),
+    ),
+    "domain_default_of_a_column_added_since": (
+        (
+            "CREATE DOMAIN spyd AS int DEFAULT spy(5)",
+            "CREATE TABLE nest (id int PRIMARY KEY, v text)",
+            "INSERT INTO nest VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+        ),
+        ("ALTER TABLE nest ADD COLUMN z spyd",),
+    ),
+    "index_of_one_partition": (
+        (
+            "CREATE TABLE nest (id int, v text) PARTITION BY RANGE (id)",
+            "CREATE TABLE nest1 PARTITION OF nest FOR VALUES FROM (0) TO (100)",
+            "CREATE INDEX nest1_spy ON nest1 ((spy(id)))",
+            "INSERT INTO nest VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+        ),
+        (),
+    ),
+}
+
+
+@pytest.mark.parametrize("where", sorted(NESTED_CODE))
+def test_undo_runs_no_nested_client_code_as_the_operator(arena: Arena, where: str) -> None:
+    """The same refusal however deep the client's function sits in what a row write runs."""
+    setup, after = NESTED_CODE[where]
+    with arena.connect("owner", via="direct") as c:
+        for s in (*PLANTED, *setup):
+            c.execute(s.encode())
+    last = arena.last_op()
+    with arena.connect("owner") as c:
+        c.execute("DELETE FROM nest WHERE id <= 2")
+    ops = [o["id"] for o in arena.ops_since(last)]
+    assert ops, "the DELETE was not recorded"
+    with arena.connect("owner", via="direct") as c:
+        for s in after:
+            c.execute(s.encode())
+    arena.direct("DELETE FROM loot")
+    r = arena.undo(ops)
+    loot = arena.direct("SELECT who, su FROM loot")
+    assert "true" not in {su for _, su in loot}, f"client code ran as a superuser: {loot}"
+    assert r.returncode != 0 and "would run public.spy(integer)" in r.stdout + r.stderr, (
+        r.stdout + r.stderr
+    )
+    assert arena.direct("SELECT count(*) FROM nest") == [(1,)], "undo changed something"
+
+
 KEPT_COLUMN_CODE = {
     # undo adds the column back with its default, evaluated by the ALTER TABLE it runs
     "default": "ALTER TABLE big ADD COLUMN extra int DEFAULT spy(7)",
