@@ -126,7 +126,7 @@ REVOKE ALL ON FUNCTION softguard._name_taken(text, oid, text, oid) FROM PUBLIC;
 -- function, which the table's owner may have written, would run with the operator's rights
 -- (PostgreSQL switches to the owner only for maintenance such as CREATE INDEX, not for an
 -- INSERT or UPDATE). Triggers and rules are off during undo. Row-level security policies
--- are not listed: they do not apply to the superuser undo runs as.
+-- count where they apply to the role running undo (not a superuser, not BYPASSRLS).
 CREATE FUNCTION softguard._foreign_code(rel oid) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE tree(r) AS (
@@ -159,6 +159,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         UNION ALL
         -- a domain's default (and any type's own functions)
         SELECT 'pg_type'::regclass::oid, t FROM types
+        UNION ALL
+        -- row-level security policies, where they apply to the role running undo (softguard's
+        -- owner on a managed service may be neither superuser nor BYPASSRLS)
+        SELECT 'pg_policy'::regclass::oid, pol.oid FROM pg_policy pol
+          JOIN pg_class c ON c.oid = pol.polrelid AND c.relrowsecurity
+         WHERE pol.polrelid IN (SELECT r FROM tree)
+           AND NOT (SELECT o.rolsuper OR o.rolbypassrls FROM pg_roles o
+                     WHERE o.rolname = current_user)
     )
     SELECT string_agg(DISTINCT format('%s (owned by %I)', p.oid::regprocedure, r.rolname), ', ')
       FROM parts JOIN pg_depend d ON d.classid = parts.classid AND d.objid = parts.objid
