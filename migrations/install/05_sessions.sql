@@ -362,24 +362,42 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._hmac(bytea, bytea) FROM PUBLIC;
 
+-- This backend's key (session_key() made it), NULL when it has none (not registered by
+-- register_session, or behind a transaction pooler). No SET clause (decision 0024): its
+-- callers are SECURITY DEFINER and pin search_path.
+CREATE FUNCTION softguard._backend_key() RETURNS bytea
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT s.key FROM softguard.session_keys s
+             WHERE s.pid = pg_catalog.pg_backend_pid()
+               AND s.backend_start = softguard._backend_start());
+END $$;
+REVOKE ALL ON FUNCTION softguard._backend_key() FROM PUBLIC;
+
+-- Is `mark` the hex HMAC under key `k` of stmt || NUL || ctx? Compared as hashes: how long
+-- a wrong mark takes to refuse says nothing of the right one. No SET clause, as above.
+CREATE FUNCTION softguard._mark_matches(k bytea, stmt text, ctx text, mark text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN mark IS NOT NULL
+           AND pg_catalog.sha256(pg_catalog.convert_to(mark, 'UTF8'))
+               = pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.encode(softguard._hmac(k,
+                     pg_catalog.convert_to(stmt, 'UTF8') || '\x00'::bytea
+                     || pg_catalog.convert_to(ctx, 'UTF8')), 'hex'), 'UTF8'));
+END $$;
+REVOKE ALL ON FUNCTION softguard._mark_matches(bytea, text, text, text) FROM PUBLIC;
+
 -- Is `mark` this backend's mark of (stmt, ctx)? NULL: the backend has no key (not
 -- registered by register_session, or behind a transaction pooler): the call cannot be told
 -- from the client's own.
 CREATE FUNCTION softguard._marked(stmt text, ctx jsonb, mark text) RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    k bytea;
+    k bytea := softguard._backend_key();
 BEGIN
-    SELECT s.key INTO k FROM softguard.session_keys s
-     WHERE s.pid = pg_backend_pid() AND s.backend_start = softguard._backend_start();
     IF k IS NULL THEN
         RETURN NULL;
     END IF;
-    -- compared as hashes: how long a wrong mark takes to refuse says nothing of the right one
-    RETURN mark IS NOT NULL
-           AND sha256(convert_to(mark, 'UTF8'))
-               = sha256(convert_to(encode(softguard._hmac(k, convert_to(stmt, 'UTF8') || '\x00'::bytea
-                                                         || convert_to(ctx::text, 'UTF8')), 'hex'),
-                                   'UTF8'));
+    RETURN softguard._mark_matches(k, stmt, ctx::text, mark);
 END $$;
 REVOKE ALL ON FUNCTION softguard._marked(text, jsonb, text) FROM PUBLIC;

@@ -327,7 +327,8 @@ BEGIN
             -- value, and the setting names that column: a claim the session wrote itself
             -- (not bound to its key) is an UPDATE too; a session without a key (behind a
             -- transaction pooler) cannot be told from the proxy (decision 0031)
-            IF denied <> '[]' AND NOT (sd_exact AND (claim = 'bound' OR NOT softguard._keyed())) THEN
+            IF denied <> '[]'
+               AND NOT (sd_exact AND (claim = 'bound' OR softguard._backend_key() IS NULL)) THEN
                 PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
                                                 'update', TG_OP);
             END IF;

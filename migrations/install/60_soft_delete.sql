@@ -86,6 +86,21 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_type(oid, text) FROM PUBLIC;
 
+-- The columns of `rel` a soft delete leaves as they were: all but the mark `col`, the
+-- "deleted by" column and generated columns (they follow the rest), in column order. No
+-- SET clause: called from _sd_shape and _sd_bound_sql, under the capture trigger's pinned
+-- search_path.
+CREATE FUNCTION softguard._sd_others(rel oid, col text, by_col text) RETURNS text[]
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                  WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                    AND a.attgenerated = '' AND a.attname::text IS DISTINCT FROM col
+                    AND a.attname::text IS DISTINCT FROM by_col
+                  ORDER BY a.attnum);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_others(oid, text, text) FROM PUBLIC;
+
 -- What the capture trigger needs for a soft delete of table `rel` (info: the setting
 -- soft_delete_begin left): the key columns, the column list of the captured rows
 -- (key..., sg_old_mark, sg_old_by), the INSERT capturing them from transition table
@@ -113,11 +128,7 @@ BEGIN
     IF key IS NULL THEN
         RETURN;
     END IF;
-    others := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
-                     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
-                       AND a.attgenerated = '' AND a.attname::text IS DISTINCT FROM col
-                       AND a.attname::text IS DISTINCT FROM by_col
-                     ORDER BY a.attnum);
+    others := softguard._sd_others(rel, col, by_col);
     marks := CASE WHEN by_col IS NULL THEN '%1$s.%2$I' ELSE '%1$s.%2$I, %1$s.%3$I' END;
     unmarked := CASE info->>'mark_kind'
         WHEN 'boolean' THEN pg_catalog.format('o.%I IS NOT TRUE', col)
@@ -194,9 +205,8 @@ REVOKE ALL ON FUNCTION softguard._sd_filler() FROM PUBLIC;
 
 -- Does the claim `sdi` (the setting, parsed) carry this backend's mark of the text running
 -- now? false: no (or no key: behind a transaction pooler, or not registered). _marked's
--- computation, inlined: called only from the capture trigger (SECURITY DEFINER, its
--- search_path pinned), without a SET clause of its own (decision 0024: each costs a setting
--- saved and restored per call).
+-- check on the same pieces (_backend_key, _mark_matches), without _marked's SET clause:
+-- called only from the capture trigger (SECURITY DEFINER, its search_path pinned).
 CREATE FUNCTION softguard._sd_bound(sdi jsonb) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -206,35 +216,15 @@ BEGIN
     IF sig IS NULL OR sig !~ '^[0-9a-f]{64}$' THEN
         RETURN false;
     END IF;
-    SELECT s.key INTO k FROM softguard.session_keys s
-     WHERE s.pid = pg_catalog.pg_backend_pid() AND s.backend_start = softguard._backend_start();
-    IF k IS NULL THEN
-        RETURN false;
-    END IF;
+    k := softguard._backend_key();
     -- over the text with the mark put back to the filler, and the claim's fields but what
-    -- soft_delete_begin computes as it runs (mark, by); compared as hashes, as _marked does
-    RETURN pg_catalog.sha256(pg_catalog.convert_to(sig, 'UTF8'))
-           = pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.encode(softguard._hmac(k,
-                 pg_catalog.convert_to(pg_catalog.replace(pg_catalog.current_query(), sig,
-                                                          softguard._sd_filler()), 'UTF8')
-                 || '\x00'::bytea
-                 || pg_catalog.convert_to((sdi - 'mark' - 'by' - 'sig')::text, 'UTF8')), 'hex'),
-                 'UTF8'));
+    -- soft_delete_begin computes as it runs (mark, by)
+    RETURN k IS NOT NULL
+           AND softguard._mark_matches(k, pg_catalog.replace(pg_catalog.current_query(), sig,
+                                                             softguard._sd_filler()),
+                                       (sdi - 'mark' - 'by' - 'sig')::text, sig);
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_bound(jsonb) FROM PUBLIC;
-
--- Does this backend hold a session key (decision 0028)? Where it does, softguard's own
--- soft-delete rewrites reach the trigger bound (unless the text could not be bound), so an
--- unbound claim where UPDATEs are denied is judged an UPDATE; where it does not (behind a
--- transaction pooler) no claim can be told from the proxy's. Called only on that path.
-CREATE FUNCTION softguard._keyed() RETURNS boolean
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    RETURN EXISTS (SELECT FROM softguard.session_keys s
-                    WHERE s.pid = pg_catalog.pg_backend_pid()
-                      AND s.backend_start = softguard._backend_start());
-END $$;
-REVOKE ALL ON FUNCTION softguard._keyed() FROM PUBLIC;
 
 -- What of table `rel` (and of every table an UPDATE of it reaches: partitions, inheritance
 -- children) can change a row other than as the UPDATE's SET list says: 'rule' (an UPDATE
@@ -299,11 +289,7 @@ BEGIN
     IF cols IS NULL THEN
         RETURN;                    -- no BEFORE trigger: `marked` is all the trigger needs
     END IF;
-    others := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
-                     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
-                       AND a.attgenerated = '' AND a.attname::text IS DISTINCT FROM col
-                       AND a.attname::text IS DISTINCT FROM by_col
-                     ORDER BY a.attnum);
+    others := softguard._sd_others(rel, col, by_col);
     joined := (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I = n.%I', c, c), ' AND ')
                  FROM pg_catalog.unnest(key) c);
     changed := pg_catalog.format('n.%I IS NOT NULL AND (n.%I IS DISTINCT FROM %s%s)',

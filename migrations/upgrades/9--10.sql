@@ -85,6 +85,47 @@ CREATE OR REPLACE FUNCTION softguard._sd_filler() RETURNS text
 LANGUAGE sql IMMUTABLE AS $$ SELECT 'softguard:unmarked:000000000000000000000000000000000000000000000' $$;
 REVOKE ALL ON FUNCTION softguard._sd_filler() FROM PUBLIC;
 
+-- The backend's key and the mark comparison, one piece each for _marked and _sd_bound.
+-- This backend's key (session_key() made it), NULL when it has none (not registered by
+-- register_session, or behind a transaction pooler). No SET clause (decision 0024): its
+-- callers are SECURITY DEFINER and pin search_path.
+CREATE FUNCTION softguard._backend_key() RETURNS bytea
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT s.key FROM softguard.session_keys s
+             WHERE s.pid = pg_catalog.pg_backend_pid()
+               AND s.backend_start = softguard._backend_start());
+END $$;
+REVOKE ALL ON FUNCTION softguard._backend_key() FROM PUBLIC;
+
+-- Is `mark` the hex HMAC under key `k` of stmt || NUL || ctx? Compared as hashes: how long
+-- a wrong mark takes to refuse says nothing of the right one. No SET clause, as above.
+CREATE FUNCTION softguard._mark_matches(k bytea, stmt text, ctx text, mark text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN mark IS NOT NULL
+           AND pg_catalog.sha256(pg_catalog.convert_to(mark, 'UTF8'))
+               = pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.encode(softguard._hmac(k,
+                     pg_catalog.convert_to(stmt, 'UTF8') || '\x00'::bytea
+                     || pg_catalog.convert_to(ctx, 'UTF8')), 'hex'), 'UTF8'));
+END $$;
+REVOKE ALL ON FUNCTION softguard._mark_matches(bytea, text, text, text) FROM PUBLIC;
+
+-- Is `mark` this backend's mark of (stmt, ctx)? NULL: the backend has no key (not
+-- registered by register_session, or behind a transaction pooler): the call cannot be told
+-- from the client's own.
+CREATE OR REPLACE FUNCTION softguard._marked(stmt text, ctx jsonb, mark text) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k bytea := softguard._backend_key();
+BEGIN
+    IF k IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN softguard._mark_matches(k, stmt, ctx::text, mark);
+END $$;
+REVOKE ALL ON FUNCTION softguard._marked(text, jsonb, text) FROM PUBLIC;
+
 -- Does the claim `sdi` (the setting, parsed) carry this backend's mark of the text running
 -- now? false: no (or no key: behind a transaction pooler, or not registered). _marked's
 -- computation, inlined: called only from the capture trigger (SECURITY DEFINER, its
@@ -99,35 +140,15 @@ BEGIN
     IF sig IS NULL OR sig !~ '^[0-9a-f]{64}$' THEN
         RETURN false;
     END IF;
-    SELECT s.key INTO k FROM softguard.session_keys s
-     WHERE s.pid = pg_catalog.pg_backend_pid() AND s.backend_start = softguard._backend_start();
-    IF k IS NULL THEN
-        RETURN false;
-    END IF;
+    k := softguard._backend_key();
     -- over the text with the mark put back to the filler, and the claim's fields but what
-    -- soft_delete_begin computes as it runs (mark, by); compared as hashes, as _marked does
-    RETURN pg_catalog.sha256(pg_catalog.convert_to(sig, 'UTF8'))
-           = pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.encode(softguard._hmac(k,
-                 pg_catalog.convert_to(pg_catalog.replace(pg_catalog.current_query(), sig,
-                                                          softguard._sd_filler()), 'UTF8')
-                 || '\x00'::bytea
-                 || pg_catalog.convert_to((sdi - 'mark' - 'by' - 'sig')::text, 'UTF8')), 'hex'),
-                 'UTF8'));
+    -- soft_delete_begin computes as it runs (mark, by)
+    RETURN k IS NOT NULL
+           AND softguard._mark_matches(k, pg_catalog.replace(pg_catalog.current_query(), sig,
+                                                             softguard._sd_filler()),
+                                       (sdi - 'mark' - 'by' - 'sig')::text, sig);
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_bound(jsonb) FROM PUBLIC;
-
--- Does this backend hold a session key (decision 0028)? Where it does, softguard's own
--- soft-delete rewrites reach the trigger bound (unless the text could not be bound), so an
--- unbound claim where UPDATEs are denied is judged an UPDATE; where it does not (behind a
--- transaction pooler) no claim can be told from the proxy's. Called only on that path.
-CREATE FUNCTION softguard._keyed() RETURNS boolean
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    RETURN EXISTS (SELECT FROM softguard.session_keys s
-                    WHERE s.pid = pg_catalog.pg_backend_pid()
-                      AND s.backend_start = softguard._backend_start());
-END $$;
-REVOKE ALL ON FUNCTION softguard._keyed() FROM PUBLIC;
 
 -- What of table `rel` (and of every table an UPDATE of it reaches: partitions, inheritance
 -- children) can change a row other than as the UPDATE's SET list says: 'rule' (an UPDATE
@@ -170,6 +191,98 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._sd_rewriters(oid) FROM PUBLIC;
 
+-- _sd_shape and _sd_bound_sql share _sd_others.
+-- The columns of `rel` a soft delete leaves as they were: all but the mark `col`, the
+-- "deleted by" column and generated columns (they follow the rest), in column order. No
+-- SET clause: called from _sd_shape and _sd_bound_sql, under the capture trigger's pinned
+-- search_path.
+CREATE FUNCTION softguard._sd_others(rel oid, col text, by_col text) RETURNS text[]
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                  WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                    AND a.attgenerated = '' AND a.attname::text IS DISTINCT FROM col
+                    AND a.attname::text IS DISTINCT FROM by_col
+                  ORDER BY a.attnum);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_others(oid, text, text) FROM PUBLIC;
+
+-- What the capture trigger needs for a soft delete of table `rel` (info: the setting
+-- soft_delete_begin left): the key columns, the column list of the captured rows
+-- (key..., sg_old_mark, sg_old_by), the INSERT capturing them from transition table
+-- sg_old ($1: the capture id), only rows that were not marked (WHERE CURRENT OF may
+-- reach a marked one), and `exact`: a query answering whether the statement did only what
+-- a soft delete does, so that key and marks are all undo needs.
+-- The setting is the session's to write (SET, set_config, a DO block, or a call of
+-- soft_delete_begin), so it is believed only as far as the transition tables bear it out:
+-- every row keeps its key and its other columns byte for byte (record_image_eq: any type,
+-- NULLs equal; generated columns follow the rest), an unmarked row now carries the mark
+-- the setting names, a marked one is left as it was. Anything more, and the trigger
+-- captures the statement as the UPDATE it is (40_capture.sql).
+CREATE OR REPLACE FUNCTION softguard._sd_shape(rel oid, info jsonb,
+                                    OUT key text[], OUT columns jsonb, OUT capture text,
+                                    OUT exact text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    col text := info->>'column';
+    by_col text := info->>'by_column';
+    others text[];
+    marks text;
+    unmarked text;                 -- o's row was not marked before the statement
+BEGIN
+    key := softguard._row_key(rel);
+    IF key IS NULL THEN
+        RETURN;
+    END IF;
+    others := softguard._sd_others(rel, col, by_col);
+    marks := CASE WHEN by_col IS NULL THEN '%1$s.%2$I' ELSE '%1$s.%2$I, %1$s.%3$I' END;
+    unmarked := CASE info->>'mark_kind'
+        WHEN 'boolean' THEN pg_catalog.format('o.%I IS NOT TRUE', col)
+        WHEN 'expression' THEN pg_catalog.format('o.%I IS DISTINCT FROM %L::%s', col,
+            info->>'mark', softguard._sd_type(rel, col))
+        ELSE pg_catalog.format('o.%I IS NULL', col) END;
+    exact := pg_catalog.format(
+        -- a count, not NOT EXISTS: EXISTS plans for the first row, a nested loop over
+        -- the transition tables (minutes for 20,000 rows)
+        'SELECT count(*) FILTER (WHERE n.%2$I IS NULL%3$s'
+        ' OR NOT CASE WHEN %4$s THEN n.%5$I IS NOT DISTINCT FROM %6$L::%7$s'
+        ' ELSE pg_catalog.record_image_eq(ROW(%8$s), ROW(%9$s)) END) = 0'
+        ' FROM sg_old o LEFT JOIN sg_new n ON %1$s',
+        (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I = n.%I', c, c), ' AND ')
+           FROM unnest(key) c),
+        key[1],
+        CASE WHEN cardinality(others) > 0 THEN pg_catalog.format(
+            ' OR NOT pg_catalog.record_image_eq(ROW(%s), ROW(%s))',
+            (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I', c), ', ') FROM unnest(others) c),
+            (SELECT pg_catalog.string_agg(pg_catalog.format('n.%I', c), ', ') FROM unnest(others) c))
+        ELSE '' END,
+        unmarked, col, info->>'mark', softguard._sd_type(rel, col),
+        pg_catalog.format(marks, 'o', col, by_col), pg_catalog.format(marks, 'n', col, by_col));
+    columns := (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(
+                           c, softguard._sd_type(rel, c)) ORDER BY o)
+                  FROM pg_catalog.unnest(key) WITH ORDINALITY x(c, o))
+        || pg_catalog.jsonb_build_array(
+               pg_catalog.jsonb_build_array('sg_old_mark', softguard._sd_type(rel, col)),
+               pg_catalog.jsonb_build_array('sg_old_by',
+                                            coalesce(softguard._sd_type(rel, by_col), 'text')));
+    capture := pg_catalog.format(
+        'INSERT INTO softguard.captured_rows (capture_id, "row")'
+        ' SELECT $1, ROW(%s, o.%I, %s)::text FROM sg_old o%s WHERE %s%s',
+        (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I', c), ', ') FROM unnest(key) c),
+        col,
+        CASE WHEN by_col IS NULL THEN 'NULL::text' ELSE pg_catalog.format('o.%I', by_col) END,
+        -- a MERGE may also UPDATE rows of the table: only those now carrying the mark
+        CASE WHEN (info->>'verify')::boolean THEN pg_catalog.format(' JOIN %s t ON %s',
+            rel::regclass, (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I = o.%I', c, c),
+                                                          ' AND ') FROM unnest(key) c))
+             ELSE '' END,
+        unmarked,
+        CASE WHEN (info->>'verify')::boolean THEN pg_catalog.format(
+            ' AND t.%I IS NOT DISTINCT FROM %L::%s', col, info->>'mark', softguard._sd_type(rel, col))
+             ELSE '' END);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sd_shape(oid, jsonb) FROM PUBLIC;
+
 -- The queries a bound claim needs (sg_old / sg_new: the trigger's transition tables):
 --   marked   whether every row written carries the claimed mark (one pass over sg_new)
 --   changes  (rows whose key is gone, rows whose other columns or mark are not as the
@@ -192,11 +305,7 @@ BEGIN
     IF cols IS NULL THEN
         RETURN;                    -- no BEFORE trigger: `marked` is all the trigger needs
     END IF;
-    others := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
-                     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
-                       AND a.attgenerated = '' AND a.attname::text IS DISTINCT FROM col
-                       AND a.attname::text IS DISTINCT FROM by_col
-                     ORDER BY a.attnum);
+    others := softguard._sd_others(rel, col, by_col);
     joined := (SELECT pg_catalog.string_agg(pg_catalog.format('o.%I = n.%I', c, c), ' AND ')
                  FROM pg_catalog.unnest(key) c);
     changed := pg_catalog.format('n.%I IS NOT NULL AND (n.%I IS DISTINCT FROM %s%s)',
@@ -376,7 +485,8 @@ BEGIN
             -- value, and the setting names that column: a claim the session wrote itself
             -- (not bound to its key) is an UPDATE too; a session without a key (behind a
             -- transaction pooler) cannot be told from the proxy (decision 0031)
-            IF denied <> '[]' AND NOT (sd_exact AND (claim = 'bound' OR NOT softguard._keyed())) THEN
+            IF denied <> '[]'
+               AND NOT (sd_exact AND (claim = 'bound' OR softguard._backend_key() IS NULL)) THEN
                 PERFORM softguard._table_denied(denied, TG_TABLE_SCHEMA, TG_TABLE_NAME,
                                                 'update', TG_OP);
             END IF;
