@@ -260,39 +260,39 @@ def _copy_capture(
     when one is gone the file falls back to the row texts."""
     try:
         with conn.transaction():
-            row = conn.execute(
-                "SELECT softguard._row_type(%s, %s)", [json.dumps(columns), f"purge{cid}"]
-            ).fetchone()
-            assert row is not None
-            rtype = str(row[0])
-            if any(isinstance(c, list) and len(c) > 2 for c in columns):
-                src = conn.execute(
-                    "SELECT softguard._restored_src(%s, %s, %s, %s)",
-                    [json.dumps(columns), rtype, cid, table],
-                ).fetchone()
-                assert src is not None
-                inner: sql.Composable = sql.SQL(str(src[0]))
-            else:
-                # text or typed (ledger version 10, decision 0030): _capture_src reads both
-                src = conn.execute(
-                    "SELECT softguard._capture_src(%s, %s, ARRAY[%s]::bigint[], %s)",
-                    [json.dumps(columns), rtype, cid, table],
-                ).fetchone()
-                assert src is not None
-                inner = sql.SQL(str(src[0]))
-            query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(inner)
-            _copy_to(conn, query, path)
+            rtype = _answer(
+                conn, "SELECT softguard._row_type(%s, %s)", json.dumps(columns), f"purge{cid}"
+            )
+            # text or typed (ledger version 10, decision 0030), restore forms rebuilt
+            # (_restored_cols): _capture_src reads them all
+            src = _answer(
+                conn,
+                "SELECT softguard._capture_src(%s, %s, ARRAY[%s]::bigint[], %s)",
+                json.dumps(columns),
+                rtype,
+                cid,
+                table,
+            )
+            _copy_to(conn, _csv_of(src), path)
         return "columns"
     except psycopg.Error:
         pass
     with conn.transaction():
-        text_src = conn.execute("SELECT softguard._capture_text_src(%s)", [cid]).fetchone()
-        assert text_src is not None
-        query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(
-            sql.SQL(str(text_src[0]))
-        )
-        _copy_to(conn, query, path)
+        src = _answer(conn, "SELECT softguard._capture_text_src(%s)", cid)
+        _copy_to(conn, _csv_of(src), path)
     return "row_text"
+
+
+def _answer(conn: psycopg.Connection[Any], query: str, *args: Any) -> str:
+    """The one value a query of softguard's answers (a type name, a query text)."""
+    row = conn.execute(query, list(args)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _csv_of(src: str) -> sql.Composed:
+    """COPY of the query `src` (built by the ledger) as CSV with a header."""
+    return sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(sql.SQL(src))
 
 
 def _copy_to(conn: psycopg.Connection[Any], query: sql.Composed, path: Path) -> None:

@@ -559,12 +559,7 @@ def _bind_claim(rebuilt: _Rebuilt, key: bytes, claim: str) -> _Rebuilt:
     filler = CALL_MARK_FILLER.encode()
     if raw.count(filler) != 1:
         return rebuilt
-    body = raw[5:]
-    if raw[0] == _Q:
-        sent = body[:-1]
-    else:
-        start = body.index(b"\0") + 1
-        sent = body[start : body.index(b"\0", start)]
+    sent = parse_query_text(raw[0], raw[5:])
     mark = call_mark(key, sent.decode("utf-8"), claim).encode()
     return _Rebuilt(raw.replace(filler, mark), rebuilt.plan, rebuilt.retag)
 
