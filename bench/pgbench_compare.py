@@ -66,7 +66,14 @@ IDLE_RSS_MAX_MIB = 100.0  # 1,000 idle client connections cost <= 100 MiB RSS
 IDLE_SESSIONS = 1000  # the session count the RSS figure is stated for
 NOISE_CPU_PCT = 5.0  # above this, a run shared the machine with something else
 
-CONFIGS = ("direct", "direct-noledger", "softguard", "pgbouncer", "python-relay")
+CONFIGS = (
+    "direct",
+    "direct-noledger",
+    "softguard",
+    "pgbouncer",
+    "python-relay",
+    "softguard-python",
+)
 # python-relay (bench/_python_relay.py: bytes through a uvloop relay, nothing read) is the
 # reference for decision 0017, asked for by name: what any Python relay loop costs.
 DEFAULT_CONFIGS = ("direct", "direct-noledger", "softguard", "pgbouncer")
@@ -276,7 +283,9 @@ class Bench:
             raise SystemExit(f"softguard init failed (exit {rc}):\n{out[-2000:]}")
         self.ledger = True
 
-    def start_softguard(self) -> None:
+    def start_softguard(self, name: str = "softguard") -> None:
+        """``softguard`` as deployed; ``softguard-python`` the same without the compiled
+        fast path (SOFTGUARD_PURE_PYTHON=1, decision 0034)."""
         u = self.upstream
         assert u is not None
         base = [sys.executable, "-m", "softguard", "serve"]
@@ -301,8 +310,10 @@ class Bench:
         # As deployed: default configuration and log level (--softguard-arg to change them).
         argv += self.args.softguard_arg
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOFTGUARD_")}
+        if name == "softguard-python":
+            env["SOFTGUARD_PURE_PYTHON"] = "1"
         self.versions["softguard_argv"] = argv
-        self.start_proxy("softguard", argv, port, env=env, cwd=REPO_ROOT)
+        self.start_proxy(name, argv, port, env=env, cwd=REPO_ROOT)
 
     def start_pgbouncer(self) -> None:
         u = self.upstream
@@ -964,6 +975,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.install_ledger()
         if "softguard" in args.configs:
             bench.start_softguard()
+        if "softguard-python" in args.configs:
+            bench.start_softguard("softguard-python")
         if "pgbouncer" in args.configs:
             bench.start_pgbouncer()
         if "python-relay" in args.configs:

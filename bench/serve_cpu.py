@@ -24,8 +24,10 @@ Python calls of the busiest functions over the small..large runs: what a steady-
 chunk calls.
 
 Configs: ``softguard`` (``python -m softguard serve``, default configuration and log
-level), ``python-relay`` (``bench/_python_relay.py``: one callback and one write per chunk,
-nothing read) and ``pgbouncer`` (session mode, when installed: the C reference).
+level), ``softguard-python`` (the same with ``SOFTGUARD_PURE_PYTHON=1``: without the
+compiled fast path, decision 0034), ``python-relay`` (``bench/_python_relay.py``: one
+callback and one write per chunk, nothing read) and ``pgbouncer`` (session mode, when
+installed: the C reference).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from _common import (
 )
 
 BENCH_DB = "softguard_bench"
-CONFIGS = ("softguard", "python-relay", "pgbouncer")
+CONFIGS = ("softguard", "softguard-python", "python-relay", "pgbouncer")
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ class Bench:
             raise SystemExit(f"softguard init failed:\n{out[-2000:]}")
 
     def proxy_argv(self, config: str, port: int) -> list[str] | None:
-        if config == "softguard":
+        if config in ("softguard", "softguard-python"):
             return [*serve_argv(port, self.port), *self.args.softguard_arg]
         if config == "python-relay":
             relay = str(REPO_ROOT / "bench" / "_python_relay.py")
@@ -225,6 +227,8 @@ class Bench:
             ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOFTGUARD_")}
         env["PYTHONHASHSEED"] = "0"  # the same dict layouts in every run
+        if config == "softguard-python":
+            env["SOFTGUARD_PURE_PYTHON"] = "1"  # without the compiled fast path (decision 0034)
         proc = ManagedProcess(tag, wrapped, self.tmp / f"{tag}.log", env=env, cwd=REPO_ROOT)
         try:
             proc.wait_for_port(port, timeout=self.args.timeout)

@@ -20,7 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "softguard"
 # Lower layers never import higher ones; a package imports its own layer only where
 # listed in SAME_LAYER. (cli -> proxy/ledger -> policy -> sql, wire; STYLE.md)
 LAYERS: list[set[str]] = [
-    {"contract"},  # the names the proxy and the database share
+    {"contract", "_hotpath"},  # names shared with the database; the compiled module (C)
+    {"speedups"},  # which base classes: the compiled ones or plain Python
     {"wire", "sql"},  # pure: the codec, the SQL seam
     {"policy", "soft_delete_config", "embedded", "auth"},
     {"config"},

@@ -63,6 +63,7 @@ from softguard.proxy.statements import (
     plan_message,
     take_call_key,
 )
+from softguard.speedups import CoreBase
 from softguard.sql import Classification
 from softguard.sql.prefilter import may_be_destructive
 from softguard.sql.rewrite import RewritePlan, refusal
@@ -186,8 +187,11 @@ def _unconnected(data: bytes) -> None:
     raise AssertionError("bytes for a connection that does not exist yet")
 
 
-class SessionCore:
-    """One client connection and its upstream connection, as a pure state machine."""
+class SessionCore(CoreBase):
+    """One client connection and its upstream connection, as a pure state machine.
+
+    The fields its fast paths read live in ``CoreBase`` (softguard/speedups.py), where the
+    compiled fast path (proxy/hotpath.py) reads them too."""
 
     def __init__(
         self,

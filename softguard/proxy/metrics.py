@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from softguard import contract
 from softguard.policy import PROTECTABLE_DROPS, SessionInfo
+from softguard.speedups import CounterBase
 from softguard.wire import ProtocolViolation, parse_fields
 
 if TYPE_CHECKING:
@@ -178,8 +179,9 @@ def log_operation(
         oplog.info(operation_line(notice, info, client, pair_statement(notice, protected)))
 
 
-class Metrics:
-    """The counters, gauges and histograms of one proxy process."""
+class Metrics(CounterBase):
+    """The counters, gauges and histograms of one proxy process. ``safe_statements`` lives
+    in ``CounterBase``, where the compiled fast path counts it (softguard/speedups.py)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

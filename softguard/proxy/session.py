@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
 from softguard.auth.login import Credentials
@@ -23,6 +23,7 @@ from softguard.auth.scram import tls_server_end_point
 from softguard.config import Settings
 from softguard.policy import SessionInfo
 from softguard.proxy import commands as cmd
+from softguard.proxy import hotpath
 from softguard.proxy.core import CoreConfig, SessionCore, State
 from softguard.proxy.ledger_gate import LedgerGate
 from softguard.proxy.metrics import Metrics, log_operation
@@ -67,13 +68,19 @@ class SessionHost(Protocol):
 class UpstreamProtocol(asyncio.Protocol):
     """The upstream side: forwards every event to its session."""
 
-    __slots__ = ("_answer", "core", "session", "transport")
+    __slots__ = ("_answer", "core", "data_received", "session", "transport")
+    # Set per instance (hotpath.relay): a C callable or the bound Python method.
+    data_received: Callable[[bytes], None]  # type: ignore[assignment]
 
     def __init__(self, session: ClientSession) -> None:
         self.session = session
         self.core = session.core
         self.transport: asyncio.Transport | None = None
         self._answer: asyncio.Future[bytes] | None = None
+        # Set before any transport reads it (uvloop keeps the bound callable it finds).
+        self.data_received = hotpath.relay(
+            self.core, self._data_received, session._run, server=True
+        )
 
     def expect_ssl_answer(self) -> asyncio.Future[bytes]:
         self._answer = asyncio.get_running_loop().create_future()
@@ -82,7 +89,7 @@ class UpstreamProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
+    def _data_received(self, data: bytes) -> None:
         answer = self._answer
         if answer is not None:
             # The one-byte reply to SSLRequest; anything after it would be a server
@@ -111,6 +118,9 @@ class UpstreamProtocol(asyncio.Protocol):
 
 
 class ClientSession(asyncio.Protocol):
+    # Set per instance (hotpath.relay): a C callable or the bound Python method.
+    data_received: Callable[[bytes], None]  # type: ignore[assignment]
+
     def __init__(self, server: SessionHost) -> None:
         self.server = server
         settings = server.settings
@@ -137,6 +147,11 @@ class ClientSession(asyncio.Protocol):
         self.up_transport: asyncio.Transport | None = None
         self._timers: dict[cmd.Timer, asyncio.TimerHandle] = {}
         self._closed = False
+        # The compiled fast path first, when there is one (decision 0034); an instance
+        # attribute, set before the transport exists, which is when uvloop looks it up.
+        self.data_received = hotpath.relay(
+            self.core, self._data_received, self._run, server=False
+        )
 
     @property
     def state(self) -> State:
@@ -165,7 +180,7 @@ class ClientSession(asyncio.Protocol):
         self.core.start()
         self._run()
 
-    def data_received(self, data: bytes) -> None:
+    def _data_received(self, data: bytes) -> None:
         core = self.core
         core.client_data(data)
         if core.controls:

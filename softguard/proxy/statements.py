@@ -302,8 +302,8 @@ def passes_unread(text: bytes, soft: SoftSession) -> bool:
     path: no classification, no decoding, no ``Planned``."""
     if soft.prepared:
         return False
-    if len(text) <= _UNREAD_MEMO_BYTES:
-        known = _harmless_shape(text.translate(_FOLD_DIGITS))
+    if len(text) <= UNREAD_MEMO_BYTES:
+        known = harmless_shape(text.translate(_FOLD_DIGITS))
         if known is not None:
             return known
     return not may_be_destructive(text) and not mentions_softguard(text)
@@ -315,12 +315,12 @@ def passes_unread(text: bytes, soft: SoftSession) -> bool:
 # prefilter treats all digits alike (none is in a keyword, all block a keyword's end,
 # none blocks its start), and `may_name_softguard` reads no digit: where it says no, no
 # digit variant names softguard either.
-_UNREAD_MEMO_BYTES = 512
+UNREAD_MEMO_BYTES = 512
 _FOLD_DIGITS = bytes.maketrans(b"123456789", b"000000000")
 
 
 @functools.lru_cache(maxsize=4096)
-def _harmless_shape(folded: bytes) -> bool | None:
+def harmless_shape(folded: bytes) -> bool | None:
     """``passes_unread``'s answer for every text that folds to ``folded`` (a prepared soft
     delete aside), or None when only the exact text can tell (it may name softguard)."""
     if may_be_destructive(folded):

@@ -16,6 +16,7 @@ import functools
 from dataclasses import dataclass
 from struct import Struct
 
+from softguard.speedups import FramerBase
 from softguard.wire.constants import MAX_MESSAGE_LENGTH
 from softguard.wire.errors import ClientProtocolError, MessageTooLarge, ProtocolViolation
 
@@ -37,27 +38,15 @@ class Message:
         return bytes((self.type,)) + _INT32.pack(len(self.body) + 4) + self.body
 
 
-class Framer:
+class Framer(FramerBase):
     """Splits a byte stream of typed protocol messages (everything after startup).
 
     ``want``: message types handed out whole (None: every type).
     ``allowed``: the only types accepted (None: any); others raise ``error_class``.
     """
 
-    __slots__ = (
-        "_acc",
-        "_acc_total",
-        "_allowed",
-        "_error_class",
-        "_head",
-        "_lone_limit",
-        "_max_length",
-        "_max_want",
-        "_readable",
-        "_skip",
-        "_stop",
-        "_want",
-    )
+    # The rest are FramerBase's: fields the compiled fast path reads (softguard/speedups.py).
+    __slots__ = ("_acc_total", "_allowed", "_error_class", "_want")
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from support.counting import Counter
 
 from softguard.policy import Policy, PolicyConfig, SessionInfo
 from softguard.proxy.core import CoreConfig, SessionCore, State
@@ -72,18 +73,9 @@ def test_a_prepared_soft_delete_is_always_read() -> None:
     assert not passes_unread(b"select 1", soft)
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.safe_statements = 0
-        self.counted: list[tuple[str, str]] = []
-
-    def count_statement(self, classification: str, action: str) -> None:
-        self.counted.append((classification, action))
-
-
-def _ready_core() -> tuple[SessionCore, list[bytes], _Counter]:
+def _ready_core() -> tuple[SessionCore, list[bytes], Counter]:
     sent: list[bytes] = []
-    counter = _Counter()
+    counter = Counter()
     core = SessionCore(
         CoreConfig(), _inputs(), counter, to_server=sent.append, to_client=lambda b: None
     )

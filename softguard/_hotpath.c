@@ -1,0 +1,778 @@
+/*
+ * The relay's two commonest chunks, compiled (decision 0034).
+ *
+ * Once a session is up, almost every chunk a client sends is either one whole Query whose
+ * text the fast path has already proven harmless (pgbench -S, an ORM's SELECTs), or a
+ * prepared statement's Bind/Execute/Sync; almost every chunk the server sends is an answer
+ * ending in ReadyForQuery with nothing in it softguard reads. For those, the pure-Python
+ * core (`SessionCore.client_data` / `server_data`, softguard/proxy/core.py) does a few
+ * checks, bumps two counters and writes the very bytes object that arrived. Run by the
+ * interpreter that costs ~20,000 instructions per statement (bench/serve_cpu.py), several
+ * times what PgBouncer spends on the whole statement.
+ *
+ * Two base classes hold the fields those checks read, as C struct members: `CoreBase`
+ * (SessionCore's) and `FramerBase` (Framer's). Python reads and writes them as ordinary
+ * attributes; the fast paths here read them without a dictionary lookup. `Relay`, a
+ * protocol's data_received, does exactly the Python fast paths on those fields and hands
+ * every other chunk, untouched, to the Python data_received. So the Python code stays the
+ * one definition of behaviour: each test here is the Python fast path's test, in the same
+ * order, and tests/proxy/test_hotpath.py checks both give the same state and bytes over a
+ * corpus of chunks and core states. Without a C compiler the package installs without this
+ * module: softguard/speedups.py then gives plain Python base classes and the Python fast
+ * paths run alone.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <string.h>
+#include <structmember.h>
+
+/* Set once by configure(): the core's READY state and the fast path's memo. */
+static PyObject *g_ready = NULL;
+static PyObject *g_harmless_shape = NULL;
+static Py_ssize_t g_memo_bytes = 0;
+
+/* Interned attribute names of objects that are not ours. */
+static PyObject *s_prepared, *s_policy, *s_generation, *s_full_mode, *s_safe_statements;
+
+#define MSG_QUERY 'Q'
+#define MSG_SYNC 'S'
+#define MSG_READY 'Z'
+
+/* ------------------------------------------------------------------ FramerBase */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *acc;      /* bytearray | None: an incomplete wanted message */
+    PyObject *head;     /* bytes: an incomplete header held from the last chunk */
+    PyObject *readable; /* frozenset[int] */
+    PyObject *stop;     /* frozenset[int] */
+    Py_ssize_t skip;
+    Py_ssize_t lone_limit;
+    Py_ssize_t max_length;
+    Py_ssize_t max_want;
+} FramerBase;
+
+static PyMemberDef framer_members[] = {
+    {"_acc", T_OBJECT_EX, offsetof(FramerBase, acc), 0, NULL},
+    {"_head", T_OBJECT_EX, offsetof(FramerBase, head), 0, NULL},
+    {"_readable", T_OBJECT_EX, offsetof(FramerBase, readable), 0, NULL},
+    {"_stop", T_OBJECT_EX, offsetof(FramerBase, stop), 0, NULL},
+    {"_skip", T_PYSSIZET, offsetof(FramerBase, skip), 0, NULL},
+    {"_lone_limit", T_PYSSIZET, offsetof(FramerBase, lone_limit), 0, NULL},
+    {"_max_length", T_PYSSIZET, offsetof(FramerBase, max_length), 0, NULL},
+    {"_max_want", T_PYSSIZET, offsetof(FramerBase, max_want), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static int framer_traverse(FramerBase *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->acc);
+    Py_VISIT(self->head);
+    Py_VISIT(self->readable);
+    Py_VISIT(self->stop);
+    return 0;
+}
+
+static int framer_clear(FramerBase *self)
+{
+    Py_CLEAR(self->acc);
+    Py_CLEAR(self->head);
+    Py_CLEAR(self->readable);
+    Py_CLEAR(self->stop);
+    return 0;
+}
+
+static void framer_dealloc(FramerBase *self)
+{
+    PyObject_GC_UnTrack(self);
+    framer_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject FramerBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "softguard._hotpath.FramerBase",
+    .tp_doc = "softguard.wire.framing.Framer's fields the compiled fast path reads",
+    .tp_basicsize = sizeof(FramerBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)framer_dealloc,
+    .tp_traverse = (traverseproc)framer_traverse,
+    .tp_clear = (inquiry)framer_clear,
+    .tp_free = PyObject_GC_Del,
+    .tp_members = framer_members,
+};
+
+/* ------------------------------------------------------------------ CounterBase */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t safe_statements;
+} CounterBase;
+
+static PyMemberDef counter_members[] = {
+    {"safe_statements", T_PYSSIZET, offsetof(CounterBase, safe_statements), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject CounterBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "softguard._hotpath.CounterBase",
+    .tp_doc = "softguard.proxy.metrics.Metrics's count of statements passed unread",
+    .tp_basicsize = sizeof(CounterBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_members = counter_members,
+};
+
+/* ------------------------------------------------------------------ CoreBase */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *state;
+    PyObject *cframer;
+    PyObject *sframer;
+    PyObject *known;
+    PyObject *filter;
+    PyObject *soft;
+    PyObject *inputs;
+    PyObject *counter;
+    PyObject *to_server;
+    PyObject *to_client;
+    PyObject *controls;
+    PyObject *timings;
+    PyObject *protected_;
+    Py_ssize_t pending;
+    Py_ssize_t client_bytes;
+    Py_ssize_t mode_generation;
+    int tx_status;
+    char answers_plain;
+    char read_only_lost;
+    char closing_for_shutdown;
+    char mode_is_full;
+} CoreBase;
+
+static PyMemberDef core_members[] = {
+    {"state", T_OBJECT_EX, offsetof(CoreBase, state), 0, NULL},
+    {"_cframer", T_OBJECT_EX, offsetof(CoreBase, cframer), 0, NULL},
+    {"_sframer", T_OBJECT_EX, offsetof(CoreBase, sframer), 0, NULL},
+    {"_known", T_OBJECT_EX, offsetof(CoreBase, known), 0, NULL},
+    {"_filter", T_OBJECT_EX, offsetof(CoreBase, filter), 0, NULL},
+    {"_soft", T_OBJECT_EX, offsetof(CoreBase, soft), 0, NULL},
+    {"inputs", T_OBJECT_EX, offsetof(CoreBase, inputs), 0, NULL},
+    {"counter", T_OBJECT_EX, offsetof(CoreBase, counter), 0, NULL},
+    {"to_server", T_OBJECT_EX, offsetof(CoreBase, to_server), 0, NULL},
+    {"to_client", T_OBJECT_EX, offsetof(CoreBase, to_client), 0, NULL},
+    {"controls", T_OBJECT_EX, offsetof(CoreBase, controls), 0, NULL},
+    {"_timings", T_OBJECT_EX, offsetof(CoreBase, timings), 0, NULL},
+    {"_protected", T_OBJECT_EX, offsetof(CoreBase, protected_), 0, NULL},
+    {"pending", T_PYSSIZET, offsetof(CoreBase, pending), 0, NULL},
+    {"_client_bytes", T_PYSSIZET, offsetof(CoreBase, client_bytes), 0, NULL},
+    {"_mode_generation", T_PYSSIZET, offsetof(CoreBase, mode_generation), 0, NULL},
+    {"tx_status", T_INT, offsetof(CoreBase, tx_status), 0, NULL},
+    {"_answers_plain", T_BOOL, offsetof(CoreBase, answers_plain), 0, NULL},
+    {"_read_only_lost", T_BOOL, offsetof(CoreBase, read_only_lost), 0, NULL},
+    {"_closing_for_shutdown", T_BOOL, offsetof(CoreBase, closing_for_shutdown), 0, NULL},
+    {"_mode_is_full", T_BOOL, offsetof(CoreBase, mode_is_full), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static int core_traverse(CoreBase *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->state);
+    Py_VISIT(self->cframer);
+    Py_VISIT(self->sframer);
+    Py_VISIT(self->known);
+    Py_VISIT(self->filter);
+    Py_VISIT(self->soft);
+    Py_VISIT(self->inputs);
+    Py_VISIT(self->counter);
+    Py_VISIT(self->to_server);
+    Py_VISIT(self->to_client);
+    Py_VISIT(self->controls);
+    Py_VISIT(self->timings);
+    Py_VISIT(self->protected_);
+    return 0;
+}
+
+static int core_clear(CoreBase *self)
+{
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->cframer);
+    Py_CLEAR(self->sframer);
+    Py_CLEAR(self->known);
+    Py_CLEAR(self->filter);
+    Py_CLEAR(self->soft);
+    Py_CLEAR(self->inputs);
+    Py_CLEAR(self->counter);
+    Py_CLEAR(self->to_server);
+    Py_CLEAR(self->to_client);
+    Py_CLEAR(self->controls);
+    Py_CLEAR(self->timings);
+    Py_CLEAR(self->protected_);
+    return 0;
+}
+
+static void core_dealloc(CoreBase *self)
+{
+    PyObject_GC_UnTrack(self);
+    core_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject CoreBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "softguard._hotpath.CoreBase",
+    .tp_doc = "softguard.proxy.core.SessionCore's fields the compiled fast path reads",
+    .tp_basicsize = sizeof(CoreBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_free = PyObject_GC_Del,
+    .tp_members = core_members,
+};
+
+/* ------------------------------------------------------------------ small helpers */
+
+static inline uint32_t read_int32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/*
+ * A framer's `_stop` / `_readable` sets as 256-entry tables. The framer module builds a few
+ * of those frozensets once and shares them (framing._lone_sets is cached), so a table is
+ * kept per set object, holding a reference so that the identity stays valid.
+ */
+#define TABLES 8
+static struct {
+    PyObject *set;
+    unsigned char member[256];
+} g_tables[TABLES];
+static int g_next_table = 0;
+
+/* NULL (maybe with an exception) when the set is not one a table can stand for. */
+static const unsigned char *table_of(PyObject *set)
+{
+    for (int i = 0; i < TABLES; i++) {
+        if (g_tables[i].set == set)
+            return g_tables[i].member;
+    }
+    if (set == NULL || !PyFrozenSet_CheckExact(set))
+        return NULL; /* a mutable set could change under a cached table: not ours */
+    int slot = g_next_table;
+    g_next_table = (g_next_table + 1) % TABLES;
+    unsigned char member[256];
+    for (int t = 0; t < 256; t++) {
+        PyObject *key = PyLong_FromLong(t);
+        if (key == NULL)
+            return NULL;
+        int r = PySet_Contains(set, key);
+        Py_DECREF(key);
+        if (r < 0)
+            return NULL;
+        member[t] = (unsigned char)r;
+    }
+    Py_XSETREF(g_tables[slot].set, Py_NewRef(set));
+    memcpy(g_tables[slot].member, member, sizeof member);
+    return g_tables[slot].member;
+}
+
+/* Truthiness the Python code tests with `not x` / `if x`: 1, 0, -1 on error; an unset
+ * field (NULL) reads as -1 without an exception, which callers treat as "not ours". */
+static inline int truthy(PyObject *v)
+{
+    if (v == NULL)
+        return -1;
+    if (v == Py_None || v == Py_False)
+        return 0;
+    if (v == Py_True)
+        return 1;
+    return PyObject_IsTrue(v);
+}
+
+/* Framer.at_boundary: no accumulated message, no held header, nothing to skip. */
+static int framer_at_boundary(FramerBase *f)
+{
+    if (f->acc != Py_None || f->skip != 0)
+        return 0;
+    int r = truthy(f->head);
+    return r < 0 ? -1 : !r;
+}
+
+/* Framer.lone(data, mtype), checks in the same order: 1 / 0 / -1. */
+static int framer_lone(FramerBase *f, const unsigned char *p, Py_ssize_t n, int mtype)
+{
+    if (n <= 5 || n > f->lone_limit || p[0] != mtype)
+        return 0;
+    const unsigned char *readable = table_of(f->readable);
+    if (readable == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!readable[mtype] || read_int32(p + 1) != (uint32_t)(n - 1))
+        return 0;
+    return framer_at_boundary(f);
+}
+
+/* Framer.lone_last(data, mtype, length), checks in the same order: 1 / 0 / -1. */
+static int framer_lone_last(FramerBase *f, const unsigned char *p, Py_ssize_t n, int mtype,
+                            uint32_t length)
+{
+    Py_ssize_t last = n - 1 - (Py_ssize_t)length;
+    if (last < 0 || p[last] != mtype || read_int32(p + last + 1) != length)
+        return 0;
+    const unsigned char *readable = table_of(f->readable);
+    if (readable == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!readable[mtype] || (Py_ssize_t)length > f->max_want || n > f->max_length)
+        return 0;
+    int r = framer_at_boundary(f);
+    if (r != 1)
+        return r;
+    const unsigned char *stop = table_of(f->stop);
+    if (stop == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    /* Bounded: each step passes a whole message of 5 bytes or more, and n <= max_length. */
+    Py_ssize_t pos = 0;
+    while (pos < last) {
+        if (stop[p[pos]])
+            return 0;
+        uint32_t size = read_int32(p + pos + 1);
+        if (size < 4)
+            return 0;
+        pos += 1 + (Py_ssize_t)size;
+    }
+    return pos == last;
+}
+
+static FramerBase *as_framer(PyObject *obj)
+{
+    return obj != NULL && PyObject_TypeCheck(obj, &FramerBaseType) ? (FramerBase *)obj : NULL;
+}
+
+/* SessionCore._full_mode(), without its call while the policy's generation is unchanged. */
+static int full_mode(CoreBase *core)
+{
+    if (core->inputs == NULL)
+        return -1;
+    PyObject *policy = PyObject_GetAttr(core->inputs, s_policy);
+    if (policy == NULL)
+        return -1;
+    PyObject *generation = PyObject_GetAttr(policy, s_generation);
+    Py_DECREF(policy);
+    if (generation == NULL)
+        return -1;
+    Py_ssize_t now = PyLong_AsSsize_t(generation);
+    Py_DECREF(generation);
+    if (now == -1 && PyErr_Occurred())
+        return -1;
+    if (now == core->mode_generation)
+        return core->mode_is_full;
+    PyObject *answer = PyObject_CallMethodNoArgs((PyObject *)core, s_full_mode);
+    if (answer == NULL)
+        return -1;
+    int r = PyObject_IsTrue(answer);
+    Py_DECREF(answer);
+    return r;
+}
+
+/*
+ * The texts (digits read as 0) that statements.harmless_shape proved harmless, so that a
+ * repeated statement costs a hash and a compare instead of a bytes object and a call.
+ * Exact: harmless_shape is a pure function of the folded text, and only its True answers
+ * are kept. Open addressing; bounded, emptied when full (the next misses refill it).
+ */
+#define MEMO_SLOTS 8192 /* a power of two */
+#define MEMO_MAX 4096   /* entries before it is emptied: the load stays under one half */
+static struct {
+    uint64_t hash;
+    PyObject *folded; /* bytes, NULL when the slot is empty */
+} g_memo[MEMO_SLOTS];
+static Py_ssize_t g_memo_used = 0;
+
+static inline unsigned char fold(unsigned char c) { return c >= '1' && c <= '9' ? '0' : c; }
+
+static uint64_t fold_hash(const unsigned char *text, Py_ssize_t size)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < size; i++) {
+        h ^= fold(text[i]);
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static int folds_to(const unsigned char *text, Py_ssize_t size, PyObject *folded)
+{
+    if (PyBytes_GET_SIZE(folded) != size)
+        return 0;
+    const unsigned char *f = (const unsigned char *)PyBytes_AS_STRING(folded);
+    for (Py_ssize_t i = 0; i < size; i++) {
+        if (fold(text[i]) != f[i])
+            return 0;
+    }
+    return 1;
+}
+
+static void memo_clear(void)
+{
+    for (Py_ssize_t i = 0; i < MEMO_SLOTS; i++)
+        Py_CLEAR(g_memo[i].folded);
+    g_memo_used = 0;
+}
+
+/* 1 when the memo holds the text's fold; else 0 and *slot is where it would go. */
+static int memo_find(const unsigned char *text, Py_ssize_t size, uint64_t hash, size_t *slot)
+{
+    size_t i = (size_t)hash & (MEMO_SLOTS - 1);
+    for (;;) { /* bounded: the table is never more than half full */
+        PyObject *f = g_memo[i].folded;
+        if (f == NULL) {
+            *slot = i;
+            return 0;
+        }
+        if (g_memo[i].hash == hash && folds_to(text, size, f))
+            return 1;
+        i = (i + 1) & (MEMO_SLOTS - 1);
+    }
+}
+
+/* statements.passes_unread(text, soft) where its memo answers True; 0 for every other
+ * answer (the Python path decides those). */
+static int passes_unread(CoreBase *core, const unsigned char *text, Py_ssize_t size)
+{
+    if (size > g_memo_bytes || core->soft == NULL)
+        return 0;
+    PyObject *prepared = PyObject_GetAttr(core->soft, s_prepared);
+    if (prepared == NULL)
+        return -1;
+    int r = truthy(prepared);
+    Py_DECREF(prepared);
+    if (r != 0)
+        return r < 0 ? -1 : 0;
+    uint64_t hash = fold_hash(text, size);
+    size_t slot;
+    if (memo_find(text, size, hash, &slot))
+        return 1;
+    /* The text with every digit read as 0 (statements._FOLD_DIGITS), asked of Python. */
+    PyObject *folded = PyBytes_FromStringAndSize(NULL, size);
+    if (folded == NULL)
+        return -1;
+    char *out = PyBytes_AS_STRING(folded);
+    for (Py_ssize_t i = 0; i < size; i++)
+        out[i] = (char)fold(text[i]);
+    PyObject *known = PyObject_CallOneArg(g_harmless_shape, folded);
+    if (known == NULL) {
+        Py_DECREF(folded);
+        return -1;
+    }
+    r = known == Py_True;
+    Py_DECREF(known);
+    if (r) {
+        if (g_memo_used >= MEMO_MAX) {
+            memo_clear();
+            memo_find(text, size, hash, &slot);
+        }
+        g_memo[slot].hash = hash;
+        g_memo[slot].folded = folded; /* the reference moves into the memo */
+        g_memo_used++;
+    }
+    else {
+        Py_DECREF(folded);
+    }
+    return r;
+}
+
+static int count_safe(CoreBase *core)
+{
+    PyObject *counter = core->counter;
+    if (counter != NULL && PyObject_TypeCheck(counter, &CounterBaseType)) {
+        ((CounterBase *)counter)->safe_statements += 1;
+        return 0;
+    }
+    if (counter == NULL)
+        return -1;
+    PyObject *v = PyObject_GetAttr(counter, s_safe_statements);
+    if (v == NULL)
+        return -1;
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *nv = one == NULL ? NULL : PyNumber_Add(v, one);
+    Py_XDECREF(one);
+    Py_DECREF(v);
+    if (nv == NULL)
+        return -1;
+    int r = PyObject_SetAttr(counter, s_safe_statements, nv);
+    Py_DECREF(nv);
+    return r;
+}
+
+static int send(PyObject *sink, PyObject *data)
+{
+    if (sink == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "the core has no sink for these bytes");
+        return -1;
+    }
+    /* The sink may replace itself (a TLS upgrade): hold it for the call. */
+    Py_INCREF(sink);
+    PyObject *r = PyObject_CallOneArg(sink, data);
+    Py_DECREF(sink);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the fast paths */
+
+/* SessionCore.client_data's two fast paths: 1 done, 0 not taken (nothing changed), -1. */
+static int client_fast(PyObject *obj, PyObject *data)
+{
+    if (!PyBytes_CheckExact(data) || !PyObject_TypeCheck(obj, &CoreBaseType))
+        return 0;
+    CoreBase *core = (CoreBase *)obj;
+    FramerBase *cframer = as_framer(core->cframer);
+    if (core->state != g_ready || cframer == NULL)
+        return 0;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    int r = framer_lone(cframer, p, n, MSG_QUERY);
+    if (r < 0)
+        return -1;
+    if (r) {
+        if (core->known != Py_None || memchr(p + 5, 0, (size_t)(n - 5)) != p + n - 1)
+            return 0;
+        if ((r = full_mode(core)) != 1)
+            return r;
+        if ((r = passes_unread(core, p + 5, n - 6)) != 1)
+            return r;
+        /* `_query_sent` with a result filter in play: the Python path's. */
+        if (core->filter != Py_None)
+            return 0;
+        if (count_safe(core) < 0)
+            return -1;
+    }
+    else {
+        /* `elif self._filter is None and cframer.lone_last(data, _S, 4)` */
+        if (core->filter != Py_None)
+            return 0;
+        if ((r = framer_lone_last(cframer, p, n, MSG_SYNC, 4)) != 1)
+            return r;
+    }
+    core->client_bytes += n;
+    core->pending += 1;
+    return send(core->to_server, data) < 0 ? -1 : 1;
+}
+
+/* SessionCore.server_data's fast path, when it would do nothing else: 1 / 0 / -1. */
+static int server_fast(PyObject *obj, PyObject *data)
+{
+    if (!PyBytes_CheckExact(data) || !PyObject_TypeCheck(obj, &CoreBaseType))
+        return 0;
+    CoreBase *core = (CoreBase *)obj;
+    FramerBase *sframer = as_framer(core->sframer);
+    if (core->state != g_ready || sframer == NULL || !core->answers_plain)
+        return 0;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    int r = framer_lone_last(sframer, p, n, MSG_READY, 5);
+    if (r != 1)
+        return r;
+    /* What would make the Python path do more than count and write: timings or
+     * protected statements to pair, a read-only session ending, a shutdown. */
+    if (core->read_only_lost || core->closing_for_shutdown)
+        return 0;
+    if ((r = truthy(core->timings)) != 0 || (r = truthy(core->protected_)) != 0)
+        return r < 0 && PyErr_Occurred() ? -1 : 0;
+    core->tx_status = p[n - 1];
+    if (core->pending > 0)
+        core->pending -= 1;
+    return send(core->to_client, data) < 0 ? -1 : 1;
+}
+
+/* ------------------------------------------------------------------ Relay */
+
+/*
+ * A protocol's data_received: the fast path, else the Python one. `run` executes the core's
+ * controls (a write may have paused the peer: `upstream_paused`), as the Python
+ * data_received does after the core returns.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *core;
+    PyObject *slow;
+    PyObject *run;
+    int server;
+    vectorcallfunc vectorcall;
+} Relay;
+
+static PyObject *relay_chunk(Relay *self, PyObject *data)
+{
+    if (self->core == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this Relay was cleared by the garbage collector");
+        return NULL;
+    }
+    int r = self->server ? server_fast(self->core, data) : client_fast(self->core, data);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        return PyObject_CallOneArg(self->slow, data);
+    PyObject *controls = ((CoreBase *)self->core)->controls;
+    int pending_controls = truthy(controls);
+    if (pending_controls < 0)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (pending_controls)
+        return PyObject_CallNoArgs(self->run);
+    Py_RETURN_NONE;
+}
+
+static PyObject *relay_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Relay takes one positional argument (the bytes)");
+        return NULL;
+    }
+    return relay_chunk((Relay *)callable, args[0]);
+}
+
+static PyObject *relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"core", "slow", "run", "server", NULL};
+    PyObject *core, *slow, *run;
+    int server;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOp", kwlist, &CoreBaseType, &core, &slow,
+                                     &run, &server))
+        return NULL;
+    if (g_ready == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "softguard._hotpath.configure() was not called");
+        return NULL;
+    }
+    Relay *self = (Relay *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->core = Py_NewRef(core);
+    self->slow = Py_NewRef(slow);
+    self->run = Py_NewRef(run);
+    self->server = server;
+    self->vectorcall = relay_vectorcall;
+    return (PyObject *)self;
+}
+
+/* A Relay sits in a cycle (protocol -> relay -> bound method -> protocol): GC-tracked. */
+static int relay_traverse(Relay *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->core);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->run);
+    return 0;
+}
+
+static int relay_clear(Relay *self)
+{
+    Py_CLEAR(self->core);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->run);
+    return 0;
+}
+
+static void relay_dealloc(Relay *self)
+{
+    PyObject_GC_UnTrack(self);
+    relay_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject RelayType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "softguard._hotpath.Relay",
+    .tp_doc = "Relay(core, slow, run, server): a protocol's data_received, fast path first",
+    .tp_basicsize = sizeof(Relay),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = relay_new,
+    .tp_dealloc = (destructor)relay_dealloc,
+    .tp_traverse = (traverseproc)relay_traverse,
+    .tp_clear = (inquiry)relay_clear,
+    .tp_free = PyObject_GC_Del,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Relay, vectorcall),
+};
+
+/* ------------------------------------------------------------------ module */
+
+static PyObject *configure(PyObject *module, PyObject *args)
+{
+    PyObject *ready, *harmless_shape;
+    Py_ssize_t memo_bytes;
+    if (!PyArg_ParseTuple(args, "OOn", &ready, &harmless_shape, &memo_bytes))
+        return NULL;
+    Py_XSETREF(g_ready, Py_NewRef(ready));
+    Py_XSETREF(g_harmless_shape, Py_NewRef(harmless_shape));
+    g_memo_bytes = memo_bytes;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_client_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "client_chunk(core, data)");
+        return NULL;
+    }
+    int r = client_fast(args[0], args[1]);
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+static PyObject *py_server_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "server_chunk(core, data)");
+        return NULL;
+    }
+    int r = server_fast(args[0], args[1]);
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS,
+     "configure(ready_state, harmless_shape, memo_bytes): what the fast paths compare with"},
+    {"client_chunk", (PyCFunction)(void (*)(void))py_client_chunk, METH_FASTCALL,
+     "client_chunk(core, data) -> bool: the client fast path taken (True) or not (nothing done)"},
+    {"server_chunk", (PyCFunction)(void (*)(void))py_server_chunk, METH_FASTCALL,
+     "server_chunk(core, data) -> bool: the server fast path taken (True) or not"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "softguard._hotpath", NULL, -1, methods, NULL, NULL, NULL, NULL,
+};
+
+#define INTERN(var, text)                                                                      \
+    do {                                                                                       \
+        if ((var = PyUnicode_InternFromString(text)) == NULL)                                  \
+            return NULL;                                                                       \
+    } while (0)
+
+PyMODINIT_FUNC PyInit__hotpath(void)
+{
+    INTERN(s_prepared, "prepared");
+    INTERN(s_policy, "policy");
+    INTERN(s_generation, "generation");
+    INTERN(s_full_mode, "_full_mode");
+    INTERN(s_safe_statements, "safe_statements");
+    if (PyType_Ready(&FramerBaseType) < 0 || PyType_Ready(&CounterBaseType) < 0 ||
+        PyType_Ready(&CoreBaseType) < 0 || PyType_Ready(&RelayType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "FramerBase", (PyObject *)&FramerBaseType) < 0 ||
+        PyModule_AddObjectRef(m, "CounterBase", (PyObject *)&CounterBaseType) < 0 ||
+        PyModule_AddObjectRef(m, "CoreBase", (PyObject *)&CoreBaseType) < 0 ||
+        PyModule_AddObjectRef(m, "Relay", (PyObject *)&RelayType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

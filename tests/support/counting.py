@@ -1,0 +1,14 @@
+"""A ``StatementCounter`` for cores driven without a proxy process (tests/proxy)."""
+
+from __future__ import annotations
+
+
+class Counter:
+    """Counts what a ``SessionCore`` reports: SAFE statements, and each planned one."""
+
+    def __init__(self) -> None:
+        self.safe_statements = 0
+        self.counted: list[tuple[str, str]] = []
+
+    def count_statement(self, classification: str, action: str) -> None:
+        self.counted.append((classification, action))
