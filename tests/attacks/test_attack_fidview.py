@@ -92,9 +92,8 @@ def _drop_kept_view(c: psycopg.Connection[Any]) -> None:
 
 def _replace_kept_view(c: psycopg.Connection[Any]) -> None:
     # the kept view's query is set aside: put something else in it before undo
-    c.execute(
-        f"CREATE OR REPLACE VIEW {quarantined(c, 'dk_v')} AS SELECT 1 AS id, NULL::int AS d".encode()
-    )
+    kept = quarantined(c, "dk_v")
+    c.execute(f"CREATE OR REPLACE VIEW {kept} AS SELECT 1 AS id, NULL::int AS d".encode())
 
 
 ATTACKS: dict[str, list[Any]] = {

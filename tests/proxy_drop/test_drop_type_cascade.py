@@ -102,6 +102,9 @@ POLICIES = [
     "CREATE POLICY cd_pol2_sub ON cd_pol2 FOR SELECT"
     " USING (EXISTS (SELECT FROM cd_pol p WHERE p.k = cd_pol2.k AND p.d > 1))",
     "INSERT INTO cd_pol2 VALUES (1), (2)",
+    # a trigger of the table firing on UPDATE OF the column: PostgreSQL drops it too
+    "CREATE FUNCTION cd_noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+    "CREATE TRIGGER cd_pol_upd BEFORE UPDATE OF d ON cd_pol FOR EACH ROW EXECUTE FUNCTION cd_noop()",
 ]
 VIEWS = [
     *DOMAIN_INT,
