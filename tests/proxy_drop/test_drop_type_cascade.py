@@ -104,7 +104,8 @@ POLICIES = [
     "INSERT INTO cd_pol2 VALUES (1), (2)",
     # a trigger of the table firing on UPDATE OF the column: PostgreSQL drops it too
     "CREATE FUNCTION cd_noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
-    "CREATE TRIGGER cd_pol_upd BEFORE UPDATE OF d ON cd_pol FOR EACH ROW EXECUTE FUNCTION cd_noop()",
+    "CREATE TRIGGER cd_pol_upd BEFORE UPDATE OF d ON cd_pol FOR EACH ROW"
+    " EXECUTE FUNCTION cd_noop()",
 ]
 VIEWS = [
     *DOMAIN_INT,
@@ -267,7 +268,7 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
     ],
 )
 def test_undo_restores_exactly(
-    proxy: Any, sg: Any, twins: Any, reader_role: str, setup: list[str], drop: str
+    proxy: Any, sg: Any, twins: Any, app_role: str, reader_role: str, setup: list[str], drop: str
 ) -> None:
     (b,) = twins(1)
     sg.execute(b, *setup)
@@ -401,3 +402,51 @@ def test_prepared_drop_is_reversible(proxy: Any, sg: Any, twins: Any, app_role: 
     sg.undo(b, op)
     with sg.connect(b) as c:
         assert c.execute("SELECT k, d FROM cd_a ORDER BY k").fetchall() == [(1, 5), (2, 6)]
+
+
+def test_purge_destroys_kept_views_and_policies(
+    proxy: Any, sg: Any, twins: Any, app_role: str, reader_role: str
+) -> None:
+    """Purge drops the kept views with the type and forgets the policies' definitions:
+    nothing of the operation is left in quarantine, undo is refused."""
+    (b,) = twins(1)
+    sg.execute(b, *POLICIES, *VIEWS[1:])
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP DOMAIN cd_pos CASCADE")
+    (op,) = sg.active_ops(b)
+    with sg.connect(b) as c:
+        kept = c.execute(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE %s", [f"op{op}\\_%"]
+        ).fetchone()
+        assert kept == (3,)  # cd_v, cd_v2, cd_v3
+        c.execute("SELECT softguard.purge_op(%s)", [op])
+        left = c.execute(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relname LIKE %s),"
+            " (SELECT count(*) FROM pg_type WHERE typname LIKE %s),"
+            " (SELECT count(*) FROM pg_policy WHERE polname LIKE 'cd\\_pol%%')",
+            [f"op{op}\\_%", f"op{op}\\_%"],
+        ).fetchone()
+        assert left == (0, 0, 1)  # cd_pol_other, which read no kept column
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            c.execute("SELECT softguard.undo_op(%s)", [op])
+
+
+def test_show_says_what_undo_does_for_a_view(proxy: Any, sg: Any, twins: Any) -> None:
+    """The restore plan in words (softguard show): the view's query comes back after the
+    columns."""
+    from softguard.cli.show_text import _step_text
+
+    (b,) = twins(1)
+    sg.execute(b, *VIEWS)
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP DOMAIN cd_pos CASCADE")
+    (op,) = sg.active_ops(b)
+    with sg.connect(b) as c:
+        (restore,) = c.execute(
+            "SELECT restore FROM softguard.operations WHERE id = %s", [op]
+        ).fetchone()
+    words = [_step_text(s) for s in restore]
+    assert any(
+        w and w.startswith("put back the query of view softguard_quarantine.") for w in words
+    )
+    assert [s["step"] for s in restore].count("view_query") == 2  # cd_v, cd_v3
