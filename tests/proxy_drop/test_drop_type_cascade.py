@@ -120,6 +120,9 @@ VIEWS = [
     "CREATE VIEW cd_v4 AS SELECT k, note FROM cd_a",  # reads no kept column: stays
 ]
 
+# the schema of the type goes, the view reading its column lives elsewhere: kept
+SCHEMA_AND_VIEW = [*IN_SCHEMA, "CREATE VIEW cd_uv AS SELECT k, d FROM cd_u WHERE d > 1"]
+
 AFTER = "SELECT * FROM {t} ORDER BY 1"
 VIEWS_LEFT = "SELECT c.relname FROM pg_class c WHERE c.relname LIKE 'cd\\_v%' ORDER BY 1"
 
@@ -193,6 +196,11 @@ CASES: dict[str, Case] = {
         ["DROP DOMAIN cd_pos CASCADE", AFTER.format(t="cd_a"), VIEWS_LEFT, "SELECT * FROM cd_v4"],
         [1, 0, 0, 0],
     ),
+    "schema_with_a_view_elsewhere": Case(
+        SCHEMA_AND_VIEW,
+        ["DROP SCHEMA cd_s CASCADE", AFTER.format(t="cd_u"), "SELECT to_regclass('cd_uv')"],
+        [1, 0, 0],
+    ),
     "views_in_a_transaction": Case(
         VIEWS,
         ["BEGIN", "DROP TYPE cd_pos CASCADE", VIEWS_LEFT, "COMMIT", AFTER.format(t="cd_a")],
@@ -250,6 +258,7 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
         (IN_SCHEMA, "DROP SCHEMA cd_s CASCADE"),
         (POLICIES, "DROP DOMAIN cd_pos CASCADE"),
         (VIEWS, "DROP DOMAIN cd_pos CASCADE"),
+        (SCHEMA_AND_VIEW, "DROP SCHEMA cd_s CASCADE"),
     ],
     ids=[
         "domain_int",
@@ -265,6 +274,7 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
         "schema",
         "policies",
         "views",
+        "schema_and_view",
     ],
 )
 def test_undo_restores_exactly(
