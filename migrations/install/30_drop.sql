@@ -144,9 +144,10 @@ BEGIN
                                WHERE t.classid = r.classid AND t.objid = r.objid
                                  AND t.objsubid = 0);
         IF r.objsubid <> 0 AND r.object_type <> 'table column' THEN
-            RAISE EXCEPTION USING ERRCODE = '0A000',
+            RAISE EXCEPTION USING ERRCODE = '0A000',   -- e.g. a composite type's attribute
                 MESSAGE = format('softguard cannot keep %s %s (dropped by this statement)',
-                                 r.object_type, r.object_identity);
+                                 r.object_type, r.object_identity),
+                HINT = 'Run the statement without softguard if losing it is intended.';
         END IF;
         IF r.object_type = 'table column' THEN
             -- a column of a live table (DROP TYPE/DOMAIN ... CASCADE): kept as ALTER TABLE
