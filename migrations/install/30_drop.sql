@@ -229,8 +229,9 @@ BEGIN
                  ON e.classid = 'pg_class'::regclass AND e.objid = v.oid
               ORDER BY e.ord LOOP
         n := n + 1;
+        qn := r.objid::regclass::text;    -- its name before the move, for undo's messages
         steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
-                       || softguard._stub_view(r.objid)
+                       || softguard._stub_view(r.objid, qn)
                        || softguard._disown(r.classid, r.objid);
         stubbed := stubbed || r.objid;
     END LOOP;
@@ -620,15 +621,21 @@ REVOKE ALL ON FUNCTION softguard._column_views(jsonb, jsonb) FROM PUBLIC;
 -- that reads nothing, so that it no longer holds the columns, tables and functions it
 -- read. Owner, privileges, comments, column defaults, triggers and rules on the view
 -- stay; the options (security_barrier, check_option, ...) are replaced with the query,
--- so they are recorded with it. Returns [step]; undo (70_undo.sql, 'view_query') puts
--- both back.
-CREATE FUNCTION softguard._stub_view(rel oid) RETURNS jsonb
+-- so they are recorded with it, and so is what the query used (`deps`: undo first checks
+-- that each is live again, or names the operation holding it). Returns [step]; undo
+-- (70_undo.sql, 'view_query') puts both back.
+CREATE FUNCTION softguard._stub_view(rel oid, view_name text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     def text := pg_get_viewdef(rel);
     opts text[];
     outs text;
+    deps jsonb;
 BEGIN
+    SELECT coalesce(jsonb_agg(e), '[]') INTO deps
+      FROM pg_rewrite w, jsonb_array_elements(softguard._deps('pg_rewrite'::regclass, w.oid)) e
+     WHERE w.ev_class = rel AND w.rulename = '_RETURN'
+       AND NOT (e->>'classid' = 'pg_class'::regclass::oid::text AND e->>'objid' = rel::text);
     SELECT c.reloptions INTO opts FROM pg_class c WHERE c.oid = rel AND c.relkind = 'v';
     IF NOT FOUND OR def IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'XX000',
@@ -646,10 +653,11 @@ BEGIN
     EXECUTE format('CREATE OR REPLACE VIEW %s AS SELECT %s WHERE false', rel::regclass,
                    coalesce(outs, ''));
     RETURN jsonb_build_array(jsonb_build_object(
-        'step', 'view_query', 'oid', rel, 'kept_as', rel::regclass::text, 'def', def,
-        'options', to_jsonb(opts)));
+        'step', 'view_query', 'oid', rel, 'view', view_name, 'kept_as', rel::regclass::text,
+        'def', def,
+        'options', to_jsonb(opts), 'deps', deps));
 END $$;
-REVOKE ALL ON FUNCTION softguard._stub_view(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._stub_view(oid, text) FROM PUBLIC;
 
 -- Drop a column _quarantine kept (_keep_column), unless its parent's DROP COLUMN took it
 -- already. Without CASCADE: anything else that still needs it fails the statement. The

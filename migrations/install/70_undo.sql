@@ -658,6 +658,10 @@ BEGIN
             -- a view that read a column the DROP kept (decision 0029): its query and
             -- options back, the columns back already; the view is still in quarantine
             -- (moved back next), so this records no CREATE OR REPLACE VIEW operation
+            FOR d IN SELECT x FROM jsonb_array_elements(s->'deps') x LOOP
+                PERFORM softguard._need_live(op, (d->>'classid')::oid, (d->>'objid')::oid,
+                                             'view ' || (s->>'view'), d->>'identity');
+            END LOOP;
             EXECUTE format('CREATE OR REPLACE VIEW %s%s AS %s', (s->>'oid')::oid::regclass,
                            (SELECT ' WITH (' || string_agg(x, ', ' ORDER BY i) || ')'
                               FROM jsonb_array_elements_text(

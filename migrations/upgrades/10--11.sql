@@ -251,8 +251,9 @@ BEGIN
                  ON e.classid = 'pg_class'::regclass AND e.objid = v.oid
               ORDER BY e.ord LOOP
         n := n + 1;
+        qn := r.objid::regclass::text;    -- its name before the move, for undo's messages
         steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
-                       || softguard._stub_view(r.objid)
+                       || softguard._stub_view(r.objid, qn)
                        || softguard._disown(r.classid, r.objid);
         stubbed := stubbed || r.objid;
     END LOOP;
@@ -595,13 +596,18 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._column_views(jsonb, jsonb) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION softguard._stub_view(rel oid) RETURNS jsonb
+CREATE OR REPLACE FUNCTION softguard._stub_view(rel oid, view_name text) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     def text := pg_get_viewdef(rel);
     opts text[];
     outs text;
+    deps jsonb;
 BEGIN
+    SELECT coalesce(jsonb_agg(e), '[]') INTO deps
+      FROM pg_rewrite w, jsonb_array_elements(softguard._deps('pg_rewrite'::regclass, w.oid)) e
+     WHERE w.ev_class = rel AND w.rulename = '_RETURN'
+       AND NOT (e->>'classid' = 'pg_class'::regclass::oid::text AND e->>'objid' = rel::text);
     SELECT c.reloptions INTO opts FROM pg_class c WHERE c.oid = rel AND c.relkind = 'v';
     IF NOT FOUND OR def IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'XX000',
@@ -619,10 +625,11 @@ BEGIN
     EXECUTE format('CREATE OR REPLACE VIEW %s AS SELECT %s WHERE false', rel::regclass,
                    coalesce(outs, ''));
     RETURN jsonb_build_array(jsonb_build_object(
-        'step', 'view_query', 'oid', rel, 'kept_as', rel::regclass::text, 'def', def,
-        'options', to_jsonb(opts)));
+        'step', 'view_query', 'oid', rel, 'view', view_name, 'kept_as', rel::regclass::text,
+        'def', def,
+        'options', to_jsonb(opts), 'deps', deps));
 END $$;
-REVOKE ALL ON FUNCTION softguard._stub_view(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._stub_view(oid, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -816,6 +823,10 @@ BEGIN
             -- a view that read a column the DROP kept (decision 0029): its query and
             -- options back, the columns back already; the view is still in quarantine
             -- (moved back next), so this records no CREATE OR REPLACE VIEW operation
+            FOR d IN SELECT x FROM jsonb_array_elements(s->'deps') x LOOP
+                PERFORM softguard._need_live(op, (d->>'classid')::oid, (d->>'objid')::oid,
+                                             'view ' || (s->>'view'), d->>'identity');
+            END LOOP;
             EXECUTE format('CREATE OR REPLACE VIEW %s%s AS %s', (s->>'oid')::oid::regclass,
                            (SELECT ' WITH (' || string_agg(x, ', ' ORDER BY i) || ')'
                               FROM jsonb_array_elements_text(

@@ -120,7 +120,7 @@ ATTACKS: dict[str, list[Any]] = {
     ],
     # softguard's helper that sets the query aside, called directly: not executable
     "stub_called_directly": [
-        f"DO $$ BEGIN EXECUTE 'SELECT ' || {SG} || '_stub_view(''dk_v''::regclass)'; END $$"
+        f"DO $$ BEGIN EXECUTE 'SELECT ' || {SG} || '_stub_view(''dk_v''::regclass, ''v'')'; END $$"
     ],
     # _quarantine (PUBLIC) called directly with the probe's own list: what the caller
     # could have dropped, recorded

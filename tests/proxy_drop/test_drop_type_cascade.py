@@ -462,6 +462,31 @@ def test_show_says_what_undo_does_for_a_view(proxy: Any, sg: Any, twins: Any) ->
         ).fetchone()
     words = [_step_text(s) for s in restore]
     assert any(
-        w and w.startswith("put back the query of view softguard_quarantine.") for w in words
+        w and w == "put back the query of view public.cd_v (after its columns)" for w in words
     )
     assert [s["step"] for s in restore].count("view_query") == 2  # cd_v, cd_v3
+
+
+def test_undo_of_a_view_waits_for_what_its_query_used(proxy: Any, sg: Any, twins: Any) -> None:
+    """While kept, the view's query no longer holds the function it called, so a later
+    DROP FUNCTION through softguard keeps that function in another operation: undo of the
+    first names it (55006, blocked_by) and changes nothing; undone in order, all is back."""
+    (b,) = twins(1)
+    sg.execute(
+        b,
+        *DOMAIN_INT,
+        "CREATE FUNCTION cd_twice(i int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 2 * i'",
+        "CREATE VIEW cd_fv AS SELECT k, cd_twice(d) AS dd FROM cd_a",
+    )
+    before = sg.snapshot(b)
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP DOMAIN cd_pos CASCADE")
+        c.execute("DROP FUNCTION cd_twice(int)")
+    first, second = sorted(sg.active_ops(b))
+    with pytest.raises(psycopg.errors.ObjectInUse) as e:
+        sg.undo(b, first)
+    assert f"blocked_by={second}" in (e.value.diag.message_detail or ""), e.value
+    assert "view public.cd_fv needs function public.cd_twice(integer)" in str(e.value)
+    sg.undo(b, second)
+    sg.undo(b, first)
+    assert sg.snapshot(b) == before
