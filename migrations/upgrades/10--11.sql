@@ -1,10 +1,8 @@
--- Version 11 (section fidview, decision 0029 "Since then"): DROP TYPE / DOMAIN ... CASCADE
--- whose columns are read by row-level security policies or views stays reversible. _list
--- no longer counts a policy (or trigger) of a table whose column goes as going with the
--- table; _drop_link records a policy's roles by oid (undo leaves out roles dropped since)
--- and no longer quotes them twice; _quarantine keeps views reading a kept column in
--- quarantine with their query set aside (_column_views, _stub_view), and _undo_one puts
--- it back after the columns (restore step view_query).
+-- Version 11 (section fidview, decision 0029 "Since then"): DROP TYPE/DOMAIN ... CASCADE
+-- reaching RLS policies or views that read a kept column stays reversible: _list stops
+-- counting a policy of a table whose column goes as going with that table; _drop_link
+-- records a policy's roles by oid (quoted once); _quarantine keeps such views in quarantine
+-- with their query set aside (_column_views, _stub_view), _undo_one puts it back (view_query).
 
 DO $$
 DECLARE
