@@ -11,6 +11,7 @@ role that hides the DROP in a DO block or a function is refused by the backstop.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
@@ -490,3 +491,33 @@ def test_undo_of_a_view_waits_for_what_its_query_used(proxy: Any, sg: Any, twins
     sg.undo(b, second)
     sg.undo(b, first)
     assert sg.snapshot(b) == before
+
+
+def test_undo_leaves_out_roles_dropped_since(
+    proxy: Any, sg: Any, twins: Any, app_role: str, pg_server: Any
+) -> None:
+    """With the policy dropped, a role it applied to can be dropped, as directly; undo then
+    re-creates the policy for the roles left (saying which it left out), and leaves a
+    policy none of whose roles is left dropped, as DROP OWNED BY would have."""
+    gone = f"sg_fid_gone_{uuid.uuid4().hex[:8]}"
+    pg_server.ensure_role(gone, APP_PW)
+    (b,) = twins(1)
+    sg.execute(
+        b,
+        *DOMAIN_INT,
+        "ALTER TABLE cd_a ENABLE ROW LEVEL SECURITY",
+        f'CREATE POLICY cd_both ON cd_a TO "{gone}", {APP_ROLE} USING (d > 0)',
+        f'CREATE POLICY cd_only ON cd_a TO "{gone}" USING (d > 1)',
+    )
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP DOMAIN cd_pos CASCADE")
+    with psycopg.connect(pg_server.superuser_dsn(), autocommit=True) as c:
+        c.execute(f'DROP ROLE "{gone}"')
+    (op,) = sg.active_ops(b)
+    lines = sg.undo(b, op)
+    assert sum(f"not given back to role {gone}" in line for line in lines) == 2, lines
+    with sg.connect(b) as c:
+        pols = c.execute(
+            "SELECT policyname, roles::text FROM pg_policies WHERE tablename = 'cd_a'"
+        ).fetchall()
+    assert pols == [("cd_both", "{" + APP_ROLE + "}")]
