@@ -100,7 +100,12 @@ BEGIN
                     WHERE d.classid = l.classid AND d.objid = l.objid
                       AND d.deptype IN ('a', 'i', 'P', 'S')
                       AND NOT (d.refclassid = l.classid AND d.refobjid = l.objid)
-                      AND (d.refclassid, d.refobjid) IN (SELECT o.classid, o.objid FROM l o))
+                      -- on a listed object, or on a listed column itself: a policy or
+                      -- trigger of a table one of whose columns goes (DROP TYPE ...
+                      -- CASCADE) does not go with that table, which stays
+                      AND EXISTS (SELECT FROM l o
+                                   WHERE o.classid = d.refclassid AND o.objid = d.refobjid
+                                     AND o.objsubid IN (0, d.refobjsubid)))
            OR (l.objsubid <> 0
                AND (l.classid, l.objid, 0) IN (SELECT o.classid, o.objid, o.objsubid FROM l o))
            AS owned,

@@ -60,6 +60,7 @@ DECLARE
     moves jsonb := '[]';    -- the listed objects to move, in list order
     links jsonb := '[]';    -- links on live objects to record and drop
     cols jsonb := '[]';     -- columns of live tables it takes (a type's CASCADE): kept
+    stubbed oid[] := '{}';  -- views reading such a column: moved before the columns go (3a)
     kw text;
     qn text;
     acl jsonb;
@@ -136,12 +137,19 @@ BEGIN
         CONTINUE WHEN coalesce(softguard._is_quarantine_schema(r.home), false);  -- held already
         CONTINUE WHEN r.object_type = 'schema';
         CONTINUE WHEN r.home = ANY (dropped_schemas);          -- stays in its renamed schema
+        -- a column goes with its listed table or view (`owned` would also count a
+        -- partition's column, whose table depends on its listed parent's)
+        CONTINUE WHEN r.objsubid <> 0
+                  AND EXISTS (SELECT FROM softguard._list(list) t
+                               WHERE t.classid = r.classid AND t.objid = r.objid
+                                 AND t.objsubid = 0);
+        IF r.objsubid <> 0 AND r.object_type <> 'table column' THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',   -- e.g. a composite type's attribute
+                MESSAGE = format('softguard cannot keep %s %s (dropped by this statement)',
+                                 r.object_type, r.object_identity),
+                HINT = 'Run the statement without softguard if losing it is intended.';
+        END IF;
         IF r.object_type = 'table column' THEN
-            -- goes with its listed table (`owned` would also count a partition's column,
-            -- whose table depends on its listed parent's)
-            CONTINUE WHEN EXISTS (SELECT FROM softguard._list(list) t
-                                   WHERE t.classid = r.classid AND t.objid = r.objid
-                                     AND t.objsubid = 0);
             -- a column of a live table (DROP TYPE/DOMAIN ... CASCADE): kept as ALTER TABLE
             -- ... DROP COLUMN keeps it, step 3b (decision 0029)
             IF NOT softguard._protected_table(r.objid) THEN
@@ -176,22 +184,28 @@ BEGIN
         END CASE;
     END LOOP;
 
-    -- A view (or rule) reading a kept column would still hold it if moved: not kept yet.
+    -- A view reading a kept column that moves into quarantine is kept in step 3a. Any
+    -- other rule reading one (a materialized view, a rule, a view that stays in a dropped
+    -- schema or that an earlier operation holds) would still hold the column: not kept yet.
     SELECT w.ev_class, w.rulename, k.object_identity INTO x
       FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer, object_identity text)
       JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = k.objid
                       AND d.refobjsubid = k.objsubid AND d.classid = 'pg_rewrite'::regclass
       JOIN pg_rewrite w ON w.oid = d.objid
+     WHERE NOT (w.rulename = '_RETURN'
+                AND w.ev_class IN (SELECT v.oid FROM softguard._column_views(cols, moves) v))
      ORDER BY 1, 2 LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '0A000',
             MESSAGE = format('softguard cannot yet keep %s, which reads column %s (dropped by '
                              'this statement)', CASE WHEN x.rulename = '_RETURN'
-                                 THEN 'view ' || x.ev_class::regclass::text
+                                 THEN (SELECT CASE c.relkind WHEN 'm' THEN 'materialized view '
+                                              ELSE 'view ' END FROM pg_class c
+                                        WHERE c.oid = x.ev_class) || x.ev_class::regclass::text
                                  ELSE format('rule %I on %s', x.rulename, x.ev_class::regclass) END,
                              x.object_identity),
-            HINT = 'Drop the view first (DROP VIEW through softguard keeps it), then run this '
-                   'statement again.';
+            HINT = 'Drop it first (DROP VIEW / DROP MATERIALIZED VIEW through softguard keeps '
+                   'it), then run this statement again.';
     END IF;
 
     -- 3. Links from live objects to dropped ones, as a real DROP removes them. Constraints
@@ -203,6 +217,23 @@ BEGIN
                       ELSE 1 END, e.ord LOOP
         CONTINUE WHEN softguard._with_columns(r.classid, r.objid, cols);
         steps := steps || softguard._drop_link(r.classid, r.objid, r.object_identity, r.original);
+    END LOOP;
+
+    -- 3a. Views reading a kept column (decision 0029, since then): moved into quarantine
+    --     now, as step 6 moves the others, and their query set aside (_stub_view) so
+    --     that the column can go; undo puts the query back once the columns are back.
+    --     Views on them that the CASCADE takes move in step 6, their columns unchanged.
+    FOR r IN SELECT e.classid, e.objid, e.original FROM softguard._column_views(cols, moves) v
+               JOIN jsonb_to_recordset(moves) AS e(classid oid, objid oid, original boolean,
+                                                   ord integer)
+                 ON e.classid = 'pg_class'::regclass AND e.objid = v.oid
+              ORDER BY e.ord LOOP
+        n := n + 1;
+        qn := r.objid::regclass::text;    -- its name before the move, for undo's messages
+        steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
+                       || softguard._stub_view(r.objid, qn)
+                       || softguard._disown(r.classid, r.objid);
+        stubbed := stubbed || r.objid;
     END LOOP;
 
     -- 3b. Columns of live tables (decision 0029): locked, kept as alter_op keeps a
@@ -318,6 +349,7 @@ BEGIN
     FOR r IN SELECT e.* FROM jsonb_to_recordset(moves) AS e(classid oid, objid oid,
                   object_type text, object_identity text, original boolean, ord integer)
              ORDER BY e.ord LOOP
+        CONTINUE WHEN r.classid = 'pg_class'::regclass AND r.objid = ANY (stubbed);  -- 3a
         IF r.classid = 'pg_class'::regclass THEN
             SELECT c.relkind, c.relname, c.relnamespace INTO x FROM pg_class c WHERE c.oid = r.objid;
             kw := CASE x.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
@@ -476,22 +508,28 @@ BEGIN
             'table_name', x.adrelid::regclass::text, 'name', x.attname, 'def', x.def);
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', x.adrelid::regclass, x.attname);
     ELSIF p_classid = 'pg_policy'::regclass THEN
+        -- the statement in two halves around its TO list (undo leaves out roles dropped
+        -- since); regrole's text is quoted already
         SELECT p.polname, p.polrelid,
-               format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s', p.polname,
-                      p.polrelid::regclass,
+               format('CREATE POLICY %I ON %s AS %s FOR %s', p.polname, p.polrelid::regclass,
                       CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
                       CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT'
-                           WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
-                      (SELECT string_agg(CASE WHEN rl = 0 THEN 'PUBLIC'
-                                         ELSE quote_ident(rl::regrole::text) END, ', ')
-                         FROM unnest(p.polroles) rl),
-                      ' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')',
-                      ' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')') AS def,
+                           WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END) AS head,
+               (SELECT string_agg(CASE WHEN rl = 0 THEN 'PUBLIC' ELSE rl::regrole::text END,
+                                  ', ' ORDER BY o)
+                  FROM unnest(p.polroles) WITH ORDINALITY AS u(rl, o)) AS tolist,
+               (SELECT jsonb_agg(jsonb_build_object(
+                           'role', CASE WHEN rl = 0 THEN 'PUBLIC' ELSE rl::regrole::text END,
+                           'oid', rl) ORDER BY o)
+                  FROM unnest(p.polroles) WITH ORDINALITY AS u(rl, o)) AS roles,
+               concat(' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')',
+                      ' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')') AS tail,
                obj_description(p.oid, 'pg_policy') AS cmt
           INTO x FROM pg_policy p WHERE p.oid = p_objid;
         step := jsonb_build_object('step', 'drop_policy', 'table', x.polrelid,
-            'table_name', x.polrelid::regclass::text, 'name', x.polname, 'def', x.def,
-            'comment', x.cmt);
+            'table_name', x.polrelid::regclass::text, 'name', x.polname,
+            'def', format('%s TO %s%s', x.head, x.tolist, x.tail), 'head', x.head,
+            'roles', x.roles, 'tail', x.tail, 'comment', x.cmt);
         EXECUTE format('DROP POLICY %I ON %s', x.polname, x.polrelid::regclass);
     ELSIF p_classid = 'pg_rewrite'::regclass THEN
         SELECT r.rulename, r.ev_class, r.ev_enabled, pg_get_ruledef(r.oid) AS def,
@@ -562,6 +600,64 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      ORDER BY k.depth, k.objid, k.generated, k.objsubid
 $$;
 REVOKE ALL ON FUNCTION softguard._kept_order(jsonb) FROM PUBLIC;
+
+-- The views among `moves` (list entries _quarantine moves into quarantine) whose query
+-- reads one of the kept columns `cols` (list entries): their _RETURN rule depends on it.
+CREATE FUNCTION softguard._column_views(cols jsonb, moves jsonb) RETURNS TABLE (oid oid)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT DISTINCT w.ev_class
+      FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer)
+      JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = k.objid
+                      AND d.refobjsubid = k.objsubid AND d.classid = 'pg_rewrite'::regclass
+      JOIN pg_rewrite w ON w.oid = d.objid AND w.rulename = '_RETURN'
+      JOIN pg_class c ON c.oid = w.ev_class AND c.relkind = 'v'
+     WHERE EXISTS (SELECT FROM jsonb_to_recordset(moves) AS m(classid oid, objid oid)
+                    WHERE m.classid = 'pg_class'::regclass AND m.objid = w.ev_class)
+$$;
+REVOKE ALL ON FUNCTION softguard._column_views(jsonb, jsonb) FROM PUBLIC;
+
+-- Set a kept view's query aside: replace it (in quarantine already, so no CREATE OR
+-- REPLACE VIEW operation is recorded) by one of the same columns, types and collations
+-- that reads nothing, so that it no longer holds the columns, tables and functions it
+-- read. Owner, privileges, comments, column defaults, triggers and rules on the view
+-- stay; the options (security_barrier, check_option, ...) are replaced with the query,
+-- so they are recorded with it, and so is what the query used (`deps`: undo first checks
+-- that each is live again, or names the operation holding it). Returns [step]; undo
+-- (70_undo.sql, 'view_query') puts both back.
+CREATE FUNCTION softguard._stub_view(rel oid, view_name text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    def text := pg_get_viewdef(rel);
+    opts text[];
+    outs text;
+    deps jsonb;
+BEGIN
+    SELECT coalesce(jsonb_agg(e), '[]') INTO deps
+      FROM pg_rewrite w, jsonb_array_elements(softguard._deps('pg_rewrite'::regclass, w.oid)) e
+     WHERE w.ev_class = rel AND w.rulename = '_RETURN'
+       AND NOT (e->>'classid' = 'pg_class'::regclass::oid::text AND e->>'objid' = rel::text);
+    SELECT c.reloptions INTO opts FROM pg_class c WHERE c.oid = rel AND c.relkind = 'v';
+    IF NOT FOUND OR def IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'XX000',
+            MESSAGE = format('softguard: %s is not a view', rel);
+    END IF;
+    SELECT string_agg(format('NULL::%s%s AS %I', format_type(a.atttypid, a.atttypmod),
+                             CASE WHEN a.attcollation <> 0
+                                  THEN format(' COLLATE %I.%I', cn.nspname, co.collname) END,
+                             a.attname), ', ' ORDER BY a.attnum)
+      INTO outs
+      FROM pg_attribute a
+      LEFT JOIN pg_collation co ON co.oid = a.attcollation
+      LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
+     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+    EXECUTE format('CREATE OR REPLACE VIEW %s AS SELECT %s WHERE false', rel::regclass,
+                   coalesce(outs, ''));
+    RETURN jsonb_build_array(jsonb_build_object(
+        'step', 'view_query', 'oid', rel, 'view', view_name, 'kept_as', rel::regclass::text,
+        'def', def,
+        'options', to_jsonb(opts), 'deps', deps));
+END $$;
+REVOKE ALL ON FUNCTION softguard._stub_view(oid, text) FROM PUBLIC;
 
 -- Drop a column _quarantine kept (_keep_column), unless its parent's DROP COLUMN took it
 -- already. Without CASCADE: anything else that still needs it fails the statement. The

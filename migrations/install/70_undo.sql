@@ -654,6 +654,21 @@ BEGIN
                                    k.relid::regclass, k.x->>'comment');
                 END IF;
             END LOOP;
+        WHEN 'view_query' THEN
+            -- a view that read a column the DROP kept (decision 0029): its query and
+            -- options back, the columns back already; the view is still in quarantine
+            -- (moved back next), so this records no CREATE OR REPLACE VIEW operation
+            FOR d IN SELECT x FROM jsonb_array_elements(s->'deps') x LOOP
+                PERFORM softguard._need_live(op, (d->>'classid')::oid, (d->>'objid')::oid,
+                                             'view ' || (s->>'view'), d->>'identity');
+            END LOOP;
+            EXECUTE format('CREATE OR REPLACE VIEW %s%s AS %s', (s->>'oid')::oid::regclass,
+                           (SELECT ' WITH (' || string_agg(x, ', ' ORDER BY i) || ')'
+                              FROM jsonb_array_elements_text(
+                                       CASE jsonb_typeof(s->'options') WHEN 'array'
+                                            THEN s->'options' ELSE '[]' END)
+                                   WITH ORDINALITY AS t(x, i)),
+                           s->>'def');
         WHEN 'detach_partition' THEN
             PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
                                          'partition ' || (s->>'child_name'));
@@ -723,7 +738,32 @@ BEGIN
                 lines := lines || softguard._step(op, 're-set', format('%s.%I', cur, s->>'name'),
                                                   format('re-set default of %s.%I', cur, s->>'name'));
             WHEN 'drop_policy' THEN
-                EXECUTE s->>'def';
+                ddl := s->>'def';
+                IF s ? 'roles' THEN
+                    -- the roles it applied to that still exist (by oid, under their
+                    -- names of now); none left: it stays dropped, as DROP OWNED BY of its
+                    -- last role would have dropped it (recorded by ledger 11 and later)
+                    SELECT string_agg(CASE WHEN t.rl->>'role' = 'PUBLIC' THEN 'PUBLIC'
+                                           ELSE r.oid::regrole::text END, ', ' ORDER BY t.i)
+                      INTO target
+                      FROM jsonb_array_elements(s->'roles') WITH ORDINALITY AS t(rl, i)
+                      LEFT JOIN pg_roles r ON r.oid = (t.rl->>'oid')::oid
+                     WHERE t.rl->>'role' = 'PUBLIC' OR r.oid IS NOT NULL;
+                    FOR e IN SELECT x FROM jsonb_array_elements(s->'roles') x
+                              WHERE x->>'role' <> 'PUBLIC'
+                                AND NOT EXISTS (SELECT FROM pg_roles r
+                                                 WHERE r.oid = (x->>'oid')::oid) LOOP
+                        lines := lines || softguard._step(op, 'skipped',
+                            format('%I on %s', s->>'name', cur),
+                            format('policy %I on %s not given back to role %s: it no longer exists',
+                                   s->>'name', cur, e->>'role'));
+                    END LOOP;
+                    IF target IS NULL THEN
+                        CONTINUE;
+                    END IF;
+                    ddl := format('%s TO %s%s', s->>'head', target, s->>'tail');
+                END IF;
+                EXECUTE ddl;
                 IF s->>'comment' IS NOT NULL THEN
                     EXECUTE format('COMMENT ON POLICY %I ON %s IS %L', s->>'name', cur,
                                    s->>'comment');

@@ -96,6 +96,9 @@ def _step_text(step: dict[str, Any]) -> str | None:
         "drop_columns": "re-add column(s) "
         f"{', '.join(str(c) for c in step.get('columns') or [])} with their values"
         " (as the last columns)",
+        # a view that read one of those columns: kept, its query set aside until then
+        "view_query": f"put back the query of view {step.get('view', '?')} "
+        "(after its columns)",
     }
     return words.get(str(kind), f"{kind} step")
 

@@ -915,21 +915,7 @@ DOMAIN_SHAPES = {
 }
 
 
-POLICY_FIDELITY = pytest.mark.xfail(
-    strict=True,
-    reason="fidelity, not a loss: a row-level security policy reading the column makes "
-    "_drop_kept_column's DROP COLUMN (without CASCADE) fail with 2BP01, the statement rolled "
-    "back, where PostgreSQL drops the column and the policy",
-)
-
-
-@pytest.mark.parametrize(
-    "shape",
-    [
-        pytest.param(s, marks=POLICY_FIDELITY) if s == "policy_reads_it" else s
-        for s in sorted(DOMAIN_SHAPES)
-    ],
-)
+@pytest.mark.parametrize("shape", sorted(DOMAIN_SHAPES))
 def test_drop_domain_cascade_shapes_exact_or_refused(arena: Arena, shape: str) -> None:
     setup = ["CREATE DOMAIN did AS int CHECK (VALUE > 0)", *DOMAIN_SHAPES[shape]]
     out, _ = run(arena, ["DROP DOMAIN did CASCADE"], setup)

@@ -278,8 +278,9 @@ KEYLESS = "no key identifies the rows at undo time"
 REFUSALS = {
     r"softguard cannot keep column .*: the table has no primary key or unique NOT NULL": KEYLESS,
     r"softguard cannot keep the values of .* across its type change: ": KEYLESS,
-    r"softguard cannot yet keep (view|rule) .*, which reads column": (
-        "a view reading a column a type's CASCADE takes"
+    r"softguard cannot yet keep (materialized view|view|rule) .*, which reads column": (
+        "a materialized view or rule reading a column a type's CASCADE takes, or a view "
+        "that stays in a schema the statement drops"
     ),
     r"softguard cannot yet keep identity or generated column": "type change of such a column",
     r"softguard cannot yet keep identity column": "identity column",

@@ -77,11 +77,22 @@ CASES = {
     "type_after_its_table": Case(
         "DROP TYPE reservation_status", setup_drops=["DROP TABLE reservations CASCADE"]
     ),
-    # the columns a type's CASCADE takes are kept (decision 0029), a view reading one is not
-    # yet (tests/proxy_drop/test_drop_type_cascade.py has the kept cases)
-    "domain_cascade_view_refused": Case(
+    # the columns a type's CASCADE takes are kept (decision 0029), and a view reading one
+    # (since ledger 11); a materialized view reading one is not yet
+    # (tests/proxy_drop/test_drop_type_cascade.py has more cases)
+    "domain_cascade_view": Case(
+        "DROP DOMAIN score CASCADE",
+        setup=[
+            "CREATE DOMAIN score AS int CHECK (VALUE >= 0)",
+            # the last column: undo adds it back as the last one (decision 0029)
+            "CREATE TABLE ratings (id int PRIMARY KEY, s score)",
+            "INSERT INTO ratings VALUES (1, 3), (2, 5)",
+            "CREATE VIEW good_ratings AS SELECT id, s FROM ratings WHERE s > 3",
+        ],
+    ),
+    "domain_cascade_matview_refused": Case(
         "DROP DOMAIN email CASCADE",
-        setup=["CREATE VIEW customer_emails AS SELECT id, email FROM customers"],
+        setup=["CREATE MATERIALIZED VIEW customer_emails AS SELECT id, email FROM customers"],
         refused="0A000",
     ),
     "inheritance_child": Case("DROP TABLE dogs", setup=INHERIT),
