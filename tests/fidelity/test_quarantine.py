@@ -628,6 +628,14 @@ def test_purge_of_a_tie_waits_for_its_users(world: World, kind: str) -> None:
     assert left == [(0,)]
 
 
+# A live object made to use the kept one (its schema is softguard's: no USAGE for anyone).
+USE_KEPT = {
+    "collation": "CREATE TABLE {s}.grab (t text COLLATE {ident})",
+    "text search configuration": "CREATE TABLE {s}.grab (c regconfig DEFAULT '{ident}')",
+    "text search dictionary": "CREATE TABLE {s}.grab (d regdictionary DEFAULT '{ident}')",
+}
+
+
 @pytest.mark.parametrize("kind", list(TIE_CASES))
 def test_the_owner_cannot_reach_a_kept_tie(world: World, kind: str) -> None:
     """Attack: the kept object belongs to softguard_keeper; its former owner can neither
@@ -641,7 +649,9 @@ def test_the_owner_cannot_reach_a_kept_tie(world: World, kind: str) -> None:
     attempts = [f"DROP {keyword} {ident}", f"DROP {keyword} {ident} CASCADE",
                 f"ALTER {keyword} {ident} RENAME TO gone",
                 f"ALTER {keyword} {ident} SET SCHEMA {{s}}",
-                f"ALTER {keyword} {ident} OWNER TO CURRENT_USER"]  # fmt: skip
+                f"ALTER {keyword} {ident} OWNER TO CURRENT_USER",
+                # making a live object use it, for purge's CASCADE to take along
+                USE_KEPT[kind].replace("{ident}", ident)]  # fmt: skip
     for through in (True, False):
         for stmt in attempts:
             dsn = w.dsn(w.sg_db, w.owner, through)
