@@ -47,10 +47,10 @@ LANGUAGE sql STABLE AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._backend_start() FROM PUBLIC;
 
--- The registration path is LANGUAGE sql, and so is everything it calls in a session
--- protected for nothing but DELETE, DROP, TRUNCATE and ALTER: calling a PL/pgSQL function
--- loads plpgsql into the backend, whose settings `SHOW ALL` then lists, where a direct
--- session lists none (issue 16; docs/decisions/0033-live-objects-kept-ones-use.md). SQL has
+-- The registration path is LANGUAGE sql, and so is everything it calls but
+-- _set_capture_updates, reached only while UPDATE capture has to be switched on: calling a
+-- PL/pgSQL function loads plpgsql into the backend, whose settings `SHOW ALL` then lists,
+-- where a direct session lists none (issue 16; docs/decisions/0033-live-objects-kept-ones-use.md). SQL has
 -- no RAISE: a bad value the proxy never sends is refused by a cast to one of these domains
 -- (23514 or 23502, naming the rule), before anything is written.
 CREATE DOMAIN softguard.known_categories AS text[]
