@@ -329,7 +329,9 @@ def test_the_limited_session_cannot_lift_its_limit(
     with psycopg.connect(pg_server.dsn(db, role), autocommit=True) as c:
         with pytest.raises(psycopg.Error) as info:
             c.execute("SELECT softguard.register_limits(1, 'x', NULL, NULL, NULL)")
-        assert info.value.sqlstate == "55000"
+        # refused by a cast to a domain: the registration is SQL, which has no RAISE
+        assert info.value.sqlstate == "23514"
+        assert "this_session_is_not_registered" in str(info.value)
     assert _state(pg_server, db) == before
 
 
@@ -444,3 +446,25 @@ def test_a_table_rule_holds_where_drop_is_allowed(
         with c.transaction(force_rollback=True):
             c.execute("DROP TABLE small")
     assert _state(pg_server, lim_db[0]) == before
+
+
+def test_registration_loads_no_plpgsql(
+    lim_proxy: Any, lim_db: tuple[str, str], pg_server: TestServer
+) -> None:
+    """The registration of a session with limits, denied tables and UPDATE protection is
+    LANGUAGE sql (decision 0033): once UPDATE capture is on, such a session that has run
+    nothing of its own shows what a direct one shows in SHOW ALL, with no plpgsql.*
+    settings (loading plpgsql defines them)."""
+    db, role = lim_db
+    with connect_app(lim_proxy, lim_db, "lim-agent"):
+        pass  # the first registration with UPDATE protection may switch capture on
+    with connect_app(lim_proxy, lim_db, "lim-agent") as c:
+        proxied = c.execute("SHOW ALL").fetchall()
+        loaded = c.execute("SELECT count(*) FROM pg_settings WHERE name LIKE 'plpgsql.%'")
+        assert loaded.fetchone() == (0,)
+        # and it is registered as the policy says: limited, UPDATEs captured
+        _refused(c, "DELETE FROM items WHERE id <= 11")
+    dsn = pg_server.dsn(db, role)
+    with psycopg.connect(dsn, autocommit=True, application_name="lim-agent") as c:
+        direct = c.execute("SHOW ALL").fetchall()
+    assert proxied == direct

@@ -47,26 +47,51 @@ LANGUAGE sql STABLE AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._backend_start() FROM PUBLIC;
 
+-- The registration path is LANGUAGE sql, and so is everything it calls but
+-- _set_capture_updates, reached only while UPDATE capture has to be switched on: calling a
+-- PL/pgSQL function loads plpgsql into the backend, whose settings `SHOW ALL` then lists,
+-- where a direct session lists none (issue 16; docs/decisions/0033-live-objects-kept-ones-use.md). SQL has
+-- no RAISE: a bad value the proxy never sends is refused by a cast to one of these domains
+-- (23514 or 23502, naming the rule), before anything is written.
+CREATE DOMAIN softguard.known_categories AS text[]
+    CONSTRAINT categories_are_delete_update_drop_truncate_alter_schema_read_only
+    CHECK (VALUE <@ ARRAY['delete', 'update', 'drop', 'truncate', 'alter', 'schema',
+                          'read_only']);
+COMMENT ON DOMAIN softguard.known_categories IS
+    'the protected categories a registration may name';
+CREATE DOMAIN softguard.retention_seconds AS integer NOT NULL
+    CONSTRAINT retention_is_not_negative CHECK (VALUE >= 0);
+COMMENT ON DOMAIN softguard.retention_seconds IS 'a registration''s retention, in seconds';
+CREATE DOMAIN softguard.registered AS boolean
+    CONSTRAINT this_session_is_not_registered_call_register_session_first CHECK (VALUE);
+COMMENT ON DOMAIN softguard.registered IS
+    'true: register_limits found this session''s registration';
+
 -- The protected categories of a registration, from the proxy's comma-separated list
--- (sorted, duplicates removed; '' or 'off': none); 22023 for an unknown one.
+-- (sorted, duplicates removed; '' or 'off': none); 23514 for an unknown one.
 CREATE FUNCTION softguard._categories(events text) RETURNS text[]
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    wanted text[];
-BEGIN
-    wanted := ARRAY(SELECT DISTINCT e
-                      FROM unnest(string_to_array(replace(lower(coalesce(events, '')), ' ', ''),
-                                                  ',')) e
-                     WHERE e NOT IN ('', 'off') ORDER BY 1);
-    IF NOT wanted <@ ARRAY['delete', 'update', 'drop', 'truncate', 'alter', 'schema',
-                           'read_only'] THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('softguard: unknown protected categories %L', events),
-            HINT = 'Categories are delete, update, drop, truncate, alter, schema and read_only.';
-    END IF;
-    RETURN wanted;
-END $$;
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT DISTINCT e
+                   FROM unnest(string_to_array(replace(lower(coalesce(events, '')), ' ', ''),
+                                               ',')) e
+                  WHERE e NOT IN ('', 'off') ORDER BY 1)::softguard.known_categories::text[]
+$$;
 REVOKE ALL ON FUNCTION softguard._categories(text) FROM PUBLIC;
+
+-- Switch UPDATE capture on (_set_capture_updates, 40_capture.sql) unless it is on already:
+-- the PL/pgSQL function is called, and plpgsql loaded, only when something changes. SQL,
+-- with a SET clause so that it is never inlined: a PL/pgSQL call written into the caller's
+-- query would load plpgsql when the query starts, called or not. Its body names
+-- softguard.settings (07_settings.sql) and _set_capture_updates, created after this file:
+-- it is checked when first called.
+SET LOCAL check_function_bodies = off;
+CREATE FUNCTION softguard._want_capture_updates() RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT softguard._set_capture_updates(true)
+     WHERE NOT coalesce((SELECT s.capture_updates FROM softguard.settings s), false)
+$$;
+RESET check_function_bodies;
+REVOKE ALL ON FUNCTION softguard._want_capture_updates() FROM PUBLIC;
 
 -- Register (or add to) this session's protection. Callable by any role: it can only add.
 --   events     the protected categories, comma-separated: 'delete' and 'update' are
@@ -78,49 +103,35 @@ REVOKE ALL ON FUNCTION softguard._categories(text) FROM PUBLIC;
 --   addr       the client's address as the proxy saw it
 CREATE FUNCTION softguard.register_session(events text, retention integer, addr text)
 RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    wanted text[];
-    started timestamptz := softguard._backend_start();
-    told uuid;
-BEGIN
-    wanted := softguard._categories(events);
-    IF retention IS NULL OR retention < 0 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('softguard: bad retention %s', coalesce(retention::text, 'NULL'));
-    END IF;
-    IF started IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = 'softguard: cannot identify this session (no backend start time)';
-    END IF;
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     -- Rows of sessions that have ended (or whose pid now belongs to another backend): the
     -- table stays as large as the live registered sessions.
     DELETE FROM softguard.sessions s
      WHERE NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
                         WHERE a.pid = s.pid AND a.backend_start = s.backend_start);
+    -- backend_start is NOT NULL: a session that cannot be identified is refused (23502)
     INSERT INTO softguard.sessions AS s (pid, backend_start, capture, retention_seconds,
                                          client_addr, proof)
-    VALUES (pg_backend_pid(), started, wanted, retention, nullif(addr, ''), gen_random_uuid())
+    VALUES (pg_backend_pid(), softguard._backend_start(), softguard._categories(events),
+            retention::softguard.retention_seconds, nullif(addr, ''), gen_random_uuid())
     ON CONFLICT (pid) DO UPDATE SET
         capture = ARRAY(SELECT DISTINCT e FROM unnest(s.capture || excluded.capture) e
                          ORDER BY 1),
         retention_seconds = greatest(s.retention_seconds, excluded.retention_seconds),
         client_addr = coalesce(s.client_addr, excluded.client_addr),
-        proof = coalesce(s.proof, excluded.proof)
-    RETURNING s.proof INTO told;
+        proof = coalesce(s.proof, excluded.proof);
     -- the session's own (not local: it outlives this transaction, and a rollback takes it
     -- back with the row)
-    PERFORM set_config('softguard.session_proof', told::text, false);
-    IF 'update' = ANY (wanted) THEN
-        -- UPDATE capture triggers exist only while some session needs them (decision 0023)
-        PERFORM softguard._set_capture_updates(true);
-    END IF;
-    IF 'read_only' = ANY (wanted) THEN
-        -- Where a pooler dropped the proxy's startup setting (decision 0019); the proxy
-        -- refuses statements that would set it back.
-        PERFORM set_config('default_transaction_read_only', 'on', false);
-    END IF;
-END $$;
+    SELECT set_config('softguard.session_proof', s.proof::text, false)
+      FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    -- UPDATE capture triggers exist only while some session needs them (decision 0023)
+    SELECT softguard._want_capture_updates()
+     WHERE 'update' = ANY (softguard._categories(events));
+    -- Where a pooler dropped the proxy's startup setting (decision 0019); the proxy
+    -- refuses statements that would set it back.
+    SELECT set_config('default_transaction_read_only', 'on', false)
+     WHERE 'read_only' = ANY (softguard._categories(events));
+$$;
 REVOKE ALL ON FUNCTION softguard.register_session(text, integer, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard.register_session(text, integer, text) TO PUBLIC;
 
@@ -166,24 +177,15 @@ CREATE FUNCTION softguard.register_role(events text, retention integer, max_rows
                                         max_rows_by text, max_table_bytes bigint,
                                         max_table_bytes_by text, denied_tables jsonb)
 RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    wanted text[] := softguard._categories(events);
-    denied jsonb;
-BEGIN
-    IF retention IS NULL OR retention < 0 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('softguard: bad retention %s', coalesce(retention::text, 'NULL'));
-    END IF;
-    IF max_rows < 0 OR max_table_bytes < 0 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'softguard: limits cannot be negative';
-    END IF;
-    denied := softguard._valid_denied(register_role.denied_tables);
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    -- a negative limit fails the table's CHECK (23514)
     INSERT INTO softguard.pooled_roles AS p (role, capture, retention_seconds, max_rows,
                                              max_rows_by, max_table_bytes, max_table_bytes_by,
                                              denied_tables)
-    VALUES (session_user, wanted, retention, register_role.max_rows, register_role.max_rows_by,
-            register_role.max_table_bytes, register_role.max_table_bytes_by, denied)
+    VALUES (session_user, softguard._categories(events),
+            retention::softguard.retention_seconds, register_role.max_rows,
+            register_role.max_rows_by, register_role.max_table_bytes,
+            register_role.max_table_bytes_by, softguard._valid_denied(register_role.denied_tables))
     ON CONFLICT (role) DO UPDATE SET
         capture = ARRAY(SELECT DISTINCT e FROM unnest(p.capture || excluded.capture) e
                          ORDER BY 1),
@@ -199,13 +201,13 @@ BEGIN
                                        < coalesce(p.max_table_bytes, excluded.max_table_bytes + 1)
                                   THEN excluded.max_table_bytes_by ELSE p.max_table_bytes_by END,
         denied_tables = softguard._valid_denied(p.denied_tables || excluded.denied_tables);
-    IF 'update' = ANY (wanted) OR denied @> '[{"category": "update"}]' THEN
-        -- UPDATE capture triggers exist only while some session needs them (decision 0023)
-        PERFORM softguard._set_capture_updates(true);
-    END IF;
+    -- UPDATE capture triggers exist only while some session needs them (decision 0023)
+    SELECT softguard._want_capture_updates()
+     WHERE 'update' = ANY (softguard._categories(events))
+        OR softguard._valid_denied(register_role.denied_tables) @> '[{"category": "update"}]';
     -- Not default_transaction_read_only, as register_session does for 'read_only': on a
     -- pooled backend that setting would outlive this transaction and reach other clients.
-END $$;
+$$;
 REVOKE ALL ON FUNCTION softguard.register_role(text, integer, bigint, text, bigint, text, jsonb)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard.register_role(text, integer, bigint, text, bigint, text, jsonb)
@@ -311,35 +313,43 @@ REVOKE ALL ON softguard.session_keys FROM PUBLIC;
 COMMENT ON TABLE softguard.session_keys IS
     'the key of each registered backend, handed to the proxy once: it marks softguard''s own calls';
 
+-- Does this backend get a key: registered by register_session, and its login role not
+-- registered behind a transaction pooler (there any backend of the role could hand one to
+-- the client).
+CREATE FUNCTION softguard._keyed_session() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM softguard.sessions s
+                    WHERE s.pid = pg_catalog.pg_backend_pid()
+                      AND s.backend_start = softguard._backend_start())
+           AND NOT EXISTS (SELECT FROM softguard.pooled_roles p WHERE p.role = session_user)
+$$;
+REVOKE ALL ON FUNCTION softguard._keyed_session() FROM PUBLIC;
+
 -- 'pid.start:key' (start: the backend's start in microseconds since the epoch; key in hex):
 -- the key created on the first call of a registered session (the proxy's registration),
 -- empty after that; NULL for sessions that have none (above).
 CREATE FUNCTION softguard.session_key() RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    started timestamptz := softguard._backend_start();
-    key bytea;
-BEGIN
-    IF started IS NULL
-       OR NOT EXISTS (SELECT FROM softguard.sessions s
-                       WHERE s.pid = pg_backend_pid() AND s.backend_start = started)
-       OR EXISTS (SELECT FROM softguard.pooled_roles p WHERE p.role = session_user) THEN
-        RETURN NULL;
-    END IF;
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     -- keys of backends that have ended (or whose pid now belongs to another backend)
     DELETE FROM softguard.session_keys k
-     WHERE NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
+     WHERE softguard._keyed_session()
+       AND NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
                         WHERE a.pid = k.pid AND a.backend_start = k.backend_start);
-    IF NOT EXISTS (SELECT FROM softguard.session_keys k WHERE k.pid = pg_backend_pid()) THEN
-        -- gen_random_uuid() draws from pg_strong_random(): 244 random bits in two
-        key := decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''),
-                      'hex');
+    -- Created on the first call only (a key already there is never read back: a later
+    -- call, the client's, gets none). gen_random_uuid() draws from pg_strong_random():
+    -- 244 random bits in two.
+    WITH made AS (
         INSERT INTO softguard.session_keys (pid, backend_start, key)
-        VALUES (pg_backend_pid(), started, key);
-    END IF;
-    RETURN format('%s.%s:%s', pg_backend_pid(), (extract(epoch FROM started) * 1000000)::bigint,
-                  encode(key, 'hex'));
-END $$;
+        SELECT pg_backend_pid(), softguard._backend_start(),
+               decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex')
+         WHERE softguard._keyed_session()
+        ON CONFLICT (pid) DO NOTHING
+        RETURNING key)
+    SELECT CASE WHEN softguard._keyed_session() THEN
+               format('%s.%s:%s', pg_backend_pid(),
+                      (extract(epoch FROM softguard._backend_start()) * 1000000)::bigint,
+                      encode((SELECT m.key FROM made m), 'hex')) END
+$$;
 REVOKE ALL ON FUNCTION softguard.session_key() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard.session_key() TO PUBLIC;
 

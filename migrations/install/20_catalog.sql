@@ -43,6 +43,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN 'pg_namespace'::regclass THEN (SELECT nspowner FROM pg_namespace WHERE oid = p_objid)
         WHEN 'pg_statistic_ext'::regclass
             THEN (SELECT stxowner FROM pg_statistic_ext WHERE oid = p_objid)
+        WHEN 'pg_collation'::regclass THEN (SELECT collowner FROM pg_collation WHERE oid = p_objid)
+        WHEN 'pg_ts_config'::regclass THEN (SELECT cfgowner FROM pg_ts_config WHERE oid = p_objid)
+        WHEN 'pg_ts_dict'::regclass THEN (SELECT dictowner FROM pg_ts_dict WHERE oid = p_objid)
     END
 $$;
 REVOKE ALL ON FUNCTION softguard._owner(oid, oid) FROM PUBLIC;
@@ -186,6 +189,19 @@ BEGIN
         SELECT 'STATISTICS', format('%I.%I', s.stxnamespace::regnamespace, s.stxname), s.stxname,
                s.stxnamespace
           INTO keyword, ident, name, nsp FROM pg_statistic_ext s WHERE s.oid = p_objid;
+    ELSIF p_classid = 'pg_collation'::regclass THEN
+        SELECT 'COLLATION', format('%I.%I', c.collnamespace::regnamespace, c.collname),
+               c.collname, c.collnamespace
+          INTO keyword, ident, name, nsp FROM pg_collation c WHERE c.oid = p_objid;
+    ELSIF p_classid = 'pg_ts_config'::regclass THEN
+        SELECT 'TEXT SEARCH CONFIGURATION',
+               format('%I.%I', c.cfgnamespace::regnamespace, c.cfgname), c.cfgname, c.cfgnamespace
+          INTO keyword, ident, name, nsp FROM pg_ts_config c WHERE c.oid = p_objid;
+    ELSIF p_classid = 'pg_ts_dict'::regclass THEN
+        SELECT 'TEXT SEARCH DICTIONARY',
+               format('%I.%I', d.dictnamespace::regnamespace, d.dictname), d.dictname,
+               d.dictnamespace
+          INTO keyword, ident, name, nsp FROM pg_ts_dict d WHERE d.oid = p_objid;
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard._kw(oid, oid) FROM PUBLIC;

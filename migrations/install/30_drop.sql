@@ -171,7 +171,8 @@ BEGIN
         CONTINUE WHEN r.owned;                                   -- goes with its owner
         CASE
             WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
-                                   'domain') THEN
+                                   'domain', 'collation', 'text search configuration',
+                                   'text search dictionary') THEN
                 moves := moves || jsonb_build_array(to_jsonb(r));
             WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
                                    'policy', 'rule') THEN
@@ -695,6 +696,9 @@ BEGIN
     RETURN jsonb_build_array(jsonb_build_object(
         'step', 'move', 'class', CASE p_classid WHEN 'pg_class'::regclass THEN 'relation'
             WHEN 'pg_proc'::regclass THEN 'routine' WHEN 'pg_type'::regclass THEN 'type'
+            WHEN 'pg_collation'::regclass THEN 'collation'
+            WHEN 'pg_ts_config'::regclass THEN 'text search configuration'
+            WHEN 'pg_ts_dict'::regclass THEN 'text search dictionary'
             ELSE 'statistics' END,
         'classid', p_classid, 'keyword', k.keyword, 'oid', p_objid,
         'schema', k.nsp::regnamespace::text, 'schema_oid', k.nsp, 'name', k.name, 'qname', qn,

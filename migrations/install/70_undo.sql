@@ -98,8 +98,8 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._need_live(bigint, oid, oid, text, text) FROM PUBLIC;
 
--- Is `name` free for a relation/type (or routine with these argument types, or statistics
--- object) in schema nsp?
+-- Is `name` free for a relation/type (or routine with these argument types, statistics
+-- object, collation, text search configuration or dictionary) in schema nsp?
 CREATE FUNCTION softguard._name_taken(p_class text, nsp oid, name text, p_objid oid)
 RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -110,6 +110,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                AND p.proargtypes = me.proargtypes AND p.oid <> p_objid)
         WHEN 'statistics' THEN EXISTS (
             SELECT FROM pg_statistic_ext s WHERE s.stxnamespace = nsp AND s.stxname = name)
+        WHEN 'collation' THEN EXISTS (   -- any encoding's: the strictest reading
+            SELECT FROM pg_collation c
+             WHERE c.collnamespace = nsp AND c.collname = name AND c.oid <> p_objid)
+        WHEN 'text search configuration' THEN EXISTS (
+            SELECT FROM pg_ts_config c WHERE c.cfgnamespace = nsp AND c.cfgname = name)
+        WHEN 'text search dictionary' THEN EXISTS (
+            SELECT FROM pg_ts_dict d WHERE d.dictnamespace = nsp AND d.dictname = name)
         ELSE EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
           OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name)
     END
@@ -822,12 +829,16 @@ BEGIN
         END CASE;
     END LOOP;
 
-    -- Everything restored must find what it uses live: a later operation may hold it.
+    -- Everything restored must find what it uses live: a later operation may hold it. A
+    -- relation's columns too (their type, collation: decision 0033), so that a live table
+    -- never uses a kept object, which that operation's purge could then not drop.
     FOR e IN SELECT x FROM jsonb_array_elements(o.objects) x
               WHERE x->>'held_by' IS NULL AND x->>'quarantined_as' IS NOT NULL LOOP
         FOR k IN SELECT dp.refclassid, dp.refobjid FROM pg_depend dp
                   WHERE dp.classid = (e->>'classid')::oid AND dp.objid = (e->>'objid')::oid
-                    AND dp.objsubid = (e->>'objsubid')::integer
+                    AND (dp.objsubid = (e->>'objsubid')::integer
+                         OR (dp.classid = 'pg_class'::regclass
+                             AND (e->>'objsubid')::integer = 0))
                     AND dp.deptype IN ('n', 'a') LOOP
             PERFORM softguard._need_live(op, k.refclassid, k.refobjid,
                                          (e->>'type') || ' ' || (e->>'identity'));

@@ -32,8 +32,8 @@
 -- What an operation holds in quarantine
 -- ---------------------------------------------------------------------------------------
 
--- The objects operation `op` holds: relations, routines, types and statistics named
--- op<id>_<n>_<name> in softguard_quarantine, and its renamed schemas softguard_q<id>_<name>.
+-- The objects operation `op` holds: relations, routines, types, statistics, collations and
+-- text search configurations and dictionaries named op<id>_<n>_<name> in softguard_quarantine, and its renamed schemas softguard_q<id>_<name>.
 -- Indexes, toast tables, row types and owned sequences are left out: they go with their
 -- owner. `ident` is what a DROP statement names; `keyword` its object type.
 CREATE FUNCTION softguard._held_objects(op bigint)
@@ -72,6 +72,24 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM pg_statistic_ext s
      WHERE s.stxnamespace = 'softguard_quarantine'::regnamespace
        AND s.stxname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_collation'::regclass::oid, c.oid, 'COLLATION',
+           format('%I.%I', 'softguard_quarantine', c.collname)
+      FROM pg_collation c
+     WHERE c.collnamespace = 'softguard_quarantine'::regnamespace
+       AND c.collname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_ts_config'::regclass::oid, c.oid, 'TEXT SEARCH CONFIGURATION',
+           format('%I.%I', 'softguard_quarantine', c.cfgname)
+      FROM pg_ts_config c
+     WHERE c.cfgnamespace = 'softguard_quarantine'::regnamespace
+       AND c.cfgname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_ts_dict'::regclass::oid, d.oid, 'TEXT SEARCH DICTIONARY',
+           format('%I.%I', 'softguard_quarantine', d.dictname)
+      FROM pg_ts_dict d
+     WHERE d.dictnamespace = 'softguard_quarantine'::regnamespace
+       AND d.dictname ~ ('^op' || op || '_')
     UNION ALL
     SELECT 'pg_namespace'::regclass::oid, n.oid, 'SCHEMA', quote_ident(n.nspname)
       FROM pg_namespace n

@@ -33,40 +33,38 @@ CREATE FUNCTION softguard.register_limits(max_rows bigint, max_rows_by text,
                                           max_table_bytes bigint, max_table_bytes_by text,
                                           denied_tables jsonb)
 RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF max_rows < 0 OR max_table_bytes < 0 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'softguard: limits cannot be negative';
-    END IF;
-    UPDATE softguard.sessions s SET
-        max_rows = CASE WHEN x.lower_rows THEN register_limits.max_rows ELSE s.max_rows END,
-        max_rows_by = CASE WHEN x.lower_rows THEN register_limits.max_rows_by
-                           ELSE s.max_rows_by END,
-        max_table_bytes = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes
-                               ELSE s.max_table_bytes END,
-        max_table_bytes_by = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes_by
-                                  ELSE s.max_table_bytes_by END,
-        denied_tables = softguard._valid_denied(s.denied_tables
-                                                || coalesce(register_limits.denied_tables, '[]'))
-      FROM (SELECT r.pid,
-                   register_limits.max_rows IS NOT NULL
-                   AND (r.max_rows IS NULL OR register_limits.max_rows < r.max_rows) AS lower_rows,
-                   register_limits.max_table_bytes IS NOT NULL
-                   AND (r.max_table_bytes IS NULL
-                        OR register_limits.max_table_bytes < r.max_table_bytes) AS lower_bytes
-              FROM softguard.sessions r) x
-     WHERE x.pid = s.pid AND s.pid = pg_backend_pid() AND s.backend_start = softguard._backend_start();
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = 'softguard: this session is not registered (register_session first)';
-    END IF;
-    IF EXISTS (SELECT FROM jsonb_array_elements(coalesce(register_limits.denied_tables, '[]')) e
-                WHERE e->>'category' = 'update') THEN
-        -- an UPDATE is refused by the table's UPDATE capture trigger, which exists only
-        -- while UPDATEs are captured (decision 0023)
-        PERFORM softguard._set_capture_updates(true);
-    END IF;
-END $$;
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    -- SQL, as register_session (05_sessions.sql): a negative limit fails the table's CHECK
+    -- (23514), a session not registered the cast to softguard.registered (23514).
+    WITH lowered AS (
+        UPDATE softguard.sessions s SET
+            max_rows = CASE WHEN x.lower_rows THEN register_limits.max_rows ELSE s.max_rows END,
+            max_rows_by = CASE WHEN x.lower_rows THEN register_limits.max_rows_by
+                               ELSE s.max_rows_by END,
+            max_table_bytes = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes
+                                   ELSE s.max_table_bytes END,
+            max_table_bytes_by = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes_by
+                                      ELSE s.max_table_bytes_by END,
+            denied_tables = softguard._valid_denied(s.denied_tables
+                                                    || coalesce(register_limits.denied_tables, '[]'))
+          FROM (SELECT r.pid,
+                       register_limits.max_rows IS NOT NULL
+                       AND (r.max_rows IS NULL OR register_limits.max_rows < r.max_rows) AS lower_rows,
+                       register_limits.max_table_bytes IS NOT NULL
+                       AND (r.max_table_bytes IS NULL
+                            OR register_limits.max_table_bytes < r.max_table_bytes) AS lower_bytes
+                  FROM softguard.sessions r) x
+         WHERE x.pid = s.pid AND s.pid = pg_backend_pid()
+           AND s.backend_start = softguard._backend_start()
+        RETURNING 1)
+    SELECT (EXISTS (SELECT FROM lowered))::softguard.registered;
+    -- an UPDATE is refused by the table's UPDATE capture trigger, which exists only while
+    -- UPDATEs are captured (decision 0023)
+    SELECT softguard._want_capture_updates()
+     WHERE EXISTS (SELECT FROM jsonb_array_elements(coalesce(register_limits.denied_tables,
+                                                             '[]')) e
+                    WHERE e->>'category' = 'update');
+$$;
 REVOKE ALL ON FUNCTION softguard.register_limits(bigint, text, bigint, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard.register_limits(bigint, text, bigint, text, jsonb) TO PUBLIC;
 

@@ -3,7 +3,16 @@
 -- counting a policy of a table whose column goes as going with that table; _drop_link
 -- records a policy's roles by oid (quoted once); _quarantine keeps such views in quarantine
 -- with their query set aside (_column_views, _stub_view), _undo_one puts it back (view_query).
-
+--
+-- Version 11 (section tie, decision 0033): the session registration (register_session,
+-- register_limits, register_role, session_key and what they call) is LANGUAGE sql, so a
+-- session that has run nothing of its own does not load plpgsql (SHOW ALL lists no
+-- plpgsql.* settings, as directly); bad values are refused by casts to new domains.
+-- DROP COLLATION / TEXT SEARCH CONFIGURATION / TEXT SEARCH DICTIONARY are reversible:
+-- _quarantine moves such objects (_kw, _owner, _move), undo puts them back (_name_taken)
+-- and refuses to give back a relation whose columns use an object a later operation holds
+-- (_undo_one), purge drops them (_held_objects). Event triggers off meanwhile, as 9--10.sql.
+--
 DO $$
 DECLARE
     e record;
@@ -191,7 +200,8 @@ BEGIN
         CONTINUE WHEN r.owned;                                   -- goes with its owner
         CASE
             WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
-                                   'domain') THEN
+                                   'domain', 'collation', 'text search configuration',
+                                   'text search dictionary') THEN
                 moves := moves || jsonb_build_array(to_jsonb(r));
             WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
                                    'policy', 'rule') THEN
@@ -985,12 +995,16 @@ BEGIN
         END CASE;
     END LOOP;
 
-    -- Everything restored must find what it uses live: a later operation may hold it.
+    -- Everything restored must find what it uses live: a later operation may hold it. A
+    -- relation's columns too (their type, collation: decision 0033), so that a live table
+    -- never uses a kept object, which that operation's purge could then not drop.
     FOR e IN SELECT x FROM jsonb_array_elements(o.objects) x
               WHERE x->>'held_by' IS NULL AND x->>'quarantined_as' IS NOT NULL LOOP
         FOR k IN SELECT dp.refclassid, dp.refobjid FROM pg_depend dp
                   WHERE dp.classid = (e->>'classid')::oid AND dp.objid = (e->>'objid')::oid
-                    AND dp.objsubid = (e->>'objsubid')::integer
+                    AND (dp.objsubid = (e->>'objsubid')::integer
+                         OR (dp.classid = 'pg_class'::regclass
+                             AND (e->>'objsubid')::integer = 0))
                     AND dp.deptype IN ('n', 'a') LOOP
             PERFORM softguard._need_live(op, k.refclassid, k.refobjid,
                                          (e->>'type') || ' ' || (e->>'identity'));
@@ -1017,6 +1031,341 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._undo_one(bigint, text) FROM PUBLIC;
 
 -- end section: fidview ---------------------------------------------------------------
+
+-- section: tie ------------------------------------------------------------------------
+CREATE DOMAIN softguard.known_categories AS text[]
+    CONSTRAINT categories_are_delete_update_drop_truncate_alter_schema_read_only
+    CHECK (VALUE <@ ARRAY['delete', 'update', 'drop', 'truncate', 'alter', 'schema',
+                          'read_only']);
+COMMENT ON DOMAIN softguard.known_categories IS
+    'the protected categories a registration may name';
+CREATE DOMAIN softguard.retention_seconds AS integer NOT NULL
+    CONSTRAINT retention_is_not_negative CHECK (VALUE >= 0);
+COMMENT ON DOMAIN softguard.retention_seconds IS 'a registration''s retention, in seconds';
+CREATE DOMAIN softguard.registered AS boolean
+    CONSTRAINT this_session_is_not_registered_call_register_session_first CHECK (VALUE);
+COMMENT ON DOMAIN softguard.registered IS
+    'true: register_limits found this session''s registration';
+
+CREATE FUNCTION softguard._keyed_session() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM softguard.sessions s
+                    WHERE s.pid = pg_catalog.pg_backend_pid()
+                      AND s.backend_start = softguard._backend_start())
+           AND NOT EXISTS (SELECT FROM softguard.pooled_roles p WHERE p.role = session_user)
+$$;
+REVOKE ALL ON FUNCTION softguard._keyed_session() FROM PUBLIC;
+CREATE FUNCTION softguard._want_capture_updates() RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT softguard._set_capture_updates(true)
+     WHERE NOT coalesce((SELECT s.capture_updates FROM softguard.settings s), false)
+$$;
+REVOKE ALL ON FUNCTION softguard._want_capture_updates() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._categories(events text) RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT DISTINCT e
+                   FROM unnest(string_to_array(replace(lower(coalesce(events, '')), ' ', ''),
+                                               ',')) e
+                  WHERE e NOT IN ('', 'off') ORDER BY 1)::softguard.known_categories::text[]
+$$;
+
+CREATE OR REPLACE FUNCTION softguard.register_session(events text, retention integer, addr text)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    -- Rows of sessions that have ended (or whose pid now belongs to another backend): the
+    -- table stays as large as the live registered sessions.
+    DELETE FROM softguard.sessions s
+     WHERE NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
+                        WHERE a.pid = s.pid AND a.backend_start = s.backend_start);
+    -- backend_start is NOT NULL: a session that cannot be identified is refused (23502)
+    INSERT INTO softguard.sessions AS s (pid, backend_start, capture, retention_seconds,
+                                         client_addr, proof)
+    VALUES (pg_backend_pid(), softguard._backend_start(), softguard._categories(events),
+            retention::softguard.retention_seconds, nullif(addr, ''), gen_random_uuid())
+    ON CONFLICT (pid) DO UPDATE SET
+        capture = ARRAY(SELECT DISTINCT e FROM unnest(s.capture || excluded.capture) e
+                         ORDER BY 1),
+        retention_seconds = greatest(s.retention_seconds, excluded.retention_seconds),
+        client_addr = coalesce(s.client_addr, excluded.client_addr),
+        proof = coalesce(s.proof, excluded.proof);
+    -- the session's own (not local: it outlives this transaction, and a rollback takes it
+    -- back with the row)
+    SELECT set_config('softguard.session_proof', s.proof::text, false)
+      FROM softguard.sessions s WHERE s.pid = pg_backend_pid();
+    -- UPDATE capture triggers exist only while some session needs them (decision 0023)
+    SELECT softguard._want_capture_updates()
+     WHERE 'update' = ANY (softguard._categories(events));
+    -- Where a pooler dropped the proxy's startup setting (decision 0019); the proxy
+    -- refuses statements that would set it back.
+    SELECT set_config('default_transaction_read_only', 'on', false)
+     WHERE 'read_only' = ANY (softguard._categories(events));
+$$;
+
+CREATE OR REPLACE FUNCTION softguard.register_role(events text, retention integer, max_rows bigint,
+                                        max_rows_by text, max_table_bytes bigint,
+                                        max_table_bytes_by text, denied_tables jsonb)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    -- a negative limit fails the table's CHECK (23514)
+    INSERT INTO softguard.pooled_roles AS p (role, capture, retention_seconds, max_rows,
+                                             max_rows_by, max_table_bytes, max_table_bytes_by,
+                                             denied_tables)
+    VALUES (session_user, softguard._categories(events),
+            retention::softguard.retention_seconds, register_role.max_rows,
+            register_role.max_rows_by, register_role.max_table_bytes,
+            register_role.max_table_bytes_by, softguard._valid_denied(register_role.denied_tables))
+    ON CONFLICT (role) DO UPDATE SET
+        capture = ARRAY(SELECT DISTINCT e FROM unnest(p.capture || excluded.capture) e
+                         ORDER BY 1),
+        retention_seconds = greatest(p.retention_seconds, excluded.retention_seconds),
+        max_rows = CASE WHEN excluded.max_rows < coalesce(p.max_rows, excluded.max_rows + 1)
+                        THEN excluded.max_rows ELSE p.max_rows END,
+        max_rows_by = CASE WHEN excluded.max_rows < coalesce(p.max_rows, excluded.max_rows + 1)
+                           THEN excluded.max_rows_by ELSE p.max_rows_by END,
+        max_table_bytes = CASE WHEN excluded.max_table_bytes
+                                    < coalesce(p.max_table_bytes, excluded.max_table_bytes + 1)
+                               THEN excluded.max_table_bytes ELSE p.max_table_bytes END,
+        max_table_bytes_by = CASE WHEN excluded.max_table_bytes
+                                       < coalesce(p.max_table_bytes, excluded.max_table_bytes + 1)
+                                  THEN excluded.max_table_bytes_by ELSE p.max_table_bytes_by END,
+        denied_tables = softguard._valid_denied(p.denied_tables || excluded.denied_tables);
+    -- UPDATE capture triggers exist only while some session needs them (decision 0023)
+    SELECT softguard._want_capture_updates()
+     WHERE 'update' = ANY (softguard._categories(events))
+        OR softguard._valid_denied(register_role.denied_tables) @> '[{"category": "update"}]';
+    -- Not default_transaction_read_only, as register_session does for 'read_only': on a
+    -- pooled backend that setting would outlive this transaction and reach other clients.
+$$;
+
+CREATE OR REPLACE FUNCTION softguard.session_key() RETURNS text
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    -- keys of backends that have ended (or whose pid now belongs to another backend)
+    DELETE FROM softguard.session_keys k
+     WHERE softguard._keyed_session()
+       AND NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
+                        WHERE a.pid = k.pid AND a.backend_start = k.backend_start);
+    -- Created on the first call only (a key already there is never read back: a later
+    -- call, the client's, gets none). gen_random_uuid() draws from pg_strong_random():
+    -- 244 random bits in two.
+    WITH made AS (
+        INSERT INTO softguard.session_keys (pid, backend_start, key)
+        SELECT pg_backend_pid(), softguard._backend_start(),
+               decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex')
+         WHERE softguard._keyed_session()
+        ON CONFLICT (pid) DO NOTHING
+        RETURNING key)
+    SELECT CASE WHEN softguard._keyed_session() THEN
+               format('%s.%s:%s', pg_backend_pid(),
+                      (extract(epoch FROM softguard._backend_start()) * 1000000)::bigint,
+                      encode((SELECT m.key FROM made m), 'hex')) END
+$$;
+
+CREATE OR REPLACE FUNCTION softguard.register_limits(max_rows bigint, max_rows_by text,
+                                          max_table_bytes bigint, max_table_bytes_by text,
+                                          denied_tables jsonb)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    -- SQL, as register_session (05_sessions.sql): a negative limit fails the table's CHECK
+    -- (23514), a session not registered the cast to softguard.registered (23514).
+    WITH lowered AS (
+        UPDATE softguard.sessions s SET
+            max_rows = CASE WHEN x.lower_rows THEN register_limits.max_rows ELSE s.max_rows END,
+            max_rows_by = CASE WHEN x.lower_rows THEN register_limits.max_rows_by
+                               ELSE s.max_rows_by END,
+            max_table_bytes = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes
+                                   ELSE s.max_table_bytes END,
+            max_table_bytes_by = CASE WHEN x.lower_bytes THEN register_limits.max_table_bytes_by
+                                      ELSE s.max_table_bytes_by END,
+            denied_tables = softguard._valid_denied(s.denied_tables
+                                                    || coalesce(register_limits.denied_tables, '[]'))
+          FROM (SELECT r.pid,
+                       register_limits.max_rows IS NOT NULL
+                       AND (r.max_rows IS NULL OR register_limits.max_rows < r.max_rows) AS lower_rows,
+                       register_limits.max_table_bytes IS NOT NULL
+                       AND (r.max_table_bytes IS NULL
+                            OR register_limits.max_table_bytes < r.max_table_bytes) AS lower_bytes
+                  FROM softguard.sessions r) x
+         WHERE x.pid = s.pid AND s.pid = pg_backend_pid()
+           AND s.backend_start = softguard._backend_start()
+        RETURNING 1)
+    SELECT (EXISTS (SELECT FROM lowered))::softguard.registered;
+    -- an UPDATE is refused by the table's UPDATE capture trigger, which exists only while
+    -- UPDATEs are captured (decision 0023)
+    SELECT softguard._want_capture_updates()
+     WHERE EXISTS (SELECT FROM jsonb_array_elements(coalesce(register_limits.denied_tables,
+                                                             '[]')) e
+                    WHERE e->>'category' = 'update');
+$$;
+
+CREATE OR REPLACE FUNCTION softguard._owner(p_classid oid, p_objid oid) RETURNS oid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE p_classid
+        WHEN 'pg_class'::regclass THEN (SELECT relowner FROM pg_class WHERE oid = p_objid)
+        WHEN 'pg_proc'::regclass THEN (SELECT proowner FROM pg_proc WHERE oid = p_objid)
+        WHEN 'pg_type'::regclass THEN (SELECT typowner FROM pg_type WHERE oid = p_objid)
+        WHEN 'pg_namespace'::regclass THEN (SELECT nspowner FROM pg_namespace WHERE oid = p_objid)
+        WHEN 'pg_statistic_ext'::regclass
+            THEN (SELECT stxowner FROM pg_statistic_ext WHERE oid = p_objid)
+        WHEN 'pg_collation'::regclass THEN (SELECT collowner FROM pg_collation WHERE oid = p_objid)
+        WHEN 'pg_ts_config'::regclass THEN (SELECT cfgowner FROM pg_ts_config WHERE oid = p_objid)
+        WHEN 'pg_ts_dict'::regclass THEN (SELECT dictowner FROM pg_ts_dict WHERE oid = p_objid)
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION softguard._kw(p_classid oid, p_objid oid, OUT keyword text, OUT ident text,
+                              OUT name text, OUT nsp oid)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_classid = 'pg_class'::regclass THEN
+        SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                    WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                    WHEN 'i' THEN 'INDEX' WHEN 'I' THEN 'INDEX' ELSE 'TABLE' END,
+               c.oid::regclass::text, c.relname, c.relnamespace
+          INTO keyword, ident, name, nsp FROM pg_class c WHERE c.oid = p_objid;
+    ELSIF p_classid = 'pg_proc'::regclass THEN
+        SELECT CASE p.prokind WHEN 'a' THEN 'AGGREGATE' WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+               p.oid::regprocedure::text, p.proname, p.pronamespace
+          INTO keyword, ident, name, nsp FROM pg_proc p WHERE p.oid = p_objid;
+    ELSIF p_classid = 'pg_type'::regclass THEN
+        SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+               t.oid::regtype::text, t.typname, t.typnamespace
+          INTO keyword, ident, name, nsp FROM pg_type t WHERE t.oid = p_objid;
+    ELSIF p_classid = 'pg_statistic_ext'::regclass THEN
+        SELECT 'STATISTICS', format('%I.%I', s.stxnamespace::regnamespace, s.stxname), s.stxname,
+               s.stxnamespace
+          INTO keyword, ident, name, nsp FROM pg_statistic_ext s WHERE s.oid = p_objid;
+    ELSIF p_classid = 'pg_collation'::regclass THEN
+        SELECT 'COLLATION', format('%I.%I', c.collnamespace::regnamespace, c.collname),
+               c.collname, c.collnamespace
+          INTO keyword, ident, name, nsp FROM pg_collation c WHERE c.oid = p_objid;
+    ELSIF p_classid = 'pg_ts_config'::regclass THEN
+        SELECT 'TEXT SEARCH CONFIGURATION',
+               format('%I.%I', c.cfgnamespace::regnamespace, c.cfgname), c.cfgname, c.cfgnamespace
+          INTO keyword, ident, name, nsp FROM pg_ts_config c WHERE c.oid = p_objid;
+    ELSIF p_classid = 'pg_ts_dict'::regclass THEN
+        SELECT 'TEXT SEARCH DICTIONARY',
+               format('%I.%I', d.dictnamespace::regnamespace, d.dictname), d.dictname,
+               d.dictnamespace
+          INTO keyword, ident, name, nsp FROM pg_ts_dict d WHERE d.oid = p_objid;
+    END IF;
+END $$;
+
+-- (FUNCTION softguard._quarantine: defined above)
+
+CREATE OR REPLACE FUNCTION softguard._move(op_id bigint, n integer, p_classid oid, p_objid oid,
+                                p_original boolean)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k record := softguard._kw(p_classid, p_objid);
+    qn text;
+BEGIN
+    IF k.keyword IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'XX000',
+            MESSAGE = format('softguard: cannot move object %s/%s', p_classid, p_objid);
+    END IF;
+    qn := softguard._qname(format('op%s_%s_', op_id, n), k.name);
+    EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
+    k.ident := (softguard._kw(p_classid, p_objid)).ident;
+    EXECUTE format('ALTER %s %s SET SCHEMA softguard_quarantine', k.keyword, k.ident);
+    RETURN jsonb_build_array(jsonb_build_object(
+        'step', 'move', 'class', CASE p_classid WHEN 'pg_class'::regclass THEN 'relation'
+            WHEN 'pg_proc'::regclass THEN 'routine' WHEN 'pg_type'::regclass THEN 'type'
+            WHEN 'pg_collation'::regclass THEN 'collation'
+            WHEN 'pg_ts_config'::regclass THEN 'text search configuration'
+            WHEN 'pg_ts_dict'::regclass THEN 'text search dictionary'
+            ELSE 'statistics' END,
+        'classid', p_classid, 'keyword', k.keyword, 'oid', p_objid,
+        'schema', k.nsp::regnamespace::text, 'schema_oid', k.nsp, 'name', k.name, 'qname', qn,
+        'original', p_original));
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._name_taken(p_class text, nsp oid, name text, p_objid oid)
+RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE p_class
+        WHEN 'routine' THEN EXISTS (
+            SELECT FROM pg_proc p, pg_proc me
+             WHERE me.oid = p_objid AND p.pronamespace = nsp AND p.proname = name
+               AND p.proargtypes = me.proargtypes AND p.oid <> p_objid)
+        WHEN 'statistics' THEN EXISTS (
+            SELECT FROM pg_statistic_ext s WHERE s.stxnamespace = nsp AND s.stxname = name)
+        WHEN 'collation' THEN EXISTS (   -- any encoding's: the strictest reading
+            SELECT FROM pg_collation c
+             WHERE c.collnamespace = nsp AND c.collname = name AND c.oid <> p_objid)
+        WHEN 'text search configuration' THEN EXISTS (
+            SELECT FROM pg_ts_config c WHERE c.cfgnamespace = nsp AND c.cfgname = name)
+        WHEN 'text search dictionary' THEN EXISTS (
+            SELECT FROM pg_ts_dict d WHERE d.dictnamespace = nsp AND d.dictname = name)
+        ELSE EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
+          OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name)
+    END
+$$;
+
+-- (FUNCTION softguard._undo_one: defined above)
+
+CREATE OR REPLACE FUNCTION softguard._held_objects(op bigint)
+RETURNS TABLE (classid oid, objid oid, keyword text, ident text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'pg_class'::regclass::oid, c.oid,
+           CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+           c.oid::regclass::text
+      FROM pg_class c
+     WHERE c.relnamespace = 'softguard_quarantine'::regnamespace
+       AND c.relname ~ ('^op' || op || '_')
+       AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+       AND NOT EXISTS (SELECT FROM pg_depend d
+                        WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                          AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+                          AND c.relkind = 'S')
+    UNION ALL
+    SELECT 'pg_proc'::regclass::oid, p.oid,
+           CASE p.prokind WHEN 'a' THEN 'AGGREGATE' WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+           p.oid::regprocedure::text
+      FROM pg_proc p
+     WHERE p.pronamespace = 'softguard_quarantine'::regnamespace
+       AND p.proname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_type'::regclass::oid, t.oid,
+           CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, t.oid::regtype::text
+      FROM pg_type t
+     WHERE t.typnamespace = 'softguard_quarantine'::regnamespace
+       AND t.typname ~ ('^op' || op || '_')
+       AND t.typtype IN ('b', 'c', 'd', 'e', 'r')
+       AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
+    UNION ALL
+    SELECT 'pg_statistic_ext'::regclass::oid, s.oid, 'STATISTICS',
+           format('%I.%I', 'softguard_quarantine', s.stxname)
+      FROM pg_statistic_ext s
+     WHERE s.stxnamespace = 'softguard_quarantine'::regnamespace
+       AND s.stxname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_collation'::regclass::oid, c.oid, 'COLLATION',
+           format('%I.%I', 'softguard_quarantine', c.collname)
+      FROM pg_collation c
+     WHERE c.collnamespace = 'softguard_quarantine'::regnamespace
+       AND c.collname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_ts_config'::regclass::oid, c.oid, 'TEXT SEARCH CONFIGURATION',
+           format('%I.%I', 'softguard_quarantine', c.cfgname)
+      FROM pg_ts_config c
+     WHERE c.cfgnamespace = 'softguard_quarantine'::regnamespace
+       AND c.cfgname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_ts_dict'::regclass::oid, d.oid, 'TEXT SEARCH DICTIONARY',
+           format('%I.%I', 'softguard_quarantine', d.dictname)
+      FROM pg_ts_dict d
+     WHERE d.dictnamespace = 'softguard_quarantine'::regnamespace
+       AND d.dictname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_namespace'::regclass::oid, n.oid, 'SCHEMA', quote_ident(n.nspname)
+      FROM pg_namespace n
+     WHERE n.nspname ~ ('^softguard_q' || op || '_')
+$$;
+
+-- end section: tie --------------------------------------------------------------------
 
 DO $$
 DECLARE

@@ -56,7 +56,7 @@ DROP_KINDS: dict[str, DropKind] = {
     "OBJECT_COLUMN": DropKind(
         "ALTER TABLE DROP COLUMN", "reversible", "views, indexes, constraints using it"
     ),
-    "OBJECT_COLLATION": DropKind("DROP COLLATION", "allowed", _COLUMNS),
+    "OBJECT_COLLATION": DropKind("DROP COLLATION", "reversible", _COLUMNS),
     "OBJECT_CONVERSION": DropKind("DROP CONVERSION", "allowed", _NOTHING),
     "OBJECT_DATABASE": DropKind("DROP DATABASE", "refused", "everything in it"),
     "OBJECT_DEFAULT": DropKind("ALTER TABLE ALTER COLUMN DROP DEFAULT", "allowed", _NOTHING),
@@ -107,10 +107,10 @@ DROP_KINDS: dict[str, DropKind] = {
     "OBJECT_TRANSFORM": DropKind("DROP TRANSFORM", "allowed", "routines using it (refused)"),
     "OBJECT_TRIGGER": DropKind("DROP TRIGGER", "allowed", _NOTHING),
     "OBJECT_TSCONFIGURATION": DropKind(
-        "DROP TEXT SEARCH CONFIGURATION", "allowed", "indexes, views, defaults using it"
+        "DROP TEXT SEARCH CONFIGURATION", "reversible", "indexes, views, defaults using it"
     ),
     "OBJECT_TSDICTIONARY": DropKind(
-        "DROP TEXT SEARCH DICTIONARY", "allowed", "configurations using it"
+        "DROP TEXT SEARCH DICTIONARY", "reversible", "configurations using it"
     ),
     "OBJECT_TSPARSER": DropKind("DROP TEXT SEARCH PARSER", "allowed", "configurations"),
     "OBJECT_TSTEMPLATE": DropKind("DROP TEXT SEARCH TEMPLATE", "allowed", "dictionaries"),

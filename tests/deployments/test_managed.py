@@ -417,3 +417,106 @@ def test_an_install_the_providers_helper_made_upgrades(
         assert error is not None or len(notices) == 1, (error, notices)
     finally:
         pg_server.drop_database(db)
+
+
+# A table of the application's role whose row-level security policy calls the role's own
+# function, which records who runs it (decision 0006 "Since then", _foreign_code).
+_RLS_PLANT = """
+CREATE TABLE guarded (id int PRIMARY KEY, v text);
+INSERT INTO guarded SELECT g, 'row ' || g FROM generate_series(1, 5) g;
+CREATE TABLE spy_log (who name, su boolean);
+GRANT INSERT ON spy_log TO PUBLIC;
+CREATE FUNCTION spy(i int) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN
+    INSERT INTO public.spy_log SELECT current_user, rolsuper FROM pg_roles
+     WHERE rolname = current_user;
+    RETURN true;
+END $f$;
+ALTER TABLE guarded ENABLE ROW LEVEL SECURITY;
+-- forced: the policy applies to the owner and its members too (the ledger's owner is one)
+ALTER TABLE guarded FORCE ROW LEVEL SECURITY;
+CREATE POLICY see_all ON guarded USING (public.spy(id));
+"""
+
+
+def test_undo_by_a_non_superuser_owner_refuses_an_rls_policy_of_the_app_role(
+    with_helper: Managed,
+) -> None:
+    """The ledger's owner here is neither superuser nor BYPASSRLS, so row-level security
+    applies to undo's writes (undo runs as that owner, SECURITY DEFINER, whoever the
+    operator is): a policy calling a function of the application's role would run it with
+    the owner's rights. Undo refuses (42501) naming the function and changes nothing; once
+    the policy is gone it puts the rows back."""
+    m = with_helper
+    suffix = uuid.uuid4().hex[:8]
+    app_role, operator = f"sg_app_{suffix}", f"sg_op_{suffix}"
+    with psycopg.connect(m.dsn, autocommit=True) as c:  # CREATEROLE: the owner makes both
+        for role, pw in ((app_role, "app-pw"), (operator, "op-pw")):
+            c.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(pw)
+                )
+            )
+        c.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(app_role)))
+        # as a managed install needs, to act on the role's tables (decision 0025)
+        c.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(app_role), sql.Identifier(ROLE)))
+    app_dsn = m.server.dsn(m.db, app_role, "app-pw")
+    try:
+        with psycopg.connect(app_dsn, autocommit=True) as c:
+            c.execute(_RLS_PLANT)
+        owner_bypasses = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = user"
+        assert m.one(owner_bypasses) is False
+        r = cli("grant", operator, "--ops", "--undo", "--dsn", m.dsn)
+        assert r.exit_code == 0, r.output
+        # the application's own DELETE through softguard (the owner bypasses its policy)
+        with psycopg.connect(m.proxy.dsn(m.db, app_role, "app-pw"), autocommit=True) as c:
+            notices: list[str] = []
+            c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+            c.execute("DELETE FROM guarded WHERE id <= 3")
+        op = int(notices[-1].split(" as operation ")[1].split()[0])
+        with psycopg.connect(app_dsn, autocommit=True) as c:
+            c.execute("DELETE FROM spy_log")
+        # What undo's writes would do without the check: the policy runs the application's
+        # function as the ledger's owner (the row is the test's own, removed after).
+        with psycopg.connect(m.dsn, autocommit=True) as c:
+            c.execute("INSERT INTO guarded VALUES (100, 'probe')")
+            seen = c.execute("SELECT who, su FROM spy_log").fetchall()
+            assert seen and set(seen) == {(ROLE, False)}, seen
+        # read and cleaned as the superuser, whom no policy applies to
+        superuser = m.server.superuser_dsn(m.db)
+        with psycopg.connect(superuser, autocommit=True) as c:
+            c.execute("DELETE FROM guarded WHERE id = 100")
+            c.execute("DELETE FROM spy_log")
+            before = c.execute("SELECT id, v FROM guarded ORDER BY id").fetchall()
+        assert [i for i, _ in before] == [4, 5]
+        r = cli("undo", str(op), "--yes", "--dsn", m.server.dsn(m.db, operator, "op-pw"))
+        assert r.exit_code != 0, r.output
+        assert "would run public.spy(integer)" in r.output, r.output
+        with psycopg.connect(superuser, autocommit=True) as c:
+            assert c.execute("SELECT id, v FROM guarded ORDER BY id").fetchall() == before
+            assert c.execute("SELECT count(*) FROM spy_log").fetchone() == (0,)
+        assert m.states()[op] == "active"
+        # The application's role cannot make it pass: its policy applies to every role, and
+        # narrowing it to itself changes nothing for the check (it lists every policy).
+        with psycopg.connect(app_dsn, autocommit=True) as c:
+            c.execute(sql.SQL("ALTER POLICY see_all ON guarded TO {}").format(
+                sql.Identifier(app_role)))  # fmt: skip
+        r = cli("undo", str(op), "--yes", "--dsn", m.server.dsn(m.db, operator, "op-pw"))
+        assert r.exit_code != 0 and "would run public.spy(integer)" in r.output, r.output
+        # reviewed and replaced by a policy that calls no one's function: undo puts the
+        # rows back (RLS stays forced: without any policy it would refuse every row)
+        with psycopg.connect(app_dsn, autocommit=True) as c:
+            c.execute("DROP POLICY see_all ON guarded")
+            c.execute("CREATE POLICY plain ON guarded USING (true)")
+        r = cli("undo", str(op), "--yes", "--dsn", m.server.dsn(m.db, operator, "op-pw"))
+        assert r.exit_code == 0, r.output
+        with psycopg.connect(superuser, autocommit=True) as c:
+            back = c.execute("SELECT id FROM guarded ORDER BY id").fetchall()
+            assert [i for (i,) in back] == [1, 2, 3, 4, 5]
+            assert c.execute("SELECT count(*) FROM spy_log").fetchone() == (0,)
+    finally:
+        with psycopg.connect(m.server.superuser_dsn(m.db), autocommit=True) as c:
+            c.execute("DROP TABLE IF EXISTS guarded, spy_log")
+            c.execute("DROP FUNCTION IF EXISTS spy(int)")
+            for role in (app_role, operator):
+                c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

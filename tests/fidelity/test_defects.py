@@ -170,9 +170,6 @@ def test_explain_like_direct(proxy: Any, sg: Any, twins: Any) -> None:
         assert (p.value, p.error) == (d.value, d.error)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="softguard's PL/pgSQL loads plpgsql: SHOW ALL lists plpgsql.* settings"
-)
 def test_show_all_like_direct(proxy: Any, sg: Any, twins: Any) -> None:
     (a,) = twins(1)
     direct = run(sg.dsn(a), ["SHOW ALL"], "simple")
