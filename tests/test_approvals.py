@@ -245,6 +245,10 @@ def test_asyncpg_and_parameters(
             c.execute("DELETE FROM items WHERE id = %s", [5])
         assert info.value.sqlstate == "42501"
         assert "approval id" not in str(info.value)
+        # A text parameter with a backslash reaches the refusal too (not 22P02 at Bind).
+        with pytest.raises(psycopg.Error) as info:
+            c.execute("DELETE FROM items WHERE id = %s OR %s = ''", [5, "a\\b"])
+        assert info.value.sqlstate == "42501", info.value
 
 
 # ------------------------------------------- issue 15, done when: the agent preset end to end

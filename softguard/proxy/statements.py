@@ -430,6 +430,10 @@ def plan_message(
         rebuilt = _rebuild(msg, text, [], refusal("0A000", _ENCODING_REFUSAL.format(enc)))
         return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
     replacements: list[Replacement] = []
+    # A Parse holds one statement: refused, the whole message is the refusal, whose
+    # parameters then get types it can bind (_typed_parameters), not the ones the
+    # statement would have given them.
+    alone = msg.type != _Q and len(classification.statements) == 1
     protected: list[tuple[str, str]] = []
     claims: list[str | None] = []  # of each soft delete rewritten (SoftRewrite.claim)
     for decision in decisions:
@@ -441,7 +445,7 @@ def plan_message(
                     return NeedLedger(kind, action)
                 if ledger.lacks_event_triggers(info.database):
                     refused = refusal("55000", _NO_BACKSTOP, _NO_BACKSTOP_HINT)
-                    if stmt is None:
+                    if stmt is None or alone:
                         rebuilt = _rebuild(msg, text, [], refused)
                         return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=action)
                     replacements.append(Replacement(stmt, refused))
@@ -458,7 +462,7 @@ def plan_message(
                 denied = ("42501", decision.reason, decision.hint)
                 return _approval_plan(inputs, info, msg, text, enc, denied, kind, soft)
             refused = refusal("42501", decision.reason, decision.hint or None)
-            if stmt is None:
+            if stmt is None or alone:
                 rebuilt = _rebuild(msg, text, [], refused)
                 return Planned(
                     rebuilt.raw, rebuilt.plan, kind=kind, action=action, reread_soft_delete=reread
@@ -470,6 +474,9 @@ def plan_message(
         if state is None:
             return NeedLedger(kind, action)
         if state is not True:
+            if alone:
+                rebuilt = _rebuild(msg, text, [], refusal("55000", state))
+                return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=action)
             replacements.append(Replacement(stmt, refusal("55000", state)))
             continue
         if decision.category in CAPTURED:
@@ -824,19 +831,25 @@ def _rebuild(
     name_end = msg.body.index(b"\0")
     rest = msg.body[name_end + 1 + len(text) + 1 :]
     if whole is not None and len(rest) >= 2:
-        rest = _bytea_parameters(rest)
+        rest = _typed_parameters(rest)
     return _Rebuilt(message(b"P", msg.body[: name_end + 1] + new_text + b"\0" + rest), plan)
 
 
-_BYTEA_OID = (17).to_bytes(4, "big")
+_UNSPECIFIED_OID = bytes(4)
+_TEXT_OID = (25).to_bytes(4, "big")
 
 
-def _bytea_parameters(types: bytes) -> bytes:
-    """A refused Parse's parameter types, all bytea. The refusal (a DO block) uses none of
-    them, and PostgreSQL cannot type an unused parameter declared unknown (42P18); bytea
-    takes any binary value and most text ones at Bind, so the client's Execute reaches the
-    refusal."""
+def _typed_parameters(types: bytes) -> bytes:
+    """A refused Parse's parameter types: those the client left unspecified (0) become
+    text, the declared ones stay. The refusal (a DO block) uses none of them, and
+    PostgreSQL cannot type an unused parameter declared unknown (42P18); text takes every
+    value sent in text format (bytea, chosen before, failed with 22P02 on a backslash
+    before the refusal was reached), and a declared type reads its value at Bind as it
+    would have directly, so the client's Execute reaches the refusal."""
     count = int.from_bytes(types[:2], "big")
-    if len(types) < 2 + 4 * count:
+    end = 2 + 4 * count
+    if len(types) < end:
         return types  # malformed: the server says so
-    return types[:2] + _BYTEA_OID * count + types[2 + 4 * count :]
+    oids = (types[i : i + 4] for i in range(2, end, 4))
+    declared = b"".join(_TEXT_OID if oid == _UNSPECIFIED_OID else oid for oid in oids)
+    return types[:2] + declared + types[end:]

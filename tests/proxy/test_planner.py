@@ -143,6 +143,16 @@ def test_parse_keeps_its_name_and_parameter_types() -> None:
     assert planned.raw.endswith(b"\0" + types)
 
 
+def test_a_refused_parse_types_only_its_unspecified_parameters() -> None:
+    """The refusal uses no parameter: an unspecified one (0) becomes text, which reads any
+    text-format value at Bind (bytea failed on a backslash); a declared one stays."""
+    types = struct.pack("!HIII", 3, 0, 23, 0)
+    msg = parse("s1", "select * from softguard.operations", types)
+    planned = plan_message(inputs(), SESSION, msg)
+    assert isinstance(planned, Planned) and planned.raw is not None
+    assert planned.raw.endswith(b"\0" + struct.pack("!HIII", 3, 25, 23, 25))
+
+
 def test_soft_delete_rewrites_and_retags() -> None:
     tables = SoftDeleteTables({("public", "customers"): CUSTOMERS})
     ledger = FixedLedger(tables=tables, soft_delete_rules=("customers",))
