@@ -774,7 +774,8 @@ def test_the_relay_keeps_no_references() -> None:
         (client, _query(b"select 1") + _query(b"select 2")),
         (server, _ANSWER + _ANSWER),
     ]
-    watched = [c for _, c in chunks] + [client, server, twin.core, twin.sinks]
+    core = twin.core
+    watched = [c for _, c in chunks] + [client, server, core, core.to_server, core.to_client]
 
     def run(times: int) -> None:
         for i in range(times):
@@ -800,13 +801,14 @@ def test_the_fast_paths_hold_no_memory() -> None:
 
     def run(start: int, count: int) -> None:
         for i in range(start, start + count):
-            client(_query(b"select " + _letters(i % 6000) + b" where a = %d" % i))
+            # 3,000 shapes: mostly memo hits, and misses while it refills after emptying
+            client(_query(b"select " + _letters(i % 3000) + b" where a = %d" % i))
             server(_ANSWER)
             client(_BES)
             server(_ANSWER)
             twin.sinks.sent.clear()
 
-    run(0, 12_000)  # the memo has filled and emptied: its high-water mark is reached
+    run(0, 12_000)  # the memo has filled (with other tests' texts) and emptied
     gc.collect()
     tracemalloc.start()
     try:
