@@ -168,7 +168,7 @@ class _Twin:
             "client_bytes": field(core, "_client_bytes"),
             "safe": self.counter.safe_statements,
             "counted": list(self.counter.counted),
-            "controls": [repr(c) for c in getattr(core, "controls", [])],
+            "controls": _listed(getattr(core, "controls", _UNSET)),
             "runs": self.runs,
             "cframer": framer(getattr(core, "_cframer", None)),
             "sframer": framer(getattr(core, "_sframer", None)),
@@ -176,6 +176,10 @@ class _Twin:
             "answers_plain": field(core, "_answers_plain"),
             "mode": (field(core, "_mode_generation"), field(core, "_mode_is_full")),
         }
+
+
+def _listed(controls: Any) -> Any:
+    return [repr(c) for c in controls] if isinstance(controls, list) else type(controls)
 
 
 def _twins(config: CoreConfig | None = None) -> list[_Twin]:
@@ -237,6 +241,44 @@ def test_counters_at_their_limit_overflow_as_in_python(name: str) -> None:
     _same(twins, "client", _HARMLESS, name)
     _same(twins, "client", _BES, name)
     assert twins[1].core.pending >= 0 and twins[2].core.pending >= 0
+
+
+class _Raising:
+    """A field value whose truth cannot be told."""
+
+    def __bool__(self) -> bool:
+        raise RuntimeError("no truth here")
+
+    def __len__(self) -> int:
+        raise RuntimeError("no length here")
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("_cframer", None),
+        ("_sframer", 3),
+        ("state", "READY"),
+        ("_known", 0),
+        ("_filter", 0),
+        ("_soft", object()),
+        ("inputs", object()),
+        ("counter", object()),
+        ("_timings", _Raising()),
+        ("_protected", _Raising()),
+        ("controls", _Raising()),
+        ("to_server", None),
+    ],
+    ids=lambda v: v if isinstance(v, str) else type(v).__name__,
+)
+def test_a_field_of_the_wrong_type_fails_as_the_python_path_does(name: str, value: Any) -> None:
+    """The C members typed "object" take any value: each is either not the C path's
+    (it steps aside) or fails with the Python path's exception after the same changes."""
+    twins = _twins()
+    for twin in twins:
+        setattr(twin.core, name, value)
+    for side, data in [("client", _HARMLESS), ("server", _ANSWER), ("client", _BES)]:
+        _same(twins, side, data, name)
 
 
 class _Nosy:
