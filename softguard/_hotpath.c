@@ -271,17 +271,23 @@ static const unsigned char *table_of(PyObject *set)
     if (set == NULL || !PyFrozenSet_CheckExact(set))
         return NULL;
     unsigned char member[256] = {0};
-    Py_ssize_t pos = 0;
+    /* A frozenset's iterator is C and its members here exact ints: no code runs. */
+    PyObject *it = PyObject_GetIter(set);
+    if (it == NULL)
+        return NULL;
     PyObject *key;
-    Py_hash_t hash;
-    while (_PySet_NextEntry(set, &pos, &key, &hash)) {
-        if (!PyLong_CheckExact(key))
-            return NULL;
-        int overflow;
-        long t = PyLong_AsLongAndOverflow(key, &overflow);
-        if (overflow == 0 && t >= 0 && t < 256)
+    int foreign = 0;
+    while (!foreign && (key = PyIter_Next(it)) != NULL) {
+        int overflow = 0;
+        long t = PyLong_CheckExact(key) ? PyLong_AsLongAndOverflow(key, &overflow) : -1;
+        foreign = !PyLong_CheckExact(key);
+        if (!foreign && overflow == 0 && t >= 0 && t < 256)
             member[t] = 1; /* other ints are no byte's type */
+        Py_DECREF(key);
     }
+    Py_DECREF(it);
+    if (foreign || PyErr_Occurred())
+        return NULL;
     int slot = g_next_table;
     g_next_table = (g_next_table + 1) % TABLES;
     Py_XSETREF(g_tables[slot].set, Py_NewRef(set));
