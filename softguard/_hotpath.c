@@ -33,7 +33,8 @@ static PyObject *g_harmless_shape = NULL;
 static Py_ssize_t g_memo_bytes = 0;
 
 /* Interned attribute names of objects that are not ours. */
-static PyObject *s_prepared, *s_policy, *s_generation, *s_full_mode, *s_safe_statements;
+static PyObject *s_prepared, *s_policy, *s_generation, *s_full_mode, *s_safe_statements,
+    *s_controls;
 
 #define MSG_QUERY 'Q'
 #define MSG_SYNC 'S'
@@ -254,7 +255,13 @@ static struct {
 } g_tables[TABLES];
 static int g_next_table = 0;
 
-/* NULL (maybe with an exception) when the set is not one a table can stand for. */
+/*
+ * NULL when the set is not one a table can stand for: only a frozenset (a mutable set could
+ * change under a cached table) whose members are all exact ints. Those are read directly,
+ * running no code: a member of another type could answer `t in set` with a comparison
+ * method that runs Python code (which may free the framer being read, or answer
+ * differently each time), and such sets are left to the Python path.
+ */
 static const unsigned char *table_of(PyObject *set)
 {
     for (int i = 0; i < TABLES; i++) {
@@ -262,27 +269,36 @@ static const unsigned char *table_of(PyObject *set)
             return g_tables[i].member;
     }
     if (set == NULL || !PyFrozenSet_CheckExact(set))
-        return NULL; /* a mutable set could change under a cached table: not ours */
+        return NULL;
+    unsigned char member[256] = {0};
+    /* A frozenset's iterator is C and its members here exact ints: no code runs. */
+    PyObject *it = PyObject_GetIter(set);
+    if (it == NULL)
+        return NULL;
+    PyObject *key;
+    int foreign = 0;
+    while (!foreign && (key = PyIter_Next(it)) != NULL) {
+        int overflow = 0;
+        long t = PyLong_CheckExact(key) ? PyLong_AsLongAndOverflow(key, &overflow) : -1;
+        foreign = !PyLong_CheckExact(key);
+        if (!foreign && overflow == 0 && t >= 0 && t < 256)
+            member[t] = 1; /* other ints are no byte's type */
+        Py_DECREF(key);
+    }
+    Py_DECREF(it);
+    if (foreign || PyErr_Occurred())
+        return NULL;
     int slot = g_next_table;
     g_next_table = (g_next_table + 1) % TABLES;
-    unsigned char member[256];
-    for (int t = 0; t < 256; t++) {
-        PyObject *key = PyLong_FromLong(t);
-        if (key == NULL)
-            return NULL;
-        int r = PySet_Contains(set, key);
-        Py_DECREF(key);
-        if (r < 0)
-            return NULL;
-        member[t] = (unsigned char)r;
-    }
     Py_XSETREF(g_tables[slot].set, Py_NewRef(set));
     memcpy(g_tables[slot].member, member, sizeof member);
     return g_tables[slot].member;
 }
 
 /* Truthiness the Python code tests with `not x` / `if x`: 1, 0, -1 on error; an unset
- * field (NULL) reads as -1 without an exception, which callers treat as "not ours". */
+ * field (NULL) reads as -1 without an exception: callers step aside for it (the Python
+ * path then raises its AttributeError), never return it as an error. The object is held
+ * while its __bool__ / __len__ runs: that code may drop the field's reference. */
 static inline int truthy(PyObject *v)
 {
     if (v == NULL)
@@ -291,16 +307,32 @@ static inline int truthy(PyObject *v)
         return 0;
     if (v == Py_True)
         return 1;
-    return PyObject_IsTrue(v);
+    Py_INCREF(v);
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
 }
 
-/* Framer.at_boundary: no accumulated message, no held header, nothing to skip. */
+/* truthy() for a check made before anything changed: 1, 0 (also: unset, step aside), -1. */
+static inline int truthy_or_aside(PyObject *v, int *aside)
+{
+    int r = truthy(v);
+    if (r < 0 && !PyErr_Occurred()) {
+        *aside = 1;
+        return 0;
+    }
+    return r;
+}
+
+/* Framer.at_boundary: no accumulated message, no held header, nothing to skip; 1 / 0 / -1.
+ * An unset `_head` is 0 (not ours: the Python path raises for it). */
 static int framer_at_boundary(FramerBase *f)
 {
     if (f->acc != Py_None || f->skip != 0)
         return 0;
-    int r = truthy(f->head);
-    return r < 0 ? -1 : !r;
+    int aside = 0;
+    int r = truthy_or_aside(f->head, &aside);
+    return r < 0 ? -1 : (aside ? 0 : !r);
 }
 
 /* Framer.lone(data, mtype), checks in the same order: 1 / 0 / -1. */
@@ -352,12 +384,15 @@ static FramerBase *as_framer(PyObject *obj)
     return obj != NULL && PyObject_TypeCheck(obj, &FramerBaseType) ? (FramerBase *)obj : NULL;
 }
 
-/* SessionCore._full_mode(), without its call while the policy's generation is unchanged. */
+/* SessionCore._full_mode(), without its call while the policy's generation is unchanged.
+ * Runs before anything changed: every failure is the caller's "step aside". */
 static int full_mode(CoreBase *core)
 {
     if (core->inputs == NULL)
         return -1;
-    PyObject *policy = PyObject_GetAttr(core->inputs, s_policy);
+    PyObject *inputs = Py_NewRef(core->inputs); /* its __getattr__ may drop the field */
+    PyObject *policy = PyObject_GetAttr(inputs, s_policy);
+    Py_DECREF(inputs);
     if (policy == NULL)
         return -1;
     PyObject *generation = PyObject_GetAttr(policy, s_generation);
@@ -445,7 +480,9 @@ static int passes_unread(CoreBase *core, const unsigned char *text, Py_ssize_t s
 {
     if (size > g_memo_bytes || core->soft == NULL)
         return 0;
-    PyObject *prepared = PyObject_GetAttr(core->soft, s_prepared);
+    PyObject *soft = Py_NewRef(core->soft);
+    PyObject *prepared = PyObject_GetAttr(soft, s_prepared);
+    Py_DECREF(soft);
     if (prepared == NULL)
         return -1;
     int r = truthy(prepared);
@@ -463,13 +500,22 @@ static int passes_unread(CoreBase *core, const unsigned char *text, Py_ssize_t s
     char *out = PyBytes_AS_STRING(folded);
     for (Py_ssize_t i = 0; i < size; i++)
         out[i] = (char)fold(text[i]);
-    PyObject *known = PyObject_CallOneArg(g_harmless_shape, folded);
+    /* Held for the call: configure() may replace it meanwhile. */
+    PyObject *shape = Py_NewRef(g_harmless_shape);
+    PyObject *known = PyObject_CallOneArg(shape, folded);
+    Py_DECREF(shape);
     if (known == NULL) {
         Py_DECREF(folded);
         return -1;
     }
     r = known == Py_True;
     Py_DECREF(known);
+    /* The call ran Python code, which may have re-entered this function (or let another
+     * thread run it): the slot found before may be taken, the text already kept. */
+    if (r && memo_find(text, size, hash, &slot)) {
+        Py_DECREF(folded);
+        return 1;
+    }
     if (r) {
         if (g_memo_used >= MEMO_MAX) {
             memo_clear();
@@ -492,19 +538,22 @@ static int count_safe(CoreBase *core)
         ((CounterBase *)counter)->safe_statements += 1;
         return 0;
     }
-    if (counter == NULL)
+    if (counter == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "the core has no counter");
         return -1;
+    }
+    Py_INCREF(counter); /* its attribute code may drop the core's reference */
     PyObject *v = PyObject_GetAttr(counter, s_safe_statements);
-    if (v == NULL)
-        return -1;
-    PyObject *one = PyLong_FromLong(1);
-    PyObject *nv = one == NULL ? NULL : PyNumber_Add(v, one);
-    Py_XDECREF(one);
-    Py_DECREF(v);
-    if (nv == NULL)
-        return -1;
-    int r = PyObject_SetAttr(counter, s_safe_statements, nv);
-    Py_DECREF(nv);
+    PyObject *nv = NULL;
+    if (v != NULL) {
+        PyObject *one = PyLong_FromLong(1);
+        nv = one == NULL ? NULL : PyNumber_Add(v, one);
+        Py_XDECREF(one);
+        Py_DECREF(v);
+    }
+    int r = nv == NULL ? -1 : PyObject_SetAttr(counter, s_safe_statements, nv);
+    Py_XDECREF(nv);
+    Py_DECREF(counter);
     return r;
 }
 
@@ -526,17 +575,32 @@ static int send(PyObject *sink, PyObject *data)
 
 /* ------------------------------------------------------------------ the fast paths */
 
-/* SessionCore.client_data's two fast paths: 1 done, 0 not taken (nothing changed), -1. */
-static int client_fast(PyObject *obj, PyObject *data)
+/*
+ * The checks before a fast path changes anything are the Python fast path's, in its order,
+ * and side-effect free (but for `_full_mode`'s cache, which the Python path fills alike).
+ * Any failure among them (an unset field, a policy object that raises, an int out of
+ * range) is "not mine": the error is dropped and the Python path runs the chunk from the
+ * start, raising its own exception after its own changes. From the first change on, the
+ * Python path's order: an error there is raised after the same changes.
+ */
+static int aside(int r)
 {
-    if (!PyBytes_CheckExact(data) || !PyObject_TypeCheck(obj, &CoreBaseType))
+    if (r < 0) {
+        PyErr_Clear();
         return 0;
-    CoreBase *core = (CoreBase *)obj;
-    FramerBase *cframer = as_framer(core->cframer);
-    if (core->state != g_ready || cframer == NULL)
-        return 0;
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    }
+    return r;
+}
+
+/* Would `x += by` overflow a Py_ssize_t field (Python raises OverflowError at the
+ * assignment)? Then the Python path runs the chunk and raises it. */
+static inline int overflows(Py_ssize_t x, Py_ssize_t by) { return x > PY_SSIZE_T_MAX - by; }
+
+/* The client checks, the framer held (a callback may drop the core's reference to it):
+ * 1 a lone harmless Query, 2 a Bind/Execute/Sync, 0 neither, -1. */
+static int client_checks(CoreBase *core, FramerBase *cframer, const unsigned char *p,
+                         Py_ssize_t n)
+{
     int r = framer_lone(cframer, p, n, MSG_QUERY);
     if (r < 0)
         return -1;
@@ -548,21 +612,62 @@ static int client_fast(PyObject *obj, PyObject *data)
         if ((r = passes_unread(core, p + 5, n - 6)) != 1)
             return r;
         /* `_query_sent` with a result filter in play: the Python path's. */
-        if (core->filter != Py_None)
-            return 0;
-        if (count_safe(core) < 0)
-            return -1;
+        return core->filter == Py_None ? 1 : 0;
     }
-    else {
-        /* `elif self._filter is None and cframer.lone_last(data, _S, 4)` */
-        if (core->filter != Py_None)
-            return 0;
-        if ((r = framer_lone_last(cframer, p, n, MSG_SYNC, 4)) != 1)
-            return r;
-    }
+    /* `elif self._filter is None and cframer.lone_last(data, _S, 4)` */
+    if (core->filter != Py_None)
+        return 0;
+    r = framer_lone_last(cframer, p, n, MSG_SYNC, 4);
+    return r == 1 ? 2 : r;
+}
+
+/* SessionCore.client_data's two fast paths: 1 done, 0 not taken (nothing changed), -1. */
+static int client_fast(PyObject *obj, PyObject *data)
+{
+    if (!PyBytes_CheckExact(data) || !PyObject_TypeCheck(obj, &CoreBaseType))
+        return 0;
+    CoreBase *core = (CoreBase *)obj;
+    FramerBase *cframer = as_framer(core->cframer);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    /* `self._client_bytes += n` is the Python path's first change: it raises there. */
+    if (core->state != g_ready || cframer == NULL || overflows(core->client_bytes, n))
+        return 0;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_INCREF(cframer);
+    int which = aside(client_checks(core, cframer, p, n));
+    Py_DECREF(cframer);
+    if (which == 0)
+        return 0;
+    PyObject *counter = core->counter;
+    int counted_here = counter != NULL && PyObject_TypeCheck(counter, &CounterBaseType);
+    if (overflows(core->pending, 1) ||
+        (which == 1 && counted_here && overflows(((CounterBase *)counter)->safe_statements, 1)))
+        return 0;
+    /* The Python path's order: `_client_bytes`, the SAFE count, `pending`, the write. */
     core->client_bytes += n;
+    if (which == 1 && count_safe(core) < 0)
+        return -1;
     core->pending += 1;
     return send(core->to_server, data) < 0 ? -1 : 1;
+}
+
+/* The server checks, the framer held: 1 ours, 0 not, -1. */
+static int server_checks(CoreBase *core, FramerBase *sframer, const unsigned char *p,
+                         Py_ssize_t n)
+{
+    int r = framer_lone_last(sframer, p, n, MSG_READY, 5);
+    if (r != 1)
+        return r;
+    /* What would make the Python path do more than count and write: timings or
+     * protected statements to pair, a read-only session ending, a shutdown. */
+    if (core->read_only_lost || core->closing_for_shutdown)
+        return 0;
+    int unset = 0;
+    if ((r = truthy_or_aside(core->timings, &unset)) != 0 || unset)
+        return r < 0 ? -1 : 0;
+    if ((r = truthy_or_aside(core->protected_, &unset)) != 0 || unset)
+        return r < 0 ? -1 : 0;
+    return 1;
 }
 
 /* SessionCore.server_data's fast path, when it would do nothing else: 1 / 0 / -1. */
@@ -576,15 +681,11 @@ static int server_fast(PyObject *obj, PyObject *data)
         return 0;
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
     Py_ssize_t n = PyBytes_GET_SIZE(data);
-    int r = framer_lone_last(sframer, p, n, MSG_READY, 5);
+    Py_INCREF(sframer);
+    int r = aside(server_checks(core, sframer, p, n));
+    Py_DECREF(sframer);
     if (r != 1)
-        return r;
-    /* What would make the Python path do more than count and write: timings or
-     * protected statements to pair, a read-only session ending, a shutdown. */
-    if (core->read_only_lost || core->closing_for_shutdown)
         return 0;
-    if ((r = truthy(core->timings)) != 0 || (r = truthy(core->protected_)) != 0)
-        return r < 0 && PyErr_Occurred() ? -1 : 0;
     core->tx_status = p[n - 1];
     if (core->pending > 0)
         core->pending -= 1;
@@ -618,10 +719,19 @@ static PyObject *relay_chunk(Relay *self, PyObject *data)
         return NULL;
     if (r == 0)
         return PyObject_CallOneArg(self->slow, data);
+    /* `if core.controls: run()`, as the Python data_received ends; an unset field raises
+     * its AttributeError there, so it does here. */
     PyObject *controls = ((CoreBase *)self->core)->controls;
+    if (controls == NULL)
+        controls = PyObject_GetAttr(self->core, s_controls);
+    else
+        Py_INCREF(controls);
+    if (controls == NULL)
+        return NULL;
     int pending_controls = truthy(controls);
+    Py_DECREF(controls);
     if (pending_controls < 0)
-        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        return NULL;
     if (pending_controls)
         return PyObject_CallNoArgs(self->run);
     Py_RETURN_NONE;
@@ -761,6 +871,7 @@ PyMODINIT_FUNC PyInit__hotpath(void)
     INTERN(s_generation, "generation");
     INTERN(s_full_mode, "_full_mode");
     INTERN(s_safe_statements, "safe_statements");
+    INTERN(s_controls, "controls");
     if (PyType_Ready(&FramerBaseType) < 0 || PyType_Ready(&CounterBaseType) < 0 ||
         PyType_Ready(&CoreBaseType) < 0 || PyType_Ready(&RelayType) < 0)
         return NULL;
