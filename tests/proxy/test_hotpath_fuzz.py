@@ -27,14 +27,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.hotpath_twins import MODES, Twin, apply_state
 
-from softguard.policy import Policy, PolicyConfig
 from softguard.proxy import hotpath
 from softguard.proxy.core import CoreConfig, SessionCore, State
-from softguard.proxy.statements import UNREAD_MEMO_BYTES, FixedLedger, PlanInputs, harmless_shape
-from softguard.speedups import CounterBase
-from softguard.sql import Classifier
-from softguard.wire.results import ResultFilter
+from softguard.proxy.statements import UNREAD_MEMO_BYTES, harmless_shape
+from softguard.wire.messages import message
 
 pytestmark = pytest.mark.skipif(
     not hotpath.COMPILED, reason="softguard._hotpath is not built (no C compiler?)"
@@ -46,147 +44,20 @@ _compiled: Any = hotpath.compiled
 _EXAMPLES = int(os.environ.get("SOFTGUARD_FUZZ_EXAMPLES", "120"))
 
 
-def _frame(mtype: bytes, body: bytes) -> bytes:
-    return mtype + struct.pack("!I", (len(body) + 4) & 0xFFFFFFFF) + body
-
-
 def _query(text: bytes) -> bytes:
-    return _frame(b"Q", text + b"\0")
+    return message(b"Q", text + b"\0")
 
 
-_BES = _frame(b"B", b"\0s1\0\0\0\0\0\0\0") + _frame(b"E", b"\0\0\0\0\0") + _frame(b"S", b"")
-_ANSWER = _frame(b"C", b"SELECT 1\0") + _frame(b"Z", b"I")
+_BES = message(b"B", b"\0s1\0\0\0\0\0\0\0") + message(b"E", b"\0\0\0\0\0") + message(b"S", b"")
+_ANSWER = message(b"C", b"SELECT 1\0") + message(b"Z", b"I")
 _HARMLESS = _query(b"select abalance from pgbench_accounts where aid = 17")
-_DOLLAR_TAG = re.compile(rb"\$sg[0-9a-f]+\$")
-_UNSET = "<unset>"
 
 
-class _Counter(CounterBase):
-    """A ``StatementCounter`` on the C base, as ``Metrics`` is: the compiled path counts
-    into its struct member."""
-
-    def __init__(self) -> None:
-        self.safe_statements = 0
-        self.counted: list[tuple[str, str]] = []
-
-    def count_statement(self, classification: str, action: str) -> None:
-        self.counted.append((classification, action))
+def _twins(config: CoreConfig | None = None) -> list[Twin]:
+    return [Twin(mode, config) for mode in MODES]
 
 
-class _Sinks:
-    """Where a core's bytes go; a hook may run inside the write (GC, raising, re-entry)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes]] = []
-        self.hook: Callable[[str, bytes], None] | None = None
-
-    def sink(self, side: str) -> Callable[[bytes], None]:
-        def write(data: bytes) -> None:
-            self.sent.append((side, bytes(data)))
-            hook = self.hook
-            if hook is not None:
-                hook(side, data)
-
-        return write
-
-
-class _Twin:
-    """A READY core and what it did, driven through the Python core only (``mode``
-    "python"), the compiled chunk functions first ("chunk"), or a ``Relay`` as
-    uvloop calls it ("relay")."""
-
-    def __init__(self, mode: str, config: CoreConfig | None = None) -> None:
-        self.mode = mode
-        self.sinks = _Sinks()
-        self.counter = _Counter()
-        self.runs = 0
-        inputs = PlanInputs(Classifier(), Policy(PolicyConfig()), FixedLedger())
-        self.core = SessionCore(
-            config or CoreConfig(),
-            inputs,
-            self.counter,
-            to_server=self.sinks.sink("server"),
-            to_client=self.sinks.sink("client"),
-        )
-        self.core.state = State.READY
-        self.core._sframer.set_want(frozenset(b"ZENS"))
-        self.relays = (
-            _compiled.Relay(self.core, self._slow_client, self._run, False),
-            _compiled.Relay(self.core, self._slow_server, self._run, True),
-        )
-
-    # What ClientSession / UpstreamProtocol do around the core.
-    def _run(self) -> None:
-        self.runs += 1
-        self.core.controls.clear()
-
-    def _slow_client(self, data: bytes) -> None:
-        self.core.client_data(data)
-        if self.core.controls:
-            self._run()
-
-    def _slow_server(self, data: bytes) -> None:
-        self.core.server_data(data)
-        if self.core.controls:
-            self._run()
-
-    def event(self, side: str, data: bytes) -> str | None:
-        """Feed one chunk; the name of the exception it raised, if any."""
-        try:
-            self._event(side, data)
-        except Exception as exc:  # the outcome compared, whatever it is
-            return type(exc).__name__
-        return None
-
-    def _event(self, side: str, data: bytes) -> None:
-        core, client = self.core, side == "client"
-        if self.mode == "relay":
-            self.relays[0 if client else 1](data)
-            return
-        if self.mode == "chunk":
-            if (hotpath.client_chunk if client else hotpath.server_chunk)(core, data):
-                if core.controls:
-                    self._run()
-                return
-        (self._slow_client if client else self._slow_server)(data)
-
-    def snapshot(self) -> dict[str, Any]:
-        core = self.core
-
-        def field(obj: Any, name: str) -> Any:
-            value = getattr(obj, name, _UNSET)
-            return bytes(value) if isinstance(value, bytearray) else value
-
-        def framer(f: Any) -> tuple[Any, ...]:
-            return tuple(field(f, n) for n in ("_skip", "_head", "_acc", "_acc_total"))
-
-        return {
-            "sent": [(side, _DOLLAR_TAG.sub(b"$sg$", b)) for side, b in self.sinks.sent],
-            "state": field(core, "state"),
-            "pending": field(core, "pending"),
-            "tx_status": field(core, "tx_status"),
-            "client_bytes": field(core, "_client_bytes"),
-            "safe": self.counter.safe_statements,
-            "counted": list(self.counter.counted),
-            "controls": _listed(getattr(core, "controls", _UNSET)),
-            "runs": self.runs,
-            "cframer": framer(getattr(core, "_cframer", None)),
-            "sframer": framer(getattr(core, "_sframer", None)),
-            "held_out": field(core, "_held_out"),
-            "answers_plain": field(core, "_answers_plain"),
-            "mode": (field(core, "_mode_generation"), field(core, "_mode_is_full")),
-        }
-
-
-def _listed(controls: Any) -> Any:
-    return [repr(c) for c in controls] if isinstance(controls, list) else type(controls)
-
-
-def _twins(config: CoreConfig | None = None) -> list[_Twin]:
-    return [_Twin(mode, config) for mode in ("python", "chunk", "relay")]
-
-
-def _same(twins: list[_Twin], side: str, data: bytes, why: object = "") -> None:
+def _same(twins: list[Twin], side: str, data: bytes, why: object = "") -> None:
     outcomes = [t.event(side, data) for t in twins]
     assert outcomes[1:] == outcomes[:1] * 2, (why, side, data[:80], outcomes)
     first = twins[0].snapshot()
@@ -196,7 +67,7 @@ def _same(twins: list[_Twin], side: str, data: bytes, why: object = "") -> None:
         twin.sinks.sent.clear()
 
 
-def _both(twins: list[_Twin], change: Callable[[SessionCore], None]) -> None:
+def _both(twins: list[Twin], change: Callable[[SessionCore], None]) -> None:
     for twin in twins:
         change(twin.core)
 
@@ -305,7 +176,7 @@ def test_a_framer_table_with_foreign_members_is_not_read_by_c() -> None:
     about each byte. A member that runs code when compared could free the framer being
     read (here it replaces the core's framer): the C path must leave such sets to the
     Python code (AddressSanitizer saw the freed framer and set read on main)."""
-    twin = _Twin("chunk")
+    twin = Twin("chunk")
     core = twin.core
 
     def swap() -> None:
@@ -369,7 +240,7 @@ def test_a_reentrant_harmless_shape_leaks_no_memo_entry() -> None:
                 depth[0] -= 1
         return harmless_shape(folded)
 
-    twin = _Twin("chunk")
+    twin = Twin("chunk")
     text = b"select 'reentrant memo probe' from t where a = 9 -- %d" % id(seen)
     chunk = _query(text)
     _compiled.configure(State.READY, shape, UNREAD_MEMO_BYTES)
@@ -474,34 +345,34 @@ def _client_messages() -> st.SearchStrategy[bytes]:
     return st.one_of(
         text.map(_query),
         text.map(_query),
-        text.map(lambda t: _frame(b"P", b"\0" + t + b"\0\0\0")),
+        text.map(lambda t: message(b"P", b"\0" + t + b"\0\0\0")),
         st.just(_BES),
-        st.just(_frame(b"S", b"")),
-        st.just(_frame(b"H", b"")),
-        st.just(_frame(b"D", b"S\0")),
-        st.just(_frame(b"C", b"Ss1\0")),
-        st.just(_frame(b"d", b"copy data")),
-        st.just(_frame(b"F", struct.pack("!IhhhIh", 764, 1, 0, 1, 0, 0))),
+        st.just(message(b"S", b"")),
+        st.just(message(b"H", b"")),
+        st.just(message(b"D", b"S\0")),
+        st.just(message(b"C", b"Ss1\0")),
+        st.just(message(b"d", b"copy data")),
+        st.just(message(b"F", struct.pack("!IhhhIh", 764, 1, 0, 1, 0, 0))),
         st.tuples(st.integers(0, 255), st.binary(max_size=20)).map(
-            lambda tb: _frame(bytes((tb[0],)), tb[1])
+            lambda tb: message(bytes((tb[0],)), tb[1])
         ),
     )
 
 
 def _server_messages() -> st.SearchStrategy[bytes]:
     return st.one_of(
-        st.sampled_from(b"IETX").map(lambda s: _frame(b"Z", bytes((s,)))),
-        st.just(_frame(b"C", b"SELECT 1\0")),
-        st.just(_frame(b"T", b"\0\x01a\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0")),
-        st.just(_frame(b"D", b"\0\x01\0\0\0\x011")),
-        st.just(_frame(b"E", b"SERROR\0VERROR\0C42P01\0Mnope\0\0")),
-        st.just(_frame(b"E", b"SFATAL\0VFATAL\0C57P01\0Mbye\0\0")),
-        st.just(_frame(b"N", b"SNOTICE\0VNOTICE\0C00000\0Mhi\0\0")),
-        st.just(_frame(b"S", b"client_encoding\0LATIN1\0")),
-        st.just(_frame(b"S", b"default_transaction_read_only\0off\0")),
-        st.sampled_from(b"123nstKA").map(lambda t: _frame(bytes((t,)), b"")),
+        st.sampled_from(b"IETX").map(lambda s: message(b"Z", bytes((s,)))),
+        st.just(message(b"C", b"SELECT 1\0")),
+        st.just(message(b"T", b"\0\x01a\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0")),
+        st.just(message(b"D", b"\0\x01\0\0\0\x011")),
+        st.just(message(b"E", b"SERROR\0VERROR\0C42P01\0Mnope\0\0")),
+        st.just(message(b"E", b"SFATAL\0VFATAL\0C57P01\0Mbye\0\0")),
+        st.just(message(b"N", b"SNOTICE\0VNOTICE\0C00000\0Mhi\0\0")),
+        st.just(message(b"S", b"client_encoding\0LATIN1\0")),
+        st.just(message(b"S", b"default_transaction_read_only\0off\0")),
+        st.sampled_from(b"123nstKA").map(lambda t: message(bytes((t,)), b"")),
         st.tuples(st.integers(0, 255), st.binary(max_size=12)).map(
-            lambda tb: _frame(bytes((tb[0],)), tb[1])
+            lambda tb: message(bytes((tb[0],)), tb[1])
         ),
     )
 
@@ -525,48 +396,6 @@ def _chunks(draw: st.DrawFn, messages: st.SearchStrategy[bytes]) -> list[bytes]:
     return out
 
 
-def _apply(core: SessionCore, tweak: str) -> None:
-    """Core states under which the fast paths step aside or take odd values."""
-    if tweak == "filter":
-        core._filter, core._answers_plain = ResultFilter(), False
-    elif tweak == "prepared":
-        core._soft.prepared.add("p")
-    elif tweak == "unprepared":
-        core._soft.prepared.clear()
-    elif tweak == "read-only":
-        core.inputs.policy.config = PolicyConfig(mode="read-only")
-    elif tweak == "full":
-        core.inputs.policy.config = PolicyConfig()
-    elif tweak == "timings":
-        core._timings = [[1, 0.0]]
-    elif tweak == "protected":
-        core._protected.append(("delete", "delete from t"))
-    elif tweak == "read-only-lost":
-        core._read_only_lost = True
-    elif tweak == "shutdown":
-        core._closing_for_shutdown = True
-    elif tweak == "calm":
-        core._timings = None
-        core._protected.clear()
-        core._read_only_lost = core._closing_for_shutdown = False
-    elif tweak == "pending-negative":
-        core.pending = -3
-    elif tweak == "tx-odd":
-        core.tx_status = -1
-    elif tweak == "tight-limits":
-        for framer in (core._cframer, core._sframer):
-            framer._lone_limit, framer._max_length, framer._max_want = 40, 60, 30
-    elif tweak == "zero-limits":
-        for framer in (core._cframer, core._sframer):
-            framer._lone_limit, framer._max_length, framer._max_want = 0, 0, 0
-    elif tweak == "mutable-sets":
-        core._cframer._readable = set(core._cframer._readable)
-    elif tweak == "no-head" and hasattr(core._cframer, "_head"):
-        del core._cframer._head
-    elif tweak == "generation-jump":
-        core._mode_generation = -(2**62)
-
-
 _TWEAKS = [
     "filter", "prepared", "unprepared", "read-only", "full", "timings", "protected",
     "read-only-lost", "shutdown", "calm", "pending-negative", "tx-odd", "tight-limits",
@@ -578,7 +407,7 @@ _TWEAKS = [
 _lone = _client_messages().map(lambda m: [m])
 _synced = st.lists(_client_messages(), max_size=3).map(lambda ms: [b"".join(ms) + _BES])
 _answer = st.lists(_server_messages(), max_size=3).map(
-    lambda ms: [b"".join(ms) + _frame(b"Z", b"I")]
+    lambda ms: [b"".join(ms) + message(b"Z", b"I")]
 )
 _events = st.lists(
     st.one_of(
@@ -612,10 +441,10 @@ def test_generated_sessions_agree(
     exception."""
     twins = _twins(CoreConfig(max_inspect_bytes=600) if small else None)
     for tweak in start:
-        _both(twins, lambda core, w=tweak: _apply(core, w))
+        _both(twins, lambda core, w=tweak: apply_state(core, w))
     for i, (kind, what) in enumerate(events):
         if kind == "tweak":
-            _both(twins, lambda core, w=what: _apply(core, w))
+            _both(twins, lambda core, w=what: apply_state(core, w))
             continue
         for chunk in what:
             _same(twins, kind, chunk, i)
@@ -635,7 +464,7 @@ def _raw(draw: st.DrawFn) -> bytes:
     kind = draw(st.sampled_from(b"QSZBPEDCd\0\xff"))
     length = draw(st.sampled_from([size + 4, size + 3, size + 5, 0, 3, 4, 0x7FFFFFFF, 0xFFFFFFFF]))
     head = bytes((kind,)) + struct.pack("!I", length & 0xFFFFFFFF)
-    tail = draw(st.sampled_from([b"", _frame(b"Z", b"I"), _frame(b"S", b""), b"Z\0\0\0\x05"]))
+    tail = draw(st.sampled_from([b"", message(b"Z", b"I"), message(b"S", b""), b"Z\0\0\0\x05"]))
     return (head + body + tail)[: draw(st.integers(0, 70_100))]
 
 
@@ -704,15 +533,15 @@ def test_the_memo_filling_and_emptying_mid_session_changes_nothing() -> None:
 # ---------------------------------------------------------------------------- callbacks
 
 
-def _session(twins: list[_Twin], rounds: int = 3) -> None:
+def _session(twins: list[Twin], rounds: int = 3) -> None:
     """A session's worth of the fast paths' chunks and their near misses."""
     chunks = [
         ("client", _HARMLESS),
         ("server", _ANSWER),
         ("client", _BES),
-        ("server", _frame(b"2", b"") + _frame(b"C", b"SELECT 1\0") + _frame(b"Z", b"T")),
+        ("server", message(b"2", b"") + message(b"C", b"SELECT 1\0") + message(b"Z", b"T")),
         ("client", _query(b"delete from t where id = 1")),
-        ("server", _frame(b"C", b"DELETE 1\0") + _frame(b"Z", b"I")),
+        ("server", message(b"C", b"DELETE 1\0") + message(b"Z", b"I")),
         ("client", _query(b"select 1") + _query(b"select 2")),
         ("server", _ANSWER + _ANSWER),
     ]
@@ -757,7 +586,7 @@ def test_a_sink_that_reenters_the_relay() -> None:
     _session(twins)
 
 
-def _answering(twin: _Twin) -> Callable[[str, bytes], None]:
+def _answering(twin: Twin) -> Callable[[str, bytes], None]:
     """A sink hook: each write to the server brings the server's answer at once."""
 
     def hook(side: str, data: bytes) -> None:
@@ -776,7 +605,7 @@ def test_a_sink_that_drops_the_last_references() -> None:
     and its framers while the relay runs (and collects): nothing read afterwards may be
     freed memory (AddressSanitizer run), and it all goes once the call returns."""
     for data in (_HARMLESS, _BES):
-        twin: _Twin | None = _Twin("relay")
+        twin: Twin | None = Twin("relay")
         assert twin is not None
         holder = {"relay": twin.relays[0], "twin": twin}
 
@@ -799,7 +628,7 @@ def test_the_relay_keeps_no_references() -> None:
     """Every object a Relay call touches (the chunk, the core, the sinks, the relay
     itself) has the same reference count after thousands of calls taking either path,
     raising or not: no reference leaks."""
-    twin = _Twin("relay")
+    twin = Twin("relay")
     client, server = twin.relays
     fail = [False]
 
@@ -838,7 +667,7 @@ def test_the_relay_keeps_no_references() -> None:
 def test_the_fast_paths_hold_no_memory() -> None:
     """Traced memory after 30,000 fast chunks (memo hits and misses: the memo fills and
     empties) is what it was after the first thousands, within the memo's own size."""
-    twin = _Twin("relay")
+    twin = Twin("relay")
     client, server = twin.relays
 
     def run(start: int, count: int) -> None:
