@@ -363,8 +363,7 @@ def plan_message(
             info.client_addr,
         )
         kind = classifier.classify_shape(text, enc).kind.value if log_it else ""
-        rebuilt = _rebuild(msg, text, [], refusal("42501", TAMPER_MESSAGE))
-        return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
+        return _refused(msg, text, refusal("42501", TAMPER_MESSAGE), kind, Action.DENY.value)
     if mode is None:
         mode = cast(Mode, inputs.policy.setting("mode", info))
     if mode != "full" and not approving:
@@ -384,8 +383,7 @@ def plan_message(
             kind = classifier.classify_shape(text, enc).kind.value if log_it else ""
             if mode != "read-only" and count == 1 and _approvable(inputs, info, msg, text, enc):
                 return _approval_plan(inputs, info, msg, text, enc, by_mode, kind, soft)
-            rebuilt = _rebuild(msg, text, [], refusal(*by_mode))
-            return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
+            return _refused(msg, text, refusal(*by_mode), kind, Action.DENY.value)
     retag: set[int] = set()
     if soft is not None and soft.prepared:
         exact = classifier.classify_bytes(text, enc)
@@ -427,8 +425,8 @@ def plan_message(
     ):
         # Rewriting and capture bookkeeping cut the text at the parser's offsets, which
         # count the UTF-8 reading, not these bytes: refuse rather than cut wrongly.
-        rebuilt = _rebuild(msg, text, [], refusal("0A000", _ENCODING_REFUSAL.format(enc)))
-        return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
+        refused = refusal("0A000", _ENCODING_REFUSAL.format(enc))
+        return _refused(msg, text, refused, kind, Action.DENY.value)
     replacements: list[Replacement] = []
     # A Parse holds one statement: refused, the whole message is the refusal, whose
     # parameters then get types it can bind (_typed_parameters), not the ones the
@@ -446,8 +444,7 @@ def plan_message(
                 if ledger.lacks_event_triggers(info.database):
                     refused = refusal("55000", _NO_BACKSTOP, _NO_BACKSTOP_HINT)
                     if stmt is None or alone:
-                        rebuilt = _rebuild(msg, text, [], refused)
-                        return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=action)
+                        return _refused(msg, text, refused, kind, action)
                     replacements.append(Replacement(stmt, refused))
             continue
         if decision.action is Action.DENY:
@@ -463,10 +460,7 @@ def plan_message(
                 return _approval_plan(inputs, info, msg, text, enc, denied, kind, soft)
             refused = refusal("42501", decision.reason, decision.hint or None)
             if stmt is None or alone:
-                rebuilt = _rebuild(msg, text, [], refused)
-                return Planned(
-                    rebuilt.raw, rebuilt.plan, kind=kind, action=action, reread_soft_delete=reread
-                )
+                return _refused(msg, text, refused, kind, action, reread=reread)
             replacements.append(Replacement(stmt, refused))
             continue
         assert stmt is not None  # PROTECT is only decided for a parsed statement
@@ -474,10 +468,10 @@ def plan_message(
         if state is None:
             return NeedLedger(kind, action)
         if state is not True:
+            refused = refusal("55000", state)
             if alone:
-                rebuilt = _rebuild(msg, text, [], refusal("55000", state))
-                return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=action)
-            replacements.append(Replacement(stmt, refusal("55000", state)))
+                return _refused(msg, text, refused, kind, action)
+            replacements.append(Replacement(stmt, refused))
             continue
         if decision.category in CAPTURED:
             start, end = statement_span(text, stmt)
@@ -549,6 +543,15 @@ def plan_message(
         if len(classification.statements) == 1 and (text.isascii() or _utf8(enc)):
             rebuilt = _bind_claim(rebuilt, key, claims[0])
     return Planned(rebuilt.raw, rebuilt.plan, rebuilt.retag, kind, action, tuple(protected), reread)
+
+
+def _refused(
+    msg: Message, text: bytes, refused: str, kind: str, action: str, *, reread: bool = False
+) -> Planned:
+    """The whole message replaced by the refusal ``refused`` (a Parse's parameters typed so
+    that it binds: ``_rebuild``)."""
+    rebuilt = _rebuild(msg, text, [], refused)
+    return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=action, reread_soft_delete=reread)
 
 
 def _utf8(client_encoding: str) -> bool:
@@ -760,8 +763,8 @@ def _approval_plan(
         return inner
     sqlstate, message_text, hint = refused
     if inner.retag:  # a soft delete's tag positions would shift: refuse without approval
-        rebuilt = _rebuild(msg, text, [], refusal(sqlstate, message_text, hint or None))
-        return Planned(rebuilt.raw, rebuilt.plan, kind=kind, action=Action.DENY.value)
+        plain = refusal(sqlstate, message_text, hint or None)
+        return _refused(msg, text, plain, kind, Action.DENY.value)
     body = text if inner.raw is None else parse_query_text(_Q, inner.raw[5:])
     ask = (
         f"A person can approve it once: softguard approve {approval}; then send exactly "
