@@ -56,9 +56,11 @@ from softguard.proxy.commands import (
 )
 from softguard.proxy.statements import (
     SAFE,
+    AllowedShapes,
     NeedLedger,
     PlanInputs,
     SoftSession,
+    allowed_passes,
     passes_unread,
     plan_message,
     take_call_key,
@@ -236,6 +238,9 @@ class SessionCore(CoreBase):
         self._read_only_lost = False
         self._mode_generation = -1
         self._mode_is_full = True
+        # The Query shapes this session's policy lets pass as sent (statements.
+        # remember_allowed), for its current generation: emptied when that changes.
+        self._allowed: AllowedShapes = {}
         # softguard's port of the upstream connection, and the port the server reported
         # seeing at registration ("" when it said NULL: a Unix socket).
         self._local_port: int | None = None
@@ -314,6 +319,15 @@ class SessionCore(CoreBase):
                         self._query_sent()
                     self.to_server(data)
                     return
+                if self._allowed and self._filter is None and not self._soft.prepared:
+                    # A shape the policy let pass before (pgbench's UPDATEs): what
+                    # planning would do for it, without planning.
+                    counted = allowed_passes(text, self._allowed)
+                    if counted is not None:
+                        self.counter.count_statement(*counted)
+                        self.pending += 1
+                        self.to_server(data)
+                        return
                 # Planned: the one Message ``feed`` would hand out, its text already read
                 # and already found to need planning.
                 self._relay_messages(data, [Message(_Q, data[5:], 0, n)], 0, 0, 0, read=text)
@@ -1120,6 +1134,7 @@ class SessionCore(CoreBase):
         if self._mode_generation != policy.generation:
             self._mode_generation = policy.generation
             self._mode_is_full = policy.mode(self.info)[0] == "full"
+            self._allowed.clear()  # decided under the old policy
         return self._mode_is_full
 
     def _query_sent(self) -> None:
@@ -1147,6 +1162,7 @@ class SessionCore(CoreBase):
             client_encoding=self.client_encoding,
             known=classification,
             mode="full" if self._full_mode() else None,
+            allowed=self._allowed,
         )
         if not isinstance(planned, NeedLedger):
             self._known = None  # planned: the held classification is spent

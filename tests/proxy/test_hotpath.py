@@ -45,6 +45,15 @@ _CLIENT_CHUNKS = [
     _query("END;"),
     _query("select 1"),
     _query("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 3;"),
+    # Shapes the session memo lets pass once planned (statements.remember_allowed), and
+    # near misses: a 10-digit number and a name's digits are not folded, a decimal is.
+    _query("UPDATE pgbench_accounts SET abalance = abalance + -4711 WHERE aid = 98765;"),
+    _query("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1234567890;"),
+    _query("UPDATE pgbench_tellers SET tbalance = tbalance + 2.5 WHERE tid = 7;"),
+    _query("UPDATE pgbench_tellers SET tbalance = tbalance + 31.25 WHERE tid = 8;"),
+    _query("update t1 set x = 1"),
+    _query("update t2 set x = 1"),
+    _query("update t set x = '1'"),
     _query("delete from t where id = 1"),
     _query("select * from softguard.operations"),
     _query("select E'\\163oftguard'"),
@@ -85,7 +94,7 @@ _SERVER_CHUNKS = [
 
 _TWEAKS = [
     "filter", "unfilter", "known", "unknown", "prepared", "unprepared", "read-only", "full",
-    "timings", "protected", "read-only-lost", "shutdown", "calm",
+    "timings", "protected", "read-only-lost", "shutdown", "calm", "update-denied",
 ]  # fmt: skip
 
 
@@ -222,3 +231,70 @@ def test_pure_python_when_asked() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+_UPDATES = [
+    _query(f"UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};")
+    for delta, aid in ((-17, 5), (-4711, 98765), (-3, 1))
+]
+
+
+@pytest.mark.parametrize("mode", ["python", "chunk"])
+def test_an_allowed_shape_passes_unplanned_until_the_policy_changes(mode: str) -> None:
+    """The session memo (statements.remember_allowed): the first UPDATE of a shape is
+    planned, the next ones with other numbers pass as sent (the compiled path takes
+    them), counted as planning counts them; a policy reload empties the memo, and the
+    same shape is then decided anew (here: refused)."""
+    twin = Twin(mode)
+    for i, chunk in enumerate(_UPDATES):
+        _fed(twin, "client", chunk)
+        _fed(twin, "server", _SERVER_CHUNKS[0])
+        assert twin.sinks.sent[-2] == ("server", chunk)
+        assert twin.taken == (2 * i + 1 if mode == "chunk" else 0)  # with the answers
+    assert twin.counter.counted == [("destructive", "allow")] * 3
+    assert list(twin.core._allowed) == [
+        b"UPDATE pgbench_accounts SET abalance = abalance + -0 WHERE aid = 0;"
+    ]
+    apply_state(twin.core, "update-denied")
+    _fed(twin, "client", _UPDATES[1])
+    assert twin.taken == (5 if mode == "chunk" else 0)
+    assert twin.sinks.sent[-1][0] == "server" and twin.sinks.sent[-1][1] != _UPDATES[1]
+    assert b"42501" in twin.sinks.sent[-1][1]  # the refusal went in its place
+    assert twin.counter.counted[-1] == ("destructive", "deny")
+    assert twin.core._allowed == {}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "update t set x = '1'",  # a digit in a string: its shape is not kept
+        "update t set x = 1 -- 1",  # nor in a comment
+        "update softguard_x set x = 1",  # spells softguard's name
+        "alter table t add column c int",  # table DDL: SAFE, never remembered anyway
+        "delete from t where id = 1",  # protected: planned every time
+        "update t set x = 1; select 2",  # two statements: remembered as one text
+    ],
+)
+def test_what_the_session_memo_keeps_out(sql: str) -> None:
+    twin = Twin("chunk")
+    for _ in range(2):
+        _fed(twin, "client", _query(sql))
+        _fed(twin, "server", _SERVER_CHUNKS[0])
+    kept = list(twin.core._allowed)
+    if sql.endswith("select 2"):
+        assert kept == [b"update t set x = 0; select 0"] and twin.taken == 3, twin.taken
+    elif sql.startswith("delete"):
+        assert kept == [] and twin.taken == 0  # its answers are paired with its capture
+    else:
+        assert kept == [] and twin.taken == 2, (kept, twin.taken)  # only the answers
+
+
+def test_the_session_memo_is_not_filled_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """At DEBUG every allowed statement gets its log line: nothing is remembered."""
+    twin = Twin("chunk")
+    with caplog.at_level("DEBUG", logger="softguard.policy"):
+        for chunk in _UPDATES:
+            _fed(twin, "client", chunk)
+            _fed(twin, "server", _SERVER_CHUNKS[0])
+    assert twin.core._allowed == {} and twin.taken == 3  # the answers
+    assert sum("allow" in r.getMessage() for r in caplog.records) == 3
