@@ -37,6 +37,7 @@ static PyObject *s_prepared, *s_policy, *s_generation, *s_full_mode, *s_safe_sta
     *s_controls, *s_count_statement;
 
 #define MSG_QUERY 'Q'
+#define MSG_PARSE 'P'
 #define MSG_SYNC 'S'
 #define MSG_READY 'Z'
 
@@ -354,7 +355,7 @@ static int framer_lone(FramerBase *f, const unsigned char *p, Py_ssize_t n, int 
 
 /* Framer.lone_last(data, mtype, length), checks in the same order: 1 / 0 / -1. */
 static int framer_lone_last(FramerBase *f, const unsigned char *p, Py_ssize_t n, int mtype,
-                            uint32_t length)
+                            uint32_t length, Py_ssize_t start)
 {
     Py_ssize_t last = n - 1 - (Py_ssize_t)length;
     if (last < 0 || p[last] != mtype || read_int32(p + last + 1) != length)
@@ -371,7 +372,7 @@ static int framer_lone_last(FramerBase *f, const unsigned char *p, Py_ssize_t n,
     if (stop == NULL)
         return PyErr_Occurred() ? -1 : 0;
     /* Bounded: each step passes a whole message of 5 bytes or more, and n <= max_length. */
-    Py_ssize_t pos = 0;
+    Py_ssize_t pos = start;
     while (pos < last) {
         if (stop[p[pos]])
             return 0;
@@ -381,6 +382,35 @@ static int framer_lone_last(FramerBase *f, const unsigned char *p, Py_ssize_t n,
         pos += 1 + (Py_ssize_t)size;
     }
     return pos == last;
+}
+
+/* Framer.parse_then_sync: 1 with the Parse's query text in *text / *size, 0, -1. */
+static int framer_parse_then_sync(FramerBase *f, const unsigned char *p, Py_ssize_t n,
+                                  const unsigned char **text, Py_ssize_t *size)
+{
+    if (n < 5 || p[0] != MSG_PARSE)
+        return 0;
+    const unsigned char *readable = table_of(f->readable);
+    if (readable == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!readable[MSG_PARSE])
+        return 0;
+    uint32_t length = read_int32(p + 1);
+    if (length < 4 || (Py_ssize_t)length > f->max_want || (Py_ssize_t)length > n - 1)
+        return 0;
+    Py_ssize_t end = 1 + (Py_ssize_t)length;
+    int r = framer_lone_last(f, p, n, MSG_SYNC, 4, end);
+    if (r != 1)
+        return r;
+    const unsigned char *name_end = memchr(p + 5, 0, (size_t)(end - 5));
+    if (name_end == NULL)
+        return 0;
+    const unsigned char *text_end = memchr(name_end + 1, 0, (size_t)(p + end - name_end - 1));
+    if (text_end == NULL)
+        return 0;
+    *text = name_end + 1;
+    *size = text_end - *text;
+    return 1;
 }
 
 static FramerBase *as_framer(PyObject *obj)
@@ -696,6 +726,7 @@ static inline int overflows(Py_ssize_t x, Py_ssize_t by) { return x > PY_SSIZE_T
 #define HARMLESS_QUERY 1
 #define PREPARED 2
 #define ALLOWED_QUERY 3
+#define HARMLESS_PARSE 4
 
 /* The client checks, the framer held (a callback may drop the core's reference to it):
  * HARMLESS_QUERY a lone harmless Query, PREPARED a Bind/Execute/Sync, ALLOWED_QUERY a lone
@@ -726,8 +757,22 @@ static int client_checks(CoreBase *core, FramerBase *cframer, const unsigned cha
     /* `elif self._filter is None and cframer.lone_last(data, _S, 4)` */
     if (core->filter != Py_None)
         return 0;
-    r = framer_lone_last(cframer, p, n, MSG_SYNC, 4);
-    return r == 1 ? PREPARED : r;
+    r = framer_lone_last(cframer, p, n, MSG_SYNC, 4, 0);
+    if (r != 0)
+        return r == 1 ? PREPARED : r;
+    /* `elif self._filter is None and self._known is None:` a Parse ... Sync */
+    if (core->known != Py_None)
+        return 0;
+    const unsigned char *text;
+    Py_ssize_t size;
+    if ((r = framer_parse_then_sync(cframer, p, n, &text, &size)) != 1)
+        return r;
+    if ((r = full_mode(core)) != 1)
+        return r;
+    if ((r = soft_prepared(core)) != 0)
+        return r < 0 ? -1 : 0;
+    r = passes_unread(text, size);
+    return r == 1 ? HARMLESS_PARSE : r < 0 ? -1 : 0;
 }
 
 /* counter.count_statement(kind, action), as the Python path calls it. */
@@ -769,15 +814,15 @@ static int client_fast(PyObject *obj, PyObject *data)
         return 0;
     PyObject *counter = core->counter;
     int counted_here = counter != NULL && PyObject_TypeCheck(counter, &CounterBaseType);
+    int safe = which == HARMLESS_QUERY || which == HARMLESS_PARSE;
     if (overflows(core->pending, 1) ||
-        (which == HARMLESS_QUERY && counted_here &&
-         overflows(((CounterBase *)counter)->safe_statements, 1))) {
+        (safe && counted_here && overflows(((CounterBase *)counter)->safe_statements, 1))) {
         Py_XDECREF(entry);
         return 0;
     }
     /* The Python path's order: `_client_bytes`, the count, `pending`, the write. */
     core->client_bytes += n;
-    if (which == HARMLESS_QUERY && count_safe(core) < 0)
+    if (safe && count_safe(core) < 0)
         return -1;
     if (which == ALLOWED_QUERY) {
         int r = count_statement(core, entry);
@@ -793,7 +838,7 @@ static int client_fast(PyObject *obj, PyObject *data)
 static int server_checks(CoreBase *core, FramerBase *sframer, const unsigned char *p,
                          Py_ssize_t n)
 {
-    int r = framer_lone_last(sframer, p, n, MSG_READY, 5);
+    int r = framer_lone_last(sframer, p, n, MSG_READY, 5, 0);
     if (r != 1)
         return r;
     /* What would make the Python path do more than count and write: timings or

@@ -337,6 +337,15 @@ class SessionCore(CoreBase):
             self.pending += 1
             self.to_server(data)
             return
+        elif self._filter is None and self._known is None:
+            # A driver's Parse/Bind/Describe/Execute/Sync whose text is proven harmless
+            # from its bytes: what ``_relay_messages`` does for it, without framing objects.
+            parsed = cframer.parse_then_sync(data)
+            if parsed is not None and self._full_mode() and passes_unread(parsed, self._soft):
+                self.counter.safe_statements += 1
+                self.pending += 1
+                self.to_server(data)
+                return
         try:
             buf, msgs, held = self._cframer.feed(data)
         except ProtocolViolation as exc:

@@ -167,6 +167,21 @@ SHAPES: dict[str, list[list[bytes]]] = {
     "named_parse_then_bes": [[parse(DELETE, b"s2") + SYNC], [bind(b"s2") + EXECUTE + SYNC]],
     "unnamed_parse_alone_then_bes": [[parse(DELETE)], [BES]],
     "parse_glued_to_bes": [[parse(DELETE) + BES]],
+    # A driver's Parse ... Sync whose Parse is harmless (the compiled path takes those):
+    # the DELETE after it, inside it, or behind its length.
+    "harmless_parse_then_query": [[parse(HARMLESS) + HIDDEN + BES]],
+    "harmless_parse_then_delete_parse": [[parse(HARMLESS) + parse(DELETE) + BES]],
+    "harmless_parse_nul_then_delete": [[parse(HARMLESS + b"\0" + DELETE) + BES]],
+    "harmless_parse_length_swallows_delete": [
+        [
+            b"P"
+            + struct.pack("!I", len(parse(HARMLESS)) - 1 + len(parse(DELETE)))
+            + parse(HARMLESS)[5:]
+            + parse(DELETE)
+            + BES
+        ]
+    ],
+    "harmless_parse_split_before_sync": [[parse(HARMLESS) + bind() + EXECUTE], [HIDDEN + SYNC]],
     "sql_prepare_then_protocol_bind": [
         [query(b"PREPARE d AS " + DELETE)],
         [bind(b"d") + EXECUTE + SYNC],

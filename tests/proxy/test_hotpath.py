@@ -66,6 +66,18 @@ _CLIENT_CHUNKS = [
     message(b"S", b""),
     message(b"P", b"\0select 1\0\0\0") + _BIND_EXECUTE_SYNC,  # a Parse inside: read
     message(b"P", b"\0delete from t\0\0\0") + _BIND_EXECUTE_SYNC,
+    # A driver's Parse/Bind/Describe/Execute/Sync, and near misses of that shape.
+    message(b"P", b"s2\0select 2\0\0\0") + message(b"D", b"Ss2\0") + _BIND_EXECUTE_SYNC,
+    message(b"P", b"\0select 3\0\0\0") + message(b"S", b""),
+    message(b"P", b"\0select 4\0\0\0") + _query("select 5") + message(b"S", b""),
+    message(b"P", b"\0select 6\0\0\0") + message(b"P", b"\0select 7\0\0\0") + _BIND_EXECUTE_SYNC,
+    message(b"P", b"\0select 8") + _BIND_EXECUTE_SYNC,  # the text's NUL missing
+    message(b"P", b"select 9") + _BIND_EXECUTE_SYNC,  # the name's too
+    message(b"P", b"\0select '" + b"y" * 600 + b"'\0\0\0") + _BIND_EXECUTE_SYNC,
+    message(b"P", b"\0update t set x = 1\0\0\0") + _BIND_EXECUTE_SYNC,
+    message(b"P", b"\0select 1\0\0\0") + _BIND_EXECUTE_SYNC[:-2],  # the Sync cut short
+    b"P\0\0\0\x03" + _BIND_EXECUTE_SYNC,  # a Parse length under 4
+    b"P\0\0\x10\x00\0select 1\0\0\0" + _BIND_EXECUTE_SYNC,  # one past the chunk
     _BIND_EXECUTE_SYNC[:7],  # split Bind
     _BIND_EXECUTE_SYNC[7:],
     message(b"B", b"\0s1\0\0\0\0\0\0\0") + b"S\0\0\0\x05x",  # a Sync with a wrong length
@@ -298,3 +310,25 @@ def test_the_session_memo_is_not_filled_at_debug(caplog: pytest.LogCaptureFixtur
             _fed(twin, "server", _SERVER_CHUNKS[0])
     assert twin.core._allowed == {} and twin.taken == 3  # the answers
     assert sum("allow" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_a_drivers_harmless_parse_chunk_is_taken() -> None:
+    """Parse/Describe/Bind/Execute/Sync of a harmless text (psycopg with parameters,
+    pgbench -M extended): sent as it came and counted SAFE, by the compiled path; one of
+    a DELETE is left to the Python path, which plans it."""
+    harmless = (
+        message(b"P", b"\0SELECT abalance FROM pgbench_accounts WHERE aid = $1\0\0\x01\0\0\0\x17")
+        + message(b"D", b"P\0")
+        + _BIND_EXECUTE_SYNC
+    )
+    for mode in ("python", "chunk"):
+        twin = Twin(mode)
+        for _ in range(3):
+            _fed(twin, "client", harmless)
+        assert twin.sinks.sent == [("server", harmless)] * 3
+        assert all(b is harmless for _, b in twin.sinks.sent)
+        assert twin.counter.safe_statements == 3 and twin.core.pending == 3
+        assert twin.taken == (3 if mode == "chunk" else 0)
+    twin = Twin("chunk")
+    _fed(twin, "client", message(b"P", b"\0DELETE FROM t WHERE id = $1\0\0\0") + _BIND_EXECUTE_SYNC)
+    assert twin.taken == 0 and twin.counter.counted == [("destructive", "protect")]
