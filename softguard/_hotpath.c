@@ -630,17 +630,19 @@ static Py_ssize_t shape_into(const unsigned char *t, Py_ssize_t n, unsigned char
     return m;
 }
 
-/* allowed_passes(text, core._allowed): 1 with *entry (a new reference to the memo's
- * (kind, action)), 0 not found (or not ours: step aside), -1. */
+/* allowed_passes(text, core._allowed, parse=parse): 1 with *entry (a new reference to the
+ * memo's (kind, action)), 0 not found (or not ours: step aside), -1. */
 static int allowed_entry(CoreBase *core, const unsigned char *text, Py_ssize_t size,
-                         PyObject **entry)
+                         int parse, PyObject **entry)
 {
     PyObject *allowed = core->allowed;
     if (size > g_memo_bytes || allowed == NULL || !PyDict_CheckExact(allowed) ||
         PyDict_GET_SIZE(allowed) == 0)
         return 0;
-    unsigned char shape[SHAPE_MAX];
-    PyObject *key = PyBytes_FromStringAndSize((const char *)shape, shape_into(text, size, shape));
+    unsigned char shape[SHAPE_MAX + 1]; /* a Parse's key: a NUL, then the shape */
+    shape[0] = 0;
+    Py_ssize_t m = shape_into(text, size, shape + 1);
+    PyObject *key = PyBytes_FromStringAndSize((const char *)shape + !parse, m + !!parse);
     if (key == NULL)
         return -1;
     Py_INCREF(allowed); /* a key's __eq__ (not bytes: someone else's) may drop the field */
@@ -725,12 +727,13 @@ static inline int overflows(Py_ssize_t x, Py_ssize_t by) { return x > PY_SSIZE_T
 
 #define HARMLESS_QUERY 1
 #define PREPARED 2
-#define ALLOWED_QUERY 3
+#define ALLOWED 3 /* a Query, or a Parse ... Sync */
 #define HARMLESS_PARSE 4
 
 /* The client checks, the framer held (a callback may drop the core's reference to it):
- * HARMLESS_QUERY a lone harmless Query, PREPARED a Bind/Execute/Sync, ALLOWED_QUERY a lone
- * Query whose shape the session's memo lets pass (*entry: what to count), 0 none, -1. */
+ * HARMLESS_QUERY a lone harmless Query, PREPARED a Bind/Execute/Sync, HARMLESS_PARSE a
+ * Parse ... Sync of a harmless text, ALLOWED a lone Query or a Parse ... Sync whose shape
+ * the session's memo lets pass (*entry: what to count), 0 none, -1. */
 static int client_checks(CoreBase *core, FramerBase *cframer, const unsigned char *p,
                          Py_ssize_t n, PyObject **entry)
 {
@@ -751,8 +754,8 @@ static int client_checks(CoreBase *core, FramerBase *cframer, const unsigned cha
             return core->filter == Py_None ? HARMLESS_QUERY : 0;
         if (r != 0 || core->filter != Py_None)
             return r < 0 ? -1 : 0;
-        r = allowed_entry(core, p + 5, n - 6, entry);
-        return r == 1 ? ALLOWED_QUERY : r;
+        r = allowed_entry(core, p + 5, n - 6, 0, entry);
+        return r == 1 ? ALLOWED : r;
     }
     /* `elif self._filter is None and cframer.lone_last(data, _S, 4)` */
     if (core->filter != Py_None)
@@ -772,7 +775,10 @@ static int client_checks(CoreBase *core, FramerBase *cframer, const unsigned cha
     if ((r = soft_prepared(core)) != 0)
         return r < 0 ? -1 : 0;
     r = passes_unread(text, size);
-    return r == 1 ? HARMLESS_PARSE : r < 0 ? -1 : 0;
+    if (r != 0) /* `if self._allowed and not self._soft.prepared:` (checked above) */
+        return r == 1 ? HARMLESS_PARSE : r < 0 ? -1 : 0;
+    r = allowed_entry(core, text, size, 1, entry);
+    return r == 1 ? ALLOWED : r;
 }
 
 /* counter.count_statement(kind, action), as the Python path calls it. */
@@ -824,7 +830,7 @@ static int client_fast(PyObject *obj, PyObject *data)
     core->client_bytes += n;
     if (safe && count_safe(core) < 0)
         return -1;
-    if (which == ALLOWED_QUERY) {
+    if (which == ALLOWED) {
         int r = count_statement(core, entry);
         Py_DECREF(entry);
         if (r < 0)

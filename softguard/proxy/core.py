@@ -341,11 +341,19 @@ class SessionCore(CoreBase):
             # A driver's Parse/Bind/Describe/Execute/Sync whose text is proven harmless
             # from its bytes: what ``_relay_messages`` does for it, without framing objects.
             parsed = cframer.parse_then_sync(data)
-            if parsed is not None and self._full_mode() and passes_unread(parsed, self._soft):
-                self.counter.safe_statements += 1
-                self.pending += 1
-                self.to_server(data)
-                return
+            if parsed is not None and self._full_mode():
+                if passes_unread(parsed, self._soft):
+                    self.counter.safe_statements += 1
+                    self.pending += 1
+                    self.to_server(data)
+                    return
+                if self._allowed and not self._soft.prepared:
+                    counted = allowed_passes(parsed, self._allowed, parse=True)
+                    if counted is not None:  # as for a Query above
+                        self.counter.count_statement(*counted)
+                        self.pending += 1
+                        self.to_server(data)
+                        return
         try:
             buf, msgs, held = self._cframer.feed(data)
         except ProtocolViolation as exc:

@@ -334,16 +334,23 @@ def harmless_shape(folded: bytes) -> bool | None:
     return None if may_name_softguard(folded.lower()) else True
 
 
-# A session's Query shapes (``Classifier.remembered_shape``) that its policy lets pass as
-# sent, with what to count for each: (kind, action).
+# A session's Query and Parse shapes (``Classifier.remembered_shape``) that its policy lets
+# pass as sent, with what to count for each: (kind, action). A Parse's key is its shape
+# after a NUL, which no Query text holds: the two never share a key.
 AllowedShapes = dict[bytes, tuple[str, str]]
 _ALLOWED_SHAPES_SIZE = 256
 
 
 def remember_allowed(
-    allowed: AllowedShapes, classifier: Classifies, text: bytes, classification: Classification
+    allowed: AllowedShapes,
+    classifier: Classifies,
+    text: bytes,
+    classification: Classification,
+    *,
+    parse: bool,
 ) -> None:
-    """Remember that every Query of ``text``'s shape passes as sent in this session, under
+    """Remember that every Query (``parse``: Parse) of ``text``'s shape passes as sent in
+    this session, under
     the policy's current generation (the session empties ``allowed`` when it changes): the
     relay's fast path then sends the next ones without planning (``allowed_passes``).
 
@@ -367,16 +374,19 @@ def remember_allowed(
         return
     if len(allowed) >= _ALLOWED_SHAPES_SIZE:
         allowed.clear()
-    allowed[shape] = (classification.kind.value, Action.ALLOW.value)
+    allowed[b"\0" + shape if parse else shape] = (classification.kind.value, Action.ALLOW.value)
 
 
-def allowed_passes(text: bytes, allowed: AllowedShapes) -> tuple[str, str] | None:
-    """What to count for ``text`` when the session's memo says it passes as sent, else
-    None (the caller has checked what ``passes_unread`` checks first: full mode, no
-    prepared soft delete, no classification held)."""
+def allowed_passes(
+    text: bytes, allowed: AllowedShapes, *, parse: bool = False
+) -> tuple[str, str] | None:
+    """What to count for ``text`` (a Query's, or a Parse's) when the session's memo says it
+    passes as sent, else None (the caller has checked what ``passes_unread`` checks first:
+    full mode, no prepared soft delete, no classification held)."""
     if len(text) > UNREAD_MEMO_BYTES:
         return None
-    return allowed.get(shape_of(text))
+    shape = shape_of(text)
+    return allowed.get(b"\0" + shape if parse else shape)
 
 
 def plan_message(
@@ -459,8 +469,10 @@ def plan_message(
         memo_key = (id(classification), id(info), source, policy.generation)
         remembered = inputs.allowed.get(memo_key)
         if remembered is not None and remembered[0] is classification and remembered[1] is info:
-            if allowed is not None and msg.type == _Q:
-                remember_allowed(allowed, inputs.classifier, text, classification)
+            if allowed is not None:
+                remember_allowed(
+                    allowed, inputs.classifier, text, classification, parse=source != "query"
+                )
             return _passed(classification.kind.value if log_it else "", Action.ALLOW.value)
     decisions = policy.decide(classification, info, source=source, log_it=log_it and not approving)
     if approving:
@@ -581,8 +593,10 @@ def plan_message(
                 if len(inputs.allowed) >= _ALLOWED_MEMO_SIZE:
                     inputs.allowed.clear()
                 inputs.allowed[memo_key] = (classification, info)
-                if allowed is not None and msg.type == _Q:
-                    remember_allowed(allowed, inputs.classifier, text, classification)
+                if allowed is not None:
+                    remember_allowed(
+                        allowed, inputs.classifier, text, classification, parse=source != "query"
+                    )
             return _passed(kind, action)
         return Planned(
             None, kind=kind, action=action, protected=tuple(protected), reread_soft_delete=reread

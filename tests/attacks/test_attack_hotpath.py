@@ -326,6 +326,27 @@ def test_an_allowed_update_shape_stays_that_shape(arena_where: Arena) -> None:
     assert arena_where.snapshot() == before
 
 
+def test_an_allowed_parse_shape_stays_that_shape(arena_where: Arena) -> None:
+    """The same through a driver's Parse ... Sync: the remembered UPDATE shape passes, a
+    look-alike without its WHERE clause is refused, alone or after one that passes."""
+    before = arena_where.snapshot()
+    warm = b"UPDATE parent SET name = name WHERE id = %d"
+    attacker = Attacker(arena_where)
+    try:
+        for i in range(1, 5):
+            assert _refused(attacker.exchange([parse(warm % i) + BES])) == []
+        for text in (
+            b"UPDATE parent SET name = upper(name)",
+            b"UPDATE parent SET name = upper(name) -- WHERE id = 1",
+        ):
+            for chunks in ([parse(text) + BES], [parse(warm % 2) + BES + parse(text) + BES]):
+                got = attacker.exchange(chunks)
+                assert _refused(got) == ["42501"], (text, got)
+    finally:
+        attacker.close()
+    assert arena_where.snapshot() == before
+
+
 def test_a_session_remembers_for_itself_alone(arena_where: Arena) -> None:
     """A session whose UPDATEs are allowed has remembered the shape; another session of
     the same role, but the application the policy denies updates to, sending that shape

@@ -332,3 +332,27 @@ def test_a_drivers_harmless_parse_chunk_is_taken() -> None:
     twin = Twin("chunk")
     _fed(twin, "client", message(b"P", b"\0DELETE FROM t WHERE id = $1\0\0\0") + _BIND_EXECUTE_SYNC)
     assert twin.taken == 0 and twin.counter.counted == [("destructive", "protect")]
+
+
+@pytest.mark.parametrize("mode", ["python", "chunk"])
+def test_an_allowed_parse_shape_passes_unplanned(mode: str) -> None:
+    """A driver's UPDATE with parameters (Parse ... Sync): planned once, then passed as
+    sent by the session memo, under a key of its own (a Query of the same text is
+    planned once too); a policy reload empties the memo."""
+    text = b"UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2"
+    chunk = message(b"P", b"\0" + text + b"\0\0\0") + message(b"D", b"P\0") + _BIND_EXECUTE_SYNC
+    twin = Twin(mode)
+    for _ in range(3):
+        _fed(twin, "client", chunk)
+    assert twin.sinks.sent == [("server", chunk)] * 3
+    assert twin.taken == (2 if mode == "chunk" else 0)
+    assert twin.counter.counted == [("destructive", "allow")] * 3
+    assert list(twin.core._allowed) == [b"\0" + text]
+    _fed(twin, "client", _query(text.decode()))  # a Query of it: not the Parse's key
+    assert twin.taken == (2 if mode == "chunk" else 0)
+    assert sorted(twin.core._allowed) == [b"\0" + text, text]
+    apply_state(twin.core, "update-denied")
+    _fed(twin, "client", chunk)
+    assert twin.taken == (2 if mode == "chunk" else 0)
+    assert twin.counter.counted[-1] == ("destructive", "deny")
+    assert twin.core._allowed == {}
