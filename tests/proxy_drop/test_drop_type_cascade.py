@@ -124,6 +124,57 @@ VIEWS = [
 # the schema of the type goes, the view reading its column lives elsewhere: kept
 SCHEMA_AND_VIEW = [*IN_SCHEMA, "CREATE VIEW cd_uv AS SELECT k, d FROM cd_u WHERE d > 1"]
 
+# materialized views reading the column (decision 0035): dropped as PostgreSQL drops them,
+# re-made by undo; one on another, a view on one, one left unpopulated, one that reads no
+# kept column but reads a view that does (moved as DROP MATERIALIZED VIEW moves it)
+MATVIEWS = [
+    *DOMAIN_INT,
+    "CREATE MATERIALIZED VIEW cd_mv WITH (fillfactor = 70) AS"
+    " SELECT k, d, note FROM cd_a WHERE d > 0",
+    "CREATE UNIQUE INDEX cd_mv_k ON cd_mv (k)",
+    "CREATE INDEX cd_mv_dn ON cd_mv ((d + 1)) WHERE note IS NOT NULL",
+    "ALTER MATERIALIZED VIEW cd_mv CLUSTER ON cd_mv_k",
+    "ALTER MATERIALIZED VIEW cd_mv ALTER COLUMN note SET STATISTICS 50",
+    "CREATE STATISTICS cd_mv_st ON k, note FROM cd_mv",
+    "COMMENT ON MATERIALIZED VIEW cd_mv IS 'positive'",
+    "COMMENT ON COLUMN cd_mv.note IS 'the note'",
+    "COMMENT ON INDEX cd_mv_k IS 'by key'",
+    "GRANT SELECT ON cd_mv TO PUBLIC",
+    "CREATE MATERIALIZED VIEW cd_mv2 AS SELECT k, d * 2 AS dd FROM cd_mv",
+    "CREATE VIEW cd_mvv AS SELECT k FROM cd_mv WHERE k > 0",
+    "CREATE MATERIALIZED VIEW cd_mv3 AS SELECT k, d FROM cd_a WITH NO DATA",
+    "CREATE VIEW cd_v5 AS SELECT k, d FROM cd_a",
+    "CREATE MATERIALIZED VIEW cd_mv4 AS SELECT k FROM cd_v5",
+]
+# the snapshot reads every relation's rows, which an unpopulated one refuses
+MATVIEWS_POPULATED = [s for s in MATVIEWS if "cd_mv3" not in s]
+MATVIEWS_LEFT = (
+    "SELECT c.relname, c.relkind FROM pg_class c WHERE c.relname LIKE 'cd\\_%v%' ORDER BY 1"
+)
+# rules of another table and of the table itself whose action reads the column: dropped as
+# PostgreSQL drops them, re-created by undo
+RULES = [
+    *DOMAIN_INT,
+    "CREATE TABLE cd_log (k int, d int)",
+    "CREATE TABLE cd_other (k int)",
+    "CREATE RULE cd_r AS ON DELETE TO cd_a DO ALSO INSERT INTO cd_log VALUES (OLD.k, OLD.d)",
+    "CREATE RULE cd_r2 AS ON INSERT TO cd_other DO ALSO"
+    " INSERT INTO cd_log SELECT k, d FROM cd_a WHERE k = NEW.k",
+    "COMMENT ON RULE cd_r2 ON cd_other IS 'copies'",
+    "ALTER TABLE cd_other DISABLE RULE cd_r2",
+    "CREATE RULE cd_r3 AS ON INSERT TO cd_other DO ALSO INSERT INTO cd_log VALUES (NEW.k, 0)",
+]
+RULES_LEFT = "SELECT rulename FROM pg_rules WHERE rulename LIKE 'cd\\_r%' ORDER BY 1"
+# the schema goes with the domain, and with a view and a materialized view in it reading
+# the column of a table elsewhere (they are kept, not left in the renamed schema)
+SCHEMA_WITH_READERS = [
+    *IN_SCHEMA,
+    "CREATE VIEW cd_s.v AS SELECT k, d FROM cd_u",
+    "COMMENT ON VIEW cd_s.v IS 'in the schema'",
+    "CREATE MATERIALIZED VIEW cd_s.mv AS SELECT k, d FROM cd_u",
+    "CREATE VIEW cd_s.v0 AS SELECT 1 AS one",  # reads no kept column: stays in the schema
+]
+
 AFTER = "SELECT * FROM {t} ORDER BY 1"
 VIEWS_LEFT = "SELECT c.relname FROM pg_class c WHERE c.relname LIKE 'cd\\_v%' ORDER BY 1"
 
@@ -207,6 +258,32 @@ CASES: dict[str, Case] = {
         ["BEGIN", "DROP TYPE cd_pos CASCADE", VIEWS_LEFT, "COMMIT", AFTER.format(t="cd_a")],
         [0, 1, 0, 0, 0],
     ),
+    "materialized_views": Case(
+        MATVIEWS,
+        [
+            "DROP DOMAIN cd_pos CASCADE",
+            AFTER.format(t="cd_a"),
+            MATVIEWS_LEFT,
+            "SELECT * FROM cd_mv4 ORDER BY 1",
+        ],
+        [1, 0, 0, 0],
+    ),
+    "rules": Case(
+        RULES,
+        [
+            "DROP DOMAIN cd_pos CASCADE",
+            RULES_LEFT,
+            "INSERT INTO cd_other VALUES (1)",
+            "DELETE FROM cd_a WHERE k = 2",
+            AFTER.format(t="cd_log"),
+        ],
+        [1, 0, 0, 1, 0],
+    ),
+    "schema_with_readers": Case(
+        SCHEMA_WITH_READERS,
+        ["DROP SCHEMA cd_s CASCADE", AFTER.format(t="cd_u"), "SELECT to_regclass('cd_s.v')"],
+        [1, 0, 0],
+    ),
     "rolled_back": Case(
         ENUM_TWO_TABLES,
         ["BEGIN", "DROP TYPE cd_mood CASCADE", "ROLLBACK", AFTER.format(t="cd_e2")],
@@ -260,6 +337,9 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
         (POLICIES, "DROP DOMAIN cd_pos CASCADE"),
         (VIEWS, "DROP DOMAIN cd_pos CASCADE"),
         (SCHEMA_AND_VIEW, "DROP SCHEMA cd_s CASCADE"),
+        (MATVIEWS_POPULATED, "DROP DOMAIN cd_pos CASCADE"),
+        (RULES, "DROP DOMAIN cd_pos CASCADE"),
+        (SCHEMA_WITH_READERS, "DROP SCHEMA cd_s CASCADE"),
     ],
     ids=[
         "domain_int",
@@ -276,6 +356,9 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
         "policies",
         "views",
         "schema_and_view",
+        "matviews",
+        "rules",
+        "schema_with_readers",
     ],
 )
 def test_undo_restores_exactly(
