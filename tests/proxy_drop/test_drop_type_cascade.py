@@ -599,3 +599,81 @@ def test_undo_leaves_out_roles_dropped_since(
             "SELECT policyname, roles::text FROM pg_policies WHERE tablename = 'cd_a'"
         ).fetchall()
     assert pols == [("cd_both", "{" + APP_ROLE + "}")]
+
+
+def test_purge_destroys_what_matviews_and_a_dropped_schema_kept(
+    proxy: Any, sg: Any, twins: Any
+) -> None:
+    """Purge forgets the re-making of the materialized views and drops the views kept out
+    of the dropped schema with it: nothing of the operation is left, undo is refused."""
+    (b,) = twins(1)
+    sg.execute(b, *SCHEMA_WITH_READERS, "CREATE MATERIALIZED VIEW cd_umv AS SELECT k, d FROM cd_u")
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP SCHEMA cd_s CASCADE")
+    (op,) = sg.active_ops(b)
+    with sg.connect(b) as c:
+        c.execute("SELECT softguard.purge_op(%s)", [op])
+        left = c.execute(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relname LIKE %s),"
+            " (SELECT count(*) FROM pg_namespace WHERE nspname LIKE %s),"
+            " (SELECT count(*) FROM pg_class WHERE relname IN ('cd_umv', 'mv', 'v', 'v0'))",
+            [f"op{op}\\_%", f"softguard\\_q{op}\\_%"],
+        ).fetchone()
+        assert left == (0, 0, 0)
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            c.execute("SELECT softguard.undo_op(%s)", [op])
+
+
+def test_an_unpopulated_matview_comes_back_unpopulated(proxy: Any, sg: Any, twins: Any) -> None:
+    """A materialized view made WITH NO DATA is re-made so (undo refreshes only those that
+    were populated), and softguard show says what undo will do with each."""
+    from softguard.cli.show_text import _step_text
+
+    (b,) = twins(1)
+    sg.execute(b, *MATVIEWS)
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP DOMAIN cd_pos CASCADE")
+    (op,) = sg.active_ops(b)
+    with sg.connect(b) as c:
+        (restore,) = c.execute(
+            "SELECT restore FROM softguard.operations WHERE id = %s", [op]
+        ).fetchone()
+    words = [_step_text(s) for s in restore]
+    assert "re-make materialized view public.cd_mv3 (not populated) (after its columns)" in words
+    assert "re-make materialized view public.cd_mv and refresh it (after its columns)" in words
+    lines = sg.undo(b, op)
+    assert any("re-made materialized view public.cd_mv2 (refreshed" in x for x in lines), lines
+    with sg.connect(b) as c:
+        rows = c.execute(
+            "SELECT relname, relispopulated FROM pg_class WHERE relname LIKE 'cd\\_mv%'"
+            " AND relkind = 'm' ORDER BY 1"
+        ).fetchall()
+        assert rows == [("cd_mv", True), ("cd_mv2", True), ("cd_mv3", False), ("cd_mv4", True)]
+        assert c.execute("SELECT * FROM cd_mv2 ORDER BY 1").fetchall() == [(1, 10), (2, 12)]
+
+
+def test_undo_of_a_matview_waits_for_what_its_query_used(proxy: Any, sg: Any, twins: Any) -> None:
+    """Dropped, the materialized view no longer holds the function its query called, so a
+    later DROP FUNCTION through softguard keeps that function in another operation: undo
+    of the first names it (55006, blocked_by) and changes nothing; in order, all is back."""
+    (b,) = twins(1)
+    sg.execute(
+        b,
+        *DOMAIN_INT,
+        "CREATE FUNCTION cd_twice(i int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 2 * i'",
+        "CREATE MATERIALIZED VIEW cd_fmv AS SELECT k, cd_twice(d) AS dd FROM cd_a",
+    )
+    before = sg.snapshot(b)
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP DOMAIN cd_pos CASCADE")
+        c.execute("DROP FUNCTION cd_twice(int)")
+    first, second = sorted(sg.active_ops(b))
+    with pytest.raises(psycopg.errors.ObjectInUse) as e:
+        sg.undo(b, first)
+    assert f"blocked_by={second}" in (e.value.diag.message_detail or ""), e.value
+    assert "materialized view public.cd_fmv needs function public.cd_twice(integer)" in str(
+        e.value
+    )
+    sg.undo(b, second)
+    sg.undo(b, first)
+    assert sg.snapshot(b) == before
