@@ -286,7 +286,17 @@ BEGIN
               WHERE m.relkind = 'm' ORDER BY m.depth DESC, m.oid LOOP
         steps := steps || softguard._remake_step(op_id, r.oid, readers);
         UPDATE softguard.operations o SET restore = steps WHERE o.id = op_id;  -- the backstop's mark
-        EXECUTE format('DROP MATERIALIZED VIEW %s', r.oid::regclass);
+        BEGIN
+            EXECUTE format('DROP MATERIALIZED VIEW %s', r.oid::regclass);
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+            -- something else uses it (a routine or a column of its row type): not kept yet
+            GET STACKED DIAGNOSTICS qn = PG_EXCEPTION_DETAIL;
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot yet keep materialized view %s, which reads '
+                                 'a column dropped by this statement: %s', r.oid::regclass, qn),
+                HINT = 'Drop what uses it first (through softguard, which keeps it), then run '
+                       'this statement again.';
+        END;
         remade := remade || r.oid;
     END LOOP;
 

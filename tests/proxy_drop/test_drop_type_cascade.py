@@ -428,6 +428,12 @@ NOT_KEPT_YET = {
         "CREATE MATERIALIZED VIEW cd_km AS SELECT v.k, a.d FROM cd_kv v JOIN cd_a a USING (k)",
         "materialized view public.cd_km",
     ),
+    # a routine using the row type of a materialized view that is re-made at undo
+    "routine_of_a_matviews_row_type": (
+        "CREATE MATERIALIZED VIEW cd_rmv AS SELECT k, d FROM cd_a",
+        "CREATE FUNCTION cd_rows() RETURNS SETOF cd_rmv LANGUAGE sql AS 'SELECT * FROM cd_rmv'",
+        "materialized view public.cd_rmv",
+    ),
 }
 
 
