@@ -107,6 +107,20 @@ ATTACKS: dict[str, list[Any]] = {
         DROP,
         "DO $$ BEGIN DROP MATERIALIZED VIEW mk_other; END $$",
     ],
+    # softguard's probe mode switched on by the session, to look like drop_op's own probe
+    "probe_mode_forged": [
+        "SELECT set_config('soft' || 'guard.probe', 'on', false)",
+        "DO $$ BEGIN DROP MATERIALIZED VIEW mk_other; END $$",
+    ],
+    # the backstop's mark looked for in the wrong place: a DROP of the same transaction
+    # recorded, then the application's own DROP of a view it re-made names
+    "matview_dropped_after_the_drop_in_a_function": [
+        "BEGIN",
+        DROP,
+        "CREATE FUNCTION wipe_mid() RETURNS void LANGUAGE plpgsql AS"
+        " $f$ BEGIN DROP MATERIALIZED VIEW mk_other; END $f$",
+        "SELECT wipe_mid()",
+    ],
     # another materialized view refreshed meanwhile: nothing kept depends on it
     "refresh_matview_after_the_drop": [DROP, "REFRESH MATERIALIZED VIEW mk_other"],
     # softguard's helpers called directly: not executable
@@ -130,6 +144,8 @@ EXPECTED: dict[str, tuple[int | None, str | None]] = {
     "do_block": (0, "0A000"),
     "function": (1, "0A000"),
     "other_matview_dropped_in_the_transaction": (2, "0A000"),
+    "matview_dropped_after_the_drop_in_a_function": (3, "0A000"),
+    "probe_mode_forged": (1, "SGPRB"),  # the probe always ends rolled back
     "plain": (None, None),
     "prepared": (None, None),
     "quarantine_called_directly": (0, "0A000"),
@@ -206,3 +222,25 @@ def test_names_taken_since_make_undo_wait(arena: Arena) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert arena.snapshot() == before
     assert extras(arena) == kept
+
+
+def test_a_rule_added_since_does_not_divert_undo(arena: Arena) -> None:
+    """After the DROP the application puts rules of its own on the table whose column undo
+    gives back, to turn undo's writes into nothing or into writes elsewhere: undo writes
+    the values back all the same, and writes nothing else."""
+    setup(arena)
+    before, last = arena.snapshot(), arena.last_op()
+    out = arena.attack(
+        [
+            DROP,
+            "CREATE RULE mk_nothing AS ON UPDATE TO mk DO INSTEAD NOTHING",
+            "CREATE RULE mk_copy AS ON INSERT TO mk DO ALSO INSERT INTO mk_log VALUES (NEW.id, 0)",
+        ]
+    )
+    assert out.error is None, out.describe()
+    (op,) = [o["id"] for o in arena.ops_since(last)]
+    r = arena.undo([op])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert arena.direct("SELECT id, d FROM mk ORDER BY 1") == [(1, 1), (2, 2)]
+    arena.direct("DROP RULE mk_nothing ON mk; DROP RULE mk_copy ON mk")
+    assert arena.snapshot() == before

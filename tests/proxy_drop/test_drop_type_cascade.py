@@ -176,6 +176,7 @@ SCHEMA_WITH_READERS = [
     "COMMENT ON VIEW cd_s.v IS 'in the schema'",
     "CREATE MATERIALIZED VIEW cd_s.mv AS SELECT k, d FROM cd_u",
     "CREATE VIEW cd_s.v0 AS SELECT 1 AS one",  # reads no kept column: stays in the schema
+    "CREATE VIEW cd_s.v2 AS SELECT k FROM cd_s.v",  # on a kept one: stays in the schema
 ]
 
 AFTER = "SELECT * FROM {t} ORDER BY 1"
@@ -622,7 +623,7 @@ def test_purge_destroys_what_matviews_and_a_dropped_schema_kept(
         left = c.execute(
             "SELECT (SELECT count(*) FROM pg_class WHERE relname LIKE %s),"
             " (SELECT count(*) FROM pg_namespace WHERE nspname LIKE %s),"
-            " (SELECT count(*) FROM pg_class WHERE relname IN ('cd_umv', 'mv', 'v', 'v0'))",
+            " (SELECT count(*) FROM pg_class WHERE relname IN ('cd_umv', 'mv', 'v', 'v0', 'v2'))",
             [f"op{op}\\_%", f"softguard\\_q{op}\\_%"],
         ).fetchone()
         assert left == (0, 0, 0)
