@@ -63,7 +63,7 @@ DECLARE
     stubbed oid[] := '{}';  -- views reading such a column: moved before the columns go (3a)
     readers jsonb;          -- views and materialized views reading one (_column_readers)
     in_schema jsonb := '[]'; -- relations staying in a dropped schema (step 5)
-    remade oid[] := '{}';   -- materialized views reading one: recorded, dropped, re-made (3c)
+    remade oid[] := '{}';   -- materialized views reading one: recorded, dropped, re-made (3a)
     kw text;
     qn text;
     acl jsonb;
@@ -194,8 +194,8 @@ BEGIN
     END LOOP;
 
     -- What reads a kept column (decision 0029 and its "Since then"): views move into
-    -- quarantine with their query set aside (3a), materialized views are recorded and
-    -- dropped (3c), also when they stood in a schema the statement drops (they then leave
+    -- quarantine with their query set aside, materialized views are recorded and
+    -- dropped (3a, decision 0035), also when they stood in a schema the statement drops (they then leave
     -- it for quarantine, or are re-made in it, instead of staying in it renamed); rules
     -- (on other relations) are links like any other (3). Any other rule reading one (a
     -- view an earlier operation holds) would still hold the column: not kept.
@@ -225,25 +225,6 @@ BEGIN
             HINT = 'An earlier operation keeps it: undo or purge that one first, or run the '
                    'statement without softguard if losing it is intended.';
     END IF;
-    -- A materialized view re-made at undo comes back before the views of 3a: one reading
-    -- such a view would be re-made while that view is still in quarantine.
-    SELECT m.oid AS mv, v.oid AS v INTO x
-      FROM jsonb_to_recordset(readers) AS m(oid oid, relkind "char")
-      JOIN pg_rewrite w ON w.ev_class = m.oid AND w.rulename = '_RETURN'
-      JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
-                      AND d.refclassid = 'pg_class'::regclass
-      JOIN jsonb_to_recordset(readers) AS v(oid oid, relkind "char") ON v.oid = d.refobjid
-     WHERE m.relkind = 'm' AND v.relkind = 'v'
-     ORDER BY 1, 2 LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = '0A000',
-            MESSAGE = format('softguard cannot yet keep materialized view %s, which reads view '
-                             '%s (both read a column dropped by this statement)',
-                             x.mv::regclass, x.v::regclass),
-            HINT = 'Drop the materialized view first (DROP MATERIALIZED VIEW through softguard '
-                   'keeps it), then run this statement again.';
-    END IF;
-
     -- 3. Links from live objects to dropped ones, as a real DROP removes them. Constraints
     --    first (a foreign key may need a listed unique index), indexes last. What goes
     --    with a kept column (its default, indexes, constraints) is kept with it (3b).
@@ -255,49 +236,46 @@ BEGIN
         steps := steps || softguard._drop_link(r.classid, r.objid, r.object_identity, r.original);
     END LOOP;
 
-    -- 3a. Views reading a kept column (decision 0029, since then): moved into quarantine
-    --     now, as step 6 moves the others, and their query set aside (_stub_view) so
-    --     that the column can go; undo puts the query back once the columns are back.
-    --     Views on them that the CASCADE takes move in step 6, their columns unchanged.
-    --     A view reading a materialized view of 3c is set aside the same way (the
-    --     matview is re-made before its query comes back).
-    FOR r IN SELECT e.classid, e.objid, e.original
-               FROM jsonb_to_recordset(readers) AS v(oid oid, relkind "char")
+    -- 3a. What reads a kept column, each before what it reads (so that undo gives back
+    --     each after what it reads: a view's query needs the materialized views it reads
+    --     re-made, a materialized view needs the views it reads back in place):
+    --   - views (decision 0029, since then): moved into quarantine now, as step 6 moves
+    --     the others, and their query set aside (_stub_view) so that the column can go;
+    --     undo puts the query back once the columns are back. Views on them that the
+    --     CASCADE takes move in step 6, their columns unchanged.
+    --   - materialized views (decision 0035): PostgreSQL cannot replace their query, so
+    --     the definition, storage, indexes, comments, owner and privileges are recorded
+    --     and they are dropped; undo re-makes them after the columns, and refreshes those
+    --     that were populated (as their owner, as REFRESH runs).
+    FOR r IN SELECT e.classid, e.objid, e.original, v.relkind
+               FROM jsonb_to_recordset(readers) AS v(oid oid, relkind "char", depth integer)
                JOIN jsonb_to_recordset(moves) AS e(classid oid, objid oid, original boolean,
                                                    ord integer)
                  ON e.classid = 'pg_class'::regclass AND e.objid = v.oid
-              WHERE v.relkind = 'v'
-              ORDER BY e.ord LOOP
-        n := n + 1;
-        qn := r.objid::regclass::text;    -- its name before the move, for undo's messages
-        steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
-                       || softguard._without_deps(softguard._stub_view(r.objid, qn), readers)
-                       || softguard._disown(r.classid, r.objid);
-        stubbed := stubbed || r.objid;
-    END LOOP;
-
-    -- 3c. Materialized views reading a kept column, or such a materialized view (decision
-    --     0035): PostgreSQL cannot replace a materialized view's query, so the definition,
-    --     storage, indexes, comments, owner and privileges are recorded and it is dropped,
-    --     those that read others first; undo re-makes them after the columns, and
-    --     refreshes those that were populated (as their owner, as REFRESH runs).
-    FOR r IN SELECT m.oid FROM jsonb_to_recordset(readers) AS m(oid oid, relkind "char",
-                                                                depth integer)
-              WHERE m.relkind = 'm' ORDER BY m.depth DESC, m.oid LOOP
-        steps := steps || softguard._remake_step(op_id, r.oid, readers);
+              ORDER BY v.depth DESC, e.ord LOOP
+        IF r.relkind = 'v' THEN
+            n := n + 1;
+            qn := r.objid::regclass::text;    -- its name before the move, for undo's messages
+            steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
+                           || softguard._without_deps(softguard._stub_view(r.objid, qn), readers)
+                           || softguard._disown(r.classid, r.objid);
+            stubbed := stubbed || r.objid;
+            CONTINUE;
+        END IF;
+        steps := steps || softguard._remake_step(op_id, r.objid, readers);
         UPDATE softguard.operations o SET restore = steps WHERE o.id = op_id;  -- the backstop's mark
         BEGIN
-            EXECUTE format('DROP MATERIALIZED VIEW %s', r.oid::regclass);
+            EXECUTE format('DROP MATERIALIZED VIEW %s', r.objid::regclass);
         EXCEPTION WHEN dependent_objects_still_exist THEN
             -- something else uses it (a routine or a column of its row type): not kept yet
             GET STACKED DIAGNOSTICS qn = PG_EXCEPTION_DETAIL;
             RAISE EXCEPTION USING ERRCODE = '0A000',
                 MESSAGE = format('softguard cannot yet keep materialized view %s, which reads '
-                                 'a column dropped by this statement: %s', r.oid::regclass, qn),
+                                 'a column dropped by this statement: %s', r.objid::regclass, qn),
                 HINT = 'Drop what uses it first (through softguard, which keeps it), then run '
                        'this statement again.';
         END;
-        remade := remade || r.oid;
+        remade := remade || r.objid;
     END LOOP;
 
     -- 3b. Columns of live tables (decision 0029): locked, kept as alter_op keeps a
@@ -414,7 +392,7 @@ BEGIN
                   object_type text, object_identity text, original boolean, ord integer)
              ORDER BY e.ord LOOP
         CONTINUE WHEN r.classid = 'pg_class'::regclass
-                  AND (r.objid = ANY (stubbed) OR r.objid = ANY (remade));      -- 3a, 3c
+                  AND (r.objid = ANY (stubbed) OR r.objid = ANY (remade));      -- 3a
         IF r.classid = 'pg_class'::regclass THEN
             SELECT c.relkind, c.relname, c.relnamespace INTO x FROM pg_class c WHERE c.oid = r.objid;
             kw := CASE x.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
@@ -669,38 +647,56 @@ REVOKE ALL ON FUNCTION softguard._kept_order(jsonb) FROM PUBLIC;
 -- The views and materialized views that `list` (a DROP's list) takes because their query
 -- reads one of the kept columns `cols` (list entries), or reads a materialized view that
 -- does (dropped and re-made at undo, so what reads it must let it go too); not those an
--- earlier operation holds. [{oid, relkind, depth}]: depth, the longest chain of
--- materialized views from a column to it (those reading others are dropped first).
+-- earlier operation holds. [{oid, relkind, depth}]: depth, the longest chain of these
+-- that it reads through (0: it reads none of them). _quarantine keeps them deepest first,
+-- so that undo gives back each after what it reads.
 CREATE FUNCTION softguard._column_readers(cols jsonb, list jsonb) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE r(oid, relkind, depth) AS (
-        SELECT w.ev_class, c.relkind, 0
+    WITH RECURSIVE r(oid, relkind) AS (
+        SELECT w.ev_class, c.relkind
           FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer)
           JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = k.objid
                           AND d.refobjsubid = k.objsubid AND d.classid = 'pg_rewrite'::regclass
           JOIN pg_rewrite w ON w.oid = d.objid AND w.rulename = '_RETURN'
           JOIN pg_class c ON c.oid = w.ev_class AND c.relkind IN ('v', 'm')
         UNION
-        SELECT w.ev_class, c.relkind, r.depth + 1
+        SELECT w.ev_class, c.relkind
           FROM r
           JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = r.oid
                           AND d.classid = 'pg_rewrite'::regclass
           JOIN pg_rewrite w ON w.oid = d.objid AND w.rulename = '_RETURN'
                            AND w.ev_class <> r.oid
           JOIN pg_class c ON c.oid = w.ev_class AND c.relkind IN ('v', 'm')
-         WHERE r.relkind = 'm' AND r.depth < 100
+         WHERE r.relkind = 'm'
+    ),
+    kept AS (
+        SELECT r.oid, r.relkind FROM r
+          JOIN pg_class c ON c.oid = r.oid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE NOT softguard._is_quarantine_schema(n.nspname)
+           AND EXISTS (SELECT FROM jsonb_to_recordset(list) AS l(classid oid, objid oid,
+                                                                 objsubid integer)
+                        WHERE l.classid = 'pg_class'::regclass AND l.objid = r.oid
+                          AND l.objsubid = 0)
+    ),
+    reads AS (  -- x reads y, both kept here
+        SELECT DISTINCT w.ev_class AS x, d.refobjid AS y
+          FROM kept
+          JOIN pg_rewrite w ON w.ev_class = kept.oid AND w.rulename = '_RETURN'
+          JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
+                          AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> kept.oid
+         WHERE d.refobjid IN (SELECT oid FROM kept)
+    ),
+    h(oid, depth) AS (
+        SELECT kept.oid, 0 FROM kept
+        UNION
+        SELECT reads.x, h.depth + 1 FROM h JOIN reads ON reads.y = h.oid WHERE h.depth < 100
     )
-    SELECT coalesce(jsonb_agg(jsonb_build_object('oid', g.oid, 'relkind', g.relkind,
-                                                 'depth', g.depth) ORDER BY g.oid), '[]')
-      FROM (SELECT r.oid, r.relkind, max(r.depth) AS depth FROM r
-             GROUP BY r.oid, r.relkind) g
-      JOIN pg_class c ON c.oid = g.oid
-      JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE NOT softguard._is_quarantine_schema(n.nspname)
-       AND EXISTS (SELECT FROM jsonb_to_recordset(list) AS l(classid oid, objid oid,
-                                                             objsubid integer)
-                    WHERE l.classid = 'pg_class'::regclass AND l.objid = g.oid
-                      AND l.objsubid = 0)
+    SELECT coalesce(jsonb_agg(jsonb_build_object('oid', kept.oid, 'relkind', kept.relkind,
+                                                 'depth', (SELECT max(h.depth) FROM h
+                                                            WHERE h.oid = kept.oid))
+                              ORDER BY kept.oid), '[]')
+      FROM kept
 $$;
 REVOKE ALL ON FUNCTION softguard._column_readers(jsonb, jsonb) FROM PUBLIC;
 

@@ -97,7 +97,7 @@ BEGIN
                                       AND s.type = o.objid AND o.object_type = 'type'));
         ELSIF d.object_type = 'materialized view' THEN
             -- one that a DROP ... CASCADE of this transaction recorded to re-make at undo,
-            -- before dropping it (30_drop.sql _quarantine, 3c; decision 0035): a row of
+            -- before dropping it (30_drop.sql _quarantine, 3a; decision 0035): a row of
             -- softguard's own, which the client can neither write nor keep
             CONTINUE WHEN EXISTS (
                 SELECT FROM softguard.operations o, jsonb_array_elements(o.restore) s
