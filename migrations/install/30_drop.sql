@@ -194,11 +194,11 @@ BEGIN
     END LOOP;
 
     -- What reads a kept column (decision 0029 and its "Since then"): views move into
-    -- quarantine with their query set aside, materialized views are recorded and
-    -- dropped (3a, decision 0035), also when they stood in a schema the statement drops (they then leave
-    -- it for quarantine, or are re-made in it, instead of staying in it renamed); rules
-    -- (on other relations) are links like any other (3). Any other rule reading one (a
-    -- view an earlier operation holds) would still hold the column: not kept.
+    -- quarantine with their query set aside, materialized views are recorded and dropped
+    -- (3a, decision 0035), also when they stood in a schema the statement drops (they
+    -- then leave it for quarantine, or are re-made in it, instead of staying in it
+    -- renamed); rules are links like any other (3). Any other rule reading one (a view an
+    -- earlier operation holds) would still hold the column: not kept.
     readers := softguard._column_readers(cols, list);
     moves := moves || coalesce((SELECT jsonb_agg(e) FROM jsonb_array_elements(in_schema) e
                                  WHERE softguard._is_reader(readers, (e->>'objid')::oid, NULL)),
