@@ -8,9 +8,9 @@ dropped as PostgreSQL drops them and re-created by undo, and so are rules readin
 views reading one (and views on those) are kept in quarantine and given back after the
 columns; materialized views reading one are dropped and re-made (refreshed) by undo
 (decision 0035), also where they stand in a schema the statement drops. What cannot be
-kept yet (a materialized view reading a view that is kept too) is refused with 0A000, never
-lost; a protected role that hides the DROP in a DO block or a function is refused by the
-backstop."""
+kept yet (a routine using a re-made materialized view's row type, a composite type's
+attribute) is refused with 0A000, never lost; a protected role that hides the DROP in a DO
+block or a function is refused by the backstop."""
 
 from __future__ import annotations
 
