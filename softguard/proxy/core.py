@@ -1312,9 +1312,16 @@ class SessionCore(CoreBase):
         from a rewrite (nor a SQL-level prepared soft delete), nothing held. A message the
         client sends after this starts a fresh filter if it is rewritten."""
         filt = self._filter
+        if filt is None:
+            return
+        prepared = self._soft.prepared
+        if prepared and UNKNOWN_NAME not in filt.names:
+            # SQL-level prepared soft deletes the server surely dropped (each was made a
+            # name of the filter when its PREPARE was rewritten): EXECUTE of them no
+            # longer needs retagging, and statements are no longer all planned for them.
+            prepared.intersection_update(filt.names)
         if (
-            filt is None
-            or not filt.idle
+            not filt.idle
             or self.pending
             or self.tx_status != TX_IDLE
             or self._parse_plan is not None
