@@ -73,6 +73,9 @@ class Workload:
 WORKLOADS = {
     "select": Workload("select", ("-S",), 1),
     "prepared": Workload("prepared", ("-S", "-M", "prepared"), 1),
+    # Parse/Bind/Describe/Execute/Sync per statement: what drivers send with parameters
+    "extended": Workload("extended", ("-S", "-M", "extended"), 1),
+    "tpcb-extended": Workload("tpcb-extended", ("-M", "extended"), 7),
     "tpcb": Workload("tpcb", (), 7),
 }
 

@@ -34,9 +34,10 @@ static Py_ssize_t g_memo_bytes = 0;
 
 /* Interned attribute names of objects that are not ours. */
 static PyObject *s_prepared, *s_policy, *s_generation, *s_full_mode, *s_safe_statements,
-    *s_controls;
+    *s_controls, *s_count_statement;
 
 #define MSG_QUERY 'Q'
+#define MSG_PARSE 'P'
 #define MSG_SYNC 'S'
 #define MSG_READY 'Z'
 
@@ -144,6 +145,7 @@ typedef struct {
     PyObject *controls;
     PyObject *timings;
     PyObject *protected_;
+    PyObject *allowed; /* dict: Query shape -> (kind, action), statements.remember_allowed */
     Py_ssize_t pending;
     Py_ssize_t client_bytes;
     Py_ssize_t mode_generation;
@@ -168,6 +170,7 @@ static PyMemberDef core_members[] = {
     {"controls", T_OBJECT_EX, offsetof(CoreBase, controls), 0, NULL},
     {"_timings", T_OBJECT_EX, offsetof(CoreBase, timings), 0, NULL},
     {"_protected", T_OBJECT_EX, offsetof(CoreBase, protected_), 0, NULL},
+    {"_allowed", T_OBJECT_EX, offsetof(CoreBase, allowed), 0, NULL},
     {"pending", T_PYSSIZET, offsetof(CoreBase, pending), 0, NULL},
     {"_client_bytes", T_PYSSIZET, offsetof(CoreBase, client_bytes), 0, NULL},
     {"_mode_generation", T_PYSSIZET, offsetof(CoreBase, mode_generation), 0, NULL},
@@ -194,6 +197,7 @@ static int core_traverse(CoreBase *self, visitproc visit, void *arg)
     Py_VISIT(self->controls);
     Py_VISIT(self->timings);
     Py_VISIT(self->protected_);
+    Py_VISIT(self->allowed);
     return 0;
 }
 
@@ -212,6 +216,7 @@ static int core_clear(CoreBase *self)
     Py_CLEAR(self->controls);
     Py_CLEAR(self->timings);
     Py_CLEAR(self->protected_);
+    Py_CLEAR(self->allowed);
     return 0;
 }
 
@@ -350,7 +355,7 @@ static int framer_lone(FramerBase *f, const unsigned char *p, Py_ssize_t n, int 
 
 /* Framer.lone_last(data, mtype, length), checks in the same order: 1 / 0 / -1. */
 static int framer_lone_last(FramerBase *f, const unsigned char *p, Py_ssize_t n, int mtype,
-                            uint32_t length)
+                            uint32_t length, Py_ssize_t start)
 {
     Py_ssize_t last = n - 1 - (Py_ssize_t)length;
     if (last < 0 || p[last] != mtype || read_int32(p + last + 1) != length)
@@ -367,7 +372,7 @@ static int framer_lone_last(FramerBase *f, const unsigned char *p, Py_ssize_t n,
     if (stop == NULL)
         return PyErr_Occurred() ? -1 : 0;
     /* Bounded: each step passes a whole message of 5 bytes or more, and n <= max_length. */
-    Py_ssize_t pos = 0;
+    Py_ssize_t pos = start;
     while (pos < last) {
         if (stop[p[pos]])
             return 0;
@@ -377,6 +382,35 @@ static int framer_lone_last(FramerBase *f, const unsigned char *p, Py_ssize_t n,
         pos += 1 + (Py_ssize_t)size;
     }
     return pos == last;
+}
+
+/* Framer.parse_then_sync: 1 with the Parse's query text in *text / *size, 0, -1. */
+static int framer_parse_then_sync(FramerBase *f, const unsigned char *p, Py_ssize_t n,
+                                  const unsigned char **text, Py_ssize_t *size)
+{
+    if (n < 5 || p[0] != MSG_PARSE)
+        return 0;
+    const unsigned char *readable = table_of(f->readable);
+    if (readable == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!readable[MSG_PARSE])
+        return 0;
+    uint32_t length = read_int32(p + 1);
+    if (length < 4 || (Py_ssize_t)length > f->max_want || (Py_ssize_t)length > n - 1)
+        return 0;
+    Py_ssize_t end = 1 + (Py_ssize_t)length;
+    int r = framer_lone_last(f, p, n, MSG_SYNC, 4, end);
+    if (r != 1)
+        return r;
+    const unsigned char *name_end = memchr(p + 5, 0, (size_t)(end - 5));
+    if (name_end == NULL)
+        return 0;
+    const unsigned char *text_end = memchr(name_end + 1, 0, (size_t)(p + end - name_end - 1));
+    if (text_end == NULL)
+        return 0;
+    *text = name_end + 1;
+    *size = text_end - *text;
+    return 1;
 }
 
 static FramerBase *as_framer(PyObject *obj)
@@ -414,16 +448,18 @@ static int full_mode(CoreBase *core)
 }
 
 /*
- * The texts (digits read as 0) that statements.harmless_shape proved harmless, so that a
- * repeated statement costs a hash and a compare instead of a bytes object and a call.
- * Exact: harmless_shape is a pure function of the folded text, and only its True answers
- * are kept. Open addressing; bounded, emptied when full (the next misses refill it).
+ * statements.harmless_shape's answers by text (digits read as 0), so that a repeated
+ * statement costs a hash and a compare instead of a bytes object and a call. Exact:
+ * harmless_shape is a pure function of the folded text; its True and False answers are
+ * kept (None, "only the exact text can tell", is not). Open addressing; bounded, emptied
+ * when full (the next misses refill it).
  */
 #define MEMO_SLOTS 8192 /* a power of two */
 #define MEMO_MAX 4096   /* entries before it is emptied: the load stays under one half */
 static struct {
     uint64_t hash;
     PyObject *folded; /* bytes, NULL when the slot is empty */
+    int harmless;     /* harmless_shape's answer: 1 True, 0 False */
 } g_memo[MEMO_SLOTS];
 static Py_ssize_t g_memo_used = 0;
 
@@ -458,28 +494,26 @@ static void memo_clear(void)
     g_memo_used = 0;
 }
 
-/* 1 when the memo holds the text's fold; else 0 and *slot is where it would go. */
+/* 1 when the memo holds the text's fold, in *slot; else 0 and *slot is where it would go. */
 static int memo_find(const unsigned char *text, Py_ssize_t size, uint64_t hash, size_t *slot)
 {
     size_t i = (size_t)hash & (MEMO_SLOTS - 1);
     for (;;) { /* bounded: the table is never more than half full */
         PyObject *f = g_memo[i].folded;
-        if (f == NULL) {
-            *slot = i;
+        *slot = i;
+        if (f == NULL)
             return 0;
-        }
         if (g_memo[i].hash == hash && folds_to(text, size, f))
             return 1;
         i = (i + 1) & (MEMO_SLOTS - 1);
     }
 }
 
-/* statements.passes_unread(text, soft) where its memo answers True; 0 for every other
- * answer (the Python path decides those). */
-static int passes_unread(CoreBase *core, const unsigned char *text, Py_ssize_t size)
+/* `soft.prepared`'s truth (a prepared soft delete in play): 1, 0; -1 also when unset. */
+static int soft_prepared(CoreBase *core)
 {
-    if (size > g_memo_bytes || core->soft == NULL)
-        return 0;
+    if (core->soft == NULL)
+        return -1;
     PyObject *soft = Py_NewRef(core->soft);
     PyObject *prepared = PyObject_GetAttr(soft, s_prepared);
     Py_DECREF(soft);
@@ -487,12 +521,22 @@ static int passes_unread(CoreBase *core, const unsigned char *text, Py_ssize_t s
         return -1;
     int r = truthy(prepared);
     Py_DECREF(prepared);
-    if (r != 0)
-        return r < 0 ? -1 : 0;
+    return r;
+}
+
+#define UNDECIDED 2
+
+/* statements.passes_unread(text, soft) with no prepared soft delete (the caller checked):
+ * 1 True and 0 False where harmless_shape answers, UNDECIDED where only the Python path
+ * can tell (a text too long for the memo, or one that may name softguard), -1. */
+static int passes_unread(const unsigned char *text, Py_ssize_t size)
+{
+    if (size > g_memo_bytes)
+        return UNDECIDED;
     uint64_t hash = fold_hash(text, size);
     size_t slot;
     if (memo_find(text, size, hash, &slot))
-        return 1;
+        return g_memo[slot].harmless;
     /* The text with every digit read as 0 (statements._FOLD_DIGITS), asked of Python. */
     PyObject *folded = PyBytes_FromStringAndSize(NULL, size);
     if (folded == NULL)
@@ -508,27 +552,112 @@ static int passes_unread(CoreBase *core, const unsigned char *text, Py_ssize_t s
         Py_DECREF(folded);
         return -1;
     }
-    r = known == Py_True;
+    int r = known == Py_True ? 1 : known == Py_False ? 0 : UNDECIDED;
     Py_DECREF(known);
+    if (r == UNDECIDED) {
+        Py_DECREF(folded);
+        return r;
+    }
     /* The call ran Python code, which may have re-entered this function (or let another
      * thread run it): the slot found before may be taken, the text already kept. */
-    if (r && memo_find(text, size, hash, &slot)) {
+    if (memo_find(text, size, hash, &slot)) {
         Py_DECREF(folded);
-        return 1;
+        return g_memo[slot].harmless;
     }
-    if (r) {
-        if (g_memo_used >= MEMO_MAX) {
-            memo_clear();
-            memo_find(text, size, hash, &slot);
-        }
-        g_memo[slot].hash = hash;
-        g_memo[slot].folded = folded; /* the reference moves into the memo */
-        g_memo_used++;
+    if (g_memo_used >= MEMO_MAX) {
+        memo_clear();
+        memo_find(text, size, hash, &slot);
     }
-    else {
-        Py_DECREF(folded);
-    }
+    g_memo[slot].hash = hash;
+    g_memo[slot].folded = folded; /* the reference moves into the memo */
+    g_memo[slot].harmless = r;
+    g_memo_used++;
     return r;
+}
+
+/*
+ * The session's memo of Query shapes its policy lets pass as sent (statements.
+ * remember_allowed, statements.allowed_passes). The key is softguard.sql.cache.shape_of
+ * of the text: its candidate numbers (the regex _NUMBERS there) read as 0, or 0.0 for a
+ * decimal. Written out: a digit not preceded by a token byte [A-Za-z0-9_$.\x80-\xff]
+ * starts a candidate; digits '.' digits not followed by a token byte are a decimal, else
+ * a run of at most 9 digits not followed by one is an integer; anything else is kept.
+ */
+#define SHAPE_MAX 1024 /* configure() refuses a larger memo_bytes */
+
+static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+static inline int token_byte(unsigned char c)
+{
+    return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+           c == '$' || c == '.' || c >= 0x80;
+}
+
+/* shape_of(text) into out (at most size bytes: a replacement is never longer than what
+ * it replaces); its length. */
+static Py_ssize_t shape_into(const unsigned char *t, Py_ssize_t n, unsigned char *out)
+{
+    Py_ssize_t i = 0, m = 0;
+    while (i < n) {
+        unsigned char c = t[i];
+        if (!is_digit(c) || (i > 0 && token_byte(t[i - 1]))) {
+            out[m++] = c;
+            i++;
+            continue;
+        }
+        Py_ssize_t e = i + 1;
+        while (e < n && is_digit(t[e]))
+            e++;
+        if (e + 1 < n && t[e] == '.' && is_digit(t[e + 1])) {
+            Py_ssize_t f = e + 2;
+            while (f < n && is_digit(t[f]))
+                f++;
+            if (f == n || !token_byte(t[f])) {
+                memcpy(out + m, "0.0", 3);
+                m += 3;
+                i = f;
+                continue;
+            }
+        }
+        if (e - i <= 9 && (e == n || !token_byte(t[e]))) {
+            out[m++] = '0';
+            i = e;
+            continue;
+        }
+        out[m++] = c;
+        i++;
+    }
+    return m;
+}
+
+/* allowed_passes(text, core._allowed, parse=parse): 1 with *entry (a new reference to the
+ * memo's (kind, action)), 0 not found (or not ours: step aside), -1. */
+static int allowed_entry(CoreBase *core, const unsigned char *text, Py_ssize_t size,
+                         int parse, PyObject **entry)
+{
+    PyObject *allowed = core->allowed;
+    if (size > g_memo_bytes || allowed == NULL || !PyDict_CheckExact(allowed) ||
+        PyDict_GET_SIZE(allowed) == 0)
+        return 0;
+    unsigned char shape[SHAPE_MAX + 1]; /* a Parse's key: a NUL, then the shape */
+    shape[0] = 0;
+    Py_ssize_t m = shape_into(text, size, shape + 1);
+    PyObject *key = PyBytes_FromStringAndSize((const char *)shape + !parse, m + !!parse);
+    if (key == NULL)
+        return -1;
+    Py_INCREF(allowed); /* a key's __eq__ (not bytes: someone else's) may drop the field */
+    PyObject *found = PyDict_GetItemWithError(allowed, key);
+    Py_XINCREF(found);
+    Py_DECREF(allowed);
+    Py_DECREF(key);
+    if (found == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2) {
+        Py_DECREF(found); /* the Python path unpacks it and raises */
+        return 0;
+    }
+    *entry = found;
+    return 1;
 }
 
 static int count_safe(CoreBase *core)
@@ -596,10 +725,17 @@ static int aside(int r)
  * assignment)? Then the Python path runs the chunk and raises it. */
 static inline int overflows(Py_ssize_t x, Py_ssize_t by) { return x > PY_SSIZE_T_MAX - by; }
 
+#define HARMLESS_QUERY 1
+#define PREPARED 2
+#define ALLOWED 3 /* a Query, or a Parse ... Sync */
+#define HARMLESS_PARSE 4
+
 /* The client checks, the framer held (a callback may drop the core's reference to it):
- * 1 a lone harmless Query, 2 a Bind/Execute/Sync, 0 neither, -1. */
+ * HARMLESS_QUERY a lone harmless Query, PREPARED a Bind/Execute/Sync, HARMLESS_PARSE a
+ * Parse ... Sync of a harmless text, ALLOWED a lone Query or a Parse ... Sync whose shape
+ * the session's memo lets pass (*entry: what to count), 0 none, -1. */
 static int client_checks(CoreBase *core, FramerBase *cframer, const unsigned char *p,
-                         Py_ssize_t n)
+                         Py_ssize_t n, PyObject **entry)
 {
     int r = framer_lone(cframer, p, n, MSG_QUERY);
     if (r < 0)
@@ -609,16 +745,59 @@ static int client_checks(CoreBase *core, FramerBase *cframer, const unsigned cha
             return 0;
         if ((r = full_mode(core)) != 1)
             return r;
-        if ((r = passes_unread(core, p + 5, n - 6)) != 1)
-            return r;
-        /* `_query_sent` with a result filter in play: the Python path's. */
-        return core->filter == Py_None ? 1 : 0;
+        /* passes_unread's first test: a prepared soft delete in play answers False, and
+         * the session memo is not read either. */
+        if ((r = soft_prepared(core)) != 0)
+            return r < 0 ? -1 : 0;
+        r = passes_unread(p + 5, n - 6);
+        if (r == 1) /* `_query_sent` with a result filter in play: the Python path's */
+            return core->filter == Py_None ? HARMLESS_QUERY : 0;
+        if (r != 0 || core->filter != Py_None)
+            return r < 0 ? -1 : 0;
+        r = allowed_entry(core, p + 5, n - 6, 0, entry);
+        return r == 1 ? ALLOWED : r;
     }
     /* `elif self._filter is None and cframer.lone_last(data, _S, 4)` */
     if (core->filter != Py_None)
         return 0;
-    r = framer_lone_last(cframer, p, n, MSG_SYNC, 4);
-    return r == 1 ? 2 : r;
+    r = framer_lone_last(cframer, p, n, MSG_SYNC, 4, 0);
+    if (r != 0)
+        return r == 1 ? PREPARED : r;
+    /* `elif self._filter is None and self._known is None:` a Parse ... Sync */
+    if (core->known != Py_None)
+        return 0;
+    const unsigned char *text;
+    Py_ssize_t size;
+    if ((r = framer_parse_then_sync(cframer, p, n, &text, &size)) != 1)
+        return r;
+    if ((r = full_mode(core)) != 1)
+        return r;
+    if ((r = soft_prepared(core)) != 0)
+        return r < 0 ? -1 : 0;
+    r = passes_unread(text, size);
+    if (r != 0) /* `if self._allowed and not self._soft.prepared:` (checked above) */
+        return r == 1 ? HARMLESS_PARSE : r < 0 ? -1 : 0;
+    r = allowed_entry(core, text, size, 1, entry);
+    return r == 1 ? ALLOWED : r;
+}
+
+/* counter.count_statement(kind, action), as the Python path calls it. */
+static int count_statement(CoreBase *core, PyObject *entry)
+{
+    PyObject *counter = core->counter;
+    if (counter == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "the core has no counter");
+        return -1;
+    }
+    Py_INCREF(counter); /* the method may drop the core's reference */
+    PyObject *r = PyObject_CallMethodObjArgs(counter, s_count_statement,
+                                             PyTuple_GET_ITEM(entry, 0),
+                                             PyTuple_GET_ITEM(entry, 1), NULL);
+    Py_DECREF(counter);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
 /* SessionCore.client_data's two fast paths: 1 done, 0 not taken (nothing changed), -1. */
@@ -633,20 +812,30 @@ static int client_fast(PyObject *obj, PyObject *data)
     if (core->state != g_ready || cframer == NULL || overflows(core->client_bytes, n))
         return 0;
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    PyObject *entry = NULL;
     Py_INCREF(cframer);
-    int which = aside(client_checks(core, cframer, p, n));
+    int which = aside(client_checks(core, cframer, p, n, &entry));
     Py_DECREF(cframer);
     if (which == 0)
         return 0;
     PyObject *counter = core->counter;
     int counted_here = counter != NULL && PyObject_TypeCheck(counter, &CounterBaseType);
+    int safe = which == HARMLESS_QUERY || which == HARMLESS_PARSE;
     if (overflows(core->pending, 1) ||
-        (which == 1 && counted_here && overflows(((CounterBase *)counter)->safe_statements, 1)))
+        (safe && counted_here && overflows(((CounterBase *)counter)->safe_statements, 1))) {
+        Py_XDECREF(entry);
         return 0;
-    /* The Python path's order: `_client_bytes`, the SAFE count, `pending`, the write. */
+    }
+    /* The Python path's order: `_client_bytes`, the count, `pending`, the write. */
     core->client_bytes += n;
-    if (which == 1 && count_safe(core) < 0)
+    if (safe && count_safe(core) < 0)
         return -1;
+    if (which == ALLOWED) {
+        int r = count_statement(core, entry);
+        Py_DECREF(entry);
+        if (r < 0)
+            return -1;
+    }
     core->pending += 1;
     return send(core->to_server, data) < 0 ? -1 : 1;
 }
@@ -655,7 +844,7 @@ static int client_fast(PyObject *obj, PyObject *data)
 static int server_checks(CoreBase *core, FramerBase *sframer, const unsigned char *p,
                          Py_ssize_t n)
 {
-    int r = framer_lone_last(sframer, p, n, MSG_READY, 5);
+    int r = framer_lone_last(sframer, p, n, MSG_READY, 5, 0);
     if (r != 1)
         return r;
     /* What would make the Python path do more than count and write: timings or
@@ -818,6 +1007,10 @@ static PyObject *configure(PyObject *module, PyObject *args)
     Py_ssize_t memo_bytes;
     if (!PyArg_ParseTuple(args, "OOn", &ready, &harmless_shape, &memo_bytes))
         return NULL;
+    if (memo_bytes < 0 || memo_bytes > SHAPE_MAX) {
+        PyErr_Format(PyExc_ValueError, "memo_bytes must be within 0..%d", SHAPE_MAX);
+        return NULL;
+    }
     Py_XSETREF(g_ready, Py_NewRef(ready));
     Py_XSETREF(g_harmless_shape, Py_NewRef(harmless_shape));
     g_memo_bytes = memo_bytes;
@@ -844,6 +1037,23 @@ static PyObject *py_server_chunk(PyObject *module, PyObject *const *args, Py_ssi
     return r < 0 ? NULL : PyBool_FromLong(r);
 }
 
+static PyObject *py_shape_of(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_CheckExact(arg)) {
+        PyErr_SetString(PyExc_TypeError, "shape_of(bytes)");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(arg);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t m = shape_into((const unsigned char *)PyBytes_AS_STRING(arg), n,
+                              (unsigned char *)PyBytes_AS_STRING(out));
+    PyObject *shape = PyBytes_FromStringAndSize(PyBytes_AS_STRING(out), m);
+    Py_DECREF(out);
+    return shape;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(ready_state, harmless_shape, memo_bytes): what the fast paths compare with"},
@@ -851,6 +1061,8 @@ static PyMethodDef methods[] = {
      "client_chunk(core, data) -> bool: the client fast path taken (True) or not (nothing done)"},
     {"server_chunk", (PyCFunction)(void (*)(void))py_server_chunk, METH_FASTCALL,
      "server_chunk(core, data) -> bool: the server fast path taken (True) or not"},
+    {"shape_of", py_shape_of, METH_O,
+     "shape_of(text) -> bytes: softguard.sql.cache.shape_of as the session memo computes it"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -872,6 +1084,7 @@ PyMODINIT_FUNC PyInit__hotpath(void)
     INTERN(s_full_mode, "_full_mode");
     INTERN(s_safe_statements, "safe_statements");
     INTERN(s_controls, "controls");
+    INTERN(s_count_statement, "count_statement");
     if (PyType_Ready(&FramerBaseType) < 0 || PyType_Ready(&CounterBaseType) < 0 ||
         PyType_Ready(&CoreBaseType) < 0 || PyType_Ready(&RelayType) < 0)
         return NULL;

@@ -61,6 +61,9 @@ DECLARE
     links jsonb := '[]';    -- links on live objects to record and drop
     cols jsonb := '[]';     -- columns of live tables it takes (a type's CASCADE): kept
     stubbed oid[] := '{}';  -- views reading such a column: moved before the columns go (3a)
+    readers jsonb;          -- views and materialized views reading one (_column_readers)
+    in_schema jsonb := '[]'; -- relations staying in a dropped schema (step 5)
+    remade oid[] := '{}';   -- materialized views reading one: recorded, dropped, re-made (3a)
     kw text;
     qn text;
     acl jsonb;
@@ -136,7 +139,12 @@ BEGIN
     FOR r IN SELECT * FROM softguard._list(list) l ORDER BY l.ord LOOP
         CONTINUE WHEN coalesce(softguard._is_quarantine_schema(r.home), false);  -- held already
         CONTINUE WHEN r.object_type = 'schema';
-        CONTINUE WHEN r.home = ANY (dropped_schemas);          -- stays in its renamed schema
+        IF r.home = ANY (dropped_schemas) THEN                 -- stays in its renamed schema
+            IF r.classid = 'pg_class'::regclass AND r.objsubid = 0 THEN
+                in_schema := in_schema || jsonb_build_array(to_jsonb(r));  -- unless it reads
+            END IF;                                                        -- a kept column
+            CONTINUE;
+        END IF;
         -- a column goes with its listed table or view (`owned` would also count a
         -- partition's column, whose table depends on its listed parent's)
         CONTINUE WHEN r.objsubid <> 0
@@ -185,30 +193,38 @@ BEGIN
         END CASE;
     END LOOP;
 
-    -- A view reading a kept column that moves into quarantine is kept in step 3a. Any
-    -- other rule reading one (a materialized view, a rule, a view that stays in a dropped
-    -- schema or that an earlier operation holds) would still hold the column: not kept yet.
+    -- What reads a kept column (decision 0029 and its "Since then"): views move into
+    -- quarantine with their query set aside, materialized views are recorded and dropped
+    -- (3a, decision 0035), also when they stood in a schema the statement drops (they
+    -- then leave it for quarantine, or are re-made in it, instead of staying in it
+    -- renamed); rules are links like any other (3). Any other rule reading one (a view an
+    -- earlier operation holds) would still hold the column: not kept.
+    readers := softguard._column_readers(cols, list);
+    moves := moves || coalesce((SELECT jsonb_agg(e) FROM jsonb_array_elements(in_schema) e
+                                 WHERE softguard._is_reader(readers, (e->>'objid')::oid, NULL)),
+                         '[]');
     SELECT w.ev_class, w.rulename, k.object_identity INTO x
       FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer, object_identity text)
       JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = k.objid
                       AND d.refobjsubid = k.objsubid AND d.classid = 'pg_rewrite'::regclass
       JOIN pg_rewrite w ON w.oid = d.objid
-     WHERE NOT (w.rulename = '_RETURN'
-                AND w.ev_class IN (SELECT v.oid FROM softguard._column_views(cols, moves) v))
+     WHERE NOT (w.rulename = '_RETURN' AND softguard._is_reader(readers, w.ev_class, NULL))
+       AND NOT (w.rulename <> '_RETURN'
+                AND EXISTS (SELECT FROM jsonb_to_recordset(links) AS l(classid oid, objid oid)
+                             WHERE l.classid = 'pg_rewrite'::regclass AND l.objid = w.oid))
      ORDER BY 1, 2 LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '0A000',
-            MESSAGE = format('softguard cannot yet keep %s, which reads column %s (dropped by '
+            MESSAGE = format('softguard cannot keep %s, which reads column %s (dropped by '
                              'this statement)', CASE WHEN x.rulename = '_RETURN'
                                  THEN (SELECT CASE c.relkind WHEN 'm' THEN 'materialized view '
                                               ELSE 'view ' END FROM pg_class c
                                         WHERE c.oid = x.ev_class) || x.ev_class::regclass::text
                                  ELSE format('rule %I on %s', x.rulename, x.ev_class::regclass) END,
                              x.object_identity),
-            HINT = 'Drop it first (DROP VIEW / DROP MATERIALIZED VIEW through softguard keeps '
-                   'it), then run this statement again.';
+            HINT = 'An earlier operation keeps it: undo or purge that one first, or run the '
+                   'statement without softguard if losing it is intended.';
     END IF;
-
     -- 3. Links from live objects to dropped ones, as a real DROP removes them. Constraints
     --    first (a foreign key may need a listed unique index), indexes last. What goes
     --    with a kept column (its default, indexes, constraints) is kept with it (3b).
@@ -220,21 +236,46 @@ BEGIN
         steps := steps || softguard._drop_link(r.classid, r.objid, r.object_identity, r.original);
     END LOOP;
 
-    -- 3a. Views reading a kept column (decision 0029, since then): moved into quarantine
-    --     now, as step 6 moves the others, and their query set aside (_stub_view) so
-    --     that the column can go; undo puts the query back once the columns are back.
-    --     Views on them that the CASCADE takes move in step 6, their columns unchanged.
-    FOR r IN SELECT e.classid, e.objid, e.original FROM softguard._column_views(cols, moves) v
+    -- 3a. What reads a kept column, each before what it reads (so that undo gives back
+    --     each after what it reads: a view's query needs the materialized views it reads
+    --     re-made, a materialized view needs the views it reads back in place):
+    --   - views (decision 0029, since then): moved into quarantine now, as step 6 moves
+    --     the others, and their query set aside (_stub_view) so that the column can go;
+    --     undo puts the query back once the columns are back. Views on them that the
+    --     CASCADE takes move in step 6, their columns unchanged.
+    --   - materialized views (decision 0035): PostgreSQL cannot replace their query, so
+    --     the definition, storage, indexes, comments, owner and privileges are recorded
+    --     and they are dropped; undo re-makes them after the columns, and refreshes those
+    --     that were populated (as their owner, as REFRESH runs).
+    FOR r IN SELECT e.classid, e.objid, e.original, v.relkind
+               FROM jsonb_to_recordset(readers) AS v(oid oid, relkind "char", depth integer)
                JOIN jsonb_to_recordset(moves) AS e(classid oid, objid oid, original boolean,
                                                    ord integer)
                  ON e.classid = 'pg_class'::regclass AND e.objid = v.oid
-              ORDER BY e.ord LOOP
-        n := n + 1;
-        qn := r.objid::regclass::text;    -- its name before the move, for undo's messages
-        steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
-                       || softguard._stub_view(r.objid, qn)
-                       || softguard._disown(r.classid, r.objid);
-        stubbed := stubbed || r.objid;
+              ORDER BY v.depth DESC, e.ord LOOP
+        IF r.relkind = 'v' THEN
+            n := n + 1;
+            qn := r.objid::regclass::text;    -- its name before the move, for undo's messages
+            steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
+                           || softguard._without_deps(softguard._stub_view(r.objid, qn), readers)
+                           || softguard._disown(r.classid, r.objid);
+            stubbed := stubbed || r.objid;
+            CONTINUE;
+        END IF;
+        steps := steps || softguard._remake_step(op_id, r.objid, readers);
+        UPDATE softguard.operations o SET restore = steps WHERE o.id = op_id;  -- the backstop's mark
+        BEGIN
+            EXECUTE format('DROP MATERIALIZED VIEW %s', r.objid::regclass);
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+            -- something else uses it (a routine or a column of its row type): not kept yet
+            GET STACKED DIAGNOSTICS qn = PG_EXCEPTION_DETAIL;
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot yet keep materialized view %s, which reads '
+                                 'a column dropped by this statement: %s', r.objid::regclass, qn),
+                HINT = 'Drop what uses it first (through softguard, which keeps it), then run '
+                       'this statement again.';
+        END;
+        remade := remade || r.objid;
     END LOOP;
 
     -- 3b. Columns of live tables (decision 0029): locked, kept as alter_op keeps a
@@ -350,7 +391,8 @@ BEGIN
     FOR r IN SELECT e.* FROM jsonb_to_recordset(moves) AS e(classid oid, objid oid,
                   object_type text, object_identity text, original boolean, ord integer)
              ORDER BY e.ord LOOP
-        CONTINUE WHEN r.classid = 'pg_class'::regclass AND r.objid = ANY (stubbed);  -- 3a
+        CONTINUE WHEN r.classid = 'pg_class'::regclass
+                  AND (r.objid = ANY (stubbed) OR r.objid = ANY (remade));      -- 3a
         IF r.classid = 'pg_class'::regclass THEN
             SELECT c.relkind, c.relname, c.relnamespace INTO x FROM pg_class c WHERE c.oid = r.objid;
             kw := CASE x.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
@@ -602,20 +644,152 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._kept_order(jsonb) FROM PUBLIC;
 
--- The views among `moves` (list entries _quarantine moves into quarantine) whose query
--- reads one of the kept columns `cols` (list entries): their _RETURN rule depends on it.
-CREATE FUNCTION softguard._column_views(cols jsonb, moves jsonb) RETURNS TABLE (oid oid)
+-- The views and materialized views that `list` (a DROP's list) takes because their query
+-- reads one of the kept columns `cols` (list entries), or reads a materialized view that
+-- does (dropped and re-made at undo, so what reads it must let it go too); not those an
+-- earlier operation holds. [{oid, relkind, depth}]: depth, the longest chain of these
+-- that it reads through (0: it reads none of them). _quarantine keeps them deepest first,
+-- so that undo gives back each after what it reads.
+CREATE FUNCTION softguard._column_readers(cols jsonb, list jsonb) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT DISTINCT w.ev_class
-      FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer)
-      JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = k.objid
-                      AND d.refobjsubid = k.objsubid AND d.classid = 'pg_rewrite'::regclass
-      JOIN pg_rewrite w ON w.oid = d.objid AND w.rulename = '_RETURN'
-      JOIN pg_class c ON c.oid = w.ev_class AND c.relkind = 'v'
-     WHERE EXISTS (SELECT FROM jsonb_to_recordset(moves) AS m(classid oid, objid oid)
-                    WHERE m.classid = 'pg_class'::regclass AND m.objid = w.ev_class)
+    WITH RECURSIVE r(oid, relkind) AS (
+        SELECT w.ev_class, c.relkind
+          FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer)
+          JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = k.objid
+                          AND d.refobjsubid = k.objsubid AND d.classid = 'pg_rewrite'::regclass
+          JOIN pg_rewrite w ON w.oid = d.objid AND w.rulename = '_RETURN'
+          JOIN pg_class c ON c.oid = w.ev_class AND c.relkind IN ('v', 'm')
+        UNION
+        SELECT w.ev_class, c.relkind
+          FROM r
+          JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = r.oid
+                          AND d.classid = 'pg_rewrite'::regclass
+          JOIN pg_rewrite w ON w.oid = d.objid AND w.rulename = '_RETURN'
+                           AND w.ev_class <> r.oid
+          JOIN pg_class c ON c.oid = w.ev_class AND c.relkind IN ('v', 'm')
+         WHERE r.relkind = 'm'
+    ),
+    kept AS (
+        SELECT r.oid, r.relkind FROM r
+          JOIN pg_class c ON c.oid = r.oid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE NOT softguard._is_quarantine_schema(n.nspname)
+           AND EXISTS (SELECT FROM jsonb_to_recordset(list) AS l(classid oid, objid oid,
+                                                                 objsubid integer)
+                        WHERE l.classid = 'pg_class'::regclass AND l.objid = r.oid
+                          AND l.objsubid = 0)
+    ),
+    reads AS (  -- x reads y, both kept here
+        SELECT DISTINCT w.ev_class AS x, d.refobjid AS y
+          FROM kept
+          JOIN pg_rewrite w ON w.ev_class = kept.oid AND w.rulename = '_RETURN'
+          JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
+                          AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> kept.oid
+         WHERE d.refobjid IN (SELECT oid FROM kept)
+    ),
+    h(oid, depth) AS (
+        SELECT kept.oid, 0 FROM kept
+        UNION
+        SELECT reads.x, h.depth + 1 FROM h JOIN reads ON reads.y = h.oid WHERE h.depth < 100
+    )
+    SELECT coalesce(jsonb_agg(jsonb_build_object('oid', kept.oid, 'relkind', kept.relkind,
+                                                 'depth', (SELECT max(h.depth) FROM h
+                                                            WHERE h.oid = kept.oid))
+                              ORDER BY kept.oid), '[]')
+      FROM kept
 $$;
-REVOKE ALL ON FUNCTION softguard._column_views(jsonb, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._column_readers(jsonb, jsonb) FROM PUBLIC;
+
+-- Whether `rel` is among `readers` (_column_readers), of kind `kind` when not NULL.
+CREATE FUNCTION softguard._is_reader(readers jsonb, rel oid, kind "char") RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM jsonb_to_recordset(readers) AS r(oid oid, relkind "char")
+                    WHERE r.oid = rel AND (kind IS NULL OR r.relkind = kind))
+$$;
+REVOKE ALL ON FUNCTION softguard._is_reader(jsonb, oid, "char") FROM PUBLIC;
+
+-- `steps` without the dependencies on the materialized views among `readers`
+-- (_column_readers): they are dropped and re-made, under another oid, before the steps
+-- that needed them are undone.
+CREATE FUNCTION softguard._without_deps(steps jsonb, readers jsonb) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_agg(CASE WHEN s ? 'deps' THEN jsonb_set(s, '{deps}', (
+                   SELECT coalesce(jsonb_agg(e ORDER BY i), '[]')
+                     FROM jsonb_array_elements(s->'deps') WITH ORDINALITY AS t(e, i)
+                    WHERE NOT (e->>'classid' = 'pg_class'::regclass::oid::text
+                               AND softguard._is_reader(readers, (e->>'objid')::oid, 'm'))))
+                              ELSE s END ORDER BY o), '[]')
+      FROM jsonb_array_elements(steps) WITH ORDINALITY AS x(s, o)
+$$;
+REVOKE ALL ON FUNCTION softguard._without_deps(jsonb, jsonb) FROM PUBLIC;
+
+-- Record what re-makes a materialized view that reads a kept column (decision 0035):
+-- its query (qualified names), access method, options, tablespace, whether it was
+-- populated, its columns' comments, statistics targets, storage and compression, its
+-- comment, indexes (clustered one), statistics objects, owner and privileges (_disown,
+-- which also gives it to softguard_keeper until it is dropped) and what the query used
+-- (`deps`, checked live at undo). Returns [step]; 70_undo.sql ('remake_matview') re-makes it.
+CREATE FUNCTION softguard._remake_step(op_id bigint, rel oid, readers jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    step jsonb;
+BEGIN
+    SELECT jsonb_build_object(
+               'step', 'remake_matview', 'oid', c.oid, 'name', c.oid::regclass::text,
+               'schema', n.nspname, 'schema_oid', n.oid, 'relname', c.relname,
+               'def', regexp_replace(pg_get_viewdef(c.oid), ';\s*$', ''),
+               'am', am.amname, 'options', to_jsonb(c.reloptions), 'tablespace', ts.spcname,
+               'populated', c.relispopulated,
+               'comment', obj_description(c.oid, 'pg_class'),
+               'columns', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                  'name', a.attname,
+                                  'comment', col_description(c.oid, a.attnum),
+                                  'stattarget', CASE WHEN a.attstattarget >= 0
+                                                     THEN a.attstattarget END,
+                                  'storage', CASE WHEN a.attstorage <> t.typstorage
+                                                  THEN a.attstorage END,
+                                  'compression', nullif(a.attcompression, ''))
+                                  ORDER BY a.attnum), '[]')
+                             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                            WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+               'indexes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                  'name', ic.relname, 'def', pg_get_indexdef(i.indexrelid),
+                                  'clustered', i.indisclustered,
+                                  'comment', obj_description(i.indexrelid, 'pg_class'))
+                                  ORDER BY i.indexrelid), '[]')
+                             FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                            WHERE i.indrelid = c.oid),
+               'statistics', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                  'name', format('%I.%I', sn.nspname, st.stxname),
+                                  'def', pg_get_statisticsobjdef(st.oid),
+                                  'owner', st.stxowner::regrole::text,
+                                  'comment', obj_description(st.oid, 'pg_statistic_ext'))
+                                  ORDER BY st.oid), '[]')
+                             FROM pg_statistic_ext st
+                             JOIN pg_namespace sn ON sn.oid = st.stxnamespace
+                            WHERE st.stxrelid = c.oid),
+               'deps', (SELECT coalesce(jsonb_agg(e), '[]')
+                          FROM pg_rewrite w,
+                               jsonb_array_elements(softguard._deps('pg_rewrite'::regclass, w.oid)) e
+                         WHERE w.ev_class = c.oid AND w.rulename = '_RETURN'
+                           AND NOT (e->>'classid' = 'pg_class'::regclass::oid::text
+                                    AND (e->>'objid' = c.oid::text
+                                         OR softguard._is_reader(readers, (e->>'objid')::oid,
+                                                                 'm')))))
+      INTO step
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      JOIN pg_am am ON am.oid = c.relam
+      LEFT JOIN pg_tablespace ts ON ts.oid = c.reltablespace
+     WHERE c.oid = rel AND c.relkind = 'm';
+    IF step IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'XX000',
+            MESSAGE = format('softguard: %s is not a materialized view', rel);
+    END IF;
+    RETURN jsonb_build_array(step || jsonb_build_object(
+        'owner', softguard._disown('pg_class'::regclass, rel)));
+END $$;
+REVOKE ALL ON FUNCTION softguard._remake_step(bigint, oid, jsonb) FROM PUBLIC;
 
 -- Set a kept view's query aside: replace it (in quarantine already, so no CREATE OR
 -- REPLACE VIEW operation is recorded) by one of the same columns, types and collations

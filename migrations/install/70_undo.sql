@@ -472,6 +472,104 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_owner(bigint, jsonb) FROM PUBLIC;
 
+-- Re-make a materialized view that a DROP ... CASCADE dropped because it read a column
+-- the DROP kept (30_drop.sql, _remake_step; decision 0035): the columns are back already.
+-- Made WITH NO DATA as the ledger's owner (nothing of its query runs), given back to its
+-- owner with its privileges, its indexes and statistics objects made, then, when it was
+-- populated, refreshed: REFRESH runs the query as the view's owner, as any REFRESH does,
+-- so no code of the client's runs with softguard's rights. Its rows are those of undo
+-- time (PostgreSQL cannot write rows into a materialized view).
+CREATE FUNCTION softguard._undo_remake(op bigint, s jsonb) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nsp_name name;
+    rel oid;
+    d jsonb;
+    e jsonb;
+    what text := 'materialized view ' || (s->>'name');
+    lines softguard.undo_step[] := '{}';
+BEGIN
+    FOR d IN SELECT x FROM jsonb_array_elements(s->'deps') x LOOP
+        PERFORM softguard._need_live(op, (d->>'classid')::oid, (d->>'objid')::oid, what,
+                                     d->>'identity');
+    END LOOP;
+    SELECT n.nspname INTO nsp_name FROM pg_namespace n WHERE n.oid = (s->>'schema_oid')::oid;
+    IF nsp_name IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: schema %s no longer exists', op,
+                             s->>'schema'),
+            HINT = format('CREATE SCHEMA %I first.', s->>'schema');
+    END IF;
+    PERFORM softguard._need_live(op, 'pg_namespace'::regclass, (s->>'schema_oid')::oid, what);
+    IF to_regclass(format('%I.%I', nsp_name, s->>'relname')) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42P07',
+            MESSAGE = format('cannot undo operation %s: relation %I.%I already exists (created '
+                             'after the DROP)', op, nsp_name, s->>'relname');
+    END IF;
+    EXECUTE format('CREATE MATERIALIZED VIEW %I.%I USING %I%s%s AS %s WITH NO DATA', nsp_name,
+                   s->>'relname', s->>'am',
+                   (SELECT ' WITH (' || string_agg(x, ', ' ORDER BY i) || ')'
+                      FROM jsonb_array_elements_text(CASE jsonb_typeof(s->'options')
+                                                         WHEN 'array' THEN s->'options'
+                                                         ELSE '[]' END)
+                           WITH ORDINALITY AS t(x, i)),
+                   coalesce(' TABLESPACE ' || quote_ident(s->>'tablespace'), ''), s->>'def');
+    rel := to_regclass(format('%I.%I', nsp_name, s->>'relname'));
+    IF s->>'comment' IS NOT NULL THEN
+        EXECUTE format('COMMENT ON MATERIALIZED VIEW %s IS %L', rel::regclass, s->>'comment');
+    END IF;
+    FOR e IN SELECT x FROM jsonb_array_elements(s->'columns') x LOOP
+        IF e->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', rel::regclass, e->>'name',
+                           e->>'comment');
+        END IF;
+        IF e->>'stattarget' IS NOT NULL THEN
+            EXECUTE format('ALTER MATERIALIZED VIEW %s ALTER COLUMN %I SET STATISTICS %s',
+                           rel::regclass, e->>'name', (e->>'stattarget')::integer);
+        END IF;
+        IF e->>'storage' IS NOT NULL THEN
+            EXECUTE format('ALTER MATERIALIZED VIEW %s ALTER COLUMN %I SET STORAGE %s',
+                           rel::regclass, e->>'name', CASE e->>'storage' WHEN 'p' THEN 'PLAIN'
+                               WHEN 'e' THEN 'EXTERNAL' WHEN 'm' THEN 'MAIN' ELSE 'EXTENDED' END);
+        END IF;
+        IF e->>'compression' IS NOT NULL THEN
+            EXECUTE format('ALTER MATERIALIZED VIEW %s ALTER COLUMN %I SET COMPRESSION %s',
+                           rel::regclass, e->>'name', CASE e->>'compression' WHEN 'l' THEN 'lz4'
+                                                           ELSE 'pglz' END);
+        END IF;
+    END LOOP;
+    -- its owner before its indexes: an index expression is checked as the table's owner
+    FOR e IN SELECT x FROM jsonb_array_elements(s->'owner') x LOOP
+        lines := lines || softguard._undo_owner(op, e || jsonb_build_object('oid', rel));
+    END LOOP;
+    FOR e IN SELECT x FROM jsonb_array_elements(s->'indexes') x LOOP
+        EXECUTE e->>'def';
+        IF e->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON INDEX %I.%I IS %L', nsp_name, e->>'name', e->>'comment');
+        END IF;
+        IF (e->>'clustered')::boolean THEN
+            EXECUTE format('ALTER MATERIALIZED VIEW %s CLUSTER ON %I', rel::regclass, e->>'name');
+        END IF;
+    END LOOP;
+    FOR e IN SELECT x FROM jsonb_array_elements(s->'statistics') x LOOP
+        EXECUTE e->>'def';
+        IF to_regrole(e->>'owner') IS NOT NULL THEN
+            EXECUTE format('ALTER STATISTICS %s OWNER TO %s', e->>'name', e->>'owner');
+        END IF;
+        IF e->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON STATISTICS %s IS %L', e->>'name', e->>'comment');
+        END IF;
+    END LOOP;
+    IF (s->>'populated')::boolean THEN
+        EXECUTE format('REFRESH MATERIALIZED VIEW %s', rel::regclass);
+    END IF;
+    RETURN lines || softguard._step(op, 're-made', rel::regclass::text,
+        format('re-made materialized view %s%s', rel::regclass,
+               CASE WHEN (s->>'populated')::boolean THEN ' (refreshed: its rows are those of now)'
+                    ELSE ' (not populated, as it was)' END));
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_remake(bigint, jsonb) FROM PUBLIC;
+
 -- Undo one operation (no cascade); returns what it restored.
 CREATE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -676,6 +774,8 @@ BEGIN
                                             THEN s->'options' ELSE '[]' END)
                                    WITH ORDINALITY AS t(x, i)),
                            s->>'def');
+        WHEN 'remake_matview' THEN
+            lines := lines || softguard._undo_remake(op, s);
         WHEN 'detach_partition' THEN
             PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
                                          'partition ' || (s->>'child_name'));

@@ -95,6 +95,15 @@ BEGIN
                                     WHERE s.pid = pg_backend_pid()
                                       AND s.xid = pg_current_xact_id()
                                       AND s.type = o.objid AND o.object_type = 'type'));
+        ELSIF d.object_type = 'materialized view' THEN
+            -- one that a DROP ... CASCADE of this transaction recorded to re-make at undo,
+            -- before dropping it (30_drop.sql _quarantine, 3a; decision 0035): a row of
+            -- softguard's own, which the client can neither write nor keep
+            CONTINUE WHEN EXISTS (
+                SELECT FROM softguard.operations o, jsonb_array_elements(o.restore) s
+                 WHERE o.txid = pg_current_xact_id() AND o.state = 'active'
+                   AND o.kind LIKE 'DROP %' AND s->>'step' = 'remake_matview'
+                   AND (s->>'oid')::oid = d.objid);
         ELSIF d.object_type = 'table column' AND by_alter THEN
             -- alter_op captured every column its statement drops before running it (it
             -- probes that very statement); a column dropped anywhere else is lost, as is

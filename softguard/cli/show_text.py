@@ -99,6 +99,10 @@ def _step_text(step: dict[str, Any]) -> str | None:
         # a view that read one of those columns: kept, its query set aside until then
         "view_query": f"put back the query of view {step.get('view', '?')} "
         "(after its columns)",
+        # a materialized view that read one: dropped, re-made (decision 0035)
+        "remake_matview": f"re-make materialized view {step.get('name', '?')}"
+        + (" and refresh it" if step.get("populated") else " (not populated)")
+        + " (after its columns)",
     }
     return words.get(str(kind), f"{kind} step")
 

@@ -56,9 +56,11 @@ from softguard.proxy.commands import (
 )
 from softguard.proxy.statements import (
     SAFE,
+    AllowedShapes,
     NeedLedger,
     PlanInputs,
     SoftSession,
+    allowed_passes,
     passes_unread,
     plan_message,
     take_call_key,
@@ -245,6 +247,9 @@ class SessionCore(CoreBase):
         self._read_only_lost = False
         self._mode_generation = -1
         self._mode_is_full = True
+        # The Query shapes this session's policy lets pass as sent (statements.
+        # remember_allowed), for its current generation: emptied when that changes.
+        self._allowed: AllowedShapes = {}
         # softguard's port of the upstream connection, and the port the server reported
         # seeing at registration ("" when it said NULL: a Unix socket).
         self._local_port: int | None = None
@@ -325,6 +330,15 @@ class SessionCore(CoreBase):
                         self._query_sent()
                     self.to_server(data)
                     return
+                if self._allowed and self._filter is None and not self._soft.prepared:
+                    # A shape the policy let pass before (pgbench's UPDATEs): what
+                    # planning would do for it, without planning.
+                    counted = allowed_passes(text, self._allowed)
+                    if counted is not None:
+                        self.counter.count_statement(*counted)
+                        self.pending += 1
+                        self.to_server(data)
+                        return
                 # Planned: the one Message ``feed`` would hand out, its text already read
                 # and already found to need planning.
                 self._relay_messages(data, [Message(_Q, data[5:], 0, n)], 0, 0, 0, read=text)
@@ -334,6 +348,23 @@ class SessionCore(CoreBase):
             self.pending += 1
             self.to_server(data)
             return
+        elif self._filter is None and self._known is None:
+            # A driver's Parse/Bind/Describe/Execute/Sync whose text is proven harmless
+            # from its bytes: what ``_relay_messages`` does for it, without framing objects.
+            parsed = cframer.parse_then_sync(data)
+            if parsed is not None and self._full_mode():
+                if passes_unread(parsed, self._soft):
+                    self.counter.safe_statements += 1
+                    self.pending += 1
+                    self.to_server(data)
+                    return
+                if self._allowed and not self._soft.prepared:
+                    counted = allowed_passes(parsed, self._allowed, parse=True)
+                    if counted is not None:  # as for a Query above
+                        self.counter.count_statement(*counted)
+                        self.pending += 1
+                        self.to_server(data)
+                        return
         try:
             buf, msgs, held = self._cframer.feed(data)
         except ProtocolViolation as exc:
@@ -1149,6 +1180,7 @@ class SessionCore(CoreBase):
         if self._mode_generation != policy.generation:
             self._mode_generation = policy.generation
             self._mode_is_full = policy.mode(self.info)[0] == "full"
+            self._allowed.clear()  # decided under the old policy
         return self._mode_is_full
 
     def _query_sent(self) -> None:
@@ -1177,6 +1209,7 @@ class SessionCore(CoreBase):
             client_encoding=self.client_encoding,
             known=classification,
             mode="full" if self._full_mode() else None,
+            allowed=self._allowed,
         )
         if not isinstance(planned, NeedLedger):
             self._known = None  # planned: the held classification is spent

@@ -37,6 +37,7 @@ from softguard.policy import (
     decide_mode,
 )
 from softguard.sql import Kind
+from softguard.sql.cache import shape_of
 from softguard.sql.effects import effects
 from softguard.sql.encoding import canonical_encoding, decode
 from softguard.sql.prefilter import LARGE_OBJECT_FUNCTIONS, may_be_destructive
@@ -94,6 +95,8 @@ class Classifies(Protocol):
 
     def classify_bytes(self, sql: bytes, client_encoding: str = "UTF8") -> Classification: ...
 
+    def remembered_shape(self, sql: bytes, classification: Classification) -> bytes | None: ...
+
 
 class LedgerView(Protocol):
     """What the planner knows of a database's ledger (``LedgerGate``, ``FixedLedger``)."""
@@ -128,6 +131,9 @@ class _Known:
 
     def classify_bytes(self, sql: bytes, client_encoding: str = "UTF8") -> Classification:
         return self.result
+
+    def remembered_shape(self, sql: bytes, classification: Classification) -> bytes | None:
+        return None  # made for this text alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +334,61 @@ def harmless_shape(folded: bytes) -> bool | None:
     return None if may_name_softguard(folded.lower()) else True
 
 
+# A session's Query and Parse shapes (``Classifier.remembered_shape``) that its policy lets
+# pass as sent, with what to count for each: (kind, action). A Parse's key is its shape
+# after a NUL, which no Query text holds: the two never share a key.
+AllowedShapes = dict[bytes, tuple[str, str]]
+_ALLOWED_SHAPES_SIZE = 256
+
+
+def remember_allowed(
+    allowed: AllowedShapes,
+    classifier: Classifies,
+    text: bytes,
+    classification: Classification,
+    *,
+    parse: bool,
+) -> None:
+    """Remember that every Query (``parse``: Parse) of ``text``'s shape passes as sent in
+    this session, under
+    the policy's current generation (the session empties ``allowed`` when it changes): the
+    relay's fast path then sends the next ones without planning (``allowed_passes``).
+
+    Called where ``plan_message``'s own memo holds the decision, so the same conditions
+    hold (not a soft-delete session, no reread, not at DEBUG, every decision ALLOW and none
+    opaque), and with more, since the key is the shape and not the classification:
+    - the classifier keeps this classification for every text of that shape (its numbers
+      are plain values, which no rule reads);
+    - no statement is table DDL: whether it rereads the soft-delete tables depends on the
+      ledger's state, not only on the policy;
+    - the shape is ASCII (so is every text of it: only digits differ), read alike in every
+      client encoding, and spells no softguard name (``may_name_softguard`` reads no digit,
+      so no text of the shape names softguard);
+    - it is short enough for the fast path (``UNREAD_MEMO_BYTES``)."""
+    if len(text) > UNREAD_MEMO_BYTES or any(
+        s.command in _TABLE_DDL for s in classification.statements
+    ):
+        return
+    shape = classifier.remembered_shape(text, classification)
+    if shape is None or not shape.isascii() or may_name_softguard(shape.lower()):
+        return
+    if len(allowed) >= _ALLOWED_SHAPES_SIZE:
+        allowed.clear()
+    allowed[b"\0" + shape if parse else shape] = (classification.kind.value, Action.ALLOW.value)
+
+
+def allowed_passes(
+    text: bytes, allowed: AllowedShapes, *, parse: bool = False
+) -> tuple[str, str] | None:
+    """What to count for ``text`` (a Query's, or a Parse's) when the session's memo says it
+    passes as sent, else None (the caller has checked what ``passes_unread`` checks first:
+    full mode, no prepared soft delete, no classification held)."""
+    if len(text) > UNREAD_MEMO_BYTES:
+        return None
+    shape = shape_of(text)
+    return allowed.get(b"\0" + shape if parse else shape)
+
+
 def plan_message(
     inputs: PlanInputs,
     info: SessionInfo,
@@ -339,6 +400,7 @@ def plan_message(
     known: Classification | None = None,
     approving: bool = False,
     mode: Mode | None = None,
+    allowed: AllowedShapes | None = None,
 ) -> Planned | NeedLedger:
     """Plan one Query/Parse message of ``info``'s session.
 
@@ -350,7 +412,8 @@ def plan_message(
     already made (off the event loop, for large texts). ``approving``: plan the text as it
     runs once a person approved it (decision 0020): no mode refusal, denied categories
     protected where they can be, else allowed. ``mode``: the session's mode under the
-    current policy, when the caller knows it (else looked up).
+    current policy, when the caller knows it (else looked up). ``allowed``: the session's
+    memo of Query shapes the policy lets pass as sent (``remember_allowed``), filled here.
     """
     text = parse_query_text(msg.type, msg.body)
     classifier: Classifies = inputs.classifier if known is None else _Known(known)
@@ -406,6 +469,10 @@ def plan_message(
         memo_key = (id(classification), id(info), source, policy.generation)
         remembered = inputs.allowed.get(memo_key)
         if remembered is not None and remembered[0] is classification and remembered[1] is info:
+            if allowed is not None:
+                remember_allowed(
+                    allowed, inputs.classifier, text, classification, parse=source != "query"
+                )
             return _passed(classification.kind.value if log_it else "", Action.ALLOW.value)
     decisions = policy.decide(classification, info, source=source, log_it=log_it and not approving)
     if approving:
@@ -528,6 +595,10 @@ def plan_message(
                 if len(inputs.allowed) >= _ALLOWED_MEMO_SIZE:
                     inputs.allowed.clear()
                 inputs.allowed[memo_key] = (classification, info)
+                if allowed is not None:
+                    remember_allowed(
+                        allowed, inputs.classifier, text, classification, parse=source != "query"
+                    )
             return _passed(kind, action)
         return Planned(
             None, kind=kind, action=action, protected=tuple(protected), reread_soft_delete=reread

@@ -39,7 +39,9 @@ def _key(sql: bytes, client_encoding: str) -> bytes:
     return client_encoding.encode("ascii", "replace") + b"\0" + sql
 
 
-def _shape_of(sql: bytes) -> bytes:
+def shape_of(sql: bytes) -> bytes:
+    """*sql* with its candidate numbers read as 0 (``0.0`` for a decimal): the shape
+    cache's key."""
     return _NUMBERS.sub(lambda m: b"0.0" if m.group(1) else b"0", sql)
 
 
@@ -147,7 +149,7 @@ class Classifier:
             self._cache.move_to_end(exact_key)
             self.stats.cache_hits += 1
             return exact
-        key = _shape_of(sql)
+        key = shape_of(sql)
         shapes = self._shapes
         hit = shapes.get(key)
         if hit is not None:
@@ -160,6 +162,12 @@ class Classifier:
             if len(shapes) > self._size:
                 shapes.popitem(last=False)
         return result
+
+    def remembered_shape(self, sql: bytes, classification: Classification) -> bytes | None:
+        """*sql*'s shape when `classify_shape` answers *classification* for every text of
+        that shape (it keeps shapes whose numbers are all plain values), else None."""
+        key = shape_of(sql)
+        return key if self._shapes.get(key) is classification else None
 
     def clear(self) -> None:
         self._cache.clear()

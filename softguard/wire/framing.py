@@ -22,6 +22,7 @@ from softguard.wire.errors import ClientProtocolError, MessageTooLarge, Protocol
 
 _INT32 = Struct("!I")
 _unpack_int32 = _INT32.unpack_from
+_PARSE, _SYNC = b"PS"
 
 
 @dataclass(slots=True)
@@ -96,12 +97,13 @@ class Framer(FramerBase):
             and not self._skip
         )
 
-    def lone_last(self, data: bytes, mtype: int, length: int) -> bool:
+    def lone_last(self, data: bytes, mtype: int, length: int, start: int = 0) -> bool:
         """True when ``data`` is whole messages from a message boundary, none of them
         wanted but the last, which is of the wanted type ``mtype`` and has the length
         field ``length`` (4 or more): what ``feed`` would hand out as its only message,
         leaving the framer as it was. The caller may take the chunk without feeding it
-        (answers ending in ReadyForQuery, a client's Bind/Execute/Sync)."""
+        (answers ending in ReadyForQuery, a client's Bind/Execute/Sync). ``start``: where
+        the walk begins (``parse_then_sync`` has read the bytes before it)."""
         n = len(data)
         last = n - 1 - length
         if (
@@ -119,7 +121,7 @@ class Framer(FramerBase):
         # Every length read below is < n <= max_length; one under 4 is left to ``feed``.
         stop = self._stop
         unpack = _unpack_int32
-        pos = 0
+        pos = start
         while pos < last:  # bounded: each step passes a whole message (5 bytes or more)
             if data[pos] in stop:
                 return False
@@ -128,6 +130,24 @@ class Framer(FramerBase):
                 return False
             pos += 1 + size
         return pos == last
+
+    def parse_then_sync(self, data: bytes) -> bytes | None:
+        """The query text of the Parse that ``data`` begins with, when ``data`` is that
+        whole Parse from a message boundary, then whole messages none of them wanted but
+        the last, a Sync (a driver's Parse/Bind/Describe/Execute/Sync): what ``feed``
+        would hand out as its only two messages, leaving the framer as it was. None for
+        any other chunk, and for a Parse ``parse_query_text`` would refuse (``feed``'s
+        caller reports it)."""
+        n = len(data)
+        if n < 5 or data[0] != _PARSE or _PARSE not in self._readable:
+            return None
+        (size,) = _unpack_int32(data, 1)
+        end = 1 + size
+        if not 4 <= size <= self._max_want or end > n or not self.lone_last(data, _SYNC, 4, end):
+            return None
+        name_end = data.find(b"\0", 5, end)
+        text_end = data.find(b"\0", name_end + 1, end) if name_end >= 0 else -1
+        return data[name_end + 1 : text_end] if text_end >= 0 else None
 
     def feed(self, data: bytes) -> tuple[bytes, list[Message], int]:
         """Consume ``data``; return ``(buf, messages, held)``.

@@ -29,6 +29,10 @@ from softguard.policy import TAMPER_MESSAGE
 
 arena_template, arena = fixtures()
 arena_deny = deny_arena_fixture('delete = "deny"\n')
+# Updates allowed with a WHERE clause, and denied outright to the "agent" application.
+arena_where = deny_arena_fixture(
+    'require_where = true\n[[policy.rules]]\napplication_name = "agent"\nupdate = "deny"\n'
+)
 
 MARKER = b"SELECT 'hotpath-attack-done'"
 DELETE = b"DELETE FROM parent WHERE id = 1"
@@ -163,6 +167,21 @@ SHAPES: dict[str, list[list[bytes]]] = {
     "named_parse_then_bes": [[parse(DELETE, b"s2") + SYNC], [bind(b"s2") + EXECUTE + SYNC]],
     "unnamed_parse_alone_then_bes": [[parse(DELETE)], [BES]],
     "parse_glued_to_bes": [[parse(DELETE) + BES]],
+    # A driver's Parse ... Sync whose Parse is harmless (the compiled path takes those):
+    # the DELETE after it, inside it, or behind its length.
+    "harmless_parse_then_query": [[parse(HARMLESS) + HIDDEN + BES]],
+    "harmless_parse_then_delete_parse": [[parse(HARMLESS) + parse(DELETE) + BES]],
+    "harmless_parse_nul_then_delete": [[parse(HARMLESS + b"\0" + DELETE) + BES]],
+    "harmless_parse_length_swallows_delete": [
+        [
+            b"P"
+            + struct.pack("!I", len(parse(HARMLESS)) - 1 + len(parse(DELETE)))
+            + parse(HARMLESS)[5:]
+            + parse(DELETE)
+            + BES
+        ]
+    ],
+    "harmless_parse_split_before_sync": [[parse(HARMLESS) + bind() + EXECUTE], [HIDDEN + SYNC]],
     "sql_prepare_then_protocol_bind": [
         [query(b"PREPARE d AS " + DELETE)],
         [bind(b"d") + EXECUTE + SYNC],
@@ -204,6 +223,12 @@ DIGIT_TWINS = {
     "unicode_escaped_string": (
         b"SELECT set_config(U&'\\0000oftguard.x', 'on', false)",
         b"SELECT set_config(U&'\\0073oftguard.x', 'on', false)",
+    ),
+    # An allowed UPDATE's shape is remembered by the session (statements.remember_allowed):
+    # not one whose digits could spell softguard.
+    "update_through_escaped_schema": (
+        b'UPDATE parent SET name = name WHERE id = (SELECT 1 FROM U&"\\0000oftguard".x)',
+        b'UPDATE parent SET name = name WHERE id = (SELECT 1 FROM U&"\\0073oftguard".operations)',
     ),
 }
 
@@ -271,3 +296,76 @@ def test_the_memo_filling_and_emptying_lets_nothing_through(arena_deny: Arena) -
         attacker.close()
     assert refused == 4
     assert arena_deny.direct("SELECT count(*) FROM parent") == [(5,)]
+
+
+def _refused(got: list[Any]) -> list[str]:
+    return [m.sqlstate for m in got if isinstance(m, ServerError)]
+
+
+def test_an_allowed_update_shape_stays_that_shape(arena_where: Arena) -> None:
+    """The session remembers `UPDATE ... WHERE id = <n>` as allowed (after one plan, the
+    next ones pass unplanned); a look-alike without the WHERE clause, or with it in a
+    string or a comment, is decided again: refused, as a lone Query or glued after one
+    the memo passes."""
+    before = arena_where.snapshot()
+    warm = b"UPDATE parent SET name = name WHERE id = %d"
+    attacker = Attacker(arena_where)
+    try:
+        for i in range(1, 5):
+            assert _refused(attacker.exchange([query(warm % i)])) == []
+        for text in (
+            b"UPDATE parent SET name = upper(name)",
+            b"UPDATE parent SET name = upper(name) -- WHERE id = 1",
+            b"UPDATE parent SET name = upper(name) || ' WHERE id = 1'",
+        ):
+            for chunks in ([query(text)], [query(warm % 2) + query(text)]):
+                got = attacker.exchange(chunks)
+                assert _refused(got) == ["42501"], (text, got)
+    finally:
+        attacker.close()
+    assert arena_where.snapshot() == before
+
+
+def test_an_allowed_parse_shape_stays_that_shape(arena_where: Arena) -> None:
+    """The same through a driver's Parse ... Sync: the remembered UPDATE shape passes, a
+    look-alike without its WHERE clause is refused, alone or after one that passes."""
+    before = arena_where.snapshot()
+    warm = b"UPDATE parent SET name = name WHERE id = %d"
+    attacker = Attacker(arena_where)
+    try:
+        for i in range(1, 5):
+            assert _refused(attacker.exchange([parse(warm % i) + BES])) == []
+        for text in (
+            b"UPDATE parent SET name = upper(name)",
+            b"UPDATE parent SET name = upper(name) -- WHERE id = 1",
+        ):
+            for chunks in ([parse(text) + BES], [parse(warm % 2) + BES + parse(text) + BES]):
+                got = attacker.exchange(chunks)
+                assert _refused(got) == ["42501"], (text, got)
+    finally:
+        attacker.close()
+    assert arena_where.snapshot() == before
+
+
+def test_a_session_remembers_for_itself_alone(arena_where: Arena) -> None:
+    """A session whose UPDATEs are allowed has remembered the shape; another session of
+    the same role, but the application the policy denies updates to, sending that shape
+    is refused."""
+    before = arena_where.snapshot()
+    text = b"UPDATE parent SET name = upper(name) WHERE id = %d"
+    allowed = Attacker(arena_where)
+    agent = arena_where.raw(application_name="agent")
+    try:
+        for i in range(1, 4):
+            allowed.exchange([query(b"UPDATE parent SET name = name WHERE id = %d" % i)])
+            allowed.exchange([query(text % i)])
+        assert _refused(allowed.seen) == []
+        for i in range(1, 4):
+            got = agent.query(text % i)
+            assert _refused(got) == ["42501"], got
+    finally:
+        allowed.close()
+        agent.close()
+    after = arena_where.snapshot()
+    assert after != before  # the allowed session did update (upper-cased the names)
+    assert arena_where.direct("SELECT count(*) FROM parent WHERE name <> upper(name)") == [(2,)]

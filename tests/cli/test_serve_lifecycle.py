@@ -115,6 +115,42 @@ def test_sighup_reloads_the_policy_and_keeps_sessions(
     assert "shutting down" in log.read_text()
 
 
+def test_sighup_empties_what_sessions_remembered_as_allowed(
+    pg_server: TestServer,
+    rental_db: Callable[[], str],
+    serve_procs: list[Serve],
+    tmp_path: Path,
+) -> None:
+    """An open session's allowed UPDATE shape (passed unplanned by the relay's fast path
+    after the first one, statements.remember_allowed) is decided anew after a reload: the
+    same shape, other numbers, is refused once the policy denies updates."""
+    db = rental_db()
+    config = tmp_path / "softguard.toml"
+    config.write_text('[policy]\nupdate = "allow"\n')
+    log = tmp_path / "softguard.log"
+    proc = _serve(
+        serve_procs, pg_server.upstream_dsn(), "--config", str(config), "--log-file", str(log)
+    )
+    dsn = _proxy_dsn(pg_server, proc.listening_port(), db)
+    update = "UPDATE customers SET phone = phone WHERE id = {}"  # no parameters: a Query
+    with psycopg.connect(dsn, autocommit=True) as open_session:
+        for i in range(1, 5):
+            assert open_session.execute(update.format(i)).rowcount == 1
+        config.write_text('[policy]\nupdate = "deny"\n')
+        proc.signal(signal.SIGHUP)
+        wait_file_contains(log, "SIGHUP: configuration reloaded")
+        with pytest.raises(psycopg.Error) as denied:
+            open_session.execute(update.format(5))
+        assert denied.value.sqlstate == "42501", denied.value
+        config.write_text('[policy]\nupdate = "allow"\n')
+        proc.signal(signal.SIGHUP)
+        for _ in range(100):  # bounded: the second reload's line
+            if log.read_text().count("SIGHUP: configuration reloaded") >= 2:
+                break
+            time.sleep(0.05)
+        assert open_session.execute(update.format(6)).rowcount == 1
+
+
 def test_sighup_with_workers_reaches_every_worker(
     pg_server: TestServer, serve_procs: list[Serve], tmp_path: Path
 ) -> None:

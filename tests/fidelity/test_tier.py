@@ -278,9 +278,10 @@ KEYLESS = "no key identifies the rows at undo time"
 REFUSALS = {
     r"softguard cannot keep column .*: the table has no primary key or unique NOT NULL": KEYLESS,
     r"softguard cannot keep the values of .* across its type change: ": KEYLESS,
-    r"softguard cannot yet keep (materialized view|view|rule) .*, which reads column": (
-        "a materialized view or rule reading a column a type's CASCADE takes, or a view "
-        "that stays in a schema the statement drops"
+    r"softguard cannot (yet )?keep (materialized view|view|rule) .*, which reads "
+    r"(a )?column": (
+        "a view an earlier operation holds that reads a column a type's CASCADE takes, or a "
+        "routine using the row type of a materialized view that goes (decision 0035)"
     ),
     r"softguard cannot yet keep identity or generated column": "type change of such a column",
     r"softguard cannot yet keep identity column": "identity column",

@@ -45,6 +45,15 @@ _CLIENT_CHUNKS = [
     _query("END;"),
     _query("select 1"),
     _query("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 3;"),
+    # Shapes the session memo lets pass once planned (statements.remember_allowed), and
+    # near misses: a 10-digit number and a name's digits are not folded, a decimal is.
+    _query("UPDATE pgbench_accounts SET abalance = abalance + -4711 WHERE aid = 98765;"),
+    _query("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1234567890;"),
+    _query("UPDATE pgbench_tellers SET tbalance = tbalance + 2.5 WHERE tid = 7;"),
+    _query("UPDATE pgbench_tellers SET tbalance = tbalance + 31.25 WHERE tid = 8;"),
+    _query("update t1 set x = 1"),
+    _query("update t2 set x = 1"),
+    _query("update t set x = '1'"),
     _query("delete from t where id = 1"),
     _query("select * from softguard.operations"),
     _query("select E'\\163oftguard'"),
@@ -57,6 +66,18 @@ _CLIENT_CHUNKS = [
     message(b"S", b""),
     message(b"P", b"\0select 1\0\0\0") + _BIND_EXECUTE_SYNC,  # a Parse inside: read
     message(b"P", b"\0delete from t\0\0\0") + _BIND_EXECUTE_SYNC,
+    # A driver's Parse/Bind/Describe/Execute/Sync, and near misses of that shape.
+    message(b"P", b"s2\0select 2\0\0\0") + message(b"D", b"Ss2\0") + _BIND_EXECUTE_SYNC,
+    message(b"P", b"\0select 3\0\0\0") + message(b"S", b""),
+    message(b"P", b"\0select 4\0\0\0") + _query("select 5") + message(b"S", b""),
+    message(b"P", b"\0select 6\0\0\0") + message(b"P", b"\0select 7\0\0\0") + _BIND_EXECUTE_SYNC,
+    message(b"P", b"\0select 8") + _BIND_EXECUTE_SYNC,  # the text's NUL missing
+    message(b"P", b"select 9") + _BIND_EXECUTE_SYNC,  # the name's too
+    message(b"P", b"\0select '" + b"y" * 600 + b"'\0\0\0") + _BIND_EXECUTE_SYNC,
+    message(b"P", b"\0update t set x = 1\0\0\0") + _BIND_EXECUTE_SYNC,
+    message(b"P", b"\0select 1\0\0\0") + _BIND_EXECUTE_SYNC[:-2],  # the Sync cut short
+    b"P\0\0\0\x03" + _BIND_EXECUTE_SYNC,  # a Parse length under 4
+    b"P\0\0\x10\x00\0select 1\0\0\0" + _BIND_EXECUTE_SYNC,  # one past the chunk
     _BIND_EXECUTE_SYNC[:7],  # split Bind
     _BIND_EXECUTE_SYNC[7:],
     message(b"B", b"\0s1\0\0\0\0\0\0\0") + b"S\0\0\0\x05x",  # a Sync with a wrong length
@@ -85,7 +106,7 @@ _SERVER_CHUNKS = [
 
 _TWEAKS = [
     "filter", "unfilter", "known", "unknown", "prepared", "unprepared", "read-only", "full",
-    "timings", "protected", "read-only-lost", "shutdown", "calm",
+    "timings", "protected", "read-only-lost", "shutdown", "calm", "update-denied",
 ]  # fmt: skip
 
 
@@ -222,3 +243,116 @@ def test_pure_python_when_asked() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+_UPDATES = [
+    _query(f"UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};")
+    for delta, aid in ((-17, 5), (-4711, 98765), (-3, 1))
+]
+
+
+@pytest.mark.parametrize("mode", ["python", "chunk"])
+def test_an_allowed_shape_passes_unplanned_until_the_policy_changes(mode: str) -> None:
+    """The session memo (statements.remember_allowed): the first UPDATE of a shape is
+    planned, the next ones with other numbers pass as sent (the compiled path takes
+    them), counted as planning counts them; a policy reload empties the memo, and the
+    same shape is then decided anew (here: refused)."""
+    twin = Twin(mode)
+    for i, chunk in enumerate(_UPDATES):
+        _fed(twin, "client", chunk)
+        _fed(twin, "server", _SERVER_CHUNKS[0])
+        assert twin.sinks.sent[-2] == ("server", chunk)
+        assert twin.taken == (2 * i + 1 if mode == "chunk" else 0)  # with the answers
+    assert twin.counter.counted == [("destructive", "allow")] * 3
+    assert list(twin.core._allowed) == [
+        b"UPDATE pgbench_accounts SET abalance = abalance + -0 WHERE aid = 0;"
+    ]
+    apply_state(twin.core, "update-denied")
+    _fed(twin, "client", _UPDATES[1])
+    assert twin.taken == (5 if mode == "chunk" else 0)
+    assert twin.sinks.sent[-1][0] == "server" and twin.sinks.sent[-1][1] != _UPDATES[1]
+    assert b"42501" in twin.sinks.sent[-1][1]  # the refusal went in its place
+    assert twin.counter.counted[-1] == ("destructive", "deny")
+    assert twin.core._allowed == {}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "update t set x = '1'",  # a digit in a string: its shape is not kept
+        "update t set x = 1 -- 1",  # nor in a comment
+        "update softguard_x set x = 1",  # spells softguard's name
+        "alter table t add column c int",  # table DDL: SAFE, never remembered anyway
+        "delete from t where id = 1",  # protected: planned every time
+        "update t set x = 1; select 2",  # two statements: remembered as one text
+    ],
+)
+def test_what_the_session_memo_keeps_out(sql: str) -> None:
+    twin = Twin("chunk")
+    for _ in range(2):
+        _fed(twin, "client", _query(sql))
+        _fed(twin, "server", _SERVER_CHUNKS[0])
+    kept = list(twin.core._allowed)
+    if sql.endswith("select 2"):
+        assert kept == [b"update t set x = 0; select 0"] and twin.taken == 3, twin.taken
+    elif sql.startswith("delete"):
+        assert kept == [] and twin.taken == 0  # its answers are paired with its capture
+    else:
+        assert kept == [] and twin.taken == 2, (kept, twin.taken)  # only the answers
+
+
+def test_the_session_memo_is_not_filled_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """At DEBUG every allowed statement gets its log line: nothing is remembered."""
+    twin = Twin("chunk")
+    with caplog.at_level("DEBUG", logger="softguard.policy"):
+        for chunk in _UPDATES:
+            _fed(twin, "client", chunk)
+            _fed(twin, "server", _SERVER_CHUNKS[0])
+    assert twin.core._allowed == {} and twin.taken == 3  # the answers
+    assert sum("allow" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_a_drivers_harmless_parse_chunk_is_taken() -> None:
+    """Parse/Describe/Bind/Execute/Sync of a harmless text (psycopg with parameters,
+    pgbench -M extended): sent as it came and counted SAFE, by the compiled path; one of
+    a DELETE is left to the Python path, which plans it."""
+    harmless = (
+        message(b"P", b"\0SELECT abalance FROM pgbench_accounts WHERE aid = $1\0\0\x01\0\0\0\x17")
+        + message(b"D", b"P\0")
+        + _BIND_EXECUTE_SYNC
+    )
+    for mode in ("python", "chunk"):
+        twin = Twin(mode)
+        for _ in range(3):
+            _fed(twin, "client", harmless)
+        assert twin.sinks.sent == [("server", harmless)] * 3
+        assert all(b is harmless for _, b in twin.sinks.sent)
+        assert twin.counter.safe_statements == 3 and twin.core.pending == 3
+        assert twin.taken == (3 if mode == "chunk" else 0)
+    twin = Twin("chunk")
+    _fed(twin, "client", message(b"P", b"\0DELETE FROM t WHERE id = $1\0\0\0") + _BIND_EXECUTE_SYNC)
+    assert twin.taken == 0 and twin.counter.counted == [("destructive", "protect")]
+
+
+@pytest.mark.parametrize("mode", ["python", "chunk"])
+def test_an_allowed_parse_shape_passes_unplanned(mode: str) -> None:
+    """A driver's UPDATE with parameters (Parse ... Sync): planned once, then passed as
+    sent by the session memo, under a key of its own (a Query of the same text is
+    planned once too); a policy reload empties the memo."""
+    text = b"UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2"
+    chunk = message(b"P", b"\0" + text + b"\0\0\0") + message(b"D", b"P\0") + _BIND_EXECUTE_SYNC
+    twin = Twin(mode)
+    for _ in range(3):
+        _fed(twin, "client", chunk)
+    assert twin.sinks.sent == [("server", chunk)] * 3
+    assert twin.taken == (2 if mode == "chunk" else 0)
+    assert twin.counter.counted == [("destructive", "allow")] * 3
+    assert list(twin.core._allowed) == [b"\0" + text]
+    _fed(twin, "client", _query(text.decode()))  # a Query of it: not the Parse's key
+    assert twin.taken == (2 if mode == "chunk" else 0)
+    assert sorted(twin.core._allowed) == [b"\0" + text, text]
+    apply_state(twin.core, "update-denied")
+    _fed(twin, "client", chunk)
+    assert twin.taken == (2 if mode == "chunk" else 0)
+    assert twin.counter.counted[-1] == ("destructive", "deny")
+    assert twin.core._allowed == {}

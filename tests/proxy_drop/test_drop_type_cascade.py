@@ -4,10 +4,13 @@ docs/decisions/0029-drop-type-cascade.md): through softguard it looks as it does
 the type gone) plus softguard's NOTICE; undo puts back the type and every column with its
 values, default and constraints (as the last column); purge destroys them. Row-level
 security policies reading such a column (of its table, or of another through a sublink) are
-dropped as PostgreSQL drops them and re-created by undo; views reading one (and views on
-those) are kept in quarantine and given back after the columns. What cannot be kept yet (a
-materialized view reading such a column) is refused with 0A000, never lost; a protected
-role that hides the DROP in a DO block or a function is refused by the backstop."""
+dropped as PostgreSQL drops them and re-created by undo, and so are rules reading one;
+views reading one (and views on those) are kept in quarantine and given back after the
+columns; materialized views reading one are dropped and re-made (refreshed) by undo
+(decision 0035), also where they stand in a schema the statement drops. What cannot be
+kept yet (a routine using a re-made materialized view's row type, a composite type's
+attribute) is refused with 0A000, never lost; a protected role that hides the DROP in a DO
+block or a function is refused by the backstop."""
 
 from __future__ import annotations
 
@@ -124,6 +127,63 @@ VIEWS = [
 # the schema of the type goes, the view reading its column lives elsewhere: kept
 SCHEMA_AND_VIEW = [*IN_SCHEMA, "CREATE VIEW cd_uv AS SELECT k, d FROM cd_u WHERE d > 1"]
 
+# materialized views reading the column (decision 0035): dropped as PostgreSQL drops them,
+# re-made by undo; one on another, a view on one, one left unpopulated, one that reads no
+# kept column but reads a view that does (moved as DROP MATERIALIZED VIEW moves it)
+MATVIEWS = [
+    *DOMAIN_INT,
+    "CREATE MATERIALIZED VIEW cd_mv WITH (fillfactor = 70) AS"
+    " SELECT k, d, note FROM cd_a WHERE d > 0",
+    "CREATE UNIQUE INDEX cd_mv_k ON cd_mv (k)",
+    "CREATE INDEX cd_mv_dn ON cd_mv ((d + 1)) WHERE note IS NOT NULL",
+    "ALTER MATERIALIZED VIEW cd_mv CLUSTER ON cd_mv_k",
+    "ALTER MATERIALIZED VIEW cd_mv ALTER COLUMN note SET STATISTICS 50",
+    "CREATE STATISTICS cd_mv_st ON k, note FROM cd_mv",
+    "COMMENT ON MATERIALIZED VIEW cd_mv IS 'positive'",
+    "COMMENT ON COLUMN cd_mv.note IS 'the note'",
+    "COMMENT ON INDEX cd_mv_k IS 'by key'",
+    "GRANT SELECT ON cd_mv TO PUBLIC",
+    "CREATE MATERIALIZED VIEW cd_mv2 AS SELECT k, d * 2 AS dd FROM cd_mv",
+    "CREATE VIEW cd_mvv AS SELECT k FROM cd_mv WHERE k > 0",
+    "CREATE MATERIALIZED VIEW cd_mv3 AS SELECT k, d FROM cd_a WITH NO DATA",
+    "CREATE VIEW cd_v5 AS SELECT k, d FROM cd_a",
+    "CREATE MATERIALIZED VIEW cd_mv4 AS SELECT k FROM cd_v5",
+    # reading a view that is kept too (and the column): re-made once that view is back;
+    # a view reading both: its query back after that view's
+    "CREATE VIEW cd_kv AS SELECT k, d FROM cd_a",
+    "CREATE MATERIALIZED VIEW cd_km AS SELECT v.k, a.d FROM cd_kv v JOIN cd_a a USING (k)",
+    "CREATE VIEW cd_kv2 AS SELECT v.k, a.d FROM cd_kv v JOIN cd_a a USING (k)",
+]
+# the snapshot reads every relation's rows, which an unpopulated one refuses
+MATVIEWS_POPULATED = [s for s in MATVIEWS if "cd_mv3" not in s]
+MATVIEWS_LEFT = (
+    "SELECT c.relname, c.relkind FROM pg_class c WHERE c.relname LIKE 'cd\\_%v%' ORDER BY 1"
+)
+# rules of another table and of the table itself whose action reads the column: dropped as
+# PostgreSQL drops them, re-created by undo
+RULES = [
+    *DOMAIN_INT,
+    "CREATE TABLE cd_log (k int, d int)",
+    "CREATE TABLE cd_other (k int)",
+    "CREATE RULE cd_r AS ON DELETE TO cd_a DO ALSO INSERT INTO cd_log VALUES (OLD.k, OLD.d)",
+    "CREATE RULE cd_r2 AS ON INSERT TO cd_other DO ALSO"
+    " INSERT INTO cd_log SELECT k, d FROM cd_a WHERE k = NEW.k",
+    "COMMENT ON RULE cd_r2 ON cd_other IS 'copies'",
+    "ALTER TABLE cd_other DISABLE RULE cd_r2",
+    "CREATE RULE cd_r3 AS ON INSERT TO cd_other DO ALSO INSERT INTO cd_log VALUES (NEW.k, 0)",
+]
+RULES_LEFT = "SELECT rulename FROM pg_rules WHERE rulename LIKE 'cd\\_r%' ORDER BY 1"
+# the schema goes with the domain, and with a view and a materialized view in it reading
+# the column of a table elsewhere (they are kept, not left in the renamed schema)
+SCHEMA_WITH_READERS = [
+    *IN_SCHEMA,
+    "CREATE VIEW cd_s.v AS SELECT k, d FROM cd_u",
+    "COMMENT ON VIEW cd_s.v IS 'in the schema'",
+    "CREATE MATERIALIZED VIEW cd_s.mv AS SELECT k, d FROM cd_u",
+    "CREATE VIEW cd_s.v0 AS SELECT 1 AS one",  # reads no kept column: stays in the schema
+    "CREATE VIEW cd_s.v2 AS SELECT k FROM cd_s.v",  # on a kept one: stays in the schema
+]
+
 AFTER = "SELECT * FROM {t} ORDER BY 1"
 VIEWS_LEFT = "SELECT c.relname FROM pg_class c WHERE c.relname LIKE 'cd\\_v%' ORDER BY 1"
 
@@ -207,6 +267,32 @@ CASES: dict[str, Case] = {
         ["BEGIN", "DROP TYPE cd_pos CASCADE", VIEWS_LEFT, "COMMIT", AFTER.format(t="cd_a")],
         [0, 1, 0, 0, 0],
     ),
+    "materialized_views": Case(
+        MATVIEWS,
+        [
+            "DROP DOMAIN cd_pos CASCADE",
+            AFTER.format(t="cd_a"),
+            MATVIEWS_LEFT,
+            "SELECT * FROM cd_mv4 ORDER BY 1",
+        ],
+        [1, 0, 0, 0],
+    ),
+    "rules": Case(
+        RULES,
+        [
+            "DROP DOMAIN cd_pos CASCADE",
+            RULES_LEFT,
+            "INSERT INTO cd_other VALUES (1)",
+            "DELETE FROM cd_a WHERE k = 2",
+            AFTER.format(t="cd_log"),
+        ],
+        [1, 0, 0, 1, 0],
+    ),
+    "schema_with_readers": Case(
+        SCHEMA_WITH_READERS,
+        ["DROP SCHEMA cd_s CASCADE", AFTER.format(t="cd_u"), "SELECT to_regclass('cd_s.v')"],
+        [1, 0, 0],
+    ),
     "rolled_back": Case(
         ENUM_TWO_TABLES,
         ["BEGIN", "DROP TYPE cd_mood CASCADE", "ROLLBACK", AFTER.format(t="cd_e2")],
@@ -260,6 +346,9 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
         (POLICIES, "DROP DOMAIN cd_pos CASCADE"),
         (VIEWS, "DROP DOMAIN cd_pos CASCADE"),
         (SCHEMA_AND_VIEW, "DROP SCHEMA cd_s CASCADE"),
+        (MATVIEWS_POPULATED, "DROP DOMAIN cd_pos CASCADE"),
+        (RULES, "DROP DOMAIN cd_pos CASCADE"),
+        (SCHEMA_WITH_READERS, "DROP SCHEMA cd_s CASCADE"),
     ],
     ids=[
         "domain_int",
@@ -276,6 +365,9 @@ def test_extended_protocol_like_direct(proxy: Any, sg: Any, twins: Any, mode: st
         "policies",
         "views",
         "schema_and_view",
+        "matviews",
+        "rules",
+        "schema_with_readers",
     ],
 )
 def test_undo_restores_exactly(
@@ -330,22 +422,17 @@ def test_purge_destroys(proxy: Any, sg: Any, twins: Any) -> None:
 
 
 NOT_KEPT_YET = {
-    "materialized_view": (
-        "CREATE MATERIALIZED VIEW cd_mv AS SELECT k, d FROM cd_a",
-        "materialized view public.cd_mv",
-    ),
-    "rule": (
-        "CREATE TABLE cd_log (k int, d int)",
-        "CREATE RULE cd_r AS ON DELETE TO cd_a DO ALSO INSERT INTO cd_log VALUES (OLD.k, OLD.d)",
-        "rule cd_r on public.cd_a",
-    ),
     # an attribute of a composite type (decision 0029: not kept)
     "composite_attribute": (
         "CREATE TYPE cd_pair AS (a cd_pos, b int)",
         "composite type column public.cd_pair.a",
     ),
-    # a view in the dropped schema stays in it (renamed): it would still hold the column
-    "view_in_dropped_schema": ("CREATE VIEW cd_s.v AS SELECT k, d FROM cd_u", "view cd_s.v"),
+    # a routine using the row type of a materialized view that is re-made at undo
+    "routine_of_a_matviews_row_type": (
+        "CREATE MATERIALIZED VIEW cd_rmv AS SELECT k, d FROM cd_a",
+        "CREATE FUNCTION cd_rows() RETURNS SETOF cd_rmv LANGUAGE sql AS 'SELECT * FROM cd_rmv'",
+        "materialized view public.cd_rmv",
+    ),
 }
 
 
@@ -356,11 +443,7 @@ def test_what_reads_the_column_but_is_not_kept_is_refused(
     """Not kept yet: refused with 0A000 and a HINT, everything left as it was."""
     (b,) = twins(1)
     *setup, what = NOT_KEPT_YET[name]
-    base, drop = (
-        (IN_SCHEMA, "DROP SCHEMA cd_s CASCADE")
-        if name == "view_in_dropped_schema"
-        else (DOMAIN_INT, "DROP DOMAIN cd_pos CASCADE")
-    )
+    base, drop = DOMAIN_INT, "DROP DOMAIN cd_pos CASCADE"
     sg.execute(b, *base, *setup)
     before = sg.snapshot(b)
     with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
@@ -521,3 +604,81 @@ def test_undo_leaves_out_roles_dropped_since(
             "SELECT policyname, roles::text FROM pg_policies WHERE tablename = 'cd_a'"
         ).fetchall()
     assert pols == [("cd_both", "{" + APP_ROLE + "}")]
+
+
+def test_purge_destroys_what_matviews_and_a_dropped_schema_kept(
+    proxy: Any, sg: Any, twins: Any
+) -> None:
+    """Purge forgets the re-making of the materialized views and drops the views kept out
+    of the dropped schema with it: nothing of the operation is left, undo is refused."""
+    (b,) = twins(1)
+    sg.execute(b, *SCHEMA_WITH_READERS, "CREATE MATERIALIZED VIEW cd_umv AS SELECT k, d FROM cd_u")
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP SCHEMA cd_s CASCADE")
+    (op,) = sg.active_ops(b)
+    with sg.connect(b) as c:
+        c.execute("SELECT softguard.purge_op(%s)", [op])
+        left = c.execute(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relname LIKE %s),"
+            " (SELECT count(*) FROM pg_namespace WHERE nspname LIKE %s),"
+            " (SELECT count(*) FROM pg_class WHERE relname IN ('cd_umv', 'mv', 'v', 'v0', 'v2'))",
+            [f"op{op}\\_%", f"softguard\\_q{op}\\_%"],
+        ).fetchone()
+        assert left == (0, 0, 0)
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            c.execute("SELECT softguard.undo_op(%s)", [op])
+
+
+def test_an_unpopulated_matview_comes_back_unpopulated(proxy: Any, sg: Any, twins: Any) -> None:
+    """A materialized view made WITH NO DATA is re-made so (undo refreshes only those that
+    were populated), and softguard show says what undo will do with each."""
+    from softguard.cli.show_text import _step_text
+
+    (b,) = twins(1)
+    sg.execute(b, *MATVIEWS)
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP DOMAIN cd_pos CASCADE")
+    (op,) = sg.active_ops(b)
+    with sg.connect(b) as c:
+        (restore,) = c.execute(
+            "SELECT restore FROM softguard.operations WHERE id = %s", [op]
+        ).fetchone()
+    words = [_step_text(s) for s in restore]
+    assert "re-make materialized view public.cd_mv3 (not populated) (after its columns)" in words
+    assert "re-make materialized view public.cd_mv and refresh it (after its columns)" in words
+    lines = sg.undo(b, op)
+    assert any("re-made materialized view public.cd_mv2 (refreshed" in x for x in lines), lines
+    with sg.connect(b) as c:
+        rows = c.execute(
+            "SELECT relname, relispopulated FROM pg_class WHERE relname LIKE 'cd\\_mv%'"
+            " AND relkind = 'm' ORDER BY 1"
+        ).fetchall()
+        assert rows == [("cd_mv", True), ("cd_mv2", True), ("cd_mv3", False), ("cd_mv4", True)]
+        assert c.execute("SELECT * FROM cd_mv2 ORDER BY 1").fetchall() == [(1, 10), (2, 12)]
+
+
+def test_undo_of_a_matview_waits_for_what_its_query_used(proxy: Any, sg: Any, twins: Any) -> None:
+    """Dropped, the materialized view no longer holds the function its query called, so a
+    later DROP FUNCTION through softguard keeps that function in another operation: undo
+    of the first names it (55006, blocked_by) and changes nothing; in order, all is back."""
+    (b,) = twins(1)
+    sg.execute(
+        b,
+        *DOMAIN_INT,
+        "CREATE FUNCTION cd_twice(i int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 2 * i'",
+        "CREATE MATERIALIZED VIEW cd_fmv AS SELECT k, cd_twice(d) AS dd FROM cd_a",
+    )
+    before = sg.snapshot(b)
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute("DROP DOMAIN cd_pos CASCADE")
+        c.execute("DROP FUNCTION cd_twice(int)")
+    first, second = sorted(sg.active_ops(b))
+    with pytest.raises(psycopg.errors.ObjectInUse) as e:
+        sg.undo(b, first)
+    assert f"blocked_by={second}" in (e.value.diag.message_detail or ""), e.value
+    assert "materialized view public.cd_fmv needs function public.cd_twice(integer)" in str(
+        e.value
+    )
+    sg.undo(b, second)
+    sg.undo(b, first)
+    assert sg.snapshot(b) == before

@@ -144,6 +144,7 @@ class Twin:
             "answers_plain": field(core, "_answers_plain"),
             "stall_armed": field(core, "_stall_armed"),
             "mode": (field(core, "_mode_generation"), field(core, "_mode_is_full")),
+            "allowed": dict(field(core, "_allowed")),
         }
 
 
@@ -166,6 +167,8 @@ def apply_state(core: SessionCore, name: str) -> None:
         core.inputs.policy.config = PolicyConfig(mode="read-only")
     elif name == "full":
         core.inputs.policy.config = PolicyConfig()
+    elif name == "update-denied":
+        core.inputs.policy.config = PolicyConfig(update="deny")
     elif name == "timings":
         core._timings = [[1, 0.0]]
     elif name == "protected":

@@ -21,7 +21,7 @@ ${CC:-gcc} -shared -fPIC -O1 -g -fno-omit-frame-pointer \
     -fsanitize=address,undefined -fno-sanitize-recover=undefined \
     -I"$include" "${HOTPATH_C:-$root/softguard/_hotpath.c}" -o "$so"
 preload=$(${CC:-gcc} -print-file-name=libasan.so)
-[ $# -gt 0 ] || set -- tests/proxy/test_hotpath_fuzz.py tests/proxy/test_hotpath.py
+[ $# -gt 0 ] || set -- tests/proxy/test_hotpath_fuzz.py tests/proxy/test_hotpath.py tests/sql/test_shape_numbers.py
 cd "$root"
 LD_PRELOAD="$preload" PYTHONMALLOC=malloc \
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from softguard.wire import ClientProtocolError, Framer, MessageTooLarge
+from softguard.wire import ClientProtocolError, Framer, MessageTooLarge, parse_query_text
 from softguard.wire.constants import FRONTEND_TYPES
 
 
@@ -172,3 +172,32 @@ def test_lone_last_agrees_with_feed_on_random_chunks() -> None:
         _lone_last_agrees_with_feed(
             Framer(want=frozenset(b"QPSF"), allowed=FRONTEND_TYPES), chunk, ord("S"), 4
         )
+
+
+def test_parse_then_sync_agrees_with_feed_on_random_chunks() -> None:
+    """``parse_then_sync`` gives a text only where ``feed`` hands out exactly that Parse and
+    the closing Sync, leaving the framer at a boundary, and the text is the Parse's."""
+    rng = random.Random(23)
+    kinds = [b"B", b"E", b"D", b"S", b"Q", b"H", b"P"]
+    said_some = 0
+    for _ in range(4000):
+        body = rng.choice([b"", b"s1"]) + b"\0" + rng.choice([b"select 1", b"x\0y"]) + b"\0\0\0"
+        parts = [msg(rng.choice(kinds), b"x" * rng.randrange(4)) for _ in range(rng.randrange(3))]
+        chunk = msg(b"P", body) + b"".join(parts) + msg(b"S", b"")
+        if rng.random() < 0.3:  # corrupt one byte
+            i = rng.randrange(len(chunk))
+            chunk = chunk[:i] + bytes((rng.randrange(256),)) + chunk[i + 1 :]
+        framer = Framer(want=frozenset(b"QPSF"), allowed=FRONTEND_TYPES)
+        text = framer.parse_then_sync(chunk)
+        try:
+            buf, msgs, held = framer.feed(chunk)
+        except ClientProtocolError:
+            assert text is None
+            continue
+        if text is not None:
+            said_some += 1
+            assert buf is chunk and held == 0 and framer.at_boundary
+            assert [m.type for m in msgs] == [ord("P"), ord("S")]
+            assert msgs[0].start == 0 and msgs[1].end == len(chunk)
+            assert parse_query_text(ord("P"), msgs[0].body) == text
+    assert said_some > 1000
