@@ -69,6 +69,7 @@ from softguard.speedups import CoreBase
 from softguard.sql import Classification
 from softguard.sql.prefilter import may_be_destructive
 from softguard.sql.rewrite import RewritePlan, refusal
+from softguard.sql.soft_delete import prepared_changes
 from softguard.wire import (
     CancelRequest,
     ClientProtocolError,
@@ -88,7 +89,7 @@ from softguard.wire import (
 from softguard.wire.constants import AUTH_SASL, FRONTEND_TYPES, TX_IDLE
 from softguard.wire.function_call import REFUSAL_HINT, function_call_oid, lo_open_mode
 from softguard.wire.messages import auth_code, with_hint
-from softguard.wire.results import ResultFilter, without_context
+from softguard.wire.results import ALL_NAMES, UNKNOWN_NAME, ResultFilter, without_context
 
 log = logging.getLogger("softguard.session")
 
@@ -96,6 +97,10 @@ _Q, _P, _S, _F = b"QPSF"
 _Z, _E, _R, _K, _D = b"ZERKD"
 # Client messages the proxy reads: statement texts, and what produces a ReadyForQuery.
 _CLIENT_WANT = frozenset((_Q, _P, _S, _F))
+# While answers are filtered, Close too: it may drop a statement made from a rewrite.
+_CLOSE = ord("C")
+_CLIENT_WANT_FILTERED = _CLIENT_WANT | {_CLOSE}
+_STATEMENT = ord("S")
 # While the client logs in to softguard: its password messages, or Terminate.
 _TERMINATE, _PASSWORD = b"Xp"
 _MAX_LOGIN_MESSAGE = 1 << 16
@@ -154,6 +159,10 @@ class StatementCounter(Protocol):
     integer increment, the rest are rare."""
 
     safe_statements: int
+    # Query/Sync/FunctionCall messages relayed while the session's answers were filtered
+    # (the fast paths step aside for them), and filters dropped (the session back on them).
+    filtered_statements: int
+    filters_released: int
 
     def count_statement(self, classification: str, action: str) -> None: ...
 
@@ -262,7 +271,8 @@ class SessionCore(CoreBase):
         self._stall_mark = -1
         self._server_fatal = False
         self._closing_for_shutdown = False
-        # Set once the session has sent a rewritten statement; then stays on.
+        # Set while the session has a rewritten statement in flight, or a prepared
+        # statement made from one (``_start_filtering``, ``_maybe_stop_filtering``).
         self._filter: ResultFilter | None = None
         self._plan: RewritePlan | None = None
         self._retag: frozenset[int] = frozenset()
@@ -316,6 +326,7 @@ class SessionCore(CoreBase):
                     if self._filter is None:
                         self.pending += 1  # _query_sent, one call less per statement
                     else:
+                        self._note_query(text)
                         self._query_sent()
                     self.to_server(data)
                     return
@@ -413,10 +424,12 @@ class SessionCore(CoreBase):
             self._held_out = b""
             self._answers_plain = filt is None
         operation_last = False
+        ready_seen = False
         for msg in msgs:
             mtype = msg.type
             operation = False
             if mtype == _Z:
+                ready_seen = True
                 self._ready_for_query(msg.body)
             elif mtype == _E and _is_fatal(msg.body):
                 self._server_fatal = True
@@ -443,6 +456,8 @@ class SessionCore(CoreBase):
             cursor = msg.end
         if not parts and not operation_last:
             _send_rest(out, buf, cursor, held)
+            if filt is not None and ready_seen:
+                self._maybe_stop_filtering()
             return True
         if cursor == 0 and held == 0:
             parts.append(buf)
@@ -458,6 +473,8 @@ class SessionCore(CoreBase):
             self._answers_plain = False
         else:
             out(answer)
+        if filt is not None and ready_seen:
+            self._maybe_stop_filtering()
         return True
 
     def _release_held(self) -> None:
@@ -1074,6 +1091,15 @@ class SessionCore(CoreBase):
         for i in range(index, len(msgs)):
             msg = msgs[i]
             mtype = msg.type
+            if mtype == _CLOSE:
+                self._note_close(msg.body)
+                if msg.start >= 0:
+                    continue
+                if msg.start > cursor:
+                    out(buf[cursor : msg.start])
+                out(msg.raw)
+                cursor = msg.end
+                continue
             if mtype == _Q or mtype == _P:
                 fresh = self._known is None
                 if read is not None:
@@ -1091,6 +1117,8 @@ class SessionCore(CoreBase):
                         and self._full_mode()
                         and passes_unread(text, self._soft)
                     )
+                if self._filter is not None and self._filter.names and fresh:
+                    self._note_drops(mtype, msg.body, text)
                 if unread:
                     # The hot path: proven harmless from its bytes, planned no further.
                     self.counter.safe_statements += 1
@@ -1133,6 +1161,7 @@ class SessionCore(CoreBase):
             if self._filter is not None:
                 self._filter.expect_ready(self._parse_plan)
                 self._parse_plan = None
+                self.counter.filtered_statements += 1
             if refused is not None:
                 if msg.start > cursor:
                     out(buf[cursor : msg.start])
@@ -1159,6 +1188,7 @@ class SessionCore(CoreBase):
         plan of its rewrite, if any)."""
         self.pending += 1
         if self._filter is not None:
+            self.counter.filtered_statements += 1
             self._filter.expect_ready(self._plan, self._retag)
             self._plan = None
             self._retag = frozenset()
@@ -1222,6 +1252,7 @@ class SessionCore(CoreBase):
             if len(self._protected) > _MAX_PROTECTED:
                 del self._protected[:-_MAX_PROTECTED]
         self._start_filtering(self.pending)
+        self._note_made(msg)
         if msg.type == _Q:
             self._plan = planned.plan
             self._retag = planned.retag
@@ -1236,9 +1267,108 @@ class SessionCore(CoreBase):
             self._answers_plain = False
             # The rewritten message's answers have not begun: safe to widen the framing.
             self._sframer.set_want(_SERVER_WANT_FILTERED)
+            # A Close already being skipped passes unread: its name is then kept.
+            self._cframer.set_want(_CLIENT_WANT_FILTERED)
             # Answers still owed for messages sent before filtering began come first.
             for _ in range(owed):
                 self._filter.expect_ready(None)
+
+    def _note_made(self, msg: Message) -> None:
+        """A rewritten message was sent: the prepared statements it makes, or may make,
+        are kept by the filter (a Parse's name; the names its SQL PREPAREs give)."""
+        filt = self._filter
+        assert filt is not None
+        body = msg.body
+        if msg.type == _P:
+            filt.made(_name(body))
+        try:
+            text = parse_query_text(msg.type, body)
+        except ProtocolViolation:
+            return
+        if b"prepare" not in text.lower():
+            return
+        try:
+            changes = prepared_changes(text.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            changes = None
+        if changes is None:
+            filt.made(UNKNOWN_NAME)  # some PREPARE: kept until DEALLOCATE ALL / DISCARD ALL
+            return
+        for what, name in changes:
+            if what == "prepare":
+                filt.made(name)
+
+    def _note_query(self, text: bytes) -> None:
+        """A Query goes to the server with answers filtered: the statements it drops."""
+        filt = self._filter
+        if filt is not None and filt.names:
+            self._note_drops(_Q, b"", text)
+
+    def _note_drops(self, mtype: int, body: bytes, text: bytes | None) -> None:
+        """The statement names a Query or Parse drops if the server runs it: the unnamed
+        one (a Query, or a Parse of ""), and a Query's DEALLOCATE / DISCARD ALL. A Parse of
+        another name cannot replace it (the server refuses a name in use); a DEALLOCATE
+        inside a Parse runs at some Execute, maybe never: not counted (kept)."""
+        filt = self._filter
+        assert filt is not None
+        if mtype == _P:
+            if body[:1] == b"\0":
+                filt.dropped("")
+            return
+        filt.dropped("")
+        if text is None:
+            return
+        lowered = text.lower()
+        if b"deallocate" not in lowered and b"discard" not in lowered:
+            return
+        try:
+            changes = prepared_changes(text.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return
+        for what, name in changes or ():
+            if what == "discard" or (what == "deallocate" and not name):
+                filt.dropped(ALL_NAMES)
+            elif what == "deallocate":
+                filt.dropped(name)
+
+    def _note_close(self, body: bytes) -> None:
+        """A Close: a statement's drops its name (a portal ends with its transaction,
+        which ``_maybe_stop_filtering`` waits for anyway)."""
+        filt = self._filter
+        if filt is not None and filt.names and body[:1] == b"S" and b"\0" in body:
+            filt.dropped(_name(body[1:]))
+
+    def _maybe_stop_filtering(self) -> None:
+        """Drop the result filter once nothing needs it, so the fast paths take the session
+        again: no answer owed, no transaction open (it could hold a portal of a rewritten
+        statement), no rewritten Parse waiting for its Sync, no prepared statement made
+        from a rewrite (nor a SQL-level prepared soft delete), nothing held. A message the
+        client sends after this starts a fresh filter if it is rewritten."""
+        filt = self._filter
+        if filt is None:
+            return
+        prepared = self._soft.prepared
+        if prepared and UNKNOWN_NAME not in filt.names:
+            # SQL-level prepared soft deletes the server surely dropped (each was made a
+            # name of the filter when its PREPARE was rewritten): EXECUTE of them no
+            # longer needs retagging, and statements are no longer all planned for them.
+            prepared.intersection_update(filt.names)
+        if (
+            not filt.idle
+            or self.pending
+            or self.tx_status != TX_IDLE
+            or self._parse_plan is not None
+            or self._soft.prepared
+            or self._deferred is not None
+            or self._held_out
+            or not self._sframer.at_boundary
+        ):
+            return
+        self._filter = None
+        self._answers_plain = True
+        self._sframer.set_want(_SERVER_WANT)
+        self._cframer.set_want(_CLIENT_WANT)
+        self.counter.filters_released += 1
 
     def _refuse_function_call(self, msg: Message) -> bytes | None:
         """None to pass a FunctionCall on; else the Query that makes the server refuse it.
@@ -1304,6 +1434,12 @@ class SessionCore(CoreBase):
         self._stall_armed = True
         self._stall_mark = self._client_bytes
         self.controls.append(SetTimer(Timer.STALL, self.config.client_stall_timeout))
+
+
+def _name(body: bytes) -> str:
+    """The statement name a Parse or Close body starts with (as the server compares it:
+    byte for byte; undecodable bytes kept apart by surrogateescape)."""
+    return body[: body.find(b"\0")].decode("utf-8", "surrogateescape")
 
 
 def _send_rest(out: Sink, buf: bytes, cursor: int, held: int) -> None:

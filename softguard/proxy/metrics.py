@@ -211,6 +211,12 @@ class Metrics(CounterBase):
             ((c, a) for c in CLASSIFICATIONS for a in ACTIONS if (c, a) != ("safe", "allow")), 0
         )
         r.register(_StatementsCollector(self))
+        # Plain ints too (the relay writes them): messages ending in a ReadyForQuery sent
+        # while their session's answers were filtered (the fast paths step aside for them),
+        # and result filters dropped (sessions back on the fast paths).
+        self.filtered_statements = 0
+        self.filters_released = 0
+        r.register(_FilterCollector(self))
         self.operations_total = Counter(
             "softguard_operations",
             "Reversible operations created through this proxy (seen by their NOTICE)",
@@ -280,6 +286,35 @@ class Metrics(CounterBase):
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _FilterCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Any]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        filtered, released = self._families()
+        filtered.add_metric([], self._metrics.filtered_statements)
+        released.add_metric([], self._metrics.filters_released)
+        yield filtered
+        yield released
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "softguard_filtered_statements",
+                "Queries, Syncs and FunctionCalls sent while their session's answers were "
+                "filtered (a rewritten statement in flight, or prepared): off the fast paths",
+            ),
+            CounterMetricFamily(
+                "softguard_result_filters_released",
+                "Sessions whose result filter was dropped: back on the fast paths",
+            ),
+        )
 
 
 class _StatementsCollector(Collector):

@@ -501,6 +501,7 @@ def plan_message(
     alone = msg.type != _Q and len(classification.statements) == 1
     protected: list[tuple[str, str]] = []
     claims: list[str | None] = []  # of each soft delete rewritten (SoftRewrite.claim)
+    marked = False  # a PREPARE of a soft delete: its text starts with TAG_MARKER (_rebuild)
     for decision in decisions:
         stmt = decision.statement
         if decision.action is Action.ALLOW:
@@ -550,9 +551,10 @@ def plan_message(
                     return NeedLedger(kind, action)
                 soft_text = _soft_delete(tables, stmt_text, soft)
                 if soft_text is not None:
-                    new_text, is_retag, claim = soft_text
+                    new_text, is_retag, claim, prepared_delete = soft_text
                     if is_retag:
                         retag.add(_index_of(classification, stmt))
+                    marked = marked or prepared_delete
                     replacements.append(Replacement(stmt, new_text))
                     claims.append(claim)
             continue  # the database's capture triggers keep the rows: sent as is
@@ -608,6 +610,7 @@ def plan_message(
         None,
         frozenset(retag),
         client_text=len(classification.statements) > 1,
+        marked=marked and len(classification.statements) == 1,
     )
     key = soft.call_key if soft is not None else None
     if key is not None and len(claims) == 1 and claims[0] is not None:
@@ -685,9 +688,10 @@ def _cuts_text(decision: Decision, soft_delete: bool) -> bool:
 
 def _soft_delete(
     tables: SoftDeleteTables, stmt_text: str, soft: SoftSession | None
-) -> tuple[str, bool, str | None] | None:
-    """(text to send, whether its tag must read DELETE, the claim it may bind: SoftRewrite)
-    for a statement that deletes from a soft-delete table; None when it does not."""
+) -> tuple[str, bool, str | None, bool] | None:
+    """(text to send, whether its tag must read DELETE, the claim it may bind, whether it
+    prepares a DELETE: SoftRewrite) for a statement that deletes from a soft-delete table;
+    None when it does not."""
     if not tables:
         return None
     lowered = stmt_text.lower()
@@ -701,6 +705,7 @@ def _soft_delete(
             refusal("55000", str(exc), "Fix the soft_delete entry (or the table) and retry."),
             False,
             None,
+            False,
         )
     except Exception as exc:  # a statement pglast cannot print back: refuse, never guess
         log.exception("soft-delete rewrite failed for: %s", stmt_text)
@@ -708,12 +713,13 @@ def _soft_delete(
             "softguard: this DELETE on a soft-delete table could not be rewritten into a "
             f"soft delete ({type(exc).__name__}); it was not run"
         )
-        return refusal("0A000", message, "Simplify the statement, or report it."), False, None
+        hint = "Simplify the statement, or report it."
+        return refusal("0A000", message, hint), False, None, False
     if done is None:
         return None
     if done.prepared is not None and soft is not None:
         soft.prepared.add(done.prepared)
-    return done.text, done.retag, done.claim
+    return done.text, done.retag, done.claim, done.prepared_delete
 
 
 def _index_of(classification: Classification, stmt: Statement) -> int:
@@ -882,11 +888,17 @@ def _rebuild(
     retag: frozenset[int] = frozenset(),
     *,
     client_text: bool = False,
+    marked: bool = False,
 ) -> _Rebuilt:
     """The Query/Parse message carrying the new text (the Parse keeps its name and types).
 
     A Parse whose statement must have its tag turned back starts with TAG_MARKER: the
-    server's capture trigger then says so when it runs (whatever portal runs it)."""
+    server's capture trigger then says so when it runs (whatever portal runs it).
+    ``marked``: the text is one ``PREPARE p AS DELETE ...`` made a soft delete; it starts
+    with TAG_MARKER too, since a protocol Bind of ``p`` runs it with this text as its
+    current_query() (the server reads the marker, not the proxy: a Bind is not read). An
+    ``EXECUTE p`` has its own text, so the marker never tags it twice; a text holding other
+    statements is not marked (they would be tagged too)."""
     plan = None
     if whole is not None:
         new_text = whole.encode()
@@ -899,8 +911,11 @@ def _rebuild(
             # records the client's text from this comment, not softguard's rewrite.
             plan = plan.prefixed(client_text_marker(text))
             new_text = plan.text
+        if plan is not None and marked:
+            plan = plan.prefixed(TAG_MARKER)
+            new_text = plan.text
         return _Rebuilt(message(b"Q", new_text + b"\0"), plan, retag)
-    if retag:
+    if retag or marked:
         new_text = TAG_MARKER.encode() + new_text
         if plan is not None:
             plan = plan.prefixed(TAG_MARKER)

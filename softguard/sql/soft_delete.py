@@ -162,6 +162,9 @@ class SoftRewrite:
     # a top-level DELETE of one soft-delete table whose WITH modifies nothing. None: the
     # capture trigger checks the claim against the transition tables instead.
     claim: str | None = None
+    # A PREPARE of a DELETE (its name is ``prepared``): a protocol Bind of that name runs
+    # the marking UPDATE, whose tag must read DELETE as the EXECUTE's does.
+    prepared_delete: bool = False
 
 
 class Misconfigured(Exception):
@@ -203,6 +206,8 @@ def rewrite(
         if node.name in prepared:
             return SoftRewrite(text, True, ())
         return None
+    # Read before the rewrite replaces the prepared DELETE by its UPDATE.
+    prepares_delete = isinstance(node, ast.PrepareStmt) and isinstance(node.query, ast.DeleteStmt)
     targets: list[SoftTarget] = []
     root = _Root(node)
     for holder, attr, delete in _running_deletes(root):
@@ -231,7 +236,12 @@ def rewrite(
     if retag and isinstance(node, ast.DeleteStmt) and len(targets) == 1 and _reads_only(root):
         claim = jsonb_text({**_info(targets[0], text, "DELETE"), "table": targets[0].qualified})
     return SoftRewrite(
-        new_text, retag and isinstance(node, ast.DeleteStmt), tuple(targets), prepared_as, claim
+        new_text,
+        retag and isinstance(node, ast.DeleteStmt),
+        tuple(targets),
+        prepared_as,
+        claim,
+        prepared_as is not None and prepares_delete,
     )
 
 
@@ -259,6 +269,26 @@ def prepared_name(text: str) -> tuple[str, str] | None:
     if isinstance(node, ast.DiscardStmt) and node.target == enums.DiscardMode.DISCARD_ALL:
         return "discard", ""
     return None
+
+
+def prepared_changes(text: str) -> list[tuple[str, str]] | None:
+    """``prepared_name``'s answer for each statement of ``text`` that has one, in order;
+    None when the text does not parse."""
+    try:
+        parsed = parse_sql(text)
+    except ParseError:
+        return None
+    changes: list[tuple[str, str]] = []
+    for raw in parsed:
+        node = raw.stmt
+        if isinstance(node, ast.PrepareStmt):
+            changes.append(("prepare", str(node.name)))
+        elif isinstance(node, ast.DeallocateStmt):
+            name = "" if node.isall or node.name is None else str(node.name)
+            changes.append(("deallocate", name))
+        elif isinstance(node, ast.DiscardStmt) and node.target == enums.DiscardMode.DISCARD_ALL:
+            changes.append(("discard", ""))
+    return changes
 
 
 # -- finding the DELETEs that run ---------------------------------------------------------

@@ -15,7 +15,13 @@ names (by position), and in the extended protocol for the CommandComplete that f
 private notice ``SGTAG`` (raised by the capture trigger of a statement the proxy marked).
 
 The filter sees every NoticeResponse, ErrorResponse, CommandComplete and ReadyForQuery
-of a session that has sent at least one rewritten statement, in order.
+of a session while it has a rewritten statement in flight, in order. It also keeps what a
+later Bind can still run of softguard's rewrites: the names of the prepared statements
+(protocol-level and SQL-level, "" the unnamed one) made from a rewritten text. A name is
+forgotten only once the server has surely dropped it: the Close, DEALLOCATE, DISCARD ALL
+or replacing Parse was sent before a ReadyForQuery whose answers held no error (a message
+skipped after an error, or a DISCARD refused in a failed transaction, drops nothing).
+The proxy drops the filter once nothing it tracks is left (proxy/core.py).
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from softguard.contract import BEGIN_CODE, END_CODE, HIDE_CODE, TAG_CODE
 from softguard.wire.messages import error_response, message, parse_fields
 
 _N, _E, _C, _Z = b"NECZ"
+# Every name at once (DEALLOCATE ALL, DISCARD ALL), and "some name softguard could not
+# read" (a rewritten PREPARE it could not parse): no statement name holds a NUL.
+ALL_NAMES = "\0all"
+UNKNOWN_NAME = "\0unknown"
 # Fields that only describe softguard's procedure, never the client's statement.
 _INNER_FIELDS = ("W", "q", "p")
 
@@ -45,6 +55,8 @@ LEDGER_MISSING = (
 class ResultFilter:
     __slots__ = (
         "_completes",
+        "_dropping",
+        "_failed",
         "_hide_next",
         "_inside",
         "_maps",
@@ -52,6 +64,7 @@ class ResultFilter:
         "_retag_next",
         "_tag",
         "ledger_missing",
+        "names",
     )
 
     def __init__(self) -> None:
@@ -59,8 +72,16 @@ class ResultFilter:
         # belief that the ledger is installed is stale.
         self.ledger_missing = False
         # One entry per message that ends with ReadyForQuery (Query, Sync, FunctionCall):
-        # its rewrite plan and the positions of its statements to retag.
-        self._maps: deque[tuple[PositionMap | None, frozenset[int]]] = deque()
+        # its rewrite plan, the positions of its statements to retag, and the statement
+        # names the messages sent before it (since the previous one) drop.
+        self._maps: deque[tuple[PositionMap | None, frozenset[int], set[str]]] = deque()
+        # Prepared statements made from a rewritten text, as far as the server may still
+        # hold them; the names the client's messages since the last Query/Sync drop; and
+        # whether an error came since the last ReadyForQuery (then its drops may not have
+        # happened: skipped, or refused).
+        self.names: set[str] = set()
+        self._dropping: set[str] = set()
+        self._failed = False
         self._inside = False
         self._offset = 0
         self._tag: str | None = None
@@ -72,7 +93,42 @@ class ResultFilter:
     def expect_ready(self, plan: PositionMap | None, retag: frozenset[int] = frozenset()) -> None:
         """A Query (with its rewrite plan and statements to retag, if any), Sync or
         FunctionCall was sent."""
-        self._maps.append((plan, retag))
+        self._maps.append((plan, retag, self._dropping))
+        self._dropping = set()
+
+    def made(self, name: str) -> None:
+        """A rewritten text became the prepared statement ``name`` (or may have): kept
+        until surely dropped, whatever drop of it is still on its way."""
+        for dropping in (*(entry[2] for entry in self._maps), self._dropping):
+            if ALL_NAMES in dropping:
+                # Sent before this name was made: it drops only the names made before.
+                dropping.discard(ALL_NAMES)
+                dropping.update(self.names)
+            dropping.discard(name)
+        self.names.add(name)
+
+    def dropped(self, name: str) -> None:
+        """A message that drops ``name`` (ALL_NAMES: every one) if the server runs it."""
+        if self.names:
+            self._dropping.add(name)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing owed, nothing a Bind could run: the filter has nothing left to do."""
+        return not self._maps and not self.names and not self._inside
+
+    def _ready(self) -> None:
+        """A ReadyForQuery: the drops sent before it happened, unless an error came."""
+        if not self._maps:
+            self._failed = False
+            return
+        dropping = self._maps.popleft()[2]
+        if dropping and not self._failed and self.names:
+            if ALL_NAMES in dropping:
+                self.names.clear()
+            else:
+                self.names -= dropping
+        self._failed = False
 
     def process(self, mtype: int, body: bytes) -> bytes | None:
         """None: forward the message as is; else the bytes to send instead (b"" drops)."""
@@ -92,15 +148,17 @@ class ResultFilter:
                 return message(b"C", b"DELETE " + body[7:])
             return None
         if mtype == _Z:
-            if self._maps:
-                self._maps.popleft()
+            self._ready()
             self._inside = False
             self._tag = None
             self._completes = 0
             self._retag_next = False
             self._hide_next = False
             return None
-        if mtype == _N or mtype == _E:
+        if mtype == _E:
+            self._failed = True
+            return self._notice_or_error(mtype, body)
+        if mtype == _N:
             return self._notice_or_error(mtype, body)
         return None
 

@@ -61,6 +61,8 @@ REGISTERED = (
 @dataclass
 class Counter:
     safe_statements: int = 0
+    filtered_statements: int = 0
+    filters_released: int = 0
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def count_statement(self, classification: str, action: str) -> None:

@@ -11,6 +11,8 @@ class Counter(CounterBase):
 
     def __init__(self) -> None:
         self.safe_statements = 0
+        self.filtered_statements = 0
+        self.filters_released = 0
         self.counted: list[tuple[str, str]] = []
 
     def count_statement(self, classification: str, action: str) -> None:
