@@ -33,7 +33,8 @@
 -- ---------------------------------------------------------------------------------------
 
 -- The objects operation `op` holds: relations, routines, types, statistics, collations and
--- text search configurations and dictionaries named op<id>_<n>_<name> in softguard_quarantine, and its renamed schemas softguard_q<id>_<name>.
+-- text search configurations and dictionaries named op<id>_<n>_<name> in softguard_quarantine, and its renamed schemas softguard_q<id>_<name>
+-- (an operator's schema softguard_q<id>_pg_<n> among them: the operator goes with it).
 -- Indexes, toast tables, row types and owned sequences are left out: they go with their
 -- owner. `ident` is what a DROP statement names; `keyword` its object type.
 CREATE FUNCTION softguard._held_objects(op bigint)
