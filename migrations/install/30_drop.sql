@@ -172,7 +172,8 @@ BEGIN
         CASE
             WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
                                    'domain', 'collation', 'text search configuration',
-                                   'text search dictionary', 'operator') THEN
+                                   'text search dictionary', 'operator',
+                                   'operator family') THEN
                 moves := moves || jsonb_build_array(to_jsonb(r));
             WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
                                    'policy', 'rule') THEN
@@ -410,6 +411,16 @@ BEGIN
                 n := n + 1;
                 steps := steps || softguard._move(op_id, n, x.cls, x.obj, false)
                                || softguard._disown(x.cls, x.obj);
+            END LOOP;
+        END IF;
+        IF r.classid = 'pg_opfamily'::regclass THEN
+            -- its operator classes go with it (and its operators and support functions,
+            -- which are entries of the family): moved along, so that their names are free
+            -- as after the DROP (decision 0036)
+            FOR own IN SELECT c.oid FROM pg_opclass c WHERE c.opcfamily = r.objid ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, 'pg_opclass'::regclass, own, false)
+                               || softguard._disown('pg_opclass'::regclass, own);
             END LOOP;
         END IF;
         n := n + 1;
@@ -712,6 +723,8 @@ BEGIN
             WHEN 'pg_ts_config'::regclass THEN 'text search configuration'
             WHEN 'pg_ts_dict'::regclass THEN 'text search dictionary'
             WHEN 'pg_operator'::regclass THEN 'operator'
+            WHEN 'pg_opfamily'::regclass THEN 'operator family'
+            WHEN 'pg_opclass'::regclass THEN 'operator class'
             ELSE 'statistics' END,
         'classid', p_classid, 'keyword', k.keyword, 'oid', p_objid,
         'schema', k.nsp::regnamespace::text, 'schema_oid', k.nsp, 'name', k.name, 'qname', qn,

@@ -99,7 +99,8 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._need_live(bigint, oid, oid, text, text) FROM PUBLIC;
 
 -- Is `name` free for a relation/type (or routine or operator with these argument types,
--- statistics object, collation, text search configuration or dictionary) in schema nsp?
+-- operator class or family of this access method, statistics object, collation, text
+-- search configuration or dictionary) in schema nsp?
 CREATE FUNCTION softguard._name_taken(p_class text, nsp oid, name text, p_objid oid)
 RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -121,6 +122,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             SELECT FROM pg_operator o, pg_operator me
              WHERE me.oid = p_objid AND o.oprnamespace = nsp AND o.oprname = name
                AND o.oprleft = me.oprleft AND o.oprright = me.oprright AND o.oid <> p_objid)
+        WHEN 'operator family' THEN EXISTS (   -- of the same access method
+            SELECT FROM pg_opfamily f, pg_opfamily me
+             WHERE me.oid = p_objid AND f.opfnamespace = nsp AND f.opfname = name
+               AND f.opfmethod = me.opfmethod AND f.oid <> p_objid)
+        WHEN 'operator class' THEN EXISTS (
+            SELECT FROM pg_opclass c, pg_opclass me
+             WHERE me.oid = p_objid AND c.opcnamespace = nsp AND c.opcname = name
+               AND c.opcmethod = me.opcmethod AND c.oid <> p_objid)
         ELSE EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
           OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name)
     END
@@ -133,7 +142,8 @@ REVOKE ALL ON FUNCTION softguard._name_taken(text, oid, text, oid) FROM PUBLIC;
 -- defaults and generated columns of `rel` and of every partition or inheritance child a
 -- row may land in, and in the constraints and defaults of every domain its columns' values
 -- pass through, at any depth (domains over domains, arrays, composite fields, range
--- subtypes: reading a captured row's text runs each one). Undo runs as the operator: such a
+-- subtypes: reading a captured row's text runs each one); also the functions behind the
+-- operators those use and behind its indexes' operator classes. Undo runs as the operator: such a
 -- function, which the table's owner may have written, would run with the operator's rights
 -- (PostgreSQL switches to the owner only for maintenance such as CREATE INDEX, not for an
 -- INSERT or UPDATE). Triggers and rules are off during undo. Row-level security policies
@@ -178,11 +188,28 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
          WHERE pol.polrelid IN (SELECT r FROM tree)
            AND NOT (SELECT o.rolsuper OR o.rolbypassrls FROM pg_roles o
                      WHERE o.rolname = current_user)
+    ), used(classid, objid) AS (
+        SELECT d.refclassid, d.refobjid FROM parts JOIN pg_depend d
+            ON d.classid = parts.classid AND d.objid = parts.objid
+        UNION
+        -- what runs what it uses (decision 0036): an operator its function, an index's
+        -- operator class the operators and support functions of its family
+        SELECT x.classid, x.objid FROM used,
+          LATERAL (SELECT 'pg_proc'::regclass::oid, o.oprcode::oid FROM pg_operator o
+                    WHERE used.classid = 'pg_operator'::regclass AND o.oid = used.objid
+                   UNION ALL
+                   SELECT 'pg_opfamily'::regclass::oid, c.opcfamily FROM pg_opclass c
+                    WHERE used.classid = 'pg_opclass'::regclass AND c.oid = used.objid
+                   UNION ALL
+                   SELECT 'pg_operator'::regclass::oid, a.amopopr FROM pg_amop a
+                    WHERE used.classid = 'pg_opfamily'::regclass AND a.amopfamily = used.objid
+                   UNION ALL
+                   SELECT 'pg_proc'::regclass::oid, a.amproc::oid FROM pg_amproc a
+                    WHERE used.classid = 'pg_opfamily'::regclass
+                      AND a.amprocfamily = used.objid) x(classid, objid)
     )
     SELECT string_agg(DISTINCT format('%s (owned by %I)', p.oid::regprocedure, r.rolname), ', ')
-      FROM parts JOIN pg_depend d ON d.classid = parts.classid AND d.objid = parts.objid
-                                 AND d.refclassid = 'pg_proc'::regclass
-      JOIN pg_proc p ON p.oid = d.refobjid
+      FROM used JOIN pg_proc p ON used.classid = 'pg_proc'::regclass AND p.oid = used.objid
       JOIN pg_roles r ON r.oid = p.proowner
      WHERE NOT r.rolsuper AND r.rolname <> current_user
 $$;

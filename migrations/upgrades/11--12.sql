@@ -36,6 +36,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN 'pg_ts_config'::regclass THEN (SELECT cfgowner FROM pg_ts_config WHERE oid = p_objid)
         WHEN 'pg_ts_dict'::regclass THEN (SELECT dictowner FROM pg_ts_dict WHERE oid = p_objid)
         WHEN 'pg_operator'::regclass THEN (SELECT oprowner FROM pg_operator WHERE oid = p_objid)
+        WHEN 'pg_opfamily'::regclass THEN (SELECT opfowner FROM pg_opfamily WHERE oid = p_objid)
+        WHEN 'pg_opclass'::regclass THEN (SELECT opcowner FROM pg_opclass WHERE oid = p_objid)
     END
 $$;
 
@@ -85,6 +87,20 @@ BEGIN
           INTO keyword, ident, name, nsp
           FROM pg_operator o JOIN pg_namespace n ON n.oid = o.oprnamespace
          WHERE o.oid = p_objid;
+    ELSIF p_classid = 'pg_opfamily'::regclass THEN   -- named per access method
+        SELECT 'OPERATOR FAMILY', format('%s.%I USING %I', quote_ident(n.nspname), f.opfname,
+                                         a.amname), f.opfname, f.opfnamespace
+          INTO keyword, ident, name, nsp
+          FROM pg_opfamily f JOIN pg_namespace n ON n.oid = f.opfnamespace
+          JOIN pg_am a ON a.oid = f.opfmethod
+         WHERE f.oid = p_objid;
+    ELSIF p_classid = 'pg_opclass'::regclass THEN
+        SELECT 'OPERATOR CLASS', format('%s.%I USING %I', quote_ident(n.nspname), c.opcname,
+                                        a.amname), c.opcname, c.opcnamespace
+          INTO keyword, ident, name, nsp
+          FROM pg_opclass c JOIN pg_namespace n ON n.oid = c.opcnamespace
+          JOIN pg_am a ON a.oid = c.opcmethod
+         WHERE c.oid = p_objid;
     END IF;
 END $$;
 
@@ -215,7 +231,8 @@ BEGIN
         CASE
             WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
                                    'domain', 'collation', 'text search configuration',
-                                   'text search dictionary', 'operator') THEN
+                                   'text search dictionary', 'operator',
+                                   'operator family') THEN
                 moves := moves || jsonb_build_array(to_jsonb(r));
             WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
                                    'policy', 'rule') THEN
@@ -455,6 +472,16 @@ BEGIN
                                || softguard._disown(x.cls, x.obj);
             END LOOP;
         END IF;
+        IF r.classid = 'pg_opfamily'::regclass THEN
+            -- its operator classes go with it (and its operators and support functions,
+            -- which are entries of the family): moved along, so that their names are free
+            -- as after the DROP (decision 0036)
+            FOR own IN SELECT c.oid FROM pg_opclass c WHERE c.opcfamily = r.objid ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, 'pg_opclass'::regclass, own, false)
+                               || softguard._disown('pg_opclass'::regclass, own);
+            END LOOP;
+        END IF;
         n := n + 1;
         steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
                        || softguard._disown(r.classid, r.objid);
@@ -525,6 +552,8 @@ BEGIN
             WHEN 'pg_ts_config'::regclass THEN 'text search configuration'
             WHEN 'pg_ts_dict'::regclass THEN 'text search dictionary'
             WHEN 'pg_operator'::regclass THEN 'operator'
+            WHEN 'pg_opfamily'::regclass THEN 'operator family'
+            WHEN 'pg_opclass'::regclass THEN 'operator class'
             ELSE 'statistics' END,
         'classid', p_classid, 'keyword', k.keyword, 'oid', p_objid,
         'schema', k.nsp::regnamespace::text, 'schema_oid', k.nsp, 'name', k.name, 'qname', qn,
@@ -552,9 +581,83 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             SELECT FROM pg_operator o, pg_operator me
              WHERE me.oid = p_objid AND o.oprnamespace = nsp AND o.oprname = name
                AND o.oprleft = me.oprleft AND o.oprright = me.oprright AND o.oid <> p_objid)
+        WHEN 'operator family' THEN EXISTS (   -- of the same access method
+            SELECT FROM pg_opfamily f, pg_opfamily me
+             WHERE me.oid = p_objid AND f.opfnamespace = nsp AND f.opfname = name
+               AND f.opfmethod = me.opfmethod AND f.oid <> p_objid)
+        WHEN 'operator class' THEN EXISTS (
+            SELECT FROM pg_opclass c, pg_opclass me
+             WHERE me.oid = p_objid AND c.opcnamespace = nsp AND c.opcname = name
+               AND c.opcmethod = me.opcmethod AND c.oid <> p_objid)
         ELSE EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
           OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name)
     END
+$$;
+
+CREATE OR REPLACE FUNCTION softguard._foreign_code(rel oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tree(r) AS (
+        SELECT rel
+        UNION
+        SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.r
+    ), types(t) AS (
+        SELECT a.atttypid FROM pg_attribute a
+         WHERE a.attrelid IN (SELECT r FROM tree) AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT u FROM types JOIN pg_type y ON y.oid = types.t,
+               LATERAL (SELECT nullif(y.typbasetype, 0)
+                        UNION ALL SELECT nullif(y.typelem, 0)
+                        UNION ALL SELECT f.atttypid FROM pg_attribute f
+                                   WHERE f.attrelid = y.typrelid AND f.attnum > 0
+                                     AND NOT f.attisdropped
+                        UNION ALL SELECT g.rngsubtype FROM pg_range g WHERE g.rngtypid = y.oid
+                        UNION ALL SELECT g.rngtypid FROM pg_range g
+                                   WHERE g.rngmultitypid = y.oid) v(u)
+         WHERE u IS NOT NULL
+    ), parts(classid, objid) AS (
+        SELECT 'pg_class'::regclass::oid, i.indexrelid FROM pg_index i
+         WHERE i.indrelid IN (SELECT r FROM tree)
+        UNION ALL
+        SELECT 'pg_constraint'::regclass::oid, k.oid FROM pg_constraint k
+         WHERE k.conrelid IN (SELECT r FROM tree) OR k.contypid IN (SELECT t FROM types)
+        UNION ALL
+        SELECT 'pg_attrdef'::regclass::oid, d.oid FROM pg_attrdef d
+         WHERE d.adrelid IN (SELECT r FROM tree)
+        UNION ALL
+        -- a domain's default (and any type's own functions)
+        SELECT 'pg_type'::regclass::oid, t FROM types
+        UNION ALL
+        -- row-level security policies, where they apply to the role running undo (softguard's
+        -- owner on a managed service may be neither superuser nor BYPASSRLS)
+        SELECT 'pg_policy'::regclass::oid, pol.oid FROM pg_policy pol
+          JOIN pg_class c ON c.oid = pol.polrelid AND c.relrowsecurity
+         WHERE pol.polrelid IN (SELECT r FROM tree)
+           AND NOT (SELECT o.rolsuper OR o.rolbypassrls FROM pg_roles o
+                     WHERE o.rolname = current_user)
+    ), used(classid, objid) AS (
+        SELECT d.refclassid, d.refobjid FROM parts JOIN pg_depend d
+            ON d.classid = parts.classid AND d.objid = parts.objid
+        UNION
+        -- what runs what it uses (decision 0036): an operator its function, an index's
+        -- operator class the operators and support functions of its family
+        SELECT x.classid, x.objid FROM used,
+          LATERAL (SELECT 'pg_proc'::regclass::oid, o.oprcode::oid FROM pg_operator o
+                    WHERE used.classid = 'pg_operator'::regclass AND o.oid = used.objid
+                   UNION ALL
+                   SELECT 'pg_opfamily'::regclass::oid, c.opcfamily FROM pg_opclass c
+                    WHERE used.classid = 'pg_opclass'::regclass AND c.oid = used.objid
+                   UNION ALL
+                   SELECT 'pg_operator'::regclass::oid, a.amopopr FROM pg_amop a
+                    WHERE used.classid = 'pg_opfamily'::regclass AND a.amopfamily = used.objid
+                   UNION ALL
+                   SELECT 'pg_proc'::regclass::oid, a.amproc::oid FROM pg_amproc a
+                    WHERE used.classid = 'pg_opfamily'::regclass
+                      AND a.amprocfamily = used.objid) x(classid, objid)
+    )
+    SELECT string_agg(DISTINCT format('%s (owned by %I)', p.oid::regprocedure, r.rolname), ', ')
+      FROM used JOIN pg_proc p ON used.classid = 'pg_proc'::regclass AND p.oid = used.objid
+      JOIN pg_roles r ON r.oid = p.proowner
+     WHERE NOT r.rolsuper AND r.rolname <> current_user
 $$;
 
 CREATE OR REPLACE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
@@ -976,6 +1079,72 @@ BEGIN
                                            ELSE ' --rename-to ' || rename_to END);
     RETURN lines;
 END $$;
+
+CREATE OR REPLACE FUNCTION softguard._held_objects(op bigint)
+RETURNS TABLE (classid oid, objid oid, keyword text, ident text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'pg_class'::regclass::oid, c.oid,
+           CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+           c.oid::regclass::text
+      FROM pg_class c
+     WHERE c.relnamespace = 'softguard_quarantine'::regnamespace
+       AND c.relname ~ ('^op' || op || '_')
+       AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+       AND NOT EXISTS (SELECT FROM pg_depend d
+                        WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                          AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+                          AND c.relkind = 'S')
+    UNION ALL
+    SELECT 'pg_proc'::regclass::oid, p.oid,
+           CASE p.prokind WHEN 'a' THEN 'AGGREGATE' WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+           p.oid::regprocedure::text
+      FROM pg_proc p
+     WHERE p.pronamespace = 'softguard_quarantine'::regnamespace
+       AND p.proname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_type'::regclass::oid, t.oid,
+           CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, t.oid::regtype::text
+      FROM pg_type t
+     WHERE t.typnamespace = 'softguard_quarantine'::regnamespace
+       AND t.typname ~ ('^op' || op || '_')
+       AND t.typtype IN ('b', 'c', 'd', 'e', 'r')
+       AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
+    UNION ALL
+    SELECT 'pg_statistic_ext'::regclass::oid, s.oid, 'STATISTICS',
+           format('%I.%I', 'softguard_quarantine', s.stxname)
+      FROM pg_statistic_ext s
+     WHERE s.stxnamespace = 'softguard_quarantine'::regnamespace
+       AND s.stxname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_collation'::regclass::oid, c.oid, 'COLLATION',
+           format('%I.%I', 'softguard_quarantine', c.collname)
+      FROM pg_collation c
+     WHERE c.collnamespace = 'softguard_quarantine'::regnamespace
+       AND c.collname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_ts_config'::regclass::oid, c.oid, 'TEXT SEARCH CONFIGURATION',
+           format('%I.%I', 'softguard_quarantine', c.cfgname)
+      FROM pg_ts_config c
+     WHERE c.cfgnamespace = 'softguard_quarantine'::regnamespace
+       AND c.cfgname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_ts_dict'::regclass::oid, d.oid, 'TEXT SEARCH DICTIONARY',
+           format('%I.%I', 'softguard_quarantine', d.dictname)
+      FROM pg_ts_dict d
+     WHERE d.dictnamespace = 'softguard_quarantine'::regnamespace
+       AND d.dictname ~ ('^op' || op || '_')
+    UNION ALL   -- its operator classes go with it
+    SELECT 'pg_opfamily'::regclass::oid, f.oid, 'OPERATOR FAMILY',
+           format('%I.%I USING %I', 'softguard_quarantine', f.opfname, a.amname)
+      FROM pg_opfamily f JOIN pg_am a ON a.oid = f.opfmethod
+     WHERE f.opfnamespace = 'softguard_quarantine'::regnamespace
+       AND f.opfname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_namespace'::regclass::oid, n.oid, 'SCHEMA', quote_ident(n.nspname)
+      FROM pg_namespace n
+     WHERE n.nspname ~ ('^softguard_q' || op || '_')
+$$;
 
 -- end section: ties ---------------------------------------------------------------
 

@@ -140,7 +140,7 @@ CASES: dict[str, tuple[list[str], str, str, str]] = {
         OPCLASS,
         "DROP OPERATOR FAMILY myops USING btree CASCADE",
         "super",
-        "runs",
+        "kept",  # with its class, the index by its definition (decision 0036)
     ),
     "server_cascade_foreign_table": (FDW, "DROP SERVER faraway CASCADE", "super", "runs"),
     "fdw_cascade_foreign_table": (

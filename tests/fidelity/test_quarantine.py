@@ -570,7 +570,34 @@ TIE_CASES: dict[str, tuple[list[str], list[str], str, str, str]] = {
         OPERATORS,
         "SELECT pg_get_viewdef(to_regclass(%(s)s || '.cv'))",
     ),
+    # an operator family with its class (made by a superuser, given to the owner)
+    "operator family (index)": (
+        ["CREATE TABLE {s}.ct (id int PRIMARY KEY, x text)",
+         "CREATE INDEX ct_i ON {s}.ct (x {s}.opc)",
+         "INSERT INTO {s}.ct VALUES (1, 'b'), (2, 'a')"],
+        ["DROP TABLE {s}.ct"],
+        "DROP OPERATOR FAMILY {s}.fam USING btree",
+        "SELECT opfname::text FROM pg_opfamily WHERE opfnamespace = %(s)s::regnamespace"
+        " UNION ALL SELECT opcname FROM pg_opclass WHERE opcnamespace = %(s)s::regnamespace",
+        "SELECT pg_get_indexdef(to_regclass(%(s)s || '.ct_i'))",
+    ),
 }
+# Made by the superuser first (only a superuser creates operator classes and families).
+SUPER_SETUP = {
+    "operator family (index)": [
+        "CREATE OPERATOR FAMILY {s}.fam USING btree",
+        "CREATE OPERATOR CLASS {s}.opc FOR TYPE text USING btree FAMILY {s}.fam AS"
+        " OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >,"
+        " FUNCTION 1 bttextcmp(text, text)",
+        "ALTER OPERATOR FAMILY {s}.fam USING btree OWNER TO {owner}",
+        "ALTER OPERATOR CLASS {s}.opc USING btree OWNER TO {owner}",
+    ],
+}
+
+
+def _super_setup(w: World, kind: str, db: str) -> None:
+    stmts = [t.replace("{owner}", w.owner) for t in SUPER_SETUP.get(kind, [])]
+    w.run(db, stmts)
 
 
 def _tied(w: World, kind: str, cascade: str = "") -> tuple[list[int], list[tuple[Any, ...]]]:
@@ -578,6 +605,7 @@ def _tied(w: World, kind: str, cascade: str = "") -> tuple[list[int], list[tuple
     through softguard as the owner): the operations, and what its users showed of it."""
     setup, keep_users, drop, _, shown = TIE_CASES[kind]
     for db in (w.direct_db, w.sg_db):
+        _super_setup(w, kind, db)
         w.run(db, setup, w.owner)
     before = w.rows(w.sg_db, shown)
     outcomes = []
@@ -609,7 +637,10 @@ def test_dropping_what_only_kept_objects_use(world: World, kind: str, cascade: s
     assert w.rows(w.sg_db, HOLDERS) == []
     # the name is free as after a direct DROP: it can be made again
     for db in (w.direct_db, w.sg_db):
-        w.run(db, TIE_CASES[kind][0][:1], w.owner)
+        if kind in SUPER_SETUP:
+            _super_setup(w, kind, db)
+        else:
+            w.run(db, TIE_CASES[kind][0][:1], w.owner)
 
 
 @pytest.mark.parametrize("order", ["later first", "earlier first"])
