@@ -751,7 +751,9 @@ BEGIN
                         WHEN 'relation' THEN '42P07' ELSE '42710' END,
                     MESSAGE = format('cannot undo operation %s: %s %s already exists (created after the DROP)',
                                      op, lower(s->>'keyword'), format('%I.%I', nsp_name, target)),
-                    HINT = 'use --rename-to NEW_NAME';
+                    HINT = CASE WHEN s->>'class' = 'operator'   -- no --rename-to for it
+                                THEN 'drop the new operator first'
+                                ELSE 'use --rename-to NEW_NAME' END;
             END IF;
             IF s->>'class' = 'operator' THEN
                 EXECUTE format('ALTER OPERATOR %s SET SCHEMA %I', k.ident, nsp_name);

@@ -224,3 +224,27 @@ def test_an_operator_of_the_apps_function_never_runs_with_undos_rights(arena: Ar
     assert r.returncode != 0 and "spy(text,text)" in r.stdout + r.stderr, r.stdout + r.stderr
     assert arena.direct("SELECT count(*) FROM sk") == [(0,)]
     assert arena.direct("SELECT * FROM spied WHERE super") == []
+
+
+def test_an_operator_made_again_makes_undo_wait(arena: Arena) -> None:
+    """After the DROP the name is free, as directly: the owner makes the operator again.
+    Undo then refuses (42710, nothing changed; an operator cannot take another name) until
+    the new one is gone, then gives back exactly what was there."""
+    setup(arena)
+    before, more, last = arena.snapshot(), extras(arena), arena.last_op()
+    remake = SETUP[0]
+    out = arena.attack([CASCADE, remake])
+    assert out.error is None, out.describe()
+    (op,) = [o["id"] for o in arena.ops_since(last)]
+    with pytest.raises(psycopg.errors.DuplicateObject, match="already exists"):
+        arena.direct(f"SELECT * FROM softguard.undo_op({op})")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="cannot be renamed"):
+        arena.direct(f"SELECT * FROM softguard.undo_op({op}, 'other')")
+    assert arena.direct("SELECT state FROM softguard.operations WHERE id = %s", [op]) == [
+        ("active",)
+    ]
+    arena.direct("DROP OPERATOR public.=== (text, text)")
+    r = arena.undo([op])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert arena.snapshot() == before
+    assert extras(arena) == more
