@@ -46,6 +46,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN 'pg_collation'::regclass THEN (SELECT collowner FROM pg_collation WHERE oid = p_objid)
         WHEN 'pg_ts_config'::regclass THEN (SELECT cfgowner FROM pg_ts_config WHERE oid = p_objid)
         WHEN 'pg_ts_dict'::regclass THEN (SELECT dictowner FROM pg_ts_dict WHERE oid = p_objid)
+        WHEN 'pg_operator'::regclass THEN (SELECT oprowner FROM pg_operator WHERE oid = p_objid)
+        WHEN 'pg_opfamily'::regclass THEN (SELECT opfowner FROM pg_opfamily WHERE oid = p_objid)
+        WHEN 'pg_opclass'::regclass THEN (SELECT opcowner FROM pg_opclass WHERE oid = p_objid)
     END
 $$;
 REVOKE ALL ON FUNCTION softguard._owner(oid, oid) FROM PUBLIC;
@@ -202,6 +205,31 @@ BEGIN
                format('%I.%I', d.dictnamespace::regnamespace, d.dictname), d.dictname,
                d.dictnamespace
           INTO keyword, ident, name, nsp FROM pg_ts_dict d WHERE d.oid = p_objid;
+    ELSIF p_classid = 'pg_operator'::regclass THEN
+        -- an operator has no RENAME: its name is a symbol, its identity the argument types
+        -- too (NONE for a prefix operator's left side)
+        SELECT 'OPERATOR',
+               format('%s.%s (%s, %s)', quote_ident(n.nspname), o.oprname,
+                      coalesce(nullif(o.oprleft, 0)::regtype::text, 'NONE'),
+                      coalesce(nullif(o.oprright, 0)::regtype::text, 'NONE')),
+               o.oprname, o.oprnamespace
+          INTO keyword, ident, name, nsp
+          FROM pg_operator o JOIN pg_namespace n ON n.oid = o.oprnamespace
+         WHERE o.oid = p_objid;
+    ELSIF p_classid = 'pg_opfamily'::regclass THEN   -- named per access method
+        SELECT 'OPERATOR FAMILY', format('%s.%I USING %I', quote_ident(n.nspname), f.opfname,
+                                         a.amname), f.opfname, f.opfnamespace
+          INTO keyword, ident, name, nsp
+          FROM pg_opfamily f JOIN pg_namespace n ON n.oid = f.opfnamespace
+          JOIN pg_am a ON a.oid = f.opfmethod
+         WHERE f.oid = p_objid;
+    ELSIF p_classid = 'pg_opclass'::regclass THEN
+        SELECT 'OPERATOR CLASS', format('%s.%I USING %I', quote_ident(n.nspname), c.opcname,
+                                        a.amname), c.opcname, c.opcnamespace
+          INTO keyword, ident, name, nsp
+          FROM pg_opclass c JOIN pg_namespace n ON n.oid = c.opcnamespace
+          JOIN pg_am a ON a.oid = c.opcmethod
+         WHERE c.oid = p_objid;
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard._kw(oid, oid) FROM PUBLIC;

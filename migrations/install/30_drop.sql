@@ -180,7 +180,8 @@ BEGIN
         CASE
             WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
                                    'domain', 'collation', 'text search configuration',
-                                   'text search dictionary') THEN
+                                   'text search dictionary', 'operator',
+                                   'operator family') THEN
                 moves := moves || jsonb_build_array(to_jsonb(r));
             WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
                                    'policy', 'rule') THEN
@@ -452,6 +453,16 @@ BEGIN
                 n := n + 1;
                 steps := steps || softguard._move(op_id, n, x.cls, x.obj, false)
                                || softguard._disown(x.cls, x.obj);
+            END LOOP;
+        END IF;
+        IF r.classid = 'pg_opfamily'::regclass THEN
+            -- its operator classes go with it (and its operators and support functions,
+            -- which are entries of the family): moved along, so that their names are free
+            -- as after the DROP (decision 0036)
+            FOR own IN SELECT c.oid FROM pg_opclass c WHERE c.opcfamily = r.objid ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, 'pg_opclass'::regclass, own, false)
+                               || softguard._disown('pg_opclass'::regclass, own);
             END LOOP;
         END IF;
         n := n + 1;
@@ -851,6 +862,10 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._drop_kept_column(oid, integer) FROM PUBLIC;
 
 -- Rename an object to op<id>_<n>_<name> and move it into softguard_quarantine. Returns [step].
+-- An operator cannot be renamed (decision 0036): it moves under its own name into a schema
+-- of its own, softguard_q<id>_pg_<n> (`qname` of its step), which names the operation
+-- holding it as a DROP SCHEMA's renamed schemas do; no renamed schema can have that name
+-- (PostgreSQL reserves the prefix pg_ for schema names). Purge drops that schema.
 CREATE FUNCTION softguard._move(op_id bigint, n integer, p_classid oid, p_objid oid,
                                 p_original boolean)
 RETURNS jsonb
@@ -863,16 +878,27 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'XX000',
             MESSAGE = format('softguard: cannot move object %s/%s', p_classid, p_objid);
     END IF;
-    qn := softguard._qname(format('op%s_%s_', op_id, n), k.name);
-    EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
-    k.ident := (softguard._kw(p_classid, p_objid)).ident;
-    EXECUTE format('ALTER %s %s SET SCHEMA softguard_quarantine', k.keyword, k.ident);
+    IF p_classid = 'pg_operator'::regclass THEN
+        qn := format('softguard_q%s_pg_%s', op_id, n);
+        EXECUTE format('CREATE SCHEMA %I', qn);   -- no privilege for anyone but its owner
+        -- what a non-superuser gives a role must be where that role may create (_disown)
+        EXECUTE format('GRANT CREATE ON SCHEMA %I TO softguard_keeper', qn);
+        EXECUTE format('ALTER OPERATOR %s SET SCHEMA %I', k.ident, qn);
+    ELSE
+        qn := softguard._qname(format('op%s_%s_', op_id, n), k.name);
+        EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
+        k.ident := (softguard._kw(p_classid, p_objid)).ident;
+        EXECUTE format('ALTER %s %s SET SCHEMA softguard_quarantine', k.keyword, k.ident);
+    END IF;
     RETURN jsonb_build_array(jsonb_build_object(
         'step', 'move', 'class', CASE p_classid WHEN 'pg_class'::regclass THEN 'relation'
             WHEN 'pg_proc'::regclass THEN 'routine' WHEN 'pg_type'::regclass THEN 'type'
             WHEN 'pg_collation'::regclass THEN 'collation'
             WHEN 'pg_ts_config'::regclass THEN 'text search configuration'
             WHEN 'pg_ts_dict'::regclass THEN 'text search dictionary'
+            WHEN 'pg_operator'::regclass THEN 'operator'
+            WHEN 'pg_opfamily'::regclass THEN 'operator family'
+            WHEN 'pg_opclass'::regclass THEN 'operator class'
             ELSE 'statistics' END,
         'classid', p_classid, 'keyword', k.keyword, 'oid', p_objid,
         'schema', k.nsp::regnamespace::text, 'schema_oid', k.nsp, 'name', k.name, 'qname', qn,

@@ -98,8 +98,9 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._need_live(bigint, oid, oid, text, text) FROM PUBLIC;
 
--- Is `name` free for a relation/type (or routine with these argument types, statistics
--- object, collation, text search configuration or dictionary) in schema nsp?
+-- Is `name` free for a relation/type (or routine or operator with these argument types,
+-- operator class or family of this access method, statistics object, collation, text
+-- search configuration or dictionary) in schema nsp?
 CREATE FUNCTION softguard._name_taken(p_class text, nsp oid, name text, p_objid oid)
 RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -117,6 +118,18 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             SELECT FROM pg_ts_config c WHERE c.cfgnamespace = nsp AND c.cfgname = name)
         WHEN 'text search dictionary' THEN EXISTS (
             SELECT FROM pg_ts_dict d WHERE d.dictnamespace = nsp AND d.dictname = name)
+        WHEN 'operator' THEN EXISTS (   -- the same name and argument types
+            SELECT FROM pg_operator o, pg_operator me
+             WHERE me.oid = p_objid AND o.oprnamespace = nsp AND o.oprname = name
+               AND o.oprleft = me.oprleft AND o.oprright = me.oprright AND o.oid <> p_objid)
+        WHEN 'operator family' THEN EXISTS (   -- of the same access method
+            SELECT FROM pg_opfamily f, pg_opfamily me
+             WHERE me.oid = p_objid AND f.opfnamespace = nsp AND f.opfname = name
+               AND f.opfmethod = me.opfmethod AND f.oid <> p_objid)
+        WHEN 'operator class' THEN EXISTS (
+            SELECT FROM pg_opclass c, pg_opclass me
+             WHERE me.oid = p_objid AND c.opcnamespace = nsp AND c.opcname = name
+               AND c.opcmethod = me.opcmethod AND c.oid <> p_objid)
         ELSE EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
           OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name)
     END
@@ -129,7 +142,8 @@ REVOKE ALL ON FUNCTION softguard._name_taken(text, oid, text, oid) FROM PUBLIC;
 -- defaults and generated columns of `rel` and of every partition or inheritance child a
 -- row may land in, and in the constraints and defaults of every domain its columns' values
 -- pass through, at any depth (domains over domains, arrays, composite fields, range
--- subtypes: reading a captured row's text runs each one). Undo runs as the operator: such a
+-- subtypes: reading a captured row's text runs each one); also the functions behind the
+-- operators those use and behind its indexes' operator classes. Undo runs as the operator: such a
 -- function, which the table's owner may have written, would run with the operator's rights
 -- (PostgreSQL switches to the owner only for maintenance such as CREATE INDEX, not for an
 -- INSERT or UPDATE). Triggers and rules are off during undo. Row-level security policies
@@ -174,11 +188,28 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
          WHERE pol.polrelid IN (SELECT r FROM tree)
            AND NOT (SELECT o.rolsuper OR o.rolbypassrls FROM pg_roles o
                      WHERE o.rolname = current_user)
+    ), used(classid, objid) AS (
+        SELECT d.refclassid, d.refobjid FROM parts JOIN pg_depend d
+            ON d.classid = parts.classid AND d.objid = parts.objid
+        UNION
+        -- what runs what it uses (decision 0036): an operator its function, an index's
+        -- operator class the operators and support functions of its family
+        SELECT x.classid, x.objid FROM used,
+          LATERAL (SELECT 'pg_proc'::regclass::oid, o.oprcode::oid FROM pg_operator o
+                    WHERE used.classid = 'pg_operator'::regclass AND o.oid = used.objid
+                   UNION ALL
+                   SELECT 'pg_opfamily'::regclass::oid, c.opcfamily FROM pg_opclass c
+                    WHERE used.classid = 'pg_opclass'::regclass AND c.oid = used.objid
+                   UNION ALL
+                   SELECT 'pg_operator'::regclass::oid, a.amopopr FROM pg_amop a
+                    WHERE used.classid = 'pg_opfamily'::regclass AND a.amopfamily = used.objid
+                   UNION ALL
+                   SELECT 'pg_proc'::regclass::oid, a.amproc::oid FROM pg_amproc a
+                    WHERE used.classid = 'pg_opfamily'::regclass
+                      AND a.amprocfamily = used.objid) x(classid, objid)
     )
     SELECT string_agg(DISTINCT format('%s (owned by %I)', p.oid::regprocedure, r.rolname), ', ')
-      FROM parts JOIN pg_depend d ON d.classid = parts.classid AND d.objid = parts.objid
-                                 AND d.refclassid = 'pg_proc'::regclass
-      JOIN pg_proc p ON p.oid = d.refobjid
+      FROM used JOIN pg_proc p ON used.classid = 'pg_proc'::regclass AND p.oid = used.objid
       JOIN pg_roles r ON r.oid = p.proowner
      WHERE NOT r.rolsuper AND r.rolname <> current_user
 $$;
@@ -624,12 +655,26 @@ BEGIN
         CASE s->>'step'
         WHEN 'move' THEN
             k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
-            IF k.keyword IS NULL OR k.name <> s->>'qname'
-               OR k.nsp <> 'softguard_quarantine'::regnamespace THEN
+            -- an operator is kept under its name in a schema of its own (_move)
+            IF k.keyword IS NULL
+               OR (s->>'class' = 'operator'
+                   AND (k.name <> s->>'name'
+                        OR k.nsp IS DISTINCT FROM to_regnamespace(quote_ident(s->>'qname'))))
+               OR (s->>'class' <> 'operator'
+                   AND (k.name <> s->>'qname' OR k.nsp <> 'softguard_quarantine'::regnamespace))
+            THEN
                 RAISE EXCEPTION USING ERRCODE = '55000',
                     MESSAGE = format('cannot undo operation %s: %s %s.%s is no longer where it was '
-                                     'kept (softguard_quarantine.%s)', op, lower(s->>'keyword'),
-                                     s->>'schema', s->>'name', s->>'qname');
+                                     'kept (%s)', op, lower(s->>'keyword'), s->>'schema',
+                                     s->>'name', CASE WHEN s->>'class' = 'operator'
+                                         THEN 'schema ' || (s->>'qname')
+                                         ELSE 'softguard_quarantine.' || (s->>'qname') END);
+            END IF;
+            IF s->>'class' = 'operator' AND (s->>'original')::boolean
+               AND rename_to IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = format('cannot undo operation %s under another name: an operator '
+                                     'cannot be renamed', op);
             END IF;
             nsp := (s->>'schema_oid')::oid;
             SELECT n.nspname INTO nsp_name FROM pg_namespace n WHERE n.oid = nsp;
@@ -648,11 +693,18 @@ BEGIN
                         WHEN 'relation' THEN '42P07' ELSE '42710' END,
                     MESSAGE = format('cannot undo operation %s: %s %s already exists (created after the DROP)',
                                      op, lower(s->>'keyword'), format('%I.%I', nsp_name, target)),
-                    HINT = 'use --rename-to NEW_NAME';
+                    HINT = CASE WHEN s->>'class' = 'operator'   -- no --rename-to for it
+                                THEN 'drop the new operator first'
+                                ELSE 'use --rename-to NEW_NAME' END;
             END IF;
-            EXECUTE format('ALTER %s %s RENAME TO %I', s->>'keyword', k.ident, target);
-            k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
-            EXECUTE format('ALTER %s %s SET SCHEMA %I', s->>'keyword', k.ident, nsp_name);
+            IF s->>'class' = 'operator' THEN
+                EXECUTE format('ALTER OPERATOR %s SET SCHEMA %I', k.ident, nsp_name);
+                EXECUTE format('DROP SCHEMA %I', s->>'qname');   -- empty now: it held only it
+            ELSE
+                EXECUTE format('ALTER %s %s RENAME TO %I', s->>'keyword', k.ident, target);
+                k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+                EXECUTE format('ALTER %s %s SET SCHEMA %I', s->>'keyword', k.ident, nsp_name);
+            END IF;
             IF target <> s->>'name' THEN
                 renamed := renamed || jsonb_build_object(s->>'oid',
                                                          jsonb_build_array(s->>'name', target));
@@ -931,15 +983,26 @@ BEGIN
 
     -- Everything restored must find what it uses live: a later operation may hold it. A
     -- relation's columns too (their type, collation: decision 0033), so that a live table
-    -- never uses a kept object, which that operation's purge could then not drop.
+    -- never uses a kept object, which that operation's purge could then not drop; and
+    -- what goes with an object (a table's constraints, indexes, rules, triggers, defaults;
+    -- a constraint's index), which may use an operator, an operator class, a function
+    -- (decision 0036).
     FOR e IN SELECT x FROM jsonb_array_elements(o.objects) x
               WHERE x->>'held_by' IS NULL AND x->>'quarantined_as' IS NOT NULL LOOP
-        FOR k IN SELECT dp.refclassid, dp.refobjid FROM pg_depend dp
-                  WHERE dp.classid = (e->>'classid')::oid AND dp.objid = (e->>'objid')::oid
-                    AND (dp.objsubid = (e->>'objsubid')::integer
-                         OR (dp.classid = 'pg_class'::regclass
-                             AND (e->>'objsubid')::integer = 0))
-                    AND dp.deptype IN ('n', 'a') LOOP
+        FOR k IN WITH RECURSIVE part(classid, objid, sub, depth) AS (
+                     SELECT (e->>'classid')::oid, (e->>'objid')::oid,
+                            (e->>'objsubid')::integer, 0
+                     UNION ALL
+                     SELECT d.classid, d.objid, d.objsubid, p.depth + 1
+                       FROM part p JOIN pg_depend d
+                         ON d.refclassid = p.classid AND d.refobjid = p.objid
+                        AND (p.sub = 0 OR d.refobjsubid = p.sub)
+                      WHERE d.deptype IN ('a', 'i') AND p.depth < 2)
+                 SELECT DISTINCT dp.refclassid, dp.refobjid FROM part p JOIN pg_depend dp
+                     ON dp.classid = p.classid AND dp.objid = p.objid
+                    AND (dp.objsubid = p.sub OR p.sub = 0)
+                  WHERE dp.deptype IN ('n', 'a')
+                  ORDER BY 1, 2 LOOP
             PERFORM softguard._need_live(op, k.refclassid, k.refobjid,
                                          (e->>'type') || ' ' || (e->>'identity'));
         END LOOP;

@@ -33,7 +33,10 @@
 -- ---------------------------------------------------------------------------------------
 
 -- The objects operation `op` holds: relations, routines, types, statistics, collations and
--- text search configurations and dictionaries named op<id>_<n>_<name> in softguard_quarantine, and its renamed schemas softguard_q<id>_<name>.
+-- text search configurations and dictionaries, operator families (their classes go with
+-- them) named op<id>_<n>_<name> in softguard_quarantine, and its renamed schemas
+-- softguard_q<id>_<name> (an operator's schema softguard_q<id>_pg_<n> among them: the
+-- operator goes with it).
 -- Indexes, toast tables, row types and owned sequences are left out: they go with their
 -- owner. `ident` is what a DROP statement names; `keyword` its object type.
 CREATE FUNCTION softguard._held_objects(op bigint)
@@ -90,6 +93,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM pg_ts_dict d
      WHERE d.dictnamespace = 'softguard_quarantine'::regnamespace
        AND d.dictname ~ ('^op' || op || '_')
+    UNION ALL   -- its operator classes go with it
+    SELECT 'pg_opfamily'::regclass::oid, f.oid, 'OPERATOR FAMILY',
+           format('%I.%I USING %I', 'softguard_quarantine', f.opfname, a.amname)
+      FROM pg_opfamily f JOIN pg_am a ON a.oid = f.opfmethod
+     WHERE f.opfnamespace = 'softguard_quarantine'::regnamespace
+       AND f.opfname ~ ('^op' || op || '_')
     UNION ALL
     SELECT 'pg_namespace'::regclass::oid, n.oid, 'SCHEMA', quote_ident(n.nspname)
       FROM pg_namespace n

@@ -5,6 +5,12 @@
 -- schema the statement drops (kept as the others): _quarantine (with _column_readers,
 -- replacing _column_views), the backstop lets such a matview's DROP pass (_backstop_drop).
 --
+-- Version 12 (section ties, decision 0036): DROP OPERATOR is a reversible kind. A kept
+-- operator cannot be renamed, so _move puts it under its own name in a schema of its own,
+-- softguard_q<id>_pg_<n> (_kw, _owner, _quarantine); undo moves it back and drops that
+-- schema (_name_taken, _undo_one), purge drops the schema. Undo refuses (55006) to give back
+-- an object whose constraints, indexes or rules use what a later operation holds.
+--
 DO $$
 DECLARE
     e record;
@@ -292,7 +298,8 @@ BEGIN
         CASE
             WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
                                    'domain', 'collation', 'text search configuration',
-                                   'text search dictionary') THEN
+                                   'text search dictionary', 'operator',
+                                   'operator family') THEN
                 moves := moves || jsonb_build_array(to_jsonb(r));
             WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
                                    'policy', 'rule') THEN
@@ -566,6 +573,16 @@ BEGIN
                                || softguard._disown(x.cls, x.obj);
             END LOOP;
         END IF;
+        IF r.classid = 'pg_opfamily'::regclass THEN
+            -- its operator classes go with it (and its operators and support functions,
+            -- which are entries of the family): moved along, so that their names are free
+            -- as after the DROP (decision 0036)
+            FOR own IN SELECT c.oid FROM pg_opclass c WHERE c.opcfamily = r.objid ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, 'pg_opclass'::regclass, own, false)
+                               || softguard._disown('pg_opclass'::regclass, own);
+            END LOOP;
+        END IF;
         n := n + 1;
         steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
                        || softguard._disown(r.classid, r.objid);
@@ -751,12 +768,26 @@ BEGIN
         CASE s->>'step'
         WHEN 'move' THEN
             k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
-            IF k.keyword IS NULL OR k.name <> s->>'qname'
-               OR k.nsp <> 'softguard_quarantine'::regnamespace THEN
+            -- an operator is kept under its name in a schema of its own (_move)
+            IF k.keyword IS NULL
+               OR (s->>'class' = 'operator'
+                   AND (k.name <> s->>'name'
+                        OR k.nsp IS DISTINCT FROM to_regnamespace(quote_ident(s->>'qname'))))
+               OR (s->>'class' <> 'operator'
+                   AND (k.name <> s->>'qname' OR k.nsp <> 'softguard_quarantine'::regnamespace))
+            THEN
                 RAISE EXCEPTION USING ERRCODE = '55000',
                     MESSAGE = format('cannot undo operation %s: %s %s.%s is no longer where it was '
-                                     'kept (softguard_quarantine.%s)', op, lower(s->>'keyword'),
-                                     s->>'schema', s->>'name', s->>'qname');
+                                     'kept (%s)', op, lower(s->>'keyword'), s->>'schema',
+                                     s->>'name', CASE WHEN s->>'class' = 'operator'
+                                         THEN 'schema ' || (s->>'qname')
+                                         ELSE 'softguard_quarantine.' || (s->>'qname') END);
+            END IF;
+            IF s->>'class' = 'operator' AND (s->>'original')::boolean
+               AND rename_to IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = format('cannot undo operation %s under another name: an operator '
+                                     'cannot be renamed', op);
             END IF;
             nsp := (s->>'schema_oid')::oid;
             SELECT n.nspname INTO nsp_name FROM pg_namespace n WHERE n.oid = nsp;
@@ -775,11 +806,18 @@ BEGIN
                         WHEN 'relation' THEN '42P07' ELSE '42710' END,
                     MESSAGE = format('cannot undo operation %s: %s %s already exists (created after the DROP)',
                                      op, lower(s->>'keyword'), format('%I.%I', nsp_name, target)),
-                    HINT = 'use --rename-to NEW_NAME';
+                    HINT = CASE WHEN s->>'class' = 'operator'   -- no --rename-to for it
+                                THEN 'drop the new operator first'
+                                ELSE 'use --rename-to NEW_NAME' END;
             END IF;
-            EXECUTE format('ALTER %s %s RENAME TO %I', s->>'keyword', k.ident, target);
-            k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
-            EXECUTE format('ALTER %s %s SET SCHEMA %I', s->>'keyword', k.ident, nsp_name);
+            IF s->>'class' = 'operator' THEN
+                EXECUTE format('ALTER OPERATOR %s SET SCHEMA %I', k.ident, nsp_name);
+                EXECUTE format('DROP SCHEMA %I', s->>'qname');   -- empty now: it held only it
+            ELSE
+                EXECUTE format('ALTER %s %s RENAME TO %I', s->>'keyword', k.ident, target);
+                k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+                EXECUTE format('ALTER %s %s SET SCHEMA %I', s->>'keyword', k.ident, nsp_name);
+            END IF;
             IF target <> s->>'name' THEN
                 renamed := renamed || jsonb_build_object(s->>'oid',
                                                          jsonb_build_array(s->>'name', target));
@@ -1058,15 +1096,26 @@ BEGIN
 
     -- Everything restored must find what it uses live: a later operation may hold it. A
     -- relation's columns too (their type, collation: decision 0033), so that a live table
-    -- never uses a kept object, which that operation's purge could then not drop.
+    -- never uses a kept object, which that operation's purge could then not drop; and
+    -- what goes with an object (a table's constraints, indexes, rules, triggers, defaults;
+    -- a constraint's index), which may use an operator, an operator class, a function
+    -- (decision 0036).
     FOR e IN SELECT x FROM jsonb_array_elements(o.objects) x
               WHERE x->>'held_by' IS NULL AND x->>'quarantined_as' IS NOT NULL LOOP
-        FOR k IN SELECT dp.refclassid, dp.refobjid FROM pg_depend dp
-                  WHERE dp.classid = (e->>'classid')::oid AND dp.objid = (e->>'objid')::oid
-                    AND (dp.objsubid = (e->>'objsubid')::integer
-                         OR (dp.classid = 'pg_class'::regclass
-                             AND (e->>'objsubid')::integer = 0))
-                    AND dp.deptype IN ('n', 'a') LOOP
+        FOR k IN WITH RECURSIVE part(classid, objid, sub, depth) AS (
+                     SELECT (e->>'classid')::oid, (e->>'objid')::oid,
+                            (e->>'objsubid')::integer, 0
+                     UNION ALL
+                     SELECT d.classid, d.objid, d.objsubid, p.depth + 1
+                       FROM part p JOIN pg_depend d
+                         ON d.refclassid = p.classid AND d.refobjid = p.objid
+                        AND (p.sub = 0 OR d.refobjsubid = p.sub)
+                      WHERE d.deptype IN ('a', 'i') AND p.depth < 2)
+                 SELECT DISTINCT dp.refclassid, dp.refobjid FROM part p JOIN pg_depend dp
+                     ON dp.classid = p.classid AND dp.objid = p.objid
+                    AND (dp.objsubid = p.sub OR p.sub = 0)
+                  WHERE dp.deptype IN ('n', 'a')
+                  ORDER BY 1, 2 LOOP
             PERFORM softguard._need_live(op, k.refclassid, k.refobjid,
                                          (e->>'type') || ' ' || (e->>'identity'));
         END LOOP;
@@ -1217,6 +1266,300 @@ REVOKE ALL ON FUNCTION softguard._backstop_drop() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._backstop_drop() TO PUBLIC;
 
 -- end section: fidmat ----------------------------------------------------------------
+
+-- section: ties -------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION softguard._owner(p_classid oid, p_objid oid) RETURNS oid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE p_classid
+        WHEN 'pg_class'::regclass THEN (SELECT relowner FROM pg_class WHERE oid = p_objid)
+        WHEN 'pg_proc'::regclass THEN (SELECT proowner FROM pg_proc WHERE oid = p_objid)
+        WHEN 'pg_type'::regclass THEN (SELECT typowner FROM pg_type WHERE oid = p_objid)
+        WHEN 'pg_namespace'::regclass THEN (SELECT nspowner FROM pg_namespace WHERE oid = p_objid)
+        WHEN 'pg_statistic_ext'::regclass
+            THEN (SELECT stxowner FROM pg_statistic_ext WHERE oid = p_objid)
+        WHEN 'pg_collation'::regclass THEN (SELECT collowner FROM pg_collation WHERE oid = p_objid)
+        WHEN 'pg_ts_config'::regclass THEN (SELECT cfgowner FROM pg_ts_config WHERE oid = p_objid)
+        WHEN 'pg_ts_dict'::regclass THEN (SELECT dictowner FROM pg_ts_dict WHERE oid = p_objid)
+        WHEN 'pg_operator'::regclass THEN (SELECT oprowner FROM pg_operator WHERE oid = p_objid)
+        WHEN 'pg_opfamily'::regclass THEN (SELECT opfowner FROM pg_opfamily WHERE oid = p_objid)
+        WHEN 'pg_opclass'::regclass THEN (SELECT opcowner FROM pg_opclass WHERE oid = p_objid)
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION softguard._kw(p_classid oid, p_objid oid, OUT keyword text, OUT ident text,
+                              OUT name text, OUT nsp oid)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_classid = 'pg_class'::regclass THEN
+        SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                    WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                    WHEN 'i' THEN 'INDEX' WHEN 'I' THEN 'INDEX' ELSE 'TABLE' END,
+               c.oid::regclass::text, c.relname, c.relnamespace
+          INTO keyword, ident, name, nsp FROM pg_class c WHERE c.oid = p_objid;
+    ELSIF p_classid = 'pg_proc'::regclass THEN
+        SELECT CASE p.prokind WHEN 'a' THEN 'AGGREGATE' WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+               p.oid::regprocedure::text, p.proname, p.pronamespace
+          INTO keyword, ident, name, nsp FROM pg_proc p WHERE p.oid = p_objid;
+    ELSIF p_classid = 'pg_type'::regclass THEN
+        SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+               t.oid::regtype::text, t.typname, t.typnamespace
+          INTO keyword, ident, name, nsp FROM pg_type t WHERE t.oid = p_objid;
+    ELSIF p_classid = 'pg_statistic_ext'::regclass THEN
+        SELECT 'STATISTICS', format('%I.%I', s.stxnamespace::regnamespace, s.stxname), s.stxname,
+               s.stxnamespace
+          INTO keyword, ident, name, nsp FROM pg_statistic_ext s WHERE s.oid = p_objid;
+    ELSIF p_classid = 'pg_collation'::regclass THEN
+        SELECT 'COLLATION', format('%I.%I', c.collnamespace::regnamespace, c.collname),
+               c.collname, c.collnamespace
+          INTO keyword, ident, name, nsp FROM pg_collation c WHERE c.oid = p_objid;
+    ELSIF p_classid = 'pg_ts_config'::regclass THEN
+        SELECT 'TEXT SEARCH CONFIGURATION',
+               format('%I.%I', c.cfgnamespace::regnamespace, c.cfgname), c.cfgname, c.cfgnamespace
+          INTO keyword, ident, name, nsp FROM pg_ts_config c WHERE c.oid = p_objid;
+    ELSIF p_classid = 'pg_ts_dict'::regclass THEN
+        SELECT 'TEXT SEARCH DICTIONARY',
+               format('%I.%I', d.dictnamespace::regnamespace, d.dictname), d.dictname,
+               d.dictnamespace
+          INTO keyword, ident, name, nsp FROM pg_ts_dict d WHERE d.oid = p_objid;
+    ELSIF p_classid = 'pg_operator'::regclass THEN
+        -- an operator has no RENAME: its name is a symbol, its identity the argument types
+        -- too (NONE for a prefix operator's left side)
+        SELECT 'OPERATOR',
+               format('%s.%s (%s, %s)', quote_ident(n.nspname), o.oprname,
+                      coalesce(nullif(o.oprleft, 0)::regtype::text, 'NONE'),
+                      coalesce(nullif(o.oprright, 0)::regtype::text, 'NONE')),
+               o.oprname, o.oprnamespace
+          INTO keyword, ident, name, nsp
+          FROM pg_operator o JOIN pg_namespace n ON n.oid = o.oprnamespace
+         WHERE o.oid = p_objid;
+    ELSIF p_classid = 'pg_opfamily'::regclass THEN   -- named per access method
+        SELECT 'OPERATOR FAMILY', format('%s.%I USING %I', quote_ident(n.nspname), f.opfname,
+                                         a.amname), f.opfname, f.opfnamespace
+          INTO keyword, ident, name, nsp
+          FROM pg_opfamily f JOIN pg_namespace n ON n.oid = f.opfnamespace
+          JOIN pg_am a ON a.oid = f.opfmethod
+         WHERE f.oid = p_objid;
+    ELSIF p_classid = 'pg_opclass'::regclass THEN
+        SELECT 'OPERATOR CLASS', format('%s.%I USING %I', quote_ident(n.nspname), c.opcname,
+                                        a.amname), c.opcname, c.opcnamespace
+          INTO keyword, ident, name, nsp
+          FROM pg_opclass c JOIN pg_namespace n ON n.oid = c.opcnamespace
+          JOIN pg_am a ON a.oid = c.opcmethod
+         WHERE c.oid = p_objid;
+    END IF;
+END $$;
+
+-- (FUNCTION softguard._quarantine: defined above)
+
+CREATE OR REPLACE FUNCTION softguard._move(op_id bigint, n integer, p_classid oid, p_objid oid,
+                                p_original boolean)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k record := softguard._kw(p_classid, p_objid);
+    qn text;
+BEGIN
+    IF k.keyword IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'XX000',
+            MESSAGE = format('softguard: cannot move object %s/%s', p_classid, p_objid);
+    END IF;
+    IF p_classid = 'pg_operator'::regclass THEN
+        qn := format('softguard_q%s_pg_%s', op_id, n);
+        EXECUTE format('CREATE SCHEMA %I', qn);   -- no privilege for anyone but its owner
+        -- what a non-superuser gives a role must be where that role may create (_disown)
+        EXECUTE format('GRANT CREATE ON SCHEMA %I TO softguard_keeper', qn);
+        EXECUTE format('ALTER OPERATOR %s SET SCHEMA %I', k.ident, qn);
+    ELSE
+        qn := softguard._qname(format('op%s_%s_', op_id, n), k.name);
+        EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
+        k.ident := (softguard._kw(p_classid, p_objid)).ident;
+        EXECUTE format('ALTER %s %s SET SCHEMA softguard_quarantine', k.keyword, k.ident);
+    END IF;
+    RETURN jsonb_build_array(jsonb_build_object(
+        'step', 'move', 'class', CASE p_classid WHEN 'pg_class'::regclass THEN 'relation'
+            WHEN 'pg_proc'::regclass THEN 'routine' WHEN 'pg_type'::regclass THEN 'type'
+            WHEN 'pg_collation'::regclass THEN 'collation'
+            WHEN 'pg_ts_config'::regclass THEN 'text search configuration'
+            WHEN 'pg_ts_dict'::regclass THEN 'text search dictionary'
+            WHEN 'pg_operator'::regclass THEN 'operator'
+            WHEN 'pg_opfamily'::regclass THEN 'operator family'
+            WHEN 'pg_opclass'::regclass THEN 'operator class'
+            ELSE 'statistics' END,
+        'classid', p_classid, 'keyword', k.keyword, 'oid', p_objid,
+        'schema', k.nsp::regnamespace::text, 'schema_oid', k.nsp, 'name', k.name, 'qname', qn,
+        'original', p_original));
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._name_taken(p_class text, nsp oid, name text, p_objid oid)
+RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE p_class
+        WHEN 'routine' THEN EXISTS (
+            SELECT FROM pg_proc p, pg_proc me
+             WHERE me.oid = p_objid AND p.pronamespace = nsp AND p.proname = name
+               AND p.proargtypes = me.proargtypes AND p.oid <> p_objid)
+        WHEN 'statistics' THEN EXISTS (
+            SELECT FROM pg_statistic_ext s WHERE s.stxnamespace = nsp AND s.stxname = name)
+        WHEN 'collation' THEN EXISTS (   -- any encoding's: the strictest reading
+            SELECT FROM pg_collation c
+             WHERE c.collnamespace = nsp AND c.collname = name AND c.oid <> p_objid)
+        WHEN 'text search configuration' THEN EXISTS (
+            SELECT FROM pg_ts_config c WHERE c.cfgnamespace = nsp AND c.cfgname = name)
+        WHEN 'text search dictionary' THEN EXISTS (
+            SELECT FROM pg_ts_dict d WHERE d.dictnamespace = nsp AND d.dictname = name)
+        WHEN 'operator' THEN EXISTS (   -- the same name and argument types
+            SELECT FROM pg_operator o, pg_operator me
+             WHERE me.oid = p_objid AND o.oprnamespace = nsp AND o.oprname = name
+               AND o.oprleft = me.oprleft AND o.oprright = me.oprright AND o.oid <> p_objid)
+        WHEN 'operator family' THEN EXISTS (   -- of the same access method
+            SELECT FROM pg_opfamily f, pg_opfamily me
+             WHERE me.oid = p_objid AND f.opfnamespace = nsp AND f.opfname = name
+               AND f.opfmethod = me.opfmethod AND f.oid <> p_objid)
+        WHEN 'operator class' THEN EXISTS (
+            SELECT FROM pg_opclass c, pg_opclass me
+             WHERE me.oid = p_objid AND c.opcnamespace = nsp AND c.opcname = name
+               AND c.opcmethod = me.opcmethod AND c.oid <> p_objid)
+        ELSE EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
+          OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name)
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION softguard._foreign_code(rel oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tree(r) AS (
+        SELECT rel
+        UNION
+        SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.r
+    ), types(t) AS (
+        SELECT a.atttypid FROM pg_attribute a
+         WHERE a.attrelid IN (SELECT r FROM tree) AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT u FROM types JOIN pg_type y ON y.oid = types.t,
+               LATERAL (SELECT nullif(y.typbasetype, 0)
+                        UNION ALL SELECT nullif(y.typelem, 0)
+                        UNION ALL SELECT f.atttypid FROM pg_attribute f
+                                   WHERE f.attrelid = y.typrelid AND f.attnum > 0
+                                     AND NOT f.attisdropped
+                        UNION ALL SELECT g.rngsubtype FROM pg_range g WHERE g.rngtypid = y.oid
+                        UNION ALL SELECT g.rngtypid FROM pg_range g
+                                   WHERE g.rngmultitypid = y.oid) v(u)
+         WHERE u IS NOT NULL
+    ), parts(classid, objid) AS (
+        SELECT 'pg_class'::regclass::oid, i.indexrelid FROM pg_index i
+         WHERE i.indrelid IN (SELECT r FROM tree)
+        UNION ALL
+        SELECT 'pg_constraint'::regclass::oid, k.oid FROM pg_constraint k
+         WHERE k.conrelid IN (SELECT r FROM tree) OR k.contypid IN (SELECT t FROM types)
+        UNION ALL
+        SELECT 'pg_attrdef'::regclass::oid, d.oid FROM pg_attrdef d
+         WHERE d.adrelid IN (SELECT r FROM tree)
+        UNION ALL
+        -- a domain's default (and any type's own functions)
+        SELECT 'pg_type'::regclass::oid, t FROM types
+        UNION ALL
+        -- row-level security policies, where they apply to the role running undo (softguard's
+        -- owner on a managed service may be neither superuser nor BYPASSRLS)
+        SELECT 'pg_policy'::regclass::oid, pol.oid FROM pg_policy pol
+          JOIN pg_class c ON c.oid = pol.polrelid AND c.relrowsecurity
+         WHERE pol.polrelid IN (SELECT r FROM tree)
+           AND NOT (SELECT o.rolsuper OR o.rolbypassrls FROM pg_roles o
+                     WHERE o.rolname = current_user)
+    ), used(classid, objid) AS (
+        SELECT d.refclassid, d.refobjid FROM parts JOIN pg_depend d
+            ON d.classid = parts.classid AND d.objid = parts.objid
+        UNION
+        -- what runs what it uses (decision 0036): an operator its function, an index's
+        -- operator class the operators and support functions of its family
+        SELECT x.classid, x.objid FROM used,
+          LATERAL (SELECT 'pg_proc'::regclass::oid, o.oprcode::oid FROM pg_operator o
+                    WHERE used.classid = 'pg_operator'::regclass AND o.oid = used.objid
+                   UNION ALL
+                   SELECT 'pg_opfamily'::regclass::oid, c.opcfamily FROM pg_opclass c
+                    WHERE used.classid = 'pg_opclass'::regclass AND c.oid = used.objid
+                   UNION ALL
+                   SELECT 'pg_operator'::regclass::oid, a.amopopr FROM pg_amop a
+                    WHERE used.classid = 'pg_opfamily'::regclass AND a.amopfamily = used.objid
+                   UNION ALL
+                   SELECT 'pg_proc'::regclass::oid, a.amproc::oid FROM pg_amproc a
+                    WHERE used.classid = 'pg_opfamily'::regclass
+                      AND a.amprocfamily = used.objid) x(classid, objid)
+    )
+    SELECT string_agg(DISTINCT format('%s (owned by %I)', p.oid::regprocedure, r.rolname), ', ')
+      FROM used JOIN pg_proc p ON used.classid = 'pg_proc'::regclass AND p.oid = used.objid
+      JOIN pg_roles r ON r.oid = p.proowner
+     WHERE NOT r.rolsuper AND r.rolname <> current_user
+$$;
+
+-- (FUNCTION softguard._undo_one: defined above)
+
+CREATE OR REPLACE FUNCTION softguard._held_objects(op bigint)
+RETURNS TABLE (classid oid, objid oid, keyword text, ident text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'pg_class'::regclass::oid, c.oid,
+           CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+           c.oid::regclass::text
+      FROM pg_class c
+     WHERE c.relnamespace = 'softguard_quarantine'::regnamespace
+       AND c.relname ~ ('^op' || op || '_')
+       AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+       AND NOT EXISTS (SELECT FROM pg_depend d
+                        WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                          AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+                          AND c.relkind = 'S')
+    UNION ALL
+    SELECT 'pg_proc'::regclass::oid, p.oid,
+           CASE p.prokind WHEN 'a' THEN 'AGGREGATE' WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+           p.oid::regprocedure::text
+      FROM pg_proc p
+     WHERE p.pronamespace = 'softguard_quarantine'::regnamespace
+       AND p.proname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_type'::regclass::oid, t.oid,
+           CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, t.oid::regtype::text
+      FROM pg_type t
+     WHERE t.typnamespace = 'softguard_quarantine'::regnamespace
+       AND t.typname ~ ('^op' || op || '_')
+       AND t.typtype IN ('b', 'c', 'd', 'e', 'r')
+       AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
+    UNION ALL
+    SELECT 'pg_statistic_ext'::regclass::oid, s.oid, 'STATISTICS',
+           format('%I.%I', 'softguard_quarantine', s.stxname)
+      FROM pg_statistic_ext s
+     WHERE s.stxnamespace = 'softguard_quarantine'::regnamespace
+       AND s.stxname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_collation'::regclass::oid, c.oid, 'COLLATION',
+           format('%I.%I', 'softguard_quarantine', c.collname)
+      FROM pg_collation c
+     WHERE c.collnamespace = 'softguard_quarantine'::regnamespace
+       AND c.collname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_ts_config'::regclass::oid, c.oid, 'TEXT SEARCH CONFIGURATION',
+           format('%I.%I', 'softguard_quarantine', c.cfgname)
+      FROM pg_ts_config c
+     WHERE c.cfgnamespace = 'softguard_quarantine'::regnamespace
+       AND c.cfgname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_ts_dict'::regclass::oid, d.oid, 'TEXT SEARCH DICTIONARY',
+           format('%I.%I', 'softguard_quarantine', d.dictname)
+      FROM pg_ts_dict d
+     WHERE d.dictnamespace = 'softguard_quarantine'::regnamespace
+       AND d.dictname ~ ('^op' || op || '_')
+    UNION ALL   -- its operator classes go with it
+    SELECT 'pg_opfamily'::regclass::oid, f.oid, 'OPERATOR FAMILY',
+           format('%I.%I USING %I', 'softguard_quarantine', f.opfname, a.amname)
+      FROM pg_opfamily f JOIN pg_am a ON a.oid = f.opfmethod
+     WHERE f.opfnamespace = 'softguard_quarantine'::regnamespace
+       AND f.opfname ~ ('^op' || op || '_')
+    UNION ALL
+    SELECT 'pg_namespace'::regclass::oid, n.oid, 'SCHEMA', quote_ident(n.nspname)
+      FROM pg_namespace n
+     WHERE n.nspname ~ ('^softguard_q' || op || '_')
+$$;
+
+-- end section: ties ---------------------------------------------------------------
 
 DO $$
 DECLARE

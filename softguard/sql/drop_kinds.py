@@ -82,8 +82,10 @@ DROP_KINDS: dict[str, DropKind] = {
     "OBJECT_LARGEOBJECT": DropKind("CALL FUNCTION lo_unlink", "kept", "the large object's data"),
     "OBJECT_MATVIEW": DropKind("DROP MATERIALIZED VIEW", "reversible", "views using it"),
     "OBJECT_OPCLASS": DropKind("DROP OPERATOR CLASS", "allowed", "indexes using it"),
-    "OBJECT_OPERATOR": DropKind("DROP OPERATOR", "allowed", "views, indexes, constraints"),
-    "OBJECT_OPFAMILY": DropKind("DROP OPERATOR FAMILY", "allowed", "indexes using it"),
+    "OBJECT_OPERATOR": DropKind("DROP OPERATOR", "reversible", "views, indexes, constraints"),
+    "OBJECT_OPFAMILY": DropKind(
+        "DROP OPERATOR FAMILY", "reversible", "its operator classes; indexes using them"
+    ),
     "OBJECT_PARAMETER_ACL": DropKind("REVOKE ON PARAMETER", "allowed", _NOTHING),
     "OBJECT_POLICY": DropKind("DROP POLICY", "allowed", _NOTHING),
     "OBJECT_PROCEDURE": DropKind("DROP PROCEDURE", "reversible", _NOTHING),

@@ -140,7 +140,19 @@ CASES: dict[str, tuple[list[str], str, str, str]] = {
         OPCLASS,
         "DROP OPERATOR FAMILY myops USING btree CASCADE",
         "super",
-        "runs",
+        "kept",  # with its class, the index by its definition (decision 0036)
+    ),
+    # an operator of an operator class: its entry in the family cannot be kept apart
+    # from the family (decision 0036)
+    "operator_cascade_opclass_entry": (
+        [
+            "CREATE OPERATOR <<< (LEFTARG = int, RIGHTARG = int, FUNCTION = int4lt)",
+            "CREATE OPERATOR CLASS myops2 FOR TYPE int USING btree AS OPERATOR 1 <<<, "
+            "OPERATOR 3 =, FUNCTION 1 btint4cmp(int, int)",
+        ],
+        "DROP OPERATOR <<< (int, int) CASCADE",
+        "super",
+        "refused",
     ),
     "server_cascade_foreign_table": (FDW, "DROP SERVER faraway CASCADE", "super", "runs"),
     "fdw_cascade_foreign_table": (

@@ -106,7 +106,7 @@ CASES: dict[str, Case] = {
             "CREATE OPERATOR === (LEFTARG = int, RIGHTARG = text, FUNCTION = fid_eq)",
         ],
         ["DROP OPERATOR === (int, text)", "SELECT 1"],
-        [0, 0],  # holds no data: runs as sent
+        [1, 0],  # kept: moved into a schema of its own (decision 0036)
     ),
     "drop_operator_cascade_to_view": Case(
         [
@@ -115,15 +115,13 @@ CASES: dict[str, Case] = {
             "CREATE VIEW fid_ov AS SELECT 1 === '1' AS same",
         ],
         ["DROP OPERATOR === (int, text) CASCADE", "SELECT 1"],
-        [0, 0],
+        [1, 0],  # the operator and the view kept by one operation (decision 0036)
     ),
 }
 
 
 # Still refused by design (README "Known limits", docs/drop-kinds.md): 0A000 with a HINT.
-REFUSED = {
-    "drop_operator_cascade_to_view": "the backstop refuses what a non-reversible DROP takes",
-}
+REFUSED: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
