@@ -576,7 +576,7 @@ static int passes_unread(const unsigned char *text, Py_ssize_t size)
 }
 
 /*
- * The session's memo of Query shapes its policy lets pass as sent (statements.
+ * The session's memo of Query and Parse shapes its policy lets pass as sent (statements.
  * remember_allowed, statements.allowed_passes). The key is softguard.sql.cache.shape_of
  * of the text: its candidate numbers (the regex _NUMBERS there) read as 0, or 0.0 for a
  * decimal. Written out: a digit not preceded by a token byte [A-Za-z0-9_$.\x80-\xff]
@@ -1014,6 +1014,7 @@ static PyObject *configure(PyObject *module, PyObject *args)
     Py_XSETREF(g_ready, Py_NewRef(ready));
     Py_XSETREF(g_harmless_shape, Py_NewRef(harmless_shape));
     g_memo_bytes = memo_bytes;
+    memo_clear(); /* answers of the function replaced, maybe for longer texts */
     Py_RETURN_NONE;
 }
 

@@ -247,7 +247,7 @@ class SessionCore(CoreBase):
         self._read_only_lost = False
         self._mode_generation = -1
         self._mode_is_full = True
-        # The Query shapes this session's policy lets pass as sent (statements.
+        # The Query and Parse shapes this session's policy lets pass as sent (statements.
         # remember_allowed), for its current generation: emptied when that changes.
         self._allowed: AllowedShapes = {}
         # softguard's port of the upstream connection, and the port the server reported

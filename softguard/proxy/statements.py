@@ -350,9 +350,9 @@ def remember_allowed(
     parse: bool,
 ) -> None:
     """Remember that every Query (``parse``: Parse) of ``text``'s shape passes as sent in
-    this session, under
-    the policy's current generation (the session empties ``allowed`` when it changes): the
-    relay's fast path then sends the next ones without planning (``allowed_passes``).
+    this session, under the policy's current generation (the session empties ``allowed``
+    when it changes): the relay's fast paths then send the next ones without planning
+    (``allowed_passes``).
 
     Called where ``plan_message``'s own memo holds the decision, so the same conditions
     hold (not a soft-delete session, no reread, not at DEBUG, every decision ALLOW and none
@@ -413,7 +413,8 @@ def plan_message(
     runs once a person approved it (decision 0020): no mode refusal, denied categories
     protected where they can be, else allowed. ``mode``: the session's mode under the
     current policy, when the caller knows it (else looked up). ``allowed``: the session's
-    memo of Query shapes the policy lets pass as sent (``remember_allowed``), filled here.
+    memo of Query and Parse shapes the policy lets pass as sent (``remember_allowed``),
+    filled here.
     """
     text = parse_query_text(msg.type, msg.body)
     classifier: Classifies = inputs.classifier if known is None else _Known(known)
