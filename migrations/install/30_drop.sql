@@ -188,7 +188,7 @@ BEGIN
             WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
                                    'domain', 'collation', 'text search configuration',
                                    'text search dictionary', 'operator',
-                                   'operator family', 'server') THEN
+                                   'operator family', 'server', 'language') THEN
                 moves := moves || jsonb_build_array(to_jsonb(r));
             WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
                                    'policy', 'rule') THEN
@@ -873,9 +873,9 @@ REVOKE ALL ON FUNCTION softguard._drop_kept_column(oid, integer) FROM PUBLIC;
 -- of its own, softguard_q<id>_pg_<n> (`qname` of its step), which names the operation
 -- holding it as a DROP SCHEMA's renamed schemas do; no renamed schema can have that name
 -- (PostgreSQL reserves the prefix pg_ for schema names). Purge drops that schema.
--- A foreign server is in no schema: it is renamed softguard_q<id>_<name>, which names the
--- operation holding it as a renamed schema's name does (_holder reads its identity, the
--- bare name), and stays where servers are; `schema` of its step is NULL.
+-- A foreign server or a language is in no schema: it is renamed softguard_q<id>_<name>,
+-- which names the operation holding it as a renamed schema's name does (_holder reads its
+-- identity, the bare name), and stays where it is; `schema` of its step is NULL.
 CREATE FUNCTION softguard._move(op_id bigint, n integer, p_classid oid, p_objid oid,
                                 p_original boolean)
 RETURNS jsonb
@@ -894,9 +894,9 @@ BEGIN
         -- what a non-superuser gives a role must be where that role may create (_disown)
         EXECUTE format('GRANT CREATE ON SCHEMA %I TO softguard_keeper', qn);
         EXECUTE format('ALTER OPERATOR %s SET SCHEMA %I', k.ident, qn);
-    ELSIF p_classid = 'pg_foreign_server'::regclass THEN
+    ELSIF p_classid IN ('pg_foreign_server'::regclass, 'pg_language'::regclass) THEN
         qn := softguard._qname(format('softguard_q%s_', op_id), k.name);
-        EXECUTE format('ALTER SERVER %s RENAME TO %I', k.ident, qn);
+        EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
     ELSE
         qn := softguard._qname(format('op%s_%s_', op_id, n), k.name);
         EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
@@ -913,6 +913,7 @@ BEGIN
             WHEN 'pg_opfamily'::regclass THEN 'operator family'
             WHEN 'pg_opclass'::regclass THEN 'operator class'
             WHEN 'pg_foreign_server'::regclass THEN 'server'
+            WHEN 'pg_language'::regclass THEN 'language'
             ELSE 'statistics' END,
         'classid', p_classid, 'keyword', k.keyword, 'oid', p_objid,
         'schema', k.nsp::regnamespace::text, 'schema_oid', k.nsp, 'name', k.name, 'qname', qn,
@@ -1009,6 +1010,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     UNION ALL
     SELECT NULL, s.srvacl, 'S' FROM pg_foreign_server s
      WHERE p_classid = 'pg_foreign_server'::regclass AND s.oid = p_objid
+    UNION ALL
+    SELECT NULL, l.lanacl, 'l' FROM pg_language l
+     WHERE p_classid = 'pg_language'::regclass AND l.oid = p_objid
 $$;
 REVOKE ALL ON FUNCTION softguard._acls(oid, oid) FROM PUBLIC;
 

@@ -133,6 +133,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                AND c.opcmethod = me.opcmethod AND c.oid <> p_objid)
         WHEN 'server' THEN EXISTS (
             SELECT FROM pg_foreign_server s WHERE s.srvname = name AND s.oid <> p_objid)
+        WHEN 'language' THEN EXISTS (
+            SELECT FROM pg_language l WHERE l.lanname = name AND l.oid <> p_objid)
         ELSE EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
           OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name)
     END
@@ -369,6 +371,8 @@ BEGIN
         UPDATE pg_namespace SET nspacl = was WHERE oid = obj;
     ELSIF cls = 'pg_foreign_server'::regclass THEN
         UPDATE pg_foreign_server SET srvacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_language'::regclass THEN
+        UPDATE pg_language SET lanacl = was WHERE oid = obj;
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard._exact_acl(oid, oid, name, aclitem[], aclitem[], "char") FROM PUBLIC;
@@ -607,9 +611,9 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._undo_remake(bigint, jsonb) FROM PUBLIC;
 
 -- Undo one operation (no cascade); returns what it restored.
--- Give a kept foreign server its name back (30_drop.sql _move: renamed
+-- Give a kept foreign server or language its name back (30_drop.sql _move: renamed
 -- softguard_q<id>_<name>, in no schema). `now_name` is its current name (NULL: gone).
-CREATE FUNCTION softguard._undo_rename_server(op bigint, s jsonb, now_name text,
+CREATE FUNCTION softguard._undo_rename_global(op bigint, s jsonb, now_name text,
                                               rename_to text)
 RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -619,20 +623,20 @@ DECLARE
 BEGIN
     IF now_name IS DISTINCT FROM s->>'qname' THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = format('cannot undo operation %s: server %s is no longer kept as %s',
-                             op, s->>'name', s->>'qname');
+            MESSAGE = format('cannot undo operation %s: %s %s is no longer kept as %s',
+                             op, s->>'class', s->>'name', s->>'qname');
     END IF;
-    IF softguard._name_taken('server', NULL, target, (s->>'oid')::oid) THEN
+    IF softguard._name_taken(s->>'class', NULL, target, (s->>'oid')::oid) THEN
         RAISE EXCEPTION USING ERRCODE = '42710',
-            MESSAGE = format('cannot undo operation %s: server %I already exists (created '
-                             'after the DROP)', op, target),
+            MESSAGE = format('cannot undo operation %s: %s %I already exists (created '
+                             'after the DROP)', op, s->>'class', target),
             HINT = 'use --rename-to NEW_NAME';
     END IF;
-    EXECUTE format('ALTER SERVER %I RENAME TO %I', now_name, target);
+    EXECUTE format('ALTER %s %I RENAME TO %I', s->>'keyword', now_name, target);
     RETURN ARRAY[softguard._step(op, 'restored', quote_ident(target),
-                                 format('restored server %I', target))];
+                                 format('restored %s %I', s->>'class', target))];
 END $$;
-REVOKE ALL ON FUNCTION softguard._undo_rename_server(bigint, jsonb, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._undo_rename_global(bigint, jsonb, text, text) FROM PUBLIC;
 
 CREATE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -687,8 +691,8 @@ BEGIN
         CASE s->>'step'
         WHEN 'move' THEN
             k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
-            IF s->>'class' = 'server' THEN   -- in no schema: kept by a rename only
-                lines := lines || softguard._undo_rename_server(op, s, k.name, rename_to);
+            IF s->>'class' IN ('server', 'language') THEN  -- in no schema: a rename only
+                lines := lines || softguard._undo_rename_global(op, s, k.name, rename_to);
                 CONTINUE;
             END IF;
             -- an operator is kept under its name in a schema of its own (_move)

@@ -36,7 +36,8 @@
 -- text search configurations and dictionaries, operator families (their classes go with
 -- them) named op<id>_<n>_<name> in softguard_quarantine, and its renamed schemas
 -- softguard_q<id>_<name> (an operator's schema softguard_q<id>_pg_<n> among them: the
--- operator goes with it), and its foreign servers renamed softguard_q<id>_<name>.
+-- operator goes with it), and its foreign servers and languages renamed
+-- softguard_q<id>_<name>.
 -- Indexes, toast tables, row types and owned sequences are left out: they go with their
 -- owner. `ident` is what a DROP statement names; `keyword` its object type.
 CREATE FUNCTION softguard._held_objects(op bigint)
@@ -103,6 +104,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'pg_foreign_server'::regclass::oid, s.oid, 'SERVER', quote_ident(s.srvname)
       FROM pg_foreign_server s
      WHERE s.srvname ~ ('^softguard_q' || op || '_')
+    UNION ALL   -- a language, renamed in place (_move)
+    SELECT 'pg_language'::regclass::oid, l.oid, 'LANGUAGE', quote_ident(l.lanname)
+      FROM pg_language l
+     WHERE l.lanname ~ ('^softguard_q' || op || '_')
     UNION ALL
     SELECT 'pg_namespace'::regclass::oid, n.oid, 'SCHEMA', quote_ident(n.nspname)
       FROM pg_namespace n

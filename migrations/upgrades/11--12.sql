@@ -11,9 +11,9 @@
 -- schema (_name_taken, _undo_one), purge drops the schema. Undo refuses (55006) to give back
 -- an object whose constraints, indexes or rules use what a later operation holds.
 --
--- Version 12 (section langsrv, decision 0036 since then): DROP SERVER is a reversible kind,
--- the server renamed softguard_q<id>_<name> in place (_kw, _owner, _move, _acls, _disown,
--- _held_objects, _undo_rename_server, the sql_drop guard); purge locks no foreign table.
+-- Version 12 (section langsrv, decision 0036 since then): DROP SERVER and DROP LANGUAGE are
+-- reversible, the object renamed softguard_q<id>_<name> in place (_kw, _owner, _move, _acls,
+-- _disown, _held_objects, _undo_rename_global, the sql_drop guard); purge locks no foreign table.
 --
 DO $$
 DECLARE
@@ -310,7 +310,7 @@ BEGIN
             WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
                                    'domain', 'collation', 'text search configuration',
                                    'text search dictionary', 'operator',
-                                   'operator family', 'server') THEN
+                                   'operator family', 'server', 'language') THEN
                 moves := moves || jsonb_build_array(to_jsonb(r));
             WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
                                    'policy', 'rule') THEN
@@ -779,8 +779,8 @@ BEGIN
         CASE s->>'step'
         WHEN 'move' THEN
             k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
-            IF s->>'class' = 'server' THEN   -- in no schema: kept by a rename only
-                lines := lines || softguard._undo_rename_server(op, s, k.name, rename_to);
+            IF s->>'class' IN ('server', 'language') THEN  -- in no schema: a rename only
+                lines := lines || softguard._undo_rename_global(op, s, k.name, rename_to);
                 CONTINUE;
             END IF;
             -- an operator is kept under its name in a schema of its own (_move)
@@ -1301,6 +1301,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN 'pg_opclass'::regclass THEN (SELECT opcowner FROM pg_opclass WHERE oid = p_objid)
         WHEN 'pg_foreign_server'::regclass
             THEN (SELECT srvowner FROM pg_foreign_server WHERE oid = p_objid)
+        WHEN 'pg_language'::regclass THEN (SELECT lanowner FROM pg_language WHERE oid = p_objid)
     END
 $$;
 
@@ -1368,6 +1369,9 @@ BEGIN
         -- not in a schema (nsp NULL): kept by a rename only (_move, decision 0036)
         SELECT 'SERVER', quote_ident(s.srvname), s.srvname, NULL::oid
           INTO keyword, ident, name, nsp FROM pg_foreign_server s WHERE s.oid = p_objid;
+    ELSIF p_classid = 'pg_language'::regclass THEN   -- the same
+        SELECT 'LANGUAGE', quote_ident(l.lanname), l.lanname, NULL::oid
+          INTO keyword, ident, name, nsp FROM pg_language l WHERE l.oid = p_objid;
     END IF;
 END $$;
 
@@ -1391,9 +1395,9 @@ BEGIN
         -- what a non-superuser gives a role must be where that role may create (_disown)
         EXECUTE format('GRANT CREATE ON SCHEMA %I TO softguard_keeper', qn);
         EXECUTE format('ALTER OPERATOR %s SET SCHEMA %I', k.ident, qn);
-    ELSIF p_classid = 'pg_foreign_server'::regclass THEN
+    ELSIF p_classid IN ('pg_foreign_server'::regclass, 'pg_language'::regclass) THEN
         qn := softguard._qname(format('softguard_q%s_', op_id), k.name);
-        EXECUTE format('ALTER SERVER %s RENAME TO %I', k.ident, qn);
+        EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
     ELSE
         qn := softguard._qname(format('op%s_%s_', op_id, n), k.name);
         EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
@@ -1410,6 +1414,7 @@ BEGIN
             WHEN 'pg_opfamily'::regclass THEN 'operator family'
             WHEN 'pg_opclass'::regclass THEN 'operator class'
             WHEN 'pg_foreign_server'::regclass THEN 'server'
+            WHEN 'pg_language'::regclass THEN 'language'
             ELSE 'statistics' END,
         'classid', p_classid, 'keyword', k.keyword, 'oid', p_objid,
         'schema', k.nsp::regnamespace::text, 'schema_oid', k.nsp, 'name', k.name, 'qname', qn,
@@ -1447,6 +1452,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                AND c.opcmethod = me.opcmethod AND c.oid <> p_objid)
         WHEN 'server' THEN EXISTS (
             SELECT FROM pg_foreign_server s WHERE s.srvname = name AND s.oid <> p_objid)
+        WHEN 'language' THEN EXISTS (
+            SELECT FROM pg_language l WHERE l.lanname = name AND l.oid <> p_objid)
         ELSE EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
           OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name)
     END
@@ -1584,6 +1591,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'pg_foreign_server'::regclass::oid, s.oid, 'SERVER', quote_ident(s.srvname)
       FROM pg_foreign_server s
      WHERE s.srvname ~ ('^softguard_q' || op || '_')
+    UNION ALL   -- a language, renamed in place (_move)
+    SELECT 'pg_language'::regclass::oid, l.oid, 'LANGUAGE', quote_ident(l.lanname)
+      FROM pg_language l
+     WHERE l.lanname ~ ('^softguard_q' || op || '_')
     UNION ALL
     SELECT 'pg_namespace'::regclass::oid, n.oid, 'SCHEMA', quote_ident(n.nspname)
       FROM pg_namespace n
@@ -1613,6 +1624,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     UNION ALL
     SELECT NULL, s.srvacl, 'S' FROM pg_foreign_server s
      WHERE p_classid = 'pg_foreign_server'::regclass AND s.oid = p_objid
+    UNION ALL
+    SELECT NULL, l.lanacl, 'l' FROM pg_language l
+     WHERE p_classid = 'pg_language'::regclass AND l.oid = p_objid
 $$;
 REVOKE ALL ON FUNCTION softguard._acls(oid, oid) FROM PUBLIC;
 
@@ -1745,6 +1759,8 @@ BEGIN
         UPDATE pg_namespace SET nspacl = was WHERE oid = obj;
     ELSIF cls = 'pg_foreign_server'::regclass THEN
         UPDATE pg_foreign_server SET srvacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_language'::regclass THEN
+        UPDATE pg_language SET lanacl = was WHERE oid = obj;
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard._exact_acl(oid, oid, name, aclitem[], aclitem[], "char") FROM PUBLIC;
@@ -1783,7 +1799,7 @@ BEGIN
 END $$;
 GRANT EXECUTE ON FUNCTION softguard._lock_listed(jsonb) TO PUBLIC;
 
-CREATE OR REPLACE FUNCTION softguard._undo_rename_server(op bigint, s jsonb, now_name text,
+CREATE OR REPLACE FUNCTION softguard._undo_rename_global(op bigint, s jsonb, now_name text,
                                               rename_to text)
 RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -1793,20 +1809,20 @@ DECLARE
 BEGIN
     IF now_name IS DISTINCT FROM s->>'qname' THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = format('cannot undo operation %s: server %s is no longer kept as %s',
-                             op, s->>'name', s->>'qname');
+            MESSAGE = format('cannot undo operation %s: %s %s is no longer kept as %s',
+                             op, s->>'class', s->>'name', s->>'qname');
     END IF;
-    IF softguard._name_taken('server', NULL, target, (s->>'oid')::oid) THEN
+    IF softguard._name_taken(s->>'class', NULL, target, (s->>'oid')::oid) THEN
         RAISE EXCEPTION USING ERRCODE = '42710',
-            MESSAGE = format('cannot undo operation %s: server %I already exists (created '
-                             'after the DROP)', op, target),
+            MESSAGE = format('cannot undo operation %s: %s %I already exists (created '
+                             'after the DROP)', op, s->>'class', target),
             HINT = 'use --rename-to NEW_NAME';
     END IF;
-    EXECUTE format('ALTER SERVER %I RENAME TO %I', now_name, target);
+    EXECUTE format('ALTER %s %I RENAME TO %I', s->>'keyword', now_name, target);
     RETURN ARRAY[softguard._step(op, 'restored', quote_ident(target),
-                                 format('restored server %I', target))];
+                                 format('restored %s %I', s->>'class', target))];
 END $$;
-REVOKE ALL ON FUNCTION softguard._undo_rename_server(bigint, jsonb, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._undo_rename_global(bigint, jsonb, text, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION softguard.purge_op(op bigint, archive text DEFAULT NULL,
                                    lock_timeout text DEFAULT '2s',
@@ -1949,9 +1965,10 @@ BEGIN
                     OR (d.object_type = 'schema'
                         AND (d.object_name IN ('softguard', 'softguard_quarantine')
                              OR d.object_name ~ '^softguard_q[0-9]+_'))
-                    -- a kept foreign server is in no schema: its name says it is kept
-                    -- (and its user mappings', which DROP OWNED BY their user would take)
-                    OR (d.object_type = 'server'
+                    -- a kept foreign server or language is in no schema: its name says
+                    -- it is kept (and its user mappings', which DROP OWNED BY their user
+                    -- would take)
+                    OR (d.object_type IN ('server', 'language')
                         AND d.object_identity ~ '^"?softguard_q[0-9]+_')
                     OR (d.object_type = 'user mapping'
                         AND d.object_identity ~ ' on server "?softguard_q[0-9]+_'))

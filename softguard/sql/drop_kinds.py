@@ -78,7 +78,7 @@ DROP_KINDS: dict[str, DropKind] = {
         "DROP FUNCTION", "reversible", "triggers, defaults, views; range types using it"
     ),
     "OBJECT_INDEX": DropKind("DROP INDEX", "reversible", "constraints using it"),
-    "OBJECT_LANGUAGE": DropKind("DROP LANGUAGE", "allowed", "routines in it (refused)"),
+    "OBJECT_LANGUAGE": DropKind("DROP LANGUAGE", "reversible", "routines in it (kept)"),
     "OBJECT_LARGEOBJECT": DropKind("CALL FUNCTION lo_unlink", "kept", "the large object's data"),
     "OBJECT_MATVIEW": DropKind("DROP MATERIALIZED VIEW", "reversible", "views using it"),
     "OBJECT_OPCLASS": DropKind("DROP OPERATOR CLASS", "allowed", "indexes using it"),

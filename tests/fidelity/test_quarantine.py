@@ -612,9 +612,20 @@ TIE_CASES: dict[str, tuple[list[str], list[str], str, str, str]] = {
         " WHERE f.ftrelid = (SELECT c.oid FROM pg_class c WHERE c.relname = 'ft'"
         " AND c.relnamespace::regnamespace::text ~ ('^(softguard_q[0-9]+_)?' || %(s)s || '_f$'))",
     ),
+    # a language (the same): a kept function is written in it
+    "language (function)": (
+        ["CREATE FUNCTION {s}.lf() RETURNS int LANGUAGE {s}_pl AS 'BEGIN RETURN 1; END'"],
+        ["DROP FUNCTION {s}.lf()"],
+        "DROP LANGUAGE {s}_pl",
+        "SELECT lanname::text FROM pg_language WHERE lanname = %(s)s || '_pl'",
+        "SELECT l.lanname::text, l.lanowner::regrole::text, l.lanacl::text FROM pg_proc p"
+        " JOIN pg_language l ON l.oid = p.prolang WHERE p.proname = 'lf'"
+        " AND p.pronamespace = %(s)s::regnamespace",
+    ),
 }
 # Cases whose kept users are not the table ct.
-NO_ROWS = {"text search dictionary", "function (of a kept operator)", "server (foreign table)"}
+NO_ROWS = {"text search dictionary", "function (of a kept operator)", "server (foreign table)",
+           "language (function)"}
 # Made by the superuser first (only a superuser creates operator classes and families).
 SUPER_SETUP = {
     "operator family (index)": [
@@ -631,6 +642,12 @@ SUPER_SETUP = {
         "CREATE SERVER {s}_srv FOREIGN DATA WRAPPER sg_w",
         "ALTER SERVER {s}_srv OWNER TO {owner}",
         "GRANT USAGE ON FOREIGN SERVER {s}_srv TO {reader}",
+    ],
+    # a language that is no extension's (plpgsql's handler, no validator)
+    "language (function)": [
+        "CREATE TRUSTED LANGUAGE {s}_pl HANDLER plpgsql_call_handler",
+        "ALTER LANGUAGE {s}_pl OWNER TO {owner}",
+        "GRANT USAGE ON LANGUAGE {s}_pl TO {reader}",
     ],
 }
 
