@@ -1624,9 +1624,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     UNION ALL
     SELECT NULL, s.srvacl, 'S' FROM pg_foreign_server s
      WHERE p_classid = 'pg_foreign_server'::regclass AND s.oid = p_objid
-    UNION ALL
+    UNION ALL   -- not an untrusted language's: only superusers use one, no GRANT there
     SELECT NULL, l.lanacl, 'l' FROM pg_language l
-     WHERE p_classid = 'pg_language'::regclass AND l.oid = p_objid
+     WHERE p_classid = 'pg_language'::regclass AND l.oid = p_objid AND l.lanpltrusted
 $$;
 REVOKE ALL ON FUNCTION softguard._acls(oid, oid) FROM PUBLIC;
 
