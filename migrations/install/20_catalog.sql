@@ -49,6 +49,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN 'pg_operator'::regclass THEN (SELECT oprowner FROM pg_operator WHERE oid = p_objid)
         WHEN 'pg_opfamily'::regclass THEN (SELECT opfowner FROM pg_opfamily WHERE oid = p_objid)
         WHEN 'pg_opclass'::regclass THEN (SELECT opcowner FROM pg_opclass WHERE oid = p_objid)
+        WHEN 'pg_foreign_server'::regclass
+            THEN (SELECT srvowner FROM pg_foreign_server WHERE oid = p_objid)
+        WHEN 'pg_language'::regclass THEN (SELECT lanowner FROM pg_language WHERE oid = p_objid)
     END
 $$;
 REVOKE ALL ON FUNCTION softguard._owner(oid, oid) FROM PUBLIC;
@@ -230,6 +233,13 @@ BEGIN
           FROM pg_opclass c JOIN pg_namespace n ON n.oid = c.opcnamespace
           JOIN pg_am a ON a.oid = c.opcmethod
          WHERE c.oid = p_objid;
+    ELSIF p_classid = 'pg_foreign_server'::regclass THEN
+        -- not in a schema (nsp NULL): kept by a rename only (_move, decision 0036)
+        SELECT 'SERVER', quote_ident(s.srvname), s.srvname, NULL::oid
+          INTO keyword, ident, name, nsp FROM pg_foreign_server s WHERE s.oid = p_objid;
+    ELSIF p_classid = 'pg_language'::regclass THEN   -- the same
+        SELECT 'LANGUAGE', quote_ident(l.lanname), l.lanname, NULL::oid
+          INTO keyword, ident, name, nsp FROM pg_language l WHERE l.oid = p_objid;
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard._kw(oid, oid) FROM PUBLIC;

@@ -177,11 +177,18 @@ BEGIN
             END IF;
         END IF;
         CONTINUE WHEN r.owned;                                   -- goes with its owner
+        -- a user mapping stays on its server, which is kept by a rename (_move)
+        CONTINUE WHEN r.object_type = 'user mapping'
+                  AND EXISTS (SELECT FROM pg_user_mapping um
+                                JOIN softguard._list(list) sv
+                                  ON sv.classid = 'pg_foreign_server'::regclass
+                                 AND sv.objid = um.umserver
+                               WHERE um.oid = r.objid);
         CASE
             WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
                                    'domain', 'collation', 'text search configuration',
                                    'text search dictionary', 'operator',
-                                   'operator family') THEN
+                                   'operator family', 'server', 'language') THEN
                 moves := moves || jsonb_build_array(to_jsonb(r));
             WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
                                    'policy', 'rule') THEN
@@ -866,6 +873,9 @@ REVOKE ALL ON FUNCTION softguard._drop_kept_column(oid, integer) FROM PUBLIC;
 -- of its own, softguard_q<id>_pg_<n> (`qname` of its step), which names the operation
 -- holding it as a DROP SCHEMA's renamed schemas do; no renamed schema can have that name
 -- (PostgreSQL reserves the prefix pg_ for schema names). Purge drops that schema.
+-- A foreign server or a language is in no schema: it is renamed softguard_q<id>_<name>,
+-- which names the operation holding it as a renamed schema's name does (_holder reads its
+-- identity, the bare name), and stays where it is; `schema` of its step is NULL.
 CREATE FUNCTION softguard._move(op_id bigint, n integer, p_classid oid, p_objid oid,
                                 p_original boolean)
 RETURNS jsonb
@@ -884,6 +894,9 @@ BEGIN
         -- what a non-superuser gives a role must be where that role may create (_disown)
         EXECUTE format('GRANT CREATE ON SCHEMA %I TO softguard_keeper', qn);
         EXECUTE format('ALTER OPERATOR %s SET SCHEMA %I', k.ident, qn);
+    ELSIF p_classid IN ('pg_foreign_server'::regclass, 'pg_language'::regclass) THEN
+        qn := softguard._qname(format('softguard_q%s_', op_id), k.name);
+        EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
     ELSE
         qn := softguard._qname(format('op%s_%s_', op_id, n), k.name);
         EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
@@ -899,6 +912,8 @@ BEGIN
             WHEN 'pg_operator'::regclass THEN 'operator'
             WHEN 'pg_opfamily'::regclass THEN 'operator family'
             WHEN 'pg_opclass'::regclass THEN 'operator class'
+            WHEN 'pg_foreign_server'::regclass THEN 'server'
+            WHEN 'pg_language'::regclass THEN 'language'
             ELSE 'statistics' END,
         'classid', p_classid, 'keyword', k.keyword, 'oid', p_objid,
         'schema', k.nsp::regnamespace::text, 'schema_oid', k.nsp, 'name', k.name, 'qname', qn,
@@ -992,6 +1007,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     UNION ALL
     SELECT NULL, n.nspacl, 'n' FROM pg_namespace n
      WHERE p_classid = 'pg_namespace'::regclass AND n.oid = p_objid
+    UNION ALL
+    SELECT NULL, s.srvacl, 'S' FROM pg_foreign_server s
+     WHERE p_classid = 'pg_foreign_server'::regclass AND s.oid = p_objid
+    UNION ALL   -- not an untrusted language's: only superusers use one, no GRANT there
+    SELECT NULL, l.lanacl, 'l' FROM pg_language l
+     WHERE p_classid = 'pg_language'::regclass AND l.oid = p_objid AND l.lanpltrusted
 $$;
 REVOKE ALL ON FUNCTION softguard._acls(oid, oid) FROM PUBLIC;
 
@@ -1111,6 +1132,7 @@ BEGIN
     grant_kw := CASE WHEN keyword IN ('TABLE', 'VIEW', 'MATERIALIZED VIEW', 'FOREIGN TABLE')
                      THEN 'TABLE'
                      WHEN keyword IN ('FUNCTION', 'PROCEDURE', 'AGGREGATE') THEN 'ROUTINE'
+                     WHEN keyword = 'SERVER' THEN 'FOREIGN SERVER'
                      ELSE keyword END;
     -- every grant, PUBLIC's default ones included (a NULL ACL is the owner's and PUBLIC's
     -- defaults: EXECUTE on routines, USAGE on types)
@@ -1198,7 +1220,11 @@ BEGIN
             -- Not views: LOCK TABLE on a view locks (and needs rights on) every relation
             -- it reads, system catalogs included, which DROP VIEW never does. The advisory
             -- lock serialises softguard's own DROPs; the move itself locks the view.
-            IF FOUND AND r.relkind IN ('r', 'p', 'f') THEN
+            -- Nor what an earlier operation keeps (a foreign table in a renamed schema that
+            -- a kept server's DROP lists): no role may use its schema, the DROP leaves it
+            -- where it is, and only undo and purge, which lock it, move it.
+            IF FOUND AND r.relkind IN ('r', 'p', 'f')
+               AND NOT softguard._is_quarantine_schema(r.nspname) THEN
                 BEGIN
                     EXECUTE format('LOCK TABLE ONLY %I.%I IN ACCESS EXCLUSIVE MODE',
                                    r.nspname, r.relname);

@@ -100,7 +100,8 @@ REVOKE ALL ON FUNCTION softguard._need_live(bigint, oid, oid, text, text) FROM P
 
 -- Is `name` free for a relation/type (or routine or operator with these argument types,
 -- operator class or family of this access method, statistics object, collation, text
--- search configuration or dictionary) in schema nsp?
+-- search configuration or dictionary) in schema nsp? A foreign server's name is the
+-- database's (nsp NULL).
 CREATE FUNCTION softguard._name_taken(p_class text, nsp oid, name text, p_objid oid)
 RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -130,6 +131,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             SELECT FROM pg_opclass c, pg_opclass me
              WHERE me.oid = p_objid AND c.opcnamespace = nsp AND c.opcname = name
                AND c.opcmethod = me.opcmethod AND c.oid <> p_objid)
+        WHEN 'server' THEN EXISTS (
+            SELECT FROM pg_foreign_server s WHERE s.srvname = name AND s.oid <> p_objid)
+        WHEN 'language' THEN EXISTS (
+            SELECT FROM pg_language l WHERE l.lanname = name AND l.oid <> p_objid)
         ELSE EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
           OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name)
     END
@@ -364,6 +369,10 @@ BEGIN
         UPDATE pg_type SET typacl = was WHERE oid = obj;
     ELSIF cls = 'pg_namespace'::regclass THEN
         UPDATE pg_namespace SET nspacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_foreign_server'::regclass THEN
+        UPDATE pg_foreign_server SET srvacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_language'::regclass THEN
+        UPDATE pg_language SET lanacl = was WHERE oid = obj;
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION softguard._exact_acl(oid, oid, name, aclitem[], aclitem[], "char") FROM PUBLIC;
@@ -602,6 +611,33 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._undo_remake(bigint, jsonb) FROM PUBLIC;
 
 -- Undo one operation (no cascade); returns what it restored.
+-- Give a kept foreign server or language its name back (30_drop.sql _move: renamed
+-- softguard_q<id>_<name>, in no schema). `now_name` is its current name (NULL: gone).
+CREATE FUNCTION softguard._undo_rename_global(op bigint, s jsonb, now_name text,
+                                              rename_to text)
+RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target text := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                        THEN rename_to ELSE s->>'name' END;
+BEGIN
+    IF now_name IS DISTINCT FROM s->>'qname' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: %s %s is no longer kept as %s',
+                             op, s->>'class', s->>'name', s->>'qname');
+    END IF;
+    IF softguard._name_taken(s->>'class', NULL, target, (s->>'oid')::oid) THEN
+        RAISE EXCEPTION USING ERRCODE = '42710',
+            MESSAGE = format('cannot undo operation %s: %s %I already exists (created '
+                             'after the DROP)', op, s->>'class', target),
+            HINT = 'use --rename-to NEW_NAME';
+    END IF;
+    EXECUTE format('ALTER %s %I RENAME TO %I', s->>'keyword', now_name, target);
+    RETURN ARRAY[softguard._step(op, 'restored', quote_ident(target),
+                                 format('restored %s %I', s->>'class', target))];
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_rename_global(bigint, jsonb, text, text) FROM PUBLIC;
+
 CREATE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -655,6 +691,10 @@ BEGIN
         CASE s->>'step'
         WHEN 'move' THEN
             k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+            IF s->>'class' IN ('server', 'language') THEN  -- in no schema: a rename only
+                lines := lines || softguard._undo_rename_global(op, s, k.name, rename_to);
+                CONTINUE;
+            END IF;
             -- an operator is kept under its name in a schema of its own (_move)
             IF k.keyword IS NULL
                OR (s->>'class' = 'operator'

@@ -36,7 +36,8 @@
 -- text search configurations and dictionaries, operator families (their classes go with
 -- them) named op<id>_<n>_<name> in softguard_quarantine, and its renamed schemas
 -- softguard_q<id>_<name> (an operator's schema softguard_q<id>_pg_<n> among them: the
--- operator goes with it).
+-- operator goes with it), and its foreign servers and languages renamed
+-- softguard_q<id>_<name>.
 -- Indexes, toast tables, row types and owned sequences are left out: they go with their
 -- owner. `ident` is what a DROP statement names; `keyword` its object type.
 CREATE FUNCTION softguard._held_objects(op bigint)
@@ -99,6 +100,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM pg_opfamily f JOIN pg_am a ON a.oid = f.opfmethod
      WHERE f.opfnamespace = 'softguard_quarantine'::regnamespace
        AND f.opfname ~ ('^op' || op || '_')
+    UNION ALL   -- a foreign server, renamed in place (_move); its user mappings go with it
+    SELECT 'pg_foreign_server'::regclass::oid, s.oid, 'SERVER', quote_ident(s.srvname)
+      FROM pg_foreign_server s
+     WHERE s.srvname ~ ('^softguard_q' || op || '_')
+    UNION ALL   -- a language, renamed in place (_move)
+    SELECT 'pg_language'::regclass::oid, l.oid, 'LANGUAGE', quote_ident(l.lanname)
+      FROM pg_language l
+     WHERE l.lanname ~ ('^softguard_q' || op || '_')
     UNION ALL
     SELECT 'pg_namespace'::regclass::oid, n.oid, 'SCHEMA', quote_ident(n.nspname)
       FROM pg_namespace n
@@ -206,9 +215,10 @@ BEGIN
         -- 1. Lock what it holds (in oid order), waiting at most lock_timeout. Not views:
         --    LOCK TABLE on a view locks every table it reads, with the rights of the view's
         --    owner, softguard_keeper, which has none (decision 0027); nothing can use a
-        --    kept view meanwhile anyway.
+        --    kept view meanwhile anyway. Nor foreign tables: PostgreSQL cannot lock one
+        --    (0A000 / 42809), and no role may reach a kept one either.
         FOR r IN SELECT h.relid FROM softguard.held_relations(op) h
-                  WHERE h.relkind IN ('r', 'p', 'f') ORDER BY h.relid LOOP
+                  WHERE h.relkind IN ('r', 'p') ORDER BY h.relid LOOP
             EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', r.relid::regclass);
         END LOOP;
 

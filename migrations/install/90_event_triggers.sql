@@ -40,7 +40,14 @@ BEGIN
                     OR d.schema_name ~ '^softguard_q[0-9]+_'
                     OR (d.object_type = 'schema'
                         AND (d.object_name IN ('softguard', 'softguard_quarantine')
-                             OR d.object_name ~ '^softguard_q[0-9]+_')))
+                             OR d.object_name ~ '^softguard_q[0-9]+_'))
+                    -- a kept foreign server or language is in no schema: its name says
+                    -- it is kept (and its user mappings', which DROP OWNED BY their user
+                    -- would take)
+                    OR (d.object_type IN ('server', 'language')
+                        AND d.object_identity ~ '^"?softguard_q[0-9]+_')
+                    OR (d.object_type = 'user mapping'
+                        AND d.object_identity ~ ' on server "?softguard_q[0-9]+_'))
              LIMIT 1;
             IF victim IS NOT NULL THEN
                 RAISE EXCEPTION USING ERRCODE = '42501',

@@ -11,6 +11,10 @@
 -- schema (_name_taken, _undo_one), purge drops the schema. Undo refuses (55006) to give back
 -- an object whose constraints, indexes or rules use what a later operation holds.
 --
+-- Version 12 (section langsrv, decision 0036 since then): DROP SERVER and DROP LANGUAGE are
+-- reversible, the object renamed softguard_q<id>_<name> in place (_kw, _owner, _move, _acls,
+-- _disown, _held_objects, _undo_rename_global, the sql_drop guard); purge locks no foreign table.
+--
 DO $$
 DECLARE
     e record;
@@ -295,11 +299,18 @@ BEGIN
             END IF;
         END IF;
         CONTINUE WHEN r.owned;                                   -- goes with its owner
+        -- a user mapping stays on its server, which is kept by a rename (_move)
+        CONTINUE WHEN r.object_type = 'user mapping'
+                  AND EXISTS (SELECT FROM pg_user_mapping um
+                                JOIN softguard._list(list) sv
+                                  ON sv.classid = 'pg_foreign_server'::regclass
+                                 AND sv.objid = um.umserver
+                               WHERE um.oid = r.objid);
         CASE
             WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
                                    'domain', 'collation', 'text search configuration',
                                    'text search dictionary', 'operator',
-                                   'operator family') THEN
+                                   'operator family', 'server', 'language') THEN
                 moves := moves || jsonb_build_array(to_jsonb(r));
             WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
                                    'policy', 'rule') THEN
@@ -768,6 +779,10 @@ BEGIN
         CASE s->>'step'
         WHEN 'move' THEN
             k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+            IF s->>'class' IN ('server', 'language') THEN  -- in no schema: a rename only
+                lines := lines || softguard._undo_rename_global(op, s, k.name, rename_to);
+                CONTINUE;
+            END IF;
             -- an operator is kept under its name in a schema of its own (_move)
             IF k.keyword IS NULL
                OR (s->>'class' = 'operator'
@@ -1284,6 +1299,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN 'pg_operator'::regclass THEN (SELECT oprowner FROM pg_operator WHERE oid = p_objid)
         WHEN 'pg_opfamily'::regclass THEN (SELECT opfowner FROM pg_opfamily WHERE oid = p_objid)
         WHEN 'pg_opclass'::regclass THEN (SELECT opcowner FROM pg_opclass WHERE oid = p_objid)
+        WHEN 'pg_foreign_server'::regclass
+            THEN (SELECT srvowner FROM pg_foreign_server WHERE oid = p_objid)
+        WHEN 'pg_language'::regclass THEN (SELECT lanowner FROM pg_language WHERE oid = p_objid)
     END
 $$;
 
@@ -1347,6 +1365,13 @@ BEGIN
           FROM pg_opclass c JOIN pg_namespace n ON n.oid = c.opcnamespace
           JOIN pg_am a ON a.oid = c.opcmethod
          WHERE c.oid = p_objid;
+    ELSIF p_classid = 'pg_foreign_server'::regclass THEN
+        -- not in a schema (nsp NULL): kept by a rename only (_move, decision 0036)
+        SELECT 'SERVER', quote_ident(s.srvname), s.srvname, NULL::oid
+          INTO keyword, ident, name, nsp FROM pg_foreign_server s WHERE s.oid = p_objid;
+    ELSIF p_classid = 'pg_language'::regclass THEN   -- the same
+        SELECT 'LANGUAGE', quote_ident(l.lanname), l.lanname, NULL::oid
+          INTO keyword, ident, name, nsp FROM pg_language l WHERE l.oid = p_objid;
     END IF;
 END $$;
 
@@ -1370,6 +1395,9 @@ BEGIN
         -- what a non-superuser gives a role must be where that role may create (_disown)
         EXECUTE format('GRANT CREATE ON SCHEMA %I TO softguard_keeper', qn);
         EXECUTE format('ALTER OPERATOR %s SET SCHEMA %I', k.ident, qn);
+    ELSIF p_classid IN ('pg_foreign_server'::regclass, 'pg_language'::regclass) THEN
+        qn := softguard._qname(format('softguard_q%s_', op_id), k.name);
+        EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
     ELSE
         qn := softguard._qname(format('op%s_%s_', op_id, n), k.name);
         EXECUTE format('ALTER %s %s RENAME TO %I', k.keyword, k.ident, qn);
@@ -1385,6 +1413,8 @@ BEGIN
             WHEN 'pg_operator'::regclass THEN 'operator'
             WHEN 'pg_opfamily'::regclass THEN 'operator family'
             WHEN 'pg_opclass'::regclass THEN 'operator class'
+            WHEN 'pg_foreign_server'::regclass THEN 'server'
+            WHEN 'pg_language'::regclass THEN 'language'
             ELSE 'statistics' END,
         'classid', p_classid, 'keyword', k.keyword, 'oid', p_objid,
         'schema', k.nsp::regnamespace::text, 'schema_oid', k.nsp, 'name', k.name, 'qname', qn,
@@ -1420,6 +1450,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             SELECT FROM pg_opclass c, pg_opclass me
              WHERE me.oid = p_objid AND c.opcnamespace = nsp AND c.opcname = name
                AND c.opcmethod = me.opcmethod AND c.oid <> p_objid)
+        WHEN 'server' THEN EXISTS (
+            SELECT FROM pg_foreign_server s WHERE s.srvname = name AND s.oid <> p_objid)
+        WHEN 'language' THEN EXISTS (
+            SELECT FROM pg_language l WHERE l.lanname = name AND l.oid <> p_objid)
         ELSE EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
           OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name)
     END
@@ -1553,6 +1587,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM pg_opfamily f JOIN pg_am a ON a.oid = f.opfmethod
      WHERE f.opfnamespace = 'softguard_quarantine'::regnamespace
        AND f.opfname ~ ('^op' || op || '_')
+    UNION ALL   -- a foreign server, renamed in place (_move); its user mappings go with it
+    SELECT 'pg_foreign_server'::regclass::oid, s.oid, 'SERVER', quote_ident(s.srvname)
+      FROM pg_foreign_server s
+     WHERE s.srvname ~ ('^softguard_q' || op || '_')
+    UNION ALL   -- a language, renamed in place (_move)
+    SELECT 'pg_language'::regclass::oid, l.oid, 'LANGUAGE', quote_ident(l.lanname)
+      FROM pg_language l
+     WHERE l.lanname ~ ('^softguard_q' || op || '_')
     UNION ALL
     SELECT 'pg_namespace'::regclass::oid, n.oid, 'SCHEMA', quote_ident(n.nspname)
       FROM pg_namespace n
@@ -1560,6 +1602,400 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- end section: ties ---------------------------------------------------------------
+
+-- section: langsrv ------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION softguard._acls(p_classid oid, p_objid oid)
+RETURNS TABLE (col name, acl aclitem[], kind "char")
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NULL::name, c.relacl, CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char"
+      FROM pg_class c WHERE p_classid = 'pg_class'::regclass AND c.oid = p_objid
+    UNION ALL
+    SELECT t.attname, t.attacl, 'c' FROM pg_attribute t
+     WHERE p_classid = 'pg_class'::regclass AND t.attrelid = p_objid AND t.attnum > 0
+       AND NOT t.attisdropped AND t.attacl IS NOT NULL
+    UNION ALL
+    SELECT NULL, p.proacl, 'f' FROM pg_proc p WHERE p_classid = 'pg_proc'::regclass AND p.oid = p_objid
+    UNION ALL
+    SELECT NULL, t.typacl, 'T' FROM pg_type t WHERE p_classid = 'pg_type'::regclass AND t.oid = p_objid
+    UNION ALL
+    SELECT NULL, n.nspacl, 'n' FROM pg_namespace n
+     WHERE p_classid = 'pg_namespace'::regclass AND n.oid = p_objid
+    UNION ALL
+    SELECT NULL, s.srvacl, 'S' FROM pg_foreign_server s
+     WHERE p_classid = 'pg_foreign_server'::regclass AND s.oid = p_objid
+    UNION ALL   -- not an untrusted language's: only superusers use one, no GRANT there
+    SELECT NULL, l.lanacl, 'l' FROM pg_language l
+     WHERE p_classid = 'pg_language'::regclass AND l.oid = p_objid AND l.lanpltrusted
+$$;
+REVOKE ALL ON FUNCTION softguard._acls(oid, oid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._disown(p_classid oid, p_objid oid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    own oid := coalesce(softguard._owner(p_classid, p_objid),
+                        softguard._catalog_owner(p_classid, p_objid));
+    keeper oid := to_regrole('softguard_keeper');
+    keyword text;
+    ident text;
+    grant_kw text;
+    acl jsonb;
+    exact jsonb;            -- each ACL as it was ('' the object's, else a column's)
+    grantees text;
+    follows boolean;
+    linked oid;
+    ties jsonb;             -- policies' roles, default privileges (_untie)
+    steps jsonb := '[]';
+BEGIN
+    IF p_classid = 'pg_namespace'::regclass THEN
+        SELECT 'SCHEMA', quote_ident(n.nspname) INTO keyword, ident
+          FROM pg_namespace n WHERE n.oid = p_objid;
+    ELSE
+        SELECT k.keyword, k.ident INTO keyword, ident FROM softguard._kw(p_classid, p_objid) k;
+    END IF;
+    IF keyword IS NULL THEN  -- an operator, a collation, ...: ALTER <its type> <identity>
+        SELECT upper(i.type), i.identity INTO keyword, ident
+          FROM pg_identify_object(p_classid, p_objid, 0) i;
+    END IF;
+    IF own IS NULL OR keeper IS NULL OR keyword IS NULL OR keyword = 'INDEX'
+       OR NOT pg_has_role(current_user, own, 'MEMBER')
+       -- an array type, a relation's row type, a multirange: privileges and owner follow
+       -- the element type, the relation, the range
+       OR (p_classid = 'pg_type'::regclass AND EXISTS (
+               SELECT FROM pg_type t WHERE t.oid = p_objid
+                  AND (t.typtype = 'm'
+                       OR t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc
+                       OR t.typrelid <> 0 AND (SELECT c.relkind FROM pg_class c
+                                                WHERE c.oid = t.typrelid) <> 'c'))) THEN
+        RETURN steps;
+    END IF;
+    -- a sequence linked to a table, a range's constructor: their owner follows (not a
+    -- statistics object's, nor an operator class's, though they depend on a table or a
+    -- family: ALTER TABLE / OPERATOR FAMILY ... OWNER leaves them to their owner)
+    follows := (p_classid = 'pg_class'::regclass AND EXISTS (
+                    SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
+                       AND d.deptype IN ('a', 'i') AND d.refclassid <> 'pg_type'::regclass))
+               OR (p_classid = 'pg_proc'::regclass AND EXISTS (
+                       SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
+                          AND d.deptype = 'i'));
+    grant_kw := CASE WHEN keyword IN ('TABLE', 'VIEW', 'MATERIALIZED VIEW', 'FOREIGN TABLE')
+                     THEN 'TABLE'
+                     WHEN keyword IN ('FUNCTION', 'PROCEDURE', 'AGGREGATE') THEN 'ROUTINE'
+                     WHEN keyword = 'SERVER' THEN 'FOREIGN SERVER'
+                     ELSE keyword END;
+    -- every grant, PUBLIC's default ones included (a NULL ACL is the owner's and PUBLIC's
+    -- defaults: EXECUTE on routines, USAGE on types)
+    SELECT jsonb_object_agg(coalesce(g.col, ''), g.acl::text),
+           coalesce(jsonb_agg(jsonb_build_object(
+               'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+               'grantee_oid', a.grantee, 'privilege', a.privilege_type,
+               'grantable', a.is_grantable, 'column', g.col)
+               ORDER BY g.col NULLS FIRST, a.grantee, a.privilege_type)
+               FILTER (WHERE a.grantee IS DISTINCT FROM own AND a.grantee IS NOT NULL), '[]')
+      INTO exact, acl
+      FROM softguard._acls(p_classid, p_objid) g
+      LEFT JOIN LATERAL aclexplode(coalesce(g.acl, CASE WHEN g.col IS NULL
+                                                THEN acldefault(g.kind, own) END)) a ON true;
+    SELECT string_agg(DISTINCT CASE WHEN e->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                                    ELSE (e->>'grantee_oid')::oid::regrole::text END, ', ')
+      INTO grantees FROM jsonb_array_elements(acl) e;
+    IF grantees IS NOT NULL THEN  -- on a table also every column privilege of theirs
+        EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', grant_kw, ident, grantees);
+    END IF;
+    IF NOT follows AND own <> keeper THEN
+        EXECUTE format('ALTER %s %s OWNER TO softguard_keeper', keyword, ident);
+    END IF;
+    ties := softguard._untie(p_classid, p_objid, ident);
+    IF grantees IS NOT NULL OR (NOT follows AND own <> keeper) OR ties <> '{}' THEN
+        steps := jsonb_build_array(jsonb_build_object(
+            'step', 'owner', 'classid', p_classid, 'oid', p_objid, 'keyword', keyword,
+            'grant_keyword', grant_kw, 'identity', ident, 'owner', own::regrole::text,
+            'owner_oid', own, 'owner_changed', NOT follows AND own <> keeper, 'acl', acl,
+            'exact', exact) || ties);
+    END IF;
+    IF p_classid = 'pg_class'::regclass THEN
+        FOR linked IN SELECT d.objid FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+                       WHERE d.classid = 'pg_class'::regclass AND d.refobjid = p_objid
+                         AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+                         AND c.relkind = 'S' ORDER BY 1 LOOP
+            steps := steps || softguard._disown('pg_class'::regclass, linked);
+        END LOOP;
+    END IF;
+    -- a range's multirange: ALTER TYPE of the range gives it along only on some
+    -- PostgreSQL versions (not 15); where it stayed with the owner, give it on its own
+    FOR linked IN SELECT rg.rngmultitypid FROM pg_range rg
+                    JOIN pg_type m ON m.oid = rg.rngmultitypid
+                   WHERE p_classid = 'pg_type'::regclass AND rg.rngtypid = p_objid
+                     AND m.typowner <> keeper AND m.typowner = own AND NOT follows LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO softguard_keeper', linked::regtype);
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'owner', 'classid', p_classid, 'oid', linked, 'keyword', 'TYPE',
+            'grant_keyword', 'TYPE', 'identity', linked::regtype::text,
+            'owner', own::regrole::text, 'owner_oid', own, 'owner_changed', true,
+            'acl', '[]'::jsonb));
+    END LOOP;
+    RETURN steps;
+END $$;
+REVOKE ALL ON FUNCTION softguard._disown(oid, oid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._exact_acl(cls oid, obj oid, col name, was aclitem[], now aclitem[],
+                                     kind "char") RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    want aclitem[] := coalesce(was, acldefault(kind, softguard._owner(cls, obj)));
+BEGIN
+    IF NOT (now @> want AND want @> now) THEN
+        RETURN;
+    END IF;
+    IF col IS NOT NULL THEN
+        UPDATE pg_attribute SET attacl = was WHERE attrelid = obj AND attname = col;
+    ELSIF cls = 'pg_class'::regclass THEN
+        UPDATE pg_class SET relacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_proc'::regclass THEN
+        UPDATE pg_proc SET proacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_type'::regclass THEN
+        UPDATE pg_type SET typacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_namespace'::regclass THEN
+        UPDATE pg_namespace SET nspacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_foreign_server'::regclass THEN
+        UPDATE pg_foreign_server SET srvacl = was WHERE oid = obj;
+    ELSIF cls = 'pg_language'::regclass THEN
+        UPDATE pg_language SET lanacl = was WHERE oid = obj;
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION softguard._exact_acl(oid, oid, name, aclitem[], aclitem[], "char") FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._lock_listed(list jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e jsonb;
+    r record;
+BEGIN
+    FOR e IN SELECT x FROM jsonb_array_elements(list) x
+             ORDER BY (x->>'classid')::oid, (x->>'objid')::oid LOOP
+        PERFORM pg_advisory_xact_lock(((e->>'classid')::oid::bigint << 32)
+                                      | (e->>'objid')::oid::bigint);
+        IF (e->>'classid')::oid = 'pg_class'::regclass AND (e->>'objsubid')::int = 0 THEN
+            SELECT n.nspname, c.relname, c.relkind INTO r
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = (e->>'objid')::oid;
+            -- Not views: LOCK TABLE on a view locks (and needs rights on) every relation
+            -- it reads, system catalogs included, which DROP VIEW never does. The advisory
+            -- lock serialises softguard's own DROPs; the move itself locks the view.
+            -- Nor what an earlier operation keeps (a foreign table in a renamed schema that
+            -- a kept server's DROP lists): no role may use its schema, the DROP leaves it
+            -- where it is, and only undo and purge, which lock it, move it.
+            IF FOUND AND r.relkind IN ('r', 'p', 'f')
+               AND NOT softguard._is_quarantine_schema(r.nspname) THEN
+                BEGIN
+                    EXECUTE format('LOCK TABLE ONLY %I.%I IN ACCESS EXCLUSIVE MODE',
+                                   r.nspname, r.relname);
+                EXCEPTION WHEN undefined_table OR wrong_object_type THEN
+                    NULL;
+                END;
+            END IF;
+        END IF;
+    END LOOP;
+END $$;
+GRANT EXECUTE ON FUNCTION softguard._lock_listed(jsonb) TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._undo_rename_global(op bigint, s jsonb, now_name text,
+                                              rename_to text)
+RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target text := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                        THEN rename_to ELSE s->>'name' END;
+BEGIN
+    IF now_name IS DISTINCT FROM s->>'qname' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: %s %s is no longer kept as %s',
+                             op, s->>'class', s->>'name', s->>'qname');
+    END IF;
+    IF softguard._name_taken(s->>'class', NULL, target, (s->>'oid')::oid) THEN
+        RAISE EXCEPTION USING ERRCODE = '42710',
+            MESSAGE = format('cannot undo operation %s: %s %I already exists (created '
+                             'after the DROP)', op, s->>'class', target),
+            HINT = 'use --rename-to NEW_NAME';
+    END IF;
+    EXECUTE format('ALTER %s %I RENAME TO %I', s->>'keyword', now_name, target);
+    RETURN ARRAY[softguard._step(op, 'restored', quote_ident(target),
+                                 format('restored %s %I', s->>'class', target))];
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_rename_global(bigint, jsonb, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard.purge_op(op bigint, archive text DEFAULT NULL,
+                                   lock_timeout text DEFAULT '2s',
+                                   inline_rows bigint DEFAULT 10000)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    r record;
+    stmt text;
+    list jsonb;
+    bad record;
+    held_by bigint;
+    n_objects integer := 0;
+    n_rows bigint;
+    n_typed bigint := 0;
+    released text;
+    mine boolean;
+BEGIN
+    PERFORM set_config('lock_timeout', coalesce(lock_timeout, '2s'), true);
+    mine := softguard._maintenance_begin();
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('softguard: operation %s does not exist', op);
+    END IF;
+    IF o.state = 'purged' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s was already purged (at %s by %s)', op,
+                             to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+    END IF;
+
+    IF o.state = 'active' AND o.kind <> 'UNDO' THEN
+        -- 1. Lock what it holds (in oid order), waiting at most lock_timeout. Not views:
+        --    LOCK TABLE on a view locks every table it reads, with the rights of the view's
+        --    owner, softguard_keeper, which has none (decision 0027); nothing can use a
+        --    kept view meanwhile anyway. Nor foreign tables: PostgreSQL cannot lock one
+        --    (0A000 / 42809), and no role may reach a kept one either.
+        FOR r IN SELECT h.relid FROM softguard.held_relations(op) h
+                  WHERE h.relkind IN ('r', 'p') ORDER BY h.relid LOOP
+            EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', r.relid::regclass);
+        END LOOP;
+
+        -- 2. Drop each object (schemas last); each DROP ... CASCADE is probed first: it
+        --    must take nothing but what this operation holds.
+        FOR r IN SELECT h.* FROM softguard._held_objects(op) h
+                  ORDER BY (h.classid = 'pg_namespace'::regclass), h.classid, h.objid LOOP
+            IF r.classid = 'pg_namespace'::regclass THEN
+                CONTINUE WHEN NOT EXISTS (SELECT FROM pg_namespace n WHERE n.oid = r.objid);
+            ELSE
+                CONTINUE WHEN (pg_identify_object(r.classid, r.objid, 0)).identity IS NULL;
+            END IF;
+            stmt := format('DROP %s %s CASCADE', r.keyword, r.ident);
+            list := softguard._probe(stmt);
+            SELECT x->>'object_type' AS type, x->>'object_identity' AS identity,
+                   softguard._holder((x->>'classid')::oid, (x->>'objid')::oid,
+                                     (x->>'objsubid')::integer) AS holder
+              INTO bad
+              FROM jsonb_array_elements(list) x
+             WHERE (x->>'normal')::boolean AND NOT (x->>'original')::boolean
+               AND softguard._holder((x->>'classid')::oid, (x->>'objid')::oid,
+                                     (x->>'objsubid')::integer) IS DISTINCT FROM op
+             LIMIT 1;
+            IF FOUND THEN
+                held_by := bad.holder;
+                IF held_by IS NOT NULL THEN
+                    RAISE EXCEPTION USING ERRCODE = '55006',
+                        MESSAGE = format('cannot purge operation %s: dropping %s %s would also '
+                                         'remove %s %s, held by operation %s',
+                                         op, lower(r.keyword), r.ident, bad.type, bad.identity,
+                                         held_by),
+                        HINT = format('Purge operation %s first (or undo it).', held_by);
+                END IF;
+                RAISE EXCEPTION USING ERRCODE = '55006',
+                    MESSAGE = format('cannot purge operation %s: dropping %s %s would also '
+                                     'remove %s %s, which is not in quarantine',
+                                     op, lower(r.keyword), r.ident, bad.type, bad.identity),
+                    HINT = 'Something was made to depend on a quarantined object: remove that '
+                           'dependency first.';
+            END IF;
+            EXECUTE stmt;
+            n_objects := n_objects + 1;
+        END LOOP;
+    END IF;
+
+    -- 3. Captured rows: typed captures' tables dropped (decision 0030: no other capture's
+    --    rows read); the others released, deleted now when few.
+    FOR r IN SELECT c.id, c.n_rows FROM softguard.captures c
+              WHERE c.op_id = op AND c.info @> '{"typed": true}' AND c.released_at IS NULL
+              ORDER BY c.id LOOP
+        EXECUTE format('DROP TABLE IF EXISTS %s', softguard._typed_name(r.id));
+        n_typed := n_typed + r.n_rows;
+    END LOOP;
+    UPDATE softguard.captures c SET released_at = now()
+     WHERE c.op_id = op AND c.released_at IS NULL;
+    SELECT coalesce(sum(c.n_rows), 0) INTO n_rows FROM softguard.captures c
+     WHERE c.op_id = op AND NOT coalesce(c.info @> '{"typed": true}', false);
+    IF n_rows <= inline_rows THEN
+        DELETE FROM softguard.captured_rows cr
+         WHERE cr.capture_id = ANY (ARRAY(SELECT c.id FROM softguard.captures c
+                                           WHERE c.op_id = op));
+        DELETE FROM softguard.captures c WHERE c.op_id = op;
+        released := format('%s captured rows deleted', n_rows + n_typed);
+    ELSE
+        released := format('%s captured rows released (deleted in batches)', n_rows)
+                    || CASE WHEN n_typed > 0 THEN format(', %s dropped', n_typed) ELSE '' END;
+    END IF;
+
+    IF o.state <> 'active' OR o.kind = 'UNDO' THEN
+        PERFORM softguard._maintenance_end(mine);
+        RETURN format('operation %s: %s, nothing in quarantine; %s', op,
+                      CASE WHEN o.kind = 'UNDO' THEN 'the record of an undo'
+                           ELSE format('undone at %s', to_char(o.undone_at, 'YYYY-MM-DD HH24:MI:SS'))
+                      END, released);
+    END IF;
+    UPDATE softguard.operations
+       SET state = 'purged', purged_at = now(), purged_by = session_user, purge_archive = archive
+     WHERE id = op;
+    PERFORM softguard._maintenance_end(mine);
+    RETURN format('operation %s: purged (%s objects dropped, %s)', op, n_objects, released);
+END $$;
+REVOKE ALL ON FUNCTION softguard.purge_op(bigint, text, text, bigint) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._capture_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    detail text;
+    victim text;
+BEGIN
+    IF current_setting('softguard.probe', true) IS DISTINCT FROM 'on' THEN
+        -- Backstop: SQL softguard cannot see (a DO block, a function, a direct session)
+        -- must not destroy the ledger or what is in quarantine. Only softguard's own
+        -- maintenance (purge) marks its transaction (softguard.maintenance).
+        IF NOT softguard._in_maintenance() THEN
+            SELECT d.object_identity INTO victim
+              FROM pg_event_trigger_dropped_objects() d
+             WHERE NOT d.is_temporary
+               AND (d.schema_name IN ('softguard', 'softguard_quarantine')
+                    OR d.schema_name ~ '^softguard_q[0-9]+_'
+                    OR (d.object_type = 'schema'
+                        AND (d.object_name IN ('softguard', 'softguard_quarantine')
+                             OR d.object_name ~ '^softguard_q[0-9]+_'))
+                    -- a kept foreign server or language is in no schema: its name says
+                    -- it is kept (and its user mappings', which DROP OWNED BY their user
+                    -- would take)
+                    OR (d.object_type IN ('server', 'language')
+                        AND d.object_identity ~ '^"?softguard_q[0-9]+_')
+                    OR (d.object_type = 'user mapping'
+                        AND d.object_identity ~ ' on server "?softguard_q[0-9]+_'))
+             LIMIT 1;
+            IF victim IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '42501',
+                    MESSAGE = format('softguard: %s belongs to softguard''s ledger or '
+                                     'quarantine and cannot be dropped', victim),
+                    HINT = 'Quarantined objects leave through softguard undo or softguard purge.';
+            END IF;
+        END IF;
+        PERFORM softguard._backstop_drop();
+        RETURN;
+    END IF;
+    SELECT coalesce(json_agg(json_build_object(
+               'classid', d.classid, 'objid', d.objid, 'objsubid', d.objsubid,
+               'original', d.original, 'normal', d.normal, 'is_temporary', d.is_temporary,
+               'object_type', d.object_type, 'schema_name', d.schema_name,
+               'object_name', d.object_name, 'object_identity', d.object_identity,
+               'address_names', d.address_names, 'address_args', d.address_args)), '[]')::text
+      INTO detail
+      FROM pg_event_trigger_dropped_objects() d;
+    RAISE EXCEPTION USING ERRCODE = 'SGPRB', MESSAGE = 'softguard probe', DETAIL = detail;
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_sql_drop() FROM PUBLIC;
+
+-- end section: langsrv --------------------------------------------------------------
 
 DO $$
 DECLARE

@@ -71,14 +71,14 @@ DROP_KINDS: dict[str, DropKind] = {
         "DROP FOREIGN DATA WRAPPER", "allowed", "servers, foreign tables (rows stay remote)"
     ),
     "OBJECT_FOREIGN_SERVER": DropKind(
-        "DROP SERVER", "allowed", "user mappings, foreign tables (rows stay remote)"
+        "DROP SERVER", "reversible", "user mappings (kept on it), foreign tables (kept)"
     ),
     "OBJECT_FOREIGN_TABLE": DropKind("DROP FOREIGN TABLE", "allowed", "views using it"),
     "OBJECT_FUNCTION": DropKind(
         "DROP FUNCTION", "reversible", "triggers, defaults, views; range types using it"
     ),
     "OBJECT_INDEX": DropKind("DROP INDEX", "reversible", "constraints using it"),
-    "OBJECT_LANGUAGE": DropKind("DROP LANGUAGE", "allowed", "routines in it (refused)"),
+    "OBJECT_LANGUAGE": DropKind("DROP LANGUAGE", "reversible", "routines in it (kept)"),
     "OBJECT_LARGEOBJECT": DropKind("CALL FUNCTION lo_unlink", "kept", "the large object's data"),
     "OBJECT_MATVIEW": DropKind("DROP MATERIALIZED VIEW", "reversible", "views using it"),
     "OBJECT_OPCLASS": DropKind("DROP OPERATOR CLASS", "allowed", "indexes using it"),

@@ -154,7 +154,8 @@ CASES: dict[str, tuple[list[str], str, str, str]] = {
         "super",
         "refused",
     ),
-    "server_cascade_foreign_table": (FDW, "DROP SERVER faraway CASCADE", "super", "runs"),
+    # kept since ledger 12 (decision 0036, since then): the foreign table with it
+    "server_cascade_foreign_table": (FDW, "DROP SERVER faraway CASCADE", "super", "kept"),
     "fdw_cascade_foreign_table": (
         FDW,
         "DROP FOREIGN DATA WRAPPER nowhere CASCADE",
@@ -169,7 +170,7 @@ CASES: dict[str, tuple[list[str], str, str, str]] = {
     ),
     # expressions depend on the cast's function, not on the cast: nothing goes with it
     "cast_cascade": (CAST, "DROP CAST (temp_c AS temp_f) CASCADE", "owner,super", "runs"),
-    "language_cascade_function": (LANGUAGE, "DROP LANGUAGE plmine CASCADE", "super", "refused"),
+    "language_cascade_function": (LANGUAGE, "DROP LANGUAGE plmine CASCADE", "super", "kept"),
     "domain_cascade": (
         [
             "CREATE DOMAIN posint AS int CHECK (VALUE > 0)",

@@ -267,7 +267,8 @@ def test_dropped_columns_keep_a_dropped_collation_without_softguard(
 
 def test_the_check_knows_every_catalog_with_an_owner(pg_server: TestServer) -> None:
     """Every catalog of this server whose rows have an owner (a database's, not shared)
-    is in the check's list, so that a kind a later PostgreSQL adds is checked too."""
+    is in the check's list, so that a kind a later PostgreSQL adds is checked too. A user
+    mapping's user is recorded as its owner (pg_shdepend 'o')."""
     with psycopg.connect(pg_server.superuser_dsn()) as c:
         found = {
             str(r[0])
@@ -276,7 +277,7 @@ def test_the_check_knows_every_catalog_with_an_owner(pg_server: TestServer) -> N
                 " WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r'"
                 " AND NOT c.relisshared AND EXISTS (SELECT FROM pg_attribute a"
                 "   WHERE a.attrelid = c.oid AND a.attnum > 0"
-                "     AND (a.attname LIKE '%owner' OR a.attname = 'defaclrole'))"
+                "     AND (a.attname LIKE '%owner' OR a.attname IN ('defaclrole', 'umuser')))"
             ).fetchall()
         }
     assert found == set(PLAIN_OWNED) | {"pg_class", "pg_type"}

@@ -504,6 +504,12 @@ def test_a_role_named_by_kept_policies_or_default_privileges_can_be_dropped(
 
 
 OPERATORS = "SELECT oprname::text FROM pg_operator WHERE oprnamespace = %(s)s::regnamespace"
+SERVERS = "SELECT srvname::text FROM pg_foreign_server WHERE srvname = %(s)s || '_srv'"
+# Only a superuser makes a foreign-data wrapper; made once per database.
+WRAPPER = (
+    "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_foreign_data_wrapper WHERE fdwname = 'sg_w')"
+    " THEN CREATE FOREIGN DATA WRAPPER sg_w; END IF; END $$"
+)
 # A live object that only kept objects use (decision 0033): (setup, the DROPs that keep its
 # users, the DROP of the object itself, what is live of its kind in the schema, and what
 # the kept users show of it once everything is back).
@@ -593,9 +599,33 @@ TIE_CASES: dict[str, tuple[list[str], list[str], str, str, str]] = {
         " UNION ALL SELECT opcname FROM pg_opclass WHERE opcnamespace = %(s)s::regnamespace",
         "SELECT pg_get_indexdef(to_regclass(%(s)s || '.ct_i'))",
     ),
+    # a foreign server (decision 0036, since then): in no schema, kept by a rename; its
+    # foreign table is kept by DROP SCHEMA (DROP FOREIGN TABLE keeps nothing: no rows)
+    "server (foreign table)": (
+        ["CREATE SCHEMA {s}_f",
+         "CREATE FOREIGN TABLE {s}_f.ft (id int, x text) SERVER {s}_srv"],
+        ["DROP SCHEMA {s}_f CASCADE"],
+        "DROP SERVER {s}_srv",
+        SERVERS,
+        "SELECT s.srvname::text, s.srvowner::regrole::text, s.srvacl::text"
+        " FROM pg_foreign_table f JOIN pg_foreign_server s ON s.oid = f.ftserver"
+        " WHERE f.ftrelid = (SELECT c.oid FROM pg_class c WHERE c.relname = 'ft'"
+        " AND c.relnamespace::regnamespace::text ~ ('^(softguard_q[0-9]+_)?' || %(s)s || '_f$'))",
+    ),
+    # a language (the same): a kept function is written in it
+    "language (function)": (
+        ["CREATE FUNCTION {s}.lf() RETURNS int LANGUAGE {s}_pl AS 'BEGIN RETURN 1; END'"],
+        ["DROP FUNCTION {s}.lf()"],
+        "DROP LANGUAGE {s}_pl",
+        "SELECT lanname::text FROM pg_language WHERE lanname = %(s)s || '_pl'",
+        "SELECT l.lanname::text, l.lanowner::regrole::text, l.lanacl::text FROM pg_proc p"
+        " JOIN pg_language l ON l.oid = p.prolang WHERE p.proname = 'lf'"
+        " AND p.pronamespace = %(s)s::regnamespace",
+    ),
 }
 # Cases whose kept users are not the table ct.
-NO_ROWS = {"text search dictionary", "function (of a kept operator)"}
+NO_ROWS = {"text search dictionary", "function (of a kept operator)", "server (foreign table)",
+           "language (function)"}
 # Made by the superuser first (only a superuser creates operator classes and families).
 SUPER_SETUP = {
     "operator family (index)": [
@@ -605,6 +635,19 @@ SUPER_SETUP = {
         " FUNCTION 1 bttextcmp(text, text)",
         "ALTER OPERATOR FAMILY {s}.fam USING btree OWNER TO {owner}",
         "ALTER OPERATOR CLASS {s}.opc USING btree OWNER TO {owner}",
+    ],
+    # through softguard, CREATE SERVER is refused (category remote, decision 0013)
+    "server (foreign table)": [
+        WRAPPER,
+        "CREATE SERVER {s}_srv FOREIGN DATA WRAPPER sg_w",
+        "ALTER SERVER {s}_srv OWNER TO {owner}",
+        "GRANT USAGE ON FOREIGN SERVER {s}_srv TO {reader}",
+    ],
+    # a language that is no extension's (plpgsql's handler, no validator)
+    "language (function)": [
+        "CREATE TRUSTED LANGUAGE {s}_pl HANDLER plpgsql_call_handler",
+        "ALTER LANGUAGE {s}_pl OWNER TO {owner}",
+        "GRANT USAGE ON LANGUAGE {s}_pl TO {reader}",
     ],
 }
 
@@ -881,6 +924,46 @@ def test_newly_reversible_drops_as_directly_and_undone(world: World, case: str) 
     if "live column" in case or "live check" in case:
         rows = w.rows(w.sg_db, f"SELECT id, x FROM {w.schema}.ct ORDER BY id")
         assert rows == [(1, "b"), (2, "a")]
+
+
+# Foreign servers, their user mappings and grants, as any session sees them (the options
+# of a mapping only its user, the server's owner and superusers see: compared directly).
+SERVER_SHAPE = """
+SELECT s.srvname::text, s.srvowner::regrole::text, coalesce(s.srvacl::text, ''),
+       coalesce(m.umuser::regrole::text, ''), coalesce(m.umoptions::text, '')
+  FROM pg_foreign_server s LEFT JOIN pg_user_mapping m ON m.umserver = s.oid
+ ORDER BY 1, 4
+"""
+
+
+def test_drop_server_cascade_as_directly_and_undone(world: World) -> None:
+    """DROP SERVER ... CASCADE reaching a live foreign table, a view on it and a user
+    mapping (decision 0036, since then): the schema looks as after the direct DROP, the
+    kept server is renamed softguard_q<id>_..., softguard_keeper's, no grant left, its
+    mapping on it; one operation keeps it all, undo gives everything back."""
+    w = world
+    setup = [*SUPER_SETUP["server (foreign table)"],
+             "CREATE USER MAPPING FOR {owner} SERVER {s}_srv OPTIONS (user 'remote_me')"]
+    for db in (w.direct_db, w.sg_db):
+        w.run(db, [t.replace("{owner}", w.owner) for t in setup])
+        w.run(db, ["CREATE FOREIGN TABLE {s}.ft (id int, x text) SERVER {s}_srv",
+                   "CREATE VIEW {s}.fv AS SELECT id FROM {s}.ft"], w.owner)
+    before = w.rows(w.sg_db, SCHEMA_SHAPE), w.rows(w.sg_db, SERVER_SHAPE)
+    for db in (w.direct_db, w.sg_db):
+        w.run(db, ["DROP SERVER {s}_srv CASCADE"], w.owner)
+    assert w.rows(w.sg_db, SCHEMA_SHAPE) == w.rows(w.direct_db, SCHEMA_SHAPE)
+    assert w.rows(w.direct_db, SERVER_SHAPE) == []
+    (op,) = w.ops()
+    kept = w.rows(w.sg_db, SERVER_SHAPE)
+    keeper_acl = "{softguard_keeper=U/softguard_keeper}"  # the reader's USAGE revoked
+    assert kept == [(f"softguard_q{op}_{w.schema}_srv", "softguard_keeper", keeper_acl,
+                     w.owner, "{user=remote_me}")]
+    # the mapping stays on the kept server (its options, credentials maybe, are never
+    # copied out of the catalog): its user stays tied to it until undo or purge
+    assert w.rows(w.sg_db, HOLDERS) == [
+        ("user mapping", f"{w.owner} on server softguard_q{op}_{w.schema}_srv", "o", w.owner)]
+    w.rows(w.sg_db, f"SELECT softguard.undo_op({op})")
+    assert (w.rows(w.sg_db, SCHEMA_SHAPE), w.rows(w.sg_db, SERVER_SHAPE)) == before
 
 
 # The active operations that keep a relation (or an index of one) in a tablespace:

@@ -42,6 +42,8 @@ PLAIN_OWNED = {
     "pg_largeobject_metadata": ("lomowner", "lomacl"),  # classid pg_largeobject
     "pg_publication": ("pubowner", None),
     "pg_default_acl": ("defaclrole", "defaclacl"),
+    # a user mapping's user is recorded as its owner (0: PUBLIC's mapping, none)
+    "pg_user_mapping": ("umuser", None),
 }
 
 # (classid, objid, objsubid, owner, acl, owns) of every object with an owner or an ACL;
