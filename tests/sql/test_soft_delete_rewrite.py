@@ -271,8 +271,8 @@ def test_proxy_refuses_what_it_cannot_rewrite(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(tables, "rewrite", boom)
     out = _soft_delete(tables, "DELETE FROM customers", None)
     assert out is not None
-    text, retag, claim = out
-    assert not retag and claim is None
+    text, retag, claim, prepared_delete = out
+    assert not retag and claim is None and not prepared_delete
     assert "ERRCODE = '0A000'" in text and "could not be rewritten" in text
     # a statement naming no soft-delete table is not even parsed
     assert _soft_delete(tables, "DELETE FROM orders", None) is None
