@@ -76,6 +76,8 @@ def test_metrics_and_operation_log(
 ) -> None:
     mport = free_port()
     proxy = proxy_factory("--metrics", f"127.0.0.1:{mport}", fresh=True)
+    # The factory's readiness probe connected and closed: gone once the proxy has seen it.
+    wait_for(lambda: value(scrape(mport), "softguard_client_connections") == 0)
     before = scrape(mport)
     assert value(before, "softguard_client_connections") == 0
     assert value(before, "softguard_statements_total", classification="safe", action="allow") == 0

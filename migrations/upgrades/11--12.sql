@@ -301,11 +301,12 @@ BEGIN
         CONTINUE WHEN r.owned;                                   -- goes with its owner
         -- a user mapping stays on its server, which is kept by a rename (_move)
         CONTINUE WHEN r.object_type = 'user mapping'
-                  AND EXISTS (SELECT FROM pg_user_mapping um
+                  -- (the view: pg_user_mapping is superuser-only, the ledger owner may not be)
+                  AND EXISTS (SELECT FROM pg_user_mappings um
                                 JOIN softguard._list(list) sv
                                   ON sv.classid = 'pg_foreign_server'::regclass
-                                 AND sv.objid = um.umserver
-                               WHERE um.oid = r.objid);
+                                 AND sv.objid = um.srvid
+                               WHERE um.umid = r.objid);
         CASE
             WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
                                    'domain', 'collation', 'text search configuration',

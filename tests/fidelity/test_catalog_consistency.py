@@ -280,4 +280,5 @@ def test_the_check_knows_every_catalog_with_an_owner(pg_server: TestServer) -> N
                 "     AND (a.attname LIKE '%owner' OR a.attname IN ('defaclrole', 'umuser')))"
             ).fetchall()
         }
-    assert found == set(PLAIN_OWNED) | {"pg_class", "pg_type"}
+    # pg_user_mapping: read through its view (catalog_check.OWNED), outside PLAIN_OWNED
+    assert found == set(PLAIN_OWNED) | {"pg_class", "pg_type", "pg_user_mapping"}

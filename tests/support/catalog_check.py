@@ -21,8 +21,8 @@ from typing import Any
 import psycopg
 
 # Catalogs whose rows are objects with an owner (and maybe an ACL) that may live in a
-# database: catalog -> (owner column, ACL column). pg_class, pg_attribute (column ACLs)
-# and pg_type have rules of their own in OWNED.
+# database: catalog -> (owner column, ACL column). pg_class, pg_attribute (column ACLs),
+# pg_type and pg_user_mapping (read through its view) have rules of their own in OWNED.
 PLAIN_OWNED = {
     "pg_proc": ("proowner", "proacl"),
     "pg_namespace": ("nspowner", "nspacl"),
@@ -42,8 +42,6 @@ PLAIN_OWNED = {
     "pg_largeobject_metadata": ("lomowner", "lomacl"),  # classid pg_largeobject
     "pg_publication": ("pubowner", None),
     "pg_default_acl": ("defaclrole", "defaclacl"),
-    # a user mapping's user is recorded as its owner (0: PUBLIC's mapping, none)
-    "pg_user_mapping": ("umuser", None),
 }
 
 # (classid, objid, objsubid, owner, acl, owns) of every object with an owner or an ACL;
@@ -70,6 +68,10 @@ owned (classid, objid, objsubid, owner, acl, owns) AS (SELECT * FROM (
         f" {acl or 'NULL'}, true\n      FROM {cat}"
         for cat, (own, acl) in PLAIN_OWNED.items()
     )
+    # A user mapping's user is recorded as its owner (0: PUBLIC's mapping, none); read
+    # through the view every role may read (pg_user_mapping is superuser-only).
+    + "\n    UNION ALL SELECT 'pg_user_mapping'::regclass, umid, 0, umuser, NULL, true"
+    + "\n      FROM pg_user_mappings"
     + "\n) o (classid, objid, objsubid, owner, acl, owns))"
 )
 
