@@ -730,6 +730,26 @@ static inline int overflows(Py_ssize_t x, Py_ssize_t by) { return x > PY_SSIZE_T
 #define ALLOWED 3 /* a Query, or a Parse ... Sync */
 #define HARMLESS_PARSE 4
 
+/* A statement text's verdict, in passes_unread's order and then the session memo's:
+ * HARMLESS_QUERY harmless, ALLOWED a shape the memo lets pass (*entry: what to count), 0
+ * neither (or not ours), -1. The memo is read only with no result filter in play. */
+static int text_verdict(CoreBase *core, const unsigned char *text, Py_ssize_t size, int parse,
+                        PyObject **entry)
+{
+    /* passes_unread's first test: a prepared soft delete in play answers False, and the
+     * session memo is not read either. */
+    int r = soft_prepared(core);
+    if (r != 0)
+        return r < 0 ? -1 : 0;
+    r = passes_unread(text, size);
+    if (r == 1)
+        return HARMLESS_QUERY;
+    if (r != 0 || core->filter != Py_None)
+        return r < 0 ? -1 : 0;
+    r = allowed_entry(core, text, size, parse, entry);
+    return r == 1 ? ALLOWED : r;
+}
+
 /* The client checks, the framer held (a callback may drop the core's reference to it):
  * HARMLESS_QUERY a lone harmless Query, PREPARED a Bind/Execute/Sync, HARMLESS_PARSE a
  * Parse ... Sync of a harmless text, ALLOWED a lone Query or a Parse ... Sync whose shape
@@ -745,17 +765,9 @@ static int client_checks(CoreBase *core, FramerBase *cframer, const unsigned cha
             return 0;
         if ((r = full_mode(core)) != 1)
             return r;
-        /* passes_unread's first test: a prepared soft delete in play answers False, and
-         * the session memo is not read either. */
-        if ((r = soft_prepared(core)) != 0)
-            return r < 0 ? -1 : 0;
-        r = passes_unread(p + 5, n - 6);
-        if (r == 1) /* `_query_sent` with a result filter in play: the Python path's */
-            return core->filter == Py_None ? HARMLESS_QUERY : 0;
-        if (r != 0 || core->filter != Py_None)
-            return r < 0 ? -1 : 0;
-        r = allowed_entry(core, p + 5, n - 6, 0, entry);
-        return r == 1 ? ALLOWED : r;
+        r = text_verdict(core, p + 5, n - 6, 0, entry);
+        /* `_query_sent` with a result filter in play: the Python path's */
+        return r == HARMLESS_QUERY && core->filter != Py_None ? 0 : r;
     }
     /* `elif self._filter is None and cframer.lone_last(data, _S, 4)` */
     if (core->filter != Py_None)
@@ -772,13 +784,8 @@ static int client_checks(CoreBase *core, FramerBase *cframer, const unsigned cha
         return r;
     if ((r = full_mode(core)) != 1)
         return r;
-    if ((r = soft_prepared(core)) != 0)
-        return r < 0 ? -1 : 0;
-    r = passes_unread(text, size);
-    if (r != 0) /* `if self._allowed and not self._soft.prepared:` (checked above) */
-        return r == 1 ? HARMLESS_PARSE : r < 0 ? -1 : 0;
-    r = allowed_entry(core, text, size, 1, entry);
-    return r == 1 ? ALLOWED : r;
+    r = text_verdict(core, text, size, 1, entry); /* no result filter here (above) */
+    return r == HARMLESS_QUERY ? HARMLESS_PARSE : r;
 }
 
 /* counter.count_statement(kind, action), as the Python path calls it. */

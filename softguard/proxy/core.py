@@ -100,7 +100,6 @@ _CLIENT_WANT = frozenset((_Q, _P, _S, _F))
 # While answers are filtered, Close too: it may drop a statement made from a rewrite.
 _CLOSE = ord("C")
 _CLIENT_WANT_FILTERED = _CLIENT_WANT | {_CLOSE}
-_STATEMENT = ord("S")
 # While the client logs in to softguard: its password messages, or Terminate.
 _TERMINATE, _PASSWORD = b"Xp"
 _MAX_LOGIN_MESSAGE = 1 << 16
