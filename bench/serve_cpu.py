@@ -26,7 +26,8 @@ chunk calls.
 Configs: ``softguard`` (``python -m softguard serve``, default configuration and log
 level), ``softguard-python`` (the same with ``SOFTGUARD_PURE_PYTHON=1``: without the
 compiled fast path, decision 0034), ``python-relay`` (``bench/_python_relay.py``: one
-callback and one write per chunk, nothing read) and ``pgbouncer`` (session mode, when
+callback and one write per chunk, nothing read), ``link-relay`` (``bench/_link_relay.py``:
+the same on softguard's links, decision 0040) and ``pgbouncer`` (session mode, when
 installed: the C reference).
 """
 
@@ -60,7 +61,7 @@ from _common import (
 )
 
 BENCH_DB = "softguard_bench"
-CONFIGS = ("softguard", "softguard-python", "python-relay", "pgbouncer")
+CONFIGS = ("softguard", "softguard-python", "python-relay", "link-relay", "pgbouncer")
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,9 @@ class Bench:
     def proxy_argv(self, config: str, port: int) -> list[str] | None:
         if config in ("softguard", "softguard-python"):
             return [*serve_argv(port, self.port), *self.args.softguard_arg]
-        if config == "python-relay":
-            relay = str(REPO_ROOT / "bench" / "_python_relay.py")
+        if config in ("python-relay", "link-relay"):
+            name = "_python_relay.py" if config == "python-relay" else "_link_relay.py"
+            relay = str(REPO_ROOT / "bench" / name)
             return [sys.executable, relay, str(port), str(self.port)]
         binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
         if not os.access(binary, os.X_OK):

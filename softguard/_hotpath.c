@@ -27,6 +27,8 @@
 #include <string.h>
 #include <structmember.h>
 
+#include "_link.h"
+
 /* Set once by configure(): the core's READY state and the fast path's memo. */
 static PyObject *g_ready = NULL;
 static PyObject *g_harmless_shape = NULL;
@@ -1102,7 +1104,8 @@ PyMODINIT_FUNC PyInit__hotpath(void)
     if (PyModule_AddObjectRef(m, "FramerBase", (PyObject *)&FramerBaseType) < 0 ||
         PyModule_AddObjectRef(m, "CounterBase", (PyObject *)&CounterBaseType) < 0 ||
         PyModule_AddObjectRef(m, "CoreBase", (PyObject *)&CoreBaseType) < 0 ||
-        PyModule_AddObjectRef(m, "Relay", (PyObject *)&RelayType) < 0) {
+        PyModule_AddObjectRef(m, "Relay", (PyObject *)&RelayType) < 0 ||
+        link_add_type(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -201,6 +201,36 @@ def test_workers_serve_consecutive_ports(proxy_factory: ProxyFactory) -> None:
     )
 
 
+def test_sessions_move_onto_links(
+    proxy_factory: ProxyFactory, pg_server: TestServer, dbname: str
+) -> None:
+    """Once READY, a plain session's two connections leave uvloop's transports for links
+    (decision 0040), counted per side; large answers and a large COPY in cross them whole.
+    Without the compiled module (SOFTGUARD_PURE_PYTHON=1) nothing moves."""
+    from softguard.proxy import link
+
+    mport = free_port()
+    # Plain on both hops (the test server also offers TLS, which a link never carries).
+    upstream = pg_server.upstream_dsn(sslmode="disable")
+    proxy = proxy_factory("--metrics", f"127.0.0.1:{mport}", upstream=upstream, fresh=True)
+    wait_for(lambda: value(scrape(mport), "softguard_client_connections") == 0)
+    with psycopg.connect(proxy.dsn(dbname, sslmode="disable"), autocommit=True) as conn:
+        rows = conn.execute("SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g")
+        assert sum(r[0] for r in rows.fetchall()) == 20000 * 20001 // 2
+        conn.execute("CREATE TEMP TABLE sink (v text)")
+        with conn.cursor().copy("COPY sink FROM STDIN") as copy:
+            for i in range(3000):
+                copy.write_row((f"{i}" * 400,))
+        assert conn.execute("SELECT count(*), sum(length(v)) FROM sink").fetchone() == (
+            3000,
+            sum(len(f"{i}" * 400) for i in range(3000)),
+        )
+    s = scrape(mport)
+    moved = 1 if link.AVAILABLE else 0
+    assert value(s, "softguard_relay_links_total", side="client") == moved
+    assert value(s, "softguard_relay_links_total", side="server") == moved
+
+
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "softguard", "serve", *args],

@@ -225,6 +225,13 @@ class Metrics(CounterBase):
         )
         self._operations_by_kind: dict[str, Any] = {}
         self.purge_runs = Counter("softguard_purge_runs", "Purge runs completed", registry=r)
+        self.relay_links = Counter(
+            "softguard_relay_links",
+            "Connections moved off the event loop's transport onto softguard's own socket "
+            "reads and writes once their session was ready (plain TCP or Unix sockets)",
+            ["side"],
+            registry=r,
+        )
         self.upstream_connect_seconds = Histogram(
             "softguard_upstream_connect_seconds",
             "From connecting to the upstream until the first ReadyForQuery (startup and "

@@ -23,7 +23,7 @@ from softguard.auth.scram import tls_server_end_point
 from softguard.config import Settings
 from softguard.policy import SessionInfo
 from softguard.proxy import commands as cmd
-from softguard.proxy import hotpath
+from softguard.proxy import hotpath, link
 from softguard.proxy.core import CoreConfig, SessionCore, State
 from softguard.proxy.ledger_gate import LedgerGate
 from softguard.proxy.metrics import Metrics, log_operation
@@ -147,6 +147,8 @@ class ClientSession(asyncio.Protocol):
         self.up_transport: asyncio.Transport | None = None
         self._timers: dict[cmd.Timer, asyncio.TimerHandle] = {}
         self._closed = False
+        # Until the session is READY on both connections, then once (decision 0040).
+        self._to_links = link.AVAILABLE
         # The compiled fast path first, when there is one (decision 0034); an instance
         # attribute, set before the transport exists, which is when uvloop looks it up.
         self.data_received = hotpath.relay(
@@ -235,6 +237,8 @@ class ClientSession(asyncio.Protocol):
             controls, core.controls = core.controls, []
             for control in controls:
                 self._execute(control)
+        if self._to_links and core.state is State.READY:
+            self._move_to_links()
 
     def _execute(self, control: cmd.Control) -> None:
         server = self.server
@@ -280,6 +284,30 @@ class ClientSession(asyncio.Protocol):
                 server.metrics.upstream_connect_seconds.observe(seconds)
             case cmd.Observe(measure=cmd.Measure.REWRITTEN_STATEMENT, seconds=seconds):
                 server.metrics.rewritten_statement_seconds.observe(seconds)
+
+    def _move_to_links(self) -> None:
+        """Both connections off their transports onto links, where they can move (plain
+        TCP or Unix sockets): the relay's reads and writes then cost a recv and a send
+        (decision 0040). Called once the session is READY, which the core reaches in a
+        ``_run``; tried again at a later one while a transport still holds unsent bytes."""
+        client, up, upstream = self.transport, self.up_transport, self.upstream
+        if client is None or up is None or upstream is None:
+            return
+        if client.get_write_buffer_size() or up.get_write_buffer_size():
+            return
+        self._to_links = False
+        loop = self.server.loop
+        moved = link.adopt(loop, client, self, self.data_received, high_water=RELAY_BUFFER)
+        metrics = self.server.metrics.relay_links
+        if moved is not None:
+            self.transport = cast(asyncio.Transport, moved)
+            self.core.to_client = moved.write
+            metrics.labels("client").inc()
+        moved = link.adopt(loop, up, upstream, upstream.data_received, high_water=RELAY_BUFFER)
+        if moved is not None:
+            self.up_transport = upstream.transport = cast(asyncio.Transport, moved)
+            self.core.to_server = moved.write
+            metrics.labels("server").inc()
 
     def _close(self, terminate_upstream: bool, farewell: bytes) -> None:
         transport = self.transport

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run tests against softguard/_hotpath.c built with AddressSanitizer and UBSan (issue 13,
+# Run tests against softguard/_hotpath.c (and _link.c) built with AddressSanitizer and UBSan (issue 13,
 # decision 0034): a read out of bounds or of freed memory, or undefined behaviour
 # (a signed overflow), fails the run where a normal build would pass by luck.
 #
@@ -19,9 +19,11 @@ include=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 so="$scratch/_hotpath$suffix"
 ${CC:-gcc} -shared -fPIC -O1 -g -fno-omit-frame-pointer \
     -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-    -I"$include" "${HOTPATH_C:-$root/softguard/_hotpath.c}" -o "$so"
+    -I"$include" -I"$root/softguard" "${HOTPATH_C:-$root/softguard/_hotpath.c}" \
+    "$root/softguard/_link.c" -o "$so"
 preload=$(${CC:-gcc} -print-file-name=libasan.so)
-[ $# -gt 0 ] || set -- tests/proxy/test_hotpath_fuzz.py tests/proxy/test_hotpath.py tests/sql/test_shape_numbers.py
+[ $# -gt 0 ] || set -- tests/proxy/test_hotpath_fuzz.py tests/proxy/test_hotpath.py tests/sql/test_shape_numbers.py \
+    tests/proxy/test_link.py
 cd "$root"
 LD_PRELOAD="$preload" PYTHONMALLOC=malloc \
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
