@@ -99,6 +99,13 @@ def _step_text(step: dict[str, Any]) -> str | None:
         # a view that read one of those columns: kept, its query set aside until then
         "view_query": f"put back the query of view {step.get('view', '?')} "
         "(after its columns)",
+        # memberships in publications that what went had (decision 0038)
+        "publications": "add "
+        + ", ".join(
+            [f"table {m.get('table_name', '?')}" for m in step.get("tables") or []]
+            + [f"schema {m.get('schema_name', '?')}" for m in step.get("schemas") or []]
+        )
+        + " back to their publications (with column lists and row filters)",
         # a materialized view that read one: dropped, re-made (decision 0035)
         "remake_matview": f"re-make materialized view {step.get('name', '?')}"
         + (" and refresh it" if step.get("populated") else " (not populated)")

@@ -26,7 +26,9 @@ PUBS = (
     " ORDER BY 1, 2, 3"
 )
 PUB_RELS = (
-    "SELECT p.pubname, pr.prrelid::regclass::text, pr.prattrs::text,"
+    "SELECT p.pubname, pr.prrelid::regclass::text, (SELECT array_agg(a.attname ORDER BY"
+    " a.attnum) FROM pg_attribute a WHERE a.attrelid = pr.prrelid"
+    " AND a.attnum = ANY (pr.prattrs::smallint[])),"
     " pg_get_expr(pr.prqual, pr.prrelid) FROM pg_publication_rel pr"
     " JOIN pg_publication p ON p.oid = pr.prpubid ORDER BY 1, 2"
 )
