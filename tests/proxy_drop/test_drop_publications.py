@@ -109,7 +109,12 @@ CASES: dict[str, Case] = {
     ),
     "alter_drop_column_cascade": Case(
         ALTER_COLUMN,
-        ["ALTER TABLE pm_c DROP COLUMN e", "ALTER TABLE pm_c DROP COLUMN e CASCADE", PUBS, PUB_RELS],
+        [
+            "ALTER TABLE pm_c DROP COLUMN e",
+            "ALTER TABLE pm_c DROP COLUMN e CASCADE",
+            PUBS,
+            PUB_RELS,
+        ],
         [0, 1, 0, 0],
     ),
 }

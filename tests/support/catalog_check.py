@@ -12,8 +12,9 @@ public schema's ACL): the others, and roles below 16384, are pinned and have no 
 / pg_shdepend rows. Each row it returns is one inconsistency:
 (check, object, detail). Publications: every membership (pg_publication_rel, its column
 list, pg_publication_namespace) names a live publication, relation, column and schema, and
-no kept table or schema is a member (decision 0038). Dropped columns are left out: PostgreSQL itself keeps their old
-attcollation (RemoveAttributeById clears atttypid only), also after a direct DROP.
+no kept table or schema is a member (decision 0038). Dropped columns are left out:
+PostgreSQL itself keeps their old attcollation (RemoveAttributeById clears atttypid only),
+also after a direct DROP.
 """
 
 from __future__ import annotations
