@@ -225,7 +225,7 @@ BEGIN
         -- the kept column its column list or row filter uses (_keep_column, 3b)
         CONTINUE WHEN r.object_type IN ('publication relation', 'publication namespace')
                   AND (EXISTS (SELECT FROM jsonb_array_elements(steps) st,
-                                           jsonb_array_elements((st->'tables') || (st->'schemas')) m
+                                    jsonb_array_elements((st->'tables') || (st->'schemas')) m
                                 WHERE st->>'step' = 'publications'
                                   AND (m->>'member')::oid = r.objid)
                        OR EXISTS (SELECT FROM pg_publication_rel pr
