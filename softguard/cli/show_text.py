@@ -100,8 +100,10 @@ def _step_text(step: dict[str, Any]) -> str | None:
         # memberships in publications that what went had (decision 0038)
         "publications": "add "
         + ", ".join(
-            [f"table {m.get('table_name', '?')}" for m in step.get("tables") or []]
-            + [f"schema {m.get('schema_name', '?')}" for m in step.get("schemas") or []]
+            dict.fromkeys(  # each once, however many publications it was in
+                [f"table {m.get('table_name', '?')}" for m in step.get("tables") or []]
+                + [f"schema {m.get('schema_name', '?')}" for m in step.get("schemas") or []]
+            )
         )
         + " back to their publications (with column lists and row filters)",
         # a materialized view that read one: dropped, re-made (decision 0035)

@@ -68,6 +68,7 @@ SCHEMA_IN_PUB = [
     "CREATE TABLE pm_s2.u (a int)",
     "CREATE PUBLICATION pm_ns FOR TABLES IN SCHEMA pm_s, pm_s2",
     "CREATE PUBLICATION pm_ns_only FOR TABLES IN SCHEMA pm_s",
+    "CREATE PUBLICATION pm_both FOR TABLES IN SCHEMA pm_s, TABLE pm_s.t",  # both memberships
 ]
 # the kept column is the last of its table (undo adds it back as the last one)
 DOMAIN_COLUMN = [
@@ -106,6 +107,9 @@ CASES: dict[str, Case] = {
         DOMAIN_COLUMN,
         ["DROP DOMAIN pm_pos CASCADE", PUBS, PUB_RELS, "SELECT * FROM pm_c ORDER BY 1"],
         [1, 0, 0, 0],
+    ),
+    "rolled_back": Case(
+        TABLE, ["BEGIN", "DROP TABLE pm_t", "ROLLBACK", PUBS, PUB_RELS], [0, 1, 0, 0, 0]
     ),
     "alter_drop_column_cascade": Case(
         ALTER_COLUMN,
@@ -238,3 +242,23 @@ def test_for_all_tables_still_lists_a_kept_table(proxy: Any, sg: Any, twins: Any
         roles=("superuser",),
     )
     check(proxy, sg, twins, case, "superuser")
+
+
+def test_show_says_what_undo_does(proxy: Any, sg: Any, twins: Any) -> None:
+    """The restore plan in words (softguard show): the memberships come back last."""
+    from softguard.cli.show_text import _step_text
+
+    (b,) = twins(1)
+    sg.execute(b, *SCHEMA_IN_PUB)
+    with psycopg.connect(proxy.dsn(b), autocommit=True) as c:
+        c.execute(b"DROP SCHEMA pm_s CASCADE")
+    (op,) = sg.active_ops(b)
+    with sg.connect(b) as c:
+        row = c.execute("SELECT restore FROM softguard.operations WHERE id = %s", [op]).fetchone()
+    assert row is not None
+    restore = row[0]
+    assert restore[0]["step"] == "publications"  # first in the plan: undone last
+    assert _step_text(restore[0]) == (
+        "add table pm_s.t, schema pm_s back to their publications"
+        " (with column lists and row filters)"
+    )
