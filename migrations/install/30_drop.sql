@@ -539,7 +539,7 @@ GRANT EXECUTE ON FUNCTION softguard._quarantine(jsonb, text, jsonb, text) TO PUB
 -- column of its column list or row filter goes (a CASCADE), and a schema out of every
 -- FOR TABLES IN SCHEMA publication (pg_publication_namespace). A kept table or schema
 -- would stay a member (membership is by oid): pg_publication_tables, which every role
--- reads, would list it under its kept name, and subscribers would still be sent it. So
+-- reads, would list it under its kept name, as would a subscriber's refresh. So
 -- each membership is recorded, then removed with ALTER PUBLICATION as a direct DROP
 -- removes it; undo adds it back (_rejoin_publications). Recorded by name and text (the
 -- column list, the row filter as pg_get_expr gives it, every name qualified), never by

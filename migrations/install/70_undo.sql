@@ -698,7 +698,11 @@ BEGIN
             format('re-added schema %I to publication %I', nsp, pub));
     END LOOP;
     FOR m IN SELECT x FROM jsonb_array_elements(coalesce(tables, '[]')) x LOOP
-        PERFORM softguard._need_table(op, (m->>'table')::oid, m->>'table_name');
+        -- live, and no later operation's (no row is written: the table's own code, which
+        -- _need_table would look at, does not run)
+        PERFORM softguard._need_live(op, 'pg_class'::regclass, (m->>'table')::oid,
+                                     'publication ' || quote_ident(m->>'pub_name'),
+                                     m->>'table_name');
         rel := (m->>'table')::oid::regclass;
         pub := softguard._publication_now(op, m, 'table ' || rel::text);
         IF EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from fidelity.harness import Case, app_role, check
+from fidelity.harness import APP_PW, APP_ROLE, Case, app_role, check, grant_create, install_ledger
 
 __all__ = ["app_role"]  # the fixture
 
@@ -178,6 +178,27 @@ def test_purge_forgets_memberships(proxy: Any, sg: Any, twins: Any, name: str) -
     with sg.connect(b) as c:
         c.execute("SELECT softguard.purge_op(%s)", [op])
     assert _pubs(sg, b) == _pubs(sg, a)
+
+
+def test_undo_of_a_table_with_the_applications_code(
+    proxy: Any, sg: Any, twins: Any, app_role: str
+) -> None:
+    """Re-adding a membership writes no row, so the application's function in an index
+    of its table (which undo refuses to run when it writes rows back) does not stop it."""
+    (b,) = twins(1)
+    grant_create(sg, b)
+    install_ledger(sg, b)
+    with psycopg.connect(sg.server.dsn(b, user=APP_ROLE, password=APP_PW), autocommit=True) as c:
+        c.execute("CREATE FUNCTION pm_f(i int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT i'")
+        c.execute("CREATE TABLE pm_t (k int PRIMARY KEY, a int)")
+        c.execute("CREATE INDEX pm_t_f ON pm_t (pm_f(a))")
+    sg.execute(b, "CREATE PUBLICATION pm_cols FOR TABLE pm_t (k, a) WHERE (a > 0)")
+    pubs = _pubs(sg, b)
+    with psycopg.connect(proxy.dsn(b, user=APP_ROLE, password=APP_PW), autocommit=True) as c:
+        c.execute(b"DROP TABLE pm_t")
+    (op,) = sg.active_ops(b)
+    sg.undo(b, op)
+    assert _pubs(sg, b) == pubs
 
 
 def test_undo_refuses_when_the_publication_is_gone(proxy: Any, sg: Any, twins: Any) -> None:
