@@ -38,6 +38,7 @@
 --    "schema", "schema_oid", "name", "qname", "original"}
 --   {"step": "rename_schema", "oid", "name", "qname", "acl": [{"grantee", "privilege",
 --    "grantable"}], "original"}
+--   {"step": "publications", "tables": [...], "schemas": [...]}  (_publications_step)
 --   {"step": "owner", "classid", "oid", "keyword", "grant_keyword", "identity", "owner",
 --    "owner_oid", "owner_changed", "acl": [{"grantee", "grantee_oid", "privilege",
 --    "grantable", "column"}], "exact": {"" or column: the ACL as it was},
@@ -135,6 +136,14 @@ BEGIN
      WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
        AND NOT coalesce(softguard._is_quarantine_schema(l.home), false);
 
+    -- 1b. Publications (decision 0038): what goes leaves them as after a direct DROP.
+    --     First in the plan, so that undo adds the memberships back last, with every
+    --     table, column and schema in place again. Those of a kept column: _keep_column.
+    steps := steps || softguard._publications_step(going, ARRAY(
+        SELECT l.objid FROM softguard._list(list) l
+         WHERE l.object_type = 'schema'
+           AND NOT coalesce(softguard._is_quarantine_schema(l.home), false)));
+
     -- 2. Classify: what moves, what is a link to record and drop, what cannot be kept.
     FOR r IN SELECT * FROM softguard._list(list) l ORDER BY l.ord LOOP
         CONTINUE WHEN coalesce(softguard._is_quarantine_schema(r.home), false);  -- held already
@@ -176,6 +185,16 @@ BEGIN
                 CONTINUE;
             END IF;
         END IF;
+        -- a membership in a publication: left with its table or schema (1b), or with
+        -- the kept column its column list or row filter uses (_keep_column, 3b)
+        CONTINUE WHEN r.object_type IN ('publication relation', 'publication namespace')
+                  AND (EXISTS (SELECT FROM jsonb_array_elements(steps) st,
+                                    jsonb_array_elements((st->'tables') || (st->'schemas')) m
+                                WHERE st->>'step' = 'publications'
+                                  AND (m->>'member')::oid = r.objid)
+                       OR EXISTS (SELECT FROM pg_publication_rel pr
+                                    JOIN softguard._list(list) k ON k.objid = pr.prrelid
+                                   WHERE pr.oid = r.objid AND k.object_type = 'table column'));
         CONTINUE WHEN r.owned;                                   -- goes with its owner
         -- a user mapping stays on its server, which is kept by a rename (_move)
         CONTINUE WHEN r.object_type = 'user mapping'
@@ -513,6 +532,88 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._quarantine(jsonb, text, jsonb, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._quarantine(jsonb, text, jsonb, text) TO PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Publication memberships a DROP takes (decision 0038). PostgreSQL takes a table out of
+-- every publication that lists it (pg_publication_rel) when the table goes, or when a
+-- column of its column list or row filter goes (a CASCADE), and a schema out of every
+-- FOR TABLES IN SCHEMA publication (pg_publication_namespace). A kept table or schema
+-- would stay a member (membership is by oid): pg_publication_tables, which every role
+-- reads, would list it under its kept name, as would a subscriber's refresh. So
+-- each membership is recorded, then removed with ALTER PUBLICATION as a direct DROP
+-- removes it; undo adds it back (_rejoin_publications). Recorded by name and text (the
+-- column list, the row filter as pg_get_expr gives it, every name qualified), never by
+-- attnum: a kept column comes back as the last of its table. A publication FOR ALL
+-- TABLES has no membership rows: a kept table stays in it (README limits).
+-- Not PUBLIC: the callers (SECURITY DEFINER) check that the DROP may take the object.
+-- ---------------------------------------------------------------------------------------
+
+-- The memberships of table `rel` (all of them when attnum is NULL, else those whose
+-- column list or row filter uses column attnum): recorded, then removed. Returns
+-- [{"member" (its pg_publication_rel oid), "pub", "pub_name", "pub_owner", "table",
+--   "table_name", "columns", "filter"}].
+CREATE FUNCTION softguard._leave_publications(rel oid, attnum integer) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kept jsonb := '[]';
+    x record;
+BEGIN
+    FOR x IN SELECT pr.oid AS member, p.oid, p.pubname, p.pubowner,
+                    (SELECT jsonb_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a
+                      WHERE a.attrelid = pr.prrelid
+                        AND a.attnum = ANY (pr.prattrs::smallint[])) AS cols,
+                    pg_get_expr(pr.prqual, pr.prrelid) AS filter
+               FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+              WHERE pr.prrelid = rel
+                AND (attnum IS NULL
+                     OR EXISTS (SELECT FROM pg_depend d
+                                 WHERE d.classid = 'pg_publication_rel'::regclass
+                                   AND d.objid = pr.oid AND d.refclassid = 'pg_class'::regclass
+                                   AND d.refobjid = rel AND d.refobjsubid = attnum))
+              ORDER BY p.pubname LOOP
+        kept := kept || jsonb_build_array(jsonb_build_object(
+            'member', x.member, 'pub', x.oid, 'pub_name', x.pubname, 'pub_owner', x.pubowner,
+            'table', rel, 'table_name', rel::regclass::text, 'columns', x.cols,
+            'filter', x.filter));
+        EXECUTE format('ALTER PUBLICATION %I DROP TABLE ONLY %s', x.pubname, rel::regclass);
+    END LOOP;
+    RETURN kept;
+END $$;
+REVOKE ALL ON FUNCTION softguard._leave_publications(oid, integer) FROM PUBLIC;
+
+-- The restore step of what a DROP takes from publications: the memberships of the
+-- tables in `rels` and of the schemas in `nsps`, recorded and removed. Returns [] when
+-- there are none, else [{"step": "publications", "tables": [...], "schemas":
+-- [{"member" (its pg_publication_namespace oid), "pub", "pub_name", "pub_owner", "schema",
+--   "schema_name"}]}].
+CREATE FUNCTION softguard._publications_step(rels oid[], nsps oid[]) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tables jsonb := '[]';
+    schemas jsonb := '[]';
+    rel oid;
+    x record;
+BEGIN
+    FOREACH rel IN ARRAY coalesce(rels, '{}') LOOP
+        tables := tables || softguard._leave_publications(rel, NULL);
+    END LOOP;
+    FOR x IN SELECT pn.oid AS member, p.oid, p.pubname, p.pubowner, n.oid AS nsp, n.nspname
+               FROM pg_publication_namespace pn JOIN pg_publication p ON p.oid = pn.pnpubid
+               JOIN pg_namespace n ON n.oid = pn.pnnspid
+              WHERE pn.pnnspid = ANY (coalesce(nsps, '{}'))
+              ORDER BY n.nspname, p.pubname LOOP
+        schemas := schemas || jsonb_build_array(jsonb_build_object(
+            'member', x.member, 'pub', x.oid, 'pub_name', x.pubname, 'pub_owner', x.pubowner,
+            'schema', x.nsp, 'schema_name', x.nspname));
+        EXECUTE format('ALTER PUBLICATION %I DROP TABLES IN SCHEMA %I', x.pubname, x.nspname);
+    END LOOP;
+    IF tables = '[]' AND schemas = '[]' THEN
+        RETURN '[]';
+    END IF;
+    RETURN jsonb_build_array(jsonb_build_object('step', 'publications', 'tables', tables,
+                                                'schemas', schemas));
+END $$;
+REVOKE ALL ON FUNCTION softguard._publications_step(oid[], oid[]) FROM PUBLIC;
 
 -- Record the definition of a link (on a live table) and drop it. Returns [step].
 CREATE FUNCTION softguard._drop_link(p_classid oid, p_objid oid, p_identity text,

@@ -383,8 +383,9 @@ REVOKE ALL ON FUNCTION softguard._alter_executing() FROM PUBLIC;
 -- ---------------------------------------------------------------------------------------
 
 -- Keep column `attnum` of `rel` in operation `op`, before it is dropped: its definition
--- (type, default, collation, identity, constraints and indexes that go with it) and its
--- values, by a key or row image without the columns in `excluded` (_keep_key). Returns
+-- (type, default, collation, identity, constraints and indexes that go with it, the
+-- publication memberships that use it: removed here, decision 0038) and its values, by
+-- a key or row image without the columns in `excluded` (_keep_key). Returns
 -- schema.table.column. Not PUBLIC: the callers check that `op` may keep this column
 -- (_capture_column for alter_op's DROP COLUMN; _quarantine for the columns a DROP ...
 -- CASCADE removes, decision 0029).
@@ -448,6 +449,9 @@ BEGIN
          WHERE ps.seqrelid = seq;
     END IF;
     info := jsonb_build_object(
+        -- the publications whose column list or row filter uses it lose the table, as
+        -- PostgreSQL's CASCADE takes them; undo adds them back after the columns (0038)
+        'publications', softguard._leave_publications(rel, a.attnum),
         'name', a.attname, 'type', a.typ, 'not_null', a.attnotnull, 'default', a.def,
         'collation', a.coll, 'comment', a.cmt, 'key', to_jsonb(key), 'attnum', a.attnum,
         'generated', CASE a.attgenerated WHEN 's' THEN 'STORED' WHEN 'v' THEN 'VIRTUAL' END,

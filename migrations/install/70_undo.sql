@@ -638,6 +638,107 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_rename_global(bigint, jsonb, text, text) FROM PUBLIC;
 
+-- The publication whose membership a DROP took (decision 0038): the one recorded (by oid),
+-- or one created again since under its name by the same owner (a publication of another
+-- role by that name is not it: the table would be published to whoever owns that one).
+-- None: undo refuses, nothing changes.
+CREATE FUNCTION softguard._publication_now(op bigint, m jsonb, what text) RETURNS name
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found_name name;
+BEGIN
+    SELECT p.pubname INTO found_name FROM pg_publication p WHERE p.oid = (m->>'pub')::oid;
+    IF NOT FOUND THEN
+        SELECT p.pubname INTO found_name FROM pg_publication p
+         WHERE p.pubname = m->>'pub_name' AND p.pubowner = (m->>'pub_owner')::oid;
+    END IF;
+    IF found_name IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: publication %I, which %s belonged to, '
+                             'no longer exists', op, m->>'pub_name', what),
+            HINT = format('Create publication %I again as role %s, then undo: %s is added back '
+                          'to it as it was. Undo puts nothing back meanwhile.', m->>'pub_name',
+                          coalesce((SELECT r.rolname::text FROM pg_roles r
+                                     WHERE r.oid = (m->>'pub_owner')::oid),
+                                   'oid ' || (m->>'pub_owner')), what);
+    END IF;
+    RETURN found_name;
+END $$;
+REVOKE ALL ON FUNCTION softguard._publication_now(bigint, jsonb, text) FROM PUBLIC;
+
+-- Add back the publication memberships a DROP took (_publications_step, _keep_column):
+-- schemas first, then tables with their column list and row filter as they were. A table
+-- or schema that is in the publication again (added some other way since) is refused
+-- (42710) rather than given a second, different membership. Runs after the tables,
+-- columns and schemas are back.
+CREATE FUNCTION softguard._rejoin_publications(op bigint, tables jsonb, schemas jsonb)
+RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lines softguard.undo_step[] := '{}';
+    m jsonb;
+    pub name;
+    nsp name;
+    rel regclass;
+BEGIN
+    FOR m IN SELECT x FROM jsonb_array_elements(coalesce(schemas, '[]')) x LOOP
+        SELECT n.nspname INTO nsp FROM pg_namespace n WHERE n.oid = (m->>'schema')::oid;
+        pub := softguard._publication_now(op, m, 'schema ' || quote_ident(nsp));
+        IF EXISTS (SELECT FROM pg_publication_namespace pn JOIN pg_publication p
+                                ON p.oid = pn.pnpubid
+                    WHERE p.pubname = pub AND pn.pnnspid = (m->>'schema')::oid) THEN
+            RAISE EXCEPTION USING ERRCODE = '42710',
+                MESSAGE = format('cannot undo operation %s: schema %I is in publication %I '
+                                 'again (added since the DROP)', op, nsp, pub),
+                HINT = format('ALTER PUBLICATION %I DROP TABLES IN SCHEMA %I, then undo: the '
+                              'schema is added back to it.', pub, nsp);
+        END IF;
+        EXECUTE format('ALTER PUBLICATION %I ADD TABLES IN SCHEMA %I', pub, nsp);
+        lines := lines || softguard._step(op, 're-added', quote_ident(nsp),
+            format('re-added schema %I to publication %I', nsp, pub));
+    END LOOP;
+    FOR m IN SELECT x FROM jsonb_array_elements(coalesce(tables, '[]')) x LOOP
+        -- live, and no later operation's (no row is written: the table's own code, which
+        -- _need_table would look at, does not run)
+        PERFORM softguard._need_live(op, 'pg_class'::regclass, (m->>'table')::oid,
+                                     'publication ' || quote_ident(m->>'pub_name'),
+                                     m->>'table_name');
+        rel := (m->>'table')::oid::regclass;
+        pub := softguard._publication_now(op, m, 'table ' || rel::text);
+        IF EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                    WHERE p.pubname = pub AND pr.prrelid = rel) THEN
+            RAISE EXCEPTION USING ERRCODE = '42710',
+                MESSAGE = format('cannot undo operation %s: table %s is in publication %I '
+                                 'again (added since the DROP)', op, rel, pub),
+                HINT = format('ALTER PUBLICATION %I DROP TABLE %s, then undo: the table is '
+                              'added back to it with its column list and row filter as they '
+                              'were.', pub, rel);
+        END IF;
+        EXECUTE format('ALTER PUBLICATION %I ADD TABLE ONLY %s%s%s', pub, rel,
+                       (SELECT ' (' || string_agg(quote_ident(c), ', ' ORDER BY i) || ')'
+                          FROM jsonb_array_elements_text(CASE jsonb_typeof(m->'columns')
+                                   WHEN 'array' THEN m->'columns' ELSE '[]' END)
+                               WITH ORDINALITY AS t(c, i)),
+                       ' WHERE (' || (m->>'filter') || ')');
+        lines := lines || softguard._step(op, 're-added', rel::text,
+            format('re-added table %s to publication %I', rel, pub));
+    END LOOP;
+    RETURN lines;
+END $$;
+REVOKE ALL ON FUNCTION softguard._rejoin_publications(bigint, jsonb, jsonb) FROM PUBLIC;
+
+-- The memberships the columns kept by operation `op` took (_keep_column), in order.
+CREATE FUNCTION softguard._column_publications(op bigint) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_agg(m ORDER BY c.id, t.i), '[]')
+      FROM softguard.captures c,
+           jsonb_array_elements(CASE jsonb_typeof(c.info->'publications') WHEN 'array'
+                                     THEN c.info->'publications' ELSE '[]' END)
+               WITH ORDINALITY AS t(m, i)
+     WHERE c.op_id = op AND c.event = 'column'
+$$;
+REVOKE ALL ON FUNCTION softguard._column_publications(bigint) FROM PUBLIC;
+
 CREATE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -806,6 +907,9 @@ BEGIN
                                               format('restored schema %I', target));
         WHEN 'owner' THEN
             lines := lines || softguard._undo_owner(op, s);
+        WHEN 'publications' THEN
+            -- the memberships what the DROP took had (decision 0038); last of all
+            lines := lines || softguard._rejoin_publications(op, s->'tables', s->'schemas');
         WHEN 'seq_owned_by' THEN
             EXECUTE format('ALTER SEQUENCE %s OWNED BY %s.%I', (s->>'seq')::oid::regclass,
                            (s->>'table')::oid::regclass, s->>'column');
@@ -851,6 +955,9 @@ BEGIN
                                    k.relid::regclass, k.x->>'comment');
                 END IF;
             END LOOP;
+            -- the publications whose column list or row filter used them (decision 0038)
+            lines := lines || softguard._rejoin_publications(op, softguard._column_publications(op),
+                                                             '[]');
         WHEN 'view_query' THEN
             -- a view that read a column the DROP kept (decision 0029): its query and
             -- options back, the columns back already; the view is still in quarantine
@@ -1309,6 +1416,11 @@ BEGIN
     END LOOP;
 
     PERFORM softguard._replica(saved_srr);
+
+    -- DROP COLUMN ... CASCADE: the publications whose column list or row filter used a
+    -- column (decision 0038), once the rows are back (a row filter's membership may stop
+    -- UPDATEs of a table whose replica identity does not cover it)
+    lines := lines || softguard._rejoin_publications(op, softguard._column_publications(op), '[]');
 
     PERFORM softguard._record_undo(o, CASE WHEN on_conflict = 'skip'
                                            THEN ' --on-conflict skip' ELSE '' END);

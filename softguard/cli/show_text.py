@@ -67,8 +67,7 @@ def _step_text(step: dict[str, Any]) -> str | None:
         return None
     if kind == "definition":
         return (
-            f"put back the previous definition of {step.get('identity', '?')} "
-            "(--details prints it)"
+            f"put back the previous definition of {step.get('identity', '?')} (--details prints it)"
         )
     if kind == "sequence":
         return f"put back the previous value and settings of {step.get('identity', '?')}"
@@ -97,8 +96,16 @@ def _step_text(step: dict[str, Any]) -> str | None:
         f"{', '.join(str(c) for c in step.get('columns') or [])} with their values"
         " (as the last columns)",
         # a view that read one of those columns: kept, its query set aside until then
-        "view_query": f"put back the query of view {step.get('view', '?')} "
-        "(after its columns)",
+        "view_query": f"put back the query of view {step.get('view', '?')} (after its columns)",
+        # memberships in publications that what went had (decision 0038)
+        "publications": "add "
+        + ", ".join(
+            dict.fromkeys(  # each once, however many publications it was in
+                [f"table {m.get('table_name', '?')}" for m in step.get("tables") or []]
+                + [f"schema {m.get('schema_name', '?')}" for m in step.get("schemas") or []]
+            )
+        )
+        + " back to their publications (with column lists and row filters)",
         # a materialized view that read one: dropped, re-made (decision 0035)
         "remake_matview": f"re-make materialized view {step.get('name', '?')}"
         + (" and refresh it" if step.get("populated") else " (not populated)")

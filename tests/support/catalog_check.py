@@ -10,8 +10,11 @@ One read-only query any role may run (pg_roles, never pg_authid), over objects c
 after initdb (oid >= 16384) and those of PostgreSQL's own that pg_shdepend names (the
 public schema's ACL): the others, and roles below 16384, are pinned and have no pg_depend
 / pg_shdepend rows. Each row it returns is one inconsistency:
-(check, object, detail). Dropped columns are left out: PostgreSQL itself keeps their old
-attcollation (RemoveAttributeById clears atttypid only), also after a direct DROP.
+(check, object, detail). Publications: every membership (pg_publication_rel, its column
+list, pg_publication_namespace) names a live publication, relation, column and schema, and
+no kept table or schema is a member (decision 0038). Dropped columns are left out:
+PostgreSQL itself keeps their old attcollation (RemoveAttributeById clears atttypid only),
+also after a direct DROP.
 """
 
 from __future__ import annotations
@@ -216,6 +219,33 @@ SELECT 'collation reference', c.oid::text || ' ' || c.collname,
  WHERE c.oid >= 16384
    AND NOT (EXISTS (SELECT FROM pg_namespace n WHERE n.oid = c.collnamespace)
             AND EXISTS (SELECT FROM pg_roles r WHERE r.oid = c.collowner))
+UNION ALL
+SELECT 'publication member', p.pubname::text, concat_ws(' ', pr.prpubid, pr.prrelid)
+  FROM pg_publication_rel pr LEFT JOIN pg_publication p ON p.oid = pr.prpubid
+ WHERE p.oid IS NULL OR NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = pr.prrelid)
+UNION ALL
+SELECT 'publication column', pr.prrelid::regclass::text, a.n::text
+  FROM pg_publication_rel pr, unnest(pr.prattrs::smallint[]) a (n)
+ WHERE NOT EXISTS (SELECT FROM pg_attribute x WHERE x.attrelid = pr.prrelid
+                      AND x.attnum = a.n AND NOT x.attisdropped)
+UNION ALL
+SELECT 'publication schema', p.pubname::text, concat_ws(' ', pn.pnpubid, pn.pnnspid)
+  FROM pg_publication_namespace pn LEFT JOIN pg_publication p ON p.oid = pn.pnpubid
+ WHERE p.oid IS NULL OR NOT EXISTS (SELECT FROM pg_namespace n WHERE n.oid = pn.pnnspid)
+UNION ALL
+-- softguard's own rule (decision 0038): a kept table or schema is in no publication, as
+-- after a direct DROP (a publication FOR ALL TABLES has no such rows). The quarantine's
+-- names are spelled at run time: the fidelity tier runs this through the proxy, whose
+-- text check refuses statements naming softguard's schemas.
+SELECT 'kept object in a publication', p.pubname::text, n.nspname::text
+  FROM pg_publication p
+  JOIN (SELECT pr.prpubid, c.relnamespace FROM pg_publication_rel pr
+          JOIN pg_class c ON c.oid = pr.prrelid
+        UNION ALL
+        SELECT pn.pnpubid, pn.pnnspid FROM pg_publication_namespace pn) m (pub, nsp)
+    ON m.pub = p.oid
+  JOIN pg_namespace n ON n.oid = m.nsp
+ WHERE n.nspname = 'soft' || 'guard_quarantine' OR n.nspname LIKE 'soft' || 'guard\\_q%'
 UNION ALL
 SELECT 'depend object missing', concat_ws('/', d.classid::regclass, d.objid, d.objsubid),
        d.deptype::text || ' on ' || coalesce((pg_identify_object(d.refclassid, d.refobjid,
