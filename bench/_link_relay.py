@@ -65,8 +65,10 @@ async def _pair(client: _Side, upstream_port: int) -> None:
             side.data_received,
             high_water=BUFFER,
         )
-        if moved is None:
-            raise SystemExit("link-relay: a connection could not move onto a link")
+        if moved is None:  # closed meanwhile (a port probe): drop the pair
+            client.transport.close()
+            upstream.transport.close()
+            return
         side.transport = moved
         side.other = other  # type: ignore[attr-defined]
     for side, other in (sides, sides[::-1]):

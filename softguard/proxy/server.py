@@ -18,7 +18,7 @@ from typing import Any, cast
 from softguard.auth.login import Credentials
 from softguard.config import Settings
 from softguard.policy import Policy
-from softguard.proxy import hotpath
+from softguard.proxy import hotpath, link
 from softguard.proxy.ledger_gate import LedgerGate
 from softguard.proxy.metrics import Metrics, check_metrics_address, metrics_port
 from softguard.proxy.session import ClientSession, UpstreamProtocol
@@ -409,10 +409,13 @@ def serve_forever(
     workers = settings.workers
     host, port = settings.listen_host, settings.listen_port
     log.info(
-        "relay fast path: %s",
+        "relay fast path: %s; ready plain sessions on %s",
         "compiled (softguard._hotpath)"
         if hotpath.COMPILED
         else "pure Python (softguard._hotpath not built or SOFTGUARD_PURE_PYTHON set)",
+        "softguard's own socket reads and writes"
+        if link.AVAILABLE
+        else "the event loop's transports",
     )
     if settings.metrics_address is not None:
         # Here, before forking: a bad address is one clear error, not dying workers.
