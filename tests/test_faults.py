@@ -56,7 +56,12 @@ def assert_still_serving(target: Any, dbname: str) -> None:
 
 @contextlib.contextmanager
 def fresh_proxy(factory: Any, *args: str, upstream: str | None = None, **env: str) -> Iterator[Any]:
-    """A proxy of its own (never shared), started with SOFTGUARD_* ``env``; stopped after."""
+    """A proxy of its own (never shared), started with SOFTGUARD_* ``env``; stopped after.
+    Plain on the loopback hop unless told otherwise, as beside its server: then both of a
+    ready session's connections relay on links (decision 0040), whose flow control and
+    failures these tests are about as much as the transports'."""
+    if upstream is None:
+        upstream = factory.server.upstream_dsn(sslmode="disable")
     with environment(**env):
         p = factory(*args, upstream=upstream, fresh=True)
     try:
