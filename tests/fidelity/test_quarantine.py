@@ -23,8 +23,6 @@ from support.catalog_check import OWNED, check_dsn
 from support.pg import TestServer
 from support.proxy import Target
 
-from softguard.ledger.migrate import apply_migrations
-
 PW = "quarantine-pw"
 
 SCHEMA = """
@@ -162,12 +160,14 @@ class World:
 
 
 @pytest.fixture
-def world(pg_server: TestServer, proxy: Target) -> Iterator[World]:
+def world(pg_server: TestServer, proxy: Target, ledger_template: str) -> Iterator[World]:
     if proxy.is_direct:
         pytest.skip("about softguard's quarantine (SOFTGUARD_TEST_VIA=direct)")
     tag = uuid.uuid4().hex[:8]
     owner, reader = f"sg_qown_{tag}", f"sg_qread_{tag}"
-    dbs = [pg_server.create_database(), pg_server.create_database()]
+    # softguard's twin: the ledger installed beforehand by a superuser (a copy of the
+    # session's ledger template: the install done once, not per test)
+    dbs = [pg_server.create_database(), pg_server.create_database(ledger_template)]
     with psycopg.connect(pg_server.superuser_dsn(), autocommit=True) as c:
         c.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
             sql.Identifier(owner), sql.Literal(PW)))  # fmt: skip
@@ -176,9 +176,6 @@ def world(pg_server: TestServer, proxy: Target) -> Iterator[World]:
         for db in dbs:
             c.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
                 sql.Identifier(db), sql.Identifier(owner)))  # fmt: skip
-    with psycopg.connect(pg_server.superuser_dsn(dbs[1])) as c:
-        apply_migrations(c)
-        c.commit()
     w = World(pg_server, proxy, dbs[0], dbs[1], owner, reader, "qs_" + tag)
     for db in dbs:
         w.run(db, [s for s in SCHEMA.split(";\n") if s.strip()], owner)

@@ -28,11 +28,21 @@ WORKERS_PER_CPU = 2
 
 # Files whose tests take minutes in all (the durations report): handed out first, so that
 # no worker starts one of them while the others have finished.
-LONG_FILES = ("tests/test_fuzz_encodings.py", "tests/test_fuzz.py", "tests/test_pgbench.py")
+LONG_FILES = (
+    "tests/test_fuzz_encodings.py",
+    "tests/test_fuzz.py",
+    "tests/fidelity/test_catalog_consistency.py",
+    "tests/test_pgbench.py",
+)
 
 # Files whose tests are handed out one by one (pytest_xdist_make_scheduler): each of their
-# tests takes minutes; together on one worker they would end the run alone.
-SPLIT_FILES = ("tests/test_fuzz_encodings.py", "tests/test_fuzz.py")
+# tests takes a minute or more; together on one worker they would end the run alone
+# (test_catalog_consistency.py: 225 s in one file before its seeds were split).
+SPLIT_FILES = (
+    "tests/test_fuzz_encodings.py",
+    "tests/test_fuzz.py",
+    "tests/fidelity/test_catalog_consistency.py",
+)
 
 
 def workers() -> int:
