@@ -4,6 +4,8 @@
 -- (_quarantine's step 1b and restore step "publications"; _keep_column records those of a
 -- column), _publication_now, _rejoin_publications, _column_publications (_undo_one,
 -- _undo_captures). A DROP TYPE/DOMAIN ... CASCADE reaching a column list is no longer refused.
+-- Section jit: _foreign_code runs with jit off (undo paid 2.3-2.5 s of JIT compilation per
+-- table it writes rows into on a server with jit = on).
 --
 DO $$
 DECLARE
@@ -1411,6 +1413,74 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._undo_captures(bigint, text) FROM PUBLIC;
 
 -- end section: pubmem ---------------------------------------------------------------
+
+-- section: jit ----------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION softguard._foreign_code(rel oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+    WITH RECURSIVE tree(r) AS (
+        SELECT rel
+        UNION
+        SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.r
+    ), types(t) AS (
+        SELECT a.atttypid FROM pg_attribute a
+         WHERE a.attrelid IN (SELECT r FROM tree) AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT u FROM types JOIN pg_type y ON y.oid = types.t,
+               LATERAL (SELECT nullif(y.typbasetype, 0)
+                        UNION ALL SELECT nullif(y.typelem, 0)
+                        UNION ALL SELECT f.atttypid FROM pg_attribute f
+                                   WHERE f.attrelid = y.typrelid AND f.attnum > 0
+                                     AND NOT f.attisdropped
+                        UNION ALL SELECT g.rngsubtype FROM pg_range g WHERE g.rngtypid = y.oid
+                        UNION ALL SELECT g.rngtypid FROM pg_range g
+                                   WHERE g.rngmultitypid = y.oid) v(u)
+         WHERE u IS NOT NULL
+    ), parts(classid, objid) AS (
+        SELECT 'pg_class'::regclass::oid, i.indexrelid FROM pg_index i
+         WHERE i.indrelid IN (SELECT r FROM tree)
+        UNION ALL
+        SELECT 'pg_constraint'::regclass::oid, k.oid FROM pg_constraint k
+         WHERE k.conrelid IN (SELECT r FROM tree) OR k.contypid IN (SELECT t FROM types)
+        UNION ALL
+        SELECT 'pg_attrdef'::regclass::oid, d.oid FROM pg_attrdef d
+         WHERE d.adrelid IN (SELECT r FROM tree)
+        UNION ALL
+        -- a domain's default (and any type's own functions)
+        SELECT 'pg_type'::regclass::oid, t FROM types
+        UNION ALL
+        -- row-level security policies, where they apply to the role running undo (softguard's
+        -- owner on a managed service may be neither superuser nor BYPASSRLS)
+        SELECT 'pg_policy'::regclass::oid, pol.oid FROM pg_policy pol
+          JOIN pg_class c ON c.oid = pol.polrelid AND c.relrowsecurity
+         WHERE pol.polrelid IN (SELECT r FROM tree)
+           AND NOT (SELECT o.rolsuper OR o.rolbypassrls FROM pg_roles o
+                     WHERE o.rolname = current_user)
+    ), used(classid, objid) AS (
+        SELECT d.refclassid, d.refobjid FROM parts JOIN pg_depend d
+            ON d.classid = parts.classid AND d.objid = parts.objid
+        UNION
+        -- what runs what it uses (decision 0036): an operator its function, an index's
+        -- operator class the operators and support functions of its family
+        SELECT x.classid, x.objid FROM used,
+          LATERAL (SELECT 'pg_proc'::regclass::oid, o.oprcode::oid FROM pg_operator o
+                    WHERE used.classid = 'pg_operator'::regclass AND o.oid = used.objid
+                   UNION ALL
+                   SELECT 'pg_opfamily'::regclass::oid, c.opcfamily FROM pg_opclass c
+                    WHERE used.classid = 'pg_opclass'::regclass AND c.oid = used.objid
+                   UNION ALL
+                   SELECT 'pg_operator'::regclass::oid, a.amopopr FROM pg_amop a
+                    WHERE used.classid = 'pg_opfamily'::regclass AND a.amopfamily = used.objid
+                   UNION ALL
+                   SELECT 'pg_proc'::regclass::oid, a.amproc::oid FROM pg_amproc a
+                    WHERE used.classid = 'pg_opfamily'::regclass
+                      AND a.amprocfamily = used.objid) x(classid, objid)
+    )
+    SELECT string_agg(DISTINCT format('%s (owned by %I)', p.oid::regprocedure, r.rolname), ', ')
+      FROM used JOIN pg_proc p ON used.classid = 'pg_proc'::regclass AND p.oid = used.objid
+      JOIN pg_roles r ON r.oid = p.proowner
+     WHERE NOT r.rolsuper AND r.rolname <> current_user
+$$;
+-- end section: jit ------------------------------------------------------------------
 
 DO $$
 DECLARE
