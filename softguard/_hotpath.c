@@ -110,25 +110,117 @@ static PyTypeObject FramerBaseType = {
 
 /* ------------------------------------------------------------------ CounterBase */
 
+/* Metrics's statement counts: `safe_statements` (statements passed unread) and
+ * `_statements` ({(classification, action): count} of the others), with the one method
+ * that writes the latter, `count_statement`, defined here so that the fast path counts
+ * an allowed statement without a Python call (an allowed UPDATE of TPC-B paid ~3,000
+ * instructions for it). softguard/speedups.py's stand-in defines the same method. */
 typedef struct {
     PyObject_HEAD
+    PyObject *statements; /* dict, set by Metrics.__init__ */
     Py_ssize_t safe_statements;
 } CounterBase;
 
 static PyMemberDef counter_members[] = {
     {"safe_statements", T_PYSSIZET, offsetof(CounterBase, safe_statements), 0, NULL},
+    {"_statements", T_OBJECT_EX, offsetof(CounterBase, statements), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
+
+/* `self._statements[key] = self._statements.get(key, 0) + 1` for key, a tuple: 0 / -1. */
+static int counter_add(CounterBase *self, PyObject *key)
+{
+    PyObject *counts = self->statements;
+    if (counts == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_statements");
+        return -1;
+    }
+    Py_INCREF(counts); /* the key's __eq__ or __hash__ may replace the field */
+    int r = -1;
+    PyObject *now;
+    if (PyDict_CheckExact(counts)) {
+        now = PyDict_GetItemWithError(counts, key);
+        Py_XINCREF(now);
+    } else {
+        now = PyObject_CallMethod(counts, "get", "O", key);
+        if (now == Py_None)
+            Py_CLEAR(now);
+    }
+    if (now == NULL && PyErr_Occurred())
+        goto done;
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *next = one == NULL ? NULL : now == NULL ? Py_NewRef(one) : PyNumber_Add(now, one);
+    Py_XDECREF(one);
+    if (next != NULL) {
+        r = PyObject_SetItem(counts, key, next);
+        Py_DECREF(next);
+    }
+done:
+    Py_XDECREF(now);
+    Py_DECREF(counts);
+    return r;
+}
+
+static PyObject *counter_count_statement(CounterBase *self, PyObject *const *args,
+                                         Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "count_statement(classification, action)");
+        return NULL;
+    }
+    PyObject *key = PyTuple_Pack(2, args[0], args[1]);
+    if (key == NULL)
+        return NULL;
+    int r = counter_add(self, key);
+    Py_DECREF(key);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef counter_methods[] = {
+    {"count_statement", (PyCFunction)(void (*)(void))counter_count_statement, METH_FASTCALL,
+     "count_statement(classification, action): one more statement of that kind"},
+    {NULL, NULL, 0, NULL},
+};
+
+static int counter_traverse(CounterBase *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->statements);
+    return 0;
+}
+
+static int counter_clear(CounterBase *self)
+{
+    Py_CLEAR(self->statements);
+    return 0;
+}
+
+static void counter_dealloc(CounterBase *self)
+{
+    PyObject_GC_UnTrack(self);
+    counter_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
 
 static PyTypeObject CounterBaseType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "softguard._hotpath.CounterBase",
-    .tp_doc = "softguard.proxy.metrics.Metrics's count of statements passed unread",
+    .tp_doc = "softguard.proxy.metrics.Metrics's statement counts",
     .tp_basicsize = sizeof(CounterBase),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)counter_dealloc,
+    .tp_traverse = (traverseproc)counter_traverse,
+    .tp_clear = (inquiry)counter_clear,
+    .tp_free = PyObject_GC_Del,
     .tp_members = counter_members,
+    .tp_methods = counter_methods,
 };
+
+/* CounterBase.count_statement as found on CounterBase (set at import): a counter whose
+ * type resolves count_statement to it is counted without a call. */
+static PyObject *g_count_descr = NULL;
 
 /* ------------------------------------------------------------------ CoreBase */
 
@@ -790,13 +882,23 @@ static int client_checks(CoreBase *core, FramerBase *cframer, const unsigned cha
     return r == HARMLESS_QUERY ? HARMLESS_PARSE : r;
 }
 
-/* counter.count_statement(kind, action), as the Python path calls it. */
+/* counter.count_statement(kind, action), as the Python path calls it; CounterBase's own
+ * method (not overridden) without the call. */
 static int count_statement(CoreBase *core, PyObject *entry)
 {
     PyObject *counter = core->counter;
     if (counter == NULL) {
         PyErr_SetString(PyExc_AttributeError, "the core has no counter");
         return -1;
+    }
+    if (PyObject_TypeCheck(counter, &CounterBaseType) && PyTuple_CheckExact(entry) &&
+        PyTuple_GET_SIZE(entry) == 2 &&
+        _PyType_Lookup(Py_TYPE(counter), s_count_statement) == g_count_descr) {
+        /* The entry is (kind, action): the very key the method would build. */
+        Py_INCREF(counter);
+        int r = counter_add((CounterBase *)counter, entry);
+        Py_DECREF(counter);
+        return r;
     }
     Py_INCREF(counter); /* the method may drop the core's reference */
     PyObject *r = PyObject_CallMethodObjArgs(counter, s_count_statement,
@@ -1098,6 +1200,12 @@ PyMODINIT_FUNC PyInit__hotpath(void)
     if (PyType_Ready(&FramerBaseType) < 0 || PyType_Ready(&CounterBaseType) < 0 ||
         PyType_Ready(&CoreBaseType) < 0 || PyType_Ready(&RelayType) < 0)
         return NULL;
+    g_count_descr = _PyType_Lookup(&CounterBaseType, s_count_statement); /* borrowed: the
+                                                                          * type is static */
+    if (g_count_descr == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "CounterBase.count_statement is missing");
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL)
         return NULL;

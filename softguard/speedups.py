@@ -50,8 +50,16 @@ if TYPE_CHECKING or compiled is None:
         attributes)."""
 
     class CounterBase:
-        """``Metrics.safe_statements``, which the compiled fast path counts (here: an
-        ordinary attribute)."""
+        """``Metrics``'s statement counts, which the compiled fast path writes (here:
+        ordinary attributes): ``safe_statements`` and ``_statements``, with the method
+        that writes the latter (the compiled module defines the same in C)."""
+
+        safe_statements: int
+        _statements: dict[tuple[str, str], int]
+
+        def count_statement(self, classification: str, action: str) -> None:
+            key = (classification, action)
+            self._statements[key] = self._statements.get(key, 0) + 1
 
 else:
     FramerBase = compiled.FramerBase

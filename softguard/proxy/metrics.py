@@ -180,8 +180,9 @@ def log_operation(
 
 
 class Metrics(CounterBase):
-    """The counters, gauges and histograms of one proxy process. ``safe_statements`` lives
-    in ``CounterBase``, where the compiled fast path counts it (softguard/speedups.py)."""
+    """The counters, gauges and histograms of one proxy process. ``safe_statements``,
+    ``_statements`` and ``count_statement`` live in ``CounterBase``, where the compiled
+    fast path counts statements (softguard/speedups.py)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -251,10 +252,6 @@ class Metrics(CounterBase):
             registry=r,
         )
         self._http: WSGIServer | None = None
-
-    def count_statement(self, classification: str, action: str) -> None:
-        key = (classification, action)
-        self._statements[key] = self._statements.get(key, 0) + 1
 
     def statement_counts(self) -> dict[tuple[str, str], int]:
         counts = dict(self._statements)

@@ -24,6 +24,7 @@ from support.hotpath_twins import Twin, apply_state
 
 from softguard.proxy import hotpath
 from softguard.proxy.core import State
+from softguard.proxy.metrics import Metrics
 from softguard.wire.messages import message
 
 pytestmark = pytest.mark.skipif(
@@ -274,6 +275,23 @@ def test_an_allowed_shape_passes_unplanned_until_the_policy_changes(mode: str) -
     assert b"42501" in twin.sinks.sent[-1][1]  # the refusal went in its place
     assert twin.counter.counted[-1] == ("destructive", "deny")
     assert twin.core._allowed == {}
+
+
+@pytest.mark.parametrize("mode", ["python", "chunk"])
+def test_an_allowed_shape_is_counted_in_the_metrics(mode: str) -> None:
+    """With the process's own ``Metrics`` (its ``count_statement`` is CounterBase's, which
+    the compiled path runs without a call), every allowed UPDATE is counted once, planned
+    or remembered; the twin tests' ``Counter`` overrides the method and is called."""
+    twin = Twin(mode)
+    metrics = Metrics()
+    twin.core.counter = metrics
+    for chunk in _UPDATES:
+        _fed(twin, "client", chunk)
+        _fed(twin, "server", _SERVER_CHUNKS[0])
+    assert twin.taken == (5 if mode == "chunk" else 0)
+    counts = metrics.statement_counts()
+    assert counts["destructive", "allow"] == 3
+    assert sum(counts.values()) == 3
 
 
 @pytest.mark.parametrize(
