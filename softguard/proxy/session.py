@@ -238,7 +238,10 @@ class ClientSession(asyncio.Protocol):
             for control in controls:
                 self._execute(control)
         if self._to_links and core.state is State.READY:
-            self._move_to_links()
+            # Soon, not here: a _run may come from inside the core (a write that filled a
+            # buffer), whose chunk must end on the sinks it began with.
+            self._to_links = False
+            self.server.loop.call_soon(self._move_to_links)
 
     def _execute(self, control: cmd.Control) -> None:
         server = self.server
@@ -288,14 +291,16 @@ class ClientSession(asyncio.Protocol):
     def _move_to_links(self) -> None:
         """Both connections off their transports onto links, where they can move (plain
         TCP or Unix sockets): the relay's reads and writes then cost a recv and a send
-        (decision 0040). Called once the session is READY, which the core reaches in a
-        ``_run``; tried again at a later one while a transport still holds unsent bytes."""
+        (decision 0040). Scheduled by the ``_run`` in which the session became READY;
+        tried again after a later one while a transport still holds unsent bytes."""
         client, up, upstream = self.transport, self.up_transport, self.upstream
+        if self._closed or self.core.state is not State.READY:
+            return
         if client is None or up is None or upstream is None:
             return
         if client.get_write_buffer_size() or up.get_write_buffer_size():
+            self._to_links = True
             return
-        self._to_links = False
         loop = self.server.loop
         moved = link.adopt(loop, client, self, self.data_received, high_water=RELAY_BUFFER)
         metrics = self.server.metrics.relay_links
