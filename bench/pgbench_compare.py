@@ -73,6 +73,7 @@ CONFIGS = (
     "pgbouncer",
     "python-relay",
     "softguard-python",
+    "softguard-transports",
 )
 # python-relay (bench/_python_relay.py: bytes through a uvloop relay, nothing read) is the
 # reference for decision 0017, asked for by name: what any Python relay loop costs.
@@ -285,7 +286,9 @@ class Bench:
 
     def start_softguard(self, name: str = "softguard") -> None:
         """``softguard`` as deployed; ``softguard-python`` the same without the compiled
-        fast path (SOFTGUARD_PURE_PYTHON=1, decision 0034)."""
+        fast path (SOFTGUARD_PURE_PYTHON=1, decision 0034); ``softguard-transports`` the
+        same with sessions left on uvloop's transports (SOFTGUARD_NO_LINKS=1, decision
+        0040)."""
         u = self.upstream
         assert u is not None
         base = [sys.executable, "-m", "softguard", "serve"]
@@ -312,6 +315,8 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOFTGUARD_")}
         if name == "softguard-python":
             env["SOFTGUARD_PURE_PYTHON"] = "1"
+        elif name == "softguard-transports":
+            env["SOFTGUARD_NO_LINKS"] = "1"  # sessions stay on uvloop's transports
         self.versions["softguard_argv"] = argv
         self.start_proxy(name, argv, port, env=env, cwd=REPO_ROOT)
 
@@ -975,8 +980,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.install_ledger()
         if "softguard" in args.configs:
             bench.start_softguard()
-        if "softguard-python" in args.configs:
-            bench.start_softguard("softguard-python")
+        for variant in ("softguard-python", "softguard-transports"):
+            if variant in args.configs:
+                bench.start_softguard(variant)
         if "pgbouncer" in args.configs:
             bench.start_pgbouncer()
         if "python-relay" in args.configs:

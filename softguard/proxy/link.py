@@ -35,8 +35,13 @@ from softguard.speedups import compiled
 log = logging.getLogger("softguard.session")
 
 #: Whether sessions can move onto links: the compiled module is in use (its poller is an
-#: epoll set: Linux).
-AVAILABLE = compiled is not None and sys.platform.startswith("linux")
+#: epoll set: Linux), and SOFTGUARD_NO_LINKS is not set (a diagnostic switch: sessions
+#: then stay on the event loop's transports, e.g. to compare the two in bench/).
+AVAILABLE = (
+    compiled is not None
+    and sys.platform.startswith("linux")
+    and os.environ.get("SOFTGUARD_NO_LINKS", "") in ("", "0")
+)
 
 _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 

@@ -22,7 +22,9 @@ import uvloop
 
 from softguard.proxy import link
 
-pytestmark = pytest.mark.skipif(not link.AVAILABLE, reason="the compiled module is not in use")
+pytestmark = pytest.mark.skipif(
+    not link.AVAILABLE, reason="links are not in use (no compiled module, or SOFTGUARD_NO_LINKS)"
+)
 
 LOOPBACK = "127.0.0.1"
 
