@@ -28,6 +28,7 @@ class _Side(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: Any = None
+        self.other: _Side | None = None
         self.peer_write: Any = None
         self.early: list[bytes] = []
 
@@ -43,7 +44,7 @@ class _Side(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer_write is not None:
             self.peer_write = None
-            other = getattr(self, "other", None)
+            other = self.other
             if other is not None and other.transport is not None:
                 other.transport.close()
 
@@ -58,19 +59,13 @@ async def _pair(client: _Side, upstream_port: int) -> None:
         return
     sides = (client, upstream)
     for side, other in (sides, sides[::-1]):
-        moved = link.adopt(
-            loop,
-            cast(asyncio.Transport, side.transport),
-            side,
-            side.data_received,
-            high_water=BUFFER,
-        )
+        moved = link.adopt(loop, cast(asyncio.Transport, side.transport), side, high_water=BUFFER)
         if moved is None:  # closed meanwhile (a port probe): drop the pair
             client.transport.close()
             upstream.transport.close()
             return
         side.transport = moved
-        side.other = other  # type: ignore[attr-defined]
+        side.other = other
     for side, other in (sides, sides[::-1]):
         side.peer_write = other.transport.write
         for data in side.early:

@@ -50,7 +50,7 @@ static PyMemberDef link_members[] = {
 };
 
 /* The Python side's methods for what is not the common case. */
-static PyObject *s_eof, *s_read_failed, *s_write_failed, *s_write_slow, *s_receive_failed,
+static PyObject *s_eof, *s_os_error, *s_write_slow, *s_enqueue, *s_receive_failed,
     *s_write_ready;
 
 /* One recv per readable event: a level-triggered loop calls again while more is there, and
@@ -94,7 +94,7 @@ static PyObject *receive_failed(PyObject *self)
 
 static PyObject *link_read_ready(LinkBase *self, PyObject *unused)
 {
-    /* A callback already queued when the reader was removed finds nothing to do. */
+    /* Once closing (or closed) nothing more is read. */
     if (self->closing || self->fd < 0)
         Py_RETURN_NONE;
     ssize_t r;
@@ -104,7 +104,7 @@ static PyObject *link_read_ready(LinkBase *self, PyObject *unused)
     if (r < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             Py_RETURN_NONE;
-        return call_errno((PyObject *)self, s_read_failed, errno);
+        return call_errno((PyObject *)self, s_os_error, errno);
     }
     if (r == 0)
         return PyObject_CallMethodNoArgs((PyObject *)self, s_eof);
@@ -144,13 +144,14 @@ static PyObject *link_write(LinkBase *self, PyObject *data)
         Py_RETURN_NONE;
     if (w < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return call_errno((PyObject *)self, s_write_failed, errno);
+            return call_errno((PyObject *)self, s_os_error, errno);
         w = 0;
     }
+    /* The rest waits for the socket to be writable: no second send now. */
     PyObject *rest = PyBytes_FromStringAndSize(p + w, n - w);
     if (rest == NULL)
         return NULL;
-    PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, s_write_slow, rest);
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, s_enqueue, rest);
     Py_DECREF(rest);
     return r;
 }
@@ -158,9 +159,10 @@ static PyObject *link_write(LinkBase *self, PyObject *data)
 static PyMethodDef link_methods[] = {
     {"read_ready", (PyCFunction)link_read_ready, METH_NOARGS,
      "read_ready(): the socket is readable: one recv, handed to receive (or _eof, "
-     "_read_failed(errno), _receive_failed(exc))"},
+     "_os_error(errno), _receive_failed(exc))"},
     {"write", (PyCFunction)link_write, METH_O,
-     "write(data): send now when nothing is queued, else (or for the rest) _write_slow(data)"},
+     "write(data): send now when nothing is queued, else _write_slow(data); the rest of a "
+     "partial send to _enqueue(rest)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -219,7 +221,7 @@ static PyTypeObject LinkBaseType = {
  */
 typedef struct {
     PyObject_HEAD
-    int epfd;
+    int epfd; /* open for the poller's life */
 } Poller;
 
 #define BATCH 64
@@ -242,21 +244,11 @@ static PyObject *poller_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static PyObject *poller_close(Poller *self, PyObject *unused)
-{
-    if (self->epfd >= 0) {
-        close(self->epfd);
-        self->epfd = -1;
-    }
-    Py_RETURN_NONE;
-}
-
 static void poller_dealloc(Poller *self)
 {
     /* Each link holds its poller (softguard.proxy.link.Link._poller), so a poller is
      * freed only after every link that used it. */
-    if (self->epfd >= 0)
-        close(self->epfd);
+    close(self->epfd);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -280,8 +272,8 @@ static PyObject *poller_watch(Poller *self, PyObject *const *args, Py_ssize_t na
     int want = (read ? WANT_READ : 0) | (write ? WANT_WRITE : 0);
     if (want == link->events)
         Py_RETURN_NONE;
-    if (self->epfd < 0 || (want != 0 && link->fd < 0)) {
-        PyErr_SetString(PyExc_ValueError, "watch: the poller or the link is closed");
+    if (want != 0 && link->fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "watch: the link is closed");
         return NULL;
     }
     struct epoll_event ev;
@@ -306,8 +298,6 @@ static PyObject *poller_watch(Poller *self, PyObject *const *args, Py_ssize_t na
  * again what is left). The first error is raised after the whole batch ran. */
 static PyObject *poller_dispatch(Poller *self, PyObject *unused)
 {
-    if (self->epfd < 0)
-        Py_RETURN_NONE;
     struct epoll_event evs[BATCH];
     int n;
     do
@@ -323,16 +313,13 @@ static PyObject *poller_dispatch(Poller *self, PyObject *unused)
         LinkBase *link = (LinkBase *)evs[i].data.ptr;
         uint32_t got = evs[i].events;
         int broken = (got & (EPOLLERR | EPOLLHUP)) != 0;
-        PyObject *r = NULL;
-        int ran = 0;
+        PyObject *r;
         if ((link->events & WANT_READ) && (broken || (got & EPOLLIN))) {
             r = link_read_ready(link, NULL);
-            ran = 1;
+            if (r == NULL)
+                goto failed;
+            Py_DECREF(r);
         }
-        if (ran && r == NULL)
-            goto failed;
-        Py_XDECREF(r);
-        r = NULL;
         /* Re-read: the read may have closed it or queued nothing to write. */
         if ((link->events & WANT_WRITE) && link->fd >= 0 && (broken || (got & EPOLLOUT))) {
             r = PyObject_CallMethodNoArgs((PyObject *)link, s_write_ready);
@@ -362,7 +349,6 @@ static PyMethodDef poller_methods[] = {
      "watch(link, read, write): what to report for link; (False, False) removes it"},
     {"dispatch", (PyCFunction)poller_dispatch, METH_NOARGS,
      "run every ready link once (the loop's reader callback for fileno())"},
-    {"close", (PyCFunction)poller_close, METH_NOARGS, "close the epoll set"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -386,9 +372,9 @@ static PyTypeObject PollerType = {
 int link_add_type(PyObject *module)
 {
     INTERN(s_eof, "_eof");
-    INTERN(s_read_failed, "_read_failed");
-    INTERN(s_write_failed, "_write_failed");
+    INTERN(s_os_error, "_os_error");
     INTERN(s_write_slow, "_write_slow");
+    INTERN(s_enqueue, "_enqueue");
     INTERN(s_receive_failed, "_receive_failed");
     INTERN(s_write_ready, "_write_ready");
     if (PyType_Ready(&LinkBaseType) < 0 || PyType_Ready(&PollerType) < 0)

@@ -82,8 +82,7 @@ class Link(_LinkBase):  # type: ignore[misc]
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        protocol: asyncio.BaseProtocol,
-        receive: Callable[[bytes], Any],
+        protocol: asyncio.Protocol,
         extra: dict[str, Any],
         *,
         high_water: int,
@@ -102,7 +101,9 @@ class Link(_LinkBase):  # type: ignore[misc]
         self._writing = False
         self._protocol_paused = False
         self._lost = False
-        self.receive = receive
+        # The protocol's data_received as it is now: an instance attribute (the compiled
+        # Relay) where the session set one.
+        self.receive = protocol.data_received
         self.fd = sock.fileno()
 
     # ------------------------------------------------------------------ transport API
@@ -149,8 +150,8 @@ class Link(_LinkBase):  # type: ignore[misc]
     # ------------------------------------------------------------------ from _link.c
 
     def _write_slow(self, data: bytes | bytearray | memoryview) -> None:
-        """What ``write`` does not send itself: bytes behind a queue, after ``close``, not
-        ``bytes``, or the rest of a partial send."""
+        """What ``write`` does not send itself: bytes behind a queue, after ``close``, or
+        not ``bytes``."""
         if self.closing or self.fd < 0:
             # A transport refuses writes once closing; the session only writes its
             # farewell before closing, so this is a late answer for a gone client.
@@ -168,6 +169,11 @@ class Link(_LinkBase):  # type: ignore[misc]
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
+        self._enqueue(data)
+
+    def _enqueue(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` behind what is queued, sent when the socket is writable (``write``
+        hands it the rest of a partial send)."""
         self._queue += data
         self.backlog = len(self._queue)
         if not self._writing:
@@ -187,10 +193,8 @@ class Link(_LinkBase):  # type: ignore[misc]
         else:
             self.close()
 
-    def _read_failed(self, code: int) -> None:
-        self._fail(OSError(code, os.strerror(code)))
-
-    def _write_failed(self, code: int) -> None:
+    def _os_error(self, code: int) -> None:
+        """A recv or send failed with errno ``code``."""
         self._fail(OSError(code, os.strerror(code)))
 
     def _receive_failed(self, exc: BaseException) -> None:
@@ -258,8 +262,7 @@ class Link(_LinkBase):  # type: ignore[misc]
 def adopt(
     loop: asyncio.AbstractEventLoop,
     transport: asyncio.Transport,
-    protocol: asyncio.BaseProtocol,
-    receive: Callable[[bytes], Any],
+    protocol: asyncio.Protocol,
     *,
     high_water: int,
 ) -> Link | None:
@@ -284,16 +287,14 @@ def adopt(
         raise
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
-    extra = {
-        name: transport.get_extra_info(name) for name in ("peername", "sockname", "sslcontext")
-    }
+    extra = {name: transport.get_extra_info(name) for name in ("peername", "sockname")}
     reading = transport.is_reading()
     # Let the transport go: closing it closes its descriptor only (no shutdown), and the
     # connection lives on in ours. Its reading stops here, before another read.
     transport.pause_reading()
     transport.set_protocol(_Detached())
     transport.close()
-    link = Link(loop, sock, protocol, receive, extra, high_water=high_water)
+    link = Link(loop, sock, protocol, extra, high_water=high_water)
     if reading:
         link.resume_reading()
     return link

@@ -302,13 +302,13 @@ class ClientSession(asyncio.Protocol):
             self._to_links = True
             return
         loop = self.server.loop
-        moved = link.adopt(loop, client, self, self.data_received, high_water=RELAY_BUFFER)
+        moved = link.adopt(loop, client, self, high_water=RELAY_BUFFER)
         metrics = self.server.metrics.relay_links
         if moved is not None:
             self.transport = cast(asyncio.Transport, moved)
             self.core.to_client = moved.write
             metrics.labels("client").inc()
-        moved = link.adopt(loop, up, upstream, upstream.data_received, high_water=RELAY_BUFFER)
+        moved = link.adopt(loop, up, upstream, high_water=RELAY_BUFFER)
         if moved is not None:
             self.up_transport = upstream.transport = cast(asyncio.Transport, moved)
             self.core.to_server = moved.write

@@ -68,7 +68,7 @@ async def _linked(high_water: int = 64 * 1024) -> tuple[link.Link, Recorder, soc
     transport = await protocol.made
     # As the session's client socket: a small send buffer, so the queue is reached.
     transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-    moved = link.adopt(loop, transport, protocol, protocol.data_received, high_water=high_water)
+    moved = link.adopt(loop, transport, protocol, high_water=high_water)
     assert moved is not None
     return moved, protocol, peer, server
 
@@ -239,7 +239,7 @@ def test_a_paused_transport_moves_paused() -> None:
         peer = await _connect(port)
         transport = await protocol.made
         transport.pause_reading()
-        moved = link.adopt(loop, transport, protocol, protocol.data_received, high_water=1024)
+        moved = link.adopt(loop, transport, protocol, high_water=1024)
         assert moved is not None and not moved.is_reading()
         await asyncio.get_running_loop().sock_sendall(peer, b"wait")
         await asyncio.sleep(0.05)
@@ -262,7 +262,7 @@ def test_a_transport_with_unsent_bytes_or_tls_is_not_moved() -> None:
         transport = await protocol.made
         transport.write(b"z" * 4_000_000)
         assert transport.get_write_buffer_size() > 0
-        assert link.adopt(loop, transport, protocol, protocol.data_received, high_water=1) is None
+        assert link.adopt(loop, transport, protocol, high_water=1) is None
         assert not transport.is_closing()  # left as it was
         transport.close()
         peer.close()
