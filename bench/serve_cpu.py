@@ -19,6 +19,11 @@ them: connection setup and teardown cancel out.
     python bench/serve_cpu.py --profile --configs softguard     # cProfile: Python calls
                                                                 # per statement instead
 
+``--syscalls`` runs the proxy without valgrind and attaches ``strace -c -f`` around the
+small and the large run instead: system calls per statement, by name (kernel work is what
+separates proxies whose user-space cost is alike; strace slows every call, so read the
+counts, not its times).
+
 ``--profile`` runs the proxy under cProfile (no valgrind) and prints, per statement, the
 Python calls of the busiest functions over the small..large runs: what a steady-state
 chunk calls.
@@ -215,6 +220,7 @@ class Bench:
             self.log(f"{config}: not installed, skipped")
             return None
         tag = f"{config}-{workload.name}"
+        sizes = (self.args.small, self.args.large)
         out = self.tmp / f"{tag}.cg"
         prof = self.tmp / f"{tag}.prof"
         if self.args.profile:
@@ -222,6 +228,8 @@ class Bench:
                 return None
             wrapped = [sys.executable, str(Path(__file__).with_name("_profiled.py")), str(prof)]
             wrapped += argv[1:]
+        elif self.args.syscalls:
+            wrapped = [*(self.as_user if config == "pgbouncer" else []), *argv]
         else:
             wrapped = [
                 *(self.as_user if config == "pgbouncer" else []),
@@ -239,8 +247,11 @@ class Bench:
             proc.wait_for_port(port, timeout=self.args.timeout)
             self.pgbench_run(port, workload, self.args.warmup)
             wait_idle(proc.pid)
+            counts: list[dict[str, int]] = []
+            if self.args.syscalls:
+                counts = [self._traced(proc, port, workload, n, tag) for n in sizes]
             marks: list[int] = []
-            for n in (0, self.args.small, self.args.large):
+            for n in () if self.args.syscalls else (0, *sizes):
                 if n:
                     self.pgbench_run(port, workload, n)
                     wait_idle(proc.pid)
@@ -250,10 +261,42 @@ class Bench:
         statements = (self.args.large - self.args.small) * self.args.clients * workload.per_txn
         if self.args.profile:
             return {"statements": statements}
+        if self.args.syscalls:
+            calls = {
+                name: (counts[1].get(name, 0) - counts[0].get(name, 0)) / statements
+                for name in counts[1].keys() | counts[0].keys()
+            }
+            calls = {k: v for k, v in calls.items() if v >= 0.005}
+            total = sum(calls.values())
+            self.log(f"{tag}: {total:.2f} system calls per statement")
+            return {"statements": statements, "syscalls": calls, "per_stmt": total}
         small, large = marks[1], marks[2]  # each dump counts since the one before
         per = (large - small) / statements
         self.log(f"{tag}: {per:,.0f} instructions per statement")
         return {"ir_small": small, "ir_large": large, "statements": statements, "per_stmt": per}
+
+    def _traced(
+        self, proc: ManagedProcess, port: int, workload: Workload, n: int, tag: str
+    ) -> dict[str, int]:
+        """System calls by name of one pgbench run of n transactions per client."""
+        out = self.tmp / f"{tag}-{n}.strace"
+        argv = ["strace", "-c", "-f", "-o", str(out), "-p", str(proc.pid)]
+        tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert tracer.stderr is not None
+            tracer.stderr.readline()  # "Process N attached": the trace has begun
+            self.pgbench_run(port, workload, n)
+            wait_idle(proc.pid)
+        finally:
+            tracer.send_signal(2)
+            tracer.wait(timeout=60)
+        counts: dict[str, int] = {}
+        for line in out.read_text().splitlines():
+            fields = line.split()
+            # "% time  seconds  usecs/call  calls  [errors]  syscall"
+            if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+                counts[fields[-1]] = int(fields[3])
+        return counts
 
     def _mark(self, proc: ManagedProcess, out: Path, prof: Path, i: int) -> int:
         """A callgrind dump (its instructions since the last one), or a cProfile snapshot."""
@@ -318,6 +361,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per step")
     p.add_argument("--softguard-arg", action="append", default=[])
     p.add_argument("--profile", action="store_true", help="cProfile call counts, no valgrind")
+    p.add_argument("--syscalls", action="store_true", help="strace -c counts, no valgrind")
     p.add_argument("--top", type=int, default=30, help="functions listed with --profile")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--keep-logs", action="store_true")
@@ -334,7 +378,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.profile and not shutil.which("valgrind"):
+    if args.syscalls and not shutil.which("strace"):
+        raise SystemExit("strace is not installed")
+    if not (args.profile or args.syscalls) and not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed (or use --profile)")
     bench = Bench(args)
     try:
@@ -353,7 +399,23 @@ def main(argv: list[str] | None = None) -> int:
                     bench.profile_report(config, workload, result["statements"])
     finally:
         bench.close()
-    if not args.profile:
+    if args.syscalls:
+        print("\nsystem calls per statement (strace -c -f, whole proxy process)")
+        names = sorted(
+            {n for row in bench.results.values() for r in row.values() for n in r["syscalls"]}
+        )
+        for name, row in bench.results.items():
+            print(f"\n{name:<16}" + "".join(f"{c:>16}" for c in args.configs))
+            for sc in [*names, "total"]:
+                values = [
+                    (r["per_stmt"] if sc == "total" else r["syscalls"].get(sc, 0))
+                    if (r := row.get(c)) is not None
+                    else None
+                    for c in args.configs
+                ]
+                cells = "".join(f"{v:>16.2f}" if v is not None else f"{'-':>16}" for v in values)
+                print(f"{sc:<16}{cells}")
+    elif not args.profile:
         print("\ninstructions per statement (callgrind, user space, whole proxy process)")
         print(f"{'workload':<10}" + "".join(f"{c:>16}" for c in args.configs))
         for name, row in bench.results.items():

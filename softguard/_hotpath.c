@@ -553,20 +553,53 @@ static int full_mode(CoreBase *core)
 static struct {
     uint64_t hash;
     PyObject *folded; /* bytes, NULL when the slot is empty */
-    int harmless;     /* harmless_shape's answer: 1 True, 0 False */
+    /* allowed_entry's keys for the texts of this fold (a Query's, a Parse's), made on first
+     * use; NULL until then, and always when the shape keeps a digit of the text. */
+    PyObject *shapes[2];
+    int harmless; /* harmless_shape's answer: 1 True, 0 False */
 } g_memo[MEMO_SLOTS];
 static Py_ssize_t g_memo_used = 0;
 
+#define NO_SLOT ((size_t)-1)
+
 static inline unsigned char fold(unsigned char c) { return c >= '1' && c <= '9' ? '0' : c; }
+
+/* A repeated statement's whole cost is a few thousand instructions: its text is hashed
+ * and compared eight bytes at a time (byte at a time, ~1,000 for an 80-byte UPDATE). */
+static inline uint64_t load8(const unsigned char *p, Py_ssize_t n)
+{
+    uint64_t w = 0;
+    if (n >= 8) {
+        memcpy(&w, p, 8); /* one load, not a call */
+        return w;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) /* the bytes past n stay 0: fold keeps 0 */
+        w |= (uint64_t)p[i] << (8 * i);
+    return w;
+}
+
+/* fold() of each byte of w: '1'..'9' (0x31..0x39) lose their low nibble. With the high
+ * bits cleared first, the sums cannot carry into the next byte. */
+static inline uint64_t fold8(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    uint64_t low7 = w & ~high;
+    uint64_t from_1 = low7 + ones * (0x80 - '1'); /* high bit: byte >= '1' */
+    uint64_t past_9 = low7 + ones * (0x80 - '9' - 1); /* high bit: byte > '9' */
+    uint64_t digit = from_1 & ~past_9 & ~w & high;
+    return w & ~((digit >> 7) * 0x0f);
+}
 
 static uint64_t fold_hash(const unsigned char *text, Py_ssize_t size)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (Py_ssize_t i = 0; i < size; i++) {
-        h ^= fold(text[i]);
-        h *= 1099511628211ULL;
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)size;
+    for (Py_ssize_t i = 0; i < size; i += 8) {
+        h ^= fold8(load8(text + i, size - i));
+        h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
     }
-    return h;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 29);
 }
 
 static int folds_to(const unsigned char *text, Py_ssize_t size, PyObject *folded)
@@ -574,8 +607,8 @@ static int folds_to(const unsigned char *text, Py_ssize_t size, PyObject *folded
     if (PyBytes_GET_SIZE(folded) != size)
         return 0;
     const unsigned char *f = (const unsigned char *)PyBytes_AS_STRING(folded);
-    for (Py_ssize_t i = 0; i < size; i++) {
-        if (fold(text[i]) != f[i])
+    for (Py_ssize_t i = 0; i < size; i += 8) {
+        if (fold8(load8(text + i, size - i)) != load8(f + i, size - i))
             return 0;
     }
     return 1;
@@ -583,8 +616,11 @@ static int folds_to(const unsigned char *text, Py_ssize_t size, PyObject *folded
 
 static void memo_clear(void)
 {
-    for (Py_ssize_t i = 0; i < MEMO_SLOTS; i++)
+    for (Py_ssize_t i = 0; i < MEMO_SLOTS; i++) {
         Py_CLEAR(g_memo[i].folded);
+        Py_CLEAR(g_memo[i].shapes[0]);
+        Py_CLEAR(g_memo[i].shapes[1]);
+    }
     g_memo_used = 0;
 }
 
@@ -622,15 +658,18 @@ static int soft_prepared(CoreBase *core)
 
 /* statements.passes_unread(text, soft) with no prepared soft delete (the caller checked):
  * 1 True and 0 False where harmless_shape answers, UNDECIDED where only the Python path
- * can tell (a text too long for the memo, or one that may name softguard), -1. */
-static int passes_unread(const unsigned char *text, Py_ssize_t size)
+ * can tell (a text too long for the memo, or one that may name softguard), -1. On 1 and 0,
+ * *found is the text's memo slot (valid until Python code runs). */
+static int passes_unread(const unsigned char *text, Py_ssize_t size, size_t *found)
 {
     if (size > g_memo_bytes)
         return UNDECIDED;
     uint64_t hash = fold_hash(text, size);
     size_t slot;
-    if (memo_find(text, size, hash, &slot))
+    if (memo_find(text, size, hash, &slot)) {
+        *found = slot;
         return g_memo[slot].harmless;
+    }
     /* The text with every digit read as 0 (statements._FOLD_DIGITS), asked of Python. */
     PyObject *folded = PyBytes_FromStringAndSize(NULL, size);
     if (folded == NULL)
@@ -656,6 +695,7 @@ static int passes_unread(const unsigned char *text, Py_ssize_t size)
      * thread run it): the slot found before may be taken, the text already kept. */
     if (memo_find(text, size, hash, &slot)) {
         Py_DECREF(folded);
+        *found = slot;
         return g_memo[slot].harmless;
     }
     if (g_memo_used >= MEMO_MAX) {
@@ -666,6 +706,7 @@ static int passes_unread(const unsigned char *text, Py_ssize_t size)
     g_memo[slot].folded = folded; /* the reference moves into the memo */
     g_memo[slot].harmless = r;
     g_memo_used++;
+    *found = slot;
     return r;
 }
 
@@ -688,13 +729,17 @@ static inline int token_byte(unsigned char c)
 }
 
 /* shape_of(text) into out (at most size bytes: a replacement is never longer than what
- * it replaces); its length. */
-static Py_ssize_t shape_into(const unsigned char *t, Py_ssize_t n, unsigned char *out)
+ * it replaces); its length. *kept: whether a digit of the text was copied into the shape.
+ * Every choice here reads only whether a byte is a digit or a token byte, which fold()
+ * keeps, so texts of one fold have one shape when no digit is copied (the memo keeps it). */
+static Py_ssize_t shape_into(const unsigned char *t, Py_ssize_t n, unsigned char *out, int *kept)
 {
     Py_ssize_t i = 0, m = 0;
+    *kept = 0;
     while (i < n) {
         unsigned char c = t[i];
         if (!is_digit(c) || (i > 0 && token_byte(t[i - 1]))) {
+            *kept |= is_digit(c);
             out[m++] = c;
             i++;
             continue;
@@ -718,25 +763,40 @@ static Py_ssize_t shape_into(const unsigned char *t, Py_ssize_t n, unsigned char
             i = e;
             continue;
         }
+        *kept = 1;
         out[m++] = c;
         i++;
     }
     return m;
 }
 
+/* The key allowed_passes looks up for text: the shape (after a NUL for a Parse), from
+ * the text's memo slot when it holds one (passes_unread's, no Python run since). */
+static PyObject *shape_key(const unsigned char *text, Py_ssize_t size, int parse, size_t slot)
+{
+    parse = !!parse;
+    if (slot != NO_SLOT && g_memo[slot].shapes[parse] != NULL)
+        return Py_NewRef(g_memo[slot].shapes[parse]);
+    unsigned char shape[SHAPE_MAX + 1]; /* a Parse's key: a NUL, then the shape */
+    shape[0] = 0;
+    int kept;
+    Py_ssize_t m = shape_into(text, size, shape + 1, &kept);
+    PyObject *key = PyBytes_FromStringAndSize((const char *)shape + !parse, m + parse);
+    if (key != NULL && slot != NO_SLOT && !kept)
+        g_memo[slot].shapes[parse] = Py_NewRef(key);
+    return key;
+}
+
 /* allowed_passes(text, core._allowed, parse=parse): 1 with *entry (a new reference to the
  * memo's (kind, action)), 0 not found (or not ours: step aside), -1. */
 static int allowed_entry(CoreBase *core, const unsigned char *text, Py_ssize_t size,
-                         int parse, PyObject **entry)
+                         int parse, size_t slot, PyObject **entry)
 {
     PyObject *allowed = core->allowed;
     if (size > g_memo_bytes || allowed == NULL || !PyDict_CheckExact(allowed) ||
         PyDict_GET_SIZE(allowed) == 0)
         return 0;
-    unsigned char shape[SHAPE_MAX + 1]; /* a Parse's key: a NUL, then the shape */
-    shape[0] = 0;
-    Py_ssize_t m = shape_into(text, size, shape + 1);
-    PyObject *key = PyBytes_FromStringAndSize((const char *)shape + !parse, m + !!parse);
+    PyObject *key = shape_key(text, size, parse, slot);
     if (key == NULL)
         return -1;
     Py_INCREF(allowed); /* a key's __eq__ (not bytes: someone else's) may drop the field */
@@ -788,7 +848,10 @@ static int send(PyObject *sink, PyObject *data)
     }
     /* The sink may replace itself (a TLS upgrade): hold it for the call. */
     Py_INCREF(sink);
-    PyObject *r = PyObject_CallOneArg(sink, data);
+    int handled;
+    PyObject *r = link_call_write(sink, data, &handled);
+    if (!handled)
+        r = PyObject_CallOneArg(sink, data);
     Py_DECREF(sink);
     if (r == NULL)
         return -1;
@@ -835,12 +898,13 @@ static int text_verdict(CoreBase *core, const unsigned char *text, Py_ssize_t si
     int r = soft_prepared(core);
     if (r != 0)
         return r < 0 ? -1 : 0;
-    r = passes_unread(text, size);
+    size_t slot = NO_SLOT;
+    r = passes_unread(text, size, &slot);
     if (r == 1)
         return HARMLESS_QUERY;
     if (r != 0 || core->filter != Py_None)
         return r < 0 ? -1 : 0;
-    r = allowed_entry(core, text, size, parse, entry);
+    r = allowed_entry(core, text, size, parse, slot, entry);
     return r == 1 ? ALLOWED : r;
 }
 
@@ -1159,8 +1223,9 @@ static PyObject *py_shape_of(PyObject *module, PyObject *arg)
     PyObject *out = PyBytes_FromStringAndSize(NULL, n);
     if (out == NULL)
         return NULL;
+    int kept;
     Py_ssize_t m = shape_into((const unsigned char *)PyBytes_AS_STRING(arg), n,
-                              (unsigned char *)PyBytes_AS_STRING(out));
+                              (unsigned char *)PyBytes_AS_STRING(out), &kept);
     PyObject *shape = PyBytes_FromStringAndSize(PyBytes_AS_STRING(out), m);
     Py_DECREF(out);
     return shape;

@@ -156,6 +156,23 @@ static PyObject *link_write(LinkBase *self, PyObject *data)
     return r;
 }
 
+/* sink(data) where sink is a link's own bound write, as the relay's sinks are once the
+ * session moved: straight to link_write, without a call through the method object. The
+ * result; NULL with *handled 0 for any other sink (and a Python override of write). */
+static PyTypeObject LinkBaseType;
+
+PyObject *link_call_write(PyObject *sink, PyObject *data, int *handled)
+{
+    *handled = 0;
+    if (!PyCFunction_Check(sink) || PyCFunction_GET_FUNCTION(sink) != (PyCFunction)link_write)
+        return NULL;
+    PyObject *self = PyCFunction_GET_SELF(sink);
+    if (self == NULL || !PyObject_TypeCheck(self, &LinkBaseType))
+        return NULL;
+    *handled = 1;
+    return link_write((LinkBase *)self, data);
+}
+
 static PyMethodDef link_methods[] = {
     {"read_ready", (PyCFunction)link_read_ready, METH_NOARGS,
      "read_ready(): the socket is readable: one recv, handed to receive (or _eof, "
