@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Protocol
+from typing import Protocol, cast
 
 from softguard import contract
 from softguard.auth.login import ClientLogin, Credentials, LoginRefused, ServerLogin
@@ -270,6 +270,10 @@ class SessionCore(CoreBase):
         self._stall_mark = -1
         self._server_fatal = False
         self._closing_for_shutdown = False
+        # The client closed its sending side (``client_eof``): it is owed the answers to
+        # what it sent before, then the session ends. Sets ``_closing_for_shutdown`` too,
+        # which is what sends every server chunk through ``_after_server_chunk``.
+        self._client_ended = False
         # Set while the session has a rewritten statement in flight, or a prepared
         # statement made from one (``_start_filtering``, ``_maybe_stop_filtering``).
         self._filter: ResultFilter | None = None
@@ -488,6 +492,23 @@ class SessionCore(CoreBase):
             return
         self.state = State.CLOSED
         self.controls.append(Close(terminate_upstream=self._cframer.at_boundary))
+
+    def client_eof(self) -> bool:
+        """The client closed its sending side (a half-close). PostgreSQL answers whatever
+        it read before the end of file, then ends the session: so does softguard, keeping
+        the connection open for those answers (True) and closing once none is owed (the
+        check runs after each server chunk). False: nothing is owed, closed now; also
+        while softguard still waits for the client's own part of the startup (its
+        startup packet, TLS, its login), which will not come."""
+        if self.state is State.CLOSED:
+            return False
+        if self.state in (State.STARTUP, State.TLS, State.LOGIN):
+            self.client_lost()
+            return False
+        self._client_ended = True
+        self._closing_for_shutdown = True
+        self._after_server_chunk()
+        return cast(State, self.state) is not State.CLOSED  # the call may have closed it
 
     def server_lost(self) -> None:
         if self.state is State.CLOSED or self.state is State.CONNECTING:
@@ -1411,8 +1432,12 @@ class SessionCore(CoreBase):
             self._protected = []
 
     def _after_server_chunk(self) -> None:
-        """Once a chunk is forwarded: a session waiting to shut down may go now."""
-        if self._closing_for_shutdown and self.is_idle:
+        """Once a chunk is forwarded: a session waiting to shut down may go now; one whose
+        client has ended goes once every answer it is owed went by."""
+        if self._client_ended:
+            if self.state is State.READY and self.pending == 0 and self._deferred is None:
+                self._close()
+        elif self._closing_for_shutdown and self.is_idle:
             self.terminate(*SHUTDOWN)
 
     # ------------------------------------------------------------------ flow control

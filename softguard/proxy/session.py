@@ -188,6 +188,12 @@ class ClientSession(asyncio.Protocol):
         if core.controls:
             self._run()
 
+    def eof_received(self) -> bool:
+        # A half-close: the answers owed go out first (the core says when to close).
+        keep_open = self.core.client_eof()
+        self._run()
+        return keep_open
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.core.client_lost()
         self._run()

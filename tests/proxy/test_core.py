@@ -566,6 +566,32 @@ def test_shutdown_waits_for_the_transaction_to_end() -> None:
     assert isinstance(last, cmd.Close) and last.terminate_upstream
 
 
+def test_a_half_closed_client_gets_its_answers_then_the_session_ends() -> None:
+    """End of file from the client with two Queries unanswered: the connection stays open
+    (client_eof is True) until both ReadyForQuery went by, then the core closes, telling
+    the upstream; one with nothing owed closes at once."""
+    core, _ = ready_core()
+    core.client_data(query("select 1") + query("select 2"))
+    drain(core)
+    assert core.client_eof() is True
+    assert drain(core).controls == []
+    answer = complete("SELECT 1") + READY_IDLE
+    core.server_data(answer)
+    out = drain(core)
+    assert out.to_client == answer and out.controls == []
+    core.server_data(answer)
+    out = drain(core)
+    assert out.to_client == answer
+    assert out.controls == [cmd.Close(terminate_upstream=True)]
+    idle, _ = ready_core()
+    assert idle.client_eof() is False
+    assert drain(idle).controls == [cmd.Close(terminate_upstream=True)]
+    starting, _ = make_core()  # its startup packet will never come: nothing waits for it
+    starting.start()
+    drain(starting)
+    assert starting.client_eof() is False and starting.state is State.CLOSED
+
+
 @pytest.mark.parametrize("at_boundary", [True, False])
 def test_client_gone_tells_the_upstream_only_at_a_boundary(at_boundary: bool) -> None:
     core, _ = ready_core()
