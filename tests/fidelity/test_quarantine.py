@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from support.catalog_check import OWNED, check_dsn
+from support.cli import run_cli
 from support.pg import TestServer
 from support.proxy import Target
 
@@ -1046,6 +1047,27 @@ def test_undo_refuses_a_mapping_made_again(world: World) -> None:
             c.execute("DELETE FROM softguard.maintenance WHERE txid = pg_current_xact_id()")
     w.rows(w.sg_db, f"SELECT softguard.undo_op({op})")
     assert w.rows(w.sg_db, SERVER_SHAPE) == before
+
+
+def test_show_and_purge_of_kept_mappings_keep_their_options_to_themselves(world: World) -> None:
+    """`softguard show` (what a role granted --ops reads) names each mapping to make again
+    but prints no option; purge drops the kept server and forgets the recorded options."""
+    w = world
+    _server_with_mappings(w)
+    w.run(w.sg_db, ["DROP SERVER {s}_srv CASCADE"], w.owner)
+    (op,) = w.ops()
+    shown = run_cli("show", str(op), "--dsn", w.dsn(w.sg_db))
+    assert shown.returncode == 0, shown.stderr
+    words = " ".join(shown.stdout.split())  # wrapped lines
+    assert f"make the user mapping for {w.reader} on server {w.schema}_srv again (options" \
+        " kept, not shown)" in words, shown.stdout
+    assert "reader''s" not in shown.stdout and "remote_reader" not in shown.stdout
+    details = run_cli("show", str(op), "--details", "--json", "--dsn", w.dsn(w.sg_db))
+    assert details.returncode == 0 and "remote_reader" not in details.stdout, details.stdout
+    w.rows(w.sg_db, f"SELECT softguard.purge_op({op})")
+    assert w.rows(w.sg_db, "SELECT state FROM softguard.operations") == [("purged",)]
+    assert w.rows(w.sg_db, KEPT_MAPPINGS) == [(0,)]
+    assert w.rows(w.sg_db, SERVER_SHAPE) == []
 
 
 # The active operations that keep a relation (or an index of one) in a tablespace:
