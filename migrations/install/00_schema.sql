@@ -309,3 +309,43 @@ ALTER TABLE softguard.captures ENABLE ALWAYS TRIGGER guard_capture;
 CREATE TRIGGER guard_ledger BEFORE DELETE OR UPDATE OR TRUNCATE ON softguard.captured_rows
     FOR EACH STATEMENT EXECUTE FUNCTION softguard._guard_ledger();
 ALTER TABLE softguard.captured_rows ENABLE ALWAYS TRIGGER guard_ledger;
+
+-- The user mappings a kept foreign server had (decision 0043): a DROP SERVER ... CASCADE
+-- drops them as a direct one does, so that their users are free to go (DROP ROLE, DROP
+-- OWNED BY); undo makes each again from its row here. The options can hold a remote
+-- password, which pg_user_mappings shows only to the mapping's user and superusers (the
+-- server's owner sees PUBLIC's only): so they are kept out of softguard.operations (which
+-- `softguard grant --ops` lets a role read) in this table, which no grant ever reaches.
+-- Only drop_op's _keep_mappings writes it (the ledger's owner); undo reads it as that
+-- owner and prints no option; a row leaves with its operation's undo or purge (the
+-- trigger below), never otherwise (guard_ledger: only maintenance removes or changes
+-- rows), so that no password outlives the operation keeping it.
+CREATE TABLE softguard.kept_mappings (
+    op_id      bigint NOT NULL,       -- softguard.operations.id
+    server     oid NOT NULL,          -- the kept server
+    umuser     oid NOT NULL,          -- the mapping's role (0: PUBLIC), by oid only
+    user_name  text NOT NULL,         -- its name at the DROP ('public': PUBLIC), for messages
+    options    text[],                -- umoptions as they were
+    PRIMARY KEY (op_id, server, umuser)
+);
+REVOKE ALL ON softguard.kept_mappings FROM PUBLIC;
+COMMENT ON TABLE softguard.kept_mappings IS
+    'user mappings of kept foreign servers, with their options (never granted to anyone)';
+CREATE TRIGGER guard_ledger BEFORE DELETE OR UPDATE OR TRUNCATE ON softguard.kept_mappings
+    FOR EACH STATEMENT EXECUTE FUNCTION softguard._guard_ledger();
+ALTER TABLE softguard.kept_mappings ENABLE ALWAYS TRIGGER guard_ledger;
+
+-- An operation undone or purged keeps no mapping's options: made again, or gone with the
+-- server. Fires only on a change of state (undo, purge: maintenance, which the guard lets
+-- delete).
+CREATE FUNCTION softguard._forget_mappings() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM softguard.kept_mappings WHERE op_id = NEW.id;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION softguard._forget_mappings() FROM PUBLIC;
+CREATE TRIGGER forget_mappings AFTER UPDATE OF state ON softguard.operations
+    FOR EACH ROW WHEN (OLD.state = 'active' AND NEW.state <> 'active')
+    EXECUTE FUNCTION softguard._forget_mappings();
+ALTER TABLE softguard.operations ENABLE ALWAYS TRIGGER forget_mappings;

@@ -39,6 +39,8 @@
 --   {"step": "rename_schema", "oid", "name", "qname", "acl": [{"grantee", "privilege",
 --    "grantable"}], "original"}
 --   {"step": "publications", "tables": [...], "schemas": [...]}  (_publications_step)
+--   {"step": "user_mapping", "server", "server_name", "user_oid" (0: PUBLIC), "user"}
+--    (_keep_mappings: the options are in softguard.kept_mappings, not here)
 --   {"step": "owner", "classid", "oid", "keyword", "grant_keyword", "identity", "owner",
 --    "owner_oid", "owner_changed", "acl": [{"grantee", "grantee_oid", "privilege",
 --    "grantable", "column"}], "exact": {"" or column: the ACL as it was},
@@ -196,7 +198,8 @@ BEGIN
                                     JOIN softguard._list(list) k ON k.objid = pr.prrelid
                                    WHERE pr.oid = r.objid AND k.object_type = 'table column'));
         CONTINUE WHEN r.owned;                                   -- goes with its owner
-        -- a user mapping stays on its server, which is kept by a rename (_move)
+        -- a user mapping goes with its server, kept by a rename (_move): recorded and
+        -- dropped (_keep_mappings, step 6), or left on it when it cannot be (decision 0043)
         CONTINUE WHEN r.object_type = 'user mapping'
                   -- (the view: pg_user_mapping is superuser-only, the ledger owner may not be)
                   AND EXISTS (SELECT FROM pg_user_mappings um
@@ -491,6 +494,10 @@ BEGIN
                 steps := steps || softguard._move(op_id, n, 'pg_opclass'::regclass, own, false)
                                || softguard._disown('pg_opclass'::regclass, own);
             END LOOP;
+        END IF;
+        IF r.classid = 'pg_foreign_server'::regclass THEN
+            -- its user mappings go as directly, recorded (decision 0043), before the rename
+            steps := steps || softguard._keep_mappings(op_id, r.objid);
         END IF;
         n := n + 1;
         steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
@@ -1290,6 +1297,48 @@ BEGIN
     RETURN steps;
 END $$;
 REVOKE ALL ON FUNCTION softguard._disown(oid, oid) FROM PUBLIC;
+
+-- The user mappings of a foreign server the DROP keeps (decision 0043): a direct DROP
+-- SERVER ... CASCADE drops them, and with them their users' ties to the server (DROP ROLE,
+-- DROP OWNED BY of a mapped user then succeed). Each one softguard can make again is
+-- recorded in softguard.kept_mappings (options there, never in the plan: they can hold a
+-- password) and dropped; the step in the plan names it only. Called before the server is
+-- renamed (the sql_drop guard refuses a DROP of a mapping on a softguard_q server).
+-- A mapping stays on the kept server, tied to its user until undo or purge, as before,
+-- when the ledger's owner (a non-superuser, on managed PostgreSQL) cannot read its options
+-- through pg_user_mappings (another role's mapping: only that role and superusers see
+-- them) or cannot drop and make it again (not a member of the server's owner): recording
+-- it without its options would lose them.
+CREATE FUNCTION softguard._keep_mappings(op_id bigint, srv oid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m record;
+    steps jsonb := '[]';
+    is_super boolean := (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user);
+BEGIN
+    -- the view (pg_user_mapping is superuser-only); its options are NULL where hidden,
+    -- which is told apart from "no options" by the view's own rule for who sees them
+    FOR m IN SELECT um.umid, um.umuser, um.usename, um.umoptions, um.srvname, s.srvowner
+               FROM pg_user_mappings um JOIN pg_foreign_server s ON s.oid = um.srvid
+              WHERE um.srvid = srv ORDER BY um.umuser LOOP
+        CONTINUE WHEN NOT pg_has_role(current_user, m.srvowner, 'MEMBER');
+        CONTINUE WHEN m.umoptions IS NULL AND NOT (
+            is_super
+            OR (m.umuser = 0 AND pg_has_role(m.srvowner, 'USAGE'))
+            OR (m.umuser <> 0 AND m.usename = current_user
+                AND (pg_has_role(m.srvowner, 'USAGE') OR has_server_privilege(srv, 'USAGE'))));
+        INSERT INTO softguard.kept_mappings (op_id, server, umuser, user_name, options)
+        VALUES (op_id, srv, m.umuser, m.usename, m.umoptions);
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'user_mapping', 'server', srv, 'server_name', m.srvname,
+            'user_oid', m.umuser, 'user', m.usename));
+        EXECUTE format('DROP USER MAPPING FOR %s SERVER %I',
+                       CASE WHEN m.umuser = 0 THEN 'PUBLIC' ELSE quote_ident(m.usename) END,
+                       m.srvname);
+    END LOOP;
+    RETURN steps;
+END $$;
+REVOKE ALL ON FUNCTION softguard._keep_mappings(bigint, oid) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
 -- drop_op: what the proxy CALLs in place of a destructive DROP. See 0005-reversible-drop.

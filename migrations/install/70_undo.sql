@@ -742,6 +742,69 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION softguard._column_publications(bigint) FROM PUBLIC;
 
+-- Make a kept server's user mapping again (30_drop.sql _keep_mappings, decision 0043), on
+-- the server back under its name, with the options recorded in softguard.kept_mappings
+-- (read here, as the ledger's owner, and never printed). Its role is found by oid only:
+-- a role made since under the same name is another role and must not get these
+-- credentials. A role dropped since gets nothing back, as its privileges (decision 0027):
+-- directly, its DROP ROLE would have needed the mapping gone. A mapping for that role made
+-- on the kept server since is refused (42710), nothing changed.
+CREATE FUNCTION softguard._undo_mapping(op bigint, s jsonb) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    srv oid := (s->>'server')::oid;
+    who oid := (s->>'user_oid')::oid;
+    srv_name name;
+    role_sql text := 'PUBLIC';
+    k softguard.kept_mappings;
+BEGIN
+    SELECT f.srvname INTO srv_name FROM pg_foreign_server f WHERE f.oid = srv;
+    IF srv_name IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: server %s, whose user mapping for %s '
+                             'it keeps, no longer exists', op, s->>'server_name', s->>'user');
+    END IF;
+    IF who <> 0 THEN
+        SELECT quote_ident(r.rolname) INTO role_sql FROM pg_roles r WHERE r.oid = who;
+        IF role_sql IS NULL THEN
+            RETURN ARRAY[softguard._step(op, 'skipped', quote_ident(srv_name),
+                format('user mapping for role %s on server %I not made again: the role no '
+                       'longer exists', s->>'user', srv_name))];
+        END IF;
+    END IF;
+    IF EXISTS (SELECT FROM pg_user_mappings um WHERE um.srvid = srv AND um.umuser = who) THEN
+        RAISE EXCEPTION USING ERRCODE = '42710',
+            MESSAGE = format('cannot undo operation %s: a user mapping for %s on server %I '
+                             'exists again (made after the DROP)', op, role_sql, srv_name),
+            -- made on the kept server (a superuser's doing: no other role may), whose
+            -- mappings the quarantine's guard keeps from being dropped outside maintenance
+            HINT = format('As a superuser, in a transaction marked as softguard''s maintenance '
+                          '(docs/runbook.md, "Who may read the ledger and undo"): DROP USER '
+                          'MAPPING FOR %s SERVER %I; then undo: the mapping is made again as '
+                          'it was, with its options.', role_sql,
+                          coalesce((SELECT x->>'qname' FROM softguard.operations o,
+                                           jsonb_array_elements(o.restore) x
+                                     WHERE o.id = op AND x->>'step' = 'move'
+                                       AND (x->>'oid')::oid = srv LIMIT 1), srv_name));
+    END IF;
+    SELECT * INTO k FROM softguard.kept_mappings m
+     WHERE m.op_id = op AND m.server = srv AND m.umuser = who;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('cannot undo operation %s: the record of its user mapping for %s '
+                             'on server %I is missing', op, s->>'user', srv_name);
+    END IF;
+    -- umoptions are 'name=value' (the first '=' ends the name)
+    EXECUTE format('CREATE USER MAPPING FOR %s SERVER %I%s', role_sql, srv_name,
+                   (SELECT ' OPTIONS (' || string_agg(format('%I %L', split_part(o, '=', 1),
+                                                             substr(o, strpos(o, '=') + 1)),
+                                                      ', ' ORDER BY i) || ')'
+                      FROM unnest(k.options) WITH ORDINALITY AS t(o, i)));
+    RETURN ARRAY[softguard._step(op, 'restored', quote_ident(srv_name),
+        format('made user mapping for %s on server %I again', role_sql, srv_name))];
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_mapping(bigint, jsonb) FROM PUBLIC;
+
 CREATE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -910,6 +973,8 @@ BEGIN
                                               format('restored schema %I', target));
         WHEN 'owner' THEN
             lines := lines || softguard._undo_owner(op, s);
+        WHEN 'user_mapping' THEN
+            lines := lines || softguard._undo_mapping(op, s);   -- decision 0043
         WHEN 'publications' THEN
             -- the memberships what the DROP took had (decision 0038); last of all
             lines := lines || softguard._rejoin_publications(op, s->'tables', s->'schemas');

@@ -91,6 +91,10 @@ def _step_text(step: dict[str, Any]) -> str | None:
         "no_inherit": f"make {step.get('child', '?')} inherit from {step.get('parent_name', '?')}"
         " again",
         "seq_owned_by": f"make a sequence owned by {step.get('table', '?')} again",
+        # a kept server's user mapping (decision 0043): its options are in the ledger's
+        # softguard.kept_mappings, which show cannot read (nor print)
+        "user_mapping": f"make the user mapping for {step.get('user', '?')} on server "
+        f"{step.get('server_name', '?')} again (options kept, not shown)",
         # the columns a type's CASCADE took (decision 0029)
         "drop_columns": "re-add column(s) "
         f"{', '.join(str(c) for c in step.get('columns') or [])} with their values"

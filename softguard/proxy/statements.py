@@ -502,7 +502,7 @@ def plan_message(
     alone = msg.type != _Q and len(classification.statements) == 1
     protected: list[tuple[str, str]] = []
     claims: list[str | None] = []  # of each soft delete rewritten (SoftRewrite.claim)
-    marked = False  # a PREPARE of a soft delete: its text starts with TAG_MARKER (_rebuild)
+    marked = 0  # PREPAREs of a soft delete: the text starts with TAG_MARKER (_rebuild, _markable)
     for decision in decisions:
         stmt = decision.statement
         if decision.action is Action.ALLOW:
@@ -555,7 +555,7 @@ def plan_message(
                     new_text, is_retag, claim, prepared_delete = soft_text
                     if is_retag:
                         retag.add(_index_of(classification, stmt))
-                    marked = marked or prepared_delete
+                    marked += prepared_delete
                     replacements.append(Replacement(stmt, new_text))
                     claims.append(claim)
             continue  # the database's capture triggers keep the rows: sent as is
@@ -604,20 +604,44 @@ def plan_message(
         return Planned(
             None, kind=kind, action=action, protected=tuple(protected), reread_soft_delete=reread
         )
+    markable = _markable(classification, marked)
     rebuilt = _rebuild(
         msg,
         text,
         replacements,
         None,
         frozenset(retag),
-        client_text=len(classification.statements) > 1,
-        marked=marked and len(classification.statements) == 1,
+        client_text=len(classification.statements) > 1 and not markable,
+        marked=markable,
     )
     key = soft.call_key if soft is not None else None
     if key is not None and len(claims) == 1 and claims[0] is not None:
         if len(classification.statements) == 1 and (text.isascii() or _utf8(enc)):
             rebuilt = _bind_claim(rebuilt, key, claims[0])
     return Planned(rebuilt.raw, rebuilt.plan, rebuilt.retag, kind, action, tuple(protected), reread)
+
+
+# Statements that never run an UPDATE, nor any code that could (no expression is
+# evaluated, no trigger fires): a text holding only these besides PREPAREs of soft deletes
+# can carry TAG_MARKER.
+_INERT = frozenset({"SET", "RESET", "SHOW", "BEGIN", "START TRANSACTION"})
+
+
+def _markable(classification: Classification, prepared_deletes: int) -> bool:
+    """Whether the text can start with TAG_MARKER: it holds ``prepared_deletes`` PREPAREs
+    of a soft delete and nothing else but _INERT statements. The capture trigger tags every
+    UPDATE run at trigger depth 1 while ``current_query()`` is this text: the text's own
+    statements, and every statement a PREPARE in it made, bound later by the protocol (its
+    source text is the whole Query's). With only these in it, that is the soft deletes'
+    marking UPDATEs, which must answer DELETE n (decision 0043). Any other statement (an
+    UPDATE, a SELECT calling a function, another PREPARE, an EXECUTE, a soft DELETE
+    retagged by position) could run an UPDATE under it: the text is left unmarked."""
+    if prepared_deletes == 0:
+        return False
+    inert = sum(
+        1 for s in classification.statements if s.kind is Kind.SAFE and s.command in _INERT
+    )
+    return inert + prepared_deletes == len(classification.statements)
 
 
 def _refused(

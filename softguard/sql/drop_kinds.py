@@ -71,7 +71,9 @@ DROP_KINDS: dict[str, DropKind] = {
         "DROP FOREIGN DATA WRAPPER", "allowed", "servers, foreign tables (rows stay remote)"
     ),
     "OBJECT_FOREIGN_SERVER": DropKind(
-        "DROP SERVER", "reversible", "user mappings (kept on it), foreign tables (kept)"
+        "DROP SERVER",
+        "reversible",
+        "user mappings (recorded, made again by undo; decision 0043), foreign tables (kept)",
     ),
     "OBJECT_FOREIGN_TABLE": DropKind("DROP FOREIGN TABLE", "allowed", "views using it"),
     "OBJECT_FUNCTION": DropKind(

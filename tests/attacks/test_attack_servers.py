@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from attacker import Arena, Outcome, fixtures
+from support.pg import build_dsn
 
 arena_template, arena = fixtures()
 
@@ -208,3 +209,109 @@ def test_a_server_made_again_makes_undo_wait(arena: Arena) -> None:
         ("srv", arena.direct("SELECT current_user")[0][0], "", "", ""),
         ("srv_back", *was[1:]),
     ]
+
+
+# -- the kept server's user mappings (ledger 14, decision 0043) ---------------------------
+# A DROP SERVER ... CASCADE now drops the server's mappings, each recorded with its
+# options (a password, here) in softguard.kept_mappings for undo. The application's role
+# (the server's owner: pg_user_mappings shows it PUBLIC's options, never another role's)
+# tries to read them back through the ledger, to forge a record so that undo makes a
+# mapping of its choosing, to switch the table's protection off, or to replay a record.
+SECRET = "pw-of-the-other-role"
+LEDGER_READS = {
+    "kept_mappings": "SELECT * FROM softguard.kept_mappings",
+    "restore_plan": "SELECT restore FROM softguard.operations",
+    "undo_lines": "SELECT * FROM softguard.undo_steps({op}, NULL, false, 'fail')",
+    "keep_mappings_call": "SELECT softguard._keep_mappings({op}, {srv})",
+    "undo_mapping_call": "SELECT softguard._undo_mapping({op}, '{{}}')",
+}
+LEDGER_WRITES = {
+    "forge_row": "INSERT INTO softguard.kept_mappings VALUES ({op}, {srv}, {me}, 'me',"
+    " '{{user=me,password=mine}}')",
+    "rewrite_row": "UPDATE softguard.kept_mappings SET umuser = {me}",
+    "grant_read": "GRANT SELECT ON softguard.kept_mappings TO PUBLIC",
+    "guard_off": "ALTER TABLE softguard.kept_mappings DISABLE TRIGGER guard_ledger",
+    "forget_off": "ALTER TABLE softguard.operations DISABLE TRIGGER forget_mappings",
+    # a list naming the other role's mapping alone: what _quarantine would record of it
+    "forged_list": "SELECT softguard._quarantine(jsonb_build_array(jsonb_build_object("
+    "'classid', 'pg_user_mapping'::regclass::oid, 'objid', (SELECT umid FROM pg_user_mappings"
+    " WHERE usename <> 'public' LIMIT 1), 'objsubid', 0, 'original', true, 'normal', false,"
+    " 'is_temporary', false, 'object_type', 'user mapping', 'object_identity', 'x')),"
+    " 'DROP USER MAPPING', '{{}}', current_user)",
+}
+
+
+def _kept_with_secret(arena: Arena) -> tuple[int, int]:
+    """The other role's mapping given a password, then the owner's DROP SERVER ... CASCADE
+    through softguard: (operation, server oid)."""
+    setup(arena)
+    arena.direct(f"ALTER USER MAPPING FOR \"{arena.other}\" SERVER srv"
+                 f" OPTIONS (ADD password '{SECRET}')")  # fmt: skip
+    (srv,) = arena.direct("SELECT oid FROM pg_foreign_server WHERE srvname = 'srv'")[0]
+    last = arena.last_op()
+    out = arena.attack([CASCADE])
+    assert out.error is None, out.describe()
+    (op,) = [o["id"] for o in arena.ops_since(last)]
+    return op, int(srv)
+
+
+@pytest.mark.parametrize("who", ["owner", "other"])
+@pytest.mark.parametrize("name", sorted({**LEDGER_READS, **LEDGER_WRITES}))
+def test_no_role_reads_forges_or_unguards_a_kept_mapping(arena: Arena, name: str, who: str) -> None:
+    """Directly (not through softguard, which refuses what names its schemas anyway), as
+    the application's role and as the mapped role: each attempt is refused (42501 or
+    softguard's 0A000), the record and the ledger unchanged; the password is nowhere in
+    the operation's row, which `softguard grant --ops` lets a role read."""
+    op, srv = _kept_with_secret(arena)
+    row = arena.direct("SELECT restore::text || objects::text || statement FROM"
+                       " softguard.operations WHERE id = %s", [op])  # fmt: skip
+    assert SECRET not in row[0][0]
+    record = arena.direct("SELECT * FROM softguard.kept_mappings ORDER BY umuser")
+    assert [r[3] for r in record] == [arena.other] and SECRET in str(record[0][4])
+    me = arena.direct("SELECT oid FROM pg_roles WHERE rolname = %s", [arena.role(who)])[0][0]
+    stmt = {**LEDGER_READS, **LEDGER_WRITES}[name].format(op=op, srv=srv, me=me)
+    out = arena.attack([stmt], who, via="direct")
+    assert out.sqlstate in ("42501", "0A000"), out.describe()
+    assert arena.direct("SELECT * FROM softguard.kept_mappings ORDER BY umuser") == record
+    assert arena.direct(
+        "SELECT tgenabled FROM pg_trigger WHERE tgname IN ('guard_ledger', 'forget_mappings')"
+        " AND tgrelid IN ('softguard.kept_mappings'::regclass, 'softguard.operations'::regclass)"
+        " ORDER BY tgrelid, tgname") == [("A",), ("A",), ("A",)]  # fmt: skip
+    assert arena.direct("SELECT state FROM softguard.operations WHERE id = %s", [op]) == [
+        ("active",)
+    ]
+
+
+def test_a_role_made_again_under_the_mapped_name_gets_no_credentials(arena: Arena) -> None:
+    """The mapped role can be dropped now, as directly. A role made afterwards under its
+    name (CREATEROLE is enough) is another role: undo makes no mapping for it (the record
+    names the role by oid), says so, gives back the rest, and keeps no password after."""
+    tag = arena.db[-8:]
+    victim, maker = f"atk_victim_{tag}", f"atk_maker_{tag}"
+    arena.direct(f"CREATE ROLE {victim}")
+    arena.direct(f"CREATE ROLE {maker} LOGIN CREATEROLE")
+    try:
+        setup(arena)
+        arena.direct(f"CREATE USER MAPPING FOR {victim} SERVER srv"
+                     f" OPTIONS (user 'v', password '{SECRET}')")  # fmt: skip
+        more, last = extras(arena), arena.last_op()
+        out = arena.attack([CASCADE])
+        assert out.error is None, out.describe()
+        (op,) = [o["id"] for o in arena.ops_since(last)]
+        arena.direct(f"DROP ROLE {victim}")  # its mapping went with the server, as directly
+        as_maker = build_dsn(arena.server.host, arena.server.port, arena.db, maker, None)
+        with psycopg.connect(as_maker, autocommit=True) as c:
+            c.execute(f"CREATE ROLE {victim}".encode())
+        r = arena.cli("undo", str(op), "--yes")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"user mapping for role {victim} on server srv not made again" in r.stdout
+        assert extras(arena)["servers"] == [s for s in more["servers"] if s[3] != victim]
+        assert arena.direct("SELECT count(*) FROM softguard.kept_mappings") == [(0,)]
+        # replayed: the operation is undone, its record gone; nothing is made twice
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="already undone"):
+            arena.direct(f"SELECT * FROM softguard.undo_op({op})")
+        assert extras(arena)["servers"] == [s for s in more["servers"] if s[3] != victim]
+    finally:
+        arena.direct(f"DROP USER MAPPING IF EXISTS FOR {victim} SERVER srv")
+        arena.direct(f"DROP ROLE IF EXISTS {victim}")
+        arena.direct(f"DROP ROLE IF EXISTS {maker}")

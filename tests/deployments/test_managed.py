@@ -520,3 +520,56 @@ def test_undo_by_a_non_superuser_owner_refuses_an_rls_policy_of_the_app_role(
             for role in (app_role, operator):
                 c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
                 c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_kept_servers_mappings_with_a_non_superuser_ledger_owner(with_helper: Managed) -> None:
+    """The ledger's owner here is no superuser: pg_user_mappings shows it the options of
+    its own mapping and PUBLIC's (it owns the server), not another role's (decision
+    0043). DROP SERVER ... CASCADE through softguard drops and records the two it can
+    make again; the other role's stays on the kept server, options intact, its role tied
+    to it until undo or purge (README limit). Undo gives back all three as they were."""
+    m = with_helper
+    suffix = uuid.uuid4().hex[:8]
+    srv, other = f"msrv_{suffix}", f"sg_mother_{suffix}"
+    shape = (
+        "SELECT s.srvname::text, s.srvowner::regrole::text, coalesce(u.umuser::regrole::text,"
+        " 'public'), u.umoptions::text FROM pg_foreign_server s JOIN pg_user_mapping u"
+        " ON u.umserver = s.oid WHERE s.oid = %s ORDER BY 3"
+    )
+    superuser = m.server.superuser_dsn(m.db)
+    with psycopg.connect(superuser, autocommit=True) as c:
+        c.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_foreign_data_wrapper WHERE"
+            " fdwname = 'sg_w') THEN CREATE FOREIGN DATA WRAPPER sg_w; END IF; END $$"
+        )
+        # a non-superuser gives a server only to a role that may use its wrapper
+        # (_disown gives the kept server to softguard_keeper)
+        c.execute("GRANT USAGE ON FOREIGN DATA WRAPPER sg_w TO softguard_keeper")
+        c.execute(f"CREATE ROLE {other}")
+        c.execute(f"CREATE SERVER {srv} FOREIGN DATA WRAPPER sg_w")
+        c.execute(f"ALTER SERVER {srv} OWNER TO {ROLE}")
+        c.execute(f"GRANT USAGE ON FOREIGN SERVER {srv} TO {other}")
+        for who, opts in (
+            (ROLE, "user 'me', password 'mine'"),
+            ("PUBLIC", "user 'anyone'"),
+            (other, "user 'them', password 'theirs'"),
+        ):
+            c.execute(f"CREATE USER MAPPING FOR {who} SERVER {srv} OPTIONS ({opts})")
+        oid = c.execute("SELECT oid FROM pg_foreign_server WHERE srvname = %s", [srv]).fetchone()
+        assert oid is not None
+        before = c.execute(shape, oid).fetchall()
+    try:
+        op = m.op(f"DROP SERVER {srv} CASCADE")
+        with psycopg.connect(superuser, autocommit=True) as c:
+            kept = c.execute(shape, oid).fetchall()
+            assert kept == [(f"softguard_q{op}_{srv}", "softguard_keeper", other,
+                             "{user=them,password=theirs}")]  # fmt: skip
+            assert c.execute("SELECT count(*) FROM softguard.kept_mappings").fetchone() == (2,)
+        m.undo(op)
+        with psycopg.connect(superuser, autocommit=True) as c:
+            assert c.execute(shape, oid).fetchall() == before
+            assert c.execute("SELECT count(*) FROM softguard.kept_mappings").fetchone() == (0,)
+    finally:
+        with psycopg.connect(superuser, autocommit=True) as c:
+            c.execute(f"DROP SERVER IF EXISTS {srv} CASCADE")
+            c.execute(f"DROP ROLE IF EXISTS {other}")

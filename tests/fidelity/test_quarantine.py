@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from support.catalog_check import OWNED, check_dsn
+from support.cli import run_cli
 from support.pg import TestServer
 from support.proxy import Target
 
@@ -933,19 +934,39 @@ SELECT s.srvname::text, s.srvowner::regrole::text, coalesce(s.srvacl::text, ''),
 """
 
 
-def test_drop_server_cascade_as_directly_and_undone(world: World) -> None:
-    """DROP SERVER ... CASCADE reaching a live foreign table, a view on it and a user
-    mapping (decision 0036, since then): the schema looks as after the direct DROP, the
-    kept server is renamed softguard_q<id>_..., softguard_keeper's, no grant left, its
-    mapping on it; one operation keeps it all, undo gives everything back."""
-    w = world
-    setup = [*SUPER_SETUP["server (foreign table)"],
-             "CREATE USER MAPPING FOR {owner} SERVER {s}_srv OPTIONS (user 'remote_me')"]
+# Its user mappings: the reader's (with a password), PUBLIC's and the owner's.
+MAPPINGS = [
+    "CREATE USER MAPPING FOR {owner} SERVER {s}_srv OPTIONS (user 'remote_me')",
+    "CREATE USER MAPPING FOR {reader} SERVER {s}_srv"
+    " OPTIONS (user 'remote_reader', password 'pw=of reader''s')",
+    "CREATE USER MAPPING FOR PUBLIC SERVER {s}_srv OPTIONS (user 'anyone')",
+]
+KEPT_MAPPINGS = "SELECT count(*) FROM softguard.kept_mappings"
+
+
+def _server_with_mappings(w: World, mapped: dict[str, str] | None = None) -> None:
+    """The server (a superuser's, given to the owner), its mappings, and the owner's
+    foreign table and view on it, on both twins; `mapped`: a role per twin mapped too."""
+    setup = [*SUPER_SETUP["server (foreign table)"], *MAPPINGS]
     for db in (w.direct_db, w.sg_db):
-        w.run(db, [t.replace("{owner}", w.owner) for t in setup])
+        extra = [f"CREATE USER MAPPING FOR {mapped[db]} SERVER {{s}}_srv OPTIONS (user 'm')"
+                 ] if mapped else []  # fmt: skip
+        w.run(db, [t.replace("{owner}", w.owner) for t in setup + extra])
         w.run(db, ["CREATE FOREIGN TABLE {s}.ft (id int, x text) SERVER {s}_srv",
                    "CREATE VIEW {s}.fv AS SELECT id FROM {s}.ft"], w.owner)
+
+
+def test_drop_server_cascade_as_directly_and_undone(world: World) -> None:
+    """DROP SERVER ... CASCADE reaching a live foreign table, a view on it and user
+    mappings (decision 0036, since then; 0043): the schema looks as after the direct
+    DROP, the kept server is renamed softguard_q<id>_..., softguard_keeper's, no grant
+    left and, as directly, no user mapping (recorded with their options in the ledger's
+    softguard.kept_mappings); no role is tied to it. Undo gives everything back, each
+    mapping with its options, and forgets the options."""
+    w = world
+    _server_with_mappings(w)
     before = w.rows(w.sg_db, SCHEMA_SHAPE), w.rows(w.sg_db, SERVER_SHAPE)
+    assert len(before[1]) == 3
     for db in (w.direct_db, w.sg_db):
         w.run(db, ["DROP SERVER {s}_srv CASCADE"], w.owner)
     assert w.rows(w.sg_db, SCHEMA_SHAPE) == w.rows(w.direct_db, SCHEMA_SHAPE)
@@ -953,14 +974,100 @@ def test_drop_server_cascade_as_directly_and_undone(world: World) -> None:
     (op,) = w.ops()
     kept = w.rows(w.sg_db, SERVER_SHAPE)
     keeper_acl = "{softguard_keeper=U/softguard_keeper}"  # the reader's USAGE revoked
-    assert kept == [(f"softguard_q{op}_{w.schema}_srv", "softguard_keeper", keeper_acl,
-                     w.owner, "{user=remote_me}")]
-    # the mapping stays on the kept server (its options, credentials maybe, are never
-    # copied out of the catalog): its user stays tied to it until undo or purge
-    assert w.rows(w.sg_db, HOLDERS) == [
-        ("user mapping", f"{w.owner} on server softguard_q{op}_{w.schema}_srv", "o", w.owner)]
+    assert kept == [(f"softguard_q{op}_{w.schema}_srv", "softguard_keeper", keeper_acl, "", "")]
+    assert w.rows(w.sg_db, HOLDERS) == []
+    assert w.rows(w.sg_db, KEPT_MAPPINGS) == [(3,)]
     w.rows(w.sg_db, f"SELECT softguard.undo_op({op})")
     assert (w.rows(w.sg_db, SCHEMA_SHAPE), w.rows(w.sg_db, SERVER_SHAPE)) == before
+    assert w.rows(w.sg_db, KEPT_MAPPINGS) == [(0,)]
+
+
+@pytest.mark.parametrize("how", ["DROP ROLE {m}", "DROP OWNED BY {m}; DROP ROLE {m}"])
+def test_a_mapped_role_goes_as_directly(world: World, how: str) -> None:
+    """After DROP SERVER ... CASCADE a role that had a mapping on the server can be
+    dropped, directly as through softguard (before ledger 14 its mapping stayed on the
+    kept server: 2BP01, or 42501 from the quarantine's guard for DROP OWNED BY). Undo
+    then makes the other mappings again and says it skipped the dropped role's."""
+    w = world
+    mapped = {db: f"sg_qmap_{i}_{w.schema}" for i, db in enumerate((w.direct_db, w.sg_db))}
+    try:
+        for role in mapped.values():
+            w.run(w.direct_db, [f"CREATE ROLE {role}"])
+        _server_with_mappings(w, mapped)
+        before = w.rows(w.sg_db, SERVER_SHAPE)
+        for db in (w.direct_db, w.sg_db):
+            w.run(db, ["DROP SERVER {s}_srv CASCADE"], w.owner)
+        outcomes = []
+        for db, role in mapped.items():
+            try:
+                w.run(db, how.format(m=role).split("; "))
+                outcomes.append(None)
+            except psycopg.Error as e:
+                outcomes.append(e.sqlstate)
+        assert outcomes == [None, None], outcomes
+        (op,) = w.ops()
+        lines = [r[0] for r in w.rows(w.sg_db, f"SELECT softguard.undo_op({op})")]
+        gone = mapped[w.sg_db]
+        assert f"operation {op}: user mapping for role {gone} on server {w.schema}_srv not " \
+            "made again: the role no longer exists" in lines, lines
+        assert w.rows(w.sg_db, SERVER_SHAPE) == [r for r in before if r[3] != gone]
+    finally:
+        for role in mapped.values():
+            w.run(w.direct_db, [f"DROP ROLE IF EXISTS {role}"])
+
+
+def test_undo_refuses_a_mapping_made_again(world: World) -> None:
+    """A mapping for one of the kept mappings' roles made on the kept server since (only a
+    superuser can): undo refuses (42710, a HINT saying what to drop), nothing changed;
+    once it is dropped, undo gives the recorded one back."""
+    w = world
+    _server_with_mappings(w)
+    before = w.rows(w.sg_db, SERVER_SHAPE)
+    w.run(w.sg_db, ["DROP SERVER {s}_srv CASCADE"], w.owner)
+    (op,) = w.ops()
+    kept = f"softguard_q{op}_{w.schema}_srv"
+    w.run(w.sg_db, [f"CREATE USER MAPPING FOR {{reader}} SERVER {kept} OPTIONS (user 'x')"])
+    with psycopg.connect(w.dsn(w.sg_db), autocommit=True) as c:
+        with pytest.raises(psycopg.errors.DuplicateObject) as refused:
+            c.execute(f"SELECT softguard.undo_op({op})")
+    drop = f"DROP USER MAPPING FOR {w.reader} SERVER {kept}"
+    assert refused.value.diag.message_hint == (
+        "As a superuser, in a transaction marked as softguard's maintenance (docs/runbook.md,"
+        f' "Who may read the ledger and undo"): {drop}; then undo: the mapping is made again'
+        " as it was, with its options.")  # fmt: skip
+    assert w.rows(w.sg_db, "SELECT state FROM softguard.operations") == [("active",)]
+    assert w.rows(w.sg_db, KEPT_MAPPINGS) == [(3,)]
+    # what the hint says (the quarantine's guard refuses the DROP otherwise)
+    with psycopg.connect(w.dsn(w.sg_db), autocommit=True) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute(drop)
+        with c.transaction():
+            c.execute("INSERT INTO softguard.maintenance VALUES (pg_current_xact_id())")
+            c.execute(drop)
+            c.execute("DELETE FROM softguard.maintenance WHERE txid = pg_current_xact_id()")
+    w.rows(w.sg_db, f"SELECT softguard.undo_op({op})")
+    assert w.rows(w.sg_db, SERVER_SHAPE) == before
+
+
+def test_show_and_purge_of_kept_mappings_keep_their_options_to_themselves(world: World) -> None:
+    """`softguard show` (what a role granted --ops reads) names each mapping to make again
+    but prints no option; purge drops the kept server and forgets the recorded options."""
+    w = world
+    _server_with_mappings(w)
+    w.run(w.sg_db, ["DROP SERVER {s}_srv CASCADE"], w.owner)
+    (op,) = w.ops()
+    shown = run_cli("show", str(op), "--dsn", w.dsn(w.sg_db))
+    assert shown.returncode == 0, shown.stderr
+    words = " ".join(shown.stdout.split())  # wrapped lines
+    assert f"make the user mapping for {w.reader} on server {w.schema}_srv again (options" \
+        " kept, not shown)" in words, shown.stdout
+    assert "reader''s" not in shown.stdout and "remote_reader" not in shown.stdout
+    details = run_cli("show", str(op), "--details", "--json", "--dsn", w.dsn(w.sg_db))
+    assert details.returncode == 0 and "remote_reader" not in details.stdout, details.stdout
+    w.rows(w.sg_db, f"SELECT softguard.purge_op({op})")
+    assert w.rows(w.sg_db, "SELECT state FROM softguard.operations") == [("purged",)]
+    assert w.rows(w.sg_db, KEPT_MAPPINGS) == [(0,)]
+    assert w.rows(w.sg_db, SERVER_SHAPE) == []
 
 
 # The active operations that keep a relation (or an index of one) in a tablespace:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from test_core import (
     READY_IDLE,
     READY_TX,
@@ -256,11 +257,43 @@ def test_sql_prepared_soft_delete_is_marked_and_keeps_the_filter() -> None:
     assert core._filter is None
 
 
-def test_prepare_in_a_longer_text_is_not_marked() -> None:
-    """The marker would tag the text's other UPDATEs too: only a PREPARE alone is."""
+@pytest.mark.parametrize(
+    "other",
+    [
+        "SELECT 1",
+        "UPDATE customers SET email = 'x'",
+        "PREPARE s AS SELECT 1",
+        "EXECUTE s",
+        "DELETE FROM customers WHERE id = 2",
+        "COMMIT",
+    ],
+)
+def test_prepare_beside_what_may_update_is_not_marked(other: str) -> None:
+    """The marker would tag an UPDATE the text's other statements may run (now, or bound
+    later: a PREPARE's source text is the whole Query's): not marked."""
     core = _soft_core()
-    core.client_data(query("PREPARE d AS DELETE FROM customers; SELECT 1"))
+    core.client_data(query(f"PREPARE d AS DELETE FROM customers; {other}"))
     assert TAG_MARKER.encode() not in drain(core).to_server
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SET search_path = public; PREPARE d AS DELETE FROM customers WHERE id = 1",
+        "BEGIN; PREPARE d AS DELETE FROM customers WHERE id = 1; SHOW work_mem",
+        "PREPARE d AS DELETE FROM customers WHERE id = 1; RESET work_mem;"
+        " PREPARE e AS DELETE FROM customers WHERE id = 2",
+    ],
+)
+def test_prepare_beside_statements_that_never_update_is_marked(text: str) -> None:
+    """Decision 0043: with only SET / RESET / SHOW / BEGIN and other soft-delete PREPAREs
+    beside it, nothing but the marking UPDATEs can run under the text: marked, and a Bind
+    of ``d`` answers DELETE n (it failed on main: the text went unmarked, UPDATE n)."""
+    core = _soft_core()
+    core.client_data(query(text))
+    sent = drain(core).to_server
+    assert sent[5:].startswith(TAG_MARKER.encode())
+    assert b"/*softguard:text=" not in sent  # the capture reads its marker first only
 
 
 def test_close_split_across_chunks_is_still_read() -> None:

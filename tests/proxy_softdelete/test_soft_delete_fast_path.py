@@ -261,3 +261,42 @@ def test_sql_prepared_soft_delete_through_a_protocol_bind_answers_delete(
     direct = _bind_prepared(proxy.server.superuser_dsn(plain_db))
     assert proxied == direct
     assert proxied[1:4] == [b"DELETE 1", b"DELETE 1", b"DELETE 0"]
+
+
+def _bind_prepared_in_longer_texts(dsn: str) -> list[bytes | None]:
+    """``PREPARE d AS DELETE`` sent with other statements in one Query, then run through
+    protocol Binds."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pg = conn.pgconn
+        got: list[bytes | None] = []
+        res = pg.exec_(
+            b"SET search_path = public; PREPARE d(int) AS DELETE FROM customers WHERE id = $1"
+        )
+        got.append(res.command_status)
+        for i in (41, 42, 41):
+            got.append(pg.exec_prepared(b"d", [str(i).encode()]).command_status)
+        res = pg.exec_(
+            b"BEGIN; PREPARE e AS DELETE FROM customers WHERE id BETWEEN 50 AND 53; SHOW"
+            b" work_mem; PREPARE f(int) AS DELETE FROM customers WHERE id = $1"
+        )
+        got.append(res.command_status)
+        got.append(pg.exec_prepared(b"e", []).command_status)
+        got.append(pg.exec_prepared(b"f", [b"60"]).command_status)
+        got.append(pg.exec_(b"COMMIT").command_status)
+        got.append(pg.exec_prepared(b"f", [b"61"]).command_status)
+        return got
+
+
+def test_sql_prepared_soft_delete_in_a_longer_text_through_a_bind_answers_delete(
+    metered: tuple[Any, int], twins: Callable[..., list[str]]
+) -> None:
+    """Decision 0043: a PREPARE of a soft delete beside SET / RESET / SHOW / BEGIN and other
+    such PREPAREs in one Query answers DELETE n through a protocol Bind, as directly (on
+    main: UPDATE n, the README limit). Beside anything else it still answers UPDATE n."""
+    proxy, _ = metered
+    soft_db, plain_db = twins(2)
+    proxied = _bind_prepared_in_longer_texts(proxy.dsn(soft_db))
+    direct = _bind_prepared_in_longer_texts(proxy.server.superuser_dsn(plain_db))
+    assert proxied == direct
+    assert proxied[1:4] == [b"DELETE 1", b"DELETE 1", b"DELETE 0"]
+    assert proxied[5:7] == [b"DELETE 4", b"DELETE 1"]
