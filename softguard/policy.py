@@ -379,6 +379,9 @@ TAMPER_MESSAGE = (
 
 
 class Policy:
+    # Slots: the compiled fast path reads ``generation`` at its offset (decision 0034).
+    __slots__ = ("_config", "generation")
+
     def __init__(self, config: PolicyConfig | None = None) -> None:
         self._config = config or PolicyConfig()
         # Counts configuration changes (SIGHUP), for callers caching a decision per session.

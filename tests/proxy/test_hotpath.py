@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 from support.hotpath_twins import Twin, apply_state
 
+from softguard.policy import Policy, PolicyConfig
 from softguard.proxy import hotpath
 from softguard.proxy.core import State
 from softguard.proxy.metrics import Metrics
+from softguard.proxy.statements import SoftSession
 from softguard.wire.messages import message
 
 pytestmark = pytest.mark.skipif(
@@ -325,6 +327,49 @@ def test_a_shape_is_never_taken_from_another_text_of_its_fold(parse: bool) -> No
             key(f"update {two} set x = 0"),
         ]
         assert twin.counter.counted == [("destructive", "allow")] * 4
+
+
+def test_slot_reads_follow_the_type() -> None:
+    """The compiled path reads ``soft.prepared``, ``inputs.policy`` and
+    ``policy.generation`` at their slots. Where the attribute is something else on that
+    object's type (a subclass's property), or the class changed since the last read, it
+    reads the generic way: a harmless Query is then declined as the Python path declines
+    it (a prepared soft delete in play; a policy whose mode is read-only)."""
+    harmless = _query("select 1")
+    twin = Twin("chunk")
+    _fed(twin, "client", harmless)
+    assert twin.taken == 1  # read at the slots: taken
+
+    class Prepared(SoftSession):
+        __slots__ = ()
+
+        def __init__(self) -> None:
+            self.call_key = None
+
+        @property
+        def prepared(self) -> set[str]:  # type: ignore[override]
+            return {"p"}
+
+    soft = Prepared()
+    SoftSession.prepared.__set__(soft, set())  # type: ignore[attr-defined]  # the slot: empty
+    twin.core._soft = soft
+    _fed(twin, "client", harmless)
+    assert twin.taken == 1  # declined: a prepared soft delete is in play
+
+    twin = Twin("chunk")
+    _fed(twin, "client", harmless)
+    assert twin.taken == 1
+    policy = twin.core.inputs.policy
+    original = Policy.generation
+    try:
+        # The class patched after the first read: generation now says "changed" for
+        # good, the mode is decided again (read-only: the Query is planned, not taken).
+        policy._config = PolicyConfig(mode="read-only")  # the slot's generation unchanged
+        Policy.generation = property(lambda self: 10**6)  # type: ignore[assignment, misc]
+        _fed(twin, "client", harmless)
+        assert twin.taken == 1
+    finally:
+        Policy.generation = original  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
