@@ -1203,6 +1203,7 @@ DECLARE
     exact jsonb;            -- each ACL as it was ('' the object's, else a column's)
     grantees text;
     follows boolean;
+    movable boolean;        -- the owner goes to softguard_keeper
     linked oid;
     ties jsonb;             -- policies' roles, default privileges (_untie)
     steps jsonb := '[]';
@@ -1238,6 +1239,16 @@ BEGIN
                OR (p_classid = 'pg_proc'::regclass AND EXISTS (
                        SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
                           AND d.deptype = 'i'));
+    -- PostgreSQL lets a non-superuser give a foreign server only to a role that may use
+    -- its wrapper: where softguard_keeper may not (a managed install), the kept server
+    -- keeps its owner, tied to it until undo or purge (README limits), rather than the
+    -- DROP failing where a direct one succeeds.
+    movable := NOT follows AND own <> keeper
+               AND (p_classid <> 'pg_foreign_server'::regclass
+                    OR (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
+                    OR has_foreign_data_wrapper_privilege(keeper, (
+                           SELECT s.srvfdw FROM pg_foreign_server s WHERE s.oid = p_objid),
+                           'USAGE'));
     grant_kw := CASE WHEN keyword IN ('TABLE', 'VIEW', 'MATERIALIZED VIEW', 'FOREIGN TABLE')
                      THEN 'TABLE'
                      WHEN keyword IN ('FUNCTION', 'PROCEDURE', 'AGGREGATE') THEN 'ROUTINE'
@@ -1262,15 +1273,15 @@ BEGIN
     IF grantees IS NOT NULL THEN  -- on a table also every column privilege of theirs
         EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', grant_kw, ident, grantees);
     END IF;
-    IF NOT follows AND own <> keeper THEN
+    IF movable THEN
         EXECUTE format('ALTER %s %s OWNER TO softguard_keeper', keyword, ident);
     END IF;
     ties := softguard._untie(p_classid, p_objid, ident);
-    IF grantees IS NOT NULL OR (NOT follows AND own <> keeper) OR ties <> '{}' THEN
+    IF grantees IS NOT NULL OR movable OR ties <> '{}' THEN
         steps := jsonb_build_array(jsonb_build_object(
             'step', 'owner', 'classid', p_classid, 'oid', p_objid, 'keyword', keyword,
             'grant_keyword', grant_kw, 'identity', ident, 'owner', own::regrole::text,
-            'owner_oid', own, 'owner_changed', NOT follows AND own <> keeper, 'acl', acl,
+            'owner_oid', own, 'owner_changed', movable, 'acl', acl,
             'exact', exact) || ties);
     END IF;
     IF p_classid = 'pg_class'::regclass THEN

@@ -3,6 +3,8 @@
 -- each is recorded in softguard.kept_mappings (options there, never granted, forgotten at
 -- undo or purge: trigger forget_mappings) by _keep_mappings (_quarantine's step 6), and
 -- undo makes it again (_undo_mapping, restore step "user_mapping" in _undo_one).
+-- Section keeper: _disown leaves a kept foreign server with its owner where softguard_keeper
+-- may not use its wrapper and the ledger's owner is no superuser (the DROP failed, 42501).
 --
 DO $$
 DECLARE
@@ -1076,6 +1078,129 @@ BEGIN
     RETURN lines;
 END $$;
 -- end section: mappings -------------------------------------------------------------
+
+-- section: keeper ------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION softguard._disown(p_classid oid, p_objid oid) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    own oid := coalesce(softguard._owner(p_classid, p_objid),
+                        softguard._catalog_owner(p_classid, p_objid));
+    keeper oid := to_regrole('softguard_keeper');
+    keyword text;
+    ident text;
+    grant_kw text;
+    acl jsonb;
+    exact jsonb;            -- each ACL as it was ('' the object's, else a column's)
+    grantees text;
+    follows boolean;
+    movable boolean;        -- the owner goes to softguard_keeper
+    linked oid;
+    ties jsonb;             -- policies' roles, default privileges (_untie)
+    steps jsonb := '[]';
+BEGIN
+    IF p_classid = 'pg_namespace'::regclass THEN
+        SELECT 'SCHEMA', quote_ident(n.nspname) INTO keyword, ident
+          FROM pg_namespace n WHERE n.oid = p_objid;
+    ELSE
+        SELECT k.keyword, k.ident INTO keyword, ident FROM softguard._kw(p_classid, p_objid) k;
+    END IF;
+    IF keyword IS NULL THEN  -- an operator, a collation, ...: ALTER <its type> <identity>
+        SELECT upper(i.type), i.identity INTO keyword, ident
+          FROM pg_identify_object(p_classid, p_objid, 0) i;
+    END IF;
+    IF own IS NULL OR keeper IS NULL OR keyword IS NULL OR keyword = 'INDEX'
+       OR NOT pg_has_role(current_user, own, 'MEMBER')
+       -- an array type, a relation's row type, a multirange: privileges and owner follow
+       -- the element type, the relation, the range
+       OR (p_classid = 'pg_type'::regclass AND EXISTS (
+               SELECT FROM pg_type t WHERE t.oid = p_objid
+                  AND (t.typtype = 'm'
+                       OR t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc
+                       OR t.typrelid <> 0 AND (SELECT c.relkind FROM pg_class c
+                                                WHERE c.oid = t.typrelid) <> 'c'))) THEN
+        RETURN steps;
+    END IF;
+    -- a sequence linked to a table, a range's constructor: their owner follows (not a
+    -- statistics object's, nor an operator class's, though they depend on a table or a
+    -- family: ALTER TABLE / OPERATOR FAMILY ... OWNER leaves them to their owner)
+    follows := (p_classid = 'pg_class'::regclass AND EXISTS (
+                    SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
+                       AND d.deptype IN ('a', 'i') AND d.refclassid <> 'pg_type'::regclass))
+               OR (p_classid = 'pg_proc'::regclass AND EXISTS (
+                       SELECT FROM pg_depend d WHERE d.classid = p_classid AND d.objid = p_objid
+                          AND d.deptype = 'i'));
+    -- PostgreSQL lets a non-superuser give a foreign server only to a role that may use
+    -- its wrapper: where softguard_keeper may not (a managed install), the kept server
+    -- keeps its owner, tied to it until undo or purge (README limits), rather than the
+    -- DROP failing where a direct one succeeds.
+    movable := NOT follows AND own <> keeper
+               AND (p_classid <> 'pg_foreign_server'::regclass
+                    OR (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
+                    OR has_foreign_data_wrapper_privilege(keeper, (
+                           SELECT s.srvfdw FROM pg_foreign_server s WHERE s.oid = p_objid),
+                           'USAGE'));
+    grant_kw := CASE WHEN keyword IN ('TABLE', 'VIEW', 'MATERIALIZED VIEW', 'FOREIGN TABLE')
+                     THEN 'TABLE'
+                     WHEN keyword IN ('FUNCTION', 'PROCEDURE', 'AGGREGATE') THEN 'ROUTINE'
+                     WHEN keyword = 'SERVER' THEN 'FOREIGN SERVER'
+                     ELSE keyword END;
+    -- every grant, PUBLIC's default ones included (a NULL ACL is the owner's and PUBLIC's
+    -- defaults: EXECUTE on routines, USAGE on types)
+    SELECT jsonb_object_agg(coalesce(g.col, ''), g.acl::text),
+           coalesce(jsonb_agg(jsonb_build_object(
+               'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+               'grantee_oid', a.grantee, 'privilege', a.privilege_type,
+               'grantable', a.is_grantable, 'column', g.col)
+               ORDER BY g.col NULLS FIRST, a.grantee, a.privilege_type)
+               FILTER (WHERE a.grantee IS DISTINCT FROM own AND a.grantee IS NOT NULL), '[]')
+      INTO exact, acl
+      FROM softguard._acls(p_classid, p_objid) g
+      LEFT JOIN LATERAL aclexplode(coalesce(g.acl, CASE WHEN g.col IS NULL
+                                                THEN acldefault(g.kind, own) END)) a ON true;
+    SELECT string_agg(DISTINCT CASE WHEN e->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                                    ELSE (e->>'grantee_oid')::oid::regrole::text END, ', ')
+      INTO grantees FROM jsonb_array_elements(acl) e;
+    IF grantees IS NOT NULL THEN  -- on a table also every column privilege of theirs
+        EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', grant_kw, ident, grantees);
+    END IF;
+    IF movable THEN
+        EXECUTE format('ALTER %s %s OWNER TO softguard_keeper', keyword, ident);
+    END IF;
+    ties := softguard._untie(p_classid, p_objid, ident);
+    IF grantees IS NOT NULL OR movable OR ties <> '{}' THEN
+        steps := jsonb_build_array(jsonb_build_object(
+            'step', 'owner', 'classid', p_classid, 'oid', p_objid, 'keyword', keyword,
+            'grant_keyword', grant_kw, 'identity', ident, 'owner', own::regrole::text,
+            'owner_oid', own, 'owner_changed', movable, 'acl', acl,
+            'exact', exact) || ties);
+    END IF;
+    IF p_classid = 'pg_class'::regclass THEN
+        FOR linked IN SELECT d.objid FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+                       WHERE d.classid = 'pg_class'::regclass AND d.refobjid = p_objid
+                         AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+                         AND c.relkind = 'S' ORDER BY 1 LOOP
+            steps := steps || softguard._disown('pg_class'::regclass, linked);
+        END LOOP;
+    END IF;
+    -- a range's multirange: ALTER TYPE of the range gives it along only on some
+    -- PostgreSQL versions (not 15); where it stayed with the owner, give it on its own
+    FOR linked IN SELECT rg.rngmultitypid FROM pg_range rg
+                    JOIN pg_type m ON m.oid = rg.rngmultitypid
+                   WHERE p_classid = 'pg_type'::regclass AND rg.rngtypid = p_objid
+                     AND m.typowner <> keeper AND m.typowner = own AND NOT follows LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO softguard_keeper', linked::regtype);
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'owner', 'classid', p_classid, 'oid', linked, 'keyword', 'TYPE',
+            'grant_keyword', 'TYPE', 'identity', linked::regtype::text,
+            'owner', own::regrole::text, 'owner_oid', own, 'owner_changed', true,
+            'acl', '[]'::jsonb));
+    END LOOP;
+    RETURN steps;
+END $$;
+REVOKE ALL ON FUNCTION softguard._disown(oid, oid) FROM PUBLIC;
+
+-- end section: keeper --------------------------------------------------------------
 
 DO $$
 DECLARE

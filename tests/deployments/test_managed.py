@@ -573,3 +573,40 @@ def test_a_kept_servers_mappings_with_a_non_superuser_ledger_owner(with_helper: 
         with psycopg.connect(superuser, autocommit=True) as c:
             c.execute(f"DROP SERVER IF EXISTS {srv} CASCADE")
             c.execute(f"DROP ROLE IF EXISTS {other}")
+
+
+def test_a_kept_server_whose_wrapper_the_keeper_may_not_use(with_helper: Managed) -> None:
+    """A non-superuser ledger owner may give a foreign server only to a role that may use
+    its wrapper. Where softguard_keeper may not (nobody granted it), DROP SERVER ...
+    CASCADE through softguard succeeds as directly (it failed with 42501: permission denied
+    for foreign-data wrapper): the server is kept under its quarantine name with its owner,
+    and undo gives it back as it was."""
+    m = with_helper
+    suffix = uuid.uuid4().hex[:8]
+    fdw, srv = f"sg_w_{suffix}", f"msrv_{suffix}"
+    shape = (
+        "SELECT s.srvname::text, s.srvowner::regrole::text, s.srvacl::text"
+        " FROM pg_foreign_server s WHERE s.oid = %s"
+    )
+    superuser = m.server.superuser_dsn(m.db)
+    with psycopg.connect(superuser, autocommit=True) as c:
+        c.execute(f"CREATE FOREIGN DATA WRAPPER {fdw}")
+        c.execute(f"GRANT USAGE ON FOREIGN DATA WRAPPER {fdw} TO {ROLE}")
+        c.execute(f"CREATE SERVER {srv} FOREIGN DATA WRAPPER {fdw}")
+        c.execute(f"ALTER SERVER {srv} OWNER TO {ROLE}")
+        row = c.execute("SELECT oid FROM pg_foreign_server WHERE srvname = %s", [srv]).fetchone()
+        assert row is not None
+        before = c.execute(shape, row).fetchall()
+        assert not c.execute(
+            "SELECT has_foreign_data_wrapper_privilege('softguard_keeper', %s, 'USAGE')", [fdw]
+        ).fetchone()[0]  # type: ignore[index]
+    try:
+        op = m.op(f"DROP SERVER {srv} CASCADE")
+        with psycopg.connect(superuser, autocommit=True) as c:
+            assert c.execute(shape, row).fetchall() == [(f"softguard_q{op}_{srv}", ROLE, None)]
+        m.undo(op)
+        with psycopg.connect(superuser, autocommit=True) as c:
+            assert c.execute(shape, row).fetchall() == before
+    finally:
+        with psycopg.connect(superuser, autocommit=True) as c:
+            c.execute(f"DROP FOREIGN DATA WRAPPER IF EXISTS {fdw} CASCADE")  # and its server
