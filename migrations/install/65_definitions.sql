@@ -193,10 +193,12 @@ BEGIN
             END IF;
         END IF;
         CONTINUE WHEN r.command_tag LIKE 'CREATE %';
+        -- not softguard's capture triggers: _definition_of keeps none of them, and every
+        -- ALTER TABLE of a protected table looked at its four (decision 0041)
         FOR dep IN SELECT 'pg_trigger'::regclass::oid AS classid, t.oid AS objid
                      FROM pg_trigger t
                     WHERE r.classid = 'pg_class'::regclass AND t.tgrelid = r.objid
-                      AND NOT t.tgisinternal
+                      AND NOT t.tgisinternal AND t.tgname NOT LIKE 'zz\_softguard\_%'
                    UNION ALL
                    SELECT 'pg_rewrite'::regclass, w.oid FROM pg_rewrite w
                     WHERE r.classid = 'pg_class'::regclass AND w.ev_class = r.objid

@@ -1,0 +1,1201 @@
+-- Version 14 (section dropcost, decision 0041): a DROP through softguard and its undo cost
+-- less, doing the same: the catalog helpers a DROP, its undo and every event trigger call
+-- are PL/pgSQL (plans kept per session) instead of SQL functions planned on every call;
+-- _quarantine reads the probe list once (_listed) and skips _column_readers without kept
+-- columns; _definitions_ddl passes over softguard's capture triggers; undo checks what
+-- the kept objects use in one catalog walk.
+--
+DO $$
+DECLARE
+    e record;
+BEGIN
+    -- The event triggers of an install a provider's helper made (decision 0025) belong to
+    -- the helper's owner, and the owner role installing cannot switch them off: those stay
+    -- on, and this transaction is softguard's own maintenance, which they stand aside for.
+    FOR e IN SELECT evtname, pg_has_role(evtowner, 'USAGE') AS mine FROM pg_event_trigger
+              WHERE evtname LIKE 'softguard\_%' LOOP
+        IF e.mine THEN
+            EXECUTE format('ALTER EVENT TRIGGER %I DISABLE', e.evtname);
+        ELSE
+            PERFORM softguard._maintenance_begin();
+        END IF;
+    END LOOP;
+END $$;
+
+-- section: dropcost -------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION softguard._in_maintenance() RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM softguard.maintenance
+                    WHERE txid = pg_current_xact_id_if_assigned());
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._owner(p_classid oid, p_objid oid) RETURNS oid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_classid = 'pg_class'::regclass THEN
+        RETURN (SELECT relowner FROM pg_class WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_proc'::regclass THEN
+        RETURN (SELECT proowner FROM pg_proc WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_type'::regclass THEN
+        RETURN (SELECT typowner FROM pg_type WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_namespace'::regclass THEN
+        RETURN (SELECT nspowner FROM pg_namespace WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_statistic_ext'::regclass THEN
+        RETURN (SELECT stxowner FROM pg_statistic_ext WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_collation'::regclass THEN
+        RETURN (SELECT collowner FROM pg_collation WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_ts_config'::regclass THEN
+        RETURN (SELECT cfgowner FROM pg_ts_config WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_ts_dict'::regclass THEN
+        RETURN (SELECT dictowner FROM pg_ts_dict WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_operator'::regclass THEN
+        RETURN (SELECT oprowner FROM pg_operator WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_opfamily'::regclass THEN
+        RETURN (SELECT opfowner FROM pg_opfamily WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_opclass'::regclass THEN
+        RETURN (SELECT opcowner FROM pg_opclass WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_foreign_server'::regclass THEN
+        RETURN (SELECT srvowner FROM pg_foreign_server WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_language'::regclass THEN
+        RETURN (SELECT lanowner FROM pg_language WHERE oid = p_objid);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._protected_table(rel oid) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (
+        SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = rel AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+           AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+           AND n.nspname NOT LIKE 'softguard%');
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._listed(items jsonb)
+RETURNS TABLE (classid oid, objid oid, objsubid integer, original boolean, normal boolean,
+               is_temporary boolean, object_type text, schema_name text, object_name text,
+               object_identity text, ord integer, owned boolean, home text)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT l.* FROM pg_catalog.jsonb_to_recordset(items) AS l(
+        classid pg_catalog.oid, objid pg_catalog.oid, objsubid pg_catalog.int4,
+        original pg_catalog.bool, normal pg_catalog.bool, is_temporary pg_catalog.bool,
+        object_type pg_catalog.text, schema_name pg_catalog.text, object_name pg_catalog.text,
+        object_identity pg_catalog.text, ord pg_catalog.int4, owned pg_catalog.bool,
+        home pg_catalog.text)
+$$;
+REVOKE ALL ON FUNCTION softguard._listed(jsonb) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._quarantine(list jsonb, stmt text, ctx jsonb, invoker text)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    op_id bigint;
+    n integer := 0;
+    steps jsonb := '[]';
+    r record;
+    x record;
+    own oid;
+    going oid[];            -- listed relations leaving the live schema (moved or with a schema)
+    dropped_schemas text[];
+    moves jsonb := '[]';    -- the listed objects to move, in list order
+    links jsonb := '[]';    -- links on live objects to record and drop
+    cols jsonb := '[]';     -- columns of live tables it takes (a type's CASCADE): kept
+    stubbed oid[] := '{}';  -- views reading such a column: moved before the columns go (3a)
+    readers jsonb;          -- views and materialized views reading one (_column_readers)
+    in_schema jsonb := '[]'; -- relations staying in a dropped schema (step 5)
+    remade oid[] := '{}';   -- materialized views reading one: recorded, dropped, re-made (3a)
+    kw text;
+    qn text;
+    acl jsonb;
+    expires timestamptz;
+    targets text;
+    is_super boolean;
+    held jsonb;             -- 'classid/objid/objsubid' -> the earlier operation holding it
+    reg softguard.sessions := softguard._session(true);
+    items jsonb;            -- softguard._list(list), read once (_listed)
+BEGIN
+    SELECT rolsuper INTO is_super FROM pg_roles WHERE rolname = session_user;
+    IF NOT coalesce((SELECT pg_has_role(session_user, g.oid, 'MEMBER')
+                       FROM pg_roles g WHERE g.rolname = invoker), false) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: role %s is not a role of this session', invoker);
+    END IF;
+    IF coalesce(ctx->>'action', 'DROP') !~ '^DROP( [A-Z]+)*$' THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('softguard: %s is not a DROP', ctx->>'action');
+    END IF;
+
+    -- 1. The list must be what a DROP by this session would remove.
+    --    Every step reads the list's rows (_list) as they are now, before anything moves:
+    --    read once, each query expands them (decision 0041).
+    items := coalesce((SELECT jsonb_agg(to_jsonb(l) ORDER BY l.ord)
+                         FROM softguard._list(list) l), '[]');
+    FOR r IN SELECT * FROM softguard._listed(items) l WHERE l.original LOOP
+        own := softguard._owner(r.classid, r.objid);
+        IF own IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot keep %s %s', r.object_type, r.object_identity);
+        END IF;
+        IF NOT is_super AND NOT pg_has_role(session_user, own, 'MEMBER') THEN
+            RAISE EXCEPTION USING ERRCODE = '42501',
+                MESSAGE = format('must be owner of %s %s', r.object_type, r.object_identity);
+        END IF;
+    END LOOP;
+    IF EXISTS (
+        SELECT FROM softguard._listed(items) l
+         WHERE NOT l.original
+           AND NOT EXISTS (
+               SELECT FROM pg_depend d
+                WHERE d.classid = l.classid AND d.objid = l.objid
+                  AND (d.refclassid, d.refobjid) IN (
+                      SELECT (e->>'classid')::oid, (e->>'objid')::oid
+                        FROM jsonb_array_elements(list) e))
+           AND NOT EXISTS (   -- e.g. a view: its listed _RETURN rule depends on the table
+               SELECT FROM pg_depend d
+                WHERE d.refclassid = l.classid AND d.refobjid = l.objid AND d.deptype = 'i'
+                  AND (d.classid, d.objid) IN (
+                      SELECT (e->>'classid')::oid, (e->>'objid')::oid
+                        FROM jsonb_array_elements(list) e))) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'softguard: the object list does not match what the statement drops';
+    END IF;
+
+    expires := now() + softguard._retention(reg, (ctx->>'retention_seconds')::integer);
+    INSERT INTO softguard.operations (expires_at, db_role, "current_role", application_name,
+                                      client_addr, statement, kind, objects, restore)
+    VALUES (expires, session_user, invoker, current_setting('application_name', true),
+            softguard._client_addr(reg), stmt,
+            coalesce(ctx->>'action', 'DROP'), '[]', '[]')
+    RETURNING id INTO op_id;
+
+    SELECT coalesce(jsonb_object_agg(format('%s/%s/%s', l.classid, l.objid, l.objsubid),
+                                     softguard._holder(l.classid, l.objid, l.objsubid)), '{}')
+      INTO held
+      FROM softguard._listed(items) l
+     WHERE coalesce(softguard._is_quarantine_schema(l.home), false);
+    SELECT coalesce(array_agg(l.object_name), '{}') INTO dropped_schemas
+      FROM softguard._listed(items) l WHERE l.object_type = 'schema';
+    SELECT coalesce(array_agg(l.objid), '{}') INTO going
+      FROM softguard._listed(items) l
+     WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
+       AND NOT coalesce(softguard._is_quarantine_schema(l.home), false);
+
+    -- 1b. Publications (decision 0038): what goes leaves them as after a direct DROP.
+    --     First in the plan, so that undo adds the memberships back last, with every
+    --     table, column and schema in place again. Those of a kept column: _keep_column.
+    steps := steps || softguard._publications_step(going, ARRAY(
+        SELECT l.objid FROM softguard._listed(items) l
+         WHERE l.object_type = 'schema'
+           AND NOT coalesce(softguard._is_quarantine_schema(l.home), false)));
+
+    -- 2. Classify: what moves, what is a link to record and drop, what cannot be kept.
+    FOR r IN SELECT * FROM softguard._listed(items) l ORDER BY l.ord LOOP
+        CONTINUE WHEN coalesce(softguard._is_quarantine_schema(r.home), false);  -- held already
+        CONTINUE WHEN r.object_type = 'schema';
+        IF r.home = ANY (dropped_schemas) THEN                 -- stays in its renamed schema
+            IF r.classid = 'pg_class'::regclass AND r.objsubid = 0 THEN
+                in_schema := in_schema || jsonb_build_array(to_jsonb(r));  -- unless it reads
+            END IF;                                                        -- a kept column
+            CONTINUE;
+        END IF;
+        -- a column goes with its listed table or view (`owned` would also count a
+        -- partition's column, whose table depends on its listed parent's)
+        CONTINUE WHEN r.objsubid <> 0
+                  AND EXISTS (SELECT FROM softguard._listed(items) t
+                               WHERE t.classid = r.classid AND t.objid = r.objid
+                                 AND t.objsubid = 0);
+        IF r.objsubid <> 0 AND r.object_type <> 'table column' THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',   -- e.g. a composite type's attribute
+                MESSAGE = format('softguard cannot keep %s %s (dropped by this statement)',
+                                 r.object_type, r.object_identity),
+                HINT = 'Run the statement without softguard if losing it is intended.';
+        END IF;
+        IF r.object_type = 'table column' THEN
+            -- a column of a live table (DROP TYPE/DOMAIN ... CASCADE): kept as ALTER TABLE
+            -- ... DROP COLUMN keeps it, step 3b (decision 0029)
+            IF NOT softguard._protected_table(r.objid) THEN
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = format('softguard cannot keep column %s (dropped by this statement)',
+                                     r.object_identity),
+                    HINT = 'Drop the column with ALTER TABLE first, or run the statement without softguard.';
+            END IF;
+            cols := cols || jsonb_build_array(to_jsonb(r));
+            CONTINUE;
+        END IF;
+        IF r.classid = 'pg_class'::regclass THEN
+            SELECT c.relkind INTO x FROM pg_class c WHERE c.oid = r.objid;
+            IF x.relkind IN ('r', 'p', 'f', 'v', 'm') THEN
+                moves := moves || jsonb_build_array(to_jsonb(r));  -- partitions move one by one
+                CONTINUE;
+            END IF;
+        END IF;
+        -- a membership in a publication: left with its table or schema (1b), or with
+        -- the kept column its column list or row filter uses (_keep_column, 3b)
+        CONTINUE WHEN r.object_type IN ('publication relation', 'publication namespace')
+                  AND (EXISTS (SELECT FROM jsonb_array_elements(steps) st,
+                                    jsonb_array_elements((st->'tables') || (st->'schemas')) m
+                                WHERE st->>'step' = 'publications'
+                                  AND (m->>'member')::oid = r.objid)
+                       OR EXISTS (SELECT FROM pg_publication_rel pr
+                                    JOIN softguard._listed(items) k ON k.objid = pr.prrelid
+                                   WHERE pr.oid = r.objid AND k.object_type = 'table column'));
+        CONTINUE WHEN r.owned;                                   -- goes with its owner
+        -- a user mapping stays on its server, which is kept by a rename (_move)
+        CONTINUE WHEN r.object_type = 'user mapping'
+                  -- (the view: pg_user_mapping is superuser-only, the ledger owner may not be)
+                  AND EXISTS (SELECT FROM pg_user_mappings um
+                                JOIN softguard._listed(items) sv
+                                  ON sv.classid = 'pg_foreign_server'::regclass
+                                 AND sv.objid = um.srvid
+                               WHERE um.umid = r.objid);
+        CASE
+            WHEN r.object_type IN ('sequence', 'function', 'procedure', 'aggregate', 'type',
+                                   'domain', 'collation', 'text search configuration',
+                                   'text search dictionary', 'operator',
+                                   'operator family', 'server', 'language') THEN
+                moves := moves || jsonb_build_array(to_jsonb(r));
+            WHEN r.object_type IN ('index', 'table constraint', 'trigger', 'default value',
+                                   'policy', 'rule') THEN
+                links := links || jsonb_build_array(to_jsonb(r));
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = format('softguard cannot keep %s %s (dropped by this statement)',
+                                     r.object_type, r.object_identity),
+                    HINT = 'Run the statement without softguard if losing it is intended.';
+        END CASE;
+    END LOOP;
+
+    -- What reads a kept column (decision 0029 and its "Since then"): views move into
+    -- quarantine with their query set aside, materialized views are recorded and dropped
+    -- (3a, decision 0035), also when they stood in a schema the statement drops (they
+    -- then leave it for quarantine, or are re-made in it, instead of staying in it
+    -- renamed); rules are links like any other (3). Any other rule reading one (a view an
+    -- earlier operation holds) would still hold the column: not kept.
+    readers := CASE WHEN cols = '[]' THEN '[]'   -- no kept column: nothing reads one
+                    ELSE softguard._column_readers(cols, list) END;
+    moves := moves || coalesce((SELECT jsonb_agg(e) FROM jsonb_array_elements(in_schema) e
+                                 WHERE softguard._is_reader(readers, (e->>'objid')::oid, NULL)),
+                         '[]');
+    SELECT w.ev_class, w.rulename, k.object_identity INTO x
+      FROM jsonb_to_recordset(cols) AS k(objid oid, objsubid integer, object_identity text)
+      JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = k.objid
+                      AND d.refobjsubid = k.objsubid AND d.classid = 'pg_rewrite'::regclass
+      JOIN pg_rewrite w ON w.oid = d.objid
+     WHERE NOT (w.rulename = '_RETURN' AND softguard._is_reader(readers, w.ev_class, NULL))
+       AND NOT (w.rulename <> '_RETURN'
+                AND EXISTS (SELECT FROM jsonb_to_recordset(links) AS l(classid oid, objid oid)
+                             WHERE l.classid = 'pg_rewrite'::regclass AND l.objid = w.oid))
+     ORDER BY 1, 2 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('softguard cannot keep %s, which reads column %s (dropped by '
+                             'this statement)', CASE WHEN x.rulename = '_RETURN'
+                                 THEN (SELECT CASE c.relkind WHEN 'm' THEN 'materialized view '
+                                              ELSE 'view ' END FROM pg_class c
+                                        WHERE c.oid = x.ev_class) || x.ev_class::regclass::text
+                                 ELSE format('rule %I on %s', x.rulename, x.ev_class::regclass) END,
+                             x.object_identity),
+            HINT = 'An earlier operation keeps it: undo or purge that one first, or run the '
+                   'statement without softguard if losing it is intended.';
+    END IF;
+    -- 3. Links from live objects to dropped ones, as a real DROP removes them. Constraints
+    --    first (a foreign key may need a listed unique index), indexes last. What goes
+    --    with a kept column (its default, indexes, constraints) is kept with it (3b).
+    FOR r IN SELECT e.* FROM jsonb_to_recordset(links) AS e(classid oid, objid oid,
+                  object_type text, object_identity text, original boolean, ord integer)
+             ORDER BY CASE e.object_type WHEN 'table constraint' THEN 0 WHEN 'index' THEN 2
+                      ELSE 1 END, e.ord LOOP
+        CONTINUE WHEN softguard._with_columns(r.classid, r.objid, cols);
+        steps := steps || softguard._drop_link(r.classid, r.objid, r.object_identity, r.original);
+    END LOOP;
+
+    -- 3a. What reads a kept column, each before what it reads (so that undo gives back
+    --     each after what it reads: a view's query needs the materialized views it reads
+    --     re-made, a materialized view needs the views it reads back in place):
+    --   - views (decision 0029, since then): moved into quarantine now, as step 6 moves
+    --     the others, and their query set aside (_stub_view) so that the column can go;
+    --     undo puts the query back once the columns are back. Views on them that the
+    --     CASCADE takes move in step 6, their columns unchanged.
+    --   - materialized views (decision 0035): PostgreSQL cannot replace their query, so
+    --     the definition, storage, indexes, comments, owner and privileges are recorded
+    --     and they are dropped; undo re-makes them after the columns, and refreshes those
+    --     that were populated (as their owner, as REFRESH runs).
+    FOR r IN SELECT e.classid, e.objid, e.original, v.relkind
+               FROM jsonb_to_recordset(readers) AS v(oid oid, relkind "char", depth integer)
+               JOIN jsonb_to_recordset(moves) AS e(classid oid, objid oid, original boolean,
+                                                   ord integer)
+                 ON e.classid = 'pg_class'::regclass AND e.objid = v.oid
+              ORDER BY v.depth DESC, e.ord LOOP
+        IF r.relkind = 'v' THEN
+            n := n + 1;
+            qn := r.objid::regclass::text;    -- its name before the move, for undo's messages
+            steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
+                           || softguard._without_deps(softguard._stub_view(r.objid, qn), readers)
+                           || softguard._disown(r.classid, r.objid);
+            stubbed := stubbed || r.objid;
+            CONTINUE;
+        END IF;
+        steps := steps || softguard._remake_step(op_id, r.objid, readers);
+        UPDATE softguard.operations o SET restore = steps WHERE o.id = op_id;  -- the backstop's mark
+        BEGIN
+            EXECUTE format('DROP MATERIALIZED VIEW %s', r.objid::regclass);
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+            -- something else uses it (a routine or a column of its row type): not kept yet
+            GET STACKED DIAGNOSTICS qn = PG_EXCEPTION_DETAIL;
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('softguard cannot yet keep materialized view %s, which reads '
+                                 'a column dropped by this statement: %s', r.objid::regclass, qn),
+                HINT = 'Drop what uses it first (through softguard, which keeps it), then run '
+                       'this statement again.';
+        END;
+        remade := remade || r.objid;
+    END LOOP;
+
+    -- 3b. Columns of live tables (decision 0029): locked, kept as alter_op keeps a
+    --     dropped column (_keep_column: definition, values by key or row image), parents
+    --     first, then dropped (a parent's DROP COLUMN takes its partitions' along).
+    IF cols <> '[]' THEN
+        FOR x IN SELECT DISTINCT k.objid FROM jsonb_to_recordset(cols) AS k(objid oid)
+                  ORDER BY 1 LOOP
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', x.objid::regclass);
+        END LOOP;
+        FOR x IN SELECT k.objid AS rel, k.objsubid AS attnum FROM softguard._kept_order(cols) k LOOP
+            PERFORM softguard._keep_column(op_id, x.rel, x.attnum,
+                                           softguard._alter_changing(list, '[]', x.rel));
+        END LOOP;
+        -- foreign keys from kept columns first: one may reference a unique key of another
+        -- kept column (the captures hold their definitions; undo adds them back last)
+        FOR x IN SELECT DISTINCT co.conrelid, co.conname FROM pg_constraint co
+                   JOIN softguard._kept_order(cols) k
+                     ON co.conrelid = k.objid AND k.objsubid = ANY (co.conkey)
+                  WHERE co.contype = 'f' AND co.conparentid = 0 ORDER BY 1, 2 LOOP
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', x.conrelid::regclass, x.conname);
+        END LOOP;
+        FOR x IN SELECT k.objid AS rel, k.objsubid AS attnum FROM softguard._kept_order(cols) k
+                  ORDER BY k.drop_ord LOOP
+            PERFORM softguard._drop_kept_column(x.rel, x.attnum);
+        END LOOP;
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'drop_columns', 'columns',
+            (SELECT jsonb_agg(k.object_identity) FROM softguard._kept_order(cols) k)));
+    END IF;
+
+    -- 4. Links from leaving relations to live ones: partition bound, inheritance, FKs.
+    FOR x IN SELECT c.oid AS child, i.inhparent AS parent, c.relispartition,
+                    pg_get_expr(c.relpartbound, c.oid) AS bound
+               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              WHERE i.inhrelid = ANY (going) AND NOT (i.inhparent = ANY (going))
+                AND c.relkind IN ('r', 'p', 'f')
+              ORDER BY i.inhrelid, i.inhseqno LOOP
+        IF x.relispartition THEN
+            steps := steps || jsonb_build_array(jsonb_build_object(
+                'step', 'detach_partition', 'parent', x.parent,
+                'parent_name', x.parent::regclass::text, 'child', x.child,
+                'child_name', x.child::regclass::text, 'bound', x.bound));
+            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', x.parent::regclass,
+                           x.child::regclass);
+        ELSE
+            -- NO INHERIT turns inherited columns and constraints into local ones: record
+            -- which were inherited only, to put that back.
+            steps := steps || jsonb_build_array(jsonb_build_object(
+                'step', 'no_inherit', 'parent', x.parent,
+                'parent_name', x.parent::regclass::text, 'child', x.child,
+                'child_name', x.child::regclass::text,
+                'inherited_columns', (SELECT coalesce(jsonb_agg(a.attname), '[]')
+                    FROM pg_attribute a WHERE a.attrelid = x.child AND a.attnum > 0
+                     AND NOT a.attisdropped AND NOT a.attislocal AND a.attinhcount = 1),
+                'inherited_constraints', (SELECT coalesce(jsonb_agg(c.conname), '[]')
+                    FROM pg_constraint c WHERE c.conrelid = x.child AND NOT c.conislocal
+                     AND c.coninhcount = 1)));
+            EXECUTE format('ALTER TABLE %s NO INHERIT %s', x.child::regclass, x.parent::regclass);
+        END IF;
+    END LOOP;
+    FOR x IN SELECT c.oid FROM pg_constraint c
+              WHERE c.contype = 'f' AND c.conrelid = ANY (going)
+                AND NOT (c.confrelid = ANY (going)) AND c.conparentid = 0
+              ORDER BY c.conrelid, c.conname LOOP
+        steps := steps || softguard._drop_link('pg_constraint'::regclass, x.oid,
+            (pg_identify_object('pg_constraint'::regclass, x.oid, 0)).identity);
+    END LOOP;
+
+    -- 5. Dropped schemas: rename, lock out everybody but the owner (privileges recorded).
+    FOR r IN SELECT * FROM softguard._listed(items) l WHERE l.object_type = 'schema' ORDER BY l.ord LOOP
+        n := n + 1;
+        qn := softguard._qname(format('softguard_q%s_', op_id), r.object_name);
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+                   'privilege', a.privilege_type, 'grantable', a.is_grantable) ORDER BY a.o), '[]')
+          INTO acl
+          FROM pg_namespace s, LATERAL aclexplode(s.nspacl) WITH ORDINALITY AS a(grantor, grantee,
+               privilege_type, is_grantable, o)
+         WHERE s.oid = r.objid AND a.grantee <> s.nspowner;
+        steps := steps || jsonb_build_array(jsonb_build_object(
+            'step', 'rename_schema', 'oid', r.objid, 'name', r.object_name, 'qname', qn,
+            'acl', acl, 'original', r.original));
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', r.object_name, qn);
+        FOR x IN SELECT DISTINCT e->>'grantee' AS grantee FROM jsonb_array_elements(acl) e LOOP
+            EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %s CASCADE', qn,
+                           CASE WHEN x.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(x.grantee) END);
+        END LOOP;
+        -- the schema first (a non-superuser may give an object only to a role that may
+        -- create in its schema), then what stays in it: the objects that own others (a
+        -- table its indexes and sequences, a type its array) take those along; every
+        -- other object with an owner, of whatever kind the catalogs hold
+        steps := steps || softguard._disown('pg_namespace'::regclass, r.objid);
+        FOR x IN SELECT 'pg_class'::regclass::oid AS cls, c.oid AS obj FROM pg_class c
+                  WHERE c.relnamespace = r.objid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                    AND NOT EXISTS (SELECT FROM pg_depend d  -- linked: with its table
+                                     WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                       AND d.refclassid = 'pg_class'::regclass
+                                       AND d.deptype IN ('a', 'i') AND c.relkind = 'S')
+                 UNION ALL
+                 SELECT 'pg_proc'::regclass::oid, p.oid FROM pg_proc p WHERE p.pronamespace = r.objid
+                 UNION ALL
+                 SELECT 'pg_type'::regclass::oid, t.oid FROM pg_type t
+                  WHERE t.typnamespace = r.objid AND t.typtype IN ('b', 'c', 'd', 'e', 'r', 'm')
+                 UNION ALL  -- statistics, operators, collations, text search objects, ...
+                 SELECT o.classid, o.objid FROM softguard._schema_objects(r.objid) o
+                 ORDER BY 1, 2 LOOP
+            steps := steps || softguard._disown(x.cls, x.obj);
+        END LOOP;
+    END LOOP;
+
+    -- 6. Move into softguard_quarantine under op<id>_<n>_<name>.
+    FOR r IN SELECT e.* FROM jsonb_to_recordset(moves) AS e(classid oid, objid oid,
+                  object_type text, object_identity text, original boolean, ord integer)
+             ORDER BY e.ord LOOP
+        CONTINUE WHEN r.classid = 'pg_class'::regclass
+                  AND (r.objid = ANY (stubbed) OR r.objid = ANY (remade));      -- 3a
+        IF r.classid = 'pg_class'::regclass THEN
+            SELECT c.relkind, c.relname, c.relnamespace INTO x FROM pg_class c WHERE c.oid = r.objid;
+            kw := CASE x.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                      WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END;
+            IF x.relkind = 'S' THEN
+                -- a sequence owned by a live table's column (DROP SEQUENCE ... CASCADE)
+                FOR own IN SELECT d.refobjid FROM pg_depend d
+                            WHERE d.classid = 'pg_class'::regclass AND d.objid = r.objid
+                              AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a' LOOP
+                    steps := steps || jsonb_build_array(jsonb_build_object(
+                        'step', 'seq_owned_by', 'seq', r.objid, 'table', own,
+                        'column', (SELECT a.attname FROM pg_depend d JOIN pg_attribute a
+                                     ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                                    WHERE d.classid = 'pg_class'::regclass AND d.objid = r.objid
+                                      AND d.refobjid = own AND d.deptype = 'a')));
+                    EXECUTE format('ALTER SEQUENCE %s OWNED BY NONE', r.objid::regclass);
+                END LOOP;
+            END IF;
+            -- Indexes, owned sequences, statistics go along; rename them so that the names
+            -- are free in the live schema and unique in quarantine.
+            FOR own, qn IN
+                SELECT i.indexrelid, ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 WHERE i.indrelid = r.objid
+                UNION ALL
+                SELECT d.objid, sc.relname FROM pg_depend d JOIN pg_class sc ON sc.oid = d.objid
+                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.refobjid = r.objid AND d.deptype IN ('a', 'i') AND sc.relkind = 'S'
+                ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || jsonb_build_array(jsonb_build_object(
+                    'step', 'rename', 'class', 'relation', 'oid', own, 'name', qn,
+                    'qname', softguard._qname(format('op%s_%s_', op_id, n), qn), 'parent', r.objid));
+                EXECUTE format('ALTER INDEX %s RENAME TO %I', own::regclass,
+                               softguard._qname(format('op%s_%s_', op_id, n), qn));
+            END LOOP;
+            FOR own, qn IN SELECT s.oid, s.stxname FROM pg_statistic_ext s
+                            WHERE s.stxrelid = r.objid ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, 'pg_statistic_ext'::regclass, own, false)
+                               || softguard._disown('pg_statistic_ext'::regclass, own);
+            END LOOP;
+        END IF;
+        IF r.classid = 'pg_type'::regclass THEN
+            -- What PostgreSQL made with a range type does not follow it to another schema
+            -- or name: its multirange and the constructor functions of both. Move them
+            -- too, or re-creating the range in the live schema fails (42710, 42723).
+            FOR x IN SELECT 'pg_type'::regclass::oid AS cls, rg.rngmultitypid AS obj
+                       FROM pg_range rg WHERE rg.rngtypid = r.objid AND rg.rngmultitypid <> 0
+                     UNION ALL
+                     SELECT 'pg_proc'::regclass::oid, d.objid FROM pg_depend d
+                      WHERE d.classid = 'pg_proc'::regclass AND d.deptype = 'i'
+                        AND d.refclassid = 'pg_type'::regclass
+                        AND d.refobjid IN (SELECT r.objid UNION ALL
+                                           SELECT rg.rngmultitypid FROM pg_range rg
+                                            WHERE rg.rngtypid = r.objid)
+                     ORDER BY 1 DESC, 2 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, x.cls, x.obj, false)
+                               || softguard._disown(x.cls, x.obj);
+            END LOOP;
+        END IF;
+        IF r.classid = 'pg_opfamily'::regclass THEN
+            -- its operator classes go with it (and its operators and support functions,
+            -- which are entries of the family): moved along, so that their names are free
+            -- as after the DROP (decision 0036)
+            FOR own IN SELECT c.oid FROM pg_opclass c WHERE c.opcfamily = r.objid ORDER BY 1 LOOP
+                n := n + 1;
+                steps := steps || softguard._move(op_id, n, 'pg_opclass'::regclass, own, false)
+                               || softguard._disown('pg_opclass'::regclass, own);
+            END LOOP;
+        END IF;
+        n := n + 1;
+        steps := steps || softguard._move(op_id, n, r.classid, r.objid, r.original)
+                       || softguard._disown(r.classid, r.objid);
+    END LOOP;
+
+    -- 7. The operation: objects (with where each went), estimates, the plan.
+    -- in the statement's order (PostgreSQL lists them in its deletion order)
+    SELECT string_agg(l.object_identity, ', '
+                      ORDER BY nullif(strpos(lower(stmt), lower(l.object_name)), 0) NULLS LAST,
+                               l.ord) INTO targets
+      FROM softguard._listed(items) l WHERE l.original;
+    UPDATE softguard.operations o SET
+        restore = steps,
+        objects = (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'type', l.object_type, 'identity', l.object_identity,
+                       'schema', l.schema_name, 'name', l.object_name,
+                       'original', l.original, 'normal', l.normal,
+                       'classid', l.classid, 'objid', l.objid, 'objsubid', l.objsubid,
+                       'quarantined_as', CASE WHEN h.held_by IS NULL
+                                                   AND NOT cols @> jsonb_build_array(jsonb_build_object(
+                                                       'objid', l.objid, 'objsubid', l.objsubid)) THEN
+                           (pg_identify_object(l.classid, l.objid, l.objsubid)).identity END,
+                       'held_by', h.held_by) ORDER BY l.ord), '[]')
+              FROM softguard._listed(items) l,
+                   LATERAL (SELECT (held->>format('%s/%s/%s', l.classid, l.objid, l.objsubid))::bigint
+                                   AS held_by) h),
+        row_counts = jsonb_build_object('estimate', true, 'tables', (
+            SELECT coalesce(jsonb_object_agg(l.object_identity,
+                       CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END), '{}')
+              FROM softguard._listed(items) l JOIN pg_class c ON c.oid = l.objid
+             WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
+               AND c.relkind IN ('r', 'm')
+               AND NOT held ? format('%s/%s/%s', l.classid, l.objid, l.objsubid)))
+     WHERE o.id = op_id;
+
+    RETURN softguard._op_notice(coalesce(ctx->>'action', 'DROP'), targets, op_id, expires);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._acls(p_classid oid, p_objid oid)
+RETURNS TABLE (col name, acl aclitem[], kind "char")
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_classid = 'pg_class'::regclass THEN
+        RETURN QUERY
+        SELECT NULL::name, c.relacl, CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char"
+          FROM pg_class c WHERE c.oid = p_objid;
+        RETURN QUERY
+        SELECT t.attname, t.attacl, 'c'::"char" FROM pg_attribute t
+         WHERE t.attrelid = p_objid AND t.attnum > 0 AND NOT t.attisdropped
+           AND t.attacl IS NOT NULL;
+    ELSIF p_classid = 'pg_proc'::regclass THEN
+        RETURN QUERY SELECT NULL::name, p.proacl, 'f'::"char" FROM pg_proc p WHERE p.oid = p_objid;
+    ELSIF p_classid = 'pg_type'::regclass THEN
+        RETURN QUERY SELECT NULL::name, t.typacl, 'T'::"char" FROM pg_type t WHERE t.oid = p_objid;
+    ELSIF p_classid = 'pg_namespace'::regclass THEN
+        RETURN QUERY
+        SELECT NULL::name, n.nspacl, 'n'::"char" FROM pg_namespace n WHERE n.oid = p_objid;
+    ELSIF p_classid = 'pg_foreign_server'::regclass THEN
+        RETURN QUERY
+        SELECT NULL::name, s.srvacl, 'S'::"char" FROM pg_foreign_server s WHERE s.oid = p_objid;
+    ELSIF p_classid = 'pg_language'::regclass THEN
+        -- not an untrusted language's: only superusers use one, no GRANT there
+        RETURN QUERY
+        SELECT NULL::name, l.lanacl, 'l'::"char" FROM pg_language l
+         WHERE l.oid = p_objid AND l.lanpltrusted;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._same_objects(a jsonb, b jsonb) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT array_agg(k ORDER BY k)
+              FROM (SELECT x->>'classid' || '/' || (x->>'objid') || '/' || (x->>'objsubid') AS k
+                      FROM jsonb_array_elements(a) x) s)
+           IS NOT DISTINCT FROM
+           (SELECT array_agg(k ORDER BY k)
+              FROM (SELECT x->>'classid' || '/' || (x->>'objid') || '/' || (x->>'objsubid') AS k
+                      FROM jsonb_array_elements(b) x) s);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._definitions_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    dep record;
+    old softguard.definitions;
+    cur record;
+    reg softguard.sessions;
+    protect boolean;
+BEGIN
+    IF current_setting('softguard.probe', true) = 'on' THEN
+        RETURN;
+    END IF;
+    reg := softguard._session(false);
+    protect := 'alter' = ANY (reg.capture) AND NOT softguard._in_maintenance();
+    FOR r IN SELECT DISTINCT c.classid, c.objid, c.command_tag
+               FROM pg_event_trigger_ddl_commands() c
+              WHERE c.objsubid = 0 ORDER BY c.classid, c.objid LOOP
+        IF r.classid IN ('pg_proc'::regclass, 'pg_class'::regclass, 'pg_rewrite'::regclass,
+                         'pg_trigger'::regclass) THEN
+            old := softguard._definition_keep(r.classid, r.objid);
+            IF protect AND r.command_tag LIKE 'CREATE %' AND old.definition IS NOT NULL THEN
+                SELECT * INTO cur FROM softguard._definition_of(r.classid, r.objid);
+                IF cur.definition IS DISTINCT FROM old.definition THEN
+                    PERFORM softguard._definition_op(
+                        'CREATE OR REPLACE ' || cur.kind, cur.target,
+                        jsonb_build_array(jsonb_build_object(
+                            'classid', r.classid, 'objid', r.objid, 'objsubid', 0,
+                            'type', lower(cur.kind),
+                            'identity', cur.target,
+                            'original', true, 'event', 'definition')),
+                        jsonb_build_array(jsonb_build_object(
+                            'step', 'definition', 'classid', r.classid, 'objid', r.objid,
+                            'identity', cur.identity, 'old_identity', old.identity,
+                            'old', old.definition, 'new', cur.definition)),
+                        reg);
+                END IF;
+            END IF;
+        END IF;
+        CONTINUE WHEN r.command_tag LIKE 'CREATE %';
+        -- not softguard's capture triggers: _definition_of keeps none of them, and every
+        -- ALTER TABLE of a protected table looked at its four (decision 0041)
+        FOR dep IN SELECT 'pg_trigger'::regclass::oid AS classid, t.oid AS objid
+                     FROM pg_trigger t
+                    WHERE r.classid = 'pg_class'::regclass AND t.tgrelid = r.objid
+                      AND NOT t.tgisinternal AND t.tgname NOT LIKE 'zz\_softguard\_%'
+                   UNION ALL
+                   SELECT 'pg_rewrite'::regclass, w.oid FROM pg_rewrite w
+                    WHERE r.classid = 'pg_class'::regclass AND w.ev_class = r.objid
+                   UNION ALL
+                   SELECT CASE d.classid WHEN 'pg_rewrite'::regclass THEN 'pg_class'::regclass
+                                         ELSE d.classid END,
+                          CASE d.classid WHEN 'pg_rewrite'::regclass
+                               THEN (SELECT w.ev_class FROM pg_rewrite w WHERE w.oid = d.objid)
+                               ELSE d.objid END
+                     FROM pg_depend d
+                    WHERE d.refclassid = r.classid AND d.refobjid = r.objid
+                      AND d.classid IN ('pg_proc'::regclass, 'pg_class'::regclass,
+                                        'pg_rewrite'::regclass, 'pg_trigger'::regclass)
+                      AND d.deptype = 'n' LOOP
+            PERFORM softguard._definition_keep(dep.classid, dep.objid);
+        END LOOP;
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._has_event_triggers() RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN coalesce((SELECT s.event_triggers FROM softguard.settings s), true);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._name_taken(p_class text, nsp oid, name text, p_objid oid)
+RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_class = 'routine' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_proc p, pg_proc me
+             WHERE me.oid = p_objid AND p.pronamespace = nsp AND p.proname = name
+               AND p.proargtypes = me.proargtypes AND p.oid <> p_objid);
+    ELSIF p_class = 'statistics' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_statistic_ext s WHERE s.stxnamespace = nsp AND s.stxname = name);
+    ELSIF p_class = 'collation' THEN   -- any encoding's: the strictest reading
+        RETURN EXISTS (
+            SELECT FROM pg_collation c
+             WHERE c.collnamespace = nsp AND c.collname = name AND c.oid <> p_objid);
+    ELSIF p_class = 'text search configuration' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_ts_config c WHERE c.cfgnamespace = nsp AND c.cfgname = name);
+    ELSIF p_class = 'text search dictionary' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_ts_dict d WHERE d.dictnamespace = nsp AND d.dictname = name);
+    ELSIF p_class = 'operator' THEN   -- the same name and argument types
+        RETURN EXISTS (
+            SELECT FROM pg_operator o, pg_operator me
+             WHERE me.oid = p_objid AND o.oprnamespace = nsp AND o.oprname = name
+               AND o.oprleft = me.oprleft AND o.oprright = me.oprright AND o.oid <> p_objid);
+    ELSIF p_class = 'operator family' THEN   -- of the same access method
+        RETURN EXISTS (
+            SELECT FROM pg_opfamily f, pg_opfamily me
+             WHERE me.oid = p_objid AND f.opfnamespace = nsp AND f.opfname = name
+               AND f.opfmethod = me.opfmethod AND f.oid <> p_objid);
+    ELSIF p_class = 'operator class' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_opclass c, pg_opclass me
+             WHERE me.oid = p_objid AND c.opcnamespace = nsp AND c.opcname = name
+               AND c.opcmethod = me.opcmethod AND c.oid <> p_objid);
+    ELSIF p_class = 'server' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_foreign_server s WHERE s.srvname = name AND s.oid <> p_objid);
+    ELSIF p_class = 'language' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_language l WHERE l.lanname = name AND l.oid <> p_objid);
+    END IF;
+    RETURN EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
+        OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._undo_one(op bigint, rename_to text) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    s jsonb;
+    e jsonb;
+    d jsonb;
+    k record;
+    target text;
+    nsp_name text;
+    nsp oid;
+    lines softguard.undo_step[] := '{}';
+    n_orig integer;
+    renamed jsonb := '{}';   -- parent oid -> [old name, new name] when --rename-to renamed it
+    ddl text;
+    cur text;
+    cap softguard.captures;
+    quiet jsonb;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('softguard: operation %s does not exist', op);
+    END IF;
+    IF o.kind = 'UNDO' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s is the record of an undo (of operation %s), not reversible',
+                             op, o.undo_of);
+    ELSIF o.state = 'undone' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s is already undone (at %s by %s)', op,
+                             to_char(o.undone_at, 'YYYY-MM-DD HH24:MI:SS'), o.undone_by);
+    ELSIF o.state = 'purged' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('operation %s was purged (at %s by %s): nothing is left to restore',
+                             op, to_char(o.purged_at, 'YYYY-MM-DD HH24:MI:SS'), o.purged_by);
+    END IF;
+    IF rename_to IS NOT NULL THEN
+        SELECT count(*) INTO n_orig FROM jsonb_array_elements(o.restore) x
+         WHERE (x->>'original')::boolean
+           AND x->>'step' IN ('move', 'rename_schema', 'drop_index');
+        IF n_orig <> 1 THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('--rename-to needs an operation on a single object; operation %s has %s',
+                                 op, n_orig);
+        END IF;
+    END IF;
+
+    FOR s IN SELECT x FROM jsonb_array_elements(o.restore) WITH ORDINALITY AS t(x, i)
+              ORDER BY t.i DESC LOOP
+        CASE s->>'step'
+        WHEN 'move' THEN
+            k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+            IF s->>'class' IN ('server', 'language') THEN  -- in no schema: a rename only
+                lines := lines || softguard._undo_rename_global(op, s, k.name, rename_to);
+                CONTINUE;
+            END IF;
+            -- an operator is kept under its name in a schema of its own (_move)
+            IF k.keyword IS NULL
+               OR (s->>'class' = 'operator'
+                   AND (k.name <> s->>'name'
+                        OR k.nsp IS DISTINCT FROM to_regnamespace(quote_ident(s->>'qname'))))
+               OR (s->>'class' <> 'operator'
+                   AND (k.name <> s->>'qname' OR k.nsp <> 'softguard_quarantine'::regnamespace))
+            THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s %s.%s is no longer where it was '
+                                     'kept (%s)', op, lower(s->>'keyword'), s->>'schema',
+                                     s->>'name', CASE WHEN s->>'class' = 'operator'
+                                         THEN 'schema ' || (s->>'qname')
+                                         ELSE 'softguard_quarantine.' || (s->>'qname') END);
+            END IF;
+            IF s->>'class' = 'operator' AND (s->>'original')::boolean
+               AND rename_to IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '0A000',
+                    MESSAGE = format('cannot undo operation %s under another name: an operator '
+                                     'cannot be renamed', op);
+            END IF;
+            nsp := (s->>'schema_oid')::oid;
+            SELECT n.nspname INTO nsp_name FROM pg_namespace n WHERE n.oid = nsp;
+            IF nsp_name IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: schema %s no longer exists',
+                                     op, s->>'schema'),
+                    HINT = format('CREATE SCHEMA %I first.', s->>'schema');
+            END IF;
+            PERFORM softguard._need_live(op, 'pg_namespace'::regclass, nsp,
+                format('%s %s.%s', lower(s->>'keyword'), s->>'schema', s->>'name'));
+            target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                           THEN rename_to ELSE s->>'name' END;
+            IF softguard._name_taken(s->>'class', nsp, target, (s->>'oid')::oid) THEN
+                RAISE EXCEPTION USING ERRCODE = CASE s->>'class' WHEN 'routine' THEN '42723'
+                        WHEN 'relation' THEN '42P07' ELSE '42710' END,
+                    MESSAGE = format('cannot undo operation %s: %s %s already exists (created after the DROP)',
+                                     op, lower(s->>'keyword'), format('%I.%I', nsp_name, target)),
+                    HINT = CASE WHEN s->>'class' = 'operator'   -- no --rename-to for it
+                                THEN 'drop the new operator first'
+                                ELSE 'use --rename-to NEW_NAME' END;
+            END IF;
+            IF s->>'class' = 'operator' THEN
+                EXECUTE format('ALTER OPERATOR %s SET SCHEMA %I', k.ident, nsp_name);
+                EXECUTE format('DROP SCHEMA %I', s->>'qname');   -- empty now: it held only it
+            ELSE
+                EXECUTE format('ALTER %s %s RENAME TO %I', s->>'keyword', k.ident, target);
+                k := softguard._kw((s->>'classid')::oid, (s->>'oid')::oid);
+                EXECUTE format('ALTER %s %s SET SCHEMA %I', s->>'keyword', k.ident, nsp_name);
+            END IF;
+            IF target <> s->>'name' THEN
+                renamed := renamed || jsonb_build_object(s->>'oid',
+                                                         jsonb_build_array(s->>'name', target));
+            END IF;
+            cur := (softguard._kw((s->>'classid')::oid, (s->>'oid')::oid)).ident;
+            lines := lines || softguard._step(op, 'restored', cur,
+                                              format('restored %s %s', lower(s->>'keyword'), cur));
+        WHEN 'rename' THEN
+            SELECT c.relname, c.relnamespace, c.oid::regclass::text AS ident INTO k
+              FROM pg_class c WHERE c.oid = (s->>'oid')::oid;
+            IF NOT FOUND OR k.relname <> s->>'qname' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: %s is no longer named %s',
+                                     op, s->>'name', s->>'qname');
+            END IF;
+            target := s->>'name';
+            IF renamed ? (s->>'parent')
+               AND starts_with(target, renamed->(s->>'parent')->>0) THEN
+                target := (renamed->(s->>'parent')->>1)
+                          || substr(target, length(renamed->(s->>'parent')->>0) + 1);
+            END IF;
+            IF softguard._name_taken('relation', k.relnamespace, target, 0) THEN
+                RAISE EXCEPTION USING ERRCODE = '42P07',
+                    MESSAGE = format('cannot undo operation %s: relation %s already exists (created after the DROP)',
+                                     op, format('%I.%I', k.relnamespace::regnamespace, target)),
+                    HINT = 'use --rename-to NEW_NAME';
+            END IF;
+            EXECUTE format('ALTER INDEX %s RENAME TO %I', k.ident, target);
+        WHEN 'rename_schema' THEN
+            SELECT n.nspname INTO nsp_name FROM pg_namespace n WHERE n.oid = (s->>'oid')::oid;
+            IF nsp_name IS DISTINCT FROM s->>'qname' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: schema %s is no longer kept as %s',
+                                     op, s->>'name', s->>'qname');
+            END IF;
+            target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                           THEN rename_to ELSE s->>'name' END;
+            IF EXISTS (SELECT FROM pg_namespace n WHERE n.nspname = target) THEN
+                RAISE EXCEPTION USING ERRCODE = '42P06',
+                    MESSAGE = format('cannot undo operation %s: schema %I already exists (created after the DROP)',
+                                     op, target),
+                    HINT = 'use --rename-to NEW_NAME';
+            END IF;
+            EXECUTE format('ALTER SCHEMA %I RENAME TO %I', nsp_name, target);
+            FOR e IN SELECT x FROM jsonb_array_elements(s->'acl') x LOOP
+                IF e->>'grantee' <> 'PUBLIC'
+                   AND to_regrole(e->>'grantee') IS NULL THEN
+                    lines := lines || softguard._step(op, 'skipped', quote_ident(target),
+                        format('%s on schema %I not given back to role %s: it no longer exists',
+                               e->>'privilege', target, e->>'grantee'));
+                    CONTINUE;
+                END IF;
+                EXECUTE format('GRANT %s ON SCHEMA %I TO %s%s', e->>'privilege', target,
+                               CASE WHEN e->>'grantee' = 'PUBLIC' THEN 'PUBLIC'
+                                    ELSE quote_ident(e->>'grantee') END,
+                               CASE WHEN (e->>'grantable')::boolean THEN ' WITH GRANT OPTION' ELSE '' END);
+            END LOOP;
+            lines := lines || softguard._step(op, 'restored', quote_ident(target),
+                                              format('restored schema %I', target));
+        WHEN 'owner' THEN
+            lines := lines || softguard._undo_owner(op, s);
+        WHEN 'publications' THEN
+            -- the memberships what the DROP took had (decision 0038); last of all
+            lines := lines || softguard._rejoin_publications(op, s->'tables', s->'schemas');
+        WHEN 'seq_owned_by' THEN
+            EXECUTE format('ALTER SEQUENCE %s OWNED BY %s.%I', (s->>'seq')::oid::regclass,
+                           (s->>'table')::oid::regclass, s->>'column');
+        WHEN 'no_inherit' THEN
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
+                                         'table ' || (s->>'child_name'));
+            EXECUTE format('ALTER TABLE %s INHERIT %s', (s->>'child')::oid::regclass,
+                           (s->>'parent')::oid::regclass);
+            UPDATE pg_attribute SET attislocal = false
+             WHERE attrelid = (s->>'child')::oid
+               AND attname IN (SELECT jsonb_array_elements_text(s->'inherited_columns'));
+            UPDATE pg_constraint SET conislocal = false
+             WHERE conrelid = (s->>'child')::oid
+               AND conname IN (SELECT jsonb_array_elements_text(s->'inherited_constraints'));
+            lines := lines || softguard._step(op, 're-established', (s->>'child')::oid::regclass::text,
+                format('re-established inheritance of %s from %s',
+                       (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
+        WHEN 'drop_columns' THEN
+            -- the columns a DROP ... CASCADE took (decision 0029), their type back already:
+            -- re-added as the undo of ALTER TABLE ... DROP COLUMN re-adds them, parents first
+            -- (their foreign keys last: one may reference another of these columns)
+            quiet := softguard._undo_triggers_off(op);
+            FOR cap IN SELECT * FROM softguard.captures c
+                        WHERE c.op_id = op AND c.event = 'column' ORDER BY c.id LOOP
+                PERFORM softguard._need_table(op, cap.relid, cap.table_identity);
+                cap.info := jsonb_set(cap.info, '{constraints}', (
+                    SELECT coalesce(jsonb_agg(x ORDER BY i), '[]')
+                      FROM jsonb_array_elements(cap.info->'constraints') WITH ORDINALITY t(x, i)
+                     WHERE x->>'def' NOT LIKE 'FOREIGN KEY %'));
+                lines := lines || softguard._undo_column(op, cap);
+            END LOOP;
+            PERFORM softguard._undo_triggers_back(quiet);
+            FOR k IN SELECT c.relid, x FROM softguard.captures c,
+                            jsonb_array_elements(c.info->'constraints') WITH ORDINALITY t(x, i)
+                      WHERE c.op_id = op AND c.event = 'column'
+                        AND x->>'def' LIKE 'FOREIGN KEY %' ORDER BY c.id, t.i LOOP
+                CONTINUE WHEN EXISTS (SELECT FROM pg_constraint co WHERE co.conrelid = k.relid
+                                         AND co.conname = k.x->>'name');   -- via its parent
+                EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', k.relid::regclass,
+                               k.x->>'name', k.x->>'def');
+                IF k.x->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', k.x->>'name',
+                                   k.relid::regclass, k.x->>'comment');
+                END IF;
+            END LOOP;
+            -- the publications whose column list or row filter used them (decision 0038)
+            lines := lines || softguard._rejoin_publications(op, softguard._column_publications(op),
+                                                             '[]');
+        WHEN 'view_query' THEN
+            -- a view that read a column the DROP kept (decision 0029): its query and
+            -- options back, the columns back already; the view is still in quarantine
+            -- (moved back next), so this records no CREATE OR REPLACE VIEW operation
+            FOR d IN SELECT x FROM jsonb_array_elements(s->'deps') x LOOP
+                PERFORM softguard._need_live(op, (d->>'classid')::oid, (d->>'objid')::oid,
+                                             'view ' || (s->>'view'), d->>'identity');
+            END LOOP;
+            EXECUTE format('CREATE OR REPLACE VIEW %s%s AS %s', (s->>'oid')::oid::regclass,
+                           (SELECT ' WITH (' || string_agg(x, ', ' ORDER BY i) || ')'
+                              FROM jsonb_array_elements_text(
+                                       CASE jsonb_typeof(s->'options') WHEN 'array'
+                                            THEN s->'options' ELSE '[]' END)
+                                   WITH ORDINALITY AS t(x, i)),
+                           s->>'def');
+        WHEN 'remake_matview' THEN
+            lines := lines || softguard._undo_remake(op, s);
+        WHEN 'detach_partition' THEN
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'parent')::oid,
+                                         'partition ' || (s->>'child_name'));
+            EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s %s', (s->>'parent')::oid::regclass,
+                           (s->>'child')::oid::regclass, s->>'bound');
+            lines := lines || softguard._step(op, 're-attached', (s->>'child')::oid::regclass::text,
+                format('re-attached partition %s to %s',
+                       (s->>'child')::oid::regclass, (s->>'parent')::oid::regclass));
+        ELSE
+            -- a recorded definition on a live table: its table and everything it uses must
+            -- be live again
+            PERFORM softguard._need_live(op, 'pg_class'::regclass, (s->>'table')::oid,
+                                         s->>'identity', s->>'table_name');
+            cur := (s->>'table')::oid::regclass::text;
+            -- definitions that name their table (triggers, policies, rules, indexes)
+            IF cur <> s->>'table_name' AND s->>'step' <> 'drop_constraint'
+               AND s->>'step' <> 'drop_default' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: table %s was renamed %s since',
+                                     op, s->>'table_name', cur);
+            END IF;
+            FOR d IN SELECT x FROM jsonb_array_elements(s->'deps') x LOOP
+                PERFORM softguard._need_live(op, (d->>'classid')::oid, (d->>'objid')::oid,
+                                             s->>'identity', d->>'identity');
+            END LOOP;
+            CASE s->>'step'
+            WHEN 'drop_constraint' THEN
+                ddl := s->>'def';
+                IF s->>'ref_table' IS NOT NULL
+                   AND (s->>'ref_table')::oid::regclass::text <> s->>'ref_name' THEN
+                    -- the referenced table came back under another name (--rename-to)
+                    ddl := replace(ddl, ' REFERENCES ' || (s->>'ref_name') || '(',
+                                   ' REFERENCES ' || (s->>'ref_table')::oid::regclass::text || '(');
+                END IF;
+                s := s || jsonb_build_object('def', ddl);
+                IF (s->>'validated')::boolean AND s->>'contype' IN ('f', 'c')
+                   AND NOT (s->>'partitioned')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s NOT VALID', cur,
+                                   s->>'name', s->>'def');
+                    EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', cur, s->>'name');
+                ELSE
+                    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', cur, s->>'name', s->>'def');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-added', format('%I on %s', s->>'name', cur),
+                                                  format('re-added constraint %I on %s', s->>'name', cur));
+            WHEN 'drop_trigger' THEN
+                EXECUTE s->>'def';
+                IF s->>'enabled' <> 'O' THEN
+                    EXECUTE format('ALTER TABLE %s %s TRIGGER %I', cur,
+                                   CASE s->>'enabled' WHEN 'D' THEN 'DISABLE'
+                                        WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE ALWAYS' END,
+                                   s->>'name');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON TRIGGER %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created trigger %I on %s', s->>'name', cur));
+            WHEN 'drop_default' THEN
+                EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', cur, s->>'name',
+                               s->>'def');
+                lines := lines || softguard._step(op, 're-set', format('%s.%I', cur, s->>'name'),
+                                                  format('re-set default of %s.%I', cur, s->>'name'));
+            WHEN 'drop_policy' THEN
+                ddl := s->>'def';
+                IF s ? 'roles' THEN
+                    -- the roles it applied to that still exist (by oid, under their
+                    -- names of now); none left: it stays dropped, as DROP OWNED BY of its
+                    -- last role would have dropped it (recorded by ledger 11 and later)
+                    SELECT string_agg(CASE WHEN t.rl->>'role' = 'PUBLIC' THEN 'PUBLIC'
+                                           ELSE r.oid::regrole::text END, ', ' ORDER BY t.i)
+                      INTO target
+                      FROM jsonb_array_elements(s->'roles') WITH ORDINALITY AS t(rl, i)
+                      LEFT JOIN pg_roles r ON r.oid = (t.rl->>'oid')::oid
+                     WHERE t.rl->>'role' = 'PUBLIC' OR r.oid IS NOT NULL;
+                    FOR e IN SELECT x FROM jsonb_array_elements(s->'roles') x
+                              WHERE x->>'role' <> 'PUBLIC'
+                                AND NOT EXISTS (SELECT FROM pg_roles r
+                                                 WHERE r.oid = (x->>'oid')::oid) LOOP
+                        lines := lines || softguard._step(op, 'skipped',
+                            format('%I on %s', s->>'name', cur),
+                            format('policy %I on %s not given back to role %s: it no longer exists',
+                                   s->>'name', cur, e->>'role'));
+                    END LOOP;
+                    IF target IS NULL THEN
+                        CONTINUE;
+                    END IF;
+                    ddl := format('%s TO %s%s', s->>'head', target, s->>'tail');
+                END IF;
+                EXECUTE ddl;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON POLICY %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created policy %I on %s', s->>'name', cur));
+            WHEN 'drop_rule' THEN
+                EXECUTE s->>'def';
+                IF s->>'enabled' <> 'O' THEN
+                    EXECUTE format('ALTER TABLE %s %s RULE %I', cur,
+                                   CASE s->>'enabled' WHEN 'D' THEN 'DISABLE'
+                                        WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE ALWAYS' END,
+                                   s->>'name');
+                END IF;
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON RULE %I ON %s IS %L', s->>'name', cur,
+                                   s->>'comment');
+                END IF;
+                lines := lines || softguard._step(op, 're-created', format('%I on %s', s->>'name', cur),
+                                                  format('re-created rule %I on %s', s->>'name', cur));
+            WHEN 'drop_index' THEN
+                target := CASE WHEN (s->>'original')::boolean AND rename_to IS NOT NULL
+                               THEN rename_to ELSE s->>'name' END;
+                SELECT c.relnamespace INTO nsp FROM pg_class c WHERE c.oid = (s->>'table')::oid;
+                IF softguard._name_taken('relation', nsp, target, 0) THEN
+                    RAISE EXCEPTION USING ERRCODE = '42P07',
+                        MESSAGE = format('cannot undo operation %s: relation %s already exists (created after the DROP)',
+                                         op, format('%I.%I', nsp::regnamespace, target)),
+                        HINT = 'use --rename-to NEW_NAME';
+                END IF;
+                ddl := s->>'def';
+                IF target <> s->>'name' THEN
+                    -- pg_get_indexdef: 'CREATE [UNIQUE ]INDEX <name> ON ...'
+                    ddl := overlay(ddl PLACING quote_ident(target)
+                                   FROM position(' INDEX ' IN ddl) + 7
+                                   FOR length(quote_ident(s->>'name')));
+                END IF;
+                EXECUTE ddl;
+                cur := format('%I.%I', nsp::regnamespace, target);
+                IF s->>'comment' IS NOT NULL THEN
+                    EXECUTE format('COMMENT ON INDEX %s IS %L', cur, s->>'comment');
+                END IF;
+                IF (s->>'clustered')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s CLUSTER ON %I', (s->>'table')::oid::regclass, target);
+                END IF;
+                IF (s->>'replident')::boolean THEN
+                    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY USING INDEX %I',
+                                   (s->>'table')::oid::regclass, target);
+                END IF;
+                lines := lines || softguard._step(op, 're-created', cur, format('re-created index %s', cur));
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = 'XX000',
+                    MESSAGE = format('softguard: unknown restore step %s in operation %s',
+                                     s->>'step', op);
+            END CASE;
+        END CASE;
+    END LOOP;
+
+    -- Everything restored must find what it uses live: a later operation may hold it. A
+    -- relation's columns too (their type, collation: decision 0033), so that a live table
+    -- never uses a kept object, which that operation's purge could then not drop; and
+    -- what goes with an object (a table's constraints, indexes, rules, triggers, defaults;
+    -- a constraint's index), which may use an operator, an operator class, a function
+    -- (decision 0036).
+    -- One walk for all of them (decision 0041), each step an index lookup (OFFSET 0 keeps
+    -- each lookup its own plan: a generic plan joined pg_depend whole, ~1 ms per object).
+    -- Each object used is checked once, for the first object (in their order) that uses
+    -- it: the same check, and the same first refusal, as one walk per object.
+    FOR k IN WITH RECURSIVE kept AS (
+                 SELECT x, i FROM jsonb_array_elements(o.objects) WITH ORDINALITY AS t(x, i)
+                  WHERE x->>'held_by' IS NULL AND x->>'quarantined_as' IS NOT NULL),
+             part(i, classid, objid, sub, depth) AS (
+                 SELECT kept.i, (kept.x->>'classid')::oid, (kept.x->>'objid')::oid,
+                        (kept.x->>'objsubid')::integer, 0
+                   FROM kept
+                 UNION ALL
+                 SELECT p.i, d.classid, d.objid, d.objsubid, p.depth + 1
+                   FROM part p,
+                        LATERAL (SELECT d.classid, d.objid, d.objsubid FROM pg_depend d
+                                  WHERE d.refclassid = p.classid AND d.refobjid = p.objid
+                                    AND (p.sub = 0 OR d.refobjsubid = p.sub)
+                                    AND d.deptype IN ('a', 'i') OFFSET 0) d
+                  WHERE p.depth < 2),
+             used AS (
+                 SELECT DISTINCT ON (dp.refclassid, dp.refobjid) p.i, dp.refclassid, dp.refobjid
+                   FROM part p,
+                        LATERAL (SELECT dp.refclassid, dp.refobjid FROM pg_depend dp
+                                  WHERE dp.classid = p.classid AND dp.objid = p.objid
+                                    AND (dp.objsubid = p.sub OR p.sub = 0)
+                                    AND dp.deptype IN ('n', 'a') OFFSET 0) dp
+                  ORDER BY dp.refclassid, dp.refobjid, p.i)
+             SELECT used.refclassid, used.refobjid, kept.x->>'type' AS type,
+                    kept.x->>'identity' AS identity
+               FROM used JOIN kept ON kept.i = used.i
+              ORDER BY used.i, used.refclassid, used.refobjid LOOP
+        PERFORM softguard._need_live(op, k.refclassid, k.refobjid, k.type || ' ' || k.identity);
+    END LOOP;
+
+    -- The tables it gave back, and those it gave a foreign key back, carry the capture
+    -- triggers their links now need (a foreign key ON DELETE SET NULL: the UPDATE one,
+    -- decision 0023); undo's DDL runs as maintenance, which the tamper guard lets be.
+    FOR k IN SELECT DISTINCT st.rel FROM softguard._capture_state(ARRAY(
+                 SELECT (x->>'oid')::oid FROM jsonb_array_elements(o.restore) x
+                  WHERE x->>'step' = 'move' AND x->>'class' = 'relation'
+                 UNION
+                 SELECT (x->>'table')::oid FROM jsonb_array_elements(o.restore) x
+                  WHERE x->>'step' = 'drop_constraint' AND x->>'table' IS NOT NULL)) st
+              WHERE st.state <> 'ok' LOOP
+        PERFORM softguard._install_capture_maintained(k.rel);
+    END LOOP;
+
+    PERFORM softguard._record_undo(o, CASE WHEN rename_to IS NULL THEN ''
+                                           ELSE ' --rename-to ' || rename_to END);
+    RETURN lines;
+END $$;
+-- end section: dropcost ---------------------------------------------------------------
+
+DO $$
+DECLARE
+    e record;
+BEGIN
+    FOR e IN SELECT evtname FROM pg_event_trigger
+              WHERE evtname LIKE 'softguard\_%' AND pg_has_role(evtowner, 'USAGE') LOOP
+        EXECUTE format('ALTER EVENT TRIGGER %I ENABLE ALWAYS', e.evtname);
+    END LOOP;
+    PERFORM softguard._maintenance_end(true);
+END $$;
