@@ -14,9 +14,13 @@
 -- Quarantine names and dependencies
 -- ---------------------------------------------------------------------------------------
 
+-- Plain SQL without a SET, its operators qualified: PostgreSQL inlines it into the query
+-- that calls it (a DROP calls it for each listed object, several times), where a SET made
+-- it a function call planned each time (decision 0041).
 CREATE FUNCTION softguard._is_quarantine_schema(nsp text) RETURNS boolean
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT nsp = 'softguard_quarantine' OR nsp ~ '^softguard_q[0-9]+_'
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT nsp OPERATOR(pg_catalog.=) 'softguard_quarantine'
+        OR nsp OPERATOR(pg_catalog.~) '^softguard_q[0-9]+_'
 $$;
 GRANT EXECUTE ON FUNCTION softguard._is_quarantine_schema(text) TO PUBLIC;
 

@@ -31,6 +31,12 @@ BEGIN
                     WHERE txid = pg_current_xact_id_if_assigned());
 END $$;
 
+CREATE OR REPLACE FUNCTION softguard._is_quarantine_schema(nsp text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT nsp OPERATOR(pg_catalog.=) 'softguard_quarantine'
+        OR nsp OPERATOR(pg_catalog.~) '^softguard_q[0-9]+_'
+$$;
+
 CREATE OR REPLACE FUNCTION softguard._owner(p_classid oid, p_objid oid) RETURNS oid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
