@@ -8,8 +8,8 @@ Calls do not depend on the load; the times do, but all in proportion, so the bre
 (which statement or function takes which share) holds.
 
 One embedded server (pg_stat_statements preloaded), one ``softguard serve`` of this
-checkout (in database ``this``). Each round creates the bench table (10^3 rows, one index besides its primary
-key, no dependents), then, statistics reset before each:
+checkout (in database ``this``). Each round creates the bench table (10^3 rows, one index
+besides its primary key, no dependents), then, statistics reset before each:
 
 - ``drop``: ``DROP TABLE bench_guarded`` through softguard (one client round trip);
 - ``undo``: ``SELECT softguard.undo_op(id)`` directly, as ``softguard undo`` does.
@@ -222,14 +222,20 @@ def _print(result: dict[str, Any], top: int, width: int) -> None:
     for label, side in result["sides"].items():
         for name, phase in side["phases"].items():
             ms = sorted(side["client_ms"][name])
-            print(f"== {label}, {name}: per operation, {result['rounds']} rounds; client "
-                  f"median {ms[len(ms) // 2]:.2f} ms")
+            print(
+                f"== {label}, {name}: per operation, {result['rounds']} rounds; client "
+                f"median {ms[len(ms) // 2]:.2f} ms"
+            )
             _print_phase(phase, top, width)
     if len(result["sides"]) > 1:
-        print("== client medians (ms), same run: " + "; ".join(
-            f"{label} {name} {sorted(v)[len(v) // 2]:.2f}"
-            for label, side in result["sides"].items()
-            for name, v in side["client_ms"].items()))
+        print(
+            "== client medians (ms), same run: "
+            + "; ".join(
+                f"{label} {name} {sorted(v)[len(v) // 2]:.2f}"
+                for label, side in result["sides"].items()
+                for name, v in side["client_ms"].items()
+            )
+        )
 
 
 def _print_phase(phase: dict[str, Any], top: int, width: int) -> None:
@@ -238,14 +244,18 @@ def _print_phase(phase: dict[str, Any], top: int, width: int) -> None:
     print(f"-- top-level statements (round trips): {sum(s['calls'] for s in tops):.1f}")
     for s in tops:
         print(f"{s['calls']:7.1f} {s['exec_ms']:8.3f} {s['plan_ms']:7.3f}  {s['query'][:width]}")
-    print(f"-- nested statements: {sum(s['calls'] for s in nested):.1f} calls, "
-          f"{len(nested)} distinct; by exec+plan ms (calls, exec, plan)")
+    print(
+        f"-- nested statements: {sum(s['calls'] for s in nested):.1f} calls, "
+        f"{len(nested)} distinct; by exec+plan ms (calls, exec, plan)"
+    )
     for s in nested[:top]:
         print(f"{s['calls']:7.1f} {s['exec_ms']:8.3f} {s['plan_ms']:7.3f}  {s['query'][:width]}")
     funcs = phase["functions"]
-    print(f"-- functions: {sum(f['calls'] for f in funcs):.1f} calls, "
-          f"{sum(f['self_ms'] for f in funcs):.3f} ms self in all; by self ms "
-          f"(calls, total, self)")
+    print(
+        f"-- functions: {sum(f['calls'] for f in funcs):.1f} calls, "
+        f"{sum(f['self_ms'] for f in funcs):.3f} ms self in all; by self ms "
+        f"(calls, total, self)"
+    )
     for f in funcs[:top]:
         print(f"{f['calls']:7.1f} {f['total_ms']:8.3f} {f['self_ms']:8.3f}  {f['name']}")
     print()
