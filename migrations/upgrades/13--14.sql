@@ -693,6 +693,107 @@ BEGIN
     END LOOP;
 END $$;
 
+CREATE OR REPLACE FUNCTION softguard._sequence_states_of(seqs oid[], identity_only boolean) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    params jsonb;           -- oid -> its parameters (pg_sequence)
+    reads text[];           -- one SELECT of its relation per sequence, in oid order
+    vals jsonb := '{}';     -- oid -> last_value, is_called
+    done integer := 0;
+    part jsonb;
+BEGIN
+    SELECT coalesce(pg_catalog.jsonb_object_agg(q.seqrelid::text, pg_catalog.jsonb_build_object(
+               'type', pg_catalog.format_type(q.seqtypid, NULL), 'start', q.seqstart,
+               'increment', q.seqincrement, 'max', q.seqmax, 'min', q.seqmin,
+               'cache', q.seqcache, 'cycle', q.seqcycle)), '{}'),
+           coalesce(pg_catalog.array_agg(pg_catalog.format(
+               'SELECT %s::pg_catalog.oid AS seq, last_value, is_called FROM %s',
+               q.seqrelid, q.seqrelid::pg_catalog.regclass) ORDER BY q.seqrelid), '{}')
+      INTO params, reads
+      FROM pg_catalog.pg_sequence q
+      JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relpersistence <> 't' AND n.nspname NOT LIKE 'softguard%'
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND (NOT identity_only
+            OR EXISTS (SELECT FROM pg_catalog.pg_depend d
+                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                          AND d.objid = q.seqrelid AND d.deptype = 'i'))
+       AND (seqs IS NULL OR q.seqrelid = ANY (seqs));
+    -- a hundred per query: a UNION ALL of thousands would nest as deep in the parser
+    WHILE done < pg_catalog.cardinality(reads) LOOP
+        EXECUTE 'SELECT pg_catalog.jsonb_object_agg(r.seq::pg_catalog.text, '
+                || 'pg_catalog.jsonb_build_object(''last_value'', r.last_value, '
+                || '''is_called'', r.is_called)) FROM ('
+                || pg_catalog.array_to_string(reads[done + 1 : done + 100], ' UNION ALL ')
+                || ') r' INTO part;
+        vals := vals || part;
+        done := done + 100;
+    END LOOP;
+    RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(p.key, p.value || (vals -> p.key)), '{}')
+              FROM pg_catalog.jsonb_each(params) p);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sequence_states_of(oid[], boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._sequence_states(identity_only boolean) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN softguard._sequence_states_of(NULL, identity_only);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._sequences_after() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    before jsonb := nullif(current_setting('softguard.seq_before', true), '')::jsonb;
+    now_ jsonb;
+    r record;
+    ident text;
+    reg softguard.sessions;
+BEGIN
+    PERFORM set_config('softguard.seq_before', '', true);
+    IF before IS NULL OR before = '{}' THEN
+        RETURN;
+    END IF;
+    reg := softguard._session(false);
+    FOR r IN SELECT DISTINCT s.seq
+               FROM pg_event_trigger_ddl_commands() c
+              CROSS JOIN LATERAL (
+                    SELECT c.objid WHERE TG_TAG = 'ALTER SEQUENCE'
+                    UNION ALL
+                    SELECT d.objid FROM pg_depend d
+                     WHERE TG_TAG = 'ALTER TABLE' AND d.classid = 'pg_class'::regclass
+                       AND d.refclassid = 'pg_class'::regclass AND d.refobjid = c.objid
+                       AND d.deptype = 'i') s(seq)
+              WHERE c.classid = 'pg_class'::regclass
+              ORDER BY s.seq LOOP
+        -- the states now of the command's own sequences (those this loop visits), read
+        -- once: not of every sequence again (decision 0041)
+        now_ := coalesce(now_, softguard._sequence_states_of(ARRAY(
+                    SELECT c.objid FROM pg_event_trigger_ddl_commands() c
+                     WHERE TG_TAG = 'ALTER SEQUENCE' AND c.classid = 'pg_class'::regclass
+                    UNION ALL
+                    SELECT d.objid FROM pg_event_trigger_ddl_commands() c
+                      JOIN pg_depend d ON d.refobjid = c.objid
+                     WHERE TG_TAG = 'ALTER TABLE' AND c.classid = 'pg_class'::regclass
+                       AND d.classid = 'pg_class'::regclass
+                       AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'i'),
+                    TG_TAG = 'ALTER TABLE'));
+        CONTINUE WHEN NOT before ? r.seq::text OR NOT now_ ? r.seq::text
+                      OR before->(r.seq::text) = now_->(r.seq::text);
+        ident := r.seq::regclass::text;
+        PERFORM softguard._definition_op(
+            'ALTER SEQUENCE', ident,
+            jsonb_build_array(jsonb_build_object(
+                'classid', 'pg_class'::regclass::oid, 'objid', r.seq, 'objsubid', 0,
+                'type', 'sequence', 'identity', ident, 'original', true, 'event', 'sequence')),
+            jsonb_build_array(jsonb_build_object(
+                'step', 'sequence', 'classid', 'pg_class'::regclass::oid, 'objid', r.seq,
+                'identity', 'sequence ' || ident,
+                'old', before->(r.seq::text), 'new', now_->(r.seq::text))),
+            reg);
+    END LOOP;
+END $$;
+
 CREATE OR REPLACE FUNCTION softguard._has_event_triggers() RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
