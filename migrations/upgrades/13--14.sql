@@ -1,9 +1,8 @@
--- Version 14 (section dropcost, decision 0041): a DROP through softguard and its undo cost
--- less, doing the same: the catalog helpers a DROP, its undo and every event trigger call
--- are PL/pgSQL (plans kept per session) instead of SQL functions planned on every call;
--- _quarantine reads the probe list once (_listed) and skips _column_readers without kept
--- columns; _definitions_ddl passes over softguard's capture triggers; undo checks what
--- the kept objects use in one catalog walk.
+-- Version 14 (section dropcost, decision 0041): a DROP through softguard and its undo do the
+-- same work for less: helpers planned once per session (PL/pgSQL) or inlined, the probe
+-- list read once (_listed), no reader walk without kept columns, one catalog walk at undo,
+-- sequence states read a hundred per query (_sequence_states_of) and only the command's own
+-- at ddl_command_end.
 --
 DO $$
 DECLARE
