@@ -232,9 +232,9 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._definitions_drop() FROM PUBLIC;
 
--- The state of the user sequences `seqs` (NULL: of every one; identity_only: of those behind
--- identity columns): value and parameters, keyed by oid.
-CREATE FUNCTION softguard._sequence_states_of(seqs oid[], identity_only boolean) RETURNS jsonb
+-- The state of every user sequence (identity_only: of those behind identity columns):
+-- value and parameters, keyed by oid.
+CREATE FUNCTION softguard._sequence_states(identity_only boolean) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     s record;
@@ -252,7 +252,41 @@ BEGIN
                      OR EXISTS (SELECT FROM pg_catalog.pg_depend d
                                  WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
                                    AND d.objid = q.seqrelid AND d.deptype = 'i'))
-                AND (seqs IS NULL OR q.seqrelid = ANY (seqs))
+              ORDER BY q.seqrelid LOOP
+        EXECUTE pg_catalog.format('SELECT last_value, is_called FROM %s',
+                                  s.seqrelid::pg_catalog.regclass) INTO st;
+        out := out || pg_catalog.jsonb_build_object(s.seqrelid::text, pg_catalog.jsonb_build_object(
+            'last_value', st.last_value, 'is_called', st.is_called,
+            'type', pg_catalog.format_type(s.seqtypid, NULL), 'start', s.seqstart,
+            'increment', s.seqincrement, 'max', s.seqmax, 'min', s.seqmin, 'cache', s.seqcache,
+            'cycle', s.seqcycle));
+    END LOOP;
+    RETURN out;
+END $$;
+REVOKE ALL ON FUNCTION softguard._sequence_states(boolean) FROM PUBLIC;
+
+-- The same for the sequences `seqs` only: what _sequences_after compares (decision 0041).
+-- A function of its own, not a NULL meaning all: each keeps the plan of its own query.
+CREATE FUNCTION softguard._sequence_states_of(seqs oid[], identity_only boolean)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+    st record;
+    out jsonb := '{}';
+BEGIN
+    FOR s IN SELECT q.seqrelid, q.seqtypid, q.seqstart, q.seqincrement, q.seqmax, q.seqmin,
+                    q.seqcache, q.seqcycle
+               FROM pg_catalog.pg_sequence q
+               JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relpersistence <> 't' AND n.nspname NOT LIKE 'softguard%'
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND (NOT identity_only
+                     OR EXISTS (SELECT FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                   AND d.objid = q.seqrelid AND d.deptype = 'i'))
+                AND q.seqrelid = ANY (seqs)
               ORDER BY q.seqrelid LOOP
         EXECUTE pg_catalog.format('SELECT last_value, is_called FROM %s',
                                   s.seqrelid::pg_catalog.regclass) INTO st;
@@ -265,14 +299,6 @@ BEGIN
     RETURN out;
 END $$;
 REVOKE ALL ON FUNCTION softguard._sequence_states_of(oid[], boolean) FROM PUBLIC;
-
--- The state of every user sequence (identity_only: of those behind identity columns).
-CREATE FUNCTION softguard._sequence_states(identity_only boolean) RETURNS jsonb
-LANGUAGE plpgsql AS $$
-BEGIN
-    RETURN softguard._sequence_states_of(NULL, identity_only);
-END $$;
-REVOKE ALL ON FUNCTION softguard._sequence_states(boolean) FROM PUBLIC;
 
 -- ddl_command_start of ALTER SEQUENCE (every sequence) and ALTER TABLE (identity columns'
 -- sequences: ALTER COLUMN ... RESTART) in a protected session: keep the states for the end.

@@ -691,7 +691,8 @@ BEGIN
     END LOOP;
 END $$;
 
-CREATE OR REPLACE FUNCTION softguard._sequence_states_of(seqs oid[], identity_only boolean) RETURNS jsonb
+CREATE OR REPLACE FUNCTION softguard._sequence_states_of(seqs oid[], identity_only boolean)
+RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     s record;
@@ -709,7 +710,7 @@ BEGIN
                      OR EXISTS (SELECT FROM pg_catalog.pg_depend d
                                  WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
                                    AND d.objid = q.seqrelid AND d.deptype = 'i'))
-                AND (seqs IS NULL OR q.seqrelid = ANY (seqs))
+                AND q.seqrelid = ANY (seqs)
               ORDER BY q.seqrelid LOOP
         EXECUTE pg_catalog.format('SELECT last_value, is_called FROM %s',
                                   s.seqrelid::pg_catalog.regclass) INTO st;
@@ -722,12 +723,6 @@ BEGIN
     RETURN out;
 END $$;
 REVOKE ALL ON FUNCTION softguard._sequence_states_of(oid[], boolean) FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION softguard._sequence_states(identity_only boolean) RETURNS jsonb
-LANGUAGE plpgsql AS $$
-BEGIN
-    RETURN softguard._sequence_states_of(NULL, identity_only);
-END $$;
 
 CREATE OR REPLACE FUNCTION softguard._sequences_after() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
