@@ -691,27 +691,70 @@ BEGIN
     END LOOP;
 END $$;
 
+CREATE OR REPLACE FUNCTION softguard._sequence_states(identity_only boolean) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    params jsonb;           -- oid -> its parameters (pg_sequence)
+    reads text[];           -- one SELECT of its relation per sequence, in oid order
+    vals jsonb := '{}';     -- oid -> last_value, is_called
+    done integer := 0;
+    part jsonb;
+BEGIN
+    SELECT coalesce(pg_catalog.jsonb_object_agg(q.seqrelid::text, pg_catalog.jsonb_build_object(
+               'type', pg_catalog.format_type(q.seqtypid, NULL), 'start', q.seqstart,
+               'increment', q.seqincrement, 'max', q.seqmax, 'min', q.seqmin,
+               'cache', q.seqcache, 'cycle', q.seqcycle)), '{}'),
+           coalesce(pg_catalog.array_agg(pg_catalog.format(
+               'SELECT %s::pg_catalog.oid AS seq, last_value, is_called FROM %s',
+               q.seqrelid, q.seqrelid::pg_catalog.regclass) ORDER BY q.seqrelid), '{}')
+      INTO params, reads
+      FROM pg_catalog.pg_sequence q
+      JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relpersistence <> 't' AND n.nspname NOT LIKE 'softguard%'
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND (NOT identity_only
+            OR EXISTS (SELECT FROM pg_catalog.pg_depend d
+                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                          AND d.objid = q.seqrelid AND d.deptype = 'i'));
+    -- a hundred per query: a UNION ALL of thousands would nest as deep in the parser
+    WHILE done < pg_catalog.cardinality(reads) LOOP
+        EXECUTE 'SELECT pg_catalog.jsonb_object_agg(r.seq::pg_catalog.text, '
+                || 'pg_catalog.jsonb_build_object(''last_value'', r.last_value, '
+                || '''is_called'', r.is_called)) FROM ('
+                || pg_catalog.array_to_string(reads[done + 1 : done + 100], ' UNION ALL ')
+                || ') r' INTO part;
+        vals := vals || part;
+        done := done + 100;
+    END LOOP;
+    RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(p.key, p.value || (vals -> p.key)), '{}')
+              FROM pg_catalog.jsonb_each(params) p);
+END $$;
+
 CREATE OR REPLACE FUNCTION softguard._sequence_states_of(seqs oid[], identity_only boolean)
 RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
+    one oid;
     s record;
     st record;
     out jsonb := '{}';
 BEGIN
-    FOR s IN SELECT q.seqrelid, q.seqtypid, q.seqstart, q.seqincrement, q.seqmax, q.seqmin,
-                    q.seqcache, q.seqcycle
-               FROM pg_catalog.pg_sequence q
-               JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relpersistence <> 't' AND n.nspname NOT LIKE 'softguard%'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                AND (NOT identity_only
-                     OR EXISTS (SELECT FROM pg_catalog.pg_depend d
-                                 WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                                   AND d.objid = q.seqrelid AND d.deptype = 'i'))
-                AND q.seqrelid = ANY (seqs)
-              ORDER BY q.seqrelid LOOP
+    FOREACH one IN ARRAY seqs LOOP
+        SELECT q.seqrelid, q.seqtypid, q.seqstart, q.seqincrement, q.seqmax, q.seqmin,
+               q.seqcache, q.seqcycle
+          INTO s
+          FROM pg_catalog.pg_sequence q
+          JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE q.seqrelid = one
+           AND c.relpersistence <> 't' AND n.nspname NOT LIKE 'softguard%'
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND (NOT identity_only
+                OR EXISTS (SELECT FROM pg_catalog.pg_depend d
+                            WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                              AND d.objid = q.seqrelid AND d.deptype = 'i'));
+        CONTINUE WHEN NOT FOUND;
         EXECUTE pg_catalog.format('SELECT last_value, is_called FROM %s',
                                   s.seqrelid::pg_catalog.regclass) INTO st;
         out := out || pg_catalog.jsonb_build_object(s.seqrelid::text, pg_catalog.jsonb_build_object(
