@@ -10,8 +10,11 @@ For tables of 10^3 and 10^6 rows (sizes configurable), interleaved over rounds, 
 Each timed statement runs in autocommit, so its commit is part of the time. It prints
 medians, the large/small ratio per column (the O(1) figure: ≤ 2), and what softguard adds
 over a direct DROP (the NOTICE round trip figure: < 5 ms); ``--json`` writes everything.
+``--baseline ROOT``: another checkout's softguard beside this one, in a database of its own
+on the same server, the two taking turns in every round: before and after from one run.
 
     python bench/drop_undo.py [--rounds 5] [--sizes 1000,1000000] [--json out.json]
+                              [--baseline ROOT]
 """
 
 from __future__ import annotations
@@ -62,53 +65,84 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="softguard-bench-drop-"))
     pg = EmbeddedPostgres(server_settings={"synchronous_commit": "off"})
     pg.start()
-    proxy = None
+    # this checkout in database postgres; --baseline's in a database of its own (its
+    # ledger is of its own version)
+    roots = {"postgres": REPO_ROOT}
+    if args.baseline is not None:
+        roots["baseline"] = args.baseline.resolve()
+    proxies: list[ManagedProcess] = []
+    sides: list[_Side] = []
     try:
-        port = free_port()
-        proxy = ManagedProcess(
-            "softguard",
-            serve_argv(port, pg.port),
-            work / "softguard.log",
-            cwd=REPO_ROOT,
-        )
-        proxy.wait_for_port(port, 30)
-        direct_dsn = pg.dsn("postgres")
-        proxied_dsn = f"postgresql://{pg.superuser}@127.0.0.1:{port}/postgres?sslmode=disable"
-        samples: dict[str, dict[int, list[float]]] = {
-            key: {n: [] for n in sizes} for key in ("direct", "softguard", "undo")
-        }
-        with (
-            psycopg.connect(direct_dsn, autocommit=True) as direct,
-            psycopg.connect(proxied_dsn, autocommit=True) as proxied,
-        ):
-            notices: list[str] = []
-            proxied.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
-            proxied.execute("DROP TABLE IF EXISTS sg_bench_warmup")  # installs the ledger
-            for round_no in range(args.rounds):
-                for n in sizes if round_no % 2 == 0 else list(reversed(sizes)):
-                    for name in ("bench_direct", "bench_guarded"):
-                        direct.execute(TABLE_SQL.format(name=name, rows=n))
-                    direct.execute("CHECKPOINT")
-                    start = time.perf_counter()
-                    direct.execute("DROP TABLE bench_direct")
-                    samples["direct"][n].append(_ms(start))
-                    notices.clear()
-                    start = time.perf_counter()
-                    proxied.execute("DROP TABLE bench_guarded")
-                    samples["softguard"][n].append(_ms(start))
-                    op = _operation_id(notices)
-                    start = time.perf_counter()
-                    direct.execute("SELECT softguard.undo_op(%s)", [op])
-                    samples["undo"][n].append(_ms(start))
-                    count = direct.execute("SELECT count(*) FROM bench_guarded").fetchone()
-                    if count is None or count[0] != n:
-                        raise RuntimeError(f"undo restored {count} rows, expected {n}")
-                    direct.execute("DROP TABLE bench_guarded")  # direct: really gone
-        return _summarise(samples, sizes, args)
+        for db, root in roots.items():
+            if db != "postgres":
+                with psycopg.connect(pg.dsn("postgres"), autocommit=True) as admin:
+                    admin.execute(f"CREATE DATABASE {db}")
+            port = free_port()
+            # `python -m` puts its working directory first on sys.path: that checkout's code
+            proxy = ManagedProcess(
+                "softguard", serve_argv(port, pg.port), work / f"softguard-{db}.log", cwd=root
+            )
+            proxies.append(proxy)
+            proxy.wait_for_port(port, 30)
+            sides.append(_Side(pg, db, port, sizes))
+        for round_no in range(args.rounds):
+            for n in sizes if round_no % 2 == 0 else list(reversed(sizes)):
+                # sides take turns going first
+                for side in sides if (round_no // 2) % 2 == 0 else list(reversed(sides)):
+                    side.round(n)
+        result = _summarise(sides[0].samples, sizes, args)
+        if len(sides) > 1:
+            result["baseline"] = _summarise(sides[1].samples, sizes, args)
+            result["baseline"]["root"] = str(roots["baseline"])
+        return result
     finally:
-        if proxy is not None:
+        for side in sides:
+            side.close()
+        for proxy in proxies:
             proxy.stop()
         pg.cleanup()
+
+
+class _Side:
+    """One checkout's softguard, its database, and its samples."""
+
+    def __init__(self, pg: EmbeddedPostgres, db: str, port: int, sizes: list[int]) -> None:
+        self.direct = psycopg.connect(pg.dsn(db), autocommit=True)
+        self.proxied = psycopg.connect(
+            f"postgresql://{pg.superuser}@127.0.0.1:{port}/{db}?sslmode=disable",
+            autocommit=True,
+        )
+        self.notices: list[str] = []
+        self.proxied.add_notice_handler(lambda d: self.notices.append(d.message_primary or ""))
+        self.proxied.execute("DROP TABLE IF EXISTS sg_bench_warmup")  # installs the ledger
+        self.samples: dict[str, dict[int, list[float]]] = {
+            key: {n: [] for n in sizes} for key in ("direct", "softguard", "undo")
+        }
+
+    def round(self, n: int) -> None:
+        direct, samples = self.direct, self.samples
+        for name in ("bench_direct", "bench_guarded"):
+            direct.execute(TABLE_SQL.format(name=name, rows=n))
+        direct.execute("CHECKPOINT")
+        start = time.perf_counter()
+        direct.execute("DROP TABLE bench_direct")
+        samples["direct"][n].append(_ms(start))
+        self.notices.clear()
+        start = time.perf_counter()
+        self.proxied.execute("DROP TABLE bench_guarded")
+        samples["softguard"][n].append(_ms(start))
+        op = _operation_id(self.notices)
+        start = time.perf_counter()
+        direct.execute("SELECT softguard.undo_op(%s)", [op])
+        samples["undo"][n].append(_ms(start))
+        count = direct.execute("SELECT count(*) FROM bench_guarded").fetchone()
+        if count is None or count[0] != n:
+            raise RuntimeError(f"undo restored {count} rows, expected {n}")
+        direct.execute("DROP TABLE bench_guarded")  # direct: really gone
+
+    def close(self) -> None:
+        self.proxied.close()
+        self.direct.close()
 
 
 def _operation_id(notices: list[str]) -> int:
@@ -143,10 +177,10 @@ def _summarise(
     }
 
 
-def _print(result: dict[str, Any]) -> None:
+def _print(result: dict[str, Any], title: str = "") -> None:
     sizes = result["sizes"]
     med = result["median_ms"]
-    print(f"DROP TABLE and undo, median of {result['rounds']} rounds (ms)")
+    print(f"DROP TABLE and undo{title}, median of {result['rounds']} rounds (ms)")
     print(f"{'rows':>10} {'direct':>10} {'softguard':>10} {'undo':>10} {'added':>10}")
     for n in sizes:
         key = str(n)
@@ -161,6 +195,8 @@ def _print(result: dict[str, Any]) -> None:
     )
     for name, ok in result["figures"].items():
         print(f"{name}: {'PASS' if ok else 'MISS'}")
+    if "baseline" in result:
+        _print(result["baseline"], f" of the baseline ({result['baseline']['root']}), same run")
 
 
 def main() -> int:
@@ -168,6 +204,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sizes", default="1000,1000000")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout's root: its softguard runs beside this one (its own "
+        "database), taking turns with it in every round",
+    )
     args = parser.parse_args()
     result = run(args)
     _print(result)

@@ -116,12 +116,14 @@ REVOKE ALL ON FUNCTION softguard._maintenance_end(boolean) FROM PUBLIC;
 
 -- Is this transaction softguard's own maintenance? SECURITY DEFINER and PUBLIC: the sql_drop
 -- backstop runs as whoever drops, and the answer reveals nothing (no input, no other
--- transaction's state).
+-- transaction's state). PL/pgSQL (all its callers are): each event trigger asks, several
+-- times per DDL statement, and a SQL function with a SET is planned on every call.
 CREATE FUNCTION softguard._in_maintenance() RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT FROM softguard.maintenance
-                    WHERE txid = pg_current_xact_id_if_assigned())
-$$;
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM softguard.maintenance
+                    WHERE txid = pg_current_xact_id_if_assigned());
+END $$;
 REVOKE ALL ON FUNCTION softguard._in_maintenance() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._in_maintenance() TO PUBLIC;
 

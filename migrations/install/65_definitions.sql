@@ -193,10 +193,12 @@ BEGIN
             END IF;
         END IF;
         CONTINUE WHEN r.command_tag LIKE 'CREATE %';
+        -- not softguard's capture triggers: _definition_of keeps none of them, and every
+        -- ALTER TABLE of a protected table looked at its four (decision 0041)
         FOR dep IN SELECT 'pg_trigger'::regclass::oid AS classid, t.oid AS objid
                      FROM pg_trigger t
                     WHERE r.classid = 'pg_class'::regclass AND t.tgrelid = r.objid
-                      AND NOT t.tgisinternal
+                      AND NOT t.tgisinternal AND t.tgname NOT LIKE 'zz\_softguard\_%'
                    UNION ALL
                    SELECT 'pg_rewrite'::regclass, w.oid FROM pg_rewrite w
                     WHERE r.classid = 'pg_class'::regclass AND w.ev_class = r.objid
@@ -231,26 +233,79 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._definitions_drop() FROM PUBLIC;
 
 -- The state of every user sequence (identity_only: of those behind identity columns):
--- value and parameters, keyed by oid.
+-- value and parameters, keyed by oid. The values are read a hundred sequences per query (a
+-- UNION ALL of their relations, each locked as a SELECT of it locks it): every ALTER TABLE
+-- of a protected session (the three of a DROP's move too) reads them all, and one query per
+-- sequence, each opening its relation on its own, made a DROP TABLE through softguard in a
+-- database with 300 identity columns cost ~200 ms (decision 0041).
 CREATE FUNCTION softguard._sequence_states(identity_only boolean) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
+    params jsonb;           -- oid -> its parameters (pg_sequence)
+    reads text[];           -- one SELECT of its relation per sequence, in oid order
+    vals jsonb := '{}';     -- oid -> last_value, is_called
+    done integer := 0;
+    part jsonb;
+BEGIN
+    SELECT coalesce(pg_catalog.jsonb_object_agg(q.seqrelid::text, pg_catalog.jsonb_build_object(
+               'type', pg_catalog.format_type(q.seqtypid, NULL), 'start', q.seqstart,
+               'increment', q.seqincrement, 'max', q.seqmax, 'min', q.seqmin,
+               'cache', q.seqcache, 'cycle', q.seqcycle)), '{}'),
+           coalesce(pg_catalog.array_agg(pg_catalog.format(
+               'SELECT %s::pg_catalog.oid AS seq, last_value, is_called FROM %s',
+               q.seqrelid, q.seqrelid::pg_catalog.regclass) ORDER BY q.seqrelid), '{}')
+      INTO params, reads
+      FROM pg_catalog.pg_sequence q
+      JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relpersistence <> 't' AND n.nspname NOT LIKE 'softguard%'
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND (NOT identity_only
+            OR EXISTS (SELECT FROM pg_catalog.pg_depend d
+                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                          AND d.objid = q.seqrelid AND d.deptype = 'i'));
+    -- a hundred per query: a UNION ALL of thousands would nest as deep in the parser
+    WHILE done < pg_catalog.cardinality(reads) LOOP
+        EXECUTE 'SELECT pg_catalog.jsonb_object_agg(r.seq::pg_catalog.text, '
+                || 'pg_catalog.jsonb_build_object(''last_value'', r.last_value, '
+                || '''is_called'', r.is_called)) FROM ('
+                || pg_catalog.array_to_string(reads[done + 1 : done + 100], ' UNION ALL ')
+                || ') r' INTO part;
+        vals := vals || part;
+        done := done + 100;
+    END LOOP;
+    RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(p.key, p.value || (vals -> p.key)), '{}')
+              FROM pg_catalog.jsonb_each(params) p);
+END $$;
+REVOKE ALL ON FUNCTION softguard._sequence_states(boolean) FROM PUBLIC;
+
+-- The same for the sequences `seqs` only, one lookup each: what _sequences_after compares
+-- (decision 0041). One query per sequence by oid keeps one plan for the session, where
+-- `= ANY (seqs)` was planned again at every call (its custom plan looked cheaper).
+CREATE FUNCTION softguard._sequence_states_of(seqs oid[], identity_only boolean)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    one oid;
     s record;
     st record;
     out jsonb := '{}';
 BEGIN
-    FOR s IN SELECT q.seqrelid, q.seqtypid, q.seqstart, q.seqincrement, q.seqmax, q.seqmin,
-                    q.seqcache, q.seqcycle
-               FROM pg_catalog.pg_sequence q
-               JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relpersistence <> 't' AND n.nspname NOT LIKE 'softguard%'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                AND (NOT identity_only
-                     OR EXISTS (SELECT FROM pg_catalog.pg_depend d
-                                 WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                                   AND d.objid = q.seqrelid AND d.deptype = 'i'))
-              ORDER BY q.seqrelid LOOP
+    FOREACH one IN ARRAY seqs LOOP
+        SELECT q.seqrelid, q.seqtypid, q.seqstart, q.seqincrement, q.seqmax, q.seqmin,
+               q.seqcache, q.seqcycle
+          INTO s
+          FROM pg_catalog.pg_sequence q
+          JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE q.seqrelid = one
+           AND c.relpersistence <> 't' AND n.nspname NOT LIKE 'softguard%'
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND (NOT identity_only
+                OR EXISTS (SELECT FROM pg_catalog.pg_depend d
+                            WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                              AND d.objid = q.seqrelid AND d.deptype = 'i'));
+        CONTINUE WHEN NOT FOUND;
         EXECUTE pg_catalog.format('SELECT last_value, is_called FROM %s',
                                   s.seqrelid::pg_catalog.regclass) INTO st;
         out := out || pg_catalog.jsonb_build_object(s.seqrelid::text, pg_catalog.jsonb_build_object(
@@ -261,7 +316,7 @@ BEGIN
     END LOOP;
     RETURN out;
 END $$;
-REVOKE ALL ON FUNCTION softguard._sequence_states(boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION softguard._sequence_states_of(oid[], boolean) FROM PUBLIC;
 
 -- ddl_command_start of ALTER SEQUENCE (every sequence) and ALTER TABLE (identity columns'
 -- sequences: ALTER COLUMN ... RESTART) in a protected session: keep the states for the end.
@@ -295,7 +350,6 @@ BEGIN
     IF before IS NULL OR before = '{}' THEN
         RETURN;
     END IF;
-    now_ := softguard._sequence_states(TG_TAG = 'ALTER TABLE');
     reg := softguard._session(false);
     FOR r IN SELECT DISTINCT s.seq
                FROM pg_event_trigger_ddl_commands() c
@@ -308,6 +362,18 @@ BEGIN
                        AND d.deptype = 'i') s(seq)
               WHERE c.classid = 'pg_class'::regclass
               ORDER BY s.seq LOOP
+        -- the states now of the command's own sequences (those this loop visits), read
+        -- once: not of every sequence again (decision 0041)
+        now_ := coalesce(now_, softguard._sequence_states_of(ARRAY(
+                    SELECT c.objid FROM pg_event_trigger_ddl_commands() c
+                     WHERE TG_TAG = 'ALTER SEQUENCE' AND c.classid = 'pg_class'::regclass
+                    UNION ALL
+                    SELECT d.objid FROM pg_event_trigger_ddl_commands() c
+                      JOIN pg_depend d ON d.refobjid = c.objid
+                     WHERE TG_TAG = 'ALTER TABLE' AND c.classid = 'pg_class'::regclass
+                       AND d.classid = 'pg_class'::regclass
+                       AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'i'),
+                    TG_TAG = 'ALTER TABLE'));
         CONTINUE WHEN NOT before ? r.seq::text OR NOT now_ ? r.seq::text
                       OR before->(r.seq::text) = now_->(r.seq::text);
         ident := r.seq::regclass::text;

@@ -313,11 +313,13 @@ GRANT EXECUTE ON FUNCTION softguard._event_trigger_names() TO PUBLIC;
 
 -- Whether the install created the event triggers (softguard.settings.event_triggers,
 -- decision 0025). SECURITY DEFINER: clients call it and cannot read the settings; the
--- answer is the same for everyone.
+-- answer is the same for everyone. PL/pgSQL: each probe asks twice, and a SQL function
+-- with a SET is planned on every call.
 CREATE FUNCTION softguard._has_event_triggers() RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT s.event_triggers FROM softguard.settings s), true)
-$$;
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN coalesce((SELECT s.event_triggers FROM softguard.settings s), true);
+END $$;
 REVOKE ALL ON FUNCTION softguard._has_event_triggers() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION softguard._has_event_triggers() TO PUBLIC;
 

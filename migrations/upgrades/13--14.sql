@@ -6,6 +6,11 @@
 -- Section keeper: _disown leaves a kept foreign server with its owner where softguard_keeper
 -- may not use its wrapper and the ledger's owner is no superuser (the DROP failed, 42501).
 --
+-- Version 14 (section dropcost, decision 0041): a DROP through softguard and its undo do the
+-- same work for less: helpers planned once per session (PL/pgSQL) or inlined, the probe
+-- list read once (_listed), no reader walk without kept columns, one catalog walk at undo,
+-- at ddl_command_end the states of the command's own sequences only (_sequence_states_of).
+--
 DO $$
 DECLARE
     e record;
@@ -123,6 +128,7 @@ DECLARE
     is_super boolean;
     held jsonb;             -- 'classid/objid/objsubid' -> the earlier operation holding it
     reg softguard.sessions := softguard._session(true);
+    items jsonb;            -- softguard._list(list), read once (_listed)
 BEGIN
     SELECT rolsuper INTO is_super FROM pg_roles WHERE rolname = session_user;
     IF NOT coalesce((SELECT pg_has_role(session_user, g.oid, 'MEMBER')
@@ -136,7 +142,11 @@ BEGIN
     END IF;
 
     -- 1. The list must be what a DROP by this session would remove.
-    FOR r IN SELECT * FROM softguard._list(list) l WHERE l.original LOOP
+    --    Every step reads the list's rows (_list) as they are now, before anything moves:
+    --    read once, each query expands them (decision 0041).
+    items := coalesce((SELECT jsonb_agg(to_jsonb(l) ORDER BY l.ord)
+                         FROM softguard._list(list) l), '[]');
+    FOR r IN SELECT * FROM softguard._listed(items) l WHERE l.original LOOP
         own := softguard._owner(r.classid, r.objid);
         IF own IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = '0A000',
@@ -148,7 +158,7 @@ BEGIN
         END IF;
     END LOOP;
     IF EXISTS (
-        SELECT FROM softguard._list(list) l
+        SELECT FROM softguard._listed(items) l
          WHERE NOT l.original
            AND NOT EXISTS (
                SELECT FROM pg_depend d
@@ -177,12 +187,12 @@ BEGIN
     SELECT coalesce(jsonb_object_agg(format('%s/%s/%s', l.classid, l.objid, l.objsubid),
                                      softguard._holder(l.classid, l.objid, l.objsubid)), '{}')
       INTO held
-      FROM softguard._list(list) l
+      FROM softguard._listed(items) l
      WHERE coalesce(softguard._is_quarantine_schema(l.home), false);
     SELECT coalesce(array_agg(l.object_name), '{}') INTO dropped_schemas
-      FROM softguard._list(list) l WHERE l.object_type = 'schema';
+      FROM softguard._listed(items) l WHERE l.object_type = 'schema';
     SELECT coalesce(array_agg(l.objid), '{}') INTO going
-      FROM softguard._list(list) l
+      FROM softguard._listed(items) l
      WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
        AND NOT coalesce(softguard._is_quarantine_schema(l.home), false);
 
@@ -190,12 +200,12 @@ BEGIN
     --     First in the plan, so that undo adds the memberships back last, with every
     --     table, column and schema in place again. Those of a kept column: _keep_column.
     steps := steps || softguard._publications_step(going, ARRAY(
-        SELECT l.objid FROM softguard._list(list) l
+        SELECT l.objid FROM softguard._listed(items) l
          WHERE l.object_type = 'schema'
            AND NOT coalesce(softguard._is_quarantine_schema(l.home), false)));
 
     -- 2. Classify: what moves, what is a link to record and drop, what cannot be kept.
-    FOR r IN SELECT * FROM softguard._list(list) l ORDER BY l.ord LOOP
+    FOR r IN SELECT * FROM softguard._listed(items) l ORDER BY l.ord LOOP
         CONTINUE WHEN coalesce(softguard._is_quarantine_schema(r.home), false);  -- held already
         CONTINUE WHEN r.object_type = 'schema';
         IF r.home = ANY (dropped_schemas) THEN                 -- stays in its renamed schema
@@ -207,7 +217,7 @@ BEGIN
         -- a column goes with its listed table or view (`owned` would also count a
         -- partition's column, whose table depends on its listed parent's)
         CONTINUE WHEN r.objsubid <> 0
-                  AND EXISTS (SELECT FROM softguard._list(list) t
+                  AND EXISTS (SELECT FROM softguard._listed(items) t
                                WHERE t.classid = r.classid AND t.objid = r.objid
                                  AND t.objsubid = 0);
         IF r.objsubid <> 0 AND r.object_type <> 'table column' THEN
@@ -243,7 +253,7 @@ BEGIN
                                 WHERE st->>'step' = 'publications'
                                   AND (m->>'member')::oid = r.objid)
                        OR EXISTS (SELECT FROM pg_publication_rel pr
-                                    JOIN softguard._list(list) k ON k.objid = pr.prrelid
+                                    JOIN softguard._listed(items) k ON k.objid = pr.prrelid
                                    WHERE pr.oid = r.objid AND k.object_type = 'table column'));
         CONTINUE WHEN r.owned;                                   -- goes with its owner
         -- a user mapping goes with its server, kept by a rename (_move): recorded and
@@ -251,7 +261,7 @@ BEGIN
         CONTINUE WHEN r.object_type = 'user mapping'
                   -- (the view: pg_user_mapping is superuser-only, the ledger owner may not be)
                   AND EXISTS (SELECT FROM pg_user_mappings um
-                                JOIN softguard._list(list) sv
+                                JOIN softguard._listed(items) sv
                                   ON sv.classid = 'pg_foreign_server'::regclass
                                  AND sv.objid = um.srvid
                                WHERE um.umid = r.objid);
@@ -278,7 +288,8 @@ BEGIN
     -- then leave it for quarantine, or are re-made in it, instead of staying in it
     -- renamed); rules are links like any other (3). Any other rule reading one (a view an
     -- earlier operation holds) would still hold the column: not kept.
-    readers := softguard._column_readers(cols, list);
+    readers := CASE WHEN cols = '[]' THEN '[]'   -- no kept column: nothing reads one
+                    ELSE softguard._column_readers(cols, list) END;
     moves := moves || coalesce((SELECT jsonb_agg(e) FROM jsonb_array_elements(in_schema) e
                                  WHERE softguard._is_reader(readers, (e->>'objid')::oid, NULL)),
                          '[]');
@@ -425,7 +436,7 @@ BEGIN
     END LOOP;
 
     -- 5. Dropped schemas: rename, lock out everybody but the owner (privileges recorded).
-    FOR r IN SELECT * FROM softguard._list(list) l WHERE l.object_type = 'schema' ORDER BY l.ord LOOP
+    FOR r IN SELECT * FROM softguard._listed(items) l WHERE l.object_type = 'schema' ORDER BY l.ord LOOP
         n := n + 1;
         qn := softguard._qname(format('softguard_q%s_', op_id), r.object_name);
         SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -557,7 +568,7 @@ BEGIN
     SELECT string_agg(l.object_identity, ', '
                       ORDER BY nullif(strpos(lower(stmt), lower(l.object_name)), 0) NULLS LAST,
                                l.ord) INTO targets
-      FROM softguard._list(list) l WHERE l.original;
+      FROM softguard._listed(items) l WHERE l.original;
     UPDATE softguard.operations o SET
         restore = steps,
         objects = (
@@ -571,13 +582,13 @@ BEGIN
                                                        'objid', l.objid, 'objsubid', l.objsubid)) THEN
                            (pg_identify_object(l.classid, l.objid, l.objsubid)).identity END,
                        'held_by', h.held_by) ORDER BY l.ord), '[]')
-              FROM softguard._list(list) l,
+              FROM softguard._listed(items) l,
                    LATERAL (SELECT (held->>format('%s/%s/%s', l.classid, l.objid, l.objsubid))::bigint
                                    AS held_by) h),
         row_counts = jsonb_build_object('estimate', true, 'tables', (
             SELECT coalesce(jsonb_object_agg(l.object_identity,
                        CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END), '{}')
-              FROM softguard._list(list) l JOIN pg_class c ON c.oid = l.objid
+              FROM softguard._listed(items) l JOIN pg_class c ON c.oid = l.objid
              WHERE l.classid = 'pg_class'::regclass AND l.objsubid = 0
                AND c.relkind IN ('r', 'm')
                AND NOT held ? format('%s/%s/%s', l.classid, l.objid, l.objsubid)))
@@ -1039,25 +1050,38 @@ BEGIN
     -- what goes with an object (a table's constraints, indexes, rules, triggers, defaults;
     -- a constraint's index), which may use an operator, an operator class, a function
     -- (decision 0036).
-    FOR e IN SELECT x FROM jsonb_array_elements(o.objects) x
-              WHERE x->>'held_by' IS NULL AND x->>'quarantined_as' IS NOT NULL LOOP
-        FOR k IN WITH RECURSIVE part(classid, objid, sub, depth) AS (
-                     SELECT (e->>'classid')::oid, (e->>'objid')::oid,
-                            (e->>'objsubid')::integer, 0
-                     UNION ALL
-                     SELECT d.classid, d.objid, d.objsubid, p.depth + 1
-                       FROM part p JOIN pg_depend d
-                         ON d.refclassid = p.classid AND d.refobjid = p.objid
-                        AND (p.sub = 0 OR d.refobjsubid = p.sub)
-                      WHERE d.deptype IN ('a', 'i') AND p.depth < 2)
-                 SELECT DISTINCT dp.refclassid, dp.refobjid FROM part p JOIN pg_depend dp
-                     ON dp.classid = p.classid AND dp.objid = p.objid
-                    AND (dp.objsubid = p.sub OR p.sub = 0)
-                  WHERE dp.deptype IN ('n', 'a')
-                  ORDER BY 1, 2 LOOP
-            PERFORM softguard._need_live(op, k.refclassid, k.refobjid,
-                                         (e->>'type') || ' ' || (e->>'identity'));
-        END LOOP;
+    -- One walk for all of them (decision 0041), each step an index lookup (OFFSET 0 keeps
+    -- each lookup its own plan: a generic plan joined pg_depend whole, ~1 ms per object).
+    -- Each object used is checked once, for the first object (in their order) that uses
+    -- it: the same check, and the same first refusal, as one walk per object.
+    FOR k IN WITH RECURSIVE kept AS (
+                 SELECT x, i FROM jsonb_array_elements(o.objects) WITH ORDINALITY AS t(x, i)
+                  WHERE x->>'held_by' IS NULL AND x->>'quarantined_as' IS NOT NULL),
+             part(i, classid, objid, sub, depth) AS (
+                 SELECT kept.i, (kept.x->>'classid')::oid, (kept.x->>'objid')::oid,
+                        (kept.x->>'objsubid')::integer, 0
+                   FROM kept
+                 UNION ALL
+                 SELECT p.i, d.classid, d.objid, d.objsubid, p.depth + 1
+                   FROM part p,
+                        LATERAL (SELECT d.classid, d.objid, d.objsubid FROM pg_depend d
+                                  WHERE d.refclassid = p.classid AND d.refobjid = p.objid
+                                    AND (p.sub = 0 OR d.refobjsubid = p.sub)
+                                    AND d.deptype IN ('a', 'i') OFFSET 0) d
+                  WHERE p.depth < 2),
+             used AS (
+                 SELECT DISTINCT ON (dp.refclassid, dp.refobjid) p.i, dp.refclassid, dp.refobjid
+                   FROM part p,
+                        LATERAL (SELECT dp.refclassid, dp.refobjid FROM pg_depend dp
+                                  WHERE dp.classid = p.classid AND dp.objid = p.objid
+                                    AND (dp.objsubid = p.sub OR p.sub = 0)
+                                    AND dp.deptype IN ('n', 'a') OFFSET 0) dp
+                  ORDER BY dp.refclassid, dp.refobjid, p.i)
+             SELECT used.refclassid, used.refobjid, kept.x->>'type' AS type,
+                    kept.x->>'identity' AS identity
+               FROM used JOIN kept ON kept.i = used.i
+              ORDER BY used.i, used.refclassid, used.refobjid LOOP
+        PERFORM softguard._need_live(op, k.refclassid, k.refobjid, k.type || ' ' || k.identity);
     END LOOP;
 
     -- The tables it gave back, and those it gave a foreign key back, carry the capture
@@ -1201,6 +1225,374 @@ END $$;
 REVOKE ALL ON FUNCTION softguard._disown(oid, oid) FROM PUBLIC;
 
 -- end section: keeper --------------------------------------------------------------
+
+-- section: dropcost -------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION softguard._in_maintenance() RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM softguard.maintenance
+                    WHERE txid = pg_current_xact_id_if_assigned());
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._is_quarantine_schema(nsp text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT nsp OPERATOR(pg_catalog.=) 'softguard_quarantine'
+        OR nsp OPERATOR(pg_catalog.~) '^softguard_q[0-9]+_'
+$$;
+
+CREATE OR REPLACE FUNCTION softguard._owner(p_classid oid, p_objid oid) RETURNS oid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_classid = 'pg_class'::regclass THEN
+        RETURN (SELECT relowner FROM pg_class WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_proc'::regclass THEN
+        RETURN (SELECT proowner FROM pg_proc WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_type'::regclass THEN
+        RETURN (SELECT typowner FROM pg_type WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_namespace'::regclass THEN
+        RETURN (SELECT nspowner FROM pg_namespace WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_statistic_ext'::regclass THEN
+        RETURN (SELECT stxowner FROM pg_statistic_ext WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_collation'::regclass THEN
+        RETURN (SELECT collowner FROM pg_collation WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_ts_config'::regclass THEN
+        RETURN (SELECT cfgowner FROM pg_ts_config WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_ts_dict'::regclass THEN
+        RETURN (SELECT dictowner FROM pg_ts_dict WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_operator'::regclass THEN
+        RETURN (SELECT oprowner FROM pg_operator WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_opfamily'::regclass THEN
+        RETURN (SELECT opfowner FROM pg_opfamily WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_opclass'::regclass THEN
+        RETURN (SELECT opcowner FROM pg_opclass WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_foreign_server'::regclass THEN
+        RETURN (SELECT srvowner FROM pg_foreign_server WHERE oid = p_objid);
+    ELSIF p_classid = 'pg_language'::regclass THEN
+        RETURN (SELECT lanowner FROM pg_language WHERE oid = p_objid);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._protected_table(rel oid) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (
+        SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = rel AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+           AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+           AND n.nspname NOT LIKE 'softguard%');
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._listed(items jsonb)
+RETURNS TABLE (classid oid, objid oid, objsubid integer, original boolean, normal boolean,
+               is_temporary boolean, object_type text, schema_name text, object_name text,
+               object_identity text, ord integer, owned boolean, home text)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT l.* FROM pg_catalog.jsonb_to_recordset(items) AS l(
+        classid pg_catalog.oid, objid pg_catalog.oid, objsubid pg_catalog.int4,
+        original pg_catalog.bool, normal pg_catalog.bool, is_temporary pg_catalog.bool,
+        object_type pg_catalog.text, schema_name pg_catalog.text, object_name pg_catalog.text,
+        object_identity pg_catalog.text, ord pg_catalog.int4, owned pg_catalog.bool,
+        home pg_catalog.text)
+$$;
+REVOKE ALL ON FUNCTION softguard._listed(jsonb) FROM PUBLIC;
+
+
+
+CREATE OR REPLACE FUNCTION softguard._acls(p_classid oid, p_objid oid)
+RETURNS TABLE (col name, acl aclitem[], kind "char")
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_classid = 'pg_class'::regclass THEN
+        RETURN QUERY
+        SELECT NULL::name, c.relacl, CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char"
+          FROM pg_class c WHERE c.oid = p_objid;
+        RETURN QUERY
+        SELECT t.attname, t.attacl, 'c'::"char" FROM pg_attribute t
+         WHERE t.attrelid = p_objid AND t.attnum > 0 AND NOT t.attisdropped
+           AND t.attacl IS NOT NULL;
+    ELSIF p_classid = 'pg_proc'::regclass THEN
+        RETURN QUERY SELECT NULL::name, p.proacl, 'f'::"char" FROM pg_proc p WHERE p.oid = p_objid;
+    ELSIF p_classid = 'pg_type'::regclass THEN
+        RETURN QUERY SELECT NULL::name, t.typacl, 'T'::"char" FROM pg_type t WHERE t.oid = p_objid;
+    ELSIF p_classid = 'pg_namespace'::regclass THEN
+        RETURN QUERY
+        SELECT NULL::name, n.nspacl, 'n'::"char" FROM pg_namespace n WHERE n.oid = p_objid;
+    ELSIF p_classid = 'pg_foreign_server'::regclass THEN
+        RETURN QUERY
+        SELECT NULL::name, s.srvacl, 'S'::"char" FROM pg_foreign_server s WHERE s.oid = p_objid;
+    ELSIF p_classid = 'pg_language'::regclass THEN
+        -- not an untrusted language's: only superusers use one, no GRANT there
+        RETURN QUERY
+        SELECT NULL::name, l.lanacl, 'l'::"char" FROM pg_language l
+         WHERE l.oid = p_objid AND l.lanpltrusted;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._same_objects(a jsonb, b jsonb) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT array_agg(k ORDER BY k)
+              FROM (SELECT x->>'classid' || '/' || (x->>'objid') || '/' || (x->>'objsubid') AS k
+                      FROM jsonb_array_elements(a) x) s)
+           IS NOT DISTINCT FROM
+           (SELECT array_agg(k ORDER BY k)
+              FROM (SELECT x->>'classid' || '/' || (x->>'objid') || '/' || (x->>'objsubid') AS k
+                      FROM jsonb_array_elements(b) x) s);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._definitions_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    dep record;
+    old softguard.definitions;
+    cur record;
+    reg softguard.sessions;
+    protect boolean;
+BEGIN
+    IF current_setting('softguard.probe', true) = 'on' THEN
+        RETURN;
+    END IF;
+    reg := softguard._session(false);
+    protect := 'alter' = ANY (reg.capture) AND NOT softguard._in_maintenance();
+    FOR r IN SELECT DISTINCT c.classid, c.objid, c.command_tag
+               FROM pg_event_trigger_ddl_commands() c
+              WHERE c.objsubid = 0 ORDER BY c.classid, c.objid LOOP
+        IF r.classid IN ('pg_proc'::regclass, 'pg_class'::regclass, 'pg_rewrite'::regclass,
+                         'pg_trigger'::regclass) THEN
+            old := softguard._definition_keep(r.classid, r.objid);
+            IF protect AND r.command_tag LIKE 'CREATE %' AND old.definition IS NOT NULL THEN
+                SELECT * INTO cur FROM softguard._definition_of(r.classid, r.objid);
+                IF cur.definition IS DISTINCT FROM old.definition THEN
+                    PERFORM softguard._definition_op(
+                        'CREATE OR REPLACE ' || cur.kind, cur.target,
+                        jsonb_build_array(jsonb_build_object(
+                            'classid', r.classid, 'objid', r.objid, 'objsubid', 0,
+                            'type', lower(cur.kind),
+                            'identity', cur.target,
+                            'original', true, 'event', 'definition')),
+                        jsonb_build_array(jsonb_build_object(
+                            'step', 'definition', 'classid', r.classid, 'objid', r.objid,
+                            'identity', cur.identity, 'old_identity', old.identity,
+                            'old', old.definition, 'new', cur.definition)),
+                        reg);
+                END IF;
+            END IF;
+        END IF;
+        CONTINUE WHEN r.command_tag LIKE 'CREATE %';
+        -- not softguard's capture triggers: _definition_of keeps none of them, and every
+        -- ALTER TABLE of a protected table looked at its four (decision 0041)
+        FOR dep IN SELECT 'pg_trigger'::regclass::oid AS classid, t.oid AS objid
+                     FROM pg_trigger t
+                    WHERE r.classid = 'pg_class'::regclass AND t.tgrelid = r.objid
+                      AND NOT t.tgisinternal AND t.tgname NOT LIKE 'zz\_softguard\_%'
+                   UNION ALL
+                   SELECT 'pg_rewrite'::regclass, w.oid FROM pg_rewrite w
+                    WHERE r.classid = 'pg_class'::regclass AND w.ev_class = r.objid
+                   UNION ALL
+                   SELECT CASE d.classid WHEN 'pg_rewrite'::regclass THEN 'pg_class'::regclass
+                                         ELSE d.classid END,
+                          CASE d.classid WHEN 'pg_rewrite'::regclass
+                               THEN (SELECT w.ev_class FROM pg_rewrite w WHERE w.oid = d.objid)
+                               ELSE d.objid END
+                     FROM pg_depend d
+                    WHERE d.refclassid = r.classid AND d.refobjid = r.objid
+                      AND d.classid IN ('pg_proc'::regclass, 'pg_class'::regclass,
+                                        'pg_rewrite'::regclass, 'pg_trigger'::regclass)
+                      AND d.deptype = 'n' LOOP
+            PERFORM softguard._definition_keep(dep.classid, dep.objid);
+        END LOOP;
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._sequence_states(identity_only boolean) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    params jsonb;           -- oid -> its parameters (pg_sequence)
+    reads text[];           -- one SELECT of its relation per sequence, in oid order
+    vals jsonb := '{}';     -- oid -> last_value, is_called
+    done integer := 0;
+    part jsonb;
+BEGIN
+    SELECT coalesce(pg_catalog.jsonb_object_agg(q.seqrelid::text, pg_catalog.jsonb_build_object(
+               'type', pg_catalog.format_type(q.seqtypid, NULL), 'start', q.seqstart,
+               'increment', q.seqincrement, 'max', q.seqmax, 'min', q.seqmin,
+               'cache', q.seqcache, 'cycle', q.seqcycle)), '{}'),
+           coalesce(pg_catalog.array_agg(pg_catalog.format(
+               'SELECT %s::pg_catalog.oid AS seq, last_value, is_called FROM %s',
+               q.seqrelid, q.seqrelid::pg_catalog.regclass) ORDER BY q.seqrelid), '{}')
+      INTO params, reads
+      FROM pg_catalog.pg_sequence q
+      JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relpersistence <> 't' AND n.nspname NOT LIKE 'softguard%'
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND (NOT identity_only
+            OR EXISTS (SELECT FROM pg_catalog.pg_depend d
+                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                          AND d.objid = q.seqrelid AND d.deptype = 'i'));
+    -- a hundred per query: a UNION ALL of thousands would nest as deep in the parser
+    WHILE done < pg_catalog.cardinality(reads) LOOP
+        EXECUTE 'SELECT pg_catalog.jsonb_object_agg(r.seq::pg_catalog.text, '
+                || 'pg_catalog.jsonb_build_object(''last_value'', r.last_value, '
+                || '''is_called'', r.is_called)) FROM ('
+                || pg_catalog.array_to_string(reads[done + 1 : done + 100], ' UNION ALL ')
+                || ') r' INTO part;
+        vals := vals || part;
+        done := done + 100;
+    END LOOP;
+    RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(p.key, p.value || (vals -> p.key)), '{}')
+              FROM pg_catalog.jsonb_each(params) p);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._sequence_states_of(seqs oid[], identity_only boolean)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    one oid;
+    s record;
+    st record;
+    out jsonb := '{}';
+BEGIN
+    FOREACH one IN ARRAY seqs LOOP
+        SELECT q.seqrelid, q.seqtypid, q.seqstart, q.seqincrement, q.seqmax, q.seqmin,
+               q.seqcache, q.seqcycle
+          INTO s
+          FROM pg_catalog.pg_sequence q
+          JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE q.seqrelid = one
+           AND c.relpersistence <> 't' AND n.nspname NOT LIKE 'softguard%'
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND (NOT identity_only
+                OR EXISTS (SELECT FROM pg_catalog.pg_depend d
+                            WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                              AND d.objid = q.seqrelid AND d.deptype = 'i'));
+        CONTINUE WHEN NOT FOUND;
+        EXECUTE pg_catalog.format('SELECT last_value, is_called FROM %s',
+                                  s.seqrelid::pg_catalog.regclass) INTO st;
+        out := out || pg_catalog.jsonb_build_object(s.seqrelid::text, pg_catalog.jsonb_build_object(
+            'last_value', st.last_value, 'is_called', st.is_called,
+            'type', pg_catalog.format_type(s.seqtypid, NULL), 'start', s.seqstart,
+            'increment', s.seqincrement, 'max', s.seqmax, 'min', s.seqmin, 'cache', s.seqcache,
+            'cycle', s.seqcycle));
+    END LOOP;
+    RETURN out;
+END $$;
+REVOKE ALL ON FUNCTION softguard._sequence_states_of(oid[], boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._sequences_after() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    before jsonb := nullif(current_setting('softguard.seq_before', true), '')::jsonb;
+    now_ jsonb;
+    r record;
+    ident text;
+    reg softguard.sessions;
+BEGIN
+    PERFORM set_config('softguard.seq_before', '', true);
+    IF before IS NULL OR before = '{}' THEN
+        RETURN;
+    END IF;
+    reg := softguard._session(false);
+    FOR r IN SELECT DISTINCT s.seq
+               FROM pg_event_trigger_ddl_commands() c
+              CROSS JOIN LATERAL (
+                    SELECT c.objid WHERE TG_TAG = 'ALTER SEQUENCE'
+                    UNION ALL
+                    SELECT d.objid FROM pg_depend d
+                     WHERE TG_TAG = 'ALTER TABLE' AND d.classid = 'pg_class'::regclass
+                       AND d.refclassid = 'pg_class'::regclass AND d.refobjid = c.objid
+                       AND d.deptype = 'i') s(seq)
+              WHERE c.classid = 'pg_class'::regclass
+              ORDER BY s.seq LOOP
+        -- the states now of the command's own sequences (those this loop visits), read
+        -- once: not of every sequence again (decision 0041)
+        now_ := coalesce(now_, softguard._sequence_states_of(ARRAY(
+                    SELECT c.objid FROM pg_event_trigger_ddl_commands() c
+                     WHERE TG_TAG = 'ALTER SEQUENCE' AND c.classid = 'pg_class'::regclass
+                    UNION ALL
+                    SELECT d.objid FROM pg_event_trigger_ddl_commands() c
+                      JOIN pg_depend d ON d.refobjid = c.objid
+                     WHERE TG_TAG = 'ALTER TABLE' AND c.classid = 'pg_class'::regclass
+                       AND d.classid = 'pg_class'::regclass
+                       AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'i'),
+                    TG_TAG = 'ALTER TABLE'));
+        CONTINUE WHEN NOT before ? r.seq::text OR NOT now_ ? r.seq::text
+                      OR before->(r.seq::text) = now_->(r.seq::text);
+        ident := r.seq::regclass::text;
+        PERFORM softguard._definition_op(
+            'ALTER SEQUENCE', ident,
+            jsonb_build_array(jsonb_build_object(
+                'classid', 'pg_class'::regclass::oid, 'objid', r.seq, 'objsubid', 0,
+                'type', 'sequence', 'identity', ident, 'original', true, 'event', 'sequence')),
+            jsonb_build_array(jsonb_build_object(
+                'step', 'sequence', 'classid', 'pg_class'::regclass::oid, 'objid', r.seq,
+                'identity', 'sequence ' || ident,
+                'old', before->(r.seq::text), 'new', now_->(r.seq::text))),
+            reg);
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._has_event_triggers() RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN coalesce((SELECT s.event_triggers FROM softguard.settings s), true);
+END $$;
+
+CREATE OR REPLACE FUNCTION softguard._name_taken(p_class text, nsp oid, name text, p_objid oid)
+RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_class = 'routine' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_proc p, pg_proc me
+             WHERE me.oid = p_objid AND p.pronamespace = nsp AND p.proname = name
+               AND p.proargtypes = me.proargtypes AND p.oid <> p_objid);
+    ELSIF p_class = 'statistics' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_statistic_ext s WHERE s.stxnamespace = nsp AND s.stxname = name);
+    ELSIF p_class = 'collation' THEN   -- any encoding's: the strictest reading
+        RETURN EXISTS (
+            SELECT FROM pg_collation c
+             WHERE c.collnamespace = nsp AND c.collname = name AND c.oid <> p_objid);
+    ELSIF p_class = 'text search configuration' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_ts_config c WHERE c.cfgnamespace = nsp AND c.cfgname = name);
+    ELSIF p_class = 'text search dictionary' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_ts_dict d WHERE d.dictnamespace = nsp AND d.dictname = name);
+    ELSIF p_class = 'operator' THEN   -- the same name and argument types
+        RETURN EXISTS (
+            SELECT FROM pg_operator o, pg_operator me
+             WHERE me.oid = p_objid AND o.oprnamespace = nsp AND o.oprname = name
+               AND o.oprleft = me.oprleft AND o.oprright = me.oprright AND o.oid <> p_objid);
+    ELSIF p_class = 'operator family' THEN   -- of the same access method
+        RETURN EXISTS (
+            SELECT FROM pg_opfamily f, pg_opfamily me
+             WHERE me.oid = p_objid AND f.opfnamespace = nsp AND f.opfname = name
+               AND f.opfmethod = me.opfmethod AND f.oid <> p_objid);
+    ELSIF p_class = 'operator class' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_opclass c, pg_opclass me
+             WHERE me.oid = p_objid AND c.opcnamespace = nsp AND c.opcname = name
+               AND c.opcmethod = me.opcmethod AND c.oid <> p_objid);
+    ELSIF p_class = 'server' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_foreign_server s WHERE s.srvname = name AND s.oid <> p_objid);
+    ELSIF p_class = 'language' THEN
+        RETURN EXISTS (
+            SELECT FROM pg_language l WHERE l.lanname = name AND l.oid <> p_objid);
+    END IF;
+    RETURN EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = nsp AND c.relname = name)
+        OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = nsp AND t.typname = name);
+END $$;
+
+
+-- end section: dropcost ---------------------------------------------------------------
 
 DO $$
 DECLARE
