@@ -1,8 +1,10 @@
 -- Version 14 (section capture1, decision 0042): the capture trigger returns at once for a
 -- DELETE or UPDATE that removed or changed no row (no capture id, column list or ledger
--- statement); undo's check of the code writing rows would run (_foreign_code) is plpgsql
+-- statement). Undo: its check of the code writing rows would run (_foreign_code) is plpgsql
 -- and skips its catalog walk where no function of another non-superuser role exists;
--- _undo_triggers_off probes pg_proc per trigger; _parents_first returns one table as it is.
+-- deleted rows are read back through the table's own row type while its columns are the
+-- captured ones (_capture_row_type, new; no CREATE TYPE); _undo_triggers_off probes
+-- pg_proc per trigger; _parents_first returns one table as it is.
 --
 
 DO $$
@@ -505,6 +507,218 @@ BEGIN
     RETURN done;
 END $$;
 REVOKE ALL ON FUNCTION softguard._parents_first(oid[]) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._capture_row_type(rel oid, columns jsonb, tag text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT columns @? '$[*][2]' AND softguard._columns(rel) = columns THEN
+        RETURN rel::regclass::text;
+    END IF;
+    RETURN softguard._row_type(columns, tag);
+END $$;
+REVOKE ALL ON FUNCTION softguard._capture_row_type(oid, jsonb, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION softguard._undo_captures(op bigint, on_conflict text) RETURNS softguard.undo_step[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o softguard.operations;
+    lines softguard.undo_step[] := '{}';
+    saved_srr text := current_setting('session_replication_role');
+    rel oid;
+    g record;
+    cap softguard.captures;
+    sq record;
+    cols text[];
+    ids bigint[];
+    rtype text;
+    src text;
+    key text[];
+    total bigint;
+    done bigint;
+    bad text;
+    nbad bigint;
+    msg text;
+    detail text;
+    have_identity boolean;
+BEGIN
+    SELECT * INTO o FROM softguard.operations WHERE id = op FOR UPDATE;
+    IF on_conflict NOT IN ('fail', 'skip') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('--on-conflict must be fail or skip, not %s', on_conflict);
+    END IF;
+    -- every table must be live (a later DROP may hold it)
+    FOR g IN SELECT DISTINCT cp.relid, cp.table_identity FROM softguard.captures cp
+              WHERE cp.op_id = op ORDER BY cp.relid LOOP
+        PERFORM softguard._need_table(op, g.relid, g.table_identity);
+    END LOOP;
+
+    -- ALTER TABLE: the column first (rows of other captures may need it)
+    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'column' ORDER BY id LOOP
+        lines := lines || softguard._undo_column(op, cap);
+    END LOOP;
+
+    PERFORM softguard._replica('replica');
+
+    -- 1. rows removed (DELETE, TRUNCATE), parents first
+    FOREACH rel IN ARRAY softguard._parents_first(ARRAY(
+            SELECT DISTINCT relid FROM softguard.captures
+             WHERE op_id = op AND event IN ('delete', 'truncate') AND n_rows > 0)) LOOP
+        FOR g IN SELECT c.columns, array_agg(c.id ORDER BY c.id) AS ids, sum(c.n_rows) AS n,
+                        min(c.id) AS first_id
+                   FROM softguard.captures c
+                  WHERE c.op_id = op AND c.relid = rel AND c.event IN ('delete', 'truncate')
+                    AND c.n_rows > 0
+                  GROUP BY c.columns ORDER BY min(c.id) LOOP
+            rtype := softguard._capture_row_type(rel, g.columns, g.first_id::text);
+            -- columns to insert: captured ones still in the table, not generated
+            cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                           WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                             AND a.attgenerated = ''
+                             AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(g.columns) x)
+                           ORDER BY a.attnum);
+            -- text captures parsed, typed ones (decision 0030) read as they are
+            src := softguard._capture_src(g.columns, rtype, g.ids, rel::regclass::text);
+            have_identity := EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel
+                                      AND a.attidentity = 'a' AND a.attname = ANY (cols));
+            IF on_conflict = 'skip' THEN
+                EXECUTE format('INSERT INTO %s (%s) %s SELECT %s FROM (%s) s ON CONFLICT DO NOTHING',
+                               rel::regclass,
+                               (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                               CASE WHEN have_identity THEN 'OVERRIDING SYSTEM VALUE' ELSE '' END,
+                               (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                               src);
+                GET DIAGNOSTICS done = ROW_COUNT;
+            ELSE
+                BEGIN
+                    EXECUTE format('INSERT INTO %s (%s) %s SELECT %s FROM (%s) s',
+                                   rel::regclass,
+                                   (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                                   CASE WHEN have_identity THEN 'OVERRIDING SYSTEM VALUE' ELSE '' END,
+                                   (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                                   src);
+                    GET DIAGNOSTICS done = ROW_COUNT;
+                EXCEPTION WHEN unique_violation THEN
+                    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+                    key := softguard._row_key(rel);
+                    bad := NULL;
+                    IF key IS NOT NULL THEN
+                        EXECUTE format('SELECT count(*), string_agg(k, '', '') FILTER (WHERE n <= 5)'
+                                       ' FROM (SELECT format(%L, %s) AS k, row_number() OVER () AS n'
+                                       ' FROM (%s) s WHERE EXISTS (SELECT FROM %s t WHERE %s)) x',
+                                       '(' || array_to_string(key, ', ') || ')=(' ||
+                                           array_to_string(array_fill('%s'::text, ARRAY[cardinality(key)]), ', ') || ')',
+                                       (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(key) x),
+                                       src, rel::regclass,
+                                       (SELECT string_agg(format('t.%I = s.%I', x, x), ' AND ')
+                                          FROM unnest(key) x))
+                          INTO nbad, bad;
+                    END IF;
+                    IF bad IS NULL OR nbad = 0 THEN
+                        bad := coalesce(detail, 'a unique key');
+                        nbad := NULL;
+                    END IF;
+                    RAISE EXCEPTION USING ERRCODE = '23505',
+                        MESSAGE = format('cannot undo operation %s: %s of %s re-used since: %s%s',
+                                         op, CASE WHEN nbad IS NULL THEN 'a key'
+                                                  WHEN nbad = 1 THEN '1 key'
+                                                  ELSE nbad || ' keys' END,
+                                         rel::regclass, bad,
+                                         CASE WHEN nbad > 5 THEN ', ...' ELSE '' END),
+                        HINT = 'use --on-conflict skip';
+                END;
+            END IF;
+            IF done < g.n AND on_conflict = 'fail' THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('cannot undo operation %s: only %s of its %s rows of %s'
+                                     ' could be put back', op, done, g.n, rel::regclass);
+            END IF;
+            PERFORM softguard._check_fks(op, rel, src);
+            lines := lines || softguard._step(op, 'restored', rel::regclass::text,
+                                 format('restored %s rows into %s%s', done,
+                                     rel::regclass,
+                                     CASE WHEN done < g.n THEN format(' (%s skipped: key re-used since)',
+                                                                      g.n - done) ELSE '' END), done);
+        END LOOP;
+    END LOOP;
+
+    -- 2. rows changed (UPDATE, MERGE, SET NULL / SET DEFAULT of a DELETE): old values back,
+    --    found by key; the first image of a row in the operation is its value before it.
+    --    Tables where the operation changed keys, or without a key: _undo_changed.
+    FOR rel IN SELECT c.relid FROM softguard.captures c
+                WHERE c.op_id = op AND c.event = 'update' AND c.n_rows > 0 AND c.info ? 'key'
+                GROUP BY c.relid ORDER BY min(c.id) LOOP
+        lines := lines || softguard._undo_changed(op, rel, on_conflict);
+    END LOOP;
+    FOR g IN SELECT c.relid, c.columns, array_agg(c.id ORDER BY c.id) AS ids, min(c.id) AS first_id
+               FROM softguard.captures c
+              WHERE c.op_id = op AND c.event = 'update' AND c.n_rows > 0
+                AND c.relid NOT IN (SELECT x.relid FROM softguard.captures x
+                                     WHERE x.op_id = op AND x.event = 'update' AND x.info ? 'key')
+              GROUP BY c.relid, c.columns ORDER BY min(c.id) LOOP
+        key := softguard._row_key(g.relid);
+        IF key IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '0A000',
+                MESSAGE = format('cannot undo operation %s: %s has no primary key to find the changed rows by',
+                                 op, g.relid::regclass);
+        END IF;
+        rtype := softguard._row_type(g.columns, g.first_id::text);
+        cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                       WHERE a.attrelid = g.relid AND a.attnum > 0 AND NOT a.attisdropped
+                         AND a.attgenerated = '' AND a.attidentity <> 'a'
+                         AND a.attname IN (SELECT x->>0 FROM jsonb_array_elements(g.columns) x)
+                       ORDER BY a.attnum);
+        src := format('SELECT DISTINCT ON (%s) * FROM (SELECT %s, p.sg_cid FROM'
+                      ' (SELECT r."row"::%s AS x, r.capture_id AS sg_cid FROM softguard.captured_rows r'
+                      ' WHERE r.capture_id = ANY (%L::bigint[]) OFFSET 0) p) q ORDER BY %s, q.sg_cid',
+                      (SELECT string_agg(format('q.%I', x), ', ') FROM unnest(key) x),
+                      softguard._restored_cols(g.columns, 'p', g.relid::regclass::text), rtype, g.ids,
+                      (SELECT string_agg(format('q.%I', x), ', ') FROM unnest(key) x));
+        EXECUTE format('SELECT count(*) FROM (%s) s', src) INTO total;
+        EXECUTE format('UPDATE %s t SET (%s) = ROW(%s) FROM (%s) s WHERE %s',
+                       g.relid::regclass,
+                       (SELECT string_agg(format('%I', x), ', ') FROM unnest(cols) x),
+                       (SELECT string_agg(format('s.%I', x), ', ') FROM unnest(cols) x),
+                       src,
+                       (SELECT string_agg(format('t.%I = s.%I', x, x), ' AND ') FROM unnest(key) x));
+        GET DIAGNOSTICS done = ROW_COUNT;
+        PERFORM softguard._check_fks(op, g.relid, src);
+        lines := lines || softguard._step(op, 'restored', g.relid::regclass::text,
+                             format('restored old values of %s rows of %s%s', done,
+                                 g.relid::regclass,
+                                 CASE WHEN done < total THEN format(' (%s no longer exist)', total - done)
+                                      ELSE '' END), done);
+    END LOOP;
+
+    -- 3. sequences restarted by TRUNCATE ... RESTART IDENTITY (never moved backwards)
+    FOR cap IN SELECT * FROM softguard.captures WHERE op_id = op AND event = 'sequence' ORDER BY id LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = (cap.info->>'seq')::oid);
+        EXECUTE format('SELECT last_value, is_called FROM %s', (cap.info->>'seq')::oid::regclass) INTO sq;
+        IF sq.last_value < (cap.info->>'last_value')::bigint
+           OR (sq.last_value = (cap.info->>'last_value')::bigint AND NOT sq.is_called
+               AND (cap.info->>'is_called')::boolean) THEN
+            PERFORM setval((cap.info->>'seq')::oid::regclass, (cap.info->>'last_value')::bigint,
+                           (cap.info->>'is_called')::boolean);
+            lines := lines || softguard._step(op, 'restored', (cap.info->>'seq')::oid::regclass::text,
+                format('restored sequence %s to %s',
+                       (cap.info->>'seq')::oid::regclass, cap.info->>'last_value'));
+        END IF;
+    END LOOP;
+
+    PERFORM softguard._replica(saved_srr);
+
+    -- DROP COLUMN ... CASCADE: the publications whose column list or row filter used a
+    -- column (decision 0038), once the rows are back (a row filter's membership may stop
+    -- UPDATEs of a table whose replica identity does not cover it)
+    lines := lines || softguard._rejoin_publications(op, softguard._column_publications(op), '[]');
+
+    PERFORM softguard._record_undo(o, CASE WHEN on_conflict = 'skip'
+                                           THEN ' --on-conflict skip' ELSE '' END);
+    IF cardinality(lines) = 0 THEN
+        lines := ARRAY[softguard._step(op, 'nothing', '', 'nothing to restore')];
+    END IF;
+    RETURN lines;
+END $$;
+REVOKE ALL ON FUNCTION softguard._undo_captures(bigint, text) FROM PUBLIC;
 -- end section: capture1 ----------------------------------------------------------
 
 DO $$

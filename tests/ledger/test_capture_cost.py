@@ -115,3 +115,69 @@ def test_a_small_capture_within_the_budget_is_counted(
     assert total is not None
     key, _, kept = str(total[0]).partition("/")
     assert key.isdigit() and int(kept) > 0
+
+
+# The table's shape changed between the DELETE and its undo: undo reads the row texts
+# through the table's own row type only while its columns are still exactly the captured
+# ones, else through a temporary type of the captured columns (as always).
+Rows = list[tuple[Any, ...]]
+# change after the DELETE -> (a temporary type made?, the rows after undo)
+SHAPES: dict[str, tuple[str | None, bool, Rows]] = {
+    "unchanged": (None, False, [(g, g * 10, f"b{g}") for g in range(1, 6)]),
+    "column_added": (
+        "ALTER TABLE shape ADD COLUMN c int",
+        True,
+        [(g, g * 10, f"b{g}", None) for g in range(1, 6)],
+    ),
+    "column_dropped": ("ALTER TABLE shape DROP COLUMN b", True, [(g, g * 10) for g in range(1, 6)]),
+    "column_retyped": (
+        "ALTER TABLE shape ALTER COLUMN a TYPE bigint",
+        True,
+        [(g, g * 10, f"b{g}") for g in range(1, 6)],
+    ),
+    # the same names and types in the same order, a dropped attribute between them: the
+    # table's own type reads the texts (record_in skips dropped attributes)
+    "column_dropped_and_added_back": (
+        "ALTER TABLE shape DROP COLUMN b; ALTER TABLE shape ADD COLUMN b text",
+        False,
+        [(g, g * 10, f"b{g}" if g <= 3 else None) for g in range(1, 6)],
+    ),
+    "columns_reordered": (
+        "ALTER TABLE shape DROP COLUMN a; ALTER TABLE shape ADD COLUMN a int",
+        True,
+        [(g, g * 10 if g <= 3 else None, f"b{g}") for g in range(1, 6)],
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_undo_reads_rows_through_the_right_type(
+    ledger: Ledger, rental_db: Callable[[], str], shape: str
+) -> None:
+    change, temporary, expect = SHAPES[shape]
+    db = rental_db()
+    with ledger.connect(db) as c:
+        c.execute("CREATE TABLE shape (id int PRIMARY KEY, a int NOT NULL, b text)")
+        c.execute("INSERT INTO shape SELECT g, g * 10, 'b' || g FROM generate_series(1, 5) g")
+    with protected(ledger, db) as c:
+        c.execute("DELETE FROM shape WHERE id <= 3")
+    op = row_ops(ledger, db)[-1]["id"]
+    with ledger.connect(db) as c:
+        if change is not None:
+            c.execute(change)
+    with ledger.connect(db, autocommit=True) as c:
+        c.execute("SELECT softguard.undo_op(%s)", [op])
+        made = c.execute(
+            "SELECT count(*) FROM pg_type WHERE typnamespace = pg_my_temp_schema()"
+            " AND typname LIKE 'sg\\_undo\\_%%'"
+        ).fetchone()
+        cols = (
+            "id, a, b, c"
+            if shape == "column_added"
+            else "id, a"
+            if shape == "column_dropped"
+            else "id, a, b"
+        )
+        rows = c.execute(f"SELECT {cols} FROM shape ORDER BY id").fetchall()
+    assert made == ((1,) if temporary else (0,))
+    assert rows == expect
