@@ -1249,11 +1249,12 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION softguard._undo_rows(bigint, text) FROM PUBLIC;
 
--- The row type that reads captured row texts of `columns` (rows of `rel`) back: the
--- table's own while its columns are exactly those (names, types with their modifiers,
--- order) and none is kept in its restore form, else a temporary one (_row_type, tagged
--- `tag`). Both parse a row text with the same input functions and modifiers; the table's
--- own needs no CREATE TYPE (catalog writes: ~0.8 ms of a single-row undo, decision 0042).
+-- The row type that reads captured row texts of `columns` (rows of `rel`) back in the
+-- DELETE, TRUNCATE and UPDATE restores: the table's own while its columns are exactly
+-- those (names, types with their modifiers, order) and none is kept in its restore form,
+-- else a temporary one (_row_type, tagged `tag`). Both parse a row text with the same
+-- input functions and modifiers; the table's own needs no CREATE TYPE (catalog writes:
+-- ~0.8 ms of a single-row undo, decision 0042).
 -- A type renamed since no longer matches its recorded name: the temporary type then
 -- resolves that name, as before.
 CREATE FUNCTION softguard._capture_row_type(rel oid, columns jsonb, tag text) RETURNS text
@@ -1412,7 +1413,7 @@ BEGIN
                 MESSAGE = format('cannot undo operation %s: %s has no primary key to find the changed rows by',
                                  op, g.relid::regclass);
         END IF;
-        rtype := softguard._row_type(g.columns, g.first_id::text);
+        rtype := softguard._capture_row_type(g.relid, g.columns, g.first_id::text);
         cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
                        WHERE a.attrelid = g.relid AND a.attnum > 0 AND NOT a.attisdropped
                          AND a.attgenerated = '' AND a.attidentity <> 'a'

@@ -2,9 +2,9 @@
 -- DELETE or UPDATE that removed or changed no row (no capture id, column list or ledger
 -- statement). Undo: its check of the code writing rows would run (_foreign_code) is plpgsql
 -- and skips its catalog walk where no function of another non-superuser role exists;
--- deleted rows are read back through the table's own row type while its columns are the
--- captured ones (_capture_row_type, new; no CREATE TYPE); _undo_triggers_off probes
--- pg_proc per trigger; _parents_first returns one table as it is.
+-- deleted and updated rows are read back through the table's own row type while its
+-- columns are the captured ones (_capture_row_type, new; no CREATE TYPE);
+-- _undo_triggers_off probes pg_proc per trigger; _parents_first returns one table as it is.
 --
 
 DO $$
@@ -661,7 +661,7 @@ BEGIN
                 MESSAGE = format('cannot undo operation %s: %s has no primary key to find the changed rows by',
                                  op, g.relid::regclass);
         END IF;
-        rtype := softguard._row_type(g.columns, g.first_id::text);
+        rtype := softguard._capture_row_type(g.relid, g.columns, g.first_id::text);
         cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
                        WHERE a.attrelid = g.relid AND a.attnum > 0 AND NOT a.attisdropped
                          AND a.attgenerated = '' AND a.attidentity <> 'a'

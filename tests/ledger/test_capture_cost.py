@@ -181,3 +181,24 @@ def test_undo_reads_rows_through_the_right_type(
         rows = c.execute(f"SELECT {cols} FROM shape ORDER BY id").fetchall()
     assert made == ((1,) if temporary else (0,))
     assert rows == expect
+
+
+def test_undo_of_an_update_reads_rows_through_the_tables_own_type(
+    ledger: Ledger, rental_db: Callable[[], str]
+) -> None:
+    db = rental_db()
+    with ledger.connect(db) as c:
+        c.execute("CREATE TABLE shape (id int PRIMARY KEY, a int NOT NULL, b text)")
+        c.execute("INSERT INTO shape SELECT g, g * 10, 'b' || g FROM generate_series(1, 5) g")
+    with protected(ledger, db, options=CAPTURE_ALL) as c:
+        c.execute("UPDATE shape SET a = -a, b = upper(b) WHERE id <= 3")
+    op = row_ops(ledger, db)[-1]["id"]
+    with ledger.connect(db, autocommit=True) as c:
+        c.execute("SELECT softguard.undo_op(%s)", [op])
+        made = c.execute(
+            "SELECT count(*) FROM pg_type WHERE typnamespace = pg_my_temp_schema()"
+            " AND typname LIKE 'sg\\_undo\\_%%'"
+        ).fetchone()
+        rows = c.execute("SELECT id, a, b FROM shape ORDER BY id").fetchall()
+    assert made == (0,)
+    assert rows == [(g, g * 10, f"b{g}") for g in range(1, 6)]
