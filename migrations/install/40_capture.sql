@@ -382,11 +382,15 @@ BEGIN
         -- more, from a table that fits whole, need no measuring
         SELECT count(*), coalesce(sum(pg_column_size(s.o)), 0) INTO n, need
           FROM (SELECT o FROM sg_old o LIMIT 64) s;
-        IF n < 64 THEN
-            IF n > 0 THEN                  -- an assignment: as cur_op's below
-                kept := softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
-                                                                   ELSE 'UPDATE' END, ident);
-            END IF;
+        IF n = 0 THEN
+            -- removed or changed nothing: records nothing, and pays for nothing more (no
+            -- capture id, column list or ledger statement; decision 0042). Rows of
+            -- inheritance children are in sg_old too (cut to this table's columns), so none
+            -- of theirs can be waiting for this statement's claim either.
+            RETURN NULL;
+        ELSIF n < 64 THEN                  -- an assignment: as cur_op's below
+            kept := softguard._budget_take(k, need, true, CASE ev WHEN 'delete' THEN 'DELETE FROM'
+                                                               ELSE 'UPDATE' END, ident);
         ELSE
             IF NOT softguard._budget_fits(k, TG_RELID) THEN
                 SELECT coalesce(sum(pg_column_size(o)), 0) INTO n FROM sg_old o;
