@@ -46,6 +46,7 @@ import pstats
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -248,14 +249,15 @@ class Bench:
             self.pgbench_run(port, workload, self.args.warmup)
             wait_idle(proc.pid)
             counts: list[dict[str, int]] = []
+            marks: list[int] = []
             if self.args.syscalls:
                 counts = [self._traced(proc, port, workload, n, tag) for n in sizes]
-            marks: list[int] = []
-            for n in () if self.args.syscalls else (0, *sizes):
-                if n:
-                    self.pgbench_run(port, workload, n)
-                    wait_idle(proc.pid)
-                marks.append(self._mark(proc, out, prof, len(marks)))
+            else:
+                for n in (0, *sizes):
+                    if n:
+                        self.pgbench_run(port, workload, n)
+                        wait_idle(proc.pid)
+                    marks.append(self._mark(proc, out, prof, len(marks)))
         finally:
             proc.stop(grace=60)
         statements = (self.args.large - self.args.small) * self.args.clients * workload.per_txn
@@ -288,7 +290,7 @@ class Bench:
             self.pgbench_run(port, workload, n)
             wait_idle(proc.pid)
         finally:
-            tracer.send_signal(2)
+            tracer.send_signal(signal.SIGINT)  # strace detaches and writes its summary
             tracer.wait(timeout=60)
         counts: dict[str, int] = {}
         for line in out.read_text().splitlines():

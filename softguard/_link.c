@@ -156,11 +156,11 @@ static PyObject *link_write(LinkBase *self, PyObject *data)
     return r;
 }
 
+static PyTypeObject LinkBaseType;
+
 /* sink(data) where sink is a link's own bound write, as the relay's sinks are once the
  * session moved: straight to link_write, without a call through the method object. The
  * result; NULL with *handled 0 for any other sink (and a Python override of write). */
-static PyTypeObject LinkBaseType;
-
 PyObject *link_call_write(PyObject *sink, PyObject *data, int *handled)
 {
     *handled = 0;
